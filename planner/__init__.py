@@ -1,0 +1,3 @@
+"""planner: memory-budget planner and autotuner for layer-wise sparse fine-tuning."""
+
+__version__ = "0.1.0"

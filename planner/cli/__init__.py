@@ -1,0 +1,1 @@
+"""Command-line interface: parse, validate, call one library function, print."""

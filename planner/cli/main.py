@@ -1,0 +1,53 @@
+"""`planner` entry point: dispatches to one module per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pydantic import ValidationError
+
+from planner.errors import PlannerError, from_pydantic
+
+# one module per subcommand, each with add_parser(subparsers) that sets `func`
+COMMANDS = ("estimate", "profile", "tune", "export", "report")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="planner", description="Memory-budget planner and autotuner for layer-wise sparse fine-tuning.")
+    from planner import __version__
+
+    parser.add_argument("--version", action="version", version=f"planner {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"planner.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except PlannerError as exc:
+        print(f"planner {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ValidationError as exc:
+        print(f"planner {args.command}: error: {from_pydantic(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"planner {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

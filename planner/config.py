@@ -1,0 +1,76 @@
+"""TrainConfig: one training configuration whose memory the cost model predicts.
+
+Validated where input enters (CLI flags, plan files, trial parameters); every problem is
+reported at once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from planner.errors import collect
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+Amp = Literal["none", "bf16", "fp16"]
+Optimizer = Literal["adamw", "sgd", "adamw8bit"]
+Device = Literal["cpu", "cuda"]
+
+
+class TrainConfig(BaseModel):
+    """What trains and how. ``layers`` and ``active_layers`` are mutually exclusive.
+
+    - ``layers="all"`` or a list of decoder-layer indices: a static trainable set;
+    - ``active_layers=γ``: a sampler keeps γ layers active, drawn from ``min_depth..L-1``;
+      the cost model predicts the sampler's worst case over every draw;
+    - neither: only embeddings/head (as flagged) train.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(1, ge=1)
+    seq_len: int = Field(512, ge=1)
+    dtype: Dtype = "float32"
+    amp: Amp = "none"
+    optimizer: Optimizer = "adamw"
+    layers: Literal["all"] | list[int] | None = None
+    active_layers: int | None = Field(None, ge=1)
+    min_depth: int = Field(0, ge=0)
+    train_embeddings: bool = True
+    train_head: bool = True
+    gradient_checkpointing: bool = False
+    lora_rank: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _exclusive(self):
+        problems = []
+        if self.layers is not None and self.active_layers is not None:
+            problems.append(f"`layers` and `active_layers` are exclusive, but got layers={self.layers!r} and active_layers={self.active_layers}")
+        if self.amp != "none" and self.dtype != "float32":
+            problems.append(f"`amp` runs with float32 weights (as the HF Trainer's bf16=True does), but got dtype={self.dtype!r} with amp={self.amp!r}")
+        if isinstance(self.layers, list) and len(set(self.layers)) != len(self.layers):
+            problems.append(f"`layers` must not repeat an index, but got {self.layers}")
+        collect(problems)
+        return self
+
+    def check_against(self, num_layers: int) -> None:
+        """Raise every problem of this config for a model with ``num_layers`` decoder layers."""
+        problems = []
+        if isinstance(self.layers, list):
+            bad = [i for i in self.layers if not 0 <= i < num_layers]
+            if bad:
+                problems.append(f"layer indices must satisfy 0 <= i < {num_layers}, but got {bad}")
+        if self.active_layers is not None:
+            room = num_layers - self.min_depth
+            if self.min_depth >= num_layers:
+                problems.append(f"`min_depth < num_layers` must hold, but got min_depth={self.min_depth} with {num_layers} layers")
+            elif self.active_layers > room:
+                problems.append(f"`active_layers <= num_layers - min_depth` must hold, but got active_layers={self.active_layers} > {num_layers} - {self.min_depth}")
+        collect(problems)
+
+    def trainable_layers(self, num_layers: int) -> list[int]:
+        """The static trainable set (``active_layers`` configs have none: ask the cost model for the worst case)."""
+        if self.layers == "all":
+            return list(range(num_layers))
+        return sorted(self.layers or [])

@@ -1,0 +1,94 @@
+"""Plan: the tuner's answer, saved as YAML and read by exporters and reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from planner.config import TrainConfig
+from planner.errors import PlannerError
+
+BREAKDOWN_KEYS = ("weights", "gradients", "optimizer", "activations", "transient", "overhead")
+
+
+class Breakdown(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weights: int = 0
+    gradients: int = 0
+    optimizer: int = 0
+    activations: int = 0
+    transient: int = 0
+    overhead: int = 0
+
+
+class BaselineResult(BaseModel):
+    """A reference configuration run in the same study (LISA defaults, full FT, LoRA)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    predicted_peak_bytes: int
+    fits: bool
+    metric: float | None = None
+    trial_number: int | None = None
+
+
+class Plan(BaseModel):
+    """A layer-wise fine-tuning plan: which layers train, how they are drawn, and what it costs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    model: str = Field(description="preset name, hub id, or local path as given to the tuner")
+    model_type: str
+    num_layers: int = Field(ge=1)
+    layers_attribute: str = Field(description="dotted path of the decoder layers, e.g. model.layers")
+    # the method
+    active_layers: int = Field(ge=1, description="γ: decoder layers trained at once")
+    period: int = Field(ge=1, description="K: steps between re-draws")
+    scorer: str
+    scorer_options: dict = Field(default_factory=dict)
+    layers: list[int] | None = Field(None, description="fixed layer set for static plans")
+    train_embeddings: bool = True
+    train_head: bool = True
+    learning_rate: float = Field(gt=0)
+    lora_rank: int | None = None
+    # the training configuration the memory was predicted for
+    train: TrainConfig
+    vram_bytes: int | None = None
+    predicted_peak_bytes: int
+    breakdown: Breakdown
+    # what the search measured
+    metric_name: str = "accuracy"
+    metric: float | None = None
+    baselines: list[BaselineResult] = Field(default_factory=list)
+    study_name: str | None = None
+    storage: str | None = None
+    trial_number: int | None = None
+
+    @property
+    def is_static(self) -> bool:
+        return self.layers is not None
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        path = Path(path)
+        if not path.is_file():
+            raise PlannerError(f"plan file must exist, but {str(path)!r} was not found")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise PlannerError(f"plan file must be YAML, but {str(path)!r} is not: {str(exc).splitlines()[0]}") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise PlannerError(f"plan file {str(path)!r} must match the plan schema, but: {problems}") from None

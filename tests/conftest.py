@@ -1,0 +1,18 @@
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+warnings.filterwarnings("ignore", message=".*requires_grad=True to a scalar.*")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def tiny():
+    """Factory for tiny specs: tiny(model_type, num_layers=4, ...)."""
+    from planner.spec.tiny import tiny_spec
+
+    return tiny_spec
