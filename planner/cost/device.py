@@ -1,0 +1,65 @@
+"""Device profiles: the constants a GPU adds on top of the bytes tensors hold.
+
+A profile is measured by ``planner profile`` on the target GPU and stored as JSON; estimates
+for ``--device cuda`` use the matching profile, or the documented defaults below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from planner.units import MiB
+
+# Documented defaults when no profile matches (PyTorch 2.x on Ampere/Hopper):
+DEFAULT_CONTEXT_BYTES = 512 * MiB  # CUDA context + kernel images, outside memory_reserved
+DEFAULT_WORKSPACE_BYTES = 2 * 32 * MiB  # cuBLASLt workspace per handle; forward and backward threads each hold one
+DEFAULT_FRAGMENTATION = 0.05  # reserved/allocated - 1 at the peak, beyond block rounding
+
+
+class LayerMeasurement(BaseModel):
+    """Bytes measured for one decoder layer in one role during a real training step."""
+
+    model_config = ConfigDict(extra="allow")
+    role: str  # e.g. "trainable", "frozen_above", "frozen_below"
+    activation_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+
+
+class DeviceProfile(BaseModel):
+    """What one device adds to predicted tensor bytes, and what was measured there."""
+
+    model_config = ConfigDict(extra="allow")
+    version: int = 1
+    device: str = Field(description="'cpu' or 'cuda'")
+    device_name: str = Field(description="torch.cuda.get_device_name(), or 'cpu'")
+    total_bytes: int | None = None
+    torch_version: str
+    context_bytes: int = DEFAULT_CONTEXT_BYTES
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
+    fragmentation: float = DEFAULT_FRAGMENTATION
+    measured_model: str | None = None
+    layers: list[LayerMeasurement] = Field(default_factory=list)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DeviceProfile":
+        return cls.model_validate_json(Path(path).read_text())
+
+
+def default_profile(device: str = "cuda") -> DeviceProfile:
+    """Documented defaults; for ``cpu`` there is no device overhead."""
+    import torch
+
+    if device == "cpu":
+        return DeviceProfile(device="cpu", device_name="cpu", torch_version=torch.__version__,
+                             context_bytes=0, workspace_bytes=0, fragmentation=0.0)
+    return DeviceProfile(device="cuda", device_name="default", torch_version=torch.__version__)
