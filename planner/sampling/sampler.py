@@ -1,0 +1,194 @@
+"""LayerSampler: keep γ decoder layers trainable and re-draw them every K steps through a scorer.
+
+A switch freezes the layers that leave the active set, drops their gradients and their
+optimizer state (AdamW's moments), and makes the new layers trainable; the optimizer creates
+their state at its next step. Build the optimizer over every parameter once
+(:meth:`LayerSampler.make_optimizer`): AdamW skips parameters whose ``.grad`` is None, so frozen
+layers cost nothing and live memory stays flat across switches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from planner.errors import PlannerError, collect
+from planner.sampling.parts import find_parts
+from planner.sampling.scorers import Scorer, get_scorer
+
+
+def unwrap_optimizer(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside wrappers such as accelerate's ``AcceleratedOptimizer``."""
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+class LayerSampler:
+    """Keeps ``gamma`` of the decoder layers ``min_depth..L-1`` trainable, re-drawn every ``period`` steps.
+
+    Works on a transformers causal LM (every parameter of an active layer trains) and on a peft
+    model (only the adapters inside active layers train). Embeddings and head train or stay
+    frozen for the whole run (``train_embeddings``, ``train_head``).
+    """
+
+    def __init__(self, model: nn.Module, gamma: int = 2, period: int = 20, scorer: str | Scorer = "uniform",
+                 scorer_options: dict[str, Any] | None = None, train_embeddings: bool = True,
+                 train_head: bool = True, min_depth: int = 0, seed: int = 0) -> None:
+        self.model = model
+        self.parts = find_parts(model)
+        self.num_layers = self.parts.num_layers
+        problems = []
+        if not isinstance(gamma, int) or gamma < 1:
+            problems.append(f"gamma must be an integer >= 1, but got gamma={gamma!r}")
+        if not isinstance(period, int) or period < 1:
+            problems.append(f"period must be an integer >= 1, but got period={period!r}")
+        if not isinstance(min_depth, int) or not 0 <= min_depth < self.num_layers:
+            problems.append(f"`0 <= min_depth < num_layers` must hold, but got min_depth={min_depth!r} with {self.num_layers} layers")
+        elif isinstance(gamma, int) and gamma > self.num_layers - min_depth:
+            problems.append(f"`gamma <= num_layers - min_depth` must hold, but got gamma={gamma} > {self.num_layers} - {min_depth}")
+        empty = [i for i, ps in enumerate(self.parts.layer_params) if not ps]
+        if empty:
+            problems.append(f"every decoder layer must hold trainable parameters (adapters on a peft model), but layers {empty} hold none")
+        collect(problems)
+        self.gamma, self.period, self.min_depth, self.seed = gamma, period, min_depth, seed
+        self.train_embeddings, self.train_head = bool(train_embeddings), bool(train_head)
+        self.candidates = list(range(min_depth, self.num_layers))
+        self.rng = np.random.default_rng(seed)
+        self.scorer = get_scorer(scorer, **(scorer_options or {})) if isinstance(scorer, str) else scorer
+        self.scorer.bind(self)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.history: list[dict] = []
+        self.switches = 0
+        self.calibrated = False
+
+        static = []
+        if self.train_embeddings:
+            static += self.parts.embedding_params
+        if self.train_head:
+            static += self.parts.head_params
+        self._static = {id(p): p for p in static}
+        for p in self.parts.embedding_params + self.parts.head_params:
+            p.requires_grad_(id(p) in self._static)
+        for params in self.parts.layer_params:
+            for p in params:
+                p.requires_grad_(False)
+        self.active: list[int] = []
+        self._apply(self.scorer.select(0), step=0)
+
+    # parameters -------------------------------------------------------------------------------
+    def managed_parameters(self) -> list[nn.Parameter]:
+        """Every parameter this sampler may make trainable: all layers' plus trained embeddings/head."""
+        out = {id(p): p for params in self.parts.layer_params for p in params}
+        out.update(self._static)
+        return list(out.values())
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What trains now: the active layers' parameters plus trained embeddings/head."""
+        out = {id(p): p for i in self.active for p in self.parts.layer_params[i]}
+        out.update(self._static)
+        return list(out.values())
+
+    def make_optimizer(self, optimizer_cls=torch.optim.AdamW, **kwargs) -> torch.optim.Optimizer:
+        """Build ``optimizer_cls`` over every managed parameter once; state appears only for active ones."""
+        self.attach_optimizer(optimizer_cls(self.managed_parameters(), **kwargs))
+        return self.optimizer
+
+    def attach_optimizer(self, optimizer) -> list[nn.Parameter]:
+        """Use ``optimizer`` for state release; add managed parameters it lacks.
+
+        A parameter that was frozen when the optimizer was built (a trainer that takes only
+        ``requires_grad`` parameters) joins the group of its counterpart in another layer (same
+        name inside the layer, so weight-decay splits are kept), else the first group.
+        Returns the parameters added.
+        """
+        inner = unwrap_optimizer(optimizer)
+        group_of = {id(p): g for g, group in enumerate(inner.param_groups) for p in group["params"]}
+        by_name: dict[str, int] = {}
+        for params, names in zip(self.parts.layer_params, self.parts.layer_param_names):
+            for p, name in zip(params, names):
+                if id(p) in group_of:
+                    by_name.setdefault(name, group_of[id(p)])
+        added = []
+        name_of = {id(p): n for params, names in zip(self.parts.layer_params, self.parts.layer_param_names) for p, n in zip(params, names)}
+        for p in self.managed_parameters():
+            if id(p) in group_of:
+                continue
+            g = by_name.get(name_of.get(id(p), ""), 0)
+            inner.param_groups[g]["params"].append(p)
+            group_of[id(p)] = g
+            added.append(p)
+        self.optimizer = inner
+        return added
+
+    # the schedule -----------------------------------------------------------------------------
+    def begin_step(self, step: int) -> bool:
+        """Call before step ``step``'s forward (0-based); re-draws when ``step`` is a multiple of K > 0."""
+        if step > 0 and step % self.period == 0:
+            self._apply(self.scorer.select(step), step=step)
+            return True
+        return False
+
+    def after_backward(self, step: int) -> None:
+        """Call after backward, before the optimizer step: feeds gradient norms to scorers that learn from them."""
+        if not self.scorer.wants_gradients:
+            return
+        norms = {}
+        for i in self.active:
+            grads = [p.grad for p in self.parts.layer_params[i] if p.grad is not None]
+            if grads:
+                norms[i] = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+        self.scorer.on_gradients(step, norms)
+
+    def end_step(self, step: int, loss: float, batch: dict | None = None) -> None:
+        """Call after the optimizer step with the step's loss (and batch, for scorers that run rollouts)."""
+        self.scorer.observe(step, loss, batch)
+
+    observe = end_step
+
+    def calibrate(self, batch: dict, step: int = 0) -> None:
+        """Give a scorer that needs one its calibration batch, then re-draw from what it measured."""
+        if not self.scorer.needs_calibration:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            self.scorer.calibrate(self.model, batch)
+        finally:
+            self.model.train(was_training)
+        self.calibrated = True
+        self._apply(self.scorer.select(step), step=step)
+
+    def switch(self, layers: list[int], step: int) -> None:
+        """Make exactly ``layers`` the active set (validated), as a scorer's draw would."""
+        self._apply(list(layers), step=step)
+
+    # internals --------------------------------------------------------------------------------
+    def _apply(self, layers: list[int], step: int) -> None:
+        layers = sorted(int(i) for i in layers)
+        bad = [i for i in layers if i not in self.candidates]
+        if bad or len(set(layers)) != len(layers) or not 1 <= len(layers) <= self.gamma:
+            raise PlannerError(f"an active set must hold 1..{self.gamma} distinct layers in {self.min_depth}..{self.num_layers - 1}, but got {layers}")
+        leaving = [i for i in self.active if i not in layers]
+        for i in leaving:
+            for p in self.parts.layer_params[i]:
+                if id(p) in self._static:
+                    continue
+                p.requires_grad_(False)
+                p.grad = None
+                if self.optimizer is not None:
+                    self.optimizer.state.pop(p, None)
+        for i in layers:
+            for p in self.parts.layer_params[i]:
+                p.requires_grad_(True)
+        if self.active and layers != self.active:
+            self.switches += 1
+        self.active = layers
+        self.history.append({"step": int(step), "active": list(layers), "weights": [float(w) for w in self.scorer.weights()]})
+
+    def __repr__(self) -> str:
+        return (f"LayerSampler(gamma={self.gamma}, period={self.period}, scorer={self.scorer.name!r}, "
+                f"min_depth={self.min_depth}, active={self.active})")
