@@ -1,0 +1,278 @@
+"""Report data from synthetic studies that follow the trial-record contract of `planner tune`."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from planner.config import TrainConfig
+from planner.errors import PlannerError
+from planner.plan import BREAKDOWN_KEYS, Breakdown, Plan
+from planner.report import data as rdata
+from planner.units import GiB, MiB
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+VRAM = 8 * GiB
+L = 4
+DIST = {
+    "gamma": IntDistribution(1, L),
+    "period": CategoricalDistribution([5, 10, 20, 40]),
+    "scorer": CategoricalDistribution(["uniform", "gradnorm", "ist"]),
+    "train_embeddings": CategoricalDistribution([True, False]),
+    "train_head": CategoricalDistribution([True, False]),
+    "lr": FloatDistribution(1e-4, 1e-2, log=True),
+    "lora_rank": CategoricalDistribution([0, 16]),
+}
+
+
+def _bd(weights, gradients, optimizer, activations, transient=0.25, overhead=0.5):
+    """A breakdown in GiB -> bytes."""
+    vals = (weights, gradients, optimizer, activations, transient, overhead)
+    return {k: int(v * GiB) for k, v in zip(BREAKDOWN_KEYS, vals)}
+
+
+def _importance(steps, varying: bool):
+    rows = []
+    for i, s in enumerate(steps):
+        w = [0.25] * L if not varying else [0.1 + 0.05 * i, 0.2, 0.3, 0.4 - 0.05 * i]
+        rows.append({"step": s, "active": [i % L, (i + 1) % L], "weights": w})
+    return rows
+
+
+# number, state, kind, gamma, scorer, emb, metric, breakdown (GiB), gated, lowest, importance-varying
+TRIALS = [
+    (0, "PRUNED", "baseline:full", 4, "uniform", True, None, (2, 2, 4, 2.25), True, 0, None),
+    (1, "COMPLETE", "baseline:lisa", 2, "uniform", True, 0.55, (2, 0.5, 1, 2.25), False, 0, False),
+    (2, "COMPLETE", "baseline:lora", 4, "uniform", False, 0.50, (2, 0.1, 0.2, 1.95), False, 0, None),
+    (3, "COMPLETE", "search", 1, "gradnorm", False, 0.60, (2, 0.25, 0.5, 0.5), False, 2, True),
+    (4, "COMPLETE", "search", 3, "gradnorm", False, 0.70, (2, 0.75, 1.5, 1.0), False, 1, True),
+    (5, "PRUNED", "search", 4, "uniform", True, None, (2, 1, 2, 4.25), True, 0, None),
+    (6, "COMPLETE", "search", 2, "uniform", True, 0.58, (2, 0.5, 1, 2.25), False, 0, False),
+    (7, "FAIL", "search", 2, "ist", False, None, (2, 0.5, 1, 1), False, 1, None),
+    (8, "PRUNED", "search", 2, "ist", False, None, (2, 0.5, 1, 1), False, 1, None),
+    (9, "COMPLETE", "search", 3, "ist", False, 0.65, (2, 0.75, 1.5, 2.0), False, 0, True),
+]
+
+
+def _peak(bd):
+    return sum(bd.values())
+
+
+def make_study(tmp_path, *, multi=False, storage=None, name="synthetic", model=None, with_baselines=True):
+    """A study of TRIALS (see the table above) with the study attributes `planner tune` records."""
+    if model is None:
+        from planner.spec.tiny import tiny_spec
+
+        spec = tiny_spec("llama", num_layers=L)
+        cfg_path = tmp_path / "tiny-config.json"
+        cfg_path.write_text(json.dumps(spec.config.to_dict()))
+        model = str(cfg_path)
+    kw = {"directions": ["maximize", "minimize"]} if multi else {"direction": "maximize"}
+    study = optuna.create_study(study_name=name, storage=storage, **kw)
+    for k, v in dict(vram_bytes=VRAM, model=model, model_type="llama", num_layers=L, layers_attribute="model.layers",
+                     metric_name="accuracy", direction="maximize", workload={"name": "synthetic", "seq_len": 32},
+                     device="cpu", multi_objective=multi).items():
+        study.set_user_attr(k, v)
+    for number, state, kind, gamma, scorer, emb, metric, bd_gib, gated, lowest, varying in TRIALS:
+        if not with_baselines and kind.startswith("baseline"):
+            continue
+        bd = _bd(*bd_gib)
+        peak = _peak(bd)
+        params = {"gamma": gamma, "period": 20, "scorer": scorer, "train_embeddings": emb, "train_head": emb,
+                  "lr": 1e-3, "lora_rank": 16 if kind == "baseline:lora" else 0}
+        ua = {"kind": kind, "predicted_peak_bytes": peak, "breakdown": bd, "fits": peak <= VRAM, "gated": gated,
+              "reason": "predicted peak over budget" if gated else "", "lowest_layer": lowest,
+              "trainable_layers": list(range(lowest, lowest + gamma)), "train_seconds": 1.5,
+              "importance": [] if varying is None else _importance([0, 10, 20, 30], varying)}
+        if metric is not None:
+            ua["metric"] = metric
+        st = TrialState[state]
+        values = None
+        if st == TrialState.COMPLETE:
+            values = [metric, float(peak)] if multi else [metric]
+        study.add_trial(create_trial(state=st, values=values, params=params, distributions=DIST, user_attrs=ua))
+    return study
+
+
+def fake_estimator(spec, cfg: TrainConfig):
+    """Deterministic stand-in for the cost model: 1 GiB weights + 0.5 GiB per trained layer (+ depth term)."""
+    L_ = spec.num_layers
+    if cfg.layers == "all":
+        trained = L_ if cfg.lora_rank is None else 0.1 * L_
+    else:
+        trained = cfg.active_layers or 0
+    below = 0 if cfg.train_embeddings else cfg.min_depth
+    act = (L_ - below) * 0.25
+    bd = {"weights": GiB, "gradients": int(trained * 0.25 * GiB), "optimizer": int(trained * 0.5 * GiB),
+          "activations": int(act * GiB), "transient": 0, "overhead": 0}
+    return sum(bd.values()), bd
+
+
+@pytest.fixture
+def study(tmp_path):
+    return make_study(tmp_path)
+
+
+def test_trials_are_read_by_contract(study):
+    d = rdata.study_report_data(study, estimator=fake_estimator)
+    by = {p.number: p for p in d.trials}
+    assert by[0].gated and by[0].metric is None and by[0].kind == "baseline:full"
+    assert by[4].metric == pytest.approx(0.70) and by[4].gamma == 3 and by[4].lowest_layer == 1
+    assert by[7].state == "FAIL" and by[7].metric is None
+    assert d.counts == {"trials": 10, "complete": 6, "gated": 2, "pruned": 1, "failed": 1, "running": 0}
+    assert d.best_trial == 4
+    assert d.metric_name == "accuracy" and d.vram_bytes == VRAM and d.num_layers == L
+
+
+def test_pareto_front(study):
+    d = rdata.study_report_data(study, estimator=fake_estimator)
+    # peak GiB / metric: #3 4.0 / 0.60, #4 6.0 / 0.70, #2 5.0 / 0.50, #1 6.5 / 0.55, #6 6.5 / 0.58, #9 7.0 / 0.65
+    assert sorted(p.number for p in d.trials if p.pareto) == [3, 4]
+    assert rdata.pareto_front([], "maximize") == []
+
+
+def test_bars_use_baseline_trials_and_tuned_plan(study):
+    d = rdata.study_report_data(study, estimator=fake_estimator)
+    assert [b.key for b in d.bars] == ["full", "lora", "lisa", "plan"]
+    full, lora, lisa, plan = d.bars
+    assert full.source == "trial #0" and full.fits is False and full.peak_bytes == 11 * GiB
+    assert plan.trial_number == 4 and plan.breakdown == _bd(2, 0.75, 1.5, 1.0)
+    assert all(set(b.breakdown) == set(BREAKDOWN_KEYS) for b in d.bars)
+
+
+def test_missing_baselines_come_from_the_cost_model(tmp_path):
+    study = make_study(tmp_path, with_baselines=False)
+    d = rdata.study_report_data(study, estimator=fake_estimator)
+    full = d.bars[0]
+    assert full.source == "cost model" and full.key == "full"
+    # fake: 1 + 4 layers * 0.75 + 4 * 0.25 activations = 5 GiB
+    assert full.peak_bytes == 5 * GiB
+    assert d.bars[-1].key == "plan"
+
+
+def test_savings_table_numbers(study):
+    d = rdata.study_report_data(study, estimator=fake_estimator)
+    rows = {r.key: r for r in d.savings}
+    full_peak = 11 * GiB  # 2 + 2 + 4 + 2.25 + 0.25 + 0.5
+    plan_peak = 6 * GiB  # 2 + 0.75 + 1.5 + 1 + 0.25 + 0.5
+    assert rows["plan"].saving_bytes == pytest.approx(full_peak - plan_peak, abs=4)
+    assert rows["plan"].saving_pct == pytest.approx(100 * 5 / 11, rel=1e-6)
+    assert rows["plan"].delta_vs_lora == pytest.approx(0.70 - 0.50)
+    assert rows["plan"].delta_vs_lisa == pytest.approx(0.70 - 0.55)
+    assert rows["full"].saving_bytes == 0 and rows["full"].metric is None and rows["full"].delta_vs_lora is None
+    assert rows["lora"].delta_vs_lisa == pytest.approx(-0.05)
+
+
+def test_sweeps_from_cost_model_and_trials(study):
+    d = rdata.study_report_data(study, estimator=fake_estimator)
+    g = d.gamma_sweep
+    assert [c.label for c in g.curves] == ["embeddings + head trained", "embeddings + head frozen"]
+    assert g.curves[0].x == [1, 2, 3, 4]
+    # each extra active layer adds 0.75 GiB in the fake model
+    assert [b - a for a, b in zip(g.curves[0].y, g.curves[0].y[1:])] == [int(0.25 * GiB) + int(0.5 * GiB)] * 3
+    dep = d.depth_sweep
+    assert dep.curves[1].x == [0, 1]  # γ = 3 (the tuned plan): lowest layer 0..L-γ
+    frozen = dep.curves[1].y
+    assert frozen[0] - frozen[1] == int(0.25 * GiB)  # one fewer layer keeps activations
+    assert dep.curves[0].y[0] == dep.curves[0].y[1]  # embeddings trained: depth does not matter
+    assert (3, 6 * GiB, 4) in g.points and (1, 6 * GiB, 4) in dep.points
+
+
+def test_sweeps_fall_back_to_trials_when_model_unknown(tmp_path):
+    study = make_study(tmp_path, model="no-such-model-preset")
+    d = rdata.study_report_data(study)
+    assert d.gamma_sweep.curves == [] and len(d.gamma_sweep.points) == 10
+    assert "cannot be loaded" in d.gamma_sweep.note
+    # the baselines are trials: bars need no cost model
+    assert [b.key for b in d.bars] == ["full", "lora", "lisa", "plan"]
+
+
+def test_importance_keeps_adaptive_scorers_only(study):
+    d = rdata.study_report_data(study, estimator=fake_estimator)
+    assert [(m.scorer, m.trial_number) for m in d.importance] == [("gradnorm", 4), ("ist", 9)]
+    m = d.importance[0]
+    assert m.steps == [0, 10, 20, 30] and m.num_layers == L and len(m.weights) == 4 and len(m.weights[0]) == L
+    assert m.active[1] == [1, 2]
+
+
+def test_history_best_so_far(study):
+    d = rdata.study_report_data(study, estimator=fake_estimator)
+    assert [h.number for h in d.history] == [1, 2, 3, 4, 6, 9]
+    assert [h.best_so_far for h in d.history] == [None, None, 0.60, 0.70, 0.70, 0.70]
+
+
+def test_multi_objective_study(tmp_path):
+    study = make_study(tmp_path, multi=True)
+    d = rdata.study_report_data(study, estimator=fake_estimator)
+    assert d.best_trial == 4 and d.direction == "maximize"
+    assert {p.number: p.metric for p in d.trials if p.metric is not None}[3] == pytest.approx(0.60)
+    assert sorted(p.number for p in d.trials if p.pareto) == [3, 4]
+
+
+def test_empty_study_says_why(tmp_path):
+    study = optuna.create_study(study_name="empty")
+    d = rdata.study_report_data(study, use_cost_model=False)
+    assert d.bars == [] and d.best_trial is None
+    assert {"breakdown", "tradeoff", "history", "importance"} <= set(d.notes)
+
+
+def _plan(model: str, **kw) -> Plan:
+    train = TrainConfig(seq_len=32, active_layers=2, train_embeddings=False, train_head=False)
+    base = dict(model=model, model_type="llama", num_layers=L, layers_attribute="model.layers", active_layers=2,
+                period=20, scorer="gradnorm", train_embeddings=False, train_head=False, learning_rate=1e-3, train=train,
+                vram_bytes=VRAM, predicted_peak_bytes=3 * GiB, breakdown=Breakdown(weights=GiB, gradients=GiB, activations=GiB),
+                metric=0.7, baselines=[{"name": "lora", "predicted_peak_bytes": 2 * GiB, "fits": True, "metric": 0.5},
+                                       {"name": "lisa", "predicted_peak_bytes": 3 * GiB, "fits": True, "metric": 0.6}])
+    base.update(kw)
+    return Plan(**base)
+
+
+def test_plan_report_data_uses_the_cost_model(tmp_path):
+    from planner.spec.tiny import tiny_spec
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_spec("llama", num_layers=L).config.to_dict()))
+    d = rdata.plan_report_data(_plan(str(cfg)), name="p", estimator=fake_estimator)
+    assert [b.key for b in d.bars] == ["full", "lora", "lisa", "plan"]
+    assert all(b.source == "cost model" for b in d.bars)
+    assert d.notes["tradeoff"] == rdata.NO_STUDY and d.notes["history"] == rdata.NO_STUDY
+    rows = {r.key: r for r in d.savings}
+    assert rows["plan"].delta_vs_lora == pytest.approx(0.2) and rows["plan"].delta_vs_lisa == pytest.approx(0.1)
+    # full: 5 GiB; plan (γ=2, frozen E+H): 1 + 2*0.75 + 4*0.25 = 3.5 GiB
+    assert rows["plan"].saving_bytes == int(1.5 * GiB) and rows["plan"].saving_pct == pytest.approx(30.0)
+    assert d.gamma_sweep.curves and d.depth_sweep.curves[0].x == [0, 1, 2]
+
+
+def test_plan_without_loadable_model_keeps_its_own_breakdown():
+    d = rdata.plan_report_data(_plan("no-such-model-preset"), name="p")
+    assert [b.key for b in d.bars] == ["plan"] and d.bars[0].peak_bytes == 3 * GiB
+    assert "sweeps" in d.notes and "breakdown" in d.notes
+
+
+def test_load_study_errors(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    make_study(tmp_path, storage=url, name="alpha")
+    assert rdata.load_study("alpha", url).study_name == "alpha"
+    with pytest.raises(PlannerError, match=r"'beta'.*studies there: alpha"):
+        rdata.load_study("beta", url)
+    with pytest.raises(PlannerError, match="does not exist"):
+        rdata.load_study("alpha", f"sqlite:///{tmp_path / 'missing.db'}")
+    assert not (tmp_path / "missing.db").exists()
+    with pytest.raises(PlannerError, match="--storage must be"):
+        rdata.load_study("alpha", "not a url")
+
+
+def test_spread_keeps_ends():
+    assert rdata._spread(1, 4) == [1, 2, 3, 4]
+    s = rdata._spread(1, 80)
+    assert s[0] == 1 and s[-1] == 80 and len(s) <= rdata.MAX_SWEEP_POINTS
+    assert rdata._spread(3, 2) == []
+
+
+def test_gib():
+    assert rdata.gib(512 * MiB) == 0.5 and rdata.gib(None) is None
