@@ -1,6 +1,85 @@
-"""`planner profile`."""
+"""`planner profile`: measure a device's per-layer bytes and overheads; write a device profile JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("profile", help="(not available yet)")
-    p.set_defaults(func=lambda args: print("planner profile: not available yet") or 1)
+    p = sub.add_parser(
+        "profile",
+        help="measure per-layer memory and device overheads on this machine; write a device profile",
+        description="Run real training steps of a reduced-depth model on the local device and record per-layer "
+                    "activation, gradient and optimizer bytes (trainable, frozen above and frozen below the lowest "
+                    "trainable layer) and the device constants (CUDA context, cuBLAS workspaces, fragmentation). "
+                    "`planner estimate --device cuda` then uses the profile whose device name matches the local GPU.",
+    )
+    p.add_argument("--model", default="gpt2", help="preset, hub id, model directory or config.json (default gpt2)")
+    p.add_argument("--device", default="cuda", metavar="{cuda,cpu}", help="default cuda")
+    p.add_argument("--batch-size", metavar="N", help="default 1")
+    p.add_argument("--seq-len", metavar="N", help="default 512")
+    p.add_argument("--dtype", metavar="{float32,bfloat16,float16}", help="default float32")
+    p.add_argument("--out", metavar="PATH", help="output JSON (default: $PLANNER_PROFILE_DIR or ~/.cache/planner/profiles, "
+                   "named after the device)")
+    p.add_argument("--json", action="store_true", help="print the profile as JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def validate(args):
+    """(spec, cfg) with every problem of the flags reported at once."""
+    from pydantic import ValidationError
+
+    from planner.config import TrainConfig
+    from planner.errors import PlannerError, collect
+    from planner.spec import load_spec
+
+    problems, spec, cfg = [], None, None
+    try:
+        spec = load_spec(args.model)
+    except PlannerError as exc:
+        problems.append(str(exc))
+    fields = {k: getattr(args, k) for k in ("batch_size", "seq_len", "dtype") if getattr(args, k) is not None}
+    try:
+        cfg = TrainConfig(**fields)
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = err["msg"]
+            problems.append(f"--{str(err['loc'][0]).replace('_', '-')} {msg[0].lower() + msg[1:]}, but got {err.get('input')!r}")
+    if args.device not in ("cuda", "cpu"):
+        problems.append(f"--device must be cuda or cpu, but got {args.device!r}")
+    if spec is not None and spec.num_layers < 1:
+        problems.append(f"--model must have decoder layers, but {spec.name!r} has {spec.num_layers}")
+    collect(problems)
+    return spec, cfg
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from planner.cost.profile import measure_profile, profile_dir, profile_filename
+
+    spec, cfg = validate(args)
+    prof = measure_profile(spec, device=args.device, dtype=cfg.dtype, batch_size=cfg.batch_size, seq_len=cfg.seq_len)
+    path = Path(args.out).expanduser() if args.out else profile_dir() / profile_filename(prof.device_name)
+    prof.save(path)
+    if args.json:
+        print(json.dumps({"path": str(path), **prof.model_dump(mode="json")}))
+        return 0
+    console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+    console.print(f"device: {prof.device_name} ({prof.device}), torch {prof.torch_version}")
+    console.print(f"measured: {spec.name} at depths {prof.measured_depths}, batch {cfg.batch_size} × seq {cfg.seq_len}, {cfg.dtype}")
+    table = Table(title="per decoder layer (bytes)")
+    for col in ("role", "activation", "gradient", "optimizer", "weights"):
+        table.add_column(col, justify="left" if col == "role" else "right")
+    for m in prof.layers:
+        table.add_row(m.role, f"{m.activation_bytes:,}", f"{m.gradient_bytes:,}", f"{m.optimizer_bytes:,}",
+                      f"{getattr(m, 'weight_bytes', 0):,}")
+    console.print(table)
+    console.print(f"context: {prof.context_bytes:,} B   workspace: {prof.workspace_bytes:,} B   "
+                  f"fragmentation: {prof.fragmentation:.4f}")
+    console.print(f"wrote {path}")
+    return 0

@@ -1,0 +1,309 @@
+"""Device profiles: where they live, which one an estimate uses, and how ``planner profile`` measures one.
+
+Measurement (one training step after a warm-up step that creates the optimizer state), at the
+model's real width with two reduced depths n1 < n2, in three roles:
+
+- ``trainable``: every decoder layer trains;
+- ``frozen_above``: only the lowest layer trains, the added layers are frozen above it;
+- ``frozen_below``: only the top layer trains, the added layers are frozen below it.
+
+Embeddings and head are frozen in every run so that the added layers are the only difference.
+Per-layer bytes are differences between the two depths, divided by ``n2 - n1``:
+``activation = Δ(allocated after forward - allocated before forward) / Δn``,
+``gradient = Δ(allocated after backward - allocated before forward) / Δn``,
+``optimizer = Δ(allocated after the warm-up step - allocated before it) / Δn``.
+On CUDA the allocator's counters are read (``torch.cuda.memory_allocated`` and peaks); on CPU
+the same points are read from ``planner.cost.LiveBytesTracker``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from planner.cost.device import DeviceProfile, LayerMeasurement, default_profile
+from planner.errors import PlannerError
+
+PROFILE_DIR_ENV = "PLANNER_PROFILE_DIR"
+DEFAULT_PROFILE_DIR = Path("~/.cache/planner/profiles")
+DEFAULT_DEPTHS = (2, 4)
+ROLES = ("trainable", "frozen_above", "frozen_below")
+
+
+# ----------------------------------------------------------------------------------- where profiles live
+
+
+def profile_dir() -> Path:
+    """``$PLANNER_PROFILE_DIR``, else ``~/.cache/planner/profiles``."""
+    return Path(os.environ.get(PROFILE_DIR_ENV) or DEFAULT_PROFILE_DIR).expanduser()
+
+
+def profile_filename(device_name: str) -> str:
+    """``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3.json``."""
+    return (re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") or "device") + ".json"
+
+
+def local_device_name(device: str) -> str | None:
+    """The local device's name (``torch.cuda.get_device_name()``, or ``cpu``); None when absent."""
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def load_profile(path: str | Path) -> DeviceProfile:
+    """Read a profile JSON, with a one-line error when it is missing or malformed."""
+    from pydantic import ValidationError
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PlannerError(f"--profile must be an existing device profile JSON, but {str(path)!r} was not found")
+    try:
+        return DeviceProfile.load(path)
+    except (ValidationError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()
+        raise PlannerError(f"--profile must be a device profile JSON (see `planner profile`), but {str(path)!r} is not: "
+                           f"{' '.join(first[:3]) if first else type(exc).__name__}") from None
+
+
+def find_profile(device_name: str, directory: str | Path | None = None) -> tuple[DeviceProfile, Path] | None:
+    """The newest profile in ``directory`` measured on ``device_name`` (unreadable files are skipped)."""
+    directory = Path(directory).expanduser() if directory is not None else profile_dir()
+    if not directory.is_dir():
+        return None
+    found = []
+    for path in directory.glob("*.json"):
+        try:
+            prof = DeviceProfile.load(path)
+        except Exception:  # noqa: BLE001 - a foreign or broken file is not a profile of this device
+            continue
+        if prof.device_name == device_name:
+            found.append((path.stat().st_mtime, path, prof))
+    if not found:
+        return None
+    _, path, prof = max(found, key=lambda t: (t[0], str(t[1])))
+    return prof, path
+
+
+def resolve_profile(device: str, path: str | Path | None = None, directory: str | Path | None = None) -> tuple[DeviceProfile, str]:
+    """The profile an estimate on ``device`` uses, and a line saying which it is.
+
+    ``path`` (``--profile``) wins; else, for ``cuda``, a profile in ``directory`` (default
+    :func:`profile_dir`) whose ``device_name`` matches the local GPU; else the documented
+    defaults of :func:`planner.cost.device.default_profile` (no overhead on ``cpu``).
+    """
+    if path is not None:
+        prof = load_profile(path)
+        if prof.device != device:
+            raise PlannerError(f"--profile must be measured on --device {device}, but {str(path)!r} was measured on {prof.device!r}")
+        return prof, f"{path} ({prof.device_name})"
+    if device == "cpu":
+        return default_profile("cpu"), "cpu (no device overhead)"
+    name = local_device_name(device)
+    where = directory if directory is not None else profile_dir()
+    if name is None:
+        return default_profile(device), "documented defaults (no local GPU to match a profile against)"
+    hit = find_profile(name, where)
+    if hit is None:
+        return default_profile(device), f"documented defaults (no profile for {name!r} in {where}; run `planner profile`)"
+    prof, found = hit
+    return prof, f"{found} ({name})"
+
+
+# ----------------------------------------------------------------------------------- measuring one
+
+
+class _CudaMeter:
+    """The caching allocator's counters."""
+
+    def __init__(self, torch):
+        self.torch = torch
+
+    def sync(self):
+        self.torch.cuda.synchronize()
+
+    def track(self, tensors):
+        """The allocator sees every tensor: nothing to declare."""
+
+    def release(self):
+        """Return cached blocks so one run's reserve does not inflate the next run's peak."""
+        import gc
+
+        gc.collect()
+        self.torch.cuda.empty_cache()
+
+    def allocated(self) -> int:
+        self.sync()
+        return int(self.torch.cuda.memory_allocated())
+
+    def reset_peak(self):
+        self.sync()
+        self.torch.cuda.reset_peak_memory_stats()
+
+    def peaks(self) -> dict:
+        """Peak allocated, reserved and requested bytes (requested: before the allocator's block rounding)."""
+        self.sync()
+        stats = self.torch.cuda.memory_stats()
+        return {"allocated": int(self.torch.cuda.max_memory_allocated()),
+                "reserved": int(self.torch.cuda.max_memory_reserved()),
+                "requested": int(stats.get("requested_bytes.all.peak", 0)) or None}
+
+
+
+class _TrackerMeter:
+    """Live storage bytes from ``planner.cost.LiveBytesTracker`` (CPU): no allocator, so reserved = allocated."""
+
+    def __init__(self):
+        from planner.cost import LiveBytesTracker
+
+        self.tracker = LiveBytesTracker()
+
+    def __enter__(self):
+        import gc
+
+        gc.collect()
+        self._gc = gc.isenabled()
+        gc.disable()  # frees happen by refcount, at the same points in every run
+        self.tracker.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        import gc
+
+        try:
+            return self.tracker.__exit__(*exc)
+        finally:
+            if self._gc:
+                gc.enable()
+
+    def release(self):
+        import gc
+
+        gc.collect()
+
+    def allocated(self) -> int:
+        return int(self.tracker.current_bytes)
+
+    def reset_peak(self):
+        self.tracker.reset_peak()
+
+    def track(self, tensors):
+        """Count storages made outside the dispatcher's sight (e.g. weights loaded lazily); idempotent."""
+        self.tracker.track(tensors)
+
+    def peaks(self) -> dict:
+        peak = int(self.tracker.peak_bytes)
+        return {"allocated": peak, "reserved": peak, "requested": peak}
+
+class _Points:
+    """StepHooks that read allocated bytes after the forward and after the backward pass."""
+
+    def __init__(self, meter):
+        from planner.cost.measure import StepHooks
+
+        self.meter, self.values = meter, {}
+        hooks = StepHooks()
+        hooks.backward_start = lambda: self.values.__setitem__("forward", meter.allocated())
+        hooks.backward_end = lambda: self.values.__setitem__("backward", meter.allocated())
+        self.hooks = hooks
+
+
+def _one_run(spec, depth: int, role: str, *, device: str, dtype: str, batch_size: int, seq_len: int, meter) -> dict:
+    """Allocated bytes at the points of one measured training step (the second one) of ``depth`` layers in ``role``."""
+    from planner.config import TrainConfig
+    from planner.cost.measure import make_batch, make_optimizer, prepare_model, state_tensors, training_step
+    from planner.spec import build_model
+
+    layers = {"trainable": list(range(depth)), "frozen_above": [0], "frozen_below": [depth - 1]}[role]
+    cfg = TrainConfig(batch_size=batch_size, seq_len=seq_len, dtype=dtype, layers=layers,
+                      train_embeddings=False, train_head=False)
+    meter.release()
+    m_empty = meter.allocated()
+    model = prepare_model(build_model(spec, dtype=dtype, num_layers=depth).to(device), cfg, layers)
+    optimizer = make_optimizer(model, cfg)
+    batch = {k: v.to(device) for k, v in make_batch(spec.vocab_size, batch_size, seq_len).items()}
+    meter.track(state_tensors(model, None, batch))
+    m_built = meter.allocated()
+    training_step(model, optimizer, batch)  # warm-up: creates the optimizer state
+    m_state = meter.allocated()
+    points = _Points(meter)
+    meter.reset_peak()
+    training_step(model, optimizer, batch, hooks=points.hooks)
+    out = {"weights": m_built - m_empty, "optimizer": m_state - m_built,
+           "activation": points.values["forward"] - m_state, "gradient": points.values["backward"] - m_state,
+           "peaks": meter.peaks()}
+    del model, optimizer, batch
+    return out
+
+
+def _per_layer(runs: dict, role: str, depths: tuple[int, int]) -> LayerMeasurement:
+    lo, hi = runs[(role, depths[0])], runs[(role, depths[1])]
+    step = depths[1] - depths[0]
+
+    def diff(key):
+        return round((hi[key] - lo[key]) / step)
+
+    return LayerMeasurement(role=role, activation_bytes=diff("activation"), gradient_bytes=diff("gradient"),
+                            optimizer_bytes=diff("optimizer"), weight_bytes=diff("weights"))
+
+
+def _measure_workspace(torch, meter, dtype) -> int:
+    """Bytes the cuBLAS handles keep after one matmul forward and backward (each thread's handle has a workspace)."""
+    from planner.spec.model import DTYPES
+
+    before = meter.allocated()
+    x = torch.randn(256, 256, device="cuda", dtype=DTYPES[dtype], requires_grad=True)
+    (x @ x).float().sum().backward()
+    del x
+    return max(0, meter.allocated() - before)
+
+
+def measure_profile(spec, *, device: str = "cuda", dtype: str = "float32", batch_size: int = 1, seq_len: int = 512,
+                    depths: tuple[int, int] = DEFAULT_DEPTHS) -> DeviceProfile:
+    """Measure per-layer bytes in each role and the device constants by real training steps on ``device``."""
+    import torch
+
+    if not (isinstance(depths, tuple) and len(depths) == 2 and 2 <= depths[0] < depths[1]):
+        raise PlannerError(f"depths must be two layer counts 2 <= n1 < n2, but got {depths!r}")
+    kwargs = dict(device=device, dtype=dtype, batch_size=batch_size, seq_len=seq_len)
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise PlannerError(f"--device cuda needs a CUDA GPU, but torch {torch.__version__} sees none "
+                               "(torch.cuda.is_available() is False); use --device cpu")
+        meter = _CudaMeter(torch)
+        workspace = _measure_workspace(torch, meter, dtype)
+        runs = {(role, n): _one_run(spec, n, role, meter=meter, **kwargs) for role in ROLES for n in depths}
+        free, total = torch.cuda.mem_get_info()
+        # the context (and kernel images) is what the process holds beyond the allocator's reserve
+        context = max(0, int(total - free - torch.cuda.memory_reserved()))
+        name, total = torch.cuda.get_device_name(), int(total)
+    elif device == "cpu":
+        meter = _TrackerMeter()
+        with meter:
+            runs = {(role, n): _one_run(spec, n, role, meter=meter, **kwargs) for role in ROLES for n in depths}
+        workspace = context = 0
+        name, total = "cpu", None
+    else:
+        raise PlannerError(f"--device must be cuda or cpu, but got {device!r}")
+    peaks = runs[("trainable", depths[1])]["peaks"]
+    fragmentation = _fragmentation(peaks)
+    return DeviceProfile(
+        device=device, device_name=name, total_bytes=total, torch_version=torch.__version__,
+        context_bytes=context, workspace_bytes=workspace, fragmentation=fragmentation, measured_model=spec.name,
+        layers=[_per_layer(runs, role, depths) for role in ROLES],
+        # measurement conditions and raw peaks, kept so a profile can be checked later
+        measured_batch_size=batch_size, measured_seq_len=seq_len, measured_dtype=dtype, measured_depths=list(depths),
+        peak_allocated_bytes=peaks["allocated"], peak_reserved_bytes=peaks["reserved"],
+        peak_requested_bytes=peaks["requested"],
+    )
+
+
+def _fragmentation(peaks: dict) -> float:
+    """``reserved/allocated - 1`` at the peak, less the block rounding ``allocated/requested - 1``; never below 0."""
+    allocated, reserved, requested = peaks["allocated"], peaks["reserved"], peaks["requested"]
+    if not allocated:
+        return 0.0
+    rounding = allocated / requested - 1 if requested else 0.0
+    return max(0.0, reserved / allocated - 1 - rounding)
