@@ -1,0 +1,59 @@
+"""Reference configurations run inside every study, so a result says how much tuning wins.
+
+- ``baseline:lisa``: LISA's defaults (Pan et al. 2024): γ=2 layers drawn uniformly every K=20
+  steps, embeddings and head always trainable, the search's default learning rate;
+- ``baseline:full``: full fine-tuning (γ=L: every layer, embeddings and head), gated like any
+  trial, so it runs only where it fits;
+- ``baseline:lora``: LoRA rank 16 on every layer's linear modules, embeddings and head frozen.
+"""
+
+from __future__ import annotations
+
+from planner.tune.space import DEFAULT_LR, LISA_GAMMA, LISA_PERIOD, SearchSpace, TrialParams
+
+LORA_BASELINE_RANK = 16
+# LoRA adapters start at zero and are trained from scratch: they take a larger step than
+# full weights (Hu et al. 2021 fine-tune GPT-2 with 2e-4 vs 1e-5..5e-5 for full fine-tuning)
+LORA_LR_FACTOR = 5.0
+KINDS = ("baseline:lisa", "baseline:full", "baseline:lora")
+SEARCH = "search"
+
+
+def _nearest(value, choices):
+    return min(choices, key=lambda c: abs(c - value))
+
+
+def _lr(space: SearchSpace, lr: float) -> float:
+    if space.lr_choices is not None:
+        return _nearest(lr, space.lr_choices)
+    return min(max(lr, space.lr_range[0]), space.lr_range[1])
+
+
+def baseline_points(space: SearchSpace) -> dict[str, TrialParams]:
+    """Kind -> fixed point. LISA needs the ``uniform`` scorer in the space; without it LISA is left out."""
+    L = space.num_layers
+    period = _nearest(LISA_PERIOD, space.periods)
+    scorer = "uniform" if "uniform" in space.scorers else space.scorers[0]
+    both = True in space.embedding_choices and True in space.head_choices
+    neither = False in space.embedding_choices and False in space.head_choices
+    out: dict[str, TrialParams] = {}
+    if "uniform" in space.scorers and both:
+        out["baseline:lisa"] = space.point(gamma=min(LISA_GAMMA, L), period=period, scorer="uniform",
+                                           train_embeddings=True, train_head=True, lr=_lr(space, DEFAULT_LR))
+    if both:
+        # γ = L: every draw is every layer, whatever the scorer and period
+        out["baseline:full"] = space.point(gamma=L, period=period, scorer=scorer, train_embeddings=True,
+                                           train_head=True, lr=_lr(space, DEFAULT_LR))
+    if neither:
+        lora_point = space.point(gamma=L, period=period, scorer=scorer, train_embeddings=False, train_head=False,
+                                 lr=_lr(space, DEFAULT_LR * LORA_LR_FACTOR))
+        out["baseline:lora"] = TrialParams(**{**lora_point.__dict__, "lora_rank": LORA_BASELINE_RANK})
+    return out
+
+
+def enqueue_baselines(study, space: SearchSpace) -> list[str]:
+    """Queue every baseline as a fixed trial marked with its kind; returns the kinds queued."""
+    points = baseline_points(space)
+    for kind, point in points.items():
+        study.enqueue_trial(point.as_params(), user_attrs={"kind": kind})
+    return list(points)

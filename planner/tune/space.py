@@ -1,0 +1,175 @@
+"""The search space of `planner tune`: what one trial chooses, and the training config it is costed as.
+
+Parameters (the names are the trial record's ``params`` keys): ``gamma`` (γ, active decoder
+layers, 1..L), ``period`` (K, steps between re-draws), ``scorer`` (how layers are drawn),
+``train_embeddings``, ``train_head``, ``lr`` (log scale), and, when asked for, ``lora_rank``
+(0 = full layer weights, r > 0 = rank-r LoRA adapters inside the layers) and ``batch_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from itertools import product
+
+from planner.config import TrainConfig
+from planner.errors import PlannerError, collect
+
+DEFAULT_PERIODS = (5, 10, 20, 40)
+DEFAULT_LR_RANGE = (1e-4, 1e-2)
+# LISA's defaults and the learning rate every baseline starts from
+LISA_GAMMA = 2
+LISA_PERIOD = 20
+DEFAULT_LR = 1e-3
+DEFAULT_LORA_RANKS = (0, 8, 16, 32)
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """One point of the space: a complete layer-wise plan minus what the search measures."""
+
+    gamma: int
+    period: int
+    scorer: str
+    train_embeddings: bool
+    train_head: bool
+    lr: float
+    lora_rank: int | None = None  # None: the space has no LoRA choice; 0: full layer weights
+    batch_size: int | None = None  # None: the space's only batch size
+
+    def as_params(self) -> dict:
+        """The trial's ``params`` dict (contract keys; optional ones only when chosen)."""
+        out = asdict(self)
+        return {k: v for k, v in out.items() if not (k in ("lora_rank", "batch_size") and v is None)}
+
+    @property
+    def adapter_rank(self) -> int | None:
+        """LoRA rank when adapters train, None when layer weights train."""
+        return self.lora_rank or None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The choices of one study. ``lr_choices`` discretizes the learning rate (grids, benchmarks)."""
+
+    num_layers: int
+    scorers: tuple[str, ...]
+    seq_len: int
+    periods: tuple[int, ...] = DEFAULT_PERIODS
+    lr_range: tuple[float, float] = DEFAULT_LR_RANGE
+    lr_choices: tuple[float, ...] | None = None
+    lora_ranks: tuple[int, ...] = ()
+    batch_sizes: tuple[int, ...] = (DEFAULT_BATCH_SIZE,)
+    embedding_choices: tuple[bool, ...] = (True, False)
+    head_choices: tuple[bool, ...] = (True, False)
+    extra: dict = field(default_factory=dict, compare=False)  # fields every TrainConfig inherits (dtype, amp, ...)
+
+    def __post_init__(self):
+        problems = []
+        if self.num_layers < 1:
+            problems.append(f"the model must have >= 1 decoder layer, but got {self.num_layers}")
+        if not self.scorers:
+            problems.append("--scorers must name at least one scorer, but got none")
+        if any(p < 1 for p in self.periods) or not self.periods:
+            problems.append(f"periods must be >= 1, but got {list(self.periods)}")
+        lo, hi = self.lr_range
+        if not 0 < lo <= hi:
+            problems.append(f"learning-rate range must satisfy 0 < low <= high, but got low={lo}, high={hi}")
+        if self.lr_choices is not None and (not self.lr_choices or any(v <= 0 for v in self.lr_choices)):
+            problems.append(f"learning rates must be > 0, but got {list(self.lr_choices)}")
+        if any(r < 0 for r in self.lora_ranks):
+            problems.append(f"LoRA ranks must be >= 0 (0 = full layer weights), but got {list(self.lora_ranks)}")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            problems.append(f"batch sizes must be >= 1, but got {list(self.batch_sizes)}")
+        collect(problems)
+
+    @property
+    def default_batch_size(self) -> int:
+        return self.batch_sizes[0]
+
+    def suggest(self, trial) -> TrialParams:
+        """Ask an Optuna trial for one point (enqueued trials get their fixed values back)."""
+        gamma = trial.suggest_int("gamma", 1, self.num_layers)
+        period = trial.suggest_categorical("period", list(self.periods))
+        scorer = trial.suggest_categorical("scorer", list(self.scorers))
+        emb = trial.suggest_categorical("train_embeddings", list(self.embedding_choices))
+        head = trial.suggest_categorical("train_head", list(self.head_choices))
+        if self.lr_choices is not None:
+            lr = trial.suggest_categorical("lr", list(self.lr_choices))
+        else:
+            lr = trial.suggest_float("lr", *self.lr_range, log=True)
+        rank = trial.suggest_categorical("lora_rank", list(self.lora_ranks)) if self.lora_ranks else None
+        batch = trial.suggest_categorical("batch_size", list(self.batch_sizes)) if len(self.batch_sizes) > 1 else None
+        return TrialParams(int(gamma), int(period), str(scorer), bool(emb), bool(head), float(lr),
+                           None if rank is None else int(rank), None if batch is None else int(batch))
+
+    def suggest_fixed(self, trial, params: TrialParams) -> TrialParams:
+        """Record an enqueued fixed point (a baseline) with distributions compatible with this space.
+
+        A LoRA rank in a space without LoRA (the LoRA baseline of a study without ``--lora``)
+        is recorded with a one-choice distribution of its own.
+        """
+        got = self.suggest(trial)
+        if params.lora_rank is not None and not self.lora_ranks:
+            got = replace(got, lora_rank=int(trial.suggest_categorical("lora_rank", [params.lora_rank])))
+        return got
+
+    def contains(self, p: TrialParams, *, ignore_rank: bool = False) -> bool:
+        """Whether ``p`` is a point of this space."""
+        lr_ok = (p.lr in self.lr_choices) if self.lr_choices is not None else self.lr_range[0] <= p.lr <= self.lr_range[1]
+        rank_ok = ignore_rank or ((p.lora_rank in self.lora_ranks) if self.lora_ranks else p.lora_rank is None)
+        batch_ok = (p.batch_size in self.batch_sizes) if len(self.batch_sizes) > 1 else p.batch_size is None
+        return (1 <= p.gamma <= self.num_layers and p.period in self.periods and p.scorer in self.scorers
+                and p.train_embeddings in self.embedding_choices and p.train_head in self.head_choices
+                and lr_ok and rank_ok and batch_ok)
+
+    def batch_size_of(self, p: TrialParams) -> int:
+        return p.batch_size if p.batch_size is not None else self.default_batch_size
+
+    def train_config(self, p: TrialParams) -> TrainConfig:
+        """The configuration whose peak the cost model predicts for ``p`` (the sampler's worst case)."""
+        return TrainConfig(
+            **self.extra,
+            batch_size=self.batch_size_of(p),
+            seq_len=self.seq_len,
+            active_layers=p.gamma,
+            train_embeddings=p.train_embeddings,
+            train_head=p.train_head,
+            lora_rank=p.adapter_rank,
+        )
+
+    def point(self, **overrides) -> TrialParams:
+        """A point with this space's optional keys filled in (LoRA off, default batch size)."""
+        values = dict(lora_rank=0 if self.lora_ranks else None,
+                      batch_size=self.default_batch_size if len(self.batch_sizes) > 1 else None)
+        values.update(overrides)
+        return TrialParams(**values)
+
+    def cheapest_points(self) -> list[TrialParams]:
+        """The candidates for the smallest peak: γ=1, the smallest batch, every frozen/adapter variant."""
+        emb = [False] if False in self.embedding_choices else list(self.embedding_choices)
+        head = [False] if False in self.head_choices else list(self.head_choices)
+        ranks = sorted(set(self.lora_ranks)) if self.lora_ranks else [None]
+        batch = min(self.batch_sizes) if len(self.batch_sizes) > 1 else None
+        lr = self.lr_choices[0] if self.lr_choices is not None else self.lr_range[0]
+        return [TrialParams(1, self.periods[0], self.scorers[0], e, h, lr, r, batch)
+                for e, h, r in product(emb, head, ranks)]
+
+    def grid(self) -> list[TrialParams]:
+        """Every point of a discretized space (needs ``lr_choices``): for exhaustive benchmarks."""
+        if self.lr_choices is None:
+            raise PlannerError("grid() needs a discretized learning rate (lr_choices), but the space has a continuous range")
+        ranks = list(self.lora_ranks) if self.lora_ranks else [None]
+        batches = list(self.batch_sizes) if len(self.batch_sizes) > 1 else [None]
+        return [TrialParams(g, k, s, e, h, lr, r, b)
+                for g, k, s, e, h, lr, r, b in product(range(1, self.num_layers + 1), self.periods, self.scorers,
+                                                       self.embedding_choices, self.head_choices, self.lr_choices,
+                                                       ranks, batches)]
+
+    def describe(self) -> dict:
+        """JSON-able summary stored with the study (a resume must use the same space)."""
+        return {
+            "num_layers": self.num_layers, "scorers": list(self.scorers), "periods": list(self.periods),
+            "lr_range": list(self.lr_range), "lr_choices": None if self.lr_choices is None else list(self.lr_choices),
+            "lora_ranks": list(self.lora_ranks), "batch_sizes": list(self.batch_sizes), "seq_len": self.seq_len,
+        }

@@ -1,0 +1,88 @@
+"""Where a study lives: SQLite under studies/ by default, any Optuna storage URL, or a journal file.
+
+Many ``planner tune`` processes (on one machine or many) share a study through one storage:
+SQLite for a few local workers, PostgreSQL/MySQL for many machines, a journal file
+(``*.log``/``*.jsonl``, Optuna's ``JournalFileBackend``) for network file systems.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+from planner.errors import PlannerError
+
+DEFAULT_STORAGE = "sqlite:///studies/planner.db"
+JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
+_RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
+
+
+def _driver_url(url: str) -> str:
+    """Pick an installed driver for a bare ``postgresql://``/``mysql://`` URL.
+
+    SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3; our ``postgres`` extra installs
+    psycopg2, so name it when psycopg 3 is absent (same for PyMySQL vs mysqlclient).
+    """
+    scheme, rest = url.split("://", 1)
+    if scheme in ("postgresql", "postgres"):
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return f"postgresql+psycopg2://{rest}"
+        return f"postgresql://{rest}"
+    if scheme == "mysql" and importlib.util.find_spec("MySQLdb") is None and importlib.util.find_spec("pymysql") is not None:
+        return f"mysql+pymysql://{rest}"
+    return url
+
+
+def check_storage(url: str) -> str:
+    """Validate a storage string; return it normalized. Raises one line naming the rule."""
+    url = (url or "").strip()
+    if not url:
+        raise PlannerError("--storage must be an Optuna storage URL or a journal file path, but got ''")
+    if "://" not in url:
+        if not url.endswith(JOURNAL_SUFFIXES):
+            raise PlannerError(
+                f"--storage must be a URL (sqlite:///studies/planner.db, postgresql://user@host/db, mysql://...) "
+                f"or a journal file ending in {', '.join(JOURNAL_SUFFIXES)}, but got {url!r}"
+            )
+        parent = Path(url).expanduser().parent
+        if parent.exists() and not parent.is_dir():
+            raise PlannerError(f"--storage journal file's folder must be a directory, but {str(parent)!r} is not")
+        return url
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme not in _RDB_SCHEMES:
+        raise PlannerError(f"--storage URL scheme must be one of {', '.join(_RDB_SCHEMES)} (or a journal file path), but got {scheme!r} in {url!r}")
+    if scheme == "sqlite":
+        path = url.split("://", 1)[1]
+        if not path.startswith("/") or path in ("/", "/:memory:"):
+            raise PlannerError(f"--storage sqlite URL must name a file (sqlite:///relative.db or sqlite:////abs.db), but got {url!r}")
+    return url
+
+
+def open_storage(url: str):
+    """An Optuna storage object for ``url`` (creating the SQLite/journal folder when missing)."""
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    url = check_storage(url)
+    if "://" not in url:
+        path = Path(url).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # a generous lock timeout: several processes write one SQLite file
+        kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}}
+    else:
+        # heartbeats let a crashed worker's running trial be marked failed by the others
+        kwargs = {"heartbeat_interval": 60, "grace_period": 180}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are stable enough for us
+            return RDBStorage(_driver_url(url), **kwargs)
+    except ImportError as exc:
+        raise PlannerError(f"--storage {url!r} needs its database driver installed (pip install 'planner[postgres]' for PostgreSQL): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's connection errors are many; each means "cannot open"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PlannerError(f"--storage must be reachable, but {url!r} failed: {first}") from None

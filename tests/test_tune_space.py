@@ -1,0 +1,122 @@
+"""Search space, baselines, storage strings and option validation (no training)."""
+
+import optuna
+import pytest
+
+from planner.errors import PlannerError
+from planner.sampling import SCORERS
+from planner.tune.baselines import KINDS, LORA_BASELINE_RANK, baseline_points, enqueue_baselines
+from planner.tune.space import LISA_GAMMA, LISA_PERIOD, SearchSpace, TrialParams
+from planner.tune.storage import _driver_url, check_storage, open_storage
+from planner.tune.study import TuneOptions
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def space(**kw):
+    return SearchSpace(**{"num_layers": 4, "scorers": tuple(sorted(SCORERS)), "seq_len": 16, **kw})
+
+
+def test_suggest_stays_in_space_and_uses_contract_keys():
+    s = space(lora_ranks=(0, 8), batch_sizes=(1, 2))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        p = s.suggest(trial)
+        assert s.contains(p)
+        assert set(trial.params) == {"gamma", "period", "scorer", "train_embeddings", "train_head", "lr", "lora_rank", "batch_size"}
+        assert trial.params == p.as_params()
+        seen.add(p.scorer)
+        study.tell(trial, 0.0)
+    assert seen == set(SCORERS)  # every registered scorer is searchable
+
+
+def test_optional_keys_absent_without_lora_or_batch_choice():
+    s = space()
+    trial = optuna.create_study().ask()
+    p = s.suggest(trial)
+    assert "lora_rank" not in trial.params and "batch_size" not in trial.params
+    cfg = s.train_config(p)
+    assert cfg.active_layers == p.gamma and cfg.lora_rank is None and cfg.batch_size == s.default_batch_size and cfg.seq_len == 16
+
+
+def test_lora_rank_zero_means_full_layer_weights():
+    s = space(lora_ranks=(0, 8))
+    assert s.train_config(s.point(gamma=1, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3, lora_rank=0)).lora_rank is None
+    assert s.train_config(s.point(gamma=1, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3, lora_rank=8)).lora_rank == 8
+
+
+def test_grid_is_the_full_product():
+    s = space(scorers=("uniform", "ist"), periods=(5, 20), lr_choices=(1e-3, 1e-2))
+    grid = s.grid()
+    assert len(grid) == 4 * 2 * 2 * 2 * 2 * 2 and len(set(grid)) == len(grid)
+    with pytest.raises(PlannerError, match="lr_choices"):
+        space().grid()
+
+
+def test_bad_space_reports_every_problem():
+    with pytest.raises(PlannerError) as err:
+        SearchSpace(num_layers=0, scorers=(), seq_len=8, periods=(0,), lr_range=(1e-2, 1e-4))
+    msg = str(err.value)
+    assert "decoder layer" in msg and "--scorers" in msg and "periods" in msg and "low <= high" in msg
+
+
+def test_baselines_match_lisa_defaults_and_enqueue_with_kinds():
+    s = space()
+    points = baseline_points(s)
+    assert list(points) == list(KINDS)
+    lisa, full, lora = points["baseline:lisa"], points["baseline:full"], points["baseline:lora"]
+    assert (lisa.gamma, lisa.period, lisa.scorer, lisa.train_embeddings, lisa.train_head) == (LISA_GAMMA, LISA_PERIOD, "uniform", True, True)
+    assert full.gamma == 4 and full.train_embeddings and full.train_head
+    assert lora.lora_rank == LORA_BASELINE_RANK and not lora.train_embeddings and not lora.train_head
+    study = optuna.create_study()
+    enqueue_baselines(study, s)
+    for kind in KINDS:
+        trial = study.ask()
+        assert trial.user_attrs["kind"] == kind
+        got = s.suggest_fixed(trial, points[kind])
+        assert got == points[kind]
+        study.tell(trial, 0.0)
+    # the LoRA baseline adds lora_rank to a space without LoRA; searched trials stay compatible
+    trial = study.ask()
+    s.suggest(trial)
+    study.tell(trial, 0.0)
+
+
+def test_lisa_baseline_needs_uniform_scorer():
+    assert "baseline:lisa" not in baseline_points(space(scorers=("ist",)))
+
+
+def test_storage_strings():
+    assert check_storage("sqlite:///studies/planner.db") == "sqlite:///studies/planner.db"
+    assert check_storage("runs/study.log") == "runs/study.log"
+    for bad in ("", "studies/planner.db", "redis2://x", "sqlite://", "sqlite:///:memory:"):
+        with pytest.raises(PlannerError, match="--storage"):
+            check_storage(bad)
+    assert _driver_url("postgresql://u@h:5/db").startswith("postgresql")
+
+
+def test_open_storage_creates_folders(tmp_path):
+    st = open_storage(f"sqlite:///{tmp_path}/a/b/planner.db")
+    optuna.create_study(storage=st, study_name="x")
+    assert (tmp_path / "a" / "b" / "planner.db").is_file()
+    journal = open_storage(str(tmp_path / "j" / "study.log"))
+    optuna.create_study(storage=journal, study_name="x").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="x", storage=open_storage(str(tmp_path / "j" / "study.log"))).trials) == 2
+
+
+def test_unreachable_storage_is_one_line(tmp_path):
+    with pytest.raises(PlannerError, match="must be reachable"):
+        open_storage("postgresql://nobody@127.0.0.1:1/none")
+
+
+def test_options_report_all_problems_at_once(tmp_path):
+    opts = TuneOptions(vram="24 parsecs", n_trials=0, steps=0, scorers="uniform,nope", storage="mongodb://x",
+                       data=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(PlannerError) as err:
+        opts.validate_all()
+    msg = str(err.value)
+    for needle in ("--vram", "--n-trials", "--steps", "--scorers", "nope", "--storage", "--data"):
+        assert needle in msg
+    assert TuneOptions(vram="24GB").validate_all() == 24 * 10**9
