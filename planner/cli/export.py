@@ -1,6 +1,37 @@
-"""`planner export`."""
+"""`planner export`: write a plan as ready files for another trainer."""
+
+from __future__ import annotations
+
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="(not available yet)")
-    p.set_defaults(func=lambda args: print("planner export: not available yet") or 1)
+    from planner.export.base import EXPORTERS
+    from planner.export import targets  # noqa: F401  (registration; light: trainers are imported on use)
+
+    p = sub.add_parser(
+        "export",
+        help="write a plan as ready config files for a trainer (hf, axolotl, lmflow, llamafactory, peft)",
+        description="Write PLAN (a plan YAML from `planner tune`) as the files TARGET reads. Where the target "
+                    "cannot express part of the plan, the nearest equivalent is written and each loss is "
+                    "printed; with --strict nothing is written and the command exits 2 naming the losses.",
+    )
+    p.add_argument("plan", metavar="PLAN.yaml", help="plan file")
+    p.add_argument("--to", required=True, metavar="TARGET", help=f"one of {', '.join(sorted(EXPORTERS))}")
+    p.add_argument("--out", metavar="DIR", help="output directory (default export/TARGET)")
+    p.add_argument("--strict", action="store_true", help="refuse (exit 2) instead of writing a lossy export")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from planner.export import export_plan
+
+    result = export_plan(args.plan, args.to, args.out, strict=args.strict)
+    for path in result.written:
+        print(f"wrote {path}")
+    if result.lost:
+        print(f"{result.target} cannot express all of the plan; the nearest equivalent was written. Lost:")
+        for line in result.lost:
+            print(f"  - {line}")
+    else:
+        print(f"{result.target}: the plan is expressed exactly")
+    return 0

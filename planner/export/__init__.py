@@ -1,0 +1,55 @@
+"""Exporters: the winning plan as ready files for other trainers, one module per target.
+
+Targets live in :mod:`planner.export.targets` and register with :func:`register_exporter`.
+:func:`export_plan` is what ``planner export`` calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import PlannerError
+from planner.export.base import EXPORTERS, Export, Exporter, get_exporter, register_exporter
+from planner.export import targets  # noqa: F401  (registration)
+
+__all__ = ["EXPORTERS", "Export", "ExportResult", "Exporter", "export_plan", "get_exporter", "register_exporter"]
+
+
+@dataclass
+class ExportResult:
+    """Files written (in order) and what the target cannot express."""
+
+    target: str
+    out_dir: Path
+    written: list[Path]
+    lost: list[str]
+
+
+def export_plan(plan_path: str | Path, target: str, out_dir: str | Path | None = None, *, strict: bool = False) -> ExportResult:
+    """Write ``target``'s files for the plan at ``plan_path`` into ``out_dir`` (default ``export/<target>``).
+
+    With ``strict``, a target that cannot express the whole plan writes nothing and raises
+    :class:`PlannerError` naming every loss.
+    """
+    from planner.plan import Plan
+
+    exporter = get_exporter(target)  # validate --to before reading the plan, so a typo is named first
+    plan = Plan.load(plan_path)
+    plan.train.check_against(plan.num_layers)
+    result = exporter.render(plan)
+    if strict and result.lost:
+        raise PlannerError(f"--strict: {target} cannot express this plan exactly: " + "; ".join(result.lost))
+    out = Path(out_dir) if out_dir is not None else Path("export") / target
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, text in result.files.items():
+            path = out / name
+            path.write_text(text)
+            if name.endswith((".sh", ".py")):
+                path.chmod(path.stat().st_mode | 0o111)
+            written.append(path)
+    except OSError as exc:
+        raise PlannerError(f"--out must be a writable directory, but {str(out)!r} is not ({exc.strerror or exc})") from None
+    return ExportResult(target, out, written, list(result.lost))

@@ -1,0 +1,3 @@
+"""One module per target trainer; importing this package registers them all."""
+
+from planner.export.targets import axolotl, hf, llamafactory, lmflow, peft, planner  # noqa: F401  (registration)

@@ -1,0 +1,188 @@
+"""Target ``hf``: a runnable Hugging Face Trainer script driven by the planner's own layer sampler.
+
+Two files: ``training_args.json`` (keyword arguments of ``transformers.TrainingArguments``, every
+key one of its dataclass fields) and ``train_layerwise.py`` (reads ``--model``, ``--data``: JSONL
+rows with ``text`` or ``instruction``/``response``, builds the dataset and the Trainer, adds
+:class:`planner.sampling.hf.LayerwiseCallback` around a :class:`planner.sampling.LayerSampler`
+configured from the plan, trains). The sampler runs every scorer, ``min_depth``, frozen or
+trainable embeddings/head and LoRA inside layers, so nothing of the plan is lost.
+"""
+
+from __future__ import annotations
+
+import json
+
+from planner.export.base import HF_OPTIM, Export, Exporter, gamma, precision, register_exporter
+from planner.export.names import arch_names
+
+ARGS_FILE = "training_args.json"
+SCRIPT_FILE = "train_layerwise.py"
+
+SCRIPT = '''\
+#!/usr/bin/env python
+"""Layer-wise fine-tuning of {model} with the Hugging Face Trainer (written by `planner export --to hf`).
+
+Plan: {summary}
+Usage: python train_layerwise.py --model MODEL_DIR_OR_ID --data train.jsonl [--output-dir DIR] [--max-steps N]
+Each JSONL row holds "text", or "instruction" and "response".
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+from planner.sampling import LayerSampler
+from planner.sampling.hf import LayerwiseCallback
+
+PLAN = {plan}
+HERE = Path(__file__).resolve().parent
+
+
+def read_rows(path):
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "text" in row:
+            rows.append(str(row["text"]))
+        elif "instruction" in row and "response" in row:
+            rows.append(f"{{row['instruction']}}\\n{{row['response']}}")
+        else:
+            sys.exit(f"--data rows must hold 'text' or 'instruction' and 'response', but line {{number}} has {{sorted(row)}}")
+    if not rows:
+        sys.exit(f"--data must hold at least one row, but {{path}} has none")
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model directory or hub id")
+    parser.add_argument("--data", required=True, help="JSONL training data")
+    parser.add_argument("--training-args", default=str(HERE / "{args_file}"), help="TrainingArguments JSON")
+    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--seq-len", type=int, default=PLAN["seq_len"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, PLAN["dtype"]))
+    model.config.use_cache = False
+    if PLAN["lora_rank"]:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=PLAN["lora_rank"], lora_alpha=2 * PLAN["lora_rank"],
+                                                 target_modules=PLAN["lora_target_modules"], task_type="CAUSAL_LM"))
+
+    texts = read_rows(args.data)
+    encoded = [tokenizer(t, truncation=True, max_length=args.seq_len) for t in texts]
+    dataset = [{{"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]}} for e in encoded]
+
+    kwargs = json.loads(Path(args.training_args).read_text())
+    if args.output_dir is not None:
+        kwargs["output_dir"] = args.output_dir
+    if args.max_steps is not None:
+        kwargs["max_steps"] = args.max_steps
+    kwargs["seed"] = args.seed
+    training_args = TrainingArguments(**kwargs)
+
+    # the sampler freezes all but the first draw now; the callback adds the frozen layers to the
+    # Trainer's optimizer once it exists, and re-draws every `period` optimizer steps
+    sampler = LayerSampler(model, gamma=PLAN["gamma"], period=PLAN["period"], scorer=PLAN["scorer"],
+                           scorer_options=PLAN["scorer_options"], train_embeddings=PLAN["train_embeddings"],
+                           train_head=PLAN["train_head"], min_depth=PLAN["min_depth"], seed=args.seed)
+    trainer = Trainer(model=model, args=training_args, train_dataset=dataset,
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+                      callbacks=[LayerwiseCallback(sampler)])
+    result = trainer.train()
+    summary = {{"global_step": trainer.state.global_step, "train_loss": result.training_loss,
+               "switches": sampler.switches, "history": [h["active"] for h in sampler.history]}}
+    Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(training_args.output_dir) / "layerwise_history.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({{k: summary[k] for k in ("global_step", "train_loss", "switches")}}))
+    trainer.save_model()
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def training_args(plan) -> dict:
+    """``TrainingArguments`` keyword arguments for ``plan``."""
+    bf16, fp16 = precision(plan)
+    return {
+        "output_dir": "planner-hf-run",
+        "learning_rate": plan.learning_rate,
+        "per_device_train_batch_size": plan.train.batch_size,
+        "gradient_checkpointing": plan.train.gradient_checkpointing,
+        "optim": HF_OPTIM[plan.train.optimizer],
+        "bf16": bf16,
+        "fp16": fp16,
+        "num_train_epochs": 1,
+        "max_steps": -1,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": "none",
+        "remove_unused_columns": False,
+    }
+
+
+def script_plan(plan) -> dict:
+    """What the script needs of the plan (a static plan becomes the ``fixed`` scorer on its layers)."""
+    static = plan.is_static
+    return {
+        "model": plan.model,
+        "gamma": gamma(plan),
+        "period": plan.period,
+        "scorer": "fixed" if static else plan.scorer,
+        "scorer_options": {"layers": sorted(plan.layers)} if static else dict(plan.scorer_options),
+        "train_embeddings": plan.train_embeddings,
+        "train_head": plan.train_head,
+        "min_depth": 0 if static else plan.train.min_depth,
+        "lora_rank": plan.lora_rank,
+        "lora_target_modules": list(arch_names(plan).layer_linear_modules) if plan.lora_rank else None,
+        "dtype": plan.train.dtype,
+        "seq_len": plan.train.seq_len,
+    }
+
+
+@register_exporter("hf")
+class HFExporter(Exporter):
+    description = "Hugging Face Trainer script with planner's LayerwiseCallback + training_args.json"
+
+    @property
+    def allowed_keys(self) -> frozenset[str]:  # TrainingArguments' own fields, from the installed transformers
+        import dataclasses
+
+        from transformers import TrainingArguments
+
+        return frozenset(f.name for f in dataclasses.fields(TrainingArguments))
+
+    def render(self, plan) -> Export:
+        sp = script_plan(plan)
+        what = f"{sp['gamma']} of {plan.num_layers} layers ({plan.layers_attribute})"
+        what += f", fixed {sp['scorer_options']['layers']}" if plan.is_static else f", scorer {plan.scorer!r}, re-drawn every {plan.period} steps"
+        script = SCRIPT.format(model=plan.model, summary=what, plan=_pyrepr(sp), args_file=ARGS_FILE)
+        return Export(self.name, {SCRIPT_FILE: script, ARGS_FILE: json.dumps(training_args(plan), indent=2) + "\n"})
+
+    def keys(self, filename: str, text: str) -> set[str]:
+        if filename == ARGS_FILE:
+            return set(json.loads(text))
+        import ast
+
+        ast.parse(text)  # the script must be valid Python; its settings live in PLAN, not as config keys
+        return set()
+
+
+def _pyrepr(data: dict) -> str:
+    """A Python literal of ``data`` (JSON true/false/null spelled as Python)."""
+    lines = ["{"] + [f"    {k!r}: {v!r}," for k, v in data.items()] + ["}"]
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""Target ``lmflow``: a shell script running LMFlow's ``examples/finetune.py`` with LISA flags.
+
+Keys confirmed against LMFlow's ``src/lmflow/args.py``:
+- ``FinetunerArguments(TrainingArguments)``: ``use_lisa``, ``lisa_activated_layers`` (2),
+  ``lisa_interval_steps`` (20), ``lisa_layers_attribute`` (``model.model.layers``), plus every
+  transformers ``TrainingArguments`` field (``learning_rate``, ``bf16``, ``optim``, ...);
+- ``ModelArguments``: ``model_name_or_path``, ``torch_dtype``; ``DatasetArguments``:
+  ``dataset_path``, ``block_size``.
+LMFlow's ``DynamicLayerActivationCallback`` keeps the ``*ForCausalLM`` module as ``self.model``
+and evaluates ``"self." + lisa_layers_attribute``: its path has one more ``model.`` in front of
+``plan.layers_attribute`` (llama: ``model.model.layers``, gpt2: ``model.transformer.h``). It draws
+``np.random.choice(range(L), n, replace=False)`` every K steps (step 0 included) and toggles
+only the decoder layers: everything else (embeddings, head) trains throughout.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from planner.export.base import HF_OPTIM, Export, Exporter, draw_loss, gamma, model_id, precision, register_exporter
+
+LMFLOW_ARGS = frozenset({
+    # FinetunerArguments (LISA)
+    "use_lisa", "lisa_activated_layers", "lisa_interval_steps", "lisa_layers_attribute",
+    # TrainingArguments fields FinetunerArguments inherits
+    "output_dir", "learning_rate", "per_device_train_batch_size", "gradient_checkpointing", "optim", "bf16", "fp16",
+    "do_train",
+    # ModelArguments / DatasetArguments
+    "model_name_or_path", "torch_dtype", "dataset_path", "block_size",
+})
+# the TrainingArguments subset above must be real TrainingArguments fields (checked by the tests)
+TRAINING_ARGS = frozenset({"output_dir", "learning_rate", "per_device_train_batch_size", "gradient_checkpointing", "optim", "bf16", "fp16", "do_train"})
+
+
+def lmflow_layers_attribute(layers_attribute: str) -> str:
+    """LMFlow's path: relative to the callback object, whose ``model`` is the ``*ForCausalLM``."""
+    return f"model.{layers_attribute}"
+
+
+@register_exporter("lmflow")
+class LMFlowExporter(Exporter):
+    description = "LMFlow finetune command (--use_lisa 1 --lisa_activated_layers N --lisa_interval_steps K ...)"
+    allowed_keys = LMFLOW_ARGS
+
+    def render(self, plan) -> Export:
+        bf16, fp16 = precision(plan)
+        n = gamma(plan)
+        args: list[tuple[str, object]] = [
+            ("use_lisa", 1),
+            ("lisa_activated_layers", n),
+            ("lisa_interval_steps", plan.period),
+            ("lisa_layers_attribute", lmflow_layers_attribute(plan.layers_attribute)),
+            ("learning_rate", plan.learning_rate),
+            ("optim", HF_OPTIM[plan.train.optimizer]),
+            ("per_device_train_batch_size", plan.train.batch_size),
+            ("block_size", plan.train.seq_len),
+            ("torch_dtype", plan.train.dtype),
+            ("gradient_checkpointing", int(plan.train.gradient_checkpointing)),
+            ("bf16", int(bf16)),
+            ("fp16", int(fp16)),
+            ("do_train", 1),
+        ]
+        lost = draw_loss(plan, "LMFlow LISA", f"--lisa_activated_layers {n} drawn uniformly from all {plan.num_layers} layers every {plan.period} steps")
+        if not plan.train_embeddings or not plan.train_head:
+            frozen = [part for part, on in (("embeddings", plan.train_embeddings), ("head", plan.train_head)) if not on]
+            lost.append(f"frozen {' and '.join(frozen)}: LMFlow's LISA trains every parameter outside the decoder layers")
+        if plan.lora_rank:
+            lost.append(f"LoRA r={plan.lora_rank} inside the layers: LMFlow's LISA switches whole layers (--use_lora is a separate mode); exported as full fine-tuning of the drawn layers")
+        lines = [
+            "#!/usr/bin/env bash",
+            f"# planner export --to lmflow: plan for {plan.model} ({plan.num_layers} layers); run from an LMFlow checkout",
+            "# usage: bash lmflow_finetune.sh DATASET_DIR [OUTPUT_DIR] [MODEL]",
+            "set -euo pipefail",
+            'DATASET="${1:?usage: lmflow_finetune.sh DATASET_DIR [OUTPUT_DIR] [MODEL]}"',
+            'OUTPUT="${2:-output_models/planner_lisa}"',
+            f'MODEL="${{3:-{model_id(plan)}}}"',
+            "ARGS=(",
+            '  --model_name_or_path "$MODEL"',
+            '  --dataset_path "$DATASET"',
+            '  --output_dir "$OUTPUT"',
+            *(f"  --{k} {shlex.quote(str(v))}" for k, v in args),
+            ")",
+            'python examples/finetune.py "${ARGS[@]}"',
+        ]
+        return Export(self.name, {"lmflow_finetune.sh": "\n".join(lines) + "\n"}, lost)
+
+    def keys(self, filename: str, text: str) -> set[str]:
+        return {tok[2:] for tok in shlex.split(text, comments=True) if tok.startswith("--")}
+
