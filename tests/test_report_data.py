@@ -75,7 +75,9 @@ def make_study(tmp_path, *, multi=False, storage=None, name="synthetic", model=N
     kw = {"directions": ["maximize", "minimize"]} if multi else {"direction": "maximize"}
     study = optuna.create_study(study_name=name, storage=storage, **kw)
     for k, v in dict(vram_bytes=VRAM, model=model, model_type="llama", num_layers=L, layers_attribute="model.layers",
-                     metric_name="accuracy", direction="maximize", workload={"name": "synthetic", "seq_len": 32},
+                     metric_name="accuracy", direction="maximize", workload="synthetic",
+                     search_space={"num_layers": L, "scorers": ["gradnorm", "ist", "uniform"], "seq_len": 32,
+                                   "batch_sizes": [8], "lora_ranks": [0, 16]},
                      device="cpu", multi_objective=multi).items():
         study.set_user_attr(k, v)
     for number, state, kind, gamma, scorer, emb, metric, bd_gib, gated, lowest, varying in TRIALS:
@@ -276,3 +278,25 @@ def test_spread_keeps_ends():
 
 def test_gib():
     assert rdata.gib(512 * MiB) == 0.5 and rdata.gib(None) is None
+
+
+def test_cost_model_gets_the_study_training_shape(study):
+    seen = []
+
+    def recording(spec, cfg):
+        seen.append(cfg)
+        return fake_estimator(spec, cfg)
+
+    rdata.study_report_data(study, estimator=recording)
+    assert seen and all(c.seq_len == 32 and c.batch_size == 8 for c in seen)
+    # the sweeps start from the tuned plan: frozen E+H, full layer weights (lora_rank 0 -> None)
+    assert any(c.active_layers == 3 and c.lora_rank is None and c.min_depth == 1 for c in seen)
+
+
+def test_a_winning_baseline_is_the_tuned_plan(tmp_path):
+    study = make_study(tmp_path)
+    t = create_trial(state=TrialState.COMPLETE, values=[0.9], params={**study.trials[1].params}, distributions=DIST,
+                     user_attrs={**study.trials[1].user_attrs, "metric": 0.9})
+    study.add_trial(t)
+    d = rdata.study_report_data(study, estimator=fake_estimator)
+    assert d.best_trial == 10 and d.bars[-1].label == "tuned plan (#10)"

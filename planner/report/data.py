@@ -18,10 +18,9 @@ from planner.errors import PlannerError
 from planner.plan import BREAKDOWN_KEYS, Plan
 from planner.units import GiB
 
-# Reference configurations drawn next to the tuned plan.
-LISA_DEFAULT_GAMMA = 2  # LISA paper / LMFlow `--lisa_activated_layers 2`
-LISA_DEFAULT_PERIOD = 20  # LMFlow `--lisa_interval_steps 20`
-LORA_BASELINE_RANK = 16  # the LoRA rank LISA's paper and BAdam's readme compare against
+from planner.tune.baselines import LORA_BASELINE_RANK
+from planner.tune.space import LISA_GAMMA as LISA_DEFAULT_GAMMA
+
 MAX_SWEEP_POINTS = 16  # cost-model evaluations per curve; a 80-layer model is sampled, not walked
 MAX_IMPORTANCE_MAPS = 4
 
@@ -260,48 +259,27 @@ def _fits(peak: int, vram: int | None) -> bool | None:
 # ---------------------------------------------------------------- study
 
 
-def default_storage() -> str:
-    """The storage ``planner tune`` writes by default."""
-    try:
-        from planner.tune import DEFAULT_STORAGE  # type: ignore[attr-defined]
-
-        return DEFAULT_STORAGE
-    except ImportError:
-        return "sqlite:///studies/planner.db"
-
-
-def open_storage(url: str):
-    """An Optuna storage for ``url``; a missing SQLite file is an error (Optuna would create it)."""
-    import optuna
+def open_existing_storage(url: str):
+    """The Optuna storage at ``url``; unlike ``planner tune`` a report never creates one."""
     from pathlib import Path
 
-    if not isinstance(url, str) or not url.strip():
-        raise PlannerError(f"--storage must be a storage URL such as sqlite:///studies/planner.db, but got {url!r}")
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
-        if path and path != ":memory:" and not Path(path).is_file():
-            raise PlannerError(f"--storage must name an existing study database, but {path!r} does not exist (run `planner tune` first)")
-    elif url.endswith((".log", ".journal")) and "://" not in url:
-        if not Path(url).is_file():
-            raise PlannerError(f"--storage journal file must exist, but {url!r} does not")
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from planner.tune.storage import check_storage, open_storage
 
-        return JournalStorage(JournalFileBackend(url))
-    elif "://" not in url:
-        raise PlannerError(f"--storage must be a storage URL such as sqlite:///studies/planner.db or a journal file *.log, but got {url!r}")
-    try:
-        return optuna.storages.RDBStorage(url, skip_compatibility_check=False)
-    except Exception as exc:  # noqa: BLE001 - driver errors are many; all mean "cannot open"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PlannerError(f"--storage must be a reachable Optuna storage, but {url!r} failed: {first}") from None
+    url = check_storage(url)
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else (url if "://" not in url else None)
+    if path is not None and not Path(path).expanduser().is_file():
+        raise PlannerError(f"--storage must name an existing study storage, but {path!r} does not exist (run `planner tune` first)")
+    return open_storage(url)
 
 
 def load_study(name: str, storage: str | None = None):
     """Load study ``name``; an unknown name lists the studies the storage holds."""
     import optuna
 
-    url = storage or default_storage()
-    st = open_storage(url)
+    from planner.tune.storage import DEFAULT_STORAGE
+
+    url = storage or DEFAULT_STORAGE
+    st = open_existing_storage(url)
     names = optuna.get_all_study_names(st)
     if name not in names:
         known = ", ".join(sorted(names)) or "none"
@@ -358,9 +336,13 @@ def pareto_front(points: list[TrialPoint], direction: str) -> list[int]:
     return sorted(front)
 
 
-def _best(points: list[TrialPoint], direction: str) -> TrialPoint | None:
+def _best(points: list[TrialPoint], direction: str, multi_objective: bool) -> TrialPoint | None:
+    """The trial ``planner tune`` writes as the plan: the best metric among trained trials that fit (any
+    kind; on the Pareto front when multi-objective), the lower predicted peak breaking ties."""
     sign = 1.0 if direction == "maximize" else -1.0
-    cand = [p for p in points if p.kind == "search" and p.state == "COMPLETE" and p.metric is not None and p.fits is not False]
+    cand = [p for p in points if p.state == "COMPLETE" and p.metric is not None and p.fits is True]
+    if multi_objective and any(p.pareto for p in cand):
+        cand = [p for p in cand if p.pareto]
     if not cand:
         return None
     return max(cand, key=lambda p: (sign * p.metric, -(p.peak_bytes or 0), -p.number))
@@ -409,16 +391,19 @@ def _importance_maps(trials, points: dict[int, TrialPoint], num_layers: int | No
     return maps[:MAX_IMPORTANCE_MAPS]
 
 
-def _base_config(workload) -> TrainConfig:
-    """The training shape a study measured (batch, sequence, dtype, ...), when its workload records it."""
-    if isinstance(workload, dict):
-        keys = set(TrainConfig.model_fields) - {"layers", "active_layers", "min_depth", "train_embeddings", "train_head", "lora_rank"}
-        sub = {k: workload[k] for k in keys if k in workload}
-        try:
-            return TrainConfig(**sub)
-        except Exception:  # noqa: BLE001 - an unusual workload record falls back to defaults
-            return TrainConfig()
-    return TrainConfig()
+def _base_config(study_attrs: dict) -> TrainConfig:
+    """The training shape a study costed its trials at (sequence length, first batch size), from its search space."""
+    space = study_attrs.get("search_space")
+    changes = {}
+    if isinstance(space, dict):
+        if space.get("seq_len"):
+            changes["seq_len"] = int(space["seq_len"])
+        if space.get("batch_sizes"):
+            changes["batch_size"] = int(space["batch_sizes"][0])
+    try:
+        return TrainConfig(**changes)
+    except Exception:  # noqa: BLE001 - an unusual record falls back to the defaults
+        return TrainConfig()
 
 
 def _trial_config(base: TrainConfig, params: dict) -> TrainConfig:
@@ -464,7 +449,7 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
     front = set(pareto_front([p for p in points if p.state == "COMPLETE"], direction))
     for p in points:
         p.pareto = p.number in front
-    best = _best(points, direction)
+    best = _best(points, direction, len(study.directions) > 1 or bool(ua.get("multi_objective")))
     notes: dict[str, str] = {}
 
     spec, spec_why = (None, "cost model disabled") if not use_cost_model else _study_spec(ua.get("model"))
@@ -474,7 +459,7 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         estimator = cost_model_estimator(device)
         if estimator is None:
             spec_why = "the cost model is not available"
-    base = _base_config(ua.get("workload"))
+    base = _base_config(ua)
 
     # ---- breakdown bars
     bars: list[Bar] = []
