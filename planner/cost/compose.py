@@ -1,0 +1,195 @@
+"""Compose traced segments into a full-depth training step: a running sum whose maximum is the peak.
+
+A full-depth configuration is the sequence
+
+    embedding fwd, layer 0..L-1 fwd, head fwd, head bwd, layer L-1..0 bwd (not FB), shared release,
+    embedding bwd (when the embeddings train), tail, optimizer step
+
+of segments from :mod:`planner.cost.trace`; each adds its net change to the running total and
+may rise above it by its own peak. The step's peak is ``base + max_k(sum_{j<k} net_j + peak_k)``
+(exact for a stack of identical decoder layers: no sum of separate maxima). ``peak_many`` does
+this for many trainable sets at once with numpy (the sampler's worst-case search), ``simulate``
+for one, with the breakdown per category at the peak instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.cost.trace import ACT, GRAD, TRANS, Segment, TraceResult
+
+ROLES = ("FB", "T0", "FA", "T")
+FB, T0, FA, T = range(4)
+
+
+@dataclass
+class Family:
+    """Segments for every role of one family: same model width, shape, dtype, amp, checkpointing,
+    LoRA rank, embedding/head flags and whether any decoder layer trains."""
+
+    segments: dict[str, Segment]
+    layers: dict[str, Segment]
+    frees_input: dict[str, bool]
+    input_bytes: int
+    x0_held: bool
+    params: dict
+
+    @classmethod
+    def merge(cls, traces: list[TraceResult]) -> "Family":
+        first = traces[0]
+        layers, frees = {}, {}
+        for tr in traces:
+            layers.update(tr.layers)
+            frees.update(tr.frees_input)
+        return cls(dict(first.segments), layers, frees, first.input_bytes, first.x0_held, first.params)
+
+    def layer(self, phase: str, role: int) -> Segment:
+        if phase == "bwd" and role == FB:
+            return Segment()
+        return self.layers[f"{phase}:{ROLES[role]}"]
+
+
+def roles_of(trainable: list[int] | np.ndarray, num_layers: int, embeddings_grad: bool) -> list[int]:
+    """Role of every decoder layer for a trainable set (``embeddings_grad``: the input needs a gradient)."""
+    s = set(int(i) for i in trainable)
+    low = -1 if embeddings_grad else (min(s) if s else num_layers)
+    out = []
+    for i in range(num_layers):
+        if i in s:
+            out.append(T if i > low else T0)
+        else:
+            out.append(FA if i > low else FB)
+    return out
+
+
+def _sequence(fam: Family, roles: list[int], opt_peak: tuple[int, int]) -> list[tuple[str, Segment]]:
+    seq = [("embedding forward", fam.segments["embed_fwd"])]
+    drop_x0 = Segment()
+    for i, r in enumerate(roles):
+        seg = fam.layer("fwd", r)
+        if fam.frees_input.get(ROLES[r], False):
+            if i == 0 and fam.x0_held:
+                drop_x0 = _free(fam.input_bytes)
+            else:
+                seg = _then_free(seg, fam.input_bytes)
+        seq.append((f"forward of layer {i}", seg))
+    seq.append(("head forward (final norm, logits, loss)", _then(drop_x0, fam.segments["head_fwd"])))
+    seq.append(("head backward (loss, logits, final norm)", fam.segments["head_bwd"]))
+    for i in reversed(range(len(roles))):
+        if roles[i] != FB:
+            seq.append((f"backward of layer {i}", fam.layer("bwd", roles[i])))
+    seq.append(("backward of layer 0", fam.segments["shared_release"]))
+    if "embed_bwd" in fam.segments:
+        seq.append(("embedding backward", fam.segments["embed_bwd"]))
+    seq.append(("end of backward", fam.segments["tail"]))
+    seq.append(("optimizer step", Segment((0, 0, 0), (0, 0, opt_peak[0]), 0, opt_peak[1])))
+    return seq
+
+
+def _free(nbytes: int) -> Segment:
+    return Segment((0, 0, -nbytes), (0, 0, 0), -nbytes if nbytes else 0, 0)
+
+
+def _then_free(seg: Segment, nbytes: int) -> Segment:
+    d = list(seg.delta)
+    d[TRANS] -= nbytes
+    from planner.cost.trace import cuda_block_bytes
+
+    return Segment(tuple(d), seg.at_peak, seg.delta_cuda - cuda_block_bytes(nbytes), seg.peak_cuda)
+
+
+def _then(first: Segment, second: Segment) -> Segment:
+    """Two segments back to back as one."""
+    d = tuple(a + b for a, b in zip(first.delta, second.delta))
+    if first.peak >= sum(first.delta) + second.peak:
+        at = first.at_peak
+    else:
+        at = tuple(a + b for a, b in zip(first.delta, second.at_peak))
+    return Segment(d, at, first.delta_cuda + second.delta_cuda, max(first.peak_cuda, first.delta_cuda + second.peak_cuda))
+
+
+@dataclass
+class Simulated:
+    peak: int  # above base, raw bytes
+    at_peak: tuple[int, int, int]  # gradients, activations, transient at the raw peak instant
+    phase: str  # where the raw peak happens
+    peak_cuda: int  # above base, CUDA block bytes
+    phase_cuda: str
+
+
+def simulate(fam: Family, roles: list[int], opt_peak: tuple[int, int]) -> Simulated:
+    """Run the composed step for one trainable set."""
+    cur = [0, 0, 0]
+    best, best_at, phase = -1, (0, 0, 0), ""
+    cur_c, best_c, phase_c = 0, -1, ""
+    for label, seg in _sequence(fam, roles, opt_peak):
+        total = sum(cur) + seg.peak
+        if total > best:
+            best, best_at, phase = total, tuple(c + a for c, a in zip(cur, seg.at_peak)), label
+        if cur_c + seg.peak_cuda > best_c:
+            best_c, phase_c = cur_c + seg.peak_cuda, label
+        cur = [c + d for c, d in zip(cur, seg.delta)]
+        cur_c += seg.delta_cuda
+    return Simulated(best, best_at, phase, best_c, phase_c)
+
+
+def peak_many(fam: Family, role_matrix: np.ndarray, opt_peaks: np.ndarray, *, cuda: bool) -> np.ndarray:
+    """Peak above base for each row of ``role_matrix`` (configs × layers of role codes), vectorized."""
+    c, n = role_matrix.shape
+
+    def stat(seg: Segment):
+        return (seg.delta_cuda, seg.peak_cuda) if cuda else (seg.net, seg.peak)
+
+    fd = np.zeros((4, 2), dtype=np.int64)
+    bd = np.zeros((4, 2), dtype=np.int64)
+    present = np.unique(role_matrix)
+    for r in present:
+        f = fam.layer("fwd", int(r))
+        fd[r] = stat(f)
+        if fam.frees_input.get(ROLES[r], False):
+            from planner.cost.trace import cuda_block_bytes
+
+            fd[r, 0] -= cuda_block_bytes(fam.input_bytes) if cuda else fam.input_bytes
+        bd[r] = stat(fam.layer("bwd", int(r)))
+    cols_d, cols_p = [], []
+
+    def add(d, p):
+        cols_d.append(np.broadcast_to(np.asarray(d, dtype=np.int64), (c,)))
+        cols_p.append(np.broadcast_to(np.asarray(p, dtype=np.int64), (c,)))
+
+    add(*stat(fam.segments["embed_fwd"]))
+    fwd_d = fd[role_matrix, 0].copy()
+    fwd_p = fd[role_matrix, 1]
+    x0 = np.zeros(c, dtype=np.int64)
+    if fam.x0_held:
+        frees0 = np.array([fam.frees_input.get(ROLES[r], False) for r in range(4)])[role_matrix[:, 0]]
+        x0_bytes = (cuda_bytes(fam.input_bytes) if cuda else fam.input_bytes)
+        fwd_d[:, 0] += np.where(frees0, x0_bytes, 0)  # layer 0 frees its input only when the model returns
+        x0 = np.where(frees0, -x0_bytes, 0)
+    for j in range(n):
+        add(fwd_d[:, j], fwd_p[:, j])
+    add(x0, 0)
+    add(*stat(fam.segments["head_fwd"]))
+    add(*stat(fam.segments["head_bwd"]))
+    for j in reversed(range(n)):
+        add(bd[role_matrix[:, j], 0], bd[role_matrix[:, j], 1])
+    add(*stat(fam.segments["shared_release"]))
+    if "embed_bwd" in fam.segments:
+        add(*stat(fam.segments["embed_bwd"]))
+    add(*stat(fam.segments["tail"]))
+    add(0, opt_peaks)
+    d = np.stack(cols_d, axis=1)
+    p = np.stack(cols_p, axis=1)
+    before = np.cumsum(d, axis=1) - d
+    return (before + p).max(axis=1)
+
+
+def cuda_bytes(n: int) -> int:
+    from planner.cost.trace import cuda_block_bytes
+
+    return cuda_block_bytes(n)
+
+
+__all__ = ["Family", "roles_of", "simulate", "peak_many", "ROLES", "FB", "T0", "FA", "T", "GRAD", "ACT", "TRANS"]

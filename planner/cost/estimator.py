@@ -1,0 +1,257 @@
+"""estimate(): peak training memory of one configuration, composed from reduced-depth traces.
+
+Per-layer costs come from tracing one training step of the same model at 2-3 decoder layers
+(real tensors when small, ``FakeTensorMode`` when large) whose layers cover every role the
+configuration needs; :mod:`planner.cost.compose` replays those segments at full depth. Traces
+are cached in-process and on disk (``~/.cache/planner/cost``, or ``$PLANNER_COST_CACHE``; set it
+to ``0`` to disable the disk cache), keyed by everything that changes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from planner.config import TrainConfig
+from planner.cost.compose import FA, FB, T, T0, Family, peak_many, roles_of, simulate
+from planner.cost.device import DeviceProfile, default_profile
+from planner.cost.optimizer import get_optimizer
+from planner.cost.trace import TraceResult, cuda_block_bytes, fingerprint, run_trace
+from planner.errors import PlannerError
+from planner.plan import Breakdown
+
+COST_MODEL_VERSION = 1  # bump when traces change meaning (invalidates the disk cache)
+MAX_TRACE_LAYERS = 3  # decoder layers in one reduced-depth trace
+INPUT_ID_BYTES = 8  # input_ids and labels are int64
+FAKE_TRACE_ABOVE = 512 * 2**20  # trace under FakeTensorMode when a real trace would hold more than this
+
+_traces: dict[str, TraceResult] = {}
+_lock = threading.Lock()
+
+
+@dataclass
+class MemoryEstimate:
+    """Predicted peak of one training step (the second one: optimizer state exists)."""
+
+    peak_bytes: int
+    breakdown: Breakdown
+    trainable_layers: list[int]
+    phase: str
+    device: str
+    allocated_bytes: int = 0  # CUDA: what torch.cuda.max_memory_allocated would report; CPU: = peak_bytes
+    reserved_bytes: int = 0  # CUDA: memory_reserved at the peak (excludes context); CPU: = peak_bytes
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"peak_bytes": self.peak_bytes, "breakdown": self.breakdown.model_dump(),
+                "trainable_layers": list(self.trainable_layers), "phase": self.phase, "device": self.device,
+                "allocated_bytes": self.allocated_bytes, "reserved_bytes": self.reserved_bytes}
+
+
+# -- traces -------------------------------------------------------------------
+def _cache_dir() -> Path | None:
+    env = os.environ.get("PLANNER_COST_CACHE")
+    if env == "0":
+        return None
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "planner" / "cost"
+
+
+def _versions() -> str:
+    import torch
+    import transformers
+
+    try:
+        import peft
+        pv = peft.__version__
+    except ImportError:  # pragma: no cover
+        pv = "-"
+    return f"{COST_MODEL_VERSION}/{torch.__version__}/{transformers.__version__}/{pv}"
+
+
+def _use_fake(spec, cfg: TrainConfig, n_layers: int) -> bool:
+    h, v = spec.hidden_size, spec.vocab_size
+    inter = int(getattr(spec.config, "intermediate_size", None) or getattr(spec.config, "n_inner", None) or 4 * h)
+    elt = 2 if cfg.dtype != "float32" else 4
+    params = 2 * v * h + n_layers * (4 * h * h + 3 * h * inter)
+    tokens = cfg.batch_size * cfg.seq_len
+    approx = params * elt * 4 + tokens * v * 12 + n_layers * tokens * (20 * h + 3 * inter) * 4
+    return approx > FAKE_TRACE_ABOVE
+
+
+def get_trace(spec, cfg: TrainConfig, roles: list[str], *, fake: bool | None = None) -> TraceResult:
+    """The trace of ``spec`` at ``len(roles)`` layers with these roles, from cache when possible."""
+    fake = _use_fake(spec, cfg, len(roles)) if fake is None else fake
+    key_data = [fingerprint(spec), cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.amp, cfg.gradient_checkpointing,
+                cfg.lora_rank, cfg.train_embeddings, cfg.train_head, list(roles), _versions()]
+    key = hashlib.sha256(json.dumps(key_data).encode()).hexdigest()[:32]
+    with _lock:
+        if key in _traces:
+            return _traces[key]
+    cache = _cache_dir()
+    path = cache / f"{key}.json" if cache else None
+    if path is not None and path.is_file():
+        try:
+            tr = TraceResult.from_json(json.loads(path.read_text()))
+            with _lock:
+                _traces[key] = tr
+            return tr
+        except (ValueError, KeyError, TypeError):
+            pass  # a stale or partial file: trace again
+    tr = run_trace(spec, roles, batch_size=cfg.batch_size, seq_len=cfg.seq_len, dtype=cfg.dtype, amp=cfg.amp,
+                   gradient_checkpointing=cfg.gradient_checkpointing, lora_rank=cfg.lora_rank,
+                   train_embeddings=cfg.train_embeddings, train_head=cfg.train_head, fake=fake)
+    with _lock:
+        _traces[key] = tr
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(tr.to_json()))
+            tmp.replace(path)
+        except OSError:
+            pass  # the disk cache is an optimization
+    return tr
+
+
+def trace_patterns(embeddings_grad: bool, has_layers: bool, max_layers: int = MAX_TRACE_LAYERS) -> list[list[str]]:
+    """Reduced-depth role sequences that together cover every role of a family."""
+    if embeddings_grad:
+        return [["FA", "T"]] if has_layers else [["FA", "FA"]]
+    if not has_layers:
+        return [["FB", "FB"]]
+    if max_layers >= 4:
+        return [["FB", "T0", "FA", "T"]]
+    return [["FB", "T0", "FA"], ["T0", "T"]]
+
+
+def embeddings_grad(spec, cfg: TrainConfig) -> bool:
+    """Whether the embedding output needs a gradient (see planner.cost.trainable for tied weights)."""
+    return cfg.train_embeddings or (spec.tied_embeddings and cfg.train_head)
+
+
+def get_family(spec, cfg: TrainConfig, has_layers: bool, *, fake: bool | None = None,
+               max_trace_layers: int = MAX_TRACE_LAYERS) -> Family:
+    traces = [get_trace(spec, cfg, p, fake=fake)
+              for p in trace_patterns(embeddings_grad(spec, cfg), has_layers, max_trace_layers)]
+    return Family.merge(traces)
+
+
+# -- composition ----------------------------------------------------------------
+def _trainable_tensors(fam: Family, cfg: TrainConfig, n_layers_trained: int) -> list[tuple[int, int]]:
+    lora = bool(cfg.lora_rank)
+    per_layer = [(n, b) for n, b, is_lora in fam.params["layer"] if is_lora or not lora]
+    out = per_layer * n_layers_trained
+    out += [(n, b) for n, b, tied in fam.params["embeddings"] if cfg.train_embeddings or (tied and cfg.train_head)]
+    if cfg.train_head:
+        out += [(n, b) for n, b in fam.params["head"]]
+    return out
+
+
+def _weights(fam: Family, num_layers: int, block) -> int:
+    p = fam.params
+    total = sum(block(n * b) for n, b, _ in p["layer"]) * num_layers
+    total += sum(block(n * b) for n, b, _ in p["embeddings"]) + sum(block(n * b) for n, b in p["head"])
+    total += block(p["layer_buffers"]) * num_layers + block(p["other_buffers"])
+    return total
+
+
+def _opt_peaks(fam, cfg, opt, device, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    raw, cu = [], []
+    for k in counts:
+        tensors = _trainable_tensors(fam, cfg, int(k))
+        raw.append(opt.step_peak(tensors, device))
+        cu.append(opt.step_peak(tensors, device, cuda_block_bytes))
+    return np.array(raw, dtype=np.int64), np.array(cu, dtype=np.int64)
+
+
+def worst_case_sets(num_layers: int, gamma: int, min_depth: int) -> np.ndarray:
+    """Candidate draws of γ layers from ``min_depth..L-1``: lowest layer l, k layers directly above
+    it and the other γ-1-k at the top (rows of a configs × layers boolean matrix)."""
+    L = num_layers
+    rows = []
+    j = np.arange(L)
+    for low in range(min_depth, L - gamma + 1):
+        for k in range(gamma):
+            top = gamma - 1 - k
+            mask = (j == low) | ((j > low) & (j <= low + k)) | (j >= L - top)
+            if mask.sum() == gamma:
+                rows.append(mask)
+    return np.unique(np.array(rows), axis=0)
+
+
+def _role_matrix(masks: np.ndarray, e_grad: bool) -> np.ndarray:
+    c, L = masks.shape
+    if e_grad:
+        return np.where(masks, T, FA).astype(np.int64)
+    low = masks.argmax(axis=1)[:, None]
+    j = np.arange(L)[None, :]
+    return np.where(masks, np.where(j == low, T0, T), np.where(j > low, FA, FB)).astype(np.int64)
+
+
+def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DeviceProfile | None = None,
+             fake: bool | None = None, max_trace_layers: int = MAX_TRACE_LAYERS) -> MemoryEstimate:
+    """Predict the peak memory of one training step of ``spec`` under ``cfg`` on ``device``.
+
+    ``device="cpu"`` predicts PyTorch CPU allocator bytes (no overhead); ``"cuda"`` adds the
+    device overhead of ``profile`` (or planner.cost.device defaults) in the ``overhead`` bucket.
+    For ``active_layers`` configs the sampler's worst draw is predicted and returned in
+    ``trainable_layers``.
+    """
+    if device not in ("cpu", "cuda"):
+        raise PlannerError(f"--device must be 'cpu' or 'cuda', but got {device!r}")
+    L = spec.num_layers
+    cfg.check_against(L)
+    opt = get_optimizer(cfg.optimizer)
+    profile = profile or default_profile(device)
+    e_grad = embeddings_grad(spec, cfg)
+    cuda = device == "cuda"
+    if cfg.active_layers is not None:
+        masks = worst_case_sets(L, cfg.active_layers, cfg.min_depth)
+    else:
+        layers = cfg.trainable_layers(L)
+        masks = np.zeros((1, L), dtype=bool)
+        masks[0, layers] = True
+    has_layers = bool(masks.any())
+    if not has_layers and not (cfg.train_embeddings or cfg.train_head):
+        raise PlannerError("a training config must train something, but it trains no layer, embeddings or head")
+    fam = get_family(spec, cfg, has_layers, fake=fake, max_trace_layers=max_trace_layers)
+    roles = _role_matrix(masks, e_grad)
+    counts = masks.sum(axis=1)
+    opt_raw, opt_cuda = _opt_peaks(fam, cfg, opt, device, np.unique(counts))
+    lookup = {int(k): i for i, k in enumerate(np.unique(counts))}
+    idx = np.array([lookup[int(k)] for k in counts])
+    if len(masks) == 1:
+        best = 0
+    else:
+        peaks = peak_many(fam, roles, (opt_cuda if cuda else opt_raw)[idx], cuda=cuda)
+        best = int(np.argmax(peaks))
+    chosen = [int(i) for i in np.flatnonzero(masks[best])]
+    k = lookup[int(counts[best])]
+    sim = simulate(fam, list(int(r) for r in roles[best]), (int(opt_raw[k]), int(opt_cuda[k])))
+
+    tensors = _trainable_tensors(fam, cfg, len(chosen))
+    weights = _weights(fam, L, lambda n: n)
+    state = opt.state_bytes(tensors, device)
+    batch = 2 * cfg.batch_size * cfg.seq_len * INPUT_ID_BYTES
+    grads, acts, trans = sim.at_peak
+    raw_peak = weights + state + batch + sim.peak
+    overhead, allocated, reserved = 0, raw_peak, raw_peak
+    if cuda:
+        allocated = (_weights(fam, L, cuda_block_bytes) + opt.state_bytes(tensors, device, cuda_block_bytes)
+                     + 2 * cuda_block_bytes(batch // 2) + sim.peak_cuda)
+        # reserved = allocated · (1 + fragmentation); CUDA context and cuBLAS workspaces come on top
+        reserved = int(allocated * (1 + profile.fragmentation))
+        overhead = reserved - raw_peak + profile.context_bytes + profile.workspace_bytes
+    breakdown = Breakdown(weights=weights, gradients=grads, optimizer=state, activations=acts,
+                          transient=trans + batch, overhead=overhead)
+    peak = raw_peak + overhead
+    return MemoryEstimate(peak_bytes=peak, breakdown=breakdown, trainable_layers=chosen,
+                          phase=sim.phase_cuda if cuda else sim.phase, device=device,
+                          allocated_bytes=allocated, reserved_bytes=reserved,
+                          details={"candidates": int(len(masks))})

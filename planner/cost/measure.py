@@ -1,0 +1,135 @@
+"""Measured truth: real training steps on CPU, peak of live tensor bytes during the last step.
+
+The step is the one the HF Trainer runs: forward under autocast when ``amp`` is set (fp32
+weights and state), loss from the model (``use_cache=False``; the output object, logits
+included, is dropped before backward), ``loss.backward()``, ``optimizer.step()``,
+``optimizer.zero_grad(set_to_none=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+
+import torch
+from torch import nn
+
+from planner.config import TrainConfig
+from planner.errors import PlannerError
+from planner.cost.tracker import LiveBytesTracker
+from planner.cost.trainable import add_lora, apply_trainable
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+LEARNING_RATE = 1e-4  # memory does not depend on it
+
+
+def prepare_model(model: nn.Module, cfg: TrainConfig, layers: list[int]) -> nn.Module:
+    """Apply gradient checkpointing, LoRA and the trainable set; returns the model to train."""
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora_rank:
+        model = add_lora(model, cfg.lora_rank)
+    apply_trainable(model, layers, train_embeddings=cfg.train_embeddings, train_head=cfg.train_head,
+                    lora=bool(cfg.lora_rank))
+    if not any(p.requires_grad for p in model.parameters()):
+        raise PlannerError(f"a training config must train something, but layers={layers}, "
+                           f"train_embeddings={cfg.train_embeddings}, train_head={cfg.train_head}")
+    model.train()
+    return model
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, *, foreach: bool | None = None):
+    """The optimizer torch runs for ``cfg.optimizer`` (single-tensor loop on CPU unless ``foreach``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=LEARNING_RATE, foreach=foreach)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=LEARNING_RATE, foreach=foreach)
+    raise PlannerError(f"optimizer must be 'adamw' or 'sgd' to run a measured step on CPU, but got {cfg.optimizer!r} "
+                       "(adamw8bit needs bitsandbytes on a GPU; it is predicted analytically)")
+
+
+class StepHooks:
+    """Callbacks at the boundaries of a training step (no-ops by default)."""
+
+    def step_start(self): ...
+    def backward_start(self): ...
+    def backward_end(self): ...
+    def optimizer_start(self): ...
+    def zero_grad_start(self): ...
+    def step_end(self): ...
+
+
+def training_step(model: nn.Module, optimizer, batch: dict, amp: str = "none", hooks: StepHooks | None = None,
+                  *, run_optimizer: bool = True) -> None:
+    """One training step as the HF Trainer runs it."""
+    hooks = hooks or StepHooks()
+    hooks.step_start()
+    ctx = torch.autocast("cpu", dtype=AMP_DTYPES[amp]) if amp != "none" else contextlib.nullcontext()
+    with ctx:
+        loss = model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
+    hooks.backward_start()
+    loss.backward()
+    hooks.backward_end()
+    if run_optimizer:
+        hooks.optimizer_start()
+        optimizer.step()
+        hooks.zero_grad_start()
+        optimizer.zero_grad(set_to_none=True)
+    hooks.step_end()
+
+
+def make_batch(vocab_size: int, batch_size: int, seq_len: int, *, seed: int = 0) -> dict:
+    """Random token ids; labels are the ids (the model shifts them)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=g)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+def state_tensors(model: nn.Module, optimizer=None, batch: dict | None = None) -> list[torch.Tensor]:
+    """Every tensor that lives across steps: parameters, buffers, optimizer state, the batch."""
+    out = list(model.parameters()) + list(model.buffers())
+    if optimizer is not None:
+        for st in optimizer.state.values():
+            out += [v for v in st.values() if isinstance(v, torch.Tensor)]
+    if batch is not None:
+        out += [v for v in batch.values() if isinstance(v, torch.Tensor)]
+    return out
+
+
+def measure_training_peak(model: nn.Module, cfg: TrainConfig, batch: dict | torch.Tensor, steps: int = 2,
+                          *, layers: list[int] | None = None) -> int:
+    """Peak live tensor bytes during the last of ``steps`` real training steps on CPU.
+
+    ``model`` is built in ``cfg.dtype``; this applies ``cfg`` (trainable set, LoRA, gradient
+    checkpointing) to it. ``layers`` overrides the trainable set (required for ``active_layers``
+    configs: pass the draw to measure). Weights, optimizer state and the batch count.
+    """
+    if isinstance(batch, torch.Tensor):
+        batch = {"input_ids": batch, "labels": batch}
+    if steps < 1:
+        raise PlannerError(f"`steps >= 1` must hold, but got steps={steps}")
+    from planner.spec import find_decoder_layers
+
+    num_layers = len(find_decoder_layers(model)[1])
+    if layers is None:
+        if cfg.active_layers is not None:
+            raise PlannerError("measure_training_peak needs `layers` for an active_layers config (which draw to measure)")
+        cfg.check_against(num_layers)
+        layers = cfg.trainable_layers(num_layers)
+    model = prepare_model(model, cfg, layers)
+    optimizer = make_optimizer(model, cfg)
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()  # frees happen by refcount, deterministically
+    try:
+        with LiveBytesTracker() as tracker:
+            tracker.track(state_tensors(model, optimizer, batch))
+            for i in range(steps):
+                if i == steps - 1:
+                    tracker.reset_peak()
+                training_step(model, optimizer, batch, cfg.amp)
+            return tracker.peak_bytes
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -1,0 +1,371 @@
+"""Trace one training step of a reduced-depth model and cut its memory events into segments.
+
+The reduced model has the full model's width and 2-3 decoder layers whose roles cover every
+role the full configuration needs. Roles of a decoder layer:
+
+- ``T``  trainable, its input needs a gradient (something below trains);
+- ``T0`` trainable and the lowest point that needs a gradient (embeddings frozen);
+- ``FA`` frozen, above the lowest grad-needing point (keeps what its input gradient needs);
+- ``FB`` frozen, below it (keeps nothing, has no backward).
+
+The event stream (allocations and frees, in order) is cut at module boundaries: embedding
+forward, each decoder layer's forward (pre-hook to the next pre-hook, so the free of the
+layer's input falls in its own segment), final norm + head + loss forward, head backward, each
+layer's backward (from the moment the gradient of its output arrives), embedding backward, and
+the tail up to the optimizer. Per segment we keep the net change and the peak above its start,
+per category (gradients, activations, transient), for raw bytes and for bytes as the CUDA
+caching allocator rounds each block. Tensors made once per forward and used by every layer
+(rotary cos/sin, masks, position ids) are released by whichever layer runs its backward last;
+their free is taken out of the layer segments and kept as ``shared_release``, replayed after
+the lowest layer's backward, so layer segments do not depend on position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from planner.cost.measure import make_batch, prepare_model, state_tensors, training_step, StepHooks
+from planner.cost.tracker import LiveBytesTracker
+from planner.cost.trainable import model_parts
+
+CATEGORIES = ("gradients", "activations", "transient")
+GRAD, ACT, TRANS = range(3)
+CUDA_MIN_BLOCK = 512  # the caching allocator rounds every block up to a multiple of 512 B
+
+
+def cuda_block_bytes(nbytes: int) -> int:
+    """Bytes ``torch.cuda.memory_allocated`` counts for one tensor of ``nbytes`` (PyTorch CUDACachingAllocator)."""
+    if nbytes <= 0:
+        return 0
+    return -(-nbytes // CUDA_MIN_BLOCK) * CUDA_MIN_BLOCK
+
+
+@dataclass
+class Segment:
+    """Net change and peak above the start of one stretch of a training step."""
+
+    delta: tuple[int, int, int] = (0, 0, 0)  # per category, raw bytes
+    at_peak: tuple[int, int, int] = (0, 0, 0)  # per category at the raw peak instant (relative to start)
+    delta_cuda: int = 0  # net change, CUDA block bytes
+    peak_cuda: int = 0  # peak above start, CUDA block bytes
+
+    @property
+    def peak(self) -> int:
+        return sum(self.at_peak)
+
+    @property
+    def net(self) -> int:
+        return sum(self.delta)
+
+    def to_json(self):
+        return [list(self.delta), list(self.at_peak), self.delta_cuda, self.peak_cuda]
+
+    @classmethod
+    def from_json(cls, data):
+        return cls(tuple(data[0]), tuple(data[1]), data[2], data[3])
+
+
+@dataclass
+class TraceResult:
+    """Segments of one traced step. ``layers[(phase, role)]`` for phase in fwd/bwd."""
+
+    roles: list[str]
+    segments: dict[str, Segment] = field(default_factory=dict)  # embed_fwd, head_fwd, head_bwd, embed_bwd, shared_release, tail
+    layers: dict[str, Segment] = field(default_factory=dict)  # "fwd:T", "bwd:FA", ...
+    layer_by_index: list[dict[str, Segment]] = field(default_factory=list)  # per traced layer, for depth checks
+    frees_input: dict[str, bool] = field(default_factory=dict)  # role -> its forward frees its input
+    input_bytes: int = 0  # bytes of one layer input (hidden states)
+    x0_held: bool = False  # the model's forward holds layer 0's input until it returns
+    peak_bytes: int = 0  # the traced step's own peak (raw, above nothing: includes base)
+    base_bytes: int = 0
+    params: dict = field(default_factory=dict)  # see param_info()
+
+    def to_json(self):
+        return {"roles": self.roles, "segments": {k: v.to_json() for k, v in self.segments.items()},
+                "layers": {k: v.to_json() for k, v in self.layers.items()},
+                "layer_by_index": [{k: v.to_json() for k, v in d.items()} for d in self.layer_by_index],
+                "frees_input": self.frees_input, "input_bytes": self.input_bytes, "x0_held": self.x0_held,
+                "peak_bytes": self.peak_bytes, "base_bytes": self.base_bytes, "params": self.params}
+
+    @classmethod
+    def from_json(cls, data):
+        seg = Segment.from_json
+        return cls(list(data["roles"]), {k: seg(v) for k, v in data["segments"].items()},
+                   {k: seg(v) for k, v in data["layers"].items()},
+                   [{k: seg(v) for k, v in d.items()} for d in data["layer_by_index"]],
+                   dict(data["frees_input"]), data["input_bytes"], data["x0_held"],
+                   data["peak_bytes"], data["base_bytes"], data["params"])
+
+
+def trainable_for_roles(roles: list[str]) -> list[int]:
+    return [i for i, r in enumerate(roles) if r in ("T", "T0")]
+
+
+class _Boundaries(StepHooks):
+    """Module and tensor hooks that mark segment boundaries in the tracker's event stream."""
+
+    def __init__(self, model, tracker: LiveBytesTracker):
+        self.t = tracker
+        self.phase = "idle"
+        self.layers = model_parts(model).layers
+        self.n = len(self.layers)
+        self.input_ids: dict[int, int | None] = {}
+        self.after_layers = False
+        self.handles = []
+        for i, layer in enumerate(self.layers):
+            self.handles.append(layer.register_forward_pre_hook(self._pre(i), with_kwargs=True))
+            self.handles.append(layer.register_forward_hook(self._post(i), with_kwargs=True))
+        inside = {id(m) for layer in self.layers for m in layer.modules()}
+        ancestors = {id(m) for m in model.modules() if any(sub is self.layers for sub in m.modules())}
+        for m in model.modules():
+            if id(m) not in inside and id(m) not in ancestors and m is not self.layers:
+                self.handles.append(m.register_forward_pre_hook(self._outside))
+
+    @staticmethod
+    def _first_tensor(args, kwargs):
+        for a in list(args) + [kwargs.get("hidden_states")]:
+            if isinstance(a, torch.Tensor):
+                return a
+            if isinstance(a, (tuple, list)) and a and isinstance(a[0], torch.Tensor):
+                return a[0]
+        return None
+
+    def _pre(self, i):
+        def hook(module, args, kwargs):
+            if self.phase != "fwd":
+                return
+            self.t.mark(f"fwd:{i}")
+            x = self._first_tensor(args, kwargs)
+            self.input_ids[i] = self.t.alloc_id(x) if x is not None else None
+            if i == 0 and x is not None and x.requires_grad:
+                x.register_hook(self._grad_mark("bwd:embed"))
+        return hook
+
+    def _post(self, i):
+        def hook(module, args, kwargs, out):
+            if self.phase != "fwd":
+                return
+            y = self._first_tensor((out,), {})
+            if y is not None and y.requires_grad:
+                y.register_hook(self._grad_mark(f"bwd:{i}"))
+            if i == self.n - 1:
+                self.after_layers = True
+        return hook
+
+    def _outside(self, module, args):
+        if self.phase == "fwd" and self.after_layers:
+            self.after_layers = False
+            self.t.mark("fwd:head")
+
+    def _grad_mark(self, label):
+        def hook(grad):
+            self.t.mark(label)
+        return hook
+
+    def step_start(self):
+        self.phase = "fwd"
+        self.t.mark("fwd:embed")
+
+    def backward_start(self):
+        self.phase = "bwd"
+        self.t.mark("bwd:head")
+
+    def backward_end(self):
+        self.phase = "post"
+        self.t.mark("bwd:end")
+
+    def step_end(self):
+        self.t.mark("end")
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _segment(events, start, stop, cat_of, skip: set[int] = frozenset()) -> Segment:
+    cur = [0, 0, 0]
+    best = 0
+    at_peak = (0, 0, 0)
+    cur_c = 0
+    peak_c = 0
+    for n in range(start, stop):
+        if n in skip:
+            continue
+        aid, delta = events[n]
+        cur[cat_of(aid)] += delta
+        total = cur[0] + cur[1] + cur[2]
+        if total > best:
+            best = total
+            at_peak = (cur[0], cur[1], cur[2])
+        cur_c += cuda_block_bytes(delta) if delta > 0 else -cuda_block_bytes(-delta)
+        if cur_c > peak_c:
+            peak_c = cur_c
+    return Segment(tuple(cur), at_peak, cur_c, peak_c)
+
+
+def run_trace(spec, roles: list[str], *, batch_size: int, seq_len: int, dtype: str, amp: str,
+              gradient_checkpointing: bool, lora_rank: int | None, train_embeddings: bool, train_head: bool,
+              fake: bool = False) -> TraceResult:
+    """Trace forward and backward of one step of ``spec`` reduced to ``len(roles)`` layers."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from planner.config import TrainConfig
+    from planner.spec import build_model
+
+    cfg = TrainConfig(batch_size=batch_size, seq_len=seq_len, dtype=dtype, amp=amp, optimizer="sgd",
+                      gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank,
+                      train_embeddings=train_embeddings, train_head=train_head)
+    layers = trainable_for_roles(roles)
+    mode = FakeTensorMode(allow_non_fake_inputs=False) if fake else contextlib.nullcontext()
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with mode:
+            model = build_model(spec, dtype=dtype, num_layers=len(roles))
+            model = prepare_model(model, cfg, layers)
+            batch = make_batch(spec.vocab_size, batch_size, seq_len) if not fake else _fake_batch(spec, batch_size, seq_len)
+            tracker = LiveBytesTracker(record=True)
+            marks = _Boundaries(model, tracker)
+            with tracker:
+                tracker.track(state_tensors(model, None, batch))
+                base = tracker.current_bytes
+                tracker.reset_peak()
+                training_step(model, None, batch, amp, marks, run_optimizer=False)
+            marks.remove()
+            grads = {tracker.alloc_id(p.grad) for p in model.parameters() if p.grad is not None}
+            grads.discard(None)
+            result = _cut(tracker, roles, grads, marks.input_ids)
+            result.base_bytes = base
+            result.params = param_info(model)
+            result.peak_bytes = tracker.peak_bytes
+            del model, batch
+    finally:
+        if was_enabled:
+            gc.enable()
+    _check_roles(result, roles, spec, train_embeddings)
+    return result
+
+
+def param_info(model) -> dict:
+    """Tensor sizes of one decoder layer, the embeddings and the head: ``[numel, bytes/element(, is_lora)]``."""
+    parts = model_parts(model)
+    layer = [[p.numel(), p.element_size(), "lora_" in name] for name, p in parts.layers[0].named_parameters()]
+    layer_buffers = sum(b.numel() * b.element_size() for b in parts.layers[0].buffers())
+    all_buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    tied_ids = {id(p) for p in parts.tied}
+    return {
+        "layer": layer,
+        "layer_buffers": layer_buffers,
+        "other_buffers": all_buffers - len(parts.layers) * layer_buffers,
+        "embeddings": [[p.numel(), p.element_size(), id(p) in tied_ids] for p in parts.embeddings],
+        "head": [[p.numel(), p.element_size()] for p in parts.head],
+    }
+
+
+def _fake_batch(spec, batch_size, seq_len):
+    ids = torch.randint(0, spec.vocab_size, (batch_size, seq_len))
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+def _check_roles(result: TraceResult, roles, spec, train_embeddings):
+    """The traced step must have the structure the roles promise (a backward segment per non-FB layer)."""
+    for i, r in enumerate(roles):
+        has_bwd = "bwd" in result.layer_by_index[i]
+        if has_bwd != (r != "FB"):
+            raise RuntimeError(f"trace of {spec.name}: layer {i} was traced as role {r} but "
+                               f"{'has' if has_bwd else 'has no'} backward segment (roles={roles})")
+
+
+def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_ids: dict[int, int | None]) -> TraceResult:
+    events, marks = tracker.events, tracker.marks
+    bounds = marks + [("<end>", len(events))]
+    ranges = {label: (a, b) for (label, a), (_, b) in zip(bounds[:-1], bounds[1:])}
+    bwd_start = ranges["bwd:head"][0]
+    alloc_seg: dict[int, str] = {}
+    alloc_bytes: dict[int, int] = {}
+    freed_at: dict[int, int] = {}
+    k = 0
+    for n, (aid, delta) in enumerate(events):
+        while k + 1 < len(bounds) and bounds[k + 1][1] <= n:
+            k += 1
+        if delta > 0 and aid not in alloc_seg:
+            alloc_seg[aid] = bounds[k][0]
+            alloc_bytes[aid] = delta
+        elif delta < 0:
+            freed_at[aid] = n
+
+    def alive_at_backward(aid):
+        return freed_at.get(aid, len(events)) >= bwd_start
+
+    def cat_of(aid):
+        if aid in grad_ids:
+            return GRAD
+        seg = alloc_seg.get(aid, "")
+        if alive_at_backward(aid) and (seg.startswith("fwd:") and seg != "fwd:head"):
+            return ACT
+        return TRANS
+
+    def inside(n, label):
+        a, b = ranges.get(label, (0, 0))
+        return a <= n < b
+
+    result = TraceResult(roles=list(roles), layer_by_index=[{} for _ in roles])
+    # a layer's input: freed in its own forward (not kept), in its backward (kept), or, for layer 0,
+    # when the model's forward returns (the model holds the embeddings output in a local)
+    skip: set[int] = set()
+    for i, role in enumerate(roles):
+        aid = input_ids.get(i)
+        n = freed_at.get(aid) if aid is not None else None
+        if n is not None and inside(n, f"fwd:{i}"):
+            skip.add(n)
+            result.frees_input[role] = True
+            result.input_bytes = alloc_bytes.get(aid, 0)
+        elif n is not None and inside(n, f"bwd:{i}"):
+            result.frees_input[role] = False
+        elif i == 0 and n is not None and inside(n, "fwd:head"):
+            skip.add(n)
+            result.frees_input[role] = True
+            result.x0_held = True
+            result.input_bytes = alloc_bytes.get(aid, 0)
+        else:
+            raise RuntimeError(f"trace: the input of layer {i} (role {role}) is freed where composition cannot place it")
+
+    x0 = input_ids.get(0)
+    shared = {aid for aid, seg in alloc_seg.items()
+              if seg == "fwd:embed" and alive_at_backward(aid) and aid != x0 and aid not in grad_ids}
+    shared_freed = []
+    for label, (start, stop) in ranges.items():
+        if label == "end":
+            continue
+        phase, where = label.split(":")
+        if where.isdigit():
+            i = int(where)
+            if phase == "bwd":
+                drop = {n for n in range(start, stop) if events[n][1] < 0 and events[n][0] in shared}
+                shared_freed += [events[n] for n in sorted(drop)]
+                seg = _segment(events, start, stop, cat_of, skip | drop)
+            else:
+                seg = _segment(events, start, stop, cat_of, skip)
+            result.layer_by_index[i][phase] = seg
+            result.layers[f"{phase}:{roles[i]}"] = seg
+        else:
+            name = {"fwd:embed": "embed_fwd", "fwd:head": "head_fwd", "bwd:head": "head_bwd",
+                    "bwd:embed": "embed_bwd", "bwd:end": "tail"}[label]
+            result.segments[name] = _segment(events, start, stop, cat_of, skip)
+    result.segments["shared_release"] = _segment(shared_freed, 0, len(shared_freed), lambda aid: ACT)
+    return result
+
+
+def fingerprint(spec) -> str:
+    """A key for everything in the model config that changes a trace (depth excluded)."""
+    data = spec.config.to_dict()
+    for k in ("num_hidden_layers", "n_layer", "layer_types", "_name_or_path", "transformers_version",
+              "architectures", "torch_dtype", "dtype", "use_cache"):
+        data.pop(k, None)
+    return json.dumps(data, sort_keys=True, default=str)

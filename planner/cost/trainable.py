@@ -1,0 +1,97 @@
+"""Which parameters train: decoder layers, embeddings, head, LoRA adapters.
+
+Conventions the cost model predicts (and the runtime should follow):
+- **embeddings**: the input embedding and every other ``nn.Embedding`` outside the decoder
+  layers (gpt2's ``wpe``);
+- **head**: every other parameter outside the decoder layers: the output projection and the
+  final norm (``norm``/``ln_f``);
+- **tied embeddings** (qwen2, gemma, gpt2): the output projection IS the input embedding, one
+  tensor. It trains when ``train_embeddings`` OR ``train_head`` is set (training the head
+  weight means training the embedding matrix); the final norm follows ``train_head`` alone;
+- **LoRA** (``lora_rank=r``): peft adapters on every linear layer (``nn.Linear``, gpt2's
+  ``Conv1D``) inside every decoder layer, ``lora_dropout=0``; base weights are frozen
+  everywhere and only the adapters of the trainable layers train (a sampler switches layers
+  without rebuilding adapters). Embeddings/head train in full when flagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from planner.spec.arch import find_decoder_layers
+
+
+@dataclass
+class ModelParts:
+    layers: nn.ModuleList
+    embeddings: list[nn.Parameter]
+    head: list[nn.Parameter]  # excludes a weight tied to the embeddings
+    tied: list[nn.Parameter]  # the head weight that is also an embedding weight
+
+
+def model_parts(model: nn.Module) -> ModelParts:
+    """Split the parameters outside the decoder layers into embeddings and head."""
+    _, layers = find_decoder_layers(model)
+    in_layers = {id(p) for p in layers.parameters()}
+    emb_modules = [model.get_input_embeddings()]
+    emb_modules += [m for m in model.modules() if isinstance(m, nn.Embedding) and m is not emb_modules[0]
+                    and not any(m is mm for mm in layers.modules())]
+    emb = {id(p): p for m in emb_modules for p in m.parameters()}
+    out = model.get_output_embeddings()
+    out_ids = {id(p) for p in out.parameters()} if out is not None else set()
+    head, tied, seen = [], [], set()
+    for p in model.parameters():
+        if id(p) in in_layers or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if id(p) in emb:
+            if id(p) in out_ids:
+                tied.append(p)
+            continue
+        head.append(p)
+    return ModelParts(layers, list(emb.values()), head, tied)
+
+
+def lora_targets(model: nn.Module) -> list[str]:
+    """Leaf names of the linear modules inside the decoder layers (peft target_modules)."""
+    from transformers.pytorch_utils import Conv1D
+
+    _, layers = find_decoder_layers(model)
+    names = sorted({name.rsplit(".", 1)[-1] for name, m in layers[0].named_modules()
+                    if isinstance(m, (nn.Linear, Conv1D))})
+    return names
+
+
+def add_lora(model: nn.Module, rank: int) -> nn.Module:
+    """Wrap ``model`` with peft LoRA adapters of rank ``rank`` on every linear layer of every decoder layer."""
+    from peft import LoraConfig, get_peft_model
+
+    import re
+
+    path, _ = find_decoder_layers(model)
+    targets = lora_targets(model)
+    # a regex, so a same-named module outside the decoder layers is never adapted
+    pattern = r".*" + re.escape(path) + r"\.\d+\..*\b(" + "|".join(map(re.escape, targets)) + ")"
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=pattern,
+                     fan_in_fan_out=model.config.model_type == "gpt2")
+    return get_peft_model(model, cfg)
+
+
+def apply_trainable(model: nn.Module, layers: list[int], *, train_embeddings: bool, train_head: bool,
+                    lora: bool = False) -> None:
+    """Set ``requires_grad`` for a trainable set (see the module docstring for the conventions)."""
+    parts = model_parts(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for i in layers:
+        for name, p in parts.layers[i].named_parameters():
+            if not lora or "lora_" in name:
+                p.requires_grad_(True)
+    for p in parts.embeddings:
+        if train_embeddings or (train_head and any(p is t for t in parts.tied)):
+            p.requires_grad_(True)
+    for p in parts.head:
+        if train_head:
+            p.requires_grad_(True)
