@@ -127,7 +127,7 @@ class LayerSampler:
     # the schedule -----------------------------------------------------------------------------
     def begin_step(self, step: int) -> bool:
         """Call before step ``step``'s forward (0-based); re-draws when ``step`` is a multiple of K > 0."""
-        if step > 0 and step % self.period == 0:
+        if step > 0 and step % self.period == 0 and step != self.history[-1]["step"]:
             self._apply(self.scorer.select(step), step=step)
             return True
         return False

@@ -112,8 +112,12 @@ class Scorer:
     def on_gradients(self, step: int, norms: dict[int, float]) -> None:
         """Gradient L2 norm of each active layer, after backward and before the optimizer step."""
 
+    def wants_batch(self, step: int) -> bool:
+        """Whether :meth:`observe` needs a batch after step ``step`` (trainers that do not hand one out fetch it)."""
+        return False
+
     def observe(self, step: int, loss: float, batch: dict | None) -> None:
-        """The loss of a finished step and its batch (after the optimizer step)."""
+        """The loss of a finished step (NaN where the trainer does not expose it) and its batch."""
 
     # helpers -----------------------------------------------------------------------------------
     def _normalize(self, raw: list[float]) -> list[float]:

@@ -79,7 +79,10 @@ class ISTScorer(Scorer):
                 self.scores[i] += self.eta * r_k * sig * (1.0 - sig)
         self.updates += 1
 
+    def wants_batch(self, step: int) -> bool:
+        return (step + 1) % self.update_every == 0
+
     def observe(self, step: int, loss: float, batch: dict | None) -> None:
-        if batch is None or (step + 1) % self.update_every:
+        if batch is None or not self.wants_batch(step):
             return
         self.update(*self.rollout_losses(self.sampler.model, batch))
