@@ -37,7 +37,8 @@ class ArchNames:
 
 
 def _config_for(plan: "Plan"):
-    """The plan's own config when it resolves offline (preset, local path), else the model type's default."""
+    """The plan's own config when it resolves offline (preset, local path, cached hub id), else the
+    model type's default config (same names; only ``tie_word_embeddings`` may differ from the real model)."""
     from transformers import AutoConfig
 
     from planner.spec import list_presets, load_spec
@@ -51,6 +52,13 @@ def _config_for(plan: "Plan"):
             if cfg.model_type == plan.model_type:
                 return cfg
         except Exception:  # noqa: BLE001 - any failure: fall back to the model type's default config
+            pass
+    if plan.model.count("/") == 1 and not plan.model.startswith((".", "/", "~")):
+        try:  # a hub id already in the local cache; never the network
+            cfg = AutoConfig.from_pretrained(plan.model, local_files_only=True)
+            if cfg.model_type == plan.model_type:
+                return cfg
+        except Exception:  # noqa: BLE001 - not cached: fall back
             pass
     return AutoConfig.for_model(plan.model_type)
 

@@ -122,7 +122,7 @@ def training_args(plan) -> dict:
         "output_dir": "planner-hf-run",
         "learning_rate": plan.learning_rate,
         "per_device_train_batch_size": plan.train.batch_size,
-        "gradient_checkpointing": plan.train.gradient_checkpointing,
+        _checkpointing_key(): plan.train.gradient_checkpointing,
         "optim": HF_OPTIM[plan.train.optimizer],
         "bf16": bf16,
         "fp16": fp16,
@@ -133,6 +133,16 @@ def training_args(plan) -> dict:
         "report_to": "none",
         "remove_unused_columns": False,
     }
+
+
+def _checkpointing_key() -> str:
+    """transformers >= 5 renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (old name deprecated)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def script_plan(plan) -> dict:

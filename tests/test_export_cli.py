@@ -1,0 +1,107 @@
+"""`planner export`: files written, losses printed, --strict, and one-line errors with exit code 2."""
+
+import os
+
+import pytest
+
+from planner.cli.main import main
+from planner.config import TrainConfig
+from planner.plan import Breakdown, Plan
+
+
+@pytest.fixture
+def plan_file(tmp_path):
+    plan = Plan(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=2,
+                period=5, scorer="ist", learning_rate=1e-4, train=TrainConfig(active_layers=2), predicted_peak_bytes=1,
+                breakdown=Breakdown())
+    return plan.save(tmp_path / "plan.yaml")
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_export_prints_files_and_losses(plan_file, tmp_path, capsys):
+    code, out, err = run(capsys, "export", str(plan_file), "--to", "axolotl", "--out", str(tmp_path / "ax"))
+    assert code == 0 and err == ""
+    assert f"wrote {tmp_path / 'ax' / 'axolotl.yaml'}" in out
+    assert (tmp_path / "ax" / "axolotl.yaml").is_file()
+    assert "Lost:" in out and "'ist'" in out
+
+
+def test_exact_export_says_so(plan_file, tmp_path, capsys):
+    code, out, _ = run(capsys, "export", str(plan_file), "--to", "hf", "--out", str(tmp_path / "hf"))
+    assert code == 0 and "expressed exactly" in out
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["train_layerwise.py", "training_args.json"]
+
+
+def test_strict_refuses_a_lossy_export_and_writes_nothing(plan_file, tmp_path, capsys):
+    code, out, err = run(capsys, "export", str(plan_file), "--to", "lmflow", "--out", str(tmp_path / "lm"), "--strict")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "--strict" in err and "'ist'" in err
+    assert not (tmp_path / "lm").exists()
+
+
+def test_strict_passes_an_exact_export(plan_file, tmp_path, capsys):
+    code, _, _ = run(capsys, "export", str(plan_file), "--to", "planner", "--out", str(tmp_path / "p"), "--strict")
+    assert code == 0 and (tmp_path / "p" / "plan.yaml").read_bytes() == plan_file.read_bytes()
+
+
+def test_default_out_dir(plan_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "export", str(plan_file), "--to", "peft")
+    assert code == 0 and (tmp_path / "export" / "peft" / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["missing.yaml", "--to", "hf"], "must exist"),
+    (["--to", "nope"], "must be one of"),
+])
+def test_bad_input_is_one_line_exit_2(plan_file, tmp_path, capsys, argv, needle):
+    if argv[0] == "--to":
+        argv = [str(plan_file), *argv]
+    else:
+        argv = [str(tmp_path / argv[0]), *argv[1:]]
+    code, out, err = run(capsys, "export", *argv)
+    assert code == 2 and err.count("\n") == 1 and needle in err and "Traceback" not in err
+
+
+def test_unknown_target_names_the_known_ones(plan_file, capsys):
+    _, _, err = run(capsys, "export", str(plan_file), "--to", "nope")
+    for name in ("axolotl", "hf", "llamafactory", "lmflow", "peft", "planner"):
+        assert name in err
+
+
+def test_invalid_plan_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: x\nnum_layers: zero\n")
+    code, _, err = run(capsys, "export", str(bad), "--to", "hf")
+    assert code == 2 and err.count("\n") == 1 and "plan schema" in err
+    bad.write_text("{unclosed: [")
+    code, _, err = run(capsys, "export", str(bad), "--to", "hf")
+    assert code == 2 and "must be YAML" in err
+
+
+def test_plan_inconsistent_with_its_model(tmp_path, capsys):
+    plan = Plan(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=2,
+                period=5, scorer="fixed", layers=[2, 7], learning_rate=1e-4, train=TrainConfig(layers=[2, 7]),
+                predicted_peak_bytes=1, breakdown=Breakdown())
+    code, _, err = run(capsys, "export", str(plan.save(tmp_path / "p.yaml")), "--to", "llamafactory", "--out", str(tmp_path / "o"))
+    assert code == 2 and "0 <= i < 4" in err
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_out(plan_file, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    code, _, err = run(capsys, "export", str(plan_file), "--to", "hf", "--out", str(locked / "sub"))
+    assert code == 2 and err.count("\n") == 1 and "--out must be a writable directory" in err
+
+
+def test_out_is_a_file(plan_file, tmp_path, capsys):
+    target = tmp_path / "afile"
+    target.write_text("x")
+    code, _, err = run(capsys, "export", str(plan_file), "--to", "hf", "--out", str(target))
+    assert code == 2 and err.count("\n") == 1 and "--out must be a writable directory" in err
