@@ -120,12 +120,17 @@ def test_cli_default_out_dir(workdir, monkeypatch):
 
 
 def test_cli_plan_report(tmp_path):
-    plan = _plan("llama-2-7b")
+    from planner.spec.tiny import tiny_spec
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_spec("llama", num_layers=4).config.to_dict()))
+    plan = _plan(str(cfg))
     path = plan.save(tmp_path / "my-plan.yaml")
     code = main(["report", str(path), "--out", str(tmp_path / "r"), "--dpi", "40"])
     assert code == 0
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "# planner report: plan my-plan" in md and "breakdown.png" in md
+    assert "# planner report: plan my-plan" in md and "breakdown.png" in md and "sweeps.png" in md
+    assert "| full fine-tuning |" in md and "| tuned plan |" in md  # cost-model rows for the plan's model
 
 
 @pytest.mark.parametrize("argv, pattern", [

@@ -166,9 +166,18 @@ def cost_model_estimator(device: str = "cpu") -> Estimator | None:
         from planner.cost import estimate
     except ImportError:
         return None
+    estimate = getattr(estimate, "estimate", estimate)  # the package may expose the module or the function
+    if not callable(estimate):
+        return None
 
     def run(spec, cfg: TrainConfig) -> tuple[int, dict[str, int]]:
-        result = estimate(spec, cfg, device=device)
+        try:
+            result = estimate(spec, cfg, device=device)
+        except PlannerError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one configuration the cost model cannot trace must not sink the report
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise PlannerError(f"the cost model failed ({type(exc).__name__}: {first})") from None
         get = result.get if isinstance(result, dict) else lambda k, d=None: getattr(result, k, d)
         parts = _breakdown_dict(get("breakdown"))
         peak = get("peak_bytes")
@@ -480,7 +489,7 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
                 peak, parts = estimator(spec, configs[key])
                 bars.append(Bar(key, label, parts, peak, "cost model", _fits(peak, vram)))
             except PlannerError as exc:
-                notes.setdefault("breakdown", f"{label}: {exc}")
+                notes["breakdown"] = "; ".join(filter(None, [notes.get("breakdown"), f"{label}: {exc}"]))
     if best is not None:
         t = next(t for t in trials if t.number == best.number)
         parts = _breakdown_dict(t.user_attrs.get("breakdown"))
@@ -488,7 +497,8 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         bars.append(Bar(PLAN_KEY, f"{PLAN_LABEL} (#{best.number})", parts, peak, f"trial #{best.number}",
                         best.fits if best.fits is not None else _fits(peak, vram), best.metric, best.number))
     else:
-        notes["breakdown"] = "no search trial completed within the budget: no tuned plan to draw"
+        notes["breakdown"] = "; ".join(filter(None, [notes.get("breakdown"),
+                                                     "no trial was trained within the budget: no tuned plan to draw"]))
     if not bars:
         notes["breakdown"] = "no breakdown recorded and no cost model for this model"
 
@@ -569,12 +579,24 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
     gamma_sweep = depth_sweep = None
     if spec is not None and estimator is not None:
         plan.train.check_against(spec.num_layers)
+        failed = []
         for key, label in BASELINES:
-            peak, parts = estimator(spec, baseline_configs(plan.train)[key])
+            try:
+                peak, parts = estimator(spec, baseline_configs(plan.train)[key])
+            except PlannerError as exc:
+                failed.append(f"{label}: {exc}")
+                continue
             bars.append(Bar(key, label, parts, peak, "cost model", _fits(peak, plan.vram_bytes), metrics.get(key)))
-        peak, parts = estimator(spec, plan.train)
-        bars.append(Bar(PLAN_KEY, PLAN_LABEL, parts, peak, "cost model", _fits(peak, plan.vram_bytes), plan.metric,
+        try:
+            peak, parts = estimator(spec, plan.train)
+            source = "cost model"
+        except PlannerError as exc:
+            failed.append(f"{PLAN_LABEL}: {exc}; drawn from the plan file")
+            peak, parts, source = plan.predicted_peak_bytes, _breakdown_dict(plan.breakdown), "plan file"
+        bars.append(Bar(PLAN_KEY, PLAN_LABEL, parts, peak, source, _fits(peak, plan.vram_bytes), plan.metric,
                         plan.trial_number))
+        if failed:
+            notes["breakdown"] = "; ".join(failed)
         gamma = plan.train.active_layers or (len(plan.layers) if plan.layers else plan.active_layers)
         sweep_base = plan.train if plan.train.active_layers else _config(plan.train, layers=None, active_layers=gamma)
         gamma_sweep = Sweep("active layers γ", _sweep_curves(spec, sweep_base, estimator, "gamma", gamma),
