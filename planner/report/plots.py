@@ -56,7 +56,8 @@ def breakdown_figure(data: ReportData) -> Figure:
     top = max([gib(b.peak_bytes) for b in data.bars] + [gib(data.vram_bytes or 0)] + [0.0])
     for i, b in enumerate(data.bars):
         ax.annotate(f"{gib(b.peak_bytes):.2f} GiB\n({b.source})", (i, max(bottoms[i], gib(b.peak_bytes))),
-                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8)
+                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8, zorder=5,
+                    bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
     _budget(ax, data)
     ax.set_ylim(0, top * 1.22 if top else 1)
     ax.set_ylabel("predicted peak memory (GiB)")
@@ -115,8 +116,9 @@ def tradeoff_figure(data: ReportData) -> Figure:
 
 def sweeps_figure(data: ReportData) -> Figure:
     """Predicted peak against γ and against the lowest active layer."""
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
+    # separate y scales: the lowest-layer effect is small next to γ's
+    axes = fig.subplots(1, 2)
     styles = ["-", "--", ":"]
     for ax, sweep in zip(axes, (data.gamma_sweep, data.depth_sweep)):
         if sweep is None:
@@ -129,12 +131,18 @@ def sweeps_figure(data: ReportData) -> Figure:
                        alpha=0.55, zorder=3, label="trials' predicted peaks (any γ)" if sweep is data.depth_sweep else "trials' predicted peaks")
         _budget(ax, data)
         ax.set_xlabel(sweep.x_label)
+        ax.set_ylabel("predicted peak memory (GiB)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if sweep.note:
             ax.set_title(sweep.note, fontsize=8)
-        ax.legend(fontsize=7, loc="best")
-    axes[0].set_ylabel("predicted peak memory (GiB)")
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=min(4, len(seen)), fontsize=8,
+                   frameon=False)
     fig.suptitle(f"Predicted peak memory, {_model_name(data)}")
     return fig
 
