@@ -85,3 +85,5 @@ def test_exported_script_static_lora_plan(tiny_dir, tmp_path):
     summary = run_script(tmp_path / "export" / "train_layerwise.py", tiny_dir / "model", tiny_dir / "train.jsonl", tmp_path / "run", 3)
     assert summary["global_step"] == 3 and summary["switches"] == 0
     assert summary["history"] and all(active == [2, 3] for active in summary["history"])
+    # the head trained outside the adapters, so the script saved the merged model, not an adapter
+    assert (tmp_path / "run" / "config.json").is_file() and not (tmp_path / "run" / "adapter_config.json").exists()

@@ -203,3 +203,12 @@ def test_hf_static_plan_uses_the_fixed_scorer():
 
     sp = script_plan(make_plan(scorer="semantic", layers=[2, 3], train=TrainConfig(layers=[2, 3])))
     assert (sp["scorer"], sp["scorer_options"], sp["gamma"]) == ("fixed", {"layers": [2, 3]}, 2)
+
+
+def test_hf_refuses_a_scorer_the_runtime_does_not_know():
+    from planner.errors import PlannerError
+
+    with pytest.raises(PlannerError, match="must be one of"):
+        get_exporter("hf").render(make_plan(scorer="nonesuch"))
+    with pytest.raises(PlannerError, match="unknown"):
+        get_exporter("hf").render(make_plan(scorer="cyclic", scorer_options={"orderr": "ascending"}))

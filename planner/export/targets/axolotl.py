@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import yaml
 
-from planner.export.base import HF_OPTIM, Export, Exporter, draw_loss, gamma, model_id, precision, register_exporter, scorer_kind
+from planner.export.base import HF_OPTIM, Export, Exporter, draw_loss, gamma, model_id, register_exporter, scorer_kind
 from planner.export.names import arch_names
 from planner.plan import Plan
 
@@ -48,7 +48,10 @@ class AxolotlExporter(Exporter):
     })
 
     def render(self, plan: Plan) -> Export:
-        bf16, fp16 = precision(plan)
+        # axolotl's bf16/fp16 also load the weights in that dtype (its config normalization sets
+        # torch_dtype from them): exact for half-precision weights, not for autocast over float32
+        bf16 = plan.train.amp == "bf16" or plan.train.dtype == "bfloat16"
+        fp16 = plan.train.amp == "fp16" or plan.train.dtype == "float16"
         cfg: dict = {
             "base_model": model_id(plan),
             "learning_rate": plan.learning_rate,
@@ -60,6 +63,8 @@ class AxolotlExporter(Exporter):
             "gradient_checkpointing": plan.train.gradient_checkpointing,
         }
         lost: list[str] = []
+        if plan.train.amp != "none":
+            lost.append(f"amp={plan.train.amp} over float32 weights: axolotl's {plan.train.amp}: true loads the weights in {plan.train.amp} as well")
         kind = scorer_kind(plan)
         path = plan.layers_attribute
         if kind == "static":

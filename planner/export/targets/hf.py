@@ -98,7 +98,7 @@ def main(argv=None):
     sampler = LayerSampler(model, gamma=PLAN["gamma"], period=PLAN["period"], scorer=PLAN["scorer"],
                            scorer_options=PLAN["scorer_options"], train_embeddings=PLAN["train_embeddings"],
                            train_head=PLAN["train_head"], min_depth=PLAN["min_depth"], seed=args.seed)
-    trainer = Trainer(model=model, args=training_args, train_dataset=dataset,
+    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
                       callbacks=[LayerwiseCallback(sampler)])
     result = trainer.train()
@@ -107,7 +107,12 @@ def main(argv=None):
     Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(training_args.output_dir) / "layerwise_history.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({{k: summary[k] for k in ("global_step", "train_loss", "switches")}}))
-    trainer.save_model()
+    if PLAN["lora_rank"] and (PLAN["train_embeddings"] or PLAN["train_head"]):
+        # embeddings/head trained in place outside the adapters: an adapter-only save would drop them
+        trainer.model.merge_and_unload().save_pretrained(training_args.output_dir)
+        tokenizer.save_pretrained(training_args.output_dir)
+    else:
+        trainer.save_model()
 
 
 if __name__ == "__main__":
@@ -177,6 +182,14 @@ class HFExporter(Exporter):
         return frozenset(f.name for f in dataclasses.fields(TrainingArguments))
 
     def render(self, plan) -> Export:
+        from planner.errors import PlannerError
+        from planner.sampling.scorers import SCORERS, scorer_options
+
+        if plan.scorer not in SCORERS:  # the script would fail at its first line of training
+            raise PlannerError(f"plan scorer must be one of {sorted(SCORERS)} for the hf target, but got {plan.scorer!r}")
+        unknown = sorted(set(plan.scorer_options) - set(scorer_options(plan.scorer)))
+        if unknown and not plan.is_static:
+            raise PlannerError(f"plan scorer {plan.scorer!r} takes options {scorer_options(plan.scorer)}, but got unknown {unknown}")
         sp = script_plan(plan)
         what = f"{sp['gamma']} of {plan.num_layers} layers ({plan.layers_attribute})"
         what += f", fixed {sp['scorer_options']['layers']}" if plan.is_static else f", scorer {plan.scorer!r}, re-drawn every {plan.period} steps"

@@ -82,11 +82,13 @@ class LlamaFactoryExporter(Exporter):
                 lost.append(f"min_depth={plan.train.min_depth}: BAdam visits all {plan.num_layers} layers, {below} included")
             if plan.train_embeddings or plan.train_head:
                 parts = [p for p, on in (("embeddings", plan.train_embeddings), ("head", plan.train_head)) if on]
-                lost.append(f"trainable {' and '.join(parts)}: BAdam's layer mode keeps them frozen")
+                lost.append(f"trainable {' and '.join(parts)}: BAdam's layer mode keeps {'them' if len(parts) > 1 else 'it'} frozen")
             if plan.lora_rank:
                 lost.append(f"LoRA r={plan.lora_rank} inside the layers: BAdam cannot be combined with LoRA; exported as full-parameter BAdam")
         cfg.update(output_dir="saves/planner", learning_rate=plan.learning_rate, optim=HF_OPTIM[plan.train.optimizer],
                    per_device_train_batch_size=plan.train.batch_size, cutoff_len=plan.train.seq_len, bf16=bf16, fp16=fp16)
+        if plan.train.amp != "none":
+            lost.append(f"amp={plan.train.amp} over float32 weights: LLaMA-Factory loads the frozen weights in {plan.train.amp} (trainable ones upcast to float32)")
         if plan.train.dtype == "bfloat16":
             cfg["pure_bf16"] = True
         elif plan.train.dtype == "float16":
