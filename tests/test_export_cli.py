@@ -105,3 +105,10 @@ def test_out_is_a_file(plan_file, tmp_path, capsys):
     target.write_text("x")
     code, _, err = run(capsys, "export", str(plan_file), "--to", "hf", "--out", str(target))
     assert code == 2 and err.count("\n") == 1 and "--out must be a writable directory" in err
+
+
+def test_plan_with_too_many_active_layers(tmp_path, capsys):
+    plan = Plan(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=5,
+                period=5, scorer="uniform", learning_rate=1e-4, train=TrainConfig(), predicted_peak_bytes=1, breakdown=Breakdown())
+    code, _, err = run(capsys, "export", str(plan.save(tmp_path / "p.yaml")), "--to", "axolotl", "--out", str(tmp_path / "o"))
+    assert code == 2 and "active_layers <= num_layers - min_depth" in err and not (tmp_path / "o").exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.errors import PlannerError
+from planner.errors import PlannerError, collect
 from planner.export.base import EXPORTERS, Export, Exporter, get_exporter, register_exporter
 from planner.export import targets  # noqa: F401  (registration)
 
@@ -36,7 +36,7 @@ def export_plan(plan_path: str | Path, target: str, out_dir: str | Path | None =
 
     exporter = get_exporter(target)  # validate --to before reading the plan, so a typo is named first
     plan = Plan.load(plan_path)
-    plan.train.check_against(plan.num_layers)
+    _check(plan)
     result = exporter.render(plan)
     if strict and result.lost:
         raise PlannerError(f"--strict: {target} cannot express this plan exactly: " + "; ".join(result.lost))
@@ -53,3 +53,21 @@ def export_plan(plan_path: str | Path, target: str, out_dir: str | Path | None =
     except OSError as exc:
         raise PlannerError(f"--out must be a writable directory, but {str(out)!r} is not ({exc.strerror or exc})") from None
     return ExportResult(target, out, written, list(result.lost))
+
+
+def _check(plan) -> None:
+    """Every inconsistency of a plan with its own model, at once."""
+    problems = []
+    try:
+        plan.train.check_against(plan.num_layers)
+    except PlannerError as exc:
+        problems += getattr(exc, "problems", [str(exc)])
+    if plan.layers is not None:
+        bad = [i for i in plan.layers if not 0 <= i < plan.num_layers]
+        if bad:
+            problems.append(f"plan layers must satisfy 0 <= i < {plan.num_layers}, but got {bad}")
+        if not plan.layers:
+            problems.append("plan layers must name at least one layer when set, but got []")
+    elif plan.active_layers > plan.num_layers - plan.train.min_depth:
+        problems.append(f"`active_layers <= num_layers - min_depth` must hold, but got {plan.active_layers} > {plan.num_layers} - {plan.train.min_depth}")
+    collect(list(dict.fromkeys(problems)))
