@@ -213,11 +213,11 @@ def _spread(lo: int, hi: int, n: int = MAX_SWEEP_POINTS) -> list[int]:
     return sorted({round(lo + i * (hi - lo) / (n - 1)) for i in range(n)})
 
 
-def _sweep_curves(spec, base: TrainConfig, estimator: Estimator, knob: str, gamma: int) -> list[Curve]:
+def _sweep_curves(spec, base: TrainConfig, estimator: Estimator, knob: str, gamma: int) -> tuple[list[Curve], str]:
     """Cost-model peaks against γ (``knob='gamma'``) or the lowest active layer (``knob='depth'``),
-    once with embeddings and head trained and once with them frozen."""
+    once with embeddings and head trained and once with them frozen; also the first failure, if any."""
     L = spec.num_layers
-    curves = []
+    curves, error = [], ""
     for emb, label in ((True, "embeddings + head trained"), (False, "embeddings + head frozen")):
         xs = _spread(1, L) if knob == "gamma" else _spread(0, L - gamma)
         x_ok, y_ok = [], []
@@ -230,13 +230,22 @@ def _sweep_curves(spec, base: TrainConfig, estimator: Estimator, knob: str, gamm
                 cfg = _config(base, layers=None, train_embeddings=emb, train_head=emb, **cfg_changes)
                 cfg.check_against(L)
                 peak, _ = estimator(spec, cfg)
-            except PlannerError:
+            except PlannerError as exc:
+                error = error or str(exc)
                 continue
             x_ok.append(x)
             y_ok.append(int(peak))
         if x_ok:
             curves.append(Curve(label, x_ok, y_ok))
-    return curves
+    return curves, error
+
+
+def _curve_note(note: str, sweep: Sweep, error: str) -> str:
+    if not error:
+        return note
+    if not sweep.curves:
+        return f"{note}; no cost-model curve: {error}"
+    return f"{note}; some points left out: {error}"
 
 
 # ---------------------------------------------------------------- savings
@@ -521,10 +530,11 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         except (PlannerError, KeyError, ValueError, TypeError):
             sweep_base = configs["lisa"]
         gamma = sweep_base.active_layers or LISA_DEFAULT_GAMMA
-        gamma_sweep.curves = _sweep_curves(spec, sweep_base, estimator, "gamma", gamma)
-        depth_sweep.curves = _sweep_curves(spec, sweep_base, estimator, "depth", gamma)
-        depth_sweep.note = f"γ = {gamma}, the sampler never drawing below the layer on the x axis"
-        gamma_sweep.note = "cost model for " + model + "; dots: the trials' own predictions"
+        gamma_sweep.curves, g_err = _sweep_curves(spec, sweep_base, estimator, "gamma", gamma)
+        depth_sweep.curves, d_err = _sweep_curves(spec, sweep_base, estimator, "depth", gamma)
+        gamma_sweep.note = _curve_note(f"cost model for {model}; dots: the trials' own predictions", gamma_sweep, g_err)
+        depth_sweep.note = _curve_note(f"γ = {gamma}, the sampler never drawing below the layer on the x axis",
+                                       depth_sweep, d_err)
     else:
         gamma_sweep.note = f"trials' own predictions ({spec_why})"
         depth_sweep.note = gamma_sweep.note
@@ -599,10 +609,14 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
             notes["breakdown"] = "; ".join(failed)
         gamma = plan.train.active_layers or (len(plan.layers) if plan.layers else plan.active_layers)
         sweep_base = plan.train if plan.train.active_layers else _config(plan.train, layers=None, active_layers=gamma)
-        gamma_sweep = Sweep("active layers γ", _sweep_curves(spec, sweep_base, estimator, "gamma", gamma),
-                            note=f"cost model for {plan.model}")
-        depth_sweep = Sweep("lowest active layer", _sweep_curves(spec, sweep_base, estimator, "depth", gamma),
-                            note=f"γ = {gamma}, the sampler never drawing below the layer on the x axis")
+        gamma_sweep, depth_sweep = Sweep("active layers γ"), Sweep("lowest active layer")
+        gamma_sweep.curves, g_err = _sweep_curves(spec, sweep_base, estimator, "gamma", gamma)
+        depth_sweep.curves, d_err = _sweep_curves(spec, sweep_base, estimator, "depth", gamma)
+        gamma_sweep.note = _curve_note(f"cost model for {plan.model}", gamma_sweep, g_err)
+        depth_sweep.note = _curve_note(f"γ = {gamma}, the sampler never drawing below the layer on the x axis",
+                                       depth_sweep, d_err)
+        if not gamma_sweep.curves and not depth_sweep.curves:
+            notes["sweeps"] = f"no cost-model curve ({g_err or d_err})"
     else:
         # without a cost model the plan still carries its own prediction
         parts = _breakdown_dict(plan.breakdown)
