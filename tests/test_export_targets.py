@@ -212,3 +212,16 @@ def test_hf_refuses_a_scorer_the_runtime_does_not_know():
         get_exporter("hf").render(make_plan(scorer="nonesuch"))
     with pytest.raises(PlannerError, match="unknown"):
         get_exporter("hf").render(make_plan(scorer="cyclic", scorer_options={"orderr": "ascending"}))
+
+
+@pytest.mark.parametrize("options,layers", [({}, [2, 3]), ({"top": 3}, [1, 2, 3]), ({"layers": [0, 3]}, [0, 3])])
+def test_fixed_scorer_without_plan_layers_is_static(options, layers):
+    """`planner tune` writes layers=None; the fixed scorer's options (default: top γ) still fix the set."""
+    plan = make_plan(scorer="fixed", scorer_options=options)
+    cfg = yaml.safe_load(render("axolotl", plan)[2])
+    assert "lisa_n_layers" not in cfg
+    assert cfg["unfrozen_parameters"][0] == f"^model.layers.({'|'.join(map(str, layers))})."
+    from planner.export.targets.hf import script_plan
+
+    assert script_plan(plan)["scorer_options"] == {"layers": layers}
+    assert json.loads(render("peft", plan)[2])["layers_to_transform"] == layers

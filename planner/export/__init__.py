@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import PlannerError, collect
-from planner.export.base import EXPORTERS, Export, Exporter, get_exporter, register_exporter
+from planner.export.base import EXPORTERS, Export, Exporter, fixed_layers, get_exporter, register_exporter
 from planner.export import targets  # noqa: F401  (registration)
 
 __all__ = ["EXPORTERS", "Export", "ExportResult", "Exporter", "export_plan", "get_exporter", "register_exporter"]
@@ -62,11 +62,16 @@ def _check(plan) -> None:
         plan.train.check_against(plan.num_layers)
     except PlannerError as exc:
         problems += getattr(exc, "problems", [str(exc)])
-    if plan.layers is not None:
-        bad = [i for i in plan.layers if not 0 <= i < plan.num_layers]
+    try:
+        fixed = fixed_layers(plan)
+    except (TypeError, ValueError):
+        fixed = None
+        problems.append(f"fixed scorer options must be `layers: [int, ...]` or `top: int`, but got {plan.scorer_options}")
+    if fixed is not None:
+        bad = [i for i in fixed if not 0 <= i < plan.num_layers]
         if bad:
             problems.append(f"plan layers must satisfy 0 <= i < {plan.num_layers}, but got {bad}")
-        if not plan.layers:
+        if not fixed:
             problems.append("plan layers must name at least one layer when set, but got []")
     elif plan.active_layers > plan.num_layers - plan.train.min_depth:
         problems.append(f"`active_layers <= num_layers - min_depth` must hold, but got {plan.active_layers} > {plan.num_layers} - {plan.train.min_depth}")

@@ -83,9 +83,24 @@ def model_id(plan: "Plan") -> str:
     return str(preset["hub_id"]) if preset and preset.get("hub_id") else plan.model
 
 
+def fixed_layers(plan: "Plan") -> list[int] | None:
+    """The layers a static plan trains: ``plan.layers``, or what the ``fixed`` scorer's options pick
+    (``layers=[...]``, or ``top=k``, default k = γ: the last k of ``min_depth..L-1``); None when dynamic."""
+    if plan.layers is not None:
+        return sorted(plan.layers)
+    if plan.scorer != "fixed":
+        return None
+    opts = plan.scorer_options
+    if opts.get("layers") is not None:
+        return sorted(int(i) for i in opts["layers"])
+    k = int(opts.get("top") or plan.active_layers)
+    return candidates(plan)[-k:]
+
+
 def scorer_kind(plan: "Plan") -> str:
-    """``static``, ``uniform``, ``ordered`` or ``weighted`` (any scorer that learns or weighs layers)."""
-    if plan.is_static:
+    """``static``, ``uniform``, ``ordered``, ``static-deferred`` (a static set chosen during
+    training, e.g. ``semantic``) or ``weighted`` (any scorer that learns or weighs layers)."""
+    if fixed_layers(plan) is not None:
         return "static"
     if plan.scorer in UNIFORM_SCORERS:
         return "uniform"
@@ -103,7 +118,8 @@ def cyclic_order(plan: "Plan") -> str:
 
 def gamma(plan: "Plan") -> int:
     """γ: layers trained at once (the fixed set's size for static plans)."""
-    return len(plan.layers) if plan.is_static else plan.active_layers
+    fixed = fixed_layers(plan)
+    return len(fixed) if fixed is not None else plan.active_layers
 
 
 def candidates(plan: "Plan") -> list[int]:
@@ -116,7 +132,7 @@ def draw_loss(plan: "Plan", target: str, nearest: str) -> list[str]:
     kind = scorer_kind(plan)
     lost = []
     if kind == "static":
-        lost.append(f"fixed layer set {plan.layers}: {target} redraws layers; nearest: {nearest}")
+        lost.append(f"fixed layer set {fixed_layers(plan)}: {target} redraws layers; nearest: {nearest}")
     elif kind == "static-deferred":
         lost.append(f"scorer {plan.scorer!r} picks a fixed set once training starts: {target} cannot; nearest: {nearest}")
     elif kind == "ordered":

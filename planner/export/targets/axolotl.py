@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import yaml
 
-from planner.export.base import HF_OPTIM, Export, Exporter, draw_loss, gamma, model_id, register_exporter, scorer_kind
+from planner.export.base import HF_OPTIM, Export, Exporter, draw_loss, fixed_layers, gamma, model_id, register_exporter, scorer_kind
 from planner.export.names import arch_names
 from planner.plan import Plan
 
@@ -68,7 +68,7 @@ class AxolotlExporter(Exporter):
         kind = scorer_kind(plan)
         path = plan.layers_attribute
         if kind == "static":
-            unfrozen = [layer_pattern(path, plan.layers)]
+            unfrozen = [layer_pattern(path, fixed_layers(plan))]
         else:
             cfg.update(lisa_n_layers=gamma(plan), lisa_step_interval=plan.period, lisa_layers_attribute=path)
             lost += draw_loss(plan, "axolotl LISA", f"lisa_n_layers={gamma(plan)} drawn uniformly from all {plan.num_layers} layers every {plan.period} steps")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from planner.export.base import HF_OPTIM, Export, Exporter, gamma, precision, register_exporter
+from planner.export.base import HF_OPTIM, Export, Exporter, fixed_layers, gamma, precision, register_exporter
 from planner.export.names import arch_names
 
 ARGS_FILE = "training_args.json"
@@ -152,13 +152,14 @@ def _checkpointing_key() -> str:
 
 def script_plan(plan) -> dict:
     """What the script needs of the plan (a static plan becomes the ``fixed`` scorer on its layers)."""
-    static = plan.is_static
+    fixed = fixed_layers(plan)
+    static = fixed is not None
     return {
         "model": plan.model,
         "gamma": gamma(plan),
         "period": plan.period,
         "scorer": "fixed" if static else plan.scorer,
-        "scorer_options": {"layers": sorted(plan.layers)} if static else dict(plan.scorer_options),
+        "scorer_options": {"layers": fixed} if static else dict(plan.scorer_options),
         "train_embeddings": plan.train_embeddings,
         "train_head": plan.train_head,
         "min_depth": 0 if static else plan.train.min_depth,
@@ -188,11 +189,11 @@ class HFExporter(Exporter):
         if plan.scorer not in SCORERS:  # the script would fail at its first line of training
             raise PlannerError(f"plan scorer must be one of {sorted(SCORERS)} for the hf target, but got {plan.scorer!r}")
         unknown = sorted(set(plan.scorer_options) - set(scorer_options(plan.scorer)))
-        if unknown and not plan.is_static:
+        if unknown and plan.layers is None:
             raise PlannerError(f"plan scorer {plan.scorer!r} takes options {scorer_options(plan.scorer)}, but got unknown {unknown}")
         sp = script_plan(plan)
         what = f"{sp['gamma']} of {plan.num_layers} layers ({plan.layers_attribute})"
-        what += f", fixed {sp['scorer_options']['layers']}" if plan.is_static else f", scorer {plan.scorer!r}, re-drawn every {plan.period} steps"
+        what += f", fixed {sp['scorer_options']['layers']}" if sp["scorer"] == "fixed" else f", scorer {plan.scorer!r}, re-drawn every {plan.period} steps"
         script = SCRIPT.format(model=plan.model, summary=what, plan=_pyrepr(sp), args_file=ARGS_FILE)
         return Export(self.name, {SCRIPT_FILE: script, ARGS_FILE: json.dumps(training_args(plan), indent=2) + "\n"})
 

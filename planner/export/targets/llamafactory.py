@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import yaml
 
-from planner.export.base import HF_OPTIM, Export, Exporter, cyclic_order, gamma, model_id, precision, register_exporter, scorer_kind
+from planner.export.base import (HF_OPTIM, Export, Exporter, cyclic_order, fixed_layers, gamma, model_id, precision,
+                                 register_exporter, scorer_kind)
 from planner.export.names import arch_names
 
 BADAM_KEYS = ("use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval")
@@ -59,10 +60,11 @@ class LlamaFactoryExporter(Exporter):
         lost: list[str] = []
         kind = scorer_kind(plan)
         if kind == "static":
-            n, trained = freeze_block(plan.num_layers, plan.layers)
+            layers = fixed_layers(plan)
+            n, trained = freeze_block(plan.num_layers, layers)
             cfg.update(finetuning_type="freeze", freeze_trainable_layers=n, freeze_trainable_modules="all")
-            if trained != sorted(plan.layers):
-                lost.append(f"fixed layers {plan.layers}: freeze_trainable_layers selects only the first or last n layers; nearest: {n} trains {trained}")
+            if trained != layers:
+                lost.append(f"fixed layers {layers}: freeze_trainable_layers selects only the first or last n layers; nearest: {n} trains {trained}")
             extra, lost_parts = self._extra_modules(plan)
             lost += lost_parts
             if extra:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from planner.export.base import Export, Exporter, candidates, model_id, register_exporter, scorer_kind
+from planner.export.base import Export, Exporter, candidates, fixed_layers, model_id, register_exporter, scorer_kind
 from planner.export.names import arch_names
 
 DEFAULT_RANK = 8  # peft's LoraConfig default r
@@ -41,7 +41,7 @@ class PeftExporter(Exporter):
         lost: list[str] = []
         kind = scorer_kind(plan)
         if kind == "static":
-            layers = sorted(plan.layers)
+            layers = fixed_layers(plan)
         else:
             layers = candidates(plan)
             lost.append(f"dynamic plan ({plan.active_layers} of {plan.num_layers} layers re-drawn every {plan.period} steps by {plan.scorer!r}): "
