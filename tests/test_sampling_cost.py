@@ -57,7 +57,7 @@ def measured_peaks(spec, cfg: TrainConfig, period: int, steps: int = STEPS) -> l
                             eval_fn=lambda m: 0.0, eval_every=1, on_eval=on_eval)
     finally:
         gc.enable()
-    assert sampler.switches >= steps // period // 2
+    assert sampler.switches >= steps // period // 4
     return peaks
 
 
