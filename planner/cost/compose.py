@@ -34,20 +34,28 @@ class Family:
     frees_input: dict[str, bool]
     input_bytes: int
     x0_held: bool
+    deferred: dict[str, tuple[int, int]]
     params: dict
 
     @classmethod
     def merge(cls, traces: list[TraceResult]) -> "Family":
         first = traces[0]
-        layers, frees = {}, {}
+        layers, frees, deferred = {}, {}, {}
         for tr in traces:
-            layers.update(tr.layers)
+            for k, v in tr.layers.items():
+                # figures from a layer above position 0 win over one traced only at position 0
+                if k not in layers or (not k.split(":")[0].endswith("0") and k.split(":")[1] in tr.roles[1:]):
+                    layers[k] = v
             frees.update(tr.frees_input)
-        return cls(dict(first.segments), layers, frees, first.input_bytes, first.x0_held, first.params)
+            deferred.update(tr.deferred)
+        return cls(dict(first.segments), layers, frees, first.input_bytes, first.x0_held, deferred, first.params)
 
-    def layer(self, phase: str, role: int) -> Segment:
+    def layer(self, phase: str, role: int, index: int = 1) -> Segment:
+        """Segment of a layer in ``role``; layer 0 uses its own figures when traced at position 0."""
         if phase == "bwd" and role == FB:
             return Segment()
+        if index == 0 and f"{phase}0:{ROLES[role]}" in self.layers:
+            return self.layers[f"{phase}0:{ROLES[role]}"]
         return self.layers[f"{phase}:{ROLES[role]}"]
 
 
@@ -68,18 +76,21 @@ def _sequence(fam: Family, roles: list[int], opt_peak: tuple[int, int]) -> list[
     seq = [("embedding forward", fam.segments["embed_fwd"])]
     drop_x0 = Segment()
     for i, r in enumerate(roles):
-        seg = fam.layer("fwd", r)
+        seg = fam.layer("fwd", r, i)
         if fam.frees_input.get(ROLES[r], False):
             if i == 0 and fam.x0_held:
                 drop_x0 = _free(fam.input_bytes)
             else:
                 seg = _then_free(seg, fam.input_bytes)
         seq.append((f"forward of layer {i}", seg))
-    seq.append(("head forward (final norm, logits, loss)", _then(drop_x0, fam.segments["head_fwd"])))
+    raw = sum(fam.deferred.get(ROLES[r], (0, 0))[0] for r in roles)
+    cu = sum(fam.deferred.get(ROLES[r], (0, 0))[1] for r in roles)
+    end_fwd = Segment((0, 0, -raw), (0, 0, 0), -cu, 0)
+    seq.append(("head forward (final norm, logits, loss)", _then(_then(drop_x0, fam.segments["head_fwd"]), end_fwd)))
     seq.append(("head backward (loss, logits, final norm)", fam.segments["head_bwd"]))
     for i in reversed(range(len(roles))):
         if roles[i] != FB:
-            seq.append((f"backward of layer {i}", fam.layer("bwd", roles[i])))
+            seq.append((f"backward of layer {i}", fam.layer("bwd", roles[i], i)))
     seq.append(("backward of layer 0", fam.segments["shared_release"]))
     if "embed_bwd" in fam.segments:
         seq.append(("embedding backward", fam.segments["embed_bwd"]))
@@ -161,20 +172,34 @@ def peak_many(fam: Family, role_matrix: np.ndarray, opt_peaks: np.ndarray, *, cu
 
     add(*stat(fam.segments["embed_fwd"]))
     fwd_d = fd[role_matrix, 0].copy()
-    fwd_p = fd[role_matrix, 1]
+    fwd_p = fd[role_matrix, 1].copy()
     x0 = np.zeros(c, dtype=np.int64)
     if fam.x0_held:
         frees0 = np.array([fam.frees_input.get(ROLES[r], False) for r in range(4)])[role_matrix[:, 0]]
         x0_bytes = (cuda_bytes(fam.input_bytes) if cuda else fam.input_bytes)
         fwd_d[:, 0] += np.where(frees0, x0_bytes, 0)  # layer 0 frees its input only when the model returns
         x0 = np.where(frees0, -x0_bytes, 0)
+    fd0 = fd.copy()
+    bd0 = bd.copy()
+    for r in present:
+        f0 = fam.layer("fwd", int(r), 0)
+        fd0[r] = stat(f0)
+        if fam.frees_input.get(ROLES[r], False):
+            fd0[r, 0] -= cuda_bytes(fam.input_bytes) if cuda else fam.input_bytes
+        bd0[r] = stat(fam.layer("bwd", int(r), 0))
+    r0 = role_matrix[:, 0]
+    fwd_d[:, 0] += fd0[r0, 0] - fd[r0, 0]
+    fwd_p[:, 0] = fd0[r0, 1]
     for j in range(n):
         add(fwd_d[:, j], fwd_p[:, j])
     add(x0, 0)
     add(*stat(fam.segments["head_fwd"]))
+    deferred = np.array([fam.deferred.get(ROLES[r], (0, 0))[1 if cuda else 0] for r in range(4)], dtype=np.int64)
+    add(-deferred[role_matrix].sum(axis=1), 0)
     add(*stat(fam.segments["head_bwd"]))
     for j in reversed(range(n)):
-        add(bd[role_matrix[:, j], 0], bd[role_matrix[:, j], 1])
+        table = bd0 if j == 0 else bd
+        add(table[role_matrix[:, j], 0], table[role_matrix[:, j], 1])
     add(*stat(fam.segments["shared_release"]))
     if "embed_bwd" in fam.segments:
         add(*stat(fam.segments["embed_bwd"]))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from planner.config import TrainConfig
-from planner.cost.compose import FA, FB, T, T0, Family, peak_many, roles_of, simulate
+from planner.cost.compose import FA, FB, ROLES, T, T0, Family, peak_many, simulate
 from planner.cost.device import DeviceProfile, default_profile
 from planner.cost.optimizer import get_optimizer
 from planner.cost.trace import TraceResult, cuda_block_bytes, fingerprint, run_trace
@@ -119,27 +119,32 @@ def get_trace(spec, cfg: TrainConfig, roles: list[str], *, fake: bool | None = N
     return tr
 
 
-def trace_patterns(embeddings_grad: bool, has_layers: bool, max_layers: int = MAX_TRACE_LAYERS) -> list[list[str]]:
-    """Reduced-depth role sequences that together cover every role of a family."""
+def trace_patterns(embeddings_grad: bool, has_layers: bool, roles0: set[str] = frozenset(),
+                   max_layers: int = MAX_TRACE_LAYERS) -> list[list[str]]:
+    """Reduced-depth role sequences that together cover every role of a family, each role above
+    position 0 and each role in ``roles0`` at position 0 (layer 0's input is the embeddings output)."""
     if embeddings_grad:
-        return [["FA", "T"]] if has_layers else [["FA", "FA"]]
+        if not has_layers:
+            return [["FA", "FA"]]
+        return [["T", "FA", "T"] if r0 == "T" else ["FA", "T", "FA"] for r0 in sorted(roles0 or {"T"})]
     if not has_layers:
         return [["FB", "FB"]]
     if max_layers >= 4:
-        return [["FB", "T0", "FA", "T"]]
+        return [["FB", "T0", "FA", "T"]] + ([["T0", "T"]] if "T0" in roles0 else [])
     return [["FB", "T0", "FA"], ["T0", "T"]]
 
 
 def embeddings_grad(spec, cfg: TrainConfig) -> bool:
-    """Whether the embedding output needs a gradient (see planner.cost.trainable for tied weights)."""
-    return cfg.train_embeddings or (spec.tied_embeddings and cfg.train_head)
+    """Whether the embedding output needs a gradient: trainable embeddings (a tied head weight is
+    the embedding, see planner.cost.trainable), or gradient checkpointing, where transformers
+    calls ``enable_input_require_grads`` so every layer backpropagates (and is recomputed)."""
+    return cfg.train_embeddings or (spec.tied_embeddings and cfg.train_head) or cfg.gradient_checkpointing
 
 
-def get_family(spec, cfg: TrainConfig, has_layers: bool, *, fake: bool | None = None,
-               max_trace_layers: int = MAX_TRACE_LAYERS) -> Family:
-    traces = [get_trace(spec, cfg, p, fake=fake)
-              for p in trace_patterns(embeddings_grad(spec, cfg), has_layers, max_trace_layers)]
-    return Family.merge(traces)
+def get_family(spec, cfg: TrainConfig, has_layers: bool, roles0: set[str] = frozenset(), *,
+               fake: bool | None = None, max_trace_layers: int = MAX_TRACE_LAYERS) -> Family:
+    patterns = trace_patterns(embeddings_grad(spec, cfg), has_layers, roles0, max_trace_layers)
+    return Family.merge([get_trace(spec, cfg, p, fake=fake) for p in patterns])
 
 
 # -- composition ----------------------------------------------------------------
@@ -189,7 +194,7 @@ def _role_matrix(masks: np.ndarray, e_grad: bool) -> np.ndarray:
     c, L = masks.shape
     if e_grad:
         return np.where(masks, T, FA).astype(np.int64)
-    low = masks.argmax(axis=1)[:, None]
+    low = np.where(masks.any(axis=1), masks.argmax(axis=1), L)[:, None]
     j = np.arange(L)[None, :]
     return np.where(masks, np.where(j == low, T0, T), np.where(j > low, FA, FB)).astype(np.int64)
 
@@ -220,8 +225,9 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
     has_layers = bool(masks.any())
     if not has_layers and not (cfg.train_embeddings or cfg.train_head):
         raise PlannerError("a training config must train something, but it trains no layer, embeddings or head")
-    fam = get_family(spec, cfg, has_layers, fake=fake, max_trace_layers=max_trace_layers)
     roles = _role_matrix(masks, e_grad)
+    roles0 = {ROLES[int(r)] for r in np.unique(roles[:, 0])}
+    fam = get_family(spec, cfg, has_layers, roles0, fake=fake, max_trace_layers=max_trace_layers)
     counts = masks.sum(axis=1)
     opt_raw, opt_cuda = _opt_peaks(fam, cfg, opt, device, np.unique(counts))
     lookup = {int(k): i for i, k in enumerate(np.unique(counts))}

@@ -26,7 +26,8 @@ LEARNING_RATE = 1e-4  # memory does not depend on it
 def prepare_model(model: nn.Module, cfg: TrainConfig, layers: list[int]) -> nn.Module:
     """Apply gradient checkpointing, LoRA and the trainable set; returns the model to train."""
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()  # transformers' default: non-reentrant, and the embedding output requires grad
     if cfg.lora_rank:
         model = add_lora(model, cfg.lora_rank)
     apply_trainable(model, layers, train_embeddings=cfg.train_embeddings, train_head=cfg.train_head,

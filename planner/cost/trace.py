@@ -81,6 +81,7 @@ class TraceResult:
     frees_input: dict[str, bool] = field(default_factory=dict)  # role -> its forward frees its input
     input_bytes: int = 0  # bytes of one layer input (hidden states)
     x0_held: bool = False  # the model's forward holds layer 0's input until it returns
+    deferred: dict[str, tuple[int, int]] = field(default_factory=dict)  # role -> bytes freed at the end of forward (raw, cuda)
     peak_bytes: int = 0  # the traced step's own peak (raw, above nothing: includes base)
     base_bytes: int = 0
     params: dict = field(default_factory=dict)  # see param_info()
@@ -89,7 +90,7 @@ class TraceResult:
         return {"roles": self.roles, "segments": {k: v.to_json() for k, v in self.segments.items()},
                 "layers": {k: v.to_json() for k, v in self.layers.items()},
                 "layer_by_index": [{k: v.to_json() for k, v in d.items()} for d in self.layer_by_index],
-                "frees_input": self.frees_input, "input_bytes": self.input_bytes, "x0_held": self.x0_held,
+                "frees_input": self.frees_input, "deferred": self.deferred, "input_bytes": self.input_bytes, "x0_held": self.x0_held,
                 "peak_bytes": self.peak_bytes, "base_bytes": self.base_bytes, "params": self.params}
 
     @classmethod
@@ -99,6 +100,7 @@ class TraceResult:
                    {k: seg(v) for k, v in data["layers"].items()},
                    [{k: seg(v) for k, v in d.items()} for d in data["layer_by_index"]],
                    dict(data["frees_input"]), data["input_bytes"], data["x0_held"],
+                   {k: tuple(v) for k, v in data["deferred"].items()},
                    data["peak_bytes"], data["base_bytes"], data["params"])
 
 
@@ -115,6 +117,7 @@ class _Boundaries(StepHooks):
         self.layers = model_parts(model).layers
         self.n = len(self.layers)
         self.input_ids: dict[int, int | None] = {}
+        self.last_output: int | None = None
         self.after_layers = False
         self.handles = []
         for i, layer in enumerate(self.layers):
@@ -151,6 +154,8 @@ class _Boundaries(StepHooks):
             if self.phase != "fwd":
                 return
             y = self._first_tensor((out,), {})
+            if i == self.n - 1 and y is not None:
+                self.last_output = self.t.alloc_id(y)
             if y is not None and y.requires_grad:
                 y.register_hook(self._grad_mark(f"bwd:{i}"))
             if i == self.n - 1:
@@ -240,7 +245,7 @@ def run_trace(spec, roles: list[str], *, batch_size: int, seq_len: int, dtype: s
             marks.remove()
             grads = {tracker.alloc_id(p.grad) for p in model.parameters() if p.grad is not None}
             grads.discard(None)
-            result = _cut(tracker, roles, grads, marks.input_ids)
+            result = _cut(tracker, roles, grads, marks.input_ids, marks.last_output)
             result.base_bytes = base
             result.params = param_info(model)
             result.peak_bytes = tracker.peak_bytes
@@ -282,13 +287,15 @@ def _check_roles(result: TraceResult, roles, spec, train_embeddings):
                                f"{'has' if has_bwd else 'has no'} backward segment (roles={roles})")
 
 
-def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_ids: dict[int, int | None]) -> TraceResult:
+def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_ids: dict[int, int | None],
+         last_output: int | None = None) -> TraceResult:
     events, marks = tracker.events, tracker.marks
     bounds = marks + [("<end>", len(events))]
     ranges = {label: (a, b) for (label, a), (_, b) in zip(bounds[:-1], bounds[1:])}
     bwd_start = ranges["bwd:head"][0]
     alloc_seg: dict[int, str] = {}
     alloc_bytes: dict[int, int] = {}
+    alloc_index: dict[int, int] = {}
     freed_at: dict[int, int] = {}
     k = 0
     for n, (aid, delta) in enumerate(events):
@@ -297,6 +304,7 @@ def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_
         if delta > 0 and aid not in alloc_seg:
             alloc_seg[aid] = bounds[k][0]
             alloc_bytes[aid] = delta
+            alloc_index[aid] = n
         elif delta < 0:
             freed_at[aid] = n
 
@@ -333,8 +341,24 @@ def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_
             result.frees_input[role] = True
             result.x0_held = True
             result.input_bytes = alloc_bytes.get(aid, 0)
-        else:
+        elif i > 0:
             raise RuntimeError(f"trace: the input of layer {i} (role {role}) is freed where composition cannot place it")
+        # else: layer 0's input is freed by a segment every configuration of the family shares
+        # (e.g. with gradient checkpointing it is a leaf that requires grad, freed after backward)
+
+    # made in a layer's forward, freed when the forward returns (autocast's cast cache of trainable
+    # weights that backward does not keep): replayed after the head forward, per role
+    head_a, head_b = ranges["fwd:head"]
+    for i, role in enumerate(roles):
+        a, b = ranges[f"fwd:{i}"]
+        raw = cu = 0
+        for n in range(head_a, head_b):
+            aid, delta = events[n]
+            if delta < 0 and aid != last_output and a <= alloc_index.get(aid, -1) < b:
+                skip.add(n)
+                raw -= delta
+                cu += cuda_block_bytes(-delta)
+        result.deferred[role] = (raw, cu)
 
     x0 = input_ids.get(0)
     shared = {aid for aid, seg in alloc_seg.items()
@@ -353,7 +377,10 @@ def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_
             else:
                 seg = _segment(events, start, stop, cat_of, skip)
             result.layer_by_index[i][phase] = seg
-            result.layers[f"{phase}:{roles[i]}"] = seg
+            if i == 0:  # layer 0 may differ (its input is the embeddings output): kept apart too
+                result.layers[f"{phase}0:{roles[i]}"] = seg
+            if i > 0 or f"{phase}:{roles[i]}" not in result.layers:
+                result.layers[f"{phase}:{roles[i]}"] = seg
         else:
             name = {"fwd:embed": "embed_fwd", "fwd:head": "head_fwd", "bwd:head": "head_bwd",
                     "bwd:embed": "embed_bwd", "bwd:end": "tail"}[label]
