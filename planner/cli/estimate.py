@@ -132,10 +132,15 @@ def _table_mode(args) -> bool:
 
 
 def run(args) -> int:
+    import warnings
+
     spec, cfg, prof, profile_line, vram = validate(args)
-    if _table_mode(args):
-        return _run_table(args, spec, cfg, prof, profile_line, vram)
-    return _run_single(args, spec, cfg, prof, profile_line, vram)
+    with warnings.catch_warnings():
+        # deprecation notes that transformers/peft print while tracing say nothing about the user's input
+        warnings.simplefilter("ignore", FutureWarning)
+        if _table_mode(args):
+            return _run_table(args, spec, cfg, prof, profile_line, vram)
+        return _run_single(args, spec, cfg, prof, profile_line, vram)
 
 
 # ----------------------------------------------------------------------------------- printing
@@ -148,16 +153,27 @@ def _console():
     return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
 
 
-def _gib(n: int) -> str:
+def _unit_for(largest: int) -> str:
+    """The binary unit in which the largest number of a table reads best."""
+    from planner.units import GiB, KiB, MiB
+
+    return "GiB" if largest >= GiB else "MiB" if largest >= MiB else "KiB" if largest >= KiB else "B"
+
+
+def _size(n: int) -> str:
+    """``n`` in the binary unit that reads best, e.g. ``2.20 MiB``."""
+    unit = _unit_for(n)
+    return f"{_in(n, unit)} {unit}"
+
+
+def _in(n: int, unit: str) -> str:
     from planner.units import format_bytes
 
-    return format_bytes(n, "GiB", 2).removesuffix(" GiB")
+    return format_bytes(n, unit, 0 if unit == "B" else 2).removesuffix(f" {unit}")
 
 
 def _budget_line(vram: int) -> str:
-    from planner.units import format_bytes
-
-    return f"budget: --vram {vram:,} bytes ({format_bytes(vram)})"
+    return f"budget: --vram {vram:,} bytes ({_size(vram)})"
 
 
 def _header(console, args, spec, cfg, profile_line, vram):
@@ -176,7 +192,6 @@ def _run_single(args, spec, cfg, prof, profile_line, vram) -> int:
 
     from planner.cost import estimate
     from planner.plan import BREAKDOWN_KEYS
-    from planner.units import format_bytes
 
     est = estimate(spec, cfg, device=args.device, profile=prof)
     fits = None if vram is None else est.peak_bytes <= vram
@@ -194,24 +209,25 @@ def _run_single(args, spec, cfg, prof, profile_line, vram) -> int:
     eh = ", ".join(f"{n} {'trainable' if on else 'frozen'}" for n, on in
                    (("embeddings", cfg.train_embeddings), ("head", cfg.train_head)))
     console.print(f"trains: {what}{f', LoRA r={cfg.lora_rank}' if cfg.lora_rank else ''}; {eh}")
-    table = Table(title=f"peak memory ({est.phase})")
+    unit = _unit_for(est.peak_bytes)
+    table = Table(title=f"peak memory (at: {est.phase})")
     table.add_column("part")
     table.add_column("bytes", justify="right")
-    table.add_column("GiB", justify="right")
+    table.add_column(unit, justify="right")
     table.add_column("share", justify="right")
     parts = est.breakdown.model_dump()
     for key in BREAKDOWN_KEYS:
-        table.add_row(key, f"{parts[key]:,}", _gib(parts[key]), f"{100 * parts[key] / max(est.peak_bytes, 1):.1f}%")
-    table.add_row("peak", f"{est.peak_bytes:,}", _gib(est.peak_bytes), "100.0%", style="bold")
+        table.add_row(key, f"{parts[key]:,}", _in(parts[key], unit), f"{100 * parts[key] / max(est.peak_bytes, 1):.1f}%")
+    table.add_row("peak", f"{est.peak_bytes:,}", _in(est.peak_bytes, unit), "100.0%", style="bold")
     console.print(table)
     if vram is None:
         return 0
     if fits:
-        console.print(f"fits: peak {format_bytes(est.peak_bytes)} <= budget {format_bytes(vram)} "
-                      f"({format_bytes(vram - est.peak_bytes)} to spare)")
+        console.print(f"fits: peak {_size(est.peak_bytes)} <= budget {_size(vram)} "
+                      f"({_size(vram - est.peak_bytes)} to spare)")
         return 0
-    console.print(f"does not fit: peak {format_bytes(est.peak_bytes)} > budget {format_bytes(vram)}; the smallest budget "
-                  f"that fits this configuration is {est.peak_bytes:,} bytes ({format_bytes(est.peak_bytes)})")
+    console.print(f"does not fit: peak {_size(est.peak_bytes)} > budget {_size(vram)}; the smallest budget "
+                  f"that fits this configuration is {est.peak_bytes:,} bytes ({_size(est.peak_bytes)})")
     return EXIT_DOES_NOT_FIT
 
 
@@ -228,7 +244,6 @@ def _run_table(args, spec, cfg, prof, profile_line, vram) -> int:
 
     from planner.cost.plans import _eh_label, candidate_plans, largest_fitting_gamma, smallest_fitting
     from planner.plan import BREAKDOWN_KEYS
-    from planner.units import format_bytes
 
     variants = _variants(args)
     cands = candidate_plans(spec, cfg, args.device, prof, embedding_variants=variants)
@@ -250,7 +265,8 @@ def _run_table(args, spec, cfg, prof, profile_line, vram) -> int:
         return 0 if any_fits else EXIT_DOES_NOT_FIT
     console = _console()
     _header(console, args, spec, cfg, profile_line, vram)
-    table = Table(title="candidate plans (GiB; layer-wise rows: worst case of a uniform sampler over all layers)")
+    unit = _unit_for(max(c.peak_bytes for c in cands))
+    table = Table(title=f"candidate plans ({unit}; layer-wise rows: worst case of a uniform sampler over all layers)")
     table.add_column("plan")
     table.add_column("peak", justify="right")
     for key in BREAKDOWN_KEYS:
@@ -259,18 +275,18 @@ def _run_table(args, spec, cfg, prof, profile_line, vram) -> int:
         table.add_column("fits")
     for c in cands:
         parts = c.estimate.breakdown.model_dump()
-        row = [c.name, _gib(c.peak_bytes), *(_gib(parts[k]) for k in BREAKDOWN_KEYS)]
+        row = [c.name, _in(c.peak_bytes, unit), *(_in(parts[k], unit) for k in BREAKDOWN_KEYS)]
         if vram is not None:
             row.append("yes" if c.fits(vram) else "no")
         table.add_row(*row, style=None if vram is None or c.fits(vram) else "dim")
     console.print(table)
     if vram is None:
-        console.print(f"smallest plan: {cheapest.name} at {format_bytes(cheapest.peak_bytes)}")
+        console.print(f"smallest plan: {cheapest.name} at {_size(cheapest.peak_bytes)}")
         return 0
     for label, c in largest.items():
-        console.print(f"largest γ that fits ({label}): " + (f"{c.gamma} (peak {format_bytes(c.peak_bytes)})" if c else "none"))
+        console.print(f"largest γ that fits ({label}): " + (f"{c.gamma} (peak {_size(c.peak_bytes)})" if c else "none"))
     if not any_fits:
-        console.print(f"no plan fits {format_bytes(vram)}: the smallest budget that fits is {cheapest.peak_bytes:,} bytes "
-                      f"({format_bytes(cheapest.peak_bytes)}) with {cheapest.name}")
+        console.print(f"no plan fits {_size(vram)}: the smallest budget that fits is {cheapest.peak_bytes:,} bytes "
+                      f"({_size(cheapest.peak_bytes)}) with {cheapest.name}")
         return EXIT_DOES_NOT_FIT
     return 0

@@ -1,0 +1,147 @@
+"""`planner profile` and device-profile lookup: CPU measurement, round trip, missing GPU, file errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from planner.cli.main import main
+from planner.cost.device import DeviceProfile
+from planner.cost.profile import (find_profile, load_profile, measure_profile, profile_dir, profile_filename,
+                                  resolve_profile)
+from planner.errors import PlannerError
+from planner.spec import build_model, find_decoder_layers, load_spec
+from planner.units import GiB
+
+PLANNER = str(Path(sys.executable).with_name("planner"))
+SEQ = 32
+
+
+@pytest.fixture(scope="module")
+def model_json(tmp_path_factory):
+    from planner.spec.tiny import tiny_spec
+
+    path = tmp_path_factory.mktemp("model") / "config.json"
+    path.write_text(json.dumps(tiny_spec("llama", num_layers=4).config.to_dict()))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cpu_profile(model_json):
+    return measure_profile(load_spec(model_json), device="cpu", seq_len=SEQ)
+
+
+def _layer_param_bytes(spec):
+    layer = find_decoder_layers(build_model(spec, num_layers=1))[1][0]
+    params = list(layer.parameters())
+    return sum(p.numel() * p.element_size() for p in params), len(params)
+
+
+def test_cpu_profile_per_layer_bytes(cpu_profile, model_json):
+    spec = load_spec(model_json)
+    per_layer, n_tensors = _layer_param_bytes(spec)
+    roles = {m.role: m for m in cpu_profile.layers}
+    assert set(roles) == {"trainable", "frozen_above", "frozen_below"}
+    t = roles["trainable"]
+    assert t.gradient_bytes == per_layer
+    # AdamW: exp_avg and exp_avg_sq like the weight, plus a float32 `step` scalar per parameter tensor
+    assert t.optimizer_bytes == 2 * per_layer + 4 * n_tensors
+    assert t.weight_bytes == per_layer
+    for role in ("frozen_above", "frozen_below"):
+        assert roles[role].gradient_bytes == 0 and roles[role].optimizer_bytes == 0
+    # a trainable layer keeps what its weight gradients need on top of what a frozen layer above keeps;
+    # a frozen layer below the lowest trainable one keeps nothing once its output is consumed
+    assert t.activation_bytes > roles["frozen_above"].activation_bytes > roles["frozen_below"].activation_bytes >= 0
+    assert t.activation_bytes > SEQ * spec.hidden_size * 4  # at least its input, in float32
+    assert (cpu_profile.context_bytes, cpu_profile.workspace_bytes, cpu_profile.fragmentation) == (0, 0, 0.0)
+    assert cpu_profile.device == "cpu" and cpu_profile.device_name == "cpu"
+    assert cpu_profile.torch_version == torch.__version__
+    assert cpu_profile.measured_seq_len == SEQ and cpu_profile.measured_depths == [2, 4]
+
+
+def test_profile_round_trip(cpu_profile, tmp_path):
+    path = cpu_profile.save(tmp_path / "p.json")
+    again = load_profile(path)
+    assert again.model_dump() == cpu_profile.model_dump()
+    assert again.layers[0].activation_bytes == cpu_profile.layers[0].activation_bytes
+
+
+def test_profile_cli_writes_to_default_dir_and_out(tmp_path, monkeypatch, capsys, model_json, cpu_profile):
+    monkeypatch.setenv("PLANNER_PROFILE_DIR", str(tmp_path / "profiles"))
+    assert profile_dir() == tmp_path / "profiles"
+    code = main(["profile", "--model", model_json, "--device", "cpu", "--seq-len", "16", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    written = tmp_path / "profiles" / "cpu.json"
+    assert out["path"] == str(written) and written.is_file()
+    assert load_profile(written).measured_seq_len == 16
+    import planner.cost.profile as mod
+
+    # the measurement itself is checked above; here only where --out writes it
+    monkeypatch.setattr(mod, "measure_profile", lambda *a, **k: cpu_profile)
+    code = main(["profile", "--model", model_json, "--device", "cpu", "--out", str(tmp_path / "x.json")])
+    text = capsys.readouterr().out
+    assert code == 0 and f"wrote {tmp_path / 'x.json'}" in text and "frozen_above" in text
+    assert load_profile(tmp_path / "x.json") == cpu_profile
+
+
+def test_profile_cuda_absent_is_one_line_exit_2(model_json):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = subprocess.run([PLANNER, "profile", "--model", model_json, "--device", "cuda"],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("planner profile: error: --device cuda needs a CUDA GPU")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_profile_bad_flags_reported_at_once(capsys):
+    code = main(["profile", "--model", "nope", "--device", "tpu", "--seq-len", "0", "--dtype", "int4"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    for needle in ("--model must be a preset", "--device must be cuda or cpu, but got 'tpu'", "--seq-len", "--dtype"):
+        assert needle in err
+
+
+def test_measure_profile_rejects_bad_depths(model_json):
+    with pytest.raises(PlannerError, match="depths"):
+        measure_profile(load_spec(model_json), device="cpu", depths=(3, 3))
+
+
+def test_profile_files_and_resolution(tmp_path, monkeypatch):
+    assert profile_filename("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3.json"
+    d = tmp_path / "profiles"
+    a = DeviceProfile(device="cuda", device_name="GPU A", torch_version="2", context_bytes=GiB).save(d / "a.json")
+    DeviceProfile(device="cuda", device_name="GPU B", torch_version="2").save(d / "b.json")
+    (d / "broken.json").write_text("[]")
+    prof, path = find_profile("GPU A", d)
+    assert path == a and prof.context_bytes == GiB
+    assert find_profile("GPU C", d) is None and find_profile("GPU A", tmp_path / "none") is None
+    # newest wins among several profiles of one device
+    newer = DeviceProfile(device="cuda", device_name="GPU A", torch_version="2", context_bytes=2 * GiB).save(d / "a2.json")
+    os.utime(newer, (os.path.getmtime(a) + 10, os.path.getmtime(a) + 10))
+    assert find_profile("GPU A", d)[1] == newer
+
+    import planner.cost.profile as mod
+
+    monkeypatch.setattr(mod, "local_device_name", lambda device: "GPU A")
+    prof, line = resolve_profile("cuda", directory=d)
+    assert prof.context_bytes == 2 * GiB and line == f"{newer} (GPU A)"
+    monkeypatch.setattr(mod, "local_device_name", lambda device: "GPU Z")
+    prof, line = resolve_profile("cuda", directory=d)
+    assert prof.device_name == "default" and "no profile for 'GPU Z'" in line
+    monkeypatch.setattr(mod, "local_device_name", lambda device: None)
+    assert resolve_profile("cuda", directory=d)[1].startswith("documented defaults (no local GPU")
+    assert resolve_profile("cpu", directory=d)[0].context_bytes == 0
+    # an explicit path wins, and must match the device
+    assert resolve_profile("cuda", a)[0].context_bytes == GiB
+    with pytest.raises(PlannerError, match="measured on --device cpu"):
+        resolve_profile("cpu", a)
+    with pytest.raises(PlannerError, match="must be a device profile JSON"):
+        load_profile(d / "broken.json")
+    with pytest.raises(PlannerError, match="was not found"):
+        load_profile(d / "missing.json")
