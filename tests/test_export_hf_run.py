@@ -66,8 +66,13 @@ def make_plan(**kw) -> Plan:
 
 
 def test_exported_script_trains_and_switches_layers(tiny_dir, tmp_path):
-    # cyclic ascending with K=2 over 4 layers: 6 steps visit layers 0, 1, 2 (a deterministic schedule)
-    res = export_plan(make_plan().save(tmp_path / "plan.yaml"), "hf", tmp_path / "export")
+    from safetensors.torch import load_file
+
+    # cyclic ascending with K=2 over 4 layers: 6 steps visit layers 0, 1, 2 (a deterministic schedule);
+    # embeddings and head frozen, with gradient checkpointing (gradients must still reach the layers)
+    plan = make_plan(train=TrainConfig(active_layers=1, batch_size=2, seq_len=16, gradient_checkpointing=True),
+                     train_embeddings=False, train_head=False)
+    res = export_plan(plan.save(tmp_path / "plan.yaml"), "hf", tmp_path / "export")
     script = tmp_path / "export" / "train_layerwise.py"
     assert script in res.written and res.lost == []
     summary = run_script(script, tiny_dir / "model", tiny_dir / "train.jsonl", tmp_path / "run", max_steps=6)
@@ -75,6 +80,10 @@ def test_exported_script_trains_and_switches_layers(tiny_dir, tmp_path):
     assert summary["switches"] == 2
     assert summary["history"] == [[0], [1], [2]]
     assert summary["train_loss"] == summary["train_loss"]  # finite, not NaN
+    before, after = load_file(tiny_dir / "model" / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    changed = {name for name in before if not (before[name] == after[name]).all()}
+    part = lambda name: name.split(".")[2] if name.startswith("model.layers.") else name  # noqa: E731
+    assert {part(n) for n in changed} == {"0", "1", "2"}  # the drawn layers trained; layer 3, embeddings, head did not
 
 
 @pytest.mark.slow
