@@ -225,3 +225,17 @@ def test_fixed_scorer_without_plan_layers_is_static(options, layers):
 
     assert script_plan(plan)["scorer_options"] == {"layers": layers}
     assert json.loads(render("peft", plan)[2])["layers_to_transform"] == layers
+
+
+def test_unknown_model_type_is_a_one_line_error():
+    from planner.errors import PlannerError
+
+    with pytest.raises(PlannerError, match="model_type must be a causal LM"):
+        get_exporter("peft").render(make_plan(model_type="nonesuch"))
+
+
+def test_layers_attribute_must_match_the_model():
+    from planner.errors import PlannerError
+
+    with pytest.raises(PlannerError, match="'transformer.h'"):
+        get_exporter("peft").render(make_plan(layers_attribute="transformer.h"))

@@ -109,5 +109,17 @@ def _names(model_type: str, config_json: str) -> ArchNames:
 
 def arch_names(plan: "Plan") -> ArchNames:
     """Names of ``plan``'s architecture (cached per config)."""
-    cfg = _config_for(plan)
-    return _names(plan.model_type, cfg.to_json_string(use_diff=True))
+    from planner.errors import PlannerError
+
+    try:
+        cfg = _config_for(plan)
+        names = _names(plan.model_type, cfg.to_json_string(use_diff=True))
+    except PlannerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for unknown or odd architectures
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PlannerError(f"plan model_type must be a causal LM transformers can build, but {plan.model_type!r} failed: {first}") from None
+    if names.layers_path != plan.layers_attribute:
+        raise PlannerError(f"plan layers_attribute must match the model's decoder layers, but the plan says "
+                           f"{plan.layers_attribute!r} and a {plan.model_type} model holds them at {names.layers_path!r}")
+    return names
