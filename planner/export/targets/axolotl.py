@@ -84,7 +84,7 @@ class AxolotlExporter(Exporter):
                 lost.append("train_head without train_embeddings: the output embedding is tied to the input one, so it stays frozen")
             cfg["unfrozen_parameters"] = unfrozen
         if plan.lora_rank:
-            lost.append(f"LoRA r={plan.lora_rank} inside the layers: axolotl's LISA switches whole layers of the base model; exported as full fine-tuning of the drawn layers")
+            lost.append(f"LoRA r={plan.lora_rank} inside the layers: axolotl's LISA and unfrozen_parameters act on the base model's own weights; exported as full fine-tuning of the chosen layers")
         header = f"# planner export --to axolotl: merge into your axolotl config (plan for {plan.model}, {plan.num_layers} layers)\n"
         return Export(self.name, {"axolotl.yaml": header + yaml.safe_dump(cfg, sort_keys=False)}, lost)
 
