@@ -210,7 +210,7 @@ def _run_single(args, spec, cfg, prof, profile_line, vram) -> int:
                    (("embeddings", cfg.train_embeddings), ("head", cfg.train_head)))
     console.print(f"trains: {what}{f', LoRA r={cfg.lora_rank}' if cfg.lora_rank else ''}; {eh}")
     unit = _unit_for(est.peak_bytes)
-    table = Table(title=f"peak memory (at: {est.phase})")
+    table = Table(title="peak memory")
     table.add_column("part")
     table.add_column("bytes", justify="right")
     table.add_column(unit, justify="right")
@@ -220,6 +220,8 @@ def _run_single(args, spec, cfg, prof, profile_line, vram) -> int:
         table.add_row(key, f"{parts[key]:,}", _in(parts[key], unit), f"{100 * parts[key] / max(est.peak_bytes, 1):.1f}%")
     table.add_row("peak", f"{est.peak_bytes:,}", _in(est.peak_bytes, unit), "100.0%", style="bold")
     console.print(table)
+    console.print(f"peak reached during: {est.phase}"
+                  + (f"; worst-case draw: layers {est.trainable_layers}" if cfg.active_layers is not None else ""))
     if vram is None:
         return 0
     if fits:

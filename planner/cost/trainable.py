@@ -16,6 +16,7 @@ Conventions the cost model predicts (and the runtime should follow):
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from torch import nn
@@ -76,7 +77,26 @@ def add_lora(model: nn.Module, rank: int) -> nn.Module:
     pattern = r".*" + re.escape(path) + r"\.\d+\..*\b(" + "|".join(map(re.escape, targets)) + ")"
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=pattern,
                      fan_in_fan_out=model.config.model_type == "gpt2")
-    return get_peft_model(model, cfg)
+    with _moves_skipped_if_fake(model):
+        return get_peft_model(model, cfg)
+
+
+@contextlib.contextmanager
+def _moves_skipped_if_fake(model: nn.Module):
+    """Under FakeTensorMode ``Module.to`` swaps parameters and fails ("Couldn't swap Linear.weight").
+    peft's moves there only match the base layer's device and dtype before it upcasts the adapters
+    to float32 (``autocast_adapter_dtype``), so skipping them leaves the same float32 adapters."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if not any(isinstance(p, FakeTensor) for p in model.parameters()):
+        yield
+        return
+    original = nn.Module.to
+    nn.Module.to = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        nn.Module.to = original
 
 
 def apply_trainable(model: nn.Module, layers: list[int], *, train_embeddings: bool, train_head: bool,
