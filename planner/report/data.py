@@ -533,7 +533,7 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         gamma_sweep.curves, g_err = _sweep_curves(spec, sweep_base, estimator, "gamma", gamma)
         depth_sweep.curves, d_err = _sweep_curves(spec, sweep_base, estimator, "depth", gamma)
         gamma_sweep.note = _curve_note(f"cost model for {model}; dots: the trials' own predictions", gamma_sweep, g_err)
-        depth_sweep.note = _curve_note(f"γ = {gamma}, the sampler never drawing below the layer on the x axis",
+        depth_sweep.note = _curve_note(f"curves: γ = {gamma}, the sampler never drawing below the layer on the x axis; dots: trials of any γ",
                                        depth_sweep, d_err)
     else:
         gamma_sweep.note = f"trials' own predictions ({spec_why})"

@@ -23,11 +23,12 @@ KIND_STYLE = {  # marker, color, label
     "baseline:lisa": ("D", "#dd8452", "LISA defaults"),
 }
 BUDGET_COLOR = "#d62728"
+OFF_SCALE = 3.0  # a budget more than this many times the largest value drawn is written, not drawn
 
 
 def _model_name(data: ReportData) -> str:
-    """The model as a short title: a preset or hub id as given, a config path by its file name."""
-    return Path(data.model).name if "/" in data.model and Path(data.model).suffix == ".json" else data.model
+    """The model as a short title: a preset or hub id as given, a local path by its last part."""
+    return Path(data.model).name if data.model.startswith(("/", ".", "~")) else data.model
 
 
 def _kind(kind: str) -> str:
@@ -35,12 +36,20 @@ def _kind(kind: str) -> str:
     return kind if kind in KIND_STYLE else "search"
 
 
-def _budget(ax, data: ReportData, *, vertical: bool = False) -> None:
+def _budget(ax, data: ReportData, values: list[float], *, vertical: bool = False) -> bool:
+    """Draw the budget line, or, when it lies far beyond every value drawn, say so in a corner instead
+    (a 24 GB line over sub-GiB bars would flatten them). Returns whether the line was drawn."""
     if data.vram_bytes is None:
-        return
+        return False
     v = gib(data.vram_bytes)
     label = f"VRAM budget {v:.2f} GiB"
+    top = max(values, default=0.0)
+    if top > 0 and v > OFF_SCALE * top:
+        ax.text(0.99, 0.98, f"{label}: off the scale ({v / top:.0f}× the largest value)", transform=ax.transAxes,
+                ha="right", va="top", fontsize=8, color=BUDGET_COLOR)
+        return False
     (ax.axvline if vertical else ax.axhline)(v, color=BUDGET_COLOR, ls="--", lw=1.2, label=label)
+    return True
 
 
 def breakdown_figure(data: ReportData) -> Figure:
@@ -53,12 +62,13 @@ def breakdown_figure(data: ReportData) -> Figure:
         vals = [gib(b.breakdown.get(part, 0)) for b in data.bars]
         ax.bar(labels, vals, bottom=bottoms, color=PART_COLORS[part], label=part, width=0.6)
         bottoms = [x + y for x, y in zip(bottoms, vals)]
-    top = max([gib(b.peak_bytes) for b in data.bars] + [gib(data.vram_bytes or 0)] + [0.0])
+    peaks = [gib(b.peak_bytes) for b in data.bars]
     for i, b in enumerate(data.bars):
         ax.annotate(f"{gib(b.peak_bytes):.2f} GiB\n({b.source})", (i, max(bottoms[i], gib(b.peak_bytes))),
                     xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8, zorder=5,
                     bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
-    _budget(ax, data)
+    drawn = _budget(ax, data, peaks)
+    top = max(peaks + ([gib(data.vram_bytes)] if drawn else []) + [0.0])
     ax.set_ylim(0, top * 1.22 if top else 1)
     ax.set_ylabel("predicted peak memory (GiB)")
     ax.set_title(f"Memory breakdown, {_model_name(data)}")
@@ -85,12 +95,14 @@ def tradeoff_figure(data: ReportData) -> Figure:
     if best is not None:
         ax.scatter([gib(best.peak_bytes)], [best.metric], marker="*", s=260, color="gold", edgecolor="black",
                    zorder=4, label=f"tuned plan (#{best.number})")
-    _budget(ax, data, vertical=True)
-    _budget(strip, data, vertical=True)
+    gated = [p for p in data.trials if p.gated and p.peak_bytes is not None]
+    xs = [gib(p.peak_bytes) for p in done + gated]
+    drawn = _budget(ax, data, xs, vertical=True)
+    if drawn:
+        _budget(strip, data, xs, vertical=True)
     ax.set_ylabel(data.metric_name + (" (higher is better)" if data.direction == "maximize" else " (lower is better)"))
     ax.set_title(f"{data.metric_name} against predicted peak memory")
     ax.grid(alpha=0.3)
-    gated = [p for p in data.trials if p.gated and p.peak_bytes is not None]
     for i, p in enumerate(gated):
         marker, color, _ = KIND_STYLE[_kind(p.kind)]
         strip.scatter([gib(p.peak_bytes)], [(i % 3) - 1], marker=marker, facecolor="none", edgecolor=color, s=50, lw=1.2)
@@ -106,7 +118,7 @@ def tradeoff_figure(data: ReportData) -> Figure:
         handles.append(Line2D([], [], marker=marker, ls="", markerfacecolor="none", markeredgecolor=color))
         labels.append(f"{label}, gated")
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    xs = [gib(p.peak_bytes) for p in done + gated] + ([gib(data.vram_bytes)] if data.vram_bytes else [])
+    xs += [gib(data.vram_bytes)] if drawn else []
     if xs:
         lo, hi = min(xs), max(xs)
         pad = (hi - lo) * 0.06 or 0.5
@@ -128,8 +140,8 @@ def sweeps_figure(data: ReportData) -> Figure:
             ax.plot(c.x, [gib(y) for y in c.y], ls=styles[i % 3], marker=".", lw=1.6, label=f"cost model: {c.label}")
         if sweep.points:
             ax.scatter([p[0] for p in sweep.points], [gib(p[1]) for p in sweep.points], s=22, color="black",
-                       alpha=0.55, zorder=3, label="trials' predicted peaks (any γ)" if sweep is data.depth_sweep else "trials' predicted peaks")
-        _budget(ax, data)
+                       alpha=0.55, zorder=3, label="trials' own predicted peaks")
+        _budget(ax, data, [gib(y) for c in sweep.curves for y in c.y] + [gib(p[1]) for p in sweep.points])
         ax.set_xlabel(sweep.x_label)
         ax.set_ylabel("predicted peak memory (GiB)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
