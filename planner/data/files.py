@@ -1,0 +1,106 @@
+"""Users' data: records from a local JSONL/JSON/CSV/TSV/text file, or a ``datasets`` name.
+
+Each record becomes a prompt/answer pair from the first field pair present:
+``instruction``/``response``, ``prompt``/``completion``, ``question``/``answer`` (an optional
+``input`` field is appended to the prompt), else a ``text`` field (eval-loss workloads).
+Lines (or blank-line-separated paragraphs) of a ``.txt``/``.md`` file are ``text`` records.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from planner.errors import PlannerError
+
+PAIR_FIELDS = (("instruction", "response"), ("prompt", "completion"), ("question", "answer"))
+INPUT_FIELD = "input"
+TEXT_FIELD = "text"
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".txt": "text", ".md": "text"}
+
+
+def read_records(data: str) -> list[dict]:
+    """Records of a local file (format from its extension), or of a ``datasets`` name's train split."""
+    path = Path(data).expanduser()
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        raise PlannerError(f"--data must be a file (.jsonl, .json, .csv, .tsv, .txt, .md) or a datasets name, but {data!r} is a directory")
+    if not path.exists():
+        if suffix in FORMATS or data.startswith((".", "/", "~")):
+            raise PlannerError(f"--data file must exist, but {data!r} does not")
+        return _load_dataset(data)
+    kind = FORMATS.get(suffix)
+    if kind is None:
+        raise PlannerError(f"--data file must end in one of {', '.join(FORMATS)}, but got {data!r}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlannerError(f"--data file must be readable UTF-8 text, but {data!r} is not ({exc})") from None
+    if kind == "jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise PlannerError(f"--data JSONL lines must each be a JSON object, but line {n} of {data!r} is not ({exc.msg})") from None
+    elif kind == "json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlannerError(f"--data .json file must hold a list of objects, but {data!r} is not JSON ({exc.msg})") from None
+        if isinstance(records, dict) and isinstance(records.get("data"), list):
+            records = records["data"]
+    elif kind in ("csv", "tsv"):
+        records = list(csv.DictReader(text.splitlines(), delimiter="," if kind == "csv" else "\t"))
+    else:
+        blocks = [b.strip() for b in text.replace("\r\n", "\n").split("\n\n")]
+        # paragraphs when the file has blank lines between them, else one example per line
+        pieces = [b for b in blocks if b] if len([b for b in blocks if b]) > 1 else [l.strip() for l in text.splitlines()]
+        records = [{TEXT_FIELD: p} for p in pieces if p]
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise PlannerError(f"--data records must be JSON objects (or CSV rows), but {data!r} holds something else")
+    return records
+
+
+def _load_dataset(name: str) -> list[dict]:
+    """The ``train`` split of a Hugging Face ``datasets`` name (needs the network or its cache)."""
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(name, split="train")
+    except Exception as exc:  # noqa: BLE001 - any failure means the name did not resolve
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PlannerError(f"--data must be an existing local file or a loadable datasets name, but {name!r} failed: {first}") from None
+    return [dict(r) for r in ds]
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    value = value if isinstance(value, str) else str(value)
+    return value if value.strip() else None
+
+
+def to_pairs(records: list[dict], data: str) -> tuple[str, list[tuple[str, str | None]]]:
+    """``(kind, [(prompt, answer)])``: kind ``"pairs"`` (answer to match) or ``"text"`` (prompt is empty).
+
+    The field pair is the first of :data:`PAIR_FIELDS` that the records have; records whose
+    fields are empty are skipped.
+    """
+    fields = set().union(*(r.keys() for r in records)) if records else set()
+    for p_field, a_field in PAIR_FIELDS:
+        if p_field in fields and a_field in fields:
+            pairs = []
+            for r in records:
+                prompt, answer = _text(r.get(p_field)), _text(r.get(a_field))
+                if prompt is None or answer is None:
+                    continue
+                extra = _text(r.get(INPUT_FIELD))
+                pairs.append((prompt + ("\n" + extra if extra else ""), answer))
+            return "pairs", pairs
+    if TEXT_FIELD in fields:
+        return "text", [("", t) for t in (_text(r.get(TEXT_FIELD)) for r in records) if t is not None]
+    wanted = ", ".join(f"{a}/{b}" for a, b in PAIR_FIELDS) + f" or {TEXT_FIELD}"
+    raise PlannerError(f"--data records must have the fields {wanted}, but {data!r} has {sorted(fields) or 'no fields'}")

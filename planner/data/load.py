@@ -1,0 +1,109 @@
+"""``load_workload``: the embedded default, or a user's model and/or data, as a Workload.
+
+- neither ``model`` nor ``data``: the default model on the default built-in task (char tokenizer);
+- ``model`` (hub id, preset with a hub id, or local model directory): loaded with
+  ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained`` (local directories offline);
+  without ``data`` it is fine-tuned on the default built-in task;
+- ``data`` (see :mod:`planner.data.files`): without ``model`` the default model trains on it.
+
+Held-out split: a ``random.Random(seed)`` shuffle; 10% of the examples (at least 2, at most
+256) are held out. Metric: exact-match accuracy of the greedy answer (maximize) for
+prompt/answer data and built-in tasks; mean eval loss per answer token (minimize) for text.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+from planner.data.default import DEFAULT_TASK, default_workload, split_sizes, task_examples
+from planner.data.files import read_records, to_pairs
+from planner.data.pretrain import ensure_default_model
+from planner.data.workload import Example, Workload
+from planner.errors import PlannerError
+
+MIN_EXAMPLES = 10
+HELD_OUT_FRACTION = 0.1
+MAX_HELD_OUT = 256
+MAX_SEQ_LEN = 512  # tokens; longer text is cut, longer prompt/answer pairs are skipped
+PROMPT_SEPARATOR = "\n"  # between a user prompt and its answer
+
+
+def load_workload(model: str | None = None, data: str | None = None, *, seed: int = 0,
+                  max_examples: int | None = None, max_seq_len: int = MAX_SEQ_LEN) -> "Workload":
+    """The workload of ``model`` and ``data`` (either or both may be None: see the module docstring)."""
+    if max_examples is not None and max_examples < MIN_EXAMPLES:
+        raise PlannerError(f"max_examples must be >= {MIN_EXAMPLES}, but got {max_examples}")
+    if model is None and data is None:
+        return default_workload(seed=seed, max_examples=max_examples)
+    if data is None:
+        n_train, n_held = split_sizes(max_examples)
+        train, held = task_examples(DEFAULT_TASK, seed=seed, n_train=n_train, n_held_out=n_held)
+        pairs, kind, name, sep = train + held, "pairs", f"default:{DEFAULT_TASK}", ""
+    else:
+        kind, pairs = to_pairs(read_records(data), data)
+        name, sep = data, PROMPT_SEPARATOR
+        if len(pairs) < MIN_EXAMPLES:
+            raise PlannerError(f"--data must have at least {MIN_EXAMPLES} usable examples, but {data!r} has {len(pairs)}")
+        random.Random(seed).shuffle(pairs)
+        pairs, n_held = pairs[:max_examples], None
+    source = model if model is not None else str(ensure_default_model())
+    base, tok, spec = _load_model(source)
+    examples = _tokenize(pairs, kind, tok, sep, max_seq_len)
+    if len(examples) < MIN_EXAMPLES:
+        raise PlannerError(f"--data must have at least {MIN_EXAMPLES} examples of at most max_seq_len={max_seq_len} "
+                           f"tokens, but {name!r} has {len(examples)}")
+    if n_held is None:
+        n_held = min(MAX_HELD_OUT, max(2, round(HELD_OUT_FRACTION * len(examples))))
+    # the built-in task lists held-out examples last; file data is already shuffled
+    train, held_out = examples[:-n_held], examples[-n_held:]
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
+    return Workload(name=name, spec=spec, model_source=source, train=train, held_out=held_out,
+                    model_factory=lambda s: copy.deepcopy(base), decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
+                    pad_id=pad, eos_id=eos, metric_name="accuracy" if kind == "pairs" else "eval_loss")
+
+
+def _hub_source(model: str) -> str:
+    """A preset name means its hub id; anything else is passed to ``from_pretrained`` as given."""
+    from planner.spec import list_presets
+
+    preset = list_presets().get(model.strip().lower().replace("_", "-"))
+    return preset["hub_id"] if preset and preset.get("hub_id") else model
+
+
+def _load_model(model: str):
+    """(fp32 model with ``use_cache=False``, tokenizer, ModelSpec) of a local directory or hub id."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from planner.spec import ModelSpec
+
+    local = Path(model).expanduser()
+    if local.is_file():
+        raise PlannerError(f"--model for fine-tuning must be a model directory or hub id (weights, not a config file), but got {model!r}")
+    source = str(local) if local.is_dir() else _hub_source(model)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local.is_dir())
+        base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=local.is_dir())
+    except Exception as exc:  # noqa: BLE001 - missing files, offline hub, unknown architecture: all one answer
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PlannerError(f"--model must be a loadable causal-LM directory or hub id with a tokenizer, but {model!r} failed: {first}") from None
+    base.config.use_cache = False
+    return base.train(), tok, ModelSpec(model, base.config)
+
+
+def _tokenize(pairs, kind: str, tok, sep: str, max_seq_len: int) -> list[Example]:
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    out = []
+    for prompt, answer in pairs:
+        if kind == "text":
+            ids = tok(answer, add_special_tokens=True)["input_ids"][: max_seq_len - len(eos)] + eos
+            out.append(Example((), tuple(ids), None))
+            continue
+        p = tok(prompt + sep, add_special_tokens=True)["input_ids"]
+        a = tok(answer, add_special_tokens=False)["input_ids"] + eos
+        if len(p) + len(a) <= max_seq_len:
+            out.append(Example(tuple(p), tuple(a), answer))
+    return out

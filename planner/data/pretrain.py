@@ -1,0 +1,183 @@
+"""The default model: a small Llama pretrained on the built-in corpus once, then cached.
+
+The cache entry is an ordinary Hugging Face model directory (config, safetensors weights,
+tokenizer) under ``$PLANNER_CACHE_DIR`` (default ``~/.cache/planner``), named by a hash of
+the recipe, the tokenizer and a sample of the corpus, so any change to one of them retrains.
+A file lock keeps two processes from pretraining the same entry at once, and the finished
+directory appears by an atomic rename, so a reader never sees half of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from planner.data.tasks import corpus_text
+from planner.data.tokenizer import CHARS, SPECIALS, VOCAB_SIZE, CharTokenizer
+from planner.errors import PlannerError
+
+RECIPE_VERSION = 1  # bump when the training loop changes in a way the fields below do not show
+CORPUS_SAMPLE_CHARS = 4096  # corpus text hashed into the cache key
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """Architecture and schedule of the default model's pretraining (all of it is in the cache key)."""
+
+    layers: int = 4
+    hidden: int = 128
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 256
+    seq_len: int = 96
+    batch_size: int = 32
+    steps: int = 1200
+    lr: float = 3e-3
+    warmup: int = 60
+    weight_decay: float = 0.01
+    seed: int = 0
+
+    def config(self):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            vocab_size=VOCAB_SIZE, hidden_size=self.hidden, intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers, num_attention_heads=self.heads, num_key_value_heads=self.kv_heads,
+            max_position_embeddings=max(256, 2 * self.seq_len), tie_word_embeddings=False, use_cache=False,
+            bos_token_id=SPECIALS.index("<bos>"), eos_token_id=SPECIALS.index("<eos>"), pad_token_id=SPECIALS.index("<pad>"),
+        )
+
+
+DEFAULT_RECIPE = PretrainRecipe()
+runs = 0  # pretrainings done by this process (the cache should keep it at most 1)
+
+
+def cache_root() -> Path:
+    """``$PLANNER_CACHE_DIR``, else ``~/.cache/planner``."""
+    return Path(os.environ.get("PLANNER_CACHE_DIR") or Path.home() / ".cache" / "planner").expanduser()
+
+
+def cache_key(recipe: PretrainRecipe) -> str:
+    """Hash of the recipe, the tokenizer and a corpus sample: changes whenever any of them changes."""
+    sample = corpus_text(random.Random(0), CORPUS_SAMPLE_CHARS)
+    blob = json.dumps({"recipe": dataclasses.asdict(recipe), "version": RECIPE_VERSION, "specials": SPECIALS,
+                       "chars": CHARS, "corpus": sample}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_dir(recipe: PretrainRecipe = DEFAULT_RECIPE) -> Path:
+    return cache_root() / f"default-llama-{cache_key(recipe)}"
+
+
+def _say(msg: str) -> None:
+    print(f"planner: {msg}", file=sys.stderr, flush=True)
+
+
+def pretrain(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: bool = True):
+    """Train the default model from scratch on the built-in corpus; returns (model, stats)."""
+    from transformers import LlamaForCausalLM
+
+    global runs
+    runs += 1
+    tok = CharTokenizer()
+    torch.manual_seed(recipe.seed)
+    model = LlamaForCausalLM(recipe.config()).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
+
+    def lr_at(step):  # linear warmup, cosine decay to 10%
+        if step < recipe.warmup:
+            return (step + 1) / recipe.warmup
+        t = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(t * torch.pi)).item())
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    rng = random.Random(recipe.seed)
+    if progress:
+        _say(f"first use: pretraining the built-in default model once (Llama, {recipe.layers} layers, hidden "
+             f"{recipe.hidden}, {n_params / 1e6:.2f}M parameters, {recipe.steps} steps of {recipe.batch_size}x{recipe.seq_len} "
+             f"characters of built-in text on {torch.get_num_threads()} CPU thread(s)); later runs load it from {cache_root()}")
+    t0, losses, shown = time.perf_counter(), [], 0.0
+    for step in range(recipe.steps):
+        # each row: <bos> + a window of newline-separated corpus lines
+        rows = [tok.encode(corpus_text(rng, recipe.seq_len - 1), bos=True) for _ in range(recipe.batch_size)]
+        ids = torch.tensor(rows)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach().item())
+        elapsed = time.perf_counter() - t0
+        if progress and (elapsed - shown > 10 or step + 1 == recipe.steps):
+            shown = elapsed
+            eta = elapsed / (step + 1) * (recipe.steps - step - 1)
+            _say(f"  pretraining step {step + 1}/{recipe.steps}, loss {sum(losses[-50:]) / len(losses[-50:]):.3f}, "
+                 f"{elapsed:.0f}s elapsed, ~{eta:.0f}s left")
+    stats = {"seconds": round(time.perf_counter() - t0, 2), "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+             "first_loss": round(losses[0], 4), "parameters": n_params, "threads": torch.get_num_threads()}
+    model.config.use_cache = False
+    return model.eval(), stats
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive advisory lock (POSIX ``flock``; elsewhere the atomic rename alone protects)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _complete(path: Path) -> bool:
+    return (path / "planner_pretrain.json").is_file() and (path / "config.json").is_file()
+
+
+def ensure_default_model(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: bool = True) -> Path:
+    """The cached default model directory, pretraining it first when it is not there yet."""
+    final = cache_dir(recipe)
+    if _complete(final):
+        return final
+    try:
+        with _file_lock(final.with_name(final.name + ".lock")):
+            if _complete(final):  # another process finished while we waited
+                return final
+            model, stats = pretrain(recipe, progress=progress)
+            tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+            try:
+                model.save_pretrained(tmp)
+                CharTokenizer().to_hf().save_pretrained(tmp)
+                meta = {"recipe": dataclasses.asdict(recipe), "version": RECIPE_VERSION, "key": cache_key(recipe), **stats}
+                (tmp / "planner_pretrain.json").write_text(json.dumps(meta, indent=2))
+                if final.exists():  # a leftover without the marker: replace it
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            if progress:
+                _say(f"  pretrained in {stats['seconds']:.0f}s (loss {stats['first_loss']:.2f} -> {stats['final_loss']:.2f}); cached at {final}")
+    except OSError as exc:
+        raise PlannerError(f"the model cache must be writable (set PLANNER_CACHE_DIR), but {str(final.parent)!r} is not: {exc}") from None
+    return final

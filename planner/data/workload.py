@@ -1,0 +1,155 @@
+"""Workload: a model to fine-tune, training batches, and a metric on a held-out split.
+
+Every workload (the built-in default and users' own data) is a list of tokenized examples:
+a prompt (not trained on: labels -100) and an answer (trained on). The metric is the
+exact-match accuracy of the greedy-decoded answer when there is an answer to match
+(maximize), else the mean token cross-entropy of the held-out answers (eval loss, minimize).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal
+
+import torch
+
+IGNORE_INDEX = -100  # labels that the loss skips (the prompt, padding)
+EVAL_BATCH = 64  # held-out examples decoded at once
+
+
+@dataclass(frozen=True)
+class Example:
+    """Token ids of one example; ``target`` is the text the greedy answer must equal (None: eval loss)."""
+
+    prompt: tuple[int, ...]
+    answer: tuple[int, ...]
+    target: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompt) + len(self.answer)
+
+
+class Workload:
+    """A fine-tuning job for the tuner: see the module docstring for the metric."""
+
+    def __init__(self, *, name: str, spec, model_source: str, train: list[Example], held_out: list[Example],
+                 model_factory: Callable[[int], torch.nn.Module], decode: Callable[[list[int]], str],
+                 pad_id: int, eos_id: int | None, metric_name: Literal["accuracy", "eval_loss"]):
+        self.name = name
+        self.spec = spec
+        self.model_source = model_source
+        self.train = list(train)
+        self.held_out = list(held_out)
+        self.metric_name = metric_name
+        self.direction: Literal["maximize", "minimize"] = "maximize" if metric_name == "accuracy" else "minimize"
+        self._factory = model_factory
+        self._decode = decode
+        self.pad_id = pad_id
+        self.eos_id = eos_id
+        self.seq_len = max(len(e) for e in self.train + self.held_out)
+        self.max_answer_len = max(len(e.answer) for e in self.held_out)
+
+    def __repr__(self) -> str:
+        return (f"Workload({self.name!r}, model={self.model_source!r}, {len(self.train)} train / "
+                f"{len(self.held_out)} held-out, metric={self.metric_name} ({self.direction}), seq_len={self.seq_len})")
+
+    def new_model(self, seed: int = 0) -> torch.nn.Module:
+        """A fresh copy of the (pre)trained model: fp32, ``use_cache=False``, train mode."""
+        torch.manual_seed(seed)
+        model = self._factory(seed)
+        model.config.use_cache = False
+        return model.train()
+
+    def train_batches(self, batch_size: int, seed: int) -> Iterator[dict]:
+        """Endless batches (shuffled epochs, seeded): ``input_ids``, ``attention_mask``, ``labels``."""
+        rng = random.Random(seed)
+        order: list[int] = []
+        while True:
+            if len(order) < batch_size:
+                more = list(range(len(self.train)))
+                rng.shuffle(more)
+                order.extend(more)
+            chosen, order = order[:batch_size], order[batch_size:]
+            yield collate([self.train[i] for i in chosen], self.pad_id)
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, max_examples: int | None = None) -> float:
+        """The metric on the first ``max_examples`` held-out examples (all by default)."""
+        examples = self.held_out[: max_examples or len(self.held_out)]
+        was_training = model.training
+        model.eval()
+        try:
+            if self.metric_name == "accuracy":
+                answers = greedy_answers(model, [e.prompt for e in examples], max_new_tokens=self.max_answer_len,
+                                         pad_id=self.pad_id, eos_id=self.eos_id)
+                hits = sum(self._decode(a).strip() == e.target.strip() for a, e in zip(answers, examples))
+                return hits / len(examples)
+            return eval_loss(model, examples, self.pad_id)
+        finally:
+            model.train(was_training)
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels are the answer tokens, -100 on prompt and padding."""
+    width = max(len(e) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, e in enumerate(examples):
+        seq = list(e.prompt) + list(e.answer)
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+        labels[row, len(e.prompt): len(seq)] = torch.tensor(e.answer)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def greedy_answers(model, prompts: list[tuple[int, ...]], *, max_new_tokens: int, pad_id: int,
+                   eos_id: int | None, batch_size: int = EVAL_BATCH) -> list[list[int]]:
+    """Greedy continuations (cut at ``eos_id``) of each prompt, batched by similar length.
+
+    Prompts are sorted by length so most batches need no padding; where lengths differ the
+    batch is left-padded and ``generate`` derives positions from the attention mask.
+    """
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                           pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    dev = _device(model)
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            p = prompts[i]
+            ids[row, width - len(p):] = torch.tensor(p)
+            mask[row, width - len(p):] = 1
+        new = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), generation_config=gen)[:, width:]
+        for row, i in enumerate(idx):
+            toks = new[row].tolist()
+            if eos_id is not None and eos_id in toks:
+                toks = toks[: toks.index(eos_id)]
+            out[i] = toks
+    return out
+
+
+def eval_loss(model, examples: list[Example], pad_id: int, batch_size: int = EVAL_BATCH) -> float:
+    """Mean cross-entropy per answer token (nats), over all held-out answer tokens."""
+    dev = _device(model)
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start: start + batch_size], pad_id)
+        logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
+        labels = batch["labels"][:, 1:].to(dev)
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                ignore_index=IGNORE_INDEX, reduction="sum")
+        total += float(nll)
+        count += int((labels != IGNORE_INDEX).sum())
+    return total / max(count, 1)

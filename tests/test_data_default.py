@@ -1,0 +1,193 @@
+"""The embedded default workload: tokenizer, tasks, split, cache, batches and the metric."""
+
+import random
+import threading
+
+import pytest
+import torch
+
+from planner.data import pretrain as pretrain_mod
+from planner.data.default import default_workload, task_examples
+from planner.data.pretrain import PretrainRecipe, cache_dir, cache_key, ensure_default_model
+from planner.data.tasks import TASKS, corpus_text
+from planner.data.tokenizer import CHARS, EOS, CharTokenizer
+from planner.data.workload import IGNORE_INDEX, greedy_answers
+from planner.errors import PlannerError
+
+TINY = PretrainRecipe(layers=2, hidden=32, heads=2, kv_heads=1, intermediate=64, seq_len=32, batch_size=4, steps=3, warmup=1)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def wl(cache):
+    return default_workload(recipe=TINY, n_train=64, n_held_out=24, progress=False)
+
+
+def test_tokenizer_round_trip_and_hf_twin():
+    tok = CharTokenizer()
+    text = CHARS + "count 1 2 3\nreverse ab:"
+    ids = tok.encode(text, bos=True, eos=True)
+    assert tok.decode(ids) == text
+    assert len(set(tok.encode(CHARS))) == len(CHARS)
+    assert max(ids) < tok.vocab_size
+    hf = tok.to_hf()
+    assert hf(text)["input_ids"] == tok.encode(text, bos=True)
+    assert hf.decode(hf(text)["input_ids"], skip_special_tokens=True) == text
+    assert tok.decode(tok.encode("A!")) == ""  # unknown characters are <unk>, dropped on decode
+
+
+def test_task_answers_are_correct():
+    rng = random.Random(3)
+    for _ in range(200):
+        p, a = TASKS["addition"](rng, digits=3)
+        x, y = p[:-1].split("+")
+        assert int(a) == int(x) + int(y)
+        p, a = TASKS["reversal"](rng)
+        assert a == p[len("reverse "):-1][::-1]
+        p, a = TASKS["sort"](rng)
+        assert a == "".join(sorted(p[len("sort "):-1]))
+        p, a = TASKS["lookup"](rng)
+        table, key = p.split("|")
+        pairs = {kv[0]: kv[1:] for kv in table.split(" ")}
+        assert len(pairs) == table.count(" ") + 1  # keys are distinct
+        assert pairs[key] == a
+    tok = CharTokenizer()
+    for name in TASKS:  # every task and the corpus stay inside the vocabulary
+        p, a = TASKS[name](rng)
+        assert tok.decode(tok.encode(p + a)) == p + a
+    text = corpus_text(random.Random(0), 500)
+    assert len(text) == 500 and tok.decode(tok.encode(text)) == text
+
+
+def test_split_is_disjoint_and_deterministic():
+    train, held = task_examples("lookup", seed=1, n_train=500, n_held_out=100)
+    assert len(held) == 100 and len({p for p, _ in held}) == 100
+    assert not {p for p, _ in train} & {p for p, _ in held}
+    assert (train, held) == task_examples("lookup", seed=1, n_train=500, n_held_out=100)
+    assert held != task_examples("lookup", seed=2, n_train=500, n_held_out=100)[1]
+    with pytest.raises(PlannerError, match="task must be one of"):
+        task_examples("nope", seed=0)
+    with pytest.raises(PlannerError, match="enough distinct prompts"):
+        task_examples("sort", seed=0, n_train=10, n_held_out=5000, options={"length": 3})
+
+
+def test_cache_pretrains_once_and_key_follows_recipe(cache):
+    before = pretrain_mod.runs
+    path = ensure_default_model(TINY, progress=False)
+    assert path.parent == cache and (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert ensure_default_model(TINY, progress=False) == path
+    assert pretrain_mod.runs == before + 1
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
+    other = PretrainRecipe(**{**TINY.__dict__, "steps": 4})
+    assert cache_key(other) != cache_key(TINY) and cache_dir(other) != path
+
+
+def test_concurrent_first_use_pretrains_once(cache):
+    before = pretrain_mod.runs
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(ensure_default_model(TINY, progress=False))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(paths) == 2 and paths[0] == paths[1]
+    assert pretrain_mod.runs == before + 1
+
+
+def test_progress_message_explains_first_run(cache, capsys):
+    ensure_default_model(TINY)
+    err = capsys.readouterr().err
+    assert "first use: pretraining" in err and "cached at" in err
+    ensure_default_model(TINY)
+    assert capsys.readouterr().err == ""
+
+
+def test_workload_contract(wl):
+    assert wl.name == "default:lookup" and wl.metric_name == "accuracy" and wl.direction == "maximize"
+    assert wl.spec.num_layers == TINY.layers and wl.spec.model_type == "llama"
+    assert len(wl.train) == 64 and len(wl.held_out) == 24
+    m1, m2 = wl.new_model(0), wl.new_model(1)
+    assert m1.config.use_cache is False and m1.training
+    assert all(p.dtype == torch.float32 for p in m1.parameters())
+    assert m1 is not m2 and m1.model.embed_tokens.weight.data_ptr() != m2.model.embed_tokens.weight.data_ptr()
+    torch.testing.assert_close(m1.state_dict(), m2.state_dict())  # both are the pretrained weights
+
+
+def test_train_batches_mask_prompt_and_are_seeded(wl):
+    it = wl.train_batches(8, seed=5)
+    batches = [next(it) for _ in range(10)]  # more than one epoch of 64 examples
+    b = batches[0]
+    assert set(b) == {"input_ids", "attention_mask", "labels"}
+    assert b["input_ids"].shape == b["labels"].shape == (8, b["input_ids"].shape[1]) <= (8, wl.seq_len)
+    tok = CharTokenizer()
+    for row in range(8):
+        n = int(b["attention_mask"][row].sum())
+        labels = b["labels"][row][:n]
+        answer = labels[labels != IGNORE_INDEX].tolist()
+        assert answer[-1] == EOS
+        prompt = tok.decode(b["input_ids"][row][: n - len(answer)])
+        assert prompt[-2] == "|" and (b["labels"][row][n:] == IGNORE_INDEX).all()
+    again = next(wl.train_batches(8, seed=5))
+    assert torch.equal(again["input_ids"], b["input_ids"])
+    assert not torch.equal(next(wl.train_batches(8, seed=6))["input_ids"], b["input_ids"])
+
+
+def _manual_greedy(model, prompt, max_new):
+    ids = list(prompt)
+    out = []
+    for _ in range(max_new):
+        nxt = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        if nxt == EOS:
+            break
+        out.append(nxt)
+        ids.append(nxt)
+    return out
+
+
+def test_evaluate_matches_manual_greedy_decoding(wl):
+    model = wl.new_model(0).eval()
+    prompts = [e.prompt for e in wl.held_out]
+    batched = greedy_answers(model, prompts, max_new_tokens=wl.max_answer_len, pad_id=wl.pad_id, eos_id=wl.eos_id, batch_size=7)
+    with torch.no_grad():
+        manual = [_manual_greedy(model, p, wl.max_answer_len) for p in prompts]
+    assert batched == manual
+    tok = CharTokenizer()
+    expected = sum(tok.decode(a) == e.target for a, e in zip(manual, wl.held_out)) / len(prompts)
+    assert wl.evaluate(model) == expected
+    assert 0.0 <= wl.evaluate(model, max_examples=5) <= 1.0
+
+
+def test_evaluate_scores_exact_matches(wl, monkeypatch):
+    """With the decoder replaced by an oracle, evaluate() is 1.0; with every other answer wrong, 0.5."""
+    import planner.data.workload as wmod
+
+    answers = {e.prompt: list(e.answer[:-1]) for e in wl.held_out}  # the target without <eos>
+    monkeypatch.setattr(wmod, "greedy_answers", lambda model, prompts, **kw: [answers[p] for p in prompts])
+    assert wl.evaluate(wl.new_model(0)) == 1.0
+    wrong = {p: (a if i % 2 else a + [a[0]]) for i, (p, a) in enumerate(answers.items())}
+    monkeypatch.setattr(wmod, "greedy_answers", lambda model, prompts, **kw: [wrong[p] for p in prompts])
+    assert wl.evaluate(wl.new_model(0)) == 0.5
+
+
+@pytest.mark.slow
+def test_default_recipe_pretrains_and_a_proxy_run_learns(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path))
+    wl = default_workload(n_held_out=128)
+    model = wl.new_model(0)
+    before = wl.evaluate(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    it = wl.train_batches(32, seed=0)
+    for _ in range(100):
+        loss = model(**next(it)).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = wl.evaluate(model)
+    assert after > before + 0.1
