@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
@@ -68,14 +68,35 @@ class Plan(BaseModel):
     storage: str | None = None
     trial_number: int | None = None
 
+    @model_validator(mode="after")
+    def _agrees_with_train(self):
+        # the method fields and the TrainConfig the memory was predicted for describe one run
+        problems = []
+        for name in ("train_embeddings", "train_head", "lora_rank"):
+            if getattr(self, name) != getattr(self.train, name):
+                problems.append(f"`{name} == train.{name}` must hold, but got {getattr(self, name)!r} and {getattr(self.train, name)!r}")
+        if self.train.active_layers is not None and self.train.active_layers != self.active_layers:
+            problems.append(f"`active_layers == train.active_layers` must hold, but got {self.active_layers} and {self.train.active_layers}")
+        if self.layers is not None and isinstance(self.train.layers, list) and sorted(self.layers) != sorted(self.train.layers):
+            problems.append(f"`layers == train.layers` must hold, but got {self.layers} and {self.train.layers}")
+        if sum(self.breakdown.model_dump().values()) != self.predicted_peak_bytes:
+            problems.append(f"the breakdown must sum to predicted_peak_bytes, but got {sum(self.breakdown.model_dump().values())} != {self.predicted_peak_bytes}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     @property
     def is_static(self) -> bool:
         return self.layers is not None
 
+    def to_yaml(self) -> str:
+        """The plan as YAML, exactly as :meth:`save` writes it."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        path.write_text(self.to_yaml())
         return path
 
     @classmethod

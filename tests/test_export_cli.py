@@ -6,12 +6,13 @@ import pytest
 
 from planner.cli.main import main
 from planner.config import TrainConfig
+from plan_factory import consistent_plan
 from planner.plan import Breakdown, Plan
 
 
 @pytest.fixture
 def plan_file(tmp_path):
-    plan = Plan(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=2,
+    plan = consistent_plan(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=2,
                 period=5, scorer="ist", learning_rate=1e-4, train=TrainConfig(active_layers=2), predicted_peak_bytes=1,
                 breakdown=Breakdown())
     return plan.save(tmp_path / "plan.yaml")
@@ -85,7 +86,7 @@ def test_invalid_plan_file(tmp_path, capsys):
 
 
 def test_plan_inconsistent_with_its_model(tmp_path, capsys):
-    plan = Plan(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=2,
+    plan = consistent_plan(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=2,
                 period=5, scorer="fixed", layers=[2, 7], learning_rate=1e-4, train=TrainConfig(layers=[2, 7]),
                 predicted_peak_bytes=1, breakdown=Breakdown())
     code, _, err = run(capsys, "export", str(plan.save(tmp_path / "p.yaml")), "--to", "llamafactory", "--out", str(tmp_path / "o"))
@@ -108,7 +109,7 @@ def test_out_is_a_file(plan_file, tmp_path, capsys):
 
 
 def test_plan_with_too_many_active_layers(tmp_path, capsys):
-    plan = Plan(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=5,
+    plan = consistent_plan(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=5,
                 period=5, scorer="uniform", learning_rate=1e-4, train=TrainConfig(), predicted_peak_bytes=1, breakdown=Breakdown())
     code, _, err = run(capsys, "export", str(plan.save(tmp_path / "p.yaml")), "--to", "axolotl", "--out", str(tmp_path / "o"))
     assert code == 2 and "active_layers <= num_layers - min_depth" in err and not (tmp_path / "o").exists()

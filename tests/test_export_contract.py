@@ -10,6 +10,7 @@ import yaml
 
 from planner.config import TrainConfig
 from planner.export import EXPORTERS, Export, get_exporter
+from plan_factory import consistent_plan
 from planner.plan import Breakdown, Plan
 
 # the names METHODS.md ("Trainer config keys") documents for each target
@@ -27,7 +28,7 @@ def make_plan(**kw) -> Plan:
                 period=5, scorer="uniform", learning_rate=1e-4, train=TrainConfig(active_layers=2),
                 predicted_peak_bytes=123_456, breakdown=Breakdown(weights=100_000))
     base.update(kw)
-    return Plan(**base)
+    return consistent_plan(**base)
 
 
 PLANS = {

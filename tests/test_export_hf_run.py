@@ -9,6 +9,7 @@ import pytest
 
 from planner.config import TrainConfig
 from planner.export import export_plan
+from plan_factory import consistent_plan
 from planner.plan import Breakdown, Plan
 from planner.spec import build_model
 from planner.spec.tiny import tiny_spec
@@ -62,7 +63,7 @@ def make_plan(**kw) -> Plan:
                 period=2, scorer="cyclic", scorer_options={"order": "ascending"}, learning_rate=1e-3,
                 train=TrainConfig(active_layers=1, batch_size=2, seq_len=16), predicted_peak_bytes=1, breakdown=Breakdown())
     base.update(kw)
-    return Plan(**base)
+    return consistent_plan(**base)
 
 
 def test_exported_script_trains_and_switches_layers(tiny_dir, tmp_path):

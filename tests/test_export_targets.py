@@ -10,6 +10,7 @@ import yaml
 from planner.config import TrainConfig
 from planner.export import export_plan, get_exporter
 from planner.export.targets.llamafactory import freeze_block
+from plan_factory import consistent_plan
 from planner.plan import Breakdown, Plan
 from planner.spec import build_model
 from planner.spec.tiny import tiny_spec
@@ -20,7 +21,7 @@ def make_plan(**kw) -> Plan:
                 period=5, scorer="uniform", learning_rate=1e-4, train=TrainConfig(active_layers=2),
                 predicted_peak_bytes=123_456, breakdown=Breakdown(weights=100_000))
     base.update(kw)
-    return Plan(**base)
+    return consistent_plan(**base)
 
 
 def gpt2_plan(**kw) -> Plan:

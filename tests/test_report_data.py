@@ -11,6 +11,7 @@ from optuna.trial import TrialState, create_trial
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
+from plan_factory import consistent_plan
 from planner.plan import BREAKDOWN_KEYS, Breakdown, Plan
 from planner.report import data as rdata
 from planner.units import GiB, MiB
@@ -231,7 +232,7 @@ def _plan(model: str, **kw) -> Plan:
                 metric=0.7, baselines=[{"name": "lora", "predicted_peak_bytes": 2 * GiB, "fits": True, "metric": 0.5},
                                        {"name": "lisa", "predicted_peak_bytes": 3 * GiB, "fits": True, "metric": 0.6}])
     base.update(kw)
-    return Plan(**base)
+    return consistent_plan(**base)
 
 
 def test_plan_report_data_uses_the_cost_model(tmp_path):
@@ -300,3 +301,19 @@ def test_a_winning_baseline_is_the_tuned_plan(tmp_path):
     study.add_trial(t)
     d = rdata.study_report_data(study, estimator=fake_estimator)
     assert d.best_trial == 10 and d.bars[-1].label == "tuned plan (#10)"
+
+
+def test_plan_deltas_use_the_plan_baselines_when_a_bar_is_missing(tmp_path):
+    from planner.spec.tiny import tiny_spec
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_spec("llama", num_layers=L).config.to_dict()))
+
+    def no_lora(spec, c):
+        if c.lora_rank:
+            raise PlannerError("the cost model failed (RuntimeError: x)")
+        return fake_estimator(spec, c)
+
+    d = rdata.plan_report_data(_plan(str(cfg)), name="p", estimator=no_lora)
+    assert [b.key for b in d.bars] == ["full", "lisa", "plan"] and "LoRA: the cost model failed" in d.notes["breakdown"]
+    assert {r.key: r for r in d.savings}["plan"].delta_vs_lora == pytest.approx(0.2)

@@ -15,8 +15,7 @@ class PlanExporter(Exporter):
 
     def render(self, plan: Plan) -> Export:
         # the same serialization as Plan.save, so load -> export -> load is the identity
-        text = yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False)
-        return Export(self.name, {"plan.yaml": text})
+        return Export(self.name, {"plan.yaml": plan.to_yaml()})
 
     def keys(self, filename: str, text: str) -> set[str]:
         return set(yaml.safe_load(text))

@@ -1,0 +1,37 @@
+import pytest
+from plan_factory import consistent_plan
+
+from planner.config import TrainConfig
+from planner.errors import PlannerError
+from planner.plan import Breakdown, Plan
+
+
+def _fields(**kw):
+    base = dict(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=2,
+                period=5, scorer="uniform", learning_rate=1e-4, train=TrainConfig(active_layers=2),
+                predicted_peak_bytes=10, breakdown=Breakdown(weights=6, activations=4))
+    base.update(kw)
+    return base
+
+
+def test_plan_round_trips(tmp_path):
+    plan = consistent_plan(**_fields())
+    path = plan.save(tmp_path / "p.yaml")
+    assert Plan.load(path) == plan and path.read_text() == plan.to_yaml()
+
+
+@pytest.mark.parametrize("kw,rule", [
+    (dict(train_embeddings=False), "train_embeddings == train.train_embeddings"),
+    (dict(train=TrainConfig(active_layers=3)), "active_layers == train.active_layers"),
+    (dict(predicted_peak_bytes=11), "sum to predicted_peak_bytes"),
+])
+def test_plan_rejects_disagreeing_fields(tmp_path, kw, rule):
+    with pytest.raises(ValueError, match=rule):
+        Plan(**_fields(**kw))
+    # and from a file: one PlannerError naming the rule
+    data = consistent_plan(**_fields()).model_dump(mode="json")
+    data.update({k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v) for k, v in kw.items()})
+    import yaml
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(PlannerError, match="must match the plan schema"):
+        Plan.load(tmp_path / "bad.yaml")
