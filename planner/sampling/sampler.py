@@ -27,6 +27,14 @@ def unwrap_optimizer(optimizer) -> torch.optim.Optimizer:
     return optimizer
 
 
+def _dot_self(g: torch.Tensor) -> float:
+    """‖g‖₂² in fp32 (a BLAS dot: faster on CPU than a norm reduction)."""
+    v = g.reshape(-1)
+    if v.dtype != torch.float32:
+        v = v.float()
+    return float(torch.dot(v, v))
+
+
 class LayerSampler:
     """Keeps ``gamma`` of the decoder layers ``min_depth..L-1`` trainable, re-drawn every ``period`` steps.
 
@@ -137,10 +145,11 @@ class LayerSampler:
         if not self.scorer.wants_gradients:
             return
         norms = {}
-        for i in self.active:
-            grads = [p.grad for p in self.parts.layer_params[i] if p.grad is not None]
-            if grads:
-                norms[i] = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+        with torch.no_grad():
+            for i in self.active:
+                squares = [_dot_self(p.grad) for p in self.parts.layer_params[i] if p.grad is not None]
+                if squares:
+                    norms[i] = sum(squares) ** 0.5
         self.scorer.on_gradients(step, norms)
 
     def end_step(self, step: int, loss: float, batch: dict | None = None) -> None:
