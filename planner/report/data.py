@@ -251,21 +251,25 @@ def _curve_note(note: str, sweep: Sweep, error: str) -> str:
 # ---------------------------------------------------------------- savings
 
 
-def savings_table(bars: list[Bar]) -> list[SavingsRow]:
+def savings_table(bars: list[Bar], reference_metrics: dict[str, float | None] | None = None) -> list[SavingsRow]:
     """Savings against full fine-tuning (bytes and %), metric differences against LoRA and LISA's defaults.
 
     saving = peak_full - peak;  saving % = 100 · saving / peak_full;  Δ = metric - metric_baseline.
+    The baselines' metrics come from their bars, or from ``reference_metrics`` (key -> metric) when a bar is missing.
     """
     by_key = {b.key: b for b in bars}
-    full, lora, lisa = by_key.get("full"), by_key.get("lora"), by_key.get("lisa")
+    full = by_key.get("full")
+    ref = {k: v for k, v in (reference_metrics or {}).items() if v is not None}
+    ref.update({k: by_key[k].metric for k in ("lora", "lisa") if k in by_key and by_key[k].metric is not None})
+    m_lora, m_lisa = ref.get("lora"), ref.get("lisa")
     rows = []
     for b in bars:
         saving = pct = None
         if full is not None and full.peak_bytes > 0:
             saving = full.peak_bytes - b.peak_bytes
             pct = 100.0 * saving / full.peak_bytes
-        d_lora = (b.metric - lora.metric) if (lora and lora.metric is not None and b.metric is not None) else None
-        d_lisa = (b.metric - lisa.metric) if (lisa and lisa.metric is not None and b.metric is not None) else None
+        d_lora = (b.metric - m_lora) if (m_lora is not None and b.metric is not None) else None
+        d_lisa = (b.metric - m_lisa) if (m_lisa is not None and b.metric is not None) else None
         rows.append(SavingsRow(b.key, b.label, b.peak_bytes, b.fits, saving, pct, b.metric, d_lora, d_lisa))
     return rows
 
@@ -628,7 +632,7 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
         name=name, title=f"planner report: plan {name}", source="plan", model=plan.model,
         num_layers=plan.num_layers, vram_bytes=plan.vram_bytes, metric_name=plan.metric_name, direction="maximize",
         device=device, bars=bars, best_trial=plan.trial_number, gamma_sweep=gamma_sweep, depth_sweep=depth_sweep,
-        savings=savings_table(bars), notes=notes,
+        savings=savings_table(bars, metrics), notes=notes,
     )
 
 
