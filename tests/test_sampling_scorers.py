@@ -261,3 +261,31 @@ def test_fixed_set(model4):
         LayerSampler(model4, gamma=1, scorer="fixed", scorer_options={"layers": [0, 1]})
     with pytest.raises(PlannerError, match="fixed layers must satisfy"):
         LayerSampler(model4, gamma=1, scorer="fixed", min_depth=2, scorer_options={"layers": [0]})
+
+
+def test_ist_suppresses_only_adapter_outputs_under_lora(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    from planner.sampling.suppress import suppressed
+
+    model = get_peft_model(build_model(tiny("llama", num_layers=2)), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+    s = LayerSampler(model, gamma=1, scorer="ist", train_embeddings=False, train_head=False)
+    b = batch()
+    layers = s.parts.layers
+    with torch.no_grad():
+        plain = model(**b).logits
+        with suppressed(layers, [0, 1], 0.25, adapters=True):  # lora_B starts at zero: nothing to scale
+            assert torch.equal(model(**b).logits, plain)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+        tuned = model(**b).logits
+        with suppressed(layers, [1], 0.25, adapters=True):
+            partly = model(**b).logits
+        for name, p in model.named_parameters():
+            if "lora_B" in name and ".layers.1." in name:
+                p.mul_(0.25)
+        assert torch.allclose(partly, model(**b).logits, atol=1e-5)  # = the adapter output ×0.25
+        assert not torch.allclose(partly, tuned)
+    sets, losses = s.scorer.rollout_losses(model, b)
+    assert len(sets) == 3 and all(len(x) == 1 for x in sets) and all(math.isfinite(x) for x in losses)
