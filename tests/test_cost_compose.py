@@ -1,0 +1,117 @@
+"""Composition: depth independence of segments, fake vs real traces, the sampler's worst case, API contract."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from planner.config import TrainConfig
+from planner.cost import LiveBytesTracker, estimate
+from planner.cost.compose import Family, roles_of, simulate
+from planner.cost.estimator import _opt_peaks, _trainable_tensors, embeddings_grad, get_family, get_trace
+from planner.cost.optimizer import get_optimizer
+from planner.errors import PlannerError
+from planner.plan import BREAKDOWN_KEYS
+
+CFG = dict(batch_size=2, seq_len=64)
+
+
+@pytest.fixture(autouse=True)
+def _no_disk_cache(monkeypatch):
+    monkeypatch.setenv("PLANNER_COST_CACHE", "0")
+
+
+def test_segments_do_not_depend_on_depth_or_position(tiny):
+    spec = tiny("llama", hidden=64, vocab=256)
+    cfg = TrainConfig(layers="all", **CFG)
+    t3 = get_trace(spec, cfg, ["T", "FA", "T"])
+    t2 = get_trace(spec, cfg, ["FA", "T"])
+    t4 = get_trace(spec, cfg, ["T", "FA", "T", "FA"])
+    for key in ("fwd:T", "bwd:T", "fwd:FA", "bwd:FA"):
+        assert t2.layers[key] == t3.layers[key] == t4.layers[key], key
+    assert t3.layer_by_index[0]["fwd"] == t3.layer_by_index[2]["fwd"]  # T at positions 0 and 2
+    for name in ("embed_fwd", "head_fwd", "head_bwd", "embed_bwd", "shared_release"):
+        assert t2.segments[name] == t3.segments[name] == t4.segments[name], name
+
+
+def test_fake_trace_equals_real_trace(tiny):
+    spec = tiny("qwen2", hidden=64, vocab=256)
+    cfg = TrainConfig(layers=[1], train_embeddings=False, train_head=False, **CFG)
+    real = get_trace(spec, cfg, ["FB", "T0", "FA"], fake=False)
+    fake = get_trace(spec, cfg, ["FB", "T0", "FA"], fake=True)
+    assert real.layers == fake.layers and real.segments == fake.segments
+
+
+@pytest.mark.parametrize("train_embeddings", [False, True])
+def test_worst_case_matches_brute_force_over_all_draws(tiny, train_embeddings):
+    spec = tiny("llama", num_layers=6, hidden=64, vocab=256)
+    for gamma, min_depth in [(1, 0), (2, 0), (2, 1), (3, 1)]:
+        cfg = TrainConfig(active_layers=gamma, min_depth=min_depth, train_embeddings=train_embeddings, **CFG)
+        est = estimate(spec, cfg, device="cpu")
+        assert len(est.trainable_layers) == gamma and min(est.trainable_layers) >= min_depth
+        brute = 0
+        for draw in itertools.combinations(range(min_depth, 6), gamma):
+            static = TrainConfig(layers=list(draw), train_embeddings=train_embeddings, **CFG)
+            brute = max(brute, estimate(spec, static, device="cpu").peak_bytes)
+        assert est.peak_bytes == brute, (gamma, min_depth)
+
+
+def test_estimate_contract(tiny):
+    spec = tiny("gpt2", hidden=64, vocab=256)
+    cfg = TrainConfig(layers=[1, 2], train_embeddings=False, **CFG)
+    cpu = estimate(spec, cfg, device="cpu")
+    cuda = estimate(spec, cfg, device="cuda")
+    for est in (cpu, cuda):
+        d = est.to_dict()
+        assert set(d["breakdown"]) == set(BREAKDOWN_KEYS)
+        assert sum(d["breakdown"].values()) == d["peak_bytes"] == est.peak_bytes
+        assert d["trainable_layers"] == [1, 2] and d["phase"]
+    assert cpu.breakdown.overhead == 0 and cuda.breakdown.overhead > 0
+    assert cuda.allocated_bytes >= cpu.peak_bytes  # 512-byte blocks only add
+    assert cpu.breakdown.weights == cuda.breakdown.weights
+    assert cpu.breakdown.optimizer > 0 and cpu.breakdown.activations > 0
+
+
+def test_adamw8bit_state_is_a_quarter_of_adamw_fp32(tiny):
+    spec = tiny("llama", hidden=128, vocab=512)
+    base = dict(layers="all", **CFG)
+    full = estimate(spec, TrainConfig(optimizer="adamw", **base), device="cpu").breakdown.optimizer
+    q8 = estimate(spec, TrainConfig(optimizer="adamw8bit", **base), device="cpu").breakdown.optimizer
+    assert 0.25 <= q8 / full < 0.30  # 2 B/param + absmax per 256 + fp32 state of small tensors vs 8 B/param
+
+
+def test_bad_input_is_one_clear_error(tiny):
+    spec = tiny("llama")
+    with pytest.raises(PlannerError, match="device"):
+        estimate(spec, TrainConfig(layers="all"), device="tpu")
+    with pytest.raises(PlannerError, match="active_layers"):
+        estimate(spec, TrainConfig(active_layers=5), device="cpu")
+    with pytest.raises(PlannerError, match="train something"):
+        estimate(spec, TrainConfig(train_embeddings=False, train_head=False), device="cpu")
+
+
+def test_tracker_counts_storages_once_and_frees():
+    import torch
+
+    with LiveBytesTracker() as t:
+        a = torch.empty(1000)  # 4000 B
+        v = a.view(10, 100)  # same storage
+        b = a * 2  # 4000 B
+        assert t.current_bytes == 8000
+        del a
+        assert t.current_bytes == 8000  # the view keeps the storage alive
+        del v
+        assert t.current_bytes == 4000
+        del b
+    assert t.peak_bytes == 8000
+
+
+def test_tracker_under_fake_tensor_mode():
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(), LiveBytesTracker() as t:
+        x = torch.empty(1 << 28, dtype=torch.bfloat16)  # 512 MiB, never allocated
+        y = x + 1
+        del y
+    assert t.peak_bytes == 2 * (1 << 29)
