@@ -56,6 +56,12 @@ def test_task_answers_are_correct():
         pairs = {kv[0]: kv[1:] for kv in table.split(" ")}
         assert len(pairs) == table.count(" ") + 1  # keys are distinct
         assert pairs[key] == a
+        p, a = TASKS["maximum"](rng)
+        nums = [int(x) for x in p[len("max "):-1].split()]
+        assert int(a) == max(nums) and len(set(nums)) == len(nums)
+        p, a = TASKS["increment"](rng)
+        x, y = p[:-1].split("+")
+        assert int(a) == int(x) + int(y) and 1 <= int(y) <= 9
     tok = CharTokenizer()
     for name in TASKS:  # every task and the corpus stay inside the vocabulary
         p, a = TASKS[name](rng)
@@ -110,7 +116,7 @@ def test_progress_message_explains_first_run(cache, capsys):
 
 
 def test_workload_contract(wl):
-    assert wl.name == "default:lookup" and wl.metric_name == "accuracy" and wl.direction == "maximize"
+    assert wl.name == "default:maximum" and wl.metric_name == "accuracy" and wl.direction == "maximize"
     assert wl.spec.num_layers == TINY.layers and wl.spec.model_type == "llama"
     assert len(wl.train) == 64 and len(wl.held_out) == 24
     m1, m2 = wl.new_model(0), wl.new_model(1)
@@ -133,7 +139,7 @@ def test_train_batches_mask_prompt_and_are_seeded(wl):
         answer = labels[labels != IGNORE_INDEX].tolist()
         assert answer[-1] == EOS
         prompt = tok.decode(b["input_ids"][row][: n - len(answer)])
-        assert prompt[-2] == "|" and (b["labels"][row][n:] == IGNORE_INDEX).all()
+        assert prompt.startswith("max ") and prompt.endswith(":") and (b["labels"][row][n:] == IGNORE_INDEX).all()
     again = next(wl.train_batches(8, seed=5))
     assert torch.equal(again["input_ids"], b["input_ids"])
     assert not torch.equal(next(wl.train_batches(8, seed=6))["input_ids"], b["input_ids"])

@@ -9,13 +9,14 @@ from __future__ import annotations
 import copy
 import random
 
-from planner.data.pretrain import DEFAULT_RECIPE, PretrainRecipe, ensure_default_model
+from planner.data.pretrain import DEFAULT_RECIPE, PretrainRecipe, ensure_default_model, quiet_transformers
 from planner.data.tasks import TASKS
 from planner.data.tokenizer import CharTokenizer
 from planner.data.workload import Example, Workload
 from planner.errors import PlannerError
 
-DEFAULT_TASK = "lookup"
+DEFAULT_TASK = "maximum"
+BATCH_SIZE = 32  # proxy batch size the default task was tuned for
 N_TRAIN = 8192  # training pool (a proxy run of 150 steps x 32 sees ~4800 examples)
 N_HELD_OUT = 256
 
@@ -64,7 +65,8 @@ def default_workload(task: str = DEFAULT_TASK, *, seed: int = 0, max_examples: i
 
     n_train, n_held_out = split_sizes(max_examples, n_train, n_held_out)
     path = ensure_default_model(recipe, progress=progress)
-    base = LlamaForCausalLM.from_pretrained(path, dtype="float32")
+    with quiet_transformers():
+        base = LlamaForCausalLM.from_pretrained(path, dtype="float32")
     base.config.use_cache = False
     tok = CharTokenizer()
 
@@ -76,4 +78,5 @@ def default_workload(task: str = DEFAULT_TASK, *, seed: int = 0, max_examples: i
         name=f"default:{task}", spec=ModelSpec("planner-default", base.config), model_source=str(path),
         train=encode(train), held_out=encode(held), model_factory=lambda s: copy.deepcopy(base),
         decode=tok.decode, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, metric_name="accuracy",
+        batch_size=BATCH_SIZE,
     )

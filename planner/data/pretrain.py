@@ -41,9 +41,9 @@ class PretrainRecipe:
     heads: int = 4
     kv_heads: int = 2
     intermediate: int = 256
-    seq_len: int = 96
+    seq_len: int = 64
     batch_size: int = 32
-    steps: int = 1200
+    steps: int = 600
     lr: float = 3e-3
     warmup: int = 60
     weight_decay: float = 0.01
@@ -150,6 +150,20 @@ def _file_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide transformers' per-file progress bars while the small default model is saved or loaded."""
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
+
+
 def _complete(path: Path) -> bool:
     return (path / "planner_pretrain.json").is_file() and (path / "config.json").is_file()
 
@@ -166,7 +180,8 @@ def ensure_default_model(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: b
             model, stats = pretrain(recipe, progress=progress)
             tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
             try:
-                model.save_pretrained(tmp)
+                with quiet_transformers():
+                    model.save_pretrained(tmp)
                 CharTokenizer().to_hf().save_pretrained(tmp)
                 meta = {"recipe": dataclasses.asdict(recipe), "version": RECIPE_VERSION, "key": cache_key(recipe), **stats}
                 (tmp / "planner_pretrain.json").write_text(json.dumps(meta, indent=2))

@@ -81,6 +81,18 @@ def addition(rng: random.Random, digits: int = 2) -> tuple[str, str]:
     return f"{a}+{b}=", str(a + b)
 
 
+def increment(rng: random.Random, digits: int = 3, step: int = 9) -> tuple[str, str]:
+    """``"664+7="`` → ``"671"``: a number of up to ``digits`` digits plus 1..``step``."""
+    a, b = rng.randint(0, 10 ** digits - 1), rng.randint(1, step)
+    return f"{a}+{b}=", str(a + b)
+
+
+def maximum(rng: random.Random, count: int = 3, digits: int = 2) -> tuple[str, str]:
+    """``"max 37 82 15:"`` → ``"82"``: the largest of ``count`` distinct numbers."""
+    nums = rng.sample(range(10 ** digits), count)
+    return "max " + " ".join(map(str, nums)) + ":", str(max(nums))
+
+
 def reversal(rng: random.Random, length: int = 5) -> tuple[str, str]:
     """``"reverse kq3z:"`` → ``"z3qk"``: strings of 3..``length`` characters."""
     w = _word(rng, 3, length)
@@ -103,6 +115,8 @@ def lookup(rng: random.Random, keys: int = 6, digits: int = 2) -> tuple[str, str
 
 TASKS: dict[str, Callable[..., tuple[str, str]]] = {
     "addition": addition,
+    "increment": increment,
+    "maximum": maximum,
     "reversal": reversal,
     "sort": sorting,
     "lookup": lookup,

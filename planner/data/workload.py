@@ -35,7 +35,7 @@ class Workload:
 
     def __init__(self, *, name: str, spec, model_source: str, train: list[Example], held_out: list[Example],
                  model_factory: Callable[[int], torch.nn.Module], decode: Callable[[list[int]], str],
-                 pad_id: int, eos_id: int | None, metric_name: Literal["accuracy", "eval_loss"]):
+                 pad_id: int, eos_id: int | None, metric_name: Literal["accuracy", "eval_loss"], batch_size: int = 8):
         self.name = name
         self.spec = spec
         self.model_source = model_source
@@ -49,6 +49,7 @@ class Workload:
         self.eos_id = eos_id
         self.seq_len = max(len(e) for e in self.train + self.held_out)
         self.max_answer_len = max(len(e.answer) for e in self.held_out)
+        self.batch_size = batch_size  # suggested proxy batch size
 
     def __repr__(self) -> str:
         return (f"Workload({self.name!r}, model={self.model_source!r}, {len(self.train)} train / "
