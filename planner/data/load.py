@@ -13,13 +13,14 @@ prompt/answer data and built-in tasks; mean eval loss per answer token (minimize
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 from pathlib import Path
 
 from planner.data.default import DEFAULT_TASK, default_workload, split_sizes, task_examples
 from planner.data.files import read_records, to_pairs
-from planner.data.pretrain import ensure_default_model
+from planner.data.pretrain import ensure_default_model, quiet_transformers
 from planner.data.workload import Example, Workload
 from planner.errors import PlannerError
 
@@ -85,8 +86,9 @@ def _load_model(model: str):
         raise PlannerError(f"--model for fine-tuning must be a model directory or hub id (weights, not a config file), but got {model!r}")
     source = str(local) if local.is_dir() else _hub_source(model)
     try:
-        tok = AutoTokenizer.from_pretrained(source, local_files_only=local.is_dir())
-        base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=local.is_dir())
+        with quiet_transformers() if local.is_dir() else contextlib.nullcontext():  # hub downloads keep their bars
+            tok = AutoTokenizer.from_pretrained(source, local_files_only=local.is_dir())
+            base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=local.is_dir())
     except Exception as exc:  # noqa: BLE001 - missing files, offline hub, unknown architecture: all one answer
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PlannerError(f"--model must be a loadable causal-LM directory or hub id with a tokenizer, but {model!r} failed: {first}") from None
