@@ -63,6 +63,23 @@ def test_cpu_profile_per_layer_bytes(cpu_profile, model_json):
     assert cpu_profile.measured_seq_len == SEQ and cpu_profile.measured_depths == [2, 4]
 
 
+def test_profile_checks_the_cost_model_against_measured_steps(cpu_profile, model_json):
+    from planner.cost import estimate, measure_training_peak
+    from planner.cost.measure import make_batch
+    from planner.cost.profile import role_config
+
+    spec = load_spec(model_json)
+    assert [(c["role"], c["layers"]) for c in cpu_profile.checks] == [
+        (role, n) for role in ("trainable", "frozen_above", "frozen_below") for n in (2, 4)]
+    for c in cpu_profile.checks:
+        cfg = role_config(c["role"], c["layers"], dtype="float32", batch_size=1, seq_len=SEQ)
+        # measured: the same step the cost model's own ground truth measures
+        truth = measure_training_peak(build_model(spec, num_layers=c["layers"]), cfg, make_batch(spec.vocab_size, 1, SEQ))
+        assert c["measured_bytes"] == truth
+        assert c["predicted_bytes"] == estimate(spec.with_layers(c["layers"]), cfg, device="cpu").allocated_bytes
+        assert c["error"] == pytest.approx((c["predicted_bytes"] - truth) / truth)
+
+
 def test_profile_round_trip(cpu_profile, tmp_path):
     path = cpu_profile.save(tmp_path / "p.json")
     again = load_profile(path)
@@ -85,7 +102,7 @@ def test_profile_cli_writes_to_default_dir_and_out(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(mod, "measure_profile", lambda *a, **k: cpu_profile)
     code = main(["profile", "--model", model_json, "--device", "cpu", "--out", str(tmp_path / "x.json")])
     text = capsys.readouterr().out
-    assert code == 0 and f"wrote {tmp_path / 'x.json'}" in text and "frozen_above" in text
+    assert code == 0 and f"wrote {tmp_path / 'x.json'}" in text and "frozen_above" in text and "cost model check" in text
     assert load_profile(tmp_path / "x.json") == cpu_profile
 
 

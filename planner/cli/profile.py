@@ -81,5 +81,12 @@ def run(args) -> int:
     console.print(table)
     console.print(f"context: {prof.context_bytes:,} B   workspace: {prof.workspace_bytes:,} B   "
                   f"fragmentation: {prof.fragmentation:.4f}")
+    check = Table(title="cost model check: peak allocated bytes of each measured step")
+    for col in ("role", "layers", "measured", "predicted", "error"):
+        check.add_column(col, justify="left" if col == "role" else "right")
+    for c in prof.checks:
+        check.add_row(c["role"], str(c["layers"]), f"{c['measured_bytes']:,}", f"{c['predicted_bytes']:,}",
+                      f"{100 * c['error']:+.2f}%")
+    console.print(check)
     console.print(f"wrote {path}")
     return 0

@@ -208,15 +208,22 @@ class _Points:
         self.hooks = hooks
 
 
+def role_config(role: str, depth: int, *, dtype: str, batch_size: int, seq_len: int):
+    """The TrainConfig of one measured run: embeddings and head frozen, layers trained as ``role`` says."""
+    from planner.config import TrainConfig
+
+    layers = {"trainable": list(range(depth)), "frozen_above": [0], "frozen_below": [depth - 1]}[role]
+    return TrainConfig(batch_size=batch_size, seq_len=seq_len, dtype=dtype, layers=layers,
+                       train_embeddings=False, train_head=False)
+
+
 def _one_run(spec, depth: int, role: str, *, device: str, dtype: str, batch_size: int, seq_len: int, meter) -> dict:
     """Allocated bytes at the points of one measured training step (the second one) of ``depth`` layers in ``role``."""
-    from planner.config import TrainConfig
     from planner.cost.measure import make_batch, make_optimizer, prepare_model, state_tensors, training_step
     from planner.spec import build_model
 
-    layers = {"trainable": list(range(depth)), "frozen_above": [0], "frozen_below": [depth - 1]}[role]
-    cfg = TrainConfig(batch_size=batch_size, seq_len=seq_len, dtype=dtype, layers=layers,
-                      train_embeddings=False, train_head=False)
+    cfg = role_config(role, depth, dtype=dtype, batch_size=batch_size, seq_len=seq_len)
+    layers = cfg.layers
     meter.release()
     m_empty = meter.allocated()
     model = prepare_model(build_model(spec, dtype=dtype, num_layers=depth).to(device), cfg, layers)
@@ -229,9 +236,10 @@ def _one_run(spec, depth: int, role: str, *, device: str, dtype: str, batch_size
     points = _Points(meter)
     meter.reset_peak()
     training_step(model, optimizer, batch, hooks=points.hooks)
+    peaks = meter.peaks()
     out = {"weights": m_built - m_empty, "optimizer": m_state - m_built,
            "activation": points.values["forward"] - m_state, "gradient": points.values["backward"] - m_state,
-           "peaks": meter.peaks()}
+           "peaks": peaks, "step_peak": peaks["allocated"] - m_empty}
     del model, optimizer, batch
     return out
 
@@ -287,6 +295,7 @@ def measure_profile(spec, *, device: str = "cuda", dtype: str = "float32", batch
         raise PlannerError(f"--device must be cuda or cpu, but got {device!r}")
     peaks = runs[("trainable", depths[1])]["peaks"]
     fragmentation = _fragmentation(peaks)
+    checks = [model_check(spec, role, n, runs[(role, n)]["step_peak"], **kwargs) for role in ROLES for n in depths]
     return DeviceProfile(
         device=device, device_name=name, total_bytes=total, torch_version=torch.__version__,
         context_bytes=context, workspace_bytes=workspace, fragmentation=fragmentation, measured_model=spec.name,
@@ -294,8 +303,24 @@ def measure_profile(spec, *, device: str = "cuda", dtype: str = "float32", batch
         # measurement conditions and raw peaks, kept so a profile can be checked later
         measured_batch_size=batch_size, measured_seq_len=seq_len, measured_dtype=dtype, measured_depths=list(depths),
         peak_allocated_bytes=peaks["allocated"], peak_reserved_bytes=peaks["reserved"],
-        peak_requested_bytes=peaks["requested"],
+        peak_requested_bytes=peaks["requested"], checks=checks,
     )
+
+
+def model_check(spec, role: str, depth: int, measured: int, *, device: str, dtype: str, batch_size: int,
+                seq_len: int) -> dict:
+    """The cost model's allocated peak for one measured run next to the measured one.
+
+    Measured: ``max_memory_allocated`` (CUDA) or the tracker's peak (CPU) during the second step,
+    less what was allocated before the model was built (cuBLAS workspaces, the context's own).
+    Predicted: ``estimate(...).allocated_bytes`` of the same configuration (no overhead).
+    """
+    from planner.cost import estimate
+
+    cfg = role_config(role, depth, dtype=dtype, batch_size=batch_size, seq_len=seq_len)
+    predicted = int(estimate(spec.with_layers(depth), cfg, device=device).allocated_bytes)
+    return {"role": role, "layers": depth, "measured_bytes": int(measured), "predicted_bytes": predicted,
+            "error": (predicted - measured) / measured if measured else 0.0}
 
 
 def _fragmentation(peaks: dict) -> float:
