@@ -81,6 +81,7 @@ class Sweep:
     curves: list[Curve] = field(default_factory=list)
     points: list[tuple[int, int, int]] = field(default_factory=list)  # (x, peak bytes, trial number)
     note: str = ""
+    gamma: int | None = None  # the γ the lowest-layer curves hold fixed
 
 
 @dataclass
@@ -536,6 +537,7 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         gamma = sweep_base.active_layers or LISA_DEFAULT_GAMMA
         gamma_sweep.curves, g_err = _sweep_curves(spec, sweep_base, estimator, "gamma", gamma)
         depth_sweep.curves, d_err = _sweep_curves(spec, sweep_base, estimator, "depth", gamma)
+        depth_sweep.gamma = gamma
         gamma_sweep.note = _curve_note(f"cost model for {model}; dots: the trials' own predictions", gamma_sweep, g_err)
         depth_sweep.note = _curve_note(f"curves: γ = {gamma}, the sampler never drawing below the layer on the x axis; dots: trials of any γ",
                                        depth_sweep, d_err)
@@ -616,6 +618,7 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
         gamma_sweep, depth_sweep = Sweep("active layers γ"), Sweep("lowest active layer")
         gamma_sweep.curves, g_err = _sweep_curves(spec, sweep_base, estimator, "gamma", gamma)
         depth_sweep.curves, d_err = _sweep_curves(spec, sweep_base, estimator, "depth", gamma)
+        depth_sweep.gamma = gamma
         gamma_sweep.note = _curve_note(f"cost model for {plan.model}", gamma_sweep, g_err)
         depth_sweep.note = _curve_note(f"γ = {gamma}, the sampler never drawing below the layer on the x axis",
                                        depth_sweep, d_err)

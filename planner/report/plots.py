@@ -37,7 +37,7 @@ def _kind(kind: str) -> str:
 
 
 def _budget(ax, data: ReportData, values: list[float], *, vertical: bool = False) -> bool:
-    """Draw the budget line, or, when it lies far beyond every value drawn, say so in a corner instead
+    """Draw the budget line, or, when it lies far beyond every value drawn, only name it in the legend
     (a 24 GB line over sub-GiB bars would flatten them). Returns whether the line was drawn."""
     if data.vram_bytes is None:
         return False
@@ -45,35 +45,49 @@ def _budget(ax, data: ReportData, values: list[float], *, vertical: bool = False
     label = f"VRAM budget {v:.2f} GiB"
     top = max(values, default=0.0)
     if top > 0 and v > OFF_SCALE * top:
-        ax.text(0.99, 0.98, f"{label}: off the scale ({v / top:.0f}× the largest value)", transform=ax.transAxes,
-                ha="right", va="top", fontsize=8, color=BUDGET_COLOR)
+        # an empty line carries the budget into the legend
+        ax.plot([], [], color=BUDGET_COLOR, ls="--", lw=1.2, label=f"{label}\n(off the scale: {v / top:.0f}× the largest value)")
         return False
     (ax.axvline if vertical else ax.axhline)(v, color=BUDGET_COLOR, ls="--", lw=1.2, label=label)
     return True
 
 
-def breakdown_figure(data: ReportData) -> Figure:
-    """Stacked bars of the six memory parts per configuration, with the budget line."""
-    fig = Figure(figsize=(8.5, 4.6), layout="constrained")
-    ax = fig.add_subplot()
+OVERHEAD_ZOOM = 0.5  # when device overhead is over half of a bar, a second panel shows the rest
+
+
+def _stacked(ax, data: ReportData, parts, *, budget: bool, digits: int) -> None:
     labels = [b.label for b in data.bars]
     bottoms = [0.0] * len(data.bars)
-    for part in BREAKDOWN_KEYS:
+    for part in parts:
         vals = [gib(b.breakdown.get(part, 0)) for b in data.bars]
         ax.bar(labels, vals, bottom=bottoms, color=PART_COLORS[part], label=part, width=0.6)
         bottoms = [x + y for x, y in zip(bottoms, vals)]
-    peaks = [gib(b.peak_bytes) for b in data.bars]
     for i, b in enumerate(data.bars):
-        ax.annotate(f"{gib(b.peak_bytes):.2f} GiB\n({b.source})", (i, max(bottoms[i], gib(b.peak_bytes))),
+        ax.annotate(f"{bottoms[i]:.{digits}f} GiB\n({b.source})", (i, bottoms[i]),
                     xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8, zorder=5,
                     bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
-    drawn = _budget(ax, data, peaks)
-    top = max(peaks + ([gib(data.vram_bytes)] if drawn else []) + [0.0])
+    drawn = _budget(ax, data, bottoms) if budget else False
+    top = max(bottoms + ([gib(data.vram_bytes)] if drawn else []) + [0.0])
     ax.set_ylim(0, top * 1.22 if top else 1)
     ax.set_ylabel("predicted peak memory (GiB)")
-    ax.set_title(f"Memory breakdown, {_model_name(data)}")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
+    ax.tick_params(axis="x", labelsize=8)
+
+
+def breakdown_figure(data: ReportData) -> Figure:
+    """Stacked bars of the six memory parts per configuration, with the budget line; when device overhead
+    dominates (small models on a GPU), a second panel without it."""
+    zoom = any(b.peak_bytes and b.breakdown.get("overhead", 0) > OVERHEAD_ZOOM * b.peak_bytes for b in data.bars)
+    fig = Figure(figsize=(13 if zoom else 8.5, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2 if zoom else 1, squeeze=False)[0]
+    _stacked(axes[0], data, BREAKDOWN_KEYS, budget=True, digits=2)
+    axes[0].set_title("predicted peak" if zoom else f"Memory breakdown, {_model_name(data)}", fontsize=10 if zoom else 12)
+    if zoom:
+        _stacked(axes[1], data, [k for k in BREAKDOWN_KEYS if k != "overhead"], budget=False, digits=4)
+        axes[1].set_title("the same without device overhead (CUDA context, workspaces, allocator)", fontsize=10)
+        axes[1].set_ylabel("predicted peak without overhead (GiB)")
+        fig.suptitle(f"Memory breakdown, {_model_name(data)}")
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return fig
 
 
@@ -106,6 +120,8 @@ def tradeoff_figure(data: ReportData) -> Figure:
     for i, p in enumerate(gated):
         marker, color, _ = KIND_STYLE[_kind(p.kind)]
         strip.scatter([gib(p.peak_bytes)], [(i % 3) - 1], marker=marker, facecolor="none", edgecolor=color, s=50, lw=1.2)
+    if not gated:
+        strip.text(0.5, 0.5, "none", transform=strip.transAxes, ha="center", va="center", color="gray")
     strip.set_ylim(-2, 2)
     strip.set_yticks([])
     strip.set_ylabel("gated", rotation=0, ha="right", va="center")
@@ -146,14 +162,16 @@ def sweeps_figure(data: ReportData) -> Figure:
         ax.set_ylabel("predicted peak memory (GiB)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if sweep.note:
-            ax.set_title(sweep.note, fontsize=8)
+        title = f"against {sweep.x_label}"
+        if sweep.gamma is not None and sweep.curves:
+            title += f" (curves: γ = {sweep.gamma})"
+        ax.set_title(title, fontsize=10)
     seen: dict[str, object] = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=min(4, len(seen)), fontsize=8,
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=2 if len(seen) > 3 else len(seen), fontsize=8,
                    frameon=False)
     fig.suptitle(f"Predicted peak memory, {_model_name(data)}")
     return fig
