@@ -1,0 +1,204 @@
+"""End-to-end searches on a tiny workload: the budget gate, the trial record, resume, failures, Ctrl-C."""
+
+import math
+
+import optuna
+import pytest
+import torch
+from tune_helpers import tiny_workload
+
+from planner.config import TrainConfig
+from planner.errors import PlannerError
+from planner.plan import BREAKDOWN_KEYS, Plan
+from planner.sampling import DivergedError
+from planner.tune import InfeasibleBudget, TuneOptions, run_tune
+from planner.tune.baselines import KINDS
+from planner.tune.gate import BudgetGate
+from planner.tune.proxy import run_proxy
+from planner.tune.space import SearchSpace
+from planner.tune.storage import open_storage
+from planner.tune.objective import INTERRUPTED
+from planner.tune.result import finished
+from planner.tune.study import Interrupted, check_feasible
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread; on a busy machine it costs 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def wl():
+    return tiny_workload()
+
+
+def peaks(wl):
+    """Predicted peaks (device cpu) of the cheapest and the dearest configuration of the tiny model."""
+    gate = BudgetGate(wl.spec, 1, device="cpu")
+    space = SearchSpace(num_layers=wl.spec.num_layers, scorers=("uniform",), seq_len=wl.seq_len)
+    low = min(gate.predict(space.train_config(p)).peak_bytes for p in space.cheapest_points())
+    high = gate.predict(TrainConfig(batch_size=space.default_batch_size, seq_len=wl.seq_len,
+                                    active_layers=wl.spec.num_layers)).peak_bytes
+    return low, high
+
+
+def options(tmp_path, vram, **kw):
+    base = dict(vram=vram, n_trials=10, steps=STEPS, eval_every=2, storage=f"sqlite:///{tmp_path}/s.db", study="t",
+                device="cpu", out=str(tmp_path / "plan.yaml"))
+    return TuneOptions(**{**base, **kw})
+
+
+class Recorder:
+    """The real proxy trainer, recording which configurations actually trained."""
+
+    def __init__(self, fail=None):
+        self.trained = []
+        self.fail = fail
+
+    def __call__(self, workload, params, **kw):
+        self.trained.append((params, kw["batch_size"]))
+        if self.fail is not None:
+            self.fail(params, len(self.trained))
+        return run_proxy(workload, params, **kw)
+
+
+def test_no_trial_trains_over_budget(tmp_path, wl):
+    low, high = peaks(wl)
+    vram = (low + high) // 2
+    rec = Recorder()
+    result = run_tune(options(tmp_path, vram, n_trials=14), workload=wl, progress=False, proxy=rec)
+    study = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
+    trials = study.trials
+    gated = [t for t in trials if t.user_attrs.get("gated")]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert gated, "a budget between the cheapest and the dearest configuration must gate some trials"
+    assert complete
+    for t in complete:
+        assert t.user_attrs["predicted_peak_bytes"] <= vram and t.user_attrs["fits"] is True
+    for t in gated:
+        assert t.state == optuna.trial.TrialState.PRUNED
+        assert t.user_attrs["predicted_peak_bytes"] > vram and t.user_attrs["fits"] is False
+        assert "exceeds the budget" in t.user_attrs["reason"] and "metric" not in t.user_attrs
+    # the proxy trainer saw only configurations that fit
+    gate = BudgetGate(wl.spec, vram, device="cpu")
+    space = SearchSpace(num_layers=wl.spec.num_layers, scorers=("uniform",), seq_len=wl.seq_len)
+    assert len(rec.trained) == len(trials) - len(gated)
+    for params, _ in rec.trained:
+        assert gate.predict(space.train_config(params)).peak_bytes <= vram
+    assert result.plan.predicted_peak_bytes <= vram
+    assert result.counts["gated"] == len(gated)
+
+
+def test_trial_record_contract_and_plan(tmp_path, wl):
+    _, high = peaks(wl)
+    result = run_tune(options(tmp_path, high * 2, n_trials=6), workload=wl, progress=False)
+    study = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
+    assert {k: study.user_attrs[k] for k in ("vram_bytes", "metric_name", "direction", "device", "multi_objective")} == \
+        {"vram_bytes": high * 2, "metric_name": "eval_loss", "direction": "minimize", "device": "cpu", "multi_objective": False}
+    for key in ("model", "model_type", "num_layers", "layers_attribute", "workload"):
+        assert key in study.user_attrs
+    assert study.user_attrs["layers_attribute"] == "model.layers" and study.user_attrs["num_layers"] == 3
+    kinds = [t.user_attrs["kind"] for t in study.trials]
+    assert kinds[:3] == list(KINDS) and set(kinds[3:]) == {"search"}
+    for t in study.trials:
+        a = t.user_attrs
+        assert set(t.params) >= {"gamma", "period", "scorer", "train_embeddings", "train_head", "lr"}
+        assert set(a["breakdown"]) == set(BREAKDOWN_KEYS) and all(isinstance(v, int) for v in a["breakdown"].values())
+        assert isinstance(a["predicted_peak_bytes"], int) and a["gated"] is False and a["fits"] is True
+        assert a["lowest_layer"] == min(a["trainable_layers"])
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert math.isclose(a["metric"], t.value) and a["train_seconds"] > 0
+            assert 0 < len(a["importance"]) <= 50
+            assert {"step", "active", "weights"} <= set(a["importance"][0])
+    assert study.trials[2].params["lora_rank"] == 16  # the LoRA baseline
+    plan = Plan.load(tmp_path / "plan.yaml")
+    assert plan == result.plan
+    assert plan.study_name == "t" and plan.trial_number == result.best_trial_number and plan.vram_bytes == high * 2
+    assert {b.name for b in plan.baselines} == {"lisa", "full", "lora"}
+    best = study.trials[plan.trial_number]
+    assert plan.metric == best.user_attrs["metric"] == min(t.value for t in study.trials if t.value is not None)
+    assert plan.active_layers == best.params["gamma"] and plan.train.active_layers == best.params["gamma"]
+    assert plan.breakdown.model_dump() == best.user_attrs["breakdown"]
+
+
+def test_resume_keeps_finished_trials(tmp_path, wl):
+    _, high = peaks(wl)
+    run_tune(options(tmp_path, high, n_trials=4), workload=wl, progress=False)
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    first = [(t.number, t.params, t.state) for t in optuna.load_study(study_name="t", storage=storage).trials]
+    run_tune(options(tmp_path, high, n_trials=6), workload=wl, progress=False)
+    after = optuna.load_study(study_name="t", storage=storage).trials
+    assert len(after) == 6 and [(t.number, t.params, t.state) for t in after[:4]] == first
+    # a finished study resumed with the same total trains nothing more
+    run_tune(options(tmp_path, high, n_trials=6), workload=wl, progress=False)
+    assert len(optuna.load_study(study_name="t", storage=storage).trials) == 6
+    # resuming with another budget is refused
+    with pytest.raises(PlannerError, match="resumed with the settings"):
+        run_tune(options(tmp_path, high * 3, n_trials=7), workload=wl, progress=False)
+
+
+def test_infeasible_budget_names_the_smallest_that_fits(tmp_path, wl):
+    low, _ = peaks(wl)
+    with pytest.raises(InfeasibleBudget, match=f"at least {low} B"):
+        run_tune(options(tmp_path, low - 1), workload=wl, progress=False)
+    space = SearchSpace(num_layers=wl.spec.num_layers, scorers=("uniform",), seq_len=wl.seq_len)
+    check_feasible(space, BudgetGate(wl.spec, low, device="cpu"))  # exactly that budget passes
+
+
+def test_diverged_and_crashed_trials_fail_and_the_study_goes_on(tmp_path, wl):
+    _, high = peaks(wl)
+
+    def fail(params, n):
+        if n == 4:
+            raise DivergedError(3, float("nan"))
+        if n == 5:
+            raise RuntimeError("boom")
+
+    result = run_tune(options(tmp_path, high * 2, n_trials=7), workload=wl, progress=False, proxy=Recorder(fail))
+    trials = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db")).trials
+    assert len(trials) == 7
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.number for t in failed] == [3, 4]
+    assert failed[0].user_attrs["reason"].startswith("diverged") and "RuntimeError: boom" in failed[1].user_attrs["reason"]
+    assert result.counts["fail"] == 2 and result.counts["complete"] == 5
+
+
+def test_ctrl_c_stops_cleanly_and_resume_loses_nothing(tmp_path, wl):
+    _, high = peaks(wl)
+
+    def interrupt(params, n):
+        if n == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match="resume with: planner tune") as err:
+        run_tune(options(tmp_path, high * 2, n_trials=7), workload=wl, progress=False, proxy=Recorder(interrupt))
+    assert err.value.exit_code == 130 and "--study t" in str(err.value)
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    before = optuna.load_study(study_name="t", storage=storage).trials
+    done = [(t.number, t.params) for t in before if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 4
+    run_tune(options(tmp_path, high * 2, n_trials=7), workload=wl, progress=False)
+    after = optuna.load_study(study_name="t", storage=storage).trials
+    assert [(t.number, t.params) for t in after if t.number < 4] == done
+    # the interrupted trial is failed with its reason and not counted: 7 finished trials besides it
+    assert [t.user_attrs["reason"] for t in after if t.state == optuna.trial.TrialState.FAIL] == [INTERRUPTED]
+    assert sum(finished(t) for t in after) == 7 and len(after) == 8
+
+
+def test_multi_objective_keeps_a_pareto_front(tmp_path, wl):
+    low, high = peaks(wl)
+    result = run_tune(options(tmp_path, high, n_trials=8, multi_objective=True), workload=wl, progress=False)
+    study = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
+    assert len(study.directions) == 2 and study.user_attrs["multi_objective"] is True
+    front = study.best_trials
+    assert front and result.pareto
+    assert {p["trial"] for p in result.pareto} <= {t.number for t in front}
+    for t in front:
+        assert t.values[1] == t.user_attrs["predicted_peak_bytes"] <= high
+    assert result.plan.trial_number in {t.number for t in front}
