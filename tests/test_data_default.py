@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from planner.data import pretrain as pretrain_mod
+from planner.data import load_workload
 from planner.data.default import default_workload, task_examples
 from planner.data.pretrain import PretrainRecipe, cache_dir, cache_key, ensure_default_model
 from planner.data.tasks import TASKS, corpus_text
@@ -185,10 +186,10 @@ def test_evaluate_scores_exact_matches(wl, monkeypatch):
 @pytest.mark.slow
 def test_default_recipe_pretrains_and_a_proxy_run_learns(tmp_path, monkeypatch):
     monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path))
-    wl = default_workload(n_held_out=128)
+    wl = load_workload(seed=0)
     model = wl.new_model(0)
     before = wl.evaluate(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     it = wl.train_batches(32, seed=0)
     for _ in range(100):
         loss = model(**next(it)).loss
@@ -196,4 +197,4 @@ def test_default_recipe_pretrains_and_a_proxy_run_learns(tmp_path, monkeypatch):
         opt.step()
         opt.zero_grad()
     after = wl.evaluate(model)
-    assert after > before + 0.1
+    assert after > before + 0.2

@@ -149,3 +149,22 @@ def test_to_pairs_prefers_the_first_field_pair():
     assert kind == "pairs" and pairs == [("i", "r")]
     kind, pairs = to_pairs([{"text": "t"}, {"text": " "}], "x")
     assert kind == "text" and pairs == [("", "t")]
+
+
+def test_data_without_model_uses_the_default_model(tmp_path, monkeypatch):
+    """The cached default model directory is an ordinary HF directory: its saved tokenizer reads user data."""
+    import planner.data.load as load_mod
+    from planner.data.pretrain import PretrainRecipe, ensure_default_model
+
+    tiny = PretrainRecipe(layers=2, hidden=32, heads=2, kv_heads=1, intermediate=64, seq_len=32, batch_size=4, steps=2, warmup=1)
+    monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(load_mod, "ensure_default_model", lambda: ensure_default_model(tiny, progress=False))
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"question": p, "answer": a} for p, a in _pairs(20)])
+    wl = load_workload(None, data)
+    assert wl.model_source == str(ensure_default_model(tiny, progress=False))
+    assert wl.spec.num_layers == 2 and wl.metric_name == "accuracy"
+    tok = CharTokenizer()
+    e = wl.train[0]
+    assert list(e.prompt) == tok.encode(tok.decode(e.prompt), bos=True)  # same ids as the built-in tokenizer
+    assert tok.decode(e.prompt).startswith("double ") and tok.decode(e.prompt).endswith("\n")
+    assert 0.0 <= wl.evaluate(wl.new_model(0)) <= 1.0
