@@ -148,3 +148,35 @@ def test_cli_errors_are_one_line_exit_2(workdir, tmp_path, monkeypatch, capsys, 
     err = capsys.readouterr().err
     assert re.search(pattern, err) and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_figures_name_their_axes_in_gib(rendered):
+    from planner.report import plots
+
+    d = rendered[0]
+    for name, (draw, _) in plots.FIGURES.items():
+        fig = draw(d)
+        labels = " ".join(ax.get_ylabel() + " " + ax.get_xlabel() for ax in fig.axes)
+        if name in ("breakdown", "sweeps", "tradeoff"):
+            assert "(GiB)" in labels, name
+    tradeoff = plots.tradeoff_figure(d)
+    legend = [t.get_text() for t in tradeoff.axes[0].get_legend().get_texts()]
+    assert "Pareto front" in legend and "tuned plan (#4)" in legend and "full fine-tuning, gated" in legend
+    assert "VRAM budget 8.00 GiB" in legend
+
+
+def test_overhead_panel_and_off_scale_budget(tmp_path):
+    from dataclasses import replace
+
+    from planner.report import plots
+    from planner.units import GiB, MiB
+
+    d = rdata.study_report_data(make_study(tmp_path), estimator=fake_estimator)
+    small = [replace(b, breakdown={**{k: 10 * MiB for k in b.breakdown}, "overhead": 512 * MiB},
+                     peak_bytes=562 * MiB) for b in d.bars]
+    d = replace(d, bars=small, vram_bytes=24 * GiB)
+    fig = plots.breakdown_figure(d)
+    assert len(fig.axes) == 2 and "without overhead" in fig.axes[1].get_ylabel()
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any("off the scale" in t for t in legend)
+    assert fig.axes[0].get_ylim()[1] < 1.0  # the 24 GiB budget does not flatten the bars
