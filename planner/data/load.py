@@ -22,7 +22,7 @@ from planner.data.default import DEFAULT_TASK, default_workload, split_sizes, ta
 from planner.data.files import read_records, to_pairs
 from planner.data.pretrain import ensure_default_model, quiet_transformers
 from planner.data.workload import Example, Workload
-from planner.errors import PlannerError
+from planner.errors import PlannerError, collect
 
 MIN_EXAMPLES = 10
 HELD_OUT_FRACTION = 0.1
@@ -34,8 +34,14 @@ PROMPT_SEPARATOR = "\n"  # between a user prompt and its answer
 def load_workload(model: str | None = None, data: str | None = None, *, seed: int = 0,
                   max_examples: int | None = None, max_seq_len: int = MAX_SEQ_LEN) -> "Workload":
     """The workload of ``model`` and ``data`` (either or both may be None: see the module docstring)."""
+    problems = []
     if max_examples is not None and max_examples < MIN_EXAMPLES:
-        raise PlannerError(f"max_examples must be >= {MIN_EXAMPLES}, but got {max_examples}")
+        problems.append(f"max_examples must be >= {MIN_EXAMPLES}, but got {max_examples}")
+    if max_seq_len < 2:
+        problems.append(f"max_seq_len must be >= 2 tokens, but got {max_seq_len}")
+    collect(problems)
+    model = None if model is None else str(model)
+    data = None if data is None else str(data)
     if model is None and data is None:
         return default_workload(seed=seed, max_examples=max_examples)
     if data is None:
