@@ -2,14 +2,11 @@
 
 import itertools
 
-import numpy as np
 import pytest
 
 from planner.config import TrainConfig
 from planner.cost import LiveBytesTracker, estimate
-from planner.cost.compose import Family, roles_of, simulate
-from planner.cost.estimator import _opt_peaks, _trainable_tensors, embeddings_grad, get_family, get_trace
-from planner.cost.optimizer import get_optimizer
+from planner.cost.estimator import get_trace
 from planner.errors import PlannerError
 from planner.plan import BREAKDOWN_KEYS
 
@@ -42,16 +39,17 @@ def test_fake_trace_equals_real_trace(tiny):
     assert real.layers == fake.layers and real.segments == fake.segments
 
 
-@pytest.mark.parametrize("train_embeddings", [False, True])
-def test_worst_case_matches_brute_force_over_all_draws(tiny, train_embeddings):
-    spec = tiny("llama", num_layers=6, hidden=64, vocab=256)
+@pytest.mark.parametrize("arch,train_embeddings", [("llama", False), ("llama", True), ("gpt2", False)])
+def test_worst_case_matches_brute_force_over_all_draws(tiny, arch, train_embeddings):
+    spec = tiny(arch, num_layers=6, hidden=64, vocab=256)
     for gamma, min_depth in [(1, 0), (2, 0), (2, 1), (3, 1)]:
-        cfg = TrainConfig(active_layers=gamma, min_depth=min_depth, train_embeddings=train_embeddings, **CFG)
+        cfg = TrainConfig(active_layers=gamma, min_depth=min_depth, train_embeddings=train_embeddings,
+                          train_head=train_embeddings, **CFG)
         est = estimate(spec, cfg, device="cpu")
         assert len(est.trainable_layers) == gamma and min(est.trainable_layers) >= min_depth
         brute = 0
         for draw in itertools.combinations(range(min_depth, 6), gamma):
-            static = TrainConfig(layers=list(draw), train_embeddings=train_embeddings, **CFG)
+            static = TrainConfig(layers=list(draw), train_embeddings=train_embeddings, train_head=train_embeddings, **CFG)
             brute = max(brute, estimate(spec, static, device="cpu").peak_bytes)
         assert est.peak_bytes == brute, (gamma, min_depth)
 

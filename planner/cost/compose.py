@@ -91,7 +91,9 @@ def _sequence(fam: Family, roles: list[int], opt_peak: tuple[int, int]) -> list[
     for i in reversed(range(len(roles))):
         if roles[i] != FB:
             seq.append((f"backward of layer {i}", fam.layer("bwd", roles[i], i)))
-    seq.append(("backward of layer 0", fam.segments["shared_release"]))
+    lowest = next((i for i, r in enumerate(roles) if r != FB), None)
+    where = f"backward of layer {lowest}" if lowest is not None else "head backward (loss, logits, final norm)"
+    seq.append((where, fam.segments["shared_release"]))
     if "embed_bwd" in fam.segments:
         seq.append(("embedding backward", fam.segments["embed_bwd"]))
     seq.append(("end of backward", fam.segments["tail"]))
@@ -147,66 +149,60 @@ def simulate(fam: Family, roles: list[int], opt_peak: tuple[int, int]) -> Simula
 
 
 def peak_many(fam: Family, role_matrix: np.ndarray, opt_peaks: np.ndarray, *, cuda: bool) -> np.ndarray:
-    """Peak above base for each row of ``role_matrix`` (configs × layers of role codes), vectorized."""
+    """Peak above base for each row of ``role_matrix`` (configs × layers of role codes), vectorized.
+
+    The same sequence as :func:`simulate`, as a configs × segments matrix of net changes ``d`` and
+    peaks ``p``: peak = max_k(cumsum(d)_k - d_k + p_k).
+    """
     c, n = role_matrix.shape
+    x_in = cuda_bytes(fam.input_bytes) if cuda else fam.input_bytes
 
     def stat(seg: Segment):
         return (seg.delta_cuda, seg.peak_cuda) if cuda else (seg.net, seg.peak)
 
-    fd = np.zeros((4, 2), dtype=np.int64)
-    bd = np.zeros((4, 2), dtype=np.int64)
-    present = np.unique(role_matrix)
-    for r in present:
-        f = fam.layer("fwd", int(r))
-        fd[r] = stat(f)
-        if fam.frees_input.get(ROLES[r], False):
-            from planner.cost.trace import cuda_block_bytes
+    present = np.flatnonzero(np.bincount(role_matrix.ravel(), minlength=4))
 
-            fd[r, 0] -= cuda_block_bytes(fam.input_bytes) if cuda else fam.input_bytes
-        bd[r] = stat(fam.layer("bwd", int(r)))
-    cols_d, cols_p = [], []
+    def table(phase: str, index: int) -> np.ndarray:
+        out = np.zeros((4, 2), dtype=np.int64)
+        for r in present:
+            out[r] = stat(fam.layer(phase, int(r), index))
+            if phase == "fwd" and fam.frees_input.get(ROLES[r], False):
+                out[r, 0] -= x_in  # the layer's input is freed as its forward returns
+        return out
 
-    def add(d, p):
-        cols_d.append(np.broadcast_to(np.asarray(d, dtype=np.int64), (c,)))
-        cols_p.append(np.broadcast_to(np.asarray(p, dtype=np.int64), (c,)))
-
-    add(*stat(fam.segments["embed_fwd"]))
-    fwd_d = fd[role_matrix, 0].copy()
-    fwd_p = fd[role_matrix, 1].copy()
-    x0 = np.zeros(c, dtype=np.int64)
-    if fam.x0_held:
-        frees0 = np.array([fam.frees_input.get(ROLES[r], False) for r in range(4)])[role_matrix[:, 0]]
-        x0_bytes = (cuda_bytes(fam.input_bytes) if cuda else fam.input_bytes)
-        fwd_d[:, 0] += np.where(frees0, x0_bytes, 0)  # layer 0 frees its input only when the model returns
-        x0 = np.where(frees0, -x0_bytes, 0)
-    fd0 = fd.copy()
-    bd0 = bd.copy()
-    for r in present:
-        f0 = fam.layer("fwd", int(r), 0)
-        fd0[r] = stat(f0)
-        if fam.frees_input.get(ROLES[r], False):
-            fd0[r, 0] -= cuda_bytes(fam.input_bytes) if cuda else fam.input_bytes
-        bd0[r] = stat(fam.layer("bwd", int(r), 0))
+    fd, fd0, bd, bd0 = table("fwd", 1), table("fwd", 0), table("bwd", 1), table("bwd", 0)
+    fixed_head = [stat(fam.segments[name]) for name in ("embed_fwd",)]
+    tail = [fam.segments["shared_release"]] + ([fam.segments["embed_bwd"]] if "embed_bwd" in fam.segments else []) + [fam.segments["tail"]]
+    k = 1 + n + 1 + 1 + 1 + 1 + n + len(tail) + 1
+    d = np.zeros((c, k), dtype=np.int64)
+    p = np.zeros((c, k), dtype=np.int64)
+    d[:, 0], p[:, 0] = fixed_head[0]
+    d[:, 1:1 + n] = fd[role_matrix, 0]
+    p[:, 1:1 + n] = fd[role_matrix, 1]
     r0 = role_matrix[:, 0]
-    fwd_d[:, 0] += fd0[r0, 0] - fd[r0, 0]
-    fwd_p[:, 0] = fd0[r0, 1]
-    for j in range(n):
-        add(fwd_d[:, j], fwd_p[:, j])
-    add(x0, 0)
-    add(*stat(fam.segments["head_fwd"]))
+    d[:, 1], p[:, 1] = fd0[r0, 0], fd0[r0, 1]
+    col = 1 + n
+    if fam.x0_held:  # layer 0's input is held by the model until its forward returns
+        frees0 = np.array([fam.frees_input.get(ROLES[r], False) for r in range(4)])[r0]
+        d[:, 1] += np.where(frees0, x_in, 0)
+        d[:, col] = np.where(frees0, -x_in, 0)
+    col += 1
+    d[:, col], p[:, col] = stat(fam.segments["head_fwd"])
+    col += 1
     deferred = np.array([fam.deferred.get(ROLES[r], (0, 0))[1 if cuda else 0] for r in range(4)], dtype=np.int64)
-    add(-deferred[role_matrix].sum(axis=1), 0)
-    add(*stat(fam.segments["head_bwd"]))
-    for j in reversed(range(n)):
-        table = bd0 if j == 0 else bd
-        add(table[role_matrix[:, j], 0], table[role_matrix[:, j], 1])
-    add(*stat(fam.segments["shared_release"]))
-    if "embed_bwd" in fam.segments:
-        add(*stat(fam.segments["embed_bwd"]))
-    add(*stat(fam.segments["tail"]))
-    add(0, opt_peaks)
-    d = np.stack(cols_d, axis=1)
-    p = np.stack(cols_p, axis=1)
+    d[:, col] = -deferred[role_matrix].sum(axis=1)
+    col += 1
+    d[:, col], p[:, col] = stat(fam.segments["head_bwd"])
+    col += 1
+    rev = role_matrix[:, ::-1]
+    d[:, col:col + n] = bd[rev, 0]
+    p[:, col:col + n] = bd[rev, 1]
+    d[:, col + n - 1], p[:, col + n - 1] = bd0[r0, 0], bd0[r0, 1]
+    col += n
+    for seg in tail:
+        d[:, col], p[:, col] = stat(seg)
+        col += 1
+    p[:, col] = opt_peaks
     before = np.cumsum(d, axis=1) - d
     return (before + p).max(axis=1)
 

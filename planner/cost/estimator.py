@@ -84,10 +84,20 @@ def _use_fake(spec, cfg: TrainConfig, n_layers: int) -> bool:
     return approx > FAKE_TRACE_ABOVE
 
 
+_fingerprints: dict[int, tuple[object, str]] = {}
+
+
+def _fingerprint(spec) -> str:
+    hit = _fingerprints.get(id(spec.config))
+    if hit is None or hit[0] is not spec.config:
+        hit = _fingerprints[id(spec.config)] = (spec.config, fingerprint(spec))
+    return hit[1]
+
+
 def get_trace(spec, cfg: TrainConfig, roles: list[str], *, fake: bool | None = None) -> TraceResult:
     """The trace of ``spec`` at ``len(roles)`` layers with these roles, from cache when possible."""
     fake = _use_fake(spec, cfg, len(roles)) if fake is None else fake
-    key_data = [fingerprint(spec), cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.amp, cfg.gradient_checkpointing,
+    key_data = [_fingerprint(spec), cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.amp, cfg.gradient_checkpointing,
                 cfg.lora_rank, cfg.train_embeddings, cfg.train_head, list(roles), _versions()]
     key = hashlib.sha256(json.dumps(key_data).encode()).hexdigest()[:32]
     with _lock:
@@ -119,19 +129,25 @@ def get_trace(spec, cfg: TrainConfig, roles: list[str], *, fake: bool | None = N
     return tr
 
 
-def trace_patterns(embeddings_grad: bool, has_layers: bool, roles0: set[str] = frozenset(),
+def trace_patterns(embeddings_grad: bool, roles: set[str], roles0: set[str],
                    max_layers: int = MAX_TRACE_LAYERS) -> list[list[str]]:
-    """Reduced-depth role sequences that together cover every role of a family, each role above
-    position 0 and each role in ``roles0`` at position 0 (layer 0's input is the embeddings output)."""
-    if embeddings_grad:
-        if not has_layers:
+    """Reduced-depth role sequences (at most ``max_layers`` layers) that together cover every role
+    in ``roles`` above position 0 and every role in ``roles0`` at position 0 (layer 0's input is
+    the embeddings output, which the model may hold until its forward returns)."""
+    if embeddings_grad:  # roles T, FA
+        if roles <= {"FA"}:
             return [["FA", "FA"]]
-        return [["T", "FA", "T"] if r0 == "T" else ["FA", "T", "FA"] for r0 in sorted(roles0 or {"T"})]
-    if not has_layers:
+        return [["T", "FA", "T"] if r0 == "T" else ["FA", "T", "FA"] for r0 in sorted(roles0)]
+    if roles <= {"FB"}:
         return [["FB", "FB"]]
-    if max_layers >= 4:
-        return [["FB", "T0", "FA", "T"]] + ([["T0", "T"]] if "T0" in roles0 else [])
-    return [["FB", "T0", "FA"], ["T0", "T"]]
+    above = [r for r in ("FA", "T") if r in roles]
+    patterns = []
+    if "FB" in roles0:  # FB* T0 (FA|T)*: T0 above position 0 needs an FB below it
+        full = ["FB", "T0"] + above
+        patterns += [full] if len(full) <= max_layers else [full[:max_layers], ["T0"] + full[max_layers:]]
+    if ("T0" in roles0 or not patterns) and not any(p[0] == "T0" for p in patterns):
+        patterns.append(["T0"] + (above or ["FA"]))
+    return patterns
 
 
 def embeddings_grad(spec, cfg: TrainConfig) -> bool:
@@ -141,18 +157,22 @@ def embeddings_grad(spec, cfg: TrainConfig) -> bool:
     return cfg.train_embeddings or (spec.tied_embeddings and cfg.train_head) or cfg.gradient_checkpointing
 
 
-def get_family(spec, cfg: TrainConfig, has_layers: bool, roles0: set[str] = frozenset(), *,
+def get_family(spec, cfg: TrainConfig, roles: set[str], roles0: set[str], *,
                fake: bool | None = None, max_trace_layers: int = MAX_TRACE_LAYERS) -> Family:
-    patterns = trace_patterns(embeddings_grad(spec, cfg), has_layers, roles0, max_trace_layers)
-    return Family.merge([get_trace(spec, cfg, p, fake=fake) for p in patterns])
+    """Segments for every role in ``roles`` (and ``roles0`` at layer 0) of this config's family."""
+    patterns = trace_patterns(embeddings_grad(spec, cfg), roles, roles0, max_trace_layers)
+    fam = Family.merge([get_trace(spec, cfg, p, fake=fake) for p in patterns])
+    fam.patterns = patterns
+    return fam
 
 
 # -- composition ----------------------------------------------------------------
 def _trainable_tensors(fam: Family, cfg: TrainConfig, n_layers_trained: int) -> list[tuple[int, int]]:
     lora = bool(cfg.lora_rank)
+    """Trainable tensors in the model's parameter order: embeddings, decoder layers, head."""
     per_layer = [(n, b) for n, b, is_lora in fam.params["layer"] if is_lora or not lora]
-    out = per_layer * n_layers_trained
-    out += [(n, b) for n, b, tied in fam.params["embeddings"] if cfg.train_embeddings or (tied and cfg.train_head)]
+    out = [(n, b) for n, b, tied in fam.params["embeddings"] if cfg.train_embeddings or (tied and cfg.train_head)]
+    out += per_layer * n_layers_trained
     if cfg.train_head:
         out += [(n, b) for n, b in fam.params["head"]]
     return out
@@ -176,18 +196,18 @@ def _opt_peaks(fam, cfg, opt, device, counts: np.ndarray) -> tuple[np.ndarray, n
 
 
 def worst_case_sets(num_layers: int, gamma: int, min_depth: int) -> np.ndarray:
-    """Candidate draws of γ layers from ``min_depth..L-1``: lowest layer l, k layers directly above
-    it and the other γ-1-k at the top (rows of a configs × layers boolean matrix)."""
+    """Candidate draws of γ layers from ``min_depth..L-1``: for each lowest layer l, the other γ-1
+    directly above l, or at the top (rows of a configs × layers boolean matrix). At the backward
+    of a layer i, live memory is the activations of layers <= i plus the gradients of trainable
+    layers > i: moving a trainable layer across i trades its larger activations for its gradients,
+    so the worst draw puts all of them on one side, the top or right above l. Checked against
+    brute force over every draw in tests."""
     L = num_layers
-    rows = []
-    j = np.arange(L)
-    for low in range(min_depth, L - gamma + 1):
-        for k in range(gamma):
-            top = gamma - 1 - k
-            mask = (j == low) | ((j > low) & (j <= low + k)) | (j >= L - top)
-            if mask.sum() == gamma:
-                rows.append(mask)
-    return np.unique(np.array(rows), axis=0)
+    low = np.arange(min_depth, L - gamma + 1)[:, None]
+    j = np.arange(L)[None, :]
+    above = (j >= low) & (j < low + gamma)
+    top = (j == low) | (j >= L - (gamma - 1))
+    return np.concatenate([above, top]) if gamma > 1 else above
 
 
 def _role_matrix(masks: np.ndarray, e_grad: bool) -> np.ndarray:
@@ -226,8 +246,10 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
     if not has_layers and not (cfg.train_embeddings or cfg.train_head):
         raise PlannerError("a training config must train something, but it trains no layer, embeddings or head")
     roles = _role_matrix(masks, e_grad)
-    roles0 = {ROLES[int(r)] for r in np.unique(roles[:, 0])}
-    fam = get_family(spec, cfg, has_layers, roles0, fake=fake, max_trace_layers=max_trace_layers)
+    present = np.bincount(roles.ravel(), minlength=4)
+    needed = {ROLES[r] for r in np.flatnonzero(present)}
+    roles0 = {ROLES[r] for r in np.flatnonzero(np.bincount(roles[:, 0], minlength=4))}
+    fam = get_family(spec, cfg, needed, roles0, fake=fake, max_trace_layers=max_trace_layers)
     counts = masks.sum(axis=1)
     opt_raw, opt_cuda = _opt_peaks(fam, cfg, opt, device, np.unique(counts))
     lookup = {int(k): i for i, k in enumerate(np.unique(counts))}
@@ -260,4 +282,4 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
     return MemoryEstimate(peak_bytes=peak, breakdown=breakdown, trainable_layers=chosen,
                           phase=sim.phase_cuda if cuda else sim.phase, device=device,
                           allocated_bytes=allocated, reserved_bytes=reserved,
-                          details={"candidates": int(len(masks))})
+                          details={"candidates": int(len(masks)), "traces": getattr(fam, "patterns", [])})

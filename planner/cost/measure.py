@@ -99,12 +99,14 @@ def state_tensors(model: nn.Module, optimizer=None, batch: dict | None = None) -
 
 
 def measure_training_peak(model: nn.Module, cfg: TrainConfig, batch: dict | torch.Tensor, steps: int = 2,
-                          *, layers: list[int] | None = None) -> int:
+                          *, layers: list[int] | None = None, foreach: bool | None = None) -> int:
     """Peak live tensor bytes during the last of ``steps`` real training steps on CPU.
 
     ``model`` is built in ``cfg.dtype``; this applies ``cfg`` (trainable set, LoRA, gradient
     checkpointing) to it. ``layers`` overrides the trainable set (required for ``active_layers``
-    configs: pass the draw to measure). Weights, optimizer state and the batch count.
+    configs: pass the draw to measure). ``foreach=True`` runs the multi-tensor optimizer CUDA
+    uses (its temporaries are the same list of tensors on CPU). Weights, optimizer state and the
+    batch count.
     """
     if isinstance(batch, torch.Tensor):
         batch = {"input_ids": batch, "labels": batch}
@@ -119,7 +121,7 @@ def measure_training_peak(model: nn.Module, cfg: TrainConfig, batch: dict | torc
         cfg.check_against(num_layers)
         layers = cfg.trainable_layers(num_layers)
     model = prepare_model(model, cfg, layers)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, foreach=foreach)
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()  # frees happen by refcount, deterministically

@@ -1,6 +1,6 @@
 """Optimizer state and optimizer-step temporaries, one strategy per optimizer, registered by name.
 
-Each strategy answers, for the trainable tensors ``(numel, bytes_per_element)``:
+Each strategy answers, for the trainable tensors ``(numel, bytes_per_element)`` in parameter order:
 ``state_bytes`` (alive during the whole step) and ``step_peak`` (temporaries on top of
 weights + grads + state while ``optimizer.step()`` runs). ``block`` is how a device counts one
 tensor's bytes (identity on CPU, 512-byte rounding on CUDA).
@@ -37,8 +37,10 @@ class AdamW:
         if not tensors:
             return 0
         if device == "cpu":
-            # single tensor: denom = (v.sqrt() / c).add_(eps) holds sqrt(v) and its quotient at once
-            return max(2 * block(n * b) for n, b in tensors)
+            # single tensor, in parameter order: denom_i = (v_i.sqrt() / c).add_(eps) holds sqrt(v_i)
+            # and its quotient at once, while denom_{i-1} is still bound until the assignment
+            sizes = [block(n * b) for n, b in tensors]
+            return max(2 * cur + prev for prev, cur in zip([0] + sizes[:-1], sizes))
         # foreach: torch._foreach_sqrt(v) materializes sqrt(v) for every tensor of the group at once
         return sum(block(n * b) for n, b in tensors)
 
