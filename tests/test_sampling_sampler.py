@@ -120,7 +120,7 @@ def _run_and_measure(model, sampler, steps, tracker=None):
 
 def test_live_memory_flat_over_200_switches(tiny):
     """Live storage bytes after each step stay constant over 200 switches (every step switches)."""
-    from planner.cost.tracker import LiveBytesTracker
+    from planner.cost import LiveBytesTracker
 
     model = build_model(tiny("llama", num_layers=3, hidden=32))
     s = LayerSampler(model, gamma=1, period=1, scorer="cyclic")

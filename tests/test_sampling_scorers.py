@@ -122,6 +122,9 @@ def test_gradnorm_learns_from_real_gradients(tiny):
     assert set(s.scorer.count) == {0, 1, 2, 3}
     w = s.history[-1]["weights"]
     assert max(range(4), key=w.__getitem__) == 2
+    sparse = LayerSampler(model, gamma=1, period=1, scorer="gradnorm", scorer_options={"every": 4}, seed=0)
+    train_layerwise(model, [batch()], sampler=sparse, steps=12, lr=1e-6)
+    assert sum(sparse.scorer.count.values()) == 3  # steps 0, 4, 8
 
 
 def test_ist_scores_move_with_the_reward(model4):

@@ -9,6 +9,7 @@ layers cost nothing and live memory stays flat across switches.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,14 @@ def _dot_self(g: torch.Tensor) -> float:
     return float(torch.dot(v, v))
 
 
+def _as_int(value):
+    """Integers of any kind (numpy's included) as int; anything else unchanged, for the error to name."""
+    try:
+        return operator.index(value) if not isinstance(value, bool) else value
+    except TypeError:
+        return value
+
+
 class LayerSampler:
     """Keeps ``gamma`` of the decoder layers ``min_depth..L-1`` trainable, re-drawn every ``period`` steps.
 
@@ -49,6 +58,7 @@ class LayerSampler:
         self.model = model
         self.parts = find_parts(model)
         self.num_layers = self.parts.num_layers
+        gamma, period, min_depth = (_as_int(v) for v in (gamma, period, min_depth))
         problems = []
         if not isinstance(gamma, int) or gamma < 1:
             problems.append(f"gamma must be an integer >= 1, but got gamma={gamma!r}")
@@ -142,7 +152,7 @@ class LayerSampler:
 
     def after_backward(self, step: int) -> None:
         """Call after backward, before the optimizer step: feeds gradient norms to scorers that learn from them."""
-        if not self.scorer.wants_gradients:
+        if not (self.scorer.wants_gradients and self.scorer.gradients_due(step)):
             return
         norms = {}
         with torch.no_grad():

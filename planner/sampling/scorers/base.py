@@ -109,6 +109,10 @@ class Scorer:
     def calibrate(self, model, batch: dict) -> None:
         """Measure what the scorer needs from one batch (called before the first draw of training)."""
 
+    def gradients_due(self, step: int) -> bool:
+        """Whether to read gradient norms after step ``step`` (only asked when ``wants_gradients``)."""
+        return True
+
     def on_gradients(self, step: int, norms: dict[int, float]) -> None:
         """Gradient L2 norm of each active layer, after backward and before the optimizer step."""
 

@@ -12,20 +12,27 @@ class GradNormScorer(Scorer):
 
     ``ema=None`` keeps the plain mean; ``ema=β`` an exponential mean ḡ ← β·ḡ + (1−β)·g. A layer
     never measured gets the optimistic prior ``prior × max_l ḡ_l`` (1.0 before any measurement), so
-    every layer is explored before the estimate settles.
+    every layer is explored before the estimate settles. ``every=n`` reads the norms on every
+    n-th step only (a read costs one pass over the active layers' gradients).
     """
 
     wants_gradients = True
 
-    def __init__(self, *, ema: float | None = None, prior: float = 1.0) -> None:
+    def __init__(self, *, ema: float | None = None, prior: float = 1.0, every: int = 1) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise PlannerError(f"gradnorm scorer `every` must be an integer >= 1, but got every={every!r}")
         if ema is not None and not 0.0 <= ema < 1.0:
             raise PlannerError(f"gradnorm scorer `0 <= ema < 1` must hold, but got ema={ema}")
         if not prior > 0:
             raise PlannerError(f"gradnorm scorer `prior > 0` must hold, but got prior={prior}")
         self.ema = ema
         self.prior = float(prior)
+        self.every = every
         self.mean: dict[int, float] = {}
         self.count: dict[int, int] = {}
+
+    def gradients_due(self, step: int) -> bool:
+        return step % self.every == 0
 
     def on_gradients(self, step: int, norms: dict[int, float]) -> None:
         for i, g in norms.items():
