@@ -23,7 +23,7 @@ L = 4
 DIST = {
     "gamma": IntDistribution(1, L),
     "period": CategoricalDistribution([5, 10, 20, 40]),
-    "scorer": CategoricalDistribution(["uniform", "gradnorm", "ist"]),
+    "scorer": CategoricalDistribution(["uniform", "gradnorm", "ist", "semantic"]),
     "train_embeddings": CategoricalDistribution([True, False]),
     "train_head": CategoricalDistribution([True, False]),
     "lr": FloatDistribution(1e-4, 1e-2, log=True),
@@ -317,3 +317,22 @@ def test_plan_deltas_use_the_plan_baselines_when_a_bar_is_missing(tmp_path):
     d = rdata.plan_report_data(_plan(str(cfg)), name="p", estimator=no_lora)
     assert [b.key for b in d.bars] == ["full", "lisa", "plan"] and "LoRA: the cost model failed" in d.notes["breakdown"]
     assert {r.key: r for r in d.savings}["plan"].delta_vs_lora == pytest.approx(0.2)
+
+
+def test_importance_one_row_per_step_and_static_scorers_left_out(tmp_path):
+    study = optuna.create_study(study_name="imp", direction="maximize")
+    study.set_user_attr("num_layers", L)
+    flat = [0.25] * L
+    records = {  # scorer -> history: a re-draw at step 0 replaces the first record
+        "semantic": [{"step": 0, "active": [0], "weights": [0.4, 0.2, 0.2, 0.2]}, {"step": 0, "active": [1], "weights": flat},
+                     {"step": 20, "active": [2], "weights": flat}],
+        "ist": [{"step": 0, "active": [0], "weights": flat}, {"step": 0, "active": [1], "weights": flat},
+                {"step": 10, "active": [2], "weights": [0.3, 0.2, 0.25, 0.25]}],
+    }
+    for scorer, hist in records.items():
+        params = {"gamma": 1, "period": 20, "scorer": scorer, "train_embeddings": True, "train_head": True, "lr": 1e-3,
+                  "lora_rank": 0}
+        study.add_trial(create_trial(state=TrialState.COMPLETE, values=[0.5], params=params, distributions=DIST,
+                                     user_attrs={"kind": "search", "importance": hist, "fits": True}))
+    d = rdata.study_report_data(study, use_cost_model=False)
+    assert [(m.scorer, m.steps, m.active) for m in d.importance] == [("ist", [0, 10], [[1], [2]])]

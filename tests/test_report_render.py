@@ -177,6 +177,19 @@ def test_overhead_panel_and_off_scale_budget(tmp_path):
     d = replace(d, bars=small, vram_bytes=24 * GiB)
     fig = plots.breakdown_figure(d)
     assert len(fig.axes) == 2 and "without overhead" in fig.axes[1].get_ylabel()
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert any("off the scale" in t for t in legend)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("off the scale" in t for t in legend) and "activations" in legend
     assert fig.axes[0].get_ylim()[1] < 1.0  # the 24 GiB budget does not flatten the bars
+
+
+def test_table_keeps_sub_gib_differences_visible(tmp_path):
+    from dataclasses import replace
+
+    from planner.report.render import savings_rows
+    from planner.units import MiB
+
+    d = rdata.study_report_data(make_study(tmp_path), estimator=fake_estimator)
+    bars = [replace(b, peak_bytes=p * MiB) for b, p in zip(d.bars, (600, 590, 591, 594))]
+    _, rows = savings_rows(replace(d, savings=rdata.savings_table(bars)))
+    # 600 MiB = 0.5859 GiB; 10 MiB saved = 0.0098 GiB (1.7 %)
+    assert rows[0][1] == "0.5859" and rows[1][3] == "0.0098" and rows[1][4] == "1.7"

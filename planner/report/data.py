@@ -392,6 +392,8 @@ def _importance_maps(trials, points: dict[int, TrialPoint], num_layers: int | No
     for t in trials:
         rec = t.user_attrs.get("importance") or []
         rows = [r for r in rec if isinstance(r, dict) and r.get("weights")]
+        # a re-draw at the step of the previous record replaces it: one row per step
+        rows = [r for i, r in enumerate(rows) if i + 1 == len(rows) or rows[i + 1].get("step") != r.get("step")]
         if len(rows) < 2:
             continue
         weights = [[float(w) for w in r["weights"]] for r in rows]

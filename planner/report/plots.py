@@ -84,10 +84,11 @@ def breakdown_figure(data: ReportData) -> Figure:
     axes[0].set_title("predicted peak" if zoom else f"Memory breakdown, {_model_name(data)}", fontsize=10 if zoom else 12)
     if zoom:
         _stacked(axes[1], data, [k for k in BREAKDOWN_KEYS if k != "overhead"], budget=False, digits=4)
-        axes[1].set_title("the same without device overhead (CUDA context, workspaces, allocator)", fontsize=10)
+        axes[1].set_title("without device overhead (CUDA context, workspaces, allocator)", fontsize=10)
         axes[1].set_ylabel("predicted peak without overhead (GiB)")
         fig.suptitle(f"Memory breakdown, {_model_name(data)}")
-    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False)
     return fig
 
 
@@ -182,12 +183,16 @@ def importance_figure(data: ReportData) -> Figure:
     n = len(data.importance)
     fig = Figure(figsize=(4.2 * n + 1.0, 4.2), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
-    vmax = max(max(max(r) for r in m.weights) for m in data.importance) or 1.0
+    # one colour scale over the weights' own range: adaptive weights often move by a few percent
+    vmin = min(min(min(r) for r in m.weights) for m in data.importance)
+    vmax = max(max(max(r) for r in m.weights) for m in data.importance)
+    if vmax <= vmin:
+        vmin, vmax = 0.0, vmax or 1.0
     im = None
     for ax, m in zip(axes, data.importance):
         # rows of the image are layers (layer 0 at the bottom), columns the recorded steps
         grid = [[m.weights[s][layer] for s in range(len(m.steps))] for layer in range(m.num_layers)]
-        im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax,
+        im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,
                        extent=(-0.5, len(m.steps) - 0.5, -0.5, m.num_layers - 0.5), interpolation="nearest")
         xs = [i for i, act in enumerate(m.active) for _ in act]
         ys = [a for act in m.active for a in act]

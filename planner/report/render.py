@@ -32,8 +32,14 @@ SECTION_TEXT = {
 }
 
 
-def _fmt_gib(n) -> str:
-    return "-" if n is None else f"{gib(n):.2f}"
+def _gib_digits(data: ReportData) -> int:
+    """Decimals that keep a table of sub-GiB peaks readable: 2 from 10 GiB up, 3 from 1 GiB, else 4."""
+    top = max((gib(r.peak_bytes) for r in data.savings), default=0.0)
+    return 2 if top >= 10 else (3 if top >= 1 else 4)
+
+
+def _fmt_gib(n, digits: int = 2) -> str:
+    return "-" if n is None else f"{gib(n):.{digits}f}"
 
 
 def _fmt_signed(x, digits: int = 4) -> str:
@@ -52,9 +58,9 @@ def savings_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
     """The savings table as header and formatted cells (shared by both writers)."""
     head = ["configuration", "peak (GiB)", "fits", "saved vs full (GiB)", "saved vs full (%)", data.metric_name,
             "Δ vs LoRA", "Δ vs LISA defaults"]
-    rows = []
+    rows, digits = [], _gib_digits(data)
     for r in data.savings:
-        rows.append([r.label, _fmt_gib(r.peak_bytes), _fits(r.fits), _fmt_gib(r.saving_bytes),
+        rows.append([r.label, _fmt_gib(r.peak_bytes, digits), _fits(r.fits), _fmt_gib(r.saving_bytes, digits),
                      "-" if r.saving_pct is None else f"{r.saving_pct:.1f}", _fmt(r.metric),
                      _fmt_signed(r.delta_vs_lora), _fmt_signed(r.delta_vs_lisa)])
     return head, rows
