@@ -193,3 +193,14 @@ def test_table_keeps_sub_gib_differences_visible(tmp_path):
     _, rows = savings_rows(replace(d, savings=rdata.savings_table(bars)))
     # 600 MiB = 0.5859 GiB; 10 MiB saved = 0.0098 GiB (1.7 %)
     assert rows[0][1] == "0.5859" and rows[1][3] == "0.0098" and rows[1][4] == "1.7"
+
+
+def test_cli_names_a_tune_plan_after_its_study(tmp_path, monkeypatch):
+    from planner.spec.tiny import tiny_spec
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_spec("llama", num_layers=4).config.to_dict()))
+    _plan(str(cfg)).save(tmp_path / "studies" / "mystudy" / "plan.yaml")
+    assert main(["report", "studies/mystudy/plan.yaml", "--dpi", "40"]) == 0
+    assert "plan: γ = 2, K = 20, scorer gradnorm" in (tmp_path / "reports" / "mystudy-plan" / "report.md").read_text()

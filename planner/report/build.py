@@ -37,7 +37,10 @@ def write_report(*, study: str | None = None, storage: str | None = None, plan: 
         from planner.plan import Plan
 
         p = Plan.load(plan)
-        data = rdata.plan_report_data(p, name=Path(plan).stem, device=device)
+        path = Path(plan)
+        # studies/<study>/plan.yaml is how `planner tune` names plans: call it "<study>-plan"
+        name = f"{path.resolve().parent.name}-plan" if path.stem == "plan" else path.stem
+        data = rdata.plan_report_data(p, name=name, device=device)
     out_dir = Path(out) if out is not None else DEFAULT_REPORTS_DIR / _safe_name(data.name)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

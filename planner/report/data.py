@@ -142,6 +142,7 @@ class ReportData:
     notes: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     synthetic: bool = False
+    details: list[str] = field(default_factory=list)  # one-line facts about where the data came from
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -559,6 +560,9 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         "running": states.count("RUNNING") + states.count("WAITING"),
     }
     synthetic = bool(ua.get("synthetic", False))
+    details = [f"{k.replace('_', ' ')}: {ua[k]}" for k in ("workload", "steps", "seed") if ua.get(k) is not None]
+    if details:
+        details = ["study settings: " + ", ".join(details).replace("steps:", "proxy steps per trial:")]
     title = f"planner report: study {study.study_name}" + (" (SYNTHETIC study, not measured)" if synthetic else "")
     return ReportData(
         name=study.study_name, title=title, source="study", model=model, num_layers=num_layers,
@@ -566,7 +570,7 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         bars=bars, trials=points, best_trial=best.number if best else None,
         gamma_sweep=gamma_sweep, depth_sweep=depth_sweep, importance=importance,
         history=_history(points, direction), savings=savings_table(bars), notes=notes, counts=counts,
-        synthetic=synthetic,
+        synthetic=synthetic, details=details,
     )
 
 
@@ -638,6 +642,9 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
         num_layers=plan.num_layers, vram_bytes=plan.vram_bytes, metric_name=plan.metric_name, direction="maximize",
         device=device, bars=bars, best_trial=plan.trial_number, gamma_sweep=gamma_sweep, depth_sweep=depth_sweep,
         savings=savings_table(bars, metrics), notes=notes,
+        details=[f"plan: γ = {plan.active_layers}, K = {plan.period}, scorer {plan.scorer}, embeddings "
+                 f"{'trained' if plan.train_embeddings else 'frozen'}, head {'trained' if plan.train_head else 'frozen'}"
+                 + (f", from study {plan.study_name} trial #{plan.trial_number}" if plan.study_name else "")],
     )
 
 

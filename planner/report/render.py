@@ -78,6 +78,7 @@ def _summary(data: ReportData) -> list[str]:
         lines.append("tuned plan: " + (f"trial #{data.best_trial}" if data.best_trial is not None else "none"))
     else:
         lines.append(NO_STUDY)
+    lines += data.details
     if data.synthetic:
         lines.append("SYNTHETIC: this study's trials were made up to show the report, not measured")
     return lines
