@@ -15,11 +15,10 @@ from planner.tune import InfeasibleBudget, TuneOptions, run_tune
 from planner.tune.baselines import KINDS
 from planner.tune.gate import BudgetGate
 from planner.tune.proxy import run_proxy
-from planner.tune.space import SearchSpace
 from planner.tune.storage import open_storage
 from planner.tune.objective import INTERRUPTED
 from planner.tune.result import finished
-from planner.tune.study import Interrupted, check_feasible
+from planner.tune.study import Interrupted, build_space, check_feasible
 
 STEPS = 6
 
@@ -41,7 +40,7 @@ def wl():
 def peaks(wl):
     """Predicted peaks (device cpu) of the cheapest and the dearest configuration of the tiny model."""
     gate = BudgetGate(wl.spec, 1, device="cpu")
-    space = SearchSpace(num_layers=wl.spec.num_layers, scorers=("uniform",), seq_len=wl.seq_len)
+    space = build_space(wl, TuneOptions(vram=1))
     low = min(gate.predict(space.train_config(p)).peak_bytes for p in space.cheapest_points())
     high = gate.predict(TrainConfig(batch_size=space.default_batch_size, seq_len=wl.seq_len,
                                     active_layers=wl.spec.num_layers)).peak_bytes
@@ -87,7 +86,7 @@ def test_no_trial_trains_over_budget(tmp_path, wl):
         assert "exceeds the budget" in t.user_attrs["reason"] and "metric" not in t.user_attrs
     # the proxy trainer saw only configurations that fit
     gate = BudgetGate(wl.spec, vram, device="cpu")
-    space = SearchSpace(num_layers=wl.spec.num_layers, scorers=("uniform",), seq_len=wl.seq_len)
+    space = build_space(wl, TuneOptions(vram=1))
     assert len(rec.trained) == len(trials) - len(gated)
     for params, _ in rec.trained:
         assert gate.predict(space.train_config(params)).peak_bytes <= vram
@@ -147,7 +146,7 @@ def test_infeasible_budget_names_the_smallest_that_fits(tmp_path, wl):
     low, _ = peaks(wl)
     with pytest.raises(InfeasibleBudget, match=f"at least {low} B"):
         run_tune(options(tmp_path, low - 1), workload=wl, progress=False)
-    space = SearchSpace(num_layers=wl.spec.num_layers, scorers=("uniform",), seq_len=wl.seq_len)
+    space = build_space(wl, TuneOptions(vram=1))
     check_feasible(space, BudgetGate(wl.spec, low, device="cpu"))  # exactly that budget passes
 
 

@@ -8,6 +8,7 @@ SQLite for a few local workers, PostgreSQL/MySQL for many machines, a journal fi
 from __future__ import annotations
 
 import importlib.util
+import time
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from planner.errors import PlannerError
 
 DEFAULT_STORAGE = "sqlite:///studies/planner.db"
 JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
+SCHEMA_RETRIES = 3
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 
 
@@ -78,9 +80,21 @@ def open_storage(url: str):
         # heartbeats let a crashed worker's running trial be marked failed by the others
         kwargs = {"heartbeat_interval": 60, "grace_period": 180}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are stable enough for us
-            storage = RDBStorage(_driver_url(url), **kwargs)
+        storage = None
+        for attempt in range(SCHEMA_RETRIES):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are stable enough for us
+                    storage = RDBStorage(_driver_url(url), **kwargs)
+                break
+            except ImportError:
+                raise
+            except Exception:
+                # two processes creating a fresh database race on its schema: the loser retries
+                # and finds the tables the winner made
+                if attempt == SCHEMA_RETRIES - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except ImportError as exc:
         raise PlannerError(f"--storage {url!r} needs its database driver installed (pip install 'planner[postgres]' for PostgreSQL): {exc}") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's connection errors are many; each means "cannot open"
