@@ -58,7 +58,7 @@ def test_task_answers_are_correct():
         assert len(pairs) == table.count(" ") + 1  # keys are distinct
         assert pairs[key] == a
         p, a = TASKS["maximum"](rng)
-        nums = [int(x) for x in p[len("max "):-1].split()]
+        nums = [int(x) for x in p[len("max "):-2].split()]
         assert int(a) == max(nums) and len(set(nums)) == len(nums)
         p, a = TASKS["increment"](rng)
         x, y = p[:-1].split("+")
@@ -140,7 +140,7 @@ def test_train_batches_mask_prompt_and_are_seeded(wl):
         answer = labels[labels != IGNORE_INDEX].tolist()
         assert answer[-1] == EOS
         prompt = tok.decode(b["input_ids"][row][: n - len(answer)])
-        assert prompt.startswith("max ") and prompt.endswith(":") and (b["labels"][row][n:] == IGNORE_INDEX).all()
+        assert prompt.startswith("max ") and prompt.endswith(": ") and (b["labels"][row][n:] == IGNORE_INDEX).all()
     again = next(wl.train_batches(8, seed=5))
     assert torch.equal(again["input_ids"], b["input_ids"])
     assert not torch.equal(next(wl.train_batches(8, seed=6))["input_ids"], b["input_ids"])

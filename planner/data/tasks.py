@@ -88,9 +88,9 @@ def increment(rng: random.Random, digits: int = 3, step: int = 9) -> tuple[str, 
 
 
 def maximum(rng: random.Random, count: int = 3, digits: int = 2) -> tuple[str, str]:
-    """``"max 37 82 15:"`` → ``"82"``: the largest of ``count`` distinct numbers."""
+    """``"max 37 82 15: "`` → ``"82"``: the largest of ``count`` distinct numbers (the prompt ends as corpus lines that list numbers do)."""
     nums = rng.sample(range(10 ** digits), count)
-    return "max " + " ".join(map(str, nums)) + ":", str(max(nums))
+    return "max " + " ".join(map(str, nums)) + ": ", str(max(nums))
 
 
 def reversal(rng: random.Random, length: int = 5) -> tuple[str, str]:
