@@ -1,4 +1,19 @@
-"""Workloads for proxy fine-tuning: the embedded default and users' own model and data."""
+"""Workloads for proxy fine-tuning: the embedded default and users' own model and data.
+
+``load_workload()`` with no arguments is the embedded default: a 4-layer Llama (hidden 128,
+character tokenizer) pretrained on built-in procedural text (counting, number words,
+neighbours, comparisons, copying) on first use and cached under ``$PLANNER_CACHE_DIR`` or
+``~/.cache/planner``, fine-tuned on a different built-in task, ``maximum`` ("max 37 82 15: " →
+"82"), scored by exact-match accuracy of the greedy answer on a held-out split (maximize).
+
+``load_workload(model, data)``: ``model`` is a hub id, a preset or a local model directory
+(offline); ``data`` is a ``.jsonl``/``.json``/``.csv``/``.tsv`` file with
+``instruction``/``response``, ``prompt``/``completion`` or ``question``/``answer`` fields
+(optional ``input``) scored by exact-match accuracy (maximize), or with a ``text`` field, or a
+``.txt``/``.md`` file (one example per line, or per paragraph when blank lines separate them),
+scored by held-out eval loss in nats per token (minimize); a name that is not a local file is
+tried as a Hugging Face ``datasets`` name (its ``train`` split; needs the network).
+"""
 
 from planner.data.load import load_workload
 from planner.data.workload import Example, Workload

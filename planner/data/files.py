@@ -34,7 +34,7 @@ def read_records(data: str) -> list[dict]:
     if kind is None:
         raise PlannerError(f"--data file must end in one of {', '.join(FORMATS)}, but got {data!r}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not part of a field name
     except (OSError, UnicodeDecodeError) as exc:
         raise PlannerError(f"--data file must be readable UTF-8 text, but {data!r} is not ({exc})") from None
     if kind == "jsonl":
