@@ -122,7 +122,6 @@ def measure_training_peak(model: nn.Module, cfg: TrainConfig, batch: dict | torc
         layers = cfg.trainable_layers(num_layers)
     model = prepare_model(model, cfg, layers)
     optimizer = make_optimizer(model, cfg, foreach=foreach)
-    gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()  # frees happen by refcount, deterministically
     try:

@@ -227,7 +227,6 @@ def run_trace(spec, roles: list[str], *, batch_size: int, seq_len: int, dtype: s
                       train_embeddings=train_embeddings, train_head=train_head)
     layers = trainable_for_roles(roles)
     mode = FakeTensorMode(allow_non_fake_inputs=False) if fake else contextlib.nullcontext()
-    gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
