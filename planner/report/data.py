@@ -16,10 +16,9 @@ from typing import Any, Callable
 from planner.config import TrainConfig
 from planner.errors import PlannerError
 from planner.plan import BREAKDOWN_KEYS, Plan
-from planner.units import GiB
-
 from planner.tune.baselines import LORA_BASELINE_RANK
 from planner.tune.space import LISA_GAMMA as LISA_DEFAULT_GAMMA
+from planner.units import GiB
 
 MAX_SWEEP_POINTS = 16  # cost-model evaluations per curve; a 80-layer model is sampled, not walked
 MAX_IMPORTANCE_MAPS = 4

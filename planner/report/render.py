@@ -6,7 +6,7 @@ import base64
 import html
 from pathlib import Path
 
-from planner.report.data import NO_STUDY, ReportData, gib
+from planner.report.data import NO_STUDY, SECTIONS, ReportData, gib
 from planner.units import format_bytes
 
 SECTION_TITLES = {
@@ -106,7 +106,8 @@ def write_html(data: ReportData, figures: dict[str, Path], path: str | Path) -> 
     ]
     parts += [f"<li>{esc(line)}</li>" for line in _summary(data)]
     parts.append("</ul>")
-    for section, title in SECTION_TITLES.items():
+    for section in SECTIONS:
+        title = SECTION_TITLES[section]
         parts.append(f'<section id="{section}"><h2>{esc(title)}</h2><p>{esc(SECTION_TEXT[section])}</p>')
         if section in data.notes:
             parts.append(f'<p class="note">{esc(data.notes[section])}</p>')
@@ -131,7 +132,8 @@ def write_markdown(data: ReportData, figures: dict[str, Path], path: str | Path)
     path = Path(path)
     lines = [f"# {data.title}", ""]
     lines += [f"- {line}" for line in _summary(data)]
-    for section, title in SECTION_TITLES.items():
+    for section in SECTIONS:
+        title = SECTION_TITLES[section]
         lines += ["", f"## {title}", "", SECTION_TEXT[section], ""]
         if section in data.notes:
             lines += [f"**{data.notes[section]}**", ""]
