@@ -55,6 +55,9 @@ def test_jsonl_pairs_with_local_model(model_dir, tmp_path):
     row = batch["labels"][0]
     answer = row[row != IGNORE_INDEX].tolist()
     assert answer[-1] == tok.eos_token_id and tok.decode(answer) in targets
+    assert next(wl.train_batches(40, seed=0))["input_ids"].shape[0] == 40  # more than the 27 training examples
+    with pytest.raises(PlannerError, match="batch_size must be an integer >= 1"):
+        next(wl.train_batches(0, seed=0))
     model = wl.new_model(0)
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.use_cache is False
     assert 0.0 <= wl.evaluate(model) <= 1.0

@@ -14,6 +14,8 @@ from typing import Callable, Iterator, Literal
 
 import torch
 
+from planner.errors import PlannerError
+
 IGNORE_INDEX = -100  # labels that the loss skips (the prompt, padding)
 EVAL_BATCH = 64  # held-out examples decoded at once
 
@@ -64,10 +66,12 @@ class Workload:
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[dict]:
         """Endless batches (shuffled epochs, seeded): ``input_ids``, ``attention_mask``, ``labels``."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise PlannerError(f"batch_size must be an integer >= 1, but got {batch_size!r}")
         rng = random.Random(seed)
         order: list[int] = []
         while True:
-            if len(order) < batch_size:
+            while len(order) < batch_size:  # a small training set: batches span epochs
                 more = list(range(len(self.train)))
                 rng.shuffle(more)
                 order.extend(more)
