@@ -205,6 +205,8 @@ def test_profile_json_changes_overhead(capsys, model_json, tmp_path):
     path = prof.save(tmp_path / "gpu.json")
     code, custom = run_json(capsys, *args, "--profile", str(path))
     assert code == 0 and custom["profile"].startswith(str(path))
+    check_contract(default)
+    check_contract(custom)
     grown = custom["breakdown"]["overhead"] - default["breakdown"]["overhead"]
     assert grown == 3 * GiB - default_profile("cuda").context_bytes
     for key in ("weights", "gradients", "optimizer", "activations", "transient"):
