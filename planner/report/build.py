@@ -5,8 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from planner.errors import PlannerError
+
+if TYPE_CHECKING:
+    from planner.report.data import ReportData
 
 DEFAULT_REPORTS_DIR = Path("reports")
 
@@ -16,7 +20,7 @@ class ReportFiles:
     html: Path
     markdown: Path
     figures: dict[str, Path]
-    data: object  # planner.report.data.ReportData
+    data: "ReportData"
 
 
 def _safe_name(name: str) -> str:
