@@ -5,6 +5,32 @@
     est.peak_bytes, est.breakdown, est.trainable_layers, est.phase, est.to_dict()
 
 Measured truth (tests, the sampler's checks): ``LiveBytesTracker`` and ``measure_training_peak``.
+
+How (modules in order of the data flow):
+- ``tracker``: a TorchDispatchMode summing live tensor-storage bytes (works under FakeTensorMode);
+- ``trainable``/``measure``: the training step as the HF Trainer runs it, and its measured peak;
+- ``trace``: one step of the model at 2-3 layers, cut into segments per layer role;
+- ``compose``: the segments replayed at full depth; the peak is the running sum's maximum;
+- ``optimizer``: optimizer state and step temporaries, one strategy per optimizer;
+- ``estimator``: ``estimate()``, trace caches, the sampler's worst case, device overhead;
+- ``analytic``: paper formulas, cross-checked against traces in tests.
+
+What is modelled, and how:
+- peak = largest live total during the second training step (state exists), use_cache=False;
+- dtype: parameters, gradients and AdamW moments in that dtype; ``amp``: fp32 weights and state,
+  forward under autocast (traced on CPU: CPU autocast's op lists; GradScaler's in-place
+  unscale is not modelled);
+- optimizers: AdamW single-tensor loop on CPU (peak temporaries max_i(2·b_i + b_{i-1})), foreach
+  on CUDA (sqrt(v) of every trainable tensor at once: Σ b_i); SGD without momentum (no state,
+  in-place update); AdamW8bit analytic (see planner.cost.optimizer);
+- tied embeddings, LoRA, embeddings/head: see planner.cost.trainable;
+- gradient checkpointing: transformers' non-reentrant checkpointing, which makes the embedding
+  output require grad, so every layer (frozen ones too) backpropagates and is recomputed;
+- ``device="cuda"``: every tensor counted as a 512-byte CUDA block (allocated); reserved =
+  allocated·(1 + fragmentation); overhead = reserved - tensor bytes + CUDA context + cuBLAS
+  workspaces (constants from a DeviceProfile or planner.cost.device defaults). The trace itself
+  runs on CPU: CUDA kernels that keep different tensors (flash attention's dropout state instead
+  of a mask) are not seen.
 """
 
 from planner.cost.estimator import MemoryEstimate, estimate
