@@ -161,9 +161,21 @@ def get_family(spec, cfg: TrainConfig, roles: set[str], roles0: set[str], *,
                fake: bool | None = None, max_trace_layers: int = MAX_TRACE_LAYERS) -> Family:
     """Segments for every role in ``roles`` (and ``roles0`` at layer 0) of this config's family."""
     patterns = trace_patterns(embeddings_grad(spec, cfg), roles, roles0, max_trace_layers)
-    fam = Family.merge([get_trace(spec, cfg, p, fake=fake) for p in patterns])
+    traces = [get_trace(spec, cfg, patterns[0], fake=fake)]
+    first = traces[0]
+    if len(patterns) == 2 and patterns[0][0] == patterns[0][-1] and _position_free(first, patterns[0][0]):
+        # the role traced at layer 0 and above it has the same figures: layer 0 is not special
+        # in this family, and the other role needs no trace of its own at layer 0
+        patterns = patterns[:1]
+    traces += [get_trace(spec, cfg, p, fake=fake) for p in patterns[1:]]
+    fam = Family.merge(traces)
     fam.patterns = patterns
     return fam
+
+
+def _position_free(trace: TraceResult, role: str) -> bool:
+    """Whether ``role`` has the same segments at layer 0 as above it in ``trace``."""
+    return all(trace.layers.get(f"{ph}0:{role}") == trace.layers.get(f"{ph}:{role}") for ph in ("fwd", "bwd"))
 
 
 # -- composition ----------------------------------------------------------------
