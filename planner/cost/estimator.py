@@ -261,7 +261,14 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
     present = np.bincount(roles.ravel(), minlength=4)
     needed = {ROLES[r] for r in np.flatnonzero(present)}
     roles0 = {ROLES[r] for r in np.flatnonzero(np.bincount(roles[:, 0], minlength=4))}
-    fam = get_family(spec, cfg, needed, roles0, fake=fake, max_trace_layers=max_trace_layers)
+    try:
+        fam = get_family(spec, cfg, needed, roles0, fake=fake, max_trace_layers=max_trace_layers)
+    except PlannerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model transformers builds but the trace cannot run
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise PlannerError(f"the cost model must trace {spec.name} ({spec.model_type}) at reduced depth, "
+                           f"but the traced training step failed: {type(exc).__name__}: {first}") from exc
     counts = masks.sum(axis=1)
     opt_raw, opt_cuda = _opt_peaks(fam, cfg, opt, device, np.unique(counts))
     lookup = {int(k): i for i, k in enumerate(np.unique(counts))}
