@@ -244,13 +244,13 @@ def _variants(args):
 def _run_table(args, spec, cfg, prof, profile_line, vram) -> int:
     from rich.table import Table
 
-    from planner.cost.plans import _eh_label, candidate_plans, largest_fitting_gamma, smallest_fitting
+    from planner.cost.plans import variant_label, candidate_plans, largest_fitting_gamma, smallest_fitting
     from planner.plan import BREAKDOWN_KEYS
 
     variants = _variants(args)
     cands = candidate_plans(spec, cfg, args.device, prof, embedding_variants=variants)
     cheapest = smallest_fitting(cands)
-    largest = {_eh_label(e, h): largest_fitting_gamma(cands, vram, train_embeddings=e, train_head=h) if vram else None
+    largest = {variant_label(e, h): largest_fitting_gamma(cands, vram, train_embeddings=e, train_head=h) if vram else None
                for e, h in variants}
     any_fits = vram is None or cheapest.peak_bytes <= vram
     if args.json:

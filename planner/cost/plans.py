@@ -55,7 +55,8 @@ class Candidate:
         return out
 
 
-def _eh_label(train_embeddings: bool, train_head: bool) -> str:
+def variant_label(train_embeddings: bool, train_head: bool) -> str:
+    """``E+H``, ``E``, ``H`` or ``frozen E+H``: the suffix of layer-wise rows and the key of their largest γ."""
     if train_embeddings and train_head:
         return "E+H"
     if train_embeddings:
@@ -79,7 +80,7 @@ def candidate_configs(base_cfg: TrainConfig, num_layers: int, *, lora_ranks=DEFA
         rows.append((f"lora r={rank}", "lora", None,
                      TrainConfig(**shared, layers="all", lora_rank=rank, train_embeddings=False, train_head=False)))
     for emb, head in embedding_variants:
-        label = _eh_label(emb, head)
+        label = variant_label(emb, head)
         for gamma in range(1, num_layers + 1):
             rows.append((f"layer-wise γ={gamma} {label}", "layerwise", gamma,
                          TrainConfig(**shared, active_layers=gamma, min_depth=0, train_embeddings=emb, train_head=head)))
