@@ -32,6 +32,10 @@ def one_thread():
 def measured_peaks(spec, cfg: TrainConfig, period: int, steps: int = STEPS) -> list[tuple[tuple[int, ...], int]]:
     """(active set, peak live bytes) of every step, counting one batch as the estimate does."""
     model = build_model(spec)
+    if cfg.lora_rank:
+        from planner.cost.trainable import add_lora  # the adapters the cost model predicts
+
+        model = add_lora(model, cfg.lora_rank)
     sampler = LayerSampler(model, gamma=cfg.active_layers, period=period, scorer="uniform", min_depth=cfg.min_depth,
                            train_embeddings=cfg.train_embeddings, train_head=cfg.train_head, seed=0)
     optimizer = sampler.make_optimizer(torch.optim.AdamW, lr=1e-4)
@@ -77,6 +81,16 @@ def test_predicted_worst_case_bounds_the_measured_peak(tiny, arch, gamma, min_de
     assert worst, f"the predicted worst set {est.trainable_layers} was never drawn in {STEPS} steps"
     assert max(worst) >= 0.97 * est.peak_bytes, f"worst draw measured {max(worst)} B vs predicted {est.peak_bytes} B"
     assert all(min(a) >= min_depth for a, _ in peaks)
+
+
+def test_predicted_worst_case_bounds_lora_in_layers(tiny):
+    spec = tiny("llama", num_layers=4)
+    cfg = TrainConfig(active_layers=2, batch_size=2, seq_len=32, train_embeddings=False, train_head=True, lora_rank=4)
+    est = estimate(spec, cfg, device="cpu")
+    peaks = measured_peaks(spec, cfg, period=2, steps=100)
+    assert max(p for _, p in peaks) <= est.peak_bytes
+    worst = [p for active, p in peaks if active == tuple(est.trainable_layers)]
+    assert worst and max(worst) >= 0.97 * est.peak_bytes
 
 
 def test_min_depth_lowers_the_measured_peak(tiny):
