@@ -170,3 +170,17 @@ def test_hf_trainer_gradnorm_and_outlier(tiny, tmp_path):
     s = LayerSampler(model, gamma=1, period=2, scorer="outlier", seed=0)
     _train_with_trainer(tmp_path / "o", model, s, steps=2)
     assert s.scorer.calibrated
+
+
+def test_hf_trainer_with_lora_trains_only_active_adapters(tiny, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(build_model(tiny("llama", num_layers=4)), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+    s = LayerSampler(model, gamma=1, period=100, scorer="fixed", scorer_options={"layers": [2]},
+                     train_embeddings=False, train_head=False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer, _ = _train_with_trainer(tmp_path, model, s, steps=3)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n and ".layers.2." in n for n in changed)
+    inner = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+    assert {id(p) for p in inner.state} == {id(p) for p in s.parts.layer_params[2]}
