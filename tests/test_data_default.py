@@ -24,9 +24,11 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-@pytest.fixture
-def wl(cache):
-    return default_workload(recipe=TINY, n_train=64, n_held_out=24, progress=False)
+@pytest.fixture(scope="module")
+def wl(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLANNER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        return default_workload(recipe=TINY, n_train=64, n_held_out=24, progress=False)
 
 
 def test_tokenizer_round_trip_and_hf_twin():
@@ -80,7 +82,7 @@ def test_split_is_disjoint_and_deterministic():
     with pytest.raises(PlannerError, match="task must be one of"):
         task_examples("nope", seed=0)
     with pytest.raises(PlannerError, match="enough distinct prompts"):
-        task_examples("sort", seed=0, n_train=10, n_held_out=5000, options={"length": 3})
+        task_examples("sort", seed=0, n_train=10, n_held_out=1200, options={"length": 3})
 
 
 def test_cache_pretrains_once_and_key_follows_recipe(cache):
