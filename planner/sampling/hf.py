@@ -5,7 +5,9 @@ time (``Trainer.create_optimizer``), so layers the sampler froze before would be
 forever. At ``on_train_begin`` (after the optimizer exists) the callback adds every missing
 managed parameter to the group of its counterpart in another layer, keeping the Trainer's
 weight-decay split and its learning-rate schedule. Switches happen at ``on_step_begin``, once per
-optimizer step (gradient accumulation included), when gradients are already zero.
+optimizer step (gradient accumulation included), when gradients are already zero. Gradient
+norms are read at ``on_pre_optimizer_step``, after the Trainer's clipping (one factor for all
+layers of a step).
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ class LayerSampler:
         A parameter that was frozen when the optimizer was built (a trainer that takes only
         ``requires_grad`` parameters) joins the group of its counterpart in another layer (same
         name inside the layer, so weight-decay splits are kept), else the first group.
-        Returns the parameters added.
+        Drops any state it holds for frozen layers. Returns the parameters added.
         """
         inner = unwrap_optimizer(optimizer)
         group_of = {id(p): g for g, group in enumerate(inner.param_groups) for p in group["params"]}
@@ -139,6 +139,10 @@ class LayerSampler:
             inner.param_groups[g]["params"].append(p)
             group_of[id(p)] = g
             added.append(p)
+        trainable = {id(p) for p in self.trainable_parameters()}
+        for p in self.managed_parameters():
+            if id(p) not in trainable:
+                inner.state.pop(p, None)  # state of a frozen layer, e.g. from an earlier run
         self.optimizer = inner
         return added
 
