@@ -5,7 +5,8 @@
    and cache the measured accuracies (``studies/bench_search_grid.json``; delete it to re-measure).
 2. For several seeds, run Optuna with TPE and with random search on the same space, where a
    trial's value is looked up in the grid, and count the trials each needs to come within 1
-   point of accuracy (0.01) of the grid's best.
+   point of accuracy (0.01) of the grid's best. The samplers are `planner tune`'s own
+   (``planner.tune.study.make_sampler``); the study's baselines are left out so both start equal.
 
     python studies/bench_search.py | tee reports/bench_search.txt
 """
@@ -34,10 +35,11 @@ SEED = 0
 PERIODS = (5, 20)
 LRS = (1e-3, 3e-3)
 TOLERANCE = 0.01  # "within 1%": one point of exact-match accuracy
-SEARCH_SEEDS = tuple(range(10))
+SEARCH_SEEDS = tuple(range(20))
 TARGET_SHARE = 0.20
 
 _WORKLOAD = None
+GRID_WALL = None  # wall seconds the grid took to measure (from the cache)
 
 
 def space():
@@ -90,7 +92,10 @@ def measure_grid(workers: int) -> dict:
                 if i % 16 == 0 or i == len(todo):
                     print(f"  {i}/{len(todo)} in {time.time() - start:.0f}s", file=sys.stderr, flush=True)
                     CACHE.write_text(json.dumps({"meta": meta, "values": values}))
-        CACHE.write_text(json.dumps({"meta": meta, "values": values}))
+        cache["wall_seconds"] = cache.get("wall_seconds", 0) + (time.time() - start)
+        CACHE.write_text(json.dumps({"meta": meta, "values": values, "wall_seconds": cache["wall_seconds"]}))
+    global GRID_WALL
+    GRID_WALL = cache.get("wall_seconds")
     return {k: values[k] for k in map(_key, points)}
 
 
@@ -98,9 +103,10 @@ def trials_to_hit(sampler_name: str, seed: int, grid: dict, target: float, cap: 
     """Trials until one scores >= target (None when ``cap`` trials never do)."""
     import optuna
 
+    from planner.tune.study import make_sampler
+
     s = space()
-    sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True) if sampler_name == "tpe"
-               else optuna.samplers.RandomSampler(seed=seed))
+    sampler = make_sampler(sampler_name, seed)  # exactly what `planner tune --sampler tpe|random` uses
     study = optuna.create_study(direction="maximize", sampler=sampler)
     for n in range(1, cap + 1):
         trial = study.ask()
@@ -120,6 +126,7 @@ def main() -> int:
     args = parser.parse_args()
 
     start = time.time()
+    measured_now = not CACHE.is_file()
     grid = measure_grid(args.workers)
     values = [v["metric"] for v in grid.values()]
     n = len(values)
@@ -131,7 +138,8 @@ def main() -> int:
     print(f"grid: {n} points = γ 1..{s.num_layers} x K {list(PERIODS)} x {len(s.scorers)} scorers x embeddings on/off x lr {list(LRS)}"
           f" (head trainable); proxy {STEPS} steps x batch {BATCH}, seed {SEED}, default workload")
     print(f"grid accuracy: best {best:.4f}, median {statistics.median(values):.4f}, worst {min(values):.4f}; "
-          f"{near} points ({near / n:.1%}) within {TOLERANCE} of the best; measuring took {cpu:.0f} CPU-s")
+          f"{near} points ({near / n:.1%}) within {TOLERANCE} of the best; measuring took {cpu:.0f} CPU-s"
+          + (f", {GRID_WALL:.0f}s wall with {args.workers} workers on a shared machine" if GRID_WALL else ""))
     top = sorted(grid.items(), key=lambda kv: -kv[1]["metric"])[:5]
     print("top 5 points:")
     for key, v in top:
@@ -157,7 +165,7 @@ def main() -> int:
     tpe_med = statistics.median([h if h is not None else cap + 1 for h in rows["tpe"]])
     verdict = "met" if tpe_med <= TARGET_SHARE * n else "NOT met"
     print(f"target (TPE median under {TARGET_SHARE:.0%} of the grid = {TARGET_SHARE * n:.0f} trials): {verdict}")
-    print(f"wall time {time.time() - start:.0f}s")
+    print(f"wall time of this run {time.time() - start:.0f}s (grid {'measured' if measured_now else 'read from ' + CACHE.name})")
     return 0
 
 

@@ -109,13 +109,16 @@ def _eval_every(options: TuneOptions) -> int:
     return options.eval_every or max(1, options.steps // DEFAULT_EVALS)
 
 
-def _make_sampler(options: TuneOptions, multi_objective: bool):
+TPE_STARTUP_TRIALS = 5  # random points before TPE models the space (studies/bench_search.py: 5 beat 8 and 10)
+
+
+def make_sampler(name: str, seed: int):
+    """The Optuna sampler ``--sampler`` names: multivariate TPE (joint over the parameters) or random."""
     import optuna
 
-    if options.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=options.seed)
-    # startup trials: the 3 baselines + a few random points before TPE models the space
-    return optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=8, multivariate=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS, multivariate=True)
 
 
 def _make_pruner(options: TuneOptions):
@@ -175,7 +178,7 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
     import optuna
 
     directions = [study_attrs["direction"], "minimize"] if multi_objective else [study_attrs["direction"]]
-    sampler, pruner = _make_sampler(options, multi_objective), _make_pruner(options)
+    sampler, pruner = make_sampler(options.sampler, options.seed), _make_pruner(options)
     try:
         study = optuna.create_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner, directions=directions)
     except optuna.exceptions.DuplicatedStudyError:
