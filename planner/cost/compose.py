@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.cost.trace import ACT, GRAD, TRANS, Segment, TraceResult
+from planner.cost.trace import ACT, GRAD, TRANS, Segment, TraceResult, cuda_block_bytes
 
 ROLES = ("FB", "T0", "FA", "T")
 FB, T0, FA, T = range(4)
@@ -108,8 +108,6 @@ def _free(nbytes: int) -> Segment:
 def _then_free(seg: Segment, nbytes: int) -> Segment:
     d = list(seg.delta)
     d[TRANS] -= nbytes
-    from planner.cost.trace import cuda_block_bytes
-
     return Segment(tuple(d), seg.at_peak, seg.delta_cuda - cuda_block_bytes(nbytes), seg.peak_cuda)
 
 
@@ -155,7 +153,7 @@ def peak_many(fam: Family, role_matrix: np.ndarray, opt_peaks: np.ndarray, *, cu
     peaks ``p``: peak = max_k(cumsum(d)_k - d_k + p_k).
     """
     c, n = role_matrix.shape
-    x_in = cuda_bytes(fam.input_bytes) if cuda else fam.input_bytes
+    x_in = cuda_block_bytes(fam.input_bytes) if cuda else fam.input_bytes
 
     def stat(seg: Segment):
         return (seg.delta_cuda, seg.peak_cuda) if cuda else (seg.net, seg.peak)
@@ -205,12 +203,6 @@ def peak_many(fam: Family, role_matrix: np.ndarray, opt_peaks: np.ndarray, *, cu
     p[:, col] = opt_peaks
     before = np.cumsum(d, axis=1) - d
     return (before + p).max(axis=1)
-
-
-def cuda_bytes(n: int) -> int:
-    from planner.cost.trace import cuda_block_bytes
-
-    return cuda_block_bytes(n)
 
 
 __all__ = ["Family", "roles_of", "simulate", "peak_many", "ROLES", "FB", "T0", "FA", "T", "GRAD", "ACT", "TRANS"]

@@ -252,7 +252,7 @@ def run_trace(spec, roles: list[str], *, batch_size: int, seq_len: int, dtype: s
     finally:
         if was_enabled:
             gc.enable()
-    _check_roles(result, roles, spec, train_embeddings)
+    _check_roles(result, roles, spec)
     return result
 
 
@@ -277,7 +277,7 @@ def _fake_batch(spec, batch_size, seq_len):
     return {"input_ids": ids, "labels": ids.clone()}
 
 
-def _check_roles(result: TraceResult, roles, spec, train_embeddings):
+def _check_roles(result: TraceResult, roles, spec):
     """The traced step must have the structure the roles promise (a backward segment per non-FB layer)."""
     for i, r in enumerate(roles):
         has_bwd = "bwd" in result.layer_by_index[i]
