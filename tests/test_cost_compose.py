@@ -66,6 +66,11 @@ def test_estimate_contract(tiny):
         assert d["trainable_layers"] == [1, 2] and d["phase"]
     assert cpu.breakdown.overhead == 0 and cuda.breakdown.overhead > 0
     assert cuda.allocated_bytes >= cpu.peak_bytes  # 512-byte blocks only add
+    assert cuda.reserved_bytes >= cuda.allocated_bytes  # segments hold blocks
+    from planner.cost.device import default_profile
+
+    prof = default_profile("cuda")
+    assert cuda.peak_bytes == cuda.reserved_bytes + prof.context_bytes + prof.workspace_bytes
     assert cpu.breakdown.weights == cuda.breakdown.weights
     assert cpu.breakdown.optimizer > 0 and cpu.breakdown.activations > 0
 

@@ -22,11 +22,12 @@ from planner.config import TrainConfig
 from planner.cost.compose import FA, FB, ROLES, T, T0, Family, peak_many, simulate
 from planner.cost.device import DeviceProfile, default_profile
 from planner.cost.optimizer import get_optimizer
-from planner.cost.trace import TraceResult, cuda_block_bytes, fingerprint, run_trace
+from planner.cost.trace import (CUDA_LARGE_BUFFER, CUDA_SMALL_BUFFER, TraceResult, cuda_block_bytes,
+                                 cuda_segment_bytes, fingerprint, run_trace)
 from planner.errors import PlannerError
 from planner.plan import Breakdown
 
-COST_MODEL_VERSION = 1  # bump when traces change meaning (invalidates the disk cache)
+COST_MODEL_VERSION = 2  # bump when traces change meaning (invalidates the disk cache)
 MAX_TRACE_LAYERS = 3  # decoder layers in one reduced-depth trace
 INPUT_ID_BYTES = 8  # input_ids and labels are int64
 FAKE_TRACE_ABOVE = 512 * 2**20  # trace under FakeTensorMode when a real trace would hold more than this
@@ -198,13 +199,14 @@ def _weights(fam: Family, num_layers: int, block) -> int:
     return total
 
 
-def _opt_peaks(fam, cfg, opt, device, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    raw, cu = [], []
+def _opt_peaks(fam, cfg, opt, device, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Optimizer-step temporaries per trainable-layer count: raw, CUDA block and CUDA segment bytes."""
+    out = [[], [], []]
     for k in counts:
         tensors = _trainable_tensors(fam, cfg, int(k))
-        raw.append(opt.step_peak(tensors, device))
-        cu.append(opt.step_peak(tensors, device, cuda_block_bytes))
-    return np.array(raw, dtype=np.int64), np.array(cu, dtype=np.int64)
+        for i, block in enumerate((lambda n: n, cuda_block_bytes, cuda_segment_bytes)):
+            out[i].append(opt.step_peak(tensors, device, block))
+    return tuple(np.array(o, dtype=np.int64) for o in out)
 
 
 def worst_case_sets(num_layers: int, gamma: int, min_depth: int) -> np.ndarray:
@@ -270,7 +272,7 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
         raise PlannerError(f"the cost model must trace {spec.name} ({spec.model_type}) at reduced depth, "
                            f"but the traced training step failed: {type(exc).__name__}: {first}") from exc
     counts = masks.sum(axis=1)
-    opt_raw, opt_cuda = _opt_peaks(fam, cfg, opt, device, np.unique(counts))
+    opt_raw, opt_cuda, opt_res = _opt_peaks(fam, cfg, opt, device, np.unique(counts))
     lookup = {int(k): i for i, k in enumerate(np.unique(counts))}
     idx = np.array([lookup[int(k)] for k in counts])
     if len(masks) == 1:
@@ -280,7 +282,7 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
         best = int(np.argmax(peaks))
     chosen = [int(i) for i in np.flatnonzero(masks[best])]
     k = lookup[int(counts[best])]
-    sim = simulate(fam, list(int(r) for r in roles[best]), (int(opt_raw[k]), int(opt_cuda[k])))
+    sim = simulate(fam, list(int(r) for r in roles[best]), (int(opt_raw[k]), int(opt_cuda[k]), int(opt_res[k])))
 
     tensors = _trainable_tensors(fam, cfg, len(chosen))
     weights = _weights(fam, L, lambda n: n)
@@ -292,8 +294,11 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
     if cuda:
         allocated = (_weights(fam, L, cuda_block_bytes) + opt.state_bytes(tensors, device, cuda_block_bytes)
                      + 2 * cuda_block_bytes(batch // 2) + sim.peak_cuda)
-        # reserved = allocated · (1 + fragmentation); CUDA context and cuBLAS workspaces come on top
-        reserved = int(allocated * (1 + profile.fragmentation))
+        # reserved: every live tensor in its allocator segment (large ones rounded to 2 MiB), one partly
+        # used 2 MiB and 20 MiB segment, times (1 + fragmentation); context and workspaces on top
+        segments = (_weights(fam, L, cuda_segment_bytes) + opt.state_bytes(tensors, device, cuda_segment_bytes)
+                    + 2 * cuda_segment_bytes(batch // 2) + sim.peak_res + CUDA_SMALL_BUFFER + CUDA_LARGE_BUFFER)
+        reserved = int(max(segments, allocated) * (1 + profile.fragmentation))
         overhead = reserved - raw_peak + profile.context_bytes + profile.workspace_bytes
     breakdown = Breakdown(weights=weights, gradients=grads, optimizer=state, activations=acts,
                           transient=trans + batch, overhead=overhead)
