@@ -115,6 +115,8 @@ def test_trial_record_contract_and_plan(tmp_path, wl):
             assert math.isclose(a["metric"], t.value) and a["train_seconds"] > 0
             assert 0 < len(a["importance"]) <= 50
             assert {"step", "active", "weights"} <= set(a["importance"][0])
+            # intermediate evaluations reach the pruner (eval_every=2 of 6 steps)
+            assert sorted(t.intermediate_values) == [2, 4, 6]
     assert study.trials[2].params["lora_rank"] == 16  # the LoRA baseline
     plan = Plan.load(tmp_path / "plan.yaml")
     assert plan == result.plan

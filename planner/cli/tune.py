@@ -41,6 +41,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    import warnings
+
     from rich.console import Console
 
     from planner.tune import TuneOptions, run_tune
@@ -54,6 +56,8 @@ def run(args) -> int:
         batch_sizes=args.batch_sizes, out=args.out, sampler=args.sampler, pruner=args.pruner, baselines=args.baselines,
     )
     console = Console()
+    # transformers 5 deprecation noise from peft's LoRA wrapping: nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     result = run_tune(options, console=console, progress=not args.quiet)
     plan = result.plan
     console.print(summary_table(result, metric_name=plan.metric_name, vram_bytes=plan.vram_bytes))
@@ -65,6 +69,10 @@ def run(args) -> int:
                   f"scorer={plan.scorer}, embeddings {'on' if plan.train_embeddings else 'off'}, head "
                   f"{'on' if plan.train_head else 'off'}, lr={plan.learning_rate:.3g}{lora}; predicted peak "
                   f"{human_bytes(plan.predicted_peak_bytes)} of {human_bytes(plan.vram_bytes)}")
+    best_kind = result.rows[0].kind
+    if best_kind != "search":
+        console.print(f"the best plan is the {best_kind.split(':', 1)[1]} baseline itself: no searched trial beat it "
+                      f"(resume with --study {plan.study_name} and a larger --n-trials to search on)")
     if result.pareto:
         console.print("Pareto front (metric vs predicted peak): " + ", ".join(
             f"#{p['trial']} {p['metric']:.4f} @ {human_bytes(p['predicted_peak_bytes'])}" for p in result.pareto))
