@@ -59,19 +59,6 @@ class Family:
         return self.layers[f"{phase}:{ROLES[role]}"]
 
 
-def roles_of(trainable: list[int] | np.ndarray, num_layers: int, embeddings_grad: bool) -> list[int]:
-    """Role of every decoder layer for a trainable set (``embeddings_grad``: the input needs a gradient)."""
-    s = set(int(i) for i in trainable)
-    low = -1 if embeddings_grad else (min(s) if s else num_layers)
-    out = []
-    for i in range(num_layers):
-        if i in s:
-            out.append(T if i > low else T0)
-        else:
-            out.append(FA if i > low else FB)
-    return out
-
-
 def _sequence(fam: Family, roles: list[int], opt_peak: tuple[int, int, int]) -> list[tuple[str, Segment]]:
     seq = [("embedding forward", fam.segments["embed_fwd"])]
     drop_x0 = Segment()
@@ -210,4 +197,4 @@ def peak_many(fam: Family, role_matrix: np.ndarray, opt_peaks: np.ndarray, *, cu
     return (before + p).max(axis=1)
 
 
-__all__ = ["Family", "roles_of", "simulate", "peak_many", "ROLES", "FB", "T0", "FA", "T", "GRAD", "ACT", "TRANS"]
+__all__ = ["Family", "simulate", "peak_many", "ROLES", "FB", "T0", "FA", "T", "GRAD", "ACT", "TRANS"]
