@@ -111,7 +111,7 @@ def main() -> None:
     wl = load_workload(seed=0)
     print(f"workload: {wl!r}; loaded in {time.perf_counter() - t0:.1f} s")
     print()
-    for steps in (int(x) for x in args.steps.split(",")):
+    for steps in (int(x) for x in args.steps.split(",") if int(x) > 0):  # --steps 0: time the pretraining only
         run_grid(wl, steps, args.seeds, args.batch_size)
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
