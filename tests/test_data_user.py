@@ -44,7 +44,7 @@ def test_jsonl_pairs_with_local_model(model_dir, tmp_path):
     assert wl.name == data and wl.model_source == model_dir
     assert wl.metric_name == "accuracy" and wl.direction == "maximize"
     assert wl.spec.num_layers == 2 and wl.spec.model_type == "llama"
-    assert len(wl.held_out) == 3 and len(wl.train) == 27
+    assert len(wl.held_out) == 3 and len(wl.train) == 27 and wl.batch_size == 8
     targets = {e.target for e in wl.train} | {e.target for e in wl.held_out}
     assert targets == {a for _, a in _pairs(30)}
     assert not {e.prompt for e in wl.train} & {e.prompt for e in wl.held_out}
@@ -111,7 +111,7 @@ def test_text_file_is_an_eval_loss_workload(model_dir, tmp_path):
 def test_model_without_data_gets_the_builtin_task(model_dir):
     wl = load_workload(model_dir, None, max_examples=40)
     assert wl.name == "default:maximum" and wl.metric_name == "accuracy" and wl.model_source == model_dir
-    assert len(wl.held_out) == 4 and len(wl.train) == 36
+    assert len(wl.held_out) == 4 and len(wl.train) == 36 and wl.batch_size == 32
     assert 0.0 <= wl.evaluate(wl.new_model(0)) <= 1.0
 
 

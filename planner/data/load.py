@@ -18,7 +18,7 @@ import copy
 import random
 from pathlib import Path
 
-from planner.data.default import DEFAULT_TASK, default_workload, split_sizes, task_examples
+from planner.data.default import BATCH_SIZE, DEFAULT_TASK, default_workload, split_sizes, task_examples
 from planner.data.files import read_records, to_pairs
 from planner.data.pretrain import ensure_default_model, quiet_transformers
 from planner.data.workload import Example, Workload
@@ -29,6 +29,7 @@ HELD_OUT_FRACTION = 0.1
 MAX_HELD_OUT = 256
 MAX_SEQ_LEN = 512  # tokens; longer text is cut, longer prompt/answer pairs are skipped
 PROMPT_SEPARATOR = "\n"  # between a user prompt and its answer
+USER_BATCH_SIZE = 8  # suggested proxy batch size for users' data (longer sequences than the built-in task)
 
 
 def load_workload(model: str | None = None, data: str | None = None, *, seed: int = 0,
@@ -69,7 +70,8 @@ def load_workload(model: str | None = None, data: str | None = None, *, seed: in
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
     return Workload(name=name, spec=spec, model_source=source, train=train, held_out=held_out,
                     model_factory=lambda s: copy.deepcopy(base), decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
-                    pad_id=pad, eos_id=eos, metric_name="accuracy" if kind == "pairs" else "eval_loss")
+                    pad_id=pad, eos_id=eos, metric_name="accuracy" if kind == "pairs" else "eval_loss",
+                    batch_size=BATCH_SIZE if data is None else USER_BATCH_SIZE)
 
 
 def _hub_source(model: str) -> str:
