@@ -13,6 +13,7 @@ the spread across seeds (mean within-configuration std).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -101,12 +102,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["PLANNER_CACHE_DIR"] = tmp
             t0 = time.perf_counter()
-            ensure_default_model(DEFAULT_RECIPE, progress=False)
+            path = ensure_default_model(DEFAULT_RECIPE, progress=False)
             secs = time.perf_counter() - t0
+            stats = json.loads((path / "planner_pretrain.json").read_text())
             del os.environ["PLANNER_CACHE_DIR"]
         print(f"first-use pretraining of the default model ({DEFAULT_RECIPE.steps} steps of "
-              f"{DEFAULT_RECIPE.batch_size}x{DEFAULT_RECIPE.seq_len}), fresh cache: {secs:.1f} s "
-              f"(load average now {os.getloadavg()[0]:.1f})")
+              f"{DEFAULT_RECIPE.batch_size}x{DEFAULT_RECIPE.seq_len}, on {stats['threads']} thread(s)), fresh cache: "
+              f"{secs:.1f} s, loss {stats['first_loss']:.2f} -> {stats['final_loss']:.2f} (load average now {os.getloadavg()[0]:.1f})")
     t0 = time.perf_counter()
     wl = load_workload(seed=0)
     print(f"workload: {wl!r}; loaded in {time.perf_counter() - t0:.1f} s")

@@ -87,10 +87,22 @@ def _say(msg: str) -> None:
 
 def pretrain(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: bool = True):
     """Train the default model from scratch on the built-in corpus; returns (model, stats)."""
-    from transformers import LlamaForCausalLM
-
     global runs
     runs += 1
+    threads = torch.get_num_threads()
+    if threads > 1 and hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1):
+        # a busy machine: several OpenMP threads then wait on each other (measured on 2 cores at load 6-9:
+        # 600 steps took 170 s on 1 thread and over 400 s on 2; reports/workload_spread.txt)
+        torch.set_num_threads(1)
+    try:
+        return _pretrain(recipe, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(recipe: PretrainRecipe, progress: bool):
+    from transformers import LlamaForCausalLM
+
     tok = CharTokenizer()
     torch.manual_seed(recipe.seed)
     model = LlamaForCausalLM(recipe.config()).train()
