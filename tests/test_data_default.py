@@ -200,3 +200,21 @@ def test_default_recipe_pretrains_and_a_proxy_run_learns(tmp_path, monkeypatch):
         opt.zero_grad()
     after = wl.evaluate(model)
     assert after > before + 0.2
+
+
+def test_pretraining_uses_one_thread_on_a_busy_machine(monkeypatch):
+    monkeypatch.setattr(pretrain_mod, "_pretrain", lambda recipe, progress: None)
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # as on a 2-core machine
+    real_set = torch.set_num_threads
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    monkeypatch.setattr(pretrain_mod.os, "getloadavg", lambda: (50.0, 50.0, 50.0))
+    pretrain_mod.pretrain(TINY)
+    assert calls == [1, 2]  # one thread while busy, then restored
+    calls.clear()
+    monkeypatch.setattr(pretrain_mod.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    pretrain_mod.pretrain(TINY)
+    assert calls == [2]  # idle: threads left as they were (only the restore)
+    monkeypatch.undo()
+    assert torch.get_num_threads() == before and torch.set_num_threads is real_set
