@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def add_parser(sub) -> None:
     from planner.tune.storage import DEFAULT_STORAGE
-    from planner.tune.study import DEFAULT_N_TRIALS, DEFAULT_STEPS  # light: optuna loads inside run_tune
+    from planner.tune.study import DEFAULT_N_TRIALS, DEFAULT_STEPS, DEFAULT_THREADS  # light: optuna loads inside run_tune
 
     p = sub.add_parser(
         "tune", help="search the best layer-wise plan that fits --vram (Optuna)",
@@ -36,6 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="early stopping of losing trials (default median)")
     p.add_argument("--no-baselines", dest="baselines", action="store_false", help="do not run LISA / full / LoRA baselines")
     p.add_argument("--out", help="plan YAML path (default studies/<study>/plan.yaml)")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"PyTorch threads for proxy training (default {DEFAULT_THREADS}: small models, shared cores; 0 = PyTorch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -54,6 +56,7 @@ def run(args) -> int:
         storage=args.storage, seed=args.seed, steps=args.steps, eval_every=args.eval_every, scorers=args.scorers,
         device=args.device, profile=args.profile, multi_objective=args.multi_objective, lora=args.lora,
         batch_sizes=args.batch_sizes, out=args.out, sampler=args.sampler, pruner=args.pruner, baselines=args.baselines,
+        threads=args.threads,
     )
     console = Console()
     # transformers 5 deprecation noise from peft's LoRA wrapping: nothing a user can act on
