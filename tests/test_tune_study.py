@@ -203,3 +203,17 @@ def test_multi_objective_keeps_a_pareto_front(tmp_path, wl):
     for t in front:
         assert t.values[1] == t.user_attrs["predicted_peak_bytes"] <= high
     assert result.plan.trial_number in {t.number for t in front}
+
+
+def test_lora_batch_sizes_hyperband_random_on_a_journal_file(tmp_path, wl):
+    _, high = peaks(wl)
+    journal = str(tmp_path / "runs" / "study.log")
+    result = run_tune(options(tmp_path, high * 4, n_trials=6, lora=True, batch_sizes="2,4", pruner="hyperband",
+                              sampler="random", storage=journal), workload=wl, progress=False)
+    trials = optuna.load_study(study_name="t", storage=open_storage(journal)).trials
+    assert len(trials) == 6
+    for t in trials:
+        assert t.params["batch_size"] in (2, 4) and t.params["lora_rank"] in (0, 8, 16, 32)
+    assert result.plan.train.batch_size == trials[result.plan.trial_number].params["batch_size"]
+    rank = trials[result.plan.trial_number].params["lora_rank"]
+    assert result.plan.lora_rank == (rank or None) and result.plan.train.lora_rank == (rank or None)
