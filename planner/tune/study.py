@@ -158,7 +158,8 @@ def build_space(workload, options: TuneOptions):
     if options.batch_sizes:
         kwargs["batch_sizes"] = tuple(options.batch_sizes)
     else:
-        kwargs["batch_sizes"] = (default_batch_size(int(workload.seq_len)),)
+        suggested = getattr(workload, "batch_size", None)  # the workload's suggested proxy batch
+        kwargs["batch_sizes"] = (int(suggested) if suggested else default_batch_size(int(workload.seq_len)),)
     return SearchSpace(num_layers=workload.spec.num_layers, scorers=scorers, seq_len=int(workload.seq_len),
                        lora_ranks=DEFAULT_LORA_RANKS if options.lora else (), **kwargs)
 
