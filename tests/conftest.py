@@ -7,7 +7,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", message=".*requires_grad=True to a scalar.*")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# tiny models gain nothing from a second intra-op thread; on a shared machine it only spins (10x slower)
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -61,17 +61,6 @@ def _no_disk_cache(monkeypatch):
     monkeypatch.setenv("PLANNER_COST_CACHE", "0")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls gain nothing from a second thread; on a shared machine it only spins."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_grid_has_enough_cases():
     assert len(CASES) >= 30
     assert {c["arch"] for c in CASES} >= set(ARCHS)

@@ -9,17 +9,6 @@ from planner.config import TrainConfig
 B, S = 2, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls gain nothing from a second thread; on a shared machine it only spins."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def _no_disk_cache(monkeypatch):
     monkeypatch.setenv("PLANNER_COST_CACHE", "0")

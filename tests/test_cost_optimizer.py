@@ -11,17 +11,6 @@ from planner.errors import PlannerError
 from planner.spec import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls gain nothing from a second thread; on a shared machine it only spins."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _step_temporaries(tiny, optimizer: str, foreach: bool, dtype: str):
     spec = tiny("llama", hidden=64, vocab=256)
     cfg = TrainConfig(layers=[1, 2], optimizer=optimizer, dtype=dtype, batch_size=1, seq_len=16)

@@ -7,7 +7,7 @@ import pytest
 from planner.cli.main import main
 from planner.config import TrainConfig
 from plan_factory import consistent_plan
-from planner.plan import Breakdown, Plan
+from planner.plan import Breakdown
 
 
 @pytest.fixture

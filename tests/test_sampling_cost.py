@@ -21,14 +21,6 @@ STEPS = 200
 BATCHES = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def measured_peaks(spec, cfg: TrainConfig, period: int, steps: int = STEPS) -> list[tuple[tuple[int, ...], int]]:
     """(active set, peak live bytes) of every step, counting one batch as the estimate does."""
     model = build_model(spec)

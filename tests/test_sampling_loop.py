@@ -12,14 +12,6 @@ from planner.sampling import DivergedError, LayerSampler, TrainResult, train_lay
 from planner.spec import build_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def batch(vocab=256, b=2, s=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (b, s), generator=g)

@@ -11,15 +11,6 @@ from planner.sampling.parts import find_parts
 from planner.spec import build_model, find_decoder_layers
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops gain nothing from threads, and on a busy machine waiting for a second one costs ms per op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def batch(vocab=256, b=2, s=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (b, s), generator=g)
@@ -63,7 +54,7 @@ def test_requires_grad_follows_active_set_and_options(tiny):
     assert not model.get_input_embeddings().weight.requires_grad
     assert model.get_output_embeddings().weight.requires_grad
     assert all(p.requires_grad for p in s.parts.final_norm.parameters())
-    s2 = LayerSampler(model, gamma=1, train_embeddings=True, train_head=False)
+    LayerSampler(model, gamma=1, train_embeddings=True, train_head=False)
     assert model.get_input_embeddings().weight.requires_grad and not model.get_output_embeddings().weight.requires_grad
 
 

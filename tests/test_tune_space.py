@@ -6,7 +6,7 @@ import pytest
 from planner.errors import PlannerError
 from planner.sampling import SCORERS
 from planner.tune.baselines import KINDS, LORA_BASELINE_RANK, baseline_points, enqueue_baselines
-from planner.tune.space import LISA_GAMMA, LISA_PERIOD, SearchSpace, TrialParams
+from planner.tune.space import LISA_GAMMA, LISA_PERIOD, SearchSpace
 from planner.tune.storage import _driver_url, check_storage, open_storage
 from planner.tune.study import TuneOptions
 

@@ -4,7 +4,6 @@ import math
 
 import optuna
 import pytest
-import torch
 from tune_helpers import tiny_workload
 
 from planner.config import TrainConfig
@@ -21,15 +20,6 @@ from planner.tune.result import finished
 from planner.tune.study import Interrupted, build_space, check_feasible
 
 STEPS = 6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread; on a busy machine it costs 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
