@@ -1,0 +1,52 @@
+"""The README's flow on a user's own workload: tune a local model on a JSONL file, export the plan, report it."""
+
+import json
+
+import optuna
+import pytest
+import yaml
+
+from planner.cli.main import main
+from planner.data.tokenizer import CharTokenizer
+from planner.plan import Plan
+from planner.spec import build_model
+from planner.spec.tiny import tiny_spec
+
+
+@pytest.fixture
+def user_workload(tmp_path):
+    model_dir = tmp_path / "my-model"
+    tok = CharTokenizer()
+    spec = tiny_spec("llama", num_layers=3, hidden=32, heads=2, kv_heads=1, vocab=tok.vocab_size)
+    spec.config.bos_token_id, spec.config.eos_token_id, spec.config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    build_model(spec, seed=0).save_pretrained(model_dir)
+    tok.to_hf().save_pretrained(model_dir)
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"instruction": f"double {i}", "response": str(2 * i)}) for i in range(80)) + "\n")
+    return model_dir, data
+
+
+def test_tune_export_report_on_a_local_model_and_jsonl(user_workload, tmp_path, capsys, monkeypatch):
+    model_dir, data = user_workload
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    code = main(["tune", "--vram", "24GB", "--model", str(model_dir), "--data", str(data), "--n-trials", "5",
+                 "--steps", "4", "--eval-every", "2", "--study", "mine", "--storage", storage, "--device", "cpu",
+                 "--scorers", "uniform,gradnorm", "--quiet", "--out", str(tmp_path / "plan.yaml")])
+    assert code == 0, capsys.readouterr().err
+
+    plan = Plan.load(tmp_path / "plan.yaml")
+    assert plan.model == str(model_dir) and plan.num_layers == 3 and plan.layers_attribute == "model.layers"
+    assert plan.metric_name == "accuracy" and plan.scorer in {"uniform", "gradnorm"}
+    assert {b.name for b in plan.baselines} == {"lisa", "full", "lora"}
+    study = optuna.load_study(study_name="mine", storage=storage)
+    assert len(study.trials) == 5
+    assert all(t.user_attrs["predicted_peak_bytes"] <= 24 * 10**9 for t in study.trials if t.state.name == "COMPLETE")
+
+    assert main(["export", str(tmp_path / "plan.yaml"), "--to", "axolotl", "--out", str(tmp_path / "ax")]) == 0
+    axolotl = yaml.safe_load((tmp_path / "ax" / "axolotl.yaml").read_text())
+    assert axolotl["lisa_layers_attribute"] == "model.layers" or "unfrozen_parameters" in axolotl
+
+    assert main(["report", "--study", "mine", "--storage", storage, "--out", str(tmp_path / "rep"), "--device", "cpu"]) == 0
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "data:image/png;base64," in html and (tmp_path / "rep" / "report.md").is_file()
