@@ -17,3 +17,12 @@ def consistent_plan(**fields) -> Plan:
     fields["breakdown"] = breakdown.model_copy(update={"transient": breakdown.transient + rest})
     fields["predicted_peak_bytes"] = peak
     return Plan(**fields)
+
+
+def make_plan(**kw) -> Plan:
+    """A LISA-like plan for a 4-layer tiny llama; keywords override any field."""
+    base = dict(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=2,
+                period=5, scorer="uniform", learning_rate=1e-4, train=TrainConfig(active_layers=2),
+                predicted_peak_bytes=123_456, breakdown=Breakdown(weights=100_000))
+    base.update(kw)
+    return consistent_plan(**base)

@@ -10,8 +10,7 @@ import yaml
 
 from planner.config import TrainConfig
 from planner.export import EXPORTERS, Export, get_exporter
-from plan_factory import consistent_plan
-from planner.plan import Breakdown, Plan
+from plan_factory import make_plan
 
 # the names METHODS.md ("Trainer config keys") documents for each target
 DOCUMENTED = {
@@ -21,14 +20,6 @@ DOCUMENTED = {
                      "finetuning_type", "freeze_trainable_layers", "freeze_trainable_modules"},
     "peft": {"layers_to_transform", "layers_pattern"},
 }
-
-
-def make_plan(**kw) -> Plan:
-    base = dict(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=2,
-                period=5, scorer="uniform", learning_rate=1e-4, train=TrainConfig(active_layers=2),
-                predicted_peak_bytes=123_456, breakdown=Breakdown(weights=100_000))
-    base.update(kw)
-    return consistent_plan(**base)
 
 
 PLANS = {

@@ -10,18 +10,10 @@ import yaml
 from planner.config import TrainConfig
 from planner.export import export_plan, get_exporter
 from planner.export.targets.llamafactory import freeze_block
-from plan_factory import consistent_plan
-from planner.plan import Breakdown, Plan
+from plan_factory import make_plan
+from planner.plan import Plan
 from planner.spec import build_model
 from planner.spec.tiny import tiny_spec
-
-
-def make_plan(**kw) -> Plan:
-    base = dict(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=2,
-                period=5, scorer="uniform", learning_rate=1e-4, train=TrainConfig(active_layers=2),
-                predicted_peak_bytes=123_456, breakdown=Breakdown(weights=100_000))
-    base.update(kw)
-    return consistent_plan(**base)
 
 
 def gpt2_plan(**kw) -> Plan:

@@ -8,9 +8,10 @@ per item, what is lost; ``strict`` callers refuse instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from planner.errors import PlannerError
+from planner.registry import registrar
 
 if TYPE_CHECKING:
     from planner.plan import Plan
@@ -27,17 +28,8 @@ STATIC_SCORERS = frozenset({"fixed", "semantic"})
 HF_OPTIM = {"adamw": "adamw_torch", "sgd": "sgd", "adamw8bit": "adamw_bnb_8bit"}
 
 
-def register_exporter(name: str) -> Callable[[type["Exporter"]], type["Exporter"]]:
-    """Class decorator: make an :class:`Exporter` available as ``get_exporter(name)``."""
-
-    def deco(cls: type["Exporter"]) -> type["Exporter"]:
-        if name in EXPORTERS and EXPORTERS[name] is not cls:
-            raise PlannerError(f"exporter names must be unique, but {name!r} is already registered by {EXPORTERS[name].__name__}")
-        cls.name = name
-        EXPORTERS[name] = cls
-        return cls
-
-    return deco
+register_exporter = registrar(EXPORTERS, "exporter")
+"""Class decorator factory: ``@register_exporter(name)`` makes a :class:`Exporter` available as ``get_exporter(name)``."""
 
 
 def get_exporter(name: str) -> "Exporter":

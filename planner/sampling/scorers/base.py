@@ -9,11 +9,12 @@ active layers, and the loss of each step with its batch.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from planner.errors import PlannerError
+from planner.registry import registrar
 
 if TYPE_CHECKING:
     from planner.sampling.sampler import LayerSampler
@@ -21,17 +22,8 @@ if TYPE_CHECKING:
 SCORERS: dict[str, type["Scorer"]] = {}
 
 
-def register_scorer(name: str) -> Callable[[type["Scorer"]], type["Scorer"]]:
-    """Class decorator: make a :class:`Scorer` available as ``get_scorer(name)``."""
-
-    def deco(cls: type["Scorer"]) -> type["Scorer"]:
-        if name in SCORERS and SCORERS[name] is not cls:
-            raise PlannerError(f"scorer names must be unique, but {name!r} is already registered by {SCORERS[name].__name__}")
-        cls.name = name
-        SCORERS[name] = cls
-        return cls
-
-    return deco
+register_scorer = registrar(SCORERS, "scorer")
+"""Class decorator factory: ``@register_scorer(name)`` makes a :class:`Scorer` available as ``get_scorer(name)``."""
 
 
 def scorer_options(name: str) -> list[str]:
@@ -136,3 +128,15 @@ class Scorer:
     def _indicator(self, layers: list[int]) -> list[float]:
         chosen = set(layers)
         return [1.0 / len(chosen) if i in chosen else 0.0 for i in range(self.num_layers)]
+
+
+def forward_with_hooks(model, batch: dict, handles: list) -> None:
+    """One no-grad forward of ``batch`` that removes the given hook handles afterwards, even on error."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from planner.errors import PlannerError
-from planner.sampling.scorers.base import Scorer, register_scorer
+from planner.sampling.scorers.base import Scorer, forward_with_hooks, register_scorer
 
 
 def layer_linears(layer: nn.Module) -> list[tuple[nn.Module, torch.Tensor]]:
@@ -75,12 +75,7 @@ class OutlierScorer(Scorer):
             sums[id(module)] = sums.get(id(module), 0) + sq
 
         handles = [m.register_forward_pre_hook(hook) for layer in self.sampler.parts.layers for m, _ in layer_linears(layer)]
-        try:
-            with torch.no_grad():
-                model(**batch)
-        finally:
-            for h in handles:
-                h.remove()
+        forward_with_hooks(model, batch, handles)
         self.shares = self.outlier_shares({k: v.sqrt() for k, v in sums.items()})
         self.calibrated = True
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from planner.errors import PlannerError
-from planner.sampling.scorers.base import Scorer, register_scorer
+from planner.sampling.scorers.base import Scorer, forward_with_hooks, register_scorer
 
 
 def best_depth(deviations: list[float], lowest: int, alpha: float) -> int:
@@ -71,12 +71,7 @@ class SemanticScorer(Scorer):
 
         handles = [layers[0].register_forward_pre_hook(first_input, with_kwargs=True)]
         handles += [layer.register_forward_hook(output_of(i)) for i, layer in enumerate(layers)]
-        try:
-            with torch.no_grad():
-                model(**batch)
-        finally:
-            for h in handles:
-                h.remove()
+        forward_with_hooks(model, batch, handles)
         labels = batch.get("labels", batch["input_ids"])
         targets = labels[:, 1:]
         keep = targets != -100
