@@ -1,29 +1,17 @@
 """The README's flow on a user's own workload: tune a local model on a JSONL file, export the plan, report it."""
 
-import json
-
 import optuna
 import pytest
 import yaml
+from tune_helpers import write_user_workload
 
 from planner.cli.main import main
-from planner.data.tokenizer import CharTokenizer
 from planner.plan import Plan
-from planner.spec import build_model
-from planner.spec.tiny import tiny_spec
 
 
 @pytest.fixture
 def user_workload(tmp_path):
-    model_dir = tmp_path / "my-model"
-    tok = CharTokenizer()
-    spec = tiny_spec("llama", num_layers=3, hidden=32, heads=2, kv_heads=1, vocab=tok.vocab_size)
-    spec.config.bos_token_id, spec.config.eos_token_id, spec.config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
-    build_model(spec, seed=0).save_pretrained(model_dir)
-    tok.to_hf().save_pretrained(model_dir)
-    data = tmp_path / "train.jsonl"
-    data.write_text("\n".join(json.dumps({"instruction": f"double {i}", "response": str(2 * i)}) for i in range(80)) + "\n")
-    return model_dir, data
+    return write_user_workload(tmp_path)
 
 
 def test_tune_export_report_on_a_local_model_and_jsonl(user_workload, tmp_path, capsys, monkeypatch):

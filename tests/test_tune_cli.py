@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from planner.cli.main import main
 from planner.tune.storage import open_storage
+from tune_helpers import write_user_workload
 
 TESTS = Path(__file__).resolve().parent
 
@@ -44,20 +44,13 @@ def test_vram_is_required(capsys):
     assert exc.value.code == 2 and "--vram" in capsys.readouterr().err
 
 
-WORKER = textwrap.dedent("""
-    import sys, torch
-    sys.path.insert(0, {tests!r})
-    torch.set_num_threads(1)
-    from tune_helpers import tiny_workload
-    from planner.tune import TuneOptions, run_tune
-    run_tune(TuneOptions(vram="1GB", n_trials={n}, steps=4, eval_every=2, storage={storage!r}, study={study!r},
-                         device="cpu", out={out!r}), workload=tiny_workload(), progress=False)
-""")
-
-
 def run_two_workers(storage: str, study: str, tmp_path, n: int):
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER.format(tests=str(TESTS), n=n, storage=storage, study=study,
-                                                                      out=str(tmp_path / f"plan{i}.yaml"))],
+    """Two `planner tune` commands on one study at once, on a user's workload written to disk."""
+    model_dir, data = write_user_workload(tmp_path)
+    procs = [subprocess.Popen([sys.executable, "-m", "planner.cli.main", "tune", "--vram", "1GB", "--model", model_dir,
+                               "--data", data, "--n-trials", str(n), "--steps", "4", "--eval-every", "2",
+                               "--storage", storage, "--study", study, "--device", "cpu", "--quiet",
+                               "--out", str(tmp_path / f"plan{i}.yaml")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
              for i in range(2)]

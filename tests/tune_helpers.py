@@ -25,3 +25,21 @@ def tiny_workload(*, num_layers: int = 3, n_train: int = 32, n_held_out: int = 8
         held_out=[example() for _ in range(n_held_out)], model_factory=lambda s: build_model(spec, seed=s),
         decode=lambda ids: " ".join(str(i) for i in ids if i != eos), pad_id=0, eos_id=eos, metric_name=metric,
     )
+
+
+def write_user_workload(root) -> tuple[str, str]:
+    """A user's workload on disk: a tiny random llama directory (char tokenizer) and an instruction JSONL file."""
+    import json
+    from pathlib import Path
+
+    from planner.data.tokenizer import CharTokenizer
+
+    root = Path(root)
+    model_dir, data = root / "my-model", root / "train.jsonl"
+    tok = CharTokenizer()
+    spec = tiny_spec("llama", num_layers=3, hidden=32, heads=2, kv_heads=1, vocab=tok.vocab_size)
+    spec.config.bos_token_id, spec.config.eos_token_id, spec.config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    build_model(spec, seed=0).save_pretrained(model_dir)
+    tok.to_hf().save_pretrained(model_dir)
+    data.write_text("\n".join(json.dumps({"instruction": f"double {i}", "response": str(2 * i)}) for i in range(80)) + "\n")
+    return str(model_dir), str(data)
