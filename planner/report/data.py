@@ -241,6 +241,17 @@ def _sweep_curves(spec, base: TrainConfig, estimator: Estimator, knob: str, gamm
     return curves, error
 
 
+def _model_sweeps(gamma_sweep: "Sweep", depth_sweep: "Sweep", spec, base, estimator, gamma: int,
+                  gamma_note: str, depth_note: str) -> tuple[str, str]:
+    """Fill both sweeps with cost-model curves around ``base``; return the errors that cut them short."""
+    gamma_sweep.curves, g_err = _sweep_curves(spec, base, estimator, "gamma", gamma)
+    depth_sweep.curves, d_err = _sweep_curves(spec, base, estimator, "depth", gamma)
+    depth_sweep.gamma = gamma
+    gamma_sweep.note = _curve_note(gamma_note, gamma_sweep, g_err)
+    depth_sweep.note = _curve_note(depth_note, depth_sweep, d_err)
+    return g_err, d_err
+
+
 def _curve_note(note: str, sweep: Sweep, error: str) -> str:
     if not error:
         return note
@@ -537,12 +548,9 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         except (PlannerError, KeyError, ValueError, TypeError):
             sweep_base = configs["lisa"]
         gamma = sweep_base.active_layers or LISA_DEFAULT_GAMMA
-        gamma_sweep.curves, g_err = _sweep_curves(spec, sweep_base, estimator, "gamma", gamma)
-        depth_sweep.curves, d_err = _sweep_curves(spec, sweep_base, estimator, "depth", gamma)
-        depth_sweep.gamma = gamma
-        gamma_sweep.note = _curve_note(f"cost model for {model}; dots: the trials' own predictions", gamma_sweep, g_err)
-        depth_sweep.note = _curve_note(f"curves: γ = {gamma}, the sampler never drawing below the layer on the x axis; dots: trials of any γ",
-                                       depth_sweep, d_err)
+        _model_sweeps(gamma_sweep, depth_sweep, spec, sweep_base, estimator, gamma,
+                      f"cost model for {model}; dots: the trials' own predictions",
+                      f"curves: γ = {gamma}, the sampler never drawing below the layer on the x axis; dots: trials of any γ")
     else:
         gamma_sweep.note = f"trials' own predictions ({spec_why})"
         depth_sweep.note = gamma_sweep.note
@@ -621,12 +629,9 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
         gamma = plan.train.active_layers or (len(plan.layers) if plan.layers else plan.active_layers)
         sweep_base = plan.train if plan.train.active_layers else _config(plan.train, layers=None, active_layers=gamma)
         gamma_sweep, depth_sweep = Sweep("active layers γ"), Sweep("lowest active layer")
-        gamma_sweep.curves, g_err = _sweep_curves(spec, sweep_base, estimator, "gamma", gamma)
-        depth_sweep.curves, d_err = _sweep_curves(spec, sweep_base, estimator, "depth", gamma)
-        depth_sweep.gamma = gamma
-        gamma_sweep.note = _curve_note(f"cost model for {plan.model}", gamma_sweep, g_err)
-        depth_sweep.note = _curve_note(f"γ = {gamma}, the sampler never drawing below the layer on the x axis",
-                                       depth_sweep, d_err)
+        g_err, d_err = _model_sweeps(gamma_sweep, depth_sweep, spec, sweep_base, estimator, gamma,
+                                     f"cost model for {plan.model}",
+                                     f"γ = {gamma}, the sampler never drawing below the layer on the x axis")
         if not gamma_sweep.curves and not depth_sweep.curves:
             notes["sweeps"] = f"no cost-model curve ({g_err or d_err})"
     else:
