@@ -281,7 +281,9 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
 
     storage_obj = open_storage(options.storage)
     name = options.study or default_study_name()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs every failed trial with its traceback; failures are counted in the progress bar and
+    # their reasons stored in the trial (user_attrs['reason']), so the terminal stays one line per event
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study, _created = _open_study(options, storage_obj, name, study_attrs, space, options.multi_objective)
 
     objective = Objective(workload, space, gate, steps=options.steps, eval_every=_eval_every(options), seed=options.seed,
