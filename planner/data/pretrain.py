@@ -27,6 +27,7 @@ import torch
 from planner.data.tasks import corpus_text
 from planner.data.tokenizer import CHARS, SPECIALS, VOCAB_SIZE, CharTokenizer
 from planner.errors import PlannerError
+from planner.threads import torch_threads
 
 RECIPE_VERSION = 1  # bump when the training loop changes in a way the fields below do not show
 CORPUS_SAMPLE_CHARS = 4096  # corpus text hashed into the cache key
@@ -89,15 +90,11 @@ def pretrain(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: bool = True):
     """Train the default model from scratch on the built-in corpus; returns (model, stats)."""
     global runs
     runs += 1
-    threads = torch.get_num_threads()
-    if threads > 1 and hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1):
-        # a busy machine: several OpenMP threads then wait on each other (measured on 2 cores at load 6-9:
-        # 600 steps took 170 s on 1 thread and over 400 s on 2; reports/workload_spread.txt)
-        torch.set_num_threads(1)
-    try:
+    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1)
+    # a busy machine: several OpenMP threads then wait on each other (measured on 2 cores at load 6-9:
+    # 600 steps took 170 s on 1 thread and over 400 s on 2; reports/workload_spread.txt)
+    with torch_threads(1 if busy else None):
         return _pretrain(recipe, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _pretrain(recipe: PretrainRecipe, progress: bool):

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from planner.errors import PlannerError, collect
+from planner.threads import torch_threads
 from planner.tune.gate import human_bytes
 from planner.tune.storage import DEFAULT_STORAGE, check_storage
 from planner.units import parse_bytes
@@ -294,21 +295,14 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
         bar = TrialProgress(options.n_trials, done, metric_name=workload.metric_name, direction=workload.direction,
                             console=console, enabled=progress)
         bar.seed_best(study)
-        import torch
-
-        threads_before = torch.get_num_threads()
-        if options.threads:
-            torch.set_num_threads(options.threads)
         try:
-            with bar:
+            with torch_threads(options.threads), bar:
                 study.optimize(objective, n_trials=remaining, timeout=options.timeout, catch=(Exception,),
                                callbacks=[bar, StopAfter(options.n_trials)])
         except KeyboardInterrupt:
             kept = sum(finished(t) for t in study.get_trials(deepcopy=False))
             raise Interrupted(f"interrupted: {kept} finished trials of study {name!r} are stored in {options.storage}; "
                               f"resume with: {resume_command(options, name)}") from None
-        finally:
-            torch.set_num_threads(threads_before)
 
     result = summarize(study, space, workload=workload, vram_bytes=vram, layers_attribute=layers_attr,
                        storage=options.storage, multi_objective=options.multi_objective)
