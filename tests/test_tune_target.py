@@ -33,13 +33,15 @@ def test_depth_rule_32_to_4(gamma, depth, want):
     got = proxy_params(point(gamma=gamma, min_depth=depth, gradient_checkpointing=True, lora_rank=8),
                        target_layers=32, proxy_layers=4)
     assert (got.gamma, got.min_depth) == want
-    # K, scorer, embeddings/head, LoRA rank, checkpointing and the learning rate are unchanged
-    assert (got.period, got.scorer, got.lora_rank, got.gradient_checkpointing, got.lr) == (20, "uniform", 8, True, 1e-3)
+    # K, scorer, embeddings/head, LoRA rank and the learning rate are unchanged; checkpointing (memory, not
+    # the result) is off on a proxy that is not the target
+    assert (got.period, got.scorer, got.lora_rank, got.gradient_checkpointing, got.lr) == (20, "uniform", 8, False, 1e-3)
 
 
 def test_same_depth_is_identity_and_a_deeper_proxy_is_refused():
-    p = point(gamma=3, min_depth=2)
-    assert proxy_params(p, target_layers=6, proxy_layers=6) is p
+    p = point(gamma=3, min_depth=2, gradient_checkpointing=True)
+    assert proxy_params(p, target_layers=6, proxy_layers=6, is_target=True) is p
+    assert proxy_params(p, target_layers=6, proxy_layers=6) == point(gamma=3, min_depth=2)
     with pytest.raises(Exception, match="proxy layers <= target layers"):
         proxy_params(p, target_layers=4, proxy_layers=6)
 
@@ -170,3 +172,26 @@ def test_proxy_target_offline_names_the_cache(tmp_path, capsys, monkeypatch):
     err = one_line(capsys, ["--vram", "24GB", "--proxy", "target", "--proxy-device", "cpu",
                             "--storage", f"sqlite:///{tmp_path}/s.db", "--quiet"])
     assert "meta-llama/Meta-Llama-3-8B" in err and str(tmp_path / "hub") in err and "offline" in err
+
+
+def test_target_points_that_map_to_one_proxy_plan_share_its_run():
+    from planner.spec.tiny import tiny_spec
+    from planner.tune.gate import BudgetGate
+    from planner.tune.objective import Objective
+
+    wl = tiny_workload()  # 3 layers
+    space = SearchSpace(num_layers=32, scorers=("uniform",), seq_len=wl.seq_len, periods=(20,), lr_choices=(1e-3,),
+                        embedding_choices=(False,), head_choices=(False,), batch_sizes=(8,))
+    gate = BudgetGate(tiny_spec("llama", num_layers=32, hidden=32, heads=2, kv_heads=1, vocab=48), 10**12, device="cpu")
+    rec = Recorder()
+    objective = Objective(wl, space, gate, steps=2, eval_every=2, proxy=rec, proxy_layers=3, proxy_hidden=32,
+                          target_hidden=32)
+    study = optuna.create_study(direction="minimize")
+    for gamma in (1, 2, 16):  # 3/32 of each, rounded half up: 1, 1, 2
+        study.enqueue_trial({"gamma": gamma, "min_depth": 0, "gradient_checkpointing": False, "period": 20,
+                             "scorer": "uniform", "train_embeddings": False, "train_head": False, "lr": 1e-3})
+    study.optimize(objective, n_trials=3)
+    t = study.trials
+    assert [p.gamma for p in rec.trained] == [1, 2]  # two proxy runs for three trials
+    assert t[1].user_attrs["reused_from"] == 0 and t[1].value == t[0].value
+    assert "reused_from" not in t[2].user_attrs and t[2].user_attrs["proxy_plan"]["gamma"] == 2
