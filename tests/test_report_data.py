@@ -337,3 +337,24 @@ def test_importance_one_row_per_step_and_static_scorers_left_out(tmp_path):
                                      user_attrs={"kind": "search", "importance": hist, "fits": True}))
     d = rstudy.study_report_data(study, use_cost_model=False)
     assert [(m.scorer, m.steps, m.active) for m in d.importance] == [("ist", [0, 10], [[1], [2]])]
+
+
+def test_a_study_report_is_about_its_target(tmp_path):
+    """A real study of Llama-3-8B at 24 GB (a tiny proxy trains): the bars, curves and budget are the 8B model's."""
+    from tune_helpers import tiny_workload
+
+    from planner.tune import TuneOptions, run_tune
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    run_tune(TuneOptions(vram="24GB", n_trials=8, steps=2, eval_every=2, storage=storage, study="t", proxy_device="cpu",
+                         out=str(tmp_path / "plan.yaml")), workload=tiny_workload(), progress=False)
+    d = rstudy.study_report_data(rstudy.load_study("t", storage))
+    assert "llama-3-8b" in d.title and d.num_layers == 32 and d.vram_bytes == 24 * 10**9 and d.device == "cuda"
+    bars = {b.key: b for b in d.bars}
+    assert bars["full"].fits is False and bars["full"].peak_bytes > 24 * 10**9 and bars["full"].metric is None
+    assert bars["plan"].fits is True and bars["plan"].peak_bytes <= 24 * 10**9
+    assert any(p.gated for p in d.trials) and d.counts["gated"] == sum(p.gated for p in d.trials)
+    # the curves are the target's in its shape: γ up to 32 layers, bfloat16 weights (8.03e9 params x 2 B ~ 15 GiB)
+    assert max(max(c.x) for c in d.gamma_sweep.curves) == 32
+    assert min(min(c.y) for c in d.gamma_sweep.curves) > 15 * GiB
+    assert any(line.startswith("target: llama-3-8b (32 layers), batch 1 × seq 1024, bfloat16") for line in d.details)
