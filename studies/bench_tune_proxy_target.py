@@ -1,7 +1,8 @@
 """`planner tune --proxy target`: the target itself trains every trial that fits; its memory is measured.
 
 Builds a model directory with random weights (a preset's architecture, or a tiny Llama) and a
-character tokenizer, runs `planner tune --model DIR --proxy target` on it, and prints one row
+character tokenizer, runs `planner tune --model DIR --proxy target` on it (plain-text data: the
+metric is held-out eval loss, which moves even from random weights), and prints one row
 per trial: the point (target numbering), the cost model's predicted peak, and the measured one:
 
 - on CUDA, from the trial record: device memory in use at the training peak (memory outside
@@ -9,7 +10,7 @@ per trial: the point (target numbering), the cost model's predicted peak, and th
 - on CPU, measured again after the study with ``planner.cost.measure_training_peak`` (live tensor
   bytes of real training steps) at the trial's worst-case draw.
 
-    python studies/bench_tune_proxy_target.py --tiny --device cpu --vram 40MB
+    python studies/bench_tune_proxy_target.py --tiny --device cpu --vram 3MB
     python studies/bench_tune_proxy_target.py --preset llama-3.2-1b --device cuda --vram 70GB --seq-len 1024
 """
 
@@ -42,6 +43,14 @@ def build_dir(args, root: Path) -> Path:
     return out
 
 
+def write_text_data(root: Path) -> Path:
+    """Plain-text training data (metric: held-out eval loss, which moves even from random weights)."""
+    path = root / "train.jsonl"
+    lines = [json.dumps({"text": f"{i} plus {i % 7} is {i + i % 7}, and {i} times two is {2 * i}."}) for i in range(300)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def cpu_measured(spec, trial, shape: dict) -> int:
     import torch
 
@@ -62,7 +71,7 @@ def main() -> int:
     ap.add_argument("--preset", default="llama-3.2-1b")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--vram", default="40MB")
+    ap.add_argument("--vram", default="3MB")
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--dtype", default="float32")
@@ -86,7 +95,8 @@ def main() -> int:
         model_dir = build_dir(args, Path(tmp))
         built = time.perf_counter() - t0
         storage = f"sqlite:///{tmp}/s.db"
-        argv = ["tune", "--vram", args.vram, "--model", str(model_dir), "--proxy", "target", "--proxy-device", args.device,
+        argv = ["tune", "--vram", args.vram, "--model", str(model_dir), "--data", str(write_text_data(Path(tmp))),
+                "--proxy", "target", "--proxy-device", args.device,
                 "--device", args.device, "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
                 "--dtype", args.dtype, "--n-trials", str(args.n_trials), "--steps", str(args.steps),
                 "--eval-every", str(args.steps), "--study", "bench", "--storage", storage, "--quiet",
