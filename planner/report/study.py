@@ -326,8 +326,9 @@ def _details(ua: dict, base: TrainConfig, num_layers: int | None, trials) -> lis
                    f"{ua.get('device', 'cuda')}")
     proxy = ua.get("proxy")
     if isinstance(proxy, dict):
-        out.append(f"proxy (trains the plans that fit, gives the metric): {proxy.get('name')} ({proxy.get('num_layers')} "
-                   f"layers) on {ua.get('proxy_device', '?')}")
+        name = str(proxy.get("name"))
+        depth = "" if "layers" in name else f" ({proxy.get('num_layers')} layers)"
+        out.append(f"proxy (trains the plans that fit, gives the metric): {name}{depth} on {ua.get('proxy_device', '?')}")
     settings = [f"{k.replace('_', ' ')}: {ua[k]}" for k in ("workload", "steps", "seed") if ua.get(k) is not None]
     if settings:
         out.append("study settings: " + ", ".join(settings).replace("steps:", "proxy steps per trial:"))
