@@ -195,3 +195,32 @@ def test_target_points_that_map_to_one_proxy_plan_share_its_run():
     assert [p.gamma for p in rec.trained] == [1, 2]  # two proxy runs for three trials
     assert t[1].user_attrs["reused_from"] == 0 and t[1].value == t[0].value
     assert "reused_from" not in t[2].user_attrs and t[2].user_attrs["proxy_plan"]["gamma"] == 2
+
+
+def test_out_of_memory_is_a_failed_trial_with_predicted_and_available_bytes():
+    from planner.spec.tiny import tiny_spec
+    from planner.tune.gate import BudgetGate
+    from planner.tune.objective import Objective
+    from planner.tune.proxy import ProxyOutOfMemory
+
+    wl = tiny_workload()
+
+    def out_of_memory(workload, params, **kw):
+        if params.gamma == 2:  # the device says no, whatever the prediction said
+            raise ProxyOutOfMemory("out of memory on cuda (CUDA out of memory. Tried to allocate 2.00 GiB)", 123_456_789)
+        return run_proxy(workload, params, **kw)
+
+    space = SearchSpace(num_layers=3, scorers=("uniform",), seq_len=wl.seq_len, periods=(20,), lr_choices=(1e-3,),
+                        embedding_choices=(False,), head_choices=(False,), batch_sizes=(8,))
+    gate = BudgetGate(wl.spec, 10**12, device="cpu")
+    study = optuna.create_study(direction="minimize")
+    for gamma in (2, 1):
+        study.enqueue_trial({"gamma": gamma, "min_depth": 0, "gradient_checkpointing": False, "period": 20,
+                             "scorer": "uniform", "train_embeddings": False, "train_head": False, "lr": 1e-3})
+    study.optimize(Objective(wl, space, gate, steps=2, eval_every=2, proxy=out_of_memory), n_trials=2,
+                   catch=(Exception,))
+    failed, ok = study.trials
+    predicted = failed.user_attrs["predicted_peak_bytes"]
+    assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["available_bytes"] == 123_456_789
+    assert f"predicted {predicted} B" in failed.user_attrs["reason"] and "available 123456789 B" in failed.user_attrs["reason"]
+    assert ok.state == optuna.trial.TrialState.COMPLETE  # the study went on
