@@ -206,6 +206,7 @@ def test_pretraining_uses_one_thread_on_a_busy_machine(monkeypatch):
     monkeypatch.setattr(pretrain_mod, "_pretrain", lambda recipe, progress: None)
     before = torch.get_num_threads()
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # as on a 2-core machine
+    monkeypatch.setattr(pretrain_mod.os, "cpu_count", lambda: 2)  # whatever this host has
     real_set = torch.set_num_threads
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))

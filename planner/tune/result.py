@@ -19,6 +19,21 @@ class NoFinishedTrial(PlannerError):
     exit_code = 1
 
 
+class NoSignal(PlannerError):
+    """Every trained trial scored the same: the metric cannot tell plans apart, so none is named."""
+
+    exit_code = 1
+
+
+def check_signal(trials, metric_name: str, study_name: str) -> None:
+    """Raise :class:`NoSignal` when the trained trials' metrics are all equal (all 0 accuracy, say)."""
+    metrics = [metric_of(t) for t in trials]
+    if len(set(metrics)) == 1 and (len(metrics) > 1 or metrics[0] == 0):
+        raise NoSignal(f"the trained trials must differ in {metric_name} to name a best plan, but all {len(metrics)} of "
+                       f"study {study_name!r} scored {metrics[0]:.4f}: no plan written; train longer (--steps), check "
+                       f"the data (--data) or the model (--model)")
+
+
 @dataclass
 class SummaryRow:
     name: str
@@ -87,6 +102,7 @@ def summarize(study, space: SearchSpace, *, workload, vram_bytes: int, layers_at
         states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
         raise NoFinishedTrial(f"the study must hold a trained trial that fits, but it has none ({states}); "
                               f"see the trials' user_attrs 'reason', or raise --n-trials/--vram")
+    check_signal(ok, workload.metric_name, study.study_name)
     if multi_objective:
         front = [t for t in study.best_trials if _trained_ok(t)]
         candidates = front or ok

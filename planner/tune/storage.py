@@ -47,6 +47,8 @@ def check_storage(url: str) -> str:
                 f"--storage must be a URL (sqlite:///studies/planner.db, postgresql://user@host/db, mysql://...) "
                 f"or a journal file ending in {', '.join(JOURNAL_SUFFIXES)}, but got {url!r}"
             )
+        if Path(url).expanduser().is_dir():
+            raise PlannerError(f"--storage journal file must be a file, but {url!r} is a directory")
         parent = Path(url).expanduser().parent
         if parent.exists() and not parent.is_dir():
             raise PlannerError(f"--storage journal file's folder must be a directory, but {str(parent)!r} is not")

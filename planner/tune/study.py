@@ -107,8 +107,13 @@ class TuneOptions(BaseModel):
             problems.append(str(exc))
         if self.data is not None and "://" not in self.data and not Path(self.data).expanduser().exists():
             problems.append(f"--data file must exist, but {self.data!r} was not found")
-        if self.profile is not None and not Path(self.profile).expanduser().is_file():
-            problems.append(f"--profile file must exist, but {self.profile!r} was not found")
+        if self.profile is not None:
+            from planner.cost.profile import load_profile
+
+            try:
+                load_profile(self.profile)  # a malformed file is named before any model loads
+            except PlannerError as exc:
+                problems.append(str(exc))
         collect(problems)
         return vram
 
