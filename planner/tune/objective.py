@@ -14,10 +14,9 @@ from typing import Callable
 
 from planner.tune.baselines import SEARCH, baseline_points
 from planner.tune.gate import BudgetGate
+from planner.tune.lifecycle import INTERRUPTED  # noqa: F401 - set by lifecycle.GuardedObjective on Ctrl-C/SIGTERM
 from planner.tune.proxy import run_proxy
 from planner.tune.space import SearchSpace
-
-INTERRUPTED = "interrupted (Ctrl-C) before the trial finished"
 
 
 class Objective:
@@ -85,11 +84,6 @@ class Objective:
             trial.set_user_attr("reason", f"diverged: {exc}")
             trial.set_user_attr("train_seconds", perf_counter() - start)
             return (math.nan, math.nan) if self.multi_objective else math.nan
-        except KeyboardInterrupt:
-            trial.set_user_attr("reason", INTERRUPTED)
-            if kind in self._baselines:  # run it again on resume
-                trial.study.enqueue_trial(self._baselines[kind].as_params(), user_attrs={"kind": kind})
-            raise
         except Exception as exc:
             trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:500])
             trial.set_user_attr("train_seconds", perf_counter() - start)

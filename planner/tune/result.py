@@ -9,7 +9,6 @@ from planner.config import TrainConfig
 from planner.errors import PlannerError
 from planner.plan import BaselineResult, Breakdown, Plan
 from planner.tune.baselines import KINDS, SEARCH
-from planner.tune.objective import INTERRUPTED
 from planner.tune.space import SearchSpace, TrialParams
 
 
@@ -44,11 +43,9 @@ class TuneResult:
 
 def finished(trial) -> bool:
     """A trial that counts toward ``--n-trials``: complete, pruned or failed, but not interrupted."""
-    from optuna.trial import TrialState
+    from planner.tune.lifecycle import counted
 
-    if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
-        return False
-    return trial.user_attrs.get("reason") != INTERRUPTED
+    return counted(trial)
 
 
 def metric_of(trial) -> float | None:

@@ -180,24 +180,20 @@ def check_feasible(space, gate) -> None:
         )
 
 
-_RESUME_KEYS = ("vram_bytes", "model", "workload", "device", "multi_objective", "search_space")
-
-
 def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict, space, multi_objective: bool):
     """Create the study (and queue the baselines), or load it when it exists and matches."""
     import optuna
 
+    from planner.tune.preflight import check_resume
+    from planner.tune.seeding import PerTrialSeed
+
     directions = [study_attrs["direction"], "minimize"] if multi_objective else [study_attrs["direction"]]
-    sampler, pruner = make_sampler(options.sampler, options.seed), _make_pruner(options)
+    sampler, pruner = PerTrialSeed(make_sampler(options.sampler, options.seed), options.seed), _make_pruner(options)
     try:
         study = optuna.create_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner, directions=directions)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner)
-        stored = study.user_attrs
-        diff = [f"{k}={stored.get(k)!r} (now {study_attrs[k]!r})" for k in _RESUME_KEYS if k in stored and stored.get(k) != study_attrs[k]]
-        if diff:
-            raise PlannerError(f"--study {name!r} must be resumed with the settings it was created with, but it has {'; '.join(diff)}: "
-                               f"use the same flags or a new --study") from None
+        check_resume(name, study.user_attrs, study_attrs)
         return study, False
     for key, value in study_attrs.items():
         study.set_user_attr(key, value)
@@ -215,9 +211,9 @@ class StopAfter:
         self.total = total
 
     def __call__(self, study, trial) -> None:
-        from planner.tune.result import finished
+        from planner.tune.lifecycle import owed
 
-        if sum(finished(t) for t in study.get_trials(deepcopy=False)) >= self.total:
+        if owed(study, self.total) <= 0:
             study.stop()
 
 
@@ -249,6 +245,12 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     ``workload``/``estimator``/``proxy`` replace the built-in ones (tests, benchmarks).
     """
     vram = options.validate_all()
+    from planner.tune.preflight import check_outputs
+
+    name = options.study or default_study_name()
+    check_outputs(options.out, name, options.storage)
+    if console is not None and options.study is None:
+        console.print(f"study {name!r} in {options.storage} (resume it with --study {name})")
     import optuna
 
     from planner.spec import layers_attribute
@@ -256,6 +258,7 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     from planner.tune.objective import Objective
     from planner.tune.progress import TrialProgress
     from planner.tune.result import finished, summarize
+    from planner.tune.signals import exit_code
 
     if workload is None:
         from planner.data import load_workload
@@ -281,7 +284,6 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     from planner.tune.storage import open_storage
 
     storage_obj = open_storage(options.storage)
-    name = options.study or default_study_name()
     # Optuna logs every failed trial with its traceback; failures are counted in the progress bar and
     # their reasons stored in the trial (user_attrs['reason']), so the terminal stays one line per event
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -289,20 +291,27 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
 
     objective = Objective(workload, space, gate, steps=options.steps, eval_every=_eval_every(options), seed=options.seed,
                           multi_objective=options.multi_objective, **({"proxy": proxy} if proxy else {}))
+    from planner.tune.lifecycle import GuardedObjective, attach, owed, settle_message
+
+    worker = attach(study)  # dead workers' trials are failed and queued again before counting
     done = sum(finished(t) for t in study.get_trials(deepcopy=False))
-    remaining = options.n_trials - done
+    remaining = owed(study, options.n_trials)
     if remaining > 0:
         bar = TrialProgress(options.n_trials, done, metric_name=workload.metric_name, direction=workload.direction,
                             console=console, enabled=progress)
         bar.seed_best(study)
         try:
             with torch_threads(options.threads), bar:
-                study.optimize(objective, n_trials=remaining, timeout=options.timeout, catch=(Exception,),
-                               callbacks=[bar, StopAfter(options.n_trials)])
-        except KeyboardInterrupt:
+                study.optimize(GuardedObjective(objective, worker), n_trials=remaining, timeout=options.timeout,
+                               catch=(Exception,), callbacks=[bar, worker.reap, StopAfter(options.n_trials)])
+        except KeyboardInterrupt as exc:
+            worker.settle()
             kept = sum(finished(t) for t in study.get_trials(deepcopy=False))
-            raise Interrupted(f"interrupted: {kept} finished trials of study {name!r} are stored in {options.storage}; "
-                              f"resume with: {resume_command(options, name)}") from None
+            error = Interrupted(f"{settle_message(exc)}: {kept} finished trials of study {name!r} are stored in {options.storage}; "
+                                f"resume with: {resume_command(options, name)}")
+            error.exit_code = exit_code(exc)
+            raise error from None
+    worker.close()
 
     result = summarize(study, space, workload=workload, vram_bytes=vram, layers_attribute=layers_attr,
                        storage=options.storage, multi_objective=options.multi_objective)
