@@ -1,10 +1,8 @@
-"""What a person watching `planner tune` sees: a progress bar while it runs, a table at the end."""
+"""What a person watching `planner tune` sees while it runs: a progress bar."""
 
 from __future__ import annotations
 
 import math
-
-from planner.tune.gate import human_bytes
 
 
 class TrialProgress:
@@ -61,23 +59,3 @@ class TrialProgress:
         self.progress.advance(self.task)
         self._refresh()
 
-
-def summary_table(result, *, metric_name: str, vram_bytes: int):
-    """Best plan vs baselines: metric, predicted peak, fits, and what tuning wins."""
-    from rich.table import Table
-
-    table = Table(title=f"planner tune: best plan vs baselines (budget {human_bytes(vram_bytes)})")
-    for col in ("plan", metric_name, "predicted peak", "fits", "tuned wins by", "trial"):
-        table.add_column(col, justify="left" if col in ("plan", "fits") else "right")
-    for row in result.rows:
-        metric = "-" if row.metric is None else f"{row.metric:.4f}"
-        peak = "-" if row.predicted_peak_bytes is None else human_bytes(row.predicted_peak_bytes)
-        fits = "-" if row.fits is None else ("yes" if row.fits else "no (never trained)")
-        if row.name == "tuned plan":
-            delta = ""
-        elif row.delta is None:
-            delta = (row.reason or row.state)[:40]
-        else:
-            delta = f"{row.delta:+.4f}"
-        table.add_row(row.name, metric, peak, fits, delta, str(row.trial_number))
-    return table
