@@ -35,28 +35,45 @@ class BaselineResult(BaseModel):
     trial_number: int | None = None
 
 
+class ProxyInfo(BaseModel):
+    """What the plan's metric was measured on: the proxy and the proxy plan the target plan maps to."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: str = Field(description="target | builtin | model | given")
+    num_layers: int = Field(ge=1)
+    hidden_size: int | None = None
+    device: str = "cpu"
+    active_layers: int = Field(ge=1, description="γ of the proxy plan")
+    min_depth: int = Field(0, ge=0)
+    learning_rate: float = Field(gt=0, description="the learning rate the proxy trained with (the searched value)")
+    batch_size: int = Field(ge=1)
+
+
 class Plan(BaseModel):
     """A layer-wise fine-tuning plan: which layers train, how they are drawn, and what it costs."""
 
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[1] = 1
-    model: str = Field(description="preset name, hub id, or local path as given to the tuner")
+    model: str = Field(description="the target: preset name, hub id, or local path as given to the tuner")
     model_type: str
     num_layers: int = Field(ge=1)
     layers_attribute: str = Field(description="dotted path of the decoder layers, e.g. model.layers")
     # the method
     active_layers: int = Field(ge=1, description="γ: decoder layers trained at once")
+    min_depth: int = Field(0, ge=0, description="the lowest decoder layer a sampler may draw")
     period: int = Field(ge=1, description="K: steps between re-draws")
     scorer: str
     scorer_options: dict = Field(default_factory=dict)
     layers: list[int] | None = Field(None, description="fixed layer set for static plans")
     train_embeddings: bool = True
     train_head: bool = True
-    learning_rate: float = Field(gt=0)
+    learning_rate: float = Field(gt=0, description="for the target (from the proxy's by the rule in planner.tune.mapping)")
     lora_rank: int | None = None
     # the training configuration the memory was predicted for
     train: TrainConfig
+    device: str | None = Field(None, description="the device the budget is for (cuda adds device overhead)")
     vram_bytes: int | None = None
     predicted_peak_bytes: int
     breakdown: Breakdown
@@ -67,6 +84,7 @@ class Plan(BaseModel):
     study_name: str | None = None
     storage: str | None = None
     trial_number: int | None = None
+    proxy: ProxyInfo | None = None
 
     @model_validator(mode="after")
     def _agrees_with_train(self):
@@ -75,6 +93,8 @@ class Plan(BaseModel):
         for name in ("train_embeddings", "train_head", "lora_rank"):
             if getattr(self, name) != getattr(self.train, name):
                 problems.append(f"`{name} == train.{name}` must hold, but got {getattr(self, name)!r} and {getattr(self.train, name)!r}")
+        if self.train.active_layers is not None and self.train.min_depth != self.min_depth:
+            problems.append(f"`min_depth == train.min_depth` must hold, but got {self.min_depth} and {self.train.min_depth}")
         if self.train.active_layers is not None and self.train.active_layers != self.active_layers:
             problems.append(f"`active_layers == train.active_layers` must hold, but got {self.active_layers} and {self.train.active_layers}")
         if self.layers is not None and isinstance(self.train.layers, list) and sorted(self.layers) != sorted(self.train.layers):

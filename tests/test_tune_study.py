@@ -4,7 +4,7 @@ import math
 
 import optuna
 import pytest
-from tune_helpers import tiny_workload
+from tune_helpers import tiny_workload, write_target_config
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
@@ -27,19 +27,35 @@ def wl():
     return tiny_workload()
 
 
-def peaks(wl):
-    """Predicted peaks (device cpu) of the cheapest and the dearest configuration of the tiny model."""
-    gate = BudgetGate(wl.spec, 1, device="cpu")
-    space = build_space(wl, TuneOptions(vram=1))
+@pytest.fixture(scope="module")
+def target(wl, tmp_path_factory):
+    """The tiny model as the target (config.json), costed in float32 at the workload's length, batch 8."""
+    return write_target_config(wl, tmp_path_factory.mktemp("target") / "config.json")
+
+
+def target_space(wl, target):
+    opts = TuneOptions(vram=1, **target_flags(wl, target))
+    t, _ = opts.validate_all()
+    return t, build_space(t, opts)
+
+
+def target_flags(wl, target):
+    return dict(model=target, seq_len=wl.seq_len, batch_size=8, dtype="float32", device="cpu")
+
+
+def peaks(wl, target):
+    """Predicted peaks (device cpu) of the cheapest and the dearest configuration of the tiny target."""
+    t, space = target_space(wl, target)
+    gate = BudgetGate(t.spec, 1, device="cpu")
     low = min(gate.predict(space.train_config(p)).peak_bytes for p in space.cheapest_points())
-    high = gate.predict(TrainConfig(batch_size=space.default_batch_size, seq_len=wl.seq_len,
-                                    active_layers=wl.spec.num_layers)).peak_bytes
+    high = max(gate.predict(TrainConfig(batch_size=8, seq_len=wl.seq_len, active_layers=wl.spec.num_layers,
+                                        gradient_checkpointing=c)).peak_bytes for c in (False, True))
     return low, high
 
 
-def options(tmp_path, vram, **kw):
+def options(tmp_path, vram, target, wl, **kw):
     base = dict(vram=vram, n_trials=10, steps=STEPS, eval_every=2, storage=f"sqlite:///{tmp_path}/s.db", study="t",
-                device="cpu", out=str(tmp_path / "plan.yaml"))
+                out=str(tmp_path / "plan.yaml"), proxy_device="cpu", **target_flags(wl, target))
     return TuneOptions(**{**base, **kw})
 
 
@@ -57,11 +73,11 @@ class Recorder:
         return run_proxy(workload, params, **kw)
 
 
-def test_no_trial_trains_over_budget(tmp_path, wl):
-    low, high = peaks(wl)
+def test_no_trial_trains_over_budget(tmp_path, wl, target):
+    low, high = peaks(wl, target)
     vram = (low + high) // 2
     rec = Recorder()
-    result = run_tune(options(tmp_path, vram, n_trials=14), workload=wl, progress=False, proxy=rec)
+    result = run_tune(options(tmp_path, vram, target, wl, n_trials=14), workload=wl, progress=False, proxy=rec)
     study = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
     trials = study.trials
     gated = [t for t in trials if t.user_attrs.get("gated")]
@@ -76,7 +92,7 @@ def test_no_trial_trains_over_budget(tmp_path, wl):
         assert "exceeds the budget" in t.user_attrs["reason"] and "metric" not in t.user_attrs
     # the proxy trainer saw only configurations that fit
     gate = BudgetGate(wl.spec, vram, device="cpu")
-    space = build_space(wl, TuneOptions(vram=1))
+    _, space = target_space(wl, target)
     assert len(rec.trained) == len(trials) - len(gated)
     for params, _ in rec.trained:
         assert gate.predict(space.train_config(params)).peak_bytes <= vram
@@ -84,9 +100,9 @@ def test_no_trial_trains_over_budget(tmp_path, wl):
     assert result.counts["gated"] == len(gated)
 
 
-def test_trial_record_contract_and_plan(tmp_path, wl):
-    _, high = peaks(wl)
-    result = run_tune(options(tmp_path, high * 2, n_trials=6), workload=wl, progress=False)
+def test_trial_record_contract_and_plan(tmp_path, wl, target):
+    _, high = peaks(wl, target)
+    result = run_tune(options(tmp_path, high * 2, target, wl, n_trials=6), workload=wl, progress=False)
     study = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
     assert {k: study.user_attrs[k] for k in ("vram_bytes", "metric_name", "direction", "device", "multi_objective")} == \
         {"vram_bytes": high * 2, "metric_name": "eval_loss", "direction": "minimize", "device": "cpu", "multi_objective": False}
@@ -97,7 +113,11 @@ def test_trial_record_contract_and_plan(tmp_path, wl):
     assert kinds[:3] == list(KINDS) and set(kinds[3:]) == {"search"}
     for t in study.trials:
         a = t.user_attrs
-        assert set(t.params) >= {"gamma", "period", "scorer", "train_embeddings", "train_head", "lr"}
+        assert set(t.params) >= {"gamma", "min_depth", "gradient_checkpointing", "period", "scorer", "train_embeddings",
+                                 "train_head", "lr"}
+        # the proxy is the target's own architecture here: the proxy plan is the target plan
+        assert a["proxy_plan"]["gamma"] == t.params["gamma"] and a["min_depth"] == a["proxy_plan"]["min_depth"]
+        assert a["min_depth"] == min(t.params["min_depth"], 3 - t.params["gamma"])
         assert set(a["breakdown"]) == set(BREAKDOWN_KEYS) and all(isinstance(v, int) for v in a["breakdown"].values())
         assert isinstance(a["predicted_peak_bytes"], int) and a["gated"] is False and a["fits"] is True
         assert a["lowest_layer"] == min(a["trainable_layers"])
@@ -116,34 +136,40 @@ def test_trial_record_contract_and_plan(tmp_path, wl):
     assert plan.metric == best.user_attrs["metric"] == min(t.value for t in study.trials if t.value is not None)
     assert plan.active_layers == best.params["gamma"] and plan.train.active_layers == best.params["gamma"]
     assert plan.breakdown.model_dump() == best.user_attrs["breakdown"]
+    assert plan.min_depth == plan.train.min_depth == best.user_attrs["min_depth"]
+    assert plan.train.gradient_checkpointing == best.params["gradient_checkpointing"]
+    assert plan.proxy.kind == "given" and plan.proxy.learning_rate == best.params["lr"] == plan.learning_rate
+    assert plan.model == study.user_attrs["target"]["model"] and study.user_attrs["target_shape"]["batch_size"] == 8
 
 
-def test_resume_keeps_finished_trials(tmp_path, wl):
-    _, high = peaks(wl)
-    run_tune(options(tmp_path, high, n_trials=4), workload=wl, progress=False)
+def test_resume_keeps_finished_trials(tmp_path, wl, target):
+    _, high = peaks(wl, target)
+    run_tune(options(tmp_path, high, target, wl, n_trials=4), workload=wl, progress=False)
     storage = open_storage(f"sqlite:///{tmp_path}/s.db")
-    first = [(t.number, t.params, t.state) for t in optuna.load_study(study_name="t", storage=storage).trials]
-    run_tune(options(tmp_path, high, n_trials=6), workload=wl, progress=False)
+    # trials queued at creation (baselines, offered points) beyond the first 4 wait for the resume
+    first = [(t.number, t.params, t.state) for t in optuna.load_study(study_name="t", storage=storage).trials
+             if t.state.is_finished()]
+    run_tune(options(tmp_path, high, target, wl, n_trials=6), workload=wl, progress=False)
     after = optuna.load_study(study_name="t", storage=storage).trials
     assert len(after) == 6 and [(t.number, t.params, t.state) for t in after[:4]] == first
     # a finished study resumed with the same total trains nothing more
-    run_tune(options(tmp_path, high, n_trials=6), workload=wl, progress=False)
+    run_tune(options(tmp_path, high, target, wl, n_trials=6), workload=wl, progress=False)
     assert len(optuna.load_study(study_name="t", storage=storage).trials) == 6
     # resuming with another budget is refused
     with pytest.raises(PlannerError, match="resumed with the settings"):
-        run_tune(options(tmp_path, high * 3, n_trials=7), workload=wl, progress=False)
+        run_tune(options(tmp_path, high * 3, target, wl, n_trials=7), workload=wl, progress=False)
 
 
-def test_infeasible_budget_names_the_smallest_that_fits(tmp_path, wl):
-    low, _ = peaks(wl)
+def test_infeasible_budget_names_the_smallest_that_fits(tmp_path, wl, target):
+    low, _ = peaks(wl, target)
     with pytest.raises(InfeasibleBudget, match=f"at least {low} B"):
-        run_tune(options(tmp_path, low - 1), workload=wl, progress=False)
-    space = build_space(wl, TuneOptions(vram=1))
+        run_tune(options(tmp_path, low - 1, target, wl), workload=wl, progress=False)
+    _, space = target_space(wl, target)
     check_feasible(space, BudgetGate(wl.spec, low, device="cpu"))  # exactly that budget passes
 
 
-def test_diverged_and_crashed_trials_fail_and_the_study_goes_on(tmp_path, wl):
-    _, high = peaks(wl)
+def test_diverged_and_crashed_trials_fail_and_the_study_goes_on(tmp_path, wl, target):
+    _, high = peaks(wl, target)
 
     def fail(params, n):
         if n == 4:
@@ -151,7 +177,7 @@ def test_diverged_and_crashed_trials_fail_and_the_study_goes_on(tmp_path, wl):
         if n == 5:
             raise RuntimeError("boom")
 
-    result = run_tune(options(tmp_path, high * 2, n_trials=7), workload=wl, progress=False, proxy=Recorder(fail))
+    result = run_tune(options(tmp_path, high * 2, target, wl, n_trials=7), workload=wl, progress=False, proxy=Recorder(fail))
     trials = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db")).trials
     assert len(trials) == 7
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
@@ -160,21 +186,21 @@ def test_diverged_and_crashed_trials_fail_and_the_study_goes_on(tmp_path, wl):
     assert result.counts["fail"] == 2 and result.counts["complete"] == 5
 
 
-def test_ctrl_c_stops_cleanly_and_resume_loses_nothing(tmp_path, wl):
-    _, high = peaks(wl)
+def test_ctrl_c_stops_cleanly_and_resume_loses_nothing(tmp_path, wl, target):
+    _, high = peaks(wl, target)
 
     def interrupt(params, n):
         if n == 5:
             raise KeyboardInterrupt
 
     with pytest.raises(Interrupted, match="resume with: planner tune") as err:
-        run_tune(options(tmp_path, high * 2, n_trials=7), workload=wl, progress=False, proxy=Recorder(interrupt))
+        run_tune(options(tmp_path, high * 2, target, wl, n_trials=7), workload=wl, progress=False, proxy=Recorder(interrupt))
     assert err.value.exit_code == 130 and "--study t" in str(err.value)
     storage = open_storage(f"sqlite:///{tmp_path}/s.db")
     before = optuna.load_study(study_name="t", storage=storage).trials
     done = [(t.number, t.params) for t in before if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 4
-    run_tune(options(tmp_path, high * 2, n_trials=7), workload=wl, progress=False)
+    run_tune(options(tmp_path, high * 2, target, wl, n_trials=7), workload=wl, progress=False)
     after = optuna.load_study(study_name="t", storage=storage).trials
     assert [(t.number, t.params) for t in after if t.number < 4] == done
     # the interrupted trial is failed with its reason and not counted: 7 finished trials besides it
@@ -182,9 +208,9 @@ def test_ctrl_c_stops_cleanly_and_resume_loses_nothing(tmp_path, wl):
     assert sum(finished(t) for t in after) == 7 and len(after) == 8
 
 
-def test_multi_objective_keeps_a_pareto_front(tmp_path, wl):
-    low, high = peaks(wl)
-    result = run_tune(options(tmp_path, high, n_trials=8, multi_objective=True), workload=wl, progress=False)
+def test_multi_objective_keeps_a_pareto_front(tmp_path, wl, target):
+    low, high = peaks(wl, target)
+    result = run_tune(options(tmp_path, high, target, wl, n_trials=8, multi_objective=True), workload=wl, progress=False)
     study = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
     assert len(study.directions) == 2 and study.user_attrs["multi_objective"] is True
     front = study.best_trials
@@ -195,10 +221,10 @@ def test_multi_objective_keeps_a_pareto_front(tmp_path, wl):
     assert result.plan.trial_number in {t.number for t in front}
 
 
-def test_lora_batch_sizes_hyperband_random_on_a_journal_file(tmp_path, wl):
-    _, high = peaks(wl)
+def test_lora_batch_sizes_hyperband_random_on_a_journal_file(tmp_path, wl, target):
+    _, high = peaks(wl, target)
     journal = str(tmp_path / "runs" / "study.log")
-    result = run_tune(options(tmp_path, high * 4, n_trials=6, lora=True, batch_sizes="2,4", pruner="hyperband",
+    result = run_tune(options(tmp_path, high * 4, target, wl, n_trials=6, lora=True, batch_sizes="2,4", pruner="hyperband",
                               sampler="random", storage=journal), workload=wl, progress=False)
     trials = optuna.load_study(study_name="t", storage=open_storage(journal)).trials
     assert len(trials) == 6

@@ -45,3 +45,13 @@ def write_user_workload(root) -> tuple[str, str]:
     data.write_text("\n".join(json.dumps({"instruction": f"double {i}", "response": "7" if i % 3 else "seven"})
                               for i in range(80)) + "\n")
     return str(model_dir), str(data)
+
+
+def write_target_config(workload: Workload, path) -> str:
+    """The workload's model as a target ``config.json`` (the spec the gate costs; no weights)."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workload.spec.config.to_json_file(str(path))
+    return str(path)

@@ -5,9 +5,14 @@
 - ``baseline:full``: full fine-tuning (γ=L: every layer, embeddings and head), gated like any
   trial, so it runs only where it fits;
 - ``baseline:lora``: LoRA rank 16 on every layer's linear modules, embeddings and head frozen.
+
+Every study also starts with the points :func:`offered_points` finds: the most active layers
+the budget allows (searched trials like any other, marked ``offered``).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from planner.tune.space import DEFAULT_LR, LISA_GAMMA, LISA_PERIOD, SearchSpace, TrialParams
 
@@ -57,3 +62,25 @@ def enqueue_baselines(study, space: SearchSpace) -> list[str]:
     for kind, point in points.items():
         study.enqueue_trial(point.as_params(), user_attrs={"kind": kind})
     return list(points)
+
+
+def offered_points(space: SearchSpace, gate) -> list[TrialParams]:
+    """Where the budget allows more active layers higher up: per checkpointing choice, the frontier point with
+    the most layers (the lowest ``min_depth`` among equals), at LISA's period and the default learning rate."""
+    fits = lambda p: gate.predict(space.train_config(p)).fits  # noqa: E731
+    best = {}
+    for p in space.frontier(fits):
+        cur = best.get(p.gradient_checkpointing)
+        if cur is None or (p.gamma, -p.min_depth) > (cur.gamma, -cur.min_depth):
+            best[p.gradient_checkpointing] = p
+    scorer = "uniform" if "uniform" in space.scorers else space.scorers[0]
+    return [replace(p, period=_nearest(LISA_PERIOD, space.periods), scorer=scorer, lr=_lr(space, DEFAULT_LR))
+            for _, p in sorted(best.items())]
+
+
+def enqueue_offered(study, space: SearchSpace, gate) -> int:
+    """Queue :func:`offered_points` as searched trials; returns how many."""
+    points = offered_points(space, gate)
+    for p in points:
+        study.enqueue_trial(p.as_params(), user_attrs={"kind": SEARCH, "offered": True})
+    return len(points)

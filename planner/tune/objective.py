@@ -1,9 +1,11 @@
-"""One trial: choose a point, gate it on predicted memory, train the proxy, record everything.
+"""One trial: choose a target point, gate it on the target's predicted memory, train its proxy plan, record everything.
 
 The trial record (read by reports):
-params: gamma, period, scorer, train_embeddings, train_head, lr, (lora_rank), (batch_size);
-user_attrs: kind, predicted_peak_bytes, breakdown, fits, gated, reason, lowest_layer,
-trainable_layers, metric, importance, train_seconds.
+params: gamma, min_depth, gradient_checkpointing, period, scorer, train_embeddings, train_head,
+lr (the proxy's), (lora_rank), (batch_size) -- the target's point, in the target's numbering;
+user_attrs: kind, predicted_peak_bytes, breakdown, fits, gated, reason, min_depth (after
+lowering to L - γ), lowest_layer, trainable_layers, proxy_plan, target_lr, reused_from,
+metric, importance, train_seconds, and on CUDA measured_memory (see planner.tune.proxy).
 """
 
 from __future__ import annotations
@@ -13,18 +15,25 @@ from time import perf_counter
 from typing import Callable
 
 from planner.tune.baselines import SEARCH, baseline_points
-from planner.tune.gate import BudgetGate
-from planner.tune.proxy import run_proxy
+from planner.tune.gate import BudgetGate, human_bytes
+from planner.tune.lifecycle import INTERRUPTED  # noqa: F401 - set by lifecycle.GuardedObjective on Ctrl-C/SIGTERM
+from planner.tune.mapping import proxy_params, reuse_key, target_lr
+from planner.tune.proxy import ProxyOutOfMemory, TrainShape, run_proxy
 from planner.tune.space import SearchSpace
-
-INTERRUPTED = "interrupted (Ctrl-C) before the trial finished"
 
 
 class Objective:
-    """Callable for ``study.optimize``: returns the proxy metric (and the predicted peak in multi-objective mode)."""
+    """Callable for ``study.optimize``: returns the proxy metric (and the predicted peak in multi-objective mode).
+
+    ``proxy_layers``/``proxy_hidden`` describe the proxy model (default: the target's own
+    depth and width); ``shape`` how its runs are shaped; ``proxy_batch`` its batch size when
+    the space has one batch size (None: the target's).
+    """
 
     def __init__(self, workload, space: SearchSpace, gate: BudgetGate, *, steps: int, eval_every: int, seed: int = 0,
-                 multi_objective: bool = False, proxy: Callable = run_proxy):
+                 multi_objective: bool = False, proxy: Callable = run_proxy, proxy_layers: int | None = None,
+                 proxy_hidden: int | None = None, target_hidden: int | None = None, shape: TrainShape | None = None,
+                 proxy_batch: int | None = None):
         self.workload = workload
         self.space = space
         self.gate = gate
@@ -33,7 +42,26 @@ class Objective:
         self.seed = seed
         self.multi_objective = multi_objective
         self.proxy = proxy
+        self.proxy_layers = proxy_layers or space.num_layers
+        self.proxy_hidden = proxy_hidden
+        self.target_hidden = target_hidden
+        self.shape = shape
+        self.proxy_batch = proxy_batch
         self._baselines = baseline_points(space)
+
+    def _proxy_batch(self, params) -> int:
+        if params.batch_size is None and self.proxy_batch:
+            return self.proxy_batch
+        return self.space.batch_size_of(params)
+
+    def _reused(self, trial, key: str):
+        """A finished trial of this study that trained the same proxy run."""
+        from optuna.trial import TrialState
+
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("proxy_key") == key and t.user_attrs.get("metric") is not None:
+                return t
+        return None
 
     def __call__(self, trial):
         import optuna
@@ -47,18 +75,34 @@ class Objective:
         else:
             params = self.space.suggest(trial)
 
-        # the gate: predicted before any training
+        # the gate: the target's peak, predicted before any training
         prediction = self.gate.predict(self.space.train_config(params))
         trial.set_user_attr("predicted_peak_bytes", prediction.peak_bytes)
         trial.set_user_attr("breakdown", prediction.breakdown)
         trial.set_user_attr("fits", prediction.fits)
         trial.set_user_attr("gated", not prediction.fits)
+        trial.set_user_attr("min_depth", params.min_depth)
         trial.set_user_attr("lowest_layer", prediction.lowest_layer)
         trial.set_user_attr("trainable_layers", prediction.trainable_layers)
+        small = proxy_params(params, target_layers=self.space.num_layers, proxy_layers=self.proxy_layers)
+        batch = self._proxy_batch(params)
+        key = reuse_key(small, batch)
+        trial.set_user_attr("proxy_plan", {"gamma": small.gamma, "min_depth": small.min_depth, "batch_size": batch})
+        trial.set_user_attr("proxy_key", key)
+        if self.proxy_hidden and self.target_hidden:
+            trial.set_user_attr("target_lr", target_lr(params.lr, proxy_hidden=self.proxy_hidden, target_hidden=self.target_hidden))
         if not prediction.fits:
             reason = self.gate.reason(prediction)
             trial.set_user_attr("reason", reason)
             raise optuna.TrialPruned(reason)
+
+        same = self._reused(trial, key)
+        if same is not None:  # the proxy run this point maps to was trained already: its result stands
+            for name in ("metric", "importance", "train_seconds"):
+                trial.set_user_attr(name, same.user_attrs.get(name))
+            trial.set_user_attr("reused_from", same.number)
+            metric = float(same.user_attrs["metric"])
+            return (metric, float(prediction.peak_bytes)) if self.multi_objective else metric
 
         prune = kind == SEARCH and not self.multi_objective  # baselines always run to the end
 
@@ -73,9 +117,10 @@ class Objective:
         from planner.sampling import DivergedError
 
         start = perf_counter()
+        extra = {"shape": self.shape} if self.shape is not None else {}
         try:
-            result = self.proxy(self.workload, params, batch_size=self.space.batch_size_of(params), steps=self.steps,
-                                eval_every=self.eval_every, seed=self.seed, on_eval=on_eval)
+            result = self.proxy(self.workload, small, batch_size=batch, steps=self.steps, eval_every=self.eval_every,
+                                seed=self.seed, on_eval=on_eval, **extra)
         except optuna.TrialPruned as exc:
             trial.set_user_attr("reason", str(exc))
             trial.set_user_attr("train_seconds", perf_counter() - start)
@@ -85,10 +130,11 @@ class Objective:
             trial.set_user_attr("reason", f"diverged: {exc}")
             trial.set_user_attr("train_seconds", perf_counter() - start)
             return (math.nan, math.nan) if self.multi_objective else math.nan
-        except KeyboardInterrupt:
-            trial.set_user_attr("reason", INTERRUPTED)
-            if kind in self._baselines:  # run it again on resume
-                trial.study.enqueue_trial(self._baselines[kind].as_params(), user_attrs={"kind": kind})
+        except ProxyOutOfMemory as exc:
+            trial.set_user_attr("reason", f"{exc}: predicted {prediction.peak_bytes} B ({human_bytes(prediction.peak_bytes)}), "
+                                          f"available {exc.free_bytes} B ({human_bytes(exc.free_bytes)})")
+            trial.set_user_attr("available_bytes", exc.free_bytes)
+            trial.set_user_attr("train_seconds", perf_counter() - start)
             raise
         except Exception as exc:
             trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:500])
@@ -97,8 +143,13 @@ class Objective:
         trial.set_user_attr("metric", result.metric)
         trial.set_user_attr("importance", result.history)
         trial.set_user_attr("train_seconds", result.train_seconds)
+        memory = getattr(result, "memory", None)
+        if memory:
+            error = (prediction.peak_bytes - memory["device_used_bytes"]) / max(memory["device_used_bytes"], 1)
+            trial.set_user_attr("measured_memory", {**memory, "prediction_error": error})
         if not math.isfinite(result.metric):
             trial.set_user_attr("reason", f"{self.workload.metric_name} is {result.metric}")
         if self.multi_objective:
             return result.metric, float(prediction.peak_bytes)
         return result.metric
+

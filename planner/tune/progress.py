@@ -1,4 +1,4 @@
-"""What a person watching `planner tune` sees: progress while it runs, a table at the end.
+"""What a person watching `planner tune` sees while it runs.
 
 On a terminal, a progress bar; otherwise (``planner tune | tee log``, CI logs) one line per
 finished trial, flushed as it happens, since a bar is only drawn once at the end off a terminal.
@@ -102,23 +102,3 @@ class TrialProgress:
                 f"{outcome} | {what} | best {self.metric_name} {best} | gated {self.gated} | failed {self.failed} | "
                 f"{time.perf_counter() - self.started:.0f} s")
 
-
-def summary_table(result, *, metric_name: str, vram_bytes: int):
-    """Best plan vs baselines: metric, predicted peak, fits, and what tuning wins."""
-    from rich.table import Table
-
-    table = Table(title=f"planner tune: best plan vs baselines (budget {human_bytes(vram_bytes)})")
-    for col in ("plan", metric_name, "predicted peak", "fits", "tuned wins by", "trial"):
-        table.add_column(col, justify="left" if col in ("plan", "fits") else "right")
-    for row in result.rows:
-        metric = "-" if row.metric is None else f"{row.metric:.4f}"
-        peak = "-" if row.predicted_peak_bytes is None else human_bytes(row.predicted_peak_bytes)
-        fits = "-" if row.fits is None else ("yes" if row.fits else "no (never trained)")
-        if row.name == "tuned plan":
-            delta = ""
-        elif row.delta is None:
-            delta = (row.reason or row.state)[:40]
-        else:
-            delta = f"{row.delta:+.4f}"
-        table.add_row(row.name, metric, peak, fits, delta, str(row.trial_number))
-    return table

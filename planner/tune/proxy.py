@@ -1,4 +1,10 @@
-"""Proxy training: one configuration trained briefly on the workload, evaluated on its held-out split."""
+"""Proxy training: one configuration trained briefly on the workload, evaluated on its held-out split.
+
+On CUDA every run also measures its training peak (evaluations excluded): the caching
+allocator's ``max_memory_reserved`` and ``max_memory_allocated``, and the device memory in use at
+that peak = (memory in use outside the allocator before the run: context, other processes) +
+max reserved. An out-of-memory error becomes :class:`ProxyOutOfMemory` with the bytes that were free.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Callable
 
+from planner.errors import PlannerError
 from planner.tune.space import TrialParams
 
 MAX_HISTORY = 50  # sampler re-draws kept per trial (the report's importance heatmap)
@@ -17,6 +24,77 @@ class ProxyResult:
     history: list[dict]
     train_seconds: float
     evaluations: list[tuple[int, float]] = field(default_factory=list)
+    memory: dict | None = None  # CUDA runs: measured bytes (see the module docstring)
+
+
+class ProxyOutOfMemory(PlannerError):
+    """The proxy run did not fit the device."""
+
+    def __init__(self, message: str, free_bytes: int):
+        self.free_bytes = free_bytes
+        super().__init__(message)
+
+
+@dataclass
+class TrainShape:
+    """How a proxy run is shaped: the device, and for the target itself the target's training shape."""
+
+    device: str = "cpu"
+    seq_len: int | None = None  # pad/cut every batch to this length (None: the workload's own lengths)
+    dtype: str = "float32"
+    amp: str = "none"
+    optimizer: str = "adamw"
+
+
+def shaped_batches(batches, seq_len: int, pad_id: int):
+    """``batches`` right-padded (or cut) to exactly ``seq_len`` tokens: the shape the target was costed at."""
+    import torch
+
+    from planner.data.workload import IGNORE_INDEX
+
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    for batch in batches:
+        out = {}
+        for key, t in batch.items():
+            if t.shape[1] >= seq_len:
+                out[key] = t[:, :seq_len]
+            else:
+                pad = torch.full((t.shape[0], seq_len - t.shape[1]), fill[key], dtype=t.dtype)
+                out[key] = torch.cat([t, pad], dim=1)
+        yield out
+
+
+class _CudaMeter:
+    """Training peak on CUDA, evaluations excluded (their peaks are read and reset around each one)."""
+
+    def __init__(self):
+        import torch
+
+        import gc
+
+        self.torch = torch
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info()
+        self.free_before = int(free)
+        self.outside = int(total - free - torch.cuda.memory_reserved())  # context, other processes
+        torch.cuda.reset_peak_memory_stats()
+        self.reserved = self.allocated = 0
+
+    def take(self) -> None:
+        self.torch.cuda.synchronize()
+        self.reserved = max(self.reserved, int(self.torch.cuda.max_memory_reserved()))
+        self.allocated = max(self.allocated, int(self.torch.cuda.max_memory_allocated()))
+
+    def after_eval(self) -> None:
+        self.torch.cuda.empty_cache()
+        self.torch.cuda.reset_peak_memory_stats()
+
+    def result(self) -> dict:
+        return {"max_reserved_bytes": self.reserved, "max_allocated_bytes": self.allocated,
+                "device_used_bytes": self.outside + self.reserved, "outside_allocator_bytes": self.outside,
+                "free_before_bytes": self.free_before}
 
 
 def thin(history: list, limit: int = MAX_HISTORY) -> list:
@@ -51,23 +129,48 @@ def add_lora(model, rank: int):
     return get_peft_model(model, config)
 
 
+def _build(workload, params: TrialParams, shape: TrainShape, seed: int):
+    import torch
+
+    from planner.spec.model import DTYPES
+
+    model = workload.new_model(seed)
+    if shape.dtype != "float32":
+        model = model.to(DTYPES[shape.dtype])
+    if params.gradient_checkpointing:
+        # transformers' default (non-reentrant), as the cost model's measured step enables it
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
+    if params.adapter_rank:
+        model = add_lora(model, params.adapter_rank)
+    return model.to(torch.device(shape.device))
+
+
+def _optimizer_class(name: str):
+    import torch
+
+    # adamw8bit (bitsandbytes) trains as AdamW: the metric, not the memory, is what a proxy run measures
+    return torch.optim.SGD if name == "sgd" else torch.optim.AdamW
+
+
 def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eval_every: int, seed: int = 0,
-              on_eval: Callable[[int, float], None] | None = None) -> ProxyResult:
+              on_eval: Callable[[int, float], None] | None = None, shape: TrainShape | None = None) -> ProxyResult:
     """Train ``params`` for ``steps`` steps with the layer-wise sampler; return the held-out metric.
 
     ``on_eval(step, value)`` sees every intermediate evaluation (a pruner may raise from it).
-    Raises ``planner.sampling.DivergedError`` when the loss goes NaN.
+    ``shape`` says where and how (default: CPU, float32, the workload's own sequence lengths).
+    Raises ``planner.sampling.DivergedError`` when the loss goes NaN, :class:`ProxyOutOfMemory`
+    when the device runs out of memory.
     """
+    import contextlib
+
     import torch
 
     from planner.sampling import LayerSampler, train_layerwise
 
-    model = workload.new_model(seed)
-    if params.adapter_rank:
-        model = add_lora(model, params.adapter_rank)
-    sampler = LayerSampler(model, gamma=params.gamma, period=params.period, scorer=params.scorer, scorer_options={},
-                           train_embeddings=params.train_embeddings, train_head=params.train_head, min_depth=0, seed=seed)
-    optimizer = sampler.make_optimizer(torch.optim.AdamW, lr=params.lr)
+    shape = shape or TrainShape()
+    cuda = shape.device == "cuda"
+    meter = _CudaMeter() if cuda else None
     evaluations: list[tuple[int, float]] = []
 
     def _on_eval(step: int, value: float) -> None:
@@ -75,13 +178,51 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
         if on_eval is not None:
             on_eval(int(step), float(value))
 
+    def _evaluate(model) -> float:
+        if meter is not None:
+            meter.take()
+        try:
+            return workload.evaluate(model)
+        finally:
+            if meter is not None:
+                meter.after_eval()
+
+    batches = workload.train_batches(batch_size, seed)
+    if shape.seq_len:
+        batches = shaped_batches(batches, shape.seq_len, workload.pad_id)
+    autocast = (torch.autocast(shape.device, dtype=torch.bfloat16 if shape.amp == "bf16" else torch.float16)
+                if shape.amp != "none" else contextlib.nullcontext())
+
+    def _train():
+        # everything that holds the model lives in this frame only: gone when it returns
+        model = _build(workload, params, shape, seed)
+        sampler = LayerSampler(model, gamma=params.gamma, period=params.period, scorer=params.scorer, scorer_options={},
+                               train_embeddings=params.train_embeddings, train_head=params.train_head,
+                               min_depth=params.min_depth, seed=seed)
+        optimizer = sampler.make_optimizer(_optimizer_class(shape.optimizer), lr=params.lr)
+        with autocast:
+            result = train_layerwise(model, batches, sampler=sampler, optimizer=optimizer, steps=steps,
+                                     eval_fn=_evaluate, eval_every=eval_every, on_eval=_on_eval)
+            if meter is not None:
+                meter.take()
+            if evaluations and evaluations[-1][0] >= steps:
+                return evaluations[-1][1], result.history
+            return float(workload.evaluate(model)), result.history
+
     start = perf_counter()
-    result = train_layerwise(model, workload.train_batches(batch_size, seed), sampler=sampler, optimizer=optimizer,
-                             steps=steps, eval_fn=workload.evaluate, eval_every=eval_every, on_eval=_on_eval)
-    if evaluations and evaluations[-1][0] >= steps:
-        metric = evaluations[-1][1]
-    else:
-        metric = float(workload.evaluate(model))
+    oom = None
+    try:
+        metric, history = _train()
+    except torch.OutOfMemoryError as exc:
+        oom = (str(exc).strip().splitlines() or [""])[0][:200]
+    finally:
+        if cuda:
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
+    if oom is not None:
+        raise ProxyOutOfMemory(f"out of memory on {shape.device} ({oom})", meter.free_before if meter else 0)
     seconds = perf_counter() - start
-    history = [_jsonable(h) for h in thin(list(getattr(result, "history", []) or []))]
-    return ProxyResult(float(metric), history, seconds, evaluations)
+    history = [_jsonable(h) for h in thin(list(history or []))]
+    return ProxyResult(float(metric), history, seconds, evaluations, meter.result() if meter is not None else None)

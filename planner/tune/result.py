@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
-from planner.plan import BaselineResult, Breakdown, Plan
+from planner.plan import BaselineResult, Breakdown, Plan, ProxyInfo
 from planner.tune.baselines import KINDS, SEARCH
-from planner.tune.objective import INTERRUPTED
 from planner.tune.space import SearchSpace, TrialParams
 
 
@@ -55,15 +54,19 @@ class TuneResult:
     counts: dict  # trial states and gated count
     pareto: list[dict] = field(default_factory=list)
     plan_path: str | None = None
+    measured: list[dict] = field(default_factory=list)  # CUDA proxy runs of the target: predicted vs measured peaks
+
+    @property
+    def largest_error(self) -> dict | None:
+        """The measured trial whose prediction was furthest off (relative to the device memory it used)."""
+        return max(self.measured, key=lambda m: abs(m["prediction_error"]), default=None)
 
 
 def finished(trial) -> bool:
     """A trial that counts toward ``--n-trials``: complete, pruned or failed, but not interrupted."""
-    from optuna.trial import TrialState
+    from planner.tune.lifecycle import counted
 
-    if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
-        return False
-    return trial.user_attrs.get("reason") != INTERRUPTED
+    return counted(trial)
 
 
 def metric_of(trial) -> float | None:
@@ -78,22 +81,21 @@ def _trained_ok(trial) -> bool:
 
 
 def params_of(trial, space: SearchSpace) -> TrialParams:
-    p = trial.params
-    return TrialParams(int(p["gamma"]), int(p["period"]), str(p["scorer"]), bool(p["train_embeddings"]),
-                       bool(p["train_head"]), float(p["lr"]),
-                       int(p["lora_rank"]) if "lora_rank" in p else None,
-                       int(p["batch_size"]) if "batch_size" in p else None)
+    return space.from_params(trial.params)
 
 
 def _better(direction: str):
     return max if direction == "maximize" else min
 
 
-def summarize(study, space: SearchSpace, *, workload, vram_bytes: int, layers_attribute: str, storage: str,
+def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, layers_attribute: str, storage: str,
               multi_objective: bool = False) -> TuneResult:
-    """The best fitting trained trial as a Plan, with every baseline next to it."""
+    """The best fitting trained trial as a Plan for ``target``, with every baseline next to it."""
     from optuna.trial import TrialState
 
+    from planner.tune.mapping import proxy_params, target_lr
+
+    workload = proxy.workload
     trials = study.get_trials(deepcopy=False)
     direction = workload.direction
     sign = 1.0 if direction == "maximize" else -1.0
@@ -131,17 +133,27 @@ def summarize(study, space: SearchSpace, *, workload, vram_bytes: int, layers_at
 
     params = params_of(best, space)
     config: TrainConfig = space.train_config(params)
+    small = proxy_params(params, target_layers=space.num_layers, proxy_layers=proxy.num_layers)
+    lr = params.lr if proxy.is_target else target_lr(params.lr, proxy_hidden=proxy.hidden_size, target_hidden=target.hidden_size)
+    proxy_batch = (best.user_attrs.get("proxy_plan") or {}).get("batch_size") or space.batch_size_of(params)
     plan = Plan(
-        model=str(workload.model_source), model_type=workload.spec.model_type, num_layers=space.num_layers,
-        layers_attribute=layers_attribute, active_layers=params.gamma, period=params.period, scorer=params.scorer,
-        scorer_options={}, layers=None, train_embeddings=params.train_embeddings, train_head=params.train_head,
-        learning_rate=params.lr, lora_rank=params.adapter_rank, train=config, vram_bytes=vram_bytes,
+        model=target.source, model_type=target.spec.model_type, num_layers=space.num_layers,
+        layers_attribute=layers_attribute, active_layers=params.gamma, min_depth=params.min_depth, period=params.period,
+        scorer=params.scorer, scorer_options={}, layers=None, train_embeddings=params.train_embeddings,
+        train_head=params.train_head, learning_rate=lr, lora_rank=params.adapter_rank, train=config,
+        device=target.device, vram_bytes=vram_bytes,
         predicted_peak_bytes=int(best.user_attrs["predicted_peak_bytes"]), breakdown=Breakdown(**best.user_attrs["breakdown"]),
         metric_name=workload.metric_name, metric=best_metric, baselines=baselines, study_name=study.study_name,
         storage=storage, trial_number=best.number,
+        proxy=ProxyInfo(name=proxy.name, kind=proxy.kind, num_layers=proxy.num_layers, hidden_size=proxy.hidden_size,
+                        device=proxy.device, active_layers=small.gamma, min_depth=small.min_depth, learning_rate=params.lr,
+                        batch_size=int(proxy_batch)),
     )
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     counts["gated"] = sum(bool(t.user_attrs.get("gated")) for t in trials)
+    counts["reused"] = sum(t.user_attrs.get("reused_from") is not None for t in trials)
     pareto = [{"trial": t.number, "metric": metric_of(t), "predicted_peak_bytes": t.user_attrs["predicted_peak_bytes"],
                "params": dict(t.params)} for t in sorted(front, key=lambda t: t.user_attrs["predicted_peak_bytes"])]
-    return TuneResult(plan, best.number, rows, counts, pareto)
+    measured = [{"trial": t.number, "predicted_peak_bytes": t.user_attrs["predicted_peak_bytes"], **t.user_attrs["measured_memory"]}
+                for t in trials if t.user_attrs.get("measured_memory")]
+    return TuneResult(plan, best.number, rows, counts, pareto, measured=measured)

@@ -1,9 +1,13 @@
 """The search space of `planner tune`: what one trial chooses, and the training config it is costed as.
 
-Parameters (the names are the trial record's ``params`` keys): ``gamma`` (γ, active decoder
-layers, 1..L), ``period`` (K, steps between re-draws), ``scorer`` (how layers are drawn),
-``train_embeddings``, ``train_head``, ``lr`` (log scale), and, when asked for, ``lora_rank``
-(0 = full layer weights, r > 0 = rank-r LoRA adapters inside the layers) and ``batch_size``.
+Parameters (the names are the trial record's ``params`` keys), all in the target's numbering:
+``gamma`` (γ, active decoder layers, 1..L), ``min_depth`` (the lowest layer a sampler may draw;
+with embeddings frozen nothing below it backpropagates, so it bounds activation memory; a
+point whose γ does not fit above it is moved down to L - γ), ``gradient_checkpointing``,
+``period`` (K, steps between re-draws), ``scorer`` (how layers are drawn), ``train_embeddings``,
+``train_head``, ``lr`` (the proxy's learning rate, log scale), and, when asked for,
+``lora_rank`` (0 = full layer weights, r > 0 = rank-r LoRA adapters inside the layers) and
+``batch_size`` (the target's micro-batch).
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ LISA_PERIOD = 20
 DEFAULT_LR = 1e-3
 DEFAULT_LORA_RANKS = (0, 8, 16, 32)
 DEFAULT_BATCH_SIZE = 8
+DEPTH_STEPS = 4  # min_depth choices: 0, L/4, L/2, 3L/4 (rounded)
+
+
+def depth_choices(num_layers: int, steps: int = DEPTH_STEPS) -> tuple[int, ...]:
+    """``min_depth`` choices: ``round(i·L/steps)`` for i < steps, distinct, each below L."""
+    return tuple(sorted({min(num_layers - 1, (2 * i * num_layers + steps) // (2 * steps)) for i in range(steps)}))
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,8 @@ class TrialParams:
     lr: float
     lora_rank: int | None = None  # None: the space has no LoRA choice; 0: full layer weights
     batch_size: int | None = None  # None: the space's only batch size
+    min_depth: int = 0
+    gradient_checkpointing: bool = False
 
     def as_params(self) -> dict:
         """The trial's ``params`` dict (contract keys; optional ones only when chosen)."""
@@ -62,6 +74,8 @@ class SearchSpace:
     batch_sizes: tuple[int, ...] = (DEFAULT_BATCH_SIZE,)
     embedding_choices: tuple[bool, ...] = (True, False)
     head_choices: tuple[bool, ...] = (True, False)
+    min_depths: tuple[int, ...] = (0,)
+    checkpointing: tuple[bool, ...] = (False,)
     extra: dict = field(default_factory=dict, compare=False)  # fields every TrainConfig inherits (dtype, amp, ...)
 
     def __post_init__(self):
@@ -81,6 +95,10 @@ class SearchSpace:
             problems.append(f"LoRA ranks must be >= 0 (0 = full layer weights), but got {list(self.lora_ranks)}")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             problems.append(f"batch sizes must be >= 1, but got {list(self.batch_sizes)}")
+        if not self.min_depths or any(not 0 <= d < self.num_layers for d in self.min_depths):
+            problems.append(f"min_depth choices must satisfy 0 <= d < {self.num_layers}, but got {list(self.min_depths)}")
+        if not self.checkpointing:
+            problems.append("gradient checkpointing choices must not be empty, but got none")
         collect(problems)
 
     @property
@@ -90,6 +108,8 @@ class SearchSpace:
     def suggest(self, trial) -> TrialParams:
         """Ask an Optuna trial for one point (enqueued trials get their fixed values back)."""
         gamma = trial.suggest_int("gamma", 1, self.num_layers)
+        depth = trial.suggest_categorical("min_depth", list(self.min_depths))
+        ckpt = trial.suggest_categorical("gradient_checkpointing", list(self.checkpointing))
         period = trial.suggest_categorical("period", list(self.periods))
         scorer = trial.suggest_categorical("scorer", list(self.scorers))
         emb = trial.suggest_categorical("train_embeddings", list(self.embedding_choices))
@@ -100,8 +120,18 @@ class SearchSpace:
             lr = trial.suggest_float("lr", *self.lr_range, log=True)
         rank = trial.suggest_categorical("lora_rank", list(self.lora_ranks)) if self.lora_ranks else None
         batch = trial.suggest_categorical("batch_size", list(self.batch_sizes)) if len(self.batch_sizes) > 1 else None
-        return TrialParams(int(gamma), int(period), str(scorer), bool(emb), bool(head), float(lr),
-                           None if rank is None else int(rank), None if batch is None else int(batch))
+        return self.from_params(dict(gamma=gamma, period=period, scorer=scorer, train_embeddings=emb, train_head=head,
+                                     lr=lr, lora_rank=rank, batch_size=batch, min_depth=depth,
+                                     gradient_checkpointing=ckpt))
+
+    def from_params(self, p: dict) -> TrialParams:
+        """The point a trial's ``params`` describe (``min_depth`` lowered to L - γ where γ needs the room)."""
+        gamma = int(p["gamma"])
+        rank, batch = p.get("lora_rank"), p.get("batch_size")
+        return TrialParams(gamma, int(p["period"]), str(p["scorer"]), bool(p["train_embeddings"]), bool(p["train_head"]),
+                           float(p["lr"]), None if rank is None else int(rank), None if batch is None else int(batch),
+                           min(int(p.get("min_depth", 0)), max(0, self.num_layers - gamma)),
+                           bool(p.get("gradient_checkpointing", False)))
 
     def suggest_fixed(self, trial, params: TrialParams) -> TrialParams:
         """Record an enqueued fixed point (a baseline) with distributions compatible with this space.
@@ -119,7 +149,8 @@ class SearchSpace:
         lr_ok = (p.lr in self.lr_choices) if self.lr_choices is not None else self.lr_range[0] <= p.lr <= self.lr_range[1]
         rank_ok = ignore_rank or ((p.lora_rank in self.lora_ranks) if self.lora_ranks else p.lora_rank is None)
         batch_ok = (p.batch_size in self.batch_sizes) if len(self.batch_sizes) > 1 else p.batch_size is None
-        return (1 <= p.gamma <= self.num_layers and p.period in self.periods and p.scorer in self.scorers
+        return (1 <= p.gamma <= self.num_layers and p.period in self.periods
+                and p.gradient_checkpointing in self.checkpointing and 0 <= p.min_depth <= self.num_layers - p.gamma and p.scorer in self.scorers
                 and p.train_embeddings in self.embedding_choices and p.train_head in self.head_choices
                 and lr_ok and rank_ok and batch_ok)
 
@@ -133,6 +164,8 @@ class SearchSpace:
             batch_size=self.batch_size_of(p),
             seq_len=self.seq_len,
             active_layers=p.gamma,
+            min_depth=p.min_depth,
+            gradient_checkpointing=p.gradient_checkpointing,
             train_embeddings=p.train_embeddings,
             train_head=p.train_head,
             lora_rank=p.adapter_rank,
@@ -146,14 +179,33 @@ class SearchSpace:
         return TrialParams(**values)
 
     def cheapest_points(self) -> list[TrialParams]:
-        """The candidates for the smallest peak: γ=1, the smallest batch, every frozen/adapter variant."""
+        """The candidates for the smallest peak: γ=1, the smallest batch, every frozen/adapter/depth/checkpointing variant."""
         emb = [False] if False in self.embedding_choices else list(self.embedding_choices)
         head = [False] if False in self.head_choices else list(self.head_choices)
         ranks = sorted(set(self.lora_ranks)) if self.lora_ranks else [None]
         batch = min(self.batch_sizes) if len(self.batch_sizes) > 1 else None
         lr = self.lr_choices[0] if self.lr_choices is not None else self.lr_range[0]
-        return [TrialParams(1, self.periods[0], self.scorers[0], e, h, lr, r, batch)
-                for e, h, r in product(emb, head, ranks)]
+        return [TrialParams(1, self.periods[0], self.scorers[0], e, h, lr, r, batch, d, c)
+                for e, h, r, d, c in product(emb, head, ranks, self.min_depths, self.checkpointing)]
+
+    def frontier(self, fits) -> list[TrialParams]:
+        """Per ``min_depth`` and checkpointing choice, the point with the most active layers that ``fits``
+        (embeddings and head frozen, the default batch): where the budget allows, more layers higher up."""
+        out = []
+        lr = self.lr_choices[0] if self.lr_choices is not None else self.lr_range[0]
+        for depth, ckpt in product(self.min_depths, self.checkpointing):
+            lo, hi = 0, self.num_layers - depth  # the largest γ with fits(γ): peaks grow with γ
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if fits(self.point(gamma=mid, period=self.periods[0], scorer=self.scorers[0], train_embeddings=False,
+                                   train_head=False, lr=lr, min_depth=depth, gradient_checkpointing=ckpt)):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo:
+                out.append(self.point(gamma=lo, period=self.periods[0], scorer=self.scorers[0], train_embeddings=False,
+                                      train_head=False, lr=lr, min_depth=depth, gradient_checkpointing=ckpt))
+        return out
 
     def grid(self) -> list[TrialParams]:
         """Every point of a discretized space (needs ``lr_choices``): for exhaustive benchmarks."""
@@ -161,10 +213,11 @@ class SearchSpace:
             raise PlannerError("grid() needs a discretized learning rate (lr_choices), but the space has a continuous range")
         ranks = list(self.lora_ranks) if self.lora_ranks else [None]
         batches = list(self.batch_sizes) if len(self.batch_sizes) > 1 else [None]
-        return [TrialParams(g, k, s, e, h, lr, r, b)
-                for g, k, s, e, h, lr, r, b in product(range(1, self.num_layers + 1), self.periods, self.scorers,
-                                                       self.embedding_choices, self.head_choices, self.lr_choices,
-                                                       ranks, batches)]
+        return [TrialParams(g, k, s, e, h, lr, r, b, d, c)
+                for g, k, s, e, h, lr, r, b, d, c in product(range(1, self.num_layers + 1), self.periods, self.scorers,
+                                                             self.embedding_choices, self.head_choices, self.lr_choices,
+                                                             ranks, batches, self.min_depths, self.checkpointing)
+                if d <= self.num_layers - g]
 
     def describe(self) -> dict:
         """JSON-able summary stored with the study (a resume must use the same space)."""
@@ -172,4 +225,5 @@ class SearchSpace:
             "num_layers": self.num_layers, "scorers": list(self.scorers), "periods": list(self.periods),
             "lr_range": list(self.lr_range), "lr_choices": None if self.lr_choices is None else list(self.lr_choices),
             "lora_ranks": list(self.lora_ranks), "batch_sizes": list(self.batch_sizes), "seq_len": self.seq_len,
+            "min_depths": list(self.min_depths), "gradient_checkpointing": list(self.checkpointing),
         }

@@ -1,5 +1,9 @@
 """The study: create or resume it in its storage, queue the baselines, run trials, write the plan.
 
+Two objects flow one way: the target (the model the plan is for, in its training shape) is
+costed, and the cost decides the space's points through the gate; the proxy workload (a model
+and data) trains the points that fit and gives the metric.
+
 ``--n-trials`` is the study's total: every process stops once the study holds that many
 finished trials (complete, pruned or failed; interrupted ones do not count), so a resume
 finishes the remainder and several processes on one storage share the work.
@@ -18,7 +22,6 @@ from planner.errors import PlannerError, collect
 from planner.threads import torch_threads
 from planner.tune.gate import human_bytes
 from planner.tune.storage import DEFAULT_STORAGE, check_storage
-from planner.units import parse_bytes
 
 DEFAULT_N_TRIALS = 24  # 3 baselines + 21 searched
 DEFAULT_STEPS = 150  # proxy optimizer steps per trial
@@ -45,7 +48,14 @@ class TuneOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vram: str | int = Field(description="budget, e.g. 24GB or 24GiB")
-    model: str | None = None
+    model: str | None = Field(None, description="the target (default: planner.tune.target.DEFAULT_TARGET)")
+    seq_len: int | str | None = None  # the target's training shape, as `planner estimate` reads it
+    batch_size: int | str | None = None
+    dtype: str | None = None
+    amp: str | None = None
+    optimizer: str | None = None
+    proxy: str = "auto"
+    proxy_device: Literal["auto", "cuda", "cpu"] = "auto"
     data: str | None = None
     n_trials: int = Field(DEFAULT_N_TRIALS, description="the study's total number of trials")
     timeout: float | None = None
@@ -73,14 +83,15 @@ class TuneOptions(BaseModel):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
-    def validate_all(self) -> int:
-        """Check every flag at once; return the budget in bytes."""
-        problems = []
-        vram = None
-        try:
-            vram = parse_bytes(self.vram, name="--vram")
-        except PlannerError as exc:
-            problems.append(str(exc))
+    def validate_all(self):
+        """Check every flag at once; return (target, budget in bytes)."""
+        from planner.tune.target import resolve_target
+
+        target, vram, problems = resolve_target(self.model, seq_len=self.seq_len, batch_size=self.batch_size,
+                                                dtype=self.dtype, amp=self.amp, optimizer=self.optimizer,
+                                                device=self.device, profile=self.profile, vram=self.vram)
+        if not self.proxy.strip():
+            problems.append("--proxy must be auto, target, builtin, a preset, a hub id or a local model directory, but got ''")
         if self.n_trials <= 0:
             problems.append(f"--n-trials must be > 0, but got {self.n_trials}")
         if self.timeout is not None and self.timeout <= 0:
@@ -107,15 +118,8 @@ class TuneOptions(BaseModel):
             problems.append(str(exc))
         if self.data is not None and "://" not in self.data and not Path(self.data).expanduser().exists():
             problems.append(f"--data file must exist, but {self.data!r} was not found")
-        if self.profile is not None:
-            from planner.cost.profile import load_profile
-
-            try:
-                load_profile(self.profile)  # a malformed file is named before any model loads
-            except PlannerError as exc:
-                problems.append(str(exc))
         collect(problems)
-        return vram
+        return target, vram
 
 
 def _eval_every(options: TuneOptions) -> int:
@@ -154,62 +158,60 @@ def default_study_name() -> str:
     return "tune-" + time.strftime("%Y%m%d-%H%M%S")
 
 
-def build_space(workload, options: TuneOptions):
-    """The search space for ``workload`` under ``options``."""
+def build_space(target, options: TuneOptions):
+    """The search space for ``target`` (a :class:`~planner.tune.target.Target`) under ``options``."""
     from planner.sampling import SCORERS
-    from planner.tune.space import DEFAULT_LORA_RANKS, SearchSpace
+    from planner.tune.space import DEFAULT_LORA_RANKS, SearchSpace, depth_choices
 
     scorers = tuple(options.scorers) if options.scorers else tuple(sorted(SCORERS))
-    kwargs = {}
-    if options.batch_sizes:
-        kwargs["batch_sizes"] = tuple(options.batch_sizes)
-    else:
-        suggested = getattr(workload, "batch_size", None)  # the workload's suggested proxy batch
-        kwargs["batch_sizes"] = (int(suggested) if suggested else default_batch_size(int(workload.seq_len)),)
-    return SearchSpace(num_layers=workload.spec.num_layers, scorers=scorers, seq_len=int(workload.seq_len),
-                       lora_ranks=DEFAULT_LORA_RANKS if options.lora else (), **kwargs)
+    batches = tuple(options.batch_sizes) if options.batch_sizes else (target.shape.batch_size,)
+    extra = {k: getattr(target.shape, k) for k in ("dtype", "amp", "optimizer")}
+    return SearchSpace(num_layers=target.num_layers, scorers=scorers, seq_len=target.shape.seq_len, batch_sizes=batches,
+                       lora_ranks=DEFAULT_LORA_RANKS if options.lora else (), min_depths=depth_choices(target.num_layers),
+                       checkpointing=(False, True), extra=extra)
 
 
-def check_feasible(space, gate) -> None:
-    """Raise :class:`InfeasibleBudget` naming the smallest budget that would fit, when nothing fits."""
+def _describe_point(p, space) -> str:
+    what = (f"γ={p.gamma} from layer {p.min_depth} up, embeddings {'trainable' if p.train_embeddings else 'frozen'}, "
+            f"head {'trainable' if p.train_head else 'frozen'}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'}, "
+            f"batch {space.batch_size_of(p)}")
+    return what + (f", LoRA rank {p.adapter_rank}" if p.adapter_rank else "")
+
+
+def check_feasible(space, gate, target_name: str = "the target") -> None:
+    """Raise :class:`InfeasibleBudget` naming the smallest budget and plan that would fit, when nothing fits."""
     preds = [(gate.predict(space.train_config(p)), p) for p in space.cheapest_points()]
     smallest, point = min(preds, key=lambda x: x[0].peak_bytes)
     if not smallest.fits:
-        what = f"γ=1, embeddings {'trainable' if point.train_embeddings else 'frozen'}, head {'trainable' if point.train_head else 'frozen'}, batch {space.batch_size_of(point)}"
-        if point.adapter_rank:
-            what += f", LoRA rank {point.adapter_rank}"
         raise InfeasibleBudget(
-            f"--vram {human_bytes(gate.vram_bytes)} must hold at least the smallest configuration ({what}), which needs "
-            f"{human_bytes(smallest.peak_bytes)}: a budget of at least {smallest.peak_bytes} B "
-            f"({human_bytes(smallest.peak_bytes)}) would fit"
+            f"--vram {human_bytes(gate.vram_bytes)} must hold at least the smallest plan of {target_name} "
+            f"({_describe_point(point, space)}), which needs {human_bytes(smallest.peak_bytes)}: a budget of at least "
+            f"{smallest.peak_bytes} B ({human_bytes(smallest.peak_bytes)}) would fit"
         )
 
 
-_RESUME_KEYS = ("vram_bytes", "model", "workload", "device", "multi_objective", "search_space")
-
-
-def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict, space, multi_objective: bool):
+def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict, space, multi_objective: bool, gate):
     """Create the study (and queue the baselines), or load it when it exists and matches."""
     import optuna
 
+    from planner.tune.preflight import check_resume
+    from planner.tune.seeding import PerTrialSeed
+
     directions = [study_attrs["direction"], "minimize"] if multi_objective else [study_attrs["direction"]]
-    sampler, pruner = make_sampler(options.sampler, options.seed), _make_pruner(options)
+    sampler, pruner = PerTrialSeed(make_sampler(options.sampler, options.seed), options.seed), _make_pruner(options)
     try:
         study = optuna.create_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner, directions=directions)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner)
-        stored = study.user_attrs
-        diff = [f"{k}={stored.get(k)!r} (now {study_attrs[k]!r})" for k in _RESUME_KEYS if k in stored and stored.get(k) != study_attrs[k]]
-        if diff:
-            raise PlannerError(f"--study {name!r} must be resumed with the settings it was created with, but it has {'; '.join(diff)}: "
-                               f"use the same flags or a new --study") from None
+        check_resume(name, study.user_attrs, study_attrs)
         return study, False
     for key, value in study_attrs.items():
         study.set_user_attr(key, value)
-    if options.baselines:
-        from planner.tune.baselines import enqueue_baselines
+    from planner.tune.baselines import enqueue_baselines, enqueue_offered
 
+    if options.baselines:
         enqueue_baselines(study, space)
+    enqueue_offered(study, space, gate)
     return study, True
 
 
@@ -220,9 +222,9 @@ class StopAfter:
         self.total = total
 
     def __call__(self, study, trial) -> None:
-        from planner.tune.result import finished
+        from planner.tune.lifecycle import owed
 
-        if sum(finished(t) for t in study.get_trials(deepcopy=False)) >= self.total:
+        if owed(study, self.total) <= 0:
             study.stop()
 
 
@@ -236,7 +238,9 @@ def resume_command(options: TuneOptions, study_name: str) -> str:
     parts = ["planner tune", f"--vram {options.vram}", f"--study {study_name}"]
     if options.storage != DEFAULT_STORAGE:
         parts.append(f"--storage {options.storage}")
-    for flag, value in (("--model", options.model), ("--data", options.data), ("--n-trials", options.n_trials),
+    for flag, value in (("--model", options.model), ("--seq-len", options.seq_len), ("--batch-size", options.batch_size),
+                        ("--dtype", options.dtype), ("--amp", options.amp), ("--optimizer", options.optimizer),
+                        ("--proxy", options.proxy), ("--data", options.data), ("--n-trials", options.n_trials),
                         ("--device", options.device), ("--steps", options.steps), ("--seed", options.seed)):
         if value is not None:
             parts.append(f"{flag} {value}")
@@ -248,68 +252,121 @@ def resume_command(options: TuneOptions, study_name: str) -> str:
     return " ".join(parts)
 
 
-def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=None, progress: bool = True, proxy=None):
-    """Search layer-wise plans under ``--vram`` and write the best one; returns a ``TuneResult``.
+def _proxy_setup(options: TuneOptions, target, space, gate, workload):
+    """The proxy: ``workload`` when given (tests, benchmarks), else what ``--proxy`` names."""
+    from planner.tune.proxy_source import ProxySetup, pick_device, resolve_proxy
 
-    ``workload``/``estimator``/``proxy`` replace the built-in ones (tests, benchmarks).
+    if workload is None:
+        return resolve_proxy(options.proxy, target=target, data=options.data, proxy_device=options.proxy_device,
+                             seed=options.seed, space=space, gate=gate, max_seq_len=target.shape.seq_len)
+    if workload.spec.num_layers > target.num_layers:
+        raise PlannerError(f"--proxy must not be deeper than the target, but {workload.name!r} has {workload.spec.num_layers} "
+                           f"decoder layers and the target {target.name!r} {target.num_layers}")
+    return ProxySetup("given", workload.name, pick_device(options.proxy_device), workload, workload.spec.num_layers,
+                      workload.spec.hidden_size)
+
+
+def _train_shape(target, proxy):
+    """How proxy runs are shaped: the target itself trains in the target's shape; other proxies in their own."""
+    from planner.tune.proxy import TrainShape
+
+    if proxy.is_target:
+        s = target.shape
+        return TrainShape(device=proxy.device, seq_len=s.seq_len, dtype=s.dtype, amp=s.amp, optimizer=s.optimizer)
+    return TrainShape(device=proxy.device, optimizer=target.shape.optimizer)
+
+
+def header_lines(target, proxy, vram: int, space, gate) -> list[str]:
+    """What `planner tune` says first: the target, the proxy and its device, then what the budget allows."""
+    lines = [f"target: {target.label()} | proxy: {proxy.name} on {proxy.device}"
+             + (f" ({proxy.why})" if proxy.why else "")]
+    front = space.frontier(lambda p: gate.predict(space.train_config(p)).fits)
+    allows = ", ".join(f"γ≤{p.gamma} from layer {p.min_depth}{' with checkpointing' if p.gradient_checkpointing else ''}"
+                       for p in front)
+    lines.append(f"budget {human_bytes(vram)} on {target.device} ({target.profile_line}): embeddings and head frozen, "
+                 f"it allows {allows or 'no layer-wise plan'}")
+    return lines
+
+
+def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=None, progress: bool = True, proxy=None):
+    """Search layer-wise plans for the target under ``--vram`` and write the best one; returns a ``TuneResult``.
+
+    ``workload`` replaces the proxy workload, ``estimator`` the cost model, ``proxy`` the proxy
+    trainer (tests, benchmarks).
     """
-    vram = options.validate_all()
+    target, vram = options.validate_all()
+    from planner.tune.preflight import check_outputs
+
+    name = options.study or default_study_name()
+    check_outputs(options.out, name, options.storage)
     import optuna
 
-    from planner.spec import layers_attribute
     from planner.tune.gate import BudgetGate
     from planner.tune.objective import Objective
     from planner.tune.progress import TrialProgress
     from planner.tune.result import finished, summarize
+    from planner.tune.signals import exit_code
+    from planner.tune.target import target_layers_attribute
 
-    if workload is None:
-        from planner.data import load_workload
+    space = build_space(target, options)
+    gate = BudgetGate(target.spec, vram, device=target.device, profile=target.profile, estimator=estimator)
+    check_feasible(space, gate, target.name)
+    setup = _proxy_setup(options, target, space, gate, workload)
+    workload = setup.workload
+    if console is not None:
+        for line in header_lines(target, setup, vram, space, gate):
+            console.print(line, highlight=False)
+        if options.study is None:
+            console.print(f"study {name!r} in {options.storage} (resume it with --study {name})", highlight=False)
 
-        workload = load_workload(model=options.model, data=options.data, seed=options.seed)
-    space = build_space(workload, options)
-    profile = None
-    if options.profile is not None:
-        from planner.cost.device import DeviceProfile
-
-        profile = DeviceProfile.load(options.profile)
-    gate = BudgetGate(workload.spec, vram, device=options.device, profile=profile, estimator=estimator)
-    check_feasible(space, gate)
-
-    layers_attr = layers_attribute(workload.new_model(options.seed))
+    layers_attr = target_layers_attribute(target.spec)
     study_attrs = {
-        "vram_bytes": vram, "model": str(workload.model_source), "model_type": workload.spec.model_type,
+        "vram_bytes": vram, "model": target.source, "model_type": target.spec.model_type,
         "num_layers": space.num_layers, "layers_attribute": layers_attr, "metric_name": workload.metric_name,
         "direction": workload.direction, "workload": workload.name, "device": options.device,
         "multi_objective": options.multi_objective, "search_space": space.describe(),
         "steps": options.steps, "seed": options.seed,
+        "target": target.describe(), "target_shape": target.shape_dict(),
+        "proxy": {k: v for k, v in setup.describe().items() if k != "device"}, "proxy_device": setup.device,
     }
     from planner.tune.storage import open_storage
 
     storage_obj = open_storage(options.storage)
-    name = options.study or default_study_name()
     # Optuna logs every failed trial with its traceback; failures are counted in the progress bar and
     # their reasons stored in the trial (user_attrs['reason']), so the terminal stays one line per event
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study, _created = _open_study(options, storage_obj, name, study_attrs, space, options.multi_objective)
+    study, _created = _open_study(options, storage_obj, name, study_attrs, space, options.multi_objective, gate)
 
     objective = Objective(workload, space, gate, steps=options.steps, eval_every=_eval_every(options), seed=options.seed,
-                          multi_objective=options.multi_objective, **({"proxy": proxy} if proxy else {}))
+                          multi_objective=options.multi_objective, proxy_layers=setup.num_layers,
+                          proxy_hidden=setup.hidden_size, target_hidden=target.hidden_size,
+                          shape=_train_shape(target, setup),
+                          proxy_batch=None if setup.is_target else (getattr(workload, "batch_size", None)
+                                                                    or default_batch_size(int(workload.seq_len))),
+                          **({"proxy": proxy} if proxy else {}))
+    from planner.tune.lifecycle import GuardedObjective, attach, owed, settle_message
+
+    worker = attach(study)  # dead workers' trials are failed and queued again before counting
     done = sum(finished(t) for t in study.get_trials(deepcopy=False))
-    remaining = options.n_trials - done
+    remaining = owed(study, options.n_trials)
     if remaining > 0:
         bar = TrialProgress(options.n_trials, done, metric_name=workload.metric_name, direction=workload.direction,
                             console=console, enabled=progress)
         bar.seed_best(study)
         try:
             with torch_threads(options.threads), bar:
-                study.optimize(objective, n_trials=remaining, timeout=options.timeout, catch=(Exception,),
-                               callbacks=[bar, StopAfter(options.n_trials)])
-        except KeyboardInterrupt:
+                study.optimize(GuardedObjective(objective, worker), n_trials=remaining, timeout=options.timeout,
+                               catch=(Exception,), callbacks=[bar, worker.reap, StopAfter(options.n_trials)])
+        except KeyboardInterrupt as exc:
+            worker.settle()
             kept = sum(finished(t) for t in study.get_trials(deepcopy=False))
-            raise Interrupted(f"interrupted: {kept} finished trials of study {name!r} are stored in {options.storage}; "
-                              f"resume with: {resume_command(options, name)}") from None
+            error = Interrupted(f"{settle_message(exc)}: {kept} finished trials of study {name!r} are stored in {options.storage}; "
+                                f"resume with: {resume_command(options, name)}")
+            error.exit_code = exit_code(exc)
+            raise error from None
+    worker.close()
 
-    result = summarize(study, space, workload=workload, vram_bytes=vram, layers_attribute=layers_attr,
+    result = summarize(study, space, target=target, proxy=setup, vram_bytes=vram, layers_attribute=layers_attr,
                        storage=options.storage, multi_objective=options.multi_objective)
     out = Path(options.out) if options.out else Path("studies") / name / "plan.yaml"
     result.plan.save(out)

@@ -1,0 +1,54 @@
+"""From a target plan to the proxy plan that trains in its place, and the learning rate back.
+
+Depth rule (target with L_t decoder layers, proxy with L_p <= L_t, f = L_p / L_t):
+
+    γ_p         = clamp(round(γ · f), 1, L_p)
+    min_depth_p = clamp(round(min_depth · f), 0, L_p - γ_p)
+
+K (steps between re-draws), the scorer, embeddings/head, the LoRA rank and gradient
+checkpointing are unchanged; rounding is half up. Example: Llama-3-8B (32 layers) on a
+4-layer proxy: γ = 5 at min_depth 24 trains γ_p = round(0.625) = 1 at min_depth_p = 3.
+Target plans that map to the same proxy plan may share one proxy run.
+
+Learning-rate rule: the search tunes the proxy's learning rate. When the proxy is narrower
+than the target, the target's rate is ``lr_p · d_p / d_t`` (d: hidden size): with Adam the
+learning rate of hidden weight matrices scales as 1/width (μP; Yang et al. 2022, "Tensor
+Programs V", Table 3). Example: 1e-3 tuned on a d=128 proxy -> 1e-3 · 128/4096 = 3.1e-5 for
+a d=4096 target. A proxy of the target's width (the target itself) keeps the rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from planner.errors import PlannerError
+from planner.tune.space import TrialParams
+
+
+def _round_half_up(x: float) -> int:
+    return int(x + 0.5)
+
+
+def proxy_params(params: TrialParams, *, target_layers: int, proxy_layers: int) -> TrialParams:
+    """The proxy point for target point ``params`` (see the module docstring)."""
+    if not 1 <= proxy_layers <= target_layers:
+        raise PlannerError(f"`1 <= proxy layers <= target layers` must hold, but got {proxy_layers} and {target_layers}")
+    if proxy_layers == target_layers:
+        return params
+    f = proxy_layers / target_layers
+    gamma = min(proxy_layers, max(1, _round_half_up(params.gamma * f)))
+    depth = min(proxy_layers - gamma, max(0, _round_half_up(params.min_depth * f)))
+    return replace(params, gamma=gamma, min_depth=depth)
+
+
+def target_lr(proxy_lr: float, *, proxy_hidden: int, target_hidden: int) -> float:
+    """The target's learning rate for a rate tuned on the proxy (μP width rule; see the module docstring)."""
+    if proxy_hidden <= 0 or target_hidden <= 0:
+        raise PlannerError(f"hidden sizes must be > 0, but got proxy {proxy_hidden} and target {target_hidden}")
+    return proxy_lr * proxy_hidden / target_hidden
+
+
+def reuse_key(params: TrialParams, batch_size: int) -> str:
+    """Trials whose proxy runs would be identical share this key."""
+    return repr((params.gamma, params.min_depth, params.gradient_checkpointing, params.period, params.scorer,
+                 params.train_embeddings, params.train_head, params.lr, params.adapter_rank, batch_size))

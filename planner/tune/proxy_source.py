@@ -1,0 +1,145 @@
+"""The proxy: what the short trainings run on (``--proxy``), on which device (``--proxy-device``).
+
+- ``target``: the target itself, loaded once (local directory, or hub id / preset from the
+  Hugging Face cache) and copied fresh for every trial; it trains in the target's shape
+  (batch, sequence length padded to ``--seq-len``, dtype, autocast, optimizer);
+- a preset, hub id or local model directory: a smaller model of the user's choice;
+- ``builtin``: the built-in pretrained proxy (no download);
+- ``auto`` (default): ``target`` when a CUDA device is present and the target's smallest plan
+  fits its free memory, ``builtin`` otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import PlannerError
+
+AUTO, TARGET, BUILTIN = "auto", "target", "builtin"
+HUB_HOST = ("huggingface.co", 443)
+HUB_PROBE_SECONDS = 2.0
+
+
+@dataclass
+class ProxySetup:
+    """The proxy workload (model + data), where it trains, and why it was chosen."""
+
+    kind: str  # target | builtin | model
+    name: str
+    device: str  # cpu | cuda
+    workload: object  # planner.data.Workload
+    num_layers: int
+    hidden_size: int
+    why: str = ""
+
+    @property
+    def is_target(self) -> bool:
+        return self.kind == TARGET
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "device": self.device, "num_layers": self.num_layers,
+                "hidden_size": self.hidden_size, "workload": self.workload.name}
+
+
+def pick_device(proxy_device: str) -> str:
+    """``--proxy-device``: ``auto`` is cuda when present, else cpu; ``cuda`` without a GPU is refused."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if proxy_device == "cuda" and not has_cuda:
+        raise PlannerError("--proxy-device cuda needs a CUDA device, but torch.cuda.is_available() is False")
+    if proxy_device == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return proxy_device
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(HUB_HOST, timeout=HUB_PROBE_SECONDS).close()
+        return True
+    except OSError:
+        return False
+
+
+def target_weights(source: str) -> str:
+    """The local directory or hub id ``--proxy target`` loads; a one-line error when they are not here offline."""
+    from planner.spec import list_presets
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+            raise PlannerError(f"--proxy target needs the target's weights, but the directory {str(path)!r} holds none "
+                               f"(*.safetensors or *.bin)")
+        return str(path)
+    if path.is_file():
+        raise PlannerError(f"--proxy target needs the target's weights, but --model {source!r} is a config file: give the "
+                           f"model directory, or --proxy builtin")
+    preset = list_presets().get(source.strip().lower().replace("_", "-"))
+    hub_id = preset["hub_id"] if preset and preset.get("hub_id") else source
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        snapshot_download(hub_id, local_files_only=True, allow_patterns=["*.json", "*.safetensors", "*.model"])
+        return hub_id
+    except Exception:  # noqa: BLE001 - not in the cache, in any of the ways the hub library says it
+        pass
+    if not _hub_reachable():
+        raise PlannerError(f"--proxy target needs the weights of {hub_id!r} locally when the hub is offline, but they are "
+                           f"not in {constants.HF_HUB_CACHE}: download them first, give a local directory as --model, "
+                           f"or use --proxy builtin")
+    return hub_id
+
+
+def smallest_fits_free_memory(target, space, gate) -> tuple[bool, str]:
+    """Whether the target's cheapest plan (predicted) fits the local GPU's free memory now."""
+    import torch
+
+    free, _total = torch.cuda.mem_get_info()
+    peak = min(gate.predict(space.train_config(p)).peak_bytes for p in space.cheapest_points())
+    from planner.tune.gate import human_bytes
+
+    return peak <= free, f"the target's smallest plan needs {human_bytes(peak)}, the GPU has {human_bytes(free)} free"
+
+
+def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, seed: int, space=None, gate=None,
+                  max_seq_len: int | None = None) -> ProxySetup:
+    """Load the proxy workload ``--proxy`` names (see the module docstring); one-line errors for bad choices."""
+    from planner.data import load_workload
+    from planner.spec import layers_attribute
+
+    device = pick_device(proxy_device)
+    kind, why = proxy, ""
+    if proxy == AUTO:
+        kind, why = BUILTIN, "no CUDA device" if device != "cuda" else ""
+        if device == "cuda" and space is not None and gate is not None:
+            fits, why = smallest_fits_free_memory(target, space, gate)
+            try:
+                target_weights(target.source)
+            except PlannerError as exc:
+                fits, why = False, str(exc)
+            kind = TARGET if fits else BUILTIN
+    kwargs = {"seed": seed, "data": data}
+    if kind == TARGET:
+        workload = load_workload(model=target_weights(target.source), **kwargs,
+                                 **({"max_seq_len": max_seq_len} if max_seq_len else {}))
+        name = target.source
+    elif kind == BUILTIN:
+        workload, name = load_workload(**kwargs), "built-in proxy"
+    else:
+        workload, name, kind = load_workload(model=proxy, **kwargs), proxy, "model"
+    spec = workload.spec
+    try:
+        layers_attribute(workload.new_model(seed))
+    except PlannerError as exc:
+        raise PlannerError(f"--proxy must be a causal LM with decoder layers, but {name!r} is not: {exc}") from None
+    if spec.num_layers > target.num_layers:
+        raise PlannerError(f"--proxy must not be deeper than the target, but {name!r} has {spec.num_layers} decoder layers "
+                           f"and the target {target.name!r} {target.num_layers}")
+    if kind == BUILTIN:
+        name = f"built-in proxy ({spec.num_layers} layers, hidden {spec.hidden_size}; {workload.name})"
+    return ProxySetup(kind, name, device, workload, spec.num_layers, spec.hidden_size, why)

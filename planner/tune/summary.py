@@ -1,0 +1,55 @@
+"""What `planner tune` prints at the end: the best plan for the target against the baselines, in words and a table."""
+
+from __future__ import annotations
+
+from planner.tune.gate import human_bytes
+
+
+def summary_table(result, *, metric_name: str, vram_bytes: int, target_name: str = "the target"):
+    """Best plan vs baselines: metric (or "does not fit: X GiB"), the target's predicted peak, what tuning wins."""
+    from rich.table import Table
+
+    table = Table(title=f"planner tune: best plan for {target_name} vs baselines (budget {human_bytes(vram_bytes)})")
+    for col in ("plan", metric_name, f"predicted peak ({target_name})", "tuned wins by", "trial"):
+        table.add_column(col, justify="left" if col == "plan" else "right")
+    for row in result.rows:
+        if row.fits is False and row.predicted_peak_bytes is not None:
+            metric = f"does not fit: {human_bytes(row.predicted_peak_bytes)}"
+        else:
+            metric = "-" if row.metric is None else f"{row.metric:.4f}"
+        peak = "-" if row.predicted_peak_bytes is None else human_bytes(row.predicted_peak_bytes)
+        if row.name == "tuned plan":
+            delta = ""
+        elif row.fits is False:
+            delta = "never trained"
+        elif row.delta is None:
+            delta = (row.reason or row.state)[:40]
+        else:
+            delta = f"{row.delta:+.4f}"
+        table.add_row(row.name, metric, peak, delta, str(row.trial_number))
+    return table
+
+
+def plan_line(plan) -> str:
+    """The best plan in one line, in the target's numbering, with both learning rates."""
+    lora = f", LoRA rank {plan.lora_rank}" if plan.lora_rank else ""
+    ckpt = ", gradient checkpointing" if plan.train.gradient_checkpointing else ""
+    lr = f"lr={plan.learning_rate:.3g}"
+    if plan.proxy is not None and plan.proxy.learning_rate != plan.learning_rate:
+        lr += f" (proxy {plan.proxy.learning_rate:.3g})"
+    return (f"best plan for {plan.model} (trial {plan.trial_number}): γ={plan.active_layers} of {plan.num_layers} from layer "
+            f"{plan.min_depth} up, K={plan.period}, scorer={plan.scorer}, embeddings {'on' if plan.train_embeddings else 'off'}, "
+            f"head {'on' if plan.train_head else 'off'}{ckpt}, {lr}{lora}; batch {plan.train.batch_size} × seq "
+            f"{plan.train.seq_len}, {plan.train.dtype}; predicted peak {human_bytes(plan.predicted_peak_bytes)} of "
+            f"{human_bytes(plan.vram_bytes)}")
+
+
+def measured_lines(result) -> list[str]:
+    """Measured vs predicted peaks of trials that trained the target on a GPU, and the largest error."""
+    worst = result.largest_error
+    if worst is None:
+        return []
+    return [f"measured on the GPU in {len(result.measured)} trial(s): largest prediction error "
+            f"{100 * worst['prediction_error']:+.1f}% (trial {worst['trial']}: predicted "
+            f"{human_bytes(worst['predicted_peak_bytes'])}, device memory in use at the peak "
+            f"{human_bytes(worst['device_used_bytes'])}, max reserved {human_bytes(worst['max_reserved_bytes'])})"]
