@@ -259,7 +259,9 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     from planner.tune.progress import TrialProgress
     from planner.tune.result import finished, summarize
     from planner.tune.signals import exit_code
+    from planner.tune.storage import open_storage
 
+    storage_obj = open_storage(options.storage)  # before any work: an unreadable storage fails at once
     if workload is None:
         from planner.data import load_workload
 
@@ -281,9 +283,6 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
         "multi_objective": options.multi_objective, "search_space": space.describe(),
         "steps": options.steps, "seed": options.seed,
     }
-    from planner.tune.storage import open_storage
-
-    storage_obj = open_storage(options.storage)
     # Optuna logs every failed trial with its traceback; failures are counted in the progress bar and
     # their reasons stored in the trial (user_attrs['reason']), so the terminal stays one line per event
     optuna.logging.set_verbosity(optuna.logging.ERROR)
