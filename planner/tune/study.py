@@ -258,7 +258,7 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     from planner.tune.objective import Objective
     from planner.tune.progress import TrialProgress
     from planner.tune.result import finished, summarize
-    from planner.tune.signals import exit_code
+    from planner.tune.signals import deferred, exit_code
     from planner.tune.storage import open_storage
 
     storage_obj = open_storage(options.storage)  # before any work: an unreadable storage fails at once
@@ -286,7 +286,8 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     # Optuna logs every failed trial with its traceback; failures are counted in the progress bar and
     # their reasons stored in the trial (user_attrs['reason']), so the terminal stays one line per event
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study, _created = _open_study(options, storage_obj, name, study_attrs, space, options.multi_objective)
+    with deferred():  # Ctrl-C waits until the study's settings and baselines are all stored
+        study, _created = _open_study(options, storage_obj, name, study_attrs, space, options.multi_objective)
 
     objective = Objective(workload, space, gate, steps=options.steps, eval_every=_eval_every(options), seed=options.seed,
                           multi_objective=options.multi_objective, **({"proxy": proxy} if proxy else {}))
