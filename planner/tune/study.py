@@ -340,7 +340,7 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     objective = Objective(workload, space, gate, steps=options.steps, eval_every=_eval_every(options), seed=options.seed,
                           multi_objective=options.multi_objective, proxy_layers=setup.num_layers,
                           proxy_hidden=setup.hidden_size, target_hidden=target.hidden_size,
-                          shape=_train_shape(target, setup),
+                          shape=_train_shape(target, setup), proxy_is_target=setup.is_target,
                           proxy_batch=None if setup.is_target else (getattr(workload, "batch_size", None)
                                                                     or default_batch_size(int(workload.seq_len))),
                           **({"proxy": proxy} if proxy else {}))
