@@ -137,7 +137,7 @@ class Plan(BaseModel):
             raise PlannerError(f"plan file must exist, but {str(path)!r} was not found")
         try:
             data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise PlannerError(f"plan file must be YAML, but {str(path)!r} is not: {str(exc).splitlines()[0]}") from None
         try:
             return cls.model_validate(data)

@@ -1,5 +1,7 @@
 """The embedded default workload: tokenizer, tasks, split, cache, batches and the metric."""
 
+import dataclasses
+import json
 import random
 import threading
 
@@ -9,7 +11,7 @@ import torch
 from planner.data import pretrain as pretrain_mod
 from planner.data import load_workload
 from planner.data.default import default_workload, task_examples
-from planner.data.pretrain import PretrainRecipe, cache_dir, cache_key, ensure_default_model
+from planner.data.pretrain import PretrainRecipe, cache_dir, cache_key, ensure_default_model, weights_sha256
 from planner.data.tasks import TASKS, corpus_text
 from planner.data.tokenizer import CHARS, EOS, CharTokenizer
 from planner.data.workload import IGNORE_INDEX, greedy_answers
@@ -94,8 +96,11 @@ def test_cache_pretrains_once_and_key_follows_recipe(cache):
     assert pretrain_mod.runs == before + 1
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
-    other = PretrainRecipe(**{**TINY.__dict__, "steps": 4})
-    assert cache_key(other) != cache_key(TINY) and cache_dir(other) != path
+    meta = json.loads((path / "planner_pretrain.json").read_text())
+    assert meta["key"] == cache_key(TINY) and meta["threads"] == 1 and meta["torch"] == torch.__version__
+    from transformers import LlamaForCausalLM
+
+    assert meta["weights_sha256"] == weights_sha256(LlamaForCausalLM.from_pretrained(path))
 
 
 def test_concurrent_first_use_pretrains_once(cache):
@@ -202,19 +207,62 @@ def test_default_recipe_pretrains_and_a_proxy_run_learns(tmp_path, monkeypatch):
     assert after > before + 0.2
 
 
-def test_pretraining_uses_one_thread_on_a_busy_machine(monkeypatch):
-    monkeypatch.setattr(pretrain_mod, "_pretrain", lambda recipe, progress: None)
+def _weight_bytes(model) -> bytes:
+    return b"".join(k.encode() + v.numpy().tobytes() for k, v in sorted(model.state_dict().items()))
+
+
+def test_pretraining_gives_the_same_bytes_whatever_the_thread_setting(monkeypatch):
     before = torch.get_num_threads()
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # as on a 2-core machine
-    real_set = torch.set_num_threads
-    calls = []
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
-    monkeypatch.setattr(pretrain_mod.os, "getloadavg", lambda: (50.0, 50.0, 50.0))
-    pretrain_mod.pretrain(TINY)
-    assert calls == [1, 2]  # one thread while busy, then restored
-    calls.clear()
-    monkeypatch.setattr(pretrain_mod.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    pretrain_mod.pretrain(TINY)
-    assert calls == [2]  # idle: threads left as they were (only the restore)
+    seen = []
+    real = pretrain_mod._pretrain
+    monkeypatch.setattr(pretrain_mod, "_pretrain", lambda r, p: (seen.append(torch.get_num_threads()), real(r, p))[1])
+    weights = []
+    for ambient in (2, 1):  # as on an idle 2-core machine, then as on a busy one
+        torch.set_num_threads(ambient)
+        model, stats = pretrain_mod.pretrain(TINY, progress=False)
+        assert stats["threads"] == TINY.threads == 1
+        assert torch.get_num_threads() == ambient  # the caller's setting comes back
+        weights.append(_weight_bytes(model))
+    torch.set_num_threads(before)
+    assert seen == [1, 1]
+    assert weights[0] == weights[1]
+    with pytest.raises(PlannerError, match="threads must be an integer >= 1"):
+        PretrainRecipe(threads=0)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("layers", 3), ("hidden", 48), ("heads", 4), ("kv_heads", 2), ("intermediate", 96), ("seq_len", 48),
+    ("batch_size", 5), ("steps", 4), ("lr", 1e-3), ("warmup", 2), ("weight_decay", 0.1), ("seed", 1), ("threads", 2),
+])
+def test_cache_name_changes_with_each_recipe_field(field, value):
+    assert getattr(TINY, field) != value
+    other = dataclasses.replace(TINY, **{field: value})
+    assert cache_key(other) != cache_key(TINY) and cache_dir(other).name != cache_dir(TINY).name
+
+
+def test_every_recipe_field_is_covered_by_the_cache_name_test():
+    covered = {"layers", "hidden", "heads", "kv_heads", "intermediate", "seq_len", "batch_size", "steps", "lr",
+               "warmup", "weight_decay", "seed", "threads"}
+    assert {f.name for f in dataclasses.fields(PretrainRecipe)} == covered
+
+
+def test_cache_name_changes_with_software_versions_and_data(monkeypatch):
+    import transformers
+
+    key = cache_key(TINY)
+    monkeypatch.setattr(torch, "__version__", torch.__version__ + ".other")
+    assert cache_key(TINY) != key
     monkeypatch.undo()
-    assert torch.get_num_threads() == before and torch.set_num_threads is real_set
+    monkeypatch.setattr(transformers, "__version__", transformers.__version__ + ".other")
+    assert cache_key(TINY) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(pretrain_mod, "CHARS", pretrain_mod.CHARS + "@")
+    assert cache_key(TINY) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(pretrain_mod, "corpus_text", lambda rng, n: "x" * n)
+    assert cache_key(TINY) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "OTHER")
+    assert cache_key(TINY) != key
+    monkeypatch.undo()
+    assert cache_key(TINY) == key

@@ -1,5 +1,8 @@
 """Search space, baselines, storage strings and option validation (no training)."""
 
+import importlib.util
+import sys
+
 import optuna
 import pytest
 
@@ -110,9 +113,29 @@ def test_open_storage_creates_folders(tmp_path):
     assert len(optuna.load_study(study_name="x", storage=open_storage(str(tmp_path / "j" / "study.log"))).trials) == 2
 
 
+@pytest.mark.skipif(importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is None,
+                    reason="needs a PostgreSQL driver (the test extra installs psycopg2-binary)")
 def test_unreachable_storage_is_one_line(tmp_path):
     with pytest.raises(PlannerError, match="must be reachable"):
         open_storage("postgresql://nobody@127.0.0.1:1/none")
+
+
+def test_missing_driver_is_one_line(monkeypatch):
+    import planner.tune.storage as storage_mod
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(storage_mod.importlib.util, "find_spec", lambda name, *a: None if name.startswith("psycopg") else real(name, *a))
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # import fails as when it is not installed
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(PlannerError, match="needs its database driver installed") as err:
+        open_storage("postgresql://nobody@127.0.0.1:1/none")
+    assert "\n" not in str(err.value)
+
+
+def test_journal_path_that_is_a_directory(tmp_path):
+    (tmp_path / "j.log").mkdir()
+    with pytest.raises(PlannerError, match="journal file must be a file, but .*j.log' is a directory"):
+        check_storage(str(tmp_path / "j.log"))
 
 
 def test_options_report_all_problems_at_once(tmp_path):

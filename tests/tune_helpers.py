@@ -41,7 +41,9 @@ def write_user_workload(root) -> tuple[str, str]:
     spec.config.bos_token_id, spec.config.eos_token_id, spec.config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     build_model(spec, seed=0).save_pretrained(model_dir)
     tok.to_hf().save_pretrained(model_dir)
-    data.write_text("\n".join(json.dumps({"instruction": f"double {i}", "response": str(2 * i)}) for i in range(80)) + "\n")
+    # answers a few proxy steps learn in part (the majority first), so trials differ in accuracy
+    data.write_text("\n".join(json.dumps({"instruction": f"double {i}", "response": "7" if i % 3 else "seven"})
+                              for i in range(80)) + "\n")
     return str(model_dir), str(data)
 
 

@@ -86,6 +86,7 @@ def validate(args):
     from planner.cost.profile import resolve_profile
     from planner.errors import PlannerError, ValidationProblems, collect
     from planner.spec import load_spec
+    from planner.spec.model import seq_len_problem
     from planner.units import parse_bytes
 
     problems: list[str] = []
@@ -111,6 +112,8 @@ def validate(args):
             checked.check_against(spec.num_layers)
         except ValidationProblems as exc:
             problems.extend(exc.problems)
+        if cfg is not None and (problem := seq_len_problem(spec, cfg.seq_len)):
+            problems.append(problem)
     if args.device not in ("cuda", "cpu"):
         problems.append(f"--device must be cuda or cpu, but got {args.device!r}")
     else:

@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"planner {args.command}: error: {from_pydantic(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"planner {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", 2)  # 130 for Ctrl-C, 143 for SIGTERM (planner.tune.signals)
     return int(code or 0)
 
 

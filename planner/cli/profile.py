@@ -33,6 +33,7 @@ def validate(args):
     from planner.config import TrainConfig
     from planner.errors import PlannerError, collect
     from planner.spec import load_spec
+    from planner.spec.model import seq_len_problem
 
     problems, spec, cfg = [], None, None
     try:
@@ -50,6 +51,8 @@ def validate(args):
         problems.append(f"--device must be cuda or cpu, but got {args.device!r}")
     if spec is not None and spec.num_layers < 1:
         problems.append(f"--model must have decoder layers, but {spec.name!r} has {spec.num_layers}")
+    if spec is not None and cfg is not None and (problem := seq_len_problem(spec, cfg.seq_len)):
+        problems.append(problem)
     collect(problems)
     return spec, cfg
 

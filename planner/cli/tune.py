@@ -77,7 +77,10 @@ def run(args) -> int:
     console = Console(highlight=False, soft_wrap=True)  # one line per message, whatever the width
     # transformers 5 deprecation noise from peft's LoRA wrapping: nothing a user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    result = run_tune(options, console=console, progress=not args.quiet)
+    from planner.tune.signals import interrupts_as_keyboard_interrupt
+
+    with interrupts_as_keyboard_interrupt():  # SIGTERM like Ctrl-C; never raised inside a finalizer
+        result = run_tune(options, console=console, progress=not args.quiet)
     plan = result.plan
     console.print(summary_table(result, metric_name=plan.metric_name, vram_bytes=plan.vram_bytes, target_name=plan.model))
     counts = result.counts

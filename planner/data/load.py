@@ -58,6 +58,8 @@ def load_workload(model: str | None = None, data: str | None = None, *, seed: in
         pairs, n_held = pairs[:max_examples], None
     source = model if model is not None else str(ensure_default_model())
     base, tok, spec = _load_model(source)
+    if spec.max_positions is not None:  # never train past the model's positions
+        max_seq_len = min(max_seq_len, spec.max_positions[1])
     examples = _tokenize(pairs, kind, tok, sep, max_seq_len)
     if len(examples) < MIN_EXAMPLES:
         raise PlannerError(f"--data must have at least {MIN_EXAMPLES} examples of at most max_seq_len={max_seq_len} "
@@ -74,32 +76,58 @@ def load_workload(model: str | None = None, data: str | None = None, *, seed: in
                     batch_size=BATCH_SIZE if data is None else USER_BATCH_SIZE)
 
 
-def _hub_source(model: str) -> str:
-    """A preset name means its hub id; anything else is passed to ``from_pretrained`` as given."""
+def _preset_hub_id(model: str) -> str | None:
+    """The hub id a preset name stands for (a preset holds a config only, no weights), or None."""
     from planner.spec import list_presets
 
     preset = list_presets().get(model.strip().lower().replace("_", "-"))
-    return preset["hub_id"] if preset and preset.get("hub_id") else model
+    return (preset.get("hub_id") or model) if preset is not None else None
 
 
 def _load_model(model: str):
-    """(fp32 model with ``use_cache=False``, tokenizer, ModelSpec) of a local directory or hub id."""
+    """(fp32 model with ``use_cache=False``, tokenizer, ModelSpec) of a local directory or hub id.
+
+    A hub id is read from the local cache first and fetched only when the hub answers
+    (:func:`planner.spec.hub.from_hub`); a preset name is read from the cache only (its hub id),
+    never fetched: fine-tuning needs weights that a preset does not hold.
+    """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from planner.spec import ModelSpec
+    from planner.spec.hub import first_line, from_hub
+    from planner.spec.model import check_causal_lm
 
     local = Path(model).expanduser()
     if local.is_file():
         raise PlannerError(f"--model for fine-tuning must be a model directory or hub id (weights, not a config file), but got {model!r}")
-    source = str(local) if local.is_dir() else _hub_source(model)
+    if local.exists() and not local.is_dir():
+        raise PlannerError(f"--model must be a model directory or hub id, but {model!r} is neither a file nor a directory")
+    preset_id = None if local.is_dir() else _preset_hub_id(model)
+    source = str(local) if local.is_dir() else preset_id or model
+    if local.is_dir():
+        def fetch(load, **kw):
+            return load(source, local_files_only=True, **kw)
+    else:
+        def fetch(load, **kw):
+            try:
+                return from_hub(lambda name, **lk: load(name, **lk, **kw), source, network=preset_id is None)
+            except PlannerError:
+                if preset_id is None:
+                    raise
+                raise PlannerError(f"--model preset {model!r} describes a model for planning only (no weights); fine-tuning "
+                                   f"needs its weights, which are not in the local Hugging Face cache as {preset_id!r}: give "
+                                   f"the hub id {preset_id!r} (downloads it) or a local model directory") from None
     try:
         with quiet_transformers() if local.is_dir() else contextlib.nullcontext():  # hub downloads keep their bars
-            tok = AutoTokenizer.from_pretrained(source, local_files_only=local.is_dir())
-            base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=local.is_dir())
-    except Exception as exc:  # noqa: BLE001 - missing files, offline hub, unknown architecture: all one answer
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PlannerError(f"--model must be a loadable causal-LM directory or hub id with a tokenizer, but {model!r} failed: {first}") from None
+            check_causal_lm(fetch(AutoConfig.from_pretrained), model)
+            tok = fetch(AutoTokenizer.from_pretrained)
+            base = fetch(AutoModelForCausalLM.from_pretrained, dtype=torch.float32)
+    except PlannerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - missing files, unknown architecture: all one answer
+        raise PlannerError(f"--model must be a loadable causal-LM directory or hub id with a tokenizer, but {model!r} failed: "
+                           f"{first_line(exc)}") from None
     base.config.use_cache = False
     return base.train(), tok, ModelSpec(model, base.config)
 

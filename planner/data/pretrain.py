@@ -2,7 +2,14 @@
 
 The cache entry is an ordinary Hugging Face model directory (config, safetensors weights,
 tokenizer) under ``$PLANNER_CACHE_DIR`` (default ``~/.cache/planner``), named by a hash of
-the recipe, the tokenizer and a sample of the corpus, so any change to one of them retrains.
+everything that decides the weights: the recipe (thread count included), the tokenizer, a
+sample of the corpus, the torch and transformers versions and PyTorch's CPU kernel family
+(AVX2 and AVX-512 kernels round differently: measured, different weights), so any change
+retrains and one name always means one set of weights.
+Pretraining always runs on the recipe's fixed thread count (1), never on what the machine's
+load or core count suggests: a float reduction split over a different number of threads sums
+in a different order, and the weights (and every proxy score after them) would differ under
+one name.
 A file lock keeps two processes from pretraining the same entry at once, and the finished
 directory appears by an atomic rename, so a reader never sees half of it.
 """
@@ -29,7 +36,7 @@ from planner.data.tokenizer import CHARS, SPECIALS, VOCAB_SIZE, CharTokenizer
 from planner.errors import PlannerError
 from planner.threads import torch_threads
 
-RECIPE_VERSION = 1  # bump when the training loop changes in a way the fields below do not show
+RECIPE_VERSION = 2  # bump when the training loop changes in a way the fields below do not show
 CORPUS_SAMPLE_CHARS = 4096  # corpus text hashed into the cache key
 
 
@@ -49,6 +56,11 @@ class PretrainRecipe:
     warmup: int = 60
     weight_decay: float = 0.01
     seed: int = 0
+    threads: int = 1  # PyTorch intra-op threads: fixed, so the weights do not depend on the machine's cores or load
+
+    def __post_init__(self):
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise PlannerError(f"pretraining threads must be an integer >= 1 (a fixed count), but got {self.threads!r}")
 
     def config(self):
         from transformers import LlamaConfig
@@ -70,12 +82,28 @@ def cache_root() -> Path:
     return Path(os.environ.get("PLANNER_CACHE_DIR") or Path.home() / ".cache" / "planner").expanduser()
 
 
+def recipe_fingerprint(recipe: PretrainRecipe) -> dict:
+    """Everything that decides the pretrained weights (the cache key hashes it)."""
+    import transformers
+
+    return {"recipe": dataclasses.asdict(recipe), "version": RECIPE_VERSION, "specials": list(SPECIALS), "chars": CHARS,
+            "corpus": corpus_text(random.Random(0), CORPUS_SAMPLE_CHARS), "torch": torch.__version__,
+            "transformers": transformers.__version__, "cpu_kernels": torch.backends.cpu.get_cpu_capability()}
+
+
 def cache_key(recipe: PretrainRecipe) -> str:
-    """Hash of the recipe, the tokenizer and a corpus sample: changes whenever any of them changes."""
-    sample = corpus_text(random.Random(0), CORPUS_SAMPLE_CHARS)
-    blob = json.dumps({"recipe": dataclasses.asdict(recipe), "version": RECIPE_VERSION, "specials": SPECIALS,
-                       "chars": CHARS, "corpus": sample}, sort_keys=True)
+    """Hash of :func:`recipe_fingerprint`: changes whenever any part of the recipe changes."""
+    blob = json.dumps(recipe_fingerprint(recipe), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def weights_sha256(model) -> str:
+    """SHA-256 of every tensor's name and bytes, in name order (what "the same weights" means)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def cache_dir(recipe: PretrainRecipe = DEFAULT_RECIPE) -> Path:
@@ -90,10 +118,8 @@ def pretrain(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: bool = True):
     """Train the default model from scratch on the built-in corpus; returns (model, stats)."""
     global runs
     runs += 1
-    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1)
-    # a busy machine: several OpenMP threads then wait on each other (measured on 2 cores at load 6-9:
-    # 600 steps took 170 s on 1 thread and over 400 s on 2; reports/workload_spread.txt)
-    with torch_threads(1 if busy else None):
+    # the recipe's thread count, whatever the caller set: the weights must not depend on it
+    with torch_threads(recipe.threads):
         return _pretrain(recipe, progress)
 
 
@@ -192,7 +218,8 @@ def ensure_default_model(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: b
                 with quiet_transformers():
                     model.save_pretrained(tmp)
                 CharTokenizer().to_hf().save_pretrained(tmp)
-                meta = {"recipe": dataclasses.asdict(recipe), "version": RECIPE_VERSION, "key": cache_key(recipe), **stats}
+                fingerprint = {k: v for k, v in recipe_fingerprint(recipe).items() if k != "corpus"}
+                meta = {**fingerprint, "key": cache_key(recipe), "weights_sha256": weights_sha256(model), **stats}
                 (tmp / "planner_pretrain.json").write_text(json.dumps(meta, indent=2))
                 if final.exists():  # a leftover without the marker: replace it
                     shutil.rmtree(final)

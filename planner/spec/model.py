@@ -2,7 +2,8 @@
 
 ``load_spec`` resolves, in order: a built-in preset name (stored as data in
 ``planner/spec/presets/*.json`` so planning works offline), a path to a ``config.json``,
-a local model directory, and finally a Hugging Face hub id.
+a local model directory, and finally a Hugging Face hub id (local cache first, see
+:mod:`planner.spec.hub`). Encoder-only (BERT-like) and encoder-decoder models are refused.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ class ModelSpec:
         return int(self.config.vocab_size)
 
     @property
+    def max_positions(self) -> tuple[str, int] | None:
+        """``(config field, value)`` of the longest sequence the model's positions allow, or None."""
+        return max_positions(self.config)
+
+    @property
     def tied_embeddings(self) -> bool:
         return bool(getattr(self.config, "tie_word_embeddings", False))
 
@@ -77,17 +83,66 @@ def list_presets() -> dict[str, dict]:
     return dict(_preset_table())
 
 
-def _config_from_dict(data: dict):
+POSITION_FIELDS = ("max_position_embeddings", "n_positions")  # Llama-style, GPT-2-style
+
+
+def max_positions(config) -> tuple[str, int] | None:
+    """The config field bounding sequence length and its value (None when the config has none)."""
+    for field in POSITION_FIELDS:
+        value = getattr(config, field, None)
+        if isinstance(value, int) and value > 0:
+            return getattr(config, "attribute_map", {}).get(field, field), value  # GPT-2 names it n_positions
+    return None
+
+
+def seq_len_problem(spec: "ModelSpec", seq_len: int, flag: str = "--seq-len") -> str | None:
+    """The rule a sequence length breaks for ``spec`` (positions beyond the model's), or None."""
+    bound = spec.max_positions
+    if bound is not None and seq_len > bound[1]:
+        return (f"{flag} must be <= the model's {bound[0]}={bound[1]:,} ({spec.name}), but got {seq_len:,} "
+                f"(to plan a longer context, give a config.json with a larger {bound[0]})")
+    return None
+
+
+def check_causal_lm(config, name: str) -> None:
+    """Refuse anything but a decoder-only causal LM (BERT-like encoders, encoder-decoders)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    if getattr(config, "is_encoder_decoder", False):
+        kind = "an encoder-decoder model"
+    elif model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        kind = "an encoder-only (bidirectional, masked-LM) model"
+    elif model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        kind = "not a causal LM transformers can build"
+    else:
+        return
+    raise PlannerError(f"--model must be a decoder-only causal LM (Llama, GPT-2, Qwen2, ...), but {name!r} has "
+                       f"model_type {model_type!r}: {kind}")
+
+
+def _config_from_dict(data: dict, name: str = "config"):
     from transformers import AutoConfig
 
+    if not isinstance(data, dict):
+        raise PlannerError(f"--model config must be a JSON object, but {name!r} holds {type(data).__name__}")
     data = dict(data)
     model_type = data.pop("model_type", None)
     if model_type is None:
-        raise PlannerError(f"config must name its model_type, but got keys {sorted(data)[:8]}")
+        raise PlannerError(f"--model config must name its model_type, but {name!r} has keys {sorted(data)[:8]}")
     try:
         return AutoConfig.for_model(model_type, **data)
-    except ValueError as exc:
-        raise PlannerError(f"model_type must be one that transformers knows, but got {model_type!r} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - an unknown type (ValueError) or fields it rejects (TypeError, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PlannerError(f"--model config must be one transformers can read, but {name!r} with model_type "
+                           f"{model_type!r} failed: {first}") from None
+
+
+def _read_config_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: malformed JSON or bytes that are not UTF-8
+        raise PlannerError(f"--model file must be a JSON config, but {str(path)!r} is not ({exc})") from None
 
 
 def _normalize_name(name: str) -> str:
@@ -101,18 +156,19 @@ def load_spec(model: str) -> ModelSpec:
     by_hub = {_normalize_name(v["hub_id"]): k for k, v in presets.items() if v.get("hub_id")}
     if key in presets or key in by_hub:
         name = key if key in presets else by_hub[key]
-        return ModelSpec(name, _config_from_dict(presets[name]["config"]))
+        return ModelSpec(name, _config_from_dict(presets[name]["config"], name))
     path = Path(model).expanduser()
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PlannerError(f"--model file must be a JSON config, but {str(path)!r} is not ({exc})") from None
-        return ModelSpec(str(path), _config_from_dict(data))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise PlannerError(f"--model directory must contain config.json, but {str(path)!r} does not")
-        return ModelSpec(str(path), _config_from_dict(json.loads((path / "config.json").read_text())))
+        path = path / "config.json"
+    if path.is_file():
+        config = _config_from_dict(_read_config_json(path), str(path))
+        name = str(Path(model).expanduser())
+        check_causal_lm(config, name)
+        return ModelSpec(name, config)
+    if path.exists():
+        raise PlannerError(f"--model must be a regular file or directory, but {model!r} is neither")
     if model.count("/") == 1 and not model.startswith((".", "/", "~")):
         return _load_hub(model)
     raise PlannerError(
@@ -124,11 +180,15 @@ def load_spec(model: str) -> ModelSpec:
 def _load_hub(model_id: str) -> ModelSpec:
     from transformers import AutoConfig
 
+    from planner.spec.hub import first_line, from_hub
+
     try:
-        cfg = AutoConfig.from_pretrained(model_id)
+        cfg = from_hub(AutoConfig.from_pretrained, model_id)
+    except PlannerError:
+        raise
     except Exception as exc:  # noqa: BLE001 - hub errors are many; all mean "cannot resolve"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PlannerError(f"--model hub id must resolve to a config (offline? unknown?), but {model_id!r} failed: {first}") from None
+        raise PlannerError(f"--model hub id must resolve to a config (unknown? private?), but {model_id!r} failed: {first_line(exc)}") from None
+    check_causal_lm(cfg, model_id)
     return ModelSpec(model_id, cfg)
 
 

@@ -16,11 +16,10 @@ from typing import Callable
 
 from planner.tune.baselines import SEARCH, baseline_points
 from planner.tune.gate import BudgetGate, human_bytes
+from planner.tune.lifecycle import INTERRUPTED  # noqa: F401 - set by lifecycle.GuardedObjective on Ctrl-C/SIGTERM
 from planner.tune.mapping import proxy_params, reuse_key, target_lr
 from planner.tune.proxy import ProxyOutOfMemory, TrainShape, run_proxy
 from planner.tune.space import SearchSpace
-
-INTERRUPTED = "interrupted (Ctrl-C) before the trial finished"
 
 
 class Objective:
@@ -141,11 +140,6 @@ class Objective:
                                           f"available {exc.free_bytes} B ({human_bytes(exc.free_bytes)})")
             trial.set_user_attr("available_bytes", exc.free_bytes)
             trial.set_user_attr("train_seconds", perf_counter() - start)
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("reason", INTERRUPTED)
-            if kind in self._baselines:  # run it again on resume
-                trial.study.enqueue_trial(self._baselines[kind].as_params(), user_attrs={"kind": kind})
             raise
         except Exception as exc:
             trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:500])

@@ -1,14 +1,23 @@
-"""What a person watching `planner tune` sees while it runs: a progress bar."""
+"""What a person watching `planner tune` sees while it runs.
+
+On a terminal, a progress bar; otherwise (``planner tune | tee log``, CI logs) one line per
+finished trial, flushed as it happens, since a bar is only drawn once at the end off a terminal.
+"""
 
 from __future__ import annotations
 
 import math
+import time
+
+from planner.tune.gate import human_bytes
 
 
 class TrialProgress:
-    """An Optuna callback driving a rich progress bar: trials done, gated, best so far, time left."""
+    """An Optuna callback: a rich progress bar on a terminal (trials done, gated, best so far, time
+    left), else one line per finished trial."""
 
     def __init__(self, total: int, done: int, *, metric_name: str, direction: str, console=None, enabled: bool = True):
+        from rich import get_console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.metric_name = metric_name
@@ -16,10 +25,15 @@ class TrialProgress:
         self.best: float | None = None
         self.gated = 0
         self.failed = 0
+        self.total = total
+        self.done = min(done, total)
+        self.console = console if console is not None else get_console()
+        self.lines = enabled and not self.console.is_terminal
+        self.started = time.perf_counter()
         self.progress = Progress(
             TextColumn("[bold]tune"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console, disable=not enabled,
-            transient=False,
+            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=self.console,
+            disable=not enabled or self.lines, transient=False,
         )
         self.task = self.progress.add_task("tune", total=total, completed=min(done, total), info="")
 
@@ -58,4 +72,33 @@ class TrialProgress:
         self._see(trial)
         self.progress.advance(self.task)
         self._refresh()
+        self.done += 1
+        if self.lines:
+            print(self.line(trial), file=self.console.file, flush=True)
+
+    def line(self, trial) -> str:
+        """``tune: trial 5/24 (#4, search) complete: accuracy 0.8125 | γ=2 K=20 uniform ... | best ... | 41 s``."""
+        from optuna.trial import TrialState
+
+        attrs, p = trial.user_attrs, trial.params
+        if attrs.get("gated"):
+            outcome = "gated (over budget, not trained)"
+        elif trial.state == TrialState.COMPLETE:
+            value = attrs.get("metric")
+            outcome = f"complete: {self.metric_name} " + ("-" if value is None else f"{value:.4f}")
+        elif trial.state == TrialState.PRUNED:
+            outcome = "pruned early"
+        elif trial.state == TrialState.FAIL:
+            outcome = f"failed: {str(attrs.get('reason', ''))[:80]}"
+        else:
+            outcome = trial.state.name.lower()
+        what = (f"γ={p['gamma']} K={p['period']} {p['scorer']}" + (f" lora r={p['lora_rank']}" if p.get("lora_rank") else "")
+                if "gamma" in p else "")
+        peak = attrs.get("predicted_peak_bytes")
+        if peak is not None:
+            what += f", peak {human_bytes(peak)}"
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        return (f"tune: trial {min(self.done, self.total)}/{self.total} (#{trial.number}, {attrs.get('kind', 'search')}) "
+                f"{outcome} | {what} | best {self.metric_name} {best} | gated {self.gated} | failed {self.failed} | "
+                f"{time.perf_counter() - self.started:.0f} s")
 

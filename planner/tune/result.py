@@ -9,7 +9,6 @@ from planner.config import TrainConfig
 from planner.errors import PlannerError
 from planner.plan import BaselineResult, Breakdown, Plan, ProxyInfo
 from planner.tune.baselines import KINDS, SEARCH
-from planner.tune.objective import INTERRUPTED
 from planner.tune.space import SearchSpace, TrialParams
 
 
@@ -17,6 +16,21 @@ class NoFinishedTrial(PlannerError):
     """The study holds no trained trial that fits: nothing to recommend."""
 
     exit_code = 1
+
+
+class NoSignal(PlannerError):
+    """Every trained trial scored the same: the metric cannot tell plans apart, so none is named."""
+
+    exit_code = 1
+
+
+def check_signal(trials, metric_name: str, study_name: str) -> None:
+    """Raise :class:`NoSignal` when the trained trials' metrics are all equal (all 0 accuracy, say)."""
+    metrics = [metric_of(t) for t in trials]
+    if len(set(metrics)) == 1 and (len(metrics) > 1 or metrics[0] == 0):
+        raise NoSignal(f"the trained trials must differ in {metric_name} to name a best plan, but all {len(metrics)} of "
+                       f"study {study_name!r} scored {metrics[0]:.4f}: no plan written; train longer (--steps), check "
+                       f"the data (--data) or the model (--model)")
 
 
 @dataclass
@@ -50,11 +64,9 @@ class TuneResult:
 
 def finished(trial) -> bool:
     """A trial that counts toward ``--n-trials``: complete, pruned or failed, but not interrupted."""
-    from optuna.trial import TrialState
+    from planner.tune.lifecycle import counted
 
-    if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
-        return False
-    return trial.user_attrs.get("reason") != INTERRUPTED
+    return counted(trial)
 
 
 def metric_of(trial) -> float | None:
@@ -92,6 +104,7 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
         states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
         raise NoFinishedTrial(f"the study must hold a trained trial that fits, but it has none ({states}); "
                               f"see the trials' user_attrs 'reason', or raise --n-trials/--vram")
+    check_signal(ok, workload.metric_name, study.study_name)
     if multi_objective:
         front = [t for t in study.best_trials if _trained_ok(t)]
         candidates = front or ok

@@ -47,6 +47,8 @@ def check_storage(url: str) -> str:
                 f"--storage must be a URL (sqlite:///studies/planner.db, postgresql://user@host/db, mysql://...) "
                 f"or a journal file ending in {', '.join(JOURNAL_SUFFIXES)}, but got {url!r}"
             )
+        if Path(url).expanduser().is_dir():
+            raise PlannerError(f"--storage journal file must be a file, but {url!r} is a directory")
         parent = Path(url).expanduser().parent
         if parent.exists() and not parent.is_dir():
             raise PlannerError(f"--storage journal file's folder must be a directory, but {str(parent)!r} is not")
@@ -64,21 +66,19 @@ def check_storage(url: str) -> str:
 def open_storage(url: str):
     """An Optuna storage object for ``url`` (creating the SQLite/journal folder when missing)."""
     from optuna.exceptions import ExperimentalWarning
-    from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
-
+    from optuna.storages import RDBStorage
+    
     url = check_storage(url)
     if "://" not in url:
         path = Path(url).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return open_journal(path)
+    # dead workers' trials are found by planner.tune.lifecycle (for every storage), not Optuna's heartbeat
+    kwargs = {}
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
         # a generous lock timeout: several processes write one SQLite file
         kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}}
-    else:
-        # heartbeats let a crashed worker's running trial be marked failed by the others
-        kwargs = {"heartbeat_interval": 60, "grace_period": 180}
     try:
         storage = None
         for attempt in range(SCHEMA_RETRIES):
@@ -102,6 +102,7 @@ def open_storage(url: str):
         raise PlannerError(f"--storage must be reachable, but {url!r} failed: {first}") from None
     if url.startswith("sqlite:///"):
         _sqlite_wal(storage.engine)
+        _sqlite_serialized(storage.engine)
     return storage
 
 
@@ -121,3 +122,40 @@ def _sqlite_wal(engine) -> None:
 
     event.listen(engine, "connect", on_connect)
     engine.dispose()  # connections opened while creating the tables predate the listener
+
+
+def _sqlite_serialized(engine) -> None:
+    """Every transaction takes SQLite's write lock when it begins (``BEGIN IMMEDIATE``).
+
+    Python's sqlite3 starts a transaction only at the first write, so Optuna's read-then-write
+    steps (pop a queued trial: read WAITING, write RUNNING; fail a dead worker's trial) were not
+    atomic: two workers could both pop one queued baseline and train it twice.
+    """
+    from sqlalchemy import event
+
+    def on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # the driver's own BEGIN off: ours below
+
+    def on_begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "begin", on_begin)
+    engine.dispose()
+
+
+def local_storage_path(url: str) -> Path | None:
+    """The file a SQLite URL or a journal path writes, or None for a server."""
+    url = url.strip()
+    if "://" not in url:
+        return Path(url).expanduser()
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):]).expanduser()
+    return None
+
+
+def open_journal(path: Path):
+    """A journal file storage, repaired or refused first (see :mod:`planner.tune.journal`)."""
+    from planner.tune.journal import open_journal_storage
+
+    return open_journal_storage(path)

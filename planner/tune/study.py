@@ -190,25 +190,20 @@ def check_feasible(space, gate, target_name: str = "the target") -> None:
         )
 
 
-_RESUME_KEYS = ("vram_bytes", "model", "workload", "device", "multi_objective", "search_space", "target", "target_shape",
-                "proxy")
-
-
 def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict, space, multi_objective: bool, gate):
     """Create the study (and queue the baselines), or load it when it exists and matches."""
     import optuna
 
+    from planner.tune.preflight import check_resume
+    from planner.tune.seeding import PerTrialSeed
+
     directions = [study_attrs["direction"], "minimize"] if multi_objective else [study_attrs["direction"]]
-    sampler, pruner = make_sampler(options.sampler, options.seed), _make_pruner(options)
+    sampler, pruner = PerTrialSeed(make_sampler(options.sampler, options.seed), options.seed), _make_pruner(options)
     try:
         study = optuna.create_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner, directions=directions)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner)
-        stored = study.user_attrs
-        diff = [f"{k}={stored.get(k)!r} (now {study_attrs[k]!r})" for k in _RESUME_KEYS if k in stored and stored.get(k) != study_attrs[k]]
-        if diff:
-            raise PlannerError(f"--study {name!r} must be resumed with the settings it was created with, but it has {'; '.join(diff)}: "
-                               f"use the same flags or a new --study") from None
+        check_resume(name, study.user_attrs, study_attrs)
         return study, False
     for key, value in study_attrs.items():
         study.set_user_attr(key, value)
@@ -227,9 +222,9 @@ class StopAfter:
         self.total = total
 
     def __call__(self, study, trial) -> None:
-        from planner.tune.result import finished
+        from planner.tune.lifecycle import owed
 
-        if sum(finished(t) for t in study.get_trials(deepcopy=False)) >= self.total:
+        if owed(study, self.total) <= 0:
             study.stop()
 
 
@@ -300,14 +295,21 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     trainer (tests, benchmarks).
     """
     target, vram = options.validate_all()
+    from planner.tune.preflight import check_outputs
+
+    name = options.study or default_study_name()
+    check_outputs(options.out, name, options.storage)
     import optuna
 
     from planner.tune.gate import BudgetGate
     from planner.tune.objective import Objective
     from planner.tune.progress import TrialProgress
     from planner.tune.result import finished, summarize
+    from planner.tune.signals import deferred, exit_code
+    from planner.tune.storage import open_storage
     from planner.tune.target import target_layers_attribute
 
+    storage_obj = open_storage(options.storage)  # before any work: an unreadable storage fails at once
     space = build_space(target, options)
     gate = BudgetGate(target.spec, vram, device=target.device, profile=target.profile, estimator=estimator)
     check_feasible(space, gate, target.name)
@@ -316,6 +318,8 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     if console is not None:
         for line in header_lines(target, setup, vram, space, gate):
             console.print(line, highlight=False)
+        if options.study is None:
+            console.print(f"study {name!r} in {options.storage} (resume it with --study {name})", highlight=False)
 
     layers_attr = target_layers_attribute(target.spec)
     study_attrs = {
@@ -327,14 +331,11 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
         "target": target.describe(), "target_shape": target.shape_dict(),
         "proxy": {k: v for k, v in setup.describe().items() if k != "device"}, "proxy_device": setup.device,
     }
-    from planner.tune.storage import open_storage
-
-    storage_obj = open_storage(options.storage)
-    name = options.study or default_study_name()
     # Optuna logs every failed trial with its traceback; failures are counted in the progress bar and
     # their reasons stored in the trial (user_attrs['reason']), so the terminal stays one line per event
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study, _created = _open_study(options, storage_obj, name, study_attrs, space, options.multi_objective, gate)
+    with deferred():  # Ctrl-C waits until the study's settings and baselines are all stored
+        study, _created = _open_study(options, storage_obj, name, study_attrs, space, options.multi_objective, gate)
 
     objective = Objective(workload, space, gate, steps=options.steps, eval_every=_eval_every(options), seed=options.seed,
                           multi_objective=options.multi_objective, proxy_layers=setup.num_layers,
@@ -343,20 +344,27 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
                           proxy_batch=None if setup.is_target else (getattr(workload, "batch_size", None)
                                                                     or default_batch_size(int(workload.seq_len))),
                           **({"proxy": proxy} if proxy else {}))
+    from planner.tune.lifecycle import GuardedObjective, attach, owed, settle_message
+
+    worker = attach(study)  # dead workers' trials are failed and queued again before counting
     done = sum(finished(t) for t in study.get_trials(deepcopy=False))
-    remaining = options.n_trials - done
+    remaining = owed(study, options.n_trials)
     if remaining > 0:
         bar = TrialProgress(options.n_trials, done, metric_name=workload.metric_name, direction=workload.direction,
                             console=console, enabled=progress)
         bar.seed_best(study)
         try:
             with torch_threads(options.threads), bar:
-                study.optimize(objective, n_trials=remaining, timeout=options.timeout, catch=(Exception,),
-                               callbacks=[bar, StopAfter(options.n_trials)])
-        except KeyboardInterrupt:
+                study.optimize(GuardedObjective(objective, worker), n_trials=remaining, timeout=options.timeout,
+                               catch=(Exception,), callbacks=[bar, worker.reap, StopAfter(options.n_trials)])
+        except KeyboardInterrupt as exc:
+            worker.settle()
             kept = sum(finished(t) for t in study.get_trials(deepcopy=False))
-            raise Interrupted(f"interrupted: {kept} finished trials of study {name!r} are stored in {options.storage}; "
-                              f"resume with: {resume_command(options, name)}") from None
+            error = Interrupted(f"{settle_message(exc)}: {kept} finished trials of study {name!r} are stored in {options.storage}; "
+                                f"resume with: {resume_command(options, name)}")
+            error.exit_code = exit_code(exc)
+            raise error from None
+    worker.close()
 
     result = summarize(study, space, target=target, proxy=setup, vram_bytes=vram, layers_attribute=layers_attr,
                        storage=options.storage, multi_objective=options.multi_objective)

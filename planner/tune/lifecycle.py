@@ -1,0 +1,259 @@
+"""A trial's life across processes: who runs it, whether that process is alive, and what a dead one leaves.
+
+Every trial records its worker (machine, pid, process start time, run token) in ``user_attrs['worker']``
+and a ``heartbeat`` time, renewed every :data:`HEARTBEAT_SECONDS` while it runs. A RUNNING trial
+is dead when its process is gone (same machine: checked at once, so a resume right after
+``kill -9`` sees it) or its heartbeat is older than :data:`STALE_SECONDS` (another machine).
+:meth:`Worker.reap` fails dead trials with the reason "worker died ..." and queues each again
+(same parameters, same kind, ``retry_of`` its first attempt); :meth:`Worker.settle` does the same
+for this process's own trials after Ctrl-C or SIGTERM, with :data:`INTERRUPTED`. Neither counts
+toward ``--n-trials`` (:func:`interrupted`).
+
+Optuna's own heartbeat (``RDBStorage(heartbeat_interval=..., failed_trial_callback=...)``) exists
+only for SQL storages, waits its grace period even when the process is known dead, and fails the
+trial before a callback could record why; this one works the same for journal files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+
+from planner.tune.signals import deferred
+
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM) before the trial finished"
+_INTERRUPTED_BEFORE = "interrupted (Ctrl-C) before the trial finished"  # studies written by earlier versions
+WORKER_DIED = "worker died"
+HEARTBEAT_SECONDS = 30.0
+STALE_SECONDS = 300.0  # ten missed heartbeats: a busy machine's thread may be starved for a while
+
+_ACTIVE_RUNS: set[str] = set()  # run tokens of this process's Worker objects still running
+
+
+def interrupted(trial) -> bool:
+    """A trial stopped from outside (Ctrl-C, SIGTERM, a dead worker): it never counts toward ``--n-trials``."""
+    reason = trial.user_attrs.get("reason") or ""
+    return reason in (INTERRUPTED, _INTERRUPTED_BEFORE) or reason.startswith(WORKER_DIED)
+
+
+def counted(trial) -> bool:
+    """A trial that counts toward ``--n-trials``: complete, pruned or failed, but not interrupted."""
+    from optuna.trial import TrialState
+
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) and not interrupted(trial)
+
+
+def owed(study, total: int) -> int:
+    """Trials still to run: up to ``total`` counted ones, and at least every queued baseline not yet finished."""
+    from optuna.trial import TrialState
+
+    from planner.tune.baselines import KINDS
+
+    trials = study.get_trials(deepcopy=False)
+    done = {t.user_attrs.get("kind") for t in trials if counted(t)}
+    queued = {t.user_attrs.get("kind") for t in trials if t.state == TrialState.WAITING}
+    baselines = [k for k in KINDS if k in queued and k not in done]
+    return max(total - sum(counted(t) for t in trials), len(baselines))
+
+
+def settle_message(exc: BaseException) -> str:
+    name = getattr(exc, "signum", None)
+    return "interrupted" if name in (None, 2) else f"interrupted by {signal_name(name)}"
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def attach(study) -> "Worker":
+    """This process's :class:`Worker` on ``study``: told of every new trial, dead workers' trials reaped."""
+    worker = Worker(study)
+    if hasattr(study.sampler, "on_trial"):
+        study.sampler.on_trial = worker.own
+    worker.reap()
+    return worker
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def machine_key() -> str:
+    """Host name, boot and pid namespace: two processes with one key see each other's pids."""
+    try:
+        pidns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        pidns = "-"
+    return f"{socket.gethostname()}|{(_read('/proc/sys/kernel/random/boot_id') or '-')[:8]}|{pidns}"
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of ``pid`` from /proc, or None where unknown."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
+    return fields[0], fields[19]
+
+
+def process_alive(pid: int, started: str | None) -> bool:
+    """Whether ``pid`` is the same live process that recorded ``started`` (zombies and reused pids are dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: it exists
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc (macOS): existence is all we know
+    state, start = stat
+    return state not in ("Z", "X") and (started is None or start == started)
+
+
+class Worker:
+    """This process's part in a study: claims trials, renews heartbeats, reaps the dead, settles after Ctrl-C."""
+
+    def __init__(self, study):
+        self.study = study
+        self.run = uuid.uuid4().hex[:12]
+        stat = _proc_stat(os.getpid())
+        self.identity = {"host": machine_key(), "pid": os.getpid(), "started": stat[1] if stat else None, "run": self.run}
+        self.owned: list[int] = []  # trial ids this run started, oldest first
+        self._settled: set[int] = set()
+        _ACTIVE_RUNS.add(self.run)
+
+    def close(self) -> None:
+        _ACTIVE_RUNS.discard(self.run)
+
+    # -- a trial's life -------------------------------------------------------
+    def own(self, trial_id: int) -> None:
+        """Remember a trial the moment it is created or popped (before any storage write for it)."""
+        if trial_id not in self.owned:
+            self.owned.append(trial_id)
+
+    @contextmanager
+    def running(self, trial):
+        """Claim ``trial`` for this process, renew its heartbeat while the block runs; mark it on Ctrl-C."""
+        self.own(trial._trial_id)
+        storage = self.study._storage
+        with deferred():
+            storage.set_trial_user_attr(trial._trial_id, "worker", self.identity)
+            storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(trial._trial_id, stop), daemon=True, name="planner-heartbeat")
+        beat.start()
+        try:
+            yield
+        except KeyboardInterrupt:
+            with deferred():
+                storage.set_trial_user_attr(trial._trial_id, "reason", INTERRUPTED)
+            raise
+        finally:
+            stop.set()
+
+    def _beat(self, trial_id: int, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self.study._storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+            except Exception:  # noqa: BLE001 - the trial finished meanwhile, or the storage hiccuped: next beat
+                pass
+
+    # -- the dead and the interrupted -----------------------------------------
+    def death(self, trial) -> str | None:
+        """Why RUNNING ``trial`` is dead (a reason starting with "worker died"), or None while it may live."""
+        who = trial.user_attrs.get("worker")
+        now = time.time()
+        if not isinstance(who, dict):
+            # created, then stopped before its worker was written (milliseconds): only age tells
+            start = trial.datetime_start
+            age = (datetime.datetime.now() - start).total_seconds() if start else 0.0
+            return f"{WORKER_DIED} (no worker recorded; started {age:.0f} s ago)" if age > STALE_SECONDS else None
+        host, pid = who.get("host"), int(who.get("pid", -1))
+        where = f"process {pid} on {str(host).split('|')[0]}"
+        if host == self.identity["host"]:
+            if pid == os.getpid() and who.get("started") == self.identity["started"]:
+                return None if who.get("run") in _ACTIVE_RUNS else f"{WORKER_DIED} (an earlier run of {where} stopped mid-trial)"
+            return None if process_alive(pid, who.get("started")) else f"{WORKER_DIED} ({where} ended mid-trial)"
+        silent = now - float(trial.user_attrs.get("heartbeat") or 0.0)
+        return f"{WORKER_DIED} ({where}: no heartbeat for {silent:.0f} s)" if silent > STALE_SECONDS else None
+
+    def reap(self, study=None, _trial=None) -> int:
+        """Fail every dead RUNNING trial and queue it again; returns how many this process failed.
+
+        Also an ``optimize`` callback (``study, trial`` arguments), so long runs reap as they go.
+        """
+        from optuna.trial import TrialState
+
+        n = 0
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            reason = self.death(trial)
+            if reason is not None and self._fail(trial, reason):
+                n += 1
+        return n
+
+    def settle(self) -> None:
+        """After Ctrl-C/SIGTERM: this run's unfinished trials are failed as interrupted and queued again."""
+        from optuna.trial import TrialState
+
+        with deferred():
+            for trial_id in self.owned:
+                if trial_id in self._settled:
+                    continue
+                trial = self.study._storage.get_trial(trial_id)
+                if trial.state == TrialState.RUNNING:
+                    self._fail(trial, INTERRUPTED)
+                elif trial.state == TrialState.FAIL and interrupted(trial):
+                    self._settled.add(trial_id)
+                    self._retry(trial)
+            self.close()
+
+    def _fail(self, trial, reason: str) -> bool:
+        """Fail ``trial`` with ``reason`` and queue it again; False when another process got there first."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        storage = self.study._storage
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+            # the state change is atomic in every storage: of two reapers exactly one succeeds
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                return False
+        except UpdateFinishedTrialError:
+            return False
+        self._settled.add(trial._trial_id)
+        self._retry(trial)
+        return True
+
+    def _retry(self, trial) -> None:
+        """Queue the same point again (a searched trial that never chose its point is simply not repeated)."""
+        from planner.tune.baselines import SEARCH
+
+        kind = trial.user_attrs.get("kind", SEARCH)
+        if kind == SEARCH and not trial.params:
+            return
+        first = trial.user_attrs.get("retry_of", trial.number)
+        self.study.enqueue_trial(dict(trial.params), user_attrs={"kind": kind, "retry_of": first})
+
+
+class GuardedObjective:
+    """``objective`` run inside :meth:`Worker.running`: claimed, heart-beating, marked when interrupted."""
+
+    def __init__(self, objective, worker: Worker):
+        self.objective = objective
+        self.worker = worker
+
+    def __call__(self, trial):
+        with self.worker.running(trial):
+            return self.objective(trial)
