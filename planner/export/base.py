@@ -183,15 +183,20 @@ def precision(plan: "Plan") -> tuple[bool, bool]:
 
 # memory ------------------------------------------------------------------------------------------
 
+def state_bytes(plan: "Plan", tensors: list[tuple[int, int]]) -> int:
+    """Optimizer state the cost model predicts for trainable ``(numel, bytes per element)`` tensors."""
+    from planner.cost.optimizer import get_optimizer
+
+    return get_optimizer(plan.train.optimizer).state_bytes(tensors, STATE_DEVICE)
+
+
 def layer_state_bytes(plan: "Plan", layers: int, element_bytes: int | None = None) -> int:
     """Optimizer state the cost model predicts for ``layers`` whole decoder layers of ``plan``'s model
     (AdamW: two moments per element in the weights' dtype)."""
-    from planner.cost.optimizer import get_optimizer
     from planner.export.names import arch_names
 
     e = element_bytes or DTYPE_BYTES[plan.train.dtype]
-    tensors = [(n, e) for n in arch_names(plan).layer_numels] * layers
-    return get_optimizer(plan.train.optimizer).state_bytes(tensors, STATE_DEVICE)
+    return state_bytes(plan, [(n, e) for n in arch_names(plan).layer_numels] * layers)
 
 
 def stale_state_loss(plan: "Plan", target: str) -> list[str]:
@@ -201,4 +206,4 @@ def stale_state_loss(plan: "Plan", target: str) -> list[str]:
     if extra <= 0:  # a stateless optimizer (SGD) loses nothing
         return []
     return [f"optimizer state: {target} keeps the {plan.train.optimizer} state of layers it freezes; once every layer "
-            f"was drawn it holds all {plan.num_layers} layers' instead of {n}: +{extra:,} bytes (cost model) over the plan's peak"]
+            f"was drawn it holds all {plan.num_layers} layers' instead of {n}: +{extra:,} bytes (cost model) that the plan's peak does not count"]

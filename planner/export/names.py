@@ -30,6 +30,7 @@ class ArchNames:
     output_embedding: str | None  # module path of get_output_embeddings(), e.g. "lm_head"
     layer_linear_modules: tuple[str, ...]  # leaf names of the linear maps inside a decoder layer
     conv1d: bool  # the layers' linear maps are GPT-2 Conv1D (weights stored in x out)
+    linear_shapes: tuple[tuple[int, int], ...]  # (in, out) features of each linear map of one decoder layer
     layer_numels: tuple[int, ...]  # element count of each parameter of the largest decoder layer
     numel: tuple[tuple[str, int], ...]  # (parameter name, element count) of every parameter outside the layers
     param_names: tuple[str, ...]  # named_parameters() of the 2-layer copy, shared weights once
@@ -113,11 +114,15 @@ def _names(model_type: str, config_json: str) -> dict:
     head = tuple(name_of[id(p)] for p in parts.head_params if id(p) not in emb_ids)
     tied = any(id(p) in emb_ids for p in parts.head_params)
     out_emb = model.get_output_embeddings()
-    linear, conv1d = [], False
+    linear, shapes, conv1d = [], [], False
     for name, module in parts.layers[0].named_modules():
-        if name and (isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"):
+        if name and isinstance(module, nn.Linear):
             linear.append(name.rsplit(".", 1)[-1])
-            conv1d = conv1d or type(module).__name__ == "Conv1D"
+            shapes.append((module.in_features, module.out_features))
+        elif name and type(module).__name__ == "Conv1D":  # weight stored (in, out)
+            linear.append(name.rsplit(".", 1)[-1])
+            shapes.append(tuple(module.weight.shape))
+            conv1d = True
     in_layers = {id(p) for layer in parts.layers for p in layer.parameters()}
     return dict(
         layers_path=parts.layers_path,
@@ -128,6 +133,7 @@ def _names(model_type: str, config_json: str) -> dict:
         output_embedding=module_name.get(id(out_emb)) if out_emb is not None else None,
         layer_linear_modules=tuple(dict.fromkeys(linear)),
         conv1d=conv1d,
+        linear_shapes=tuple(shapes),
         layer_numels=max((tuple(p.numel() for p in layer.parameters()) for layer in parts.layers), key=sum),
         numel=tuple((n, p.numel()) for n, p in model.named_parameters() if id(p) not in in_layers),
         param_names=tuple(n for n, _ in model.named_parameters()),

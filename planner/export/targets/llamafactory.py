@@ -158,7 +158,7 @@ class LlamaFactoryExporter(Exporter):
         if plan.lora_rank:
             lost.append(f"LoRA r={plan.lora_rank} inside the layers: BAdam cannot be combined with LoRA; exported as full-parameter BAdam")
         lost.append(f"memory: BAdam keeps a float32 copy of the active layer (and float32 moments and gradients for half "
-                    f"weights): +{badam_extra_bytes(plan):,} bytes over the plan's peak")
+                    f"weights): +{badam_extra_bytes(plan):,} bytes that the plan's peak does not count")
 
     @staticmethod
     def _dtype(plan, cfg: dict, badam: bool) -> list[str]:

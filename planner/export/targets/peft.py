@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 
-from planner.export.base import (DTYPE_BYTES, Export, Exporter, candidates, fixed_layers, model_id, model_loss,
-                                 outside_params, register_exporter, scorer_kind)
+from planner.export.base import (DTYPE_BYTES, FP32_BYTES, Export, Exporter, candidates, fixed_layers, gamma, model_id,
+                                 model_loss, outside_params, register_exporter, scorer_kind, state_bytes)
 from planner.export.names import arch_names
 
 DEFAULT_RANK = 8  # peft's LoraConfig default r
@@ -44,6 +44,12 @@ class PeftExporter(Exporter):
             lost.append(f"dynamic plan ({plan.active_layers} of {plan.num_layers} layers re-drawn every {plan.period} steps by {plan.scorer!r}): "
                         f"peft's layers_to_transform is fixed; nearest: LoRA on every layer the plan may draw, {layers[0]}..{layers[-1]}, all at once")
         rank = plan.lora_rank or DEFAULT_RANK
+        if scorer_kind(plan) != "static" and plan.lora_rank:
+            more = len(layers) - gamma(plan)
+            # peft keeps adapters in float32; each trains with its gradient and optimizer state
+            adapters = [(rank * n, FP32_BYTES) for shape in names.linear_shapes for n in shape] * more
+            extra = state_bytes(plan, adapters) + sum(n * e for n, e in adapters)
+            lost.append(f"memory: the adapters of {more} more layers train at once: +{extra:,} bytes of gradients and optimizer state that the plan's peak does not count")
         if not plan.lora_rank:
             lost.append(f"full fine-tuning of the chosen layers: peft trains low-rank adapters; nearest: LoRA r={rank} on every linear map in them")
         save, tie = self._modules_to_save(plan, names, lost)
@@ -82,7 +88,7 @@ class PeftExporter(Exporter):
         if modules:
             e = DTYPE_BYTES[plan.train.dtype]
             copied = sum(names.module_numel(m if m != names.output_embedding or not names.tied else names.input_embedding) for m in modules) * e
-            lost.append(f"memory: modules_to_save trains a copy of {', '.join(modules)} beside the frozen originals: +{copied:,} bytes of weights over the plan's peak")
+            lost.append(f"memory: modules_to_save trains a copy of {', '.join(modules)} beside the frozen originals: +{copied:,} bytes of weights that the plan's peak does not count")
         return modules, tie
 
     def keys(self, filename: str, text: str) -> set[str]:
