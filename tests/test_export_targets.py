@@ -67,8 +67,10 @@ def test_min_depth_is_read_from_the_plan_when_it_has_the_field():
 
 def test_a_dynamic_plan_that_draws_every_layer_is_static():
     plan = make_plan(active_layers=4, train=TrainConfig(active_layers=4))
-    cfg = yaml.safe_load(render("llamafactory", plan)[2])
+    result, _, text = render("llamafactory", plan)
+    cfg = yaml.safe_load(text)
     assert cfg["finetuning_type"] == "freeze" and cfg["freeze_trainable_layers"] == 4 and "use_badam" not in cfg
+    assert cfg["freeze_extra_modules"] == "embed_tokens,lm_head,norm" and result.lost == []  # 'norm' matches only trained names
     assert "use_lisa" not in render("lmflow", plan)[2] and render("lmflow", plan)[0].lost == []
 
 
@@ -79,7 +81,7 @@ def test_axolotl_lisa_names_its_schedule_and_the_optimizer_state_it_keeps():
     result, _, text = render("axolotl", plan)
     cfg = yaml.safe_load(text)
     assert (cfg["lisa_n_layers"], cfg["lisa_step_interval"], cfg["lisa_layers_attribute"]) == (2, 5, "model.layers")
-    assert cfg["sequence_len"] == plan.train.seq_len and cfg["base_model"] == plan.model
+    assert cfg["sequence_len"] == plan.train.seq_len and cfg["base_model"] + "/config.json" == plan.model
     assert "unfrozen_parameters" not in cfg  # LISA leaves everything outside the layers trainable, as the plan wants
     assert any("re-draws at step 1" in line for line in result.lost)
     (line,) = [line for line in result.lost if line.startswith("optimizer state")]

@@ -70,11 +70,18 @@ class Exporter:
 # helpers shared by the targets -----------------------------------------------------------------
 
 def model_id(plan: "Plan") -> str:
-    """What a trainer loads: a preset's hub id, else the model as the plan names it (hub id or path)."""
+    """What a trainer loads: a preset's hub id, the directory of a ``config.json`` path, else the
+    model as the plan names it (hub id or directory)."""
+    from pathlib import Path
+
     from planner.spec import list_presets
 
     preset = list_presets().get(plan.model.strip().lower().replace("_", "-"))
-    return str(preset["hub_id"]) if preset and preset.get("hub_id") else plan.model
+    if preset and preset.get("hub_id"):
+        return str(preset["hub_id"])
+    if Path(plan.model).name == "config.json":  # from_pretrained reads the directory holding it
+        return str(Path(plan.model).parent)
+    return plan.model
 
 
 def model_loss(plan: "Plan") -> list[str]:

@@ -112,10 +112,11 @@ class LlamaFactoryExporter(Exporter):
             lost.append(f"fixed layers {layers}: freeze_trainable_layers selects only the first or last n layers; nearest: {n} trains {trained}")
         names = arch_names(plan)
         wanted = outside_params(plan)
+        every_layer = trained == list(range(plan.num_layers))  # then a name inside any layer trains anyway
         extra = []
         for leaf in dict.fromkeys(p.split(".")[-2] for p in wanted):
             matched = [p for p in names.param_names if leaf in p]  # _setup_freeze_tuning matches by substring
-            unwanted = [p for p in matched if p not in wanted]
+            unwanted = [p for p in matched if p not in wanted and not (every_layer and p.startswith(names.layers_path + "."))]
             if unwanted:
                 mine = [p for p in matched if p in wanted]
                 lost.append(f"{', '.join(mine)} stays frozen: freeze_extra_modules matches {leaf!r} as a substring, "
