@@ -97,6 +97,32 @@ def test_axolotl_lisa_names_its_schedule_and_the_optimizer_state_it_keeps():
     assert claimed == sum(layer_state[2:])
 
 
+def grads_and_moments(model, params) -> int:
+    """Bytes of the gradients and AdamW moments of ``params`` after one real step of torch's AdamW."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    batch = torch.randint(0, 256, (1, 8))
+    model(input_ids=batch, labels=batch).loss.backward()
+    optimizer.step()
+    return sum(p.grad.nbytes + optimizer.state[p]["exp_avg"].nbytes + optimizer.state[p]["exp_avg_sq"].nbytes for p in params)
+
+
+def test_lora_exported_as_full_layers_names_the_bytes_beyond_the_adapters():
+    from planner.cost.trainable import add_lora
+
+    plan = make_plan(**static([1, 3]), lora_rank=4, train_embeddings=False, train_head=False)
+    (line,) = [line for line in render("axolotl", plan)[0].lost if line.startswith("LoRA")]
+    in_layers = lambda name: re.match(r".*model\.layers\.[13]\.", name) is not None  # noqa: E731
+    full = model_of(plan)
+    for n, p in full.named_parameters():
+        p.requires_grad_(in_layers(n))
+    lora = add_lora(model_of(plan), 4)
+    for n, p in lora.named_parameters():
+        p.requires_grad_("lora_" in n and in_layers(n))
+    measured = (grads_and_moments(full, [p for p in full.parameters() if p.requires_grad])
+                - grads_and_moments(lora, [p for p in lora.parameters() if p.requires_grad]))
+    assert claimed_bytes(line) == measured
+
+
 def test_axolotl_sgd_keeps_no_state_to_lose():
     result, _, _ = render("axolotl", make_plan(period=1, train=TrainConfig(active_layers=2, optimizer="sgd")))
     assert result.lost == []

@@ -206,6 +206,19 @@ def layer_state_bytes(plan: "Plan", layers: int, element_bytes: int | None = Non
     return state_bytes(plan, [(n, e) for n in arch_names(plan).layer_numels] * layers)
 
 
+def lora_as_full_loss(plan: "Plan", target: str, how: str, full_layers: int | None = None) -> str:
+    """The line for a target that trains whole layers where the plan trains LoRA adapters in them,
+    with the gradient and optimizer bytes the cost model predicts beyond the adapters'."""
+    from planner.export.names import arch_names
+
+    names, e, r = arch_names(plan), DTYPE_BYTES[plan.train.dtype], plan.lora_rank
+    full = [(n, e) for n in names.layer_numels] * (gamma(plan) if full_layers is None else full_layers)
+    adapters = [(r * n, FP32_BYTES) for shape in names.linear_shapes for n in shape] * gamma(plan)  # peft: float32 adapters
+    extra = (state_bytes(plan, full) + sum(n * b for n, b in full)) - (state_bytes(plan, adapters) + sum(n * b for n, b in adapters))
+    more = f": +{extra:,} bytes of gradients and optimizer state that the plan's peak does not count" if extra > 0 else ""
+    return f"LoRA r={r} inside the layers: {target}; {how}{more}"
+
+
 def stale_state_loss(plan: "Plan", target: str) -> list[str]:
     """The line for a target whose layer switches freeze layers but keep their optimizer state."""
     n = gamma(plan)

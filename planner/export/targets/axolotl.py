@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import yaml
 
-from planner.export.base import (HF_OPTIM, Export, Exporter, draw_loss, fixed_layers, gamma, model_id, model_loss,
-                                 outside_params, register_exporter, scorer_kind, stale_state_loss)
+from planner.export.base import (HF_OPTIM, Export, Exporter, draw_loss, fixed_layers, gamma, lora_as_full_loss, model_id,
+                                 model_loss, outside_params, register_exporter, scorer_kind, stale_state_loss)
 from planner.plan import Plan
 
 
@@ -75,7 +75,8 @@ class AxolotlExporter(Exporter):
             # without unfrozen_parameters everything outside the layers trains; list what should
             cfg["unfrozen_parameters"] = unfrozen + [name_pattern(p) for p in outside_params(plan)]
         if plan.lora_rank:
-            lost.append(f"LoRA r={plan.lora_rank} inside the layers: axolotl's LISA and unfrozen_parameters act on the base model's own weights; exported as full fine-tuning of the chosen layers")
+            lost.append(lora_as_full_loss(plan, "axolotl's LISA and unfrozen_parameters act on the base model's own weights",
+                                          "exported as full fine-tuning of the chosen layers"))
         header = f"# planner export --to axolotl: merge into your axolotl config (plan for {plan.model}, {plan.num_layers} layers)\n"
         return Export(self.name, {"axolotl.yaml": header + yaml.safe_dump(cfg, sort_keys=False)}, lost)
 

@@ -25,7 +25,7 @@ import re
 import yaml
 
 from planner.export.base import (DTYPE_BYTES, FP32_BYTES, HF_OPTIM, Export, Exporter, candidates, cyclic_order,
-                                 fixed_layers, gamma, layer_state_bytes, min_depth, model_id, model_loss,
+                                 fixed_layers, gamma, layer_state_bytes, lora_as_full_loss, min_depth, model_id, model_loss,
                                  outside_params, precision, register_exporter, scorer_kind)
 from planner.export.names import arch_names
 
@@ -126,7 +126,8 @@ class LlamaFactoryExporter(Exporter):
         if extra:
             cfg["freeze_extra_modules"] = ",".join(extra)
         if plan.lora_rank:
-            lost.append(f"LoRA r={plan.lora_rank} inside the layers: LLaMA-Factory's LoRA has no per-layer selection; exported as freeze tuning of the layers")
+            lost.append(lora_as_full_loss(plan, "LLaMA-Factory's LoRA has no per-layer selection", "exported as freeze tuning of the layers",
+                                          full_layers=len(trained)))
 
     @staticmethod
     def _badam(plan, cfg: dict, lost: list[str]) -> None:
@@ -157,7 +158,7 @@ class LlamaFactoryExporter(Exporter):
             parts = [p for p, on in (("embeddings", plan.train_embeddings), ("head", plan.train_head)) if on]
             lost.append(f"trainable {' and '.join(parts)}: BAdam's layer mode keeps {'them' if len(parts) > 1 else 'it'} frozen")
         if plan.lora_rank:
-            lost.append(f"LoRA r={plan.lora_rank} inside the layers: BAdam cannot be combined with LoRA; exported as full-parameter BAdam")
+            lost.append(lora_as_full_loss(plan, "BAdam cannot be combined with LoRA", "exported as full-parameter BAdam", full_layers=1))
         lost.append(f"memory: BAdam keeps a float32 copy of the active layer (and float32 moments and gradients for half "
                     f"weights): +{badam_extra_bytes(plan):,} bytes that the plan's peak does not count")
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import shlex
 
-from planner.export.base import (HF_OPTIM, Export, Exporter, draw_loss, fixed_layers, gamma, model_id, model_loss, precision,
-                                 register_exporter, stale_state_loss)
+from planner.export.base import (HF_OPTIM, Export, Exporter, draw_loss, fixed_layers, gamma, lora_as_full_loss, model_id,
+                                 model_loss, precision, register_exporter, stale_state_loss)
 
 
 def lmflow_layers_attribute(layers_attribute: str) -> str:
@@ -61,7 +61,8 @@ class LMFlowExporter(Exporter):
             frozen = [part for part, on in (("embeddings", plan.train_embeddings), ("head", plan.train_head)) if not on]
             lost.append(f"frozen {' and '.join(frozen)}: LMFlow trains every parameter outside the decoder layers")
         if plan.lora_rank:
-            lost.append(f"LoRA r={plan.lora_rank} inside the layers: LMFlow's LISA switches whole layers (--use_lora is a separate mode); exported as full fine-tuning of the layers")
+            lost.append(lora_as_full_loss(plan, "LMFlow's LISA switches whole layers (--use_lora is a separate mode)",
+                                          "exported as full fine-tuning of the layers"))
         lines = [
             "#!/usr/bin/env bash",
             f"# planner export --to lmflow: plan for {plan.model} ({plan.num_layers} layers); run from an LMFlow checkout",
