@@ -347,11 +347,12 @@ def split(plan, names: frozenset[str]) -> tuple[frozenset[str], dict[int, frozen
     return frozenset(outside), {i: frozenset(v) for i, v in inside.items()}
 
 
-def differences(plan, truth: Run, got: Run) -> list[str]:
-    """How ``got`` (a trainer applying an export) differs from ``truth`` (the plan); empty when it does not."""
+def differences(plan, truth: Run, got: Run) -> dict[str, list[str]]:
+    """How ``got`` (a trainer applying an export) differs from ``truth`` (the plan), by kind:
+    ``training`` (what trains, when) and ``memory`` (optimizer state, weight copies); empty when it does not."""
     if got.error:
-        return [got.error]
-    out = []
+        return {"training": [got.error]}
+    out, memory = [], []
     random_draws = bool(truth.rule) or bool(got.rule)
     content = set().union(*(set(v) for s in truth.trained for v in split(plan, s)[1].values()))
     for step, (t, g) in enumerate(zip(truth.trained, got.trained)):
@@ -371,7 +372,7 @@ def differences(plan, truth: Run, got: Run) -> list[str]:
         if got.draws != truth.draws:
             out.append(f"draws at steps {got.draws}, the plan at {truth.draws}")
     if got.state_bytes > truth.state_bytes:
-        out.append(f"optimizer state {got.state_bytes:,} bytes, the plan's {truth.state_bytes:,}")
+        memory.append(f"optimizer state {got.state_bytes:,} bytes, the plan's {truth.state_bytes:,}")
     if got.copy_bytes:
-        out.append(f"{got.copy_bytes:,} bytes of weight copies")
-    return out
+        memory.append(f"{got.copy_bytes:,} bytes of weight copies")
+    return {kind: v for kind, v in (("training", out), ("memory", memory)) if v}
