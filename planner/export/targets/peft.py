@@ -28,6 +28,14 @@ DEFAULT_RANK = 8  # peft's LoraConfig default r
 TIE_NAMES = ("embed_tokens", "lm_head")  # peft.utils.constants.EMBEDDING_LAYER_NAMES
 
 
+def _lora_fields() -> set[str]:
+    import dataclasses
+
+    from peft import LoraConfig
+
+    return {f.name for f in dataclasses.fields(LoraConfig)}
+
+
 @register_exporter("peft")
 class PeftExporter(Exporter):
     description = "peft LoraConfig (adapter_config.json) with layers_to_transform"
@@ -53,6 +61,7 @@ class PeftExporter(Exporter):
         if not plan.lora_rank:
             lost.append(f"full fine-tuning of the chosen layers: peft trains low-rank adapters; nearest: LoRA r={rank} on every linear map in them")
         save, tie = self._modules_to_save(plan, names, lost)
+        tying = {"ensure_weight_tying": tie} if tie else {}
         config = LoraConfig(
             r=rank,
             lora_alpha=2 * rank,
@@ -61,7 +70,7 @@ class PeftExporter(Exporter):
             layers_pattern=plan.layers_attribute.rsplit(".", 1)[-1],
             fan_in_fan_out=names.conv1d,
             modules_to_save=save or None,
-            ensure_weight_tying=tie,
+            **tying,
             task_type="CAUSAL_LM",
             base_model_name_or_path=model_id(plan),
         )
@@ -80,8 +89,9 @@ class PeftExporter(Exporter):
             # the shared weight trains as input and output embedding; peft ties only these two names
             out, inp = names.output_embedding, names.input_embedding
             pick = next((m for m in (inp, out) if m and m.rsplit(".", 1)[-1] in TIE_NAMES), None)
-            if pick is None:
-                lost.append(f"tied embeddings: peft keeps {out} on the original {shared} unless the module is named one of {list(TIE_NAMES)}; the output embedding stays frozen")
+            if pick is None or "ensure_weight_tying" not in _lora_fields():
+                why = f"unless the module is named one of {list(TIE_NAMES)}" if pick is None else "(this peft has no ensure_weight_tying)"
+                lost.append(f"tied embeddings: peft keeps {out} on the original {shared} {why}; the output embedding stays frozen")
             else:
                 tie = True
                 modules = [pick if m == inp else m for m in modules]
