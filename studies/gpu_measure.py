@@ -104,8 +104,10 @@ def run_case(name: str, outdir: Path, snapshot: bool) -> dict:
     build_s = time.perf_counter() - t0
     if case["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
+    from planner.spec.arch import find_decoder_layers
+
     base = model
-    layers = base.model.layers
+    layers = find_decoder_layers(base)[1]
     L = len(layers)
     chosen = list(range(L)) if case["trainable_layers"] == "all" else case["trainable_layers"]
     if case["lora_rank"]:

@@ -27,7 +27,7 @@ from planner.cost.trace import (CUDA_LARGE_BUFFER, CUDA_SMALL_BUFFER, TraceResul
 from planner.errors import PlannerError
 from planner.plan import Breakdown
 
-COST_MODEL_VERSION = 3  # bump when traces change meaning (invalidates the disk cache)
+COST_MODEL_VERSION = 4  # bump when traces change meaning (invalidates the disk cache)
 MAX_TRACE_LAYERS = 3  # decoder layers in one reduced-depth trace
 INPUT_ID_BYTES = 8  # input_ids and labels are int64
 FAKE_TRACE_ABOVE = 512 * 2**20  # trace under FakeTensorMode when a real trace would hold more than this
@@ -293,14 +293,15 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
     raw_peak = weights + state + batch + sim.peak
     overhead, allocated, reserved = 0, raw_peak, raw_peak
     if cuda:
+        # the cuBLAS workspaces (one per handle: the forward's thread and autograd's) come from the allocator
         allocated = (_weights(fam, L, cuda_block_bytes) + opt.state_bytes(tensors, device, cuda_block_bytes)
-                     + 2 * cuda_block_bytes(batch // 2) + sim.peak_cuda)
+                     + 2 * cuda_block_bytes(batch // 2) + sim.peak_cuda + profile.workspace_bytes)
         # reserved: every live tensor in its allocator segment (large ones rounded to 2 MiB), one partly
         # used 2 MiB and 20 MiB segment, times (1 + fragmentation); context and workspaces on top
         segments = (_weights(fam, L, cuda_segment_bytes) + opt.state_bytes(tensors, device, cuda_segment_bytes)
                     + 2 * cuda_segment_bytes(batch // 2) + sim.peak_res + CUDA_SMALL_BUFFER + CUDA_LARGE_BUFFER)
         reserved = int(max(segments, allocated) * (1 + profile.fragmentation))
-        overhead = reserved - raw_peak + profile.context_bytes + profile.workspace_bytes
+        overhead = reserved - raw_peak + profile.context_bytes
     breakdown = Breakdown(weights=weights, gradients=grads, optimizer=state, activations=acts,
                           transient=trans + batch, overhead=overhead)
     peak = raw_peak + overhead

@@ -5,22 +5,23 @@ tensors than on a GPU. Under :func:`cuda_kernels` both are replaced by functions
 exactly the tensors the CUDA kernels of torch 2.x allocate, keep and free (values are not
 computed: memory does not depend on them), so a CPU or FakeTensor trace counts CUDA bytes.
 
-SDPA dispatch on CUDA (``sdp_utils.cpp``; priority flash > memory-efficient > math):
+SDPA dispatch on CUDA, measured on an H200 with torch 2.11 (the kernels the profiler names, the
+bytes ``memory_allocated`` shows; tests/fixtures/gpu-truth/h200-sdpa.json):
 
-- **flash** (``_flash_attention_forward``): 16-bit q/k/v, no ``attn_mask``, head dim <= 256,
-  grouped-query heads allowed. Keeps the output (b, s, h, d) and a float32 log-sum-exp per
-  row and head (b, h, s); dropout as a Philox seed/offset (host scalars, no device bytes).
-  Backward: dq, dk, dv like q, k, v; ``softmax_d`` (b, h, s128) and ``dq_accum``
-  (b, s128, h, d32) in float32 (s128: s rounded up to 128, d32: d to 32), and with grouped-query
-  heads dk/dv expanded to all query heads (b, s, h, d) before the sum over the group.
-- **memory-efficient** (``_efficient_attention_forward``, cutlass): any float dtype, masks
-  allowed, query and key/value heads must be equal (no GQA). Keeps the output and a float32
-  log-sum-exp (b, h, s32) (s32: s rounded up to 32). Backward: dq/dk/dv (one (b, s, 3, h, d)
-  chunk when q, k, v are views of one tensor, as gpt2's fused ``c_attn``), ``delta`` (b, h, s)
-  float32, and for 16-bit a float32 dq accumulator (b, h, s64, d128 rounded).
-- **math** otherwise (e.g. float32 with grouped-query heads: flash needs 16-bit, the
-  memory-efficient kernel equal heads): the composite ``_scaled_dot_product_attention_math``,
-  which materializes and keeps the (b, h, s, s) softmax; it runs as is.
+- **fused 16-bit** (cuDNN's flash kernels on Hopper, flash-attention elsewhere): float16/bfloat16,
+  with or without a mask, grouped-query heads allowed. Keeps the output (b, s, h, d), a float32
+  log-sum-exp per row and head (b, h, s), a Philox seed and offset on the device (two 8-byte
+  tensors) and the additive mask when one is given; dropout is RNG state, no mask tensor.
+  Backward: dq, dk, dv like q, k, v; a float32 dq accumulator (b, s, h, d) and ``softmax_d``
+  (b, h, s); with grouped-query heads dk/dv expanded to every query head (b, s, h, d) before the
+  sum over the group.
+- **memory-efficient** (cutlass ``fmha``): float32 with equal query and key/value heads, masks
+  allowed. Keeps the output and a float32 log-sum-exp (b, h, s32) (s32: s rounded up to 32).
+  Backward: dq/dk/dv (one (b, s, 3, h, d) chunk when q, k, v are views of one tensor, as gpt2's
+  fused ``c_attn``), a float32 workspace (b, h, s64·d64 + s64) and ``delta`` (b, h, s).
+- **math** otherwise (float32 with grouped-query heads: the fused kernel needs 16-bit, the
+  memory-efficient one equal heads): the composite ``_scaled_dot_product_attention_math``, which
+  keeps the scaled q, the expanded k and v and the (b, h, s, s) softmax; it runs as is.
 
 Dropout on CUDA is the fused ``native_dropout``: the output and a bool mask (1 byte per
 element) are kept, where CPU keeps a noise tensor of the input's dtype.
@@ -33,11 +34,10 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-FLASH_MAX_HEAD_DIM = 256
-FLASH_SEQ_ROUND = 128  # flash backward pads the query length of softmax_d and dq_accum to 128
-FLASH_HEAD_ROUND = 32  # ... and the head dim of dq_accum to 32 (<= 192; 256 above)
+FUSED_MAX_HEAD_DIM = 256
 EFF_LSE_ALIGN = 32  # memory-efficient forward pads the log-sum-exp rows to 32 (kAlignLSE)
-EFF_BLOCK_I, EFF_BLOCK_J = 64, 128  # memory-efficient backward tile (dq accumulator padding)
+EFF_BLOCK = 64  # memory-efficient float32 backward tile: its workspace rounds s and d up to 64
+RNG_STATE_TENSORS = 2  # the fused kernel's Philox seed and offset, int64 scalars on the device
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -46,12 +46,11 @@ def _round(n: int, k: int) -> int:
 
 
 def sdpa_backend(query, key, value, attn_mask=None, enable_gqa=False) -> str:
-    """The kernel torch's CUDA SDPA picks: ``flash``, ``efficient`` or ``math`` (see module doc)."""
+    """The kind of kernel torch's CUDA SDPA runs: ``fused`` (16-bit), ``efficient`` or ``math`` (see module doc)."""
     d = query.shape[-1]
-    gqa = query.shape[-3] != key.shape[-3]
-    if query.dtype in LOW_PRECISION and attn_mask is None and d <= FLASH_MAX_HEAD_DIM and value.shape[-1] == d:
-        return "flash"
-    if not gqa and query.dtype in LOW_PRECISION + (torch.float32,):
+    if query.dtype in LOW_PRECISION and d <= FUSED_MAX_HEAD_DIM and value.shape[-1] == d:
+        return "fused"
+    if query.shape[-3] == key.shape[-3] and query.dtype in LOW_PRECISION + (torch.float32,):
         return "efficient"
     return "math"
 
@@ -67,54 +66,58 @@ def _like(t: torch.Tensor) -> torch.Tensor:
 
 
 class _KernelAttention(torch.autograd.Function):
-    """Flash or memory-efficient attention: allocations of the CUDA kernels, no values."""
+    """Fused or memory-efficient attention: the allocations of the CUDA kernels, no values."""
 
     @staticmethod
     def forward(ctx, query, key, value, backend, mask):
         b, h, s, _ = query.shape
         dv = value.shape[-1]
         out = query.new_empty((b, s, h, dv)).transpose(1, 2)
-        rows = s if backend == "flash" else _round(s, EFF_LSE_ALIGN)
+        rows = s if backend == "fused" else _round(s, EFF_LSE_ALIGN)
         lse = query.new_empty((b, h, rows), dtype=torch.float32)
+        rng = [query.new_empty((), dtype=torch.int64) for _ in range(RNG_STATE_TENSORS)] if backend == "fused" else []
         ctx.backend = backend
         storage = query.untyped_storage()  # one Python object per storage, for real and fake tensors
         ctx.fused_qkv = key.shape == query.shape and key.untyped_storage() is storage and value.untyped_storage() is storage
-        ctx.save_for_backward(query, key, value, out, lse, *([mask] if mask is not None else []))
+        ctx.has_mask = mask is not None
+        ctx.save_for_backward(query, key, value, out, lse, *([mask] if mask is not None else []), *rng)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        query, key, value, out, lse = ctx.saved_tensors[:5]
+        query, key, value = ctx.saved_tensors[:3]
         b, h, s, d = query.shape
         hk, sk = key.shape[-3], key.shape[-2]
         f32 = torch.float32
-        if ctx.backend == "flash":
+        if ctx.backend == "fused":
             dq, dk, dv = _seq_layout(query), _seq_layout(key), _seq_layout(value)
-            softmax_d = query.new_empty((b, h, _round(s, FLASH_SEQ_ROUND)), dtype=f32)
-            head = _round(d, FLASH_HEAD_ROUND) if d <= 192 else FLASH_MAX_HEAD_DIM
-            dq_accum = query.new_empty((b, _round(s, FLASH_SEQ_ROUND), h, head), dtype=f32)
+            dq_accum = query.new_empty((b, s, h, d), dtype=f32)
+            softmax_d = query.new_empty((b, h, s), dtype=f32)
             # grouped-query heads: dk, dv for every query head, then summed over the group
             expanded = [query.new_empty((b, sk, h, d)) for _ in range(2)] if hk != h else []
             del expanded, dq_accum, softmax_d
-            return dq, dk, dv, None, None
-        if ctx.fused_qkv:
-            chunk = query.new_empty((b, s, 3, h, d))
-            dq, dk, dv = (chunk.select(2, i).transpose(1, 2) for i in range(3))
         else:
-            dq, dk, dv = _seq_layout(query), _seq_layout(key), _seq_layout(value)
-        delta = query.new_empty((b, h, s), dtype=f32)
-        work = None
-        if query.dtype in LOW_PRECISION:  # dq accumulates in float32 for 16-bit outputs
-            work = query.new_empty((b * h * _round(s, EFF_BLOCK_I) * _round(d, EFF_BLOCK_J),), dtype=f32)
-        del delta, work
-        grad_mask = None
-        if len(ctx.saved_tensors) > 5 and ctx.needs_input_grad[4]:
-            grad_mask = _like(ctx.saved_tensors[5])
-        return dq, dk, dv, None, grad_mask
+            if ctx.fused_qkv:
+                chunk = query.new_empty((b, s, 3, h, d))
+                dq, dk, dv = (chunk.select(2, i).transpose(1, 2) for i in range(3))
+            else:
+                dq, dk, dv = _seq_layout(query), _seq_layout(key), _seq_layout(value)
+            rows = _round(s, EFF_BLOCK)
+            work = query.new_empty((b * h * (rows * _round(d, EFF_BLOCK) + rows),), dtype=f32)
+            delta = query.new_empty((b, h, s), dtype=f32)
+            del work, delta
+        return dq, dk, dv, None, None
 
 
 def cuda_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     """``F.scaled_dot_product_attention`` with the memory behaviour of its CUDA kernels."""
+    if torch.is_autocast_enabled("cpu"):
+        # the trace runs CUDA's autocast as CPU autocast; SDPA is on both lower-precision lists, and
+        # replacing the Python function skips the aten op where autocast casts its inputs
+        low = torch.get_autocast_dtype("cpu")
+        query, key, value = (t.to(low) if t.is_floating_point() else t for t in (query, key, value))
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.to(low)
     if attn_mask is not None and attn_mask.dtype == torch.bool:  # as SDPA's entry point converts it
         attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill_(~attn_mask, float("-inf"))
     backend = sdpa_backend(query, key, value, attn_mask, enable_gqa)
