@@ -86,6 +86,17 @@ class Plan(BaseModel):
     trial_number: int | None = None
     proxy: ProxyInfo | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _min_depth_from_train(cls, data):
+        # plans written before the field existed (and callers that set only train.min_depth) carry it in train
+        if isinstance(data, dict) and "min_depth" not in data:
+            train = data.get("train")
+            depth = train.get("min_depth") if isinstance(train, dict) else getattr(train, "min_depth", None)
+            if isinstance(depth, int) and (train.get("active_layers") if isinstance(train, dict) else getattr(train, "active_layers", None)):
+                data = {**data, "min_depth": depth}
+        return data
+
     @model_validator(mode="after")
     def _agrees_with_train(self):
         # the method fields and the TrainConfig the memory was predicted for describe one run

@@ -3,7 +3,7 @@ from plan_factory import consistent_plan
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
-from planner.plan import Breakdown, Plan
+from planner.plan import Breakdown, Plan, ProxyInfo
 
 
 def _fields(**kw):
@@ -20,10 +20,22 @@ def test_plan_round_trips(tmp_path):
     assert Plan.load(path) == plan and path.read_text() == plan.to_yaml()
 
 
+def test_plan_keeps_the_target_depth_and_the_proxy(tmp_path):
+    proxy = ProxyInfo(name="built-in proxy", kind="builtin", num_layers=2, hidden_size=128, active_layers=1, min_depth=1,
+                      learning_rate=1e-3, batch_size=32)
+    plan = consistent_plan(**_fields(min_depth=2, train=TrainConfig(active_layers=2, min_depth=2), proxy=proxy,
+                                     device="cuda"))
+    again = Plan.load(plan.save(tmp_path / "p.yaml"))
+    assert again == plan and again.min_depth == 2 and again.proxy.learning_rate == 1e-3 and again.learning_rate == 1e-4
+    # a plan that sets only train.min_depth (written before the field) reads it from there
+    assert Plan(**_fields(train=TrainConfig(active_layers=2, min_depth=1))).min_depth == 1
+
+
 @pytest.mark.parametrize("kw,rule", [
     (dict(train_embeddings=False), "train_embeddings == train.train_embeddings"),
     (dict(train=TrainConfig(active_layers=3)), "active_layers == train.active_layers"),
     (dict(predicted_peak_bytes=11), "sum to predicted_peak_bytes"),
+    (dict(min_depth=1), "min_depth == train.min_depth"),
 ])
 def test_plan_rejects_disagreeing_fields(tmp_path, kw, rule):
     with pytest.raises(ValueError, match=rule):

@@ -14,6 +14,7 @@ from planner.errors import PlannerError
 from plan_factory import consistent_plan
 from planner.plan import BREAKDOWN_KEYS, Breakdown, Plan
 from planner.report import data as rdata
+from planner.report import study as rstudy
 from planner.units import GiB, MiB
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -122,7 +123,7 @@ def study(tmp_path):
 
 
 def test_trials_are_read_by_contract(study):
-    d = rdata.study_report_data(study, estimator=fake_estimator)
+    d = rstudy.study_report_data(study, estimator=fake_estimator)
     by = {p.number: p for p in d.trials}
     assert by[0].gated and by[0].metric is None and by[0].kind == "baseline:full"
     assert by[4].metric == pytest.approx(0.70) and by[4].gamma == 3 and by[4].lowest_layer == 1
@@ -133,14 +134,14 @@ def test_trials_are_read_by_contract(study):
 
 
 def test_pareto_front(study):
-    d = rdata.study_report_data(study, estimator=fake_estimator)
+    d = rstudy.study_report_data(study, estimator=fake_estimator)
     # peak GiB / metric: #3 4.0 / 0.60, #4 6.0 / 0.70, #2 5.0 / 0.50, #1 6.5 / 0.55, #6 6.5 / 0.58, #9 7.0 / 0.65
     assert sorted(p.number for p in d.trials if p.pareto) == [3, 4]
-    assert rdata.pareto_front([], "maximize") == []
+    assert rstudy.pareto_front([], "maximize") == []
 
 
 def test_bars_use_baseline_trials_and_tuned_plan(study):
-    d = rdata.study_report_data(study, estimator=fake_estimator)
+    d = rstudy.study_report_data(study, estimator=fake_estimator)
     assert [b.key for b in d.bars] == ["full", "lora", "lisa", "plan"]
     full, lora, lisa, plan = d.bars
     assert full.source == "trial #0" and full.fits is False and full.peak_bytes == 11 * GiB
@@ -150,7 +151,7 @@ def test_bars_use_baseline_trials_and_tuned_plan(study):
 
 def test_missing_baselines_come_from_the_cost_model(tmp_path):
     study = make_study(tmp_path, with_baselines=False)
-    d = rdata.study_report_data(study, estimator=fake_estimator)
+    d = rstudy.study_report_data(study, estimator=fake_estimator)
     full = d.bars[0]
     assert full.source == "cost model" and full.key == "full"
     # fake: 1 + 4 layers * 0.75 + 4 * 0.25 activations = 5 GiB
@@ -159,7 +160,7 @@ def test_missing_baselines_come_from_the_cost_model(tmp_path):
 
 
 def test_savings_table_numbers(study):
-    d = rdata.study_report_data(study, estimator=fake_estimator)
+    d = rstudy.study_report_data(study, estimator=fake_estimator)
     rows = {r.key: r for r in d.savings}
     full_peak = 11 * GiB  # 2 + 2 + 4 + 2.25 + 0.25 + 0.5
     plan_peak = 6 * GiB  # 2 + 0.75 + 1.5 + 1 + 0.25 + 0.5
@@ -172,7 +173,7 @@ def test_savings_table_numbers(study):
 
 
 def test_sweeps_from_cost_model_and_trials(study):
-    d = rdata.study_report_data(study, estimator=fake_estimator)
+    d = rstudy.study_report_data(study, estimator=fake_estimator)
     g = d.gamma_sweep
     assert [c.label for c in g.curves] == ["embeddings + head trained", "embeddings + head frozen"]
     assert g.curves[0].x == [1, 2, 3, 4]
@@ -188,7 +189,7 @@ def test_sweeps_from_cost_model_and_trials(study):
 
 def test_sweeps_fall_back_to_trials_when_model_unknown(tmp_path):
     study = make_study(tmp_path, model="no-such-model-preset")
-    d = rdata.study_report_data(study)
+    d = rstudy.study_report_data(study)
     assert d.gamma_sweep.curves == [] and len(d.gamma_sweep.points) == 10
     assert "cannot be loaded" in d.gamma_sweep.note
     # the baselines are trials: bars need no cost model
@@ -196,7 +197,7 @@ def test_sweeps_fall_back_to_trials_when_model_unknown(tmp_path):
 
 
 def test_importance_keeps_adaptive_scorers_only(study):
-    d = rdata.study_report_data(study, estimator=fake_estimator)
+    d = rstudy.study_report_data(study, estimator=fake_estimator)
     assert [(m.scorer, m.trial_number) for m in d.importance] == [("gradnorm", 4), ("ist", 9)]
     m = d.importance[0]
     assert m.steps == [0, 10, 20, 30] and m.num_layers == L and len(m.weights) == 4 and len(m.weights[0]) == L
@@ -204,14 +205,14 @@ def test_importance_keeps_adaptive_scorers_only(study):
 
 
 def test_history_best_so_far(study):
-    d = rdata.study_report_data(study, estimator=fake_estimator)
+    d = rstudy.study_report_data(study, estimator=fake_estimator)
     assert [h.number for h in d.history] == [1, 2, 3, 4, 6, 9]
     assert [h.best_so_far for h in d.history] == [None, None, 0.60, 0.70, 0.70, 0.70]
 
 
 def test_multi_objective_study(tmp_path):
     study = make_study(tmp_path, multi=True)
-    d = rdata.study_report_data(study, estimator=fake_estimator)
+    d = rstudy.study_report_data(study, estimator=fake_estimator)
     assert d.best_trial == 4 and d.direction == "maximize"
     assert {p.number: p.metric for p in d.trials if p.metric is not None}[3] == pytest.approx(0.60)
     assert sorted(p.number for p in d.trials if p.pareto) == [3, 4]
@@ -219,7 +220,7 @@ def test_multi_objective_study(tmp_path):
 
 def test_empty_study_says_why(tmp_path):
     study = optuna.create_study(study_name="empty")
-    d = rdata.study_report_data(study, use_cost_model=False)
+    d = rstudy.study_report_data(study, use_cost_model=False)
     assert d.bars == [] and d.best_trial is None
     assert {"breakdown", "tradeoff", "history", "importance"} <= set(d.notes)
 
@@ -260,14 +261,14 @@ def test_plan_without_loadable_model_keeps_its_own_breakdown():
 def test_load_study_errors(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     make_study(tmp_path, storage=url, name="alpha")
-    assert rdata.load_study("alpha", url).study_name == "alpha"
+    assert rstudy.load_study("alpha", url).study_name == "alpha"
     with pytest.raises(PlannerError, match=r"'beta'.*studies there: alpha"):
-        rdata.load_study("beta", url)
+        rstudy.load_study("beta", url)
     with pytest.raises(PlannerError, match="does not exist"):
-        rdata.load_study("alpha", f"sqlite:///{tmp_path / 'missing.db'}")
+        rstudy.load_study("alpha", f"sqlite:///{tmp_path / 'missing.db'}")
     assert not (tmp_path / "missing.db").exists()
     with pytest.raises(PlannerError, match="--storage must be"):
-        rdata.load_study("alpha", "not a url")
+        rstudy.load_study("alpha", "not a url")
 
 
 def test_spread_keeps_ends():
@@ -288,7 +289,7 @@ def test_cost_model_gets_the_study_training_shape(study):
         seen.append(cfg)
         return fake_estimator(spec, cfg)
 
-    rdata.study_report_data(study, estimator=recording)
+    rstudy.study_report_data(study, estimator=recording)
     assert seen and all(c.seq_len == 32 and c.batch_size == 8 for c in seen)
     # the sweeps start from the tuned plan: frozen E+H, full layer weights (lora_rank 0 -> None)
     assert any(c.active_layers == 3 and c.lora_rank is None and c.min_depth == 1 for c in seen)
@@ -299,7 +300,7 @@ def test_a_winning_baseline_is_the_tuned_plan(tmp_path):
     t = create_trial(state=TrialState.COMPLETE, values=[0.9], params={**study.trials[1].params}, distributions=DIST,
                      user_attrs={**study.trials[1].user_attrs, "metric": 0.9})
     study.add_trial(t)
-    d = rdata.study_report_data(study, estimator=fake_estimator)
+    d = rstudy.study_report_data(study, estimator=fake_estimator)
     assert d.best_trial == 10 and d.bars[-1].label == "tuned plan (#10)"
 
 
@@ -334,5 +335,26 @@ def test_importance_one_row_per_step_and_static_scorers_left_out(tmp_path):
                   "lora_rank": 0}
         study.add_trial(create_trial(state=TrialState.COMPLETE, values=[0.5], params=params, distributions=DIST,
                                      user_attrs={"kind": "search", "importance": hist, "fits": True}))
-    d = rdata.study_report_data(study, use_cost_model=False)
+    d = rstudy.study_report_data(study, use_cost_model=False)
     assert [(m.scorer, m.steps, m.active) for m in d.importance] == [("ist", [0, 10], [[1], [2]])]
+
+
+def test_a_study_report_is_about_its_target(tmp_path):
+    """A real study of Llama-3-8B at 24 GB (a tiny proxy trains): the bars, curves and budget are the 8B model's."""
+    from tune_helpers import tiny_workload
+
+    from planner.tune import TuneOptions, run_tune
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    run_tune(TuneOptions(vram="24GB", n_trials=8, steps=2, eval_every=2, storage=storage, study="t", proxy_device="cpu",
+                         out=str(tmp_path / "plan.yaml")), workload=tiny_workload(), progress=False)
+    d = rstudy.study_report_data(rstudy.load_study("t", storage))
+    assert "llama-3-8b" in d.title and d.num_layers == 32 and d.vram_bytes == 24 * 10**9 and d.device == "cuda"
+    bars = {b.key: b for b in d.bars}
+    assert bars["full"].fits is False and bars["full"].peak_bytes > 24 * 10**9 and bars["full"].metric is None
+    assert bars["plan"].fits is True and bars["plan"].peak_bytes <= 24 * 10**9
+    assert any(p.gated for p in d.trials) and d.counts["gated"] == sum(p.gated for p in d.trials)
+    # the curves are the target's in its shape: γ up to 32 layers, bfloat16 weights (8.03e9 params x 2 B ~ 15 GiB)
+    assert max(max(c.x) for c in d.gamma_sweep.curves) == 32
+    assert min(min(c.y) for c in d.gamma_sweep.curves) > 15 * GiB
+    assert any(line.startswith("target: llama-3-8b (32 layers), batch 1 × seq 1024, bfloat16") for line in d.details)

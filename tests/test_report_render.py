@@ -10,6 +10,7 @@ import pytest
 
 from planner.cli.main import main
 from planner.report import data as rdata
+from planner.report import study as rstudy
 from planner.report.plots import render_figures
 from planner.report.render import SECTION_TITLES, write_html, write_markdown
 from test_report_data import _plan, fake_estimator, make_study
@@ -25,7 +26,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    d = rdata.study_report_data(make_study(tmp), estimator=fake_estimator)
+    d = rstudy.study_report_data(make_study(tmp), estimator=fake_estimator)
     out = tmp / "out"
     figs = render_figures(d, out, dpi=60)
     return d, figs, write_html(d, figs, out / "report.html"), write_markdown(d, figs, out / "report.md")
@@ -87,7 +88,7 @@ def test_plan_report_says_no_study(tmp_path):
 def test_synthetic_study_is_labelled(tmp_path):
     study = make_study(tmp_path)
     study.set_user_attr("synthetic", True)
-    d = rdata.study_report_data(study, estimator=fake_estimator)
+    d = rstudy.study_report_data(study, estimator=fake_estimator)
     assert "SYNTHETIC" in d.title
 
 
@@ -171,7 +172,7 @@ def test_overhead_panel_and_off_scale_budget(tmp_path):
     from planner.report import plots
     from planner.units import GiB, MiB
 
-    d = rdata.study_report_data(make_study(tmp_path), estimator=fake_estimator)
+    d = rstudy.study_report_data(make_study(tmp_path), estimator=fake_estimator)
     small = [replace(b, breakdown={**{k: 10 * MiB for k in b.breakdown}, "overhead": 512 * MiB},
                      peak_bytes=562 * MiB) for b in d.bars]
     d = replace(d, bars=small, vram_bytes=24 * GiB)
@@ -188,7 +189,7 @@ def test_table_keeps_sub_gib_differences_visible(tmp_path):
     from planner.report.render import savings_rows
     from planner.units import MiB
 
-    d = rdata.study_report_data(make_study(tmp_path), estimator=fake_estimator)
+    d = rstudy.study_report_data(make_study(tmp_path), estimator=fake_estimator)
     bars = [replace(b, peak_bytes=p * MiB) for b, p in zip(d.bars, (600, 590, 591, 594))]
     _, rows = savings_rows(replace(d, savings=rdata.savings_table(bars)))
     # 600 MiB = 0.5859 GiB; 10 MiB saved = 0.0098 GiB (1.7 %)

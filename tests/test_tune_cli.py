@@ -48,7 +48,8 @@ def run_two_workers(storage: str, study: str, tmp_path, n: int):
     """Two `planner tune` commands on one study at once, on a user's workload written to disk."""
     model_dir, data = write_user_workload(tmp_path)
     procs = [subprocess.Popen([sys.executable, "-m", "planner.cli.main", "tune", "--vram", "1GB", "--model", model_dir,
-                               "--data", data, "--n-trials", str(n), "--steps", "4", "--eval-every", "2",
+                               "--data", data, "--proxy", "target", "--proxy-device", "cpu", "--n-trials", str(n),
+                               "--steps", "4", "--eval-every", "2",
                                "--storage", storage, "--study", study, "--device", "cpu", "--quiet",
                                "--out", str(tmp_path / f"plan{i}.yaml")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

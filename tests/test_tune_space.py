@@ -28,7 +28,8 @@ def test_suggest_stays_in_space_and_uses_contract_keys():
         trial = study.ask()
         p = s.suggest(trial)
         assert s.contains(p)
-        assert set(trial.params) == {"gamma", "period", "scorer", "train_embeddings", "train_head", "lr", "lora_rank", "batch_size"}
+        assert set(trial.params) == {"gamma", "min_depth", "gradient_checkpointing", "period", "scorer", "train_embeddings",
+                                     "train_head", "lr", "lora_rank", "batch_size"}
         assert trial.params == p.as_params()
         seen.add(p.scorer)
         study.tell(trial, 0.0)
@@ -54,6 +55,9 @@ def test_grid_is_the_full_product():
     s = space(scorers=("uniform", "ist"), periods=(5, 20), lr_choices=(1e-3, 1e-2))
     grid = s.grid()
     assert len(grid) == 4 * 2 * 2 * 2 * 2 * 2 and len(set(grid)) == len(grid)
+    deep = space(scorers=("uniform",), periods=(5,), lr_choices=(1e-3,), min_depths=(0, 2), checkpointing=(False, True))
+    # (γ, min_depth) pairs with γ <= 4 - min_depth: 4 at depth 0, 2 at depth 2; times E, H and checkpointing
+    assert len(deep.grid()) == (4 + 2) * 2 * 2 * 2 and all(p.min_depth <= 4 - p.gamma for p in deep.grid())
     with pytest.raises(PlannerError, match="lr_choices"):
         space().grid()
 
@@ -142,4 +146,5 @@ def test_options_report_all_problems_at_once(tmp_path):
     msg = str(err.value)
     for needle in ("--vram", "--n-trials", "--steps", "--scorers", "nope", "--storage", "--data"):
         assert needle in msg
-    assert TuneOptions(vram="24GB").validate_all() == 24 * 10**9
+    target, vram = TuneOptions(vram="24GB").validate_all()
+    assert vram == 24 * 10**9 and target.name == "llama-3-8b"

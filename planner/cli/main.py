@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the file system's answer (permissions, a full disk) names the path; no traceback
         print(f"planner {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"planner {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", 2)  # 130 for Ctrl-C, 143 for SIGTERM (planner.tune.signals)
     return int(code or 0)
 
 

@@ -74,7 +74,7 @@ def run(args) -> int:
         multi_objective=args.multi_objective, lora=args.lora, batch_sizes=args.batch_sizes, out=args.out,
         sampler=args.sampler, pruner=args.pruner, baselines=args.baselines, threads=args.threads,
     )
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)  # one line per message, whatever the width
     # transformers 5 deprecation noise from peft's LoRA wrapping: nothing a user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     from planner.tune.signals import interrupts_as_keyboard_interrupt

@@ -27,7 +27,7 @@ from planner.cost.trace import (CUDA_LARGE_BUFFER, CUDA_SMALL_BUFFER, TraceResul
 from planner.errors import PlannerError
 from planner.plan import Breakdown
 
-COST_MODEL_VERSION = 2  # bump when traces change meaning (invalidates the disk cache)
+COST_MODEL_VERSION = 4  # bump when traces change meaning (invalidates the disk cache)
 MAX_TRACE_LAYERS = 3  # decoder layers in one reduced-depth trace
 INPUT_ID_BYTES = 8  # input_ids and labels are int64
 FAKE_TRACE_ABOVE = 512 * 2**20  # trace under FakeTensorMode when a real trace would hold more than this
@@ -95,11 +95,12 @@ def _fingerprint(spec) -> str:
     return hit[1]
 
 
-def get_trace(spec, cfg: TrainConfig, roles: list[str], *, fake: bool | None = None) -> TraceResult:
-    """The trace of ``spec`` at ``len(roles)`` layers with these roles, from cache when possible."""
+def get_trace(spec, cfg: TrainConfig, roles: list[str], *, fake: bool | None = None, kernels: str = "cpu") -> TraceResult:
+    """The trace of ``spec`` at ``len(roles)`` layers with these roles, from cache when possible.
+    ``kernels``: whose attention and dropout kernels the trace counts (``cpu`` or ``cuda``)."""
     fake = _use_fake(spec, cfg, len(roles)) if fake is None else fake
     key_data = [_fingerprint(spec), cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.amp, cfg.gradient_checkpointing,
-                cfg.lora_rank, cfg.train_embeddings, cfg.train_head, list(roles), _versions()]
+                cfg.lora_rank, cfg.train_embeddings, cfg.train_head, list(roles), kernels, _versions()]
     key = hashlib.sha256(json.dumps(key_data).encode()).hexdigest()[:32]
     with _lock:
         if key in _traces:
@@ -116,7 +117,7 @@ def get_trace(spec, cfg: TrainConfig, roles: list[str], *, fake: bool | None = N
             pass  # a stale or partial file: trace again
     tr = run_trace(spec, roles, batch_size=cfg.batch_size, seq_len=cfg.seq_len, dtype=cfg.dtype, amp=cfg.amp,
                    gradient_checkpointing=cfg.gradient_checkpointing, lora_rank=cfg.lora_rank,
-                   train_embeddings=cfg.train_embeddings, train_head=cfg.train_head, fake=fake)
+                   train_embeddings=cfg.train_embeddings, train_head=cfg.train_head, fake=fake, kernels=kernels)
     with _lock:
         _traces[key] = tr
     if path is not None:
@@ -159,16 +160,16 @@ def embeddings_grad(spec, cfg: TrainConfig) -> bool:
 
 
 def get_family(spec, cfg: TrainConfig, roles: set[str], roles0: set[str], *,
-               fake: bool | None = None, max_trace_layers: int = MAX_TRACE_LAYERS) -> Family:
+               fake: bool | None = None, max_trace_layers: int = MAX_TRACE_LAYERS, kernels: str = "cpu") -> Family:
     """Segments for every role in ``roles`` (and ``roles0`` at layer 0) of this config's family."""
     patterns = trace_patterns(embeddings_grad(spec, cfg), roles, roles0, max_trace_layers)
-    traces = [get_trace(spec, cfg, patterns[0], fake=fake)]
+    traces = [get_trace(spec, cfg, patterns[0], fake=fake, kernels=kernels)]
     first = traces[0]
     if len(patterns) == 2 and patterns[0][0] == patterns[0][-1] and _position_free(first, patterns[0][0]):
         # the role traced at layer 0 and above it has the same figures: layer 0 is not special
         # in this family, and the other role needs no trace of its own at layer 0
         patterns = patterns[:1]
-    traces += [get_trace(spec, cfg, p, fake=fake) for p in patterns[1:]]
+    traces += [get_trace(spec, cfg, p, fake=fake, kernels=kernels) for p in patterns[1:]]
     fam = Family.merge(traces)
     fam.patterns = patterns
     return fam
@@ -264,7 +265,7 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
     needed = {ROLES[r] for r in np.flatnonzero(present)}
     roles0 = {ROLES[r] for r in np.flatnonzero(np.bincount(roles[:, 0], minlength=4))}
     try:
-        fam = get_family(spec, cfg, needed, roles0, fake=fake, max_trace_layers=max_trace_layers)
+        fam = get_family(spec, cfg, needed, roles0, fake=fake, max_trace_layers=max_trace_layers, kernels=device)
     except PlannerError:
         raise
     except Exception as exc:  # noqa: BLE001 - a model transformers builds but the trace cannot run
@@ -292,14 +293,15 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
     raw_peak = weights + state + batch + sim.peak
     overhead, allocated, reserved = 0, raw_peak, raw_peak
     if cuda:
+        # the cuBLAS workspaces (one per handle: the forward's thread and autograd's) come from the allocator
         allocated = (_weights(fam, L, cuda_block_bytes) + opt.state_bytes(tensors, device, cuda_block_bytes)
-                     + 2 * cuda_block_bytes(batch // 2) + sim.peak_cuda)
+                     + 2 * cuda_block_bytes(batch // 2) + sim.peak_cuda + profile.workspace_bytes)
         # reserved: every live tensor in its allocator segment (large ones rounded to 2 MiB), one partly
         # used 2 MiB and 20 MiB segment, times (1 + fragmentation); context and workspaces on top
         segments = (_weights(fam, L, cuda_segment_bytes) + opt.state_bytes(tensors, device, cuda_segment_bytes)
                     + 2 * cuda_segment_bytes(batch // 2) + sim.peak_res + CUDA_SMALL_BUFFER + CUDA_LARGE_BUFFER)
         reserved = int(max(segments, allocated) * (1 + profile.fragmentation))
-        overhead = reserved - raw_peak + profile.context_bytes + profile.workspace_bytes
+        overhead = reserved - raw_peak + profile.context_bytes
     breakdown = Breakdown(weights=weights, gradients=grads, optimizer=state, activations=acts,
                           transient=trans + batch, overhead=overhead)
     peak = raw_peak + overhead

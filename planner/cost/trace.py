@@ -236,8 +236,13 @@ def _segment(events, start, stop, cat_of, skip: set[int] = frozenset()) -> Segme
 
 def run_trace(spec, roles: list[str], *, batch_size: int, seq_len: int, dtype: str, amp: str,
               gradient_checkpointing: bool, lora_rank: int | None, train_embeddings: bool, train_head: bool,
-              fake: bool = False) -> TraceResult:
-    """Trace forward and backward of one step of ``spec`` reduced to ``len(roles)`` layers."""
+              fake: bool = False, kernels: str = "cpu") -> TraceResult:
+    """Trace forward and backward of one step of ``spec`` reduced to ``len(roles)`` layers.
+
+    ``kernels="cuda"``: attention and dropout keep what their CUDA kernels keep
+    (planner.cost.kernels); ``"cpu"``: what the CPU kernels keep."""
+    from planner.cost.kernels import cuda_kernels
+
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from planner.config import TrainConfig
@@ -261,7 +266,8 @@ def run_trace(spec, roles: list[str], *, batch_size: int, seq_len: int, dtype: s
                 tracker.track(state_tensors(model, None, batch))
                 base = tracker.current_bytes
                 tracker.reset_peak()
-                training_step(model, None, batch, amp, marks, run_optimizer=False)
+                with cuda_kernels(kernels == "cuda"), _unpacked_batch(fake):
+                    training_step(model, None, batch, amp, marks, run_optimizer=False)
             marks.remove()
             grads = {tracker.alloc_id(p.grad) for p in model.parameters() if p.grad is not None}
             grads.discard(None)
@@ -275,6 +281,31 @@ def run_trace(spec, roles: list[str], *, batch_size: int, seq_len: int, dtype: s
             gc.enable()
     _check_roles(result, roles, spec)
     return result
+
+
+@contextlib.contextmanager
+def _unpacked_batch(fake: bool):
+    """transformers looks for packed sequences in ``position_ids`` and, seeing a FakeTensor, cannot read
+    the answer, so it builds an explicit causal mask (which changes the attention kernel): here the
+    batch is one sequence per row, as the real check finds."""
+    try:
+        from transformers import masking_utils
+    except ImportError:  # pragma: no cover
+        masking_utils = None
+    original = getattr(masking_utils, "find_packed_sequence_indices", None)
+    if not fake or original is None:
+        yield
+        return
+
+    def unpacked(*args, **kwargs):
+        original(*args, **kwargs)  # the same temporaries as the real check
+        return None
+
+    masking_utils.find_packed_sequence_indices = unpacked
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original
 
 
 def param_info(model) -> dict:

@@ -32,11 +32,12 @@ def write_report(*, study: str | None = None, storage: str | None = None, plan: 
     """Write ``report.html`` (self-contained) and ``report.md`` with its PNGs into ``out``
     (default ``reports/<study or plan name>/``) from study ``study`` in ``storage``, or from a plan file."""
     from planner.report import data as rdata
+    from planner.report import study as rstudy
 
     if (study is None) == (plan is None):
         raise PlannerError(f"give either --study NAME or a PLAN.yaml, but got study={study!r} and plan={plan!r}")
     if study is not None:
-        data = rdata.study_report_data(rdata.load_study(study, storage), device=device)
+        data = rstudy.study_report_data(rstudy.load_study(study, storage), device=device)
     else:
         from planner.plan import Plan
 

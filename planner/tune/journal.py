@@ -69,6 +69,25 @@ def _complete_end(path: Path) -> int | None:
     return 0
 
 
+def _last_line(path: Path) -> bytes:
+    """The last complete line (b"" for an empty file); Optuna's reader skips a bad one silently."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        pos = size - 1
+        while pos > 0:
+            start = max(0, pos - _TAIL_CHUNK)
+            f.seek(start)
+            i = f.read(pos - start).rfind(b"\n")
+            if i >= 0:
+                start += i + 1
+                break
+            pos = start
+        else:
+            start = 0
+        f.seek(start)
+        return f.read(size - start)
+
+
 def _set_aside(path: Path, data: bytes) -> Path:
     side = path.with_name(path.name + TORN_SUFFIX)
     with open(side, "ab") as f:
@@ -174,6 +193,9 @@ def open_journal_storage(path: Path):
     for _ in range(3):
         repair_tail(path)
         try:
+            last = _last_line(path) if path.is_file() else b""
+            if last and not _is_record(last):
+                raise ValueError("the last line is not a record")
             return JournalStorage(SafeJournalBackend(str(path)))
         except Exception as exc:  # noqa: BLE001 - Optuna's replay raises whatever the bad line provokes
             bad = first_bad_line(path)

@@ -5,8 +5,10 @@ Depth rule (target with L_t decoder layers, proxy with L_p <= L_t, f = L_p / L_t
     γ_p         = clamp(round(γ · f), 1, L_p)
     min_depth_p = clamp(round(min_depth · f), 0, L_p - γ_p)
 
-K (steps between re-draws), the scorer, embeddings/head, the LoRA rank and gradient
-checkpointing are unchanged; rounding is half up. Example: Llama-3-8B (32 layers) on a
+K (steps between re-draws), the scorer, embeddings/head and the LoRA rank are unchanged;
+rounding is half up. Gradient checkpointing changes memory and time, not the result: only the
+target itself trains with it (its measured memory must match the prediction); any other proxy
+trains without it. Example: Llama-3-8B (32 layers) on a
 4-layer proxy: γ = 5 at min_depth 24 trains γ_p = round(0.625) = 1 at min_depth_p = 3.
 Target plans that map to the same proxy plan may share one proxy run.
 
@@ -29,10 +31,13 @@ def _round_half_up(x: float) -> int:
     return int(x + 0.5)
 
 
-def proxy_params(params: TrialParams, *, target_layers: int, proxy_layers: int) -> TrialParams:
+def proxy_params(params: TrialParams, *, target_layers: int, proxy_layers: int, is_target: bool = False) -> TrialParams:
     """The proxy point for target point ``params`` (see the module docstring)."""
     if not 1 <= proxy_layers <= target_layers:
         raise PlannerError(f"`1 <= proxy layers <= target layers` must hold, but got {proxy_layers} and {target_layers}")
+    if is_target:
+        return params
+    params = replace(params, gradient_checkpointing=False)
     if proxy_layers == target_layers:
         return params
     f = proxy_layers / target_layers

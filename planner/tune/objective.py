@@ -26,14 +26,14 @@ class Objective:
     """Callable for ``study.optimize``: returns the proxy metric (and the predicted peak in multi-objective mode).
 
     ``proxy_layers``/``proxy_hidden`` describe the proxy model (default: the target's own
-    depth and width); ``shape`` how its runs are shaped; ``proxy_batch`` its batch size when
-    the space has one batch size (None: the target's).
+    depth and width), ``proxy_is_target`` whether it is the target itself; ``shape`` how its runs
+    are shaped; ``proxy_batch`` its batch size when the space has one batch size (None: the target's).
     """
 
     def __init__(self, workload, space: SearchSpace, gate: BudgetGate, *, steps: int, eval_every: int, seed: int = 0,
                  multi_objective: bool = False, proxy: Callable = run_proxy, proxy_layers: int | None = None,
                  proxy_hidden: int | None = None, target_hidden: int | None = None, shape: TrainShape | None = None,
-                 proxy_batch: int | None = None):
+                 proxy_batch: int | None = None, proxy_is_target: bool = False):
         self.workload = workload
         self.space = space
         self.gate = gate
@@ -47,6 +47,7 @@ class Objective:
         self.target_hidden = target_hidden
         self.shape = shape
         self.proxy_batch = proxy_batch
+        self.proxy_is_target = proxy_is_target
         self._baselines = baseline_points(space)
 
     def _proxy_batch(self, params) -> int:
@@ -84,7 +85,8 @@ class Objective:
         trial.set_user_attr("min_depth", params.min_depth)
         trial.set_user_attr("lowest_layer", prediction.lowest_layer)
         trial.set_user_attr("trainable_layers", prediction.trainable_layers)
-        small = proxy_params(params, target_layers=self.space.num_layers, proxy_layers=self.proxy_layers)
+        small = proxy_params(params, target_layers=self.space.num_layers, proxy_layers=self.proxy_layers,
+                             is_target=self.proxy_is_target)
         batch = self._proxy_batch(params)
         key = reuse_key(small, batch)
         trial.set_user_attr("proxy_plan", {"gamma": small.gamma, "min_depth": small.min_depth, "batch_size": batch})
@@ -101,6 +103,9 @@ class Objective:
             for name in ("metric", "importance", "train_seconds"):
                 trial.set_user_attr(name, same.user_attrs.get(name))
             trial.set_user_attr("reused_from", same.number)
+            if not self.multi_objective:  # the pruner sees the same curve
+                for step, value in sorted(same.intermediate_values.items()):
+                    trial.report(value, step)
             metric = float(same.user_attrs["metric"])
             return (metric, float(prediction.peak_bytes)) if self.multi_objective else metric
 

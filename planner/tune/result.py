@@ -133,7 +133,7 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
 
     params = params_of(best, space)
     config: TrainConfig = space.train_config(params)
-    small = proxy_params(params, target_layers=space.num_layers, proxy_layers=proxy.num_layers)
+    small = proxy_params(params, target_layers=space.num_layers, proxy_layers=proxy.num_layers, is_target=proxy.is_target)
     lr = params.lr if proxy.is_target else target_lr(params.lr, proxy_hidden=proxy.hidden_size, target_hidden=target.hidden_size)
     proxy_batch = (best.user_attrs.get("proxy_plan") or {}).get("batch_size") or space.batch_size_of(params)
     plan = Plan(

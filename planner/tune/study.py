@@ -305,9 +305,11 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     from planner.tune.objective import Objective
     from planner.tune.progress import TrialProgress
     from planner.tune.result import finished, summarize
-    from planner.tune.signals import exit_code
+    from planner.tune.signals import deferred, exit_code
+    from planner.tune.storage import open_storage
     from planner.tune.target import target_layers_attribute
 
+    storage_obj = open_storage(options.storage)  # before any work: an unreadable storage fails at once
     space = build_space(target, options)
     gate = BudgetGate(target.spec, vram, device=target.device, profile=target.profile, estimator=estimator)
     check_feasible(space, gate, target.name)
@@ -329,18 +331,16 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
         "target": target.describe(), "target_shape": target.shape_dict(),
         "proxy": {k: v for k, v in setup.describe().items() if k != "device"}, "proxy_device": setup.device,
     }
-    from planner.tune.storage import open_storage
-
-    storage_obj = open_storage(options.storage)
     # Optuna logs every failed trial with its traceback; failures are counted in the progress bar and
     # their reasons stored in the trial (user_attrs['reason']), so the terminal stays one line per event
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study, _created = _open_study(options, storage_obj, name, study_attrs, space, options.multi_objective, gate)
+    with deferred():  # Ctrl-C waits until the study's settings and baselines are all stored
+        study, _created = _open_study(options, storage_obj, name, study_attrs, space, options.multi_objective, gate)
 
     objective = Objective(workload, space, gate, steps=options.steps, eval_every=_eval_every(options), seed=options.seed,
                           multi_objective=options.multi_objective, proxy_layers=setup.num_layers,
                           proxy_hidden=setup.hidden_size, target_hidden=target.hidden_size,
-                          shape=_train_shape(target, setup),
+                          shape=_train_shape(target, setup), proxy_is_target=setup.is_target,
                           proxy_batch=None if setup.is_target else (getattr(workload, "batch_size", None)
                                                                     or default_batch_size(int(workload.seq_len))),
                           **({"proxy": proxy} if proxy else {}))

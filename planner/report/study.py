@@ -1,0 +1,343 @@
+"""Report data of a study written by `planner tune`: its trials, baselines, sweeps and history.
+
+The study's target (``user_attrs['target']``, ``['target_shape']``) is what every bar and curve
+is for: the trials' own predictions, and cost-model curves for the target in its training shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+from planner.config import TrainConfig
+from planner.errors import PlannerError
+from planner.report.data import (BASELINES, LISA_DEFAULT_GAMMA, PLAN_KEY, PLAN_LABEL, Bar, Estimator, HistoryPoint,
+                                 ImportanceMap, ReportData, Sweep, TrialPoint, _breakdown_dict, _config, _fits,
+                                 _model_sweeps, baseline_configs, cost_model_estimator, savings_table)
+
+MAX_IMPORTANCE_MAPS = 4
+
+
+def open_existing_storage(url: str):
+    """The Optuna storage at ``url``; unlike ``planner tune`` a report never creates one."""
+    from pathlib import Path
+
+    from planner.tune.storage import check_storage, open_storage
+
+    url = check_storage(url)
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else (url if "://" not in url else None)
+    if path is not None and not Path(path).expanduser().is_file():
+        raise PlannerError(f"--storage must name an existing study storage, but {path!r} does not exist (run `planner tune` first)")
+    return open_storage(url)
+
+
+def load_study(name: str, storage: str | None = None):
+    """Load study ``name``; an unknown name lists the studies the storage holds."""
+    import optuna
+
+    from planner.tune.storage import DEFAULT_STORAGE
+
+    url = storage or DEFAULT_STORAGE
+    st = open_existing_storage(url)
+    names = optuna.get_all_study_names(st)
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise PlannerError(f"--study must name a study in {url}, but got {name!r} (studies there: {known})")
+    return optuna.load_study(study_name=name, storage=st)
+
+
+def _int_or_none(v) -> int | None:
+    try:
+        return None if v is None else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _finite(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _trial_point(t) -> TrialPoint:
+    ua, p = t.user_attrs, t.params
+    state = t.state.name
+    metric = None
+    if state == "COMPLETE":
+        vals = t.values
+        metric = _finite(vals[0]) if vals else _finite(ua.get("metric"))
+    lowest = ua.get("lowest_layer")
+    if lowest is None and ua.get("trainable_layers"):
+        lowest = min(ua["trainable_layers"])
+    return TrialPoint(
+        number=t.number, state=state, kind=str(ua.get("kind", "search")),
+        peak_bytes=_int_or_none(ua.get("predicted_peak_bytes")), metric=metric,
+        gated=bool(ua.get("gated", False)), fits=ua.get("fits"), reason=str(ua.get("reason", "") or ""),
+        gamma=_int_or_none(p.get("gamma")), lowest_layer=_int_or_none(lowest), scorer=p.get("scorer"),
+    )
+
+
+def pareto_front(points: list[TrialPoint], direction: str) -> list[int]:
+    """Numbers of the trials no other trial beats on both metric and predicted peak (lower peak is better)."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    cand = [p for p in points if p.metric is not None and p.peak_bytes is not None]
+    front = []
+    for p in cand:
+        dominated = any(
+            (sign * q.metric >= sign * p.metric and q.peak_bytes <= p.peak_bytes)
+            and (sign * q.metric > sign * p.metric or q.peak_bytes < p.peak_bytes)
+            for q in cand
+        )
+        if not dominated:
+            front.append(p.number)
+    return sorted(front)
+
+
+def _best(points: list[TrialPoint], direction: str, multi_objective: bool) -> TrialPoint | None:
+    """The trial ``planner tune`` writes as the plan: the best metric among trained trials that fit (any
+    kind; on the Pareto front when multi-objective), the lower predicted peak breaking ties."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    cand = [p for p in points if p.state == "COMPLETE" and p.metric is not None and p.fits is True]
+    if multi_objective and any(p.pareto for p in cand):
+        cand = [p for p in cand if p.pareto]
+    if not cand:
+        return None
+    return max(cand, key=lambda p: (sign * p.metric, -(p.peak_bytes or 0), -p.number))
+
+
+def _history(points: list[TrialPoint], direction: str) -> list[HistoryPoint]:
+    sign = 1.0 if direction == "maximize" else -1.0
+    best = None
+    out = []
+    for p in sorted(points, key=lambda p: p.number):
+        if p.metric is None:
+            continue
+        if p.kind == "search" and (best is None or sign * p.metric > sign * best):
+            best = p.metric
+        out.append(HistoryPoint(p.number, p.kind, p.metric, best))
+    return out
+
+
+def _importance_maps(trials, points: dict[int, TrialPoint], num_layers: int | None, direction: str,
+                     best: int | None) -> list[ImportanceMap]:
+    """One map per adaptive scorer: the scorer's best trial whose sampling weights change over training."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    per_scorer: dict[str, ImportanceMap] = {}
+    for t in trials:
+        rec = t.user_attrs.get("importance") or []
+        rows = [r for r in rec if isinstance(r, dict) and r.get("weights")]
+        # a re-draw at the step of the previous record replaces it: one row per step
+        rows = [r for i, r in enumerate(rows) if i + 1 == len(rows) or rows[i + 1].get("step") != r.get("step")]
+        if len(rows) < 2:
+            continue
+        weights = [[float(w) for w in r["weights"]] for r in rows]
+        if all(w == weights[0] for w in weights[1:]):
+            continue  # a fixed distribution: nothing adapts
+        L = num_layers or max(len(w) for w in weights)
+        weights = [w + [0.0] * (L - len(w)) if len(w) < L else w[:L] for w in weights]
+        pt = points[t.number]
+        scorer = str(t.params.get("scorer", "?"))
+        m = ImportanceMap(t.number, scorer, [int(r.get("step", i)) for i, r in enumerate(rows)], L, weights,
+                          [sorted(int(a) for a in (r.get("active") or [])) for r in rows], pt.metric)
+        cur = per_scorer.get(scorer)
+
+        def rank(x: ImportanceMap):
+            return (x.trial_number == best, x.metric is not None, sign * (x.metric or 0.0))
+
+        if cur is None or rank(m) > rank(cur):
+            per_scorer[scorer] = m
+    maps = sorted(per_scorer.values(), key=lambda m: (m.trial_number != best, m.scorer))
+    return maps[:MAX_IMPORTANCE_MAPS]
+
+
+def _base_config(study_attrs: dict) -> TrainConfig:
+    """The target's training shape the study costed its trials at: ``target_shape`` (batch, sequence length,
+    dtype, autocast, optimizer), else, for older studies, the search space's sequence length and first batch size."""
+    shape = study_attrs.get("target_shape")
+    changes = dict(shape) if isinstance(shape, dict) else {}
+    space = study_attrs.get("search_space")
+    if not changes and isinstance(space, dict):
+        if space.get("seq_len"):
+            changes["seq_len"] = int(space["seq_len"])
+        if space.get("batch_sizes"):
+            changes["batch_size"] = int(space["batch_sizes"][0])
+    try:
+        return TrainConfig(**changes)
+    except Exception:  # noqa: BLE001 - an unusual record falls back to the defaults
+        return TrainConfig()
+
+
+def _trial_config(base: TrainConfig, params: dict, num_layers: int | None = None) -> TrainConfig:
+    gamma = int(params["gamma"])
+    depth = int(params.get("min_depth", 0))
+    if num_layers is not None:
+        depth = min(depth, max(0, num_layers - gamma))  # as the search lowers it (planner.tune.space)
+    changes = dict(layers=None, active_layers=gamma, min_depth=depth,
+                   gradient_checkpointing=bool(params.get("gradient_checkpointing", False)),
+                   train_embeddings=bool(params.get("train_embeddings", True)),
+                   train_head=bool(params.get("train_head", True)),
+                   lora_rank=params.get("lora_rank") or None)  # 0 = full layer weights
+    if params.get("batch_size"):
+        changes["batch_size"] = int(params["batch_size"])
+    return _config(base, **changes)
+
+
+def _study_spec(model: str | None):
+    """The study's model spec, or (None, why) when it cannot be loaded by name."""
+    if not model:
+        return None, "the study does not record its model"
+    try:
+        from planner.spec import load_spec
+
+        return load_spec(model), ""
+    except PlannerError as exc:
+        return None, f"model {model!r} cannot be loaded by name ({exc})"
+
+
+def study_report_data(study, *, estimator: Estimator | None = None, use_cost_model: bool = True,
+                      device: str | None = None) -> ReportData:
+    """Report data for an Optuna study written by ``planner tune``.
+
+    Baseline bars use the baselines' own trial breakdowns; a baseline the study lacks is
+    estimated with the cost model. The γ and lowest-layer curves come from the cost model
+    for the study's model, with the trials' own predictions drawn over them; when the model
+    cannot be loaded by name, the trials' predictions alone.
+    """
+    ua = study.user_attrs
+    direction = str(ua.get("direction") or study.directions[0].name.lower())
+    device = device or str(ua.get("device") or "cpu")
+    vram = _int_or_none(ua.get("vram_bytes"))
+    num_layers = _int_or_none(ua.get("num_layers"))
+    model = str(ua.get("model") or "?")
+    trials = study.get_trials(deepcopy=False)
+    points = [_trial_point(t) for t in trials]
+    by_number = {p.number: p for p in points}
+    front = set(pareto_front([p for p in points if p.state == "COMPLETE"], direction))
+    for p in points:
+        p.pareto = p.number in front
+    best = _best(points, direction, len(study.directions) > 1 or bool(ua.get("multi_objective")))
+    notes: dict[str, str] = {}
+
+    spec, spec_why = (None, "cost model disabled") if not use_cost_model else _study_spec(ua.get("model"))
+    if spec is not None and num_layers is None:
+        num_layers = spec.num_layers
+    if estimator is None and use_cost_model and spec is not None:
+        estimator = cost_model_estimator(device)
+        if estimator is None:
+            spec_why = "the cost model is not available"
+    base = _base_config(ua)
+
+    # ---- breakdown bars
+    bars: list[Bar] = []
+    configs = baseline_configs(base)
+    for key, label in BASELINES:
+        tr = [t for t in trials if t.user_attrs.get("kind") == f"baseline:{key}" and t.user_attrs.get("breakdown")]
+        # prefer a trained record, then the latest
+        tr.sort(key=lambda t: (t.state.name == "COMPLETE", t.number))
+        if tr:
+            t = tr[-1]
+            pt = by_number[t.number]
+            parts = _breakdown_dict(t.user_attrs["breakdown"])
+            peak = pt.peak_bytes if pt.peak_bytes is not None else sum(parts.values())
+            fits = pt.fits if pt.fits is not None else _fits(peak, vram)
+            bars.append(Bar(key, label, parts, peak, f"trial #{t.number}", fits, pt.metric, t.number))
+        elif spec is not None and estimator is not None:
+            try:
+                peak, parts = estimator(spec, configs[key])
+                bars.append(Bar(key, label, parts, peak, "cost model", _fits(peak, vram)))
+            except PlannerError as exc:
+                notes["breakdown"] = "; ".join(filter(None, [notes.get("breakdown"), f"{label}: {exc}"]))
+    if best is not None:
+        t = next(t for t in trials if t.number == best.number)
+        parts = _breakdown_dict(t.user_attrs.get("breakdown"))
+        peak = best.peak_bytes if best.peak_bytes is not None else sum(parts.values())
+        bars.append(Bar(PLAN_KEY, f"{PLAN_LABEL} (#{best.number})", parts, peak, f"trial #{best.number}",
+                        best.fits if best.fits is not None else _fits(peak, vram), best.metric, best.number))
+    else:
+        notes["breakdown"] = "; ".join(filter(None, [notes.get("breakdown"),
+                                                     "no trial was trained within the budget: no tuned plan to draw"]))
+    if not bars:
+        notes["breakdown"] = "no breakdown recorded and no cost model for this model"
+
+    # ---- trade-off, history, importance
+    if not any(p.metric is not None for p in points):
+        notes["tradeoff"] = "no trial completed with a metric"
+        notes["history"] = notes["tradeoff"]
+    importance = _importance_maps(trials, by_number, num_layers, direction, best.number if best else None)
+    if not importance:
+        notes["importance"] = "no trial of an adaptive scorer recorded per-layer weights that change over training"
+
+    # ---- sweeps
+    gamma_sweep = Sweep("active layers γ", points=[(p.gamma, p.peak_bytes, p.number) for p in points
+                                                   if p.gamma is not None and p.peak_bytes is not None])
+    depth_sweep = Sweep("lowest active layer", points=[(p.lowest_layer, p.peak_bytes, p.number) for p in points
+                                                       if p.lowest_layer is not None and p.peak_bytes is not None])
+    if spec is not None and estimator is not None:
+        try:
+            best_params = next(t for t in trials if t.number == best.number).params if best else None
+            sweep_base = _trial_config(base, best_params, num_layers) if best_params else configs["lisa"]
+        except (PlannerError, KeyError, ValueError, TypeError):
+            sweep_base = configs["lisa"]
+        gamma = sweep_base.active_layers or LISA_DEFAULT_GAMMA
+        _model_sweeps(gamma_sweep, depth_sweep, spec, sweep_base, estimator, gamma,
+                      f"cost model for {model}; dots: the trials' own predictions",
+                      f"curves: γ = {gamma}, the sampler never drawing below the layer on the x axis; dots: trials of any γ")
+    else:
+        gamma_sweep.note = f"trials' own predictions ({spec_why})"
+        depth_sweep.note = gamma_sweep.note
+    if not gamma_sweep.curves and not gamma_sweep.points and not depth_sweep.points:
+        notes["sweeps"] = f"no predictions to draw ({spec_why or 'no trial recorded a predicted peak'})"
+
+    states = [p.state for p in points]
+    counts = {
+        "trials": len(points),
+        "complete": states.count("COMPLETE"),
+        "gated": sum(p.gated for p in points),
+        "pruned": sum(1 for p in points if p.state == "PRUNED" and not p.gated),
+        "failed": states.count("FAIL"),
+        "running": states.count("RUNNING") + states.count("WAITING"),
+    }
+    synthetic = bool(ua.get("synthetic", False))
+    details = _details(ua, base, num_layers, trials)
+    target = (ua.get("target") or {}).get("name") or model
+    title = (f"planner report: study {study.study_name} for {target}" + (f" ({num_layers} layers)" if num_layers else "")
+             + (" (SYNTHETIC study, not measured)" if synthetic else ""))
+    return ReportData(
+        name=study.study_name, title=title, source="study", model=model, num_layers=num_layers,
+        vram_bytes=vram, metric_name=str(ua.get("metric_name") or "metric"), direction=direction, device=device,
+        bars=bars, trials=points, best_trial=best.number if best else None,
+        gamma_sweep=gamma_sweep, depth_sweep=depth_sweep, importance=importance,
+        history=_history(points, direction), savings=savings_table(bars), notes=notes, counts=counts,
+        synthetic=synthetic, details=details,
+    )
+
+
+def _details(ua: dict, base: TrainConfig, num_layers: int | None, trials) -> list[str]:
+    """One-line facts: the target and its shape, the proxy, the study's settings, measured peaks."""
+    from planner.units import format_bytes
+
+    out = []
+    target = ua.get("target")
+    if isinstance(target, dict):
+        amp = f" + amp {base.amp}" if base.amp != "none" else ""
+        out.append(f"target: {target.get('name', ua.get('model'))} ({num_layers} layers), batch {base.batch_size} × seq "
+                   f"{base.seq_len}, {base.dtype}{amp}, {base.optimizer}; every peak is predicted for it on "
+                   f"{ua.get('device', 'cuda')}")
+    proxy = ua.get("proxy")
+    if isinstance(proxy, dict):
+        name = str(proxy.get("name"))
+        depth = "" if "layers" in name else f" ({proxy.get('num_layers')} layers)"
+        out.append(f"proxy (trains the plans that fit, gives the metric): {name}{depth} on {ua.get('proxy_device', '?')}")
+    settings = [f"{k.replace('_', ' ')}: {ua[k]}" for k in ("workload", "steps", "seed") if ua.get(k) is not None]
+    if settings:
+        out.append("study settings: " + ", ".join(settings).replace("steps:", "proxy steps per trial:"))
+    measured = [t for t in trials if t.user_attrs.get("measured_memory")]
+    if measured:
+        worst = max(measured, key=lambda t: abs(t.user_attrs["measured_memory"]["prediction_error"]))
+        m = worst.user_attrs["measured_memory"]
+        out.append(f"measured on the GPU in {len(measured)} trial(s): largest prediction error "
+                   f"{100 * m['prediction_error']:+.1f}% (trial #{worst.number}: predicted "
+                   f"{format_bytes(worst.user_attrs['predicted_peak_bytes'])}, in use at the peak "
+                   f"{format_bytes(m['device_used_bytes'])})")
+    return out

@@ -1,0 +1,226 @@
+"""The target and the proxy: the default question, depth and learning-rate mapping, the gate on a real target, bad input."""
+
+import optuna
+import pytest
+from tune_helpers import tiny_workload, write_target_config
+
+from planner.cli.main import main
+from planner.config import TrainConfig
+from planner.cost import estimate
+from planner.spec import load_spec
+from planner.tune import TuneOptions, run_tune
+from planner.tune.mapping import proxy_params, target_lr
+from planner.tune.proxy import run_proxy
+from planner.tune.space import SearchSpace, TrialParams
+from planner.tune.storage import open_storage
+
+GB = 10**9
+
+
+def point(**kw):
+    return TrialParams(**{"gamma": 1, "period": 20, "scorer": "uniform", "train_embeddings": False, "train_head": False,
+                          "lr": 1e-3, **kw})
+
+
+@pytest.mark.parametrize("gamma, depth, want", [
+    (5, 24, (1, 3)),    # 5·4/32 = 0.625 -> 1; 24·4/32 = 3 -> 3 (room: 4 - 1 = 3)
+    (12, 8, (2, 1)),    # 1.5 rounds half up to 2; 8·4/32 = 1
+    (1, 0, (1, 0)),     # 0.125 -> 0, clamped up to 1
+    (32, 0, (4, 0)),    # every layer -> every layer
+    (20, 12, (3, 1)),   # 2.5 -> 3; 1.5 -> 2, lowered to 4 - 3 = 1
+])
+def test_depth_rule_32_to_4(gamma, depth, want):
+    got = proxy_params(point(gamma=gamma, min_depth=depth, gradient_checkpointing=True, lora_rank=8),
+                       target_layers=32, proxy_layers=4)
+    assert (got.gamma, got.min_depth) == want
+    # K, scorer, embeddings/head, LoRA rank and the learning rate are unchanged; checkpointing (memory, not
+    # the result) is off on a proxy that is not the target
+    assert (got.period, got.scorer, got.lora_rank, got.gradient_checkpointing, got.lr) == (20, "uniform", 8, False, 1e-3)
+
+
+def test_same_depth_is_identity_and_a_deeper_proxy_is_refused():
+    p = point(gamma=3, min_depth=2, gradient_checkpointing=True)
+    assert proxy_params(p, target_layers=6, proxy_layers=6, is_target=True) is p
+    assert proxy_params(p, target_layers=6, proxy_layers=6) == point(gamma=3, min_depth=2)
+    with pytest.raises(Exception, match="proxy layers <= target layers"):
+        proxy_params(p, target_layers=4, proxy_layers=6)
+
+
+def test_learning_rate_rule_is_inverse_width():
+    assert target_lr(1e-3, proxy_hidden=128, target_hidden=4096) == pytest.approx(3.125e-5, rel=1e-12)
+    assert target_lr(2e-4, proxy_hidden=2048, target_hidden=2048) == 2e-4
+
+
+def test_frontier_is_the_largest_fitting_gamma_per_depth():
+    s = SearchSpace(num_layers=8, scorers=("uniform",), seq_len=16, min_depths=(0, 4), checkpointing=(False, True))
+
+    def fits(p):  # a made-up budget: 3 layers from the bottom, 4 from layer 4, one more with checkpointing
+        return p.gamma <= (3 if p.min_depth == 0 else 4) + p.gradient_checkpointing
+
+    got = {(p.min_depth, p.gradient_checkpointing): p.gamma for p in s.frontier(fits)}
+    assert got == {(0, False): 3, (0, True): 4, (4, False): 4, (4, True): 4}  # room above layer 4 is 4
+
+
+def test_the_default_question_is_llama_3_8b_in_bfloat16():
+    target, vram = TuneOptions(vram="24GB").validate_all()
+    assert (target.name, target.num_layers, target.hidden_size) == ("llama-3-8b", 32, 4096)
+    assert (target.shape.dtype, target.shape.seq_len, target.shape.batch_size, target.shape.optimizer) == \
+        ("bfloat16", 1024, 1, "adamw")
+    assert vram == 24 * GB and target.device == "cuda"
+
+
+class Recorder:
+    def __init__(self):
+        self.trained = []
+
+    def __call__(self, workload, params, **kw):
+        self.trained.append(params)
+        return run_proxy(workload, params, **kw)
+
+
+def test_the_gate_decides_for_llama_3_8b_at_24gb(tmp_path):
+    """A real study on the 8B target (a tiny proxy trains): over-budget points and baselines are never trained."""
+    wl = tiny_workload()
+    rec = Recorder()
+    opts = TuneOptions(vram="24GB", n_trials=12, steps=4, eval_every=2, storage=f"sqlite:///{tmp_path}/s.db", study="t",
+                       out=str(tmp_path / "plan.yaml"), proxy_device="cpu")
+    result = run_tune(opts, workload=wl, progress=False, proxy=rec)
+    trials = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db")).trials
+    spec = load_spec("llama-3-8b")
+    by_kind = {t.user_attrs["kind"]: t for t in trials}
+    # full fine-tuning and LISA's defaults (embeddings + head trainable) of 8B bfloat16 weights cannot fit 24 GB:
+    # weights alone are 8.03e9 params x 2 B = 16.1 GB, gradients and AdamW moments of the embeddings and head
+    # (2 x 525M params x 2 B x 3) another 6.3 GB
+    for kind in ("baseline:full", "baseline:lisa"):
+        t = by_kind[kind]
+        assert t.user_attrs["gated"] and t.user_attrs["predicted_peak_bytes"] > 24 * GB and "metric" not in t.user_attrs
+    gated = [t for t in trials if t.user_attrs.get("gated")]
+    assert len(gated) >= 3 and len(rec.trained) == len(trials) - len(gated)
+    # each trial's recorded peak is the cost model's answer for the target in its shape (batch 1 x 1024, bf16)
+    for t in trials[:6]:
+        p = t.params
+        cfg = TrainConfig(batch_size=1, seq_len=1024, dtype="bfloat16", active_layers=p["gamma"],
+                          min_depth=t.user_attrs["min_depth"], gradient_checkpointing=p["gradient_checkpointing"],
+                          train_embeddings=p["train_embeddings"], train_head=p["train_head"],
+                          lora_rank=p.get("lora_rank") or None)
+        assert t.user_attrs["predicted_peak_bytes"] == estimate(spec, cfg, device="cuda").peak_bytes
+    # the tiny proxy trains mapped plans: γ of 32 layers -> γ of 3
+    for t in trials:
+        if not t.user_attrs.get("gated"):
+            assert 1 <= t.user_attrs["proxy_plan"]["gamma"] <= 3
+    plan = result.plan
+    assert plan.model == "llama-3-8b" and plan.num_layers == 32 and plan.train.dtype == "bfloat16"
+    assert plan.predicted_peak_bytes <= 24 * GB and plan.train.seq_len == 1024
+    assert plan.learning_rate == pytest.approx(plan.proxy.learning_rate * 32 / 4096)
+    assert any(t.user_attrs.get("offered") for t in trials)
+
+
+def one_line(capsys, argv):
+    capsys.readouterr()  # what writing the fixtures printed
+    code = main(["tune", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_contradicting_target_flags_are_one_line(capsys):
+    err = one_line(capsys, ["--vram", "24GB", "--amp", "bf16", "--dtype", "bfloat16"])
+    assert "amp" in err and "float32 weights" in err and "'bfloat16'" in err
+    err = one_line(capsys, ["--vram", "24GB", "--seq-len", "0", "--batch-size", "x"])
+    assert "--seq-len" in err and "--batch-size" in err
+
+
+def test_a_budget_no_plan_fits_names_the_smallest(capsys):
+    err = one_line(capsys, ["--vram", "12GB", "--quiet"])
+    assert "llama-3-8b" in err and "would fit" in err and "γ=1" in err and "gradient checkpointing" in err
+
+
+def test_a_proxy_deeper_than_the_target_is_refused(tmp_path, capsys):
+    target = write_target_config(tiny_workload(num_layers=2), tmp_path / "t" / "config.json")
+    from tune_helpers import write_user_workload
+
+    model_dir, data = write_user_workload(tmp_path)  # 3 layers
+    err = one_line(capsys, ["--vram", "1GB", "--model", target, "--proxy", model_dir, "--data", data, "--device", "cpu",
+                            "--proxy-device", "cpu", "--storage", f"sqlite:///{tmp_path}/s.db", "--quiet"])
+    assert "must not be deeper than the target" in err and "3 decoder layers" in err
+
+
+def test_a_proxy_without_decoder_layers_is_refused(tmp_path, capsys):
+    from tune_helpers import write_user_workload
+
+    from planner.data.tokenizer import CharTokenizer
+    from planner.spec import build_model
+    from planner.spec.tiny import tiny_spec
+
+    model_dir, data = write_user_workload(tmp_path)
+    tok = CharTokenizer()
+    spec = tiny_spec("llama", num_layers=0, hidden=32, heads=2, kv_heads=1, vocab=tok.vocab_size)
+    empty = tmp_path / "no-layers"
+    build_model(spec, seed=0).save_pretrained(empty)
+    tok.to_hf().save_pretrained(empty)
+    err = one_line(capsys, ["--vram", "1GB", "--model", model_dir, "--proxy", str(empty), "--data", data, "--device", "cpu",
+                            "--proxy-device", "cpu", "--storage", f"sqlite:///{tmp_path}/s.db", "--quiet"])
+    assert "--proxy must be a causal LM with decoder layers" in err
+
+
+def test_proxy_target_offline_names_the_cache(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    err = one_line(capsys, ["--vram", "24GB", "--proxy", "target", "--proxy-device", "cpu",
+                            "--storage", f"sqlite:///{tmp_path}/s.db", "--quiet"])
+    assert "meta-llama/Meta-Llama-3-8B" in err and str(tmp_path / "hub") in err and "offline" in err
+
+
+def test_target_points_that_map_to_one_proxy_plan_share_its_run():
+    from planner.spec.tiny import tiny_spec
+    from planner.tune.gate import BudgetGate
+    from planner.tune.objective import Objective
+
+    wl = tiny_workload()  # 3 layers
+    space = SearchSpace(num_layers=32, scorers=("uniform",), seq_len=wl.seq_len, periods=(20,), lr_choices=(1e-3,),
+                        embedding_choices=(False,), head_choices=(False,), batch_sizes=(8,))
+    gate = BudgetGate(tiny_spec("llama", num_layers=32, hidden=32, heads=2, kv_heads=1, vocab=48), 10**12, device="cpu")
+    rec = Recorder()
+    objective = Objective(wl, space, gate, steps=2, eval_every=2, proxy=rec, proxy_layers=3, proxy_hidden=32,
+                          target_hidden=32)
+    study = optuna.create_study(direction="minimize")
+    for gamma in (1, 2, 16):  # 3/32 of each, rounded half up: 1, 1, 2
+        study.enqueue_trial({"gamma": gamma, "min_depth": 0, "gradient_checkpointing": False, "period": 20,
+                             "scorer": "uniform", "train_embeddings": False, "train_head": False, "lr": 1e-3})
+    study.optimize(objective, n_trials=3)
+    t = study.trials
+    assert [p.gamma for p in rec.trained] == [1, 2]  # two proxy runs for three trials
+    assert t[1].user_attrs["reused_from"] == 0 and t[1].value == t[0].value
+    assert "reused_from" not in t[2].user_attrs and t[2].user_attrs["proxy_plan"]["gamma"] == 2
+
+
+def test_out_of_memory_is_a_failed_trial_with_predicted_and_available_bytes():
+    from planner.spec.tiny import tiny_spec
+    from planner.tune.gate import BudgetGate
+    from planner.tune.objective import Objective
+    from planner.tune.proxy import ProxyOutOfMemory
+
+    wl = tiny_workload()
+
+    def out_of_memory(workload, params, **kw):
+        if params.gamma == 2:  # the device says no, whatever the prediction said
+            raise ProxyOutOfMemory("out of memory on cuda (CUDA out of memory. Tried to allocate 2.00 GiB)", 123_456_789)
+        return run_proxy(workload, params, **kw)
+
+    space = SearchSpace(num_layers=3, scorers=("uniform",), seq_len=wl.seq_len, periods=(20,), lr_choices=(1e-3,),
+                        embedding_choices=(False,), head_choices=(False,), batch_sizes=(8,))
+    gate = BudgetGate(wl.spec, 10**12, device="cpu")
+    study = optuna.create_study(direction="minimize")
+    for gamma in (2, 1):
+        study.enqueue_trial({"gamma": gamma, "min_depth": 0, "gradient_checkpointing": False, "period": 20,
+                             "scorer": "uniform", "train_embeddings": False, "train_head": False, "lr": 1e-3})
+    study.optimize(Objective(wl, space, gate, steps=2, eval_every=2, proxy=out_of_memory), n_trials=2,
+                   catch=(Exception,))
+    failed, ok = study.trials
+    predicted = failed.user_attrs["predicted_peak_bytes"]
+    assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["available_bytes"] == 123_456_789
+    assert f"predicted {predicted} B" in failed.user_attrs["reason"] and "available 123456789 B" in failed.user_attrs["reason"]
+    assert ok.state == optuna.trial.TrialState.COMPLETE  # the study went on
