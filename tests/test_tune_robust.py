@@ -304,8 +304,16 @@ class InterruptingEstimator:
 
 
 def test_ctrl_c_in_the_gate_of_a_baseline_loses_nothing(tmp_path, wl):
-    space = build_space(wl, TuneOptions(vram=1))
-    calls = len(space.cheapest_points())  # the feasibility check's calls come first
+    from planner.tune.baselines import offered_points
+    from planner.tune.gate import BudgetGate
+    from planner.tune.study import check_feasible
+
+    space = build_space(wl, TuneOptions(vram=1, device="cpu"))
+    counter = InterruptingEstimator(0)  # counts, never interrupts: the feasibility check and offered points come first
+    gate = BudgetGate(wl.spec, 10**9, device="cpu", estimator=counter)
+    check_feasible(space, gate)
+    offered_points(space, gate)
+    calls = counter.calls
     with pytest.raises(Interrupted) as err:
         run_tune(options(tmp_path), workload=wl, progress=False, estimator=InterruptingEstimator(calls + 2))
     assert "interrupted: 1 finished trials" in str(err.value) and err.value.exit_code == 130
