@@ -89,7 +89,8 @@ def main() -> int:
     from planner.spec import load_spec
     from planner.tune.storage import open_storage
 
-    torch.set_num_threads(1)
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # a shared CPU machine; on a GPU machine its cores build and copy the model
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         model_dir = build_dir(args, Path(tmp))
