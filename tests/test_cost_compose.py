@@ -70,7 +70,7 @@ def test_estimate_contract(tiny):
     from planner.cost.device import default_profile
 
     prof = default_profile("cuda")
-    assert cuda.peak_bytes == cuda.reserved_bytes + prof.context_bytes + prof.workspace_bytes
+    assert cuda.peak_bytes == cuda.reserved_bytes + prof.context_bytes  # the workspaces are allocator blocks
     assert cpu.breakdown.weights == cuda.breakdown.weights
     assert cpu.breakdown.optimizer > 0 and cpu.breakdown.activations > 0
 

@@ -266,3 +266,16 @@ def test_cache_name_changes_with_software_versions_and_data(monkeypatch):
     assert cache_key(TINY) != key
     monkeypatch.undo()
     assert cache_key(TINY) == key
+
+
+def test_data_builtin_names_a_built_in_task(monkeypatch):
+    import planner.data.load as load_mod
+
+    calls = []
+    monkeypatch.setattr(load_mod, "default_workload", lambda task, **kw: calls.append((task, kw)) or "wl")
+    assert load_workload(data="builtin:sort", seed=3) == "wl"
+    assert load_workload() == "wl"
+    assert calls == [("sort", {"seed": 3, "max_examples": None}), ("maximum", {"seed": 0, "max_examples": None})]
+    with pytest.raises(PlannerError, match=r"builtin:<task> must name one of .*'sort'.* but got 'nope'"):
+        load_workload(data="builtin:nope")
+    assert len(calls) == 2  # refused before any pretraining

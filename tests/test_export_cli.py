@@ -6,16 +6,12 @@ import pytest
 
 from planner.cli.main import main
 from planner.config import TrainConfig
-from plan_factory import consistent_plan
-from planner.plan import Breakdown
+from plan_factory import make_plan
 
 
 @pytest.fixture
 def plan_file(tmp_path):
-    plan = consistent_plan(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=2,
-                period=5, scorer="ist", learning_rate=1e-4, train=TrainConfig(active_layers=2), predicted_peak_bytes=1,
-                breakdown=Breakdown())
-    return plan.save(tmp_path / "plan.yaml")
+    return make_plan(scorer="ist").save(tmp_path / "plan.yaml")
 
 
 def run(capsys, *argv):
@@ -36,6 +32,14 @@ def test_exact_export_says_so(plan_file, tmp_path, capsys):
     code, out, _ = run(capsys, "export", str(plan_file), "--to", "hf", "--out", str(tmp_path / "hf"))
     assert code == 0 and "expressed exactly" in out
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["train_layerwise.py", "training_args.json"]
+
+
+def test_a_plan_whose_model_cannot_be_found_is_not_exact(tmp_path, capsys):
+    plan = make_plan(model="tiny-llama").save(tmp_path / "plan.yaml")
+    code, out, _ = run(capsys, "export", str(plan), "--to", "hf", "--out", str(tmp_path / "hf"))
+    assert code == 0 and "expressed exactly" not in out and "'tiny-llama' cannot be found" in out
+    code, out, err = run(capsys, "export", str(plan), "--to", "hf", "--out", str(tmp_path / "strict"), "--strict")
+    assert code == 2 and err.count("\n") == 1 and "'tiny-llama' cannot be found" in err
 
 
 def test_strict_refuses_a_lossy_export_and_writes_nothing(plan_file, tmp_path, capsys):
@@ -86,9 +90,7 @@ def test_invalid_plan_file(tmp_path, capsys):
 
 
 def test_plan_inconsistent_with_its_model(tmp_path, capsys):
-    plan = consistent_plan(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=2,
-                period=5, scorer="fixed", layers=[2, 7], learning_rate=1e-4, train=TrainConfig(layers=[2, 7]),
-                predicted_peak_bytes=1, breakdown=Breakdown())
+    plan = make_plan(scorer="fixed", layers=[2, 7], train=TrainConfig(layers=[2, 7]))
     code, _, err = run(capsys, "export", str(plan.save(tmp_path / "p.yaml")), "--to", "llamafactory", "--out", str(tmp_path / "o"))
     assert code == 2 and "0 <= i < 4" in err
 
@@ -109,7 +111,6 @@ def test_out_is_a_file(plan_file, tmp_path, capsys):
 
 
 def test_plan_with_too_many_active_layers(tmp_path, capsys):
-    plan = consistent_plan(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=5,
-                period=5, scorer="uniform", learning_rate=1e-4, train=TrainConfig(), predicted_peak_bytes=1, breakdown=Breakdown())
+    plan = make_plan(active_layers=5, train=TrainConfig())
     code, _, err = run(capsys, "export", str(plan.save(tmp_path / "p.yaml")), "--to", "axolotl", "--out", str(tmp_path / "o"))
     assert code == 2 and "active_layers <= num_layers - min_depth" in err and not (tmp_path / "o").exists()

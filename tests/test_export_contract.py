@@ -1,9 +1,19 @@
-"""Contract over every registered exporter: outputs parse, keys are the target's documented names."""
+"""Contract over every registered exporter: each export, applied the way its trainer applies it,
+trains exactly what the plan trains, or the export says what it loses.
 
-import ast
+For every target and every plan kind (uniform, weighted, cyclic in both directions, static
+top/bottom/arbitrary, LoRA static and dynamic, tied and untied embeddings, llama-style and
+gpt2-style layer paths) the export runs on a tiny model with the trainer's own rule (see
+``trainer_rules``) next to the plan run by planner's sampler. Differences are measured in two kinds, training (the
+parameters trained at each step, how and when layers are drawn) and memory (optimizer state
+beyond the plan's, weight copies), and the export's loss lines must name exactly those kinds:
+no line, no difference.
+"""
+
 import dataclasses
 import json
 import shlex
+from functools import lru_cache
 
 import pytest
 import yaml
@@ -11,103 +21,167 @@ import yaml
 from planner.config import TrainConfig
 from planner.export import EXPORTERS, Export, get_exporter
 from plan_factory import make_plan
+from trainer_rules import RUNNERS, differences, run_plan
 
-# the names METHODS.md ("Trainer config keys") documents for each target
-DOCUMENTED = {
-    "lmflow": {"use_lisa", "lisa_activated_layers", "lisa_interval_steps", "lisa_layers_attribute"},
-    "axolotl": {"lisa_n_layers", "lisa_step_interval", "lisa_layers_attribute"},
-    "llamafactory": {"use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval",
-                     "finetuning_type", "freeze_trainable_layers", "freeze_trainable_modules"},
-    "peft": {"layers_to_transform", "layers_pattern"},
+
+def _static(layers, **kw):
+    return dict(scorer="fixed", layers=layers, active_layers=len(layers), train=TrainConfig(layers=layers), **kw)
+
+
+def _dynamic(gamma, scorer="uniform", options=None, period=2, min_depth=0, **kw):
+    return dict(scorer=scorer, scorer_options=options or {}, active_layers=gamma, period=period,
+                train=TrainConfig(active_layers=gamma, min_depth=min_depth, **kw.pop("train", {})), **kw)
+
+
+KINDS = {
+    "uniform": _dynamic(2),
+    "uniform-k1": _dynamic(2, period=1),
+    "uniform-sgd-k1": _dynamic(2, period=1, train={"optimizer": "sgd"}),
+    "uniform-min-depth": _dynamic(2, min_depth=1),
+    "weighted": _dynamic(2, scorer="gradnorm"),
+    "cyclic-ascending": _dynamic(1, "cyclic", {"order": "ascending"}, train_embeddings=False, train_head=False),
+    "cyclic-descending-start": _dynamic(1, "cyclic", {"order": "descending", "start_block": 1}, period=1,
+                                        train_embeddings=False, train_head=False),
+    "cyclic-random": _dynamic(1, "cyclic", {"order": "random"}, period=1, train_embeddings=False, train_head=False),
+    "all-layers": _dynamic(4),
+    "static-top": _static([2, 3]),
+    "static-bottom-frozen": _static([0, 1], train_embeddings=False, train_head=False),
+    "static-arbitrary": _static([0, 2], train_head=False),
+    "static-head-only": _static([3], train_embeddings=False),
+    "lora-static": _static([1, 3], lora_rank=4, train_embeddings=False),
+    "lora-dynamic": _dynamic(2, lora_rank=4, train_head=False),
 }
+# llama: untied, model.layers; gpt2: tied, transformer.h; qwen2: tied, model.layers
+ARCHS = {"llama": sorted(KINDS),
+         "gpt2": ["uniform", "cyclic-descending-start", "static-top", "static-arbitrary", "static-head-only", "lora-static", "lora-dynamic"],
+         "qwen2": ["static-top", "static-head-only", "lora-static"]}
+PLANS = {f"{arch}-{kind}": (arch, kind) for arch, kinds in ARCHS.items() for kind in kinds}
 
 
-PLANS = {
-    "lisa": make_plan(),
-    "ist-frozen-eh": make_plan(scorer="ist", train=TrainConfig(active_layers=2, min_depth=1), train_embeddings=False, train_head=False),
-    "static-top": make_plan(scorer="fixed", layers=[2, 3], train=TrainConfig(layers=[2, 3])),
-    "static-scattered-lora": make_plan(scorer="semantic", layers=[0, 2], train=TrainConfig(layers=[0, 2]), lora_rank=4, train_head=False),
-    "badam-gpt2": make_plan(model="gpt2", model_type="gpt2", num_layers=12, layers_attribute="transformer.h", active_layers=1,
-                            scorer="cyclic", scorer_options={"order": "descending"}, train=TrainConfig(active_layers=1),
-                            train_embeddings=False, train_head=False),
-    "bf16-amp": make_plan(train=TrainConfig(active_layers=2, amp="bf16", gradient_checkpointing=True, optimizer="sgd")),
-}
+@lru_cache(maxsize=None)
+def plan_of(name: str):
+    arch, kind = PLANS[name]
+    return make_plan(arch, **KINDS[kind])
 
 
-def test_registry_has_every_target():
-    assert {"planner", "hf", "axolotl", "lmflow", "llamafactory", "peft"} <= set(EXPORTERS)
+@lru_cache(maxsize=None)
+def truth(name: str):
+    return run_plan(plan_of(name))
+
+
+def test_every_exporter_has_a_trainer_rule():
+    assert {"planner", "hf", "axolotl", "lmflow", "llamafactory", "peft"} <= set(EXPORTERS) == set(RUNNERS)
     for name, cls in EXPORTERS.items():
         assert cls.name == name and cls.description
 
 
-def test_unknown_target_lists_the_known_ones():
-    from planner.errors import PlannerError
+@pytest.mark.parametrize("target", sorted(EXPORTERS))
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_export_trains_what_it_says(target, name, tmp_path):
+    plan = plan_of(name)
+    result = get_exporter(target).render(plan)
+    assert isinstance(result, Export) and result.files
+    assert all(isinstance(line, str) and line and "\n" not in line for line in result.lost)
+    got = RUNNERS[target](plan, result.files, tmp_path)
+    diffs = differences(plan, truth(name), got)
+    said = {kind for line in result.lost for kind in loss_kinds(line)}
+    assert set(diffs) == said, f"{target}: its trainer differs in {diffs or 'nothing'}; the export says {result.lost or 'exact'}"
 
-    with pytest.raises(PlannerError) as err:
-        get_exporter("deepspeed")
-    for name in EXPORTERS:
-        assert name in str(err.value)
+
+def loss_kinds(line: str) -> set[str]:
+    """What a loss line is about: memory when it names bytes; training unless it is only about memory."""
+    memory_only = line.startswith(("memory:", "optimizer state:"))
+    return ({"memory"} if " bytes" in line else set()) | (set() if memory_only else {"training"})
 
 
-def _parse(filename: str, text: str):
-    """Parse by file kind, independently of the exporter's own keys()."""
+def test_truth_is_what_the_plan_says():
+    """The reference runs train what the plan names (guards the comparison itself)."""
+    from trainer_rules import split
+
+    top = plan_of("llama-static-top")
+    outside, inside = split(top, truth("llama-static-top").trained[0])
+    assert set(inside) == {2, 3} and "model.embed_tokens.weight" in outside and "lm_head.weight" in outside
+    head_only = plan_of("gpt2-static-head-only")
+    outside, inside = split(head_only, truth("gpt2-static-head-only").trained[0])
+    # tied: the head's weight is the input embedding's, so both names change; position embeddings do not
+    assert set(inside) == {3} and {"lm_head.weight", "transformer.wte.weight", "transformer.ln_f.weight"} <= outside
+    assert "transformer.wpe.weight" not in outside
+    asc = truth("llama-cyclic-ascending")
+    assert [sorted(split(plan_of("llama-cyclic-ascending"), s)[1]) for s in asc.trained] == [[0], [0], [1], [1], [2], [2]]
+
+
+# -- keys: every key is a field of its trainer ------------------------------------------------------
+
+# Field names read in each trainer's source (a key an exporter writes must be one of them):
+TRAINER_FIELDS = {
+    # axolotl 067b021: src/axolotl/utils/schemas/{model,training,config,integrations}.py
+    "axolotl": {"base_model", "learning_rate", "optimizer", "micro_batch_size", "sequence_len", "bf16", "fp16",
+                "bfloat16", "float16", "gradient_checkpointing", "unfrozen_parameters", "lisa_n_layers",
+                "lisa_step_interval", "lisa_layers_attribute"},
+    # LMFlow f3597db: src/lmflow/args.py ModelArguments, DatasetArguments, FinetunerArguments (+ TrainingArguments)
+    "lmflow": {"model_name_or_path", "torch_dtype", "dataset_path", "block_size", "use_lisa", "lisa_activated_layers",
+               "lisa_interval_steps", "lisa_layers_attribute"},
+    # LLaMA-Factory ff6d4d1: src/llamafactory/hparams/{model,data,finetuning}_args.py (+ TrainingArguments)
+    "llamafactory": {"model_name_or_path", "disable_gradient_checkpointing", "cutoff_len", "stage", "finetuning_type",
+                     "pure_bf16", "freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules",
+                     "use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval"},
+}
+HF_TRAINING_ARGS = {"lmflow", "llamafactory", "hf"}  # targets whose files also take TrainingArguments fields
+
+
+def _training_arguments() -> set[str]:
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def _fields(target: str) -> set[str]:
+    if target == "peft":
+        from peft import LoraConfig
+
+        return {f.name for f in dataclasses.fields(LoraConfig)} | {"peft_type", "auto_mapping", "peft_version"}
+    if target == "planner":
+        from planner.plan import Plan
+
+        return set(Plan.model_fields)
+    return TRAINER_FIELDS.get(target, set()) | (_training_arguments() if target in HF_TRAINING_ARGS else set())
+
+
+def _keys(filename: str, text: str) -> set[str]:
+    """Config keys by file kind, parsed here, not by the exporter."""
     if filename.endswith((".yaml", ".yml")):
-        return yaml.safe_load(text)
+        return set(yaml.safe_load(text))
     if filename.endswith(".json"):
-        return json.loads(text)
-    if filename.endswith(".py"):
-        return ast.parse(text)
+        return set(json.loads(text))
     if filename.endswith(".sh"):
-        return shlex.split(text, comments=True)
-    raise AssertionError(f"no parser for {filename}")
+        return {t[2:] for t in shlex.split(text, comments=True) if t.startswith("--")}
+    assert filename.endswith(".py"), filename
+    compile(text, filename, "exec")
+    return set()
 
 
 @pytest.mark.parametrize("target", sorted(EXPORTERS))
-@pytest.mark.parametrize("plan_name", sorted(PLANS))
-def test_every_output_parses_and_uses_only_allowed_keys(target, plan_name):
-    exporter = get_exporter(target)
-    result = exporter.render(PLANS[plan_name])
-    assert isinstance(result, Export) and result.files
-    assert all(isinstance(line, str) and line and "\n" not in line for line in result.lost)
-    used = set()
-    for filename, text in result.files.items():
-        _parse(filename, text)
-        used |= exporter.keys(filename, text)
-    assert used, f"{target} wrote no config keys"
-    assert used <= exporter.allowed_keys, f"{target} wrote undocumented keys {sorted(used - exporter.allowed_keys)}"
+def test_every_key_is_a_field_of_the_trainer(target):
+    fields = _fields(target)
+    for name in sorted(PLANS)[::3]:
+        result = get_exporter(target).render(plan_of(name))
+        used = set().union(*(_keys(f, t) for f, t in result.files.items()))
+        assert used, f"{target} wrote no config keys"
+        assert used <= fields, f"{target} wrote keys its trainer does not have: {sorted(used - fields)}"
+        assert used == set().union(*(get_exporter(target).keys(f, t) for f, t in result.files.items()))
 
 
-@pytest.mark.parametrize("target", sorted(DOCUMENTED))
-def test_allowed_keys_hold_the_documented_names(target):
-    assert DOCUMENTED[target] <= get_exporter(target).allowed_keys
-
-
-def test_hf_training_args_are_real_training_arguments_fields():
+def test_hf_training_args_construct():
     from transformers import TrainingArguments
 
-    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-    for plan in PLANS.values():
-        files = get_exporter("hf").render(plan).files
-        args = json.loads(files["training_args.json"])
-        assert set(args) <= fields
-        TrainingArguments(**{**args, "output_dir": "unused", "use_cpu": True})  # constructs: values are valid too
+    for plan in (plan_of("llama-uniform"), make_plan(train=TrainConfig(active_layers=2, amp="bf16", gradient_checkpointing=True, optimizer="sgd"))):
+        args = json.loads(get_exporter("hf").render(plan).files["training_args.json"])
+        TrainingArguments(**{**args, "output_dir": "unused", "use_cpu": True, "bf16": False})  # values are valid too
 
 
-def test_peft_keys_are_lora_config_fields():
+def test_peft_config_loads_with_lora_config(tmp_path):
     from peft import LoraConfig
 
-    fields = {f.name for f in dataclasses.fields(LoraConfig)}
-    for plan in PLANS.values():
-        data = json.loads(get_exporter("peft").render(plan).files["adapter_config.json"])
-        assert set(data) <= fields
-        LoraConfig(**{k: v for k, v in data.items() if k not in ("peft_type", "peft_version", "auto_mapping")})
-
-
-def test_training_arguments_subsets_of_lmflow_and_llamafactory_are_real_fields():
-    from transformers import TrainingArguments
-
-    from planner.export.targets import llamafactory, lmflow
-
-    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-    assert lmflow.TRAINING_ARGS <= fields and lmflow.TRAINING_ARGS <= lmflow.LMFLOW_ARGS
-    assert llamafactory.TRAINING_ARGS <= fields and llamafactory.TRAINING_ARGS <= get_exporter("llamafactory").allowed_keys
+    for name in ("gpt2-lora-static", "qwen2-static-head-only"):
+        (tmp_path / "adapter_config.json").write_text(get_exporter("peft").render(plan_of(name)).files["adapter_config.json"])
+        assert LoraConfig.from_pretrained(str(tmp_path)).r == (4 if "lora" in name else 8)

@@ -1,20 +1,27 @@
-"""The exported `hf` script trains a tiny random llama end to end on CPU and its callback switches layers."""
+"""The exported `hf` script: reads every data format `planner tune` reads, and trains a tiny random
+llama end to end on CPU while its callback switches layers."""
 
+import csv
+import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
+import torch
 
 from planner.config import TrainConfig
 from planner.export import export_plan
-from plan_factory import consistent_plan
-from planner.plan import Breakdown, Plan
+from plan_factory import make_plan
+from planner.plan import Plan
 from planner.spec import build_model
 from planner.spec.tiny import tiny_spec
 
 WORDS = "the a cat dog sat ran on under mat rug and then it was red blue big small".split()
+ROWS = 12  # planner tune needs at least 10 usable examples
 
 
 def write_tiny_model(path):
@@ -34,65 +41,143 @@ def write_tiny_model(path):
     model.save_pretrained(path)
 
 
-def write_data(path):
-    rows = [{"text": " ".join(WORDS[i % len(WORDS):] + WORDS[: i % len(WORDS)])} for i in range(8)]
-    rows += [{"instruction": "the cat sat", "response": "on the mat"}] * 4
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+def sentence(i: int, n: int = 6) -> str:
+    return " ".join((WORDS[i % len(WORDS):] + WORDS)[:n])
 
 
-def run_script(script, model_dir, data, out, max_steps):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(script), "--model", str(model_dir), "--data", str(data),
-                           "--output-dir", str(out), "--max-steps", str(max_steps)],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((out / "layerwise_history.json").read_text())
+def write_data(root) -> dict[str, str]:
+    """One file per format `planner tune --data` reads."""
+    files = {}
+    pairs = {"instruction": "response", "prompt": "completion", "question": "answer"}
+    for p, a in pairs.items():
+        rows = [{p: sentence(i, 3), a: sentence(i + 5, 2), **({"input": sentence(i + 9, 2)} if p == "question" else {})} for i in range(ROWS)]
+        files[f"{p}.jsonl"] = "\n".join(json.dumps(r) for r in rows) + "\n"
+        files[f"{p}.json"] = json.dumps(rows)
+    text_rows = [{"text": sentence(i, 8)} for i in range(ROWS)]
+    files["text.jsonl"] = "\n".join(json.dumps(r) for r in text_rows) + "\n"
+    for ext, delim in (("csv", ","), ("tsv", "\t")):
+        path = root / f"prompt.{ext}"
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["prompt", "completion"], delimiter=delim)
+            writer.writeheader()
+            writer.writerows({"prompt": sentence(i, 3), "completion": sentence(i + 5, 2)} for i in range(ROWS))
+        files[path.name] = path.read_text()
+    files["lines.txt"] = "\n".join(sentence(i, 8) for i in range(ROWS)) + "\n"
+    files["paragraphs.md"] = "\n\n".join(f"{sentence(i, 4)}\n{sentence(i + 1, 4)}" for i in range(ROWS)) + "\n"
+    for name, text in files.items():
+        (root / name).write_text(text)
+    return {name: str(root / name) for name in files}
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
     write_tiny_model(root / "model")
-    write_data(root / "train.jsonl")
-    return root
+    (root / "data").mkdir()
+    return root, write_data(root / "data")
 
 
-def make_plan(**kw) -> Plan:
-    base = dict(model="tiny-llama", model_type="llama", num_layers=4, layers_attribute="model.layers", active_layers=1,
-                period=2, scorer="cyclic", scorer_options={"order": "ascending"}, learning_rate=1e-3,
-                train=TrainConfig(active_layers=1, batch_size=2, seq_len=16), predicted_peak_bytes=1, breakdown=Breakdown())
+def hf_plan(**kw) -> Plan:
+    base = dict(active_layers=1, period=2, scorer="cyclic", scorer_options={"order": "ascending"}, learning_rate=1e-3,
+                train=TrainConfig(active_layers=1, batch_size=2, seq_len=16))
     base.update(kw)
-    return consistent_plan(**base)
+    return make_plan(**base)
+
+
+def load_script(path):
+    spec = importlib.util.spec_from_file_location("exported_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_script_reads_every_format_planner_tune_reads(tiny_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from planner.data import load_workload
+
+    root, data = tiny_dir
+    export_plan(hf_plan(train=TrainConfig(active_layers=1, seq_len=512)).save(tmp_path / "plan.yaml"), "hf", tmp_path / "export")
+    script = load_script(tmp_path / "export" / "train_layerwise.py")
+    tokenizer = AutoTokenizer.from_pretrained(root / "model")
+    for name, path in sorted(data.items()):
+        workload = load_workload(str(root / "model"), path)  # what `planner tune` trains on
+        expected = Counter((e.prompt, e.answer) for e in workload.train + workload.held_out)
+        got = Counter((e.prompt, e.answer) for e in script.read_examples(path, tokenizer, 512))
+        assert got == expected, name
+        assert all(prompt for prompt, _ in got) == (workload.metric_name == "accuracy"), name  # pairs keep a prompt
+
+
+def run_script(script, model_dir, data, out, max_steps):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, str(script), "--model", str(model_dir), "--data", str(data),
+                           "--output-dir", str(out), "--max-steps", str(max_steps)],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def initial_loss(model_dir, script, data) -> float:
+    """Mean loss of the untrained model over the script's own examples (forward only, independent of the run)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from planner.data.workload import collate
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples = load_script(script).read_examples(data, tokenizer, 16)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        return float(model(**collate(examples, tokenizer.pad_token_id)).loss)
 
 
 def test_exported_script_trains_and_switches_layers(tiny_dir, tmp_path):
     from safetensors.torch import load_file
 
+    root, data = tiny_dir
     # cyclic ascending with K=2 over 4 layers: 6 steps visit layers 0, 1, 2 (a deterministic schedule);
     # embeddings and head frozen, with gradient checkpointing (gradients must still reach the layers)
-    plan = make_plan(train=TrainConfig(active_layers=1, batch_size=2, seq_len=16, gradient_checkpointing=True),
-                     train_embeddings=False, train_head=False)
+    plan = hf_plan(train=TrainConfig(active_layers=1, batch_size=2, seq_len=16, gradient_checkpointing=True),
+                   train_embeddings=False, train_head=False)
     res = export_plan(plan.save(tmp_path / "plan.yaml"), "hf", tmp_path / "export")
     script = tmp_path / "export" / "train_layerwise.py"
     assert script in res.written and res.lost == []
-    summary = run_script(script, tiny_dir / "model", tiny_dir / "train.jsonl", tmp_path / "run", max_steps=6)
+    proc = run_script(script, root / "model", data["prompt.csv"], tmp_path / "run", max_steps=6)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "layerwise_history.json").read_text())
     assert summary["global_step"] == 6
     assert summary["switches"] == 2
     assert summary["history"] == [[0], [1], [2]]
-    assert summary["train_loss"] == summary["train_loss"]  # finite, not NaN
-    before, after = load_file(tiny_dir / "model" / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    # the mean loss of the run: finite and below the untrained model's loss on the same examples
+    assert math.isfinite(summary["train_loss"])
+    assert summary["train_loss"] < initial_loss(root / "model", script, data["prompt.csv"])
+    before, after = load_file(root / "model" / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
     changed = {name for name in before if not (before[name] == after[name]).all()}
     part = lambda name: name.split(".")[2] if name.startswith("model.layers.") else name  # noqa: E731
     assert {part(n) for n in changed} == {"0", "1", "2"}  # the drawn layers trained; layer 3, embeddings, head did not
 
 
+def test_exported_script_names_bad_data_in_one_line(tiny_dir, tmp_path, capsys, monkeypatch):
+    import runpy
+
+    root, _ = tiny_dir
+    export_plan(hf_plan().save(tmp_path / "plan.yaml"), "hf", tmp_path / "export")
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text(json.dumps({"title": "no usable field"}) + "\n")
+    monkeypatch.setattr(sys, "argv", ["train_layerwise.py", "--model", str(root / "model"), "--data", str(bad)])
+    with pytest.raises(SystemExit) as exit_:  # run as a script, in this process
+        runpy.run_path(str(tmp_path / "export" / "train_layerwise.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "title" in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_exported_script_static_lora_plan(tiny_dir, tmp_path):
-    plan = make_plan(layers=[2, 3], active_layers=2, scorer="semantic", scorer_options={}, lora_rank=4,
-                     train=TrainConfig(layers=[2, 3], batch_size=2, seq_len=16), train_embeddings=False)
+    root, data = tiny_dir
+    plan = hf_plan(layers=[2, 3], active_layers=2, scorer="semantic", scorer_options={}, lora_rank=4,
+                   train=TrainConfig(layers=[2, 3], batch_size=2, seq_len=16), train_embeddings=False)
     export_plan(plan.save(tmp_path / "plan.yaml"), "hf", tmp_path / "export")
-    summary = run_script(tmp_path / "export" / "train_layerwise.py", tiny_dir / "model", tiny_dir / "train.jsonl", tmp_path / "run", 3)
+    proc = run_script(tmp_path / "export" / "train_layerwise.py", root / "model", data["question.jsonl"], tmp_path / "run", 3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "layerwise_history.json").read_text())
     assert summary["global_step"] == 3 and summary["switches"] == 0
     assert summary["history"] and all(active == [2, 3] for active in summary["history"])
     # the head trained outside the adapters, so the script saved the merged model, not an adapter

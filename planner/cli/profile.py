@@ -53,8 +53,58 @@ def validate(args):
         problems.append(f"--model must have decoder layers, but {spec.name!r} has {spec.num_layers}")
     if spec is not None and cfg is not None and (problem := seq_len_problem(spec, cfg.seq_len)):
         problems.append(problem)
+    if args.out is not None:
+        problem = writable_problem(args.out)
+        if problem:
+            problems.append(f"--out must be a file path this user can write, but {args.out!r} {problem}")
     collect(problems)
     return spec, cfg
+
+
+def writable_problem(path) -> str | None:
+    """Why ``path`` cannot be written, found by opening it for appending (before anything is measured), or None."""
+    from pathlib import Path
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return "is a directory"
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        return f"cannot be opened for writing ({exc.strerror or type(exc).__name__})"
+    if not existed:
+        path.unlink(missing_ok=True)
+    return None
+
+
+def _progress():
+    """A progress bar on a terminal (stderr); otherwise one line per measured step on stderr."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def lines():
+        def on_step(done, total, text):
+            print(f"profile [{done}/{total}] {text}", file=sys.stderr, flush=True)
+        yield on_step
+
+    @contextlib.contextmanager
+    def bar():
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("profile"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), TextColumn("{task.description}"), transient=True,
+                      console=Console(stderr=True)) as progress:
+            task = progress.add_task("building and running the first model", total=None)
+
+            def on_step(done, total, text):
+                progress.update(task, completed=done, total=total, description=text)
+            yield on_step
+
+    return bar() if sys.stderr.isatty() else lines()
 
 
 def run(args) -> int:
@@ -65,10 +115,26 @@ def run(args) -> int:
 
     from planner.cost.profile import measure_profile, profile_dir, profile_filename
 
+    from planner.cost.profile import local_device_name
+    from planner.errors import PlannerError
+
     spec, cfg = validate(args)
-    prof = measure_profile(spec, device=args.device, dtype=cfg.dtype, batch_size=cfg.batch_size, seq_len=cfg.seq_len)
+    if not args.out:
+        name = local_device_name(args.device)
+        default = profile_dir() / profile_filename(name or "device")
+        problem = writable_problem(default)
+        if problem:
+            raise PlannerError(f"the profile directory must be writable (set $PLANNER_PROFILE_DIR or --out), "
+                               f"but {str(default)!r} {problem}")
+    with _progress() as on_step:
+        prof = measure_profile(spec, device=args.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
+                               seq_len=cfg.seq_len, on_step=on_step)
     path = Path(args.out).expanduser() if args.out else profile_dir() / profile_filename(prof.device_name)
-    prof.save(path)
+    try:
+        prof.save(path)
+    except OSError as exc:
+        raise PlannerError(f"--out must be a file path this user can write, but {str(path)!r} cannot be written "
+                           f"({exc.strerror or type(exc).__name__})") from None
     if args.json:
         print(json.dumps({"path": str(path), **prof.model_dump(mode="json")}))
         return 0

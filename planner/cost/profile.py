@@ -135,6 +135,13 @@ class _CudaMeter:
         self.torch.cuda.empty_cache()
 
     def allocated(self) -> int:
+        """Bytes tensors requested (``requested_bytes``): exact tensor sizes, without the block rounding and
+        unsplit-block slack that make ``memory_allocated`` differences depend on the cache's history."""
+        self.sync()
+        return int(self.torch.cuda.memory_stats().get("requested_bytes.all.current", 0)
+                   or self.torch.cuda.memory_allocated())
+
+    def allocated_blocks(self) -> int:
         self.sync()
         return int(self.torch.cuda.memory_allocated())
 
@@ -184,6 +191,8 @@ class _TrackerMeter:
     def allocated(self) -> int:
         return int(self.tracker.current_bytes)
 
+    allocated_blocks = allocated
+
     def reset_peak(self):
         self.tracker.reset_peak()
 
@@ -219,6 +228,8 @@ def role_config(role: str, depth: int, *, dtype: str, batch_size: int, seq_len: 
 
 def _one_run(spec, depth: int, role: str, *, device: str, dtype: str, batch_size: int, seq_len: int, meter) -> dict:
     """Allocated bytes at the points of one measured training step (the second one) of ``depth`` layers in ``role``."""
+    import torch
+
     from planner.cost.measure import make_batch, make_optimizer, prepare_model, state_tensors, training_step
     from planner.spec import build_model
 
@@ -226,7 +237,10 @@ def _one_run(spec, depth: int, role: str, *, device: str, dtype: str, batch_size
     layers = cfg.layers
     meter.release()
     m_empty = meter.allocated()
-    model = prepare_model(build_model(spec, dtype=dtype, num_layers=depth).to(device), cfg, layers)
+    m_empty_blocks = meter.allocated_blocks()
+    with torch.device(device):  # built and initialized on the device: no CPU initialization, no copy
+        model = build_model(spec, dtype=dtype, num_layers=depth)
+    model = prepare_model(model, cfg, layers)
     optimizer = make_optimizer(model, cfg)
     batch = {k: v.to(device) for k, v in make_batch(spec.vocab_size, batch_size, seq_len).items()}
     meter.track(state_tensors(model, None, batch))
@@ -239,7 +253,7 @@ def _one_run(spec, depth: int, role: str, *, device: str, dtype: str, batch_size
     peaks = meter.peaks()
     out = {"weights": m_built - m_empty, "optimizer": m_state - m_built,
            "activation": points.values["forward"] - m_state, "gradient": points.values["backward"] - m_state,
-           "peaks": peaks, "step_peak": peaks["allocated"] - m_empty}
+           "peaks": peaks, "step_peak": peaks["allocated"] - m_empty_blocks}
     del model, optimizer, batch
     return out
 
@@ -249,7 +263,8 @@ def _per_layer(runs: dict, role: str, depths: tuple[int, int]) -> LayerMeasureme
     step = depths[1] - depths[0]
 
     def diff(key):
-        return round((hi[key] - lo[key]) / step)
+        # exact tensor bytes differ by whole layers; a role that adds no bytes of a kind reads 0
+        return max(0, round((hi[key] - lo[key]) / step))
 
     return LayerMeasurement(role=role, activation_bytes=diff("activation"), gradient_bytes=diff("gradient"),
                             optimizer_bytes=diff("optimizer"), weight_bytes=diff("weights"))
@@ -259,17 +274,35 @@ def _measure_workspace(torch, meter, dtype) -> int:
     """Bytes the cuBLAS handles keep after one matmul forward and backward (each thread's handle has a workspace)."""
     from planner.spec.model import DTYPES
 
-    before = meter.allocated()
+    before = meter.allocated_blocks()
     x = torch.randn(256, 256, device="cuda", dtype=DTYPES[dtype], requires_grad=True)
     (x @ x).float().sum().backward()
     del x
-    return max(0, meter.allocated() - before)
+    return max(0, meter.allocated_blocks() - before)
 
 
 def measure_profile(spec, *, device: str = "cuda", dtype: str = "float32", batch_size: int = 1, seq_len: int = 512,
-                    depths: tuple[int, int] = DEFAULT_DEPTHS) -> DeviceProfile:
-    """Measure per-layer bytes in each role and the device constants by real training steps on ``device``."""
+                    depths: tuple[int, int] = DEFAULT_DEPTHS, on_step=None) -> DeviceProfile:
+    """Measure per-layer bytes in each role and the device constants by real training steps on ``device``.
+
+    ``on_step(done, total, text)`` is called after each measured run and each model check."""
+    import time
+
     import torch
+
+    total_steps = 2 * len(ROLES) * len(depths)
+    done = [0]
+
+    def report(text: str):
+        done[0] += 1
+        if on_step is not None:
+            on_step(done[0], total_steps, text)
+
+    def measured(role, n, meter):
+        t0 = time.perf_counter()
+        run = _one_run(spec, n, role, meter=meter, **kwargs)
+        report(f"measured {role} at {n} layers: step peak {run['step_peak']:,} B ({time.perf_counter() - t0:.1f} s)")
+        return run
 
     if not (isinstance(depths, tuple) and len(depths) == 2 and 2 <= depths[0] < depths[1]):
         raise PlannerError(f"depths must be two layer counts 2 <= n1 < n2, but got {depths!r}")
@@ -280,7 +313,7 @@ def measure_profile(spec, *, device: str = "cuda", dtype: str = "float32", batch
                                "(torch.cuda.is_available() is False); use --device cpu")
         meter = _CudaMeter(torch)
         workspace = _measure_workspace(torch, meter, dtype)
-        runs = {(role, n): _one_run(spec, n, role, meter=meter, **kwargs) for role in ROLES for n in depths}
+        runs = {(role, n): measured(role, n, meter) for role in ROLES for n in depths}
         free, total = torch.cuda.mem_get_info()
         # the context (and kernel images) is what the process holds beyond the allocator's reserve
         context = max(0, int(total - free - torch.cuda.memory_reserved()))
@@ -288,14 +321,20 @@ def measure_profile(spec, *, device: str = "cuda", dtype: str = "float32", batch
     elif device == "cpu":
         meter = _TrackerMeter()
         with meter:
-            runs = {(role, n): _one_run(spec, n, role, meter=meter, **kwargs) for role in ROLES for n in depths}
+            runs = {(role, n): measured(role, n, meter) for role in ROLES for n in depths}
         workspace = context = 0
         name, total = "cpu", None
     else:
         raise PlannerError(f"--device must be cuda or cpu, but got {device!r}")
     peaks = runs[("trainable", depths[1])]["peaks"]
     fragmentation = _fragmentation(peaks)
-    checks = [model_check(spec, role, n, runs[(role, n)]["step_peak"], **kwargs) for role in ROLES for n in depths]
+    checks = []
+    for role in ROLES:
+        for n in depths:
+            t0 = time.perf_counter()
+            checks.append(model_check(spec, role, n, runs[(role, n)]["step_peak"], workspace=workspace, **kwargs))
+            report(f"cost model check {role} at {n} layers: error {100 * checks[-1]['error']:+.2f}% "
+                   f"({time.perf_counter() - t0:.1f} s)")
     return DeviceProfile(
         device=device, device_name=name, total_bytes=total, torch_version=torch.__version__,
         context_bytes=context, workspace_bytes=workspace, fragmentation=fragmentation, measured_model=spec.name,
@@ -308,17 +347,20 @@ def measure_profile(spec, *, device: str = "cuda", dtype: str = "float32", batch
 
 
 def model_check(spec, role: str, depth: int, measured: int, *, device: str, dtype: str, batch_size: int,
-                seq_len: int) -> dict:
+                seq_len: int, workspace: int = 0) -> dict:
     """The cost model's allocated peak for one measured run next to the measured one.
 
     Measured: ``max_memory_allocated`` (CUDA) or the tracker's peak (CPU) during the second step,
-    less what was allocated before the model was built (cuBLAS workspaces, the context's own).
-    Predicted: ``estimate(...).allocated_bytes`` of the same configuration (no overhead).
+    less what was allocated before the model was built (the cuBLAS workspaces, ``workspace``).
+    Predicted: ``estimate(...).allocated_bytes`` of the same configuration with this device's
+    workspaces (which it counts as allocated), less those workspaces.
     """
     from planner.cost import estimate
+    from planner.cost.device import default_profile
 
     cfg = role_config(role, depth, dtype=dtype, batch_size=batch_size, seq_len=seq_len)
-    predicted = int(estimate(spec.with_layers(depth), cfg, device=device).allocated_bytes)
+    prof = default_profile(device).model_copy(update={"workspace_bytes": workspace})
+    predicted = int(estimate(spec.with_layers(depth), cfg, device=device, profile=prof).allocated_bytes) - workspace
     return {"role": role, "layers": depth, "measured_bytes": int(measured), "predicted_bytes": predicted,
             "error": (predicted - measured) / measured if measured else 0.0}
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from planner.cost.events import templates
 from planner.cost.measure import make_batch, prepare_model, state_tensors, training_step, StepHooks
 from planner.cost.tracker import LiveBytesTracker
 from planner.cost.trainable import model_parts
@@ -105,13 +106,15 @@ class TraceResult:
     peak_bytes: int = 0  # the traced step's own peak (raw, above nothing: includes base)
     base_bytes: int = 0
     params: dict = field(default_factory=dict)  # see param_info()
+    events: dict = field(default_factory=dict)  # segment -> allocation/free template (planner.cost.events)
 
     def to_json(self):
         return {"roles": self.roles, "segments": {k: v.to_json() for k, v in self.segments.items()},
                 "layers": {k: v.to_json() for k, v in self.layers.items()},
                 "layer_by_index": [{k: v.to_json() for k, v in d.items()} for d in self.layer_by_index],
                 "frees_input": self.frees_input, "deferred": self.deferred, "input_bytes": self.input_bytes, "x0_held": self.x0_held,
-                "peak_bytes": self.peak_bytes, "base_bytes": self.base_bytes, "params": self.params}
+                "peak_bytes": self.peak_bytes, "base_bytes": self.base_bytes, "params": self.params,
+                "events": self.events}
 
     @classmethod
     def from_json(cls, data):
@@ -121,7 +124,7 @@ class TraceResult:
                    [{k: seg(v) for k, v in d.items()} for d in data["layer_by_index"]],
                    dict(data["frees_input"]), data["input_bytes"], data["x0_held"],
                    {k: tuple(v) for k, v in data["deferred"].items()},
-                   data["peak_bytes"], data["base_bytes"], data["params"])
+                   data["peak_bytes"], data["base_bytes"], data["params"], data["events"])
 
 
 def trainable_for_roles(roles: list[str]) -> list[int]:
@@ -236,8 +239,13 @@ def _segment(events, start, stop, cat_of, skip: set[int] = frozenset()) -> Segme
 
 def run_trace(spec, roles: list[str], *, batch_size: int, seq_len: int, dtype: str, amp: str,
               gradient_checkpointing: bool, lora_rank: int | None, train_embeddings: bool, train_head: bool,
-              fake: bool = False) -> TraceResult:
-    """Trace forward and backward of one step of ``spec`` reduced to ``len(roles)`` layers."""
+              fake: bool = False, kernels: str = "cpu") -> TraceResult:
+    """Trace forward and backward of one step of ``spec`` reduced to ``len(roles)`` layers.
+
+    ``kernels="cuda"``: attention and dropout keep what their CUDA kernels keep
+    (planner.cost.kernels); ``"cpu"``: what the CPU kernels keep."""
+    from planner.cost.kernels import cuda_kernels
+
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from planner.config import TrainConfig
@@ -261,11 +269,13 @@ def run_trace(spec, roles: list[str], *, batch_size: int, seq_len: int, dtype: s
                 tracker.track(state_tensors(model, None, batch))
                 base = tracker.current_bytes
                 tracker.reset_peak()
-                training_step(model, None, batch, amp, marks, run_optimizer=False)
+                with cuda_kernels(kernels == "cuda"), _unpacked_batch(fake):
+                    training_step(model, None, batch, amp, marks, run_optimizer=False)
             marks.remove()
             grads = {tracker.alloc_id(p.grad) for p in model.parameters() if p.grad is not None}
             grads.discard(None)
             result = _cut(tracker, roles, grads, marks.input_ids, marks.last_output)
+            result.events = templates(tracker.events, tracker.marks, roles, marks.input_ids, marks.last_output, grads)
             result.base_bytes = base
             result.params = param_info(model)
             result.peak_bytes = tracker.peak_bytes
@@ -275,6 +285,31 @@ def run_trace(spec, roles: list[str], *, batch_size: int, seq_len: int, dtype: s
             gc.enable()
     _check_roles(result, roles, spec)
     return result
+
+
+@contextlib.contextmanager
+def _unpacked_batch(fake: bool):
+    """transformers looks for packed sequences in ``position_ids`` and, seeing a FakeTensor, cannot read
+    the answer, so it builds an explicit causal mask (which changes the attention kernel): here the
+    batch is one sequence per row, as the real check finds."""
+    try:
+        from transformers import masking_utils
+    except ImportError:  # pragma: no cover
+        masking_utils = None
+    original = getattr(masking_utils, "find_packed_sequence_indices", None)
+    if not fake or original is None:
+        yield
+        return
+
+    def unpacked(*args, **kwargs):
+        original(*args, **kwargs)  # the same temporaries as the real check
+        return None
+
+    masking_utils.find_packed_sequence_indices = unpacked
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original
 
 
 def param_info(model) -> dict:

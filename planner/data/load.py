@@ -4,7 +4,8 @@
 - ``model`` (hub id, preset with a hub id, or local model directory): loaded with
   ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained`` (local directories offline);
   without ``data`` it is fine-tuned on the default built-in task;
-- ``data`` (see :mod:`planner.data.files`): without ``model`` the default model trains on it.
+- ``data`` (see :mod:`planner.data.files`): without ``model`` the default model trains on it;
+  ``builtin:<task>`` names a built-in task (:data:`planner.data.tasks.TASKS`) instead of a file.
 
 Held-out split: a ``random.Random(seed)`` shuffle; 10% of the examples (at least 2, at most
 256) are held out. Metric: exact-match accuracy of the greedy answer (maximize) for
@@ -21,6 +22,7 @@ from pathlib import Path
 from planner.data.default import BATCH_SIZE, DEFAULT_TASK, default_workload, split_sizes, task_examples
 from planner.data.files import read_records, to_pairs
 from planner.data.pretrain import ensure_default_model, quiet_transformers
+from planner.data.tasks import TASKS
 from planner.data.workload import Example, Workload
 from planner.errors import PlannerError, collect
 
@@ -29,6 +31,7 @@ HELD_OUT_FRACTION = 0.1
 MAX_HELD_OUT = 256
 MAX_SEQ_LEN = 512  # tokens; longer text is cut, longer prompt/answer pairs are skipped
 PROMPT_SEPARATOR = "\n"  # between a user prompt and its answer
+BUILTIN = "builtin:"  # --data builtin:<task> names a built-in task
 USER_BATCH_SIZE = 8  # suggested proxy batch size for users' data (longer sequences than the built-in task)
 
 
@@ -40,15 +43,20 @@ def load_workload(model: str | None = None, data: str | None = None, *, seed: in
         problems.append(f"max_examples must be >= {MIN_EXAMPLES}, but got {max_examples}")
     if max_seq_len < 2:
         problems.append(f"max_seq_len must be >= 2 tokens, but got {max_seq_len}")
-    collect(problems)
     model = None if model is None else str(model)
     data = None if data is None else str(data)
+    task = DEFAULT_TASK
+    if data is not None and data.startswith(BUILTIN):
+        task, data = data[len(BUILTIN):], None
+        if task not in TASKS:
+            problems.append(f"--data {BUILTIN}<task> must name one of {sorted(TASKS)}, but got {task!r}")
+    collect(problems)
     if model is None and data is None:
-        return default_workload(seed=seed, max_examples=max_examples)
+        return default_workload(task, seed=seed, max_examples=max_examples)
     if data is None:
         n_train, n_held = split_sizes(max_examples)
-        train, held = task_examples(DEFAULT_TASK, seed=seed, n_train=n_train, n_held_out=n_held)
-        pairs, kind, name, sep = train + held, "pairs", f"default:{DEFAULT_TASK}", ""
+        train, held = task_examples(task, seed=seed, n_train=n_train, n_held_out=n_held)
+        pairs, kind, name, sep = train + held, "pairs", f"default:{task}", ""
     else:
         kind, pairs = to_pairs(read_records(data), data)
         name, sep = data, PROMPT_SEPARATOR

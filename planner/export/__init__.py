@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import PlannerError, collect
-from planner.export.base import EXPORTERS, Export, Exporter, fixed_layers, get_exporter, register_exporter
+from planner.export.base import EXPORTERS, Export, Exporter, fixed_layers, get_exporter, min_depth, register_exporter
 from planner.export import targets  # noqa: F401  (registration)
 
 __all__ = ["EXPORTERS", "Export", "ExportResult", "Exporter", "export_plan", "get_exporter", "register_exporter"]
@@ -73,6 +73,6 @@ def _check(plan) -> None:
             problems.append(f"plan layers must satisfy 0 <= i < {plan.num_layers}, but got {bad}")
         if not fixed:
             problems.append("plan layers must name at least one layer when set, but got []")
-    elif plan.active_layers > plan.num_layers - plan.train.min_depth:
-        problems.append(f"`active_layers <= num_layers - min_depth` must hold, but got {plan.active_layers} > {plan.num_layers} - {plan.train.min_depth}")
+    elif plan.active_layers > plan.num_layers - min_depth(plan):
+        problems.append(f"`active_layers <= num_layers - min_depth` must hold, but got {plan.active_layers} > {plan.num_layers} - {min_depth(plan)}")
     collect(list(dict.fromkeys(problems)))

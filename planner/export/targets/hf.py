@@ -1,8 +1,9 @@
 """Target ``hf``: a runnable Hugging Face Trainer script driven by the planner's own layer sampler.
 
 Two files: ``training_args.json`` (keyword arguments of ``transformers.TrainingArguments``, every
-key one of its dataclass fields) and ``train_layerwise.py`` (reads ``--model``, ``--data``: JSONL
-rows with ``text`` or ``instruction``/``response``, builds the dataset and the Trainer, adds
+key one of its dataclass fields) and ``train_layerwise.py`` (reads ``--model``, default the plan's
+model, and ``--data`` in every format ``planner tune`` reads, with planner's own reader and
+tokenization; builds the Trainer, adds
 :class:`planner.sampling.hf.LayerwiseCallback` around a :class:`planner.sampling.LayerSampler`
 configured from the plan, trains). The sampler runs every scorer, ``min_depth``, frozen or
 trainable embeddings/head and LoRA inside layers, so nothing of the plan is lost.
@@ -12,20 +13,22 @@ from __future__ import annotations
 
 import json
 
-from planner.export.base import HF_OPTIM, Export, Exporter, fixed_layers, gamma, precision, register_exporter
-from planner.export.names import arch_names
+from planner.export.base import (HF_OPTIM, Export, Exporter, fixed_layers, gamma, min_depth, model_id, model_loss, precision,
+                                 register_exporter)
 
 ARGS_FILE = "training_args.json"
 SCRIPT_FILE = "train_layerwise.py"
 
 SCRIPT = '''\
 #!/usr/bin/env python
-"""Layer-wise fine-tuning of {model} with the Hugging Face Trainer (written by `planner export --to hf`).
+\"\"\"Layer-wise fine-tuning of {model} with the Hugging Face Trainer (written by `planner export --to hf`).
 
 Plan: {summary}
-Usage: python train_layerwise.py --model MODEL_DIR_OR_ID --data train.jsonl [--output-dir DIR] [--max-steps N]
-Each JSONL row holds "text", or "instruction" and "response".
-"""
+Usage: python train_layerwise.py --data FILE [--model MODEL_DIR_OR_ID] [--output-dir DIR] [--max-steps N]
+--data takes what `planner tune --data` takes: .jsonl/.json/.csv/.tsv records with instruction/response,
+prompt/completion or question/answer (optional input; the loss is on the answer), or a text field,
+or a .txt/.md file (one example per line, or per paragraph).
+\"\"\"
 
 import argparse
 import json
@@ -33,8 +36,12 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
+from planner.data.files import read_records, to_pairs
+from planner.data.load import PROMPT_SEPARATOR, _tokenize
+from planner.data.workload import collate
+from planner.errors import PlannerError
 from planner.sampling import LayerSampler
 from planner.sampling.hf import LayerwiseCallback
 
@@ -42,27 +49,31 @@ PLAN = {plan}
 HERE = Path(__file__).resolve().parent
 
 
-def read_rows(path):
-    rows = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        if "text" in row:
-            rows.append(str(row["text"]))
-        elif "instruction" in row and "response" in row:
-            rows.append(f"{{row['instruction']}}\\n{{row['response']}}")
-        else:
-            sys.exit(f"--data rows must hold 'text' or 'instruction' and 'response', but line {{number}} has {{sorted(row)}}")
-    if not rows:
-        sys.exit(f"--data must hold at least one row, but {{path}} has none")
-    return rows
+def read_examples(path, tokenizer, seq_len):
+    \"\"\"Token examples of --data, read and tokenized exactly as `planner tune` reads them.\"\"\"
+    kind, pairs = to_pairs(read_records(path), path)
+    examples = _tokenize(pairs, kind, tokenizer, PROMPT_SEPARATOR, seq_len)
+    if not examples:
+        raise PlannerError(f"--data must hold at least one example of at most {{seq_len}} tokens, but {{path!r}} has none")
+    return examples
+
+
+def prepare(model, seed=0):
+    \"\"\"The plan on ``model``: LoRA adapters where the plan has them, and the layer sampler (first draw applied).\"\"\"
+    if PLAN["lora_rank"]:  # the adapters the plan's memory was predicted for: every linear map of every layer
+        from planner.cost.trainable import add_lora
+
+        model = add_lora(model, PLAN["lora_rank"])
+    sampler = LayerSampler(model, gamma=PLAN["gamma"], period=PLAN["period"], scorer=PLAN["scorer"],
+                           scorer_options=PLAN["scorer_options"], train_embeddings=PLAN["train_embeddings"],
+                           train_head=PLAN["train_head"], min_depth=PLAN["min_depth"], seed=seed)
+    return model, sampler
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="model directory or hub id")
-    parser.add_argument("--data", required=True, help="JSONL training data")
+    parser.add_argument("--model", default=PLAN["model_id"], help="model directory or hub id (default: %(default)s)")
+    parser.add_argument("--data", required=True, help="training data, in any format `planner tune --data` reads")
     parser.add_argument("--training-args", default=str(HERE / "{args_file}"), help="TrainingArguments JSON")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--max-steps", type=int, default=None)
@@ -73,17 +84,9 @@ def main(argv=None):
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    examples = read_examples(args.data, tokenizer, args.seq_len)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, PLAN["dtype"]))
     model.config.use_cache = False
-    if PLAN["lora_rank"]:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=PLAN["lora_rank"], lora_alpha=2 * PLAN["lora_rank"],
-                                                 target_modules=PLAN["lora_target_modules"], task_type="CAUSAL_LM"))
-
-    texts = read_rows(args.data)
-    encoded = [tokenizer(t, truncation=True, max_length=args.seq_len) for t in texts]
-    dataset = [{{"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]}} for e in encoded]
 
     kwargs = json.loads(Path(args.training_args).read_text())
     if args.output_dir is not None:
@@ -95,11 +98,9 @@ def main(argv=None):
 
     # the sampler freezes all but the first draw now; the callback adds the frozen layers to the
     # Trainer's optimizer once it exists, and re-draws every `period` optimizer steps
-    sampler = LayerSampler(model, gamma=PLAN["gamma"], period=PLAN["period"], scorer=PLAN["scorer"],
-                           scorer_options=PLAN["scorer_options"], train_embeddings=PLAN["train_embeddings"],
-                           train_head=PLAN["train_head"], min_depth=PLAN["min_depth"], seed=args.seed)
-    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    model, sampler = prepare(model, seed=args.seed)
+    trainer = Trainer(model=model, args=training_args, train_dataset=examples, processing_class=tokenizer,
+                      data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
                       callbacks=[LayerwiseCallback(sampler)])
     result = trainer.train()
     summary = {{"global_step": trainer.state.global_step, "train_loss": result.training_loss,
@@ -116,7 +117,11 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PlannerError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
 '''
 
 
@@ -156,15 +161,15 @@ def script_plan(plan) -> dict:
     static = fixed is not None
     return {
         "model": plan.model,
+        "model_id": model_id(plan),
         "gamma": gamma(plan),
         "period": plan.period,
         "scorer": "fixed" if static else plan.scorer,
         "scorer_options": {"layers": fixed} if static else dict(plan.scorer_options),
         "train_embeddings": plan.train_embeddings,
         "train_head": plan.train_head,
-        "min_depth": 0 if static else plan.train.min_depth,
+        "min_depth": 0 if static else min_depth(plan),
         "lora_rank": plan.lora_rank,
-        "lora_target_modules": list(arch_names(plan).layer_linear_modules) if plan.lora_rank else None,
         "dtype": plan.train.dtype,
         "seq_len": plan.train.seq_len,
     }
@@ -173,14 +178,6 @@ def script_plan(plan) -> dict:
 @register_exporter("hf")
 class HFExporter(Exporter):
     description = "Hugging Face Trainer script with planner's LayerwiseCallback + training_args.json"
-
-    @property
-    def allowed_keys(self) -> frozenset[str]:  # TrainingArguments' own fields, from the installed transformers
-        import dataclasses
-
-        from transformers import TrainingArguments
-
-        return frozenset(f.name for f in dataclasses.fields(TrainingArguments))
 
     def render(self, plan) -> Export:
         from planner.errors import PlannerError
@@ -195,7 +192,7 @@ class HFExporter(Exporter):
         what = f"{sp['gamma']} of {plan.num_layers} layers ({plan.layers_attribute})"
         what += f", fixed {sp['scorer_options']['layers']}" if sp["scorer"] == "fixed" else f", scorer {plan.scorer!r}, re-drawn every {plan.period} steps"
         script = SCRIPT.format(model=plan.model, summary=what, plan=_pyrepr(sp), args_file=ARGS_FILE)
-        return Export(self.name, {SCRIPT_FILE: script, ARGS_FILE: json.dumps(training_args(plan), indent=2) + "\n"})
+        return Export(self.name, {SCRIPT_FILE: script, ARGS_FILE: json.dumps(training_args(plan), indent=2) + "\n"}, model_loss(plan))
 
     def keys(self, filename: str, text: str) -> set[str]:
         if filename == ARGS_FILE:

@@ -1,32 +1,35 @@
 """Target ``llamafactory``: LLaMA-Factory YAML, BAdam layer mode (dynamic plans) or freeze tuning (static).
 
-Keys confirmed against LLaMA-Factory's ``src/llamafactory/hparams/finetuning_args.py``:
-- ``BAdamArgument``: ``use_badam``, ``badam_mode`` (layer | ratio), ``badam_start_block``,
-  ``badam_switch_mode`` (ascending | descending | random | fixed), ``badam_switch_interval`` (50);
-  BAdam's layer mode updates one decoder layer (block) at a time with embeddings and head
-  frozen, and resets the optimizer state at every switch;
-- ``FreezeArguments``: ``freeze_trainable_layers`` (n > 0: the last n layers, n < 0: the first
-  n), ``freeze_trainable_modules`` (``all``), ``freeze_extra_modules`` (comma-separated leaf
-  names of modules outside the layers; ``model/adapter.py`` ``_setup_freeze_tuning`` checks them
-  against ``name.split(".")[-2]`` of every non-layer parameter);
-- ``FinetuningArguments``: ``stage``, ``finetuning_type`` (lora | oft | freeze | full),
-  ``pure_bf16``; ``ModelArguments``: ``model_name_or_path``, ``disable_gradient_checkpointing``
-  (checkpointing is on by default); ``DataArguments``: ``cutoff_len``; plus transformers
-  ``TrainingArguments`` (``do_train``, ``output_dir``, ``learning_rate``, ``optim``, ...).
+Rules read in LLaMA-Factory's code (commit ff6d4d1) and BAdam 1.4:
+- ``hparams/finetuning_args.py``: ``BAdamArgument`` (``use_badam``, ``badam_mode``,
+  ``badam_start_block``, ``badam_switch_mode``, ``badam_switch_interval``), ``FreezeArguments``
+  (``freeze_trainable_layers``: n > 0 the last n layers, n < 0 the first n;
+  ``freeze_trainable_modules``; ``freeze_extra_modules``), ``finetuning_type``, ``pure_bf16``.
+- ``model/adapter.py`` ``_setup_freeze_tuning``: a parameter trains when one of
+  ``".{i}.all"``-style strings (``".{i}."``) or an extra module's leaf name is a *substring* of its
+  name; extra names must be leaf names (``name.split(".")[-2]``) of parameters outside numbered
+  layers. Trainable weights are upcast to float32 unless ``pure_bf16`` or BAdam.
+- ``model/loader.py``: weights load with ``torch_dtype="auto"``, the checkpoint's own dtype.
+- ``train/trainer_utils.py`` ``_create_badam_optimizer``: BAdam's ``BlockOptimizer`` with
+  ``block_prefix_list=None``; BAdam (``badam/block_optim.py``) then finds blocks with the regex
+  ``.*layers.[^.]*\\.`` (embeddings and head never train), switches after the optimizer steps
+  where ``(global_step + 1) % K == 0`` (so the first block trains K-1 steps), starts at block
+  index ``start_block``, drops the optimizer state at each switch and keeps a float32 copy of
+  the active block (``param.clone().float()``).
 """
 
 from __future__ import annotations
 
+import re
+
 import yaml
 
-from planner.export.base import (HF_OPTIM, Export, Exporter, cyclic_order, fixed_layers, gamma, model_id, precision,
-                                 register_exporter, scorer_kind)
+from planner.export.base import (DTYPE_BYTES, FP32_BYTES, HF_OPTIM, Export, Exporter, candidates, cyclic_order,
+                                 fixed_layers, gamma, layer_state_bytes, lora_as_full_loss, min_depth, model_id, model_loss,
+                                 outside_params, precision, register_exporter, scorer_kind)
 from planner.export.names import arch_names
 
-BADAM_KEYS = ("use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval")
-FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules")
-# TrainingArguments fields among the keys (checked against transformers by the tests)
-TRAINING_ARGS = frozenset({"do_train", "output_dir", "learning_rate", "optim", "per_device_train_batch_size", "bf16", "fp16"})
+BADAM_BLOCK = r".*layers.[^.]*\."  # badam/block_optim.py infer_param_groups: layer_pattern
 
 
 def freeze_block(num_layers: int, layers: list[int]) -> tuple[int, list[int]]:
@@ -45,57 +48,56 @@ def freeze_block(num_layers: int, layers: list[int]) -> tuple[int, list[int]]:
     return (n, top) if mean >= (num_layers - 1) / 2 else (-n, bottom)
 
 
+def badam_blocks_found(plan) -> bool:
+    """Whether BAdam's block regex finds exactly the decoder layers in the model's parameter names."""
+    names = arch_names(plan)
+    found = {m[0] for n in names.param_names for m in [re.findall(BADAM_BLOCK, n)] if m}
+    return found == {f"{names.layers_path}.{i}." for i in range(2)}  # the names come from a 2-layer copy
+
+
+def badam_start(plan) -> int:
+    """BAdam's ``start_block`` (a layer index) for the first block of the plan's cyclic schedule
+    (``start_block`` there skips that many blocks of the first round)."""
+    cand, n = candidates(plan), gamma(plan)
+    blocks = [cand[i:i + n] for i in range(0, len(cand), n)]
+    skip = int(plan.scorer_options.get("start_block", 0) or 0)
+    if cyclic_order(plan) == "descending":
+        return blocks[len(blocks) - 1 - skip][-1]
+    return blocks[skip][0]
+
+
+def badam_extra_bytes(plan) -> int:
+    """Bytes BAdam adds over the plan for one active layer: its float32 copy, and float32 moments
+    and gradients where the plan's are half precision."""
+    n = sum(arch_names(plan).layer_numels)
+    e = DTYPE_BYTES[plan.train.dtype]
+    extra = FP32_BYTES * n
+    if e < FP32_BYTES:
+        extra += layer_state_bytes(plan, 1, FP32_BYTES) - layer_state_bytes(plan, 1) + (FP32_BYTES - e) * n
+    return extra
+
+
 @register_exporter("llamafactory")
 class LlamaFactoryExporter(Exporter):
     description = "LLaMA-Factory YAML: BAdam layer mode (dynamic plans) or finetuning_type: freeze (static plans)"
-    allowed_keys = frozenset({
-        *BADAM_KEYS, *FREEZE_KEYS, "model_name_or_path", "stage", "do_train", "finetuning_type", "output_dir",
-        "learning_rate", "optim", "per_device_train_batch_size", "cutoff_len", "bf16", "fp16", "pure_bf16",
-        "disable_gradient_checkpointing",
-    })
 
     def render(self, plan) -> Export:
         bf16, fp16 = precision(plan)
         cfg: dict = {"model_name_or_path": model_id(plan), "stage": "sft", "do_train": True}
-        lost: list[str] = []
+        lost: list[str] = model_loss(plan)
         kind = scorer_kind(plan)
-        if kind == "static":
-            layers = fixed_layers(plan)
-            n, trained = freeze_block(plan.num_layers, layers)
-            cfg.update(finetuning_type="freeze", freeze_trainable_layers=n, freeze_trainable_modules="all")
-            if trained != layers:
-                lost.append(f"fixed layers {layers}: freeze_trainable_layers selects only the first or last n layers; nearest: {n} trains {trained}")
-            extra, lost_parts = self._extra_modules(plan)
-            lost += lost_parts
-            if extra:
-                cfg["freeze_extra_modules"] = ",".join(extra)
-            if plan.lora_rank:
-                lost.append(f"LoRA r={plan.lora_rank} inside the layers: LLaMA-Factory's LoRA has no per-layer selection; exported as freeze tuning of the layers")
+        layers = fixed_layers(plan)
+        if kind != "static" and not badam_blocks_found(plan):
+            layers = candidates(plan)[-gamma(plan):]
+            lost.append(f"BAdam finds its blocks with the regex {BADAM_BLOCK!r}, which matches no parameter of "
+                        f"{plan.layers_attribute}.N: LLaMA-Factory would stop at start; nearest: freeze tuning of layers {layers}")
+        if layers is not None:
+            self._freeze(plan, layers, cfg, lost)
         else:
-            mode = self._switch_mode(plan, lost)
-            cfg.update(finetuning_type="full", use_badam=True, badam_mode="layer", badam_switch_mode=mode,
-                       badam_switch_interval=plan.period)
-            if mode in ("ascending", "descending") and plan.scorer_options.get("start_block"):
-                cfg["badam_start_block"] = int(plan.scorer_options["start_block"])
-            if gamma(plan) != 1:
-                lost.append(f"active_layers={gamma(plan)}: BAdam's layer mode trains one layer at a time; nearest: 1 layer per {plan.period} steps")
-            if plan.train.min_depth > 0:
-                below = "layer 0" if plan.train.min_depth == 1 else f"layers 0..{plan.train.min_depth - 1}"
-                lost.append(f"min_depth={plan.train.min_depth}: BAdam visits all {plan.num_layers} layers, {below} included")
-            if plan.train_embeddings or plan.train_head:
-                parts = [p for p, on in (("embeddings", plan.train_embeddings), ("head", plan.train_head)) if on]
-                lost.append(f"trainable {' and '.join(parts)}: BAdam's layer mode keeps {'them' if len(parts) > 1 else 'it'} frozen")
-            if plan.lora_rank:
-                lost.append(f"LoRA r={plan.lora_rank} inside the layers: BAdam cannot be combined with LoRA; exported as full-parameter BAdam")
+            self._badam(plan, cfg, lost)
         cfg.update(output_dir="saves/planner", learning_rate=plan.learning_rate, optim=HF_OPTIM[plan.train.optimizer],
                    per_device_train_batch_size=plan.train.batch_size, cutoff_len=plan.train.seq_len, bf16=bf16, fp16=fp16)
-        if plan.train.amp != "none":
-            lost.append(f"amp={plan.train.amp} over float32 weights: LLaMA-Factory loads the frozen weights in {plan.train.amp} (trainable ones upcast to float32)")
-        if plan.train.dtype == "bfloat16":
-            cfg["pure_bf16"] = True
-        elif plan.train.dtype == "float16":
-            lost.append("dtype=float16 weights without autocast: LLaMA-Factory has pure_bf16 only; nearest: fp16 autocast")
-            cfg["fp16"] = True
+        lost += self._dtype(plan, cfg, badam=layers is None)
         if not plan.train.gradient_checkpointing:
             cfg["disable_gradient_checkpointing"] = True
         header = (f"# planner export --to llamafactory: plan for {plan.model} ({plan.num_layers} layers)\n"
@@ -103,29 +105,85 @@ class LlamaFactoryExporter(Exporter):
         return Export(self.name, {"llamafactory.yaml": header + yaml.safe_dump(cfg, sort_keys=False)}, lost)
 
     @staticmethod
-    def _switch_mode(plan, lost: list[str]) -> str:
-        kind = scorer_kind(plan)
-        if kind == "ordered":
-            return cyclic_order(plan)
-        if kind == "uniform":
+    def _freeze(plan, layers: list[int], cfg: dict, lost: list[str]) -> None:
+        n, trained = freeze_block(plan.num_layers, layers)
+        cfg.update(finetuning_type="freeze", freeze_trainable_layers=n, freeze_trainable_modules="all")
+        if trained != layers:
+            lost.append(f"fixed layers {layers}: freeze_trainable_layers selects only the first or last n layers; nearest: {n} trains {trained}")
+        names = arch_names(plan)
+        wanted = outside_params(plan)
+        every_layer = trained == list(range(plan.num_layers))  # then a name inside any layer trains anyway
+        extra = []
+        for leaf in dict.fromkeys(p.split(".")[-2] for p in wanted):
+            matched = [p for p in names.param_names if leaf in p]  # _setup_freeze_tuning matches by substring
+            unwanted = [p for p in matched if p not in wanted and not (every_layer and p.startswith(names.layers_path + "."))]
+            if unwanted:
+                mine = [p for p in matched if p in wanted]
+                lost.append(f"{', '.join(mine)} stays frozen: freeze_extra_modules matches {leaf!r} as a substring, "
+                            f"which would also train {', '.join(_any_layer(names, unwanted))}")
+            else:
+                extra.append(leaf)
+        if extra:
+            cfg["freeze_extra_modules"] = ",".join(extra)
+        if plan.lora_rank:
+            lost.append(lora_as_full_loss(plan, "LLaMA-Factory's LoRA has no per-layer selection", "exported as freeze tuning of the layers",
+                                          full_layers=len(trained)))
+
+    @staticmethod
+    def _badam(plan, cfg: dict, lost: list[str]) -> None:
+        kind, n, K = scorer_kind(plan), gamma(plan), plan.period
+        mode = "random"
+        if kind == "ordered" and cyclic_order(plan) != "random":
+            mode = cyclic_order(plan)
+        elif kind == "ordered":
+            if plan.scorer_options.get("start_block"):
+                lost.append(f"start_block={plan.scorer_options['start_block']} with a random order: BAdam's random mode starts with a fresh permutation")
+        elif kind == "uniform":
             lost.append("uniform draws: BAdam's random mode visits every layer once per round in a random order")
         elif kind == "static-deferred":
             lost.append(f"scorer {plan.scorer!r} picks a fixed set once training starts: BAdam cannot; nearest: random order")
         else:
             lost.append(f"scorer {plan.scorer!r} (weighted draws): BAdam has no weighted switching; nearest: random order")
-        return "random"
+        cfg.update(finetuning_type="full", use_badam=True, badam_mode="layer", badam_switch_mode=mode, badam_switch_interval=K)
+        if mode != "random":
+            cfg["badam_start_block"] = badam_start(plan)
+        if n != 1:
+            lost.append(f"active_layers={n}: BAdam's layer mode trains one layer at a time; nearest: 1 layer per {K} steps")
+        if min_depth(plan) > 0:
+            below = "layer 0" if min_depth(plan) == 1 else f"layers 0..{min_depth(plan) - 1}"
+            lost.append(f"min_depth={min_depth(plan)}: BAdam visits all {plan.num_layers} layers, {below} included")
+        if K > 1:
+            lost.append(f"schedule: BAdam switches after the optimizer steps where (step + 1) % {K} == 0, so its first block trains {K - 1} steps, not {K}")
+        if plan.train_embeddings or plan.train_head:
+            parts = [p for p, on in (("embeddings", plan.train_embeddings), ("head", plan.train_head)) if on]
+            lost.append(f"trainable {' and '.join(parts)}: BAdam's layer mode keeps {'them' if len(parts) > 1 else 'it'} frozen")
+        if plan.lora_rank:
+            lost.append(lora_as_full_loss(plan, "BAdam cannot be combined with LoRA", "exported as full-parameter BAdam", full_layers=1))
+        lost.append(f"memory: BAdam keeps a float32 copy of the active layer (and float32 moments and gradients for half "
+                    f"weights): +{badam_extra_bytes(plan):,} bytes that the plan's peak does not count")
 
     @staticmethod
-    def _extra_modules(plan) -> tuple[list[str], list[str]]:
-        names = arch_names(plan)
-        extra, lost = [], []
-        if plan.train_embeddings:
-            extra += names.embedding_modules
-        if plan.train_head:
-            extra += names.head_modules
-            if names.tied and not plan.train_embeddings:
-                lost.append("train_head without train_embeddings: the output embedding is tied to the input one, so it stays frozen")
-        return list(dict.fromkeys(extra)), lost
+    def _dtype(plan, cfg: dict, badam: bool) -> list[str]:
+        """LLaMA-Factory's weights are the checkpoint's dtype; trainable ones upcast to float32 unless pure_bf16 or BAdam."""
+        dtype, amp = plan.train.dtype, plan.train.amp
+        stored = arch_names(plan).checkpoint_dtype
+        if dtype == "bfloat16":
+            cfg["pure_bf16"] = True
+        if dtype == "float16":
+            cfg["fp16"] = True
+            return ["dtype=float16 weights without autocast: LLaMA-Factory has pure_bf16 only; nearest: fp16 autocast, trainable weights in float32"]
+        if stored == dtype:
+            return []
+        said = f"the checkpoint's dtype ({stored})" if stored else "the checkpoint's dtype, which the model's config does not state"
+        kept = "" if dtype == "bfloat16" or badam else ", trainable ones upcast to float32"
+        what = f"{dtype} weights" + (f" with {amp} autocast" if amp != "none" else "")
+        return [f"dtype: LLaMA-Factory loads the weights in {said}{kept}; the plan is for {what}"]
 
     def keys(self, filename: str, text: str) -> set[str]:
         return set(yaml.safe_load(text))
+
+
+def _any_layer(names, params: list[str]) -> list[str]:
+    """Parameter names with the layer index written as N, once each (the names come from a 2-layer copy)."""
+    prefix = re.escape(names.layers_path) + r"\.\d+\."
+    return list(dict.fromkeys(re.sub(prefix, f"{names.layers_path}.N.", p) for p in params))

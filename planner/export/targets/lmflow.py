@@ -1,6 +1,6 @@
 """Target ``lmflow``: a shell script running LMFlow's ``examples/finetune.py`` with LISA flags.
 
-Keys confirmed against LMFlow's ``src/lmflow/args.py``:
+Keys and rules read in LMFlow's code (commit f3597db), ``src/lmflow/args.py``:
 - ``FinetunerArguments(TrainingArguments)``: ``use_lisa``, ``lisa_activated_layers`` (2),
   ``lisa_interval_steps`` (20), ``lisa_layers_attribute`` (``model.model.layers``), plus every
   transformers ``TrainingArguments`` field (``learning_rate``, ``bf16``, ``optim``, ...);
@@ -10,26 +10,17 @@ LMFlow's ``DynamicLayerActivationCallback`` keeps the ``*ForCausalLM`` module as
 and evaluates ``"self." + lisa_layers_attribute``: its path has one more ``model.`` in front of
 ``plan.layers_attribute`` (llama: ``model.model.layers``, gpt2: ``model.transformer.h``). It draws
 ``np.random.choice(range(L), n, replace=False)`` every K steps (step 0 included) and toggles
-only the decoder layers: everything else (embeddings, head) trains throughout.
+only ``requires_grad`` of the decoder layers (``src/lmflow/pipeline/utils/lisa_trainer.py``):
+everything else (embeddings, head) trains throughout, and the Trainer's optimizer keeps the
+moments of layers that go frozen. Without ``--use_lisa`` every parameter trains.
 """
 
 from __future__ import annotations
 
 import shlex
 
-from planner.export.base import HF_OPTIM, Export, Exporter, draw_loss, gamma, model_id, precision, register_exporter
-
-LMFLOW_ARGS = frozenset({
-    # FinetunerArguments (LISA)
-    "use_lisa", "lisa_activated_layers", "lisa_interval_steps", "lisa_layers_attribute",
-    # TrainingArguments fields FinetunerArguments inherits
-    "output_dir", "learning_rate", "per_device_train_batch_size", "gradient_checkpointing", "optim", "bf16", "fp16",
-    "do_train",
-    # ModelArguments / DatasetArguments
-    "model_name_or_path", "torch_dtype", "dataset_path", "block_size",
-})
-# the TrainingArguments subset above must be real TrainingArguments fields (checked by the tests)
-TRAINING_ARGS = frozenset({"output_dir", "learning_rate", "per_device_train_batch_size", "gradient_checkpointing", "optim", "bf16", "fp16", "do_train"})
+from planner.export.base import (HF_OPTIM, Export, Exporter, draw_loss, fixed_layers, gamma, lora_as_full_loss, model_id,
+                                 model_loss, precision, register_exporter, stale_state_loss)
 
 
 def lmflow_layers_attribute(layers_attribute: str) -> str:
@@ -40,16 +31,18 @@ def lmflow_layers_attribute(layers_attribute: str) -> str:
 @register_exporter("lmflow")
 class LMFlowExporter(Exporter):
     description = "LMFlow finetune command (--use_lisa 1 --lisa_activated_layers N --lisa_interval_steps K ...)"
-    allowed_keys = LMFLOW_ARGS
 
     def render(self, plan) -> Export:
         bf16, fp16 = precision(plan)
         n = gamma(plan)
-        args: list[tuple[str, object]] = [
+        every_layer = fixed_layers(plan) == list(range(plan.num_layers))
+        lisa: list[tuple[str, object]] = [] if every_layer else [
             ("use_lisa", 1),
             ("lisa_activated_layers", n),
             ("lisa_interval_steps", plan.period),
             ("lisa_layers_attribute", lmflow_layers_attribute(plan.layers_attribute)),
+        ]
+        args: list[tuple[str, object]] = lisa + [
             ("learning_rate", plan.learning_rate),
             ("optim", HF_OPTIM[plan.train.optimizer]),
             ("per_device_train_batch_size", plan.train.batch_size),
@@ -60,12 +53,16 @@ class LMFlowExporter(Exporter):
             ("fp16", int(fp16)),
             ("do_train", 1),
         ]
-        lost = draw_loss(plan, "LMFlow LISA", f"--lisa_activated_layers {n} drawn uniformly from all {plan.num_layers} layers every {plan.period} steps")
+        lost = model_loss(plan)
+        if not every_layer:  # every layer at once is plain full fine-tuning, LMFlow's default
+            lost += draw_loss(plan, "LMFlow LISA", f"--lisa_activated_layers {n} drawn uniformly from all {plan.num_layers} layers every {plan.period} steps")
+            lost += stale_state_loss(plan, "LMFlow's LISA")
         if not plan.train_embeddings or not plan.train_head:
             frozen = [part for part, on in (("embeddings", plan.train_embeddings), ("head", plan.train_head)) if not on]
-            lost.append(f"frozen {' and '.join(frozen)}: LMFlow's LISA trains every parameter outside the decoder layers")
+            lost.append(f"frozen {' and '.join(frozen)}: LMFlow trains every parameter outside the decoder layers")
         if plan.lora_rank:
-            lost.append(f"LoRA r={plan.lora_rank} inside the layers: LMFlow's LISA switches whole layers (--use_lora is a separate mode); exported as full fine-tuning of the drawn layers")
+            lost.append(lora_as_full_loss(plan, "LMFlow's LISA switches whole layers (--use_lora is a separate mode)",
+                                          "exported as full fine-tuning of the layers"))
         lines = [
             "#!/usr/bin/env bash",
             f"# planner export --to lmflow: plan for {plan.model} ({plan.num_layers} layers); run from an LMFlow checkout",

@@ -11,7 +11,6 @@ from planner.plan import Plan
 @register_exporter("planner")
 class PlanExporter(Exporter):
     description = "the plan YAML itself (round-trips through Plan.load and Plan.save unchanged)"
-    allowed_keys = frozenset(Plan.model_fields)
 
     def render(self, plan: Plan) -> Export:
         # the same serialization as Plan.save, so load -> export -> load is the identity

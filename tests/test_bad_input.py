@@ -1,0 +1,133 @@
+"""Every bad input a newcomer may give: one line on stderr naming the value and the rule, exit code 2.
+
+Each case runs the real command line (``main``) before any training or download; the hub cases
+run the installed ``planner`` in a fresh process, as a user would.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from planner.cli.main import main
+
+PLANNER = str(Path(sys.executable).with_name("planner"))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Bad files: binary bytes under each name, a journal 'file' that is a directory, an encoder-only model."""
+    from transformers import BertConfig
+
+    root = tmp_path_factory.mktemp("bad")
+    binary = bytes(range(256)) * 8  # not UTF-8 (0x80 cannot start a character)
+    for name in ("weights.bin", "config.json", "plan.yaml", "profile.json"):
+        (root / name).write_bytes(binary)
+    (root / "journal.log").mkdir()
+    (root / "wrong-profile.json").write_text(json.dumps({"device": "cuda", "context": "big"}))
+    bert = root / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                            intermediate_size=64, vocab_size=99).to_dict()))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLANNER_PROFILE_DIR", str(tmp_path / "profiles"))
+    monkeypatch.chdir(tmp_path)  # nothing lands in the checkout (studies/, export/, reports/)
+
+
+# (argv with {root} for the bad files, what the one line must contain: the flag/value and the rule)
+CASES = {
+    "estimate --vram 1e400GB": (["estimate", "--model", "gpt2", "--vram", "1e400GB"],
+                                ["--vram must be at most", "'1e400GB'"]),
+    "tune --vram 1e400GB": (["tune", "--vram", "1e400GB"], ["--vram must be at most", "'1e400GB'"]),
+    "estimate --vram 24": (["estimate", "--model", "gpt2", "--vram", "24"], ["--vram must be a number with a unit", "bare number '24'"]),
+    "tune --vram 24": (["tune", "--vram", "24"], ["--vram must be a number with a unit", "bare number '24'"]),
+    "estimate binary --model": (["estimate", "--model", "{root}/weights.bin"],
+                                ["--model file must be a JSON config", "weights.bin", "utf-8"]),
+    "estimate binary config.json": (["estimate", "--model", "{root}/config.json"], ["--model file must be a JSON config", "config.json"]),
+    "profile binary --model": (["profile", "--model", "{root}/weights.bin", "--device", "cpu"],
+                               ["--model file must be a JSON config", "weights.bin"]),
+    "tune binary --model": (["tune", "--vram", "24GB", "--model", "{root}/weights.bin"],
+                            ["--model file must be a JSON config", "weights.bin"]),
+    "estimate binary --profile": (["estimate", "--model", "gpt2", "--profile", "{root}/profile.json"],
+                                  ["--profile must be a device profile JSON", "profile.json"]),
+    "tune binary --profile": (["tune", "--vram", "24GB", "--profile", "{root}/profile.json"],
+                              ["--profile must be a device profile JSON", "profile.json"]),
+    "tune malformed --profile": (["tune", "--vram", "24GB", "--profile", "{root}/wrong-profile.json"],
+                                 ["--profile must be a device profile JSON", "wrong-profile.json"]),
+    "export binary plan": (["export", "{root}/plan.yaml", "--to", "hf"], ["plan file must be YAML", "plan.yaml"]),
+    "report binary plan": (["report", "{root}/plan.yaml"], ["plan file must be YAML", "plan.yaml"]),
+    "tune journal directory": (["tune", "--vram", "24GB", "--storage", "{root}/journal.log"],
+                               ["--storage journal file must be a file", "journal.log' is a directory"]),
+    "estimate BERT": (["estimate", "--model", "{root}/bert"], ["--model must be a decoder-only causal LM", "'bert': an encoder-only"]),
+    "profile BERT": (["profile", "--model", "{root}/bert", "--device", "cpu"], ["decoder-only causal LM", "'bert'"]),
+    "tune BERT": (["tune", "--vram", "24GB", "--model", "{root}/bert"], ["decoder-only causal LM", "'bert'"]),
+    "estimate --seq-len past gpt2's positions": (["estimate", "--model", "gpt2", "--seq-len", "100000", "--layers", "0"],
+                                                 ["--seq-len must be <= the model's n_positions=1,024", "100,000"]),
+    "profile --seq-len past gpt2's positions": (["profile", "--model", "gpt2", "--seq-len", "100000", "--device", "cpu"],
+                                                ["--seq-len must be <= the model's n_positions=1,024", "100,000"]),
+    "tune --seq-len past the target's positions": (["tune", "--vram", "24GB", "--model", "llama-2-7b", "--seq-len", "8192"],
+                                                   ["--seq-len must be <= the model's max_position_embeddings=4,096", "8,192"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2(case, files, capsys):
+    argv, needles = CASES[case]
+    code = main([a.replace("{root}", str(files)) for a in argv])
+    captured = capsys.readouterr()
+    err = captured.err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"planner {argv[0]}: error: "), err
+    for needle in needles:
+        assert needle in err, err
+    assert captured.out == ""
+
+
+def _planner(*argv, env=None, timeout=120):
+    start = time.perf_counter()
+    proc = subprocess.run([PLANNER, *argv], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PLANNER_PROFILE_DIR": "/nonexistent", **(env or {})})
+    return proc, time.perf_counter() - start
+
+
+def test_hub_id_offline_fails_at_once_without_retries():
+    proc, _ = _planner("estimate", "--model", "nobody-here/no-such-model", env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "'nobody-here/no-such-model' is not cached" in proc.stderr and "HF_HUB_OFFLINE=1" in proc.stderr
+    assert "Retrying" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_hub_id_with_an_unreachable_hub_fails_at_once_without_retries():
+    """No offline variable: the hub's address does not answer (a closed local port stands in for no network)."""
+    env = {"HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "", "https_proxy": "", "ALL_PROXY": "", "all_proxy": "", "HTTP_PROXY": "", "http_proxy": ""}
+    proc, _ = _planner("estimate", "--model", "nobody-here/no-such-model", env=env)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "http://127.0.0.1:9 cannot be reached (127.0.0.1:9: " in proc.stderr
+    assert "Retrying" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_installed_command_names_a_binary_model_file(files):
+    proc, _ = _planner("estimate", "--model", str(files / "weights.bin"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--model file must be a JSON config" in proc.stderr
+
+
+def test_a_file_system_error_is_one_line(monkeypatch, capsys):
+    import planner.cli.estimate as estimate_cli
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/root/locked/out.json")
+
+    monkeypatch.setattr(estimate_cli, "run", denied)
+    assert main(["estimate", "--model", "gpt2"]) == 2
+    err = capsys.readouterr().err
+    assert err == "planner estimate: error: [Errno 13] Permission denied: '/root/locked/out.json'\n"

@@ -1,0 +1,379 @@
+"""Exports applied the way each trainer applies them, next to the plan run by planner's own sampler.
+
+Every runner builds the same tiny model from the plan's config, applies one export with the
+trainer's rule, and takes a few optimizer steps on a fixed batch, recording per step which
+parameters of the base model changed (peft adapters merged back), when layers were drawn, and
+the optimizer state and extra weight copies the trainer holds. peft and BAdam run as installed;
+the rules of trainers that are not installable here are reproduced from their code, each with
+the file and commit it comes from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import io
+import json
+import re
+import shlex
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache, reduce
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+import yaml
+
+from planner.sampling import LayerSampler
+from planner.spec import build_model, load_spec
+
+STEPS = 6
+LR = 1e-2
+SEED = 0
+
+
+@dataclass
+class Run:
+    trained: list[frozenset[str]] = field(default_factory=list)  # per step: base parameter names whose value changed
+    draws: list[int] = field(default_factory=list)  # steps at which the layers were (re)drawn
+    rule: tuple = ()  # how random draws are made: (kind, candidates, layers per draw); () when not random
+    state_bytes: int = 0  # the most optimizer state held after any step
+    copy_bytes: int = 0  # weight copies the trainer keeps beside the model's own weights
+    error: str | None = None  # the trainer would stop (what it raises)
+
+
+# -- the shared loop ---------------------------------------------------------------------------
+
+def tiny_model(plan):
+    """The plan's model, built from its config file with random weights (seeded)."""
+    return build_model(load_spec(plan.model), seed=SEED)
+
+
+def batch_for(model) -> dict:
+    g = torch.Generator().manual_seed(SEED)
+    ids = torch.randint(0, model.config.vocab_size, (2, 8), generator=g)
+    return {"input_ids": ids, "labels": ids}
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def effective_weights(model) -> dict[str, torch.Tensor]:
+    """The base model's parameters as its forward uses them: adapters merged, saved-module copies in place."""
+    if _is_peft(model):
+        model = copy.deepcopy(model).merge_and_unload()
+    return {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
+
+
+def state_bytes(optimizer) -> int:
+    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+
+
+def optimizer_for(name: str, params):
+    """transformers ``OptimizerNames`` as torch optimizers (the trainers' optim names)."""
+    return {"adamw_torch": torch.optim.AdamW, "sgd": torch.optim.SGD}[name](params, lr=LR)
+
+
+def train(model, optimizer, run: Run, *, begin=None, before_step=None, end=None, held=None, steps: int | None = None) -> Run:
+    """``steps`` (default STEPS) optimizer steps as the HF Trainer takes them: callbacks at step begin, zero_grad after."""
+    steps = STEPS if steps is None else steps
+    batch = batch_for(model)
+    model.train()
+    after = effective_weights(model)
+    for step in range(steps):
+        if begin is not None:
+            begin(step)  # callbacks toggle requires_grad only: the weights are still `after` of the last step
+        before = after
+        model(**batch).loss.backward()
+        if before_step is not None:
+            before_step(step)
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        if end is not None:
+            end(step)
+        after = effective_weights(model)
+        run.trained.append(frozenset(n for n in before if not torch.equal(before[n], after[n])))
+        run.state_bytes = max(run.state_bytes, held() if held else state_bytes(optimizer))
+    return run
+
+
+# -- planner: the plan itself, run by planner's sampler -------------------------------------------
+
+def plan_rule(plan) -> tuple:
+    """How the plan draws at random, by its scorer (the sampler's own definitions)."""
+    depth = getattr(plan, "min_depth", 0) or plan.train.min_depth
+    cand = tuple(range(depth, plan.num_layers))
+    if plan.layers is not None or plan.scorer == "fixed" or plan.active_layers == len(cand):
+        return ()
+    if plan.scorer == "uniform":
+        return ("uniform", cand, plan.active_layers)
+    if plan.scorer == "cyclic":
+        order = plan.scorer_options.get("order", "ascending")
+        return ("permutation", cand, plan.active_layers) if order == "random" else ()
+    return (f"weighted:{plan.scorer}", cand, plan.active_layers)
+
+
+def run_sampler(model, sampler, optimizer, rule: tuple) -> Run:
+    run = train(model, optimizer, Run(rule=rule), begin=sampler.begin_step, before_step=sampler.after_backward,
+                end=lambda step: sampler.end_step(step, float("nan"), None))
+    run.draws = [h["step"] for h in sampler.history]
+    return run
+
+
+def run_plan(plan) -> Run:
+    """The truth: the plan's fields on planner's LayerSampler (LoRA as the cost model adds it)."""
+    return _run_plan(plan.to_yaml())
+
+
+@lru_cache(maxsize=None)
+def _run_plan(text: str) -> Run:
+    from planner.cost.trainable import add_lora
+    from planner.plan import Plan
+
+    plan = Plan.model_validate(yaml.safe_load(text))
+    model = tiny_model(plan)
+    if plan.lora_rank:
+        model = add_lora(model, plan.lora_rank)
+    static = plan.layers is not None
+    sampler = LayerSampler(model, gamma=len(plan.layers) if static else plan.active_layers, period=plan.period,
+                           scorer="fixed" if static else plan.scorer,
+                           scorer_options={"layers": plan.layers} if static else plan.scorer_options,
+                           train_embeddings=plan.train_embeddings, train_head=plan.train_head,
+                           min_depth=0 if static else (getattr(plan, "min_depth", 0) or plan.train.min_depth), seed=SEED)
+    optimizer = sampler.make_optimizer(torch.optim.AdamW if plan.train.optimizer == "adamw" else torch.optim.SGD, lr=LR)
+    return run_sampler(model, sampler, optimizer, plan_rule(plan))
+
+
+# -- hf: the exported script's own prepare(), driven as its LayerwiseCallback drives it ------------
+
+def run_hf(plan, files: dict[str, str], tmp: Path) -> Run:
+    script = tmp / "train_layerwise.py"
+    script.write_text(files["train_layerwise.py"])
+    spec = importlib.util.spec_from_file_location("exported_train_layerwise", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = json.loads(files["training_args.json"])
+    model, sampler = module.prepare(tiny_model(plan), seed=SEED)
+    # the Trainer builds its optimizer from the trainable parameters; the callback adds the rest
+    optimizer = optimizer_for(args["optim"], [p for p in model.parameters() if p.requires_grad])
+    sampler.attach_optimizer(optimizer)
+    return run_sampler(model, sampler, optimizer, plan_rule(plan))
+
+
+def run_planner(plan, files: dict[str, str], tmp: Path) -> Run:
+    from planner.plan import Plan
+
+    return run_plan(Plan.model_validate(yaml.safe_load(files["plan.yaml"])))
+
+
+# -- axolotl (commit 067b021) ----------------------------------------------------------------------
+
+def axolotl_match(pattern: str, name: str) -> bool:
+    """src/axolotl/utils/freeze.py LayerNamePattern: '.' not followed by '+' is a literal dot; re.match."""
+    return re.match(re.sub(r"\.(?!\+)", "\\\\.", pattern), name) is not None
+
+
+def run_axolotl(plan, files: dict[str, str], tmp: Path) -> Run:
+    cfg = yaml.safe_load(files["axolotl.yaml"])
+    model = tiny_model(plan)
+    if cfg.get("unfrozen_parameters"):  # src/axolotl/train.py -> freeze_layers_except, at load
+        for name, p in model.named_parameters():
+            p.requires_grad = any(axolotl_match(pat, name) for pat in cfg["unfrozen_parameters"])
+    optimizer = optimizer_for(cfg["optimizer"], [p for p in model.parameters() if p.requires_grad])
+    run = Run(draws=[0])
+    begin = None
+    if cfg.get("lisa_step_interval") and cfg.get("lisa_n_layers"):  # src/axolotl/core/builders/causal.py
+        n, K, path = cfg["lisa_n_layers"], cfg["lisa_step_interval"], cfg.get("lisa_layers_attribute", "model.layers")
+        layers = reduce(getattr, path.split("."), model)
+        np.random.seed(SEED)
+        run = Run(rule=("uniform", tuple(range(len(layers))), n))
+
+        def begin(step):  # src/axolotl/utils/callbacks/lisa.py LISACallback.on_step_begin
+            if step % K == 0 or step == 1:
+                for layer in layers:
+                    for p in layer.parameters():
+                        p.requires_grad = False
+                for idx in np.random.choice(range(len(layers)), n, replace=False):
+                    for p in layers[idx].parameters():
+                        p.requires_grad = True
+                run.draws.append(step)
+    return train(model, optimizer, run, begin=begin)
+
+
+# -- LMFlow (commit f3597db) -----------------------------------------------------------------------
+
+LMFLOW_CLASS_LAYERS = {  # src/lmflow/pipeline/utils/lisa_trainer.py class_to_layers_map
+    "LlamaForCausalLM": "model.model.layers", "Qwen2ForCausalLM": "model.model.layers",
+    "MistralForCausalLM": "model.model.layers", "MixtralForCausalLM": "model.model.layers",
+    "GemmaForCausalLM": "model.model.layers", "GPT2LMHeadModel": "model.transformer.h",
+    "HymbaForCausalLM": "model.model.layers",
+}
+
+
+def lmflow_args(text: str) -> dict[str, str]:
+    toks = shlex.split(text, comments=True)
+    return {t[2:]: toks[i + 1] for i, t in enumerate(toks) if t.startswith("--")}
+
+
+def run_lmflow(plan, files: dict[str, str], tmp: Path) -> Run:
+    args = lmflow_args(files["lmflow_finetune.sh"])
+    model = tiny_model(plan)  # full fine-tuning: every parameter trainable
+    optimizer = optimizer_for(args["optim"], [p for p in model.parameters() if p.requires_grad])
+    run = Run(draws=[0])
+    begin = None
+    if args.get("use_lisa", "0") not in ("0", "False", "false"):
+        n, K = int(args.get("lisa_activated_layers", 2)), int(args.get("lisa_interval_steps", 20))
+        path = LMFLOW_CLASS_LAYERS.get(type(model).__name__) or args.get("lisa_layers_attribute", "model.model.layers")
+
+        class Callback:  # DynamicLayerActivationCallback evaluates "self." + path with self.model the causal LM
+            def __init__(self, model):
+                self.model = model
+
+        layers = eval("self." + path, {}, {"self": Callback(model)})  # noqa: S307 - LMFlow's own lookup
+        np.random.seed(SEED)
+        run = Run(rule=("uniform", tuple(range(len(layers))), n))
+
+        def begin(step):  # on_step_begin: switch when global_step % interval_steps == 0
+            if step % K == 0:
+                for layer in layers:
+                    for p in layer.parameters():
+                        p.requires_grad = False
+                for idx in np.random.choice(range(len(layers)), n, replace=False):
+                    for p in layers[idx].parameters():
+                        p.requires_grad = True
+                run.draws.append(step)
+    return train(model, optimizer, run, begin=begin)
+
+
+# -- LLaMA-Factory (commit ff6d4d1) with BAdam (installed) -----------------------------------------
+
+def llamafactory_freeze(model, cfg: dict) -> None:
+    """src/llamafactory/model/adapter.py _setup_freeze_tuning (freeze_trainable_modules: all, no LLaMA-Pro)."""
+    config = model.config
+    num_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None) or getattr(config, "n_layer", None)
+    n = int(cfg["freeze_trainable_layers"])
+    ids = range(max(0, num_layers - n), num_layers) if n > 0 else range(min(-n, num_layers))
+    non_hidden = {name.split(".")[-2] for name, _ in model.named_parameters() if re.search(r"\.\d+\.", name) is None}
+    trainable = [".{:d}.{}".format(i, "") for i in ids]
+    extra = cfg.get("freeze_extra_modules")
+    for module_name in (extra.split(",") if extra else []):
+        if module_name not in non_hidden:
+            raise ValueError(f"Module {module_name} is not found, please choose from {', '.join(non_hidden)}")
+        trainable.append(module_name)
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(t in name for t in trainable))
+
+
+def run_llamafactory(plan, files: dict[str, str], tmp: Path) -> Run:
+    with contextlib.ExitStack() as quiet:
+        return _run_llamafactory(plan, files, quiet)
+
+
+def _run_llamafactory(plan, files: dict[str, str], quiet: contextlib.ExitStack) -> Run:
+    cfg = yaml.safe_load(files["llamafactory.yaml"])
+    model = tiny_model(plan)
+    try:
+        if cfg["finetuning_type"] == "freeze":
+            llamafactory_freeze(model, cfg)
+            optimizer = optimizer_for(cfg["optim"], [p for p in model.parameters() if p.requires_grad])
+            return train(model, optimizer, Run(draws=[0]))
+        assert cfg["finetuning_type"] == "full" and cfg.get("use_badam") and cfg.get("badam_mode") == "layer", cfg
+        from badam import BlockOptimizer
+
+        quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))  # BAdam prints every switch
+        quiet.enter_context(mock.patch("badam.block_optim.gc.collect"))  # a full collection per switch: slow, no effect here
+        # src/llamafactory/train/trainer_utils.py _create_badam_optimizer (every parameter trainable: _setup_full_tuning)
+        base = optimizer_for(cfg["optim"], [p for p in model.parameters() if p.requires_grad])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # BAdam warns about float32 weights
+            optimizer = BlockOptimizer(base_optimizer=base, named_parameters_list=list(model.named_parameters()),
+                                       block_prefix_list=None, switch_block_every=cfg["badam_switch_interval"],
+                                       start_block=cfg.get("badam_start_block"), switch_mode=cfg["badam_switch_mode"], verbose=0)
+    except (ValueError, IndexError) as exc:
+        return Run(error=f"LLaMA-Factory stops: {type(exc).__name__}: {exc}")
+    L = plan.num_layers
+    run = Run(draws=[0], rule=("permutation", tuple(range(L)), 1) if cfg["badam_switch_mode"] == "random" else ())
+    steps = []
+    switch = optimizer.switch_trainable_params
+
+    def recorded(*args, **kwargs):
+        run.draws.append(steps[-1] + 1)  # called inside step(): the next step trains the new block
+        return switch(*args, **kwargs)
+
+    optimizer.switch_trainable_params = recorded
+    train(model, optimizer, run, begin=steps.append, held=lambda: state_bytes(optimizer.base_optimizer))
+    run.copy_bytes = sum(p.numel() * p.element_size() for p in optimizer.param_idx2hp.values())  # float32 copies of the block
+    run.draws = [d for d in run.draws if d < len(run.trained)]
+    return run
+
+
+# -- peft (installed) ------------------------------------------------------------------------------
+
+def run_peft(plan, files: dict[str, str], tmp: Path) -> Run:
+    from peft import LoraConfig, get_peft_model
+
+    (tmp / "adapter_config.json").write_text(files["adapter_config.json"])
+    config = LoraConfig.from_pretrained(str(tmp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(tiny_model(plan), config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    if plan.train.optimizer == "sgd":
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
+    run = train(model, optimizer, Run(draws=[0]), steps=2)  # nothing switches: two steps show all (merging is slow)
+    run.copy_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".modules_to_save." in n)
+    return run
+
+
+RUNNERS = {"planner": run_planner, "hf": run_hf, "axolotl": run_axolotl, "lmflow": run_lmflow,
+           "llamafactory": run_llamafactory, "peft": run_peft}
+
+
+# -- comparison ------------------------------------------------------------------------------------
+
+def split(plan, names: frozenset[str]) -> tuple[frozenset[str], dict[int, frozenset[str]]]:
+    """(names outside the decoder layers, {layer index: names inside it without the layer prefix})."""
+    prefix = re.compile(re.escape(plan.layers_attribute) + r"\.(\d+)\.(.*)")
+    outside, inside = set(), {}
+    for n in names:
+        m = prefix.fullmatch(n)
+        if m:
+            inside.setdefault(int(m.group(1)), set()).add(m.group(2))
+        else:
+            outside.add(n)
+    return frozenset(outside), {i: frozenset(v) for i, v in inside.items()}
+
+
+def differences(plan, truth: Run, got: Run) -> dict[str, list[str]]:
+    """How ``got`` (a trainer applying an export) differs from ``truth`` (the plan), by kind:
+    ``training`` (what trains, when) and ``memory`` (optimizer state, weight copies); empty when it does not."""
+    if got.error:
+        return {"training": [got.error]}
+    out, memory = [], []
+    random_draws = bool(truth.rule) or bool(got.rule)
+    content = set().union(*(set(v) for s in truth.trained for v in split(plan, s)[1].values()))
+    for step, (t, g) in enumerate(zip(truth.trained, got.trained)):
+        t_out, t_in = split(plan, t)
+        g_out, g_in = split(plan, g)
+        if t_out != g_out:
+            out.append(f"step {step}: outside the layers {sorted(g_out ^ t_out)} differ")
+        if any(v != content for v in g_in.values()):
+            out.append(f"step {step}: inside a layer {sorted(set().union(*g_in.values()) ^ content)} differ")
+        if random_draws and len(g_in) != len(t_in):
+            out.append(f"step {step}: {len(g_in)} layers train, the plan trains {len(t_in)}")
+        if not random_draws and set(g_in) != set(t_in):
+            out.append(f"step {step}: layers {sorted(g_in)} train, the plan trains {sorted(t_in)}")
+    if random_draws:
+        if got.rule != truth.rule:
+            out.append(f"draws {got.rule}, the plan draws {truth.rule}")
+        if got.draws != truth.draws:
+            out.append(f"draws at steps {got.draws}, the plan at {truth.draws}")
+    if got.state_bytes > truth.state_bytes:
+        memory.append(f"optimizer state {got.state_bytes:,} bytes, the plan's {truth.state_bytes:,}")
+    if got.copy_bytes:
+        memory.append(f"{got.copy_bytes:,} bytes of weight copies")
+    return {kind: v for kind, v in (("training", out), ("memory", memory)) if v}
