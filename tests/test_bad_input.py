@@ -119,3 +119,15 @@ def test_installed_command_names_a_binary_model_file(files):
     proc, _ = _planner("estimate", "--model", str(files / "weights.bin"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "--model file must be a JSON config" in proc.stderr
+
+
+def test_a_file_system_error_is_one_line(monkeypatch, capsys):
+    import planner.cli.estimate as estimate_cli
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/root/locked/out.json")
+
+    monkeypatch.setattr(estimate_cli, "run", denied)
+    assert main(["estimate", "--model", "gpt2"]) == 2
+    err = capsys.readouterr().err
+    assert err == "planner estimate: error: [Errno 13] Permission denied: '/root/locked/out.json'\n"

@@ -24,12 +24,7 @@ SEQ, BATCH = 32, 2
 @pytest.fixture
 def user_workload(tmp_path):
     """A local model directory, and plain text to fine-tune it on (metric: held-out eval loss)."""
-    import json
-
-    model_dir, _ = write_user_workload(tmp_path)
-    data = tmp_path / "notes.jsonl"
-    data.write_text("\n".join(json.dumps({"text": f"{i} and {i + 1} make {2 * i + 1}"}) for i in range(60)) + "\n")
-    return model_dir, str(data)
+    return write_user_workload(tmp_path, text=True)
 
 
 def measured_peak(spec, cfg: TrainConfig, layers=None) -> int:

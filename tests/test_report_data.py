@@ -346,7 +346,7 @@ def test_a_study_report_is_about_its_target(tmp_path):
     from planner.tune import TuneOptions, run_tune
 
     storage = f"sqlite:///{tmp_path}/s.db"
-    run_tune(TuneOptions(vram="24GB", n_trials=8, steps=2, eval_every=2, storage=storage, study="t", proxy_device="cpu",
+    run_tune(TuneOptions(vram="24GB", model="llama-3-8b", n_trials=8, steps=2, eval_every=2, storage=storage, study="t", proxy_device="cpu",
                          out=str(tmp_path / "plan.yaml")), workload=tiny_workload(), progress=False)
     d = rstudy.study_report_data(rstudy.load_study("t", storage))
     assert "llama-3-8b" in d.title and d.num_layers == 32 and d.vram_bytes == 24 * 10**9 and d.device == "cuda"

@@ -48,7 +48,7 @@ def test_vram_is_required(capsys):
 
 def run_two_workers(storage: str, study: str, tmp_path, n: int):
     """Two `planner tune` commands on one study at once, on a user's workload written to disk."""
-    model_dir, data = write_user_workload(tmp_path)
+    model_dir, data = write_user_workload(tmp_path, text=True)
     procs = [subprocess.Popen([sys.executable, "-m", "planner.cli.main", "tune", "--vram", "1GB", "--model", model_dir,
                                "--data", data, "--proxy", "target", "--proxy-device", "cpu", "--n-trials", str(n),
                                "--steps", "4", "--eval-every", "2",

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 import weakref
 from io import StringIO
 
@@ -41,8 +42,28 @@ def options(tmp_path, **kw):
     return TuneOptions(**{**base, **kw})
 
 
-def storages(tmp_path):
-    return [f"sqlite:///{tmp_path}/s.db", str(tmp_path / "s.log")]
+STORAGES = ["sqlite", "journal", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def storage_url(kind, tmp_path):
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/s.db"
+    if kind == "journal":
+        return str(tmp_path / "s.log")
+    url = os.environ.get("PLANNER_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("PLANNER_TEST_POSTGRES_URL is not set (.ci/run starts a server and sets it)")
+    return url
+
+
+@pytest.fixture
+def study_name():
+    """A fresh study name (a PostgreSQL database is shared between tests), deleted there afterwards."""
+    name = f"robust-{uuid.uuid4().hex[:10]}"
+    yield name
+    url = os.environ.get("PLANNER_TEST_POSTGRES_URL")
+    if url and name in optuna.get_all_study_names(open_storage(url)):
+        optuna.delete_study(study_name=name, storage=open_storage(url))
 
 
 # ---------------------------------------------------------------- signals
@@ -186,10 +207,10 @@ def _running_trial(study, worker, params=None, kind="baseline:lisa", heartbeat=N
     return trial.number
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["sqlite", "journal"])
-def test_a_dead_workers_trial_is_failed_and_retried(tmp_path, which):
-    storage = open_storage(storages(tmp_path)[which])
-    study = optuna.create_study(storage=storage, study_name="d")
+@pytest.mark.parametrize("kind", STORAGES)
+def test_a_dead_workers_trial_is_failed_and_retried(tmp_path, kind, study_name):
+    storage = open_storage(storage_url(kind, tmp_path))
+    study = optuna.create_study(storage=storage, study_name=study_name)
     first_run = Worker(study)
     me = first_run.identity
     dead = _running_trial(study, {**me, "pid": _dead_pid(), "started": None, "run": "x"})
@@ -197,7 +218,7 @@ def test_a_dead_workers_trial_is_failed_and_retried(tmp_path, which):
     far_alive = _running_trial(study, {**me, "host": "elsewhere"}, params={"x": 0.75})  # fresh heartbeat elsewhere
     far_dead = _running_trial(study, {**me, "host": "elsewhere"}, params={"x": 0.125}, kind="search",
                               heartbeat=time.time() - 3600)
-    worker = attach(optuna.load_study(storage=storage, study_name="d"))
+    worker = attach(optuna.load_study(storage=storage, study_name=study_name))
     trials = study.trials
     assert {t.number for t in trials if t.state == TrialState.RUNNING} == {mine, far_alive}
     for n in (dead, far_dead):
@@ -213,33 +234,33 @@ def test_a_dead_workers_trial_is_failed_and_retried(tmp_path, which):
     assert Worker(study).reap() == 1 and study.trials[mine].state == TrialState.FAIL
 
 
-def _reap_in_child(url, barrier, out):
-    study = optuna.load_study(storage=open_storage(url), study_name="r")
+def _reap_in_child(url, name, barrier, out):
+    study = optuna.load_study(storage=open_storage(url), study_name=name)
     barrier.wait()
     out.put(Worker(study).reap())
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["sqlite", "journal"])
-def test_four_reapers_at_once_retry_a_dead_trial_once(tmp_path, which):
-    url = storages(tmp_path)[which]
-    study = optuna.create_study(storage=open_storage(url), study_name="r")
+@pytest.mark.parametrize("kind", STORAGES)
+def test_four_reapers_at_once_retry_a_dead_trial_once(tmp_path, kind, study_name):
+    url = storage_url(kind, tmp_path)
+    study = optuna.create_study(storage=open_storage(url), study_name=study_name)
     me = Worker(study).identity
     for i in range(4):
         _running_trial(study, {**me, "pid": _dead_pid(), "started": None, "run": "x"}, params={"x": i / 8})
     ctx = multiprocessing.get_context("fork")
     barrier, out = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_reap_in_child, args=(url, barrier, out)) for _ in range(4)]
+    procs = [ctx.Process(target=_reap_in_child, args=(url, study_name, barrier, out)) for _ in range(4)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
     assert sum(out.get(timeout=5) for _ in procs) == 4  # each dead trial failed by exactly one reaper
-    trials = optuna.load_study(storage=open_storage(url), study_name="r").trials
+    trials = optuna.load_study(storage=open_storage(url), study_name=study_name).trials
     assert sorted(t.user_attrs["retry_of"] for t in trials if t.state == TrialState.WAITING) == [0, 1, 2, 3]
 
 
-def _pop_in_child(url, barrier, out):
-    study = optuna.load_study(storage=open_storage(url), study_name="q")
+def _pop_in_child(url, name, barrier, out):
+    study = optuna.load_study(storage=open_storage(url), study_name=name)
     barrier.wait()
     got = []
     for _ in range(10):
@@ -247,14 +268,15 @@ def _pop_in_child(url, barrier, out):
     out.put(got)
 
 
-def test_four_workers_never_pop_one_queued_trial_twice_on_sqlite(tmp_path):
-    url = storages(tmp_path)[0]
-    study = optuna.create_study(storage=open_storage(url), study_name="q")
+@pytest.mark.parametrize("kind", STORAGES)
+def test_four_workers_never_pop_one_queued_trial_twice(tmp_path, kind, study_name):
+    url = storage_url(kind, tmp_path)
+    study = optuna.create_study(storage=open_storage(url), study_name=study_name)
     for i in range(40):
         study.enqueue_trial({"x": float(i)})
     ctx = multiprocessing.get_context("fork")
     barrier, out = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_pop_in_child, args=(url, barrier, out)) for _ in range(4)]
+    procs = [ctx.Process(target=_pop_in_child, args=(url, study_name, barrier, out)) for _ in range(4)]
     for p in procs:
         p.start()
     for p in procs:
@@ -282,8 +304,16 @@ class InterruptingEstimator:
 
 
 def test_ctrl_c_in_the_gate_of_a_baseline_loses_nothing(tmp_path, wl):
-    space = build_space(wl, TuneOptions(vram=1))
-    calls = len(space.cheapest_points())  # the feasibility check's calls come first
+    from planner.tune.baselines import offered_points
+    from planner.tune.gate import BudgetGate
+    from planner.tune.study import check_feasible
+
+    space = build_space(wl, TuneOptions(vram=1, device="cpu"))
+    counter = InterruptingEstimator(0)  # counts, never interrupts: the feasibility check and offered points come first
+    gate = BudgetGate(wl.spec, 10**9, device="cpu", estimator=counter)
+    check_feasible(space, gate)
+    offered_points(space, gate)
+    calls = counter.calls
     with pytest.raises(Interrupted) as err:
         run_tune(options(tmp_path), workload=wl, progress=False, estimator=InterruptingEstimator(calls + 2))
     assert "interrupted: 1 finished trials" in str(err.value) and err.value.exit_code == 130

@@ -24,7 +24,7 @@ STEPS = 40  # about 2 s of training per trial here: long enough to be caught mid
 
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory):
-    return write_user_workload(tmp_path_factory.mktemp("wl"))
+    return write_user_workload(tmp_path_factory.mktemp("wl"), text=True)
 
 
 def argv(workload, storage, study, out, n=N_TRIALS):

@@ -82,7 +82,7 @@ def test_the_gate_decides_for_llama_3_8b_at_24gb(tmp_path):
     """A real study on the 8B target (a tiny proxy trains): over-budget points and baselines are never trained."""
     wl = tiny_workload()
     rec = Recorder()
-    opts = TuneOptions(vram="24GB", n_trials=12, steps=4, eval_every=2, storage=f"sqlite:///{tmp_path}/s.db", study="t",
+    opts = TuneOptions(vram="24GB", model="llama-3-8b", n_trials=12, steps=4, eval_every=2, storage=f"sqlite:///{tmp_path}/s.db", study="t",
                        out=str(tmp_path / "plan.yaml"), proxy_device="cpu")
     result = run_tune(opts, workload=wl, progress=False, proxy=rec)
     trials = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db")).trials

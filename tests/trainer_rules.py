@@ -78,8 +78,9 @@ def optimizer_for(name: str, params):
     return {"adamw_torch": torch.optim.AdamW, "sgd": torch.optim.SGD}[name](params, lr=LR)
 
 
-def train(model, optimizer, run: Run, *, begin=None, before_step=None, end=None, held=None, steps: int = STEPS) -> Run:
-    """``steps`` optimizer steps as the HF Trainer takes them: callbacks at step begin, zero_grad after."""
+def train(model, optimizer, run: Run, *, begin=None, before_step=None, end=None, held=None, steps: int | None = None) -> Run:
+    """``steps`` (default STEPS) optimizer steps as the HF Trainer takes them: callbacks at step begin, zero_grad after."""
+    steps = STEPS if steps is None else steps
     batch = batch_for(model)
     model.train()
     after = effective_weights(model)
@@ -306,7 +307,7 @@ def _run_llamafactory(plan, files: dict[str, str], quiet: contextlib.ExitStack) 
     optimizer.switch_trainable_params = recorded
     train(model, optimizer, run, begin=steps.append, held=lambda: state_bytes(optimizer.base_optimizer))
     run.copy_bytes = sum(p.numel() * p.element_size() for p in optimizer.param_idx2hp.values())  # float32 copies of the block
-    run.draws = [d for d in run.draws if d < STEPS]
+    run.draws = [d for d in run.draws if d < len(run.trained)]
     return run
 
 

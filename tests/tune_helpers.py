@@ -27,8 +27,9 @@ def tiny_workload(*, num_layers: int = 3, n_train: int = 32, n_held_out: int = 8
     )
 
 
-def write_user_workload(root) -> tuple[str, str]:
-    """A user's workload on disk: a tiny random llama directory (char tokenizer) and an instruction JSONL file."""
+def write_user_workload(root, *, text: bool = False) -> tuple[str, str]:
+    """A user's workload on disk: a tiny random llama directory (char tokenizer) and an instruction JSONL file
+    (``text=True``: plain text, whose metric, held-out eval loss, differs between any two trainings)."""
     import json
     from pathlib import Path
 
@@ -41,6 +42,9 @@ def write_user_workload(root) -> tuple[str, str]:
     spec.config.bos_token_id, spec.config.eos_token_id, spec.config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     build_model(spec, seed=0).save_pretrained(model_dir)
     tok.to_hf().save_pretrained(model_dir)
+    if text:
+        data.write_text("\n".join(json.dumps({"text": f"{i} and {i + 1} make {2 * i + 1}"}) for i in range(60)) + "\n")
+        return str(model_dir), str(data)
     # answers a few proxy steps learn in part (the majority first), so trials differ in accuracy
     data.write_text("\n".join(json.dumps({"instruction": f"double {i}", "response": "7" if i % 3 else "seven"})
                               for i in range(80)) + "\n")

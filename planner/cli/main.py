@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"planner {args.command}: error: {from_pydantic(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system's answer (permissions, a full disk) names the path; no traceback
+        print(f"planner {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:
         print(f"planner {args.command}: interrupted", file=sys.stderr)
         return 128 + getattr(exc, "signum", 2)  # 130 for Ctrl-C, 143 for SIGTERM (planner.tune.signals)

@@ -36,19 +36,22 @@ class Family:
     x0_held: bool
     deferred: dict[str, tuple[int, int, int]]
     params: dict
+    events: dict  # segment -> allocation/free template (planner.cost.events)
 
     @classmethod
     def merge(cls, traces: list[TraceResult]) -> "Family":
         first = traces[0]
-        layers, frees, deferred = {}, {}, {}
+        layers, frees, deferred, events = {}, {}, {}, dict(first.events)
         for tr in traces:
             for k, v in tr.layers.items():
                 # figures from a layer above position 0 win over one traced only at position 0
                 if k not in layers or (not k.split(":")[0].endswith("0") and k.split(":")[1] in tr.roles[1:]):
                     layers[k] = v
+                    if k in tr.events:
+                        events[k] = tr.events[k]
             frees.update(tr.frees_input)
             deferred.update(tr.deferred)
-        return cls(dict(first.segments), layers, frees, first.input_bytes, first.x0_held, deferred, first.params)
+        return cls(dict(first.segments), layers, frees, first.input_bytes, first.x0_held, deferred, first.params, events)
 
     def layer(self, phase: str, role: int, index: int = 1) -> Segment:
         """Segment of a layer in ``role``; layer 0 uses its own figures when traced at position 0."""

@@ -2,32 +2,32 @@
 
 Per-layer costs come from tracing one training step of the same model at 2-3 decoder layers
 (real tensors when small, ``FakeTensorMode`` when large) whose layers cover every role the
-configuration needs; :mod:`planner.cost.compose` replays those segments at full depth. Traces
-are cached in-process and on disk (``~/.cache/planner/cost``, or ``$PLANNER_COST_CACHE``; set it
-to ``0`` to disable the disk cache), keyed by everything that changes them.
+configuration needs; :mod:`planner.cost.compose` replays those segments at full depth, and on
+CUDA :mod:`planner.cost.replay` runs their allocations through the caching allocator model.
+Traces are cached in-process and on disk (:mod:`planner.cost.cache`), keyed by everything that
+changes them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from planner.config import TrainConfig
+from planner.cost import cache
 from planner.cost.compose import FA, FB, ROLES, T, T0, Family, peak_many, simulate
 from planner.cost.device import DeviceProfile, default_profile
 from planner.cost.optimizer import get_optimizer
-from planner.cost.trace import (CUDA_LARGE_BUFFER, CUDA_SMALL_BUFFER, TraceResult, cuda_block_bytes,
-                                 cuda_segment_bytes, fingerprint, run_trace)
+from planner.cost.replay import reserved_and_allocated
+from planner.cost.trace import TraceResult, cuda_block_bytes, cuda_segment_bytes, fingerprint, run_trace
 from planner.errors import PlannerError
 from planner.plan import Breakdown
 
-COST_MODEL_VERSION = 4  # bump when traces change meaning (invalidates the disk cache)
+COST_MODEL_VERSION = 8  # bump when traces change meaning (invalidates the disk cache)
 MAX_TRACE_LAYERS = 3  # decoder layers in one reduced-depth trace
 INPUT_ID_BYTES = 8  # input_ids and labels are int64
 FAKE_TRACE_ABOVE = 512 * 2**20  # trace under FakeTensorMode when a real trace would hold more than this
@@ -56,13 +56,6 @@ class MemoryEstimate:
 
 
 # -- traces -------------------------------------------------------------------
-def _cache_dir() -> Path | None:
-    env = os.environ.get("PLANNER_COST_CACHE")
-    if env == "0":
-        return None
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "planner" / "cost"
-
-
 def _versions() -> str:
     import torch
     import transformers
@@ -95,39 +88,30 @@ def _fingerprint(spec) -> str:
     return hit[1]
 
 
+def trace_key(spec, cfg: TrainConfig, roles: list[str], kernels: str = "cpu") -> str:
+    """Everything that changes a trace, hashed."""
+    key_data = [_fingerprint(spec), cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.amp, cfg.gradient_checkpointing,
+                cfg.lora_rank, cfg.train_embeddings, cfg.train_head, list(roles), kernels, _versions()]
+    return hashlib.sha256(json.dumps(key_data).encode()).hexdigest()[:32]
+
+
 def get_trace(spec, cfg: TrainConfig, roles: list[str], *, fake: bool | None = None, kernels: str = "cpu") -> TraceResult:
     """The trace of ``spec`` at ``len(roles)`` layers with these roles, from cache when possible.
     ``kernels``: whose attention and dropout kernels the trace counts (``cpu`` or ``cuda``)."""
     fake = _use_fake(spec, cfg, len(roles)) if fake is None else fake
-    key_data = [_fingerprint(spec), cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.amp, cfg.gradient_checkpointing,
-                cfg.lora_rank, cfg.train_embeddings, cfg.train_head, list(roles), kernels, _versions()]
-    key = hashlib.sha256(json.dumps(key_data).encode()).hexdigest()[:32]
+    key = trace_key(spec, cfg, roles, kernels)
     with _lock:
         if key in _traces:
             return _traces[key]
-    cache = _cache_dir()
-    path = cache / f"{key}.json" if cache else None
-    if path is not None and path.is_file():
-        try:
-            tr = TraceResult.from_json(json.loads(path.read_text()))
-            with _lock:
-                _traces[key] = tr
-            return tr
-        except (ValueError, KeyError, TypeError):
-            pass  # a stale or partial file: trace again
-    tr = run_trace(spec, roles, batch_size=cfg.batch_size, seq_len=cfg.seq_len, dtype=cfg.dtype, amp=cfg.amp,
-                   gradient_checkpointing=cfg.gradient_checkpointing, lora_rank=cfg.lora_rank,
-                   train_embeddings=cfg.train_embeddings, train_head=cfg.train_head, fake=fake, kernels=kernels)
+    tr = cache.load("trace", key, TraceResult.from_json)
+    if tr is None:
+        tr = run_trace(spec, roles, batch_size=cfg.batch_size, seq_len=cfg.seq_len, dtype=cfg.dtype, amp=cfg.amp,
+                       gradient_checkpointing=cfg.gradient_checkpointing, lora_rank=cfg.lora_rank,
+                       train_embeddings=cfg.train_embeddings, train_head=cfg.train_head, fake=fake, kernels=kernels)
+        cache.store("trace", key, tr.to_json())
+    tr.key = key
     with _lock:
         _traces[key] = tr
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(tr.to_json()))
-            tmp.replace(path)
-        except OSError:
-            pass  # the disk cache is an optimization
     return tr
 
 
@@ -172,6 +156,7 @@ def get_family(spec, cfg: TrainConfig, roles: set[str], roles0: set[str], *,
     traces += [get_trace(spec, cfg, p, fake=fake, kernels=kernels) for p in patterns[1:]]
     fam = Family.merge(traces)
     fam.patterns = patterns
+    fam.key = "|".join(tr.key for tr in traces)
     return fam
 
 
@@ -293,14 +278,11 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
     raw_peak = weights + state + batch + sim.peak
     overhead, allocated, reserved = 0, raw_peak, raw_peak
     if cuda:
-        # the cuBLAS workspaces (one per handle: the forward's thread and autograd's) come from the allocator
-        allocated = (_weights(fam, L, cuda_block_bytes) + opt.state_bytes(tensors, device, cuda_block_bytes)
-                     + 2 * cuda_block_bytes(batch // 2) + sim.peak_cuda + profile.workspace_bytes)
-        # reserved: every live tensor in its allocator segment (large ones rounded to 2 MiB), one partly
-        # used 2 MiB and 20 MiB segment, times (1 + fragmentation); context and workspaces on top
-        segments = (_weights(fam, L, cuda_segment_bytes) + opt.state_bytes(tensors, device, cuda_segment_bytes)
-                    + 2 * cuda_segment_bytes(batch // 2) + sim.peak_res + CUDA_SMALL_BUFFER + CUDA_LARGE_BUFFER)
-        reserved = int(max(segments, allocated) * (1 + profile.fragmentation))
+        # the step's allocations and frees through the caching allocator model (planner.cost.replay):
+        # max_memory_reserved, and max_memory_allocated with the blocks handed out whole
+        reserved, allocated = reserved_and_allocated(
+            fam, [int(r) for r in roles[best]], num_layers=L, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+            tensors=tensors, opt=opt, workspace_bytes=profile.workspace_bytes)
         overhead = reserved - raw_peak + profile.context_bytes
     breakdown = Breakdown(weights=weights, gradients=grads, optimizer=state, activations=acts,
                           transient=trans + batch, overhead=overhead)

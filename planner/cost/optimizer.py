@@ -45,6 +45,15 @@ class AdamW:
         return sum(block(n * b) for n, b in tensors)
 
 
+    def state_blocks(self, tensors: Tensors) -> list[int]:
+        """Bytes of each state tensor, in the order the first step creates them (exp_avg, exp_avg_sq per parameter)."""
+        return [n * b for n, b in tensors for _ in range(ADAM_MOMENTS)]
+
+    def step_blocks(self, tensors: Tensors) -> list[int]:
+        """Bytes of each temporary of one foreach step (sqrt(v) of every tensor, held together)."""
+        return [n * b for n, b in tensors]
+
+
 class SGD:
     """torch.optim.SGD without momentum (torch's default): no state, in-place update."""
 
@@ -55,6 +64,12 @@ class SGD:
 
     def step_peak(self, tensors: Tensors, device: str, block: Callable[[int], int] = _identity) -> int:
         return 0
+
+    def state_blocks(self, tensors: Tensors) -> list[int]:
+        return []
+
+    def step_blocks(self, tensors: Tensors) -> list[int]:
+        return []
 
 
 class AdamW8bit:
@@ -79,6 +94,18 @@ class AdamW8bit:
 
     def step_peak(self, tensors: Tensors, device: str, block: Callable[[int], int] = _identity) -> int:
         return 0
+
+    def state_blocks(self, tensors: Tensors) -> list[int]:
+        out = [BNB_QMAP_BYTES // 2] * 2 if tensors else []
+        for n, _ in tensors:
+            if n < BNB_MIN_8BIT_SIZE:
+                out += [n * 4] * ADAM_MOMENTS
+            else:
+                out += [n] * ADAM_MOMENTS + [-(-n // BNB_BLOCK) * BNB_ABSMAX_BYTES] * ADAM_MOMENTS
+        return out
+
+    def step_blocks(self, tensors: Tensors) -> list[int]:
+        return []
 
 
 OPTIMIZERS = {cls.name: cls() for cls in (AdamW, SGD, AdamW8bit)}

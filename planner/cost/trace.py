@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from planner.cost.events import templates
 from planner.cost.measure import make_batch, prepare_model, state_tensors, training_step, StepHooks
 from planner.cost.tracker import LiveBytesTracker
 from planner.cost.trainable import model_parts
@@ -105,13 +106,15 @@ class TraceResult:
     peak_bytes: int = 0  # the traced step's own peak (raw, above nothing: includes base)
     base_bytes: int = 0
     params: dict = field(default_factory=dict)  # see param_info()
+    events: dict = field(default_factory=dict)  # segment -> allocation/free template (planner.cost.events)
 
     def to_json(self):
         return {"roles": self.roles, "segments": {k: v.to_json() for k, v in self.segments.items()},
                 "layers": {k: v.to_json() for k, v in self.layers.items()},
                 "layer_by_index": [{k: v.to_json() for k, v in d.items()} for d in self.layer_by_index],
                 "frees_input": self.frees_input, "deferred": self.deferred, "input_bytes": self.input_bytes, "x0_held": self.x0_held,
-                "peak_bytes": self.peak_bytes, "base_bytes": self.base_bytes, "params": self.params}
+                "peak_bytes": self.peak_bytes, "base_bytes": self.base_bytes, "params": self.params,
+                "events": self.events}
 
     @classmethod
     def from_json(cls, data):
@@ -121,7 +124,7 @@ class TraceResult:
                    [{k: seg(v) for k, v in d.items()} for d in data["layer_by_index"]],
                    dict(data["frees_input"]), data["input_bytes"], data["x0_held"],
                    {k: tuple(v) for k, v in data["deferred"].items()},
-                   data["peak_bytes"], data["base_bytes"], data["params"])
+                   data["peak_bytes"], data["base_bytes"], data["params"], data["events"])
 
 
 def trainable_for_roles(roles: list[str]) -> list[int]:
@@ -272,6 +275,7 @@ def run_trace(spec, roles: list[str], *, batch_size: int, seq_len: int, dtype: s
             grads = {tracker.alloc_id(p.grad) for p in model.parameters() if p.grad is not None}
             grads.discard(None)
             result = _cut(tracker, roles, grads, marks.input_ids, marks.last_output)
+            result.events = templates(tracker.events, tracker.marks, roles, marks.input_ids, marks.last_output, grads)
             result.base_bytes = base
             result.params = param_info(model)
             result.peak_bytes = tracker.peak_bytes

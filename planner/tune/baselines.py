@@ -144,9 +144,9 @@ def offered_points(space: SearchSpace, gate) -> list[TrialParams]:
             for _, p in sorted(best.items())]
 
 
-def enqueue_offered(study, space: SearchSpace, gate) -> int:
-    """Queue :func:`offered_points` as searched trials; returns how many."""
-    points = offered_points(space, gate)
+def enqueue_offered(study, space: SearchSpace, gate, room: int | None = None) -> int:
+    """Queue :func:`offered_points` as searched trials, at most ``room`` of them; returns how many."""
+    points = offered_points(space, gate)[: room if room is not None else None]
     for p in points:
         study.enqueue_trial(p.as_params(), user_attrs={"kind": SEARCH, "offered": True})
     return len(points)

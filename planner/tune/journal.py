@@ -190,6 +190,8 @@ def open_journal_storage(path: Path):
     from optuna.storages import JournalStorage
 
     path = Path(path)
+    if path.is_dir():
+        raise PlannerError(f"--storage journal file must be a file, but {str(path)!r} is a directory")
     for _ in range(3):
         repair_tail(path)
         try:
@@ -207,6 +209,6 @@ def open_journal_storage(path: Path):
                 text = line.decode("utf-8", "replace").rstrip()
                 shown = text if len(text) <= 80 else text[:77] + "..."
                 raise PlannerError(f"--storage journal {str(path)!r} must hold one JSON record per line, but line {number} "
-                                   f"is not one ({shown!r}): restore the file from a copy, or delete that line to lose "
-                                   f"only its operation") from None
+                                   f"is not one ({shown!r}): the study cannot be read past it; restore the file from "
+                                   f"a copy") from None
     raise PlannerError(f"--storage journal {str(path)!r} must be readable, but it kept changing while being repaired")

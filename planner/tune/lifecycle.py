@@ -150,13 +150,12 @@ class Worker:
         """Claim ``trial`` for this process, renew its heartbeat while the block runs; mark it on Ctrl-C."""
         self.own(trial._trial_id)
         storage = self.study._storage
-        with deferred():
-            storage.set_trial_user_attr(trial._trial_id, "worker", self.identity)
-            storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
         stop = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(trial._trial_id, stop), daemon=True, name="planner-heartbeat")
-        beat.start()
         try:
+            with deferred():
+                storage.set_trial_user_attr(trial._trial_id, "worker", self.identity)
+                storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+            threading.Thread(target=self._beat, args=(trial._trial_id, stop), daemon=True, name="planner-heartbeat").start()
             yield
         except KeyboardInterrupt:
             with deferred():

@@ -6,7 +6,8 @@
 - a preset, hub id or local model directory: a smaller model of the user's choice;
 - ``builtin``: the built-in pretrained proxy (no download);
 - ``auto`` (default): ``target`` when a CUDA device is present and the target's smallest plan
-  fits its free memory, ``builtin`` otherwise.
+  fits its free memory, ``builtin`` otherwise (and ``target`` again when the built-in proxy is
+  deeper than the target and the target's weights are local).
 """
 
 from __future__ import annotations
@@ -106,6 +107,13 @@ def smallest_fits_free_memory(target, space, gate) -> tuple[bool, str]:
     return peak <= free, f"the target's smallest plan needs {human_bytes(peak)}, the GPU has {human_bytes(free)} free"
 
 
+def builtin_layers() -> int:
+    """Decoder layers of the built-in proxy (from its recipe: nothing is loaded)."""
+    from planner.data.pretrain import DEFAULT_RECIPE
+
+    return int(DEFAULT_RECIPE.layers)
+
+
 def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, seed: int, space=None, gate=None,
                   max_seq_len: int | None = None) -> ProxySetup:
     """Load the proxy workload ``--proxy`` names (see the module docstring); one-line errors for bad choices."""
@@ -124,6 +132,12 @@ def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, se
                 fits, why = False, str(exc)
             kind = TARGET if fits else BUILTIN
     kwargs = {"seed": seed, "data": data}
+    if proxy == AUTO and kind == BUILTIN and target.num_layers < builtin_layers():
+        try:  # the built-in proxy is deeper than this target: the target itself, when its weights are here
+            target_weights(target.source)
+            kind, why = TARGET, f"the built-in proxy has {builtin_layers()} layers, the target {target.num_layers}"
+        except PlannerError:
+            pass
     if kind == TARGET:
         workload = load_workload(model=target_weights(target.source), **kwargs,
                                  **({"max_seq_len": max_seq_len} if max_seq_len else {}))

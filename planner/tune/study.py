@@ -163,10 +163,22 @@ def default_study_name() -> str:
     return "tune-" + time.strftime("%Y%m%d-%H%M%S")
 
 
+def _workload_target(workload, options: TuneOptions):
+    from planner.tune.target import workload_target
+
+    return workload_target(workload, seq_len=options.seq_len, batch_size=options.batch_size, dtype=options.dtype,
+                           amp=options.amp, optimizer=options.optimizer, device=options.device, profile=options.profile)
+
+
 def build_space(target, options: TuneOptions):
-    """The search space for ``target`` (a :class:`~planner.tune.target.Target`) under ``options``."""
+    """The search space for ``target`` under ``options``: a :class:`~planner.tune.target.Target`, or a workload
+    whose own model is the target."""
     from planner.sampling import SCORERS
     from planner.tune.space import DEFAULT_LORA_RANKS, SearchSpace, depth_choices
+    from planner.tune.target import Target
+
+    if not isinstance(target, Target):
+        target = _workload_target(target, options)
 
     scorers = tuple(options.scorers) if options.scorers else tuple(sorted(SCORERS))
     batches = tuple(options.batch_sizes) if options.batch_sizes else (target.shape.batch_size,)
@@ -214,9 +226,8 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
         study.set_user_attr(key, value)
     from planner.tune.baselines import enqueue_baselines, enqueue_offered
 
-    if options.baselines:
-        enqueue_baselines(study, space)
-    enqueue_offered(study, space, gate)
+    queued = len(enqueue_baselines(study, space)) if options.baselines else 0
+    enqueue_offered(study, space, gate, room=max(0, options.n_trials - queued))  # no more fixed trials than will run
     return study, True
 
 
@@ -282,9 +293,10 @@ def _train_shape(target, proxy):
     return TrainShape(device=proxy.device, optimizer=target.shape.optimizer)
 
 
-def header_lines(target, proxy, vram: int, space, gate) -> list[str]:
-    """What `planner tune` says first: the target, the proxy and its device, then what the budget allows."""
-    lines = [f"target: {target.label()} | proxy: {proxy.name} on {proxy.device}"
+def header_lines(target, proxy, vram: int, space, gate, new_study: str | None = None) -> list[str]:
+    """What `planner tune` says first: the target, the proxy and its device (after a generated study's name,
+    so that it can be resumed), then what the budget allows."""
+    lines = [(new_study + ": " if new_study else "") + f"target: {target.label()} | proxy: {proxy.name} on {proxy.device}"
              + (f" ({proxy.why})" if proxy.why else "")]
     front = space.frontier(lambda p: gate.predict(space.train_config(p)).fits)
     allows = ", ".join(f"γ≤{p.gamma} from layer {p.min_depth}{' with checkpointing' if p.gradient_checkpointing else ''}"
@@ -297,10 +309,12 @@ def header_lines(target, proxy, vram: int, space, gate) -> list[str]:
 def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=None, progress: bool = True, proxy=None):
     """Search layer-wise plans for the target under ``--vram`` and write the best one; returns a ``TuneResult``.
 
-    ``workload`` replaces the proxy workload, ``estimator`` the cost model, ``proxy`` the proxy
-    trainer (tests, benchmarks).
+    ``workload`` replaces the proxy workload (without ``options.model`` its own model is the
+    target), ``estimator`` the cost model, ``proxy`` the proxy trainer (tests, benchmarks).
     """
     target, vram = options.validate_all()
+    if workload is not None and options.model is None:
+        target = _workload_target(workload, options)
     from planner.tune.preflight import check_outputs
 
     name = options.study or default_study_name()
@@ -322,10 +336,9 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     setup = _proxy_setup(options, target, space, gate, workload)
     workload = setup.workload
     if console is not None:
-        for line in header_lines(target, setup, vram, space, gate):
+        fresh = f"study {name!r} in {options.storage} (resume it with --study {name})" if options.study is None else None
+        for line in header_lines(target, setup, vram, space, gate, fresh):
             console.print(line, highlight=False)
-        if options.study is None:
-            console.print(f"study {name!r} in {options.storage} (resume it with --study {name})", highlight=False)
 
     layers_attr = target_layers_attribute(target.spec)
     study_attrs = {

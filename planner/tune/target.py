@@ -105,3 +105,16 @@ def target_layers_attribute(spec) -> str:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(spec.config)
     return layers_attribute(model)
+
+
+def workload_target(workload, *, seq_len=None, batch_size=None, dtype=None, amp=None, optimizer=None,
+                    device: str = "cuda", profile: str | None = None) -> Target:
+    """A workload's own model as the target (library callers that pass a workload and no ``--model``):
+    its longest example and suggested batch unless told otherwise, float32 weights unless told otherwise."""
+    from planner.cost.profile import resolve_profile
+
+    shape = TrainConfig(batch_size=int(batch_size or getattr(workload, "batch_size", None) or DEFAULT_BATCH_SIZE),
+                        seq_len=int(seq_len or workload.seq_len), dtype=dtype or "float32", amp=amp or "none",
+                        optimizer=optimizer or "adamw")
+    prof, line = resolve_profile(device, profile)
+    return Target(str(workload.model_source), workload.spec, shape, device, prof, line)

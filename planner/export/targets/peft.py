@@ -97,7 +97,8 @@ class PeftExporter(Exporter):
                 modules = [pick if m == inp else m for m in modules]
         if modules:
             e = DTYPE_BYTES[plan.train.dtype]
-            copied = sum(names.module_numel(m if m != names.output_embedding or not names.tied else names.input_embedding) for m in modules) * e
+            owner = lambda m: names.input_embedding if names.tied and m == names.output_embedding else m  # noqa: E731 - a tied head's weight
+            copied = sum(names.module_numel(owner(m)) for m in modules) * e
             lost.append(f"memory: modules_to_save trains a copy of {', '.join(modules)} beside the frozen originals: +{copied:,} bytes of weights that the plan's peak does not count")
         return modules, tie
 

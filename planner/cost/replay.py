@@ -1,0 +1,67 @@
+"""Reserved CUDA memory of a training run: its allocations and frees through the caching allocator model.
+
+The run is what a training script does on a fresh GPU: the model's tensors in construction order
+(embeddings, each decoder layer, head, buffers), the batch, the cuBLAS workspaces (one per
+handle: the forward's thread and autograd's), then two training steps composed at full depth
+from the traced templates (:mod:`planner.cost.events`). The first step creates the optimizer
+state after the backward; each step ends with the optimizer's temporaries and
+``zero_grad(set_to_none=True)``. ``memory_reserved`` never shrinks, so its peak over the run is
+what ``max_memory_reserved`` reads during the second step; allocated is read in that step only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from planner.cost import cache
+from planner.cost.allocator import replay_run
+from planner.cost.events import step_ops
+
+INPUT_ID_BYTES = 8  # input_ids and labels are int64
+WORKSPACE_HANDLES = 2  # the forward's thread and autograd's backward thread
+
+
+def setup_blocks(fam, *, num_layers: int, batch_size: int, seq_len: int, workspace_bytes: int) -> list[int]:
+    """Bytes of the tensors a run allocates before its first step, in order."""
+    p = fam.params
+    out = [n * b for n, b, _ in p["embeddings"]]
+    layer = [n * b for n, b, _ in p["layer"]] + ([p["layer_buffers"]] if p["layer_buffers"] else [])
+    out += layer * num_layers
+    out += [n * b for n, b in p["head"]]
+    out += [p["other_buffers"]] if p["other_buffers"] else []
+    out += [batch_size * seq_len * INPUT_ID_BYTES] * 2
+    if workspace_bytes:
+        out += [workspace_bytes // WORKSPACE_HANDLES] * WORKSPACE_HANDLES
+    return [n for n in out if n > 0]
+
+
+_memo: dict[str, tuple[int, int]] = {}
+
+
+def reserved_and_allocated(fam, roles: list[int], *, num_layers: int, batch_size: int, seq_len: int, tensors, opt,
+                           workspace_bytes: int) -> tuple[int, int]:
+    """Peak reserved over the run and peak allocated during the second step, in bytes (cached in-process
+    and on disk by everything they depend on: the traces, the roles, the shapes, the optimizer)."""
+    key_data = [getattr(fam, "key", None), list(roles), num_layers, batch_size, seq_len, [list(t) for t in tensors],
+                opt.name, workspace_bytes]
+    key = hashlib.sha256(json.dumps(key_data).encode()).hexdigest()[:32]
+    hit = _memo.get(key)
+    if hit is None and key_data[0] is not None:
+        hit = cache.load("replay", key, lambda data: (int(data[0]), int(data[1])))
+    if hit is None:
+        hit = _replay(fam, roles, num_layers=num_layers, batch_size=batch_size, seq_len=seq_len, tensors=tensors,
+                      opt=opt, workspace_bytes=workspace_bytes)
+        if key_data[0] is not None:
+            cache.store("replay", key, list(hit))
+    _memo[key] = hit
+    return hit
+
+
+def _replay(fam, roles, *, num_layers, batch_size, seq_len, tensors, opt, workspace_bytes) -> tuple[int, int]:
+    setup = setup_blocks(fam, num_layers=num_layers, batch_size=batch_size, seq_len=seq_len,
+                         workspace_bytes=workspace_bytes)
+    ops, n_step, grads = step_ops(fam, roles)
+    state = [n for n in opt.state_blocks(tensors) if n > 0]
+    temps = [n for n in opt.step_blocks(tensors) if n > 0]
+    return replay_run(setup, ops, n_step, grads, state, temps)
