@@ -240,10 +240,12 @@ class Worker:
         from planner.tune.baselines import SEARCH
 
         kind = trial.user_attrs.get("kind", SEARCH)
-        if kind == SEARCH and not trial.params:
+        # a queued trial (a baseline, a retry) stopped before it suggested anything still knows its point
+        params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+        if kind == SEARCH and not params:
             return
         first = trial.user_attrs.get("retry_of", trial.number)
-        self.study.enqueue_trial(dict(trial.params), user_attrs={"kind": kind, "retry_of": first})
+        self.study.enqueue_trial(params, user_attrs={"kind": kind, "retry_of": first})
 
 
 class GuardedObjective:
