@@ -49,16 +49,18 @@ def counted(trial) -> bool:
 
 
 def owed(study, total: int) -> int:
-    """Trials still to run: up to ``total`` counted ones, and at least every queued baseline not yet finished."""
+    """Trials still to run: up to ``total`` counted ones (confirmation and learning-rate sweep runs are not), and at least every
+    queued baseline not yet finished."""
     from optuna.trial import TrialState
 
-    from planner.tune.baselines import KINDS
+    from planner.tune.baselines import KINDS, is_sweep
+    from planner.tune.confirm import is_confirm
 
     trials = study.get_trials(deepcopy=False)
     done = {t.user_attrs.get("kind") for t in trials if counted(t)}
     queued = {t.user_attrs.get("kind") for t in trials if t.state == TrialState.WAITING}
     baselines = [k for k in KINDS if k in queued and k not in done]
-    return max(total - sum(counted(t) for t in trials), len(baselines))
+    return max(total - sum(counted(t) and not is_confirm(t) and not is_sweep(t) for t in trials), len(baselines))
 
 
 def settle_message(exc: BaseException) -> str:
@@ -243,7 +245,8 @@ class Worker:
         if kind == SEARCH and not trial.params:
             return
         first = trial.user_attrs.get("retry_of", trial.number)
-        self.study.enqueue_trial(dict(trial.params), user_attrs={"kind": kind, "retry_of": first})
+        sweep = {"lr_sweep": trial.user_attrs["lr_sweep"]} if "lr_sweep" in trial.user_attrs else {}
+        self.study.enqueue_trial(dict(trial.params), user_attrs={"kind": kind, "retry_of": first, **sweep})
 
 
 class GuardedObjective:
