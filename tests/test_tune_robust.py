@@ -38,7 +38,7 @@ def wl():
 
 def options(tmp_path, **kw):
     base = dict(vram="1GB", n_trials=5, steps=STEPS, eval_every=2, storage=f"sqlite:///{tmp_path}/s.db", study="t",
-                device="cpu", out=str(tmp_path / "plan.yaml"))
+                device="cpu", out=str(tmp_path / "plan.yaml"), confirm_seeds=0)  # confirmation: test_tune_confirm.py
     return TuneOptions(**{**base, **kw})
 
 
