@@ -216,7 +216,7 @@ try:  # traces in memory, replays not cached anywhere: what the allocator replay
     candidate_plans(spec, cfg, "cuda", default_profile("cuda"))
     times.append((time.perf_counter() - t0, time.process_time() - c0))
 except NameError:
-    times.append((0.0, 0.0))
+    times.append((float("nan"), float("nan")))
 print(len(plans), *(f"{w:.2f} {c:.2f}" for w, c in times))
 """
 
@@ -235,13 +235,15 @@ def table_before_after(before: str) -> None:
     print(f"{'code':28s} {'plans':>5s} {'cold':>16s} {'warm':>14s} {'disk cache only':>16s} {'replays only':>16s}")
     for label, path in ((f"before ({before})", old), ("after (this checkout)", root)):
         env = {**os.environ, "PYTHONPATH": str(path), "TRANSFORMERS_VERBOSITY": "error"}
-        out = subprocess.run([sys.executable, "-c", TABLE_SCRIPT], capture_output=True, text=True, env=env).stdout.split()
+        # run from the tree itself: `python -c` puts the working directory first on sys.path
+        out = subprocess.run([sys.executable, "-c", TABLE_SCRIPT], capture_output=True, text=True, env=env,
+                             cwd=path).stdout.split()
         n, cold, cold_c, warm, warm_c, disk, disk_c, rep, rep_c = out[-9:]
         print(f"{label:28s} {n:>5s} {cold:>8s} / {cold_c:<6s} {warm:>6s} / {warm_c:<6s} {disk:>7s} / {disk_c:<6s} "
               f"{rep:>7s} / {rep_c:<6s}", flush=True)
     print("  cold: empty caches (FakeTensor traces and allocator replays run); warm: the same process again (both "
           "cached in-process); disk cache only: in-process caches cleared, traces and replays read from disk; "
-          "replays only: traces in memory, every allocator replay run (0 before: there was none)\n")
+          "replays only: traces in memory, every allocator replay run (nan before: there was none)\n")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ def summary_table(result, *, metric_name: str, vram_bytes: int, target_name: str
             metric = f"does not fit: {human_bytes(row.predicted_peak_bytes)}"
         else:
             metric = "-" if row.metric is None else f"{row.metric:.4f}"
-            if row.seeds:
-                metric += f" ± {row.std:.4f} ({row.seeds} seeds)"
+            if row.seeds:  # the seed count is printed with the confirmation below the table
+                metric += f" ± {row.std:.4f}"
         peak = "-" if row.predicted_peak_bytes is None else human_bytes(row.predicted_peak_bytes)
         if row.name == "tuned plan":
             delta = ""
