@@ -116,6 +116,12 @@ def test_a_baseline_is_compared_at_its_best_learning_rate_and_at_no_more_memory(
     # LoRA needs 150 B: the best confirmed plan within 150 B is trial 6 (120 B)
     assert out["lora"].versus == "trial 6" and out["lora"].versus_peak_bytes == 120
     assert out["lora"].margin == pytest.approx(0.20)
+    # without a searched plan within LISA's memory the tuned plan is compared, and the verdict says so;
+    # another baseline (LoRA, 150 B) is never the one compared
+    lisa_low = [_frozen(0, "baseline:lisa", 0.70, 140)]
+    out = {m.baseline: m for m in margins([Confirmed(lisa_low[0], [0.70, 0.72, 0.68], 0)] + runs[1:3], runs[2],
+                                          lisa_low + [lora, tuned], "maximize")}
+    assert out["lisa"].versus == "trial 5" and "at a higher predicted peak" in out["lisa"].verdict
 
 
 def test_confirmation_runs_are_trials_and_the_plan_is_the_best_mean(tuned, wl):

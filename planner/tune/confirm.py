@@ -268,7 +268,7 @@ def margin(a: Confirmed, b: Confirmed, direction: str) -> tuple[float, float, st
 
 def margins(runs: list[Confirmed], best: Confirmed, trials, direction: str) -> list[Margin]:
     """Per baseline: the tuned plan against it, or, when the tuned plan's predicted peak is higher, the best
-    confirmed plan at equal or lower peak (so a win is never bought with memory)."""
+    confirmed searched plan at equal or lower peak (so a win is never bought with memory)."""
     by_source = {r.source.number: r for r in runs if r.complete}
     out = []
     for kind in KINDS:
@@ -285,11 +285,11 @@ def margins(runs: list[Confirmed], best: Confirmed, trials, direction: str) -> l
             continue
         versus = best
         if best.peak > peak:
-            cheaper = [r for r in by_source.values() if r.peak <= peak and r is not base]
+            cheaper = [r for r in by_source.values() if r.peak <= peak and r.source.user_attrs.get("kind", SEARCH) == SEARCH]
             versus = best_confirmed(cheaper, direction) or best
         diff, noise, verdict = margin(versus, base, direction)
         if versus.peak > peak:
-            verdict += f" (at a higher predicted peak: no confirmed plan fits in the {name} baseline's memory)"
+            verdict += f" (at a higher predicted peak: no confirmed searched plan fits in the {name} baseline's memory)"
         out.append(Margin(baseline=name, baseline_peak_bytes=peak, fits=True, versus=_name(versus.source),
                           versus_peak_bytes=versus.peak, margin=diff, noise=noise, verdict=verdict))
     return out
