@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner.config import TrainConfig
+from planner.confirmation import Confirmation
 from planner.errors import PlannerError
 
 BREAKDOWN_KEYS = ("weights", "gradients", "optimizer", "activations", "transient", "overhead")
@@ -85,6 +86,8 @@ class Plan(BaseModel):
     storage: str | None = None
     trial_number: int | None = None
     proxy: ProxyInfo | None = None
+    # the candidates re-trained with several seeds; ``metric`` is then the plan's mean over them
+    confirmation: Confirmation | None = None
 
     @model_validator(mode="before")
     @classmethod

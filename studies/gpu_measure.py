@@ -79,7 +79,14 @@ def _summarize_snapshot(snap) -> list:
     return out
 
 
-def run_case(name: str, outdir: Path, snapshot: bool) -> dict:
+def _history(torch) -> list:
+    """[action, size] of every allocation, free and new segment recorded since history was switched on."""
+    trace = torch.cuda.memory._snapshot()["device_traces"][0]
+    torch.cuda.memory._record_memory_history(enabled=None)
+    return [[e["action"], e["size"]] for e in trace if e["action"] in ("alloc", "free_completed", "segment_alloc")]
+
+
+def run_case(name: str, outdir: Path, snapshot: bool, history: bool = False) -> dict:
     import torch
     import transformers
     from torch import nn
@@ -151,10 +158,14 @@ def run_case(name: str, outdir: Path, snapshot: bool) -> dict:
         return {}
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
+    if history:
+        torch.cuda.memory._record_memory_history(context=None, stacks="python", max_entries=200000)
     t0 = time.perf_counter()
     step()
     torch.cuda.synchronize()
     step_s = time.perf_counter() - t0
+    if history:
+        (outdir / f"history-{name}.json").write_text(json.dumps(_history(torch)))
     stats = torch.cuda.memory_stats()
     free, total = torch.cuda.mem_get_info()
     used = _process_used_bytes()
@@ -222,6 +233,52 @@ def sdpa_probe(outdir: Path) -> None:
     (outdir / "sdpa.json").write_text(json.dumps(rows))
 
 
+def history_probe(outdir: Path) -> None:
+    """The allocator's alloc/free sequence of one float32 grouped-query SDPA forward and backward (the math
+    kernel), with the shapes of qwen2.5-0.5b at batch 2 x 2048, and of the same on CPU under the tracker."""
+    import torch
+    import torch.nn.functional as F
+
+    b, h, hk, s, d = 2, 14, 2, 2048, 64
+    out = {}
+    for dev in ("cuda", "cpu"):
+        q = torch.randn(b, s, h, d, device=dev).transpose(1, 2).requires_grad_()
+        k = torch.randn(b, s, hk, d, device=dev).transpose(1, 2).requires_grad_()
+        v = torch.randn(b, s, hk, d, device=dev).transpose(1, 2).requires_grad_()
+        g = torch.ones(b, s, h, d, device=dev).transpose(1, 2)
+        seq = []
+        if dev == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.memory._record_memory_history(context=None, stacks="python", max_entries=100000)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            torch.cuda.synchronize()
+            mark = torch.cuda.memory._snapshot()["device_traces"][0]
+            o.backward(g)
+            torch.cuda.synchronize()
+            trace = torch.cuda.memory._snapshot()["device_traces"][0]
+            torch.cuda.memory._record_memory_history(enabled=None)
+            seq = [[e["action"], e["size"], int(i >= len(mark))] for i, e in enumerate(trace)
+                   if e["action"] in ("alloc", "free_completed", "segment_alloc")]
+        else:
+            sys.path.insert(0, str(ROOT))
+            from planner.cost import LiveBytesTracker
+
+            class Recorder(LiveBytesTracker):
+                def _change(self, aid, delta):
+                    super()._change(aid, delta)
+                    seq.append(["alloc" if delta > 0 else "free_completed", abs(delta), phase[0]])
+
+            phase = [0]
+            with Recorder() as t:
+                t.track([q, k, v, g])
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+                phase[0] = 1
+                o.backward(g)
+        out[dev] = seq
+        del q, k, v, g, o
+    (outdir / "math-history.json").write_text(json.dumps(out))
+
+
 def run_all(outdir: Path, workers: int, budget_gb: float) -> None:
     """Every case in a fresh process, up to ``workers`` at once within ``budget_gb`` of expected peak."""
     import threading
@@ -256,6 +313,7 @@ def main():
     ap.add_argument("--all", action="store_true")
     ap.add_argument("--sdpa", action="store_true")
     ap.add_argument("--snapshot", action="store_true")
+    ap.add_argument("--history", action="store_true")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--budget-gb", type=float, default=125)
     a = ap.parse_args()
@@ -263,9 +321,11 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if a.case:
-        run_case(a.case, out, a.snapshot)
+        run_case(a.case, out, a.snapshot, a.history)
     elif a.sdpa:
         sdpa_probe(out)
+    elif a.history:
+        history_probe(out)
     elif a.all:
         run_all(out, a.workers, a.budget_gb)
 

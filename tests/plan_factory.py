@@ -34,6 +34,7 @@ def consistent_plan(**fields) -> Plan:
     update = {k: fields.get(k, Plan.model_fields[k].default) for k in ("train_embeddings", "train_head", "lora_rank")}
     if train.active_layers is not None:
         update["active_layers"] = fields["active_layers"]
+        update["min_depth"] = fields.get("min_depth", train.min_depth)
     fields["train"] = train.model_copy(update=update)
     breakdown = fields.get("breakdown") or Breakdown()
     peak = fields.get("predicted_peak_bytes", sum(breakdown.model_dump().values()))

@@ -14,7 +14,6 @@ from planner.config import TrainConfig
 from planner.export import export_plan, get_exporter
 from planner.export.targets.llamafactory import freeze_block
 from plan_factory import make_plan, tiny_config
-from planner.plan import Plan
 from planner.spec import build_model, load_spec
 from trainer_rules import axolotl_match, llamafactory_freeze
 
@@ -52,12 +51,8 @@ def test_the_planner_target_round_trips_byte_identical(tmp_path):
     assert res.written[0].read_bytes() == src.read_bytes() and res.lost == []
 
 
-class DepthPlan(Plan):
-    min_depth: int = 0  # the plan-level field, as exports read it when a plan carries one
-
-
-def test_min_depth_is_read_from_the_plan_when_it_has_the_field():
-    plan = DepthPlan(**{**make_plan(active_layers=2).model_dump(), "min_depth": 1})
+def test_min_depth_is_read_from_the_plan():
+    plan = make_plan(active_layers=2, min_depth=1)
     assert json.loads(render("peft", plan)[2])["layers_to_transform"] == [1, 2, 3]
     assert any("min_depth=1" in line for line in render("axolotl", plan)[0].lost)
     from planner.export.targets.hf import script_plan

@@ -64,8 +64,7 @@ def test_cpu_profile_per_layer_bytes(cpu_profile, model_json):
 
 
 def test_profile_checks_the_cost_model_against_measured_steps(cpu_profile, model_json):
-    from planner.cost import estimate, measure_training_peak
-    from planner.cost.measure import make_batch
+    from planner.cost import estimate
     from planner.cost.profile import role_config
 
     spec = load_spec(model_json)
@@ -73,11 +72,80 @@ def test_profile_checks_the_cost_model_against_measured_steps(cpu_profile, model
         (role, n) for role in ("trainable", "frozen_above", "frozen_below") for n in (2, 4)]
     for c in cpu_profile.checks:
         cfg = role_config(c["role"], c["layers"], dtype="float32", batch_size=1, seq_len=SEQ)
-        # measured: the same step the cost model's own ground truth measures
-        truth = measure_training_peak(build_model(spec, num_layers=c["layers"]), cfg, make_batch(spec.vocab_size, 1, SEQ))
-        assert c["measured_bytes"] == truth
+        # truth measured another way: PyTorch's CPU allocator, as the profiler's memory events report it
+        truth = _allocator_peak(spec, cfg, c["layers"])
+        # the allocator also sees scalar scratch tensors inside the optimizer step (measured: 12 B)
+        assert 0 <= truth - c["measured_bytes"] <= 64
         assert c["predicted_bytes"] == estimate(spec.with_layers(c["layers"]), cfg, device="cpu").allocated_bytes
-        assert c["error"] == pytest.approx((c["predicted_bytes"] - truth) / truth)
+        assert c["error"] == 0  # the cost model is exact on CPU
+
+
+def _allocator_peak(spec, cfg, depth: int) -> int:
+    """Peak CPU allocator bytes during a second training step (profiler memory events) plus what
+    exists across steps (weights, buffers, optimizer state, batch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from planner.cost.measure import make_batch, make_optimizer, prepare_model, training_step
+
+    model = prepare_model(build_model(spec, num_layers=depth), cfg, cfg.layers)
+    opt = make_optimizer(model, cfg)
+    batch = make_batch(spec.vocab_size, cfg.batch_size, cfg.seq_len)
+    training_step(model, opt, batch)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        training_step(model, opt, batch)
+    total = peak = 0
+    for event in sorted(prof.profiler.kineto_results.events(), key=lambda e: e.start_ns()):
+        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU:
+            total += event.nbytes()
+            peak = max(peak, total)
+    tensors = list(model.parameters()) + list(model.buffers()) + list(batch.values())
+    tensors += [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+    return peak + sum(t.numel() * t.element_size() for t in tensors)
+
+
+GPU_PROFILE = Path(__file__).parent / "fixtures" / "gpu-truth" / "h200-profile-llama-3.2-1b-bf16-s1024.json"
+
+
+def test_gpu_profile_per_layer_bytes_and_checks():
+    """`planner profile --device cuda --model llama-3.2-1b --dtype bfloat16 --seq-len 1024` on an H200: per-layer
+    bytes are whole tensors (never negative), and the cost model predicts each measured step's allocator peak."""
+    from planner.cost import estimate
+    from planner.cost.profile import role_config
+
+    prof = load_profile(GPU_PROFILE)
+    spec = load_spec("llama-3.2-1b")
+    layer = {m.role: m for m in prof.layers}
+    per_layer = layer["trainable"].gradient_bytes
+    assert per_layer == 2 * (2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 8192 + 2 * 2048)  # bf16 weights of one layer
+    assert layer["trainable"].optimizer_bytes == 2 * per_layer
+    for role in ("frozen_above", "frozen_below"):
+        assert layer[role].gradient_bytes == layer[role].optimizer_bytes == 0
+    assert all(v >= 0 for m in prof.layers for v in (m.activation_bytes, m.gradient_bytes, m.optimizer_bytes))
+    for c in prof.checks:
+        cfg = role_config(c["role"], c["layers"], dtype="bfloat16", batch_size=1, seq_len=1024)
+        predicted = estimate(spec.with_layers(c["layers"]), cfg, device="cuda", profile=prof).allocated_bytes
+        error = (predicted - prof.workspace_bytes - c["measured_bytes"]) / c["measured_bytes"]
+        assert -1e-6 <= error <= 0.003, (c["role"], c["layers"], error)  # measured: within 512 B, one case +0.28%
+
+
+def test_profile_out_is_checked_before_measuring(tmp_path, monkeypatch, capsys, model_json):
+    import planner.cost.profile as mod
+
+    monkeypatch.setattr(mod, "measure_profile", lambda *a, **k: pytest.fail("measured before checking --out"))
+    for bad, rule in ((tmp_path, "is a directory"), (tmp_path / "f.json" / "x.json", "cannot be opened")):
+        if rule == "cannot be opened":
+            (tmp_path / "f.json").write_text("{}")  # a file where a folder would have to be
+        code = main(["profile", "--model", model_json, "--device", "cpu", "--out", str(bad)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "--out must be a file path this user can write" in err and rule in err
+
+
+def test_profile_prints_one_line_per_step_off_a_terminal(tmp_path, capsys, model_json):
+    code = main(["profile", "--model", model_json, "--device", "cpu", "--seq-len", "8", "--out", str(tmp_path / "p.json")])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 0
+    assert [line.split("]")[0] for line in err] == [f"profile [{i}/12" for i in range(1, 13)]
+    assert "measured trainable at 2 layers" in err[0] and "cost model check" in err[-1]
 
 
 def test_profile_round_trip(cpu_profile, tmp_path):

@@ -56,7 +56,7 @@ def peaks(wl, target):
 
 def options(tmp_path, vram, target, wl, **kw):
     base = dict(vram=vram, n_trials=10, steps=STEPS, eval_every=2, storage=f"sqlite:///{tmp_path}/s.db", study="t",
-                out=str(tmp_path / "plan.yaml"), proxy_device="cpu", **target_flags(wl, target))
+                out=str(tmp_path / "plan.yaml"), proxy_device="cpu", confirm_seeds=0, **target_flags(wl, target))
     return TuneOptions(**{**base, **kw})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
+    from planner.tune.confirm import DEFAULT_CONFIRM_SEEDS, DEFAULT_CONFIRM_TOP
     from planner.tune.storage import DEFAULT_STORAGE
     from planner.tune.study import DEFAULT_N_TRIALS, DEFAULT_STEPS, DEFAULT_THREADS  # light: optuna loads inside run_tune
     from planner.tune.target import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_SEQ_LEN, DEFAULT_TARGET
@@ -50,6 +51,11 @@ def add_parser(sub) -> None:
                                          "a proxy other than the target then trains with the same batch")
     p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler (default tpe)")
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="early stopping of losing trials (default median)")
+    p.add_argument("--confirm-seeds", type=int, default=DEFAULT_CONFIRM_SEEDS,
+                   help=f"before the plan is written, re-train the best searched plans and every baseline that fits with this "
+                        f"many seeds and pick the best mean (default {DEFAULT_CONFIRM_SEEDS}; 0: no confirmation)")
+    p.add_argument("--confirm-top", type=int, default=DEFAULT_CONFIRM_TOP,
+                   help=f"how many of the best searched plans are confirmed (default {DEFAULT_CONFIRM_TOP})")
     p.add_argument("--no-baselines", dest="baselines", action="store_false", help="do not run LISA / full / LoRA baselines")
     p.add_argument("--out", help="plan YAML path (default studies/<study>/plan.yaml)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
@@ -64,7 +70,7 @@ def run(args) -> int:
     from rich.console import Console
 
     from planner.tune import TuneOptions, run_tune
-    from planner.tune.summary import measured_lines, plan_line, summary_table
+    from planner.tune.summary import confirmation_lines, measured_lines, plan_line, summary_table
 
     options = TuneOptions(
         vram=args.vram, model=args.model, seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype, amp=args.amp,
@@ -73,6 +79,7 @@ def run(args) -> int:
         steps=args.steps, eval_every=args.eval_every, scorers=args.scorers, device=args.device, profile=args.profile,
         multi_objective=args.multi_objective, lora=args.lora, batch_sizes=args.batch_sizes, out=args.out,
         sampler=args.sampler, pruner=args.pruner, baselines=args.baselines, threads=args.threads,
+        confirm_seeds=args.confirm_seeds, confirm_top=args.confirm_top,
     )
     console = Console(highlight=False, soft_wrap=True)  # one line per message, whatever the width
     # transformers 5 deprecation noise from peft's LoRA wrapping: nothing a user can act on
@@ -87,7 +94,9 @@ def run(args) -> int:
     reused = f", {counts['reused']} reused a proxy run" if counts.get("reused") else ""
     console.print(f"trials: {counts.get('complete', 0)} trained{reused}, {counts.get('gated', 0)} gated (over budget for "
                   f"{plan.model}, never trained), {counts.get('pruned', 0) - counts.get('gated', 0)} pruned early, "
-                  f"{counts.get('fail', 0)} failed")
+                  f"{counts.get('fail', 0)} failed" + (f"; {counts['confirmation']} confirmation runs" if counts.get("confirmation") else ""))
+    for line in confirmation_lines(plan):
+        console.print(line)
     for line in measured_lines(result):
         console.print(line)
     console.print(plan_line(plan))
@@ -97,7 +106,8 @@ def run(args) -> int:
                       f"(depth and learning-rate rules: planner.tune.mapping)")
     best_kind = result.rows[0].kind
     if best_kind != "search":
-        console.print(f"the best plan is the {best_kind.split(':', 1)[1]} baseline itself: no searched trial beat it "
+        console.print(f"the best plan is the {best_kind.split(':', 1)[1]} baseline itself: no searched trial beat it"
+                      f"{' on the confirmed mean' if plan.confirmation else ''} "
                       f"(resume with --study {plan.study_name} and a larger --n-trials to search on)")
     if result.pareto:
         from planner.tune.gate import human_bytes

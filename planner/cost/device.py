@@ -13,10 +13,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from planner.units import MiB
 
-# Documented defaults when no profile matches (PyTorch 2.x on Ampere/Hopper):
-DEFAULT_CONTEXT_BYTES = 512 * MiB  # CUDA context + kernel images, outside memory_reserved
-DEFAULT_WORKSPACE_BYTES = 2 * 32 * MiB  # cuBLASLt workspace per handle; forward and backward threads each hold one
-DEFAULT_FRAGMENTATION = 0.05  # reserved/allocated - 1 at the peak, beyond block rounding
+# Documented defaults when no profile matches, measured on an NVIDIA H200 with torch 2.11 / CUDA 13
+# (tests/fixtures/gpu-truth): the device memory a training process holds outside the allocator's
+# segments (total - free - memory_reserved after two steps), the largest of 15 configurations
+DEFAULT_CONTEXT_BYTES = 804_061_184
+# cuBLAS workspace per handle on Hopper (32 MiB); the forward's thread and autograd's each hold one,
+# allocated through the caching allocator, so they count in memory_allocated and memory_reserved
+DEFAULT_WORKSPACE_BYTES = 2 * 32 * MiB
+# reserved/allocated - 1 at the peak: measured by `planner profile` and kept for reference; estimates
+# take reserved memory from the allocator model (planner.cost.replay), not from this ratio
+DEFAULT_FRAGMENTATION = 0.0
 
 
 class LayerMeasurement(BaseModel):

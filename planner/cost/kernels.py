@@ -20,8 +20,13 @@ bytes ``memory_allocated`` shows; tests/fixtures/gpu-truth/h200-sdpa.json):
   Backward: dq/dk/dv (one (b, s, 3, h, d) chunk when q, k, v are views of one tensor, as gpt2's
   fused ``c_attn``), a float32 workspace (b, h, s64·d64 + s64) and ``delta`` (b, h, s).
 - **math** otherwise (float32 with grouped-query heads: the fused kernel needs 16-bit, the
-  memory-efficient one equal heads): the composite ``_scaled_dot_product_attention_math``, which
-  keeps the scaled q, the expanded k and v and the (b, h, s, s) softmax; it runs as is.
+  memory-efficient one equal heads): the composite ``_scaled_dot_product_attention_math``
+  (``attention.cpp``), written out here because CPU runs two of its parts differently: the
+  boolean causal mask becomes an additive one, k and v are repeated to every query head, and the
+  (b, h, s, s) scores go through ``_safe_softmax``, which CUDA computes as softmax plus an
+  all-masked-row check (a bool (b, h, s, s) and a (b, h, s, 1) temporary) where CPU has one
+  kernel; its backward holds one more (b, h, s, s) buffer than the CPU one (the allocator
+  history of an H200, tests/fixtures/gpu-truth/README.md).
 
 Dropout on CUDA is the fused ``native_dropout``: the output and a bool mask (1 byte per
 element) are kept, where CPU keeps a noise tensor of the input's dtype.
@@ -30,6 +35,7 @@ element) are kept, where CPU keeps a noise tensor of the input's dtype.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +115,53 @@ class _KernelAttention(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
+class _SafeSoftmax(torch.autograd.Function):
+    """``_safe_softmax`` as CUDA runs it (see the module doc)."""
+
+    @staticmethod
+    def forward(ctx, scores):
+        out = torch.softmax(scores, -1)
+        masked = scores.eq(float("-inf"))
+        rows = masked.all(-1, keepdim=True)
+        out.masked_fill_(rows, torch.zeros((), dtype=out.dtype))
+        del rows, masked
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        held = torch.empty_like(grad)  # the buffer CUDA's backward holds beside the softmax gradient
+        grad_in = torch._softmax_backward_data(grad, out, -1, out.dtype)
+        del held
+        return grad_in
+
+
+def _math_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+    """``_scaled_dot_product_attention_math`` op by op, as CUDA runs it."""
+    scale = 1 / math.sqrt(query.size(-1)) if scale is None else scale
+    root = math.sqrt(scale)  # q and k are each scaled by sqrt(scale) for stability
+    q = query * root
+    if is_causal:
+        rows, cols = query.size(-2), key.size(-2)
+        allowed = torch.ones(rows, cols, dtype=torch.bool).tril()
+        attn_mask = torch.where(allowed, torch.zeros((), dtype=query.dtype), torch.full((), float("-inf"), dtype=query.dtype))
+        del allowed
+    if enable_gqa and key.size(-3) != query.size(-3):
+        repeat = query.size(-3) // key.size(-3)
+        key, value = key.repeat_interleave(repeat, dim=-3), value.repeat_interleave(repeat, dim=-3)
+    scores = q @ (key.transpose(-2, -1) * root)
+    if attn_mask is not None:
+        scores.add_(attn_mask)
+    probs = _SafeSoftmax.apply(scores)
+    del scores
+    if dropout_p > 0:
+        probs = cuda_dropout(probs, dropout_p)
+    out = probs @ value
+    del q, key, value, attn_mask
+    return out
+
+
 def cuda_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     """``F.scaled_dot_product_attention`` with the memory behaviour of its CUDA kernels."""
     if torch.is_autocast_enabled("cpu"):
@@ -122,8 +175,7 @@ def cuda_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
         attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill_(~attn_mask, float("-inf"))
     backend = sdpa_backend(query, key, value, attn_mask, enable_gqa)
     if backend == "math":
-        return torch.ops.aten._scaled_dot_product_attention_math(
-            query, key, value, attn_mask, dropout_p, is_causal, None, scale=scale, enable_gqa=enable_gqa)[0]
+        return _math_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     return _KernelAttention.apply(query, key, value, backend, attn_mask)
 
 

@@ -98,7 +98,8 @@ def _best(points: list[TrialPoint], direction: str, multi_objective: bool) -> Tr
     """The trial ``planner tune`` writes as the plan: the best metric among trained trials that fit (any
     kind; on the Pareto front when multi-objective), the lower predicted peak breaking ties."""
     sign = 1.0 if direction == "maximize" else -1.0
-    cand = [p for p in points if p.state == "COMPLETE" and p.metric is not None and p.fits is True]
+    cand = [p for p in points if p.state == "COMPLETE" and p.metric is not None and p.fits is True
+            and not p.kind.startswith("confirm:")]  # a confirmation run is one seed of another trial's point
     if multi_objective and any(p.pareto for p in cand):
         cand = [p for p in cand if p.pareto]
     if not cand:
@@ -217,6 +218,10 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
     for p in points:
         p.pareto = p.number in front
     best = _best(points, direction, len(study.directions) > 1 or bool(ua.get("multi_objective")))
+    from planner.tune.confirm import best_confirmed, confirmed, report_lines
+
+    top = best_confirmed(confirmed(trials), direction)  # as `planner tune` writes it: the best confirmed mean
+    best = by_number[top.source.number] if top is not None else best
     notes: dict[str, str] = {}
 
     spec, spec_why = (None, "cost model disabled") if not use_cost_model else _study_spec(ua.get("model"))
@@ -232,11 +237,11 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
     bars: list[Bar] = []
     configs = baseline_configs(base)
     for key, label in BASELINES:
-        tr = [t for t in trials if t.user_attrs.get("kind") == f"baseline:{key}" and t.user_attrs.get("breakdown")]
-        # prefer a trained record, then the latest
-        tr.sort(key=lambda t: (t.state.name == "COMPLETE", t.number))
-        if tr:
-            t = tr[-1]
+        from planner.tune.baselines import best_of_kind
+
+        # the best learning rate of its sweep (a trained record first, then the latest)
+        t = best_of_kind([t for t in trials if t.user_attrs.get("breakdown")], f"baseline:{key}", direction)
+        if t is not None:
             pt = by_number[t.number]
             parts = _breakdown_dict(t.user_attrs["breakdown"])
             peak = pt.peak_bytes if pt.peak_bytes is not None else sum(parts.values())
@@ -299,7 +304,7 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         "running": states.count("RUNNING") + states.count("WAITING"),
     }
     synthetic = bool(ua.get("synthetic", False))
-    details = _details(ua, base, num_layers, trials)
+    details = _details(ua, base, num_layers, trials) + report_lines(trials, direction, str(ua.get("metric_name") or "metric"))
     target = (ua.get("target") or {}).get("name") or model
     title = (f"planner report: study {study.study_name} for {target}" + (f" ({num_layers} layers)" if num_layers else "")
              + (" (SYNTHETIC study, not measured)" if synthetic else ""))

@@ -6,6 +6,12 @@
   trial, so it runs only where it fits;
 - ``baseline:lora``: LoRA rank 16 on every layer's linear modules, embeddings and head frozen.
 
+Fair comparison: before confirmation (:mod:`planner.tune.confirm`), each baseline that trained
+within the budget also runs at the other :data:`LR_SWEEP_FACTORS` times its default learning
+rate (trials of its kind, ``user_attrs['lr_sweep']`` = the factor, not counted toward
+``--n-trials``), and is compared at the best of them (:func:`best_of_kind`): a win over a
+baseline is then the method's, not a learning rate's. A baseline over budget runs once (gated).
+
 Every study also starts with the points :func:`offered_points` finds: the most active layers
 the budget allows (searched trials like any other, marked ``offered``).
 """
@@ -22,6 +28,9 @@ LORA_BASELINE_RANK = 16
 LORA_LR_FACTOR = 5.0
 KINDS = ("baseline:lisa", "baseline:full", "baseline:lora")
 SEARCH = "search"
+# a baseline's learning-rate sweep: a factor of 3 around its default brackets the rates that train
+# the built-in proxy (reports/workload_spread.txt: γ=2 K=20 scores 0.74 at 1e-3, 0.42 at 3e-3)
+LR_SWEEP_FACTORS = (1 / 3, 1.0, 3.0)
 
 
 def _nearest(value, choices):
@@ -56,12 +65,69 @@ def baseline_points(space: SearchSpace) -> dict[str, TrialParams]:
     return out
 
 
+def lr_sweep(space: SearchSpace, point: TrialParams) -> list[tuple[float, TrialParams]]:
+    """(factor, point) for each rate of the sweep around ``point.lr``, snapped into the space; repeats dropped."""
+    out, seen = [], set()
+    for factor in LR_SWEEP_FACTORS:
+        lr = _lr(space, point.lr * factor)
+        if lr not in seen:
+            seen.add(lr)
+            out.append((factor, replace(point, lr=lr)))
+    return out
+
+
 def enqueue_baselines(study, space: SearchSpace) -> list[str]:
-    """Queue every baseline as a fixed trial marked with its kind; returns the kinds queued."""
+    """Queue every baseline at its default learning rate as a fixed trial marked with its kind; returns the kinds."""
     points = baseline_points(space)
     for kind, point in points.items():
         study.enqueue_trial(point.as_params(), user_attrs={"kind": kind})
     return list(points)
+
+
+def is_sweep(trial) -> bool:
+    """A baseline's run at another learning rate than its default (counted apart from ``--n-trials``)."""
+    return trial.user_attrs.get("kind") in KINDS and trial.user_attrs.get("lr_sweep", 1.0) != 1.0
+
+
+def enqueue_sweeps(study, space: SearchSpace) -> int:
+    """Queue the missing learning rates of every baseline whose default trial trained within the budget."""
+    from optuna.trial import TrialState
+
+    from planner.tune.lifecycle import interrupted
+
+    trials = study.get_trials(deepcopy=False)
+    n = 0
+    for kind, point in baseline_points(space).items():
+        of_kind = [t for t in trials if t.user_attrs.get("kind") == kind and not interrupted(t)]
+        if not any(t.state == TrialState.COMPLETE and t.user_attrs.get("fits") is True for t in of_kind):
+            continue
+        have = {float(t.params["lr"]) for t in of_kind if "lr" in t.params} | {
+            float(t.system_attrs.get("fixed_params", {}).get("lr", -1)) for t in of_kind if t.state == TrialState.WAITING}
+        for factor, p in lr_sweep(space, point):
+            if p.lr not in have:
+                study.enqueue_trial(p.as_params(), user_attrs={"kind": kind, "lr_sweep": factor})
+                n += 1
+    return n
+
+
+def best_of_kind(trials, kind: str, direction: str):
+    """The trial a baseline is compared at: its best trained trial of the sweep (the latest finished one
+    when none trained); None when the study has none of ``kind``."""
+    import math
+
+    from optuna.trial import TrialState
+
+    from planner.tune.lifecycle import counted
+
+    of_kind = [t for t in trials if t.user_attrs.get("kind") == kind and counted(t)]
+    sign = 1.0 if direction == "maximize" else -1.0
+
+    def score(t):
+        m = t.user_attrs.get("metric")
+        ok = t.state == TrialState.COMPLETE and t.user_attrs.get("fits") is True and m is not None and math.isfinite(m)
+        return (ok, sign * m if ok else 0.0, -t.number if ok else t.number)
+
+    return max(of_kind, key=score, default=None)
 
 
 def offered_points(space: SearchSpace, gate) -> list[TrialParams]:

@@ -49,16 +49,18 @@ def counted(trial) -> bool:
 
 
 def owed(study, total: int) -> int:
-    """Trials still to run: up to ``total`` counted ones, and at least every queued baseline not yet finished."""
+    """Trials still to run: up to ``total`` counted ones (confirmation and learning-rate sweep runs are not), and at least every
+    queued baseline not yet finished."""
     from optuna.trial import TrialState
 
-    from planner.tune.baselines import KINDS
+    from planner.tune.baselines import KINDS, is_sweep
+    from planner.tune.confirm import is_confirm
 
     trials = study.get_trials(deepcopy=False)
     done = {t.user_attrs.get("kind") for t in trials if counted(t)}
     queued = {t.user_attrs.get("kind") for t in trials if t.state == TrialState.WAITING}
     baselines = [k for k in KINDS if k in queued and k not in done]
-    return max(total - sum(counted(t) for t in trials), len(baselines))
+    return max(total - sum(counted(t) and not is_confirm(t) and not is_sweep(t) for t in trials), len(baselines))
 
 
 def settle_message(exc: BaseException) -> str:
@@ -120,6 +122,9 @@ def process_alive(pid: int, started: str | None) -> bool:
         return True  # no /proc (macOS): existence is all we know
     state, start = stat
     return state not in ("Z", "X") and (started is None or start == started)
+
+
+QUEUED_ATTRS = ("lr_sweep", "confirm_of", "confirm_seed")  # user_attrs that define a queued trial
 
 
 class Worker:
@@ -240,10 +245,14 @@ class Worker:
         from planner.tune.baselines import SEARCH
 
         kind = trial.user_attrs.get("kind", SEARCH)
-        if kind == SEARCH and not trial.params:
+        # a queued trial (a baseline, a retry) stopped before it suggested anything still knows its point
+        params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+        if kind == SEARCH and not params:
             return
         first = trial.user_attrs.get("retry_of", trial.number)
-        self.study.enqueue_trial(dict(trial.params), user_attrs={"kind": kind, "retry_of": first})
+        # what a queued trial was queued with (its sweep factor, the confirmed trial and seed) is asked again
+        keep = {k: trial.user_attrs[k] for k in QUEUED_ATTRS if k in trial.user_attrs}
+        self.study.enqueue_trial(params, user_attrs={"kind": kind, "retry_of": first, **keep})
 
 
 class GuardedObjective:

@@ -71,7 +71,12 @@ class Objective:
         if kind is None:
             kind = SEARCH
             trial.set_user_attr("kind", kind)
-        if kind in self._baselines:
+        from planner.tune.confirm import confirm_run
+
+        confirm, seed = confirm_run(trial, self.space, self.seed), self.seed  # a confirmation run: its point and seed
+        if confirm is not None:
+            params, seed = confirm
+        elif kind in self._baselines:
             params = self.space.suggest_fixed(trial, self._baselines[kind])
         else:
             params = self.space.suggest(trial)
@@ -88,7 +93,7 @@ class Objective:
         small = proxy_params(params, target_layers=self.space.num_layers, proxy_layers=self.proxy_layers,
                              is_target=self.proxy_is_target)
         batch = self._proxy_batch(params)
-        key = reuse_key(small, batch)
+        key = reuse_key(small, batch) + ("" if confirm is None else f"|seed {seed}")
         trial.set_user_attr("proxy_plan", {"gamma": small.gamma, "min_depth": small.min_depth, "batch_size": batch})
         trial.set_user_attr("proxy_key", key)
         if self.proxy_hidden and self.target_hidden:
@@ -103,7 +108,7 @@ class Objective:
             for name in ("metric", "importance", "train_seconds"):
                 trial.set_user_attr(name, same.user_attrs.get(name))
             trial.set_user_attr("reused_from", same.number)
-            if not self.multi_objective:  # the pruner sees the same curve
+            if not self.multi_objective and confirm is None:  # the pruner sees the same curve
                 for step, value in sorted(same.intermediate_values.items()):
                     trial.report(value, step)
             metric = float(same.user_attrs["metric"])
@@ -112,7 +117,7 @@ class Objective:
         prune = kind == SEARCH and not self.multi_objective  # baselines always run to the end
 
         def on_eval(step: int, value: float) -> None:
-            if self.multi_objective:  # Optuna has no intermediate values for several objectives
+            if self.multi_objective or confirm is not None:  # none for several objectives; confirmations never pruned
                 return
             if math.isfinite(value):
                 trial.report(value, step)
@@ -125,7 +130,7 @@ class Objective:
         extra = {"shape": self.shape} if self.shape is not None else {}
         try:
             result = self.proxy(self.workload, small, batch_size=batch, steps=self.steps, eval_every=self.eval_every,
-                                seed=self.seed, on_eval=on_eval, **extra)
+                                seed=seed, on_eval=on_eval, **extra)
         except optuna.TrialPruned as exc:
             trial.set_user_attr("reason", str(exc))
             trial.set_user_attr("train_seconds", perf_counter() - start)

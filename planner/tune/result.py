@@ -44,6 +44,8 @@ class SummaryRow:
     state: str
     delta: float | None = None  # tuned metric better by this much (in the metric's units; > 0 = tuned wins)
     reason: str | None = None
+    std: float | None = None  # confirmed rows: metric is the mean over ``seeds`` confirmation seeds
+    seeds: int | None = None
 
 
 @dataclass
@@ -89,7 +91,7 @@ def _better(direction: str):
 
 
 def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, layers_attribute: str, storage: str,
-              multi_objective: bool = False) -> TuneResult:
+              multi_objective: bool = False, seed: int = 0, steps: int = 0) -> TuneResult:
     """The best fitting trained trial as a Plan for ``target``, with every baseline next to it."""
     from optuna.trial import TrialState
 
@@ -99,34 +101,46 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
     trials = study.get_trials(deepcopy=False)
     direction = workload.direction
     sign = 1.0 if direction == "maximize" else -1.0
-    ok = [t for t in trials if _trained_ok(t)]
+    from planner.tune.confirm import is_confirm
+
+    ok = [t for t in trials if _trained_ok(t) and not is_confirm(t)]
     if not ok:
         states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
         raise NoFinishedTrial(f"the study must hold a trained trial that fits, but it has none ({states}); "
                               f"see the trials' user_attrs 'reason', or raise --n-trials/--vram")
     check_signal(ok, workload.metric_name, study.study_name)
     if multi_objective:
-        front = [t for t in study.best_trials if _trained_ok(t)]
+        front = [t for t in study.best_trials if _trained_ok(t) and not is_confirm(t)]
         candidates = front or ok
     else:
         front, candidates = [], ok
     best = _better(direction)(candidates, key=lambda t: (metric_of(t), -t.user_attrs["predicted_peak_bytes"] * sign))
     best_metric = metric_of(best)
+    from planner.tune.baselines import best_of_kind
+    from planner.tune.confirm import best_confirmed, confirmation_record, confirmed
+
+    runs = {r.source.number: r for r in confirmed(trials)}  # the tuned plan is the best confirmed mean
+    top = best_confirmed(list(runs.values()), direction)
+    record = None if top is None else confirmation_record(trials, top, seed=seed, steps=steps, direction=direction)
+    if top is not None:
+        best, best_metric = top.source, top.mean
+    stats = lambda t: {} if t.number not in runs else {"std": runs[t.number].std, "seeds": len(runs[t.number].metrics)}  # noqa: E731
 
     rows = [SummaryRow("tuned plan", best.user_attrs.get("kind", SEARCH), best_metric, best.user_attrs["predicted_peak_bytes"],
-                       True, best.number, best.state.name.lower())]
+                       True, best.number, best.state.name.lower(), **stats(best))]
     baselines = []
     for kind in KINDS:
-        of_kind = [t for t in trials if t.user_attrs.get("kind") == kind and finished(t)]
-        if not of_kind:
+        t = best_of_kind(trials, kind, direction)  # a baseline at the best learning rate of its sweep
+        if t is None:
             continue
-        t = max(of_kind, key=lambda t: (_trained_ok(t), t.number))
         metric = metric_of(t) if t.state == TrialState.COMPLETE else None
+        if top is not None and metric is not None and t.number in runs:
+            metric = runs[t.number].mean
         peak = t.user_attrs.get("predicted_peak_bytes")
         fits = t.user_attrs.get("fits")
         delta = None if metric is None else sign * (best_metric - metric)
         rows.append(SummaryRow(kind.split(":", 1)[1], kind, metric, peak, fits, t.number, t.state.name.lower(), delta,
-                               t.user_attrs.get("reason")))
+                               t.user_attrs.get("reason"), **(stats(t) if top is not None else {})))
         if peak is not None:
             baselines.append(BaselineResult(name=kind.split(":", 1)[1], predicted_peak_bytes=int(peak), fits=bool(fits),
                                             metric=metric, trial_number=t.number))
@@ -148,8 +162,10 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
         proxy=ProxyInfo(name=proxy.name, kind=proxy.kind, num_layers=proxy.num_layers, hidden_size=proxy.hidden_size,
                         device=proxy.device, active_layers=small.gamma, min_depth=small.min_depth, learning_rate=params.lr,
                         batch_size=int(proxy_batch)),
+        confirmation=record,
     )
-    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    counts = {s.name.lower(): sum(t.state == s and not is_confirm(t) for t in trials) for s in TrialState}
+    counts["confirmation"] = sum(is_confirm(t) and finished(t) for t in trials)
     counts["gated"] = sum(bool(t.user_attrs.get("gated")) for t in trials)
     counts["reused"] = sum(t.user_attrs.get("reused_from") is not None for t in trials)
     pareto = [{"trial": t.number, "metric": metric_of(t), "predicted_peak_bytes": t.user_attrs["predicted_peak_bytes"],

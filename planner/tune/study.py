@@ -21,9 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from planner.errors import PlannerError, collect
 from planner.threads import torch_threads
 from planner.tune.gate import human_bytes
+from planner.tune.confirm import DEFAULT_CONFIRM_SEEDS, DEFAULT_CONFIRM_TOP
 from planner.tune.storage import DEFAULT_STORAGE, check_storage
 
-DEFAULT_N_TRIALS = 24  # 3 baselines + 21 searched
+DEFAULT_N_TRIALS = 24  # 3 baselines + 21 searched (learning-rate sweeps and confirmation runs come on top)
 DEFAULT_STEPS = 150  # proxy optimizer steps per trial
 # default batch: 32 sequences or 2048 tokens, whichever is fewer (the default task's
 # 36-token examples reach ~20% accuracy in 150 steps of 32; long sequences get small batches)
@@ -75,6 +76,8 @@ class TuneOptions(BaseModel):
     pruner: Literal["median", "hyperband", "none"] = "median"
     baselines: bool = True
     threads: int = DEFAULT_THREADS
+    confirm_seeds: int = Field(DEFAULT_CONFIRM_SEEDS, description="seeds each candidate is re-trained with (0: no confirmation)")
+    confirm_top: int = Field(DEFAULT_CONFIRM_TOP, description="searched plans confirmed (every baseline that fits is too)")
 
     @field_validator("scorers", "batch_sizes", mode="before")
     @classmethod
@@ -98,6 +101,8 @@ class TuneOptions(BaseModel):
             problems.append(f"--timeout must be > 0 seconds, but got {self.timeout}")
         if self.threads < 0:
             problems.append(f"--threads must be >= 0 (0 = PyTorch's default), but got {self.threads}")
+        if self.confirm_seeds < 0 or self.confirm_top < 1:
+            problems.append(f"`--confirm-seeds >= 0` and `--confirm-top >= 1` must hold, but got {self.confirm_seeds} and {self.confirm_top}")
         if self.steps <= 0:
             problems.append(f"--steps must be > 0, but got {self.steps}")
         if self.eval_every is not None and not 1 <= self.eval_every <= self.steps:
@@ -210,7 +215,10 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
     from planner.tune.seeding import PerTrialSeed
 
     directions = [study_attrs["direction"], "minimize"] if multi_objective else [study_attrs["direction"]]
+    from planner.tune.bounded import GateBoundedSampler, largest_fitting_gamma
+
     sampler, pruner = PerTrialSeed(make_sampler(options.sampler, options.seed), options.seed), _make_pruner(options)
+    sampler = GateBoundedSampler(sampler, max(1, largest_fitting_gamma(space, gate)))  # γ > G can never fit
     try:
         study = optuna.create_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner, directions=directions)
     except optuna.exceptions.DuplicatedStudyError:
@@ -252,7 +260,8 @@ def resume_command(options: TuneOptions, study_name: str) -> str:
     for flag, value in (("--model", options.model), ("--seq-len", options.seq_len), ("--batch-size", options.batch_size),
                         ("--dtype", options.dtype), ("--amp", options.amp), ("--optimizer", options.optimizer),
                         ("--proxy", options.proxy), ("--data", options.data), ("--n-trials", options.n_trials),
-                        ("--device", options.device), ("--steps", options.steps), ("--seed", options.seed)):
+                        ("--device", options.device), ("--steps", options.steps), ("--seed", options.seed),
+                        ("--confirm-seeds", options.confirm_seeds), ("--confirm-top", options.confirm_top)):
         if value is not None:
             parts.append(f"{flag} {value}")
     if options.scorers:
@@ -360,27 +369,34 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     from planner.tune.lifecycle import GuardedObjective, attach, owed, settle_message
 
     worker = attach(study)  # dead workers' trials are failed and queued again before counting
-    done = sum(finished(t) for t in study.get_trials(deepcopy=False))
+    from planner.tune.confirm import confirm_phase, is_confirm, waiting_confirmations
+
+    done = sum(finished(t) and not is_confirm(t) for t in study.get_trials(deepcopy=False))
     remaining = owed(study, options.n_trials)
-    if remaining > 0:
-        bar = TrialProgress(options.n_trials, done, metric_name=workload.metric_name, direction=workload.direction,
-                            console=console, enabled=progress)
-        bar.seed_best(study)
-        try:
-            with torch_threads(options.threads), bar:
-                study.optimize(GuardedObjective(objective, worker), n_trials=remaining, timeout=options.timeout,
-                               catch=(Exception,), callbacks=[bar, worker.reap, StopAfter(options.n_trials)])
-        except KeyboardInterrupt as exc:
-            worker.settle()
-            kept = sum(finished(t) for t in study.get_trials(deepcopy=False))
-            error = Interrupted(f"{settle_message(exc)}: {kept} finished trials of study {name!r} are stored in {options.storage}; "
-                                f"resume with: {resume_command(options, name)}")
-            error.exit_code = exit_code(exc)
-            raise error from None
+    try:
+        with torch_threads(options.threads):
+            if remaining > 0:
+                bar = TrialProgress(options.n_trials, done, metric_name=workload.metric_name, direction=workload.direction,
+                                    console=console, enabled=progress)
+                bar.seed_best(study)
+                with bar:  # queued confirmation runs of an earlier run are popped first: room for them too
+                    study.optimize(GuardedObjective(objective, worker), n_trials=remaining + waiting_confirmations(study),
+                                   timeout=options.timeout, catch=(Exception,),
+                                   callbacks=[bar, worker.reap, StopAfter(options.n_trials)])
+            if options.confirm_seeds:
+                confirm_phase(study, GuardedObjective(objective, worker), space, top=options.confirm_top, seeds=options.confirm_seeds,
+                              workload=workload, console=console, progress=progress, callbacks=[worker.reap])
+    except KeyboardInterrupt as exc:
+        worker.settle()
+        kept = sum(finished(t) for t in study.get_trials(deepcopy=False))
+        error = Interrupted(f"{settle_message(exc)}: {kept} finished trials of study {name!r} are stored in {options.storage}; "
+                            f"resume with: {resume_command(options, name)}")
+        error.exit_code = exit_code(exc)
+        raise error from None
     worker.close()
 
     result = summarize(study, space, target=target, proxy=setup, vram_bytes=vram, layers_attribute=layers_attr,
-                       storage=options.storage, multi_objective=options.multi_objective)
+                       storage=options.storage, multi_objective=options.multi_objective, seed=options.seed, steps=options.steps)
     out = Path(options.out) if options.out else Path("studies") / name / "plan.yaml"
     result.plan.save(out)
     return replace(result, plan_path=str(out))

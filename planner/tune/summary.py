@@ -17,6 +17,8 @@ def summary_table(result, *, metric_name: str, vram_bytes: int, target_name: str
             metric = f"does not fit: {human_bytes(row.predicted_peak_bytes)}"
         else:
             metric = "-" if row.metric is None else f"{row.metric:.4f}"
+            if row.seeds:  # the seed count is printed with the confirmation below the table
+                metric += f" ± {row.std:.4f}"
         peak = "-" if row.predicted_peak_bytes is None else human_bytes(row.predicted_peak_bytes)
         if row.name == "tuned plan":
             delta = ""
@@ -53,3 +55,25 @@ def measured_lines(result) -> list[str]:
             f"{100 * worst['prediction_error']:+.1f}% (trial {worst['trial']}: predicted "
             f"{human_bytes(worst['predicted_peak_bytes'])}, device memory in use at the peak "
             f"{human_bytes(worst['device_used_bytes'])}, max reserved {human_bytes(worst['max_reserved_bytes'])})"]
+
+
+def confirmation_lines(plan) -> list[str]:
+    """Every confirmed candidate's mean ± std, then the margin over each baseline and whether it exceeds the seed noise."""
+    conf = plan.confirmation
+    if conf is None:
+        return []
+    out = [f"confirmed with {len(conf.seeds)} seeds ({conf.steps} proxy steps each; data order and layer draws vary, the "
+           f"data split is fixed): {plan.metric_name} mean ± std"]
+    for c in conf.candidates:
+        failed = f", {c.failed} failed" if c.failed else ""
+        mean = "-" if c.mean is None else f"{c.mean:.4f} ± {c.std:.4f}"
+        out.append(f"  {c.name:<10} {mean}  (trial {c.trial_number}, proxy lr {c.learning_rate:.3g}, predicted peak "
+                   f"{human_bytes(c.predicted_peak_bytes)}{failed}): " + " ".join(f"{m:.4f}" for m in c.metrics))
+    for m in conf.margins:
+        if m.margin is None:
+            out.append(f"vs {m.baseline} ({human_bytes(m.baseline_peak_bytes)}): {m.verdict}")
+        else:
+            out.append(f"vs {m.baseline} at its best learning rate ({human_bytes(m.baseline_peak_bytes)}): {m.versus} "
+                       f"({human_bytes(m.versus_peak_bytes)}) {'wins' if m.margin > 0 else 'loses'} by {m.margin:+.4f}, "
+                       f"2 standard errors {m.noise:.4f}: {m.verdict}")
+    return out

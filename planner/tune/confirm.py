@@ -1,0 +1,328 @@
+"""Confirmation: before the plan is written, the best searched plans and every baseline that fits train again
+with fresh seeds at the full proxy budget, and the plan is the best mean.
+
+Candidates: the ``--confirm-top`` best searched trials (complete, within budget, distinct proxy runs) and
+each baseline at the best learning rate of its sweep (:func:`planner.tune.baselines.best_of_kind`).
+Each trains ``--confirm-seeds`` times. A confirmation run is a trial of the study whose
+``user_attrs['kind']`` is ``"confirm:<trial>:<i>"`` (trial ``<trial>``'s point, seed index ``i``): stored,
+resumed and reported like any trial, never counted toward ``--n-trials``, never pruned.
+
+Seeds: index ``i`` trains with :func:`confirm_seed` (``--seed``, ``i``) for every candidate, so all
+candidates see the same data order and layer-draw stream (common random numbers), none the search's
+own seed (the searched winners' lucky draws are not re-used); the data split stays fixed by ``--seed``.
+
+Noise: the margin of plan a over baseline b is ``mean_a - mean_b`` (signed so > 0 means a is better).
+It exceeds the seed noise when ``|margin| > 2·SE``, ``SE = sqrt(s_a²/n_a + s_b²/n_b)`` (Welch's
+standard error of a difference of means; s: the sample std over seeds, n: seeds). Example: means 0.80
+and 0.74, stds 0.03 and 0.05 over 3 seeds: SE = sqrt(0.0009/3 + 0.0025/3) = 0.034, 2·SE = 0.067 >
+0.06: within the seed noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from planner.confirmation import Confirmation, ConfirmedRun, Margin
+from planner.tune.baselines import KINDS, SEARCH, best_of_kind
+
+PREFIX = "confirm:"
+DEFAULT_CONFIRM_SEEDS = 3
+DEFAULT_CONFIRM_TOP = 2
+NOISE_SE = 2.0  # a margin beyond this many standard errors of the difference exceeds the seed noise
+BEYOND, WITHIN, WORSE = "beyond the seed noise", "within the seed noise", "worse beyond the seed noise"
+
+
+def confirm_kind(trial_number: int, index: int) -> str:
+    return f"{PREFIX}{trial_number}:{index}"
+
+
+def parse_kind(kind) -> tuple[int, int] | None:
+    """(source trial number, seed index) of a confirmation kind, else None."""
+    if not isinstance(kind, str) or not kind.startswith(PREFIX):
+        return None
+    try:
+        number, index = kind[len(PREFIX):].split(":")
+        return int(number), int(index)
+    except ValueError:
+        return None
+
+
+def is_confirm(trial) -> bool:
+    return parse_kind(trial.user_attrs.get("kind")) is not None
+
+
+def confirm_seed(seed: int, index: int) -> int:
+    """The proxy seed of confirmation seed ``index`` in a study run with ``--seed seed`` (32 bits)."""
+    digest = hashlib.sha256(f"planner-confirm:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _metric(trial) -> float | None:
+    m = trial.user_attrs.get("metric")
+    return None if m is None or not math.isfinite(m) else float(m)
+
+
+def _trained_ok(trial) -> bool:
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.COMPLETE and trial.user_attrs.get("fits") is True and _metric(trial) is not None
+
+
+def _name(trial) -> str:
+    kind = trial.user_attrs.get("kind", SEARCH)
+    return f"trial {trial.number}" if kind == SEARCH else kind.split(":", 1)[1]
+
+
+def select_candidates(trials, direction: str, top: int) -> list:
+    """The source trials to confirm: the ``top`` best searched ones (one per proxy run, the lower predicted
+    peak first among equals) and every baseline's best trial that trained within the budget."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    searched = sorted((t for t in trials if t.user_attrs.get("kind", SEARCH) == SEARCH and _trained_ok(t)),
+                      key=lambda t: (-sign * _metric(t), t.user_attrs["predicted_peak_bytes"], t.number))
+    out, keys = [], set()
+    for t in searched:
+        key = t.user_attrs.get("proxy_key", t.number)
+        if key not in keys and len(out) < top:
+            keys.add(key)
+            out.append(t)
+    for kind in KINDS:
+        t = best_of_kind(trials, kind, direction)
+        if t is not None and _trained_ok(t):
+            out.append(t)
+    return out
+
+
+def enqueue_confirmation(study, candidates, seeds: int) -> int:
+    """Queue each candidate's missing seeds (a resume queues none twice); returns how many confirmation runs wait."""
+    from planner.tune.lifecycle import interrupted
+
+    trials = study.get_trials(deepcopy=False)
+    have = {t.user_attrs.get("kind") for t in trials if is_confirm(t) and not interrupted(t)}
+    for t in candidates:
+        for i in range(seeds):
+            kind = confirm_kind(t.number, i)
+            if kind not in have:
+                study.enqueue_trial(dict(t.params), user_attrs={"kind": kind, "confirm_of": t.number, "confirm_seed": i})
+    from optuna.trial import TrialState
+
+    return sum(t.state == TrialState.WAITING and is_confirm(t) for t in study.get_trials(deepcopy=False))
+
+
+def confirm_run(trial, space, seed: int):
+    """(point, proxy seed) of a confirmation trial, read from its kind and its source trial; None for other kinds."""
+    parsed = parse_kind(trial.user_attrs.get("kind"))
+    if parsed is None:
+        return None
+    number, index = parsed
+    source = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == number)
+    return space.suggest_fixed(trial, space.from_params(source.params)), confirm_seed(seed, index)
+
+
+def waiting_confirmations(study) -> int:
+    """Queued runs outside ``--n-trials`` (confirmations, learning-rate sweeps), e.g. of an interrupted run."""
+    from optuna.trial import TrialState
+
+    return sum(t.state == TrialState.WAITING and _extra(t) for t in study.get_trials(deepcopy=False))
+
+
+def confirm_phase(study, objective, space, *, top: int, seeds: int, workload, console=None, progress: bool = True,
+                  callbacks=()) -> int:
+    """The baselines' learning-rate sweeps, then the confirmation runs still missing; returns how many ran."""
+    from planner.tune.baselines import enqueue_sweeps
+
+    trained = {_metric(t) for t in study.get_trials(deepcopy=False) if _trained_ok(t) and not _extra(t)}
+    if len(trained) < 2:  # nothing to confirm: no plan, or a metric that cannot tell plans apart (no plan is named)
+        return 0
+    sweeps = enqueue_sweeps(study, space)
+    if sweeps and console is not None:
+        console.print(f"learning-rate sweeps of the baselines that fit: {sweeps} proxy runs", highlight=False)
+    ran = _run_queued(study, objective, sweeps, workload, console, progress, callbacks)
+    candidates = select_candidates(study.get_trials(deepcopy=False), workload.direction, top)
+    waiting = enqueue_confirmation(study, candidates, seeds)
+    if waiting and console is not None:
+        console.print(f"confirming {len(candidates)} plans ({', '.join(_name(t) for t in candidates)}) with {seeds} seeds "
+                      f"each: {waiting} proxy runs", highlight=False)
+    return ran + _run_queued(study, objective, waiting, workload, console, progress, callbacks)
+
+
+def _extra(trial) -> bool:
+    """A run outside ``--n-trials``: a confirmation or a baseline's learning-rate sweep."""
+    from planner.tune.baselines import is_sweep
+
+    return is_confirm(trial) or is_sweep(trial)
+
+
+def _run_queued(study, objective, waiting: int, workload, console, progress, callbacks) -> int:
+    """Train the queued extra runs (progress bar, other queued trials left waiting)."""
+    from optuna.trial import TrialState
+
+    from planner.tune.progress import TrialProgress
+
+    if not waiting:
+        return 0
+    bar = TrialProgress(waiting, 0, metric_name=workload.metric_name, direction=workload.direction, console=console,
+                        enabled=progress)
+
+    def stop_when_done(study, _trial) -> None:  # another worker may have taken the last ones
+        if not any(_extra(t) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
+            study.stop()
+
+    with bar, _pop_confirmations_only(study):
+        study.optimize(objective, n_trials=waiting, catch=(Exception,), callbacks=[bar, *callbacks, stop_when_done])
+    return waiting
+
+
+@contextmanager
+def _pop_confirmations_only(study):
+    """Meanwhile the study takes only queued extra runs (:func:`_extra`): searched or baseline trials still queued
+    (``--n-trials`` was reached first) wait for a later resume instead of running beyond the total."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    def pop():
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+            if not _extra(t):
+                continue
+            try:
+                if study._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    return t._trial_id
+            except UpdateFinishedTrialError:
+                continue
+        return None
+
+    study._pop_waiting_trial_id = pop  # Optuna's own queue pops the oldest waiting trial of any kind
+    try:
+        yield
+    finally:
+        del study._pop_waiting_trial_id
+
+
+# ---- from the stored runs to the answer --------------------------------------------------------
+
+@dataclass
+class Confirmed:
+    source: object  # the source FrozenTrial
+    metrics: list[float]
+    failed: int
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and bool(self.metrics)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.metrics) if self.metrics else None
+
+    @property
+    def std(self) -> float | None:
+        if not self.metrics:
+            return None
+        return statistics.stdev(self.metrics) if len(self.metrics) > 1 else 0.0
+
+    @property
+    def peak(self) -> int:
+        return int(self.source.user_attrs["predicted_peak_bytes"])
+
+
+def confirmed(trials) -> list[Confirmed]:
+    """Every confirmed source trial with its per-seed metrics (one finished run per seed index)."""
+    from optuna.trial import TrialState
+
+    from planner.tune.lifecycle import counted
+
+    by_number = {t.number: t for t in trials}
+    runs: dict[int, dict[int, float | None]] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        parsed = parse_kind(t.user_attrs.get("kind"))
+        if parsed is None or not counted(t) or parsed[0] not in by_number:
+            continue
+        seeds = runs.setdefault(parsed[0], {})
+        if parsed[1] not in seeds:
+            seeds[parsed[1]] = _metric(t) if t.state == TrialState.COMPLETE else None
+    out = []
+    for number, seeds in runs.items():
+        values = [seeds[i] for i in sorted(seeds)]
+        out.append(Confirmed(by_number[number], [v for v in values if v is not None], sum(v is None for v in values)))
+    return out
+
+
+def best_confirmed(runs: list[Confirmed], direction: str) -> Confirmed | None:
+    """The best mean among candidates whose every seed finished (the lower predicted peak breaks ties)."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    ok = [r for r in runs if r.complete]
+    return max(ok, key=lambda r: (sign * r.mean, -r.peak, -r.source.number), default=None)
+
+
+def margin(a: Confirmed, b: Confirmed, direction: str) -> tuple[float, float, str]:
+    """(margin of a over b, 2·SE, verdict); see the module docstring."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    diff = sign * (a.mean - b.mean)
+    noise = NOISE_SE * math.sqrt(a.std ** 2 / len(a.metrics) + b.std ** 2 / len(b.metrics))
+    verdict = BEYOND if diff > noise else (WORSE if diff < -noise else WITHIN)
+    return diff, noise, verdict
+
+
+def margins(runs: list[Confirmed], best: Confirmed, trials, direction: str) -> list[Margin]:
+    """Per baseline: the tuned plan against it, or, when the tuned plan's predicted peak is higher, the best
+    confirmed plan at equal or lower peak (so a win is never bought with memory)."""
+    by_source = {r.source.number: r for r in runs if r.complete}
+    out = []
+    for kind in KINDS:
+        t = best_of_kind(trials, kind, direction)
+        if t is None or t.user_attrs.get("predicted_peak_bytes") is None:
+            continue
+        name, peak = kind.split(":", 1)[1], int(t.user_attrs["predicted_peak_bytes"])
+        if t.user_attrs.get("fits") is not True:
+            out.append(Margin(baseline=name, baseline_peak_bytes=peak, fits=False, verdict="does not fit the budget: never trained"))
+            continue
+        base = by_source.get(t.number)
+        if base is None:
+            out.append(Margin(baseline=name, baseline_peak_bytes=peak, fits=True, verdict="not confirmed (its runs failed)"))
+            continue
+        versus = best
+        if best.peak > peak:
+            cheaper = [r for r in by_source.values() if r.peak <= peak and r is not base]
+            versus = best_confirmed(cheaper, direction) or best
+        diff, noise, verdict = margin(versus, base, direction)
+        if versus.peak > peak:
+            verdict += f" (at a higher predicted peak: no confirmed plan fits in the {name} baseline's memory)"
+        out.append(Margin(baseline=name, baseline_peak_bytes=peak, fits=True, versus=_name(versus.source),
+                          versus_peak_bytes=versus.peak, margin=diff, noise=noise, verdict=verdict))
+    return out
+
+
+def confirmation_record(trials, best: Confirmed, *, seed: int, steps: int, direction: str) -> Confirmation:
+    """What the plan file carries: every candidate's seeds, mean and std, and the margins over the baselines."""
+    runs = confirmed(trials)
+    n = max((len(r.metrics) + r.failed for r in runs), default=0)
+    sign = 1.0 if direction == "maximize" else -1.0
+    runs.sort(key=lambda r: (not r.complete, -sign * (r.mean if r.mean is not None else -sign * math.inf), r.peak))
+    cands = [ConfirmedRun(name=_name(r.source), kind=r.source.user_attrs.get("kind", SEARCH), trial_number=r.source.number,
+                          learning_rate=float(r.source.params["lr"]), predicted_peak_bytes=r.peak, metrics=r.metrics,
+                          failed=r.failed, mean=r.mean, std=r.std) for r in runs]
+    return Confirmation(seeds=[confirm_seed(seed, i) for i in range(n)], steps=steps, candidates=cands,
+                        margins=margins(runs, best, trials, direction))
+
+
+def report_lines(trials, direction: str, metric_name: str) -> list[str]:
+    """The confirmation as one-line facts for `planner report`: each candidate's mean ± std, the margins."""
+    from planner.tune.gate import human_bytes
+
+    runs = confirmed(trials)
+    top = best_confirmed(runs, direction)
+    if top is None:
+        return []
+    sign = 1.0 if direction == "maximize" else -1.0
+    runs.sort(key=lambda r: (not r.complete, -sign * (r.mean if r.mean is not None else -sign * math.inf)))
+    out = [f"confirmation ({max(len(r.metrics) + r.failed for r in runs)} seeds per plan, {metric_name} mean ± std, "
+           f"predicted peak): " + "; ".join(
+               f"{_name(r.source)}{' (tuned plan)' if r is top else ''} " + (f"{r.mean:.4f} ± {r.std:.4f}" if r.metrics else "-")
+               + f" at {human_bytes(r.peak)}" + (f", {r.failed} failed" if r.failed else "") for r in runs)]
+    for m in margins(runs, top, trials, direction):
+        out.append(f"vs {m.baseline} ({human_bytes(m.baseline_peak_bytes)}): " + (m.verdict if m.margin is None else
+                   f"{m.versus} at {human_bytes(m.versus_peak_bytes)} {m.margin:+.4f} (2 standard errors {m.noise:.4f}): {m.verdict}"))
+    return out

@@ -1,0 +1,81 @@
+"""The caching allocator model: the rules of c10/cuda/CUDACachingAllocator.cpp, and the inlined replay."""
+
+import random
+
+from planner.cost.allocator import CachingAllocator, replay_run, round_size, segment_size
+
+MiB = 2**20
+
+
+def test_rounding_and_segment_sizes():
+    assert [round_size(n) for n in (1, 512, 513, 4096)] == [512, 512, 1024, 4096]
+    assert segment_size(512) == segment_size(MiB) == 2 * MiB  # small pool: 2 MiB segments
+    assert segment_size(MiB + 512) == segment_size(10 * MiB - 512) == 20 * MiB  # 1-10 MiB: 20 MiB segments
+    assert segment_size(10 * MiB) == 10 * MiB and segment_size(11 * MiB + 1) == 12 * MiB  # own, rounded to 2 MiB
+
+
+def test_best_fit_split_and_merge():
+    a = CachingAllocator()
+    x = a.malloc(3 * MiB)  # a 20 MiB segment, split: 17 MiB stay cached
+    assert (a.reserved, a.allocated) == (20 * MiB, 3 * MiB)
+    y = a.malloc(16 * MiB + 600 * 1024)  # fits the 17 MiB block; the 424 KiB rest is not worth a split
+    assert (a.reserved, a.allocated) == (20 * MiB, 20 * MiB)  # the whole block counts as allocated
+    a.free(x)
+    a.free(y)  # merges with its free neighbour: one 20 MiB block again
+    assert a.free_large == [(20 * MiB, 0)] and a.allocated == 0
+    z = a.malloc(19 * MiB)
+    assert z == 0 and a.reserved == 20 * MiB  # reused, no new segment
+    a.free(z)
+    a.malloc(21 * MiB)
+    assert a.reserved == 42 * MiB and a.peak_reserved == 42 * MiB  # nothing is returned to the device
+
+
+def test_small_and_large_pools_are_separate():
+    a = CachingAllocator()
+    s = a.malloc(4096)
+    a.free(s)
+    a.malloc(2 * MiB)  # a free 2 MiB small segment does not serve a large request
+    assert a.reserved == 2 * MiB + 20 * MiB
+    blocks = [a.malloc(512) for _ in range(4096)]  # 2 MiB of 512-byte blocks fills the cached small segment
+    assert a.reserved == 2 * MiB + 20 * MiB
+    a.malloc(512)
+    assert a.reserved == 4 * MiB + 20 * MiB
+    del blocks
+
+
+def test_inlined_replay_equals_the_allocator():
+    rng = random.Random(0)
+    setup = [rng.choice((512, 3 * MiB, 40 * MiB)) for _ in range(20)]
+    sizes = [rng.choice((100, 700 * 1024, 2 * MiB, 5 * MiB, 12 * MiB, 33 * MiB + 7)) for _ in range(400)]
+    ops, live = [], []
+    for i, n in enumerate(sizes):
+        ops.append(n)
+        live.append(i)
+        if rng.random() < 0.6:
+            ops.append(-live.pop(rng.randrange(len(live))) - 1)
+    grads = live[: len(live) // 2]
+    ops += [-g - 1 for g in live[len(live) // 2:]]
+    state, temps = [8 * MiB, 8 * MiB, 1024], [4 * MiB, 700]
+    reserved, allocated = replay_run(setup, ops, len(sizes), grads, state, temps)
+
+    a = CachingAllocator()
+    for n in setup:
+        a.malloc(n)
+    for step in (1, 2):
+        if step == 2:
+            a.reset_peak()
+        addrs, k = [0] * len(sizes), 0
+        for op in ops:
+            if op >= 0:
+                addrs[k], k = a.malloc(op), k + 1
+            else:
+                a.free(addrs[-op - 1])
+        if step == 1:
+            for n in state:
+                a.malloc(n)
+        t = [a.malloc(n) for n in temps]
+        for x in reversed(t):
+            a.free(x)
+        for g in grads:
+            a.free(addrs[g])
+    assert (reserved, allocated) == (a.peak_reserved, a.peak_allocated)
