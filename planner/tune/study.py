@@ -121,7 +121,10 @@ class TuneOptions(BaseModel):
             check_storage(self.storage)
         except PlannerError as exc:
             problems.append(str(exc))
-        if self.data is not None and "://" not in self.data and not Path(self.data).expanduser().exists():
+        from planner.data.load import BUILTIN
+
+        if (self.data is not None and "://" not in self.data and not self.data.startswith(BUILTIN)
+                and not Path(self.data).expanduser().exists()):
             problems.append(f"--data file must exist, but {self.data!r} was not found")
         collect(problems)
         return target, vram
