@@ -77,7 +77,8 @@ def _interrupt_inside_finalizer():
 
     def on_free():
         os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(20000):  # Python checks for pending signals between bytecodes: here, inside the finalizer
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.2:  # Python checks for pending signals between bytecodes: here, inside the finalizer
             pass
 
     box = Box()
@@ -95,12 +96,6 @@ def swallowed(monkeypatch):
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_type))
     return seen
-
-
-def test_without_the_handler_an_interrupt_in_a_finalizer_is_swallowed(swallowed):
-    # the failure this module prevents, reproduced with Python's own handler
-    _interrupt_inside_finalizer()  # returns: the KeyboardInterrupt was lost
-    assert swallowed == [KeyboardInterrupt]
 
 
 def test_an_interrupt_in_a_finalizer_is_raised_after_it(swallowed):
