@@ -1,6 +1,11 @@
 """Benchmark of the cost model: accuracy against real training steps, and the time of a 70B plan table.
 
     python studies/bench_cost.py | tee reports/bench_cost.txt
+    python studies/bench_cost.py --gpu | tee reports/bench_cost_gpu.txt
+
+``--gpu``: predictions of ``estimate(..., device="cuda")`` against every GPU-measured configuration in
+tests/fixtures/gpu-truth (allocated, reserved and device peak), and the 70B plan table timed with
+this checkout and with the commit before the allocator model (``--before REV``, default 077742f).
 
 Accuracy: 4-layer models (hidden 128, vocab 512) predicted from traces of 2-3 layers composed to
 4, against two real training steps on CPU (peak of live tensor bytes in the second one).
@@ -139,9 +144,116 @@ def speed() -> None:
               f"optim {b.optimizer / GiB:7.2f} act {b.activations / GiB:6.2f} trans {b.transient / GiB:6.2f} overhead {b.overhead / GiB:5.2f}  at {e.phase}; layers {e.trainable_layers[:4]}{'...' if len(e.trainable_layers) > 4 else ''}")
 
 
+def gpu_fixture() -> None:
+    """Predicted vs measured per fixture line (an H200, torch 2.11): allocated, reserved, device peak."""
+    import json
+    from pathlib import Path
+
+    from planner.config import TrainConfig
+    from planner.cost import estimate
+    from planner.cost.device import default_profile
+    from planner.spec.model import ModelSpec, _config_from_dict
+
+    root = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "gpu-truth"
+    context = default_profile("cuda").context_bytes
+    print(f"GPU fixtures ({root.relative_to(root.parents[2])}): predicted (estimate --device cuda, default profile: "
+          f"context {context:,} B) vs measured; error = predicted / measured - 1")
+    print(f"{'configuration':36s} {'allocated':>15s} {'err':>8s} {'reserved':>15s} {'err':>8s} {'device peak':>15s} {'err':>8s}")
+    for name in ("h200.jsonl", "h200-more.jsonl"):
+        errs = {"allocated": [], "reserved": [], "peak": []}
+        for text in (root / name).read_text().splitlines():
+            line = json.loads(text)
+            spec = ModelSpec(line["preset"], _config_from_dict(line["config"]))
+            cfg = TrainConfig(batch_size=line["batch_size"], seq_len=line["seq_len"], dtype=line["dtype"],
+                              amp=line["amp"] or "none", layers=line["trainable_layers"],
+                              train_embeddings=line["train_embeddings"], train_head=line["train_head"],
+                              lora_rank=line["lora_rank"], gradient_checkpointing=line["gradient_checkpointing"])
+            est = estimate(spec, cfg, device="cuda")
+            m = line["measured"]
+            peak_measured = m["max_reserved"] + m["context_est"]
+            row = {"allocated": (est.allocated_bytes, m["max_allocated"]), "reserved": (est.reserved_bytes, m["max_reserved"]),
+                   "peak": (est.peak_bytes, peak_measured)}
+            cells = []
+            for key, (p, t) in row.items():
+                errs[key].append(p / t - 1)
+                cells.append(f"{p:>15,} {100 * (p / t - 1):+7.3f}%")
+            print(f"{line['name']:36s} " + " ".join(cells), flush=True)
+        for key, e in errs.items():
+            print(f"  {name} {key:9s}: median |error| {100 * statistics.median(abs(x) for x in e):.3f}%, "
+                  f"max |error| {100 * max(abs(x) for x in e):.3f}%, under-predicted {sum(x < 0 for x in e)}/{len(e)} "
+                  f"(by more than 1%: {sum(x < -0.01 for x in e)})")
+    print("  device peak measured = max_memory_reserved + context (total - free - memory_reserved after the step)\n")
+
+
+TABLE_SCRIPT = """
+import os, sys, time, tempfile, torch
+torch.set_num_threads(1)
+os.environ["PLANNER_COST_CACHE"] = tempfile.mkdtemp()
+from planner.config import TrainConfig
+from planner.cost.plans import candidate_plans
+from planner.cost.device import default_profile
+from planner.spec import load_spec
+spec, cfg = load_spec("llama-2-70b"), TrainConfig(dtype="bfloat16", seq_len=2048)
+times = []
+for _ in range(2):
+    t0, c0 = time.perf_counter(), time.process_time()
+    plans = candidate_plans(spec, cfg, "cuda", default_profile("cuda"))
+    times.append((time.perf_counter() - t0, time.process_time() - c0))
+from planner.cost import estimator
+estimator._traces.clear()
+try:
+    from planner.cost import replay
+    replay._memo.clear()
+except ImportError:
+    pass
+t0, c0 = time.perf_counter(), time.process_time()
+candidate_plans(spec, cfg, "cuda", default_profile("cuda"))
+times.append((time.perf_counter() - t0, time.process_time() - c0))
+try:  # traces in memory, replays not cached anywhere: what the allocator replays cost
+    replay._memo.clear()
+    os.environ["PLANNER_COST_CACHE"] = "0"
+    t0, c0 = time.perf_counter(), time.process_time()
+    candidate_plans(spec, cfg, "cuda", default_profile("cuda"))
+    times.append((time.perf_counter() - t0, time.process_time() - c0))
+except NameError:
+    times.append((float("nan"), float("nan")))
+print(len(plans), *(f"{w:.2f} {c:.2f}" for w, c in times))
+"""
+
+
+def table_before_after(before: str) -> None:
+    """The 70B plan table (164 plans) in fresh processes: this checkout and ``before``."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    old = Path(tempfile.mkdtemp(prefix="planner-before-"))
+    subprocess.run(f"git -C {root} archive {before} planner | tar -x -C {old}", shell=True, check=True)
+    print(f"70B plan table (llama-2-70b, bf16, seq 2048, cuda): wall / CPU seconds; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores")
+    print(f"{'code':28s} {'plans':>5s} {'cold':>16s} {'warm':>14s} {'disk cache only':>16s} {'replays only':>16s}")
+    for label, path in ((f"before ({before})", old), ("after (this checkout)", root)):
+        env = {**os.environ, "PYTHONPATH": str(path), "TRANSFORMERS_VERBOSITY": "error"}
+        # run from the tree itself: `python -c` puts the working directory first on sys.path
+        out = subprocess.run([sys.executable, "-c", TABLE_SCRIPT], capture_output=True, text=True, env=env,
+                             cwd=path).stdout.split()
+        n, cold, cold_c, warm, warm_c, disk, disk_c, rep, rep_c = out[-9:]
+        print(f"{label:28s} {n:>5s} {cold:>8s} / {cold_c:<6s} {warm:>6s} / {warm_c:<6s} {disk:>7s} / {disk_c:<6s} "
+              f"{rep:>7s} / {rep_c:<6s}", flush=True)
+    print("  cold: empty caches (FakeTensor traces and allocator replays run); warm: the same process again (both "
+          "cached in-process); disk cache only: in-process caches cleared, traces and replays read from disk; "
+          "replays only: traces in memory, every allocator replay run (nan before: there was none)\n")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores\n")
+    if "--gpu" in sys.argv:
+        before = sys.argv[sys.argv.index("--before") + 1] if "--before" in sys.argv else "077742f"
+        gpu_fixture()
+        table_before_after(before)
+        sys.exit(0)
     errors = accuracy()
     errors += full_width()
     speed()

@@ -79,6 +79,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "reports" / "tune_proxy_target_cpu.txt"))
     ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument("--confirm-seeds", type=int, default=0, help="confirmation runs per candidate (default 0: memory, not ranking, is measured here)")
+    ap.add_argument("--storage", help="study storage (default: a temporary SQLite file); a file that outlives a cut run")
     args = ap.parse_args()
 
     import optuna
@@ -89,18 +91,20 @@ def main() -> int:
     from planner.spec import load_spec
     from planner.tune.storage import open_storage
 
-    torch.set_num_threads(1)
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # a shared CPU machine; on a GPU machine its cores build and copy the model
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         model_dir = build_dir(args, Path(tmp))
         built = time.perf_counter() - t0
-        storage = f"sqlite:///{tmp}/s.db"
+        storage = args.storage or f"sqlite:///{tmp}/s.db"
         argv = ["tune", "--vram", args.vram, "--model", str(model_dir), "--data", str(write_text_data(Path(tmp))),
                 "--proxy", "target", "--proxy-device", args.device,
                 "--device", args.device, "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
                 "--dtype", args.dtype, "--n-trials", str(args.n_trials), "--steps", str(args.steps),
                 "--eval-every", str(args.steps), "--study", "bench", "--storage", storage, "--quiet",
-                "--out", f"{tmp}/plan.yaml", "--threads", "0" if args.device == "cuda" else "1"]
+                "--out", f"{tmp}/plan.yaml", "--threads", "0" if args.device == "cuda" else "1",
+                "--confirm-seeds", str(args.confirm_seeds)]
         t0 = time.perf_counter()
         code = planner(argv)
         wall = time.perf_counter() - t0

@@ -1,18 +1,24 @@
-"""Is the default workload meaningful? Spread of proxy accuracy across configurations vs seeds.
+"""Does the default workload tell layer-wise plans apart? Spread across plans vs across seeds.
 
-Proxy fine-tunings of the embedded default workload (the pretrained default model on the
-built-in ``maximum`` task) with the layer-wise sampler, for a handful of configurations
-(γ, K, learning rate, embeddings+head) × seeds, plus the same configuration on a randomly
-initialised model (does the pretraining matter?). Prints per-configuration mean ± std and
-compares the spread across configurations (std and range of the configuration means) with
-the spread across seeds (mean within-configuration std).
+Proxy fine-tunings of the embedded default workload (the pretrained default model on a
+built-in task) with the layer-wise sampler at one fixed learning rate, for plans that differ
+from LISA's defaults (γ=2, K=20, uniform, min_depth 0, embeddings+head trained) in one choice
+at a time: γ, K, scorer, ``min_depth``, embeddings+head; plus LISA's defaults on a randomly
+initialised model (does the pretraining matter?). Each plan runs with seeds 0..n-1; a seed
+fixes the data order and the layer draws, and every plan of a seed shares them (common random
+numbers, as the trials of one study do).
 
-    python studies/bench_workload_spread.py | tee reports/workload_spread.txt
+Printed per plan: the mean ± std over seeds of the held-out metric (and of the held-out eval
+loss, for comparison). The verdict compares the spread across plans (std of the plan means)
+with the seed noise (mean within-plan std over seeds), as ``ratio``.
+
+    python studies/bench_workload_spread.py --time-pretraining | tee reports/workload_spread.txt
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -21,100 +27,114 @@ import time
 
 import torch
 
-from planner.data import load_workload
+from planner.data.default import DEFAULT_TASK, N_HELD_OUT, default_workload
 from planner.data.pretrain import DEFAULT_RECIPE, ensure_default_model
+from planner.data.workload import eval_loss
 from planner.sampling import LayerSampler, train_layerwise
 
-# (label, gamma, period, lr, train embeddings+head, pretrained)
-CONFIGS = [
-    ("γ=1 K=20 lr=1e-3 E+H", 1, 20, 1e-3, True, True),
-    ("γ=2 K=20 lr=1e-3 E+H", 2, 20, 1e-3, True, True),
-    ("γ=4 K=20 lr=1e-3 E+H", 4, 20, 1e-3, True, True),
-    ("γ=2 K=5  lr=1e-3 E+H", 2, 5, 1e-3, True, True),
-    ("γ=2 K=20 lr=3e-3 E+H", 2, 20, 3e-3, True, True),
-    ("γ=2 K=20 lr=1e-3 no E+H", 2, 20, 1e-3, False, True),
-    ("γ=4 K=20 lr=3e-3 E+H", 4, 20, 3e-3, True, True),
-    ("γ=4 K=20 lr=1e-3 E+H, random init", 4, 20, 1e-3, True, False),
-]
+LISA = dict(gamma=2, period=20, scorer="uniform", min_depth=0, eh=True)
 
 
-def proxy_run(wl, gamma, period, lr, eh, pretrained, seed, steps, batch_size):
+def plans(num_layers: int) -> list[tuple[str, dict]]:
+    """LISA's defaults and one-choice variations of them (label, sampler settings)."""
+    half = num_layers // 2
+    out = [("LISA defaults: γ=2 K=20 uniform", {})]
+    out += [(f"γ={g}", {"gamma": g}) for g in (1, half, num_layers) if g != 2]
+    out += [(f"K={k}", {"period": k}) for k in (5, 40)]
+    out += [(f"scorer={s}", {"scorer": s}) for s in ("cyclic", "gradnorm", "outlier", "fixed")]
+    out += [(f"min_depth={half}", {"min_depth": half}), ("no embeddings/head", {"eh": False})]
+    return [(label, {**LISA, **change}) for label, change in out]
+
+
+def proxy_run(wl, plan: dict, lr: float, seed: int, steps: int, batch_size: int, pretrained: bool = True):
     model = wl.new_model(seed)
     if not pretrained:
         torch.manual_seed(seed)
         model.apply(model._init_weights)
-    sampler = LayerSampler(model, gamma=gamma, period=period, scorer="uniform", scorer_options={},
-                           train_embeddings=eh, train_head=eh, min_depth=0, seed=seed)
+    sampler = LayerSampler(model, gamma=plan["gamma"], period=plan["period"], scorer=plan["scorer"], scorer_options={},
+                           train_embeddings=plan["eh"], train_head=plan["eh"], min_depth=plan["min_depth"], seed=seed)
     opt = sampler.make_optimizer(torch.optim.AdamW, lr=lr)
-    t0 = time.perf_counter()
-    result = train_layerwise(model, wl.train_batches(batch_size, seed), sampler=sampler, optimizer=opt, steps=steps,
-                             eval_fn=wl.evaluate, eval_every=steps)
-    return result.evals[-1][1], time.perf_counter() - t0
+    t0 = time.process_time()
+    train_layerwise(model, wl.train_batches(batch_size, seed), sampler=sampler, optimizer=opt, steps=steps)
+    train_s = time.process_time() - t0
+    metric = wl.evaluate(model)
+    eval_s = time.process_time() - t0 - train_s
+    model.eval()
+    with torch.no_grad():
+        loss = eval_loss(model, wl.held_out, wl.pad_id)
+    return metric, loss, train_s, eval_s
 
 
-def summarize(rows, title: str) -> None:
-    """Spread across configurations (std and range of their means) vs across seeds (mean within std)."""
-    means = [r["mean"] for r in rows]
-    within = statistics.mean(r["std"] for r in rows)
+def spread(rows, key: str) -> tuple[float, float, float]:
+    """(std of plan means, mean within-plan std, ratio)."""
+    means = [statistics.mean(r[key]) for r in rows]
+    within = statistics.mean(statistics.stdev(r[key]) for r in rows)
     across = statistics.stdev(means)
-    print(f"{title} ({len(rows)} configurations):")
-    print(f"  spread across configurations: std of means = {across:.3f}, max - min = {max(means) - min(means):.3f}")
-    print(f"  spread across seeds:          mean within-configuration std = {within:.3f}")
-    print(f"  ratio (std of means / mean within std) = {across / within if within else float('inf'):.1f}")
-
-
-def run_grid(wl, steps: int, seeds: int, batch_size: int) -> None:
-    print(f"proxy run: {steps} steps, batch {batch_size}, scorer uniform, accuracy = exact match of the greedy answer "
-          f"on {len(wl.held_out)} held-out prompts; seeds 0..{seeds - 1} (batch order, layer draws)")
-    print(f"{'configuration':38s} {'mean':>6s} {'std':>6s}  per-seed accuracies        s/run")
-    rows = []
-    for label, gamma, period, lr, eh, pretrained in CONFIGS:
-        accs, secs = [], []
-        for seed in range(seeds):
-            acc, s = proxy_run(wl, gamma, period, lr, eh, pretrained, seed, steps, batch_size)
-            accs.append(acc)
-            secs.append(s)
-        mean, std = statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
-        rows.append({"label": label, "lr": lr, "pretrained": pretrained, "mean": mean, "std": std})
-        print(f"{label:38s} {mean:6.3f} {std:6.3f}  {' '.join(f'{a:.3f}' for a in accs):26s} {statistics.mean(secs):5.1f}", flush=True)
-    pre = [r for r in rows if r["pretrained"]]
-    summarize(pre, "all pretrained configurations")
-    summarize([r for r in pre if r["lr"] == 1e-3], "pretrained, lr=1e-3 only (γ, K, E+H differ)")
-    best = max(pre, key=lambda r: r["mean"])
-    for r in rows:
-        if not r["pretrained"]:
-            print(f"pretraining matters: {r['label']} = {r['mean']:.3f} vs best pretrained ({best['label']}) = {best['mean']:.3f}")
-    print()
+    return across, within, across / within if within else float("inf")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default=DEFAULT_TASK)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps", default="100,60", help="proxy lengths to run, comma-separated")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=150, help="proxy optimizer steps per run")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the workload's suggested proxy batch")
+    ap.add_argument("--lr", type=float, default=3e-4, help="the fixed learning rate of every plan")
+    ap.add_argument("--held-out", type=int, default=N_HELD_OUT)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default="", help="comma-separated plan labels to run (default: all)")
+    ap.add_argument("--recipe", default="{}", help="JSON overrides of the pretraining recipe (experiments)")
     ap.add_argument("--time-pretraining", action="store_true", help="also pretrain once in a fresh cache and time it")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    recipe = dataclasses.replace(DEFAULT_RECIPE, **json.loads(args.recipe))
     print(f"# bench_workload_spread: torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     if args.time_pretraining:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["PLANNER_CACHE_DIR"] = tmp
             t0 = time.perf_counter()
-            path = ensure_default_model(DEFAULT_RECIPE, progress=False)
+            path = ensure_default_model(recipe, progress=False)
             secs = time.perf_counter() - t0
             stats = json.loads((path / "planner_pretrain.json").read_text())
             del os.environ["PLANNER_CACHE_DIR"]
-        print(f"first-use pretraining of the default model ({DEFAULT_RECIPE.steps} steps of "
-              f"{DEFAULT_RECIPE.batch_size}x{DEFAULT_RECIPE.seq_len}, on {stats['threads']} thread(s)), fresh cache: "
-              f"{secs:.1f} s, loss {stats['first_loss']:.2f} -> {stats['final_loss']:.2f} (load average now {os.getloadavg()[0]:.1f})")
+        print(f"first-use pretraining ({recipe.layers} layers, hidden {recipe.hidden}, {stats['parameters'] / 1e6:.2f}M parameters, "
+              f"{recipe.steps} steps of {recipe.batch_size}x{recipe.seq_len} on {stats['threads']} thread), fresh cache: "
+              f"{secs:.1f} s ({stats['cpu_seconds']:.1f} CPU s), loss {stats['first_loss']:.2f} -> {stats['final_loss']:.2f}, weights sha256 "
+              f"{stats['weights_sha256'][:16]} (load average now {os.getloadavg()[0]:.1f})")
     t0 = time.perf_counter()
-    wl = load_workload(seed=0)
+    wl = default_workload(args.task, recipe=recipe, n_held_out=args.held_out, seed=0)
+    batch = args.batch_size or wl.batch_size
     print(f"workload: {wl!r}; loaded in {time.perf_counter() - t0:.1f} s")
-    print()
-    for steps in (int(x) for x in args.steps.split(",") if int(x) > 0):  # --steps 0: time the pretraining only
-        run_grid(wl, steps, args.seeds, args.batch_size)
+    print(f"proxy run: {args.steps} steps of batch {batch}, AdamW lr={args.lr:g} (fixed), {wl.metric_name} on "
+          f"{len(wl.held_out)} held-out prompts; seeds 0..{args.seeds - 1}, shared by every plan")
+    print(f"{'plan':34s} {wl.metric_name:>8s} {'± std':>6s}  {'per seed':22s} {'eval loss':>9s} {'± std':>6s}  CPU s train+eval")
+    chosen = [p for p in plans(wl.spec.num_layers) if not args.only or p[0] in args.only.split(",")]
+    rows = []
+    for label, plan in chosen + [("LISA defaults, random init", {**LISA, "random": True})]:
+        if args.only and label not in args.only.split(","):
+            continue
+        metrics, losses, secs = [], [], []
+        for seed in range(args.seeds):
+            m, loss, ts, es = proxy_run(wl, plan, args.lr, seed, args.steps, batch, pretrained="random" not in plan)
+            metrics.append(m)
+            losses.append(loss)
+            secs.append((ts, es))
+        row = {"label": label, "metric": metrics, "loss": losses, "random": "random" in plan}
+        rows.append(row)
+        print(f"{label:34s} {statistics.mean(metrics):8.3f} {statistics.stdev(metrics):6.3f}  "
+              f"{' '.join(f'{x:.3f}' for x in metrics):22s} {statistics.mean(losses):9.3f} {statistics.stdev(losses):6.3f}  "
+              f"{statistics.mean(s[0] for s in secs):5.1f}+{statistics.mean(s[1] for s in secs):.1f}", flush=True)
+    pre = [r for r in rows if not r["random"]]
+    if len(pre) > 1:
+        for key, name in (("metric", wl.metric_name), ("loss", "eval loss")):
+            across, within, ratio = spread(pre, key)
+            print(f"{name:>9s}: spread across {len(pre)} plans (std of means) {across:.4f}, seed noise (mean within-plan std) "
+                  f"{within:.4f}, ratio {ratio:.1f}")
+    for r in rows:
+        if r["random"] and pre:
+            print(f"pretraining matters: {r['label']} = {statistics.mean(r['metric']):.3f} vs LISA defaults pretrained = "
+                  f"{statistics.mean(pre[0]['metric']):.3f}")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 

@@ -26,6 +26,7 @@ TESTS = Path(__file__).resolve().parent
     (["--vram", "24GB", "--storage", "mongodb://x/y"], "--storage URL scheme must be one of"),
     (["--vram", "24GB", "--storage", "studies/planner.db"], "--storage must be a URL"),
     (["--vram", "24GB", "--data", "/no/such/file.jsonl"], "--data file must exist"),
+    (["--vram", "24GB", "--data", "builtin:nope"], "--data builtin:<task> must name one of"),
     (["--vram", "24GB", "--steps", "-1"], "--steps must be > 0"),
 ])
 def test_bad_flags_are_one_line_exit_2(argv, needle, capsys):

@@ -412,3 +412,40 @@ def test_the_generated_study_name_is_printed_first(tmp_path, wl):
                       console=Console(file=buf, width=200))
     first = buf.getvalue().splitlines()[0]
     assert first.startswith(f"study {result.plan.study_name!r}") and result.plan.study_name.startswith("tune-")
+
+
+def test_a_retry_killed_before_it_chose_its_point_is_retried_with_that_point(tmp_path):
+    study = optuna.create_study(storage=open_storage(storage_url("journal", tmp_path)), study_name="rr")
+    study.enqueue_trial({"x": 0.3}, user_attrs={"kind": "search", "retry_of": 5})
+    popped = study.ask()  # killed right after popping: no parameter suggested yet
+    worker = Worker(study)
+    study._storage.set_trial_user_attr(popped._trial_id, "worker",
+                                       {**worker.identity, "pid": _dead_pid(), "started": None, "run": "x"})
+    assert worker.reap() == 1
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert [(t.user_attrs["retry_of"], t.system_attrs["fixed_params"]) for t in waiting] == [(5, {"x": 0.3})]
+    worker.close()
+
+
+def test_an_interrupt_while_a_trial_is_claimed_marks_it_interrupted(tmp_path, monkeypatch):
+    import contextlib
+
+    import planner.tune.lifecycle as lifecycle
+
+    raised = []
+
+    @contextlib.contextmanager
+    def deferred_then_interrupt():  # a Ctrl-C that waited for the claim's writes, raised as they end
+        yield
+        if not raised:
+            raised.append(True)
+            raise Interrupt()
+
+    study = optuna.create_study(storage=open_storage(storage_url("sqlite", tmp_path)), study_name="c")
+    worker = Worker(study)
+    monkeypatch.setattr(lifecycle, "deferred", deferred_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(lifecycle.GuardedObjective(_draw, worker), n_trials=1)
+    trial = study.trials[0]
+    assert raised and trial.state == TrialState.FAIL and trial.user_attrs["reason"] == INTERRUPTED and not counted(trial)
+    worker.close()

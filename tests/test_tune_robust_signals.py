@@ -31,7 +31,7 @@ def argv(workload, storage, study, out, n=N_TRIALS):
     model, data = workload
     return ["tune", "--vram", "1GB", "--model", model, "--data", data, "--n-trials", str(n), "--steps", str(STEPS),
             "--eval-every", str(STEPS // 2), "--storage", storage, "--study", study, "--device", "cpu", "--quiet",
-            "--out", str(out)]
+            "--out", str(out), "--confirm-seeds", "0"]  # confirmation runs: tests/test_tune_confirm.py
 
 
 def start(workload, storage, study, out):

@@ -148,3 +148,18 @@ def test_options_report_all_problems_at_once(tmp_path):
         assert needle in msg
     target, vram = TuneOptions(vram="24GB").validate_all()
     assert vram == 24 * 10**9 and target.name == "llama-3-8b"
+
+
+@pytest.mark.parametrize("name", ["tpe", "random"])
+def test_the_gate_bound_keeps_gamma_within_what_can_fit(name):
+    from planner.tune.bounded import GateBoundedSampler
+    from planner.tune.study import make_sampler
+
+    s = space(num_layers=32, scorers=("uniform", "ist"))
+    study = optuna.create_study(sampler=GateBoundedSampler(make_sampler(name, 0), 3))
+    study.enqueue_trial({**s.point(gamma=32, period=20, scorer="uniform", train_embeddings=True, train_head=True,
+                                   lr=1e-3).as_params()})  # a baseline beyond the bound is still recorded as it is
+    study.optimize(lambda t: -s.suggest(t).gamma - t.params["lr"], n_trials=25)
+    gammas = [t.params["gamma"] for t in study.trials]
+    assert gammas[0] == 32 and all(1 <= g <= 3 for g in gammas[1:]) and set(gammas[1:]) == {1, 2, 3}
+    assert all(t.distributions["gamma"].high == 32 for t in study.trials)  # one distribution for every trial

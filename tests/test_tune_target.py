@@ -113,6 +113,15 @@ def test_the_gate_decides_for_llama_3_8b_at_24gb(tmp_path):
     assert plan.predicted_peak_bytes <= 24 * GB and plan.train.seq_len == 1024
     assert plan.learning_rate == pytest.approx(plan.proxy.learning_rate * 32 / 4096)
     assert any(t.user_attrs.get("offered") for t in trials)
+    # the gate bounds the search: no plan of more than G layers fits anywhere (frozen embeddings and head, any
+    # min_depth, checkpointing or not), so none is proposed; G from the cost model, point by point
+    def fits(gamma):
+        return any(estimate(spec, TrainConfig(batch_size=1, seq_len=1024, dtype="bfloat16", active_layers=gamma, min_depth=d,
+                                              gradient_checkpointing=c, train_embeddings=False, train_head=False),
+                            device="cuda").peak_bytes <= 24 * GB for d in (0, 8, 16, 24) if d <= 32 - gamma for c in (False, True))
+    g = max(gamma for gamma in range(1, 9) if fits(gamma))
+    assert not fits(g + 1) and g < 32
+    assert all(t.params["gamma"] <= g for t in trials if t.user_attrs["kind"] == "search")
 
 
 def one_line(capsys, argv):

@@ -9,9 +9,13 @@ Measured truth (tests, the sampler's checks): ``LiveBytesTracker`` and ``measure
 How (modules in order of the data flow):
 - ``tracker``: a TorchDispatchMode summing live tensor-storage bytes (works under FakeTensorMode);
 - ``trainable``/``measure``: the training step as the HF Trainer runs it, and its measured peak;
+- ``kernels``: for ``device="cuda"``, attention (SDPA) and dropout as their CUDA kernels allocate;
 - ``trace``: one step of the model at 2-3 layers, cut into segments per layer role;
+- ``events``: the same step as allocation/free templates, composed at full depth;
 - ``compose``: the segments replayed at full depth; the peak is the running sum's maximum;
 - ``optimizer``: optimizer state and step temporaries, one strategy per optimizer;
+- ``allocator``/``replay``: PyTorch's CUDA caching allocator as a model, and a run replayed through it;
+- ``cache``: traces and replays on disk, versioned and checksummed;
 - ``estimator``: ``estimate()``, trace caches, the sampler's worst case, device overhead;
 - ``analytic``: paper formulas, cross-checked against traces in tests.
 
@@ -26,11 +30,14 @@ What is modelled, and how:
 - tied embeddings, LoRA, embeddings/head: see planner.cost.trainable;
 - gradient checkpointing: transformers' non-reentrant checkpointing, which makes the embedding
   output require grad, so every layer (frozen ones too) backpropagates and is recomputed;
-- ``device="cuda"``: every tensor counted as a 512-byte CUDA block (allocated); reserved =
-  allocated·(1 + fragmentation); overhead = reserved - tensor bytes + CUDA context + cuBLAS
-  workspaces (constants from a DeviceProfile or planner.cost.device defaults). The trace itself
-  runs on CPU: CUDA kernels that keep different tensors (flash attention's dropout state instead
-  of a mask) are not seen.
+- ``device="cuda"``: the trace counts what the CUDA kernels keep (fused 16-bit attention, the
+  memory-efficient and math kernels, dropout's bool mask: planner.cost.kernels); the step's
+  allocations and frees, composed at full depth, run through the caching allocator model twice
+  (the first step creates the optimizer state) after the weights, the batch and the cuBLAS
+  workspaces: ``allocated_bytes`` and ``reserved_bytes`` are its peaks (max_memory_allocated and
+  max_memory_reserved of the second step); peak = reserved + the CUDA context (a DeviceProfile's,
+  or planner.cost.device's measured default). Measured on an H200 (tests/fixtures/gpu-truth):
+  allocated within 0.02%, reserved within 0.4% on the reference configurations.
 """
 
 from planner.cost.estimator import MemoryEstimate, estimate

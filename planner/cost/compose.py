@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.cost.trace import ACT, GRAD, TRANS, Segment, TraceResult, cuda_block_bytes, cuda_segment_bytes
+from planner.cost.trace import ACT, GRAD, TRANS, Segment, TraceResult, cuda_block_bytes
 
 ROLES = ("FB", "T0", "FA", "T")
 FB, T0, FA, T = range(4)
@@ -34,7 +34,7 @@ class Family:
     frees_input: dict[str, bool]
     input_bytes: int
     x0_held: bool
-    deferred: dict[str, tuple[int, int, int]]
+    deferred: dict[str, tuple[int, int]]
     params: dict
     events: dict  # segment -> allocation/free template (planner.cost.events)
 
@@ -62,7 +62,7 @@ class Family:
         return self.layers[f"{phase}:{ROLES[role]}"]
 
 
-def _sequence(fam: Family, roles: list[int], opt_peak: tuple[int, int, int]) -> list[tuple[str, Segment]]:
+def _sequence(fam: Family, roles: list[int], opt_peak: tuple[int, int]) -> list[tuple[str, Segment]]:
     seq = [("embedding forward", fam.segments["embed_fwd"])]
     drop_x0 = Segment()
     for i, r in enumerate(roles):
@@ -73,8 +73,8 @@ def _sequence(fam: Family, roles: list[int], opt_peak: tuple[int, int, int]) -> 
             else:
                 seg = _then_free(seg, fam.input_bytes)
         seq.append((f"forward of layer {i}", seg))
-    raw, cu, res = (sum(fam.deferred.get(ROLES[r], (0, 0, 0))[k] for r in roles) for k in range(3))
-    end_fwd = Segment((0, 0, -raw), (0, 0, 0), -cu, 0, -res, 0)
+    raw, cu = (sum(fam.deferred.get(ROLES[r], (0, 0))[k] for r in roles) for k in range(2))
+    end_fwd = Segment((0, 0, -raw), (0, 0, 0), -cu, 0)
     seq.append(("head forward (final norm, logits, loss)", _then(_then(drop_x0, fam.segments["head_fwd"]), end_fwd)))
     seq.append(("head backward (loss, logits, final norm)", fam.segments["head_bwd"]))
     for i in reversed(range(len(roles))):
@@ -86,19 +86,18 @@ def _sequence(fam: Family, roles: list[int], opt_peak: tuple[int, int, int]) -> 
     if "embed_bwd" in fam.segments:
         seq.append(("embedding backward", fam.segments["embed_bwd"]))
     seq.append(("end of backward", fam.segments["tail"]))
-    seq.append(("optimizer step", Segment((0, 0, 0), (0, 0, opt_peak[0]), 0, opt_peak[1], 0, opt_peak[2])))
+    seq.append(("optimizer step", Segment((0, 0, 0), (0, 0, opt_peak[0]), 0, opt_peak[1])))
     return seq
 
 
 def _free(nbytes: int) -> Segment:
-    return Segment((0, 0, -nbytes), (0, 0, 0), -cuda_block_bytes(nbytes), 0, -cuda_segment_bytes(nbytes), 0)
+    return Segment((0, 0, -nbytes), (0, 0, 0), -cuda_block_bytes(nbytes), 0)
 
 
 def _then_free(seg: Segment, nbytes: int) -> Segment:
     d = list(seg.delta)
     d[TRANS] -= nbytes
-    return Segment(tuple(d), seg.at_peak, seg.delta_cuda - cuda_block_bytes(nbytes), seg.peak_cuda,
-                   seg.delta_res - cuda_segment_bytes(nbytes), seg.peak_res)
+    return Segment(tuple(d), seg.at_peak, seg.delta_cuda - cuda_block_bytes(nbytes), seg.peak_cuda)
 
 
 def _then(first: Segment, second: Segment) -> Segment:
@@ -108,8 +107,7 @@ def _then(first: Segment, second: Segment) -> Segment:
         at = first.at_peak
     else:
         at = tuple(a + b for a, b in zip(first.delta, second.at_peak))
-    return Segment(d, at, first.delta_cuda + second.delta_cuda, max(first.peak_cuda, first.delta_cuda + second.peak_cuda),
-                   first.delta_res + second.delta_res, max(first.peak_res, first.delta_res + second.peak_res))
+    return Segment(d, at, first.delta_cuda + second.delta_cuda, max(first.peak_cuda, first.delta_cuda + second.peak_cuda))
 
 
 @dataclass
@@ -119,26 +117,22 @@ class Simulated:
     phase: str  # where the raw peak happens
     peak_cuda: int  # above base, CUDA block bytes
     phase_cuda: str
-    peak_res: int  # above base, CUDA segment bytes (reserved)
 
 
-def simulate(fam: Family, roles: list[int], opt_peak: tuple[int, int, int]) -> Simulated:
+def simulate(fam: Family, roles: list[int], opt_peak: tuple[int, int]) -> Simulated:
     """Run the composed step for one trainable set."""
     cur = [0, 0, 0]
     best, best_at, phase = -1, (0, 0, 0), ""
     cur_c, best_c, phase_c = 0, -1, ""
-    cur_r, best_r = 0, 0
     for label, seg in _sequence(fam, roles, opt_peak):
         total = sum(cur) + seg.peak
         if total > best:
             best, best_at, phase = total, tuple(c + a for c, a in zip(cur, seg.at_peak)), label
         if cur_c + seg.peak_cuda > best_c:
             best_c, phase_c = cur_c + seg.peak_cuda, label
-        best_r = max(best_r, cur_r + seg.peak_res)
         cur = [c + d for c, d in zip(cur, seg.delta)]
         cur_c += seg.delta_cuda
-        cur_r += seg.delta_res
-    return Simulated(best, best_at, phase, best_c, phase_c, best_r)
+    return Simulated(best, best_at, phase, best_c, phase_c)
 
 
 def peak_many(fam: Family, role_matrix: np.ndarray, opt_peaks: np.ndarray, *, cuda: bool) -> np.ndarray:
@@ -182,7 +176,7 @@ def peak_many(fam: Family, role_matrix: np.ndarray, opt_peaks: np.ndarray, *, cu
     col += 1
     d[:, col], p[:, col] = stat(fam.segments["head_fwd"])
     col += 1
-    deferred = np.array([fam.deferred.get(ROLES[r], (0, 0, 0))[1 if cuda else 0] for r in range(4)], dtype=np.int64)
+    deferred = np.array([fam.deferred.get(ROLES[r], (0, 0))[1 if cuda else 0] for r in range(4)], dtype=np.int64)
     d[:, col] = -deferred[role_matrix].sum(axis=1)
     col += 1
     d[:, col], p[:, col] = stat(fam.segments["head_bwd"])

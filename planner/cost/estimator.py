@@ -23,11 +23,11 @@ from planner.cost.compose import FA, FB, ROLES, T, T0, Family, peak_many, simula
 from planner.cost.device import DeviceProfile, default_profile
 from planner.cost.optimizer import get_optimizer
 from planner.cost.replay import reserved_and_allocated
-from planner.cost.trace import TraceResult, cuda_block_bytes, cuda_segment_bytes, fingerprint, run_trace
+from planner.cost.trace import TraceResult, cuda_block_bytes, fingerprint, run_trace
 from planner.errors import PlannerError
 from planner.plan import Breakdown
 
-COST_MODEL_VERSION = 8  # bump when traces change meaning (invalidates the disk cache)
+COST_MODEL_VERSION = 9  # bump when traces change meaning (invalidates the disk cache)
 MAX_TRACE_LAYERS = 3  # decoder layers in one reduced-depth trace
 INPUT_ID_BYTES = 8  # input_ids and labels are int64
 FAKE_TRACE_ABOVE = 512 * 2**20  # trace under FakeTensorMode when a real trace would hold more than this
@@ -185,12 +185,12 @@ def _weights(fam: Family, num_layers: int, block) -> int:
     return total
 
 
-def _opt_peaks(fam, cfg, opt, device, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Optimizer-step temporaries per trainable-layer count: raw, CUDA block and CUDA segment bytes."""
-    out = [[], [], []]
+def _opt_peaks(fam, cfg, opt, device, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Optimizer-step temporaries per trainable-layer count: raw and CUDA block bytes."""
+    out = [[], []]
     for k in counts:
         tensors = _trainable_tensors(fam, cfg, int(k))
-        for i, block in enumerate((lambda n: n, cuda_block_bytes, cuda_segment_bytes)):
+        for i, block in enumerate((lambda n: n, cuda_block_bytes)):
             out[i].append(opt.step_peak(tensors, device, block))
     return tuple(np.array(o, dtype=np.int64) for o in out)
 
@@ -258,7 +258,7 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
         raise PlannerError(f"the cost model must trace {spec.name} ({spec.model_type}) at reduced depth, "
                            f"but the traced training step failed: {type(exc).__name__}: {first}") from exc
     counts = masks.sum(axis=1)
-    opt_raw, opt_cuda, opt_res = _opt_peaks(fam, cfg, opt, device, np.unique(counts))
+    opt_raw, opt_cuda = _opt_peaks(fam, cfg, opt, device, np.unique(counts))
     lookup = {int(k): i for i, k in enumerate(np.unique(counts))}
     idx = np.array([lookup[int(k)] for k in counts])
     if len(masks) == 1:
@@ -268,7 +268,7 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
         best = int(np.argmax(peaks))
     chosen = [int(i) for i in np.flatnonzero(masks[best])]
     k = lookup[int(counts[best])]
-    sim = simulate(fam, list(int(r) for r in roles[best]), (int(opt_raw[k]), int(opt_cuda[k]), int(opt_res[k])))
+    sim = simulate(fam, list(int(r) for r in roles[best]), (int(opt_raw[k]), int(opt_cuda[k])))
 
     tensors = _trainable_tensors(fam, cfg, len(chosen))
     weights = _weights(fam, L, lambda n: n)

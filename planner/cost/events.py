@@ -15,7 +15,7 @@ frees, each free naming what it frees in a way that holds at any depth:
 
 Allocations of a layer's forward that the forward's end releases (autocast's cast cache) are
 listed as ``deferred``. :func:`step_ops` replays the templates in the order of one training
-step at full depth and returns the operations :func:`planner.cost.allocator.replay` runs.
+step at full depth and returns the operations :func:`planner.cost.allocator.replay_run` runs.
 """
 
 from __future__ import annotations
@@ -75,7 +75,6 @@ def templates(events, marks, roles, input_ids, last_output, grad_ids) -> dict:
         out[lab]["outgoing"] = sorted(ks)
     top_out = outputs.get(n - 1)
     seen: set[int] = set()
-    unresolved: list = []
     for i, (aid, delta) in enumerate(events):
         lab = label_of[i]
         if lab is None:
@@ -105,12 +104,8 @@ def templates(events, marks, roles, input_ids, last_output, grad_ids) -> dict:
         elif src_layer is None:
             ref = ["seg", NAMES.get(src, src), k]
         else:  # no rule places it at another depth: the tensor is kept (an over-estimate, never an under-one)
-            unresolved.append((src, lab, k, -delta))
             continue
         out[lab]["ev"].append(["f"] + ref)
-    import os
-    if os.environ.get("PLANNER_DEBUG_EVENTS"):
-        print("unresolved frees", roles, unresolved)
     result: dict[str, dict] = {}
     for lab, tmpl in out.items():
         i = _layer(lab)

@@ -39,29 +39,11 @@ GRAD, ACT, TRANS = range(3)
 CUDA_MIN_BLOCK = 512  # the caching allocator rounds every block up to a multiple of 512 B
 
 
-# PyTorch CUDACachingAllocator: requests <= 1 MiB come from 2 MiB segments, 1-10 MiB from 20 MiB
-# segments, larger ones get a segment of their own rounded up to 2 MiB
-CUDA_SMALL_SIZE = 1 << 20
-CUDA_SMALL_BUFFER = 2 << 20
-CUDA_LARGE_BUFFER = 20 << 20
-CUDA_MIN_LARGE_ALLOC = 10 << 20
-CUDA_ROUND_LARGE = 2 << 20
-
-
 def cuda_block_bytes(nbytes: int) -> int:
     """Bytes ``torch.cuda.memory_allocated`` counts for one tensor of ``nbytes`` (PyTorch CUDACachingAllocator)."""
     if nbytes <= 0:
         return 0
     return -(-nbytes // CUDA_MIN_BLOCK) * CUDA_MIN_BLOCK
-
-
-def cuda_segment_bytes(nbytes: int) -> int:
-    """Reserved bytes one tensor of ``nbytes`` occupies: its own 2 MiB-rounded segment from 10 MiB up,
-    otherwise its block inside a shared 2 MiB or 20 MiB segment (the partly used shared segments are
-    added once, see planner.cost.estimator)."""
-    if nbytes >= CUDA_MIN_LARGE_ALLOC:
-        return -(-nbytes // CUDA_ROUND_LARGE) * CUDA_ROUND_LARGE
-    return cuda_block_bytes(nbytes)
 
 
 @dataclass
@@ -72,8 +54,6 @@ class Segment:
     at_peak: tuple[int, int, int] = (0, 0, 0)  # per category at the raw peak instant (relative to start)
     delta_cuda: int = 0  # net change, CUDA block bytes
     peak_cuda: int = 0  # peak above start, CUDA block bytes
-    delta_res: int = 0  # net change, CUDA segment bytes (reserved)
-    peak_res: int = 0  # peak above start, CUDA segment bytes
 
     @property
     def peak(self) -> int:
@@ -84,11 +64,11 @@ class Segment:
         return sum(self.delta)
 
     def to_json(self):
-        return [list(self.delta), list(self.at_peak), self.delta_cuda, self.peak_cuda, self.delta_res, self.peak_res]
+        return [list(self.delta), list(self.at_peak), self.delta_cuda, self.peak_cuda]
 
     @classmethod
     def from_json(cls, data):
-        return cls(tuple(data[0]), tuple(data[1]), *data[2:6])
+        return cls(tuple(data[0]), tuple(data[1]), *data[2:4])
 
 
 @dataclass
@@ -102,7 +82,7 @@ class TraceResult:
     frees_input: dict[str, bool] = field(default_factory=dict)  # role -> its forward frees its input
     input_bytes: int = 0  # bytes of one layer input (hidden states)
     x0_held: bool = False  # the model's forward holds layer 0's input until it returns
-    deferred: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # role -> bytes freed at the end of forward (raw, block, segment)
+    deferred: dict[str, tuple[int, int]] = field(default_factory=dict)  # role -> bytes freed at the end of forward (raw, block)
     peak_bytes: int = 0  # the traced step's own peak (raw, above nothing: includes base)
     base_bytes: int = 0
     params: dict = field(default_factory=dict)  # see param_info()
@@ -219,7 +199,7 @@ def _segment(events, start, stop, cat_of, skip: set[int] = frozenset()) -> Segme
     cur = [0, 0, 0]
     best = 0
     at_peak = (0, 0, 0)
-    cur_c = peak_c = cur_r = peak_r = 0
+    cur_c = peak_c = 0
     for n in range(start, stop):
         if n in skip:
             continue
@@ -232,9 +212,7 @@ def _segment(events, start, stop, cat_of, skip: set[int] = frozenset()) -> Segme
         sign = 1 if delta > 0 else -1
         cur_c += sign * cuda_block_bytes(abs(delta))
         peak_c = max(peak_c, cur_c)
-        cur_r += sign * cuda_segment_bytes(abs(delta))
-        peak_r = max(peak_r, cur_r)
-    return Segment(tuple(cur), at_peak, cur_c, peak_c, cur_r, peak_r)
+    return Segment(tuple(cur), at_peak, cur_c, peak_c)
 
 
 def run_trace(spec, roles: list[str], *, batch_size: int, seq_len: int, dtype: str, amp: str,
@@ -406,15 +384,14 @@ def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_
     head_a, head_b = ranges["fwd:head"]
     for i, role in enumerate(roles):
         a, b = ranges[f"fwd:{i}"]
-        raw = cu = res = 0
+        raw = cu = 0
         for n in range(head_a, head_b):
             aid, delta = events[n]
             if delta < 0 and aid != last_output and a <= alloc_index.get(aid, -1) < b:
                 skip.add(n)
                 raw -= delta
                 cu += cuda_block_bytes(-delta)
-                res += cuda_segment_bytes(-delta)
-        result.deferred[role] = (raw, cu, res)
+        result.deferred[role] = (raw, cu)
 
     x0 = input_ids.get(0)
     shared = {aid for aid, seg in alloc_seg.items()

@@ -124,6 +124,9 @@ def process_alive(pid: int, started: str | None) -> bool:
     return state not in ("Z", "X") and (started is None or start == started)
 
 
+QUEUED_ATTRS = ("lr_sweep", "confirm_of", "confirm_seed")  # user_attrs that define a queued trial
+
+
 class Worker:
     """This process's part in a study: claims trials, renews heartbeats, reaps the dead, settles after Ctrl-C."""
 
@@ -242,11 +245,14 @@ class Worker:
         from planner.tune.baselines import SEARCH
 
         kind = trial.user_attrs.get("kind", SEARCH)
-        if kind == SEARCH and not trial.params:
+        # a queued trial (a baseline, a retry) stopped before it suggested anything still knows its point
+        params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+        if kind == SEARCH and not params:
             return
         first = trial.user_attrs.get("retry_of", trial.number)
-        sweep = {"lr_sweep": trial.user_attrs["lr_sweep"]} if "lr_sweep" in trial.user_attrs else {}
-        self.study.enqueue_trial(dict(trial.params), user_attrs={"kind": kind, "retry_of": first, **sweep})
+        # what a queued trial was queued with (its sweep factor, the confirmed trial and seed) is asked again
+        keep = {k: trial.user_attrs[k] for k in QUEUED_ATTRS if k in trial.user_attrs}
+        self.study.enqueue_trial(params, user_attrs={"kind": kind, "retry_of": first, **keep})
 
 
 class GuardedObjective:

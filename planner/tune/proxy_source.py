@@ -128,8 +128,8 @@ def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, se
             fits, why = smallest_fits_free_memory(target, space, gate)
             try:
                 target_weights(target.source)
-            except PlannerError as exc:
-                fits, why = False, str(exc)
+            except PlannerError:
+                fits, why = False, f"the weights of {target.source!r} are not local"
             kind = TARGET if fits else BUILTIN
     kwargs = {"seed": seed, "data": data}
     if proxy == AUTO and kind == BUILTIN and target.num_layers < builtin_layers():

@@ -67,7 +67,7 @@ def open_storage(url: str):
     """An Optuna storage object for ``url`` (creating the SQLite/journal folder when missing)."""
     from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RDBStorage
-    
+
     url = check_storage(url)
     if "://" not in url:
         path = Path(url).expanduser()

@@ -121,7 +121,10 @@ class TuneOptions(BaseModel):
             check_storage(self.storage)
         except PlannerError as exc:
             problems.append(str(exc))
-        if self.data is not None and "://" not in self.data and not Path(self.data).expanduser().exists():
+        from planner.data.load import BUILTIN
+
+        if (self.data is not None and "://" not in self.data and not self.data.startswith(BUILTIN)
+                and not Path(self.data).expanduser().exists()):
             problems.append(f"--data file must exist, but {self.data!r} was not found")
         collect(problems)
         return target, vram
@@ -215,7 +218,10 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
     from planner.tune.seeding import PerTrialSeed
 
     directions = [study_attrs["direction"], "minimize"] if multi_objective else [study_attrs["direction"]]
+    from planner.tune.bounded import GateBoundedSampler, largest_fitting_gamma
+
     sampler, pruner = PerTrialSeed(make_sampler(options.sampler, options.seed), options.seed), _make_pruner(options)
+    sampler = GateBoundedSampler(sampler, max(1, largest_fitting_gamma(space, gate)))  # γ > G can never fit
     try:
         study = optuna.create_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner, directions=directions)
     except optuna.exceptions.DuplicatedStudyError:
