@@ -1,14 +1,17 @@
 """How many trials does the search need? TPE vs random search against an exhaustive grid.
 
-1. Train every point of a discretized search space of the default workload (γ × K × scorer ×
+1. Train every point of a discretized search space of the default workload (γ × K × 4 scorers ×
    embeddings × 2 learning rates; head always trainable) with the tuner's own proxy trainer,
-   and cache the measured accuracies (``studies/bench_search_grid.json``; delete it to re-measure).
+   and cache the measured accuracies (``studies/bench_search_grid.json``; re-measured when the
+   proxy model or its workload changes). The grid is sized to be measured in well under 15
+   minutes of one idle core (``nice -n 10``, ``--workers 1``; 64 points of ~2.5 CPU-s): 2 of
+   the 7 scorers (uniform: LISA's; ist: importance-weighted), the two that differ most in kind.
 2. For several seeds, run Optuna with TPE and with random search on the same space, where a
    trial's value is looked up in the grid, and count the trials each needs to come within 1
    point of accuracy (0.01) of the grid's best. The samplers are `planner tune`'s own
    (``planner.tune.study.make_sampler``); the study's baselines are left out so both start equal.
 
-    python studies/bench_search.py | tee reports/bench_search.txt
+    nice -n 10 python studies/bench_search.py --workers 1 | tee reports/bench_search.txt
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ PERIODS = (5, 20)
 LRS = (1e-3, 3e-3)
 TOLERANCE = 0.01  # "within 1%": one point of exact-match accuracy
 SEARCH_SEEDS = tuple(range(20))
+SCORERS = ("ist", "uniform")
 TARGET_SHARE = 0.20
 
 _WORKLOAD = None
@@ -43,11 +47,10 @@ GRID_WALL = None  # wall seconds the grid took to measure (from the cache)
 
 
 def space():
-    from planner.sampling import SCORERS
     from planner.tune.space import SearchSpace
 
     wl = _workload()
-    return SearchSpace(num_layers=wl.spec.num_layers, scorers=tuple(sorted(SCORERS)), seq_len=wl.seq_len, periods=PERIODS,
+    return SearchSpace(num_layers=wl.spec.num_layers, scorers=SCORERS, seq_len=wl.seq_len, periods=PERIODS,
                        lr_choices=LRS, batch_sizes=(BATCH,), head_choices=(True,))
 
 
@@ -78,7 +81,10 @@ def _measure(p):
 def measure_grid(workers: int) -> dict:
     """Key -> accuracy for every grid point (cached)."""
     points = space().grid()
-    meta = {"steps": STEPS, "batch_size": BATCH, "seed": SEED, "periods": list(PERIODS), "lrs": list(LRS)}
+    wl = _workload()
+    # what a measured value depends on besides its point (the point itself is the key)
+    meta = {"steps": STEPS, "batch_size": BATCH, "seed": SEED, "proxy": Path(wl.model_source).name, "workload": wl.name,
+            "num_layers": wl.spec.num_layers}
     cache = json.loads(CACHE.read_text()) if CACHE.is_file() else {}
     values = cache.get("values", {}) if cache.get("meta") == meta else {}
     todo = [p for p in points if _key(p) not in values]
@@ -122,7 +128,7 @@ def main() -> int:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
 
     start = time.time()
@@ -135,8 +141,8 @@ def main() -> int:
     near = sum(v >= target for v in values)
     cpu = sum(v["cpu_seconds"] for v in grid.values())
     s = space()
-    print(f"grid: {n} points = γ 1..{s.num_layers} x K {list(PERIODS)} x {len(s.scorers)} scorers x embeddings on/off x lr {list(LRS)}"
-          f" (head trainable); proxy {STEPS} steps x batch {BATCH}, seed {SEED}, default workload")
+    print(f"grid: {n} points = γ 1..{s.num_layers} x K {list(PERIODS)} x scorers {list(s.scorers)} x embeddings on/off x lr {list(LRS)}"
+          f" (head trainable); proxy {STEPS} steps x batch {BATCH}, seed {SEED}, {_workload()!r}")
     print(f"grid accuracy: best {best:.4f}, median {statistics.median(values):.4f}, worst {min(values):.4f}; "
           f"{near} points ({near / n:.1%}) within {TOLERANCE} of the best; measuring took {cpu:.0f} CPU-s"
           + (f", {GRID_WALL:.0f}s wall with {args.workers} workers on a shared machine" if GRID_WALL else ""))

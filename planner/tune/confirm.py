@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import math
 import statistics
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from planner.confirmation import Confirmation, ConfirmedRun, Margin
@@ -157,48 +156,56 @@ def _extra(trial) -> bool:
 
 
 def _run_queued(study, objective, waiting: int, workload, console, progress, callbacks) -> int:
-    """Train the queued extra runs (progress bar, other queued trials left waiting)."""
-    from optuna.trial import TrialState
-
+    """Train the queued extra runs, this process's share of them (other queued trials keep waiting)."""
     from planner.tune.progress import TrialProgress
 
     if not waiting:
         return 0
     bar = TrialProgress(waiting, 0, metric_name=workload.metric_name, direction=workload.direction, console=console,
                         enabled=progress)
+    ran = 0
+    with bar:
+        # not study.optimize: when another worker takes the last queued run, it would start a fresh searched trial
+        while (trial_id := _pop_extra(study)) is not None:
+            frozen = _run_one(study, objective, trial_id)
+            ran += 1
+            for callback in (bar, *callbacks):
+                callback(study, frozen)
+    return ran
 
-    def stop_when_done(study, _trial) -> None:  # another worker may have taken the last ones
-        if not any(_extra(t) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
-            study.stop()
 
-    with bar, _pop_confirmations_only(study):
-        study.optimize(objective, n_trials=waiting, catch=(Exception,), callbacks=[bar, *callbacks, stop_when_done])
-    return waiting
+def _run_one(study, objective, trial_id: int):
+    """One popped trial through ``objective`` and ``study.tell``, as ``study.optimize`` runs a trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    trial = optuna.Trial(study, trial_id)
+    value, state = None, None
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except Exception:  # noqa: BLE001 - the objective stored the reason; the study goes on, as with catch=(Exception,)
+        state = TrialState.FAIL
+    if state is None and (value is None or any(not math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,)))):
+        state, value = TrialState.FAIL, None  # diverged: a failed trial
+    return study.tell(trial, value, state=state, skip_if_finished=True)
 
 
-@contextmanager
-def _pop_confirmations_only(study):
-    """Meanwhile the study takes only queued extra runs (:func:`_extra`): searched or baseline trials still queued
-    (``--n-trials`` was reached first) wait for a later resume instead of running beyond the total."""
+def _pop_extra(study) -> int | None:
+    """Claim the oldest queued extra run (:func:`_extra`); None when none is left."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    def pop():
-        for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-            if not _extra(t):
-                continue
-            try:
-                if study._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                    return t._trial_id
-            except UpdateFinishedTrialError:
-                continue
-        return None
-
-    study._pop_waiting_trial_id = pop  # Optuna's own queue pops the oldest waiting trial of any kind
-    try:
-        yield
-    finally:
-        del study._pop_waiting_trial_id
+    for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        if not _extra(t):
+            continue
+        try:
+            if study._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                return t._trial_id
+        except UpdateFinishedTrialError:
+            continue
+    return None
 
 
 # ---- from the stored runs to the answer --------------------------------------------------------
