@@ -12,16 +12,12 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import PlannerError
 
 AUTO, TARGET, BUILTIN = "auto", "target", "builtin"
-HUB_HOST = ("huggingface.co", 443)
-HUB_PROBE_SECONDS = 2.0
 
 
 @dataclass
@@ -57,16 +53,6 @@ def pick_device(proxy_device: str) -> str:
     return proxy_device
 
 
-def _hub_reachable() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        socket.create_connection(HUB_HOST, timeout=HUB_PROBE_SECONDS).close()
-        return True
-    except OSError:
-        return False
-
-
 def target_weights(source: str) -> str:
     """The local directory or hub id ``--proxy target`` loads; a one-line error when they are not here offline."""
     from planner.spec import list_presets
@@ -89,7 +75,9 @@ def target_weights(source: str) -> str:
         return hub_id
     except Exception:  # noqa: BLE001 - not in the cache, in any of the ways the hub library says it
         pass
-    if not _hub_reachable():
+    from planner.spec.hub import hub_unreachable
+
+    if hub_unreachable() is not None:
         raise PlannerError(f"--proxy target needs the weights of {hub_id!r} locally when the hub is offline, but they are "
                            f"not in {constants.HF_HUB_CACHE}: download them first, give a local directory as --model, "
                            f"or use --proxy builtin")
