@@ -84,7 +84,7 @@ def worker_main(log: str, argv: list[str]) -> int:
 def tune_argv(model, data, storage, study, n_trials, steps, out):
     return ["tune", "--vram", "1GB", "--model", model, "--data", data, "--n-trials", str(n_trials), "--steps", str(steps),
             "--eval-every", str(max(1, steps // 2)), "--storage", storage, "--study", study, "--device", "cpu",
-            "--quiet", "--out", out]
+            "--quiet", "--out", out, "--confirm-seeds", "0"]  # confirmation re-trains points on purpose
 
 
 def start(log, argv, errfile):
