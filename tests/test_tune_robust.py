@@ -298,6 +298,16 @@ class InterruptingEstimator:
         return estimate(*args, **kw)
 
 
+def test_a_study_cut_while_it_was_created_gets_its_settings_and_baselines_on_resume(tmp_path, wl):
+    # SIGKILL between create_study and storing the settings and queued baselines: a bare study
+    optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"), study_name="t", direction="minimize")
+    run_tune(options(tmp_path, n_trials=4), workload=wl, progress=False)
+    study = optuna.load_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"), study_name="t")
+    assert study.user_attrs["steps"] == STEPS and study.user_attrs["seed"] == 0
+    kinds = [t.user_attrs.get("kind") for t in study.trials]
+    assert all(kinds.count(kind) == 1 for kind in KINDS), kinds
+
+
 def test_ctrl_c_in_the_gate_of_a_baseline_loses_nothing(tmp_path, wl):
     from planner.tune.baselines import offered_points
     from planner.tune.gate import BudgetGate

@@ -84,6 +84,15 @@ def enqueue_baselines(study, space: SearchSpace) -> list[str]:
     return list(points)
 
 
+def enqueue_missing_baselines(study, space: SearchSpace) -> list[str]:
+    """Queue the baselines a study holds no trial of (a worker killed while it created the study); returns their kinds."""
+    have = {t.user_attrs.get("kind") for t in study.get_trials(deepcopy=False)}
+    missing = {kind: point for kind, point in baseline_points(space).items() if kind not in have}
+    for kind, point in missing.items():
+        study.enqueue_trial(point.as_params(), user_attrs={"kind": kind})
+    return list(missing)
+
+
 def is_sweep(trial) -> bool:
     """A baseline's run at another learning rate than its default (counted apart from ``--n-trials``)."""
     return trial.user_attrs.get("kind") in KINDS and trial.user_attrs.get("lr_sweep", 1.0) != 1.0

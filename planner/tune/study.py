@@ -227,6 +227,13 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner)
         check_resume(name, study.user_attrs, study_attrs)
+        # a worker killed between creating the study and storing its settings and baselines left them out
+        for key in study_attrs.keys() - study.user_attrs.keys():
+            study.set_user_attr(key, study_attrs[key])
+        if options.baselines:
+            from planner.tune.baselines import enqueue_missing_baselines
+
+            enqueue_missing_baselines(study, space)
         return study, False
     for key, value in study_attrs.items():
         study.set_user_attr(key, value)
