@@ -7,7 +7,6 @@ cost model's tracker: the peak of PyTorch's CPU allocator as the profiler's memo
 """
 
 import pytest
-import torch
 
 from planner.config import TrainConfig
 from planner.cost import estimate, measure_training_peak
@@ -78,25 +77,14 @@ def test_tracker_truth_agrees_with_the_profilers_allocator_events(tiny, arch):
     """The truth above (live tensor storages) against the CPU allocator's own accounting: the
     profiler's memory events of the same second step. Kernel-internal scratch buffers are seen only
     by the allocator, so it may read slightly more, never less."""
-    from torch.profiler import ProfilerActivity, profile
+    from allocator_events import profiled_step_peak
 
-    from planner.cost.measure import make_optimizer, prepare_model, training_step
+    from planner.cost.measure import make_optimizer, prepare_model
 
     spec = tiny(arch, hidden=128, vocab=512)
     cfg = TrainConfig(layers="all", batch_size=2, seq_len=64)
     batch = make_batch(spec.vocab_size, 2, 64)
     truth = measure_training_peak(build_model(spec), cfg, batch)
     model = prepare_model(build_model(spec), cfg, cfg.trainable_layers(spec.num_layers))
-    opt = make_optimizer(model, cfg)
-    training_step(model, opt, batch)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        training_step(model, opt, batch)
-    total = peak = 0
-    for event in sorted(prof.profiler.kineto_results.events(), key=lambda e: e.start_ns()):
-        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU:
-            total += event.nbytes()
-            peak = max(peak, total)
-    state = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-    state += sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values() if torch.is_tensor(v))
-    state += sum(v.numel() * v.element_size() for v in batch.values())
+    peak, state = profiled_step_peak(model, make_optimizer(model, cfg), batch)
     assert truth - state <= peak <= 1.0001 * (truth - state)  # measured: equal (llama), +0.001% (gpt2)

@@ -83,24 +83,13 @@ def test_profile_checks_the_cost_model_against_measured_steps(cpu_profile, model
 def _allocator_peak(spec, cfg, depth: int) -> int:
     """Peak CPU allocator bytes during a second training step (profiler memory events) plus what
     exists across steps (weights, buffers, optimizer state, batch)."""
-    from torch.profiler import ProfilerActivity, profile
+    from allocator_events import profiled_step_peak
 
-    from planner.cost.measure import make_batch, make_optimizer, prepare_model, training_step
+    from planner.cost.measure import make_batch, make_optimizer, prepare_model
 
     model = prepare_model(build_model(spec, num_layers=depth), cfg, cfg.layers)
-    opt = make_optimizer(model, cfg)
-    batch = make_batch(spec.vocab_size, cfg.batch_size, cfg.seq_len)
-    training_step(model, opt, batch)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        training_step(model, opt, batch)
-    total = peak = 0
-    for event in sorted(prof.profiler.kineto_results.events(), key=lambda e: e.start_ns()):
-        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU:
-            total += event.nbytes()
-            peak = max(peak, total)
-    tensors = list(model.parameters()) + list(model.buffers()) + list(batch.values())
-    tensors += [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
-    return peak + sum(t.numel() * t.element_size() for t in tensors)
+    peak, state = profiled_step_peak(model, make_optimizer(model, cfg), make_batch(spec.vocab_size, cfg.batch_size, cfg.seq_len))
+    return peak + state
 
 
 GPU_PROFILE = Path(__file__).parent / "fixtures" / "gpu-truth" / "h200-profile-llama-3.2-1b-bf16-s1024.json"

@@ -15,7 +15,7 @@ from io import StringIO
 import optuna
 import pytest
 from optuna.trial import TrialState
-from tune_helpers import tiny_workload
+from tune_helpers import storage_url, tiny_workload
 
 from planner.cli.main import main
 from planner.errors import PlannerError
@@ -43,17 +43,6 @@ def options(tmp_path, **kw):
 
 
 STORAGES = ["sqlite", "journal", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-def storage_url(kind, tmp_path):
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path}/s.db"
-    if kind == "journal":
-        return str(tmp_path / "s.log")
-    url = os.environ.get("PLANNER_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("PLANNER_TEST_POSTGRES_URL is not set (.ci/run starts a server and sets it)")
-    return url
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from planner.cli.main import main
 from planner.tune.baselines import KINDS
 from planner.tune.lifecycle import INTERRUPTED, WORKER_DIED, counted
 from planner.tune.storage import open_storage
-from tune_helpers import write_user_workload
+from tune_helpers import storage_url, write_user_workload
 
 N_TRIALS = 4
 STEPS = 40  # about 2 s of training per trial here: long enough to be caught mid-trial
@@ -57,17 +57,6 @@ def wait_for_trial(proc, storage, study, number=0, timeout=180):
             return
         time.sleep(0.2)
     pytest.fail("the first trial never started")
-
-
-def storage_url(kind, tmp_path):
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path}/s.db"
-    if kind == "journal":
-        return str(tmp_path / "s.log")
-    url = os.environ.get("PLANNER_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("PLANNER_TEST_POSTGRES_URL is not set (.ci/run starts a server and sets it)")
-    return url
 
 
 def kill_then_resume(workload, tmp_path, kind, signum):

@@ -59,3 +59,19 @@ def write_target_config(workload: Workload, path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     workload.spec.config.to_json_file(str(path))
     return str(path)
+
+
+def storage_url(kind: str, tmp_path) -> str:
+    """An Optuna storage of ``kind`` (sqlite, journal, postgres) for one test; postgres is skipped without a server."""
+    import os
+
+    import pytest
+
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/s.db"
+    if kind == "journal":
+        return str(tmp_path / "s.log")
+    url = os.environ.get("PLANNER_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("PLANNER_TEST_POSTGRES_URL is not set (.ci/run starts a server and sets it)")
+    return url
