@@ -1,22 +1,27 @@
 """Does the tuned plan beat LISA's defaults, LoRA and full fine-tuning beyond the seed noise, on more than one workload?
 
-For each workload: ``planner tune`` (``run_tune``) plans Llama-3-8B in bfloat16 at a 40 GB budget
-(where LISA's defaults and LoRA fit; full fine-tuning does not) on the built-in proxy, with its
-baselines' learning-rate sweeps and its confirmation; then the tuned plan, LISA's defaults and LoRA
-(each baseline at the best learning rate of its sweep) and full fine-tuning (where it fits) are
-trained again with 5 fresh seeds (``planner.tune.confirm.confirm_seed(BENCH_SEED, i)``, none the
-study's own) at the study's proxy budget: mean ± std of the held-out metric, the target's
-predicted peak, and the verdict against LISA's defaults (margin vs 2 standard errors of the
-difference, and the margin in pooled seed standard deviations).
+For each workload: ``planner tune`` (``run_tune``, its defaults: 24 trials of 150 proxy steps, the
+baselines' learning-rate sweeps, confirmation) plans Llama-3-8B in bfloat16 at ``--vram`` on the
+built-in proxy; then the tuned plan, LISA's defaults and LoRA (each baseline at the best learning
+rate of its sweep) and full fine-tuning (where it fits) are trained again with 5 fresh seeds
+(``planner.tune.confirm.confirm_seed(BENCH_SEED, i)``, none of them the study's own) at the study's
+proxy budget: mean ± std of the held-out metric (and of the other held-out metric, for reference),
+the target's predicted peak, and the verdicts against LISA's defaults and LoRA (margin vs 2 standard
+errors of the difference, and the margin in pooled seed standard deviations).
 
-Workloads: the default task (``maximum``: the largest of three numbers), a second built-in task of
-another kind (``reversal``: a string written backwards), and a user-style instruction JSONL file
-written here ("Spell 472 in words" -> "four seven two").
+Workloads, three kinds of job:
+- ``default``: the default built-in task (``maximum``: the largest of three numbers, a comparison);
+- ``sort``: the built-in task ``builtin:sort`` (the digits of a 3..5-digit string in ascending
+  order: a rearrangement whose answer is as long as its input);
+- ``jsonl``: a user-style instruction file written here (``--data tickets.jsonl``): support tickets
+  in the instruction/input/response layout, routed to one of four teams (a text classification).
 
-    nice -n 10 python studies/bench_workloads.py --only default &    # one process per workload
-    nice -n 10 python studies/bench_workloads.py --only reversal &
-    nice -n 10 python studies/bench_workloads.py --only jsonl &
-    python studies/bench_workloads.py | tee reports/bench_workloads.txt   # the table from the three results
+Everything a run produces is kept under ``--work-dir`` (the studies' SQLite storage, the JSONL file,
+each re-training run as it finishes), so a run that stops resumes where it was; each finished
+workload is written to reports/bench_workloads/<workload>-<vram>.json.
+
+    nice -n 10 python studies/bench_workloads.py --only default     # one workload (resumable)
+    nice -n 10 python studies/bench_workloads.py | tee reports/bench_workloads.txt   # all missing, then the table
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
+import types
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,46 +43,99 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "reports" / "bench_workloads"
 VRAM = "40GB"
-N_TRIALS = 16  # of the default 24: fewer searched trials, to fit the shared machine (documented in the output)
-STEPS = 100  # of the default 150
 SEEDS = 5
 BENCH_SEED = 1  # re-training seeds: confirm_seed(1, i), distinct from the study's (--seed 0) confirmation seeds
-WORKLOADS = ("default", "reversal", "jsonl")
-DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+WORKLOADS = ("default", "sort", "jsonl")
+PLANS = ("tuned plan", "lisa", "lora", "full")
+
+# ---- the user-style file: support tickets routed to a team ---------------------------------------
+TICKET_INSTRUCTION = "which team should handle this ticket?"
+TICKETS = {
+    "billing": ("i was charged twice for order {n}", "the invoice for order {n} is wrong", "please refund my payment for order {n}",
+                "my card was declined at checkout", "why did the price go up this month", "i need a receipt for order {n}"),
+    "shipping": ("order {n} has not arrived yet", "the box for order {n} came damaged", "tracking for order {n} shows no update",
+                 "order {n} went to the wrong address", "can i change the delivery date", "the courier left my parcel outside"),
+    "account": ("i cannot log in to my account", "please reset my password", "how do i change my email address",
+                "delete my account and my data", "my account was locked after three tries", "i never got the sign up code"),
+    "product": ("the screen stays black after the update", "the battery drains in two hours", "the app crashes when i open it",
+                "the power button is stuck", "the speaker makes a buzzing sound", "it will not connect to wifi"),
+}
+GREETINGS = ("", "hi, ", "hello, ", "urgent: ", "good morning, ", "hey team, ")
+SIGN_OFFS = ("", " thanks.", " please help.", " this is the second time i ask.")
+N_TICKETS = 3000  # 10% held out by --data's split, capped at 256
 
 
-def write_jsonl(path: Path, n: int = 3000) -> str:
-    rng = random.Random(7)
-    seen, lines = set(), []
-    while len(lines) < n:
-        x = rng.randint(0, 9999)
-        if x in seen:
-            continue
-        seen.add(x)
-        lines.append(json.dumps({"instruction": f"Spell {x} in words", "response": " ".join(DIGITS[int(d)] for d in str(x))}))
-    path.write_text("\n".join(lines) + "\n")
+def ticket_records(n: int = N_TICKETS, seed: int = 7) -> list[dict]:
+    """``n`` distinct tickets (instruction/input/response), teams drawn uniformly."""
+    rng = random.Random(seed)
+    seen, out = set(), []
+    while len(out) < n:
+        team = rng.choice(sorted(TICKETS))
+        text = rng.choice(GREETINGS) + rng.choice(TICKETS[team]).format(n=rng.randint(1000, 99999)) + "." + rng.choice(SIGN_OFFS)
+        if text not in seen:
+            seen.add(text)
+            out.append({"instruction": TICKET_INSTRUCTION, "input": text, "response": team})
+    return out
+
+
+def write_tickets(path: Path, n: int = N_TICKETS) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in ticket_records(n)))
     return str(path)
 
 
-def load(name: str, tmp: Path):
+def load(name: str, work: Path):
     from planner.data import load_workload
 
     if name == "default":
         return load_workload(seed=0)
-    if name == "reversal":
-        return load_workload(data="builtin:reversal", seed=0)
-    return load_workload(data=write_jsonl(tmp / "spell.jsonl"), seed=0)
+    if name == "sort":
+        return load_workload(data="builtin:sort", seed=0)
+    path = work / "tickets.jsonl"
+    if not path.exists():
+        write_tickets(path)
+    return load_workload(data=str(path), seed=0)
 
 
-def retrain(wl, trial, space, proxy_layers: int, batch: int, seeds: list[int]) -> list[float]:
+# ---- both held-out metrics of every re-training run ---------------------------------------------
+
+def record_both(wl) -> dict:
+    """Make ``wl.evaluate`` also store the other held-out metric of each full evaluation in the returned dict."""
+    from planner.data.workload import eval_loss, greedy_answers
+
+    plain, seen = wl.evaluate, {}
+
+    def evaluate(self, model, max_examples=None):
+        value = plain(model, max_examples)
+        if max_examples is None:
+            seen[wl.metric_name] = float(value)
+            if wl.metric_name != "eval_loss":
+                seen["eval_loss"] = float(eval_loss(model, wl.held_out, wl.pad_id))
+            elif all(e.target is not None for e in wl.held_out):
+                was = model.training
+                model.eval()
+                answers = greedy_answers(model, [e.prompt for e in wl.held_out], max_new_tokens=wl.max_answer_len,
+                                         pad_id=wl.pad_id, eos_id=wl.eos_id)
+                model.train(was)
+                seen["accuracy"] = sum(wl._decode(a).strip() == e.target.strip() for a, e in zip(answers, wl.held_out)) / len(wl.held_out)
+        return value
+
+    wl.evaluate = types.MethodType(evaluate, wl)
+    return seen
+
+
+def retrain(wl, seen: dict, trial, space, batch: int, steps: int, seed: int) -> dict:
     from planner.tune.mapping import proxy_params
     from planner.tune.proxy import run_proxy
 
-    small = proxy_params(space.from_params(trial.params), target_layers=space.num_layers, proxy_layers=proxy_layers)
-    return [run_proxy(wl, small, batch_size=batch, steps=STEPS, eval_every=STEPS, seed=s).metric for s in seeds]
+    small = proxy_params(space.from_params(trial.params), target_layers=space.num_layers, proxy_layers=wl.spec.num_layers)
+    seen.clear()
+    cpu = time.process_time()
+    res = run_proxy(wl, small, batch_size=batch, steps=steps, eval_every=steps, seed=seed)
+    return {"seed": seed, "metric": res.metric, "metrics": dict(seen), "cpu_seconds": time.process_time() - cpu,
+            "proxy_plan": {"gamma": small.gamma, "min_depth": small.min_depth}}
 
 
-def run_one(name: str) -> dict:
+def run_one(name: str, vram: str, n_trials: int, steps: int, work: Path) -> dict:
     import optuna
     import torch
 
@@ -88,85 +146,126 @@ def run_one(name: str) -> dict:
     from planner.tune.study import build_space, default_batch_size
 
     torch.set_num_threads(1)
-    tmp = Path(tempfile.mkdtemp(prefix=f"bench-workloads-{name}-"))
-    wl = load(name, tmp)
-    storage = f"sqlite:///{tmp}/s.db"
-    options = TuneOptions(vram=VRAM, model="llama-3-8b", n_trials=N_TRIALS, steps=STEPS, storage=storage, study=name, out=str(tmp / "plan.yaml"),
-                          proxy_device="cpu", seed=0)
-    start = time.perf_counter()
-    result = run_tune(options, workload=wl, progress=False)
-    tune_s = time.perf_counter() - start
+    work.mkdir(parents=True, exist_ok=True)
+    wl = load(name, work)
+    study_name = f"{name}-{vram}"
+    storage = f"sqlite:///{work}/studies.db"
+    options = TuneOptions(vram=vram, model="llama-3-8b", n_trials=n_trials, steps=steps, storage=storage, study=study_name,
+                          out=str(work / f"{study_name}.yaml"), proxy_device="cpu", seed=0)
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run_tune(options, workload=wl, progress=False)  # resumes the study when it is already there
+    tune = {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}
     target, _ = options.validate_all()
     space = build_space(target, options)
-    study = optuna.load_study(study_name=name, storage=open_storage(storage))
-    trials = study.get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(storage)).get_trials(deepcopy=False)
     batch = getattr(wl, "batch_size", None) or default_batch_size(int(wl.seq_len))
     seeds = [confirm_seed(BENCH_SEED, i) for i in range(SEEDS)]
-    rows = []
     plans = [("tuned plan", next(t for t in trials if t.number == result.best_trial_number))]
     plans += [(k.split(":", 1)[1], best_of_kind(trials, k, wl.direction)) for k in KINDS]
-    start = time.perf_counter()
+    done_path = work / f"{study_name}-retrain.json"  # each finished run, so a restart skips it
+    done = json.loads(done_path.read_text()) if done_path.exists() else {}
+    seen = record_both(wl)
+    rows = []
+    wall = time.perf_counter()
     for label, t in plans:
         if t is None:
             continue
         row = {"plan": label, "trial": t.number, "params": dict(t.params), "peak": t.user_attrs.get("predicted_peak_bytes"),
-               "fits": t.user_attrs.get("fits"), "kind": t.user_attrs.get("kind")}
+               "fits": t.user_attrs.get("fits"), "kind": t.user_attrs.get("kind"), "study_metric": t.user_attrs.get("metric")}
         if row["fits"]:
-            row["metrics"] = retrain(wl, t, space, wl.spec.num_layers, batch, seeds)
+            runs = []
+            for s in seeds:
+                key = f"{t.number}/{s}"
+                if key not in done:
+                    done[key] = retrain(wl, seen, t, space, batch, steps, s)
+                    done_path.write_text(json.dumps(done, indent=1))
+                    print(f"{study_name}: {label} seed {s}: {done[key]['metric']:.4f}", file=sys.stderr, flush=True)
+                runs.append(done[key])
+            row["runs"] = runs
+            row["metrics"] = [r["metric"] for r in runs]
         rows.append(row)
     conf = result.plan.confirmation
-    return {"workload": name, "workload_repr": repr(wl), "metric": wl.metric_name, "direction": wl.direction,
-            "tune_seconds": tune_s, "retrain_seconds": time.perf_counter() - start, "seeds": seeds, "rows": rows,
-            "counts": result.counts, "confirmation": None if conf is None else conf.model_dump(mode="json")}
+    return {"workload": name, "vram": vram, "workload_repr": repr(wl), "metric": wl.metric_name, "direction": wl.direction,
+            "n_trials": n_trials, "steps": steps, "batch_size": batch, "tune": tune,
+            "retrain_wall_seconds": time.perf_counter() - wall, "seeds": seeds, "rows": rows, "counts": result.counts,
+            "confirmation": None if conf is None else conf.model_dump(mode="json"),
+            "example": {"prompt": wl._decode(list(wl.held_out[0].prompt)), "answer": wl.held_out[0].target},
+            "load_average": os.getloadavg()}
 
+
+# ---- the table ------------------------------------------------------------------------------------
 
 def stats(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def render(results: list[dict]) -> list[str]:
+def compare(x: list[float], y: list[float], sign: float) -> dict:
+    """Margin of ``x`` over ``y`` (better > 0), 2 standard errors of the difference, and the margin in pooled seed stds."""
+    (mx, sx), (my, sy) = stats(x), stats(y)
+    diff = sign * (mx - my)
+    se2 = 2 * math.sqrt(sx ** 2 / len(x) + sy ** 2 / len(y))
+    pooled = math.sqrt((sx ** 2 + sy ** 2) / 2)
+    word = "beyond noise" if diff > se2 else ("WORSE beyond noise" if diff < -se2 else "within noise")
+    return {"margin": diff, "se2": se2, "sd": diff / pooled if pooled else (0.0 if diff == 0 else math.copysign(math.inf, diff)),
+            "pooled": pooled, "verdict": word}
+
+
+def describe(p: dict) -> str:
+    lora = f" LoRA r{p['lora_rank']}" if p.get("lora_rank") else ""
+    depth = f" from layer {p['min_depth']}" if p.get("min_depth") else ""
+    ckpt = " ckpt" if p.get("gradient_checkpointing") else ""
+    return (f"γ={p['gamma']}{depth} K={p['period']} {p['scorer']} E{'+' if p['train_embeddings'] else '-'}"
+            f"H{'+' if p['train_head'] else '-'}{lora}{ckpt}")
+
+
+def render(results: list[dict]) -> tuple[list[str], dict]:
     from planner.tune.gate import human_bytes
 
-    out = [f"target Llama-3-8B bfloat16, budget {VRAM}; built-in proxy; `planner tune` with --n-trials {N_TRIALS} --steps "
-           f"{STEPS} (defaults 24 and 150, reduced for the shared 2-core machine), baseline learning-rate sweeps and "
-           f"confirmation (3 seeds, top 2) as in the default; then {SEEDS} fresh seeds per plan at {STEPS} steps",
-           "verdict vs LISA's defaults: margin > 2 standard errors of the difference = beyond the seed noise; "
-           "'x sd' = margin / pooled seed std sqrt((s_a² + s_b²)/2)", ""]
+    r0 = results[0]
+    out = [f"target Llama-3-8B bfloat16 (32 layers), budget {r0['vram']}; built-in 8-layer proxy; `planner tune` with "
+           f"--n-trials {r0['n_trials']} --steps {r0['steps']}, its baselines' learning-rate sweeps and its confirmation; "
+           f"then {SEEDS} fresh seeds per plan at the same proxy budget",
+           "verdicts: margin > 2 standard errors of the difference = beyond the seed noise; "
+           "'sd' = margin / pooled seed std sqrt((s_a² + s_b²)/2)", ""]
     worse, wins = [], []
     for r in results:
         sign = 1.0 if r["direction"] == "maximize" else -1.0
+        other = "eval_loss" if r["metric"] != "eval_loss" else "accuracy"
+        c, t = r["counts"], r["tune"]
         out.append(f"== {r['workload']}: {r['workload_repr']}")
-        out.append(f"   tune {r['tune_seconds']:.0f} s ({r['counts'].get('complete', 0)} trained, {r['counts'].get('gated', 0)} "
-                   f"gated, {r['counts'].get('pruned', 0) - r['counts'].get('gated', 0)} pruned, "
-                   f"{r['counts'].get('confirmation', 0)} confirmation runs); re-training {r['retrain_seconds']:.0f} s")
-        lisa = next((x for x in r["rows"] if x["plan"] == "lisa" and x.get("metrics")), None)
-        out.append(f"   {'plan':<11} {'mean':>7} {'std':>7}  {'predicted peak':>14}  {'lr':>8}  per-seed {r['metric']}"
-                   f"{'':<20} vs LISA")
+        out.append(f"   example: {r['example']['prompt']!r} -> {r['example']['answer']!r}; proxy batch {r['batch_size']}")
+        out.append(f"   tune {t['wall_seconds']:.0f} s wall, {t['cpu_seconds']:.0f} s CPU ({c.get('complete', 0)} trained, "
+                   f"{c.get('gated', 0)} gated, {c.get('pruned', 0) - c.get('gated', 0)} pruned, {c.get('confirmation', 0)} "
+                   f"confirmation runs); re-training {r['retrain_wall_seconds']:.0f} s wall")
+        by = {x["plan"]: x for x in r["rows"]}
+        refs = {k: by[k] for k in ("lisa", "lora") if k in by and by[k].get("metrics")}
+        out.append(f"   {'plan':<10} {r['metric']:>9} {'± std':>7}  {other:>9} {'± std':>6}  {'peak':>10} {'lr':>7}  per-seed {r['metric']}")
         for x in r["rows"]:
             p = x["params"]
-            what = f"γ={p['gamma']} K={p['period']} {p['scorer']} E{'+' if p['train_embeddings'] else '-'}H{'+' if p['train_head'] else '-'}"
             if not x.get("metrics"):
-                out.append(f"   {x['plan']:<11} {'does not fit':>15}  {human_bytes(x['peak']):>14}  ({what}): never trained")
+                out.append(f"   {x['plan']:<10} {'does not fit':>17}  {'':>16}  {human_bytes(x['peak']):>10}  ({describe(p)}): never trained")
                 continue
             mean, std = stats(x["metrics"])
-            verdict = ""
-            if lisa is not None and x is not lisa:
-                lm, ls = stats(lisa["metrics"])
-                diff = sign * (mean - lm)
-                se2 = 2 * math.sqrt(std ** 2 / len(x["metrics"]) + ls ** 2 / len(lisa["metrics"]))
-                pooled = math.sqrt((std ** 2 + ls ** 2) / 2)
-                word = "beyond noise" if diff > se2 else ("WORSE beyond noise" if diff < -se2 else "within noise")
-                if x["plan"] == "tuned plan":
-                    if diff < -se2:
+            o = [run["metrics"].get(other) for run in x["runs"]]
+            om, osd = stats(o) if all(v is not None for v in o) else (math.nan, math.nan)
+            out.append(f"   {x['plan']:<10} {mean:9.4f} {std:7.4f}  {om:9.4f} {osd:6.4f}  {human_bytes(x['peak']):>10} {p['lr']:7.2g}  "
+                       + " ".join(f"{m:.3f}" for m in x["metrics"]))
+            proxy = x["runs"][0]["proxy_plan"]
+            out.append(f"   {'':<10} {describe(p)} (proxy γ={proxy['gamma']} of 8), trial {x['trial']}")
+            for ref, y in refs.items():
+                if y is x:
+                    continue
+                v = compare(x["metrics"], y["metrics"], sign)
+                mem = "lower or equal" if x["peak"] <= y["peak"] else "higher"
+                out.append(f"   {'':<10} vs {ref}: {v['margin']:+.4f} (2SE {v['se2']:.4f}, {v['sd']:+.1f} sd): {v['verdict']}; "
+                           f"{mem} predicted peak")
+                if x["plan"] == "tuned plan" and ref == "lisa":
+                    if v["verdict"].startswith("WORSE"):
                         worse.append(r["workload"])
-                    if pooled and diff > 2 * pooled:
+                    if v["margin"] > 2 * v["pooled"] and v["verdict"] == "beyond noise":
                         wins.append(r["workload"])
-                verdict = f"{diff:+.4f} (2SE {se2:.4f}, {diff / pooled if pooled else math.inf:+.1f} sd): {word}"
-            out.append(f"   {x['plan']:<11} {mean:7.4f} {std:7.4f}  {human_bytes(x['peak']):>14}  {p['lr']:8.2g}  "
-                       + " ".join(f"{m:.3f}" for m in x["metrics"]) + f"   {verdict}")
-            out.append(f"   {'':<11} {what}, trial {x['trial']}")
         if r.get("confirmation"):
-            out.append("   the study's own confirmation (3 seeds): " + "; ".join(
+            out.append("   the study's own confirmation: " + "; ".join(
                 f"{c['name']} {c['mean']:.4f} ± {c['std']:.4f}" for c in r["confirmation"]["candidates"] if c["mean"] is not None))
             for m in r["confirmation"]["margins"]:
                 if m["margin"] is not None:
@@ -176,28 +275,43 @@ def render(results: list[dict]) -> list[str]:
                f"{'met' if not worse else 'NOT met (' + ', '.join(worse) + ')'}")
     out.append(f"target 2, better than LISA's defaults by more than two seed standard deviations on at least one workload: "
                f"{'met (' + ', '.join(wins) + ')' if wins else 'NOT met'}")
-    return out
+    return out, {"worse": worse, "wins": wins}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=WORKLOADS, help="measure one workload (results under reports/bench_workloads/)")
+    ap.add_argument("--vram", default=VRAM, help=f"the budget (default {VRAM})")
+    ap.add_argument("--n-trials", type=int, default=None, help="planner tune's --n-trials (default: its own)")
+    ap.add_argument("--steps", type=int, default=None, help="proxy steps per run (default: planner tune's)")
+    ap.add_argument("--work-dir", default="/tmp/bench-workloads", help="studies, the JSONL file and finished runs (resumable)")
+    ap.add_argument("--table-only", action="store_true", help="print the table from the results there are")
     args = ap.parse_args(argv)
+    from planner.tune.study import DEFAULT_N_TRIALS, DEFAULT_STEPS
+
+    n_trials, steps = args.n_trials or DEFAULT_N_TRIALS, args.steps or DEFAULT_STEPS
     OUT.mkdir(parents=True, exist_ok=True)
-    names = [args.only] if args.only else [w for w in WORKLOADS if not (OUT / f"{w}.json").exists()]
+    result_path = lambda w: OUT / f"{w}-{args.vram}.json"  # noqa: E731
+    names = [] if args.table_only else [args.only] if args.only else [w for w in WORKLOADS if not result_path(w).exists()]
     for name in names:
-        res = run_one(name)
-        (OUT / f"{name}.json").write_text(json.dumps(res, indent=1))
-        print(f"{name}: measured ({res['tune_seconds']:.0f} s tune, {res['retrain_seconds']:.0f} s re-training)", file=sys.stderr)
+        res = run_one(name, args.vram, n_trials, steps, Path(args.work_dir))
+        result_path(name).write_text(json.dumps(res, indent=1))
+        print(f"{name}: measured ({res['tune']['wall_seconds']:.0f} s tune, {res['retrain_wall_seconds']:.0f} s re-training)",
+              file=sys.stderr)
     if args.only:
         return 0
     import torch
     import transformers
 
-    results = [json.loads((OUT / f"{w}.json").read_text()) for w in WORKLOADS if (OUT / f"{w}.json").exists()]
+    results = [json.loads(result_path(w).read_text()) for w in WORKLOADS if result_path(w).exists()]
+    if not results:
+        print("no results yet", file=sys.stderr)
+        return 1
     print(f"# bench_workloads: torch {torch.__version__}, transformers {transformers.__version__}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print("\n".join(render(results)))
+          f"load average {os.getloadavg()[0]:.1f} now; at the end of each workload: "
+          + ", ".join(f"{r['workload']} {r['load_average'][0]:.1f}" for r in results))
+    lines, _ = render(results)
+    print("\n".join(lines))
     return 0
 
 
