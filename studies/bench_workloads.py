@@ -34,7 +34,6 @@ import random
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -98,41 +97,37 @@ def load(name: str, work: Path):
 
 # ---- both held-out metrics of every re-training run ---------------------------------------------
 
-def record_both(wl) -> dict:
-    """Make ``wl.evaluate`` also store the other held-out metric of each full evaluation in the returned dict."""
-    from planner.data.workload import eval_loss, greedy_answers
+def with_eval_loss(wl) -> None:
+    """A workload scored by accuracy also reports its held-out eval loss as the secondary figure of each
+    proxy run (a workload scored by eval loss reports its accuracy there itself: ``Workload.secondary``)."""
+    import torch
 
-    plain, seen = wl.evaluate, {}
+    from planner.data.workload import eval_loss
 
-    def evaluate(self, model, max_examples=None):
-        value = plain(model, max_examples)
-        if max_examples is None:
-            seen[wl.metric_name] = float(value)
-            if wl.metric_name != "eval_loss":
-                seen["eval_loss"] = float(eval_loss(model, wl.held_out, wl.pad_id))
-            elif all(e.target is not None for e in wl.held_out):
-                was = model.training
-                model.eval()
-                answers = greedy_answers(model, [e.prompt for e in wl.held_out], max_new_tokens=wl.max_answer_len,
-                                         pad_id=wl.pad_id, eos_id=wl.eos_id)
-                model.train(was)
-                seen["accuracy"] = sum(wl._decode(a).strip() == e.target.strip() for a, e in zip(answers, wl.held_out)) / len(wl.held_out)
-        return value
+    if wl.metric_name != "accuracy":
+        return
 
-    wl.evaluate = types.MethodType(evaluate, wl)
-    return seen
+    def secondary(model) -> dict:
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return {"eval_loss": float(eval_loss(model, wl.held_out, wl.pad_id))}
+        finally:
+            model.train(was)
+
+    wl.secondary = secondary
 
 
-def retrain(wl, seen: dict, trial, space, batch: int, steps: int, seed: int) -> dict:
+def retrain(wl, trial, space, batch: int, steps: int, seed: int) -> dict:
     from planner.tune.mapping import proxy_params
     from planner.tune.proxy import run_proxy
 
     small = proxy_params(space.from_params(trial.params), target_layers=space.num_layers, proxy_layers=wl.spec.num_layers)
-    seen.clear()
     cpu = time.process_time()
     res = run_proxy(wl, small, batch_size=batch, steps=steps, eval_every=steps, seed=seed)
-    return {"seed": seed, "metric": res.metric, "metrics": dict(seen), "cpu_seconds": time.process_time() - cpu,
-            "proxy_plan": {"gamma": small.gamma, "min_depth": small.min_depth}}
+    return {"seed": seed, "metric": res.metric, "metrics": {wl.metric_name: res.metric, **res.secondary},
+            "cpu_seconds": time.process_time() - cpu, "proxy_plan": {"gamma": small.gamma, "min_depth": small.min_depth}}
 
 
 def run_one(name: str, vram: str, n_trials: int, steps: int, work: Path) -> dict:
@@ -164,7 +159,7 @@ def run_one(name: str, vram: str, n_trials: int, steps: int, work: Path) -> dict
     plans += [(k.split(":", 1)[1], best_of_kind(trials, k, wl.direction)) for k in KINDS]
     done_path = work / f"{study_name}-retrain.json"  # each finished run, so a restart skips it
     done = json.loads(done_path.read_text()) if done_path.exists() else {}
-    seen = record_both(wl)
+    with_eval_loss(wl)
     rows = []
     wall = time.perf_counter()
     for label, t in plans:
@@ -177,7 +172,7 @@ def run_one(name: str, vram: str, n_trials: int, steps: int, work: Path) -> dict
             for s in seeds:
                 key = f"{t.number}/{s}"
                 if key not in done:
-                    done[key] = retrain(wl, seen, t, space, batch, steps, s)
+                    done[key] = retrain(wl, t, space, batch, steps, s)
                     done_path.write_text(json.dumps(done, indent=1))
                     print(f"{study_name}: {label} seed {s}: {done[key]['metric']:.4f}", file=sys.stderr, flush=True)
                 runs.append(done[key])
@@ -251,7 +246,8 @@ def render(results: list[dict]) -> tuple[list[str], dict]:
             out.append(f"   {x['plan']:<10} {mean:9.4f} {std:7.4f}  {om:9.4f} {osd:6.4f}  {human_bytes(x['peak']):>10} {p['lr']:7.2g}  "
                        + " ".join(f"{m:.3f}" for m in x["metrics"]))
             proxy = x["runs"][0]["proxy_plan"]
-            out.append(f"   {'':<10} {describe(p)} (proxy γ={proxy['gamma']} of 8), trial {x['trial']}")
+            same = f": the {x['kind'].split(':', 1)[1]} baseline itself" if x["plan"] == "tuned plan" and str(x["kind"]).startswith("baseline:") else ""
+            out.append(f"   {'':<10} {describe(p)} (proxy γ={proxy['gamma']} of 8), trial {x['trial']}{same}")
             for ref, y in refs.items():
                 if y is x:
                     continue
@@ -285,13 +281,15 @@ def main(argv=None) -> int:
     ap.add_argument("--n-trials", type=int, default=None, help="planner tune's --n-trials (default: its own)")
     ap.add_argument("--steps", type=int, default=None, help="proxy steps per run (default: planner tune's)")
     ap.add_argument("--work-dir", default="/tmp/bench-workloads", help="studies, the JSONL file and finished runs (resumable)")
+    ap.add_argument("--results-dir", default=str(OUT), help="where each workload's JSON goes (default reports/bench_workloads)")
     ap.add_argument("--table-only", action="store_true", help="print the table from the results there are")
     args = ap.parse_args(argv)
     from planner.tune.study import DEFAULT_N_TRIALS, DEFAULT_STEPS
 
     n_trials, steps = args.n_trials or DEFAULT_N_TRIALS, args.steps or DEFAULT_STEPS
-    OUT.mkdir(parents=True, exist_ok=True)
-    result_path = lambda w: OUT / f"{w}-{args.vram}.json"  # noqa: E731
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    result_path = lambda w: results_dir / f"{w}-{args.vram}.json"  # noqa: E731
     names = [] if args.table_only else [args.only] if args.only else [w for w in WORKLOADS if not result_path(w).exists()]
     for name in names:
         res = run_one(name, args.vram, n_trials, steps, Path(args.work_dir))
