@@ -13,8 +13,10 @@ Workloads, three kinds of job:
 - ``default``: the default built-in task (``maximum``: the largest of three numbers, a comparison);
 - ``sort``: the built-in task ``builtin:sort`` (the digits of a 3..5-digit string in ascending
   order: a rearrangement whose answer is as long as its input);
-- ``jsonl``: a user-style instruction file written here (``--data tickets.jsonl``): support tickets
-  in the instruction/input/response layout, routed to one of four teams (a text classification).
+- ``jsonl``: a user-style file written here (``--data tickets.jsonl``): support tickets as
+  prompt/completion records, each routed to one of four teams (a text classification). Longer
+  tickets (a fixed instruction line, greetings and sign-offs: ~120 characters) stayed at chance,
+  0.23-0.29 accuracy over 4 teams, in the proxy budget of a user file (150 steps of batch 8).
 
 Everything a run produces is kept under ``--work-dir`` (the studies' SQLite storage, the JSONL file,
 each re-training run as it finishes), so a run that stops resumes where it was; each finished
@@ -36,9 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "reports" / "bench_workloads"
 VRAM = "40GB"
@@ -48,32 +47,40 @@ WORKLOADS = ("default", "sort", "jsonl")
 PLANS = ("tuned plan", "lisa", "lora", "full")
 
 # ---- the user-style file: support tickets routed to a team ---------------------------------------
-TICKET_INSTRUCTION = "which team should handle this ticket?"
+TICKET_PREFIX = "ticket: "
+# {n}: an order number, {user}: a user name, {device}: a product and its model
 TICKETS = {
     "billing": ("i was charged twice for order {n}", "the invoice for order {n} is wrong", "please refund my payment for order {n}",
-                "my card was declined at checkout", "why did the price go up this month", "i need a receipt for order {n}"),
+                "my card was declined when i paid order {n}", "why did order {n} cost more than the shop said",
+                "i need a receipt for order {n}"),
     "shipping": ("order {n} has not arrived yet", "the box for order {n} came damaged", "tracking for order {n} shows no update",
-                 "order {n} went to the wrong address", "can i change the delivery date", "the courier left my parcel outside"),
-    "account": ("i cannot log in to my account", "please reset my password", "how do i change my email address",
-                "delete my account and my data", "my account was locked after three tries", "i never got the sign up code"),
-    "product": ("the screen stays black after the update", "the battery drains in two hours", "the app crashes when i open it",
-                "the power button is stuck", "the speaker makes a buzzing sound", "it will not connect to wifi"),
+                 "order {n} went to the wrong address", "can i change the delivery date of order {n}",
+                 "the courier left order {n} outside"),
+    "account": ("i cannot log in as {user}", "please reset the password of {user}", "how do i change the email address of {user}",
+                "delete the account {user} and its data", "the account {user} was locked after three tries",
+                "{user} never got the sign up code"),
+    "product": ("my {device} stays black after the update", "the battery of my {device} drains in two hours",
+                "the app crashes on my {device}", "the power button of my {device} is stuck", "my {device} makes a buzzing sound",
+                "my {device} will not connect to wifi"),
 }
-GREETINGS = ("", "hi, ", "hello, ", "urgent: ", "good morning, ", "hey team, ")
-SIGN_OFFS = ("", " thanks.", " please help.", " this is the second time i ask.")
+USERS = ("ann", "bob", "chen", "dara", "emil", "fatima", "greg", "hana", "ivan", "jo", "kofi", "lena", "mia", "noor", "omar", "priya")
+DEVICES = ("phone", "tablet", "laptop", "watch", "speaker", "tv", "camera", "router")
 N_TICKETS = 3000  # 10% held out by --data's split, capped at 256
 
 
 def ticket_records(n: int = N_TICKETS, seed: int = 7) -> list[dict]:
-    """``n`` distinct tickets (instruction/input/response), teams drawn uniformly."""
+    """``n`` distinct tickets as prompt/completion records, the teams in turn (balanced classes)."""
     rng = random.Random(seed)
+    teams = sorted(TICKETS)
     seen, out = set(), []
     while len(out) < n:
-        team = rng.choice(sorted(TICKETS))
-        text = rng.choice(GREETINGS) + rng.choice(TICKETS[team]).format(n=rng.randint(1000, 99999)) + "." + rng.choice(SIGN_OFFS)
+        team = teams[len(out) % len(teams)]
+        issue = rng.choice(TICKETS[team]).format(n=rng.randint(1000, 99999), user=f"{rng.choice(USERS)}{rng.randint(1, 99)}",
+                                                 device=f"{rng.choice(DEVICES)} {rng.choice('abcxyz')}{rng.randint(1, 20)}")
+        text = f"{TICKET_PREFIX}{issue}."
         if text not in seen:
             seen.add(text)
-            out.append({"instruction": TICKET_INSTRUCTION, "input": text, "response": team})
+            out.append({"prompt": text, "completion": team})
     return out
 
 
@@ -275,6 +282,8 @@ def render(results: list[dict]) -> tuple[list[str], dict]:
 
 
 def main(argv=None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=WORKLOADS, help="measure one workload (results under reports/bench_workloads/)")
     ap.add_argument("--vram", default=VRAM, help=f"the budget (default {VRAM})")
