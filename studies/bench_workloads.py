@@ -188,7 +188,7 @@ def run_one(name: str, vram: str, n_trials: int, steps: int, work: Path) -> dict
         rows.append(row)
     conf = result.plan.confirmation
     return {"workload": name, "vram": vram, "workload_repr": repr(wl), "metric": wl.metric_name, "direction": wl.direction,
-            "n_trials": n_trials, "steps": steps, "batch_size": batch, "tune": tune,
+            "n_trials": n_trials, "steps": steps, "proxy_layers": wl.spec.num_layers, "batch_size": batch, "tune": tune,
             "retrain_wall_seconds": time.perf_counter() - wall, "seeds": seeds, "rows": rows, "counts": result.counts,
             "confirmation": None if conf is None else conf.model_dump(mode="json"),
             "example": {"prompt": wl._decode(list(wl.held_out[0].prompt)), "answer": wl.held_out[0].target},
@@ -224,7 +224,7 @@ def render(results: list[dict]) -> tuple[list[str], dict]:
     from planner.tune.gate import human_bytes
 
     r0 = results[0]
-    out = [f"target Llama-3-8B bfloat16 (32 layers), budget {r0['vram']}; built-in 8-layer proxy; `planner tune` with "
+    out = [f"target Llama-3-8B bfloat16 (32 layers), budget {r0['vram']}; built-in {r0.get('proxy_layers', 8)}-layer proxy; `planner tune` with "
            f"--n-trials {r0['n_trials']} --steps {r0['steps']}, its baselines' learning-rate sweeps and its confirmation; "
            f"then {SEEDS} fresh seeds per plan at the same proxy budget",
            "verdicts: margin > 2 standard errors of the difference = beyond the seed noise; "
@@ -254,7 +254,7 @@ def render(results: list[dict]) -> tuple[list[str], dict]:
                        + " ".join(f"{m:.3f}" for m in x["metrics"]))
             proxy = x["runs"][0]["proxy_plan"]
             same = f": the {x['kind'].split(':', 1)[1]} baseline itself" if x["plan"] == "tuned plan" and str(x["kind"]).startswith("baseline:") else ""
-            out.append(f"   {'':<10} {describe(p)} (proxy γ={proxy['gamma']} of 8), trial {x['trial']}{same}")
+            out.append(f"   {'':<10} {describe(p)} (proxy γ={proxy['gamma']}{' from layer ' + str(proxy['min_depth']) if proxy['min_depth'] else ''} of {r.get('proxy_layers', 8)}), trial {x['trial']}{same}")
             for ref, y in refs.items():
                 if y is x:
                     continue
