@@ -18,6 +18,10 @@ Workloads, three kinds of job:
   tickets (a fixed instruction line, greetings and sign-offs: ~120 characters) stayed at chance,
   0.23-0.29 accuracy over 4 teams, in the proxy budget of a user file (150 steps of batch 8).
 
+Budget: 40GB by default. There LISA's defaults (32.40 GiB predicted) and LoRA (27.96 GiB) fit and full
+fine-tuning (80.98 GiB) does not; the search can trade embeddings and head for active layers (up to γ=12
+of 32 with checkpointing). At 24GB neither baseline fits, so there is nothing to compare against.
+
 Everything a run produces is kept under ``--work-dir`` (the studies' SQLite storage, the JSONL file,
 each re-training run as it finishes), so a run that stops resumes where it was; each finished
 workload is written to reports/bench_workloads/<workload>-<vram>.json.
