@@ -132,7 +132,8 @@ class CachingAllocator:
 
 def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int], state: list[int],
                temporaries: list[int]) -> tuple[int, int]:
-    """A training run through a fresh allocator: ``setup`` allocations (weights, batch, workspaces),
+    """A training run through a fresh allocator: ``setup`` operations (weights, batch, workspaces; as
+    ``step``, ``-(k + 1)`` frees the k-th setup allocation),
     then two steps of ``step`` operations (``n >= 0`` allocates, ``-(id + 1)`` frees a block of that
     step), each followed by the optimizer's ``temporaries`` and the free of the step's ``grads``; the
     first step allocates the optimizer ``state`` after its backward. Returns (peak reserved over the
@@ -208,8 +209,12 @@ def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int],
                 del blocks[nxt]
         insort(pool, block[0] << shift | addr)
 
+    setup_addrs = []
     for n in setup:
-        malloc(n)
+        if n >= 0:
+            setup_addrs.append(malloc(n))
+        else:
+            free(setup_addrs[-n - 1])
     for index in (1, 2):
         if index == 2:
             state_[3] = state_[1]
