@@ -8,11 +8,13 @@ initialised model (does the pretraining matter?). Each plan runs with seeds 0..n
 fixes the data order and the layer draws, and every plan of a seed shares them (common random
 numbers, as the trials of one study do).
 
-Printed per plan: the mean ± std over seeds of the held-out metric (and of the held-out eval
-loss, for comparison). The verdict compares the spread across plans (std of the plan means)
-with the seed noise (mean within-plan std over seeds), as ``ratio``.
+Printed per plan: the mean ± std over seeds of the held-out metric that `planner tune`
+optimizes on the workload (the default: eval loss) and of the exact-match accuracy (the
+workload's secondary figure, for comparison). The verdict compares the spread across plans
+(std of the plan means) with the seed noise (mean within-plan std over seeds), as ``ratio``.
+The fixed learning rate defaults to the one every baseline starts from (``DEFAULT_LR``).
 
-    python studies/bench_workload_spread.py --time-pretraining | tee reports/workload_spread.txt
+    nice -n 10 python studies/bench_workload_spread.py | tee reports/workload_spread.txt
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import torch
 
 from planner.data.default import DEFAULT_TASK, N_HELD_OUT, default_workload
 from planner.data.pretrain import DEFAULT_RECIPE, ensure_default_model
-from planner.data.workload import eval_loss
 from planner.sampling import LayerSampler, train_layerwise
+from planner.tune.space import DEFAULT_LR
 
 LISA = dict(gamma=2, period=20, scorer="uniform", min_depth=0, eh=True)
 
@@ -59,10 +61,8 @@ def proxy_run(wl, plan: dict, lr: float, seed: int, steps: int, batch_size: int,
     train_s = time.process_time() - t0
     metric = wl.evaluate(model)
     eval_s = time.process_time() - t0 - train_s
-    model.eval()
-    with torch.no_grad():
-        loss = eval_loss(model, wl.held_out, wl.pad_id)
-    return metric, loss, train_s, eval_s
+    accuracy = wl.evaluate(model, metric="accuracy")  # the secondary figure (not timed)
+    return metric, accuracy, train_s, eval_s
 
 
 def spread(rows, key: str) -> tuple[float, float, float]:
@@ -79,8 +79,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=150, help="proxy optimizer steps per run")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the workload's suggested proxy batch")
-    ap.add_argument("--lr", type=float, default=3e-4, help="the fixed learning rate of every plan")
+    ap.add_argument("--lr", type=float, default=DEFAULT_LR, help="the fixed learning rate of every plan")
     ap.add_argument("--held-out", type=int, default=N_HELD_OUT)
+    ap.add_argument("--metric", default=None, help="eval_loss or accuracy (default: the workload's own)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default="", help="comma-separated plan labels to run (default: all)")
     ap.add_argument("--recipe", default="{}", help="JSON overrides of the pretraining recipe (experiments)")
@@ -103,31 +104,32 @@ def main() -> None:
               f"{secs:.1f} s ({stats['cpu_seconds']:.1f} CPU s), loss {stats['first_loss']:.2f} -> {stats['final_loss']:.2f}, weights sha256 "
               f"{stats['weights_sha256'][:16]} (load average now {os.getloadavg()[0]:.1f})")
     t0 = time.perf_counter()
-    wl = default_workload(args.task, recipe=recipe, n_held_out=args.held_out, seed=0)
+    extra = {"metric": args.metric} if args.metric else {}
+    wl = default_workload(args.task, recipe=recipe, n_held_out=args.held_out, seed=0, **extra)
     batch = args.batch_size or wl.batch_size
     print(f"workload: {wl!r}; loaded in {time.perf_counter() - t0:.1f} s")
     print(f"proxy run: {args.steps} steps of batch {batch}, AdamW lr={args.lr:g} (fixed), {wl.metric_name} on "
           f"{len(wl.held_out)} held-out prompts; seeds 0..{args.seeds - 1}, shared by every plan")
-    print(f"{'plan':34s} {wl.metric_name:>8s} {'± std':>6s}  {'per seed':22s} {'eval loss':>9s} {'± std':>6s}  CPU s train+eval")
+    print(f"{'plan':34s} {wl.metric_name:>9s} {'± std':>6s}  {'per seed':22s} {'accuracy':>9s} {'± std':>6s}  CPU s train+eval")
     chosen = [p for p in plans(wl.spec.num_layers) if not args.only or p[0] in args.only.split(",")]
     rows = []
     for label, plan in chosen + [("LISA defaults, random init", {**LISA, "random": True})]:
         if args.only and label not in args.only.split(","):
             continue
-        metrics, losses, secs = [], [], []
+        metrics, accs, secs = [], [], []
         for seed in range(args.seeds):
-            m, loss, ts, es = proxy_run(wl, plan, args.lr, seed, args.steps, batch, pretrained="random" not in plan)
+            m, acc, ts, es = proxy_run(wl, plan, args.lr, seed, args.steps, batch, pretrained="random" not in plan)
             metrics.append(m)
-            losses.append(loss)
+            accs.append(acc)
             secs.append((ts, es))
-        row = {"label": label, "metric": metrics, "loss": losses, "random": "random" in plan}
+        row = {"label": label, "metric": metrics, "accuracy": accs, "random": "random" in plan}
         rows.append(row)
-        print(f"{label:34s} {statistics.mean(metrics):8.3f} {statistics.stdev(metrics):6.3f}  "
-              f"{' '.join(f'{x:.3f}' for x in metrics):22s} {statistics.mean(losses):9.3f} {statistics.stdev(losses):6.3f}  "
+        print(f"{label:34s} {statistics.mean(metrics):9.3f} {statistics.stdev(metrics):6.3f}  "
+              f"{' '.join(f'{x:.3f}' for x in metrics):22s} {statistics.mean(accs):9.3f} {statistics.stdev(accs):6.3f}  "
               f"{statistics.mean(s[0] for s in secs):5.1f}+{statistics.mean(s[1] for s in secs):.1f}", flush=True)
     pre = [r for r in rows if not r["random"]]
     if len(pre) > 1:
-        for key, name in (("metric", wl.metric_name), ("loss", "eval loss")):
+        for key, name in (("metric", wl.metric_name), ("accuracy", "accuracy (secondary)")):
             across, within, ratio = spread(pre, key)
             print(f"{name:>9s}: spread across {len(pre)} plans (std of means) {across:.4f}, seed noise (mean within-plan std) "
                   f"{within:.4f}, ratio {ratio:.1f}")

@@ -124,7 +124,8 @@ def test_progress_message_explains_first_run(cache, capsys):
 
 
 def test_workload_contract(wl):
-    assert wl.name == "default:maximum" and wl.metric_name == "accuracy" and wl.direction == "maximize"
+    assert wl.name == "default:maximum" and wl.metric_name == "eval_loss" and wl.direction == "minimize"
+    assert wl.has_targets
     assert wl.spec.num_layers == TINY.layers and wl.spec.model_type == "llama"
     assert len(wl.train) == 64 and len(wl.held_out) == 24
     m1, m2 = wl.new_model(0), wl.new_model(1)
@@ -174,8 +175,29 @@ def test_evaluate_matches_manual_greedy_decoding(wl):
     assert batched == manual
     tok = CharTokenizer()
     expected = sum(tok.decode(a) == e.target for a, e in zip(manual, wl.held_out)) / len(prompts)
-    assert wl.evaluate(model) == expected
-    assert 0.0 <= wl.evaluate(model, max_examples=5) <= 1.0
+    assert wl.evaluate(model, metric="accuracy") == expected
+    assert 0.0 <= wl.evaluate(model, max_examples=5, metric="accuracy") <= 1.0
+    assert wl.secondary(model) == {"accuracy": expected}  # shown next to the eval loss
+
+
+def test_evaluate_is_the_answer_tokens_cross_entropy(wl):
+    """The default metric against a per-example sum of -log p(answer token | everything before it)."""
+    model = wl.new_model(0).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for e in wl.held_out:
+            seq = list(e.prompt) + list(e.answer)
+            logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0].double(), dim=-1)
+            for i in range(len(e.prompt), len(seq)):
+                total -= float(logp[i - 1, seq[i]])
+                count += 1
+    assert wl.evaluate(model) == pytest.approx(total / count, rel=1e-5)
+    assert count == sum(len(e.answer) for e in wl.held_out)
+
+
+def test_an_unknown_metric_is_refused(cache):
+    with pytest.raises(PlannerError, match="metric must be one of"):
+        default_workload(recipe=TINY, n_train=8, n_held_out=4, progress=False, metric="bleu")
 
 
 def test_evaluate_scores_exact_matches(wl, monkeypatch):
@@ -184,10 +206,10 @@ def test_evaluate_scores_exact_matches(wl, monkeypatch):
 
     answers = {e.prompt: list(e.answer[:-1]) for e in wl.held_out}  # the target without <eos>
     monkeypatch.setattr(wmod, "greedy_answers", lambda model, prompts, **kw: [answers[p] for p in prompts])
-    assert wl.evaluate(wl.new_model(0)) == 1.0
+    assert wl.evaluate(wl.new_model(0), metric="accuracy") == 1.0
     wrong = {p: (a if i % 2 else a + [a[0]]) for i, (p, a) in enumerate(answers.items())}
     monkeypatch.setattr(wmod, "greedy_answers", lambda model, prompts, **kw: [wrong[p] for p in prompts])
-    assert wl.evaluate(wl.new_model(0)) == 0.5
+    assert wl.evaluate(wl.new_model(0), metric="accuracy") == 0.5
 
 
 @pytest.mark.slow
@@ -195,7 +217,7 @@ def test_default_recipe_pretrains_and_a_proxy_run_learns(tmp_path, monkeypatch):
     monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path))
     wl = load_workload(seed=0)
     model = wl.new_model(0)
-    before = wl.evaluate(model)
+    before, before_acc = wl.evaluate(model), wl.evaluate(model, metric="accuracy")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     it = wl.train_batches(32, seed=0)
     for _ in range(100):
@@ -203,8 +225,8 @@ def test_default_recipe_pretrains_and_a_proxy_run_learns(tmp_path, monkeypatch):
         loss.backward()
         opt.step()
         opt.zero_grad()
-    after = wl.evaluate(model)
-    assert after > before + 0.2
+    after, after_acc = wl.evaluate(model), wl.evaluate(model, metric="accuracy")
+    assert after < before - 0.2 and after_acc > before_acc + 0.2
 
 
 def _weight_bytes(model) -> bytes:

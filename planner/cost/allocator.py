@@ -134,9 +134,9 @@ class CachingAllocator:
 
 def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int], state: list[int],
                temporaries: list[int]) -> tuple[int, int]:
-    """A training run through a fresh allocator: ``setup`` allocations (weights, batch, workspaces),
-    then two steps of ``step`` operations (``n >= 0`` allocates, ``-(id + 1)`` frees a block of that
-    step), each followed by the optimizer's ``temporaries`` and the free of the step's ``grads``; the
+    """A training run through a fresh allocator: ``setup`` operations (weights, batch, workspaces; as
+    ``step``, ``-(k + 1)`` frees the k-th setup allocation), then two steps of ``step`` operations
+    (``n >= 0`` allocates, ``-(id + 1)`` frees a block of that step), each followed by the optimizer's ``temporaries`` and the free of the step's ``grads``; the
     first step allocates the optimizer ``state`` after its backward. Returns (peak reserved over the
     run, peak allocated during the second step); reserved never shrinks, so its peak is its end.
 
@@ -242,10 +242,10 @@ def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int],
         counters[:] = nseg, allocated, reserved, peak
         return k
 
-    def rounded(sizes: list[int]) -> list[int]:
-        return [MIN_BLOCK if n < MIN_BLOCK else -(-n // MIN_BLOCK) * MIN_BLOCK for n in sizes]
+    def rounded(ops: list[int]) -> list[int]:  # frees pass through
+        return [(MIN_BLOCK if n < MIN_BLOCK else -(-n // MIN_BLOCK) * MIN_BLOCK) if n >= 0 else n for n in ops]
 
-    step = [(MIN_BLOCK if op < MIN_BLOCK else -(-op // MIN_BLOCK) * MIN_BLOCK) if op >= 0 else op for op in step]
+    step = rounded(step)
     state, temporaries = rounded(state), rounded(temporaries)
     run(rounded(setup), [0] * len(setup), 0)
     for index in (1, 2):

@@ -1,9 +1,11 @@
 """Workload: a model to fine-tune, training batches, and a metric on a held-out split.
 
 Every workload (the built-in default and users' own data) is a list of tokenized examples:
-a prompt (not trained on: labels -100) and an answer (trained on). The metric is the
-exact-match accuracy of the greedy-decoded answer when there is an answer to match
-(maximize), else the mean token cross-entropy of the held-out answers (eval loss, minimize).
+a prompt (not trained on: labels -100) and an answer (trained on). The metric is either the
+mean token cross-entropy of the held-out answers (``eval_loss``, minimize; any workload) or the
+exact-match accuracy of the greedy-decoded answer (``accuracy``, maximize; needs an answer to
+match). A workload scored by eval loss whose examples have answers to match also reports the
+accuracy as a secondary figure (:meth:`Workload.secondary`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from planner.errors import PlannerError
 
 IGNORE_INDEX = -100  # labels that the loss skips (the prompt, padding)
 EVAL_BATCH = 64  # held-out examples decoded at once
+METRICS = ("eval_loss", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class Workload:
     def __init__(self, *, name: str, spec, model_source: str, train: list[Example], held_out: list[Example],
                  model_factory: Callable[[int], torch.nn.Module], decode: Callable[[list[int]], str],
                  pad_id: int, eos_id: int | None, metric_name: Literal["accuracy", "eval_loss"], batch_size: int = 8):
+        if metric_name not in METRICS:
+            raise PlannerError(f"metric must be one of {list(METRICS)}, but got {metric_name!r}")
         self.name = name
         self.spec = spec
         self.model_source = model_source
@@ -78,14 +83,22 @@ class Workload:
             chosen, order = order[:batch_size], order[batch_size:]
             yield collate([self.train[i] for i in chosen], self.pad_id)
 
+    @property
+    def has_targets(self) -> bool:
+        """Whether every held-out example has an answer to match (exact-match accuracy is defined)."""
+        return all(e.target is not None for e in self.held_out)
+
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, max_examples: int | None = None) -> float:
-        """The metric on the first ``max_examples`` held-out examples (all by default)."""
+    def evaluate(self, model: torch.nn.Module, max_examples: int | None = None, metric: str | None = None) -> float:
+        """``metric`` (default: the workload's) on the first ``max_examples`` held-out examples (all by default)."""
+        metric = metric or self.metric_name
         examples = self.held_out[: max_examples or len(self.held_out)]
         was_training = model.training
         model.eval()
         try:
-            if self.metric_name == "accuracy":
+            if metric == "accuracy":
+                if not self.has_targets:
+                    raise PlannerError(f"accuracy needs an answer to match in every held-out example, but {self.name!r} has none")
                 answers = greedy_answers(model, [e.prompt for e in examples], max_new_tokens=self.max_answer_len,
                                          pad_id=self.pad_id, eos_id=self.eos_id)
                 hits = sum(self._decode(a).strip() == e.target.strip() for a, e in zip(answers, examples))
@@ -93,6 +106,13 @@ class Workload:
             return eval_loss(model, examples, self.pad_id)
         finally:
             model.train(was_training)
+
+    def secondary(self, model: torch.nn.Module) -> dict[str, float]:
+        """Figures shown next to the metric, not optimized: the accuracy of a workload scored by eval loss
+        whose examples have answers to match (one greedy decode of the held-out split), else none."""
+        if self.metric_name == "eval_loss" and self.has_targets:
+            return {"accuracy": self.evaluate(model, metric="accuracy")}
+        return {}
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:

@@ -5,7 +5,8 @@ params: gamma, min_depth, gradient_checkpointing, period, scorer, train_embeddin
 lr (the proxy's), (lora_rank), (batch_size) -- the target's point, in the target's numbering;
 user_attrs: kind, predicted_peak_bytes, breakdown, fits, gated, reason, min_depth (after
 lowering to L - γ), lowest_layer, trainable_layers, proxy_plan, target_lr, reused_from,
-metric, importance, train_seconds, and on CUDA measured_memory (see planner.tune.proxy).
+metric, secondary (figures shown next to the metric, e.g. accuracy), importance, train_seconds,
+and on CUDA measured_memory (see planner.tune.proxy).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class Objective:
 
         same = self._reused(trial, key)
         if same is not None:  # the proxy run this point maps to was trained already: its result stands
-            for name in ("metric", "importance", "train_seconds"):
+            for name in ("metric", "secondary", "importance", "train_seconds"):
                 trial.set_user_attr(name, same.user_attrs.get(name))
             trial.set_user_attr("reused_from", same.number)
             if not self.multi_objective and confirm is None:  # the pruner sees the same curve
@@ -153,6 +154,8 @@ class Objective:
         trial.set_user_attr("metric", result.metric)
         trial.set_user_attr("importance", result.history)
         trial.set_user_attr("train_seconds", result.train_seconds)
+        if getattr(result, "secondary", None):
+            trial.set_user_attr("secondary", result.secondary)  # e.g. the accuracy next to the eval loss
         memory = getattr(result, "memory", None)
         if memory:
             error = (prediction.peak_bytes - memory["device_used_bytes"]) / max(memory["device_used_bytes"], 1)

@@ -25,6 +25,7 @@ class ProxyResult:
     train_seconds: float
     evaluations: list[tuple[int, float]] = field(default_factory=list)
     memory: dict | None = None  # CUDA runs: measured bytes (see the module docstring)
+    secondary: dict = field(default_factory=dict)  # figures shown next to the metric (Workload.secondary)
 
 
 class ProxyOutOfMemory(PlannerError):
@@ -205,14 +206,14 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
                                      eval_fn=_evaluate, eval_every=eval_every, on_eval=_on_eval)
             if meter is not None:
                 meter.take()
-            if evaluations and evaluations[-1][0] >= steps:
-                return evaluations[-1][1], result.history
-            return float(workload.evaluate(model)), result.history
+            metric = evaluations[-1][1] if evaluations and evaluations[-1][0] >= steps else float(workload.evaluate(model))
+            secondary = getattr(workload, "secondary", None)
+            return metric, result.history, (secondary(model) if secondary is not None else {})
 
     start = perf_counter()
     oom = None
     try:
-        metric, history = _train()
+        metric, history, secondary = _train()
     except torch.OutOfMemoryError as exc:
         oom = (str(exc).strip().splitlines() or [""])[0][:200]
     finally:
@@ -225,4 +226,5 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
         raise ProxyOutOfMemory(f"out of memory on {shape.device} ({oom})", meter.free_before if meter else 0)
     seconds = perf_counter() - start
     history = [_jsonable(h) for h in thin(list(history or []))]
-    return ProxyResult(float(metric), history, seconds, evaluations, meter.result() if meter is not None else None)
+    return ProxyResult(float(metric), history, seconds, evaluations, meter.result() if meter is not None else None,
+                       {k: float(v) for k, v in secondary.items()})
