@@ -132,130 +132,131 @@ class CachingAllocator:
         return left
 
 
+def _run(ops: list[int], addrs: list[int], k: int, mem: list) -> int:
+    """Rounded sizes (>= 0) allocate into ``addrs[k], addrs[k + 1]...``; ``~id`` frees ``addrs[id]``.
+    ``mem``: blocks, small pool, large pool, next segment, allocated, reserved, peak allocated (updated)."""
+    blocks, small_pool, large_pool, nseg, allocated, reserved, peak = mem
+    # everything the loop reads is local: it is the hot path of a plan table
+    small_size, gap, small_buffer, shift, mask = SMALL_SIZE, SEGMENT_GAP, SMALL_BUFFER, KEY_SHIFT, (1 << KEY_SHIFT) - 1
+    bisect, insert = bisect_left, insort
+    for size in ops:
+        if size >= 0:
+            if size <= small_size:
+                i = bisect(small_pool, size << shift)
+                if i < len(small_pool):
+                    key = small_pool.pop(i)
+                    addr = key & mask
+                    block = blocks[addr]
+                    block[1] = True
+                    rest = (key >> shift) - size
+                else:
+                    addr = nseg
+                    nseg += gap
+                    reserved += small_buffer
+                    block = blocks[addr] = [small_buffer, True, -1, -1, True]
+                    rest = small_buffer - size
+                if rest:
+                    tail = addr + size
+                    nxt = block[3]
+                    blocks[tail] = [rest, False, addr, nxt, True]
+                    if nxt != -1:
+                        blocks[nxt][2] = tail
+                    block[3] = tail
+                    block[0] = size
+                    insert(small_pool, rest << shift | tail)
+                allocated += size
+            else:
+                i = bisect(large_pool, size << shift)
+                if i < len(large_pool):
+                    key = large_pool.pop(i)
+                    addr = key & mask
+                    block = blocks[addr]
+                    block[1] = True
+                    bsize = key >> shift
+                else:
+                    bsize = LARGE_BUFFER if size < MIN_LARGE_ALLOC else -(-size // ROUND_LARGE) * ROUND_LARGE
+                    addr = nseg
+                    nseg += gap
+                    reserved += bsize
+                    block = blocks[addr] = [bsize, True, -1, -1, False]
+                rest = bsize - size
+                if rest > small_size:
+                    tail = addr + size
+                    nxt = block[3]
+                    blocks[tail] = [rest, False, addr, nxt, False]
+                    if nxt != -1:
+                        blocks[nxt][2] = tail
+                    block[3] = tail
+                    block[0] = bsize = size
+                    insert(large_pool, rest << shift | tail)
+                allocated += bsize
+            if allocated > peak:
+                peak = allocated
+            addrs[k] = addr
+            k += 1
+            continue
+        addr = addrs[~size]
+        block = blocks[addr]
+        block[1] = False
+        bsize = block[0]
+        allocated -= bsize
+        pool = small_pool if block[4] else large_pool
+        prev, nxt = block[2], block[3]
+        if prev != -1:
+            p = blocks[prev]
+            if not p[1]:  # absorbed into the free block before it
+                del pool[bisect(pool, p[0] << shift | prev)]
+                bsize += p[0]
+                p[3] = nxt
+                if nxt != -1:
+                    blocks[nxt][2] = prev
+                del blocks[addr]
+                addr, block = prev, p
+        if nxt != -1:
+            n = blocks[nxt]
+            if not n[1]:  # absorbs the free block after it
+                del pool[bisect(pool, n[0] << shift | nxt)]
+                bsize += n[0]
+                after = block[3] = n[3]
+                if after != -1:
+                    blocks[after][2] = addr
+                del blocks[nxt]
+        block[0] = bsize
+        insert(pool, bsize << shift | addr)
+    mem[3:] = nseg, allocated, reserved, peak
+    return k
+
+
 def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int], state: list[int],
                temporaries: list[int]) -> tuple[int, int]:
     """A training run through a fresh allocator: ``setup`` operations (weights, batch, workspaces; as
     ``step``, ``-(k + 1)`` frees the k-th setup allocation), then two steps of ``step`` operations
-    (``n >= 0`` allocates, ``-(id + 1)`` frees a block of that step), each followed by the optimizer's ``temporaries`` and the free of the step's ``grads``; the
-    first step allocates the optimizer ``state`` after its backward. Returns (peak reserved over the
-    run, peak allocated during the second step); reserved never shrinks, so its peak is its end.
+    (``n >= 0`` allocates, ``-(id + 1)`` frees a block of that step), each followed by the optimizer's
+    ``temporaries`` and the free of the step's ``grads``; the first step allocates the optimizer
+    ``state`` after its backward. Returns (peak reserved over the run, peak allocated during the
+    second step); reserved never shrinks, so its peak is its end.
 
     The rules of :class:`CachingAllocator` (tests hold the two equal on random sequences and on
     composed training steps), inlined for speed: a 70B plan table replays about six million
     operations. Sizes are rounded once up front; a free block is one int in its pool's sorted
     list, ``size << KEY_SHIFT | address``, so best fit is one bisect; each pool has its own branch
     (a small-pool split always leaves a 512-byte multiple, so it always splits)."""
-    blocks: dict[int, list] = {}
-    small_pool: list[int] = []
-    large_pool: list[int] = []
-    shift = KEY_SHIFT
-    mask = (1 << shift) - 1
-    counters = [0, 0, 0, 0]  # next segment, allocated, reserved, peak allocated
-
-    def run(ops: list[int], addrs: list[int], k: int) -> int:
-        """Rounded sizes (>= 0) allocate into ``addrs[k], addrs[k + 1]...``; ``~id`` frees ``addrs[id]``."""
-        nseg, allocated, reserved, peak = counters
-        for size in ops:
-            if size >= 0:
-                if size <= SMALL_SIZE:
-                    i = bisect_left(small_pool, size << shift)
-                    if i < len(small_pool):
-                        key = small_pool.pop(i)
-                        addr = key & mask
-                        block = blocks[addr]
-                        block[1] = True
-                        rest = (key >> shift) - size
-                    else:
-                        addr = nseg
-                        nseg += SEGMENT_GAP
-                        reserved += SMALL_BUFFER
-                        block = blocks[addr] = [SMALL_BUFFER, True, -1, -1, True]
-                        rest = SMALL_BUFFER - size
-                    if rest:
-                        tail = addr + size
-                        nxt = block[3]
-                        blocks[tail] = [rest, False, addr, nxt, True]
-                        if nxt != -1:
-                            blocks[nxt][2] = tail
-                        block[3] = tail
-                        block[0] = size
-                        insort(small_pool, rest << shift | tail)
-                    allocated += size
-                else:
-                    i = bisect_left(large_pool, size << shift)
-                    if i < len(large_pool):
-                        key = large_pool.pop(i)
-                        addr = key & mask
-                        block = blocks[addr]
-                        block[1] = True
-                        bsize = key >> shift
-                    else:
-                        bsize = LARGE_BUFFER if size < MIN_LARGE_ALLOC else -(-size // ROUND_LARGE) * ROUND_LARGE
-                        addr = nseg
-                        nseg += SEGMENT_GAP
-                        reserved += bsize
-                        block = blocks[addr] = [bsize, True, -1, -1, False]
-                    rest = bsize - size
-                    if rest > SMALL_SIZE:
-                        tail = addr + size
-                        nxt = block[3]
-                        blocks[tail] = [rest, False, addr, nxt, False]
-                        if nxt != -1:
-                            blocks[nxt][2] = tail
-                        block[3] = tail
-                        block[0] = bsize = size
-                        insort(large_pool, rest << shift | tail)
-                    allocated += bsize
-                if allocated > peak:
-                    peak = allocated
-                addrs[k] = addr
-                k += 1
-                continue
-            addr = addrs[~size]
-            block = blocks[addr]
-            block[1] = False
-            bsize = block[0]
-            allocated -= bsize
-            pool = small_pool if block[4] else large_pool
-            prev, nxt = block[2], block[3]
-            if prev != -1:
-                p = blocks[prev]
-                if not p[1]:  # absorbed into the free block before it
-                    del pool[bisect_left(pool, p[0] << shift | prev)]
-                    bsize += p[0]
-                    p[3] = nxt
-                    if nxt != -1:
-                        blocks[nxt][2] = prev
-                    del blocks[addr]
-                    addr, block = prev, p
-            if nxt != -1:
-                n = blocks[nxt]
-                if not n[1]:  # absorbs the free block after it
-                    del pool[bisect_left(pool, n[0] << shift | nxt)]
-                    bsize += n[0]
-                    after = block[3] = n[3]
-                    if after != -1:
-                        blocks[after][2] = addr
-                    del blocks[nxt]
-            block[0] = bsize
-            insort(pool, bsize << shift | addr)
-        counters[:] = nseg, allocated, reserved, peak
-        return k
+    mem = [{}, [], [], 0, 0, 0, 0]  # blocks, small pool, large pool, next segment, allocated, reserved, peak allocated
 
     def rounded(ops: list[int]) -> list[int]:  # frees pass through
         return [(MIN_BLOCK if n < MIN_BLOCK else -(-n // MIN_BLOCK) * MIN_BLOCK) if n >= 0 else n for n in ops]
 
     step = rounded(step)
     state, temporaries = rounded(state), rounded(temporaries)
-    run(rounded(setup), [0] * len(setup), 0)
+    _run(rounded(setup), [0] * len(setup), 0, mem)
     for index in (1, 2):
         if index == 2:
-            counters[3] = counters[1]  # peak allocated: the second step's
+            mem[6] = mem[4]  # peak allocated: the second step's
         addrs = [0] * (n_step + len(state) + len(temporaries))
-        k = run(step, addrs, 0)
+        k = _run(step, addrs, 0, mem)
         if index == 1:
-            k = run(state, addrs, k)
+            k = _run(state, addrs, k, mem)
         first_temp = k
-        k = run(temporaries, addrs, k)
-        run([~i for i in reversed(range(first_temp, k))] + [~g for g in grads], addrs, k)
-    return counters[2], counters[3]
+        k = _run(temporaries, addrs, k, mem)
+        _run([~i for i in reversed(range(first_temp, k))] + [~g for g in grads], addrs, k, mem)
+    return mem[5], mem[6]
