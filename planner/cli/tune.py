@@ -94,7 +94,9 @@ def run(args) -> int:
     reused = f", {counts['reused']} reused a proxy run" if counts.get("reused") else ""
     console.print(f"trials: {counts.get('complete', 0)} trained{reused}, {counts.get('gated', 0)} gated (over budget for "
                   f"{plan.model}, never trained), {counts.get('pruned', 0) - counts.get('gated', 0)} pruned early, "
-                  f"{counts.get('fail', 0)} failed" + (f"; {counts['confirmation']} confirmation runs" if counts.get("confirmation") else ""))
+                  f"{counts.get('fail', 0)} failed"
+                  + (f", {counts['interrupted']} interrupted (not counted)" if counts.get("interrupted") else "")
+                  + (f"; {counts['confirmation']} confirmation runs" if counts.get("confirmation") else ""))
     for line in confirmation_lines(plan):
         console.print(line)
     for line in measured_lines(result):
