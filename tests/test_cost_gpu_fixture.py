@@ -45,7 +45,7 @@ def _predict(line):
                       amp=line["amp"] or "none", layers=line["trainable_layers"], train_embeddings=line["train_embeddings"],
                       train_head=line["train_head"], lora_rank=line["lora_rank"],
                       gradient_checkpointing=line["gradient_checkpointing"])
-    return estimate(spec, cfg, device="cuda")
+    return estimate(spec, cfg, device="cuda", built_on_device=True)  # as the fixture's README says it was built
 
 
 _errors: dict[str, tuple[float, float]] = {}
@@ -107,7 +107,8 @@ def test_allocator_model_matches_the_real_segment_list():
     fam = get_family(spec, cfg, {ROLES[r] for r in set(roles)}, {ROLES[roles[0]]}, kernels="cuda")
     opt, tensors = get_optimizer("adamw"), _trainable_tensors(fam, cfg, 2)
     alloc, built = CachingAllocator(), []
-    for n in setup_blocks(fam, num_layers=spec.num_layers, batch_size=1, seq_len=2048, workspace_bytes=64 << 20):
+    for n in setup_blocks(fam, num_layers=spec.num_layers, batch_size=1, seq_len=2048, workspace_bytes=64 << 20,
+                              built_on_device=True):
         if n >= 0:
             built.append(alloc.malloc(n))
         else:

@@ -22,15 +22,17 @@ INPUT_ID_BYTES = 8  # input_ids and labels are int64
 WORKSPACE_HANDLES = 2  # the forward's thread and autograd's backward thread
 
 
-def setup_blocks(fam, *, num_layers: int, batch_size: int, seq_len: int, workspace_bytes: int) -> list[int]:
+def setup_blocks(fam, *, num_layers: int, batch_size: int, seq_len: int, workspace_bytes: int,
+                 built_on_device: bool = False) -> list[int]:
     """What a run does before its first step, in order: ``n >= 0`` allocates n bytes, ``-(k + 1)``
     frees the k-th allocation.
 
-    The model is built on the device (``from_config`` under ``torch.device("cuda")``): a head tied
-    to the input embedding first gets a weight of its own, which tying releases once the model is
-    built; that cached block shapes every later segment (measured: without it, the reserved bytes
-    of a tied Qwen2.5-0.5B run come out 7% low, tests/fixtures/gpu-truth). A checkpoint loaded
-    through the meta device skips it."""
+    By default the model arrives on the device parameter by parameter, as ``from_pretrained``
+    (meta-device init, then the checkpoint's tensors) or ``model.to("cuda")`` put it there.
+    ``built_on_device``: built there from its config (``from_config`` under ``torch.device("cuda")``):
+    a head tied to the input embedding first gets a weight of its own, which tying releases once
+    the model is built, and that cached block shapes every later segment (measured: without it,
+    the reserved bytes of a tied Qwen2.5-0.5B run built so come out 7% low, tests/fixtures/gpu-truth)."""
     p = fam.params
     out = [n * b for n, b, _ in p["embeddings"]]
     layer = [n * b for n, b, _ in p["layer"]] + ([p["layer_buffers"]] if p["layer_buffers"] else [])
@@ -39,7 +41,7 @@ def setup_blocks(fam, *, num_layers: int, batch_size: int, seq_len: int, workspa
     out += [p["other_buffers"]] if p["other_buffers"] else []
     out = [n for n in out if n > 0]
     for n, b, tied in p["embeddings"]:
-        if tied and n * b:
+        if built_on_device and tied and n * b:
             out += [n * b, -(sum(1 for x in out if x >= 0) + 1)]
     out += [batch_size * seq_len * INPUT_ID_BYTES] * 2
     if workspace_bytes:
@@ -51,27 +53,28 @@ _memo: dict[str, tuple[int, int]] = {}
 
 
 def reserved_and_allocated(fam, roles: list[int], *, num_layers: int, batch_size: int, seq_len: int, tensors, opt,
-                           workspace_bytes: int) -> tuple[int, int]:
+                           workspace_bytes: int, built_on_device: bool = False) -> tuple[int, int]:
     """Peak reserved over the run and peak allocated during the second step, in bytes (cached in-process
     and on disk by everything they depend on: the traces, the roles, the shapes, the optimizer)."""
     key_data = [getattr(fam, "key", None), list(roles), num_layers, batch_size, seq_len, [list(t) for t in tensors],
-                opt.name, workspace_bytes]
+                opt.name, workspace_bytes, built_on_device]
     key = hashlib.sha256(json.dumps(key_data).encode()).hexdigest()[:32]
     hit = _memo.get(key)
     if hit is None and key_data[0] is not None:
         hit = cache.load("replay", key, lambda data: (int(data[0]), int(data[1])))
     if hit is None:
         hit = _replay(fam, roles, num_layers=num_layers, batch_size=batch_size, seq_len=seq_len, tensors=tensors,
-                      opt=opt, workspace_bytes=workspace_bytes)
+                      opt=opt, workspace_bytes=workspace_bytes, built_on_device=built_on_device)
         if key_data[0] is not None:
             cache.store("replay", key, list(hit))
     _memo[key] = hit
     return hit
 
 
-def _replay(fam, roles, *, num_layers, batch_size, seq_len, tensors, opt, workspace_bytes) -> tuple[int, int]:
+def _replay(fam, roles, *, num_layers, batch_size, seq_len, tensors, opt, workspace_bytes,
+            built_on_device) -> tuple[int, int]:
     setup = setup_blocks(fam, num_layers=num_layers, batch_size=batch_size, seq_len=seq_len,
-                         workspace_bytes=workspace_bytes)
+                         workspace_bytes=workspace_bytes, built_on_device=built_on_device)
     ops, n_step, grads = step_ops(fam, roles)
     state = [n for n in opt.state_blocks(tensors) if n > 0]
     temps = [n for n in opt.step_blocks(tensors) if n > 0]
