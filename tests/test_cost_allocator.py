@@ -118,7 +118,8 @@ def test_replay_of_composed_steps_equals_the_allocator(tiny, arch, hidden, seq_l
     opt = get_optimizer("adamw")
     for row, mask in zip(roles, masks):
         tensors = _trainable_tensors(fam, cfg, int(mask.sum()))
-        setup = setup_blocks(fam, num_layers=12, batch_size=2, seq_len=seq_len, workspace_bytes=MiB)
+        setup = setup_blocks(fam, num_layers=12, batch_size=2, seq_len=seq_len, workspace_bytes=MiB,
+                             built_on_device=True)  # a tied head: a block made and released before the steps
         ops, n_step, grads = step_ops(fam, [int(r) for r in row])
         state, temps = opt.state_blocks(tensors), opt.step_blocks(tensors)
         for scale in (1, 2**6, 2**10, 2**13):
