@@ -9,7 +9,11 @@ reduced-depth models, `get_family`), composing each plan's allocation sequence (
 replaying it through the caching allocator model (`replay_run`), and the rest (worst-case
 search, optimizer peaks, first imports). Target: the table for a 70B model in under 5 s.
 
-    nice -n 10 python studies/bench_estimate_table.py | tee reports/bench_estimate_table.txt
+    nice -n 10 python studies/bench_estimate_table.py --before REV | tee reports/bench_estimate_table.txt
+
+``--before REV``: then the same tables (without the command timing) for the planner of git revision
+REV, in a fresh process right after, so both figures share the machine's load. ``--no-cli``: skip
+timing the command.
 """
 
 from __future__ import annotations
@@ -35,8 +39,12 @@ def _time_phases() -> dict[str, float]:
 
     spent = dict.fromkeys(PHASES, 0.0)
     for phase, (module, name) in PHASES.items():
-        mod = importlib.import_module(module)
-        fn = getattr(mod, name)
+        try:
+            mod = importlib.import_module(module)
+            fn = getattr(mod, name)
+        except (ImportError, AttributeError):  # an older planner without this phase
+            spent[phase] = float("nan")
+            continue
 
         def timed(*args, _fn=fn, _phase=phase, **kwargs):
             t0 = time.process_time()
@@ -49,7 +57,7 @@ def _time_phases() -> dict[str, float]:
     return spent
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     cache = tempfile.mkdtemp(prefix="planner-cost-cache-")
     os.environ["PLANNER_COST_CACHE"] = cache  # cold start: no traces on disk yet
     import torch
@@ -64,10 +72,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"dtype {DTYPE}, seq {SEQ_LEN}, batch 1, device cuda (default profile), budget {VRAM}")
     planner = str(Path(sys.executable).with_name("planner"))
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, transformers, peft, planner.cost"], check=True)
-    print(f"fresh-process import of torch, transformers, peft and planner.cost: {time.perf_counter() - t0:.2f} s "
-          "(part of every `cli s`)")
+    cli_timed = "--no-cli" not in argv
+    if cli_timed:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch, transformers, peft, planner.cost"], check=True)
+        print(f"fresh-process import of torch, transformers, peft and planner.cost: {time.perf_counter() - t0:.2f} s "
+              "(part of every `cli s`)")
     spent = _time_phases()
     phases = []
     print(f"{'model':<14} {'plans':>5} {'cold wall / CPU s':>18} {'warm wall / CPU s':>18} {'cli s':>8}  "
@@ -83,13 +93,15 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         candidate_plans(spec, cfg, "cuda", default_profile("cuda"))
         warm, warm_cpu = time.perf_counter() - t0, time.process_time() - c0
-        t0 = time.perf_counter()
-        proc = subprocess.run([planner, "estimate", "--model", name, "--dtype", DTYPE, "--seq-len", str(SEQ_LEN),
-                               "--vram", VRAM, "--json"], capture_output=True, text=True,
-                              env={**os.environ, "PLANNER_PROFILE_DIR": cache})
-        cli = time.perf_counter() - t0
-        if proc.returncode not in (0, 1):
-            raise SystemExit(f"planner estimate failed for {name}: {proc.stderr.strip().splitlines()[-1]}")
+        cli = float("nan")
+        if cli_timed:
+            t0 = time.perf_counter()
+            proc = subprocess.run([planner, "estimate", "--model", name, "--dtype", DTYPE, "--seq-len", str(SEQ_LEN),
+                                   "--vram", VRAM, "--json"], capture_output=True, text=True,
+                                  env={**os.environ, "PLANNER_PROFILE_DIR": cache})
+            cli = time.perf_counter() - t0
+            if proc.returncode not in (0, 1):
+                raise SystemExit(f"planner estimate failed for {name}: {proc.stderr.strip().splitlines()[-1]}")
         vram = parse_bytes(VRAM)
         best = [largest_fitting_gamma(cands, vram, train_embeddings=e, train_head=e) for e in (True, False)]
         gammas = " / ".join(str(b.gamma) if b else "none" for b in best)
@@ -100,8 +112,20 @@ def main() -> None:
     print(f"{'model':<14} {'cold CPU':>8} " + " ".join(f"{k:>9}" for k in PHASES) + f" {'rest':>9}")
     for name, total, by in phases:
         print(f"{name:<14} {total:>8.2f} " + " ".join(f"{by[k]:>9.2f}" for k in PHASES)
-              + f" {total - sum(by.values()):>9.2f}")
+              + f" {total - sum(v for v in by.values() if v == v):>9.2f}")
+    if "--before" in argv:
+        _before(argv[argv.index("--before") + 1])
+
+
+def _before(rev: str) -> None:
+    """This script, without the command timing, on the planner package of git revision ``rev``."""
+    root = Path(__file__).resolve().parents[1]
+    old = Path(tempfile.mkdtemp(prefix="planner-before-"))
+    subprocess.run(f"git -C {root} archive {rev} planner | tar -x -C {old}", shell=True, check=True)
+    print(f"\nbefore: the same script on the planner of {rev}", flush=True)
+    env = {**os.environ, "PYTHONPATH": str(old)}
+    subprocess.run([sys.executable, __file__, "--no-cli"], env=env, cwd=old, check=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
