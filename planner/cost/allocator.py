@@ -132,6 +132,11 @@ class CachingAllocator:
         return left
 
 
+def _rounded(ops: list[int]) -> list[int]:
+    """Allocations rounded as :func:`round_size` does; frees pass through."""
+    return [(MIN_BLOCK if n < MIN_BLOCK else -(-n // MIN_BLOCK) * MIN_BLOCK) if n >= 0 else n for n in ops]
+
+
 def _run(ops: list[int], addrs: list[int], k: int, mem: list) -> int:
     """Rounded sizes (>= 0) allocate into ``addrs[k], addrs[k + 1]...``; ``~id`` frees ``addrs[id]``.
     ``mem``: blocks, small pool, large pool, next segment, allocated, reserved, peak allocated (updated)."""
@@ -242,13 +247,8 @@ def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int],
     list, ``size << KEY_SHIFT | address``, so best fit is one bisect; each pool has its own branch
     (a small-pool split always leaves a 512-byte multiple, so it always splits)."""
     mem = [{}, [], [], 0, 0, 0, 0]  # blocks, small pool, large pool, next segment, allocated, reserved, peak allocated
-
-    def rounded(ops: list[int]) -> list[int]:  # frees pass through
-        return [(MIN_BLOCK if n < MIN_BLOCK else -(-n // MIN_BLOCK) * MIN_BLOCK) if n >= 0 else n for n in ops]
-
-    step = rounded(step)
-    state, temporaries = rounded(state), rounded(temporaries)
-    _run(rounded(setup), [0] * len(setup), 0, mem)
+    step, state, temporaries = _rounded(step), _rounded(state), _rounded(temporaries)
+    _run(_rounded(setup), [0] * len(setup), 0, mem)
     for index in (1, 2):
         if index == 2:
             mem[6] = mem[4]  # peak allocated: the second step's
