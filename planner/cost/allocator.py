@@ -134,7 +134,7 @@ class CachingAllocator:
 
 def _rounded(ops: list[int]) -> list[int]:
     """Allocations rounded as :func:`round_size` does; frees pass through."""
-    return [(MIN_BLOCK if n < MIN_BLOCK else -(-n // MIN_BLOCK) * MIN_BLOCK) if n >= 0 else n for n in ops]
+    return [(n + MIN_BLOCK - 1) & -MIN_BLOCK if n > 0 else (n or MIN_BLOCK) for n in ops]
 
 
 def _run(ops: list[int], addrs: list[int], k: int, mem: list) -> int:
@@ -233,7 +233,8 @@ def _run(ops: list[int], addrs: list[int], k: int, mem: list) -> int:
 
 
 def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int], state: list[int],
-               temporaries: list[int]) -> tuple[int, int]:
+               temporaries: list[int], *, start: tuple | None = None, save_at: tuple[int, ...] = (),
+               saved: list | None = None) -> tuple[int, int]:
     """A training run through a fresh allocator: ``setup`` operations (weights, batch, workspaces; as
     ``step``, ``-(k + 1)`` frees the k-th setup allocation), then two steps of ``step`` operations
     (``n >= 0`` allocates, ``-(id + 1)`` frees a block of that step), each followed by the optimizer's
@@ -245,15 +246,32 @@ def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int],
     composed training steps), inlined for speed: a 70B plan table replays about six million
     operations. Sizes are rounded once up front; a free block is one int in its pool's sorted
     list, ``size << KEY_SHIFT | address``, so best fit is one bisect; each pool has its own branch
-    (a small-pool split always leaves a 512-byte multiple, so it always splits)."""
-    mem = [{}, [], [], 0, 0, 0, 0]  # blocks, small pool, large pool, next segment, allocated, reserved, peak allocated
+    (a small-pool split always leaves a 512-byte multiple, so it always splits).
+
+    Checkpoints: for each op position p in ``save_at`` the first step passes, ``saved`` receives
+    ``(p, allocations so far, memory, their addresses)``, the state after ``setup`` and
+    ``step[:p]``; ``start``, such a checkpoint of a run with the same ``setup`` and the same
+    ``step[:p]``, resumes the first step there (the replay is deterministic: same state, same
+    operations, same outcome). The run takes ``start`` over and changes it."""
     step, state, temporaries = _rounded(step), _rounded(state), _rounded(temporaries)
-    _run(_rounded(setup), [0] * len(setup), 0, mem)
+    n_addrs = n_step + len(state) + len(temporaries)
+    if start is None:
+        pos, k, addrs = 0, 0, [0] * n_addrs
+        mem = [{}, [], [], 0, 0, 0, 0]  # blocks, small pool, large pool, next segment, allocated, reserved, peak allocated
+        _run(_rounded(setup), [0] * len(setup), 0, mem)
+    else:
+        pos, k, mem, known = start
+        addrs = known + [0] * (n_addrs - len(known))
+    for p in sorted({p for p in save_at if pos < p < len(step)}) + [len(step)]:
+        k = _run(step[pos:p], addrs, k, mem)
+        pos = p
+        if saved is not None and p < len(step):  # a deep copy: the run goes on changing mem
+            saved.append((p, k, [{a: b[:] for a, b in mem[0].items()}, mem[1][:], mem[2][:], *mem[3:]], addrs[:k]))
     for index in (1, 2):
         if index == 2:
             mem[6] = mem[4]  # peak allocated: the second step's
-        addrs = [0] * (n_step + len(state) + len(temporaries))
-        k = _run(step, addrs, 0, mem)
+            addrs = [0] * n_addrs
+            k = _run(step, addrs, 0, mem)
         if index == 1:
             k = _run(state, addrs, k, mem)
         first_temp = k
