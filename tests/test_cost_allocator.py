@@ -96,27 +96,33 @@ def test_inlined_replay_equals_the_allocator():
 
 @pytest.mark.parametrize("arch,hidden,seq_len,embeddings", [("llama", 64, 128, True), ("qwen2", 128, 512, False),
                                                             ("gpt2", 64, 256, False)])
-def test_replay_of_composed_steps_equals_the_allocator(tiny, arch, hidden, seq_len, embeddings):
-    """Composed training steps (traced templates, random trainable sets at 6 to 12 layers) give the same
-    reserved and allocated peaks through replay_run and through CachingAllocator; scaled by 2**k
-    the same sequences reach every pool and segment rule (tiny models only fill the small pool)."""
+def test_replay_of_composed_steps_equals_the_allocator(tiny, monkeypatch, arch, hidden, seq_len, embeddings):
+    """Composed training steps (traced templates of a 12-layer model, random trainable sets and the plan
+    table's worst-case draws) give the same reserved and allocated peaks through replay_run and through
+    CachingAllocator; scaled by 2**k the same sequences reach every pool and segment rule (tiny models
+    only fill the small pool). The plan rows in table order, through the estimator's path (rows resume
+    from the last row's checkpoints), give the same peaks too."""
     from planner.config import TrainConfig
     from planner.cost.compose import ROLES
     from planner.cost.estimator import _role_matrix, _trainable_tensors, embeddings_grad, get_family
     from planner.cost.events import step_ops
     from planner.cost.optimizer import get_optimizer
+    from planner.cost import replay
+    from planner.cost.estimator import worst_case_sets
     from planner.cost.replay import setup_blocks
 
-    rng = random.Random(hash((arch, hidden)) % 1000)
+    rng = random.Random(f"{arch}-{hidden}")
     spec = tiny(arch, num_layers=12, hidden=hidden)
     cfg = TrainConfig(batch_size=2, seq_len=seq_len, dtype="float32", active_layers=3,
                       train_embeddings=embeddings, train_head=embeddings)
     masks = np.array([[rng.random() < p for _ in range(12)] for p in (0.1, 0.3, 0.6) for _ in range(3)])
     masks[:, rng.randrange(12)] |= ~masks.any(axis=1)  # every draw trains a layer
+    n_random = len(masks)
+    masks = np.concatenate([masks] + [worst_case_sets(12, gamma, 0) for gamma in range(1, 13)])
     roles = _role_matrix(masks, embeddings_grad(spec, cfg))
     fam = get_family(spec, cfg, {ROLES[r] for r in roles.ravel()}, {ROLES[r] for r in roles[:, 0]}, kernels="cuda")
     opt = get_optimizer("adamw")
-    for row, mask in zip(roles, masks):
+    for row, mask in zip(roles[:n_random], masks):
         tensors = _trainable_tensors(fam, cfg, int(mask.sum()))
         setup = setup_blocks(fam, num_layers=12, batch_size=2, seq_len=seq_len, workspace_bytes=MiB,
                              built_on_device=True)  # a tied head: a block made and released before the steps
@@ -126,3 +132,15 @@ def test_replay_of_composed_steps_equals_the_allocator(tiny, arch, hidden, seq_l
             run = ([n * scale if n >= 0 else n for n in setup], [n * scale if n >= 0 else n for n in ops], n_step,
                    grads, [n * scale for n in state], [n * scale for n in temps])
             assert replay_run(*run) == reference_run(*run), (list(row), scale)
+    resumed = []
+    monkeypatch.setattr(replay, "replay_run", lambda *a, start=None, **kw: (
+        resumed.append(start is not None), replay_run(*a, start=start, **kw))[1])
+    replay._checkpoints.clear()
+    for row, mask in zip(roles, masks):
+        tensors = _trainable_tensors(fam, cfg, int(mask.sum()))
+        kw = dict(num_layers=12, batch_size=2, seq_len=seq_len, workspace_bytes=MiB, built_on_device=True)
+        ops, n_step, grads = step_ops(fam, [int(r) for r in row])
+        truth = reference_run(setup_blocks(fam, **kw), ops, n_step, grads, opt.state_blocks(tensors),
+                              opt.step_blocks(tensors))
+        assert replay._replay(fam, [int(r) for r in row], tensors=tensors, opt=opt, **kw) == truth, list(row)
+    assert sum(resumed) >= (len(masks) - n_random) // 2  # the table's rows share their first layers
