@@ -15,7 +15,7 @@ from io import StringIO
 import optuna
 import pytest
 from optuna.trial import TrialState
-from tune_helpers import storage_url, tiny_workload
+from tune_helpers import storage_url
 
 from planner.cli.main import main
 from planner.errors import PlannerError
@@ -30,10 +30,6 @@ from planner.tune.study import Interrupted, build_space
 
 STEPS = 4
 
-
-@pytest.fixture(scope="module")
-def wl():
-    return tiny_workload()
 
 
 def options(tmp_path, **kw):
