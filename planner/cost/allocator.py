@@ -137,6 +137,19 @@ def _rounded(ops: list[int]) -> list[int]:
     return [(n + MIN_BLOCK - 1) & -MIN_BLOCK if n > 0 else (n or MIN_BLOCK) for n in ops]
 
 
+def _freeze(mem: list) -> tuple:
+    """A copy of the allocator state in a few flat lists: thousands of small lists kept between plan rows
+    would make the garbage collector's full passes (which rescan the caller's whole heap) come often."""
+    blocks = mem[0]
+    return (list(blocks), [x for b in blocks.values() for x in b], mem[1][:], mem[2][:], *mem[3:])
+
+
+def _thaw(frozen: tuple) -> list:
+    keys, flat, small_pool, large_pool, *counters = frozen
+    blocks = {a: flat[5 * i:5 * i + 5] for i, a in enumerate(keys)}
+    return [blocks, small_pool[:], large_pool[:], *counters]
+
+
 def _run(ops: list[int], addrs: list[int], k: int, mem: list) -> int:
     """Rounded sizes (>= 0) allocate into ``addrs[k], addrs[k + 1]...``; ``~id`` frees ``addrs[id]``.
     ``mem``: blocks, small pool, large pool, next segment, allocated, reserved, peak allocated (updated)."""
@@ -252,7 +265,7 @@ def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int],
     ``(p, allocations so far, memory, their addresses)``, the state after ``setup`` and
     ``step[:p]``; ``start``, such a checkpoint of a run with the same ``setup`` and the same
     ``step[:p]``, resumes the first step there (the replay is deterministic: same state, same
-    operations, same outcome). The run takes ``start`` over and changes it."""
+    operations, same outcome)."""
     step, state, temporaries = _rounded(step), _rounded(state), _rounded(temporaries)
     n_addrs = n_step + len(state) + len(temporaries)
     if start is None:
@@ -260,13 +273,14 @@ def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int],
         mem = [{}, [], [], 0, 0, 0, 0]  # blocks, small pool, large pool, next segment, allocated, reserved, peak allocated
         _run(_rounded(setup), [0] * len(setup), 0, mem)
     else:
-        pos, k, mem, known = start
+        pos, k, frozen, known = start
+        mem = _thaw(frozen)
         addrs = known + [0] * (n_addrs - len(known))
     for p in sorted({p for p in save_at if pos < p < len(step)}) + [len(step)]:
         k = _run(step[pos:p], addrs, k, mem)
         pos = p
-        if saved is not None and p < len(step):  # a deep copy: the run goes on changing mem
-            saved.append((p, k, [{a: b[:] for a, b in mem[0].items()}, mem[1][:], mem[2][:], *mem[3:]], addrs[:k]))
+        if saved is not None and p < len(step):
+            saved.append((p, k, _freeze(mem), addrs[:k]))
     for index in (1, 2):
         if index == 2:
             mem[6] = mem[4]  # peak allocated: the second step's
