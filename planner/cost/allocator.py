@@ -290,5 +290,6 @@ def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int],
             k = _run(state, addrs, k, mem)
         first_temp = k
         k = _run(temporaries, addrs, k, mem)
-        _run([~i for i in reversed(range(first_temp, k))] + [~g for g in grads], addrs, k, mem)
+        if index == 1:  # the second step's frees change neither figure: they are left out
+            _run([~i for i in reversed(range(first_temp, k))] + [~g for g in grads], addrs, k, mem)
     return mem[5], mem[6]
