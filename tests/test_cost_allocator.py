@@ -144,3 +144,30 @@ def test_replay_of_composed_steps_equals_the_allocator(tiny, monkeypatch, arch, 
                               opt.step_blocks(tensors))
         assert replay._replay(fam, [int(r) for r in row], tensors=tensors, opt=opt, **kw) == truth, list(row)
     assert sum(resumed) >= (len(masks) - n_random) // 2  # the table's rows share their first layers
+
+
+def test_a_plan_table_replayed_in_worker_processes_equals_one_replayed_here(tiny, monkeypatch, tmp_path):
+    """candidate_plans runs a CUDA table's replays in forked workers (planner.cost.replay.run_pending):
+    every row's reserved and allocated bytes must be what the same replays give in this process."""
+    import multiprocessing
+
+    import planner.cost.replay as replay
+    from planner.config import TrainConfig
+    from planner.cost.plans import candidate_plans
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform: the table is replayed in this process anyway")
+    monkeypatch.setenv("PLANNER_COST_CACHE", "0")
+    spec = tiny("llama", num_layers=4)
+    cfg = TrainConfig(batch_size=2, seq_len=32, dtype="float32")
+
+    def table(min_jobs, workers):
+        replay._memo.clear()
+        replay._checkpoints.clear()
+        monkeypatch.setattr(replay, "PARALLEL_MIN_JOBS", min_jobs)
+        monkeypatch.setattr(replay.os, "cpu_count", lambda: workers)
+        return [(c.name, c.estimate.reserved_bytes, c.estimate.allocated_bytes, c.peak_bytes)
+                for c in candidate_plans(spec, cfg, device="cuda")]
+
+    here, forked = table(10**9, 1), table(1, 2)
+    assert len(here) >= 8 and here == forked

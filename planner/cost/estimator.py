@@ -60,10 +60,11 @@ def _versions() -> str:
     import torch
     import transformers
 
-    try:
-        import peft
-        pv = peft.__version__
-    except ImportError:  # pragma: no cover
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # the installed version, without importing peft (about a second on a cold start)
+        pv = version("peft")
+    except PackageNotFoundError:  # pragma: no cover
         pv = "-"
     return f"{COST_MODEL_VERSION}/{torch.__version__}/{transformers.__version__}/{pv}"
 

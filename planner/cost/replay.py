@@ -11,9 +11,12 @@ what ``max_memory_reserved`` reads during the second step; allocated is read in 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
+import multiprocessing
+import os
 import threading
 
 from planner.cost import cache
@@ -65,12 +68,65 @@ def reserved_and_allocated(fam, roles: list[int], *, num_layers: int, batch_size
     if hit is None and key_data[0] is not None:
         hit = cache.load("replay", key, lambda data: (int(data[0]), int(data[1])))
     if hit is None:
-        hit = _replay(fam, roles, num_layers=num_layers, batch_size=batch_size, seq_len=seq_len, tensors=tensors,
-                      opt=opt, workspace_bytes=workspace_bytes, built_on_device=built_on_device)
+        kwargs = dict(num_layers=num_layers, batch_size=batch_size, seq_len=seq_len, tensors=tensors, opt=opt,
+                      workspace_bytes=workspace_bytes, built_on_device=built_on_device)
+        if _pending is not None:  # inside collecting(): noted for run_pending, the caller's result is discarded
+            _pending.append((key, key_data[0] is not None, fam, roles, kwargs))
+            return 0, 0
+        hit = _replay(fam, roles, **kwargs)
         if key_data[0] is not None:
             cache.store("replay", key, list(hit))
     _memo[key] = hit
     return hit
+
+
+_pending: list | None = None  # inside collecting(): the replays asked for, not run
+PARALLEL_MIN_JOBS = 8  # fewer replays than this run in this process: a worker's start is not worth it
+_jobs: list = []  # what forked workers read (inherited, never pickled)
+
+
+@contextlib.contextmanager
+def collecting():
+    """Inside, :func:`reserved_and_allocated` notes each replay it misses and returns (0, 0) instead of running
+    it: a caller estimates every plan of a table once to learn which replays it needs (then
+    :func:`run_pending`, then the same estimates again, answered from memory)."""
+    global _pending
+    _pending = []
+    try:
+        yield _pending
+    finally:
+        _pending = None
+
+
+def run_pending(jobs: list, workers: int | None = None) -> None:
+    """Run the noted replays, in ``workers`` forked processes where the platform forks (default: one per CPU,
+    each a contiguous run of the table's rows, so rows still resume from their neighbours' states)."""
+    global _jobs
+    seen, todo = set(), []
+    for job in jobs:
+        if job[0] not in seen and job[0] not in _memo:
+            seen.add(job[0])
+            todo.append(job)
+    workers = min(workers or os.cpu_count() or 1, len(todo))
+    if workers < 2 or len(todo) < PARALLEL_MIN_JOBS or "fork" not in multiprocessing.get_all_start_methods():
+        results = [_replay(fam, roles, **kwargs) for _, _, fam, roles, kwargs in todo]
+    else:
+        _jobs = todo
+        bounds = [round(i * len(todo) / workers) for i in range(workers + 1)]
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                chunks = pool.map(_run_chunk, list(zip(bounds, bounds[1:])))
+        finally:
+            _jobs = []
+        results = [r for chunk in chunks for r in chunk]
+    for (key, cacheable, *_), hit in zip(todo, results):
+        _memo[key] = hit
+        if cacheable:
+            cache.store("replay", key, list(hit))
+
+
+def _run_chunk(bounds: tuple[int, int]) -> list[tuple[int, int]]:
+    return [_replay(fam, roles, **kwargs) for _, _, fam, roles, kwargs in _jobs[bounds[0]:bounds[1]]]
 
 
 def _replay(fam, roles, *, num_layers, batch_size, seq_len, tensors, opt, workspace_bytes,
