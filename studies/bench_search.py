@@ -182,9 +182,8 @@ def make(variant: str, seed: int):
     return PerTrialSeed(inner, seed)
 
 
-def trials_to_hit(variant: str, seed: int, grid: dict, hit, cap: int, direction: str) -> tuple[int | None, int]:
-    """(trials until one's value satisfies ``hit`` (None when ``cap`` trials never do), distinct points among
-    them: what a study trains, as a repeated point reuses its proxy run)."""
+def trajectory(variant: str, seed: int, grid: dict, cap: int, direction: str) -> list[tuple[float, int]]:
+    """(value, distinct points so far) of each of ``cap`` trials; a repeated point reuses its proxy run in a study."""
     import optuna
 
     s = space()
@@ -192,16 +191,23 @@ def trials_to_hit(variant: str, seed: int, grid: dict, hit, cap: int, direction:
     if variant.endswith("+queued"):
         for p in queued_points(s):
             study.enqueue_trial(p.as_params())
-    seen = set()
-    for n in range(1, cap + 1):
+    seen, out = set(), []
+    for _ in range(cap):
         trial = study.ask()
         key = _key(s.suggest(trial))
         seen.add(key)
         value = grid[key]["metric"]
         study.tell(trial, value)
+        out.append((value, len(seen)))
+    return out
+
+
+def first_hit(path: list[tuple[float, int]], hit) -> tuple[int | None, int | None]:
+    """(trials until a value satisfies ``hit``, distinct points by then); (None, None) when none does."""
+    for n, (value, distinct) in enumerate(path, 1):
         if hit(value):
-            return n, len(seen)
-    return None, len(seen)
+            return n, distinct
+    return None, None
 
 
 def _fmt(p: dict) -> str:
@@ -239,8 +245,8 @@ def main() -> int:
     near = sum(within(v) for v in values.values())
     # the seed noise of one point's value: the std of the difference of its two seeds is sqrt(2) x a run's std,
     # and the value is a mean of len(GRID_SEEDS) runs
-    diffs = [v["per_seed"][0] - v["per_seed"][1] for v in grid.values()]
-    run_std = statistics.pstdev(diffs) / 2 ** 0.5 if len(GRID_SEEDS) == 2 else float("nan")
+    diffs = [v["per_seed"][0] - v["per_seed"][1] for v in grid.values()] if len(GRID_SEEDS) == 2 else []
+    run_std = statistics.pstdev(diffs) / 2 ** 0.5 if diffs else float("nan")
     noise = run_std / len(GRID_SEEDS) ** 0.5
     cpu = sum(v["cpu_seconds"] for v in grid.values())
     s = space()
@@ -265,8 +271,10 @@ def main() -> int:
     if noise == noise and abs(best) * TOLERANCE < noise:
         noise_target = best - sign * noise
         thresholds.append((f"noise ({noise:.4f})", lambda v: sign * v >= sign * noise_target))
+    paths = {v: [trajectory(v, seed, grid, cap, direction) for seed in SEARCH_SEEDS] for v in variants}
+    budget = int(TARGET_SHARE * n)
     for label, hit in thresholds:
-        runs = {v: [trials_to_hit(v, seed, grid, hit, cap, direction) for seed in SEARCH_SEEDS] for v in variants}
+        runs = {v: [first_hit(path, hit) for path in got] for v, got in paths.items()}
         rows = {v: [r[0] for r in got] for v, got in runs.items()}
         distinct = {v: [r[1] if r[0] is not None else cap + 1 for r in got] for v, got in runs.items()}
         reach = sum(hit(v) for v in values.values())
@@ -280,8 +288,8 @@ def main() -> int:
             finite = [h if h is not None else cap + 1 for h in hits]
             med = statistics.median(finite)
             print(f"{name:>16}: median {med:g} trials ({med / n:.1%} of the grid), mean {statistics.mean(finite):.1f}, "
-                  f"worst {max(finite)}, hit within {int(TARGET_SHARE * n)} trials ({TARGET_SHARE:.0%} of the grid) in "
-                  f"{sum(f <= TARGET_SHARE * n for f in finite)}/{len(finite)} seeds; distinct points trained: median "
+                  f"worst {max(finite)}, hit within {budget} trials ({TARGET_SHARE:.0%} of the grid) in "
+                  f"{sum(f <= budget for f in finite)}/{len(finite)} seeds; distinct points trained: median "
                   f"{statistics.median(distinct[name]):g}  [{VARIANTS[name]}]")
         if "tpe" in rows:
             tpe_med = statistics.median([h if h is not None else cap + 1 for h in rows["tpe"]])
@@ -289,6 +297,15 @@ def main() -> int:
             print(f"target at this threshold (TPE median under {TARGET_SHARE:.0%} of the grid = {TARGET_SHARE * n:.1f} "
                   f"trials): {verdict}")
         print()
+    print(f"best value found after {budget} trials ({TARGET_SHARE:.0%} of the grid): median over {len(SEARCH_SEEDS)} seeds, "
+          f"its excess over the grid's best ({best:.4f}), and its rank among the {n} points (1 = best)")
+    ranked = sorted(values.values(), key=lambda v: -sign * v)
+    for name, got in paths.items():
+        found = [max((v for v, _ in path[:budget]), key=lambda v: sign * v) for path in got]
+        med = statistics.median(found)
+        ranks = [1 + sum(sign * r > sign * f for r in ranked) for f in found]
+        print(f"{name:>16}: {med:.4f} (+{abs(med - best):.4f}), rank median {statistics.median(ranks):g}, "
+              f"in the top 3 in {sum(r <= 3 for r in ranks)}/{len(ranks)} seeds")
     print(f"wall time of this run {time.time() - start:.0f}s (grid {'measured' if measured_now else 'read from ' + CACHE.name})")
     return 0
 
