@@ -168,7 +168,7 @@ def gpu_fixture() -> None:
                               amp=line["amp"] or "none", layers=line["trainable_layers"],
                               train_embeddings=line["train_embeddings"], train_head=line["train_head"],
                               lora_rank=line["lora_rank"], gradient_checkpointing=line["gradient_checkpointing"])
-            est = estimate(spec, cfg, device="cuda")
+            est = estimate(spec, cfg, device="cuda", built_on_device=True)  # as the fixtures were built
             m = line["measured"]
             peak_measured = m["max_reserved"] + m["context_est"]
             row = {"allocated": (est.allocated_bytes, m["max_allocated"]), "reserved": (est.reserved_bytes, m["max_reserved"]),

@@ -1,12 +1,19 @@
 """Time the candidate-plan table (`planner estimate --model M --vram SIZE`) for large presets.
 
-Prints, per model: the number of plans, the time with empty trace caches (cold: traces are
-run), the time of a second call in the same process (warm: traces cached), and the wall time
-of the `planner estimate` command in a fresh process with the disk cache filled (what a user
-waits for the second time; imports included, timed separately). Target: the table for a 70B
-model computed in under 5 s.
+Prints, per model: the number of plans, the time with empty caches (cold: traces and allocator
+replays are run; wall and CPU seconds), the time of a second call in the same process (warm:
+both cached), and the wall time of the `planner estimate` command in a fresh process with the
+disk cache filled (what a user waits for the second time; imports included, timed separately).
+A second table splits the cold CPU seconds by phase: traces (building, tracing and cutting the
+reduced-depth models, `get_family`), composing each plan's allocation sequence (`step_ops`),
+replaying it through the caching allocator model (`replay_run`), and the rest (worst-case
+search, optimizer peaks, first imports). Target: the table for a 70B model in under 5 s.
 
-    python studies/bench_estimate_table.py | tee reports/bench_estimate_table.txt
+    nice -n 10 python studies/bench_estimate_table.py --before REV | tee reports/bench_estimate_table.txt
+
+``--before REV``: then the same tables (without the command timing) for the planner of git revision
+REV, in a fresh process right after, so both figures share the machine's load. ``--no-cli``: skip
+timing the command.
 """
 
 from __future__ import annotations
@@ -22,7 +29,35 @@ MODELS = ("llama-3-70b", "llama-2-70b", "llama-2-7b")
 DTYPE, SEQ_LEN, VRAM = "bfloat16", 2048, "80GB"
 
 
-def main() -> None:
+PHASES = {"traces": ("planner.cost.estimator", "get_family"), "step ops": ("planner.cost.replay", "step_ops"),
+          "replay": ("planner.cost.replay", "replay_run")}
+
+
+def _time_phases() -> dict[str, float]:
+    """CPU seconds spent in each phase's function from now on (the functions are wrapped where they are called)."""
+    import importlib
+
+    spent = dict.fromkeys(PHASES, 0.0)
+    for phase, (module, name) in PHASES.items():
+        try:
+            mod = importlib.import_module(module)
+            fn = getattr(mod, name)
+        except (ImportError, AttributeError):  # an older planner without this phase
+            spent[phase] = float("nan")
+            continue
+
+        def timed(*args, _fn=fn, _phase=phase, **kwargs):
+            t0 = time.process_time()
+            try:
+                return _fn(*args, **kwargs)
+            finally:
+                spent[_phase] += time.process_time() - t0
+
+        setattr(mod, name, timed)
+    return spent
+
+
+def main(argv: list[str]) -> None:
     cache = tempfile.mkdtemp(prefix="planner-cost-cache-")
     os.environ["PLANNER_COST_CACHE"] = cache  # cold start: no traces on disk yet
     import torch
@@ -37,34 +72,60 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"dtype {DTYPE}, seq {SEQ_LEN}, batch 1, device cuda (default profile), budget {VRAM}")
     planner = str(Path(sys.executable).with_name("planner"))
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, transformers, peft, planner.cost"], check=True)
-    print(f"fresh-process import of torch, transformers, peft and planner.cost: {time.perf_counter() - t0:.2f} s "
-          "(part of every `cli s`)")
-    print(f"{'model':<14} {'plans':>5} {'cold s':>8} {'warm s':>8} {'cli s':>8}  largest γ fitting (E+H / frozen); smallest plan")
+    cli_timed = "--no-cli" not in argv
+    if cli_timed:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch, transformers, peft, planner.cost"], check=True)
+        print(f"fresh-process import of torch, transformers, peft and planner.cost: {time.perf_counter() - t0:.2f} s "
+              "(part of every `cli s`)")
+    spent = _time_phases()
+    phases = []
+    print(f"{'model':<14} {'plans':>5} {'cold wall / CPU s':>18} {'warm wall / CPU s':>18} {'cli s':>8}  "
+          "largest γ fitting (E+H / frozen); smallest plan")
     for name in MODELS:
         spec = load_spec(name)
         cfg = TrainConfig(dtype=DTYPE, seq_len=SEQ_LEN)
-        t0 = time.perf_counter()
+        before = dict(spent)
+        t0, c0 = time.perf_counter(), time.process_time()
         cands = candidate_plans(spec, cfg, "cuda", default_profile("cuda"))
-        cold = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        cold, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
+        phases.append((name, cold_cpu, {k: spent[k] - before[k] for k in spent}))
+        t0, c0 = time.perf_counter(), time.process_time()
         candidate_plans(spec, cfg, "cuda", default_profile("cuda"))
-        warm = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        proc = subprocess.run([planner, "estimate", "--model", name, "--dtype", DTYPE, "--seq-len", str(SEQ_LEN),
-                               "--vram", VRAM, "--json"], capture_output=True, text=True,
-                              env={**os.environ, "PLANNER_PROFILE_DIR": cache})
-        cli = time.perf_counter() - t0
-        if proc.returncode not in (0, 1):
-            raise SystemExit(f"planner estimate failed for {name}: {proc.stderr.strip().splitlines()[-1]}")
+        warm, warm_cpu = time.perf_counter() - t0, time.process_time() - c0
+        cli = float("nan")
+        if cli_timed:
+            t0 = time.perf_counter()
+            proc = subprocess.run([planner, "estimate", "--model", name, "--dtype", DTYPE, "--seq-len", str(SEQ_LEN),
+                                   "--vram", VRAM, "--json"], capture_output=True, text=True,
+                                  env={**os.environ, "PLANNER_PROFILE_DIR": cache})
+            cli = time.perf_counter() - t0
+            if proc.returncode not in (0, 1):
+                raise SystemExit(f"planner estimate failed for {name}: {proc.stderr.strip().splitlines()[-1]}")
         vram = parse_bytes(VRAM)
         best = [largest_fitting_gamma(cands, vram, train_embeddings=e, train_head=e) for e in (True, False)]
         gammas = " / ".join(str(b.gamma) if b else "none" for b in best)
         low = smallest_fitting(cands)
-        print(f"{name:<14} {len(cands):>5} {cold:>8.2f} {warm:>8.2f} {cli:>8.2f}  {gammas}; "
-              f"{low.name} at {low.peak_bytes / 2**30:.1f} GiB", flush=True)
+        print(f"{name:<14} {len(cands):>5} {cold:>8.2f} / {cold_cpu:>6.2f} {warm:>9.2f} / {warm_cpu:>5.2f} {cli:>8.2f}  "
+              f"{gammas}; {low.name} at {low.peak_bytes / 2**30:.1f} GiB", flush=True)
+    print(f"cold CPU seconds by phase (load average now {os.getloadavg()[0]:.1f})")
+    print(f"{'model':<14} {'cold CPU':>8} " + " ".join(f"{k:>9}" for k in PHASES) + f" {'rest':>9}")
+    for name, total, by in phases:
+        print(f"{name:<14} {total:>8.2f} " + " ".join(f"{by[k]:>9.2f}" for k in PHASES)
+              + f" {total - sum(v for v in by.values() if v == v):>9.2f}")
+    if "--before" in argv:
+        _before(argv[argv.index("--before") + 1])
+
+
+def _before(rev: str) -> None:
+    """This script, without the command timing, on the planner package of git revision ``rev``."""
+    root = Path(__file__).resolve().parents[1]
+    old = Path(tempfile.mkdtemp(prefix="planner-before-"))
+    subprocess.run(f"git -C {root} archive {rev} planner | tar -x -C {old}", shell=True, check=True)
+    print(f"\nbefore: the same script on the planner of {rev}", flush=True)
+    env = {**os.environ, "PYTHONPATH": str(old)}
+    subprocess.run([sys.executable, __file__, "--no-cli"], env=env, cwd=old, check=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -17,3 +17,19 @@ def tiny():
     from planner.spec.tiny import tiny_spec
 
     return tiny_spec
+
+
+@pytest.fixture(scope="module")
+def wl():
+    """The tiny search workload of the tune tests (tune_helpers.tiny_workload), one per test module."""
+    from tune_helpers import tiny_workload
+
+    return tiny_workload()
+
+
+@pytest.fixture(scope="module")
+def target(wl, tmp_path_factory):
+    """The tiny model as the target (config.json), costed in float32 at the workload's length, batch 8."""
+    from tune_helpers import write_target_config
+
+    return write_target_config(wl, tmp_path_factory.mktemp("target") / "config.json")

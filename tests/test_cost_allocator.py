@@ -2,6 +2,9 @@
 
 import random
 
+import numpy as np
+import pytest
+
 from planner.cost.allocator import CachingAllocator, replay_run, round_size, segment_size
 
 MiB = 2**20
@@ -43,28 +46,18 @@ def test_small_and_large_pools_are_separate():
     del blocks
 
 
-def test_inlined_replay_equals_the_allocator():
-    rng = random.Random(0)
-    setup = [rng.choice((512, 3 * MiB, 40 * MiB)) for _ in range(20)]
-    sizes = [rng.choice((100, 700 * 1024, 2 * MiB, 5 * MiB, 12 * MiB, 33 * MiB + 7)) for _ in range(400)]
-    ops, live = [], []
-    for i, n in enumerate(sizes):
-        ops.append(n)
-        live.append(i)
-        if rng.random() < 0.6:
-            ops.append(-live.pop(rng.randrange(len(live))) - 1)
-    grads = live[: len(live) // 2]
-    ops += [-g - 1 for g in live[len(live) // 2:]]
-    state, temps = [8 * MiB, 8 * MiB, 1024], [4 * MiB, 700]
-    reserved, allocated = replay_run(setup, ops, len(sizes), grads, state, temps)
-
-    a = CachingAllocator()
+def reference_run(setup, ops, n_step, grads, state, temps):
+    """The run replay_run describes, through the readable CachingAllocator, op by op."""
+    a, built = CachingAllocator(), []
     for n in setup:
-        a.malloc(n)
+        if n >= 0:
+            built.append(a.malloc(n))
+        else:
+            a.free(built[-n - 1])
     for step in (1, 2):
         if step == 2:
             a.reset_peak()
-        addrs, k = [0] * len(sizes), 0
+        addrs, k = [0] * n_step, 0
         for op in ops:
             if op >= 0:
                 addrs[k], k = a.malloc(op), k + 1
@@ -78,4 +71,103 @@ def test_inlined_replay_equals_the_allocator():
             a.free(x)
         for g in grads:
             a.free(addrs[g])
-    assert (reserved, allocated) == (a.peak_reserved, a.peak_allocated)
+    return a.peak_reserved, a.peak_allocated
+
+
+def test_inlined_replay_equals_the_allocator():
+    rng = random.Random(0)
+    for trial in range(20):
+        setup = [rng.choice((512, 3 * MiB, 40 * MiB)) for _ in range(20)]
+        setup += [setup[0], -21]  # a block made and released while the model is built
+        sizes = [rng.choice((1, 100, 700 * 1024, MiB, MiB + 1, 2 * MiB, 5 * MiB, 12 * MiB, 33 * MiB + 7))
+                 for _ in range(400)]
+        ops, live = [], []
+        for i, n in enumerate(sizes):
+            ops.append(n)
+            live.append(i)
+            if rng.random() < 0.6:
+                ops.append(-live.pop(rng.randrange(len(live))) - 1)
+        grads = live[: len(live) // 2]
+        ops += [-g - 1 for g in live[len(live) // 2:]]
+        state, temps = [8 * MiB, 8 * MiB, 1024], [4 * MiB, 700]
+        assert replay_run(setup, ops, len(sizes), grads, state, temps) == reference_run(
+            setup, ops, len(sizes), grads, state, temps), f"trial {trial}"
+
+
+@pytest.mark.parametrize("arch,hidden,seq_len,embeddings", [("llama", 64, 128, True), ("qwen2", 128, 512, False),
+                                                            ("gpt2", 64, 256, False)])
+def test_replay_of_composed_steps_equals_the_allocator(tiny, monkeypatch, arch, hidden, seq_len, embeddings):
+    """Composed training steps (traced templates of a 12-layer model, random trainable sets and the plan
+    table's worst-case draws) give the same reserved and allocated peaks through replay_run and through
+    CachingAllocator; scaled by 2**k the same sequences reach every pool and segment rule (tiny models
+    only fill the small pool). The plan rows in table order, through the estimator's path (rows resume
+    from the last row's checkpoints), give the same peaks too."""
+    from planner.config import TrainConfig
+    from planner.cost.compose import ROLES
+    from planner.cost.estimator import _role_matrix, _trainable_tensors, embeddings_grad, get_family
+    from planner.cost.events import step_ops
+    from planner.cost.optimizer import get_optimizer
+    from planner.cost import replay
+    from planner.cost.estimator import worst_case_sets
+    from planner.cost.replay import setup_blocks
+
+    rng = random.Random(f"{arch}-{hidden}")
+    spec = tiny(arch, num_layers=12, hidden=hidden)
+    cfg = TrainConfig(batch_size=2, seq_len=seq_len, dtype="float32", active_layers=3,
+                      train_embeddings=embeddings, train_head=embeddings)
+    masks = np.array([[rng.random() < p for _ in range(12)] for p in (0.1, 0.3, 0.6) for _ in range(3)])
+    masks[:, rng.randrange(12)] |= ~masks.any(axis=1)  # every draw trains a layer
+    n_random = len(masks)
+    masks = np.concatenate([masks] + [worst_case_sets(12, gamma, 0) for gamma in range(1, 13)])
+    roles = _role_matrix(masks, embeddings_grad(spec, cfg))
+    fam = get_family(spec, cfg, {ROLES[r] for r in roles.ravel()}, {ROLES[r] for r in roles[:, 0]}, kernels="cuda")
+    opt = get_optimizer("adamw")
+    for row, mask in zip(roles[:n_random], masks):
+        tensors = _trainable_tensors(fam, cfg, int(mask.sum()))
+        setup = setup_blocks(fam, num_layers=12, batch_size=2, seq_len=seq_len, workspace_bytes=MiB,
+                             built_on_device=True)  # a tied head: a block made and released before the steps
+        ops, n_step, grads = step_ops(fam, [int(r) for r in row])
+        state, temps = opt.state_blocks(tensors), opt.step_blocks(tensors)
+        for scale in (1, 2**6, 2**10, 2**13):
+            run = ([n * scale if n >= 0 else n for n in setup], [n * scale if n >= 0 else n for n in ops], n_step,
+                   grads, [n * scale for n in state], [n * scale for n in temps])
+            assert replay_run(*run) == reference_run(*run), (list(row), scale)
+    resumed = []
+    monkeypatch.setattr(replay, "replay_run", lambda *a, start=None, **kw: (
+        resumed.append(start is not None), replay_run(*a, start=start, **kw))[1])
+    replay._checkpoints.clear()
+    for row, mask in zip(roles, masks):
+        tensors = _trainable_tensors(fam, cfg, int(mask.sum()))
+        kw = dict(num_layers=12, batch_size=2, seq_len=seq_len, workspace_bytes=MiB, built_on_device=True)
+        ops, n_step, grads = step_ops(fam, [int(r) for r in row])
+        truth = reference_run(setup_blocks(fam, **kw), ops, n_step, grads, opt.state_blocks(tensors),
+                              opt.step_blocks(tensors))
+        assert replay._replay(fam, [int(r) for r in row], tensors=tensors, opt=opt, **kw) == truth, list(row)
+    assert sum(resumed) >= (len(masks) - n_random) // 2  # the table's rows share their first layers
+
+
+def test_a_plan_table_replayed_in_worker_processes_equals_one_replayed_here(tiny, monkeypatch, tmp_path):
+    """candidate_plans runs a CUDA table's replays in forked workers (planner.cost.replay.run_pending):
+    every row's reserved and allocated bytes must be what the same replays give in this process."""
+    import multiprocessing
+
+    import planner.cost.replay as replay
+    from planner.config import TrainConfig
+    from planner.cost.plans import candidate_plans
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform: the table is replayed in this process anyway")
+    monkeypatch.setenv("PLANNER_COST_CACHE", "0")
+    spec = tiny("llama", num_layers=4)
+    cfg = TrainConfig(batch_size=2, seq_len=32, dtype="float32")
+
+    def table(min_jobs, workers):
+        replay._memo.clear()
+        replay._checkpoints.clear()
+        monkeypatch.setattr(replay, "PARALLEL_MIN_JOBS", min_jobs)
+        monkeypatch.setattr(replay.os, "cpu_count", lambda: workers)
+        return [(c.name, c.estimate.reserved_bytes, c.estimate.allocated_bytes, c.peak_bytes)
+                for c in candidate_plans(spec, cfg, device="cuda")]
+
+    here, forked = table(10**9, 1), table(1, 2)
+    assert len(here) >= 8 and here == forked

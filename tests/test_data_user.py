@@ -242,3 +242,17 @@ def test_examples_longer_than_the_models_positions_are_skipped(tmp_path):
     rows += [{"prompt": "a long prompt " * 3, "completion": "7"} for _ in range(5)]  # > 40 tokens
     wl = load_workload(str(tmp_path / "m"), _write_jsonl(tmp_path / "d.jsonl", rows))
     assert len(wl.train) + len(wl.held_out) == 20 and wl.seq_len <= 16
+
+
+def test_a_name_that_is_no_file_goes_to_the_datasets_loader(tmp_path, monkeypatch):
+    """`planner tune --data org/name` is validated as a datasets name, not refused as a missing file."""
+    import planner.data.files as files
+    from planner.tune.study import TuneOptions
+
+    seen = []
+    monkeypatch.setattr(files, "_load_dataset", lambda name: seen.append(name) or [])
+    assert files.read_records("some-org/some-dataset") == [] and seen == ["some-org/some-dataset"]
+    assert not files.names_a_file("some-org/some-dataset") and files.names_a_file("./d.jsonl")
+    TuneOptions(vram="40GB", data="some-org/some-dataset", out=str(tmp_path / "p.yaml")).validate_all()  # no error
+    with pytest.raises(PlannerError, match="--data file must exist, but 'missing.jsonl' was not found"):
+        TuneOptions(vram="40GB", data="missing.jsonl", out=str(tmp_path / "p.yaml")).validate_all()

@@ -54,6 +54,11 @@ def test_tune_export_report_a_local_target_under_a_measured_budget(user_workload
     assert code == 0, err
     assert out.splitlines()[0].startswith(f"target: {model_dir} (3 layers; batch {BATCH} × seq {SEQ}, float32")
     assert f"proxy: {model_dir} on cpu" in out.splitlines()[0]
+    header = [line for line in out.splitlines() if line.startswith("┃")]
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    # captured (not a terminal): the summary table is not wrapped to 80 columns: one header line, and no row
+    # continues on a line with an empty first cell
+    assert len(header) == 1 and rows and all(line.split("│")[1].strip() for line in rows), "\n".join(header + rows)
 
     study = optuna.load_study(study_name="mine", storage=storage)
     trials = {t.user_attrs["kind"]: t for t in reversed(study.trials)}

@@ -121,8 +121,8 @@ def test_profile_out_is_checked_before_measuring(tmp_path, monkeypatch, capsys, 
     import planner.cost.profile as mod
 
     monkeypatch.setattr(mod, "measure_profile", lambda *a, **k: pytest.fail("measured before checking --out"))
-    for bad, rule in ((tmp_path, "is a directory"), (tmp_path / "f.json" / "x.json", "cannot be opened")):
-        if rule == "cannot be opened":
+    for bad, rule in ((tmp_path, "is a directory"), (tmp_path / "f.json" / "x.json", "cannot be created")):
+        if rule == "cannot be created":
             (tmp_path / "f.json").write_text("{}")  # a file where a folder would have to be
         code = main(["profile", "--model", model_json, "--device", "cpu", "--out", str(bad)])
         err = capsys.readouterr().err

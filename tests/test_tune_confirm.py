@@ -7,7 +7,6 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
-from tune_helpers import tiny_workload, write_target_config
 
 from planner.errors import PlannerError
 from planner.plan import Plan
@@ -22,14 +21,6 @@ from planner.tune.storage import open_storage
 STEPS = 6
 
 
-@pytest.fixture(scope="module")
-def wl():
-    return tiny_workload()
-
-
-@pytest.fixture(scope="module")
-def target(wl, tmp_path_factory):
-    return write_target_config(wl, tmp_path_factory.mktemp("target") / "config.json")
 
 
 def options(tmp_path, target, wl, **kw):

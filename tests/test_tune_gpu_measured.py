@@ -4,7 +4,8 @@ torch and transformers versions and every row).
 
 The measurement is the CUDA caching allocator's own (max_memory_reserved over the training steps) plus the
 memory in use outside it before the run (context, other processes): independent of the cost model, which traces
-on CPU. The tolerance is what the cost model achieved on that run (largest |error| 4.03%).
+on CPU. The tolerance is what the cost model achieved on that run (largest |error| 3.80%: the trials train the model moved to the GPU, so no
+built-on-device head; the tune loop reserves up to 4% more than the two-step replay predicts, unexplained).
 """
 
 import json
@@ -18,7 +19,7 @@ from planner.cost.device import default_profile
 from planner.spec import load_spec
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tune_proxy_target_gpu.json"
-TOLERANCE = 0.045
+TOLERANCE = 0.04
 
 
 @pytest.mark.slow

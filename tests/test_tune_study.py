@@ -4,7 +4,6 @@ import math
 
 import optuna
 import pytest
-from tune_helpers import tiny_workload, write_target_config
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
@@ -23,15 +22,6 @@ from planner.tune.study import Interrupted, build_space, check_feasible
 STEPS = 6
 
 
-@pytest.fixture(scope="module")
-def wl():
-    return tiny_workload()
-
-
-@pytest.fixture(scope="module")
-def target(wl, tmp_path_factory):
-    """The tiny model as the target (config.json), costed in float32 at the workload's length, batch 8."""
-    return write_target_config(wl, tmp_path_factory.mktemp("target") / "config.json")
 
 
 def target_space(wl, target):

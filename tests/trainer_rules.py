@@ -177,6 +177,18 @@ def axolotl_match(pattern: str, name: str) -> bool:
     return re.match(re.sub(r"\.(?!\+)", "\\\\.", pattern), name) is not None
 
 
+def lisa_draw(layers, n: int, run: Run, step: int) -> None:
+    """The switch both trainers' LISA callbacks make (axolotl's LISACallback, LMFlow's
+    DynamicLayerActivationCallback): freeze every layer, then unfreeze n drawn by np.random.choice."""
+    for layer in layers:
+        for p in layer.parameters():
+            p.requires_grad = False
+    for idx in np.random.choice(range(len(layers)), n, replace=False):
+        for p in layers[idx].parameters():
+            p.requires_grad = True
+    run.draws.append(step)
+
+
 def run_axolotl(plan, files: dict[str, str], tmp: Path) -> Run:
     cfg = yaml.safe_load(files["axolotl.yaml"])
     model = tiny_model(plan)
@@ -194,13 +206,7 @@ def run_axolotl(plan, files: dict[str, str], tmp: Path) -> Run:
 
         def begin(step):  # src/axolotl/utils/callbacks/lisa.py LISACallback.on_step_begin
             if step % K == 0 or step == 1:
-                for layer in layers:
-                    for p in layer.parameters():
-                        p.requires_grad = False
-                for idx in np.random.choice(range(len(layers)), n, replace=False):
-                    for p in layers[idx].parameters():
-                        p.requires_grad = True
-                run.draws.append(step)
+                lisa_draw(layers, n, run, step)
     return train(model, optimizer, run, begin=begin)
 
 
@@ -239,13 +245,7 @@ def run_lmflow(plan, files: dict[str, str], tmp: Path) -> Run:
 
         def begin(step):  # on_step_begin: switch when global_step % interval_steps == 0
             if step % K == 0:
-                for layer in layers:
-                    for p in layer.parameters():
-                        p.requires_grad = False
-                for idx in np.random.choice(range(len(layers)), n, replace=False):
-                    for p in layers[idx].parameters():
-                        p.requires_grad = True
-                run.draws.append(step)
+                lisa_draw(layers, n, run, step)
     return train(model, optimizer, run, begin=begin)
 
 

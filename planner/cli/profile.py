@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from planner.writable import unwritable_reason
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -54,30 +56,11 @@ def validate(args):
     if spec is not None and cfg is not None and (problem := seq_len_problem(spec, cfg.seq_len)):
         problems.append(problem)
     if args.out is not None:
-        problem = writable_problem(args.out)
+        problem = unwritable_reason(args.out)
         if problem:
             problems.append(f"--out must be a file path this user can write, but {args.out!r} {problem}")
     collect(problems)
     return spec, cfg
-
-
-def writable_problem(path) -> str | None:
-    """Why ``path`` cannot be written, found by opening it for appending (before anything is measured), or None."""
-    from pathlib import Path
-
-    path = Path(path).expanduser()
-    if path.is_dir():
-        return "is a directory"
-    existed = path.exists()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a"):
-            pass
-    except OSError as exc:
-        return f"cannot be opened for writing ({exc.strerror or type(exc).__name__})"
-    if not existed:
-        path.unlink(missing_ok=True)
-    return None
 
 
 def _progress():
@@ -122,7 +105,7 @@ def run(args) -> int:
     if not args.out:
         name = local_device_name(args.device)
         default = profile_dir() / profile_filename(name or "device")
-        problem = writable_problem(default)
+        problem = unwritable_reason(default)
         if problem:
             raise PlannerError(f"the profile directory must be writable (set $PLANNER_PROFILE_DIR or --out), "
                                f"but {str(default)!r} {problem}")

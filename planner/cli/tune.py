@@ -89,12 +89,21 @@ def run(args) -> int:
     with interrupts_as_keyboard_interrupt():  # SIGTERM like Ctrl-C; never raised inside a finalizer
         result = run_tune(options, console=console, progress=not args.quiet)
     plan = result.plan
-    console.print(summary_table(result, metric_name=plan.metric_name, vram_bytes=plan.vram_bytes, target_name=plan.model))
+    table = summary_table(result, metric_name=plan.metric_name, vram_bytes=plan.vram_bytes, target_name=plan.model)
+    if console.is_terminal:
+        console.print(table)
+    else:  # piped or redirected, rich assumes 80 columns and would wrap every row: the table gets its natural width
+        columns = console.width
+        console.width = max(columns, console.measure(table, options=console.options.update_width(10**4)).maximum)
+        console.print(table)
+        console.width = columns
     counts = result.counts
     reused = f", {counts['reused']} reused a proxy run" if counts.get("reused") else ""
     console.print(f"trials: {counts.get('complete', 0)} trained{reused}, {counts.get('gated', 0)} gated (over budget for "
                   f"{plan.model}, never trained), {counts.get('pruned', 0) - counts.get('gated', 0)} pruned early, "
-                  f"{counts.get('fail', 0)} failed" + (f"; {counts['confirmation']} confirmation runs" if counts.get("confirmation") else ""))
+                  f"{counts.get('fail', 0)} failed"
+                  + (f", {counts['interrupted']} interrupted (not counted)" if counts.get("interrupted") else "")
+                  + (f"; {counts['confirmation']} confirmation runs" if counts.get("confirmation") else ""))
     for line in confirmation_lines(plan):
         console.print(line)
     for line in measured_lines(result):

@@ -16,7 +16,7 @@ import os
 import warnings
 from pathlib import Path
 
-CACHE_SCHEMA = 1  # bump when an entry's layout changes
+CACHE_SCHEMA = 2  # bump when an entry's layout or meaning changes (2: in-place gradient accumulation, reduction scratch, tied-head build)
 
 
 class CacheWarning(UserWarning):
@@ -36,7 +36,8 @@ def _digest(data) -> str:
 
 def _path(kind: str, key: str) -> Path | None:
     root = cache_dir()
-    return None if root is None else root / f"{kind}-{key}.json"
+    # the schema is in the name: entries of an older planner are left unread, not reported as damaged
+    return None if root is None else root / f"{kind}-v{CACHE_SCHEMA}-{key}.json"
 
 
 def load(kind: str, key: str, parse):

@@ -60,10 +60,11 @@ def _versions() -> str:
     import torch
     import transformers
 
-    try:
-        import peft
-        pv = peft.__version__
-    except ImportError:  # pragma: no cover
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # the installed version, without importing peft (about a second on a cold start)
+        pv = version("peft")
+    except PackageNotFoundError:  # pragma: no cover
         pv = "-"
     return f"{COST_MODEL_VERSION}/{torch.__version__}/{transformers.__version__}/{pv}"
 
@@ -220,13 +221,15 @@ def _role_matrix(masks: np.ndarray, e_grad: bool) -> np.ndarray:
 
 
 def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DeviceProfile | None = None,
-             fake: bool | None = None, max_trace_layers: int = MAX_TRACE_LAYERS) -> MemoryEstimate:
+             fake: bool | None = None, max_trace_layers: int = MAX_TRACE_LAYERS,
+             built_on_device: bool = False) -> MemoryEstimate:
     """Predict the peak memory of one training step of ``spec`` under ``cfg`` on ``device``.
 
     ``device="cpu"`` predicts PyTorch CPU allocator bytes (no overhead); ``"cuda"`` adds the
     device overhead of ``profile`` (or planner.cost.device defaults) in the ``overhead`` bucket.
     For ``active_layers`` configs the sampler's worst draw is predicted and returned in
-    ``trainable_layers``.
+    ``trainable_layers``. ``built_on_device``: the model is built on the GPU from its config rather
+    than loaded or moved there (see :func:`planner.cost.replay.setup_blocks`; reserved bytes only).
     """
     if device not in ("cpu", "cuda"):
         raise PlannerError(f"--device must be 'cpu' or 'cuda', but got {device!r}")
@@ -282,7 +285,7 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
         # max_memory_reserved, and max_memory_allocated with the blocks handed out whole
         reserved, allocated = reserved_and_allocated(
             fam, [int(r) for r in roles[best]], num_layers=L, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-            tensors=tensors, opt=opt, workspace_bytes=profile.workspace_bytes)
+            tensors=tensors, opt=opt, workspace_bytes=profile.workspace_bytes, built_on_device=built_on_device)
         overhead = reserved - raw_peak + profile.context_bytes
     breakdown = Breakdown(weights=weights, gradients=grads, optimizer=state, activations=acts,
                           transient=trans + batch, overhead=overhead)

@@ -120,11 +120,12 @@ def templates(events, marks, roles, input_ids, last_output, grad_ids) -> dict:
     return result
 
 
-def step_ops(fam, roles: list[int]) -> tuple[list[int], int, list[int]]:
+def step_ops(fam, roles: list[int], marks: list[int] | None = None) -> tuple[list[int], int, list[int]]:
     """One full-depth training step (forward and backward, no optimizer) as allocator operations:
     ``n >= 0`` allocates n bytes (ids count allocations from 0 in this step), ``-(id + 1)`` frees.
     Returns the operations, the number of allocations and the ids of the gradients left alive;
-    anything else the step made is freed at its end (before the next step, in reality)."""
+    anything else the step made is freed at its end (before the next step, in reality).
+    ``marks`` receives the position in the operations where each layer's forward starts."""
     from planner.cost.compose import FB, ROLES
 
     ev = fam.events
@@ -177,6 +178,8 @@ def step_ops(fam, roles: list[int]) -> tuple[list[int], int, list[int]]:
     seg_ids["embed_fwd"] = emit(ev["embed_fwd"])
     for i in range(n):
         t = tmpl("fwd", i)
+        if marks is not None:
+            marks.append(len(ops))
         ids = emit(t, out_gid=outputs[i - 1] if i else None)
         fwd_ids.append(ids)
         outputs.append(ids[t["out"]] if t["out"] is not None and t["out"] < len(ids) else None)

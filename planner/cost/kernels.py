@@ -205,14 +205,18 @@ def cuda_dropout(input, p=0.5, training=True, inplace=False):
 
 @contextlib.contextmanager
 def cuda_kernels(enabled: bool = True):
-    """Inside, SDPA and dropout allocate what their CUDA kernels allocate."""
+    """Inside, SDPA, dropout and reductions (:mod:`planner.cost.reductions`) allocate what their CUDA
+    kernels allocate."""
     if not enabled:
         yield
         return
+    from planner.cost.reductions import CudaReductions
+
     saved = F.scaled_dot_product_attention, F.dropout
     F.scaled_dot_product_attention, F.dropout = cuda_sdpa, cuda_dropout
     try:
-        yield
+        with CudaReductions():
+            yield
     finally:
         F.scaled_dot_product_attention, F.dropout = saved
 

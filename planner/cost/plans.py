@@ -94,14 +94,16 @@ def candidate_plans(spec, base_cfg: TrainConfig, device: str = "cuda", profile=N
     Layer-wise rows are samplers over all L layers, so each peak is the sampler's worst case
     (``planner.cost.estimate`` with ``active_layers=γ``).
     """
-    from planner.cost import estimate
+    from planner.cost import estimate, replay
 
-    out = []
-    for name, method, gamma, cfg in candidate_configs(base_cfg, spec.num_layers, lora_ranks=lora_ranks,
-                                                      embedding_variants=embedding_variants):
-        est = estimate(spec, cfg, device=device, profile=profile)
-        out.append(Candidate(name=name, method=method, config=cfg, estimate=est, gamma=gamma))
-    return out
+    rows = candidate_configs(base_cfg, spec.num_layers, lora_ranks=lora_ranks, embedding_variants=embedding_variants)
+    if device == "cuda":  # first learn which allocator replays the table needs, and run them on every core
+        with replay.collecting() as jobs:
+            for *_, cfg in rows:
+                estimate(spec, cfg, device=device, profile=profile)
+        replay.run_pending(jobs)
+    return [Candidate(name=name, method=method, config=cfg, estimate=estimate(spec, cfg, device=device, profile=profile),
+                      gamma=gamma) for name, method, gamma, cfg in rows]
 
 
 def largest_fitting_gamma(candidates: list[Candidate], vram_bytes: int, *, train_embeddings: bool | None = None,

@@ -20,6 +20,13 @@ TEXT_FIELD = "text"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".txt": "text", ".md": "text"}
 
 
+def names_a_file(data: str) -> bool:
+    """Whether ``data`` can only mean a local file (an existing path, a known extension, or ``.``/``/``/``~``
+    first); anything else that does not exist is tried as a ``datasets`` name."""
+    path = Path(data).expanduser()
+    return path.exists() or path.suffix.lower() in FORMATS or data.startswith((".", "/", "~"))
+
+
 def read_records(data: str) -> list[dict]:
     """Records of a local file (format from its extension), or of a ``datasets`` name's train split."""
     path = Path(data).expanduser()
@@ -27,7 +34,7 @@ def read_records(data: str) -> list[dict]:
     if path.is_dir():
         raise PlannerError(f"--data must be a file (.jsonl, .json, .csv, .tsv, .txt, .md) or a datasets name, but {data!r} is a directory")
     if not path.exists():
-        if suffix in FORMATS or data.startswith((".", "/", "~")):
+        if names_a_file(data):
             raise PlannerError(f"--data file must exist, but {data!r} does not")
         return _load_dataset(data)
     kind = FORMATS.get(suffix)

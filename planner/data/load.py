@@ -9,7 +9,8 @@
 
 Held-out split: a ``random.Random(seed)`` shuffle; 10% of the examples (at least 2, at most
 256) are held out. Metric: exact-match accuracy of the greedy answer (maximize) for
-prompt/answer data and built-in tasks; mean eval loss per answer token (minimize) for text.
+prompt/answer data and built-in tasks with a model of your own; mean eval loss per answer token
+(minimize) for text and for the default model (:data:`planner.data.default.DEFAULT_METRIC`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ storage is used:
 - any other unreadable line is one error naming the file and the line number.
 
 Appends defer Ctrl-C until the record is written and the lock released
-(:func:`planner.tune.signals.deferred`), so an interrupt no longer cuts a record.
+(:func:`planner.tune.signals.deferred`), so an interrupt no longer cuts a record; a writer killed
+while it held the lock does not stall the others (:mod:`planner.tune.journal_lock`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.storages.journal import JournalFileBackend
 
 from planner.errors import PlannerError
+from planner.tune.journal_lock import OwnedSymlinkLock
 from planner.tune.signals import deferred
 
 RECORD_START = b'{"op_code":'  # every Optuna journal record begins so
@@ -105,7 +107,7 @@ class _Locked:
     """The journal's own lock file (the one Optuna's appends take)."""
 
     def __init__(self, path: Path):
-        self.lock = JournalFileSymlinkLock(str(path))
+        self.lock = OwnedSymlinkLock(str(path))
 
     def __enter__(self):
         self.lock.acquire()
@@ -198,7 +200,7 @@ def open_journal_storage(path: Path):
             last = _last_line(path) if path.is_file() else b""
             if last and not _is_record(last):
                 raise ValueError("the last line is not a record")
-            return JournalStorage(SafeJournalBackend(str(path)))
+            return JournalStorage(SafeJournalBackend(str(path), lock_obj=OwnedSymlinkLock(str(path))))
         except Exception as exc:  # noqa: BLE001 - Optuna's replay raises whatever the bad line provokes
             bad = first_bad_line(path)
             if bad is None:

@@ -9,10 +9,10 @@ comparable, and the study would go on reporting the old values. Every stored key
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from planner.errors import PlannerError, collect
+from planner.writable import unwritable_reason
 
 # how the user sets each stored setting (a key not listed is named as itself)
 _FLAG_OF = {
@@ -47,20 +47,9 @@ def check_resume(name: str, stored: dict, now: dict) -> None:
 
 
 def writable_file_problem(path: str | Path, flag: str) -> str | None:
-    """Why a file cannot be written at ``path`` (its folder may still be missing), or None."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        return f"{flag} must be a file path, but {str(path)!r} is a directory"
-    if path.exists():
-        return None if os.access(path, os.W_OK) else f"{flag} must be writable, but {str(path)!r} is not"
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{flag} must be in a folder, but {str(parent)!r} is a file"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{flag} must be writable, but {str(parent)!r} (where {str(path)!r} would be created) is not writable"
-    return None
+    """``flag``'s problem when a file cannot be written at ``path``, or None."""
+    reason = unwritable_reason(path)
+    return None if reason is None else f"{flag} must be a writable file path, but {str(Path(path).expanduser())!r} {reason}"
 
 
 def check_outputs(out: str | None, study_name: str, storage: str) -> None:

@@ -54,9 +54,11 @@ class TrialProgress:
     def _see(self, trial) -> None:
         from optuna.trial import TrialState
 
+        from planner.tune.lifecycle import interrupted
+
         if trial.user_attrs.get("gated"):
             self.gated += 1
-        elif trial.state == TrialState.FAIL:
+        elif trial.state == TrialState.FAIL and not interrupted(trial):
             self.failed += 1
         value = trial.user_attrs.get("metric")
         if trial.state == TrialState.COMPLETE and value is not None and math.isfinite(value):

@@ -164,7 +164,11 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
                         batch_size=int(proxy_batch)),
         confirmation=record,
     )
-    counts = {s.name.lower(): sum(t.state == s and not is_confirm(t) for t in trials) for s in TrialState}
+    from planner.tune.lifecycle import interrupted
+
+    counts = {s.name.lower(): sum(t.state == s and not is_confirm(t) and not interrupted(t) for t in trials)
+              for s in TrialState}
+    counts["interrupted"] = sum(interrupted(t) for t in trials)
     counts["confirmation"] = sum(is_confirm(t) and finished(t) for t in trials)
     counts["gated"] = sum(bool(t.user_attrs.get("gated")) for t in trials)
     counts["reused"] = sum(t.user_attrs.get("reused_from") is not None for t in trials)

@@ -121,9 +121,11 @@ class TuneOptions(BaseModel):
             check_storage(self.storage)
         except PlannerError as exc:
             problems.append(str(exc))
+        from planner.data.files import names_a_file
         from planner.data.load import BUILTIN
 
-        if (self.data is not None and "://" not in self.data and not self.data.startswith(BUILTIN)
+        # a name that is no file is a datasets name, resolved (and reported) when the workload loads
+        if (self.data is not None and not self.data.startswith(BUILTIN) and names_a_file(self.data)
                 and not Path(self.data).expanduser().exists()):
             problems.append(f"--data file must exist, but {self.data!r} was not found")
         collect(problems)
