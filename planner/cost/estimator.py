@@ -10,6 +10,7 @@ changes them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -56,6 +57,7 @@ class MemoryEstimate:
 
 
 # -- traces -------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def _versions() -> str:
     import torch
     import transformers

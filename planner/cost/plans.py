@@ -97,13 +97,18 @@ def candidate_plans(spec, base_cfg: TrainConfig, device: str = "cuda", profile=N
     from planner.cost import estimate, replay
 
     rows = candidate_configs(base_cfg, spec.num_layers, lora_ranks=lora_ranks, embedding_variants=embedding_variants)
+    done = {}
     if device == "cuda":  # first learn which allocator replays the table needs, and run them on every core
         with replay.collecting() as jobs:
-            for *_, cfg in rows:
-                estimate(spec, cfg, device=device, profile=profile)
+            for i, (*_, cfg) in enumerate(rows):
+                asked = len(jobs)
+                est = estimate(spec, cfg, device=device, profile=profile)
+                if len(jobs) == asked:  # every replay it needed was known: the estimate is final
+                    done[i] = est
         replay.run_pending(jobs)
-    return [Candidate(name=name, method=method, config=cfg, estimate=estimate(spec, cfg, device=device, profile=profile),
-                      gamma=gamma) for name, method, gamma, cfg in rows]
+    return [Candidate(name=name, method=method, config=cfg, gamma=gamma,
+                      estimate=done[i] if i in done else estimate(spec, cfg, device=device, profile=profile))
+            for i, (name, method, gamma, cfg) in enumerate(rows)]
 
 
 def largest_fitting_gamma(candidates: list[Candidate], vram_bytes: int, *, train_embeddings: bool | None = None,
