@@ -156,7 +156,7 @@ def gpu_fixture() -> None:
 
     root = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "gpu-truth"
     context = default_profile("cuda").context_bytes
-    print(f"GPU fixtures ({root.relative_to(root.parents[2])}): predicted (estimate --device cuda, default profile: "
+    print(f"GPU fixtures ({root.relative_to(root.parents[2])}): predicted (estimate --device cuda, built_on_device=True as the fixtures were built, default profile: "
           f"context {context:,} B) vs measured; error = predicted / measured - 1")
     print(f"{'configuration':36s} {'allocated':>15s} {'err':>8s} {'reserved':>15s} {'err':>8s} {'device peak':>15s} {'err':>8s}")
     for name in ("h200.jsonl", "h200-more.jsonl"):
