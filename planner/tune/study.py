@@ -224,25 +224,32 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
 
     sampler, pruner = PerTrialSeed(make_sampler(options.sampler, options.seed), options.seed), _make_pruner(options)
     sampler = GateBoundedSampler(sampler, max(1, largest_fitting_gamma(space, gate)))  # γ > G can never fit
+    from planner.tune.creation import CREATED_BY, READY, identity, wait_for_creation
+
     try:
         study = optuna.create_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner, directions=directions)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner)
+        created = wait_for_creation(study)
         check_resume(name, study.user_attrs, study_attrs)
-        # a worker killed between creating the study and storing its settings and baselines left them out
-        for key in study_attrs.keys() - study.user_attrs.keys():
-            study.set_user_attr(key, study_attrs[key])
-        if options.baselines:
-            from planner.tune.baselines import enqueue_missing_baselines
+        if not created:
+            # a worker killed between creating the study and storing its settings and baselines left them out
+            for key in study_attrs.keys() - study.user_attrs.keys():
+                study.set_user_attr(key, study_attrs[key])
+            if options.baselines:
+                from planner.tune.baselines import enqueue_missing_baselines
 
-            enqueue_missing_baselines(study, space)
+                enqueue_missing_baselines(study, space)
+            study.set_user_attr(READY, True)
         return study, False
+    study.set_user_attr(CREATED_BY, identity())
     for key, value in study_attrs.items():
         study.set_user_attr(key, value)
     from planner.tune.baselines import enqueue_baselines, enqueue_offered
 
     queued = len(enqueue_baselines(study, space)) if options.baselines else 0
     enqueue_offered(study, space, gate, room=max(0, options.n_trials - queued))  # no more fixed trials than will run
+    study.set_user_attr(READY, True)
     return study, True
 
 
