@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from planner.cost.allocator import CachingAllocator, replay_run, round_size, segment_size
+from reference_replay import reference_allocator
 
 MiB = 2**20
 
@@ -47,30 +48,8 @@ def test_small_and_large_pools_are_separate():
 
 
 def reference_run(setup, ops, n_step, grads, state, temps):
-    """The run replay_run describes, through the readable CachingAllocator, op by op."""
-    a, built = CachingAllocator(), []
-    for n in setup:
-        if n >= 0:
-            built.append(a.malloc(n))
-        else:
-            a.free(built[-n - 1])
-    for step in (1, 2):
-        if step == 2:
-            a.reset_peak()
-        addrs, k = [0] * n_step, 0
-        for op in ops:
-            if op >= 0:
-                addrs[k], k = a.malloc(op), k + 1
-            else:
-                a.free(addrs[-op - 1])
-        if step == 1:
-            for n in state:
-                a.malloc(n)
-        t = [a.malloc(n) for n in temps]
-        for x in reversed(t):
-            a.free(x)
-        for g in grads:
-            a.free(addrs[g])
+    """(peak reserved, peak allocated in the second step) of the run through the readable CachingAllocator."""
+    a = reference_allocator(setup, ops, n_step, grads, state, temps)
     return a.peak_reserved, a.peak_allocated
 
 

@@ -91,7 +91,8 @@ def test_context_default_is_the_measured_context():
 
 def test_allocator_model_matches_the_real_segment_list():
     """The segments the replay leaves after two steps of l8b-frozen against torch.cuda.memory._snapshot()."""
-    from planner.cost.allocator import CachingAllocator
+    from reference_replay import reference_allocator
+
     from planner.cost.compose import ROLES
     from planner.cost.estimator import _role_matrix, _trainable_tensors, embeddings_grad, get_family
     from planner.cost.events import step_ops
@@ -106,29 +107,10 @@ def test_allocator_model_matches_the_real_segment_list():
     roles = [int(r) for r in _role_matrix(masks, embeddings_grad(spec, cfg))[0]]
     fam = get_family(spec, cfg, {ROLES[r] for r in set(roles)}, {ROLES[roles[0]]}, kernels="cuda")
     opt, tensors = get_optimizer("adamw"), _trainable_tensors(fam, cfg, 2)
-    alloc, built = CachingAllocator(), []
-    for n in setup_blocks(fam, num_layers=spec.num_layers, batch_size=1, seq_len=2048, workspace_bytes=64 << 20,
-                              built_on_device=True):
-        if n >= 0:
-            built.append(alloc.malloc(n))
-        else:
-            alloc.free(built[-n - 1])
     ops, n_step, grads = step_ops(fam, roles)
-    for step in (1, 2):
-        addrs, k = [0] * n_step, 0
-        for op in ops:
-            if op >= 0:
-                addrs[k], k = alloc.malloc(op), k + 1
-            else:
-                alloc.free(addrs[-op - 1])
-        if step == 1:
-            for n in opt.state_blocks(tensors):
-                alloc.malloc(n)
-        temps = [alloc.malloc(n) for n in opt.step_blocks(tensors)]
-        for a in reversed(temps):
-            alloc.free(a)
-        for g in grads:
-            alloc.free(addrs[g])
+    setup = setup_blocks(fam, num_layers=spec.num_layers, batch_size=1, seq_len=2048, workspace_bytes=64 << 20,
+                         built_on_device=True)
+    alloc = reference_allocator(setup, ops, n_step, grads, opt.state_blocks(tensors), opt.step_blocks(tensors))
     snapshot = json.loads((FIXTURES / "h200-snapshot-l8b-frozen-bf16-b1s2048-L01.json").read_text())
     real = collections.Counter((pool == "small", size) for pool, size, _ in snapshot)
     model = collections.Counter((small, size) for _, size, small in alloc.segments)

@@ -9,8 +9,8 @@ import threading
 
 import optuna
 
-from planner.tune.creation import CREATED_BY, READY, identity, wait_for_creation
-from planner.tune.lifecycle import _proc_stat, machine_key
+from planner.tune.creation import CREATED_BY, READY, wait_for_creation
+from planner.tune.lifecycle import _proc_stat, machine_key, process_identity
 
 
 def _study():
@@ -39,8 +39,8 @@ def test_a_live_creator_is_waited_for_until_ready():
 
 
 def test_a_dead_creator_or_a_bare_study_is_repaired():
-    out = subprocess.run([sys.executable, "-c", "import json; from planner.tune.creation import identity; "
-                          "print(json.dumps(identity()))"], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", "import json; from planner.tune.lifecycle import process_identity; "
+                          "print(json.dumps(process_identity()))"], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.getcwd()}).stdout
     import json
 
@@ -48,7 +48,7 @@ def test_a_dead_creator_or_a_bare_study_is_repaired():
     dead.set_user_attr(CREATED_BY, json.loads(out))  # exited: gone
     assert wait_for_creation(dead, timeout=30) is False
     mine = _study()
-    mine.set_user_attr(CREATED_BY, identity())  # this process, cut while it created the study
+    mine.set_user_attr(CREATED_BY, process_identity())  # this process, cut while it created the study
     assert wait_for_creation(mine, timeout=30) is False
     assert wait_for_creation(_study(), timeout=30, bare_grace=0.2) is False  # nothing stored at all
     old = _study()

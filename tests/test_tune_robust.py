@@ -220,6 +220,18 @@ def _reap_in_child(url, name, barrier, out):
     out.put(Worker(study).reap())
 
 
+def _in_four_children(target, url: str, study_name: str) -> list:
+    """Run ``target(url, study_name, barrier, out)`` in four forked processes released together; what each put."""
+    ctx = multiprocessing.get_context("fork")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(url, study_name, barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    return [out.get(timeout=5) for _ in procs]
+
+
 @pytest.mark.parametrize("kind", STORAGES)
 def test_four_reapers_at_once_retry_a_dead_trial_once(tmp_path, kind, study_name):
     url = storage_url(kind, tmp_path)
@@ -227,14 +239,7 @@ def test_four_reapers_at_once_retry_a_dead_trial_once(tmp_path, kind, study_name
     me = Worker(study).identity
     for i in range(4):
         _running_trial(study, {**me, "pid": _dead_pid(), "started": None, "run": "x"}, params={"x": i / 8})
-    ctx = multiprocessing.get_context("fork")
-    barrier, out = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_reap_in_child, args=(url, study_name, barrier, out)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert sum(out.get(timeout=5) for _ in procs) == 4  # each dead trial failed by exactly one reaper
+    assert sum(_in_four_children(_reap_in_child, url, study_name)) == 4  # each dead trial failed by exactly one reaper
     trials = optuna.load_study(storage=open_storage(url), study_name=study_name).trials
     assert sorted(t.user_attrs["retry_of"] for t in trials if t.state == TrialState.WAITING) == [0, 1, 2, 3]
 
@@ -254,14 +259,7 @@ def test_four_workers_never_pop_one_queued_trial_twice(tmp_path, kind, study_nam
     study = optuna.create_study(storage=open_storage(url), study_name=study_name)
     for i in range(40):
         study.enqueue_trial({"x": float(i)})
-    ctx = multiprocessing.get_context("fork")
-    barrier, out = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_pop_in_child, args=(url, study_name, barrier, out)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    popped = [n for _ in procs for n in out.get(timeout=5)]
+    popped = [n for got in _in_four_children(_pop_in_child, url, study_name) for n in got]
     assert len(popped) == 40 and len(set(popped)) == 40
 
 

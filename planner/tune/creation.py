@@ -10,10 +10,9 @@ attributes existed have their settings and are taken as they are.
 
 from __future__ import annotations
 
-import os
 import time
 
-from planner.tune.lifecycle import _proc_stat, machine_key, process_alive
+from planner.tune.lifecycle import ended_here, process_identity
 
 CREATED_BY, READY = "created_by", "ready"
 BARE_GRACE = 5.0  # a study with no attribute at all may be a create_study a few milliseconds old
@@ -21,16 +20,9 @@ CREATION_TIMEOUT = 120.0  # a creator on another machine (liveness unknown), or 
 POLL = 0.2
 
 
-def identity() -> dict:
-    """This process, as ``created_by`` records it."""
-    stat = _proc_stat(os.getpid())
-    return {"host": machine_key(), "pid": os.getpid(), "started": stat[1] if stat else None}
-
-
 def _creator_gone(creator: dict) -> bool:
-    if creator == identity():  # this very process, interrupted while it created the study
-        return True
-    return creator.get("host") == machine_key() and not process_alive(int(creator["pid"]), creator.get("started"))
+    # this very process counts as gone: it was interrupted while it created the study
+    return creator == process_identity() or ended_here(creator)
 
 
 def wait_for_creation(study, *, timeout: float = CREATION_TIMEOUT, bare_grace: float = BARE_GRACE) -> bool:

@@ -14,15 +14,15 @@ import os
 
 from optuna.storages.journal import JournalFileSymlinkLock
 
-from planner.tune.lifecycle import _proc_stat, machine_key, process_alive
+from planner.tune.lifecycle import ended_here, process_identity
 
 _SEP = "#"  # path#machine#pid#start: machine keys and pids never hold one
 
 
 def holder_target(path: str) -> str:
     """The link target that names this process as the holder of ``path``'s lock."""
-    stat = _proc_stat(os.getpid())
-    return f"{path}{_SEP}{machine_key()}{_SEP}{os.getpid()}{_SEP}{stat[1] if stat else '-'}"
+    me = process_identity()
+    return _SEP.join((path, me["host"], str(me["pid"]), me["started"] or "-"))
 
 
 def dead_holder(lock_file: str) -> str | None:
@@ -32,10 +32,10 @@ def dead_holder(lock_file: str) -> str | None:
     except OSError:
         return None
     parts = target.rsplit(_SEP, 3)
-    if len(parts) != 4 or parts[1] != machine_key() or not parts[2].isdigit():
-        return None  # Optuna's own lock, or another machine's process: nothing known about it
-    started = None if parts[3] == "-" else parts[3]
-    return None if process_alive(int(parts[2]), started) else target
+    if len(parts) != 4 or not parts[2].isdigit():
+        return None  # Optuna's own lock: nothing known about its holder
+    holder = {"host": parts[1], "pid": int(parts[2]), "started": None if parts[3] == "-" else parts[3]}
+    return target if ended_here(holder) else None
 
 
 class OwnedSymlinkLock(JournalFileSymlinkLock):

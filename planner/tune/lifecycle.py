@@ -124,6 +124,17 @@ def process_alive(pid: int, started: str | None) -> bool:
     return state not in ("Z", "X") and (started is None or start == started)
 
 
+def process_identity() -> dict:
+    """This process: machine (:func:`machine_key`), pid and the pid's start time (a reused pid has another)."""
+    stat = _proc_stat(os.getpid())
+    return {"host": machine_key(), "pid": os.getpid(), "started": stat[1] if stat else None}
+
+
+def ended_here(who: dict) -> bool:
+    """Whether the process ``who`` (a :func:`process_identity`) ran on this machine and runs no more."""
+    return who.get("host") == machine_key() and not process_alive(int(who["pid"]), who.get("started"))
+
+
 QUEUED_ATTRS = ("lr_sweep", "confirm_of", "confirm_seed")  # user_attrs that define a queued trial
 
 
@@ -133,8 +144,7 @@ class Worker:
     def __init__(self, study):
         self.study = study
         self.run = uuid.uuid4().hex[:12]
-        stat = _proc_stat(os.getpid())
-        self.identity = {"host": machine_key(), "pid": os.getpid(), "started": stat[1] if stat else None, "run": self.run}
+        self.identity = {**process_identity(), "run": self.run}
         self.owned: list[int] = []  # trial ids this run started, oldest first
         self._settled: set[int] = set()
         _ACTIVE_RUNS.add(self.run)

@@ -224,7 +224,8 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
 
     sampler, pruner = PerTrialSeed(make_sampler(options.sampler, options.seed), options.seed), _make_pruner(options)
     sampler = GateBoundedSampler(sampler, max(1, largest_fitting_gamma(space, gate)))  # γ > G can never fit
-    from planner.tune.creation import CREATED_BY, READY, identity, wait_for_creation
+    from planner.tune.creation import CREATED_BY, READY, wait_for_creation
+    from planner.tune.lifecycle import process_identity
 
     try:
         study = optuna.create_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner, directions=directions)
@@ -242,7 +243,7 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
                 enqueue_missing_baselines(study, space)
             study.set_user_attr(READY, True)
         return study, False
-    study.set_user_attr(CREATED_BY, identity())
+    study.set_user_attr(CREATED_BY, process_identity())
     for key, value in study_attrs.items():
         study.set_user_attr(key, value)
     from planner.tune.baselines import enqueue_baselines, enqueue_offered
