@@ -1,7 +1,7 @@
 """Workloads for proxy fine-tuning: the embedded default and users' own model and data.
 
-``load_workload()`` with no arguments is the embedded default: an 8-layer Llama (hidden 128,
-character tokenizer) pretrained on built-in procedural text (counting, number words,
+``load_workload()`` with no arguments is the embedded default: a 32-layer Llama (hidden 64,
+character tokenizer; ``layers=`` makes it as deep as a shallower target) pretrained on built-in procedural text (counting, number words,
 neighbours, comparisons, copying) on first use and cached under ``$PLANNER_CACHE_DIR`` or
 ``~/.cache/planner``, fine-tuned on a different built-in task, ``maximum`` ("max 37 82 15: " →
 "82"), scored by the held-out answers' eval loss (minimize; the exact-match accuracy of the greedy

@@ -1,6 +1,8 @@
 """``load_workload``: the embedded default, or a user's model and/or data, as a Workload.
 
 - neither ``model`` nor ``data``: the default model on the default built-in task (char tokenizer);
+  ``layers`` sets the default model's depth (:func:`planner.data.pretrain.recipe_for`: a
+  target's depth, at most 32; each depth is pretrained once and cached);
 - ``model`` (hub id, preset with a hub id, or local model directory): loaded with
   ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained`` (local directories offline);
   without ``data`` it is fine-tuned on the default built-in task;
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from planner.data.default import BATCH_SIZE, DEFAULT_TASK, default_workload, split_sizes, task_examples
 from planner.data.files import read_records, to_pairs
-from planner.data.pretrain import ensure_default_model, quiet_transformers
+from planner.data.pretrain import ensure_default_model, quiet_transformers, recipe_for
 from planner.data.tasks import TASKS
 from planner.data.workload import Example, Workload
 from planner.errors import PlannerError, collect
@@ -37,9 +39,15 @@ USER_BATCH_SIZE = 8  # suggested proxy batch size for users' data (longer sequen
 
 
 def load_workload(model: str | None = None, data: str | None = None, *, seed: int = 0,
-                  max_examples: int | None = None, max_seq_len: int = MAX_SEQ_LEN) -> "Workload":
-    """The workload of ``model`` and ``data`` (either or both may be None: see the module docstring)."""
+                  max_examples: int | None = None, max_seq_len: int = MAX_SEQ_LEN, layers: int | None = None) -> "Workload":
+    """The workload of ``model`` and ``data`` (either or both may be None: see the module docstring).
+
+    ``layers``: the depth of the default model when it is the one trained (no ``model``), as deep
+    as the target it stands in for; None is the default recipe's 32.
+    """
     problems = []
+    if layers is not None and (not isinstance(layers, int) or layers < 1):
+        problems.append(f"layers must be an integer >= 1, but got {layers!r}")
     if max_examples is not None and max_examples < MIN_EXAMPLES:
         problems.append(f"max_examples must be >= {MIN_EXAMPLES}, but got {max_examples}")
     if max_seq_len < 2:
@@ -53,7 +61,7 @@ def load_workload(model: str | None = None, data: str | None = None, *, seed: in
             problems.append(f"--data {BUILTIN}<task> must name one of {sorted(TASKS)}, but got {task!r}")
     collect(problems)
     if model is None and data is None:
-        return default_workload(task, seed=seed, max_examples=max_examples)
+        return default_workload(task, seed=seed, max_examples=max_examples, recipe=recipe_for(layers))
     if data is None:
         n_train, n_held = split_sizes(max_examples)
         train, held = task_examples(task, seed=seed, n_train=n_train, n_held_out=n_held)
@@ -65,7 +73,7 @@ def load_workload(model: str | None = None, data: str | None = None, *, seed: in
             raise PlannerError(f"--data must have at least {MIN_EXAMPLES} usable examples, but {data!r} has {len(pairs)}")
         random.Random(seed).shuffle(pairs)
         pairs, n_held = pairs[:max_examples], None
-    source = model if model is not None else str(ensure_default_model())
+    source = model if model is not None else str(ensure_default_model(recipe_for(layers)))
     base, tok, spec = _load_model(source)
     if spec.max_positions is not None:  # never train past the model's positions
         max_seq_len = min(max_seq_len, spec.max_positions[1])

@@ -44,11 +44,13 @@ CORPUS_SAMPLE_CHARS = 4096  # corpus text hashed into the cache key
 class PretrainRecipe:
     """Architecture and schedule of the default model's pretraining (all of it is in the cache key)."""
 
-    layers: int = 8  # deep enough that which and how many layers train matters (reports/workload_spread.txt)
-    hidden: int = 128
+    # as deep as the target (recipe_for): the few active layers a budget allows (γ <= 6 of Llama-3-8B's 32 at
+    # 24-48 GB) keep their own levels, where an 8-layer proxy rounded them to γ <= 2 (reports/deep_proxy_gamma.txt)
+    layers: int = 32
+    hidden: int = 64
     heads: int = 4
     kv_heads: int = 2
-    intermediate: int = 256
+    intermediate: int = 128
     seq_len: int = 64
     batch_size: int = 32
     steps: int = 600
@@ -74,6 +76,16 @@ class PretrainRecipe:
 
 
 DEFAULT_RECIPE = PretrainRecipe()
+MAX_LAYERS = 32  # deeper targets map γ by depth (planner.tune.mapping); pretraining takes ~6.5 CPU-s per layer
+
+
+def recipe_for(target_layers: int | None) -> PretrainRecipe:
+    """The default model's recipe for a target of ``target_layers`` decoder layers: as deep, at most :data:`MAX_LAYERS`."""
+    if target_layers is None:
+        return DEFAULT_RECIPE
+    if not isinstance(target_layers, int) or target_layers < 1:
+        raise PlannerError(f"the target's decoder layers must be an integer >= 1, but got {target_layers!r}")
+    return dataclasses.replace(DEFAULT_RECIPE, layers=min(target_layers, MAX_LAYERS))
 runs = 0  # pretrainings done by this process (the cache should keep it at most 1)
 
 

@@ -4,10 +4,10 @@
   Hugging Face cache) and copied fresh for every trial; it trains in the target's shape
   (batch, sequence length padded to ``--seq-len``, dtype, autocast, optimizer);
 - a preset, hub id or local model directory: a smaller model of the user's choice;
-- ``builtin``: the built-in pretrained proxy (no download);
+- ``builtin``: the built-in pretrained proxy (no download), as deep as the target (at most 32
+  layers; hidden 64), so a target's γ and lowest layer map one to one up to 32 layers;
 - ``auto`` (default): ``target`` when a CUDA device is present and the target's smallest plan
-  fits its free memory, ``builtin`` otherwise (and ``target`` again when the built-in proxy is
-  deeper than the target and the target's weights are local).
+  fits its free memory, ``builtin`` otherwise.
 """
 
 from __future__ import annotations
@@ -95,11 +95,11 @@ def smallest_fits_free_memory(target, space, gate) -> tuple[bool, str]:
     return peak <= free, f"the target's smallest plan needs {human_bytes(peak)}, the GPU has {human_bytes(free)} free"
 
 
-def builtin_layers() -> int:
-    """Decoder layers of the built-in proxy (from its recipe: nothing is loaded)."""
-    from planner.data.pretrain import DEFAULT_RECIPE
+def builtin_layers(target_layers: int) -> int:
+    """Decoder layers of the built-in proxy for a target of ``target_layers`` (from its recipe: nothing is loaded)."""
+    from planner.data.pretrain import recipe_for
 
-    return int(DEFAULT_RECIPE.layers)
+    return int(recipe_for(target_layers).layers)
 
 
 def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, seed: int, space=None, gate=None,
@@ -120,18 +120,12 @@ def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, se
                 fits, why = False, f"the weights of {target.source!r} are not local"
             kind = TARGET if fits else BUILTIN
     kwargs = {"seed": seed, "data": data}
-    if proxy == AUTO and kind == BUILTIN and target.num_layers < builtin_layers():
-        try:  # the built-in proxy is deeper than this target: the target itself, when its weights are here
-            target_weights(target.source)
-            kind, why = TARGET, f"the built-in proxy has {builtin_layers()} layers, the target {target.num_layers}"
-        except PlannerError:
-            pass
     if kind == TARGET:
         workload = load_workload(model=target_weights(target.source), **kwargs,
                                  **({"max_seq_len": max_seq_len} if max_seq_len else {}))
         name = target.source
     elif kind == BUILTIN:
-        workload, name = load_workload(**kwargs), "built-in proxy"
+        workload, name = load_workload(**kwargs, layers=builtin_layers(target.num_layers)), "built-in proxy"
     else:
         workload, name, kind = load_workload(model=proxy, **kwargs), proxy, "model"
     spec = workload.spec
