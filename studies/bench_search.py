@@ -6,16 +6,17 @@
    (``studies/bench_search_grid.json``; re-measured when the proxy model, its workload, its
    metric or the run changes). A point's value is its mean over the grid seeds (every point
    shares the seeds' data order and layer draws, as the trials of one study do). The grid:
-   γ 1..L x 2 scorers (uniform: LISA's; ist: importance-weighted) x embeddings on/off (head
-   trainable) x 2 learning rates (DEFAULT_LR and a third of it; at 3e-3 the 8-layer proxy is
-   unstable), K = LISA's 20: 64 points on the 8-layer default.
+   γ 1..G (G = ``MAX_GAMMA`` = 8 of the default proxy's 32 layers: as a budget bounds the real
+   search, planner.tune.bounded) x 2 scorers (uniform: LISA's; ist: importance-weighted) x
+   embeddings on/off (head trainable) x 2 learning rates (DEFAULT_LR and a third of it), K = LISA's
+   20: 64 points.
 2. For each search seed, run Optuna with each sampler variant on the same space, a trial's
    value looked up in the grid, and count the trials each needs to come within ``TOLERANCE``
    (relative) of the grid's best. ``tpe`` and ``random`` are `planner tune`'s own samplers
-   (``make_sampler`` wrapped in ``PerTrialSeed``, as the study does); the others are the
+   (``make_sampler`` wrapped in ``PerTrialSeed`` and ``GateBoundedSampler``, as the study does); the others are the
    TPE options a user could pick. ``+queued`` starts, as a study does, with the trials
-   `planner tune` queues before searching (LISA's defaults, full fine-tuning, and the point
-   with the most layers that fit; here all of them fit), counted as trials.
+   `planner tune` queues before searching (LISA's defaults and the point with the most layers
+   that fit, γ = G; full fine-tuning, γ = L, would be gated untrained), counted as trials.
 
     nice -n 10 python studies/bench_search.py | tee reports/bench_search.txt
 """
@@ -46,6 +47,9 @@ SCORERS = ("ist", "uniform")
 TOLERANCE = 0.01  # "within 1%" of the best value, relative
 SEARCH_SEEDS = tuple(range(30))
 TARGET_SHARE = 0.20
+# G: the most active layers the bounded search draws (planner.tune.bounded.largest_fitting_gamma): 8 for
+# `planner tune --vram 32GB` on Llama-3-8B (bfloat16, batch 1 x 1024, AdamW); 3 at 24GB, 12 at 40GB, 17 at 48GB.
+MAX_GAMMA = 8
 
 _WORKLOAD = None
 GRID_WALL = None  # wall seconds the grid took to measure (from the cache)
@@ -66,7 +70,7 @@ def space():
 
 
 def grid_points():
-    return space().grid()
+    return [p for p in space().grid() if p.gamma <= MAX_GAMMA]
 
 
 def _workload():
@@ -98,7 +102,8 @@ def _measure(job):
 def _meta() -> dict:
     wl = _workload()
     return {"steps": STEPS, "batch_size": wl.batch_size, "proxy": Path(wl.model_source).name, "workload": wl.name,
-            "metric": wl.metric_name, "num_layers": wl.spec.num_layers, "held_out": len(wl.held_out)}
+            "metric": wl.metric_name, "num_layers": wl.spec.num_layers, "held_out": len(wl.held_out),
+            "max_gamma": MAX_GAMMA}
 
 
 def measure_grid(workers: int) -> dict:
@@ -141,17 +146,17 @@ def _snap(p, s):
 
 
 def queued_points(s) -> list:
-    """What `planner tune` runs before searching, as grid points: LISA's defaults, full fine-tuning (both
-    with embeddings and head, DEFAULT_LR), then the most layers that fit (here every point fits)."""
+    """What `planner tune` trains before searching, as grid points: LISA's defaults (embeddings and head,
+    DEFAULT_LR), then the most layers that fit (γ = G). Full fine-tuning (γ = L > G) would be gated, not trained."""
     from planner.tune.baselines import baseline_points, offered_points
 
-    class AllFit:
+    class UpToG:
         def predict(self, config):
-            return type("P", (), {"fits": True})()
+            return type("P", (), {"fits": config.active_layers <= MAX_GAMMA})()
 
     base = baseline_points(s)
-    fixed = [base[k] for k in ("baseline:lisa", "baseline:full") if k in base]
-    return [_snap(p, s) for p in fixed + offered_points(s, AllFit())]
+    fixed = [base[k] for k in ("baseline:lisa", "baseline:full") if k in base and base[k].gamma <= MAX_GAMMA]
+    return [_snap(p, s) for p in fixed + offered_points(s, UpToG())]
 
 
 VARIANTS = {
@@ -168,6 +173,7 @@ VARIANTS = {
 def make(variant: str, seed: int):
     import optuna
 
+    from planner.tune.bounded import GateBoundedSampler
     from planner.tune.seeding import PerTrialSeed
     from planner.tune.study import make_sampler
 
@@ -179,7 +185,7 @@ def make(variant: str, seed: int):
                 "tpe-10": dict(multivariate=True, n_startup_trials=10),
                 "tpe-3": dict(multivariate=True, n_startup_trials=3)}[variant]
         inner = optuna.samplers.TPESampler(seed=seed, **opts)
-    return PerTrialSeed(inner, seed)
+    return GateBoundedSampler(PerTrialSeed(inner, seed), MAX_GAMMA)
 
 
 def trajectory(variant: str, seed: int, grid: dict, cap: int, direction: str) -> list[tuple[float, int]]:
@@ -250,7 +256,7 @@ def main() -> int:
     noise = run_std / len(GRID_SEEDS) ** 0.5
     cpu = sum(v["cpu_seconds"] for v in grid.values())
     s = space()
-    print(f"grid: {n} points = γ 1..{s.num_layers} x K {list(PERIODS)} x scorers {list(s.scorers)} x embeddings on/off (head trainable) "
+    print(f"grid: {n} points = γ 1..{MAX_GAMMA} of {s.num_layers} x K {list(PERIODS)} x scorers {list(s.scorers)} x embeddings on/off (head trainable) "
           f"x lr {[float(f'{x:.3g}') for x in lrs()]}; proxy {STEPS} steps x batch {wl.batch_size}, each point the mean of "
           f"seeds {list(GRID_SEEDS)}; {wl!r}")
     print(f"grid {wl.metric_name} ({direction}): best {best:.4f}, median {statistics.median(values.values()):.4f}, "

@@ -44,7 +44,8 @@ def plans(num_layers: int) -> list[tuple[str, dict]]:
     """LISA's defaults and one-choice variations of them (label, sampler settings)."""
     half = num_layers // 2
     out = [("LISA defaults: γ=2 K=20 uniform", {})]
-    out += [(f"γ={g}", {"gamma": g}) for g in (1, half, num_layers) if g != 2]
+    # γ up to 8: what Llama-3-8B fits at 32 GB (G of planner.tune.bounded), not γ = L that no such budget allows
+    out += [(f"γ={g}", {"gamma": g}) for g in (1, 4, 8) if g <= num_layers]
     out += [(f"K={k}", {"period": k}) for k in (5, 40)]
     out += [(f"scorer={s}", {"scorer": s}) for s in ("cyclic", "gradnorm", "outlier", "fixed")]
     out += [(f"min_depth={half}", {"min_depth": half}), ("no embeddings/head", {"eh": False})]

@@ -11,7 +11,7 @@ import torch
 from planner.data import pretrain as pretrain_mod
 from planner.data import load_workload
 from planner.data.default import default_workload, task_examples
-from planner.data.pretrain import PretrainRecipe, cache_dir, cache_key, ensure_default_model, weights_sha256
+from planner.data.pretrain import PretrainRecipe, cache_dir, cache_key, ensure_default_model, recipe_for, weights_sha256
 from planner.data.tasks import TASKS, corpus_text
 from planner.data.tokenizer import CHARS, EOS, CharTokenizer
 from planner.data.workload import IGNORE_INDEX, greedy_answers
@@ -296,8 +296,10 @@ def test_data_builtin_names_a_built_in_task(monkeypatch):
     calls = []
     monkeypatch.setattr(load_mod, "default_workload", lambda task, **kw: calls.append((task, kw)) or "wl")
     assert load_workload(data="builtin:sort", seed=3) == "wl"
-    assert load_workload() == "wl"
-    assert calls == [("sort", {"seed": 3, "max_examples": None}), ("maximum", {"seed": 0, "max_examples": None})]
+    assert load_workload(layers=16) == "wl"
+    assert calls == [("sort", {"seed": 3, "max_examples": None, "recipe": recipe_for(None)}),
+                     ("maximum", {"seed": 0, "max_examples": None, "recipe": recipe_for(16)})]
+    assert (recipe_for(None).layers, recipe_for(16).layers, recipe_for(80).layers) == (32, 16, 32)
     with pytest.raises(PlannerError, match=r"builtin:<task> must name one of .*'sort'.* but got 'nope'"):
         load_workload(data="builtin:nope")
     assert len(calls) == 2  # refused before any pretraining

@@ -178,11 +178,14 @@ def test_data_without_model_uses_the_default_model(tmp_path, monkeypatch):
 
     tiny = PretrainRecipe(layers=2, hidden=32, heads=2, kv_heads=1, intermediate=64, seq_len=32, batch_size=4, steps=2, warmup=1)
     monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(load_mod, "ensure_default_model", lambda: ensure_default_model(tiny, progress=False))
+    asked = []
+    monkeypatch.setattr(load_mod, "ensure_default_model",
+                        lambda recipe: asked.append(recipe.layers) or ensure_default_model(tiny, progress=False))
     data = _write_jsonl(tmp_path / "d.jsonl", [{"question": p, "answer": a} for p, a in _pairs(20)])
     wl = load_workload(None, data)
     assert wl.model_source == str(ensure_default_model(tiny, progress=False))
     assert wl.spec.num_layers == 2 and wl.metric_name == "accuracy"
+    assert asked == [32]  # the default recipe's depth when no target asks for another
     tok = CharTokenizer()
     e = wl.train[0]
     assert list(e.prompt) == tok.encode(tok.decode(e.prompt), bos=True)  # same ids as the built-in tokenizer

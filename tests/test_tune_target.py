@@ -233,3 +233,32 @@ def test_out_of_memory_is_a_failed_trial_with_predicted_and_available_bytes():
     assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["available_bytes"] == 123_456_789
     assert f"predicted {predicted} B" in failed.user_attrs["reason"] and "available 123456789 B" in failed.user_attrs["reason"]
     assert ok.state == optuna.trial.TrialState.COMPLETE  # the study went on
+
+
+def test_the_builtin_proxy_is_as_deep_as_the_target_up_to_its_cap(tmp_path, monkeypatch):
+    """`--proxy builtin` pretrains the default model at the target's depth (capped): γ and min_depth map one to one."""
+    from types import SimpleNamespace
+
+    import planner.data.pretrain as pretrain
+    from planner.data.pretrain import PretrainRecipe
+    from planner.tune.proxy_source import resolve_proxy
+
+    monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrain, "DEFAULT_RECIPE", PretrainRecipe(layers=4, hidden=32, heads=2, kv_heads=1, intermediate=64,
+                                                                   seq_len=32, batch_size=4, steps=2, warmup=1))
+    monkeypatch.setattr(pretrain, "MAX_LAYERS", 3)
+    depths = {}
+    for target_layers in (2, 3, 6):
+        setup = resolve_proxy("builtin", target=SimpleNamespace(num_layers=target_layers, source="t", name="t"), data=None,
+                              proxy_device="cpu", seed=0)
+        depths[target_layers] = (setup.num_layers, setup.workload.new_model(0).config.num_hidden_layers, setup.hidden_size)
+    assert depths == {2: (2, 2, 32), 3: (3, 3, 32), 6: (3, 3, 32)}
+    assert len(list((tmp_path / "cache").glob("default-llama-*[0-9a-f]"))) == 2  # one pretraining per depth
+
+
+def test_the_default_models_depth_must_be_a_positive_integer():
+    from planner.data import load_workload
+    from planner.errors import PlannerError
+
+    with pytest.raises(PlannerError, match=r"layers must be an integer >= 1, but got 0"):
+        load_workload(layers=0)

@@ -10,13 +10,15 @@ rounding is half up. Gradient checkpointing changes memory and time, not the res
 target itself trains with it (its measured memory must match the prediction); any other proxy
 trains without it. Example: Llama-3-8B (32 layers) on a
 4-layer proxy: γ = 5 at min_depth 24 trains γ_p = round(0.625) = 1 at min_depth_p = 3.
-Target plans that map to the same proxy plan may share one proxy run.
+Target plans that map to the same proxy plan may share one proxy run. The built-in proxy is as deep
+as targets of up to 32 layers (f = 1: the rule is the identity); Llama-2-70B (80 layers) on its 32:
+γ = 5 trains γ_p = round(2.0) = 2.
 
 Learning-rate rule: the search tunes the proxy's learning rate. When the proxy is narrower
 than the target, the target's rate is ``lr_p · d_p / d_t`` (d: hidden size): with Adam the
 learning rate of hidden weight matrices scales as 1/width (μP; Yang et al. 2022, "Tensor
-Programs V", Table 3). Example: 1e-3 tuned on a d=128 proxy -> 1e-3 · 128/4096 = 3.1e-5 for
-a d=4096 target. A proxy of the target's width (the target itself) keeps the rate.
+Programs V", Table 3). Example: 1e-3 tuned on the built-in proxy (d=64) -> 1e-3 · 64/4096 = 1.6e-5
+for a d=4096 target. A proxy of the target's width (the target itself) keeps the rate.
 """
 
 from __future__ import annotations
