@@ -187,7 +187,7 @@ def test_ctrl_c_stops_cleanly_and_resume_loses_nothing(tmp_path, wl, target):
     _, high = peaks(wl, target)
 
     def interrupt(params, n):
-        if n == 5:
+        if n == 4:
             raise KeyboardInterrupt
 
     with pytest.raises(Interrupted, match="resume with: planner tune") as err:
@@ -197,8 +197,8 @@ def test_ctrl_c_stops_cleanly_and_resume_loses_nothing(tmp_path, wl, target):
     before = optuna.load_study(study_name="t", storage=storage).trials
     done = [(t.number, t.params) for t in before if t.state == optuna.trial.TrialState.COMPLETE]
     stopped = [t.number for t in before if t.user_attrs.get("reason") == INTERRUPTED]
-    # four proxy runs finished (a trial that reused one of them completes too) before the fifth was interrupted
-    assert len(stopped) == 1 and len(done) >= 4 and all(n < stopped[0] for n, _ in done)
+    # three proxy runs finished (trials that reused one of them complete too) before the fourth was interrupted
+    assert len(stopped) == 1 and len(done) >= 3 and all(n < stopped[0] for n, _ in done)
     run_tune(options(tmp_path, high * 2, target, wl, n_trials=7), workload=wl, progress=False)
     after = optuna.load_study(study_name="t", storage=storage).trials
     assert [(t.number, t.params) for t in after if t.number < stopped[0]] == done

@@ -61,6 +61,23 @@ def test_frontier_is_the_largest_fitting_gamma_per_depth():
     assert got == {(0, False): 3, (0, True): 4, (4, False): 4, (4, True): 4}  # room above layer 4 is 4
 
 
+def test_offered_points_are_the_most_layers_with_ends_frozen_and_trainable():
+    from types import SimpleNamespace
+
+    from planner.tune.baselines import offered_points
+
+    s = SearchSpace(num_layers=8, scorers=("uniform", "ist"), seq_len=16, min_depths=(0, 4), checkpointing=(False, True))
+
+    class Gate:  # a made-up budget: 3 layers from the bottom, 4 higher up, one more with checkpointing, two fewer
+        def predict(self, c):  # when embeddings and head train
+            room = (3 if c.min_depth == 0 else 4) + c.gradient_checkpointing - 2 * c.train_embeddings
+            return SimpleNamespace(fits=c.active_layers <= room)
+
+    got = [(p.train_embeddings, p.train_head, p.gradient_checkpointing, p.gamma, p.min_depth) for p in offered_points(s, Gate())]
+    assert got == [(False, False, False, 4, 4), (False, False, True, 4, 0), (True, True, False, 2, 4), (True, True, True, 3, 4)]
+    assert SearchSpace(num_layers=8, scorers=("uniform",), seq_len=16, head_choices=(False,)).frontier(lambda p: True, ends=True) == []
+
+
 def test_the_default_question_is_llama_3_8b_in_bfloat16():
     target, vram = TuneOptions(vram="24GB").validate_all()
     assert (target.name, target.num_layers, target.hidden_size) == ("llama-3-8b", 32, 4096)

@@ -13,7 +13,8 @@ rate (trials of its kind, ``user_attrs['lr_sweep']`` = the factor, not counted t
 baseline is then the method's, not a learning rate's. A baseline over budget runs once (gated).
 
 Every study also starts with the points :func:`offered_points` finds: the most active layers
-the budget allows (searched trials like any other, marked ``offered``).
+the budget allows, with embeddings and head frozen (the most layers of all) and trainable (LISA's
+recipe with more layers), searched trials like any other, marked ``offered``.
 """
 
 from __future__ import annotations
@@ -140,14 +141,16 @@ def best_of_kind(trials, kind: str, direction: str):
 
 
 def offered_points(space: SearchSpace, gate) -> list[TrialParams]:
-    """Where the budget allows more active layers higher up: per checkpointing choice, the frontier point with
-    the most layers (the lowest ``min_depth`` among equals), at LISA's period and the default learning rate."""
+    """Where the budget allows more active layers higher up: per embeddings/head choice (frozen first, then
+    trainable) and checkpointing choice, the frontier point with the most layers (the lowest ``min_depth``
+    among equals), at LISA's period and the default learning rate."""
     fits = lambda p: gate.predict(space.train_config(p)).fits  # noqa: E731
     best = {}
-    for p in space.frontier(fits):
-        cur = best.get(p.gradient_checkpointing)
+    for p in space.frontier(fits) + space.frontier(fits, ends=True):
+        key = (p.train_embeddings, p.gradient_checkpointing)
+        cur = best.get(key)
         if cur is None or (p.gamma, -p.min_depth) > (cur.gamma, -cur.min_depth):
-            best[p.gradient_checkpointing] = p
+            best[key] = p
     scorer = "uniform" if "uniform" in space.scorers else space.scorers[0]
     return [replace(p, period=_nearest(LISA_PERIOD, space.periods), scorer=scorer, lr=_lr(space, DEFAULT_LR))
             for _, p in sorted(best.items())]

@@ -192,23 +192,29 @@ class SearchSpace:
         return [TrialParams(1, self.periods[0], self.scorers[0], e, h, lr, r, batch, d, c)
                 for e, h, r, d, c in product(emb, head, ranks, self.min_depths, self.checkpointing)]
 
-    def frontier(self, fits) -> list[TrialParams]:
+    def frontier(self, fits, ends: bool = False) -> list[TrialParams]:
         """Per ``min_depth`` and checkpointing choice, the point with the most active layers that ``fits``
-        (embeddings and head frozen, the default batch): where the budget allows, more layers higher up."""
+        (embeddings and head frozen, or both trainable with ``ends``; the default batch): where the budget
+        allows, more layers higher up. Empty when the space has no such embeddings/head choice."""
+        if ends not in self.embedding_choices or ends not in self.head_choices:
+            return []
         out = []
         lr = self.lr_choices[0] if self.lr_choices is not None else self.lr_range[0]
+
+        def at(gamma, depth, ckpt):
+            return self.point(gamma=gamma, period=self.periods[0], scorer=self.scorers[0], train_embeddings=ends,
+                              train_head=ends, lr=lr, min_depth=depth, gradient_checkpointing=ckpt)
+
         for depth, ckpt in product(self.min_depths, self.checkpointing):
             lo, hi = 0, self.num_layers - depth  # the largest γ with fits(γ): peaks grow with γ
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                if fits(self.point(gamma=mid, period=self.periods[0], scorer=self.scorers[0], train_embeddings=False,
-                                   train_head=False, lr=lr, min_depth=depth, gradient_checkpointing=ckpt)):
+                if fits(at(mid, depth, ckpt)):
                     lo = mid
                 else:
                     hi = mid - 1
             if lo:
-                out.append(self.point(gamma=lo, period=self.periods[0], scorer=self.scorers[0], train_embeddings=False,
-                                      train_head=False, lr=lr, min_depth=depth, gradient_checkpointing=ckpt))
+                out.append(at(lo, depth, ckpt))
         return out
 
     def grid(self) -> list[TrialParams]:
