@@ -194,16 +194,17 @@ class SearchSpace:
 
     def frontier(self, fits, ends: bool = False) -> list[TrialParams]:
         """Per ``min_depth`` and checkpointing choice, the point with the most active layers that ``fits``
-        (embeddings and head frozen, or both trainable with ``ends``; the default batch): where the budget
-        allows, more layers higher up. Empty when the space has no such embeddings/head choice."""
-        if ends not in self.embedding_choices or ends not in self.head_choices:
+        (the default batch; embeddings and head frozen where the space lets them be, or with ``ends`` both
+        trainable, empty when the space does not let them train): where the budget allows, more layers higher up."""
+        if ends and (True not in self.embedding_choices or True not in self.head_choices):
             return []
+        emb, head = (True, True) if ends else (False not in self.embedding_choices, False not in self.head_choices)
         out = []
         lr = self.lr_choices[0] if self.lr_choices is not None else self.lr_range[0]
 
         def at(gamma, depth, ckpt):
-            return self.point(gamma=gamma, period=self.periods[0], scorer=self.scorers[0], train_embeddings=ends,
-                              train_head=ends, lr=lr, min_depth=depth, gradient_checkpointing=ckpt)
+            return self.point(gamma=gamma, period=self.periods[0], scorer=self.scorers[0], train_embeddings=emb,
+                              train_head=head, lr=lr, min_depth=depth, gradient_checkpointing=ckpt)
 
         for depth, ckpt in product(self.min_depths, self.checkpointing):
             lo, hi = 0, self.num_layers - depth  # the largest γ with fits(γ): peaks grow with γ
