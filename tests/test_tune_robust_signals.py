@@ -29,7 +29,8 @@ def workload(tmp_path_factory):
 
 def argv(workload, storage, study, out, n=N_TRIALS):
     model, data = workload
-    return ["tune", "--vram", "1GB", "--model", model, "--data", data, "--n-trials", str(n), "--steps", str(STEPS),
+    # the user's model as its own proxy, in its own shape (seq 1024): slow enough to be caught mid-trial
+    return ["tune", "--vram", "1GB", "--model", model, "--proxy", "target", "--data", data, "--n-trials", str(n), "--steps", str(STEPS),
             "--eval-every", str(STEPS // 2), "--storage", storage, "--study", study, "--device", "cpu", "--quiet",
             "--out", str(out), "--confirm-seeds", "0"]  # confirmation runs: tests/test_tune_confirm.py
 
