@@ -34,8 +34,9 @@ from planner.data.pretrain import DEFAULT_RECIPE, ensure_default_model
 from planner.tune.proxy import DEFAULT_SCHEDULE, SCHEDULES, run_proxy
 from planner.tune.space import TrialParams
 
-# 3e-4: the plans' eval losses spread by 3.4x the seed noise; 2.98x at DEFAULT_LR (1e-3), where each
-# plan scores lower but the scorers' seeds disagree more (reports/workload_spread.txt)
+# 3e-4: on the 8-layer proxy the plans' eval losses spread by 3.4x the seed noise, 2.98x at DEFAULT_LR (1e-3),
+# where each plan scores lower but the scorers' seeds disagree more; on the 32-layer proxy 4.8x at 3e-4
+# (reports/workload_spread.txt; 1e-3 not measured there)
 SPREAD_LR = 3e-4
 LISA = dict(gamma=2, period=20, scorer="uniform", min_depth=0, eh=True)
 

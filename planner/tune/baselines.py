@@ -30,7 +30,8 @@ LORA_LR_FACTOR = 5.0
 KINDS = ("baseline:lisa", "baseline:full", "baseline:lora")
 SEARCH = "search"
 # a baseline's learning-rate sweep: a factor of 3 around its default brackets the rates that train
-# the built-in proxy (reports/workload_spread.txt: γ=2 K=20 scores 0.74 at 1e-3, 0.42 at 3e-3)
+# the built-in proxy (LISA's defaults on the default task: 0.823 / 0.394 / 0.373 at 3.3e-4 / 1e-3 / 3e-3;
+# on `sort` 1.224 / 0.752 / 0.648: reports/bench_workloads.txt's studies)
 LR_SWEEP_FACTORS = (1 / 3, 1.0, 3.0)
 
 
