@@ -27,8 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--optimizer", metavar="{adamw,sgd,adamw8bit}", help="default adamw")
     p.add_argument("--proxy", default="auto",
                    help="what the short trainings run on: target (the target itself), builtin (the built-in pretrained "
-                        "proxy, as deep as the target up to 32 layers), a preset, hub id or local model directory, or auto (default: target when a CUDA "
-                        "device is present and the target's smallest plan fits its free memory, else builtin)")
+                        "proxy, as deep as the target up to 32 layers), a preset, hub id or local model directory, or "
+                        "auto (default: target when a CUDA device is present and the target's smallest plan fits its "
+                        "free memory, else builtin)")
     p.add_argument("--proxy-device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="where the proxy trains (default auto: cuda when present)")
     p.add_argument("--data", help="training data file for the proxy (default: the built-in task)")

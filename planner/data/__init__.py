@@ -1,11 +1,11 @@
 """Workloads for proxy fine-tuning: the embedded default and users' own model and data.
 
 ``load_workload()`` with no arguments is the embedded default: a 32-layer Llama (hidden 64,
-character tokenizer; ``layers=`` makes it as deep as a shallower target) pretrained on built-in procedural text (counting, number words,
-neighbours, comparisons, copying) on first use and cached under ``$PLANNER_CACHE_DIR`` or
-``~/.cache/planner``, fine-tuned on a different built-in task, ``maximum`` ("max 37 82 15: " →
-"82"), scored by the held-out answers' eval loss (minimize; the exact-match accuracy of the greedy
-answer is reported beside it).
+character tokenizer; ``layers=`` makes it as deep as a shallower target) pretrained on built-in
+procedural text (counting, number words, neighbours, comparisons, copying) on first use and
+cached under ``$PLANNER_CACHE_DIR`` or ``~/.cache/planner``, fine-tuned on a different built-in
+task, ``maximum`` ("max 37 82 15: " → "82"), scored by the held-out answers' eval loss (minimize;
+the exact-match accuracy of the greedy answer is reported beside it).
 
 ``load_workload(model, data)``: ``model`` is a hub id, a preset or a local model directory
 (offline); ``data`` is a ``.jsonl``/``.json``/``.csv``/``.tsv`` file with

@@ -4,7 +4,8 @@ The task (default: ``maximum``) is generated from seeded ``random.Random`` strea
 split of distinct prompts, and a training pool that never contains a held-out prompt.
 The metric is the held-out answers' cross-entropy (``eval_loss``): with the learning rate
 fixed it separates layer-wise plans by 4.8x the seed noise where exact-match accuracy does by
-2.9x on the 32-layer default model (reports/workload_spread.txt); the accuracy is reported next to it (``Workload.secondary``).
+2.9x on the 32-layer default model (reports/workload_spread.txt); the accuracy is reported next
+to it (``Workload.secondary``).
 """
 
 from __future__ import annotations

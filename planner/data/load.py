@@ -39,7 +39,8 @@ USER_BATCH_SIZE = 8  # suggested proxy batch size for users' data (longer sequen
 
 
 def load_workload(model: str | None = None, data: str | None = None, *, seed: int = 0,
-                  max_examples: int | None = None, max_seq_len: int = MAX_SEQ_LEN, layers: int | None = None) -> "Workload":
+                  max_examples: int | None = None, max_seq_len: int = MAX_SEQ_LEN,
+                  layers: int | None = None) -> "Workload":
     """The workload of ``model`` and ``data`` (either or both may be None: see the module docstring).
 
     ``layers``: the depth of the default model when it is the one trained (no ``model``), as deep

@@ -44,8 +44,9 @@ CORPUS_SAMPLE_CHARS = 4096  # corpus text hashed into the cache key
 class PretrainRecipe:
     """Architecture and schedule of the default model's pretraining (all of it is in the cache key)."""
 
-    # as deep as the target (recipe_for): the few active layers a budget allows (γ <= 6 of Llama-3-8B's 32 at
-    # 24-48 GB) keep their own levels, where an 8-layer proxy rounded them to γ <= 2 (reports/deep_proxy_gamma.txt)
+    # as deep as the target (recipe_for): the few active layers a budget allows (γ <= 3 of Llama-3-8B's 32 at
+    # 24 GB, <= 12 at 40 GB) keep their own levels, where an 8-layer proxy rounded γ <= 6 to γ <= 2
+    # (reports/deep_proxy_gamma.txt)
     layers: int = 32
     hidden: int = 64
     heads: int = 4
@@ -86,6 +87,8 @@ def recipe_for(target_layers: int | None) -> PretrainRecipe:
     if not isinstance(target_layers, int) or target_layers < 1:
         raise PlannerError(f"the target's decoder layers must be an integer >= 1, but got {target_layers!r}")
     return dataclasses.replace(DEFAULT_RECIPE, layers=min(target_layers, MAX_LAYERS))
+
+
 runs = 0  # pretrainings done by this process (the cache should keep it at most 1)
 
 
