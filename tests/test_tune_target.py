@@ -76,6 +76,10 @@ def test_offered_points_are_the_most_layers_with_ends_frozen_and_trainable():
     got = [(p.train_embeddings, p.train_head, p.gradient_checkpointing, p.gamma, p.min_depth) for p in offered_points(s, Gate())]
     assert got == [(False, False, False, 4, 4), (False, False, True, 4, 0), (True, True, False, 2, 4), (True, True, True, 3, 4)]
     assert SearchSpace(num_layers=8, scorers=("uniform",), seq_len=16, head_choices=(False,)).frontier(lambda p: True, ends=True) == []
+    # embeddings that always train: the head-frozen and the head-trained frontier stay apart
+    emb_on = SearchSpace(num_layers=8, scorers=("uniform",), seq_len=16, embedding_choices=(True,))
+    got = [(p.train_embeddings, p.train_head, p.gamma) for p in offered_points(emb_on, Gate())]
+    assert got == [(True, False, 1), (True, True, 1)]
     # a head that always trains: the "frozen" frontier freezes what it can (the embeddings)
     head_on = SearchSpace(num_layers=8, scorers=("uniform",), seq_len=16, head_choices=(True,))
     assert [(p.train_embeddings, p.train_head, p.gamma) for p in head_on.frontier(lambda p: p.gamma <= 5)] == [(False, True, 5)]

@@ -148,7 +148,7 @@ def offered_points(space: SearchSpace, gate) -> list[TrialParams]:
     fits = lambda p: gate.predict(space.train_config(p)).fits  # noqa: E731
     best = {}
     for p in space.frontier(fits) + space.frontier(fits, ends=True):
-        key = (p.train_embeddings, p.gradient_checkpointing)
+        key = (p.train_embeddings, p.train_head, p.gradient_checkpointing)
         cur = best.get(key)
         if cur is None or (p.gamma, -p.min_depth) > (cur.gamma, -cur.min_depth):
             best[key] = p
