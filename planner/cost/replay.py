@@ -135,7 +135,7 @@ def _replay(fam, roles, *, num_layers, batch_size, seq_len, tensors, opt, worksp
                          workspace_bytes=workspace_bytes, built_on_device=built_on_device)
     state = [n for n in opt.state_blocks(tensors) if n > 0]
     temps = [n for n in opt.step_blocks(tensors) if n > 0]
-    collecting = gc.isenabled()
+    gc_was_on = gc.isenabled()
     # composing and replaying make tens of thousands of small lists and no reference cycle: the collector
     # would only rescan the caller's heap (torch, transformers, the traces): 1.0 s of a cold 70B table
     gc.disable()
@@ -154,7 +154,7 @@ def _replay(fam, roles, *, num_layers, batch_size, seq_len, tensors, opt, worksp
             _checkpoints[:] = [(setup, ops[:cp[0]], cp) for cp in saved]
         return result
     finally:
-        if collecting:
+        if gc_was_on:
             gc.enable()
 
 
