@@ -47,6 +47,8 @@ SCORERS = ("ist", "uniform")
 TOLERANCE = 0.01  # "within 1%" of the best value, relative
 SEARCH_SEEDS = tuple(range(30))
 TARGET_SHARE = 0.20
+RACE_Z = 3.0  # standard errors of the gap to the leader before a point leaves the race
+RACE_SEEDS = 16
 # G: the most active layers the bounded search draws (planner.tune.bounded.largest_fitting_gamma): 8 for
 # `planner tune --vram 32GB` on Llama-3-8B (bfloat16, batch 1 x 1024, AdamW); 3 at 24GB, 12 at 40GB, 17 at 48GB.
 MAX_GAMMA = 8
@@ -106,38 +108,73 @@ def _meta() -> dict:
             "max_gamma": MAX_GAMMA}
 
 
-def measure_grid(workers: int) -> dict:
-    """Key -> {"metric": mean over GRID_SEEDS, "per_seed": [...], "accuracy": [...], "cpu_seconds"} (cached)."""
-    points = grid_points()
-    meta = _meta()
-    cache = json.loads(CACHE.read_text()) if CACHE.is_file() else {}
-    runs = cache.get("runs", {}) if cache.get("meta") == meta else {}
-    if cache.get("meta") != meta:
-        cache = {}
-    todo = [(p, s) for s in GRID_SEEDS for p in points if f"{_key(p)}|{s}" not in runs]
-    if todo:
-        print(f"measuring {len(todo)} of {len(points) * len(GRID_SEEDS)} grid runs ({STEPS} steps x batch "
-              f"{meta['batch_size']}, {workers} workers)...", file=sys.stderr, flush=True)
-        start = time.time()
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for i, (key, seed, metric, secondary, cpu) in enumerate(pool.map(_measure, todo, chunksize=1), 1):
-                runs[f"{key}|{seed}"] = {"metric": metric, "secondary": secondary, "cpu_seconds": cpu}
-                if i % 8 == 0 or i == len(todo):
-                    print(f"  {i}/{len(todo)} in {time.time() - start:.0f}s", file=sys.stderr, flush=True)
-                    CACHE.write_text(json.dumps({"meta": meta, "runs": runs,
-                                                 "wall_seconds": cache.get("wall_seconds", 0) + time.time() - start}))
-        cache["wall_seconds"] = cache.get("wall_seconds", 0) + (time.time() - start)
-        CACHE.write_text(json.dumps({"meta": meta, "runs": runs, "wall_seconds": cache["wall_seconds"]}))
-    global GRID_WALL
-    GRID_WALL = cache.get("wall_seconds")
+def _summary(runs: dict, points) -> dict:
+    """Key -> {"metric": mean over the point's seeds, "per_seed", "accuracy", "cpu_seconds"}."""
     out = {}
     for p in points:
-        got = [runs[f"{_key(p)}|{s}"] for s in GRID_SEEDS]
+        got = [runs[k] for k in sorted((k for k in runs if k.rsplit("|", 1)[0] == _key(p)), key=lambda k: int(k.rsplit("|", 1)[1]))]
         per_seed = [g["metric"] for g in got]
         out[_key(p)] = {"metric": statistics.mean(per_seed), "per_seed": per_seed,
                         "accuracy": [g["secondary"].get("accuracy") for g in got],
                         "cpu_seconds": sum(g["cpu_seconds"] for g in got)}
     return out
+
+
+def run_std(table: dict, keys=None) -> float:
+    """One run's seed noise, pooled over the points in ``keys`` (all by default) that have two seeds or more."""
+    rows = [table[k]["per_seed"] for k in (keys if keys is not None else table)]
+    dof = sum(len(r) - 1 for r in rows if len(r) > 1)
+    ss = sum(sum((x - statistics.mean(r)) ** 2 for x in r) for r in rows if len(r) > 1)
+    return (ss / dof) ** 0.5 if dof else float("nan")
+
+
+def contenders(table: dict, sign: float, z: float) -> list[str]:
+    """The points not yet shown worse than the leader: mean gap <= z x the standard error of the gap (a race,
+    Maron & Moore 1994: a point is dropped once z standard errors of its gap separate it from the leader)."""
+    leader = max(table, key=lambda k: sign * table[k]["metric"])
+    sd = run_std(table)
+    n_lead = len(table[leader]["per_seed"])
+    return [k for k, v in table.items()
+            if sign * (table[leader]["metric"] - v["metric"]) <= z * sd * (1 / len(v["per_seed"]) + 1 / n_lead) ** 0.5]
+
+
+def measure_grid(workers: int, race_seeds: int = len(GRID_SEEDS), z: float = RACE_Z) -> dict:
+    """Every grid point with GRID_SEEDS, then a race: each further seed (up to ``race_seeds``) for the points not
+    yet shown worse than the leader by ``z`` standard errors. Returns :func:`_summary` (runs cached)."""
+    points = grid_points()
+    meta = _meta()
+    cache = json.loads(CACHE.read_text()) if CACHE.is_file() else {}
+    if cache.get("meta") != meta:
+        cache = {}
+    runs = cache.get("runs", {})
+    wall = [cache.get("wall_seconds", 0.0)]
+    sign = 1.0 if _workload().direction == "maximize" else -1.0
+
+    def run(todo, pool):
+        if not todo:
+            return
+        print(f"measuring {len(todo)} grid runs ({STEPS} steps x batch {meta['batch_size']}, {workers} workers)...",
+              file=sys.stderr, flush=True)
+        start = time.time()
+        for i, (key, seed, metric, secondary, cpu) in enumerate(pool.map(_measure, todo, chunksize=1), 1):
+            runs[f"{key}|{seed}"] = {"metric": metric, "secondary": secondary, "cpu_seconds": cpu}
+            if i % 8 == 0 or i == len(todo):
+                print(f"  {i}/{len(todo)} in {time.time() - start:.0f}s", file=sys.stderr, flush=True)
+                CACHE.write_text(json.dumps({"meta": meta, "runs": runs, "wall_seconds": wall[0] + time.time() - start}))
+        wall[0] += time.time() - start
+        CACHE.write_text(json.dumps({"meta": meta, "runs": runs, "wall_seconds": wall[0]}))
+
+    by_key = {_key(p): p for p in points}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        run([(p, s) for s in GRID_SEEDS for p in points if f"{_key(p)}|{s}" not in runs], pool)
+        for seed in range(len(GRID_SEEDS), race_seeds):
+            alive = contenders(_summary(runs, points), sign, z)
+            if len(alive) < 2:
+                break
+            run([(by_key[k], seed) for k in alive if f"{k}|{seed}" not in runs], pool)
+    global GRID_WALL
+    GRID_WALL = wall[0]
+    return _summary(runs, points)
 
 
 def _snap(p, s):
@@ -229,6 +266,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
     parser.add_argument("--grid-only", action="store_true", help="measure (or read) the grid and stop")
+    parser.add_argument("--race-seeds", type=int, default=RACE_SEEDS, help="most seeds a point still in the race gets")
+    parser.add_argument("--race-z", type=float, default=RACE_Z, help="standard errors that drop a point from the race")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
@@ -238,7 +277,7 @@ def main() -> int:
 
     start = time.time()
     measured_now = not CACHE.is_file() or json.loads(CACHE.read_text()).get("meta") != _meta()
-    grid = measure_grid(args.workers)
+    grid = measure_grid(args.workers, args.race_seeds, args.race_z)
     if args.grid_only:
         return 0
     wl = _workload()
@@ -249,26 +288,29 @@ def main() -> int:
     target = best - sign * TOLERANCE * abs(best)
     within = lambda v: sign * v >= sign * target  # noqa: E731
     near = sum(within(v) for v in values.values())
-    # the seed noise of one point's value: the std of the difference of its two seeds is sqrt(2) x a run's std,
-    # and the value is a mean of len(GRID_SEEDS) runs
-    diffs = [v["per_seed"][0] - v["per_seed"][1] for v in grid.values()] if len(GRID_SEEDS) == 2 else []
-    run_std = statistics.pstdev(diffs) / 2 ** 0.5 if diffs else float("nan")
-    noise = run_std / len(GRID_SEEDS) ** 0.5
+    sd = run_std(grid)
+    best_key = max(grid, key=lambda k: sign * grid[k]["metric"])
+    noise = sd / len(grid[best_key]["per_seed"]) ** 0.5  # the standard error of the best point's value
+    seeds = sorted({len(v["per_seed"]) for v in grid.values()})
     cpu = sum(v["cpu_seconds"] for v in grid.values())
     s = space()
     print(f"grid: {n} points = γ 1..{MAX_GAMMA} of {s.num_layers} x K {list(PERIODS)} x scorers {list(s.scorers)} x embeddings on/off (head trainable) "
           f"x lr {[float(f'{x:.3g}') for x in lrs()]}; proxy {STEPS} steps x batch {wl.batch_size}, each point the mean of "
-          f"seeds {list(GRID_SEEDS)}; {wl!r}")
+          f"its seeds: {len(GRID_SEEDS)} for all, then up to {args.race_seeds} for the points still within {args.race_z:g} "
+          f"standard errors of the leader (a race); {wl!r}")
+    print("seeds per point: " + ", ".join(f"{n}: {sum(len(v['per_seed']) == n for v in grid.values())} points" for n in seeds))
     print(f"grid {wl.metric_name} ({direction}): best {best:.4f}, median {statistics.median(values.values()):.4f}, "
-          f"worst {max(values.values(), key=lambda v: -sign * v):.4f}; seed noise of a point's value {noise:.4f} "
-          f"(one run {run_std:.4f}); {near} points ({near / n:.1%}) within {TOLERANCE:.0%} ({abs(best) * TOLERANCE:.4f}) "
+          f"worst {max(values.values(), key=lambda v: -sign * v):.4f}; standard error of the best's value {noise:.4f} "
+          f"(one run's seed noise {sd:.4f}); {near} points ({near / n:.1%}) within {TOLERANCE:.0%} ({abs(best) * TOLERANCE:.4f}) "
           f"of the best; measuring took {cpu:.0f} CPU-s"
           + (f", {GRID_WALL:.0f}s wall on a shared machine" if GRID_WALL else ""))
     top = sorted(grid.items(), key=lambda kv: -sign * kv[1]["metric"])[:8]
-    print(f"top 8 points ({wl.metric_name} mean, per seed; accuracy per seed):")
+    print(f"top 8 points ({wl.metric_name} mean ± std over its seeds, seeds; mean accuracy):")
     for key, v in top:
-        acc = " ".join("-" if a is None else f"{a:.3f}" for a in v["accuracy"])
-        print(f"  {v['metric']:.4f}  ({' '.join(f'{x:.4f}' for x in v['per_seed'])}; {acc})  {_fmt(json.loads(key))}")
+        acc = [a for a in v["accuracy"] if a is not None]
+        spread = statistics.stdev(v["per_seed"]) if len(v["per_seed"]) > 1 else float("nan")
+        print(f"  {v['metric']:.4f} ± {spread:.4f}  (n={len(v['per_seed'])}; "
+              f"{statistics.mean(acc) if acc else float('nan'):.3f})  {_fmt(json.loads(key))}")
     queued = [_key(p) for p in queued_points(s)]
     print("queued by planner tune: " + "; ".join(f"{_fmt(json.loads(k))} = {grid[k]['metric']:.4f}" for k in queued))
     print()
