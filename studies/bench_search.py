@@ -187,13 +187,16 @@ def queued_points(s) -> list:
     DEFAULT_LR), then the most layers that fit (γ = G). Full fine-tuning (γ = L > G) would be gated, not trained."""
     from planner.tune.baselines import baseline_points, offered_points
 
-    class UpToG:
-        def predict(self, config):
-            return type("P", (), {"fits": config.active_layers <= MAX_GAMMA})()
-
     base = baseline_points(s)
     fixed = [base[k] for k in ("baseline:lisa", "baseline:full") if k in base and base[k].gamma <= MAX_GAMMA]
     return [_snap(p, s) for p in fixed + offered_points(s, UpToG())]
+
+
+class UpToG:
+    """The grid's gate: every point with γ <= G fits (the grid holds no other)."""
+
+    def predict(self, config):
+        return type("P", (), {"fits": config.active_layers <= MAX_GAMMA})()
 
 
 # (no group=True variant: its decomposed spaces bypass the gate's bound on γ, and the space has no conditional
@@ -211,7 +214,7 @@ VARIANTS = {
 def make(variant: str, seed: int):
     import optuna
 
-    from planner.tune.bounded import GateBoundedSampler
+    from planner.tune.bounded import GateBoundedSampler, admissible
     from planner.tune.seeding import PerTrialSeed
     from planner.tune.study import make_sampler
 
@@ -222,7 +225,8 @@ def make(variant: str, seed: int):
                 "tpe-10": dict(multivariate=True, n_startup_trials=10),
                 "tpe-3": dict(multivariate=True, n_startup_trials=3)}[variant]
         inner = optuna.samplers.TPESampler(seed=seed, **opts)
-    return GateBoundedSampler(PerTrialSeed(inner, seed), MAX_GAMMA)
+    # as the study wraps it: γ bounded at G, whole-point TPE draws of a point already trained drawn again
+    return GateBoundedSampler(PerTrialSeed(inner, seed), MAX_GAMMA, admissible(space(), UpToG()), seed)
 
 
 def trajectory(variant: str, seed: int, grid: dict, cap: int, direction: str) -> list[tuple[float, int]]:

@@ -163,3 +163,64 @@ def test_the_gate_bound_keeps_gamma_within_what_can_fit(name):
     gammas = [t.params["gamma"] for t in study.trials]
     assert gammas[0] == 32 and all(1 <= g <= 3 for g in gammas[1:]) and set(gammas[1:]) == {1, 2, 3}
     assert all(t.distributions["gamma"].high == 32 for t in study.trials)  # one distribution for every trial
+
+
+class _RefusesTrainedEmbeddings:
+    """A gate that refuses every point with the embeddings trainable."""
+
+    def predict(self, config):
+        return type("Prediction", (), {"fits": not config.train_embeddings})()
+
+
+def _screened_study(s, gate, screen: bool, n_trials: int, seed: int = 0):
+    """planner tune's TPE on ``s``; gated points pruned untrained, as the objective does."""
+    from planner.tune.bounded import GateBoundedSampler, admissible
+    from planner.tune.study import TPE_STARTUP_TRIALS, make_sampler
+
+    sampler = GateBoundedSampler(make_sampler("tpe", seed), s.num_layers, admissible(s, gate) if screen else None)
+    study = optuna.create_study(sampler=sampler)
+
+    def objective(trial):
+        p = s.suggest(trial)
+        fits = gate.predict(s.train_config(p)).fits
+        trial.set_user_attr("gated", not fits)
+        if not fits:
+            raise optuna.TrialPruned("over budget")
+        return p.gamma + (0.0 if p.scorer == "uniform" else 0.5) + p.lr * 100
+
+    study.optimize(objective, n_trials=n_trials)
+    return study.trials, TPE_STARTUP_TRIALS  # TPE draws whole points from trial TPE_STARTUP_TRIALS on
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tpe_draws_the_gate_refuses_are_drawn_again(seed):
+    s = space(num_layers=8, scorers=("uniform", "ist"))
+    gate = _RefusesTrainedEmbeddings()
+    unscreened, start = _screened_study(s, gate, screen=False, n_trials=30, seed=seed)
+    screened, start = _screened_study(s, gate, screen=True, n_trials=30, seed=seed)
+    assert sum(t.user_attrs["gated"] for t in unscreened[start:]) >= 3  # the search wastes trials on refused points ...
+    assert not any(t.user_attrs["gated"] for t in screened[start:])  # ... unless its draws are screened
+
+
+def test_tpe_draws_of_trained_points_are_drawn_again():
+    s = space(num_layers=3, scorers=("uniform", "ist"), lr_choices=(1e-3, 3e-4), periods=(20,), min_depths=(0,),
+              checkpointing=(False,), embedding_choices=(False,), head_choices=(True,))  # 12 points
+    allow = type("Gate", (), {"predict": lambda self, config: type("P", (), {"fits": True})()})()
+
+    def repeats(got):  # TPE's draws of a point an earlier trial trained
+        trials, start = got
+        points = [s.from_params(t.params) for t in trials]
+        return sum(points[i] in points[:i] for i in range(start, len(points)))
+
+    assert repeats(_screened_study(s, allow, screen=False, n_trials=12)) >= 2
+    assert repeats(_screened_study(s, allow, screen=True, n_trials=12)) == 0
+
+
+def test_a_draw_that_is_not_a_whole_point_is_let_through():
+    from planner.tune.bounded import admissible
+
+    accept = admissible(space(), _RefusesTrainedEmbeddings())(optuna.create_study())
+    assert accept({"gamma": 2})  # the objective gates it as before
+    point = space().point(gamma=2, period=20, scorer="uniform", train_embeddings=True, train_head=True, lr=1e-3)
+    assert not accept(point.as_params())
+    assert accept({**point.as_params(), "train_embeddings": False})

@@ -1,4 +1,4 @@
-"""The gate bounds the search: no point with more active layers than any plan can fit is proposed.
+"""The gate bounds the search: the sampler proposes no point the gate would refuse to train.
 
 Before the study, the gate finds G, the largest γ that fits the budget at its cheapest
 (embeddings and head frozen, the best ``min_depth`` and checkpointing choice, the smallest
@@ -7,22 +7,37 @@ sampler then draws γ from 1..G while trials keep recording γ on 1..L (so basel
 fine-tuning, γ = L, stay in the same study, gated). Measured on Llama-3-8B at 24 GB (G = 3 of
 32), 24 trials with a tiny proxy, seeds 0-3: 22, 20, 20 and 17 trials gated without the bound,
 13, 7, 11 and 11 with it.
+
+Within 1..G a point can still be over budget (embeddings or head trainable, no checkpointing): a
+multivariate TPE draw (the whole point at once) that the gate refuses, or that a finished trial
+already trained (its proxy run would only be reused), is drawn again, at most :data:`REDRAWS`
+times; TPE returns the best of its candidates, so where it keeps returning a refused point a
+uniform draw over the space takes its place (again up to :data:`REDRAWS` times; if none is
+admissible the last TPE draw stands). The search thus spends its trials on points that train
+and that it has not measured. Random start-up draws, one parameter at a time, are not screened.
 """
 
 from __future__ import annotations
 
-from optuna.distributions import IntDistribution
+import math
+import random
+
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 
 GAMMA = "gamma"
+REDRAWS = 32  # draws of one trial's point before the last is kept whatever it is
 
 
 class GateBoundedSampler(BaseSampler):
-    """Wraps a sampler; ``gamma`` is drawn from ``1..max_gamma`` (relative and independent sampling alike)."""
+    """Wraps a sampler; ``gamma`` is drawn from ``1..max_gamma`` (relative and independent sampling alike), and a
+    whole-point (relative) draw that ``admissible(study)(params)`` rejects is drawn again."""
 
-    def __init__(self, sampler: BaseSampler, max_gamma: int):
+    def __init__(self, sampler: BaseSampler, max_gamma: int, admissible=None, seed: int = 0):
         self.sampler = sampler
         self.max_gamma = int(max_gamma)
+        self.admissible = admissible
+        self.seed = seed
 
     def _narrow(self, distribution):
         if isinstance(distribution, IntDistribution) and distribution.high > self.max_gamma >= distribution.low:
@@ -39,7 +54,24 @@ class GateBoundedSampler(BaseSampler):
         return space
 
     def sample_relative(self, study, trial, search_space):
-        return self.sampler.sample_relative(study, trial, search_space)
+        params = self.sampler.sample_relative(study, trial, search_space)
+        if not params or self.admissible is None:
+            return params
+        accept = self.admissible(study)
+        for _ in range(REDRAWS - 1):  # the sampler's random state moves on with each draw
+            if accept(params):
+                return params
+            params = self.sampler.sample_relative(study, trial, search_space)
+        if accept(params):
+            return params
+        from planner.tune.seeding import trial_seed
+
+        rng = random.Random(trial_seed(self.seed, trial.number))
+        for _ in range(REDRAWS):
+            drawn = {name: _uniform(rng, dist) for name, dist in search_space.items()}
+            if None not in drawn.values() and accept(drawn):
+                return drawn
+        return params
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         if param_name == GAMMA:
@@ -65,3 +97,60 @@ def largest_fitting_gamma(space, gate) -> int:
         best = max([best] + [p.gamma for p in space.frontier(cheap)])
     return best
 
+
+def _uniform(rng: random.Random, dist):
+    """One uniform draw from an Optuna distribution (log-uniform where it is log); None for another kind."""
+    if isinstance(dist, CategoricalDistribution):
+        return rng.choice(dist.choices)
+    if isinstance(dist, IntDistribution):
+        return dist.low + dist.step * rng.randrange((dist.high - dist.low) // dist.step + 1)
+    if isinstance(dist, FloatDistribution):
+        if dist.log:
+            return math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))
+        return rng.uniform(dist.low, dist.high)
+    return None
+
+
+class _Drawn:
+    """Answers a space's ``suggest_*`` calls from a drawn ``params`` dict; a parameter left out of the draw
+    (Optuna leaves one-choice parameters out) takes its only choice. KeyError: the draw is not a whole point."""
+
+    def __init__(self, params: dict):
+        self.params = params
+
+    def _get(self, name, only):
+        if name in self.params:
+            return self.params[name]
+        if len(only) == 1:
+            return only[0]
+        raise KeyError(name)
+
+    def suggest_int(self, name, low, high, **_):
+        return self._get(name, [low] if low == high else [low, high])
+
+    def suggest_float(self, name, low, high, **_):
+        return self._get(name, [low] if low == high else [low, high])
+
+    def suggest_categorical(self, name, choices):
+        return self._get(name, list(choices))
+
+
+def admissible(space, gate):
+    """``admissible(study)`` -> ``accept(params)``: the drawn point fits the budget and no finished trial of ``study``
+    trained it already (a draw that is not a whole point is let through: the objective gates and reuses as before)."""
+    from optuna.trial import TrialState
+
+    def for_study(study):
+        done = {space.from_params(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+                if "gamma" in t.params and not t.user_attrs.get("gated")}
+
+        def accept(params: dict) -> bool:
+            try:
+                point = space.suggest(_Drawn(params))
+            except KeyError:
+                return True
+            return point not in done and gate.predict(space.train_config(point)).fits
+
+        return accept
+
+    return for_study

@@ -220,10 +220,11 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
     from planner.tune.seeding import PerTrialSeed
 
     directions = [study_attrs["direction"], "minimize"] if multi_objective else [study_attrs["direction"]]
-    from planner.tune.bounded import GateBoundedSampler, largest_fitting_gamma
+    from planner.tune.bounded import GateBoundedSampler, admissible, largest_fitting_gamma
 
     sampler, pruner = PerTrialSeed(make_sampler(options.sampler, options.seed), options.seed), _make_pruner(options)
-    sampler = GateBoundedSampler(sampler, max(1, largest_fitting_gamma(space, gate)))  # γ > G can never fit
+    # γ > G can never fit; a whole-point draw the gate refuses or a finished trial trained is drawn again
+    sampler = GateBoundedSampler(sampler, max(1, largest_fitting_gamma(space, gate)), admissible(space, gate), options.seed)
     from planner.tune.creation import CREATED_BY, READY, wait_for_creation
     from planner.tune.lifecycle import process_identity
 
