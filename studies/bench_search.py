@@ -2,10 +2,13 @@
 
 1. Train every point of a discretized search space of the default workload with the tuner's
    own proxy trainer (``planner.tune.proxy.run_proxy``) at `planner tune`'s default proxy run
-   (150 steps of the workload's batch), once per grid seed, and cache the measured metric
-   (``studies/bench_search_grid.json``; re-measured when the proxy model, its workload, its
-   metric or the run changes). A point's value is its mean over the grid seeds (every point
-   shares the seeds' data order and layer draws, as the trials of one study do). The grid:
+   (150 steps of the workload's batch), once per grid seed (``GRID_SEEDS``), and cache the measured
+   metric (``studies/bench_search_grid.json``; re-measured when the proxy model, its workload, its
+   metric or the run changes). Then a race refines the top: seed after seed (up to
+   ``--race-seeds``) goes to every point not yet ``--race-z`` standard errors worse than the
+   leader, so the points that could be the best, or within 1% of it, are told apart by their means
+   rather than by two seeds' luck; the rest are settled worse. A point's value is its mean over its
+   seeds (every point shares each seed's data order, as the trials of one study do). The grid:
    γ 1..G (G = ``MAX_GAMMA`` = 8 of the default proxy's 32 layers: as a budget bounds the real
    search, planner.tune.bounded) x 2 scorers (uniform: LISA's; ist: importance-weighted) x
    embeddings on/off (head trainable) x 2 learning rates (DEFAULT_LR and a third of it), K = LISA's
@@ -13,7 +16,7 @@
 2. For each search seed, run Optuna with each sampler variant on the same space, a trial's
    value looked up in the grid, and count the trials each needs to come within ``TOLERANCE``
    (relative) of the grid's best. ``tpe`` and ``random`` are `planner tune`'s own samplers
-   (``make_sampler`` wrapped in ``PerTrialSeed`` and ``GateBoundedSampler``, as the study does); the others are the
+   (``planner.tune.samplers.study_sampler``, as the study draws); the others are the
    TPE options a user could pick. ``+queued`` starts, as a study does, with the trials
    `planner tune` queues before searching (LISA's defaults and the point with the most layers
    that fit, γ = G; full fine-tuning, γ = L, would be gated untrained), counted as trials.
@@ -215,17 +218,15 @@ def make(variant: str, seed: int):
     import optuna
 
     from planner.tune.bounded import GateBoundedSampler, admissible
+    from planner.tune.samplers import study_sampler
     from planner.tune.seeding import PerTrialSeed
-    from planner.tune.study import make_sampler
 
-    if variant in ("tpe", "random", "tpe+queued"):
-        inner = make_sampler(variant.split("+")[0], seed)  # exactly what `planner tune --sampler tpe|random` uses
-    else:
-        opts = {"tpe-independent": dict(multivariate=False, n_startup_trials=5),
-                "tpe-10": dict(multivariate=True, n_startup_trials=10),
-                "tpe-3": dict(multivariate=True, n_startup_trials=3)}[variant]
-        inner = optuna.samplers.TPESampler(seed=seed, **opts)
-    # as the study wraps it: γ bounded at G, whole-point TPE draws of a point already trained drawn again
+    if variant in ("tpe", "random", "tpe+queued"):  # exactly what `planner tune --sampler tpe|random` draws with
+        return study_sampler(variant.split("+")[0], seed, space(), UpToG())
+    opts = {"tpe-independent": dict(multivariate=False, n_startup_trials=5),
+            "tpe-10": dict(multivariate=True, n_startup_trials=10),
+            "tpe-3": dict(multivariate=True, n_startup_trials=3)}[variant]
+    inner = optuna.samplers.TPESampler(seed=seed, **opts)
     return GateBoundedSampler(PerTrialSeed(inner, seed), MAX_GAMMA, admissible(space(), UpToG()), seed)
 
 

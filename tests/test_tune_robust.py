@@ -328,7 +328,7 @@ def _draw(trial):
 
 @pytest.mark.parametrize("name", ["random", "tpe"])
 def test_resumes_and_parallel_workers_draw_new_points_one_process_repeats_itself(tmp_path, name):
-    from planner.tune.study import make_sampler
+    from planner.tune.samplers import make_sampler
 
     def study_on(url, sampler):
         return optuna.create_study(storage=url, study_name="s", sampler=sampler, load_if_exists=True)

@@ -153,7 +153,7 @@ def test_options_report_all_problems_at_once(tmp_path):
 @pytest.mark.parametrize("name", ["tpe", "random"])
 def test_the_gate_bound_keeps_gamma_within_what_can_fit(name):
     from planner.tune.bounded import GateBoundedSampler
-    from planner.tune.study import make_sampler
+    from planner.tune.samplers import make_sampler
 
     s = space(num_layers=32, scorers=("uniform", "ist"))
     study = optuna.create_study(sampler=GateBoundedSampler(make_sampler(name, 0), 3))
@@ -175,7 +175,7 @@ class _RefusesTrainedEmbeddings:
 def _screened_study(s, gate, screen: bool, n_trials: int, seed: int = 0):
     """planner tune's TPE on ``s``; gated points pruned untrained, as the objective does."""
     from planner.tune.bounded import GateBoundedSampler, admissible
-    from planner.tune.study import TPE_STARTUP_TRIALS, make_sampler
+    from planner.tune.samplers import TPE_STARTUP_TRIALS, make_sampler
 
     sampler = GateBoundedSampler(make_sampler("tpe", seed), s.num_layers, admissible(s, gate) if screen else None)
     study = optuna.create_study(sampler=sampler)

@@ -63,6 +63,17 @@ def owed(study, total: int) -> int:
     return max(total - sum(counted(t) and not is_confirm(t) and not is_sweep(t) for t in trials), len(baselines))
 
 
+class StopAfter:
+    """Stop the study once it holds ``total`` finished trials (counted across every process)."""
+
+    def __init__(self, total: int):
+        self.total = total
+
+    def __call__(self, study, trial) -> None:
+        if owed(study, self.total) <= 0:
+            study.stop()
+
+
 def settle_message(exc: BaseException) -> str:
     name = getattr(exc, "signum", None)
     return "interrupted" if name in (None, 2) else f"interrupted by {signal_name(name)}"

@@ -136,18 +136,6 @@ def _eval_every(options: TuneOptions) -> int:
     return options.eval_every or max(1, options.steps // DEFAULT_EVALS)
 
 
-TPE_STARTUP_TRIALS = 5  # random points before TPE models the space (studies/bench_search.py: 5 beat 8 and 10)
-
-
-def make_sampler(name: str, seed: int):
-    """The Optuna sampler ``--sampler`` names: multivariate TPE (joint over the parameters) or random."""
-    import optuna
-
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS, multivariate=True)
-
-
 def _make_pruner(options: TuneOptions):
     import optuna
 
@@ -217,14 +205,10 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
     import optuna
 
     from planner.tune.preflight import check_resume
-    from planner.tune.seeding import PerTrialSeed
-
     directions = [study_attrs["direction"], "minimize"] if multi_objective else [study_attrs["direction"]]
-    from planner.tune.bounded import GateBoundedSampler, admissible, largest_fitting_gamma
+    from planner.tune.samplers import study_sampler
 
-    sampler, pruner = PerTrialSeed(make_sampler(options.sampler, options.seed), options.seed), _make_pruner(options)
-    # γ > G can never fit; a whole-point draw the gate refuses or a finished trial trained is drawn again
-    sampler = GateBoundedSampler(sampler, max(1, largest_fitting_gamma(space, gate)), admissible(space, gate), options.seed)
+    sampler, pruner = study_sampler(options.sampler, options.seed, space, gate), _make_pruner(options)
     from planner.tune.creation import CREATED_BY, READY, wait_for_creation
     from planner.tune.lifecycle import process_identity
 
@@ -253,19 +237,6 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
     enqueue_offered(study, space, gate, room=max(0, options.n_trials - queued))  # no more fixed trials than will run
     study.set_user_attr(READY, True)
     return study, True
-
-
-class StopAfter:
-    """Stop the study once it holds ``total`` finished trials (counted across every process)."""
-
-    def __init__(self, total: int):
-        self.total = total
-
-    def __call__(self, study, trial) -> None:
-        from planner.tune.lifecycle import owed
-
-        if owed(study, self.total) <= 0:
-            study.stop()
 
 
 class Interrupted(PlannerError):
@@ -387,7 +358,7 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
                           proxy_batch=None if setup.is_target else (getattr(workload, "batch_size", None)
                                                                     or default_batch_size(int(workload.seq_len))),
                           **({"proxy": proxy} if proxy else {}))
-    from planner.tune.lifecycle import GuardedObjective, attach, owed, settle_message
+    from planner.tune.lifecycle import GuardedObjective, StopAfter, attach, owed, settle_message
 
     worker = attach(study)  # dead workers' trials are failed and queued again before counting
     from planner.tune.confirm import confirm_phase, is_confirm, waiting_confirmations
