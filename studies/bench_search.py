@@ -208,6 +208,7 @@ VARIANTS = {
     "tpe": "planner tune's sampler: TPE, multivariate, 5 random start-up trials",
     "random": "random search",
     "tpe+queued": "planner tune as a user runs it: its queued trials first, then its TPE",
+    "tpe+queued@1seed": "the same, told one seed's value (seed 0 or 1, as a study's trials see), judged by the mean",
     "tpe-independent": "TPE, one parameter at a time (multivariate=False), 5 start-up trials",
     "tpe-10": "TPE, multivariate, 10 start-up trials",
     "tpe-3": "TPE, multivariate, 3 start-up trials",
@@ -221,8 +222,8 @@ def make(variant: str, seed: int):
     from planner.tune.samplers import study_sampler
     from planner.tune.seeding import PerTrialSeed
 
-    if variant in ("tpe", "random", "tpe+queued"):  # exactly what `planner tune --sampler tpe|random` draws with
-        return study_sampler(variant.split("+")[0], seed, space(), UpToG())
+    if variant.split("@")[0] in ("tpe", "random", "tpe+queued"):  # exactly what `planner tune --sampler tpe|random` uses
+        return study_sampler(variant.split("+")[0].split("@")[0], seed, space(), UpToG())
     opts = {"tpe-independent": dict(multivariate=False, n_startup_trials=5),
             "tpe-10": dict(multivariate=True, n_startup_trials=10),
             "tpe-3": dict(multivariate=True, n_startup_trials=3)}[variant]
@@ -231,12 +232,14 @@ def make(variant: str, seed: int):
 
 
 def trajectory(variant: str, seed: int, grid: dict, cap: int, direction: str) -> list[tuple[float, int]]:
-    """(value, distinct points so far) of each of ``cap`` trials; a repeated point reuses its proxy run in a study."""
+    """(value, distinct points so far) of each of ``cap`` trials; a repeated point reuses its proxy run in a study.
+    The sampler is told a point's mean, or with ``@1seed`` one grid seed's run (``seed`` mod 2: the noisy value a
+    study's trial measures); the value returned is always the mean."""
     import optuna
 
     s = space()
     study = optuna.create_study(direction=direction, sampler=make(variant, seed))
-    if variant.endswith("+queued"):
+    if "+queued" in variant:
         for p in queued_points(s):
             study.enqueue_trial(p.as_params())
     seen, out = set(), []
@@ -245,7 +248,7 @@ def trajectory(variant: str, seed: int, grid: dict, cap: int, direction: str) ->
         key = _key(s.suggest(trial))
         seen.add(key)
         value = grid[key]["metric"]
-        study.tell(trial, value)
+        study.tell(trial, grid[key]["per_seed"][seed % 2] if variant.endswith("@1seed") else value)
         out.append((value, len(seen)))
     return out
 
