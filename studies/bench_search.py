@@ -48,7 +48,7 @@ GRID_SEEDS = (0, 1)
 PERIODS = (20,)
 SCORERS = ("ist", "uniform")
 TOLERANCE = 0.01  # "within 1%" of the best value, relative
-SEARCH_SEEDS = tuple(range(30))
+SEARCH_SEEDS = 100
 TARGET_SHARE = 0.20
 RACE_Z = 3.0  # standard errors of the gap to the leader before a point leaves the race
 RACE_SEEDS = 16
@@ -208,6 +208,7 @@ VARIANTS = {
     "tpe": "planner tune's sampler: TPE, multivariate, 5 random start-up trials",
     "random": "random search",
     "tpe+queued": "planner tune as a user runs it: its queued trials first, then its TPE",
+    "random+queued": "random search after the same queued trials (what the queued trials alone are worth)",
     "tpe+queued@1seed": "the same, told one seed's value (seed 0 or 1, as a study's trials see), judged by the mean",
     "tpe-independent": "TPE, one parameter at a time (multivariate=False), 5 start-up trials",
     "tpe-10": "TPE, multivariate, 10 start-up trials",
@@ -222,8 +223,9 @@ def make(variant: str, seed: int):
     from planner.tune.samplers import study_sampler
     from planner.tune.seeding import PerTrialSeed
 
-    if variant.split("@")[0] in ("tpe", "random", "tpe+queued"):  # exactly what `planner tune --sampler tpe|random` uses
-        return study_sampler(variant.split("+")[0].split("@")[0], seed, space(), UpToG())
+    base = variant.split("@")[0].split("+")[0]
+    if base in ("tpe", "random"):  # exactly what `planner tune --sampler tpe|random` draws with
+        return study_sampler(base, seed, space(), UpToG())
     opts = {"tpe-independent": dict(multivariate=False, n_startup_trials=5),
             "tpe-10": dict(multivariate=True, n_startup_trials=10),
             "tpe-3": dict(multivariate=True, n_startup_trials=3)}[variant]
@@ -274,6 +276,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
     parser.add_argument("--grid-only", action="store_true", help="measure (or read) the grid and stop")
+    parser.add_argument("--search-seeds", type=int, default=SEARCH_SEEDS, help="searches per variant (seeds 0..n-1)")
+    parser.add_argument("--rows", action="store_true", help="print every search seed's row, not only the summary")
     parser.add_argument("--race-seeds", type=int, default=RACE_SEEDS, help="most seeds a point still in the race gets")
     parser.add_argument("--race-z", type=float, default=RACE_Z, help="standard errors that drop a point from the race")
     args = parser.parse_args()
@@ -327,7 +331,8 @@ def main() -> int:
     if noise == noise and abs(best) * TOLERANCE < noise:
         noise_target = best - sign * noise
         thresholds.append((f"noise ({noise:.4f})", lambda v: sign * v >= sign * noise_target))
-    paths = {v: [trajectory(v, seed, grid, cap, direction) for seed in SEARCH_SEEDS] for v in variants}
+    seeds = range(args.search_seeds)
+    paths = {v: [trajectory(v, seed, grid, cap, direction) for seed in seeds] for v in variants}
     budget = int(TARGET_SHARE * n)
     for label, hit in thresholds:
         runs = {v: [first_hit(path, hit) for path in got] for v, got in paths.items()}
@@ -335,9 +340,10 @@ def main() -> int:
         distinct = {v: [r[1] if r[0] is not None else cap + 1 for r in got] for v, got in runs.items()}
         reach = sum(hit(v) for v in values.values())
         print(f"trials until one is within {label} of the grid's best ({best:.4f}; {reach} of {n} points qualify); "
-              f"cap {cap}, {len(SEARCH_SEEDS)} search seeds")
-        print(f"{'seed':>5} " + " ".join(f"{v:>16}" for v in variants))
-        for i, seed in enumerate(SEARCH_SEEDS):
+              f"cap {cap}, {len(seeds)} search seeds")
+        if args.rows:
+            print(f"{'seed':>5} " + " ".join(f"{v:>16}" for v in variants))
+        for i, seed in enumerate(seeds if args.rows else ()):
             print(f"{seed:>5} " + " ".join(f"{(str(rows[v][i]) if rows[v][i] is not None else '>' + str(cap)):>16}"
                                            for v in variants))
         for name, hits in rows.items():
@@ -353,7 +359,7 @@ def main() -> int:
             print(f"target at this threshold (TPE median under {TARGET_SHARE:.0%} of the grid = {TARGET_SHARE * n:.1f} "
                   f"trials): {verdict}")
         print()
-    print(f"best value found after {budget} trials ({TARGET_SHARE:.0%} of the grid): median over {len(SEARCH_SEEDS)} seeds, "
+    print(f"best value found after {budget} trials ({TARGET_SHARE:.0%} of the grid): median over {len(seeds)} seeds, "
           f"its excess over the grid's best ({best:.4f}), and its rank among the {n} points (1 = best)")
     ranked = sorted(values.values(), key=lambda v: -sign * v)
     for name, got in paths.items():
