@@ -216,6 +216,12 @@ def test_tpe_draws_of_trained_points_are_drawn_again():
     assert repeats(_screened_study(s, allow, screen=True, n_trials=12)) == 0
 
 
+def test_where_nothing_is_admissible_the_draw_stands():
+    refuse_all = type("Gate", (), {"predict": lambda self, config: type("P", (), {"fits": False})()})()
+    trials, start = _screened_study(space(num_layers=8), refuse_all, screen=True, n_trials=8)
+    assert len(trials) == 8 and all(t.user_attrs["gated"] for t in trials)  # gated, as unscreened: the study goes on
+
+
 def test_a_draw_that_is_not_a_whole_point_is_let_through():
     from planner.tune.bounded import admissible
 

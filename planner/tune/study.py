@@ -205,6 +205,7 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
     import optuna
 
     from planner.tune.preflight import check_resume
+
     directions = [study_attrs["direction"], "minimize"] if multi_objective else [study_attrs["direction"]]
     from planner.tune.samplers import study_sampler
 
