@@ -123,9 +123,9 @@ def _summary(runs: dict, points) -> dict:
     return out
 
 
-def run_std(table: dict, keys=None) -> float:
-    """One run's seed noise, pooled over the points in ``keys`` (all by default) that have two seeds or more."""
-    rows = [table[k]["per_seed"] for k in (keys if keys is not None else table)]
+def run_std(table: dict) -> float:
+    """One run's seed noise, pooled over the points that have two seeds or more."""
+    rows = [v["per_seed"] for v in table.values()]
     dof = sum(len(r) - 1 for r in rows if len(r) > 1)
     ss = sum(sum((x - statistics.mean(r)) ** 2 for x in r) for r in rows if len(r) > 1)
     return (ss / dof) ** 0.5 if dof else float("nan")
