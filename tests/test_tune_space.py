@@ -165,11 +165,17 @@ def test_the_gate_bound_keeps_gamma_within_what_can_fit(name):
     assert all(t.distributions["gamma"].high == 32 for t in study.trials)  # one distribution for every trial
 
 
-class _RefusesTrainedEmbeddings:
-    """A gate that refuses every point with the embeddings trainable."""
+class _Gate:
+    """A gate whose verdict on a configuration is ``fits(config)``."""
+
+    def __init__(self, fits):
+        self.fits = fits
 
     def predict(self, config):
-        return type("Prediction", (), {"fits": not config.train_embeddings})()
+        return type("Prediction", (), {"fits": self.fits(config)})()
+
+
+REFUSES_TRAINED_EMBEDDINGS = _Gate(lambda config: not config.train_embeddings)
 
 
 def _screened_study(s, gate, screen: bool, n_trials: int, seed: int = 0):
@@ -195,7 +201,7 @@ def _screened_study(s, gate, screen: bool, n_trials: int, seed: int = 0):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_tpe_draws_the_gate_refuses_are_drawn_again(seed):
     s = space(num_layers=8, scorers=("uniform", "ist"))
-    gate = _RefusesTrainedEmbeddings()
+    gate = REFUSES_TRAINED_EMBEDDINGS
     unscreened, start = _screened_study(s, gate, screen=False, n_trials=30, seed=seed)
     screened, start = _screened_study(s, gate, screen=True, n_trials=30, seed=seed)
     assert sum(t.user_attrs["gated"] for t in unscreened[start:]) >= 3  # the search wastes trials on refused points ...
@@ -205,7 +211,7 @@ def test_tpe_draws_the_gate_refuses_are_drawn_again(seed):
 def test_tpe_draws_of_trained_points_are_drawn_again():
     s = space(num_layers=3, scorers=("uniform", "ist"), lr_choices=(1e-3, 3e-4), periods=(20,), min_depths=(0,),
               checkpointing=(False,), embedding_choices=(False,), head_choices=(True,))  # 12 points
-    allow = type("Gate", (), {"predict": lambda self, config: type("P", (), {"fits": True})()})()
+    allow = _Gate(lambda config: True)
 
     def repeats(got):  # TPE's draws of a point an earlier trial trained
         trials, start = got
@@ -217,7 +223,7 @@ def test_tpe_draws_of_trained_points_are_drawn_again():
 
 
 def test_where_nothing_is_admissible_the_draw_stands():
-    refuse_all = type("Gate", (), {"predict": lambda self, config: type("P", (), {"fits": False})()})()
+    refuse_all = _Gate(lambda config: False)
     trials, start = _screened_study(space(num_layers=8), refuse_all, screen=True, n_trials=8)
     assert len(trials) == 8 and all(t.user_attrs["gated"] for t in trials)  # gated, as unscreened: the study goes on
 
@@ -225,7 +231,7 @@ def test_where_nothing_is_admissible_the_draw_stands():
 def test_a_draw_that_is_not_a_whole_point_is_let_through():
     from planner.tune.bounded import admissible
 
-    accept = admissible(space(), _RefusesTrainedEmbeddings())(optuna.create_study())
+    accept = admissible(space(), REFUSES_TRAINED_EMBEDDINGS)(optuna.create_study())
     assert accept({"gamma": 2})  # the objective gates it as before
     point = space().point(gamma=2, period=20, scorer="uniform", train_embeddings=True, train_head=True, lr=1e-3)
     assert not accept(point.as_params())
