@@ -219,9 +219,7 @@ VARIANTS = {
 def make(variant: str, seed: int):
     import optuna
 
-    from planner.tune.bounded import GateBoundedSampler, admissible
     from planner.tune.samplers import study_sampler
-    from planner.tune.seeding import PerTrialSeed
 
     base = variant.split("@")[0].split("+")[0]
     if base in ("tpe", "random"):  # exactly what `planner tune --sampler tpe|random` draws with
@@ -229,8 +227,7 @@ def make(variant: str, seed: int):
     opts = {"tpe-independent": dict(multivariate=False, n_startup_trials=5),
             "tpe-10": dict(multivariate=True, n_startup_trials=10),
             "tpe-3": dict(multivariate=True, n_startup_trials=3)}[variant]
-    inner = optuna.samplers.TPESampler(seed=seed, **opts)
-    return GateBoundedSampler(PerTrialSeed(inner, seed), MAX_GAMMA, admissible(space(), UpToG()), seed)
+    return study_sampler(base, seed, space(), UpToG(), sampler=optuna.samplers.TPESampler(seed=seed, **opts))
 
 
 def trajectory(variant: str, seed: int, grid: dict, cap: int, direction: str) -> list[tuple[float, int]]:

@@ -19,10 +19,12 @@ def make_sampler(name: str, seed: int):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS, multivariate=True)
 
 
-def study_sampler(name: str, seed: int, space, gate):
-    """``make_sampler(name, seed)`` wrapped as a study uses it (see the module's docstring)."""
+def study_sampler(name: str, seed: int, space, gate, sampler=None):
+    """``make_sampler(name, seed)``, or the Optuna ``sampler`` given (benchmarks of other options), wrapped as a study
+    uses it (see the module's docstring)."""
     from planner.tune.bounded import GateBoundedSampler, admissible, largest_fitting_gamma
     from planner.tune.seeding import PerTrialSeed
 
-    return GateBoundedSampler(PerTrialSeed(make_sampler(name, seed), seed), max(1, largest_fitting_gamma(space, gate)),
+    inner = sampler if sampler is not None else make_sampler(name, seed)
+    return GateBoundedSampler(PerTrialSeed(inner, seed), max(1, largest_fitting_gamma(space, gate)),
                               admissible(space, gate), seed)
