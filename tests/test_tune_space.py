@@ -165,6 +165,17 @@ def test_the_gate_bound_keeps_gamma_within_what_can_fit(name):
     assert all(t.distributions["gamma"].high == 32 for t in study.trials)  # one distribution for every trial
 
 
+@pytest.mark.parametrize("name", ["tpe", "random"])
+def test_the_study_sampler_is_built_without_a_deprecation_warning(name):
+    import warnings
+
+    from planner.tune.samplers import make_sampler
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # TPE's `gamma` is deprecated since Optuna 4.9: the user must not see it
+        make_sampler(name, 0)
+
+
 class _Gate:
     """A gate whose verdict on a configuration is ``fits(config)``."""
 

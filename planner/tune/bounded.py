@@ -12,18 +12,15 @@ Within 1..G a point can still be over budget (embeddings or head trainable, no c
 multivariate TPE draw (the whole point at once) that the gate refuses, or that a finished trial
 already trained (its proxy run would only be reused), is drawn again, at most :data:`REDRAWS`
 times; TPE returns the best of its candidates, so where it keeps returning a refused point a
-uniform draw over the space takes its place (again up to :data:`REDRAWS` times; if none is
-admissible the last TPE draw stands). The search thus spends its trials on points that train
+uniform draw over the space (Optuna's random sampler, seeded by trial) takes its place (again up
+to :data:`REDRAWS` times; if none is admissible the last TPE draw stands). The search thus spends its trials on points that train
 and that it has not measured. Random start-up draws, one parameter at a time, are not screened.
 """
 
 from __future__ import annotations
 
-import math
-import random
-
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.samplers import BaseSampler
+from optuna.distributions import IntDistribution
+from optuna.samplers import BaseSampler, RandomSampler
 
 GAMMA = "gamma"
 REDRAWS = 32  # draws of one trial's point before the last is kept whatever it is
@@ -66,10 +63,10 @@ class GateBoundedSampler(BaseSampler):
             return params
         from planner.tune.seeding import trial_seed
 
-        rng = random.Random(trial_seed(self.seed, trial.number))
+        uniform = RandomSampler(seed=trial_seed(self.seed, trial.number))
         for _ in range(REDRAWS):
-            drawn = {name: _uniform(rng, dist) for name, dist in search_space.items()}
-            if None not in drawn.values() and accept(drawn):
+            drawn = {name: uniform.sample_independent(study, trial, name, dist) for name, dist in search_space.items()}
+            if accept(drawn):
                 return drawn
         return params
 
@@ -96,19 +93,6 @@ def largest_fitting_gamma(space, gate) -> int:
         cheap = lambda p: fits(replace(p, lora_rank=ranks[0]))  # noqa: E731
         best = max([best] + [p.gamma for p in space.frontier(cheap)])
     return best
-
-
-def _uniform(rng: random.Random, dist):
-    """One uniform draw from an Optuna distribution (log-uniform where it is log); None for another kind."""
-    if isinstance(dist, CategoricalDistribution):
-        return rng.choice(dist.choices)
-    if isinstance(dist, IntDistribution):
-        return dist.low + dist.step * rng.randrange((dist.high - dist.low) // dist.step + 1)
-    if isinstance(dist, FloatDistribution):
-        if dist.log:
-            return math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))
-        return rng.uniform(dist.low, dist.high)
-    return None
 
 
 class _Drawn:
