@@ -14,7 +14,7 @@ TPE_STARTUP_TRIALS = 5  # random points before TPE models the space (studies/ben
 # Optuna's 10% builds l(x) from the single best trial until trial 11, so at `planner tune`'s budgets (24 trials) TPE
 # only searches around its incumbent; 15% keeps two from trial 7 on. studies/bench_search.py, 100 searches on three
 # landscapes (the raced grid's means, seed 0's runs, seed 1's runs): median trials to within 1% of the best
-# 13 -> 11, 23 -> 17.5, 13 -> 11; 20% 12, 18, 12; 25% 10.5, 22, 14.
+# 10%: 13, 23, 13; 15%: 10.5, 17.5, 11; 20%: 11, 19.5, 12; 25%: 11, 22, 14.5.
 TPE_GOOD_SHARE = 0.15
 TPE_GOOD_MAX = 25  # Optuna's cap on the good group
 
