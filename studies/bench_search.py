@@ -27,8 +27,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import math
 import multiprocessing
 import os
 import statistics
@@ -223,15 +223,14 @@ VARIANTS = {
 def make(variant: str, seed: int):
     import optuna
 
-    from planner.tune.samplers import TPE_GOOD_MAX, TPE_STARTUP_TRIALS, good_trials, study_sampler
+    from planner.tune.samplers import TPE_STARTUP_TRIALS, good_trials, study_sampler
 
     base = variant.split("@")[0].split("+")[0]
     if base in ("tpe", "random"):  # exactly what `planner tune --sampler tpe|random` draws with
         return study_sampler(base, seed, space(), UpToG())
     opts = dict(multivariate=True, n_startup_trials=TPE_STARTUP_TRIALS, gamma=good_trials)
     if base.startswith("tpe-top"):
-        share = int(base[len("tpe-top"):-1]) / 100
-        opts["gamma"] = lambda n: min(math.ceil(share * n), TPE_GOOD_MAX)
+        opts["gamma"] = functools.partial(good_trials, share=int(base[len("tpe-top"):-1]) / 100)
     else:
         opts.update({"tpe-independent": dict(multivariate=False), "tpe-10": dict(n_startup_trials=10),
                      "tpe-3": dict(n_startup_trials=3)}[base])

@@ -13,8 +13,9 @@ multivariate TPE draw (the whole point at once) that the gate refuses, or that a
 already trained (its proxy run would only be reused), is drawn again, at most :data:`REDRAWS`
 times; TPE returns the best of its candidates, so where it keeps returning a refused point a
 uniform draw over the space (Optuna's random sampler, seeded by trial) takes its place (again up
-to :data:`REDRAWS` times; if none is admissible the last TPE draw stands). The search thus spends its trials on points that train
-and that it has not measured. Random start-up draws, one parameter at a time, are not screened.
+to :data:`REDRAWS` times; if none is admissible the last TPE draw stands). The search thus spends
+its trials on points that train and that it has not measured. Random start-up draws, one
+parameter at a time, are not screened.
 """
 
 from __future__ import annotations

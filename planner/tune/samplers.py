@@ -19,9 +19,9 @@ TPE_GOOD_SHARE = 0.15
 TPE_GOOD_MAX = 25  # Optuna's cap on the good group
 
 
-def good_trials(n: int) -> int:
-    """How many of ``n`` finished trials TPE models as good: ⌈TPE_GOOD_SHARE · n⌉, at most TPE_GOOD_MAX."""
-    return min(math.ceil(TPE_GOOD_SHARE * n), TPE_GOOD_MAX)
+def good_trials(n: int, share: float = TPE_GOOD_SHARE) -> int:
+    """How many of ``n`` finished trials TPE models as good: ⌈share · n⌉, at most TPE_GOOD_MAX."""
+    return min(math.ceil(share * n), TPE_GOOD_MAX)
 
 
 def make_sampler(name: str, seed: int):
