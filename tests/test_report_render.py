@@ -166,6 +166,22 @@ def test_figures_name_their_axes_in_gib(rendered):
     assert "VRAM budget 8.00 GiB" in legend
 
 
+def test_confirmation_runs_are_not_drawn_as_search_trials(rendered):
+    from dataclasses import replace
+
+    from planner.report import plots
+    from planner.report.data import HistoryPoint
+
+    d = rendered[0]
+    last = d.history[-1]
+    d = replace(d, history=d.history + [HistoryPoint(last.number + 1, f"confirm:{last.number}:0", last.metric, None)])
+    fig = plots.history_figure(d)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "confirmation run (a plan again, another seed)" in legend
+    search = next(c for c in fig.axes[0].collections if c.get_label() == "search trial")
+    assert last.number + 1 not in search.get_offsets()[:, 0]
+
+
 def test_overhead_panel_and_off_scale_budget(tmp_path):
     from dataclasses import replace
 

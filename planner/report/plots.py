@@ -21,6 +21,7 @@ KIND_STYLE = {  # marker, color, label
     "baseline:full": ("s", "#c44e52", "full fine-tuning"),
     "baseline:lora": ("^", "#55a868", "LoRA"),
     "baseline:lisa": ("D", "#dd8452", "LISA defaults"),
+    "confirm": ("v", "#8172b3", "confirmation run (a plan again, another seed)"),
 }
 BUDGET_COLOR = "#d62728"
 OFF_SCALE = 3.0  # a budget more than this many times the largest value drawn is written, not drawn
@@ -32,7 +33,10 @@ def _model_name(data: ReportData) -> str:
 
 
 def _kind(kind: str) -> str:
-    """Trial kinds without a style of their own are drawn as search trials."""
+    """The style of a trial kind: confirmation runs (``confirm:<trial>:<i>``) share one; kinds without a style of
+    their own are drawn as search trials."""
+    if kind.startswith("confirm:"):
+        return "confirm"
     return kind if kind in KIND_STYLE else "search"
 
 
