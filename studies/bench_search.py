@@ -16,10 +16,13 @@
 2. For each search seed, run Optuna with each sampler variant on the same space, a trial's
    value looked up in the grid, and count the trials each needs to come within ``TOLERANCE``
    (relative) of the grid's best. ``tpe`` and ``random`` are `planner tune`'s own samplers
-   (``planner.tune.samplers.study_sampler``, as the study draws); the others are the
-   TPE options a user could pick. ``+queued`` starts, as a study does, with the trials
-   `planner tune` queues before searching (LISA's defaults and the point with the most layers
-   that fit, γ = G; full fine-tuning, γ = L, would be gated untrained), counted as trials.
+   (``planner.tune.samplers.study_sampler``, as the study draws); the others change one of its
+   TPE settings (the share of trials modelled as good, start-up trials, multivariate). ``+queued``
+   starts, as a study does, with the trials `planner tune` queues before searching (LISA's
+   defaults and the point with the most layers that fit, γ = G; full fine-tuning, γ = L, would be
+   gated untrained), counted as trials.
+3. The same searches on each grid seed's runs alone: other landscapes with their own best, a
+   check that a setting chosen on the means is not fitted to them.
 
     nice -n 10 python studies/bench_search.py | tee reports/bench_search.txt
 """
