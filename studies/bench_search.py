@@ -224,20 +224,17 @@ VARIANTS = {
 
 
 def make(variant: str, seed: int):
-    import optuna
-
-    from planner.tune.samplers import TPE_STARTUP_TRIALS, good_trials, study_sampler
+    from planner.tune.samplers import good_trials, make_sampler, study_sampler
 
     base = variant.split("@")[0].split("+")[0]
     if base in ("tpe", "random"):  # exactly what `planner tune --sampler tpe|random` draws with
         return study_sampler(base, seed, space(), UpToG())
-    opts = dict(multivariate=True, n_startup_trials=TPE_STARTUP_TRIALS, gamma=good_trials)
     if base.startswith("tpe-top"):
-        opts["gamma"] = functools.partial(good_trials, share=int(base[len("tpe-top"):-1]) / 100)
+        opts = {"gamma": functools.partial(good_trials, share=int(base[len("tpe-top"):-1]) / 100)}
     else:
-        opts.update({"tpe-independent": dict(multivariate=False), "tpe-10": dict(n_startup_trials=10),
-                     "tpe-3": dict(n_startup_trials=3)}[base])
-    return study_sampler(base, seed, space(), UpToG(), sampler=optuna.samplers.TPESampler(seed=seed, **opts))
+        opts = {"tpe-independent": dict(multivariate=False), "tpe-10": dict(n_startup_trials=10),
+                "tpe-3": dict(n_startup_trials=3)}[base]
+    return study_sampler(base, seed, space(), UpToG(), sampler=make_sampler("tpe", seed, **opts))
 
 
 def trajectory(variant: str, seed: int, grid: dict, cap: int, direction: str, landscape: int | None = None,
@@ -283,7 +280,6 @@ def main() -> int:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPESampler(group=True)
-    warnings.filterwarnings("ignore", message="`gamma` has been deprecated", category=FutureWarning)  # tpe-top*
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")

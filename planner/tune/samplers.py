@@ -24,9 +24,9 @@ def good_trials(n: int, share: float = TPE_GOOD_SHARE) -> int:
     return min(math.ceil(share * n), TPE_GOOD_MAX)
 
 
-def make_sampler(name: str, seed: int):
+def make_sampler(name: str, seed: int, **tpe):
     """The Optuna sampler ``--sampler`` names: multivariate TPE (joint over the parameters, good group
-    :func:`good_trials`) or random."""
+    :func:`good_trials`) or random. ``tpe``: TPESampler arguments that replace these (benchmarks of other options)."""
     import warnings
 
     import optuna
@@ -35,8 +35,8 @@ def make_sampler(name: str, seed: int):
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():  # Optuna 4.9 deprecated `gamma`, to go in 6.0: pyproject holds optuna < 6
         warnings.filterwarnings("ignore", message="`gamma` has been deprecated", category=FutureWarning)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS, multivariate=True,
-                                           gamma=good_trials)
+        return optuna.samplers.TPESampler(**{"seed": seed, "n_startup_trials": TPE_STARTUP_TRIALS,
+                                              "multivariate": True, "gamma": good_trials, **tpe})
 
 
 def study_sampler(name: str, seed: int, space, gate, sampler=None):
