@@ -27,7 +27,8 @@ SECTION_TEXT = {
               "layer a sampler may draw (with embeddings frozen, backpropagation stops there).",
     "importance": "Per-layer sampling weights recorded during training by adaptive scorers (one map per scorer, its "
                   "best trial).",
-    "history": "The metric of each trained trial in the order they ran (confirmation runs marked), and the best search trial so far.",
+    "history": "The metric of each trained trial in the order they ran (confirmation runs marked), and the best "
+               "search trial so far.",
     "savings": "Peak memory saved against full fine-tuning, and metric differences against LoRA and LISA's defaults.",
 }
 
