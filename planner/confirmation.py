@@ -43,3 +43,7 @@ class Confirmation(BaseModel):
     steps: int
     candidates: list[ConfirmedRun]
     margins: list[Margin] = Field(default_factory=list)
+    separated: bool | None = Field(None, description=(
+        "whether the tuned plan's margin over the runner-up or over a trained baseline exceeds the seed noise "
+        "(False: the scores cannot tell the plans apart; None: nothing to compare, or one seed measures no noise)"))
+    verdict: str | None = Field(None, description="that comparison in one line")

@@ -126,4 +126,6 @@ def run(args) -> int:
             f"#{p['trial']} {p['metric']:.4f} @ {human_bytes(p['predicted_peak_bytes'])}" for p in result.pareto))
     console.print(f"plan written to {result.plan_path}; study {plan.study_name!r} in {plan.storage} "
                   f"(browse: optuna-dashboard {plan.storage})")
-    return 0
+    from planner.tune.summary import exit_code
+
+    return exit_code(plan)  # 1 when confirmation found no signal: the plan is written, its verdict says so

@@ -16,6 +16,12 @@ It exceeds the seed noise when ``|margin| > 2·SE``, ``SE = sqrt(s_a²/n_a + s_b
 standard error of a difference of means; s: the sample std over seeds, n: seeds). Example: means 0.80
 and 0.74, stds 0.03 and 0.05 over 3 seeds: SE = sqrt(0.0009/3 + 0.0025/3) = 0.034, 2·SE = 0.067 >
 0.06: within the seed noise.
+
+Signal: before the plan is named, the tuned plan (the best confirmed mean) is compared, by the same
+rule, with the runner-up (the next best confirmed candidate, searched or baseline) and with every
+confirmed baseline. When none of these margins exceeds 2·SE the scores cannot tell the plans apart:
+the record says so (``separated`` False and a one-line ``verdict``), and `planner tune` prints that
+line and exits with 1. With one seed no noise is measured (``separated`` None).
 """
 
 from __future__ import annotations
@@ -302,6 +308,33 @@ def margins(runs: list[Confirmed], best: Confirmed, trials, direction: str) -> l
     return out
 
 
+def signal_verdict(runs: list[Confirmed], best: Confirmed, direction: str) -> tuple[bool | None, str]:
+    """(separated, one line): whether the tuned plan ``best`` is ahead of the runner-up or of any confirmed baseline
+    by more than the seed noise (see the module docstring); None when there is nothing to compare or no noise."""
+    others = [r for r in runs if r.complete and r.source.number != best.source.number]
+    compared = {}
+    runner = best_confirmed(others, direction)
+    if runner is not None:
+        compared[runner.source.number] = runner
+    for r in others:
+        if r.source.user_attrs.get("kind", SEARCH) != SEARCH:
+            compared[r.source.number] = r
+    if not compared:
+        return None, "signal not measured: no other confirmed plan to compare the tuned plan with"
+    if min(len(r.metrics) for r in (best, *compared.values())) < 2:
+        return None, "signal not measured: one confirmation seed measures no seed noise (--confirm-seeds 2 or more)"
+    rows = [(_name(r.source), *margin(best, r, direction)) for r in compared.values()]
+    ahead = [(name, diff, noise) for name, diff, noise, verdict in rows if verdict == BEYOND]
+    if ahead:
+        return True, (f"signal: the tuned plan ({_name(best.source)}) is ahead beyond the seed noise of " + ", ".join(
+            f"{name} by {diff:.4f} > {noise:.4f}" for name, diff, noise in ahead) + " (margin > 2 standard errors)")
+    name, diff, noise = max(((n, d, e) for n, d, e, _v in rows), key=lambda row: row[1] - row[2])
+    return False, (f"no signal: the tuned plan ({_name(best.source)}) is not ahead of {', '.join(n for n, *_ in rows)} "
+                   f"beyond the seed noise (closest: {name} by {diff:+.4f}, 2 standard errors {noise:.4f}); the "
+                   f"scores cannot tell these plans apart: train longer (--steps), confirm with more seeds "
+                   f"(--confirm-seeds) or use other data (--data)")
+
+
 def confirmation_record(trials, best: Confirmed, *, seed: int, steps: int, direction: str) -> Confirmation:
     """What the plan file carries: every candidate's seeds, mean and std, and the margins over the baselines."""
     runs = confirmed(trials)
@@ -311,8 +344,10 @@ def confirmation_record(trials, best: Confirmed, *, seed: int, steps: int, direc
     cands = [ConfirmedRun(name=_name(r.source), kind=r.source.user_attrs.get("kind", SEARCH), trial_number=r.source.number,
                           learning_rate=float(r.source.params["lr"]), predicted_peak_bytes=r.peak, metrics=r.metrics,
                           failed=r.failed, mean=r.mean, std=r.std) for r in runs]
+    top = next((r for r in runs if r.source.number == best.source.number), best)
+    separated, verdict = signal_verdict(runs, top, direction)
     return Confirmation(seeds=[confirm_seed(seed, i) for i in range(n)], steps=steps, candidates=cands,
-                        margins=margins(runs, best, trials, direction))
+                        margins=margins(runs, best, trials, direction), separated=separated, verdict=verdict)
 
 
 def report_lines(trials, direction: str, metric_name: str) -> list[str]:
@@ -332,4 +367,5 @@ def report_lines(trials, direction: str, metric_name: str) -> list[str]:
     for m in margins(runs, top, trials, direction):
         out.append(f"vs {m.baseline} ({human_bytes(m.baseline_peak_bytes)}): " + (m.verdict if m.margin is None else
                    f"{m.versus} at {human_bytes(m.versus_peak_bytes)} {m.margin:+.4f} (2 standard errors {m.noise:.4f}): {m.verdict}"))
+    out.append(signal_verdict(runs, top, direction)[1])
     return out

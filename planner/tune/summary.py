@@ -76,4 +76,17 @@ def confirmation_lines(plan) -> list[str]:
             out.append(f"vs {m.baseline} at its best learning rate ({human_bytes(m.baseline_peak_bytes)}): {m.versus} "
                        f"({human_bytes(m.versus_peak_bytes)}) {'wins' if m.margin > 0 else 'loses'} by {m.margin:+.4f}, "
                        f"2 standard errors {m.noise:.4f}: {m.verdict}")
+    if conf.verdict:
+        out.append(conf.verdict)
     return out
+
+
+def no_signal(plan) -> bool:
+    """Whether confirmation found the tuned plan ahead of nothing beyond the seed noise (planner.tune.confirm)."""
+    return plan.confirmation is not None and plan.confirmation.separated is False
+
+
+def exit_code(plan) -> int:
+    """`planner tune`'s exit code once the plan is written: 1 when its scores have no signal, as for a study whose
+    trials all scored the same (planner.tune.result.NoSignal), else 0."""
+    return 1 if no_signal(plan) else 0
