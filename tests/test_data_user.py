@@ -59,7 +59,7 @@ def test_jsonl_pairs_with_local_model(model_dir, tmp_path):
     data = _write_jsonl(tmp_path / "d.jsonl", rows)
     wl = load_workload(model_dir, data, seed=0)
     assert wl.name == data and wl.model_source == model_dir
-    assert wl.metric_name == "accuracy" and wl.direction == "maximize"
+    assert wl.metric_name == "eval_loss" and wl.direction == "minimize" and wl.has_targets  # accuracy beside it
     assert wl.spec.num_layers == 2 and wl.spec.model_type == "llama"
     assert len(wl.held_out) == 3 and len(wl.train) == 27 and wl.batch_size == 8
     targets = {e.target for e in wl.train} | {e.target for e in wl.held_out}
@@ -77,7 +77,7 @@ def test_jsonl_pairs_with_local_model(model_dir, tmp_path):
         next(wl.train_batches(0, seed=0))
     model = wl.new_model(0)
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.use_cache is False
-    assert wl.evaluate(model) == greedy_accuracy(wl, wl.new_model(0))
+    assert wl.evaluate(model, metric="accuracy") == greedy_accuracy(wl, wl.new_model(0))
     # the split is deterministic by seed and changes with it
     again = load_workload(model_dir, data, seed=0)
     assert [e.prompt for e in again.held_out] == [e.prompt for e in wl.held_out]
@@ -93,10 +93,10 @@ def test_csv_and_json_field_pairs(model_dir, tmp_path, fields):
         w.writerow(fields)
         w.writerows(_pairs(20))
     wl = load_workload(model_dir, str(path), max_examples=12)
-    assert wl.metric_name == "accuracy" and len(wl.train) + len(wl.held_out) == 12
+    assert wl.metric_name == "eval_loss" and wl.has_targets and len(wl.train) + len(wl.held_out) == 12
     jpath = tmp_path / "d.json"
     jpath.write_text(json.dumps([{fields[0]: p, fields[1]: a} for p, a in _pairs(20)]))
-    assert load_workload(model_dir, str(jpath)).metric_name == "accuracy"
+    assert load_workload(model_dir, str(jpath)).metric_name == "eval_loss"
 
 
 def test_text_file_is_an_eval_loss_workload(model_dir, tmp_path):
@@ -127,9 +127,9 @@ def test_text_file_is_an_eval_loss_workload(model_dir, tmp_path):
 
 def test_model_without_data_gets_the_builtin_task(model_dir):
     wl = load_workload(model_dir, None, max_examples=40)
-    assert wl.name == "default:maximum" and wl.metric_name == "accuracy" and wl.model_source == model_dir
+    assert wl.name == "default:maximum" and wl.metric_name == "eval_loss" and wl.model_source == model_dir
     assert len(wl.held_out) == 4 and len(wl.train) == 36 and wl.batch_size == 32
-    assert wl.evaluate(wl.new_model(0)) == greedy_accuracy(wl, wl.new_model(0))
+    assert wl.evaluate(wl.new_model(0), metric="accuracy") == greedy_accuracy(wl, wl.new_model(0))
 
 
 def test_data_errors_are_one_line(model_dir, tmp_path):
@@ -184,13 +184,13 @@ def test_data_without_model_uses_the_default_model(tmp_path, monkeypatch):
     data = _write_jsonl(tmp_path / "d.jsonl", [{"question": p, "answer": a} for p, a in _pairs(20)])
     wl = load_workload(None, data)
     assert wl.model_source == str(ensure_default_model(tiny, progress=False))
-    assert wl.spec.num_layers == 2 and wl.metric_name == "accuracy"
+    assert wl.spec.num_layers == 2 and wl.metric_name == "eval_loss"
     assert asked == [32]  # the default recipe's depth when no target asks for another
     tok = CharTokenizer()
     e = wl.train[0]
     assert list(e.prompt) == tok.encode(tok.decode(e.prompt), bos=True)  # same ids as the built-in tokenizer
     assert tok.decode(e.prompt).startswith("double ") and tok.decode(e.prompt).endswith("\n")
-    assert wl.evaluate(wl.new_model(0)) == greedy_accuracy(wl, wl.new_model(0))
+    assert wl.evaluate(wl.new_model(0), metric="accuracy") == greedy_accuracy(wl, wl.new_model(0))
 
 
 def test_accuracy_matches_a_greedy_decode_of_a_trained_model(model_dir, tmp_path):
@@ -206,7 +206,7 @@ def test_accuracy_matches_a_greedy_decode_of_a_trained_model(model_dir, tmp_path
         opt.zero_grad()
     expected = greedy_accuracy(wl, model)
     assert 0 < expected  # learned at least the majority answer: the comparison below is not 0 == 0
-    assert wl.evaluate(model) == expected
+    assert wl.evaluate(model, metric="accuracy") == expected
 
 
 def test_presets_never_reach_the_hub_when_fine_tuning(model_dir, tmp_path, monkeypatch):

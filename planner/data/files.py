@@ -1,9 +1,11 @@
 """Users' data: records from a local JSONL/JSON/CSV/TSV/text file, or a ``datasets`` name.
 
-Each record becomes a prompt/answer pair from the first field pair present:
-``instruction``/``response``, ``prompt``/``completion``, ``question``/``answer`` (an optional
-``input`` field is appended to the prompt), else a ``text`` field (eval-loss workloads).
-Lines (or blank-line-separated paragraphs) of a ``.txt``/``.md`` file are ``text`` records.
+Each record becomes a prompt/answer pair: a ``messages`` list of chat turns (``role`` and
+``content``; the last turn, the assistant's, is the answer and the turns before it the prompt),
+else the first field pair present: ``instruction``/``response``, ``prompt``/``completion``,
+``question``/``answer`` (an optional ``input`` field is appended to the prompt), else a ``text``
+field (the loss is then on all of it). Lines (or blank-line-separated paragraphs) of a
+``.txt``/``.md`` file are ``text`` records.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from planner.errors import PlannerError
 PAIR_FIELDS = (("instruction", "response"), ("prompt", "completion"), ("question", "answer"))
 INPUT_FIELD = "input"
 TEXT_FIELD = "text"
+MESSAGES_FIELD = "messages"
+ROLES = ("system", "user", "assistant")
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".txt": "text", ".md": "text"}
 
 
@@ -90,13 +94,44 @@ def _text(value) -> str | None:
     return value if value.strip() else None
 
 
-def to_pairs(records: list[dict], data: str) -> tuple[str, list[tuple[str, str | None]]]:
-    """``(kind, [(prompt, answer)])``: kind ``"pairs"`` (answer to match) or ``"text"`` (prompt is empty).
+def _chat(record: dict, n: int, data: str) -> tuple[tuple[dict, ...], str] | None:
+    """(turns before the answer, the answer) of a ``messages`` record; None when it has none."""
+    turns = record.get(MESSAGES_FIELD)
+    if turns is None:
+        return None
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and t.get("role") in ROLES and isinstance(t.get("content"), str)
+                                              for t in turns):
+        raise PlannerError(f"--data {MESSAGES_FIELD} must be a list of turns with a role ({', '.join(ROLES)}) and a text "
+                           f"content, but record {n} of {data!r} is not")
+    if not turns or turns[-1]["role"] != "assistant" or len(turns) < 2:
+        last = turns[-1]["role"] if turns else "nothing"
+        raise PlannerError(f"--data {MESSAGES_FIELD} must end with the assistant's answer after at least one turn, but "
+                           f"record {n} of {data!r} ends with {last!r}")
+    answer = _text(turns[-1]["content"])
+    return None if answer is None else (tuple({"role": t["role"], "content": t["content"]} for t in turns[:-1]), answer)
 
-    The field pair is the first of :data:`PAIR_FIELDS` that the records have; records whose
-    fields are empty are skipped.
+
+def _user_turn(record: dict) -> tuple[tuple[dict, ...], str] | None:
+    """The first field pair of :data:`PAIR_FIELDS` in ``record`` as one user turn and its answer, else None."""
+    for p_field, a_field in PAIR_FIELDS:
+        prompt, answer = _text(record.get(p_field)), _text(record.get(a_field))
+        if prompt is not None and answer is not None:
+            extra = _text(record.get(INPUT_FIELD))
+            return ({"role": "user", "content": prompt + ("\n" + extra if extra else "")},), answer
+    return None
+
+
+def to_pairs(records: list[dict], data: str) -> tuple[str, list[tuple]]:
+    """``(kind, [(prompt, answer)])``: kind ``"chat"`` (prompt: the turns before the answer), ``"pairs"``
+    (prompt: a string) or ``"text"`` (prompt is empty).
+
+    ``messages`` records come first (where some records have turns, the others' field pairs become
+    one user turn each), then the first field pair of :data:`PAIR_FIELDS` that the records have;
+    records whose fields are empty are skipped.
     """
     fields = set().union(*(r.keys() for r in records)) if records else set()
+    if MESSAGES_FIELD in fields:  # records without turns may still hold a field pair: one user turn each
+        return "chat", [pair for n, r in enumerate(records, 1) if (pair := _chat(r, n, data) or _user_turn(r)) is not None]
     for p_field, a_field in PAIR_FIELDS:
         if p_field in fields and a_field in fields:
             pairs = []
@@ -109,5 +144,5 @@ def to_pairs(records: list[dict], data: str) -> tuple[str, list[tuple[str, str |
             return "pairs", pairs
     if TEXT_FIELD in fields:
         return "text", [("", t) for t in (_text(r.get(TEXT_FIELD)) for r in records) if t is not None]
-    wanted = ", ".join(f"{a}/{b}" for a, b in PAIR_FIELDS) + f" or {TEXT_FIELD}"
+    wanted = f"{MESSAGES_FIELD}, " + ", ".join(f"{a}/{b}" for a, b in PAIR_FIELDS) + f" or {TEXT_FIELD}"
     raise PlannerError(f"--data records must have the fields {wanted}, but {data!r} has {sorted(fields) or 'no fields'}")

@@ -10,10 +10,15 @@
 - ``data`` (see :mod:`planner.data.files`): without ``model`` the default model trains on it;
   ``builtin:<task>`` names a built-in task (:data:`planner.data.tasks.TASKS`) instead of a file.
 
+Rendering: where the model's tokenizer has a chat template, a prompt/answer pair is a user turn
+and the assistant's answer, and a ``messages`` record its own turns, rendered by that template
+(:func:`render_chat`); without one the prompt, a newline and the answer (chat records need a
+template). The loss is on the answer's tokens only (the prompt's labels are -100).
+
 Held-out split: a ``random.Random(seed)`` shuffle; 10% of the examples (at least 2, at most
-256) are held out. Metric: exact-match accuracy of the greedy answer (maximize) for
-prompt/answer data and built-in tasks with a model of your own; mean eval loss per answer token
-(minimize) for text and for the default model (:data:`planner.data.default.DEFAULT_METRIC`).
+256) are held out. Metric: the held-out eval loss, mean cross-entropy per answer token (nats,
+minimize), for every workload; where examples have an answer to match (prompt/answer and chat
+data, built-in tasks) the exact-match accuracy of the greedy answer is reported beside it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import random
 from pathlib import Path
 
 from planner.data.default import BATCH_SIZE, DEFAULT_TASK, default_workload, split_sizes, task_examples
-from planner.data.files import read_records, to_pairs
+from planner.data.files import MESSAGES_FIELD, read_records, to_pairs
 from planner.data.pretrain import ensure_default_model, quiet_transformers, recipe_for
 from planner.data.tasks import TASKS
 from planner.data.workload import Example, Workload
@@ -91,7 +96,7 @@ def load_workload(model: str | None = None, data: str | None = None, *, seed: in
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
     return Workload(name=name, spec=spec, model_source=source, train=train, held_out=held_out,
                     model_factory=lambda s: copy.deepcopy(base), decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
-                    pad_id=pad, eos_id=eos, metric_name="accuracy" if kind == "pairs" else "eval_loss",
+                    pad_id=pad, eos_id=eos, metric_name="eval_loss",
                     batch_size=BATCH_SIZE if data is None else USER_BATCH_SIZE)
 
 
@@ -153,16 +158,41 @@ def _load_model(model: str):
     return base.train(), tok, ModelSpec(model, base.config)  # the name as given (a GGUF file, a preset)
 
 
+def render_chat(tok, turns, answer: str) -> tuple[str, str]:
+    """(prompt text, answer text) of ``turns`` and the assistant's ``answer`` by the tokenizer's chat template:
+    the prompt ends with the assistant's header; the answer is the rest (its end-of-turn marker included)."""
+    turns = [dict(t) for t in turns]
+    try:
+        head = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(turns + [{"role": "assistant", "content": answer}], tokenize=False)
+    except Exception as exc:  # noqa: BLE001 - a template that rejects the turns (roles it does not know, say)
+        raise PlannerError(f"--data turns must be ones the model's chat template renders, but it failed: {exc}") from None
+    if not full.startswith(head):  # the answer's tokens are the conversation's tail: the template must allow it
+        raise PlannerError("the model's chat template must render a conversation as its prompt followed by the answer, "
+                           f"but {full[:80]!r} does not start with {head[:80]!r}")
+    return head, full[len(head):]
+
+
 def _tokenize(pairs, kind: str, tok, sep: str, max_seq_len: int) -> list[Example]:
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    chat = bool(getattr(tok, "chat_template", None))
+    if kind == "chat" and not chat:
+        raise PlannerError(f"--data {MESSAGES_FIELD} records need a model whose tokenizer has a chat template, but this "
+                           f"one has none: give prompt/completion records")
     out = []
     for prompt, answer in pairs:
         if kind == "text":
             ids = tok(answer, add_special_tokens=True)["input_ids"][: max_seq_len - len(eos)] + eos
             out.append(Example((), tuple(ids), None))
             continue
-        p = tok(prompt + sep, add_special_tokens=True)["input_ids"]
-        a = tok(answer, add_special_tokens=False)["input_ids"] + eos
+        if chat:  # the template writes the special tokens itself (BOS, turn markers, end of turn)
+            turns = prompt if kind == "chat" else ({"role": "user", "content": prompt},)
+            head, tail = render_chat(tok, turns, answer)
+            p = tok(head, add_special_tokens=False)["input_ids"]
+            a = tok(tail, add_special_tokens=False)["input_ids"]
+        else:
+            p = tok(prompt + sep, add_special_tokens=True)["input_ids"]
+            a = tok(answer, add_special_tokens=False)["input_ids"] + eos
         if len(p) + len(a) <= max_seq_len:
             out.append(Example(tuple(p), tuple(a), answer))
     return out
