@@ -133,6 +133,34 @@ def test_fused_and_efficient_attention_bytes(row):
     assert abs(backward - row["backward_peak_above_start"]) <= 512  # the 4-byte grad seed's block
 
 
+def test_fused_attention_without_gradients_allocates_no_log_sum_exp():
+    """A frozen layer below every trained one: no SDPA input needs a gradient, so ``should_compute_logsumexp``
+    (aten/src/ATen/native/transformers/attention.cpp) is false and cuDNN allocates no softmax stats; with
+    gradients the float32 (b, h, s) log-sum-exp is made and kept for the backward."""
+    import torch.nn.functional as F
+
+    from planner.cost import LiveBytesTracker
+    from planner.cost.kernels import cuda_kernels
+
+    class Recorder(LiveBytesTracker):
+        def _change(self, aid, delta):
+            super()._change(aid, delta)
+            self.made = getattr(self, "made", []) + ([delta] if delta > 0 else [])
+
+    b, h, s, d = 2, 16, 1024, 64
+    lse_bytes = b * h * s * 4
+    for needs_grad in (False, True):
+        q, k, v = (torch.empty(b, s, h, d, dtype=torch.bfloat16).transpose(1, 2).requires_grad_(needs_grad)
+                   for _ in range(3))
+        with Recorder() as t, cuda_kernels():
+            t.track([q, k, v])
+            before, t.made = t.current_bytes, []
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            kept = t.current_bytes - before
+        assert (lse_bytes in t.made) == needs_grad
+        assert kept == out.nbytes + (lse_bytes + 2 * 8 if needs_grad else 0)  # output (+ lse, Philox seed and offset)
+
+
 def test_math_attention_allocations_follow_the_cuda_history():
     """float32 grouped-query SDPA (math kernel): the emulated alloc/free sequence equals the allocator
     history recorded on the H200, once its two cuBLAS workspaces (first matmul of each thread) are left out."""

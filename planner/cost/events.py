@@ -7,7 +7,8 @@ frees, each free naming what it frees in a way that holds at any depth:
 - ``["self", k]``: the k-th allocation of this segment;
 - ``["fwd", k]``: the k-th allocation of this layer's forward (saved for its backward);
 - ``["out"]``: the previous layer's output (this layer's input);
-- ``["top"]``: the top layer's output (freed by the head);
+- ``["top"]``: the top layer's output (freed by the head's forward, or by its backward when the
+  final norm saves its input, as LayerNorm does);
 - ``["in", m]``: the m-th allocation the previous backward segment handed down (the gradient
   flowing to this layer);
 - ``["seg", name, k]``: the k-th allocation of a segment outside the layers (rotary tables,
@@ -74,6 +75,8 @@ def templates(events, marks, roles, input_ids, last_output, grad_ids) -> dict:
     for lab, ks in handed.items():
         out[lab]["outgoing"] = sorted(ks)
     top_out = outputs.get(n - 1)
+    x0 = input_ids.get(0)
+    x0_freed_in = next((label_of[i] for i, (aid, delta) in enumerate(events) if delta < 0 and aid == x0), None)
     seen: set[int] = set()
     for i, (aid, delta) in enumerate(events):
         lab = label_of[i]
@@ -94,7 +97,7 @@ def templates(events, marks, roles, input_ids, last_output, grad_ids) -> dict:
             ref = ["fwd", k]
         elif cur_layer is not None and src_layer == cur_layer - 1 and src.startswith("fwd:") and outputs.get(src_layer) == aid:
             ref = ["out"]
-        elif lab == "fwd:head" and aid == top_out:
+        elif lab in ("fwd:head", "bwd:head") and aid == top_out:
             ref = ["top"]
         elif lab == "fwd:head" and src.startswith("fwd:") and src_layer is not None:
             out[src]["deferred"].append(k)
@@ -115,9 +118,28 @@ def templates(events, marks, roles, input_ids, last_output, grad_ids) -> dict:
         phase = lab.split(":")[0]
         if i == 0:
             result[f"{phase}0:{roles[0]}"] = tmpl
-        if i > 0 or f"{phase}:{roles[i]}" not in result:
+        if i > 0:
             result[f"{phase}:{roles[i]}"] = tmpl
+        elif f"{phase}:{roles[i]}" not in result:  # until a layer above position 0 has this role
+            result[f"{phase}:{roles[i]}"] = _above_layer0(tmpl, where.get(x0), x0_freed_in) if phase == "fwd" else tmpl
     return result
+
+
+def _above_layer0(tmpl: dict, x0: tuple[str, int] | None, x0_freed_in: str | None) -> dict:
+    """Layer 0's forward template as it runs above layer 0, where its input is the previous layer's
+    output. Layer 0 frees its input (the embeddings output) through a reference to the embedding
+    segment, or not at all when the model's forward holds it until it returns (then the head's
+    forward frees it); above layer 0 only the model's loop variable holds the input besides the
+    layer, so it goes as the layer returns, after the layer's own last free. Without this, a role
+    traced at layer 0 only (FB below a T0) would keep every input at depth: a hidden state a layer."""
+    if x0 is None or x0[0] != "fwd:embed":
+        return tmpl
+    ref = ["f", "seg", NAMES["fwd:embed"], x0[1]]
+    if ref in tmpl["ev"]:  # freed inside layer 0's forward: at the same point above it
+        return {**tmpl, "ev": [["f", "out"] if e == ref else e for e in tmpl["ev"]]}
+    if x0_freed_in == "fwd:head":
+        return {**tmpl, "ev": tmpl["ev"] + [["f", "out"]]}
+    return tmpl  # kept for a backward: left as traced (such roles are traced above layer 0 too)
 
 
 def step_ops(fam, roles: list[int], marks: list[int] | None = None) -> tuple[list[int], int, list[int]]:
@@ -190,7 +212,7 @@ def step_ops(fam, roles: list[int], marks: list[int] | None = None) -> tuple[lis
             if alive[g]:
                 alive[g] = 0
                 ops.append(-g - 1)
-    ids = seg_ids["head_bwd"] = emit(ev["head_bwd"])
+    ids = seg_ids["head_bwd"] = emit(ev["head_bwd"], out_gid=outputs[-1])
     handed = handed_down(ev["head_bwd"], ids)
     for i in reversed(range(n)):
         if roles[i] == FB:

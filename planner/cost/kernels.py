@@ -14,9 +14,12 @@ bytes ``memory_allocated`` shows; tests/fixtures/gpu-truth/h200-sdpa.json):
   tensors) and the additive mask when one is given; dropout is RNG state, no mask tensor.
   Backward: dq, dk, dv like q, k, v; a float32 dq accumulator (b, s, h, d) and ``softmax_d``
   (b, h, s); with grouped-query heads dk/dv expanded to every query head (b, s, h, d) before the
-  sum over the group.
+  sum over the group. When no input needs a gradient (a frozen layer below every trained one),
+  ``should_compute_logsumexp`` in ``attention.cpp`` is false and cuDNN allocates no log-sum-exp
+  (flash-attention, off Hopper, would still make one: a transient of b·h·s floats).
 - **memory-efficient** (cutlass ``fmha``): float32 with equal query and key/value heads, masks
-  allowed. Keeps the output and a float32 log-sum-exp (b, h, s32) (s32: s rounded up to 32).
+  allowed. Keeps the output and a float32 log-sum-exp (b, h, s32) (s32: s rounded up to 32), made
+  with no rows when no input needs a gradient.
   Backward: dq/dk/dv (one (b, s, 3, h, d) chunk when q, k, v are views of one tensor, as gpt2's
   fused ``c_attn``), a float32 workspace (b, h, s64·d64 + s64) and ``delta`` (b, h, s).
 - **math** otherwise (float32 with grouped-query heads: the fused kernel needs 16-bit, the
@@ -75,12 +78,13 @@ class _KernelAttention(torch.autograd.Function):
     """Fused or memory-efficient attention: the allocations of the CUDA kernels, no values."""
 
     @staticmethod
-    def forward(ctx, query, key, value, backend, mask):
+    def forward(ctx, query, key, value, backend, mask, compute_log_sumexp):
         b, h, s, _ = query.shape
         dv = value.shape[-1]
         out = query.new_empty((b, s, h, dv)).transpose(1, 2)
         rows = s if backend == "fused" else _round(s, EFF_LSE_ALIGN)
-        lse = query.new_empty((b, h, rows), dtype=torch.float32)
+        # without it, cuDNN allocates no softmax stats and the memory-efficient kernel a (b, h, 0) tensor (no block)
+        lse = query.new_empty((b, h, rows if compute_log_sumexp else 0), dtype=torch.float32)
         rng = [query.new_empty((), dtype=torch.int64) for _ in range(RNG_STATE_TENSORS)] if backend == "fused" else []
         ctx.backend = backend
         storage = query.untyped_storage()  # one Python object per storage, for real and fake tensors
@@ -112,7 +116,7 @@ class _KernelAttention(torch.autograd.Function):
             work = query.new_empty((b * h * (rows * _round(d, EFF_BLOCK) + rows),), dtype=f32)
             delta = query.new_empty((b, h, s), dtype=f32)
             del work, delta
-        return dq, dk, dv, None, None
+        return dq, dk, dv, None, None, None
 
 
 class _SafeSoftmax(torch.autograd.Function):
@@ -176,7 +180,9 @@ def cuda_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     backend = sdpa_backend(query, key, value, attn_mask, enable_gqa)
     if backend == "math":
         return _math_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    return _KernelAttention.apply(query, key, value, backend, attn_mask)
+    # attention.cpp's should_compute_logsumexp: the log-sum-exp is kept for a backward only
+    compute_log_sumexp = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    return _KernelAttention.apply(query, key, value, backend, attn_mask, compute_log_sumexp)
 
 
 class _NativeDropout(torch.autograd.Function):
