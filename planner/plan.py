@@ -51,8 +51,29 @@ class ProxyInfo(BaseModel):
     batch_size: int = Field(ge=1)
 
 
+class TrainingData(BaseModel):
+    """The data the study trained on, as exports need it to train the same way (see :mod:`planner.data.files`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = Field(None, description="what --data named: a file (absolute) or a datasets name; None for a built-in task")
+    task: str | None = Field(None, description="the built-in task the study generated instead of reading a file")
+    format: Literal["jsonl", "json", "csv", "tsv", "text", "datasets", "builtin"] = Field(
+        description="the file format (by extension), a datasets name, or a generated built-in task")
+    fields: dict[str, str] = Field(default_factory=dict, description=(
+        "role -> record field as the loader found it: prompt and answer (and input when present) for "
+        "prompt/answer records, the loss on the answer only; text for plain text, the loss on all of it"))
+
+    @property
+    def is_text(self) -> bool:
+        return "text" in self.fields
+
+
 class Plan(BaseModel):
-    """A layer-wise fine-tuning plan: which layers train, how they are drawn, and what it costs."""
+    """A layer-wise fine-tuning plan: which layers train, how they are drawn, and what it costs.
+
+    ``data``, ``steps`` and ``train.seq_len`` are what exports need to run as written; plans written
+    before ``data`` and ``steps`` existed load with None there.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -86,6 +107,9 @@ class Plan(BaseModel):
     storage: str | None = None
     trial_number: int | None = None
     proxy: ProxyInfo | None = None
+    # what the exports train on: the study's data and its step count
+    data: TrainingData | None = None
+    steps: int | None = Field(None, ge=1, description="optimizer steps each trial trained (the exports' max_steps)")
     # the candidates re-trained with several seeds; ``metric`` is then the plan's mean over them
     confirmation: Confirmation | None = None
 

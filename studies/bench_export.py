@@ -1,11 +1,12 @@
 """Exports against their trainers' rules: what each target trains, draws and holds, per plan kind.
 
     python studies/bench_export.py | tee reports/bench_export.txt
+    python studies/bench_export_run.py | tee -a reports/bench_export.txt   # the same exports in the real trainers
 
 Every plan of the export contract test (tiny 4-layer llama, gpt2 and qwen2 models built from
 configs) is exported to every target, applied with the trainer's own rule (peft and BAdam as
-installed, axolotl/LMFlow/LLaMA-Factory rules reproduced from their code, see
-tests/trainer_rules.py) and trained 6 steps next to planner's own sampler. `says` is what the
+installed, axolotl/LMFlow/LLaMA-Factory/ms-swift rules reproduced from their code, see
+tests/trainer_rules.py and tests/trainer_rules_swift.py) and trained 6 steps next to planner's own sampler. `says` is what the
 export's loss lines name, `measured` what differs; optimizer state is the most held after any
 step (torch tensors' bytes on CPU), copies are weight copies the trainer keeps (BAdam's float32
 block, peft's modules_to_save). Then the LISA callbacks' optimizer state on a 6-layer llama
@@ -51,22 +52,23 @@ def matrix() -> None:
 def lisa_state(steps: int = 10) -> None:
     import trainer_rules
     from plan_factory import make_plan
-    from trainer_rules import run_axolotl, run_lmflow
+    from trainer_rules import run_axolotl, run_lmflow, run_swift
 
     from planner.config import TrainConfig
     from planner.export import get_exporter
 
     plan = make_plan(num_layers=6, active_layers=2, period=2, train=TrainConfig(active_layers=2), train_embeddings=False, train_head=False)
     trainer_rules.STEPS = steps
-    for target, runner in (("axolotl", run_axolotl), ("lmflow", run_lmflow), ("planner", None)):
+    for target, runner in (("axolotl", run_axolotl), ("lmflow", run_lmflow), ("swift", run_swift), ("planner", None)):
         if runner is None:
             run = trainer_rules.run_plan(plan)
         else:
             run = runner(plan, get_exporter(target).render(plan).files, Path(tempfile.mkdtemp()))
         layers = [sorted({int(n.split(".")[2]) for n in s if n.startswith("model.layers.")}) for s in run.trained]
         print(f"{target:8s} draws at {run.draws}, layers per step {layers}, most optimizer state {run.state_bytes:,} B")
-    line = next(l for l in get_exporter("axolotl").render(plan).lost if l.startswith("optimizer state"))
-    print(f"axolotl's loss line: {line}")
+    for target in ("axolotl", "swift"):
+        line = next(l for l in get_exporter(target).render(plan).lost if l.startswith("optimizer state"))
+        print(f"{target}'s loss line: {line}")
 
 
 if __name__ == "__main__":

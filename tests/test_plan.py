@@ -47,3 +47,20 @@ def test_plan_rejects_disagreeing_fields(tmp_path, kw, rule):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(PlannerError, match="must match the plan schema"):
         Plan.load(tmp_path / "bad.yaml")
+
+
+def test_plan_records_the_data_and_steps_and_older_plans_still_load(tmp_path):
+    from planner.plan import TrainingData
+
+    data = TrainingData(path="/d/train.jsonl", format="jsonl", fields={"prompt": "question", "answer": "answer"})
+    plan = consistent_plan(**_fields(data=data, steps=150))
+    again = Plan.load(plan.save(tmp_path / "p.yaml"))
+    assert again.data == data and again.steps == 150
+    older = plan.model_dump(mode="json")
+    del older["data"], older["steps"]
+    import yaml
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(older))
+    old = Plan.load(tmp_path / "old.yaml")
+    assert old.data is None and old.steps is None
+    with pytest.raises(ValueError, match="steps"):
+        Plan(**_fields(steps=0))

@@ -329,8 +329,15 @@ def run_peft(plan, files: dict[str, str], tmp: Path) -> Run:
     return run
 
 
+def run_swift(plan, files: dict[str, str], tmp: Path) -> Run:
+    """ms-swift 4.6.0 (installed in its own venv, not here): its rules, in trainer_rules_swift."""
+    from trainer_rules_swift import run_swift as run
+
+    return run(plan, files, tmp)
+
+
 RUNNERS = {"planner": run_planner, "hf": run_hf, "axolotl": run_axolotl, "lmflow": run_lmflow,
-           "llamafactory": run_llamafactory, "peft": run_peft}
+           "llamafactory": run_llamafactory, "peft": run_peft, "swift": run_swift}
 
 
 # -- comparison ------------------------------------------------------------------------------------

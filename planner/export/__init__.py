@@ -37,10 +37,11 @@ def export_plan(plan_path: str | Path, target: str, out_dir: str | Path | None =
     exporter = get_exporter(target)  # validate --to before reading the plan, so a typo is named first
     plan = Plan.load(plan_path)
     _check(plan)
+    out = Path(out_dir) if out_dir is not None else Path("export") / target
+    exporter.out_dir = out
     result = exporter.render(plan)
     if strict and result.lost:
         raise PlannerError(f"--strict: {target} cannot express this plan exactly: " + "; ".join(result.lost))
-    out = Path(out_dir) if out_dir is not None else Path("export") / target
     try:
         out.mkdir(parents=True, exist_ok=True)
         written = []

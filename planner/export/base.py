@@ -9,6 +9,7 @@ memory, it writes the nearest equivalent and says, one line per item, what is lo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from planner.errors import PlannerError
@@ -58,6 +59,7 @@ class Exporter:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    out_dir: "Path | None" = None  # where the files will be written, when known (a file may name another by path)
 
     def render(self, plan: "Plan") -> Export:
         raise NotImplementedError

@@ -95,6 +95,7 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
     """The best fitting trained trial as a Plan for ``target``, with every baseline next to it."""
     from optuna.trial import TrialState
 
+    from planner.export.data import training_data
     from planner.tune.mapping import proxy_params, target_lr
 
     workload = proxy.workload
@@ -163,6 +164,7 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
                         device=proxy.device, active_layers=small.gamma, min_depth=small.min_depth, learning_rate=params.lr,
                         batch_size=int(proxy_batch)),
         confirmation=record,
+        data=training_data(workload.name), steps=steps or None,
     )
     from planner.tune.lifecycle import interrupted
 

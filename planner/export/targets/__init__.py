@@ -1,3 +1,3 @@
 """One module per target trainer; importing this package registers them all."""
 
-from planner.export.targets import axolotl, hf, llamafactory, lmflow, peft, planner  # noqa: F401  (registration)
+from planner.export.targets import axolotl, hf, llamafactory, lmflow, peft, planner, swift  # noqa: F401  (registration)

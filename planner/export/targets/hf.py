@@ -15,6 +15,7 @@ import json
 
 from planner.export.base import (HF_OPTIM, Export, Exporter, fixed_layers, gamma, min_depth, model_id, model_loss, precision,
                                  register_exporter)
+from planner.export.data import output_dir
 
 ARGS_FILE = "training_args.json"
 SCRIPT_FILE = "train_layerwise.py"
@@ -24,7 +25,8 @@ SCRIPT = '''\
 \"\"\"Layer-wise fine-tuning of {model} with the Hugging Face Trainer (written by `planner export --to hf`).
 
 Plan: {summary}
-Usage: python train_layerwise.py --data FILE [--model MODEL_DIR_OR_ID] [--output-dir DIR] [--max-steps N]
+Usage: python train_layerwise.py [--data FILE] [--model MODEL_DIR_OR_ID] [--output-dir DIR] [--max-steps N]
+(--data defaults to what the study trained on: {data})
 --data takes what `planner tune --data` takes: .jsonl/.json/.csv/.tsv records with instruction/response,
 prompt/completion or question/answer (optional input; the loss is on the answer), or a text field,
 or a .txt/.md file (one example per line, or per paragraph).
@@ -73,7 +75,8 @@ def prepare(model, seed=0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=PLAN["model_id"], help="model directory or hub id (default: %(default)s)")
-    parser.add_argument("--data", required=True, help="training data, in any format `planner tune --data` reads")
+    parser.add_argument("--data", default=PLAN["data"], required=PLAN["data"] is None,
+                        help="training data, in any format `planner tune --data` reads (default: %(default)s)")
     parser.add_argument("--training-args", default=str(HERE / "{args_file}"), help="TrainingArguments JSON")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--max-steps", type=int, default=None)
@@ -129,7 +132,7 @@ def training_args(plan) -> dict:
     """``TrainingArguments`` keyword arguments for ``plan``."""
     bf16, fp16 = precision(plan)
     return {
-        "output_dir": "planner-hf-run",
+        "output_dir": output_dir("hf"),
         "learning_rate": plan.learning_rate,
         "per_device_train_batch_size": plan.train.batch_size,
         _checkpointing_key(): plan.train.gradient_checkpointing,
@@ -137,7 +140,7 @@ def training_args(plan) -> dict:
         "bf16": bf16,
         "fp16": fp16,
         "num_train_epochs": 1,
-        "max_steps": -1,
+        "max_steps": plan.steps or -1,  # -1: one epoch
         "logging_steps": 10,
         "save_strategy": "no",
         "report_to": "none",
@@ -172,6 +175,7 @@ def script_plan(plan) -> dict:
         "lora_rank": plan.lora_rank,
         "dtype": plan.train.dtype,
         "seq_len": plan.train.seq_len,
+        "data": plan.data.path if plan.data is not None and plan.data.path else None,
     }
 
 
@@ -191,7 +195,8 @@ class HFExporter(Exporter):
         sp = script_plan(plan)
         what = f"{sp['gamma']} of {plan.num_layers} layers ({plan.layers_attribute})"
         what += f", fixed {sp['scorer_options']['layers']}" if sp["scorer"] == "fixed" else f", scorer {plan.scorer!r}, re-drawn every {plan.period} steps"
-        script = SCRIPT.format(model=plan.model, summary=what, plan=_pyrepr(sp), args_file=ARGS_FILE)
+        script = SCRIPT.format(model=plan.model, summary=what, plan=_pyrepr(sp), args_file=ARGS_FILE, data=sp["data"])
+        # the script reads --data as planner does (every format); without a recorded file it requires --data
         return Export(self.name, {SCRIPT_FILE: script, ARGS_FILE: json.dumps(training_args(plan), indent=2) + "\n"}, model_loss(plan))
 
     def keys(self, filename: str, text: str) -> set[str]:

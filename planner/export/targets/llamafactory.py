@@ -16,18 +16,30 @@ Rules read in LLaMA-Factory's code (commit ff6d4d1) and BAdam 1.4:
   where ``(global_step + 1) % K == 0`` (so the first block trains K-1 steps), starts at block
   index ``start_block``, drops the optimizer state at each switch and keeps a float32 copy of
   the active block (``param.clone().float()``).
+- ``data/parser.py`` ``get_dataset_list``: ``dataset`` names an entry of ``dataset_dir/dataset_info.json``
+  (``file_name`` joined to ``dataset_dir``, so an absolute path stays itself; ``hf_hub_url``);
+  ``formatting: alpaca`` with ``columns`` ``prompt``/``query``/``response`` (a non-empty query is
+  appended to the prompt on its own line); ``stage: pt`` trains on all of the ``prompt`` column.
+  ``data/template.py``: the ``empty`` template writes the prompt, then the answer and EOS.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import yaml
 
 from planner.export.base import (DTYPE_BYTES, FP32_BYTES, HF_OPTIM, Export, Exporter, candidates, cyclic_order,
                                  fixed_layers, gamma, layer_state_bytes, lora_as_full_loss, min_depth, model_id, model_loss,
                                  outside_params, precision, register_exporter, scorer_kind)
+from planner.export.data import DataRef, data_of, output_dir
 from planner.export.names import arch_names
+
+CONFIG_FILE = "llamafactory.yaml"
+INFO_FILE = "dataset_info.json"  # LLaMA-Factory's DATA_CONFIG, read from dataset_dir
+DATASET = "planner_data"
 
 BADAM_BLOCK = r".*layers.[^.]*\."  # badam/block_optim.py infer_param_groups: layer_pattern
 
@@ -83,8 +95,9 @@ class LlamaFactoryExporter(Exporter):
 
     def render(self, plan) -> Export:
         bf16, fp16 = precision(plan)
-        cfg: dict = {"model_name_or_path": model_id(plan), "stage": "sft", "do_train": True}
-        lost: list[str] = model_loss(plan)
+        data = data_of(plan, "LLaMA-Factory")
+        cfg: dict = {"model_name_or_path": model_id(plan), "stage": "pt" if data.is_text else "sft", "do_train": True}
+        lost: list[str] = model_loss(plan) + data.lost
         kind = scorer_kind(plan)
         layers = fixed_layers(plan)
         if kind != "static" and not badam_blocks_found(plan):
@@ -95,14 +108,20 @@ class LlamaFactoryExporter(Exporter):
             self._freeze(plan, layers, cfg, lost)
         else:
             self._badam(plan, cfg, lost)
-        cfg.update(output_dir="saves/planner", learning_rate=plan.learning_rate, optim=HF_OPTIM[plan.train.optimizer],
-                   per_device_train_batch_size=plan.train.batch_size, cutoff_len=plan.train.seq_len, bf16=bf16, fp16=fp16)
+        # the export directory holds dataset_info.json: an absolute dataset_dir runs from anywhere
+        where = str(self.out_dir.resolve()) if self.out_dir is not None else "export/llamafactory"
+        cfg.update(dataset=DATASET, dataset_dir=where, template="empty", cutoff_len=plan.train.seq_len, max_steps=data.steps,
+                   output_dir=output_dir("llamafactory"), learning_rate=plan.learning_rate, optim=HF_OPTIM[plan.train.optimizer],
+                   per_device_train_batch_size=plan.train.batch_size, bf16=bf16, fp16=fp16, report_to="none")
+        if not data.is_text:
+            lost.append("data: LLaMA-Factory's 'empty' template joins prompt and answer without the newline planner puts between them")
         lost += self._dtype(plan, cfg, badam=layers is None)
         if not plan.train.gradient_checkpointing:
             cfg["disable_gradient_checkpointing"] = True
-        header = (f"# planner export --to llamafactory: plan for {plan.model} ({plan.num_layers} layers)\n"
-                  "# add your `dataset` and `template`, then: llamafactory-cli train llamafactory.yaml\n")
-        return Export(self.name, {"llamafactory.yaml": header + yaml.safe_dump(cfg, sort_keys=False)}, lost)
+        header = (f"# planner export --to llamafactory: plan for {plan.model} ({plan.num_layers} layers), {data.steps} steps on {data.path}\n"
+                  f"# run: llamafactory-cli train {CONFIG_FILE} (the dataset is described in {where}/{INFO_FILE})\n")
+        files = {CONFIG_FILE: header + yaml.safe_dump(cfg, sort_keys=False), INFO_FILE: json.dumps(dataset_info(data), indent=2) + "\n"}
+        return Export(self.name, files, lost)
 
     @staticmethod
     def _freeze(plan, layers: list[int], cfg: dict, lost: list[str]) -> None:
@@ -180,7 +199,21 @@ class LlamaFactoryExporter(Exporter):
         return [f"dtype: LLaMA-Factory loads the weights in {said}{kept}; the plan is for {what}"]
 
     def keys(self, filename: str, text: str) -> set[str]:
+        if filename == INFO_FILE:
+            return set()  # the dataset's description, not config keys
         return set(yaml.safe_load(text))
+
+
+def dataset_info(data: DataRef) -> dict:
+    """The ``dataset_info.json`` entry for ``data``: alpaca columns from planner's record fields."""
+    source = {"hf_hub_url": data.path} if data.format == "datasets" else {"file_name": str(Path(data.path))}
+    if data.is_text:
+        columns = {"prompt": data.fields["text"]}
+    else:
+        columns = {"prompt": data.fields["prompt"], "response": data.fields["answer"]}
+        if "input" in data.fields:
+            columns["query"] = data.fields["input"]
+    return {DATASET: {**source, "formatting": "alpaca", "columns": columns}}
 
 
 def _any_layer(names, params: list[str]) -> list[str]:

@@ -21,6 +21,7 @@ import shlex
 
 from planner.export.base import (HF_OPTIM, Export, Exporter, draw_loss, fixed_layers, gamma, lora_as_full_loss, model_id,
                                  model_loss, precision, register_exporter, stale_state_loss)
+from planner.export.data import data_of, output_dir
 
 
 def lmflow_layers_attribute(layers_attribute: str) -> str:
@@ -42,7 +43,9 @@ class LMFlowExporter(Exporter):
             ("lisa_interval_steps", plan.period),
             ("lisa_layers_attribute", lmflow_layers_attribute(plan.layers_attribute)),
         ]
+        data = data_of(plan, "LMFlow", formats=())
         args: list[tuple[str, object]] = lisa + [
+            ("max_steps", data.steps),
             ("learning_rate", plan.learning_rate),
             ("optim", HF_OPTIM[plan.train.optimizer]),
             ("per_device_train_batch_size", plan.train.batch_size),
@@ -53,7 +56,10 @@ class LMFlowExporter(Exporter):
             ("fp16", int(fp16)),
             ("do_train", 1),
         ]
-        lost = model_loss(plan)
+        lost = model_loss(plan) + [line for line in data.lost if "convert it" not in line]
+        # LMFlow reads a directory of its own JSON: {"type": "text2text", "instances": [{"input": ..., "output": ...}]}
+        lost.append(f"data: LMFlow reads a directory of its own JSON format ({{\"type\": \"text_only\" or \"text2text\", \"instances\": "
+                    f"[...]}}), not {data.path}; convert it and pass the directory as DATASET_DIR")
         if not every_layer:  # every layer at once is plain full fine-tuning, LMFlow's default
             lost += draw_loss(plan, "LMFlow LISA", f"--lisa_activated_layers {n} drawn uniformly from all {plan.num_layers} layers every {plan.period} steps")
             lost += stale_state_loss(plan, "LMFlow's LISA")
@@ -67,9 +73,10 @@ class LMFlowExporter(Exporter):
             "#!/usr/bin/env bash",
             f"# planner export --to lmflow: plan for {plan.model} ({plan.num_layers} layers); run from an LMFlow checkout",
             "# usage: bash lmflow_finetune.sh DATASET_DIR [OUTPUT_DIR] [MODEL]",
+            f"# data: the study trained on {data.path} ({data.steps} steps): DATASET_DIR holds it in LMFlow's JSON format",
             "set -euo pipefail",
             'DATASET="${1:?usage: lmflow_finetune.sh DATASET_DIR [OUTPUT_DIR] [MODEL]}"',
-            'OUTPUT="${2:-output_models/planner_lisa}"',
+            f'OUTPUT="${{2:-{output_dir("lmflow")}}}"',
             f'MODEL="${{3:-{model_id(plan)}}}"',
             "ARGS=(",
             '  --model_name_or_path "$MODEL"',

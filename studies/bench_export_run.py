@@ -1,0 +1,168 @@
+"""Exports run as written in the real trainers, each installed in its own virtual environment.
+
+    python studies/bench_export_run.py [--root DIR] [--only swift,llamafactory,axolotl] | tee -a reports/bench_export.txt
+
+A tiny llama (2 layers, hidden 64, built from a config with SmolLM2's tokenizer, saved with
+``save_pretrained``) and a 40-record instruction/response JSONL file stand in for a study's
+target and ``--data``. Each plan (LISA, a static layer set, LoRA) is written by
+``planner export`` into its own directory and run there with the trainer's own command
+(``bash swift_sft.sh``, ``llamafactory-cli train llamafactory.yaml``, ``axolotl train
+axolotl.yaml``), unchanged, on CPU with the trainer's venv first on PATH. Reported: the command,
+its exit code and time, the steps and last loss it logged, and which parameter groups of the
+saved model differ from the initial weights (a trainer that trained nothing it should not have,
+and everything it should, changes exactly the groups its export's loss lines allow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+VENVS = {"swift": "/tmp/venv-swift", "llamafactory": "/tmp/venv-llamafactory", "axolotl": "/tmp/venv-axolotl"}
+COMMANDS = {"swift": ["bash", "swift_sft.sh"], "llamafactory": ["llamafactory-cli", "train", "llamafactory.yaml"],
+            "axolotl": ["axolotl", "train", "axolotl.yaml"]}
+PLANS = {"swift": ["lisa", "static", "lora"], "llamafactory": ["lisa", "static"], "axolotl": ["lisa", "static"]}
+STEPS = 6
+TOKENIZER = Path.home() / ".cache/planner/gguf-SmolLM2-135M-Instruct.Q4_1-dc8497fee868857d"
+
+
+def build_model(root: Path) -> Path:
+    """A 2-layer llama with random weights (seed 0), saved with the SmolLM2 tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = root / "tiny-llama"
+    if (out / "model.safetensors").is_file():
+        return out
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def build_data(root: Path) -> Path:
+    """40 instruction/response records (sums of small numbers)."""
+    path = root / "sums.jsonl"
+    rows = [{"instruction": f"What is {a} plus {b}?", "response": str(a + b)} for a in range(1, 9) for b in range(1, 6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make(kind: str, model: Path, data: Path):
+    """The plan of ``kind`` for the tiny model, with the data and step count `planner tune` records."""
+    from plan_factory import consistent_plan
+
+    from planner.config import TrainConfig
+    from planner.export.data import training_data
+    from planner.plan import Breakdown
+
+    common = dict(model=str(model), model_type="llama", num_layers=2, layers_attribute="model.layers", learning_rate=1e-3,
+                  predicted_peak_bytes=1, breakdown=Breakdown(weights=1), data=training_data(str(data)), steps=STEPS)
+    seq = dict(seq_len=64, batch_size=2)
+    if kind == "lisa":  # one of two layers every 2 steps, embeddings frozen, head trained
+        return consistent_plan(**common, active_layers=1, period=2, scorer="uniform", train_embeddings=False,
+                               train=TrainConfig(active_layers=1, **seq))
+    if kind == "static":  # layer 1 and the head
+        return consistent_plan(**common, active_layers=1, period=1, scorer="fixed", layers=[1], train_embeddings=False,
+                               train=TrainConfig(layers=[1], **seq))
+    return consistent_plan(**common, active_layers=1, period=1, scorer="fixed", layers=[1], lora_rank=4,
+                           train_embeddings=False, train_head=False, train=TrainConfig(layers=[1], **seq))
+
+
+def groups(names: list[str]) -> list[str]:
+    """Parameter names as groups: layer N, embed, head, norm."""
+    out = set()
+    for n in names:
+        m = re.search(r"layers\.(\d+)\.", n)
+        out.add(f"layer {m.group(1)}" if m else "embed" if "embed_tokens" in n else "head" if "lm_head" in n else "norm" if "norm" in n else n)
+    return sorted(out)
+
+
+def changed(initial: Path, run_dir: Path) -> list[str] | str:
+    """Groups whose saved weights differ from the initial model's, from the newest model.safetensors under ``run_dir``."""
+    from safetensors.torch import load_file
+
+    saved = sorted(run_dir.rglob("model.safetensors"), key=lambda p: p.stat().st_mtime)
+    if not saved:
+        adapters = sorted(run_dir.rglob("adapter_model.safetensors"), key=lambda p: p.stat().st_mtime)
+        if adapters:
+            names = list(load_file(str(adapters[-1])))
+            return f"LoRA adapters only ({len(names)} tensors) in " + ", ".join(groups(names))
+        return "no saved model"
+    before, after = load_file(str(initial / "model.safetensors")), load_file(str(saved[-1]))
+    diff = [n for n in before if n in after and not before[n].equal(after[n].to(before[n].dtype))]
+    return groups(diff)
+
+
+def logged(text: str) -> str:
+    """Steps (the progress bar of the run's STEPS) and the last loss the trainer printed."""
+    losses = re.findall(r"['\"]?loss['\"]?\s*[:=]\s*['\"]?([0-9]+\.[0-9]+)", text)
+    bars = [done for done, total in re.findall(r"(\d+)/(\d+) \[", text) if int(total) == STEPS]
+    return f"steps {bars[-1] if bars else '?'}/{STEPS}, last loss {losses[-1] if losses else '?'}"
+
+
+def run(target: str, kind: str, root: Path, model: Path, data: Path) -> None:
+    from planner.export import export_plan
+
+    plan = make(kind, model, data)
+    where = root / f"{target}-{kind}"
+    plan_path = plan.save(where / "plan.yaml")
+    result = export_plan(plan_path, target, where / "export")
+    venv = Path(VENVS[target])
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv), "CUDA_VISIBLE_DEVICES": "",
+           "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    env.pop("PYTHONHOME", None)
+    t0 = time.perf_counter()
+    proc = subprocess.run(["nice", "-n", "10", *COMMANDS[target]], cwd=result.out_dir, env=env, capture_output=True, text=True, timeout=1500)
+    wall = time.perf_counter() - t0
+    (where / "log.txt").write_text(proc.stdout + proc.stderr)
+    print(f"\n{target} / {kind}: cd {result.out_dir.relative_to(root)} && {' '.join(COMMANDS[target])}")
+    print(f"  files: {', '.join(p.name for p in result.written)}")
+    for line in result.lost:
+        print(f"  loss line: {line}")
+    print(f"  exit {proc.returncode} in {wall:.0f} s; {logged(proc.stdout + proc.stderr)}")
+    if proc.returncode == 0:
+        print(f"  changed vs initial weights: {changed(model, result.out_dir / 'output')}")
+    else:
+        print("  last lines: " + " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="/tmp/bench_export_run")
+    parser.add_argument("--only", default=",".join(PLANS))
+    args = parser.parse_args()
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    model, data = build_model(root), build_data(root)
+    print(f"tiny llama: {model} (2 layers, hidden 64); data: {data} (40 instruction/response records); {STEPS} steps, CPU")
+    for target in args.only.split(","):
+        if not (Path(VENVS[target]) / "bin").is_dir():
+            print(f"\n{target}: not installed in {VENVS[target]}; skipped")
+            continue
+        version = subprocess.run([f"{VENVS[target]}/bin/python", "-c", "import importlib.metadata as m, sys; "
+                                  "print(*(f'{p} {m.version(p)}' for p in sys.argv[1:]))", *PACKAGES[target]],
+                                 capture_output=True, text=True).stdout.strip()
+        print(f"\n== {target} ({version})")
+        for kind in PLANS[target]:
+            run(target, kind, root, model, data)
+
+
+PACKAGES = {"swift": ["ms-swift", "torch", "transformers", "peft"], "llamafactory": ["llamafactory", "badam", "torch", "transformers"],
+            "axolotl": ["axolotl", "torch", "transformers"]}
+
+if __name__ == "__main__":
+    main()
