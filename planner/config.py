@@ -1,24 +1,25 @@
 """TrainConfig: one training configuration whose memory the cost model predicts.
 
 Validated where input enters (CLI flags, plan files, trial parameters); every problem is
-reported at once.
+reported at once. The fields of the method (what trains) are declared here; the fields of each
+memory lever (checkpointing, optimizer, quantization, ...) by its module in :mod:`planner.levers`.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from planner.errors import collect
+from planner.levers import all_levers, lever_fields
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 Amp = Literal["none", "bf16", "fp16"]
-Optimizer = Literal["adamw", "sgd", "adamw8bit"]
 Device = Literal["cpu", "cuda"]
 
 
-class TrainConfig(BaseModel):
+class MethodConfig(BaseModel):
     """What trains and how. ``layers`` and ``active_layers`` are mutually exclusive.
 
     - ``layers="all"`` or a list of decoder-layer indices: a static trainable set;
@@ -29,18 +30,16 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: int = Field(1, ge=1)
-    seq_len: int = Field(512, ge=1)
-    dtype: Dtype = "float32"
-    amp: Amp = "none"
-    optimizer: Optimizer = "adamw"
-    layers: Literal["all"] | list[int] | None = None
-    active_layers: int | None = Field(None, ge=1)
-    min_depth: int = Field(0, ge=0)
-    train_embeddings: bool = True
-    train_head: bool = True
-    gradient_checkpointing: bool = False
-    lora_rank: int | None = Field(None, ge=1)
+    batch_size: int = Field(1, ge=1, description="micro-batch size (sequences per step)")
+    seq_len: int = Field(512, ge=1, description="tokens per sequence")
+    dtype: Dtype = Field("float32", description="weight storage dtype")
+    amp: Amp = Field("none", description="autocast with float32 weights (the HF Trainer's bf16=True/fp16=True)")
+    layers: Literal["all"] | list[int] | None = Field(None, description="a static trainable set of decoder layers")
+    active_layers: int | None = Field(None, ge=1, description="γ: a sampler keeps this many layers active")
+    min_depth: int = Field(0, ge=0, description="the lowest decoder layer a sampler may draw")
+    train_embeddings: bool = Field(True, description="train the input embeddings")
+    train_head: bool = Field(True, description="train the LM head and final norm")
+    lora_rank: int | None = Field(None, ge=1, description="LoRA adapters of this rank in the trainable layers")
 
     @model_validator(mode="after")
     def _exclusive(self):
@@ -51,6 +50,8 @@ class TrainConfig(BaseModel):
             problems.append(f"`amp` runs with float32 weights (as the HF Trainer's bf16=True does), but got dtype={self.dtype!r} with amp={self.amp!r}")
         if isinstance(self.layers, list) and len(set(self.layers)) != len(self.layers):
             problems.append(f"`layers` must not repeat an index, but got {self.layers}")
+        for lever in all_levers():
+            problems += lever.problems(self)
         collect(problems)
         return self
 
@@ -74,3 +75,7 @@ class TrainConfig(BaseModel):
         if self.layers == "all":
             return list(range(num_layers))
         return sorted(self.layers or [])
+
+
+TrainConfig = create_model("TrainConfig", __base__=MethodConfig, __module__=__name__, **lever_fields())
+TrainConfig.__doc__ = MethodConfig.__doc__ + "\n\n    Lever fields: " + ", ".join(lever_fields()) + " (planner.levers)."

@@ -1,14 +1,23 @@
-"""Optimizer state and optimizer-step temporaries, one strategy per optimizer, registered by name.
+"""Optimizers, one strategy each, registered by name: the torch class that runs, its name in the
+Hugging Face Trainer (``optim``), and the memory it keeps.
 
 Each strategy answers, for the trainable tensors ``(numel, bytes_per_element)`` in parameter order:
 ``state_bytes`` (alive during the whole step) and ``step_peak`` (temporaries on top of
 weights + grads + state while ``optimizer.step()`` runs). ``block`` is how a device counts one
-tensor's bytes (identity on CPU, 512-byte rounding on CUDA).
+tensor's bytes (identity on CPU, 512-byte rounding on CUDA). ``paged``: the state lives in CUDA
+unified memory outside PyTorch's caching allocator (bitsandbytes' paged optimizers), so
+``torch.cuda.max_memory_allocated``/``reserved`` do not count it (on the CPU it is ordinary memory).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import warnings
+from typing import Callable, ClassVar, Sequence
+
+import torch
+
+from planner.errors import PlannerError
+from planner.registry import registrar
 
 Tensors = Sequence[tuple[int, int]]  # (numel, bytes per element)
 STEP_TENSOR_BYTES = 4  # torch keeps AdamW's `step` as a float32 scalar tensor on the CPU (not capturable)
@@ -23,10 +32,53 @@ def _identity(n: int) -> int:
     return n
 
 
-class AdamW:
+OPTIMIZERS: dict[str, type] = {}
+register_optimizer = registrar(OPTIMIZERS, "optimizer")
+
+
+class Optimizer:
+    """Base strategy."""
+
+    name: ClassVar[str] = ""
+    hf_name: ClassVar[str] = ""  # transformers.TrainingArguments(optim=...), axolotl `optimizer`, LLaMA-Factory `optim`
+    paged: ClassVar[bool] = False
+
+    def build(self, params, lr: float, *, foreach: bool | None = None) -> torch.optim.Optimizer:
+        """The optimizer that runs (``foreach`` where the class has it)."""
+        raise NotImplementedError
+
+    def shadow(self, params, *, foreach: bool | None = None) -> "ShadowStep":
+        """A stand-in with the step's allocations and no arithmetic, for traces under ``FakeTensorMode``
+        (where the real step reads its step count with ``.item()``, which fake tensors cannot answer)."""
+        return ShadowStep(self, list(params), "cuda" if foreach else "cpu")
+
+
+class ShadowStep:
+    """Allocates and frees one step's temporaries as the strategy counts them (``step_peak`` of its tensors)."""
+
+    def __init__(self, strategy: Optimizer, params, device: str):
+        self.strategy, self.params, self.device, self.state = strategy, params, device, {}
+
+    def step(self):
+        sizes = [(p.numel(), p.element_size()) for p in self.params]
+        peak = self.strategy.step_peak(sizes, self.device)
+        if peak and self.params:
+            temps = [torch.empty(peak, dtype=torch.uint8, device=self.params[0].device)]
+            del temps
+
+    def zero_grad(self, set_to_none: bool = True):
+        for p in self.params:
+            p.grad = None
+
+
+@register_optimizer("adamw")
+class AdamW(Optimizer):
     """torch.optim.AdamW: single-tensor loop on CPU, foreach on CUDA."""
 
-    name = "adamw"
+    hf_name = "adamw_torch"
+
+    def build(self, params, lr, *, foreach=None):
+        return torch.optim.AdamW(params, lr=lr, foreach=foreach)
 
     def state_bytes(self, tensors: Tensors, device: str, block: Callable[[int], int] = _identity) -> int:
         # M_state = 2·Φ·b (+ a 4-byte step tensor per parameter, on the CPU)
@@ -54,10 +106,14 @@ class AdamW:
         return [n * b for n, b in tensors]
 
 
-class SGD:
+@register_optimizer("sgd")
+class SGD(Optimizer):
     """torch.optim.SGD without momentum (torch's default): no state, in-place update."""
 
-    name = "sgd"
+    hf_name = "sgd"
+
+    def build(self, params, lr, *, foreach=None):
+        return torch.optim.SGD(params, lr=lr, foreach=foreach)
 
     def state_bytes(self, tensors: Tensors, device: str, block: Callable[[int], int] = _identity) -> int:
         return 0
@@ -72,15 +128,28 @@ class SGD:
         return []
 
 
-class AdamW8bit:
-    """bitsandbytes AdamW8bit (analytic; bitsandbytes needs a GPU).
+def _bitsandbytes():
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise PlannerError("8-bit optimizers run bitsandbytes, which must be installed (pip install bitsandbytes), "
+                           "but it is not") from None
+    return bitsandbytes
+
+
+@register_optimizer("adamw8bit")
+class AdamW8bit(Optimizer):
+    """bitsandbytes AdamW8bit (``bitsandbytes/optim/optimizer.py``, 0.50: ``Optimizer2State``).
 
     Two uint8 moments (2 B/param) plus one float32 absmax per block of ``BNB_BLOCK`` elements per
     moment; tensors under ``BNB_MIN_8BIT_SIZE`` elements keep float32 moments (8 B/param). The
-    update runs in one fused kernel, in place: no temporaries.
+    update runs in one fused kernel, in place: no temporaries (on the CPU too, measured with 0.50.2).
     """
 
-    name = "adamw8bit"
+    hf_name = "adamw_bnb_8bit"
+
+    def build(self, params, lr, *, foreach=None):
+        return _bitsandbytes().optim.AdamW8bit(params, lr=lr)
 
     def state_bytes(self, tensors: Tensors, device: str, block: Callable[[int], int] = _identity) -> int:
         total = BNB_QMAP_BYTES if tensors else 0
@@ -108,12 +177,24 @@ class AdamW8bit:
         return []
 
 
-OPTIMIZERS = {cls.name: cls() for cls in (AdamW, SGD, AdamW8bit)}
+@register_optimizer("paged_adamw8bit")
+class PagedAdamW8bit(AdamW8bit):
+    """bitsandbytes PagedAdamW8bit (torchtune's single-device full recipe): AdamW8bit's state, allocated
+    with ``cudaMallocManaged`` (``bitsandbytes/functional.py: get_paged``) outside the caching allocator.
+    The driver keeps pages on the device while memory is free and moves them to the host under pressure.
+    On the CPU bitsandbytes falls back to ordinary (non-paged) buffers."""
+
+    hf_name = "paged_adamw_8bit"
+    paged = True
+
+    def build(self, params, lr, *, foreach=None):
+        with warnings.catch_warnings():  # "Paged optimizers are not supported on CPU": the fallback is what we measure
+            warnings.simplefilter("ignore", UserWarning)
+            return _bitsandbytes().optim.PagedAdamW8bit(params, lr=lr)
 
 
-def get_optimizer(name: str):
-    from planner.errors import PlannerError
-
+def get_optimizer(name: str) -> Optimizer:
+    """The strategy registered as ``name``."""
     if name not in OPTIMIZERS:
-        raise PlannerError(f"optimizer must be one of {sorted(OPTIMIZERS)}, but got {name!r}")
-    return OPTIMIZERS[name]
+        raise PlannerError(f"--optimizer must be one of {', '.join(sorted(OPTIMIZERS))}, but got {name!r}")
+    return OPTIMIZERS[name]()

@@ -85,7 +85,7 @@ def test_replay_of_composed_steps_equals_the_allocator(tiny, monkeypatch, arch, 
     from planner.cost.compose import ROLES
     from planner.cost.estimator import _role_matrix, _trainable_tensors, embeddings_grad, get_family
     from planner.cost.events import step_ops
-    from planner.cost.optimizer import get_optimizer
+    from planner.optimizers import get_optimizer
     from planner.cost import replay
     from planner.cost.estimator import worst_case_sets
     from planner.cost.replay import setup_blocks

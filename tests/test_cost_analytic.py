@@ -32,7 +32,7 @@ def test_layer_weights_grads_state_match_trace(tiny, arch):
     assert sum(n * b for n, b, _ in tr.params["layer"]) == analytic.weight_bytes(phi, 4)
     # a trainable layer's backward leaves exactly its gradients behind
     assert tr.layers["bwd:T"].delta[0] == analytic.gradient_bytes(phi, 4)
-    from planner.cost.optimizer import get_optimizer
+    from planner.optimizers import get_optimizer
 
     tensors = [(n, b) for n, b, _ in tr.params["layer"]]
     assert get_optimizer("adamw").state_bytes(tensors, "cpu") == analytic.adamw_state_bytes(phi, 4, len(tensors))

@@ -96,7 +96,7 @@ def test_allocator_model_matches_the_real_segment_list():
     from planner.cost.compose import ROLES
     from planner.cost.estimator import _role_matrix, _trainable_tensors, embeddings_grad, get_family
     from planner.cost.events import step_ops
-    from planner.cost.optimizer import get_optimizer
+    from planner.optimizers import get_optimizer
     from planner.cost.replay import setup_blocks
 
     line = next(ln for ln in LINES if ln["name"] == "l8b-frozen-bf16-b1s2048-L01")

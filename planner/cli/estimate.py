@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from planner.cli.levers import add_lever_flags, lever_flag, lever_values
+
 EXIT_DOES_NOT_FIT = 1
 
 
@@ -28,7 +30,6 @@ def add_parser(sub) -> None:
     p.add_argument("--seq-len", metavar="N", help="tokens per sequence (default 512)")
     p.add_argument("--dtype", metavar="{float32,bfloat16,float16}", help="weight storage dtype (default float32)")
     p.add_argument("--amp", metavar="{bf16,fp16}", help="autocast with float32 weights (HF Trainer's bf16=True)")
-    p.add_argument("--optimizer", metavar="{adamw,sgd,adamw8bit}", help="default adamw")
     p.add_argument("--layers", metavar="I,J,...|all", help="static trainable decoder layers (0-based), or all")
     p.add_argument("--active-layers", metavar="G", help="a sampler keeps G layers active; predicts its worst case")
     p.add_argument("--min-depth", metavar="D", help="the sampler never draws below layer D (needs --active-layers)")
@@ -36,9 +37,8 @@ def add_parser(sub) -> None:
                    help="train the input embeddings (default: yes; the table shows both)")
     p.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=None,
                    help="train the LM head (default: yes; the table shows both)")
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                   help="recompute layer activations in backward (default: no)")
     p.add_argument("--lora-rank", metavar="R", help="LoRA adapters of rank R in the trainable layers (all layers if none given)")
+    add_lever_flags(p)
     p.add_argument("--device", default="cuda", metavar="{cuda,cpu}", help="default cuda (adds device overhead)")
     p.add_argument("--profile", metavar="PATH", help="device profile JSON from `planner profile` (default: a matching one in "
                    "$PLANNER_PROFILE_DIR or ~/.cache/planner/profiles, else documented defaults)")
@@ -59,11 +59,12 @@ def _parse_layers(text: str, problems: list[str]):
 
 def _config_fields(args, problems: list[str]) -> dict:
     fields = {}
-    for flag in ("batch_size", "seq_len", "dtype", "amp", "optimizer", "active_layers", "min_depth",
-                 "train_embeddings", "train_head", "gradient_checkpointing", "lora_rank"):
+    for flag in ("batch_size", "seq_len", "dtype", "amp", "active_layers", "min_depth",
+                 "train_embeddings", "train_head", "lora_rank"):
         value = getattr(args, flag)
         if value is not None:
             fields[flag] = value
+    fields.update(lever_values(args, problems))
     if args.layers is not None:
         layers = _parse_layers(args.layers, problems)
         if layers is not None:
@@ -100,7 +101,7 @@ def validate(args):
         cfg = TrainConfig(**fields)
     except ValidationError as exc:
         for err in exc.errors():
-            flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "config"
+            flag = lever_flag(str(err["loc"][0])) if err["loc"] else "config"
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"{flag} {msg[0].lower() + msg[1:]}, but got {err.get('input')!r}")
     except ValidationProblems as exc:

@@ -26,7 +26,7 @@ What is modelled, and how:
   unscale is not modelled);
 - optimizers: AdamW single-tensor loop on CPU (peak temporaries max_i(2·b_i + b_{i-1})), foreach
   on CUDA (sqrt(v) of every trainable tensor at once: Σ b_i); SGD without momentum (no state,
-  in-place update); AdamW8bit analytic (see planner.cost.optimizer);
+  in-place update); AdamW8bit analytic (see planner.optimizers);
 - tied embeddings, LoRA, embeddings/head: see planner.cost.trainable;
 - gradient checkpointing: transformers' non-reentrant checkpointing, which makes the embedding
   output require grad, so every layer (frozen ones too) backpropagates and is recomputed;

@@ -22,10 +22,11 @@ from planner.config import TrainConfig
 from planner.cost import cache
 from planner.cost.compose import FA, FB, ROLES, T, T0, Family, peak_many, simulate
 from planner.cost.device import DeviceProfile, default_profile
-from planner.cost.optimizer import get_optimizer
+from planner.optimizers import get_optimizer
 from planner.cost.replay import reserved_and_allocated
 from planner.cost.trace import TraceResult, cuda_block_bytes, fingerprint, run_trace
 from planner.errors import PlannerError
+from planner.levers import active_levers
 from planner.plan import Breakdown
 
 COST_MODEL_VERSION = 10  # bump when traces change meaning (invalidates the disk cache)
@@ -49,11 +50,19 @@ class MemoryEstimate:
     allocated_bytes: int = 0  # CUDA: what torch.cuda.max_memory_allocated would report; CPU: = peak_bytes
     reserved_bytes: int = 0  # CUDA: memory_reserved at the peak (excludes context); CPU: = peak_bytes
     details: dict = field(default_factory=dict)
+    paged_bytes: int = 0  # CUDA: optimizer state in unified memory, outside the allocator (paged optimizers)
 
     def to_dict(self) -> dict:
         return {"peak_bytes": self.peak_bytes, "breakdown": self.breakdown.model_dump(),
                 "trainable_layers": list(self.trainable_layers), "phase": self.phase, "device": self.device,
-                "allocated_bytes": self.allocated_bytes, "reserved_bytes": self.reserved_bytes}
+                "allocated_bytes": self.allocated_bytes, "reserved_bytes": self.reserved_bytes,
+                "paged_bytes": self.paged_bytes}
+
+    def paged_split(self, vram_bytes: int) -> tuple[int, int]:
+        """(bytes of paged optimizer state that stay on the device, bytes paged out to host memory) at a budget:
+        unified memory fills what the budget leaves above the allocator's peak, the rest lives on the host."""
+        room = max(0, vram_bytes - self.peak_bytes)
+        return min(self.paged_bytes, room), max(0, self.paged_bytes - room)
 
 
 # -- traces -------------------------------------------------------------------
@@ -91,11 +100,25 @@ def _fingerprint(spec) -> str:
     return hit[1]
 
 
+# the trainable set is the roles' in a trace; the optimizer runs after the traced backward unless a
+# lever moves it inside (planner.levers.base.Lever.optimizer_in_trace)
+_SET_BY_ROLES = {"layers": None, "active_layers": None, "min_depth": 0}
+_OPTIMIZER_OUTSIDE = {"optimizer": "sgd"}
+
+
+def trace_config(cfg: TrainConfig) -> TrainConfig:
+    """The config a reduced-depth trace runs: ``cfg`` with the fields no trace reads set to one value,
+    so configurations that differ only there share traces."""
+    update = dict(_SET_BY_ROLES)
+    if not any(lever.optimizer_in_trace for lever in active_levers(cfg)):
+        update.update(_OPTIMIZER_OUTSIDE)
+    return cfg.model_copy(update=update)
+
+
 def trace_key(spec, cfg: TrainConfig, roles: list[str], kernels: str = "cpu") -> str:
-    """Everything that changes a trace, hashed."""
-    key_data = [_fingerprint(spec), cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.amp, cfg.gradient_checkpointing,
-                cfg.lora_rank, cfg.train_embeddings, cfg.train_head, list(roles), kernels, _versions()]
-    return hashlib.sha256(json.dumps(key_data).encode()).hexdigest()[:32]
+    """Everything that changes a trace, hashed: the whole trace config, the model, roles, kernels, versions."""
+    key_data = [_fingerprint(spec), trace_config(cfg).model_dump(mode="json"), list(roles), kernels, _versions()]
+    return hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def get_trace(spec, cfg: TrainConfig, roles: list[str], *, fake: bool | None = None, kernels: str = "cpu") -> TraceResult:
@@ -108,9 +131,7 @@ def get_trace(spec, cfg: TrainConfig, roles: list[str], *, fake: bool | None = N
             return _traces[key]
     tr = cache.load("trace", key, TraceResult.from_json)
     if tr is None:
-        tr = run_trace(spec, roles, batch_size=cfg.batch_size, seq_len=cfg.seq_len, dtype=cfg.dtype, amp=cfg.amp,
-                       gradient_checkpointing=cfg.gradient_checkpointing, lora_rank=cfg.lora_rank,
-                       train_embeddings=cfg.train_embeddings, train_head=cfg.train_head, fake=fake, kernels=kernels)
+        tr = run_trace(spec, roles, trace_config(cfg), fake=fake, kernels=kernels)
         cache.store("trace", key, tr.to_json())
     tr.key = key
     with _lock:
@@ -180,9 +201,12 @@ def _trainable_tensors(fam: Family, cfg: TrainConfig, n_layers_trained: int) -> 
     return out
 
 
-def _weights(fam: Family, num_layers: int, block) -> int:
+def _weights(fam: Family, num_layers: int, n_trained: int, block) -> int:
+    """Weights of every parameter: trained layers as traced, frozen ones as a lever may store them (quantized)."""
     p = fam.params
-    total = sum(block(n * b) for n, b, _ in p["layer"]) * num_layers
+    frozen = p.get("frozen_layer", p["layer"])
+    total = sum(block(n * b) for n, b, _ in p["layer"]) * n_trained
+    total += sum(block(n * b) for n, b, _ in frozen) * (num_layers - n_trained)
     total += sum(block(n * b) for n, b, _ in p["embeddings"]) + sum(block(n * b) for n, b in p["head"])
     total += block(p["layer_buffers"]) * num_layers + block(p["other_buffers"])
     return total
@@ -238,6 +262,8 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
     L = spec.num_layers
     cfg.check_against(L)
     opt = get_optimizer(cfg.optimizer)
+    for lever in active_levers(cfg):
+        opt = lever.optimizer_strategy(opt, cfg)
     profile = profile or default_profile(device)
     e_grad = embeddings_grad(spec, cfg)
     cuda = device == "cuda"
@@ -276,8 +302,11 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
     sim = simulate(fam, list(int(r) for r in roles[best]), (int(opt_raw[k]), int(opt_cuda[k])))
 
     tensors = _trainable_tensors(fam, cfg, len(chosen))
-    weights = _weights(fam, L, lambda n: n)
+    weights = _weights(fam, L, len(chosen), lambda n: n)
     state = opt.state_bytes(tensors, device)
+    paged = 0
+    if cuda and opt.paged:  # cudaMallocManaged state: outside the caching allocator and its counters
+        paged, state, opt = state, 0, _StateOffAllocator(opt)
     batch = 2 * cfg.batch_size * cfg.seq_len * INPUT_ID_BYTES
     grads, acts, trans = sim.at_peak
     raw_peak = weights + state + batch + sim.peak
@@ -294,8 +323,21 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
     peak = raw_peak + overhead
     return MemoryEstimate(peak_bytes=peak, breakdown=breakdown, trainable_layers=chosen,
                           phase=sim.phase_cuda if cuda else sim.phase, device=device,
-                          allocated_bytes=allocated, reserved_bytes=reserved,
+                          allocated_bytes=allocated, reserved_bytes=reserved, paged_bytes=paged,
                           details=_details(spec, masks, fam))
+
+
+class _StateOffAllocator:
+    """An optimizer strategy whose state the caching allocator never sees (paged), its step temporaries as before."""
+
+    def __init__(self, strategy):
+        self.inner, self.name = strategy, strategy.name
+
+    def state_blocks(self, tensors):
+        return []
+
+    def step_blocks(self, tensors):
+        return self.inner.step_blocks(tensors)
 
 
 def _details(spec, masks, fam) -> dict:

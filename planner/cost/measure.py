@@ -18,18 +18,21 @@ from planner.config import TrainConfig
 from planner.errors import PlannerError
 from planner.cost.tracker import LiveBytesTracker
 from planner.cost.trainable import add_lora, apply_trainable
+from planner.levers import active_levers
+from planner.levers.quantize import quant_state_tensors
+from planner.optimizers import get_optimizer
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LEARNING_RATE = 1e-4  # memory does not depend on it
 
 
 def prepare_model(model: nn.Module, cfg: TrainConfig, layers: list[int]) -> nn.Module:
-    """Apply gradient checkpointing, LoRA and the trainable set; returns the model to train."""
-    if cfg.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable()  # transformers' default: non-reentrant, and the embedding output requires grad
+    """Apply the levers (checkpointing, quantization, ...), LoRA and the trainable set; returns the model to train."""
+    levers = active_levers(cfg)
+    for lever in levers:
+        model = lever.prepare(model, cfg, layers)
     if cfg.lora_rank:
-        model = add_lora(model, cfg.lora_rank)
+        model = add_lora(model, cfg.lora_rank, select=lambda names: _lora_targets(levers, cfg, names))
     apply_trainable(model, layers, train_embeddings=cfg.train_embeddings, train_head=cfg.train_head,
                     lora=bool(cfg.lora_rank))
     if not any(p.requires_grad for p in model.parameters()):
@@ -39,15 +42,27 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, layers: list[int]) -> nn.M
     return model
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, *, foreach: bool | None = None):
-    """The optimizer torch runs for ``cfg.optimizer`` (single-tensor loop on CPU unless ``foreach``)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=LEARNING_RATE, foreach=foreach)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=LEARNING_RATE, foreach=foreach)
-    raise PlannerError(f"optimizer must be 'adamw' or 'sgd' to run a measured step on CPU, but got {cfg.optimizer!r} "
-                       "(adamw8bit needs bitsandbytes on a GPU; it is predicted analytically)")
+def _lora_targets(levers, cfg, names: list[str]) -> list[str]:
+    for lever in levers:
+        names = lever.lora_targets(cfg, names)
+    return names
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, *, foreach: bool | None = None, shadow: bool = False):
+    """The optimizer that runs for ``cfg`` (single-tensor loop on CPU unless ``foreach``); a lever may
+    take over the step (the step in backward), returning an object with the same interface.
+    ``shadow``: a stand-in that only allocates the step's temporaries (traces under FakeTensorMode)."""
+    strategy = get_optimizer(cfg.optimizer)
+
+    def build(params):
+        if shadow:
+            return strategy.shadow(params, foreach=foreach)
+        return strategy.build(params, LEARNING_RATE, foreach=foreach)
+
+    for lever in active_levers(cfg):
+        if (taken := lever.install(model, cfg, build)) is not None:
+            return taken
+    return build([p for p in model.parameters() if p.requires_grad])
 
 
 class StepHooks:
@@ -61,14 +76,23 @@ class StepHooks:
     def step_end(self): ...
 
 
-def training_step(model: nn.Module, optimizer, batch: dict, amp: str = "none", hooks: StepHooks | None = None,
-                  *, run_optimizer: bool = True) -> None:
-    """One training step as the HF Trainer runs it."""
+def compute_loss(model: nn.Module, batch: dict, cfg: TrainConfig | None = None):
+    """The step's loss: the model's own (``use_cache=False``; the output object is dropped at once), or a lever's."""
+    for lever in active_levers(cfg) if cfg is not None else ():
+        if (loss := lever.compute_loss(model, batch, cfg)) is not None:
+            return loss
+    return model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
+
+
+def training_step(model: nn.Module, optimizer, batch: dict, cfg: TrainConfig | None = None,
+                  hooks: StepHooks | None = None, *, run_optimizer: bool = True) -> None:
+    """One training step as the HF Trainer runs it, shaped by ``cfg``'s amp and levers (None: plain)."""
+    amp = cfg.amp if cfg is not None else "none"
     hooks = hooks or StepHooks()
     hooks.step_start()
     ctx = torch.autocast("cpu", dtype=AMP_DTYPES[amp]) if amp != "none" else contextlib.nullcontext()
     with ctx:
-        loss = model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
+        loss = compute_loss(model, batch, cfg)
     hooks.backward_start()
     loss.backward()
     hooks.backward_end()
@@ -89,7 +113,10 @@ def make_batch(vocab_size: int, batch_size: int, seq_len: int, *, seed: int = 0)
 
 def state_tensors(model: nn.Module, optimizer=None, batch: dict | None = None) -> list[torch.Tensor]:
     """Every tensor that lives across steps: parameters, buffers, optimizer state, the batch."""
-    out = list(model.parameters()) + list(model.buffers())
+    out = list(model.parameters()) + list(model.buffers()) + quant_state_tensors(model)
+    # bitsandbytes' quantization maps, made when each optimizer is built (one per parameter in backward)
+    for opt in list(getattr(optimizer, "per_param", {}).values()) or [optimizer]:
+        out += [t for t in getattr(opt, "name2qmap", {}).values() if isinstance(t, torch.Tensor)]
     if optimizer is not None:
         for st in optimizer.state.values():
             out += [v for v in st.values() if isinstance(v, torch.Tensor)]
@@ -130,7 +157,7 @@ def measure_training_peak(model: nn.Module, cfg: TrainConfig, batch: dict | torc
             for i in range(steps):
                 if i == steps - 1:
                     tracker.reset_peak()
-                training_step(model, optimizer, batch, cfg.amp)
+                training_step(model, optimizer, batch, cfg)
             return tracker.peak_bytes
     finally:
         if was_enabled:

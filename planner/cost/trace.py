@@ -31,9 +31,11 @@ import torch
 
 from planner.cost.events import templates
 from planner.cost.boundaries import Boundaries
-from planner.cost.measure import make_batch, prepare_model, state_tensors, training_step
+from planner.cost.measure import make_batch, make_optimizer, prepare_model, state_tensors, training_step
 from planner.cost.tracker import LiveBytesTracker
 from planner.cost.trainable import model_parts
+from planner.levers import active_levers
+from planner.levers.quantize import quant_state_tensors
 
 CATEGORIES = ("gradients", "activations", "transient")
 GRAD, ACT, TRANS = range(3)
@@ -132,49 +134,51 @@ def _segment(events, start, stop, cat_of, skip: set[int] = frozenset()) -> Segme
     return Segment(tuple(cur), at_peak, cur_c, peak_c)
 
 
-def run_trace(spec, roles: list[str], *, batch_size: int, seq_len: int, dtype: str, amp: str,
-              gradient_checkpointing: bool, lora_rank: int | None, train_embeddings: bool, train_head: bool,
-              fake: bool = False, kernels: str = "cpu") -> TraceResult:
-    """Trace forward and backward of one step of ``spec`` reduced to ``len(roles)`` layers.
+def run_trace(spec, roles: list[str], cfg, *, fake: bool = False, kernels: str = "cpu") -> TraceResult:
+    """Trace forward and backward of one step of ``spec`` reduced to ``len(roles)`` layers, trained as
+    ``cfg`` says (its trainable set is the roles'; see :func:`planner.cost.estimator.trace_config`).
 
     ``kernels="cuda"``: attention and dropout keep what their CUDA kernels keep
-    (planner.cost.kernels); ``"cpu"``: what the CPU kernels keep."""
+    (planner.cost.kernels); ``"cpu"``: what the CPU kernels keep. Where a lever runs the optimizer
+    inside backward, a first untraced step creates the reduced model's optimizer state, as the
+    second step of a real run finds it."""
     from planner.cost.kernels import cuda_kernels
 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from planner.config import TrainConfig
     from planner.spec import build_model
 
-    cfg = TrainConfig(batch_size=batch_size, seq_len=seq_len, dtype=dtype, amp=amp, optimizer="sgd",
-                      gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank,
-                      train_embeddings=train_embeddings, train_head=train_head)
     layers = trainable_for_roles(roles)
+    in_backward = any(lever.optimizer_in_trace for lever in active_levers(cfg))
     mode = FakeTensorMode(allow_non_fake_inputs=False) if fake else contextlib.nullcontext()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         with mode:
-            model = build_model(spec, dtype=dtype, num_layers=len(roles))
+            model = build_model(spec, dtype=cfg.dtype, num_layers=len(roles))
             model = prepare_model(model, cfg, layers)
-            batch = make_batch(spec.vocab_size, batch_size, seq_len) if not fake else _fake_batch(spec, batch_size, seq_len)
+            batch = make_batch(spec.vocab_size, cfg.batch_size, cfg.seq_len) if not fake else _fake_batch(spec, cfg.batch_size, cfg.seq_len)
+            optimizer = make_optimizer(model, cfg, foreach=kernels == "cuda", shadow=fake) if in_backward else None
+            if optimizer is not None:
+                with _unpacked_batch(fake):
+                    training_step(model, optimizer, batch, cfg)
             tracker = LiveBytesTracker(record=True)
             marks = Boundaries(model, tracker)
             with tracker:
-                tracker.track(state_tensors(model, None, batch))
+                tracker.track(state_tensors(model, optimizer, batch))
                 base = tracker.current_bytes
                 tracker.reset_peak()
                 with cuda_kernels(kernels == "cuda"), _unpacked_batch(fake):
-                    training_step(model, None, batch, amp, marks, run_optimizer=False)
+                    training_step(model, optimizer, batch, cfg, marks, run_optimizer=False)
             marks.remove()
             grads = {tracker.alloc_id(p.grad) for p in model.parameters() if p.grad is not None}
             grads.discard(None)
             result = _cut(tracker, roles, grads, marks.input_ids, marks.last_output)
             result.events = templates(tracker.events, tracker.marks, roles, marks.input_ids, marks.last_output, grads)
             result.base_bytes = base
-            result.params = param_info(model)
+            result.params = param_info(model, layers)
             result.peak_bytes = tracker.peak_bytes
-            del model, batch
+            del model, batch, optimizer
     finally:
         if was_enabled:
             gc.enable()
@@ -207,20 +211,41 @@ def _unpacked_batch(fake: bool):
         masking_utils.find_packed_sequence_indices = original
 
 
-def param_info(model) -> dict:
-    """Tensor sizes of one decoder layer, the embeddings and the head: ``[numel, bytes/element(, is_lora)]``."""
+def param_info(model, trained: list[int] | None = None) -> dict:
+    """Tensor sizes of one trained and one frozen decoder layer, the embeddings and the head:
+    ``[numel, bytes/element(, is_lora)]``. The two layers differ where a lever stores frozen weights
+    otherwise (quantization); ``frozen_layer`` is absent when the traced model has no frozen layer."""
     parts = model_parts(model)
-    layer = [[p.numel(), p.element_size(), "lora_" in name] for name, p in parts.layers[0].named_parameters()]
+    trained = list(trained or [])
+    frozen = [i for i in range(len(parts.layers)) if i not in trained]
+
+    # tensors bitsandbytes keeps beside quantized weights: per layer, unless every layer shares one (a code map)
+    seen: dict[int, int] = {}
+    for layer in parts.layers:
+        for t in {t.untyped_storage()._cdata: t for t in quant_state_tensors(layer)}.values():
+            seen[t.untyped_storage()._cdata] = seen.get(t.untyped_storage()._cdata, 0) + 1
+
+    def layer_info(i):
+        out = [[p.numel(), p.element_size(), "lora_" in name] for name, p in parts.layers[i].named_parameters()]
+        quant = {t.untyped_storage()._cdata: t for t in quant_state_tensors(parts.layers[i])}
+        return out + [[t.untyped_storage().nbytes(), 1, False] for key, t in quant.items() if seen[key] == 1]
+
     layer_buffers = sum(b.numel() * b.element_size() for b in parts.layers[0].buffers())
     all_buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    shared_quant = {t.untyped_storage()._cdata: t for layer in parts.layers for t in quant_state_tensors(layer)
+                    if seen[t.untyped_storage()._cdata] > 1}
+    all_buffers += sum(t.untyped_storage().nbytes() for t in shared_quant.values())
     tied_ids = {id(p) for p in parts.tied}
-    return {
-        "layer": layer,
+    out = {
+        "layer": layer_info(trained[0] if trained else 0),
         "layer_buffers": layer_buffers,
         "other_buffers": all_buffers - len(parts.layers) * layer_buffers,
         "embeddings": [[p.numel(), p.element_size(), id(p) in tied_ids] for p in parts.embeddings],
         "head": [[p.numel(), p.element_size()] for p in parts.head],
     }
+    if frozen:
+        out["frozen_layer"] = layer_info(frozen[0])
+    return out
 
 
 def _fake_batch(spec, batch_size, seq_len):

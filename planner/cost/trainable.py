@@ -65,14 +65,17 @@ def lora_targets(model: nn.Module) -> list[str]:
     return names
 
 
-def add_lora(model: nn.Module, rank: int) -> nn.Module:
-    """Wrap ``model`` with peft LoRA adapters of rank ``rank`` on every linear layer of every decoder layer."""
+def add_lora(model: nn.Module, rank: int, select=None) -> nn.Module:
+    """Wrap ``model`` with peft LoRA adapters of rank ``rank`` on the linear layers of every decoder layer
+    (all of them, or those ``select(names)`` keeps)."""
     from peft import LoraConfig, get_peft_model
 
     import re
 
     path, _ = find_decoder_layers(model)
     targets = lora_targets(model)
+    if select is not None:
+        targets = select(targets)
     # a regex, so a same-named module outside the decoder layers is never adapted
     pattern = r".*" + re.escape(path) + r"\.\d+\..*\b(" + "|".join(map(re.escape, targets)) + ")"
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=pattern,

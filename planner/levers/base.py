@@ -1,0 +1,102 @@
+"""The lever contract: one memory lever per module, registered by name (like scorers and exporters).
+
+A lever owns
+- its :class:`TrainConfig <planner.config.TrainConfig>` fields (``fields``) and CLI flag (``flag``),
+  which ``planner estimate``, ``planner tune`` and the plan file share;
+- its validation (:meth:`Lever.problems`): which methods and other levers it combines with;
+- what the training step does under it (:meth:`Lever.prepare`, :meth:`Lever.compute_loss`,
+  :meth:`Lever.install`): the cost model traces that same step, so its prediction follows;
+- its line in each exporter (:meth:`Lever.export`: keys, or a "lost" line);
+- whether the search may vary it (``searchable``).
+
+Cache and reuse keys are computed from the whole validated config (``planner.cost.estimator``,
+``planner.tune.mapping``), so a new field changes them without a hand-kept list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from planner.errors import PlannerError
+
+LEVERS: dict[str, "Lever"] = {}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A lever's command-line flag. ``kind``: ``value`` (text, validated by the config), ``bool``
+    (``--x/--no-x``) or ``list`` (comma-separated)."""
+
+    name: str
+    field: str
+    help: str
+    kind: str = "value"
+    metavar: str | None = None
+
+
+@dataclass
+class ExportItems:
+    """What a lever adds to one trainer's config: keys to set, and what the trainer cannot do."""
+
+    keys: dict[str, Any] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)
+
+
+class Lever:
+    """Base strategy: a lever that is off changes nothing."""
+
+    name: ClassVar[str] = ""
+    order: ClassVar[int] = 50  # order of :meth:`prepare` (model-level changes before adapters)
+    fields: ClassVar[dict[str, tuple[Any, Any]]] = {}  # config field -> (annotation, pydantic Field)
+    flag: ClassVar[Flag | None] = None
+    searchable: ClassVar[bool] = False
+    # the trace runs the optimizer inside backward, so the optimizer is part of what a trace depends on
+    optimizer_in_trace: ClassVar[bool] = False
+
+    def active(self, cfg) -> bool:
+        """Whether ``cfg`` pulls this lever."""
+        return False
+
+    def problems(self, cfg) -> list[str]:
+        """Why ``cfg`` cannot run with this lever (combinations with methods and other levers)."""
+        return []
+
+    def label(self, cfg) -> str | None:
+        """A few words naming the lever as set in ``cfg`` (tables, baselines), or None when off."""
+        return None
+
+    def prepare(self, model, cfg, layers: list[int]):
+        """Change the model before adapters and the trainable set are applied; returns the model."""
+        return model
+
+    def lora_targets(self, cfg, names: list[str]) -> list[str]:
+        """The leaf names of the linear modules LoRA adapts (default: all of ``names``)."""
+        return names
+
+    def compute_loss(self, model, batch: dict, cfg):
+        """The training loss, where the lever changes how it is computed; None leaves it to the model."""
+        return None
+
+    def optimizer_strategy(self, strategy, cfg):
+        """The optimizer strategy as the cost model counts it under this lever (default: unchanged)."""
+        return strategy
+
+    def install(self, model, cfg, build_optimizer):
+        """Hook into the step (e.g. the optimizer step in backward); returns an optimizer-like object or None."""
+        return None
+
+    def export(self, target: str, cfg) -> ExportItems:
+        """Keys for trainer ``target`` (hf, axolotl, llamafactory, lmflow, swift, planner) or a lost line."""
+        return ExportItems()
+
+
+def register_lever(cls: type[Lever]) -> type[Lever]:
+    """Class decorator: file one instance of ``cls`` under ``cls.name``."""
+    if not cls.name:
+        raise PlannerError(f"a lever must have a name, but {cls.__name__} has none")
+    if cls.name in LEVERS and type(LEVERS[cls.name]) is not cls:
+        raise PlannerError(f"lever names must be unique, but {cls.name!r} is already registered by "
+                           f"{type(LEVERS[cls.name]).__name__}")
+    LEVERS[cls.name] = cls()
+    return cls

@@ -1,0 +1,54 @@
+"""LoRA on named linear modules only (peft ``target_modules``), e.g. q_proj,v_proj as torchtune's LoRA recipe.
+
+Adapted modules keep their inputs for the adapter's backward; frozen ones keep what the input
+gradient needs, if anything (the trace counts both as they happen).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from planner.errors import PlannerError
+from planner.levers.base import ExportItems, Flag, Lever, register_lever
+
+
+@register_lever
+class LoraTargets(Lever):
+    name = "lora_targets"
+    order = 60
+    fields = {"lora_targets": (list[str] | None, Field(None, description="leaf names of the linear modules LoRA adapts "
+                                                                        "(default: every linear module of a decoder layer)"))}
+    flag = Flag("--lora-targets", "lora_targets", "LoRA on these linear modules only, e.g. q_proj,v_proj "
+                "(default: every linear module)", kind="list", metavar="NAME,...")
+
+    def active(self, cfg) -> bool:
+        return cfg.lora_targets is not None
+
+    def problems(self, cfg) -> list[str]:
+        if cfg.lora_targets is None:
+            return []
+        out = []
+        if not cfg.lora_rank:
+            out.append(f"`lora_targets` names the modules LoRA adapts and needs `lora_rank`, but got "
+                       f"lora_targets={cfg.lora_targets} without it")
+        if not cfg.lora_targets or len(set(cfg.lora_targets)) != len(cfg.lora_targets):
+            out.append(f"`lora_targets` must name distinct modules, but got {cfg.lora_targets}")
+        return out
+
+    def label(self, cfg):
+        return f"LoRA on {','.join(cfg.lora_targets)}" if cfg.lora_targets else None
+
+    def lora_targets(self, cfg, names):
+        unknown = sorted(set(cfg.lora_targets) - set(names))
+        if unknown:
+            raise PlannerError(f"`lora_targets` must name linear modules of a decoder layer ({', '.join(names)}), "
+                               f"but got {', '.join(unknown)}")
+        return [n for n in names if n in cfg.lora_targets]
+
+    def export(self, target, cfg):
+        if not cfg.lora_targets:
+            return ExportItems()
+        keys = {"hf": {"target_modules": list(cfg.lora_targets)}, "axolotl": {"lora_target_modules": list(cfg.lora_targets)},
+                "llamafactory": {"lora_target": ",".join(cfg.lora_targets)},
+                "lmflow": {"lora_target_modules": list(cfg.lora_targets)}, "swift": {"target_modules": list(cfg.lora_targets)}}
+        return ExportItems(keys.get(target, {}))

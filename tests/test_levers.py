@@ -1,0 +1,135 @@
+"""Memory levers: every registered lever's contract, and each lever's prediction exact on CPU against
+real training steps with the real library doing the work (torch, peft, bitsandbytes, transformers)."""
+
+import pytest
+import torch
+
+from planner.config import TrainConfig
+from planner.cost import estimate, measure_training_peak
+from planner.cost.measure import make_batch, make_optimizer, prepare_model
+from planner.errors import PlannerError
+from planner.levers import LEVERS, all_levers
+from planner.spec import build_model, find_decoder_layers
+
+ARCHS = ("llama", "qwen2", "gpt2")
+ADAPTED = {"llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
+CASES = {
+    "step-in-backward": dict(optimizer_in_backward=True, layers=[1, 2]),
+    "step-in-backward-8bit-ckpt-chunks": dict(optimizer_in_backward=True, optimizer="adamw8bit", loss_chunks=2,
+                                              gradient_checkpointing=True, layers="all", dtype="bfloat16"),
+    "loss-chunks": dict(loss_chunks=4, layers=[1, 2], dtype="bfloat16"),
+    "lora-targets": dict(lora_rank=8, layers="all", train_embeddings=False, train_head=False),
+    "adamw8bit": dict(optimizer="adamw8bit", layers=[0, 3]),
+    "paged-adamw8bit": dict(optimizer="paged_adamw8bit", layers=[1, 2], train_embeddings=False),
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_disk_cache(monkeypatch):
+    monkeypatch.setenv("PLANNER_COST_CACHE", "0")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_lever_prediction_is_exact_on_cpu(tiny, arch, case):
+    kw = dict(CASES[case])
+    if case == "lora-targets":
+        kw["lora_targets"] = ADAPTED[arch]
+    spec = tiny(arch, hidden=128, vocab=512)
+    cfg = TrainConfig(batch_size=2, seq_len=64, **kw)
+    predicted = estimate(spec, cfg, device="cpu").peak_bytes
+    measured = measure_training_peak(build_model(spec, dtype=cfg.dtype), cfg, make_batch(spec.vocab_size, 2, 64))
+    assert predicted == measured
+
+
+@pytest.mark.parametrize("case", ["step-in-backward", "loss-chunks"])
+def test_lever_step_against_the_profilers_allocator_events(tiny, case):
+    """A truth that does not go through the tracker: the CPU allocator's memory events of the second step."""
+    from allocator_events import profiled_step_peak
+
+    spec = tiny("llama", hidden=128, vocab=512)
+    cfg = TrainConfig(batch_size=2, seq_len=64, **CASES[case])
+    batch = make_batch(spec.vocab_size, 2, 64)
+    truth = measure_training_peak(build_model(spec, dtype=cfg.dtype), cfg, batch)
+    model = prepare_model(build_model(spec, dtype=cfg.dtype), cfg, cfg.trainable_layers(spec.num_layers))
+    peak, state = profiled_step_peak(model, make_optimizer(model, cfg), batch, cfg)
+    assert truth - state <= peak <= 1.0001 * (truth - state)
+
+
+def test_the_levers_save_what_they_promise(tiny):
+    spec = tiny("llama", hidden=128, vocab=512)
+    # short sequences: the peak is at the end of backward, where every gradient exists
+    short = dict(batch_size=1, seq_len=8, layers="all", dtype="bfloat16")
+    plain = estimate(spec, TrainConfig(**short), device="cpu")
+    in_bwd = estimate(spec, TrainConfig(**short, optimizer_in_backward=True), device="cpu")
+    assert plain.breakdown.gradients > 0 and in_bwd.breakdown.gradients < plain.breakdown.gradients
+    assert in_bwd.peak_bytes < plain.peak_bytes
+    # long sequences over a large vocabulary: the peak is the loss, which chunks shrink
+    long = dict(batch_size=2, seq_len=256, layers="all", dtype="bfloat16")
+    assert estimate(spec, TrainConfig(**long, loss_chunks=8), device="cpu").peak_bytes < \
+        estimate(spec, TrainConfig(**long), device="cpu").peak_bytes
+
+
+@pytest.mark.parametrize("kind", ["nf4", "nf4-dq"])
+@pytest.mark.parametrize("method", ["qlora", "static"])
+def test_quantized_frozen_weights_exact_against_transformers_bitsandbytes_loading(tiny, tmp_path, kind, method):
+    """Truth: the model saved, loaded by transformers with BitsAndBytesConfig, prepared by peft's
+    prepare_model_for_kbit_training, then trained (LoRA or the static set) on CPU."""
+    pytest.importorskip("bitsandbytes")
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    spec = tiny("llama", hidden=128, vocab=512)
+    kw = (dict(lora_rank=8, layers="all", train_embeddings=False, train_head=False) if method == "qlora"
+          else dict(layers=[2, 3]))
+    cfg = TrainConfig(batch_size=2, seq_len=64, dtype="bfloat16", quantize=kind, **kw)
+    predicted = estimate(spec, cfg, device="cpu").peak_bytes
+    model = build_model(spec, dtype="bfloat16")
+    path, _ = find_decoder_layers(model)
+    model.save_pretrained(tmp_path)
+    skip = ["lm_head"] + ([f"{path}.{i}" for i in cfg.layers] if method == "static" else [])
+    qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=kind == "nf4-dq",
+                            bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=qc, device_map="cpu", dtype=torch.bfloat16)
+    loaded = prepare_model_for_kbit_training(loaded, use_gradient_checkpointing=False)
+    measured = measure_training_peak(loaded, cfg.model_copy(update={"quantize": None}), make_batch(spec.vocab_size, 2, 64))
+    assert predicted == measured
+
+
+@pytest.mark.parametrize("kw, rule", [
+    (dict(quantize="nf4", active_layers=2), "a sampled plan trains every layer"),
+    (dict(quantize="nf4", layers="all"), "needs frozen linear weights"),
+    (dict(quantize="nf4", layers=[1], dtype="float32", amp="bf16"), "computes in the model's dtype"),
+    (dict(lora_targets=["q_proj"], layers="all"), "needs `lora_rank`"),
+    (dict(loss_chunks=65, seq_len=64, layers="all"), "`loss_chunks <= seq_len`"),
+    (dict(optimizer="lion", layers="all"), "`optimizer` must be one of"),
+])
+def test_combinations_that_cannot_run_are_refused_with_the_rule(kw, rule):
+    with pytest.raises(PlannerError, match=rule.replace("(", r"\(").replace("`", "`")):
+        TrainConfig(**kw)
+
+
+def test_unknown_lora_target_is_refused(tiny):
+    with pytest.raises(PlannerError, match="must name linear modules of a decoder layer"):
+        estimate(tiny("llama"), TrainConfig(lora_rank=4, layers="all", lora_targets=["w_qkv"]), device="cpu")
+
+
+@pytest.mark.parametrize("lever", sorted(LEVERS))
+def test_every_registered_lever_keeps_the_contract(lever):
+    """Each lever declares its fields in the config, a flag for one of them, and says in every exporter what it does."""
+    obj = LEVERS[lever]
+    assert obj.fields and set(obj.fields) <= set(TrainConfig.model_fields)
+    assert obj.flag is not None and obj.flag.field in obj.fields and obj.flag.name.startswith("--")
+    on = {"checkpointing": dict(gradient_checkpointing=True), "optimizer": dict(optimizer="adamw8bit"),
+          "optimizer_in_backward": dict(optimizer_in_backward=True), "loss_chunks": dict(loss_chunks=4),
+          "lora_targets": dict(lora_rank=8, lora_targets=["q_proj"]), "quantize": dict(quantize="nf4", lora_rank=8)}
+    cfg = TrainConfig(layers="all", **on[lever])
+    assert obj.active(cfg) and obj.label(cfg)
+    for target in ("hf", "axolotl", "llamafactory", "lmflow", "swift"):
+        items = obj.export(target, cfg)
+        assert items.keys or items.lost or lever == "checkpointing" and target == "llamafactory"
+
+
+def test_levers_are_ordered_model_changes_first():
+    names = [lever.name for lever in all_levers()]
+    assert names.index("checkpointing") < names.index("quantize") < names.index("lora_targets")
