@@ -245,7 +245,7 @@ def test_matching_profile_is_found_in_profile_dir(capsys, model_json, tmp_path, 
     (["--lora-rank", "0"], "--lora-rank input should be greater than or equal to 1, but got '0'"),
     (["--batch-size", "0"], "--batch-size input should be greater than or equal to 1"),
     (["--dtype", "int8"], "--dtype input should be 'float32', 'bfloat16' or 'float16'"),
-    (["--optimizer", "lion"], "`optimizer` must be one of adamw, sgd, adamw8bit, paged_adamw8bit, but got .lion."),
+    (["--optimizer", "lion"], "`optimizer` must be one of adamw, sgd, adamw8bit, paged_adamw8bit, but got 'lion'"),
     (["--device", "tpu"], "--device must be cuda or cpu, but got 'tpu'"),
     (["--profile", "/nonexistent/p.json"], "--profile must be an existing device profile JSON"),
 ])
