@@ -7,7 +7,7 @@ Every plan of the export contract test (tiny 4-layer llama, gpt2 and qwen2 model
 configs) is exported to every target, applied with the trainer's own rule (peft and BAdam as
 installed, axolotl/LMFlow/LLaMA-Factory/ms-swift rules reproduced from their code, see
 tests/trainer_rules.py and tests/trainer_rules_swift.py) and trained 6 steps next to planner's own sampler. `says` is what the
-export's loss lines name, `measured` what differs; optimizer state is the most held after any
+export's loss lines name (lines about the data aside), `measured` what differs; optimizer state is the most held after any
 step (torch tensors' bytes on CPU), copies are weight copies the trainer keeps (BAdam's float32
 block, peft's modules_to_save). Then the LISA callbacks' optimizer state on a 6-layer llama
 (γ=2, K=2) step by step, against planner's sampler, which drops a frozen layer's state.
@@ -40,7 +40,7 @@ def matrix() -> None:
             result = get_exporter(target).render(plan)
             got = RUNNERS[target](plan, result.files, Path(tempfile.mkdtemp()))
             diffs = differences(plan, ref, got)
-            said = sorted({k for line in result.lost for k in loss_kinds(line)})
+            said = sorted({k for line in result.lost for k in loss_kinds(line)} - {"data"})  # data lines: test_export_data.py
             measured = sorted(diffs)
             agree += said == measured
             total += 1

@@ -3,6 +3,7 @@ the trainer's own command runs it; a built-in task's export names a placeholder 
 
 import json
 import shlex
+from pathlib import Path
 
 import pytest
 import yaml
@@ -34,14 +35,25 @@ def test_training_data_is_what_the_loader_reads(tmp_path):
     assert training_data("default:add") == TrainingData(task="add", format="builtin")
 
 
-def test_tune_records_the_data_and_steps(tmp_path):
-    """summarize() fills the fields from the workload and the step count the trials trained."""
-    import inspect
+def test_tune_records_the_data_and_steps_and_the_exports_name_them(tmp_path, capsys, monkeypatch):
+    """A real `planner tune` on a user's JSONL file: the plan it writes names the file, its fields and the steps."""
+    from tune_helpers import write_user_workload
 
-    from planner.tune import result
+    from planner.cli.main import main
+    from planner.plan import Plan
 
-    src = inspect.getsource(result.summarize)
-    assert "data=training_data(workload.name)" in src and "steps=steps or None" in src
+    model_dir, data = write_user_workload(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code = main(["tune", "--vram", "1GB", "--model", model_dir, "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
+                 "--proxy", "target", "--proxy-device", "cpu", "--data", data, "--n-trials", "4", "--steps", "3",
+                 "--eval-every", "3", "--study", "d", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--scorers", "uniform",
+                 "--quiet", "--out", str(tmp_path / "plan.yaml")])
+    assert code == 0, capsys.readouterr().err
+    plan = Plan.load(tmp_path / "plan.yaml")
+    assert plan.steps == 3 and plan.data == TrainingData(path=str(Path(data).resolve()), format="jsonl",
+                                                         fields={"prompt": "instruction", "answer": "response"})
+    args = swift_args(get_exporter("swift").render(plan).files["swift_sft.sh"])
+    assert args["dataset"] == [str(Path(data).resolve())] and args["max_steps"] == ["3"] and args["max_length"] == ["32"]
 
 
 def files_of(target, plan):
