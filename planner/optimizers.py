@@ -12,12 +12,13 @@ unified memory outside PyTorch's caching allocator (bitsandbytes' paged optimize
 from __future__ import annotations
 
 import warnings
-from typing import Callable, ClassVar, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 from planner.errors import PlannerError
 from planner.registry import registrar
+
+if TYPE_CHECKING:
+    import torch
 
 Tensors = Sequence[tuple[int, int]]  # (numel, bytes per element)
 STEP_TENSOR_BYTES = 4  # torch keeps AdamW's `step` as a float32 scalar tensor on the CPU (not capturable)
@@ -43,7 +44,7 @@ class Optimizer:
     hf_name: ClassVar[str] = ""  # transformers.TrainingArguments(optim=...), axolotl `optimizer`, LLaMA-Factory `optim`
     paged: ClassVar[bool] = False
 
-    def build(self, params, lr: float, *, foreach: bool | None = None) -> torch.optim.Optimizer:
+    def build(self, params, lr: float, *, foreach: bool | None = None) -> "torch.optim.Optimizer":
         """The optimizer that runs (``foreach`` where the class has it)."""
         raise NotImplementedError
 
@@ -60,6 +61,8 @@ class ShadowStep:
         self.strategy, self.params, self.device, self.state = strategy, params, device, {}
 
     def step(self):
+        import torch  # deferred: configs and plans name optimizers without loading torch
+
         sizes = [(p.numel(), p.element_size()) for p in self.params]
         peak = self.strategy.step_peak(sizes, self.device)
         if peak and self.params:
@@ -78,6 +81,8 @@ class AdamW(Optimizer):
     hf_name = "adamw_torch"
 
     def build(self, params, lr, *, foreach=None):
+        import torch  # deferred: configs and plans name optimizers without loading torch
+
         return torch.optim.AdamW(params, lr=lr, foreach=foreach)
 
     def state_bytes(self, tensors: Tensors, device: str, block: Callable[[int], int] = _identity) -> int:
@@ -113,6 +118,8 @@ class SGD(Optimizer):
     hf_name = "sgd"
 
     def build(self, params, lr, *, foreach=None):
+        import torch  # deferred: configs and plans name optimizers without loading torch
+
         return torch.optim.SGD(params, lr=lr, foreach=foreach)
 
     def state_bytes(self, tensors: Tensors, device: str, block: Callable[[int], int] = _identity) -> int:

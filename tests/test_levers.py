@@ -70,16 +70,19 @@ def test_the_levers_save_what_they_promise(tiny):
         estimate(spec, TrainConfig(**long), device="cpu").peak_bytes
 
 
-@pytest.mark.parametrize("kind", ["nf4", "nf4-dq"])
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", ["nf4", "nf4-dq", "int8"])
 @pytest.mark.parametrize("method", ["qlora", "static"])
-def test_quantized_frozen_weights_exact_against_transformers_bitsandbytes_loading(tiny, tmp_path, kind, method):
+def test_quantized_frozen_weights_exact_against_transformers_bitsandbytes_loading(tiny, tmp_path, arch, kind, method):
     """Truth: the model saved, loaded by transformers with BitsAndBytesConfig, prepared by peft's
-    prepare_model_for_kbit_training, then trained (LoRA or the static set) on CPU."""
+    prepare_model_for_kbit_training, then trained (LoRA or the static set) on CPU. qwen2 and gpt2 have
+    biases (cast back to the compute dtype by the first 4-bit forward), int8 keeps float32 row scales
+    (moved into the module's state by its first forward)."""
     pytest.importorskip("bitsandbytes")
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    spec = tiny("llama", hidden=128, vocab=512)
+    spec = tiny(arch, hidden=128, vocab=512)
     kw = (dict(lora_rank=8, layers="all", train_embeddings=False, train_head=False) if method == "qlora"
           else dict(layers=[2, 3]))
     cfg = TrainConfig(batch_size=2, seq_len=64, dtype="bfloat16", quantize=kind, **kw)
@@ -88,8 +91,11 @@ def test_quantized_frozen_weights_exact_against_transformers_bitsandbytes_loadin
     path, _ = find_decoder_layers(model)
     model.save_pretrained(tmp_path)
     skip = ["lm_head"] + ([f"{path}.{i}" for i in cfg.layers] if method == "static" else [])
-    qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=kind == "nf4-dq",
-                            bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
+    if kind == "int8":
+        qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    else:
+        qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=kind == "nf4-dq",
+                                bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=qc, device_map="cpu", dtype=torch.bfloat16)
     loaded = prepare_model_for_kbit_training(loaded, use_gradient_checkpointing=False)
     measured = measure_training_peak(loaded, cfg.model_copy(update={"quantize": None}), make_batch(spec.vocab_size, 2, 64))
@@ -133,3 +139,14 @@ def test_every_registered_lever_keeps_the_contract(lever):
 def test_levers_are_ordered_model_changes_first():
     names = [lever.name for lever in all_levers()]
     assert names.index("checkpointing") < names.index("quantize") < names.index("lora_targets")
+
+
+@pytest.mark.parametrize("kind", ["nf4", "nf4-dq", "int8"])
+def test_quantized_trace_under_fake_tensors_matches_the_real_one(tiny, kind):
+    """Large models trace under FakeTensorMode, where bitsandbytes' parameter classes cannot wrap fake tensors:
+    the stand-in layout must give the same bytes as the real quantization."""
+    pytest.importorskip("bitsandbytes")
+    spec = tiny("qwen2", hidden=128, vocab=512)
+    for kw in (dict(lora_rank=8, layers="all", train_embeddings=False, train_head=False), dict(layers=[2, 3])):
+        cfg = TrainConfig(batch_size=2, seq_len=64, dtype="bfloat16", quantize=kind, **kw)
+        assert estimate(spec, cfg, device="cpu", fake=True).peak_bytes == estimate(spec, cfg, device="cpu", fake=False).peak_bytes

@@ -3,6 +3,8 @@
 import importlib.util
 import sys
 
+from dataclasses import replace
+
 import optuna
 import pytest
 
@@ -82,13 +84,38 @@ def test_baselines_match_lisa_defaults_and_enqueue_with_kinds():
     for kind in KINDS:
         trial = study.ask()
         assert trial.user_attrs["kind"] == kind
+        assert trial.user_attrs["levers"] == dict(points[kind].levers)
         got = s.suggest_fixed(trial, points[kind])
-        assert got == points[kind]
+        assert replace(got, levers=tuple(sorted(trial.user_attrs["levers"].items()))) == points[kind]
         study.tell(trial, 0.0)
     # the LoRA baseline adds lora_rank to a space without LoRA; searched trials stay compatible
     trial = study.ask()
     s.suggest(trial)
     study.tell(trial, 0.0)
+
+
+def test_baselines_take_the_cheapest_form_that_fits_as_users_run_them():
+    """Each baseline walks its recipes: as it is, with checkpointing, then its community's memory levers; a gate
+    that admits only checkpointed configs gets checkpointed baselines, and QLoRA is 4-bit with checkpointing."""
+
+    class OnlyCheckpointed:
+        def predict(self, cfg):
+            return type("P", (), {"fits": cfg.gradient_checkpointing})()
+
+    class OnlyTorchtune:
+        def predict(self, cfg):
+            return type("P", (), {"fits": cfg.optimizer_in_backward or cfg.lora_rank is not None})()
+
+    s = space(checkpointing=(False, True))
+    plain = baseline_points(s)
+    assert all(not p.gradient_checkpointing for k, p in plain.items() if k != "baseline:qlora")
+    ckpt = baseline_points(s, OnlyCheckpointed())
+    assert all(p.gradient_checkpointing for p in ckpt.values())
+    assert ckpt["baseline:full"].levers == () and dict(ckpt["baseline:qlora"].levers) == {"quantize": "nf4-dq"}
+    full = baseline_points(s, OnlyTorchtune())["baseline:full"]
+    assert dict(full.levers) == {"optimizer": "paged_adamw8bit", "optimizer_in_backward": True, "loss_chunks": 8}
+    cfg = s.train_config(full)
+    assert cfg.optimizer == "paged_adamw8bit" and cfg.loss_chunks == 8 and cfg.gradient_checkpointing
 
 
 def test_lisa_baseline_needs_uniform_scorer():

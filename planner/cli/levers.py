@@ -7,11 +7,12 @@ import argparse
 from planner.levers import all_levers
 
 
-def add_lever_flags(parser: argparse.ArgumentParser) -> None:
-    """Add each registered lever's flag; values are read as text and validated with the config."""
+def add_lever_flags(parser: argparse.ArgumentParser, *, shape_only: bool = False) -> None:
+    """Add each registered lever's flag (``shape_only``: those of the training shape a study fixes, for `tune`);
+    values are read as text and validated with the config."""
     for lever in all_levers():
         flag = lever.flag
-        if flag is None:
+        if flag is None or (shape_only and not lever.in_shape):
             continue
         if flag.kind == "bool":
             parser.add_argument(flag.name, dest=flag.field, action=argparse.BooleanOptionalAction, default=None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
+    from planner.cli.levers import add_lever_flags
     from planner.tune.confirm import DEFAULT_CONFIRM_SEEDS, DEFAULT_CONFIRM_TOP
     from planner.tune.storage import DEFAULT_STORAGE
     from planner.tune.study import DEFAULT_N_TRIALS, DEFAULT_STEPS, DEFAULT_THREADS  # light: optuna loads inside run_tune
@@ -24,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", metavar="N", help=f"the target's micro-batch size (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--dtype", metavar="{float32,bfloat16,float16}", help=f"the target's weight dtype (default {DEFAULT_DTYPE}; float32 with --amp)")
     p.add_argument("--amp", metavar="{bf16,fp16}", help="autocast with float32 weights (HF Trainer's bf16=True)")
-    p.add_argument("--optimizer", metavar="{adamw,sgd,adamw8bit}", help="default adamw")
+    add_lever_flags(p, shape_only=True)  # --optimizer, --optimizer-in-backward, --loss-chunks: every trial's shape
     p.add_argument("--proxy", default="auto",
                    help="what the short trainings run on: target (the target itself), builtin (the built-in pretrained "
                         "proxy, as deep as the target up to 32 layers), a preset, hub id or local model directory, or "
@@ -70,18 +71,22 @@ def run(args) -> int:
 
     from rich.console import Console
 
+    from planner.cli.levers import lever_values
+    from planner.errors import collect
     from planner.tune import TuneOptions, run_tune
     from planner.tune.summary import confirmation_lines, measured_lines, plan_line, summary_table
 
+    problems: list[str] = []
     options = TuneOptions(
         vram=args.vram, model=args.model, seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype, amp=args.amp,
-        optimizer=args.optimizer, proxy=args.proxy, proxy_device=args.proxy_device, data=args.data,
+        levers=lever_values(args, problems), proxy=args.proxy, proxy_device=args.proxy_device, data=args.data,
         n_trials=args.n_trials, timeout=args.timeout, study=args.study, storage=args.storage, seed=args.seed,
         steps=args.steps, eval_every=args.eval_every, scorers=args.scorers, device=args.device, profile=args.profile,
         multi_objective=args.multi_objective, lora=args.lora, batch_sizes=args.batch_sizes, out=args.out,
         sampler=args.sampler, pruner=args.pruner, baselines=args.baselines, threads=args.threads,
         confirm_seeds=args.confirm_seeds, confirm_top=args.confirm_top,
     )
+    collect(problems)
     console = Console(highlight=False, soft_wrap=True)  # one line per message, whatever the width
     # transformers 5 deprecation noise from peft's LoRA wrapping: nothing a user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

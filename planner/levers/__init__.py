@@ -36,10 +36,23 @@ def lever_fields() -> dict:
     return out
 
 
+def lever_of(field: str) -> Lever:
+    """The lever that owns config field ``field``."""
+    for lever in all_levers():
+        if field in lever.fields:
+            return lever
+    raise KeyError(f"no lever owns the config field {field!r}")
+
+
+def shape_fields() -> list[str]:
+    """Config fields of the levers that belong to a study's training shape (set once for every trial)."""
+    return [name for lever in all_levers() if lever.in_shape for name in lever.fields]
+
+
 def labels(cfg) -> list[str]:
     """The levers ``cfg`` pulls, in words."""
     return [text for lever in active_levers(cfg) if (text := lever.label(cfg))]
 
 
 __all__ = ["LEVERS", "ExportItems", "Flag", "Lever", "register_lever", "all_levers", "active_levers",
-           "lever_fields", "labels"]
+           "lever_fields", "lever_of", "shape_fields", "labels"]

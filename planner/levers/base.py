@@ -51,6 +51,10 @@ class Lever:
     fields: ClassVar[dict[str, tuple[Any, Any]]] = {}  # config field -> (annotation, pydantic Field)
     flag: ClassVar[Flag | None] = None
     searchable: ClassVar[bool] = False
+    # part of the target's training shape: set once by the user for every trial of a study (planner tune)
+    in_shape: ClassVar[bool] = False
+    # changes what a proxy run learns (not only its memory): a proxy other than the target trains with it
+    changes_result: ClassVar[bool] = False
     # the trace runs the optimizer inside backward, so the optimizer is part of what a trace depends on
     optimizer_in_trace: ClassVar[bool] = False
 
@@ -68,6 +72,11 @@ class Lever:
 
     def prepare(self, model, cfg, layers: list[int]):
         """Change the model before adapters and the trainable set are applied; returns the model."""
+        return model
+
+    def proxy_model(self, model, fields: dict):
+        """The proxy model trained under this lever's ``fields`` (a point's lever values); default unchanged.
+        Only levers that change the result (``changes_result``) reach a proxy other than the target."""
         return model
 
     def lora_targets(self, cfg, names: list[str]) -> list[str]:

@@ -58,6 +58,7 @@ class SteppedInBackward:
 class OptimizerInBackward(Lever):
     name = "optimizer_in_backward"
     order = 80
+    in_shape = True
     fields = {"optimizer_in_backward": (bool, Field(False, description="run each parameter's optimizer step as its "
                                                     "gradient is accumulated, then free the gradient"))}
     flag = Flag("--optimizer-in-backward", "optimizer_in_backward", "each parameter's optimizer step runs in backward "

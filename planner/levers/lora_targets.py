@@ -16,6 +16,7 @@ from planner.levers.base import ExportItems, Flag, Lever, register_lever
 class LoraTargets(Lever):
     name = "lora_targets"
     order = 60
+    changes_result = True
     fields = {"lora_targets": (list[str] | None, Field(None, description="leaf names of the linear modules LoRA adapts "
                                                                         "(default: every linear module of a decoder layer)"))}
     flag = Flag("--lora-targets", "lora_targets", "LoRA on these linear modules only, e.g. q_proj,v_proj "

@@ -9,8 +9,6 @@ saves each chunk's float32 output for backward (the trace counts exactly that).
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from planner.levers.base import ExportItems, Flag, Lever, register_lever
@@ -23,8 +21,10 @@ def _causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def chunked_loss(model, batch: dict, chunks: int) -> torch.Tensor:
+def chunked_loss(model, batch: dict, chunks: int):
     """Mean next-token cross-entropy over ``chunks`` sequence chunks, as torchtune computes it."""
+    import torch.nn.functional as F  # deferred: the config imports every lever, and torch is heavy
+
     lm = _causal_lm(model)
     hidden = lm.base_model(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
     head = lm.get_output_embeddings()
@@ -42,6 +42,7 @@ def chunked_loss(model, batch: dict, chunks: int) -> torch.Tensor:
 class LossChunks(Lever):
     name = "loss_chunks"
     order = 90
+    in_shape = True
     fields = {"loss_chunks": (int, Field(1, ge=1, description="cross-entropy over this many sequence chunks "
                                                               "(torchtune's CEWithChunkedOutputLoss); 1: the model's own loss"))}
     flag = Flag("--loss-chunks", "loss_chunks", "compute the cross-entropy over N chunks of the sequence, as torchtune's "

@@ -12,6 +12,8 @@ from planner.optimizers import OPTIMIZERS, get_optimizer
 class OptimizerLever(Lever):
     name = "optimizer"
     order = 0
+    in_shape = True
+    changes_result = True
     fields = {"optimizer": (str, Field("adamw", description=f"the optimizer: one of {', '.join(OPTIMIZERS)}"))}
     flag = Flag("--optimizer", "optimizer", f"the optimizer (default adamw; {', '.join(OPTIMIZERS)})",
                 metavar="{" + ",".join(OPTIMIZERS) + "}")

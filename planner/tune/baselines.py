@@ -4,7 +4,16 @@
   steps, embeddings and head always trainable, the search's default learning rate;
 - ``baseline:full``: full fine-tuning (γ=L: every layer, embeddings and head), gated like any
   trial, so it runs only where it fits;
-- ``baseline:lora``: LoRA rank 16 on every layer's linear modules, embeddings and head frozen.
+- ``baseline:lora``: LoRA rank 16 on every layer's linear modules, embeddings and head frozen;
+- ``baseline:qlora``: the same adapters over NF4 base weights with double quantization and
+  gradient checkpointing (QLoRA, Dettmers et al. 2023, as peft's ``prepare_model_for_kbit_training`` runs it).
+
+Baselines as users run them: each is tried in the cheapest standard form that fits the budget,
+walking its :data:`RECIPES` in order (as it is; with gradient checkpointing; then the memory
+levers its community uses: 8-bit AdamW for LISA, torchtune's single-device full recipe for full
+fine-tuning: paged 8-bit AdamW, the step in backward, checkpointing, the loss in 8 chunks). The
+form it ran in is recorded (``user_attrs['levers']``) and named wherever the baseline is shown;
+only a baseline that fits in no form is "does not fit" (trained in its last form, gated).
 
 Fair comparison: before confirmation (:mod:`planner.tune.confirm`), each baseline that trained
 within the budget also runs at the other :data:`LR_SWEEP_FACTORS` times its default learning
@@ -21,13 +30,28 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from planner.config import TrainConfig
+from planner.levers import labels, lever_fields
 from planner.tune.space import DEFAULT_LR, LISA_GAMMA, LISA_PERIOD, SearchSpace, TrialParams
 
+_LEVER_DEFAULTS = {name: spec[1].default for name, spec in lever_fields().items()}
 LORA_BASELINE_RANK = 16
 # LoRA adapters start at zero and are trained from scratch: they take a larger step than
 # full weights (Hu et al. 2021 fine-tune GPT-2 with 2e-4 vs 1e-5..5e-5 for full fine-tuning)
 LORA_LR_FACTOR = 5.0
-KINDS = ("baseline:lisa", "baseline:full", "baseline:lora")
+QLORA_BASELINE_QUANTIZE = "nf4-dq"
+KINDS = ("baseline:lisa", "baseline:full", "baseline:lora", "baseline:qlora")
+CHECKPOINTING = {"gradient_checkpointing": True}
+# torchtune's single-device full fine-tuning recipe (llama3_1/8B_full_single_device.yaml, torchtune 0.3)
+TORCHTUNE_FULL = {"gradient_checkpointing": True, "optimizer": "paged_adamw8bit", "optimizer_in_backward": True,
+                  "loss_chunks": 8}
+# per kind, the forms users run, cheapest last: the first that fits is the baseline
+RECIPES: dict[str, tuple[dict, ...]] = {
+    "baseline:lisa": ({}, CHECKPOINTING, {**CHECKPOINTING, "optimizer": "adamw8bit"}),
+    "baseline:full": ({}, CHECKPOINTING, TORCHTUNE_FULL),
+    "baseline:lora": ({}, CHECKPOINTING),
+    "baseline:qlora": ({"quantize": QLORA_BASELINE_QUANTIZE, **CHECKPOINTING},),
+}
 SEARCH = "search"
 # a baseline's learning-rate sweep: a factor of 3 around its default brackets the rates that train
 # the built-in proxy (LISA's defaults on the default task: 0.823 / 0.394 / 0.373 at 3.3e-4 / 1e-3 / 3e-3;
@@ -45,8 +69,50 @@ def _lr(space: SearchSpace, lr: float) -> float:
     return min(max(lr, space.lr_range[0]), space.lr_range[1])
 
 
-def baseline_points(space: SearchSpace) -> dict[str, TrialParams]:
-    """Kind -> fixed point. LISA needs the ``uniform`` scorer in the space; without it LISA is left out."""
+def in_form(point: TrialParams, form: dict) -> TrialParams:
+    """``point`` run with the levers of ``form`` (checkpointing is a searched field; the rest ride in ``levers``)."""
+    rest = tuple(sorted((k, v) for k, v in form.items() if k != "gradient_checkpointing"))
+    return replace(point, gradient_checkpointing=bool(form.get("gradient_checkpointing", False)), levers=rest)
+
+
+def trial_point(trial, space: SearchSpace) -> TrialParams:
+    """The point ``trial`` ran: its params, and the levers recorded with it (a baseline's form)."""
+    return replace(space.from_params(trial.params), levers=tuple(sorted((trial.user_attrs.get("levers") or {}).items())))
+
+
+def trial_form(point: TrialParams, trial) -> TrialParams:
+    """``point`` in the form ``trial`` ran in (its checkpointing param and recorded levers)."""
+    form = dict(trial.user_attrs.get("levers") or {})
+    form["gradient_checkpointing"] = bool(trial.params.get("gradient_checkpointing", point.gradient_checkpointing))
+    return in_form(point, form)
+
+
+def trial_form_words(trial) -> str:
+    """The levers a trial ran with, in words, e.g. `` (checkpointing, NF4 + double quant)``; empty when none."""
+    form = dict(trial.user_attrs.get("levers") or {})
+    form["gradient_checkpointing"] = bool(trial.params.get("gradient_checkpointing", False))
+    words = [w for w in labels(TrainConfig.model_construct(**{**_LEVER_DEFAULTS, **form})) if w]
+    return f" ({', '.join(words)})" if words else ""
+
+
+def baseline_points(space: SearchSpace, gate=None) -> dict[str, TrialParams]:
+    """Kind -> fixed point, in the cheapest form of :data:`RECIPES` that ``gate`` lets through (without a
+    gate, or where no form fits, the last form). LISA needs the ``uniform`` scorer in the space."""
+    return {kind: _cheapest(kind, point, space, gate) for kind, point in _plain_points(space).items()}
+
+
+def _cheapest(kind: str, point: TrialParams, space: SearchSpace, gate) -> TrialParams:
+    # a space without checkpointing among its choices runs every form without it
+    forms = [in_form(point, {k: v for k, v in form.items() if k != "gradient_checkpointing" or v in space.checkpointing})
+             for form in RECIPES[kind]]
+    if gate is not None:
+        for p in forms:
+            if gate.predict(space.train_config(p)).fits:
+                return p
+    return forms[-1] if gate is not None else forms[0]
+
+
+def _plain_points(space: SearchSpace) -> dict[str, TrialParams]:
     L = space.num_layers
     period = _nearest(LISA_PERIOD, space.periods)
     scorer = "uniform" if "uniform" in space.scorers else space.scorers[0]
@@ -64,6 +130,7 @@ def baseline_points(space: SearchSpace) -> dict[str, TrialParams]:
         lora_point = space.point(gamma=L, period=period, scorer=scorer, train_embeddings=False, train_head=False,
                                  lr=_lr(space, DEFAULT_LR * LORA_LR_FACTOR))
         out["baseline:lora"] = TrialParams(**{**lora_point.__dict__, "lora_rank": LORA_BASELINE_RANK})
+        out["baseline:qlora"] = out["baseline:lora"]
     return out
 
 
@@ -78,20 +145,25 @@ def lr_sweep(space: SearchSpace, point: TrialParams) -> list[tuple[float, TrialP
     return out
 
 
-def enqueue_baselines(study, space: SearchSpace) -> list[str]:
-    """Queue every baseline at its default learning rate as a fixed trial marked with its kind; returns the kinds."""
-    points = baseline_points(space)
+def _attrs(kind: str, point: TrialParams, **more) -> dict:
+    return {"kind": kind, "levers": dict(point.levers), **more}
+
+
+def enqueue_baselines(study, space: SearchSpace, gate=None) -> list[str]:
+    """Queue every baseline (its cheapest fitting form) at its default learning rate as a fixed trial marked
+    with its kind and levers; returns the kinds."""
+    points = baseline_points(space, gate)
     for kind, point in points.items():
-        study.enqueue_trial(point.as_params(), user_attrs={"kind": kind})
+        study.enqueue_trial(point.as_params(), user_attrs=_attrs(kind, point))
     return list(points)
 
 
-def enqueue_missing_baselines(study, space: SearchSpace) -> list[str]:
+def enqueue_missing_baselines(study, space: SearchSpace, gate=None) -> list[str]:
     """Queue the baselines a study holds no trial of (a worker killed while it created the study); returns their kinds."""
     have = {t.user_attrs.get("kind") for t in study.get_trials(deepcopy=False)}
-    missing = {kind: point for kind, point in baseline_points(space).items() if kind not in have}
+    missing = {kind: point for kind, point in baseline_points(space, gate).items() if kind not in have}
     for kind, point in missing.items():
-        study.enqueue_trial(point.as_params(), user_attrs={"kind": kind})
+        study.enqueue_trial(point.as_params(), user_attrs=_attrs(kind, point))
     return list(missing)
 
 
@@ -101,7 +173,8 @@ def is_sweep(trial) -> bool:
 
 
 def enqueue_sweeps(study, space: SearchSpace) -> int:
-    """Queue the missing learning rates of every baseline whose default trial trained within the budget."""
+    """Queue the missing learning rates of every baseline whose default trial trained within the budget, in the
+    form (levers) that trial ran in."""
     from optuna.trial import TrialState
 
     from planner.tune.lifecycle import interrupted
@@ -110,13 +183,15 @@ def enqueue_sweeps(study, space: SearchSpace) -> int:
     n = 0
     for kind, point in baseline_points(space).items():
         of_kind = [t for t in trials if t.user_attrs.get("kind") == kind and not interrupted(t)]
-        if not any(t.state == TrialState.COMPLETE and t.user_attrs.get("fits") is True for t in of_kind):
+        ran = [t for t in of_kind if t.state == TrialState.COMPLETE and t.user_attrs.get("fits") is True]
+        if not ran:
             continue
+        point = trial_form(point, ran[0])
         have = {float(t.params["lr"]) for t in of_kind if "lr" in t.params} | {
             float(t.system_attrs.get("fixed_params", {}).get("lr", -1)) for t in of_kind if t.state == TrialState.WAITING}
         for factor, p in lr_sweep(space, point):
             if p.lr not in have:
-                study.enqueue_trial(p.as_params(), user_attrs={"kind": kind, "lr_sweep": factor})
+                study.enqueue_trial(p.as_params(), user_attrs=_attrs(kind, p, lr_sweep=factor))
                 n += 1
     return n
 

@@ -29,10 +29,10 @@ from __future__ import annotations
 import hashlib
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.confirmation import Confirmation, ConfirmedRun, Margin
-from planner.tune.baselines import KINDS, SEARCH, best_of_kind
+from planner.tune.baselines import KINDS, SEARCH, best_of_kind, trial_point
 
 PREFIX = "confirm:"
 DEFAULT_CONFIRM_SEEDS = 3
@@ -124,7 +124,8 @@ def confirm_run(trial, space, seed: int):
         return None
     number, index = parsed
     source = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == number)
-    return space.suggest_fixed(trial, space.from_params(source.params)), confirm_seed(seed, index)
+    point = trial_point(source, space)  # a baseline runs in its recorded form
+    return replace(space.suggest_fixed(trial, point), levers=point.levers), confirm_seed(seed, index)
 
 
 def waiting_confirmations(study) -> int:

@@ -6,9 +6,10 @@ Depth rule (target with L_t decoder layers, proxy with L_p <= L_t, f = L_p / L_t
     min_depth_p = clamp(round(min_depth · f), 0, L_p - γ_p)
 
 K (steps between re-draws), the scorer, embeddings/head and the LoRA rank are unchanged;
-rounding is half up. Gradient checkpointing changes memory and time, not the result: only the
-target itself trains with it (its measured memory must match the prediction); any other proxy
-trains without it. Example: Llama-3-8B (32 layers) on a
+rounding is half up. Levers that change memory and time, not the result (gradient checkpointing,
+the step in backward, chunked loss: ``Lever.changes_result`` false): only the target itself trains
+with them (its measured memory must match the prediction); any other proxy trains without them.
+Levers that change the result (quantized frozen weights, the optimizer) stay. Example: Llama-3-8B (32 layers) on a
 4-layer proxy: γ = 5 at min_depth 24 trains γ_p = round(0.625) = 1 at min_depth_p = 3.
 Target plans that map to the same proxy plan may share one proxy run. The built-in proxy is as deep
 as targets of up to 32 layers (f = 1: the rule is the identity); Llama-2-70B (80 layers) on its 32:
@@ -23,9 +24,10 @@ for a d=4096 target. A proxy of the target's width (the target itself) keeps the
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from planner.errors import PlannerError
+from planner.levers import lever_of
 from planner.tune.space import TrialParams
 
 
@@ -39,7 +41,8 @@ def proxy_params(params: TrialParams, *, target_layers: int, proxy_layers: int, 
         raise PlannerError(f"`1 <= proxy layers <= target layers` must hold, but got {proxy_layers} and {target_layers}")
     if is_target:
         return params
-    params = replace(params, gradient_checkpointing=False)
+    params = replace(params, gradient_checkpointing=False,
+                     levers=tuple((k, v) for k, v in params.levers if lever_of(k).changes_result))
     if proxy_layers == target_layers:
         return params
     f = proxy_layers / target_layers
@@ -56,6 +59,7 @@ def target_lr(proxy_lr: float, *, proxy_hidden: int, target_hidden: int) -> floa
 
 
 def reuse_key(params: TrialParams, batch_size: int) -> str:
-    """Trials whose proxy runs would be identical share this key."""
-    return repr((params.gamma, params.min_depth, params.gradient_checkpointing, params.period, params.scorer,
-                 params.train_embeddings, params.train_head, params.lr, params.adapter_rank, batch_size))
+    """Trials whose proxy runs would be identical share this key: every field of the proxy point (LoRA rank
+    0 and None both mean no adapters) and the batch."""
+    fields = asdict(replace(params, lora_rank=params.adapter_rank, batch_size=None))
+    return repr((sorted(fields.items()), batch_size))

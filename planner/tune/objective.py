@@ -12,6 +12,7 @@ and on CUDA measured_memory (see planner.tune.proxy).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from time import perf_counter
 from typing import Callable
 
@@ -79,6 +80,7 @@ class Objective:
             params, seed = confirm
         elif kind in self._baselines:
             params = self.space.suggest_fixed(trial, self._baselines[kind])
+            params = replace(params, levers=tuple(sorted((trial.user_attrs.get("levers") or {}).items())))
         else:
             params = self.space.suggest(trial)
 

@@ -13,6 +13,8 @@ from time import perf_counter
 from typing import Callable
 
 from planner.errors import PlannerError
+from planner.levers import all_levers
+from planner.optimizers import get_optimizer
 from planner.tune.space import TrialParams
 
 MAX_HISTORY = 50  # sampler re-draws kept per trial (the report's importance heatmap)
@@ -147,16 +149,18 @@ def _build(workload, params: TrialParams, shape: TrainShape, seed: int):
         # transformers' default (non-reentrant), as the cost model's measured step enables it
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
+    fields = dict(params.levers)
+    for lever in all_levers():
+        model = lever.proxy_model(model, fields)
     if params.adapter_rank:
         model = add_lora(model, params.adapter_rank)
     return model.to(torch.device(shape.device))
 
 
 def _optimizer_class(name: str):
-    import torch
-
-    # adamw8bit (bitsandbytes) trains as AdamW: the metric, not the memory, is what a proxy run measures
-    return torch.optim.SGD if name == "sgd" else torch.optim.AdamW
+    """The optimizer a proxy run steps with: the registered strategy's class (bitsandbytes' 8-bit ones run on CPU)."""
+    strategy = get_optimizer(name)
+    return lambda params, lr: strategy.build(params, lr)
 
 
 def lr_scheduler(optimizer, schedule: str, steps: int):
@@ -218,7 +222,8 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
         sampler = LayerSampler(model, gamma=params.gamma, period=params.period, scorer=params.scorer, scorer_options={},
                                train_embeddings=params.train_embeddings, train_head=params.train_head,
                                min_depth=params.min_depth, seed=seed)
-        optimizer = sampler.make_optimizer(_optimizer_class(shape.optimizer), lr=params.lr)
+        optimizer = sampler.make_optimizer(_optimizer_class(dict(params.levers).get("optimizer", shape.optimizer)),
+                                           lr=params.lr)
         with autocast:
             result = train_layerwise(model, batches, sampler=sampler, optimizer=optimizer, steps=steps,
                                      eval_fn=_evaluate, eval_every=eval_every, on_eval=_on_eval,

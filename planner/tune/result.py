@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from planner.config import TrainConfig
 from planner.errors import PlannerError
 from planner.plan import BaselineResult, Breakdown, Plan, ProxyInfo
-from planner.tune.baselines import KINDS, SEARCH
+from planner.tune.baselines import KINDS, SEARCH, trial_form_words, trial_point
 from planner.tune.space import SearchSpace, TrialParams
 
 
@@ -83,7 +83,7 @@ def _trained_ok(trial) -> bool:
 
 
 def params_of(trial, space: SearchSpace) -> TrialParams:
-    return space.from_params(trial.params)
+    return trial_point(trial, space)
 
 
 def _better(direction: str):
@@ -140,7 +140,7 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
         peak = t.user_attrs.get("predicted_peak_bytes")
         fits = t.user_attrs.get("fits")
         delta = None if metric is None else sign * (best_metric - metric)
-        rows.append(SummaryRow(kind.split(":", 1)[1], kind, metric, peak, fits, t.number, t.state.name.lower(), delta,
+        rows.append(SummaryRow(kind.split(":", 1)[1] + trial_form_words(t), kind, metric, peak, fits, t.number, t.state.name.lower(), delta,
                                t.user_attrs.get("reason"), **(stats(t) if top is not None else {})))
         if peak is not None:
             baselines.append(BaselineResult(name=kind.split(":", 1)[1], predicted_peak_bytes=int(peak), fits=bool(fits),

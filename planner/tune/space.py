@@ -51,10 +51,14 @@ class TrialParams:
     batch_size: int | None = None  # None: the space's only batch size
     min_depth: int = 0
     gradient_checkpointing: bool = False
+    # lever fields set for this point beyond the space's (a baseline's recipe, e.g. (("quantize", "nf4-dq"),));
+    # recorded in the trial's user_attrs['levers'], not among the searched params
+    levers: tuple = ()
 
     def as_params(self) -> dict:
         """The trial's ``params`` dict (contract keys; optional ones only when chosen)."""
         out = asdict(self)
+        out.pop("levers")
         return {k: v for k, v in out.items() if not (k in ("lora_rank", "batch_size") and v is None)}
 
     @property
@@ -163,7 +167,7 @@ class SearchSpace:
     def train_config(self, p: TrialParams) -> TrainConfig:
         """The configuration whose peak the cost model predicts for ``p`` (the sampler's worst case)."""
         return TrainConfig(
-            **self.extra,
+            **{**self.extra, **dict(p.levers)},
             batch_size=self.batch_size_of(p),
             seq_len=self.seq_len,
             active_layers=p.gamma,

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from planner.errors import PlannerError, collect
 from planner.threads import torch_threads
+from planner.levers import lever_of, shape_fields
 from planner.tune.gate import human_bytes
 from planner.tune.confirm import DEFAULT_CONFIRM_SEEDS, DEFAULT_CONFIRM_TOP
 from planner.tune.storage import DEFAULT_STORAGE, check_storage
@@ -54,7 +55,8 @@ class TuneOptions(BaseModel):
     batch_size: int | str | None = None
     dtype: str | None = None
     amp: str | None = None
-    optimizer: str | None = None
+    levers: dict = Field(default_factory=dict, description="the training shape's lever fields, e.g. {'optimizer': "
+                         "'adamw8bit', 'loss_chunks': 8} (planner.levers: those with in_shape)")
     proxy: str = "auto"
     proxy_device: Literal["auto", "cuda", "cpu"] = "auto"
     data: str | None = None
@@ -91,7 +93,7 @@ class TuneOptions(BaseModel):
         from planner.tune.target import resolve_target
 
         target, vram, problems = resolve_target(self.model, seq_len=self.seq_len, batch_size=self.batch_size,
-                                                dtype=self.dtype, amp=self.amp, optimizer=self.optimizer,
+                                                dtype=self.dtype, amp=self.amp, levers=self.levers,
                                                 device=self.device, profile=self.profile, vram=self.vram)
         if not self.proxy.strip():
             problems.append("--proxy must be auto, target, builtin, a preset, a hub id or a local model directory, but got ''")
@@ -160,7 +162,7 @@ def _workload_target(workload, options: TuneOptions):
     from planner.tune.target import workload_target
 
     return workload_target(workload, seq_len=options.seq_len, batch_size=options.batch_size, dtype=options.dtype,
-                           amp=options.amp, optimizer=options.optimizer, device=options.device, profile=options.profile)
+                           amp=options.amp, levers=options.levers, device=options.device, profile=options.profile)
 
 
 def build_space(target, options: TuneOptions):
@@ -175,7 +177,7 @@ def build_space(target, options: TuneOptions):
 
     scorers = tuple(options.scorers) if options.scorers else tuple(sorted(SCORERS))
     batches = tuple(options.batch_sizes) if options.batch_sizes else (target.shape.batch_size,)
-    extra = {k: getattr(target.shape, k) for k in ("dtype", "amp", "optimizer")}
+    extra = {k: getattr(target.shape, k) for k in ("dtype", "amp", *shape_fields())}
     return SearchSpace(num_layers=target.num_layers, scorers=scorers, seq_len=target.shape.seq_len, batch_sizes=batches,
                        lora_ranks=DEFAULT_LORA_RANKS if options.lora else (), min_depths=depth_choices(target.num_layers),
                        checkpointing=(False, True), extra=extra)
@@ -226,7 +228,7 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
             if options.baselines:
                 from planner.tune.baselines import enqueue_missing_baselines
 
-                enqueue_missing_baselines(study, space)
+                enqueue_missing_baselines(study, space, gate)
             study.set_user_attr(READY, True)
         return study, False
     study.set_user_attr(CREATED_BY, process_identity())
@@ -234,7 +236,7 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
         study.set_user_attr(key, value)
     from planner.tune.baselines import enqueue_baselines, enqueue_offered
 
-    queued = len(enqueue_baselines(study, space)) if options.baselines else 0
+    queued = len(enqueue_baselines(study, space, gate)) if options.baselines else 0
     enqueue_offered(study, space, gate, room=max(0, options.n_trials - queued))  # no more fixed trials than will run
     study.set_user_attr(READY, True)
     return study, True
@@ -251,12 +253,15 @@ def resume_command(options: TuneOptions, study_name: str) -> str:
     if options.storage != DEFAULT_STORAGE:
         parts.append(f"--storage {options.storage}")
     for flag, value in (("--model", options.model), ("--seq-len", options.seq_len), ("--batch-size", options.batch_size),
-                        ("--dtype", options.dtype), ("--amp", options.amp), ("--optimizer", options.optimizer),
+                        ("--dtype", options.dtype), ("--amp", options.amp),
                         ("--proxy", options.proxy), ("--data", options.data), ("--n-trials", options.n_trials),
                         ("--device", options.device), ("--steps", options.steps), ("--seed", options.seed),
                         ("--confirm-seeds", options.confirm_seeds), ("--confirm-top", options.confirm_top)):
         if value is not None:
             parts.append(f"{flag} {value}")
+    for name, value in sorted(options.levers.items()):
+        flag = lever_of(name).flag
+        parts.append(flag.name if flag.kind == "bool" and value else f"{flag.name} {value}")
     if options.scorers:
         parts.append(f"--scorers {','.join(options.scorers)}")
     if options.batch_sizes:
@@ -286,7 +291,7 @@ def _train_shape(target, proxy):
     if proxy.is_target:
         s = target.shape
         return TrainShape(device=proxy.device, seq_len=s.seq_len, dtype=s.dtype, amp=s.amp, optimizer=s.optimizer)
-    return TrainShape(device=proxy.device, optimizer=target.shape.optimizer)
+    return TrainShape(device=proxy.device, optimizer=target.shape.optimizer)  # the optimizer changes what is learned
 
 
 def header_lines(target, proxy, vram: int, space, gate, new_study: str | None = None) -> list[str]:

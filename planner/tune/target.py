@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError, ValidationProblems
+from planner.levers import labels, shape_fields
 
 # the embedded default question: Llama-3-8B in bfloat16, one 1024-token sequence per step, AdamW,
 # on a 24 GB card (RTX 3090/4090, A10G, L4 class)
@@ -19,7 +20,7 @@ DEFAULT_TARGET = "llama-3-8b"
 DEFAULT_SEQ_LEN = 1024
 DEFAULT_BATCH_SIZE = 1
 DEFAULT_DTYPE = "bfloat16"  # with --amp the weights are float32 (autocast), as in `planner estimate`
-SHAPE_FIELDS = ("batch_size", "seq_len", "dtype", "amp", "optimizer")
+SHAPE_FIELDS = ("batch_size", "seq_len", "dtype", "amp", *shape_fields())  # optimizer, step in backward, loss chunks
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Target:
     def shape_label(self) -> str:
         s = self.shape
         return (f"batch {s.batch_size} × seq {s.seq_len}, {s.dtype}" + (f" + amp {s.amp}" if s.amp != "none" else "")
-                + f", {s.optimizer}")
+                + "".join(f", {w}" for w in [s.optimizer, *labels(s.model_copy(update={"optimizer": "adamw"}))]))
 
     def label(self) -> str:
         """``llama-3-8b (32 layers; batch 1 × seq 1024, bfloat16, adamw; budget on cuda)``."""
@@ -71,7 +72,7 @@ class _Flags(argparse.Namespace):
         return None
 
 
-def resolve_target(model: str | None = None, *, seq_len=None, batch_size=None, dtype=None, amp=None, optimizer=None,
+def resolve_target(model: str | None = None, *, seq_len=None, batch_size=None, dtype=None, amp=None, levers=None,
                    device: str = "cuda", profile: str | None = None, vram=None) -> tuple[Target | None, int | None, list[str]]:
     """(target, budget bytes, problems): the target flags validated exactly as `planner estimate` does.
 
@@ -84,7 +85,7 @@ def resolve_target(model: str | None = None, *, seq_len=None, batch_size=None, d
         dtype = DEFAULT_DTYPE
     flags = _Flags(model=model or DEFAULT_TARGET, seq_len=DEFAULT_SEQ_LEN if seq_len is None else seq_len,
                    batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size, dtype=dtype, amp=amp,
-                   optimizer=optimizer, device=device, profile=profile, vram=vram)
+                   device=device, profile=profile, vram=vram, **(levers or {}))
     try:
         spec, cfg, prof, line, vram_bytes = validate(flags)
     except ValidationProblems as exc:
@@ -107,7 +108,7 @@ def target_layers_attribute(spec) -> str:
     return layers_attribute(model)
 
 
-def workload_target(workload, *, seq_len=None, batch_size=None, dtype=None, amp=None, optimizer=None,
+def workload_target(workload, *, seq_len=None, batch_size=None, dtype=None, amp=None, levers=None,
                     device: str = "cuda", profile: str | None = None) -> Target:
     """A workload's own model as the target (library callers that pass a workload and no ``--model``):
     its longest example and suggested batch unless told otherwise, float32 weights unless told otherwise."""
@@ -115,6 +116,6 @@ def workload_target(workload, *, seq_len=None, batch_size=None, dtype=None, amp=
 
     shape = TrainConfig(batch_size=int(batch_size or getattr(workload, "batch_size", None) or DEFAULT_BATCH_SIZE),
                         seq_len=int(seq_len or workload.seq_len), dtype=dtype or "float32", amp=amp or "none",
-                        optimizer=optimizer or "adamw")
+                        **(levers or {}))
     prof, line = resolve_profile(device, profile)
     return Target(str(workload.model_source), workload.spec, shape, device, prof, line)
