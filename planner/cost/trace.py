@@ -31,11 +31,11 @@ import torch
 
 from planner.cost.events import templates
 from planner.cost.boundaries import Boundaries
-from planner.cost.measure import make_batch, make_optimizer, prepare_model, state_tensors, training_step
+from planner.cost.measure import compute_loss, make_batch, make_optimizer, prepare_model, state_tensors, training_step
 from planner.cost.tracker import LiveBytesTracker
 from planner.cost.trainable import model_parts
 from planner.levers import active_levers
-from planner.levers.quantize import quant_state_tensors
+from planner.levers.quantize import quant_state_tensors, settle
 
 CATEGORIES = ("gradients", "activations", "transient")
 GRAD, ACT, TRANS = range(3)
@@ -162,6 +162,9 @@ def run_trace(spec, roles: list[str], cfg, *, fake: bool = False, kernels: str =
             if optimizer is not None:
                 with _unpacked_batch(fake):
                     training_step(model, optimizer, batch, cfg)
+            elif cfg.quantize is not None:  # the measured step is the second: its quantized linears are settled
+                with _unpacked_batch(fake):
+                    settle(lambda: compute_loss(model, batch, cfg))
             tracker = LiveBytesTracker(record=True)
             marks = Boundaries(model, tracker)
             with tracker:
