@@ -131,8 +131,23 @@ def test_table_rows_and_monotone_gamma(table):
         assert sum(c.estimate.breakdown.model_dump().values()) == c.peak_bytes
     full = cands[0]
     assert full.peak_bytes >= max(c.peak_bytes for c in cands if c.method == "layerwise")
-    lora = [c.peak_bytes for c in cands if c.method == "lora"]
+    lora = [c.peak_bytes for c in cands[1:4]]
     assert lora == sorted(lora) and lora[0] < full.peak_bytes  # r=64 on a 64-wide model may exceed full
+
+
+def test_table_adds_the_recipes_users_run_each_named_with_its_levers(table):
+    spec, cfg, cands = table
+    recipes = {c.name: c for c in cands[4:] if c.method != "layerwise"}
+    assert list(recipes) == ["lora r=8 (checkpointing)", "lora r=16 (checkpointing)", "lora r=64 (checkpointing)",
+                             "qlora r=16 (checkpointing, NF4 + double quant)",
+                             "full, torchtune (paged_adamw8bit, checkpointing, step in backward, loss in 8 chunks)"]
+    qlora = recipes["qlora r=16 (checkpointing, NF4 + double quant)"].config
+    assert qlora.quantize == "nf4-dq" and qlora.lora_rank == 16 and qlora.gradient_checkpointing
+    tt = recipes["full, torchtune (paged_adamw8bit, checkpointing, step in backward, loss in 8 chunks)"]
+    assert tt.config.layers == "all" and tt.config.optimizer_in_backward and tt.config.loss_chunks == 8
+    # each recipe saves against its plain form (the saving itself is measured in reports/bench_levers.txt)
+    assert tt.peak_bytes < cands[0].peak_bytes
+    assert recipes["lora r=16 (checkpointing)"].peak_bytes <= cands[2].peak_bytes
 
 
 def test_largest_fitting_gamma_and_smallest(table):

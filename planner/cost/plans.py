@@ -11,12 +11,16 @@ from typing import Literal
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
+from planner.levers import labels, shape_fields
+from planner.recipes import CHECKPOINTING, QLORA, TORCHTUNE_FULL
 
 DEFAULT_LORA_RANKS = (8, 16, 64)
+QLORA_RANK = 16  # the QLoRA row: r=16, as the tuner's QLoRA baseline
 # (train_embeddings, train_head): LISA trains both; BAdam-style layer-wise freezes both
 DEFAULT_EMBEDDING_VARIANTS = ((True, True), (False, False))
-# fields of the base configuration every candidate inherits; the trainable set is the candidate's own
-_SHARED_FIELDS = ("batch_size", "seq_len", "dtype", "amp", "optimizer", "gradient_checkpointing")
+# fields of the base configuration every candidate inherits (the shape and its levers); the trainable set is the
+# candidate's own, and a recipe row sets its own levers
+_SHARED_FIELDS = ("batch_size", "seq_len", "dtype", "amp", "gradient_checkpointing", *shape_fields())
 
 Method = Literal["full", "lora", "layerwise"]
 
@@ -79,11 +83,32 @@ def candidate_configs(base_cfg: TrainConfig, num_layers: int, *, lora_ranks=DEFA
         # LoRA adapters in every decoder layer, base weights (embeddings and head included) frozen
         rows.append((f"lora r={rank}", "lora", None,
                      TrainConfig(**shared, layers="all", lora_rank=rank, train_embeddings=False, train_head=False)))
+    rows += recipe_rows(shared, lora_ranks)
     for emb, head in embedding_variants:
         label = variant_label(emb, head)
         for gamma in range(1, num_layers + 1):
             rows.append((f"layer-wise γ={gamma} {label}", "layerwise", gamma,
                          TrainConfig(**shared, active_layers=gamma, min_depth=0, train_embeddings=emb, train_head=head)))
+    return rows
+
+
+def _named(name: str, cfg: TrainConfig) -> str:
+    return f"{name} ({', '.join(labels(cfg))})"
+
+
+def recipe_rows(shared: dict, lora_ranks=DEFAULT_LORA_RANKS) -> list[tuple[str, Method, int | None, TrainConfig]]:
+    """The recipes 24 GB users run (planner.recipes), each row named with its levers: LoRA per rank with
+    checkpointing, QLoRA r=16, full fine-tuning in torchtune's single-device form."""
+    lora = dict(layers="all", train_embeddings=False, train_head=False)
+    rows = []
+    for rank in lora_ranks:
+        cfg = TrainConfig(**{**shared, **CHECKPOINTING}, lora_rank=rank, **lora)
+        rows.append((_named(f"lora r={rank}", cfg), "lora", None, cfg))
+    if shared.get("amp", "none") == "none":  # 4-bit weights compute in the model's dtype, not under autocast
+        cfg = TrainConfig(**{**shared, **QLORA}, lora_rank=QLORA_RANK, **lora)
+        rows.append((_named(f"qlora r={QLORA_RANK}", cfg), "lora", None, cfg))
+    cfg = TrainConfig(**{**shared, **TORCHTUNE_FULL}, layers="all", train_embeddings=True, train_head=True)
+    rows.append((_named("full, torchtune", cfg), "full", None, cfg))
     return rows
 
 

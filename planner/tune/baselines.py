@@ -32,6 +32,7 @@ from dataclasses import replace
 
 from planner.config import TrainConfig
 from planner.levers import labels, lever_fields
+from planner.recipes import CHECKPOINTING, QLORA, TORCHTUNE_FULL
 from planner.tune.space import DEFAULT_LR, LISA_GAMMA, LISA_PERIOD, SearchSpace, TrialParams
 
 _LEVER_DEFAULTS = {name: spec[1].default for name, spec in lever_fields().items()}
@@ -39,18 +40,13 @@ LORA_BASELINE_RANK = 16
 # LoRA adapters start at zero and are trained from scratch: they take a larger step than
 # full weights (Hu et al. 2021 fine-tune GPT-2 with 2e-4 vs 1e-5..5e-5 for full fine-tuning)
 LORA_LR_FACTOR = 5.0
-QLORA_BASELINE_QUANTIZE = "nf4-dq"
 KINDS = ("baseline:lisa", "baseline:full", "baseline:lora", "baseline:qlora")
-CHECKPOINTING = {"gradient_checkpointing": True}
-# torchtune's single-device full fine-tuning recipe (llama3_1/8B_full_single_device.yaml, torchtune 0.3)
-TORCHTUNE_FULL = {"gradient_checkpointing": True, "optimizer": "paged_adamw8bit", "optimizer_in_backward": True,
-                  "loss_chunks": 8}
 # per kind, the forms users run, cheapest last: the first that fits is the baseline
 RECIPES: dict[str, tuple[dict, ...]] = {
     "baseline:lisa": ({}, CHECKPOINTING, {**CHECKPOINTING, "optimizer": "adamw8bit"}),
     "baseline:full": ({}, CHECKPOINTING, TORCHTUNE_FULL),
     "baseline:lora": ({}, CHECKPOINTING),
-    "baseline:qlora": ({"quantize": QLORA_BASELINE_QUANTIZE, **CHECKPOINTING},),
+    "baseline:qlora": (QLORA,),
 }
 SEARCH = "search"
 # a baseline's learning-rate sweep: a factor of 3 around its default brackets the rates that train
