@@ -11,7 +11,6 @@ unified memory outside PyTorch's caching allocator (bitsandbytes' paged optimize
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 from planner.errors import PlannerError
@@ -195,9 +194,13 @@ class PagedAdamW8bit(AdamW8bit):
     paged = True
 
     def build(self, params, lr, *, foreach=None):
-        with warnings.catch_warnings():  # "Paged optimizers are not supported on CPU": the fallback is what we measure
-            warnings.simplefilter("ignore", UserWarning)
-            return _bitsandbytes().optim.PagedAdamW8bit(params, lr=lr)
+        params = list(params)
+        bnb = _bitsandbytes()
+        if params and all(p.device.type == "cpu" for p in params):
+            # bitsandbytes falls back to ordinary buffers on the CPU (with a warning at the first step): the
+            # non-paged class is that same arithmetic and memory
+            return bnb.optim.AdamW8bit(params, lr=lr)
+        return bnb.optim.PagedAdamW8bit(params, lr=lr)
 
 
 def get_optimizer(name: str) -> Optimizer:

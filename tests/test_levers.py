@@ -142,11 +142,38 @@ def test_levers_are_ordered_model_changes_first():
 
 
 @pytest.mark.parametrize("kind", ["nf4", "nf4-dq", "int8"])
-def test_quantized_trace_under_fake_tensors_matches_the_real_one(tiny, kind):
+def test_quantized_trace_under_fake_tensors_matches_the_real_one(tiny, kind, monkeypatch):
     """Large models trace under FakeTensorMode, where bitsandbytes' parameter classes cannot wrap fake tensors:
-    the stand-in layout must give the same bytes as the real quantization."""
+    the stand-in layout must give the same bytes as the real quantization (each estimate traces anew: the
+    in-process trace cache does not tell fake traces from real ones)."""
     pytest.importorskip("bitsandbytes")
+    from planner.cost import estimator
+
     spec = tiny("qwen2", hidden=128, vocab=512)
+
+    def traced(cfg, fake):
+        monkeypatch.setattr(estimator, "_traces", {})
+        return estimate(spec, cfg, device="cpu", fake=fake)
+
     for kw in (dict(lora_rank=8, layers="all", train_embeddings=False, train_head=False), dict(layers=[2, 3])):
         cfg = TrainConfig(batch_size=2, seq_len=64, dtype="bfloat16", quantize=kind, **kw)
-        assert estimate(spec, cfg, device="cpu", fake=True).peak_bytes == estimate(spec, cfg, device="cpu", fake=False).peak_bytes
+        fake, real = traced(cfg, True), traced(cfg, False)
+        assert fake.peak_bytes == real.peak_bytes and fake.breakdown == real.breakdown
+
+
+def test_the_proxy_of_a_4bit_baseline_trains_through_the_nf4_round_trip(tiny):
+    """The QLoRA baseline's proxy keeps float weights that carry the quantization error: every block of 64 weights of
+    a frozen linear takes at most 16 values (the NF4 code book scaled by the block's absmax)."""
+    pytest.importorskip("bitsandbytes")
+    from planner.levers import LEVERS
+
+    model = build_model(tiny("llama", hidden=128, vocab=512))
+    before = model.model.layers[1].mlp.down_proj.weight.detach().clone()
+    LEVERS["quantize"].proxy_model(model, {"quantize": "nf4"})
+    after = model.model.layers[1].mlp.down_proj.weight.detach()
+    blocks = after.reshape(-1, 64)
+    assert max(len(torch.unique(b)) for b in blocks) <= 16 < len(torch.unique(before.reshape(-1, 64)[0]))
+    assert not torch.equal(before, after) and torch.allclose(before, after, atol=before.abs().max().item() / 4)
+    untouched = build_model(tiny("llama", hidden=128, vocab=512))
+    LEVERS["quantize"].proxy_model(untouched, {})
+    assert torch.equal(untouched.model.layers[1].mlp.down_proj.weight, build_model(tiny("llama", hidden=128, vocab=512)).model.layers[1].mlp.down_proj.weight)

@@ -9,6 +9,7 @@ from planner.config import TrainConfig
 from planner.cost import estimate
 from planner.spec import load_spec
 from planner.tune import TuneOptions, run_tune
+from planner.tune.baselines import RECIPES
 from planner.tune.mapping import proxy_params, target_lr
 from planner.tune.proxy import run_proxy
 from planner.tune.space import SearchSpace, TrialParams
@@ -112,21 +113,32 @@ def test_the_gate_decides_for_llama_3_8b_at_24gb(tmp_path):
     trials = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db")).trials
     spec = load_spec("llama-3-8b")
     by_kind = {t.user_attrs["kind"]: t for t in trials}
-    # full fine-tuning and LISA's defaults (embeddings + head trainable) of 8B bfloat16 weights cannot fit 24 GB:
-    # weights alone are 8.03e9 params x 2 B = 16.1 GB, gradients and AdamW moments of the embeddings and head
-    # (2 x 525M params x 2 B x 3) another 6.3 GB
-    for kind in ("baseline:full", "baseline:lisa"):
+    # each baseline ran in the first form of its recipes whose estimate fits 24 GB (checked here form by form with
+    # the cost model directly); one that fits in no form is gated in its last form and never trained
+    shape = dict(batch_size=1, seq_len=1024, dtype="bfloat16")
+    methods = {"baseline:full": dict(active_layers=32), "baseline:lisa": dict(active_layers=2),
+               "baseline:lora": dict(active_layers=32, lora_rank=16, train_embeddings=False, train_head=False),
+               "baseline:qlora": dict(active_layers=32, lora_rank=16, train_embeddings=False, train_head=False)}
+    for kind, method in methods.items():
         t = by_kind[kind]
-        assert t.user_attrs["gated"] and t.user_attrs["predicted_peak_bytes"] > 24 * GB and "metric" not in t.user_attrs
+        peaks = [estimate(spec, TrainConfig(**shape, **method, **form), device="cuda").peak_bytes for form in RECIPES[kind]]
+        first = next((i for i, peak in enumerate(peaks) if peak <= 24 * GB), None)
+        form = dict(RECIPES[kind][len(peaks) - 1 if first is None else first])
+        assert t.params["gradient_checkpointing"] == form.pop("gradient_checkpointing", False)
+        assert t.user_attrs["levers"] == form
+        assert t.user_attrs["gated"] == (first is None) and ("metric" in t.user_attrs) == (first is not None)
+    # at this budget LoRA needs checkpointing, and full fine-tuning fits only in torchtune's form
+    assert by_kind["baseline:lora"].params["gradient_checkpointing"] and by_kind["baseline:lora"].user_attrs["levers"] == {}
+    assert by_kind["baseline:full"].user_attrs["levers"].get("optimizer_in_backward") is True
     gated = [t for t in trials if t.user_attrs.get("gated")]
-    assert len(gated) >= 3 and len(rec.trained) == len(trials) - len(gated)
+    assert len(rec.trained) == len(trials) - len(gated)
     # each trial's recorded peak is the cost model's answer for the target in its shape (batch 1 x 1024, bf16)
     for t in trials[:6]:
         p = t.params
         cfg = TrainConfig(batch_size=1, seq_len=1024, dtype="bfloat16", active_layers=p["gamma"],
                           min_depth=t.user_attrs["min_depth"], gradient_checkpointing=p["gradient_checkpointing"],
                           train_embeddings=p["train_embeddings"], train_head=p["train_head"],
-                          lora_rank=p.get("lora_rank") or None)
+                          lora_rank=p.get("lora_rank") or None, **(t.user_attrs.get("levers") or {}))
         assert t.user_attrs["predicted_peak_bytes"] == estimate(spec, cfg, device="cuda").peak_bytes
     # the tiny proxy trains mapped plans: γ of 32 layers -> γ of 3
     for t in trials:
