@@ -103,7 +103,7 @@ def test_replay_of_composed_steps_equals_the_allocator(tiny, monkeypatch, arch, 
     opt = get_optimizer("adamw")
     for row, mask in zip(roles[:n_random], masks):
         tensors = _trainable_tensors(fam, cfg, int(mask.sum()))
-        setup = setup_blocks(fam, num_layers=12, batch_size=2, seq_len=seq_len, workspace_bytes=MiB,
+        setup = setup_blocks(fam, [int(r) for r in row], batch_size=2, seq_len=seq_len, workspace_bytes=MiB,
                              built_on_device=True)  # a tied head: a block made and released before the steps
         ops, n_step, grads = step_ops(fam, [int(r) for r in row])
         state, temps = opt.state_blocks(tensors), opt.step_blocks(tensors)
@@ -117,11 +117,11 @@ def test_replay_of_composed_steps_equals_the_allocator(tiny, monkeypatch, arch, 
     replay._checkpoints.clear()
     for row, mask in zip(roles, masks):
         tensors = _trainable_tensors(fam, cfg, int(mask.sum()))
-        kw = dict(num_layers=12, batch_size=2, seq_len=seq_len, workspace_bytes=MiB, built_on_device=True)
+        kw = dict(batch_size=2, seq_len=seq_len, workspace_bytes=MiB, built_on_device=True)
         ops, n_step, grads = step_ops(fam, [int(r) for r in row])
-        truth = reference_run(setup_blocks(fam, **kw), ops, n_step, grads, opt.state_blocks(tensors),
-                              opt.step_blocks(tensors))
-        assert replay._replay(fam, [int(r) for r in row], tensors=tensors, opt=opt, **kw) == truth, list(row)
+        truth = reference_run(setup_blocks(fam, [int(r) for r in row], **kw), ops, n_step, grads,
+                              opt.state_blocks(tensors), opt.step_blocks(tensors))
+        assert replay._replay(fam, [int(r) for r in row], num_layers=12, tensors=tensors, opt=opt, **kw) == truth, list(row)
     assert sum(resumed) >= (len(masks) - n_random) // 2  # the table's rows share their first layers
 
 

@@ -108,7 +108,7 @@ def test_allocator_model_matches_the_real_segment_list():
     fam = get_family(spec, cfg, {ROLES[r] for r in set(roles)}, {ROLES[roles[0]]}, kernels="cuda")
     opt, tensors = get_optimizer("adamw"), _trainable_tensors(fam, cfg, 2)
     ops, n_step, grads = step_ops(fam, roles)
-    setup = setup_blocks(fam, num_layers=spec.num_layers, batch_size=1, seq_len=2048, workspace_bytes=64 << 20,
+    setup = setup_blocks(fam, roles, batch_size=1, seq_len=2048, workspace_bytes=64 << 20,
                          built_on_device=True)
     alloc = reference_allocator(setup, ops, n_step, grads, opt.state_blocks(tensors), opt.step_blocks(tensors))
     snapshot = json.loads((FIXTURES / "h200-snapshot-l8b-frozen-bf16-b1s2048-L01.json").read_text())

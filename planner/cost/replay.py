@@ -27,10 +27,12 @@ INPUT_ID_BYTES = 8  # input_ids and labels are int64
 WORKSPACE_HANDLES = 2  # the forward's thread and autograd's backward thread
 
 
-def setup_blocks(fam, *, num_layers: int, batch_size: int, seq_len: int, workspace_bytes: int,
+def setup_blocks(fam, roles: list[int], *, batch_size: int, seq_len: int, workspace_bytes: int,
                  built_on_device: bool = False) -> list[int]:
     """What a run does before its first step, in order: ``n >= 0`` allocates n bytes, ``-(k + 1)``
-    frees the k-th allocation.
+    frees the k-th allocation. ``roles``: each decoder layer's role (planner.cost.compose): a trained
+    layer's tensors are the traced trained layer's, a frozen one's the traced frozen layer's, which a
+    lever may store otherwise (quantized weights and their state).
 
     By default the model arrives on the device parameter by parameter, as ``from_pretrained``
     (meta-device init, then the checkpoint's tensors) or ``model.to("cuda")`` put it there.
@@ -38,10 +40,15 @@ def setup_blocks(fam, *, num_layers: int, batch_size: int, seq_len: int, workspa
     a head tied to the input embedding first gets a weight of its own, which tying releases once
     the model is built, and that cached block shapes every later segment (measured: without it,
     the reserved bytes of a tied Qwen2.5-0.5B run built so come out 7% low, tests/fixtures/gpu-truth)."""
+    from planner.cost.compose import T, T0
+
     p = fam.params
     out = [n * b for n, b, _ in p["embeddings"]]
-    layer = [n * b for n, b, _ in p["layer"]] + ([p["layer_buffers"]] if p["layer_buffers"] else [])
-    out += layer * num_layers
+    buffers = [p["layer_buffers"]] if p["layer_buffers"] else []
+    trained = [n * b for n, b, _ in p["layer"]] + buffers
+    frozen = [n * b for n, b, _ in p.get("frozen_layer", p["layer"])] + buffers
+    for r in roles:
+        out += trained if r in (T, T0) else frozen
     out += [n * b for n, b in p["head"]]
     out += [p["other_buffers"]] if p["other_buffers"] else []
     out = [n for n in out if n > 0]
@@ -131,7 +138,7 @@ def _run_chunk(bounds: tuple[int, int]) -> list[tuple[int, int]]:
 
 def _replay(fam, roles, *, num_layers, batch_size, seq_len, tensors, opt, workspace_bytes,
             built_on_device) -> tuple[int, int]:
-    setup = setup_blocks(fam, num_layers=num_layers, batch_size=batch_size, seq_len=seq_len,
+    setup = setup_blocks(fam, roles, batch_size=batch_size, seq_len=seq_len,
                          workspace_bytes=workspace_bytes, built_on_device=built_on_device)
     state = [n for n in opt.state_blocks(tensors) if n > 0]
     temps = [n for n in opt.step_blocks(tensors) if n > 0]

@@ -44,7 +44,7 @@ def _bnb():
 
 
 # torch, transformers and bitsandbytes are imported where a model is changed: the config imports every lever
-def _quantized(module: "nn.Module", kind: str, compute_dtype: "torch.dtype", shared: dict) -> "nn.Module":
+def _quantized(module: "nn.Module", kind: str, compute_dtype: "torch.dtype") -> "nn.Module":
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
@@ -55,7 +55,7 @@ def _quantized(module: "nn.Module", kind: str, compute_dtype: "torch.dtype", sha
     out_features, in_features = weight.shape
     bias = module.bias is not None
     if _is_fake(weight):
-        return _fake_quantized(bnb, weight, module.bias, kind, compute_dtype, shared)
+        return _fake_quantized(bnb, weight, module.bias, kind, compute_dtype)
     if kind == "int8":
         new = bnb.nn.Linear8bitLt(in_features, out_features, bias=bias, has_fp16_weights=False, threshold=6.0)
         new.weight = bnb.nn.Int8Params(weight.contiguous(), requires_grad=False, has_fp16_weights=False)
@@ -80,7 +80,7 @@ def _is_fake(t) -> bool:
     return isinstance(t, FakeTensor)
 
 
-def _fake_quantized(bnb, weight, bias, kind: str, compute_dtype, shared: dict):
+def _fake_quantized(bnb, weight, bias, kind: str, compute_dtype):
     """Under FakeTensorMode (full-width traces of large models) bitsandbytes cannot wrap a fake tensor in its
     parameter classes: the same module is built on the meta device and given fake tensors of the sizes its
     quantization stores (the layout of ``quantize_4bit`` / ``int8_vectorwise_quant``), so its forward and
@@ -108,9 +108,9 @@ def _fake_quantized(bnb, weight, bias, kind: str, compute_dtype, shared: dict):
         common = dict(shape=weight.shape, code=torch.empty(NF4_CODES), blocksize=NF4_BLOCK, quant_type="nf4",
                       dtype=weight.dtype)
         if kind == "nf4-dq":
-            if "dynamic" not in shared:  # bitsandbytes codes every nested absmax with one cached dynamic map
-                shared["dynamic"] = torch.empty(DYNAMIC_MAP)
-            state2 = QuantState(absmax=torch.empty(-(-blocks // NESTED_BLOCK)), code=shared["dynamic"],
+            # the nested absmax are coded with bitsandbytes' cached dynamic map, which each weight's state
+            # keeps a copy of (quantize_blockwise: ``code.to(A.device, copy=True)``)
+            state2 = QuantState(absmax=torch.empty(-(-blocks // NESTED_BLOCK)), code=torch.empty(DYNAMIC_MAP),
                                 blocksize=NESTED_BLOCK, dtype=torch.float32)
             qs = QuantState(absmax=torch.empty(blocks, dtype=torch.uint8), offset=torch.empty(()), state2=state2, **common)
         else:
@@ -128,13 +128,12 @@ def quantize_layers(model: "nn.Module", layers, kind: str, compute_dtype: "torch
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
-    shared: dict = {}
     for layer in layers:
         for name, module in list(layer.named_modules()):
             if isinstance(module, (nn.Linear, Conv1D)) and "lora_" not in name:
                 parent_name, _, leaf = name.rpartition(".")
                 parent = layer.get_submodule(parent_name) if parent_name else layer
-                setattr(parent, leaf, _quantized(module, kind, compute_dtype, shared))
+                setattr(parent, leaf, _quantized(module, kind, compute_dtype))
 
 
 def round_trip(weight: "torch.Tensor", kind: str) -> "torch.Tensor":
