@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -91,6 +92,36 @@ def groups(names: list[str]) -> list[str]:
     return sorted(out)
 
 
+def planned(plan) -> str:
+    """The groups the plan trains, in the words of :func:`groups`."""
+    outside = [g for g, on in (("embed", plan.train_embeddings), ("head", plan.train_head), ("norm", plan.train_head)) if on]
+    if plan.lora_rank:
+        return f"LoRA adapters in layer(s) {plan.layers}" + (f" + {', '.join(outside)}" if outside else "")
+    if plan.layers is not None:
+        return str(sorted([f"layer {i}" for i in plan.layers] + outside))
+    return f"{plan.active_layers} of layers 0..{plan.num_layers - 1} re-drawn every {plan.period} steps + {', '.join(outside) or 'nothing else'}"
+
+
+def first_example(target: str, log: str, run_dir: Path, model: Path) -> str:
+    """The first training example as the trainer tokenized it (its own log, or axolotl's prepared dataset), and the
+    part the loss is on."""
+    if target == "llamafactory":  # data/processor logs "inputs:\n...\nlabel_ids:" and "labels:\n...\n"
+        m = re.search(r"^inputs:\n(.*?)\nlabel_ids:.*?^labels:\n(.*?)\n\[", log, re.DOTALL | re.MULTILINE)
+        return f"{m.group(1)!r}, loss on {m.group(2)!r}" if m else "?"
+    if target == "swift":  # swift logs [INPUT] and [LABELS] of the first row
+        full, labels = re.search(r"\[INPUT\] (.*)", log), re.search(r"\[LABELS\] (?:\[-100 \* \d+\])?(.*)", log)
+        return f"{full.group(1)!r}, loss on {labels.group(1)!r}" if full and labels else "?"
+    prepared = next((p.parent for p in sorted(run_dir.rglob("dataset_info.json"))), None)
+    if prepared is None:
+        return "?"
+    code = ("import sys; from datasets import load_from_disk; from transformers import AutoTokenizer; "
+            "tok = AutoTokenizer.from_pretrained(sys.argv[2]); row = load_from_disk(sys.argv[1])[0]; "
+            "ans = [t for t, lab in zip(row['input_ids'], row['labels']) if lab != -100]; "
+            "print(repr(tok.decode(row['input_ids'])) + ', loss on ' + repr(tok.decode(ans)))")
+    return subprocess.run([f"{VENVS[target]}/bin/python", "-c", code, str(prepared), str(model)],  # axolotl's own datasets
+                          capture_output=True, text=True, check=False).stdout.strip() or "?"
+
+
 def changed(initial: Path, run_dir: Path) -> list[str] | str:
     """Groups whose saved weights differ from the initial model's, from the newest model.safetensors under ``run_dir``."""
     from safetensors.torch import load_file
@@ -119,6 +150,7 @@ def run(target: str, kind: str, root: Path, model: Path, data: Path) -> None:
 
     plan = make(kind, model, data)
     where = root / f"{target}-{kind}"
+    shutil.rmtree(where, ignore_errors=True)  # a trainer resumes from checkpoints it finds in its output directory
     plan_path = plan.save(where / "plan.yaml")
     result = export_plan(plan_path, target, where / "export")
     venv = Path(VENVS[target])
@@ -126,7 +158,7 @@ def run(target: str, kind: str, root: Path, model: Path, data: Path) -> None:
            "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     env.pop("PYTHONHOME", None)
     t0 = time.perf_counter()
-    proc = subprocess.run(["nice", "-n", "10", *COMMANDS[target]], cwd=result.out_dir, env=env, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(["nice", "-n", "10", *COMMANDS[target]], cwd=result.out_dir, env=env, capture_output=True, text=True, timeout=1500, check=False)
     wall = time.perf_counter() - t0
     (where / "log.txt").write_text(proc.stdout + proc.stderr)
     print(f"\n{target} / {kind}: cd {result.out_dir.relative_to(root)} && {' '.join(COMMANDS[target])}")
@@ -134,8 +166,10 @@ def run(target: str, kind: str, root: Path, model: Path, data: Path) -> None:
     for line in result.lost:
         print(f"  loss line: {line}")
     print(f"  exit {proc.returncode} in {wall:.0f} s; {logged(proc.stdout + proc.stderr)}")
+    print(f"  the plan trains:            {planned(plan)}")
     if proc.returncode == 0:
         print(f"  changed vs initial weights: {changed(model, result.out_dir / 'output')}")
+        print(f"  first example as trained:   {first_example(target, proc.stdout + proc.stderr, result.out_dir / 'output', model)}")
     else:
         print("  last lines: " + " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:]))
 
@@ -149,13 +183,15 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     model, data = build_model(root), build_data(root)
     print(f"tiny llama: {model} (2 layers, hidden 64); data: {data} (40 instruction/response records); {STEPS} steps, CPU")
+    print("planner reads the first record as prompt + newline + answer + EOS, the loss on the answer: "
+          f"{'What is 1 plus 1?' + chr(10) + '2<|im_end|>'!r}, loss on '2<|im_end|>'")
     for target in args.only.split(","):
         if not (Path(VENVS[target]) / "bin").is_dir():
             print(f"\n{target}: not installed in {VENVS[target]}; skipped")
             continue
-        version = subprocess.run([f"{VENVS[target]}/bin/python", "-c", "import importlib.metadata as m, sys; "
-                                  "print(*(f'{p} {m.version(p)}' for p in sys.argv[1:]))", *PACKAGES[target]],
-                                 capture_output=True, text=True).stdout.strip()
+        code = "import importlib.metadata as m, sys; print(*(f'{p} {m.version(p)}' for p in sys.argv[1:]))"
+        version = subprocess.run([f"{VENVS[target]}/bin/python", "-c", code, *PACKAGES[target]],
+                                 capture_output=True, text=True, check=False).stdout.strip()
         print(f"\n== {target} ({version})")
         for kind in PLANS[target]:
             run(target, kind, root, model, data)

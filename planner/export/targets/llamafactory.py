@@ -20,7 +20,7 @@ Rules read in LLaMA-Factory's code (commit ff6d4d1) and BAdam 1.4:
   (``file_name`` joined to ``dataset_dir``, so an absolute path stays itself; ``hf_hub_url``);
   ``formatting: alpaca`` with ``columns`` ``prompt``/``query``/``response`` (a non-empty query is
   appended to the prompt on its own line); ``stage: pt`` trains on all of the ``prompt`` column.
-  ``data/template.py``: the ``empty`` template writes the prompt, then the answer and EOS.
+  ``data/template.py``: the ``empty`` template writes the prompt, then the answer (no EOS).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import yaml
 from planner.export.base import (DTYPE_BYTES, FP32_BYTES, HF_OPTIM, Export, Exporter, candidates, cyclic_order,
                                  fixed_layers, gamma, layer_state_bytes, lora_as_full_loss, min_depth, model_id, model_loss,
                                  outside_params, precision, register_exporter, scorer_kind)
-from planner.export.data import DataRef, data_of, output_dir
+from planner.export.data import PLACEHOLDER, DataRef, data_of, output_dir
 from planner.export.names import arch_names
 
 CONFIG_FILE = "llamafactory.yaml"
@@ -113,8 +113,11 @@ class LlamaFactoryExporter(Exporter):
         cfg.update(dataset=DATASET, dataset_dir=where, template="empty", cutoff_len=plan.train.seq_len, max_steps=data.steps,
                    output_dir=output_dir("llamafactory"), learning_rate=plan.learning_rate, optim=HF_OPTIM[plan.train.optimizer],
                    per_device_train_batch_size=plan.train.batch_size, bf16=bf16, fp16=fp16, report_to="none")
+        if data.path == PLACEHOLDER:  # a relative file_name is read from dataset_dir
+            lost = [line.replace(f"at {PLACEHOLDER}", f"at {where}/{PLACEHOLDER}") for line in lost]
         if not data.is_text:
-            lost.append("data: LLaMA-Factory's 'empty' template joins prompt and answer without the newline planner puts between them")
+            lost.append("data: LLaMA-Factory's 'empty' template joins prompt and answer without the newline planner puts between them "
+                        "and ends the answer without EOS")
         lost += self._dtype(plan, cfg, badam=layers is None)
         if not plan.train.gradient_checkpointing:
             cfg["disable_gradient_checkpointing"] = True
