@@ -123,9 +123,9 @@ def test_confirmation_runs_are_trials_and_the_plan_is_the_best_mean(tuned, wl):
     others = [t for t in trials if not is_confirm(t)]
     # --n-trials counts the search and the baselines at their default rates; sweeps and confirmations come on top
     baselines = [t for t in others if t.user_attrs["kind"] in KINDS]
-    assert len(baselines) == 3 * len(LR_SWEEP_FACTORS) and sum(is_sweep(t) for t in trials) == 6
+    assert len(baselines) == len(KINDS) * len(LR_SWEEP_FACTORS) and sum(is_sweep(t) for t in trials) == 8
     assert len([t for t in others if not is_sweep(t)]) == 12 and all(t.state.is_finished() for t in trials)
-    assert [t.user_attrs["kind"] for t in trials[:3]] == list(KINDS)
+    assert [t.user_attrs["kind"] for t in trials[:4]] == list(KINDS)
     assert all(t.number > 11 for t in trials if is_sweep(t))  # after the search
     lisa_lrs = sorted(t.params["lr"] for t in baselines if t.user_attrs["kind"] == "baseline:lisa")
     assert lisa_lrs == pytest.approx(sorted(DEFAULT_LR * f for f in LR_SWEEP_FACTORS))
@@ -161,7 +161,7 @@ def test_confirmation_runs_are_trials_and_the_plan_is_the_best_mean(tuned, wl):
         assert c.std == pytest.approx(statistics.stdev(values))
     best = min(conf.candidates, key=lambda c: c.mean)
     assert plan.trial_number == best.trial_number and plan.metric == pytest.approx(best.mean)
-    assert {m.baseline for m in conf.margins} == {"lisa", "full", "lora"}
+    assert {m.baseline for m in conf.margins} == {"lisa", "full", "lora", "qlora"}
     assert result.counts["confirmation"] == len(confirms)
     tuned_row = result.rows[0]
     assert tuned_row.seeds == 2 and tuned_row.std == pytest.approx(best.std)
@@ -209,7 +209,7 @@ def test_the_report_names_the_confirmed_plan_and_its_margins(tuned):
     kind = load(tmp).trials[result.best_trial_number].user_attrs["kind"]
     name = f"trial {result.best_trial_number}" if kind == "search" else kind.split(":", 1)[1]
     assert len(conf) == 1 and f"{name} (tuned plan)" in conf[0]
-    assert sorted(line.split(" ", 2)[1] for line in data.details if line.startswith("vs ")) == ["full", "lisa", "lora"]
+    assert sorted(line.split(" ", 2)[1] for line in data.details if line.startswith("vs ")) == ["full", "lisa", "lora", "qlora"]
     # a baseline's bar is its best learning rate, as in the plan
     lisa = next(b for b in data.bars if b.key == "lisa")
     assert lisa.trial_number == best_of_kind(load(tmp).trials, "baseline:lisa", "minimize").number

@@ -21,6 +21,13 @@ DEFAULT_STEPS = 150  # the tuner's default --steps, for plans that predate the p
 BUILTIN_PREFIX = "default:"  # planner.data.load names a generated built-in task's workload "default:<task>"
 
 
+def generated_data(workload_name: str) -> TrainingData:
+    """A task the study generated (a built-in task, or a workload a library caller built), not read from a file."""
+    from planner.plan import TrainingData
+
+    return TrainingData(task=workload_name.removeprefix(BUILTIN_PREFIX), format="builtin")
+
+
 def training_data(workload_name: str) -> TrainingData:
     """What a study's workload read, from its name (a ``--data`` file or datasets name, or ``default:<task>``):
     the file made absolute, its format and the record fields the loader takes (:func:`planner.data.files.to_pairs`)."""

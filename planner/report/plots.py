@@ -20,6 +20,7 @@ KIND_STYLE = {  # marker, color, label
     "search": ("o", "#4c72b0", "search trial"),
     "baseline:full": ("s", "#c44e52", "full fine-tuning"),
     "baseline:lora": ("^", "#55a868", "LoRA"),
+    "baseline:qlora": ("P", "#2f7d4f", "QLoRA (4-bit base)"),
     "baseline:lisa": ("D", "#dd8452", "LISA defaults"),
     "confirm": ("v", "#8172b3", "confirmation run (a plan again, another seed)"),
 }

@@ -91,11 +91,12 @@ def _better(direction: str):
 
 
 def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, layers_attribute: str, storage: str,
-              multi_objective: bool = False, seed: int = 0, steps: int = 0) -> TuneResult:
-    """The best fitting trained trial as a Plan for ``target``, with every baseline next to it."""
+              multi_objective: bool = False, seed: int = 0, steps: int = 0, data: str | None = None) -> TuneResult:
+    """The best fitting trained trial as a Plan for ``target``, with every baseline next to it. ``data``: what
+    ``--data`` named (None: the study generated its task, or a library caller passed its own workload)."""
     from optuna.trial import TrialState
 
-    from planner.export.data import training_data
+    from planner.export.data import generated_data, training_data
     from planner.tune.mapping import proxy_params, target_lr
 
     workload = proxy.workload
@@ -164,7 +165,7 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
                         device=proxy.device, active_layers=small.gamma, min_depth=small.min_depth, learning_rate=params.lr,
                         batch_size=int(proxy_batch)),
         confirmation=record,
-        data=training_data(workload.name), steps=steps or None,
+        data=training_data(data) if data is not None else generated_data(workload.name), steps=steps or None,
     )
     from planner.tune.lifecycle import interrupted
 

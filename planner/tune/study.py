@@ -393,8 +393,11 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
         raise error from None
     worker.close()
 
+    from planner.data.load import BUILTIN  # deferred: the data loaders import torch and transformers
+
     result = summarize(study, space, target=target, proxy=setup, vram_bytes=vram, layers_attribute=layers_attr,
-                       storage=options.storage, multi_objective=options.multi_objective, seed=options.seed, steps=options.steps)
+                       storage=options.storage, multi_objective=options.multi_objective, seed=options.seed, steps=options.steps,
+                       data=options.data if options.data and not options.data.startswith(BUILTIN) else None)
     out = Path(options.out) if options.out else Path("studies") / name / "plan.yaml"
     result.plan.save(out)
     return replace(result, plan_path=str(out))
