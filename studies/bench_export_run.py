@@ -3,8 +3,9 @@
     python studies/bench_export_run.py [--root DIR] [--only swift,llamafactory,axolotl] | tee -a reports/bench_export.txt
 
 A tiny llama (2 layers, hidden 64, built from a config with SmolLM2's tokenizer, saved with
-``save_pretrained``) and a 40-record instruction/response JSONL file stand in for a study's
-target and ``--data``. Each plan (LISA, a static layer set, LoRA) is written by
+``save_pretrained``) and a 40-record instruction/response JSONL file (and the same sums as text
+records) stand in for a study's target and ``--data``. Each plan (LISA, a static layer set,
+LoRA, the static set on text) is written by
 ``planner export`` into its own directory and run there with the trainer's own command
 (``bash swift_sft.sh``, ``llamafactory-cli train llamafactory.yaml``, ``axolotl train
 axolotl.yaml``), unchanged, on CPU with the trainer's venv first on PATH. Reported: the command,
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 VENVS = {"swift": "/tmp/venv-swift", "llamafactory": "/tmp/venv-llamafactory", "axolotl": "/tmp/venv-axolotl"}
 COMMANDS = {"swift": ["bash", "swift_sft.sh"], "llamafactory": ["llamafactory-cli", "train", "llamafactory.yaml"],
             "axolotl": ["axolotl", "train", "axolotl.yaml"]}
-PLANS = {"swift": ["lisa", "static", "lora"], "llamafactory": ["lisa", "static"], "axolotl": ["lisa", "static"]}
+PLANS = {"swift": ["lisa", "static", "lora", "text"], "llamafactory": ["lisa", "static", "text"], "axolotl": ["lisa", "static", "text"]}
 STEPS = 6
 TOKENIZER = Path.home() / ".cache/planner/gguf-SmolLM2-135M-Instruct.Q4_1-dc8497fee868857d"
 
@@ -54,16 +55,18 @@ def build_model(root: Path) -> Path:
     return out
 
 
-def build_data(root: Path) -> Path:
-    """40 instruction/response records (sums of small numbers)."""
-    path = root / "sums.jsonl"
-    rows = [{"instruction": f"What is {a} plus {b}?", "response": str(a + b)} for a in range(1, 9) for b in range(1, 6)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+def build_data(root: Path) -> tuple[Path, Path]:
+    """40 instruction/response records (sums of small numbers), and the same sums as 40 text records."""
+    pairs, text = root / "sums.jsonl", root / "sums-text.jsonl"
+    sums = [(a, b) for a in range(1, 9) for b in range(1, 6)]
+    pairs.write_text("".join(json.dumps({"instruction": f"What is {a} plus {b}?", "response": str(a + b)}) + "\n" for a, b in sums))
+    text.write_text("".join(json.dumps({"text": f"{a} plus {b} makes {a + b}"}) + "\n" for a, b in sums))
+    return pairs, text
 
 
 def make(kind: str, model: Path, data: Path):
-    """The plan of ``kind`` for the tiny model, with the data and step count `planner tune` records."""
+    """The plan of ``kind`` for the tiny model, with the data and step count `planner tune` records
+    (``text``: the static plan on the text records)."""
     from plan_factory import consistent_plan
 
     from planner.config import TrainConfig
@@ -76,7 +79,7 @@ def make(kind: str, model: Path, data: Path):
     if kind == "lisa":  # one of two layers every 2 steps, embeddings frozen, head trained
         return consistent_plan(**common, active_layers=1, period=2, scorer="uniform", train_embeddings=False,
                                train=TrainConfig(active_layers=1, **seq))
-    if kind == "static":  # layer 1 and the head
+    if kind in ("static", "text"):  # layer 1 and the head
         return consistent_plan(**common, active_layers=1, period=1, scorer="fixed", layers=[1], train_embeddings=False,
                                train=TrainConfig(layers=[1], **seq))
     return consistent_plan(**common, active_layers=1, period=1, scorer="fixed", layers=[1], lora_rank=4,
@@ -107,7 +110,10 @@ def first_example(target: str, log: str, run_dir: Path, model: Path) -> str:
     part the loss is on."""
     if target == "llamafactory":  # data/processor logs "inputs:\n...\nlabel_ids:" and "labels:\n...\n"
         m = re.search(r"^inputs:\n(.*?)\nlabel_ids:.*?^labels:\n(.*?)\n\[", log, re.DOTALL | re.MULTILINE)
-        return f"{m.group(1)!r}, loss on {m.group(2)!r}" if m else "?"
+        if m:
+            return f"{m.group(1)!r}, loss on {m.group(2)!r}"
+        m = re.search(r"^inputs:\n(.*?)\n\[", log, re.DOTALL | re.MULTILINE)  # pt: no labels logged, the loss is on all of it
+        return f"{m.group(1)!r}, loss on all of it" if m else "?"
     if target == "swift":  # swift logs [INPUT] and [LABELS] of the first row
         full, labels = re.search(r"\[INPUT\] (.*)", log), re.search(r"\[LABELS\] (?:\[-100 \* \d+\])?(.*)", log)
         return f"{full.group(1)!r}, loss on {labels.group(1)!r}" if full and labels else "?"
@@ -181,8 +187,9 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    model, data = build_model(root), build_data(root)
-    print(f"tiny llama: {model} (2 layers, hidden 64); data: {data} (40 instruction/response records); {STEPS} steps, CPU")
+    model, (data, text) = build_model(root), build_data(root)
+    print(f"tiny llama: {model} (2 layers, hidden 64); data: {data} (40 instruction/response records; the text plan: "
+          f"{text.name}, the same sums as 40 text records); {STEPS} steps, CPU")
     print("planner reads the first record as prompt + newline + answer + EOS, the loss on the answer: "
           f"{'What is 1 plus 1?' + chr(10) + '2<|im_end|>'!r}, loss on '2<|im_end|>'")
     for target in args.only.split(","):
@@ -194,7 +201,7 @@ def main() -> None:
                                  capture_output=True, text=True, check=False).stdout.strip()
         print(f"\n== {target} ({version})")
         for kind in PLANS[target]:
-            run(target, kind, root, model, data)
+            run(target, kind, root, model, text if kind == "text" else data)
 
 
 PACKAGES = {"swift": ["ms-swift", "torch", "transformers", "peft"], "llamafactory": ["llamafactory", "badam", "torch", "transformers"],

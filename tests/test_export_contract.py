@@ -123,14 +123,14 @@ def test_truth_is_what_the_plan_says():
 # Field names read in each trainer's source (a key an exporter writes must be one of them):
 TRAINER_FIELDS = {
     # axolotl 067b021: src/axolotl/utils/schemas/{model,training,config,integrations}.py
-    "axolotl": {"base_model", "datasets", "val_set_size", "dataset_prepared_path", "output_dir", "max_steps", "learning_rate", "optimizer", "micro_batch_size", "sequence_len", "bf16", "fp16",
-                "bfloat16", "float16", "gradient_checkpointing", "unfrozen_parameters", "lisa_n_layers",
-                "lisa_step_interval", "lisa_layers_attribute"},
+    "axolotl": {"base_model", "datasets", "val_set_size", "dataset_prepared_path", "output_dir", "max_steps", "learning_rate",
+                "optimizer", "micro_batch_size", "sequence_len", "bf16", "fp16", "bfloat16", "float16", "gradient_checkpointing",
+                "unfrozen_parameters", "lisa_n_layers", "lisa_step_interval", "lisa_layers_attribute"},
     # LMFlow f3597db: src/lmflow/args.py ModelArguments, DatasetArguments, FinetunerArguments (+ TrainingArguments)
     "lmflow": {"model_name_or_path", "torch_dtype", "dataset_path", "block_size", "use_lisa", "lisa_activated_layers",
                "lisa_interval_steps", "lisa_layers_attribute"},
     # LLaMA-Factory ff6d4d1: src/llamafactory/hparams/{model,data,finetuning}_args.py (+ TrainingArguments)
-    "llamafactory": {"model_name_or_path", "dataset", "dataset_dir", "template", "disable_gradient_checkpointing", "cutoff_len",
+    "llamafactory": {"model_name_or_path", "dataset", "dataset_dir", "template", "packing", "disable_gradient_checkpointing", "cutoff_len",
                      "stage", "finetuning_type",
                      "pure_bf16", "freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules",
                      "use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval"},

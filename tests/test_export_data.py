@@ -96,7 +96,8 @@ def test_llamafactory_dataset_info_and_dir(tmp_path):
     assert any(line.startswith("data:") and "newline" in line for line in res.lost)
     text_plan, _ = data_plan(tmp_path, [{"text": "t"}], name="t.jsonl")
     files = files_of("llamafactory", text_plan).files
-    assert yaml.safe_load(files["llamafactory.yaml"])["stage"] == "pt"
+    cfg = yaml.safe_load(files["llamafactory.yaml"])
+    assert cfg["stage"] == "pt" and cfg["packing"] is False  # one record per example, as planner reads text
     assert json.loads(files["dataset_info.json"])["planner_data"]["columns"] == {"prompt": "text"}
 
 

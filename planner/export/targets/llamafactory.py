@@ -19,7 +19,8 @@ Rules read in LLaMA-Factory's code (commit ff6d4d1) and BAdam 1.4:
 - ``data/parser.py`` ``get_dataset_list``: ``dataset`` names an entry of ``dataset_dir/dataset_info.json``
   (``file_name`` joined to ``dataset_dir``, so an absolute path stays itself; ``hf_hub_url``);
   ``formatting: alpaca`` with ``columns`` ``prompt``/``query``/``response`` (a non-empty query is
-  appended to the prompt on its own line); ``stage: pt`` trains on all of the ``prompt`` column.
+  appended to the prompt on its own line); ``stage: pt`` trains on all of the ``prompt`` column,
+  packing records into ``cutoff_len`` blocks unless ``packing: false`` (``data/processor/pretrain.py``).
   ``data/template.py``: the ``empty`` template writes the prompt, then the answer (no EOS).
 """
 
@@ -115,7 +116,9 @@ class LlamaFactoryExporter(Exporter):
                    per_device_train_batch_size=plan.train.batch_size, bf16=bf16, fp16=fp16, report_to="none")
         if data.path == PLACEHOLDER:  # a relative file_name is read from dataset_dir
             lost = [line.replace(f"at {PLACEHOLDER}", f"at {where}/{PLACEHOLDER}") for line in lost]
-        if not data.is_text:
+        if data.is_text:  # one record per example, as planner reads text (pt packs records into blocks by default)
+            cfg["packing"] = False
+        else:
             lost.append("data: LLaMA-Factory's 'empty' template joins prompt and answer without the newline planner puts between them "
                         "and ends the answer without EOS")
         lost += self._dtype(plan, cfg, badam=layers is None)
