@@ -10,7 +10,7 @@ from planner.errors import PlannerError
 from planner.plan import BREAKDOWN_KEYS, Plan
 from planner.sampling import DivergedError
 from planner.tune import InfeasibleBudget, TuneOptions, run_tune
-from planner.tune.baselines import KINDS
+from planner.tune.baselines import KINDS, trial_point
 from planner.tune.gate import BudgetGate
 from planner.tune.mapping import proxy_params
 from planner.tune.proxy import run_proxy
@@ -84,15 +84,16 @@ def test_no_trial_trains_over_budget(tmp_path, wl, target):
     # the proxy trainer saw only configurations that fit
     gate = BudgetGate(wl.spec, vram, device="cpu")
     _, space = target_space(wl, target)
-    assert len(rec.trained) == len(trials) - len(gated)
-    # what trained is the proxy plan of a trial that fits (the same depth: checkpointing off, the rest equal)
-    fitting = [proxy_params(space.from_params(t.params), target_layers=3, proxy_layers=3) for t in trials
+    reused = [t for t in trials if t.user_attrs.get("reused_from") is not None]
+    assert len(rec.trained) == len(trials) - len(gated) - len(reused)
+    # what trained is the proxy plan of a trial that fits (the same depth: memory-only levers off, the rest equal)
+    fitting = [proxy_params(trial_point(t, space), target_layers=3, proxy_layers=3) for t in trials
                if not t.user_attrs.get("gated")]
     for params, _ in rec.trained:
         assert params in fitting
     for t in trials:
         if not t.user_attrs.get("gated"):
-            assert gate.predict(space.train_config(space.from_params(t.params))).peak_bytes <= vram
+            assert gate.predict(space.train_config(trial_point(t, space))).peak_bytes <= vram
     assert result.plan.predicted_peak_bytes <= vram
     assert result.counts["gated"] == len(gated)
 
@@ -107,7 +108,7 @@ def test_trial_record_contract_and_plan(tmp_path, wl, target):
         assert key in study.user_attrs
     assert study.user_attrs["layers_attribute"] == "model.layers" and study.user_attrs["num_layers"] == 3
     kinds = [t.user_attrs["kind"] for t in study.trials]
-    assert kinds[:3] == list(KINDS) and set(kinds[3:]) == {"search"}
+    assert kinds[:len(KINDS)] == list(KINDS) and set(kinds[len(KINDS):]) == {"search"}
     for t in study.trials:
         a = t.user_attrs
         assert set(t.params) >= {"gamma", "min_depth", "gradient_checkpointing", "period", "scorer", "train_embeddings",
@@ -128,7 +129,7 @@ def test_trial_record_contract_and_plan(tmp_path, wl, target):
     plan = Plan.load(tmp_path / "plan.yaml")
     assert plan == result.plan
     assert plan.study_name == "t" and plan.trial_number == result.best_trial_number and plan.vram_bytes == high * 2
-    assert {b.name for b in plan.baselines} == {"lisa", "full", "lora"}
+    assert {b.name for b in plan.baselines} == {"lisa", "full", "lora", "qlora"}
     best = study.trials[plan.trial_number]
     assert plan.metric == best.user_attrs["metric"] == min(t.value for t in study.trials if t.value is not None)
     assert plan.active_layers == best.params["gamma"] and plan.train.active_layers == best.params["gamma"]
