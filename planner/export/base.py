@@ -194,7 +194,7 @@ def precision(plan: "Plan") -> tuple[bool, bool]:
 
 def state_bytes(plan: "Plan", tensors: list[tuple[int, int]]) -> int:
     """Optimizer state the cost model predicts for trainable ``(numel, bytes per element)`` tensors."""
-    from planner.cost.optimizer import get_optimizer
+    from planner.optimizers import get_optimizer
 
     return get_optimizer(plan.train.optimizer).state_bytes(tensors, STATE_DEVICE)
 
