@@ -91,12 +91,13 @@ def _sequence(fam: Family, roles: list[int], opt_peak: tuple[int, int]) -> list[
 
 
 def _free(nbytes: int) -> Segment:
-    return Segment((0, 0, -nbytes), (0, 0, 0), -cuda_block_bytes(nbytes), 0)
+    """The free of a layer input (a hidden state: an activation, see planner.cost.trace)."""
+    return Segment((0, -nbytes, 0), (0, 0, 0), -cuda_block_bytes(nbytes), 0)
 
 
 def _then_free(seg: Segment, nbytes: int) -> Segment:
     d = list(seg.delta)
-    d[TRANS] -= nbytes
+    d[ACT] -= nbytes
     return Segment(tuple(d), seg.at_peak, seg.delta_cuda - cuda_block_bytes(nbytes), seg.peak_cuda)
 
 

@@ -29,7 +29,7 @@ from planner.errors import PlannerError
 from planner.levers import active_levers
 from planner.plan import Breakdown
 
-COST_MODEL_VERSION = 12  # bump when traces change meaning (invalidates the disk cache)
+COST_MODEL_VERSION = 13  # bump when traces change meaning (invalidates the disk cache)
 MAX_TRACE_LAYERS = 3  # decoder layers in one reduced-depth trace
 INPUT_ID_BYTES = 8  # input_ids and labels are int64
 FAKE_TRACE_ABOVE = 512 * 2**20  # trace under FakeTensorMode when a real trace would hold more than this
