@@ -182,3 +182,26 @@ def test_exported_script_static_lora_plan(tiny_dir, tmp_path):
     assert summary["history"] and all(active == [2, 3] for active in summary["history"])
     # the head trained outside the adapters, so the script saved the merged model, not an adapter
     assert (tmp_path / "run" / "config.json").is_file() and not (tmp_path / "run" / "adapter_config.json").exists()
+
+
+def test_exported_script_trains_a_qlora_plan_with_4bit_weights(tiny_dir, tmp_path):
+    """A QLoRA plan (NF4 + double quant, adapters on q/v only): the script loads the base with BitsAndBytesConfig,
+    prepares it as peft does, and trains; only q/v adapters change, the 4-bit base weights stay as loaded."""
+    pytest.importorskip("bitsandbytes")
+    root, data = tiny_dir
+    train = TrainConfig(layers="all", batch_size=2, seq_len=16, lora_rank=4, lora_targets=["q_proj", "v_proj"],
+                        quantize="nf4-dq", train_embeddings=False, train_head=False, dtype="float32")
+    plan = hf_plan(layers=[0, 1, 2, 3], active_layers=4, scorer="fixed", scorer_options={}, lora_rank=4, train=train,
+                   train_embeddings=False, train_head=False)
+    export = export_plan(plan.save(tmp_path / "plan.yaml"), "hf", tmp_path / "export")
+    script = (tmp_path / "export" / "train_layerwise.py").read_text()
+    assert "'quantization_config': {'load_in_4bit': True" in script and "'bnb_4bit_use_double_quant': True" in script
+    assert "'target_modules': ['q_proj', 'v_proj']" in script
+    proc = run_script(tmp_path / "export" / "train_layerwise.py", root / "model", data["question.jsonl"], tmp_path / "run", 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "run" / "adapter_model.safetensors")
+    adapted = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in saved if ".lora_" in k}
+    assert adapted == {"q_proj", "v_proj"}
+    assert not export.lost or all("chunk" not in line for line in export.lost)

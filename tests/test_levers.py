@@ -177,3 +177,38 @@ def test_the_proxy_of_a_4bit_baseline_trains_through_the_nf4_round_trip(tiny):
     untouched = build_model(tiny("llama", hidden=128, vocab=512))
     LEVERS["quantize"].proxy_model(untouched, {})
     assert torch.equal(untouched.model.layers[1].mlp.down_proj.weight, build_model(tiny("llama", hidden=128, vocab=512)).model.layers[1].mlp.down_proj.weight)
+
+
+def test_every_exporter_carries_the_levers_or_says_what_is_lost(tmp_path):
+    """A QLoRA plan with the step in backward and a chunked loss, exported to every registered trainer: the 4-bit
+    keys where the trainer has them (by meaning), a lost line for each lever it cannot express."""
+    import yaml
+    from plan_factory import make_plan
+
+    from planner.export import EXPORTERS, export_plan
+
+    train = TrainConfig(layers="all", batch_size=2, seq_len=16, lora_rank=4, quantize="nf4-dq", optimizer_in_backward=True,
+                        loss_chunks=4, train_embeddings=False, train_head=False, dtype="bfloat16")
+    plan = make_plan(layers=[0, 1, 2, 3], active_layers=4, scorer="fixed", scorer_options={}, lora_rank=4, train=train,
+                     train_embeddings=False, train_head=False, period=2, learning_rate=1e-3)
+    path = plan.save(tmp_path / "plan.yaml")
+    for target in sorted(EXPORTERS):
+        out = export_plan(path, target, tmp_path / target)
+        text = "\n".join(p.read_text() for p in out.written)
+        lost = "\n".join(out.lost)
+        if target == "planner":
+            continue
+        for lever in ("step in backward", "chunked cross-entropy"):
+            assert lever in lost, (target, lever)
+        if target == "axolotl":
+            cfg = yaml.safe_load((tmp_path / target / "axolotl.yaml").read_text())
+            assert cfg["load_in_4bit"] is True and cfg["adapter"] == "qlora"
+        elif target == "llamafactory":
+            cfg = yaml.safe_load((tmp_path / target / "llamafactory.yaml").read_text())
+            assert cfg["quantization_bit"] == 4 and cfg["double_quantization"] is True
+        elif target == "swift":
+            assert "--quant_bits 4" in text and "--bnb_4bit_use_double_quant True" in text
+        elif target == "hf":
+            assert "'load_in_4bit': True" in text
+        else:  # a trainer without 4-bit loading says so
+            assert "quantized frozen weights" in lost, target

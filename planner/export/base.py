@@ -71,6 +71,21 @@ class Exporter:
 
 # helpers shared by the targets -----------------------------------------------------------------
 
+def lever_items(plan: "Plan", target: str) -> "ExportItems":
+    """What the plan's memory levers add to ``target``'s config: each lever's keys and lost lines
+    (planner.levers; the checkpointing and optimizer keys every exporter writes itself)."""
+    from planner.levers import ExportItems, active_levers
+
+    out = ExportItems()
+    for lever in active_levers(plan.train):
+        if lever.native_export:
+            continue
+        items = lever.export(target, plan.train, plan.layers_attribute)
+        out.keys.update(items.keys)
+        out.lost += items.lost
+    return out
+
+
 def model_id(plan: "Plan") -> str:
     """What a trainer loads: a preset's hub id, the directory of a ``config.json`` path, else the
     model as the plan names it (hub id or directory)."""

@@ -55,6 +55,9 @@ class Lever:
     in_shape: ClassVar[bool] = False
     # changes what a proxy run learns (not only its memory): a proxy other than the target trains with it
     changes_result: ClassVar[bool] = False
+    # every exporter writes this lever's keys itself (they predate the registry; hf's checkpointing key depends on
+    # the transformers version): its export() documents the mapping, the exporters do not merge it
+    native_export: ClassVar[bool] = False
     # the trace runs the optimizer inside backward, so the optimizer is part of what a trace depends on
     optimizer_in_trace: ClassVar[bool] = False
 
@@ -95,8 +98,9 @@ class Lever:
         """Hook into the step (e.g. the optimizer step in backward); returns an optimizer-like object or None."""
         return None
 
-    def export(self, target: str, cfg) -> ExportItems:
-        """Keys for trainer ``target`` (hf, axolotl, llamafactory, lmflow, swift, planner) or a lost line."""
+    def export(self, target: str, cfg, layers_attribute: str = "model.layers") -> ExportItems:
+        """Keys for trainer ``target`` (hf, axolotl, llamafactory, lmflow, swift, planner) or a lost line;
+        ``layers_attribute``: where the model keeps its decoder layers (module names a key may need)."""
         return ExportItems()
 
 

@@ -16,6 +16,7 @@ from planner.levers.base import ExportItems, Flag, Lever, register_lever
 class Checkpointing(Lever):
     name = "checkpointing"
     order = 10
+    native_export = True
     fields = {"gradient_checkpointing": (bool, Field(False, description="recompute layer activations in backward"))}
     flag = Flag("--gradient-checkpointing", "gradient_checkpointing", "recompute layer activations in backward "
                 "(default: no)", kind="bool")
@@ -33,7 +34,7 @@ class Checkpointing(Lever):
             enable()
         return model
 
-    def export(self, target, cfg):
+    def export(self, target, cfg, layers_attribute="model.layers"):
         if not cfg.gradient_checkpointing:
             # LLaMA-Factory checkpoints unless told not to
             return ExportItems({"disable_gradient_checkpointing": True} if target == "llamafactory" else {})

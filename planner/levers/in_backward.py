@@ -87,7 +87,7 @@ class OptimizerInBackward(Lever):
             p.register_post_accumulate_grad_hook(step)
         return InBackwardOptimizer(per_param)
 
-    def export(self, target, cfg):
+    def export(self, target, cfg, layers_attribute="model.layers"):
         if not cfg.optimizer_in_backward:
             return ExportItems()
         if target == "planner":

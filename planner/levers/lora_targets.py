@@ -46,10 +46,15 @@ class LoraTargets(Lever):
                                f"but got {', '.join(unknown)}")
         return [n for n in names if n in cfg.lora_targets]
 
-    def export(self, target, cfg):
+    def export(self, target, cfg, layers_attribute="model.layers"):
         if not cfg.lora_targets:
             return ExportItems()
-        keys = {"hf": {"target_modules": list(cfg.lora_targets)}, "axolotl": {"lora_target_modules": list(cfg.lora_targets)},
+        keys = {"hf": {"target_modules": list(cfg.lora_targets)}, "peft": {"target_modules": list(cfg.lora_targets)}, "axolotl": {"lora_target_modules": list(cfg.lora_targets)},
                 "llamafactory": {"lora_target": ",".join(cfg.lora_targets)},
-                "lmflow": {"lora_target_modules": list(cfg.lora_targets)}, "swift": {"target_modules": list(cfg.lora_targets)}}
+                }
+        if target == "lmflow":
+            return ExportItems(lost=[f"LoRA only on {','.join(cfg.lora_targets)}: the LMFlow export trains the layers in full"])
+        if target == "swift":  # its export selects the plan's layers with one target_regex over every linear module
+            return ExportItems(lost=[f"LoRA only on {','.join(cfg.lora_targets)}: the swift export's target_regex adapts every "
+                                     "linear module of the plan's layers (more adapter memory)"])
         return ExportItems(keys.get(target, {}))

@@ -62,7 +62,7 @@ class LossChunks(Lever):
     def compute_loss(self, model, batch, cfg):
         return chunked_loss(model, batch, cfg.loss_chunks)
 
-    def export(self, target, cfg):
+    def export(self, target, cfg, layers_attribute="model.layers"):
         if cfg.loss_chunks <= 1 or target == "planner":
             return ExportItems()
         return ExportItems(lost=[f"the chunked cross-entropy ({cfg.loss_chunks} chunks, torchtune's CEWithChunkedOutputLoss): "

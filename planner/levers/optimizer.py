@@ -12,6 +12,7 @@ from planner.optimizers import OPTIMIZERS, get_optimizer
 class OptimizerLever(Lever):
     name = "optimizer"
     order = 0
+    native_export = True
     in_shape = True
     changes_result = True
     fields = {"optimizer": (str, Field("adamw", description=f"the optimizer: one of {', '.join(OPTIMIZERS)}"))}
@@ -29,7 +30,7 @@ class OptimizerLever(Lever):
     def label(self, cfg):
         return None if cfg.optimizer == "adamw" else cfg.optimizer
 
-    def export(self, target, cfg):
+    def export(self, target, cfg, layers_attribute="model.layers"):
         key = {"hf": "optim", "lmflow": "optim", "llamafactory": "optim", "axolotl": "optimizer", "swift": "optim"}
         if target not in key:
             return ExportItems()

@@ -250,14 +250,20 @@ class Quantize4bit(Lever):
                         module.weight.copy_(round_trip(module.weight.data, kind))
         return model
 
-    def export(self, target, cfg):
+    def export(self, target, cfg, layers_attribute="model.layers"):
         if cfg.quantize is None:
             return ExportItems()
         bits = 8 if cfg.quantize == "int8" else 4
+        # transformers keeps these in float: the head, and the decoder layers a static set trains in full
+        trained = [] if cfg.lora_rank or not isinstance(cfg.layers, list) else cfg.layers
+        skip = ["lm_head"] + [f"{layers_attribute}.{i}" for i in trained]
         if target == "hf":
-            return ExportItems({"quantization_config": {f"load_in_{bits}bit": True, **(
+            return ExportItems({"quantization_config": {f"load_in_{bits}bit": True, "llm_int8_skip_modules": skip, **(
                 {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": cfg.quantize == "nf4-dq",
                  "bnb_4bit_compute_dtype": cfg.dtype} if bits == 4 else {})}})
+        if trained and target != "planner":
+            return ExportItems(lost=[f"quantized frozen layers of a static set ({cfg.quantize}): {target} quantizes every "
+                                     f"layer or none, and layers {trained} train in full: exported unquantized"])
         if target == "axolotl":
             return ExportItems({f"load_in_{bits}bit": True, **({"adapter": "qlora"} if bits == 4 and cfg.lora_rank else {})},
                                lost=[] if cfg.quantize != "nf4" else

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import yaml
 
-from planner.export.base import (HF_OPTIM, Export, Exporter, draw_loss, fixed_layers, gamma, lora_as_full_loss, model_id,
+from planner.export.base import (HF_OPTIM, Export, Exporter, lever_items, draw_loss, fixed_layers, gamma, lora_as_full_loss, model_id,
                                  model_loss, outside_params, register_exporter, scorer_kind, stale_state_loss)
 from planner.export.data import DataRef, data_of, output_dir
 from planner.plan import Plan
@@ -112,6 +112,9 @@ class AxolotlExporter(Exporter):
                                           "exported as full fine-tuning of the chosen layers"))
         header = (f"# planner export --to axolotl: plan for {plan.model} ({plan.num_layers} layers), {data.steps} steps on {data.path}\n"
                   "# run: axolotl train axolotl.yaml\n")
+        levers = lever_items(plan, self.name)
+        cfg.update(levers.keys)
+        lost += levers.lost
         return Export(self.name, {"axolotl.yaml": header + yaml.safe_dump(cfg, sort_keys=False)}, lost)
 
     def keys(self, filename: str, text: str) -> set[str]:

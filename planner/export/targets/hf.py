@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from planner.export.base import (HF_OPTIM, Export, Exporter, fixed_layers, gamma, min_depth, model_id, model_loss, precision,
+from planner.export.base import (HF_OPTIM, Export, Exporter, fixed_layers, lever_items, gamma, min_depth, model_id, model_loss, precision,
                                  register_exporter)
 from planner.export.data import output_dir
 
@@ -62,10 +62,11 @@ def read_examples(path, tokenizer, seq_len):
 
 def prepare(model, seed=0):
     \"\"\"The plan on ``model``: LoRA adapters where the plan has them, and the layer sampler (first draw applied).\"\"\"
-    if PLAN["lora_rank"]:  # the adapters the plan's memory was predicted for: every linear map of every layer
+    if PLAN["lora_rank"]:  # the adapters the plan's memory was predicted for: the plan's linear maps of every layer
         from planner.cost.trainable import add_lora
 
-        model = add_lora(model, PLAN["lora_rank"])
+        targets = PLAN.get("target_modules")
+        model = add_lora(model, PLAN["lora_rank"], select=(lambda names: [n for n in names if n in targets]) if targets else None)
     sampler = LayerSampler(model, gamma=PLAN["gamma"], period=PLAN["period"], scorer=PLAN["scorer"],
                            scorer_options=PLAN["scorer_options"], train_embeddings=PLAN["train_embeddings"],
                            train_head=PLAN["train_head"], min_depth=PLAN["min_depth"], seed=seed)
@@ -88,7 +89,20 @@ def main(argv=None):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     examples = read_examples(args.data, tokenizer, args.seq_len)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, PLAN["dtype"]))
+    quant = PLAN.get("quantization_config")
+    extra = {{}}
+    if quant:  # frozen weights stored by bitsandbytes, as the plan's memory was predicted
+        from transformers import BitsAndBytesConfig
+
+        quant = dict(quant)
+        if "bnb_4bit_compute_dtype" in quant:
+            quant["bnb_4bit_compute_dtype"] = getattr(torch, quant["bnb_4bit_compute_dtype"])
+        extra["quantization_config"] = BitsAndBytesConfig(**quant)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, PLAN["dtype"]), **extra)
+    if quant:  # peft's casts (other 16-bit parameters to float32); checkpointing is TrainingArguments' to set
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.config.use_cache = False
 
     kwargs = json.loads(Path(args.training_args).read_text())
@@ -176,6 +190,7 @@ def script_plan(plan) -> dict:
         "dtype": plan.train.dtype,
         "seq_len": plan.train.seq_len,
         "data": plan.data.path if plan.data is not None and plan.data.path else None,
+        **lever_items(plan, "hf").keys,  # quantization_config, target_modules
     }
 
 
@@ -197,7 +212,8 @@ class HFExporter(Exporter):
         what += f", fixed {sp['scorer_options']['layers']}" if sp["scorer"] == "fixed" else f", scorer {plan.scorer!r}, re-drawn every {plan.period} steps"
         script = SCRIPT.format(model=plan.model, summary=what, plan=_pyrepr(sp), args_file=ARGS_FILE, data=sp["data"])
         # the script reads --data as planner does (every format); without a recorded file it requires --data
-        return Export(self.name, {SCRIPT_FILE: script, ARGS_FILE: json.dumps(training_args(plan), indent=2) + "\n"}, model_loss(plan))
+        return Export(self.name, {SCRIPT_FILE: script, ARGS_FILE: json.dumps(training_args(plan), indent=2) + "\n"},
+                      model_loss(plan) + lever_items(plan, self.name).lost)
 
     def keys(self, filename: str, text: str) -> set[str]:
         if filename == ARGS_FILE:

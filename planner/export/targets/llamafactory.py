@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from planner.export.base import (DTYPE_BYTES, FP32_BYTES, HF_OPTIM, Export, Exporter, candidates, cyclic_order,
+from planner.export.base import (DTYPE_BYTES, FP32_BYTES, HF_OPTIM, Export, Exporter, lever_items, candidates, cyclic_order,
                                  fixed_layers, gamma, layer_state_bytes, lora_as_full_loss, min_depth, model_id, model_loss,
                                  outside_params, precision, register_exporter, scorer_kind)
 from planner.export.data import PLACEHOLDER, DataRef, data_of, output_dir
@@ -124,6 +124,9 @@ class LlamaFactoryExporter(Exporter):
         lost += self._dtype(plan, cfg, badam=layers is None)
         if not plan.train.gradient_checkpointing:
             cfg["disable_gradient_checkpointing"] = True
+        levers = lever_items(plan, self.name)
+        cfg.update(levers.keys)
+        lost += levers.lost
         header = (f"# planner export --to llamafactory: plan for {plan.model} ({plan.num_layers} layers), {data.steps} steps on {data.path}\n"
                   f"# run: llamafactory-cli train {CONFIG_FILE} (the dataset is described in {where}/{INFO_FILE})\n")
         files = {CONFIG_FILE: header + yaml.safe_dump(cfg, sort_keys=False), INFO_FILE: json.dumps(dataset_info(data), indent=2) + "\n"}

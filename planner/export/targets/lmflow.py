@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shlex
 
-from planner.export.base import (HF_OPTIM, Export, Exporter, draw_loss, fixed_layers, gamma, lora_as_full_loss, model_id,
+from planner.export.base import (HF_OPTIM, Export, Exporter, draw_loss, lever_items, fixed_layers, gamma, lora_as_full_loss, model_id,
                                  model_loss, precision, register_exporter, stale_state_loss)
 from planner.export.data import data_of, output_dir
 
@@ -69,6 +69,9 @@ class LMFlowExporter(Exporter):
         if plan.lora_rank:
             lost.append(lora_as_full_loss(plan, "LMFlow's LISA switches whole layers (--use_lora is a separate mode)",
                                           "exported as full fine-tuning of the layers"))
+        levers = lever_items(plan, self.name)
+        args += list(levers.keys.items())
+        lost += levers.lost
         lines = [
             "#!/usr/bin/env bash",
             f"# planner export --to lmflow: plan for {plan.model} ({plan.num_layers} layers); run from an LMFlow checkout",

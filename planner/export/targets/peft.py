@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 
-from planner.export.base import (DTYPE_BYTES, FP32_BYTES, Export, Exporter, candidates, fixed_layers, gamma, model_id,
+from planner.export.base import (lever_items, DTYPE_BYTES, FP32_BYTES, Export, Exporter, candidates, fixed_layers, gamma, model_id,
                                  model_loss, outside_params, register_exporter, scorer_kind, state_bytes)
 from planner.export.names import arch_names
 
@@ -62,10 +62,12 @@ class PeftExporter(Exporter):
             lost.append(f"full fine-tuning of the chosen layers: peft trains low-rank adapters; nearest: LoRA r={rank} on every linear map in them")
         save, tie = self._modules_to_save(plan, names, lost)
         tying = {"ensure_weight_tying": tie} if tie else {}
+        levers = lever_items(plan, self.name)  # target_modules of --lora-targets; lost lines for the rest
+        lost += levers.lost
         config = LoraConfig(
             r=rank,
             lora_alpha=2 * rank,
-            target_modules=list(names.layer_linear_modules),
+            target_modules=levers.keys.get("target_modules", list(names.layer_linear_modules)),
             layers_to_transform=layers,
             layers_pattern=plan.layers_attribute.rsplit(".", 1)[-1],
             fan_in_fan_out=names.conv1d,

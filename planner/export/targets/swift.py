@@ -30,6 +30,7 @@ from pathlib import Path
 from planner.export.base import (
     HF_OPTIM,
     Export,
+    lever_items,
     Exporter,
     draw_loss,
     fixed_layers,
@@ -92,6 +93,9 @@ class SwiftExporter(Exporter):
         # swift finds a hub model's type itself; a local directory needs it named
         model_type = SWIFT_MODEL_TYPES.get(plan.model_type) if Path(model_id(plan)).is_dir() else None
         columns = {f: SWIFT_COLUMNS[role] for role, f in data.fields.items() if SWIFT_COLUMNS[role] != f}
+        levers = lever_items(plan, self.name)
+        args += list(levers.keys.items())
+        lost += levers.lost
         lines = [
             "#!/usr/bin/env bash",
             f"# planner export --to swift: plan for {plan.model} ({plan.num_layers} layers), {data.steps} steps on {data.path}",
