@@ -168,6 +168,27 @@ def _tasks(path, n=24):
     return str(path)
 
 
+def test_a_gguf_file_as_the_proxy_renders_its_chat_template(smollm2, tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from planner.tune.proxy_source import resolve_proxy
+
+    gguf_path, done = smollm2
+    target = SimpleNamespace(num_layers=30, name=SMOLLM2, source=SMOLLM2)
+    setup = resolve_proxy(str(gguf_path), target=target, data=_tasks(tmp_path / "t.jsonl"), proxy_device="cpu", seed=0)
+    assert (setup.kind, setup.name, setup.num_layers, setup.hidden_size) == ("model", str(gguf_path), 30, 576)
+    wl = setup.workload
+    assert wl.metric_name == "eval_loss" and wl.has_targets and len(wl.train) + len(wl.held_out) == 24
+    tok = AutoTokenizer.from_pretrained(done)
+    for e in wl.train:  # every record kind is a user turn and the assistant's answer, its end-of-turn marker included
+        prompt = tok.decode(e.prompt)
+        assert prompt.startswith("<|im_start|>system\n") and "<|im_start|>user\nAdd: " in prompt
+        assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert tok.decode(e.answer) == e.target + "<|im_end|>\n"
+
+
 @pytest.mark.slow
 def test_tune_trains_the_real_model_on_cpu(smollm2, tmp_path, capsys):
     """`planner tune --model smollm2-135m --proxy target` end to end with the README's short CPU trials."""
