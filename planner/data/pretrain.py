@@ -22,15 +22,13 @@ import hashlib
 import json
 import os
 import random
-import shutil
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from planner.cachedir import file_lock, say, staged_dir
 from planner.data.tasks import corpus_text
 from planner.data.tokenizer import CHARS, SPECIALS, VOCAB_SIZE, CharTokenizer
 from planner.errors import PlannerError
@@ -125,10 +123,6 @@ def cache_dir(recipe: PretrainRecipe = DEFAULT_RECIPE) -> Path:
     return cache_root() / f"default-llama-{cache_key(recipe)}"
 
 
-def _say(msg: str) -> None:
-    print(f"planner: {msg}", file=sys.stderr, flush=True)
-
-
 def pretrain(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: bool = True):
     """Train the default model from scratch on the built-in corpus; returns (model, stats)."""
     global runs
@@ -156,7 +150,7 @@ def _pretrain(recipe: PretrainRecipe, progress: bool):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     rng = random.Random(recipe.seed)
     if progress:
-        _say(f"first use: pretraining the built-in default model once (Llama, {recipe.layers} layers, hidden "
+        say(f"first use: pretraining the built-in default model once (Llama, {recipe.layers} layers, hidden "
              f"{recipe.hidden}, {n_params / 1e6:.2f}M parameters, {recipe.steps} steps of {recipe.batch_size}x{recipe.seq_len} "
              f"characters of built-in text on {torch.get_num_threads()} CPU thread(s)); later runs load it from {cache_root()}")
     t0, cpu0, losses, shown = time.perf_counter(), time.process_time(), [], 0.0
@@ -175,7 +169,7 @@ def _pretrain(recipe: PretrainRecipe, progress: bool):
         if progress and (elapsed - shown > 10 or step + 1 == recipe.steps):
             shown = elapsed
             eta = elapsed / (step + 1) * (recipe.steps - step - 1)
-            _say(f"  pretraining step {step + 1}/{recipe.steps}, loss {sum(losses[-50:]) / len(losses[-50:]):.3f}, "
+            say(f"  pretraining step {step + 1}/{recipe.steps}, loss {sum(losses[-50:]) / len(losses[-50:]):.3f}, "
                  f"{elapsed:.0f}s elapsed, ~{eta:.0f}s left")
     # CPU seconds as well: on a shared machine the wall time says more about the other jobs
     stats = {"seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - cpu0, 2),
@@ -183,23 +177,6 @@ def _pretrain(recipe: PretrainRecipe, progress: bool):
              "first_loss": round(losses[0], 4), "parameters": n_params, "threads": torch.get_num_threads()}
     model.config.use_cache = False
     return model.eval(), stats
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive advisory lock (POSIX ``flock``; elsewhere the atomic rename alone protects)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            yield
-            return
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -226,26 +203,19 @@ def ensure_default_model(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: b
     if _complete(final):
         return final
     try:
-        with _file_lock(final.with_name(final.name + ".lock")):
+        with file_lock(final.with_name(final.name + ".lock")):
             if _complete(final):  # another process finished while we waited
                 return final
             model, stats = pretrain(recipe, progress=progress)
-            tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-            try:
+            with staged_dir(final) as tmp:
                 with quiet_transformers():
                     model.save_pretrained(tmp)
                 CharTokenizer().to_hf().save_pretrained(tmp)
                 fingerprint = {k: v for k, v in recipe_fingerprint(recipe).items() if k != "corpus"}
                 meta = {**fingerprint, "key": cache_key(recipe), "weights_sha256": weights_sha256(model), **stats}
                 (tmp / "planner_pretrain.json").write_text(json.dumps(meta, indent=2))
-                if final.exists():  # a leftover without the marker: replace it
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             if progress:
-                _say(f"  pretrained in {stats['seconds']:.0f}s (loss {stats['first_loss']:.2f} -> {stats['final_loss']:.2f}); cached at {final}")
+                say(f"  pretrained in {stats['seconds']:.0f}s (loss {stats['first_loss']:.2f} -> {stats['final_loss']:.2f}); cached at {final}")
     except OSError as exc:
         raise PlannerError(f"the model cache must be writable (set PLANNER_CACHE_DIR), but {str(final.parent)!r} is not: {exc}") from None
     return final

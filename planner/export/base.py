@@ -16,6 +16,7 @@ from planner.errors import PlannerError
 from planner.registry import registrar
 
 if TYPE_CHECKING:
+    from planner.levers import ExportItems
     from planner.plan import Plan
 
 EXPORTERS: dict[str, type["Exporter"]] = {}

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import sys
-import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
 
+from planner.cachedir import file_lock, say, staged_dir
 from planner.errors import PlannerError
 
 CONVERT_VERSION = 1  # bump when the conversion changes in a way the cache key does not show
@@ -83,10 +80,6 @@ def check_file(path: Path, flag: str) -> Path:
     return path
 
 
-def _say(msg: str) -> None:
-    print(f"planner: {msg}", file=sys.stderr, flush=True)
-
-
 def gguf_config(path: Path, flag: str = "--model"):
     """The transformers config of the GGUF file: the converted directory's when it is cached, else read from the
     file's metadata (seconds; no weights are loaded), without the loader's ``quantization_config``."""
@@ -117,30 +110,22 @@ def _first_line(exc: BaseException) -> str:
 
 def ensure_converted(path: str | Path, *, flag: str = "--model", progress: bool = True) -> Path:
     """The cached Hugging Face directory of the GGUF file ``path``, converting it first when it is not there yet."""
-    from planner.data.pretrain import _file_lock
 
     path = check_file(Path(path).expanduser(), flag)
     final = converted_dir(path)
     if _complete(final):
         return final
     try:
-        with _file_lock(final.with_name(final.name + ".lock")):
+        with file_lock(final.with_name(final.name + ".lock")):
             if _complete(final):  # another process finished while we waited
                 return final
             if progress:
-                _say(f"first use of {path.name}: converting it once into a model directory (about a minute on 2 "
+                say(f"first use of {path.name}: converting it once into a model directory (about a minute on 2 "
                      f"cores); later runs load it from {final}")
-            tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-            try:
+            with staged_dir(final) as tmp:
                 stats = _convert(path, tmp, flag)
-                if final.exists():  # a leftover without the marker: replace it
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             if progress:
-                _say(f"  converted in {stats['seconds']:.0f}s; cached at {final}")
+                say(f"  converted in {stats['seconds']:.0f}s; cached at {final}")
     except OSError as exc:
         raise PlannerError(f"the model cache must be writable (set PLANNER_CACHE_DIR), but {str(final.parent)!r} is not: "
                            f"{exc}") from None

@@ -1,0 +1,48 @@
+"""Cache directories built once and shared by processes: an exclusive lock while one is built, and a staged
+directory that replaces the final one by an atomic rename (a reader sees all of it or nothing)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+
+def say(msg: str) -> None:
+    """One progress line on stderr, prefixed ``planner:``."""
+    print(f"planner: {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock (POSIX ``flock``; elsewhere the atomic rename alone protects)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            import fcntl  # POSIX only: imported where it is used
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path):
+    """A temporary directory beside ``final``, renamed onto it when the block succeeds (a leftover ``final``
+    without its completion marker is replaced) and removed when the block fails."""
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
