@@ -32,14 +32,14 @@ def _lrs_of_a_run(monkeypatch, schedule: str, steps: int = 6) -> list[float]:
     real = proxy_mod._optimizer_class
 
     def recording(name):
-        cls = real(name)
+        build = real(name)
 
-        class Recording(cls):
-            def step(self, *a, **k):
-                seen.append(self.param_groups[0]["lr"])
-                return super().step(*a, **k)
+        def built(params, lr):
+            opt = build(params, lr)
+            opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(o.param_groups[0]["lr"]))
+            return opt
 
-        return Recording
+        return built
 
     monkeypatch.setattr(proxy_mod, "_optimizer_class", recording)
     run_proxy(tiny_workload(), PLAN, batch_size=4, steps=steps, eval_every=steps, seed=0, schedule=schedule)
