@@ -1,7 +1,6 @@
 """Nothing lost, in-process: interrupts in finalizers, cut journals, dead workers' trials, seeds, resume and output checks."""
 
 import gc
-import json
 import multiprocessing
 import os
 import signal
@@ -27,7 +26,7 @@ from planner.tune.seeding import PerTrialSeed
 from planner.tune.signals import Interrupt, deferred, exit_code, interrupts_as_keyboard_interrupt
 from planner.tune.proxy import run_proxy
 from planner.tune.storage import open_storage
-from planner.tune.study import Interrupted, build_space
+from planner.tune.study import Interrupted
 
 STEPS = 4
 
