@@ -1,7 +1,6 @@
 """Optimizer strategies: state and step temporaries against a measured optimizer.step()."""
 
 import pytest
-import torch
 
 from planner.config import TrainConfig
 from planner.cost import LiveBytesTracker

@@ -243,7 +243,6 @@ def test_target_points_that_map_to_one_proxy_plan_share_its_run():
 
 
 def test_out_of_memory_is_a_failed_trial_with_predicted_and_available_bytes():
-    from planner.spec.tiny import tiny_spec
     from planner.tune.gate import BudgetGate
     from planner.tune.objective import Objective
     from planner.tune.proxy import ProxyOutOfMemory
