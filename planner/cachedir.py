@@ -9,6 +9,9 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
+
+from planner.errors import PlannerError
 
 
 def say(msg: str) -> None:
@@ -46,3 +49,19 @@ def staged_dir(final: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def build_once(final: Path, complete: Callable[[Path], bool], build: Callable[[Path], None]) -> Path:
+    """``final`` once ``complete(final)``: otherwise, under its lock and unless another process finished meanwhile,
+    ``build(tmp)`` fills a staged directory renamed onto it. An unwritable cache is one line naming the setting."""
+    if complete(final):
+        return final
+    try:
+        with file_lock(final.with_name(final.name + ".lock")):
+            if not complete(final):  # another process may have finished while we waited
+                with staged_dir(final) as tmp:
+                    build(tmp)
+    except OSError as exc:
+        raise PlannerError(f"the model cache must be writable (set PLANNER_CACHE_DIR), but {str(final.parent)!r} is not: "
+                           f"{exc}") from None
+    return final

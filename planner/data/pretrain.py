@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from planner.cachedir import file_lock, say, staged_dir
+from planner.cachedir import build_once, say
 from planner.data.tasks import corpus_text
 from planner.data.tokenizer import CHARS, SPECIALS, VOCAB_SIZE, CharTokenizer
 from planner.errors import PlannerError
@@ -200,22 +200,16 @@ def _complete(path: Path) -> bool:
 def ensure_default_model(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: bool = True) -> Path:
     """The cached default model directory, pretraining it first when it is not there yet."""
     final = cache_dir(recipe)
-    if _complete(final):
-        return final
-    try:
-        with file_lock(final.with_name(final.name + ".lock")):
-            if _complete(final):  # another process finished while we waited
-                return final
-            model, stats = pretrain(recipe, progress=progress)
-            with staged_dir(final) as tmp:
-                with quiet_transformers():
-                    model.save_pretrained(tmp)
-                CharTokenizer().to_hf().save_pretrained(tmp)
-                fingerprint = {k: v for k, v in recipe_fingerprint(recipe).items() if k != "corpus"}
-                meta = {**fingerprint, "key": cache_key(recipe), "weights_sha256": weights_sha256(model), **stats}
-                (tmp / "planner_pretrain.json").write_text(json.dumps(meta, indent=2))
-            if progress:
-                say(f"  pretrained in {stats['seconds']:.0f}s (loss {stats['first_loss']:.2f} -> {stats['final_loss']:.2f}); cached at {final}")
-    except OSError as exc:
-        raise PlannerError(f"the model cache must be writable (set PLANNER_CACHE_DIR), but {str(final.parent)!r} is not: {exc}") from None
-    return final
+
+    def build(tmp: Path) -> None:
+        model, stats = pretrain(recipe, progress=progress)
+        with quiet_transformers():
+            model.save_pretrained(tmp)
+        CharTokenizer().to_hf().save_pretrained(tmp)
+        fingerprint = {k: v for k, v in recipe_fingerprint(recipe).items() if k != "corpus"}
+        meta = {**fingerprint, "key": cache_key(recipe), "weights_sha256": weights_sha256(model), **stats}
+        (tmp / "planner_pretrain.json").write_text(json.dumps(meta, indent=2))
+        if progress:
+            say(f"  pretrained in {stats['seconds']:.0f}s (loss {stats['first_loss']:.2f} -> {stats['final_loss']:.2f}); cached at {final}")
+
+    return build_once(final, _complete, build)

@@ -18,7 +18,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from planner.cachedir import file_lock, say, staged_dir
+from planner.cachedir import build_once, say
 from planner.errors import PlannerError
 
 CONVERT_VERSION = 1  # bump when the conversion changes in a way the cache key does not show
@@ -113,23 +113,16 @@ def ensure_converted(path: str | Path, *, flag: str = "--model", progress: bool 
 
     path = check_file(Path(path).expanduser(), flag)
     final = converted_dir(path)
-    if _complete(final):
-        return final
-    try:
-        with file_lock(final.with_name(final.name + ".lock")):
-            if _complete(final):  # another process finished while we waited
-                return final
-            if progress:
-                say(f"first use of {path.name}: converting it once into a model directory (about a minute on 2 "
-                     f"cores); later runs load it from {final}")
-            with staged_dir(final) as tmp:
-                stats = _convert(path, tmp, flag)
-            if progress:
-                say(f"  converted in {stats['seconds']:.0f}s; cached at {final}")
-    except OSError as exc:
-        raise PlannerError(f"the model cache must be writable (set PLANNER_CACHE_DIR), but {str(final.parent)!r} is not: "
-                           f"{exc}") from None
-    return final
+
+    def build(tmp: Path) -> None:
+        if progress:
+            say(f"first use of {path.name}: converting it once into a model directory (about a minute on 2 "
+                f"cores); later runs load it from {final}")
+        stats = _convert(path, tmp, flag)
+        if progress:
+            say(f"  converted in {stats['seconds']:.0f}s; cached at {final}")
+
+    return build_once(final, _complete, build)
 
 
 def _convert(path: Path, out: Path, flag: str) -> dict:
