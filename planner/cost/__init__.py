@@ -17,7 +17,6 @@ How (modules in order of the data flow):
 - ``allocator``/``replay``: PyTorch's CUDA caching allocator as a model, and a run replayed through it;
 - ``cache``: traces and replays on disk, versioned and checksummed;
 - ``estimator``: ``estimate()``, trace caches, the sampler's worst case, device overhead;
-- ``analytic``: paper formulas, cross-checked against traces in tests.
 
 What is modelled, and how:
 - peak = largest live total during the second training step (state exists), use_cache=False;
