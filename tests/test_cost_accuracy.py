@@ -34,6 +34,12 @@ def _cases():
         dict(arch="qwen2", dtype="bfloat16", layers=[0, 3], train_embeddings=False, train_head=False, lora_rank=8, batch_size=2, seq_len=64),
         dict(arch="gpt2", dtype="float32", layers=[1, 2], optimizer="sgd", batch_size=2, seq_len=64),
         dict(arch="qwen2", dtype="float32", layers=[2], train_embeddings=False, train_head=True, batch_size=2, seq_len=64),
+        # the other architectures of the shipped presets: gemma (scaled embeddings, GeGLU, tied), phi3 (fused qkv and
+        # gate_up projections)
+        dict(arch="gemma", dtype="float32", layers="all", batch_size=2, seq_len=64),
+        dict(arch="gemma", dtype="bfloat16", layers=[1, 2], train_embeddings=False, batch_size=1, seq_len=128),
+        dict(arch="phi3", dtype="float32", layers="all", batch_size=2, seq_len=64),
+        dict(arch="phi3", dtype="bfloat16", layers=[1, 2], train_embeddings=False, batch_size=1, seq_len=128),
     ]
     return cases + extra
 
@@ -61,9 +67,12 @@ def _no_disk_cache(monkeypatch):
     monkeypatch.setenv("PLANNER_COST_CACHE", "0")
 
 
-def test_grid_has_enough_cases():
-    assert len(CASES) >= 30
-    assert {c["arch"] for c in CASES} >= set(ARCHS)
+def test_every_architecture_of_the_shipped_presets_is_in_the_grid():
+    """The exactness claim covers each model type a preset of planner's uses (planner/spec/presets)."""
+    from planner.spec import list_presets
+
+    used = {p["config"]["model_type"] for p in list_presets().values()}
+    assert used <= {c["arch"] for c in CASES}, sorted(used - {c["arch"] for c in CASES})
 
 
 @pytest.mark.parametrize("i", range(len(CASES)), ids=[f"{c['arch']}-{c['dtype']}-{c['layers']}-eh{int(c.get('train_embeddings', True))}-{c['batch_size']}x{c['seq_len']}" for c in CASES])
