@@ -1,19 +1,19 @@
-"""Run the README's ```console examples and check (default) or rewrite (--write) their output.
+"""Run the documentation's ```console examples and check (default) or rewrite (--write) their output.
 
-Each ```console block of the chosen README sections holds ``$ planner ...`` commands (a
-trailing ``\\`` continues a command) followed by their output. Every command runs in this
-process (``planner.cli.main.main``), stdout then stderr, with an empty profile directory so
-the output does not depend on profiles measured on this machine. What the README shows of
-the output is the real output with two abbreviations:
+Each ```console block between a page's ``<!-- section:NAME -->`` and ``<!-- /section:NAME -->``
+markers holds ``$ planner ...`` commands (a trailing ``\\`` continues a command) followed by their
+output. Every command runs in this process (``planner.cli.main.main``), stdout then stderr, with
+an empty profile directory so the output does not depend on profiles measured on this machine.
+What the page shows of the output is the real output with two abbreviations:
 
 - table border lines (``┏━━┓``, ``└──┘``) are left out, trailing spaces stripped;
 - a line ``  ...`` stands for rows left out: the rows kept are found again by their first cell
   (or the text before ``:``), so a rewrite keeps the same rows with fresh numbers; a JSON line
   ending in ``, ...}`` keeps its first keys.
 
-    python studies/readme_examples.py                      # check the estimate section, exit 1 on a difference
-    python studies/readme_examples.py --write              # rewrite those blocks in README.md
-    python studies/readme_examples.py --section profile    # another section (repeatable)
+    python studies/readme_examples.py                      # check docs/estimate.md, exit 1 on a difference
+    python studies/readme_examples.py --write              # rewrite those blocks in docs/estimate.md
+    python studies/readme_examples.py --file docs/profile.md --section profile   # another page and section
 
 Blocks whose commands are not all ``planner`` commands (``cat``, ``python``) are skipped.
 """
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+DEFAULT_FILE = ROOT / "docs" / "estimate.md"  # the page whose examples the tests check
 DEFAULT_SECTIONS = ("estimate",)
 ELLIPSIS = "  ..."
 JSON_TAIL = ", ...}"
@@ -44,7 +44,7 @@ _BOX = set("┏┓┗┛┡┩└┘┌┐━─┳┻╇╈┼┴┬╋═╤�
 
 @dataclass
 class Example:
-    """One ``$ command`` of a console block and the output lines the README shows for it."""
+    """One ``$ command`` of a console block and the output lines the page shows for it."""
 
     command: str  # as written, continuation lines included
     argv: list[str]
@@ -109,7 +109,7 @@ def _find(lines: list[str], key: str, start: int) -> int:
     for i in range(start, len(lines)):
         if _key(lines[i]) == key:
             return i
-    raise LookupError(f"no output line starts like {key!r} (the README keeps it)")
+    raise LookupError(f"no output line starts like {key!r} (the page keeps it)")
 
 
 def _json_head(shown: str, actual: str) -> str:
@@ -119,7 +119,7 @@ def _json_head(shown: str, actual: str) -> str:
 
 
 def regenerate(shown: list[str], actual: list[str]) -> list[str]:
-    """The README's view of ``actual``: the same abbreviations as ``shown``, fresh lines."""
+    """The page's view of ``actual``: the same abbreviations as ``shown``, fresh lines."""
     if len(shown) == 1 and shown[0].endswith(JSON_TAIL) and len(actual) == 1:
         return [_json_head(shown[0], actual[0])]
     if ELLIPSIS not in shown:
@@ -145,28 +145,28 @@ def regenerate(shown: list[str], actual: list[str]) -> list[str]:
     return out
 
 
-def process(text: str, sections, *, log=print) -> tuple[str, list[str]]:
-    """(README text with regenerated blocks, unified diffs of the blocks that changed)."""
+def process(text: str, sections, *, log=print, name: str = "docs/estimate.md") -> tuple[str, list[str]]:
+    """(the page's text with regenerated blocks, unified diffs of the blocks that changed); ``name`` labels the diffs."""
     diffs = []
     edits = []
     with tempfile.TemporaryDirectory() as profiles:
         old_env = os.environ.get("PLANNER_PROFILE_DIR")
         os.environ["PLANNER_PROFILE_DIR"] = profiles  # no profile measured here changes the output
         try:
-            for name in sections:
-                for start, end, body in console_blocks(text, name):
+            for section in sections:
+                for start, end, body in console_blocks(text, section):
                     examples = parse_block(body)
                     if not all(ex.argv[:1] == ["planner"] for ex in examples):
-                        log(f"[{name}] skipped a block with commands other than planner: {[ex.argv[0] for ex in examples]}")
+                        log(f"[{section}] skipped a block with commands other than planner: {[ex.argv[0] for ex in examples]}")
                         continue
                     new_lines = []
                     for ex in examples:
-                        log(f"[{name}] $ {' '.join(ex.argv)}")
+                        log(f"[{section}] $ {' '.join(ex.argv)}")
                         new_lines += ex.command.splitlines() + regenerate(ex.shown, run_planner(ex.argv))
                     new_body = "\n".join(new_lines) + "\n"
                     if new_body != body:
                         diffs.append("".join(difflib.unified_diff(body.splitlines(True), new_body.splitlines(True),
-                                                                  f"README.md [{name}]", "actual output")))
+                                                                  f"{name} [{section}]", "actual output")))
                         edits.append((start, end, new_body))
         finally:
             if old_env is None:
@@ -180,22 +180,26 @@ def process(text: str, sections, *, log=print) -> tuple[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section", action="append", help=f"README section (default: {', '.join(DEFAULT_SECTIONS)})")
-    parser.add_argument("--write", action="store_true", help="rewrite README.md instead of checking it")
+    parser.add_argument("--file", type=Path, default=DEFAULT_FILE,
+                        help=f"the page (default: {DEFAULT_FILE.relative_to(ROOT)})")
+    parser.add_argument("--section", action="append", help=f"section of the page (default: {', '.join(DEFAULT_SECTIONS)})")
+    parser.add_argument("--write", action="store_true", help="rewrite the page instead of checking it")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
-    text = README.read_text()
-    new, diffs = process(text, args.section or DEFAULT_SECTIONS, log=lambda m: print(m, file=sys.stderr))
+    path = args.file if args.file.is_absolute() else Path.cwd() / args.file
+    label = str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+    text = path.read_text()
+    new, diffs = process(text, args.section or DEFAULT_SECTIONS, log=lambda m: print(m, file=sys.stderr), name=label)
     if args.write:
         if new != text:
-            README.write_text(new)
-        print(f"README.md: {len(diffs)} block(s) rewritten")
+            path.write_text(new)
+        print(f"{label}: {len(diffs)} block(s) rewritten")
         return 0
     for d in diffs:
         print(d)
-    print(f"README.md: {len(diffs)} block(s) differ from the commands' output" if diffs else "README.md: examples match")
+    print(f"{label}: {len(diffs)} block(s) differ from the commands' output" if diffs else f"{label}: examples match")
     return 1 if diffs else 0
 
 
