@@ -191,7 +191,7 @@ def test_a_gguf_file_as_the_proxy_renders_its_chat_template(smollm2, tmp_path):
 
 @pytest.mark.slow
 def test_tune_trains_the_real_model_on_cpu(smollm2, tmp_path, capsys):
-    """`planner tune --model smollm2-135m --proxy target` end to end with the README's short CPU trials."""
+    """`planner tune --model smollm2-135m --proxy target` end to end with the short CPU trials of docs/workloads.md."""
     from planner.plan import Plan
 
     out = tmp_path / "plan.yaml"

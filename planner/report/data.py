@@ -1,7 +1,7 @@
 """Report data: everything a report shows, computed from a study or a plan, without drawing.
 
 ``planner.report.study.study_report_data`` reads an Optuna study written by ``planner tune``
-(trial records as documented in the README's ``tune`` section); ``plan_report_data`` reads a
+(trial records as documented in docs/study-record.md); ``plan_report_data`` reads a
 saved Plan. Both return a :class:`ReportData` that ``planner.report.plots`` renders and
 ``planner.report.render`` writes; every number in a report is here, so it is testable
 without matplotlib.
