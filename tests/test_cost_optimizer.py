@@ -10,11 +10,16 @@ from planner.errors import PlannerError
 from planner.spec import build_model
 
 
-def _step_temporaries(tiny, optimizer: str, foreach: bool, dtype: str):
+def _step_temporaries(tiny, optimizer: str, foreach: bool, dtype: str, build=None):
+    """(step temporaries, state bytes, trainable tensors) of one measured step; ``build(params)``: another way to make
+    the optimizer than planner's."""
     spec = tiny("llama", hidden=64, vocab=256)
     cfg = TrainConfig(layers=[1, 2], optimizer=optimizer, dtype=dtype, batch_size=1, seq_len=16)
     model = prepare_model(build_model(spec, dtype=dtype), cfg, [1, 2])
-    opt = make_optimizer(model, cfg, foreach=foreach)
+    if build is None:
+        opt = make_optimizer(model, cfg, foreach=foreach)
+    else:
+        opt = build([p for p in model.parameters() if p.requires_grad])
     batch = make_batch(spec.vocab_size, 1, 16)
     training_step(model, opt, batch)  # creates the state
     training_step(model, opt, batch, run_optimizer=False)  # grads exist, state exists
@@ -58,7 +63,21 @@ def test_every_registered_optimizer_state_and_step_against_its_library(tiny, nam
     opt = get_optimizer(name)
     assert state == opt.state_bytes(tensors, "cpu")
     assert measured == opt.step_peak(tensors, "cpu")
-    assert opt.hf_name  # every optimizer names its transformers `optim`
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_the_hf_trainer_builds_the_same_optimizer_for_its_name(tiny, name, tmp_path):
+    """``hf_name`` as an exported plan passes it (TrainingArguments ``optim``): the optimizer the Trainer's own
+    mapping builds for it keeps the state and makes the temporaries this strategy counts, paged where it is paged."""
+    from transformers import Trainer, TrainingArguments
+
+    opt = get_optimizer(name)
+    args = TrainingArguments(output_dir=str(tmp_path), optim=opt.hf_name, use_cpu=True, report_to=[])
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    assert kwargs.get("is_paged", False) == opt.paged
+    measured, state, tensors = _step_temporaries(tiny, name, False, "float32", build=lambda params: cls(params, **kwargs))
+    assert state == opt.state_bytes(tensors, "cpu")
+    assert measured == opt.step_peak(tensors, "cpu")
 
 
 def test_unknown_optimizer_is_refused_with_the_rule():
