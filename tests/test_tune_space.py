@@ -261,9 +261,43 @@ def test_tpe_draws_of_trained_points_are_drawn_again():
 
 
 def test_where_nothing_is_admissible_the_draw_stands():
-    refuse_all = _Gate(lambda config: False)
-    trials, start = _screened_study(space(num_layers=8), refuse_all, screen=True, n_trials=8)
-    assert len(trials) == 8 and all(t.user_attrs["gated"] for t in trials)  # gated, as unscreened: the study goes on
+    """Every TPE draw is refused: each trial takes REDRAWS draws from TPE and REDRAWS uniform ones, then trains
+    (gated, as unscreened) TPE's last draw; the study goes on. The draws are recorded as the samplers return them."""
+    from planner.tune.bounded import REDRAWS, GateBoundedSampler, admissible
+    from planner.tune.samplers import TPE_STARTUP_TRIALS, make_sampler
+
+    s, refuse_all = space(num_layers=8), _Gate(lambda config: False)
+    tpe, drawn = make_sampler("tpe", 0), {}
+    real_tpe = tpe.sample_relative
+
+    def recorded(study, trial, search_space):
+        params = real_tpe(study, trial, search_space)
+        drawn.setdefault(trial.number, []).append(dict(params))
+        return params
+
+    tpe.sample_relative = recorded
+    uniform = []
+    real_uniform = optuna.samplers.RandomSampler.sample_independent
+
+    def recorded_uniform(self, study, trial, name, dist):
+        uniform.append(trial.number)
+        return real_uniform(self, study, trial, name, dist)
+
+    study = optuna.create_study(sampler=GateBoundedSampler(tpe, s.num_layers, admissible(s, refuse_all)))
+
+    def objective(trial):
+        s.suggest(trial)
+        raise optuna.TrialPruned("over budget")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(optuna.samplers.RandomSampler, "sample_independent", recorded_uniform)
+        study.optimize(objective, n_trials=8)
+    screened = sorted(n for n, draws in drawn.items() if draws[-1])  # TPE drew whole points for these trials
+    assert len(study.trials) == 8 and screened == list(range(TPE_STARTUP_TRIALS, 8))
+    for n in screened:
+        assert len(drawn[n]) == REDRAWS
+        assert uniform.count(n) == REDRAWS * len(drawn[n][-1])  # the uniform redraws, every parameter of each
+        assert {k: study.trials[n].params[k] for k in drawn[n][-1]} == drawn[n][-1]  # TPE's last draw trained
 
 
 def test_a_draw_that_is_not_a_whole_point_is_let_through():
