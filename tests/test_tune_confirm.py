@@ -13,7 +13,7 @@ from planner.plan import Plan
 from planner.tune import TuneOptions, run_tune
 from planner.tune.baselines import KINDS, LR_SWEEP_FACTORS, best_of_kind, is_sweep
 from planner.tune.confirm import (BEYOND, WITHIN, WORSE, Confirmed, confirm_seed, is_confirm, margin, margins,
-                                  parse_kind)
+                                  parse_kind, select_candidates)
 from planner.tune.proxy import run_proxy
 from planner.tune.space import DEFAULT_LR
 from planner.tune.storage import open_storage
@@ -115,6 +115,30 @@ def test_a_baseline_is_compared_at_its_best_learning_rate_and_at_no_more_memory(
     assert out["lisa"].versus == "trial 5" and "at a higher predicted peak" in out["lisa"].verdict
 
 
+def _searched(number, metric, peak, key, state=TrialState.COMPLETE):
+    t = _frozen(number, "search", metric, peak, state=state)
+    t.user_attrs["proxy_key"] = key
+    return t
+
+
+def test_candidates_are_the_best_proxy_runs_and_each_baselines_best():
+    trials = [_frozen(0, "baseline:lisa", 0.50, 300), _frozen(1, "baseline:lisa", 0.40, 300, lr=3e-4),
+              _frozen(2, "baseline:full", None, 900, fits=False, state=TrialState.PRUNED),
+              _searched(3, 0.30, 200, "a"), _searched(4, 0.30, 100, "b"),
+              _searched(5, 0.30, 100, "b"),  # the proxy run of trial 4, reused
+              _searched(6, None, 100, "e", state=TrialState.PRUNED),
+              _searched(7, 0.35, 100, "c"),
+              _frozen(8, "baseline:lora", 0.60, 150)]
+    nan = _searched(9, 0.0, 100, "d")
+    nan.user_attrs["metric"] = float("nan")  # a diverged proxy run
+    trials.append(nan)
+    # lower is better: 4 before 3 (the same loss at a lower predicted peak), 5 is 4's run; LISA at its lower loss
+    assert [t.number for t in select_candidates(trials, "minimize", 2)] == [4, 3, 1, 8]
+    assert [t.number for t in select_candidates(trials, "minimize", 1)] == [4, 1, 8]
+    # higher is better: 7, then 4 (as 3, at a lower peak); LISA at its higher accuracy
+    assert [t.number for t in select_candidates(trials, "maximize", 2)] == [7, 4, 0, 8]
+
+
 def test_confirmation_runs_are_trials_and_the_plan_is_the_best_mean(tuned, wl):
     tmp, result, rec = tuned
     study = load(tmp)
@@ -130,17 +154,23 @@ def test_confirmation_runs_are_trials_and_the_plan_is_the_best_mean(tuned, wl):
     lisa_lrs = sorted(t.params["lr"] for t in baselines if t.user_attrs["kind"] == "baseline:lisa")
     assert lisa_lrs == pytest.approx(sorted(DEFAULT_LR * f for f in LR_SWEEP_FACTORS))
 
-    # candidates: the 2 best searched proxy runs and every baseline at its best rate, 2 seeds each
+    # candidates: the 2 best searched proxy runs and every baseline at its best rate, 2 seeds each (eval loss: lower
+    # is better); the selection itself on a study built by hand: test_candidates_*
     sources = {parse_kind(t.user_attrs["kind"])[0] for t in confirms}
-    expect = {best_of_kind(trials, k, "minimize").number for k in KINDS}
-    searched = sorted((t for t in others if t.user_attrs["kind"] == "search" and t.state == TrialState.COMPLETE),
-                      key=lambda t: (t.user_attrs["metric"], t.user_attrs["predicted_peak_bytes"]))
-    keys = []
-    for t in searched:
-        if t.user_attrs["proxy_key"] not in [k for _, k in keys]:
-            keys.append((t.number, t.user_attrs["proxy_key"]))
-    expect |= {n for n, _ in keys[:2]}
-    assert sources == expect and len(confirms) == 2 * len(expect)
+    assert len(confirms) == 2 * len(sources)
+    trained = [t for t in others if t.state == TrialState.COMPLETE and t.user_attrs["fits"] is True]
+    chosen = [trials[n] for n in sources if trials[n].user_attrs["kind"] == "search"]
+    assert len(chosen) == 2 and len({t.user_attrs["proxy_key"] for t in chosen}) == 2
+    assert {t.number for t in chosen} <= {t.number for t in trained}
+    worst = max((t.user_attrs["metric"], t.user_attrs["predicted_peak_bytes"]) for t in chosen)
+    for t in trained:  # no other proxy run of the search is better than the worse one chosen
+        if t.user_attrs["kind"] == "search" and t.user_attrs["proxy_key"] not in {c.user_attrs["proxy_key"] for c in chosen}:
+            assert (t.user_attrs["metric"], t.user_attrs["predicted_peak_bytes"]) >= worst, t.number
+    for kind in KINDS:  # each baseline once, at its lowest eval loss among its learning rates
+        of_kind = [t for t in trained if t.user_attrs["kind"] == kind]
+        picked = [trials[n] for n in sources if trials[n].user_attrs["kind"] == kind]
+        assert len(picked) == (1 if of_kind else 0), kind
+        assert not of_kind or picked[0].user_attrs["metric"] == min(t.user_attrs["metric"] for t in of_kind)
     for t in confirms:
         src, i = parse_kind(t.user_attrs["kind"])
         assert t.params == trials[src].params and t.user_attrs["confirm_seed"] == i
