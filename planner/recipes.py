@@ -11,6 +11,8 @@ estimate table (planner.cost.plans) and the tuner's baselines (planner.tune.base
 
 from __future__ import annotations
 
+from planner.levers.loss_chunks import TORCHTUNE_CHUNKS
+
 CHECKPOINTING = {"gradient_checkpointing": True}
 QLORA = {"quantize": "nf4-dq", **CHECKPOINTING}
-TORCHTUNE_FULL = {**CHECKPOINTING, "optimizer": "paged_adamw8bit", "optimizer_in_backward": True, "loss_chunks": 8}
+TORCHTUNE_FULL = {**CHECKPOINTING, "optimizer": "paged_adamw8bit", "optimizer_in_backward": True, "loss_chunks": TORCHTUNE_CHUNKS}

@@ -49,10 +49,15 @@ def shape_fields() -> list[str]:
     return [name for lever in all_levers() if lever.in_shape for name in lever.fields]
 
 
+def fit_levers() -> list[Lever]:
+    """Memory-only levers the search may pull for a plan over budget as sampled (``Lever.fit_value``), in order."""
+    return [lever for lever in all_levers() if lever.fit_value is not None]
+
+
 def labels(cfg) -> list[str]:
     """The levers ``cfg`` pulls, in words."""
     return [text for lever in active_levers(cfg) if (text := lever.label(cfg))]
 
 
 __all__ = ["LEVERS", "ExportItems", "Flag", "Lever", "register_lever", "all_levers", "active_levers",
-           "lever_fields", "lever_of", "shape_fields", "labels"]
+           "lever_fields", "lever_of", "shape_fields", "fit_levers", "labels"]

@@ -7,7 +7,8 @@ A lever owns
 - what the training step does under it (:meth:`Lever.prepare`, :meth:`Lever.compute_loss`,
   :meth:`Lever.install`): the cost model traces that same step, so its prediction follows;
 - its line in each exporter (:meth:`Lever.export`: keys, or a "lost" line);
-- whether the search may vary it (``searchable``).
+- whether the search may vary it (``searchable``: a result-changing choice the search samples) or pull it
+  where a sampled plan does not fit as it is (``fit_value``: a memory-only lever, ``planner.tune.forms``).
 
 Cache and reuse keys are computed from the whole validated config (``planner.cost.estimator``,
 ``planner.tune.mapping``), so a new field changes them without a hand-kept list.
@@ -51,6 +52,9 @@ class Lever:
     fields: ClassVar[dict[str, tuple[Any, Any]]] = {}  # config field -> (annotation, pydantic Field)
     flag: ClassVar[Flag | None] = None
     searchable: ClassVar[bool] = False
+    # a memory-only lever's setting that the search may pull for a sampled plan over budget as it is, where the
+    # user left its flag unset (planner.tune.forms); None: the search never pulls it
+    fit_value: ClassVar[Any] = None
     # part of the target's training shape: set once by the user for every trial of a study (planner tune)
     in_shape: ClassVar[bool] = False
     # changes what a proxy run learns (not only its memory): a proxy other than the target trains with it

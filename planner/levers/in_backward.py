@@ -4,8 +4,9 @@ One optimizer per trainable parameter; ``register_post_accumulate_grad_hook`` ru
 soon as the parameter's gradient is complete and frees the gradient, so no full set of gradients
 exists at once: the peak holds at most the gradients backward is still writing, plus one
 parameter's step temporaries (torchtune ``training/_optimizer_in_bwd`` / ``OptimizerInBackwardWrapper``).
-A step per micro-batch: it cannot accumulate gradients, and the search does not need it (it only
-lowers memory), so it is a flag, not a searched choice.
+A step per micro-batch: it cannot accumulate gradients. It only lowers memory, so the search does not
+sample it: a sampled plan over budget as it is takes it first (``fit_value``, ``planner.tune.forms``)
+where ``--optimizer-in-backward``/``--no-optimizer-in-backward`` was not given.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class OptimizerInBackward(Lever):
                 "as its gradient is ready; no full set of gradients exists at once (torchtune's optimizer_in_bwd)",
                 kind="bool")
     optimizer_in_trace = True
+    fit_value = True
 
     def active(self, cfg) -> bool:
         return cfg.optimizer_in_backward

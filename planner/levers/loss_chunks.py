@@ -14,6 +14,7 @@ from pydantic import Field
 from planner.levers.base import ExportItems, Flag, Lever, register_lever
 
 IGNORE_INDEX = -100  # the label that takes no loss (transformers and torchtune)
+TORCHTUNE_CHUNKS = 8  # CEWithChunkedOutputLoss(num_output_chunks=8), torchtune's default
 
 
 def _causal_lm(model):
@@ -43,6 +44,7 @@ class LossChunks(Lever):
     name = "loss_chunks"
     order = 90
     in_shape = True
+    fit_value = TORCHTUNE_CHUNKS  # pulled after the step in backward, where --loss-chunks was not given
     fields = {"loss_chunks": (int, Field(1, ge=1, description="cross-entropy over this many sequence chunks "
                                                               "(torchtune's CEWithChunkedOutputLoss); 1: the model's own loss"))}
     flag = Flag("--loss-chunks", "loss_chunks", "compute the cross-entropy over N chunks of the sequence, as torchtune's "

@@ -63,14 +63,16 @@ def train_layerwise(model: nn.Module, batches: Iterable[dict], *, sampler: Layer
                     optimizer: torch.optim.Optimizer | None = None, steps: int,
                     eval_fn: Callable[[nn.Module], float] | None = None, eval_every: int | None = None,
                     on_eval: Callable[[int, float], None] | None = None, calib_batch: dict | None = None,
-                    lr_scheduler=None, max_grad_norm: float | None = None, lr: float = 1e-3) -> TrainResult:
+                    lr_scheduler=None, max_grad_norm: float | None = None, lr: float = 1e-3,
+                    loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None) -> TrainResult:
     """Train ``steps`` optimizer steps on ``batches`` (cycled), switching layers through ``sampler``.
 
     ``optimizer`` defaults to ``sampler.make_optimizer(AdamW, lr=lr)``; one made elsewhere is
     completed with every managed parameter. Scorers that need a calibration batch get
     ``calib_batch`` (default: the first training batch). Every ``eval_every`` steps,
     ``eval_fn(model)`` runs under ``torch.no_grad()`` in eval mode and ``on_eval(step, value)``
-    is called; whatever it raises (e.g. ``optuna.TrialPruned``) propagates. Raises
+    is called; whatever it raises (e.g. ``optuna.TrialPruned``) propagates. ``loss_fn(model, batch)``
+    replaces the model's own loss (a lever's, e.g. the chunked cross-entropy). Raises
     :class:`DivergedError` on a NaN/inf loss.
     """
     if not isinstance(steps, int) or steps < 0:
@@ -96,7 +98,7 @@ def train_layerwise(model: nn.Module, batches: Iterable[dict], *, sampler: Layer
         batch = _to(first if first is not None else next(stream), device)
         first = None
         sampler.begin_step(step)
-        loss = model(**batch).loss
+        loss = model(**batch).loss if loss_fn is None else loss_fn(model, batch)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise DivergedError(step, value)

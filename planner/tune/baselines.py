@@ -33,6 +33,7 @@ from dataclasses import replace
 from planner.config import TrainConfig
 from planner.levers import labels, lever_fields
 from planner.recipes import CHECKPOINTING, QLORA, TORCHTUNE_FULL
+from planner.tune.forms import fits as fits_in_a_form
 from planner.tune.space import DEFAULT_LR, LISA_GAMMA, LISA_PERIOD, SearchSpace, TrialParams
 
 _LEVER_DEFAULTS = {name: spec[1].default for name, spec in lever_fields().items()}
@@ -72,8 +73,11 @@ def in_form(point: TrialParams, form: dict) -> TrialParams:
 
 
 def trial_point(trial, space: SearchSpace) -> TrialParams:
-    """The point ``trial`` ran: its params, and the levers recorded with it (a baseline's form)."""
-    return replace(space.from_params(trial.params), levers=tuple(sorted((trial.user_attrs.get("levers") or {}).items())))
+    """The point ``trial`` ran: its params (a sampled ``quantize`` among them), and the levers recorded with it
+    (a baseline's recipe, a searched point's fitting form)."""
+    point = space.from_params(trial.params)
+    levers = {**dict(point.levers), **(trial.user_attrs.get("levers") or {})}
+    return replace(point, levers=tuple(sorted(levers.items())))
 
 
 def trial_form(point: TrialParams, trial) -> TrialParams:
@@ -85,7 +89,8 @@ def trial_form(point: TrialParams, trial) -> TrialParams:
 
 def trial_form_words(trial) -> str:
     """The levers a trial ran with, in words, e.g. `` (checkpointing, NF4 + double quant)``; empty when none."""
-    form = dict(trial.user_attrs.get("levers") or {})
+    sampled = {"quantize": trial.params["quantize"]} if trial.params.get("quantize") else {}
+    form = {**sampled, **(trial.user_attrs.get("levers") or {})}
     form["gradient_checkpointing"] = bool(trial.params.get("gradient_checkpointing", False))
     words = [w for w in labels(TrainConfig.model_construct(**{**_LEVER_DEFAULTS, **form})) if w]
     return f" ({', '.join(words)})" if words else ""
@@ -150,7 +155,7 @@ def enqueue_baselines(study, space: SearchSpace, gate=None) -> list[str]:
     with its kind and levers; returns the kinds."""
     points = baseline_points(space, gate)
     for kind, point in points.items():
-        study.enqueue_trial(point.as_params(), user_attrs=_attrs(kind, point))
+        study.enqueue_trial(space.enqueue_params(point), user_attrs=_attrs(kind, point))
     return list(points)
 
 
@@ -159,7 +164,7 @@ def enqueue_missing_baselines(study, space: SearchSpace, gate=None) -> list[str]
     have = {t.user_attrs.get("kind") for t in study.get_trials(deepcopy=False)}
     missing = {kind: point for kind, point in baseline_points(space, gate).items() if kind not in have}
     for kind, point in missing.items():
-        study.enqueue_trial(point.as_params(), user_attrs=_attrs(kind, point))
+        study.enqueue_trial(space.enqueue_params(point), user_attrs=_attrs(kind, point))
     return list(missing)
 
 
@@ -187,7 +192,7 @@ def enqueue_sweeps(study, space: SearchSpace) -> int:
             float(t.system_attrs.get("fixed_params", {}).get("lr", -1)) for t in of_kind if t.state == TrialState.WAITING}
         for factor, p in lr_sweep(space, point):
             if p.lr not in have:
-                study.enqueue_trial(p.as_params(), user_attrs=_attrs(kind, p, lr_sweep=factor))
+                study.enqueue_trial(space.enqueue_params(p), user_attrs=_attrs(kind, p, lr_sweep=factor))
                 n += 1
     return n
 
@@ -216,7 +221,7 @@ def offered_points(space: SearchSpace, gate) -> list[TrialParams]:
     """Where the budget allows more active layers higher up: per embeddings/head choice (frozen first, then
     trainable) and checkpointing choice, the frontier point with the most layers (the lowest ``min_depth``
     among equals), at LISA's period and the default learning rate."""
-    fits = lambda p: gate.predict(space.train_config(p)).fits  # noqa: E731
+    fits = fits_in_a_form(space, gate)
     best = {}
     for p in space.frontier(fits) + space.frontier(fits, ends=True):
         key = (p.train_embeddings, p.train_head, p.gradient_checkpointing)
@@ -232,5 +237,5 @@ def enqueue_offered(study, space: SearchSpace, gate, room: int | None = None) ->
     """Queue :func:`offered_points` as searched trials, at most ``room`` of them; returns how many."""
     points = offered_points(space, gate)[: room if room is not None else None]
     for p in points:
-        study.enqueue_trial(p.as_params(), user_attrs={"kind": SEARCH, "offered": True})
+        study.enqueue_trial(space.enqueue_params(p), user_attrs={"kind": SEARCH, "offered": True})
     return len(points)

@@ -23,6 +23,8 @@ from __future__ import annotations
 from optuna.distributions import IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 
+from planner.tune.forms import fits as fits_in_a_form
+
 GAMMA = "gamma"
 REDRAWS = 32  # draws of one trial's point before the last is kept whatever it is
 
@@ -87,11 +89,13 @@ def largest_fitting_gamma(space, gate) -> int:
     """G: the most active layers any point of ``space`` fits with (0 when none fits)."""
     from dataclasses import replace
 
-    fits = lambda p: gate.predict(space.train_config(p)).fits  # noqa: E731
+    fits = fits_in_a_form(space, gate)
     ranks = sorted({r for r in space.lora_ranks if r}) if space.lora_ranks else []
     best = max((p.gamma for p in space.frontier(fits)), default=0)
     if ranks and best < space.num_layers:  # adapters cost less than layer weights: their frontier may reach higher
-        cheap = lambda p: fits(replace(p, lora_rank=ranks[0]))  # noqa: E731
+        stored = [q for q in space.quantize_choices if q]  # quantized base weights cost less again
+        levers = (("quantize", stored[0]),) if stored else ()
+        cheap = lambda p: fits(replace(p, lora_rank=ranks[0], levers=levers))  # noqa: E731
         best = max([best] + [p.gamma for p in space.frontier(cheap)])
     return best
 
@@ -125,6 +129,8 @@ def admissible(space, gate):
     trained it already (a draw that is not a whole point is let through: the objective gates and reuses as before)."""
     from optuna.trial import TrialState
 
+    fits = fits_in_a_form(space, gate)
+
     def for_study(study):
         done = {space.from_params(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
                 if "gamma" in t.params and not t.user_attrs.get("gated")}
@@ -134,7 +140,7 @@ def admissible(space, gate):
                 point = space.suggest(_Drawn(params))
             except KeyError:
                 return True
-            return point not in done and gate.predict(space.train_config(point)).fits
+            return point not in done and fits(point)
 
         return accept
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 from time import perf_counter
 from typing import Callable
 
+from planner.tune.forms import fitting
 from planner.tune.baselines import SEARCH, baseline_points
 from planner.tune.gate import BudgetGate, human_bytes
 from planner.tune.lifecycle import INTERRUPTED  # noqa: F401 - set by lifecycle.GuardedObjective on Ctrl-C/SIGTERM
@@ -84,8 +85,16 @@ class Objective:
         else:
             params = self.space.suggest(trial)
 
-        # the gate: the target's peak, predicted before any training
-        prediction = self.gate.predict(self.space.train_config(params))
+        # the gate: the target's peak, predicted before any training; a searched point over budget as sampled
+        # runs in the first form (memory-only levers) that fits
+        if confirm is None and kind not in self._baselines:
+            sampled = dict(params.levers)
+            params, prediction = fitting(self.space, self.gate, params)
+            form = {k: v for k, v in params.levers if k not in sampled}
+            if form:
+                trial.set_user_attr("levers", form)
+        else:
+            prediction = self.gate.predict(self.space.train_config(params))
         trial.set_user_attr("predicted_peak_bytes", prediction.peak_bytes)
         trial.set_user_attr("breakdown", prediction.breakdown)
         trial.set_user_attr("fits", prediction.fits)

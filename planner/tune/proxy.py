@@ -13,7 +13,7 @@ from time import perf_counter
 from typing import Callable
 
 from planner.errors import PlannerError
-from planner.levers import all_levers
+from planner.levers import Lever, all_levers
 from planner.optimizers import get_optimizer
 from planner.tune.space import TrialParams
 
@@ -157,6 +157,21 @@ def _build(workload, params: TrialParams, shape: TrainShape, seed: int):
     return model.to(torch.device(shape.device))
 
 
+def _lever_loss(params: TrialParams):
+    """The loss a point's levers compute (the chunked cross-entropy where the target trains as its own proxy;
+    other proxies never carry memory-only levers), or None for the model's own. The step in backward is not
+    run by the layer-wise loop: a proxy steps after backward (the same update)."""
+    if not params.levers:
+        return None
+    from planner.config import TrainConfig
+    from planner.cost.measure import compute_loss
+
+    cfg = TrainConfig.model_construct(**dict(params.levers))
+    if not any(lever.active(cfg) and type(lever).compute_loss is not Lever.compute_loss for lever in all_levers()):
+        return None
+    return lambda model, batch: compute_loss(model, batch, cfg)
+
+
 def _optimizer_class(name: str):
     """The optimizer a proxy run steps with: the registered strategy's class (bitsandbytes' 8-bit ones run on CPU)."""
     strategy = get_optimizer(name)
@@ -227,7 +242,7 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
         with autocast:
             result = train_layerwise(model, batches, sampler=sampler, optimizer=optimizer, steps=steps,
                                      eval_fn=_evaluate, eval_every=eval_every, on_eval=_on_eval,
-                                     lr_scheduler=lr_scheduler(optimizer, schedule, steps))
+                                     lr_scheduler=lr_scheduler(optimizer, schedule, steps), loss_fn=_lever_loss(params))
             if meter is not None:
                 meter.take()
             metric = evaluations[-1][1] if evaluations and evaluations[-1][0] >= steps else float(workload.evaluate(model))

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner.tune.forms import forms
 from planner.errors import PlannerError
 
 AUTO, TARGET, BUILTIN = "auto", "target", "builtin"
@@ -94,7 +95,7 @@ def smallest_fits_free_memory(target, space, gate) -> tuple[bool, str]:
     import torch
 
     free, _total = torch.cuda.mem_get_info()
-    peak = min(gate.predict(space.train_config(p)).peak_bytes for p in space.cheapest_points())
+    peak = min(gate.predict(space.train_config(f)).peak_bytes for p in space.cheapest_points() for f in forms(space, p))
     from planner.tune.gate import human_bytes
 
     return peak <= free, f"the target's smallest plan needs {human_bytes(peak)}, the GPU has {human_bytes(free)} free"

@@ -6,8 +6,10 @@ with embeddings frozen nothing below it backpropagates, so it bounds activation 
 point whose γ does not fit above it is moved down to L - γ), ``gradient_checkpointing``,
 ``period`` (K, steps between re-draws), ``scorer`` (how layers are drawn), ``train_embeddings``,
 ``train_head``, ``lr`` (the proxy's learning rate, log scale), and, when asked for,
-``lora_rank`` (0 = full layer weights, r > 0 = rank-r LoRA adapters inside the layers) and
-``batch_size`` (the target's micro-batch).
+``lora_rank`` (0 = full layer weights, r > 0 = rank-r LoRA adapters inside the layers),
+``quantize`` (LoRA points only: their frozen base weights in NF4 with double quantization, QLoRA) and
+``batch_size`` (the target's micro-batch). Memory-only levers are not sampled: a point takes them
+where it does not fit as it is (``forms``, :mod:`planner.tune.forms`).
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ class TrialParams:
     batch_size: int | None = None  # None: the space's only batch size
     min_depth: int = 0
     gradient_checkpointing: bool = False
-    # lever fields set for this point beyond the space's (a baseline's recipe, e.g. (("quantize", "nf4-dq"),));
-    # recorded in the trial's user_attrs['levers'], not among the searched params
+    # lever fields set for this point beyond the space's extra: a sampled ``quantize`` (a param), a baseline's
+    # recipe or a fitting form (recorded in the trial's user_attrs['levers'])
     levers: tuple = ()
 
     def as_params(self) -> dict:
@@ -83,6 +85,10 @@ class SearchSpace:
     head_choices: tuple[bool, ...] = (True, False)
     min_depths: tuple[int, ...] = (0,)
     checkpointing: tuple[bool, ...] = (False,)
+    # base-weight storage choices of LoRA points (``quantize``: None = unquantized), e.g. (None, "nf4-dq")
+    quantize_choices: tuple = ()
+    # memory-only lever settings a point over budget as sampled takes, in order (planner.tune.forms)
+    forms: tuple[dict, ...] = ()
     extra: dict = field(default_factory=dict, compare=False)  # fields every TrainConfig inherits (dtype, amp, ...)
 
     def __post_init__(self):
@@ -126,19 +132,29 @@ class SearchSpace:
         else:
             lr = trial.suggest_float("lr", *self.lr_range, log=True)
         rank = trial.suggest_categorical("lora_rank", list(self.lora_ranks)) if self.lora_ranks else None
+        # conditional: only adapters keep their base weights frozen everywhere
+        quant = trial.suggest_categorical("quantize", list(self.quantize_choices)) if self.quantize_choices and rank else None
         batch = trial.suggest_categorical("batch_size", list(self.batch_sizes)) if len(self.batch_sizes) > 1 else None
         return self.from_params(dict(gamma=gamma, period=period, scorer=scorer, train_embeddings=emb, train_head=head,
                                      lr=lr, lora_rank=rank, batch_size=batch, min_depth=depth,
-                                     gradient_checkpointing=ckpt))
+                                     gradient_checkpointing=ckpt, quantize=quant))
 
     def from_params(self, p: dict) -> TrialParams:
         """The point a trial's ``params`` describe (``min_depth`` lowered to L - γ where γ needs the room)."""
         gamma = int(p["gamma"])
-        rank, batch = p.get("lora_rank"), p.get("batch_size")
+        rank, batch, quant = p.get("lora_rank"), p.get("batch_size"), p.get("quantize")
         return TrialParams(gamma, int(p["period"]), str(p["scorer"]), bool(p["train_embeddings"]), bool(p["train_head"]),
                            float(p["lr"]), None if rank is None else int(rank), None if batch is None else int(batch),
                            min(int(p.get("min_depth", 0)), max(0, self.num_layers - gamma)),
-                           bool(p.get("gradient_checkpointing", False)))
+                           bool(p.get("gradient_checkpointing", False)), (("quantize", quant),) if quant else ())
+
+    def enqueue_params(self, p: TrialParams) -> dict:
+        """The ``params`` to enqueue ``p`` with: its searched keys, and its ``quantize`` where the space samples one
+        (so that a fixed point's choice is never drawn for it)."""
+        out = p.as_params()
+        if self.quantize_choices and p.adapter_rank:
+            out["quantize"] = dict(p.levers).get("quantize")
+        return out
 
     def suggest_fixed(self, trial, params: TrialParams) -> TrialParams:
         """Record an enqueued fixed point (a baseline) with distributions compatible with this space.
@@ -240,4 +256,5 @@ class SearchSpace:
             "lr_range": list(self.lr_range), "lr_choices": None if self.lr_choices is None else list(self.lr_choices),
             "lora_ranks": list(self.lora_ranks), "batch_sizes": list(self.batch_sizes), "seq_len": self.seq_len,
             "min_depths": list(self.min_depths), "gradient_checkpointing": list(self.checkpointing),
+            "quantize_choices": list(self.quantize_choices), "forms": [dict(f) for f in self.forms],
         }

@@ -20,8 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from planner.errors import PlannerError, collect
 from planner.threads import torch_threads
-from planner.levers import lever_of, shape_fields
+from planner.levers import labels, lever_of, shape_fields
+from planner.tune.forms import fits as fits_in_a_form
+from planner.tune.forms import form_steps, forms
 from planner.tune.gate import human_bytes
+from planner.recipes import QLORA
 from planner.tune.confirm import DEFAULT_CONFIRM_SEEDS, DEFAULT_CONFIRM_TOP
 from planner.tune.storage import DEFAULT_STORAGE, check_storage
 
@@ -180,19 +183,22 @@ def build_space(target, options: TuneOptions):
     extra = {k: getattr(target.shape, k) for k in ("dtype", "amp", *shape_fields())}
     return SearchSpace(num_layers=target.num_layers, scorers=scorers, seq_len=target.shape.seq_len, batch_sizes=batches,
                        lora_ranks=DEFAULT_LORA_RANKS if options.lora else (), min_depths=depth_choices(target.num_layers),
-                       checkpointing=(False, True), extra=extra)
+                       checkpointing=(False, True), forms=form_steps(options.levers), extra=extra,
+                       # QLoRA's storage beside LoRA's: the quantize lever computes in the model's dtype, never under amp
+                       quantize_choices=(None, QLORA["quantize"]) if options.lora and target.shape.amp == "none" else ())
 
 
 def _describe_point(p, space) -> str:
     what = (f"γ={p.gamma} from layer {p.min_depth} up, embeddings {'trainable' if p.train_embeddings else 'frozen'}, "
             f"head {'trainable' if p.train_head else 'frozen'}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'}, "
             f"batch {space.batch_size_of(p)}")
-    return what + (f", LoRA rank {p.adapter_rank}" if p.adapter_rank else "")
+    levers = [w for w in labels(space.train_config(p)) if w != "checkpointing"]
+    return what + (f", LoRA rank {p.adapter_rank}" if p.adapter_rank else "") + "".join(f", {w}" for w in levers)
 
 
 def check_feasible(space, gate, target_name: str = "the target") -> None:
     """Raise :class:`InfeasibleBudget` naming the smallest budget and plan that would fit, when nothing fits."""
-    preds = [(gate.predict(space.train_config(p)), p) for p in space.cheapest_points()]
+    preds = [(gate.predict(space.train_config(f)), f) for p in space.cheapest_points() for f in forms(space, p)]
     smallest, point = min(preds, key=lambda x: x[0].peak_bytes)
     if not smallest.fits:
         raise InfeasibleBudget(
@@ -299,7 +305,7 @@ def header_lines(target, proxy, vram: int, space, gate, new_study: str | None = 
     so that it can be resumed), then what the budget allows."""
     lines = [(new_study + ": " if new_study else "") + f"target: {target.label()} | proxy: {proxy.name} on {proxy.device}"
              + (f" ({proxy.why})" if proxy.why else "")]
-    front = space.frontier(lambda p: gate.predict(space.train_config(p)).fits)
+    front = space.frontier(fits_in_a_form(space, gate))
     allows = ", ".join(f"γ≤{p.gamma} from layer {p.min_depth}{' with checkpointing' if p.gradient_checkpointing else ''}"
                        for p in front)
     lines.append(f"budget {human_bytes(vram)} on {target.device} ({target.profile_line}): embeddings and head frozen, "

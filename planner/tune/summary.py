@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from planner.levers import labels
 from planner.tune.gate import human_bytes
 
 
@@ -35,7 +36,8 @@ def summary_table(result, *, metric_name: str, vram_bytes: int, target_name: str
 def plan_line(plan) -> str:
     """The best plan in one line, in the target's numbering, with both learning rates."""
     lora = f", LoRA rank {plan.lora_rank}" if plan.lora_rank else ""
-    ckpt = ", gradient checkpointing" if plan.train.gradient_checkpointing else ""
+    # every lever the plan pulls (checkpointing, a fitting form, quantized base weights), in words
+    ckpt = "".join(f", {word}" for word in labels(plan.train))
     lr = f"lr={plan.learning_rate:.3g}"
     if plan.proxy is not None and plan.proxy.learning_rate != plan.learning_rate:
         lr += f" (proxy {plan.proxy.learning_rate:.3g})"

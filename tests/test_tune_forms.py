@@ -1,0 +1,104 @@
+"""A sampled plan over budget as it is runs in the first form (memory-only levers) the gate admits."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import optuna
+import pytest
+
+from planner.export import export_plan
+from planner.plan import Plan
+from planner.tune import TuneOptions, run_tune
+from planner.tune.baselines import trial_point
+from planner.tune.forms import fitting, form_steps
+from planner.tune.gate import BudgetGate
+from planner.tune.study import build_space
+from planner.tune.storage import open_storage
+from tune_helpers import tiny_workload, write_target_config
+
+WALK = ({"optimizer_in_backward": True}, {"optimizer_in_backward": True, "loss_chunks": 8})
+
+
+@pytest.fixture(scope="module")
+def wl():
+    return tiny_workload(num_layers=4)
+
+
+@pytest.fixture(scope="module")
+def target(wl, tmp_path_factory):
+    return write_target_config(wl, tmp_path_factory.mktemp("target") / "config.json")
+
+
+def flags(wl, target, **kw):
+    return dict(model=target, seq_len=wl.seq_len, batch_size=8, dtype="float32", device="cpu", **kw)
+
+
+def space_of(wl, target, **kw):
+    opts = TuneOptions(vram=1, **flags(wl, target, **kw))
+    t, _ = opts.validate_all()
+    return t, build_space(t, opts)
+
+
+def peaks(t, space, point):
+    """The cost model's peak of ``point`` as sampled and in each step of the walk, each predicted on its own."""
+    gate = BudgetGate(t.spec, 1, device="cpu")
+    return [gate.predict(space.train_config(replace(point, levers=tuple(sorted(f.items()))))).peak_bytes
+            for f in ({}, *WALK)]
+
+
+def test_the_walk_is_torchtunes_order_without_the_levers_the_user_fixed():
+    assert form_steps({}) == WALK
+    assert form_steps({"optimizer_in_backward": False}) == ({"loss_chunks": 8},)
+    assert form_steps({"loss_chunks": 4}) == ({"optimizer_in_backward": True},)
+    assert form_steps({"optimizer_in_backward": True, "loss_chunks": 1}) == ()
+
+
+def test_a_point_takes_the_first_form_that_fits(wl, target):
+    t, space = space_of(wl, target)
+    assert space.forms == WALK
+    point = space.point(gamma=4, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3,
+                        gradient_checkpointing=True)
+    plain, backward, both = peaks(t, space, point)
+    assert backward < plain  # the step in backward frees each gradient as it is written
+    for budget, want in ((plain, {}), (plain - 1, WALK[0])):
+        got, prediction = fitting(space, BudgetGate(t.spec, budget, device="cpu"), point)
+        assert dict(got.levers) == want and prediction.fits
+    # over budget in every form: gated at the last
+    got, prediction = fitting(space, BudgetGate(t.spec, min(plain, backward, both) - 1, device="cpu"), point)
+    assert dict(got.levers) == WALK[-1] and not prediction.fits and prediction.peak_bytes == both
+
+
+def test_a_lever_the_user_fixed_is_never_pulled(wl, target):
+    t, space = space_of(wl, target, levers={"optimizer_in_backward": False})
+    assert space.forms == ({"loss_chunks": 8},)
+    point = space.point(gamma=4, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3,
+                        gradient_checkpointing=True)
+    plain, backward, _ = peaks(t, space, point)
+    assert backward < plain
+    got, prediction = fitting(space, BudgetGate(t.spec, backward, device="cpu"), point)
+    assert "optimizer_in_backward" not in dict(got.levers)
+
+
+def test_a_study_whose_plans_fit_only_with_the_step_in_backward(tmp_path, wl, target):
+    """Every plain point is over budget, the same points with the step in backward fit: the trials train in that
+    form, record it, and the plan and its exports carry it."""
+    t, space = space_of(wl, target)
+    cheapest = [peaks(t, space, p) for p in space.cheapest_points()]
+    budget = min(p[1] for p in cheapest)
+    assert budget < min(p[0] for p in cheapest)  # nothing fits as sampled
+    storage = f"sqlite:///{tmp_path}/s.db"
+    result = run_tune(TuneOptions(vram=budget, n_trials=4, steps=2, eval_every=2, storage=storage, study="f",
+                                  out=str(tmp_path / "plan.yaml"), proxy_device="cpu", confirm_seeds=0,
+                                  baselines=False, **flags(wl, target)), workload=wl, progress=False)
+    trials = optuna.load_study(study_name="f", storage=open_storage(storage)).trials
+    trained = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("fits")]
+    assert trained
+    for trial in trained:
+        assert trial.user_attrs["levers"]["optimizer_in_backward"] is True
+        assert trial.user_attrs["predicted_peak_bytes"] <= budget
+        assert dict(trial_point(trial, space).levers)["optimizer_in_backward"] is True
+    plan = Plan.load(tmp_path / "plan.yaml")
+    assert plan.train.optimizer_in_backward and result.plan.train.optimizer_in_backward
+    lost = export_plan(tmp_path / "plan.yaml", "axolotl", tmp_path / "axolotl").lost
+    assert any("optimizer step in backward" in line for line in lost)  # axolotl steps after backward: said so
