@@ -89,3 +89,27 @@ def test_a_plan_ahead_beyond_the_noise_exits_0(tmp_path, wl, target):
     # the record agrees with the confirmed means it was drawn from
     means = sorted(c.mean for c in conf.candidates)
     assert result.plan.metric == means[0]
+
+
+def _baseline_trial(metrics, number, kind, peak=100):
+    trial = optuna.trial.create_trial(value=0.0, params={"lr": 1e-3},
+                                      distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)},
+                                      user_attrs={"predicted_peak_bytes": peak, "kind": kind, "fits": True,
+                                                  "metric": sum(metrics) / len(metrics)})
+    trial.number = number
+    return trial
+
+
+def test_a_baseline_that_is_the_tuned_plan_is_held_against_the_best_searched_plan():
+    from planner.tune.confirm import margins
+
+    full = _baseline_trial([0.20, 0.24, 0.28], 1, "baseline:full")
+    searched = _baseline_trial([0.45, 0.50, 0.55], 2, "search", peak=90)
+    runs = [Confirmed(full, [0.20, 0.24, 0.28], 0), Confirmed(searched, [0.45, 0.50, 0.55], 0)]
+    (m,) = margins(runs, runs[0], [full, searched], "minimize")
+    # not the tuned plan against itself (a margin of 0): the best searched plan against it, 0.26 behind;
+    # 2·SE = 2·sqrt(0.04²/3 + 0.05²/3) = 0.0739
+    assert m.versus == "trial 2" and m.margin == pytest.approx(-0.26) and m.noise == pytest.approx(0.0739, abs=1e-4)
+    assert m.verdict == "worse beyond the seed noise"
+    (alone,) = margins(runs[:1], runs[0], [full], "minimize")
+    assert alone.margin is None and "is the tuned plan" in alone.verdict

@@ -298,9 +298,15 @@ def margins(runs: list[Confirmed], best: Confirmed, trials, direction: str) -> l
             out.append(Margin(baseline=name, baseline_peak_bytes=peak, fits=True, verdict="not confirmed (its runs failed)"))
             continue
         versus = best
+        searched = [r for r in by_source.values() if r.source.user_attrs.get("kind", SEARCH) == SEARCH]
         if best.peak > peak:
-            cheaper = [r for r in by_source.values() if r.peak <= peak and r.source.user_attrs.get("kind", SEARCH) == SEARCH]
-            versus = best_confirmed(cheaper, direction) or best
+            versus = best_confirmed([r for r in searched if r.peak <= peak], direction) or best
+        if versus is base:  # the baseline is the tuned plan: how far the search got is the margin worth stating
+            versus = best_confirmed([r for r in searched if r.peak <= peak], direction) or best_confirmed(searched, direction)
+            if versus is None:
+                out.append(Margin(baseline=name, baseline_peak_bytes=peak, fits=True,
+                                  verdict="is the tuned plan; no searched plan was confirmed to compare with it"))
+                continue
         diff, noise, verdict = margin(versus, base, direction)
         if versus.peak > peak:
             verdict += f" (at a higher predicted peak: no confirmed searched plan fits in the {name} baseline's memory)"

@@ -140,9 +140,11 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
             metric = runs[t.number].mean
         peak = t.user_attrs.get("predicted_peak_bytes")
         fits = t.user_attrs.get("fits")
-        delta = None if metric is None else sign * (best_metric - metric)
+        # the tuned plan is this baseline: no margin over itself (the confirmation states the search's)
+        delta = None if metric is None or t.number == best.number else sign * (best_metric - metric)
         rows.append(SummaryRow(kind.split(":", 1)[1] + trial_form_words(t), kind, metric, peak, fits, t.number, t.state.name.lower(), delta,
-                               t.user_attrs.get("reason"), **(stats(t) if top is not None else {})))
+                               "the tuned plan" if t.number == best.number else t.user_attrs.get("reason"),
+                               **(stats(t) if top is not None else {})))
         if peak is not None:
             baselines.append(BaselineResult(name=kind.split(":", 1)[1], predicted_peak_bytes=int(peak), fits=bool(fits),
                                             metric=metric, trial_number=t.number))
@@ -173,7 +175,9 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
               for s in TrialState}
     counts["interrupted"] = sum(interrupted(t) for t in trials)
     counts["confirmation"] = sum(is_confirm(t) and finished(t) for t in trials)
-    counts["gated"] = sum(bool(t.user_attrs.get("gated")) for t in trials)
+    # gated trials are pruned ones: a trial gated, then stopped before it was stored as pruned, is interrupted only
+    counts["gated"] = sum(t.state == TrialState.PRUNED and bool(t.user_attrs.get("gated")) and not is_confirm(t)
+                          and not interrupted(t) for t in trials)
     counts["reused"] = sum(t.user_attrs.get("reused_from") is not None for t in trials)
     pareto = [{"trial": t.number, "metric": metric_of(t), "predicted_peak_bytes": t.user_attrs["predicted_peak_bytes"],
                "params": dict(t.params)} for t in sorted(front, key=lambda t: t.user_attrs["predicted_peak_bytes"])]
