@@ -34,12 +34,20 @@ def test_segments_do_not_depend_on_depth_or_position(tiny):
         assert t2.segments[name] == t3.segments[name] == t4.segments[name], name
 
 
-def test_fake_trace_equals_real_trace(tiny):
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("kernels", ["cpu", "cuda"])
+def test_fake_trace_equals_real_trace(tiny, kernels, checkpointing, monkeypatch):
+    from planner.cost import estimator
+
     spec = tiny("qwen2", hidden=64, vocab=256)
-    cfg = TrainConfig(layers=[1], train_embeddings=False, train_head=False, **CFG)
-    real = get_trace(spec, cfg, ["FB", "T0", "FA"], fake=False)
-    fake = get_trace(spec, cfg, ["FB", "T0", "FA"], fake=True)
-    assert real.layers == fake.layers and real.segments == fake.segments
+    cfg = TrainConfig(layers=[1], train_embeddings=False, train_head=False, gradient_checkpointing=checkpointing, **CFG)
+    roles = ["FA", "T", "FA"] if checkpointing else ["FB", "T0", "FA"]  # checkpointing: every layer backpropagates
+    traces = {}
+    for fake in (False, True):
+        monkeypatch.setattr(estimator, "_traces", {})  # the in-process cache's key does not tell fake from real
+        traces[fake] = get_trace(spec, cfg, roles, fake=fake, kernels=kernels)
+    real, fake = traces[False], traces[True]
+    assert real is not fake and real.layers == fake.layers and real.segments == fake.segments
 
 
 @pytest.mark.parametrize("arch,train_embeddings", [("llama", False), ("llama", True), ("gpt2", False)])
