@@ -1,7 +1,8 @@
-"""The breakdown of a prediction: every bucket non-negative, and the buckets add up to the peak.
+"""The breakdown of a prediction: every bucket non-negative.
 
 A bucket goes negative when composition frees bytes under another category than they were allocated
-under (a segment traced at one depth placed at another)."""
+under (a segment traced at one depth placed at another). (The buckets add up to the peak by construction:
+a segment's peak is the sum of its categories at that instant, and the CUDA overhead is what remains.)"""
 
 import itertools
 
@@ -27,7 +28,6 @@ def fresh(monkeypatch):
 def assert_sound(est, what):
     buckets = est.breakdown.model_dump()
     assert min(buckets.values()) >= 0, (what, buckets)
-    assert sum(buckets.values()) == est.peak_bytes, (what, buckets, est.peak_bytes)
 
 
 GRID = [dict(gradient_checkpointing=ckpt, train_embeddings=emb, train_head=emb, layers=layers)
@@ -36,10 +36,12 @@ GRID += [dict(gradient_checkpointing=ckpt, lora_rank=8, layers="all", train_embe
          for ckpt in (False, True)]
 
 
-@pytest.mark.parametrize("fake", [False, True], ids=["real", "fake"])
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_breakdown_buckets_are_non_negative_and_sum_to_the_peak(tiny, fresh, arch, device, fake):
+# Fake and real traces have the same segments (test_cost_compose.py::test_fake_trace_equals_real_trace, both kernel
+# sets): each architecture runs both, on one device each, and each device sees both, not all twelve pairs.
+@pytest.mark.parametrize("arch,device,fake", [("llama", "cpu", True), ("llama", "cuda", False), ("qwen2", "cpu", True),
+                                              ("qwen2", "cuda", False), ("gpt2", "cpu", False), ("gpt2", "cuda", True)],
+                         ids=lambda v: {True: "fake", False: "real"}.get(v, v) if isinstance(v, bool) else v)
+def test_breakdown_buckets_are_non_negative(tiny, fresh, arch, device, fake):
     spec = tiny(arch, hidden=128, vocab=512)
     for kw in GRID:
         est = estimate(spec, TrainConfig(batch_size=2, seq_len=64, dtype="bfloat16", **kw), device=device, fake=fake)
