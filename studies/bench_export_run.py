@@ -1,17 +1,27 @@
 """Exports run as written in the real trainers, each installed in its own virtual environment.
 
-    python studies/bench_export_run.py [--root DIR] [--only swift,llamafactory,axolotl] | tee -a reports/bench_export.txt
+    python studies/bench_export_run.py [--root DIR] [--only swift,llamafactory,axolotl] [--plans qlora,qlora-int8] | tee -a reports/bench_export.txt
 
 A tiny llama (2 layers, hidden 64, built from a config with SmolLM2's tokenizer, saved with
 ``save_pretrained``) and a 40-record instruction/response JSONL file (and the same sums as text
 records) stand in for a study's target and ``--data``. Each plan (LISA, a static layer set,
-LoRA, the static set on text) is written by
+LoRA, the static set on text, QLoRA: LoRA r=8 on both layers over NF4 base weights with double
+quantization, and the same over int8 base weights) is written by
 ``planner export`` into its own directory and run there with the trainer's own command
 (``bash swift_sft.sh``, ``llamafactory-cli train llamafactory.yaml``, ``axolotl train
 axolotl.yaml``), unchanged, on CPU with the trainer's venv first on PATH. Reported: the command,
 its exit code and time, the steps and last loss it logged, and which parameter groups of the
 saved model differ from the initial weights (a trainer that trained nothing it should not have,
-and everything it should, changes exactly the groups its export's loss lines allow).
+and everything it should, changes exactly the groups its export's loss lines allow); for the
+quantized plans also the linear modules the trainer's model held as bitsandbytes' quantized
+layers, as its own log says (transformers' quantization_config, the model printout).
+
+The venvs (each trainer pulls its own torch, 2.14.1 with its CUDA libraries, run on CPU here):
+``python3.11 -m venv /tmp/venv-swift && /tmp/venv-swift/bin/pip install ms-swift==4.6.0``,
+``python3.11 -m venv /tmp/venv-llamafactory && /tmp/venv-llamafactory/bin/pip install llamafactory==0.9.5 badam``,
+``python3.12 -m venv /tmp/venv-axolotl && /tmp/venv-axolotl/bin/pip install axolotl==0.21.0`` (axolotl needs
+Python >= 3.12); bitsandbytes (0.50.2, whose CPU backend runs NF4 and int8) comes with axolotl and is added to the
+other two: ``pip install bitsandbytes==0.50.2``.
 """
 
 from __future__ import annotations
@@ -31,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 VENVS = {"swift": "/tmp/venv-swift", "llamafactory": "/tmp/venv-llamafactory", "axolotl": "/tmp/venv-axolotl"}
 COMMANDS = {"swift": ["bash", "swift_sft.sh"], "llamafactory": ["llamafactory-cli", "train", "llamafactory.yaml"],
             "axolotl": ["axolotl", "train", "axolotl.yaml"]}
-PLANS = {"swift": ["lisa", "static", "lora", "text"], "llamafactory": ["lisa", "static", "text"], "axolotl": ["lisa", "static", "text"]}
+QUANTIZED = {"qlora": "nf4-dq", "qlora-int8": "int8"}  # plan kind -> --quantize
+PLANS = {"swift": ["lisa", "static", "lora", "text", *QUANTIZED], "llamafactory": ["lisa", "static", "text", *QUANTIZED],
+         "axolotl": ["lisa", "static", "text", *QUANTIZED]}
 STEPS = 6
 TOKENIZER = Path.home() / ".cache/planner/gguf-SmolLM2-135M-Instruct.Q4_1-dc8497fee868857d"
 
@@ -82,6 +94,10 @@ def make(kind: str, model: Path, data: Path):
     if kind in ("static", "text"):  # layer 1 and the head
         return consistent_plan(**common, active_layers=1, period=1, scorer="fixed", layers=[1], train_embeddings=False,
                                train=TrainConfig(layers=[1], **seq))
+    if kind in QUANTIZED:  # QLoRA as the tuner's baseline runs it: adapters in every layer over quantized base weights
+        return consistent_plan(**common, active_layers=2, period=1, scorer="fixed", layers=[0, 1], lora_rank=8,
+                               train_embeddings=False, train_head=False,
+                               train=TrainConfig(layers=[0, 1], quantize=QUANTIZED[kind], **seq))
     return consistent_plan(**common, active_layers=1, period=1, scorer="fixed", layers=[1], lora_rank=4,
                            train_embeddings=False, train_head=False, train=TrainConfig(layers=[1], **seq))
 
@@ -144,6 +160,38 @@ def changed(initial: Path, run_dir: Path) -> list[str] | str:
     return groups(diff)
 
 
+QUANT_KEY = re.compile(r"^\s*-*(quant\w*|load_in_\dbit|double_quantization|bnb_4bit_\w+|adapter)[\s:]+(\S+)", re.MULTILINE)
+
+
+def quantized(log: str, files: list[Path]) -> str:
+    """The quantization the export asks for (its keys) and what the trainer loaded: the load_in_4bit/8bit it logged
+    (a BitsAndBytesConfig, or the trainer's own config), and the linear modules of its printed model that are bitsandbytes' Linear4bit / Linear8bitLt (a
+    repeated decoder layer is printed once, as ``(0-1): 2 x LlamaDecoderLayer``), and the head's class."""
+    keys = [f"{k}={v}" for f in files for k, v in QUANT_KEY.findall(f.read_text())]
+    out = [f"export: {' '.join(keys) or 'no quantization key'}"]
+    config = [k for k in ("load_in_4bit", "load_in_8bit") if re.search(rf'"{k}": true', log)]
+    if config:
+        extra = re.findall(r'"(bnb_4bit_quant_type|bnb_4bit_use_double_quant)": "?(\w+)', log) if config == ["load_in_4bit"] else []
+        out.append("the trainer logged " + " ".join(config + [f"{k}={v}" for k, v in dict(extra).items()]))
+    modules = dict.fromkeys(f"{name} {kind}" for name, kind in re.findall(r"\((\w+)\): (?:lora\.)?(Linear4bit|Linear8bitLt)\(", log)
+                            if name != "base_layer")
+    layers = re.search(r"\((\d+-\d+)\): (\d+) x (\w+DecoderLayer)", log)
+    head = re.search(r"\(lm_head\): (?:\w+\.)?(\w+)\(", log)
+    if modules:
+        out.append(f"printed model: {', '.join(modules)}" + (f" in each of {layers.group(2)} layers ({layers.group(1)})" if layers else "")
+                   + (f"; lm_head {head.group(1)}" if head else ""))
+    else:
+        out.append("no quantized module in the trainer's log" + (" (its model printout has none)" if head else ""))
+    return "; ".join(out)
+
+
+def failure(text: str) -> str:
+    """The error that stopped a run: the last exception or validation message that is not the launcher's own."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    errors = [ln for ln in lines if re.match(r"(\w+\.)*\w*(Error|Exception)\b.*:|Value error,", ln) and "CalledProcessError" not in ln]
+    return errors[-1] if errors else " | ".join(lines[-3:])
+
+
 def logged(text: str) -> str:
     """Steps (the progress bar of the run's STEPS) and the last loss the trainer printed."""
     losses = re.findall(r"['\"]?loss['\"]?\s*[:=]\s*['\"]?([0-9]+\.[0-9]+)", text)
@@ -173,17 +221,20 @@ def run(target: str, kind: str, root: Path, model: Path, data: Path) -> None:
         print(f"  loss line: {line}")
     print(f"  exit {proc.returncode} in {wall:.0f} s; {logged(proc.stdout + proc.stderr)}")
     print(f"  the plan trains:            {planned(plan)}")
+    if plan.train.quantize:
+        print(f"  quantized ({plan.train.quantize}):      {quantized(proc.stdout + proc.stderr, result.written)}")
     if proc.returncode == 0:
         print(f"  changed vs initial weights: {changed(model, result.out_dir / 'output')}")
         print(f"  first example as trained:   {first_example(target, proc.stdout + proc.stderr, result.out_dir / 'output', model)}")
     else:
-        print("  last lines: " + " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:]))
+        print(f"  stopped by: {failure(proc.stdout + proc.stderr)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/tmp/bench_export_run")
     parser.add_argument("--only", default=",".join(PLANS))
+    parser.add_argument("--plans", default=None, help="plan kinds to run (comma-separated), default: each target's PLANS")
     args = parser.parse_args()
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
@@ -201,6 +252,8 @@ def main() -> None:
                                  capture_output=True, text=True, check=False).stdout.strip()
         print(f"\n== {target} ({version})")
         for kind in PLANS[target]:
+            if args.plans and kind not in args.plans.split(","):
+                continue
             run(target, kind, root, model, text if kind == "text" else data)
 
 
