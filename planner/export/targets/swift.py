@@ -149,7 +149,10 @@ class SwiftExporter(Exporter):
 
         peft = PeftExporter().render(plan)
         config = json.loads(peft.files["adapter_config.json"])
-        lost += [line for line in peft.lost if line not in lost]  # the model line is already there
+        # the model line is already there; the levers' lines are ms-swift's own (render adds them), not peft's
+        # (peft's says "4-bit: peft loads them in float32" where --quant_bits loads them quantized)
+        levers = set(lever_items(plan, "peft").lost)
+        lost += [line for line in peft.lost if line not in lost and line not in levers]
         names = arch_names(plan)
         args: list[tuple[str, object]] = [
             ("tuner_type", "lora"),
