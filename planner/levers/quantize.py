@@ -264,13 +264,15 @@ class Quantize4bit(Lever):
         if trained and target != "planner":
             return ExportItems(lost=[f"quantized frozen layers of a static set ({cfg.quantize}): {target} quantizes every "
                                      f"layer or none, and layers {trained} train in full: exported unquantized"])
-        if target == "axolotl":
-            return ExportItems({f"load_in_{bits}bit": True, **({"adapter": "qlora"} if bits == 4 and cfg.lora_rank else {})},
-                               lost=[] if cfg.quantize != "nf4" else
-                               ["axolotl's 4-bit loading always double-quantizes (bnb_4bit_use_double_quant: True)"])
-        if target == "llamafactory":
-            return ExportItems({"quantization_bit": bits, "quantization_method": "bnb",
-                                **({"double_quantization": cfg.quantize == "nf4-dq"} if bits == 4 else {})})
+        if target in ("axolotl", "llamafactory"):
+            # both exports train a LoRA plan's layers in full (their "LoRA r=... inside the layers" line), and
+            # neither trainer quantizes weights outside its own adapters: LLaMA-Factory stops at quantization_bit
+            # without finetuning_type lora/oft ("Quantization is only compatible with the LoRA or OFT method."),
+            # axolotl at load_in_8bit without an adapter ("... not supported without setting an adapter for
+            # training.") and at adapter: qlora without LoRA keys (peft: "No `target_modules` passed ...")
+            name = {"axolotl": "axolotl", "llamafactory": "LLaMA-Factory"}[target]
+            return ExportItems(lost=[f"quantized frozen weights ({cfg.quantize}): {name} quantizes only under its own LoRA, "
+                                     f"and this export trains the layers in full: exported unquantized ({cfg.dtype} weights)"])
         if target == "swift":
             return ExportItems({"quant_method": "bnb", "quant_bits": bits,
                                 **({"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": cfg.quantize == "nf4-dq"}
