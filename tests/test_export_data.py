@@ -47,7 +47,8 @@ def test_tune_records_the_data_and_steps_and_the_exports_name_them(tmp_path, cap
     code = main(["tune", "--vram", "1GB", "--model", model_dir, "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
                  "--proxy", "target", "--proxy-device", "cpu", "--data", data, "--n-trials", "4", "--steps", "3",
                  "--eval-every", "3", "--study", "d", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--scorers", "uniform",
-                 "--quiet", "--out", str(tmp_path / "plan.yaml")])
+                 "--quiet", "--out", str(tmp_path / "plan.yaml"),
+                 "--no-baselines", "--confirm-seeds", "0"])  # four searched trials: what records the data and steps
     assert code == 0, capsys.readouterr().err
     plan = Plan.load(tmp_path / "plan.yaml")
     assert plan.steps == 3 and plan.data == TrainingData(path=str(Path(data).resolve()), format="jsonl",
