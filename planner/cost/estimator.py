@@ -162,9 +162,11 @@ def trace_patterns(embeddings_grad: bool, roles: set[str], roles0: set[str],
 
 def embeddings_grad(spec, cfg: TrainConfig) -> bool:
     """Whether the embedding output needs a gradient: trainable embeddings (a tied head weight is
-    the embedding, see planner.cost.trainable), or gradient checkpointing, where transformers
-    calls ``enable_input_require_grads`` so every layer backpropagates (and is recomputed)."""
-    return cfg.train_embeddings or (spec.tied_embeddings and cfg.train_head) or cfg.gradient_checkpointing
+    the embedding, see planner.cost.trainable), or a lever that makes it require grad (gradient
+    checkpointing: transformers calls ``enable_input_require_grads``, so every layer backpropagates
+    and is recomputed)."""
+    return (cfg.train_embeddings or (spec.tied_embeddings and cfg.train_head)
+            or any(lever.input_requires_grad(cfg) for lever in active_levers(cfg)))
 
 
 def get_family(spec, cfg: TrainConfig, roles: set[str], roles0: set[str], *,

@@ -86,6 +86,11 @@ class Lever:
         Only levers that change the result (``changes_result``) reach a proxy other than the target."""
         return model
 
+    def input_requires_grad(self, cfg) -> bool:
+        """Whether the lever makes the embedding output require grad (transformers' ``enable_input_require_grads``),
+        so that every decoder layer backpropagates, frozen ones too."""
+        return False
+
     def lora_targets(self, cfg, names: list[str]) -> list[str]:
         """The leaf names of the linear modules LoRA adapts (default: all of ``names``)."""
         return names

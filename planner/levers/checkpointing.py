@@ -28,6 +28,9 @@ class Checkpointing(Lever):
     def label(self, cfg):
         return "checkpointing" if cfg.gradient_checkpointing else None
 
+    def input_requires_grad(self, cfg) -> bool:
+        return cfg.gradient_checkpointing
+
     def prepare(self, model, cfg, layers):
         if cfg.gradient_checkpointing:
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
