@@ -174,6 +174,11 @@ def test_the_proxy_of_a_4bit_baseline_trains_through_the_nf4_round_trip(tiny):
     blocks = after.reshape(-1, 64)
     assert max(len(torch.unique(b)) for b in blocks) <= 16 < len(torch.unique(before.reshape(-1, 64)[0]))
     assert not torch.equal(before, after) and torch.allclose(before, after, atol=before.abs().max().item() / 4)
+    # a static set: only the layers below it (never trained) carry the error
+    static = build_model(tiny("llama", hidden=128, vocab=512))
+    LEVERS["quantize"].proxy_model(static, {"quantize": "nf4"}, frozen_below=1)
+    assert torch.equal(static.model.layers[0].mlp.down_proj.weight, model.model.layers[0].mlp.down_proj.weight)
+    assert torch.equal(static.model.layers[1].mlp.down_proj.weight, before)
     untouched = build_model(tiny("llama", hidden=128, vocab=512))
     LEVERS["quantize"].proxy_model(untouched, {})
     assert torch.equal(untouched.model.layers[1].mlp.down_proj.weight, build_model(tiny("llama", hidden=128, vocab=512)).model.layers[1].mlp.down_proj.weight)

@@ -102,3 +102,27 @@ def test_a_study_whose_plans_fit_only_with_the_step_in_backward(tmp_path, wl, ta
     assert plan.train.optimizer_in_backward and result.plan.train.optimizer_in_backward
     lost = export_plan(tmp_path / "plan.yaml", "axolotl", tmp_path / "axolotl").lost
     assert any("optimizer step in backward" in line for line in lost)  # axolotl steps after backward: said so
+
+
+def test_a_static_plan_with_quantized_frozen_layers_trains_end_to_end(tmp_path, wl, target):
+    """The semantic scorer's points draw NF4 storage for the layers below the top γ: such a trial is costed as the
+    top block with quantized layers below, its proxy trains through the round trip, and the plan carries it."""
+    pytest.importorskip("bitsandbytes")
+    storage = f"sqlite:///{tmp_path}/s.db"
+    run_tune(TuneOptions(vram="1GB", n_trials=10, steps=2, eval_every=2, storage=storage, study="q", scorers=["semantic"],
+                         out=str(tmp_path / "plan.yaml"), proxy_device="cpu", confirm_seeds=0, baselines=False,
+                         **flags(wl, target)), workload=wl, progress=False)
+    trials = optuna.load_study(study_name="q", storage=open_storage(storage)).trials
+    # trained (a pruned trial trained until its pruning)
+    done = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            and t.user_attrs.get("fits")]
+    quantized = [t for t in done if t.params.get("quantize") == "nf4-dq"]
+    assert quantized and len(quantized) < len(done)  # both storages drawn (seed 0)
+    assert all("quantize" not in t.params for t in trials if t.params["gamma"] == 4)  # γ = L: nothing stays frozen
+    t, space = space_of(wl, target, scorers=["semantic"])
+    gate = BudgetGate(t.spec, 1, device="cpu")
+    for trial in quantized:
+        point = trial_point(trial, space)
+        cfg = space.train_config(point)
+        assert cfg.layers == list(range(4 - point.gamma, 4)) and cfg.quantize == "nf4-dq"
+        assert trial.user_attrs["predicted_peak_bytes"] == gate.predict(cfg).peak_bytes

@@ -55,3 +55,24 @@ def test_a_space_without_quantize_choices_never_suggests_it():
         s.suggest(trial)
         assert "quantize" not in trial.params
         study.tell(trial, 0.0)
+
+
+def test_a_static_scorer_draws_quantize_and_is_costed_as_its_top_block_stored_quantized_below():
+    s = SearchSpace(num_layers=4, scorers=("semantic", "uniform"), seq_len=16, quantize_choices=(None, "nf4-dq"),
+                    static_scorers=("semantic",), min_depths=(0, 1), extra={"dtype": "bfloat16", "amp": "none"})
+    study = optuna.create_study(sampler=RandomSampler(seed=2))
+    quantized = 0
+    for _ in range(60):
+        trial = study.ask()
+        p = s.suggest(trial)
+        study.tell(trial, 0.0)
+        # a sampled plan's layers all train, and so do a static set's of γ = L
+        assert ("quantize" in trial.params) == (p.scorer == "semantic" and p.gamma < 4)
+        cfg = s.train_config(p)
+        if dict(p.levers).get("quantize"):
+            quantized += 1
+            # the semantic block lies in the top γ whatever min_depth (<= L - γ) allows
+            assert cfg.layers == list(range(4 - p.gamma, 4)) and cfg.active_layers is None and cfg.quantize == "nf4-dq"
+        else:
+            assert cfg.layers is None and cfg.active_layers == p.gamma and cfg.quantize is None
+    assert quantized

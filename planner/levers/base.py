@@ -81,9 +81,11 @@ class Lever:
         """Change the model before adapters and the trainable set are applied; returns the model."""
         return model
 
-    def proxy_model(self, model, fields: dict):
+    def proxy_model(self, model, fields: dict, frozen_below: int | None = None):
         """The proxy model trained under this lever's ``fields`` (a point's lever values); default unchanged.
-        Only levers that change the result (``changes_result``) reach a proxy other than the target."""
+        ``frozen_below``: decoder layers below it never train (a static set), None: the point trains LoRA
+        adapters and no layer's own weights. Only levers that change the result (``changes_result``) reach a
+        proxy other than the target."""
         return model
 
     def input_requires_grad(self, cfg) -> bool:

@@ -230,9 +230,10 @@ class Quantize4bit(Lever):
         kbit_casts(model)
         return model
 
-    def proxy_model(self, model, fields):
+    def proxy_model(self, model, fields, frozen_below=None):
         """The frozen weights carry the quantization error: each frozen linear weight goes through the round trip
-        (the proxy trains in float; what a 4-bit run loses is in its weights)."""
+        (the proxy trains in float; what a 4-bit run loses is in its weights): every layer's under LoRA, the
+        layers below ``frozen_below`` of a static set."""
         import torch
         from torch import nn
         from transformers.pytorch_utils import Conv1D
@@ -244,7 +245,7 @@ class Quantize4bit(Lever):
             return model
         _, decoder = find_decoder_layers(model)
         with torch.no_grad():
-            for layer in decoder:  # LoRA's base weights: every layer (the only proxy use: the QLoRA baseline)
+            for layer in decoder[:frozen_below]:  # LoRA's base weights: every layer
                 for name, module in layer.named_modules():
                     if isinstance(module, (nn.Linear, Conv1D)) and "lora_" not in name:
                         module.weight.copy_(round_trip(module.weight.data, kind))

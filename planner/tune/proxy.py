@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Callable
 
+from planner.spec.arch import find_decoder_layers
 from planner.errors import PlannerError
 from planner.levers import Lever, all_levers
 from planner.optimizers import get_optimizer
@@ -150,8 +151,10 @@ def _build(workload, params: TrialParams, shape: TrainShape, seed: int):
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
     fields = dict(params.levers)
+    # a static set's layers below L - γ never train (planner.sampling Scorer.static); adapters: none does
+    frozen_below = None if params.adapter_rank else len(find_decoder_layers(model)[1]) - params.gamma
     for lever in all_levers():
-        model = lever.proxy_model(model, fields)
+        model = lever.proxy_model(model, fields, frozen_below)
     if params.adapter_rank:
         model = add_lora(model, params.adapter_rank)
     return model.to(torch.device(shape.device))

@@ -85,8 +85,10 @@ class SearchSpace:
     head_choices: tuple[bool, ...] = (True, False)
     min_depths: tuple[int, ...] = (0,)
     checkpointing: tuple[bool, ...] = (False,)
-    # base-weight storage choices of LoRA points (``quantize``: None = unquantized), e.g. (None, "nf4-dq")
+    # frozen-weight storage choices (``quantize``: None = unquantized), e.g. (None, "nf4-dq"), drawn by the points
+    # whose frozen layers stay frozen: LoRA's, and those of a static scorer (``static_scorers``)
     quantize_choices: tuple = ()
+    static_scorers: tuple[str, ...] = ()
     # memory-only lever settings a point over budget as sampled takes, in order (planner.tune.forms)
     forms: tuple[dict, ...] = ()
     extra: dict = field(default_factory=dict, compare=False)  # fields every TrainConfig inherits (dtype, amp, ...)
@@ -132,8 +134,9 @@ class SearchSpace:
         else:
             lr = trial.suggest_float("lr", *self.lr_range, log=True)
         rank = trial.suggest_categorical("lora_rank", list(self.lora_ranks)) if self.lora_ranks else None
-        # conditional: only adapters keep their base weights frozen everywhere
-        quant = trial.suggest_categorical("quantize", list(self.quantize_choices)) if self.quantize_choices and rank else None
+        # conditional: only adapters, or a static set, keep frozen layers frozen for the whole run
+        quant = (trial.suggest_categorical("quantize", list(self.quantize_choices))
+                 if self.quantize_choices and (rank or (scorer in self.static_scorers and gamma < self.num_layers)) else None)
         batch = trial.suggest_categorical("batch_size", list(self.batch_sizes)) if len(self.batch_sizes) > 1 else None
         return self.from_params(dict(gamma=gamma, period=period, scorer=scorer, train_embeddings=emb, train_head=head,
                                      lr=lr, lora_rank=rank, batch_size=batch, min_depth=depth,
@@ -152,7 +155,7 @@ class SearchSpace:
         """The ``params`` to enqueue ``p`` with: its searched keys, and its ``quantize`` where the space samples one
         (so that a fixed point's choice is never drawn for it)."""
         out = p.as_params()
-        if self.quantize_choices and p.adapter_rank:
+        if self.quantize_choices and (p.adapter_rank or (p.scorer in self.static_scorers and p.gamma < self.num_layers)):
             out["quantize"] = dict(p.levers).get("quantize")
         return out
 
@@ -181,13 +184,19 @@ class SearchSpace:
         return p.batch_size if p.batch_size is not None else self.default_batch_size
 
     def train_config(self, p: TrialParams) -> TrainConfig:
-        """The configuration whose peak the cost model predicts for ``p`` (the sampler's worst case)."""
+        """The configuration whose peak the cost model predicts for ``p`` (the sampler's worst case).
+
+        A static set with quantized frozen weights is costed as the set it may grow to: a static scorer trains
+        within the top γ layers (``min_depth <= L - γ`` holds for every point), so layers ``L-γ..L-1`` stay in
+        the model's dtype and every layer below is stored quantized."""
+        static = bool(dict(p.levers).get("quantize")) and not p.adapter_rank
         return TrainConfig(
             **{**self.extra, **dict(p.levers)},
             batch_size=self.batch_size_of(p),
             seq_len=self.seq_len,
-            active_layers=p.gamma,
-            min_depth=p.min_depth,
+            layers=list(range(self.num_layers - p.gamma, self.num_layers)) if static else None,
+            active_layers=None if static else p.gamma,
+            min_depth=0 if static else p.min_depth,
             gradient_checkpointing=p.gradient_checkpointing,
             train_embeddings=p.train_embeddings,
             train_head=p.train_head,
@@ -256,5 +265,6 @@ class SearchSpace:
             "lr_range": list(self.lr_range), "lr_choices": None if self.lr_choices is None else list(self.lr_choices),
             "lora_ranks": list(self.lora_ranks), "batch_sizes": list(self.batch_sizes), "seq_len": self.seq_len,
             "min_depths": list(self.min_depths), "gradient_checkpointing": list(self.checkpointing),
-            "quantize_choices": list(self.quantize_choices), "forms": [dict(f) for f in self.forms],
+            "quantize_choices": list(self.quantize_choices), "static_scorers": list(self.static_scorers),
+            "forms": [dict(f) for f in self.forms],
         }

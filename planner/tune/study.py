@@ -179,13 +179,16 @@ def build_space(target, options: TuneOptions):
         target = _workload_target(target, options)
 
     scorers = tuple(options.scorers) if options.scorers else tuple(sorted(SCORERS))
+    static = tuple(s for s in scorers if SCORERS[s].static)
     batches = tuple(options.batch_sizes) if options.batch_sizes else (target.shape.batch_size,)
     extra = {k: getattr(target.shape, k) for k in ("dtype", "amp", *shape_fields())}
     return SearchSpace(num_layers=target.num_layers, scorers=scorers, seq_len=target.shape.seq_len, batch_sizes=batches,
                        lora_ranks=DEFAULT_LORA_RANKS if options.lora else (), min_depths=depth_choices(target.num_layers),
                        checkpointing=(False, True), forms=form_steps(options.levers), extra=extra,
-                       # QLoRA's storage beside LoRA's: the quantize lever computes in the model's dtype, never under amp
-                       quantize_choices=(None, QLORA["quantize"]) if options.lora and target.shape.amp == "none" else ())
+                       # QLoRA's storage for frozen layers that stay frozen (LoRA's, a static set's); the quantize
+                       # lever computes in the model's dtype, never under amp
+                       quantize_choices=(None, QLORA["quantize"]) if (options.lora or static) and target.shape.amp == "none" else (),
+                       static_scorers=static)
 
 
 def _describe_point(p, space) -> str:

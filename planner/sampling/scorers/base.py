@@ -65,6 +65,9 @@ class Scorer:
     needs_calibration: ClassVar[bool] = False
     #: wants the gradient norm of each active layer after every backward
     wants_gradients: ClassVar[bool] = False
+    #: draws only among the top γ layers and never changes them (a static set): the layers below L - γ never
+    #: train, so their weights may be stored quantized (the quantize lever)
+    static: ClassVar[bool] = False
 
     sampler: "LayerSampler"
 

@@ -10,6 +10,8 @@ from planner.sampling.scorers.base import Scorer, register_scorer
 class FixedScorer(Scorer):
     """Always the same layers: ``layers=[...]``, or ``top=k`` (default k = γ) for the last k layers."""
 
+    static = True  # as the search runs it: the top γ layers
+
     def __init__(self, *, layers: list[int] | None = None, top: int | None = None) -> None:
         if layers is not None and top is not None:
             raise PlannerError(f"fixed scorer takes `layers` or `top`, not both, but got layers={layers}, top={top}")

@@ -43,6 +43,7 @@ class SemanticScorer(Scorer):
     """Train the contiguous top block above the depth of largest estimated gain."""
 
     needs_calibration = True
+    static = True  # a top block of at most γ layers (``min_depth <= L - γ`` in the search), chosen once
 
     def __init__(self, *, alpha: float = 0.5) -> None:
         if not 0 <= alpha <= 1:
