@@ -347,8 +347,9 @@ def test_a_study_report_is_about_its_target(tmp_path):
     from planner.tune import TuneOptions, run_tune
 
     storage = f"sqlite:///{tmp_path}/s.db"
+    # no confirmation runs: what is checked here is the target's shape, not the choice among candidates
     run_tune(TuneOptions(vram="24GB", model="llama-3-8b", n_trials=8, steps=2, eval_every=2, storage=storage, study="t", proxy_device="cpu",
-                         out=str(tmp_path / "plan.yaml")), workload=tiny_workload(), progress=False)
+                         out=str(tmp_path / "plan.yaml"), confirm_seeds=0), workload=tiny_workload(), progress=False)
     d = rstudy.study_report_data(rstudy.load_study("t", storage))
     assert "llama-3-8b" in d.title and d.num_layers == 32 and d.vram_bytes == 24 * 10**9 and d.device == "cuda"
     bars = {b.key: b for b in d.bars}
