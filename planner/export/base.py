@@ -21,10 +21,6 @@ if TYPE_CHECKING:
 
 EXPORTERS: dict[str, type["Exporter"]] = {}
 
-# planner scorers by what a trainer that only knows uniform or ordered draws can make of them
-UNIFORM_SCORERS = frozenset({"uniform"})
-ORDERED_SCORERS = frozenset({"cyclic"})
-STATIC_SCORERS = frozenset({"fixed", "semantic"})
 
 # TrainConfig.optimizer -> the `optim` name of transformers.TrainingArguments (OptimizerNames),
 # which axolotl's `optimizer`, LMFlow's and LLaMA-Factory's `optim` take as well
@@ -142,15 +138,16 @@ def fixed_layers(plan: "Plan") -> list[int] | None:
 def scorer_kind(plan: "Plan") -> str:
     """``static``, ``uniform``, ``ordered``, ``static-deferred`` (a static set chosen during
     training, e.g. ``semantic``) or ``weighted`` (any scorer that learns or weighs layers)."""
+    from planner.sampling.scorers import SCORERS  # the scorers import torch: deferred past the light exporters
+
     if fixed_layers(plan) is not None:
         return "static"
-    if plan.scorer in UNIFORM_SCORERS:
-        return "uniform"
-    if plan.scorer in ORDERED_SCORERS:
-        return "ordered"
-    if plan.scorer in STATIC_SCORERS:  # a static scorer whose set is only known once training starts
+    scorer = SCORERS.get(plan.scorer)
+    if scorer is None:
+        return "weighted"
+    if scorer.static:  # a static scorer whose set is only known once training starts
         return "static-deferred"
-    return "weighted"
+    return scorer.draw
 
 
 def cyclic_order(plan: "Plan") -> str:

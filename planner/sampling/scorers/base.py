@@ -68,6 +68,9 @@ class Scorer:
     #: draws only among the top γ layers and never changes them (a static set): the layers below L - γ never
     #: train, so their weights may be stored quantized (the quantize lever)
     static: ClassVar[bool] = False
+    #: how its draws look to a trainer that only knows uniform or ordered draws (planner.export): ``uniform``,
+    #: ``ordered`` (blocks in turn) or ``weighted`` (learns or weighs layers); a static scorer is its own kind
+    draw: ClassVar[str] = "weighted"
 
     sampler: "LayerSampler"
 

@@ -18,6 +18,8 @@ class CyclicScorer(Scorer):
     ``start_block`` skips that many blocks of the first round (BAdam's ``badam_start_block``).
     """
 
+    draw = "ordered"
+
     def __init__(self, *, order: str = "ascending", start_block: int = 0) -> None:
         if order not in ORDERS:
             raise PlannerError(f"cyclic scorer `order` must be one of {list(ORDERS)}, but got {order!r}")

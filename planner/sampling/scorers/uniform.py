@@ -9,5 +9,7 @@ from planner.sampling.scorers.base import Scorer, register_scorer
 class UniformScorer(Scorer):
     """Every candidate layer is equally likely: p_l = 1 / (L - min_depth)."""
 
+    draw = "uniform"
+
     def __init__(self) -> None:
         pass
