@@ -48,18 +48,19 @@ def test_vram_is_required(capsys):
 
 
 def run_two_workers(storage: str, study: str, tmp_path, n: int):
-    """Two `planner tune` commands on one study at once, on a user's workload written to disk."""
+    """Two `planner tune` commands on one study at once, on a user's workload written to disk (one confirmation seed of
+    the best searched plan and of each baseline: the shared confirmation queue, at a quarter of the default's runs)."""
     model_dir, data = write_user_workload(tmp_path, text=True)
     procs = [subprocess.Popen([sys.executable, "-m", "planner.cli.main", "tune", "--vram", "1GB", "--model", model_dir,
                                "--data", data, "--proxy", "target", "--proxy-device", "cpu", "--n-trials", str(n),
-                               "--steps", "4", "--eval-every", "2",
+                               "--steps", "4", "--eval-every", "2", "--confirm-seeds", "1", "--confirm-top", "1",
                                "--storage", storage, "--study", study, "--device", "cpu", "--quiet",
                                "--out", str(tmp_path / f"plan{i}.yaml")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
              for i in range(2)]
     for p in procs:
-        out, err = p.communicate(timeout=300)
+        out, err = p.communicate(timeout=1200)  # a hang guard only: 300 s ran out on two loaded cores
         assert p.returncode == 0, err[-2000:]
     trials = optuna.load_study(study_name=study, storage=open_storage(storage)).trials
     numbers = [t.number for t in trials]
