@@ -56,3 +56,11 @@ def format_bytes(n: int | float, unit: str = "GiB", digits: int = 2) -> str:
     """Format bytes in a binary unit (``GiB`` by default)."""
     scale = _UNITS[unit.lower()]
     return f"{n / scale:,.{digits}f} {unit}"
+
+
+def human_bytes(n: int | float) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1 (tiny test budgets stay readable)."""
+    for unit in ("GiB", "MiB", "KiB"):
+        if abs(n) >= _UNITS[unit.lower()]:
+            return format_bytes(n, unit)
+    return f"{int(n)} B"

@@ -359,7 +359,7 @@ def confirmation_record(trials, best: Confirmed, *, seed: int, steps: int, direc
 
 def report_lines(trials, direction: str, metric_name: str) -> list[str]:
     """The confirmation as one-line facts for `planner report`: each candidate's mean ± std, the margins."""
-    from planner.tune.gate import human_bytes
+    from planner.units import human_bytes
 
     runs = confirmed(trials)
     top = best_confirmed(runs, direction)

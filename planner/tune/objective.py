@@ -18,7 +18,8 @@ from typing import Callable
 
 from planner.tune.forms import fitting
 from planner.tune.baselines import SEARCH, baseline_points
-from planner.tune.gate import BudgetGate, human_bytes
+from planner.tune.gate import BudgetGate
+from planner.units import human_bytes
 from planner.tune.lifecycle import INTERRUPTED  # noqa: F401 - set by lifecycle.GuardedObjective on Ctrl-C/SIGTERM
 from planner.tune.mapping import proxy_params, reuse_key, target_lr
 from planner.tune.proxy import ProxyOutOfMemory, TrainShape, run_proxy

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 
-from planner.tune.gate import human_bytes
+from planner.units import human_bytes
 
 
 class TrialProgress:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from planner.levers import labels
-from planner.tune.gate import human_bytes
+from planner.units import human_bytes
 
 
 def summary_table(result, *, metric_name: str, vram_bytes: int, target_name: str = "the target"):
