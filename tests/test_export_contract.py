@@ -53,10 +53,12 @@ KINDS = {
     "static-head-only": _static([3], train_embeddings=False),
     "lora-static": _static([1, 3], lora_rank=4, train_embeddings=False),
     "lora-dynamic": _dynamic(2, lora_rank=4, train_head=False),
+    "lora-all-frozen": _static([0, 1, 2, 3], lora_rank=4, train_embeddings=False, train_head=False),  # the tuner's LoRA baseline
 }
 # llama: untied, model.layers; gpt2: tied, transformer.h; qwen2: tied, model.layers
 ARCHS = {"llama": sorted(KINDS),
-         "gpt2": ["uniform", "cyclic-descending-start", "static-top", "static-arbitrary", "static-head-only", "lora-static", "lora-dynamic"],
+         "gpt2": ["uniform", "cyclic-descending-start", "static-top", "static-arbitrary", "static-head-only", "lora-static", "lora-dynamic",
+                  "lora-all-frozen"],
          "qwen2": ["static-top", "static-head-only", "lora-static"]}
 PLANS = {f"{arch}-{kind}": (arch, kind) for arch, kinds in ARCHS.items() for kind in kinds}
 

@@ -106,7 +106,8 @@ def grads_and_moments(model, params) -> int:
 def test_lora_exported_as_full_layers_names_the_bytes_beyond_the_adapters():
     from planner.cost.trainable import add_lora
 
-    plan = make_plan(**static([1, 3]), lora_rank=4, train_embeddings=False, train_head=False)
+    # a sampled LoRA plan: axolotl's LISA trains whole layers (2 drawn at a time; the layers are alike, so 1 and 3 measure it)
+    plan = make_plan(lora_rank=4, train_embeddings=False, train_head=False)
     (line,) = [line for line in render("axolotl", plan)[0].lost if line.startswith("LoRA")]
     in_layers = lambda name: re.match(r".*model\.layers\.[13]\.", name) is not None  # noqa: E731
     full = model_of(plan)
@@ -176,6 +177,112 @@ def test_lmflow_script_is_valid_bash(tmp_path):
     path = tmp_path / "s.sh"
     path.write_text(render("lmflow", make_plan())[2])
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+
+
+# --- LoRA in axolotl and LLaMA-Factory ----------------------------------------------------------
+
+def adapted(model) -> dict[int, set[str]]:
+    """{layer index: leaf names of the modules holding LoRA adapters} of a peft model."""
+    out: dict[int, set[str]] = {}
+    for name, _ in model.named_modules():
+        m = re.search(r"\.(\d+)\.(?:.*\.)?(\w+)\.lora_A$", name)
+        if m:
+            out.setdefault(int(m.group(1)), set()).add(m.group(2))
+    return out
+
+
+LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.mark.parametrize("layers,targets", [([0, 1, 2, 3], None), ([1, 3], None), ([0, 1, 2, 3], ["q_proj", "v_proj"]),
+                                            ([2], ["q_proj", "v_proj"])])
+def test_lora_plans_export_the_trainers_own_lora(layers, targets):
+    """LoRA r=8, alpha 16, no dropout, on the plan's modules of the plan's layers, as each trainer builds it from the
+    export (trainer_rules: axolotl's _build_peft_lora_config, LLaMA-Factory's _setup_lora_tuning, then peft)."""
+    from trainer_rules import axolotl_lora_model, axolotl_refusal, llamafactory_lora_model
+
+    lora = {"lora_rank": 8, **({"lora_targets": targets} if targets else {})}
+    plan = make_plan(**static(layers, train=lora), lora_rank=8, train_embeddings=False, train_head=False)
+    every = layers == [0, 1, 2, 3]
+    want = {i: set(targets or LINEAR) for i in layers}
+
+    result, _, text = render("axolotl", plan)
+    cfg = yaml.safe_load(text)
+    assert (cfg["adapter"], cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"]) == ("lora", 8, 16, 0.0)
+    assert cfg.get("lora_target_linear") is (None if targets else True) and cfg.get("lora_target_modules") == targets
+    assert cfg.get("peft_layers_to_transform") == (None if every else layers)
+    assert not {"unfrozen_parameters", "lisa_n_layers", "load_in_4bit", "load_in_8bit"} & set(cfg) and axolotl_refusal(cfg) is None
+    assert "lora_mlp_kernel" not in cfg and "they need CUDA" in text  # axolotl's GPU default, and how to run without one
+    assert result.lost == [] and adapted(axolotl_lora_model(plan, cfg)) == want
+
+    result, _, text = render("llamafactory", plan)
+    cfg = yaml.safe_load(text)
+    assert (cfg["finetuning_type"], cfg["lora_rank"], cfg["lora_alpha"], cfg["lora_dropout"]) == ("lora", 8, 16, 0.0)
+    if every:
+        assert cfg["lora_target"] == (",".join(targets) if targets else "all")
+    else:  # LLaMA-Factory has no layer selection for LoRA: full module paths, which peft matches exactly
+        assert cfg["lora_target"].split(",")[0] == f"model.layers.{layers[0]}.self_attn.q_proj"
+    assert not {"freeze_trainable_layers", "use_badam", "quantization_bit", "additional_target"} & set(cfg)
+    assert result.lost == [] and adapted(llamafactory_lora_model(plan, cfg)) == want
+
+
+@pytest.mark.parametrize("kind,axolotl,llamafactory", [
+    ("nf4-dq", {"adapter": "qlora", "load_in_4bit": True},
+     {"quantization_bit": 4, "quantization_method": "bnb", "quantization_type": "nf4", "double_quantization": True}),
+    ("nf4", {"adapter": "qlora", "load_in_4bit": True, "bnb_config_kwargs": {"bnb_4bit_use_double_quant": False}},
+     {"quantization_bit": 4, "quantization_method": "bnb", "quantization_type": "nf4", "double_quantization": False}),
+    ("int8", {"adapter": "lora", "load_in_8bit": True}, {"quantization_bit": 8, "quantization_method": "bnb"}),
+])
+def test_qlora_plans_load_the_base_quantized(kind, axolotl, llamafactory):
+    """axolotl quantizes to 4 bits only with adapter: qlora (double quantization unless bnb_config_kwargs turns it off),
+    to 8 bits with adapter: lora; LLaMA-Factory's double_quantization defaults to true, so nf4 writes false."""
+    from trainer_rules import axolotl_refusal
+
+    plan = make_plan(**static([0, 1, 2, 3], train={"quantize": kind, "lora_rank": 16}), lora_rank=16,
+                     train_embeddings=False, train_head=False)
+    result, _, text = render("axolotl", plan)
+    cfg = yaml.safe_load(text)
+    quant = {k: cfg[k] for k in ("adapter", "load_in_4bit", "load_in_8bit", "bnb_config_kwargs") if k in cfg}
+    assert quant == axolotl and axolotl_refusal(cfg) is None and result.lost == []
+    assert ("they need CUDA" in text) == (kind != "int8")  # lora_kernels_auto_enable: not for adapter lora with load_in_8bit
+    result, _, text = render("llamafactory", plan)
+    cfg = yaml.safe_load(text)
+    assert {k: v for k, v in cfg.items() if "quantiz" in k} == llamafactory and cfg["finetuning_type"] == "lora"
+    assert result.lost == []
+
+
+def test_a_sampled_qlora_plan_keeps_its_sampling_export_without_quantization_keys():
+    """γ of L layers re-drawn, LoRA in them over NF4 weights: axolotl's LISA and BAdam train whole layers, and both trainers
+    quantize only under their own LoRA (they stop at the keys otherwise): no quantization key, and the lines say why."""
+    from trainer_rules import run_axolotl, run_llamafactory
+
+    plan = make_plan(lora_rank=4, train=TrainConfig(active_layers=2, quantize="nf4-dq", lora_rank=4), train_embeddings=False,
+                     train_head=False)
+    for target, run, sampler in (("axolotl", run_axolotl, "lisa_n_layers"), ("llamafactory", run_llamafactory, "use_badam")):
+        result, _, text = render(target, plan)
+        cfg = yaml.safe_load(text)
+        assert sampler in cfg and not {"adapter", "load_in_4bit", "quantization_bit", "double_quantization"} & set(cfg), target
+        assert any(line.startswith("LoRA r=4 inside the layers") for line in result.lost)
+        assert any(line.startswith("quantized frozen weights (nf4-dq)") and "exported unquantized" in line for line in result.lost)
+        assert run(plan, result.files, None).error is None  # the trainer's rules accept the export
+
+
+def test_llamafactory_lora_on_a_tied_model_says_the_head_goes_untied():
+    """LLaMA-Factory builds its LoraConfig without ensure_weight_tying: the tied weight trains as one untied copy."""
+    from trainer_rules import llamafactory_lora_model
+
+    plan = make_plan("qwen2", **static([3]), lora_rank=4, train_embeddings=False)
+    result, _, text = render("llamafactory", plan)
+    cfg = yaml.safe_load(text)
+    assert cfg["additional_target"] == "model.norm,model.embed_tokens"
+    (line,) = [line for line in result.lost if line.startswith("tied embeddings")]
+    assert "untied copy under model.embed_tokens and lm_head keeps the original" in line
+    model = llamafactory_lora_model(plan, cfg)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert id(model.base_model.model.lm_head.weight) not in trainable
+    # axolotl passes peft_ensure_weight_tying through: the head uses the trained copy
+    axolotl = yaml.safe_load(render("axolotl", plan)[2])
+    assert axolotl["peft_ensure_weight_tying"] is True and axolotl["lora_modules_to_save"] == ["model.norm", "model.embed_tokens"]
 
 
 # --- llamafactory ------------------------------------------------------------------------------

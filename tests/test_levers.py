@@ -205,10 +205,13 @@ def test_every_exporter_carries_the_levers_or_says_what_is_lost(tmp_path):
             continue
         for lever in ("step in backward", "chunked cross-entropy"):
             assert lever in lost, (target, lever)
-        if target in ("axolotl", "llamafactory"):  # their exports train the LoRA plan's layers in full: no quantization key
+        if target in ("axolotl", "llamafactory"):  # their own LoRA over a 4-bit base (QLoRA), double quantization on
             cfg = yaml.safe_load((tmp_path / target / f"{target}.yaml").read_text())
-            assert not {"load_in_4bit", "load_in_8bit", "adapter", "quantization_bit"} & set(cfg)
-            assert "quantized frozen weights (nf4-dq)" in lost and "exported unquantized" in lost, target
+            if target == "axolotl":
+                assert (cfg["adapter"], cfg["load_in_4bit"], cfg["lora_r"]) == ("qlora", True, 4) and "bnb_config_kwargs" not in cfg
+            else:
+                assert (cfg["finetuning_type"], cfg["quantization_bit"], cfg["double_quantization"]) == ("lora", 4, True)
+            assert "quantized frozen weights" not in lost, target
         elif target == "swift":
             assert "--quant_bits 4" in text and "--bnb_4bit_use_double_quant True" in text
             assert "quantized frozen weights" not in lost

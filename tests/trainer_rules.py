@@ -170,7 +170,7 @@ def run_planner(plan, files: dict[str, str], tmp: Path) -> Run:
     return run_plan(Plan.model_validate(yaml.safe_load(files["plan.yaml"])))
 
 
-# -- axolotl (commit 067b021) ----------------------------------------------------------------------
+# -- axolotl (commit 067b021; the LoRA rules from 0.21.0, installed by studies/bench_export_run.py) --------------
 
 def axolotl_match(pattern: str, name: str) -> bool:
     """src/axolotl/utils/freeze.py LayerNamePattern: '.' not followed by '+' is a literal dot; re.match."""
@@ -189,8 +189,69 @@ def lisa_draw(layers, n: int, run: Run, step: int) -> None:
     run.draws.append(step)
 
 
+def axolotl_refusal(cfg: dict) -> str | None:
+    """What axolotl's config validation stops at, of the rules an export could meet:
+    src/axolotl/utils/schemas/peft.py LoraConfig.validate_adapter (load_in_8bit/4bit need an adapter) and
+    validate_qlora (adapter qlora needs load_in_4bit, never load_in_8bit); utils/schemas/validation.py
+    check_frozen (unfrozen_parameters with peft_layers_to_transform)."""
+    if not cfg.get("adapter") and (cfg.get("load_in_8bit") or cfg.get("load_in_4bit")):
+        return "load_in_8bit and load_in_4bit are not supported without setting an adapter for training."
+    if cfg.get("adapter") == "qlora" and (cfg.get("load_in_8bit") or not cfg.get("load_in_4bit")):
+        return "Can't load qlora in 8bit" if cfg.get("load_in_8bit") else "Require cfg.load_in_4bit to be True for qlora"
+    if cfg.get("adapter") and cfg.get("peft_layers_to_transform") and cfg.get("unfrozen_parameters"):
+        return "`unfrozen_parameters` used with `peft_layers_to_transform` can have unexpected behavior."
+    return None
+
+
+def axolotl_linear_names(model) -> list[str]:
+    """src/axolotl/loaders/adapter.py find_all_linear_names: leaf names of every nn.Linear (bitsandbytes' Linear4bit /
+    Linear8bitLt, any class named *Linear*), less the output embedding's name (loaders/utils.py
+    get_linear_embedding_layers: lm_head for every model type). GPT-2's Conv1D is none of these."""
+    names = set()
+    for name, module in model.named_modules():
+        cls = type(module).__name__
+        if isinstance(module, torch.nn.Linear) or ("Linear" in cls and cls != "LlamaLinearScalingRotaryEmbedding"):
+            names.add(name.split(".")[-1])
+    names.discard("lm_head")
+    return list(names)
+
+
+def axolotl_lora_model(plan, cfg: dict):
+    """src/axolotl/loaders/adapter.py _build_peft_lora_config and load_lora: peft's LoraConfig from the lora_* and peft_*
+    keys (lora_target_linear adds every linear name to lora_target_modules), get_peft_model. The base weights load
+    quantized under load_in_4bit / load_in_8bit (loaders/model.py), which changes no parameter's trainability: not
+    reproduced here."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model(plan)
+    targets = cfg.get("lora_target_modules") or []
+    if cfg.get("lora_target_linear"):
+        targets = list(set(([targets] if isinstance(targets, str) else targets) + axolotl_linear_names(model)))
+    tying = {"ensure_weight_tying": cfg["peft_ensure_weight_tying"]} if cfg.get("peft_ensure_weight_tying") is not None else {}
+    config = LoraConfig(r=cfg.get("lora_r"), lora_alpha=cfg.get("lora_alpha"), target_modules=targets,
+                        layers_to_transform=cfg.get("peft_layers_to_transform"), layers_pattern=cfg.get("peft_layers_pattern"),
+                        lora_dropout=cfg.get("lora_dropout", 0.0), fan_in_fan_out=cfg.get("lora_fan_in_fan_out"),
+                        modules_to_save=cfg.get("lora_modules_to_save") or None, bias="none", task_type="CAUSAL_LM", **tying)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(model, config)
+
+
+def run_axolotl_lora(plan, cfg: dict) -> Run:
+    model = axolotl_lora_model(plan, cfg)
+    optimizer = optimizer_for(cfg["optimizer"], [p for p in model.parameters() if p.requires_grad])
+    run = train(model, optimizer, Run(draws=[0]), steps=2)  # nothing switches: two steps show all (merging is slow)
+    run.copy_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".modules_to_save." in n)
+    return run
+
+
 def run_axolotl(plan, files: dict[str, str], tmp: Path) -> Run:
     cfg = yaml.safe_load(files["axolotl.yaml"])
+    refused = axolotl_refusal(cfg)
+    if refused:
+        return Run(error=f"axolotl stops: {refused}")
+    if cfg.get("adapter") in ("lora", "qlora"):
+        return run_axolotl_lora(plan, cfg)
     model = tiny_model(plan)
     if cfg.get("unfrozen_parameters"):  # src/axolotl/train.py -> freeze_layers_except, at load
         for name, p in model.named_parameters():
@@ -249,7 +310,7 @@ def run_lmflow(plan, files: dict[str, str], tmp: Path) -> Run:
     return train(model, optimizer, run, begin=begin)
 
 
-# -- LLaMA-Factory (commit ff6d4d1) with BAdam (installed) -----------------------------------------
+# -- LLaMA-Factory (commit ff6d4d1; the LoRA rules from 0.9.5, as installed there) with BAdam (installed) --
 
 def llamafactory_freeze(model, cfg: dict) -> None:
     """src/llamafactory/model/adapter.py _setup_freeze_tuning (freeze_trainable_modules: all, no LLaMA-Pro)."""
@@ -268,6 +329,51 @@ def llamafactory_freeze(model, cfg: dict) -> None:
         p.requires_grad_(any(t in name for t in trainable))
 
 
+def llamafactory_linear_modules(model) -> list[str]:
+    """src/llamafactory/model/model_utils/misc.py find_all_linear_modules (a text model): leaf names of modules whose
+    class name holds "Linear" (not "Embedding"), skipping names containing "lm_head"."""
+    names = set()
+    for name, module in model.named_modules():
+        if "lm_head" in name:
+            continue
+        if "Linear" in type(module).__name__ and "Embedding" not in type(module).__name__:
+            names.add(name.split(".")[-1])
+    return list(names)
+
+
+def llamafactory_lora_model(plan, cfg: dict):
+    """src/llamafactory/model/adapter.py _setup_lora_tuning (a new adapter): ``lora_target`` split at commas, ``all``
+    -> find_all_linear_modules; peft's LoraConfig(r=lora_rank, lora_alpha (default 2 * lora_rank), lora_dropout,
+    modules_to_save=additional_target split at commas), no layers_to_transform and no ensure_weight_tying;
+    hparams/finetuning_args.py FinetuningArguments.__post_init__. Trainable parameters are upcast to float32 (the
+    tiny model already is); quantization_bit loads the base weights quantized (model_utils/quantization.py), which
+    changes no parameter's trainability: not reproduced here."""
+    from peft import LoraConfig, get_peft_model
+
+    def split(value):
+        return [item.strip() for item in value.split(",")] if isinstance(value, str) else value
+
+    model = tiny_model(plan)
+    rank = int(cfg.get("lora_rank", 8))
+    target = split(cfg.get("lora_target", "all"))
+    if target == ["all"]:
+        target = llamafactory_linear_modules(model)
+    config = LoraConfig(task_type="CAUSAL_LM", inference_mode=False, r=rank, target_modules=target,
+                        lora_alpha=cfg.get("lora_alpha") or rank * 2, lora_dropout=cfg.get("lora_dropout", 0.0),
+                        use_rslora=False, use_dora=False, modules_to_save=split(cfg.get("additional_target")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(model, config)
+
+
+def run_llamafactory_lora(plan, cfg: dict) -> Run:
+    model = llamafactory_lora_model(plan, cfg)
+    optimizer = optimizer_for(cfg["optim"], [p for p in model.parameters() if p.requires_grad])
+    run = train(model, optimizer, Run(draws=[0]), steps=2)  # nothing switches: two steps show all (merging is slow)
+    run.copy_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".modules_to_save." in n)
+    return run
+
+
 def run_llamafactory(plan, files: dict[str, str], tmp: Path) -> Run:
     with contextlib.ExitStack() as quiet:
         return _run_llamafactory(plan, files, quiet)
@@ -275,6 +381,11 @@ def run_llamafactory(plan, files: dict[str, str], tmp: Path) -> Run:
 
 def _run_llamafactory(plan, files: dict[str, str], quiet: contextlib.ExitStack) -> Run:
     cfg = yaml.safe_load(files["llamafactory.yaml"])
+    if cfg.get("quantization_bit") is not None and cfg["finetuning_type"] not in ("lora", "oft"):
+        # src/llamafactory/model/adapter.py init_adapter, for a model loaded quantized
+        return Run(error="LLaMA-Factory stops: ValueError: Quantized models can only be used for the LoRA or OFT tuning.")
+    if cfg["finetuning_type"] == "lora":
+        return run_llamafactory_lora(plan, cfg)
     model = tiny_model(plan)
     try:
         if cfg["finetuning_type"] == "freeze":

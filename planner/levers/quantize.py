@@ -265,15 +265,23 @@ class Quantize4bit(Lever):
         if trained and target != "planner":
             return ExportItems(lost=[f"quantized frozen layers of a static set ({cfg.quantize}): {target} quantizes every "
                                      f"layer or none, and layers {trained} train in full: exported unquantized"])
-        if target in ("axolotl", "llamafactory"):
-            # both exports train a LoRA plan's layers in full (their "LoRA r=... inside the layers" line), and
-            # neither trainer quantizes weights outside its own adapters: LLaMA-Factory stops at quantization_bit
-            # without finetuning_type lora/oft ("Quantization is only compatible with the LoRA or OFT method."),
-            # axolotl at load_in_8bit without an adapter ("... not supported without setting an adapter for
-            # training.") and at adapter: qlora without LoRA keys (peft: "No `target_modules` passed ...")
-            name = {"axolotl": "axolotl", "llamafactory": "LLaMA-Factory"}[target]
-            return ExportItems(lost=[f"quantized frozen weights ({cfg.quantize}): {name} quantizes only under its own LoRA, "
-                                     f"and this export trains the layers in full: exported unquantized ({cfg.dtype} weights)"])
+        if target == "axolotl":
+            # axolotl quantizes under its own adapters only (loaders/model.py): 4 bits with adapter: qlora and
+            # load_in_4bit (nf4, double quantization unless bnb_config_kwargs says otherwise), 8 bits with adapter: lora
+            # and load_in_8bit; the export writes adapter: lora (a sampled plan's whole-layer export drops these keys)
+            if bits == 8:
+                return ExportItems({"load_in_8bit": True})
+            keys = {"adapter": "qlora", "load_in_4bit": True}
+            if cfg.quantize == "nf4":
+                keys["bnb_config_kwargs"] = {"bnb_4bit_use_double_quant": False}
+            return ExportItems(keys)
+        if target == "llamafactory":
+            # model/model_utils/quantization.py: BitsAndBytesConfig(load_in_8bit=True), or load_in_4bit with
+            # quantization_type and double_quantization (default true), computing in the model's dtype
+            keys = {"quantization_bit": bits, "quantization_method": "bnb"}
+            if bits == 4:
+                keys.update(quantization_type="nf4", double_quantization=cfg.quantize == "nf4-dq")
+            return ExportItems(keys)
         if target == "swift":
             return ExportItems({"quant_method": "bnb", "quant_bits": bits,
                                 **({"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": cfg.quantize == "nf4-dq"}

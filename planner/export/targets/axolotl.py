@@ -19,15 +19,35 @@ Rules read in axolotl's code (commit 067b021):
   user-defined prompt (``field_instruction``/``field_input``/``field_output``, ``format`` with
   ``{instruction}``/``{input}``, ``no_input_format``), loss on the output unless
   ``train_on_inputs``; ``type: completion`` with ``field`` trains on all of a text field.
+
+LoRA (a static LoRA plan), read in axolotl 0.21.0 (``studies/bench_export_run.py`` runs it):
+- ``loaders/adapter.py`` ``_build_peft_lora_config``: peft's ``LoraConfig(r=lora_r, lora_alpha, target_modules,
+  layers_to_transform=peft_layers_to_transform, layers_pattern=peft_layers_pattern, lora_dropout,
+  fan_in_fan_out=lora_fan_in_fan_out, modules_to_save=lora_modules_to_save, ensure_weight_tying=peft_ensure_weight_tying)``;
+  ``lora_target_linear`` adds ``find_all_linear_names`` (leaf names of every ``nn.Linear``, bitsandbytes'
+  ``Linear4bit``/``Linear8bitLt`` or class named ``*Linear*``, less ``lm_head``; GPT-2's ``Conv1D`` is none) to
+  ``lora_target_modules``.
+- ``loaders/model.py``: 4-bit weights only with ``adapter: qlora`` and ``load_in_4bit`` (NF4, double quantization
+  unless ``bnb_config_kwargs`` says otherwise, computing in the weights' dtype), 8-bit with ``adapter: lora`` and
+  ``load_in_8bit``; ``utils/schemas/peft.py`` stops at ``load_in_*`` without an adapter and at ``qlora`` without
+  ``load_in_4bit``; ``utils/schemas/validation.py`` at ``unfrozen_parameters`` with ``peft_layers_to_transform``.
+- ``utils/schemas/config.py`` ``check_auto_enable_lora_kernels``: an ``adapter: lora|qlora`` config (not lora with
+  ``load_in_8bit``) that leaves ``lora_{mlp,qkv,o,embedding}_kernel`` unset gets them on; they run Triton and
+  bitsandbytes' CUDA dequantization and fail without a GPU (``Found no NVIDIA driver``, ``invalid argument to
+  getCurrentStream``). The export leaves them to axolotl (they compute the same update, on the GPU the plan is for)
+  and its header says how to turn them off.
 """
 
 from __future__ import annotations
+
+import json
 
 import yaml
 
 from planner.export.base import (HF_OPTIM, Export, Exporter, lever_items, draw_loss, fixed_layers, gamma, lora_as_full_loss, model_id,
                                  model_loss, outside_params, register_exporter, scorer_kind, stale_state_loss)
 from planner.export.data import DataRef, data_of, output_dir
+from planner.export.names import arch_names
 from planner.plan import Plan
 
 DS_TYPES = {"jsonl": "json", "json": "json", "csv": "csv", "text": "text"}  # planner's file formats -> axolotl ds_type
@@ -64,9 +84,25 @@ def dataset_entry(data: DataRef) -> dict:
     return entry
 
 
+KERNELS_NOTE = ("# LoRA: axolotl turns on its fused LoRA kernels (lora_mlp_kernel, lora_qkv_kernel, lora_o_kernel, lora_embedding_kernel)\n"
+                "# where a config leaves them unset; they need CUDA: on a machine without a GPU set all four to false\n")
+
+
+def whole_layer_quantize_loss(plan: Plan, target: str, name: str, keys: dict) -> list[str]:
+    """For a quantized LoRA plan that an export trains as whole layers (a sampled plan): the quantize lever's keys
+    leave ``keys`` (the trainer quantizes only under its own LoRA and refuses them otherwise), and a line says so."""
+    from planner.levers import LEVERS
+
+    for key in LEVERS["quantize"].export(target, plan.train, plan.layers_attribute).keys:
+        keys.pop(key, None)
+    return [f"quantized frozen weights ({plan.train.quantize}): {name} quantizes only under its own LoRA, and this sampled "
+            f"plan is exported as whole-layer training: exported unquantized ({plan.train.dtype} weights)"]
+
+
 @register_exporter("axolotl")
 class AxolotlExporter(Exporter):
-    description = "axolotl config: datasets, max_steps, lisa_n_layers / lisa_step_interval / lisa_layers_attribute (+ unfrozen_parameters)"
+    description = ("axolotl config: datasets, max_steps, lisa_n_layers / lisa_step_interval / lisa_layers_attribute "
+                   "(+ unfrozen_parameters), or adapter: lora|qlora for a LoRA plan")
 
     def render(self, plan: Plan) -> Export:
         dtype, amp = plan.train.dtype, plan.train.amp
@@ -94,7 +130,10 @@ class AxolotlExporter(Exporter):
             lost.append(f"amp={amp} over float32 weights: axolotl's {amp}: true loads the weights in {amp} as well")
         kind = scorer_kind(plan)
         path = plan.layers_attribute
-        if kind == "static":
+        lora = bool(plan.lora_rank) and kind == "static"  # a sampled LoRA plan keeps LISA (its lost lines say so)
+        if lora:
+            lost += self._lora(plan, cfg, lost)
+        elif kind == "static":
             unfrozen = [layer_pattern(path, fixed_layers(plan))]
         else:
             n = gamma(plan)
@@ -104,18 +143,50 @@ class AxolotlExporter(Exporter):
                 lost.append(f"schedule: axolotl's LISA also re-draws at step 1, so its first draw trains 1 step and the second {plan.period - 1}")
             lost += stale_state_loss(plan, "axolotl's LISA")
             unfrozen = [layer_pattern(path)]
-        if kind == "static" or not (plan.train_embeddings and plan.train_head):
+        if not lora and (kind == "static" or not (plan.train_embeddings and plan.train_head)):
             # without unfrozen_parameters everything outside the layers trains; list what should
             cfg["unfrozen_parameters"] = unfrozen + [name_pattern(p) for p in outside_params(plan)]
-        if plan.lora_rank:
-            lost.append(lora_as_full_loss(plan, "axolotl's LISA and unfrozen_parameters act on the base model's own weights",
-                                          "exported as full fine-tuning of the chosen layers"))
+        if plan.lora_rank and not lora:
+            lost.append(lora_as_full_loss(plan, "axolotl's LISA unfreezes every parameter of the drawn layers, "
+                                          "base weights included", "exported as LISA full fine-tuning of the drawn layers"))
         header = (f"# planner export --to axolotl: plan for {plan.model} ({plan.num_layers} layers), {data.steps} steps on {data.path}\n"
                   "# run: axolotl train axolotl.yaml\n")
         levers = lever_items(plan, self.name)
+        if lora:
+            levers.keys.pop("lora_target_modules", None)  # written above with the module names peft gets
+        elif plan.lora_rank and plan.train.quantize:
+            lost += whole_layer_quantize_loss(plan, self.name, "axolotl", levers.keys)
         cfg.update(levers.keys)
+        if cfg.get("adapter") in ("lora", "qlora") and not cfg.get("load_in_8bit"):  # validation.py lora_kernels_auto_enable
+            header += KERNELS_NOTE
         lost += levers.lost
         return Export(self.name, {"axolotl.yaml": header + yaml.safe_dump(cfg, sort_keys=False)}, lost)
+
+    @staticmethod
+    def _lora(plan: Plan, cfg: dict, lost: list[str]) -> list[str]:
+        """LoRA on the plan's layers, as the peft target writes it (rank, alpha = 2r, targets, layers, saved modules), in
+        axolotl's keys; the lines of the peft export that hold here too."""
+        from planner.export.targets.peft import PeftExporter
+
+        peft = PeftExporter().render(plan)
+        config = json.loads(peft.files["adapter_config.json"])
+        levers = set(lever_items(plan, "peft").lost)  # the levers' lines are axolotl's own (render adds them)
+        names = arch_names(plan)
+        modules, layers = list(config["target_modules"]), sorted(config["layers_to_transform"])
+        cfg.update(adapter="lora", lora_r=config["r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"])
+        if set(modules) == set(names.layer_linear_modules) and not names.conv1d:
+            cfg["lora_target_linear"] = True  # find_all_linear_names: every Linear but the output embedding
+        else:
+            cfg["lora_target_modules"] = [m for m in names.layer_linear_modules if m in modules]
+        if names.conv1d:
+            cfg["lora_fan_in_fan_out"] = True
+        if layers != list(range(plan.num_layers)):
+            cfg.update(peft_layers_to_transform=layers, peft_layers_pattern=[config["layers_pattern"]])
+        if config.get("modules_to_save"):
+            cfg["lora_modules_to_save"] = list(config["modules_to_save"])
+        if config.get("ensure_weight_tying"):
+            cfg["peft_ensure_weight_tying"] = True
+        return [line for line in peft.lost if line not in lost and line not in levers]
 
     def keys(self, filename: str, text: str) -> set[str]:
         return set(yaml.safe_load(text))

@@ -1,4 +1,4 @@
-"""Target ``llamafactory``: LLaMA-Factory YAML, BAdam layer mode (dynamic plans) or freeze tuning (static).
+"""Target ``llamafactory``: LLaMA-Factory YAML, BAdam layer mode (dynamic plans), freeze tuning (static) or LoRA (static LoRA plans).
 
 Rules read in LLaMA-Factory's code (commit ff6d4d1) and BAdam 1.4:
 - ``hparams/finetuning_args.py``: ``BAdamArgument`` (``use_badam``, ``badam_mode``,
@@ -22,6 +22,18 @@ Rules read in LLaMA-Factory's code (commit ff6d4d1) and BAdam 1.4:
   appended to the prompt on its own line); ``stage: pt`` trains on all of the ``prompt`` column,
   packing records into ``cutoff_len`` blocks unless ``packing: false`` (``data/processor/pretrain.py``).
   ``data/template.py``: the ``empty`` template writes the prompt, then the answer (no EOS).
+
+LoRA, read in LLaMA-Factory 0.9.5 (``studies/bench_export_run.py`` runs it):
+- ``model/adapter.py`` ``_setup_lora_tuning``: peft's ``LoraConfig(r=lora_rank, lora_alpha, lora_dropout,
+  target_modules, modules_to_save=additional_target)``, without ``layers_to_transform`` or ``ensure_weight_tying``;
+  ``lora_target`` (split at commas) ``all`` -> ``model_utils/misc.py`` ``find_all_linear_modules`` (leaf names of
+  modules whose class is ``*Linear*``, ``lm_head`` excluded), else the names as given, which peft matches as a module
+  path or its dotted suffix: full paths (``model.layers.1.self_attn.q_proj``) select layers.
+  ``hparams/finetuning_args.py``: ``lora_alpha`` defaults to ``2 * lora_rank``; LoRA with BAdam stops.
+- ``model/model_utils/quantization.py``: ``quantization_bit`` 4 or 8 with ``quantization_method: bnb``:
+  ``BitsAndBytesConfig(load_in_8bit=True)`` or ``load_in_4bit`` with ``quantization_type`` and
+  ``double_quantization`` (default true); ``model/adapter.py`` ``init_adapter`` stops at a quantized model unless
+  ``finetuning_type`` is lora or oft.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from planner.export.base import (DTYPE_BYTES, FP32_BYTES, HF_OPTIM, Export, Expo
                                  outside_params, precision, register_exporter, scorer_kind)
 from planner.export.data import PLACEHOLDER, DataRef, data_of, output_dir
 from planner.export.names import arch_names
+from planner.export.targets.axolotl import whole_layer_quantize_loss
 
 CONFIG_FILE = "llamafactory.yaml"
 INFO_FILE = "dataset_info.json"  # LLaMA-Factory's DATA_CONFIG, read from dataset_dir
@@ -92,7 +105,7 @@ def badam_extra_bytes(plan) -> int:
 
 @register_exporter("llamafactory")
 class LlamaFactoryExporter(Exporter):
-    description = "LLaMA-Factory YAML: BAdam layer mode (dynamic plans) or finetuning_type: freeze (static plans)"
+    description = "LLaMA-Factory YAML: BAdam layer mode (dynamic plans), finetuning_type: freeze (static plans) or lora (static LoRA plans)"
 
     def render(self, plan) -> Export:
         bf16, fp16 = precision(plan)
@@ -105,7 +118,10 @@ class LlamaFactoryExporter(Exporter):
             layers = candidates(plan)[-gamma(plan):]
             lost.append(f"BAdam finds its blocks with the regex {BADAM_BLOCK!r}, which matches no parameter of "
                         f"{plan.layers_attribute}.N: LLaMA-Factory would stop at start; nearest: freeze tuning of layers {layers}")
-        if layers is not None:
+        lora = bool(plan.lora_rank) and kind == "static"  # a sampled LoRA plan keeps BAdam / freeze tuning (lost lines say so)
+        if lora:
+            self._lora(plan, cfg, lost)
+        elif layers is not None:
             self._freeze(plan, layers, cfg, lost)
         else:
             self._badam(plan, cfg, lost)
@@ -125,6 +141,10 @@ class LlamaFactoryExporter(Exporter):
         if not plan.train.gradient_checkpointing:
             cfg["disable_gradient_checkpointing"] = True
         levers = lever_items(plan, self.name)
+        if lora:  # lora_target is written above, with the plan's layers (the lora_targets lever's names carry none)
+            levers.keys.pop("lora_target", None)
+        elif plan.lora_rank and plan.train.quantize:
+            lost += whole_layer_quantize_loss(plan, self.name, "LLaMA-Factory", levers.keys)
         cfg.update(levers.keys)
         lost += levers.lost
         header = (f"# planner export --to llamafactory: plan for {plan.model} ({plan.num_layers} layers), {data.steps} steps on {data.path}\n"
@@ -154,8 +174,36 @@ class LlamaFactoryExporter(Exporter):
         if extra:
             cfg["freeze_extra_modules"] = ",".join(extra)
         if plan.lora_rank:
-            lost.append(lora_as_full_loss(plan, "LLaMA-Factory's LoRA has no per-layer selection", "exported as freeze tuning of the layers",
+            lost.append(lora_as_full_loss(plan, "LLaMA-Factory's LoRA cannot re-draw the layers it adapts", "exported as freeze tuning of the layers",
                                           full_layers=len(trained)))
+
+    @staticmethod
+    def _lora(plan, cfg: dict, lost: list[str]) -> None:
+        """LoRA on the plan's layers, as the peft target writes it (rank, alpha = 2r, targets, saved modules), in
+        LLaMA-Factory's keys: ``lora_target`` ``all``, leaf names, or full module paths for a subset of the layers."""
+        from planner.export.targets.peft import PeftExporter
+
+        peft = PeftExporter().render(plan)
+        config = json.loads(peft.files["adapter_config.json"])
+        levers = set(lever_items(plan, "peft").lost)  # the levers' lines are LLaMA-Factory's own (render adds them)
+        lost += [line for line in peft.lost if line not in lost and line not in levers]
+        names = arch_names(plan)
+        modules, layers = list(config["target_modules"]), sorted(config["layers_to_transform"])
+        if layers != list(range(plan.num_layers)):
+            target = ",".join(f"{names.layers_path}.{i}.{m}" for i in layers for m in layer_module_paths(names, modules))
+        elif set(modules) == set(names.layer_linear_modules) and not names.conv1d:
+            target = "all"  # find_all_linear_modules: every nn.Linear but lm_head, all inside the layers
+        else:
+            target = ",".join(modules)
+        cfg.update(finetuning_type="lora", lora_rank=config["r"], lora_alpha=config["lora_alpha"],
+                   lora_dropout=config["lora_dropout"], lora_target=target)
+        if config.get("modules_to_save"):
+            cfg["additional_target"] = ",".join(config["modules_to_save"])
+        if config.get("ensure_weight_tying"):  # LLaMA-Factory builds its LoraConfig without it
+            saved = [m for m in config["modules_to_save"] if m in (names.input_embedding, names.output_embedding)]
+            other = names.output_embedding if saved == [names.input_embedding] else names.input_embedding
+            lost.append(f"tied embeddings: LLaMA-Factory passes no ensure_weight_tying to peft, so the shared weight trains as an "
+                        f"untied copy under {', '.join(saved)} and {other} keeps the original, frozen")
 
     @staticmethod
     def _badam(plan, cfg: dict, lost: list[str]) -> None:
@@ -223,6 +271,13 @@ def dataset_info(data: DataRef) -> dict:
         if "input" in data.fields:
             columns["query"] = data.fields["input"]
     return {DATASET: {**source, "formatting": "alpaca", "columns": columns}}
+
+
+def layer_module_paths(names, leaves: list[str]) -> list[str]:
+    """Module paths inside a decoder layer (``self_attn.q_proj``) whose leaf name is one of ``leaves``, in order."""
+    inside = re.compile(re.escape(names.layers_path) + r"\.\d+\.(.*)\.[^.]+")
+    paths = [m.group(1) for p in names.param_names if (m := inside.fullmatch(p))]
+    return list(dict.fromkeys(m for m in paths if m.rsplit(".", 1)[-1] in leaves))
 
 
 def _any_layer(names, params: list[str]) -> list[str]:
