@@ -82,7 +82,7 @@ def test_replay_of_composed_steps_equals_the_allocator(tiny, monkeypatch, arch, 
     only fill the small pool). The plan rows in table order, through the estimator's path (rows resume
     from the last row's checkpoints), give the same peaks too."""
     from planner.config import TrainConfig
-    from planner.cost.compose import ROLES
+    from planner.cost.roles import ROLES
     from planner.cost.estimator import _role_matrix, _trainable_tensors, embeddings_grad, get_family
     from planner.cost.events import step_ops
     from planner.optimizers import get_optimizer

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from planner.config import TrainConfig
-from planner.cost.compose import ROLES
+from planner.cost.roles import ROLES
 from planner.cost.estimator import _role_matrix, embeddings_grad, get_family, get_trace
 from planner.cost.events import step_ops
 

@@ -106,7 +106,7 @@ def test_allocator_model_matches_the_real_segment_list():
     """The segments the replay leaves after two steps of l8b-frozen against torch.cuda.memory._snapshot()."""
     from reference_replay import reference_allocator
 
-    from planner.cost.compose import ROLES
+    from planner.cost.roles import ROLES
     from planner.cost.estimator import _role_matrix, _trainable_tensors, embeddings_grad, get_family
     from planner.cost.events import step_ops
     from planner.optimizers import get_optimizer

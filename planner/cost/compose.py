@@ -18,10 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner.cost.roles import FA, FB, ROLES, T, T0
 from planner.cost.trace import ACT, GRAD, TRANS, Segment, TraceResult, cuda_block_bytes
-
-ROLES = ("FB", "T0", "FA", "T")
-FB, T0, FA, T = range(4)
 
 
 @dataclass

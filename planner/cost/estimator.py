@@ -20,7 +20,8 @@ import numpy as np
 
 from planner.config import TrainConfig
 from planner.cost import cache
-from planner.cost.compose import FA, FB, ROLES, T, T0, Family, peak_many, simulate
+from planner.cost.compose import Family, peak_many, simulate
+from planner.cost.roles import FA, FB, ROLES, T, T0
 from planner.cost.device import DeviceProfile, default_profile
 from planner.optimizers import get_optimizer
 from planner.cost.replay import reserved_and_allocated

@@ -21,6 +21,8 @@ step at full depth and returns the operations :func:`planner.cost.allocator.repl
 
 from __future__ import annotations
 
+from planner.cost.roles import FB, ROLES
+
 NAMES = {"fwd:embed": "embed_fwd", "fwd:head": "head_fwd", "bwd:head": "head_bwd", "bwd:embed": "embed_bwd",
          "bwd:end": "tail", "end": "end"}
 
@@ -148,8 +150,6 @@ def step_ops(fam, roles: list[int], marks: list[int] | None = None) -> tuple[lis
     Returns the operations, the number of allocations and the ids of the gradients left alive;
     anything else the step made is freed at its end (before the next step, in reality).
     ``marks`` receives the position in the operations where each layer's forward starts."""
-    from planner.cost.compose import FB, ROLES
-
     ev = fam.events
     ops: list[int] = []
     alive = bytearray()

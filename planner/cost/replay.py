@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import threading
 
+from planner.cost.roles import T, T0
 from planner.cost import cache
 from planner.cost.allocator import replay_run
 from planner.cost.events import step_ops
@@ -40,7 +41,6 @@ def setup_blocks(fam, roles: list[int], *, batch_size: int, seq_len: int, worksp
     a head tied to the input embedding first gets a weight of its own, which tying releases once
     the model is built, and that cached block shapes every later segment (measured: without it,
     the reserved bytes of a tied Qwen2.5-0.5B run built so come out 7% low, tests/fixtures/gpu-truth)."""
-    from planner.cost.compose import T, T0
 
     p = fam.params
     out = [n * b for n, b, _ in p["embeddings"]]
