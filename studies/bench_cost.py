@@ -35,8 +35,8 @@ def accuracy() -> list[float]:
     from planner.spec.tiny import tiny_spec
 
     shapes = ((2, 64), (1, 128))
-    grid = [dict(arch=a, dtype=d, layers=l, train_embeddings=eh, train_head=eh, batch_size=shapes[k % 2][0], seq_len=shapes[k % 2][1])
-            for a, d, (k, l), eh in itertools.product(("llama", "qwen2", "gpt2", "mistral"), ("float32", "bfloat16"),
+    grid = [dict(arch=a, dtype=d, layers=lay, train_embeddings=eh, train_head=eh, batch_size=shapes[k % 2][0], seq_len=shapes[k % 2][1])
+            for a, d, (k, lay), eh in itertools.product(("llama", "qwen2", "gpt2", "mistral"), ("float32", "bfloat16"),
                                                       enumerate(("all", [0], [3], [1, 2])), (True, False))]
     grid += [
         dict(arch="gemma", dtype="float32", layers=[1, 2], train_embeddings=False, train_head=False, batch_size=2, seq_len=64),

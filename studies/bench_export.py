@@ -67,7 +67,7 @@ def lisa_state(steps: int = 10) -> None:
         layers = [sorted({int(n.split(".")[2]) for n in s if n.startswith("model.layers.")}) for s in run.trained]
         print(f"{target:8s} draws at {run.draws}, layers per step {layers}, most optimizer state {run.state_bytes:,} B")
     for target in ("axolotl", "swift"):
-        line = next(l for l in get_exporter(target).render(plan).lost if l.startswith("optimizer state"))
+        line = next(x for x in get_exporter(target).render(plan).lost if x.startswith("optimizer state"))
         print(f"{target}'s loss line: {line}")
 
 

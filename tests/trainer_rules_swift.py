@@ -46,7 +46,10 @@ def swift_freeze(model, args: dict[str, list[str]]) -> None:
 
 def run_swift(plan, files: dict[str, str], tmp: Path) -> Run:
     args = swift_args(files["swift_sft.sh"])
-    one = lambda key, default=None: args.get(key, [default])[0]
+
+    def one(key, default=None):
+        return args.get(key, [default])[0]
+
     model = tiny_model(plan)
     if one("tuner_type") == "lora":
         from peft import LoraConfig, get_peft_model

@@ -68,7 +68,7 @@ def read_records(data: str) -> list[dict]:
     else:
         blocks = [b.strip() for b in text.replace("\r\n", "\n").split("\n\n")]
         # paragraphs when the file has blank lines between them, else one example per line
-        pieces = [b for b in blocks if b] if len([b for b in blocks if b]) > 1 else [l.strip() for l in text.splitlines()]
+        pieces = [b for b in blocks if b] if len([b for b in blocks if b]) > 1 else [line.strip() for line in text.splitlines()]
         records = [{TEXT_FIELD: p} for p in pieces if p]
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise PlannerError(f"--data records must be JSON objects (or CSV rows), but {data!r} holds something else")
