@@ -9,12 +9,15 @@ LoRA, the static set on text, QLoRA: LoRA r=8 on both layers over NF4 base weigh
 quantization, and the same over int8 base weights) is written by
 ``planner export`` into its own directory and run there with the trainer's own command
 (``bash swift_sft.sh``, ``llamafactory-cli train llamafactory.yaml``, ``axolotl train
-axolotl.yaml``), unchanged, on CPU with the trainer's venv first on PATH. Reported: the command,
+axolotl.yaml``), unchanged but for one thing (axolotl's fused LoRA kernels, which axolotl turns on for a LoRA
+config and which need CUDA, are set to false: :func:`cpu_overrides`), on CPU with the trainer's venv first on PATH.
+Reported: the command,
 its exit code and time, the steps and last loss it logged, and which parameter groups of the
 saved model differ from the initial weights (a trainer that trained nothing it should not have,
 and everything it should, changes exactly the groups its export's loss lines allow); for the
 quantized plans also the linear modules the trainer's model held as bitsandbytes' quantized
-layers, as its own log says (transformers' quantization_config, the model printout).
+layers, as its own log says (transformers' quantization_config, the model printout; LLaMA-Factory and axolotl print
+no model, so their own loaders build it again from the export's config and print it: :func:`printout`).
 
 The venvs (each trainer pulls its own torch, 2.14.1 with its CUDA libraries, run on CPU here):
 ``python3.11 -m venv /tmp/venv-swift && /tmp/venv-swift/bin/pip install ms-swift==4.6.0``,
@@ -42,8 +45,8 @@ VENVS = {"swift": "/tmp/venv-swift", "llamafactory": "/tmp/venv-llamafactory", "
 COMMANDS = {"swift": ["bash", "swift_sft.sh"], "llamafactory": ["llamafactory-cli", "train", "llamafactory.yaml"],
             "axolotl": ["axolotl", "train", "axolotl.yaml"]}
 QUANTIZED = {"qlora": "nf4-dq", "qlora-int8": "int8"}  # plan kind -> --quantize
-PLANS = {"swift": ["lisa", "static", "lora", "text", *QUANTIZED], "llamafactory": ["lisa", "static", "text", *QUANTIZED],
-         "axolotl": ["lisa", "static", "text", *QUANTIZED]}
+PLANS = {"swift": ["lisa", "static", "lora", "text", *QUANTIZED], "llamafactory": ["lisa", "static", "lora", "text", *QUANTIZED],
+         "axolotl": ["lisa", "static", "lora", "text", *QUANTIZED]}
 STEPS = 6
 TOKENIZER = Path.home() / ".cache/planner/gguf-SmolLM2-135M-Instruct.Q4_1-dc8497fee868857d"
 
@@ -169,6 +172,9 @@ def quantized(log: str, files: list[Path]) -> str:
     repeated decoder layer is printed once, as ``(0-1): 2 x LlamaDecoderLayer``), and the head's class."""
     keys = [f"{k}={v}" for f in files for k, v in QUANT_KEY.findall(f.read_text())]
     out = [f"export: {' '.join(keys) or 'no quantization key'}"]
+    said = re.search(r"Quantizing model to \d+ bit with bitsandbytes\.", log)  # LLaMA-Factory's own line
+    if said:
+        out.append(f"the trainer logged {said.group(0)!r}")
     config = [k for k in ("load_in_4bit", "load_in_8bit") if re.search(rf'"{k}": true', log)]
     if config:
         extra = re.findall(r'"(bnb_4bit_quant_type|bnb_4bit_use_double_quant)": "?(\w+)', log) if config == ["load_in_4bit"] else []
@@ -185,6 +191,43 @@ def quantized(log: str, files: list[Path]) -> str:
     return "; ".join(out)
 
 
+QUANT_CONFIG = """
+config = getattr(model.config, "quantization_config", None)
+print(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config, default=str, indent=2))
+"""
+PRINTOUT = {  # the trainer's own model loading, from the export's config, as its train command calls it
+    "llamafactory": """
+import json, sys, tempfile, yaml
+from llamafactory.hparams import get_train_args
+from llamafactory.model import load_model, load_tokenizer
+args = yaml.safe_load(open(sys.argv[1]))
+args["output_dir"] = tempfile.mkdtemp()  # the run's own output directory is not empty any more
+model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
+model = load_model(load_tokenizer(model_args)["tokenizer"], model_args, finetuning_args, is_trainable=True)
+print(model)
+""" + QUANT_CONFIG,
+    "axolotl": """
+import json, sys
+from axolotl.cli.config import load_cfg
+from axolotl.train import setup_model_and_tokenizer
+model = setup_model_and_tokenizer(load_cfg(sys.argv[1]))[0]
+print(model)
+""" + QUANT_CONFIG,
+}
+CONFIG_FILES = {"llamafactory": "llamafactory.yaml", "axolotl": "axolotl.yaml"}
+
+
+def printout(target: str, out_dir: Path, env: dict) -> str:
+    """LLaMA-Factory and axolotl print no model: the model their own loaders (LLaMA-Factory's ``load_model``, axolotl's
+    ``setup_model_and_tokenizer``, as their train commands call them) build from the export's config, printed, with
+    its quantization_config."""
+    if target not in PRINTOUT:
+        return ""
+    proc = subprocess.run(["nice", "-n", "10", f"{VENVS[target]}/bin/python", "-c", PRINTOUT[target], CONFIG_FILES[target]],
+                          cwd=out_dir, env=env, capture_output=True, text=True, timeout=900, check=False)
+    return proc.stdout
+
+
 def failure(text: str) -> str:
     """The error that stopped a run: the last exception or validation message that is not the launcher's own."""
     lines = [ln.strip() for ln in text.splitlines()]
@@ -199,6 +242,26 @@ def logged(text: str) -> str:
     return f"steps {bars[-1] if bars else '?'}/{STEPS}, last loss {losses[-1] if losses else '?'}"
 
 
+KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+
+
+def cpu_overrides(target: str, out_dir: Path) -> list[str]:
+    """What this CPU run changes in an export: axolotl turns its fused LoRA kernels on where a LoRA config leaves them
+    unset (``utils/schemas/validation.py`` lora_kernels_auto_enable: adapter lora or qlora, not lora with
+    load_in_8bit), and they run on CUDA only (Triton SwiGLU, bitsandbytes' CUDA dequantization); the export leaves them
+    to axolotl, for the GPU it runs on. Here they are set to false, appended to the config."""
+    import yaml
+
+    if target != "axolotl":
+        return []
+    path = out_dir / "axolotl.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    if cfg.get("adapter") not in ("lora", "qlora") or cfg.get("load_in_8bit") or any(k in cfg for k in KERNELS):
+        return []
+    path.write_text(path.read_text() + "# bench_export_run on CPU: axolotl's LoRA kernels need CUDA\n" + "".join(f"{k}: false\n" for k in KERNELS))
+    return [f"{k}: false" for k in KERNELS]
+
+
 def run(target: str, kind: str, root: Path, model: Path, data: Path) -> None:
     from planner.export import export_plan
 
@@ -207,6 +270,7 @@ def run(target: str, kind: str, root: Path, model: Path, data: Path) -> None:
     shutil.rmtree(where, ignore_errors=True)  # a trainer resumes from checkpoints it finds in its output directory
     plan_path = plan.save(where / "plan.yaml")
     result = export_plan(plan_path, target, where / "export")
+    overrides = cpu_overrides(target, result.out_dir)
     venv = Path(VENVS[target])
     env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv), "CUDA_VISIBLE_DEVICES": "",
            "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
@@ -219,10 +283,14 @@ def run(target: str, kind: str, root: Path, model: Path, data: Path) -> None:
     print(f"  files: {', '.join(p.name for p in result.written)}")
     for line in result.lost:
         print(f"  loss line: {line}")
+    if overrides:
+        print(f"  changed for this CPU run:   {', '.join(overrides)} appended (axolotl's LoRA kernels run on CUDA only)")
     print(f"  exit {proc.returncode} in {wall:.0f} s; {logged(proc.stdout + proc.stderr)}")
     print(f"  the plan trains:            {planned(plan)}")
     if plan.train.quantize:
-        print(f"  quantized ({plan.train.quantize}):      {quantized(proc.stdout + proc.stderr, result.written)}")
+        log = proc.stdout + proc.stderr
+        log += printout(target, result.out_dir, env)
+        print(f"  quantized ({plan.train.quantize}):      {quantized(log, result.written)}")
     if proc.returncode == 0:
         print(f"  changed vs initial weights: {changed(model, result.out_dir / 'output')}")
         print(f"  first example as trained:   {first_example(target, proc.stdout + proc.stderr, result.out_dir / 'output', model)}")
