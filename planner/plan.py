@@ -152,10 +152,10 @@ class Plan(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_yaml())
-        return path
+        """Write the plan whole (through a temporary file in the same folder) or, on an error, not at all."""
+        from planner.writable import write_atomic
+
+        return write_atomic(path, self.to_yaml())
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":

@@ -29,6 +29,10 @@ def files(tmp_path_factory):
         (root / name).write_bytes(binary)
     (root / "journal.log").mkdir()
     (root / "wrong-profile.json").write_text(json.dumps({"device": "cuda", "context": "big"}))
+    (root / "empty").mkdir()
+    from planner.spec.tiny import tiny_spec
+
+    tiny_spec("llama", num_layers=2).config.to_json_file(str(root / "tiny.json"))
     bert = root / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -75,6 +79,34 @@ CASES = {
                                                 ["--seq-len must be <= the model's n_positions=1,024", "100,000"]),
     "tune --seq-len past the target's positions": (["tune", "--vram", "24GB", "--model", "llama-2-7b", "--seq-len", "8192"],
                                                    ["--seq-len must be <= the model's max_position_embeddings=4,096", "8,192"]),
+    # output paths: tried (a probe file created and removed), not read from permission bits, which pass anything for root
+    "tune --out under /proc": (["tune", "--vram", "24GB", "--out", "/proc/forbidden/plan.yaml"],
+                               ["--out must be a writable file path", "'/proc/forbidden/plan.yaml' cannot be created"]),
+    "tune sqlite --storage under /proc": (["tune", "--vram", "24GB", "--storage", "sqlite:////proc/forbidden/s.db"],
+                                          ["--storage must be a writable file path", "'/proc/forbidden/s.db' cannot be created"]),
+    "tune journal --storage under /proc": (["tune", "--vram", "24GB", "--storage", "/proc/forbidden/s.log"],
+                                           ["--storage must be a writable file path", "'/proc/forbidden/s.log' cannot be created"]),
+    "profile --out under /proc": (["profile", "--model", "gpt2", "--device", "cpu", "--out", "/proc/forbidden/x.json"],
+                                  ["--out must be a file path this user can write", "'/proc/forbidden/x.json' cannot be created"]),
+    "export --out under /proc": (["export", "{root}/plan.yaml", "--to", "hf", "--out", "/proc/forbidden/hf"],
+                                 ["--out must be a writable directory", "'/proc/forbidden/hf' cannot be created",
+                                  "plan file must be YAML"]),
+    "report --out under /proc": (["report", "{root}/plan.yaml", "--out", "/proc/forbidden/r"],
+                                 ["--out must be a writable directory", "'/proc/forbidden/r' cannot be created"]),
+    "tune --out name too long": (["tune", "--vram", "24GB", "--out", "{root}/" + "p" * 300 + ".yaml"],
+                                 ["--out must be a writable file path", "is 305 bytes, over the file system's limit of 255"]),
+    # float flags: finite and positive
+    "tune --timeout nan": (["tune", "--vram", "24GB", "--timeout", "nan"], ["--timeout must be a finite number of seconds > 0", "nan"]),
+    "tune --timeout inf": (["tune", "--vram", "24GB", "--timeout", "inf"], ["--timeout must be a finite number of seconds > 0", "inf"]),
+    "tune --timeout 0": (["tune", "--vram", "24GB", "--timeout", "0"], ["--timeout must be a finite number of seconds > 0", "0.0"]),
+    "tune --timeout -1": (["tune", "--vram", "24GB", "--timeout", "-1"], ["--timeout must be a finite number of seconds > 0", "-1.0"]),
+    "tune --study of 600 characters": (["tune", "--vram", "24GB", "--study", "s" * 600],
+                                       ["--study must be at most 255 bytes", "600 bytes"]),
+    # each message names the flag the user gave: a proxy folder is --proxy, not --model
+    "tune --proxy an empty folder": (["tune", "--vram", "1GB", "--model", "{root}/tiny.json", "--device", "cpu",
+                                      "--proxy", "{root}/empty", "--proxy-device", "cpu", "--quiet"],
+                                     ["--proxy must be a model directory (config.json, weights and a tokenizer) or hub id",
+                                      "empty' is a directory without a config.json"]),
 }
 
 

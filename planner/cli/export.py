@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def add_parser(sub) -> None:
     from planner.export.base import EXPORTERS
     from planner.export import targets  # noqa: F401  (registration; light: trainers are imported on use)
@@ -22,9 +21,33 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def check_inputs(args) -> None:
+    """--to, the plan file and the output folder (proven writable by trying), every problem at once, before anything
+    is rendered or written."""
+    from pathlib import Path
+
+    from planner.errors import PlannerError, collect
+    from planner.export import get_exporter
+    from planner.plan import Plan
+    from planner.writable import unwritable_reason
+
+    problems = []
+    for check in (lambda: get_exporter(args.to), lambda: Plan.load(args.plan)):
+        try:
+            check()
+        except PlannerError as exc:
+            problems.append(str(exc))
+    out = args.out if args.out is not None else str(Path("export") / args.to)
+    if (reason := unwritable_reason(out, directory=True)) is not None:
+        flag = "--out" if args.out is not None else "the output folder (export/TARGET; set --out)"
+        problems.append(f"{flag} must be a writable directory, but {out!r} {reason}")
+    collect(problems)
+
+
 def run(args) -> int:
     from planner.export import export_plan
 
+    check_inputs(args)
     result = export_plan(args.plan, args.to, args.out, strict=args.strict)
     for path in result.written:
         print(f"wrote {path}")

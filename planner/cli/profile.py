@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from planner.writable import unwritable_reason
+from planner.writable import replace_atomic, unwritable_reason
 
 
 def add_parser(sub) -> None:
@@ -114,7 +114,7 @@ def run(args) -> int:
                                seq_len=cfg.seq_len, on_step=on_step)
     path = Path(args.out).expanduser() if args.out else profile_dir() / profile_filename(prof.device_name)
     try:
-        prof.save(path)
+        replace_atomic(path, prof.save)  # whole or not at all (a full disk)
     except OSError as exc:
         raise PlannerError(f"--out must be a file path this user can write, but {str(path)!r} cannot be written "
                            f"({exc.strerror or type(exc).__name__})") from None

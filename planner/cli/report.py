@@ -28,6 +28,12 @@ def run(args) -> int:
         problems.append(f"--storage goes with --study, but got a plan file {args.plan!r}")
     if not 20 <= args.dpi <= 600:
         problems.append(f"--dpi must satisfy 20 <= dpi <= 600, but got {args.dpi}")
+    from planner.report.build import DEFAULT_REPORTS_DIR, out_problem
+
+    # before any reading: --out, or the reports/ folder the default reports/<name>/ goes into
+    problem = out_problem(args.out if args.out is not None else DEFAULT_REPORTS_DIR, given=args.out is not None)
+    if problem:
+        problems.append(problem)
     collect(problems)
 
     from planner.report.build import write_report

@@ -46,8 +46,10 @@ USER_BATCH_SIZE = 8  # suggested proxy batch size for users' data (longer sequen
 
 def load_workload(model: str | None = None, data: str | None = None, *, seed: int = 0,
                   max_examples: int | None = None, max_seq_len: int = MAX_SEQ_LEN,
-                  layers: int | None = None) -> "Workload":
+                  layers: int | None = None, flag: str = "--model") -> "Workload":
     """The workload of ``model`` and ``data`` (either or both may be None: see the module docstring).
+
+    ``flag``: the flag that named ``model``, as its errors name it (``--proxy`` for a proxy).
 
     ``layers``: the depth of the default model when it is the one trained (no ``model``), as deep
     as the target it stands in for; None is the default recipe's 32.
@@ -81,7 +83,7 @@ def load_workload(model: str | None = None, data: str | None = None, *, seed: in
         random.Random(seed).shuffle(pairs)
         pairs, n_held = pairs[:max_examples], None
     source = model if model is not None else str(ensure_default_model(recipe_for(layers)))
-    base, tok, spec = _load_model(source)
+    base, tok, spec = _load_model(source, flag=flag)
     if spec.max_positions is not None:  # never train past the model's positions
         max_seq_len = min(max_seq_len, spec.max_positions[1])
     examples = _tokenize(pairs, kind, tok, sep, max_seq_len)
@@ -108,7 +110,7 @@ def _preset_hub_id(model: str) -> str | None:
     return (preset.get("hub_id") or model) if preset is not None else None
 
 
-def _load_model(model: str):
+def _load_model(model: str, flag: str = "--model"):
     """(fp32 model with ``use_cache=False``, tokenizer, ModelSpec) of a local directory or hub id.
 
     A hub id is read from the local cache first and fetched only when the hub answers
@@ -123,12 +125,15 @@ def _load_model(model: str):
     from planner.spec.model import check_causal_lm
     from planner.spec.weights import local_weights
 
-    converted = local_weights(model)
+    converted = local_weights(model, flag=flag)
     local = Path(converted or model).expanduser()
     if local.is_file():
-        raise PlannerError(f"--model for fine-tuning must be a model directory or hub id (weights, not a config file), but got {model!r}")
+        raise PlannerError(f"{flag} for fine-tuning must be a model directory or hub id (weights, not a config file), but got {model!r}")
     if local.exists() and not local.is_dir():
-        raise PlannerError(f"--model must be a model directory or hub id, but {model!r} is neither a file nor a directory")
+        raise PlannerError(f"{flag} must be a model directory or hub id, but {model!r} is neither a file nor a directory")
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise PlannerError(f"{flag} must be a model directory (config.json, weights and a tokenizer) or hub id, but "
+                           f"{model!r} is a directory without a config.json")
     preset_id = None if local.is_dir() else _preset_hub_id(model)
     source = str(local) if local.is_dir() else preset_id or model
     if local.is_dir():
@@ -137,22 +142,22 @@ def _load_model(model: str):
     else:
         def fetch(load, **kw):
             try:
-                return from_hub(lambda name, **lk: load(name, **lk, **kw), source, network=preset_id is None)
+                return from_hub(lambda name, **lk: load(name, **lk, **kw), source, flag=flag, network=preset_id is None)
             except PlannerError:
                 if preset_id is None:
                     raise
-                raise PlannerError(f"--model preset {model!r} describes a model for planning only (no weights); fine-tuning "
+                raise PlannerError(f"{flag} preset {model!r} describes a model for planning only (no weights); fine-tuning "
                                    f"needs its weights, which are not in the local Hugging Face cache as {preset_id!r}: give "
                                    f"the hub id {preset_id!r} (downloads it) or a local model directory") from None
     try:
         with quiet_transformers() if local.is_dir() else contextlib.nullcontext():  # hub downloads keep their bars
-            check_causal_lm(fetch(AutoConfig.from_pretrained), model)
+            check_causal_lm(fetch(AutoConfig.from_pretrained), model, flag)
             tok = fetch(AutoTokenizer.from_pretrained)
             base = fetch(AutoModelForCausalLM.from_pretrained, dtype=torch.float32)
     except PlannerError:
         raise
     except Exception as exc:  # noqa: BLE001 - missing files, unknown architecture: all one answer
-        raise PlannerError(f"--model must be a loadable causal-LM directory or hub id with a tokenizer, but {model!r} failed: "
+        raise PlannerError(f"{flag} must be a loadable causal-LM directory or hub id with a tokenizer, but {model!r} failed: "
                            f"{first_line(exc)}") from None
     base.config.use_cache = False
     return base.train(), tok, ModelSpec(model, base.config)  # the name as given (a GGUF file, a preset)

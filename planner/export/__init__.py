@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import PlannerError, collect
+from planner.writable import write_atomic
 from planner.export.base import EXPORTERS, Export, Exporter, fixed_layers, get_exporter, min_depth, register_exporter
 from planner.export import targets  # noqa: F401  (registration)
 
@@ -46,8 +47,7 @@ def export_plan(plan_path: str | Path, target: str, out_dir: str | Path | None =
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for name, text in result.files.items():
-            path = out / name
-            path.write_text(text)
+            path = write_atomic(out / name, text)  # whole or not at all (a full disk)
             if name.endswith((".sh", ".py")):
                 path.chmod(path.stat().st_mode | 0o111)
             written.append(path)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,15 +50,43 @@ def write_report(*, study: str | None = None, storage: str | None = None, plan: 
         name = f"{path.resolve().parent.name}-plan" if path.stem == "plan" else path.stem
         data = rdata.plan_report_data(p, name=name, device=device)
     out_dir = Path(out) if out is not None else DEFAULT_REPORTS_DIR / _safe_name(data.name)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PlannerError(f"--out must be a directory we can write, but {str(out_dir)!r} is not ({exc.strerror})") from None
+    problem = out_problem(out_dir, given=out is not None)
+    if problem:
+        raise PlannerError(problem)
 
     from planner.report.plots import DPI, render_figures
     from planner.report.render import write_html, write_markdown
 
-    figures = render_figures(data, out_dir, dpi=dpi or DPI)
-    html = write_html(data, figures, out_dir / "report.html")
-    md = write_markdown(data, figures, out_dir / "report.md")
-    return ReportFiles(html, md, figures, data)
+    # every file is made in a fresh folder beside the others and moved in once all are whole: a full disk
+    # leaves no cut file and the previous report as it was
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir))
+        try:
+            figures = render_figures(data, staging, dpi=dpi or DPI)
+            write_html(data, figures, staging / "report.html")
+            write_markdown(data, figures, staging / "report.md")
+            for made in sorted(staging.iterdir()):
+                os.replace(made, out_dir / made.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        flag = "--out" if out is not None else _DEFAULT_FLAG
+        raise PlannerError(f"{flag} must be a directory with room for the report, but writing into {str(out_dir)!r} failed "
+                           f"({exc.strerror or exc}): no report file was written") from None
+    figures = {section: out_dir / path.name for section, path in figures.items()}
+    return ReportFiles(out_dir / "report.html", out_dir / "report.md", figures, data)
+
+
+_DEFAULT_FLAG = "the report folder (reports/<name>/; set --out)"
+
+
+def out_problem(out_dir: str | Path, *, given: bool) -> str | None:
+    """Why the report cannot be written into ``out_dir`` (``given``: by --out), found by trying; None when it can."""
+    from planner.writable import unwritable_reason
+
+    reason = unwritable_reason(out_dir, directory=True)
+    return None if reason is None else f"{'--out' if given else _DEFAULT_FLAG} must be a writable directory, but {str(out_dir)!r} {reason}"

@@ -104,8 +104,8 @@ def seq_len_problem(spec: "ModelSpec", seq_len: int, flag: str = "--seq-len") ->
     return None
 
 
-def check_causal_lm(config, name: str) -> None:
-    """Refuse anything but a decoder-only causal LM (BERT-like encoders, encoder-decoders)."""
+def check_causal_lm(config, name: str, flag: str = "--model") -> None:
+    """Refuse anything but a decoder-only causal LM (BERT-like encoders, encoder-decoders); ``flag`` named it."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     model_type = getattr(config, "model_type", None)
@@ -117,7 +117,7 @@ def check_causal_lm(config, name: str) -> None:
         kind = "not a causal LM transformers can build"
     else:
         return
-    raise PlannerError(f"--model must be a decoder-only causal LM (Llama, GPT-2, Qwen2, ...), but {name!r} has "
+    raise PlannerError(f"{flag} must be a decoder-only causal LM (Llama, GPT-2, Qwen2, ...), but {name!r} has "
                        f"model_type {model_type!r}: {kind}")
 
 

@@ -36,19 +36,31 @@ _TAIL_CHUNK = 1 << 16
 
 
 class SafeJournalBackend(JournalFileBackend):
-    """Optuna's file backend, with the write and the unlock done as one step Ctrl-C cannot split."""
+    """Optuna's file backend, with the write and the unlock done as one step Ctrl-C cannot split; a write that
+    fails (a full disk) is cut off again, so that no incomplete record stays behind."""
 
     def append_logs(self, logs: list[dict]) -> None:
         data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode("utf-8")
         self._lock.acquire()
         with deferred():
             try:
-                with open(self._file_path, "ab") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                _append(self._file_path, data)
             finally:
                 self._lock.release()
+
+
+def _append(path: str, data: bytes) -> None:
+    """Append ``data`` whole, or leave the file as it was (the caller holds the journal's lock)."""
+    with open(path, "ab", buffering=0) as f:
+        end = f.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[f.write(view):]
+            os.fsync(f.fileno())
+        except OSError:
+            f.truncate(end)
+            raise
 
 
 def _complete_end(path: Path) -> int | None:

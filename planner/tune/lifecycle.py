@@ -74,6 +74,15 @@ class StopAfter:
             study.stop()
 
 
+def stored_trials(storage, study_name: str) -> int:
+    """How many of ``study_name``'s trials in ``storage`` count (:func:`counted`); 0 when it was never created."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+        return sum(counted(t) for t in storage.get_all_trials(study_id, deepcopy=False))
+    except KeyError:
+        return 0
+
+
 def settle_message(exc: BaseException) -> str:
     name = getattr(exc, "signum", None)
     return "interrupted" if name in (None, 2) else f"interrupted by {signal_name(name)}"
@@ -277,12 +286,20 @@ class Worker:
 
 
 class GuardedObjective:
-    """``objective`` run inside :meth:`Worker.running`: claimed, heart-beating, marked when interrupted."""
+    """``objective`` run inside :meth:`Worker.running`: claimed, heart-beating, marked when interrupted; a full disk
+    stops the study (:class:`~planner.tune.storage.StorageFull`) instead of failing the trial on that disk."""
 
     def __init__(self, objective, worker: Worker):
         self.objective = objective
         self.worker = worker
 
     def __call__(self, trial):
-        with self.worker.running(trial):
-            return self.objective(trial)
+        from planner.tune.storage import StorageFull, disk_full
+
+        try:
+            with self.worker.running(trial):
+                return self.objective(trial)
+        except Exception as exc:
+            if disk_full(exc) is None:
+                raise
+            raise StorageFull(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc

@@ -52,6 +52,14 @@ def writable_file_problem(path: str | Path, flag: str) -> str | None:
     return None if reason is None else f"{flag} must be a writable file path, but {str(Path(path).expanduser())!r} {reason}"
 
 
+def unwritten_plan(path: str | Path, exc: OSError, *, flag: str | None, study: str, storage: str, again: str) -> str:
+    """One line for a plan that could not be written after the study ran (a full disk): nothing is lost but the file."""
+    flag = flag or "the plan path (studies/<study>/plan.yaml; set --out)"
+    return (f"{flag} must be writable, but writing {str(path)!r} failed ({exc.strerror or exc}): no plan file was written; "
+            f"the study {study!r} is stored in {storage}: make room and run again to write the plan: {again}"
+            + ("" if flag.startswith("the plan path") else f" --out {path}"))
+
+
 def check_outputs(out: str | None, study_name: str, storage: str) -> None:
     """Every file ``planner tune`` writes: the plan and a local storage, checked before any work."""
     from planner.tune.storage import local_storage_path

@@ -135,7 +135,7 @@ def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, se
     else:
         from planner.spec.weights import local_weights
 
-        workload = load_workload(model=local_weights(proxy, flag="--proxy") or proxy, **kwargs)
+        workload = load_workload(model=local_weights(proxy, flag="--proxy") or proxy, **kwargs, flag="--proxy")
         name, kind = proxy, "model"
     spec = workload.spec
     try:

@@ -7,7 +7,9 @@ SQLite for a few local workers, PostgreSQL/MySQL for many machines, a journal fi
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -17,6 +19,10 @@ from planner.errors import PlannerError
 DEFAULT_STORAGE = "sqlite:///studies/planner.db"
 JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
 SCHEMA_RETRIES = 3
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_SQLITE_FULL = "database or disk is full"
+_SQLITE_READ_ONLY = ("readonly database", "unable to open database file")
+NEARLY_FULL = 1 << 20  # free bytes under which SQLite's "disk I/O error" is taken for a full disk
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 
 
@@ -99,11 +105,76 @@ def open_storage(url: str):
         raise PlannerError(f"--storage {url!r} needs its database driver installed (pip install 'planner[postgres]' for PostgreSQL): {exc}") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's connection errors are many; each means "cannot open"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PlannerError(f"--storage must be reachable, but {url!r} failed: {first}") from None
+        raise PlannerError(_local_problem(url, exc) or f"--storage must be reachable, but {url!r} failed: {first}") from None
     if url.startswith("sqlite:///"):
         _sqlite_wal(storage.engine)
         _sqlite_serialized(storage.engine)
     return storage
+
+
+def _local_problem(url: str, exc: BaseException) -> str | None:
+    """What is wrong with a local SQLite file that failed to open, when it is a full disk or a read-only file."""
+    from planner.writable import unwritable_reason
+
+    path = local_storage_path(url)
+    if path is None or "://" not in url:
+        return None
+    text = str(exc)
+    if disk_full(exc) is not None or ("disk I/O error" in text and _free_bytes(path) < NEARLY_FULL):
+        return f"--storage must have room to write, but the disk holding {str(path)!r} is full ({_free_bytes(path):,} bytes free)"
+    if any(s in text for s in _SQLITE_READ_ONLY):
+        reason = unwritable_reason(path)
+        if reason is not None:  # SQLite writes even to read: its -wal and -shm files lie beside the database
+            return f"--storage must be a SQLite file that can be written (with its folder), but {str(path)!r} {reason}"
+    return None
+
+
+def _free_bytes(path: Path) -> int:
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return NEARLY_FULL
+
+
+class StorageFull(BaseException):
+    """A write failed for want of disk space; the original error is ``__cause__``.
+
+    A BaseException, as KeyboardInterrupt is: Optuna catches an objective's Exception and stores the trial's
+    failure, on the same full disk ("Should not reach"); this one passes through and stops the study.
+    """
+
+
+def disk_full(exc: BaseException | None) -> BaseException | None:
+    """The error in ``exc``'s chain (causes and contexts, SQLAlchemy's ``orig``) that says the disk is full:
+    ENOSPC or EDQUOT, or SQLite's "database or disk is full"; None when there is none."""
+    seen, stack = set(), [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return e
+        if type(e).__name__ == "OperationalError" and _SQLITE_FULL in str(e):
+            return e
+        stack += [getattr(e, "orig", None), e.__context__, e.__cause__]
+    return None
+
+
+def full_disk_message(exc: BaseException, storage: str) -> str:
+    """The first half of one line naming what could not be written for want of space: the storage (``--storage``)
+    or the file the error names."""
+    full = disk_full(exc)
+    why = (full.strerror or str(full)) if isinstance(full, OSError) else _SQLITE_FULL if full is not None else "no space left"
+    local = local_storage_path(storage)
+    filename = getattr(full, "filename", None)
+    if filename is None or (local is not None and Path(filename).expanduser().resolve() == local.resolve()):
+        where = repr(str(local)) if local is not None else repr(storage)
+        return f"--storage must have room to write, but writing {where} failed: the disk is full ({why})"
+    return f"the disk must have room to write, but writing {str(filename)!r} failed: the disk is full ({why})"
 
 
 def _sqlite_wal(engine) -> None:
