@@ -11,6 +11,8 @@ finishes the remainder and several processes on one storage share the work.
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +41,7 @@ DEFAULT_BATCH_TOKENS = 2048
 # steps of the default workload took 7.9 s with 1 thread and 173 s with 2.
 DEFAULT_THREADS = 1
 DEFAULT_EVALS = 3  # intermediate evaluations per trial (what the pruner sees)
+MAX_STUDY_NAME = 255  # bytes: the longest file name of common file systems (ext4, xfs, btrfs, tmpfs, APFS)
 
 
 class InfeasibleBudget(PlannerError):
@@ -102,8 +105,8 @@ class TuneOptions(BaseModel):
             problems.append("--proxy must be auto, target, builtin, a preset, a hub id or a local model directory, but got ''")
         if self.n_trials <= 0:
             problems.append(f"--n-trials must be > 0, but got {self.n_trials}")
-        if self.timeout is not None and self.timeout <= 0:
-            problems.append(f"--timeout must be > 0 seconds, but got {self.timeout}")
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):  # nan fails `> 0` too
+            problems.append(f"--timeout must be a finite number of seconds > 0, but got {self.timeout}")
         if self.threads < 0:
             problems.append(f"--threads must be >= 0 (0 = PyTorch's default), but got {self.threads}")
         if self.confirm_seeds < 0 or self.confirm_top < 1:
@@ -122,6 +125,9 @@ class TuneOptions(BaseModel):
             problems.append(f"--batch-sizes must be integers >= 1, but got {self.batch_sizes}")
         if self.study is not None and not self.study.strip():
             problems.append("--study must be a non-empty name, but got ''")
+        elif self.study is not None and len(os.fsencode(self.study)) > MAX_STUDY_NAME:
+            problems.append(f"--study must be at most {MAX_STUDY_NAME} bytes (it names the folders studies/<study>/ and "
+                            f"reports/<study>/), but got {len(os.fsencode(self.study))} bytes: {self.study[:40]!r}...")
         try:
             check_storage(self.storage)
         except PlannerError as exc:
@@ -257,6 +263,28 @@ class Interrupted(PlannerError):
     exit_code = 130
 
 
+def _stopped(exc: BaseException, options: TuneOptions, name: str, storage_obj, worker) -> PlannerError | None:
+    """The one line a study stopped by Ctrl-C, SIGTERM or a full disk ends with (None for any other error)."""
+    from planner.tune.lifecycle import settle_message, stored_trials
+    from planner.tune.signals import exit_code
+    from planner.tune.storage import disk_full, full_disk_message
+
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    if not interrupted and disk_full(exc) is None:
+        return None
+    if worker is not None:
+        # interrupted: this run's unfinished trials are failed as such and queued again; a full disk takes no more
+        # writes: the resume finds this run's trial dead, fails it and queues it again (neither counts)
+        worker.settle() if interrupted else worker.close()
+    where = f"{stored_trials(storage_obj, name)} finished trials of study {name!r} are stored in {options.storage}"
+    if not interrupted:
+        return PlannerError(f"{full_disk_message(exc, options.storage)}; {where}: free space and resume with: "
+                            f"{resume_command(options, name)}")
+    error = Interrupted(f"{settle_message(exc)}: {where}; resume with: {resume_command(options, name)}")
+    error.exit_code = exit_code(exc)
+    return error
+
+
 def resume_command(options: TuneOptions, study_name: str) -> str:
     parts = ["planner tune", f"--vram {options.vram}", f"--study {study_name}"]
     if options.storage != DEFAULT_STORAGE:
@@ -335,52 +363,53 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     from planner.tune.objective import Objective
     from planner.tune.progress import TrialProgress
     from planner.tune.result import finished, summarize
-    from planner.tune.signals import deferred, exit_code
+    from planner.tune.signals import deferred
     from planner.tune.storage import open_storage
     from planner.tune.target import target_layers_attribute
 
     storage_obj = open_storage(options.storage)  # before any work: an unreadable storage fails at once
-    space = build_space(target, options)
-    gate = BudgetGate(target.spec, vram, device=target.device, profile=target.profile, estimator=estimator)
-    check_feasible(space, gate, target.name)
-    setup = _proxy_setup(options, target, space, gate, workload)
-    workload = setup.workload
-    if console is not None:
-        fresh = f"study {name!r} in {options.storage} (resume it with --study {name})" if options.study is None else None
-        for line in header_lines(target, setup, vram, space, gate, fresh):
-            console.print(line, highlight=False)
-
-    layers_attr = target_layers_attribute(target.spec)
-    study_attrs = {
-        "vram_bytes": vram, "model": target.source, "model_type": target.spec.model_type,
-        "num_layers": space.num_layers, "layers_attribute": layers_attr, "metric_name": workload.metric_name,
-        "direction": workload.direction, "workload": workload.name, "device": options.device,
-        "multi_objective": options.multi_objective, "search_space": space.describe(),
-        "steps": options.steps, "seed": options.seed,
-        "target": target.describe(), "target_shape": target.shape_dict(),
-        "proxy": {k: v for k, v in setup.describe().items() if k != "device"}, "proxy_device": setup.device,
-    }
-    # Optuna logs every failed trial with its traceback; failures are counted in the progress bar and
-    # their reasons stored in the trial (user_attrs['reason']), so the terminal stays one line per event
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    with deferred():  # Ctrl-C waits until the study's settings and baselines are all stored
-        study, _created = _open_study(options, storage_obj, name, study_attrs, space, options.multi_objective, gate)
-
-    objective = Objective(workload, space, gate, steps=options.steps, eval_every=_eval_every(options), seed=options.seed,
-                          multi_objective=options.multi_objective, proxy_layers=setup.num_layers,
-                          proxy_hidden=setup.hidden_size, target_hidden=target.hidden_size,
-                          shape=_train_shape(target, setup), proxy_is_target=setup.is_target,
-                          proxy_batch=None if setup.is_target else (getattr(workload, "batch_size", None)
-                                                                    or default_batch_size(int(workload.seq_len))),
-                          **({"proxy": proxy} if proxy else {}))
-    from planner.tune.lifecycle import GuardedObjective, StopAfter, attach, owed, settle_message
-
-    worker = attach(study)  # dead workers' trials are failed and queued again before counting
-    from planner.tune.confirm import confirm_phase, is_confirm, waiting_confirmations
-
-    done = sum(finished(t) and not is_confirm(t) for t in study.get_trials(deepcopy=False))
-    remaining = owed(study, options.n_trials)
+    worker = None  # once attached: its unfinished trials are settled when the study stops
     try:
+        space = build_space(target, options)
+        gate = BudgetGate(target.spec, vram, device=target.device, profile=target.profile, estimator=estimator)
+        check_feasible(space, gate, target.name)
+        setup = _proxy_setup(options, target, space, gate, workload)
+        workload = setup.workload
+        if console is not None:
+            fresh = f"study {name!r} in {options.storage} (resume it with --study {name})" if options.study is None else None
+            for line in header_lines(target, setup, vram, space, gate, fresh):
+                console.print(line, highlight=False)
+
+        layers_attr = target_layers_attribute(target.spec)
+        study_attrs = {
+            "vram_bytes": vram, "model": target.source, "model_type": target.spec.model_type,
+            "num_layers": space.num_layers, "layers_attribute": layers_attr, "metric_name": workload.metric_name,
+            "direction": workload.direction, "workload": workload.name, "device": options.device,
+            "multi_objective": options.multi_objective, "search_space": space.describe(),
+            "steps": options.steps, "seed": options.seed,
+            "target": target.describe(), "target_shape": target.shape_dict(),
+            "proxy": {k: v for k, v in setup.describe().items() if k != "device"}, "proxy_device": setup.device,
+        }
+        # Optuna logs every failed trial with its traceback; failures are counted in the progress bar and
+        # their reasons stored in the trial (user_attrs['reason']), so the terminal stays one line per event
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        with deferred():  # Ctrl-C waits until the study's settings and baselines are all stored
+            study, _created = _open_study(options, storage_obj, name, study_attrs, space, options.multi_objective, gate)
+
+        objective = Objective(workload, space, gate, steps=options.steps, eval_every=_eval_every(options), seed=options.seed,
+                              multi_objective=options.multi_objective, proxy_layers=setup.num_layers,
+                              proxy_hidden=setup.hidden_size, target_hidden=target.hidden_size,
+                              shape=_train_shape(target, setup), proxy_is_target=setup.is_target,
+                              proxy_batch=None if setup.is_target else (getattr(workload, "batch_size", None)
+                                                                        or default_batch_size(int(workload.seq_len))),
+                              **({"proxy": proxy} if proxy else {}))
+        from planner.tune.lifecycle import GuardedObjective, StopAfter, attach, owed
+
+        worker = attach(study)  # dead workers' trials are failed and queued again before counting
+        from planner.tune.confirm import confirm_phase, is_confirm, waiting_confirmations
+
+        done = sum(finished(t) and not is_confirm(t) for t in study.get_trials(deepcopy=False))
+        remaining = owed(study, options.n_trials)
         with torch_threads(options.threads):
             if remaining > 0:
                 bar = TrialProgress(options.n_trials, done, metric_name=workload.metric_name, direction=workload.direction,
@@ -393,12 +422,10 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
             if options.confirm_seeds:
                 confirm_phase(study, GuardedObjective(objective, worker), space, top=options.confirm_top, seeds=options.confirm_seeds,
                               workload=workload, console=console, progress=progress, callbacks=[worker.reap])
-    except KeyboardInterrupt as exc:
-        worker.settle()
-        kept = sum(finished(t) for t in study.get_trials(deepcopy=False))
-        error = Interrupted(f"{settle_message(exc)}: {kept} finished trials of study {name!r} are stored in {options.storage}; "
-                            f"resume with: {resume_command(options, name)}")
-        error.exit_code = exit_code(exc)
+    except BaseException as exc:  # Ctrl-C, SIGTERM or a full disk (study creation included): every finished trial stays
+        error = _stopped(exc, options, name, storage_obj, worker)
+        if error is None:
+            raise
         raise error from None
     worker.close()
 
@@ -408,5 +435,11 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
                        storage=options.storage, multi_objective=options.multi_objective, seed=options.seed, steps=options.steps,
                        data=options.data if options.data and not options.data.startswith(BUILTIN) else None)
     out = Path(options.out) if options.out else Path("studies") / name / "plan.yaml"
-    result.plan.save(out)
+    try:
+        result.plan.save(out)
+    except OSError as exc:  # a full disk: the plan is written whole or not at all, and the study is stored
+        from planner.tune.preflight import unwritten_plan
+
+        raise PlannerError(unwritten_plan(out, exc, flag="--out" if options.out else None, study=name, storage=options.storage,
+                                          again=resume_command(options, name))) from None
     return replace(result, plan_path=str(out))
