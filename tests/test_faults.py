@@ -473,3 +473,21 @@ def test_ctrl_c_during_study_creation_through_the_python_api(monkeypatch, tmp_pa
         run_tune(options, workload=wl, progress=False)
     assert isinstance(err.value, Interrupted) and isinstance(err.value, PlannerError), repr(err.value)
     assert err.value.exit_code == 130 and "resume with: planner tune --vram 1GB --study t" in str(err.value)
+
+
+def test_ctrl_c_on_a_full_disk_is_still_one_line_and_resumes(tune, sqlite_full, tmp_path):
+    """Ctrl-C in a trial while the storage takes no writes: marking the trial interrupted fails too; one line all the same."""
+    sqlite_full.armed = False
+
+    def proxy(*args, **kw):
+        sqlite_full.on = True
+        raise KeyboardInterrupt
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    flags = ["--vram", "1GB", "--storage", storage, "--out", str(tmp_path / "plan.yaml")]
+    code, _, err = tune(*flags, n=4, proxy=proxy)
+    assert code == 2 and "--storage must have room to write" in one_line(err), err
+    sqlite_full.on = False
+    code, out, err = tune(*flags, n=4)
+    assert code == 0, err
+    assert_resumed(storage, 4, out)

@@ -74,13 +74,16 @@ class StopAfter:
             study.stop()
 
 
-def stored_trials(storage, study_name: str) -> int:
-    """How many of ``study_name``'s trials in ``storage`` count (:func:`counted`); 0 when it was never created."""
+def stored_trials(storage, study_name: str) -> int | None:
+    """How many of ``study_name``'s trials in ``storage`` count (:func:`counted`); 0 when it was never created,
+    None when the storage cannot be read (an error message must not end in another error)."""
     try:
         study_id = storage.get_study_id_from_name(study_name)
         return sum(counted(t) for t in storage.get_all_trials(study_id, deepcopy=False))
     except KeyError:
         return 0
+    except Exception:  # noqa: BLE001 - the storage's own failure: the caller's message stands without the count
+        return None
 
 
 def settle_message(exc: BaseException) -> str:

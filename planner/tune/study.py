@@ -275,8 +275,14 @@ def _stopped(exc: BaseException, options: TuneOptions, name: str, storage_obj, w
     if worker is not None:
         # interrupted: this run's unfinished trials are failed as such and queued again; a full disk takes no more
         # writes: the resume finds this run's trial dead, fails it and queues it again (neither counts)
-        worker.settle() if interrupted else worker.close()
-    where = f"{stored_trials(storage_obj, name)} finished trials of study {name!r} are stored in {options.storage}"
+        try:
+            worker.settle() if interrupted else worker.close()
+        except Exception as failed:  # noqa: BLE001 - Ctrl-C on a full disk: the resume settles them instead
+            worker.close()
+            if disk_full(failed) is None:
+                raise
+    kept = stored_trials(storage_obj, name)
+    where = f"{'the' if kept is None else kept} finished trials of study {name!r} are stored in {options.storage}"
     if not interrupted:
         return PlannerError(f"{full_disk_message(exc, options.storage)}; {where}: free space and resume with: "
                             f"{resume_command(options, name)}")
