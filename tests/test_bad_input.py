@@ -105,8 +105,7 @@ CASES = {
     # each message names the flag the user gave: a proxy folder is --proxy, not --model
     "tune --proxy an empty folder": (["tune", "--vram", "1GB", "--model", "{root}/tiny.json", "--device", "cpu",
                                       "--proxy", "{root}/empty", "--proxy-device", "cpu", "--quiet"],
-                                     ["--proxy must be a model directory (config.json, weights and a tokenizer) or hub id",
-                                      "empty' is a directory without a config.json"]),
+                                     ["--proxy must be a loadable causal-LM directory", "empty' is a directory without a config.json"]),
 }
 
 

@@ -132,8 +132,8 @@ def _load_model(model: str, flag: str = "--model"):
     if local.exists() and not local.is_dir():
         raise PlannerError(f"{flag} must be a model directory or hub id, but {model!r} is neither a file nor a directory")
     if local.is_dir() and not (local / "config.json").is_file():
-        raise PlannerError(f"{flag} must be a model directory (config.json, weights and a tokenizer) or hub id, but "
-                           f"{model!r} is a directory without a config.json")
+        raise PlannerError(f"{flag} must be a loadable causal-LM directory or hub id with a tokenizer, but {model!r} is a "
+                           f"directory without a config.json")
     preset_id = None if local.is_dir() else _preset_hub_id(model)
     source = str(local) if local.is_dir() else preset_id or model
     if local.is_dir():
