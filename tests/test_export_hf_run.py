@@ -169,7 +169,6 @@ def test_exported_script_names_bad_data_in_one_line(tiny_dir, tmp_path, capsys, 
     assert exit_.value.code == 2 and err.count("\n") == 1 and "title" in err and "Traceback" not in err
 
 
-@pytest.mark.slow
 def test_exported_script_static_lora_plan(tiny_dir, tmp_path):
     root, data = tiny_dir
     plan = hf_plan(layers=[2, 3], active_layers=2, scorer="semantic", scorer_options={}, lora_rank=4,

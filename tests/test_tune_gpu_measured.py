@@ -11,8 +11,6 @@ built-on-device head; the tune loop reserves up to 4% more than the two-step rep
 import json
 from pathlib import Path
 
-import pytest
-
 from planner.config import TrainConfig
 from planner.cost import estimate
 from planner.cost.device import default_profile
@@ -22,7 +20,6 @@ FIXTURE = Path(__file__).parent / "fixtures" / "tune_proxy_target_gpu.json"
 TOLERANCE = 0.04
 
 
-@pytest.mark.slow
 def test_every_measured_trial_is_within_the_tolerance_the_cost_model_achieved():
     data = json.loads(FIXTURE.read_text())
     assert data["device"].startswith("NVIDIA") and data["preset"] == "llama-3.2-1b"
