@@ -457,7 +457,7 @@ def report(results: dict, path: Path) -> str:
         rows = [("builtin (150 steps, default)", compare(ref, prox["builtin"]), _cost(cells, task, "builtin")),
                 (f"trunc8 ({TRUNC_STEPS} steps x {TRUNC_BATCH})", compare(ref, prox["trunc8"]), _cost(cells, task, "trunc8")),
                 (f"short: target {SHORT_STEPS} steps x {REF_BATCH}", compare(ref, prox["short"]), _short_cost(cells, task)),
-                (f"short vs ref seed 1 only", compare(table_scores(cells, task, "reference", (1,)), prox["short"]),
+                ("short vs ref seed 1 only", compare(table_scores(cells, task, "reference", (1,)), prox["short"]),
                  _short_cost(cells, task)),
                 ("ref seed 0 vs ref seed 1 (noise)", seed_tau, None)]
         b1 = table_scores(cells, task, "builtin", (1,))
