@@ -1,11 +1,10 @@
 """Whether a command can write where it will write, proven by trying before any work; and writes that leave no
 partial file behind.
 
-``os.access`` reads permission bits, and for root (uid 0) it says yes to everything: a path under /proc, a
-read-only mount or an immutable file passes it and fails only once the work is done. Here the folder a file goes
-into is tried instead: a probe file is created and removed in it (inside a probe folder made and removed in the
-nearest existing folder, where the folders are still missing), and an existing file is opened for appending
-without writing. Nothing is left behind.
+``os.access`` answers from permission bits, which root (uid 0) passes everywhere: a folder under /proc passes it,
+and the file is refused only once the work is done. Here the folder a file goes into is tried instead: a probe file
+is created and removed in it (inside a probe folder made and removed in the nearest existing folder, where the
+folders are still missing). Nothing is left behind. An existing file is not opened (see :func:`_read_only`).
 
 :func:`write_atomic` writes a file through a temporary one in the same folder, renamed over it only once complete:
 a full disk or an interrupt leaves the old file, or none, never a cut one.
@@ -14,6 +13,7 @@ a full disk or an interrupt leaves the old file, or none, never a cut one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import uuid
@@ -63,6 +63,19 @@ def _probe(folder: Path, *, nested: bool) -> OSError | None:
     return None
 
 
+def _read_only(path: Path) -> str | None:
+    """Why the existing file ``path`` cannot be written, asked without opening it: closing any descriptor of a file
+    drops every POSIX lock this process holds on it, SQLite's included. For an existing file the system's answer is
+    right for root too: permission bits do not stop root, a read-only mount or an immutable file does, and both show."""
+    if os.access(path, os.W_OK):
+        return None
+    try:
+        read_only_mount = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only_mount = False
+    return f"is read-only ({os.strerror(errno.EROFS if read_only_mount else errno.EACCES)})"
+
+
 def _why(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
@@ -79,11 +92,8 @@ def unwritable_reason(path: str | Path, *, directory: bool = False) -> str | Non
         if not directory and os.path.lexists(path):
             if path.is_dir():
                 return "is a directory"
-            try:
-                with open(path, "ab"):  # nothing is written: the contents and the modification time stay
-                    pass
-            except OSError as exc:
-                return f"is read-only ({_why(exc)})"
+            if (reason := _read_only(path)) is not None:
+                return reason
         if directory and path.exists() and not path.is_dir():
             return "is a file, not a directory"
         if not existing.is_dir():
