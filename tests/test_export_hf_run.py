@@ -113,7 +113,7 @@ def run_script(script, model_dir, data, out, max_steps):
            "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run([sys.executable, str(script), "--model", str(model_dir), "--data", str(data),
                            "--output-dir", str(out), "--max-steps", str(max_steps)],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=1200)  # a hang guard
 
 
 def initial_loss(model_dir, script, data) -> float:
