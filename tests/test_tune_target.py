@@ -150,13 +150,18 @@ def test_the_gate_decides_for_llama_3_8b_at_24gb(tmp_path):
     assert plan.learning_rate == pytest.approx(plan.proxy.learning_rate * 32 / 4096)
     assert any(t.user_attrs.get("offered") for t in trials)
     # the gate bounds the search: no plan of more than G layers fits anywhere (frozen embeddings and head, any
-    # min_depth, checkpointing or not), so none is proposed; G from the cost model, point by point
-    def fits(gamma):
+    # min_depth, checkpointing or not, as sampled or with the step in backward and then the chunked loss as well),
+    # so none is proposed; G from the cost model, point by point
+    walk = ({}, {"optimizer_in_backward": True}, {"optimizer_in_backward": True, "loss_chunks": 8})
+
+    def fits(gamma, forms=walk):
         return any(estimate(spec, TrainConfig(batch_size=1, seq_len=1024, dtype="bfloat16", active_layers=gamma, min_depth=d,
-                                              gradient_checkpointing=c, train_embeddings=False, train_head=False),
-                            device="cuda").peak_bytes <= 24 * GB for d in (0, 8, 16, 24) if d <= 32 - gamma for c in (False, True))
+                                              gradient_checkpointing=c, train_embeddings=False, train_head=False, **form),
+                            device="cuda").peak_bytes <= 24 * GB
+                   for d in (0, 8, 16, 24) if d <= 32 - gamma for c in (False, True) for form in forms)
     g = max(gamma for gamma in range(1, 9) if fits(gamma))
     assert not fits(g + 1) and g < 32
+    assert not fits(g, forms=walk[:1])  # the forms raise the bound (3 as sampled, 6 with both levers)
     assert all(t.params["gamma"] <= g for t in trials if t.user_attrs["kind"] == "search")
 
 
