@@ -31,7 +31,7 @@ Models:
   built-in task), seed 0 (and seed 1 last, when time allows);
 - ``trunc8``: SmolLM2's first 8 decoder layers (``model.model.layers[:8]``, saved as a model
   directory, given as ``--proxy DIR`` would be), plans mapped by relative depth; trained at the
-  reference's horizon (tune's default 150 steps of 8 costs ~10 CPU-minutes per trial here);
+  reference's horizon (tune's default 150 steps of 8 would cost about 10 CPU minutes per trial here);
 - ``short``: SmolLM2 itself after ``SHORT_STEPS`` steps, read off the reference runs' first
   evaluation (the learning rate is constant, so the first N steps of a run are an N-step run).
 
@@ -46,6 +46,7 @@ Results go to a JSON file cell by cell (``--out``; a rerun skips finished cells)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -325,18 +326,60 @@ def load_results(path: Path) -> dict:
     return {"settings": {}, "cells": {}}
 
 
-def save_results(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock beside ``path``: processes sharing one results file take turns reading and writing it."""
+    import fcntl
+
+    import hashlib
+    import tempfile
+
+    name = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    with open(Path(tempfile.gettempdir()) / f"bench_transfer-{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def sync_results(path: Path, results: dict, cell: dict | None = None) -> None:
+    """Merge the file's cells into ``results`` (other processes' work) and, with ``cell``, add it and write."""
+    with locked(path):
+        if path.is_file():
+            for key, value in json.loads(path.read_text()).get("cells", {}).items():
+                results["cells"].setdefault(key, value)
+        if cell is None:
+            return
+        results["cells"][cell_key(cell["task"], cell["model"], cell["plan"], cell["seed"])] = cell
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+        os.replace(tmp, path)
+
+
+def claim(work: Path, key: str) -> bool:
+    """Whether this process may run cell ``key`` (no live process claimed it); claims it if so."""
+    import hashlib
+
+    claims = work / "claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    path = claims / hashlib.sha256(key.encode()).hexdigest()[:16]
+    try:
+        pid = int(path.read_text())
+        if pid != os.getpid():
+            os.kill(pid, 0)  # alive: its claim stands
+            return False
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        pass
+    path.write_text(str(os.getpid()))
+    return True
 
 
 def queue(tiny: bool) -> list[tuple[str, str, int]]:
     """(task, model, seed) groups in the order they run: one task complete before the next."""
     out = []
     for task in TASKS:
-        out += [(task, "reference", 0), (task, "builtin", 0), (task, "trunc8", 0), (task, "reference", 1)]
+        out += [(task, "reference", 0), (task, "builtin", 0), (task, "reference", 1), (task, "trunc8", 0)]
     if not tiny:
         out += [(task, "builtin", 1) for task in TASKS]
     return out
@@ -416,79 +459,91 @@ def compare(ref: dict, proxy: dict) -> dict:
 
 # ---- report ----------------------------------------------------------------------------------------
 
+def _fmt(v, width=7, digits=4):
+    return f"{v:{width}.{digits}f}" if v is not None and not (isinstance(v, float) and math.isnan(v)) else f"{'-':>{width}s}"
+
+
+def _compare_line(name: str, c: dict, cost) -> str:
+    if "tau" not in c:
+        return f"  {name:40s} {c['n']:3d}   (fewer than 3 plans yet)"
+    return (f"  {name:40s} {c['n']:3d} {c['tau']:6.3f} {('yes' if c['best_in_top3'] else 'no'):>9s} "
+            f"{c['proxy_best_ref_rank']:9d}   {_fmt(cost, 9, 1)}")
+
+
 def report(results: dict, path: Path) -> str:
     cells = results["cells"]
     settings = results.get("settings", {})
     lines = ["# Do plan rankings from cheap proxies transfer to the real model? (studies/bench_transfer.py)", ""]
-    done = len(cells)
-    lines.append(f"cells finished: {done} of {settings.get('cells_total', '?')}; "
-                 f"CPU seconds so far {sum(c['cpu_s'] for c in cells.values()):.0f}, wall {sum(c['wall_s'] for c in cells.values()):.0f}")
+    lines.append(f"cells finished: {len(cells)} of {settings.get('cells_total', '?')}; CPU seconds in them "
+                 f"{sum(c['cpu_s'] for c in cells.values()):.0f}")
     for k, v in settings.items():
         if k != "cells_total":
             lines.append(f"{k}: {v}")
     lines.append("")
     steps = settings.get("ref_checkpoints") or []
     for task in TASKS:
+        ref0 = table_scores(cells, task, "reference", (0,))
+        ref1 = table_scores(cells, task, "reference", (1,))
         ref = table_scores(cells, task, "reference", REF_SEEDS)
-        if not ref:
-            lines.append(f"## {task}: no complete reference yet")
-            lines.append("")
+        if not ref0:
+            lines += [f"## task {task}: no reference run yet", ""]
             continue
-        lines.append(f"## task {task}: {len(ref)} plans with every reference seed")
-        lines.append("")
-        # per-plan scores
-        head = f"{'plan':24s} {'ref s0':>7s} {'ref s1':>7s} {'ref':>7s} {'#':>3s} | {'builtin':>7s} {'#':>3s} | {'trunc8':>7s} {'#':>3s} | {'short':>7s} {'#':>3s}"
-        lines.append(head)
         prox = {"builtin": table_scores(cells, task, "builtin", (0,)), "trunc8": table_scores(cells, task, "trunc8", (0,)),
                 "short": table_scores(cells, task, "reference", (0,), step=SHORT_STEPS)}
-        ref_rank = {p: i + 1 for i, p in enumerate(ranking(ref))}
-        ranks = {m: {p: i + 1 for i, p in enumerate(ranking(s))} for m, s in prox.items()}
-        for plan in ranking(ref):
-            s = [cells.get(cell_key(task, "reference", plan, seed), {}).get("metric", math.nan) for seed in REF_SEEDS]
-            row = f"{plan:24s} {s[0]:7.4f} {s[1]:7.4f} {ref[plan]:7.4f} {ref_rank[plan]:3d}"
+        lines.append(f"## task {task}: reference seed 0 on {len(ref0)} plans, seed 1 on {len(ref1)}")
+        lines.append("")
+        lines.append("held-out eval loss (nats per answer token) and rank (1 = best) within each column's plans; "
+                     "rows in the order of the reference's seed 0")
+        lines.append(f"  {'plan':24s} {'ref s0':>7s} {'#':>3s} {'ref s1':>7s} {'ref':>7s} {'#':>3s} | {'builtin':>7s} {'#':>3s} | "
+                     f"{'trunc8':>7s} {'#':>3s} | {'short':>7s} {'#':>3s}")
+        cols = {"ref s0": ref0, "ref": ref, **prox}
+        ranks = {m: {p: i + 1 for i, p in enumerate(ranking(sc))} for m, sc in cols.items()}
+        for plan in ranking(ref0):
+            row = f"  {plan:24s} {_fmt(ref0.get(plan))} {ranks['ref s0'].get(plan, 0):3d} {_fmt(ref1.get(plan))} "
+            row += f"{_fmt(ref.get(plan))} {ranks['ref'][plan] if plan in ref else '-':>3}"
             for m in ("builtin", "trunc8", "short"):
-                v = prox[m].get(plan)
-                row += f" | {v:7.4f} {ranks[m][plan]:3d}" if v is not None else f" | {'-':>7s} {'-':>3s}"
+                row += f" | {_fmt(prox[m].get(plan))} {ranks[m][plan] if plan in prox[m] else '-':>3}"
             lines.append(row)
         lines.append("")
-        # per-proxy table
-        lines.append(f"{'proxy':34s} {'n':>3s} {'tau':>6s} {'ref best in top 3':>18s} {'its best is ref #':>18s} {'CPU s/trial':>12s}")
-        seed_tau = compare(table_scores(cells, task, "reference", (0,)), table_scores(cells, task, "reference", (1,)))
-        rows = [("builtin (150 steps, default)", compare(ref, prox["builtin"]), _cost(cells, task, "builtin")),
-                (f"trunc8 ({TRUNC_STEPS} steps x {TRUNC_BATCH})", compare(ref, prox["trunc8"]), _cost(cells, task, "trunc8")),
-                (f"short: target {SHORT_STEPS} steps x {REF_BATCH}", compare(ref, prox["short"]), _short_cost(cells, task)),
-                ("short vs ref seed 1 only", compare(table_scores(cells, task, "reference", (1,)), prox["short"]),
-                 _short_cost(cells, task)),
-                ("ref seed 0 vs ref seed 1 (noise)", seed_tau, None)]
+        lines.append("Kendall τ with the reference ranking; whether the reference's best plan is in the proxy's top 3; "
+                     "where the proxy's best plan ranks in the reference; CPU seconds per trial")
+        lines.append(f"  {'proxy vs reference':40s} {'n':>3s} {'tau':>6s} {'top 3':>9s} {'its best':>9s}   {'CPU s':>9s}")
+        rows = []
+        for label, r in (("mean of seeds 0 and 1", ref), ("seed 0", ref0), ("seed 1", ref1)):
+            if len(r) < 3:
+                continue
+            rows.append((f"builtin (150 steps) vs ref {label}", compare(r, prox["builtin"]), _cost(cells, task, "builtin")))
+            rows.append((f"trunc8 ({TRUNC_STEPS} x {TRUNC_BATCH}) vs ref {label}", compare(r, prox["trunc8"]),
+                         _cost(cells, task, "trunc8")))
+            if label != "seed 0":  # seed 0's own first steps: not an independent check
+                rows.append((f"short ({SHORT_STEPS} x {REF_BATCH}) vs ref {label}", compare(r, prox["short"]),
+                             _short_cost(cells, task)))
+        rows.append(("ref seed 0 vs ref seed 1 (the noise)", compare(ref0, ref1), None))
         b1 = table_scores(cells, task, "builtin", (1,))
         if b1:
-            rows.append(("builtin seed 1", compare(ref, b1), _cost(cells, task, "builtin", seed=1)))
-            rows.append(("builtin seed 0 vs seed 1", compare(prox["builtin"], b1), None))
-        for name, c, cost in rows:
-            if "tau" not in c:
-                lines.append(f"{name:34s} {c['n']:3d}   (too few plans yet)")
-                continue
-            cost_s = f"{cost:12.1f}" if cost else f"{'-':>12s}"
-            lines.append(f"{name:34s} {c['n']:3d} {c['tau']:6.3f} {('yes' if c['best_in_top3'] else 'no'):>18s} "
-                         f"{c['proxy_best_ref_rank']:18d} {cost_s}")
-        lines.append(f"reference best: {ranking(ref)[0]}")
+            rows.append(("builtin seed 1 vs ref seed 0", compare(ref0, b1), _cost(cells, task, "builtin", seed=1)))
+            rows.append(("builtin seed 0 vs builtin seed 1", compare(prox["builtin"], b1), None))
+        rows.append(("short vs ref seed 0 (its own run; biased)",
+                     compare(ref0, prox["short"]), _short_cost(cells, task)))
+        lines += [_compare_line(*r) for r in rows]
+        lines.append(f"  reference best: {ranking(ref)[0] if ref else '-'} (mean of seeds), {ranking(ref0)[0]} (seed 0)")
         for m in prox:
             if prox[m]:
                 lines.append(f"  {m} top 3: {', '.join(ranking(prox[m])[:3])}")
         lines.append("")
-        # convergence
-        lines.append(f"reference ranking by checkpoint (mean of seeds {list(REF_SEEDS)}); Kendall τ with the previous checkpoint and with the last:")
-        ckpt = {s: table_scores(cells, task, "reference", REF_SEEDS, step=s) for s in steps}
-        prev = None
-        for s in steps:
-            sc = ckpt[s]
-            if not sc:
+        lines.append("reference ranking by checkpoint; Kendall τ with the previous checkpoint and with the last one:")
+        for label, seeds in (("seed 0", (0,)), ("seed 1", (1,)), ("mean of seeds", REF_SEEDS)):
+            ckpt = {s: table_scores(cells, task, "reference", seeds, step=s) for s in steps}
+            if not steps or len(ckpt[steps[-1]]) < 3:
                 continue
-            t_prev = compare(ckpt[prev], sc).get("tau", math.nan) if prev else math.nan
-            t_last = compare(ckpt[steps[-1]], sc).get("tau", math.nan) if ckpt.get(steps[-1]) else math.nan
-            lines.append(f"  step {s:3d}: τ(prev) {t_prev:6.3f}  τ(last) {t_last:6.3f}  best {ranking(sc)[0]}, "
-                         f"mean loss {statistics.mean(_finite(v) for v in sc.values()):.4f}")
-            prev = s
+            prev = None
+            for s in steps:
+                sc = ckpt[s]
+                t_prev = compare(ckpt[prev], sc).get("tau", math.nan) if prev else math.nan
+                t_last = compare(ckpt[steps[-1]], sc).get("tau", math.nan)
+                lines.append(f"  {label:14s} step {s:3d} ({len(sc):2d} plans): τ(prev) {_fmt(t_prev, 6, 3)}  "
+                             f"τ(last) {_fmt(t_last, 6, 3)}  best {ranking(sc)[0]}, mean loss {statistics.mean(_finite(v) for v in sc.values()):.4f}")
+                prev = s
         lines.append("")
     lines.append("## conclusion")
     lines.append("")
@@ -522,6 +577,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="2 plans, 5 steps: an end-to-end check")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--models", default="reference,builtin,trunc8", help="comma-separated models to run (default: all)")
+    ap.add_argument("--only", help="comma-separated task:model:seed groups to run (default: every group, in order); "
+                                   "processes sharing --out and --work-dir split the cells between them")
     args = ap.parse_args(argv)
 
     import torch
@@ -538,6 +595,8 @@ def main(argv=None) -> int:
     out, rep, work = Path(args.out), Path(args.report), Path(args.work_dir)
     results = load_results(out)
     groups = [g for g in queue(args.tiny) if g[1] in args.models.split(",")]
+    if args.only:
+        groups = [g for g in groups if f"{g[0]}:{g[1]}:{g[2]}" in args.only.split(",")]
     results["settings"] = {
         "cells_total": len(groups) * len(plans),
         "target": f"{TARGET} ({TARGET_LAYERS} layers, hidden {TARGET_HIDDEN}, tied embeddings), float32 on CPU, torch threads {args.threads}",
@@ -558,7 +617,8 @@ def main(argv=None) -> int:
     for task, model, seed in groups:
         for plan in plans:
             key = cell_key(task, model, plan, seed)
-            if key in results["cells"]:
+            sync_results(out, results)
+            if key in results["cells"] or not claim(work, key):
                 continue
             try:
                 cell = run_cell(task, model, plan, seed, data, work, args.tiny)
@@ -568,8 +628,7 @@ def main(argv=None) -> int:
                 traceback.print_exc()
                 print(f"FAILED {key}", flush=True)
                 break
-            results["cells"][key] = cell
-            save_results(out, results)
+            sync_results(out, results, cell)
             report(results, rep)
             print(f"[{time.perf_counter() - started:7.0f}s] {key}: {cell['metric']:.4f} ({cell['cpu_s']:.1f} CPU s, "
                   f"{cell['wall_s']:.1f} s)", flush=True)
