@@ -11,136 +11,32 @@ finishes the remainder and several processes on one storage share the work.
 
 from __future__ import annotations
 
-import math
-import os
+import shlex
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from planner.errors import PlannerError, collect
+from planner.errors import PlannerError
 from planner.threads import torch_threads
-from planner.levers import labels, lever_of, shape_fields
+from planner.levers import labels, shape_fields
 from planner.tune.forms import fits as fits_in_a_form
 from planner.tune.forms import form_steps, forms
 from planner.tune.gate import human_bytes
 from planner.recipes import QLORA
-from planner.tune.confirm import DEFAULT_CONFIRM_SEEDS, DEFAULT_CONFIRM_TOP
-from planner.tune.storage import DEFAULT_STORAGE, check_storage
+# the options are declared in planner.tune.options; their defaults stay importable from here
+from planner.tune.options import DEFAULT_EVALS, TuneOptions, command_line
+from planner.tune.options import DEFAULT_N_TRIALS, DEFAULT_STEPS  # noqa: F401
 
-DEFAULT_N_TRIALS = 24  # 3 baselines + 21 searched (learning-rate sweeps and confirmation runs come on top)
-DEFAULT_STEPS = 150  # proxy optimizer steps per trial
 # default batch: 32 sequences or 2048 tokens, whichever is fewer (the default task's
 # 36-token examples reach ~20% accuracy in 150 steps of 32; long sequences get small batches)
 MAX_DEFAULT_BATCH = 32
 DEFAULT_BATCH_TOKENS = 2048
-# PyTorch intra-op threads for proxy training (0 = PyTorch's default). Proxy models are small,
-# and threads spin-wait when the cores are shared: on this project's busy 2-core machine 60
-# steps of the default workload took 7.9 s with 1 thread and 173 s with 2.
-DEFAULT_THREADS = 1
-DEFAULT_EVALS = 3  # intermediate evaluations per trial (what the pruner sees)
-MAX_STUDY_NAME = 255  # bytes: the longest file name of common file systems (ext4, xfs, btrfs, tmpfs, APFS)
 
 
 class InfeasibleBudget(PlannerError):
     """Not even the smallest configuration fits the budget."""
 
     exit_code = 2
-
-
-class TuneOptions(BaseModel):
-    """Everything `planner tune` takes; validated where it enters."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    vram: str | int = Field(description="budget, e.g. 24GB or 24GiB")
-    model: str | None = Field(None, description="the target (default: planner.tune.target.DEFAULT_TARGET)")
-    seq_len: int | str | None = None  # the target's training shape, as `planner estimate` reads it
-    batch_size: int | str | None = None
-    dtype: str | None = None
-    amp: str | None = None
-    levers: dict = Field(default_factory=dict, description="the training shape's lever fields, e.g. {'optimizer': "
-                         "'adamw8bit', 'loss_chunks': 8} (planner.levers: those with in_shape)")
-    proxy: str = "auto"
-    proxy_device: Literal["auto", "cuda", "cpu"] = "auto"
-    data: str | None = None
-    n_trials: int = Field(DEFAULT_N_TRIALS, description="the study's total number of trials")
-    timeout: float | None = None
-    study: str | None = None
-    storage: str = DEFAULT_STORAGE
-    seed: int = 0
-    steps: int = DEFAULT_STEPS
-    eval_every: int | None = None
-    scorers: list[str] | None = None
-    device: Literal["cpu", "cuda"] = "cuda"
-    profile: str | None = None
-    multi_objective: bool = False
-    lora: bool = False
-    batch_sizes: list[int] | None = None
-    out: str | None = None
-    sampler: Literal["tpe", "random"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    baselines: bool = True
-    threads: int = DEFAULT_THREADS
-    confirm_seeds: int = Field(DEFAULT_CONFIRM_SEEDS, description="seeds each candidate is re-trained with (0: no confirmation)")
-    confirm_top: int = Field(DEFAULT_CONFIRM_TOP, description="searched plans confirmed (every baseline that fits is too)")
-
-    @field_validator("scorers", "batch_sizes", mode="before")
-    @classmethod
-    def _split(cls, value):
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return value
-
-    def validate_all(self):
-        """Check every flag at once; return (target, budget in bytes)."""
-        from planner.tune.target import resolve_target
-
-        target, vram, problems = resolve_target(self.model, seq_len=self.seq_len, batch_size=self.batch_size,
-                                                dtype=self.dtype, amp=self.amp, levers=self.levers,
-                                                device=self.device, profile=self.profile, vram=self.vram)
-        if not self.proxy.strip():
-            problems.append("--proxy must be auto, target, builtin, a preset, a hub id or a local model directory, but got ''")
-        if self.n_trials <= 0:
-            problems.append(f"--n-trials must be > 0, but got {self.n_trials}")
-        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):  # nan fails `> 0` too
-            problems.append(f"--timeout must be a finite number of seconds > 0, but got {self.timeout}")
-        if self.threads < 0:
-            problems.append(f"--threads must be >= 0 (0 = PyTorch's default), but got {self.threads}")
-        if self.confirm_seeds < 0 or self.confirm_top < 1:
-            problems.append(f"`--confirm-seeds >= 0` and `--confirm-top >= 1` must hold, but got {self.confirm_seeds} and {self.confirm_top}")
-        if self.steps <= 0:
-            problems.append(f"--steps must be > 0, but got {self.steps}")
-        if self.eval_every is not None and not 1 <= self.eval_every <= self.steps:
-            problems.append(f"--eval-every must satisfy 1 <= eval_every <= steps={self.steps}, but got {self.eval_every}")
-        if self.scorers is not None:
-            from planner.sampling import SCORERS
-
-            unknown = [s for s in self.scorers if s not in SCORERS]
-            if unknown or not self.scorers:
-                problems.append(f"--scorers must name registered scorers ({', '.join(sorted(SCORERS))}), but got {unknown or self.scorers}")
-        if self.batch_sizes is not None and (not self.batch_sizes or any(b < 1 for b in self.batch_sizes)):
-            problems.append(f"--batch-sizes must be integers >= 1, but got {self.batch_sizes}")
-        if self.study is not None and not self.study.strip():
-            problems.append("--study must be a non-empty name, but got ''")
-        elif self.study is not None and len(os.fsencode(self.study)) > MAX_STUDY_NAME:
-            problems.append(f"--study must be at most {MAX_STUDY_NAME} bytes (it names the folders studies/<study>/ and "
-                            f"reports/<study>/), but got {len(os.fsencode(self.study))} bytes: {self.study[:40]!r}...")
-        try:
-            check_storage(self.storage)
-        except PlannerError as exc:
-            problems.append(str(exc))
-        from planner.data.files import names_a_file
-        from planner.data.load import BUILTIN
-
-        # a name that is no file is a datasets name, resolved (and reported) when the workload loads
-        if (self.data is not None and not self.data.startswith(BUILTIN) and names_a_file(self.data)
-                and not Path(self.data).expanduser().exists()):
-            problems.append(f"--data file must exist, but {self.data!r} was not found")
-        collect(problems)
-        return target, vram
 
 
 def _eval_every(options: TuneOptions) -> int:
@@ -292,25 +188,9 @@ def _stopped(exc: BaseException, options: TuneOptions, name: str, storage_obj, w
 
 
 def resume_command(options: TuneOptions, study_name: str) -> str:
-    parts = ["planner tune", f"--vram {options.vram}", f"--study {study_name}"]
-    if options.storage != DEFAULT_STORAGE:
-        parts.append(f"--storage {options.storage}")
-    for flag, value in (("--model", options.model), ("--seq-len", options.seq_len), ("--batch-size", options.batch_size),
-                        ("--dtype", options.dtype), ("--amp", options.amp),
-                        ("--proxy", options.proxy), ("--data", options.data), ("--n-trials", options.n_trials),
-                        ("--device", options.device), ("--steps", options.steps), ("--seed", options.seed),
-                        ("--confirm-seeds", options.confirm_seeds), ("--confirm-top", options.confirm_top)):
-        if value is not None:
-            parts.append(f"{flag} {value}")
-    for name, value in sorted(options.levers.items()):
-        flag = lever_of(name).flag
-        parts.append(flag.name if flag.kind == "bool" and value else f"{flag.name} {value}")
-    if options.scorers:
-        parts.append(f"--scorers {','.join(options.scorers)}")
-    if options.batch_sizes:
-        parts.append(f"--batch-sizes {','.join(map(str, options.batch_sizes))}")
-    parts += [flag for flag, on in (("--lora", options.lora), ("--multi-objective", options.multi_objective)) if on]
-    return " ".join(parts)
+    """The command that continues study ``study_name`` with the same settings: every flag of ``options`` that is
+    not at its default (planner.tune.options), and the study's name (the generated one when none was given)."""
+    return shlex.join(["planner", "tune", *command_line(options.model_copy(update={"study": study_name}))])
 
 
 def _proxy_setup(options: TuneOptions, target, space, gate, workload):
@@ -357,6 +237,7 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     target), ``estimator`` the cost model, ``proxy`` the proxy trainer (tests, benchmarks).
     """
     target, vram = options.validate_all()
+    progress = progress and not options.quiet
     if workload is not None and options.model is None:
         target = _workload_target(workload, options)
     from planner.tune.preflight import check_outputs
