@@ -21,6 +21,10 @@ CASES = {
     "lora-targets": dict(lora_rank=8, layers="all", train_embeddings=False, train_head=False),
     "adamw8bit": dict(optimizer="adamw8bit", layers=[0, 3]),
     "paged-adamw8bit": dict(optimizer="paged_adamw8bit", layers=[1, 2], train_embeddings=False),
+    # layer 0's input is a leaf the graph holds (frozen embeddings under checkpointing): offloaded, yet kept
+    "offload-ckpt": dict(offload_activations=True, gradient_checkpointing=True, layers=[1, 2], train_embeddings=False),
+    "offload-ckpt-chunks-bf16": dict(offload_activations=True, gradient_checkpointing=True, loss_chunks=4,
+                                     layers="all", dtype="bfloat16"),
 }
 
 
@@ -42,7 +46,7 @@ def test_lever_prediction_is_exact_on_cpu(tiny, arch, case):
     assert predicted == measured
 
 
-@pytest.mark.parametrize("case", ["step-in-backward", "loss-chunks"])
+@pytest.mark.parametrize("case", ["step-in-backward", "loss-chunks", "offload-ckpt-chunks-bf16"])
 def test_lever_step_against_the_profilers_allocator_events(tiny, case):
     """A truth that does not go through the tracker: the CPU allocator's memory events of the second step."""
     from allocator_events import profiled_step_peak
@@ -53,7 +57,10 @@ def test_lever_step_against_the_profilers_allocator_events(tiny, case):
     truth = measure_training_peak(build_model(spec, dtype=cfg.dtype), cfg, batch)
     model = prepare_model(build_model(spec, dtype=cfg.dtype), cfg, cfg.trainable_layers(spec.num_layers))
     peak, state = profiled_step_peak(model, make_optimizer(model, cfg), batch, cfg)
-    assert truth - state <= peak <= 1.0001 * (truth - state)
+    # checkpointing saves the CPU generator's state (torch.get_rng_state, made outside any op the tracker sees):
+    # host memory on a GPU, a tensor of the CPU allocator here
+    rng = torch.get_rng_state().numel() if cfg.gradient_checkpointing else 0
+    assert truth - state <= peak <= 1.0001 * (truth - state) + rng
 
 
 def test_the_levers_save_what_they_promise(tiny):
@@ -68,6 +75,12 @@ def test_the_levers_save_what_they_promise(tiny):
     long = dict(batch_size=2, seq_len=256, layers="all", dtype="bfloat16")
     assert estimate(spec, TrainConfig(**long, loss_chunks=8), device="cpu").peak_bytes < \
         estimate(spec, TrainConfig(**long), device="cpu").peak_bytes
+    # checkpointed, the loss chunked: the peak is in the layers' backward, where the layer inputs not yet
+    # reached are held unless offloaded
+    deep = dict(batch_size=2, seq_len=256, layers="all", dtype="bfloat16", gradient_checkpointing=True, loss_chunks=8)
+    kept = estimate(spec, TrainConfig(**deep), device="cpu").breakdown.activations
+    moved = estimate(spec, TrainConfig(**deep, offload_activations=True), device="cpu").breakdown.activations
+    assert moved < kept
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -109,6 +122,7 @@ def test_quantized_frozen_weights_exact_against_transformers_bitsandbytes_loadin
     (dict(lora_targets=["q_proj"], layers="all"), "needs `lora_rank`"),
     (dict(loss_chunks=65, seq_len=64, layers="all"), "`loss_chunks <= seq_len`"),
     (dict(optimizer="lion", layers="all"), "`optimizer` must be one of"),
+    (dict(offload_activations=True, layers="all"), "`offload_activations` needs `gradient_checkpointing`"),
 ])
 def test_combinations_that_cannot_run_are_refused_with_the_rule(kw, rule):
     with pytest.raises(PlannerError, match=rule.replace("(", r"\(").replace("`", "`")):
@@ -128,7 +142,9 @@ def test_every_registered_lever_keeps_the_contract(lever):
     assert obj.flag is not None and obj.flag.field in obj.fields and obj.flag.name.startswith("--")
     on = {"checkpointing": dict(gradient_checkpointing=True), "optimizer": dict(optimizer="adamw8bit"),
           "optimizer_in_backward": dict(optimizer_in_backward=True), "loss_chunks": dict(loss_chunks=4),
-          "lora_targets": dict(lora_rank=8, lora_targets=["q_proj"]), "quantize": dict(quantize="nf4", lora_rank=8)}
+          "lora_targets": dict(lora_rank=8, lora_targets=["q_proj"]), "quantize": dict(quantize="nf4", lora_rank=8),
+          "offload_activations": dict(offload_activations=True, gradient_checkpointing=True),
+          "liger_fused_ce": dict(liger_fused_ce=True)}
     cfg = TrainConfig(layers="all", **on[lever])
     assert obj.active(cfg) and obj.label(cfg)
     for target in ("hf", "axolotl", "llamafactory", "lmflow", "swift"):

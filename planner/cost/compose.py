@@ -32,6 +32,7 @@ class Family:
     frees_input: dict[str, bool]
     input_bytes: int
     x0_held: bool
+    x0_kept: bool  # layer 0's input is never freed in the forward (planner.cost.trace.TraceResult.x0_kept)
     deferred: dict[str, tuple[int, int]]
     params: dict
     events: dict  # segment -> allocation/free template (planner.cost.events)
@@ -49,7 +50,8 @@ class Family:
                         events[k] = tr.events[k]
             frees.update(tr.frees_input)
             deferred.update(tr.deferred)
-        return cls(dict(first.segments), layers, frees, first.input_bytes, first.x0_held, deferred, first.params, events)
+        return cls(dict(first.segments), layers, frees, first.input_bytes, first.x0_held, first.x0_kept, deferred, first.params,
+                   events)
 
     def layer(self, phase: str, role: int, index: int = 1) -> Segment:
         """Segment of a layer in ``role``; layer 0 uses its own figures when traced at position 0."""
@@ -65,7 +67,7 @@ def _sequence(fam: Family, roles: list[int], opt_peak: tuple[int, int]) -> list[
     drop_x0 = Segment()
     for i, r in enumerate(roles):
         seg = fam.layer("fwd", r, i)
-        if fam.frees_input.get(ROLES[r], False):
+        if fam.frees_input.get(ROLES[r], False) and not (i == 0 and fam.x0_kept):
             if i == 0 and fam.x0_held:
                 drop_x0 = _free(fam.input_bytes)
             else:
@@ -152,7 +154,7 @@ def peak_many(fam: Family, role_matrix: np.ndarray, opt_peaks: np.ndarray, *, cu
         out = np.zeros((4, 2), dtype=np.int64)
         for r in present:
             out[r] = stat(fam.layer(phase, int(r), index))
-            if phase == "fwd" and fam.frees_input.get(ROLES[r], False):
+            if phase == "fwd" and fam.frees_input.get(ROLES[r], False) and not (index == 0 and fam.x0_kept):
                 out[r, 0] -= x_in  # the layer's input is freed as its forward returns
         return out
 

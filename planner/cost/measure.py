@@ -90,8 +90,11 @@ def training_step(model: nn.Module, optimizer, batch: dict, cfg: TrainConfig | N
     amp = cfg.amp if cfg is not None else "none"
     hooks = hooks or StepHooks()
     hooks.step_start()
-    ctx = torch.autocast("cpu", dtype=AMP_DTYPES[amp]) if amp != "none" else contextlib.nullcontext()
-    with ctx:
+    with contextlib.ExitStack() as stack:
+        if amp != "none":
+            stack.enter_context(torch.autocast("cpu", dtype=AMP_DTYPES[amp]))
+        for lever in active_levers(cfg) if cfg is not None else ():
+            stack.enter_context(lever.forward_context(model, cfg))
         loss = compute_loss(model, batch, cfg)
     hooks.backward_start()
     loss.backward()

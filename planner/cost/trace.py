@@ -88,6 +88,9 @@ class TraceResult:
     frees_input: dict[str, bool] = field(default_factory=dict)  # role -> its forward frees its input
     input_bytes: int = 0  # bytes of one layer input (hidden states)
     x0_held: bool = False  # the model's forward holds layer 0's input until it returns
+    # layer 0's input outlives its forward whatever its role does above layer 0 (a leaf the graph holds,
+    # with checkpointing): composition never frees it there
+    x0_kept: bool = False
     deferred: dict[str, tuple[int, int]] = field(default_factory=dict)  # role -> bytes freed at the end of forward (raw, block)
     peak_bytes: int = 0  # the traced step's own peak (raw, above nothing: includes base)
     base_bytes: int = 0
@@ -99,6 +102,7 @@ class TraceResult:
                 "layers": {k: v.to_json() for k, v in self.layers.items()},
                 "layer_by_index": [{k: v.to_json() for k, v in d.items()} for d in self.layer_by_index],
                 "frees_input": self.frees_input, "deferred": self.deferred, "input_bytes": self.input_bytes, "x0_held": self.x0_held,
+                "x0_kept": self.x0_kept,
                 "peak_bytes": self.peak_bytes, "base_bytes": self.base_bytes, "params": self.params,
                 "events": self.events}
 
@@ -110,7 +114,8 @@ class TraceResult:
                    [{k: seg(v) for k, v in d.items()} for d in data["layer_by_index"]],
                    dict(data["frees_input"]), data["input_bytes"], data["x0_held"],
                    {k: tuple(v) for k, v in data["deferred"].items()},
-                   data["peak_bytes"], data["base_bytes"], data["params"], data["events"])
+                   data["peak_bytes"], data["base_bytes"], data["params"], data["events"],
+                   x0_kept=data.get("x0_kept", False))
 
 
 def trainable_for_roles(roles: list[str]) -> list[int]:
@@ -335,6 +340,8 @@ def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_
             raise RuntimeError(f"trace: the input of layer {i} (role {role}) is freed where composition cannot place it")
         # else: layer 0's input is freed by a segment every configuration of the family shares
         # (e.g. with gradient checkpointing it is a leaf that requires grad, freed after backward)
+        if i == 0:
+            result.x0_kept = n is None or not (inside(n, "fwd:0") or inside(n, "fwd:head"))
 
     # made in a layer's forward, freed when the forward returns (autocast's cast cache of trainable
     # weights that backward does not keep): replayed after the head forward, per role

@@ -5,7 +5,7 @@ A lever owns
   which ``planner estimate``, ``planner tune`` and the plan file share;
 - its validation (:meth:`Lever.problems`): which methods and other levers it combines with;
 - what the training step does under it (:meth:`Lever.prepare`, :meth:`Lever.compute_loss`,
-  :meth:`Lever.install`): the cost model traces that same step, so its prediction follows;
+  :meth:`Lever.forward_context`, :meth:`Lever.install`): the cost model traces that same step, so its prediction follows;
 - its line in each exporter (:meth:`Lever.export`: keys, or a "lost" line);
 - whether the search may vary it (``searchable``: a result-changing choice the search samples) or pull it
   where a sampled plan does not fit as it is (``fit_value``: a memory-only lever, ``planner.tune.forms``).
@@ -16,6 +16,7 @@ Cache and reuse keys are computed from the whole validated config (``planner.cos
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -100,6 +101,10 @@ class Lever:
     def compute_loss(self, model, batch: dict, cfg):
         """The training loss, where the lever changes how it is computed; None leaves it to the model."""
         return None
+
+    def forward_context(self, model, cfg):
+        """A context entered around the step's forward and loss (e.g. saved-tensor hooks); default: none."""
+        return contextlib.nullcontext()
 
     def optimizer_strategy(self, strategy, cfg):
         """The optimizer strategy as the cost model counts it under this lever (default: unchanged)."""
