@@ -7,7 +7,7 @@ import torch
 
 from planner.errors import PlannerError
 from planner.sampling import LayerSampler, train_layerwise
-from planner.sampling.parts import find_parts
+from planner.spec.parts import model_parts
 from planner.spec import build_model, find_decoder_layers
 
 
@@ -33,17 +33,17 @@ def state_bytes(model, optimizer) -> int:
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gemma"])
 def test_parts_cover_every_parameter_once(tiny, arch):
     model = build_model(tiny(arch, num_layers=3))
-    parts = find_parts(model)
+    parts = model_parts(model)
     _, layers = find_decoder_layers(model)
     assert parts.layers is layers and parts.num_layers == 3
-    ids = [id(p) for ps in parts.layer_params for p in ps] + [id(p) for p in parts.embedding_params]
-    ids += [id(p) for p in parts.head_params if id(p) not in {id(q) for q in parts.embedding_params}]
+    ids = [id(p) for ps in parts.layer_params for p in ps] + [id(p) for p in parts.embeddings]
+    ids += [id(p) for p in parts.head_params if id(p) not in {id(q) for q in parts.embeddings}]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
-    assert id(model.get_input_embeddings().weight) in {id(p) for p in parts.embedding_params}
+    assert id(model.get_input_embeddings().weight) in {id(p) for p in parts.embeddings}
     assert parts.final_norm is not None
     assert id(model.get_output_embeddings().weight) in {id(p) for p in parts.head_params}
     if arch == "gpt2":  # positional embeddings are embeddings too
-        assert id(model.transformer.wpe.weight) in {id(p) for p in parts.embedding_params}
+        assert id(model.transformer.wpe.weight) in {id(p) for p in parts.embeddings}
 
 
 def test_requires_grad_follows_active_set_and_options(tiny):

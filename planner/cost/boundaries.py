@@ -12,7 +12,7 @@ import torch
 
 from planner.cost.measure import StepHooks
 from planner.cost.tracker import LiveBytesTracker
-from planner.cost.trainable import model_parts
+from planner.spec.parts import model_parts
 
 
 class Boundaries(StepHooks):

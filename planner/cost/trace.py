@@ -36,7 +36,7 @@ from planner.cost.events import templates
 from planner.cost.boundaries import Boundaries
 from planner.cost.measure import compute_loss, make_batch, make_optimizer, prepare_model, state_tensors, training_step
 from planner.cost.tracker import LiveBytesTracker
-from planner.cost.trainable import model_parts
+from planner.spec.parts import model_parts
 from planner.levers import active_levers
 from planner.levers.quantize import quant_state_tensors, settle
 

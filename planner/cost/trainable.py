@@ -1,13 +1,8 @@
 """Which parameters train: decoder layers, embeddings, head, LoRA adapters.
 
-Conventions the cost model predicts (and the runtime should follow):
-- **embeddings**: the input embedding and every other ``nn.Embedding`` outside the decoder
-  layers (gpt2's ``wpe``);
-- **head**: every other parameter outside the decoder layers: the output projection and the
-  final norm (``norm``/``ln_f``);
-- **tied embeddings** (qwen2, gemma, gpt2): the output projection IS the input embedding, one
-  tensor. It trains when ``train_embeddings`` OR ``train_head`` is set (training the head
-  weight means training the embedding matrix); the final norm follows ``train_head`` alone;
+The trainable-set rules for embeddings, head and tied weights live with the parts themselves
+(:mod:`planner.spec.parts`); here:
+
 - **LoRA** (``lora_rank=r``): peft adapters on every linear layer (``nn.Linear``, gpt2's
   ``Conv1D``) inside every decoder layer, ``lora_dropout=0``; base weights are frozen
   everywhere and only the adapters of the trainable layers train (a sampler switches layers
@@ -17,42 +12,11 @@ Conventions the cost model predicts (and the runtime should follow):
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 from torch import nn
 
 from planner.spec.arch import find_decoder_layers
-
-
-@dataclass
-class ModelParts:
-    layers: nn.ModuleList
-    embeddings: list[nn.Parameter]
-    head: list[nn.Parameter]  # excludes a weight tied to the embeddings
-    tied: list[nn.Parameter]  # the head weight that is also an embedding weight
-
-
-def model_parts(model: nn.Module) -> ModelParts:
-    """Split the parameters outside the decoder layers into embeddings and head."""
-    _, layers = find_decoder_layers(model)
-    in_layers = {id(p) for p in layers.parameters()}
-    emb_modules = [model.get_input_embeddings()]
-    emb_modules += [m for m in model.modules() if isinstance(m, nn.Embedding) and m is not emb_modules[0]
-                    and not any(m is mm for mm in layers.modules())]
-    emb = {id(p): p for m in emb_modules for p in m.parameters()}
-    out = model.get_output_embeddings()
-    out_ids = {id(p) for p in out.parameters()} if out is not None else set()
-    head, tied, seen = [], [], set()
-    for p in model.parameters():
-        if id(p) in in_layers or id(p) in seen:
-            continue
-        seen.add(id(p))
-        if id(p) in emb:
-            if id(p) in out_ids:
-                tied.append(p)
-            continue
-        head.append(p)
-    return ModelParts(layers, list(emb.values()), head, tied)
+from planner.spec.parts import model_parts
 
 
 def lora_targets(model: nn.Module) -> list[str]:

@@ -3,7 +3,7 @@
 Trainers name what to unfreeze by parameter name (axolotl ``unfrozen_parameters``), by leaf
 module name (LLaMA-Factory ``freeze_extra_modules``), by module-path suffix (peft
 ``modules_to_save``). Names come from the real module tree, grouped exactly as the layer
-sampler groups them (:func:`planner.sampling.parts.find_parts`), never from a table of
+sampler groups them (:func:`planner.spec.parts.model_parts`), never from a table of
 assumed names. Building on the meta device allocates nothing.
 """
 
@@ -92,7 +92,7 @@ def _names(model_type: str, config_json: str) -> dict:
     from torch import nn
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from planner.sampling.parts import find_parts
+    from planner.spec.parts import model_parts
 
     data = json.loads(config_json)
     data.pop("model_type", None)
@@ -104,13 +104,13 @@ def _names(model_type: str, config_json: str) -> dict:
         cfg.layer_types = list(cfg.layer_types)[:2] + [cfg.layer_types[-1]] * max(0, 2 - len(cfg.layer_types))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
-    parts = find_parts(model)
+    parts = model_parts(model)
     name_of = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         name_of.setdefault(id(p), name)
     module_name = {id(m): n for n, m in model.named_modules()}
-    emb = tuple(name_of[id(p)] for p in parts.embedding_params)
-    emb_ids = {id(p) for p in parts.embedding_params}
+    emb = tuple(name_of[id(p)] for p in parts.embeddings)
+    emb_ids = {id(p) for p in parts.embeddings}
     head = tuple(name_of[id(p)] for p in parts.head_params if id(p) not in emb_ids)
     tied = any(id(p) in emb_ids for p in parts.head_params)
     out_emb = model.get_output_embeddings()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from planner.errors import PlannerError, collect
-from planner.sampling.parts import find_parts
+from planner.spec.parts import model_parts
 from planner.sampling.scorers import Scorer, get_scorer
 
 
@@ -56,7 +56,7 @@ class LayerSampler:
                  scorer_options: dict[str, Any] | None = None, train_embeddings: bool = True,
                  train_head: bool = True, min_depth: int = 0, seed: int = 0) -> None:
         self.model = model
-        self.parts = find_parts(model)
+        self.parts = model_parts(model)
         self.num_layers = self.parts.num_layers
         gamma, period, min_depth = (_as_int(v) for v in (gamma, period, min_depth))
         problems = []
@@ -85,11 +85,11 @@ class LayerSampler:
 
         static = []
         if self.train_embeddings:
-            static += self.parts.embedding_params
+            static += self.parts.embeddings
         if self.train_head:
             static += self.parts.head_params
         self._static = {id(p): p for p in static}
-        for p in self.parts.embedding_params + self.parts.head_params:
+        for p in self.parts.embeddings + self.parts.head_params:
             p.requires_grad_(id(p) in self._static)
         for params in self.parts.layer_params:
             for p in params:

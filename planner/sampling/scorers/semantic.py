@@ -54,7 +54,7 @@ class SemanticScorer(Scorer):
 
     def bind(self, sampler) -> None:
         super().bind(sampler)
-        if self.sampler.parts.head is None or getattr(self.sampler.parts.head, "weight", None) is None:
+        if self.sampler.parts.head_module is None or getattr(self.sampler.parts.head_module, "weight", None) is None:
             raise PlannerError(f"semantic scorer needs an output embedding, but {type(sampler.model).__name__} has none")
 
     def measure(self, model, batch: dict) -> list[float]:
@@ -76,7 +76,7 @@ class SemanticScorer(Scorer):
         labels = batch.get("labels", batch["input_ids"])
         targets = labels[:, 1:]
         keep = targets != -100
-        u = self.sampler.parts.head.weight.detach().float()[targets.clamp(min=0)][keep]  # (tokens, H)
+        u = self.sampler.parts.head_module.weight.detach().float()[targets.clamp(min=0)][keep]  # (tokens, H)
         deviations = []
         for i in range(len(layers)):
             delta = (states[i] - states[i - 1])[:, :-1].float()[keep]
