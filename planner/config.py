@@ -7,7 +7,7 @@ memory lever (checkpointing, optimizer, quantization, ...) by its module in :mod
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
@@ -77,5 +77,14 @@ class MethodConfig(BaseModel):
         return sorted(self.layers or [])
 
 
-TrainConfig = create_model("TrainConfig", __base__=MethodConfig, __module__=__name__, **lever_fields())
-TrainConfig.__doc__ = MethodConfig.__doc__ + "\n\n    Lever fields: " + ", ".join(lever_fields()) + " (planner.levers)."
+if TYPE_CHECKING:
+    class TrainConfig(MethodConfig):
+        """For a type checker: the lever fields are made at import from the registered levers, so they are
+        typed ``Any`` here rather than listed twice."""
+
+        def __init__(self, **data: Any) -> None: ...
+
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    TrainConfig = create_model("TrainConfig", __base__=MethodConfig, __module__=__name__, **lever_fields())
+    TrainConfig.__doc__ = MethodConfig.__doc__ + "\n\n    Lever fields: " + ", ".join(lever_fields()) + " (planner.levers)."
