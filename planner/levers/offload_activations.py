@@ -150,7 +150,9 @@ class OffloadActivations(Lever):
         if not cfg.offload_activations or target == "planner":
             return ExportItems()
         if target == "axolotl":
-            # axolotl wraps the step in TRL's OffloadActivations (streams on): up to 5 saved tensors more in forward
-            return ExportItems({"activation_offloading": True})
+            # axolotl wraps the step in TRL's OffloadActivations with streams on
+            return ExportItems({"activation_offloading": True}, lost=[
+                "axolotl offloads on a second CUDA stream: up to 5 offloaded tensors (layer inputs) stay on the device "
+                "in forward and one copied-back input in backward beyond the plan's estimate (the synchronous form)"])
         return ExportItems(lost=[f"activation offloading (torchtune's OffloadActivations): {target} keeps every "
                                  "checkpointed layer's input on the device"])
