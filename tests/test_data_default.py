@@ -303,3 +303,52 @@ def test_data_builtin_names_a_built_in_task(monkeypatch):
     with pytest.raises(PlannerError, match=r"builtin:<task> must name one of .*'sort'.* but got 'nope'"):
         load_workload(data="builtin:nope")
     assert len(calls) == 2  # refused before any pretraining
+
+
+def test_packaged_weights_are_the_default_recipes_and_intact():
+    """The shipped weights: recorded as made from the default recipe, and their tensors hash to what was recorded
+    (computed here from the loaded tensors, not from the file hash the loader checks)."""
+    from transformers import LlamaForCausalLM
+
+    from planner.data.pretrain import DEFAULT_RECIPE, SHIPPED, recipe_identity, shipped_model
+
+    meta = json.loads((SHIPPED / "planner_pretrain.json").read_text())
+    assert shipped_model(DEFAULT_RECIPE) == SHIPPED
+    assert meta["identity"] == recipe_identity(DEFAULT_RECIPE)
+    model = LlamaForCausalLM.from_pretrained(SHIPPED)
+    assert weights_sha256(model) == meta["weights_sha256"]
+    assert model.config.num_hidden_layers == DEFAULT_RECIPE.layers and meta["parameters"] == model.num_parameters()
+    assert ensure_default_model(DEFAULT_RECIPE, progress=False) == SHIPPED
+    # any other recipe (another depth: a shallower target) is pretrained, never served the packaged weights
+    assert shipped_model(recipe_for(4)) is None and shipped_model(dataclasses.replace(DEFAULT_RECIPE, steps=599)) is None
+
+
+def test_damaged_packaged_weights_are_not_used(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from planner.data.pretrain import DEFAULT_RECIPE, SHIPPED, shipped_model
+
+    copy = tmp_path / "default_weights"
+    shutil.copytree(SHIPPED, copy)
+    monkeypatch.setattr(pretrain_mod, "SHIPPED", copy)
+    assert shipped_model(DEFAULT_RECIPE) == copy
+    with open(copy / "model.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    assert shipped_model(DEFAULT_RECIPE) is None
+    assert "do not match their recorded SHA-256: pretraining instead" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_committed_recipe_reproduces_the_packaged_weights(tmp_path, monkeypatch):
+    """Where this machine runs the library versions and CPU kernels that made the packaged weights, pretraining
+    the default recipe gives the same bytes (elsewhere float reductions may round differently: skipped)."""
+    from planner.data.pretrain import DEFAULT_RECIPE, ENVIRONMENT, SHIPPED, recipe_fingerprint
+
+    meta = json.loads((SHIPPED / "planner_pretrain.json").read_text())
+    here = {k: recipe_fingerprint(DEFAULT_RECIPE)[k] for k in ENVIRONMENT}
+    if here != meta["produced_with"]:
+        pytest.skip(f"made with {meta['produced_with']}, this machine has {here}")
+    monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path))
+    model, _ = pretrain_mod.pretrain(DEFAULT_RECIPE, progress=False)
+    assert weights_sha256(model) == meta["weights_sha256"]

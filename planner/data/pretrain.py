@@ -12,6 +12,12 @@ in a different order, and the weights (and every proxy score after them) would d
 one name.
 A file lock keeps two processes from pretraining the same entry at once, and the finished
 directory appears by an atomic rename, so a reader never sees half of it.
+
+The default recipe's weights ship with the package (``planner/data/default_weights``, 4.8 MB, made by
+``studies/make_default_weights.py`` with this very recipe): a first run loads them instead of
+pretraining. They are used only where the recipe they record (architecture, schedule, seed, tokenizer,
+corpus; not the library versions that produced them) is the one asked for and the file's SHA-256 matches;
+anywhere else the recipe runs as above.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from planner.data.tokenizer import CHARS, SPECIALS, VOCAB_SIZE, CharTokenizer
 from planner.errors import PlannerError
 from planner.threads import torch_threads
 
+SHIPPED = Path(__file__).parent / "default_weights"  # the default recipe's weights, package data
 RECIPE_VERSION = 2  # bump when the training loop changes in a way the fields below do not show
 CORPUS_SAMPLE_CHARS = 4096  # corpus text hashed into the cache key
 
@@ -102,6 +109,41 @@ def recipe_fingerprint(recipe: PretrainRecipe) -> dict:
     return {"recipe": dataclasses.asdict(recipe), "version": RECIPE_VERSION, "specials": list(SPECIALS), "chars": CHARS,
             "corpus": corpus_text(random.Random(0), CORPUS_SAMPLE_CHARS), "torch": torch.__version__,
             "transformers": transformers.__version__, "cpu_kernels": torch.backends.cpu.get_cpu_capability()}
+
+
+ENVIRONMENT = ("torch", "transformers", "cpu_kernels")  # what produced the weights, not what the recipe is
+
+
+def recipe_identity(recipe: PretrainRecipe) -> dict:
+    """The recipe without the environment that runs it: what shipped weights must have been made from."""
+    fp = recipe_fingerprint(recipe)
+    corpus = fp.pop("corpus")
+    identity = {k: v for k, v in fp.items() if k not in ENVIRONMENT}
+    identity["corpus_sha256"] = hashlib.sha256(corpus.encode()).hexdigest()
+    return identity
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shipped_model(recipe: PretrainRecipe) -> Path | None:
+    """The packaged weights when they were made from ``recipe`` and are intact, else None."""
+    meta_path = SHIPPED / "planner_pretrain.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("identity") != recipe_identity(recipe):
+        return None
+    weights = SHIPPED / "model.safetensors"
+    if not weights.is_file() or file_sha256(weights) != meta.get("file_sha256"):
+        say(f"the packaged default weights at {SHIPPED} do not match their recorded SHA-256: pretraining instead")
+        return None
+    return SHIPPED
 
 
 def cache_key(recipe: PretrainRecipe) -> str:
@@ -197,8 +239,12 @@ def _complete(path: Path) -> bool:
     return (path / "planner_pretrain.json").is_file() and (path / "config.json").is_file()
 
 
-def ensure_default_model(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: bool = True) -> Path:
-    """The cached default model directory, pretraining it first when it is not there yet."""
+def ensure_default_model(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: bool = True,
+                         shipped: bool = True) -> Path:
+    """The default model directory: the packaged weights where they are ``recipe``'s (``shipped``), else the
+    cached pretraining, pretraining first when it is not there yet."""
+    if shipped and (path := shipped_model(recipe)) is not None:
+        return path
     final = cache_dir(recipe)
 
     def build(tmp: Path) -> None:
