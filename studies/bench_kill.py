@@ -123,21 +123,22 @@ def examine(storage, study, n_trials, log, errdir, journal):
     import optuna
     from optuna.trial import TrialState
 
+    from planner.tune import record
     from planner.tune.baselines import KINDS
-    from planner.tune.lifecycle import counted, interrupted
+    from planner.tune.record import WORKER_DIED, counted, interrupted
     from planner.tune.storage import open_storage
 
     trials = optuna.load_study(storage=open_storage(storage), study_name=study).trials
     done = [t for t in trials if counted(t)]
     point = lambda t: json.dumps(t.params, sort_keys=True)  # noqa: E731
-    root = lambda t: t.user_attrs.get("retry_of", t.number)  # noqa: E731
+    root = lambda t: t.number if (first := record.read(t).retry_of) is None else first  # noqa: E731
     trained_roots = {root(t) for t in done}
     queued_roots = {root(t) for t in trials if t.state == TrialState.WAITING}
     cut = [t for t in trials if interrupted(t) and t.params]
     lost_points = [t.number for t in cut if root(t) not in trained_roots and root(t) not in queued_roots]
-    missing_baselines = [k for k in KINDS if not any(t.user_attrs.get("kind") == k for t in done)]
+    missing_baselines = [k for k in KINDS if not any(record.kind_of(t) == k for t in done)]
     short = max(0, n_trials - len(done))
-    points = Counter(point(t) for t in done if t.user_attrs.get("fits") is not False)
+    points = Counter(point(t) for t in done if record.read(t).fits is not False)
     dup_points = sum(c - 1 for c in points.values() if c > 1)
     entries = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
     by_trial = Counter(e["trial"] for e in entries)
@@ -149,8 +150,8 @@ def examine(storage, study, n_trials, log, errdir, journal):
     torn = Path(storage + ".torn") if journal else None
     return {
         "trials stored": len(trials), "counted": len(done), "interrupted": sum(interrupted(t) for t in trials),
-        "worker died": sum((t.user_attrs.get("reason") or "").startswith("worker died") for t in trials),
-        "retries": sum("retry_of" in t.user_attrs for t in trials), "queued retries left": len(queued_roots),
+        "worker died": sum((record.read(t).reason or "").startswith(WORKER_DIED) for t in trials),
+        "retries": sum("retry_of" in record.read(t).model_fields_set for t in trials), "queued retries left": len(queued_roots),
         "lost": short + len(missing_baselines) + len(lost_points),
         "lost detail": {"short of n_trials": short, "baselines missing": missing_baselines, "points never retrained": lost_points},
         "duplicated": dup_points + dup_trials,

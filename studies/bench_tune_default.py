@@ -31,6 +31,7 @@ def main() -> int:
     import transformers
 
     from planner.plan import Plan
+    from planner.tune import record
     from planner.tune.storage import open_storage
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,12 +47,13 @@ def main() -> int:
         (name,) = optuna.get_all_study_names(open_storage(storage))
         trials = optuna.load_study(study_name=name, storage=open_storage(storage)).trials
         plan = Plan.load(f"{tmp}/studies/{name}/plan.yaml")
-    gated = sum(bool(t.user_attrs.get("gated")) for t in trials)
-    trained = sum(t.user_attrs.get("metric") is not None and t.user_attrs.get("reused_from") is None for t in trials)
-    reused = sum(t.user_attrs.get("reused_from") is not None for t in trials)
+    records = [(t, record.read(t)) for t in trials]
+    gated = sum(bool(a.gated) for _, a in records)
+    trained = sum(a.metric is not None and a.reused_from is None for _, a in records)
+    reused = sum(a.reused_from is not None for _, a in records)
     pruned = sum(t.state.name == "PRUNED" for t in trials) - gated
     failed = sum(t.state.name == "FAIL" for t in trials)
-    train_s = sum(t.user_attrs.get("train_seconds") or 0.0 for t in trials if t.user_attrs.get("reused_from") is None)
+    train_s = sum(a.train_seconds or 0.0 for _, a in records if a.reused_from is None)
     lines = [
         f"run at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: `planner tune --vram 24GB` "
         f"({os.cpu_count()} cores, load {load_before:.1f} at the start, torch {torch.__version__}, "
@@ -60,11 +62,10 @@ def main() -> int:
         f"{reused} reused a proxy run, {gated} gated (predicted over 24 GB, never trained), {pruned} pruned early, "
         f"{failed} failed",
     ]
-    for t in trials:
-        if t.user_attrs.get("kind", "search") != "search":
-            a = t.user_attrs
-            what = f"{a['metric']:.4f}" if a.get("metric") is not None else "does not fit" if a.get("gated") else t.state.name
-            lines.append(f"  {a['kind']}: predicted {a['predicted_peak_bytes'] / 2**30:.2f} GiB -> {what}")
+    for t, a in records:
+        if a.kind != record.SEARCH:
+            what = f"{a.metric:.4f}" if a.metric is not None else "does not fit" if a.gated else t.state.name
+            lines.append(f"  {a.kind}: predicted {a.predicted_peak_bytes / 2**30:.2f} GiB -> {what}")
     lines.append(f"  plan: {plan.model} ({plan.num_layers} layers), γ={plan.active_layers} from layer {plan.min_depth}, "
                  f"checkpointing {'on' if plan.train.gradient_checkpointing else 'off'}, {plan.scorer}, K={plan.period}, "
                  f"{plan.metric_name} {plan.metric:.4f}; predicted peak {plan.predicted_peak_bytes:,} B "

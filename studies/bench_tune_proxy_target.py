@@ -57,13 +57,14 @@ def cpu_measured(spec, trial, shape: dict) -> int:
     from planner.config import TrainConfig
     from planner.cost import measure_training_peak
     from planner.spec import build_model
+    from planner.tune import record
 
-    p, a = trial.params, trial.user_attrs
+    p, a = trial.params, record.read(trial)
     cfg = TrainConfig(**shape, min_depth=0, gradient_checkpointing=p["gradient_checkpointing"],
                       train_embeddings=p["train_embeddings"], train_head=p["train_head"], lora_rank=p.get("lora_rank") or None)
     torch.manual_seed(0)
     batch = torch.randint(3, spec.vocab_size, (shape["batch_size"], shape["seq_len"]))
-    return measure_training_peak(build_model(spec, dtype=shape["dtype"], seed=0), cfg, batch, layers=a["trainable_layers"])
+    return measure_training_peak(build_model(spec, dtype=shape["dtype"], seed=0), cfg, batch, layers=a.trainable_layers)
 
 
 def main() -> int:
@@ -89,6 +90,7 @@ def main() -> int:
 
     from planner.cli.main import main as planner
     from planner.spec import load_spec
+    from planner.tune import record
     from planner.tune.storage import open_storage
 
     if args.device == "cpu":
@@ -116,17 +118,17 @@ def main() -> int:
         device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
         rows = []
         for t in trials:
-            a, p = t.user_attrs, t.params
-            row = {"trial": t.number, "kind": a.get("kind"), "gamma": p["gamma"], "min_depth": a.get("min_depth"),
+            a, p = record.read(t), t.params
+            row = {"trial": t.number, "kind": str(a.kind), "gamma": p["gamma"], "min_depth": a.min_depth,
                    "checkpointing": p["gradient_checkpointing"], "embeddings": p["train_embeddings"],
                    "head": p["train_head"], "lora_rank": p.get("lora_rank") or 0, "state": t.state.name,
-                   "gated": bool(a.get("gated")), "predicted": a.get("predicted_peak_bytes"),
-                   "trainable_layers": a.get("trainable_layers"), "reason": a.get("reason")}
-            if a.get("measured_memory"):
-                m = a["measured_memory"]
-                row.update(measured=m["device_used_bytes"], max_reserved=m["max_reserved_bytes"],
-                           max_allocated=m["max_allocated_bytes"], outside=m["outside_allocator_bytes"])
-            elif args.device == "cpu" and not row["gated"] and a.get("reused_from") is None and a.get("trainable_layers"):
+                   "gated": bool(a.gated), "predicted": a.predicted_peak_bytes,
+                   "trainable_layers": a.trainable_layers, "reason": a.reason}
+            if a.measured_memory:
+                m = a.measured_memory
+                row.update(measured=m.device_used_bytes, max_reserved=m.max_reserved_bytes,
+                           max_allocated=m.max_allocated_bytes, outside=m.outside_allocator_bytes)
+            elif args.device == "cpu" and not row["gated"] and a.reused_from is None and a.trainable_layers:
                 row["measured"] = cpu_measured(spec, t, shape)
             rows.append(row)
     lines = [f"`planner tune --proxy target` on {device} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "

@@ -145,7 +145,7 @@ def run_one(name: str, vram: str, n_trials: int, steps: int, work: Path) -> dict
     import optuna
     import torch
 
-    from planner.tune import TuneOptions, run_tune
+    from planner.tune import TuneOptions, record, run_tune
     from planner.tune.baselines import KINDS, best_of_kind
     from planner.tune.confirm import confirm_seed
     from planner.tune.storage import open_storage
@@ -167,7 +167,7 @@ def run_one(name: str, vram: str, n_trials: int, steps: int, work: Path) -> dict
     batch = getattr(wl, "batch_size", None) or default_batch_size(int(wl.seq_len))
     seeds = [confirm_seed(BENCH_SEED, i) for i in range(SEEDS)]
     plans = [("tuned plan", next(t for t in trials if t.number == result.best_trial_number))]
-    plans += [(k.split(":", 1)[1], best_of_kind(trials, k, wl.direction)) for k in KINDS]
+    plans += [(k.name, best_of_kind(trials, k, wl.direction)) for k in KINDS]
     done_path = work / f"{study_name}-retrain.json"  # each finished run, so a restart skips it
     done = json.loads(done_path.read_text()) if done_path.exists() else {}
     with_eval_loss(wl)
@@ -176,8 +176,9 @@ def run_one(name: str, vram: str, n_trials: int, steps: int, work: Path) -> dict
     for label, t in plans:
         if t is None:
             continue
-        row = {"plan": label, "trial": t.number, "params": dict(t.params), "peak": t.user_attrs.get("predicted_peak_bytes"),
-               "fits": t.user_attrs.get("fits"), "kind": t.user_attrs.get("kind"), "study_metric": t.user_attrs.get("metric")}
+        a = record.read(t)
+        row = {"plan": label, "trial": t.number, "params": dict(t.params), "peak": a.predicted_peak_bytes,
+               "fits": a.fits, "kind": str(a.kind), "study_metric": a.metric}
         if row["fits"]:
             runs = []
             for s in seeds:

@@ -74,7 +74,7 @@ def summary_counts(out: str) -> dict:
 
 def toward_n(ts) -> int:
     """Trials that count toward --n-trials (learning-rate sweeps and confirmation runs come on top)."""
-    from planner.tune.baselines import is_sweep
+    from planner.tune.record import is_sweep
     from planner.tune.confirm import is_confirm
 
     return sum(counted(t) and not is_sweep(t) and not is_confirm(t) for t in ts)

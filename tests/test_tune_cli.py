@@ -10,8 +10,9 @@ import optuna
 import pytest
 
 from planner.cli.main import main
-from planner.tune.baselines import KINDS, is_sweep
+from planner.tune.baselines import KINDS
 from planner.tune.confirm import is_confirm
+from planner.tune.record import is_sweep
 from planner.tune.storage import open_storage
 from tune_helpers import write_user_workload
 

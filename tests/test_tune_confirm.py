@@ -11,10 +11,11 @@ from optuna.trial import TrialState
 from planner.errors import PlannerError
 from planner.plan import Plan
 from planner.tune import TuneOptions, run_tune
-from planner.tune.baselines import KINDS, LR_SWEEP_FACTORS, best_of_kind, is_sweep
+from planner.tune.baselines import KINDS, LR_SWEEP_FACTORS, best_of_kind
 from planner.tune.confirm import (BEYOND, WITHIN, WORSE, Confirmed, confirm_seed, is_confirm, margin, margins,
-                                  parse_kind, select_candidates)
+                                  select_candidates)
 from planner.tune.proxy import run_proxy
+from planner.tune.record import SEARCH, BadTrialKind, Confirm, is_sweep, parse_kind
 from planner.tune.space import DEFAULT_LR
 from planner.tune.storage import open_storage
 
@@ -54,7 +55,10 @@ def tuned(wl, target, tmp_path_factory):
 
 
 def test_seeds_and_kinds():
-    assert parse_kind("confirm:12:3") == (12, 3) and parse_kind("search") is None and parse_kind("confirm:x") is None
+    kind = parse_kind("confirm:12:3")
+    assert kind == Confirm(12, 3) and (kind.trial, kind.seed) == (12, 3) and parse_kind("search") == SEARCH
+    with pytest.raises(BadTrialKind):
+        parse_kind("confirm:x")
     seeds = [confirm_seed(0, i) for i in range(5)]
     assert len(set(seeds)) == 5 and 0 not in seeds and seeds == [confirm_seed(0, i) for i in range(5)]
     assert confirm_seed(1, 0) != confirm_seed(0, 0)
@@ -156,7 +160,7 @@ def test_confirmation_runs_are_trials_and_the_plan_is_the_best_mean(tuned, wl):
 
     # candidates: the 2 best searched proxy runs and every baseline at its best rate, 2 seeds each (eval loss: lower
     # is better); the selection itself on a study built by hand: test_candidates_*
-    sources = {parse_kind(t.user_attrs["kind"])[0] for t in confirms}
+    sources = {parse_kind(t.user_attrs["kind"]).trial for t in confirms}
     assert len(confirms) == 2 * len(sources)
     trained = [t for t in others if t.state == TrialState.COMPLETE and t.user_attrs["fits"] is True]
     chosen = [trials[n] for n in sources if trials[n].user_attrs["kind"] == "search"]
@@ -172,7 +176,7 @@ def test_confirmation_runs_are_trials_and_the_plan_is_the_best_mean(tuned, wl):
         assert len(picked) == (1 if of_kind else 0), kind
         assert not of_kind or picked[0].user_attrs["metric"] == min(t.user_attrs["metric"] for t in of_kind)
     for t in confirms:
-        src, i = parse_kind(t.user_attrs["kind"])
+        src, i = parse_kind(t.user_attrs["kind"]).trial, parse_kind(t.user_attrs["kind"]).seed
         assert t.params == trials[src].params and t.user_attrs["confirm_seed"] == i
         assert t.intermediate_values == {}  # never seen by the pruner
     # each confirmation run trained with its documented seed, never the search's own
@@ -184,7 +188,8 @@ def test_confirmation_runs_are_trials_and_the_plan_is_the_best_mean(tuned, wl):
     assert conf is not None and conf.seeds == [confirm_seed(0, 0), confirm_seed(0, 1)] and conf.steps == STEPS
     by_source = {}
     for t in confirms:
-        by_source.setdefault(parse_kind(t.user_attrs["kind"])[0], {})[parse_kind(t.user_attrs["kind"])[1]] = t.value
+        kind = parse_kind(t.user_attrs["kind"])
+        by_source.setdefault(kind.trial, {})[kind.seed] = t.value
     for c in conf.candidates:
         values = [by_source[c.trial_number][i] for i in range(2)]
         assert c.metrics == values and c.mean == pytest.approx(statistics.fmean(values))
@@ -217,7 +222,7 @@ def test_resume_confirms_only_what_is_missing(tuned, wl, target):
     assert len([t for t in load(tmp).trials if is_confirm(t)]) == before
     run_tune(options(tmp, target, wl, confirm_seeds=3), workload=wl, progress=False)
     confirms = [t for t in load(tmp).trials if is_confirm(t)]
-    assert len(confirms) == before * 3 // 2 and {parse_kind(t.user_attrs["kind"])[1] for t in confirms} == {0, 1, 2}
+    assert len(confirms) == before * 3 // 2 and {parse_kind(t.user_attrs["kind"]).seed for t in confirms} == {0, 1, 2}
     assert len(Plan.load(tmp / "plan.yaml").confirmation.seeds) == 3
 
 

@@ -10,19 +10,22 @@ from matplotlib.ticker import MaxNLocator
 
 from planner.plan import BREAKDOWN_KEYS
 from planner.report.data import ReportData, gib
+from planner.tune.baselines import FULL_BASELINE, LISA_BASELINE, LORA_BASELINE, QLORA_BASELINE
+from planner.tune.record import SEARCH, Confirm, parse_kind
 
 DPI = 100
 PART_COLORS = {
     "weights": "#4c72b0", "gradients": "#dd8452", "optimizer": "#55a868",
     "activations": "#c44e52", "transient": "#8172b3", "overhead": "#937860",
 }
+CONFIRM_STYLE = "confirm"  # one style for every confirmation run
 KIND_STYLE = {  # marker, color, label
-    "search": ("o", "#4c72b0", "search trial"),
-    "baseline:full": ("s", "#c44e52", "full fine-tuning"),
-    "baseline:lora": ("^", "#55a868", "LoRA"),
-    "baseline:qlora": ("P", "#2f7d4f", "QLoRA (4-bit base)"),
-    "baseline:lisa": ("D", "#dd8452", "LISA defaults"),
-    "confirm": ("v", "#8172b3", "confirmation run (a plan again, another seed)"),
+    SEARCH: ("o", "#4c72b0", "search trial"),
+    FULL_BASELINE: ("s", "#c44e52", "full fine-tuning"),
+    LORA_BASELINE: ("^", "#55a868", "LoRA"),
+    QLORA_BASELINE: ("P", "#2f7d4f", "QLoRA (4-bit base)"),
+    LISA_BASELINE: ("D", "#dd8452", "LISA defaults"),
+    CONFIRM_STYLE: ("v", "#8172b3", "confirmation run (a plan again, another seed)"),
 }
 BUDGET_COLOR = "#d62728"
 OFF_SCALE = 3.0  # a budget more than this many times the largest value drawn is written, not drawn
@@ -34,11 +37,12 @@ def _model_name(data: ReportData) -> str:
 
 
 def _kind(kind: str) -> str:
-    """The style of a trial kind: confirmation runs (``confirm:<trial>:<i>``) share one; kinds without a style of
-    their own are drawn as search trials."""
-    if kind.startswith("confirm:"):
-        return "confirm"
-    return kind if kind in KIND_STYLE else "search"
+    """The style of a trial kind (:func:`planner.tune.record.parse_kind`): confirmation runs share one; kinds without
+    a style of their own are drawn as search trials."""
+    kind = parse_kind(kind)
+    if isinstance(kind, Confirm):
+        return CONFIRM_STYLE
+    return kind if kind in KIND_STYLE else SEARCH
 
 
 def _budget(ax, data: ReportData, values: list[float], *, vertical: bool = False) -> bool:
@@ -106,7 +110,7 @@ def tradeoff_figure(data: ReportData) -> Figure:
         pts = [p for p in done if _kind(p.kind) == kind]
         if pts:
             ax.scatter([gib(p.peak_bytes) for p in pts], [p.metric for p in pts], marker=marker, color=color,
-                       s=46 if kind == "search" else 70, alpha=0.8, label=label, zorder=3, edgecolor="white", lw=0.5)
+                       s=46 if kind == SEARCH else 70, alpha=0.8, label=label, zorder=3, edgecolor="white", lw=0.5)
     front = sorted((p for p in done if p.pareto), key=lambda p: p.peak_bytes)
     if front:
         ax.plot([gib(p.peak_bytes) for p in front], [p.metric for p in front], color="black", lw=1.2,

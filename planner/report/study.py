@@ -1,7 +1,8 @@
 """Report data of a study written by `planner tune`: its trials, baselines, sweeps and history.
 
 The study's target (``user_attrs['target']``, ``['target_shape']``) is what every bar and curve
-is for: the trials' own predictions, and cost-model curves for the target in its training shape.
+is for: the trials' own predictions (their records, :mod:`planner.tune.record`), and cost-model curves for the
+target in its training shape.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from planner.errors import PlannerError
 from planner.report.data import (BASELINES, LISA_DEFAULT_GAMMA, PLAN_KEY, PLAN_LABEL, Bar, Estimator, HistoryPoint,
                                  ImportanceMap, ReportData, Sweep, TrialPoint, _breakdown_dict, _config, _fits,
                                  _model_sweeps, baseline_configs, cost_model_estimator, savings_table)
+from planner.tune import record
+from planner.tune.baselines import best_of_kind
+from planner.tune.confirm import best_confirmed, confirmed, report_lines
+from planner.tune.record import SEARCH, Baseline, Confirm
 
 MAX_IMPORTANCE_MAPS = 4
 
@@ -61,20 +66,19 @@ def _finite(v) -> float | None:
 
 
 def _trial_point(t) -> TrialPoint:
-    ua, p = t.user_attrs, t.params
+    rec, p = record.read(t), t.params
     state = t.state.name
     metric = None
     if state == "COMPLETE":
         vals = t.values
-        metric = _finite(vals[0]) if vals else _finite(ua.get("metric"))
-    lowest = ua.get("lowest_layer")
-    if lowest is None and ua.get("trainable_layers"):
-        lowest = min(ua["trainable_layers"])
+        metric = _finite(vals[0]) if vals else _finite(rec.metric)
+    lowest = rec.lowest_layer
+    if lowest is None and rec.trainable_layers:
+        lowest = min(rec.trainable_layers)
     return TrialPoint(
-        number=t.number, state=state, kind=str(ua.get("kind", "search")),
-        peak_bytes=_int_or_none(ua.get("predicted_peak_bytes")), metric=metric,
-        gated=bool(ua.get("gated", False)), fits=ua.get("fits"), reason=str(ua.get("reason", "") or ""),
-        gamma=_int_or_none(p.get("gamma")), lowest_layer=_int_or_none(lowest), scorer=p.get("scorer"),
+        number=t.number, state=state, kind=rec.kind, peak_bytes=rec.predicted_peak_bytes, metric=metric,
+        gated=bool(rec.gated), fits=rec.fits, reason=rec.reason or "",
+        gamma=_int_or_none(p.get("gamma")), lowest_layer=lowest, scorer=p.get("scorer"),
     )
 
 
@@ -99,7 +103,7 @@ def _best(points: list[TrialPoint], direction: str, multi_objective: bool) -> Tr
     kind; on the Pareto front when multi-objective), the lower predicted peak breaking ties."""
     sign = 1.0 if direction == "maximize" else -1.0
     cand = [p for p in points if p.state == "COMPLETE" and p.metric is not None and p.fits is True
-            and not p.kind.startswith("confirm:")]  # a confirmation run is one seed of another trial's point
+            and not isinstance(p.kind, Confirm)]  # a confirmation run is one seed of another trial's point
     if multi_objective and any(p.pareto for p in cand):
         cand = [p for p in cand if p.pareto]
     if not cand:
@@ -114,7 +118,7 @@ def _history(points: list[TrialPoint], direction: str) -> list[HistoryPoint]:
     for p in sorted(points, key=lambda p: p.number):
         if p.metric is None:
             continue
-        if p.kind == "search" and (best is None or sign * p.metric > sign * best):
+        if p.kind == SEARCH and (best is None or sign * p.metric > sign * best):
             best = p.metric
         out.append(HistoryPoint(p.number, p.kind, p.metric, best))
     return out
@@ -126,8 +130,8 @@ def _importance_maps(trials, points: dict[int, TrialPoint], num_layers: int | No
     sign = 1.0 if direction == "maximize" else -1.0
     per_scorer: dict[str, ImportanceMap] = {}
     for t in trials:
-        rec = t.user_attrs.get("importance") or []
-        rows = [r for r in rec if isinstance(r, dict) and r.get("weights")]
+        history = record.read(t).importance or []
+        rows = [r for r in history if isinstance(r, dict) and r.get("weights")]
         # a re-draw at the step of the previous record replaces it: one row per step
         rows = [r for i, r in enumerate(rows) if i + 1 == len(rows) or rows[i + 1].get("step") != r.get("step")]
         if len(rows) < 2:
@@ -218,8 +222,6 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
     for p in points:
         p.pareto = p.number in front
     best = _best(points, direction, len(study.directions) > 1 or bool(ua.get("multi_objective")))
-    from planner.tune.confirm import best_confirmed, confirmed, report_lines
-
     top = best_confirmed(confirmed(trials), direction)  # as `planner tune` writes it: the best confirmed mean
     best = by_number[top.source.number] if top is not None else best
     notes: dict[str, str] = {}
@@ -237,13 +239,11 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
     bars: list[Bar] = []
     configs = baseline_configs(base)
     for key, label in BASELINES:
-        from planner.tune.baselines import best_of_kind
-
         # the best learning rate of its sweep (a trained record first, then the latest)
-        t = best_of_kind([t for t in trials if t.user_attrs.get("breakdown")], f"baseline:{key}", direction)
+        t = best_of_kind([t for t in trials if record.read(t).breakdown], Baseline(key), direction)
         if t is not None:
             pt = by_number[t.number]
-            parts = _breakdown_dict(t.user_attrs["breakdown"])
+            parts = _breakdown_dict(record.read(t).breakdown)
             peak = pt.peak_bytes if pt.peak_bytes is not None else sum(parts.values())
             fits = pt.fits if pt.fits is not None else _fits(peak, vram)
             bars.append(Bar(key, label, parts, peak, f"trial #{t.number}", fits, pt.metric, t.number))
@@ -255,7 +255,7 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
                 notes["breakdown"] = "; ".join(filter(None, [notes.get("breakdown"), f"{label}: {exc}"]))
     if best is not None:
         t = next(t for t in trials if t.number == best.number)
-        parts = _breakdown_dict(t.user_attrs.get("breakdown"))
+        parts = _breakdown_dict(record.read(t).breakdown)
         peak = best.peak_bytes if best.peak_bytes is not None else sum(parts.values())
         bars.append(Bar(PLAN_KEY, f"{PLAN_LABEL} (#{best.number})", parts, peak, f"trial #{best.number}",
                         best.fits if best.fits is not None else _fits(peak, vram), best.metric, best.number))
@@ -337,12 +337,12 @@ def _details(ua: dict, base: TrainConfig, num_layers: int | None, trials) -> lis
     settings = [f"{k.replace('_', ' ')}: {ua[k]}" for k in ("workload", "steps", "seed") if ua.get(k) is not None]
     if settings:
         out.append("study settings: " + ", ".join(settings).replace("steps:", "proxy steps per trial:"))
-    measured = [t for t in trials if t.user_attrs.get("measured_memory")]
+    measured = [(t.number, rec) for t in trials if (rec := record.read(t)).measured_memory]
     if measured:
-        worst = max(measured, key=lambda t: abs(t.user_attrs["measured_memory"]["prediction_error"]))
-        m = worst.user_attrs["measured_memory"]
+        number, worst = max(measured, key=lambda nr: abs(nr[1].measured_memory.prediction_error))
+        m = worst.measured_memory
         out.append(f"measured on the GPU in {len(measured)} trial(s): largest prediction error "
-                   f"{100 * m['prediction_error']:+.1f}% (trial #{worst.number}: predicted "
-                   f"{format_bytes(worst.user_attrs['predicted_peak_bytes'])}, in use at the peak "
-                   f"{format_bytes(m['device_used_bytes'])})")
+                   f"{100 * m.prediction_error:+.1f}% (trial #{number}: predicted "
+                   f"{format_bytes(worst.predicted_peak_bytes)}, in use at the peak "
+                   f"{format_bytes(m.device_used_bytes)})")
     return out

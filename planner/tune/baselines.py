@@ -12,12 +12,12 @@ Baselines as users run them: each is tried in the cheapest standard form that fi
 walking its :data:`RECIPES` in order (as it is; with gradient checkpointing; then the memory
 levers its community uses: 8-bit AdamW for LISA, torchtune's single-device full recipe for full
 fine-tuning: paged 8-bit AdamW, the step in backward, checkpointing, the loss in 8 chunks). The
-form it ran in is recorded (``user_attrs['levers']``) and named wherever the baseline is shown;
+form it ran in is recorded (its record's ``levers``, :mod:`planner.tune.record`) and named wherever the baseline is shown;
 only a baseline that fits in no form is "does not fit" (trained in its last form, gated).
 
 Fair comparison: before confirmation (:mod:`planner.tune.confirm`), each baseline that trained
 within the budget also runs at the other :data:`LR_SWEEP_FACTORS` times its default learning
-rate (trials of its kind, ``user_attrs['lr_sweep']`` = the factor, not counted toward
+rate (trials of its kind, ``lr_sweep`` = the factor in their record, not counted toward
 ``--n-trials``), and is compared at the best of them (:func:`best_of_kind`): a win over a
 baseline is then the method's, not a learning rate's. A baseline over budget runs once (gated).
 
@@ -33,7 +33,9 @@ from dataclasses import replace
 from planner.config import TrainConfig
 from planner.levers import labels, lever_fields
 from planner.recipes import CHECKPOINTING, QLORA, TORCHTUNE_FULL
+from planner.tune import record
 from planner.tune.forms import fits as fits_in_a_form
+from planner.tune.record import SEARCH, Baseline, TrialRecord, counted, interrupted
 from planner.tune.space import DEFAULT_LR, LISA_GAMMA, LISA_PERIOD, SearchSpace, TrialParams
 
 _LEVER_DEFAULTS = {name: spec[1].default for name, spec in lever_fields().items()}
@@ -41,15 +43,16 @@ LORA_BASELINE_RANK = 16
 # LoRA adapters start at zero and are trained from scratch: they take a larger step than
 # full weights (Hu et al. 2021 fine-tune GPT-2 with 2e-4 vs 1e-5..5e-5 for full fine-tuning)
 LORA_LR_FACTOR = 5.0
-KINDS = ("baseline:lisa", "baseline:full", "baseline:lora", "baseline:qlora")
+LISA_BASELINE, FULL_BASELINE = Baseline("lisa"), Baseline("full")
+LORA_BASELINE, QLORA_BASELINE = Baseline("lora"), Baseline("qlora")
+KINDS = (LISA_BASELINE, FULL_BASELINE, LORA_BASELINE, QLORA_BASELINE)
 # per kind, the forms users run, cheapest last: the first that fits is the baseline
-RECIPES: dict[str, tuple[dict, ...]] = {
-    "baseline:lisa": ({}, CHECKPOINTING, {**CHECKPOINTING, "optimizer": "adamw8bit"}),
-    "baseline:full": ({}, CHECKPOINTING, TORCHTUNE_FULL),
-    "baseline:lora": ({}, CHECKPOINTING),
-    "baseline:qlora": (QLORA,),
+RECIPES: dict[Baseline, tuple[dict, ...]] = {
+    LISA_BASELINE: ({}, CHECKPOINTING, {**CHECKPOINTING, "optimizer": "adamw8bit"}),
+    FULL_BASELINE: ({}, CHECKPOINTING, TORCHTUNE_FULL),
+    LORA_BASELINE: ({}, CHECKPOINTING),
+    QLORA_BASELINE: (QLORA,),
 }
-SEARCH = "search"
 # a baseline's learning-rate sweep: a factor of 3 around its default brackets the rates that train
 # the built-in proxy (LISA's defaults on the default task: 0.823 / 0.394 / 0.373 at 3.3e-4 / 1e-3 / 3e-3;
 # on `sort` 1.224 / 0.752 / 0.648: reports/bench_workloads.txt's studies)
@@ -76,13 +79,13 @@ def trial_point(trial, space: SearchSpace) -> TrialParams:
     """The point ``trial`` ran: its params (a sampled ``quantize`` among them), and the levers recorded with it
     (a baseline's recipe, a searched point's fitting form)."""
     point = space.from_params(trial.params)
-    levers = {**dict(point.levers), **(trial.user_attrs.get("levers") or {})}
+    levers = {**dict(point.levers), **(record.read(trial).levers or {})}
     return replace(point, levers=tuple(sorted(levers.items())))
 
 
 def trial_form(point: TrialParams, trial) -> TrialParams:
     """``point`` in the form ``trial`` ran in (its checkpointing param and recorded levers)."""
-    form = dict(trial.user_attrs.get("levers") or {})
+    form = dict(record.read(trial).levers or {})
     form["gradient_checkpointing"] = bool(trial.params.get("gradient_checkpointing", point.gradient_checkpointing))
     return in_form(point, form)
 
@@ -90,19 +93,19 @@ def trial_form(point: TrialParams, trial) -> TrialParams:
 def trial_form_words(trial) -> str:
     """The levers a trial ran with, in words, e.g. `` (checkpointing, NF4 + double quant)``; empty when none."""
     sampled = {"quantize": trial.params["quantize"]} if trial.params.get("quantize") else {}
-    form = {**sampled, **(trial.user_attrs.get("levers") or {})}
+    form = {**sampled, **(record.read(trial).levers or {})}
     form["gradient_checkpointing"] = bool(trial.params.get("gradient_checkpointing", False))
     words = [w for w in labels(TrainConfig.model_construct(**{**_LEVER_DEFAULTS, **form})) if w]
     return f" ({', '.join(words)})" if words else ""
 
 
-def baseline_points(space: SearchSpace, gate=None) -> dict[str, TrialParams]:
+def baseline_points(space: SearchSpace, gate=None) -> dict[Baseline, TrialParams]:
     """Kind -> fixed point, in the cheapest form of :data:`RECIPES` that ``gate`` lets through (without a
     gate, or where no form fits, the last form). LISA needs the ``uniform`` scorer in the space."""
     return {kind: _cheapest(kind, point, space, gate) for kind, point in _plain_points(space).items()}
 
 
-def _cheapest(kind: str, point: TrialParams, space: SearchSpace, gate) -> TrialParams:
+def _cheapest(kind: Baseline, point: TrialParams, space: SearchSpace, gate) -> TrialParams:
     # a space without checkpointing among its choices runs every form without it
     forms = [in_form(point, {k: v for k, v in form.items() if k != "gradient_checkpointing" or v in space.checkpointing})
              for form in RECIPES[kind]]
@@ -113,25 +116,25 @@ def _cheapest(kind: str, point: TrialParams, space: SearchSpace, gate) -> TrialP
     return forms[-1] if gate is not None else forms[0]
 
 
-def _plain_points(space: SearchSpace) -> dict[str, TrialParams]:
+def _plain_points(space: SearchSpace) -> dict[Baseline, TrialParams]:
     L = space.num_layers
     period = _nearest(LISA_PERIOD, space.periods)
     scorer = "uniform" if "uniform" in space.scorers else space.scorers[0]
     both = True in space.embedding_choices and True in space.head_choices
     neither = False in space.embedding_choices and False in space.head_choices
-    out: dict[str, TrialParams] = {}
+    out: dict[Baseline, TrialParams] = {}
     if "uniform" in space.scorers and both:
-        out["baseline:lisa"] = space.point(gamma=min(LISA_GAMMA, L), period=period, scorer="uniform",
+        out[LISA_BASELINE] = space.point(gamma=min(LISA_GAMMA, L), period=period, scorer="uniform",
                                            train_embeddings=True, train_head=True, lr=_lr(space, DEFAULT_LR))
     if both:
         # γ = L: every draw is every layer, whatever the scorer and period
-        out["baseline:full"] = space.point(gamma=L, period=period, scorer=scorer, train_embeddings=True,
+        out[FULL_BASELINE] = space.point(gamma=L, period=period, scorer=scorer, train_embeddings=True,
                                            train_head=True, lr=_lr(space, DEFAULT_LR))
     if neither:
         lora_point = space.point(gamma=L, period=period, scorer=scorer, train_embeddings=False, train_head=False,
                                  lr=_lr(space, DEFAULT_LR * LORA_LR_FACTOR))
-        out["baseline:lora"] = TrialParams(**{**lora_point.__dict__, "lora_rank": LORA_BASELINE_RANK})
-        out["baseline:qlora"] = out["baseline:lora"]
+        out[LORA_BASELINE] = TrialParams(**{**lora_point.__dict__, "lora_rank": LORA_BASELINE_RANK})
+        out[QLORA_BASELINE] = out[LORA_BASELINE]
     return out
 
 
@@ -146,31 +149,26 @@ def lr_sweep(space: SearchSpace, point: TrialParams) -> list[tuple[float, TrialP
     return out
 
 
-def _attrs(kind: str, point: TrialParams, **more) -> dict:
-    return {"kind": kind, "levers": dict(point.levers), **more}
+def _record(kind: Baseline, point: TrialParams, **more) -> TrialRecord:
+    return TrialRecord(kind=kind, levers=dict(point.levers), **more)
 
 
-def enqueue_baselines(study, space: SearchSpace, gate=None) -> list[str]:
+def enqueue_baselines(study, space: SearchSpace, gate=None) -> list[Baseline]:
     """Queue every baseline (its cheapest fitting form) at its default learning rate as a fixed trial marked
     with its kind and levers; returns the kinds."""
     points = baseline_points(space, gate)
     for kind, point in points.items():
-        study.enqueue_trial(space.enqueue_params(point), user_attrs=_attrs(kind, point))
+        record.enqueue(study, space.enqueue_params(point), _record(kind, point))
     return list(points)
 
 
-def enqueue_missing_baselines(study, space: SearchSpace, gate=None) -> list[str]:
+def enqueue_missing_baselines(study, space: SearchSpace, gate=None) -> list[Baseline]:
     """Queue the baselines a study holds no trial of (a worker killed while it created the study); returns their kinds."""
-    have = {t.user_attrs.get("kind") for t in study.get_trials(deepcopy=False)}
+    have = {record.kind_of(t) for t in study.get_trials(deepcopy=False)}
     missing = {kind: point for kind, point in baseline_points(space, gate).items() if kind not in have}
     for kind, point in missing.items():
-        study.enqueue_trial(space.enqueue_params(point), user_attrs=_attrs(kind, point))
+        record.enqueue(study, space.enqueue_params(point), _record(kind, point))
     return list(missing)
-
-
-def is_sweep(trial) -> bool:
-    """A baseline's run at another learning rate than its default (counted apart from ``--n-trials``)."""
-    return trial.user_attrs.get("kind") in KINDS and trial.user_attrs.get("lr_sweep", 1.0) != 1.0
 
 
 def enqueue_sweeps(study, space: SearchSpace) -> int:
@@ -178,13 +176,11 @@ def enqueue_sweeps(study, space: SearchSpace) -> int:
     form (levers) that trial ran in."""
     from optuna.trial import TrialState
 
-    from planner.tune.lifecycle import interrupted
-
     trials = study.get_trials(deepcopy=False)
     n = 0
     for kind, point in baseline_points(space).items():
-        of_kind = [t for t in trials if t.user_attrs.get("kind") == kind and not interrupted(t)]
-        ran = [t for t in of_kind if t.state == TrialState.COMPLETE and t.user_attrs.get("fits") is True]
+        of_kind = [t for t in trials if record.kind_of(t) == kind and not interrupted(t)]
+        ran = [t for t in of_kind if t.state == TrialState.COMPLETE and record.read(t).fits is True]
         if not ran:
             continue
         point = trial_form(point, ran[0])
@@ -192,26 +188,20 @@ def enqueue_sweeps(study, space: SearchSpace) -> int:
             float(t.system_attrs.get("fixed_params", {}).get("lr", -1)) for t in of_kind if t.state == TrialState.WAITING}
         for factor, p in lr_sweep(space, point):
             if p.lr not in have:
-                study.enqueue_trial(space.enqueue_params(p), user_attrs=_attrs(kind, p, lr_sweep=factor))
+                record.enqueue(study, space.enqueue_params(p), _record(kind, p, lr_sweep=factor))
                 n += 1
     return n
 
 
-def best_of_kind(trials, kind: str, direction: str):
+def best_of_kind(trials, kind: Baseline, direction: str):
     """The trial a baseline is compared at: its best trained trial of the sweep (the latest finished one
     when none trained); None when the study has none of ``kind``."""
-    import math
-
-    from optuna.trial import TrialState
-
-    from planner.tune.lifecycle import counted
-
-    of_kind = [t for t in trials if t.user_attrs.get("kind") == kind and counted(t)]
+    of_kind = [t for t in trials if record.kind_of(t) == kind and counted(t)]
     sign = 1.0 if direction == "maximize" else -1.0
 
     def score(t):
-        m = t.user_attrs.get("metric")
-        ok = t.state == TrialState.COMPLETE and t.user_attrs.get("fits") is True and m is not None and math.isfinite(m)
+        m = record.read(t).finite_metric
+        ok = record.trained(t)
         return (ok, sign * m if ok else 0.0, -t.number if ok else t.number)
 
     return max(of_kind, key=score, default=None)
@@ -237,5 +227,5 @@ def enqueue_offered(study, space: SearchSpace, gate, room: int | None = None) ->
     """Queue :func:`offered_points` as searched trials, at most ``room`` of them; returns how many."""
     points = offered_points(space, gate)[: room if room is not None else None]
     for p in points:
-        study.enqueue_trial(space.enqueue_params(p), user_attrs={"kind": SEARCH, "offered": True})
+        record.enqueue(study, space.enqueue_params(p), TrialRecord(kind=SEARCH, offered=True))
     return len(points)

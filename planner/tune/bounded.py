@@ -23,6 +23,7 @@ from __future__ import annotations
 from optuna.distributions import IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 
+from planner.tune import record
 from planner.tune.forms import fits as fits_in_a_form
 
 GAMMA = "gamma"
@@ -133,7 +134,7 @@ def admissible(space, gate):
 
     def for_study(study):
         done = {space.from_params(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-                if "gamma" in t.params and not t.user_attrs.get("gated")}
+                if "gamma" in t.params and not record.read(t).gated}
 
         def accept(params: dict) -> bool:
             try:

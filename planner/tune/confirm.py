@@ -3,9 +3,9 @@ with fresh seeds at the full proxy budget, and the plan is the best mean.
 
 Candidates: the ``--confirm-top`` best searched trials (complete, within budget, distinct proxy runs) and
 each baseline at the best learning rate of its sweep (:func:`planner.tune.baselines.best_of_kind`).
-Each trains ``--confirm-seeds`` times. A confirmation run is a trial of the study whose
-``user_attrs['kind']`` is ``"confirm:<trial>:<i>"`` (trial ``<trial>``'s point, seed index ``i``): stored,
-resumed and reported like any trial, never counted toward ``--n-trials``, never pruned.
+Each trains ``--confirm-seeds`` times. A confirmation run is a trial of the study whose kind is
+:class:`~planner.tune.record.Confirm` (stored ``"confirm:<trial>:<i>"``: trial ``<trial>``'s point, seed index
+``i``): stored, resumed and reported like any trial, never counted toward ``--n-trials``, never pruned.
 
 Seeds: index ``i`` trains with :func:`confirm_seed` (``--seed``, ``i``) for every candidate, so all
 candidates see the same data order and layer-draw stream (common random numbers), none the search's
@@ -32,32 +32,16 @@ import statistics
 from dataclasses import dataclass, replace
 
 from planner.confirmation import Confirmation, ConfirmedRun, Margin
-from planner.tune.baselines import KINDS, SEARCH, best_of_kind, trial_point
+from planner.tune import record
+from planner.tune.baselines import KINDS, best_of_kind, enqueue_sweeps, trial_point
+from planner.tune.progress import TrialProgress
+from planner.tune.record import SEARCH, Baseline, Confirm, TrialRecord, counted, interrupted, is_confirm, kind_of
+from planner.units import human_bytes
 
-PREFIX = "confirm:"
 DEFAULT_CONFIRM_SEEDS = 3
 DEFAULT_CONFIRM_TOP = 2
 NOISE_SE = 2.0  # a margin beyond this many standard errors of the difference exceeds the seed noise
 BEYOND, WITHIN, WORSE = "beyond the seed noise", "within the seed noise", "worse beyond the seed noise"
-
-
-def confirm_kind(trial_number: int, index: int) -> str:
-    return f"{PREFIX}{trial_number}:{index}"
-
-
-def parse_kind(kind) -> tuple[int, int] | None:
-    """(source trial number, seed index) of a confirmation kind, else None."""
-    if not isinstance(kind, str) or not kind.startswith(PREFIX):
-        return None
-    try:
-        number, index = kind[len(PREFIX):].split(":")
-        return int(number), int(index)
-    except ValueError:
-        return None
-
-
-def is_confirm(trial) -> bool:
-    return parse_kind(trial.user_attrs.get("kind")) is not None
 
 
 def confirm_seed(seed: int, index: int) -> int:
@@ -67,51 +51,43 @@ def confirm_seed(seed: int, index: int) -> int:
 
 
 def _metric(trial) -> float | None:
-    m = trial.user_attrs.get("metric")
-    return None if m is None or not math.isfinite(m) else float(m)
-
-
-def _trained_ok(trial) -> bool:
-    from optuna.trial import TrialState
-
-    return trial.state == TrialState.COMPLETE and trial.user_attrs.get("fits") is True and _metric(trial) is not None
+    return record.read(trial).finite_metric
 
 
 def _name(trial) -> str:
-    kind = trial.user_attrs.get("kind", SEARCH)
-    return f"trial {trial.number}" if kind == SEARCH else kind.split(":", 1)[1]
+    kind = kind_of(trial)
+    return kind.name if isinstance(kind, Baseline) else f"trial {trial.number}"
 
 
 def select_candidates(trials, direction: str, top: int) -> list:
     """The source trials to confirm: the ``top`` best searched ones (one per proxy run, the lower predicted
     peak first among equals) and every baseline's best trial that trained within the budget."""
     sign = 1.0 if direction == "maximize" else -1.0
-    searched = sorted((t for t in trials if t.user_attrs.get("kind", SEARCH) == SEARCH and _trained_ok(t)),
-                      key=lambda t: (-sign * _metric(t), t.user_attrs["predicted_peak_bytes"], t.number))
+    searched = sorted((t for t in trials if kind_of(t) == SEARCH and record.trained(t)),
+                      key=lambda t: (-sign * _metric(t), record.read(t).predicted_peak_bytes, t.number))
     out, keys = [], set()
     for t in searched:
-        key = t.user_attrs.get("proxy_key", t.number)
+        rec = record.read(t)
+        key = rec.proxy_key if "proxy_key" in rec.model_fields_set else t.number
         if key not in keys and len(out) < top:
             keys.add(key)
             out.append(t)
     for kind in KINDS:
         t = best_of_kind(trials, kind, direction)
-        if t is not None and _trained_ok(t):
+        if t is not None and record.trained(t):
             out.append(t)
     return out
 
 
 def enqueue_confirmation(study, candidates, seeds: int) -> int:
     """Queue each candidate's missing seeds (a resume queues none twice); returns how many confirmation runs wait."""
-    from planner.tune.lifecycle import interrupted
-
     trials = study.get_trials(deepcopy=False)
-    have = {t.user_attrs.get("kind") for t in trials if is_confirm(t) and not interrupted(t)}
+    have = {kind_of(t) for t in trials if is_confirm(t) and not interrupted(t)}
     for t in candidates:
         for i in range(seeds):
-            kind = confirm_kind(t.number, i)
+            kind = Confirm(t.number, i)
             if kind not in have:
-                study.enqueue_trial(dict(t.params), user_attrs={"kind": kind, "confirm_of": t.number, "confirm_seed": i})
+                record.enqueue(study, dict(t.params), TrialRecord(kind=kind, confirm_of=t.number, confirm_seed=i))
     from optuna.trial import TrialState
 
     return sum(t.state == TrialState.WAITING and is_confirm(t) for t in study.get_trials(deepcopy=False))
@@ -119,10 +95,10 @@ def enqueue_confirmation(study, candidates, seeds: int) -> int:
 
 def confirm_run(trial, space, seed: int):
     """(point, proxy seed) of a confirmation trial, read from its kind and its source trial; None for other kinds."""
-    parsed = parse_kind(trial.user_attrs.get("kind"))
-    if parsed is None:
+    kind = kind_of(trial)
+    if not isinstance(kind, Confirm):
         return None
-    number, index = parsed
+    number, index = kind.trial, kind.seed
     source = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == number)
     point = trial_point(source, space)  # a baseline runs in its recorded form
     return replace(space.suggest_fixed(trial, point), levers=point.levers), confirm_seed(seed, index)
@@ -138,9 +114,7 @@ def waiting_confirmations(study) -> int:
 def confirm_phase(study, objective, space, *, top: int, seeds: int, workload, console=None, progress: bool = True,
                   callbacks=()) -> int:
     """The baselines' learning-rate sweeps, then the confirmation runs still missing; returns how many ran."""
-    from planner.tune.baselines import enqueue_sweeps
-
-    trained = {_metric(t) for t in study.get_trials(deepcopy=False) if _trained_ok(t) and not _extra(t)}
+    trained = {_metric(t) for t in study.get_trials(deepcopy=False) if record.trained(t) and not _extra(t)}
     if len(trained) < 2:  # nothing to confirm: no plan, or a metric that cannot tell plans apart (no plan is named)
         return 0
     sweeps = enqueue_sweeps(study, space)
@@ -157,15 +131,12 @@ def confirm_phase(study, objective, space, *, top: int, seeds: int, workload, co
 
 def _extra(trial) -> bool:
     """A run outside ``--n-trials``: a confirmation or a baseline's learning-rate sweep."""
-    from planner.tune.baselines import is_sweep
-
-    return is_confirm(trial) or is_sweep(trial)
+    rec = record.read(trial)
+    return rec.is_confirm or rec.is_sweep
 
 
 def _run_queued(study, objective, waiting: int, workload, console, progress, callbacks) -> int:
     """Train the queued extra runs, this process's share of them (other queued trials keep waiting)."""
-    from planner.tune.progress import TrialProgress
-
     if not waiting:
         return 0
     bar = TrialProgress(waiting, 0, metric_name=workload.metric_name, direction=workload.direction, console=console,
@@ -239,24 +210,22 @@ class Confirmed:
 
     @property
     def peak(self) -> int:
-        return int(self.source.user_attrs["predicted_peak_bytes"])
+        return int(record.read(self.source).predicted_peak_bytes)
 
 
 def confirmed(trials) -> list[Confirmed]:
     """Every confirmed source trial with its per-seed metrics (one finished run per seed index)."""
     from optuna.trial import TrialState
 
-    from planner.tune.lifecycle import counted
-
     by_number = {t.number: t for t in trials}
     runs: dict[int, dict[int, float | None]] = {}
     for t in sorted(trials, key=lambda t: t.number):
-        parsed = parse_kind(t.user_attrs.get("kind"))
-        if parsed is None or not counted(t) or parsed[0] not in by_number:
+        kind = kind_of(t)
+        if not isinstance(kind, Confirm) or not counted(t) or kind.trial not in by_number:
             continue
-        seeds = runs.setdefault(parsed[0], {})
-        if parsed[1] not in seeds:
-            seeds[parsed[1]] = _metric(t) if t.state == TrialState.COMPLETE else None
+        seeds = runs.setdefault(kind.trial, {})
+        if kind.seed not in seeds:
+            seeds[kind.seed] = _metric(t) if t.state == TrialState.COMPLETE else None
     out = []
     for number, seeds in runs.items():
         values = [seeds[i] for i in sorted(seeds)]
@@ -287,10 +256,11 @@ def margins(runs: list[Confirmed], best: Confirmed, trials, direction: str) -> l
     out = []
     for kind in KINDS:
         t = best_of_kind(trials, kind, direction)
-        if t is None or t.user_attrs.get("predicted_peak_bytes") is None:
+        rec = None if t is None else record.read(t)
+        if rec is None or rec.predicted_peak_bytes is None:
             continue
-        name, peak = kind.split(":", 1)[1], int(t.user_attrs["predicted_peak_bytes"])
-        if t.user_attrs.get("fits") is not True:
+        name, peak = kind.name, int(rec.predicted_peak_bytes)
+        if rec.fits is not True:
             out.append(Margin(baseline=name, baseline_peak_bytes=peak, fits=False, verdict="does not fit the budget: never trained"))
             continue
         base = by_source.get(t.number)
@@ -298,7 +268,7 @@ def margins(runs: list[Confirmed], best: Confirmed, trials, direction: str) -> l
             out.append(Margin(baseline=name, baseline_peak_bytes=peak, fits=True, verdict="not confirmed (its runs failed)"))
             continue
         versus = best
-        searched = [r for r in by_source.values() if r.source.user_attrs.get("kind", SEARCH) == SEARCH]
+        searched = [r for r in by_source.values() if kind_of(r.source) == SEARCH]
         if best.peak > peak:
             versus = best_confirmed([r for r in searched if r.peak <= peak], direction) or best
         if versus is base:  # the baseline is the tuned plan: how far the search got is the margin worth stating
@@ -324,7 +294,7 @@ def signal_verdict(runs: list[Confirmed], best: Confirmed, direction: str) -> tu
     if runner is not None:
         compared[runner.source.number] = runner
     for r in others:
-        if r.source.user_attrs.get("kind", SEARCH) != SEARCH:
+        if kind_of(r.source) != SEARCH:
             compared[r.source.number] = r
     if not compared:
         return None, "signal not measured: no other confirmed plan to compare the tuned plan with"
@@ -348,7 +318,7 @@ def confirmation_record(trials, best: Confirmed, *, seed: int, steps: int, direc
     n = max((len(r.metrics) + r.failed for r in runs), default=0)
     sign = 1.0 if direction == "maximize" else -1.0
     runs.sort(key=lambda r: (not r.complete, -sign * (r.mean if r.mean is not None else -sign * math.inf), r.peak))
-    cands = [ConfirmedRun(name=_name(r.source), kind=r.source.user_attrs.get("kind", SEARCH), trial_number=r.source.number,
+    cands = [ConfirmedRun(name=_name(r.source), kind=str(kind_of(r.source)), trial_number=r.source.number,
                           learning_rate=float(r.source.params["lr"]), predicted_peak_bytes=r.peak, metrics=r.metrics,
                           failed=r.failed, mean=r.mean, std=r.std) for r in runs]
     top = next((r for r in runs if r.source.number == best.source.number), best)
@@ -359,8 +329,6 @@ def confirmation_record(trials, best: Confirmed, *, seed: int, steps: int, direc
 
 def report_lines(trials, direction: str, metric_name: str) -> list[str]:
     """The confirmation as one-line facts for `planner report`: each candidate's mean ± std, the margins."""
-    from planner.units import human_bytes
-
     runs = confirmed(trials)
     top = best_confirmed(runs, direction)
     if top is None:

@@ -8,7 +8,7 @@ it is walks :attr:`SearchSpace.forms <planner.tune.space.SearchSpace.forms>` (ea
 next lever to the last) and runs in the first form the gate admits; one over budget in every
 form is gated at its last. A lever whose flag the user gave (``--optimizer-in-backward``,
 ``--no-optimizer-in-backward``, ``--loss-chunks``) is fixed for every trial and never pulled. The
-form a trial ran in is recorded (``user_attrs['levers']``, as a baseline's) and carried into the
+form a trial ran in is recorded (its record's ``levers``, as a baseline's) and carried into the
 plan; a trainer that cannot run a lever says so in its export's lost lines.
 
 Example (Llama-3-8B, bfloat16, 1 x 1024, ``--vram 24GB`` = 22.35 GiB; embeddings and head frozen, from

@@ -1,9 +1,9 @@
 """A trial's life across processes: who runs it, whether that process is alive, and what a dead one leaves.
 
-Every trial records its worker (machine, pid, process start time, run token) in ``user_attrs['worker']``
-and a ``heartbeat`` time, renewed every :data:`HEARTBEAT_SECONDS` while it runs. A RUNNING trial
-is dead when its process is gone (same machine: checked at once, so a resume right after
-``kill -9`` sees it) or its heartbeat is older than :data:`STALE_SECONDS` (another machine).
+Every trial records its worker (machine, pid, process start time, run token) in its record's ``worker``
+(:class:`planner.tune.record.TrialRecord`) and a ``heartbeat`` time, renewed every :data:`HEARTBEAT_SECONDS`
+while it runs. A RUNNING trial is dead when its process is gone (same machine: checked at once, so a resume
+right after ``kill -9`` sees it) or its heartbeat is older than :data:`STALE_SECONDS` (another machine).
 :meth:`Worker.reap` fails dead trials with the reason "worker died ..." and queues each again
 (same parameters, same kind, ``retry_of`` its first attempt); :meth:`Worker.settle` does the same
 for this process's own trials after Ctrl-C or SIGTERM, with :data:`INTERRUPTED`. Neither counts
@@ -24,28 +24,14 @@ import time
 import uuid
 from contextlib import contextmanager
 
+from planner.tune import record
+from planner.tune.record import INTERRUPTED, WORKER_DIED, Baseline, counted, interrupted
 from planner.tune.signals import deferred
 
-INTERRUPTED = "interrupted (Ctrl-C or SIGTERM) before the trial finished"
-_INTERRUPTED_BEFORE = "interrupted (Ctrl-C) before the trial finished"  # studies written by earlier versions
-WORKER_DIED = "worker died"
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 300.0  # ten missed heartbeats: a busy machine's thread may be starved for a while
 
 _ACTIVE_RUNS: set[str] = set()  # run tokens of this process's Worker objects still running
-
-
-def interrupted(trial) -> bool:
-    """A trial stopped from outside (Ctrl-C, SIGTERM, a dead worker): it never counts toward ``--n-trials``."""
-    reason = trial.user_attrs.get("reason") or ""
-    return reason in (INTERRUPTED, _INTERRUPTED_BEFORE) or reason.startswith(WORKER_DIED)
-
-
-def counted(trial) -> bool:
-    """A trial that counts toward ``--n-trials``: complete, pruned or failed, but not interrupted."""
-    from optuna.trial import TrialState
-
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) and not interrupted(trial)
 
 
 def owed(study, total: int) -> int:
@@ -53,14 +39,11 @@ def owed(study, total: int) -> int:
     queued baseline not yet finished."""
     from optuna.trial import TrialState
 
-    from planner.tune.baselines import KINDS, is_sweep
-    from planner.tune.confirm import is_confirm
-
-    trials = study.get_trials(deepcopy=False)
-    done = {t.user_attrs.get("kind") for t in trials if counted(t)}
-    queued = {t.user_attrs.get("kind") for t in trials if t.state == TrialState.WAITING}
-    baselines = [k for k in KINDS if k in queued and k not in done]
-    return max(total - sum(counted(t) and not is_confirm(t) and not is_sweep(t) for t in trials), len(baselines))
+    trials = [(t, record.read(t)) for t in study.get_trials(deepcopy=False)]
+    done = {rec.kind for t, rec in trials if counted(t)}
+    queued = {rec.kind for t, rec in trials if t.state == TrialState.WAITING}
+    baselines = [k for k in queued if isinstance(k, Baseline) and k not in done]
+    return max(total - sum(counted(t) and not rec.is_confirm and not rec.is_sweep for t, rec in trials), len(baselines))
 
 
 class StopAfter:
@@ -158,9 +141,6 @@ def ended_here(who: dict) -> bool:
     return who.get("host") == machine_key() and not process_alive(int(who["pid"]), who.get("started"))
 
 
-QUEUED_ATTRS = ("lr_sweep", "confirm_of", "confirm_seed")  # user_attrs that define a queued trial
-
-
 class Worker:
     """This process's part in a study: claims trials, renews heartbeats, reaps the dead, settles after Ctrl-C."""
 
@@ -189,13 +169,12 @@ class Worker:
         stop = threading.Event()
         try:
             with deferred():
-                storage.set_trial_user_attr(trial._trial_id, "worker", self.identity)
-                storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+                record.store_in(storage, trial._trial_id, worker=self.identity, heartbeat=time.time())
             threading.Thread(target=self._beat, args=(trial._trial_id, stop), daemon=True, name="planner-heartbeat").start()
             yield
         except KeyboardInterrupt:
             with deferred():
-                storage.set_trial_user_attr(trial._trial_id, "reason", INTERRUPTED)
+                record.store_in(storage, trial._trial_id, reason=INTERRUPTED)
             raise
         finally:
             stop.set()
@@ -203,27 +182,28 @@ class Worker:
     def _beat(self, trial_id: int, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_SECONDS):
             try:
-                self.study._storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+                record.store_in(self.study._storage, trial_id, heartbeat=time.time())
             except Exception:  # noqa: BLE001 - the trial finished meanwhile, or the storage hiccuped: next beat
                 pass
 
     # -- the dead and the interrupted -----------------------------------------
     def death(self, trial) -> str | None:
         """Why RUNNING ``trial`` is dead (a reason starting with "worker died"), or None while it may live."""
-        who = trial.user_attrs.get("worker")
+        rec = record.read(trial)
+        who = rec.worker
         now = time.time()
-        if not isinstance(who, dict):
+        if who is None:
             # created, then stopped before its worker was written (milliseconds): only age tells
             start = trial.datetime_start
             age = (datetime.datetime.now() - start).total_seconds() if start else 0.0
             return f"{WORKER_DIED} (no worker recorded; started {age:.0f} s ago)" if age > STALE_SECONDS else None
-        host, pid = who.get("host"), int(who.get("pid", -1))
-        where = f"process {pid} on {str(host).split('|')[0]}"
+        host, pid = who.host, who.pid
+        where = f"process {pid} on {host.split('|')[0]}"
         if host == self.identity["host"]:
-            if pid == os.getpid() and who.get("started") == self.identity["started"]:
-                return None if who.get("run") in _ACTIVE_RUNS else f"{WORKER_DIED} (an earlier run of {where} stopped mid-trial)"
-            return None if process_alive(pid, who.get("started")) else f"{WORKER_DIED} ({where} ended mid-trial)"
-        silent = now - float(trial.user_attrs.get("heartbeat") or 0.0)
+            if pid == os.getpid() and who.started == self.identity["started"]:
+                return None if who.run in _ACTIVE_RUNS else f"{WORKER_DIED} (an earlier run of {where} stopped mid-trial)"
+            return None if process_alive(pid, who.started) else f"{WORKER_DIED} ({where} ended mid-trial)"
+        silent = now - float(rec.heartbeat or 0.0)
         return f"{WORKER_DIED} ({where}: no heartbeat for {silent:.0f} s)" if silent > STALE_SECONDS else None
 
     def reap(self, study=None, _trial=None) -> int:
@@ -263,7 +243,7 @@ class Worker:
 
         storage = self.study._storage
         try:
-            storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+            record.store_in(storage, trial._trial_id, reason=reason)
             # the state change is atomic in every storage: of two reapers exactly one succeeds
             if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 return False
@@ -275,17 +255,14 @@ class Worker:
 
     def _retry(self, trial) -> None:
         """Queue the same point again (a searched trial that never chose its point is simply not repeated)."""
-        from planner.tune.baselines import SEARCH
-
-        kind = trial.user_attrs.get("kind", SEARCH)
+        rec = record.read(trial)
         # a queued trial (a baseline, a retry) stopped before it suggested anything still knows its point
         params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
-        if kind == SEARCH and not params:
+        if rec.kind == record.SEARCH and not params:
             return
-        first = trial.user_attrs.get("retry_of", trial.number)
+        first = rec.retry_of if "retry_of" in rec.model_fields_set else trial.number
         # what a queued trial was queued with (its sweep factor, the confirmed trial and seed) is asked again
-        keep = {k: trial.user_attrs[k] for k in QUEUED_ATTRS if k in trial.user_attrs}
-        self.study.enqueue_trial(params, user_attrs={"kind": kind, "retry_of": first, **keep})
+        record.enqueue(self.study, params, rec.retry(first))
 
 
 class GuardedObjective:

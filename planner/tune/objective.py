@@ -3,10 +3,10 @@
 The trial record (read by reports):
 params: gamma, min_depth, gradient_checkpointing, period, scorer, train_embeddings, train_head,
 lr (the proxy's), (lora_rank), (batch_size) -- the target's point, in the target's numbering;
-user_attrs: kind, predicted_peak_bytes, breakdown, fits, gated, reason, min_depth (after
-lowering to L - γ), lowest_layer, trainable_layers, proxy_plan, target_lr, reused_from,
+user_attrs: a :class:`planner.tune.record.TrialRecord` (kind, predicted_peak_bytes, breakdown, fits, gated, reason,
+min_depth (after lowering to L - γ), lowest_layer, trainable_layers, proxy_plan, target_lr, reused_from,
 metric, secondary (figures shown next to the metric, e.g. accuracy), importance, train_seconds,
-and on CUDA measured_memory (see planner.tune.proxy).
+and on CUDA measured_memory (see planner.tune.proxy)).
 """
 
 from __future__ import annotations
@@ -16,14 +16,17 @@ from dataclasses import replace
 from time import perf_counter
 from typing import Callable
 
+from planner.tune import record
+from planner.tune.baselines import baseline_points
+from planner.tune.confirm import confirm_run
 from planner.tune.forms import fitting
-from planner.tune.baselines import SEARCH, baseline_points
 from planner.tune.gate import BudgetGate
-from planner.units import human_bytes
-from planner.tune.lifecycle import INTERRUPTED  # noqa: F401 - set by lifecycle.GuardedObjective on Ctrl-C/SIGTERM
 from planner.tune.mapping import proxy_params, reuse_key, target_lr
 from planner.tune.proxy import ProxyOutOfMemory, TrainShape, run_proxy
+from planner.tune.record import INTERRUPTED  # noqa: F401 - set by lifecycle.GuardedObjective on Ctrl-C/SIGTERM
+from planner.tune.record import SEARCH
 from planner.tune.space import SearchSpace
+from planner.units import human_bytes
 
 
 class Objective:
@@ -64,25 +67,24 @@ class Objective:
         from optuna.trial import TrialState
 
         for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("proxy_key") == key and t.user_attrs.get("metric") is not None:
+            rec = record.read(t)
+            if rec.proxy_key == key and rec.metric is not None:
                 return t
         return None
 
     def __call__(self, trial):
         import optuna
 
-        kind = trial.user_attrs.get("kind")
-        if kind is None:
-            kind = SEARCH
-            trial.set_user_attr("kind", kind)
-        from planner.tune.confirm import confirm_run
-
+        queued = record.read(trial)  # what the trial was queued with (nothing for a drawn one)
+        kind = queued.kind
+        if "kind" not in queued.model_fields_set:
+            record.store(trial, kind=SEARCH)
         confirm, seed = confirm_run(trial, self.space, self.seed), self.seed  # a confirmation run: its point and seed
         if confirm is not None:
             params, seed = confirm
         elif kind in self._baselines:
             params = self.space.suggest_fixed(trial, self._baselines[kind])
-            params = replace(params, levers=tuple(sorted((trial.user_attrs.get("levers") or {}).items())))
+            params = replace(params, levers=tuple(sorted((queued.levers or {}).items())))
         else:
             params = self.space.suggest(trial)
 
@@ -93,38 +95,34 @@ class Objective:
             params, prediction = fitting(self.space, self.gate, params)
             form = {k: v for k, v in params.levers if k not in sampled}
             if form:
-                trial.set_user_attr("levers", form)
+                record.store(trial, levers=form)
         else:
             prediction = self.gate.predict(self.space.train_config(params))
-        trial.set_user_attr("predicted_peak_bytes", prediction.peak_bytes)
-        trial.set_user_attr("breakdown", prediction.breakdown)
-        trial.set_user_attr("fits", prediction.fits)
-        trial.set_user_attr("gated", not prediction.fits)
-        trial.set_user_attr("min_depth", params.min_depth)
-        trial.set_user_attr("lowest_layer", prediction.lowest_layer)
-        trial.set_user_attr("trainable_layers", prediction.trainable_layers)
+        record.store(trial, predicted_peak_bytes=prediction.peak_bytes, breakdown=prediction.breakdown, fits=prediction.fits,
+                     gated=not prediction.fits, min_depth=params.min_depth, lowest_layer=prediction.lowest_layer,
+                     trainable_layers=prediction.trainable_layers)
         small = proxy_params(params, target_layers=self.space.num_layers, proxy_layers=self.proxy_layers,
                              is_target=self.proxy_is_target)
         batch = self._proxy_batch(params)
         key = reuse_key(small, batch) + ("" if confirm is None else f"|seed {seed}")
-        trial.set_user_attr("proxy_plan", {"gamma": small.gamma, "min_depth": small.min_depth, "batch_size": batch})
-        trial.set_user_attr("proxy_key", key)
+        record.store(trial, proxy_plan={"gamma": small.gamma, "min_depth": small.min_depth, "batch_size": batch},
+                     proxy_key=key)
         if self.proxy_hidden and self.target_hidden:
-            trial.set_user_attr("target_lr", target_lr(params.lr, proxy_hidden=self.proxy_hidden, target_hidden=self.target_hidden))
+            record.store(trial, target_lr=target_lr(params.lr, proxy_hidden=self.proxy_hidden, target_hidden=self.target_hidden))
         if not prediction.fits:
             reason = self.gate.reason(prediction)
-            trial.set_user_attr("reason", reason)
+            record.store(trial, reason=reason)
             raise optuna.TrialPruned(reason)
 
         same = self._reused(trial, key)
         if same is not None:  # the proxy run this point maps to was trained already: its result stands
-            for name in ("metric", "secondary", "importance", "train_seconds"):
-                trial.set_user_attr(name, same.user_attrs.get(name))
-            trial.set_user_attr("reused_from", same.number)
+            done = record.read(same)
+            record.store(trial, metric=done.metric, secondary=done.secondary, importance=done.importance,
+                         train_seconds=done.train_seconds, reused_from=same.number)
             if not self.multi_objective and confirm is None:  # the pruner sees the same curve
                 for step, value in sorted(same.intermediate_values.items()):
                     trial.report(value, step)
-            metric = float(same.user_attrs["metric"])
+            metric = float(done.metric)
             return (metric, float(prediction.peak_bytes)) if self.multi_objective else metric
 
         prune = kind == SEARCH and not self.multi_objective  # baselines always run to the end
@@ -145,35 +143,29 @@ class Objective:
             result = self.proxy(self.workload, small, batch_size=batch, steps=self.steps, eval_every=self.eval_every,
                                 seed=seed, on_eval=on_eval, **extra)
         except optuna.TrialPruned as exc:
-            trial.set_user_attr("reason", str(exc))
-            trial.set_user_attr("train_seconds", perf_counter() - start)
+            record.store(trial, reason=str(exc), train_seconds=perf_counter() - start)
             raise
         except DivergedError as exc:
             # a diverged run is a failed trial, not a crash: no traceback, the study goes on
-            trial.set_user_attr("reason", f"diverged: {exc}")
-            trial.set_user_attr("train_seconds", perf_counter() - start)
+            record.store(trial, reason=f"diverged: {exc}", train_seconds=perf_counter() - start)
             return (math.nan, math.nan) if self.multi_objective else math.nan
         except ProxyOutOfMemory as exc:
-            trial.set_user_attr("reason", f"{exc}: predicted {prediction.peak_bytes} B ({human_bytes(prediction.peak_bytes)}), "
-                                          f"available {exc.free_bytes} B ({human_bytes(exc.free_bytes)})")
-            trial.set_user_attr("available_bytes", exc.free_bytes)
-            trial.set_user_attr("train_seconds", perf_counter() - start)
+            record.store(trial, reason=f"{exc}: predicted {prediction.peak_bytes} B ({human_bytes(prediction.peak_bytes)}), "
+                                       f"available {exc.free_bytes} B ({human_bytes(exc.free_bytes)})",
+                         available_bytes=exc.free_bytes, train_seconds=perf_counter() - start)
             raise
         except Exception as exc:
-            trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:500])
-            trial.set_user_attr("train_seconds", perf_counter() - start)
+            record.store(trial, reason=f"{type(exc).__name__}: {exc}"[:500], train_seconds=perf_counter() - start)
             raise
-        trial.set_user_attr("metric", result.metric)
-        trial.set_user_attr("importance", result.history)
-        trial.set_user_attr("train_seconds", result.train_seconds)
+        record.store(trial, metric=result.metric, importance=result.history, train_seconds=result.train_seconds)
         if getattr(result, "secondary", None):
-            trial.set_user_attr("secondary", result.secondary)  # e.g. the accuracy next to the eval loss
+            record.store(trial, secondary=result.secondary)  # e.g. the accuracy next to the eval loss
         memory = getattr(result, "memory", None)
         if memory:
             error = (prediction.peak_bytes - memory["device_used_bytes"]) / max(memory["device_used_bytes"], 1)
-            trial.set_user_attr("measured_memory", {**memory, "prediction_error": error})
+            record.store(trial, measured_memory={**memory, "prediction_error": error})
         if not math.isfinite(result.metric):
-            trial.set_user_attr("reason", f"{self.workload.metric_name} is {result.metric}")
+            record.store(trial, reason=f"{self.workload.metric_name} is {result.metric}")
         if self.multi_objective:
             return result.metric, float(prediction.peak_bytes)
         return result.metric

@@ -6,9 +6,9 @@ finished trial, flushed as it happens, since a bar is only drawn once at the end
 
 from __future__ import annotations
 
-import math
 import time
 
+from planner.tune import record
 from planner.units import human_bytes
 
 
@@ -54,14 +54,13 @@ class TrialProgress:
     def _see(self, trial) -> None:
         from optuna.trial import TrialState
 
-        from planner.tune.lifecycle import interrupted
-
-        if trial.user_attrs.get("gated"):
+        rec = record.read(trial)
+        if rec.gated:
             self.gated += 1
-        elif trial.state == TrialState.FAIL and not interrupted(trial):
+        elif trial.state == TrialState.FAIL and not rec.interrupted:
             self.failed += 1
-        value = trial.user_attrs.get("metric")
-        if trial.state == TrialState.COMPLETE and value is not None and math.isfinite(value):
+        value = rec.finite_metric
+        if trial.state == TrialState.COMPLETE and value is not None:
             better = self.best is None or (value > self.best if self.direction == "maximize" else value < self.best)
             if better:
                 self.best = float(value)
@@ -82,25 +81,25 @@ class TrialProgress:
         """``tune: trial 5/24 (#4, search) complete: accuracy 0.8125 | γ=2 K=20 uniform ... | best ... | 41 s``."""
         from optuna.trial import TrialState
 
-        attrs, p = trial.user_attrs, trial.params
-        if attrs.get("gated"):
+        rec, p = record.read(trial), trial.params
+        if rec.gated:
             outcome = "gated (over budget, not trained)"
         elif trial.state == TrialState.COMPLETE:
-            value = attrs.get("metric")
+            value = rec.metric
             outcome = f"complete: {self.metric_name} " + ("-" if value is None else f"{value:.4f}")
         elif trial.state == TrialState.PRUNED:
             outcome = "pruned early"
         elif trial.state == TrialState.FAIL:
-            outcome = f"failed: {str(attrs.get('reason', ''))[:80]}"
+            outcome = f"failed: {(rec.reason or '')[:80]}"
         else:
             outcome = trial.state.name.lower()
         what = (f"γ={p['gamma']} K={p['period']} {p['scorer']}" + (f" lora r={p['lora_rank']}" if p.get("lora_rank") else "")
                 if "gamma" in p else "")
-        peak = attrs.get("predicted_peak_bytes")
+        peak = rec.predicted_peak_bytes
         if peak is not None:
             what += f", peak {human_bytes(peak)}"
         best = "-" if self.best is None else f"{self.best:.4f}"
-        return (f"tune: trial {min(self.done, self.total)}/{self.total} (#{trial.number}, {attrs.get('kind', 'search')}) "
+        return (f"tune: trial {min(self.done, self.total)}/{self.total} (#{trial.number}, {rec.kind}) "
                 f"{outcome} | {what} | best {self.metric_name} {best} | gated {self.gated} | failed {self.failed} | "
                 f"{time.perf_counter() - self.started:.0f} s")
 

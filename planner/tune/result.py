@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
 from planner.plan import BaselineResult, Breakdown, Plan, ProxyInfo
-from planner.tune.baselines import KINDS, SEARCH, trial_form_words, trial_point
+from planner.tune import record
+from planner.tune.baselines import KINDS, best_of_kind, trial_form_words, trial_point
+from planner.tune.confirm import best_confirmed, confirmation_record, confirmed
+from planner.tune.mapping import proxy_params, target_lr
+from planner.tune.record import TrialKind, counted, interrupted, is_confirm
 from planner.tune.space import SearchSpace, TrialParams
 
 
@@ -36,7 +39,7 @@ def check_signal(trials, metric_name: str, study_name: str) -> None:
 @dataclass
 class SummaryRow:
     name: str
-    kind: str
+    kind: TrialKind  # the stored string: equal to "search", "baseline:lora", ...
     metric: float | None
     predicted_peak_bytes: int | None
     fits: bool | None
@@ -66,20 +69,15 @@ class TuneResult:
 
 def finished(trial) -> bool:
     """A trial that counts toward ``--n-trials``: complete, pruned or failed, but not interrupted."""
-    from planner.tune.lifecycle import counted
-
     return counted(trial)
 
 
 def metric_of(trial) -> float | None:
-    value = trial.user_attrs.get("metric")
-    return None if value is None or not math.isfinite(value) else float(value)
+    return record.read(trial).finite_metric
 
 
-def _trained_ok(trial) -> bool:
-    from optuna.trial import TrialState
-
-    return trial.state == TrialState.COMPLETE and trial.user_attrs.get("fits") is True and metric_of(trial) is not None
+def _peak(trial) -> int | None:
+    return record.read(trial).predicted_peak_bytes
 
 
 def params_of(trial, space: SearchSpace) -> TrialParams:
@@ -97,38 +95,33 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
     from optuna.trial import TrialState
 
     from planner.export.data import generated_data, training_data
-    from planner.tune.mapping import proxy_params, target_lr
 
     workload = proxy.workload
     trials = study.get_trials(deepcopy=False)
     direction = workload.direction
     sign = 1.0 if direction == "maximize" else -1.0
-    from planner.tune.confirm import is_confirm
-
-    ok = [t for t in trials if _trained_ok(t) and not is_confirm(t)]
+    ok = [t for t in trials if record.trained(t) and not is_confirm(t)]
     if not ok:
         states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
         raise NoFinishedTrial(f"the study must hold a trained trial that fits, but it has none ({states}); "
                               f"see the trials' user_attrs 'reason', or raise --n-trials/--vram")
     check_signal(ok, workload.metric_name, study.study_name)
     if multi_objective:
-        front = [t for t in study.best_trials if _trained_ok(t) and not is_confirm(t)]
+        front = [t for t in study.best_trials if record.trained(t) and not is_confirm(t)]
         candidates = front or ok
     else:
         front, candidates = [], ok
-    best = _better(direction)(candidates, key=lambda t: (metric_of(t), -t.user_attrs["predicted_peak_bytes"] * sign))
+    best = _better(direction)(candidates, key=lambda t: (metric_of(t), -_peak(t) * sign))
     best_metric = metric_of(best)
-    from planner.tune.baselines import best_of_kind
-    from planner.tune.confirm import best_confirmed, confirmation_record, confirmed
-
     runs = {r.source.number: r for r in confirmed(trials)}  # the tuned plan is the best confirmed mean
     top = best_confirmed(list(runs.values()), direction)
-    record = None if top is None else confirmation_record(trials, top, seed=seed, steps=steps, direction=direction)
+    confirmation = None if top is None else confirmation_record(trials, top, seed=seed, steps=steps, direction=direction)
     if top is not None:
         best, best_metric = top.source, top.mean
     stats = lambda t: {} if t.number not in runs else {"std": runs[t.number].std, "seeds": len(runs[t.number].metrics)}  # noqa: E731
 
-    rows = [SummaryRow("tuned plan", best.user_attrs.get("kind", SEARCH), best_metric, best.user_attrs["predicted_peak_bytes"],
+    best_record = record.read(best)
+    rows = [SummaryRow("tuned plan", best_record.kind, best_metric, best_record.predicted_peak_bytes,
                        True, best.number, best.state.name.lower(), **stats(best))]
     baselines = []
     for kind in KINDS:
@@ -138,49 +131,48 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
         metric = metric_of(t) if t.state == TrialState.COMPLETE else None
         if top is not None and metric is not None and t.number in runs:
             metric = runs[t.number].mean
-        peak = t.user_attrs.get("predicted_peak_bytes")
-        fits = t.user_attrs.get("fits")
+        rec = record.read(t)
+        peak, fits = rec.predicted_peak_bytes, rec.fits
         # the tuned plan is this baseline: no margin over itself (the confirmation states the search's)
         delta = None if metric is None or t.number == best.number else sign * (best_metric - metric)
-        rows.append(SummaryRow(kind.split(":", 1)[1] + trial_form_words(t), kind, metric, peak, fits, t.number, t.state.name.lower(), delta,
-                               "the tuned plan" if t.number == best.number else t.user_attrs.get("reason"),
+        rows.append(SummaryRow(kind.name + trial_form_words(t), kind, metric, peak, fits, t.number, t.state.name.lower(), delta,
+                               "the tuned plan" if t.number == best.number else rec.reason,
                                **(stats(t) if top is not None else {})))
         if peak is not None:
-            baselines.append(BaselineResult(name=kind.split(":", 1)[1], predicted_peak_bytes=int(peak), fits=bool(fits),
+            baselines.append(BaselineResult(name=kind.name, predicted_peak_bytes=int(peak), fits=bool(fits),
                                             metric=metric, trial_number=t.number))
 
     params = params_of(best, space)
     config: TrainConfig = space.train_config(params)
     small = proxy_params(params, target_layers=space.num_layers, proxy_layers=proxy.num_layers, is_target=proxy.is_target)
     lr = params.lr if proxy.is_target else target_lr(params.lr, proxy_hidden=proxy.hidden_size, target_hidden=target.hidden_size)
-    proxy_batch = (best.user_attrs.get("proxy_plan") or {}).get("batch_size") or space.batch_size_of(params)
+    proxy_batch = (best_record.proxy_plan.batch_size if best_record.proxy_plan else None) or space.batch_size_of(params)
     plan = Plan(
         model=target.source, model_type=target.spec.model_type, num_layers=space.num_layers,
         layers_attribute=layers_attribute, active_layers=params.gamma, min_depth=params.min_depth, period=params.period,
         scorer=params.scorer, scorer_options={}, layers=None, train_embeddings=params.train_embeddings,
         train_head=params.train_head, learning_rate=lr, lora_rank=params.adapter_rank, train=config,
         device=target.device, vram_bytes=vram_bytes,
-        predicted_peak_bytes=int(best.user_attrs["predicted_peak_bytes"]), breakdown=Breakdown(**best.user_attrs["breakdown"]),
+        predicted_peak_bytes=int(best_record.predicted_peak_bytes), breakdown=Breakdown(**best_record.breakdown),
         metric_name=workload.metric_name, metric=best_metric, baselines=baselines, study_name=study.study_name,
         storage=storage, trial_number=best.number,
         proxy=ProxyInfo(name=proxy.name, kind=proxy.kind, num_layers=proxy.num_layers, hidden_size=proxy.hidden_size,
                         device=proxy.device, active_layers=small.gamma, min_depth=small.min_depth, learning_rate=params.lr,
                         batch_size=int(proxy_batch)),
-        confirmation=record,
+        confirmation=confirmation,
         data=training_data(data) if data is not None else generated_data(workload.name), steps=steps or None,
     )
-    from planner.tune.lifecycle import interrupted
-
     counts = {s.name.lower(): sum(t.state == s and not is_confirm(t) and not interrupted(t) for t in trials)
               for s in TrialState}
     counts["interrupted"] = sum(interrupted(t) for t in trials)
     counts["confirmation"] = sum(is_confirm(t) and finished(t) for t in trials)
     # gated trials are pruned ones: a trial gated, then stopped before it was stored as pruned, is interrupted only
-    counts["gated"] = sum(t.state == TrialState.PRUNED and bool(t.user_attrs.get("gated")) and not is_confirm(t)
+    records = {t.number: record.read(t) for t in trials}
+    counts["gated"] = sum(t.state == TrialState.PRUNED and bool(records[t.number].gated) and not is_confirm(t)
                           and not interrupted(t) for t in trials)
-    counts["reused"] = sum(t.user_attrs.get("reused_from") is not None for t in trials)
-    pareto = [{"trial": t.number, "metric": metric_of(t), "predicted_peak_bytes": t.user_attrs["predicted_peak_bytes"],
-               "params": dict(t.params)} for t in sorted(front, key=lambda t: t.user_attrs["predicted_peak_bytes"])]
-    measured = [{"trial": t.number, "predicted_peak_bytes": t.user_attrs["predicted_peak_bytes"], **t.user_attrs["measured_memory"]}
-                for t in trials if t.user_attrs.get("measured_memory")]
+    counts["reused"] = sum(rec.reused_from is not None for rec in records.values())
+    pareto = [{"trial": t.number, "metric": metric_of(t), "predicted_peak_bytes": _peak(t),
+               "params": dict(t.params)} for t in sorted(front, key=_peak)]
+    measured = [{"trial": number, "predicted_peak_bytes": rec.predicted_peak_bytes, **rec.measured_memory.model_dump(exclude_unset=True)}
+                for number, rec in records.items() if rec.measured_memory]
     return TuneResult(plan, best.number, rows, counts, pareto, measured=measured)

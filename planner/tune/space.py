@@ -54,7 +54,7 @@ class TrialParams:
     min_depth: int = 0
     gradient_checkpointing: bool = False
     # lever fields set for this point beyond the space's extra: a sampled ``quantize`` (a param), a baseline's
-    # recipe or a fitting form (recorded in the trial's user_attrs['levers'])
+    # recipe or a fitting form (recorded as the trial record's ``levers``, planner.tune.record)
     levers: tuple = ()
 
     def as_params(self) -> dict:
