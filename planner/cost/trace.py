@@ -109,20 +109,22 @@ class TraceResult:
     @classmethod
     def from_json(cls, data):
         seg = Segment.from_json
-        return cls(list(data["roles"]), {k: seg(v) for k, v in data["segments"].items()},
-                   {k: seg(v) for k, v in data["layers"].items()},
-                   [{k: seg(v) for k, v in d.items()} for d in data["layer_by_index"]],
-                   dict(data["frees_input"]), data["input_bytes"], data["x0_held"],
-                   {k: tuple(v) for k, v in data["deferred"].items()},
-                   data["peak_bytes"], data["base_bytes"], data["params"], data["events"],
-                   x0_kept=data.get("x0_kept", False))
+        # by name: a field added in the middle must not shift the others
+        return cls(roles=list(data["roles"]), segments={k: seg(v) for k, v in data["segments"].items()},
+                   layers={k: seg(v) for k, v in data["layers"].items()},
+                   layer_by_index=[{k: seg(v) for k, v in d.items()} for d in data["layer_by_index"]],
+                   frees_input=dict(data["frees_input"]), input_bytes=data["input_bytes"], x0_held=data["x0_held"],
+                   x0_kept=data.get("x0_kept", False),
+                   deferred={k: tuple(v) for k, v in data["deferred"].items()},
+                   peak_bytes=data["peak_bytes"], base_bytes=data["base_bytes"], params=data["params"],
+                   events=data["events"])
 
 
 def trainable_for_roles(roles: list[str]) -> list[int]:
     return [i for i, r in enumerate(roles) if r in ("T", "T0")]
 
 
-def _segment(events, start, stop, cat_of, skip: set[int] = frozenset()) -> Segment:
+def _segment(events, start, stop, cat_of, skip: AbstractSet[int] = frozenset()) -> Segment:
     cur = [0, 0, 0]
     best = 0
     at_peak = (0, 0, 0)
