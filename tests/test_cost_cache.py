@@ -65,3 +65,17 @@ def test_invalid_entry_is_recomputed_with_one_warning(spec, tmp_path, damage):
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheWarning)
         _fresh(spec)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(gradient_checkpointing=True, offload_activations=True)])
+def test_a_trace_read_back_from_the_cache_is_the_trace_written(spec, tmp_path, kw):
+    """Every field survives the cache (a field added to TraceResult once shifted the ones after it)."""
+    from planner.cost.estimator import get_trace
+    from planner.cost.trace import TraceResult
+
+    cfg = CFG.model_copy(update=kw)
+    traced = get_trace(spec, cfg, ["FA", "T", "FA"] if kw else ["FB", "T0", "FA"], fake=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = TraceResult.from_json(json.loads(json.dumps(traced.to_json())))
+    assert back.to_json() == traced.to_json()
