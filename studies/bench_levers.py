@@ -21,6 +21,7 @@ import time
 os.environ.setdefault("PLANNER_COST_CACHE", "0")
 
 from planner.config import TrainConfig  # noqa: E402
+from planner.errors import PlannerError  # noqa: E402
 from planner.cost import estimate, measure_training_peak  # noqa: E402
 from planner.cost.measure import make_batch  # noqa: E402
 from planner.levers import labels  # noqa: E402
@@ -44,6 +45,13 @@ EXACT = {
     "NF4 (QLoRA)": dict(quantize="nf4", lora_rank=8, dtype="bfloat16", **LORA),
     "NF4 + double quant, static set": dict(quantize="nf4-dq", layers=[2, 3], dtype="bfloat16"),
     "int8 (QLoRA)": dict(quantize="int8", lora_rank=8, dtype="bfloat16", **LORA),
+    "offloaded activations + ckpt, frozen embeddings": dict(offload_activations=True, gradient_checkpointing=True,
+                                                            layers=[1, 2], train_embeddings=False),
+    "offloaded activations + ckpt + 4 chunks, bf16": dict(offload_activations=True, gradient_checkpointing=True,
+                                                          loss_chunks=4, layers="all", dtype="bfloat16"),
+    "Liger fused linear CE": dict(liger_fused_ce=True, layers=[1, 2]),
+    "Liger fused linear CE, LoRA, ckpt, bf16": dict(liger_fused_ce=True, lora_rank=8, gradient_checkpointing=True,
+                                                    dtype="bfloat16", **LORA),
 }
 ATTN = {"llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
 
@@ -86,7 +94,11 @@ def exactness() -> None:
                 kw2["lora_targets"] = ATTN[arch]
             spec = tiny_spec(arch, hidden=128, vocab=512)
             cfg = TrainConfig(batch_size=2, seq_len=64, **kw2)
-            predicted = estimate(spec, cfg, device="cpu").peak_bytes
+            try:
+                predicted = estimate(spec, cfg, device="cpu").peak_bytes
+            except PlannerError as e:  # a lever the architecture cannot run (Liger does not patch gpt2)
+                print(f"{name:<48}{arch:<7}  refused: {str(e)[:70]}")
+                continue
             measured = _measured(spec, cfg)
             exact += predicted == measured
             total += 1
@@ -109,14 +121,16 @@ def savings() -> None:
     ladders = {
         "full fine-tuning": (dict(layers="all"), [("gradient_checkpointing", True), ("optimizer", "adamw8bit"),
                                                   ("optimizer", "paged_adamw8bit"), ("optimizer_in_backward", True),
-                                                  ("loss_chunks", 8)]),
+                                                  ("loss_chunks", 8), ("offload_activations", True)]),
         "LISA defaults (γ=2, embeddings + head)": (dict(active_layers=2), [("gradient_checkpointing", True),
                                                                           ("optimizer", "adamw8bit"),
                                                                           ("optimizer_in_backward", True),
-                                                                          ("loss_chunks", 8)]),
+                                                                          ("loss_chunks", 8),
+                                                                          ("offload_activations", True)]),
         "LoRA r=16, every linear": (dict(lora_rank=16, **LORA), [("gradient_checkpointing", True),
                                                                 ("lora_targets", ["q_proj", "v_proj"]),
-                                                                ("quantize", "nf4-dq")]),
+                                                                ("quantize", "nf4-dq"),
+                                                                ("liger_fused_ce", True)]),
     }
     for title, (method, steps) in ladders.items():
         print(f"{title}:")
