@@ -48,6 +48,7 @@ def run(args) -> int:
     from rich.console import Console
 
     from planner.tune import run_tune
+    from planner.tune.record import Baseline
     from planner.tune.summary import confirmation_lines, measured_lines, plan_line, summary_table
 
     options = options_from(args)
@@ -84,8 +85,8 @@ def run(args) -> int:
                       f"{plan.proxy.min_depth} up, lr={plan.proxy.learning_rate:.3g}, batch {plan.proxy.batch_size} "
                       f"(depth and learning-rate rules: planner.tune.mapping)")
     best_kind = result.rows[0].kind
-    if best_kind != "search":
-        console.print(f"the best plan is the {best_kind.split(':', 1)[1]} baseline itself: no searched trial beat it"
+    if isinstance(best_kind, Baseline):
+        console.print(f"the best plan is the {best_kind.name} baseline itself: no searched trial beat it"
                       f"{' on the confirmed mean' if plan.confirmation else ''} "
                       f"(resume with --study {plan.study_name} and a larger --n-trials to search on)")
     if result.pareto:

@@ -6,6 +6,21 @@ budget, trains the rest briefly on a proxy (the target itself, a smaller model, 
 one), and writes the best plan for the target.
 """
 
-from planner.tune.study import DEFAULT_N_TRIALS, DEFAULT_STEPS, InfeasibleBudget, TuneOptions, run_tune
+from __future__ import annotations
 
-__all__ = ["DEFAULT_N_TRIALS", "DEFAULT_STEPS", "InfeasibleBudget", "TuneOptions", "run_tune"]
+import importlib
+
+# resolved on first use (PEP 562): `planner tune --help` reads planner.tune.options without loading torch and
+# optuna, which the study modules import at their top
+_EXPORTS = {"DEFAULT_N_TRIALS": "planner.tune.options", "DEFAULT_STEPS": "planner.tune.options",
+            "TuneOptions": "planner.tune.options", "InfeasibleBudget": "planner.tune.study",
+            "run_tune": "planner.tune.study"}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = list(_EXPORTS)

@@ -21,11 +21,27 @@ from planner.threads import torch_threads
 from planner.levers import labels, shape_fields
 from planner.tune.forms import fits as fits_in_a_form
 from planner.tune.forms import form_steps, forms
-from planner.tune.gate import human_bytes
+from planner.tune.gate import BudgetGate, human_bytes
 from planner.recipes import QLORA
 # the options are declared in planner.tune.options; their defaults stay importable from here
 from planner.tune.options import DEFAULT_EVALS, TuneOptions, command_line
 from planner.tune.options import DEFAULT_N_TRIALS, DEFAULT_STEPS  # noqa: F401
+from planner.tune.target import Target, target_layers_attribute, workload_target
+from planner.sampling import SCORERS
+from planner.tune.space import DEFAULT_LORA_RANKS, SearchSpace, depth_choices
+from planner.tune.preflight import check_outputs, check_resume, unwritten_plan
+from planner.tune.samplers import study_sampler
+from planner.tune.creation import CREATED_BY, READY, wait_for_creation
+from planner.tune.lifecycle import GuardedObjective, StopAfter, attach, owed, process_identity, settle_message, stored_trials
+from planner.tune.baselines import enqueue_baselines, enqueue_missing_baselines, enqueue_offered
+from planner.tune.signals import deferred, exit_code
+from planner.tune.storage import disk_full, full_disk_message, open_storage
+from planner.tune.proxy_source import ProxySetup, pick_device, resolve_proxy
+from planner.tune.proxy import TrainShape
+from planner.tune.objective import Objective
+from planner.tune.progress import TrialProgress
+from planner.tune.result import finished, summarize
+from planner.tune.confirm import confirm_phase, is_confirm, waiting_confirmations
 
 # default batch: 32 sequences or 2048 tokens, whichever is fewer (the default task's
 # 36-token examples reach ~20% accuracy in 150 steps of 32; long sequences get small batches)
@@ -64,7 +80,6 @@ def default_study_name() -> str:
 
 
 def _workload_target(workload, options: TuneOptions):
-    from planner.tune.target import workload_target
 
     return workload_target(workload, seq_len=options.seq_len, batch_size=options.batch_size, dtype=options.dtype,
                            amp=options.amp, levers=options.levers, device=options.device, profile=options.profile)
@@ -73,9 +88,6 @@ def _workload_target(workload, options: TuneOptions):
 def build_space(target, options: TuneOptions):
     """The search space for ``target`` under ``options``: a :class:`~planner.tune.target.Target`, or a workload
     whose own model is the target."""
-    from planner.sampling import SCORERS
-    from planner.tune.space import DEFAULT_LORA_RANKS, SearchSpace, depth_choices
-    from planner.tune.target import Target
 
     if not isinstance(target, Target):
         target = _workload_target(target, options)
@@ -117,14 +129,10 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
     """Create the study (and queue the baselines), or load it when it exists and matches."""
     import optuna
 
-    from planner.tune.preflight import check_resume
 
     directions = [study_attrs["direction"], "minimize"] if multi_objective else [study_attrs["direction"]]
-    from planner.tune.samplers import study_sampler
 
     sampler, pruner = study_sampler(options.sampler, options.seed, space, gate), _make_pruner(options)
-    from planner.tune.creation import CREATED_BY, READY, wait_for_creation
-    from planner.tune.lifecycle import process_identity
 
     try:
         study = optuna.create_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner, directions=directions)
@@ -137,7 +145,6 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
             for key in study_attrs.keys() - study.user_attrs.keys():
                 study.set_user_attr(key, study_attrs[key])
             if options.baselines:
-                from planner.tune.baselines import enqueue_missing_baselines
 
                 enqueue_missing_baselines(study, space, gate)
             study.set_user_attr(READY, True)
@@ -145,7 +152,6 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
     study.set_user_attr(CREATED_BY, process_identity())
     for key, value in study_attrs.items():
         study.set_user_attr(key, value)
-    from planner.tune.baselines import enqueue_baselines, enqueue_offered
 
     queued = len(enqueue_baselines(study, space, gate)) if options.baselines else 0
     enqueue_offered(study, space, gate, room=max(0, options.n_trials - queued))  # no more fixed trials than will run
@@ -161,9 +167,6 @@ class Interrupted(PlannerError):
 
 def _stopped(exc: BaseException, options: TuneOptions, name: str, storage_obj, worker) -> PlannerError | None:
     """The one line a study stopped by Ctrl-C, SIGTERM or a full disk ends with (None for any other error)."""
-    from planner.tune.lifecycle import settle_message, stored_trials
-    from planner.tune.signals import exit_code
-    from planner.tune.storage import disk_full, full_disk_message
 
     interrupted = isinstance(exc, KeyboardInterrupt)
     if not interrupted and disk_full(exc) is None:
@@ -195,7 +198,6 @@ def resume_command(options: TuneOptions, study_name: str) -> str:
 
 def _proxy_setup(options: TuneOptions, target, space, gate, workload):
     """The proxy: ``workload`` when given (tests, benchmarks), else what ``--proxy`` names."""
-    from planner.tune.proxy_source import ProxySetup, pick_device, resolve_proxy
 
     if workload is None:
         return resolve_proxy(options.proxy, target=target, data=options.data, proxy_device=options.proxy_device,
@@ -209,7 +211,6 @@ def _proxy_setup(options: TuneOptions, target, space, gate, workload):
 
 def _train_shape(target, proxy):
     """How proxy runs are shaped: the target itself trains in the target's shape; other proxies in their own."""
-    from planner.tune.proxy import TrainShape
 
     if proxy.is_target:
         s = target.shape
@@ -240,19 +241,11 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     progress = progress and not options.quiet
     if workload is not None and options.model is None:
         target = _workload_target(workload, options)
-    from planner.tune.preflight import check_outputs
 
     name = options.study or default_study_name()
     check_outputs(options.out, name, options.storage)
     import optuna
 
-    from planner.tune.gate import BudgetGate
-    from planner.tune.objective import Objective
-    from planner.tune.progress import TrialProgress
-    from planner.tune.result import finished, summarize
-    from planner.tune.signals import deferred
-    from planner.tune.storage import open_storage
-    from planner.tune.target import target_layers_attribute
 
     storage_obj = open_storage(options.storage)  # before any work: an unreadable storage fails at once
     worker = None  # once attached: its unfinished trials are settled when the study stops
@@ -290,10 +283,8 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
                               proxy_batch=None if setup.is_target else (getattr(workload, "batch_size", None)
                                                                         or default_batch_size(int(workload.seq_len))),
                               **({"proxy": proxy} if proxy else {}))
-        from planner.tune.lifecycle import GuardedObjective, StopAfter, attach, owed
 
         worker = attach(study)  # dead workers' trials are failed and queued again before counting
-        from planner.tune.confirm import confirm_phase, is_confirm, waiting_confirmations
 
         done = sum(finished(t) and not is_confirm(t) for t in study.get_trials(deepcopy=False))
         remaining = owed(study, options.n_trials)
@@ -325,7 +316,6 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     try:
         result.plan.save(out)
     except OSError as exc:  # a full disk: the plan is written whole or not at all, and the study is stored
-        from planner.tune.preflight import unwritten_plan
 
         raise PlannerError(unwritten_plan(out, exc, flag="--out" if options.out else None, study=name, storage=options.storage,
                                           again=resume_command(options, name))) from None
