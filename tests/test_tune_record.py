@@ -167,3 +167,11 @@ def test_the_documented_keys_are_the_record_fields():
     table = text.split("## What a trial records", 1)[1].split("The study's `user_attrs`", 1)[0]
     keys = {k for line in table.splitlines() if line.startswith("| `") for k in line.split("|")[1].strip().strip("`").split("`, `")}
     assert keys == set(TrialRecord.model_fields)
+
+
+def test_a_retried_baseline_keeps_the_form_it_was_queued_in():
+    """A baseline is queued with its levers (e.g. LISA with the step in backward); a retry of an interrupted run
+    must train that same form, not the plain one."""
+    queued = TrialRecord(kind=Baseline("lisa"), levers={"optimizer_in_backward": True, "loss_chunks": 8})
+    assert queued.retry(7).attrs() == {"kind": "baseline:lisa", "retry_of": 7,
+                                       "levers": {"optimizer_in_backward": True, "loss_chunks": 8}}

@@ -195,7 +195,7 @@ class WorkerIdentity(BaseModel):
     run: str | None = Field(None, description="token of the run inside the process (one per attached Worker)")
 
 
-QUEUED = ("lr_sweep", "confirm_of", "confirm_seed")  # fields a queued trial is queued with, asked again on a retry
+QUEUED = ("lr_sweep", "confirm_of", "confirm_seed", "levers")  # what a trial is queued with, asked again on a retry
 
 
 class TrialRecord(BaseModel):
