@@ -30,16 +30,16 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: int = Field(1, ge=1, description="micro-batch size (sequences per step)")
-    seq_len: int = Field(512, ge=1, description="tokens per sequence")
-    dtype: Dtype = Field("float32", description="weight storage dtype")
-    amp: Amp = Field("none", description="autocast with float32 weights (the HF Trainer's bf16=True/fp16=True)")
-    layers: Literal["all"] | list[int] | None = Field(None, description="a static trainable set of decoder layers")
-    active_layers: int | None = Field(None, ge=1, description="γ: a sampler keeps this many layers active")
-    min_depth: int = Field(0, ge=0, description="the lowest decoder layer a sampler may draw")
-    train_embeddings: bool = Field(True, description="train the input embeddings")
-    train_head: bool = Field(True, description="train the LM head and final norm")
-    lora_rank: int | None = Field(None, ge=1, description="LoRA adapters of this rank in the trainable layers")
+    batch_size: int = Field(default=1, ge=1, description="micro-batch size (sequences per step)")
+    seq_len: int = Field(default=512, ge=1, description="tokens per sequence")
+    dtype: Dtype = Field(default="float32", description="weight storage dtype")
+    amp: Amp = Field(default="none", description="autocast with float32 weights (the HF Trainer's bf16=True/fp16=True)")
+    layers: Literal["all"] | list[int] | None = Field(default=None, description="a static trainable set of decoder layers")
+    active_layers: int | None = Field(default=None, ge=1, description="γ: a sampler keeps this many layers active")
+    min_depth: int = Field(default=0, ge=0, description="the lowest decoder layer a sampler may draw")
+    train_embeddings: bool = Field(default=True, description="train the input embeddings")
+    train_head: bool = Field(default=True, description="train the LM head and final norm")
+    lora_rank: int | None = Field(default=None, ge=1, description="LoRA adapters of this rank in the trainable layers")
 
     @model_validator(mode="after")
     def _exclusive(self):

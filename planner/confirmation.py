@@ -18,9 +18,9 @@ class ConfirmedRun(BaseModel):
     learning_rate: float = Field(description="the proxy's learning rate")
     predicted_peak_bytes: int
     metrics: list[float] = Field(description="the held-out metric of each confirmation seed, in seed order")
-    failed: int = Field(0, description="seeds whose run failed or diverged")
+    failed: int = Field(default=0, description="seeds whose run failed or diverged")
     mean: float | None = None
-    std: float | None = Field(None, description="sample standard deviation across seeds (0 for one seed)")
+    std: float | None = Field(default=None, description="sample standard deviation across seeds (0 for one seed)")
 
 
 class Margin(BaseModel):
@@ -30,10 +30,10 @@ class Margin(BaseModel):
     baseline: str
     baseline_peak_bytes: int
     fits: bool = Field(description="whether the baseline fits the budget (one that does not is never trained)")
-    versus: str | None = Field(None, description="the confirmed plan compared: the tuned plan when its peak is not higher")
+    versus: str | None = Field(default=None, description="the confirmed plan compared: the tuned plan when its peak is not higher")
     versus_peak_bytes: int | None = None
-    margin: float | None = Field(None, description="versus mean - baseline mean, signed so > 0 means versus is better")
-    noise: float | None = Field(None, description="2 × the standard error of the difference of the two means")
+    margin: float | None = Field(default=None, description="versus mean - baseline mean, signed so > 0 means versus is better")
+    noise: float | None = Field(default=None, description="2 × the standard error of the difference of the two means")
     verdict: str
 
 
@@ -43,7 +43,7 @@ class Confirmation(BaseModel):
     steps: int
     candidates: list[ConfirmedRun]
     margins: list[Margin] = Field(default_factory=list)
-    separated: bool | None = Field(None, description=(
+    separated: bool | None = Field(default=None, description=(
         "whether the tuned plan's margin over the runner-up or over a trained baseline exceeds the seed noise "
         "(False: the scores cannot tell the plans apart; None: nothing to compare, or one seed measures no noise)"))
-    verdict: str | None = Field(None, description="that comparison in one line")
+    verdict: str | None = Field(default=None, description="that comparison in one line")

@@ -52,12 +52,29 @@ class Optimizer:
         (where the real step reads its step count with ``.item()``, which fake tensors cannot answer)."""
         return ShadowStep(self, list(params), "cuda" if foreach else "cpu")
 
+    def state_bytes(self, tensors: Tensors, device: str, block: Callable[[int], int] = _identity) -> int:
+        """Bytes of the state, alive during the whole step."""
+        raise NotImplementedError
+
+    def step_peak(self, tensors: Tensors, device: str, block: Callable[[int], int] = _identity) -> int:
+        """Bytes of the step's temporaries at their peak, on top of weights, gradients and state."""
+        raise NotImplementedError
+
+    def state_blocks(self, tensors: Tensors) -> list[int]:
+        """Bytes of each state tensor, in the order the first step creates them."""
+        raise NotImplementedError
+
+    def step_blocks(self, tensors: Tensors) -> list[int]:
+        """Bytes of each temporary of one step."""
+        raise NotImplementedError
+
 
 class ShadowStep:
     """Allocates and frees one step's temporaries as the strategy counts them (``step_peak`` of its tensors)."""
 
     def __init__(self, strategy: Optimizer, params, device: str):
-        self.strategy, self.params, self.device, self.state = strategy, params, device, {}
+        self.strategy, self.params, self.device = strategy, params, device
+        self.state: dict = {}
 
     def step(self):
         import torch  # deferred: configs and plans name optimizers without loading torch

@@ -46,7 +46,7 @@ class ProxyInfo(BaseModel):
     hidden_size: int | None = None
     device: str = "cpu"
     active_layers: int = Field(ge=1, description="γ of the proxy plan")
-    min_depth: int = Field(0, ge=0)
+    min_depth: int = Field(default=0, ge=0)
     learning_rate: float = Field(gt=0, description="the learning rate the proxy trained with (the searched value)")
     batch_size: int = Field(ge=1)
 
@@ -55,8 +55,8 @@ class TrainingData(BaseModel):
     """The data the study trained on, as exports need it to train the same way (see :mod:`planner.data.files`)."""
 
     model_config = ConfigDict(extra="forbid")
-    path: str | None = Field(None, description="what --data named: a file (absolute) or a datasets name; None for a built-in task")
-    task: str | None = Field(None, description="the built-in task the study generated instead of reading a file")
+    path: str | None = Field(default=None, description="what --data named: a file (absolute) or a datasets name; None for a built-in task")
+    task: str | None = Field(default=None, description="the built-in task the study generated instead of reading a file")
     format: Literal["jsonl", "json", "csv", "tsv", "text", "datasets", "builtin"] = Field(
         description="the file format (by extension), a datasets name, or a generated built-in task")
     fields: dict[str, str] = Field(default_factory=dict, description=(
@@ -84,18 +84,18 @@ class Plan(BaseModel):
     layers_attribute: str = Field(description="dotted path of the decoder layers, e.g. model.layers")
     # the method
     active_layers: int = Field(ge=1, description="γ: decoder layers trained at once")
-    min_depth: int = Field(0, ge=0, description="the lowest decoder layer a sampler may draw")
+    min_depth: int = Field(default=0, ge=0, description="the lowest decoder layer a sampler may draw")
     period: int = Field(ge=1, description="K: steps between re-draws")
     scorer: str
     scorer_options: dict = Field(default_factory=dict)
-    layers: list[int] | None = Field(None, description="fixed layer set for static plans")
+    layers: list[int] | None = Field(default=None, description="fixed layer set for static plans")
     train_embeddings: bool = True
     train_head: bool = True
     learning_rate: float = Field(gt=0, description="for the target (from the proxy's by the rule in planner.tune.mapping)")
     lora_rank: int | None = None
     # the training configuration the memory was predicted for
     train: TrainConfig
-    device: str | None = Field(None, description="the device the budget is for (cuda adds device overhead)")
+    device: str | None = Field(default=None, description="the device the budget is for (cuda adds device overhead)")
     vram_bytes: int | None = None
     predicted_peak_bytes: int
     breakdown: Breakdown
@@ -109,7 +109,7 @@ class Plan(BaseModel):
     proxy: ProxyInfo | None = None
     # what the exports train on: the study's data and its step count
     data: TrainingData | None = None
-    steps: int | None = Field(None, ge=1, description="optimizer steps each trial trained (the exports' max_steps)")
+    steps: int | None = Field(default=None, ge=1, description="optimizer steps each trial trained (the exports' max_steps)")
     # the candidates re-trained with several seeds; ``metric`` is then the plan's mean over them
     confirmation: Confirmation | None = None
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Callable, ClassVar, Protocol, TypeVar
 
 from planner.errors import PlannerError
 
-T = TypeVar("T", bound=type)
+
+class Named(Protocol):
+    """A registrable class: it declares the name it is filed under."""
+
+    name: ClassVar[str]
+
+
+T = TypeVar("T", bound="type[Named]")
 
 
 def registrar(table: dict[str, type], kind: str) -> Callable[[str], Callable[[T], T]]:

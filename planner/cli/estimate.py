@@ -289,8 +289,8 @@ def _run_table(args, spec, cfg, prof, profile_line, vram) -> int:
     if vram is None:
         console.print(f"smallest plan: {cheapest.name} at {_size(cheapest.peak_bytes)}")
         return 0
-    for label, c in largest.items():
-        console.print(f"largest γ that fits ({label}): " + (f"{c.gamma} (peak {_size(c.peak_bytes)})" if c else "none"))
+    for label, best in largest.items():
+        console.print(f"largest γ that fits ({label}): " + (f"{best.gamma} (peak {_size(best.peak_bytes)})" if best else "none"))
     if not any_fits:
         console.print(f"no plan fits {_size(vram)}: the smallest budget that fits is {cheapest.peak_bytes:,} bytes "
                       f"({_size(cheapest.peak_bytes)}) with {cheapest.name}")

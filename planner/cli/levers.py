@@ -26,7 +26,9 @@ def lever_values(args, problems: list[str]) -> dict:
     out = {}
     for lever in all_levers():
         flag = lever.flag
-        value = getattr(args, flag.field, None) if flag else None
+        if flag is None:
+            continue
+        value = getattr(args, flag.field, None)
         if value is None:
             continue
         if flag.kind == "list":

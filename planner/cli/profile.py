@@ -129,14 +129,14 @@ def run(args) -> int:
         table.add_column(col, justify="left" if col == "role" else "right")
     for m in prof.layers:
         table.add_row(m.role, f"{m.activation_bytes:,}", f"{m.gradient_bytes:,}", f"{m.optimizer_bytes:,}",
-                      f"{getattr(m, 'weight_bytes', 0):,}")
+                      f"{m.weight_bytes:,}")
     console.print(table)
     console.print(f"context: {prof.context_bytes:,} B   workspace: {prof.workspace_bytes:,} B   "
                   f"fragmentation: {prof.fragmentation:.4f}")
     check = Table(title="cost model check: peak allocated bytes of each measured step")
     for col in ("role", "layers", "measured", "predicted", "error"):
         check.add_column(col, justify="left" if col == "role" else "right")
-    for c in prof.checks:
+    for c in prof.checks or []:
         check.add_row(c["role"], str(c["layers"]), f"{c['measured_bytes']:,}", f"{c['predicted_bytes']:,}",
                       f"{100 * c['error']:+.2f}%")
     console.print(check)

@@ -270,7 +270,7 @@ def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int],
     n_addrs = n_step + len(state) + len(temporaries)
     if start is None:
         pos, k, addrs = 0, 0, [0] * n_addrs
-        mem = [{}, [], [], 0, 0, 0, 0]  # blocks, small pool, large pool, next segment, allocated, reserved, peak allocated
+        mem: list = [{}, [], [], 0, 0, 0, 0]  # blocks, small pool, large pool, next segment, allocated, reserved, peak allocated
         _run(_rounded(setup), [0] * len(setup), 0, mem)
     else:
         pos, k, frozen, known = start

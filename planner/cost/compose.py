@@ -14,7 +14,8 @@ for one, with the breakdown per category at the peak instant.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,6 +37,9 @@ class Family:
     deferred: dict[str, tuple[int, int]]
     params: dict
     events: dict  # segment -> allocation/free template (planner.cost.events)
+    # set by planner.cost.estimator.get_family: the role sequences it traced, and their traces' keys
+    patterns: list[list[str]] = field(default_factory=list, compare=False, repr=False)
+    key: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def merge(cls, traces: list[TraceResult]) -> "Family":
@@ -98,16 +102,21 @@ def _free(nbytes: int) -> Segment:
 def _then_free(seg: Segment, nbytes: int) -> Segment:
     d = list(seg.delta)
     d[ACT] -= nbytes
-    return Segment(tuple(d), seg.at_peak, seg.delta_cuda - cuda_block_bytes(nbytes), seg.peak_cuda)
+    return Segment((d[0], d[1], d[2]), seg.at_peak, seg.delta_cuda - cuda_block_bytes(nbytes), seg.peak_cuda)
+
+
+def _add(a: Sequence[int], b: Sequence[int]) -> tuple[int, int, int]:
+    """Two per-category triples (gradients, activations, transient) summed."""
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
 
 
 def _then(first: Segment, second: Segment) -> Segment:
     """Two segments back to back as one."""
-    d = tuple(a + b for a, b in zip(first.delta, second.delta))
+    d = _add(first.delta, second.delta)
     if first.peak >= sum(first.delta) + second.peak:
         at = first.at_peak
     else:
-        at = tuple(a + b for a, b in zip(first.delta, second.at_peak))
+        at = _add(first.delta, second.at_peak)
     return Segment(d, at, first.delta_cuda + second.delta_cuda, max(first.peak_cuda, first.delta_cuda + second.peak_cuda))
 
 
@@ -128,7 +137,7 @@ def simulate(fam: Family, roles: list[int], opt_peak: tuple[int, int]) -> Simula
     for label, seg in _sequence(fam, roles, opt_peak):
         total = sum(cur) + seg.peak
         if total > best:
-            best, best_at, phase = total, tuple(c + a for c, a in zip(cur, seg.at_peak)), label
+            best, best_at, phase = total, _add(cur, seg.at_peak), label
         if cur_c + seg.peak_cuda > best_c:
             best_c, phase_c = cur_c + seg.peak_cuda, label
         cur = [c + d for c, d in zip(cur, seg.delta)]

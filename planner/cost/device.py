@@ -33,6 +33,7 @@ class LayerMeasurement(BaseModel):
     activation_bytes: int
     gradient_bytes: int
     optimizer_bytes: int
+    weight_bytes: int = 0  # 0 in profiles measured before it was recorded
 
 
 class DeviceProfile(BaseModel):
@@ -49,6 +50,15 @@ class DeviceProfile(BaseModel):
     fragmentation: float = DEFAULT_FRAGMENTATION
     measured_model: str | None = None
     layers: list[LayerMeasurement] = Field(default_factory=list)
+    # what `planner profile` measured under, its raw peaks and its cost model checks (None in the defaults)
+    measured_batch_size: int | None = None
+    measured_seq_len: int | None = None
+    measured_dtype: str | None = None
+    measured_depths: list[int] | None = None
+    peak_allocated_bytes: int | None = None
+    peak_reserved_bytes: int | None = None
+    peak_requested_bytes: int | None = None
+    checks: list[dict] | None = None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -23,7 +23,7 @@ from planner.cost import cache
 from planner.cost.compose import Family, peak_many, simulate
 from planner.cost.roles import FA, FB, ROLES, T, T0
 from planner.cost.device import DeviceProfile, default_profile
-from planner.optimizers import get_optimizer
+from planner.optimizers import Optimizer, get_optimizer
 from planner.cost.replay import reserved_and_allocated
 from planner.cost.trace import TraceResult, cuda_block_bytes, fingerprint, run_trace
 from planner.errors import PlannerError
@@ -110,7 +110,7 @@ _OPTIMIZER_OUTSIDE = {"optimizer": "sgd"}
 def trace_config(cfg: TrainConfig) -> TrainConfig:
     """The config a reduced-depth trace runs: ``cfg`` with the fields no trace reads set to one value,
     so configurations that differ only there share traces."""
-    update = dict(_SET_BY_ROLES)
+    update: dict[str, object] = dict(_SET_BY_ROLES)
     if not any(lever.optimizer_in_trace for lever in active_levers(cfg)):
         update.update(_OPTIMIZER_OUTSIDE)
     return cfg.model_copy(update=update)
@@ -151,8 +151,8 @@ def trace_patterns(embeddings_grad: bool, roles: set[str], roles0: set[str],
         return [["T", "FA", "T"] if r0 == "T" else ["FA", "T", "FA"] for r0 in sorted(roles0)]
     if roles <= {"FB"}:
         return [["FB", "FB"]]
-    above = [r for r in ("FA", "T") if r in roles]
-    patterns = []
+    above: list[str] = [r for r in ("FA", "T") if r in roles]
+    patterns: list[list[str]] = []
     if "FB" in roles0:  # FB* T0 (FA|T)*: T0 above position 0 needs an FB below it
         full = ["FB", "T0"] + above
         patterns += [full] if len(full) <= max_layers else [full[:max_layers], ["T0"] + full[max_layers:]]
@@ -217,12 +217,12 @@ def _weights(fam: Family, num_layers: int, n_trained: int, block) -> int:
 
 def _opt_peaks(fam, cfg, opt, device, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Optimizer-step temporaries per trainable-layer count: raw and CUDA block bytes."""
-    out = [[], []]
+    out: list[list[int]] = [[], []]
     for k in counts:
         tensors = _trainable_tensors(fam, cfg, int(k))
         for i, block in enumerate((lambda n: n, cuda_block_bytes)):
             out[i].append(opt.step_peak(tensors, device, block))
-    return tuple(np.array(o, dtype=np.int64) for o in out)
+    return np.array(out[0], dtype=np.int64), np.array(out[1], dtype=np.int64)
 
 
 def worst_case_sets(num_layers: int, gamma: int, min_depth: int) -> np.ndarray:
@@ -308,8 +308,9 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
     weights = _weights(fam, L, len(chosen), lambda n: n)
     state = opt.state_bytes(tensors, device)
     paged = 0
+    replayed_opt: Optimizer | _StateOffAllocator = opt
     if cuda and opt.paged:  # cudaMallocManaged state: outside the caching allocator and its counters
-        paged, state, opt = state, 0, _StateOffAllocator(opt)
+        paged, state, replayed_opt = state, 0, _StateOffAllocator(opt)
     batch = 2 * cfg.batch_size * cfg.seq_len * INPUT_ID_BYTES
     grads, acts, trans = sim.at_peak
     raw_peak = weights + state + batch + sim.peak
@@ -319,7 +320,8 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
         # max_memory_reserved, and max_memory_allocated with the blocks handed out whole
         reserved, allocated = reserved_and_allocated(
             fam, [int(r) for r in roles[best]], num_layers=L, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-            tensors=tensors, opt=opt, workspace_bytes=profile.workspace_bytes, built_on_device=built_on_device)
+            tensors=tensors, opt=replayed_opt, workspace_bytes=profile.workspace_bytes,
+            built_on_device=built_on_device)
         overhead = reserved - raw_peak + profile.context_bytes
     breakdown = Breakdown(weights=weights, gradients=grads, optimizer=state, activations=acts,
                           transient=trans + batch, overhead=overhead)

@@ -37,7 +37,7 @@ def templates(events, marks, roles, input_ids, last_output, grad_ids) -> dict:
     segments of :mod:`planner.cost.trace` are, and by name outside the layers."""
     n = len(roles)
     bounds = marks + [("<end>", len(events))]
-    label_of = []
+    label_of: list[str | None] = []
     k = 0
     for i in range(len(events)):
         while k + 1 < len(bounds) and bounds[k + 1][1] <= i:
@@ -55,15 +55,15 @@ def templates(events, marks, roles, input_ids, last_output, grad_ids) -> dict:
     where: dict[int, tuple[str, int]] = {}
     count: dict[str, int] = {}
     for i, (aid, delta) in enumerate(events):
-        if delta > 0 and aid not in where and label_of[i] is not None:
-            lab = label_of[i]
+        lab = label_of[i]
+        if delta > 0 and aid not in where and lab is not None:
             where[aid] = (lab, count.get(lab, 0))
             count[lab] = count.get(lab, 0) + 1
     out: dict[str, dict] = {lab: {"ev": [], "out": None, "deferred": [], "outgoing": []} for lab in order}
     for i, aid in outputs.items():
-        lab, k = where.get(aid, (None, None))
-        if lab == f"fwd:{i}":
-            out[lab]["out"] = k
+        loc = where.get(aid)
+        if loc is not None and loc[0] == f"fwd:{i}":
+            out[loc[0]]["out"] = loc[1]
     handed: dict[str, list[int]] = {}  # bwd label -> ordinals freed by the next backward segment
     for i, (aid, delta) in enumerate(events):
         if delta >= 0 or aid not in where:
@@ -113,17 +113,17 @@ def templates(events, marks, roles, input_ids, last_output, grad_ids) -> dict:
         out[lab]["ev"].append(["f"] + ref)
     result: dict[str, dict] = {}
     for lab, tmpl in out.items():
-        i = _layer(lab)
-        if i is None:
+        layer = _layer(lab)
+        if layer is None:
             result[NAMES.get(lab, lab)] = tmpl
             continue
         phase = lab.split(":")[0]
-        if i == 0:
+        if layer == 0:
             result[f"{phase}0:{roles[0]}"] = tmpl
-        if i > 0:
-            result[f"{phase}:{roles[i]}"] = tmpl
-        elif f"{phase}:{roles[i]}" not in result:  # until a layer above position 0 has this role
-            result[f"{phase}:{roles[i]}"] = _above_layer0(tmpl, where.get(x0), x0_freed_in) if phase == "fwd" else tmpl
+        if layer > 0:
+            result[f"{phase}:{roles[layer]}"] = tmpl
+        elif f"{phase}:{roles[layer]}" not in result:  # until a layer above position 0 has this role
+            result[f"{phase}:{roles[layer]}"] = _above_layer0(tmpl, where.get(x0), x0_freed_in) if phase == "fwd" else tmpl
     return result
 
 

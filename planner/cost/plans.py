@@ -7,12 +7,15 @@ reports can ask the same questions (what fits, the largest γ that fits, the che
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
 from planner.levers import labels, shape_fields
 from planner.recipes import CHECKPOINTING, QLORA, TORCHTUNE_FULL
+
+if TYPE_CHECKING:
+    from planner.cost.estimator import MemoryEstimate
 
 DEFAULT_LORA_RANKS = (8, 16, 64)
 QLORA_RANK = 16  # the QLoRA row: r=16, as the tuner's QLoRA baseline
@@ -32,7 +35,7 @@ class Candidate:
     name: str
     method: Method
     config: TrainConfig
-    estimate: object  # planner.cost.MemoryEstimate
+    estimate: MemoryEstimate
     gamma: int | None = None
 
     @property
@@ -100,7 +103,7 @@ def recipe_rows(shared: dict, lora_ranks=DEFAULT_LORA_RANKS) -> list[tuple[str, 
     """The recipes 24 GB users run (planner.recipes), each row named with its levers: LoRA per rank with
     checkpointing, QLoRA r=16, full fine-tuning in torchtune's single-device form."""
     lora = dict(layers="all", train_embeddings=False, train_head=False)
-    rows = []
+    rows: list[tuple[str, Method, int | None, TrainConfig]] = []
     for rank in lora_ranks:
         cfg = TrainConfig(**{**shared, **CHECKPOINTING}, lora_rank=rank, **lora)
         rows.append((_named(f"lora r={rank}", cfg), "lora", None, cfg))

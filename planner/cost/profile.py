@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from planner.cost.device import DeviceProfile, LayerMeasurement, default_profile
 from planner.errors import PlannerError
@@ -214,11 +215,18 @@ class _Points:
     def __init__(self, meter):
         from planner.cost.measure import StepHooks
 
-        self.meter, self.values = meter, {}
-        hooks = StepHooks()
-        hooks.backward_start = lambda: self.values.__setitem__("forward", meter.allocated())
-        hooks.backward_end = lambda: self.values.__setitem__("backward", meter.allocated())
-        self.hooks = hooks
+        self.meter = meter
+        self.values: dict[str, int] = {}
+        values = self.values
+
+        class Hooks(StepHooks):
+            def backward_start(self):
+                values["forward"] = meter.allocated()
+
+            def backward_end(self):
+                values["backward"] = meter.allocated()
+
+        self.hooks = Hooks()
 
 
 def role_config(role: str, depth: int, *, dtype: str, batch_size: int, seq_len: int):
@@ -310,7 +318,8 @@ def measure_profile(spec, *, device: str = "cuda", dtype: str = "float32", batch
 
     if not (isinstance(depths, tuple) and len(depths) == 2 and 2 <= depths[0] < depths[1]):
         raise PlannerError(f"depths must be two layer counts 2 <= n1 < n2, but got {depths!r}")
-    kwargs = dict(device=device, dtype=dtype, batch_size=batch_size, seq_len=seq_len)
+    kwargs: dict[str, Any] = dict(device=device, dtype=dtype, batch_size=batch_size, seq_len=seq_len)
+    meter: _CudaMeter | _TrackerMeter
     if device == "cuda":
         if not torch.cuda.is_available():
             raise PlannerError(f"--device cuda needs a CUDA GPU, but torch {torch.__version__} sees none "

@@ -28,6 +28,7 @@ import contextlib
 import functools
 import gc
 import json
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import torch
@@ -96,6 +97,7 @@ class TraceResult:
     base_bytes: int = 0
     params: dict = field(default_factory=dict)  # see param_info()
     events: dict = field(default_factory=dict)  # segment -> allocation/free template (planner.cost.events)
+    key: str = field(default="", compare=False, repr=False)  # its cache key (set by planner.cost.estimator.get_trace)
 
     def to_json(self):
         return {"roles": self.roles, "segments": {k: v.to_json() for k, v in self.segments.items()},
@@ -141,7 +143,7 @@ def _segment(events, start, stop, cat_of, skip: AbstractSet[int] = frozenset()) 
         sign = 1 if delta > 0 else -1
         cur_c += sign * cuda_block_bytes(abs(delta))
         peak_c = max(peak_c, cur_c)
-    return Segment(tuple(cur), at_peak, cur_c, peak_c)
+    return Segment((cur[0], cur[1], cur[2]), at_peak, cur_c, peak_c)
 
 
 def run_trace(spec, roles: list[str], cfg, *, fake: bool = False, kernels: str = "cpu") -> TraceResult:
@@ -184,8 +186,8 @@ def run_trace(spec, roles: list[str], cfg, *, fake: bool = False, kernels: str =
                 with cuda_kernels(kernels == "cuda"), _unpacked_batch(fake):
                     training_step(model, optimizer, batch, cfg, marks, run_optimizer=False)
             marks.remove()
-            grads = {tracker.alloc_id(p.grad) for p in model.parameters() if p.grad is not None}
-            grads.discard(None)
+            ids = (tracker.alloc_id(p.grad) for p in model.parameters() if p.grad is not None)
+            grads = {aid for aid in ids if aid is not None}
             result = _cut(tracker, roles, grads, marks.input_ids, marks.last_output)
             result.events = templates(tracker.events, tracker.marks, roles, marks.input_ids, marks.last_output, grads)
             result.base_bytes = base
@@ -207,8 +209,9 @@ def _unpacked_batch(fake: bool):
     try:
         from transformers import masking_utils
     except ImportError:  # pragma: no cover
-        masking_utils = None
-    original = getattr(masking_utils, "find_packed_sequence_indices", None)
+        original = None
+    else:
+        original = getattr(masking_utils, "find_packed_sequence_indices", None)
     if not fake or original is None:
         yield
         return
@@ -325,25 +328,25 @@ def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_
     # when the model's forward returns (the model holds the embeddings output in a local)
     skip: set[int] = set()
     for i, role in enumerate(roles):
-        aid = input_ids.get(i)
-        n = freed_at.get(aid) if aid is not None else None
-        if n is not None and inside(n, f"fwd:{i}"):
-            skip.add(n)
+        x_id = input_ids.get(i)
+        x_freed, x_bytes = (freed_at.get(x_id), alloc_bytes.get(x_id, 0)) if x_id is not None else (None, 0)
+        if x_freed is not None and inside(x_freed, f"fwd:{i}"):
+            skip.add(x_freed)
             result.frees_input[role] = True
-            result.input_bytes = alloc_bytes.get(aid, 0)
-        elif n is not None and inside(n, f"bwd:{i}"):
+            result.input_bytes = x_bytes
+        elif x_freed is not None and inside(x_freed, f"bwd:{i}"):
             result.frees_input[role] = False
-        elif i == 0 and n is not None and inside(n, "fwd:head"):
-            skip.add(n)
+        elif i == 0 and x_freed is not None and inside(x_freed, "fwd:head"):
+            skip.add(x_freed)
             result.frees_input[role] = True
             result.x0_held = True
-            result.input_bytes = alloc_bytes.get(aid, 0)
+            result.input_bytes = x_bytes
         elif i > 0:
             raise RuntimeError(f"trace: the input of layer {i} (role {role}) is freed where composition cannot place it")
         # else: layer 0's input is freed by a segment every configuration of the family shares
         # (e.g. with gradient checkpointing it is a leaf that requires grad, freed after backward)
         if i == 0:
-            result.x0_kept = n is None or not (inside(n, "fwd:0") or inside(n, "fwd:head"))
+            result.x0_kept = x_freed is None or not (inside(x_freed, "fwd:0") or inside(x_freed, "fwd:head"))
 
     # made in a layer's forward, freed when the forward returns (autocast's cast cache of trainable
     # weights that backward does not keep): replayed after the head forward, per role

@@ -43,7 +43,8 @@ def add_lora(model: nn.Module, rank: int, select=None) -> nn.Module:
     # a regex, so a same-named module outside the decoder layers is never adapted
     pattern = r".*" + re.escape(path) + r"\.\d+\..*\b(" + "|".join(map(re.escape, targets)) + ")"
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=pattern,
-                     fan_in_fan_out=model.config.model_type == "gpt2")
+                     # a transformers model's config, which nn.Module.__getattr__ types as Tensor | Module
+                     fan_in_fan_out=model.config.model_type == "gpt2")  # type: ignore[union-attr]
     with _moves_skipped_if_fake(model):
         return get_peft_model(model, cfg)
 
@@ -58,12 +59,13 @@ def _moves_skipped_if_fake(model: nn.Module):
     if not any(isinstance(p, FakeTensor) for p in model.parameters()):
         yield
         return
-    original = nn.Module.to
-    nn.Module.to = lambda self, *args, **kwargs: self
-    try:
+    from unittest import mock
+
+    def unmoved(self, *args, **kwargs):
+        return self
+
+    with mock.patch.object(nn.Module, "to", unmoved):
         yield
-    finally:
-        nn.Module.to = original
 
 
 def apply_trainable(model: nn.Module, layers: list[int], *, train_embeddings: bool, train_head: bool,

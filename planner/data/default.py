@@ -16,14 +16,14 @@ import random
 from planner.data.pretrain import DEFAULT_RECIPE, PretrainRecipe, ensure_default_model, quiet_transformers
 from planner.data.tasks import TASKS
 from planner.data.tokenizer import CharTokenizer
-from planner.data.workload import Example, Workload
+from planner.data.workload import Example, Metric, Workload
 from planner.errors import PlannerError
 
 DEFAULT_TASK = "maximum"
 BATCH_SIZE = 32  # suggested proxy batch (64 gave no less seed noise at twice the cost: reports/workload_spread.txt)
 N_TRAIN = 8192  # training pool (a proxy run of 150 steps x 32 sees ~4800 examples)
 N_HELD_OUT = 1024  # held-out prompts (exact-match accuracy on 1024: binomial std <= 0.016, under the seed noise)
-DEFAULT_METRIC = "eval_loss"  # what `planner tune` optimizes on the default workload (see the module docstring)
+DEFAULT_METRIC: Metric = "eval_loss"  # what `planner tune` optimizes on the default workload (see the module docstring)
 
 
 def split_sizes(max_examples: int | None, n_train: int = N_TRAIN, n_held_out: int = N_HELD_OUT) -> tuple[int, int]:
@@ -47,7 +47,7 @@ def task_examples(task: str, *, seed: int, n_train: int = N_TRAIN, n_held_out: i
             break
         prompt, answer = make(held_rng, **options)
         held.setdefault(prompt, answer)
-    train = []
+    train: list[tuple[str, str]] = []
     for _ in range(100 * n_train):
         if len(train) == n_train:
             break
@@ -63,7 +63,7 @@ def task_examples(task: str, *, seed: int, n_train: int = N_TRAIN, n_held_out: i
 def default_workload(task: str = DEFAULT_TASK, *, seed: int = 0, max_examples: int | None = None,
                      recipe: PretrainRecipe = DEFAULT_RECIPE, options: dict | None = None,
                      n_train: int = N_TRAIN, n_held_out: int = N_HELD_OUT, progress: bool = True,
-                     metric: str = DEFAULT_METRIC) -> Workload:
+                     metric: Metric = DEFAULT_METRIC) -> Workload:
     """The default model (pretrained and cached on first use) with ``task`` as the fine-tuning job, scored by ``metric``."""
     from transformers import LlamaForCausalLM
 

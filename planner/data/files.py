@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Literal
 
 from planner.errors import PlannerError
 
@@ -21,7 +22,9 @@ INPUT_FIELD = "input"
 TEXT_FIELD = "text"
 MESSAGES_FIELD = "messages"
 ROLES = ("system", "user", "assistant")
-FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".txt": "text", ".md": "text"}
+FileFormat = Literal["jsonl", "json", "csv", "tsv", "text"]
+FORMATS: dict[str, FileFormat] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
+                                  ".txt": "text", ".md": "text"}
 
 
 def names_a_file(data: str) -> bool:

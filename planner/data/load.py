@@ -73,8 +73,8 @@ def load_workload(model: str | None = None, data: str | None = None, *, seed: in
         return default_workload(task, seed=seed, max_examples=max_examples, recipe=recipe_for(layers))
     if data is None:
         n_train, n_held = split_sizes(max_examples)
-        train, held = task_examples(task, seed=seed, n_train=n_train, n_held_out=n_held)
-        pairs, kind, name, sep = train + held, "pairs", f"default:{task}", ""
+        train_pairs, held_pairs = task_examples(task, seed=seed, n_train=n_train, n_held_out=n_held)
+        pairs, kind, name, sep = train_pairs + held_pairs, "pairs", f"default:{task}", ""
     else:
         kind, pairs = to_pairs(read_records(data), data)
         name, sep = data, PROMPT_SEPARATOR

@@ -20,6 +20,7 @@ from planner.errors import PlannerError
 
 IGNORE_INDEX = -100  # labels that the loss skips (the prompt, padding)
 EVAL_BATCH = 64  # held-out examples decoded at once
+Metric = Literal["accuracy", "eval_loss"]
 METRICS = ("eval_loss", "accuracy")
 
 
@@ -40,7 +41,7 @@ class Workload:
 
     def __init__(self, *, name: str, spec, model_source: str, train: list[Example], held_out: list[Example],
                  model_factory: Callable[[int], torch.nn.Module], decode: Callable[[list[int]], str],
-                 pad_id: int, eos_id: int | None, metric_name: Literal["accuracy", "eval_loss"], batch_size: int = 8):
+                 pad_id: int, eos_id: int | None, metric_name: Metric, batch_size: int = 8):
         if metric_name not in METRICS:
             raise PlannerError(f"metric must be one of {list(METRICS)}, but got {metric_name!r}")
         self.name = name
@@ -66,7 +67,8 @@ class Workload:
         """A fresh copy of the (pre)trained model: fp32, ``use_cache=False``, train mode."""
         torch.manual_seed(seed)
         model = self._factory(seed)
-        model.config.use_cache = False
+        # a transformers model's config, which nn.Module.__getattr__ types as Tensor | Module
+        model.config.use_cache = False  # type: ignore[union-attr]
         return model.train()
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[dict]:
@@ -101,7 +103,8 @@ class Workload:
                     raise PlannerError(f"accuracy needs an answer to match in every held-out example, but {self.name!r} has none")
                 answers = greedy_answers(model, [e.prompt for e in examples], max_new_tokens=self.max_answer_len,
                                          pad_id=self.pad_id, eos_id=self.eos_id)
-                hits = sum(self._decode(a).strip() == e.target.strip() for a, e in zip(answers, examples))
+                targets = [e.target for e in examples if e.target is not None]  # all of them (has_targets)
+                hits = sum(self._decode(a).strip() == t.strip() for a, t in zip(answers, targets))
                 return hits / len(examples)
             return eval_loss(model, examples, self.pad_id)
         finally:

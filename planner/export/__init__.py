@@ -58,7 +58,7 @@ def export_plan(plan_path: str | Path, target: str, out_dir: str | Path | None =
 
 def _check(plan) -> None:
     """Every inconsistency of a plan with its own model, at once."""
-    problems = []
+    problems: list[str] = []
     try:
         plan.train.check_against(plan.num_layers)
     except PlannerError as exc:

@@ -188,7 +188,7 @@ def outside_params(plan: "Plan") -> list[str]:
     from planner.export.names import arch_names
 
     names = arch_names(plan)
-    out = []
+    out: list[str] = []
     if plan.train_embeddings:
         out += names.embedding_params
     if plan.train_head:
@@ -227,6 +227,7 @@ def lora_as_full_loss(plan: "Plan", target: str, how: str, full_layers: int | No
     from planner.export.names import arch_names
 
     names, e, r = arch_names(plan), DTYPE_BYTES[plan.train.dtype], plan.lora_rank
+    assert r is not None, "only a LoRA plan's export loses its adapters (callers check plan.lora_rank)"
     full = [(n, e) for n in names.layer_numels] * (gamma(plan) if full_layers is None else full_layers)
     adapters = [(r * n, FP32_BYTES) for shape in names.linear_shapes for n in shape] * gamma(plan)  # peft: float32 adapters
     extra = (state_bytes(plan, full) + sum(n * b for n, b in full)) - (state_bytes(plan, adapters) + sum(n * b for n, b in adapters))

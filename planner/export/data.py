@@ -43,8 +43,8 @@ def training_data(workload_name: str) -> TrainingData:
     if workload_name.startswith(BUILTIN_PREFIX):
         return TrainingData(task=workload_name[len(BUILTIN_PREFIX):], format="builtin")
     path = Path(workload_name).expanduser()
-    fmt = FORMATS.get(path.suffix.lower()) if path.is_file() else "datasets"
     records = read_records(workload_name)  # the study read it moments ago: a local file or the datasets cache
+    fmt = FORMATS[path.suffix.lower()] if path.is_file() else "datasets"  # read_records took only a known suffix
     names = set().union(*(r.keys() for r in records)) if records else set()
     fields: dict[str, str] = {}
     for prompt, answer in PAIR_FIELDS:  # the loader's order: the first pair present wins

@@ -105,7 +105,7 @@ def _names(model_type: str, config_json: str) -> dict:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
     parts = model_parts(model)
-    name_of = {}
+    name_of: dict[int, str] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         name_of.setdefault(id(p), name)
     module_name = {id(m): n for n, m in model.named_modules()}

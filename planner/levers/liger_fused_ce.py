@@ -185,7 +185,7 @@ def fused_linear_cross_entropy_forward(_input, weight, target, ignore_index: int
 class _Function:
     """Holder for the autograd function, built on first use (torch is imported late)."""
 
-    cls = None
+    cls: type | None = None
 
 
 def _function():

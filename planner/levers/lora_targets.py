@@ -6,6 +6,8 @@ gradient needs, if anything (the trace counts both as they happen).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from planner.errors import PlannerError
@@ -49,7 +51,7 @@ class LoraTargets(Lever):
     def export(self, target, cfg, layers_attribute="model.layers"):
         if not cfg.lora_targets:
             return ExportItems()
-        keys = {"hf": {"target_modules": list(cfg.lora_targets)}, "peft": {"target_modules": list(cfg.lora_targets)}, "axolotl": {"lora_target_modules": list(cfg.lora_targets)},
+        keys: dict[str, dict[str, Any]] = {"hf": {"target_modules": list(cfg.lora_targets)}, "peft": {"target_modules": list(cfg.lora_targets)}, "axolotl": {"lora_target_modules": list(cfg.lora_targets)},
                 "llamafactory": {"lora_target": ",".join(cfg.lora_targets)},
                 }
         if target == "lmflow":

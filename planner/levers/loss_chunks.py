@@ -9,9 +9,14 @@ saves each chunk's float32 output for backward (the trace counts exactly that).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from planner.levers.base import ExportItems, Flag, Lever, register_lever
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE_INDEX = -100  # the label that takes no loss (transformers and torchtune)
 TORCHTUNE_CHUNKS = 8  # CEWithChunkedOutputLoss(num_output_chunks=8), torchtune's default
@@ -32,7 +37,7 @@ def chunked_loss(model, batch: dict, chunks: int):
     logits = [head(h) for h in hidden.chunk(chunks, dim=1)]  # torchtune's decoder returns this list
     labels = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[..., 1:]  # the next token's id
     total = (labels != IGNORE_INDEX).sum()
-    loss = 0.0
+    loss: torch.Tensor | float = 0.0
     for lg, y in zip(logits, labels.chunk(chunks, dim=1)):
         loss = loss + F.cross_entropy(lg.reshape(-1, lg.size(-1)).float(), y.reshape(-1), ignore_index=IGNORE_INDEX,
                                       reduction="sum")

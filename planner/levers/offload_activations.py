@@ -26,6 +26,7 @@ memory events do not see either, and under ``FakeTensorMode`` only its shape is 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from pydantic import Field
 
@@ -38,6 +39,7 @@ class _HostCopy:
     """One offloaded tensor: its bytes off the device, and how to rebuild it there."""
 
     __slots__ = ("data", "shape", "stride", "offset", "dtype", "device", "fake")
+    data: Any  # pinned host memory (a tensor) for a CUDA tensor, a NumPy array for a CPU one, None under FakeTensorMode
 
     def __init__(self, t):
         import torch  # deferred: every lever module is imported with the config, before torch is needed

@@ -29,6 +29,7 @@ from planner.levers.base import ExportItems, Flag, Lever, register_lever
 if TYPE_CHECKING:
     import torch
     from torch import nn
+    from transformers.pytorch_utils import Conv1D
 
 NF4_BLOCK = 64  # weights per absmax (BitsAndBytesConfig's default bnb_4bit_blocksize)
 Quantize = Literal["nf4", "nf4-dq", "int8"]
@@ -44,7 +45,7 @@ def _bnb():
 
 
 # torch, transformers and bitsandbytes are imported where a model is changed: the config imports every lever
-def _quantized(module: "nn.Module", kind: str, compute_dtype: "torch.dtype") -> "nn.Module":
+def _quantized(module: "nn.Linear | Conv1D", kind: str, compute_dtype: "torch.dtype") -> "nn.Module":
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
@@ -101,8 +102,10 @@ def _fake_quantized(bnb, weight, bias, kind: str, compute_dtype):
     n = weight.numel()
     if kind == "int8":
         w = nn.Parameter(torch.empty((out_features, in_features), dtype=torch.int8), requires_grad=False)
-        w.CB, w.SCB, w.has_fp16_weights = w.data, torch.empty(out_features, dtype=torch.float32), False
-        new.state.CB, new.state.SCB = w.CB, w.SCB
+        # what bitsandbytes' Int8Params carries, set on a plain Parameter (its class cannot hold a fake tensor)
+        scb = torch.empty(out_features, dtype=torch.float32)
+        w.CB, w.SCB, w.has_fp16_weights = w.data, scb, False  # type: ignore[attr-defined]
+        new.state.CB, new.state.SCB = w.CB, w.SCB  # type: ignore[attr-defined]
     else:
         blocks = -(-n // NF4_BLOCK)
         common = dict(shape=weight.shape, code=torch.empty(NF4_CODES), blocksize=NF4_BLOCK, quant_type="nf4",
@@ -116,7 +119,7 @@ def _fake_quantized(bnb, weight, bias, kind: str, compute_dtype):
         else:
             qs = QuantState(absmax=torch.empty(blocks), **common)
         w = nn.Parameter(torch.empty(((n + 1) // 2, 1), dtype=torch.uint8), requires_grad=False)
-        w.quant_state, w.bnb_quantized = qs, True
+        w.quant_state, w.bnb_quantized = qs, True  # type: ignore[attr-defined]  # Params4bit's, as for int8 above
     new.weight = w
     if bias is not None:
         new.bias = nn.Parameter(bias.data, requires_grad=False)

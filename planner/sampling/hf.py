@@ -12,6 +12,8 @@ layers of a step).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from transformers import TrainerCallback
 
@@ -28,7 +30,7 @@ class LayerwiseCallback(TrainerCallback):
     def __init__(self, sampler: LayerSampler, calib_batch: dict | None = None) -> None:
         self.sampler = sampler
         self.calib_batch = calib_batch
-        self._batches = None
+        self._batches: Iterator[dict] | None = None
         self.added: list = []
 
     def _next_batch(self, train_dataloader) -> dict | None:
@@ -37,10 +39,12 @@ class LayerwiseCallback(TrainerCallback):
         if train_dataloader is None:
             return None
         try:
-            return next(self._batches)
+            if self._batches is not None:
+                return next(self._batches)
         except (StopIteration, TypeError):
-            self._batches = iter(train_dataloader)
-            return next(self._batches, None)
+            pass
+        self._batches = iter(train_dataloader)  # the first batch, or the first again after the last
+        return next(self._batches, None)
 
     def _on_device(self, batch: dict | None) -> dict | None:
         if batch is None:

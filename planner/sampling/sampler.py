@@ -113,6 +113,7 @@ class LayerSampler:
     def make_optimizer(self, optimizer_cls=torch.optim.AdamW, **kwargs) -> torch.optim.Optimizer:
         """Build ``optimizer_cls`` over every managed parameter once; state appears only for active ones."""
         self.attach_optimizer(optimizer_cls(self.managed_parameters(), **kwargs))
+        assert self.optimizer is not None  # attach_optimizer keeps it
         return self.optimizer
 
     def attach_optimizer(self, optimizer) -> list[nn.Parameter]:

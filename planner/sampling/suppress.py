@@ -40,7 +40,7 @@ def _scale_output(alpha: float):
 
 def adapter_outputs(layer: nn.Module) -> list[nn.Module]:
     """The modules whose output is an adapter's contribution (peft's ``lora_B`` linears)."""
-    found = []
+    found: list[nn.Module] = []
     for name, module in layer.named_modules():
         leaf = name.rsplit(".", 2)
         if any(part == "lora_B" for part in leaf) and isinstance(module, nn.Linear):

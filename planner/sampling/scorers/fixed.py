@@ -37,7 +37,9 @@ class FixedScorer(Scorer):
         self.layers = sorted(self.layers)
 
     def weights(self) -> list[float]:
+        assert self.layers is not None, "bind() sets the layers"
         return self._indicator(self.layers)
 
     def select(self, step: int) -> list[int]:
+        assert self.layers is not None, "bind() sets the layers"
         return list(self.layers)

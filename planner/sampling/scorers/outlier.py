@@ -21,7 +21,7 @@ from planner.sampling.scorers.base import Scorer, forward_with_hooks, register_s
 
 def layer_linears(layer: nn.Module) -> list[tuple[nn.Module, torch.Tensor]]:
     """(module, weight as (out, in)) for each dense projection of a layer, adapters excluded."""
-    found = []
+    found: list[tuple[nn.Module, torch.Tensor]] = []
     for name, module in layer.named_modules():
         if "lora_" in name:
             continue

@@ -76,7 +76,10 @@ class SemanticScorer(Scorer):
         labels = batch.get("labels", batch["input_ids"])
         targets = labels[:, 1:]
         keep = targets != -100
-        u = self.sampler.parts.head_module.weight.detach().float()[targets.clamp(min=0)][keep]  # (tokens, H)
+        # (tokens, H); bind() checked the output embedding has a weight, which nn.Module.__getattr__ types as
+        # Tensor | Module
+        head = self.sampler.parts.head_module
+        u = head.weight.detach().float()[targets.clamp(min=0)][keep]  # type: ignore[union-attr, operator]
         deviations = []
         for i in range(len(layers)):
             delta = (states[i] - states[i - 1])[:, :-1].float()[keep]
