@@ -173,7 +173,7 @@ def test_backward_hands_over_the_saved_gradients(tiny):
 
 # -- the cost model ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + ("phi3",))
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_prediction_is_exact_on_cpu(tiny, arch, case):
     """Truth: the peak of a real second training step of the full-depth model under the lever."""
