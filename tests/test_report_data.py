@@ -142,8 +142,9 @@ def test_pareto_front(study):
 
 def test_bars_use_baseline_trials_and_tuned_plan(study):
     d = rstudy.study_report_data(study, estimator=fake_estimator)
-    assert [b.key for b in d.bars] == ["full", "lora", "lisa", "plan"]
-    full, lora, lisa, plan = d.bars
+    assert [b.key for b in d.bars] == ["full", "lora", "qlora", "lisa", "plan"]
+    full, lora, qlora, lisa, plan = d.bars
+    assert qlora.source == "cost model" and "NF4 + double quant" in qlora.label  # no QLoRA trial in this study
     assert full.source == "trial #0" and full.fits is False and full.peak_bytes == 11 * GiB
     assert plan.trial_number == 4 and plan.breakdown == _bd(2, 0.75, 1.5, 1.0)
     assert all(set(b.breakdown) == set(BREAKDOWN_KEYS) for b in d.bars)
@@ -192,7 +193,7 @@ def test_sweeps_fall_back_to_trials_when_model_unknown(tmp_path):
     d = rstudy.study_report_data(study)
     assert d.gamma_sweep.curves == [] and len(d.gamma_sweep.points) == 10
     assert "cannot be loaded" in d.gamma_sweep.note
-    # the baselines are trials: bars need no cost model
+    # the baselines are trials: bars need no cost model (QLoRA, not trained in this study, has no bar without one)
     assert [b.key for b in d.bars] == ["full", "lora", "lisa", "plan"]
 
 
@@ -242,7 +243,7 @@ def test_plan_report_data_uses_the_cost_model(tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps(tiny_spec("llama", num_layers=L).config.to_dict()))
     d = rdata.plan_report_data(_plan(str(cfg)), name="p", estimator=fake_estimator)
-    assert [b.key for b in d.bars] == ["full", "lora", "lisa", "plan"]
+    assert [b.key for b in d.bars] == ["full", "lora", "qlora", "lisa", "plan"]
     assert all(b.source == "cost model" for b in d.bars)
     assert d.notes["tradeoff"] == rdata.NO_STUDY and d.notes["history"] == rdata.NO_STUDY
     rows = {r.key: r for r in d.savings}
@@ -317,6 +318,7 @@ def test_plan_deltas_use_the_plan_baselines_when_a_bar_is_missing(tmp_path):
 
     d = rdata.plan_report_data(_plan(str(cfg)), name="p", estimator=no_lora)
     assert [b.key for b in d.bars] == ["full", "lisa", "plan"] and "LoRA: the cost model failed" in d.notes["breakdown"]
+    assert "QLoRA: the cost model failed" in d.notes["breakdown"]
     assert {r.key: r for r in d.savings}["plan"].delta_vs_lora == pytest.approx(0.2)
 
 
@@ -364,3 +366,29 @@ def test_a_study_report_is_about_its_target(tmp_path):
     assert max(max(c.x) for c in d.gamma_sweep.curves) == 32
     assert min(min(c.y) for c in d.gamma_sweep.curves) > 15 * GiB
     assert any(line.startswith("target: llama-3-8b (32 layers), batch 1 × seq 1024, bfloat16") for line in d.details)
+
+
+def test_baselines_the_cost_model_prices_are_in_the_form_that_fits(tmp_path):
+    """A baseline no trial measured is drawn in the cheapest recipe form within the budget (as `planner tune` trains
+    it), named with its levers; over a budget no form meets, in the last form."""
+    from planner.spec.tiny import tiny_spec
+
+    def ckpt_estimator(spec, cfg):
+        total, bd = fake_estimator(spec, cfg)
+        if cfg.gradient_checkpointing:  # checkpointing keeps a quarter of the activations here
+            bd = {**bd, "activations": bd["activations"] // 4}
+        return sum(bd.values()), bd
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_spec("llama", num_layers=L).config.to_dict()))
+    spec = tiny_spec("llama", num_layers=L)
+    lora = TrainConfig(seq_len=32, layers="all", train_embeddings=False, train_head=False, lora_rank=16)
+    plain, ckpt = ckpt_estimator(spec, lora)[0], ckpt_estimator(spec, lora.model_copy(update={"gradient_checkpointing": True}))[0]
+    assert ckpt < plain
+    between = (plain + ckpt) // 2
+    d = rdata.plan_report_data(_plan(str(cfg), vram_bytes=between), name="p", estimator=ckpt_estimator)
+    bar = next(b for b in d.bars if b.key == "lora")
+    assert bar.peak_bytes == ckpt and bar.label == "LoRA (checkpointing)" and bar.fits
+    d = rdata.plan_report_data(_plan(str(cfg), vram_bytes=ckpt - 1), name="p", estimator=ckpt_estimator)
+    bar = next(b for b in d.bars if b.key == "lora")
+    assert bar.peak_bytes == ckpt and not bar.fits  # LoRA's last form is checkpointing

@@ -15,13 +15,17 @@ from typing import Any, Callable
 from planner.config import TrainConfig
 from planner.errors import PlannerError
 from planner.plan import BREAKDOWN_KEYS, Plan
-from planner.tune.baselines import LORA_BASELINE_RANK
-from planner.tune.space import LISA_GAMMA as LISA_DEFAULT_GAMMA
+from planner.levers import labels
+from planner.tune.baselines import BASELINE_LABELS, FULL_BASELINE, LISA_BASELINE, LORA_BASELINE, QLORA_BASELINE
+from planner.tune.baselines import baseline_configs
+from planner.tune.record import Baseline
 from planner.units import GiB
 
 MAX_SWEEP_POINTS = 16  # cost-model evaluations per curve; a 80-layer model is sampled, not walked
 
-BASELINES = (("full", "full fine-tuning"), ("lora", "LoRA"), ("lisa", "LISA defaults"))
+# the bars' order; the baselines themselves are defined once, in planner.tune.baselines
+BASELINES = tuple((kind.name, BASELINE_LABELS[kind]) for kind in (FULL_BASELINE, LORA_BASELINE, QLORA_BASELINE,
+                                                                   LISA_BASELINE))
 PLAN_KEY, PLAN_LABEL = "plan", "tuned plan"
 
 # report sections, in order; ``ReportData.notes[section]`` says why one is empty
@@ -192,15 +196,21 @@ def _config(base: TrainConfig, **changes) -> TrainConfig:
     return TrainConfig(**data)
 
 
-def baseline_configs(base: TrainConfig) -> dict[str, TrainConfig]:
-    """Full fine-tuning, LoRA (rank 16 on every layer, embeddings and head frozen) and LISA's defaults."""
-    static = dict(active_layers=None, min_depth=0)
-    return {
-        "full": _config(base, layers="all", train_embeddings=True, train_head=True, lora_rank=None, **static),
-        "lora": _config(base, layers="all", train_embeddings=False, train_head=False, lora_rank=LORA_BASELINE_RANK, **static),
-        "lisa": _config(base, layers=None, active_layers=LISA_DEFAULT_GAMMA, min_depth=0,
-                        train_embeddings=True, train_head=True, lora_rank=None),
-    }
+def fits_with(estimator: Estimator, spec, vram: int | None):
+    """``fits(config)`` for :func:`planner.tune.baselines.baseline_configs`: the estimate within ``vram``; a
+    configuration the cost model cannot price does not fit."""
+    def fits(cfg: TrainConfig) -> bool:
+        try:
+            return bool(_fits(estimator(spec, cfg)[0], vram))
+        except PlannerError:
+            return False
+    return fits
+
+
+def form_label(label: str, cfg: TrainConfig) -> str:
+    """A baseline's label with the levers of the form it is costed in, e.g. ``LoRA (checkpointing)``."""
+    words = labels(cfg)
+    return f"{label} ({', '.join(words)})" if words else label
 
 
 def _spread(lo: int, hi: int, n: int = MAX_SWEEP_POINTS) -> list[int]:
@@ -316,13 +326,16 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
     if spec is not None and estimator is not None:
         plan.train.check_against(spec.num_layers)
         failed = []
+        configs = baseline_configs(plan.train, spec.num_layers, fits=fits_with(estimator, spec, plan.vram_bytes))
         for key, label in BASELINES:
+            cfg = configs[Baseline(key)]
             try:
-                peak, parts = estimator(spec, baseline_configs(plan.train)[key])
+                peak, parts = estimator(spec, cfg)
             except PlannerError as exc:
                 failed.append(f"{label}: {exc}")
                 continue
-            bars.append(Bar(key, label, parts, peak, "cost model", _fits(peak, plan.vram_bytes), metrics.get(key)))
+            bars.append(Bar(key, form_label(label, cfg), parts, peak, "cost model", _fits(peak, plan.vram_bytes),
+                            metrics.get(key)))
         try:
             peak, parts = estimator(spec, plan.train)
             source = "cost model"

@@ -11,11 +11,12 @@ import math
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
-from planner.report.data import (BASELINES, LISA_DEFAULT_GAMMA, PLAN_KEY, PLAN_LABEL, Bar, Estimator, HistoryPoint,
+from planner.report.data import (BASELINES, PLAN_KEY, PLAN_LABEL, Bar, Estimator, HistoryPoint,
                                  ImportanceMap, ReportData, Sweep, TrialPoint, _breakdown_dict, _config, _fits,
-                                 _model_sweeps, baseline_configs, cost_model_estimator, savings_table)
+                                 _model_sweeps, cost_model_estimator, fits_with, form_label, savings_table)
 from planner.tune import record
-from planner.tune.baselines import best_of_kind
+from planner.tune.baselines import baseline_configs, best_of_kind
+from planner.tune.space import LISA_GAMMA as LISA_DEFAULT_GAMMA
 from planner.tune.confirm import best_confirmed, confirmed, report_lines
 from planner.tune.record import SEARCH, Baseline, Confirm
 
@@ -237,7 +238,8 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
 
     # ---- breakdown bars
     bars: list[Bar] = []
-    configs = baseline_configs(base)
+    configs = (baseline_configs(base, num_layers or 1, fits=fits_with(estimator, spec, vram))
+               if spec is not None and estimator is not None else {})
     for key, label in BASELINES:
         # the best learning rate of its sweep (a trained record first, then the latest)
         t = best_of_kind([t for t in trials if record.read(t).breakdown], Baseline(key), direction)
@@ -249,8 +251,9 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
             bars.append(Bar(key, label, parts, peak, f"trial #{t.number}", fits, pt.metric, t.number))
         elif spec is not None and estimator is not None:
             try:
-                peak, parts = estimator(spec, configs[key])
-                bars.append(Bar(key, label, parts, peak, "cost model", _fits(peak, vram)))
+                cfg = configs[Baseline(key)]
+                peak, parts = estimator(spec, cfg)
+                bars.append(Bar(key, form_label(label, cfg), parts, peak, "cost model", _fits(peak, vram)))
             except PlannerError as exc:
                 notes["breakdown"] = "; ".join(filter(None, [notes.get("breakdown"), f"{label}: {exc}"]))
     if best is not None:

@@ -99,6 +99,35 @@ def trial_form_words(trial) -> str:
     return f" ({', '.join(words)})" if words else ""
 
 
+BASELINE_LABELS = {LISA_BASELINE: "LISA defaults", FULL_BASELINE: "full fine-tuning", LORA_BASELINE: "LoRA",
+                   QLORA_BASELINE: "QLoRA"}
+_FIT_DEFAULTS = {name: _LEVER_DEFAULTS[name] for name in ("gradient_checkpointing", "optimizer_in_backward", "loss_chunks",
+                                                          "quantize")}
+
+
+def _methods(num_layers: int) -> dict[Baseline, dict]:
+    """What each baseline trains (the same points :func:`_plain_points` gives the search, as config fields)."""
+    static = dict(active_layers=None, min_depth=0)
+    lora = dict(layers="all", train_embeddings=False, train_head=False, lora_rank=LORA_BASELINE_RANK, **static)
+    return {LISA_BASELINE: dict(layers=None, active_layers=min(LISA_GAMMA, num_layers), min_depth=0,
+                                train_embeddings=True, train_head=True, lora_rank=None),
+            FULL_BASELINE: dict(layers="all", train_embeddings=True, train_head=True, lora_rank=None, **static),
+            LORA_BASELINE: lora, QLORA_BASELINE: lora}
+
+
+def baseline_configs(base: TrainConfig, num_layers: int, fits=None) -> dict[Baseline, TrainConfig]:
+    """Each baseline on ``base``'s training shape in the first form of :data:`RECIPES` that ``fits(config)`` admits
+    (the last where none does; the first without ``fits``): the configurations reports cost where a study trained
+    no baseline, the forms its trials would have run in. Memory-only levers ``base`` pulled start from their
+    defaults, so a form sets them alone."""
+    data = {**base.model_dump(), **_FIT_DEFAULTS}
+    out = {}
+    for kind, method in _methods(num_layers).items():
+        forms = [TrainConfig(**{**data, **method, **form}) for form in RECIPES[kind]]
+        out[kind] = next((c for c in forms if fits(c)), forms[-1]) if fits is not None else forms[0]
+    return out
+
+
 def baseline_points(space: SearchSpace, gate=None) -> dict[Baseline, TrialParams]:
     """Kind -> fixed point, in the cheapest form of :data:`RECIPES` that ``gate`` lets through (without a
     gate, or where no form fits, the last form). LISA needs the ``uniform`` scorer in the space."""
