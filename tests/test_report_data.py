@@ -392,3 +392,31 @@ def test_baselines_the_cost_model_prices_are_in_the_form_that_fits(tmp_path):
     d = rdata.plan_report_data(_plan(str(cfg), vram_bytes=ckpt - 1), name="p", estimator=ckpt_estimator)
     bar = next(b for b in d.bars if b.key == "lora")
     assert bar.peak_bytes == ckpt and not bar.fits  # LoRA's last form is checkpointing
+
+
+def test_plan_report_takes_each_baselines_figures_by_name_and_its_recorded_form(tmp_path):
+    """A plan whose best is torchtune's full form (paged 8-bit AdamW): its LoRA baseline was trained with the
+    target's AdamW, and the study recorded that peak; the report draws that form, and LoRA keeps its own metric
+    beside QLoRA's (a name match once gave LoRA QLoRA's figures)."""
+    from planner.spec.tiny import tiny_spec
+
+    def opt_estimator(spec, cfg):
+        total, bd = fake_estimator(spec, cfg)
+        if cfg.optimizer != "adamw":  # 8-bit state: a quarter here
+            bd = {**bd, "optimizer": bd["optimizer"] // 4}
+        return sum(bd.values()), bd
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_spec("llama", num_layers=L).config.to_dict()))
+    spec = tiny_spec("llama", num_layers=L)
+    lora = TrainConfig(seq_len=32, layers="all", train_embeddings=False, train_head=False, lora_rank=16)
+    adamw_peak = opt_estimator(spec, lora)[0]
+    assert opt_estimator(spec, lora.model_copy(update={"optimizer": "paged_adamw8bit"}))[0] != adamw_peak
+    train = TrainConfig(seq_len=32, layers="all", optimizer="paged_adamw8bit")
+    plan = _plan(str(cfg), train=train, active_layers=L, train_embeddings=True, train_head=True, vram_bytes=100 * GiB,
+                 baselines=[{"name": "lora", "predicted_peak_bytes": adamw_peak, "fits": True, "metric": 0.5},
+                            {"name": "qlora", "predicted_peak_bytes": GiB, "fits": True, "metric": 0.4}])
+    d = rdata.plan_report_data(plan, name="p", estimator=opt_estimator)
+    bars = {b.key: b for b in d.bars}
+    assert bars["lora"].peak_bytes == adamw_peak and "paged" not in bars["lora"].label
+    assert bars["lora"].metric == 0.5 and bars["qlora"].metric == 0.4

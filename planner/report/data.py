@@ -317,23 +317,29 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
         if estimator is None:
             why = "the cost model is not available"
     metrics = {}
+    keys = {key for key, _ in BASELINES}
+    recorded = {}  # a baseline's name -> the peak the study predicted for it, in the form it trained in
     for b in plan.baselines:
-        for key, _ in BASELINES:
-            if key in b.name.lower().replace("baseline:", ""):
-                metrics[key] = b.metric
+        key = b.name.lower().removeprefix("baseline:")
+        if key in keys:  # by name: "lora" must not take "qlora"'s figures
+            metrics[key], recorded[key] = b.metric, b.predicted_peak_bytes
     bars: list[Bar] = []
     gamma_sweep = depth_sweep = None
     if spec is not None and estimator is not None:
         plan.train.check_against(spec.num_layers)
         failed = []
-        configs = baseline_configs(plan.train, spec.num_layers, fits=fits_with(estimator, spec, plan.vram_bytes))
+        fits = fits_with(estimator, spec, plan.vram_bytes)
+        # the plan's training shape; its optimizer may be a recipe's (a baseline that won), so the default
+        # optimizer is tried too, and the form whose peak the study recorded is the one drawn
+        shapes = [baseline_configs(base, spec.num_layers, fits=fits) for base in
+                  (plan.train, plan.train.model_copy(update={"optimizer": TrainConfig.model_fields["optimizer"].default}))]
         for key, label in BASELINES:
-            cfg = configs[Baseline(key)]
             try:
-                peak, parts = estimator(spec, cfg)
+                priced = [(c, *estimator(spec, c)) for c in (s[Baseline(key)] for s in shapes)]
             except PlannerError as exc:
                 failed.append(f"{label}: {exc}")
                 continue
+            cfg, peak, parts = next((p for p in priced if p[1] == recorded.get(key)), priced[0])
             bars.append(Bar(key, form_label(label, cfg), parts, peak, "cost model", _fits(peak, plan.vram_bytes),
                             metrics.get(key)))
         try:

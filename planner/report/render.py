@@ -18,7 +18,7 @@ SECTION_TITLES = {
     "savings": "Savings",
 }
 SECTION_TEXT = {
-    "breakdown": "Predicted peak memory of full fine-tuning, LoRA, LISA's defaults and the tuned plan, "
+    "breakdown": "Predicted peak memory of full fine-tuning, LoRA, QLoRA, LISA's defaults and the tuned plan, "
                  "split into weights, gradients, optimizer state, activations, transient buffers and device overhead.",
     "tradeoff": "Every trained trial; the line joins the Pareto front (no other trial has both a better metric and "
                 "a lower predicted peak). Trials the budget gate rejected were never trained: hollow markers on the "
