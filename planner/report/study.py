@@ -15,7 +15,7 @@ from planner.report.data import (BASELINES, PLAN_KEY, PLAN_LABEL, Bar, Estimator
                                  ImportanceMap, ReportData, Sweep, TrialPoint, _breakdown_dict, _config, _fits,
                                  _model_sweeps, cost_model_estimator, fits_with, form_label, savings_table)
 from planner.tune import record
-from planner.tune.baselines import baseline_configs, best_of_kind
+from planner.tune.baselines import baseline_configs, best_of_kind, trial_form_words
 from planner.tune.space import LISA_GAMMA as LISA_DEFAULT_GAMMA
 from planner.tune.confirm import best_confirmed, confirmed, report_lines
 from planner.tune.record import SEARCH, Baseline, Confirm
@@ -248,7 +248,8 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
             parts = _breakdown_dict(record.read(t).breakdown)
             peak = pt.peak_bytes if pt.peak_bytes is not None else sum(parts.values())
             fits = pt.fits if pt.fits is not None else _fits(peak, vram)
-            bars.append(Bar(key, label, parts, peak, f"trial #{t.number}", fits, pt.metric, t.number))
+            bars.append(Bar(key, label + trial_form_words(t), parts, peak, f"trial #{t.number}", fits, pt.metric,
+                            t.number))
         elif spec is not None and estimator is not None:
             try:
                 cfg = configs[Baseline(key)]
