@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -61,11 +63,13 @@ def _budget(ax, data: ReportData, values: list[float], *, vertical: bool = False
     return True
 
 
+TICK_WIDTH = 22  # characters per line of a bar's label
 OVERHEAD_ZOOM = 0.5  # when device overhead is over half of a bar, a second panel shows the rest
 
 
 def _stacked(ax, data: ReportData, parts, *, budget: bool, digits: int) -> None:
-    labels = [b.label for b in data.bars]
+    # a baseline's label names its levers: wrapped so neighbours do not run into each other
+    labels = [textwrap.fill(b.label, TICK_WIDTH) for b in data.bars]
     bottoms = [0.0] * len(data.bars)
     for part in parts:
         vals = [gib(b.breakdown.get(part, 0)) for b in data.bars]
