@@ -308,3 +308,26 @@ def test_a_draw_that_is_not_a_whole_point_is_let_through():
     point = space().point(gamma=2, period=20, scorer="uniform", train_embeddings=True, train_head=True, lr=1e-3)
     assert not accept(point.as_params())
     assert accept({**point.as_params(), "train_embeddings": False})
+
+
+def test_a_draw_without_its_conditional_choice_is_screened_over_every_choice():
+    """Whole-point draws cover the parameters every trial shares; ``quantize`` is asked only of static-scorer points,
+    so a draw of one lacks it. Such a draw passes where some choice fits (the trial's own draw picks), not blindly:
+    at 24 GB the default study trained 10 of 20 searched points gated, all static ones with trained embeddings."""
+    from planner.tune.bounded import admissible
+
+    s = space(scorers=("fixed", "uniform"), static_scorers=("fixed",), quantize_choices=(None, "nf4-dq"))
+    params = {k: v for k, v in s.point(gamma=2, period=20, scorer="fixed", train_embeddings=True, train_head=True,
+                                         lr=1e-3).as_params().items() if k != "quantize"}
+    assert not admissible(s, REFUSES_TRAINED_EMBEDDINGS)(optuna.create_study())(params)  # in neither form
+    assert admissible(s, REFUSES_TRAINED_EMBEDDINGS)(optuna.create_study())({**params, "train_embeddings": False})
+    only_quantized = _Gate(lambda config: config.quantize is not None)
+    assert admissible(s, only_quantized)(optuna.create_study())(params)  # one of its choices fits
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_screened_tpe_draws_of_static_points_are_not_gated(seed):
+    s = space(num_layers=8, scorers=("fixed", "uniform"), static_scorers=("fixed",), quantize_choices=(None, "nf4-dq"))
+    screened, start = _screened_study(s, REFUSES_TRAINED_EMBEDDINGS, screen=True, n_trials=30, seed=seed)
+    assert any(t.params["scorer"] == "fixed" and "quantize" in t.params for t in screened[start:])
+    assert not any(t.user_attrs["gated"] for t in screened[start:])

@@ -101,19 +101,31 @@ def largest_fitting_gamma(space, gate) -> int:
     return best
 
 
+MAX_COMPLETIONS = 16  # whole points one draw may stand for (its missing conditional choices), at most, before it is let through
+
+
+class _Missing(KeyError):
+    """A parameter the draw left out: ``choices`` when it is categorical (the draw stands for each), else None."""
+
+    def __init__(self, name: str, choices: list | None):
+        super().__init__(name)
+        self.name, self.choices = name, choices
+
+
 class _Drawn:
     """Answers a space's ``suggest_*`` calls from a drawn ``params`` dict; a parameter left out of the draw
-    (Optuna leaves one-choice parameters out) takes its only choice. KeyError: the draw is not a whole point."""
+    (Optuna leaves one-choice parameters out) takes its only choice. :class:`_Missing`: the draw is not a whole
+    point."""
 
     def __init__(self, params: dict):
         self.params = params
 
-    def _get(self, name, only):
+    def _get(self, name, only, categorical: bool = False):
         if name in self.params:
             return self.params[name]
         if len(only) == 1:
             return only[0]
-        raise KeyError(name)
+        raise _Missing(name, list(only) if categorical else None)
 
     def suggest_int(self, name, low, high, **_):
         return self._get(name, [low] if low == high else [low, high])
@@ -122,12 +134,31 @@ class _Drawn:
         return self._get(name, [low] if low == high else [low, high])
 
     def suggest_categorical(self, name, choices):
-        return self._get(name, list(choices))
+        return self._get(name, list(choices), categorical=True)
+
+
+def completions(space, params: dict) -> list | None:
+    """The whole points a draw stands for: itself, or, where it leaves out a conditional categorical parameter
+    (``quantize`` is asked only for some scorers, so whole-point draws over the parameters every trial shares
+    lack it), one point per choice, which the trial's own draw then picks from. None: a non-categorical
+    parameter is missing, or more than :data:`MAX_COMPLETIONS` points (the draw is let through)."""
+    out, todo = [], [dict(params)]
+    while todo:
+        p = todo.pop()
+        try:
+            out.append(space.suggest(_Drawn(p)))
+        except _Missing as missing:
+            if missing.choices is None or len(out) + len(todo) + len(missing.choices) > MAX_COMPLETIONS:
+                return None
+            todo += [{**p, missing.name: c} for c in missing.choices]
+    return out
 
 
 def admissible(space, gate):
     """``admissible(study)`` -> ``accept(params)``: the drawn point fits the budget and no finished trial of ``study``
-    trained it already (a draw that is not a whole point is let through: the objective gates and reuses as before)."""
+    trained it already; a draw missing a conditional categorical parameter passes where one of its choices does
+    (:func:`completions`); any other draw that is not a whole point is let through (the objective gates and reuses
+    as before)."""
     from optuna.trial import TrialState
 
     fits = fits_in_a_form(space, gate)
@@ -137,11 +168,11 @@ def admissible(space, gate):
                 if "gamma" in t.params and not record.read(t).gated}
 
         def accept(params: dict) -> bool:
-            try:
-                point = space.suggest(_Drawn(params))
-            except KeyError:
+            points = completions(space, params)
+            if points is None:
                 return True
-            return point not in done and fits(point)
+            # some choice of the parameters the draw leaves to the trial trains a new point within the budget
+            return any(point not in done and fits(point) for point in points)
 
         return accept
 
