@@ -10,7 +10,7 @@ import threading
 import optuna
 
 from planner.tune.creation import CREATED_BY, READY, wait_for_creation
-from planner.tune.lifecycle import _proc_stat, machine_key, process_identity
+from planner.tune.processes import _proc_stat, machine_key, process_identity
 
 
 def _study():
@@ -39,7 +39,7 @@ def test_a_live_creator_is_waited_for_until_ready():
 
 
 def test_a_dead_creator_or_a_bare_study_is_repaired():
-    out = subprocess.run([sys.executable, "-c", "import json; from planner.tune.lifecycle import process_identity; "
+    out = subprocess.run([sys.executable, "-c", "import json; from planner.tune.processes import process_identity; "
                           "print(json.dumps(process_identity()))"], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.getcwd()}).stdout
     import json

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from planner.tune.lifecycle import ended_here, process_identity
+from planner.tune.processes import ended_here, process_identity
 
 CREATED_BY, READY = "created_by", "ready"
 BARE_GRACE = 5.0  # a study with no attribute at all may be a create_study a few milliseconds old

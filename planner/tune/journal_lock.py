@@ -14,7 +14,7 @@ import os
 
 from optuna.storages.journal import JournalFileSymlinkLock
 
-from planner.tune.lifecycle import ended_here, process_identity
+from planner.tune.processes import ended_here, process_identity
 
 _SEP = "#"  # path#machine#pid#start: machine keys and pids never hold one
 

@@ -185,11 +185,11 @@ class MeasuredMemory(BaseModel):
 
 
 class WorkerIdentity(BaseModel):
-    """The process running a trial (:func:`planner.tune.lifecycle.process_identity` plus its run token)."""
+    """The process running a trial (:func:`planner.tune.processes.process_identity` plus its run token)."""
 
     model_config = ConfigDict(extra="allow")
 
-    host: str = Field(description="machine key: host name, boot id and pid namespace (planner.tune.lifecycle.machine_key)")
+    host: str = Field(description="machine key: host name, boot id and pid namespace (planner.tune.processes.machine_key)")
     pid: int = Field(description="process id on that machine")
     started: str | None = Field(None, description="the process's start time in clock ticks since boot (None: unknown)")
     run: str | None = Field(None, description="token of the run inside the process (one per attached Worker)")

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from planner.errors import PlannerError
+from planner.writable import unwritable_reason
 
 DEFAULT_STORAGE = "sqlite:///studies/planner.db"
 JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
@@ -114,7 +115,6 @@ def open_storage(url: str):
 
 def _local_problem(url: str, exc: BaseException) -> str | None:
     """What is wrong with a local SQLite file that failed to open, when it is a full disk or a read-only file."""
-    from planner.writable import unwritable_reason
 
     path = local_storage_path(url)
     if path is None or "://" not in url:
@@ -227,6 +227,6 @@ def local_storage_path(url: str) -> Path | None:
 
 def open_journal(path: Path):
     """A journal file storage, repaired or refused first (see :mod:`planner.tune.journal`)."""
-    from planner.tune.journal import open_journal_storage
+    from planner.tune.journal import open_journal_storage  # deferred: it imports optuna, which `--help` need not load
 
     return open_journal_storage(path)

@@ -32,7 +32,8 @@ from planner.tune.space import DEFAULT_LORA_RANKS, SearchSpace, depth_choices
 from planner.tune.preflight import check_outputs, check_resume, unwritten_plan
 from planner.tune.samplers import study_sampler
 from planner.tune.creation import CREATED_BY, READY, wait_for_creation
-from planner.tune.lifecycle import GuardedObjective, StopAfter, attach, owed, process_identity, settle_message, stored_trials
+from planner.tune.lifecycle import GuardedObjective, StopAfter, attach, owed, settle_message, stored_trials
+from planner.tune.processes import process_identity
 from planner.tune.baselines import enqueue_baselines, enqueue_missing_baselines, enqueue_offered
 from planner.tune.signals import deferred, exit_code
 from planner.tune.storage import disk_full, full_disk_message, open_storage
