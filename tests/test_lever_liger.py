@@ -42,18 +42,24 @@ def _batch(vocab: int, ignored: int = 5) -> dict:
 
 # -- the loss -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_loss_and_gradients_equal_transformers_loss(tiny, arch):
-    """Truth: the model's own forward with labels (transformers' ForCausalLMLoss) and autograd through it."""
-    spec = tiny(arch, hidden=128, vocab=512)
-    model = build_model(spec, dtype="float32")
-    batch = _batch(spec.vocab_size)
+def _both_losses(model, batch):
+    """(the model's own loss, its parameters' gradients, the Liger loss after its own backward) on ``batch``."""
     plain = model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
     plain.backward()
     truth = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     loss = liger_loss(model, batch)
     loss.backward()
+    return plain, truth, loss
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_loss_and_gradients_equal_transformers_loss(tiny, arch):
+    """Truth: the model's own forward with labels (transformers' ForCausalLMLoss) and autograd through it."""
+    spec = tiny(arch, hidden=128, vocab=512)
+    model = build_model(spec, dtype="float32")
+    batch = _batch(spec.vocab_size)
+    plain, truth, loss = _both_losses(model, batch)
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, plain, rtol=1e-6, atol=1e-6)
     for name, p in model.named_parameters():
@@ -84,12 +90,7 @@ def test_final_logit_softcapping_is_applied_as_gemma2_does():
                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, final_logit_softcapping=5.0)
     model = Gemma2ForCausalLM(config).float()
     batch = _batch(256)
-    plain = model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
-    plain.backward()
-    truth = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    loss = liger_loss(model, batch)
-    loss.backward()
+    plain, truth, loss = _both_losses(model, batch)
     torch.testing.assert_close(loss, plain, rtol=1e-6, atol=1e-6)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, truth[name], rtol=1e-4, atol=1e-6, msg=name)

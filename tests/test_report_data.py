@@ -237,11 +237,19 @@ def _plan(model: str, **kw) -> Plan:
     return consistent_plan(**base)
 
 
-def test_plan_report_data_uses_the_cost_model(tmp_path):
+def _model_file(tmp_path):
+    """The tiny llama the plan reports load by path: (its config.json, its spec)."""
     from planner.spec.tiny import tiny_spec
 
+    spec = tiny_spec("llama", num_layers=L)
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps(tiny_spec("llama", num_layers=L).config.to_dict()))
+    cfg.write_text(json.dumps(spec.config.to_dict()))
+    return cfg, spec
+
+
+def test_plan_report_data_uses_the_cost_model(tmp_path):
+
+    cfg, _ = _model_file(tmp_path)
     d = rdata.plan_report_data(_plan(str(cfg)), name="p", estimator=fake_estimator)
     assert [b.key for b in d.bars] == ["full", "lora", "qlora", "lisa", "plan"]
     assert all(b.source == "cost model" for b in d.bars)
@@ -306,10 +314,8 @@ def test_a_winning_baseline_is_the_tuned_plan(tmp_path):
 
 
 def test_plan_deltas_use_the_plan_baselines_when_a_bar_is_missing(tmp_path):
-    from planner.spec.tiny import tiny_spec
 
-    cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps(tiny_spec("llama", num_layers=L).config.to_dict()))
+    cfg, _ = _model_file(tmp_path)
 
     def no_lora(spec, c):
         if c.lora_rank:
@@ -371,7 +377,6 @@ def test_a_study_report_is_about_its_target(tmp_path):
 def test_baselines_the_cost_model_prices_are_in_the_form_that_fits(tmp_path):
     """A baseline no trial measured is drawn in the cheapest recipe form within the budget (as `planner tune` trains
     it), named with its levers; over a budget no form meets, in the last form."""
-    from planner.spec.tiny import tiny_spec
 
     def ckpt_estimator(spec, cfg):
         total, bd = fake_estimator(spec, cfg)
@@ -379,9 +384,7 @@ def test_baselines_the_cost_model_prices_are_in_the_form_that_fits(tmp_path):
             bd = {**bd, "activations": bd["activations"] // 4}
         return sum(bd.values()), bd
 
-    cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps(tiny_spec("llama", num_layers=L).config.to_dict()))
-    spec = tiny_spec("llama", num_layers=L)
+    cfg, spec = _model_file(tmp_path)
     lora = TrainConfig(seq_len=32, layers="all", train_embeddings=False, train_head=False, lora_rank=16)
     plain, ckpt = ckpt_estimator(spec, lora)[0], ckpt_estimator(spec, lora.model_copy(update={"gradient_checkpointing": True}))[0]
     assert ckpt < plain
@@ -398,7 +401,6 @@ def test_plan_report_takes_each_baselines_figures_by_name_and_its_recorded_form(
     """A plan whose best is torchtune's full form (paged 8-bit AdamW): its LoRA baseline was trained with the
     target's AdamW, and the study recorded that peak; the report draws that form, and LoRA keeps its own metric
     beside QLoRA's (a name match once gave LoRA QLoRA's figures)."""
-    from planner.spec.tiny import tiny_spec
 
     def opt_estimator(spec, cfg):
         total, bd = fake_estimator(spec, cfg)
@@ -406,9 +408,7 @@ def test_plan_report_takes_each_baselines_figures_by_name_and_its_recorded_form(
             bd = {**bd, "optimizer": bd["optimizer"] // 4}
         return sum(bd.values()), bd
 
-    cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps(tiny_spec("llama", num_layers=L).config.to_dict()))
-    spec = tiny_spec("llama", num_layers=L)
+    cfg, spec = _model_file(tmp_path)
     lora = TrainConfig(seq_len=32, layers="all", train_embeddings=False, train_head=False, lora_rank=16)
     adamw_peak = opt_estimator(spec, lora)[0]
     assert opt_estimator(spec, lora.model_copy(update={"optimizer": "paged_adamw8bit"}))[0] != adamw_peak

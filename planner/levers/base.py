@@ -120,6 +120,20 @@ class Lever:
         return ExportItems()
 
 
+def is_fake(t) -> bool:
+    """Whether ``t`` is a FakeTensor (the cost model traces large models under ``FakeTensorMode``)."""
+    from torch._subclasses.fake_tensor import is_fake as torch_is_fake  # deferred: the config imports every lever
+
+    return torch_is_fake(t)
+
+
+def causal_lm(model):
+    """The transformers causal LM a lever works on, under an optional peft wrapper."""
+    from planner.spec.arch import unwrap_peft  # deferred: it imports torch, which the config need not load
+
+    return unwrap_peft(model)
+
+
 def register_lever(cls: type[Lever]) -> type[Lever]:
     """Class decorator: file one instance of ``cls`` under ``cls.name``."""
     if not cls.name:

@@ -37,8 +37,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from planner.errors import PlannerError
-from planner.levers.base import ExportItems, Flag, Lever, register_lever
-from planner.levers.loss_chunks import IGNORE_INDEX, _causal_lm
+from planner.levers.base import ExportItems, Flag, Lever, causal_lm, is_fake, register_lever
+from planner.levers.loss_chunks import IGNORE_INDEX
 
 # Liger-Kernel v0.8.2 monkey_patch.py MODEL_TYPE_TO_APPLY_LIGER_FN: the architectures whose forward Liger replaces
 LIGER_MODEL_TYPES = frozenset({
@@ -68,12 +68,6 @@ def chunking(rows: int, hidden: int, vocab: int) -> tuple[int, int]:
     inc_factor = -(-vocab // hidden)  # triton.cdiv(V, H)
     chunk_size = next_power_of_2(-(-rows // inc_factor))
     return chunk_size, -(-rows // chunk_size)
-
-
-def _is_fake(t) -> bool:
-    from torch._subclasses.fake_tensor import is_fake
-
-    return is_fake(t)
 
 
 _OP = None
@@ -131,7 +125,7 @@ def _ce_rows_op():
 def _count(mask) -> float:
     """``target_mask.sum().item()``; under FakeTensorMode (no values) any positive count does (memory is the same)."""
     total = mask.sum()
-    return 1.0 if _is_fake(total) else float(total.item())
+    return 1.0 if is_fake(total) else float(total.item())
 
 
 def fused_linear_cross_entropy_forward(_input, weight, target, ignore_index: int = IGNORE_INDEX,
@@ -210,7 +204,7 @@ def _function():
             grad_input, grad_weight = ctx.saved_tensors
             # fused_linear_cross_entropy_backward: skipped when the loss is the last layer (grad_output == 1)
             one = torch.tensor(1.0, device=grad_output.device)
-            if not (_is_fake(grad_output) or torch.equal(grad_output, one)):
+            if not (is_fake(grad_output) or torch.equal(grad_output, one)):
                 grad_input.mul_(grad_output)  # element_mul_kernel: in place
                 if grad_weight is not None:
                     grad_weight.mul_(grad_output)
@@ -225,7 +219,7 @@ def liger_loss(model, batch: dict):
     ``LigerForCausalLMLoss`` (labels shifted by one with -100 padding, flattened, mean over the counted tokens)."""
     import torch.nn.functional as F
 
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     hidden = lm.base_model(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
     head = lm.get_output_embeddings()
     labels = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from planner.levers.base import ExportItems, Flag, Lever, register_lever
+from planner.levers.base import ExportItems, Flag, Lever, causal_lm, register_lever
 
 if TYPE_CHECKING:
     import torch
@@ -22,16 +22,11 @@ IGNORE_INDEX = -100  # the label that takes no loss (transformers and torchtune)
 TORCHTUNE_CHUNKS = 8  # CEWithChunkedOutputLoss(num_output_chunks=8), torchtune's default
 
 
-def _causal_lm(model):
-    """The transformers causal-LM module under an optional peft wrapper."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def chunked_loss(model, batch: dict, chunks: int):
     """Mean next-token cross-entropy over ``chunks`` sequence chunks, as torchtune computes it."""
     import torch.nn.functional as F  # deferred: the config imports every lever, and torch is heavy
 
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     hidden = lm.base_model(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
     head = lm.get_output_embeddings()
     logits = [head(h) for h in hidden.chunk(chunks, dim=1)]  # torchtune's decoder returns this list

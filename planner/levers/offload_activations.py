@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import Field
 
-from planner.levers.base import ExportItems, Flag, Lever, register_lever
+from planner.levers.base import ExportItems, Flag, Lever, causal_lm, is_fake, register_lever
 
 MIN_OFFLOAD_BYTES = 1024  # OffloadActivations(min_offload_size=1024): smaller saves stay on the device
 
@@ -44,11 +44,9 @@ class _HostCopy:
     def __init__(self, t):
         import torch  # deferred: every lever module is imported with the config, before torch is needed
 
-        from torch._subclasses.fake_tensor import FakeTensor
-
         self.shape, self.stride, self.offset = t.shape, t.stride(), t.storage_offset()
         self.dtype, self.device = t.dtype, t.device
-        self.fake = isinstance(t, FakeTensor)
+        self.fake = is_fake(t)
         if self.fake:
             self.data = None
         elif t.device.type == "cpu":
@@ -74,11 +72,11 @@ class OffloadContext:
     def __init__(self, model):
         import torch
 
-        self._params = {p.untyped_storage()._cdata for p in model.parameters() if not _is_fake(p)}
+        self._params = {p.untyped_storage()._cdata for p in model.parameters() if not is_fake(p)}
         self._param_ids = {id(p) for p in model.parameters()}
         self._enabled = True
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-        head = _causal_lm(model).get_output_embeddings()
+        head = causal_lm(model).get_output_embeddings()
         self._handles = [head.register_forward_pre_hook(self._off), head.register_forward_hook(self._on)] \
             if head is not None else []
 
@@ -90,7 +88,7 @@ class OffloadContext:
 
     def _pack(self, t):
         if (not self._enabled or t.numel() * t.element_size() < MIN_OFFLOAD_BYTES or id(t) in self._param_ids
-                or (not _is_fake(t) and t.untyped_storage()._cdata in self._params)):
+                or (not is_fake(t) and t.untyped_storage()._cdata in self._params)):
             return t
         return _HostCopy(t)
 
@@ -108,16 +106,6 @@ class OffloadContext:
         for h in self._handles:
             h.remove()
         return False
-
-
-def _is_fake(t) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(t, FakeTensor)
-
-
-def _causal_lm(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 @register_lever

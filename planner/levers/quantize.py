@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from planner.errors import PlannerError
-from planner.levers.base import ExportItems, Flag, Lever, register_lever
+from planner.levers.base import ExportItems, Flag, Lever, is_fake, register_lever
 
 if TYPE_CHECKING:
     import torch
@@ -55,7 +55,7 @@ def _quantized(module: "nn.Linear | Conv1D", kind: str, compute_dtype: "torch.dt
         weight = weight.t()
     out_features, in_features = weight.shape
     bias = module.bias is not None
-    if _is_fake(weight):
+    if is_fake(weight):
         return _fake_quantized(bnb, weight, module.bias, kind, compute_dtype)
     if kind == "int8":
         new = bnb.nn.Linear8bitLt(in_features, out_features, bias=bias, has_fp16_weights=False, threshold=6.0)
@@ -73,12 +73,6 @@ def _quantized(module: "nn.Linear | Conv1D", kind: str, compute_dtype: "torch.dt
 NESTED_BLOCK = 256  # double quantization: absmax quantized to uint8 in blocks of 256 (bitsandbytes quantize_4bit)
 DYNAMIC_MAP = 256  # entries of the dynamic map the nested absmax are coded with (float32)
 NF4_CODES = 16  # entries of the NF4 code book (float32)
-
-
-def _is_fake(t) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(t, FakeTensor)
 
 
 def _fake_quantized(bnb, weight, bias, kind: str, compute_dtype):

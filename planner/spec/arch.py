@@ -7,7 +7,8 @@ from torch import nn
 from planner.errors import PlannerError
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (``PeftModel.get_base_model()``), or ``model`` itself."""
     get_base = getattr(model, "get_base_model", None)  # peft's PeftModel
     return get_base() if callable(get_base) else model
 
@@ -19,7 +20,7 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     then the path is relative to the wrapped transformers model). The decoder stack is the
     longest ``ModuleList`` whose children all share one class.
     """
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     best: tuple[str, nn.ModuleList] | None = None
     for name, module in base.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
-from planner.spec.arch import _unwrap, find_decoder_layers
+from planner.spec.arch import find_decoder_layers, unwrap_peft
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -64,7 +64,7 @@ class ModelParts:
 
 def model_parts(model: nn.Module) -> ModelParts:
     """Split ``model`` (a transformers causal LM or a peft wrapper of one) into its parts."""
-    base = cast("PreTrainedModel", _unwrap(model))  # the transformers model (a peft model's wrapped one)
+    base = cast("PreTrainedModel", unwrap_peft(model))  # the transformers model (a peft model's wrapped one)
     path, layers = find_decoder_layers(model)
     adapters = is_peft_model(model)
     layer_params, layer_names = [], []
