@@ -26,7 +26,7 @@ from bench_workload_spread import LISA, SPREAD_LR, proxy_run  # noqa: E402
 from planner.data.default import default_workload  # noqa: E402
 from planner.data.pretrain import PretrainRecipe  # noqa: E402
 
-GAMMAS, SEEDS, STEPS, BATCH = (1, 2, 3, 4, 6), 3, 150, 32
+ACTIVE_LAYER_COUNTS, SEEDS, STEPS, BATCH = (1, 2, 3, 4, 6), 3, 150, 32
 
 
 def main() -> None:
@@ -37,10 +37,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}; proxy {recipe}; "
           f"pretrained or loaded in {time.time() - t0:.0f} s; {wl}", flush=True)
     rows = {}
-    for g in GAMMAS:
+    for g in ACTIVE_LAYER_COUNTS:
         vals = []
         for seed in range(SEEDS):
-            metric, accuracy, cpu = proxy_run(wl, {**LISA, "gamma": g}, SPREAD_LR, seed, STEPS, BATCH)
+            metric, accuracy, cpu = proxy_run(wl, {**LISA, "active_layers": g}, SPREAD_LR, seed, STEPS, BATCH)
             vals.append(metric)
             print(f"γ={g} of 32  seed {seed}  eval_loss {metric:.4f}  accuracy {accuracy:.3f}  {cpu:.1f} CPU-s", flush=True)
         rows[g] = vals

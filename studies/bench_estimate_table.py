@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     from planner.config import TrainConfig
     from planner.cost.device import default_profile
-    from planner.cost.plans import candidate_plans, largest_fitting_gamma, smallest_fitting
+    from planner.cost.plans import candidate_plans, largest_fitting_active_layers, smallest_fitting
     from planner.spec import load_spec
     from planner.units import parse_bytes
 
@@ -113,11 +113,11 @@ def main(argv: list[str]) -> None:
             if proc.returncode not in (0, 1):
                 raise SystemExit(f"planner estimate failed for {name}: {proc.stderr.strip().splitlines()[-1]}")
         vram = parse_bytes(VRAM)
-        best = [largest_fitting_gamma(cands, vram, train_embeddings=e, train_head=e) for e in (True, False)]
-        gammas = " / ".join(str(b.gamma) if b else "none" for b in best)
+        best = [largest_fitting_active_layers(cands, vram, train_embeddings=e, train_head=e) for e in (True, False)]
+        active_layer_counts = " / ".join(str(b.active_layers) if b else "none" for b in best)
         low = smallest_fitting(cands)
         print(f"{name:<14} {len(cands):>5} {cold:>8.2f} / {cold_cpu:>6.2f} {warm:>9.2f} / {warm_cpu:>5.2f} {cli:>8.2f}  "
-              f"{gammas}; {low.name} at {low.peak_bytes / 2**30:.1f} GiB", flush=True)
+              f"{active_layer_counts}; {low.name} at {low.peak_bytes / 2**30:.1f} GiB", flush=True)
     print(f"cold CPU seconds by phase (load average now {os.getloadavg()[0]:.1f})")
     print(f"{'model':<14} {'cold CPU':>8} " + " ".join(f"{k:>9}" for k in PHASES) + f" {'workers':>9} {'rest':>9}")
     for name, total, by in phases:

@@ -53,7 +53,7 @@ class Run:
         self.model = build_model(spec, seed=seed)
         self.model.train()
         self.params = sum(p.numel() for p in self.model.parameters())
-        self.sampler = LayerSampler(self.model, gamma=2, period=period, scorer=scorer, scorer_options=options, seed=seed)
+        self.sampler = LayerSampler(self.model, active_layers=2, period=period, scorer=scorer, scorer_options=options, seed=seed)
         self.optimizer = self.sampler.make_optimizer(torch.optim.AdamW, lr=1e-4)
         g = torch.Generator().manual_seed(seed)
         self.batches = []
@@ -115,7 +115,7 @@ def main(argv=None):
             runs[(k + step) % len(runs)].step(step)
     rows = [r.figures(args.steps) for r in runs]
     static = rows[0]["median"]
-    print(f"model: llama hidden=384 layers=8 vocab=8192, {runs[0].params / 1e6:.1f}M params; gamma=2, "
+    print(f"model: llama hidden=384 layers=8 vocab=8192, {runs[0].params / 1e6:.1f}M params; active_layers=2, "
           f"embeddings+head trainable; batch {args.batch_size}x{args.seq_len}; {args.steps} steps per config, "
           f"round robin; torch {torch.__version__}, {args.threads} thread(s), CPU")
     print(f"static median step: {static * 1e3:.1f} ms")

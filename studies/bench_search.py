@@ -9,7 +9,7 @@
    leader, so the points that could be the best, or within 1% of it, are told apart by their means
    rather than by two seeds' luck; the rest are settled worse. A point's value is its mean over its
    seeds (every point shares each seed's data order, as the trials of one study do). The grid:
-   γ 1..G (G = ``MAX_GAMMA`` = 8 of the default proxy's 32 layers: as a budget bounds the real
+   γ 1..G (G = ``MAX_ACTIVE_LAYERS`` = 8 of the default proxy's 32 layers: as a budget bounds the real
    search, planner.tune.bounded) x 2 scorers (uniform: LISA's; ist: importance-weighted) x
    embeddings on/off (head trainable) x 2 learning rates (DEFAULT_LR and a third of it), K = LISA's
    20: 64 points.
@@ -56,9 +56,9 @@ SEARCH_SEEDS = 100
 TARGET_SHARE = 0.20
 RACE_Z = 3.0  # standard errors of the gap to the leader before a point leaves the race
 RACE_SEEDS = 16
-# G: the most active layers the bounded search draws (planner.tune.bounded.largest_fitting_gamma): 8 for
+# G: the most active layers the bounded search draws (planner.tune.bounded.largest_fitting_active_layers): 8 for
 # `planner tune --vram 32GB` on Llama-3-8B (bfloat16, batch 1 x 1024, AdamW); 3 at 24GB, 12 at 40GB, 17 at 48GB.
-MAX_GAMMA = 8
+MAX_ACTIVE_LAYERS = 8
 
 _WORKLOAD = None
 GRID_WALL = None  # wall seconds the grid took to measure (from the cache)
@@ -79,7 +79,7 @@ def space():
 
 
 def grid_points():
-    return [p for p in space().grid() if p.gamma <= MAX_GAMMA]
+    return [p for p in space().grid() if p.active_layers <= MAX_ACTIVE_LAYERS]
 
 
 def _workload():
@@ -112,7 +112,7 @@ def _meta() -> dict:
     wl = _workload()
     return {"steps": STEPS, "batch_size": wl.batch_size, "proxy": Path(wl.model_source).name, "workload": wl.name,
             "metric": wl.metric_name, "num_layers": wl.spec.num_layers, "held_out": len(wl.held_out),
-            "max_gamma": MAX_GAMMA}
+            "max_active_layers": MAX_ACTIVE_LAYERS}
 
 
 def _summary(runs: dict, points) -> dict:
@@ -195,7 +195,7 @@ def queued_points(s) -> list:
     from planner.tune.baselines import baseline_points, offered_points
 
     base = baseline_points(s)
-    fixed = [base[k] for k in ("baseline:lisa", "baseline:full") if k in base and base[k].gamma <= MAX_GAMMA]
+    fixed = [base[k] for k in ("baseline:lisa", "baseline:full") if k in base and base[k].active_layers <= MAX_ACTIVE_LAYERS]
     return [_snap(p, s) for p in fixed + offered_points(s, UpToG())]
 
 
@@ -203,7 +203,7 @@ class UpToG:
     """The grid's gate: every point with γ <= G fits (the grid holds no other)."""
 
     def predict(self, config):
-        return type("P", (), {"fits": config.active_layers <= MAX_GAMMA})()
+        return type("P", (), {"fits": config.active_layers <= MAX_ACTIVE_LAYERS})()
 
 
 # (no group=True variant: its decomposed spaces bypass the gate's bound on γ, and the space has no conditional
@@ -230,7 +230,7 @@ def make(variant: str, seed: int):
     if base in ("tpe", "random"):  # exactly what `planner tune --sampler tpe|random` draws with
         return study_sampler(base, seed, space(), UpToG())
     if base.startswith("tpe-top"):
-        opts = {"gamma": functools.partial(good_trials, share=int(base[len("tpe-top"):-1]) / 100)}
+        opts = {"active_layers": functools.partial(good_trials, share=int(base[len("tpe-top"):-1]) / 100)}
     else:
         opts = {"tpe-independent": dict(multivariate=False), "tpe-10": dict(n_startup_trials=10),
                 "tpe-3": dict(n_startup_trials=3)}[base]
@@ -272,7 +272,7 @@ def first_hit(path: list[tuple[float, int]], hit) -> tuple[int | None, int | Non
 
 
 def _fmt(p: dict) -> str:
-    return f"γ={p['gamma']} K={p['period']} scorer={p['scorer']} emb={'on' if p['train_embeddings'] else 'off'} lr={p['lr']:.2g}"
+    return f"γ={p['active_layers']} K={p['period']} scorer={p['scorer']} emb={'on' if p['train_embeddings'] else 'off'} lr={p['lr']:.2g}"
 
 
 def main() -> int:
@@ -314,7 +314,7 @@ def main() -> int:
     seeds = sorted({len(v["per_seed"]) for v in grid.values()})
     cpu = sum(v["cpu_seconds"] for v in grid.values())
     s = space()
-    print(f"grid: {n} points = γ 1..{MAX_GAMMA} of {s.num_layers} x K {list(PERIODS)} x scorers {list(s.scorers)} x embeddings on/off (head trainable) "
+    print(f"grid: {n} points = γ 1..{MAX_ACTIVE_LAYERS} of {s.num_layers} x K {list(PERIODS)} x scorers {list(s.scorers)} x embeddings on/off (head trainable) "
           f"x lr {[float(f'{x:.3g}') for x in lrs()]}; proxy {STEPS} steps x batch {wl.batch_size}, each point the mean of "
           f"its seeds: {len(GRID_SEEDS)} for all, then up to {args.race_seeds} for the points still within {args.race_z:g} "
           f"standard errors of the leader (a race); {wl!r}")

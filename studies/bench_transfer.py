@@ -83,8 +83,8 @@ BUILTIN_STEPS, BUILTIN_EVERY = 150, 50  # planner.tune.study.DEFAULT_STEPS, DEFA
 def _plans() -> dict:
     from planner.tune.space import TrialParams
 
-    def p(gamma, period, scorer, emb, head, *, depth=0, lora=None):
-        return TrialParams(gamma=gamma, period=period, scorer=scorer, train_embeddings=emb, train_head=head,
+    def p(active_layers, period, scorer, emb, head, *, depth=0, lora=None):
+        return TrialParams(active_layers=active_layers, period=period, scorer=scorer, train_embeddings=emb, train_head=head,
                            lr=LORA_LR if lora else LR, lora_rank=lora, min_depth=depth)
 
     return {

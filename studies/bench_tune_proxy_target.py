@@ -119,7 +119,7 @@ def main() -> int:
         rows = []
         for t in trials:
             a, p = record.read(t), t.params
-            row = {"trial": t.number, "kind": str(a.kind), "gamma": p["gamma"], "min_depth": a.min_depth,
+            row = {"trial": t.number, "kind": str(a.kind), "active_layers": p["active_layers"], "min_depth": a.min_depth,
                    "checkpointing": p["gradient_checkpointing"], "embeddings": p["train_embeddings"],
                    "head": p["train_head"], "lora_rank": p.get("lora_rank") or 0, "state": t.state.name,
                    "gated": bool(a.gated), "predicted": a.predicted_peak_bytes,
@@ -148,7 +148,7 @@ def main() -> int:
             e = (r["predicted"] - r["measured"]) / r["measured"]
             errors.append(e)
             err = f"{100 * e:+.2f}%"
-        lines.append(f"{r['trial']:>3} {r['kind']:<14} {r['gamma']:>3} {r['min_depth']:>4} {int(r['checkpointing']):>4} "
+        lines.append(f"{r['trial']:>3} {r['kind']:<14} {r['active_layers']:>3} {r['min_depth']:>4} {int(r['checkpointing']):>4} "
                      f"{int(r['embeddings']):>1} {int(r['head']):>1} {r['lora_rank']:>4} {r['predicted']:>15,} "
                      f"{r.get('measured') or 0:>15,} {err:>7}  {'gated' if r['gated'] else r['state'].lower()}")
     if errors:

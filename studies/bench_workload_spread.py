@@ -38,7 +38,7 @@ from planner.tune.space import TrialParams
 # where each plan scores lower but the scorers' seeds disagree more; on the 32-layer proxy 4.8x at 3e-4
 # (reports/workload_spread.txt; 1e-3 not measured there)
 SPREAD_LR = 3e-4
-LISA = dict(gamma=2, period=20, scorer="uniform", min_depth=0, eh=True)
+LISA = dict(active_layers=2, period=20, scorer="uniform", min_depth=0, eh=True)
 
 
 def plans(num_layers: int) -> list[tuple[str, dict]]:
@@ -46,7 +46,7 @@ def plans(num_layers: int) -> list[tuple[str, dict]]:
     half = num_layers // 2
     out = [("LISA defaults: γ=2 K=20 uniform", {})]
     # γ up to 8: what Llama-3-8B fits at 32 GB (G of planner.tune.bounded), not γ = L that no such budget allows
-    out += [(f"γ={g}", {"gamma": g}) for g in (1, 4, 8) if g <= num_layers]
+    out += [(f"γ={g}", {"active_layers": g}) for g in (1, 4, 8) if g <= num_layers]
     out += [(f"K={k}", {"period": k}) for k in (5, 40)]
     out += [(f"scorer={s}", {"scorer": s}) for s in ("cyclic", "gradnorm", "outlier", "fixed")]
     out += [(f"min_depth={half}", {"min_depth": half}), ("no embeddings/head", {"eh": False})]
@@ -72,7 +72,7 @@ class RandomInit:
 def proxy_run(wl, plan: dict, lr: float, seed: int, steps: int, batch_size: int, pretrained: bool = True,
               schedule: str = DEFAULT_SCHEDULE):
     """One proxy run as `planner tune` trains a trial (``run_proxy``): (metric, accuracy, CPU seconds)."""
-    params = TrialParams(gamma=plan["gamma"], period=plan["period"], scorer=plan["scorer"], train_embeddings=plan["eh"],
+    params = TrialParams(active_layers=plan["active_layers"], period=plan["period"], scorer=plan["scorer"], train_embeddings=plan["eh"],
                          train_head=plan["eh"], lr=lr, min_depth=plan["min_depth"])
     t0 = time.process_time()
     r = run_proxy(wl if pretrained else RandomInit(wl), params, batch_size=batch_size, steps=steps, eval_every=steps,

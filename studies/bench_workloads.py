@@ -138,7 +138,7 @@ def retrain(wl, trial, space, batch: int, steps: int, seed: int) -> dict:
     cpu = time.process_time()
     res = run_proxy(wl, small, batch_size=batch, steps=steps, eval_every=steps, seed=seed)
     return {"seed": seed, "metric": res.metric, "metrics": {wl.metric_name: res.metric, **res.secondary},
-            "cpu_seconds": time.process_time() - cpu, "proxy_plan": {"gamma": small.gamma, "min_depth": small.min_depth}}
+            "cpu_seconds": time.process_time() - cpu, "proxy_plan": {"active_layers": small.active_layers, "min_depth": small.min_depth}}
 
 
 def run_one(name: str, vram: str, n_trials: int, steps: int, work: Path) -> dict:
@@ -221,7 +221,7 @@ def describe(p: dict) -> str:
     lora = f" LoRA r{p['lora_rank']}" if p.get("lora_rank") else ""
     depth = f" from layer {p['min_depth']}" if p.get("min_depth") else ""
     ckpt = " ckpt" if p.get("gradient_checkpointing") else ""
-    return (f"γ={p['gamma']}{depth} K={p['period']} {p['scorer']} E{'+' if p['train_embeddings'] else '-'}"
+    return (f"γ={p['active_layers']}{depth} K={p['period']} {p['scorer']} E{'+' if p['train_embeddings'] else '-'}"
             f"H{'+' if p['train_head'] else '-'}{lora}{ckpt}")
 
 
@@ -259,7 +259,7 @@ def render(results: list[dict]) -> tuple[list[str], dict]:
                        + " ".join(f"{m:.3f}" for m in x["metrics"]))
             proxy = x["runs"][0]["proxy_plan"]
             same = f": the {x['kind'].split(':', 1)[1]} baseline itself" if x["plan"] == "tuned plan" and str(x["kind"]).startswith("baseline:") else ""
-            out.append(f"   {'':<10} {describe(p)} (proxy γ={proxy['gamma']}{' from layer ' + str(proxy['min_depth']) if proxy['min_depth'] else ''} of {r.get('proxy_layers', 8)}), trial {x['trial']}{same}")
+            out.append(f"   {'':<10} {describe(p)} (proxy γ={proxy['active_layers']}{' from layer ' + str(proxy['min_depth']) if proxy['min_depth'] else ''} of {r.get('proxy_layers', 8)}), trial {x['trial']}{same}")
             for ref, y in refs.items():
                 if y is x:
                     continue

@@ -12,7 +12,7 @@ from planner.cli.main import main
 from planner.config import TrainConfig
 from planner.cost import estimate
 from planner.cost.device import DeviceProfile, default_profile
-from planner.cost.plans import candidate_plans, largest_fitting_gamma, smallest_fitting
+from planner.cost.plans import candidate_plans, largest_fitting_active_layers, smallest_fitting
 from planner.plan import BREAKDOWN_KEYS
 from planner.spec import load_spec
 from planner.units import GiB, MiB
@@ -115,14 +115,14 @@ def table(model_json):
     return spec, cfg, candidate_plans(spec, cfg, "cpu", default_profile("cpu"))
 
 
-def test_table_rows_and_monotone_gamma(table):
+def test_table_rows_and_monotone_active_layers(table):
     spec, cfg, cands = table
     names = [c.name for c in cands]
     assert names[:4] == ["full", "lora r=8", "lora r=16", "lora r=64"]
     for trained in (True, False):
         rows = [c for c in cands if c.method == "layerwise" and c.config.train_embeddings == trained]
         assert all(c.config.train_head == trained for c in rows)
-        assert [c.gamma for c in rows] == list(range(1, spec.num_layers + 1))
+        assert [c.active_layers for c in rows] == list(range(1, spec.num_layers + 1))
         peaks = [c.peak_bytes for c in rows]
         assert peaks == sorted(peaks) and peaks[0] < peaks[-1]
     # each row is exactly the estimate of its own configuration
@@ -150,23 +150,23 @@ def test_table_adds_the_recipes_users_run_each_named_with_its_levers(table):
     assert recipes["lora r=16 (checkpointing)"].peak_bytes <= cands[2].peak_bytes
 
 
-def test_largest_fitting_gamma_and_smallest(table):
+def test_largest_fitting_active_layers_and_smallest(table):
     spec, cfg, cands = table
-    eh = {c.gamma: c for c in cands if c.method == "layerwise" and c.config.train_embeddings}
-    for gamma in (1, 2, 3):
-        budget = (eh[gamma].peak_bytes + eh[gamma + 1].peak_bytes) // 2  # between γ and γ+1
-        best = largest_fitting_gamma(cands, budget, train_embeddings=True, train_head=True)
-        assert best.gamma == gamma  # the peaks grow with γ (test above)
+    eh = {c.active_layers: c for c in cands if c.method == "layerwise" and c.config.train_embeddings}
+    for active_layers in (1, 2, 3):
+        budget = (eh[active_layers].peak_bytes + eh[active_layers + 1].peak_bytes) // 2  # between γ and γ+1
+        best = largest_fitting_active_layers(cands, budget, train_embeddings=True, train_head=True)
+        assert best.active_layers == active_layers  # the peaks grow with γ (test above)
         assert best.config.train_embeddings and best.peak_bytes <= budget
-    assert largest_fitting_gamma(cands, eh[1].peak_bytes - 1, train_embeddings=True, train_head=True) is None
-    assert largest_fitting_gamma(cands, 10**15).gamma == spec.num_layers
+    assert largest_fitting_active_layers(cands, eh[1].peak_bytes - 1, train_embeddings=True, train_head=True) is None
+    assert largest_fitting_active_layers(cands, 10**15).active_layers == spec.num_layers
     cheapest = smallest_fitting(cands)
     assert cheapest.peak_bytes == min(c.peak_bytes for c in cands)
 
 
 def test_table_cli_json(capsys, model_json, table):
     spec, cfg, cands = table
-    eh = {c.gamma: c for c in cands if c.method == "layerwise" and c.config.train_embeddings}
+    eh = {c.active_layers: c for c in cands if c.method == "layerwise" and c.config.train_embeddings}
     budget = eh[3].peak_bytes  # exactly the γ=3 peak: γ=3 fits, γ=4 does not (the peaks grow with γ)
     code, out = run_json(capsys, "--model", model_json, "--seq-len", "64", "--device", "cpu", "--vram", f"{budget}B")
     assert code == 0 and out["vram_bytes"] == budget
@@ -175,9 +175,9 @@ def test_table_cli_json(capsys, model_json, table):
         check_contract(plan)
         assert plan["name"] == cand.name and plan["peak_bytes"] == cand.peak_bytes
         assert plan["fits"] == (cand.peak_bytes <= budget)
-    assert out["largest_fitting_gamma"]["E+H"] == 3
-    frozen = {c.gamma: c.peak_bytes for c in cands if c.method == "layerwise" and not c.config.train_embeddings}
-    best_frozen = out["largest_fitting_gamma"]["frozen E+H"]
+    assert out["largest_fitting_active_layers"]["E+H"] == 3
+    frozen = {c.active_layers: c.peak_bytes for c in cands if c.method == "layerwise" and not c.config.train_embeddings}
+    best_frozen = out["largest_fitting_active_layers"]["frozen E+H"]
     assert frozen[best_frozen] <= budget and (best_frozen == spec.num_layers or frozen[best_frozen + 1] > budget)
     assert best_frozen >= 3  # frozen embeddings and head never cost more than trained ones at the same γ
 

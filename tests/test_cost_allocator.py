@@ -97,7 +97,7 @@ def test_replay_of_composed_steps_equals_the_allocator(tiny, monkeypatch, arch, 
     masks = np.array([[rng.random() < p for _ in range(12)] for p in (0.1, 0.3, 0.6) for _ in range(3)])
     masks[:, rng.randrange(12)] |= ~masks.any(axis=1)  # every draw trains a layer
     n_random = len(masks)
-    masks = np.concatenate([masks] + [worst_case_sets(12, gamma, 0) for gamma in range(1, 13)])
+    masks = np.concatenate([masks] + [worst_case_sets(12, active_layers, 0) for active_layers in range(1, 13)])
     roles = _role_matrix(masks, embeddings_grad(spec, cfg))
     fam = get_family(spec, cfg, {ROLES[r] for r in roles.ravel()}, {ROLES[r] for r in roles[:, 0]}, kernels="cuda")
     opt = get_optimizer("adamw")

@@ -53,16 +53,16 @@ def test_fake_trace_equals_real_trace(tiny, kernels, checkpointing, monkeypatch)
 @pytest.mark.parametrize("arch,train_embeddings", [("llama", False), ("llama", True), ("gpt2", False)])
 def test_worst_case_matches_brute_force_over_all_draws(tiny, arch, train_embeddings):
     spec = tiny(arch, num_layers=6, hidden=64, vocab=256)
-    for gamma, min_depth in [(1, 0), (2, 0), (2, 1), (3, 1)]:
-        cfg = TrainConfig(active_layers=gamma, min_depth=min_depth, train_embeddings=train_embeddings,
+    for active_layers, min_depth in [(1, 0), (2, 0), (2, 1), (3, 1)]:
+        cfg = TrainConfig(active_layers=active_layers, min_depth=min_depth, train_embeddings=train_embeddings,
                           train_head=train_embeddings, **CFG)
         est = estimate(spec, cfg, device="cpu")
-        assert len(est.trainable_layers) == gamma and min(est.trainable_layers) >= min_depth
+        assert len(est.trainable_layers) == active_layers and min(est.trainable_layers) >= min_depth
         brute = 0
-        for draw in itertools.combinations(range(min_depth, 6), gamma):
+        for draw in itertools.combinations(range(min_depth, 6), active_layers):
             static = TrainConfig(layers=list(draw), train_embeddings=train_embeddings, train_head=train_embeddings, **CFG)
             brute = max(brute, estimate(spec, static, device="cpu").peak_bytes)
-        assert est.peak_bytes == brute, (gamma, min_depth)
+        assert est.peak_bytes == brute, (active_layers, min_depth)
 
 
 def test_estimate_contract(tiny):

@@ -68,7 +68,7 @@ def test_tune_export_report_a_local_target_under_a_measured_budget(user_workload
     # the target trained as its own proxy, in its own shape: same depth, the target's batch
     for t in study.trials:
         if t.user_attrs.get("metric") is not None:
-            assert t.user_attrs["proxy_plan"] == {"gamma": t.params["gamma"], "min_depth": t.user_attrs["min_depth"],
+            assert t.user_attrs["proxy_plan"] == {"active_layers": t.params["active_layers"], "min_depth": t.user_attrs["min_depth"],
                                                   "batch_size": BATCH}
 
     plan = Plan.load(tmp_path / "plan.yaml")

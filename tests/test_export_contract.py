@@ -31,9 +31,9 @@ def _static(layers, **kw):
     return dict(scorer="fixed", layers=layers, active_layers=len(layers), train=TrainConfig(layers=layers), **kw)
 
 
-def _dynamic(gamma, scorer="uniform", options=None, period=2, min_depth=0, **kw):
-    return dict(scorer=scorer, scorer_options=options or {}, active_layers=gamma, period=period,
-                train=TrainConfig(active_layers=gamma, min_depth=min_depth, **kw.pop("train", {})), **kw)
+def _dynamic(active_layers, scorer="uniform", options=None, period=2, min_depth=0, **kw):
+    return dict(scorer=scorer, scorer_options=options or {}, active_layers=active_layers, period=period,
+                train=TrainConfig(active_layers=active_layers, min_depth=min_depth, **kw.pop("train", {})), **kw)
 
 
 KINDS = {

@@ -423,7 +423,7 @@ def test_hf_static_plan_uses_the_fixed_scorer():
     from planner.export.targets.hf import script_plan
 
     sp = script_plan(make_plan(scorer="semantic", layers=[2, 3], train=TrainConfig(layers=[2, 3])))
-    assert (sp["scorer"], sp["scorer_options"], sp["gamma"]) == ("fixed", {"layers": [2, 3]}, 2)
+    assert (sp["scorer"], sp["scorer_options"], sp["active_layers"]) == ("fixed", {"layers": [2, 3]}, 2)
 
 
 def test_hf_refuses_a_scorer_the_runtime_does_not_know():

@@ -434,17 +434,17 @@ def test_a_read_only_study_file_is_named_read_only(tune, mounts, tmp_path, capsy
 # ---------------------------------------------------------------- Ctrl-C while the study is created
 
 
-def test_ctrl_c_while_the_sampler_bounds_gamma_ends_like_any_interrupt(tune, monkeypatch, tmp_path):
+def test_ctrl_c_while_the_sampler_bounds_active_layers_ends_like_any_interrupt(tune, monkeypatch, tmp_path):
     """A real SIGINT while the gate-bounded sampler computes its γ bound (study creation, before any trial)."""
     import planner.tune.bounded as bounded
 
-    real = bounded.largest_fitting_gamma
+    real = bounded.largest_fitting_active_layers
 
     def interrupted(space, gate):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: delivered while the bound is computed
         return real(space, gate)
 
-    monkeypatch.setattr(bounded, "largest_fitting_gamma", interrupted)
+    monkeypatch.setattr(bounded, "largest_fitting_active_layers", interrupted)
     storage = f"sqlite:///{tmp_path}/s.db"
     flags = ["--vram", "1GB", "--storage", storage, "--out", str(tmp_path / "plan.yaml")]
     code, out, err = tune(*flags, n=4)
@@ -453,7 +453,7 @@ def test_ctrl_c_while_the_sampler_bounds_gamma_ends_like_any_interrupt(tune, mon
                                     f"{storage}; resume with: planner tune --vram 1GB --study t --storage {storage}")
     assert [t for t in trials(storage) if t.state == TrialState.RUNNING] == []
 
-    monkeypatch.setattr(bounded, "largest_fitting_gamma", real)
+    monkeypatch.setattr(bounded, "largest_fitting_active_layers", real)
     code, out, err = tune(*flags, n=4)
     assert code == 0, err
     assert_resumed(storage, 4, out)
@@ -466,7 +466,7 @@ def test_ctrl_c_during_study_creation_through_the_python_api(monkeypatch, tmp_pa
     def interrupted(space, gate):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bounded, "largest_fitting_gamma", interrupted)
+    monkeypatch.setattr(bounded, "largest_fitting_active_layers", interrupted)
     options = TuneOptions(vram="1GB", n_trials=3, steps=4, eval_every=2, storage=f"sqlite:///{tmp_path}/s.db", study="t",
                           device="cpu", out=str(tmp_path / "plan.yaml"), confirm_seeds=0)
     with pytest.raises(BaseException) as err:  # a bare KeyboardInterrupt would stop the test run

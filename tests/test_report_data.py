@@ -22,7 +22,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 VRAM = 8 * GiB
 L = 4
 DIST = {
-    "gamma": IntDistribution(1, L),
+    "active_layers": IntDistribution(1, L),
     "period": CategoricalDistribution([5, 10, 20, 40]),
     "scorer": CategoricalDistribution(["uniform", "gradnorm", "ist", "semantic"]),
     "train_embeddings": CategoricalDistribution([True, False]),
@@ -46,7 +46,7 @@ def _importance(steps, varying: bool):
     return rows
 
 
-# number, state, kind, gamma, scorer, emb, metric, breakdown (GiB), gated, lowest, importance-varying
+# number, state, kind, active_layers, scorer, emb, metric, breakdown (GiB), gated, lowest, importance-varying
 TRIALS = [
     (0, "PRUNED", "baseline:full", 4, "uniform", True, None, (2, 2, 4, 2.25), True, 0, None),
     (1, "COMPLETE", "baseline:lisa", 2, "uniform", True, 0.55, (2, 0.5, 1, 2.25), False, 0, False),
@@ -82,16 +82,16 @@ def make_study(tmp_path, *, multi=False, storage=None, name="synthetic", model=N
                                    "batch_sizes": [8], "lora_ranks": [0, 16]},
                      device="cpu", multi_objective=multi).items():
         study.set_user_attr(k, v)
-    for number, state, kind, gamma, scorer, emb, metric, bd_gib, gated, lowest, varying in TRIALS:
+    for number, state, kind, active_layers, scorer, emb, metric, bd_gib, gated, lowest, varying in TRIALS:
         if not with_baselines and kind.startswith("baseline"):
             continue
         bd = _bd(*bd_gib)
         peak = _peak(bd)
-        params = {"gamma": gamma, "period": 20, "scorer": scorer, "train_embeddings": emb, "train_head": emb,
+        params = {"active_layers": active_layers, "period": 20, "scorer": scorer, "train_embeddings": emb, "train_head": emb,
                   "lr": 1e-3, "lora_rank": 16 if kind == "baseline:lora" else 0}
         ua = {"kind": kind, "predicted_peak_bytes": peak, "breakdown": bd, "fits": peak <= VRAM, "gated": gated,
               "reason": "predicted peak over budget" if gated else "", "lowest_layer": lowest,
-              "trainable_layers": list(range(lowest, lowest + gamma)), "train_seconds": 1.5,
+              "trainable_layers": list(range(lowest, lowest + active_layers)), "train_seconds": 1.5,
               "importance": [] if varying is None else _importance([0, 10, 20, 30], varying)}
         if metric is not None:
             ua["metric"] = metric
@@ -126,7 +126,7 @@ def test_trials_are_read_by_contract(study):
     d = rstudy.study_report_data(study, estimator=fake_estimator)
     by = {p.number: p for p in d.trials}
     assert by[0].gated and by[0].metric is None and by[0].kind == "baseline:full"
-    assert by[4].metric == pytest.approx(0.70) and by[4].gamma == 3 and by[4].lowest_layer == 1
+    assert by[4].metric == pytest.approx(0.70) and by[4].active_layers == 3 and by[4].lowest_layer == 1
     assert by[7].state == "FAIL" and by[7].metric is None
     assert d.counts == {"trials": 10, "complete": 6, "gated": 2, "pruned": 1, "failed": 1, "running": 0}
     assert d.best_trial == 4
@@ -175,7 +175,7 @@ def test_savings_table_numbers(study):
 
 def test_sweeps_from_cost_model_and_trials(study):
     d = rstudy.study_report_data(study, estimator=fake_estimator)
-    g = d.gamma_sweep
+    g = d.active_layers_sweep
     assert [c.label for c in g.curves] == ["embeddings + head trained", "embeddings + head frozen"]
     assert g.curves[0].x == [1, 2, 3, 4]
     # each extra active layer adds 0.75 GiB in the fake model
@@ -191,8 +191,8 @@ def test_sweeps_from_cost_model_and_trials(study):
 def test_sweeps_fall_back_to_trials_when_model_unknown(tmp_path):
     study = make_study(tmp_path, model="no-such-model-preset")
     d = rstudy.study_report_data(study)
-    assert d.gamma_sweep.curves == [] and len(d.gamma_sweep.points) == 10
-    assert "cannot be loaded" in d.gamma_sweep.note
+    assert d.active_layers_sweep.curves == [] and len(d.active_layers_sweep.points) == 10
+    assert "cannot be loaded" in d.active_layers_sweep.note
     # the baselines are trials: bars need no cost model (QLoRA, not trained in this study, has no bar without one)
     assert [b.key for b in d.bars] == ["full", "lora", "lisa", "plan"]
 
@@ -258,7 +258,7 @@ def test_plan_report_data_uses_the_cost_model(tmp_path):
     assert rows["plan"].delta_vs_lora == pytest.approx(0.2) and rows["plan"].delta_vs_lisa == pytest.approx(0.1)
     # full: 5 GiB; plan (γ=2, frozen E+H): 1 + 2*0.75 + 4*0.25 = 3.5 GiB
     assert rows["plan"].saving_bytes == int(1.5 * GiB) and rows["plan"].saving_pct == pytest.approx(30.0)
-    assert d.gamma_sweep.curves and d.depth_sweep.curves[0].x == [0, 1, 2]
+    assert d.active_layers_sweep.curves and d.depth_sweep.curves[0].x == [0, 1, 2]
 
 
 def test_plan_without_loadable_model_keeps_its_own_breakdown():
@@ -339,7 +339,7 @@ def test_importance_one_row_per_step_and_static_scorers_left_out(tmp_path):
                 {"step": 10, "active": [2], "weights": [0.3, 0.2, 0.25, 0.25]}],
     }
     for scorer, hist in records.items():
-        params = {"gamma": 1, "period": 20, "scorer": scorer, "train_embeddings": True, "train_head": True, "lr": 1e-3,
+        params = {"active_layers": 1, "period": 20, "scorer": scorer, "train_embeddings": True, "train_head": True, "lr": 1e-3,
                   "lora_rank": 0}
         study.add_trial(create_trial(state=TrialState.COMPLETE, values=[0.5], params=params, distributions=DIST,
                                      user_attrs={"kind": "search", "importance": hist, "fits": True}))
@@ -369,8 +369,8 @@ def test_a_study_report_is_about_its_target(tmp_path):
     # every baseline fits in some form and searched draws are screened by the gate: what is gated is counted
     assert d.counts["gated"] == sum(p.gated for p in d.trials)
     # the curves are the target's in its shape: γ up to 32 layers, bfloat16 weights (8.03e9 params x 2 B ~ 15 GiB)
-    assert max(max(c.x) for c in d.gamma_sweep.curves) == 32
-    assert min(min(c.y) for c in d.gamma_sweep.curves) > 15 * GiB
+    assert max(max(c.x) for c in d.active_layers_sweep.curves) == 32
+    assert min(min(c.y) for c in d.active_layers_sweep.curves) > 15 * GiB
     assert any(line.startswith("target: llama-3-8b (32 layers), batch 1 × seq 1024, bfloat16") for line in d.details)
 
 

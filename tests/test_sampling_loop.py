@@ -20,7 +20,7 @@ def batch(vocab=256, b=2, s=16, seed=0):
 
 def test_loop_trains_evaluates_and_reports(tiny):
     model = build_model(tiny("llama", num_layers=4))
-    s = LayerSampler(model, gamma=2, period=5, scorer="uniform", seed=0)
+    s = LayerSampler(model, active_layers=2, period=5, scorer="uniform", seed=0)
     opt = s.make_optimizer(torch.optim.AdamW, lr=3e-3)
     reported = []
     modes = []
@@ -40,7 +40,7 @@ def test_loop_trains_evaluates_and_reports(tiny):
 
 def test_loop_cycles_a_one_shot_iterator_and_makes_its_optimizer(tiny):
     model = build_model(tiny("llama", num_layers=2))
-    s = LayerSampler(model, gamma=1, period=3)
+    s = LayerSampler(model, active_layers=1, period=3)
     result = train_layerwise(model, iter([batch(seed=0), batch(seed=1)]), sampler=s, steps=7)
     assert len(result.losses) == 7 and s.optimizer is not None
     assert result.losses[0] != result.losses[1]
@@ -53,7 +53,7 @@ def test_on_eval_exceptions_propagate(tiny):
         pass
 
     model = build_model(tiny("llama", num_layers=2))
-    s = LayerSampler(model, gamma=1)
+    s = LayerSampler(model, active_layers=1)
 
     def prune(step, value):
         raise Pruned(step)
@@ -65,7 +65,7 @@ def test_on_eval_exceptions_propagate(tiny):
 
 def test_loop_raises_diverged_on_nan(tiny):
     model = build_model(tiny("llama", num_layers=2))
-    s = LayerSampler(model, gamma=1)
+    s = LayerSampler(model, active_layers=1)
     with pytest.raises(DivergedError, match="finite") as err:
         train_layerwise(model, [batch()], sampler=s, steps=10, lr=1e6)
     assert err.value.step >= 1 and not math.isfinite(err.value.loss)
@@ -75,7 +75,7 @@ def test_loop_raises_diverged_on_nan(tiny):
 def test_loop_completes_a_foreign_optimizer(tiny):
     """An optimizer built only over what trained at creation gets the other layers added (LMFlow issue 726)."""
     model = build_model(tiny("llama", num_layers=4))
-    s = LayerSampler(model, gamma=1, period=1, scorer="cyclic")
+    s = LayerSampler(model, active_layers=1, period=1, scorer="cyclic")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     before = [layer.mlp.up_proj.weight.detach().clone() for layer in s.parts.layers]
     train_layerwise(model, [batch()], sampler=s, optimizer=opt, steps=4)
@@ -84,7 +84,7 @@ def test_loop_completes_a_foreign_optimizer(tiny):
 
 def test_loop_calibrates_scorers_that_need_a_batch(tiny):
     model = build_model(tiny("llama", num_layers=4))
-    s = LayerSampler(model, gamma=2, scorer="semantic")
+    s = LayerSampler(model, active_layers=2, scorer="semantic")
     assert not s.calibrated
     train_layerwise(model, [batch()], sampler=s, steps=2, calib_batch=batch(seed=5))
     assert s.calibrated and s.scorer.depth is not None
@@ -92,7 +92,7 @@ def test_loop_calibrates_scorers_that_need_a_batch(tiny):
 
 def test_ist_updates_every_ten_steps_in_the_loop(tiny):
     model = build_model(tiny("llama", num_layers=4))
-    s = LayerSampler(model, gamma=1, period=1, scorer="ist")
+    s = LayerSampler(model, active_layers=1, period=1, scorer="ist")
     train_layerwise(model, [batch()], sampler=s, steps=25)
     assert s.scorer.updates == 2 and any(x != 0.0 for x in s.scorer.scores)
 
@@ -126,7 +126,7 @@ def _train_with_trainer(tmp_path, model, sampler, steps, **args):
 
 def test_hf_trainer_trains_every_drawn_layer(tiny, tmp_path):
     model = build_model(tiny("llama", num_layers=4))
-    s = LayerSampler(model, gamma=1, period=2, scorer="cyclic")  # freezes layers 1..3 before the Trainer exists
+    s = LayerSampler(model, active_layers=1, period=2, scorer="cyclic")  # freezes layers 1..3 before the Trainer exists
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer, callback = _train_with_trainer(tmp_path, model, s, steps=8)
     assert [h["active"] for h in s.history] == [[0], [1], [2], [3]]
@@ -147,7 +147,7 @@ def test_hf_trainer_trains_every_drawn_layer(tiny, tmp_path):
 
 def test_hf_trainer_with_gradient_accumulation_and_ist(tiny, tmp_path):
     model = build_model(tiny("llama", num_layers=4))
-    s = LayerSampler(model, gamma=2, period=3, scorer="ist", scorer_options={"update_every": 2}, seed=0)
+    s = LayerSampler(model, active_layers=2, period=3, scorer="ist", scorer_options={"update_every": 2}, seed=0)
     _train_with_trainer(tmp_path, model, s, steps=6, gradient_accumulation_steps=2)
     assert [h["step"] for h in s.history] == [0, 3]  # switches once per optimizer step, not per micro-batch
     assert s.scorer.updates == 3  # rollouts on batches drawn from the Trainer's dataloader
@@ -155,11 +155,11 @@ def test_hf_trainer_with_gradient_accumulation_and_ist(tiny, tmp_path):
 
 def test_hf_trainer_gradnorm_and_outlier(tiny, tmp_path):
     model = build_model(tiny("gpt2", num_layers=3))
-    s = LayerSampler(model, gamma=1, period=1, scorer="gradnorm", seed=0)
+    s = LayerSampler(model, active_layers=1, period=1, scorer="gradnorm", seed=0)
     _train_with_trainer(tmp_path / "g", model, s, steps=4)
     assert sum(s.scorer.count.values()) == 4
     model = build_model(tiny("llama", num_layers=3))
-    s = LayerSampler(model, gamma=1, period=2, scorer="outlier", seed=0)
+    s = LayerSampler(model, active_layers=1, period=2, scorer="outlier", seed=0)
     _train_with_trainer(tmp_path / "o", model, s, steps=2)
     assert s.scorer.calibrated
 
@@ -168,7 +168,7 @@ def test_hf_trainer_with_lora_trains_only_active_adapters(tiny, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(build_model(tiny("llama", num_layers=4)), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
-    s = LayerSampler(model, gamma=1, period=100, scorer="fixed", scorer_options={"layers": [2]},
+    s = LayerSampler(model, active_layers=1, period=100, scorer="fixed", scorer_options={"layers": [2]},
                      train_embeddings=False, train_head=False)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer, _ = _train_with_trainer(tmp_path, model, s, steps=3)

@@ -48,29 +48,29 @@ def test_parts_cover_every_parameter_once(tiny, arch):
 
 def test_requires_grad_follows_active_set_and_options(tiny):
     model = build_model(tiny("llama", num_layers=4))
-    s = LayerSampler(model, gamma=2, period=5, train_embeddings=False, train_head=True, seed=1)
+    s = LayerSampler(model, active_layers=2, period=5, train_embeddings=False, train_head=True, seed=1)
     for i, layer in enumerate(s.parts.layers):
         assert all(p.requires_grad == (i in s.active) for p in layer.parameters())
     assert not model.get_input_embeddings().weight.requires_grad
     assert model.get_output_embeddings().weight.requires_grad
     assert all(p.requires_grad for p in s.parts.final_norm.parameters())
-    LayerSampler(model, gamma=1, train_embeddings=True, train_head=False)
+    LayerSampler(model, active_layers=1, train_embeddings=True, train_head=False)
     assert model.get_input_embeddings().weight.requires_grad and not model.get_output_embeddings().weight.requires_grad
 
 
 def test_tied_head_weight_is_the_embedding_weight(tiny):
     model = build_model(tiny("qwen2", num_layers=2))
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    s = LayerSampler(model, gamma=1, train_embeddings=False, train_head=True)
+    s = LayerSampler(model, active_layers=1, train_embeddings=False, train_head=True)
     assert model.get_input_embeddings().weight.requires_grad  # trains as the head
-    s = LayerSampler(model, gamma=1, train_embeddings=False, train_head=False)
+    s = LayerSampler(model, active_layers=1, train_embeddings=False, train_head=False)
     assert not model.get_input_embeddings().weight.requires_grad
     assert not any(p.requires_grad for p in s.parts.final_norm.parameters())
 
 
 def test_switch_releases_gradients_and_optimizer_state(tiny):
     model = build_model(tiny("llama", num_layers=4))
-    s = LayerSampler(model, gamma=1, period=1, scorer="cyclic")
+    s = LayerSampler(model, active_layers=1, period=1, scorer="cyclic")
     opt = s.make_optimizer(torch.optim.AdamW, lr=1e-3)
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
     b = batch()
@@ -114,7 +114,7 @@ def test_live_memory_flat_over_200_switches(tiny):
     from planner.cost import LiveBytesTracker
 
     model = build_model(tiny("llama", num_layers=3, hidden=32))
-    s = LayerSampler(model, gamma=1, period=1, scorer="cyclic")
+    s = LayerSampler(model, active_layers=1, period=1, scorer="cyclic")
     tracker = LiveBytesTracker()
     opt, direct, tracked = _run_and_measure(model, s, 201, tracker)
     assert s.switches == 200
@@ -129,7 +129,7 @@ def test_live_memory_flat_over_200_switches(tiny):
 
 def test_state_bytes_flat_over_300_uniform_switches(tiny):
     model = build_model(tiny("llama", num_layers=4, hidden=32))
-    s = LayerSampler(model, gamma=2, period=1, scorer="uniform", seed=3)
+    s = LayerSampler(model, active_layers=2, period=1, scorer="uniform", seed=3)
     opt, direct, _ = _run_and_measure(model, s, 360)
     assert s.switches >= 200  # a uniform draw of 2 of 4 layers repeats the set ~1/6 of the time
     assert len({tuple(h["active"]) for h in s.history}) == 6
@@ -138,7 +138,7 @@ def test_state_bytes_flat_over_300_uniform_switches(tiny):
 
 def test_min_depth_bounds_every_draw(tiny):
     model = build_model(tiny("llama", num_layers=6))
-    s = LayerSampler(model, gamma=2, period=1, scorer="uniform", min_depth=3, seed=0)
+    s = LayerSampler(model, active_layers=2, period=1, scorer="uniform", min_depth=3, seed=0)
     for step in range(1, 60):
         s.begin_step(step)
     drawn = {i for h in s.history for i in h["active"]}
@@ -149,12 +149,12 @@ def test_min_depth_bounds_every_draw(tiny):
 def test_bad_options_are_reported_together(tiny):
     model = build_model(tiny("llama", num_layers=4))
     with pytest.raises(PlannerError) as err:
-        LayerSampler(model, gamma=0, period=0)
-    assert "gamma" in str(err.value) and "period" in str(err.value)
-    with pytest.raises(PlannerError, match="gamma <= num_layers - min_depth"):
-        LayerSampler(model, gamma=3, min_depth=2)
+        LayerSampler(model, active_layers=0, period=0)
+    assert "active_layers" in str(err.value) and "period" in str(err.value)
+    with pytest.raises(PlannerError, match="active_layers <= num_layers - min_depth"):
+        LayerSampler(model, active_layers=3, min_depth=2)
     with pytest.raises(PlannerError, match="min_depth"):
-        LayerSampler(model, gamma=1, min_depth=4)
+        LayerSampler(model, active_layers=1, min_depth=4)
     with pytest.raises(PlannerError, match="scorer must be one of"):
         LayerSampler(model, scorer="nope")
     with pytest.raises(PlannerError, match="unknown"):
@@ -166,7 +166,7 @@ def test_lora_only_active_adapters_train(tiny):
 
     base = build_model(tiny("llama", num_layers=4))
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
-    s = LayerSampler(model, gamma=1, period=4, scorer="cyclic", train_embeddings=False, train_head=False)
+    s = LayerSampler(model, active_layers=1, period=4, scorer="cyclic", train_embeddings=False, train_head=False)
     assert s.parts.adapters
     assert all("lora_" in n for names in s.parts.layer_param_names for n in names)
     opt = s.make_optimizer(torch.optim.AdamW, lr=1e-2)

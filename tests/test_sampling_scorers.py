@@ -38,7 +38,7 @@ def test_scorer_contract(name, model4):
     """Every registered scorer: draws γ distinct layers >= min_depth, exposes weights, runs in the loop."""
     scorer = get_scorer(name)
     assert isinstance(scorer, Scorer) and scorer.name == name
-    sampler = LayerSampler(model4, gamma=2, period=2, scorer=name, min_depth=1, seed=0)
+    sampler = LayerSampler(model4, active_layers=2, period=2, scorer=name, min_depth=1, seed=0)
     result = train_layerwise(model4, [batch(seed=i) for i in range(3)], sampler=sampler, steps=10)
     assert len(result.losses) == 10 and all(math.isfinite(x) for x in result.losses)
     assert result.history is sampler.history and len(sampler.history) >= 5
@@ -67,7 +67,7 @@ def test_register_scorer_adds_a_strategy(model4):
             return [self.num_layers - 1]
 
     try:
-        s = LayerSampler(model4, gamma=1, scorer="test-top-only")
+        s = LayerSampler(model4, active_layers=1, scorer="test-top-only")
         assert s.active == [3]
         with pytest.raises(PlannerError, match="unique"):
             register_scorer("test-top-only")(type("Other", (Scorer,), {}))
@@ -77,7 +77,7 @@ def test_register_scorer_adds_a_strategy(model4):
 
 # behaviour --------------------------------------------------------------------------------------
 def test_uniform_draw_frequencies_are_uniform(model4):
-    s = LayerSampler(model4, gamma=2, period=1, scorer="uniform", seed=0)
+    s = LayerSampler(model4, active_layers=2, period=1, scorer="uniform", seed=0)
     for step in range(1, 3000):
         s.begin_step(step)
     counts = Counter(i for h in s.history for i in h["active"])
@@ -87,7 +87,7 @@ def test_uniform_draw_frequencies_are_uniform(model4):
 
 
 def test_gradnorm_prefers_layers_with_larger_gradients(model4):
-    s = LayerSampler(model4, gamma=1, period=1, scorer="gradnorm", seed=0)
+    s = LayerSampler(model4, active_layers=1, period=1, scorer="gradnorm", seed=0)
     scorer = s.scorer
     assert scorer.weights() == [0.25] * 4  # nothing measured: every layer gets the optimistic prior
     scorer.on_gradients(0, {0: 1.0})
@@ -109,18 +109,18 @@ def test_gradnorm_learns_from_real_gradients(tiny):
     model = build_model(tiny("llama", num_layers=4))
     with torch.no_grad():
         model.model.layers[2].mlp.down_proj.weight.mul_(30.0)
-    s = LayerSampler(model, gamma=1, period=1, scorer="gradnorm", seed=0, train_embeddings=False, train_head=False)
+    s = LayerSampler(model, active_layers=1, period=1, scorer="gradnorm", seed=0, train_embeddings=False, train_head=False)
     train_layerwise(model, [batch()], sampler=s, steps=12, lr=1e-6)
     assert set(s.scorer.count) == {0, 1, 2, 3}
     w = s.history[-1]["weights"]
     assert max(range(4), key=w.__getitem__) == 2
-    sparse = LayerSampler(model, gamma=1, period=1, scorer="gradnorm", scorer_options={"every": 4}, seed=0)
+    sparse = LayerSampler(model, active_layers=1, period=1, scorer="gradnorm", scorer_options={"every": 4}, seed=0)
     train_layerwise(model, [batch()], sampler=sparse, steps=12, lr=1e-6)
     assert sum(sparse.scorer.count.values()) == 3  # steps 0, 4, 8
 
 
 def test_ist_scores_move_with_the_reward(model4):
-    s = LayerSampler(model4, gamma=1, scorer="ist", seed=0)
+    s = LayerSampler(model4, active_layers=1, scorer="ist", seed=0)
     ist = s.scorer
     assert ist.weights() == [0.25] * 4
     # suppressing {0, 1} hurt (high loss), suppressing {2, 3} did not
@@ -140,10 +140,10 @@ def test_ist_rollouts_find_the_layer_that_matters(tiny):
         for i in (0, 2, 3):
             model.model.layers[i].self_attn.o_proj.weight.mul_(1e-3)
             model.model.layers[i].mlp.down_proj.weight.mul_(1e-3)
-    learn = LayerSampler(model, gamma=1, scorer="fixed", scorer_options={"layers": [1]}, train_embeddings=False)
+    learn = LayerSampler(model, active_layers=1, scorer="fixed", scorer_options={"layers": [1]}, train_embeddings=False)
     result = train_layerwise(model, [b], sampler=learn, steps=40, lr=1e-2)
     assert result.losses[-1] < result.losses[0] - 1.0
-    s = LayerSampler(model, gamma=1, period=1, scorer="ist", seed=0)
+    s = LayerSampler(model, active_layers=1, period=1, scorer="ist", seed=0)
     ist = s.scorer
     for _ in range(30):
         ist.update(*ist.rollout_losses(model, b))
@@ -176,7 +176,7 @@ def test_outlier_prefers_a_layer_with_planted_outliers(tiny):
         g = torch.Generator().manual_seed(0)
         idx = torch.randperm(w.numel(), generator=g)[: w.numel() // 50]
         w.view(-1)[idx] *= 200.0
-    s = LayerSampler(model, gamma=1, period=1, scorer="outlier", seed=0)
+    s = LayerSampler(model, active_layers=1, period=1, scorer="outlier", seed=0)
     assert not s.scorer.calibrated and max(range(4), key=s.scorer.weights().__getitem__) == 2  # |W| alone
     s.calibrate(batch())
     assert s.scorer.calibrated
@@ -191,7 +191,7 @@ def test_outlier_prefers_a_layer_with_planted_outliers(tiny):
 def test_outlier_activation_norms_change_the_shares(tiny):
     """A column whose input feature is large makes that column's weights outliers (A = |W|·‖X‖)."""
     model = build_model(tiny("llama", num_layers=2))
-    s = LayerSampler(model, gamma=1, scorer="outlier")
+    s = LayerSampler(model, active_layers=1, scorer="outlier")
     layer = s.parts.layers[1]
     q = layer.self_attn.q_proj
     plain = s.scorer.outlier_shares(None)
@@ -210,7 +210,7 @@ def test_semantic_best_depth_trades_block_size_for_deviation():
 
 def test_semantic_picks_a_contiguous_top_block(tiny):
     model = build_model(tiny("llama", num_layers=6))
-    s = LayerSampler(model, gamma=4, period=2, scorer="semantic")
+    s = LayerSampler(model, active_layers=4, period=2, scorer="semantic")
     train_layerwise(model, [batch(seed=i) for i in range(2)], sampler=s, steps=6)
     sem = s.scorer
     assert sem.deviations is not None and len(sem.deviations) == 6
@@ -222,8 +222,8 @@ def test_semantic_picks_a_contiguous_top_block(tiny):
 
 
 def test_cyclic_order(model4):
-    def actives(order, gamma, **opts):
-        s = LayerSampler(model4, gamma=gamma, period=1, scorer="cyclic", scorer_options={"order": order, **opts})
+    def actives(order, active_layers, **opts):
+        s = LayerSampler(model4, active_layers=active_layers, period=1, scorer="cyclic", scorer_options={"order": order, **opts})
         for step in range(1, 6):
             s.begin_step(step)
         return [h["active"] for h in s.history]
@@ -240,17 +240,17 @@ def test_cyclic_order(model4):
 
 
 def test_fixed_set(model4):
-    s = LayerSampler(model4, gamma=2, period=1, scorer="fixed", scorer_options={"layers": [3, 1]})
+    s = LayerSampler(model4, active_layers=2, period=1, scorer="fixed", scorer_options={"layers": [3, 1]})
     for step in range(1, 5):
         s.begin_step(step)
     assert all(h["active"] == [1, 3] for h in s.history)
     assert s.history[0]["weights"] == [0.0, 0.5, 0.0, 0.5]
-    assert LayerSampler(model4, gamma=3, scorer="fixed").active == [1, 2, 3]  # top γ by default
-    assert LayerSampler(model4, gamma=2, scorer="fixed", scorer_options={"top": 2}).active == [2, 3]
-    with pytest.raises(PlannerError, match="gamma must equal"):
-        LayerSampler(model4, gamma=1, scorer="fixed", scorer_options={"layers": [0, 1]})
+    assert LayerSampler(model4, active_layers=3, scorer="fixed").active == [1, 2, 3]  # top γ by default
+    assert LayerSampler(model4, active_layers=2, scorer="fixed", scorer_options={"top": 2}).active == [2, 3]
+    with pytest.raises(PlannerError, match="active_layers must equal"):
+        LayerSampler(model4, active_layers=1, scorer="fixed", scorer_options={"layers": [0, 1]})
     with pytest.raises(PlannerError, match="fixed layers must satisfy"):
-        LayerSampler(model4, gamma=1, scorer="fixed", min_depth=2, scorer_options={"layers": [0]})
+        LayerSampler(model4, active_layers=1, scorer="fixed", min_depth=2, scorer_options={"layers": [0]})
 
 
 def test_ist_suppresses_only_adapter_outputs_under_lora(tiny):
@@ -259,7 +259,7 @@ def test_ist_suppresses_only_adapter_outputs_under_lora(tiny):
     from planner.sampling.suppress import suppressed
 
     model = get_peft_model(build_model(tiny("llama", num_layers=2)), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
-    s = LayerSampler(model, gamma=1, scorer="ist", train_embeddings=False, train_head=False)
+    s = LayerSampler(model, active_layers=1, scorer="ist", train_embeddings=False, train_head=False)
     b = batch()
     layers = s.parts.layers
     with torch.no_grad():

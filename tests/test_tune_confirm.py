@@ -85,9 +85,9 @@ def test_margin_against_welch_standard_error_by_hand():
 
 def _frozen(number, kind, metric, peak, lr=1e-3, fits=True, state=TrialState.COMPLETE):
     t = optuna.trial.create_trial(state=state, value=metric if state == TrialState.COMPLETE else None,
-                                  params={"lr": lr, "gamma": 1},
+                                  params={"lr": lr, "active_layers": 1},
                                   distributions={"lr": FloatDistribution(1e-5, 1.0, log=True),
-                                                 "gamma": CategoricalDistribution([1])},
+                                                 "active_layers": CategoricalDistribution([1])},
                                   user_attrs={"kind": kind, "metric": metric, "predicted_peak_bytes": peak, "fits": fits})
     t.number = number
     return t
@@ -209,8 +209,8 @@ def test_a_confirmation_seed_is_reproduced_by_an_independent_run(tuned, wl):
     from planner.tune.space import TrialParams
 
     p = study.trials[result.best_trial_number].params
-    params = TrialParams(p["gamma"], p["period"], p["scorer"], p["train_embeddings"], p["train_head"], p["lr"],
-                         p.get("lora_rank"), None, min(p["min_depth"], 3 - p["gamma"]), False)
+    params = TrialParams(p["active_layers"], p["period"], p["scorer"], p["train_embeddings"], p["train_head"], p["lr"],
+                         p.get("lora_rank"), None, min(p["min_depth"], 3 - p["active_layers"]), False)
     again = run_proxy(wl, params, batch_size=8, steps=STEPS, eval_every=2, seed=confirm_seed(0, 1))
     assert again.metric == pytest.approx(t.value, rel=1e-6)
 

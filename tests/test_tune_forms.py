@@ -57,7 +57,7 @@ def test_the_walk_is_torchtunes_order_without_the_levers_the_user_fixed():
 def test_a_point_takes_the_first_form_that_fits(wl, target):
     t, space = space_of(wl, target)
     assert space.forms == WALK
-    point = space.point(gamma=4, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3,
+    point = space.point(active_layers=4, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3,
                         gradient_checkpointing=True)
     plain, backward, both = peaks(t, space, point)
     assert backward < plain  # the step in backward frees each gradient as it is written
@@ -72,7 +72,7 @@ def test_a_point_takes_the_first_form_that_fits(wl, target):
 def test_a_lever_the_user_fixed_is_never_pulled(wl, target):
     t, space = space_of(wl, target, levers={"optimizer_in_backward": False})
     assert space.forms == ({"loss_chunks": 8},)
-    point = space.point(gamma=4, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3,
+    point = space.point(active_layers=4, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3,
                         gradient_checkpointing=True)
     plain, backward, _ = peaks(t, space, point)
     assert backward < plain
@@ -118,11 +118,11 @@ def test_a_static_plan_with_quantized_frozen_layers_trains_end_to_end(tmp_path, 
             and t.user_attrs.get("fits")]
     quantized = [t for t in done if t.params.get("quantize") == "nf4-dq"]
     assert quantized and len(quantized) < len(done)  # both storages drawn (seed 0)
-    assert all("quantize" not in t.params for t in trials if t.params["gamma"] == 4)  # γ = L: nothing stays frozen
+    assert all("quantize" not in t.params for t in trials if t.params["active_layers"] == 4)  # γ = L: nothing stays frozen
     t, space = space_of(wl, target, scorers=["semantic"])
     gate = BudgetGate(t.spec, 1, device="cpu")
     for trial in quantized:
         point = trial_point(trial, space)
         cfg = space.train_config(point)
-        assert cfg.layers == list(range(4 - point.gamma, 4)) and cfg.quantize == "nf4-dq"
+        assert cfg.layers == list(range(4 - point.active_layers, 4)) and cfg.quantize == "nf4-dq"
         assert trial.user_attrs["predicted_peak_bytes"] == gate.predict(cfg).peak_bytes

@@ -8,8 +8,8 @@ from rich.console import Console
 
 from planner.tune.progress import TrialProgress
 
-PARAMS = {"gamma": 2, "period": 20, "scorer": "uniform", "train_embeddings": True, "train_head": True, "lr": 1e-3}
-DISTS = {"gamma": optuna.distributions.IntDistribution(1, 4), "period": optuna.distributions.CategoricalDistribution([5, 20]),
+PARAMS = {"active_layers": 2, "period": 20, "scorer": "uniform", "train_embeddings": True, "train_head": True, "lr": 1e-3}
+DISTS = {"active_layers": optuna.distributions.IntDistribution(1, 4), "period": optuna.distributions.CategoricalDistribution([5, 20]),
          "scorer": optuna.distributions.CategoricalDistribution(["uniform", "ist"]),
          "train_embeddings": optuna.distributions.CategoricalDistribution([True, False]),
          "train_head": optuna.distributions.CategoricalDistribution([True, False]),
@@ -23,7 +23,7 @@ def _trials():
                      user_attrs={**base, "kind": "baseline:lisa", "metric": 0.5}),
         create_trial(state=TrialState.PRUNED, params=PARAMS, distributions=DISTS,
                      user_attrs={**base, "fits": False, "gated": True, "predicted_peak_bytes": 30 * 1024**3}),
-        create_trial(state=TrialState.COMPLETE, value=0.75, params={**PARAMS, "gamma": 3}, distributions=DISTS,
+        create_trial(state=TrialState.COMPLETE, value=0.75, params={**PARAMS, "active_layers": 3}, distributions=DISTS,
                      user_attrs={**base, "kind": "search", "metric": 0.75}),
         create_trial(state=TrialState.FAIL, params=PARAMS, distributions=DISTS, user_attrs={**base, "reason": "diverged: loss is nan"}),
         create_trial(state=TrialState.PRUNED, params=PARAMS, distributions=DISTS, user_attrs=base),

@@ -9,7 +9,7 @@ from planner.tune.proxy import lr_scheduler, run_proxy
 from planner.tune.space import TrialParams
 from tune_helpers import tiny_workload
 
-PLAN = TrialParams(gamma=2, period=2, scorer="uniform", train_embeddings=True, train_head=True, lr=1e-2)
+PLAN = TrialParams(active_layers=2, period=2, scorer="uniform", train_embeddings=True, train_head=True, lr=1e-2)
 
 
 def test_linear_schedule_decays_to_zero_over_the_run():

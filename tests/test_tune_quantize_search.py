@@ -36,7 +36,7 @@ def test_only_lora_points_draw_quantize_and_their_config_carries_it():
 def test_a_fixed_lora_point_keeps_its_storage():
     s = space()
     study = optuna.create_study(sampler=RandomSampler(seed=1))
-    lora = s.point(gamma=4, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3, lora_rank=8)
+    lora = s.point(active_layers=4, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3, lora_rank=8)
     qlora = lora.__class__(**{**lora.__dict__, "levers": (("quantize", "nf4-dq"),)})
     for point in (lora, qlora):
         for _ in range(5):  # never drawn: the enqueued value stands
@@ -67,12 +67,12 @@ def test_a_static_scorer_draws_quantize_and_is_costed_as_its_top_block_stored_qu
         p = s.suggest(trial)
         study.tell(trial, 0.0)
         # a sampled plan's layers all train, and so do a static set's of γ = L
-        assert ("quantize" in trial.params) == (p.scorer == "semantic" and p.gamma < 4)
+        assert ("quantize" in trial.params) == (p.scorer == "semantic" and p.active_layers < 4)
         cfg = s.train_config(p)
         if dict(p.levers).get("quantize"):
             quantized += 1
             # the semantic block lies in the top γ whatever min_depth (<= L - γ) allows
-            assert cfg.layers == list(range(4 - p.gamma, 4)) and cfg.active_layers is None and cfg.quantize == "nf4-dq"
+            assert cfg.layers == list(range(4 - p.active_layers, 4)) and cfg.active_layers is None and cfg.quantize == "nf4-dq"
         else:
-            assert cfg.layers is None and cfg.active_layers == p.gamma and cfg.quantize is None
+            assert cfg.layers is None and cfg.active_layers == p.active_layers and cfg.quantize is None
     assert quantized

@@ -26,7 +26,7 @@ OLD_SEARCHED = {
     "breakdown": {"weights": 16_000_000_000, "gradients": 1_000_000_000, "optimizer": 2_000_000_000,
                   "activations": 1_500_000_000, "transient": 300_000_000, "overhead": 200_000_000},
     "fits": True, "gated": False, "min_depth": 4, "lowest_layer": 4, "trainable_layers": [4, 9, 31],
-    "proxy_plan": {"gamma": 2, "min_depth": 1, "batch_size": 8}, "proxy_key": "g2|d1|b8|uniform", "target_lr": 1.25e-4,
+    "proxy_plan": {"active_layers": 2, "min_depth": 1, "batch_size": 8}, "proxy_key": "g2|d1|b8|uniform", "target_lr": 1.25e-4,
     "metric": 0.8125, "importance": [{"step": 0, "active": [4, 9], "weights": [0.25, 0.75]}], "train_seconds": 41.5,
     "secondary": {"accuracy": 0.5}, "measured_memory": {
         "max_reserved_bytes": 100, "max_allocated_bytes": 90, "device_used_bytes": 120, "outside_allocator_bytes": 20,

@@ -354,6 +354,24 @@ def test_any_stored_setting_that_differs_is_refused():
     assert "--proxy is 'builtin-v2' in the study but 'mine' now" in msg
 
 
+def test_a_study_that_names_the_active_layer_count_gamma_is_refused_in_one_line(tmp_path, wl):
+    run_tune(options(tmp_path, n_trials=3), workload=wl, progress=False)
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.load_study(storage=storage, study_name="t")
+    # a trial as an earlier planner stored it: γ under its old parameter name
+    old = study.trials[-1]
+    params = {("gamma" if k == "active_layers" else k): v for k, v in old.params.items()}
+    dists = {("gamma" if k == "active_layers" else k): v for k, v in old.distributions.items()}
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=old.values,
+                                              user_attrs=old.user_attrs))
+    before = len(study.trials)
+    with pytest.raises(PlannerError) as err:
+        run_tune(options(tmp_path, n_trials=5), workload=wl, progress=False)
+    msg = str(err.value)
+    assert len(msg.splitlines()) == 1 and "['gamma']" in msg and "'active_layers'" in msg and "new --study" in msg
+    assert len(optuna.load_study(storage=storage, study_name="t").trials) == before
+
+
 @pytest.mark.parametrize("where", ["out-dir", "out-under-file", "storage-under-file"])
 def test_unwritable_outputs_fail_before_any_work(tmp_path, capsys, where):
     a_file = tmp_path / "file"

@@ -11,7 +11,7 @@ import pytest
 from planner.errors import PlannerError
 from planner.sampling import SCORERS
 from planner.tune.baselines import KINDS, LORA_BASELINE_RANK, baseline_points, enqueue_baselines
-from planner.tune.space import LISA_GAMMA, LISA_PERIOD, SearchSpace
+from planner.tune.space import LISA_ACTIVE_LAYERS, LISA_PERIOD, SearchSpace
 from planner.tune.storage import _driver_url, check_storage, open_storage
 from planner.tune.study import TuneOptions
 
@@ -30,7 +30,7 @@ def test_suggest_stays_in_space_and_uses_contract_keys():
         trial = study.ask()
         p = s.suggest(trial)
         assert s.contains(p)
-        assert set(trial.params) == {"gamma", "min_depth", "gradient_checkpointing", "period", "scorer", "train_embeddings",
+        assert set(trial.params) == {"active_layers", "min_depth", "gradient_checkpointing", "period", "scorer", "train_embeddings",
                                      "train_head", "lr", "lora_rank", "batch_size"}
         assert trial.params == p.as_params()
         seen.add(p.scorer)
@@ -44,13 +44,13 @@ def test_optional_keys_absent_without_lora_or_batch_choice():
     p = s.suggest(trial)
     assert "lora_rank" not in trial.params and "batch_size" not in trial.params
     cfg = s.train_config(p)
-    assert cfg.active_layers == p.gamma and cfg.lora_rank is None and cfg.batch_size == s.default_batch_size and cfg.seq_len == 16
+    assert cfg.active_layers == p.active_layers and cfg.lora_rank is None and cfg.batch_size == s.default_batch_size and cfg.seq_len == 16
 
 
 def test_lora_rank_zero_means_full_layer_weights():
     s = space(lora_ranks=(0, 8))
-    assert s.train_config(s.point(gamma=1, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3, lora_rank=0)).lora_rank is None
-    assert s.train_config(s.point(gamma=1, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3, lora_rank=8)).lora_rank == 8
+    assert s.train_config(s.point(active_layers=1, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3, lora_rank=0)).lora_rank is None
+    assert s.train_config(s.point(active_layers=1, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3, lora_rank=8)).lora_rank == 8
 
 
 def test_grid_is_the_full_product():
@@ -59,7 +59,7 @@ def test_grid_is_the_full_product():
     assert len(grid) == 4 * 2 * 2 * 2 * 2 * 2 and len(set(grid)) == len(grid)
     deep = space(scorers=("uniform",), periods=(5,), lr_choices=(1e-3,), min_depths=(0, 2), checkpointing=(False, True))
     # (γ, min_depth) pairs with γ <= 4 - min_depth: 4 at depth 0, 2 at depth 2; times E, H and checkpointing
-    assert len(deep.grid()) == (4 + 2) * 2 * 2 * 2 and all(p.min_depth <= 4 - p.gamma for p in deep.grid())
+    assert len(deep.grid()) == (4 + 2) * 2 * 2 * 2 and all(p.min_depth <= 4 - p.active_layers for p in deep.grid())
     with pytest.raises(PlannerError, match="lr_choices"):
         space().grid()
 
@@ -76,8 +76,8 @@ def test_baselines_match_lisa_defaults_and_enqueue_with_kinds():
     points = baseline_points(s)
     assert list(points) == list(KINDS)
     lisa, full, lora = points["baseline:lisa"], points["baseline:full"], points["baseline:lora"]
-    assert (lisa.gamma, lisa.period, lisa.scorer, lisa.train_embeddings, lisa.train_head) == (LISA_GAMMA, LISA_PERIOD, "uniform", True, True)
-    assert full.gamma == 4 and full.train_embeddings and full.train_head
+    assert (lisa.active_layers, lisa.period, lisa.scorer, lisa.train_embeddings, lisa.train_head) == (LISA_ACTIVE_LAYERS, LISA_PERIOD, "uniform", True, True)
+    assert full.active_layers == 4 and full.train_embeddings and full.train_head
     assert lora.lora_rank == LORA_BASELINE_RANK and not lora.train_embeddings and not lora.train_head
     study = optuna.create_study()
     enqueue_baselines(study, s)
@@ -178,18 +178,18 @@ def test_options_report_all_problems_at_once(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["tpe", "random"])
-def test_the_gate_bound_keeps_gamma_within_what_can_fit(name):
+def test_the_gate_bound_keeps_active_layers_within_what_can_fit(name):
     from planner.tune.bounded import GateBoundedSampler
     from planner.tune.samplers import make_sampler
 
     s = space(num_layers=32, scorers=("uniform", "ist"))
     study = optuna.create_study(sampler=GateBoundedSampler(make_sampler(name, 0), 3))
-    study.enqueue_trial({**s.point(gamma=32, period=20, scorer="uniform", train_embeddings=True, train_head=True,
+    study.enqueue_trial({**s.point(active_layers=32, period=20, scorer="uniform", train_embeddings=True, train_head=True,
                                    lr=1e-3).as_params()})  # a baseline beyond the bound is still recorded as it is
-    study.optimize(lambda t: -s.suggest(t).gamma - t.params["lr"], n_trials=25)
-    gammas = [t.params["gamma"] for t in study.trials]
-    assert gammas[0] == 32 and all(1 <= g <= 3 for g in gammas[1:]) and set(gammas[1:]) == {1, 2, 3}
-    assert all(t.distributions["gamma"].high == 32 for t in study.trials)  # one distribution for every trial
+    study.optimize(lambda t: -s.suggest(t).active_layers - t.params["lr"], n_trials=25)
+    active_layer_counts = [t.params["active_layers"] for t in study.trials]
+    assert active_layer_counts[0] == 32 and all(1 <= g <= 3 for g in active_layer_counts[1:]) and set(active_layer_counts[1:]) == {1, 2, 3}
+    assert all(t.distributions["active_layers"].high == 32 for t in study.trials)  # one distribution for every trial
 
 
 @pytest.mark.parametrize("name", ["tpe", "random"])
@@ -199,7 +199,7 @@ def test_the_study_sampler_is_built_without_a_deprecation_warning(name):
     from planner.tune.samplers import make_sampler
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # TPE's `gamma` is deprecated since Optuna 4.9: the user must not see it
+        warnings.simplefilter("error")  # TPE's `active_layers` is deprecated since Optuna 4.9: the user must not see it
         make_sampler(name, 0)
 
 
@@ -230,7 +230,7 @@ def _screened_study(s, gate, screen: bool, n_trials: int, seed: int = 0):
         trial.set_user_attr("gated", not fits)
         if not fits:
             raise optuna.TrialPruned("over budget")
-        return p.gamma + (0.0 if p.scorer == "uniform" else 0.5) + p.lr * 100
+        return p.active_layers + (0.0 if p.scorer == "uniform" else 0.5) + p.lr * 100
 
     study.optimize(objective, n_trials=n_trials)
     return study.trials, TPE_STARTUP_TRIALS  # TPE draws whole points from trial TPE_STARTUP_TRIALS on
@@ -304,8 +304,8 @@ def test_a_draw_that_is_not_a_whole_point_is_let_through():
     from planner.tune.bounded import admissible
 
     accept = admissible(space(), REFUSES_TRAINED_EMBEDDINGS)(optuna.create_study())
-    assert accept({"gamma": 2})  # the objective gates it as before
-    point = space().point(gamma=2, period=20, scorer="uniform", train_embeddings=True, train_head=True, lr=1e-3)
+    assert accept({"active_layers": 2})  # the objective gates it as before
+    point = space().point(active_layers=2, period=20, scorer="uniform", train_embeddings=True, train_head=True, lr=1e-3)
     assert not accept(point.as_params())
     assert accept({**point.as_params(), "train_embeddings": False})
 
@@ -317,7 +317,7 @@ def test_a_draw_without_its_conditional_choice_is_screened_over_every_choice():
     from planner.tune.bounded import admissible
 
     s = space(scorers=("fixed", "uniform"), static_scorers=("fixed",), quantize_choices=(None, "nf4-dq"))
-    params = {k: v for k, v in s.point(gamma=2, period=20, scorer="fixed", train_embeddings=True, train_head=True,
+    params = {k: v for k, v in s.point(active_layers=2, period=20, scorer="fixed", train_embeddings=True, train_head=True,
                                          lr=1e-3).as_params().items() if k != "quantize"}
     assert not admissible(s, REFUSES_TRAINED_EMBEDDINGS)(optuna.create_study())(params)  # in neither form
     assert admissible(s, REFUSES_TRAINED_EMBEDDINGS)(optuna.create_study())({**params, "train_embeddings": False})

@@ -115,11 +115,11 @@ def test_trial_record_contract_and_plan(tmp_path, wl, target):
     assert kinds[:len(KINDS)] == list(KINDS) and set(kinds[len(KINDS):]) == {"search"}
     for t in study.trials:
         a = t.user_attrs
-        assert set(t.params) >= {"gamma", "min_depth", "gradient_checkpointing", "period", "scorer", "train_embeddings",
+        assert set(t.params) >= {"active_layers", "min_depth", "gradient_checkpointing", "period", "scorer", "train_embeddings",
                                  "train_head", "lr"}
         # the proxy is the target's own architecture here: the proxy plan is the target plan
-        assert a["proxy_plan"]["gamma"] == t.params["gamma"] and a["min_depth"] == a["proxy_plan"]["min_depth"]
-        assert a["min_depth"] == min(t.params["min_depth"], 3 - t.params["gamma"])
+        assert a["proxy_plan"]["active_layers"] == t.params["active_layers"] and a["min_depth"] == a["proxy_plan"]["min_depth"]
+        assert a["min_depth"] == min(t.params["min_depth"], 3 - t.params["active_layers"])
         assert set(a["breakdown"]) == set(BREAKDOWN_KEYS) and all(isinstance(v, int) for v in a["breakdown"].values())
         assert isinstance(a["predicted_peak_bytes"], int) and a["gated"] is False and a["fits"] is True
         assert a["lowest_layer"] == min(a["trainable_layers"])
@@ -136,7 +136,7 @@ def test_trial_record_contract_and_plan(tmp_path, wl, target):
     assert {b.name for b in plan.baselines} == {"lisa", "full", "lora", "qlora"}
     best = study.trials[plan.trial_number]
     assert plan.metric == best.user_attrs["metric"] == min(t.value for t in study.trials if t.value is not None)
-    assert plan.active_layers == best.params["gamma"] and plan.train.active_layers == best.params["gamma"]
+    assert plan.active_layers == best.params["active_layers"] and plan.train.active_layers == best.params["active_layers"]
     assert plan.breakdown.model_dump() == best.user_attrs["breakdown"]
     assert plan.min_depth == plan.train.min_depth == best.user_attrs["min_depth"]
     assert plan.train.gradient_checkpointing == best.params["gradient_checkpointing"]

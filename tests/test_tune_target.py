@@ -19,30 +19,30 @@ GB = 10**9
 
 
 def point(**kw):
-    return TrialParams(**{"gamma": 1, "period": 20, "scorer": "uniform", "train_embeddings": False, "train_head": False,
+    return TrialParams(**{"active_layers": 1, "period": 20, "scorer": "uniform", "train_embeddings": False, "train_head": False,
                           "lr": 1e-3, **kw})
 
 
-@pytest.mark.parametrize("gamma, depth, want", [
+@pytest.mark.parametrize("active_layers, depth, want", [
     (5, 24, (1, 3)),    # 5·4/32 = 0.625 -> 1; 24·4/32 = 3 -> 3 (room: 4 - 1 = 3)
     (12, 8, (2, 1)),    # 1.5 rounds half up to 2; 8·4/32 = 1
     (1, 0, (1, 0)),     # 0.125 -> 0, clamped up to 1
     (32, 0, (4, 0)),    # every layer -> every layer
     (20, 12, (3, 1)),   # 2.5 -> 3; 1.5 -> 2, lowered to 4 - 3 = 1
 ])
-def test_depth_rule_32_to_4(gamma, depth, want):
-    got = proxy_params(point(gamma=gamma, min_depth=depth, gradient_checkpointing=True, lora_rank=8),
+def test_depth_rule_32_to_4(active_layers, depth, want):
+    got = proxy_params(point(active_layers=active_layers, min_depth=depth, gradient_checkpointing=True, lora_rank=8),
                        target_layers=32, proxy_layers=4)
-    assert (got.gamma, got.min_depth) == want
+    assert (got.active_layers, got.min_depth) == want
     # K, scorer, embeddings/head, LoRA rank and the learning rate are unchanged; checkpointing (memory, not
     # the result) is off on a proxy that is not the target
     assert (got.period, got.scorer, got.lora_rank, got.gradient_checkpointing, got.lr) == (20, "uniform", 8, False, 1e-3)
 
 
 def test_same_depth_is_identity_and_a_deeper_proxy_is_refused():
-    p = point(gamma=3, min_depth=2, gradient_checkpointing=True)
+    p = point(active_layers=3, min_depth=2, gradient_checkpointing=True)
     assert proxy_params(p, target_layers=6, proxy_layers=6, is_target=True) is p
-    assert proxy_params(p, target_layers=6, proxy_layers=6) == point(gamma=3, min_depth=2)
+    assert proxy_params(p, target_layers=6, proxy_layers=6) == point(active_layers=3, min_depth=2)
     with pytest.raises(Exception, match="proxy layers <= target layers"):
         proxy_params(p, target_layers=4, proxy_layers=6)
 
@@ -52,13 +52,13 @@ def test_learning_rate_rule_is_inverse_width():
     assert target_lr(2e-4, proxy_hidden=2048, target_hidden=2048) == 2e-4
 
 
-def test_frontier_is_the_largest_fitting_gamma_per_depth():
+def test_frontier_is_the_largest_fitting_active_layers_per_depth():
     s = SearchSpace(num_layers=8, scorers=("uniform",), seq_len=16, min_depths=(0, 4), checkpointing=(False, True))
 
     def fits(p):  # a made-up budget: 3 layers from the bottom, 4 from layer 4, one more with checkpointing
-        return p.gamma <= (3 if p.min_depth == 0 else 4) + p.gradient_checkpointing
+        return p.active_layers <= (3 if p.min_depth == 0 else 4) + p.gradient_checkpointing
 
-    got = {(p.min_depth, p.gradient_checkpointing): p.gamma for p in s.frontier(fits)}
+    got = {(p.min_depth, p.gradient_checkpointing): p.active_layers for p in s.frontier(fits)}
     assert got == {(0, False): 3, (0, True): 4, (4, False): 4, (4, True): 4}  # room above layer 4 is 4
 
 
@@ -74,16 +74,16 @@ def test_offered_points_are_the_most_layers_with_ends_frozen_and_trainable():
             room = (3 if c.min_depth == 0 else 4) + c.gradient_checkpointing - 2 * c.train_embeddings
             return SimpleNamespace(fits=c.active_layers <= room)
 
-    got = [(p.train_embeddings, p.train_head, p.gradient_checkpointing, p.gamma, p.min_depth) for p in offered_points(s, Gate())]
+    got = [(p.train_embeddings, p.train_head, p.gradient_checkpointing, p.active_layers, p.min_depth) for p in offered_points(s, Gate())]
     assert got == [(False, False, False, 4, 4), (False, False, True, 4, 0), (True, True, False, 2, 4), (True, True, True, 3, 4)]
     assert SearchSpace(num_layers=8, scorers=("uniform",), seq_len=16, head_choices=(False,)).frontier(lambda p: True, ends=True) == []
     # embeddings that always train: the head-frozen and the head-trained frontier stay apart
     emb_on = SearchSpace(num_layers=8, scorers=("uniform",), seq_len=16, embedding_choices=(True,))
-    got = [(p.train_embeddings, p.train_head, p.gamma) for p in offered_points(emb_on, Gate())]
+    got = [(p.train_embeddings, p.train_head, p.active_layers) for p in offered_points(emb_on, Gate())]
     assert got == [(True, False, 1), (True, True, 1)]
     # a head that always trains: the "frozen" frontier freezes what it can (the embeddings)
     head_on = SearchSpace(num_layers=8, scorers=("uniform",), seq_len=16, head_choices=(True,))
-    assert [(p.train_embeddings, p.train_head, p.gamma) for p in head_on.frontier(lambda p: p.gamma <= 5)] == [(False, True, 5)]
+    assert [(p.train_embeddings, p.train_head, p.active_layers) for p in head_on.frontier(lambda p: p.active_layers <= 5)] == [(False, True, 5)]
 
 
 def test_the_default_question_is_llama_3_8b_in_bfloat16():
@@ -135,7 +135,7 @@ def test_the_gate_decides_for_llama_3_8b_at_24gb(tmp_path):
     # each trial's recorded peak is the cost model's answer for the target in its shape (batch 1 x 1024, bf16)
     for t in trials[:6]:
         p = t.params
-        cfg = TrainConfig(batch_size=1, seq_len=1024, dtype="bfloat16", active_layers=p["gamma"],
+        cfg = TrainConfig(batch_size=1, seq_len=1024, dtype="bfloat16", active_layers=p["active_layers"],
                           min_depth=t.user_attrs["min_depth"], gradient_checkpointing=p["gradient_checkpointing"],
                           train_embeddings=p["train_embeddings"], train_head=p["train_head"],
                           lora_rank=p.get("lora_rank") or None, **(t.user_attrs.get("levers") or {}))
@@ -143,7 +143,7 @@ def test_the_gate_decides_for_llama_3_8b_at_24gb(tmp_path):
     # the tiny proxy trains mapped plans: γ of 32 layers -> γ of 3
     for t in trials:
         if not t.user_attrs.get("gated"):
-            assert 1 <= t.user_attrs["proxy_plan"]["gamma"] <= 3
+            assert 1 <= t.user_attrs["proxy_plan"]["active_layers"] <= 3
     plan = result.plan
     assert plan.model == "llama-3-8b" and plan.num_layers == 32 and plan.train.dtype == "bfloat16"
     assert plan.predicted_peak_bytes <= 24 * GB and plan.train.seq_len == 1024
@@ -154,15 +154,15 @@ def test_the_gate_decides_for_llama_3_8b_at_24gb(tmp_path):
     # so none is proposed; G from the cost model, point by point
     walk = ({}, {"optimizer_in_backward": True}, {"optimizer_in_backward": True, "loss_chunks": 8})
 
-    def fits(gamma, forms=walk):
-        return any(estimate(spec, TrainConfig(batch_size=1, seq_len=1024, dtype="bfloat16", active_layers=gamma, min_depth=d,
+    def fits(active_layers, forms=walk):
+        return any(estimate(spec, TrainConfig(batch_size=1, seq_len=1024, dtype="bfloat16", active_layers=active_layers, min_depth=d,
                                               gradient_checkpointing=c, train_embeddings=False, train_head=False, **form),
                             device="cuda").peak_bytes <= 24 * GB
-                   for d in (0, 8, 16, 24) if d <= 32 - gamma for c in (False, True) for form in forms)
-    g = max(gamma for gamma in range(1, 9) if fits(gamma))
+                   for d in (0, 8, 16, 24) if d <= 32 - active_layers for c in (False, True) for form in forms)
+    g = max(active_layers for active_layers in range(1, 9) if fits(active_layers))
     assert not fits(g + 1) and g < 32
     assert not fits(g, forms=walk[:1])  # the forms raise the bound (3 as sampled, 6 with both levers)
-    assert all(t.params["gamma"] <= g for t in trials if t.user_attrs["kind"] == "search")
+    assert all(t.params["active_layers"] <= g for t in trials if t.user_attrs["kind"] == "search")
 
 
 def one_line(capsys, argv):
@@ -237,14 +237,14 @@ def test_target_points_that_map_to_one_proxy_plan_share_its_run():
     objective = Objective(wl, space, gate, steps=2, eval_every=2, proxy=rec, proxy_layers=3, proxy_hidden=32,
                           target_hidden=32)
     study = optuna.create_study(direction="minimize")
-    for gamma in (1, 2, 16):  # 3/32 of each, rounded half up: 1, 1, 2
-        study.enqueue_trial({"gamma": gamma, "min_depth": 0, "gradient_checkpointing": False, "period": 20,
+    for active_layers in (1, 2, 16):  # 3/32 of each, rounded half up: 1, 1, 2
+        study.enqueue_trial({"active_layers": active_layers, "min_depth": 0, "gradient_checkpointing": False, "period": 20,
                              "scorer": "uniform", "train_embeddings": False, "train_head": False, "lr": 1e-3})
     study.optimize(objective, n_trials=3)
     t = study.trials
-    assert [p.gamma for p in rec.trained] == [1, 2]  # two proxy runs for three trials
+    assert [p.active_layers for p in rec.trained] == [1, 2]  # two proxy runs for three trials
     assert t[1].user_attrs["reused_from"] == 0 and t[1].value == t[0].value
-    assert "reused_from" not in t[2].user_attrs and t[2].user_attrs["proxy_plan"]["gamma"] == 2
+    assert "reused_from" not in t[2].user_attrs and t[2].user_attrs["proxy_plan"]["active_layers"] == 2
 
 
 def test_out_of_memory_is_a_failed_trial_with_predicted_and_available_bytes():
@@ -255,7 +255,7 @@ def test_out_of_memory_is_a_failed_trial_with_predicted_and_available_bytes():
     wl = tiny_workload()
 
     def out_of_memory(workload, params, **kw):
-        if params.gamma == 2:  # the device says no, whatever the prediction said
+        if params.active_layers == 2:  # the device says no, whatever the prediction said
             raise ProxyOutOfMemory("out of memory on cuda (CUDA out of memory. Tried to allocate 2.00 GiB)", 123_456_789)
         return run_proxy(workload, params, **kw)
 
@@ -263,8 +263,8 @@ def test_out_of_memory_is_a_failed_trial_with_predicted_and_available_bytes():
                         embedding_choices=(False,), head_choices=(False,), batch_sizes=(8,))
     gate = BudgetGate(wl.spec, 10**12, device="cpu")
     study = optuna.create_study(direction="minimize")
-    for gamma in (2, 1):
-        study.enqueue_trial({"gamma": gamma, "min_depth": 0, "gradient_checkpointing": False, "period": 20,
+    for active_layers in (2, 1):
+        study.enqueue_trial({"active_layers": active_layers, "min_depth": 0, "gradient_checkpointing": False, "period": 20,
                              "scorer": "uniform", "train_embeddings": False, "train_head": False, "lr": 1e-3})
     study.optimize(Objective(wl, space, gate, steps=2, eval_every=2, proxy=out_of_memory), n_trials=2,
                    catch=(Exception,))

@@ -139,7 +139,7 @@ def _run_plan(text: str) -> Run:
     if plan.lora_rank:
         model = add_lora(model, plan.lora_rank)
     static = plan.layers is not None
-    sampler = LayerSampler(model, gamma=len(plan.layers) if static else plan.active_layers, period=plan.period,
+    sampler = LayerSampler(model, active_layers=len(plan.layers) if static else plan.active_layers, period=plan.period,
                            scorer="fixed" if static else plan.scorer,
                            scorer_options={"layers": plan.layers} if static else plan.scorer_options,
                            train_embeddings=plan.train_embeddings, train_head=plan.train_head,

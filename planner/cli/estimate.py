@@ -248,13 +248,13 @@ def _variants(args):
 def _run_table(args, spec, cfg, prof, profile_line, vram) -> int:
     from rich.table import Table
 
-    from planner.cost.plans import variant_label, candidate_plans, largest_fitting_gamma, smallest_fitting
+    from planner.cost.plans import variant_label, candidate_plans, largest_fitting_active_layers, smallest_fitting
     from planner.plan import BREAKDOWN_KEYS
 
     variants = _variants(args)
     cands = candidate_plans(spec, cfg, args.device, prof, embedding_variants=variants)
     cheapest = smallest_fitting(cands)
-    largest = {variant_label(e, h): largest_fitting_gamma(cands, vram, train_embeddings=e, train_head=h) if vram else None
+    largest = {variant_label(e, h): largest_fitting_active_layers(cands, vram, train_embeddings=e, train_head=h) if vram else None
                for e, h in variants}
     any_fits = vram is None or cheapest.peak_bytes <= vram
     if args.json:
@@ -266,7 +266,7 @@ def _run_table(args, spec, cfg, prof, profile_line, vram) -> int:
         }
         if vram is not None:
             out["vram_bytes"] = vram
-            out["largest_fitting_gamma"] = {label: (c.gamma if c else None) for label, c in largest.items()}
+            out["largest_fitting_active_layers"] = {label: (c.active_layers if c else None) for label, c in largest.items()}
         print(json.dumps(out))
         return 0 if any_fits else EXIT_DOES_NOT_FIT
     console = _console()
@@ -290,7 +290,7 @@ def _run_table(args, spec, cfg, prof, profile_line, vram) -> int:
         console.print(f"smallest plan: {cheapest.name} at {_size(cheapest.peak_bytes)}")
         return 0
     for label, best in largest.items():
-        console.print(f"largest γ that fits ({label}): " + (f"{best.gamma} (peak {_size(best.peak_bytes)})" if best else "none"))
+        console.print(f"largest γ that fits ({label}): " + (f"{best.active_layers} (peak {_size(best.peak_bytes)})" if best else "none"))
     if not any_fits:
         console.print(f"no plan fits {_size(vram)}: the smallest budget that fits is {cheapest.peak_bytes:,} bytes "
                       f"({_size(cheapest.peak_bytes)}) with {cheapest.name}")

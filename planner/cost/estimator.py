@@ -225,7 +225,7 @@ def _opt_peaks(fam, cfg, opt, device, counts: np.ndarray) -> tuple[np.ndarray, n
     return np.array(out[0], dtype=np.int64), np.array(out[1], dtype=np.int64)
 
 
-def worst_case_sets(num_layers: int, gamma: int, min_depth: int) -> np.ndarray:
+def worst_case_sets(num_layers: int, active_layers: int, min_depth: int) -> np.ndarray:
     """Candidate draws of γ layers from ``min_depth..L-1``: for each lowest layer l, the other γ-1
     directly above l, or at the top (rows of a configs × layers boolean matrix). At the backward
     of a layer i, live memory is the activations of layers <= i plus the gradients of trainable
@@ -233,11 +233,11 @@ def worst_case_sets(num_layers: int, gamma: int, min_depth: int) -> np.ndarray:
     so the worst draw puts all of them on one side, the top or right above l. Checked against
     brute force over every draw in tests."""
     L = num_layers
-    low = np.arange(min_depth, L - gamma + 1)[:, None]
+    low = np.arange(min_depth, L - active_layers + 1)[:, None]
     j = np.arange(L)[None, :]
-    above = (j >= low) & (j < low + gamma)
-    top = (j == low) | (j >= L - (gamma - 1))
-    return np.concatenate([above, top]) if gamma > 1 else above
+    above = (j >= low) & (j < low + active_layers)
+    top = (j == low) | (j >= L - (active_layers - 1))
+    return np.concatenate([above, top]) if active_layers > 1 else above
 
 
 def _role_matrix(masks: np.ndarray, e_grad: bool) -> np.ndarray:

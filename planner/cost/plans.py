@@ -36,7 +36,7 @@ class Candidate:
     method: Method
     config: TrainConfig
     estimate: MemoryEstimate
-    gamma: int | None = None
+    active_layers: int | None = None
 
     @property
     def peak_bytes(self) -> int:
@@ -50,7 +50,7 @@ class Candidate:
         out = {
             "name": self.name,
             "method": self.method,
-            "gamma": self.gamma,
+            "active_layers": self.active_layers,
             "lora_rank": self.config.lora_rank,
             "train_embeddings": self.config.train_embeddings,
             "train_head": self.config.train_head,
@@ -89,9 +89,9 @@ def candidate_configs(base_cfg: TrainConfig, num_layers: int, *, lora_ranks=DEFA
     rows += recipe_rows(shared, lora_ranks)
     for emb, head in embedding_variants:
         label = variant_label(emb, head)
-        for gamma in range(1, num_layers + 1):
-            rows.append((f"layer-wise γ={gamma} {label}", "layerwise", gamma,
-                         TrainConfig(**shared, active_layers=gamma, min_depth=0, train_embeddings=emb, train_head=head)))
+        for active_layers in range(1, num_layers + 1):
+            rows.append((f"layer-wise γ={active_layers} {label}", "layerwise", active_layers,
+                         TrainConfig(**shared, active_layers=active_layers, min_depth=0, train_embeddings=emb, train_head=head)))
     return rows
 
 
@@ -134,12 +134,12 @@ def candidate_plans(spec, base_cfg: TrainConfig, device: str = "cuda", profile=N
                 if len(jobs) == asked:  # every replay it needed was known: the estimate is final
                     done[i] = est
         replay.run_pending(jobs)
-    return [Candidate(name=name, method=method, config=cfg, gamma=gamma,
+    return [Candidate(name=name, method=method, config=cfg, active_layers=active_layers,
                       estimate=done[i] if i in done else estimate(spec, cfg, device=device, profile=profile))
-            for i, (name, method, gamma, cfg) in enumerate(rows)]
+            for i, (name, method, active_layers, cfg) in enumerate(rows)]
 
 
-def largest_fitting_gamma(candidates: list[Candidate], vram_bytes: int, *, train_embeddings: bool | None = None,
+def largest_fitting_active_layers(candidates: list[Candidate], vram_bytes: int, *, train_embeddings: bool | None = None,
                           train_head: bool | None = None) -> Candidate | None:
     """The layer-wise candidate with the largest γ whose peak fits ``vram_bytes`` (None if none fits).
 
@@ -151,7 +151,7 @@ def largest_fitting_gamma(candidates: list[Candidate], vram_bytes: int, *, train
                and (train_head is None or c.config.train_head == train_head)]
     if not fitting:
         return None
-    return max(fitting, key=lambda c: (c.gamma, -c.peak_bytes))
+    return max(fitting, key=lambda c: (c.active_layers, -c.peak_bytes))
 
 
 def smallest_fitting(candidates: list[Candidate]) -> Candidate:

@@ -155,7 +155,7 @@ def cyclic_order(plan: "Plan") -> str:
     return str(plan.scorer_options.get("order", "ascending"))
 
 
-def gamma(plan: "Plan") -> int:
+def active_layer_count(plan: "Plan") -> int:
     """γ: layers trained at once (the fixed set's size for static plans)."""
     fixed = fixed_layers(plan)
     return len(fixed) if fixed is not None else plan.active_layers
@@ -228,8 +228,8 @@ def lora_as_full_loss(plan: "Plan", target: str, how: str, full_layers: int | No
 
     names, e, r = arch_names(plan), DTYPE_BYTES[plan.train.dtype], plan.lora_rank
     assert r is not None, "only a LoRA plan's export loses its adapters (callers check plan.lora_rank)"
-    full = [(n, e) for n in names.layer_numels] * (gamma(plan) if full_layers is None else full_layers)
-    adapters = [(r * n, FP32_BYTES) for shape in names.linear_shapes for n in shape] * gamma(plan)  # peft: float32 adapters
+    full = [(n, e) for n in names.layer_numels] * (active_layer_count(plan) if full_layers is None else full_layers)
+    adapters = [(r * n, FP32_BYTES) for shape in names.linear_shapes for n in shape] * active_layer_count(plan)  # peft: float32 adapters
     extra = (state_bytes(plan, full) + sum(n * b for n, b in full)) - (state_bytes(plan, adapters) + sum(n * b for n, b in adapters))
     more = f": +{extra:,} bytes of gradients and optimizer state that the plan's peak does not count" if extra > 0 else ""
     return f"LoRA r={r} inside the layers: {target}; {how}{more}"
@@ -237,7 +237,7 @@ def lora_as_full_loss(plan: "Plan", target: str, how: str, full_layers: int | No
 
 def stale_state_loss(plan: "Plan", target: str) -> list[str]:
     """The line for a target whose layer switches freeze layers but keep their optimizer state."""
-    n = gamma(plan)
+    n = active_layer_count(plan)
     extra = layer_state_bytes(plan, plan.num_layers) - layer_state_bytes(plan, n)
     if extra <= 0:  # a stateless optimizer (SGD) loses nothing
         return []

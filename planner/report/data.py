@@ -61,7 +61,7 @@ class TrialPoint:
     gated: bool
     fits: bool | None
     reason: str
-    gamma: int | None
+    active_layers: int | None
     lowest_layer: int | None
     scorer: str | None
     pareto: bool = False
@@ -82,7 +82,7 @@ class Sweep:
     curves: list[Curve] = field(default_factory=list)
     points: list[tuple[int, int, int]] = field(default_factory=list)  # (x, peak bytes, trial number)
     note: str = ""
-    gamma: int | None = None  # the γ the lowest-layer curves hold fixed
+    active_layers: int | None = None  # the γ the lowest-layer curves hold fixed
 
 
 @dataclass
@@ -135,7 +135,7 @@ class ReportData:
     bars: list[Bar] = field(default_factory=list)
     trials: list[TrialPoint] = field(default_factory=list)
     best_trial: int | None = None
-    gamma_sweep: Sweep | None = None
+    active_layers_sweep: Sweep | None = None
     depth_sweep: Sweep | None = None
     importance: list[ImportanceMap] = field(default_factory=list)
     history: list[HistoryPoint] = field(default_factory=list)
@@ -222,19 +222,19 @@ def _spread(lo: int, hi: int, n: int = MAX_SWEEP_POINTS) -> list[int]:
     return sorted({round(lo + i * (hi - lo) / (n - 1)) for i in range(n)})
 
 
-def _sweep_curves(spec, base: TrainConfig, estimator: Estimator, knob: str, gamma: int) -> tuple[list[Curve], str]:
-    """Cost-model peaks against γ (``knob='gamma'``) or the lowest active layer (``knob='depth'``),
+def _sweep_curves(spec, base: TrainConfig, estimator: Estimator, knob: str, active_layers: int) -> tuple[list[Curve], str]:
+    """Cost-model peaks against γ (``knob='active_layers'``) or the lowest active layer (``knob='depth'``),
     once with embeddings and head trained and once with them frozen; also the first failure, if any."""
     L = spec.num_layers
     curves, error = [], ""
     for emb, label in ((True, "embeddings + head trained"), (False, "embeddings + head frozen")):
-        xs = _spread(1, L) if knob == "gamma" else _spread(0, L - gamma)
+        xs = _spread(1, L) if knob == "active_layers" else _spread(0, L - active_layers)
         x_ok, y_ok = [], []
         for x in xs:
-            if knob == "gamma":
+            if knob == "active_layers":
                 cfg_changes = dict(active_layers=x, min_depth=0)
             else:
-                cfg_changes = dict(active_layers=gamma, min_depth=x)
+                cfg_changes = dict(active_layers=active_layers, min_depth=x)
             try:
                 cfg = _config(base, layers=None, train_embeddings=emb, train_head=emb, **cfg_changes)
                 cfg.check_against(L)
@@ -249,13 +249,13 @@ def _sweep_curves(spec, base: TrainConfig, estimator: Estimator, knob: str, gamm
     return curves, error
 
 
-def _model_sweeps(gamma_sweep: "Sweep", depth_sweep: "Sweep", spec, base, estimator, gamma: int,
-                  gamma_note: str, depth_note: str) -> tuple[str, str]:
+def _model_sweeps(active_layers_sweep: "Sweep", depth_sweep: "Sweep", spec, base, estimator, active_layers: int,
+                  active_layers_note: str, depth_note: str) -> tuple[str, str]:
     """Fill both sweeps with cost-model curves around ``base``; return the errors that cut them short."""
-    gamma_sweep.curves, g_err = _sweep_curves(spec, base, estimator, "gamma", gamma)
-    depth_sweep.curves, d_err = _sweep_curves(spec, base, estimator, "depth", gamma)
-    depth_sweep.gamma = gamma
-    gamma_sweep.note = _curve_note(gamma_note, gamma_sweep, g_err)
+    active_layers_sweep.curves, g_err = _sweep_curves(spec, base, estimator, "active_layers", active_layers)
+    depth_sweep.curves, d_err = _sweep_curves(spec, base, estimator, "depth", active_layers)
+    depth_sweep.active_layers = active_layers
+    active_layers_sweep.note = _curve_note(active_layers_note, active_layers_sweep, g_err)
     depth_sweep.note = _curve_note(depth_note, depth_sweep, d_err)
     return g_err, d_err
 
@@ -324,7 +324,7 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
         if key in keys:  # by name: "lora" must not take "qlora"'s figures
             metrics[key], recorded[key] = b.metric, b.predicted_peak_bytes
     bars: list[Bar] = []
-    gamma_sweep = depth_sweep = None
+    active_layers_sweep = depth_sweep = None
     if spec is not None and estimator is not None:
         plan.train.check_against(spec.num_layers)
         failed = []
@@ -352,13 +352,13 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
                         plan.trial_number))
         if failed:
             notes["breakdown"] = "; ".join(failed)
-        gamma = plan.train.active_layers or (len(plan.layers) if plan.layers else plan.active_layers)
-        sweep_base = plan.train if plan.train.active_layers else _config(plan.train, layers=None, active_layers=gamma)
-        gamma_sweep, depth_sweep = Sweep("active layers γ"), Sweep("lowest active layer")
-        g_err, d_err = _model_sweeps(gamma_sweep, depth_sweep, spec, sweep_base, estimator, gamma,
+        active_layers = plan.train.active_layers or (len(plan.layers) if plan.layers else plan.active_layers)
+        sweep_base = plan.train if plan.train.active_layers else _config(plan.train, layers=None, active_layers=active_layers)
+        active_layers_sweep, depth_sweep = Sweep("active layers γ"), Sweep("lowest active layer")
+        g_err, d_err = _model_sweeps(active_layers_sweep, depth_sweep, spec, sweep_base, estimator, active_layers,
                                      f"cost model for {plan.model}",
-                                     f"γ = {gamma}, the sampler never drawing below the layer on the x axis")
-        if not gamma_sweep.curves and not depth_sweep.curves:
+                                     f"γ = {active_layers}, the sampler never drawing below the layer on the x axis")
+        if not active_layers_sweep.curves and not depth_sweep.curves:
             notes["sweeps"] = f"no cost-model curve ({g_err or d_err})"
     else:
         # without a cost model the plan still carries its own prediction
@@ -370,7 +370,7 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
     return ReportData(
         name=name, title=f"planner report: plan {name}", source="plan", model=plan.model,
         num_layers=plan.num_layers, vram_bytes=plan.vram_bytes, metric_name=plan.metric_name, direction="maximize",
-        device=device, bars=bars, best_trial=plan.trial_number, gamma_sweep=gamma_sweep, depth_sweep=depth_sweep,
+        device=device, bars=bars, best_trial=plan.trial_number, active_layers_sweep=active_layers_sweep, depth_sweep=depth_sweep,
         savings=savings_table(bars, metrics), notes=notes,
         details=[f"plan: γ = {plan.active_layers}, K = {plan.period}, scorer {plan.scorer}, embeddings "
                  f"{'trained' if plan.train_embeddings else 'frozen'}, head {'trained' if plan.train_head else 'frozen'}"

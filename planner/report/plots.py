@@ -162,7 +162,7 @@ def sweeps_figure(data: ReportData) -> Figure:
     # separate y scales: the lowest-layer effect is small next to γ's
     axes = fig.subplots(1, 2)
     styles = ["-", "--", ":"]
-    for ax, sweep in zip(axes, (data.gamma_sweep, data.depth_sweep)):
+    for ax, sweep in zip(axes, (data.active_layers_sweep, data.depth_sweep)):
         if sweep is None:
             ax.set_visible(False)
             continue
@@ -177,8 +177,8 @@ def sweeps_figure(data: ReportData) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         title = f"against {sweep.x_label}"
-        if sweep.gamma is not None and sweep.curves:
-            title += f" (curves: γ = {sweep.gamma})"
+        if sweep.active_layers is not None and sweep.curves:
+            title += f" (curves: γ = {sweep.active_layers})"
         ax.set_title(title, fontsize=10)
     seen: dict[str, object] = {}
     for ax in axes:
@@ -252,7 +252,7 @@ def history_figure(data: ReportData) -> Figure:
 FIGURES = {
     "breakdown": (breakdown_figure, lambda d: bool(d.bars)),
     "tradeoff": (tradeoff_figure, lambda d: any(p.metric is not None or p.gated for p in d.trials)),
-    "sweeps": (sweeps_figure, lambda d: any(s is not None and (s.curves or s.points) for s in (d.gamma_sweep, d.depth_sweep))),
+    "sweeps": (sweeps_figure, lambda d: any(s is not None and (s.curves or s.points) for s in (d.active_layers_sweep, d.depth_sweep))),
     "importance": (importance_figure, lambda d: bool(d.importance)),
     "history": (history_figure, lambda d: bool(d.history)),
 }

@@ -87,7 +87,7 @@ def _summary(data: ReportData) -> list[str]:
 
 def _sweep_notes(data: ReportData) -> list[str]:
     out = []
-    for s in (data.gamma_sweep, data.depth_sweep):
+    for s in (data.active_layers_sweep, data.depth_sweep):
         if s is not None and s.note:
             out.append(f"{s.x_label}: {s.note}")
     return out

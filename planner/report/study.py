@@ -16,7 +16,7 @@ from planner.report.data import (BASELINES, PLAN_KEY, PLAN_LABEL, Bar, Estimator
                                  _model_sweeps, cost_model_estimator, fits_with, form_label, savings_table)
 from planner.tune import record
 from planner.tune.baselines import baseline_configs, best_of_kind, trial_form_words
-from planner.tune.space import LISA_GAMMA as LISA_DEFAULT_GAMMA
+from planner.tune.space import LISA_ACTIVE_LAYERS as LISA_DEFAULT_ACTIVE_LAYERS
 from planner.tune.confirm import best_confirmed, confirmed, report_lines
 from planner.tune.record import SEARCH, Baseline, Confirm
 
@@ -79,7 +79,7 @@ def _trial_point(t) -> TrialPoint:
     return TrialPoint(
         number=t.number, state=state, kind=rec.kind, peak_bytes=rec.predicted_peak_bytes, metric=metric,
         gated=bool(rec.gated), fits=rec.fits, reason=rec.reason or "",
-        gamma=_int_or_none(p.get("gamma")), lowest_layer=lowest, scorer=p.get("scorer"),
+        active_layers=_int_or_none(p.get("active_layers")), lowest_layer=lowest, scorer=p.get("scorer"),
     )
 
 
@@ -175,11 +175,11 @@ def _base_config(study_attrs: dict) -> TrainConfig:
 
 
 def _trial_config(base: TrainConfig, params: dict, num_layers: int | None = None) -> TrainConfig:
-    gamma = int(params["gamma"])
+    active_layers = int(params["active_layers"])
     depth = int(params.get("min_depth", 0))
     if num_layers is not None:
-        depth = min(depth, max(0, num_layers - gamma))  # as the search lowers it (planner.tune.space)
-    changes = dict(layers=None, active_layers=gamma, min_depth=depth,
+        depth = min(depth, max(0, num_layers - active_layers))  # as the search lowers it (planner.tune.space)
+    changes = dict(layers=None, active_layers=active_layers, min_depth=depth,
                    gradient_checkpointing=bool(params.get("gradient_checkpointing", False)),
                    train_embeddings=bool(params.get("train_embeddings", True)),
                    train_head=bool(params.get("train_head", True)),
@@ -278,8 +278,8 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         notes["importance"] = "no trial of an adaptive scorer recorded per-layer weights that change over training"
 
     # ---- sweeps
-    gamma_sweep = Sweep("active layers γ", points=[(p.gamma, p.peak_bytes, p.number) for p in points
-                                                   if p.gamma is not None and p.peak_bytes is not None])
+    active_layers_sweep = Sweep("active layers γ", points=[(p.active_layers, p.peak_bytes, p.number) for p in points
+                                                   if p.active_layers is not None and p.peak_bytes is not None])
     depth_sweep = Sweep("lowest active layer", points=[(p.lowest_layer, p.peak_bytes, p.number) for p in points
                                                        if p.lowest_layer is not None and p.peak_bytes is not None])
     if spec is not None and estimator is not None:
@@ -288,14 +288,14 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
             sweep_base = _trial_config(base, best_params, num_layers) if best_params else configs["lisa"]
         except (PlannerError, KeyError, ValueError, TypeError):
             sweep_base = configs["lisa"]
-        gamma = sweep_base.active_layers or LISA_DEFAULT_GAMMA
-        _model_sweeps(gamma_sweep, depth_sweep, spec, sweep_base, estimator, gamma,
+        active_layers = sweep_base.active_layers or LISA_DEFAULT_ACTIVE_LAYERS
+        _model_sweeps(active_layers_sweep, depth_sweep, spec, sweep_base, estimator, active_layers,
                       f"cost model for {model}; dots: the trials' own predictions",
-                      f"curves: γ = {gamma}, the sampler never drawing below the layer on the x axis; dots: trials of any γ")
+                      f"curves: γ = {active_layers}, the sampler never drawing below the layer on the x axis; dots: trials of any γ")
     else:
-        gamma_sweep.note = f"trials' own predictions ({spec_why})"
-        depth_sweep.note = gamma_sweep.note
-    if not gamma_sweep.curves and not gamma_sweep.points and not depth_sweep.points:
+        active_layers_sweep.note = f"trials' own predictions ({spec_why})"
+        depth_sweep.note = active_layers_sweep.note
+    if not active_layers_sweep.curves and not active_layers_sweep.points and not depth_sweep.points:
         notes["sweeps"] = f"no predictions to draw ({spec_why or 'no trial recorded a predicted peak'})"
 
     states = [p.state for p in points]
@@ -316,7 +316,7 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         name=study.study_name, title=title, source="study", model=model, num_layers=num_layers,
         vram_bytes=vram, metric_name=str(ua.get("metric_name") or "metric"), direction=direction, device=device,
         bars=bars, trials=points, best_trial=best.number if best else None,
-        gamma_sweep=gamma_sweep, depth_sweep=depth_sweep, importance=importance,
+        active_layers_sweep=active_layers_sweep, depth_sweep=depth_sweep, importance=importance,
         history=_history(points, direction), savings=savings_table(bars), notes=notes, counts=counts,
         synthetic=synthetic, details=details,
     )

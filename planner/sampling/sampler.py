@@ -45,34 +45,34 @@ def _as_int(value):
 
 
 class LayerSampler:
-    """Keeps ``gamma`` of the decoder layers ``min_depth..L-1`` trainable, re-drawn every ``period`` steps.
+    """Keeps ``active_layers`` of the decoder layers ``min_depth..L-1`` trainable, re-drawn every ``period`` steps.
 
     Works on a transformers causal LM (every parameter of an active layer trains) and on a peft
     model (only the adapters inside active layers train). Embeddings and head train or stay
     frozen for the whole run (``train_embeddings``, ``train_head``).
     """
 
-    def __init__(self, model: nn.Module, gamma: int = 2, period: int = 20, scorer: str | Scorer = "uniform",
+    def __init__(self, model: nn.Module, active_layers: int = 2, period: int = 20, scorer: str | Scorer = "uniform",
                  scorer_options: dict[str, Any] | None = None, train_embeddings: bool = True,
                  train_head: bool = True, min_depth: int = 0, seed: int = 0) -> None:
         self.model = model
         self.parts = model_parts(model)
         self.num_layers = self.parts.num_layers
-        gamma, period, min_depth = (_as_int(v) for v in (gamma, period, min_depth))
+        active_layers, period, min_depth = (_as_int(v) for v in (active_layers, period, min_depth))
         problems = []
-        if not isinstance(gamma, int) or gamma < 1:
-            problems.append(f"gamma must be an integer >= 1, but got gamma={gamma!r}")
+        if not isinstance(active_layers, int) or active_layers < 1:
+            problems.append(f"active_layers must be an integer >= 1, but got active_layers={active_layers!r}")
         if not isinstance(period, int) or period < 1:
             problems.append(f"period must be an integer >= 1, but got period={period!r}")
         if not isinstance(min_depth, int) or not 0 <= min_depth < self.num_layers:
             problems.append(f"`0 <= min_depth < num_layers` must hold, but got min_depth={min_depth!r} with {self.num_layers} layers")
-        elif isinstance(gamma, int) and gamma > self.num_layers - min_depth:
-            problems.append(f"`gamma <= num_layers - min_depth` must hold, but got gamma={gamma} > {self.num_layers} - {min_depth}")
+        elif isinstance(active_layers, int) and active_layers > self.num_layers - min_depth:
+            problems.append(f"`active_layers <= num_layers - min_depth` must hold, but got active_layers={active_layers} > {self.num_layers} - {min_depth}")
         empty = [i for i, ps in enumerate(self.parts.layer_params) if not ps]
         if empty:
             problems.append(f"every decoder layer must hold trainable parameters (adapters on a peft model), but layers {empty} hold none")
         collect(problems)
-        self.gamma, self.period, self.min_depth, self.seed = gamma, period, min_depth, seed
+        self.active_layers, self.period, self.min_depth, self.seed = active_layers, period, min_depth, seed
         self.train_embeddings, self.train_head = bool(train_embeddings), bool(train_head)
         self.candidates = list(range(min_depth, self.num_layers))
         self.rng = np.random.default_rng(seed)
@@ -194,8 +194,8 @@ class LayerSampler:
     def _apply(self, layers: list[int], step: int) -> None:
         layers = sorted(int(i) for i in layers)
         bad = [i for i in layers if i not in self.candidates]
-        if bad or len(set(layers)) != len(layers) or not 1 <= len(layers) <= self.gamma:
-            raise PlannerError(f"an active set must hold 1..{self.gamma} distinct layers in {self.min_depth}..{self.num_layers - 1}, but got {layers}")
+        if bad or len(set(layers)) != len(layers) or not 1 <= len(layers) <= self.active_layers:
+            raise PlannerError(f"an active set must hold 1..{self.active_layers} distinct layers in {self.min_depth}..{self.num_layers - 1}, but got {layers}")
         leaving = [i for i in self.active if i not in layers]
         for i in leaving:
             for p in self.parts.layer_params[i]:
@@ -214,5 +214,5 @@ class LayerSampler:
         self.history.append({"step": int(step), "active": list(layers), "weights": [float(w) for w in self.scorer.weights()]})
 
     def __repr__(self) -> str:
-        return (f"LayerSampler(gamma={self.gamma}, period={self.period}, scorer={self.scorer.name!r}, "
+        return (f"LayerSampler(active_layers={self.active_layers}, period={self.period}, scorer={self.scorer.name!r}, "
                 f"min_depth={self.min_depth}, active={self.active})")

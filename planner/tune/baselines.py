@@ -36,7 +36,7 @@ from planner.recipes import CHECKPOINTING, QLORA, TORCHTUNE_FULL
 from planner.tune import record
 from planner.tune.forms import fits as fits_in_a_form
 from planner.tune.record import SEARCH, Baseline, TrialRecord, counted, interrupted
-from planner.tune.space import DEFAULT_LR, LISA_GAMMA, LISA_PERIOD, SearchSpace, TrialParams
+from planner.tune.space import DEFAULT_LR, LISA_ACTIVE_LAYERS, LISA_PERIOD, SearchSpace, TrialParams
 
 _LEVER_DEFAULTS = {name: spec[1].default for name, spec in lever_fields().items()}
 LORA_BASELINE_RANK = 16
@@ -109,7 +109,7 @@ def _methods(num_layers: int) -> dict[Baseline, dict]:
     """What each baseline trains (the same points :func:`_plain_points` gives the search, as config fields)."""
     static = dict(active_layers=None, min_depth=0)
     lora = dict(layers="all", train_embeddings=False, train_head=False, lora_rank=LORA_BASELINE_RANK, **static)
-    return {LISA_BASELINE: dict(layers=None, active_layers=min(LISA_GAMMA, num_layers), min_depth=0,
+    return {LISA_BASELINE: dict(layers=None, active_layers=min(LISA_ACTIVE_LAYERS, num_layers), min_depth=0,
                                 train_embeddings=True, train_head=True, lora_rank=None),
             FULL_BASELINE: dict(layers="all", train_embeddings=True, train_head=True, lora_rank=None, **static),
             LORA_BASELINE: lora, QLORA_BASELINE: lora}
@@ -153,14 +153,14 @@ def _plain_points(space: SearchSpace) -> dict[Baseline, TrialParams]:
     neither = False in space.embedding_choices and False in space.head_choices
     out: dict[Baseline, TrialParams] = {}
     if "uniform" in space.scorers and both:
-        out[LISA_BASELINE] = space.point(gamma=min(LISA_GAMMA, L), period=period, scorer="uniform",
+        out[LISA_BASELINE] = space.point(active_layers=min(LISA_ACTIVE_LAYERS, L), period=period, scorer="uniform",
                                            train_embeddings=True, train_head=True, lr=_lr(space, DEFAULT_LR))
     if both:
         # γ = L: every draw is every layer, whatever the scorer and period
-        out[FULL_BASELINE] = space.point(gamma=L, period=period, scorer=scorer, train_embeddings=True,
+        out[FULL_BASELINE] = space.point(active_layers=L, period=period, scorer=scorer, train_embeddings=True,
                                            train_head=True, lr=_lr(space, DEFAULT_LR))
     if neither:
-        lora_point = space.point(gamma=L, period=period, scorer=scorer, train_embeddings=False, train_head=False,
+        lora_point = space.point(active_layers=L, period=period, scorer=scorer, train_embeddings=False, train_head=False,
                                  lr=_lr(space, DEFAULT_LR * LORA_LR_FACTOR))
         out[LORA_BASELINE] = TrialParams(**{**lora_point.__dict__, "lora_rank": LORA_BASELINE_RANK})
         out[QLORA_BASELINE] = out[LORA_BASELINE]
@@ -245,7 +245,7 @@ def offered_points(space: SearchSpace, gate) -> list[TrialParams]:
     for p in space.frontier(fits) + space.frontier(fits, ends=True):
         key = (p.train_embeddings, p.train_head, p.gradient_checkpointing)
         cur = best.get(key)
-        if cur is None or (p.gamma, -p.min_depth) > (cur.gamma, -cur.min_depth):
+        if cur is None or (p.active_layers, -p.min_depth) > (cur.active_layers, -cur.min_depth):
             best[key] = p
     scorer = "uniform" if "uniform" in space.scorers else space.scorers[0]
     return [replace(p, period=_nearest(LISA_PERIOD, space.periods), scorer=scorer, lr=_lr(space, DEFAULT_LR))

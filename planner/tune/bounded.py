@@ -26,23 +26,23 @@ from optuna.samplers import BaseSampler, RandomSampler
 from planner.tune import record
 from planner.tune.forms import fits as fits_in_a_form
 
-GAMMA = "gamma"
+ACTIVE_LAYERS = "active_layers"
 REDRAWS = 32  # draws of one trial's point before the last is kept whatever it is
 
 
 class GateBoundedSampler(BaseSampler):
-    """Wraps a sampler; ``gamma`` is drawn from ``1..max_gamma`` (relative and independent sampling alike), and a
+    """Wraps a sampler; ``active_layers`` is drawn from ``1..max_active_layers`` (relative and independent sampling alike), and a
     whole-point (relative) draw that ``admissible(study)(params)`` rejects is drawn again."""
 
-    def __init__(self, sampler: BaseSampler, max_gamma: int, admissible=None, seed: int = 0):
+    def __init__(self, sampler: BaseSampler, max_active_layers: int, admissible=None, seed: int = 0):
         self.sampler = sampler
-        self.max_gamma = int(max_gamma)
+        self.max_active_layers = int(max_active_layers)
         self.admissible = admissible
         self.seed = seed
 
     def _narrow(self, distribution):
-        if isinstance(distribution, IntDistribution) and distribution.high > self.max_gamma >= distribution.low:
-            return IntDistribution(distribution.low, self.max_gamma, log=distribution.log, step=distribution.step)
+        if isinstance(distribution, IntDistribution) and distribution.high > self.max_active_layers >= distribution.low:
+            return IntDistribution(distribution.low, self.max_active_layers, log=distribution.log, step=distribution.step)
         return distribution
 
     def before_trial(self, study, trial) -> None:
@@ -50,8 +50,8 @@ class GateBoundedSampler(BaseSampler):
 
     def infer_relative_search_space(self, study, trial):
         space = dict(self.sampler.infer_relative_search_space(study, trial))
-        if GAMMA in space:
-            space[GAMMA] = self._narrow(space[GAMMA])
+        if ACTIVE_LAYERS in space:
+            space[ACTIVE_LAYERS] = self._narrow(space[ACTIVE_LAYERS])
         return space
 
     def sample_relative(self, study, trial, search_space):
@@ -75,7 +75,7 @@ class GateBoundedSampler(BaseSampler):
         return params
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        if param_name == GAMMA:
+        if param_name == ACTIVE_LAYERS:
             param_distribution = self._narrow(param_distribution)
         return self.sampler.sample_independent(study, trial, param_name, param_distribution)
 
@@ -86,18 +86,18 @@ class GateBoundedSampler(BaseSampler):
         self.sampler.reseed_rng()
 
 
-def largest_fitting_gamma(space, gate) -> int:
+def largest_fitting_active_layers(space, gate) -> int:
     """G: the most active layers any point of ``space`` fits with (0 when none fits)."""
     from dataclasses import replace
 
     fits = fits_in_a_form(space, gate)
     ranks = sorted({r for r in space.lora_ranks if r}) if space.lora_ranks else []
-    best = max((p.gamma for p in space.frontier(fits)), default=0)
+    best = max((p.active_layers for p in space.frontier(fits)), default=0)
     if ranks and best < space.num_layers:  # adapters cost less than layer weights: their frontier may reach higher
         stored = [q for q in space.quantize_choices if q]  # quantized base weights cost less again
         levers = (("quantize", stored[0]),) if stored else ()
         cheap = lambda p: fits(replace(p, lora_rank=ranks[0], levers=levers))  # noqa: E731
-        best = max([best] + [p.gamma for p in space.frontier(cheap)])
+        best = max([best] + [p.active_layers for p in space.frontier(cheap)])
     return best
 
 
@@ -165,7 +165,7 @@ def admissible(space, gate):
 
     def for_study(study):
         done = {space.from_params(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-                if "gamma" in t.params and not record.read(t).gated}
+                if "active_layers" in t.params and not record.read(t).gated}
 
         def accept(params: dict) -> bool:
             points = completions(space, params)

@@ -46,9 +46,9 @@ def proxy_params(params: TrialParams, *, target_layers: int, proxy_layers: int, 
     if proxy_layers == target_layers:
         return params
     f = proxy_layers / target_layers
-    gamma = min(proxy_layers, max(1, _round_half_up(params.gamma * f)))
-    depth = min(proxy_layers - gamma, max(0, _round_half_up(params.min_depth * f)))
-    return replace(params, gamma=gamma, min_depth=depth)
+    active_layers = min(proxy_layers, max(1, _round_half_up(params.active_layers * f)))
+    depth = min(proxy_layers - active_layers, max(0, _round_half_up(params.min_depth * f)))
+    return replace(params, active_layers=active_layers, min_depth=depth)
 
 
 def target_lr(proxy_lr: float, *, proxy_hidden: int, target_hidden: int) -> float:

@@ -1,7 +1,7 @@
 """One trial: choose a target point, gate it on the target's predicted memory, train its proxy plan, record everything.
 
 The trial record (read by reports):
-params: gamma, min_depth, gradient_checkpointing, period, scorer, train_embeddings, train_head,
+params: active_layers, min_depth, gradient_checkpointing, period, scorer, train_embeddings, train_head,
 lr (the proxy's), (lora_rank), (batch_size) -- the target's point, in the target's numbering;
 user_attrs: a :class:`planner.tune.record.TrialRecord` (kind, predicted_peak_bytes, breakdown, fits, gated, reason,
 min_depth (after lowering to L - γ), lowest_layer, trainable_layers, proxy_plan, target_lr, reused_from,
@@ -105,7 +105,7 @@ class Objective:
                              is_target=self.proxy_is_target)
         batch = self._proxy_batch(params)
         key = reuse_key(small, batch) + ("" if confirm is None else f"|seed {seed}")
-        record.store(trial, proxy_plan={"gamma": small.gamma, "min_depth": small.min_depth, "batch_size": batch},
+        record.store(trial, proxy_plan={"active_layers": small.active_layers, "min_depth": small.min_depth, "batch_size": batch},
                      proxy_key=key)
         if self.proxy_hidden and self.target_hidden:
             record.store(trial, target_lr=target_lr(params.lr, proxy_hidden=self.proxy_hidden, target_hidden=self.target_hidden))

@@ -46,6 +46,20 @@ def check_resume(name: str, stored: dict, now: dict) -> None:
                            f"{'; '.join(diff)}: use the same flags or a new --study")
 
 
+#: parameters renamed in the study record (old name -> new); a study that holds an old name was written before
+LEGACY_PARAMS = {"gamma": "active_layers"}
+
+
+def check_param_names(name: str, trials) -> None:
+    """Refuse, in one line, a study whose trials name a parameter by a name the record no longer uses."""
+    old = sorted({key for t in trials for key in {**t.system_attrs.get("fixed_params", {}), **t.params}
+                  if key in LEGACY_PARAMS})
+    if old:
+        renamed = ", ".join(f"{k!r} is now {LEGACY_PARAMS[k]!r}" for k in old)
+        raise PlannerError(f"--study {name!r} must name its parameters as this planner does, but its trials use {old} "
+                           f"({renamed}): resume it with the planner that created it, or start a new --study")
+
+
 def writable_file_problem(path: str | Path, flag: str) -> str | None:
     """``flag``'s problem when a file cannot be written at ``path``, or None."""
     reason = unwritable_reason(path)

@@ -93,8 +93,8 @@ class TrialProgress:
             outcome = f"failed: {(rec.reason or '')[:80]}"
         else:
             outcome = trial.state.name.lower()
-        what = (f"γ={p['gamma']} K={p['period']} {p['scorer']}" + (f" lora r={p['lora_rank']}" if p.get("lora_rank") else "")
-                if "gamma" in p else "")
+        what = (f"γ={p['active_layers']} K={p['period']} {p['scorer']}" + (f" lora r={p['lora_rank']}" if p.get("lora_rank") else "")
+                if "active_layers" in p else "")
         peak = rec.predicted_peak_bytes
         if peak is not None:
             what += f", peak {human_bytes(peak)}"

@@ -152,7 +152,7 @@ def _build(workload, params: TrialParams, shape: TrainShape, seed: int):
         enable()
     fields = dict(params.levers)
     # a static set's layers below L - γ never train (planner.sampling Scorer.static); adapters: none does
-    frozen_below = None if params.adapter_rank else len(find_decoder_layers(model)[1]) - params.gamma
+    frozen_below = None if params.adapter_rank else len(find_decoder_layers(model)[1]) - params.active_layers
     for lever in all_levers():
         model = lever.proxy_model(model, fields, frozen_below)
     if params.adapter_rank:
@@ -237,7 +237,7 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
     def _train():
         # everything that holds the model lives in this frame only: gone when it returns
         model = _build(workload, params, shape, seed)
-        sampler = LayerSampler(model, gamma=params.gamma, period=params.period, scorer=params.scorer, scorer_options={},
+        sampler = LayerSampler(model, active_layers=params.active_layers, period=params.period, scorer=params.scorer, scorer_options={},
                                train_embeddings=params.train_embeddings, train_head=params.train_head,
                                min_depth=params.min_depth, seed=seed)
         optimizer = sampler.make_optimizer(_optimizer_class(dict(params.levers).get("optimizer", shape.optimizer)),

@@ -166,7 +166,7 @@ class ProxyPlan(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    gamma: int = Field(description="active layers of the proxy")
+    active_layers: int = Field(description="active layers of the proxy")
     min_depth: int = Field(description="the proxy's lowest layer the sampler may draw")
     batch_size: int | None = Field(None, description="the proxy's batch size")
 
@@ -201,7 +201,7 @@ QUEUED = ("lr_sweep", "confirm_of", "confirm_seed", "levers")  # what a trial is
 class TrialRecord(BaseModel):
     """Everything a trial of `planner tune` records in ``user_attrs``; every field is one key (absent: None).
 
-    Its params (the target's point: gamma, min_depth, period, scorer, ..., lr) are Optuna's ``trial.params``.
+    Its params (the target's point: active_layers, min_depth, period, scorer, ..., lr) are Optuna's ``trial.params``.
     Keys this version does not know are kept (``extra``), so a record read and written again loses nothing.
     """
 

@@ -149,7 +149,7 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
     proxy_batch = (best_record.proxy_plan.batch_size if best_record.proxy_plan else None) or space.batch_size_of(params)
     plan = Plan(
         model=target.source, model_type=target.spec.model_type, num_layers=space.num_layers,
-        layers_attribute=layers_attribute, active_layers=params.gamma, min_depth=params.min_depth, period=params.period,
+        layers_attribute=layers_attribute, active_layers=params.active_layers, min_depth=params.min_depth, period=params.period,
         scorer=params.scorer, scorer_options={}, layers=None, train_embeddings=params.train_embeddings,
         train_head=params.train_head, learning_rate=lr, lora_rank=params.adapter_rank, train=config,
         device=target.device, vram_bytes=vram_bytes,
@@ -157,7 +157,7 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
         metric_name=workload.metric_name, metric=best_metric, baselines=baselines, study_name=study.study_name,
         storage=storage, trial_number=best.number,
         proxy=ProxyInfo(name=proxy.name, kind=proxy.kind, num_layers=proxy.num_layers, hidden_size=proxy.hidden_size,
-                        device=proxy.device, active_layers=small.gamma, min_depth=small.min_depth, learning_rate=params.lr,
+                        device=proxy.device, active_layers=small.active_layers, min_depth=small.min_depth, learning_rate=params.lr,
                         batch_size=int(proxy_batch)),
         confirmation=confirmation,
         data=training_data(data) if data is not None else generated_data(workload.name), steps=steps or None,

@@ -42,9 +42,9 @@ def make_sampler(name: str, seed: int, **tpe):
 def study_sampler(name: str, seed: int, space, gate, sampler=None):
     """``make_sampler(name, seed)``, or the Optuna ``sampler`` given (benchmarks of other options), wrapped as a study
     uses it (see the module's docstring)."""
-    from planner.tune.bounded import GateBoundedSampler, admissible, largest_fitting_gamma
+    from planner.tune.bounded import GateBoundedSampler, admissible, largest_fitting_active_layers
     from planner.tune.seeding import PerTrialSeed
 
     inner = sampler if sampler is not None else make_sampler(name, seed)
-    return GateBoundedSampler(PerTrialSeed(inner, seed), max(1, largest_fitting_gamma(space, gate)),
+    return GateBoundedSampler(PerTrialSeed(inner, seed), max(1, largest_fitting_active_layers(space, gate)),
                               admissible(space, gate), seed)

@@ -1,7 +1,7 @@
 """The search space of `planner tune`: what one trial chooses, and the training config it is costed as.
 
 Parameters (the names are the trial record's ``params`` keys), all in the target's numbering:
-``gamma`` (γ, active decoder layers, 1..L), ``min_depth`` (the lowest layer a sampler may draw;
+``active_layers`` (γ, active decoder layers, 1..L), ``min_depth`` (the lowest layer a sampler may draw;
 with embeddings frozen nothing below it backpropagates, so it bounds activation memory; a
 point whose γ does not fit above it is moved down to L - γ), ``gradient_checkpointing``,
 ``period`` (K, steps between re-draws), ``scorer`` (how layers are drawn), ``train_embeddings``,
@@ -26,7 +26,7 @@ DEFAULT_PERIODS = (5, 10, 20, 40)
 # study of reports/bench_workloads.txt) score 0.823 at 3.3e-4, 0.394 at 1e-3 and 0.373 at 3e-3.
 DEFAULT_LR_RANGE = (1e-4, 1e-2)
 # LISA's defaults and the learning rate every baseline starts from
-LISA_GAMMA = 2
+LISA_ACTIVE_LAYERS = 2
 LISA_PERIOD = 20
 DEFAULT_LR = 1e-3
 DEFAULT_LORA_RANKS = (0, 8, 16, 32)
@@ -43,7 +43,7 @@ def depth_choices(num_layers: int, steps: int = DEPTH_STEPS) -> tuple[int, ...]:
 class TrialParams:
     """One point of the space: a complete layer-wise plan minus what the search measures."""
 
-    gamma: int
+    active_layers: int
     period: int
     scorer: str
     train_embeddings: bool
@@ -122,7 +122,7 @@ class SearchSpace:
 
     def suggest(self, trial) -> TrialParams:
         """Ask an Optuna trial for one point (enqueued trials get their fixed values back)."""
-        gamma = trial.suggest_int("gamma", 1, self.num_layers)
+        active_layers = trial.suggest_int("active_layers", 1, self.num_layers)
         depth = trial.suggest_categorical("min_depth", list(self.min_depths))
         ckpt = trial.suggest_categorical("gradient_checkpointing", list(self.checkpointing))
         period = trial.suggest_categorical("period", list(self.periods))
@@ -136,26 +136,26 @@ class SearchSpace:
         rank = trial.suggest_categorical("lora_rank", list(self.lora_ranks)) if self.lora_ranks else None
         # conditional: only adapters, or a static set, keep frozen layers frozen for the whole run
         quant = (trial.suggest_categorical("quantize", list(self.quantize_choices))
-                 if self.quantize_choices and (rank or (scorer in self.static_scorers and gamma < self.num_layers)) else None)
+                 if self.quantize_choices and (rank or (scorer in self.static_scorers and active_layers < self.num_layers)) else None)
         batch = trial.suggest_categorical("batch_size", list(self.batch_sizes)) if len(self.batch_sizes) > 1 else None
-        return self.from_params(dict(gamma=gamma, period=period, scorer=scorer, train_embeddings=emb, train_head=head,
+        return self.from_params(dict(active_layers=active_layers, period=period, scorer=scorer, train_embeddings=emb, train_head=head,
                                      lr=lr, lora_rank=rank, batch_size=batch, min_depth=depth,
                                      gradient_checkpointing=ckpt, quantize=quant))
 
     def from_params(self, p: dict) -> TrialParams:
         """The point a trial's ``params`` describe (``min_depth`` lowered to L - γ where γ needs the room)."""
-        gamma = int(p["gamma"])
+        active_layers = int(p["active_layers"])
         rank, batch, quant = p.get("lora_rank"), p.get("batch_size"), p.get("quantize")
-        return TrialParams(gamma, int(p["period"]), str(p["scorer"]), bool(p["train_embeddings"]), bool(p["train_head"]),
+        return TrialParams(active_layers, int(p["period"]), str(p["scorer"]), bool(p["train_embeddings"]), bool(p["train_head"]),
                            float(p["lr"]), None if rank is None else int(rank), None if batch is None else int(batch),
-                           min(int(p.get("min_depth", 0)), max(0, self.num_layers - gamma)),
+                           min(int(p.get("min_depth", 0)), max(0, self.num_layers - active_layers)),
                            bool(p.get("gradient_checkpointing", False)), (("quantize", quant),) if quant else ())
 
     def enqueue_params(self, p: TrialParams) -> dict:
         """The ``params`` to enqueue ``p`` with: its searched keys, and its ``quantize`` where the space samples one
         (so that a fixed point's choice is never drawn for it)."""
         out = p.as_params()
-        if self.quantize_choices and (p.adapter_rank or (p.scorer in self.static_scorers and p.gamma < self.num_layers)):
+        if self.quantize_choices and (p.adapter_rank or (p.scorer in self.static_scorers and p.active_layers < self.num_layers)):
             out["quantize"] = dict(p.levers).get("quantize")
         return out
 
@@ -175,8 +175,8 @@ class SearchSpace:
         lr_ok = (p.lr in self.lr_choices) if self.lr_choices is not None else self.lr_range[0] <= p.lr <= self.lr_range[1]
         rank_ok = ignore_rank or ((p.lora_rank in self.lora_ranks) if self.lora_ranks else p.lora_rank is None)
         batch_ok = (p.batch_size in self.batch_sizes) if len(self.batch_sizes) > 1 else p.batch_size is None
-        return (1 <= p.gamma <= self.num_layers and p.period in self.periods
-                and p.gradient_checkpointing in self.checkpointing and 0 <= p.min_depth <= self.num_layers - p.gamma and p.scorer in self.scorers
+        return (1 <= p.active_layers <= self.num_layers and p.period in self.periods
+                and p.gradient_checkpointing in self.checkpointing and 0 <= p.min_depth <= self.num_layers - p.active_layers and p.scorer in self.scorers
                 and p.train_embeddings in self.embedding_choices and p.train_head in self.head_choices
                 and lr_ok and rank_ok and batch_ok)
 
@@ -194,8 +194,8 @@ class SearchSpace:
             **{**self.extra, **dict(p.levers)},
             batch_size=self.batch_size_of(p),
             seq_len=self.seq_len,
-            layers=list(range(self.num_layers - p.gamma, self.num_layers)) if static else None,
-            active_layers=None if static else p.gamma,
+            layers=list(range(self.num_layers - p.active_layers, self.num_layers)) if static else None,
+            active_layers=None if static else p.active_layers,
             min_depth=0 if static else p.min_depth,
             gradient_checkpointing=p.gradient_checkpointing,
             train_embeddings=p.train_embeddings,
@@ -230,8 +230,8 @@ class SearchSpace:
         out = []
         lr = self.lr_choices[0] if self.lr_choices is not None else self.lr_range[0]
 
-        def at(gamma, depth, ckpt):
-            return self.point(gamma=gamma, period=self.periods[0], scorer=self.scorers[0], train_embeddings=emb,
+        def at(active_layers, depth, ckpt):
+            return self.point(active_layers=active_layers, period=self.periods[0], scorer=self.scorers[0], train_embeddings=emb,
                               train_head=head, lr=lr, min_depth=depth, gradient_checkpointing=ckpt)
 
         for depth, ckpt in product(self.min_depths, self.checkpointing):

@@ -29,7 +29,7 @@ from planner.tune.options import DEFAULT_N_TRIALS, DEFAULT_STEPS  # noqa: F401
 from planner.tune.target import Target, target_layers_attribute, workload_target
 from planner.sampling import SCORERS
 from planner.tune.space import DEFAULT_LORA_RANKS, SearchSpace, depth_choices
-from planner.tune.preflight import check_outputs, check_resume, unwritten_plan
+from planner.tune.preflight import check_outputs, check_resume, check_param_names, unwritten_plan
 from planner.tune.samplers import study_sampler
 from planner.tune.creation import CREATED_BY, READY, wait_for_creation
 from planner.tune.lifecycle import GuardedObjective, StopAfter, attach, owed, settle_message, stored_trials
@@ -107,7 +107,7 @@ def build_space(target, options: TuneOptions):
 
 
 def _describe_point(p, space) -> str:
-    what = (f"γ={p.gamma} from layer {p.min_depth} up, embeddings {'trainable' if p.train_embeddings else 'frozen'}, "
+    what = (f"γ={p.active_layers} from layer {p.min_depth} up, embeddings {'trainable' if p.train_embeddings else 'frozen'}, "
             f"head {'trainable' if p.train_head else 'frozen'}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'}, "
             f"batch {space.batch_size_of(p)}")
     levers = [w for w in labels(space.train_config(p)) if w != "checkpointing"]
@@ -141,6 +141,7 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
         study = optuna.load_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner)
         created = wait_for_creation(study)
         check_resume(name, study.user_attrs, study_attrs)
+        check_param_names(name, study.get_trials(deepcopy=False))
         if not created:
             # a worker killed between creating the study and storing its settings and baselines left them out
             for key in study_attrs.keys() - study.user_attrs.keys():
@@ -225,7 +226,7 @@ def header_lines(target, proxy, vram: int, space, gate, new_study: str | None = 
     lines = [(new_study + ": " if new_study else "") + f"target: {target.label()} | proxy: {proxy.name} on {proxy.device}"
              + (f" ({proxy.why})" if proxy.why else "")]
     front = space.frontier(fits_in_a_form(space, gate))
-    allows = ", ".join(f"γ≤{p.gamma} from layer {p.min_depth}{' with checkpointing' if p.gradient_checkpointing else ''}"
+    allows = ", ".join(f"γ≤{p.active_layers} from layer {p.min_depth}{' with checkpointing' if p.gradient_checkpointing else ''}"
                        for p in front)
     lines.append(f"budget {human_bytes(vram)} on {target.device} ({target.profile_line}): embeddings and head frozen, "
                  f"it allows {allows or 'no layer-wise plan'}")

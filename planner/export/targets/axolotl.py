@@ -44,7 +44,7 @@ import json
 
 import yaml
 
-from planner.export.base import (HF_OPTIM, Export, Exporter, lever_items, draw_loss, fixed_layers, gamma, lora_as_full_loss, model_id,
+from planner.export.base import (HF_OPTIM, Export, Exporter, lever_items, draw_loss, fixed_layers, active_layer_count, lora_as_full_loss, model_id,
                                  model_loss, outside_params, register_exporter, scorer_kind, stale_state_loss)
 from planner.export.data import DataRef, data_of, output_dir
 from planner.export.names import arch_names
@@ -136,7 +136,7 @@ class AxolotlExporter(Exporter):
         elif kind == "static":
             unfrozen = [layer_pattern(path, fixed_layers(plan))]
         else:
-            n = gamma(plan)
+            n = active_layer_count(plan)
             cfg.update(lisa_n_layers=n, lisa_step_interval=plan.period, lisa_layers_attribute=path)
             lost += draw_loss(plan, "axolotl LISA", f"lisa_n_layers={n} drawn uniformly from all {plan.num_layers} layers every {plan.period} steps")
             if plan.period > 1:

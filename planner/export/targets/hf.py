@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from planner.export.base import (HF_OPTIM, Export, Exporter, fixed_layers, lever_items, gamma, min_depth, model_id, model_loss, precision,
+from planner.export.base import (HF_OPTIM, Export, Exporter, fixed_layers, lever_items, active_layer_count, min_depth, model_id, model_loss, precision,
                                  register_exporter)
 from planner.export.data import output_dir
 
@@ -67,7 +67,7 @@ def prepare(model, seed=0):
 
         targets = PLAN.get("target_modules")
         model = add_lora(model, PLAN["lora_rank"], select=(lambda names: [n for n in names if n in targets]) if targets else None)
-    sampler = LayerSampler(model, gamma=PLAN["gamma"], period=PLAN["period"], scorer=PLAN["scorer"],
+    sampler = LayerSampler(model, active_layers=PLAN["active_layers"], period=PLAN["period"], scorer=PLAN["scorer"],
                            scorer_options=PLAN["scorer_options"], train_embeddings=PLAN["train_embeddings"],
                            train_head=PLAN["train_head"], min_depth=PLAN["min_depth"], seed=seed)
     return model, sampler
@@ -179,7 +179,7 @@ def script_plan(plan) -> dict:
     return {
         "model": plan.model,
         "model_id": model_id(plan),
-        "gamma": gamma(plan),
+        "active_layers": active_layer_count(plan),
         "period": plan.period,
         "scorer": "fixed" if static else plan.scorer,
         "scorer_options": {"layers": fixed} if static else dict(plan.scorer_options),
@@ -208,7 +208,7 @@ class HFExporter(Exporter):
         if unknown and plan.layers is None:
             raise PlannerError(f"plan scorer {plan.scorer!r} takes options {scorer_options(plan.scorer)}, but got unknown {unknown}")
         sp = script_plan(plan)
-        what = f"{sp['gamma']} of {plan.num_layers} layers ({plan.layers_attribute})"
+        what = f"{sp['active_layers']} of {plan.num_layers} layers ({plan.layers_attribute})"
         what += f", fixed {sp['scorer_options']['layers']}" if sp["scorer"] == "fixed" else f", scorer {plan.scorer!r}, re-drawn every {plan.period} steps"
         script = SCRIPT.format(model=plan.model, summary=what, plan=_pyrepr(sp), args_file=ARGS_FILE, data=sp["data"])
         # the script reads --data as planner does (every format); without a recorded file it requires --data

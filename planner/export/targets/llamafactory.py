@@ -45,7 +45,7 @@ from pathlib import Path
 import yaml
 
 from planner.export.base import (DTYPE_BYTES, FP32_BYTES, HF_OPTIM, Export, Exporter, lever_items, candidates, cyclic_order,
-                                 fixed_layers, gamma, layer_state_bytes, lora_as_full_loss, min_depth, model_id, model_loss,
+                                 fixed_layers, active_layer_count, layer_state_bytes, lora_as_full_loss, min_depth, model_id, model_loss,
                                  outside_params, precision, register_exporter, scorer_kind)
 from planner.export.data import PLACEHOLDER, DataRef, data_of, output_dir
 from planner.export.names import arch_names
@@ -84,7 +84,7 @@ def badam_blocks_found(plan) -> bool:
 def badam_start(plan) -> int:
     """BAdam's ``start_block`` (a layer index) for the first block of the plan's cyclic schedule
     (``start_block`` there skips that many blocks of the first round)."""
-    cand, n = candidates(plan), gamma(plan)
+    cand, n = candidates(plan), active_layer_count(plan)
     blocks = [cand[i:i + n] for i in range(0, len(cand), n)]
     skip = int(plan.scorer_options.get("start_block", 0) or 0)
     if cyclic_order(plan) == "descending":
@@ -115,7 +115,7 @@ class LlamaFactoryExporter(Exporter):
         kind = scorer_kind(plan)
         layers = fixed_layers(plan)
         if kind != "static" and not badam_blocks_found(plan):
-            layers = candidates(plan)[-gamma(plan):]
+            layers = candidates(plan)[-active_layer_count(plan):]
             lost.append(f"BAdam finds its blocks with the regex {BADAM_BLOCK!r}, which matches no parameter of "
                         f"{plan.layers_attribute}.N: LLaMA-Factory would stop at start; nearest: freeze tuning of layers {layers}")
         lora = bool(plan.lora_rank) and kind == "static"  # a sampled LoRA plan keeps BAdam / freeze tuning (lost lines say so)
@@ -207,7 +207,7 @@ class LlamaFactoryExporter(Exporter):
 
     @staticmethod
     def _badam(plan, cfg: dict, lost: list[str]) -> None:
-        kind, n, K = scorer_kind(plan), gamma(plan), plan.period
+        kind, n, K = scorer_kind(plan), active_layer_count(plan), plan.period
         mode = "random"
         if kind == "ordered" and cyclic_order(plan) != "random":
             mode = cyclic_order(plan)

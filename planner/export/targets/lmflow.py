@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shlex
 
-from planner.export.base import (HF_OPTIM, Export, Exporter, draw_loss, lever_items, fixed_layers, gamma, lora_as_full_loss, model_id,
+from planner.export.base import (HF_OPTIM, Export, Exporter, draw_loss, lever_items, fixed_layers, active_layer_count, lora_as_full_loss, model_id,
                                  model_loss, precision, register_exporter, stale_state_loss)
 from planner.export.data import data_of, output_dir
 
@@ -35,7 +35,7 @@ class LMFlowExporter(Exporter):
 
     def render(self, plan) -> Export:
         bf16, fp16 = precision(plan)
-        n = gamma(plan)
+        n = active_layer_count(plan)
         every_layer = fixed_layers(plan) == list(range(plan.num_layers))
         lisa: list[tuple[str, object]] = [] if every_layer else [
             ("use_lisa", 1),

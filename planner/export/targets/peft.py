@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from planner.export.base import (lever_items, DTYPE_BYTES, FP32_BYTES, Export, Exporter, candidates, fixed_layers, gamma, model_id,
+from planner.export.base import (lever_items, DTYPE_BYTES, FP32_BYTES, Export, Exporter, candidates, fixed_layers, active_layer_count, model_id,
                                  model_loss, outside_params, register_exporter, scorer_kind, state_bytes)
 from planner.export.names import arch_names
 
@@ -55,7 +55,7 @@ class PeftExporter(Exporter):
                         f"peft's layers_to_transform is fixed; nearest: LoRA on every layer the plan may draw, {layers[0]}..{layers[-1]}, all at once")
         rank = plan.lora_rank or DEFAULT_RANK
         if scorer_kind(plan) != "static" and plan.lora_rank:
-            more = len(layers) - gamma(plan)
+            more = len(layers) - active_layer_count(plan)
             # peft keeps adapters in float32; each trains with its gradient and optimizer state
             adapters = [(rank * n, FP32_BYTES) for shape in names.linear_shapes for n in shape] * more
             extra = state_bytes(plan, adapters) + sum(n * e for n, e in adapters)

@@ -34,7 +34,7 @@ from planner.export.base import (
     Exporter,
     draw_loss,
     fixed_layers,
-    gamma,
+    active_layer_count,
     model_id,
     model_loss,
     outside_params,
@@ -130,7 +130,7 @@ class SwiftExporter(Exporter):
             args += [("freeze_parameters_ratio", 1),
                      ("trainable_parameters", [layer_prefix(names.layers_path, i) for i in fixed] + wanted)]
             return args
-        n = gamma(plan)
+        n = active_layer_count(plan)
         args += [("lisa_activated_layers", n), ("lisa_step_interval", plan.period)]
         frozen = [p for p in _outside(names) if p not in wanted]
         if frozen:

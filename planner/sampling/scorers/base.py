@@ -87,8 +87,8 @@ class Scorer:
         return self.sampler.candidates
 
     @property
-    def gamma(self) -> int:
-        return self.sampler.gamma
+    def active_layers(self) -> int:
+        return self.sampler.active_layers
 
     @property
     def rng(self) -> np.random.Generator:
@@ -101,7 +101,7 @@ class Scorer:
     def select(self, step: int) -> list[int]:
         """The next active set: γ distinct candidates."""
         w = self.weights()
-        return draw_without_replacement(self.rng, self.candidates, [w[i] for i in self.candidates], self.gamma)
+        return draw_without_replacement(self.rng, self.candidates, [w[i] for i in self.candidates], self.active_layers)
 
     # learning hooks -------------------------------------------------------------------------
     def calibrate(self, model, batch: dict) -> None:

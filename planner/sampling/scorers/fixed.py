@@ -21,7 +21,7 @@ class FixedScorer(Scorer):
     def bind(self, sampler) -> None:
         super().bind(sampler)
         if self.layers is None:
-            k = self.gamma if self.top is None else int(self.top)
+            k = self.active_layers if self.top is None else int(self.top)
             if not 1 <= k <= len(self.candidates):
                 raise PlannerError(f"fixed scorer `top` must satisfy 1 <= top <= {len(self.candidates)}, but got top={k}")
             self.layers = self.candidates[-k:]
@@ -31,8 +31,8 @@ class FixedScorer(Scorer):
             problems.append(f"fixed layers must satisfy {sampler.min_depth} <= i < {self.num_layers}, but got {bad}")
         if len(set(self.layers)) != len(self.layers):
             problems.append(f"fixed layers must not repeat an index, but got {self.layers}")
-        if len(self.layers) != self.gamma:
-            problems.append(f"gamma must equal the number of fixed layers, but got gamma={self.gamma} with layers={self.layers}")
+        if len(self.layers) != self.active_layers:
+            problems.append(f"active_layers must equal the number of fixed layers, but got active_layers={self.active_layers} with layers={self.layers}")
         collect(problems)
         self.layers = sorted(self.layers)
 

@@ -90,11 +90,11 @@ class SemanticScorer(Scorer):
         if self.depth is not None:  # static: chosen once
             return
         self.deviations = self.measure(model, batch)
-        lowest = max(self.sampler.min_depth, self.num_layers - self.gamma)
+        lowest = max(self.sampler.min_depth, self.num_layers - self.active_layers)
         self.depth = best_depth(self.deviations, lowest, self.alpha)
 
     def select(self, step: int) -> list[int]:
-        depth = self.depth if self.depth is not None else self.num_layers - self.gamma
+        depth = self.depth if self.depth is not None else self.num_layers - self.active_layers
         return list(range(depth, self.num_layers))
 
     def weights(self) -> list[float]:
