@@ -65,8 +65,8 @@ def _peak(bd):
     return sum(bd.values())
 
 
-def make_study(tmp_path, *, multi=False, storage=None, name="synthetic", model=None, with_baselines=True):
-    """A study of TRIALS (see the table above) with the study attributes `planner tune` records."""
+def make_study(tmp_path, *, multi=False, storage=None, name="synthetic", model=None, with_baselines=True, trials=TRIALS):
+    """A study of ``trials`` (TRIALS, the table above, by default) with the study attributes `planner tune` records."""
     if model is None:
         from planner.spec.tiny import tiny_spec
 
@@ -82,7 +82,7 @@ def make_study(tmp_path, *, multi=False, storage=None, name="synthetic", model=N
                                    "batch_sizes": [8], "lora_ranks": [0, 16]},
                      device="cpu", multi_objective=multi).items():
         study.set_user_attr(k, v)
-    for number, state, kind, active_layers, scorer, emb, metric, bd_gib, gated, lowest, varying in TRIALS:
+    for number, state, kind, active_layers, scorer, emb, metric, bd_gib, gated, lowest, varying in trials:
         if not with_baselines and kind.startswith("baseline"):
             continue
         bd = _bd(*bd_gib)
@@ -186,6 +186,16 @@ def test_sweeps_from_cost_model_and_trials(study):
     assert frozen[0] - frozen[1] == int(0.25 * GiB)  # one fewer layer keeps activations
     assert dep.curves[0].y[0] == dep.curves[0].y[1]  # embeddings trained: depth does not matter
     assert (3, 6 * GiB, 4) in g.points and (1, 6 * GiB, 4) in dep.points
+
+
+def test_sweeps_without_a_tuned_plan_are_drawn_at_lisas_defaults(tmp_path):
+    # no trial trained: the cost-model curves hold LISA's baseline configuration fixed
+    study = make_study(tmp_path, trials=[t for t in TRIALS if t[1] != "COMPLETE"])
+    d = rstudy.study_report_data(study, estimator=fake_estimator)
+    assert d.best_trial is None
+    g = d.active_layers_sweep
+    assert [c.label for c in g.curves] == ["embeddings + head trained", "embeddings + head frozen"]
+    assert d.depth_sweep.curves[1].x == [0, 1, 2]  # γ = 2 (LISA's default): lowest layer 0..L-γ
 
 
 def test_sweeps_fall_back_to_trials_when_model_unknown(tmp_path):

@@ -44,6 +44,7 @@ def write_report(*, study: str | None = None, storage: str | None = None, plan: 
     else:
         from planner.plan import Plan
 
+        assert plan is not None  # exactly one of study and plan, as checked above
         p = Plan.load(plan)
         path = Path(plan)
         # studies/<study>/plan.yaml is how `planner tune` names plans: call it "<study>-plan"

@@ -10,7 +10,7 @@ without matplotlib.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, overload
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
@@ -280,7 +280,7 @@ def savings_table(bars: list[Bar], reference_metrics: dict[str, float | None] | 
     by_key = {b.key: b for b in bars}
     full = by_key.get("full")
     ref = {k: v for k, v in (reference_metrics or {}).items() if v is not None}
-    ref.update({k: by_key[k].metric for k in ("lora", "lisa") if k in by_key and by_key[k].metric is not None})
+    ref.update({k: m for k in ("lora", "lisa") if k in by_key and (m := by_key[k].metric) is not None})
     m_lora, m_lisa = ref.get("lora"), ref.get("lisa")
     rows = []
     for b in bars:
@@ -378,6 +378,10 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
     )
 
 
+@overload
+def gib(n: int | float) -> float: ...
+@overload
+def gib(n: None) -> None: ...
 def gib(n: int | float | None) -> float | None:
     """Bytes to GiB (the unit every figure and table uses)."""
     return None if n is None else n / GiB

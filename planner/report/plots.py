@@ -6,12 +6,13 @@ import textwrap
 
 from pathlib import Path
 
+from matplotlib.artist import Artist
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from planner.plan import BREAKDOWN_KEYS
-from planner.report.data import ReportData, gib
+from planner.report.data import ReportData, TrialPoint, gib
 from planner.tune.baselines import FULL_BASELINE, LISA_BASELINE, LORA_BASELINE, QLORA_BASELINE
 from planner.tune.record import SEARCH, Confirm, parse_kind
 
@@ -47,6 +48,13 @@ def _kind(kind: str) -> str:
     return kind if kind in KIND_STYLE else SEARCH
 
 
+def _peak(p: TrialPoint) -> int:
+    """The predicted peak of a trial drawn on a memory axis (only trials with one are)."""
+    if p.peak_bytes is None:
+        raise ValueError(f"trial #{p.number} has no predicted peak to draw")
+    return p.peak_bytes
+
+
 def _budget(ax, data: ReportData, values: list[float], *, vertical: bool = False) -> bool:
     """Draw the budget line, or, when it lies far beyond every value drawn, only name it in the legend
     (a 24 GB line over sub-GiB bars would flatten them). Returns whether the line was drawn."""
@@ -80,7 +88,7 @@ def _stacked(ax, data: ReportData, parts, *, budget: bool, digits: int) -> None:
                     xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8, zorder=5,
                     bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
     drawn = _budget(ax, data, bottoms) if budget else False
-    top = max(bottoms + ([gib(data.vram_bytes)] if drawn else []) + [0.0])
+    top = max(bottoms + ([gib(data.vram_bytes)] if drawn and data.vram_bytes is not None else []) + [0.0])
     ax.set_ylim(0, top * 1.22 if top else 1)
     ax.set_ylabel("predicted peak memory (GiB)")
     ax.grid(axis="y", alpha=0.3)
@@ -113,18 +121,18 @@ def tradeoff_figure(data: ReportData) -> Figure:
     for kind, (marker, color, label) in KIND_STYLE.items():
         pts = [p for p in done if _kind(p.kind) == kind]
         if pts:
-            ax.scatter([gib(p.peak_bytes) for p in pts], [p.metric for p in pts], marker=marker, color=color,
+            ax.scatter([gib(_peak(p)) for p in pts], [p.metric for p in pts], marker=marker, color=color,
                        s=46 if kind == SEARCH else 70, alpha=0.8, label=label, zorder=3, edgecolor="white", lw=0.5)
-    front = sorted((p for p in done if p.pareto), key=lambda p: p.peak_bytes)
+    front = sorted((p for p in done if p.pareto), key=_peak)
     if front:
-        ax.plot([gib(p.peak_bytes) for p in front], [p.metric for p in front], color="black", lw=1.2,
+        ax.plot([gib(_peak(p)) for p in front], [p.metric for p in front], color="black", lw=1.2,
                 drawstyle="steps-post", label="Pareto front", zorder=2)
     best = next((p for p in done if p.number == data.best_trial), None)
     if best is not None:
-        ax.scatter([gib(best.peak_bytes)], [best.metric], marker="*", s=260, color="gold", edgecolor="black",
+        ax.scatter([gib(_peak(best))], [best.metric], marker="*", s=260, color="gold", edgecolor="black",
                    zorder=4, label=f"tuned plan (#{best.number})")
     gated = [p for p in data.trials if p.gated and p.peak_bytes is not None]
-    xs = [gib(p.peak_bytes) for p in done + gated]
+    xs = [gib(_peak(p)) for p in done + gated]
     drawn = _budget(ax, data, xs, vertical=True)
     if drawn:
         _budget(strip, data, xs, vertical=True)
@@ -133,7 +141,7 @@ def tradeoff_figure(data: ReportData) -> Figure:
     ax.grid(alpha=0.3)
     for i, p in enumerate(gated):
         marker, color, _ = KIND_STYLE[_kind(p.kind)]
-        strip.scatter([gib(p.peak_bytes)], [(i % 3) - 1], marker=marker, facecolor="none", edgecolor=color, s=50, lw=1.2)
+        strip.scatter([gib(_peak(p))], [(i % 3) - 1], marker=marker, facecolor="none", edgecolor=color, s=50, lw=1.2)
     if not gated:
         strip.text(0.5, 0.5, "none", transform=strip.transAxes, ha="center", va="center", color="gray")
     strip.set_ylim(-2, 2)
@@ -148,7 +156,7 @@ def tradeoff_figure(data: ReportData) -> Figure:
         handles.append(Line2D([], [], marker=marker, ls="", markerfacecolor="none", markeredgecolor=color))
         labels.append(f"{label}, gated")
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    xs += [gib(data.vram_bytes)] if drawn else []
+    xs += [gib(data.vram_bytes)] if drawn and data.vram_bytes is not None else []
     if xs:
         lo, hi = min(xs), max(xs)
         pad = (hi - lo) * 0.06 or 0.5
@@ -180,7 +188,7 @@ def sweeps_figure(data: ReportData) -> Figure:
         if sweep.active_layers is not None and sweep.curves:
             title += f" (curves: γ = {sweep.active_layers})"
         ax.set_title(title, fontsize=10)
-    seen: dict[str, object] = {}
+    seen: dict[str, Artist] = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
@@ -232,9 +240,9 @@ def history_figure(data: ReportData) -> Figure:
         if pts:
             ax.scatter([h.number for h in pts], [h.metric for h in pts], marker=marker, color=color, s=36,
                        label=label, zorder=3)
-    best = [h for h in data.history if h.best_so_far is not None]
+    best = [(h.number, h.best_so_far) for h in data.history if h.best_so_far is not None]
     if best:
-        ax.plot([h.number for h in best], [h.best_so_far for h in best], drawstyle="steps-post", color="black",
+        ax.plot([n for n, _ in best], [b for _, b in best], drawstyle="steps-post", color="black",
                 lw=1.2, label="best search trial so far")
     gated = [p.number for p in data.trials if p.gated]
     if gated:

@@ -15,7 +15,7 @@ from planner.report.data import (BASELINES, PLAN_KEY, PLAN_LABEL, Bar, Estimator
                                  ImportanceMap, ReportData, Sweep, TrialPoint, _breakdown_dict, _config, _fits,
                                  _model_sweeps, cost_model_estimator, fits_with, form_label, savings_table)
 from planner.tune import record
-from planner.tune.baselines import baseline_configs, best_of_kind, trial_form_words
+from planner.tune.baselines import LISA_BASELINE, baseline_configs, best_of_kind, trial_form_words
 from planner.tune.space import LISA_ACTIVE_LAYERS as LISA_DEFAULT_ACTIVE_LAYERS
 from planner.tune.confirm import best_confirmed, confirmed, report_lines
 from planner.tune.record import SEARCH, Baseline, Confirm
@@ -86,16 +86,16 @@ def _trial_point(t) -> TrialPoint:
 def pareto_front(points: list[TrialPoint], direction: str) -> list[int]:
     """Numbers of the trials no other trial beats on both metric and predicted peak (lower peak is better)."""
     sign = 1.0 if direction == "maximize" else -1.0
-    cand = [p for p in points if p.metric is not None and p.peak_bytes is not None]
+    # (number, signed metric: higher is better, peak)
+    cand = [(p.number, sign * p.metric, p.peak_bytes) for p in points if p.metric is not None and p.peak_bytes is not None]
     front = []
-    for p in cand:
+    for number, metric, peak in cand:
         dominated = any(
-            (sign * q.metric >= sign * p.metric and q.peak_bytes <= p.peak_bytes)
-            and (sign * q.metric > sign * p.metric or q.peak_bytes < p.peak_bytes)
-            for q in cand
+            (q_metric >= metric and q_peak <= peak) and (q_metric > metric or q_peak < peak)
+            for _, q_metric, q_peak in cand
         )
         if not dominated:
-            front.append(p.number)
+            front.append(number)
     return sorted(front)
 
 
@@ -109,7 +109,12 @@ def _best(points: list[TrialPoint], direction: str, multi_objective: bool) -> Tr
         cand = [p for p in cand if p.pareto]
     if not cand:
         return None
-    return max(cand, key=lambda p: (sign * p.metric, -(p.peak_bytes or 0), -p.number))
+
+    def rank(p: TrialPoint) -> tuple[float, int, int]:
+        assert p.metric is not None  # cand holds trials with a metric only
+        return sign * p.metric, -(p.peak_bytes or 0), -p.number
+
+    return max(cand, key=rank)
 
 
 def _history(points: list[TrialPoint], direction: str) -> list[HistoryPoint]:
@@ -285,9 +290,9 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
     if spec is not None and estimator is not None:
         try:
             best_params = next(t for t in trials if t.number == best.number).params if best else None
-            sweep_base = _trial_config(base, best_params, num_layers) if best_params else configs["lisa"]
+            sweep_base = _trial_config(base, best_params, num_layers) if best_params else configs[LISA_BASELINE]
         except (PlannerError, KeyError, ValueError, TypeError):
-            sweep_base = configs["lisa"]
+            sweep_base = configs[LISA_BASELINE]
         active_layers = sweep_base.active_layers or LISA_DEFAULT_ACTIVE_LAYERS
         _model_sweeps(active_layers_sweep, depth_sweep, spec, sweep_base, estimator, active_layers,
                       f"cost model for {model}; dots: the trials' own predictions",
@@ -341,12 +346,15 @@ def _details(ua: dict, base: TrainConfig, num_layers: int | None, trials) -> lis
     settings = [f"{k.replace('_', ' ')}: {ua[k]}" for k in ("workload", "steps", "seed") if ua.get(k) is not None]
     if settings:
         out.append("study settings: " + ", ".join(settings).replace("steps:", "proxy steps per trial:"))
-    measured = [(t.number, rec) for t in trials if (rec := record.read(t)).measured_memory]
+    measured = []  # (trial number, predicted peak, what the GPU used)
+    for t in trials:
+        rec = record.read(t)
+        if rec.measured_memory:
+            measured.append((t.number, rec.predicted_peak_bytes, rec.measured_memory))
     if measured:
-        number, worst = max(measured, key=lambda nr: abs(nr[1].measured_memory.prediction_error))
-        m = worst.measured_memory
+        number, predicted, m = max(measured, key=lambda row: abs(row[2].prediction_error))
         out.append(f"measured on the GPU in {len(measured)} trial(s): largest prediction error "
                    f"{100 * m.prediction_error:+.1f}% (trial #{number}: predicted "
-                   f"{format_bytes(worst.predicted_peak_bytes)}, in use at the peak "
+                   f"{format_bytes(predicted) if predicted is not None else '?'}, in use at the peak "
                    f"{format_bytes(m.device_used_bytes)})")
     return out
