@@ -228,10 +228,11 @@ def best_of_kind(trials, kind: Baseline, direction: str):
     of_kind = [t for t in trials if record.kind_of(t) == kind and counted(t)]
     sign = 1.0 if direction == "maximize" else -1.0
 
-    def score(t):
+    def score(t) -> tuple[bool, float, int]:
         m = record.read(t).finite_metric
-        ok = record.trained(t)
-        return (ok, sign * m if ok else 0.0, -t.number if ok else t.number)
+        if record.trained(t) and m is not None:  # trained: its metric is finite
+            return True, sign * m, -t.number
+        return False, 0.0, t.number
 
     return max(of_kind, key=score, default=None)
 
@@ -241,7 +242,7 @@ def offered_points(space: SearchSpace, gate) -> list[TrialParams]:
     trainable) and checkpointing choice, the frontier point with the most layers (the lowest ``min_depth``
     among equals), at LISA's period and the default learning rate."""
     fits = fits_in_a_form(space, gate)
-    best = {}
+    best: dict[tuple[bool, bool, bool], TrialParams] = {}
     for p in space.frontier(fits) + space.frontier(fits, ends=True):
         key = (p.train_embeddings, p.train_head, p.gradient_checkpointing)
         cur = best.get(key)
@@ -256,5 +257,6 @@ def enqueue_offered(study, space: SearchSpace, gate, room: int | None = None) ->
     """Queue :func:`offered_points` as searched trials, at most ``room`` of them; returns how many."""
     points = offered_points(space, gate)[: room if room is not None else None]
     for p in points:
-        record.enqueue(study, space.enqueue_params(p), TrialRecord(kind=SEARCH, offered=True))
+        # pydantic's Field(None, ...) defaults are not seen by mypy without pydantic's plugin
+        record.enqueue(study, space.enqueue_params(p), TrialRecord(kind=SEARCH, offered=True))  # type: ignore[call-arg]
     return len(points)

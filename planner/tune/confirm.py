@@ -30,6 +30,7 @@ import hashlib
 import math
 import statistics
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from planner.confirmation import Confirmation, ConfirmedRun, Margin
 from planner.tune import record
@@ -37,6 +38,9 @@ from planner.tune.baselines import KINDS, best_of_kind, enqueue_sweeps, trial_po
 from planner.tune.progress import TrialProgress
 from planner.tune.record import SEARCH, Baseline, Confirm, TrialRecord, counted, interrupted, is_confirm, kind_of
 from planner.units import human_bytes
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 DEFAULT_CONFIRM_SEEDS = 3
 DEFAULT_CONFIRM_TOP = 2
@@ -59,13 +63,19 @@ def _name(trial) -> str:
     return kind.name if isinstance(kind, Baseline) else f"trial {trial.number}"
 
 
-def select_candidates(trials, direction: str, top: int) -> list:
+def select_candidates(trials, direction: str, top: int) -> list[FrozenTrial]:
     """The source trials to confirm: the ``top`` best searched ones (one per proxy run, the lower predicted
     peak first among equals) and every baseline's best trial that trained within the budget."""
     sign = 1.0 if direction == "maximize" else -1.0
-    searched = sorted((t for t in trials if kind_of(t) == SEARCH and record.trained(t)),
-                      key=lambda t: (-sign * _metric(t), record.read(t).predicted_peak_bytes, t.number))
-    out, keys = [], set()
+
+    def rank(t) -> tuple[float, int | None, int]:
+        metric = _metric(t)
+        assert metric is not None  # a trained trial has a finite metric
+        return -sign * metric, record.read(t).predicted_peak_bytes, t.number
+
+    searched = sorted((t for t in trials if kind_of(t) == SEARCH and record.trained(t)), key=rank)
+    out: list[FrozenTrial] = []
+    keys: set[str | int | None] = set()
     for t in searched:
         rec = record.read(t)
         key = rec.proxy_key if "proxy_key" in rec.model_fields_set else t.number
@@ -87,7 +97,9 @@ def enqueue_confirmation(study, candidates, seeds: int) -> int:
         for i in range(seeds):
             kind = Confirm(t.number, i)
             if kind not in have:
-                record.enqueue(study, dict(t.params), TrialRecord(kind=kind, confirm_of=t.number, confirm_seed=i))
+                # pydantic's Field(None, ...) defaults are not seen by mypy without pydantic's plugin
+                rec = TrialRecord(kind=kind, confirm_of=t.number, confirm_seed=i)  # type: ignore[call-arg]
+                record.enqueue(study, dict(t.params), rec)
     from optuna.trial import TrialState
 
     return sum(t.state == TrialState.WAITING and is_confirm(t) for t in study.get_trials(deepcopy=False))
@@ -190,7 +202,7 @@ def _pop_extra(study) -> int | None:
 
 @dataclass
 class Confirmed:
-    source: object  # the source FrozenTrial
+    source: FrozenTrial
     metrics: list[float]
     failed: int
 
@@ -210,7 +222,9 @@ class Confirmed:
 
     @property
     def peak(self) -> int:
-        return int(record.read(self.source).predicted_peak_bytes)
+        peak = record.read(self.source).predicted_peak_bytes
+        assert peak is not None  # the source trained within the budget: its peak was predicted
+        return int(peak)
 
 
 def confirmed(trials) -> list[Confirmed]:
@@ -237,12 +251,15 @@ def best_confirmed(runs: list[Confirmed], direction: str) -> Confirmed | None:
     """The best mean among candidates whose every seed finished (the lower predicted peak breaks ties)."""
     sign = 1.0 if direction == "maximize" else -1.0
     ok = [r for r in runs if r.complete]
-    return max(ok, key=lambda r: (sign * r.mean, -r.peak, -r.source.number), default=None)
+    # a complete run has metrics: its mean is theirs
+    return max(ok, key=lambda r: (sign * statistics.fmean(r.metrics), -r.peak, -r.source.number), default=None)
 
 
 def margin(a: Confirmed, b: Confirmed, direction: str) -> tuple[float, float, str]:
     """(margin of a over b, 2·SE, verdict); see the module docstring."""
     sign = 1.0 if direction == "maximize" else -1.0
+    if a.mean is None or b.mean is None or a.std is None or b.std is None:
+        raise ValueError("a margin compares two runs with metrics")
     diff = sign * (a.mean - b.mean)
     noise = NOISE_SE * math.sqrt(a.std ** 2 / len(a.metrics) + b.std ** 2 / len(b.metrics))
     verdict = BEYOND if diff > noise else (WORSE if diff < -noise else WITHIN)
@@ -272,11 +289,12 @@ def margins(runs: list[Confirmed], best: Confirmed, trials, direction: str) -> l
         if best.peak > peak:
             versus = best_confirmed([r for r in searched if r.peak <= peak], direction) or best
         if versus is base:  # the baseline is the tuned plan: how far the search got is the margin worth stating
-            versus = best_confirmed([r for r in searched if r.peak <= peak], direction) or best_confirmed(searched, direction)
-            if versus is None:
+            other = best_confirmed([r for r in searched if r.peak <= peak], direction) or best_confirmed(searched, direction)
+            if other is None:
                 out.append(Margin(baseline=name, baseline_peak_bytes=peak, fits=True,
                                   verdict="is the tuned plan; no searched plan was confirmed to compare with it"))
                 continue
+            versus = other
         diff, noise, verdict = margin(versus, base, direction)
         if versus.peak > peak:
             verdict += f" (at a higher predicted peak: no confirmed searched plan fits in the {name} baseline's memory)"
@@ -340,7 +358,8 @@ def report_lines(trials, direction: str, metric_name: str) -> list[str]:
                f"{_name(r.source)}{' (tuned plan)' if r is top else ''} " + (f"{r.mean:.4f} ± {r.std:.4f}" if r.metrics else "-")
                + f" at {human_bytes(r.peak)}" + (f", {r.failed} failed" if r.failed else "") for r in runs)]
     for m in margins(runs, top, trials, direction):
-        out.append(f"vs {m.baseline} ({human_bytes(m.baseline_peak_bytes)}): " + (m.verdict if m.margin is None else
+        out.append(f"vs {m.baseline} ({human_bytes(m.baseline_peak_bytes)}): " + (
+                   m.verdict if m.margin is None or m.versus_peak_bytes is None else
                    f"{m.versus} at {human_bytes(m.versus_peak_bytes)} {m.margin:+.4f} (2 standard errors {m.noise:.4f}): {m.verdict}"))
     out.append(signal_verdict(runs, top, direction)[1])
     return out

@@ -31,7 +31,8 @@ from planner.tune.space import SearchSpace, TrialParams
 def form_steps(fixed: dict) -> tuple[dict, ...]:
     """The walk for a study whose user fixed the lever fields in ``fixed``: each step adds the next
     memory-only lever (its ``fit_value``) to the last."""
-    steps, cur = [], {}
+    steps: list[dict] = []
+    cur: dict = {}
     for lever in fit_levers():
         (field,) = lever.fields
         if field in fixed:

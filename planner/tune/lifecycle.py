@@ -209,7 +209,7 @@ class Worker:
         params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
         if rec.kind == record.SEARCH and not params:
             return
-        first = rec.retry_of if "retry_of" in rec.model_fields_set else trial.number
+        first = rec.retry_of if rec.retry_of is not None else trial.number
         # what a queued trial was queued with (its sweep factor, the confirmed trial and seed) is asked again
         record.enqueue(self.study, params, rec.retry(first))
 

@@ -296,6 +296,8 @@ def cli_options() -> list[Option]:
     out = []
     for name, info in TuneOptions.model_fields.items():
         cli, kind = _cli(info), _kind(name, info)
+        if not info.description:
+            raise TypeError(f"TuneOptions.{name} needs a description: it is the option's --help text")
         text = cli.text or ((lambda v: ",".join(map(str, v))) if kind == "list" else str)
         out.append(Option(name, flag_of(name), info.description, kind, info.get_default(call_default_factory=True),
                           info.is_required(), cli.metavar or _choices(info.annotation), text))

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from planner.tune.forms import forms
 from planner.errors import PlannerError
+
+if TYPE_CHECKING:
+    from planner.data import Workload
 
 AUTO, TARGET, BUILTIN = "auto", "target", "builtin"
 
@@ -29,7 +33,7 @@ class ProxySetup:
     kind: str  # target | builtin | model
     name: str
     device: str  # cpu | cuda
-    workload: object  # planner.data.Workload
+    workload: Workload
     num_layers: int
     hidden_size: int
     why: str = ""
@@ -125,10 +129,10 @@ def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, se
             except PlannerError:
                 fits, why = False, f"the weights of {target.source!r} are not local"
             kind = TARGET if fits else BUILTIN
-    kwargs = {"seed": seed, "data": data}
+    kwargs: dict[str, Any] = {"seed": seed, "data": data}
     if kind == TARGET:
-        workload = load_workload(model=target_weights(target.source), **kwargs,
-                                 **({"max_seq_len": max_seq_len} if max_seq_len else {}))
+        seq: dict[str, Any] = {"max_seq_len": max_seq_len} if max_seq_len else {}
+        workload = load_workload(model=target_weights(target.source), **kwargs, **seq)
         name = target.source
     elif kind == BUILTIN:
         workload, name = load_workload(**kwargs, layers=builtin_layers(target.num_layers)), "built-in proxy"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from itertools import product
+from typing import Any
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError, collect
@@ -205,7 +206,7 @@ class SearchSpace:
 
     def point(self, **overrides) -> TrialParams:
         """A point with this space's optional keys filled in (LoRA off, default batch size)."""
-        values = dict(lora_rank=0 if self.lora_ranks else None,
+        values: dict[str, Any] = dict(lora_rank=0 if self.lora_ranks else None,
                       batch_size=self.default_batch_size if len(self.batch_sizes) > 1 else None)
         values.update(overrides)
         return TrialParams(**values)

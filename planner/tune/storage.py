@@ -13,6 +13,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 from planner.errors import PlannerError
 from planner.writable import unwritable_reason
@@ -81,7 +82,7 @@ def open_storage(url: str):
         path.parent.mkdir(parents=True, exist_ok=True)
         return open_journal(path)
     # dead workers' trials are found by planner.tune.lifecycle (for every storage), not Optuna's heartbeat
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
         # a generous lock timeout: several processes write one SQLite file
@@ -107,6 +108,7 @@ def open_storage(url: str):
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's connection errors are many; each means "cannot open"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PlannerError(_local_problem(url, exc) or f"--storage must be reachable, but {url!r} failed: {first}") from None
+    assert storage is not None  # each attempt either opens it and breaks, or raises on the last
     if url.startswith("sqlite:///"):
         _sqlite_wal(storage.engine)
         _sqlite_serialized(storage.engine)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError, ValidationProblems
 from planner.levers import labels, shape_fields
+
+if TYPE_CHECKING:
+    from planner.cost.device import DeviceProfile
+    from planner.spec import ModelSpec
 
 # the embedded default question: Llama-3-8B in bfloat16, one 1024-token sequence per step, AdamW,
 # on a 24 GB card (RTX 3090/4090, A10G, L4 class)
@@ -28,10 +33,10 @@ class Target:
     """The model the plan is for (``spec``), its training shape, and the device its budget is on."""
 
     source: str  # as the user named it (--model)
-    spec: object  # planner.spec.ModelSpec
+    spec: ModelSpec
     shape: TrainConfig  # batch_size, seq_len, dtype, amp, optimizer; no trainable set
     device: str
-    profile: object  # planner.cost.device.DeviceProfile
+    profile: DeviceProfile
     profile_line: str
 
     @property
