@@ -60,12 +60,23 @@ class TrainingData(BaseModel):
     format: Literal["jsonl", "json", "csv", "tsv", "text", "datasets", "builtin"] = Field(
         description="the file format (by extension), a datasets name, or a generated built-in task")
     fields: dict[str, str] = Field(default_factory=dict, description=(
-        "role -> record field as the loader found it: prompt and answer (and input when present) for "
-        "prompt/answer records, the loss on the answer only; text for plain text, the loss on all of it"))
+        "role -> record field as the loader found it: messages for chat records (the loss on the last assistant "
+        "turn); prompt and answer (and input when present) for prompt/answer records, the loss on the answer only; "
+        "text for plain text, the loss on all of it"))
+    chat: list[Literal["history", "irregular", "pairs"]] = Field(
+        default_factory=list, exclude_if=lambda v: not v, description=(
+            "what of a messages file other trainers may read otherwise (planner.data.files.chat_traits): history "
+            "(assistant turns before the answer), irregular (turns not user/assistant in alternation after one "
+            "leading system turn), pairs (records of field pairs beside the messages records); written only when "
+            "some are found"))
 
     @property
     def is_text(self) -> bool:
         return "text" in self.fields
+
+    @property
+    def is_chat(self) -> bool:
+        return "messages" in self.fields
 
 
 class Plan(BaseModel):

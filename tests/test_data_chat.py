@@ -1,12 +1,15 @@
-"""Chat data: ``messages`` records and prompt/answer pairs rendered with the model's chat template, loss on the answer."""
+"""Chat data: ``messages`` records and prompt/answer pairs rendered with the model's chat template (or, without one, as
+plain ``<role>: <content>`` lines), loss on the answer."""
 
+import itertools
 import json
 
 import pytest
+import torch
 
 from planner.data import load_workload
 from planner.data.files import to_pairs
-from planner.data.load import render_chat
+from planner.data.load import render_chat, render_plain
 from planner.data.tokenizer import EOS, SPECIALS, CharTokenizer
 from planner.data.workload import IGNORE_INDEX, collate
 from planner.errors import PlannerError
@@ -86,11 +89,43 @@ def test_render_chat_splits_at_the_assistants_header(chat_dir):
         render_chat(tok, [{"role": "user", "content": "a"}], "b")
 
 
-def test_chat_records_without_a_template_and_bad_turns_are_one_line(chat_dir, tmp_path):
+def test_chat_records_without_a_template_are_plain_turns_with_the_loss_on_the_answer(tmp_path):
+    """A tokenizer without a chat template (the built-in proxy's): each turn ``<role>: <content>`` on its own line, then
+    ``assistant: ``; the answer and <eos> are the completion, the only tokens with a loss."""
     plain = _model_dir(tmp_path / "plain", None)
-    data = _write(tmp_path / "d.jsonl", _records(30))
-    with pytest.raises(PlannerError, match="need a model whose tokenizer has a chat template"):
-        load_workload(plain, data)
+    rows = _records(30) + [{"messages": [{"role": "user", "content": "double 40"}, {"role": "assistant", "content": "80"},
+                                         {"role": "user", "content": "and 41"}, {"role": "assistant", "content": "82"}]}]
+    wl = load_workload(plain, _write(tmp_path / "d.jsonl", rows))
+    tok = CharTokenizer()
+    bos, eos = SPECIALS[1], SPECIALS[EOS]
+    examples = {tok.decode(e.prompt, skip_special_tokens=False): e for e in wl.train + wl.held_out}
+    assert len(examples) == 31
+    assert examples[f"{bos}system: be brief\nuser: double 0\nassistant: "].target == "0"
+    assert f"{bos}user: double 1\nassistant: " in examples  # a field pair beside messages records: one user turn
+    assert f"{bos}user: double 2\nnow\nassistant: " in examples
+    # only the last assistant turn is the answer; an earlier one is part of the prompt
+    assert examples[f"{bos}user: double 40\nassistant: 80\nuser: and 41\nassistant: "].target == "82"
+    for e in examples.values():
+        assert tok.decode(e.answer, skip_special_tokens=False) == e.target + eos
+    assert render_plain([{"role": "user", "content": "2+2?"}], "4") == ("user: 2+2?\nassistant: ", "4")
+    batch = collate(wl.train, wl.pad_id)
+    for row, e in enumerate(wl.train):
+        labels, ids = batch["labels"][row], batch["input_ids"][row]
+        kept = labels != IGNORE_INDEX
+        answer = slice(len(e.prompt), len(e.prompt) + len(e.answer))
+        assert labels[kept].tolist() == list(e.answer) == ids[answer].tolist() and kept[answer].all()  # the answer's tokens only
+    model = wl.new_model(0)  # and it trains: a few steps lower the loss on the answer tokens
+    before = wl.evaluate(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for batch in itertools.islice(wl.train_batches(8, seed=0), 10):
+        opt.zero_grad()
+        model(**batch).loss.backward()
+        opt.step()
+    assert wl.evaluate(model) < before
+
+
+def test_bad_turns_are_one_line(tmp_path):
+    plain = _model_dir(tmp_path / "plain", None)
     # pairs alone still train a model without a template: the prompt, a newline, the answer
     pairs = _write(tmp_path / "p.jsonl", [r for r in _records(30) if "prompt" in r] * 2)
     wl = load_workload(plain, pairs)

@@ -128,7 +128,7 @@ def test_truth_is_what_the_plan_says():
 SWIFT_FIELDS = {"model", "model_type", "torch_dtype", "dataset", "use_hf", "columns", "template", "use_chat_template",
                 "max_length", "tuner_type", "lisa_activated_layers", "lisa_step_interval", "freeze_parameters",
                 "freeze_parameters_ratio", "trainable_parameters", "target_regex", "modules_to_save", "lora_rank",
-                "lora_alpha", "lora_dropout"}
+                "lora_alpha", "lora_dropout", "loss_scale"}
 
 
 def _training_arguments() -> set[str]:
@@ -181,6 +181,31 @@ def test_every_key_is_a_field_of_the_trainer(target):
                 assert set(entry) <= set(schema["datasets"]), sorted(set(entry) - set(schema["datasets"]))
                 if isinstance(entry.get("type"), dict):
                     assert set(entry["type"]) <= set(schema["prompt_type"]), sorted(set(entry["type"]) - set(schema["prompt_type"]))
+
+
+CHAT = TrainingData(path="/data/chat.jsonl", format="jsonl", fields={"messages": "messages"}, chat=["history", "irregular"])
+
+
+@pytest.mark.parametrize("target", sorted(EXPORTERS))
+def test_every_key_of_a_chat_data_export_is_a_field_of_the_trainer(target):
+    """messages records: the trainers' chat keys (axolotl's chat_template entry, LLaMA-Factory's sharegpt entry and
+    mask_history, ms-swift's loss_scale) are fields of theirs too."""
+    from trainer_fields import LLAMAFACTORY_COLUMNS, LLAMAFACTORY_FORMATTINGS, LLAMAFACTORY_TAGS
+
+    fields = _fields(target)
+    for name in ("llama-uniform", "llama-static-top"):
+        arch, kind = PLANS[name]
+        result = get_exporter(target).render(make_plan(arch, data=CHAT, steps=6, **KINDS[kind]))
+        used = set().union(*(_keys(f, t) for f, t in result.files.items()))
+        assert used <= fields, f"{target} wrote keys its trainer does not have: {sorted(used - fields)}"
+        if target == "axolotl":
+            schema = load_trainer_fields()["axolotl"]
+            (entry,) = yaml.safe_load(result.files["axolotl.yaml"])["datasets"]
+            assert entry["type"] == "chat_template" and set(entry) <= set(schema["datasets"]), sorted(set(entry) - set(schema["datasets"]))
+        if target == "llamafactory":
+            (entry,) = json.loads(result.files["dataset_info.json"]).values()
+            assert entry["formatting"] in LLAMAFACTORY_FORMATTINGS and set(entry["columns"]) <= LLAMAFACTORY_COLUMNS
+            assert set(entry["tags"]) <= LLAMAFACTORY_TAGS
 
 
 def test_hf_training_args_construct():

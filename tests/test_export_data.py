@@ -154,3 +154,118 @@ def test_the_hf_script_defaults_to_the_recorded_data_and_requires_it_otherwise(t
     script = files_of("hf", plan).files["train_layerwise.py"]
     assert f"'data': {str(path.resolve())!r}" in script
     assert "'data': None" in files_of("hf", make_plan(data=TrainingData(task="add", format="builtin"))).files["train_layerwise.py"]
+
+
+# -- chat data: messages records -------------------------------------------------------------------------------------
+
+SYSTEM = {"role": "system", "content": "be brief"}
+ONE_TURN = {"messages": [SYSTEM, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
+HISTORY = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+                        {"role": "user", "content": "and 3+3?"}, {"role": "assistant", "content": "6"}]}
+IRREGULAR = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "user", "content": "quick"},
+                          {"role": "assistant", "content": "4"}]}
+
+
+def test_training_data_records_messages_and_what_other_trainers_read_otherwise(tmp_path):
+    plan, path = data_plan(tmp_path, [ONE_TURN])
+    assert plan.data == TrainingData(path=str(path.resolve()), format="jsonl", fields={"messages": "messages"})
+    assert plan.data.is_chat and "chat" not in plan.model_dump(mode="json")["data"]  # nothing to say: not written
+    mixed, _ = data_plan(tmp_path, [HISTORY, IRREGULAR, {"prompt": "p", "completion": "c"}], name="m.jsonl")
+    assert mixed.data.chat == ["history", "irregular", "pairs"] and mixed.data.fields == {"messages": "messages"}
+    assert type(mixed).load(mixed.save(tmp_path / "plan.yaml")).data == mixed.data
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_messages_plan_names_its_file_and_no_prompt_template(target, tmp_path):
+    plan, path = data_plan(tmp_path, [ONE_TURN])
+    result = files_of(target, plan)
+    text = "\n".join(result.files.values())
+    if target != "peft":
+        assert str(path.resolve()) in text and "42" in text and "96" in text
+    # the prompt/answer templates (and their newline lines) are not what a chat file is read with
+    assert not any("newline" in line for line in result.lost)
+    assert "use_chat_template false" not in text and "template: empty" not in text and "field_instruction" not in text
+
+
+def _chat_plan(tmp_path, records, name="c.jsonl"):
+    plan, _ = data_plan(tmp_path, records, name=name)
+    return plan
+
+
+def test_axolotl_reads_messages_with_the_chat_template_strategy(tmp_path):
+    from trainer_rules import axolotl_chat, planner_chat, trained_text
+
+    result = files_of("axolotl", _chat_plan(tmp_path, [ONE_TURN]))
+    (entry,) = yaml.safe_load(result.files["axolotl.yaml"])["datasets"]
+    assert entry["type"] == "chat_template" and entry["field_messages"] == "messages" and entry["ds_type"] == "json"
+    assert entry["chat_template"] == "tokenizer_default"  # the model's own template, as planner renders it
+    assert entry["roles"] == {"system": ["system"], "user": ["user"], "assistant": ["assistant"]}
+    assert trained_text(axolotl_chat(entry, ONE_TURN)) == trained_text(planner_chat(ONE_TURN)) == ["4"]
+    assert not [line for line in result.lost if line.startswith("data:")]
+    # earlier assistant turns: axolotl trains them too (no dataset key trains the last one only), and says so
+    result = files_of("axolotl", _chat_plan(tmp_path, [HISTORY], name="h.jsonl"))
+    (entry,) = yaml.safe_load(result.files["axolotl.yaml"])["datasets"]
+    assert trained_text(axolotl_chat(entry, HISTORY)) == ["4", "6"] != trained_text(planner_chat(HISTORY))
+    assert any(line.startswith("data:") and "every assistant turn" in line for line in result.lost)
+    # a record without messages fails in axolotl: the export says to convert it
+    result = files_of("axolotl", _chat_plan(tmp_path, [ONE_TURN, {"question": "q", "answer": "a"}], name="p.jsonl"))
+    assert axolotl_chat(entry, {"question": "q", "answer": "a"}) is None
+    assert any(line.startswith("data:") and "convert them to messages records" in line for line in result.lost)
+
+
+def test_llamafactory_reads_messages_as_sharegpt_with_the_last_turn_trained(tmp_path):
+    from trainer_fields import LLAMAFACTORY_COLUMNS, LLAMAFACTORY_FORMATTINGS, LLAMAFACTORY_TAGS
+    from trainer_rules import llamafactory_chat, planner_chat, trained_text
+
+    result = files_of("llamafactory", _chat_plan(tmp_path, [ONE_TURN, HISTORY]))
+    cfg = yaml.safe_load(result.files["llamafactory.yaml"])
+    entry = json.loads(result.files["dataset_info.json"])[cfg["dataset"]]
+    assert entry["formatting"] == "sharegpt" and entry["formatting"] in LLAMAFACTORY_FORMATTINGS
+    assert entry["columns"] == {"messages": "messages"} and set(entry["columns"]) <= LLAMAFACTORY_COLUMNS
+    assert entry["tags"] == {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+                             "system_tag": "system"} and set(entry["tags"]) <= LLAMAFACTORY_TAGS
+    assert cfg["stage"] == "sft" and "template" not in cfg and cfg["mask_history"] is True  # the tokenizer's template, the last turn
+    for record in (ONE_TURN, HISTORY):
+        got = llamafactory_chat(entry, cfg, record)
+        assert trained_text(got) == trained_text(planner_chat(record))
+    assert llamafactory_chat(entry, cfg, ONE_TURN)[0] == "be brief"  # the leading system turn is the system prompt
+    assert not any("skips records" in line for line in result.lost)
+    assert any(line.startswith("data:") and "parse_template" in line for line in result.lost)
+    # turns out of alternation: the sharegpt reader skips the record, and the export says so
+    result = files_of("llamafactory", _chat_plan(tmp_path, [IRREGULAR], name="i.jsonl"))
+    assert llamafactory_chat(entry, cfg, IRREGULAR) is None
+    assert any(line.startswith("data:") and "skips records" in line for line in result.lost)
+
+
+def test_swift_reads_messages_natively_with_the_last_round_trained(tmp_path):
+    from trainer_rules import planner_chat, swift_chat, trained_text
+
+    result = files_of("swift", _chat_plan(tmp_path, [HISTORY]))
+    args = swift_args(result.files["swift_sft.sh"])
+    assert "columns" not in args and "template" not in args and "use_chat_template" not in args
+    assert args["loss_scale"] == ["last_round"]
+    for record in (ONE_TURN, HISTORY):
+        assert trained_text(swift_chat(args, record)) == trained_text(planner_chat(record))
+    assert trained_text(swift_chat({**args, "loss_scale": ["default"]}, HISTORY)) == ["4", "6"]  # swift's default: every turn
+    assert any(line.startswith("data:") and "registered template" in line for line in result.lost)
+
+
+def test_lmflow_says_what_its_conversation_format_needs(tmp_path):
+    result = files_of("lmflow", _chat_plan(tmp_path, [ONE_TURN]))
+    (line,) = [line for line in result.lost if "DATASET_DIR" in line]
+    assert '"type": "conversation"' in line and '"system"' in line and '"messages"' in line
+    assert any("{% generation %}" in line for line in result.lost)
+
+
+def test_the_hf_script_reads_messages_with_planners_loader(tmp_path):
+    from planner.data.tokenizer import EOS, SPECIALS, CharTokenizer
+
+    records = [{"messages": [{"role": "user", "content": f"double {i}"}, {"role": "assistant", "content": str(2 * i)}]}
+               for i in range(3)]
+    plan, path = data_plan(tmp_path, records)
+    namespace: dict = {"__name__": "train_layerwise", "__file__": str(tmp_path / "train_layerwise.py")}
+    exec(compile(files_of("hf", plan).files["train_layerwise.py"], "train_layerwise.py", "exec"), namespace)
+    examples = namespace["read_examples"](str(path), CharTokenizer().to_hf(), 96)  # no chat template: the plain turns
+    tok = CharTokenizer()
+    assert [tok.decode(e.prompt) for e in examples] == [f"user: double {i}\nassistant: " for i in range(3)]
+    assert [tok.decode(e.answer, skip_special_tokens=False) for e in examples] == [f"{2 * i}{SPECIALS[EOS]}" for i in range(3)]

@@ -35,6 +35,13 @@ SOURCES = {
 }
 NOT_FIELDS = {"model_config"}  # pydantic's settings, not a key
 
+# LLaMA-Factory ff6d4d1, src/llamafactory/data/parser.py: DatasetAttr.formatting and DatasetAttr.join, the keys a
+# dataset_info.json entry's "columns" and "tags" may hold (a dict's keys, not class fields: listed here by hand)
+LLAMAFACTORY_FORMATTINGS = {"alpaca", "sharegpt", "openai"}
+LLAMAFACTORY_COLUMNS = {"prompt", "query", "response", "history", "messages", "system", "tools", "images", "videos", "audios",
+                        "chosen", "rejected", "kto_tag"}
+LLAMAFACTORY_TAGS = {"role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag"}
+
 
 def _classes(files) -> dict[str, tuple[list[str], list[str]]]:
     """{class name: (base names, field names and pydantic aliases)} of the top-level classes in ``files``."""

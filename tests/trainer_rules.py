@@ -495,3 +495,80 @@ def differences(plan, truth: Run, got: Run) -> dict[str, list[str]]:
     if got.copy_bytes:
         memory.append(f"{got.copy_bytes:,} bytes of weight copies")
     return {kind: v for kind, v in (("training", out), ("memory", memory)) if v}
+
+
+# -- chat data: which turns of a messages record each trainer reads and trains on ---------------------------------
+# Each rule takes what the export wrote and one record, and returns (system prompt, the turns after it, the indices of
+# the turns with a loss), or None where the trainer skips or refuses the record. planner's own reading is
+# planner.data.files.to_pairs: every turn before the last is the prompt, the last (the assistant's) has the loss.
+
+AXOLOTL_ROLES = {"human": "user", "user": "user", "assistant": "assistant", "gpt": "assistant", "system": "system",
+                 "tool": "tool"}  # src/axolotl/prompt_strategies/chat_template.py ChatTemplatePrompter.__init__ default
+
+
+def planner_chat(record: dict) -> tuple[str, list[dict], list[int]]:
+    """planner.data.files._chat: the record's turns as they are (a system turn stays a turn); the last one trains."""
+    turns = record["messages"]
+    return "", turns, [len(turns) - 1]
+
+
+def axolotl_chat(entry: dict, record: dict) -> tuple[str, list[dict], list[int]] | None:
+    """axolotl 067b021, src/axolotl/prompt_strategies/chat_template.py: ``StrategyLoader.__call__`` (``field_messages``
+    default ``messages``, ``message_property_mappings`` default role/content, ``roles`` {target: [sources]});
+    ``_get_strategy_params`` (``roles_to_train`` default [assistant]); ``ChatTemplateStrategy._get_messages`` raises on a
+    record without the field, ``transform_message`` maps each turn's role; ``_tokenize_single_prompt``: a turn trains
+    when its (mapped) role is in ``roles_to_train``. The system turn stays a turn the template renders."""
+    assert entry["type"] == "chat_template"
+    messages = record.get(entry.get("field_messages") or "messages")
+    if messages is None:
+        return None  # ValueError("Messages is null. Please check `field_messages`.")
+    roles = {s: t for t, sources in entry["roles"].items() for s in sources} if entry.get("roles") else AXOLOTL_ROLES
+    keys = entry.get("message_property_mappings") or {"role": "role", "content": "content"}
+    turns = [{"role": roles.get(m[keys["role"]], m[keys["role"]]), "content": m[keys["content"]]} for m in messages]
+    train = [roles.get(r, r) for r in entry.get("roles_to_train", ["assistant"])]
+    return "", turns, [i for i, t in enumerate(turns) if t["role"] in train]
+
+
+def llamafactory_chat(info: dict, cfg: dict, record: dict) -> tuple[str, list[dict], list[int]] | None:
+    """LLaMA-Factory ff6d4d1: ``data/parser.py`` ``DatasetAttr`` (sharegpt defaults: messages ``conversations``, tags
+    from/value/human/gpt/system); ``data/converter.py`` ``SharegptDatasetConverter.__call__`` (a first turn with the
+    system tag is the system prompt; then user tags at even positions, assistant tags at odd ones, an even count, else
+    skipped); ``data/processor/supervised.py`` ``_encode_data_example`` (every assistant turn trains, only the last
+    with ``mask_history``)."""
+    assert info["formatting"] == "sharegpt"
+    columns, tags = info.get("columns", {}), info.get("tags", {})
+    role, content = tags.get("role_tag", "from"), tags.get("content_tag", "value")
+    user, assistant, system_tag = tags.get("user_tag", "human"), tags.get("assistant_tag", "gpt"), tags.get("system_tag", "system")
+    messages = record[columns.get("messages", "conversations")]
+    system = ""
+    if system_tag and messages and messages[0][role] == system_tag:
+        system, messages = messages[0][content], messages[1:]
+    accept = ((user, tags.get("observation_tag", "observation")), (assistant, tags.get("function_tag", "function_call")))
+    if any(m[role] not in accept[i % 2] for i, m in enumerate(messages)) or len(messages) % 2:
+        return None  # "Invalid role tag" / "Invalid message count": "Skipping this abnormal example."
+    names = {user: "user", assistant: "assistant"}
+    turns = [{"role": names[m[role]], "content": m[content]} for m in messages]
+    trained = [i for i in range(1, len(turns), 2)]
+    return system, turns, trained[-1:] if cfg.get("mask_history") else trained
+
+
+def swift_chat(args: dict[str, list[str]], record: dict) -> tuple[str, list[dict], list[int]]:
+    """ms-swift 4.6.0: ``swift/dataset/preprocessor/core.py`` ``MessagesPreprocessor`` (a ``messages`` column, or one
+    renamed to it by ``--columns``; a first ``system`` turn is the system prompt); ``swift/loss_scale/base.py``
+    ``LossScale.__call__``/``_inner_call`` with ``swift/template/utils.py`` ``get_last_user_round``: ``default``
+    trains every response, ``last_round`` only the responses after the last user turn."""
+    columns = json.loads(args["columns"][0]) if "columns" in args else {}
+    field = next((f for f, c in columns.items() if c == "messages"), "messages")
+    messages = list(record[field])
+    system = ""
+    if messages and messages[0]["role"] == "system":
+        system, messages = messages[0]["content"], messages[1:]
+    strategy = args.get("loss_scale", ["default"])[0].split("+")[0]
+    last_user = max((i for i, m in enumerate(messages) if m["role"] in ("user", "tool")), default=-1)
+    trained = [i for i, m in enumerate(messages) if m["role"] == "assistant" and (strategy != "last_round" or i > last_user)]
+    return system, messages, trained
+
+
+def trained_text(chat: tuple[str, list[dict], list[int]] | None) -> list[str] | None:
+    """The contents with a loss, the same for every trainer that reads the record as planner does."""
+    return None if chat is None else [chat[1][i]["content"] for i in chat[2]]

@@ -22,7 +22,7 @@ def swift_args(text: str) -> dict[str, list[str]]:
         if tok.startswith("--"):
             key = tok[2:]
             out[key] = []
-        elif key is not None and tok not in (")", 'swift', "sft"):
+        elif key is not None and tok not in (")", 'swift', "sft", "${ARGS[@]}"):
             out[key].append(tok)
     return out
 

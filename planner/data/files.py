@@ -6,6 +6,10 @@ else the first field pair present: ``instruction``/``response``, ``prompt``/``co
 ``question``/``answer`` (an optional ``input`` field is appended to the prompt), else a ``text``
 field (the loss is then on all of it). Lines (or blank-line-separated paragraphs) of a
 ``.txt``/``.md`` file are ``text`` records.
+
+Only the last assistant turn of a ``messages`` record is trained on; earlier assistant turns are
+part of the prompt. :func:`chat_traits` names what of a messages file a trainer may read
+otherwise (exports say so).
 """
 
 from __future__ import annotations
@@ -149,3 +153,30 @@ def to_pairs(records: list[dict], data: str) -> tuple[str, list[tuple]]:
         return "text", [("", t) for t in (_text(r.get(TEXT_FIELD)) for r in records) if t is not None]
     wanted = f"{MESSAGES_FIELD}, " + ", ".join(f"{a}/{b}" for a, b in PAIR_FIELDS) + f" or {TEXT_FIELD}"
     raise PlannerError(f"--data records must have the fields {wanted}, but {data!r} has {sorted(fields) or 'no fields'}")
+
+
+CHAT_TRAITS = ("history", "irregular", "pairs")
+
+
+def chat_traits(records: list[dict]) -> list[str]:
+    """What of a ``messages`` file other trainers may read otherwise than :func:`to_pairs`, in :data:`CHAT_TRAITS` order:
+
+    - ``history``: a record has an assistant turn before its answer (planner trains on the answer only);
+    - ``irregular``: a record's turns, after one leading system turn, are not user and assistant turns in
+      alternation (user first), e.g. two user turns in a row or a system turn later on;
+    - ``pairs``: a record has no ``messages`` but a field pair (planner reads it as one user turn).
+    """
+    found = set()
+    for r in records:
+        turns = r.get(MESSAGES_FIELD)
+        if not isinstance(turns, list) or not turns:
+            found |= {"pairs"} if _user_turn(r) is not None else set()
+            continue
+        roles = [t.get("role") if isinstance(t, dict) else None for t in turns]
+        if roles[0] == "system":
+            roles = roles[1:]
+        if roles.count("assistant") > 1:
+            found.add("history")
+        if any(role != ("user" if i % 2 == 0 else "assistant") for i, role in enumerate(roles)) or len(roles) % 2:
+            found.add("irregular")
+    return [t for t in CHAT_TRAITS if t in found]

@@ -12,8 +12,11 @@
 
 Rendering: where the model's tokenizer has a chat template, a prompt/answer pair is a user turn
 and the assistant's answer, and a ``messages`` record its own turns, rendered by that template
-(:func:`render_chat`); without one the prompt, a newline and the answer (chat records need a
-template). The loss is on the answer's tokens only (the prompt's labels are -100).
+(:func:`render_chat`); without one a pair is the prompt, a newline and the answer, and a
+``messages`` record its turns in the plain form of :func:`render_plain` (each turn
+``<role>: <content>`` on its own line, then ``assistant: `` and the answer); either way the
+answer is followed by the end-of-sequence token. The loss is on the answer's tokens only (the
+prompt's labels are -100).
 
 Held-out split: a ``random.Random(seed)`` shuffle; 10% of the examples (at least 2, at most
 256) are held out. Metric: the held-out eval loss, mean cross-entropy per answer token (nats,
@@ -29,7 +32,7 @@ import random
 from pathlib import Path
 
 from planner.data.default import BATCH_SIZE, DEFAULT_TASK, default_workload, split_sizes, task_examples
-from planner.data.files import MESSAGES_FIELD, read_records, to_pairs
+from planner.data.files import read_records, to_pairs
 from planner.data.pretrain import ensure_default_model, quiet_transformers, recipe_for
 from planner.data.tasks import TASKS
 from planner.data.workload import Example, Workload
@@ -40,6 +43,7 @@ HELD_OUT_FRACTION = 0.1
 MAX_HELD_OUT = 256
 MAX_SEQ_LEN = 512  # tokens; longer text is cut, longer prompt/answer pairs are skipped
 PROMPT_SEPARATOR = "\n"  # between a user prompt and its answer
+PLAIN_TURN = "{role}: {content}\n"  # a chat turn where the tokenizer has no chat template
 BUILTIN = "builtin:"  # --data builtin:<task> names a built-in task
 USER_BATCH_SIZE = 8  # suggested proxy batch size for users' data (longer sequences than the built-in task)
 
@@ -178,12 +182,16 @@ def render_chat(tok, turns, answer: str) -> tuple[str, str]:
     return head, full[len(head):]
 
 
+def render_plain(turns, answer: str) -> tuple[str, str]:
+    """(prompt text, answer text) of ``turns`` and the assistant's ``answer`` for a tokenizer without a chat
+    template: each turn as :data:`PLAIN_TURN` (``<role>: <content>`` and a newline), then the answer's
+    header ``assistant: ``; the answer is its text (the end-of-sequence token follows, as after a pair's answer)."""
+    return "".join(PLAIN_TURN.format(role=t["role"], content=t["content"]) for t in turns) + "assistant: ", answer
+
+
 def _tokenize(pairs, kind: str, tok, sep: str, max_seq_len: int) -> list[Example]:
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     chat = bool(getattr(tok, "chat_template", None))
-    if kind == "chat" and not chat:
-        raise PlannerError(f"--data {MESSAGES_FIELD} records need a model whose tokenizer has a chat template, but this "
-                           f"one has none: give prompt/completion records")
     out = []
     for prompt, answer in pairs:
         if kind == "text":
@@ -195,9 +203,10 @@ def _tokenize(pairs, kind: str, tok, sep: str, max_seq_len: int) -> list[Example
             head, tail = render_chat(tok, turns, answer)
             p = tok(head, add_special_tokens=False)["input_ids"]
             a = tok(tail, add_special_tokens=False)["input_ids"]
-        else:
-            p = tok(prompt + sep, add_special_tokens=True)["input_ids"]
-            a = tok(answer, add_special_tokens=False)["input_ids"] + eos
+        else:  # no template: the plain turns of a messages record, or the prompt and the separator
+            head, tail = render_plain(prompt, answer) if kind == "chat" else (prompt + sep, answer)
+            p = tok(head, add_special_tokens=True)["input_ids"]
+            a = tok(tail, add_special_tokens=False)["input_ids"] + eos
         if len(p) + len(a) <= max_seq_len:
             out.append(Example(tuple(p), tuple(a), answer))
     return out

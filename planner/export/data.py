@@ -2,8 +2,9 @@
 
 :func:`training_data` records what ``planner tune --data`` read (the plan's ``data`` field);
 :func:`data_of` is what an exporter writes for it: the file (or a placeholder where the study
-generated a built-in task or the plan predates the field), its record fields, and ``data:``
-lines for what the target cannot read as planner read it.
+generated a built-in task or the plan predates the field), its record fields (``messages`` for
+chat records, a prompt/answer field pair, or ``text``), and ``data:`` lines for what the target
+cannot read as planner read it.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def training_data(workload_name: str) -> TrainingData:
     from planner.data.files import (
         FORMATS,
         INPUT_FIELD,
+        MESSAGES_FIELD,
         PAIR_FIELDS,
         TEXT_FIELD,
+        chat_traits,
         read_records,
     )
     from planner.plan import TrainingData
@@ -47,13 +50,15 @@ def training_data(workload_name: str) -> TrainingData:
     fmt = FORMATS[path.suffix.lower()] if path.is_file() else "datasets"  # read_records took only a known suffix
     names = set().union(*(r.keys() for r in records)) if records else set()
     fields: dict[str, str] = {}
-    for prompt, answer in PAIR_FIELDS:  # the loader's order: the first pair present wins
+    where = str(path.resolve()) if fmt != "datasets" else workload_name
+    if MESSAGES_FIELD in names:  # the loader's order: chat turns first (other records' field pairs become user turns)
+        return TrainingData(path=where, format=fmt, fields={"messages": MESSAGES_FIELD}, chat=chat_traits(records))
+    for prompt, answer in PAIR_FIELDS:  # then the first field pair present
         if prompt in names and answer in names:
             fields = {"prompt": prompt, "answer": answer, **({"input": INPUT_FIELD} if INPUT_FIELD in names else {})}
             break
     else:
         fields = {"text": TEXT_FIELD}
-    where = str(path.resolve()) if fmt != "datasets" else workload_name
     return TrainingData(path=where, format=fmt, fields=fields)
 
 
@@ -66,10 +71,15 @@ class DataRef:
     fields: dict[str, str]
     steps: int
     lost: list[str] = field(default_factory=list)
+    chat: list[str] = field(default_factory=list)  # TrainingData.chat: what of a messages file a trainer may read otherwise
 
     @property
     def is_text(self) -> bool:
         return "text" in self.fields
+
+    @property
+    def is_chat(self) -> bool:
+        return "messages" in self.fields
 
 
 def data_of(plan: Plan, target: str, *, formats: tuple[str, ...] = ("jsonl", "json", "csv")) -> DataRef:
@@ -89,7 +99,10 @@ def data_of(plan: Plan, target: str, *, formats: tuple[str, ...] = ("jsonl", "js
                     f"with the same fields before running {target}")
     if data.format == "text":
         lost.append(f"data: {target} reads a text file one example per line; planner reads paragraphs when blank lines separate them")
-    return DataRef(str(data.path), data.format, dict(data.fields), steps, lost)
+    if "pairs" in data.chat:
+        lost.append(f"data: some records of {data.path} hold a field pair instead of messages, which planner reads as one user "
+                    f"turn and the answer; {target} reads the messages field only: convert them to messages records first")
+    return DataRef(str(data.path), data.format, dict(data.fields), steps, lost, list(data.chat))
 
 
 def output_dir(target: str) -> str:

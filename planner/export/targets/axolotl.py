@@ -19,6 +19,14 @@ Rules read in axolotl's code (commit 067b021):
   user-defined prompt (``field_instruction``/``field_input``/``field_output``, ``format`` with
   ``{instruction}``/``{input}``, ``no_input_format``), loss on the output unless
   ``train_on_inputs``; ``type: completion`` with ``field`` trains on all of a text field.
+- ``src/axolotl/prompt_strategies/chat_template.py`` (``type: chat_template``): ``StrategyLoader.__call__`` reads
+  ``field_messages`` (default ``messages``), ``message_property_mappings`` (default ``{role: role, content: content}``),
+  ``roles`` ({target role: [source roles]}; default user/human, assistant/gpt, system, tool) and renders with
+  ``chat_template`` (``SFTDataset.check_chat_template_config``: ``tokenizer_default`` when unset, the tokenizer's own
+  template); ``_get_strategy_params``: ``roles_to_train`` (default ``[assistant]``), ``train_on_eos`` (default
+  ``turn``); ``ChatTemplateStrategy._tokenize_single_prompt`` then trains every turn whose role is in
+  ``roles_to_train`` (or whose message has a true ``message_field_training`` field), with its EOS token: every
+  assistant turn, not the last one only. ``_get_messages`` raises on a record without the messages field.
 
 LoRA (a static LoRA plan), read in axolotl 0.21.0 (``studies/bench_export_run.py`` runs it):
 - ``loaders/adapter.py`` ``_build_peft_lora_config``: peft's ``LoraConfig(r=lora_r, lora_alpha, target_modules,
@@ -66,11 +74,17 @@ def name_pattern(name: str) -> str:
 
 
 def dataset_entry(data: DataRef) -> dict:
-    """One ``datasets`` entry reading ``data`` as planner reads it: prompt + newline, then the answer (the loss on
-    the answer), or all of a text field."""
+    """One ``datasets`` entry reading ``data`` as planner reads it: chat turns by the model's chat template (the loss on
+    the assistant's turns), prompt + newline, then the answer (the loss on the answer), or all of a text field."""
     entry: dict = {"path": data.path}
     if data.format in DS_TYPES:
         entry["ds_type"] = DS_TYPES[data.format]
+    if data.is_chat:  # planner's roles and keys, spelled out rather than left to axolotl's defaults
+        entry.update(type="chat_template", chat_template="tokenizer_default", field_messages=data.fields["messages"],
+                     message_property_mappings={"role": "role", "content": "content"},
+                     roles={role: [role] for role in ("system", "user", "assistant")},
+                     roles_to_train=["assistant"], train_on_eos="turn")
+        return entry
     if data.is_text:
         entry.update(type="completion", field=data.fields["text"])
         return entry
@@ -82,6 +96,15 @@ def dataset_entry(data: DataRef) -> dict:
     prompt["no_input_format"] = "{instruction}\n"
     entry["type"] = prompt
     return entry
+
+
+def chat_loss(data: DataRef) -> list[str]:
+    """What axolotl's chat_template reads otherwise than planner in ``data``'s messages records."""
+    if data.is_chat and "history" in data.chat:
+        return ["data: axolotl's chat_template trains every assistant turn (roles_to_train: [assistant]); planner trains the "
+                "last one only, and some records have earlier assistant turns (a false per-turn field named by "
+                "message_field_training on those turns would leave them out)"]
+    return []
 
 
 KERNELS_NOTE = ("# LoRA: axolotl turns on its fused LoRA kernels (lora_mlp_kernel, lora_qkv_kernel, lora_o_kernel, lora_embedding_kernel)\n"
@@ -125,7 +148,7 @@ class AxolotlExporter(Exporter):
             "float16": dtype == "float16",
             "gradient_checkpointing": plan.train.gradient_checkpointing,
         }
-        lost = model_loss(plan) + data.lost
+        lost = model_loss(plan) + data.lost + chat_loss(data)
         if amp != "none":
             lost.append(f"amp={amp} over float32 weights: axolotl's {amp}: true loads the weights in {amp} as well")
         kind = scorer_kind(plan)

@@ -27,9 +27,10 @@ SCRIPT = '''\
 Plan: {summary}
 Usage: python train_layerwise.py [--data FILE] [--model MODEL_DIR_OR_ID] [--output-dir DIR] [--max-steps N]
 (--data defaults to what the study trained on: {data})
---data takes what `planner tune --data` takes: .jsonl/.json/.csv/.tsv records with instruction/response,
-prompt/completion or question/answer (optional input; the loss is on the answer), or a text field,
-or a .txt/.md file (one example per line, or per paragraph).
+--data takes what `planner tune --data` takes: .jsonl/.json/.csv/.tsv records with messages (chat turns, rendered
+with the model's chat template or as plain `role: content` lines; the loss is on the last assistant turn),
+instruction/response, prompt/completion or question/answer (optional input; the loss is on the answer), or a text
+field, or a .txt/.md file (one example per line, or per paragraph).
 \"\"\"
 
 import argparse

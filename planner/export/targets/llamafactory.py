@@ -22,6 +22,15 @@ Rules read in LLaMA-Factory's code (commit ff6d4d1) and BAdam 1.4:
   appended to the prompt on its own line); ``stage: pt`` trains on all of the ``prompt`` column,
   packing records into ``cutoff_len`` blocks unless ``packing: false`` (``data/processor/pretrain.py``).
   ``data/template.py``: the ``empty`` template writes the prompt, then the answer (no EOS).
+- chat data, ``data/parser.py`` ``DatasetAttr.join``: ``formatting: sharegpt`` with ``columns: {messages: ...}`` and
+  ``tags`` (``role_tag``, ``content_tag``, ``user_tag``, ``assistant_tag``, ``system_tag``; defaults from/value/
+  human/gpt/system); ``data/converter.py`` ``SharegptDatasetConverter``: a first turn with the system tag becomes the
+  system prompt, the other turns must alternate user (even positions) and assistant (odd), an even number of them,
+  else the record is skipped ("Invalid role tag", "Invalid message count"); the last turn is the response.
+  ``data/processor/supervised.py`` ``SupervisedDatasetProcessor._encode_data_example``: every assistant turn has a
+  loss unless ``mask_history`` ("train on the last turn only"). ``data/template.py``
+  ``get_template_and_fix_tokenizer``: without ``template`` the tokenizer's chat template is parsed into one slot per
+  role (``parse_template``; the ``empty`` template where the tokenizer has none).
 
 LoRA, read in LLaMA-Factory 0.9.5 (``studies/bench_export_run.py`` runs it):
 - ``model/adapter.py`` ``_setup_lora_tuning``: peft's ``LoraConfig(r=lora_rank, lora_alpha, lora_dropout,
@@ -134,6 +143,10 @@ class LlamaFactoryExporter(Exporter):
             lost = [line.replace(f"at {PLACEHOLDER}", f"at {where}/{PLACEHOLDER}") for line in lost]
         if data.is_text:  # one record per example, as planner reads text (pt packs records into blocks by default)
             cfg["packing"] = False
+        elif data.is_chat:  # the model's own template (parsed from its tokenizer), the loss on the last turn only
+            del cfg["template"]
+            cfg["mask_history"] = True
+            lost += chat_loss(data)
         else:
             lost.append("data: LLaMA-Factory's 'empty' template joins prompt and answer without the newline planner puts between them "
                         "and ends the answer without EOS")
@@ -261,9 +274,26 @@ class LlamaFactoryExporter(Exporter):
         return set(yaml.safe_load(text))
 
 
+SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+                 "system_tag": "system"}  # planner's messages keys and roles in sharegpt's tags
+
+
+def chat_loss(data: DataRef) -> list[str]:
+    """What LLaMA-Factory's sharegpt reading and parsed template do otherwise than planner with ``data``'s messages."""
+    lost = ["data: LLaMA-Factory renders the turns with the tokenizer's chat template parsed into one fixed form per role "
+            "(data/template.py parse_template), where planner applies the template itself: a template that writes a turn "
+            "differently by its position (a default system prompt, markers on the last turn) can differ"]
+    if "irregular" in data.chat:
+        lost.append("data: LLaMA-Factory's sharegpt reader skips records whose turns are not user and assistant in "
+                    "alternation after one leading system turn; planner trains on them")
+    return lost
+
+
 def dataset_info(data: DataRef) -> dict:
     """The ``dataset_info.json`` entry for ``data``: alpaca columns from planner's record fields."""
     source = {"hf_hub_url": data.path} if data.format == "datasets" else {"file_name": str(Path(data.path))}
+    if data.is_chat:
+        return {DATASET: {**source, "formatting": "sharegpt", "columns": {"messages": data.fields["messages"]}, "tags": dict(SHAREGPT_TAGS)}}
     if data.is_text:
         columns = {"prompt": data.fields["text"]}
     else:

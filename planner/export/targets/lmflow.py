@@ -13,6 +13,13 @@ and evaluates ``"self." + lisa_layers_attribute``: its path has one more ``model
 only ``requires_grad`` of the decoder layers (``src/lmflow/pipeline/utils/lisa_trainer.py``):
 everything else (embeddings, head) trains throughout, and the Trainer's optimizer keeps the
 moments of layers that go frozen. Without ``--use_lisa`` every parameter trains.
+
+Chat data (``src/lmflow/utils/constants.py`` ``CONVERSATION_DATASET_DESCRIPTION``): ``{"type": "conversation",
+"instances": [{"system": ..., "messages": [{"role": "user", "content": ...}, ...]}]}``, the system prompt a key of
+its own. ``src/lmflow/models/hf_decoder_model.py`` ``tokenize``: without ``conversation_template`` the tokenizer's
+chat template (else LMFlow's ``empty`` one); ``src/lmflow/tokenization/hf_decoder_model.py``
+``conversation_tokenize_function`` labels the tokens ``apply_chat_template(..., return_assistant_tokens_mask=True)``
+marks, which only a template with ``{% generation %}`` blocks marks, and those of every assistant turn.
 """
 
 from __future__ import annotations
@@ -58,8 +65,16 @@ class LMFlowExporter(Exporter):
         ]
         lost = model_loss(plan) + [line for line in data.lost if "convert it" not in line]
         # LMFlow reads a directory of its own JSON: {"type": "text2text", "instances": [{"input": ..., "output": ...}]}
-        lost.append(f"data: LMFlow reads a directory of its own JSON format ({{\"type\": \"text_only\" or \"text2text\", \"instances\": "
-                    f"[...]}}), not {data.path}; convert it and pass the directory as DATASET_DIR")
+        if data.is_chat:
+            lost.append(f"data: LMFlow reads a directory of its own JSON format, for chat {{\"type\": \"conversation\", \"instances\": "
+                        f"[{{\"system\": the leading system turn's content, \"messages\": the other turns}}]}}, not {data.path}; "
+                        f"convert it and pass the directory as DATASET_DIR")
+            lost.append("data: LMFlow's conversation tokenizer puts the loss on the tokens the chat template marks with "
+                        "{% generation %} (none in most templates) and on every assistant turn; planner's is on the last "
+                        "assistant turn as the template renders it")
+        else:
+            lost.append(f"data: LMFlow reads a directory of its own JSON format ({{\"type\": \"text_only\" or \"text2text\", \"instances\": "
+                        f"[...]}}), not {data.path}; convert it and pass the directory as DATASET_DIR")
         if not every_layer:  # every layer at once is plain full fine-tuning, LMFlow's default
             lost += draw_loss(plan, "LMFlow LISA", f"--lisa_activated_layers {n} drawn uniformly from all {plan.num_layers} layers every {plan.period} steps")
             lost += stale_state_loss(plan, "LMFlow's LISA")

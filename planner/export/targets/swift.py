@@ -18,6 +18,12 @@ Keys and rules read in ms-swift's code (4.6.0 as installed from PyPI):
   ``torch_dtype``, ``dataset`` (a local file or hub name), ``columns`` (record field -> swift
   column), ``template``, ``use_chat_template`` (false: the generation template, prompt then answer),
   ``max_length``; the rest are ``transformers.TrainingArguments`` fields.
+- chat data: ``swift/dataset/preprocessor/core.py`` ``MessagesPreprocessor`` reads a ``messages`` column of
+  ``role``/``content`` turns (system, user, assistant) as it is; ``swift/arguments/base_args/template_args.py``:
+  ``template`` defaults to the model type's registered template (``swift/template``: ms-swift's own rendering of
+  each model's chat format; ``template_backend: jinja``, the tokenizer's template, is for inference only),
+  ``use_chat_template`` to true, ``loss_scale`` ``default`` (every assistant turn) or ``last_round``
+  (``swift/loss_scale/base.py`` ``LossScale``: only the last round's assistant turn).
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ from planner.export.names import arch_names
 SCRIPT_FILE = "swift_sft.sh"
 SWIFT_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral", "gemma": "gemma",
                      "gemma2": "gemma2", "phi3": "phi3"}  # swift/model/constant.py LLMModelType names of HF model types
-SWIFT_COLUMNS = {"prompt": "query", "input": "input", "answer": "response", "text": "response"}  # swift's standard columns
+SWIFT_COLUMNS = {"prompt": "query", "input": "input", "answer": "response", "text": "response",
+                 "messages": "messages"}  # swift's standard columns
 
 
 def layer_prefix(layers_path: str, i: int) -> str:
@@ -86,7 +93,12 @@ class SwiftExporter(Exporter):
             ("fp16", str(fp16).lower()),
             ("report_to", "none"),
         ]
-        if not data.is_text:
+        if data.is_chat:  # the model's chat format, the loss on the last assistant turn only, as planner trains
+            args.append(("loss_scale", "last_round"))
+            lost.append("data: ms-swift renders the turns with its own registered template for the model type, not the "
+                        "tokenizer's chat template that planner applies (swift's jinja backend is for inference only): the "
+                        "same text where ms-swift's template reproduces the model's")
+        elif not data.is_text:
             lost.append("data: ms-swift's generation template (--use_chat_template false) joins prompt and answer without "
                         "the newline planner puts between them")
         # swift finds a hub model's type itself; a local directory needs it named
@@ -108,8 +120,7 @@ class SwiftExporter(Exporter):
             f"  --dataset {shlex.quote(data.path)}",
             *(["  --use_hf true"] if data.format == "datasets" else []),
             *([f"  --columns {shlex.quote(json.dumps(columns))}"] if columns else []),
-            "  --template default",
-            "  --use_chat_template false",
+            *([] if data.is_chat else ["  --template default", "  --use_chat_template false"]),
             '  --output_dir "$OUTPUT"',
             *(f"  --{k} {' '.join(shlex.quote(str(x)) for x in (v if isinstance(v, list) else [v]))}" for k, v in args),
             ")",
