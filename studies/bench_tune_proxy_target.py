@@ -51,20 +51,26 @@ def write_text_data(root: Path) -> Path:
     return path
 
 
-def cpu_measured(spec, trial, shape: dict) -> int:
+def cpu_measured(spec, trial, shape: dict) -> tuple[int, int, list[str]]:
+    """A trial without a measurement of its own (pruned mid-run): one real CPU training step of its worst-case draw
+    in the form a proxy run executes, measured (live tensor bytes) and predicted (CPU cost model)."""
     import torch
 
     from planner.config import TrainConfig
-    from planner.cost import measure_training_peak
+    from planner.cost import estimate, measure_training_peak
     from planner.spec import build_model
     from planner.tune import record
+    from planner.tune.proxy import ran_form
 
     p, a = trial.params, record.read(trial)
-    cfg = TrainConfig(**shape, min_depth=0, gradient_checkpointing=p["gradient_checkpointing"],
-                      train_embeddings=p["train_embeddings"], train_head=p["train_head"], lora_rank=p.get("lora_rank") or None)
+    cfg, unrun = ran_form(TrainConfig(**shape, layers=a.trainable_layers, gradient_checkpointing=p["gradient_checkpointing"],
+                                      train_embeddings=p["train_embeddings"], train_head=p["train_head"],
+                                      lora_rank=p.get("lora_rank") or None, **(a.levers or {})))
     torch.manual_seed(0)
     batch = torch.randint(3, spec.vocab_size, (shape["batch_size"], shape["seq_len"]))
-    return measure_training_peak(build_model(spec, dtype=shape["dtype"], seed=0), cfg, batch, layers=a.trainable_layers)
+    batch = {"input_ids": batch, "labels": batch.clone()}  # two tensors, as a proxy batch has
+    measured = measure_training_peak(build_model(spec, dtype=shape["dtype"], seed=0), cfg, batch, layers=a.trainable_layers)
+    return measured, int(estimate(spec, cfg, device="cpu").peak_bytes), unrun
 
 
 def main() -> int:
@@ -124,12 +130,20 @@ def main() -> int:
                    "head": p["train_head"], "lora_rank": p.get("lora_rank") or 0, "state": t.state.name,
                    "gated": bool(a.gated), "predicted": a.predicted_peak_bytes,
                    "trainable_layers": a.trainable_layers, "reason": a.reason}
-            if a.measured_memory:
+            if a.measured_memory and a.measured_memory.device == "cpu":
+                m = a.measured_memory
+                top = (m.draws or [None])[0]  # the draw with the highest measured peak, predicted in the form the run executed
+                row.update(measured=top.measured_bytes if top else 0, draw=top.layers if top else [],
+                           draw_predicted=top.predicted_bytes if top else None, draws=len(m.draws or []),
+                           draws_exact=sum(d.predicted_bytes == d.measured_bytes for d in m.draws or []),
+                           not_run=m.levers_not_run or [], levers=sorted((a.levers or {}).items()))
+            elif a.measured_memory:
                 m = a.measured_memory
                 row.update(measured=m.device_used_bytes, max_reserved=m.max_reserved_bytes,
                            max_allocated=m.max_allocated_bytes, outside=m.outside_allocator_bytes)
             elif args.device == "cpu" and not row["gated"] and a.reused_from is None and a.trainable_layers:
-                row["measured"] = cpu_measured(spec, t, shape)
+                row["measured"], row["draw_predicted"], row["not_run"] = cpu_measured(spec, t, shape)
+                row["draw"] = a.trainable_layers
             rows.append(row)
     lines = [f"`planner tune --proxy target` on {device} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
              f"torch {torch.__version__}, transformers {transformers.__version__})",
@@ -138,19 +152,26 @@ def main() -> int:
              f"{args.steps} steps; model built in {built:.1f} s, study {wall:.1f} s wall",
              "measured: " + ("device memory in use at the training peak (outside the allocator before the run + "
                              "max_memory_reserved)" if args.device == "cuda" else
-                             "live tensor bytes of real CPU training steps at the trial's worst-case draw"),
+                             "live tensor bytes of the trial's own training steps (planner.tune.proxy._CpuMeter), per draw "
+                             "of layers; 'draw pred.' is the CPU cost model for the draw with the highest measured peak, in "
+                             "the form the proxy loop ran (planner.tune.proxy.ran_form: levers it does not run left off, "
+                             "column 'not run'); 'plan pred.' the gate's worst-case prediction of the plan as written"),
              f"{'#':>3} {'kind':<14} {'γ':>3} {'from':>4} {'ckpt':>4} {'E':>1} {'H':>1} {'lora':>4} "
-             f"{'predicted B':>15} {'measured B':>15} {'error':>7}  state"]
+             f"{'plan pred. B':>13} {'draw pred. B':>13} {'measured B':>13} {'error':>7} {'exact':>6}  state / not run"]
     errors = []
     for r in rows:
-        err = ""
-        if r.get("measured"):
-            e = (r["predicted"] - r["measured"]) / r["measured"]
+        err, pred, exact = "", r.get("draw_predicted", r["predicted"]), ""
+        if r.get("measured") and pred is not None:
+            e = (pred - r["measured"]) / r["measured"]
             errors.append(e)
             err = f"{100 * e:+.2f}%"
+        if "draws" in r:
+            exact = f"{r['draws_exact']}/{r['draws']}"
         lines.append(f"{r['trial']:>3} {r['kind']:<14} {r['active_layers']:>3} {r['min_depth']:>4} {int(r['checkpointing']):>4} "
-                     f"{int(r['embeddings']):>1} {int(r['head']):>1} {r['lora_rank']:>4} {r['predicted']:>15,} "
-                     f"{r.get('measured') or 0:>15,} {err:>7}  {'gated' if r['gated'] else r['state'].lower()}")
+                     f"{int(r['embeddings']):>1} {int(r['head']):>1} {r['lora_rank']:>4} {r['predicted']:>13,} "
+                     f"{pred if pred is not None else 0:>13,} {r.get('measured') or 0:>13,} {err:>7} {exact:>6}  "
+                     f"{'gated' if r['gated'] else r['state'].lower()}"
+                     + (f" / {', '.join(r['not_run'])}" if r.get("not_run") else ""))
     if errors:
         lines.append(f"largest |error| {100 * max(map(abs, errors)):.2f}% over {len(errors)} measured trials")
     text = "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ import os
 import warnings
 from pathlib import Path
 
-CACHE_SCHEMA = 2  # bump when an entry's layout or meaning changes (2: in-place gradient accumulation, reduction scratch, tied-head build)
+CACHE_SCHEMA = 3  # bump when an entry's layout or meaning changes (2: in-place gradient accumulation, reduction scratch, tied-head build; 3: models built in the dtype asked for, not their config's)
 
 
 class CacheWarning(UserWarning):

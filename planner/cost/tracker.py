@@ -21,6 +21,7 @@ count as a new allocation.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Iterable
 
@@ -166,6 +167,17 @@ class LiveBytesTracker(TorchDispatchMode):
     def reset_peak(self) -> None:
         self._settle()
         self._peak = self._current
+
+    @contextlib.contextmanager
+    def suspended(self):
+        """A block the tracker does not observe (its allocations are not counted; frees of counted storages still are):
+        work outside the step it measures, e.g. an evaluation or the data loader's batch assembly."""
+        # the mode stack's own switch; the mode is re-entered on exit
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        self._settle()
+        with _disable_current_modes():
+            yield
 
     def mark(self, label: str) -> None:
         """A named boundary at the current position of the event stream."""

@@ -52,7 +52,8 @@ def training_data(workload_name: str) -> TrainingData:
     fields: dict[str, str] = {}
     where = str(path.resolve()) if fmt != "datasets" else workload_name
     if MESSAGES_FIELD in names:  # the loader's order: chat turns first (other records' field pairs become user turns)
-        return TrainingData(path=where, format=fmt, fields={"messages": MESSAGES_FIELD}, chat=chat_traits(records))
+        return TrainingData.model_validate({"path": where, "format": fmt, "fields": {"messages": MESSAGES_FIELD},
+                                            "chat": chat_traits(records)})  # the traits' names are checked there
     for prompt, answer in PAIR_FIELDS:  # then the first field pair present
         if prompt in names and answer in names:
             fields = {"prompt": prompt, "answer": answer, **({"input": INPUT_FIELD} if INPUT_FIELD in names else {})}

@@ -223,6 +223,8 @@ def build_model(spec: ModelSpec, *, dtype: str | torch.dtype = "float32", num_la
     if getattr(cfg, "_attn_implementation", None) in (None, "flash_attention_2"):
         cfg._attn_implementation = "sdpa"
     with default_dtype(torch_dtype):
-        model = AutoModelForCausalLM.from_config(cfg)
+        # the dtype asked for, not the config's own ``dtype`` (a saved checkpoint's, a hub config's), which
+        # from_config would otherwise take over the default dtype
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype)
     model.config.use_cache = False
     return model

@@ -22,11 +22,13 @@ from planner.tune.confirm import confirm_run
 from planner.tune.forms import fitting
 from planner.tune.gate import BudgetGate
 from planner.tune.mapping import proxy_params, reuse_key, target_lr
-from planner.tune.proxy import ProxyOutOfMemory, TrainShape, run_proxy
+from planner.tune.proxy import ProxyOutOfMemory, TrainShape, ran_form, run_proxy
 from planner.tune.record import INTERRUPTED  # noqa: F401 - set by lifecycle.GuardedObjective on Ctrl-C/SIGTERM
 from planner.tune.record import SEARCH
 from planner.tune.space import SearchSpace
 from planner.units import human_bytes
+
+CPU_DRAWS_CHECKED = 8  # a CPU run's draws predicted again, the highest measured peaks first
 
 
 class Objective:
@@ -56,11 +58,27 @@ class Objective:
         self.proxy_batch = proxy_batch
         self.proxy_is_target = proxy_is_target
         self._baselines = baseline_points(space)
+        self._cpu_gate: BudgetGate | None = None  # the CPU cost model, for CPU runs of the target (_cpu_check)
 
     def _proxy_batch(self, params) -> int:
         if params.batch_size is None and self.proxy_batch:
             return self.proxy_batch
         return self.space.batch_size_of(params)
+
+    def _cpu_check(self, params, memory: dict) -> dict:
+        """A CPU run of the target against the CPU cost model: each draw it measured (the highest peaks first, at
+        most :data:`CPU_DRAWS_CHECKED`) predicted again as a fixed set of layers, in the form the run executed
+        (:func:`planner.tune.proxy.ran_form`); the error is the largest."""
+        if self._cpu_gate is None:
+            self._cpu_gate = BudgetGate(self.gate.spec, self.gate.vram_bytes, device="cpu")
+        cfg, unrun = ran_form(self.space.train_config(params))
+        draws = memory["draws"][:CPU_DRAWS_CHECKED]
+        for d in draws:
+            fixed = cfg.model_copy(update={"layers": d["layers"], "active_layers": None, "min_depth": 0})
+            d["predicted_bytes"] = self._cpu_gate.predict(fixed).peak_bytes
+        worst = max(draws, key=lambda d: abs(d["predicted_bytes"] - d["measured_bytes"]), default=None)
+        error = (worst["predicted_bytes"] - worst["measured_bytes"]) / max(worst["measured_bytes"], 1) if worst else 0.0
+        return {**memory, "draws": draws, "prediction_error": error, "levers_not_run": unrun}
 
     def _reused(self, trial, key: str):
         """A finished trial of this study that trained the same proxy run."""
@@ -161,7 +179,9 @@ class Objective:
         if getattr(result, "secondary", None):
             record.store(trial, secondary=result.secondary)  # e.g. the accuracy next to the eval loss
         memory = getattr(result, "memory", None)
-        if memory:
+        if memory and memory.get("device") == "cpu":
+            record.store(trial, measured_memory=self._cpu_check(params, memory))
+        elif memory:
             error = (prediction.peak_bytes - memory["device_used_bytes"]) / max(memory["device_used_bytes"], 1)
             record.store(trial, measured_memory={**memory, "prediction_error": error})
         if not math.isfinite(result.metric):

@@ -4,10 +4,13 @@ On CUDA every run also measures its training peak (evaluations excluded): the ca
 allocator's ``max_memory_reserved`` and ``max_memory_allocated``, and the device memory in use at
 that peak = (memory in use outside the allocator before the run: context, other processes) +
 max reserved. An out-of-memory error becomes :class:`ProxyOutOfMemory` with the bytes that were free.
+Where the target itself trains on the CPU (``TrainShape.measure``) every run measures the live tensor
+bytes of its training steps, one peak per draw of the layer sampler (:class:`_CpuMeter`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Callable
@@ -32,7 +35,7 @@ class ProxyResult:
     history: list[dict]
     train_seconds: float
     evaluations: list[tuple[int, float]] = field(default_factory=list)
-    memory: dict | None = None  # CUDA runs: measured bytes (see the module docstring)
+    memory: dict | None = None  # measured bytes: every CUDA run, CPU runs of the target (see the module docstring)
     secondary: dict = field(default_factory=dict)  # figures shown next to the metric (Workload.secondary)
 
 
@@ -53,24 +56,44 @@ class TrainShape:
     dtype: str = "float32"
     amp: str = "none"
     optimizer: str = "adamw"
+    measure: bool = False  # on the CPU: measure the training peak per draw (the target itself trains; see _CpuMeter)
 
 
 def shaped_batches(batches, seq_len: int, pad_id: int):
-    """``batches`` right-padded (or cut) to exactly ``seq_len`` tokens: the shape the target was costed at."""
+    """``batches`` right-padded (or cut) to exactly ``seq_len`` tokens: the shape the target was costed at.
+
+    The attention mask is left out: padding lies after every real token, so under the causal mask no real token
+    attends to it, and it carries no label; the loss and every gradient are those of the masked batch. Without
+    a mask transformers takes SDPA's causal path, the step the cost model traces; with one it builds a
+    ``B x 1 x S x S`` mask and, on models with fewer key-value heads than heads, expands K and V in every layer
+    (``repeat_kv``: measured +141,824 B on a 4-layer hidden-64 Llama at 1 x 64)."""
     import torch
 
     from planner.data.workload import IGNORE_INDEX
 
-    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    fill = {"input_ids": pad_id, "labels": IGNORE_INDEX}
     for batch in batches:
         out = {}
         for key, t in batch.items():
+            if key not in fill:
+                continue
             if t.shape[1] >= seq_len:
                 out[key] = t[:, :seq_len]
             else:
                 pad = torch.full((t.shape[0], seq_len - t.shape[1]), fill[key], dtype=t.dtype)
                 out[key] = torch.cat([t, pad], dim=1)
         yield out
+
+
+class _Endless:
+    """An endless batch generator as a re-iterable: the layer-wise loop keeps every batch of a one-shot iterator
+    (to replay it should it end); this one never ends, so nothing needs keeping."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
 
 
 class _CudaMeter:
@@ -104,6 +127,78 @@ class _CudaMeter:
         return {"max_reserved_bytes": self.reserved, "max_allocated_bytes": self.allocated,
                 "device_used_bytes": self.outside + self.reserved, "outside_allocator_bytes": self.outside,
                 "free_before_bytes": self.free_before}
+
+
+class _CpuMeter:
+    """Training peak on the CPU: live tensor bytes (:class:`planner.cost.tracker.LiveBytesTracker`, the measure the
+    CPU cost model is held to) of the training steps, one peak per draw of the sampler. Weights and buffers count
+    from the start, optimizer state from its creation, each batch from when the step takes it (assembled
+    unobserved, as a data loader does, then counted as one contiguous tensor per field); evaluations are not
+    observed. Frees follow reference counts (the cyclic collector is paused), as in :func:`planner.cost.measure_training_peak`."""
+
+    def __init__(self):
+        from planner.cost.tracker import LiveBytesTracker
+
+        self.tracker = LiveBytesTracker()
+        self.draws: dict[tuple[int, ...], int] = {}
+        self._draw: tuple[int, ...] | None = None
+
+    def attach(self, model, sampler, optimizer) -> None:
+        """Count what lives across steps (weights, buffers, the optimizer's own tensors such as bitsandbytes'
+        quantization maps); cut the peak at every new draw of ``sampler``."""
+        from planner.cost.measure import state_tensors
+
+        self.tracker.track(state_tensors(model, optimizer))
+        begin_step = sampler.begin_step
+
+        def observed_begin_step(step: int):
+            out = begin_step(step)
+            draw = tuple(sorted(int(i) for i in sampler.active))
+            if draw != self._draw:
+                self._close()
+                self._draw = draw
+                self.tracker.reset_peak()
+            return out
+
+        sampler.begin_step = observed_begin_step  # this run's sampler only, built for it in run_proxy
+
+    def batches(self, batches):
+        """``batches``, each assembled unobserved and counted from when the step takes it."""
+        import torch
+
+        it = iter(batches)
+        while True:
+            with self.tracker.suspended():
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                batch = {k: v.clone(memory_format=torch.contiguous_format) for k, v in batch.items()}
+            self.tracker.track(batch.values())
+            yield batch
+
+    @contextlib.contextmanager
+    def observing(self):
+        import gc
+
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            with self.tracker:
+                yield
+                self._close()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _close(self) -> None:
+        if self._draw is not None:
+            self.draws[self._draw] = max(self.draws.get(self._draw, 0), self.tracker.peak_bytes)
+
+    def result(self) -> dict:
+        ranked = sorted(self.draws.items(), key=lambda kv: -kv[1])
+        return {"device": "cpu", "device_used_bytes": ranked[0][1] if ranked else 0,
+                "draws": [{"layers": list(d), "measured_bytes": b} for d, b in ranked]}
 
 
 def thin(history: list, limit: int = MAX_HISTORY) -> list:
@@ -145,7 +240,11 @@ def _build(workload, params: TrialParams, shape: TrainShape, seed: int):
 
     model = workload.new_model(seed)
     if shape.dtype != "float32":
-        model = model.to(DTYPES[shape.dtype])
+        # the weights in the training dtype; buffers as transformers keeps them (RoPE's inverse frequencies stay
+        # float32, as in a model built in that dtype): model.to() would round them too
+        dtype = DTYPES[shape.dtype]
+        for p in model.parameters():
+            p.data = p.data.to(dtype)
     if params.gradient_checkpointing:
         # transformers' default (non-reentrant), as the cost model's measured step enables it
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -158,6 +257,21 @@ def _build(workload, params: TrialParams, shape: TrainShape, seed: int):
     if params.adapter_rank:
         model = add_lora(model, params.adapter_rank)
     return model.to(torch.device(shape.device))
+
+
+# lever hooks a proxy run does not execute as the costed step does: the layer-wise loop calls no step hook (the step
+# in backward, offloading), and a lever's proxy_model stands in for its effect on learning in float (quantized
+# weights as their round trip)
+UNRUN_HOOKS = ("install", "forward_context", "proxy_model")
+
+
+def ran_form(cfg):
+    """``cfg`` as a proxy run of the target executes it, and the names of the levers it leaves off (:data:`UNRUN_HOOKS`):
+    their fields at their defaults; what is learned is the same (or simulated), the memory is not."""
+    unrun = [lever for lever in all_levers() if lever.active(cfg)
+             and any(getattr(type(lever), hook) is not getattr(Lever, hook) for hook in UNRUN_HOOKS)]
+    update = {name: spec[1].default for lever in unrun for name, spec in lever.fields.items()}
+    return cfg.model_copy(update=update), [lever.name for lever in unrun]
 
 
 def _lever_loss(params: TrialParams):
@@ -219,18 +333,23 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
         if on_eval is not None:
             on_eval(int(step), float(value))
 
+    cpu_meter = _CpuMeter() if shape.measure and not cuda else None
+
     def _evaluate(model) -> float:
         if meter is not None:
             meter.take()
         try:
+            if cpu_meter is not None:
+                with cpu_meter.tracker.suspended():
+                    return workload.evaluate(model)
             return workload.evaluate(model)
         finally:
             if meter is not None:
                 meter.after_eval()
 
-    batches = workload.train_batches(batch_size, seed)
+    batches = _Endless(workload.train_batches(batch_size, seed))
     if shape.seq_len:
-        batches = shaped_batches(batches, shape.seq_len, workload.pad_id)
+        batches = _Endless(shaped_batches(batches, shape.seq_len, workload.pad_id))
     autocast = (torch.autocast(shape.device, dtype=torch.bfloat16 if shape.amp == "bf16" else torch.float16)
                 if shape.amp != "none" else contextlib.nullcontext())
 
@@ -242,10 +361,17 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
                                min_depth=params.min_depth, seed=seed)
         optimizer = sampler.make_optimizer(_optimizer_class(dict(params.levers).get("optimizer", shape.optimizer)),
                                            lr=params.lr)
+        observing: contextlib.AbstractContextManager = contextlib.nullcontext()
+        stream = batches
+        if cpu_meter is not None:
+            cpu_meter.attach(model, sampler, optimizer)
+            observing, stream = cpu_meter.observing(), _Endless(cpu_meter.batches(batches))
         with autocast:
-            result = train_layerwise(model, batches, sampler=sampler, optimizer=optimizer, steps=steps,
-                                     eval_fn=_evaluate, eval_every=eval_every, on_eval=_on_eval,
-                                     lr_scheduler=lr_scheduler(optimizer, schedule, steps), loss_fn=_lever_loss(params))
+            with observing:
+                result = train_layerwise(model, stream, sampler=sampler, optimizer=optimizer, steps=steps,
+                                         eval_fn=_evaluate, eval_every=eval_every, on_eval=_on_eval,
+                                         lr_scheduler=lr_scheduler(optimizer, schedule, steps),
+                                         loss_fn=_lever_loss(params))
             if meter is not None:
                 meter.take()
             metric = evaluations[-1][1] if evaluations and evaluations[-1][0] >= steps else float(workload.evaluate(model))
@@ -268,5 +394,6 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
         raise ProxyOutOfMemory(f"out of memory on {shape.device} ({oom})", meter.free_before if meter else 0)
     seconds = perf_counter() - start
     history = [_jsonable(h) for h in thin(list(history or []))]
-    return ProxyResult(float(metric), history, seconds, evaluations, meter.result() if meter is not None else None,
+    memory = meter.result() if meter is not None else cpu_meter.result() if cpu_meter is not None else None
+    return ProxyResult(float(metric), history, seconds, evaluations, memory,
                        {k: float(v) for k, v in secondary.items()})

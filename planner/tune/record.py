@@ -171,17 +171,33 @@ class ProxyPlan(BaseModel):
     batch_size: int | None = Field(None, description="the proxy's batch size")
 
 
+class MeasuredDraw(BaseModel):
+    """One draw of a CPU run of the target: its measured training peak and the cost model's for that set of layers."""
+
+    layers: list[int] = Field(description="the decoder layers the draw trained (target numbering)")
+    measured_bytes: int = Field(description="peak live tensor bytes while the draw trained")
+    predicted_bytes: int | None = Field(None, description="the CPU cost model's peak for these layers as a fixed set")
+
+
 class MeasuredMemory(BaseModel):
-    """What a CUDA proxy run of the target itself used (:mod:`planner.tune.proxy`), next to the prediction."""
+    """What a proxy run of the target itself used (:mod:`planner.tune.proxy`), next to the prediction: on CUDA the
+    allocator's counters; on the CPU live tensor bytes per draw, each checked draw predicted again."""
 
     model_config = ConfigDict(extra="allow")
 
+    device: str = Field("cuda", description="where it ran")
+    draws: list[MeasuredDraw] | None = Field(None, description="CPU runs: the draws, highest measured peak first")
+    levers_not_run: list[str] | None = Field(None, description="CPU runs: levers of the point the proxy loop does not "
+                                                                "run (planner.tune.proxy.ran_form); predicted without")
+
     max_reserved_bytes: int | None = Field(None, description="the allocator's peak reserved bytes")
     max_allocated_bytes: int | None = Field(None, description="the allocator's peak allocated bytes")
-    device_used_bytes: int = Field(description="device memory in use at the peak: reserved plus outside the allocator")
+    device_used_bytes: int = Field(description="memory in use at the peak: on CUDA reserved plus outside the allocator, "
+                                               "on the CPU live tensor bytes")
     outside_allocator_bytes: int | None = Field(None, description="device memory outside the allocator (context, others)")
     free_before_bytes: int | None = Field(None, description="free device memory before the run")
-    prediction_error: float = Field(description="(predicted - used) / used: > 0 when the cost model over-predicts")
+    prediction_error: float = Field(description="(predicted - used) / used: > 0 when the cost model over-predicts (CPU: the "
+                                                "checked draw furthest off)")
 
 
 class WorkerIdentity(BaseModel):

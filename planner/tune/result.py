@@ -59,7 +59,7 @@ class TuneResult:
     counts: dict  # trial states and gated count
     pareto: list[dict] = field(default_factory=list)
     plan_path: str | None = None
-    measured: list[dict] = field(default_factory=list)  # CUDA proxy runs of the target: predicted vs measured peaks
+    measured: list[dict] = field(default_factory=list)  # proxy runs of the target: predicted vs measured peaks
 
     @property
     def largest_error(self) -> dict | None:

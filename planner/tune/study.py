@@ -216,7 +216,7 @@ def _train_shape(target, proxy):
 
     if proxy.is_target:
         s = target.shape
-        return TrainShape(device=proxy.device, seq_len=s.seq_len, dtype=s.dtype, amp=s.amp, optimizer=s.optimizer)
+        return TrainShape(device=proxy.device, seq_len=s.seq_len, dtype=s.dtype, amp=s.amp, optimizer=s.optimizer, measure=True)
     return TrainShape(device=proxy.device, optimizer=target.shape.optimizer)  # the optimizer changes what is learned
 
 

@@ -49,14 +49,35 @@ def plan_line(plan) -> str:
 
 
 def measured_lines(result) -> list[str]:
-    """Measured vs predicted peaks of trials that trained the target on a GPU, and the largest error."""
-    worst = result.largest_error
-    if worst is None:
-        return []
-    return [f"measured on the GPU in {len(result.measured)} trial(s): largest prediction error "
-            f"{100 * worst['prediction_error']:+.1f}% (trial {worst['trial']}: predicted "
-            f"{human_bytes(worst['predicted_peak_bytes'])}, device memory in use at the peak "
-            f"{human_bytes(worst['device_used_bytes'])}, max reserved {human_bytes(worst['max_reserved_bytes'])})"]
+    """Measured vs predicted peaks of the trials that trained the target: on a GPU the device memory in use, on
+    the CPU live tensor bytes of each checked draw against the CPU cost model; the largest error of each."""
+    out = []
+    gpu = [m for m in result.measured if m.get("device", "cuda") != "cpu"]
+    cpu = [m for m in result.measured if m.get("device") == "cpu"]
+    if gpu:
+        worst = max(gpu, key=lambda m: abs(m["prediction_error"]))
+        out.append(f"measured on the GPU in {len(gpu)} trial(s): largest prediction error "
+                   f"{100 * worst['prediction_error']:+.1f}% (trial {worst['trial']}: predicted "
+                   f"{human_bytes(worst['predicted_peak_bytes'])}, device memory in use at the peak "
+                   f"{human_bytes(worst['device_used_bytes'])}, max reserved {human_bytes(worst['max_reserved_bytes'])})")
+    if cpu:
+        draws = [(m["trial"], d) for m in cpu for d in m.get("draws") or [] if d.get("predicted_bytes") is not None]
+        exact = sum(d["predicted_bytes"] == d["measured_bytes"] for _, d in draws)
+        trial, d = max(draws, key=lambda td: abs(td[1]["predicted_bytes"] - td[1]["measured_bytes"]), default=(None, None))
+        worst_words = "" if d is None else (
+            f"; furthest off: trial {trial}, layers {_layers(d['layers'])}, predicted {d['predicted_bytes']:,} B, "
+            f"measured {d['measured_bytes']:,} B ({d['predicted_bytes'] - d['measured_bytes']:+,} B)")
+        unrun = sorted({name for m in cpu for name in m.get("levers_not_run") or []})
+        unrun_words = f"; {', '.join(unrun)} not run by the proxy loop: predicted without" if unrun else ""
+        out.append(f"measured on the CPU in {len(cpu)} trial(s) (live tensor bytes of the training steps, per draw of "
+                   f"layers): {exact} of {len(draws)} draws exactly as predicted{worst_words}{unrun_words}")
+    return out
+
+
+def _layers(layers: list[int]) -> str:
+    if layers and layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
 
 
 def confirmation_lines(plan) -> list[str]:
