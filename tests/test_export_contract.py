@@ -21,6 +21,7 @@ import yaml
 from planner.config import TrainConfig
 from planner.export import EXPORTERS, Export, get_exporter
 from planner.plan import TrainingData
+from planner.optimizers import OPTIMIZERS, get_optimizer
 from plan_factory import make_plan
 from trainer_fields import config_keys
 from trainer_fields import load as load_trainer_fields
@@ -222,3 +223,16 @@ def test_peft_config_loads_with_lora_config(tmp_path):
     for name in ("gpt2-lora-static", "qwen2-static-head-only"):
         (tmp_path / "adapter_config.json").write_text(get_exporter("peft").render(plan_of(name)).files["adapter_config.json"])
         assert LoraConfig.from_pretrained(str(tmp_path)).r == (4 if "lora" in name else 8)
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_every_registered_optimizer_exports_to_every_trainer_under_transformers_name(optimizer):
+    from transformers.training_args import OptimizerNames
+
+    assert get_optimizer(optimizer).hf_name in {o.value for o in OptimizerNames}
+    plan = make_plan(train=TrainConfig(active_layers=2, optimizer=optimizer))
+    for target in sorted(EXPORTERS):
+        files = get_exporter(target).render(plan).files
+        assert files, target
+        if target == "hf":
+            assert json.loads(files["training_args.json"])["optim"] == get_optimizer(optimizer).hf_name

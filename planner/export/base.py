@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from planner.errors import PlannerError
+from planner.optimizers import get_optimizer
 from planner.registry import registrar
 
 if TYPE_CHECKING:
@@ -24,10 +25,14 @@ EXPORTERS: dict[str, type["Exporter"]] = {}
 
 # TrainConfig.optimizer -> the `optim` name of transformers.TrainingArguments (OptimizerNames),
 # which axolotl's `optimizer`, LMFlow's and LLaMA-Factory's `optim` take as well
-HF_OPTIM = {"adamw": "adamw_torch", "sgd": "sgd", "adamw8bit": "adamw_bnb_8bit"}
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 FP32_BYTES = 4
 STATE_DEVICE = "cuda"  # the trainers run on GPUs: optimizer state as the cost model counts it there
+
+
+def hf_optim(name: str) -> str:
+    """The optimizer's name in the Hugging Face Trainer (``optim``; axolotl's ``optimizer``): its registered strategy's."""
+    return get_optimizer(name).hf_name
 
 
 register_exporter = registrar(EXPORTERS, "exporter")

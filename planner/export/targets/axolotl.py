@@ -52,7 +52,7 @@ import json
 
 import yaml
 
-from planner.export.base import (HF_OPTIM, Export, Exporter, lever_items, draw_loss, fixed_layers, active_layer_count, lora_as_full_loss, model_id,
+from planner.export.base import (hf_optim, Export, Exporter, lever_items, draw_loss, fixed_layers, active_layer_count, lora_as_full_loss, model_id,
                                  model_loss, outside_params, register_exporter, scorer_kind, stale_state_loss)
 from planner.export.data import DataRef, data_of, output_dir
 from planner.export.names import arch_names
@@ -138,7 +138,7 @@ class AxolotlExporter(Exporter):
             "output_dir": output_dir("axolotl"),
             "max_steps": data.steps,
             "learning_rate": plan.learning_rate,
-            "optimizer": HF_OPTIM[plan.train.optimizer],
+            "optimizer": hf_optim(plan.train.optimizer),
             "micro_batch_size": plan.train.batch_size,
             "sequence_len": plan.train.seq_len,
             # bf16/fp16 autocast and load half weights; bfloat16/float16 load half weights only

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from planner.export.base import (HF_OPTIM, Export, Exporter, fixed_layers, lever_items, active_layer_count, min_depth, model_id, model_loss, precision,
+from planner.export.base import (hf_optim, Export, Exporter, fixed_layers, lever_items, active_layer_count, min_depth, model_id, model_loss, precision,
                                  register_exporter)
 from planner.export.data import output_dir
 
@@ -151,7 +151,7 @@ def training_args(plan) -> dict:
         "learning_rate": plan.learning_rate,
         "per_device_train_batch_size": plan.train.batch_size,
         _checkpointing_key(): plan.train.gradient_checkpointing,
-        "optim": HF_OPTIM[plan.train.optimizer],
+        "optim": hf_optim(plan.train.optimizer),
         "bf16": bf16,
         "fp16": fp16,
         "num_train_epochs": 1,

@@ -53,7 +53,7 @@ from pathlib import Path
 
 import yaml
 
-from planner.export.base import (DTYPE_BYTES, FP32_BYTES, HF_OPTIM, Export, Exporter, lever_items, candidates, cyclic_order,
+from planner.export.base import (DTYPE_BYTES, FP32_BYTES, hf_optim, Export, Exporter, lever_items, candidates, cyclic_order,
                                  fixed_layers, active_layer_count, layer_state_bytes, lora_as_full_loss, min_depth, model_id, model_loss,
                                  outside_params, precision, register_exporter, scorer_kind)
 from planner.export.data import PLACEHOLDER, DataRef, data_of, output_dir
@@ -137,7 +137,7 @@ class LlamaFactoryExporter(Exporter):
         # the export directory holds dataset_info.json: an absolute dataset_dir runs from anywhere
         where = str(self.out_dir.resolve()) if self.out_dir is not None else "export/llamafactory"
         cfg.update(dataset=DATASET, dataset_dir=where, template="empty", cutoff_len=plan.train.seq_len, max_steps=data.steps,
-                   output_dir=output_dir("llamafactory"), learning_rate=plan.learning_rate, optim=HF_OPTIM[plan.train.optimizer],
+                   output_dir=output_dir("llamafactory"), learning_rate=plan.learning_rate, optim=hf_optim(plan.train.optimizer),
                    per_device_train_batch_size=plan.train.batch_size, bf16=bf16, fp16=fp16, report_to="none")
         if data.path == PLACEHOLDER:  # a relative file_name is read from dataset_dir
             lost = [line.replace(f"at {PLACEHOLDER}", f"at {where}/{PLACEHOLDER}") for line in lost]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import shlex
 
-from planner.export.base import (HF_OPTIM, Export, Exporter, draw_loss, lever_items, fixed_layers, active_layer_count, lora_as_full_loss, model_id,
+from planner.export.base import (hf_optim, Export, Exporter, draw_loss, lever_items, fixed_layers, active_layer_count, lora_as_full_loss, model_id,
                                  model_loss, precision, register_exporter, stale_state_loss)
 from planner.export.data import data_of, output_dir
 
@@ -54,7 +54,7 @@ class LMFlowExporter(Exporter):
         args: list[tuple[str, object]] = lisa + [
             ("max_steps", data.steps),
             ("learning_rate", plan.learning_rate),
-            ("optim", HF_OPTIM[plan.train.optimizer]),
+            ("optim", hf_optim(plan.train.optimizer)),
             ("per_device_train_batch_size", plan.train.batch_size),
             ("block_size", plan.train.seq_len),
             ("torch_dtype", plan.train.dtype),

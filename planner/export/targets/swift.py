@@ -34,7 +34,7 @@ import shlex
 from pathlib import Path
 
 from planner.export.base import (
-    HF_OPTIM,
+    hf_optim,
     Export,
     lever_items,
     Exporter,
@@ -84,7 +84,7 @@ class SwiftExporter(Exporter):
         args += [
             ("torch_dtype", plan.train.dtype),
             ("learning_rate", plan.learning_rate),
-            ("optim", HF_OPTIM[plan.train.optimizer]),
+            ("optim", hf_optim(plan.train.optimizer)),
             ("per_device_train_batch_size", plan.train.batch_size),
             ("max_length", plan.train.seq_len),
             ("max_steps", data.steps),
