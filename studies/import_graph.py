@@ -4,8 +4,14 @@ Prints:
 - the cycles among modules linked by module-level imports (statements outside any ``def``; imports under
   ``if TYPE_CHECKING:`` are left out, they never run), each strongly connected component with one cycle through it;
 - the cycles that imports inside functions hold apart: the same graph with function-level imports added;
-- per module, how many imports sit inside functions (of them, how many import planner modules);
+- per module, how many imports sit inside functions (of them, how many import planner modules, and how many
+  carry no comment saying why they are deferred: none on the statement's lines or on the line above it; a
+  comment that is only a linter directive, ``# noqa: ...`` or ``# type: ignore[...]``, says nothing);
+- each function-level import without such a comment, with its line (``--all`` lists every function-level import);
 - the modules over 400 lines.
+
+The project's rule: no import cycles, and an import inside a function only where a heavy dependency is deferred
+on purpose, with a comment that says so.
 
 Run from the repository root: ``python studies/import_graph.py`` (``--root DIR`` for another checkout).
 """
@@ -14,6 +20,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import io
+import re
+import tokenize
 from pathlib import Path
 
 LONG_MODULE = 400  # lines
@@ -69,28 +78,51 @@ def targets(node, module: str, is_package: bool, known: set[str]) -> set[str]:
     return out
 
 
+_DIRECTIVE = re.compile(r"#\s*(noqa\b(:\s*[A-Z]+[0-9]*(\s*,\s*[A-Z]+[0-9]*)*)?|type:\s*ignore(\[[^]]*\])?|pragma:[^#]*)")
+
+
+def commented_lines(text: str) -> set[int]:
+    """The lines that carry a comment saying something (linter directives such as ``# noqa: F401`` removed)."""
+    out = set()
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type == tokenize.COMMENT and _DIRECTIVE.sub("", tok.string).strip(" #"):
+            out.add(tok.start[0])
+    return out
+
+
+def explained(node: ast.stmt, comments: set[int]) -> bool:
+    """A comment on one of the statement's lines or on the line above it."""
+    return any(line in comments for line in range(node.lineno - 1, (node.end_lineno or node.lineno) + 1))
+
+
 def build(root: Path):
-    """(module-level graph, graph with function-level imports too, function-level import counts, line counts)."""
+    """(module-level graph, graph with function-level imports too, function-level import counts, line counts,
+    function-level imports per module as (line, statement, has a comment))."""
     files = module_names(root)
     known = set(files)
     top: dict[str, set[str]] = {m: set() for m in files}
     full: dict[str, set[str]] = {m: set() for m in files}
-    inner: dict[str, tuple[int, int]] = {}
+    inner: dict[str, tuple[int, int, int]] = {}
     lines: dict[str, int] = {}
+    deferred: dict[str, list[tuple[int, str, bool]]] = {}
     for module, path in files.items():
         text = path.read_text()
         lines[module] = len(text.splitlines())
-        n_all = n_planner = 0
+        comments = commented_lines(text)
+        n_all = n_planner = n_bare = 0
         for node, in_function in imports(ast.parse(text)):
             found = targets(node, module, path.name == "__init__.py", known) - {module}
             full[module] |= found
             if in_function:
+                said = explained(node, comments)
                 n_all += 1
                 n_planner += bool(found)
+                n_bare += not said
+                deferred.setdefault(module, []).append((node.lineno, " ".join(ast.unparse(node).split()), said))
             else:
                 top[module] |= found
-        inner[module] = (n_all, n_planner)
-    return top, full, inner, lines
+        inner[module] = (n_all, n_planner, n_bare)
+    return top, full, inner, lines, deferred
 
 
 def components(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -164,15 +196,26 @@ def print_cycles(title: str, graph: dict[str, set[str]], top: dict[str, set[str]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(Path(__file__).resolve().parent.parent), help="repository root")
-    root = Path(parser.parse_args().root)
-    top, full, inner, lines = build(root)
+    parser.add_argument("--all", action="store_true", help="list every function-level import, not only the bare ones")
+    args = parser.parse_args()
+    top, full, inner, lines, deferred = build(Path(args.root))
     print_cycles("import cycles (module-level imports)", top, top)
     print_cycles("import cycles held apart by function-level imports (module- and function-level imports)", full, top)
     counted = {m: n for m, n in inner.items() if n[0]}
+    bare = {m: n for m, n in counted.items() if n[2]}
     print(f"function-level imports: {sum(n[0] for n in counted.values())} in {len(counted)} modules "
-          f"({sum(n[1] for n in counted.values())} of planner modules)")
-    for module, (n_all, n_planner) in sorted(counted.items(), key=lambda kv: (-kv[1][0], kv[0])):
-        print(f"  {n_all:3d} ({n_planner:3d} planner)  {module}")
+          f"({sum(n[1] for n in counted.values())} of planner modules; "
+          f"{sum(n[2] for n in counted.values())} in {len(bare)} modules without a comment)")
+    for module, (n_all, n_planner, n_bare) in sorted(counted.items(), key=lambda kv: (-kv[1][0], kv[0])):
+        print(f"  {n_all:3d} ({n_planner:3d} planner, {n_bare:3d} without a comment)  {module}")
+    listed = {m: [d for d in found if args.all or not d[2]] for m, found in deferred.items()}
+    listed = {m: found for m, found in listed.items() if found}
+    print(f"function-level imports {'(* without a comment)' if args.all else 'without a comment'}: "
+          f"{sum(map(len, listed.values()))}")
+    for module, found in sorted(listed.items()):
+        print(f"  {module}")
+        for line, statement, said in found:
+            print(f"    {'' if said or not args.all else '* '}{line:4d}: {statement}")
     long = sorted(((n, m) for m, n in lines.items() if n > LONG_MODULE), reverse=True)
     print(f"modules over {LONG_MODULE} lines: {len(long)}")
     for n, module in long:
