@@ -1,9 +1,12 @@
 """Cache directories built once and shared by processes: an exclusive lock while one is built, and a staged
-directory that replaces the final one by an atomic rename (a reader sees all of it or nothing)."""
+directory that replaces the final one by an atomic rename (a reader sees all of it or nothing); where the cache
+lives, the hash of the weights a built directory records, and transformers kept quiet while a model is saved into
+one or loaded from it."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sys
@@ -12,6 +15,34 @@ from pathlib import Path
 from typing import Callable
 
 from planner.errors import PlannerError
+
+
+def cache_root() -> Path:
+    """``$PLANNER_CACHE_DIR``, else ``~/.cache/planner``."""
+    return Path(os.environ.get("PLANNER_CACHE_DIR") or Path.home() / ".cache" / "planner").expanduser()
+
+
+def weights_sha256(model) -> str:
+    """SHA-256 of every tensor's name and bytes, in name order (what "the same weights" means)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide transformers' per-file progress bars while a model is saved or loaded."""
+    from transformers.utils import logging  # transformers: deferred, this module is light (seconds on top of torch)
+
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
 
 
 def say(msg: str) -> None:

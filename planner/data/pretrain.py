@@ -22,11 +22,9 @@ anywhere else the recipe runs as above.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from planner.cachedir import build_once, say
+from planner.cachedir import build_once, cache_root, quiet_transformers, say, weights_sha256
 from planner.data.tasks import corpus_text
 from planner.data.tokenizer import CHARS, SPECIALS, VOCAB_SIZE, CharTokenizer
 from planner.errors import PlannerError
@@ -71,7 +69,7 @@ class PretrainRecipe:
             raise PlannerError(f"pretraining threads must be an integer >= 1 (a fixed count), but got {self.threads!r}")
 
     def config(self):
-        from transformers import LlamaConfig
+        from transformers import LlamaConfig  # transformers: deferred until a model is built (seconds on top of torch)
 
         return LlamaConfig(
             vocab_size=VOCAB_SIZE, hidden_size=self.hidden, intermediate_size=self.intermediate,
@@ -97,14 +95,9 @@ def recipe_for(target_layers: int | None) -> PretrainRecipe:
 runs = 0  # pretrainings done by this process (the cache should keep it at most 1)
 
 
-def cache_root() -> Path:
-    """``$PLANNER_CACHE_DIR``, else ``~/.cache/planner``."""
-    return Path(os.environ.get("PLANNER_CACHE_DIR") or Path.home() / ".cache" / "planner").expanduser()
-
-
 def recipe_fingerprint(recipe: PretrainRecipe) -> dict:
     """Everything that decides the pretrained weights (the cache key hashes it)."""
-    import transformers
+    import transformers  # transformers: deferred until a model is built (seconds on top of torch)
 
     return {"recipe": dataclasses.asdict(recipe), "version": RECIPE_VERSION, "specials": list(SPECIALS), "chars": CHARS,
             "corpus": corpus_text(random.Random(0), CORPUS_SAMPLE_CHARS), "torch": torch.__version__,
@@ -152,15 +145,6 @@ def cache_key(recipe: PretrainRecipe) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def weights_sha256(model) -> str:
-    """SHA-256 of every tensor's name and bytes, in name order (what "the same weights" means)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def cache_dir(recipe: PretrainRecipe = DEFAULT_RECIPE) -> Path:
     return cache_root() / f"default-llama-{cache_key(recipe)}"
 
@@ -175,7 +159,7 @@ def pretrain(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: bool = True):
 
 
 def _pretrain(recipe: PretrainRecipe, progress: bool):
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaForCausalLM  # transformers: deferred until a model is built (seconds on top of torch)
 
     tok = CharTokenizer()
     torch.manual_seed(recipe.seed)
@@ -219,20 +203,6 @@ def _pretrain(recipe: PretrainRecipe, progress: bool):
              "first_loss": round(losses[0], 4), "parameters": n_params, "threads": torch.get_num_threads()}
     model.config.use_cache = False
     return model.eval(), stats
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Hide transformers' per-file progress bars while the small default model is saved or loaded."""
-    from transformers.utils import logging
-
-    was = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            logging.enable_progress_bar()
 
 
 def _complete(path: Path) -> bool:

@@ -13,13 +13,17 @@ the same file at once, so a reader never sees half of it.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import time
 from functools import lru_cache
 from pathlib import Path
 
-from planner.cachedir import build_once, say
+import torch
+
+from planner.cachedir import build_once, cache_root, quiet_transformers, say, weights_sha256
 from planner.errors import PlannerError
+from planner.spec.causal import check_causal_lm, default_dtype
 
 CONVERT_VERSION = 1  # bump when the conversion changes in a way the cache key does not show
 MARKER = "planner_gguf.json"
@@ -46,7 +50,7 @@ def file_sha256(path: Path) -> str:
 
 def cache_key(path: Path) -> str:
     """Hash of the file's bytes and of what converts them (transformers' version, :data:`CONVERT_VERSION`)."""
-    import transformers
+    import transformers  # transformers: deferred until a GGUF file is read (seconds on top of torch)
 
     blob = json.dumps({"sha256": file_sha256(path), "transformers": transformers.__version__, "version": CONVERT_VERSION})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -54,8 +58,6 @@ def cache_key(path: Path) -> str:
 
 def converted_dir(path: Path) -> Path:
     """Where the converted directory of the GGUF file ``path`` lives in the cache (it may not exist yet)."""
-    from planner.data.pretrain import cache_root
-
     stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in path.stem)[:60]
     return cache_root() / f"gguf-{stem}-{cache_key(path)}"
 
@@ -66,8 +68,6 @@ def _complete(path: Path) -> bool:
 
 def check_file(path: Path, flag: str) -> Path:
     """``path`` as an existing GGUF file, with the ``gguf`` package importable; one-line errors otherwise."""
-    import importlib.util
-
     if not path.is_file():
         raise PlannerError(f"{flag} GGUF file must exist, but {str(path)!r} does not")
     with open(path, "rb") as fh:
@@ -83,7 +83,7 @@ def check_file(path: Path, flag: str) -> Path:
 def gguf_config(path: Path, flag: str = "--model"):
     """The transformers config of the GGUF file: the converted directory's when it is cached, else read from the
     file's metadata (seconds; no weights are loaded), without the loader's ``quantization_config``."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # transformers: deferred until a GGUF file is read (seconds on top of torch)
 
     path = check_file(Path(path).expanduser(), flag)
     done = converted_dir(path)
@@ -127,12 +127,8 @@ def ensure_converted(path: str | Path, *, flag: str = "--model", progress: bool 
 
 def _convert(path: Path, out: Path, flag: str) -> dict:
     """Load the GGUF file (dequantized to float32) and save it, tokenizer included, into ``out``."""
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from planner.data.pretrain import quiet_transformers, weights_sha256
-    from planner.spec.model import check_causal_lm, default_dtype
+    import transformers  # transformers: deferred until a GGUF file is read (seconds on top of torch)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # transformers: as above
 
     t0 = time.perf_counter()
     try:

@@ -8,7 +8,6 @@ Hugging Face hub id (local cache first, see :mod:`planner.spec.hub`). Encoder-on
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,6 +18,9 @@ from typing import Any
 import torch
 
 from planner.errors import PlannerError
+from planner.spec.causal import check_causal_lm, default_dtype
+from planner.spec.gguf import gguf_config, is_gguf
+from planner.spec.hub import first_line, from_hub
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -104,25 +106,8 @@ def seq_len_problem(spec: "ModelSpec", seq_len: int, flag: str = "--seq-len") ->
     return None
 
 
-def check_causal_lm(config, name: str, flag: str = "--model") -> None:
-    """Refuse anything but a decoder-only causal LM (BERT-like encoders, encoder-decoders); ``flag`` named it."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-    model_type = getattr(config, "model_type", None)
-    if getattr(config, "is_encoder_decoder", False):
-        kind = "an encoder-decoder model"
-    elif model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        kind = "an encoder-only (bidirectional, masked-LM) model"
-    elif model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        kind = "not a causal LM transformers can build"
-    else:
-        return
-    raise PlannerError(f"{flag} must be a decoder-only causal LM (Llama, GPT-2, Qwen2, ...), but {name!r} has "
-                       f"model_type {model_type!r}: {kind}")
-
-
 def _config_from_dict(data: dict, name: str = "config"):
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # transformers: deferred until a config is read (seconds on top of torch)
 
     if not isinstance(data, dict):
         raise PlannerError(f"--model config must be a JSON object, but {name!r} holds {type(data).__name__}")
@@ -158,8 +143,6 @@ def load_spec(model: str) -> ModelSpec:
         name = key if key in presets else by_hub[key]
         return ModelSpec(name, _config_from_dict(presets[name]["config"], name))
     path = Path(model).expanduser()
-    from planner.spec.gguf import gguf_config, is_gguf
-
     if is_gguf(model):
         config = gguf_config(path)
         check_causal_lm(config, str(path))
@@ -184,9 +167,7 @@ def load_spec(model: str) -> ModelSpec:
 
 
 def _load_hub(model_id: str) -> ModelSpec:
-    from transformers import AutoConfig
-
-    from planner.spec.hub import first_line, from_hub
+    from transformers import AutoConfig  # transformers: deferred until a config is read (seconds on top of torch)
 
     try:
         cfg = from_hub(AutoConfig.from_pretrained, model_id)
@@ -198,20 +179,9 @@ def _load_hub(model_id: str) -> ModelSpec:
     return ModelSpec(model_id, cfg)
 
 
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    """Build modules directly in ``dtype`` (``model.to`` fails under FakeTensorMode)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 def build_model(spec: ModelSpec, *, dtype: str | torch.dtype = "float32", num_layers: int | None = None, seed: int | None = 0):
     """Instantiate the causal LM from its config with random weights (no download)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # transformers: deferred until a model is built (seconds on top of torch)
 
     if num_layers is not None:
         spec = spec.with_layers(num_layers)

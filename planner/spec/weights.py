@@ -10,23 +10,22 @@ in the planner's cache (:mod:`planner.spec.gguf`).
 
 from __future__ import annotations
 
+import importlib.metadata as md
 from pathlib import Path
 
 from planner.errors import PlannerError
+from planner.spec.gguf import ensure_converted, is_gguf
+from planner.spec.model import _normalize_name, list_presets
 
 
 def packaged_weights(name: str) -> dict | None:
     """The ``weights`` entry of preset ``name`` (None for presets that hold a config only, and non-presets)."""
-    from planner.spec.model import _normalize_name, list_presets
-
     preset = list_presets().get(_normalize_name(name))
     return None if preset is None else preset.get("weights")
 
 
 def packaged_file(name: str, flag: str = "--model") -> Path:
     """The installed file preset ``name`` trains from; one line naming the install command when it is absent."""
-    import importlib.metadata as md
-
     entry = packaged_weights(name)
     if entry is None:
         raise PlannerError(f"{flag} {name!r} must be a preset that ships its weights, but it holds a config only")
@@ -45,8 +44,6 @@ def packaged_file(name: str, flag: str = "--model") -> Path:
 def local_weights(model: str, *, flag: str = "--model", progress: bool = True) -> str | None:
     """The cached model directory of a GGUF file or of a preset that ships its weights (converting it on first
     use); None for anything else (a model directory or hub id loads as it is)."""
-    from planner.spec.gguf import ensure_converted, is_gguf
-
     if is_gguf(model):
         return str(ensure_converted(Path(model).expanduser(), flag=flag, progress=progress))
     if packaged_weights(model) is not None:
