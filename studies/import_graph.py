@@ -5,8 +5,9 @@ Prints:
   ``if TYPE_CHECKING:`` are left out, they never run), each strongly connected component with one cycle through it;
 - the cycles that imports inside functions hold apart: the same graph with function-level imports added;
 - per module, how many imports sit inside functions (of them, how many import planner modules, and how many
-  carry no comment saying why they are deferred: none on the statement's lines or on the line above it; a
-  comment that is only a linter directive, ``# noqa: ...`` or ``# type: ignore[...]``, says nothing);
+  carry no comment saying why they are deferred: none on the statement's lines or on the line above it, nor
+  above the run of import statements, one directly under the other, that it belongs to; a comment that is only
+  a linter directive, ``# noqa: ...`` or ``# type: ignore[...]``, says nothing);
 - each function-level import without such a comment, with its line (``--all`` lists every function-level import);
 - the modules over 400 lines.
 
@@ -90,9 +91,13 @@ def commented_lines(text: str) -> set[int]:
     return out
 
 
-def explained(node: ast.stmt, comments: set[int]) -> bool:
-    """A comment on one of the statement's lines or on the line above it."""
-    return any(line in comments for line in range(node.lineno - 1, (node.end_lineno or node.lineno) + 1))
+def explained(node: ast.stmt, comments: set[int], said_above: dict[int, bool]) -> bool:
+    """A comment on one of the statement's lines or on the line above it, or an explained import statement ending
+    on the line above it (a run of imports under one comment); ``said_above``: last line -> explained, so far."""
+    said = any(line in comments for line in range(node.lineno - 1, (node.end_lineno or node.lineno) + 1))
+    said = said or said_above.get(node.lineno - 1, False)
+    said_above[node.end_lineno or node.lineno] = said
+    return said
 
 
 def build(root: Path):
@@ -109,12 +114,13 @@ def build(root: Path):
         text = path.read_text()
         lines[module] = len(text.splitlines())
         comments = commented_lines(text)
+        said_above: dict[int, bool] = {}
         n_all = n_planner = n_bare = 0
         for node, in_function in imports(ast.parse(text)):
             found = targets(node, module, path.name == "__init__.py", known) - {module}
             full[module] |= found
             if in_function:
-                said = explained(node, comments)
+                said = explained(node, comments, said_above)
                 n_all += 1
                 n_planner += bool(found)
                 n_bare += not said
