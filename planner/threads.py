@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+
 
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Run the block with ``n`` PyTorch threads (``None`` or 0: leave the count as it is)."""
-    import torch
-
     before = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)

@@ -85,7 +85,7 @@ def read_records(data: str) -> list[dict]:
 def _load_dataset(name: str) -> list[dict]:
     """The ``train`` split of a Hugging Face ``datasets`` name (needs the network or its cache)."""
     try:
-        from datasets import load_dataset
+        from datasets import load_dataset  # optional: datasets only for a --data that names a hub dataset
 
         ds = load_dataset(name, split="train")
     except Exception as exc:  # noqa: BLE001 - any failure means the name did not resolve

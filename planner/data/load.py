@@ -31,12 +31,18 @@ import copy
 import random
 from pathlib import Path
 
+import torch
+
 from planner.data.default import BATCH_SIZE, DEFAULT_TASK, default_workload, split_sizes, task_examples
 from planner.data.files import read_records, to_pairs
 from planner.data.pretrain import ensure_default_model, quiet_transformers, recipe_for
 from planner.data.tasks import TASKS
 from planner.data.workload import Example, Workload
 from planner.errors import PlannerError, collect
+from planner.spec import ModelSpec, list_presets
+from planner.spec.causal import check_causal_lm
+from planner.spec.hub import first_line, from_hub
+from planner.spec.weights import local_weights
 
 MIN_EXAMPLES = 10
 HELD_OUT_FRACTION = 0.1
@@ -108,8 +114,6 @@ def load_workload(model: str | None = None, data: str | None = None, *, seed: in
 
 def _preset_hub_id(model: str) -> str | None:
     """The hub id a preset name stands for (a preset holds a config only, no weights), or None."""
-    from planner.spec import list_presets
-
     preset = list_presets().get(model.strip().lower().replace("_", "-"))
     return (preset.get("hub_id") or model) if preset is not None else None
 
@@ -121,13 +125,8 @@ def _load_model(model: str, flag: str = "--model"):
     (:func:`planner.spec.hub.from_hub`); a preset name is read from the cache only (its hub id),
     never fetched: fine-tuning needs weights that a preset does not hold.
     """
-    import torch
+    # transformers: deferred until a model is loaded (seconds on top of torch)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from planner.spec import ModelSpec
-    from planner.spec.hub import first_line, from_hub
-    from planner.spec.model import check_causal_lm
-    from planner.spec.weights import local_weights
 
     converted = local_weights(model, flag=flag)
     local = Path(converted or model).expanduser()

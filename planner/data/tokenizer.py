@@ -46,6 +46,7 @@ class CharTokenizer:
 
     def to_hf(self):
         """The same tokenizer as a ``transformers.PreTrainedTokenizerFast`` (prepends ``<bos>``)."""
+        # transformers and its tokenizers: deferred until the Hugging Face form is asked for (seconds on top of torch)
         from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, processors
         from tokenizers.models import WordLevel
         from transformers import PreTrainedTokenizerFast
