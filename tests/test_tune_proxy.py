@@ -67,3 +67,17 @@ def test_accuracy_is_reported_next_to_an_eval_loss_when_answers_exist():
     got = run_proxy(both, PLAN, batch_size=4, steps=2, eval_every=2, seed=0)
     again = run_proxy(acc_wl, PLAN, batch_size=4, steps=2, eval_every=2, seed=0)
     assert set(got.secondary) == {"accuracy"} and got.secondary["accuracy"] == again.metric  # same run, same weights
+
+
+def test_a_run_over_batches_collated_once_is_bitwise_the_run_collating_every_step(monkeypatch):
+    from planner.data.workload import Workload, collate
+
+    def run():
+        return run_proxy(tiny_workload(), PLAN, batch_size=4, steps=6, eval_every=3, seed=1)
+
+    fast = run()
+    monkeypatch.setattr(Workload, "_train_table", lambda self: None)
+    monkeypatch.setattr(Workload, "_eval_batches", lambda self, examples: [collate(examples[i: i + 64], self.pad_id)
+                                                                           for i in range(0, len(examples), 64)])
+    slow = run()
+    assert fast.metric == slow.metric and fast.evaluations == slow.evaluations and fast.history == slow.history

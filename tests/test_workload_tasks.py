@@ -68,3 +68,81 @@ def test_every_ticket_names_the_issue_of_its_team_only(bench):
         owners = {team for team, ps in patterns.items() if any(p.search(record["prompt"]) for p in ps)}
         assert owners == {record["completion"]}, record
     assert Counter(r["completion"] for r in records) == {team: 100 for team in bench.TICKETS}
+
+
+def _reference_batches(wl, batch_size: int, seed: int):
+    """Workload.train_batches as it was first written: every batch collated from its examples."""
+    import random
+
+    from planner.data.workload import collate
+
+    rng, order = random.Random(seed), []
+    while True:
+        while len(order) < batch_size:
+            more = list(range(len(wl.train)))
+            rng.shuffle(more)
+            order.extend(more)
+        chosen, order = order[:batch_size], order[batch_size:]
+        yield collate([wl.train[i] for i in chosen], wl.pad_id)
+
+
+def _varied_workload(n_train: int = 50, n_held_out: int = 70):
+    import random
+
+    from planner.data.workload import Example, Workload
+
+    rng = random.Random(0)
+
+    def example():
+        prompt = tuple(rng.randrange(3, 40) for _ in range(rng.randint(1, 9)))
+        return Example(prompt, tuple(rng.randrange(3, 40) for _ in range(rng.randint(1, 4))) + (1,), None)
+
+    return Workload(name="varied", spec=None, model_source="-", train=[example() for _ in range(n_train)],
+                    held_out=[example() for _ in range(n_held_out)], model_factory=lambda s: None,
+                    decode=str, pad_id=0, eos_id=1, metric_name="eval_loss")
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 32, 64])  # 64 > 50 training examples: batches span epochs
+def test_train_batches_are_the_tensors_collate_builds(batch_size):
+    import itertools
+
+    import torch
+
+    wl = _varied_workload()
+    fast = wl.train_batches(batch_size, seed=3)
+    for got, want in itertools.islice(zip(fast, _reference_batches(wl, batch_size, seed=3)), 12):
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key].dtype == want[key].dtype and got[key].is_contiguous()
+            assert torch.equal(got[key], want[key]), key
+
+
+def test_a_large_training_split_is_collated_per_batch(monkeypatch):
+    import itertools
+
+    import torch
+
+    from planner.data import workload as workload_mod
+
+    wl = _varied_workload()
+    monkeypatch.setattr(workload_mod, "TABLE_MAX_TOKENS", 10)
+    assert wl._train_table() is None
+    for got, want in itertools.islice(zip(wl.train_batches(8, seed=1), _reference_batches(wl, 8, seed=1)), 3):
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_eval_loss_over_the_kept_batches_is_bitwise_the_collated_one():
+    from planner.data.workload import eval_loss
+    from planner.spec import build_model
+    from planner.spec.tiny import tiny_spec
+
+    import torch
+
+    wl = _varied_workload()
+    model = build_model(tiny_spec("llama", num_layers=2, hidden=32, heads=2, kv_heads=1, vocab=48), seed=0).eval()
+    with torch.no_grad():
+        want = eval_loss(model, wl.held_out, wl.pad_id)  # collated on the spot, batch by batch
+        assert wl.evaluate(model) == want and wl.evaluate(model) == want  # batches built, then kept
+        assert wl.evaluate(model, max_examples=10) == eval_loss(model, wl.held_out[:10], wl.pad_id)
+        wl.held_out = wl.held_out[:20]  # a new split is collated anew
+        assert wl.evaluate(model) == eval_loss(model, wl.held_out, wl.pad_id)

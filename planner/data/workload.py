@@ -20,6 +20,7 @@ from planner.errors import PlannerError
 
 IGNORE_INDEX = -100  # labels that the loss skips (the prompt, padding)
 EVAL_BATCH = 64  # held-out examples decoded at once
+TABLE_MAX_TOKENS = 1 << 22  # a training split up to this many padded tokens is collated once (3 long tensors: 96 MiB)
 Metric = Literal["accuracy", "eval_loss"]
 METRICS = ("eval_loss", "accuracy")
 
@@ -58,6 +59,8 @@ class Workload:
         self.seq_len = max(len(e) for e in self.train + self.held_out)
         self.max_answer_len = max(len(e.answer) for e in self.held_out)
         self.batch_size = batch_size  # suggested proxy batch size
+        self._table: tuple | None = None  # (train list, its length, _Collated): see _train_table
+        self._eval_cache: tuple | None = None  # (key, held-out list, collated batches): see _eval_batches
 
     def __repr__(self) -> str:
         return (f"Workload({self.name!r}, model={self.model_source!r}, {len(self.train)} train / "
@@ -76,6 +79,7 @@ class Workload:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise PlannerError(f"batch_size must be an integer >= 1, but got {batch_size!r}")
         rng = random.Random(seed)
+        table = self._train_table()
         order: list[int] = []
         while True:
             while len(order) < batch_size:  # a small training set: batches span epochs
@@ -83,7 +87,29 @@ class Workload:
                 rng.shuffle(more)
                 order.extend(more)
             chosen, order = order[:batch_size], order[batch_size:]
-            yield collate([self.train[i] for i in chosen], self.pad_id)
+            yield table.batch(chosen) if table is not None else collate([self.train[i] for i in chosen], self.pad_id)
+
+    def _train_table(self) -> "_Collated | None":
+        """The training split collated once (see :class:`_Collated`), or None where that would be large."""
+        train = self.train
+        if len(train) * max((len(e) for e in train), default=0) > TABLE_MAX_TOKENS:
+            return None
+        cached = getattr(self, "_table", None)
+        if cached is None or cached[0] is not train or cached[1] != len(train):
+            cached = (train, len(train), _Collated(train, self.pad_id))
+            self._table = cached
+        return cached[2]
+
+    def _eval_batches(self, examples: list[Example]) -> list[dict[str, torch.Tensor]]:
+        """``examples`` (a prefix of the held-out split) collated in batches of :data:`EVAL_BATCH`, kept for the
+        next evaluation of the same split."""
+        key = (id(self.held_out), len(self.held_out), len(examples))
+        cached = getattr(self, "_eval_cache", None)
+        if cached is None or cached[0] != key or cached[1] is not self.held_out:
+            batches = [collate(examples[start: start + EVAL_BATCH], self.pad_id) for start in range(0, len(examples), EVAL_BATCH)]
+            cached = (key, self.held_out, batches)
+            self._eval_cache = cached
+        return cached[2]
 
     @property
     def has_targets(self) -> bool:
@@ -106,7 +132,7 @@ class Workload:
                 targets = [e.target for e in examples if e.target is not None]  # all of them (has_targets)
                 hits = sum(self._decode(a).strip() == t.strip() for a, t in zip(answers, targets))
                 return hits / len(examples)
-            return eval_loss(model, examples, self.pad_id)
+            return eval_loss(model, examples, self.pad_id, batches=self._eval_batches(examples))
         finally:
             model.train(was_training)
 
@@ -130,6 +156,23 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         mask[row, : len(seq)] = 1
         labels[row, len(e.prompt): len(seq)] = torch.tensor(e.answer)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class _Collated:
+    """Examples right-padded once to the longest of them: a batch of rows is then a gather and a cut to its
+    longest row, the same tensors as :func:`collate` builds from those examples (what a proxy step would
+    otherwise rebuild row by row, every step)."""
+
+    def __init__(self, examples: list[Example], pad_id: int):
+        full = collate(examples, pad_id)
+        self.ids, self.mask, self.labels = full["input_ids"], full["attention_mask"], full["labels"]
+        self.lengths = [len(e) for e in examples]
+
+    def batch(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        index = torch.tensor(rows, dtype=torch.long)
+        width = max(self.lengths[i] for i in rows)
+        return {key: t.index_select(0, index)[:, :width].contiguous()
+                for key, t in (("input_ids", self.ids), ("attention_mask", self.mask), ("labels", self.labels))}
 
 
 def _device(model) -> torch.device:
@@ -168,12 +211,16 @@ def greedy_answers(model, prompts: list[tuple[int, ...]], *, max_new_tokens: int
     return out
 
 
-def eval_loss(model, examples: list[Example], pad_id: int, batch_size: int = EVAL_BATCH) -> float:
-    """Mean cross-entropy per answer token (nats), over all held-out answer tokens."""
+def eval_loss(model, examples: list[Example], pad_id: int, batch_size: int = EVAL_BATCH,
+              batches: list[dict[str, torch.Tensor]] | None = None) -> float:
+    """Mean cross-entropy per answer token (nats), over all held-out answer tokens.
+
+    ``batches``: ``examples`` already collated in batches of ``batch_size`` (the same tensors, built once)."""
     dev = _device(model)
     total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start: start + batch_size], pad_id)
+    if batches is None:
+        batches = [collate(examples[start: start + batch_size], pad_id) for start in range(0, len(examples), batch_size)]
+    for batch in batches:
         logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
         labels = batch["labels"][:, 1:].to(dev)
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
