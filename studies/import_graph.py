@@ -6,8 +6,8 @@ Prints:
 - the cycles that imports inside functions hold apart: the same graph with function-level imports added;
 - per module, how many imports sit inside functions (of them, how many import planner modules, and how many
   carry no comment saying why they are deferred: none on the statement's lines or on the line above it, nor
-  above the run of import statements, one directly under the other, that it belongs to; a comment that is only
-  a linter directive, ``# noqa: ...`` or ``# type: ignore[...]``, says nothing);
+  above the run of import statements (one under the other, blank lines between them allowed) that it belongs
+  to; a comment that is only a linter directive, ``# noqa: ...`` or ``# type: ignore[...]``, says nothing);
 - each function-level import without such a comment, with its line (``--all`` lists every function-level import);
 - the modules over 400 lines.
 
@@ -91,11 +91,15 @@ def commented_lines(text: str) -> set[int]:
     return out
 
 
-def explained(node: ast.stmt, comments: set[int], said_above: dict[int, bool]) -> bool:
+def explained(node: ast.stmt, comments: set[int], said_above: dict[int, bool], blank: set[int]) -> bool:
     """A comment on one of the statement's lines or on the line above it, or an explained import statement ending
-    on the line above it (a run of imports under one comment); ``said_above``: last line -> explained, so far."""
+    above it with only blank lines between (a run of imports under one comment); ``said_above``: last line ->
+    explained, so far; ``blank``: the blank lines."""
     said = any(line in comments for line in range(node.lineno - 1, (node.end_lineno or node.lineno) + 1))
-    said = said or said_above.get(node.lineno - 1, False)
+    above = node.lineno - 1
+    while above in blank:
+        above -= 1
+    said = said or said_above.get(above, False)
     said_above[node.end_lineno or node.lineno] = said
     return said
 
@@ -115,12 +119,13 @@ def build(root: Path):
         lines[module] = len(text.splitlines())
         comments = commented_lines(text)
         said_above: dict[int, bool] = {}
+        blank = {i for i, line in enumerate(text.splitlines(), 1) if not line.strip()}
         n_all = n_planner = n_bare = 0
         for node, in_function in imports(ast.parse(text)):
             found = targets(node, module, path.name == "__init__.py", known) - {module}
             full[module] |= found
             if in_function:
-                said = explained(node, comments, said_above)
+                said = explained(node, comments, said_above, blank)
                 n_all += 1
                 n_planner += bool(found)
                 n_bare += not said

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner.units import MiB
@@ -73,8 +74,6 @@ class DeviceProfile(BaseModel):
 
 def default_profile(device: str = "cuda") -> DeviceProfile:
     """Documented defaults; for ``cpu`` there is no device overhead."""
-    import torch
-
     if device == "cpu":
         return DeviceProfile(device="cpu", device_name="cpu", torch_version=torch.__version__,
                              context_bytes=0, workspace_bytes=0, fragmentation=0.0)

@@ -15,8 +15,10 @@ import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
+import torch
 
 from planner.config import TrainConfig
 from planner.cost import cache
@@ -69,10 +71,7 @@ class MemoryEstimate:
 # -- traces -------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _versions() -> str:
-    import torch
-    import transformers
-
-    from importlib.metadata import PackageNotFoundError, version
+    import transformers  # transformers: deferred until a trace is keyed (seconds on top of torch)
 
     try:  # the installed version, without importing peft (about a second on a cold start)
         pv = version("peft")

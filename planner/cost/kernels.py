@@ -43,6 +43,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from planner.cost.reductions import CudaReductions
+
 FUSED_MAX_HEAD_DIM = 256
 EFF_LSE_ALIGN = 32  # memory-efficient forward pads the log-sum-exp rows to 32 (kAlignLSE)
 EFF_BLOCK = 64  # memory-efficient float32 backward tile: its workspace rounds s and d up to 64
@@ -216,8 +218,6 @@ def cuda_kernels(enabled: bool = True):
     if not enabled:
         yield
         return
-    from planner.cost.reductions import CudaReductions
-
     saved = F.scaled_dot_product_attention, F.dropout
     F.scaled_dot_product_attention, F.dropout = cuda_sdpa, cuda_dropout
     try:

@@ -21,6 +21,7 @@ from planner.cost.trainable import add_lora, apply_trainable
 from planner.levers import active_levers
 from planner.levers.quantize import quant_state_tensors
 from planner.optimizers import get_optimizer
+from planner.spec import find_decoder_layers
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LEARNING_RATE = 1e-4  # memory does not depend on it
@@ -142,8 +143,6 @@ def measure_training_peak(model: nn.Module, cfg: TrainConfig, batch: dict | torc
         batch = {"input_ids": batch, "labels": batch}
     if steps < 1:
         raise PlannerError(f"`steps >= 1` must hold, but got steps={steps}")
-    from planner.spec import find_decoder_layers
-
     num_layers = len(find_decoder_layers(model)[1])
     if layers is None:
         if cfg.active_layers is not None:

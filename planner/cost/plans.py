@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from planner.config import TrainConfig
+from planner.cost import estimate, replay
 from planner.errors import PlannerError
 from planner.levers import labels, shape_fields
 from planner.recipes import CHECKPOINTING, QLORA, TORCHTUNE_FULL
@@ -122,8 +123,6 @@ def candidate_plans(spec, base_cfg: TrainConfig, device: str = "cuda", profile=N
     Layer-wise rows are samplers over all L layers, so each peak is the sampler's worst case
     (``planner.cost.estimate`` with ``active_layers=γ``).
     """
-    from planner.cost import estimate, replay
-
     rows = candidate_configs(base_cfg, spec.num_layers, lora_ranks=lora_ranks, embedding_variants=embedding_variants)
     done = {}
     if device == "cuda":  # first learn which allocator replays the table needs, and run them on every core

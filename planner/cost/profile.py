@@ -22,13 +22,23 @@ kept for reference: estimates take reserved memory from the allocator model.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from pydantic import ValidationError
+
+from planner.config import TrainConfig
+from planner.cost import LiveBytesTracker, estimate
 from planner.cost.device import DeviceProfile, LayerMeasurement, default_profile
+from planner.cost.measure import StepHooks, make_batch, make_optimizer, prepare_model, state_tensors, training_step
 from planner.errors import PlannerError
+from planner.spec import build_model
+from planner.spec.model import DTYPES
 
 PROFILE_DIR_ENV = "PLANNER_PROFILE_DIR"
 DEFAULT_PROFILE_DIR = Path("~/.cache/planner/profiles")
@@ -53,15 +63,11 @@ def local_device_name(device: str) -> str | None:
     """The local device's name (``torch.cuda.get_device_name()``, or ``cpu``); None when absent."""
     if device == "cpu":
         return "cpu"
-    import torch
-
     return torch.cuda.get_device_name() if torch.cuda.is_available() else None
 
 
 def load_profile(path: str | Path) -> DeviceProfile:
     """Read a profile JSON, with a one-line error when it is missing or malformed."""
-    from pydantic import ValidationError
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise PlannerError(f"--profile must be an existing device profile JSON, but {str(path)!r} was not found")
@@ -134,8 +140,6 @@ class _CudaMeter:
 
     def release(self):
         """Return cached blocks so one run's reserve does not inflate the next run's peak."""
-        import gc
-
         gc.collect()
         self.torch.cuda.empty_cache()
 
@@ -168,13 +172,9 @@ class _TrackerMeter:
     """Live storage bytes from ``planner.cost.LiveBytesTracker`` (CPU): no allocator, so reserved = allocated."""
 
     def __init__(self):
-        from planner.cost import LiveBytesTracker
-
         self.tracker = LiveBytesTracker()
 
     def __enter__(self):
-        import gc
-
         gc.collect()
         self._gc = gc.isenabled()
         gc.disable()  # frees happen by refcount, at the same points in every run
@@ -182,8 +182,6 @@ class _TrackerMeter:
         return self
 
     def __exit__(self, *exc):
-        import gc
-
         try:
             return self.tracker.__exit__(*exc)
         finally:
@@ -213,8 +211,6 @@ class _Points:
     """StepHooks that read allocated bytes after the forward and after the backward pass."""
 
     def __init__(self, meter):
-        from planner.cost.measure import StepHooks
-
         self.meter = meter
         self.values: dict[str, int] = {}
         values = self.values
@@ -231,8 +227,6 @@ class _Points:
 
 def role_config(role: str, depth: int, *, dtype: str, batch_size: int, seq_len: int):
     """The TrainConfig of one measured run: embeddings and head frozen, layers trained as ``role`` says."""
-    from planner.config import TrainConfig
-
     layers = {"trainable": list(range(depth)), "frozen_above": [0], "frozen_below": [depth - 1]}[role]
     return TrainConfig(batch_size=batch_size, seq_len=seq_len, dtype=dtype, layers=layers,
                        train_embeddings=False, train_head=False)
@@ -240,11 +234,6 @@ def role_config(role: str, depth: int, *, dtype: str, batch_size: int, seq_len: 
 
 def _one_run(spec, depth: int, role: str, *, device: str, dtype: str, batch_size: int, seq_len: int, meter) -> dict:
     """Allocated bytes at the points of one measured training step (the second one) of ``depth`` layers in ``role``."""
-    import torch
-
-    from planner.cost.measure import make_batch, make_optimizer, prepare_model, state_tensors, training_step
-    from planner.spec import build_model
-
     cfg = role_config(role, depth, dtype=dtype, batch_size=batch_size, seq_len=seq_len)
     layers = cfg.layers
     meter.release()
@@ -284,8 +273,6 @@ def _per_layer(runs: dict, role: str, depths: tuple[int, int]) -> LayerMeasureme
 
 def _measure_workspace(torch, meter, dtype) -> int:
     """Bytes the cuBLAS handles keep after one matmul forward and backward (each thread's handle has a workspace)."""
-    from planner.spec.model import DTYPES
-
     before = meter.allocated_blocks()
     x = torch.randn(256, 256, device="cuda", dtype=DTYPES[dtype], requires_grad=True)
     (x @ x).float().sum().backward()
@@ -298,10 +285,6 @@ def measure_profile(spec, *, device: str = "cuda", dtype: str = "float32", batch
     """Measure per-layer bytes in each role and the device constants by real training steps on ``device``.
 
     ``on_step(done, total, text)`` is called after each measured run and each model check."""
-    import time
-
-    import torch
-
     total_steps = 2 * len(ROLES) * len(depths)
     done = [0]
 
@@ -368,9 +351,6 @@ def model_check(spec, role: str, depth: int, measured: int, *, device: str, dtyp
     Predicted: ``estimate(...).allocated_bytes`` of the same configuration with this device's
     workspaces (which it counts as allocated), less those workspaces.
     """
-    from planner.cost import estimate
-    from planner.cost.device import default_profile
-
     cfg = role_config(role, depth, dtype=dtype, batch_size=batch_size, seq_len=seq_len)
     prof = default_profile(device).model_copy(update={"workspace_bytes": workspace})
     predicted = int(estimate(spec.with_layers(depth), cfg, device=device, profile=prof).allocated_bytes) - workspace

@@ -32,11 +32,14 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from planner.cost.events import templates
+from planner.cost.kernels import cuda_kernels
 from planner.cost.boundaries import Boundaries
 from planner.cost.measure import compute_loss, make_batch, make_optimizer, prepare_model, state_tensors, training_step
 from planner.cost.tracker import LiveBytesTracker
+from planner.spec import build_model
 from planner.spec.parts import model_parts
 from planner.levers import active_levers
 from planner.levers.quantize import quant_state_tensors, settle
@@ -154,12 +157,6 @@ def run_trace(spec, roles: list[str], cfg, *, fake: bool = False, kernels: str =
     (planner.cost.kernels); ``"cpu"``: what the CPU kernels keep. Where a lever runs the optimizer
     inside backward, a first untraced step creates the reduced model's optimizer state, as the
     second step of a real run finds it."""
-    from planner.cost.kernels import cuda_kernels
-
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from planner.spec import build_model
-
     layers = trainable_for_roles(roles)
     in_backward = any(lever.optimizer_in_trace for lever in active_levers(cfg))
     mode = FakeTensorMode(allow_non_fake_inputs=False) if fake else contextlib.nullcontext()
@@ -207,7 +204,7 @@ def _unpacked_batch(fake: bool):
     the answer, so it builds an explicit causal mask (which changes the attention kernel): here the
     batch is one sequence per row, as the real check finds."""
     try:
-        from transformers import masking_utils
+        from transformers import masking_utils  # transformers: deferred (seconds on top of torch); old ones lack it
     except ImportError:  # pragma: no cover
         original = None
     else:

@@ -27,7 +27,7 @@ from typing import Iterable
 
 import torch
 from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
 
@@ -172,11 +172,8 @@ class LiveBytesTracker(TorchDispatchMode):
     def suspended(self):
         """A block the tracker does not observe (its allocations are not counted; frees of counted storages still are):
         work outside the step it measures, e.g. an evaluation or the data loader's batch assembly."""
-        # the mode stack's own switch; the mode is re-entered on exit
-        from torch.utils._python_dispatch import _disable_current_modes
-
         self._settle()
-        with _disable_current_modes():
+        with _disable_current_modes():  # the mode stack's own switch; the mode is re-entered on exit
             yield
 
     def mark(self, label: str) -> None:

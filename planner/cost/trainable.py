@@ -12,8 +12,11 @@ The trainable-set rules for embeddings, head and tied weights live with the part
 from __future__ import annotations
 
 import contextlib
+import re
+from unittest import mock
 
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from planner.spec.arch import find_decoder_layers
 from planner.spec.parts import model_parts
@@ -21,7 +24,7 @@ from planner.spec.parts import model_parts
 
 def lora_targets(model: nn.Module) -> list[str]:
     """Leaf names of the linear modules inside the decoder layers (peft target_modules)."""
-    from transformers.pytorch_utils import Conv1D
+    from transformers.pytorch_utils import Conv1D  # transformers: deferred until a model is adapted (seconds on top of torch)
 
     _, layers = find_decoder_layers(model)
     names = sorted({name.rsplit(".", 1)[-1] for name, m in layers[0].named_modules()
@@ -32,9 +35,7 @@ def lora_targets(model: nn.Module) -> list[str]:
 def add_lora(model: nn.Module, rank: int, select=None) -> nn.Module:
     """Wrap ``model`` with peft LoRA adapters of rank ``rank`` on the linear layers of every decoder layer
     (all of them, or those ``select(names)`` keeps)."""
-    from peft import LoraConfig, get_peft_model
-
-    import re
+    from peft import LoraConfig, get_peft_model  # peft: deferred to LoRA plans (it imports transformers: seconds)
 
     path, _ = find_decoder_layers(model)
     targets = lora_targets(model)
@@ -54,12 +55,9 @@ def _moves_skipped_if_fake(model: nn.Module):
     """Under FakeTensorMode ``Module.to`` swaps parameters and fails ("Couldn't swap Linear.weight").
     peft's moves there only match the base layer's device and dtype before it upcasts the adapters
     to float32 (``autocast_adapter_dtype``), so skipping them leaves the same float32 adapters."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
     if not any(isinstance(p, FakeTensor) for p in model.parameters()):
         yield
         return
-    from unittest import mock
 
     def unmoved(self, *args, **kwargs):
         return self
