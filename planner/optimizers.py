@@ -153,7 +153,7 @@ class SGD(Optimizer):
 
 def _bitsandbytes():
     try:
-        import bitsandbytes
+        import bitsandbytes  # deferred, as torch above: bitsandbytes imports it, and only 8-bit optimizers run it
     except ImportError:
         raise PlannerError("8-bit optimizers run bitsandbytes, which must be installed (pip install bitsandbytes), "
                            "but it is not") from None

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from planner.config import TrainConfig
 from planner.confirmation import Confirmation
 from planner.errors import PlannerError
+from planner.writable import write_atomic
 
 BREAKDOWN_KEYS = ("weights", "gradients", "optimizer", "activations", "transient", "overhead")
 
@@ -164,8 +165,6 @@ class Plan(BaseModel):
 
     def save(self, path: str | Path) -> Path:
         """Write the plan whole (through a temporary file in the same folder) or, on an error, not at all."""
-        from planner.writable import write_atomic
-
         return write_atomic(path, self.to_yaml())
 
     @classmethod

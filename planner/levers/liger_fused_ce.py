@@ -79,6 +79,7 @@ def _ce_rows_op():
     global _OP
     if _OP is not None:
         return _OP
+    # torch: deferred, the config (and so 'planner --help') imports every lever
     import torch
 
     @torch.library.custom_op("planner::liger_ce_rows", mutates_args=("logits", "loss"), schema=(
@@ -132,6 +133,7 @@ def fused_linear_cross_entropy_forward(_input, weight, target, ignore_index: int
                                        softcap: float | None = None):
     """Liger's ``fused_linear_cross_entropy_forward`` (reduction mean, no bias, class weights, label smoothing,
     z-loss or token scaling; ``accum_dtype`` None), statement for statement: returns (loss, grad_input, grad_weight)."""
+    # torch: deferred, the config (and so 'planner --help') imports every lever
     import torch
 
     kernel = _ce_rows_op()
@@ -185,6 +187,7 @@ class _Function:
 def _function():
     if _Function.cls is not None:
         return _Function.cls
+    # torch: deferred, the config (and so 'planner --help') imports every lever
     import torch
 
     class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -217,6 +220,7 @@ def _function():
 def liger_loss(model, batch: dict):
     """The training loss as Liger's ``lce_forward`` computes it: the base model's final hidden states, then
     ``LigerForCausalLMLoss`` (labels shifted by one with -100 padding, flattened, mean over the counted tokens)."""
+    # torch: deferred, the config (and so 'planner --help') imports every lever
     import torch.nn.functional as F
 
     lm = causal_lm(model)

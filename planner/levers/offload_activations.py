@@ -57,6 +57,7 @@ class _HostCopy:
             self.data = torch.empty_like(t, device="cpu", pin_memory=True).copy_(t)
 
     def restore(self):
+        # torch: deferred, the config (and so 'planner --help') imports every lever
         import torch
 
         if self.fake:
@@ -70,6 +71,7 @@ class OffloadContext:
     """The hooks of one training step: enter around the forward (and loss), leave before backward."""
 
     def __init__(self, model):
+        # torch: deferred, the config (and so 'planner --help') imports every lever
         import torch
 
         self._params = {p.untyped_storage()._cdata for p in model.parameters() if not is_fake(p)}

@@ -37,6 +37,7 @@ Quantize = Literal["nf4", "nf4-dq", "int8"]
 
 def _bnb():
     try:
+        # bitsandbytes: deferred, the config (and so 'planner --help') imports every lever
         import bitsandbytes
     except ImportError:
         raise PlannerError("--quantize runs bitsandbytes, which must be installed (pip install bitsandbytes), "
@@ -46,6 +47,7 @@ def _bnb():
 
 # torch, transformers and bitsandbytes are imported where a model is changed: the config imports every lever
 def _quantized(module: "nn.Linear | Conv1D", kind: str, compute_dtype: "torch.dtype") -> "nn.Module":
+    # torch, transformers: deferred, the config (and so 'planner --help') imports every lever
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
@@ -80,6 +82,7 @@ def _fake_quantized(bnb, weight, bias, kind: str, compute_dtype):
     parameter classes: the same module is built on the meta device and given fake tensors of the sizes its
     quantization stores (the layout of ``quantize_4bit`` / ``int8_vectorwise_quant``), so its forward and
     backward run bitsandbytes' own code on them."""
+    # torch, bitsandbytes: deferred, the config (and so 'planner --help') imports every lever
     import torch
     from bitsandbytes.functional import QuantState
     from torch import nn
@@ -122,6 +125,7 @@ def _fake_quantized(bnb, weight, bias, kind: str, compute_dtype):
 
 def quantize_layers(model: "nn.Module", layers, kind: str, compute_dtype: "torch.dtype") -> None:
     """Replace the linear modules of ``layers`` (decoder-layer modules) with bitsandbytes' quantized ones."""
+    # torch, transformers: deferred, the config (and so 'planner --help') imports every lever
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
@@ -137,6 +141,7 @@ def round_trip(weight: "torch.Tensor", kind: str) -> "torch.Tensor":
     """``weight`` after storage and dequantization as bitsandbytes does it: NF4 in blocks of 64 (absmax double-
     quantized for ``nf4-dq``) with ``bitsandbytes.functional``; int8 per output row, LLM.int8's vector-wise rule
     ``round(127 · w / max|w_row|)`` (``int8_vectorwise_quant``, the weights carry no outliers here)."""
+    # torch: deferred, the config (and so 'planner --help') imports every lever
     import torch
 
     if kind == "int8":
@@ -150,6 +155,7 @@ def round_trip(weight: "torch.Tensor", kind: str) -> "torch.Tensor":
 
 def kbit_casts(model: "nn.Module") -> None:
     """peft ``prepare_model_for_kbit_training``'s casts: float16/bfloat16 parameters that are not 4-bit go to float32."""
+    # torch: deferred, the config (and so 'planner --help') imports every lever
     import torch
 
     for p in model.parameters():
@@ -180,6 +186,7 @@ def settle(forward) -> None:
     it computes in (``Linear4bit.forward``: ``bias.data = bias.data.to(x.dtype)``, so a bias peft made
     float32 goes back to the compute dtype; ``Linear8bitLt`` to the input's dtype) and moves the int8
     row scales into the module's state."""
+    # torch: deferred, the config (and so 'planner --help') imports every lever
     import torch
 
     with torch.no_grad():
@@ -217,6 +224,7 @@ class Quantize4bit(Lever):
         return {"nf4": "NF4", "nf4-dq": "NF4 + double quant", "int8": "int8"}.get(cfg.quantize)
 
     def prepare(self, model, cfg, layers):
+        # torch, planner.spec (torch): deferred, the config (and so 'planner --help') imports every lever
         import torch
 
         from planner.spec.arch import find_decoder_layers
@@ -231,6 +239,7 @@ class Quantize4bit(Lever):
         """The frozen weights carry the quantization error: each frozen linear weight goes through the round trip
         (the proxy trains in float; what a 4-bit run loses is in its weights): every layer's under LoRA, the
         layers below ``frozen_below`` of a static set."""
+        # torch, transformers, planner.spec (torch): deferred, the config (and so 'planner --help') imports every lever
         import torch
         from torch import nn
         from transformers.pytorch_utils import Conv1D
