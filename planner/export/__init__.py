@@ -13,6 +13,7 @@ from planner.errors import PlannerError, collect
 from planner.writable import write_atomic
 from planner.export.base import EXPORTERS, Export, Exporter, fixed_layers, get_exporter, min_depth, register_exporter
 from planner.export import targets  # noqa: F401  (registration)
+from planner.plan import Plan
 
 __all__ = ["EXPORTERS", "Export", "ExportResult", "Exporter", "export_plan", "get_exporter", "register_exporter"]
 
@@ -33,8 +34,6 @@ def export_plan(plan_path: str | Path, target: str, out_dir: str | Path | None =
     With ``strict``, a target that cannot express the whole plan writes nothing and raises
     :class:`PlannerError` naming every loss.
     """
-    from planner.plan import Plan
-
     exporter = get_exporter(target)  # validate --to before reading the plan, so a typo is named first
     plan = Plan.load(plan_path)
     _check(plan)

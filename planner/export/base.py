@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from planner.errors import PlannerError
+from planner.export.names import arch_names
+from planner.levers import ExportItems, active_levers
 from planner.optimizers import get_optimizer
 from planner.registry import registrar
 
 if TYPE_CHECKING:
-    from planner.levers import ExportItems
     from planner.plan import Plan
 
 EXPORTERS: dict[str, type["Exporter"]] = {}
@@ -76,8 +77,6 @@ class Exporter:
 def lever_items(plan: "Plan", target: str) -> "ExportItems":
     """What the plan's memory levers add to ``target``'s config: each lever's keys and lost lines
     (planner.levers; the checkpointing and optimizer keys every exporter writes itself)."""
-    from planner.levers import ExportItems, active_levers
-
     out = ExportItems()
     for lever in active_levers(plan.train):
         if lever.native_export:
@@ -91,9 +90,7 @@ def lever_items(plan: "Plan", target: str) -> "ExportItems":
 def model_id(plan: "Plan") -> str:
     """What a trainer loads: a preset's hub id, the directory of a ``config.json`` path, else the
     model as the plan names it (hub id or directory)."""
-    from pathlib import Path
-
-    from planner.spec import list_presets
+    from planner.spec import list_presets  # planner.spec (torch): deferred, the exporters load with 'planner --help'
 
     preset = list_presets().get(plan.model.strip().lower().replace("_", "-"))
     if preset and preset.get("hub_id"):
@@ -105,8 +102,6 @@ def model_id(plan: "Plan") -> str:
 
 def model_loss(plan: "Plan") -> list[str]:
     """A line when the plan's model cannot be found: names and sizes then come from a default config."""
-    from planner.export.names import arch_names
-
     if arch_names(plan).resolved:
         return []
     return [f"plan model {plan.model!r} cannot be found (not a preset, an existing config or model directory, or a "
@@ -190,8 +185,6 @@ def _options(plan: "Plan") -> str:
 def outside_params(plan: "Plan") -> list[str]:
     """Names (as ``named_parameters()`` lists them: a shared weight once, under its input-embedding
     name) of the parameters outside the decoder layers that the plan trains."""
-    from planner.export.names import arch_names
-
     names = arch_names(plan)
     out: list[str] = []
     if plan.train_embeddings:
@@ -212,16 +205,12 @@ def precision(plan: "Plan") -> tuple[bool, bool]:
 
 def state_bytes(plan: "Plan", tensors: list[tuple[int, int]]) -> int:
     """Optimizer state the cost model predicts for trainable ``(numel, bytes per element)`` tensors."""
-    from planner.optimizers import get_optimizer
-
     return get_optimizer(plan.train.optimizer).state_bytes(tensors, STATE_DEVICE)
 
 
 def layer_state_bytes(plan: "Plan", layers: int, element_bytes: int | None = None) -> int:
     """Optimizer state the cost model predicts for ``layers`` whole decoder layers of ``plan``'s model
     (AdamW: two moments per element in the weights' dtype)."""
-    from planner.export.names import arch_names
-
     e = element_bytes or DTYPE_BYTES[plan.train.dtype]
     return state_bytes(plan, [(n, e) for n in arch_names(plan).layer_numels] * layers)
 
@@ -229,8 +218,6 @@ def layer_state_bytes(plan: "Plan", layers: int, element_bytes: int | None = Non
 def lora_as_full_loss(plan: "Plan", target: str, how: str, full_layers: int | None = None) -> str:
     """The line for a target that trains whole layers where the plan trains LoRA adapters in them,
     with the gradient and optimizer bytes the cost model predicts beyond the adapters'."""
-    from planner.export.names import arch_names
-
     names, e, r = arch_names(plan), DTYPE_BYTES[plan.train.dtype], plan.lora_rank
     assert r is not None, "only a LoRA plan's export loses its adapters (callers check plan.lora_rank)"
     full = [(n, e) for n in names.layer_numels] * (active_layer_count(plan) if full_layers is None else full_layers)

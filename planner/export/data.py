@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from planner.plan import Plan, TrainingData
+from planner.plan import Plan, TrainingData
 
 PLACEHOLDER = "YOUR_DATA.jsonl"  # what a built-in task's export points to: the user provides it
 PLACEHOLDER_FIELDS = {"prompt": "instruction", "answer": "response"}
@@ -24,14 +22,13 @@ BUILTIN_PREFIX = "default:"  # planner.data.load names a generated built-in task
 
 def generated_data(workload_name: str) -> TrainingData:
     """A task the study generated (a built-in task, or a workload a library caller built), not read from a file."""
-    from planner.plan import TrainingData
-
     return TrainingData(task=workload_name.removeprefix(BUILTIN_PREFIX), format="builtin")
 
 
 def training_data(workload_name: str) -> TrainingData:
     """What a study's workload read, from its name (a ``--data`` file or datasets name, or ``default:<task>``):
     the file made absolute, its format and the record fields the loader takes (:func:`planner.data.files.to_pairs`)."""
+    # planner.data (torch: the package loads workloads): deferred, the exporters load with 'planner --help'
     from planner.data.files import (
         FORMATS,
         INPUT_FIELD,
@@ -41,7 +38,6 @@ def training_data(workload_name: str) -> TrainingData:
         chat_traits,
         read_records,
     )
-    from planner.plan import TrainingData
 
     if workload_name.startswith(BUILTIN_PREFIX):
         return TrainingData(task=workload_name[len(BUILTIN_PREFIX):], format="builtin")

@@ -9,10 +9,13 @@ assumed names. Building on the meta device allocates nothing.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from planner.errors import PlannerError
 
 if TYPE_CHECKING:
     from planner.plan import Plan
@@ -53,6 +56,7 @@ class ArchNames:
 def resolve_config(plan: "Plan"):
     """``(config, resolved)``: the plan's own config when it resolves offline (preset, local path,
     cached hub id), else the model type's default config and False."""
+    # transformers, planner.spec (torch): deferred, the exporters load with 'planner --help'
     from transformers import AutoConfig
 
     from planner.spec import list_presets, load_spec
@@ -86,8 +90,7 @@ def _dtype_name(cfg) -> str | None:
 
 @lru_cache(maxsize=32)
 def _names(model_type: str, config_json: str) -> dict:
-    import json
-
+    # torch, transformers, planner.spec: deferred, the exporters load with 'planner --help'
     import torch
     from torch import nn
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -142,8 +145,6 @@ def _names(model_type: str, config_json: str) -> dict:
 
 def arch_names(plan: "Plan") -> ArchNames:
     """Names of ``plan``'s architecture (cached per config)."""
-    from planner.errors import PlannerError
-
     try:
         cfg, resolved = resolve_config(plan)
         names = _names(plan.model_type, cfg.to_json_string(use_diff=True))

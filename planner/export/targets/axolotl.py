@@ -56,6 +56,8 @@ from planner.export.base import (hf_optim, Export, Exporter, lever_items, draw_l
                                  model_loss, outside_params, register_exporter, scorer_kind, stale_state_loss)
 from planner.export.data import DataRef, data_of, output_dir
 from planner.export.names import arch_names
+from planner.export.targets.peft import PeftExporter
+from planner.levers import LEVERS
 from planner.plan import Plan
 
 DS_TYPES = {"jsonl": "json", "json": "json", "csv": "csv", "text": "text"}  # planner's file formats -> axolotl ds_type
@@ -114,8 +116,6 @@ KERNELS_NOTE = ("# LoRA: axolotl turns on its fused LoRA kernels (lora_mlp_kerne
 def whole_layer_quantize_loss(plan: Plan, target: str, name: str, keys: dict) -> list[str]:
     """For a quantized LoRA plan that an export trains as whole layers (a sampled plan): the quantize lever's keys
     leave ``keys`` (the trainer quantizes only under its own LoRA and refuses them otherwise), and a line says so."""
-    from planner.levers import LEVERS
-
     for key in LEVERS["quantize"].export(target, plan.train, plan.layers_attribute).keys:
         keys.pop(key, None)
     return [f"quantized frozen weights ({plan.train.quantize}): {name} quantizes only under its own LoRA, and this sampled "
@@ -189,8 +189,6 @@ class AxolotlExporter(Exporter):
     def _lora(plan: Plan, cfg: dict, lost: list[str]) -> list[str]:
         """LoRA on the plan's layers, as the peft target writes it (rank, alpha = 2r, targets, layers, saved modules), in
         axolotl's keys; the lines of the peft export that hold here too."""
-        from planner.export.targets.peft import PeftExporter
-
         peft = PeftExporter().render(plan)
         config = json.loads(peft.files["adapter_config.json"])
         levers = set(lever_items(plan, "peft").lost)  # the levers' lines are axolotl's own (render adds them)

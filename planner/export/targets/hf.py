@@ -11,8 +11,11 @@ trainable embeddings/head and LoRA inside layers, so nothing of the plan is lost
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 
+from planner.errors import PlannerError
 from planner.export.base import (hf_optim, Export, Exporter, fixed_layers, lever_items, active_layer_count, min_depth, model_id, model_loss, precision,
                                  register_exporter)
 from planner.export.data import output_dir
@@ -165,9 +168,7 @@ def training_args(plan) -> dict:
 
 def _checkpointing_key() -> str:
     """transformers >= 5 renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (old name deprecated)."""
-    import dataclasses
-
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments  # transformers: deferred, the exporters load with 'planner --help'
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
@@ -200,8 +201,7 @@ class HFExporter(Exporter):
     description = "Hugging Face Trainer script with planner's LayerwiseCallback + training_args.json"
 
     def render(self, plan) -> Export:
-        from planner.errors import PlannerError
-        from planner.sampling.scorers import SCORERS, scorer_options
+        from planner.sampling.scorers import SCORERS, scorer_options  # planner.sampling (torch): deferred, the exporters load with 'planner --help'
 
         if plan.scorer not in SCORERS:  # the script would fail at its first line of training
             raise PlannerError(f"plan scorer must be one of {sorted(SCORERS)} for the hf target, but got {plan.scorer!r}")
@@ -219,8 +219,6 @@ class HFExporter(Exporter):
     def keys(self, filename: str, text: str) -> set[str]:
         if filename == ARGS_FILE:
             return set(json.loads(text))
-        import ast
-
         ast.parse(text)  # the script must be valid Python; its settings live in PLAN, not as config keys
         return set()
 

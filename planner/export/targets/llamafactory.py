@@ -58,6 +58,7 @@ from planner.export.base import (DTYPE_BYTES, FP32_BYTES, hf_optim, Export, Expo
                                  outside_params, precision, register_exporter, scorer_kind)
 from planner.export.data import PLACEHOLDER, DataRef, data_of, output_dir
 from planner.export.names import arch_names
+from planner.export.targets.peft import PeftExporter
 from planner.export.targets.axolotl import whole_layer_quantize_loss
 
 CONFIG_FILE = "llamafactory.yaml"
@@ -194,8 +195,6 @@ class LlamaFactoryExporter(Exporter):
     def _lora(plan, cfg: dict, lost: list[str]) -> None:
         """LoRA on the plan's layers, as the peft target writes it (rank, alpha = 2r, targets, saved modules), in
         LLaMA-Factory's keys: ``lora_target`` ``all``, leaf names, or full module paths for a subset of the layers."""
-        from planner.export.targets.peft import PeftExporter
-
         peft = PeftExporter().render(plan)
         config = json.loads(peft.files["adapter_config.json"])
         levers = set(lever_items(plan, "peft").lost)  # the levers' lines are LLaMA-Factory's own (render adds them)

@@ -18,6 +18,7 @@ loads it. Rules read in peft 0.21:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -30,9 +31,7 @@ TIE_NAMES = ("embed_tokens", "lm_head")  # peft.utils.constants.EMBEDDING_LAYER_
 
 
 def _lora_fields() -> set[str]:
-    import dataclasses
-
-    from peft import LoraConfig
+    from peft import LoraConfig  # peft (torch, transformers): deferred, the exporters load with 'planner --help'
 
     return {f.name for f in dataclasses.fields(LoraConfig)}
 
@@ -42,7 +41,7 @@ class PeftExporter(Exporter):
     description = "peft LoraConfig (adapter_config.json) with layers_to_transform"
 
     def render(self, plan) -> Export:
-        from peft import LoraConfig
+        from peft import LoraConfig  # peft (torch, transformers): deferred, the exporters load with 'planner --help'
 
         names = arch_names(plan)
         lost: list[str] = model_loss(plan)

@@ -50,6 +50,7 @@ from planner.export.base import (
 )
 from planner.export.data import data_of, output_dir
 from planner.export.names import arch_names
+from planner.export.targets.peft import PeftExporter
 
 SCRIPT_FILE = "swift_sft.sh"
 SWIFT_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral", "gemma": "gemma",
@@ -155,8 +156,6 @@ class SwiftExporter(Exporter):
     @staticmethod
     def _lora(plan, lost: list[str]) -> list[tuple[str, object]]:
         """LoRA on the plan's layers, the way the peft target writes it (same layers, rank, saved modules)."""
-        from planner.export.targets.peft import PeftExporter
-
         peft = PeftExporter().render(plan)
         config = json.loads(peft.files["adapter_config.json"])
         # the model line is already there; the levers' lines are ms-swift's own (render adds them), not peft's
