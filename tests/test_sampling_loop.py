@@ -176,3 +176,29 @@ def test_hf_trainer_with_lora_trains_only_active_adapters(tiny, tmp_path):
     assert changed and all("lora_" in n and ".layers.2." in n for n in changed)
     inner = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
     assert {id(p) for p in inner.state} == {id(p) for p in s.parts.layer_params[2]}
+
+
+def test_an_endless_one_shot_iterator_keeps_no_batch_and_a_long_one_that_ends_is_refused(tiny):
+    import weakref
+
+    from planner.sampling.loop import REPLAY_LIMIT
+
+    model = build_model(tiny("llama", num_layers=2))
+    s = LayerSampler(model, active_layers=1, period=3)
+    alive = []
+
+    def endless():
+        seed = 0
+        while True:
+            b = batch(seed=seed % 3)
+            b["input_ids"] = b["input_ids"].clone()  # a tensor of its own, to watch
+            alive.append(weakref.ref(b["input_ids"]))
+            seed += 1
+            yield b
+
+    steps = REPLAY_LIMIT + 8
+    train_layerwise(model, endless(), sampler=s, steps=steps)
+    assert len(alive) == steps and sum(r() is not None for r in alive) == 0  # none kept once the run returned
+    s2 = LayerSampler(model, active_layers=1, period=3)
+    with pytest.raises(PlannerError, match=f"at most {REPLAY_LIMIT} batches to replay, but it ended after {REPLAY_LIMIT + 1}"):
+        train_layerwise(model, iter([batch(seed=i % 3) for i in range(REPLAY_LIMIT + 1)]), sampler=s2, steps=REPLAY_LIMIT + 2)

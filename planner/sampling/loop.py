@@ -31,8 +31,15 @@ class TrainResult:
     steps: int = 0
 
 
+REPLAY_LIMIT = 64  # a one-shot iterator's batches kept for replay; past this many none are kept
+
+
 def _cycle(batches: Iterable[dict]) -> Iterator[dict]:
-    """Yield batches forever: re-iterate an iterable; replay what a one-shot iterator gave."""
+    """Yield batches forever: re-iterate an iterable; replay what a one-shot iterator gave when it ends.
+
+    Replaying keeps a one-shot iterator's batches alive, so only its first :data:`REPLAY_LIMIT` are kept; one that
+    yields more is taken as endless (a generator of batches) and keeps none: ending later is an error.
+    """
     if iter(batches) is not batches:
         while True:
             empty = True
@@ -41,12 +48,20 @@ def _cycle(batches: Iterable[dict]) -> Iterator[dict]:
                 yield b
             if empty:
                 raise PlannerError("batches must hold at least one batch, but the iterable was empty")
-    seen = []
+    seen: list[dict] | None = []
+    count = 0
     for b in batches:
-        seen.append(b)
+        count += 1
+        if seen is not None:
+            seen.append(b)
+            if len(seen) > REPLAY_LIMIT:
+                seen = None  # an endless stream: keeping its batches would hold every one for the whole run
         yield b
-    if not seen:
+    if not count:
         raise PlannerError("batches must hold at least one batch, but the iterator was empty")
+    if seen is None:
+        raise PlannerError(f"a one-shot iterator of batches must be endless or hold at most {REPLAY_LIMIT} batches to "
+                           f"replay, but it ended after {count}: pass a list or another re-iterable")
     while True:
         yield from seen
 
@@ -94,6 +109,7 @@ def train_layerwise(model: nn.Module, batches: Iterable[dict], *, sampler: Layer
         if calib_batch is None:
             first = calib_batch = next(stream)
         sampler.calibrate(_to(calib_batch, device), step=0)
+        calib_batch = None  # the first step still takes it (first); the loop keeps it no longer
     for step in range(steps):
         batch = _to(first if first is not None else next(stream), device)
         first = None

@@ -158,7 +158,9 @@ class Objective:
         start = perf_counter()
         extra = {"shape": self.shape} if self.shape is not None else {}
         try:
-            result = self.proxy(self.workload, small, batch_size=batch, steps=self.steps, eval_every=self.eval_every,
+            # a confirmation run is never pruned: only its final evaluation counts, so it makes no other
+            result = self.proxy(self.workload, small, batch_size=batch, steps=self.steps,
+                                eval_every=self.steps if confirm is not None else self.eval_every,
                                 seed=seed, on_eval=on_eval, **extra)
         except optuna.TrialPruned as exc:
             record.store(trial, reason=str(exc), train_seconds=perf_counter() - start)
