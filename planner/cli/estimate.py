@@ -9,8 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
+
+from pydantic import ValidationError
 
 from planner.cli.levers import add_lever_flags, lever_flag, lever_values
+from planner.config import TrainConfig
+from planner.errors import PlannerError, ValidationProblems, collect
+from planner.plan import BREAKDOWN_KEYS
+from planner.units import GiB, KiB, MiB, format_bytes, parse_bytes
 
 EXIT_DOES_NOT_FIT = 1
 
@@ -81,14 +88,10 @@ def _config_fields(args, problems: list[str]) -> dict:
 
 def validate(args):
     """Resolve every input, collecting all problems: (spec, cfg, profile, profile_line, vram_bytes)."""
-    from pydantic import ValidationError
-
-    from planner.config import TrainConfig
+    # planner.cost, planner.spec (torch): deferred, 'planner --help' and 'planner estimate --help' must not import torch
     from planner.cost.profile import resolve_profile
-    from planner.errors import PlannerError, ValidationProblems, collect
     from planner.spec import load_spec
     from planner.spec.model import seq_len_problem
-    from planner.units import parse_bytes
 
     problems: list[str] = []
     spec = cfg = prof = line = vram = None
@@ -136,8 +139,6 @@ def _table_mode(args) -> bool:
 
 
 def run(args) -> int:
-    import warnings
-
     spec, cfg, prof, profile_line, vram = validate(args)
     with warnings.catch_warnings():
         # deprecation notes that transformers/peft print while tracing say nothing about the user's input
@@ -151,7 +152,7 @@ def run(args) -> int:
 
 
 def _console():
-    from rich.console import Console
+    from rich.console import Console  # rich: deferred to output, ~0.1 s that 'planner --help' need not pay
 
     # piped output keeps full rows instead of wrapping at 80 columns
     return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
@@ -159,8 +160,6 @@ def _console():
 
 def _unit_for(largest: int) -> str:
     """The binary unit in which the largest number of a table reads best."""
-    from planner.units import GiB, KiB, MiB
-
     return "GiB" if largest >= GiB else "MiB" if largest >= MiB else "KiB" if largest >= KiB else "B"
 
 
@@ -171,8 +170,6 @@ def _size(n: int) -> str:
 
 
 def _in(n: int, unit: str) -> str:
-    from planner.units import format_bytes
-
     return format_bytes(n, unit, 0 if unit == "B" else 2).removesuffix(f" {unit}")
 
 
@@ -192,10 +189,9 @@ def _header(console, args, spec, cfg, profile_line, vram):
 
 
 def _run_single(args, spec, cfg, prof, profile_line, vram) -> int:
-    from rich.table import Table
+    from rich.table import Table  # rich: deferred to output, ~0.1 s that 'planner --help' need not pay
 
-    from planner.cost import estimate
-    from planner.plan import BREAKDOWN_KEYS
+    from planner.cost import estimate  # planner.cost (torch): deferred, 'planner estimate --help' must not import it
 
     est = estimate(spec, cfg, device=args.device, profile=prof)
     fits = None if vram is None else est.peak_bytes <= vram
@@ -239,17 +235,17 @@ def _run_single(args, spec, cfg, prof, profile_line, vram) -> int:
 
 def _variants(args):
     if args.train_embeddings is None and args.train_head is None:
-        from planner.cost.plans import DEFAULT_EMBEDDING_VARIANTS
+        from planner.cost.plans import DEFAULT_EMBEDDING_VARIANTS  # planner.cost (torch): deferred, as in validate
 
         return DEFAULT_EMBEDDING_VARIANTS
     return ((args.train_embeddings is not False, args.train_head is not False),)
 
 
 def _run_table(args, spec, cfg, prof, profile_line, vram) -> int:
-    from rich.table import Table
+    from rich.table import Table  # rich: deferred to output, ~0.1 s that 'planner --help' need not pay
 
+    # planner.cost (torch): deferred, 'planner estimate --help' must not import it
     from planner.cost.plans import variant_label, candidate_plans, largest_fitting_active_layers, smallest_fitting
-    from planner.plan import BREAKDOWN_KEYS
 
     variants = _variants(args)
     cands = candidate_plans(spec, cfg, args.device, prof, embedding_variants=variants)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from planner.errors import PlannerError, collect
+from planner.export import export_plan, get_exporter
+from planner.export.base import EXPORTERS
+from planner.plan import Plan
+from planner.writable import unwritable_reason
+
 
 def add_parser(sub) -> None:
-    from planner.export.base import EXPORTERS
-    from planner.export import targets  # noqa: F401  (registration; light: trainers are imported on use)
-
     p = sub.add_parser(
         "export",
         help="write a plan as ready config files for a trainer (hf, axolotl, lmflow, llamafactory, peft)",
@@ -24,13 +29,6 @@ def add_parser(sub) -> None:
 def check_inputs(args) -> None:
     """--to, the plan file and the output folder (proven writable by trying), every problem at once, before anything
     is rendered or written."""
-    from pathlib import Path
-
-    from planner.errors import PlannerError, collect
-    from planner.export import get_exporter
-    from planner.plan import Plan
-    from planner.writable import unwritable_reason
-
     problems = []
     for check in (lambda: get_exporter(args.to), lambda: Plan.load(args.plan)):
         try:
@@ -45,8 +43,6 @@ def check_inputs(args) -> None:
 
 
 def run(args) -> int:
-    from planner.export import export_plan
-
     check_inputs(args)
     result = export_plan(args.plan, args.to, args.out, strict=args.strict)
     for path in result.written:

@@ -9,6 +9,7 @@ import sys
 
 from pydantic import ValidationError
 
+from planner import __version__
 from planner.errors import PlannerError, from_pydantic
 
 # one module per subcommand, each with add_parser(subparsers) that sets `func`
@@ -24,8 +25,6 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="planner", description="Memory-budget planner and autotuner for layer-wise sparse fine-tuning.")
-    from planner import __version__
-
     parser.add_argument("--version", action="version", version=f"planner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     for name in COMMANDS:

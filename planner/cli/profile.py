@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from pathlib import Path
 
+from pydantic import ValidationError
+
+from planner.config import TrainConfig
+from planner.errors import PlannerError, collect
 from planner.writable import replace_atomic, unwritable_reason
 
 
@@ -30,10 +36,7 @@ def add_parser(sub) -> None:
 
 def validate(args):
     """(spec, cfg) with every problem of the flags reported at once."""
-    from pydantic import ValidationError
-
-    from planner.config import TrainConfig
-    from planner.errors import PlannerError, collect
+    # planner.spec (torch): deferred, 'planner --help' and 'planner profile --help' must not import torch
     from planner.spec import load_spec
     from planner.spec.model import seq_len_problem
 
@@ -65,8 +68,6 @@ def validate(args):
 
 def _progress():
     """A progress bar on a terminal (stderr); otherwise one line per measured step on stderr."""
-    import contextlib
-
     @contextlib.contextmanager
     def lines():
         def on_step(done, total, text):
@@ -75,6 +76,7 @@ def _progress():
 
     @contextlib.contextmanager
     def bar():
+        # rich: deferred to output, ~0.1 s that 'planner --help' need not pay
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -91,15 +93,12 @@ def _progress():
 
 
 def run(args) -> int:
-    from pathlib import Path
-
+    # rich: deferred to output, ~0.1 s that 'planner --help' need not pay
     from rich.console import Console
     from rich.table import Table
 
-    from planner.cost.profile import measure_profile, profile_dir, profile_filename
-
-    from planner.cost.profile import local_device_name
-    from planner.errors import PlannerError
+    # planner.cost (torch): deferred, 'planner profile --help' must not import it
+    from planner.cost.profile import local_device_name, measure_profile, profile_dir, profile_filename
 
     spec, cfg = validate(args)
     if not args.out:

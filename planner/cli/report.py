@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from planner.errors import collect
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -19,8 +21,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from planner.errors import collect
-
     problems = []
     if (args.study is None) == (args.plan is None):
         problems.append(f"give exactly one of --study NAME or PLAN.yaml, but got --study={args.study!r} and PLAN.yaml={args.plan!r}")
@@ -28,16 +28,14 @@ def run(args) -> int:
         problems.append(f"--storage goes with --study, but got a plan file {args.plan!r}")
     if not 20 <= args.dpi <= 600:
         problems.append(f"--dpi must satisfy 20 <= dpi <= 600, but got {args.dpi}")
-    from planner.report.build import DEFAULT_REPORTS_DIR, out_problem
+    # the report modules (~30 ms) load when a report is written, not with 'planner --help'
+    from planner.report.build import DEFAULT_REPORTS_DIR, out_problem, write_report
 
     # before any reading: --out, or the reports/ folder the default reports/<name>/ goes into
     problem = out_problem(args.out if args.out is not None else DEFAULT_REPORTS_DIR, given=args.out is not None)
     if problem:
         problems.append(problem)
     collect(problems)
-
-    from planner.report.build import write_report
-
     files = write_report(study=args.study, storage=args.storage, plan=args.plan, out=args.out,
                          device=args.device, dpi=args.dpi)
     print(f"wrote {files.html}")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import warnings
+
+from planner.cli.levers import add_lever_flags, lever_values
+from planner.tune.gate import human_bytes
+from planner.tune.options import TuneOptions, cli_options  # light: optuna loads inside run_tune
+from planner.tune.record import Baseline
+from planner.tune.signals import interrupts_as_keyboard_interrupt
+from planner.tune.summary import confirmation_lines, exit_code, measured_lines, plan_line, summary_table
 
 
 def add_parser(sub) -> None:
-    from planner.cli.levers import add_lever_flags
-    from planner.tune.options import cli_options  # light: optuna loads inside run_tune
-
     p = sub.add_parser(
         "tune", help="search the best layer-wise plan that fits --vram (Optuna)",
         description="Plan layer-wise fine-tuning of a target model (--model) on a card of --vram: active-layer count, "
@@ -34,29 +39,21 @@ def add_parser(sub) -> None:
 def options_from(args):
     """The ``TuneOptions`` of parsed arguments: the flags given (the rest keep their fields' defaults); every
     problem with them at once."""
-    from planner.cli.levers import lever_values
-    from planner.tune.options import TuneOptions, cli_options
-
     problems: list[str] = []
     given = {opt.field: getattr(args, opt.field) for opt in cli_options() if hasattr(args, opt.field)}
     return TuneOptions.from_flags({**given, "levers": lever_values(args, problems)}, problems)
 
 
 def run(args) -> int:
-    import warnings
+    from rich.console import Console  # rich: deferred to output, ~0.1 s that 'planner --help' need not pay
 
-    from rich.console import Console
-
+    # planner.tune.study (torch, optuna): deferred, 'planner --help' and 'planner tune --help' must not import them
     from planner.tune import run_tune
-    from planner.tune.record import Baseline
-    from planner.tune.summary import confirmation_lines, measured_lines, plan_line, summary_table
 
     options = options_from(args)
     console = Console(highlight=False, soft_wrap=True)  # one line per message, whatever the width
     # transformers 5 deprecation noise from peft's LoRA wrapping: nothing a user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    from planner.tune.signals import interrupts_as_keyboard_interrupt
-
     with interrupts_as_keyboard_interrupt():  # SIGTERM like Ctrl-C; never raised inside a finalizer
         result = run_tune(options, console=console)
     plan = result.plan
@@ -90,12 +87,8 @@ def run(args) -> int:
                       f"{' on the confirmed mean' if plan.confirmation else ''} "
                       f"(resume with --study {plan.study_name} and a larger --n-trials to search on)")
     if result.pareto:
-        from planner.tune.gate import human_bytes
-
         console.print("Pareto front (metric vs predicted peak): " + ", ".join(
             f"#{p['trial']} {p['metric']:.4f} @ {human_bytes(p['predicted_peak_bytes'])}" for p in result.pareto))
     console.print(f"plan written to {result.plan_path}; study {plan.study_name!r} in {plan.storage} "
                   f"(browse: optuna-dashboard {plan.storage})")
-    from planner.tune.summary import exit_code
-
     return exit_code(plan)  # 1 when confirmation found no signal: the plan is written, its verdict says so
