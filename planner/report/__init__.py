@@ -3,9 +3,6 @@
 ``write_report`` (in ``planner.report.build``) does all three from a study or a plan file.
 """
 
+from planner.report.build import write_report
 
-def write_report(**kwargs):
-    """See :func:`planner.report.build.write_report`."""
-    from planner.report.build import write_report as _write
-
-    return _write(**kwargs)
+__all__ = ["write_report"]

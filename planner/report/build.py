@@ -8,12 +8,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from planner.errors import PlannerError
-
-if TYPE_CHECKING:
-    from planner.report.data import ReportData
+from planner.plan import Plan
+from planner.report import data as rdata
+from planner.report import study as rstudy
+from planner.report.data import ReportData
+from planner.report.render import write_html, write_markdown
+from planner.writable import unwritable_reason
 
 DEFAULT_REPORTS_DIR = Path("reports")
 
@@ -34,16 +35,11 @@ def write_report(*, study: str | None = None, storage: str | None = None, plan: 
                  out: str | Path | None = None, device: str | None = None, dpi: int | None = None) -> ReportFiles:
     """Write ``report.html`` (self-contained) and ``report.md`` with its PNGs into ``out``
     (default ``reports/<study or plan name>/``) from study ``study`` in ``storage``, or from a plan file."""
-    from planner.report import data as rdata
-    from planner.report import study as rstudy
-
     if (study is None) == (plan is None):
         raise PlannerError(f"give either --study NAME or a PLAN.yaml, but got study={study!r} and plan={plan!r}")
     if study is not None:
         data = rstudy.study_report_data(rstudy.load_study(study, storage), device=device)
     else:
-        from planner.plan import Plan
-
         assert plan is not None  # exactly one of study and plan, as checked above
         p = Plan.load(plan)
         path = Path(plan)
@@ -55,8 +51,8 @@ def write_report(*, study: str | None = None, storage: str | None = None, plan: 
     if problem:
         raise PlannerError(problem)
 
+    # matplotlib (about a second): deferred to drawing; 'planner report' checks --out with this module first
     from planner.report.plots import DPI, render_figures
-    from planner.report.render import write_html, write_markdown
 
     # every file is made in a fresh folder beside the others and moved in once all are whole: a full disk
     # leaves no cut file and the previous report as it was
@@ -87,7 +83,5 @@ _DEFAULT_FLAG = "the report folder (reports/<name>/; set --out)"
 
 def out_problem(out_dir: str | Path, *, given: bool) -> str | None:
     """Why the report cannot be written into ``out_dir`` (``given``: by --out), found by trying; None when it can."""
-    from planner.writable import unwritable_reason
-
     reason = unwritable_reason(out_dir, directory=True)
     return None if reason is None else f"{'--out' if given else _DEFAULT_FLAG} must be a writable directory, but {str(out_dir)!r} {reason}"

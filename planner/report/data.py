@@ -166,7 +166,7 @@ def _breakdown_dict(obj) -> dict[str, int]:
 def cost_model_estimator(device: str = "cpu") -> Estimator | None:
     """``planner.cost.estimate`` as ``(spec, config) -> (peak_bytes, breakdown)``, or None when absent."""
     try:
-        from planner.cost import estimate
+        from planner.cost import estimate  # planner.cost (torch): deferred to the first estimate; optional here
     except ImportError:
         return None
     estimate = getattr(estimate, "estimate", estimate)  # the package may expose the module or the function
@@ -303,7 +303,7 @@ def _fits(peak: int, vram: int | None) -> bool | None:
 
 def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = None, device: str | None = None) -> ReportData:
     """Report data for a plan alone: bars, sweeps and savings from the cost model; the rest says "no study"."""
-    from planner.spec import load_spec
+    from planner.spec import load_spec  # planner.spec (torch): deferred, a report's inputs are read before it
 
     device = device or ("cuda" if plan.breakdown.overhead > 0 else "cpu")
     notes = {s: NO_STUDY for s in ("tradeoff", "importance", "history")}

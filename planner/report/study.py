@@ -8,6 +8,7 @@ target in its training shape.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
@@ -19,16 +20,14 @@ from planner.tune.baselines import LISA_BASELINE, baseline_configs, best_of_kind
 from planner.tune.space import LISA_ACTIVE_LAYERS as LISA_DEFAULT_ACTIVE_LAYERS
 from planner.tune.confirm import best_confirmed, confirmed, report_lines
 from planner.tune.record import SEARCH, Baseline, Confirm
+from planner.tune.storage import DEFAULT_STORAGE, check_storage, open_storage
+from planner.units import format_bytes
 
 MAX_IMPORTANCE_MAPS = 4
 
 
 def open_existing_storage(url: str):
     """The Optuna storage at ``url``; unlike ``planner tune`` a report never creates one."""
-    from pathlib import Path
-
-    from planner.tune.storage import check_storage, open_storage
-
     url = check_storage(url)
     path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else (url if "://" not in url else None)
     if path is not None and not Path(path).expanduser().is_file():
@@ -38,9 +37,7 @@ def open_existing_storage(url: str):
 
 def load_study(name: str, storage: str | None = None):
     """Load study ``name``; an unknown name lists the studies the storage holds."""
-    import optuna
-
-    from planner.tune.storage import DEFAULT_STORAGE
+    import optuna  # optuna: deferred to reading a study, a plan's report does without it
 
     url = storage or DEFAULT_STORAGE
     st = open_existing_storage(url)
@@ -199,7 +196,7 @@ def _study_spec(model: str | None):
     if not model:
         return None, "the study does not record its model"
     try:
-        from planner.spec import load_spec
+        from planner.spec import load_spec  # planner.spec (torch): deferred, a study is read before it
 
         return load_spec(model), ""
     except PlannerError as exc:
@@ -329,8 +326,6 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
 
 def _details(ua: dict, base: TrainConfig, num_layers: int | None, trials) -> list[str]:
     """One-line facts: the target and its shape, the proxy, the study's settings, measured peaks."""
-    from planner.units import format_bytes
-
     out = []
     target = ua.get("target")
     if isinstance(target, dict):
