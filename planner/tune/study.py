@@ -257,6 +257,8 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
         check_feasible(space, gate, target.name)
         setup = _proxy_setup(options, target, space, gate, workload)
         workload = setup.workload
+        if setup.steps and "steps" not in options.model_fields_set:  # the proxy's own horizon (a real model's short one)
+            options = options.model_copy(update={"steps": setup.steps})
         if console is not None:
             fresh = f"study {name!r} in {options.storage} (resume it with --study {name})" if options.study is None else None
             for line in header_lines(target, setup, vram, space, gate, fresh):
@@ -282,7 +284,7 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
                               multi_objective=options.multi_objective, proxy_layers=setup.num_layers,
                               proxy_hidden=setup.hidden_size, target_hidden=target.hidden_size,
                               shape=_train_shape(target, setup), proxy_is_target=setup.is_target,
-                              proxy_batch=None if setup.is_target else (getattr(workload, "batch_size", None)
+                              proxy_batch=None if setup.is_target else (setup.batch_size or getattr(workload, "batch_size", None)
                                                                         or default_batch_size(int(workload.seq_len))),
                               **({"proxy": proxy} if proxy else {}))
 
