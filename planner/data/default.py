@@ -18,6 +18,7 @@ from planner.data.tasks import TASKS
 from planner.data.tokenizer import CharTokenizer
 from planner.data.workload import Example, Metric, Workload
 from planner.errors import PlannerError
+from planner.spec import ModelSpec
 
 DEFAULT_TASK = "maximum"
 BATCH_SIZE = 32  # suggested proxy batch (64 gave no less seed noise at twice the cost: reports/workload_spread.txt)
@@ -65,9 +66,8 @@ def default_workload(task: str = DEFAULT_TASK, *, seed: int = 0, max_examples: i
                      n_train: int = N_TRAIN, n_held_out: int = N_HELD_OUT, progress: bool = True,
                      metric: Metric = DEFAULT_METRIC) -> Workload:
     """The default model (pretrained and cached on first use) with ``task`` as the fine-tuning job, scored by ``metric``."""
+    # transformers: deferred until the model is loaded (seconds on top of torch); the task generators need none of it
     from transformers import LlamaForCausalLM
-
-    from planner.spec import ModelSpec
 
     n_train, n_held_out = split_sizes(max_examples, n_train, n_held_out)
     path = ensure_default_model(recipe, progress=progress)

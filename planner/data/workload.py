@@ -186,7 +186,7 @@ def greedy_answers(model, prompts: list[tuple[int, ...]], *, max_new_tokens: int
     Prompts are sorted by length so most batches need no padding; where lengths differ the
     batch is left-padded and ``generate`` derives positions from the attention mask.
     """
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # transformers: deferred until answers are decoded (seconds on top of torch)
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
                            pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None)

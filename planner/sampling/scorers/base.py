@@ -12,6 +12,7 @@ import inspect
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+import torch
 
 from planner.errors import PlannerError
 from planner.registry import registrar
@@ -138,8 +139,6 @@ class Scorer:
 
 def forward_with_hooks(model, batch: dict, handles: list) -> None:
     """One no-grad forward of ``batch`` that removes the given hook handles afterwards, even on error."""
-    import torch
-
     try:
         with torch.no_grad():
             model(**batch)
