@@ -203,7 +203,7 @@ def enqueue_missing_baselines(study, space: SearchSpace, gate=None) -> list[Base
 def enqueue_sweeps(study, space: SearchSpace) -> int:
     """Queue the missing learning rates of every baseline whose default trial trained within the budget, in the
     form (levers) that trial ran in."""
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # optuna: deferred, 'planner tune --help' loads this module
 
     trials = study.get_trials(deepcopy=False)
     n = 0

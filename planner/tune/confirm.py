@@ -100,7 +100,7 @@ def enqueue_confirmation(study, candidates, seeds: int) -> int:
                 # pydantic's Field(None, ...) defaults are not seen by mypy without pydantic's plugin
                 rec = TrialRecord(kind=kind, confirm_of=t.number, confirm_seed=i)  # type: ignore[call-arg]
                 record.enqueue(study, dict(t.params), rec)
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # optuna: deferred, 'planner tune --help' loads this module
 
     return sum(t.state == TrialState.WAITING and is_confirm(t) for t in study.get_trials(deepcopy=False))
 
@@ -118,7 +118,7 @@ def confirm_run(trial, space, seed: int):
 
 def waiting_confirmations(study) -> int:
     """Queued runs outside ``--n-trials`` (confirmations, learning-rate sweeps), e.g. of an interrupted run."""
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # optuna: deferred, 'planner tune --help' loads this module
 
     return sum(t.state == TrialState.WAITING and _extra(t) for t in study.get_trials(deepcopy=False))
 
@@ -166,6 +166,7 @@ def _run_queued(study, objective, waiting: int, workload, console, progress, cal
 
 def _run_one(study, objective, trial_id: int):
     """One popped trial through ``objective`` and ``study.tell``, as ``study.optimize`` runs a trial."""
+    # optuna: deferred, 'planner tune --help' loads this module
     import optuna
     from optuna.trial import TrialState
 
@@ -184,6 +185,7 @@ def _run_one(study, objective, trial_id: int):
 
 def _pop_extra(study) -> int | None:
     """Claim the oldest queued extra run (:func:`_extra`); None when none is left."""
+    # optuna: deferred, 'planner tune --help' loads this module
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
@@ -229,7 +231,7 @@ class Confirmed:
 
 def confirmed(trials) -> list[Confirmed]:
     """Every confirmed source trial with its per-seed metrics (one finished run per seed index)."""
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # optuna: deferred, 'planner tune --help' loads this module
 
     by_number = {t.number: t for t in trials}
     runs: dict[int, dict[int, float | None]] = {}

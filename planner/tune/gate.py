@@ -45,6 +45,7 @@ class BudgetGate:
 
     def _estimate(self, config: TrainConfig):
         if self._estimator is None:
+            # planner.cost (torch): deferred to the first prediction, 'planner tune --help' loads this module
             from planner.cost import estimate
 
             self._estimator = estimate

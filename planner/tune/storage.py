@@ -73,6 +73,7 @@ def check_storage(url: str) -> str:
 
 def open_storage(url: str):
     """An Optuna storage object for ``url`` (creating the SQLite/journal folder when missing)."""
+    # optuna: deferred to opening a storage, 'planner tune --help' loads this module
     from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RDBStorage
 
@@ -185,7 +186,7 @@ def _sqlite_wal(engine) -> None:
     Optuna commits every user attribute separately; with SQLite's default rollback journal
     each commit is an fsync (~20 ms here), which made bookkeeping cost more than a tiny trial.
     """
-    from sqlalchemy import event
+    from sqlalchemy import event  # sqlalchemy (optuna's RDB storage, ~0.4 s): deferred, as optuna is in open_storage
 
     def on_connect(dbapi_connection, _record):
         cursor = dbapi_connection.cursor()
@@ -204,7 +205,7 @@ def _sqlite_serialized(engine) -> None:
     steps (pop a queued trial: read WAITING, write RUNNING; fail a dead worker's trial) were not
     atomic: two workers could both pop one queued baseline and train it twice.
     """
-    from sqlalchemy import event
+    from sqlalchemy import event  # sqlalchemy (optuna's RDB storage, ~0.4 s): deferred, as optuna is in open_storage
 
     def on_connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # the driver's own BEGIN off: ours below

@@ -8,7 +8,7 @@ from planner.units import human_bytes
 
 def summary_table(result, *, metric_name: str, vram_bytes: int, target_name: str = "the target"):
     """Best plan vs baselines: metric (or "does not fit: X GiB"), the target's predicted peak, what tuning wins."""
-    from rich.table import Table
+    from rich.table import Table  # rich: deferred to output, ~0.1 s that 'planner tune --help' need not pay
 
     table = Table(title=f"planner tune: best plan for {target_name} vs baselines (budget {human_bytes(vram_bytes)})")
     for col in ("plan", metric_name, f"predicted peak ({target_name})", "tuned wins by", "trial"):

@@ -11,6 +11,7 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from planner.cli.estimate import validate
 from planner.config import TrainConfig
 from planner.errors import PlannerError, ValidationProblems
 from planner.levers import labels, shape_fields
@@ -84,8 +85,6 @@ def resolve_target(model: str | None = None, *, seq_len=None, batch_size=None, d
     Defaults: the :data:`DEFAULT_TARGET` preset, :data:`DEFAULT_SEQ_LEN` tokens, batch
     :data:`DEFAULT_BATCH_SIZE`, bfloat16 weights (float32 under ``--amp``).
     """
-    from planner.cli.estimate import validate
-
     if dtype is None and amp in (None, "none"):
         dtype = DEFAULT_DTYPE
     flags = _Flags(model=model or DEFAULT_TARGET, seq_len=DEFAULT_SEQ_LEN if seq_len is None else seq_len,
@@ -103,6 +102,7 @@ def resolve_target(model: str | None = None, *, seq_len=None, batch_size=None, d
 
 def target_layers_attribute(spec) -> str:
     """Where the target keeps its decoder layers, from a model built on the meta device (no memory, no weights)."""
+    # torch, transformers, planner.spec: deferred, 'planner tune --help' loads this module (planner.tune.options)
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -117,7 +117,7 @@ def workload_target(workload, *, seq_len=None, batch_size=None, dtype=None, amp=
                     device: str = "cuda", profile: str | None = None) -> Target:
     """A workload's own model as the target (library callers that pass a workload and no ``--model``):
     its longest example and suggested batch unless told otherwise, float32 weights unless told otherwise."""
-    from planner.cost.profile import resolve_profile
+    from planner.cost.profile import resolve_profile  # planner.cost (torch): deferred, as in target_layers_attribute
 
     shape = TrainConfig(batch_size=int(batch_size or getattr(workload, "batch_size", None) or DEFAULT_BATCH_SIZE),
                         seq_len=int(seq_len or workload.seq_len), dtype=dtype or "float32", amp=amp or "none",
