@@ -20,11 +20,15 @@ parameter at a time, are not screened.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from optuna.distributions import IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
+from optuna.trial import TrialState
 
 from planner.tune import record
 from planner.tune.forms import fits as fits_in_a_form
+from planner.tune.seeding import trial_seed
 
 ACTIVE_LAYERS = "active_layers"
 REDRAWS = 32  # draws of one trial's point before the last is kept whatever it is
@@ -65,8 +69,6 @@ class GateBoundedSampler(BaseSampler):
             params = self.sampler.sample_relative(study, trial, search_space)
         if accept(params):
             return params
-        from planner.tune.seeding import trial_seed
-
         uniform = RandomSampler(seed=trial_seed(self.seed, trial.number))
         for _ in range(REDRAWS):
             drawn = {name: uniform.sample_independent(study, trial, name, dist) for name, dist in search_space.items()}
@@ -88,8 +90,6 @@ class GateBoundedSampler(BaseSampler):
 
 def largest_fitting_active_layers(space, gate) -> int:
     """G: the most active layers any point of ``space`` fits with (0 when none fits)."""
-    from dataclasses import replace
-
     fits = fits_in_a_form(space, gate)
     ranks = sorted({r for r in space.lora_ranks if r}) if space.lora_ranks else []
     best = max((p.active_layers for p in space.frontier(fits)), default=0)
@@ -159,8 +159,6 @@ def admissible(space, gate):
     trained it already; a draw missing a conditional categorical parameter passes where one of its choices does
     (:func:`completions`); any other draw that is not a whole point is let through (the objective gates and reuses
     as before)."""
-    from optuna.trial import TrialState
-
     fits = fits_in_a_form(space, gate)
 
     def for_study(study):

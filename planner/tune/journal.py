@@ -24,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from planner.errors import PlannerError
@@ -201,8 +202,6 @@ def _repair_merged(path: Path, number: int, offset: int, line: bytes) -> bool:
 
 def open_journal_storage(path: Path):
     """``JournalStorage`` on ``path`` after :func:`repair_tail`; an unreadable line is a :class:`PlannerError`."""
-    from optuna.storages import JournalStorage
-
     path = Path(path)
     if path.is_dir():
         raise PlannerError(f"--storage journal file must be a file, but {str(path)!r} is a directory")

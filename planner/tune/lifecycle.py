@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import threading
 import time
 import uuid
 from contextlib import contextmanager
+
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
 
 from planner.tune import record
 from planner.tune.record import INTERRUPTED, WORKER_DIED, Baseline, counted, interrupted
@@ -38,8 +42,6 @@ _ACTIVE_RUNS: set[str] = set()  # run tokens of this process's Worker objects st
 def owed(study, total: int) -> int:
     """Trials still to run: up to ``total`` counted ones (confirmation and learning-rate sweep runs are not), and at least every
     queued baseline not yet finished."""
-    from optuna.trial import TrialState
-
     trials = [(t, record.read(t)) for t in study.get_trials(deepcopy=False)]
     done = {rec.kind for t, rec in trials if counted(t)}
     queued = {rec.kind for t, rec in trials if t.state == TrialState.WAITING}
@@ -76,8 +78,6 @@ def settle_message(exc: BaseException) -> str:
 
 
 def signal_name(signum: int) -> str:
-    import signal
-
     return signal.Signals(signum).name
 
 
@@ -160,8 +160,6 @@ class Worker:
 
         Also an ``optimize`` callback (``study, trial`` arguments), so long runs reap as they go.
         """
-        from optuna.trial import TrialState
-
         n = 0
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             reason = self.death(trial)
@@ -171,8 +169,6 @@ class Worker:
 
     def settle(self) -> None:
         """After Ctrl-C/SIGTERM: this run's unfinished trials are failed as interrupted and queued again."""
-        from optuna.trial import TrialState
-
         with deferred():
             for trial_id in self.owned:
                 if trial_id in self._settled:
@@ -187,9 +183,6 @@ class Worker:
 
     def _fail(self, trial, reason: str) -> bool:
         """Fail ``trial`` with ``reason`` and queue it again; False when another process got there first."""
-        from optuna.exceptions import UpdateFinishedTrialError
-        from optuna.trial import TrialState
-
         storage = self.study._storage
         try:
             record.store_in(storage, trial._trial_id, reason=reason)

@@ -16,6 +16,10 @@ from dataclasses import replace
 from time import perf_counter
 from typing import Callable
 
+import optuna
+from optuna.trial import TrialState
+
+from planner.sampling import DivergedError
 from planner.tune import record
 from planner.tune.baselines import baseline_points
 from planner.tune.confirm import confirm_run
@@ -82,8 +86,6 @@ class Objective:
 
     def _reused(self, trial, key: str):
         """A finished trial of this study that trained the same proxy run."""
-        from optuna.trial import TrialState
-
         for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             rec = record.read(t)
             if rec.proxy_key == key and rec.metric is not None:
@@ -91,8 +93,6 @@ class Objective:
         return None
 
     def __call__(self, trial):
-        import optuna
-
         queued = record.read(trial)  # what the trial was queued with (nothing for a drawn one)
         kind = queued.kind
         if "kind" not in queued.model_fields_set:
@@ -152,8 +152,6 @@ class Objective:
                 trial.report(value, step)
             if prune and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} of {self.steps}: {self.workload.metric_name}={value:.4g}")
-
-        from planner.sampling import DivergedError
 
         start = perf_counter()
         extra = {"shape": self.shape} if self.shape is not None else {}

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from planner.errors import PlannerError, collect
+from planner.tune.storage import local_storage_path
 from planner.writable import unwritable_reason
 
 # how the user sets each stored setting (a key not listed is named as itself)
@@ -76,8 +77,6 @@ def unwritten_plan(path: str | Path, exc: OSError, *, flag: str | None, study: s
 
 def check_outputs(out: str | None, study_name: str, storage: str) -> None:
     """Every file ``planner tune`` writes: the plan and a local storage, checked before any work."""
-    from planner.tune.storage import local_storage_path
-
     problems = []
     plan = out if out else Path("studies") / study_name / "plan.yaml"
     problem = writable_file_problem(plan, "--out" if out else "the plan path (studies/<study>/plan.yaml; set --out)")

@@ -11,14 +11,23 @@ bytes of its training steps, one peak per draw of the layer sampler (:class:`_Cp
 from __future__ import annotations
 
 import contextlib
+import gc
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Callable
 
+import torch
+
+from planner.config import TrainConfig
+from planner.cost.measure import compute_loss, state_tensors
+from planner.cost.tracker import LiveBytesTracker
+from planner.data.workload import IGNORE_INDEX
 from planner.spec.arch import find_decoder_layers
+from planner.spec.model import DTYPES
 from planner.errors import PlannerError
 from planner.levers import Lever, all_levers
 from planner.optimizers import get_optimizer
+from planner.sampling import LayerSampler, train_layerwise
 from planner.tune.space import TrialParams
 
 MAX_HISTORY = 50  # sampler re-draws kept per trial (the report's importance heatmap)
@@ -67,10 +76,6 @@ def shaped_batches(batches, seq_len: int, pad_id: int):
     a mask transformers takes SDPA's causal path, the step the cost model traces; with one it builds a
     ``B x 1 x S x S`` mask and, on models with fewer key-value heads than heads, expands K and V in every layer
     (``repeat_kv``: measured +141,824 B on a 4-layer hidden-64 Llama at 1 x 64)."""
-    import torch
-
-    from planner.data.workload import IGNORE_INDEX
-
     fill = {"input_ids": pad_id, "labels": IGNORE_INDEX}
     for batch in batches:
         out = {}
@@ -100,10 +105,6 @@ class _CudaMeter:
     """Training peak on CUDA, evaluations excluded (their peaks are read and reset around each one)."""
 
     def __init__(self):
-        import torch
-
-        import gc
-
         self.torch = torch
         gc.collect()
         torch.cuda.synchronize()
@@ -137,8 +138,6 @@ class _CpuMeter:
     observed. Frees follow reference counts (the cyclic collector is paused), as in :func:`planner.cost.measure_training_peak`."""
 
     def __init__(self):
-        from planner.cost.tracker import LiveBytesTracker
-
         self.tracker = LiveBytesTracker()
         self.draws: dict[tuple[int, ...], int] = {}
         self._draw: tuple[int, ...] | None = None
@@ -146,8 +145,6 @@ class _CpuMeter:
     def attach(self, model, sampler, optimizer) -> None:
         """Count what lives across steps (weights, buffers, the optimizer's own tensors such as bitsandbytes'
         quantization maps); cut the peak at every new draw of ``sampler``."""
-        from planner.cost.measure import state_tensors
-
         self.tracker.track(state_tensors(model, optimizer))
         begin_step = sampler.begin_step
 
@@ -164,8 +161,6 @@ class _CpuMeter:
 
     def batches(self, batches):
         """``batches``, each assembled unobserved and counted from when the step takes it."""
-        import torch
-
         it = iter(batches)
         while True:
             with self.tracker.suspended():
@@ -179,8 +174,6 @@ class _CpuMeter:
 
     @contextlib.contextmanager
     def observing(self):
-        import gc
-
         enabled = gc.isenabled()
         gc.disable()
         try:
@@ -227,17 +220,13 @@ def _jsonable(entry) -> dict:
 
 def add_lora(model, rank: int):
     """Rank-``rank`` LoRA adapters on every linear layer inside the decoder layers (peft)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # peft (transformers, seconds on top of torch): deferred to an adapter trial
 
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
     return get_peft_model(model, config)
 
 
 def _build(workload, params: TrialParams, shape: TrainShape, seed: int):
-    import torch
-
-    from planner.spec.model import DTYPES
-
     model = workload.new_model(seed)
     if shape.dtype != "float32":
         # the weights in the training dtype; buffers as transformers keeps them (RoPE's inverse frequencies stay
@@ -280,9 +269,6 @@ def _lever_loss(params: TrialParams):
     run by the layer-wise loop: a proxy steps after backward (the same update)."""
     if not params.levers:
         return None
-    from planner.config import TrainConfig
-    from planner.cost.measure import compute_loss
-
     cfg = TrainConfig.model_construct(**dict(params.levers))
     if not any(lever.active(cfg) and type(lever).compute_loss is not Lever.compute_loss for lever in all_levers()):
         return None
@@ -297,8 +283,6 @@ def _optimizer_class(name: str):
 
 def lr_scheduler(optimizer, schedule: str, steps: int):
     """The proxy's learning-rate schedule over ``steps`` optimizer steps (None: constant)."""
-    import torch
-
     if schedule not in SCHEDULES:
         raise PlannerError(f"schedule must be one of {list(SCHEDULES)}, but got {schedule!r}")
     if schedule == "constant":
@@ -317,12 +301,6 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
     Raises ``planner.sampling.DivergedError`` when the loss goes NaN, :class:`ProxyOutOfMemory`
     when the device runs out of memory.
     """
-    import contextlib
-
-    import torch
-
-    from planner.sampling import LayerSampler, train_layerwise
-
     shape = shape or TrainShape()
     cuda = shape.device == "cuda"
     meter = _CudaMeter() if cuda else None
@@ -386,8 +364,6 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
         oom = (str(exc).strip().splitlines() or [""])[0][:200]
     finally:
         if cuda:
-            import gc
-
             gc.collect()
             torch.cuda.empty_cache()
     if oom is not None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from optuna.trial import TrialState
+
 from planner.config import TrainConfig
 from planner.errors import PlannerError
+from planner.export.data import generated_data, training_data
 from planner.plan import BaselineResult, Breakdown, Plan, ProxyInfo
 from planner.tune import record
 from planner.tune.baselines import KINDS, best_of_kind, trial_form_words, trial_point
@@ -92,10 +95,6 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
               multi_objective: bool = False, seed: int = 0, steps: int = 0, data: str | None = None) -> TuneResult:
     """The best fitting trained trial as a Plan for ``target``, with every baseline next to it. ``data``: what
     ``--data`` named (None: the study generated its task, or a library caller passed its own workload)."""
-    from optuna.trial import TrialState
-
-    from planner.export.data import generated_data, training_data
-
     workload = proxy.workload
     trials = study.get_trials(deepcopy=False)
     direction = workload.direction

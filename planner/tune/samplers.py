@@ -8,6 +8,12 @@ draws the gate refuses or a finished trial trained drawn again), :class:`planner
 from __future__ import annotations
 
 import math
+import warnings
+
+import optuna
+
+from planner.tune.bounded import GateBoundedSampler, admissible, largest_fitting_active_layers
+from planner.tune.seeding import PerTrialSeed
 
 TPE_STARTUP_TRIALS = 5  # random points before TPE models the space (studies/bench_search.py: 3 and 5 tie, 10 is worse)
 # The share of finished trials TPE models as the good group l(x) (Optuna's ``gamma`` argument, not the project's γ).
@@ -27,10 +33,6 @@ def good_trials(n: int, share: float = TPE_GOOD_SHARE) -> int:
 def make_sampler(name: str, seed: int, **tpe):
     """The Optuna sampler ``--sampler`` names: multivariate TPE (joint over the parameters, good group
     :func:`good_trials`) or random. ``tpe``: TPESampler arguments that replace these (benchmarks of other options)."""
-    import warnings
-
-    import optuna
-
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():  # Optuna 4.9 deprecated `gamma`, to go in 6.0: pyproject holds optuna < 6
@@ -42,9 +44,6 @@ def make_sampler(name: str, seed: int, **tpe):
 def study_sampler(name: str, seed: int, space, gate, sampler=None):
     """``make_sampler(name, seed)``, or the Optuna ``sampler`` given (benchmarks of other options), wrapped as a study
     uses it (see the module's docstring)."""
-    from planner.tune.bounded import GateBoundedSampler, admissible, largest_fitting_active_layers
-    from planner.tune.seeding import PerTrialSeed
-
     inner = sampler if sampler is not None else make_sampler(name, seed)
     return GateBoundedSampler(PerTrialSeed(inner, seed), max(1, largest_fitting_active_layers(space, gate)),
                               admissible(space, gate), seed)

@@ -16,6 +16,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import optuna
+
+from planner.data.load import BUILTIN
 from planner.errors import PlannerError
 from planner.threads import torch_threads
 from planner.levers import labels, shape_fields
@@ -61,8 +64,6 @@ def _eval_every(options: TuneOptions) -> int:
 
 
 def _make_pruner(options: TuneOptions):
-    import optuna
-
     if options.pruner == "none" or options.multi_objective:
         return optuna.pruners.NopPruner()
     if options.pruner == "hyperband":
@@ -128,8 +129,6 @@ def check_feasible(space, gate, target_name: str = "the target") -> None:
 
 def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict, space, multi_objective: bool, gate):
     """Create the study (and queue the baselines), or load it when it exists and matches."""
-    import optuna
-
 
     directions = [study_attrs["direction"], "minimize"] if multi_objective else [study_attrs["direction"]]
 
@@ -246,8 +245,6 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
 
     name = options.study or default_study_name()
     check_outputs(options.out, name, options.storage)
-    import optuna
-
 
     storage_obj = open_storage(options.storage)  # before any work: an unreadable storage fails at once
     worker = None  # once attached: its unfinished trials are settled when the study stops
@@ -310,8 +307,6 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
             raise
         raise error from None
     worker.close()
-
-    from planner.data.load import BUILTIN  # deferred: the data loaders import torch and transformers
 
     result = summarize(study, space, target=target, proxy=setup, vram_bytes=vram, layers_attribute=layers_attr,
                        storage=options.storage, multi_objective=options.multi_objective, seed=options.seed, steps=options.steps,
