@@ -19,7 +19,7 @@ Tasks (both with SmolLM2's tokenizer and chat template for the SmolLM2-based mod
 The SmolLM2-based models read both as ``messages`` records with a short system turn ("Be brief."),
 which keeps sequences near 40 tokens (the template's default system prompt adds ~20 tokens to each);
 the built-in proxy reads ``docs`` as the same records in prompt/completion form (its character
-tokenizer has no chat template, and ``--data`` with ``messages`` records refuses it) and ``maximum`` as
+tokenizer has no chat template; the run predates the plain rendering it now gives ``messages`` records) and ``maximum`` as
 ``builtin:maximum``, as ``planner tune`` without ``--data`` trains it.
 
 Models:
