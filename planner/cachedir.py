@@ -93,6 +93,7 @@ def build_once(final: Path, complete: Callable[[Path], bool], build: Callable[[P
                 with staged_dir(final) as tmp:
                     build(tmp)
     except OSError as exc:
-        raise PlannerError(f"the model cache must be writable (set PLANNER_CACHE_DIR), but {str(final.parent)!r} is not: "
-                           f"{exc}") from None
+        raise PlannerError(
+            f"the model cache must be writable (set PLANNER_CACHE_DIR), but {str(final.parent)!r} is not: {exc}"
+        ) from None
     return final

@@ -34,7 +34,9 @@ class MethodConfig(BaseModel):
     seq_len: int = Field(default=512, ge=1, description="tokens per sequence")
     dtype: Dtype = Field(default="float32", description="weight storage dtype")
     amp: Amp = Field(default="none", description="autocast with float32 weights (the HF Trainer's bf16=True/fp16=True)")
-    layers: Literal["all"] | list[int] | None = Field(default=None, description="a static trainable set of decoder layers")
+    layers: Literal["all"] | list[int] | None = Field(
+        default=None, description="a static trainable set of decoder layers"
+    )
     active_layers: int | None = Field(default=None, ge=1, description="γ: a sampler keeps this many layers active")
     min_depth: int = Field(default=0, ge=0, description="the lowest decoder layer a sampler may draw")
     train_embeddings: bool = Field(default=True, description="train the input embeddings")
@@ -45,9 +47,13 @@ class MethodConfig(BaseModel):
     def _exclusive(self):
         problems = []
         if self.layers is not None and self.active_layers is not None:
-            problems.append(f"`layers` and `active_layers` are exclusive, but got layers={self.layers!r} and active_layers={self.active_layers}")
+            problems.append(
+                f"`layers` and `active_layers` are exclusive, but got layers={self.layers!r} and active_layers={self.active_layers}"
+            )
         if self.amp != "none" and self.dtype != "float32":
-            problems.append(f"`amp` runs with float32 weights (as the HF Trainer's bf16=True does), but got dtype={self.dtype!r} with amp={self.amp!r}")
+            problems.append(
+                f"`amp` runs with float32 weights (as the HF Trainer's bf16=True does), but got dtype={self.dtype!r} with amp={self.amp!r}"
+            )
         if isinstance(self.layers, list) and len(set(self.layers)) != len(self.layers):
             problems.append(f"`layers` must not repeat an index, but got {self.layers}")
         for lever in all_levers():
@@ -65,9 +71,13 @@ class MethodConfig(BaseModel):
         if self.active_layers is not None:
             room = num_layers - self.min_depth
             if self.min_depth >= num_layers:
-                problems.append(f"`min_depth < num_layers` must hold, but got min_depth={self.min_depth} with {num_layers} layers")
+                problems.append(
+                    f"`min_depth < num_layers` must hold, but got min_depth={self.min_depth} with {num_layers} layers"
+                )
             elif self.active_layers > room:
-                problems.append(f"`active_layers <= num_layers - min_depth` must hold, but got active_layers={self.active_layers} > {num_layers} - {self.min_depth}")
+                problems.append(
+                    f"`active_layers <= num_layers - min_depth` must hold, but got active_layers={self.active_layers} > {num_layers} - {self.min_depth}"
+                )
         collect(problems)
 
     def trainable_layers(self, num_layers: int) -> list[int]:
@@ -78,6 +88,7 @@ class MethodConfig(BaseModel):
 
 
 if TYPE_CHECKING:
+
     class TrainConfig(MethodConfig):
         """For a type checker: the lever fields are made at import from the registered levers, so they are
         typed ``Any`` here rather than listed twice."""
@@ -87,4 +98,6 @@ if TYPE_CHECKING:
         def __getattr__(self, name: str) -> Any: ...
 else:
     TrainConfig = create_model("TrainConfig", __base__=MethodConfig, __module__=__name__, **lever_fields())
-    TrainConfig.__doc__ = MethodConfig.__doc__ + "\n\n    Lever fields: " + ", ".join(lever_fields()) + " (planner.levers)."
+    TrainConfig.__doc__ = (
+        MethodConfig.__doc__ + "\n\n    Lever fields: " + ", ".join(lever_fields()) + " (planner.levers)."
+    )

@@ -30,9 +30,13 @@ class Margin(BaseModel):
     baseline: str
     baseline_peak_bytes: int
     fits: bool = Field(description="whether the baseline fits the budget (one that does not is never trained)")
-    versus: str | None = Field(default=None, description="the confirmed plan compared: the tuned plan when its peak is not higher")
+    versus: str | None = Field(
+        default=None, description="the confirmed plan compared: the tuned plan when its peak is not higher"
+    )
     versus_peak_bytes: int | None = None
-    margin: float | None = Field(default=None, description="versus mean - baseline mean, signed so > 0 means versus is better")
+    margin: float | None = Field(
+        default=None, description="versus mean - baseline mean, signed so > 0 means versus is better"
+    )
     noise: float | None = Field(default=None, description="2 × the standard error of the difference of the two means")
     verdict: str
 
@@ -43,7 +47,11 @@ class Confirmation(BaseModel):
     steps: int
     candidates: list[ConfirmedRun]
     margins: list[Margin] = Field(default_factory=list)
-    separated: bool | None = Field(default=None, description=(
-        "whether the tuned plan's margin over the runner-up or over a trained baseline exceeds the seed noise "
-        "(False: the scores cannot tell the plans apart; None: nothing to compare, or one seed measures no noise)"))
+    separated: bool | None = Field(
+        default=None,
+        description=(
+            "whether the tuned plan's margin over the runner-up or over a trained baseline exceeds the seed noise "
+            "(False: the scores cannot tell the plans apart; None: nothing to compare, or one seed measures no noise)"
+        ),
+    )
     verdict: str | None = Field(default=None, description="that comparison in one line")

@@ -30,6 +30,10 @@ def from_pydantic(exc, where: str = "") -> PlannerError:
         loc = ".".join(str(p) for p in err["loc"]) or where or "input"
         msg = err["msg"]
         if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        parts.append(f"{loc}: {msg} (got {err.get('input')!r})" if "input" in err and not isinstance(err.get("input"), dict) else f"{loc}: {msg}")
+            msg = msg[len("Value error, ") :]
+        parts.append(
+            f"{loc}: {msg} (got {err.get('input')!r})"
+            if "input" in err and not isinstance(err.get("input"), dict)
+            else f"{loc}: {msg}"
+        )
     return PlannerError("; ".join(parts))

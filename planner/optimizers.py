@@ -117,7 +117,6 @@ class AdamW(Optimizer):
         # foreach: torch._foreach_sqrt(v) materializes sqrt(v) for every tensor of the group at once
         return sum(block(n * b) for n, b in tensors)
 
-
     def state_blocks(self, tensors: Tensors) -> list[int]:
         """Bytes of each state tensor, in the order the first step creates them (exp_avg, exp_avg_sq per parameter)."""
         return [n * b for n, b in tensors for _ in range(ADAM_MOMENTS)]
@@ -155,8 +154,9 @@ def _bitsandbytes():
     try:
         import bitsandbytes  # deferred, as torch above: bitsandbytes imports it, and only 8-bit optimizers run it
     except ImportError:
-        raise PlannerError("8-bit optimizers run bitsandbytes, which must be installed (pip install bitsandbytes), "
-                           "but it is not") from None
+        raise PlannerError(
+            "8-bit optimizers run bitsandbytes, which must be installed (pip install bitsandbytes), but it is not"
+        ) from None
     return bitsandbytes
 
 

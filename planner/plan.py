@@ -56,20 +56,33 @@ class TrainingData(BaseModel):
     """The data the study trained on, as exports need it to train the same way (see :mod:`planner.data.files`)."""
 
     model_config = ConfigDict(extra="forbid")
-    path: str | None = Field(default=None, description="what --data named: a file (absolute) or a datasets name; None for a built-in task")
-    task: str | None = Field(default=None, description="the built-in task the study generated instead of reading a file")
+    path: str | None = Field(
+        default=None, description="what --data named: a file (absolute) or a datasets name; None for a built-in task"
+    )
+    task: str | None = Field(
+        default=None, description="the built-in task the study generated instead of reading a file"
+    )
     format: Literal["jsonl", "json", "csv", "tsv", "text", "datasets", "builtin"] = Field(
-        description="the file format (by extension), a datasets name, or a generated built-in task")
-    fields: dict[str, str] = Field(default_factory=dict, description=(
-        "role -> record field as the loader found it: messages for chat records (the loss on the last assistant "
-        "turn); prompt and answer (and input when present) for prompt/answer records, the loss on the answer only; "
-        "text for plain text, the loss on all of it"))
+        description="the file format (by extension), a datasets name, or a generated built-in task"
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "role -> record field as the loader found it: messages for chat records (the loss on the last assistant "
+            "turn); prompt and answer (and input when present) for prompt/answer records, the loss on the answer only; "
+            "text for plain text, the loss on all of it"
+        ),
+    )
     chat: list[Literal["history", "irregular", "pairs"]] = Field(
-        default_factory=list, exclude_if=lambda v: not v, description=(
+        default_factory=list,
+        exclude_if=lambda v: not v,
+        description=(
             "what of a messages file other trainers may read otherwise (planner.data.files.chat_traits): history "
             "(assistant turns before the answer), irregular (turns not user/assistant in alternation after one "
             "leading system turn), pairs (records of field pairs beside the messages records); written only when "
-            "some are found"))
+            "some are found"
+        ),
+    )
 
     @property
     def is_text(self) -> bool:
@@ -103,7 +116,9 @@ class Plan(BaseModel):
     layers: list[int] | None = Field(default=None, description="fixed layer set for static plans")
     train_embeddings: bool = True
     train_head: bool = True
-    learning_rate: float = Field(gt=0, description="for the target (from the proxy's by the rule in planner.tune.mapping)")
+    learning_rate: float = Field(
+        gt=0, description="for the target (from the proxy's by the rule in planner.tune.mapping)"
+    )
     lora_rank: int | None = None
     # the training configuration the memory was predicted for
     train: TrainConfig
@@ -121,7 +136,9 @@ class Plan(BaseModel):
     proxy: ProxyInfo | None = None
     # what the exports train on: the study's data and its step count
     data: TrainingData | None = None
-    steps: int | None = Field(default=None, ge=1, description="optimizer steps each trial trained (the exports' max_steps)")
+    steps: int | None = Field(
+        default=None, ge=1, description="optimizer steps each trial trained (the exports' max_steps)"
+    )
     # the candidates re-trained with several seeds; ``metric`` is then the plan's mean over them
     confirmation: Confirmation | None = None
 
@@ -132,7 +149,9 @@ class Plan(BaseModel):
         if isinstance(data, dict) and "min_depth" not in data:
             train = data.get("train")
             depth = train.get("min_depth") if isinstance(train, dict) else getattr(train, "min_depth", None)
-            if isinstance(depth, int) and (train.get("active_layers") if isinstance(train, dict) else getattr(train, "active_layers", None)):
+            if isinstance(depth, int) and (
+                train.get("active_layers") if isinstance(train, dict) else getattr(train, "active_layers", None)
+            ):
                 data = {**data, "min_depth": depth}
         return data
 
@@ -142,15 +161,27 @@ class Plan(BaseModel):
         problems = []
         for name in ("train_embeddings", "train_head", "lora_rank"):
             if getattr(self, name) != getattr(self.train, name):
-                problems.append(f"`{name} == train.{name}` must hold, but got {getattr(self, name)!r} and {getattr(self.train, name)!r}")
+                problems.append(
+                    f"`{name} == train.{name}` must hold, but got {getattr(self, name)!r} and {getattr(self.train, name)!r}"
+                )
         if self.train.active_layers is not None and self.train.min_depth != self.min_depth:
-            problems.append(f"`min_depth == train.min_depth` must hold, but got {self.min_depth} and {self.train.min_depth}")
+            problems.append(
+                f"`min_depth == train.min_depth` must hold, but got {self.min_depth} and {self.train.min_depth}"
+            )
         if self.train.active_layers is not None and self.train.active_layers != self.active_layers:
-            problems.append(f"`active_layers == train.active_layers` must hold, but got {self.active_layers} and {self.train.active_layers}")
-        if self.layers is not None and isinstance(self.train.layers, list) and sorted(self.layers) != sorted(self.train.layers):
+            problems.append(
+                f"`active_layers == train.active_layers` must hold, but got {self.active_layers} and {self.train.active_layers}"
+            )
+        if (
+            self.layers is not None
+            and isinstance(self.train.layers, list)
+            and sorted(self.layers) != sorted(self.train.layers)
+        ):
             problems.append(f"`layers == train.layers` must hold, but got {self.layers} and {self.train.layers}")
         if sum(self.breakdown.model_dump().values()) != self.predicted_peak_bytes:
-            problems.append(f"the breakdown must sum to predicted_peak_bytes, but got {sum(self.breakdown.model_dump().values())} != {self.predicted_peak_bytes}")
+            problems.append(
+                f"the breakdown must sum to predicted_peak_bytes, but got {sum(self.breakdown.model_dump().values())} != {self.predicted_peak_bytes}"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -175,7 +206,9 @@ class Plan(BaseModel):
         try:
             data = yaml.safe_load(path.read_text())
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise PlannerError(f"plan file must be YAML, but {str(path)!r} is not: {str(exc).splitlines()[0]}") from None
+            raise PlannerError(
+                f"plan file must be YAML, but {str(path)!r} is not: {str(exc).splitlines()[0]}"
+            ) from None
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

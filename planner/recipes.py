@@ -15,4 +15,9 @@ from planner.levers.loss_chunks import TORCHTUNE_CHUNKS
 
 CHECKPOINTING = {"gradient_checkpointing": True}
 QLORA = {"quantize": "nf4-dq", **CHECKPOINTING}
-TORCHTUNE_FULL = {**CHECKPOINTING, "optimizer": "paged_adamw8bit", "optimizer_in_backward": True, "loss_chunks": TORCHTUNE_CHUNKS}
+TORCHTUNE_FULL = {
+    **CHECKPOINTING,
+    "optimizer": "paged_adamw8bit",
+    "optimizer_in_backward": True,
+    "loss_chunks": TORCHTUNE_CHUNKS,
+}

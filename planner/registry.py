@@ -22,7 +22,9 @@ def registrar(table: dict[str, type], kind: str) -> Callable[[str], Callable[[T]
     def register(name: str) -> Callable[[T], T]:
         def deco(cls: T) -> T:
             if name in table and table[name] is not cls:
-                raise PlannerError(f"{kind} names must be unique, but {name!r} is already registered by {table[name].__name__}")
+                raise PlannerError(
+                    f"{kind} names must be unique, but {name!r} is already registered by {table[name].__name__}"
+                )
             cls.name = name
             table[name] = cls
             return cls

@@ -17,9 +17,18 @@ GiB = 1024**3
 
 _UNITS = {
     "b": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": KiB, "mib": MiB, "gib": GiB, "tib": 1024**4,
-    "k": KiB, "m": MiB, "g": GiB, "t": 1024**4,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": 1024**4,
+    "k": KiB,
+    "m": MiB,
+    "g": GiB,
+    "t": 1024**4,
 }
 _UNIT_LIST = "{B, KB, MB, GB, TB, KiB, MiB, GiB, TiB, K, M, G, T}"
 MAX_BYTES = 1024**6  # 1 EiB: far above any device, far below float overflow
@@ -39,11 +48,15 @@ def parse_bytes(text: str | int | float, *, name: str = "--vram") -> int:
     else:
         m = _PATTERN.match(str(text))
         if not m or (m.group(2) and m.group(2).lower() not in _UNITS):
-            raise PlannerError(f"{name} must be a number with a unit in {_UNIT_LIST} (e.g. 24GB or 24GiB), but got {text!r}")
+            raise PlannerError(
+                f"{name} must be a number with a unit in {_UNIT_LIST} (e.g. 24GB or 24GiB), but got {text!r}"
+            )
         value, unit = float(m.group(1)), m.group(2).lower()
         if value > 0 and not unit:
-            raise PlannerError(f"{name} must be a number with a unit in {_UNIT_LIST} (e.g. 24GB or 24GiB; bytes are "
-                               f"{m.group(1)}B), but got the bare number {text!r}")
+            raise PlannerError(
+                f"{name} must be a number with a unit in {_UNIT_LIST} (e.g. 24GB or 24GiB; bytes are "
+                f"{m.group(1)}B), but got the bare number {text!r}"
+            )
     nbytes = value * _UNITS[unit or "b"]
     if nbytes > MAX_BYTES:  # 1e400GB is infinity
         raise PlannerError(f"{name} must be at most {MAX_BYTES:,} bytes (1 EiB), but got {text!r}")

@@ -34,21 +34,32 @@ def main() -> None:
     recipe = PretrainRecipe(layers=32, hidden=64, heads=4, kv_heads=2, intermediate=128)
     t0 = time.time()
     wl = default_workload(recipe=recipe)
-    print(f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}; proxy {recipe}; "
-          f"pretrained or loaded in {time.time() - t0:.0f} s; {wl}", flush=True)
+    print(
+        f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}; proxy {recipe}; "
+        f"pretrained or loaded in {time.time() - t0:.0f} s; {wl}",
+        flush=True,
+    )
     rows = {}
     for g in ACTIVE_LAYER_COUNTS:
         vals = []
         for seed in range(SEEDS):
             metric, accuracy, cpu = proxy_run(wl, {**LISA, "active_layers": g}, SPREAD_LR, seed, STEPS, BATCH)
             vals.append(metric)
-            print(f"γ={g} of 32  seed {seed}  eval_loss {metric:.4f}  accuracy {accuracy:.3f}  {cpu:.1f} CPU-s", flush=True)
+            print(
+                f"γ={g} of 32  seed {seed}  eval_loss {metric:.4f}  accuracy {accuracy:.3f}  {cpu:.1f} CPU-s",
+                flush=True,
+            )
         rows[g] = vals
     means = {g: statistics.mean(v) for g, v in rows.items()}
     noise = statistics.mean(statistics.stdev(v) for v in rows.values())
     spread = statistics.stdev(means.values())
-    print("mean eval loss per γ: " + ", ".join(f"γ={g} {m:.4f} ± {statistics.stdev(rows[g]):.4f}" for g, m in means.items()))
-    print(f"spread across γ (std of means) {spread:.4f}, seed noise (mean within-γ std) {noise:.4f}, ratio {spread / noise:.2f}")
+    print(
+        "mean eval loss per γ: "
+        + ", ".join(f"γ={g} {m:.4f} ± {statistics.stdev(rows[g]):.4f}" for g, m in means.items())
+    )
+    print(
+        f"spread across γ (std of means) {spread:.4f}, seed noise (mean within-γ std) {noise:.4f}, ratio {spread / noise:.2f}"
+    )
 
 
 if __name__ == "__main__":

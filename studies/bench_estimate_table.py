@@ -30,8 +30,11 @@ MODELS = ("llama-3-70b", "llama-2-70b", "llama-2-7b")
 DTYPE, SEQ_LEN, VRAM = "bfloat16", 2048, "80GB"
 
 
-PHASES = {"traces": ("planner.cost.estimator", "get_family"), "step ops": ("planner.cost.replay", "step_ops"),
-          "replay": ("planner.cost.replay", "replay_run")}
+PHASES = {
+    "traces": ("planner.cost.estimator", "get_family"),
+    "step ops": ("planner.cost.replay", "step_ops"),
+    "replay": ("planner.cost.replay", "replay_run"),
+}
 
 
 def _time_phases() -> dict[str, float]:
@@ -78,19 +81,25 @@ def main(argv: list[str]) -> None:
     from planner.spec import load_spec
     from planner.units import parse_bytes
 
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
-          f"dtype {DTYPE}, seq {SEQ_LEN}, batch 1, device cuda (default profile), budget {VRAM}")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+        f"dtype {DTYPE}, seq {SEQ_LEN}, batch 1, device cuda (default profile), budget {VRAM}"
+    )
     planner = str(Path(sys.executable).with_name("planner"))
     cli_timed = "--no-cli" not in argv
     if cli_timed:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import torch, transformers, peft, planner.cost"], check=True)
-        print(f"fresh-process import of torch, transformers, peft and planner.cost: {time.perf_counter() - t0:.2f} s "
-              "(part of every `cli s`)")
+        print(
+            f"fresh-process import of torch, transformers, peft and planner.cost: {time.perf_counter() - t0:.2f} s "
+            "(part of every `cli s`)"
+        )
     spent = _time_phases()
     phases = []
-    print(f"{'model':<14} {'plans':>5} {'cold wall / CPU s':>18} {'warm wall / CPU s':>18} {'cli s':>8}  "
-          "largest γ fitting (E+H / frozen); smallest plan")
+    print(
+        f"{'model':<14} {'plans':>5} {'cold wall / CPU s':>18} {'warm wall / CPU s':>18} {'cli s':>8}  "
+        "largest γ fitting (E+H / frozen); smallest plan"
+    )
     for name in MODELS:
         spec = load_spec(name)
         cfg = TrainConfig(dtype=DTYPE, seq_len=SEQ_LEN)
@@ -106,9 +115,24 @@ def main(argv: list[str]) -> None:
         cli = float("nan")
         if cli_timed:
             t0 = time.perf_counter()
-            proc = subprocess.run([planner, "estimate", "--model", name, "--dtype", DTYPE, "--seq-len", str(SEQ_LEN),
-                                   "--vram", VRAM, "--json"], capture_output=True, text=True,
-                                  env={**os.environ, "PLANNER_PROFILE_DIR": cache})
+            proc = subprocess.run(
+                [
+                    planner,
+                    "estimate",
+                    "--model",
+                    name,
+                    "--dtype",
+                    DTYPE,
+                    "--seq-len",
+                    str(SEQ_LEN),
+                    "--vram",
+                    VRAM,
+                    "--json",
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PLANNER_PROFILE_DIR": cache},
+            )
             cli = time.perf_counter() - t0
             if proc.returncode not in (0, 1):
                 raise SystemExit(f"planner estimate failed for {name}: {proc.stderr.strip().splitlines()[-1]}")
@@ -116,13 +140,20 @@ def main(argv: list[str]) -> None:
         best = [largest_fitting_active_layers(cands, vram, train_embeddings=e, train_head=e) for e in (True, False)]
         active_layer_counts = " / ".join(str(b.active_layers) if b else "none" for b in best)
         low = smallest_fitting(cands)
-        print(f"{name:<14} {len(cands):>5} {cold:>8.2f} / {cold_cpu:>6.2f} {warm:>9.2f} / {warm_cpu:>5.2f} {cli:>8.2f}  "
-              f"{active_layer_counts}; {low.name} at {low.peak_bytes / 2**30:.1f} GiB", flush=True)
+        print(
+            f"{name:<14} {len(cands):>5} {cold:>8.2f} / {cold_cpu:>6.2f} {warm:>9.2f} / {warm_cpu:>5.2f} {cli:>8.2f}  "
+            f"{active_layer_counts}; {low.name} at {low.peak_bytes / 2**30:.1f} GiB",
+            flush=True,
+        )
     print(f"cold CPU seconds by phase (load average now {os.getloadavg()[0]:.1f})")
     print(f"{'model':<14} {'cold CPU':>8} " + " ".join(f"{k:>9}" for k in PHASES) + f" {'workers':>9} {'rest':>9}")
     for name, total, by in phases:
-        print(f"{name:<14} {total:>8.2f} " + " ".join(f"{by[k]:>9.2f}" for k in PHASES) + f" {by['workers']:>9.2f}"
-              + f" {total - sum(v for v in by.values() if v == v):>9.2f}")
+        print(
+            f"{name:<14} {total:>8.2f} "
+            + " ".join(f"{by[k]:>9.2f}" for k in PHASES)
+            + f" {by['workers']:>9.2f}"
+            + f" {total - sum(v for v in by.values() if v == v):>9.2f}"
+        )
     if "--before" in argv:
         _before(argv[argv.index("--before") + 1])
 

@@ -40,12 +40,15 @@ def matrix() -> None:
             result = get_exporter(target).render(plan)
             got = RUNNERS[target](plan, result.files, Path(tempfile.mkdtemp()))
             diffs = differences(plan, ref, got)
-            said = sorted({k for line in result.lost for k in loss_kinds(line)} - {"data"})  # data lines: test_export_data.py
+            # data lines: test_export_data.py
+            said = sorted({k for line in result.lost for k in loss_kinds(line)} - {"data"})
             measured = sorted(diffs)
             agree += said == measured
             total += 1
             state = "error" if got.error else f"{got.state_bytes:,} ({ref.state_bytes:,})"
-            print(f"{name:30s} {target:12s} {'+'.join(said) or 'exact':17s} {'+'.join(measured) or 'same':17s} {state:>22s} {got.copy_bytes:>9,}")
+            print(
+                f"{name:30s} {target:12s} {'+'.join(said) or 'exact':17s} {'+'.join(measured) or 'same':17s} {state:>22s} {got.copy_bytes:>9,}"
+            )
     print(f"\nloss lines name exactly the measured kinds of difference: {agree} of {total}\n")
 
 
@@ -57,7 +60,14 @@ def lisa_state(steps: int = 10) -> None:
     from planner.config import TrainConfig
     from planner.export import get_exporter
 
-    plan = make_plan(num_layers=6, active_layers=2, period=2, train=TrainConfig(active_layers=2), train_embeddings=False, train_head=False)
+    plan = make_plan(
+        num_layers=6,
+        active_layers=2,
+        period=2,
+        train=TrainConfig(active_layers=2),
+        train_embeddings=False,
+        train_head=False,
+    )
     trainer_rules.STEPS = steps
     for target, runner in (("axolotl", run_axolotl), ("lmflow", run_lmflow), ("swift", run_swift), ("planner", None)):
         if runner is None:

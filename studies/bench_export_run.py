@@ -42,11 +42,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 VENVS = {"swift": "/tmp/venv-swift", "llamafactory": "/tmp/venv-llamafactory", "axolotl": "/tmp/venv-axolotl"}
-COMMANDS = {"swift": ["bash", "swift_sft.sh"], "llamafactory": ["llamafactory-cli", "train", "llamafactory.yaml"],
-            "axolotl": ["axolotl", "train", "axolotl.yaml"]}
+COMMANDS = {
+    "swift": ["bash", "swift_sft.sh"],
+    "llamafactory": ["llamafactory-cli", "train", "llamafactory.yaml"],
+    "axolotl": ["axolotl", "train", "axolotl.yaml"],
+}
 QUANTIZED = {"qlora": "nf4-dq", "qlora-int8": "int8"}  # plan kind -> --quantize
-PLANS = {"swift": ["lisa", "static", "lora", "text", *QUANTIZED], "llamafactory": ["lisa", "static", "lora", "text", *QUANTIZED],
-         "axolotl": ["lisa", "static", "lora", "text", *QUANTIZED]}
+PLANS = {
+    "swift": ["lisa", "static", "lora", "text", *QUANTIZED],
+    "llamafactory": ["lisa", "static", "lora", "text", *QUANTIZED],
+    "axolotl": ["lisa", "static", "lora", "text", *QUANTIZED],
+}
 STEPS = 6
 TOKENIZER = Path.home() / ".cache/planner/gguf-SmolLM2-135M-Instruct.Q4_1-dc8497fee868857d"
 
@@ -60,9 +66,18 @@ def build_model(root: Path) -> Path:
     if (out / "model.safetensors").is_file():
         return out
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.float32)
     model.save_pretrained(out)
@@ -74,7 +89,9 @@ def build_data(root: Path) -> tuple[Path, Path]:
     """40 instruction/response records (sums of small numbers), and the same sums as 40 text records."""
     pairs, text = root / "sums.jsonl", root / "sums-text.jsonl"
     sums = [(a, b) for a in range(1, 9) for b in range(1, 6)]
-    pairs.write_text("".join(json.dumps({"instruction": f"What is {a} plus {b}?", "response": str(a + b)}) + "\n" for a, b in sums))
+    pairs.write_text(
+        "".join(json.dumps({"instruction": f"What is {a} plus {b}?", "response": str(a + b)}) + "\n" for a, b in sums)
+    )
     text.write_text("".join(json.dumps({"text": f"{a} plus {b} makes {a + b}"}) + "\n" for a, b in sums))
     return pairs, text
 
@@ -88,21 +105,60 @@ def make(kind: str, model: Path, data: Path):
     from planner.export.data import training_data
     from planner.plan import Breakdown
 
-    common = dict(model=str(model), model_type="llama", num_layers=2, layers_attribute="model.layers", learning_rate=1e-3,
-                  predicted_peak_bytes=1, breakdown=Breakdown(weights=1), data=training_data(str(data)), steps=STEPS)
+    common = dict(
+        model=str(model),
+        model_type="llama",
+        num_layers=2,
+        layers_attribute="model.layers",
+        learning_rate=1e-3,
+        predicted_peak_bytes=1,
+        breakdown=Breakdown(weights=1),
+        data=training_data(str(data)),
+        steps=STEPS,
+    )
     seq = dict(seq_len=64, batch_size=2)
     if kind == "lisa":  # one of two layers every 2 steps, embeddings frozen, head trained
-        return consistent_plan(**common, active_layers=1, period=2, scorer="uniform", train_embeddings=False,
-                               train=TrainConfig(active_layers=1, **seq))
+        return consistent_plan(
+            **common,
+            active_layers=1,
+            period=2,
+            scorer="uniform",
+            train_embeddings=False,
+            train=TrainConfig(active_layers=1, **seq),
+        )
     if kind in ("static", "text"):  # layer 1 and the head
-        return consistent_plan(**common, active_layers=1, period=1, scorer="fixed", layers=[1], train_embeddings=False,
-                               train=TrainConfig(layers=[1], **seq))
+        return consistent_plan(
+            **common,
+            active_layers=1,
+            period=1,
+            scorer="fixed",
+            layers=[1],
+            train_embeddings=False,
+            train=TrainConfig(layers=[1], **seq),
+        )
     if kind in QUANTIZED:  # QLoRA as the tuner's baseline runs it: adapters in every layer over quantized base weights
-        return consistent_plan(**common, active_layers=2, period=1, scorer="fixed", layers=[0, 1], lora_rank=8,
-                               train_embeddings=False, train_head=False,
-                               train=TrainConfig(layers=[0, 1], quantize=QUANTIZED[kind], **seq))
-    return consistent_plan(**common, active_layers=1, period=1, scorer="fixed", layers=[1], lora_rank=4,
-                           train_embeddings=False, train_head=False, train=TrainConfig(layers=[1], **seq))
+        return consistent_plan(
+            **common,
+            active_layers=2,
+            period=1,
+            scorer="fixed",
+            layers=[0, 1],
+            lora_rank=8,
+            train_embeddings=False,
+            train_head=False,
+            train=TrainConfig(layers=[0, 1], quantize=QUANTIZED[kind], **seq),
+        )
+    return consistent_plan(
+        **common,
+        active_layers=1,
+        period=1,
+        scorer="fixed",
+        layers=[1],
+        lora_rank=4,
+        train_embeddings=False,
+        train_head=False,
+        train=TrainConfig(layers=[1], **seq),
+    )
 
 
 def groups(names: list[str]) -> list[str]:
@@ -110,13 +166,25 @@ def groups(names: list[str]) -> list[str]:
     out = set()
     for n in names:
         m = re.search(r"layers\.(\d+)\.", n)
-        out.add(f"layer {m.group(1)}" if m else "embed" if "embed_tokens" in n else "head" if "lm_head" in n else "norm" if "norm" in n else n)
+        out.add(
+            f"layer {m.group(1)}"
+            if m
+            else "embed"
+            if "embed_tokens" in n
+            else "head"
+            if "lm_head" in n
+            else "norm"
+            if "norm" in n
+            else n
+        )
     return sorted(out)
 
 
 def planned(plan) -> str:
     """The groups the plan trains, in the words of :func:`groups`."""
-    outside = [g for g, on in (("embed", plan.train_embeddings), ("head", plan.train_head), ("norm", plan.train_head)) if on]
+    outside = [
+        g for g, on in (("embed", plan.train_embeddings), ("head", plan.train_head), ("norm", plan.train_head)) if on
+    ]
     if plan.lora_rank:
         return f"LoRA adapters in layer(s) {plan.layers}" + (f" + {', '.join(outside)}" if outside else "")
     if plan.layers is not None:
@@ -131,7 +199,8 @@ def first_example(target: str, log: str, run_dir: Path, model: Path) -> str:
         m = re.search(r"^inputs:\n(.*?)\nlabel_ids:.*?^labels:\n(.*?)\n\[", log, re.DOTALL | re.MULTILINE)
         if m:
             return f"{m.group(1)!r}, loss on {m.group(2)!r}"
-        m = re.search(r"^inputs:\n(.*?)\n\[", log, re.DOTALL | re.MULTILINE)  # pt: no labels logged, the loss is on all of it
+        # pt: no labels logged, the loss is on all of it
+        m = re.search(r"^inputs:\n(.*?)\n\[", log, re.DOTALL | re.MULTILINE)
         return f"{m.group(1)!r}, loss on all of it" if m else "?"
     if target == "swift":  # swift logs [INPUT] and [LABELS] of the first row
         full, labels = re.search(r"\[INPUT\] (.*)", log), re.search(r"\[LABELS\] (?:\[-100 \* \d+\])?(.*)", log)
@@ -139,12 +208,22 @@ def first_example(target: str, log: str, run_dir: Path, model: Path) -> str:
     prepared = next((p.parent for p in sorted(run_dir.rglob("dataset_info.json"))), None)
     if prepared is None:
         return "?"
-    code = ("import sys; from datasets import load_from_disk; from transformers import AutoTokenizer; "
-            "tok = AutoTokenizer.from_pretrained(sys.argv[2]); row = load_from_disk(sys.argv[1])[0]; "
-            "ans = [t for t, lab in zip(row['input_ids'], row['labels']) if lab != -100]; "
-            "print(repr(tok.decode(row['input_ids'])) + ', loss on ' + repr(tok.decode(ans)))")
-    return subprocess.run([f"{VENVS[target]}/bin/python", "-c", code, str(prepared), str(model)],  # axolotl's own datasets
-                          capture_output=True, text=True, check=False).stdout.strip() or "?"
+    code = (
+        "import sys; from datasets import load_from_disk; from transformers import AutoTokenizer; "
+        "tok = AutoTokenizer.from_pretrained(sys.argv[2]); row = load_from_disk(sys.argv[1])[0]; "
+        "ans = [t for t, lab in zip(row['input_ids'], row['labels']) if lab != -100]; "
+        "print(repr(tok.decode(row['input_ids'])) + ', loss on ' + repr(tok.decode(ans)))"
+    )
+    # axolotl's own datasets
+    return (
+        subprocess.run(
+            [f"{VENVS[target]}/bin/python", "-c", code, str(prepared), str(model)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        or "?"
+    )
 
 
 def changed(initial: Path, run_dir: Path) -> list[str] | str:
@@ -163,7 +242,9 @@ def changed(initial: Path, run_dir: Path) -> list[str] | str:
     return groups(diff)
 
 
-QUANT_KEY = re.compile(r"^\s*-*(quant\w*|load_in_\dbit|double_quantization|bnb_4bit_\w+|adapter)[\s:]+(\S+)", re.MULTILINE)
+QUANT_KEY = re.compile(
+    r"^\s*-*(quant\w*|load_in_\dbit|double_quantization|bnb_4bit_\w+|adapter)[\s:]+(\S+)", re.MULTILINE
+)
 
 
 def quantized(log: str, files: list[Path]) -> str:
@@ -177,15 +258,25 @@ def quantized(log: str, files: list[Path]) -> str:
         out.append(f"the trainer logged {said.group(0)!r}")
     config = [k for k in ("load_in_4bit", "load_in_8bit") if re.search(rf'"{k}": true', log)]
     if config:
-        extra = re.findall(r'"(bnb_4bit_quant_type|bnb_4bit_use_double_quant)": "?(\w+)', log) if config == ["load_in_4bit"] else []
+        extra = (
+            re.findall(r'"(bnb_4bit_quant_type|bnb_4bit_use_double_quant)": "?(\w+)', log)
+            if config == ["load_in_4bit"]
+            else []
+        )
         out.append("the trainer logged " + " ".join(config + [f"{k}={v}" for k, v in dict(extra).items()]))
-    modules = dict.fromkeys(f"{name} {kind}" for name, kind in re.findall(r"\((\w+)\): (?:lora\.)?(Linear4bit|Linear8bitLt)\(", log)
-                            if name != "base_layer")
+    modules = dict.fromkeys(
+        f"{name} {kind}"
+        for name, kind in re.findall(r"\((\w+)\): (?:lora\.)?(Linear4bit|Linear8bitLt)\(", log)
+        if name != "base_layer"
+    )
     layers = re.search(r"\((\d+-\d+)\): (\d+) x (\w+DecoderLayer)", log)
     head = re.search(r"\(lm_head\): (?:\w+\.)?(\w+)\(", log)
     if modules:
-        out.append(f"printed model: {', '.join(modules)}" + (f" in each of {layers.group(2)} layers ({layers.group(1)})" if layers else "")
-                   + (f"; lm_head {head.group(1)}" if head else ""))
+        out.append(
+            f"printed model: {', '.join(modules)}"
+            + (f" in each of {layers.group(2)} layers ({layers.group(1)})" if layers else "")
+            + (f"; lm_head {head.group(1)}" if head else "")
+        )
     else:
         out.append("no quantized module in the trainer's log" + (" (its model printout has none)" if head else ""))
     return "; ".join(out)
@@ -205,14 +296,16 @@ args["output_dir"] = tempfile.mkdtemp()  # the run's own output directory is not
 model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
 model = load_model(load_tokenizer(model_args)["tokenizer"], model_args, finetuning_args, is_trainable=True)
 print(model)
-""" + QUANT_CONFIG,
+"""
+    + QUANT_CONFIG,
     "axolotl": """
 import json, sys
 from axolotl.cli.config import load_cfg
 from axolotl.train import setup_model_and_tokenizer
 model = setup_model_and_tokenizer(load_cfg(sys.argv[1]))[0]
 print(model)
-""" + QUANT_CONFIG,
+"""
+    + QUANT_CONFIG,
 }
 CONFIG_FILES = {"llamafactory": "llamafactory.yaml", "axolotl": "axolotl.yaml"}
 
@@ -223,15 +316,26 @@ def printout(target: str, out_dir: Path, env: dict) -> str:
     its quantization_config."""
     if target not in PRINTOUT:
         return ""
-    proc = subprocess.run(["nice", "-n", "10", f"{VENVS[target]}/bin/python", "-c", PRINTOUT[target], CONFIG_FILES[target]],
-                          cwd=out_dir, env=env, capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(
+        ["nice", "-n", "10", f"{VENVS[target]}/bin/python", "-c", PRINTOUT[target], CONFIG_FILES[target]],
+        cwd=out_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     return proc.stdout
 
 
 def failure(text: str) -> str:
     """The error that stopped a run: the last exception or validation message that is not the launcher's own."""
     lines = [ln.strip() for ln in text.splitlines()]
-    errors = [ln for ln in lines if re.match(r"(\w+\.)*\w*(Error|Exception)\b.*:|Value error,", ln) and "CalledProcessError" not in ln]
+    errors = [
+        ln
+        for ln in lines
+        if re.match(r"(\w+\.)*\w*(Error|Exception)\b.*:|Value error,", ln) and "CalledProcessError" not in ln
+    ]
     return errors[-1] if errors else " | ".join(lines[-3:])
 
 
@@ -258,7 +362,11 @@ def cpu_overrides(target: str, out_dir: Path) -> list[str]:
     cfg = yaml.safe_load(path.read_text())
     if cfg.get("adapter") not in ("lora", "qlora") or cfg.get("load_in_8bit") or any(k in cfg for k in KERNELS):
         return []
-    path.write_text(path.read_text() + "# bench_export_run on CPU: axolotl's LoRA kernels need CUDA\n" + "".join(f"{k}: false\n" for k in KERNELS))
+    path.write_text(
+        path.read_text()
+        + "# bench_export_run on CPU: axolotl's LoRA kernels need CUDA\n"
+        + "".join(f"{k}: false\n" for k in KERNELS)
+    )
     return [f"{k}: false" for k in KERNELS]
 
 
@@ -272,11 +380,27 @@ def run(target: str, kind: str, root: Path, model: Path, data: Path) -> None:
     result = export_plan(plan_path, target, where / "export")
     overrides = cpu_overrides(target, result.out_dir)
     venv = Path(VENVS[target])
-    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv), "CUDA_VISIBLE_DEVICES": "",
-           "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    env = {
+        **os.environ,
+        "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(venv),
+        "CUDA_VISIBLE_DEVICES": "",
+        "AXOLOTL_DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": "",
+    }
     env.pop("PYTHONHOME", None)
     t0 = time.perf_counter()
-    proc = subprocess.run(["nice", "-n", "10", *COMMANDS[target]], cwd=result.out_dir, env=env, capture_output=True, text=True, timeout=1500, check=False)
+    proc = subprocess.run(
+        ["nice", "-n", "10", *COMMANDS[target]],
+        cwd=result.out_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     (where / "log.txt").write_text(proc.stdout + proc.stderr)
     print(f"\n{target} / {kind}: cd {result.out_dir.relative_to(root)} && {' '.join(COMMANDS[target])}")
@@ -284,7 +408,9 @@ def run(target: str, kind: str, root: Path, model: Path, data: Path) -> None:
     for line in result.lost:
         print(f"  loss line: {line}")
     if overrides:
-        print(f"  changed for this CPU run:   {', '.join(overrides)} appended (axolotl's LoRA kernels run on CUDA only)")
+        print(
+            f"  changed for this CPU run:   {', '.join(overrides)} appended (axolotl's LoRA kernels run on CUDA only)"
+        )
     print(f"  exit {proc.returncode} in {wall:.0f} s; {logged(proc.stdout + proc.stderr)}")
     print(f"  the plan trains:            {planned(plan)}")
     if plan.train.quantize:
@@ -293,7 +419,9 @@ def run(target: str, kind: str, root: Path, model: Path, data: Path) -> None:
         print(f"  quantized ({plan.train.quantize}):      {quantized(log, result.written)}")
     if proc.returncode == 0:
         print(f"  changed vs initial weights: {changed(model, result.out_dir / 'output')}")
-        print(f"  first example as trained:   {first_example(target, proc.stdout + proc.stderr, result.out_dir / 'output', model)}")
+        print(
+            f"  first example as trained:   {first_example(target, proc.stdout + proc.stderr, result.out_dir / 'output', model)}"
+        )
     else:
         print(f"  stopped by: {failure(proc.stdout + proc.stderr)}")
 
@@ -302,22 +430,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/tmp/bench_export_run")
     parser.add_argument("--only", default=",".join(PLANS))
-    parser.add_argument("--plans", default=None, help="plan kinds to run (comma-separated), default: each target's PLANS")
+    parser.add_argument(
+        "--plans", default=None, help="plan kinds to run (comma-separated), default: each target's PLANS"
+    )
     args = parser.parse_args()
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     model, (data, text) = build_model(root), build_data(root)
-    print(f"tiny llama: {model} (2 layers, hidden 64); data: {data} (40 instruction/response records; the text plan: "
-          f"{text.name}, the same sums as 40 text records); {STEPS} steps, CPU")
-    print("planner reads the first record as prompt + newline + answer + EOS, the loss on the answer: "
-          f"{'What is 1 plus 1?' + chr(10) + '2<|im_end|>'!r}, loss on '2<|im_end|>'")
+    print(
+        f"tiny llama: {model} (2 layers, hidden 64); data: {data} (40 instruction/response records; the text plan: "
+        f"{text.name}, the same sums as 40 text records); {STEPS} steps, CPU"
+    )
+    print(
+        "planner reads the first record as prompt + newline + answer + EOS, the loss on the answer: "
+        f"{'What is 1 plus 1?' + chr(10) + '2<|im_end|>'!r}, loss on '2<|im_end|>'"
+    )
     for target in args.only.split(","):
         if not (Path(VENVS[target]) / "bin").is_dir():
             print(f"\n{target}: not installed in {VENVS[target]}; skipped")
             continue
         code = "import importlib.metadata as m, sys; print(*(f'{p} {m.version(p)}' for p in sys.argv[1:]))"
-        version = subprocess.run([f"{VENVS[target]}/bin/python", "-c", code, *PACKAGES[target]],
-                                 capture_output=True, text=True, check=False).stdout.strip()
+        version = subprocess.run(
+            [f"{VENVS[target]}/bin/python", "-c", code, *PACKAGES[target]], capture_output=True, text=True, check=False
+        ).stdout.strip()
         print(f"\n== {target} ({version})")
         for kind in PLANS[target]:
             if args.plans and kind not in args.plans.split(","):
@@ -325,8 +460,11 @@ def main() -> None:
             run(target, kind, root, model, text if kind == "text" else data)
 
 
-PACKAGES = {"swift": ["ms-swift", "torch", "transformers", "peft"], "llamafactory": ["llamafactory", "badam", "torch", "transformers"],
-            "axolotl": ["axolotl", "torch", "transformers"]}
+PACKAGES = {
+    "swift": ["ms-swift", "torch", "transformers", "peft"],
+    "llamafactory": ["llamafactory", "badam", "torch", "transformers"],
+    "axolotl": ["axolotl", "torch", "transformers"],
+}
 
 if __name__ == "__main__":
     main()

@@ -23,10 +23,17 @@ CLOSED = "http://127.0.0.1:9"  # a local port nothing listens on: refused at onc
 NO_PROXY = {v: "" for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")}
 CASES = {
     "offline (HF_HUB_OFFLINE=1)": {"HF_HUB_OFFLINE": "1"},
-    f"hub not answering ({CLOSED})": {"HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_ENDPOINT": CLOSED, **NO_PROXY},
+    f"hub not answering ({CLOSED})": {
+        "HF_HUB_OFFLINE": "",
+        "TRANSFORMERS_OFFLINE": "",
+        "HF_ENDPOINT": CLOSED,
+        **NO_PROXY,
+    },
 }
-TRANSFORMERS = ("from transformers import AutoConfig\n"
-                "try:\n    AutoConfig.from_pretrained('nobody-here/no-such-model')\nexcept Exception:\n    pass\n")
+TRANSFORMERS = (
+    "from transformers import AutoConfig\n"
+    "try:\n    AutoConfig.from_pretrained('nobody-here/no-such-model')\nexcept Exception:\n    pass\n"
+)
 
 
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
@@ -47,8 +54,10 @@ def main() -> None:
         runs = [timed([planner, "estimate", "--model", "nobody-here/no-such-model"], env) for _ in range(args.repeat)]
         codes = sorted({code for _, code in runs})
         seconds = [s for s, _ in runs]
-        print(f"planner estimate, {name}: median {statistics.median(seconds):.2f} s, max {max(seconds):.2f} s, "
-              f"exit {codes}")
+        print(
+            f"planner estimate, {name}: median {statistics.median(seconds):.2f} s, max {max(seconds):.2f} s, "
+            f"exit {codes}"
+        )
     if args.transformers:
         seconds, _ = timed([sys.executable, "-c", TRANSFORMERS], CASES[f"hub not answering ({CLOSED})"])
         print(f"transformers AutoConfig.from_pretrained, hub not answering: {seconds:.2f} s")

@@ -56,11 +56,17 @@ def write_workload(root: Path) -> tuple[str, str]:
     torch.set_num_threads(1)
     tok = CharTokenizer()
     spec = tiny_spec("llama", num_layers=3, hidden=32, heads=2, kv_heads=1, vocab=tok.vocab_size)
-    spec.config.bos_token_id, spec.config.eos_token_id, spec.config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    spec.config.bos_token_id, spec.config.eos_token_id, spec.config.pad_token_id = (
+        tok.bos_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
     model_dir, data = root / "model", root / "train.jsonl"
     build_model(spec, seed=0).save_pretrained(model_dir)
     tok.to_hf().save_pretrained(model_dir)
-    data.write_text("\n".join(json.dumps({"instruction": f"double {i}", "response": str(2 * i)}) for i in range(80)) + "\n")
+    data.write_text(
+        "\n".join(json.dumps({"instruction": f"double {i}", "response": str(2 * i)}) for i in range(80)) + "\n"
+    )
     return str(model_dir), str(data)
 
 
@@ -82,14 +88,42 @@ def worker_main(log: str, argv: list[str]) -> int:
 
 
 def tune_argv(model, data, storage, study, n_trials, steps, out):
-    return ["tune", "--vram", "1GB", "--model", model, "--data", data, "--n-trials", str(n_trials), "--steps", str(steps),
-            "--eval-every", str(max(1, steps // 2)), "--storage", storage, "--study", study, "--device", "cpu",
-            "--quiet", "--out", out, "--confirm-seeds", "0"]  # confirmation re-trains points on purpose
+    return [
+        "tune",
+        "--vram",
+        "1GB",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--n-trials",
+        str(n_trials),
+        "--steps",
+        str(steps),
+        "--eval-every",
+        str(max(1, steps // 2)),
+        "--storage",
+        storage,
+        "--study",
+        study,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        out,
+        "--confirm-seeds",
+        "0",
+    ]  # confirmation re-trains points on purpose
 
 
 def start(log, argv, errfile):
-    return subprocess.Popen([sys.executable, __file__, "--worker", log, "--", *argv], stdout=subprocess.DEVNULL,
-                            stderr=open(errfile, "w"), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.Popen(
+        [sys.executable, __file__, "--worker", log, "--", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=open(errfile, "w"),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def trial_count(storage, study) -> int:
@@ -149,13 +183,23 @@ def examine(storage, study, n_trials, log, errdir, journal):
     errs = [p.read_text() for p in sorted(errdir.glob("*.err"))]
     torn = Path(storage + ".torn") if journal else None
     return {
-        "trials stored": len(trials), "counted": len(done), "interrupted": sum(interrupted(t) for t in trials),
+        "trials stored": len(trials),
+        "counted": len(done),
+        "interrupted": sum(interrupted(t) for t in trials),
         "worker died": sum((record.read(t).reason or "").startswith(WORKER_DIED) for t in trials),
-        "retries": sum("retry_of" in record.read(t).model_fields_set for t in trials), "queued retries left": len(queued_roots),
+        "retries": sum("retry_of" in record.read(t).model_fields_set for t in trials),
+        "queued retries left": len(queued_roots),
         "lost": short + len(missing_baselines) + len(lost_points),
-        "lost detail": {"short of n_trials": short, "baselines missing": missing_baselines, "points never retrained": lost_points},
+        "lost detail": {
+            "short of n_trials": short,
+            "baselines missing": missing_baselines,
+            "points never retrained": lost_points,
+        },
         "duplicated": dup_points + dup_trials,
-        "duplicated detail": {"points in two counted trials": dup_points, "trials trained by two processes": dup_trials},
+        "duplicated detail": {
+            "points in two counted trials": dup_points,
+            "trials trained by two processes": dup_trials,
+        },
         "retrained after a kill (work redone)": max(0, retrained),
         "left RUNNING": len(running),
         "stderr tracebacks": sum(e.count("Traceback") for e in errs),
@@ -221,8 +265,14 @@ def trace_interrupts(n: int, seed: int, out) -> None:
     for mode in ("python", "planner"):
         swallowed, seconds = 0, []
         for _ in range(n):
-            p = subprocess.Popen([sys.executable, "-c", TRACE_LOOP, mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            p = subprocess.Popen(
+                [sys.executable, "-c", TRACE_LOOP, mode],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
             p.stdout.readline()
             time.sleep(rng.uniform(0.5, 3.0))
             t0 = time.monotonic()
@@ -237,14 +287,18 @@ def trace_interrupts(n: int, seed: int, out) -> None:
                 lost = True
             swallowed += lost
         ended = f"median {statistics.median(seconds):.1f} s, max {max(seconds):.1f} s" if seconds else "never"
-        print(f"  {mode:7s} handler: {swallowed} of {n} interrupts swallowed (still running {HONOURED_WITHIN:g} s later); "
-              f"the others ended the process in {ended}", file=out, flush=True)
+        print(
+            f"  {mode:7s} handler: {swallowed} of {n} interrupts swallowed (still running {HONOURED_WITHIN:g} s later); "
+            f"the others ended the process in {ended}",
+            file=out,
+            flush=True,
+        )
 
 
 def main() -> None:
     if "--worker" in sys.argv:
         i = sys.argv.index("--worker")
-        sys.exit(worker_main(sys.argv[i + 1], sys.argv[sys.argv.index("--") + 1:]))
+        sys.exit(worker_main(sys.argv[i + 1], sys.argv[sys.argv.index("--") + 1 :]))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--storage", choices=("sqlite", "journal", "both"), default="both")
     p.add_argument("--rounds", type=int, default=20)
@@ -252,23 +306,36 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--max-delay", type=float, default=20.0, help="latest kill moment after a round's first trial (s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--trace-interrupts", type=int, default=12, help="Ctrl-C during the cost trace, times per handler (0: skip)")
+    p.add_argument(
+        "--trace-interrupts", type=int, default=12, help="Ctrl-C during the cost trace, times per handler (0: skip)"
+    )
     args = p.parse_args()
     out = sys.stdout
     if args.trace_interrupts:
-        print(f"Ctrl-C at a uniform moment in [0.5, 3] s of the cost model's trace loop, {args.trace_interrupts} times "
-              f"per handler:", file=out, flush=True)
+        print(
+            f"Ctrl-C at a uniform moment in [0.5, 3] s of the cost model's trace loop, {args.trace_interrupts} times "
+            f"per handler:",
+            file=out,
+            flush=True,
+        )
         trace_interrupts(args.trace_interrupts, args.seed, out)
     if not args.rounds:
         return
-    print(f"bench_kill: {args.rounds} rounds x 3 workers, each signalled (SIGINT/SIGTERM/SIGKILL, uniform) at a uniform "
-          f"moment in [0, {args.max_delay:g}] s after the round's first trial; then one resume of 3 workers to --n-trials {args.n_trials}; "
-          f"proxy {args.steps} steps on a 3-layer llama; seed {args.seed}", file=out, flush=True)
+    print(
+        f"bench_kill: {args.rounds} rounds x 3 workers, each signalled (SIGINT/SIGTERM/SIGKILL, uniform) at a uniform "
+        f"moment in [0, {args.max_delay:g}] s after the round's first trial; then one resume of 3 workers to --n-trials {args.n_trials}; "
+        f"proxy {args.steps} steps on a 3-layer llama; seed {args.seed}",
+        file=out,
+        flush=True,
+    )
     kinds = ("sqlite", "journal") if args.storage == "both" else (args.storage,)
     results = {k: bench(k, args, out) for k in kinds}
     for kind, res in results.items():
-        print(f"\n{kind}: lost {res['lost']}, duplicated {res['duplicated']}, left RUNNING {res['left RUNNING']} "
-              f"(target 0, 0, 0)", file=out)
+        print(
+            f"\n{kind}: lost {res['lost']}, duplicated {res['duplicated']}, left RUNNING {res['left RUNNING']} "
+            f"(target 0, 0, 0)",
+            file=out,
+        )
         for key, value in res.items():
             print(f"  {key}: {value}", file=out)
 

@@ -34,9 +34,14 @@ LORA = dict(layers="all", train_embeddings=False, train_head=False)
 
 EXACT = {
     "step in backward (adamw)": dict(optimizer_in_backward=True, layers=[1, 2]),
-    "step in backward + adamw8bit + ckpt + 2 chunks": dict(optimizer_in_backward=True, optimizer="adamw8bit",
-                                                           loss_chunks=2, gradient_checkpointing=True, layers="all",
-                                                           dtype="bfloat16"),
+    "step in backward + adamw8bit + ckpt + 2 chunks": dict(
+        optimizer_in_backward=True,
+        optimizer="adamw8bit",
+        loss_chunks=2,
+        gradient_checkpointing=True,
+        layers="all",
+        dtype="bfloat16",
+    ),
     "loss in 4 chunks": dict(loss_chunks=4, layers=[1, 2], dtype="bfloat16"),
     "adamw8bit": dict(optimizer="adamw8bit", layers=[0, 3]),
     "paged_adamw8bit (CPU: not paged)": dict(optimizer="paged_adamw8bit", layers=[1, 2], train_embeddings=False),
@@ -45,13 +50,16 @@ EXACT = {
     "NF4 (QLoRA)": dict(quantize="nf4", lora_rank=8, dtype="bfloat16", **LORA),
     "NF4 + double quant, static set": dict(quantize="nf4-dq", layers=[2, 3], dtype="bfloat16"),
     "int8 (QLoRA)": dict(quantize="int8", lora_rank=8, dtype="bfloat16", **LORA),
-    "offloaded activations + ckpt, frozen embeddings": dict(offload_activations=True, gradient_checkpointing=True,
-                                                            layers=[1, 2], train_embeddings=False),
-    "offloaded activations + ckpt + 4 chunks, bf16": dict(offload_activations=True, gradient_checkpointing=True,
-                                                          loss_chunks=4, layers="all", dtype="bfloat16"),
+    "offloaded activations + ckpt, frozen embeddings": dict(
+        offload_activations=True, gradient_checkpointing=True, layers=[1, 2], train_embeddings=False
+    ),
+    "offloaded activations + ckpt + 4 chunks, bf16": dict(
+        offload_activations=True, gradient_checkpointing=True, loss_chunks=4, layers="all", dtype="bfloat16"
+    ),
     "Liger fused linear CE": dict(liger_fused_ce=True, layers=[1, 2]),
-    "Liger fused linear CE, LoRA, ckpt, bf16": dict(liger_fused_ce=True, lora_rank=8, gradient_checkpointing=True,
-                                                    dtype="bfloat16", **LORA),
+    "Liger fused linear CE, LoRA, ckpt, bf16": dict(
+        liger_fused_ce=True, lora_rank=8, gradient_checkpointing=True, dtype="bfloat16", **LORA
+    ),
 }
 ATTN = {"llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
 
@@ -70,15 +78,24 @@ def _measured(spec, cfg):
 
     model = build_model(spec, dtype=cfg.dtype)
     path, _ = find_decoder_layers(model)
-    skip = ["lm_head"] + ([f"{path}.{i}" for i in cfg.layers] if isinstance(cfg.layers, list) and not cfg.lora_rank else [])
+    skip = ["lm_head"] + (
+        [f"{path}.{i}" for i in cfg.layers] if isinstance(cfg.layers, list) and not cfg.lora_rank else []
+    )
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
         if cfg.quantize == "int8":
             qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
         else:
-            qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=cfg.quantize == "nf4-dq",
-                                    bnb_4bit_compute_dtype=getattr(torch, cfg.dtype), llm_int8_skip_modules=skip)
-        loaded = AutoModelForCausalLM.from_pretrained(d, quantization_config=qc, device_map="cpu", dtype=getattr(torch, cfg.dtype))
+            qc = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=cfg.quantize == "nf4-dq",
+                bnb_4bit_compute_dtype=getattr(torch, cfg.dtype),
+                llm_int8_skip_modules=skip,
+            )
+        loaded = AutoModelForCausalLM.from_pretrained(
+            d, quantization_config=qc, device_map="cpu", dtype=getattr(torch, cfg.dtype)
+        )
     loaded = prepare_model_for_kbit_training(loaded, use_gradient_checkpointing=False)
     return measure_training_peak(loaded, cfg.model_copy(update={"quantize": None}), make_batch(spec.vocab_size, 2, 64))
 
@@ -119,18 +136,36 @@ def savings() -> None:
     print("## 2. Llama-3-8B, bfloat16, batch 1 x 1024, device cuda: each lever added in turn (predicted peak)")
     shape = dict(batch_size=1, seq_len=1024, dtype="bfloat16")
     ladders = {
-        "full fine-tuning": (dict(layers="all"), [("gradient_checkpointing", True), ("optimizer", "adamw8bit"),
-                                                  ("optimizer", "paged_adamw8bit"), ("optimizer_in_backward", True),
-                                                  ("loss_chunks", 8), ("offload_activations", True)]),
-        "LISA defaults (γ=2, embeddings + head)": (dict(active_layers=2), [("gradient_checkpointing", True),
-                                                                          ("optimizer", "adamw8bit"),
-                                                                          ("optimizer_in_backward", True),
-                                                                          ("loss_chunks", 8),
-                                                                          ("offload_activations", True)]),
-        "LoRA r=16, every linear": (dict(lora_rank=16, **LORA), [("gradient_checkpointing", True),
-                                                                ("lora_targets", ["q_proj", "v_proj"]),
-                                                                ("quantize", "nf4-dq"),
-                                                                ("liger_fused_ce", True)]),
+        "full fine-tuning": (
+            dict(layers="all"),
+            [
+                ("gradient_checkpointing", True),
+                ("optimizer", "adamw8bit"),
+                ("optimizer", "paged_adamw8bit"),
+                ("optimizer_in_backward", True),
+                ("loss_chunks", 8),
+                ("offload_activations", True),
+            ],
+        ),
+        "LISA defaults (γ=2, embeddings + head)": (
+            dict(active_layers=2),
+            [
+                ("gradient_checkpointing", True),
+                ("optimizer", "adamw8bit"),
+                ("optimizer_in_backward", True),
+                ("loss_chunks", 8),
+                ("offload_activations", True),
+            ],
+        ),
+        "LoRA r=16, every linear": (
+            dict(lora_rank=16, **LORA),
+            [
+                ("gradient_checkpointing", True),
+                ("lora_targets", ["q_proj", "v_proj"]),
+                ("quantize", "nf4-dq"),
+                ("liger_fused_ce", True),
+            ],
+        ),
     }
     for title, (method, steps) in ladders.items():
         print(f"{title}:")
@@ -150,23 +185,38 @@ def torchtune() -> None:
     spec = load_spec("llama-3-8b")  # Llama 3.1 8B has the same shapes (vocabulary 128,256, 32 layers, hidden 4096)
     shape = dict(batch_size=2, seq_len=2048, dtype="bfloat16")
     recipes = {
-        "full (paged AdamW8bit, step in backward, ckpt, 8 chunks)": (18.9, dict(
-            layers="all", gradient_checkpointing=True, optimizer="paged_adamw8bit", optimizer_in_backward=True,
-            loss_chunks=8)),
-        "LoRA r=8 on q,v (AdamW, ckpt, 8 chunks)": (16.2, dict(
-            lora_rank=8, lora_targets=["q_proj", "v_proj"], gradient_checkpointing=True, loss_chunks=8, **LORA)),
-        "QLoRA r=8 every linear (NF4 dq, ckpt, 8 chunks)": (7.4, dict(
-            lora_rank=8, quantize="nf4-dq", gradient_checkpointing=True, loss_chunks=8, **LORA)),
+        "full (paged AdamW8bit, step in backward, ckpt, 8 chunks)": (
+            18.9,
+            dict(
+                layers="all",
+                gradient_checkpointing=True,
+                optimizer="paged_adamw8bit",
+                optimizer_in_backward=True,
+                loss_chunks=8,
+            ),
+        ),
+        "LoRA r=8 on q,v (AdamW, ckpt, 8 chunks)": (
+            16.2,
+            dict(lora_rank=8, lora_targets=["q_proj", "v_proj"], gradient_checkpointing=True, loss_chunks=8, **LORA),
+        ),
+        "QLoRA r=8 every linear (NF4 dq, ckpt, 8 chunks)": (
+            7.4,
+            dict(lora_rank=8, quantize="nf4-dq", gradient_checkpointing=True, loss_chunks=8, **LORA),
+        ),
     }
     print(f"{'recipe':<58}{'torchtune':>10}{'allocated':>11}{'reserved':>10}{'+context':>10}{'paged':>8}")
     for name, (published, kw) in recipes.items():
         est = estimate(spec, TrainConfig(**shape, **kw), device="cuda")
-        print(f"{name:<58}{published:>9.1f} {est.allocated_bytes / GiB:>10.2f}{est.reserved_bytes / GiB:>10.2f}"
-              f"{est.peak_bytes / GiB:>10.2f}{est.paged_bytes / GiB:>8.2f}")
-    print("(GiB. torchtune's table does not say which counter it reports; it runs torch.compile, whose fused kernels\n"
-          " keep fewer temporaries than eager PyTorch, and torchao's NF4 keeps embeddings, norms and head in bf16 where\n"
-          " peft's prepare_model_for_kbit_training casts them to fp32. The estimate is eager transformers + peft +\n"
-          " bitsandbytes; no constant is tuned to these figures.)\n")
+        print(
+            f"{name:<58}{published:>9.1f} {est.allocated_bytes / GiB:>10.2f}{est.reserved_bytes / GiB:>10.2f}"
+            f"{est.peak_bytes / GiB:>10.2f}{est.paged_bytes / GiB:>8.2f}"
+        )
+    print(
+        "(GiB. torchtune's table does not say which counter it reports; it runs torch.compile, whose fused kernels\n"
+        " keep fewer temporaries than eager PyTorch, and torchao's NF4 keeps embeddings, norms and head in bf16 where\n"
+        " peft's prepare_model_for_kbit_training casts them to fp32. The estimate is eager transformers + peft +\n"
+        " bitsandbytes; no constant is tuned to these figures.)\n"
+    )
 
 
 if __name__ == "__main__":

@@ -47,13 +47,34 @@ from planner.tune.space import DEFAULT_LR, TrialParams
 
 STEPS, EVAL_EVERY = 150, 50  # the default study's (planner tune: --steps 150, 3 evaluations)
 POINTS = {
-    "lisa": TrialParams(active_layers=2, period=20, scorer="uniform", train_embeddings=True, train_head=True, lr=DEFAULT_LR),
-    "g6": TrialParams(active_layers=6, period=20, scorer="uniform", train_embeddings=True, train_head=True, lr=DEFAULT_LR),
-    "lora": TrialParams(active_layers=32, period=20, scorer="uniform", train_embeddings=False, train_head=False,
-                        lr=DEFAULT_LR * LORA_LR_FACTOR, lora_rank=LORA_BASELINE_RANK),
+    "lisa": TrialParams(
+        active_layers=2, period=20, scorer="uniform", train_embeddings=True, train_head=True, lr=DEFAULT_LR
+    ),
+    "g6": TrialParams(
+        active_layers=6, period=20, scorer="uniform", train_embeddings=True, train_head=True, lr=DEFAULT_LR
+    ),
+    "lora": TrialParams(
+        active_layers=32,
+        period=20,
+        scorer="uniform",
+        train_embeddings=False,
+        train_head=False,
+        lr=DEFAULT_LR * LORA_LR_FACTOR,
+        lora_rank=LORA_BASELINE_RANK,
+    ),
 }
-PHASES = ("model build", "sampler set-up", "sampler per step", "data batching", "forward (train)", "backward",
-          "optimizer step+zero_grad", "evaluation: eval loss", "evaluation: greedy decode", "other")
+PHASES = (
+    "model build",
+    "sampler set-up",
+    "sampler per step",
+    "data batching",
+    "forward (train)",
+    "backward",
+    "optimizer step+zero_grad",
+    "evaluation: eval loss",
+    "evaluation: greedy decode",
+    "other",
+)
 
 
 class Timers:
@@ -85,6 +106,7 @@ class Timers:
         def timed(*args, **kwargs):
             with self.phase(name):
                 return fn(*args, **kwargs)
+
         return timed
 
 
@@ -94,7 +116,13 @@ def instrumented(workload, timers: Timers):
     saved = []
 
     def patch(owner, attr, value):
-        saved.append((owner, attr, owner.__dict__.get(attr, _MISSING) if isinstance(owner, type) else getattr(owner, attr, _MISSING)))
+        saved.append(
+            (
+                owner,
+                attr,
+                owner.__dict__.get(attr, _MISSING) if isinstance(owner, type) else getattr(owner, attr, _MISSING),
+            )
+        )
         setattr(owner, attr, value)
 
     build = proxy_mod._build
@@ -152,8 +180,11 @@ def collated_every_time():
     """The workload as first written: batches collated from their examples at every step and evaluation."""
     saved = Workload._train_table, Workload._eval_batches
     Workload._train_table = lambda self: None  # type: ignore[method-assign]
-    Workload._eval_batches = lambda self, examples: [  # type: ignore[method-assign]
-        workload_mod.collate(examples[i: i + EVAL_BATCH], self.pad_id) for i in range(0, len(examples), EVAL_BATCH)]
+    Workload._eval_batches = (
+        lambda self, examples: [  # type: ignore[method-assign]
+            workload_mod.collate(examples[i : i + EVAL_BATCH], self.pad_id) for i in range(0, len(examples), EVAL_BATCH)
+        ]
+    )
     try:
         yield
     finally:
@@ -163,11 +194,13 @@ def collated_every_time():
 def run(workload, params: TrialParams, seed: int, profile: bool = False, reference: bool = False):
     timers = Timers()
     profiler = cProfile.Profile() if profile else None
-    with instrumented(workload, timers), (collated_every_time() if reference else nullcontext()):
+    with instrumented(workload, timers), collated_every_time() if reference else nullcontext():
         if profiler is not None:
             profiler.enable()
         timers.start("other")
-        result = proxy_mod.run_proxy(workload, params, batch_size=BATCH_SIZE, steps=STEPS, eval_every=EVAL_EVERY, seed=seed)
+        result = proxy_mod.run_proxy(
+            workload, params, batch_size=BATCH_SIZE, steps=STEPS, eval_every=EVAL_EVERY, seed=seed
+        )
         timers.stop()
         if profiler is not None:
             profiler.disable()
@@ -201,7 +234,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--points", default=",".join(POINTS), help=f"comma-separated, of {list(POINTS)}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--profile", default="", help="comma-separated points to cProfile as well (a separate run each)")
+    parser.add_argument(
+        "--profile", default="", help="comma-separated points to cProfile as well (a separate run each)"
+    )
     parser.add_argument("--compare", default="", help="comma-separated points to run as first batched as well")
     parser.add_argument("--top", type=int, default=25, help="cProfile functions shown per point")
     args = parser.parse_args()
@@ -210,8 +245,10 @@ def main() -> None:
     workload = default_workload(progress=False)
     print(f"torch {torch.__version__}, 1 thread; {workload}")
     print(f"workload built in {time.process_time() - t0:.2f} CPU s (once per study)")
-    print(f"each run: {STEPS} steps at batch {BATCH_SIZE}, evaluations every {EVAL_EVERY} steps on "
-          f"{len(workload.held_out)} held-out examples, then the accuracy's greedy decode\n")
+    print(
+        f"each run: {STEPS} steps at batch {BATCH_SIZE}, evaluations every {EVAL_EVERY} steps on "
+        f"{len(workload.held_out)} held-out examples, then the accuracy's greedy decode\n"
+    )
     fixed_cost(workload)
     names = [p.strip() for p in args.points.split(",") if p.strip()]
     rows = []
@@ -219,12 +256,20 @@ def main() -> None:
         result, split, _ = run(workload, POINTS[name], args.seed)
         total = sum(split.values())
         rows.append((name, total))
-        print(f"{name}: {total:.2f} CPU s per run, {1000 * total / STEPS:.1f} ms per step (all included); "
-              f"metric {result.metric!r}, evaluations {[round(v, 6) for _, v in result.evaluations]}, "
-              f"accuracy {result.secondary.get('accuracy')}")
+        print(
+            f"{name}: {total:.2f} CPU s per run, {1000 * total / STEPS:.1f} ms per step (all included); "
+            f"metric {result.metric!r}, evaluations {[round(v, 6) for _, v in result.evaluations]}, "
+            f"accuracy {result.secondary.get('accuracy')}"
+        )
         for phase in PHASES:
-            print(f"  {phase:<28} {split[phase]:7.2f} s  {100 * split[phase] / total:5.1f}%"
-                  + (f"  {1000 * split[phase] / STEPS:6.1f} ms/step" if phase not in ("model build", "sampler set-up") else ""))
+            print(
+                f"  {phase:<28} {split[phase]:7.2f} s  {100 * split[phase] / total:5.1f}%"
+                + (
+                    f"  {1000 * split[phase] / STEPS:6.1f} ms/step"
+                    if phase not in ("model build", "sampler set-up")
+                    else ""
+                )
+            )
         print()
     print("CPU s per run: " + ", ".join(f"{n} {t:.2f}" for n, t in rows))
     for name in [p.strip() for p in args.compare.split(",") if p.strip()]:
@@ -235,20 +280,29 @@ def main() -> None:
             results[reference], split, _ = run(workload, POINTS[name], args.seed, reference=reference)
             times[reference] = sum(split.values())
             batching[reference] = split["data batching"]
-            print(f"{name} {'collated every time' if reference else 'collated once     '}: {times[reference]:.2f} CPU s per run, "
-                  f"of which data batching (every collation, held-out batches included) {batching[reference]:.2f} s")
+            print(
+                f"{name} {'collated every time' if reference else 'collated once     '}: {times[reference]:.2f} CPU s per run, "
+                f"of which data batching (every collation, held-out batches included) {batching[reference]:.2f} s"
+            )
         a, b = results[True], results[False]
-        same = a.metric == b.metric and a.evaluations == b.evaluations and a.history == b.history and a.secondary == b.secondary
-        print(f"{name}: data batching {batching[True] - batching[False]:+.2f} CPU s saved per run (whole runs differ by "
-              f"{times[True] - times[False]:+.2f} s: the shared machine's noise); metric, evaluations, draws and accuracy "
-              f"{'bitwise equal' if same else 'DIFFER'} ({a.metric!r} / {b.metric!r})\n")
+        same = (
+            a.metric == b.metric
+            and a.evaluations == b.evaluations
+            and a.history == b.history
+            and a.secondary == b.secondary
+        )
+        print(
+            f"{name}: data batching {batching[True] - batching[False]:+.2f} CPU s saved per run (whole runs differ by "
+            f"{times[True] - times[False]:+.2f} s: the shared machine's noise); metric, evaluations, draws and accuracy "
+            f"{'bitwise equal' if same else 'DIFFER'} ({a.metric!r} / {b.metric!r})\n"
+        )
     for name in [p.strip() for p in args.profile.split(",") if p.strip()]:
         _, _, profiler = run(workload, POINTS[name], args.seed, profile=True)
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.top)
         text = out.getvalue()
         print(f"\ncProfile, {name}, top {args.top} by own time:")
-        print(text[text.index("   ncalls"):].rstrip() if "   ncalls" in text else text)
+        print(text[text.index("   ncalls") :].rstrip() if "   ncalls" in text else text)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ class Run:
         self.model = build_model(spec, seed=seed)
         self.model.train()
         self.params = sum(p.numel() for p in self.model.parameters())
-        self.sampler = LayerSampler(self.model, active_layers=2, period=period, scorer=scorer, scorer_options=options, seed=seed)
+        self.sampler = LayerSampler(
+            self.model, active_layers=2, period=period, scorer=scorer, scorer_options=options, seed=seed
+        )
         self.optimizer = self.sampler.make_optimizer(torch.optim.AdamW, lr=1e-4)
         g = torch.Generator().manual_seed(seed)
         self.batches = []
@@ -97,8 +99,13 @@ class Run:
         else:
             cheap += self.timers["observe"]
         warm = self.steps[2:]  # the first steps create optimizer state and warm caches
-        return {"label": self.label, "switches": self.sampler.switches, "median": statistics.median(warm),
-                "sampler": cheap / steps, "extra": extra / steps}
+        return {
+            "label": self.label,
+            "switches": self.sampler.switches,
+            "median": statistics.median(warm),
+            "sampler": cheap / steps,
+            "extra": extra / steps,
+        }
 
 
 def main(argv=None):
@@ -115,20 +122,28 @@ def main(argv=None):
             runs[(k + step) % len(runs)].step(step)
     rows = [r.figures(args.steps) for r in runs]
     static = rows[0]["median"]
-    print(f"model: llama hidden=384 layers=8 vocab=8192, {runs[0].params / 1e6:.1f}M params; active_layers=2, "
-          f"embeddings+head trainable; batch {args.batch_size}x{args.seq_len}; {args.steps} steps per config, "
-          f"round robin; torch {torch.__version__}, {args.threads} thread(s), CPU")
+    print(
+        f"model: llama hidden=384 layers=8 vocab=8192, {runs[0].params / 1e6:.1f}M params; active_layers=2, "
+        f"embeddings+head trainable; batch {args.batch_size}x{args.seq_len}; {args.steps} steps per config, "
+        f"round robin; torch {torch.__version__}, {args.threads} thread(s), CPU"
+    )
     print(f"static median step: {static * 1e3:.1f} ms")
-    head = (f"{'config':<24} {'switches':>8} {'median ms':>9} {'vs static':>9} "
-            f"{'sampler ms/step':>15} {'overhead':>9} {'extra passes ms/step':>20} {'extra %':>8}")
+    head = (
+        f"{'config':<24} {'switches':>8} {'median ms':>9} {'vs static':>9} "
+        f"{'sampler ms/step':>15} {'overhead':>9} {'extra passes ms/step':>20} {'extra %':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['label']:<24} {r['switches']:>8} {r['median'] * 1e3:>9.1f} {r['median'] / static - 1:>+9.1%} "
-              f"{r['sampler'] * 1e3:>15.3f} {r['sampler'] / static:>9.3%} "
-              f"{r['extra'] * 1e3:>20.2f} {r['extra'] / static:>8.2%}")
-    print("overhead, extra % = over the static median step. extra passes: IST rollouts (3 forwards every 10 steps), "
-          "or the one calibration forward of outlier/semantic, amortized over the run's steps")
+        print(
+            f"{r['label']:<24} {r['switches']:>8} {r['median'] * 1e3:>9.1f} {r['median'] / static - 1:>+9.1%} "
+            f"{r['sampler'] * 1e3:>15.3f} {r['sampler'] / static:>9.3%} "
+            f"{r['extra'] * 1e3:>20.2f} {r['extra'] / static:>8.2%}"
+        )
+    print(
+        "overhead, extra % = over the static median step. extra passes: IST rollouts (3 forwards every 10 steps), "
+        "or the one calibration forward of outlier/semantic, amortized over the run's steps"
+    )
 
 
 if __name__ == "__main__":

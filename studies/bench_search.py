@@ -74,8 +74,15 @@ def space():
     from planner.tune.space import SearchSpace
 
     wl = _workload()
-    return SearchSpace(num_layers=wl.spec.num_layers, scorers=SCORERS, seq_len=wl.seq_len, periods=PERIODS,
-                       lr_choices=lrs(), batch_sizes=(wl.batch_size,), head_choices=(True,))
+    return SearchSpace(
+        num_layers=wl.spec.num_layers,
+        scorers=SCORERS,
+        seq_len=wl.seq_len,
+        periods=PERIODS,
+        lr_choices=lrs(),
+        batch_sizes=(wl.batch_size,),
+        head_choices=(True,),
+    )
 
 
 def grid_points():
@@ -110,20 +117,33 @@ def _measure(job):
 
 def _meta() -> dict:
     wl = _workload()
-    return {"steps": STEPS, "batch_size": wl.batch_size, "proxy": Path(wl.model_source).name, "workload": wl.name,
-            "metric": wl.metric_name, "num_layers": wl.spec.num_layers, "held_out": len(wl.held_out),
-            "max_active_layers": MAX_ACTIVE_LAYERS}
+    return {
+        "steps": STEPS,
+        "batch_size": wl.batch_size,
+        "proxy": Path(wl.model_source).name,
+        "workload": wl.name,
+        "metric": wl.metric_name,
+        "num_layers": wl.spec.num_layers,
+        "held_out": len(wl.held_out),
+        "max_active_layers": MAX_ACTIVE_LAYERS,
+    }
 
 
 def _summary(runs: dict, points) -> dict:
     """Key -> {"metric": mean over the point's seeds, "per_seed", "accuracy", "cpu_seconds"}."""
     out = {}
     for p in points:
-        got = [runs[k] for k in sorted((k for k in runs if k.rsplit("|", 1)[0] == _key(p)), key=lambda k: int(k.rsplit("|", 1)[1]))]
+        got = [
+            runs[k]
+            for k in sorted((k for k in runs if k.rsplit("|", 1)[0] == _key(p)), key=lambda k: int(k.rsplit("|", 1)[1]))
+        ]
         per_seed = [g["metric"] for g in got]
-        out[_key(p)] = {"metric": statistics.mean(per_seed), "per_seed": per_seed,
-                        "accuracy": [g["secondary"].get("accuracy") for g in got],
-                        "cpu_seconds": sum(g["cpu_seconds"] for g in got)}
+        out[_key(p)] = {
+            "metric": statistics.mean(per_seed),
+            "per_seed": per_seed,
+            "accuracy": [g["secondary"].get("accuracy") for g in got],
+            "cpu_seconds": sum(g["cpu_seconds"] for g in got),
+        }
     return out
 
 
@@ -141,8 +161,11 @@ def contenders(table: dict, sign: float, z: float) -> list[str]:
     leader = max(table, key=lambda k: sign * table[k]["metric"])
     sd = run_std(table)
     n_lead = len(table[leader]["per_seed"])
-    return [k for k, v in table.items()
-            if sign * (table[leader]["metric"] - v["metric"]) <= z * sd * (1 / len(v["per_seed"]) + 1 / n_lead) ** 0.5]
+    return [
+        k
+        for k, v in table.items()
+        if sign * (table[leader]["metric"] - v["metric"]) <= z * sd * (1 / len(v["per_seed"]) + 1 / n_lead) ** 0.5
+    ]
 
 
 def measure_grid(workers: int, race_seeds: int = len(GRID_SEEDS), z: float = RACE_Z) -> dict:
@@ -160,14 +183,19 @@ def measure_grid(workers: int, race_seeds: int = len(GRID_SEEDS), z: float = RAC
     def run(todo, pool):
         if not todo:
             return
-        print(f"measuring {len(todo)} grid runs ({STEPS} steps x batch {meta['batch_size']}, {workers} workers)...",
-              file=sys.stderr, flush=True)
+        print(
+            f"measuring {len(todo)} grid runs ({STEPS} steps x batch {meta['batch_size']}, {workers} workers)...",
+            file=sys.stderr,
+            flush=True,
+        )
         start = time.time()
         for i, (key, seed, metric, secondary, cpu) in enumerate(pool.map(_measure, todo, chunksize=1), 1):
             runs[f"{key}|{seed}"] = {"metric": metric, "secondary": secondary, "cpu_seconds": cpu}
             if i % 8 == 0 or i == len(todo):
                 print(f"  {i}/{len(todo)} in {time.time() - start:.0f}s", file=sys.stderr, flush=True)
-                CACHE.write_text(json.dumps({"meta": meta, "runs": runs, "wall_seconds": wall[0] + time.time() - start}))
+                CACHE.write_text(
+                    json.dumps({"meta": meta, "runs": runs, "wall_seconds": wall[0] + time.time() - start})
+                )
         wall[0] += time.time() - start
         CACHE.write_text(json.dumps({"meta": meta, "runs": runs, "wall_seconds": wall[0]}))
 
@@ -195,7 +223,9 @@ def queued_points(s) -> list:
     from planner.tune.baselines import baseline_points, offered_points
 
     base = baseline_points(s)
-    fixed = [base[k] for k in ("baseline:lisa", "baseline:full") if k in base and base[k].active_layers <= MAX_ACTIVE_LAYERS]
+    fixed = [
+        base[k] for k in ("baseline:lisa", "baseline:full") if k in base and base[k].active_layers <= MAX_ACTIVE_LAYERS
+    ]
     return [_snap(p, s) for p in fixed + offered_points(s, UpToG())]
 
 
@@ -230,15 +260,19 @@ def make(variant: str, seed: int):
     if base in ("tpe", "random"):  # exactly what `planner tune --sampler tpe|random` draws with
         return study_sampler(base, seed, space(), UpToG())
     if base.startswith("tpe-top"):
-        opts = {"active_layers": functools.partial(good_trials, share=int(base[len("tpe-top"):-1]) / 100)}
+        opts = {"active_layers": functools.partial(good_trials, share=int(base[len("tpe-top") : -1]) / 100)}
     else:
-        opts = {"tpe-independent": dict(multivariate=False), "tpe-10": dict(n_startup_trials=10),
-                "tpe-3": dict(n_startup_trials=3)}[base]
+        opts = {
+            "tpe-independent": dict(multivariate=False),
+            "tpe-10": dict(n_startup_trials=10),
+            "tpe-3": dict(n_startup_trials=3),
+        }[base]
     return study_sampler(base, seed, space(), UpToG(), sampler=make_sampler("tpe", seed, **opts))
 
 
-def trajectory(variant: str, seed: int, grid: dict, cap: int, direction: str, landscape: int | None = None,
-               stop=None) -> list[tuple[float, int]]:
+def trajectory(
+    variant: str, seed: int, grid: dict, cap: int, direction: str, landscape: int | None = None, stop=None
+) -> list[tuple[float, int]]:
     """(value, distinct points so far) of each of ``cap`` trials, or until ``stop(path so far)``; a repeated point
     reuses its proxy run in a study. The sampler is told a point's mean, or with ``@1seed`` one grid seed's run
     (``seed`` mod 2: the noisy value a study's trial measures); the value returned is the mean. With ``landscape``
@@ -314,23 +348,32 @@ def main() -> int:
     seeds = sorted({len(v["per_seed"]) for v in grid.values()})
     cpu = sum(v["cpu_seconds"] for v in grid.values())
     s = space()
-    print(f"grid: {n} points = γ 1..{MAX_ACTIVE_LAYERS} of {s.num_layers} x K {list(PERIODS)} x scorers {list(s.scorers)} x embeddings on/off (head trainable) "
-          f"x lr {[float(f'{x:.3g}') for x in lrs()]}; proxy {STEPS} steps x batch {wl.batch_size}, each point the mean of "
-          f"its seeds: {len(GRID_SEEDS)} for all, then up to {args.race_seeds} for the points still within {args.race_z:g} "
-          f"standard errors of the leader (a race); {wl!r}")
-    print("seeds per point: " + ", ".join(f"{n}: {sum(len(v['per_seed']) == n for v in grid.values())} points" for n in seeds))
-    print(f"grid {wl.metric_name} ({direction}): best {best:.4f}, median {statistics.median(values.values()):.4f}, "
-          f"worst {max(values.values(), key=lambda v: -sign * v):.4f}; standard error of the best's value {noise:.4f} "
-          f"(one run's seed noise {sd:.4f}); {near} points ({near / n:.1%}) within {TOLERANCE:.0%} ({abs(best) * TOLERANCE:.4f}) "
-          f"of the best; measuring took {cpu:.0f} CPU-s"
-          + (f", {GRID_WALL:.0f}s wall on a shared machine" if GRID_WALL else ""))
+    print(
+        f"grid: {n} points = γ 1..{MAX_ACTIVE_LAYERS} of {s.num_layers} x K {list(PERIODS)} x scorers {list(s.scorers)} x embeddings on/off (head trainable) "
+        f"x lr {[float(f'{x:.3g}') for x in lrs()]}; proxy {STEPS} steps x batch {wl.batch_size}, each point the mean of "
+        f"its seeds: {len(GRID_SEEDS)} for all, then up to {args.race_seeds} for the points still within {args.race_z:g} "
+        f"standard errors of the leader (a race); {wl!r}"
+    )
+    print(
+        "seeds per point: "
+        + ", ".join(f"{n}: {sum(len(v['per_seed']) == n for v in grid.values())} points" for n in seeds)
+    )
+    print(
+        f"grid {wl.metric_name} ({direction}): best {best:.4f}, median {statistics.median(values.values()):.4f}, "
+        f"worst {max(values.values(), key=lambda v: -sign * v):.4f}; standard error of the best's value {noise:.4f} "
+        f"(one run's seed noise {sd:.4f}); {near} points ({near / n:.1%}) within {TOLERANCE:.0%} ({abs(best) * TOLERANCE:.4f}) "
+        f"of the best; measuring took {cpu:.0f} CPU-s"
+        + (f", {GRID_WALL:.0f}s wall on a shared machine" if GRID_WALL else "")
+    )
     top = sorted(grid.items(), key=lambda kv: -sign * kv[1]["metric"])[:8]
     print(f"top 8 points ({wl.metric_name} mean ± std over its seeds, seeds; mean accuracy):")
     for key, v in top:
         acc = [a for a in v["accuracy"] if a is not None]
         spread = statistics.stdev(v["per_seed"]) if len(v["per_seed"]) > 1 else float("nan")
-        print(f"  {v['metric']:.4f} ± {spread:.4f}  (n={len(v['per_seed'])}; "
-              f"{statistics.mean(acc) if acc else float('nan'):.3f})  {_fmt(json.loads(key))}")
+        print(
+            f"  {v['metric']:.4f} ± {spread:.4f}  (n={len(v['per_seed'])}; "
+            f"{statistics.mean(acc) if acc else float('nan'):.3f})  {_fmt(json.loads(key))}"
+        )
     queued = [_key(p) for p in queued_points(s)]
     print("queued by planner tune: " + "; ".join(f"{_fmt(json.loads(k))} = {grid[k]['metric']:.4f}" for k in queued))
     print()
@@ -349,50 +392,70 @@ def main() -> int:
         rows = {v: [r[0] for r in got] for v, got in runs.items()}
         distinct = {v: [r[1] if r[0] is not None else cap + 1 for r in got] for v, got in runs.items()}
         reach = sum(hit(v) for v in values.values())
-        print(f"trials until one is within {label} of the grid's best ({best:.4f}; {reach} of {n} points qualify); "
-              f"cap {cap}, {len(seeds)} search seeds")
+        print(
+            f"trials until one is within {label} of the grid's best ({best:.4f}; {reach} of {n} points qualify); "
+            f"cap {cap}, {len(seeds)} search seeds"
+        )
         if args.rows:
             print(f"{'seed':>5} " + " ".join(f"{v:>16}" for v in variants))
         for i, seed in enumerate(seeds if args.rows else ()):
-            print(f"{seed:>5} " + " ".join(f"{(str(rows[v][i]) if rows[v][i] is not None else '>' + str(cap)):>16}"
-                                           for v in variants))
+            print(
+                f"{seed:>5} "
+                + " ".join(f"{(str(rows[v][i]) if rows[v][i] is not None else '>' + str(cap)):>16}" for v in variants)
+            )
         for name, hits in rows.items():
             finite = [h if h is not None else cap + 1 for h in hits]
             med = statistics.median(finite)
-            print(f"{name:>16}: median {med:g} trials ({med / n:.1%} of the grid), mean {statistics.mean(finite):.1f}, "
-                  f"worst {max(finite)}, hit within {budget} trials ({TARGET_SHARE:.0%} of the grid) in "
-                  f"{sum(f <= budget for f in finite)}/{len(finite)} seeds; distinct points trained: median "
-                  f"{statistics.median(distinct[name]):g}  [{VARIANTS[name]}]")
+            print(
+                f"{name:>16}: median {med:g} trials ({med / n:.1%} of the grid), mean {statistics.mean(finite):.1f}, "
+                f"worst {max(finite)}, hit within {budget} trials ({TARGET_SHARE:.0%} of the grid) in "
+                f"{sum(f <= budget for f in finite)}/{len(finite)} seeds; distinct points trained: median "
+                f"{statistics.median(distinct[name]):g}  [{VARIANTS[name]}]"
+            )
         if "tpe" in rows:
             tpe_med = statistics.median([h if h is not None else cap + 1 for h in rows["tpe"]])
             verdict = "met" if tpe_med < TARGET_SHARE * n else "NOT met"
-            print(f"target at this threshold (TPE median under {TARGET_SHARE:.0%} of the grid = {TARGET_SHARE * n:.1f} "
-                  f"trials): {verdict}")
+            print(
+                f"target at this threshold (TPE median under {TARGET_SHARE:.0%} of the grid = {TARGET_SHARE * n:.1f} "
+                f"trials): {verdict}"
+            )
         print()
-    print(f"best value found after {budget} trials ({TARGET_SHARE:.0%} of the grid): median over {len(seeds)} seeds, "
-          f"its excess over the grid's best ({best:.4f}), and its rank among the {n} points (1 = best)")
+    print(
+        f"best value found after {budget} trials ({TARGET_SHARE:.0%} of the grid): median over {len(seeds)} seeds, "
+        f"its excess over the grid's best ({best:.4f}), and its rank among the {n} points (1 = best)"
+    )
     ranked = sorted(values.values(), key=lambda v: -sign * v)
     for name, got in paths.items():
         found = [max((v for v, _ in path[:budget]), key=lambda v: sign * v) for path in got]
         med = statistics.median(found)
         ranks = [1 + sum(sign * r > sign * f for r in ranked) for f in found]
-        print(f"{name:>16}: {med:.4f} (+{abs(med - best):.4f}), rank median {statistics.median(ranks):g}, "
-              f"in the top 3 in {sum(r <= 3 for r in ranks)}/{len(ranks)} seeds")
+        print(
+            f"{name:>16}: {med:.4f} (+{abs(med - best):.4f}), rank median {statistics.median(ranks):g}, "
+            f"in the top 3 in {sum(r <= 3 for r in ranks)}/{len(ranks)} seeds"
+        )
     print()
-    print(f"the same searches on one grid seed's runs alone (another landscape, with its own best; all {n} points have "
-          f"seeds {list(GRID_SEEDS)}): median trials until one is within {TOLERANCE:.0%} of that landscape's best")
+    print(
+        f"the same searches on one grid seed's runs alone (another landscape, with its own best; all {n} points have "
+        f"seeds {list(GRID_SEEDS)}): median trials until one is within {TOLERANCE:.0%} of that landscape's best"
+    )
     for name in (v for v in variants if "@" not in v):
         got = []
         for land in GRID_SEEDS:
             lbest = max((g["per_seed"][land] for g in grid.values()), key=lambda v: sign * v)
             lhit = lambda v, t=lbest - sign * TOLERANCE * abs(lbest): sign * v >= sign * t  # noqa: E731
-            hits = [first_hit(trajectory(name, seed, grid, cap, direction, land, lambda p: lhit(p[-1][0])), lhit)[0]
-                    for seed in seeds]
+            hits = [
+                first_hit(trajectory(name, seed, grid, cap, direction, land, lambda p: lhit(p[-1][0])), lhit)[0]
+                for seed in seeds
+            ]
             finite = [h if h is not None else cap + 1 for h in hits]
-            got.append(f"seed {land}: median {statistics.median(finite):g} trials, within {budget} in "
-                       f"{sum(f <= budget for f in finite)}/{len(finite)}")
+            got.append(
+                f"seed {land}: median {statistics.median(finite):g} trials, within {budget} in "
+                f"{sum(f <= budget for f in finite)}/{len(finite)}"
+            )
         print(f"{name:>16}: " + "; ".join(got))
-    print(f"wall time of this run {time.time() - start:.0f}s (grid {'measured' if measured_now else 'read from ' + CACHE.name})")
+    print(
+        f"wall time of this run {time.time() - start:.0f}s (grid {'measured' if measured_now else 'read from ' + CACHE.name})"
+    )
     return 0
 
 

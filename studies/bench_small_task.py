@@ -39,7 +39,9 @@ def records(n: int = N_RECORDS, seed: int = 0) -> list[dict]:
     for _ in range(n):
         xs = rng.sample(range(1, 100), 3)
         which = rng.choice(sorted(WORDS))
-        out.append({"prompt": f"Of {xs[0]}, {xs[1]} and {xs[2]}, which is the {which}? ", "completion": str(WORDS[which](xs))})
+        out.append(
+            {"prompt": f"Of {xs[0]}, {xs[1]} and {xs[2]}, which is the {which}? ", "completion": str(WORDS[which](xs))}
+        )
     return out
 
 
@@ -51,20 +53,35 @@ def main(argv=None) -> int:
     DATA.write_text("".join(json.dumps(r) + "\n" for r in records()))
     with tempfile.TemporaryDirectory() as tmp:
         cmd = ["planner", "tune", "--vram", "24GB", "--data", str(DATA.relative_to(ROOT))]
-        run = cmd + ["--storage", f"sqlite:///{tmp}/s.db", "--study", "small-task", "--out", f"{tmp}/plan.yaml", *args.extra]
+        run = cmd + [
+            "--storage",
+            f"sqlite:///{tmp}/s.db",
+            "--study",
+            "small-task",
+            "--out",
+            f"{tmp}/plan.yaml",
+            *args.extra,
+        ]
         start, cpu0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"})
         wall, cpu1 = time.time() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
         plan = Path(f"{tmp}/plan.yaml").read_text() if Path(f"{tmp}/plan.yaml").exists() else ""
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     verdict = [line for line in plan.splitlines() if any(k in line for k in ("verdict", "separated", "signal"))]
-    lines = [f"# {__doc__.splitlines()[0]}",
-             f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {N_RECORDS} records in {DATA.relative_to(ROOT)}; "
-             f"wall {wall:.0f} s, CPU {cpu:.0f} s (load {os.getloadavg()[0]:.1f} at the end)",
-             f"$ {' '.join(cmd + args.extra)}",
-             f"exit code {proc.returncode}",
-             *(f"plan file: {line.strip()}" for line in verdict),
-             "", "## stdout", proc.stdout.rstrip(), "", "## stderr (last 20 lines)", *proc.stderr.rstrip().splitlines()[-20:]]
+    lines = [
+        f"# {__doc__.splitlines()[0]}",
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {N_RECORDS} records in {DATA.relative_to(ROOT)}; "
+        f"wall {wall:.0f} s, CPU {cpu:.0f} s (load {os.getloadavg()[0]:.1f} at the end)",
+        f"$ {' '.join(cmd + args.extra)}",
+        f"exit code {proc.returncode}",
+        *(f"plan file: {line.strip()}" for line in verdict),
+        "",
+        "## stdout",
+        proc.stdout.rstrip(),
+        "",
+        "## stderr (last 20 lines)",
+        *proc.stderr.rstrip().splitlines()[-20:],
+    ]
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)

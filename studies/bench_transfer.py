@@ -84,8 +84,16 @@ def _plans() -> dict:
     from planner.tune.space import TrialParams
 
     def p(active_layers, period, scorer, emb, head, *, depth=0, lora=None):
-        return TrialParams(active_layers=active_layers, period=period, scorer=scorer, train_embeddings=emb, train_head=head,
-                           lr=LORA_LR if lora else LR, lora_rank=lora, min_depth=depth)
+        return TrialParams(
+            active_layers=active_layers,
+            period=period,
+            scorer=scorer,
+            train_embeddings=emb,
+            train_head=head,
+            lr=LORA_LR if lora else LR,
+            lora_rank=lora,
+            min_depth=depth,
+        )
 
     return {
         "lisa γ2 K20 +E+H": p(2, 20, "uniform", True, True),
@@ -109,20 +117,133 @@ def _plans() -> dict:
 
 # ---- data ------------------------------------------------------------------------------------------
 
-DOC_MODULES = ("os", "os.path", "shutil", "json", "re", "string", "textwrap", "math", "statistics", "random", "itertools",
-               "functools", "collections", "heapq", "bisect", "datetime", "calendar", "time", "pathlib", "glob", "fnmatch",
-               "tempfile", "csv", "base64", "hashlib", "zlib", "gzip", "struct", "copy", "operator", "difflib", "html",
-               "urllib.parse", "inspect", "typing", "decimal", "fractions", "uuid", "secrets", "unicodedata", "shlex",
-               "platform", "locale", "gettext", "logging", "argparse", "threading", "queue", "socket", "select",
-               "subprocess", "signal", "pickle", "io", "codecs", "contextlib", "dataclasses", "enum", "abc", "types",
-               "weakref", "ast", "tokenize", "keyword", "dis", "traceback", "warnings", "pprint", "reprlib", "zipfile",
-               "tarfile", "sqlite3", "email.utils", "http.client", "mimetypes", "binascii", "array", "colorsys",
-               "filecmp", "stat", "sched", "numbers", "ipaddress", "configparser", "plistlib", "smtplib", "ftplib",
-               "imaplib", "xml.dom.minidom", "xml.etree.ElementTree", "concurrent.futures", "asyncio",
-               "multiprocessing", "unittest", "doctest", "timeit", "pstats", "linecache", "sysconfig", "importlib",
-               "pkgutil", "runpy", "optparse", "lzma", "bz2", "html.parser", "urllib.request", "http.cookies",
-               "http.server", "socketserver", "xmlrpc.client", "selectors", "gc", "token", "symtable", "code", "pdb",
-               "bdb", "graphlib", "hmac", "shelve", "copyreg", "compileall", "zoneinfo", "wsgiref.util")
+DOC_MODULES = (
+    "os",
+    "os.path",
+    "shutil",
+    "json",
+    "re",
+    "string",
+    "textwrap",
+    "math",
+    "statistics",
+    "random",
+    "itertools",
+    "functools",
+    "collections",
+    "heapq",
+    "bisect",
+    "datetime",
+    "calendar",
+    "time",
+    "pathlib",
+    "glob",
+    "fnmatch",
+    "tempfile",
+    "csv",
+    "base64",
+    "hashlib",
+    "zlib",
+    "gzip",
+    "struct",
+    "copy",
+    "operator",
+    "difflib",
+    "html",
+    "urllib.parse",
+    "inspect",
+    "typing",
+    "decimal",
+    "fractions",
+    "uuid",
+    "secrets",
+    "unicodedata",
+    "shlex",
+    "platform",
+    "locale",
+    "gettext",
+    "logging",
+    "argparse",
+    "threading",
+    "queue",
+    "socket",
+    "select",
+    "subprocess",
+    "signal",
+    "pickle",
+    "io",
+    "codecs",
+    "contextlib",
+    "dataclasses",
+    "enum",
+    "abc",
+    "types",
+    "weakref",
+    "ast",
+    "tokenize",
+    "keyword",
+    "dis",
+    "traceback",
+    "warnings",
+    "pprint",
+    "reprlib",
+    "zipfile",
+    "tarfile",
+    "sqlite3",
+    "email.utils",
+    "http.client",
+    "mimetypes",
+    "binascii",
+    "array",
+    "colorsys",
+    "filecmp",
+    "stat",
+    "sched",
+    "numbers",
+    "ipaddress",
+    "configparser",
+    "plistlib",
+    "smtplib",
+    "ftplib",
+    "imaplib",
+    "xml.dom.minidom",
+    "xml.etree.ElementTree",
+    "concurrent.futures",
+    "asyncio",
+    "multiprocessing",
+    "unittest",
+    "doctest",
+    "timeit",
+    "pstats",
+    "linecache",
+    "sysconfig",
+    "importlib",
+    "pkgutil",
+    "runpy",
+    "optparse",
+    "lzma",
+    "bz2",
+    "html.parser",
+    "urllib.request",
+    "http.cookies",
+    "http.server",
+    "socketserver",
+    "xmlrpc.client",
+    "selectors",
+    "gc",
+    "token",
+    "symtable",
+    "code",
+    "pdb",
+    "bdb",
+    "graphlib",
+    "hmac",
+    "shelve",
+    "copyreg",
+    "compileall",
+    "zoneinfo",
+    "wsgiref.util",
+)
 
 
 def doc_records(n: int = N_RECORDS, seed: int = 0) -> list[tuple[str, str]]:
@@ -176,8 +297,21 @@ def write_data(work: Path) -> dict:
     out = {}
     for task, pairs in (("docs", doc_records()), ("maximum", max_records())):
         chat = work / f"{task}-chat.jsonl"
-        chat.write_text("".join(json.dumps({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
-                                                         {"role": "assistant", "content": a}]}) + "\n" for q, a in pairs))
+        chat.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "system", "content": SYSTEM},
+                            {"role": "user", "content": q},
+                            {"role": "assistant", "content": a},
+                        ]
+                    }
+                )
+                + "\n"
+                for q, a in pairs
+            )
+        )
         if task == "docs":
             pc = work / f"{task}-pc.jsonl"
             pc.write_text("".join(json.dumps({"prompt": q, "completion": a}) + "\n" for q, a in pairs))
@@ -189,6 +323,7 @@ def write_data(work: Path) -> dict:
 
 
 # ---- models ----------------------------------------------------------------------------------------
+
 
 def truncated_model(work: Path, k: int = TRUNC_LAYERS) -> str:
     """SmolLM2's first ``k`` decoder layers as a model directory (with its tokenizer and chat template)."""
@@ -240,6 +375,7 @@ def workload(task: str, model: str, data: dict, work: Path):
 
 # ---- one cell --------------------------------------------------------------------------------------
 
+
 def proxy_point(params, model: str, wl):
     """The point a proxy trains for target plan ``params``: depth by :func:`proxy_params`, the rate by width."""
     from planner.tune.mapping import proxy_params
@@ -274,8 +410,15 @@ class Meter:
         value = self.evaluate(model, *a, **kw)
         spent = time.process_time() - t
         self.eval_cpu += spent
-        self.points.append({"step": step, "value": float(value), "cpu": time.process_time() - self.start,
-                            "eval_cpu": spent, "train_cpu": time.process_time() - self.start - self.eval_cpu})
+        self.points.append(
+            {
+                "step": step,
+                "value": float(value),
+                "cpu": time.process_time() - self.start,
+                "eval_cpu": spent,
+                "train_cpu": time.process_time() - self.start - self.eval_cpu,
+            }
+        )
         return value
 
 
@@ -307,14 +450,29 @@ def run_cell(task: str, model: str, plan: str, seed: int, data: dict, work: Path
         metric, error = math.nan, f"diverged: {exc}"
     finally:
         wl.evaluate = meter.evaluate
-    return {"task": task, "model": model, "plan": plan, "seed": seed, "metric": float(metric), "error": error,
-            "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall, "steps": steps, "batch": batch,
-            "eval_every": every, "proxy_point": {k: v for k, v in asdict(small).items() if k != "levers"},
-            "layers": wl.spec.num_layers, "hidden": wl.spec.hidden_size, "train_examples": len(wl.train),
-            "held_out": len(wl.held_out), "curve": meter.points}
+    return {
+        "task": task,
+        "model": model,
+        "plan": plan,
+        "seed": seed,
+        "metric": float(metric),
+        "error": error,
+        "cpu_s": time.process_time() - cpu,
+        "wall_s": time.perf_counter() - wall,
+        "steps": steps,
+        "batch": batch,
+        "eval_every": every,
+        "proxy_point": {k: v for k, v in asdict(small).items() if k != "levers"},
+        "layers": wl.spec.num_layers,
+        "hidden": wl.spec.hidden_size,
+        "train_examples": len(wl.train),
+        "held_out": len(wl.held_out),
+        "curve": meter.points,
+    }
 
 
 # ---- results file ----------------------------------------------------------------------------------
+
 
 def cell_key(task, model, plan, seed) -> str:
     return f"{task}|{model}|{plan}|{seed}"
@@ -387,6 +545,7 @@ def queue(tiny: bool) -> list[tuple[str, str, int]]:
 
 # ---- statistics ------------------------------------------------------------------------------------
 
+
 def kendall_tau(a: list[float], b: list[float]) -> float:
     """Kendall's τ-b of two score lists (pairs tied in either list count for neither side)."""
     n = len(a)
@@ -453,29 +612,45 @@ def compare(ref: dict, proxy: dict) -> dict:
     tau = kendall_tau([_finite(ref[p]) for p in common], [_finite(proxy[p]) for p in common])
     best = ranking({p: ref[p] for p in common})[0]
     top3 = ranking({p: proxy[p] for p in common})[:3]
-    return {"n": len(common), "tau": tau, "ref_best": best, "proxy_top3": top3, "best_in_top3": best in top3,
-            "proxy_best": top3[0], "proxy_best_ref_rank": ranking({p: ref[p] for p in common}).index(top3[0]) + 1}
+    return {
+        "n": len(common),
+        "tau": tau,
+        "ref_best": best,
+        "proxy_top3": top3,
+        "best_in_top3": best in top3,
+        "proxy_best": top3[0],
+        "proxy_best_ref_rank": ranking({p: ref[p] for p in common}).index(top3[0]) + 1,
+    }
 
 
 # ---- report ----------------------------------------------------------------------------------------
 
+
 def _fmt(v, width=7, digits=4):
-    return f"{v:{width}.{digits}f}" if v is not None and not (isinstance(v, float) and math.isnan(v)) else f"{'-':>{width}s}"
+    return (
+        f"{v:{width}.{digits}f}"
+        if v is not None and not (isinstance(v, float) and math.isnan(v))
+        else f"{'-':>{width}s}"
+    )
 
 
 def _compare_line(name: str, c: dict, cost) -> str:
     if "tau" not in c:
         return f"  {name:40s} {c['n']:3d}   (fewer than 3 plans yet)"
-    return (f"  {name:40s} {c['n']:3d} {c['tau']:6.3f} {('yes' if c['best_in_top3'] else 'no'):>9s} "
-            f"{c['proxy_best_ref_rank']:9d}   {_fmt(cost, 9, 1)}")
+    return (
+        f"  {name:40s} {c['n']:3d} {c['tau']:6.3f} {('yes' if c['best_in_top3'] else 'no'):>9s} "
+        f"{c['proxy_best_ref_rank']:9d}   {_fmt(cost, 9, 1)}"
+    )
 
 
 def report(results: dict, path: Path) -> str:
     cells = results["cells"]
     settings = results.get("settings", {})
     lines = ["# Do plan rankings from cheap proxies transfer to the real model? (studies/bench_transfer.py)", ""]
-    lines.append(f"cells finished: {len(cells)} of {settings.get('cells_total', '?')}; CPU seconds in them "
-                 f"{sum(c['cpu_s'] for c in cells.values()):.0f}")
+    lines.append(
+        f"cells finished: {len(cells)} of {settings.get('cells_total', '?')}; CPU seconds in them "
+        f"{sum(c['cpu_s'] for c in cells.values()):.0f}"
+    )
     for k, v in settings.items():
         if k != "cells_total":
             lines.append(f"{k}: {v}")
@@ -488,14 +663,21 @@ def report(results: dict, path: Path) -> str:
         if not ref0:
             lines += [f"## task {task}: no reference run yet", ""]
             continue
-        prox = {"builtin": table_scores(cells, task, "builtin", (0,)), "trunc8": table_scores(cells, task, "trunc8", (0,)),
-                "short": table_scores(cells, task, "reference", (0,), step=SHORT_STEPS)}
+        prox = {
+            "builtin": table_scores(cells, task, "builtin", (0,)),
+            "trunc8": table_scores(cells, task, "trunc8", (0,)),
+            "short": table_scores(cells, task, "reference", (0,), step=SHORT_STEPS),
+        }
         lines.append(f"## task {task}: reference seed 0 on {len(ref0)} plans, seed 1 on {len(ref1)}")
         lines.append("")
-        lines.append("held-out eval loss (nats per answer token) and rank (1 = best) within each column's plans; "
-                     "rows in the order of the reference's seed 0")
-        lines.append(f"  {'plan':24s} {'ref s0':>7s} {'#':>3s} {'ref s1':>7s} {'ref':>7s} {'#':>3s} | {'builtin':>7s} {'#':>3s} | "
-                     f"{'trunc8':>7s} {'#':>3s} | {'short':>7s} {'#':>3s}")
+        lines.append(
+            "held-out eval loss (nats per answer token) and rank (1 = best) within each column's plans; "
+            "rows in the order of the reference's seed 0"
+        )
+        lines.append(
+            f"  {'plan':24s} {'ref s0':>7s} {'#':>3s} {'ref s1':>7s} {'ref':>7s} {'#':>3s} | {'builtin':>7s} {'#':>3s} | "
+            f"{'trunc8':>7s} {'#':>3s} | {'short':>7s} {'#':>3s}"
+        )
         cols = {"ref s0": ref0, "ref": ref, **prox}
         ranks = {m: {p: i + 1 for i, p in enumerate(ranking(sc))} for m, sc in cols.items()}
         for plan in ranking(ref0):
@@ -505,28 +687,47 @@ def report(results: dict, path: Path) -> str:
                 row += f" | {_fmt(prox[m].get(plan))} {ranks[m][plan] if plan in prox[m] else '-':>3}"
             lines.append(row)
         lines.append("")
-        lines.append("Kendall τ with the reference ranking; whether the reference's best plan is in the proxy's top 3; "
-                     "where the proxy's best plan ranks in the reference; CPU seconds per trial")
-        lines.append(f"  {'proxy vs reference':40s} {'n':>3s} {'tau':>6s} {'top 3':>9s} {'its best':>9s}   {'CPU s':>9s}")
+        lines.append(
+            "Kendall τ with the reference ranking; whether the reference's best plan is in the proxy's top 3; "
+            "where the proxy's best plan ranks in the reference; CPU seconds per trial"
+        )
+        lines.append(
+            f"  {'proxy vs reference':40s} {'n':>3s} {'tau':>6s} {'top 3':>9s} {'its best':>9s}   {'CPU s':>9s}"
+        )
         rows = []
         for label, r in (("mean of seeds 0 and 1", ref), ("seed 0", ref0), ("seed 1", ref1)):
             if len(r) < 3:
                 continue
-            rows.append((f"builtin (150 steps) vs ref {label}", compare(r, prox["builtin"]), _cost(cells, task, "builtin")))
-            rows.append((f"trunc8 ({TRUNC_STEPS} x {TRUNC_BATCH}) vs ref {label}", compare(r, prox["trunc8"]),
-                         _cost(cells, task, "trunc8")))
+            rows.append(
+                (f"builtin (150 steps) vs ref {label}", compare(r, prox["builtin"]), _cost(cells, task, "builtin"))
+            )
+            rows.append(
+                (
+                    f"trunc8 ({TRUNC_STEPS} x {TRUNC_BATCH}) vs ref {label}",
+                    compare(r, prox["trunc8"]),
+                    _cost(cells, task, "trunc8"),
+                )
+            )
             if label != "seed 0":  # seed 0's own first steps: not an independent check
-                rows.append((f"short ({SHORT_STEPS} x {REF_BATCH}) vs ref {label}", compare(r, prox["short"]),
-                             _short_cost(cells, task)))
+                rows.append(
+                    (
+                        f"short ({SHORT_STEPS} x {REF_BATCH}) vs ref {label}",
+                        compare(r, prox["short"]),
+                        _short_cost(cells, task),
+                    )
+                )
         rows.append(("ref seed 0 vs ref seed 1 (the noise)", compare(ref0, ref1), None))
         b1 = table_scores(cells, task, "builtin", (1,))
         if b1:
             rows.append(("builtin seed 1 vs ref seed 0", compare(ref0, b1), _cost(cells, task, "builtin", seed=1)))
             rows.append(("builtin seed 0 vs builtin seed 1", compare(prox["builtin"], b1), None))
-        rows.append(("short vs ref seed 0 (its own run; biased)",
-                     compare(ref0, prox["short"]), _short_cost(cells, task)))
+        rows.append(
+            ("short vs ref seed 0 (its own run; biased)", compare(ref0, prox["short"]), _short_cost(cells, task))
+        )
         lines += [_compare_line(*r) for r in rows]
-        lines.append(f"  reference best: {ranking(ref)[0] if ref else '-'} (mean of seeds), {ranking(ref0)[0]} (seed 0)")
+        lines.append(
+            f"  reference best: {ranking(ref)[0] if ref else '-'} (mean of seeds), {ranking(ref0)[0]} (seed 0)"
+        )
         for m in prox:
             if prox[m]:
                 lines.append(f"  {m} top 3: {', '.join(ranking(prox[m])[:3])}")
@@ -541,8 +742,10 @@ def report(results: dict, path: Path) -> str:
                 sc = ckpt[s]
                 t_prev = compare(ckpt[prev], sc).get("tau", math.nan) if prev else math.nan
                 t_last = compare(ckpt[steps[-1]], sc).get("tau", math.nan)
-                lines.append(f"  {label:14s} step {s:3d} ({len(sc):2d} plans): τ(prev) {_fmt(t_prev, 6, 3)}  "
-                             f"τ(last) {_fmt(t_last, 6, 3)}  best {ranking(sc)[0]}, mean loss {statistics.mean(_finite(v) for v in sc.values()):.4f}")
+                lines.append(
+                    f"  {label:14s} step {s:3d} ({len(sc):2d} plans): τ(prev) {_fmt(t_prev, 6, 3)}  "
+                    f"τ(last) {_fmt(t_last, 6, 3)}  best {ranking(sc)[0]}, mean loss {statistics.mean(_finite(v) for v in sc.values()):.4f}"
+                )
                 prev = s
         lines.append("")
     lines.append("## conclusion")
@@ -577,8 +780,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="2 plans, 5 steps: an end-to-end check")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--models", default="reference,builtin,trunc8", help="comma-separated models to run (default: all)")
-    ap.add_argument("--only", help="comma-separated task:model:seed groups to run (default: every group, in order); "
-                                   "processes sharing --out and --work-dir split the cells between them")
+    ap.add_argument(
+        "--only",
+        help="comma-separated task:model:seed groups to run (default: every group, in order); "
+        "processes sharing --out and --work-dir split the cells between them",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -602,9 +808,15 @@ def main(argv=None) -> int:
         "target": f"{TARGET} ({TARGET_LAYERS} layers, hidden {TARGET_HIDDEN}, tied embeddings), float32 on CPU, torch threads {args.threads}",
         "plans": f"{len(plans)}; lr {LR:g} for layer weights, {LORA_LR:g} for LoRA (the target's; a narrower proxy trains at lr*576/hidden within [1e-4, 1e-2])",
         "data": f"{N_RECORDS} records per task; SmolLM2-based models: messages records with system turn {SYSTEM!r}, at most {MAX_SEQ_LEN} tokens",
-        "reference": (f"{REF_STEPS} steps x batch {REF_BATCH}, seeds {list(REF_SEEDS)}, eval loss on the first {REF_HELD_OUT} held-out examples "
-                      f"at steps {[s for s in range(REF_EVERY, REF_STEPS + 1, REF_EVERY) if s not in REF_SKIP]}") if not args.tiny else "tiny",
-        "ref_checkpoints": [s for s in range(REF_EVERY, REF_STEPS + 1, REF_EVERY) if s not in REF_SKIP] if not args.tiny else [5],
+        "reference": (
+            f"{REF_STEPS} steps x batch {REF_BATCH}, seeds {list(REF_SEEDS)}, eval loss on the first {REF_HELD_OUT} held-out examples "
+            f"at steps {[s for s in range(REF_EVERY, REF_STEPS + 1, REF_EVERY) if s not in REF_SKIP]}"
+        )
+        if not args.tiny
+        else "tiny",
+        "ref_checkpoints": [s for s in range(REF_EVERY, REF_STEPS + 1, REF_EVERY) if s not in REF_SKIP]
+        if not args.tiny
+        else [5],
         "builtin": f"built-in pretrained proxy (30 layers, hidden 64), {BUILTIN_STEPS} steps, batch = the workload's (8 for a file, 32 for the built-in task)",
         "trunc8": f"SmolLM2's first {TRUNC_LAYERS} layers, {TRUNC_STEPS} steps x batch {TRUNC_BATCH}, all its held-out examples",
         "short": f"SmolLM2 after {SHORT_STEPS} steps x batch {REF_BATCH} (the reference runs' seed-0 checkpoint; CPU = training to that step + one evaluation)",
@@ -630,8 +842,11 @@ def main(argv=None) -> int:
                 break
             sync_results(out, results, cell)
             report(results, rep)
-            print(f"[{time.perf_counter() - started:7.0f}s] {key}: {cell['metric']:.4f} ({cell['cpu_s']:.1f} CPU s, "
-                  f"{cell['wall_s']:.1f} s)", flush=True)
+            print(
+                f"[{time.perf_counter() - started:7.0f}s] {key}: {cell['metric']:.4f} ({cell['cpu_s']:.1f} CPU s, "
+                f"{cell['wall_s']:.1f} s)",
+                flush=True,
+            )
     print(report(results, rep))
     return 0
 

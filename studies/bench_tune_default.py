@@ -66,11 +66,13 @@ def main() -> int:
         if a.kind != record.SEARCH:
             what = f"{a.metric:.4f}" if a.metric is not None else "does not fit" if a.gated else t.state.name
             lines.append(f"  {a.kind}: predicted {a.predicted_peak_bytes / 2**30:.2f} GiB -> {what}")
-    lines.append(f"  plan: {plan.model} ({plan.num_layers} layers), γ={plan.active_layers} from layer {plan.min_depth}, "
-                 f"checkpointing {'on' if plan.train.gradient_checkpointing else 'off'}, {plan.scorer}, K={plan.period}, "
-                 f"{plan.metric_name} {plan.metric:.4f}; predicted peak {plan.predicted_peak_bytes:,} B "
-                 f"({plan.predicted_peak_bytes / 2**30:.2f} GiB) <= budget {BUDGET:,} B: "
-                 f"{plan.predicted_peak_bytes <= BUDGET}")
+    lines.append(
+        f"  plan: {plan.model} ({plan.num_layers} layers), γ={plan.active_layers} from layer {plan.min_depth}, "
+        f"checkpointing {'on' if plan.train.gradient_checkpointing else 'off'}, {plan.scorer}, K={plan.period}, "
+        f"{plan.metric_name} {plan.metric:.4f}; predicted peak {plan.predicted_peak_bytes:,} B "
+        f"({plan.predicted_peak_bytes / 2**30:.2f} GiB) <= budget {BUDGET:,} B: "
+        f"{plan.predicted_peak_bytes <= BUDGET}"
+    )
     text = "\n".join(lines) + "\n"
     print(text, end="")
     REPORT.parent.mkdir(parents=True, exist_ok=True)

@@ -69,14 +69,36 @@ class RandomInit:
         return model
 
 
-def proxy_run(wl, plan: dict, lr: float, seed: int, steps: int, batch_size: int, pretrained: bool = True,
-              schedule: str = DEFAULT_SCHEDULE):
+def proxy_run(
+    wl,
+    plan: dict,
+    lr: float,
+    seed: int,
+    steps: int,
+    batch_size: int,
+    pretrained: bool = True,
+    schedule: str = DEFAULT_SCHEDULE,
+):
     """One proxy run as `planner tune` trains a trial (``run_proxy``): (metric, accuracy, CPU seconds)."""
-    params = TrialParams(active_layers=plan["active_layers"], period=plan["period"], scorer=plan["scorer"], train_embeddings=plan["eh"],
-                         train_head=plan["eh"], lr=lr, min_depth=plan["min_depth"])
+    params = TrialParams(
+        active_layers=plan["active_layers"],
+        period=plan["period"],
+        scorer=plan["scorer"],
+        train_embeddings=plan["eh"],
+        train_head=plan["eh"],
+        lr=lr,
+        min_depth=plan["min_depth"],
+    )
     t0 = time.process_time()
-    r = run_proxy(wl if pretrained else RandomInit(wl), params, batch_size=batch_size, steps=steps, eval_every=steps,
-                  seed=seed, schedule=schedule)
+    r = run_proxy(
+        wl if pretrained else RandomInit(wl),
+        params,
+        batch_size=batch_size,
+        steps=steps,
+        eval_every=steps,
+        seed=seed,
+        schedule=schedule,
+    )
     cpu = time.process_time() - t0
     accuracy = r.secondary.get("accuracy") if wl.metric_name != "accuracy" else r.metric
     return r.metric, accuracy, cpu
@@ -98,7 +120,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: the workload's suggested proxy batch")
     ap.add_argument("--lr", type=float, default=SPREAD_LR, help="the fixed learning rate of every plan")
     ap.add_argument("--held-out", type=int, default=N_HELD_OUT)
-    ap.add_argument("--schedule", default=DEFAULT_SCHEDULE, choices=SCHEDULES, help="the proxy's learning-rate schedule")
+    ap.add_argument(
+        "--schedule", default=DEFAULT_SCHEDULE, choices=SCHEDULES, help="the proxy's learning-rate schedule"
+    )
     ap.add_argument("--metric", default=None, help="eval_loss or accuracy (default: the workload's own)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default="", help="comma-separated plan labels to run (default: all)")
@@ -107,8 +131,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     recipe = dataclasses.replace(DEFAULT_RECIPE, **json.loads(args.recipe))
-    print(f"# bench_workload_spread: torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"# bench_workload_spread: torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
+    )
     if args.time_pretraining:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["PLANNER_CACHE_DIR"] = tmp
@@ -117,18 +143,24 @@ def main() -> None:
             secs = time.perf_counter() - t0
             stats = json.loads((path / "planner_pretrain.json").read_text())
             del os.environ["PLANNER_CACHE_DIR"]
-        print(f"first-use pretraining ({recipe.layers} layers, hidden {recipe.hidden}, {stats['parameters'] / 1e6:.2f}M parameters, "
-              f"{recipe.steps} steps of {recipe.batch_size}x{recipe.seq_len} on {stats['threads']} thread), fresh cache: "
-              f"{secs:.1f} s ({stats['cpu_seconds']:.1f} CPU s), loss {stats['first_loss']:.2f} -> {stats['final_loss']:.2f}, weights sha256 "
-              f"{stats['weights_sha256'][:16]} (load average now {os.getloadavg()[0]:.1f})")
+        print(
+            f"first-use pretraining ({recipe.layers} layers, hidden {recipe.hidden}, {stats['parameters'] / 1e6:.2f}M parameters, "
+            f"{recipe.steps} steps of {recipe.batch_size}x{recipe.seq_len} on {stats['threads']} thread), fresh cache: "
+            f"{secs:.1f} s ({stats['cpu_seconds']:.1f} CPU s), loss {stats['first_loss']:.2f} -> {stats['final_loss']:.2f}, weights sha256 "
+            f"{stats['weights_sha256'][:16]} (load average now {os.getloadavg()[0]:.1f})"
+        )
     t0 = time.perf_counter()
     extra = {"metric": args.metric} if args.metric else {}
     wl = default_workload(args.task, recipe=recipe, n_held_out=args.held_out, seed=0, **extra)
     batch = args.batch_size or wl.batch_size
     print(f"workload: {wl!r}; loaded in {time.perf_counter() - t0:.1f} s")
-    print(f"proxy run: {args.steps} steps of batch {batch}, AdamW lr={args.lr:g} (fixed, {args.schedule} schedule), {wl.metric_name} on "
-          f"{len(wl.held_out)} held-out prompts; seeds 0..{args.seeds - 1}, shared by every plan")
-    print(f"{'plan':34s} {wl.metric_name:>9s} {'± std':>6s}  {'per seed':22s} {'accuracy':>9s} {'± std':>6s}  CPU s/run")
+    print(
+        f"proxy run: {args.steps} steps of batch {batch}, AdamW lr={args.lr:g} (fixed, {args.schedule} schedule), {wl.metric_name} on "
+        f"{len(wl.held_out)} held-out prompts; seeds 0..{args.seeds - 1}, shared by every plan"
+    )
+    print(
+        f"{'plan':34s} {wl.metric_name:>9s} {'± std':>6s}  {'per seed':22s} {'accuracy':>9s} {'± std':>6s}  CPU s/run"
+    )
     chosen = [p for p in plans(wl.spec.num_layers) if not args.only or p[0] in args.only.split(",")]
     rows = []
     for label, plan in chosen + [("LISA defaults, random init", {**LISA, "random": True})]:
@@ -136,26 +168,34 @@ def main() -> None:
             continue
         metrics, accs, secs = [], [], []
         for seed in range(args.seeds):
-            m, acc, cpu = proxy_run(wl, plan, args.lr, seed, args.steps, batch, pretrained="random" not in plan,
-                                    schedule=args.schedule)
+            m, acc, cpu = proxy_run(
+                wl, plan, args.lr, seed, args.steps, batch, pretrained="random" not in plan, schedule=args.schedule
+            )
             metrics.append(m)
             accs.append(acc)
             secs.append(cpu)
         row = {"label": label, "metric": metrics, "accuracy": accs, "random": "random" in plan}
         rows.append(row)
-        print(f"{label:34s} {statistics.mean(metrics):9.3f} {statistics.stdev(metrics):6.3f}  "
-              f"{' '.join(f'{x:.3f}' for x in metrics):22s} {statistics.mean(accs):9.3f} {statistics.stdev(accs):6.3f}  "
-              f"{statistics.mean(secs):6.1f}", flush=True)
+        print(
+            f"{label:34s} {statistics.mean(metrics):9.3f} {statistics.stdev(metrics):6.3f}  "
+            f"{' '.join(f'{x:.3f}' for x in metrics):22s} {statistics.mean(accs):9.3f} {statistics.stdev(accs):6.3f}  "
+            f"{statistics.mean(secs):6.1f}",
+            flush=True,
+        )
     pre = [r for r in rows if not r["random"]]
     if len(pre) > 1:
         for key, name in (("metric", wl.metric_name), ("accuracy", "accuracy (secondary)")):
             across, within, ratio = spread(pre, key)
-            print(f"{name:>9s}: spread across {len(pre)} plans (std of means) {across:.4f}, seed noise (mean within-plan std) "
-                  f"{within:.4f}, ratio {ratio:.1f}")
+            print(
+                f"{name:>9s}: spread across {len(pre)} plans (std of means) {across:.4f}, seed noise (mean within-plan std) "
+                f"{within:.4f}, ratio {ratio:.1f}"
+            )
     for r in rows:
         if r["random"] and pre:
-            print(f"pretraining matters: {r['label']} = {statistics.mean(r['metric']):.3f} vs LISA defaults pretrained = "
-                  f"{statistics.mean(pre[0]['metric']):.3f}")
+            print(
+                f"pretraining matters: {r['label']} = {statistics.mean(r['metric']):.3f} vs LISA defaults pretrained = "
+                f"{statistics.mean(pre[0]['metric']):.3f}"
+            )
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 

@@ -37,15 +37,40 @@ CASES = [
     ("gpt2-full-fp32-b8s1024", "gpt2", "float32", None, 8, 1024, "all", True, True, None, False, 17),
     # new configurations: other architectures, long sequences, LoRA with checkpointing, amp, fp32 math attention
     ("gemma2b-full-bf16-b2s1024", "gemma-2b", "bfloat16", None, 2, 1024, "all", True, True, None, False, 34),
-    ("mistral7b-frozen-bf16-b1s4096-L01", "mistral-7b", "bfloat16", None, 1, 4096, [0, 1], False, False, None, False, 30),
+    (
+        "mistral7b-frozen-bf16-b1s4096-L01",
+        "mistral-7b",
+        "bfloat16",
+        None,
+        1,
+        4096,
+        [0, 1],
+        False,
+        False,
+        None,
+        False,
+        30,
+    ),
     ("phi3-lisa-bf16-b1s4096-L1530", "phi-3-mini", "bfloat16", None, 1, 4096, [15, 30], True, True, None, False, 30),
     ("l1b-lisa-bf16-b1s8192-L01", "llama-3.2-1b", "bfloat16", None, 1, 8192, [0, 1], True, True, None, False, 30),
     ("l1b-lora16-gc-bf16-b4s2048", "llama-3.2-1b", "bfloat16", None, 4, 2048, "all", False, False, 16, True, 12),
     ("l1b-amp-b2s1024-L01", "llama-3.2-1b", "float32", "bf16", 2, 1024, [0, 1], True, True, None, False, 25),
     ("q05b-frozen-fp32-b2s2048-L23", "qwen2.5-0.5b", "float32", None, 2, 2048, [2, 3], False, False, None, False, 22),
 ]
-FIELDS = ("name", "preset", "dtype", "amp", "batch_size", "seq_len", "trainable_layers", "train_embeddings",
-          "train_head", "lora_rank", "gradient_checkpointing", "gb")
+FIELDS = (
+    "name",
+    "preset",
+    "dtype",
+    "amp",
+    "batch_size",
+    "seq_len",
+    "trainable_layers",
+    "train_embeddings",
+    "train_head",
+    "lora_rank",
+    "gradient_checkpointing",
+    "gb",
+)
 SNAPSHOT_CASE = "l8b-frozen-bf16-b1s2048-L01"
 
 
@@ -59,8 +84,12 @@ def _case(name):
 def _process_used_bytes() -> int | None:
     """This process's device memory as nvidia-smi reports it (MiB resolution)."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     for line in out.splitlines():
@@ -134,8 +163,9 @@ def run_case(name: str, outdir: Path, snapshot: bool, history: bool = False) -> 
     for p in base.parameters():
         if id(p) in in_layers:
             continue
-        if (id(p) in emb and (case["train_embeddings"] or case["train_head"] and cfg.tie_word_embeddings)) or \
-                (id(p) not in emb and case["train_head"]):
+        if (id(p) in emb and (case["train_embeddings"] or case["train_head"] and cfg.tie_word_embeddings)) or (
+            id(p) not in emb and case["train_head"]
+        ):
             p.requires_grad_(True)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -170,16 +200,33 @@ def run_case(name: str, outdir: Path, snapshot: bool, history: bool = False) -> 
     free, total = torch.cuda.mem_get_info()
     used = _process_used_bytes()
     measured = {
-        "max_allocated": torch.cuda.max_memory_allocated(), "max_reserved": torch.cuda.max_memory_reserved(),
-        "reserved_now": torch.cuda.memory_reserved(), "allocated_now": torch.cuda.memory_allocated(),
-        "process_used": used, "context_est": (used - torch.cuda.memory_reserved()) if used else None,
-        "device_used_now": int(total - free), "total": int(total),
-        "pools": {k: stats.get(k) for k in ("allocated_bytes.small_pool.peak", "allocated_bytes.large_pool.peak",
-                                            "reserved_bytes.small_pool.peak", "reserved_bytes.large_pool.peak",
-                                            "segment.all.peak", "num_alloc_retries", "requested_bytes.all.peak")},
-        "attn": getattr(cfg, "_attn_implementation", None), "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "trainable_params": sum(p.numel() for p in trainable), "step_s": round(step_s, 3), "build_s": round(build_s, 2),
+        "max_allocated": torch.cuda.max_memory_allocated(),
+        "max_reserved": torch.cuda.max_memory_reserved(),
+        "reserved_now": torch.cuda.memory_reserved(),
+        "allocated_now": torch.cuda.memory_allocated(),
+        "process_used": used,
+        "context_est": (used - torch.cuda.memory_reserved()) if used else None,
+        "device_used_now": int(total - free),
+        "total": int(total),
+        "pools": {
+            k: stats.get(k)
+            for k in (
+                "allocated_bytes.small_pool.peak",
+                "allocated_bytes.large_pool.peak",
+                "reserved_bytes.small_pool.peak",
+                "reserved_bytes.large_pool.peak",
+                "segment.all.peak",
+                "num_alloc_retries",
+                "requested_bytes.all.peak",
+            )
+        },
+        "attn": getattr(cfg, "_attn_implementation", None),
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trainable_params": sum(p.numel() for p in trainable),
+        "step_s": round(step_s, 3),
+        "build_s": round(build_s, 2),
     }
     row = {k: case[k] for k in FIELDS if k != "gb"}
     row["config"] = preset
@@ -224,11 +271,32 @@ def sdpa_probe(outdir: Path) -> None:
                     out.backward(torch.ones_like(out))
                     torch.cuda.synchronize()
                     bwd_peak = torch.cuda.max_memory_allocated() - base
-                names = sorted({e.key for e in prof.key_averages() if "attention" in e.key.lower() or "flash" in e.key.lower()
-                                or "fmha" in e.key.lower() or "cudnn" in e.key.lower() or "gemm" in e.key.lower()})[:8]
-                rows.append({"dtype": str(dtype), "heads": h, "kv_heads": hk, "mask": masked, "b": b, "s": s, "d": d,
-                             "kept_after_forward": kept, "out_bytes": out.numel() * out.element_size(),
-                             "backward_peak_above_start": bwd_peak, "kernels": names})
+                names = sorted(
+                    {
+                        e.key
+                        for e in prof.key_averages()
+                        if "attention" in e.key.lower()
+                        or "flash" in e.key.lower()
+                        or "fmha" in e.key.lower()
+                        or "cudnn" in e.key.lower()
+                        or "gemm" in e.key.lower()
+                    }
+                )[:8]
+                rows.append(
+                    {
+                        "dtype": str(dtype),
+                        "heads": h,
+                        "kv_heads": hk,
+                        "mask": masked,
+                        "b": b,
+                        "s": s,
+                        "d": d,
+                        "kept_after_forward": kept,
+                        "out_bytes": out.numel() * out.element_size(),
+                        "backward_peak_above_start": bwd_peak,
+                        "kernels": names,
+                    }
+                )
                 del q, k, v, out, mask
     (outdir / "sdpa.json").write_text(json.dumps(rows))
 
@@ -257,8 +325,11 @@ def history_probe(outdir: Path) -> None:
             torch.cuda.synchronize()
             trace = torch.cuda.memory._snapshot()["device_traces"][0]
             torch.cuda.memory._record_memory_history(enabled=None)
-            seq = [[e["action"], e["size"], int(i >= len(mark))] for i, e in enumerate(trace)
-                   if e["action"] in ("alloc", "free_completed", "segment_alloc")]
+            seq = [
+                [e["action"], e["size"], int(i >= len(mark))]
+                for i, e in enumerate(trace)
+                if e["action"] in ("alloc", "free_completed", "segment_alloc")
+            ]
         else:
             sys.path.insert(0, str(ROOT))
             from planner.cost import LiveBytesTracker
@@ -299,7 +370,10 @@ def run_all(outdir: Path, workers: int, budget_gb: float) -> None:
             in_use[0] -= case["gb"]
             lock.notify_all()
         tail = (proc.stderr.strip().splitlines() or [""])[-1][:300]
-        print(f"{case['name']}: rc={proc.returncode} {time.perf_counter() - t0:.1f}s {tail if proc.returncode else ''}", flush=True)
+        print(
+            f"{case['name']}: rc={proc.returncode} {time.perf_counter() - t0:.1f}s {tail if proc.returncode else ''}",
+            flush=True,
+        )
 
     cases = sorted((dict(zip(FIELDS, r)) for r in CASES), key=lambda c: -c["gb"])
     with ThreadPoolExecutor(workers) as pool:

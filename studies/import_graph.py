@@ -43,11 +43,13 @@ def module_names(root: Path) -> dict[str, Path]:
 def _type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports(tree: ast.Module):
     """(import node, inside a function) for every import statement of a module."""
+
     def walk(node, in_function: bool):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.If) and _type_checking(child):
@@ -79,7 +81,9 @@ def targets(node, module: str, is_package: bool, known: set[str]) -> set[str]:
     return out
 
 
-_DIRECTIVE = re.compile(r"#\s*(noqa\b(:\s*[A-Z]+[0-9]*(\s*,\s*[A-Z]+[0-9]*)*)?|type:\s*ignore(\[[^]]*\])?|pragma:[^#]*)")
+_DIRECTIVE = re.compile(
+    r"#\s*(noqa\b(:\s*[A-Z]+[0-9]*(\s*,\s*[A-Z]+[0-9]*)*)?|type:\s*ignore(\[[^]]*\])?|pragma:[^#]*)"
+)
 
 
 def commented_lines(text: str) -> set[int]:
@@ -214,15 +218,19 @@ def main() -> None:
     print_cycles("import cycles held apart by function-level imports (module- and function-level imports)", full, top)
     counted = {m: n for m, n in inner.items() if n[0]}
     bare = {m: n for m, n in counted.items() if n[2]}
-    print(f"function-level imports: {sum(n[0] for n in counted.values())} in {len(counted)} modules "
-          f"({sum(n[1] for n in counted.values())} of planner modules; "
-          f"{sum(n[2] for n in counted.values())} in {len(bare)} modules without a comment)")
+    print(
+        f"function-level imports: {sum(n[0] for n in counted.values())} in {len(counted)} modules "
+        f"({sum(n[1] for n in counted.values())} of planner modules; "
+        f"{sum(n[2] for n in counted.values())} in {len(bare)} modules without a comment)"
+    )
     for module, (n_all, n_planner, n_bare) in sorted(counted.items(), key=lambda kv: (-kv[1][0], kv[0])):
         print(f"  {n_all:3d} ({n_planner:3d} planner, {n_bare:3d} without a comment)  {module}")
     listed = {m: [d for d in found if args.all or not d[2]] for m, found in deferred.items()}
     listed = {m: found for m, found in listed.items() if found}
-    print(f"function-level imports {'(* without a comment)' if args.all else 'without a comment'}: "
-          f"{sum(map(len, listed.values()))}")
+    print(
+        f"function-level imports {'(* without a comment)' if args.all else 'without a comment'}: "
+        f"{sum(map(len, listed.values()))}"
+    )
     for module, found in sorted(listed.items()):
         print(f"  {module}")
         for line, statement, said in found:

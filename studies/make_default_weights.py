@@ -13,8 +13,16 @@ from __future__ import annotations
 import json
 import shutil
 
-from planner.data.pretrain import (DEFAULT_RECIPE, SHIPPED, ENVIRONMENT, ensure_default_model, file_sha256,
-                                   quiet_transformers, recipe_identity, weights_sha256)
+from planner.data.pretrain import (
+    DEFAULT_RECIPE,
+    SHIPPED,
+    ENVIRONMENT,
+    ensure_default_model,
+    file_sha256,
+    quiet_transformers,
+    recipe_identity,
+    weights_sha256,
+)
 
 
 def main() -> None:
@@ -29,15 +37,27 @@ def main() -> None:
     if SHIPPED.exists():
         shutil.rmtree(SHIPPED)
     SHIPPED.mkdir(parents=True)
-    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
         if (source / name).is_file():
             shutil.copy2(source / name, SHIPPED / name)
-    shipped = {"identity": recipe_identity(DEFAULT_RECIPE), "produced_with": {k: meta[k] for k in ENVIRONMENT},
-               "weights_sha256": meta["weights_sha256"], "file_sha256": file_sha256(SHIPPED / "model.safetensors"),
-               **{k: meta[k] for k in ("seconds", "cpu_seconds", "first_loss", "final_loss", "parameters", "threads")}}
+    shipped = {
+        "identity": recipe_identity(DEFAULT_RECIPE),
+        "produced_with": {k: meta[k] for k in ENVIRONMENT},
+        "weights_sha256": meta["weights_sha256"],
+        "file_sha256": file_sha256(SHIPPED / "model.safetensors"),
+        **{k: meta[k] for k in ("seconds", "cpu_seconds", "first_loss", "final_loss", "parameters", "threads")},
+    }
     (SHIPPED / "planner_pretrain.json").write_text(json.dumps(shipped, indent=2) + "\n")
-    print(f"{SHIPPED}: {shipped['parameters']:,} parameters, final loss {shipped['final_loss']}, "
-          f"weights {shipped['weights_sha256'][:16]}, produced with {shipped['produced_with']}")
+    print(
+        f"{SHIPPED}: {shipped['parameters']:,} parameters, final loss {shipped['final_loss']}, "
+        f"weights {shipped['weights_sha256'][:16]}, produced with {shipped['produced_with']}"
+    )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def section_span(text: str, name: str) -> tuple[int, int]:
 def console_blocks(text: str, name: str) -> list[tuple[int, int, str]]:
     """(start, end, body) of each ```console block inside the section, offsets into ``text``."""
     lo, hi = section_span(text, name)
-    return [(lo + m.start(1), lo + m.end(1), m.group(1)) for m in re.finditer(r"```console\n(.*?)```", text[lo:hi], re.S)]
+    return [
+        (lo + m.start(1), lo + m.end(1), m.group(1)) for m in re.finditer(r"```console\n(.*?)```", text[lo:hi], re.S)
+    ]
 
 
 def parse_block(body: str) -> list[Example]:
@@ -140,7 +142,7 @@ def regenerate(shown: list[str], actual: list[str]) -> list[str]:
             continue
         first = 0 if n == 0 else _find(actual, _key(seg[0]), pos)
         last = len(actual) - 1 if n == len(segments) - 1 else _find(actual, _key(seg[-1]), first)
-        out.extend(actual[first: last + 1])
+        out.extend(actual[first : last + 1])
         pos = last + 1
     return out
 
@@ -157,7 +159,9 @@ def process(text: str, sections, *, log=print, name: str = "docs/estimate.md") -
                 for start, end, body in console_blocks(text, section):
                     examples = parse_block(body)
                     if not all(ex.argv[:1] == ["planner"] for ex in examples):
-                        log(f"[{section}] skipped a block with commands other than planner: {[ex.argv[0] for ex in examples]}")
+                        log(
+                            f"[{section}] skipped a block with commands other than planner: {[ex.argv[0] for ex in examples]}"
+                        )
                         continue
                     new_lines = []
                     for ex in examples:
@@ -165,8 +169,16 @@ def process(text: str, sections, *, log=print, name: str = "docs/estimate.md") -
                         new_lines += ex.command.splitlines() + regenerate(ex.shown, run_planner(ex.argv))
                     new_body = "\n".join(new_lines) + "\n"
                     if new_body != body:
-                        diffs.append("".join(difflib.unified_diff(body.splitlines(True), new_body.splitlines(True),
-                                                                  f"{name} [{section}]", "actual output")))
+                        diffs.append(
+                            "".join(
+                                difflib.unified_diff(
+                                    body.splitlines(True),
+                                    new_body.splitlines(True),
+                                    f"{name} [{section}]",
+                                    "actual output",
+                                )
+                            )
+                        )
                         edits.append((start, end, new_body))
         finally:
             if old_env is None:
@@ -180,9 +192,12 @@ def process(text: str, sections, *, log=print, name: str = "docs/estimate.md") -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--file", type=Path, default=DEFAULT_FILE,
-                        help=f"the page (default: {DEFAULT_FILE.relative_to(ROOT)})")
-    parser.add_argument("--section", action="append", help=f"section of the page (default: {', '.join(DEFAULT_SECTIONS)})")
+    parser.add_argument(
+        "--file", type=Path, default=DEFAULT_FILE, help=f"the page (default: {DEFAULT_FILE.relative_to(ROOT)})"
+    )
+    parser.add_argument(
+        "--section", action="append", help=f"section of the page (default: {', '.join(DEFAULT_SECTIONS)})"
+    )
     parser.add_argument("--write", action="store_true", help="rewrite the page instead of checking it")
     args = parser.parse_args(argv)
     import torch

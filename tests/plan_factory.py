@@ -47,9 +47,18 @@ def consistent_plan(**fields) -> Plan:
 def make_plan(arch: str = "llama", **kw) -> Plan:
     """A LISA-like plan for a tiny ``arch`` model (4 layers unless ``num_layers`` says); keywords override any field."""
     layers = kw.get("num_layers", 4)
-    base = dict(model=tiny_config(arch, layers), model_type=arch, num_layers=layers,
-                layers_attribute=LAYERS_PATH.get(arch, "model.layers"), active_layers=2,
-                period=5, scorer="uniform", learning_rate=1e-4, train=TrainConfig(active_layers=2),
-                predicted_peak_bytes=123_456, breakdown=Breakdown(weights=100_000))
+    base = dict(
+        model=tiny_config(arch, layers),
+        model_type=arch,
+        num_layers=layers,
+        layers_attribute=LAYERS_PATH.get(arch, "model.layers"),
+        active_layers=2,
+        period=5,
+        scorer="uniform",
+        learning_rate=1e-4,
+        train=TrainConfig(active_layers=2),
+        predicted_peak_bytes=123_456,
+        breakdown=Breakdown(weights=100_000),
+    )
     base.update(kw)
     return consistent_plan(**base)

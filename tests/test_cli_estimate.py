@@ -75,14 +75,32 @@ def test_fits_and_does_not_fit_exit_codes(capsys, model_json):
     assert code == 1 and "does not fit" in text and f"{peak:,} bytes" in text
 
 
-@pytest.mark.parametrize("size,expected", [("24GB", 24 * 10**9), ("24GiB", 24 * GiB), ("24000MiB", 24000 * MiB), ("24G", 24 * GiB)])
+@pytest.mark.parametrize(
+    "size,expected", [("24GB", 24 * 10**9), ("24GiB", 24 * GiB), ("24000MiB", 24000 * MiB), ("24G", 24 * GiB)]
+)
 def test_vram_units(capsys, model_json, size, expected):
-    code, out = run_json(capsys, "--model", model_json, "--layers", "0", "--seq-len", "32", "--device", "cpu", "--vram", size)
+    code, out = run_json(
+        capsys, "--model", model_json, "--layers", "0", "--seq-len", "32", "--device", "cpu", "--vram", size
+    )
     assert out["vram_bytes"] == expected and out["fits"] is True and code == 0
 
 
 def test_human_output_prints_breakdown_and_budget(capsys, model_json):
-    code = main(["estimate", "--model", model_json, "--active-layers", "2", "--seq-len", "32", "--device", "cpu", "--vram", "24GB"])
+    code = main(
+        [
+            "estimate",
+            "--model",
+            model_json,
+            "--active-layers",
+            "2",
+            "--seq-len",
+            "32",
+            "--device",
+            "cpu",
+            "--vram",
+            "24GB",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     for word in (*BREAKDOWN_KEYS, "peak", "24,000,000,000 bytes", "fits", "worst case"):
@@ -100,8 +118,11 @@ def test_trainable_set_flags_change_the_estimate(capsys, model_json):
     # the adapters add weights; their optimizer state is far below the full layer's
     assert lora["breakdown"]["weights"] > off["breakdown"]["weights"]
     assert lora["breakdown"]["optimizer"] < off["breakdown"]["optimizer"] / 4
-    expected = estimate(load_spec(model_json), TrainConfig(layers=[1], seq_len=32, lora_rank=4, train_embeddings=False,
-                                                           train_head=False), device="cpu")
+    expected = estimate(
+        load_spec(model_json),
+        TrainConfig(layers=[1], seq_len=32, lora_rank=4, train_embeddings=False, train_head=False),
+        device="cpu",
+    )
     assert lora["peak_bytes"] == expected.peak_bytes
 
 
@@ -138,9 +159,13 @@ def test_table_rows_and_monotone_active_layers(table):
 def test_table_adds_the_recipes_users_run_each_named_with_its_levers(table):
     spec, cfg, cands = table
     recipes = {c.name: c for c in cands[4:] if c.method != "layerwise"}
-    assert list(recipes) == ["lora r=8 (checkpointing)", "lora r=16 (checkpointing)", "lora r=64 (checkpointing)",
-                             "qlora r=16 (checkpointing, NF4 + double quant)",
-                             "full, torchtune (paged_adamw8bit, checkpointing, step in backward, loss in 8 chunks)"]
+    assert list(recipes) == [
+        "lora r=8 (checkpointing)",
+        "lora r=16 (checkpointing)",
+        "lora r=64 (checkpointing)",
+        "qlora r=16 (checkpointing, NF4 + double quant)",
+        "full, torchtune (paged_adamw8bit, checkpointing, step in backward, loss in 8 chunks)",
+    ]
     qlora = recipes["qlora r=16 (checkpointing, NF4 + double quant)"].config
     assert qlora.quantize == "nf4-dq" and qlora.lora_rank == 16 and qlora.gradient_checkpointing
     tt = recipes["full, torchtune (paged_adamw8bit, checkpointing, step in backward, loss in 8 chunks)"]
@@ -186,13 +211,23 @@ def test_table_cli_human(capsys, model_json):
     code = main(["estimate", "--model", model_json, "--seq-len", "64", "--device", "cpu", "--vram", "24GB"])
     text = capsys.readouterr().out
     assert code == 0
-    for row in ("full", "lora r=8", "lora r=16", "lora r=64", "layer-wise γ=1 E+H", "layer-wise γ=4 frozen E+H",
-                "largest γ that fits (E+H): 4", "largest γ that fits (frozen E+H): 4"):
+    for row in (
+        "full",
+        "lora r=8",
+        "lora r=16",
+        "lora r=64",
+        "layer-wise γ=1 E+H",
+        "layer-wise γ=4 frozen E+H",
+        "largest γ that fits (E+H): 4",
+        "largest γ that fits (frozen E+H): 4",
+    ):
         assert row in text
 
 
 def test_table_one_variant_when_flagged(capsys, model_json):
-    _, out = run_json(capsys, "--model", model_json, "--seq-len", "32", "--device", "cpu", "--no-train-embeddings", "--no-train-head")
+    _, out = run_json(
+        capsys, "--model", model_json, "--seq-len", "32", "--device", "cpu", "--no-train-embeddings", "--no-train-head"
+    )
     layerwise = [p for p in out["plans"] if p["method"] == "layerwise"]
     assert len(layerwise) == 4 and not any(p["train_embeddings"] or p["train_head"] for p in layerwise)
 
@@ -216,8 +251,14 @@ def test_profile_json_changes_overhead(capsys, model_json, tmp_path):
     args = ["--model", model_json, "--layers", "0", "--seq-len", "32", "--device", "cuda"]
     code, default = run_json(capsys, *args)
     assert code == 0 and default["profile"].startswith("documented defaults")
-    prof = DeviceProfile(device="cuda", device_name="Test GPU", torch_version="2.13.0",
-                         context_bytes=3 * GiB, workspace_bytes=64 * MiB, fragmentation=0.05)
+    prof = DeviceProfile(
+        device="cuda",
+        device_name="Test GPU",
+        torch_version="2.13.0",
+        context_bytes=3 * GiB,
+        workspace_bytes=64 * MiB,
+        fragmentation=0.05,
+    )
     path = prof.save(tmp_path / "gpu.json")
     code, custom = run_json(capsys, *args, "--profile", str(path))
     assert code == 0 and custom["profile"].startswith(str(path))
@@ -237,8 +278,12 @@ def test_matching_profile_is_found_in_profile_dir(capsys, model_json, tmp_path, 
 
     monkeypatch.setattr(profile_mod, "local_device_name", lambda device: "Test GPU")
     d = tmp_path / "profiles"
-    DeviceProfile(device="cuda", device_name="Other GPU", torch_version="2", context_bytes=1 * GiB).save(d / "other.json")
-    mine = DeviceProfile(device="cuda", device_name="Test GPU", torch_version="2", context_bytes=2 * GiB).save(d / "test-gpu.json")
+    DeviceProfile(device="cuda", device_name="Other GPU", torch_version="2", context_bytes=1 * GiB).save(
+        d / "other.json"
+    )
+    mine = DeviceProfile(device="cuda", device_name="Test GPU", torch_version="2", context_bytes=2 * GiB).save(
+        d / "test-gpu.json"
+    )
     (d / "junk.json").write_text("{not json")
     code, out = run_json(capsys, "--model", model_json, "--layers", "0", "--seq-len", "32")
     assert code == 0 and out["profile"] == f"{mine} (Test GPU)"
@@ -247,31 +292,40 @@ def test_matching_profile_is_found_in_profile_dir(capsys, model_json, tmp_path, 
 # ----------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--vram", "0"], "--vram must be > 0 bytes, but got '0'"),
-    (["--vram=-24GB"], "--vram must be > 0 bytes"),
-    (["--vram", "lots"], "--vram must be a number with a unit"),
-    (["--layers", "0,9"], "layer indices must satisfy 0 <= i < 4, but got [9]"),
-    (["--layers", "zero"], "--layers must be `all` or comma-separated"),
-    (["--layers", "0", "--active-layers", "2"], "`layers` and `active_layers` are exclusive"),
-    (["--amp", "bf16", "--dtype", "bfloat16"], "dtype='bfloat16' with amp='bf16'"),
-    (["--min-depth", "2"], "--min-depth bounds a sampler's draws and needs --active-layers"),
-    (["--active-layers", "3", "--min-depth", "2"], "`active_layers <= num_layers - min_depth`"),
-    (["--lora-rank", "0"], "--lora-rank input should be greater than or equal to 1, but got '0'"),
-    (["--batch-size", "0"], "--batch-size input should be greater than or equal to 1"),
-    (["--dtype", "int8"], "--dtype input should be 'float32', 'bfloat16' or 'float16'"),
-    (["--optimizer", "lion"], "`optimizer` must be one of adamw, sgd, adamw8bit, paged_adamw8bit, but got 'lion'"),
-    (["--quantize", "nf4", "--active-layers", "2"], "but got quantize='nf4' with active_layers=2"),
-    (["--quantize", "nf4", "--layers", "all"], "`quantize` needs frozen linear weights"),
-    (["--quantize", "fp8", "--layers", "1"], "--quantize input should be 'nf4', 'nf4-dq' or 'int8'"),
-    (["--lora-targets", "q_proj", "--layers", "1"], "needs `lora_rank`"),
-    (["--loss-chunks", "9999", "--layers", "1", "--seq-len", "64"], "`loss_chunks <= seq_len` must hold, but got loss_chunks=9999 with seq_len=64"),
-    (["--device", "tpu"], "--device must be cuda or cpu, but got 'tpu'"),
-    (["--profile", "/nonexistent/p.json"], "--profile must be an existing device profile JSON"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--vram", "0"], "--vram must be > 0 bytes, but got '0'"),
+        (["--vram=-24GB"], "--vram must be > 0 bytes"),
+        (["--vram", "lots"], "--vram must be a number with a unit"),
+        (["--layers", "0,9"], "layer indices must satisfy 0 <= i < 4, but got [9]"),
+        (["--layers", "zero"], "--layers must be `all` or comma-separated"),
+        (["--layers", "0", "--active-layers", "2"], "`layers` and `active_layers` are exclusive"),
+        (["--amp", "bf16", "--dtype", "bfloat16"], "dtype='bfloat16' with amp='bf16'"),
+        (["--min-depth", "2"], "--min-depth bounds a sampler's draws and needs --active-layers"),
+        (["--active-layers", "3", "--min-depth", "2"], "`active_layers <= num_layers - min_depth`"),
+        (["--lora-rank", "0"], "--lora-rank input should be greater than or equal to 1, but got '0'"),
+        (["--batch-size", "0"], "--batch-size input should be greater than or equal to 1"),
+        (["--dtype", "int8"], "--dtype input should be 'float32', 'bfloat16' or 'float16'"),
+        (["--optimizer", "lion"], "`optimizer` must be one of adamw, sgd, adamw8bit, paged_adamw8bit, but got 'lion'"),
+        (["--quantize", "nf4", "--active-layers", "2"], "but got quantize='nf4' with active_layers=2"),
+        (["--quantize", "nf4", "--layers", "all"], "`quantize` needs frozen linear weights"),
+        (["--quantize", "fp8", "--layers", "1"], "--quantize input should be 'nf4', 'nf4-dq' or 'int8'"),
+        (["--lora-targets", "q_proj", "--layers", "1"], "needs `lora_rank`"),
+        (
+            ["--loss-chunks", "9999", "--layers", "1", "--seq-len", "64"],
+            "`loss_chunks <= seq_len` must hold, but got loss_chunks=9999 with seq_len=64",
+        ),
+        (["--device", "tpu"], "--device must be cuda or cpu, but got 'tpu'"),
+        (["--profile", "/nonexistent/p.json"], "--profile must be an existing device profile JSON"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(capsys, model_json, extra, needle):
-    code = main(["estimate", "--model", model_json, "--device", "cpu", *extra] if "--device" not in extra
-                else ["estimate", "--model", model_json, *extra])
+    code = main(
+        ["estimate", "--model", model_json, "--device", "cpu", *extra]
+        if "--device" not in extra
+        else ["estimate", "--model", model_json, *extra]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("planner estimate: error: ")
@@ -292,8 +346,26 @@ def test_unknown_model_and_bad_profile_file(capsys, tmp_path):
 
 def test_several_problems_reported_at_once_by_the_installed_command(model_json):
     proc = subprocess.run(
-        [PLANNER, "estimate", "--model", model_json, "--vram", "0", "--lora-rank", "0", "--layers", "0,7", "--min-depth", "1"],
-        capture_output=True, text=True, env={**os.environ, "PLANNER_PROFILE_DIR": "/nonexistent"}, timeout=1200)  # a hang guard
+        [
+            PLANNER,
+            "estimate",
+            "--model",
+            model_json,
+            "--vram",
+            "0",
+            "--lora-rank",
+            "0",
+            "--layers",
+            "0,7",
+            "--min-depth",
+            "1",
+        ],
+        # a hang guard
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PLANNER_PROFILE_DIR": "/nonexistent"},
+        timeout=1200,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     for needle in ("--vram must be > 0 bytes", "--lora-rank", "but got [7]", "--min-depth"):

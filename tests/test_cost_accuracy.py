@@ -25,15 +25,52 @@ def _cases():
             for k, layers in enumerate(SETS):
                 eh = (a + d + k) % 2 == 0  # embeddings and head on/off, alternating over the grid
                 b, s = SHAPES[(a + k) % 2]
-                cases.append(dict(arch=arch, dtype=dtype, layers=layers, train_embeddings=eh, train_head=eh,
-                                  batch_size=b, seq_len=s))
+                cases.append(
+                    dict(
+                        arch=arch,
+                        dtype=dtype,
+                        layers=layers,
+                        train_embeddings=eh,
+                        train_head=eh,
+                        batch_size=b,
+                        seq_len=s,
+                    )
+                )
     extra = [
-        dict(arch="llama", dtype="float32", layers=[1, 2], train_embeddings=False, train_head=True, amp="bf16", batch_size=2, seq_len=64),
+        dict(
+            arch="llama",
+            dtype="float32",
+            layers=[1, 2],
+            train_embeddings=False,
+            train_head=True,
+            amp="bf16",
+            batch_size=2,
+            seq_len=64,
+        ),
         dict(arch="gpt2", dtype="float32", layers="all", amp="bf16", batch_size=1, seq_len=128),
-        dict(arch="llama", dtype="float32", layers=[1, 2], train_embeddings=False, gradient_checkpointing=True, batch_size=2, seq_len=64),
-        dict(arch="qwen2", dtype="bfloat16", layers=[0, 3], train_embeddings=False, train_head=False, lora_rank=8, batch_size=2, seq_len=64),
+        dict(
+            arch="llama",
+            dtype="float32",
+            layers=[1, 2],
+            train_embeddings=False,
+            gradient_checkpointing=True,
+            batch_size=2,
+            seq_len=64,
+        ),
+        dict(
+            arch="qwen2",
+            dtype="bfloat16",
+            layers=[0, 3],
+            train_embeddings=False,
+            train_head=False,
+            lora_rank=8,
+            batch_size=2,
+            seq_len=64,
+        ),
         dict(arch="gpt2", dtype="float32", layers=[1, 2], optimizer="sgd", batch_size=2, seq_len=64),
-        dict(arch="qwen2", dtype="float32", layers=[2], train_embeddings=False, train_head=True, batch_size=2, seq_len=64),
+        dict(
+            arch="qwen2", dtype="float32", layers=[2], train_embeddings=False, train_head=True, batch_size=2, seq_len=64
+        ),
         # the other architectures of the shipped presets: gemma (scaled embeddings, GeGLU, tied), phi3 (fused qkv and
         # gate_up projections)
         dict(arch="gemma", dtype="float32", layers="all", batch_size=2, seq_len=64),
@@ -57,7 +94,9 @@ def _run(i, tiny):
         # the estimate composes traces of fewer layers than the model has
         assert est.details["traces"] and max(len(p) for p in est.details["traces"]) < spec.num_layers
         predicted = est.peak_bytes
-        measured = measure_training_peak(build_model(spec, dtype=cfg.dtype), cfg, make_batch(spec.vocab_size, cfg.batch_size, cfg.seq_len))
+        measured = measure_training_peak(
+            build_model(spec, dtype=cfg.dtype), cfg, make_batch(spec.vocab_size, cfg.batch_size, cfg.seq_len)
+        )
         _results[i] = (predicted, measured)
     return _results[i]
 
@@ -75,7 +114,14 @@ def test_every_architecture_of_the_shipped_presets_is_in_the_grid():
     assert used <= {c["arch"] for c in CASES}, sorted(used - {c["arch"] for c in CASES})
 
 
-@pytest.mark.parametrize("i", range(len(CASES)), ids=[f"{c['arch']}-{c['dtype']}-{c['layers']}-eh{int(c.get('train_embeddings', True))}-{c['batch_size']}x{c['seq_len']}" for c in CASES])
+@pytest.mark.parametrize(
+    "i",
+    range(len(CASES)),
+    ids=[
+        f"{c['arch']}-{c['dtype']}-{c['layers']}-eh{int(c.get('train_embeddings', True))}-{c['batch_size']}x{c['seq_len']}"
+        for c in CASES
+    ],
+)
 def test_prediction_is_exact(i, tiny):
     predicted, measured = _run(i, tiny)
     assert predicted == measured

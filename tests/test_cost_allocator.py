@@ -58,8 +58,9 @@ def test_inlined_replay_equals_the_allocator():
     for trial in range(20):
         setup = [rng.choice((512, 3 * MiB, 40 * MiB)) for _ in range(20)]
         setup += [setup[0], -21]  # a block made and released while the model is built
-        sizes = [rng.choice((1, 100, 700 * 1024, MiB, MiB + 1, 2 * MiB, 5 * MiB, 12 * MiB, 33 * MiB + 7))
-                 for _ in range(400)]
+        sizes = [
+            rng.choice((1, 100, 700 * 1024, MiB, MiB + 1, 2 * MiB, 5 * MiB, 12 * MiB, 33 * MiB + 7)) for _ in range(400)
+        ]
         ops, live = [], []
         for i, n in enumerate(sizes):
             ops.append(n)
@@ -67,14 +68,16 @@ def test_inlined_replay_equals_the_allocator():
             if rng.random() < 0.6:
                 ops.append(-live.pop(rng.randrange(len(live))) - 1)
         grads = live[: len(live) // 2]
-        ops += [-g - 1 for g in live[len(live) // 2:]]
+        ops += [-g - 1 for g in live[len(live) // 2 :]]
         state, temps = [8 * MiB, 8 * MiB, 1024], [4 * MiB, 700]
         assert replay_run(setup, ops, len(sizes), grads, state, temps) == reference_run(
-            setup, ops, len(sizes), grads, state, temps), f"trial {trial}"
+            setup, ops, len(sizes), grads, state, temps
+        ), f"trial {trial}"
 
 
-@pytest.mark.parametrize("arch,hidden,seq_len,embeddings", [("llama", 64, 128, True), ("qwen2", 128, 512, False),
-                                                            ("gpt2", 64, 256, False)])
+@pytest.mark.parametrize(
+    "arch,hidden,seq_len,embeddings", [("llama", 64, 128, True), ("qwen2", 128, 512, False), ("gpt2", 64, 256, False)]
+)
 def test_replay_of_composed_steps_equals_the_allocator(tiny, monkeypatch, arch, hidden, seq_len, embeddings):
     """Composed training steps (traced templates of a 12-layer model, random trainable sets and the plan
     table's worst-case draws) give the same reserved and allocated peaks through replay_run and through
@@ -92,8 +95,14 @@ def test_replay_of_composed_steps_equals_the_allocator(tiny, monkeypatch, arch, 
 
     rng = random.Random(f"{arch}-{hidden}")
     spec = tiny(arch, num_layers=12, hidden=hidden)
-    cfg = TrainConfig(batch_size=2, seq_len=seq_len, dtype="float32", active_layers=3,
-                      train_embeddings=embeddings, train_head=embeddings)
+    cfg = TrainConfig(
+        batch_size=2,
+        seq_len=seq_len,
+        dtype="float32",
+        active_layers=3,
+        train_embeddings=embeddings,
+        train_head=embeddings,
+    )
     masks = np.array([[rng.random() < p for _ in range(12)] for p in (0.1, 0.3, 0.6) for _ in range(3)])
     masks[:, rng.randrange(12)] |= ~masks.any(axis=1)  # every draw trains a layer
     n_random = len(masks)
@@ -103,25 +112,43 @@ def test_replay_of_composed_steps_equals_the_allocator(tiny, monkeypatch, arch, 
     opt = get_optimizer("adamw")
     for row, mask in zip(roles[:n_random], masks):
         tensors = _trainable_tensors(fam, cfg, int(mask.sum()))
-        setup = setup_blocks(fam, [int(r) for r in row], batch_size=2, seq_len=seq_len, workspace_bytes=MiB,
-                             built_on_device=True)  # a tied head: a block made and released before the steps
+        setup = setup_blocks(
+            fam, [int(r) for r in row], batch_size=2, seq_len=seq_len, workspace_bytes=MiB, built_on_device=True
+        )  # a tied head: a block made and released before the steps
         ops, n_step, grads = step_ops(fam, [int(r) for r in row])
         state, temps = opt.state_blocks(tensors), opt.step_blocks(tensors)
         for scale in (1, 2**6, 2**10, 2**13):
-            run = ([n * scale if n >= 0 else n for n in setup], [n * scale if n >= 0 else n for n in ops], n_step,
-                   grads, [n * scale for n in state], [n * scale for n in temps])
+            run = (
+                [n * scale if n >= 0 else n for n in setup],
+                [n * scale if n >= 0 else n for n in ops],
+                n_step,
+                grads,
+                [n * scale for n in state],
+                [n * scale for n in temps],
+            )
             assert replay_run(*run) == reference_run(*run), (list(row), scale)
     resumed = []
-    monkeypatch.setattr(replay, "replay_run", lambda *a, start=None, **kw: (
-        resumed.append(start is not None), replay_run(*a, start=start, **kw))[1])
+    monkeypatch.setattr(
+        replay,
+        "replay_run",
+        lambda *a, start=None, **kw: (resumed.append(start is not None), replay_run(*a, start=start, **kw))[1],
+    )
     replay._checkpoints.clear()
     for row, mask in zip(roles, masks):
         tensors = _trainable_tensors(fam, cfg, int(mask.sum()))
         kw = dict(batch_size=2, seq_len=seq_len, workspace_bytes=MiB, built_on_device=True)
         ops, n_step, grads = step_ops(fam, [int(r) for r in row])
-        truth = reference_run(setup_blocks(fam, [int(r) for r in row], **kw), ops, n_step, grads,
-                              opt.state_blocks(tensors), opt.step_blocks(tensors))
-        assert replay._replay(fam, [int(r) for r in row], num_layers=12, tensors=tensors, opt=opt, **kw) == truth, list(row)
+        truth = reference_run(
+            setup_blocks(fam, [int(r) for r in row], **kw),
+            ops,
+            n_step,
+            grads,
+            opt.state_blocks(tensors),
+            opt.step_blocks(tensors),
+        )
+        assert replay._replay(fam, [int(r) for r in row], num_layers=12, tensors=tensors, opt=opt, **kw) == truth, list(
+            row
+        )
     assert sum(resumed) >= (len(masks) - n_random) // 2  # the table's rows share their first layers
 
 
@@ -145,8 +172,10 @@ def test_a_plan_table_replayed_in_worker_processes_equals_one_replayed_here(tiny
         replay._checkpoints.clear()
         monkeypatch.setattr(replay, "PARALLEL_MIN_JOBS", min_jobs)
         monkeypatch.setattr(replay.os, "cpu_count", lambda: workers)
-        return [(c.name, c.estimate.reserved_bytes, c.estimate.allocated_bytes, c.peak_bytes)
-                for c in candidate_plans(spec, cfg, device="cuda")]
+        return [
+            (c.name, c.estimate.reserved_bytes, c.estimate.allocated_bytes, c.peak_bytes)
+            for c in candidate_plans(spec, cfg, device="cuda")
+        ]
 
     here, forked = table(10**9, 1), table(1, 2)
     assert len(here) >= 8 and here == forked

@@ -89,10 +89,21 @@ def test_a_trace_reads_back_as_it_was_stored():
     from planner.cost.trace import Segment, TraceResult
 
     seg = Segment((1, 2, 3), (4, 5, 6), 7, 8)
-    stored = TraceResult(roles=["T0", "FA"], segments={"embed_fwd": seg}, layers={"fwd:T0": seg},
-                         layer_by_index=[{"fwd": seg}, {"bwd": seg}], frees_input={"FA": True}, input_bytes=9,
-                         x0_held=True, x0_kept=True, deferred={"FA": (10, 11)}, peak_bytes=12, base_bytes=13,
-                         params={"layer": [[14, 2, False]]}, events={"end": {"ev": [["a", 15, 0]]}})
+    stored = TraceResult(
+        roles=["T0", "FA"],
+        segments={"embed_fwd": seg},
+        layers={"fwd:T0": seg},
+        layer_by_index=[{"fwd": seg}, {"bwd": seg}],
+        frees_input={"FA": True},
+        input_bytes=9,
+        x0_held=True,
+        x0_kept=True,
+        deferred={"FA": (10, 11)},
+        peak_bytes=12,
+        base_bytes=13,
+        params={"layer": [[14, 2, False]]},
+        events={"end": {"ev": [["a", 15, 0]]}},
+    )
     blank = TraceResult(roles=[])
     assert all(getattr(stored, f.name) != getattr(blank, f.name) for f in fields(TraceResult) if f.compare)
     assert TraceResult.from_json(json.loads(json.dumps(stored.to_json()))) == stored

@@ -54,13 +54,20 @@ def test_fake_trace_equals_real_trace(tiny, kernels, checkpointing, monkeypatch)
 def test_worst_case_matches_brute_force_over_all_draws(tiny, arch, train_embeddings):
     spec = tiny(arch, num_layers=6, hidden=64, vocab=256)
     for active_layers, min_depth in [(1, 0), (2, 0), (2, 1), (3, 1)]:
-        cfg = TrainConfig(active_layers=active_layers, min_depth=min_depth, train_embeddings=train_embeddings,
-                          train_head=train_embeddings, **CFG)
+        cfg = TrainConfig(
+            active_layers=active_layers,
+            min_depth=min_depth,
+            train_embeddings=train_embeddings,
+            train_head=train_embeddings,
+            **CFG,
+        )
         est = estimate(spec, cfg, device="cpu")
         assert len(est.trainable_layers) == active_layers and min(est.trainable_layers) >= min_depth
         brute = 0
         for draw in itertools.combinations(range(min_depth, 6), active_layers):
-            static = TrainConfig(layers=list(draw), train_embeddings=train_embeddings, train_head=train_embeddings, **CFG)
+            static = TrainConfig(
+                layers=list(draw), train_embeddings=train_embeddings, train_head=train_embeddings, **CFG
+            )
             brute = max(brute, estimate(spec, static, device="cpu").peak_bytes)
         assert est.peak_bytes == brute, (active_layers, min_depth)
 
@@ -84,7 +91,9 @@ def test_estimate_contract(tiny):
     opt = make_optimizer(model, cfg)
     for _ in range(2):
         training_step(model, opt, batch)
-    storages = {t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in [*model.parameters(), *model.buffers()]}
+    storages = {
+        t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in [*model.parameters(), *model.buffers()]
+    }
     state = sum(v.untyped_storage().nbytes() for st in opt.state.values() for v in st.values() if torch.is_tensor(v))
     assert cpu.breakdown.weights == cuda.breakdown.weights == sum(storages.values())
     assert cpu.breakdown.optimizer == state > 0

@@ -46,7 +46,9 @@ def _live_peak(ops: list[int]) -> int:
     return peak
 
 
-@pytest.mark.parametrize("arch,dtype,kernels,layers", CASES, ids=[f"{a}-{d}-{k}-{'.'.join(map(str, ls))}" for a, d, k, ls in CASES])
+@pytest.mark.parametrize(
+    "arch,dtype,kernels,layers", CASES, ids=[f"{a}-{d}-{k}-{'.'.join(map(str, ls))}" for a, d, k, ls in CASES]
+)
 def test_composed_step_peaks_like_the_full_depth_trace(tiny, arch, dtype, kernels, layers):
     spec = tiny(arch, num_layers=LAYERS, hidden=64, vocab=256)
     cfg = TrainConfig(batch_size=2, seq_len=32, dtype=dtype, layers=layers, train_embeddings=False, train_head=False)

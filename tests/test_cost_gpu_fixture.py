@@ -41,10 +41,17 @@ def _cache(tmp_path_factory):
 
 def _predict(line):
     spec = ModelSpec(line["preset"], _config_from_dict(line["config"]))
-    cfg = TrainConfig(batch_size=line["batch_size"], seq_len=line["seq_len"], dtype=line["dtype"],
-                      amp=line["amp"] or "none", layers=line["trainable_layers"], train_embeddings=line["train_embeddings"],
-                      train_head=line["train_head"], lora_rank=line["lora_rank"],
-                      gradient_checkpointing=line["gradient_checkpointing"])
+    cfg = TrainConfig(
+        batch_size=line["batch_size"],
+        seq_len=line["seq_len"],
+        dtype=line["dtype"],
+        amp=line["amp"] or "none",
+        layers=line["trainable_layers"],
+        train_embeddings=line["train_embeddings"],
+        train_head=line["train_head"],
+        lora_rank=line["lora_rank"],
+        gradient_checkpointing=line["gradient_checkpointing"],
+    )
     return estimate(spec, cfg, device="cuda", built_on_device=True)  # as the fixture's README says it was built
 
 
@@ -114,15 +121,16 @@ def test_allocator_model_matches_the_real_segment_list():
 
     line = next(ln for ln in LINES if ln["name"] == "l8b-frozen-bf16-b1s2048-L01")
     spec = ModelSpec(line["preset"], _config_from_dict(line["config"]))
-    cfg = TrainConfig(batch_size=1, seq_len=2048, dtype="bfloat16", layers=[0, 1], train_embeddings=False, train_head=False)
+    cfg = TrainConfig(
+        batch_size=1, seq_len=2048, dtype="bfloat16", layers=[0, 1], train_embeddings=False, train_head=False
+    )
     masks = np.zeros((1, spec.num_layers), bool)
     masks[0, [0, 1]] = True
     roles = [int(r) for r in _role_matrix(masks, embeddings_grad(spec, cfg))[0]]
     fam = get_family(spec, cfg, {ROLES[r] for r in set(roles)}, {ROLES[roles[0]]}, kernels="cuda")
     opt, tensors = get_optimizer("adamw"), _trainable_tensors(fam, cfg, 2)
     ops, n_step, grads = step_ops(fam, roles)
-    setup = setup_blocks(fam, roles, batch_size=1, seq_len=2048, workspace_bytes=64 << 20,
-                         built_on_device=True)
+    setup = setup_blocks(fam, roles, batch_size=1, seq_len=2048, workspace_bytes=64 << 20, built_on_device=True)
     alloc = reference_allocator(setup, ops, n_step, grads, opt.state_blocks(tensors), opt.step_blocks(tensors))
     snapshot = json.loads((FIXTURES / "h200-snapshot-l8b-frozen-bf16-b1s2048-L01.json").read_text())
     real = collections.Counter((pool == "small", size) for pool, size, _ in snapshot)
@@ -137,8 +145,11 @@ def test_allocator_model_matches_the_real_segment_list():
 SDPA = json.loads((FIXTURES / "h200-sdpa.json").read_text())
 
 
-@pytest.mark.parametrize("row", [r for r in SDPA if r["dtype"] == "torch.bfloat16" or r["kv_heads"] == r["heads"]],
-                         ids=lambda r: f"{r['dtype'][6:]}-kv{r['kv_heads']}-mask{int(r['mask'])}")
+@pytest.mark.parametrize(
+    "row",
+    [r for r in SDPA if r["dtype"] == "torch.bfloat16" or r["kv_heads"] == r["heads"]],
+    ids=lambda r: f"{r['dtype'][6:]}-kv{r['kv_heads']}-mask{int(r['mask'])}",
+)
 def test_fused_and_efficient_attention_bytes(row):
     """Bytes the emulated kernels keep after the forward and hold in the backward, as CUDA block bytes."""
     kept, backward = _emulated_sdpa(row)
@@ -163,8 +174,9 @@ def test_fused_attention_without_gradients_allocates_no_log_sum_exp():
     b, h, s, d = 2, 16, 1024, 64
     lse_bytes = b * h * s * 4
     for needs_grad in (False, True):
-        q, k, v = (torch.empty(b, s, h, d, dtype=torch.bfloat16).transpose(1, 2).requires_grad_(needs_grad)
-                   for _ in range(3))
+        q, k, v = (
+            torch.empty(b, s, h, d, dtype=torch.bfloat16).transpose(1, 2).requires_grad_(needs_grad) for _ in range(3)
+        )
         with Recorder() as t, cuda_kernels():
             t.track([q, k, v])
             before, t.made = t.current_bytes, []
@@ -179,8 +191,11 @@ def test_math_attention_allocations_follow_the_cuda_history():
     history recorded on the H200, once its two cuBLAS workspaces (first matmul of each thread) are left out."""
     history = json.loads((FIXTURES / "h200-math-history.json").read_text())["cuda"]
     workspace = 32 * 2**20
-    real = [size if action == "alloc" else -size for action, size, _ in history
-            if action != "segment_alloc" and size != workspace]
+    real = [
+        size if action == "alloc" else -size
+        for action, size, _ in history
+        if action != "segment_alloc" and size != workspace
+    ]
     seq = [x for x in _emulated_sequence(2, 14, 2, 2048, 64, torch.float32, grad_inside=False) if x is not None]
     assert seq == real
 
@@ -224,7 +239,7 @@ def _emulated_sdpa(row):
     cut = seq.index(None)
     kept = sum((1 if x > 0 else -1) * round_size(abs(x)) for x in seq[:cut])
     cur = peak = 0
-    for x in seq[cut + 1:]:
+    for x in seq[cut + 1 :]:
         cur += (1 if x > 0 else -1) * round_size(abs(x))
         peak = max(peak, cur)
     return kept, peak

@@ -27,7 +27,10 @@ def _step_temporaries(tiny, optimizer: str, foreach: bool, dtype: str, build=Non
     with LiveBytesTracker() as t:
         t.track(state_tensors(model, opt, batch) + [p.grad for p in model.parameters() if p.grad is not None])
         start = t.current_bytes
-        kept = {t.untyped_storage()._cdata: t for t in state_tensors(model, opt)[len(list(model.parameters())) + len(list(model.buffers())):]}
+        kept = {
+            t.untyped_storage()._cdata: t
+            for t in state_tensors(model, opt)[len(list(model.parameters())) + len(list(model.buffers())) :]
+        }
         state = sum(t.untyped_storage().nbytes() for t in kept.values())
         opt.step()
     return t.peak_bytes - start, state, tensors
@@ -75,7 +78,9 @@ def test_the_hf_trainer_builds_the_same_optimizer_for_its_name(tiny, name, tmp_p
     args = TrainingArguments(output_dir=str(tmp_path), optim=opt.hf_name, use_cpu=True, report_to=[])
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
     assert kwargs.get("is_paged", False) == opt.paged
-    measured, state, tensors = _step_temporaries(tiny, name, False, "float32", build=lambda params: cls(params, **kwargs))
+    measured, state, tensors = _step_temporaries(
+        tiny, name, False, "float32", build=lambda params: cls(params, **kwargs)
+    )
     assert state == opt.state_bytes(tensors, "cpu")
     assert measured == opt.step_peak(tensors, "cpu")
 

@@ -66,8 +66,15 @@ def test_cuda_allocated_bytes_hold_frozen_layers_as_stored(tiny, arch, kind, met
     allocated = {}
     for depth in (4, 6):
         spec = tiny(arch, num_layers=depth, hidden=128, vocab=512)
-        cfg = TrainConfig(batch_size=2, seq_len=64, dtype="bfloat16", quantize=kind, layers=[depth - 1],
-                          train_embeddings=False, train_head=False, lora_rank=RANK if method == "qlora" else None)
+        cfg = TrainConfig(
+            batch_size=2,
+            seq_len=64,
+            dtype="bfloat16",
+            quantize=kind,
+            layers=[depth - 1],
+            train_embeddings=False,
+            train_head=False,
+            lora_rank=RANK if method == "qlora" else None,
+        )
         allocated[depth] = estimate(spec, cfg, device="cuda").allocated_bytes
     assert allocated[6] - allocated[4] == 2 * frozen_layer_blocks(spec, kind, method == "qlora")
-

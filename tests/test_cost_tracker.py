@@ -33,16 +33,24 @@ def _profiled() -> list[int]:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         _graph(x)
     events = sorted(prof.profiler.kineto_results.events(), key=lambda e: e.start_ns())
-    return [e.nbytes() for e in events if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
-            and abs(e.nbytes()) >= MIN_BYTES]
+    return [
+        e.nbytes()
+        for e in events
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU and abs(e.nbytes()) >= MIN_BYTES
+    ]
 
 
 def _accumulations() -> list[str]:
     x = _leaf()
     with profile() as prof:
         _graph(x)
-    return [e.name for e in prof.events() if e.name in ("aten::add", "aten::add_")
-            and e.cpu_parent is not None and "evaluate_function" in e.cpu_parent.name]
+    return [
+        e.name
+        for e in prof.events()
+        if e.name in ("aten::add", "aten::add_")
+        and e.cpu_parent is not None
+        and "evaluate_function" in e.cpu_parent.name
+    ]
 
 
 def test_accumulations_in_place_as_the_engine_does():
@@ -54,6 +62,7 @@ def test_tracker_events_equal_profiler_events(fake):
     truth = _profiled()
     if fake:
         from torch._subclasses.fake_tensor import FakeTensorMode
+
         with FakeTensorMode():
             x = _leaf()
             with LiveBytesTracker(record=True) as tracker:

@@ -16,8 +16,10 @@ from planner.errors import PlannerError
 from planner.spec import build_model
 
 # the characters of the built-in tokenizer only; the end of a turn is its <eos> token, as chat templates end turns
-TEMPLATE = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '" + SPECIALS[EOS] + "' }}{% endfor %}"
-            "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '" + SPECIALS[EOS] + "' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
 
 
 def _model_dir(path, template):
@@ -25,7 +27,11 @@ def _model_dir(path, template):
 
     tok = CharTokenizer()
     spec = tiny_spec("llama", num_layers=2, hidden=32, heads=2, kv_heads=1, vocab=tok.vocab_size)
-    spec.config.bos_token_id, spec.config.eos_token_id, spec.config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    spec.config.bos_token_id, spec.config.eos_token_id, spec.config.pad_token_id = (
+        tok.bos_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
     build_model(spec, seed=0).save_pretrained(path)
     hf = tok.to_hf()
     if template:
@@ -43,8 +49,15 @@ def _records(n):
     out = []
     for i in range(n):
         if i % 3 == 0:
-            out.append({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"double {i}"},
-                                     {"role": "assistant", "content": str(2 * i)}]})
+            out.append(
+                {
+                    "messages": [
+                        {"role": "system", "content": "be brief"},
+                        {"role": "user", "content": f"double {i}"},
+                        {"role": "assistant", "content": str(2 * i)},
+                    ]
+                }
+            )
         elif i % 3 == 1:
             out.append({"prompt": f"double {i}", "completion": str(2 * i)})
         else:
@@ -70,7 +83,8 @@ def test_every_record_kind_is_a_chat_rendered_by_the_template(chat_dir, tmp_path
     assert f"user: double 2\nnow{eos}assistant: " in prompts  # question/answer with its input
     for text, e in prompts.items():
         assert tok.decode(e.answer, skip_special_tokens=False) == e.target + eos  # the answer ends its turn
-        assert text.endswith("assistant: ") and not text.startswith(SPECIALS[1])  # the template's text only: no extra <bos>
+        # the template's text only: no extra <bos>
+        assert text.endswith("assistant: ") and not text.startswith(SPECIALS[1])
     # the loss is on the answer's tokens only
     batch = collate(wl.train[:4], wl.pad_id)
     for row, e in enumerate(wl.train[:4]):
@@ -84,7 +98,9 @@ def test_render_chat_splits_at_the_assistants_header(chat_dir):
     tok = AutoTokenizer.from_pretrained(chat_dir)
     head, tail = render_chat(tok, [{"role": "user", "content": "2+2?"}], "4")
     assert (head, tail) == (f"user: 2+2?{SPECIALS[EOS]}assistant: ", f"4{SPECIALS[EOS]}")
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    )
     with pytest.raises(PlannerError, match="prompt followed by the answer"):
         render_chat(tok, [{"role": "user", "content": "a"}], "b")
 
@@ -93,8 +109,16 @@ def test_chat_records_without_a_template_are_plain_turns_with_the_loss_on_the_an
     """A tokenizer without a chat template (the built-in proxy's): each turn ``<role>: <content>`` on its own line, then
     ``assistant: ``; the answer and <eos> are the completion, the only tokens with a loss."""
     plain = _model_dir(tmp_path / "plain", None)
-    rows = _records(30) + [{"messages": [{"role": "user", "content": "double 40"}, {"role": "assistant", "content": "80"},
-                                         {"role": "user", "content": "and 41"}, {"role": "assistant", "content": "82"}]}]
+    rows = _records(30) + [
+        {
+            "messages": [
+                {"role": "user", "content": "double 40"},
+                {"role": "assistant", "content": "80"},
+                {"role": "user", "content": "and 41"},
+                {"role": "assistant", "content": "82"},
+            ]
+        }
+    ]
     wl = load_workload(plain, _write(tmp_path / "d.jsonl", rows))
     tok = CharTokenizer()
     bos, eos = SPECIALS[1], SPECIALS[EOS]
@@ -113,7 +137,8 @@ def test_chat_records_without_a_template_are_plain_turns_with_the_loss_on_the_an
         labels, ids = batch["labels"][row], batch["input_ids"][row]
         kept = labels != IGNORE_INDEX
         answer = slice(len(e.prompt), len(e.prompt) + len(e.answer))
-        assert labels[kept].tolist() == list(e.answer) == ids[answer].tolist() and kept[answer].all()  # the answer's tokens only
+        # the answer's tokens only
+        assert labels[kept].tolist() == list(e.answer) == ids[answer].tolist() and kept[answer].all()
     model = wl.new_model(0)  # and it trains: a few steps lower the loss on the answer tokens
     before = wl.evaluate(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -130,9 +155,14 @@ def test_bad_turns_are_one_line(tmp_path):
     pairs = _write(tmp_path / "p.jsonl", [r for r in _records(30) if "prompt" in r] * 2)
     wl = load_workload(plain, pairs)
     assert CharTokenizer().decode(wl.train[0].prompt).endswith("\n") and wl.metric_name == "eval_loss"
-    bad = [({"messages": [{"role": "user", "content": "hi"}]}, "must end with the assistant's answer"),
-           ({"messages": "hi"}, "must be a list of turns"),
-           ({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}, "must be a list of turns")]
+    bad = [
+        ({"messages": [{"role": "user", "content": "hi"}]}, "must end with the assistant's answer"),
+        ({"messages": "hi"}, "must be a list of turns"),
+        (
+            {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]},
+            "must be a list of turns",
+        ),
+    ]
     for record, needle in bad:
         with pytest.raises(PlannerError, match=needle) as exc:
             to_pairs([record], "d.jsonl")

@@ -17,7 +17,9 @@ from planner.data.tokenizer import CHARS, EOS, CharTokenizer
 from planner.data.workload import IGNORE_INDEX, greedy_answers
 from planner.errors import PlannerError
 
-TINY = PretrainRecipe(layers=2, hidden=32, heads=2, kv_heads=1, intermediate=64, seq_len=32, batch_size=4, steps=3, warmup=1)
+TINY = PretrainRecipe(
+    layers=2, hidden=32, heads=2, kv_heads=1, intermediate=64, seq_len=32, batch_size=4, steps=3, warmup=1
+)
 
 
 @pytest.fixture
@@ -53,16 +55,16 @@ def test_task_answers_are_correct():
         x, y = p[:-1].split("+")
         assert int(a) == int(x) + int(y)
         p, a = TASKS["reversal"](rng)
-        assert a == p[len("reverse "):-1][::-1]
+        assert a == p[len("reverse ") : -1][::-1]
         p, a = TASKS["sort"](rng)
-        assert a == "".join(sorted(p[len("sort "):-1]))
+        assert a == "".join(sorted(p[len("sort ") : -1]))
         p, a = TASKS["lookup"](rng)
         table, key = p.split("|")
         pairs = {kv[0]: kv[1:] for kv in table.split(" ")}
         assert len(pairs) == table.count(" ") + 1  # keys are distinct
         assert pairs[key] == a
         p, a = TASKS["maximum"](rng)
-        nums = [int(x) for x in p[len("max "):-2].split()]
+        nums = [int(x) for x in p[len("max ") : -2].split()]
         assert int(a) == max(nums) and len(set(nums)) == len(nums)
         p, a = TASKS["increment"](rng)
         x, y = p[:-1].split("+")
@@ -106,7 +108,9 @@ def test_cache_pretrains_once_and_key_follows_recipe(cache):
 def test_concurrent_first_use_pretrains_once(cache):
     before = pretrain_mod.runs
     paths = []
-    threads = [threading.Thread(target=lambda: paths.append(ensure_default_model(TINY, progress=False))) for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: paths.append(ensure_default_model(TINY, progress=False))) for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -169,7 +173,9 @@ def _manual_greedy(model, prompt, max_new):
 def test_evaluate_matches_manual_greedy_decoding(wl):
     model = wl.new_model(0).eval()
     prompts = [e.prompt for e in wl.held_out]
-    batched = greedy_answers(model, prompts, max_new_tokens=wl.max_answer_len, pad_id=wl.pad_id, eos_id=wl.eos_id, batch_size=7)
+    batched = greedy_answers(
+        model, prompts, max_new_tokens=wl.max_answer_len, pad_id=wl.pad_id, eos_id=wl.eos_id, batch_size=7
+    )
     with torch.no_grad():
         manual = [_manual_greedy(model, p, wl.max_answer_len) for p in prompts]
     assert batched == manual
@@ -252,10 +258,24 @@ def test_pretraining_gives_the_same_bytes_whatever_the_thread_setting(monkeypatc
         PretrainRecipe(threads=0)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("layers", 3), ("hidden", 48), ("heads", 4), ("kv_heads", 2), ("intermediate", 96), ("seq_len", 48),
-    ("batch_size", 5), ("steps", 4), ("lr", 1e-3), ("warmup", 2), ("weight_decay", 0.1), ("seed", 1), ("threads", 2),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("layers", 3),
+        ("hidden", 48),
+        ("heads", 4),
+        ("kv_heads", 2),
+        ("intermediate", 96),
+        ("seq_len", 48),
+        ("batch_size", 5),
+        ("steps", 4),
+        ("lr", 1e-3),
+        ("warmup", 2),
+        ("weight_decay", 0.1),
+        ("seed", 1),
+        ("threads", 2),
+    ],
+)
 def test_cache_name_changes_with_each_recipe_field(field, value):
     assert getattr(TINY, field) != value
     other = dataclasses.replace(TINY, **{field: value})
@@ -263,8 +283,21 @@ def test_cache_name_changes_with_each_recipe_field(field, value):
 
 
 def test_every_recipe_field_is_covered_by_the_cache_name_test():
-    covered = {"layers", "hidden", "heads", "kv_heads", "intermediate", "seq_len", "batch_size", "steps", "lr",
-               "warmup", "weight_decay", "seed", "threads"}
+    covered = {
+        "layers",
+        "hidden",
+        "heads",
+        "kv_heads",
+        "intermediate",
+        "seq_len",
+        "batch_size",
+        "steps",
+        "lr",
+        "warmup",
+        "weight_decay",
+        "seed",
+        "threads",
+    }
     assert {f.name for f in dataclasses.fields(PretrainRecipe)} == covered
 
 
@@ -297,8 +330,10 @@ def test_data_builtin_names_a_built_in_task(monkeypatch):
     monkeypatch.setattr(load_mod, "default_workload", lambda task, **kw: calls.append((task, kw)) or "wl")
     assert load_workload(data="builtin:sort", seed=3) == "wl"
     assert load_workload(layers=16) == "wl"
-    assert calls == [("sort", {"seed": 3, "max_examples": None, "recipe": recipe_for(None)}),
-                     ("maximum", {"seed": 0, "max_examples": None, "recipe": recipe_for(16)})]
+    assert calls == [
+        ("sort", {"seed": 3, "max_examples": None, "recipe": recipe_for(None)}),
+        ("maximum", {"seed": 0, "max_examples": None, "recipe": recipe_for(16)}),
+    ]
     assert (recipe_for(None).layers, recipe_for(16).layers, recipe_for(80).layers) == (32, 16, 32)
     with pytest.raises(PlannerError, match=r"builtin:<task> must name one of .*'sort'.* but got 'nope'"):
         load_workload(data="builtin:nope")
@@ -320,7 +355,9 @@ def test_packaged_weights_are_the_default_recipes_and_intact():
     assert model.config.num_hidden_layers == DEFAULT_RECIPE.layers and meta["parameters"] == model.num_parameters()
     assert ensure_default_model(DEFAULT_RECIPE, progress=False) == SHIPPED
     # any other recipe (another depth: a shallower target) is pretrained, never served the packaged weights
-    assert shipped_model(recipe_for(4)) is None and shipped_model(dataclasses.replace(DEFAULT_RECIPE, steps=599)) is None
+    assert (
+        shipped_model(recipe_for(4)) is None and shipped_model(dataclasses.replace(DEFAULT_RECIPE, steps=599)) is None
+    )
 
 
 def test_damaged_packaged_weights_are_not_used(tmp_path, monkeypatch, capsys):

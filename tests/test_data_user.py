@@ -22,7 +22,11 @@ def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-model")
     tok = CharTokenizer()
     spec = tiny_spec("llama", num_layers=2, hidden=32, heads=2, kv_heads=1, vocab=tok.vocab_size)
-    spec.config.bos_token_id, spec.config.eos_token_id, spec.config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    spec.config.bos_token_id, spec.config.eos_token_id, spec.config.pad_token_id = (
+        tok.bos_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
     build_model(spec, seed=0).save_pretrained(path)
     tok.to_hf().save_pretrained(path)
     return str(path)
@@ -140,7 +144,9 @@ def test_data_errors_are_one_line(model_dir, tmp_path):
         assert "\n" not in msg
         return msg
 
-    assert "must exist" in err(str(tmp_path / "missing.jsonl")) and "missing.jsonl" in err(str(tmp_path / "missing.jsonl"))
+    assert "must exist" in err(str(tmp_path / "missing.jsonl")) and "missing.jsonl" in err(
+        str(tmp_path / "missing.jsonl")
+    )
     (tmp_path / "d.parquet").write_text("x")
     assert "must end in one of" in err(str(tmp_path / "d.parquet"))
     assert "is a directory" in err(str(tmp_path))
@@ -176,11 +182,16 @@ def test_data_without_model_uses_the_default_model(tmp_path, monkeypatch):
     import planner.data.load as load_mod
     from planner.data.pretrain import PretrainRecipe, ensure_default_model
 
-    tiny = PretrainRecipe(layers=2, hidden=32, heads=2, kv_heads=1, intermediate=64, seq_len=32, batch_size=4, steps=2, warmup=1)
+    tiny = PretrainRecipe(
+        layers=2, hidden=32, heads=2, kv_heads=1, intermediate=64, seq_len=32, batch_size=4, steps=2, warmup=1
+    )
     monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path / "cache"))
     asked = []
-    monkeypatch.setattr(load_mod, "ensure_default_model",
-                        lambda recipe: asked.append(recipe.layers) or ensure_default_model(tiny, progress=False))
+    monkeypatch.setattr(
+        load_mod,
+        "ensure_default_model",
+        lambda recipe: asked.append(recipe.layers) or ensure_default_model(tiny, progress=False),
+    )
     data = _write_jsonl(tmp_path / "d.jsonl", [{"question": p, "answer": a} for p, a in _pairs(20)])
     wl = load_workload(None, data)
     assert wl.model_source == str(ensure_default_model(tiny, progress=False))
@@ -226,8 +237,13 @@ def test_encoder_only_model_is_refused_before_loading(tmp_path):
 
     bert = tmp_path / "bert"
     bert.mkdir()
-    (bert / "config.json").write_text(json.dumps(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                            intermediate_size=64, vocab_size=99).to_dict()))
+    (bert / "config.json").write_text(
+        json.dumps(
+            BertConfig(
+                hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=99
+            ).to_dict()
+        )
+    )
     data = _write_jsonl(tmp_path / "d.jsonl", [{"prompt": p, "completion": a} for p, a in _pairs(20)])
     with pytest.raises(PlannerError, match="decoder-only causal LM.*'bert': an encoder-only"):
         load_workload(str(bert), data)

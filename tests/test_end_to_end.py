@@ -40,16 +40,52 @@ def test_tune_export_report_a_local_target_under_a_measured_budget(user_workload
     spec = load_spec(model_dir)
     shape = dict(batch_size=BATCH, seq_len=SEQ, dtype="float32")
     full = measured_peak(spec, TrainConfig(**shape, layers="all"))
-    low = measured_peak(spec, TrainConfig(**shape, layers=[spec.num_layers - 1], train_embeddings=False, train_head=False))
+    low = measured_peak(
+        spec, TrainConfig(**shape, layers=[spec.num_layers - 1], train_embeddings=False, train_head=False)
+    )
     assert low < full
     vram = (low + full) // 2
 
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     capsys.readouterr()
-    code = main(["tune", "--vram", str(vram) + "B", "--model", model_dir, "--seq-len", str(SEQ), "--batch-size", str(BATCH),
-                 "--dtype", "float32", "--device", "cpu", "--proxy", "target", "--proxy-device", "cpu", "--data", data,
-                 "--n-trials", "8", "--steps", "4", "--eval-every", "2", "--study", "mine", "--storage", storage,
-                 "--scorers", "uniform,gradnorm", "--quiet", "--out", str(tmp_path / "plan.yaml")])
+    code = main(
+        [
+            "tune",
+            "--vram",
+            str(vram) + "B",
+            "--model",
+            model_dir,
+            "--seq-len",
+            str(SEQ),
+            "--batch-size",
+            str(BATCH),
+            "--dtype",
+            "float32",
+            "--device",
+            "cpu",
+            "--proxy",
+            "target",
+            "--proxy-device",
+            "cpu",
+            "--data",
+            data,
+            "--n-trials",
+            "8",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--study",
+            "mine",
+            "--storage",
+            storage,
+            "--scorers",
+            "uniform,gradnorm",
+            "--quiet",
+            "--out",
+            str(tmp_path / "plan.yaml"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert out.splitlines()[0].startswith(f"target: {model_dir} (3 layers; batch {BATCH} × seq {SEQ}, float32")
@@ -68,21 +104,33 @@ def test_tune_export_report_a_local_target_under_a_measured_budget(user_workload
     # the target trained as its own proxy, in its own shape: same depth, the target's batch
     for t in study.trials:
         if t.user_attrs.get("metric") is not None:
-            assert t.user_attrs["proxy_plan"] == {"active_layers": t.params["active_layers"], "min_depth": t.user_attrs["min_depth"],
-                                                  "batch_size": BATCH}
+            assert t.user_attrs["proxy_plan"] == {
+                "active_layers": t.params["active_layers"],
+                "min_depth": t.user_attrs["min_depth"],
+                "batch_size": BATCH,
+            }
 
     plan = Plan.load(tmp_path / "plan.yaml")
-    assert plan.model == model_dir and plan.num_layers == 3 and plan.train.seq_len == SEQ and plan.proxy.kind == "target"
+    assert (
+        plan.model == model_dir and plan.num_layers == 3 and plan.train.seq_len == SEQ and plan.proxy.kind == "target"
+    )
     assert plan.learning_rate == plan.proxy.learning_rate  # the target's own width: the rate carries over
     # the written plan, measured at its worst-case draw, fits the budget
     best = study.trials[plan.trial_number]
-    assert measured_peak(spec, plan.train.model_copy(update={"active_layers": None}),
-                         layers=best.user_attrs["trainable_layers"]) <= vram
+    assert (
+        measured_peak(
+            spec, plan.train.model_copy(update={"active_layers": None}), layers=best.user_attrs["trainable_layers"]
+        )
+        <= vram
+    )
 
     assert main(["export", str(tmp_path / "plan.yaml"), "--to", "axolotl", "--out", str(tmp_path / "ax")]) == 0
     axolotl = yaml.safe_load((tmp_path / "ax" / "axolotl.yaml").read_text())
     assert axolotl["base_model"] == model_dir and axolotl["sequence_len"] == SEQ
 
-    assert main(["report", "--study", "mine", "--storage", storage, "--out", str(tmp_path / "rep"), "--device", "cpu"]) == 0
+    assert (
+        main(["report", "--study", "mine", "--storage", storage, "--out", str(tmp_path / "rep"), "--device", "cpu"])
+        == 0
+    )
     md = (tmp_path / "rep" / "report.md").read_text()
     assert model_dir in md and (tmp_path / "rep" / "report.html").is_file()

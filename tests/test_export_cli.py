@@ -60,10 +60,13 @@ def test_default_out_dir(plan_file, tmp_path, capsys, monkeypatch):
     assert code == 0 and (tmp_path / "export" / "peft" / "adapter_config.json").is_file()
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["missing.yaml", "--to", "hf"], "must exist"),
-    (["--to", "nope"], "must be one of"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["missing.yaml", "--to", "hf"], "must exist"),
+        (["--to", "nope"], "must be one of"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(plan_file, tmp_path, capsys, argv, needle):
     if argv[0] == "--to":
         argv = [str(plan_file), *argv]
@@ -91,7 +94,9 @@ def test_invalid_plan_file(tmp_path, capsys):
 
 def test_plan_inconsistent_with_its_model(tmp_path, capsys):
     plan = make_plan(scorer="fixed", layers=[2, 7], train=TrainConfig(layers=[2, 7]))
-    code, _, err = run(capsys, "export", str(plan.save(tmp_path / "p.yaml")), "--to", "llamafactory", "--out", str(tmp_path / "o"))
+    code, _, err = run(
+        capsys, "export", str(plan.save(tmp_path / "p.yaml")), "--to", "llamafactory", "--out", str(tmp_path / "o")
+    )
     assert code == 2 and "0 <= i < 4" in err
 
 
@@ -112,5 +117,7 @@ def test_out_is_a_file(plan_file, tmp_path, capsys):
 
 def test_plan_with_too_many_active_layers(tmp_path, capsys):
     plan = make_plan(active_layers=5, train=TrainConfig())
-    code, _, err = run(capsys, "export", str(plan.save(tmp_path / "p.yaml")), "--to", "axolotl", "--out", str(tmp_path / "o"))
+    code, _, err = run(
+        capsys, "export", str(plan.save(tmp_path / "p.yaml")), "--to", "axolotl", "--out", str(tmp_path / "o")
+    )
     assert code == 2 and "active_layers <= num_layers - min_depth" in err and not (tmp_path / "o").exists()

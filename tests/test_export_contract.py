@@ -33,8 +33,14 @@ def _static(layers, **kw):
 
 
 def _dynamic(active_layers, scorer="uniform", options=None, period=2, min_depth=0, **kw):
-    return dict(scorer=scorer, scorer_options=options or {}, active_layers=active_layers, period=period,
-                train=TrainConfig(active_layers=active_layers, min_depth=min_depth, **kw.pop("train", {})), **kw)
+    return dict(
+        scorer=scorer,
+        scorer_options=options or {},
+        active_layers=active_layers,
+        period=period,
+        train=TrainConfig(active_layers=active_layers, min_depth=min_depth, **kw.pop("train", {})),
+        **kw,
+    )
 
 
 KINDS = {
@@ -44,8 +50,9 @@ KINDS = {
     "uniform-min-depth": _dynamic(2, min_depth=1),
     "weighted": _dynamic(2, scorer="gradnorm"),
     "cyclic-ascending": _dynamic(1, "cyclic", {"order": "ascending"}, train_embeddings=False, train_head=False),
-    "cyclic-descending-start": _dynamic(1, "cyclic", {"order": "descending", "start_block": 1}, period=1,
-                                        train_embeddings=False, train_head=False),
+    "cyclic-descending-start": _dynamic(
+        1, "cyclic", {"order": "descending", "start_block": 1}, period=1, train_embeddings=False, train_head=False
+    ),
     "cyclic-random": _dynamic(1, "cyclic", {"order": "random"}, period=1, train_embeddings=False, train_head=False),
     "all-layers": _dynamic(4),
     "static-top": _static([2, 3]),
@@ -54,13 +61,24 @@ KINDS = {
     "static-head-only": _static([3], train_embeddings=False),
     "lora-static": _static([1, 3], lora_rank=4, train_embeddings=False),
     "lora-dynamic": _dynamic(2, lora_rank=4, train_head=False),
-    "lora-all-frozen": _static([0, 1, 2, 3], lora_rank=4, train_embeddings=False, train_head=False),  # the tuner's LoRA baseline
+    # the tuner's LoRA baseline
+    "lora-all-frozen": _static([0, 1, 2, 3], lora_rank=4, train_embeddings=False, train_head=False),
 }
 # llama: untied, model.layers; gpt2: tied, transformer.h; qwen2: tied, model.layers
-ARCHS = {"llama": sorted(KINDS),
-         "gpt2": ["uniform", "cyclic-descending-start", "static-top", "static-arbitrary", "static-head-only", "lora-static", "lora-dynamic",
-                  "lora-all-frozen"],
-         "qwen2": ["static-top", "static-head-only", "lora-static"]}
+ARCHS = {
+    "llama": sorted(KINDS),
+    "gpt2": [
+        "uniform",
+        "cyclic-descending-start",
+        "static-top",
+        "static-arbitrary",
+        "static-head-only",
+        "lora-static",
+        "lora-dynamic",
+        "lora-all-frozen",
+    ],
+    "qwen2": ["static-top", "static-head-only", "lora-static"],
+}
 PLANS = {f"{arch}-{kind}": (arch, kind) for arch, kinds in ARCHS.items() for kind in kinds}
 
 
@@ -93,7 +111,9 @@ def test_export_trains_what_it_says(target, name, tmp_path):
     got = RUNNERS[target](plan, result.files, tmp_path)
     diffs = differences(plan, truth(name), got)
     said = {kind for line in result.lost for kind in loss_kinds(line)} - {"data"}
-    assert set(diffs) == said, f"{target}: its trainer differs in {diffs or 'nothing'}; the export says {result.lost or 'exact'}"
+    assert set(diffs) == said, (
+        f"{target}: its trainer differs in {diffs or 'nothing'}; the export says {result.lost or 'exact'}"
+    )
 
 
 def loss_kinds(line: str) -> set[str]:
@@ -118,7 +138,14 @@ def test_truth_is_what_the_plan_says():
     assert set(inside) == {3} and {"lm_head.weight", "transformer.wte.weight", "transformer.ln_f.weight"} <= outside
     assert "transformer.wpe.weight" not in outside
     asc = truth("llama-cyclic-ascending")
-    assert [sorted(split(plan_of("llama-cyclic-ascending"), s)[1]) for s in asc.trained] == [[0], [0], [1], [1], [2], [2]]
+    assert [sorted(split(plan_of("llama-cyclic-ascending"), s)[1]) for s in asc.trained] == [
+        [0],
+        [0],
+        [1],
+        [1],
+        [2],
+        [2],
+    ]
 
 
 # -- keys: every key is a field of its trainer ------------------------------------------------------
@@ -126,10 +153,29 @@ def test_truth_is_what_the_plan_says():
 # ms-swift 4.6.0 (installed in its own venv, not here): swift/arguments/base_args/{base,model,data,template}_args.py,
 # tuner_args.py, trainers/arguments.py. axolotl, LMFlow and LLaMA-Factory: every field of their own configuration
 # classes, read from their source (trainer_fields.py, fixtures/trainer-fields.json)
-SWIFT_FIELDS = {"model", "model_type", "torch_dtype", "dataset", "use_hf", "columns", "template", "use_chat_template",
-                "max_length", "tuner_type", "lisa_activated_layers", "lisa_step_interval", "freeze_parameters",
-                "freeze_parameters_ratio", "trainable_parameters", "target_regex", "modules_to_save", "lora_rank",
-                "lora_alpha", "lora_dropout", "loss_scale"}
+SWIFT_FIELDS = {
+    "model",
+    "model_type",
+    "torch_dtype",
+    "dataset",
+    "use_hf",
+    "columns",
+    "template",
+    "use_chat_template",
+    "max_length",
+    "tuner_type",
+    "lisa_activated_layers",
+    "lisa_step_interval",
+    "freeze_parameters",
+    "freeze_parameters_ratio",
+    "trainable_parameters",
+    "target_regex",
+    "modules_to_save",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "loss_scale",
+}
 
 
 def _training_arguments() -> set[str]:
@@ -181,10 +227,14 @@ def test_every_key_is_a_field_of_the_trainer(target):
             for entry in yaml.safe_load(result.files["axolotl.yaml"])["datasets"]:
                 assert set(entry) <= set(schema["datasets"]), sorted(set(entry) - set(schema["datasets"]))
                 if isinstance(entry.get("type"), dict):
-                    assert set(entry["type"]) <= set(schema["prompt_type"]), sorted(set(entry["type"]) - set(schema["prompt_type"]))
+                    assert set(entry["type"]) <= set(schema["prompt_type"]), sorted(
+                        set(entry["type"]) - set(schema["prompt_type"])
+                    )
 
 
-CHAT = TrainingData(path="/data/chat.jsonl", format="jsonl", fields={"messages": "messages"}, chat=["history", "irregular"])
+CHAT = TrainingData(
+    path="/data/chat.jsonl", format="jsonl", fields={"messages": "messages"}, chat=["history", "irregular"]
+)
 
 
 @pytest.mark.parametrize("target", sorted(EXPORTERS))
@@ -202,7 +252,9 @@ def test_every_key_of_a_chat_data_export_is_a_field_of_the_trainer(target):
         if target == "axolotl":
             schema = load_trainer_fields()["axolotl"]
             (entry,) = yaml.safe_load(result.files["axolotl.yaml"])["datasets"]
-            assert entry["type"] == "chat_template" and set(entry) <= set(schema["datasets"]), sorted(set(entry) - set(schema["datasets"]))
+            assert entry["type"] == "chat_template" and set(entry) <= set(schema["datasets"]), sorted(
+                set(entry) - set(schema["datasets"])
+            )
         if target == "llamafactory":
             (entry,) = json.loads(result.files["dataset_info.json"]).values()
             assert entry["formatting"] in LLAMAFACTORY_FORMATTINGS and set(entry["columns"]) <= LLAMAFACTORY_COLUMNS
@@ -212,7 +264,10 @@ def test_every_key_of_a_chat_data_export_is_a_field_of_the_trainer(target):
 def test_hf_training_args_construct():
     from transformers import TrainingArguments
 
-    for plan in (plan_of("llama-uniform"), make_plan(train=TrainConfig(active_layers=2, amp="bf16", gradient_checkpointing=True, optimizer="sgd"))):
+    for plan in (
+        plan_of("llama-uniform"),
+        make_plan(train=TrainConfig(active_layers=2, amp="bf16", gradient_checkpointing=True, optimizer="sgd")),
+    ):
         args = json.loads(get_exporter("hf").render(plan).files["training_args.json"])
         TrainingArguments(**{**args, "output_dir": "unused", "use_cpu": True, "bf16": False})  # values are valid too
 
@@ -221,7 +276,9 @@ def test_peft_config_loads_with_lora_config(tmp_path):
     from peft import LoraConfig
 
     for name in ("gpt2-lora-static", "qwen2-static-head-only"):
-        (tmp_path / "adapter_config.json").write_text(get_exporter("peft").render(plan_of(name)).files["adapter_config.json"])
+        (tmp_path / "adapter_config.json").write_text(
+            get_exporter("peft").render(plan_of(name)).files["adapter_config.json"]
+        )
         assert LoraConfig.from_pretrained(str(tmp_path)).r == (4 if "lora" in name else 8)
 
 

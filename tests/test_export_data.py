@@ -22,14 +22,20 @@ RUNS = sorted(set(TARGETS) - {"peft", "hf"})  # targets whose file runs a traini
 def data_plan(tmp_path, records, name="train.jsonl", **kw):
     path = tmp_path / name
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return make_plan(data=training_data(str(path)), steps=42, train=TrainConfig(active_layers=2, seq_len=96), **kw), path
+    return make_plan(
+        data=training_data(str(path)), steps=42, train=TrainConfig(active_layers=2, seq_len=96), **kw
+    ), path
 
 
 def test_training_data_is_what_the_loader_reads(tmp_path):
     # the loader takes the first field pair present (instruction/response before question/answer), input appended
     _, path = data_plan(tmp_path, [{"instruction": "a", "input": "b", "response": "c", "question": "q", "answer": "x"}])
     data = training_data(str(path))
-    assert data == TrainingData(path=str(path.resolve()), format="jsonl", fields={"prompt": "instruction", "answer": "response", "input": "input"})
+    assert data == TrainingData(
+        path=str(path.resolve()),
+        format="jsonl",
+        fields={"prompt": "instruction", "answer": "response", "input": "input"},
+    )
     (tmp_path / "t.txt").write_text("one\ntwo\n")
     assert training_data(str(tmp_path / "t.txt")).fields == {"text": "text"}
     assert training_data("default:add") == TrainingData(task="add", format="builtin")
@@ -44,17 +50,54 @@ def test_tune_records_the_data_and_steps_and_the_exports_name_them(tmp_path, cap
 
     model_dir, data = write_user_workload(tmp_path)
     monkeypatch.chdir(tmp_path)
-    code = main(["tune", "--vram", "1GB", "--model", model_dir, "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
-                 "--proxy", "target", "--proxy-device", "cpu", "--data", data, "--n-trials", "4", "--steps", "3",
-                 "--eval-every", "3", "--study", "d", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--scorers", "uniform",
-                 "--quiet", "--out", str(tmp_path / "plan.yaml"),
-                 "--no-baselines", "--confirm-seeds", "0"])  # four searched trials: what records the data and steps
+    code = main(
+        [
+            "tune",
+            "--vram",
+            "1GB",
+            "--model",
+            model_dir,
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--proxy",
+            "target",
+            "--proxy-device",
+            "cpu",
+            "--data",
+            data,
+            "--n-trials",
+            "4",
+            "--steps",
+            "3",
+            "--eval-every",
+            "3",
+            "--study",
+            "d",
+            "--storage",
+            f"sqlite:///{tmp_path / 's.db'}",
+            "--scorers",
+            "uniform",
+            "--quiet",
+            "--out",
+            str(tmp_path / "plan.yaml"),
+            "--no-baselines",
+            "--confirm-seeds",
+            "0",
+        ]
+    )  # four searched trials: what records the data and steps
     assert code == 0, capsys.readouterr().err
     plan = Plan.load(tmp_path / "plan.yaml")
-    assert plan.steps == 3 and plan.data == TrainingData(path=str(Path(data).resolve()), format="jsonl",
-                                                         fields={"prompt": "instruction", "answer": "response"})
+    assert plan.steps == 3 and plan.data == TrainingData(
+        path=str(Path(data).resolve()), format="jsonl", fields={"prompt": "instruction", "answer": "response"}
+    )
     args = swift_args(get_exporter("swift").render(plan).files["swift_sft.sh"])
-    assert args["dataset"] == [str(Path(data).resolve())] and args["max_steps"] == ["3"] and args["max_length"] == ["32"]
+    assert (
+        args["dataset"] == [str(Path(data).resolve())] and args["max_steps"] == ["3"] and args["max_length"] == ["32"]
+    )
 
 
 def files_of(target, plan):
@@ -76,8 +119,13 @@ def test_axolotl_dataset_reads_the_fields_as_planner(tmp_path):
     cfg = yaml.safe_load(files_of("axolotl", plan).files["axolotl.yaml"])
     (entry,) = cfg["datasets"]
     assert entry["path"] == str(path.resolve()) and entry["ds_type"] == "json"
-    assert entry["type"] == {"field_instruction": "prompt", "field_output": "completion", "field_input": "input",
-                             "format": "{instruction}\n{input}\n", "no_input_format": "{instruction}\n"}
+    assert entry["type"] == {
+        "field_instruction": "prompt",
+        "field_output": "completion",
+        "field_input": "input",
+        "format": "{instruction}\n{input}\n",
+        "no_input_format": "{instruction}\n",
+    }
     assert cfg["max_steps"] == 42 and cfg["sequence_len"] == 96 and cfg["val_set_size"] == 0 and cfg["output_dir"]
     text_plan, _ = data_plan(tmp_path, [{"text": "t"}], name="t.jsonl")
     (entry,) = yaml.safe_load(files_of("axolotl", text_plan).files["axolotl.yaml"])["datasets"]
@@ -92,7 +140,10 @@ def test_llamafactory_dataset_info_and_dir(tmp_path):
     # LLaMA-Factory reads dataset_dir/dataset_info.json and joins file_name to dataset_dir (an absolute path stays itself)
     assert cfg["dataset_dir"] == str((tmp_path / "out").resolve()) and cfg["dataset"] in info
     entry = info[cfg["dataset"]]
-    assert entry["file_name"] == str(path.resolve()) and entry["columns"] == {"prompt": "instruction", "response": "response"}
+    assert entry["file_name"] == str(path.resolve()) and entry["columns"] == {
+        "prompt": "instruction",
+        "response": "response",
+    }
     assert cfg["template"] == "empty" and cfg["cutoff_len"] == 96 and cfg["max_steps"] == 42 and cfg["stage"] == "sft"
     assert any(line.startswith("data:") and "newline" in line for line in res.lost)
     text_plan, _ = data_plan(tmp_path, [{"text": "t"}], name="t.jsonl")
@@ -131,19 +182,41 @@ def test_an_older_plan_without_data_says_what_to_provide(target):
 def test_swift_lisa_static_and_lora_keys():
     from planner.export.targets.swift import lora_regex
 
-    lisa = swift_args(files_of("swift", make_plan(active_layers=2, period=3, train_embeddings=False)).files["swift_sft.sh"])
-    assert lisa["tuner_type"] == ["full"] and lisa["lisa_activated_layers"] == ["2"] and lisa["lisa_step_interval"] == ["3"]
+    lisa = swift_args(
+        files_of("swift", make_plan(active_layers=2, period=3, train_embeddings=False)).files["swift_sft.sh"]
+    )
+    assert (
+        lisa["tuner_type"] == ["full"]
+        and lisa["lisa_activated_layers"] == ["2"]
+        and lisa["lisa_step_interval"] == ["3"]
+    )
     assert lisa["freeze_parameters"] == ["model.embed_tokens.weight"]
-    static = make_plan(scorer="fixed", layers=[1, 3], active_layers=2, train=TrainConfig(layers=[1, 3]), train_head=False)
+    static = make_plan(
+        scorer="fixed", layers=[1, 3], active_layers=2, train=TrainConfig(layers=[1, 3]), train_head=False
+    )
     args = swift_args(files_of("swift", static).files["swift_sft.sh"])
-    assert args["freeze_parameters_ratio"] == ["1"] and args["trainable_parameters"] == ["model.layers.1.", "model.layers.3.", "model.embed_tokens.weight"]
-    lora = make_plan(scorer="fixed", layers=[1], active_layers=1, train=TrainConfig(layers=[1]), lora_rank=4, train_embeddings=False, train_head=False)
+    assert args["freeze_parameters_ratio"] == ["1"] and args["trainable_parameters"] == [
+        "model.layers.1.",
+        "model.layers.3.",
+        "model.embed_tokens.weight",
+    ]
+    lora = make_plan(
+        scorer="fixed",
+        layers=[1],
+        active_layers=1,
+        train=TrainConfig(layers=[1]),
+        lora_rank=4,
+        train_embeddings=False,
+        train_head=False,
+    )
     args = swift_args(files_of("swift", lora).files["swift_sft.sh"])
     assert args["tuner_type"] == ["lora"] and args["lora_rank"] == ["4"]
     import re
 
     regex = re.compile(args["target_regex"][0])
-    assert regex.fullmatch("model.layers.1.self_attn.q_proj") and not regex.fullmatch("model.layers.11.self_attn.q_proj")
+    assert regex.fullmatch("model.layers.1.self_attn.q_proj") and not regex.fullmatch(
+        "model.layers.11.self_attn.q_proj"
+    )
     assert not regex.fullmatch("model.layers.0.mlp.up_proj") and not regex.fullmatch("model.layers.1.mlp")
     assert lora_regex("transformer.h", [0, 2], ("c_attn",)) == r"^transformer\.h\.(0|2)\..*\.(c_attn)$"
     assert shlex.split(files_of("swift", lora).files["swift_sft.sh"], comments=True)[-2:] == ["sft", "${ARGS[@]}"]
@@ -153,17 +226,31 @@ def test_the_hf_script_defaults_to_the_recorded_data_and_requires_it_otherwise(t
     plan, path = data_plan(tmp_path, [{"question": "q", "answer": "a"}])
     script = files_of("hf", plan).files["train_layerwise.py"]
     assert f"'data': {str(path.resolve())!r}" in script
-    assert "'data': None" in files_of("hf", make_plan(data=TrainingData(task="add", format="builtin"))).files["train_layerwise.py"]
+    assert (
+        "'data': None"
+        in files_of("hf", make_plan(data=TrainingData(task="add", format="builtin"))).files["train_layerwise.py"]
+    )
 
 
 # -- chat data: messages records -------------------------------------------------------------------------------------
 
 SYSTEM = {"role": "system", "content": "be brief"}
 ONE_TURN = {"messages": [SYSTEM, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
-HISTORY = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
-                        {"role": "user", "content": "and 3+3?"}, {"role": "assistant", "content": "6"}]}
-IRREGULAR = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "user", "content": "quick"},
-                          {"role": "assistant", "content": "4"}]}
+HISTORY = {
+    "messages": [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "and 3+3?"},
+        {"role": "assistant", "content": "6"},
+    ]
+}
+IRREGULAR = {
+    "messages": [
+        {"role": "user", "content": "2+2?"},
+        {"role": "user", "content": "quick"},
+        {"role": "assistant", "content": "4"},
+    ]
+}
 
 
 def test_training_data_records_messages_and_what_other_trainers_read_otherwise(tmp_path):
@@ -222,9 +309,19 @@ def test_llamafactory_reads_messages_as_sharegpt_with_the_last_turn_trained(tmp_
     entry = json.loads(result.files["dataset_info.json"])[cfg["dataset"]]
     assert entry["formatting"] == "sharegpt" and entry["formatting"] in LLAMAFACTORY_FORMATTINGS
     assert entry["columns"] == {"messages": "messages"} and set(entry["columns"]) <= LLAMAFACTORY_COLUMNS
-    assert entry["tags"] == {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-                             "system_tag": "system"} and set(entry["tags"]) <= LLAMAFACTORY_TAGS
-    assert cfg["stage"] == "sft" and "template" not in cfg and cfg["mask_history"] is True  # the tokenizer's template, the last turn
+    assert (
+        entry["tags"]
+        == {
+            "role_tag": "role",
+            "content_tag": "content",
+            "user_tag": "user",
+            "assistant_tag": "assistant",
+            "system_tag": "system",
+        }
+        and set(entry["tags"]) <= LLAMAFACTORY_TAGS
+    )
+    # the tokenizer's template, the last turn
+    assert cfg["stage"] == "sft" and "template" not in cfg and cfg["mask_history"] is True
     for record in (ONE_TURN, HISTORY):
         got = llamafactory_chat(entry, cfg, record)
         assert trained_text(got) == trained_text(planner_chat(record))
@@ -246,7 +343,8 @@ def test_swift_reads_messages_natively_with_the_last_round_trained(tmp_path):
     assert args["loss_scale"] == ["last_round"]
     for record in (ONE_TURN, HISTORY):
         assert trained_text(swift_chat(args, record)) == trained_text(planner_chat(record))
-    assert trained_text(swift_chat({**args, "loss_scale": ["default"]}, HISTORY)) == ["4", "6"]  # swift's default: every turn
+    # swift's default: every turn
+    assert trained_text(swift_chat({**args, "loss_scale": ["default"]}, HISTORY)) == ["4", "6"]
     assert any(line.startswith("data:") and "registered template" in line for line in result.lost)
 
 
@@ -260,12 +358,16 @@ def test_lmflow_says_what_its_conversation_format_needs(tmp_path):
 def test_the_hf_script_reads_messages_with_planners_loader(tmp_path):
     from planner.data.tokenizer import EOS, SPECIALS, CharTokenizer
 
-    records = [{"messages": [{"role": "user", "content": f"double {i}"}, {"role": "assistant", "content": str(2 * i)}]}
-               for i in range(3)]
+    records = [
+        {"messages": [{"role": "user", "content": f"double {i}"}, {"role": "assistant", "content": str(2 * i)}]}
+        for i in range(3)
+    ]
     plan, path = data_plan(tmp_path, records)
     namespace: dict = {"__name__": "train_layerwise", "__file__": str(tmp_path / "train_layerwise.py")}
     exec(compile(files_of("hf", plan).files["train_layerwise.py"], "train_layerwise.py", "exec"), namespace)
     examples = namespace["read_examples"](str(path), CharTokenizer().to_hf(), 96)  # no chat template: the plain turns
     tok = CharTokenizer()
     assert [tok.decode(e.prompt) for e in examples] == [f"user: double {i}\nassistant: " for i in range(3)]
-    assert [tok.decode(e.answer, skip_special_tokens=False) for e in examples] == [f"{2 * i}{SPECIALS[EOS]}" for i in range(3)]
+    assert [tok.decode(e.answer, skip_special_tokens=False) for e in examples] == [
+        f"{2 * i}{SPECIALS[EOS]}" for i in range(3)
+    ]

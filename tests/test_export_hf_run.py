@@ -42,7 +42,7 @@ def write_tiny_model(path):
 
 
 def sentence(i: int, n: int = 6) -> str:
-    return " ".join((WORDS[i % len(WORDS):] + WORDS)[:n])
+    return " ".join((WORDS[i % len(WORDS) :] + WORDS)[:n])
 
 
 def write_data(root) -> dict[str, str]:
@@ -50,7 +50,10 @@ def write_data(root) -> dict[str, str]:
     files = {}
     pairs = {"instruction": "response", "prompt": "completion", "question": "answer"}
     for p, a in pairs.items():
-        rows = [{p: sentence(i, 3), a: sentence(i + 5, 2), **({"input": sentence(i + 9, 2)} if p == "question" else {})} for i in range(ROWS)]
+        rows = [
+            {p: sentence(i, 3), a: sentence(i + 5, 2), **({"input": sentence(i + 9, 2)} if p == "question" else {})}
+            for i in range(ROWS)
+        ]
         files[f"{p}.jsonl"] = "\n".join(json.dumps(r) for r in rows) + "\n"
         files[f"{p}.json"] = json.dumps(rows)
     text_rows = [{"text": sentence(i, 8)} for i in range(ROWS)]
@@ -78,8 +81,14 @@ def tiny_dir(tmp_path_factory):
 
 
 def hf_plan(**kw) -> Plan:
-    base = dict(active_layers=1, period=2, scorer="cyclic", scorer_options={"order": "ascending"}, learning_rate=1e-3,
-                train=TrainConfig(active_layers=1, batch_size=2, seq_len=16))
+    base = dict(
+        active_layers=1,
+        period=2,
+        scorer="cyclic",
+        scorer_options={"order": "ascending"},
+        learning_rate=1e-3,
+        train=TrainConfig(active_layers=1, batch_size=2, seq_len=16),
+    )
     base.update(kw)
     return make_plan(**base)
 
@@ -97,7 +106,9 @@ def test_the_script_reads_every_format_planner_tune_reads(tiny_dir, tmp_path):
     from planner.data import load_workload
 
     root, data = tiny_dir
-    export_plan(hf_plan(train=TrainConfig(active_layers=1, seq_len=512)).save(tmp_path / "plan.yaml"), "hf", tmp_path / "export")
+    export_plan(
+        hf_plan(train=TrainConfig(active_layers=1, seq_len=512)).save(tmp_path / "plan.yaml"), "hf", tmp_path / "export"
+    )
     script = load_script(tmp_path / "export" / "train_layerwise.py")
     tokenizer = AutoTokenizer.from_pretrained(root / "model")
     for name, path in sorted(data.items()):
@@ -109,11 +120,31 @@ def test_the_script_reads_every_format_planner_tune_reads(tiny_dir, tmp_path):
 
 
 def run_script(script, model_dir, data, out, max_steps):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, str(script), "--model", str(model_dir), "--data", str(data),
-                           "--output-dir", str(out), "--max-steps", str(max_steps)],
-                          capture_output=True, text=True, env=env, timeout=1200)  # a hang guard
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            str(max_steps),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )  # a hang guard
 
 
 def initial_loss(model_dir, script, data) -> float:
@@ -135,11 +166,15 @@ def test_exported_script_trains_and_switches_layers(tiny_dir, tmp_path):
     root, data = tiny_dir
     # cyclic ascending with K=2 over 4 layers: 6 steps visit layers 0, 1, 2 (a deterministic schedule);
     # embeddings and head frozen, with gradient checkpointing (gradients must still reach the layers)
-    plan = hf_plan(train=TrainConfig(active_layers=1, batch_size=2, seq_len=16, gradient_checkpointing=True),
-                   train_embeddings=False, train_head=False)
+    plan = hf_plan(
+        train=TrainConfig(active_layers=1, batch_size=2, seq_len=16, gradient_checkpointing=True),
+        train_embeddings=False,
+        train_head=False,
+    )
     res = export_plan(plan.save(tmp_path / "plan.yaml"), "hf", tmp_path / "export")
     script = tmp_path / "export" / "train_layerwise.py"
-    assert script in res.written and [line for line in res.lost if not line.startswith("data:")] == []  # --data is given below
+    # --data is given below
+    assert script in res.written and [line for line in res.lost if not line.startswith("data:")] == []
     proc = run_script(script, root / "model", data["prompt.csv"], tmp_path / "run", max_steps=6)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "layerwise_history.json").read_text())
@@ -171,10 +206,19 @@ def test_exported_script_names_bad_data_in_one_line(tiny_dir, tmp_path, capsys, 
 
 def test_exported_script_static_lora_plan(tiny_dir, tmp_path):
     root, data = tiny_dir
-    plan = hf_plan(layers=[2, 3], active_layers=2, scorer="semantic", scorer_options={}, lora_rank=4,
-                   train=TrainConfig(layers=[2, 3], batch_size=2, seq_len=16), train_embeddings=False)
+    plan = hf_plan(
+        layers=[2, 3],
+        active_layers=2,
+        scorer="semantic",
+        scorer_options={},
+        lora_rank=4,
+        train=TrainConfig(layers=[2, 3], batch_size=2, seq_len=16),
+        train_embeddings=False,
+    )
     export_plan(plan.save(tmp_path / "plan.yaml"), "hf", tmp_path / "export")
-    proc = run_script(tmp_path / "export" / "train_layerwise.py", root / "model", data["question.jsonl"], tmp_path / "run", 3)
+    proc = run_script(
+        tmp_path / "export" / "train_layerwise.py", root / "model", data["question.jsonl"], tmp_path / "run", 3
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "layerwise_history.json").read_text())
     assert summary["global_step"] == 3 and summary["switches"] == 0
@@ -188,15 +232,34 @@ def test_exported_script_trains_a_qlora_plan_with_4bit_weights(tiny_dir, tmp_pat
     prepares it as peft does, and trains; only q/v adapters change, the 4-bit base weights stay as loaded."""
     pytest.importorskip("bitsandbytes")
     root, data = tiny_dir
-    train = TrainConfig(layers="all", batch_size=2, seq_len=16, lora_rank=4, lora_targets=["q_proj", "v_proj"],
-                        quantize="nf4-dq", train_embeddings=False, train_head=False, dtype="float32")
-    plan = hf_plan(layers=[0, 1, 2, 3], active_layers=4, scorer="fixed", scorer_options={}, lora_rank=4, train=train,
-                   train_embeddings=False, train_head=False)
+    train = TrainConfig(
+        layers="all",
+        batch_size=2,
+        seq_len=16,
+        lora_rank=4,
+        lora_targets=["q_proj", "v_proj"],
+        quantize="nf4-dq",
+        train_embeddings=False,
+        train_head=False,
+        dtype="float32",
+    )
+    plan = hf_plan(
+        layers=[0, 1, 2, 3],
+        active_layers=4,
+        scorer="fixed",
+        scorer_options={},
+        lora_rank=4,
+        train=train,
+        train_embeddings=False,
+        train_head=False,
+    )
     export = export_plan(plan.save(tmp_path / "plan.yaml"), "hf", tmp_path / "export")
     script = (tmp_path / "export" / "train_layerwise.py").read_text()
     assert "'quantization_config': {'load_in_4bit': True" in script and "'bnb_4bit_use_double_quant': True" in script
     assert "'target_modules': ['q_proj', 'v_proj']" in script
-    proc = run_script(tmp_path / "export" / "train_layerwise.py", root / "model", data["question.jsonl"], tmp_path / "run", 2)
+    proc = run_script(
+        tmp_path / "export" / "train_layerwise.py", root / "model", data["question.jsonl"], tmp_path / "run", 2
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from safetensors.torch import load_file
 

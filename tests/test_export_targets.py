@@ -27,7 +27,13 @@ def render(target, plan):
 
 
 def static(layers, train=None, **kw):
-    return dict(scorer="fixed", layers=layers, active_layers=len(layers), train=TrainConfig(layers=layers, **(train or {})), **kw)
+    return dict(
+        scorer="fixed",
+        layers=layers,
+        active_layers=len(layers),
+        train=TrainConfig(layers=layers, **(train or {})),
+        **kw,
+    )
 
 
 def claimed_bytes(line: str) -> int:
@@ -40,6 +46,7 @@ def model_of(plan):
 
 # --- every target ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("target", ["axolotl", "hf", "llamafactory", "lmflow", "peft"])
 def test_a_model_that_cannot_be_found_is_named_lost(target):
     plan = make_plan(model="nobody/no-such-model")
@@ -48,7 +55,9 @@ def test_a_model_that_cannot_be_found_is_named_lost(target):
 
 
 def test_the_planner_target_round_trips_byte_identical(tmp_path):
-    src = make_plan(scorer="ist", scorer_options={"rollouts": 3}, metric=0.5, study_name="s").save(tmp_path / "plan.yaml")
+    src = make_plan(scorer="ist", scorer_options={"rollouts": 3}, metric=0.5, study_name="s").save(
+        tmp_path / "plan.yaml"
+    )
     res = export_plan(src, "planner", tmp_path / "out")
     assert res.written[0].read_bytes() == src.read_bytes() and res.lost == []
 
@@ -67,11 +76,13 @@ def test_a_dynamic_plan_that_draws_every_layer_is_static():
     result, _, text = render("llamafactory", plan)
     cfg = yaml.safe_load(text)
     assert cfg["finetuning_type"] == "freeze" and cfg["freeze_trainable_layers"] == 4 and "use_badam" not in cfg
-    assert cfg["freeze_extra_modules"] == "embed_tokens,lm_head,norm" and result.lost == []  # 'norm' matches only trained names
+    # 'norm' matches only trained names
+    assert cfg["freeze_extra_modules"] == "embed_tokens,lm_head,norm" and result.lost == []
     assert "use_lisa" not in render("lmflow", plan)[2] and render("lmflow", plan)[0].lost == []
 
 
 # --- axolotl -----------------------------------------------------------------------------------
+
 
 def test_axolotl_lisa_names_its_schedule_and_the_optimizer_state_it_keeps():
     plan = make_plan(period=5)
@@ -89,8 +100,10 @@ def test_axolotl_lisa_names_its_schedule_and_the_optimizer_state_it_keeps():
     batch = torch.randint(0, 256, (1, 8))
     model(input_ids=batch, labels=batch).loss.backward()
     optimizer.step()
-    layer_state = [sum(s["exp_avg"].nbytes + s["exp_avg_sq"].nbytes for p in layer.parameters() for s in [optimizer.state[p]])
-                   for layer in model.model.layers]
+    layer_state = [
+        sum(s["exp_avg"].nbytes + s["exp_avg_sq"].nbytes for p in layer.parameters() for s in [optimizer.state[p]])
+        for layer in model.model.layers
+    ]
     assert claimed == sum(layer_state[2:])
 
 
@@ -100,7 +113,9 @@ def grads_and_moments(model, params) -> int:
     batch = torch.randint(0, 256, (1, 8))
     model(input_ids=batch, labels=batch).loss.backward()
     optimizer.step()
-    return sum(p.grad.nbytes + optimizer.state[p]["exp_avg"].nbytes + optimizer.state[p]["exp_avg_sq"].nbytes for p in params)
+    return sum(
+        p.grad.nbytes + optimizer.state[p]["exp_avg"].nbytes + optimizer.state[p]["exp_avg_sq"].nbytes for p in params
+    )
 
 
 def test_lora_exported_as_full_layers_names_the_bytes_beyond_the_adapters():
@@ -116,8 +131,9 @@ def test_lora_exported_as_full_layers_names_the_bytes_beyond_the_adapters():
     lora = add_lora(model_of(plan), 4)
     for n, p in lora.named_parameters():
         p.requires_grad_("lora_" in n and in_layers(n))
-    measured = (grads_and_moments(full, [p for p in full.parameters() if p.requires_grad])
-                - grads_and_moments(lora, [p for p in lora.parameters() if p.requires_grad]))
+    measured = grads_and_moments(full, [p for p in full.parameters() if p.requires_grad]) - grads_and_moments(
+        lora, [p for p in lora.parameters() if p.requires_grad]
+    )
     assert claimed_bytes(line) == measured
 
 
@@ -136,14 +152,27 @@ def test_axolotl_trains_the_tied_head_under_its_shared_name():
     plan = make_plan("gpt2", **static([3], train_embeddings=False))
     result, _, text = render("axolotl", plan)
     model = model_of(plan)
-    trained = {n for n, _ in model.named_parameters() if any(axolotl_match(p, n) for p in yaml.safe_load(text)["unfrozen_parameters"])}
+    trained = {
+        n
+        for n, _ in model.named_parameters()
+        if any(axolotl_match(p, n) for p in yaml.safe_load(text)["unfrozen_parameters"])
+    }
     assert result.lost == []
-    assert "transformer.wte.weight" in trained and "transformer.wpe.weight" not in trained and "transformer.ln_f.weight" in trained
+    assert (
+        "transformer.wte.weight" in trained
+        and "transformer.wpe.weight" not in trained
+        and "transformer.ln_f.weight" in trained
+    )
 
 
-@pytest.mark.parametrize("dtype,amp,flags,lossy", [("bfloat16", "none", (False, False, True, False), False),
-                                                   ("float16", "none", (False, False, False, True), False),
-                                                   ("float32", "bf16", (True, False, False, False), True)])
+@pytest.mark.parametrize(
+    "dtype,amp,flags,lossy",
+    [
+        ("bfloat16", "none", (False, False, True, False), False),
+        ("float16", "none", (False, False, False, True), False),
+        ("float32", "bf16", (True, False, False, False), True),
+    ],
+)
 def test_axolotl_precision(dtype, amp, flags, lossy):
     plan = make_plan(**static([3], train={"dtype": dtype, "amp": amp}))
     result, _, text = render("axolotl", plan)
@@ -153,6 +182,7 @@ def test_axolotl_precision(dtype, amp, flags, lossy):
 
 
 # --- lmflow ------------------------------------------------------------------------------------
+
 
 def lmflow_args(text: str) -> dict:
     toks = shlex.split(text, comments=True)
@@ -181,6 +211,7 @@ def test_lmflow_script_is_valid_bash(tmp_path):
 
 # --- LoRA in axolotl and LLaMA-Factory ----------------------------------------------------------
 
+
 def adapted(model) -> dict[int, set[str]]:
     """{layer index: leaf names of the modules holding LoRA adapters} of a peft model."""
     out: dict[int, set[str]] = {}
@@ -194,8 +225,10 @@ def adapted(model) -> dict[int, set[str]]:
 LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
-@pytest.mark.parametrize("layers,targets", [([0, 1, 2, 3], None), ([1, 3], None), ([0, 1, 2, 3], ["q_proj", "v_proj"]),
-                                            ([2], ["q_proj", "v_proj"])])
+@pytest.mark.parametrize(
+    "layers,targets",
+    [([0, 1, 2, 3], None), ([1, 3], None), ([0, 1, 2, 3], ["q_proj", "v_proj"]), ([2], ["q_proj", "v_proj"])],
+)
 def test_lora_plans_export_the_trainers_own_lora(layers, targets):
     """LoRA r=8, alpha 16, no dropout, on the plan's modules of the plan's layers, as each trainer builds it from the
     export (trainer_rules: axolotl's _build_peft_lora_config, LLaMA-Factory's _setup_lora_tuning, then peft)."""
@@ -211,8 +244,12 @@ def test_lora_plans_export_the_trainers_own_lora(layers, targets):
     assert (cfg["adapter"], cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"]) == ("lora", 8, 16, 0.0)
     assert cfg.get("lora_target_linear") is (None if targets else True) and cfg.get("lora_target_modules") == targets
     assert cfg.get("peft_layers_to_transform") == (None if every else layers)
-    assert not {"unfrozen_parameters", "lisa_n_layers", "load_in_4bit", "load_in_8bit"} & set(cfg) and axolotl_refusal(cfg) is None
-    assert "lora_mlp_kernel" not in cfg and "they need CUDA" in text  # axolotl's GPU default, and how to run without one
+    assert (
+        not {"unfrozen_parameters", "lisa_n_layers", "load_in_4bit", "load_in_8bit"} & set(cfg)
+        and axolotl_refusal(cfg) is None
+    )
+    # axolotl's GPU default, and how to run without one
+    assert "lora_mlp_kernel" not in cfg and "they need CUDA" in text
     assert result.lost == [] and adapted(axolotl_lora_model(plan, cfg)) == want
 
     result, _, text = render("llamafactory", plan)
@@ -226,25 +263,49 @@ def test_lora_plans_export_the_trainers_own_lora(layers, targets):
     assert result.lost == [] and adapted(llamafactory_lora_model(plan, cfg)) == want
 
 
-@pytest.mark.parametrize("kind,axolotl,llamafactory", [
-    ("nf4-dq", {"adapter": "qlora", "load_in_4bit": True},
-     {"quantization_bit": 4, "quantization_method": "bnb", "quantization_type": "nf4", "double_quantization": True}),
-    ("nf4", {"adapter": "qlora", "load_in_4bit": True, "bnb_config_kwargs": {"bnb_4bit_use_double_quant": False}},
-     {"quantization_bit": 4, "quantization_method": "bnb", "quantization_type": "nf4", "double_quantization": False}),
-    ("int8", {"adapter": "lora", "load_in_8bit": True}, {"quantization_bit": 8, "quantization_method": "bnb"}),
-])
+@pytest.mark.parametrize(
+    "kind,axolotl,llamafactory",
+    [
+        (
+            "nf4-dq",
+            {"adapter": "qlora", "load_in_4bit": True},
+            {
+                "quantization_bit": 4,
+                "quantization_method": "bnb",
+                "quantization_type": "nf4",
+                "double_quantization": True,
+            },
+        ),
+        (
+            "nf4",
+            {"adapter": "qlora", "load_in_4bit": True, "bnb_config_kwargs": {"bnb_4bit_use_double_quant": False}},
+            {
+                "quantization_bit": 4,
+                "quantization_method": "bnb",
+                "quantization_type": "nf4",
+                "double_quantization": False,
+            },
+        ),
+        ("int8", {"adapter": "lora", "load_in_8bit": True}, {"quantization_bit": 8, "quantization_method": "bnb"}),
+    ],
+)
 def test_qlora_plans_load_the_base_quantized(kind, axolotl, llamafactory):
     """axolotl quantizes to 4 bits only with adapter: qlora (double quantization unless bnb_config_kwargs turns it off),
     to 8 bits with adapter: lora; LLaMA-Factory's double_quantization defaults to true, so nf4 writes false."""
     from trainer_rules import axolotl_refusal
 
-    plan = make_plan(**static([0, 1, 2, 3], train={"quantize": kind, "lora_rank": 16}), lora_rank=16,
-                     train_embeddings=False, train_head=False)
+    plan = make_plan(
+        **static([0, 1, 2, 3], train={"quantize": kind, "lora_rank": 16}),
+        lora_rank=16,
+        train_embeddings=False,
+        train_head=False,
+    )
     result, _, text = render("axolotl", plan)
     cfg = yaml.safe_load(text)
     quant = {k: cfg[k] for k in ("adapter", "load_in_4bit", "load_in_8bit", "bnb_config_kwargs") if k in cfg}
     assert quant == axolotl and axolotl_refusal(cfg) is None and result.lost == []
-    assert ("they need CUDA" in text) == (kind != "int8")  # lora_kernels_auto_enable: not for adapter lora with load_in_8bit
+    # lora_kernels_auto_enable: not for adapter lora with load_in_8bit
+    assert ("they need CUDA" in text) == (kind != "int8")
     result, _, text = render("llamafactory", plan)
     cfg = yaml.safe_load(text)
     assert {k: v for k, v in cfg.items() if "quantiz" in k} == llamafactory and cfg["finetuning_type"] == "lora"
@@ -256,14 +317,26 @@ def test_a_sampled_qlora_plan_keeps_its_sampling_export_without_quantization_key
     quantize only under their own LoRA (they stop at the keys otherwise): no quantization key, and the lines say why."""
     from trainer_rules import run_axolotl, run_llamafactory
 
-    plan = make_plan(lora_rank=4, train=TrainConfig(active_layers=2, quantize="nf4-dq", lora_rank=4), train_embeddings=False,
-                     train_head=False)
-    for target, run, sampler in (("axolotl", run_axolotl, "lisa_n_layers"), ("llamafactory", run_llamafactory, "use_badam")):
+    plan = make_plan(
+        lora_rank=4,
+        train=TrainConfig(active_layers=2, quantize="nf4-dq", lora_rank=4),
+        train_embeddings=False,
+        train_head=False,
+    )
+    for target, run, sampler in (
+        ("axolotl", run_axolotl, "lisa_n_layers"),
+        ("llamafactory", run_llamafactory, "use_badam"),
+    ):
         result, _, text = render(target, plan)
         cfg = yaml.safe_load(text)
-        assert sampler in cfg and not {"adapter", "load_in_4bit", "quantization_bit", "double_quantization"} & set(cfg), target
+        assert sampler in cfg and not {"adapter", "load_in_4bit", "quantization_bit", "double_quantization"} & set(
+            cfg
+        ), target
         assert any(line.startswith("LoRA r=4 inside the layers") for line in result.lost)
-        assert any(line.startswith("quantized frozen weights (nf4-dq)") and "exported unquantized" in line for line in result.lost)
+        assert any(
+            line.startswith("quantized frozen weights (nf4-dq)") and "exported unquantized" in line
+            for line in result.lost
+        )
         assert run(plan, result.files, None).error is None  # the trainer's rules accept the export
 
 
@@ -282,13 +355,19 @@ def test_llamafactory_lora_on_a_tied_model_says_the_head_goes_untied():
     assert id(model.base_model.model.lm_head.weight) not in trainable
     # axolotl passes peft_ensure_weight_tying through: the head uses the trained copy
     axolotl = yaml.safe_load(render("axolotl", plan)[2])
-    assert axolotl["peft_ensure_weight_tying"] is True and axolotl["lora_modules_to_save"] == ["model.norm", "model.embed_tokens"]
+    assert axolotl["peft_ensure_weight_tying"] is True and axolotl["lora_modules_to_save"] == [
+        "model.norm",
+        "model.embed_tokens",
+    ]
 
 
 # --- llamafactory ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("layers,expect", [([2, 3], (2, [2, 3])), ([0, 1], (-2, [0, 1])), ([3], (1, [3])),
-                                           ([1, 3], (2, [2, 3])), ([0, 2], (-2, [0, 1]))])
+
+@pytest.mark.parametrize(
+    "layers,expect",
+    [([2, 3], (2, [2, 3])), ([0, 1], (-2, [0, 1])), ([3], (1, [3])), ([1, 3], (2, [2, 3])), ([0, 2], (-2, [0, 1]))],
+)
 def test_freeze_block(layers, expect):
     assert freeze_block(4, layers) == expect
 
@@ -305,7 +384,9 @@ def test_llamafactory_extra_modules_train_only_what_the_plan_trains(arch, norm_l
     assert {int(m.group(1)) for n in trained for m in [layer.match(n)] if m} == {2, 3}  # no other layer's norms
     if norm_lost:  # 'norm' would match every layer's norms: the final norm stays frozen, and the export says so
         assert "model.norm.weight" not in trained
-        assert any(line.startswith("model.norm.weight stays frozen") and "input_layernorm" in line for line in result.lost)
+        assert any(
+            line.startswith("model.norm.weight stays frozen") and "input_layernorm" in line for line in result.lost
+        )
     else:
         assert result.lost == []
 
@@ -314,8 +395,16 @@ def test_llamafactory_badam_start_block_for_a_descending_plan():
     from trainer_rules import run_llamafactory, run_plan, split
 
     # 6 layers, descending from the second position: planner visits [4], [3], [2] (its start_block skips positions)
-    plan = make_plan(num_layers=6, active_layers=1, period=1, scorer="cyclic", scorer_options={"order": "descending", "start_block": 1},
-                     train=TrainConfig(active_layers=1), train_embeddings=False, train_head=False)
+    plan = make_plan(
+        num_layers=6,
+        active_layers=1,
+        period=1,
+        scorer="cyclic",
+        scorer_options={"order": "descending", "start_block": 1},
+        train=TrainConfig(active_layers=1),
+        train_embeddings=False,
+        train_head=False,
+    )
     result, _, text = render("llamafactory", plan)
     cfg = yaml.safe_load(text)
     assert (cfg["badam_switch_mode"], cfg["badam_start_block"], cfg["badam_switch_interval"]) == ("descending", 4, 1)
@@ -329,15 +418,29 @@ def test_llamafactory_badam_start_block_for_a_descending_plan():
 
 
 def test_llamafactory_badam_names_its_short_first_block():
-    plan = make_plan(active_layers=1, period=3, scorer="cyclic", train=TrainConfig(active_layers=1), train_embeddings=False, train_head=False)
+    plan = make_plan(
+        active_layers=1,
+        period=3,
+        scorer="cyclic",
+        train=TrainConfig(active_layers=1),
+        train_embeddings=False,
+        train_head=False,
+    )
     assert any("first block trains 2 steps, not 3" in line for line in render("llamafactory", plan)[0].lost)
 
 
 def test_llamafactory_gpt2_dynamic_plan_is_not_badam():
     from badam import BlockOptimizer
 
-    plan = make_plan("gpt2", active_layers=1, scorer="cyclic", scorer_options={"order": "descending"},
-                     train=TrainConfig(active_layers=1), train_embeddings=False, train_head=False)
+    plan = make_plan(
+        "gpt2",
+        active_layers=1,
+        scorer="cyclic",
+        scorer_options={"order": "descending"},
+        train=TrainConfig(active_layers=1),
+        train_embeddings=False,
+        train_head=False,
+    )
     result, _, text = render("llamafactory", plan)
     cfg = yaml.safe_load(text)
     assert cfg["finetuning_type"] == "freeze" and "use_badam" not in cfg
@@ -345,14 +448,19 @@ def test_llamafactory_gpt2_dynamic_plan_is_not_badam():
     model = model_of(plan)  # why: BAdam's own block search finds nothing in a gpt2 and fails at start
     with warnings.catch_warnings(), pytest.raises(IndexError):
         warnings.simplefilter("ignore")
-        BlockOptimizer(torch.optim.AdamW(model.parameters()), list(model.named_parameters()), switch_mode="descending", verbose=0)
+        BlockOptimizer(
+            torch.optim.AdamW(model.parameters()), list(model.named_parameters()), switch_mode="descending", verbose=0
+        )
 
 
-@pytest.mark.parametrize("model,dtype,needle", [
-    (tiny_config("llama", 4, "bfloat16"), "float32", "checkpoint's dtype (bfloat16), trainable ones upcast"),
-    ("llama-2-7b", "float32", "does not state"),
-    (tiny_config("llama", 4, "float32"), "bfloat16", "checkpoint's dtype (float32); the plan is for bfloat16"),
-])
+@pytest.mark.parametrize(
+    "model,dtype,needle",
+    [
+        (tiny_config("llama", 4, "bfloat16"), "float32", "checkpoint's dtype (bfloat16), trainable ones upcast"),
+        ("llama-2-7b", "float32", "does not state"),
+        (tiny_config("llama", 4, "float32"), "bfloat16", "checkpoint's dtype (float32); the plan is for bfloat16"),
+    ],
+)
 def test_llamafactory_weights_are_the_checkpoint_dtype(model, dtype, needle):
     layers = 32 if model == "llama-2-7b" else 4
     plan = make_plan(model=model, num_layers=layers, **static([layers - 1], train={"dtype": dtype}))
@@ -360,6 +468,7 @@ def test_llamafactory_weights_are_the_checkpoint_dtype(model, dtype, needle):
 
 
 # --- peft --------------------------------------------------------------------------------------
+
 
 def peft_model(plan, tmp_path):
     from peft import LoraConfig, get_peft_model
@@ -384,13 +493,18 @@ def test_peft_saves_the_final_norm_only(tmp_path):
 def test_peft_gpt2_conv1d_and_tied_head(tmp_path):
     plan = make_plan("gpt2", **static([3]), lora_rank=4, train_embeddings=False)
     data = json.loads(render("peft", plan)[2])
-    assert data["fan_in_fan_out"] is True and data["ensure_weight_tying"] is True and "lm_head" in data["modules_to_save"]
+    assert (
+        data["fan_in_fan_out"] is True and data["ensure_weight_tying"] is True and "lm_head" in data["modules_to_save"]
+    )
     model = peft_model(plan, tmp_path)
     head = model.base_model.model.lm_head
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     # the head the forward uses is the trainable copy of the shared embedding
     assert id(head.modules_to_save["default"].weight) in trainable
-    assert head.modules_to_save["default"].weight is model.base_model.model.transformer.wte.modules_to_save["default"].weight
+    assert (
+        head.modules_to_save["default"].weight
+        is model.base_model.model.transformer.wte.modules_to_save["default"].weight
+    )
 
 
 def test_peft_names_the_bytes_of_its_copies(tmp_path):
@@ -402,7 +516,9 @@ def test_peft_names_the_bytes_of_its_copies(tmp_path):
 
 
 def test_peft_dynamic_plan_names_the_adapters_that_train_at_once(tmp_path):
-    plan = make_plan(train=TrainConfig(active_layers=2, min_depth=1), lora_rank=4, train_embeddings=False, train_head=False)
+    plan = make_plan(
+        train=TrainConfig(active_layers=2, min_depth=1), lora_rank=4, train_embeddings=False, train_head=False
+    )
     result, _, text = render("peft", plan)
     assert json.loads(text)["layers_to_transform"] == [1, 2, 3]
     assert any("dynamic" in line for line in result.lost)
@@ -414,10 +530,13 @@ def test_peft_dynamic_plan_names_the_adapters_that_train_at_once(tmp_path):
     model(input_ids=batch, labels=batch).loss.backward()
     optimizer.step()
     adapters = [p for n, p in model.named_parameters() if "lora_" in n and ".layers.1." in n]
-    assert claimed_bytes(line) == sum(p.grad.nbytes + optimizer.state[p]["exp_avg"].nbytes + optimizer.state[p]["exp_avg_sq"].nbytes for p in adapters)
+    assert claimed_bytes(line) == sum(
+        p.grad.nbytes + optimizer.state[p]["exp_avg"].nbytes + optimizer.state[p]["exp_avg_sq"].nbytes for p in adapters
+    )
 
 
 # --- hf ----------------------------------------------------------------------------------------
+
 
 def test_hf_static_plan_uses_the_fixed_scorer():
     from planner.export.targets.hf import script_plan

@@ -33,8 +33,21 @@ from planner.tune.study import Interrupted
 from planner.writable import unwritable_reason
 
 # the fastest flags of the tune tests (tests/test_tune_robust.py)
-FLAGS = ["--device", "cpu", "--proxy-device", "cpu", "--steps", "4", "--eval-every", "2", "--confirm-seeds", "0",
-         "--study", "t", "--quiet"]
+FLAGS = [
+    "--device",
+    "cpu",
+    "--proxy-device",
+    "cpu",
+    "--steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--confirm-seeds",
+    "0",
+    "--study",
+    "t",
+    "--quiet",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -122,7 +135,9 @@ def test_profile_out_is_refused_before_measuring(monkeypatch, capsys):
 
 
 def test_tune_out_is_refused_before_the_study(tune, tmp_path):
-    code, out, err = tune("--vram", "1GB", "--storage", f"sqlite:///{tmp_path}/s.db", "--out", "/proc/forbidden/plan.yaml")
+    code, out, err = tune(
+        "--vram", "1GB", "--storage", f"sqlite:///{tmp_path}/s.db", "--out", "/proc/forbidden/plan.yaml"
+    )
     assert code == 2 and out == ""
     assert "--out must be a writable file path, but '/proc/forbidden/plan.yaml' cannot be created" in one_line(err)
     assert not (tmp_path / "s.db").exists()  # no study: nothing ran
@@ -200,18 +215,31 @@ def sqlite_full(monkeypatch):
         hits = 0
 
     state = State()
-    writes = ("create_new_trial", "set_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
-              "set_trial_system_attr", "set_study_user_attr", "set_study_system_attr", "set_trial_state_values")
+    writes = (
+        "create_new_trial",
+        "set_trial_param",
+        "set_trial_intermediate_value",
+        "set_trial_user_attr",
+        "set_trial_system_attr",
+        "set_study_user_attr",
+        "set_study_system_attr",
+        "set_trial_state_values",
+    )
 
     def failing(name, method):
         def write(self, *args, **kwargs):
-            if state.armed and name == "set_trial_state_values" and kwargs.get("state", args[1:2] or None) in \
-                    (TrialState.PRUNED, (TrialState.PRUNED,)) and self.get_trial(args[0]).user_attrs.get("gated"):
+            if (
+                state.armed
+                and name == "set_trial_state_values"
+                and kwargs.get("state", args[1:2] or None) in (TrialState.PRUNED, (TrialState.PRUNED,))
+                and self.get_trial(args[0]).user_attrs.get("gated")
+            ):
                 state.on, state.armed = True, False
             if state.on:
                 state.hits += 1
                 raise _sqlite_full()
             return method(self, *args, **kwargs)
+
         return write
 
     for name in writes:
@@ -232,17 +260,40 @@ def _gating_budget(wl, target) -> int:
     from dataclasses import replace
 
     space = build_space(t, opts)
-    low = min(gate.predict(space.train_config(replace(p, levers=tuple(sorted(w.items()))))).peak_bytes
-              for p in space.cheapest_points() for w in walk)
-    high = max(gate.predict(TrainConfig(batch_size=8, seq_len=wl.seq_len, active_layers=wl.spec.num_layers,
-                                        gradient_checkpointing=c)).peak_bytes for c in (False, True))
+    low = min(
+        gate.predict(space.train_config(replace(p, levers=tuple(sorted(w.items()))))).peak_bytes
+        for p in space.cheapest_points()
+        for w in walk
+    )
+    high = max(
+        gate.predict(
+            TrainConfig(batch_size=8, seq_len=wl.seq_len, active_layers=wl.spec.num_layers, gradient_checkpointing=c)
+        ).peak_bytes
+        for c in (False, True)
+    )
     return (low + high) // 2
 
 
-def test_a_full_disk_under_sqlite_storage_is_one_line_and_the_resume_counts_right(tune, sqlite_full, wl, target, tmp_path):
+def test_a_full_disk_under_sqlite_storage_is_one_line_and_the_resume_counts_right(
+    tune, sqlite_full, wl, target, tmp_path
+):
     storage = f"sqlite:///{tmp_path}/s.db"
-    flags = ["--vram", f"{_gating_budget(wl, target)}B", "--model", target, "--seq-len", str(wl.seq_len), "--batch-size", "8",
-             "--dtype", "float32", "--storage", storage, "--out", str(tmp_path / "plan.yaml")]
+    flags = [
+        "--vram",
+        f"{_gating_budget(wl, target)}B",
+        "--model",
+        target,
+        "--seq-len",
+        str(wl.seq_len),
+        "--batch-size",
+        "8",
+        "--dtype",
+        "float32",
+        "--storage",
+        storage,
+        "--out",
+        str(tmp_path / "plan.yaml"),
+    ]
     code, _, err = tune(*flags, n=8)
     assert sqlite_full.on, "a gated trial must have been stored as pruned"
     assert code == 2, err
@@ -261,7 +312,9 @@ def test_a_full_disk_under_sqlite_storage_is_one_line_and_the_resume_counts_righ
     assert set(kept) <= {t.number for t in ts if counted(t)}  # every finished trial stayed
     again = ts[cut[0].number]
     assert again.state == TrialState.FAIL and again.user_attrs["reason"].startswith(WORKER_DIED) and not counted(again)
-    assert [t.user_attrs["kind"] for t in ts if t.user_attrs.get("retry_of") == cut[0].number] == [cut[0].user_attrs["kind"]]
+    assert [t.user_attrs["kind"] for t in ts if t.user_attrs.get("retry_of") == cut[0].number] == [
+        cut[0].user_attrs["kind"]
+    ]
 
 
 class FillingProxy:
@@ -284,8 +337,10 @@ def test_a_full_disk_under_a_journal_leaves_no_cut_record(tune, full_disk, tmp_p
     flags = ["--vram", "1GB", "--storage", storage, "--out", str(tmp_path / "plan.yaml")]
     code, _, err = tune(*flags, n=5, proxy=FillingProxy(2, full_disk, folder))
     assert full_disk.hits and code == 2, err
-    assert f"--storage must have room to write, but writing '{storage}' failed: the disk is full (No space left on device)" \
+    assert (
+        f"--storage must have room to write, but writing '{storage}' failed: the disk is full (No space left on device)"
         in one_line(err)
+    )
     assert (folder / "s.log").read_bytes().endswith(b"\n")  # the half record written was cut off again
     kept = [t.number for t in trials(storage) if counted(t)]
     assert kept  # the first run's trial stayed
@@ -306,8 +361,10 @@ def test_a_full_disk_at_out_leaves_no_plan_file_and_a_rerun_writes_it(tune, full
     flags = ["--vram", "1GB", "--storage", storage, "--out", str(out_dir / "plan.yaml")]
     code, _, err = tune(*flags, n=4)
     assert code == 2, err
-    assert f"--out must be writable, but writing '{out_dir}/plan.yaml' failed (No space left on device): no plan file " \
-           f"was written; the study 't' is stored in {storage}" in one_line(err)
+    assert (
+        f"--out must be writable, but writing '{out_dir}/plan.yaml' failed (No space left on device): no plan file "
+        f"was written; the study 't' is stored in {storage}" in one_line(err)
+    )
     assert list(out_dir.iterdir()) == []  # neither a cut plan.yaml nor a temporary file
     done = len(trials(storage))
     assert toward_n(trials(storage)) == 4
@@ -328,8 +385,13 @@ def test_a_full_disk_at_the_report_folder_leaves_no_cut_file(full_disk, tmp_path
     full_disk.roots.append(str(out))
     assert main(["report", str(plan), "--out", str(out), "--dpi", "30"]) == 2
     err = one_line(capsys.readouterr().err)
-    assert f"--out must be a directory with room for the report, but writing into '{out}' failed (No space left on device)" in err
-    assert [p.name for p in out.iterdir()] == ["report.md"] and (out / "report.md").read_text() == "the previous report\n"
+    assert (
+        f"--out must be a directory with room for the report, but writing into '{out}' failed (No space left on device)"
+        in err
+    )
+    assert [p.name for p in out.iterdir()] == ["report.md"] and (
+        out / "report.md"
+    ).read_text() == "the previous report\n"
 
 
 def test_a_full_disk_at_the_plan_file_keeps_the_old_plan(full_disk, tmp_path):
@@ -356,7 +418,11 @@ def mounts(tmp_path):
     def mount(name, options, bind=None):
         where = tmp_path / name
         where.mkdir()
-        cmd = ["mount", "--bind", str(bind), str(where)] if bind else ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)]
+        cmd = (
+            ["mount", "--bind", str(bind), str(where)]
+            if bind
+            else ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)]
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             pytest.skip(f"mount is not permitted here ({proc.stderr.strip() or proc.returncode}): it needs root")
@@ -411,8 +477,10 @@ def test_a_real_full_disk_at_out(tune, mounts, tmp_path):
 
 def _make_study(url: str) -> None:
     """A study with one finished trial, written by another process (so that no connection of this one stays open)."""
-    code = ("import optuna; from planner.tune.storage import open_storage; "
-            f"optuna.create_study(storage=open_storage({url!r}), study_name='t').optimize(lambda t: 1.0, n_trials=1)")
+    code = (
+        "import optuna; from planner.tune.storage import open_storage; "
+        f"optuna.create_study(storage=open_storage({url!r}), study_name='t').optimize(lambda t: 1.0, n_trials=1)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
@@ -425,7 +493,9 @@ def test_a_read_only_study_file_is_named_read_only(tune, mounts, tmp_path, capsy
     storage = f"sqlite:///{ro}/s.db"
     code, _, err = tune("--vram", "1GB", "--storage", storage, "--out", str(tmp_path / "plan.yaml"))
     assert code == 2
-    assert f"--storage must be a writable file path, but '{ro}/s.db' is read-only (Read-only file system)" in one_line(err)
+    assert f"--storage must be a writable file path, but '{ro}/s.db' is read-only (Read-only file system)" in one_line(
+        err
+    )
     assert main(["report", "--study", "t", "--storage", storage, "--out", str(tmp_path / "r")]) == 2
     err = one_line(capsys.readouterr().err)
     assert f"--storage must be a SQLite file that can be written (with its folder), but '{ro}/s.db' is read-only" in err
@@ -449,8 +519,10 @@ def test_ctrl_c_while_the_sampler_bounds_active_layers_ends_like_any_interrupt(t
     flags = ["--vram", "1GB", "--storage", storage, "--out", str(tmp_path / "plan.yaml")]
     code, out, err = tune(*flags, n=4)
     assert code == 130, err
-    assert one_line(err).startswith("planner tune: error: interrupted: 0 finished trials of study 't' are stored in "
-                                    f"{storage}; resume with: planner tune --vram 1GB --study t --storage {storage}")
+    assert one_line(err).startswith(
+        "planner tune: error: interrupted: 0 finished trials of study 't' are stored in "
+        f"{storage}; resume with: planner tune --vram 1GB --study t --storage {storage}"
+    )
     assert [t for t in trials(storage) if t.state == TrialState.RUNNING] == []
 
     monkeypatch.setattr(bounded, "largest_fitting_active_layers", real)
@@ -467,8 +539,17 @@ def test_ctrl_c_during_study_creation_through_the_python_api(monkeypatch, tmp_pa
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bounded, "largest_fitting_active_layers", interrupted)
-    options = TuneOptions(vram="1GB", n_trials=3, steps=4, eval_every=2, storage=f"sqlite:///{tmp_path}/s.db", study="t",
-                          device="cpu", out=str(tmp_path / "plan.yaml"), confirm_seeds=0)
+    options = TuneOptions(
+        vram="1GB",
+        n_trials=3,
+        steps=4,
+        eval_every=2,
+        storage=f"sqlite:///{tmp_path}/s.db",
+        study="t",
+        device="cpu",
+        out=str(tmp_path / "plan.yaml"),
+        confirm_seeds=0,
+    )
     with pytest.raises(BaseException) as err:  # a bare KeyboardInterrupt would stop the test run
         run_tune(options, workload=wl, progress=False)
     assert isinstance(err.value, Interrupted) and isinstance(err.value, PlannerError), repr(err.value)

@@ -23,8 +23,9 @@ CASES = {
     "frozen-head-bf16": dict(layers="all", train_embeddings=False, train_head=False, dtype="bfloat16"),
     "lora-frozen-head": dict(lora_rank=8, layers="all", train_embeddings=False, train_head=False),
     "amp-bf16": dict(layers=[2, 3], amp="bf16"),
-    "ckpt-step-in-backward-bf16": dict(layers="all", gradient_checkpointing=True, optimizer_in_backward=True,
-                                       dtype="bfloat16"),
+    "ckpt-step-in-backward-bf16": dict(
+        layers="all", gradient_checkpointing=True, optimizer_in_backward=True, dtype="bfloat16"
+    ),
 }
 
 
@@ -41,6 +42,7 @@ def _batch(vocab: int, ignored: int = 5) -> dict:
 
 
 # -- the loss -------------------------------------------------------------------------------------
+
 
 def _both_losses(model, batch):
     """(the model's own loss, its parameters' gradients, the Liger loss after its own backward) on ``batch``."""
@@ -86,8 +88,16 @@ def test_final_logit_softcapping_is_applied_as_gemma2_does():
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     torch.manual_seed(0)
-    config = Gemma2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, final_logit_softcapping=5.0)
+    config = Gemma2Config(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        final_logit_softcapping=5.0,
+    )
     model = Gemma2ForCausalLM(config).float()
     batch = _batch(256)
     plain, truth, loss = _both_losses(model, batch)
@@ -97,6 +107,7 @@ def test_final_logit_softcapping_is_applied_as_gemma2_does():
 
 
 # -- what it keeps ----------------------------------------------------------------------------------
+
 
 def test_chunk_size_is_ligers_formula():
     # the example in fused_linear_cross_entropy.py: BT = 4096*4, V = 32000, H = 4096 -> inc_factor 8, chunk_size 2048
@@ -174,6 +185,7 @@ def test_backward_hands_over_the_saved_gradients(tiny):
 
 # -- the cost model ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch", ARCHS + ("phi3",))
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_prediction_is_exact_on_cpu(tiny, arch, case):
@@ -224,8 +236,9 @@ def test_fake_trace_matches_the_real_one(tiny, monkeypatch):
 def test_the_fused_loss_lowers_the_peak_where_the_loss_sets_it(tiny):
     """Long sequences over a large vocabulary with the head frozen: the logits set the plain peak."""
     spec = tiny("llama", hidden=128, vocab=4096)
-    shape = dict(batch_size=2, seq_len=256, lora_rank=8, layers="all", train_embeddings=False, train_head=False,
-                 dtype="bfloat16")
+    shape = dict(
+        batch_size=2, seq_len=256, lora_rank=8, layers="all", train_embeddings=False, train_head=False, dtype="bfloat16"
+    )
     plain = estimate(spec, TrainConfig(**shape), device="cpu").peak_bytes
     chunks = estimate(spec, TrainConfig(**shape, loss_chunks=8), device="cpu").peak_bytes
     fused = estimate(spec, TrainConfig(**shape, liger_fused_ce=True), device="cpu").peak_bytes
@@ -234,9 +247,13 @@ def test_the_fused_loss_lowers_the_peak_where_the_loss_sets_it(tiny):
 
 # -- rules --------------------------------------------------------------------------------------------
 
+
 def test_the_chunked_loss_is_refused_with_the_rule():
-    with pytest.raises(PlannerError, match=r"`liger_fused_ce` computes the whole loss itself, so `loss_chunks == 1` "
-                                           r"must hold with it, but got liger_fused_ce=True with loss_chunks=8"):
+    with pytest.raises(
+        PlannerError,
+        match=r"`liger_fused_ce` computes the whole loss itself, so `loss_chunks == 1` "
+        r"must hold with it, but got liger_fused_ce=True with loss_chunks=8",
+    ):
         TrainConfig(layers="all", liger_fused_ce=True, loss_chunks=8)
     assert TrainConfig(layers="all", liger_fused_ce=True, loss_chunks=1).liger_fused_ce
 
@@ -264,9 +281,17 @@ def test_the_lever_keeps_the_contract():
 # -- exports ------------------------------------------------------------------------------------------
 
 # axolotl 067b021 src/axolotl/integrations/liger/args.py LigerArgs: the keys LigerPlugin adds to the config schema
-AXOLOTL_LIGER_ARGS = {"liger_rope", "liger_rms_norm", "liger_rms_norm_gated", "liger_layer_norm", "liger_swiglu",
-                      "liger_glu_activation", "liger_cross_entropy", "liger_fused_linear_cross_entropy",
-                      "liger_use_token_scaling"}
+AXOLOTL_LIGER_ARGS = {
+    "liger_rope",
+    "liger_rms_norm",
+    "liger_rms_norm_gated",
+    "liger_layer_norm",
+    "liger_swiglu",
+    "liger_glu_activation",
+    "liger_cross_entropy",
+    "liger_fused_linear_cross_entropy",
+    "liger_use_token_scaling",
+}
 
 
 def _plans():
@@ -287,7 +312,9 @@ def test_exports_write_the_trainers_own_keys(tmp_path):
     from planner.export import get_exporter
 
     on, off = _plans()
-    out = {t: get_exporter(t).render(on) for t in ("axolotl", "llamafactory", "lmflow", "swift", "hf", "peft", "planner")}
+    out = {
+        t: get_exporter(t).render(on) for t in ("axolotl", "llamafactory", "lmflow", "swift", "hf", "peft", "planner")
+    }
     base = {t: get_exporter(t).render(off) for t in out}
 
     axolotl = yaml.safe_load(out["axolotl"].files["axolotl.yaml"])
@@ -303,8 +330,9 @@ def test_exports_write_the_trainers_own_keys(tmp_path):
         toks = shlex.split(out[target].files[script], comments=True)
         value = toks[toks.index("--use_liger_kernel") + 1]
         # both parse it as transformers' TrainingArguments field (HfArgumentParser's bool reading)
-        args, = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(
-            ["--output_dir", str(tmp_path), "--use_liger_kernel", value, "--use_cpu", "True"])
+        (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(
+            ["--output_dir", str(tmp_path), "--use_liger_kernel", value, "--use_cpu", "True"]
+        )
         assert args.use_liger_kernel is True
     assert "use_liger_kernel" in config_keys("lmflow")
 

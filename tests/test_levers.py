@@ -15,16 +15,23 @@ ARCHS = ("llama", "qwen2", "gpt2")
 ADAPTED = {"llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
 CASES = {
     "step-in-backward": dict(optimizer_in_backward=True, layers=[1, 2]),
-    "step-in-backward-8bit-ckpt-chunks": dict(optimizer_in_backward=True, optimizer="adamw8bit", loss_chunks=2,
-                                              gradient_checkpointing=True, layers="all", dtype="bfloat16"),
+    "step-in-backward-8bit-ckpt-chunks": dict(
+        optimizer_in_backward=True,
+        optimizer="adamw8bit",
+        loss_chunks=2,
+        gradient_checkpointing=True,
+        layers="all",
+        dtype="bfloat16",
+    ),
     "loss-chunks": dict(loss_chunks=4, layers=[1, 2], dtype="bfloat16"),
     "lora-targets": dict(lora_rank=8, layers="all", train_embeddings=False, train_head=False),
     "adamw8bit": dict(optimizer="adamw8bit", layers=[0, 3]),
     "paged-adamw8bit": dict(optimizer="paged_adamw8bit", layers=[1, 2], train_embeddings=False),
     # layer 0's input is a leaf the graph holds (frozen embeddings under checkpointing): offloaded, yet kept
     "offload-ckpt": dict(offload_activations=True, gradient_checkpointing=True, layers=[1, 2], train_embeddings=False),
-    "offload-ckpt-chunks-bf16": dict(offload_activations=True, gradient_checkpointing=True, loss_chunks=4,
-                                     layers="all", dtype="bfloat16"),
+    "offload-ckpt-chunks-bf16": dict(
+        offload_activations=True, gradient_checkpointing=True, loss_chunks=4, layers="all", dtype="bfloat16"
+    ),
 }
 
 
@@ -73,8 +80,10 @@ def test_the_levers_save_what_they_promise(tiny):
     assert in_bwd.peak_bytes < plain.peak_bytes
     # long sequences over a large vocabulary: the peak is the loss, which chunks shrink
     long = dict(batch_size=2, seq_len=256, layers="all", dtype="bfloat16")
-    assert estimate(spec, TrainConfig(**long, loss_chunks=8), device="cpu").peak_bytes < \
-        estimate(spec, TrainConfig(**long), device="cpu").peak_bytes
+    assert (
+        estimate(spec, TrainConfig(**long, loss_chunks=8), device="cpu").peak_bytes
+        < estimate(spec, TrainConfig(**long), device="cpu").peak_bytes
+    )
     # checkpointed, the loss chunked: the peak is in the layers' backward, where the layer inputs not yet
     # reached are held unless offloaded
     deep = dict(batch_size=2, seq_len=256, layers="all", dtype="bfloat16", gradient_checkpointing=True, loss_chunks=8)
@@ -96,8 +105,11 @@ def test_quantized_frozen_weights_exact_against_transformers_bitsandbytes_loadin
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     spec = tiny(arch, hidden=128, vocab=512)
-    kw = (dict(lora_rank=8, layers="all", train_embeddings=False, train_head=False) if method == "qlora"
-          else dict(layers=[2, 3]))
+    kw = (
+        dict(lora_rank=8, layers="all", train_embeddings=False, train_head=False)
+        if method == "qlora"
+        else dict(layers=[2, 3])
+    )
     cfg = TrainConfig(batch_size=2, seq_len=64, dtype="bfloat16", quantize=kind, **kw)
     predicted = estimate(spec, cfg, device="cpu").peak_bytes
     model = build_model(spec, dtype="bfloat16")
@@ -107,23 +119,35 @@ def test_quantized_frozen_weights_exact_against_transformers_bitsandbytes_loadin
     if kind == "int8":
         qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     else:
-        qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=kind == "nf4-dq",
-                                bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=qc, device_map="cpu", dtype=torch.bfloat16)
+        qc = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=kind == "nf4-dq",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=skip,
+        )
+    loaded = AutoModelForCausalLM.from_pretrained(
+        tmp_path, quantization_config=qc, device_map="cpu", dtype=torch.bfloat16
+    )
     loaded = prepare_model_for_kbit_training(loaded, use_gradient_checkpointing=False)
-    measured = measure_training_peak(loaded, cfg.model_copy(update={"quantize": None}), make_batch(spec.vocab_size, 2, 64))
+    measured = measure_training_peak(
+        loaded, cfg.model_copy(update={"quantize": None}), make_batch(spec.vocab_size, 2, 64)
+    )
     assert predicted == measured
 
 
-@pytest.mark.parametrize("kw, rule", [
-    (dict(quantize="nf4", active_layers=2), "a sampled plan trains every layer"),
-    (dict(quantize="nf4", layers="all"), "needs frozen linear weights"),
-    (dict(quantize="nf4", layers=[1], dtype="float32", amp="bf16"), "computes in the model's dtype"),
-    (dict(lora_targets=["q_proj"], layers="all"), "needs `lora_rank`"),
-    (dict(loss_chunks=65, seq_len=64, layers="all"), "`loss_chunks <= seq_len`"),
-    (dict(optimizer="lion", layers="all"), "`optimizer` must be one of"),
-    (dict(offload_activations=True, layers="all"), "`offload_activations` needs `gradient_checkpointing`"),
-])
+@pytest.mark.parametrize(
+    "kw, rule",
+    [
+        (dict(quantize="nf4", active_layers=2), "a sampled plan trains every layer"),
+        (dict(quantize="nf4", layers="all"), "needs frozen linear weights"),
+        (dict(quantize="nf4", layers=[1], dtype="float32", amp="bf16"), "computes in the model's dtype"),
+        (dict(lora_targets=["q_proj"], layers="all"), "needs `lora_rank`"),
+        (dict(loss_chunks=65, seq_len=64, layers="all"), "`loss_chunks <= seq_len`"),
+        (dict(optimizer="lion", layers="all"), "`optimizer` must be one of"),
+        (dict(offload_activations=True, layers="all"), "`offload_activations` needs `gradient_checkpointing`"),
+    ],
+)
 def test_combinations_that_cannot_run_are_refused_with_the_rule(kw, rule):
     with pytest.raises(PlannerError, match=rule.replace("(", r"\(").replace("`", "`")):
         TrainConfig(**kw)
@@ -140,11 +164,16 @@ def test_every_registered_lever_keeps_the_contract(lever):
     obj = LEVERS[lever]
     assert obj.fields and set(obj.fields) <= set(TrainConfig.model_fields)
     assert obj.flag is not None and obj.flag.field in obj.fields and obj.flag.name.startswith("--")
-    on = {"checkpointing": dict(gradient_checkpointing=True), "optimizer": dict(optimizer="adamw8bit"),
-          "optimizer_in_backward": dict(optimizer_in_backward=True), "loss_chunks": dict(loss_chunks=4),
-          "lora_targets": dict(lora_rank=8, lora_targets=["q_proj"]), "quantize": dict(quantize="nf4", lora_rank=8),
-          "offload_activations": dict(offload_activations=True, gradient_checkpointing=True),
-          "liger_fused_ce": dict(liger_fused_ce=True)}
+    on = {
+        "checkpointing": dict(gradient_checkpointing=True),
+        "optimizer": dict(optimizer="adamw8bit"),
+        "optimizer_in_backward": dict(optimizer_in_backward=True),
+        "loss_chunks": dict(loss_chunks=4),
+        "lora_targets": dict(lora_rank=8, lora_targets=["q_proj"]),
+        "quantize": dict(quantize="nf4", lora_rank=8),
+        "offload_activations": dict(offload_activations=True, gradient_checkpointing=True),
+        "liger_fused_ce": dict(liger_fused_ce=True),
+    }
     cfg = TrainConfig(layers="all", **on[lever])
     assert obj.active(cfg) and obj.label(cfg)
     for target in ("hf", "axolotl", "llamafactory", "lmflow", "swift"):
@@ -197,7 +226,10 @@ def test_the_proxy_of_a_4bit_baseline_trains_through_the_nf4_round_trip(tiny):
     assert torch.equal(static.model.layers[1].mlp.down_proj.weight, before)
     untouched = build_model(tiny("llama", hidden=128, vocab=512))
     LEVERS["quantize"].proxy_model(untouched, {})
-    assert torch.equal(untouched.model.layers[1].mlp.down_proj.weight, build_model(tiny("llama", hidden=128, vocab=512)).model.layers[1].mlp.down_proj.weight)
+    assert torch.equal(
+        untouched.model.layers[1].mlp.down_proj.weight,
+        build_model(tiny("llama", hidden=128, vocab=512)).model.layers[1].mlp.down_proj.weight,
+    )
 
 
 def test_every_exporter_carries_the_levers_or_says_what_is_lost(tmp_path):
@@ -208,10 +240,30 @@ def test_every_exporter_carries_the_levers_or_says_what_is_lost(tmp_path):
 
     from planner.export import EXPORTERS, export_plan
 
-    train = TrainConfig(layers="all", batch_size=2, seq_len=16, lora_rank=4, quantize="nf4-dq", optimizer_in_backward=True,
-                        loss_chunks=4, train_embeddings=False, train_head=False, dtype="bfloat16")
-    plan = make_plan(layers=[0, 1, 2, 3], active_layers=4, scorer="fixed", scorer_options={}, lora_rank=4, train=train,
-                     train_embeddings=False, train_head=False, period=2, learning_rate=1e-3)
+    train = TrainConfig(
+        layers="all",
+        batch_size=2,
+        seq_len=16,
+        lora_rank=4,
+        quantize="nf4-dq",
+        optimizer_in_backward=True,
+        loss_chunks=4,
+        train_embeddings=False,
+        train_head=False,
+        dtype="bfloat16",
+    )
+    plan = make_plan(
+        layers=[0, 1, 2, 3],
+        active_layers=4,
+        scorer="fixed",
+        scorer_options={},
+        lora_rank=4,
+        train=train,
+        train_embeddings=False,
+        train_head=False,
+        period=2,
+        learning_rate=1e-3,
+    )
     path = plan.save(tmp_path / "plan.yaml")
     for target in sorted(EXPORTERS):
         out = export_plan(path, target, tmp_path / target)
@@ -224,9 +276,17 @@ def test_every_exporter_carries_the_levers_or_says_what_is_lost(tmp_path):
         if target in ("axolotl", "llamafactory"):  # their own LoRA over a 4-bit base (QLoRA), double quantization on
             cfg = yaml.safe_load((tmp_path / target / f"{target}.yaml").read_text())
             if target == "axolotl":
-                assert (cfg["adapter"], cfg["load_in_4bit"], cfg["lora_r"]) == ("qlora", True, 4) and "bnb_config_kwargs" not in cfg
+                assert (cfg["adapter"], cfg["load_in_4bit"], cfg["lora_r"]) == (
+                    "qlora",
+                    True,
+                    4,
+                ) and "bnb_config_kwargs" not in cfg
             else:
-                assert (cfg["finetuning_type"], cfg["quantization_bit"], cfg["double_quantization"]) == ("lora", 4, True)
+                assert (cfg["finetuning_type"], cfg["quantization_bit"], cfg["double_quantization"]) == (
+                    "lora",
+                    4,
+                    True,
+                )
             assert "quantized frozen weights" not in lost, target
         elif target == "swift":
             assert "--quant_bits 4" in text and "--bnb_4bit_use_double_quant True" in text

@@ -11,8 +11,14 @@ import torch
 
 from planner.cli.main import main
 from planner.cost.device import DeviceProfile
-from planner.cost.profile import (find_profile, load_profile, measure_profile, profile_dir, profile_filename,
-                                  resolve_profile)
+from planner.cost.profile import (
+    find_profile,
+    load_profile,
+    measure_profile,
+    profile_dir,
+    profile_filename,
+    resolve_profile,
+)
 from planner.errors import PlannerError
 from planner.spec import build_model, find_decoder_layers, load_spec
 from planner.units import GiB
@@ -69,7 +75,8 @@ def test_profile_checks_the_cost_model_against_measured_steps(cpu_profile, model
 
     spec = load_spec(model_json)
     assert [(c["role"], c["layers"]) for c in cpu_profile.checks] == [
-        (role, n) for role in ("trainable", "frozen_above", "frozen_below") for n in (2, 4)]
+        (role, n) for role in ("trainable", "frozen_above", "frozen_below") for n in (2, 4)
+    ]
     for c in cpu_profile.checks:
         cfg = role_config(c["role"], c["layers"], dtype="float32", batch_size=1, seq_len=SEQ)
         # truth measured another way: PyTorch's CPU allocator, as the profiler's memory events report it
@@ -88,7 +95,9 @@ def _allocator_peak(spec, cfg, depth: int) -> int:
     from planner.cost.measure import make_batch, make_optimizer, prepare_model
 
     model = prepare_model(build_model(spec, num_layers=depth), cfg, cfg.layers)
-    peak, state = profiled_step_peak(model, make_optimizer(model, cfg), make_batch(spec.vocab_size, cfg.batch_size, cfg.seq_len))
+    peak, state = profiled_step_peak(
+        model, make_optimizer(model, cfg), make_batch(spec.vocab_size, cfg.batch_size, cfg.seq_len)
+    )
     return peak + state
 
 
@@ -126,11 +135,18 @@ def test_profile_out_is_checked_before_measuring(tmp_path, monkeypatch, capsys, 
             (tmp_path / "f.json").write_text("{}")  # a file where a folder would have to be
         code = main(["profile", "--model", model_json, "--device", "cpu", "--out", str(bad)])
         err = capsys.readouterr().err
-        assert code == 2 and err.count("\n") == 1 and "--out must be a file path this user can write" in err and rule in err
+        assert (
+            code == 2
+            and err.count("\n") == 1
+            and "--out must be a file path this user can write" in err
+            and rule in err
+        )
 
 
 def test_profile_prints_one_line_per_step_off_a_terminal(tmp_path, capsys, model_json):
-    code = main(["profile", "--model", model_json, "--device", "cpu", "--seq-len", "8", "--out", str(tmp_path / "p.json")])
+    code = main(
+        ["profile", "--model", model_json, "--device", "cpu", "--seq-len", "8", "--out", str(tmp_path / "p.json")]
+    )
     err = capsys.readouterr().err.splitlines()
     assert code == 0
     assert [line.split("]")[0] for line in err] == [f"profile [{i}/12" for i in range(1, 13)]
@@ -159,15 +175,22 @@ def test_profile_cli_writes_to_default_dir_and_out(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(mod, "measure_profile", lambda *a, **k: cpu_profile)
     code = main(["profile", "--model", model_json, "--device", "cpu", "--out", str(tmp_path / "x.json")])
     text = capsys.readouterr().out
-    assert code == 0 and f"wrote {tmp_path / 'x.json'}" in text and "frozen_above" in text and "cost model check" in text
+    assert (
+        code == 0 and f"wrote {tmp_path / 'x.json'}" in text and "frozen_above" in text and "cost model check" in text
+    )
     assert load_profile(tmp_path / "x.json") == cpu_profile
 
 
 def test_profile_cuda_absent_is_one_line_exit_2(model_json):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    proc = subprocess.run([PLANNER, "profile", "--model", model_json, "--device", "cuda"],
-                          capture_output=True, text=True, timeout=1200, env=dict(os.environ))  # a hang guard
+    proc = subprocess.run(
+        [PLANNER, "profile", "--model", model_json, "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=dict(os.environ),
+    )  # a hang guard
     assert proc.returncode == 2
     assert proc.stderr.startswith("planner profile: error: --device cuda needs a CUDA GPU")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -196,7 +219,9 @@ def test_profile_files_and_resolution(tmp_path, monkeypatch):
     assert path == a and prof.context_bytes == GiB
     assert find_profile("GPU C", d) is None and find_profile("GPU A", tmp_path / "none") is None
     # newest wins among several profiles of one device
-    newer = DeviceProfile(device="cuda", device_name="GPU A", torch_version="2", context_bytes=2 * GiB).save(d / "a2.json")
+    newer = DeviceProfile(device="cuda", device_name="GPU A", torch_version="2", context_bytes=2 * GiB).save(
+        d / "a2.json"
+    )
     os.utime(newer, (os.path.getmtime(a) + 10, os.path.getmtime(a) + 10))
     assert find_profile("GPU A", d)[1] == newer
 

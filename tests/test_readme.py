@@ -22,7 +22,7 @@ def test_quick_start_is_two_one_line_commands():
     first, second = _quickstart_commands()
     assert first == "pip install torch==2.13.0 -e . && planner tune --vram 24GB"
     # the tests' own dependencies come with the command that runs them, torch pinned in the same line
-    assert second.startswith("pip install torch==2.13.0 -e \".[test]\" && ") and second.endswith("python -m pytest -q")
+    assert second.startswith('pip install torch==2.13.0 -e ".[test]" && ') and second.endswith("python -m pytest -q")
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
@@ -50,7 +50,9 @@ def test_estimate_examples_are_the_commands_output():
     ran = []
     _, diffs = mod.process(ESTIMATE_PAGE.read_text(), ["estimate"], log=ran.append)
     assert len(ran) == 4  # every example ran (none skipped)
-    assert not diffs, "docs/estimate.md examples are stale; run `python studies/readme_examples.py --write`:\n" + "\n".join(diffs)
+    assert not diffs, (
+        "docs/estimate.md examples are stale; run `python studies/readme_examples.py --write`:\n" + "\n".join(diffs)
+    )
 
 
 def _slug(heading: str) -> str:

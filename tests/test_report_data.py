@@ -65,7 +65,9 @@ def _peak(bd):
     return sum(bd.values())
 
 
-def make_study(tmp_path, *, multi=False, storage=None, name="synthetic", model=None, with_baselines=True, trials=TRIALS):
+def make_study(
+    tmp_path, *, multi=False, storage=None, name="synthetic", model=None, with_baselines=True, trials=TRIALS
+):
     """A study of ``trials`` (TRIALS, the table above, by default) with the study attributes `planner tune` records."""
     if model is None:
         from planner.spec.tiny import tiny_spec
@@ -76,23 +78,52 @@ def make_study(tmp_path, *, multi=False, storage=None, name="synthetic", model=N
         model = str(cfg_path)
     kw = {"directions": ["maximize", "minimize"]} if multi else {"direction": "maximize"}
     study = optuna.create_study(study_name=name, storage=storage, **kw)
-    for k, v in dict(vram_bytes=VRAM, model=model, model_type="llama", num_layers=L, layers_attribute="model.layers",
-                     metric_name="accuracy", direction="maximize", workload="synthetic",
-                     search_space={"num_layers": L, "scorers": ["gradnorm", "ist", "uniform"], "seq_len": 32,
-                                   "batch_sizes": [8], "lora_ranks": [0, 16]},
-                     device="cpu", multi_objective=multi).items():
+    for k, v in dict(
+        vram_bytes=VRAM,
+        model=model,
+        model_type="llama",
+        num_layers=L,
+        layers_attribute="model.layers",
+        metric_name="accuracy",
+        direction="maximize",
+        workload="synthetic",
+        search_space={
+            "num_layers": L,
+            "scorers": ["gradnorm", "ist", "uniform"],
+            "seq_len": 32,
+            "batch_sizes": [8],
+            "lora_ranks": [0, 16],
+        },
+        device="cpu",
+        multi_objective=multi,
+    ).items():
         study.set_user_attr(k, v)
     for number, state, kind, active_layers, scorer, emb, metric, bd_gib, gated, lowest, varying in trials:
         if not with_baselines and kind.startswith("baseline"):
             continue
         bd = _bd(*bd_gib)
         peak = _peak(bd)
-        params = {"active_layers": active_layers, "period": 20, "scorer": scorer, "train_embeddings": emb, "train_head": emb,
-                  "lr": 1e-3, "lora_rank": 16 if kind == "baseline:lora" else 0}
-        ua = {"kind": kind, "predicted_peak_bytes": peak, "breakdown": bd, "fits": peak <= VRAM, "gated": gated,
-              "reason": "predicted peak over budget" if gated else "", "lowest_layer": lowest,
-              "trainable_layers": list(range(lowest, lowest + active_layers)), "train_seconds": 1.5,
-              "importance": [] if varying is None else _importance([0, 10, 20, 30], varying)}
+        params = {
+            "active_layers": active_layers,
+            "period": 20,
+            "scorer": scorer,
+            "train_embeddings": emb,
+            "train_head": emb,
+            "lr": 1e-3,
+            "lora_rank": 16 if kind == "baseline:lora" else 0,
+        }
+        ua = {
+            "kind": kind,
+            "predicted_peak_bytes": peak,
+            "breakdown": bd,
+            "fits": peak <= VRAM,
+            "gated": gated,
+            "reason": "predicted peak over budget" if gated else "",
+            "lowest_layer": lowest,
+            "trainable_layers": list(range(lowest, lowest + active_layers)),
+            "train_seconds": 1.5,
+            "importance": [] if varying is None else _importance([0, 10, 20, 30], varying),
+        }
         if metric is not None:
             ua["metric"] = metric
         st = TrialState[state]
@@ -112,8 +143,14 @@ def fake_estimator(spec, cfg: TrainConfig):
         trained = cfg.active_layers or 0
     below = 0 if cfg.train_embeddings else cfg.min_depth
     act = (L_ - below) * 0.25
-    bd = {"weights": GiB, "gradients": int(trained * 0.25 * GiB), "optimizer": int(trained * 0.5 * GiB),
-          "activations": int(act * GiB), "transient": 0, "overhead": 0}
+    bd = {
+        "weights": GiB,
+        "gradients": int(trained * 0.25 * GiB),
+        "optimizer": int(trained * 0.5 * GiB),
+        "activations": int(act * GiB),
+        "transient": 0,
+        "overhead": 0,
+    }
     return sum(bd.values()), bd
 
 
@@ -238,11 +275,27 @@ def test_empty_study_says_why(tmp_path):
 
 def _plan(model: str, **kw) -> Plan:
     train = TrainConfig(seq_len=32, active_layers=2, train_embeddings=False, train_head=False)
-    base = dict(model=model, model_type="llama", num_layers=L, layers_attribute="model.layers", active_layers=2,
-                period=20, scorer="gradnorm", train_embeddings=False, train_head=False, learning_rate=1e-3, train=train,
-                vram_bytes=VRAM, predicted_peak_bytes=3 * GiB, breakdown=Breakdown(weights=GiB, gradients=GiB, activations=GiB),
-                metric=0.7, baselines=[{"name": "lora", "predicted_peak_bytes": 2 * GiB, "fits": True, "metric": 0.5},
-                                       {"name": "lisa", "predicted_peak_bytes": 3 * GiB, "fits": True, "metric": 0.6}])
+    base = dict(
+        model=model,
+        model_type="llama",
+        num_layers=L,
+        layers_attribute="model.layers",
+        active_layers=2,
+        period=20,
+        scorer="gradnorm",
+        train_embeddings=False,
+        train_head=False,
+        learning_rate=1e-3,
+        train=train,
+        vram_bytes=VRAM,
+        predicted_peak_bytes=3 * GiB,
+        breakdown=Breakdown(weights=GiB, gradients=GiB, activations=GiB),
+        metric=0.7,
+        baselines=[
+            {"name": "lora", "predicted_peak_bytes": 2 * GiB, "fits": True, "metric": 0.5},
+            {"name": "lisa", "predicted_peak_bytes": 3 * GiB, "fits": True, "metric": 0.6},
+        ],
+    )
     base.update(kw)
     return consistent_plan(**base)
 
@@ -316,8 +369,13 @@ def test_cost_model_gets_the_study_training_shape(study):
 
 def test_a_winning_baseline_is_the_tuned_plan(tmp_path):
     study = make_study(tmp_path)
-    t = create_trial(state=TrialState.COMPLETE, values=[0.9], params={**study.trials[1].params}, distributions=DIST,
-                     user_attrs={**study.trials[1].user_attrs, "metric": 0.9})
+    t = create_trial(
+        state=TrialState.COMPLETE,
+        values=[0.9],
+        params={**study.trials[1].params},
+        distributions=DIST,
+        user_attrs={**study.trials[1].user_attrs, "metric": 0.9},
+    )
     study.add_trial(t)
     d = rstudy.study_report_data(study, estimator=fake_estimator)
     assert d.best_trial == 10 and d.bars[-1].label == "tuned plan (#10)"
@@ -343,16 +401,36 @@ def test_importance_one_row_per_step_and_static_scorers_left_out(tmp_path):
     study.set_user_attr("num_layers", L)
     flat = [0.25] * L
     records = {  # scorer -> history: a re-draw at step 0 replaces the first record
-        "semantic": [{"step": 0, "active": [0], "weights": [0.4, 0.2, 0.2, 0.2]}, {"step": 0, "active": [1], "weights": flat},
-                     {"step": 20, "active": [2], "weights": flat}],
-        "ist": [{"step": 0, "active": [0], "weights": flat}, {"step": 0, "active": [1], "weights": flat},
-                {"step": 10, "active": [2], "weights": [0.3, 0.2, 0.25, 0.25]}],
+        "semantic": [
+            {"step": 0, "active": [0], "weights": [0.4, 0.2, 0.2, 0.2]},
+            {"step": 0, "active": [1], "weights": flat},
+            {"step": 20, "active": [2], "weights": flat},
+        ],
+        "ist": [
+            {"step": 0, "active": [0], "weights": flat},
+            {"step": 0, "active": [1], "weights": flat},
+            {"step": 10, "active": [2], "weights": [0.3, 0.2, 0.25, 0.25]},
+        ],
     }
     for scorer, hist in records.items():
-        params = {"active_layers": 1, "period": 20, "scorer": scorer, "train_embeddings": True, "train_head": True, "lr": 1e-3,
-                  "lora_rank": 0}
-        study.add_trial(create_trial(state=TrialState.COMPLETE, values=[0.5], params=params, distributions=DIST,
-                                     user_attrs={"kind": "search", "importance": hist, "fits": True}))
+        params = {
+            "active_layers": 1,
+            "period": 20,
+            "scorer": scorer,
+            "train_embeddings": True,
+            "train_head": True,
+            "lr": 1e-3,
+            "lora_rank": 0,
+        }
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                values=[0.5],
+                params=params,
+                distributions=DIST,
+                user_attrs={"kind": "search", "importance": hist, "fits": True},
+            )
+        )
     d = rstudy.study_report_data(study, use_cost_model=False)
     assert [(m.scorer, m.steps, m.active) for m in d.importance] == [("ist", [0, 10], [[1], [2]])]
 
@@ -366,8 +444,22 @@ def test_a_study_report_is_about_its_target(tmp_path):
 
     storage = f"sqlite:///{tmp_path}/s.db"
     # no confirmation runs: what is checked here is the target's shape, not the choice among candidates
-    run_tune(TuneOptions(vram="24GB", model="llama-3-8b", n_trials=8, steps=2, eval_every=2, storage=storage, study="t", proxy_device="cpu",
-                         out=str(tmp_path / "plan.yaml"), confirm_seeds=0), workload=tiny_workload(), progress=False)
+    run_tune(
+        TuneOptions(
+            vram="24GB",
+            model="llama-3-8b",
+            n_trials=8,
+            steps=2,
+            eval_every=2,
+            storage=storage,
+            study="t",
+            proxy_device="cpu",
+            out=str(tmp_path / "plan.yaml"),
+            confirm_seeds=0,
+        ),
+        workload=tiny_workload(),
+        progress=False,
+    )
     d = rstudy.study_report_data(rstudy.load_study("t", storage))
     assert "llama-3-8b" in d.title and d.num_layers == 32 and d.vram_bytes == 24 * 10**9 and d.device == "cuda"
     bars = {b.key: b for b in d.bars}
@@ -396,7 +488,10 @@ def test_baselines_the_cost_model_prices_are_in_the_form_that_fits(tmp_path):
 
     cfg, spec = _model_file(tmp_path)
     lora = TrainConfig(seq_len=32, layers="all", train_embeddings=False, train_head=False, lora_rank=16)
-    plain, ckpt = ckpt_estimator(spec, lora)[0], ckpt_estimator(spec, lora.model_copy(update={"gradient_checkpointing": True}))[0]
+    plain, ckpt = (
+        ckpt_estimator(spec, lora)[0],
+        ckpt_estimator(spec, lora.model_copy(update={"gradient_checkpointing": True}))[0],
+    )
     assert ckpt < plain
     between = (plain + ckpt) // 2
     d = rdata.plan_report_data(_plan(str(cfg), vram_bytes=between), name="p", estimator=ckpt_estimator)
@@ -423,9 +518,18 @@ def test_plan_report_takes_each_baselines_figures_by_name_and_its_recorded_form(
     adamw_peak = opt_estimator(spec, lora)[0]
     assert opt_estimator(spec, lora.model_copy(update={"optimizer": "paged_adamw8bit"}))[0] != adamw_peak
     train = TrainConfig(seq_len=32, layers="all", optimizer="paged_adamw8bit")
-    plan = _plan(str(cfg), train=train, active_layers=L, train_embeddings=True, train_head=True, vram_bytes=100 * GiB,
-                 baselines=[{"name": "lora", "predicted_peak_bytes": adamw_peak, "fits": True, "metric": 0.5},
-                            {"name": "qlora", "predicted_peak_bytes": GiB, "fits": True, "metric": 0.4}])
+    plan = _plan(
+        str(cfg),
+        train=train,
+        active_layers=L,
+        train_embeddings=True,
+        train_head=True,
+        vram_bytes=100 * GiB,
+        baselines=[
+            {"name": "lora", "predicted_peak_bytes": adamw_peak, "fits": True, "metric": 0.5},
+            {"name": "qlora", "predicted_peak_bytes": GiB, "fits": True, "metric": 0.4},
+        ],
+    )
     d = rdata.plan_report_data(plan, name="p", estimator=opt_estimator)
     bars = {b.key: b for b in d.bars}
     assert bars["lora"].peak_bytes == adamw_peak and "paged" not in bars["lora"].label

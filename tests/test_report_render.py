@@ -134,14 +134,17 @@ def test_cli_plan_report(tmp_path):
     assert "| full fine-tuning |" in md and "| tuned plan |" in md  # cost-model rows for the plan's model
 
 
-@pytest.mark.parametrize("argv, pattern", [
-    (["report", "--study", "nope"], r"studies there: demo"),
-    (["report", "--study", "demo", "--storage", "sqlite:///{tmp}/missing.db"], r"does not exist"),
-    (["report", "--study", "demo", "--storage", "bogus"], r"--storage must be"),
-    (["report", "{tmp}/missing.yaml"], r"plan file must exist"),
-    (["report"], r"exactly one of --study"),
-    (["report", "--study", "demo", "{tmp}/x.yaml"], r"exactly one of --study"),
-])
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["report", "--study", "nope"], r"studies there: demo"),
+        (["report", "--study", "demo", "--storage", "sqlite:///{tmp}/missing.db"], r"does not exist"),
+        (["report", "--study", "demo", "--storage", "bogus"], r"--storage must be"),
+        (["report", "{tmp}/missing.yaml"], r"plan file must exist"),
+        (["report"], r"exactly one of --study"),
+        (["report", "--study", "demo", "{tmp}/x.yaml"], r"exactly one of --study"),
+    ],
+)
 def test_cli_errors_are_one_line_exit_2(workdir, tmp_path, monkeypatch, capsys, argv, pattern):
     monkeypatch.chdir(workdir)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -189,8 +192,10 @@ def test_overhead_panel_and_off_scale_budget(tmp_path):
     from planner.units import GiB, MiB
 
     d = rstudy.study_report_data(make_study(tmp_path), estimator=fake_estimator)
-    small = [replace(b, breakdown={**{k: 10 * MiB for k in b.breakdown}, "overhead": 512 * MiB},
-                     peak_bytes=562 * MiB) for b in d.bars]
+    small = [
+        replace(b, breakdown={**{k: 10 * MiB for k in b.breakdown}, "overhead": 512 * MiB}, peak_bytes=562 * MiB)
+        for b in d.bars
+    ]
     d = replace(d, bars=small, vram_bytes=24 * GiB)
     fig = plots.breakdown_figure(d)
     assert len(fig.axes) == 2 and "without overhead" in fig.axes[1].get_ylabel()

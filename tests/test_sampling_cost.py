@@ -29,8 +29,16 @@ def measured_peaks(spec, cfg: TrainConfig, period: int, steps: int = STEPS) -> l
         from planner.cost.trainable import add_lora  # the adapters the cost model predicts
 
         model = add_lora(model, cfg.lora_rank)
-    sampler = LayerSampler(model, active_layers=cfg.active_layers, period=period, scorer="uniform", min_depth=cfg.min_depth,
-                           train_embeddings=cfg.train_embeddings, train_head=cfg.train_head, seed=0)
+    sampler = LayerSampler(
+        model,
+        active_layers=cfg.active_layers,
+        period=period,
+        scorer="uniform",
+        min_depth=cfg.min_depth,
+        train_embeddings=cfg.train_embeddings,
+        train_head=cfg.train_head,
+        seed=0,
+    )
     optimizer = sampler.make_optimizer(torch.optim.AdamW, lr=1e-4)
     g = torch.Generator().manual_seed(0)
     batches = []
@@ -50,24 +58,45 @@ def measured_peaks(spec, cfg: TrainConfig, period: int, steps: int = STEPS) -> l
     try:
         tracker.track(list(model.parameters()) + list(model.buffers()) + [t for b in batches for t in b.values()])
         with tracker:
-            train_layerwise(model, batches, sampler=sampler, optimizer=optimizer, steps=steps,
-                            eval_fn=lambda m: 0.0, eval_every=1, on_eval=on_eval)
+            train_layerwise(
+                model,
+                batches,
+                sampler=sampler,
+                optimizer=optimizer,
+                steps=steps,
+                eval_fn=lambda m: 0.0,
+                eval_every=1,
+                on_eval=on_eval,
+            )
     finally:
         gc.enable()
     assert sampler.switches >= steps // period // 4
     every = set(itertools.combinations(range(cfg.min_depth, spec.num_layers), cfg.active_layers))
-    assert {active for active, _ in peaks} == every, f"{steps} steps drew {len({a for a, _ in peaks})} of {len(every)} sets"
+    assert {active for active, _ in peaks} == every, (
+        f"{steps} steps drew {len({a for a, _ in peaks})} of {len(every)} sets"
+    )
     return peaks
 
 
-@pytest.mark.parametrize("arch,active_layers,min_depth,train_embeddings,train_head", [
-    ("llama", 2, 0, False, True),  # frozen embeddings: the lowest drawn layer sets the activations
-    ("gpt2", 1, 1, True, True),    # trainable (tied) embeddings: every layer keeps activations
-])
-def test_predicted_worst_case_bounds_the_measured_peak(tiny, arch, active_layers, min_depth, train_embeddings, train_head):
+@pytest.mark.parametrize(
+    "arch,active_layers,min_depth,train_embeddings,train_head",
+    [
+        ("llama", 2, 0, False, True),  # frozen embeddings: the lowest drawn layer sets the activations
+        ("gpt2", 1, 1, True, True),  # trainable (tied) embeddings: every layer keeps activations
+    ],
+)
+def test_predicted_worst_case_bounds_the_measured_peak(
+    tiny, arch, active_layers, min_depth, train_embeddings, train_head
+):
     spec = tiny(arch, num_layers=4)
-    cfg = TrainConfig(active_layers=active_layers, min_depth=min_depth, batch_size=2, seq_len=32,
-                      train_embeddings=train_embeddings, train_head=train_head)
+    cfg = TrainConfig(
+        active_layers=active_layers,
+        min_depth=min_depth,
+        batch_size=2,
+        seq_len=32,
+        train_embeddings=train_embeddings,
+        train_head=train_head,
+    )
     est = estimate(spec, cfg, device="cpu")
     peaks = measured_peaks(spec, cfg, period=2)
     measured = max(p for _, p in peaks)

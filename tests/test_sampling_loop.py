@@ -29,8 +29,16 @@ def test_loop_trains_evaluates_and_reports(tiny):
         modes.append((m.training, torch.is_grad_enabled()))
         return float(m(**batch(seed=9)).loss)
 
-    result = train_layerwise(model, [batch(seed=i) for i in range(3)], sampler=s, optimizer=opt, steps=30,
-                             eval_fn=eval_fn, eval_every=10, on_eval=lambda step, v: reported.append((step, v)))
+    result = train_layerwise(
+        model,
+        [batch(seed=i) for i in range(3)],
+        sampler=s,
+        optimizer=opt,
+        steps=30,
+        eval_fn=eval_fn,
+        eval_every=10,
+        on_eval=lambda step, v: reported.append((step, v)),
+    )
     assert isinstance(result, TrainResult) and result.steps == 30 and len(result.losses) == 30
     assert [st for st, _ in result.evals] == [10, 20, 30] and reported == result.evals
     assert modes == [(False, False)] * 3 and model.training
@@ -115,9 +123,19 @@ def _train_with_trainer(tmp_path, model, sampler, steps, **args):
 
     from planner.sampling.hf import LayerwiseCallback
 
-    targs = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=2,
-                              learning_rate=1e-2, weight_decay=0.1, report_to="none", use_cpu=True,
-                              save_strategy="no", logging_strategy="no", disable_tqdm=True, **args)
+    targs = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=steps,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        weight_decay=0.1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        **args,
+    )
     callback = LayerwiseCallback(sampler)
     trainer = Trainer(model=model, args=targs, train_dataset=_Rows(), callbacks=[callback])
     trainer.train()
@@ -131,14 +149,20 @@ def test_hf_trainer_trains_every_drawn_layer(tiny, tmp_path):
     trainer, callback = _train_with_trainer(tmp_path, model, s, steps=8)
     assert [h["active"] for h in s.history] == [[0], [1], [2], [3]]
     # the Trainer built its optimizer from layer 0 only; the callback added layers 1..3
-    assert callback.added and {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} >= {id(p) for p in s.managed_parameters()}
+    assert callback.added and {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} >= {
+        id(p) for p in s.managed_parameters()
+    }
     for i, layer in enumerate(s.parts.layers):
         name = f"model.layers.{i}.mlp.up_proj.weight"
         assert not torch.equal(dict(model.named_parameters())[name], before[name]), f"layer {i} never trained"
     # weight decay split kept: a layer's norm weights sit with the no-decay group like layer 0's
     inner = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
     group_of = {id(p): g["weight_decay"] for g in inner.param_groups for p in g["params"]}
-    assert group_of[id(s.parts.layers[3].input_layernorm.weight)] == group_of[id(s.parts.layers[0].input_layernorm.weight)] == 0.0
+    assert (
+        group_of[id(s.parts.layers[3].input_layernorm.weight)]
+        == group_of[id(s.parts.layers[0].input_layernorm.weight)]
+        == 0.0
+    )
     assert group_of[id(s.parts.layers[3].mlp.up_proj.weight)] == 0.1
     # state released: only the last active layer (and embeddings/head) hold AdamW moments
     held = {id(p) for p in inner.state}
@@ -167,9 +191,18 @@ def test_hf_trainer_gradnorm_and_outlier(tiny, tmp_path):
 def test_hf_trainer_with_lora_trains_only_active_adapters(tiny, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(build_model(tiny("llama", num_layers=4)), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
-    s = LayerSampler(model, active_layers=1, period=100, scorer="fixed", scorer_options={"layers": [2]},
-                     train_embeddings=False, train_head=False)
+    model = get_peft_model(
+        build_model(tiny("llama", num_layers=4)), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0)
+    )
+    s = LayerSampler(
+        model,
+        active_layers=1,
+        period=100,
+        scorer="fixed",
+        scorer_options={"layers": [2]},
+        train_embeddings=False,
+        train_head=False,
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer, _ = _train_with_trainer(tmp_path, model, s, steps=3)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
@@ -200,5 +233,9 @@ def test_an_endless_one_shot_iterator_keeps_no_batch_and_a_long_one_that_ends_is
     train_layerwise(model, endless(), sampler=s, steps=steps)
     assert len(alive) == steps and sum(r() is not None for r in alive) == 0  # none kept once the run returned
     s2 = LayerSampler(model, active_layers=1, period=3)
-    with pytest.raises(PlannerError, match=f"at most {REPLAY_LIMIT} batches to replay, but it ended after {REPLAY_LIMIT + 1}"):
-        train_layerwise(model, iter([batch(seed=i % 3) for i in range(REPLAY_LIMIT + 1)]), sampler=s2, steps=REPLAY_LIMIT + 2)
+    with pytest.raises(
+        PlannerError, match=f"at most {REPLAY_LIMIT} batches to replay, but it ended after {REPLAY_LIMIT + 1}"
+    ):
+        train_layerwise(
+            model, iter([batch(seed=i % 3) for i in range(REPLAY_LIMIT + 1)]), sampler=s2, steps=REPLAY_LIMIT + 2
+        )

@@ -109,7 +109,9 @@ def test_gradnorm_learns_from_real_gradients(tiny):
     model = build_model(tiny("llama", num_layers=4))
     with torch.no_grad():
         model.model.layers[2].mlp.down_proj.weight.mul_(30.0)
-    s = LayerSampler(model, active_layers=1, period=1, scorer="gradnorm", seed=0, train_embeddings=False, train_head=False)
+    s = LayerSampler(
+        model, active_layers=1, period=1, scorer="gradnorm", seed=0, train_embeddings=False, train_head=False
+    )
     train_layerwise(model, [batch()], sampler=s, steps=12, lr=1e-6)
     assert set(s.scorer.count) == {0, 1, 2, 3}
     w = s.history[-1]["weights"]
@@ -223,7 +225,9 @@ def test_semantic_picks_a_contiguous_top_block(tiny):
 
 def test_cyclic_order(model4):
     def actives(order, active_layers, **opts):
-        s = LayerSampler(model4, active_layers=active_layers, period=1, scorer="cyclic", scorer_options={"order": order, **opts})
+        s = LayerSampler(
+            model4, active_layers=active_layers, period=1, scorer="cyclic", scorer_options={"order": order, **opts}
+        )
         for step in range(1, 6):
             s.begin_step(step)
         return [h["active"] for h in s.history]
@@ -258,7 +262,9 @@ def test_ist_suppresses_only_adapter_outputs_under_lora(tiny):
 
     from planner.sampling.suppress import suppressed
 
-    model = get_peft_model(build_model(tiny("llama", num_layers=2)), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+    model = get_peft_model(
+        build_model(tiny("llama", num_layers=2)), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0)
+    )
     s = LayerSampler(model, active_layers=1, scorer="ist", train_embeddings=False, train_head=False)
     b = batch()
     layers = s.parts.layers

@@ -19,17 +19,20 @@ from tune_helpers import write_user_workload
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--vram", "24 bananas"], "--vram must be a number with a unit"),
-    (["--vram", "0GB"], "--vram must be > 0"),
-    (["--vram", "24GB", "--n-trials", "0"], "--n-trials must be > 0"),
-    (["--vram", "24GB", "--scorers", "uniform,nope"], "--scorers must name registered scorers"),
-    (["--vram", "24GB", "--storage", "mongodb://x/y"], "--storage URL scheme must be one of"),
-    (["--vram", "24GB", "--storage", "studies/planner.db"], "--storage must be a URL"),
-    (["--vram", "24GB", "--data", "/no/such/file.jsonl"], "--data file must exist"),
-    (["--vram", "24GB", "--data", "builtin:nope"], "--data builtin:<task> must name one of"),
-    (["--vram", "24GB", "--steps", "-1"], "--steps must be > 0"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--vram", "24 bananas"], "--vram must be a number with a unit"),
+        (["--vram", "0GB"], "--vram must be > 0"),
+        (["--vram", "24GB", "--n-trials", "0"], "--n-trials must be > 0"),
+        (["--vram", "24GB", "--scorers", "uniform,nope"], "--scorers must name registered scorers"),
+        (["--vram", "24GB", "--storage", "mongodb://x/y"], "--storage URL scheme must be one of"),
+        (["--vram", "24GB", "--storage", "studies/planner.db"], "--storage must be a URL"),
+        (["--vram", "24GB", "--data", "/no/such/file.jsonl"], "--data file must exist"),
+        (["--vram", "24GB", "--data", "builtin:nope"], "--data builtin:<task> must name one of"),
+        (["--vram", "24GB", "--steps", "-1"], "--steps must be > 0"),
+    ],
+)
 def test_bad_flags_are_one_line_exit_2(argv, needle, capsys):
     assert main(["tune", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -52,14 +55,50 @@ def run_two_workers(storage: str, study: str, tmp_path, n: int):
     """Two `planner tune` commands on one study at once, on a user's workload written to disk (one confirmation seed of
     the best searched plan and of each baseline: the shared confirmation queue, at a quarter of the default's runs)."""
     model_dir, data = write_user_workload(tmp_path, text=True)
-    procs = [subprocess.Popen([sys.executable, "-m", "planner.cli.main", "tune", "--vram", "1GB", "--model", model_dir,
-                               "--data", data, "--proxy", "target", "--proxy-device", "cpu", "--n-trials", str(n),
-                               "--steps", "4", "--eval-every", "2", "--confirm-seeds", "1", "--confirm-top", "1",
-                               "--storage", storage, "--study", study, "--device", "cpu", "--quiet",
-                               "--out", str(tmp_path / f"plan{i}.yaml")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "planner.cli.main",
+                "tune",
+                "--vram",
+                "1GB",
+                "--model",
+                model_dir,
+                "--data",
+                data,
+                "--proxy",
+                "target",
+                "--proxy-device",
+                "cpu",
+                "--n-trials",
+                str(n),
+                "--steps",
+                "4",
+                "--eval-every",
+                "2",
+                "--confirm-seeds",
+                "1",
+                "--confirm-top",
+                "1",
+                "--storage",
+                storage,
+                "--study",
+                study,
+                "--device",
+                "cpu",
+                "--quiet",
+                "--out",
+                str(tmp_path / f"plan{i}.yaml"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        for i in range(2)
+    ]
     for p in procs:
         out, err = p.communicate(timeout=1200)  # a hang guard only: 300 s ran out on two loaded cores
         assert p.returncode == 0, err[-2000:]

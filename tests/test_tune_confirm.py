@@ -12,8 +12,17 @@ from planner.errors import PlannerError
 from planner.plan import Plan
 from planner.tune import TuneOptions, run_tune
 from planner.tune.baselines import KINDS, LR_SWEEP_FACTORS, best_of_kind
-from planner.tune.confirm import (BEYOND, WITHIN, WORSE, Confirmed, confirm_seed, is_confirm, margin, margins,
-                                  select_candidates)
+from planner.tune.confirm import (
+    BEYOND,
+    WITHIN,
+    WORSE,
+    Confirmed,
+    confirm_seed,
+    is_confirm,
+    margin,
+    margins,
+    select_candidates,
+)
 from planner.tune.proxy import run_proxy
 from planner.tune.record import SEARCH, BadTrialKind, Confirm, is_sweep, parse_kind
 from planner.tune.space import DEFAULT_LR
@@ -22,12 +31,24 @@ from planner.tune.storage import open_storage
 STEPS = 6
 
 
-
-
 def options(tmp_path, target, wl, **kw):
-    base = dict(vram="1GB", n_trials=12, steps=STEPS, eval_every=2, storage=f"sqlite:///{tmp_path}/s.db", study="t",
-                out=str(tmp_path / "plan.yaml"), proxy_device="cpu", model=target, seq_len=wl.seq_len, batch_size=8,
-                dtype="float32", device="cpu", confirm_seeds=2, confirm_top=2)
+    base = dict(
+        vram="1GB",
+        n_trials=12,
+        steps=STEPS,
+        eval_every=2,
+        storage=f"sqlite:///{tmp_path}/s.db",
+        study="t",
+        out=str(tmp_path / "plan.yaml"),
+        proxy_device="cpu",
+        model=target,
+        seq_len=wl.seq_len,
+        batch_size=8,
+        dtype="float32",
+        device="cpu",
+        confirm_seeds=2,
+        confirm_top=2,
+    )
     return TuneOptions(**{**base, **kw})
 
 
@@ -65,8 +86,9 @@ def test_seeds_and_kinds():
 
 
 def _run(metrics, peak=100, number=0):
-    trial = optuna.trial.create_trial(value=0.0, params={}, distributions={},
-                                      user_attrs={"predicted_peak_bytes": peak, "kind": "search"})
+    trial = optuna.trial.create_trial(
+        value=0.0, params={}, distributions={}, user_attrs={"predicted_peak_bytes": peak, "kind": "search"}
+    )
     trial.number = number
     return Confirmed(trial, list(metrics), 0)
 
@@ -75,7 +97,7 @@ def test_margin_against_welch_standard_error_by_hand():
     # the module docstring's example: means 0.80 and 0.74, stds 0.03 and 0.05 over 3 seeds
     a, b = _run([0.77, 0.80, 0.83]), _run([0.69, 0.74, 0.79])
     diff, noise, verdict = margin(a, b, "maximize")
-    assert diff == pytest.approx(0.06) and noise == pytest.approx(2 * math.sqrt(0.03 ** 2 / 3 + 0.05 ** 2 / 3))
+    assert diff == pytest.approx(0.06) and noise == pytest.approx(2 * math.sqrt(0.03**2 / 3 + 0.05**2 / 3))
     assert noise == pytest.approx(0.0673, abs=1e-4) and verdict == WITHIN
     far = _run([0.90, 0.91, 0.92])
     assert margin(far, b, "maximize")[2] == BEYOND and margin(b, far, "maximize")[2] == WORSE
@@ -84,38 +106,53 @@ def test_margin_against_welch_standard_error_by_hand():
 
 
 def _frozen(number, kind, metric, peak, lr=1e-3, fits=True, state=TrialState.COMPLETE):
-    t = optuna.trial.create_trial(state=state, value=metric if state == TrialState.COMPLETE else None,
-                                  params={"lr": lr, "active_layers": 1},
-                                  distributions={"lr": FloatDistribution(1e-5, 1.0, log=True),
-                                                 "active_layers": CategoricalDistribution([1])},
-                                  user_attrs={"kind": kind, "metric": metric, "predicted_peak_bytes": peak, "fits": fits})
+    t = optuna.trial.create_trial(
+        state=state,
+        value=metric if state == TrialState.COMPLETE else None,
+        params={"lr": lr, "active_layers": 1},
+        distributions={"lr": FloatDistribution(1e-5, 1.0, log=True), "active_layers": CategoricalDistribution([1])},
+        user_attrs={"kind": kind, "metric": metric, "predicted_peak_bytes": peak, "fits": fits},
+    )
     t.number = number
     return t
 
 
 def test_a_baseline_is_compared_at_its_best_learning_rate_and_at_no_more_memory():
-    lisa = [_frozen(0, "baseline:lisa", 0.50, 300, lr=1e-3), _frozen(1, "baseline:lisa", 0.70, 300, lr=3e-4),
-            _frozen(2, "baseline:lisa", 0.10, 300, lr=3e-3)]
+    lisa = [
+        _frozen(0, "baseline:lisa", 0.50, 300, lr=1e-3),
+        _frozen(1, "baseline:lisa", 0.70, 300, lr=3e-4),
+        _frozen(2, "baseline:lisa", 0.10, 300, lr=3e-3),
+    ]
     lora = _frozen(3, "baseline:lora", 0.60, 150, lr=5e-3)
     full = _frozen(4, "baseline:full", None, 900, fits=False, state=TrialState.PRUNED)
     tuned, cheap = _frozen(5, "search", 0.90, 200), _frozen(6, "search", 0.80, 120)
     trials = lisa + [lora, full, tuned, cheap]
     assert best_of_kind(trials, "baseline:lisa", "maximize").number == 1
     assert best_of_kind(trials, "baseline:lisa", "minimize").number == 2
-    runs = [Confirmed(lisa[1], [0.70, 0.72, 0.68], 0), Confirmed(lora, [0.60, 0.61, 0.59], 0),
-            Confirmed(tuned, [0.90, 0.91, 0.89], 0), Confirmed(cheap, [0.80, 0.81, 0.79], 0)]
+    runs = [
+        Confirmed(lisa[1], [0.70, 0.72, 0.68], 0),
+        Confirmed(lora, [0.60, 0.61, 0.59], 0),
+        Confirmed(tuned, [0.90, 0.91, 0.89], 0),
+        Confirmed(cheap, [0.80, 0.81, 0.79], 0),
+    ]
     out = {m.baseline: m for m in margins(runs, runs[2], trials, "maximize")}
     assert out["full"].fits is False and out["full"].margin is None
     # the tuned plan (200 B) is cheaper than LISA (300 B): compared itself
-    assert out["lisa"].versus == "trial 5" and out["lisa"].margin == pytest.approx(0.20) and out["lisa"].verdict == BEYOND
+    assert (
+        out["lisa"].versus == "trial 5" and out["lisa"].margin == pytest.approx(0.20) and out["lisa"].verdict == BEYOND
+    )
     # LoRA needs 150 B: the best confirmed plan within 150 B is trial 6 (120 B)
     assert out["lora"].versus == "trial 6" and out["lora"].versus_peak_bytes == 120
     assert out["lora"].margin == pytest.approx(0.20)
     # without a searched plan within LISA's memory the tuned plan is compared, and the verdict says so;
     # another baseline (LoRA, 150 B) is never the one compared
     lisa_low = [_frozen(0, "baseline:lisa", 0.70, 140)]
-    out = {m.baseline: m for m in margins([Confirmed(lisa_low[0], [0.70, 0.72, 0.68], 0)] + runs[1:3], runs[2],
-                                          lisa_low + [lora, tuned], "maximize")}
+    out = {
+        m.baseline: m
+        for m in margins(
+            [Confirmed(lisa_low[0], [0.70, 0.72, 0.68], 0)] + runs[1:3], runs[2], lisa_low + [lora, tuned], "maximize"
+        )
+    }
     assert out["lisa"].versus == "trial 5" and "at a higher predicted peak" in out["lisa"].verdict
 
 
@@ -126,13 +163,17 @@ def _searched(number, metric, peak, key, state=TrialState.COMPLETE):
 
 
 def test_candidates_are_the_best_proxy_runs_and_each_baselines_best():
-    trials = [_frozen(0, "baseline:lisa", 0.50, 300), _frozen(1, "baseline:lisa", 0.40, 300, lr=3e-4),
-              _frozen(2, "baseline:full", None, 900, fits=False, state=TrialState.PRUNED),
-              _searched(3, 0.30, 200, "a"), _searched(4, 0.30, 100, "b"),
-              _searched(5, 0.30, 100, "b"),  # the proxy run of trial 4, reused
-              _searched(6, None, 100, "e", state=TrialState.PRUNED),
-              _searched(7, 0.35, 100, "c"),
-              _frozen(8, "baseline:lora", 0.60, 150)]
+    trials = [
+        _frozen(0, "baseline:lisa", 0.50, 300),
+        _frozen(1, "baseline:lisa", 0.40, 300, lr=3e-4),
+        _frozen(2, "baseline:full", None, 900, fits=False, state=TrialState.PRUNED),
+        _searched(3, 0.30, 200, "a"),
+        _searched(4, 0.30, 100, "b"),
+        _searched(5, 0.30, 100, "b"),  # the proxy run of trial 4, reused
+        _searched(6, None, 100, "e", state=TrialState.PRUNED),
+        _searched(7, 0.35, 100, "c"),
+        _frozen(8, "baseline:lora", 0.60, 150),
+    ]
     nan = _searched(9, 0.0, 100, "d")
     nan.user_attrs["metric"] = float("nan")  # a diverged proxy run
     trials.append(nan)
@@ -168,7 +209,9 @@ def test_confirmation_runs_are_trials_and_the_plan_is_the_best_mean(tuned, wl):
     assert {t.number for t in chosen} <= {t.number for t in trained}
     worst = max((t.user_attrs["metric"], t.user_attrs["predicted_peak_bytes"]) for t in chosen)
     for t in trained:  # no other proxy run of the search is better than the worse one chosen
-        if t.user_attrs["kind"] == "search" and t.user_attrs["proxy_key"] not in {c.user_attrs["proxy_key"] for c in chosen}:
+        if t.user_attrs["kind"] == "search" and t.user_attrs["proxy_key"] not in {
+            c.user_attrs["proxy_key"] for c in chosen
+        }:
             assert (t.user_attrs["metric"], t.user_attrs["predicted_peak_bytes"]) >= worst, t.number
     for kind in KINDS:  # each baseline once, at its lowest eval loss among its learning rates
         of_kind = [t for t in trained if t.user_attrs["kind"] == kind]
@@ -180,7 +223,7 @@ def test_confirmation_runs_are_trials_and_the_plan_is_the_best_mean(tuned, wl):
         assert t.params == trials[src].params and t.user_attrs["confirm_seed"] == i
         assert t.intermediate_values == {}  # never seen by the pruner
     # each confirmation run trained with its documented seed, never the search's own
-    seeds = [seed for _, seed in rec.runs[-len(confirms):]]
+    seeds = [seed for _, seed in rec.runs[-len(confirms) :]]
     assert sorted(set(seeds)) == sorted({confirm_seed(0, 0), confirm_seed(0, 1)})
 
     plan = Plan.load(tmp / "plan.yaml")
@@ -209,8 +252,18 @@ def test_a_confirmation_seed_is_reproduced_by_an_independent_run(tuned, wl):
     from planner.tune.space import TrialParams
 
     p = study.trials[result.best_trial_number].params
-    params = TrialParams(p["active_layers"], p["period"], p["scorer"], p["train_embeddings"], p["train_head"], p["lr"],
-                         p.get("lora_rank"), None, min(p["min_depth"], 3 - p["active_layers"]), False)
+    params = TrialParams(
+        p["active_layers"],
+        p["period"],
+        p["scorer"],
+        p["train_embeddings"],
+        p["train_head"],
+        p["lr"],
+        p.get("lora_rank"),
+        None,
+        min(p["min_depth"], 3 - p["active_layers"]),
+        False,
+    )
     again = run_proxy(wl, params, batch_size=8, steps=STEPS, eval_every=2, seed=confirm_seed(0, 1))
     assert again.metric == pytest.approx(t.value, rel=1e-6)
 
@@ -244,7 +297,12 @@ def test_the_report_names_the_confirmed_plan_and_its_margins(tuned):
     kind = load(tmp).trials[result.best_trial_number].user_attrs["kind"]
     name = f"trial {result.best_trial_number}" if kind == "search" else kind.split(":", 1)[1]
     assert len(conf) == 1 and f"{name} (tuned plan)" in conf[0]
-    assert sorted(line.split(" ", 2)[1] for line in data.details if line.startswith("vs ")) == ["full", "lisa", "lora", "qlora"]
+    assert sorted(line.split(" ", 2)[1] for line in data.details if line.startswith("vs ")) == [
+        "full",
+        "lisa",
+        "lora",
+        "qlora",
+    ]
     # a baseline's bar is its best learning rate, as in the plan
     lisa = next(b for b in data.bars if b.key == "lisa")
     assert lisa.trial_number == best_of_kind(load(tmp).trials, "baseline:lisa", "minimize").number

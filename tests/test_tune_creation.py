@@ -39,9 +39,17 @@ def test_a_live_creator_is_waited_for_until_ready():
 
 
 def test_a_dead_creator_or_a_bare_study_is_repaired():
-    out = subprocess.run([sys.executable, "-c", "import json; from planner.tune.processes import process_identity; "
-                          "print(json.dumps(process_identity()))"], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.getcwd()}).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json; from planner.tune.processes import process_identity; print(json.dumps(process_identity()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    ).stdout
     import json
 
     dead = _study()

@@ -43,8 +43,10 @@ def space_of(wl, target, **kw):
 def peaks(t, space, point):
     """The cost model's peak of ``point`` as sampled and in each step of the walk, each predicted on its own."""
     gate = BudgetGate(t.spec, 1, device="cpu")
-    return [gate.predict(space.train_config(replace(point, levers=tuple(sorted(f.items()))))).peak_bytes
-            for f in ({}, *WALK)]
+    return [
+        gate.predict(space.train_config(replace(point, levers=tuple(sorted(f.items()))))).peak_bytes
+        for f in ({}, *WALK)
+    ]
 
 
 def test_the_walk_is_torchtunes_order_without_the_levers_the_user_fixed():
@@ -57,8 +59,15 @@ def test_the_walk_is_torchtunes_order_without_the_levers_the_user_fixed():
 def test_a_point_takes_the_first_form_that_fits(wl, target):
     t, space = space_of(wl, target)
     assert space.forms == WALK
-    point = space.point(active_layers=4, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3,
-                        gradient_checkpointing=True)
+    point = space.point(
+        active_layers=4,
+        period=5,
+        scorer="uniform",
+        train_embeddings=False,
+        train_head=False,
+        lr=1e-3,
+        gradient_checkpointing=True,
+    )
     plain, backward, both = peaks(t, space, point)
     assert backward < plain  # the step in backward frees each gradient as it is written
     for budget, want in ((plain, {}), (plain - 1, WALK[0])):
@@ -72,8 +81,15 @@ def test_a_point_takes_the_first_form_that_fits(wl, target):
 def test_a_lever_the_user_fixed_is_never_pulled(wl, target):
     t, space = space_of(wl, target, levers={"optimizer_in_backward": False})
     assert space.forms == ({"loss_chunks": 8},)
-    point = space.point(active_layers=4, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3,
-                        gradient_checkpointing=True)
+    point = space.point(
+        active_layers=4,
+        period=5,
+        scorer="uniform",
+        train_embeddings=False,
+        train_head=False,
+        lr=1e-3,
+        gradient_checkpointing=True,
+    )
     plain, backward, _ = peaks(t, space, point)
     assert backward < plain
     got, prediction = fitting(space, BudgetGate(t.spec, backward, device="cpu"), point)
@@ -88,9 +104,23 @@ def test_a_study_whose_plans_fit_only_with_the_step_in_backward(tmp_path, wl, ta
     budget = min(p[1] for p in cheapest)
     assert budget < min(p[0] for p in cheapest)  # nothing fits as sampled
     storage = f"sqlite:///{tmp_path}/s.db"
-    result = run_tune(TuneOptions(vram=budget, n_trials=4, steps=2, eval_every=2, storage=storage, study="f",
-                                  out=str(tmp_path / "plan.yaml"), proxy_device="cpu", confirm_seeds=0,
-                                  baselines=False, **flags(wl, target)), workload=wl, progress=False)
+    result = run_tune(
+        TuneOptions(
+            vram=budget,
+            n_trials=4,
+            steps=2,
+            eval_every=2,
+            storage=storage,
+            study="f",
+            out=str(tmp_path / "plan.yaml"),
+            proxy_device="cpu",
+            confirm_seeds=0,
+            baselines=False,
+            **flags(wl, target),
+        ),
+        workload=wl,
+        progress=False,
+    )
     trials = optuna.load_study(study_name="f", storage=open_storage(storage)).trials
     trained = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("fits")]
     assert trained
@@ -109,16 +139,35 @@ def test_a_static_plan_with_quantized_frozen_layers_trains_end_to_end(tmp_path, 
     top block with quantized layers below, its proxy trains through the round trip, and the plan carries it."""
     pytest.importorskip("bitsandbytes")
     storage = f"sqlite:///{tmp_path}/s.db"
-    run_tune(TuneOptions(vram="1GB", n_trials=10, steps=2, eval_every=2, storage=storage, study="q", scorers=["semantic"],
-                         out=str(tmp_path / "plan.yaml"), proxy_device="cpu", confirm_seeds=0, baselines=False,
-                         **flags(wl, target)), workload=wl, progress=False)
+    run_tune(
+        TuneOptions(
+            vram="1GB",
+            n_trials=10,
+            steps=2,
+            eval_every=2,
+            storage=storage,
+            study="q",
+            scorers=["semantic"],
+            out=str(tmp_path / "plan.yaml"),
+            proxy_device="cpu",
+            confirm_seeds=0,
+            baselines=False,
+            **flags(wl, target),
+        ),
+        workload=wl,
+        progress=False,
+    )
     trials = optuna.load_study(study_name="q", storage=open_storage(storage)).trials
     # trained (a pruned trial trained until its pruning)
-    done = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-            and t.user_attrs.get("fits")]
+    done = [
+        t
+        for t in trials
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) and t.user_attrs.get("fits")
+    ]
     quantized = [t for t in done if t.params.get("quantize") == "nf4-dq"]
     assert quantized and len(quantized) < len(done)  # both storages drawn (seed 0)
-    assert all("quantize" not in t.params for t in trials if t.params["active_layers"] == 4)  # γ = L: nothing stays frozen
+    # γ = L: nothing stays frozen
+    assert all("quantize" not in t.params for t in trials if t.params["active_layers"] == 4)
     t, space = space_of(wl, target, scorers=["semantic"])
     gate = BudgetGate(t.spec, 1, device="cpu")
     for trial in quantized:

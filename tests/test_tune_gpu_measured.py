@@ -28,9 +28,15 @@ def test_every_measured_trial_is_within_the_tolerance_the_cost_model_achieved():
     # baselines (LISA, full, LoRA), frozen and trainable embeddings/head, checkpointing on and off, min_depth > 0
     assert len(rows) >= 7 and {r["checkpointing"] for r in rows} == {False, True} and any(r["min_depth"] for r in rows)
     for r in rows:
-        cfg = TrainConfig(**data["shape"], active_layers=r["active_layers"], min_depth=r["min_depth"],
-                          gradient_checkpointing=r["checkpointing"], train_embeddings=r["embeddings"],
-                          train_head=r["head"], lora_rank=r["lora_rank"] or None)
+        cfg = TrainConfig(
+            **data["shape"],
+            active_layers=r["active_layers"],
+            min_depth=r["min_depth"],
+            gradient_checkpointing=r["checkpointing"],
+            train_embeddings=r["embeddings"],
+            train_head=r["head"],
+            lora_rank=r["lora_rank"] or None,
+        )
         predicted = estimate(spec, cfg, device="cuda", profile=default_profile("cuda")).peak_bytes
         error = (predicted - r["measured"]) / r["measured"]
         assert abs(error) <= TOLERANCE, (r["trial"], predicted, r["measured"], error)

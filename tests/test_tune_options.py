@@ -33,13 +33,36 @@ def every_flag(tmp_path) -> list[str]:
     model, data = write_user_workload(tmp_path, text=True)
     profile = DeviceProfile(device="cpu", device_name="cpu", torch_version="2").save(tmp_path / "cpu.json")
     values = {
-        "--vram": "1GB", "--study": "every-flag", "--storage": f"sqlite:///{tmp_path}/s.db", "--model": model,
-        "--seq-len": "32", "--batch-size": "2", "--dtype": "float32", "--amp": "bf16", "--device": "cpu",
-        "--profile": str(profile), "--proxy": "target", "--proxy-device": "cpu", "--data": data, "--steps": "2",
-        "--eval-every": "1", "--seed": "3", "--threads": "2", "--n-trials": "1", "--timeout": "900.0",
-        "--scorers": "uniform", "--batch-sizes": "2", "--sampler": "random", "--pruner": "none",
-        "--confirm-seeds": "0", "--confirm-top": "1", "--out": str(tmp_path / "plan.yaml"),
-        "--multi-objective": None, "--lora": None, "--no-baselines": None, "--quiet": None,
+        "--vram": "1GB",
+        "--study": "every-flag",
+        "--storage": f"sqlite:///{tmp_path}/s.db",
+        "--model": model,
+        "--seq-len": "32",
+        "--batch-size": "2",
+        "--dtype": "float32",
+        "--amp": "bf16",
+        "--device": "cpu",
+        "--profile": str(profile),
+        "--proxy": "target",
+        "--proxy-device": "cpu",
+        "--data": data,
+        "--steps": "2",
+        "--eval-every": "1",
+        "--seed": "3",
+        "--threads": "2",
+        "--n-trials": "1",
+        "--timeout": "900.0",
+        "--scorers": "uniform",
+        "--batch-sizes": "2",
+        "--sampler": "random",
+        "--pruner": "none",
+        "--confirm-seeds": "0",
+        "--confirm-top": "1",
+        "--out": str(tmp_path / "plan.yaml"),
+        "--multi-objective": None,
+        "--lora": None,
+        "--no-baselines": None,
+        "--quiet": None,
     }
     options = [opt for opt in cli_options() if opt.kind != "levers"]
     assert sorted(values) == sorted(opt.flag for opt in options), "a new option needs a value here"
@@ -117,12 +140,31 @@ def test_a_study_resumes_from_its_printed_command_with_every_flag(tmp_path, monk
 
 def test_values_of_the_wrong_type_are_named_by_flag_with_every_other_problem(capsys):
     """Types are checked by TuneOptions, not argparse: one line, every problem, exit code 2."""
-    code = main(["tune", "--vram", "lots", "--n-trials", "abc", "--sampler", "foo", "--batch-sizes", "1,b",
-                 "--steps", "0", "--timeout", "soon"])
+    code = main(
+        [
+            "tune",
+            "--vram",
+            "lots",
+            "--n-trials",
+            "abc",
+            "--sampler",
+            "foo",
+            "--batch-sizes",
+            "1,b",
+            "--steps",
+            "0",
+            "--timeout",
+            "soon",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for needle in ("--vram must be a number with a unit", "--n-trials must be a valid integer, but got 'abc'",
-                   "--sampler must be 'tpe' or 'random', but got 'foo'",
-                   "--batch-sizes must be comma-separated, each a valid integer, but got '1,b'",
-                   "--steps must be > 0, but got 0", "--timeout must be a valid number, but got 'soon'"):
+    for needle in (
+        "--vram must be a number with a unit",
+        "--n-trials must be a valid integer, but got 'abc'",
+        "--sampler must be 'tpe' or 'random', but got 'foo'",
+        "--batch-sizes must be comma-separated, each a valid integer, but got '1,b'",
+        "--steps must be > 0, but got 0",
+        "--timeout must be a valid number, but got 'soon'",
+    ):
         assert needle in err, needle

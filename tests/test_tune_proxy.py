@@ -77,7 +77,10 @@ def test_a_run_over_batches_collated_once_is_bitwise_the_run_collating_every_ste
 
     fast = run()
     monkeypatch.setattr(Workload, "_train_table", lambda self: None)
-    monkeypatch.setattr(Workload, "_eval_batches", lambda self, examples: [collate(examples[i: i + 64], self.pad_id)
-                                                                           for i in range(0, len(examples), 64)])
+    monkeypatch.setattr(
+        Workload,
+        "_eval_batches",
+        lambda self, examples: [collate(examples[i : i + 64], self.pad_id) for i in range(0, len(examples), 64)],
+    )
     slow = run()
     assert fast.metric == slow.metric and fast.evaluations == slow.evaluations and fast.history == slow.history

@@ -69,8 +69,16 @@ def test_the_short_horizon_sets_the_steps_unless_given(monkeypatch, tmp_path):
     monkeypatch.setattr("planner.tune.study._proxy_setup", fake_setup)
     for given, want in (({}, SHORT_STEPS), ({"steps": 9}, 9)):
         seen.clear()
-        opts = TuneOptions(vram="1GB", device="cpu", n_trials=1, confirm_seeds=0, storage=f"sqlite:///{tmp_path}/{want}.db",
-                           quiet=True, out=str(tmp_path / f"{want}.yaml"), **given)
+        opts = TuneOptions(
+            vram="1GB",
+            device="cpu",
+            n_trials=1,
+            confirm_seeds=0,
+            storage=f"sqlite:///{tmp_path}/{want}.db",
+            quiet=True,
+            out=str(tmp_path / f"{want}.yaml"),
+            **given,
+        )
         with pytest.raises(PlannerError):
             run_tune(opts, workload=tiny_workload(), proxy=proxy, progress=False)
         assert seen["runs"][0][:2] == (SHORT_BATCH, want)

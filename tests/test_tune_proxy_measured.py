@@ -23,10 +23,48 @@ DTYPE = "bfloat16"  # a saved float32 checkpoint trained in bfloat16: weights ca
 def test_every_draw_of_a_cpu_run_of_the_target_is_measured_and_equals_its_prediction(tmp_path, capsys):
     model_dir, data = write_user_workload(tmp_path)
     storage = f"sqlite:///{tmp_path}/s.db"
-    code = main(["tune", "--vram", "2MB", "--model", model_dir, "--data", data, "--proxy", "target", "--device", "cpu",
-                 "--proxy-device", "cpu", "--seq-len", "32", "--batch-size", "2", "--dtype", DTYPE, "--n-trials", "5", "--steps", "6",
-                 "--eval-every", "6", "--scorers", "uniform,cyclic", "--confirm-seeds", "0", "--threads", "1",
-                 "--storage", storage, "--study", "m", "--out", str(tmp_path / "plan.yaml"), "--quiet"])
+    code = main(
+        [
+            "tune",
+            "--vram",
+            "2MB",
+            "--model",
+            model_dir,
+            "--data",
+            data,
+            "--proxy",
+            "target",
+            "--device",
+            "cpu",
+            "--proxy-device",
+            "cpu",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "2",
+            "--dtype",
+            DTYPE,
+            "--n-trials",
+            "5",
+            "--steps",
+            "6",
+            "--eval-every",
+            "6",
+            "--scorers",
+            "uniform,cyclic",
+            "--confirm-seeds",
+            "0",
+            "--threads",
+            "1",
+            "--storage",
+            storage,
+            "--study",
+            "m",
+            "--out",
+            str(tmp_path / "plan.yaml"),
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     trials = optuna.load_study(study_name="m", storage=open_storage(storage)).trials
@@ -35,8 +73,9 @@ def test_every_draw_of_a_cpu_run_of_the_target_is_measured_and_equals_its_predic
     draws = [d for m in measured for d in m.draws]
     assert all(m.device == "cpu" for m in measured) and len(draws) >= len(measured)
     # every draw's training peak, measured on its own steps, is the cost model's for those layers
-    assert all(d.predicted_bytes == d.measured_bytes for d in draws), [(d.layers, d.predicted_bytes, d.measured_bytes)
-                                                                        for d in draws]
+    assert all(d.predicted_bytes == d.measured_bytes for d in draws), [
+        (d.layers, d.predicted_bytes, d.measured_bytes) for d in draws
+    ]
     assert all(m.prediction_error == 0 for m in measured)
     assert f"{len(draws)} of {len(draws)} draws exactly as predicted" in out
 
@@ -44,11 +83,23 @@ def test_every_draw_of_a_cpu_run_of_the_target_is_measured_and_equals_its_predic
 def test_the_form_a_proxy_run_executes_leaves_off_the_levers_it_does_not_run():
     from planner.config import TrainConfig
 
-    cfg = TrainConfig(batch_size=1, seq_len=8, active_layers=2, gradient_checkpointing=True, optimizer_in_backward=True,
-                      loss_chunks=4, optimizer="adamw8bit")
+    cfg = TrainConfig(
+        batch_size=1,
+        seq_len=8,
+        active_layers=2,
+        gradient_checkpointing=True,
+        optimizer_in_backward=True,
+        loss_chunks=4,
+        optimizer="adamw8bit",
+    )
     ran, unrun = ran_form(cfg)
     assert unrun == ["optimizer_in_backward"]
-    assert (ran.optimizer_in_backward, ran.loss_chunks, ran.optimizer, ran.gradient_checkpointing) == (False, 4, "adamw8bit", True)
+    assert (ran.optimizer_in_backward, ran.loss_chunks, ran.optimizer, ran.gradient_checkpointing) == (
+        False,
+        4,
+        "adamw8bit",
+        True,
+    )
     q, unrun = ran_form(TrainConfig(batch_size=1, seq_len=8, layers="all", lora_rank=4, quantize="nf4"))
     assert unrun == ["quantize"] and q.quantize is None and q.lora_rank == 4
 

@@ -10,8 +10,15 @@ from planner.tune.space import SearchSpace
 
 
 def space(**kw) -> SearchSpace:
-    return SearchSpace(num_layers=4, scorers=("uniform",), seq_len=16, lora_ranks=(0, 8), quantize_choices=(None, "nf4-dq"),
-                       extra={"dtype": "bfloat16", "amp": "none"}, **kw)
+    return SearchSpace(
+        num_layers=4,
+        scorers=("uniform",),
+        seq_len=16,
+        lora_ranks=(0, 8),
+        quantize_choices=(None, "nf4-dq"),
+        extra={"dtype": "bfloat16", "amp": "none"},
+        **kw,
+    )
 
 
 def test_only_lora_points_draw_quantize_and_their_config_carries_it():
@@ -36,7 +43,9 @@ def test_only_lora_points_draw_quantize_and_their_config_carries_it():
 def test_a_fixed_lora_point_keeps_its_storage():
     s = space()
     study = optuna.create_study(sampler=RandomSampler(seed=1))
-    lora = s.point(active_layers=4, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3, lora_rank=8)
+    lora = s.point(
+        active_layers=4, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3, lora_rank=8
+    )
     qlora = lora.__class__(**{**lora.__dict__, "levers": (("quantize", "nf4-dq"),)})
     for point in (lora, qlora):
         for _ in range(5):  # never drawn: the enqueued value stands
@@ -58,8 +67,15 @@ def test_a_space_without_quantize_choices_never_suggests_it():
 
 
 def test_a_static_scorer_draws_quantize_and_is_costed_as_its_top_block_stored_quantized_below():
-    s = SearchSpace(num_layers=4, scorers=("semantic", "uniform"), seq_len=16, quantize_choices=(None, "nf4-dq"),
-                    static_scorers=("semantic",), min_depths=(0, 1), extra={"dtype": "bfloat16", "amp": "none"})
+    s = SearchSpace(
+        num_layers=4,
+        scorers=("semantic", "uniform"),
+        seq_len=16,
+        quantize_choices=(None, "nf4-dq"),
+        static_scorers=("semantic",),
+        min_depths=(0, 1),
+        extra={"dtype": "bfloat16", "amp": "none"},
+    )
     study = optuna.create_study(sampler=RandomSampler(seed=2))
     quantized = 0
     for _ in range(60):
@@ -72,7 +88,11 @@ def test_a_static_scorer_draws_quantize_and_is_costed_as_its_top_block_stored_qu
         if dict(p.levers).get("quantize"):
             quantized += 1
             # the semantic block lies in the top γ whatever min_depth (<= L - γ) allows
-            assert cfg.layers == list(range(4 - p.active_layers, 4)) and cfg.active_layers is None and cfg.quantize == "nf4-dq"
+            assert (
+                cfg.layers == list(range(4 - p.active_layers, 4))
+                and cfg.active_layers is None
+                and cfg.quantize == "nf4-dq"
+            )
         else:
             assert cfg.layers is None and cfg.active_layers == p.active_layers and cfg.quantize is None
     assert quantized

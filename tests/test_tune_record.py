@@ -13,24 +13,61 @@ from optuna.trial import TrialState, create_trial
 
 from planner.tune import record
 from planner.tune.baselines import KINDS
-from planner.tune.record import (INTERRUPTED, SEARCH, BadTrialKind, Baseline, Confirm, Search, TrialKind, TrialRecord,
-                                 TrialRecordError, parse_kind)
+from planner.tune.record import (
+    INTERRUPTED,
+    SEARCH,
+    BadTrialKind,
+    Baseline,
+    Confirm,
+    Search,
+    TrialKind,
+    TrialRecord,
+    TrialRecordError,
+    parse_kind,
+)
 
-KIND_CASES = [(SEARCH, Search, "search"), (Baseline("lisa"), Baseline, "baseline:lisa"),
-              (Baseline("lora"), Baseline, "baseline:lora"), (Baseline("my_recipe-2"), Baseline, "baseline:my_recipe-2"),
-              (Confirm(23, 0), Confirm, "confirm:23:0"), (Confirm(0, 11), Confirm, "confirm:0:11")]
+KIND_CASES = [
+    (SEARCH, Search, "search"),
+    (Baseline("lisa"), Baseline, "baseline:lisa"),
+    (Baseline("lora"), Baseline, "baseline:lora"),
+    (Baseline("my_recipe-2"), Baseline, "baseline:my_recipe-2"),
+    (Confirm(23, 0), Confirm, "confirm:23:0"),
+    (Confirm(0, 11), Confirm, "confirm:0:11"),
+]
 
 # a trial as `planner tune` wrote it before the record module existed: the same keys and JSON values
 OLD_SEARCHED = {
-    "kind": "search", "levers": {"optimizer_in_backward": True}, "predicted_peak_bytes": 21_000_000_000,
-    "breakdown": {"weights": 16_000_000_000, "gradients": 1_000_000_000, "optimizer": 2_000_000_000,
-                  "activations": 1_500_000_000, "transient": 300_000_000, "overhead": 200_000_000},
-    "fits": True, "gated": False, "min_depth": 4, "lowest_layer": 4, "trainable_layers": [4, 9, 31],
-    "proxy_plan": {"active_layers": 2, "min_depth": 1, "batch_size": 8}, "proxy_key": "g2|d1|b8|uniform", "target_lr": 1.25e-4,
-    "metric": 0.8125, "importance": [{"step": 0, "active": [4, 9], "weights": [0.25, 0.75]}], "train_seconds": 41.5,
-    "secondary": {"accuracy": 0.5}, "measured_memory": {
-        "max_reserved_bytes": 100, "max_allocated_bytes": 90, "device_used_bytes": 120, "outside_allocator_bytes": 20,
-        "free_before_bytes": 1000, "prediction_error": 0.25},
+    "kind": "search",
+    "levers": {"optimizer_in_backward": True},
+    "predicted_peak_bytes": 21_000_000_000,
+    "breakdown": {
+        "weights": 16_000_000_000,
+        "gradients": 1_000_000_000,
+        "optimizer": 2_000_000_000,
+        "activations": 1_500_000_000,
+        "transient": 300_000_000,
+        "overhead": 200_000_000,
+    },
+    "fits": True,
+    "gated": False,
+    "min_depth": 4,
+    "lowest_layer": 4,
+    "trainable_layers": [4, 9, 31],
+    "proxy_plan": {"active_layers": 2, "min_depth": 1, "batch_size": 8},
+    "proxy_key": "g2|d1|b8|uniform",
+    "target_lr": 1.25e-4,
+    "metric": 0.8125,
+    "importance": [{"step": 0, "active": [4, 9], "weights": [0.25, 0.75]}],
+    "train_seconds": 41.5,
+    "secondary": {"accuracy": 0.5},
+    "measured_memory": {
+        "max_reserved_bytes": 100,
+        "max_allocated_bytes": 90,
+        "device_used_bytes": 120,
+        "outside_allocator_bytes": 20,
+        "free_before_bytes": 1000,
+        "prediction_error": 0.25,
+    },
     "worker": {"host": "box|1234abcd|4026531836", "pid": 4242, "started": "987654", "run": "0123456789ab"},
     "heartbeat": 1_700_000_000.5,
 }
@@ -44,8 +81,13 @@ OLD_QUEUED = [  # what enqueue_trial was given, per writer
 
 
 def _frozen(attrs, number=7, state=TrialState.COMPLETE):
-    trial = create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None, params={"x": 0.5},
-                         distributions={"x": FloatDistribution(0, 1)}, user_attrs=attrs)
+    trial = create_trial(
+        state=state,
+        value=0.5 if state == TrialState.COMPLETE else None,
+        params={"x": 0.5},
+        distributions={"x": FloatDistribution(0, 1)},
+        user_attrs=attrs,
+    )
     trial.number = number
     return trial
 
@@ -72,9 +114,18 @@ def test_kind_fields():
 def test_round_trip_through_a_study_for_every_kind(tmp_path, kind, cls, text):
     """Written to a trial (set_user_attr) and to a queued trial (enqueue_trial), stored as JSON, read back equal."""
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="r")
-    full = TrialRecord(kind=kind, **{k: v for k, v in OLD_SEARCHED.items() if k != "kind"}, lr_sweep=3.0, confirm_of=23,
-                       confirm_seed=0, retry_of=2, offered=True, reason="diverged: loss is nan", available_bytes=5,
-                       reused_from=1)
+    full = TrialRecord(
+        kind=kind,
+        **{k: v for k, v in OLD_SEARCHED.items() if k != "kind"},
+        lr_sweep=3.0,
+        confirm_of=23,
+        confirm_seed=0,
+        retry_of=2,
+        offered=True,
+        reason="diverged: loss is nan",
+        available_bytes=5,
+        reused_from=1,
+    )
     trial = study.ask()
     record.write(trial, full)
     study.tell(trial, 0.5)
@@ -108,7 +159,9 @@ def test_store_writes_the_given_fields_in_order_and_validates_them():
 def test_reads_records_written_the_old_way():
     rec = record.read(_frozen(OLD_SEARCHED))
     assert rec.kind == SEARCH and rec.proxy_plan.batch_size == 8 and rec.measured_memory.prediction_error == 0.25
-    assert rec.worker.pid == 4242 and rec.breakdown["weights"] == 16_000_000_000 and rec.levers == OLD_SEARCHED["levers"]
+    assert (
+        rec.worker.pid == 4242 and rec.breakdown["weights"] == 16_000_000_000 and rec.levers == OLD_SEARCHED["levers"]
+    )
     assert rec.attrs() == OLD_SEARCHED  # written back, it is the same JSON
     kinds = [record.read(_frozen(a, state=TrialState.WAITING)) for a in OLD_QUEUED]
     assert [type(r.kind) for r in kinds] == [Baseline, Baseline, Search, Confirm, Baseline]
@@ -126,13 +179,34 @@ def test_old_defaults_and_extras():
     old = _frozen({"kind": "search", "reason": "interrupted (Ctrl-C) before the trial finished"}, state=TrialState.FAIL)
     assert record.interrupted(old) and not record.counted(old)
     worker_died = _frozen({"reason": "worker died (process 1 on box ended mid-trial)"}, state=TrialState.FAIL)
-    assert record.interrupted(worker_died) and record.counted(_frozen({"reason": "diverged: nan"}, state=TrialState.FAIL))
+    assert record.interrupted(worker_died) and record.counted(
+        _frozen({"reason": "diverged: nan"}, state=TrialState.FAIL)
+    )
     assert record.trained(_frozen({"fits": True, "metric": 0.5})) and not record.trained(_frozen({"metric": 0.5}))
 
 
-@pytest.mark.parametrize("text", ["", "Search", "searched", "baseline", "baseline:", "baseline:a:b", "baseline: x",
-                                  "confirm:1", "confirm:a:b", "confirm:1:2:3", "confirm:-1:0", "confirm:01:0",
-                                  "confirm: 1:0", "lr_sweep:3", None, 3, ["search"]])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "Search",
+        "searched",
+        "baseline",
+        "baseline:",
+        "baseline:a:b",
+        "baseline: x",
+        "confirm:1",
+        "confirm:a:b",
+        "confirm:1:2:3",
+        "confirm:-1:0",
+        "confirm:01:0",
+        "confirm: 1:0",
+        "lr_sweep:3",
+        None,
+        3,
+        ["search"],
+    ],
+)
 def test_a_bad_kind_is_refused_with_a_clear_error(text):
     with pytest.raises(BadTrialKind, match=r"'search', 'baseline:<name>' or 'confirm:<trial number>:<seed index>'"):
         parse_kind(text)
@@ -158,14 +232,20 @@ def test_every_field_is_described_and_the_module_is_a_leaf():
     assert all(f.description for f in TrialRecord.model_fields.values())
     tree = ast.parse(Path(record.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
-        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
     assert not {m for m in imported if m.split(".")[0] not in {"__future__", "math", "typing", "pydantic", "optuna"}}
 
 
 def test_the_documented_keys_are_the_record_fields():
     text = (Path(__file__).resolve().parent.parent / "docs" / "study-record.md").read_text()
     table = text.split("## What a trial records", 1)[1].split("The study's `user_attrs`", 1)[0]
-    keys = {k for line in table.splitlines() if line.startswith("| `") for k in line.split("|")[1].strip().strip("`").split("`, `")}
+    keys = {
+        k
+        for line in table.splitlines()
+        if line.startswith("| `")
+        for k in line.split("|")[1].strip().strip("`").split("`, `")
+    }
     assert keys == set(TrialRecord.model_fields)
 
 
@@ -173,5 +253,8 @@ def test_a_retried_baseline_keeps_the_form_it_was_queued_in():
     """A baseline is queued with its levers (e.g. LISA with the step in backward); a retry of an interrupted run
     must train that same form, not the plain one."""
     queued = TrialRecord(kind=Baseline("lisa"), levers={"optimizer_in_backward": True, "loss_chunks": 8})
-    assert queued.retry(7).attrs() == {"kind": "baseline:lisa", "retry_of": 7,
-                                       "levers": {"optimizer_in_backward": True, "loss_chunks": 8}}
+    assert queued.retry(7).attrs() == {
+        "kind": "baseline:lisa",
+        "retry_of": 7,
+        "levers": {"optimizer_in_backward": True, "loss_chunks": 8},
+    }

@@ -31,10 +31,18 @@ from planner.tune.study import Interrupted
 STEPS = 4
 
 
-
 def options(tmp_path, **kw):
-    base = dict(vram="1GB", n_trials=5, steps=STEPS, eval_every=2, storage=f"sqlite:///{tmp_path}/s.db", study="t",
-                device="cpu", out=str(tmp_path / "plan.yaml"), confirm_seeds=0)  # confirmation: test_tune_confirm.py
+    base = dict(
+        vram="1GB",
+        n_trials=5,
+        steps=STEPS,
+        eval_every=2,
+        storage=f"sqlite:///{tmp_path}/s.db",
+        study="t",
+        device="cpu",
+        out=str(tmp_path / "plan.yaml"),
+        confirm_seeds=0,
+    )  # confirmation: test_tune_confirm.py
     return TuneOptions(**{**base, **kw})
 
 
@@ -161,8 +169,11 @@ def test_garbage_in_the_middle_is_one_error_naming_the_line(tmp_path, capsys, co
     lines = path.read_bytes().splitlines(keepends=True)
     lines.insert(2, b"this is not json\n")
     path.write_bytes(b"".join(lines))
-    argv = (["tune", "--vram", "1GB", "--storage", str(path), "--study", "j", "--out", str(tmp_path / "p.yaml")]
-            if command == "tune" else ["report", "--study", "j", "--storage", str(path), "--out", str(tmp_path / "r")])
+    argv = (
+        ["tune", "--vram", "1GB", "--storage", str(path), "--study", "j", "--out", str(tmp_path / "p.yaml")]
+        if command == "tune"
+        else ["report", "--study", "j", "--storage", str(path), "--out", str(tmp_path / "r")]
+    )
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "line 3" in err and str(path) in err and "Traceback" not in err
@@ -196,8 +207,9 @@ def test_a_dead_workers_trial_is_failed_and_retried(tmp_path, kind, study_name):
     dead = _running_trial(study, {**me, "pid": _dead_pid(), "started": None, "run": "x"})
     mine = _running_trial(study, me, params={"x": 0.25})  # this process's trial, its run still active: alive
     far_alive = _running_trial(study, {**me, "host": "elsewhere"}, params={"x": 0.75})  # fresh heartbeat elsewhere
-    far_dead = _running_trial(study, {**me, "host": "elsewhere"}, params={"x": 0.125}, kind="search",
-                              heartbeat=time.time() - 3600)
+    far_dead = _running_trial(
+        study, {**me, "host": "elsewhere"}, params={"x": 0.125}, kind="search", heartbeat=time.time() - 3600
+    )
     worker = attach(optuna.load_study(storage=storage, study_name=study_name))
     trials = study.trials
     assert {t.number for t in trials if t.state == TrialState.RUNNING} == {mine, far_alive}
@@ -206,7 +218,9 @@ def test_a_dead_workers_trial_is_failed_and_retried(tmp_path, kind, study_name):
         assert interrupted(trials[n]) and not counted(trials[n])
     retries = [t for t in trials if t.state == TrialState.WAITING]
     assert [(t.user_attrs["retry_of"], t.user_attrs["kind"], t.system_attrs["fixed_params"]) for t in retries] == [
-        (dead, "baseline:lisa", {"x": 0.5}), (far_dead, "search", {"x": 0.125})]
+        (dead, "baseline:lisa", {"x": 0.5}),
+        (far_dead, "search", {"x": 0.125}),
+    ]
     assert "process" in trials[dead].user_attrs["reason"] and "no heartbeat" in trials[far_dead].user_attrs["reason"]
     assert worker.reap() == 0  # a second reaper finds nothing more to do
     worker.close()
@@ -362,8 +376,9 @@ def test_a_study_that_names_the_active_layer_count_gamma_is_refused_in_one_line(
     old = study.trials[-1]
     params = {("gamma" if k == "active_layers" else k): v for k, v in old.params.items()}
     dists = {("gamma" if k == "active_layers" else k): v for k, v in old.distributions.items()}
-    study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=old.values,
-                                              user_attrs=old.user_attrs))
+    study.add_trial(
+        optuna.trial.create_trial(params=params, distributions=dists, values=old.values, user_attrs=old.user_attrs)
+    )
     before = len(study.trials)
     with pytest.raises(PlannerError) as err:
         run_tune(options(tmp_path, n_trials=5), workload=wl, progress=False)
@@ -376,8 +391,17 @@ def test_a_study_that_names_the_active_layer_count_gamma_is_refused_in_one_line(
 def test_unwritable_outputs_fail_before_any_work(tmp_path, capsys, where):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    argv = ["tune", "--vram", "1GB", "--device", "cpu", "--storage", f"sqlite:///{tmp_path}/s.db",
-            "--out", str(tmp_path / "plan.yaml")]
+    argv = [
+        "tune",
+        "--vram",
+        "1GB",
+        "--device",
+        "cpu",
+        "--storage",
+        f"sqlite:///{tmp_path}/s.db",
+        "--out",
+        str(tmp_path / "plan.yaml"),
+    ]
     if where == "out-dir":
         argv[-1] = str(tmp_path)
     elif where == "out-under-file":
@@ -395,8 +419,9 @@ def test_the_generated_study_name_is_printed_first(tmp_path, wl):
     from rich.console import Console
 
     buf = StringIO()
-    result = run_tune(options(tmp_path, study=None, n_trials=3), workload=wl, progress=False,
-                      console=Console(file=buf, width=200))
+    result = run_tune(
+        options(tmp_path, study=None, n_trials=3), workload=wl, progress=False, console=Console(file=buf, width=200)
+    )
     first = buf.getvalue().splitlines()[0]
     assert first.startswith(f"study {result.plan.study_name!r}") and result.plan.study_name.startswith("tune-")
 
@@ -406,8 +431,9 @@ def test_a_retry_killed_before_it_chose_its_point_is_retried_with_that_point(tmp
     study.enqueue_trial({"x": 0.3}, user_attrs={"kind": "search", "retry_of": 5})
     popped = study.ask()  # killed right after popping: no parameter suggested yet
     worker = Worker(study)
-    study._storage.set_trial_user_attr(popped._trial_id, "worker",
-                                       {**worker.identity, "pid": _dead_pid(), "started": None, "run": "x"})
+    study._storage.set_trial_user_attr(
+        popped._trial_id, "worker", {**worker.identity, "pid": _dead_pid(), "started": None, "run": "x"}
+    )
     assert worker.reap() == 1
     waiting = [t for t in study.trials if t.state == TrialState.WAITING]
     assert [(t.user_attrs["retry_of"], t.system_attrs["fixed_params"]) for t in waiting] == [(5, {"x": 0.3})]
@@ -434,5 +460,7 @@ def test_an_interrupt_while_a_trial_is_claimed_marks_it_interrupted(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         study.optimize(lifecycle.GuardedObjective(_draw, worker), n_trials=1)
     trial = study.trials[0]
-    assert raised and trial.state == TrialState.FAIL and trial.user_attrs["reason"] == INTERRUPTED and not counted(trial)
+    assert (
+        raised and trial.state == TrialState.FAIL and trial.user_attrs["reason"] == INTERRUPTED and not counted(trial)
+    )
     worker.close()

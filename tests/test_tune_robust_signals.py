@@ -30,15 +30,44 @@ def workload(tmp_path_factory):
 def argv(workload, storage, study, out, n=N_TRIALS):
     model, data = workload
     # the user's model as its own proxy, in its own shape (seq 1024): slow enough to be caught mid-trial
-    return ["tune", "--vram", "1GB", "--model", model, "--proxy", "target", "--data", data, "--n-trials", str(n), "--steps", str(STEPS),
-            "--eval-every", str(STEPS // 2), "--storage", storage, "--study", study, "--device", "cpu", "--quiet",
-            "--out", str(out), "--confirm-seeds", "0"]  # confirmation runs: tests/test_tune_confirm.py
+    return [
+        "tune",
+        "--vram",
+        "1GB",
+        "--model",
+        model,
+        "--proxy",
+        "target",
+        "--data",
+        data,
+        "--n-trials",
+        str(n),
+        "--steps",
+        str(STEPS),
+        "--eval-every",
+        str(STEPS // 2),
+        "--storage",
+        storage,
+        "--study",
+        study,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+        "--confirm-seeds",
+        "0",
+    ]  # confirmation runs: tests/test_tune_confirm.py
 
 
 def start(workload, storage, study, out):
-    return subprocess.Popen([sys.executable, "-m", "planner.cli.main", *argv(workload, storage, study, out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "planner.cli.main", *argv(workload, storage, study, out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def trials(storage, study):

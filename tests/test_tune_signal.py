@@ -17,14 +17,17 @@ def _trial(metric):
     return create_trial(state=TrialState.COMPLETE, value=metric, user_attrs={"metric": metric, "fits": True})
 
 
-@pytest.mark.parametrize("metrics, silent", [
-    ([0.0, 0.0, 0.0], False),  # nothing learned anywhere
-    ([0.5, 0.5], False),  # all equal
-    ([0.0], False),  # a single trial that learned nothing
-    ([0.5], True),  # a single trial with a result: nothing to compare, nothing contradicts it
-    ([0.0, 0.125], True),
-    ([2.31, 2.30, 2.31], True),
-])
+@pytest.mark.parametrize(
+    "metrics, silent",
+    [
+        ([0.0, 0.0, 0.0], False),  # nothing learned anywhere
+        ([0.5, 0.5], False),  # all equal
+        ([0.0], False),  # a single trial that learned nothing
+        ([0.5], True),  # a single trial with a result: nothing to compare, nothing contradicts it
+        ([0.0, 0.125], True),
+        ([2.31, 2.30, 2.31], True),
+    ],
+)
 def test_check_signal(metrics, silent):
     trials = [_trial(m) for m in metrics]
     if silent:
@@ -43,9 +46,22 @@ def test_tune_with_all_trials_equal_exits_1_and_writes_no_plan(tmp_path, capsys,
     def flat(workload, params, **kw):  # real training, then the metric every trial reports
         return dataclasses.replace(run_proxy(workload, params, **kw), metric=0.0)
 
-    opts = TuneOptions(vram="24GB", model=target, seq_len=wl.seq_len, batch_size=8, dtype="float32", device="cpu",
-                       n_trials=4, steps=2, eval_every=1, storage=f"sqlite:///{tmp_path}/s.db", study="flat",
-                       out=str(tmp_path / "plan.yaml"), proxy_device="cpu", pruner="none")
+    opts = TuneOptions(
+        vram="24GB",
+        model=target,
+        seq_len=wl.seq_len,
+        batch_size=8,
+        dtype="float32",
+        device="cpu",
+        n_trials=4,
+        steps=2,
+        eval_every=1,
+        storage=f"sqlite:///{tmp_path}/s.db",
+        study="flat",
+        out=str(tmp_path / "plan.yaml"),
+        proxy_device="cpu",
+        pruner="none",
+    )
     with pytest.raises(NoSignal) as err:
         run_tune(opts, workload=wl, progress=False, proxy=flat)
     assert "all 4 of study 'flat' scored 0.0000" in str(err.value) and "no plan written" in str(err.value)

@@ -30,8 +30,18 @@ def test_suggest_stays_in_space_and_uses_contract_keys():
         trial = study.ask()
         p = s.suggest(trial)
         assert s.contains(p)
-        assert set(trial.params) == {"active_layers", "min_depth", "gradient_checkpointing", "period", "scorer", "train_embeddings",
-                                     "train_head", "lr", "lora_rank", "batch_size"}
+        assert set(trial.params) == {
+            "active_layers",
+            "min_depth",
+            "gradient_checkpointing",
+            "period",
+            "scorer",
+            "train_embeddings",
+            "train_head",
+            "lr",
+            "lora_rank",
+            "batch_size",
+        }
         assert trial.params == p.as_params()
         seen.add(p.scorer)
         study.tell(trial, 0.0)
@@ -44,13 +54,44 @@ def test_optional_keys_absent_without_lora_or_batch_choice():
     p = s.suggest(trial)
     assert "lora_rank" not in trial.params and "batch_size" not in trial.params
     cfg = s.train_config(p)
-    assert cfg.active_layers == p.active_layers and cfg.lora_rank is None and cfg.batch_size == s.default_batch_size and cfg.seq_len == 16
+    assert (
+        cfg.active_layers == p.active_layers
+        and cfg.lora_rank is None
+        and cfg.batch_size == s.default_batch_size
+        and cfg.seq_len == 16
+    )
 
 
 def test_lora_rank_zero_means_full_layer_weights():
     s = space(lora_ranks=(0, 8))
-    assert s.train_config(s.point(active_layers=1, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3, lora_rank=0)).lora_rank is None
-    assert s.train_config(s.point(active_layers=1, period=5, scorer="uniform", train_embeddings=False, train_head=False, lr=1e-3, lora_rank=8)).lora_rank == 8
+    assert (
+        s.train_config(
+            s.point(
+                active_layers=1,
+                period=5,
+                scorer="uniform",
+                train_embeddings=False,
+                train_head=False,
+                lr=1e-3,
+                lora_rank=0,
+            )
+        ).lora_rank
+        is None
+    )
+    assert (
+        s.train_config(
+            s.point(
+                active_layers=1,
+                period=5,
+                scorer="uniform",
+                train_embeddings=False,
+                train_head=False,
+                lr=1e-3,
+                lora_rank=8,
+            )
+        ).lora_rank
+        == 8
+    )
 
 
 def test_grid_is_the_full_product():
@@ -76,7 +117,13 @@ def test_baselines_match_lisa_defaults_and_enqueue_with_kinds():
     points = baseline_points(s)
     assert list(points) == list(KINDS)
     lisa, full, lora = points["baseline:lisa"], points["baseline:full"], points["baseline:lora"]
-    assert (lisa.active_layers, lisa.period, lisa.scorer, lisa.train_embeddings, lisa.train_head) == (LISA_ACTIVE_LAYERS, LISA_PERIOD, "uniform", True, True)
+    assert (lisa.active_layers, lisa.period, lisa.scorer, lisa.train_embeddings, lisa.train_head) == (
+        LISA_ACTIVE_LAYERS,
+        LISA_PERIOD,
+        "uniform",
+        True,
+        True,
+    )
     assert full.active_layers == 4 and full.train_embeddings and full.train_head
     assert lora.lora_rank == LORA_BASELINE_RANK and not lora.train_embeddings and not lora.train_head
     study = optuna.create_study()
@@ -140,8 +187,10 @@ def test_open_storage_creates_folders(tmp_path):
     assert len(optuna.load_study(study_name="x", storage=open_storage(str(tmp_path / "j" / "study.log"))).trials) == 2
 
 
-@pytest.mark.skipif(importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is None,
-                    reason="needs a PostgreSQL driver (the test extra installs psycopg2-binary)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is None,
+    reason="needs a PostgreSQL driver (the test extra installs psycopg2-binary)",
+)
 def test_unreachable_storage_is_one_line(tmp_path):
     with pytest.raises(PlannerError, match="must be reachable"):
         open_storage("postgresql://nobody@127.0.0.1:1/none")
@@ -151,7 +200,9 @@ def test_missing_driver_is_one_line(monkeypatch):
     import planner.tune.storage as storage_mod
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(storage_mod.importlib.util, "find_spec", lambda name, *a: None if name.startswith("psycopg") else real(name, *a))
+    monkeypatch.setattr(
+        storage_mod.importlib.util, "find_spec", lambda name, *a: None if name.startswith("psycopg") else real(name, *a)
+    )
     monkeypatch.setitem(sys.modules, "psycopg2", None)  # import fails as when it is not installed
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(PlannerError, match="needs its database driver installed") as err:
@@ -166,8 +217,14 @@ def test_journal_path_that_is_a_directory(tmp_path):
 
 
 def test_options_report_all_problems_at_once(tmp_path):
-    opts = TuneOptions(vram="24 parsecs", n_trials=0, steps=0, scorers="uniform,nope", storage="mongodb://x",
-                       data=str(tmp_path / "missing.jsonl"))
+    opts = TuneOptions(
+        vram="24 parsecs",
+        n_trials=0,
+        steps=0,
+        scorers="uniform,nope",
+        storage="mongodb://x",
+        data=str(tmp_path / "missing.jsonl"),
+    )
     with pytest.raises(PlannerError) as err:
         opts.validate_all()
     msg = str(err.value)
@@ -184,11 +241,20 @@ def test_the_gate_bound_keeps_active_layers_within_what_can_fit(name):
 
     s = space(num_layers=32, scorers=("uniform", "ist"))
     study = optuna.create_study(sampler=GateBoundedSampler(make_sampler(name, 0), 3))
-    study.enqueue_trial({**s.point(active_layers=32, period=20, scorer="uniform", train_embeddings=True, train_head=True,
-                                   lr=1e-3).as_params()})  # a baseline beyond the bound is still recorded as it is
+    study.enqueue_trial(
+        {
+            **s.point(
+                active_layers=32, period=20, scorer="uniform", train_embeddings=True, train_head=True, lr=1e-3
+            ).as_params()
+        }
+    )  # a baseline beyond the bound is still recorded as it is
     study.optimize(lambda t: -s.suggest(t).active_layers - t.params["lr"], n_trials=25)
     active_layer_counts = [t.params["active_layers"] for t in study.trials]
-    assert active_layer_counts[0] == 32 and all(1 <= g <= 3 for g in active_layer_counts[1:]) and set(active_layer_counts[1:]) == {1, 2, 3}
+    assert (
+        active_layer_counts[0] == 32
+        and all(1 <= g <= 3 for g in active_layer_counts[1:])
+        and set(active_layer_counts[1:]) == {1, 2, 3}
+    )
     assert all(t.distributions["active_layers"].high == 32 for t in study.trials)  # one distribution for every trial
 
 
@@ -247,8 +313,16 @@ def test_tpe_draws_the_gate_refuses_are_drawn_again(seed):
 
 
 def test_tpe_draws_of_trained_points_are_drawn_again():
-    s = space(num_layers=3, scorers=("uniform", "ist"), lr_choices=(1e-3, 3e-4), periods=(20,), min_depths=(0,),
-              checkpointing=(False,), embedding_choices=(False,), head_choices=(True,))  # 12 points
+    s = space(
+        num_layers=3,
+        scorers=("uniform", "ist"),
+        lr_choices=(1e-3, 3e-4),
+        periods=(20,),
+        min_depths=(0,),
+        checkpointing=(False,),
+        embedding_choices=(False,),
+        head_choices=(True,),
+    )  # 12 points
     allow = _Gate(lambda config: True)
 
     def repeats(got):  # TPE's draws of a point an earlier trial trained
@@ -317,8 +391,13 @@ def test_a_draw_without_its_conditional_choice_is_screened_over_every_choice():
     from planner.tune.bounded import admissible
 
     s = space(scorers=("fixed", "uniform"), static_scorers=("fixed",), quantize_choices=(None, "nf4-dq"))
-    params = {k: v for k, v in s.point(active_layers=2, period=20, scorer="fixed", train_embeddings=True, train_head=True,
-                                         lr=1e-3).as_params().items() if k != "quantize"}
+    params = {
+        k: v
+        for k, v in s.point(active_layers=2, period=20, scorer="fixed", train_embeddings=True, train_head=True, lr=1e-3)
+        .as_params()
+        .items()
+        if k != "quantize"
+    }
     assert not admissible(s, REFUSES_TRAINED_EMBEDDINGS)(optuna.create_study())(params)  # in neither form
     assert admissible(s, REFUSES_TRAINED_EMBEDDINGS)(optuna.create_study())({**params, "train_embeddings": False})
     only_quantized = _Gate(lambda config: config.quantize is not None)

@@ -23,8 +23,6 @@ from planner.tune.study import Interrupted, build_space, check_feasible
 STEPS = 6
 
 
-
-
 def target_space(wl, target):
     opts = TuneOptions(vram=1, **target_flags(wl, target))
     t, _ = opts.validate_all()
@@ -41,16 +39,33 @@ def peaks(wl, target):
     gate = BudgetGate(t.spec, 1, device="cpu")
     # the search may add the memory-only levers to any point (planner.tune.forms): the smallest is over those too
     walk = ({}, {"optimizer_in_backward": True}, {"optimizer_in_backward": True, "loss_chunks": 8})
-    low = min(gate.predict(space.train_config(replace(p, levers=tuple(sorted(w.items()))))).peak_bytes
-              for p in space.cheapest_points() for w in walk)
-    high = max(gate.predict(TrainConfig(batch_size=8, seq_len=wl.seq_len, active_layers=wl.spec.num_layers,
-                                        gradient_checkpointing=c)).peak_bytes for c in (False, True))
+    low = min(
+        gate.predict(space.train_config(replace(p, levers=tuple(sorted(w.items()))))).peak_bytes
+        for p in space.cheapest_points()
+        for w in walk
+    )
+    high = max(
+        gate.predict(
+            TrainConfig(batch_size=8, seq_len=wl.seq_len, active_layers=wl.spec.num_layers, gradient_checkpointing=c)
+        ).peak_bytes
+        for c in (False, True)
+    )
     return low, high
 
 
 def options(tmp_path, vram, target, wl, **kw):
-    base = dict(vram=vram, n_trials=10, steps=STEPS, eval_every=2, storage=f"sqlite:///{tmp_path}/s.db", study="t",
-                out=str(tmp_path / "plan.yaml"), proxy_device="cpu", confirm_seeds=0, **target_flags(wl, target))
+    base = dict(
+        vram=vram,
+        n_trials=10,
+        steps=STEPS,
+        eval_every=2,
+        storage=f"sqlite:///{tmp_path}/s.db",
+        study="t",
+        out=str(tmp_path / "plan.yaml"),
+        proxy_device="cpu",
+        confirm_seeds=0,
+        **target_flags(wl, target),
+    )
     return TuneOptions(**{**base, **kw})
 
 
@@ -91,8 +106,11 @@ def test_no_trial_trains_over_budget(tmp_path, wl, target):
     reused = [t for t in trials if t.user_attrs.get("reused_from") is not None]
     assert len(rec.trained) == len(trials) - len(gated) - len(reused)
     # what trained is the proxy plan of a trial that fits (the same depth: memory-only levers off, the rest equal)
-    fitting = [proxy_params(trial_point(t, space), target_layers=3, proxy_layers=3) for t in trials
-               if not t.user_attrs.get("gated")]
+    fitting = [
+        proxy_params(trial_point(t, space), target_layers=3, proxy_layers=3)
+        for t in trials
+        if not t.user_attrs.get("gated")
+    ]
     for params, _ in rec.trained:
         assert params in fitting
     for t in trials:
@@ -106,19 +124,37 @@ def test_trial_record_contract_and_plan(tmp_path, wl, target):
     _, high = peaks(wl, target)
     result = run_tune(options(tmp_path, high * 2, target, wl, n_trials=6), workload=wl, progress=False)
     study = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
-    assert {k: study.user_attrs[k] for k in ("vram_bytes", "metric_name", "direction", "device", "multi_objective")} == \
-        {"vram_bytes": high * 2, "metric_name": "eval_loss", "direction": "minimize", "device": "cpu", "multi_objective": False}
+    assert {
+        k: study.user_attrs[k] for k in ("vram_bytes", "metric_name", "direction", "device", "multi_objective")
+    } == {
+        "vram_bytes": high * 2,
+        "metric_name": "eval_loss",
+        "direction": "minimize",
+        "device": "cpu",
+        "multi_objective": False,
+    }
     for key in ("model", "model_type", "num_layers", "layers_attribute", "workload"):
         assert key in study.user_attrs
     assert study.user_attrs["layers_attribute"] == "model.layers" and study.user_attrs["num_layers"] == 3
     kinds = [t.user_attrs["kind"] for t in study.trials]
-    assert kinds[:len(KINDS)] == list(KINDS) and set(kinds[len(KINDS):]) == {"search"}
+    assert kinds[: len(KINDS)] == list(KINDS) and set(kinds[len(KINDS) :]) == {"search"}
     for t in study.trials:
         a = t.user_attrs
-        assert set(t.params) >= {"active_layers", "min_depth", "gradient_checkpointing", "period", "scorer", "train_embeddings",
-                                 "train_head", "lr"}
+        assert set(t.params) >= {
+            "active_layers",
+            "min_depth",
+            "gradient_checkpointing",
+            "period",
+            "scorer",
+            "train_embeddings",
+            "train_head",
+            "lr",
+        }
         # the proxy is the target's own architecture here: the proxy plan is the target plan
-        assert a["proxy_plan"]["active_layers"] == t.params["active_layers"] and a["min_depth"] == a["proxy_plan"]["min_depth"]
+        assert (
+            a["proxy_plan"]["active_layers"] == t.params["active_layers"]
+            and a["min_depth"] == a["proxy_plan"]["min_depth"]
+        )
         assert a["min_depth"] == min(t.params["min_depth"], 3 - t.params["active_layers"])
         assert set(a["breakdown"]) == set(BREAKDOWN_KEYS) and all(isinstance(v, int) for v in a["breakdown"].values())
         assert isinstance(a["predicted_peak_bytes"], int) and a["gated"] is False and a["fits"] is True
@@ -136,7 +172,9 @@ def test_trial_record_contract_and_plan(tmp_path, wl, target):
     assert {b.name for b in plan.baselines} == {"lisa", "full", "lora", "qlora"}
     best = study.trials[plan.trial_number]
     assert plan.metric == best.user_attrs["metric"] == min(t.value for t in study.trials if t.value is not None)
-    assert plan.active_layers == best.params["active_layers"] and plan.train.active_layers == best.params["active_layers"]
+    assert (
+        plan.active_layers == best.params["active_layers"] and plan.train.active_layers == best.params["active_layers"]
+    )
     assert plan.breakdown.model_dump() == best.user_attrs["breakdown"]
     assert plan.min_depth == plan.train.min_depth == best.user_attrs["min_depth"]
     assert plan.train.gradient_checkpointing == best.params["gradient_checkpointing"]
@@ -149,8 +187,11 @@ def test_resume_keeps_finished_trials(tmp_path, wl, target):
     run_tune(options(tmp_path, high, target, wl, n_trials=4), workload=wl, progress=False)
     storage = open_storage(f"sqlite:///{tmp_path}/s.db")
     # trials queued at creation (baselines, offered points) beyond the first 4 wait for the resume
-    first = [(t.number, t.params, t.state) for t in optuna.load_study(study_name="t", storage=storage).trials
-             if t.state.is_finished()]
+    first = [
+        (t.number, t.params, t.state)
+        for t in optuna.load_study(study_name="t", storage=storage).trials
+        if t.state.is_finished()
+    ]
     run_tune(options(tmp_path, high, target, wl, n_trials=6), workload=wl, progress=False)
     after = optuna.load_study(study_name="t", storage=storage).trials
     assert len(after) == 6 and [(t.number, t.params, t.state) for t in after[:4]] == first
@@ -179,12 +220,16 @@ def test_diverged_and_crashed_trials_fail_and_the_study_goes_on(tmp_path, wl, ta
         if n == 5:
             raise RuntimeError("boom")
 
-    result = run_tune(options(tmp_path, high * 2, target, wl, n_trials=7), workload=wl, progress=False, proxy=Recorder(fail))
+    result = run_tune(
+        options(tmp_path, high * 2, target, wl, n_trials=7), workload=wl, progress=False, proxy=Recorder(fail)
+    )
     trials = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db")).trials
     assert len(trials) == 7
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert [t.number for t in failed] == [3, 4]
-    assert failed[0].user_attrs["reason"].startswith("diverged") and "RuntimeError: boom" in failed[1].user_attrs["reason"]
+    assert (
+        failed[0].user_attrs["reason"].startswith("diverged") and "RuntimeError: boom" in failed[1].user_attrs["reason"]
+    )
     assert result.counts["fail"] == 2 and result.counts["complete"] == 5
 
 
@@ -196,7 +241,9 @@ def test_ctrl_c_stops_cleanly_and_resume_loses_nothing(tmp_path, wl, target):
             raise KeyboardInterrupt
 
     with pytest.raises(Interrupted, match="resume with: planner tune") as err:
-        run_tune(options(tmp_path, high * 2, target, wl, n_trials=7), workload=wl, progress=False, proxy=Recorder(interrupt))
+        run_tune(
+            options(tmp_path, high * 2, target, wl, n_trials=7), workload=wl, progress=False, proxy=Recorder(interrupt)
+        )
     assert err.value.exit_code == 130 and "--study t" in str(err.value)
     storage = open_storage(f"sqlite:///{tmp_path}/s.db")
     before = optuna.load_study(study_name="t", storage=storage).trials
@@ -214,7 +261,9 @@ def test_ctrl_c_stops_cleanly_and_resume_loses_nothing(tmp_path, wl, target):
 
 def test_multi_objective_keeps_a_pareto_front(tmp_path, wl, target):
     low, high = peaks(wl, target)
-    result = run_tune(options(tmp_path, high, target, wl, n_trials=8, multi_objective=True), workload=wl, progress=False)
+    result = run_tune(
+        options(tmp_path, high, target, wl, n_trials=8, multi_objective=True), workload=wl, progress=False
+    )
     study = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
     assert len(study.directions) == 2 and study.user_attrs["multi_objective"] is True
     front = study.best_trials
@@ -228,8 +277,22 @@ def test_multi_objective_keeps_a_pareto_front(tmp_path, wl, target):
 def test_lora_batch_sizes_hyperband_random_on_a_journal_file(tmp_path, wl, target):
     _, high = peaks(wl, target)
     journal = str(tmp_path / "runs" / "study.log")
-    result = run_tune(options(tmp_path, high * 4, target, wl, n_trials=6, lora=True, batch_sizes="2,4", pruner="hyperband",
-                              sampler="random", storage=journal), workload=wl, progress=False)
+    result = run_tune(
+        options(
+            tmp_path,
+            high * 4,
+            target,
+            wl,
+            n_trials=6,
+            lora=True,
+            batch_sizes="2,4",
+            pruner="hyperband",
+            sampler="random",
+            storage=journal,
+        ),
+        workload=wl,
+        progress=False,
+    )
     trials = optuna.load_study(study_name="t", storage=open_storage(journal)).trials
     assert len(trials) == 6
     for t in trials:

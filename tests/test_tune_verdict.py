@@ -15,8 +15,9 @@ from planner.tune.summary import confirmation_lines, exit_code
 
 
 def _run(metrics, number, kind="search"):
-    trial = optuna.trial.create_trial(value=0.0, params={}, distributions={},
-                                      user_attrs={"predicted_peak_bytes": 100, "kind": kind})
+    trial = optuna.trial.create_trial(
+        value=0.0, params={}, distributions={}, user_attrs={"predicted_peak_bytes": 100, "kind": kind}
+    )
     trial.number = number
     return Confirmed(trial, list(metrics), 0)
 
@@ -25,7 +26,7 @@ def test_the_verdict_by_hand():
     best = _run([0.50, 0.52, 0.54], 1)  # eval loss: lower is better
     runner = _run([0.53, 0.55, 0.57], 2)  # 0.03 behind; 2·SE = 2·sqrt(2·0.02²/3) = 0.0327
     lora = _run([0.55, 0.57, 0.59], 3, "baseline:lora")  # 0.05 behind, also 2·SE 0.0327
-    assert 2 * math.sqrt(2 * 0.02 ** 2 / 3) == pytest.approx(0.0327, abs=1e-4)
+    assert 2 * math.sqrt(2 * 0.02**2 / 3) == pytest.approx(0.0327, abs=1e-4)
     separated, line = signal_verdict([best, runner, lora], best, "minimize")
     assert separated is True and "lora by 0.0500 > 0.0327" in line and "trial 2" not in line
     separated, line = signal_verdict([best, runner], best, "minimize")  # the runner-up alone: within the noise
@@ -40,9 +41,23 @@ def test_the_verdict_by_hand():
 
 
 def _options(tmp_path, target, wl, **kw):
-    base = dict(vram="1GB", n_trials=8, steps=4, eval_every=2, storage=f"sqlite:///{tmp_path}/s.db", study="v",
-                out=str(tmp_path / "plan.yaml"), proxy_device="cpu", model=target, seq_len=wl.seq_len, batch_size=8,
-                dtype="float32", device="cpu", confirm_seeds=3, confirm_top=2)
+    base = dict(
+        vram="1GB",
+        n_trials=8,
+        steps=4,
+        eval_every=2,
+        storage=f"sqlite:///{tmp_path}/s.db",
+        study="v",
+        out=str(tmp_path / "plan.yaml"),
+        proxy_device="cpu",
+        model=target,
+        seq_len=wl.seq_len,
+        batch_size=8,
+        dtype="float32",
+        device="cpu",
+        confirm_seeds=3,
+        confirm_top=2,
+    )
     return TuneOptions(**{**base, **kw})
 
 
@@ -68,10 +83,35 @@ def test_no_signal_writes_the_verdict_and_exits_1(tmp_path, wl, target, monkeypa
     from planner.cli.main import main
 
     real = tune_pkg.run_tune
-    monkeypatch.setattr(tune_pkg, "run_tune", lambda options, **kw: real(options, **kw, workload=wl, proxy=_scored(1e-4)))
-    argv = ["tune", "--vram", "1GB", "--model", target, "--n-trials", "8", "--steps", "4", "--seq-len", str(wl.seq_len),
-            "--batch-size", "8", "--device", "cpu", "--proxy-device", "cpu", "--storage", f"sqlite:///{tmp_path}/s.db",
-            "--study", "v", "--out", str(tmp_path / "plan.yaml"), "--quiet"]
+    monkeypatch.setattr(
+        tune_pkg, "run_tune", lambda options, **kw: real(options, **kw, workload=wl, proxy=_scored(1e-4))
+    )
+    argv = [
+        "tune",
+        "--vram",
+        "1GB",
+        "--model",
+        target,
+        "--n-trials",
+        "8",
+        "--steps",
+        "4",
+        "--seq-len",
+        str(wl.seq_len),
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--proxy-device",
+        "cpu",
+        "--storage",
+        f"sqlite:///{tmp_path}/s.db",
+        "--study",
+        "v",
+        "--out",
+        str(tmp_path / "plan.yaml"),
+        "--quiet",
+    ]
     assert main(argv) == 1
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("no signal: ")]
@@ -92,10 +132,12 @@ def test_a_plan_ahead_beyond_the_noise_exits_0(tmp_path, wl, target):
 
 
 def _baseline_trial(metrics, number, kind, peak=100):
-    trial = optuna.trial.create_trial(value=0.0, params={"lr": 1e-3},
-                                      distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)},
-                                      user_attrs={"predicted_peak_bytes": peak, "kind": kind, "fits": True,
-                                                  "metric": sum(metrics) / len(metrics)})
+    trial = optuna.trial.create_trial(
+        value=0.0,
+        params={"lr": 1e-3},
+        distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)},
+        user_attrs={"predicted_peak_bytes": peak, "kind": kind, "fits": True, "metric": sum(metrics) / len(metrics)},
+    )
     trial.number = number
     return trial
 

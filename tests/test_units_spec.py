@@ -8,21 +8,42 @@ from planner.spec import build_model, find_decoder_layers, list_presets, load_sp
 from planner.units import GiB, parse_bytes
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("24GB", 24 * 1000**3), ("24GiB", 24 * GiB), ("24G", 24 * GiB), ("24000MiB", 24000 * 1024**2),
-    ("1.5 gib", 1_610_612_736), ("512B", 512), ("24 GB", 24 * 1000**3), ("2T", 2 * 1024**4), ("1.5KB", 1500),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("24GB", 24 * 1000**3),
+        ("24GiB", 24 * GiB),
+        ("24G", 24 * GiB),
+        ("24000MiB", 24000 * 1024**2),
+        ("1.5 gib", 1_610_612_736),
+        ("512B", 512),
+        ("24 GB", 24 * 1000**3),
+        ("2T", 2 * 1024**4),
+        ("1.5KB", 1500),
+    ],
+)
 def test_parse_bytes(text, expected):
     assert parse_bytes(text) == expected
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("0", "must be > 0 bytes, but got '0'"), ("-3GB", "must be > 0 bytes, but got '-3GB'"), ("0GiB", "must be > 0 bytes"),
-    ("0.4B", "must be > 0 bytes"), ("abc", "must be a number with a unit"), ("24XB", "must be a number with a unit"),
-    ("", "must be a number with a unit"), ("24", "but got the bare number '24'"), ("512", "bytes are 512B"),
-    ("1e400GB", "must be at most 1,152,921,504,606,846,976 bytes"), ("2EiB", "must be a number with a unit"),
-    ("1e30B", "must be at most"), ("nan", "must be a number with a unit"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("0", "must be > 0 bytes, but got '0'"),
+        ("-3GB", "must be > 0 bytes, but got '-3GB'"),
+        ("0GiB", "must be > 0 bytes"),
+        ("0.4B", "must be > 0 bytes"),
+        ("abc", "must be a number with a unit"),
+        ("24XB", "must be a number with a unit"),
+        ("", "must be a number with a unit"),
+        ("24", "but got the bare number '24'"),
+        ("512", "bytes are 512B"),
+        ("1e400GB", "must be at most 1,152,921,504,606,846,976 bytes"),
+        ("2EiB", "must be a number with a unit"),
+        ("1e30B", "must be at most"),
+        ("nan", "must be a number with a unit"),
+    ],
+)
 def test_parse_bytes_rejects(text, needle):
     with pytest.raises(PlannerError) as err:
         parse_bytes(text)
@@ -38,8 +59,20 @@ def test_parse_bytes_numbers_are_bytes():
 
 def test_presets_resolve_by_name_and_hub_id():
     presets = list_presets()
-    for name in ["llama-2-7b", "llama-2-13b", "llama-2-70b", "llama-3-8b", "llama-3-70b", "mistral-7b",
-                 "qwen2.5-0.5b", "qwen2.5-7b", "gemma-2b", "gemma-7b", "phi-3-mini", "gpt2"]:
+    for name in [
+        "llama-2-7b",
+        "llama-2-13b",
+        "llama-2-70b",
+        "llama-3-8b",
+        "llama-3-70b",
+        "mistral-7b",
+        "qwen2.5-0.5b",
+        "qwen2.5-7b",
+        "gemma-2b",
+        "gemma-7b",
+        "phi-3-mini",
+        "gpt2",
+    ]:
         assert name in presets
         assert load_spec(name).name == name
         assert load_spec(presets[name]["hub_id"]).name == name
@@ -78,8 +111,10 @@ def _write_config(directory, config) -> str:
 def test_encoder_only_and_encoder_decoder_models_are_refused(tmp_path):
     from transformers import BertConfig, T5Config
 
-    bert = _write_config(tmp_path / "bert", BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                       intermediate_size=64, vocab_size=99))
+    bert = _write_config(
+        tmp_path / "bert",
+        BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=99),
+    )
     with pytest.raises(PlannerError, match="decoder-only causal LM.*'bert': an encoder-only"):
         load_spec(bert)
     with pytest.raises(PlannerError, match="encoder-only"):
@@ -177,7 +212,11 @@ def test_unreachable_hub_is_probed_once_and_fails_fast(monkeypatch, network):
     with pytest.raises(PlannerError, match=r"http://127.0.0.1:9 cannot be reached \(127.0.0.1:9: "):
         hub.from_hub(loader, "org/model")
     assert calls == [True]  # the cache only: the hub was never asked
-    assert network == {"lookups": [("127.0.0.1", 9)], "connects": [(("127.0.0.1", 9), "ConnectionRefusedError")], "sleeps": []}
+    assert network == {
+        "lookups": [("127.0.0.1", 9)],
+        "connects": [(("127.0.0.1", 9), "ConnectionRefusedError")],
+        "sleeps": [],
+    }
     hub.hub_unreachable.cache_clear()
 
 

@@ -31,7 +31,7 @@ def test_task_fills_the_default_split_with_distinct_held_out_prompts(task):
 def test_sort_answers_are_the_prompt_digits_in_order():
     train, held = task_examples("sort", seed=0, n_train=300, n_held_out=100)
     for prompt, answer in train + held:
-        digits = prompt[len("sort "):-1]
+        digits = prompt[len("sort ") : -1]
         assert Counter(answer) == Counter(digits) and 3 <= len(digits) <= 5
         assert all(a <= b for a, b in zip(answer, answer[1:]))
 
@@ -97,9 +97,18 @@ def _varied_workload(n_train: int = 50, n_held_out: int = 70):
         prompt = tuple(rng.randrange(3, 40) for _ in range(rng.randint(1, 9)))
         return Example(prompt, tuple(rng.randrange(3, 40) for _ in range(rng.randint(1, 4))) + (1,), None)
 
-    return Workload(name="varied", spec=None, model_source="-", train=[example() for _ in range(n_train)],
-                    held_out=[example() for _ in range(n_held_out)], model_factory=lambda s: None,
-                    decode=str, pad_id=0, eos_id=1, metric_name="eval_loss")
+    return Workload(
+        name="varied",
+        spec=None,
+        model_source="-",
+        train=[example() for _ in range(n_train)],
+        held_out=[example() for _ in range(n_held_out)],
+        model_factory=lambda s: None,
+        decode=str,
+        pad_id=0,
+        eos_id=1,
+        metric_name="eval_loss",
+    )
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 32, 64])  # 64 > 50 training examples: batches span epochs

@@ -23,24 +23,66 @@ from pathlib import Path
 FIXTURE = Path(__file__).parent / "fixtures" / "trainer-fields.json"
 
 SOURCES = {
-    "axolotl": {"commit": "067b021", "files": "src/axolotl/utils/schemas/**/*.py", "outside": ["BaseModel"],
-                "config": ["AxolotlInputConfig"], "datasets": ["SFTDataset"], "prompt_type": ["UserDefinedPrompterType"]},
+    "axolotl": {
+        "commit": "067b021",
+        "files": "src/axolotl/utils/schemas/**/*.py",
+        "outside": ["BaseModel"],
+        "config": ["AxolotlInputConfig"],
+        "datasets": ["SFTDataset"],
+        "prompt_type": ["UserDefinedPrompterType"],
+    },
     # examples/finetune.py: HfArgumentParser((ModelArguments, DatasetArguments, FinetunerArguments))
-    "lmflow": {"commit": "f3597db", "files": "src/lmflow/args.py", "outside": ["TrainingArguments"],
-               "config": ["ModelArguments", "DatasetArguments", "FinetunerArguments"], "external": "TrainingArguments"},
+    "lmflow": {
+        "commit": "f3597db",
+        "files": "src/lmflow/args.py",
+        "outside": ["TrainingArguments"],
+        "config": ["ModelArguments", "DatasetArguments", "FinetunerArguments"],
+        "external": "TrainingArguments",
+    },
     # src/llamafactory/hparams/parser.py _TRAIN_ARGS; training_args.py: BaseTrainingArguments = Seq2SeqTrainingArguments
-    "llamafactory": {"commit": "ff6d4d1", "files": "src/llamafactory/hparams/*.py", "outside": ["BaseTrainingArguments"],
-                     "config": ["ModelArguments", "DataArguments", "TrainingArguments", "FinetuningArguments",
-                                "GeneratingArguments"], "external": "Seq2SeqTrainingArguments"},
+    "llamafactory": {
+        "commit": "ff6d4d1",
+        "files": "src/llamafactory/hparams/*.py",
+        "outside": ["BaseTrainingArguments"],
+        "config": [
+            "ModelArguments",
+            "DataArguments",
+            "TrainingArguments",
+            "FinetuningArguments",
+            "GeneratingArguments",
+        ],
+        "external": "Seq2SeqTrainingArguments",
+    },
 }
 NOT_FIELDS = {"model_config"}  # pydantic's settings, not a key
 
 # LLaMA-Factory ff6d4d1, src/llamafactory/data/parser.py: DatasetAttr.formatting and DatasetAttr.join, the keys a
 # dataset_info.json entry's "columns" and "tags" may hold (a dict's keys, not class fields: listed here by hand)
 LLAMAFACTORY_FORMATTINGS = {"alpaca", "sharegpt", "openai"}
-LLAMAFACTORY_COLUMNS = {"prompt", "query", "response", "history", "messages", "system", "tools", "images", "videos", "audios",
-                        "chosen", "rejected", "kto_tag"}
-LLAMAFACTORY_TAGS = {"role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag"}
+LLAMAFACTORY_COLUMNS = {
+    "prompt",
+    "query",
+    "response",
+    "history",
+    "messages",
+    "system",
+    "tools",
+    "images",
+    "videos",
+    "audios",
+    "chosen",
+    "rejected",
+    "kto_tag",
+}
+LLAMAFACTORY_TAGS = {
+    "role_tag",
+    "content_tag",
+    "user_tag",
+    "assistant_tag",
+    "observation_tag",
+    "function_tag",
+    "system_tag",
+}
 
 
 def _classes(files) -> dict[str, tuple[list[str], list[str]]]:
@@ -54,14 +96,24 @@ def _classes(files) -> dict[str, tuple[list[str], list[str]]]:
             for st in node.body:
                 if not (isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)):
                     continue
-                if st.target.id.startswith("_") or st.target.id in NOT_FIELDS or "ClassVar" in ast.unparse(st.annotation):
+                if (
+                    st.target.id.startswith("_")
+                    or st.target.id in NOT_FIELDS
+                    or "ClassVar" in ast.unparse(st.annotation)
+                ):
                     continue
                 keywords = st.value.keywords if isinstance(st.value, ast.Call) else []
-                if any(kw.arg == "init" and isinstance(kw.value, ast.Constant) and kw.value.value is False for kw in keywords):
+                if any(
+                    kw.arg == "init" and isinstance(kw.value, ast.Constant) and kw.value.value is False
+                    for kw in keywords
+                ):
                     continue  # field(init=False): HfArgumentParser takes no argument for it
                 fields.append(st.target.id)
-                fields += [kw.value.value for kw in keywords  # Field(alias=...): the key under its alias too
-                           if kw.arg in ("alias", "validation_alias") and isinstance(kw.value, ast.Constant)]
+                fields += [
+                    kw.value.value
+                    for kw in keywords  # Field(alias=...): the key under its alias too
+                    if kw.arg in ("alias", "validation_alias") and isinstance(kw.value, ast.Constant)
+                ]
             assert node.name not in out, f"two classes named {node.name}"
             out[node.name] = ([ast.unparse(b) for b in node.bases], fields)
     return out

@@ -47,6 +47,7 @@ class Run:
 
 # -- the shared loop ---------------------------------------------------------------------------
 
+
 def tiny_model(plan):
     """The plan's model, built from its config file with random weights (seeded)."""
     return build_model(load_spec(plan.model), seed=SEED)
@@ -78,7 +79,9 @@ def optimizer_for(name: str, params):
     return {"adamw_torch": torch.optim.AdamW, "sgd": torch.optim.SGD}[name](params, lr=LR)
 
 
-def train(model, optimizer, run: Run, *, begin=None, before_step=None, end=None, held=None, steps: int | None = None) -> Run:
+def train(
+    model, optimizer, run: Run, *, begin=None, before_step=None, end=None, held=None, steps: int | None = None
+) -> Run:
     """``steps`` (default STEPS) optimizer steps as the HF Trainer takes them: callbacks at step begin, zero_grad after."""
     steps = STEPS if steps is None else steps
     batch = batch_for(model)
@@ -103,6 +106,7 @@ def train(model, optimizer, run: Run, *, begin=None, before_step=None, end=None,
 
 # -- planner: the plan itself, run by planner's sampler -------------------------------------------
 
+
 def plan_rule(plan) -> tuple:
     """How the plan draws at random, by its scorer (the sampler's own definitions)."""
     depth = getattr(plan, "min_depth", 0) or plan.train.min_depth
@@ -118,8 +122,14 @@ def plan_rule(plan) -> tuple:
 
 
 def run_sampler(model, sampler, optimizer, rule: tuple) -> Run:
-    run = train(model, optimizer, Run(rule=rule), begin=sampler.begin_step, before_step=sampler.after_backward,
-                end=lambda step: sampler.end_step(step, float("nan"), None))
+    run = train(
+        model,
+        optimizer,
+        Run(rule=rule),
+        begin=sampler.begin_step,
+        before_step=sampler.after_backward,
+        end=lambda step: sampler.end_step(step, float("nan"), None),
+    )
     run.draws = [h["step"] for h in sampler.history]
     return run
 
@@ -139,16 +149,23 @@ def _run_plan(text: str) -> Run:
     if plan.lora_rank:
         model = add_lora(model, plan.lora_rank)
     static = plan.layers is not None
-    sampler = LayerSampler(model, active_layers=len(plan.layers) if static else plan.active_layers, period=plan.period,
-                           scorer="fixed" if static else plan.scorer,
-                           scorer_options={"layers": plan.layers} if static else plan.scorer_options,
-                           train_embeddings=plan.train_embeddings, train_head=plan.train_head,
-                           min_depth=0 if static else (getattr(plan, "min_depth", 0) or plan.train.min_depth), seed=SEED)
+    sampler = LayerSampler(
+        model,
+        active_layers=len(plan.layers) if static else plan.active_layers,
+        period=plan.period,
+        scorer="fixed" if static else plan.scorer,
+        scorer_options={"layers": plan.layers} if static else plan.scorer_options,
+        train_embeddings=plan.train_embeddings,
+        train_head=plan.train_head,
+        min_depth=0 if static else (getattr(plan, "min_depth", 0) or plan.train.min_depth),
+        seed=SEED,
+    )
     optimizer = sampler.make_optimizer(torch.optim.AdamW if plan.train.optimizer == "adamw" else torch.optim.SGD, lr=LR)
     return run_sampler(model, sampler, optimizer, plan_rule(plan))
 
 
 # -- hf: the exported script's own prepare(), driven as its LayerwiseCallback drives it ------------
+
 
 def run_hf(plan, files: dict[str, str], tmp: Path) -> Run:
     script = tmp / "train_layerwise.py"
@@ -171,6 +188,7 @@ def run_planner(plan, files: dict[str, str], tmp: Path) -> Run:
 
 
 # -- axolotl (commit 067b021; the LoRA rules from 0.21.0, installed by studies/bench_export_run.py) --------------
+
 
 def axolotl_match(pattern: str, name: str) -> bool:
     """src/axolotl/utils/freeze.py LayerNamePattern: '.' not followed by '+' is a literal dot; re.match."""
@@ -197,7 +215,9 @@ def axolotl_refusal(cfg: dict) -> str | None:
     if not cfg.get("adapter") and (cfg.get("load_in_8bit") or cfg.get("load_in_4bit")):
         return "load_in_8bit and load_in_4bit are not supported without setting an adapter for training."
     if cfg.get("adapter") == "qlora" and (cfg.get("load_in_8bit") or not cfg.get("load_in_4bit")):
-        return "Can't load qlora in 8bit" if cfg.get("load_in_8bit") else "Require cfg.load_in_4bit to be True for qlora"
+        return (
+            "Can't load qlora in 8bit" if cfg.get("load_in_8bit") else "Require cfg.load_in_4bit to be True for qlora"
+        )
     if cfg.get("adapter") and cfg.get("peft_layers_to_transform") and cfg.get("unfrozen_parameters"):
         return "`unfrozen_parameters` used with `peft_layers_to_transform` can have unexpected behavior."
     return None
@@ -227,11 +247,24 @@ def axolotl_lora_model(plan, cfg: dict):
     targets = cfg.get("lora_target_modules") or []
     if cfg.get("lora_target_linear"):
         targets = list(set(([targets] if isinstance(targets, str) else targets) + axolotl_linear_names(model)))
-    tying = {"ensure_weight_tying": cfg["peft_ensure_weight_tying"]} if cfg.get("peft_ensure_weight_tying") is not None else {}
-    config = LoraConfig(r=cfg.get("lora_r"), lora_alpha=cfg.get("lora_alpha"), target_modules=targets,
-                        layers_to_transform=cfg.get("peft_layers_to_transform"), layers_pattern=cfg.get("peft_layers_pattern"),
-                        lora_dropout=cfg.get("lora_dropout", 0.0), fan_in_fan_out=cfg.get("lora_fan_in_fan_out"),
-                        modules_to_save=cfg.get("lora_modules_to_save") or None, bias="none", task_type="CAUSAL_LM", **tying)
+    tying = (
+        {"ensure_weight_tying": cfg["peft_ensure_weight_tying"]}
+        if cfg.get("peft_ensure_weight_tying") is not None
+        else {}
+    )
+    config = LoraConfig(
+        r=cfg.get("lora_r"),
+        lora_alpha=cfg.get("lora_alpha"),
+        target_modules=targets,
+        layers_to_transform=cfg.get("peft_layers_to_transform"),
+        layers_pattern=cfg.get("peft_layers_pattern"),
+        lora_dropout=cfg.get("lora_dropout", 0.0),
+        fan_in_fan_out=cfg.get("lora_fan_in_fan_out"),
+        modules_to_save=cfg.get("lora_modules_to_save") or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+        **tying,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return get_peft_model(model, config)
@@ -268,15 +301,19 @@ def run_axolotl(plan, files: dict[str, str], tmp: Path) -> Run:
         def begin(step):  # src/axolotl/utils/callbacks/lisa.py LISACallback.on_step_begin
             if step % K == 0 or step == 1:
                 lisa_draw(layers, n, run, step)
+
     return train(model, optimizer, run, begin=begin)
 
 
 # -- LMFlow (commit f3597db) -----------------------------------------------------------------------
 
 LMFLOW_CLASS_LAYERS = {  # src/lmflow/pipeline/utils/lisa_trainer.py class_to_layers_map
-    "LlamaForCausalLM": "model.model.layers", "Qwen2ForCausalLM": "model.model.layers",
-    "MistralForCausalLM": "model.model.layers", "MixtralForCausalLM": "model.model.layers",
-    "GemmaForCausalLM": "model.model.layers", "GPT2LMHeadModel": "model.transformer.h",
+    "LlamaForCausalLM": "model.model.layers",
+    "Qwen2ForCausalLM": "model.model.layers",
+    "MistralForCausalLM": "model.model.layers",
+    "MixtralForCausalLM": "model.model.layers",
+    "GemmaForCausalLM": "model.model.layers",
+    "GPT2LMHeadModel": "model.transformer.h",
     "HymbaForCausalLM": "model.model.layers",
 }
 
@@ -307,21 +344,27 @@ def run_lmflow(plan, files: dict[str, str], tmp: Path) -> Run:
         def begin(step):  # on_step_begin: switch when global_step % interval_steps == 0
             if step % K == 0:
                 lisa_draw(layers, n, run, step)
+
     return train(model, optimizer, run, begin=begin)
 
 
 # -- LLaMA-Factory (commit ff6d4d1; the LoRA rules from 0.9.5, as installed there) with BAdam (installed) --
 
+
 def llamafactory_freeze(model, cfg: dict) -> None:
     """src/llamafactory/model/adapter.py _setup_freeze_tuning (freeze_trainable_modules: all, no LLaMA-Pro)."""
     config = model.config
-    num_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None) or getattr(config, "n_layer", None)
+    num_layers = (
+        getattr(config, "num_hidden_layers", None)
+        or getattr(config, "num_layers", None)
+        or getattr(config, "n_layer", None)
+    )
     n = int(cfg["freeze_trainable_layers"])
     ids = range(max(0, num_layers - n), num_layers) if n > 0 else range(min(-n, num_layers))
     non_hidden = {name.split(".")[-2] for name, _ in model.named_parameters() if re.search(r"\.\d+\.", name) is None}
     trainable = [".{:d}.{}".format(i, "") for i in ids]
     extra = cfg.get("freeze_extra_modules")
-    for module_name in (extra.split(",") if extra else []):
+    for module_name in extra.split(",") if extra else []:
         if module_name not in non_hidden:
             raise ValueError(f"Module {module_name} is not found, please choose from {', '.join(non_hidden)}")
         trainable.append(module_name)
@@ -358,9 +401,17 @@ def llamafactory_lora_model(plan, cfg: dict):
     target = split(cfg.get("lora_target", "all"))
     if target == ["all"]:
         target = llamafactory_linear_modules(model)
-    config = LoraConfig(task_type="CAUSAL_LM", inference_mode=False, r=rank, target_modules=target,
-                        lora_alpha=cfg.get("lora_alpha") or rank * 2, lora_dropout=cfg.get("lora_dropout", 0.0),
-                        use_rslora=False, use_dora=False, modules_to_save=split(cfg.get("additional_target")))
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        inference_mode=False,
+        r=rank,
+        target_modules=target,
+        lora_alpha=cfg.get("lora_alpha") or rank * 2,
+        lora_dropout=cfg.get("lora_dropout", 0.0),
+        use_rslora=False,
+        use_dora=False,
+        modules_to_save=split(cfg.get("additional_target")),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return get_peft_model(model, config)
@@ -383,7 +434,9 @@ def _run_llamafactory(plan, files: dict[str, str], quiet: contextlib.ExitStack) 
     cfg = yaml.safe_load(files["llamafactory.yaml"])
     if cfg.get("quantization_bit") is not None and cfg["finetuning_type"] not in ("lora", "oft"):
         # src/llamafactory/model/adapter.py init_adapter, for a model loaded quantized
-        return Run(error="LLaMA-Factory stops: ValueError: Quantized models can only be used for the LoRA or OFT tuning.")
+        return Run(
+            error="LLaMA-Factory stops: ValueError: Quantized models can only be used for the LoRA or OFT tuning."
+        )
     if cfg["finetuning_type"] == "lora":
         return run_llamafactory_lora(plan, cfg)
     model = tiny_model(plan)
@@ -396,14 +449,21 @@ def _run_llamafactory(plan, files: dict[str, str], quiet: contextlib.ExitStack) 
         from badam import BlockOptimizer
 
         quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))  # BAdam prints every switch
-        quiet.enter_context(mock.patch("badam.block_optim.gc.collect"))  # a full collection per switch: slow, no effect here
+        # a full collection per switch: slow, no effect here
+        quiet.enter_context(mock.patch("badam.block_optim.gc.collect"))
         # src/llamafactory/train/trainer_utils.py _create_badam_optimizer (every parameter trainable: _setup_full_tuning)
         base = optimizer_for(cfg["optim"], [p for p in model.parameters() if p.requires_grad])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # BAdam warns about float32 weights
-            optimizer = BlockOptimizer(base_optimizer=base, named_parameters_list=list(model.named_parameters()),
-                                       block_prefix_list=None, switch_block_every=cfg["badam_switch_interval"],
-                                       start_block=cfg.get("badam_start_block"), switch_mode=cfg["badam_switch_mode"], verbose=0)
+            optimizer = BlockOptimizer(
+                base_optimizer=base,
+                named_parameters_list=list(model.named_parameters()),
+                block_prefix_list=None,
+                switch_block_every=cfg["badam_switch_interval"],
+                start_block=cfg.get("badam_start_block"),
+                switch_mode=cfg["badam_switch_mode"],
+                verbose=0,
+            )
     except (ValueError, IndexError) as exc:
         return Run(error=f"LLaMA-Factory stops: {type(exc).__name__}: {exc}")
     L = plan.num_layers
@@ -417,12 +477,14 @@ def _run_llamafactory(plan, files: dict[str, str], quiet: contextlib.ExitStack) 
 
     optimizer.switch_trainable_params = recorded
     train(model, optimizer, run, begin=steps.append, held=lambda: state_bytes(optimizer.base_optimizer))
-    run.copy_bytes = sum(p.numel() * p.element_size() for p in optimizer.param_idx2hp.values())  # float32 copies of the block
+    # float32 copies of the block
+    run.copy_bytes = sum(p.numel() * p.element_size() for p in optimizer.param_idx2hp.values())
     run.draws = [d for d in run.draws if d < len(run.trained)]
     return run
 
 
 # -- peft (installed) ------------------------------------------------------------------------------
+
 
 def run_peft(plan, files: dict[str, str], tmp: Path) -> Run:
     from peft import LoraConfig, get_peft_model
@@ -447,11 +509,19 @@ def run_swift(plan, files: dict[str, str], tmp: Path) -> Run:
     return run(plan, files, tmp)
 
 
-RUNNERS = {"planner": run_planner, "hf": run_hf, "axolotl": run_axolotl, "lmflow": run_lmflow,
-           "llamafactory": run_llamafactory, "peft": run_peft, "swift": run_swift}
+RUNNERS = {
+    "planner": run_planner,
+    "hf": run_hf,
+    "axolotl": run_axolotl,
+    "lmflow": run_lmflow,
+    "llamafactory": run_llamafactory,
+    "peft": run_peft,
+    "swift": run_swift,
+}
 
 
 # -- comparison ------------------------------------------------------------------------------------
+
 
 def split(plan, names: frozenset[str]) -> tuple[frozenset[str], dict[int, frozenset[str]]]:
     """(names outside the decoder layers, {layer index: names inside it without the layer prefix})."""
@@ -502,8 +572,14 @@ def differences(plan, truth: Run, got: Run) -> dict[str, list[str]]:
 # the turns with a loss), or None where the trainer skips or refuses the record. planner's own reading is
 # planner.data.files.to_pairs: every turn before the last is the prompt, the last (the assistant's) has the loss.
 
-AXOLOTL_ROLES = {"human": "user", "user": "user", "assistant": "assistant", "gpt": "assistant", "system": "system",
-                 "tool": "tool"}  # src/axolotl/prompt_strategies/chat_template.py ChatTemplatePrompter.__init__ default
+AXOLOTL_ROLES = {
+    "human": "user",
+    "user": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "system": "system",
+    "tool": "tool",
+}  # src/axolotl/prompt_strategies/chat_template.py ChatTemplatePrompter.__init__ default
 
 
 def planner_chat(record: dict) -> tuple[str, list[dict], list[int]]:
@@ -538,12 +614,19 @@ def llamafactory_chat(info: dict, cfg: dict, record: dict) -> tuple[str, list[di
     assert info["formatting"] == "sharegpt"
     columns, tags = info.get("columns", {}), info.get("tags", {})
     role, content = tags.get("role_tag", "from"), tags.get("content_tag", "value")
-    user, assistant, system_tag = tags.get("user_tag", "human"), tags.get("assistant_tag", "gpt"), tags.get("system_tag", "system")
+    user, assistant, system_tag = (
+        tags.get("user_tag", "human"),
+        tags.get("assistant_tag", "gpt"),
+        tags.get("system_tag", "system"),
+    )
     messages = record[columns.get("messages", "conversations")]
     system = ""
     if system_tag and messages and messages[0][role] == system_tag:
         system, messages = messages[0][content], messages[1:]
-    accept = ((user, tags.get("observation_tag", "observation")), (assistant, tags.get("function_tag", "function_call")))
+    accept = (
+        (user, tags.get("observation_tag", "observation")),
+        (assistant, tags.get("function_tag", "function_call")),
+    )
     if any(m[role] not in accept[i % 2] for i, m in enumerate(messages)) or len(messages) % 2:
         return None  # "Invalid role tag" / "Invalid message count": "Skipping this abnormal example."
     names = {user: "user", assistant: "assistant"}
@@ -565,7 +648,9 @@ def swift_chat(args: dict[str, list[str]], record: dict) -> tuple[str, list[dict
         system, messages = messages[0]["content"], messages[1:]
     strategy = args.get("loss_scale", ["default"])[0].split("+")[0]
     last_user = max((i for i, m in enumerate(messages) if m["role"] in ("user", "tool")), default=-1)
-    trained = [i for i, m in enumerate(messages) if m["role"] == "assistant" and (strategy != "last_round" or i > last_user)]
+    trained = [
+        i for i, m in enumerate(messages) if m["role"] == "assistant" and (strategy != "last_round" or i > last_user)
+    ]
     return system, messages, trained
 
 

@@ -22,7 +22,7 @@ def swift_args(text: str) -> dict[str, list[str]]:
         if tok.startswith("--"):
             key = tok[2:]
             out[key] = []
-        elif key is not None and tok not in (")", 'swift', "sft", "${ARGS[@]}"):
+        elif key is not None and tok not in (")", "swift", "sft", "${ARGS[@]}"):
             out[key].append(tok)
     return out
 
@@ -54,15 +54,22 @@ def run_swift(plan, files: dict[str, str], tmp: Path) -> Run:
     if one("tuner_type") == "lora":
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=int(one("lora_rank")), lora_alpha=int(one("lora_alpha")), lora_dropout=float(one("lora_dropout")),
-                            target_modules=one("target_regex"), modules_to_save=args.get("modules_to_save") or None,
-                            task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=int(one("lora_rank")),
+            lora_alpha=int(one("lora_alpha")),
+            lora_dropout=float(one("lora_dropout")),
+            target_modules=one("target_regex"),
+            modules_to_save=args.get("modules_to_save") or None,
+            task_type="CAUSAL_LM",
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = get_peft_model(model, config)
         optimizer = optimizer_for(one("optim"), [p for p in model.parameters() if p.requires_grad])
         run = train(model, optimizer, Run(draws=[0]), steps=2)
-        run.copy_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".modules_to_save." in n)
+        run.copy_bytes = sum(
+            p.numel() * p.element_size() for n, p in model.named_parameters() if ".modules_to_save." in n
+        )
         return run
     swift_freeze(model, args)
     # the Trainer builds its optimizer from the trainable parameters before LISA's first draw (on_train_begin)
@@ -79,5 +86,5 @@ def run_swift(plan, files: dict[str, str], tmp: Path) -> Run:
     def begin(step):  # LISACallback.on_step_begin
         if step % K == 0 or step == 1:
             lisa_draw(layers, n, run, step)
-    return train(model, optimizer, run, begin=begin)
 
+    return train(model, optimizer, run, begin=begin)

@@ -9,8 +9,9 @@ from planner.spec import build_model
 from planner.spec.tiny import tiny_spec
 
 
-def tiny_workload(*, num_layers: int = 3, n_train: int = 32, n_held_out: int = 8, seed: int = 0,
-                  metric: str = "eval_loss") -> Workload:
+def tiny_workload(
+    *, num_layers: int = 3, n_train: int = 32, n_held_out: int = 8, seed: int = 0, metric: str = "eval_loss"
+) -> Workload:
     """Prompt: 4 random tokens then a separator; answer: the same 4 tokens (eval loss or exact match)."""
     spec = tiny_spec("llama", num_layers=num_layers, hidden=32, heads=2, kv_heads=1, vocab=48)
     rng = random.Random(seed)
@@ -18,12 +19,23 @@ def tiny_workload(*, num_layers: int = 3, n_train: int = 32, n_held_out: int = 8
 
     def example() -> Example:
         toks = tuple(rng.randrange(3, 48) for _ in range(4))
-        return Example(prompt=toks + (sep,), answer=toks + (eos,), target=" ".join(map(str, toks)) if metric == "accuracy" else None)
+        return Example(
+            prompt=toks + (sep,),
+            answer=toks + (eos,),
+            target=" ".join(map(str, toks)) if metric == "accuracy" else None,
+        )
 
     return Workload(
-        name="tiny-copy", spec=spec, model_source="tiny-llama", train=[example() for _ in range(n_train)],
-        held_out=[example() for _ in range(n_held_out)], model_factory=lambda s: build_model(spec, seed=s),
-        decode=lambda ids: " ".join(str(i) for i in ids if i != eos), pad_id=0, eos_id=eos, metric_name=metric,
+        name="tiny-copy",
+        spec=spec,
+        model_source="tiny-llama",
+        train=[example() for _ in range(n_train)],
+        held_out=[example() for _ in range(n_held_out)],
+        model_factory=lambda s: build_model(spec, seed=s),
+        decode=lambda ids: " ".join(str(i) for i in ids if i != eos),
+        pad_id=0,
+        eos_id=eos,
+        metric_name=metric,
     )
 
 
@@ -39,15 +51,21 @@ def write_user_workload(root, *, text: bool = False) -> tuple[str, str]:
     model_dir, data = root / "my-model", root / "train.jsonl"
     tok = CharTokenizer()
     spec = tiny_spec("llama", num_layers=3, hidden=32, heads=2, kv_heads=1, vocab=tok.vocab_size)
-    spec.config.bos_token_id, spec.config.eos_token_id, spec.config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    spec.config.bos_token_id, spec.config.eos_token_id, spec.config.pad_token_id = (
+        tok.bos_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
     build_model(spec, seed=0).save_pretrained(model_dir)
     tok.to_hf().save_pretrained(model_dir)
     if text:
         data.write_text("\n".join(json.dumps({"text": f"{i} and {i + 1} make {2 * i + 1}"}) for i in range(60)) + "\n")
         return str(model_dir), str(data)
     # answers a few proxy steps learn in part (the majority first), so trials differ in accuracy
-    data.write_text("\n".join(json.dumps({"instruction": f"double {i}", "response": "7" if i % 3 else "seven"})
-                              for i in range(80)) + "\n")
+    data.write_text(
+        "\n".join(json.dumps({"instruction": f"double {i}", "response": "7" if i % 3 else "seven"}) for i in range(80))
+        + "\n"
+    )
     return str(model_dir), str(data)
 
 

@@ -27,9 +27,9 @@ def add_parser(sub) -> None:
         "estimate",
         help="predict peak training memory; without a trainable set, a table of candidate plans",
         description="Predict the peak memory of one training configuration and its breakdown. Without "
-                    "--layers/--active-layers/--lora-rank, print a table of candidate plans (full, LoRA, "
-                    "layer-wise γ=1..L) and, with --vram, the largest γ that fits. Exit codes: 0 fits "
-                    "(or no --vram), 1 does not fit, 2 bad input.",
+        "--layers/--active-layers/--lora-rank, print a table of candidate plans (full, LoRA, "
+        "layer-wise γ=1..L) and, with --vram, the largest γ that fits. Exit codes: 0 fits "
+        "(or no --vram), 1 does not fit, 2 bad input.",
     )
     # every value is read as text and validated at once (TrainConfig), so several problems are reported together
     p.add_argument("--model", required=True, help="preset name, hub id, local model directory, or config.json path")
@@ -40,15 +40,29 @@ def add_parser(sub) -> None:
     p.add_argument("--layers", metavar="I,J,...|all", help="static trainable decoder layers (0-based), or all")
     p.add_argument("--active-layers", metavar="G", help="a sampler keeps G layers active; predicts its worst case")
     p.add_argument("--min-depth", metavar="D", help="the sampler never draws below layer D (needs --active-layers)")
-    p.add_argument("--train-embeddings", action=argparse.BooleanOptionalAction, default=None,
-                   help="train the input embeddings (default: yes; the table shows both)")
-    p.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=None,
-                   help="train the LM head (default: yes; the table shows both)")
-    p.add_argument("--lora-rank", metavar="R", help="LoRA adapters of rank R in the trainable layers (all layers if none given)")
+    p.add_argument(
+        "--train-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the input embeddings (default: yes; the table shows both)",
+    )
+    p.add_argument(
+        "--train-head",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the LM head (default: yes; the table shows both)",
+    )
+    p.add_argument(
+        "--lora-rank", metavar="R", help="LoRA adapters of rank R in the trainable layers (all layers if none given)"
+    )
     add_lever_flags(p)
     p.add_argument("--device", default="cuda", metavar="{cuda,cpu}", help="default cuda (adds device overhead)")
-    p.add_argument("--profile", metavar="PATH", help="device profile JSON from `planner profile` (default: a matching one in "
-                   "$PLANNER_PROFILE_DIR or ~/.cache/planner/profiles, else documented defaults)")
+    p.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="device profile JSON from `planner profile` (default: a matching one in "
+        "$PLANNER_PROFILE_DIR or ~/.cache/planner/profiles, else documented defaults)",
+    )
     p.add_argument("--vram", metavar="SIZE", help="memory budget, e.g. 24GB, 24GiB, 24000MiB, 24G")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(func=run)
@@ -60,14 +74,25 @@ def _parse_layers(text: str, problems: list[str]):
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
-        problems.append(f"--layers must be `all` or comma-separated decoder-layer indices such as 0,5, but got {text!r}")
+        problems.append(
+            f"--layers must be `all` or comma-separated decoder-layer indices such as 0,5, but got {text!r}"
+        )
         return None
 
 
 def _config_fields(args, problems: list[str]) -> dict:
     fields = {}
-    for flag in ("batch_size", "seq_len", "dtype", "amp", "active_layers", "min_depth",
-                 "train_embeddings", "train_head", "lora_rank"):
+    for flag in (
+        "batch_size",
+        "seq_len",
+        "dtype",
+        "amp",
+        "active_layers",
+        "min_depth",
+        "train_embeddings",
+        "train_head",
+        "lora_rank",
+    ):
         value = getattr(args, flag)
         if value is not None:
             fields[flag] = value
@@ -77,7 +102,9 @@ def _config_fields(args, problems: list[str]) -> dict:
         if layers is not None:
             fields["layers"] = layers
     if args.min_depth is not None and args.active_layers is None:
-        problems.append(f"--min-depth bounds a sampler's draws and needs --active-layers, but got --min-depth {args.min_depth} without it")
+        problems.append(
+            f"--min-depth bounds a sampler's draws and needs --active-layers, but got --min-depth {args.min_depth} without it"
+        )
     # LoRA with no layer set means adapters in every layer, base weights (embeddings and head included) frozen
     if args.lora_rank is not None and args.layers is None and args.active_layers is None:
         fields["layers"] = "all"
@@ -180,10 +207,12 @@ def _budget_line(vram: int) -> str:
 def _header(console, args, spec, cfg, profile_line, vram):
     console.print(f"model: {spec.name} ({spec.model_type}, {spec.num_layers} layers)   device: {args.device}")
     console.print(f"profile: {profile_line}")
-    console.print(f"batch {cfg.batch_size} × seq {cfg.seq_len}, dtype {cfg.dtype}"
-                  + (f", amp {cfg.amp}" if cfg.amp != "none" else "")
-                  + f", optimizer {cfg.optimizer}"
-                  + (", gradient checkpointing" if cfg.gradient_checkpointing else ""))
+    console.print(
+        f"batch {cfg.batch_size} × seq {cfg.seq_len}, dtype {cfg.dtype}"
+        + (f", amp {cfg.amp}" if cfg.amp != "none" else "")
+        + f", optimizer {cfg.optimizer}"
+        + (", gradient checkpointing" if cfg.gradient_checkpointing else "")
+    )
     if vram is not None:
         console.print(_budget_line(vram))
 
@@ -204,10 +233,15 @@ def _run_single(args, spec, cfg, prof, profile_line, vram) -> int:
         return 0 if fits in (None, True) else EXIT_DOES_NOT_FIT
     console = _console()
     _header(console, args, spec, cfg, profile_line, vram)
-    what = (f"layers {cfg.layers}" if cfg.layers is not None else
-            f"γ={cfg.active_layers} sampled from layers {cfg.min_depth}..{spec.num_layers - 1} (worst case)")
-    eh = ", ".join(f"{n} {'trainable' if on else 'frozen'}" for n, on in
-                   (("embeddings", cfg.train_embeddings), ("head", cfg.train_head)))
+    what = (
+        f"layers {cfg.layers}"
+        if cfg.layers is not None
+        else f"γ={cfg.active_layers} sampled from layers {cfg.min_depth}..{spec.num_layers - 1} (worst case)"
+    )
+    eh = ", ".join(
+        f"{n} {'trainable' if on else 'frozen'}"
+        for n, on in (("embeddings", cfg.train_embeddings), ("head", cfg.train_head))
+    )
     console.print(f"trains: {what}{f', LoRA r={cfg.lora_rank}' if cfg.lora_rank else ''}; {eh}")
     unit = _unit_for(est.peak_bytes)
     table = Table(title="peak memory")
@@ -217,19 +251,26 @@ def _run_single(args, spec, cfg, prof, profile_line, vram) -> int:
     table.add_column("share", justify="right")
     parts = est.breakdown.model_dump()
     for key in BREAKDOWN_KEYS:
-        table.add_row(key, f"{parts[key]:,}", _in(parts[key], unit), f"{100 * parts[key] / max(est.peak_bytes, 1):.1f}%")
+        table.add_row(
+            key, f"{parts[key]:,}", _in(parts[key], unit), f"{100 * parts[key] / max(est.peak_bytes, 1):.1f}%"
+        )
     table.add_row("peak", f"{est.peak_bytes:,}", _in(est.peak_bytes, unit), "100.0%", style="bold")
     console.print(table)
-    console.print(f"peak reached during: {est.phase}"
-                  + (f"; worst-case draw: layers {est.trainable_layers}" if cfg.active_layers is not None else ""))
+    console.print(
+        f"peak reached during: {est.phase}"
+        + (f"; worst-case draw: layers {est.trainable_layers}" if cfg.active_layers is not None else "")
+    )
     if vram is None:
         return 0
     if fits:
-        console.print(f"fits: peak {_size(est.peak_bytes)} <= budget {_size(vram)} "
-                      f"({_size(vram - est.peak_bytes)} to spare)")
+        console.print(
+            f"fits: peak {_size(est.peak_bytes)} <= budget {_size(vram)} ({_size(vram - est.peak_bytes)} to spare)"
+        )
         return 0
-    console.print(f"does not fit: peak {_size(est.peak_bytes)} > budget {_size(vram)}; the smallest budget "
-                  f"that fits this configuration is {est.peak_bytes:,} bytes ({_size(est.peak_bytes)})")
+    console.print(
+        f"does not fit: peak {_size(est.peak_bytes)} > budget {_size(vram)}; the smallest budget "
+        f"that fits this configuration is {est.peak_bytes:,} bytes ({_size(est.peak_bytes)})"
+    )
     return EXIT_DOES_NOT_FIT
 
 
@@ -250,19 +291,28 @@ def _run_table(args, spec, cfg, prof, profile_line, vram) -> int:
     variants = _variants(args)
     cands = candidate_plans(spec, cfg, args.device, prof, embedding_variants=variants)
     cheapest = smallest_fitting(cands)
-    largest = {variant_label(e, h): largest_fitting_active_layers(cands, vram, train_embeddings=e, train_head=h) if vram else None
-               for e, h in variants}
+    largest = {
+        variant_label(e, h): largest_fitting_active_layers(cands, vram, train_embeddings=e, train_head=h)
+        if vram
+        else None
+        for e, h in variants
+    }
     any_fits = vram is None or cheapest.peak_bytes <= vram
     if args.json:
         out = {
-            "model": spec.name, "num_layers": spec.num_layers, "device": args.device, "profile": profile_line,
+            "model": spec.name,
+            "num_layers": spec.num_layers,
+            "device": args.device,
+            "profile": profile_line,
             "config": cfg.model_dump(mode="json"),
             "plans": [c.to_dict(vram) for c in cands],
             "smallest": {"name": cheapest.name, "peak_bytes": cheapest.peak_bytes},
         }
         if vram is not None:
             out["vram_bytes"] = vram
-            out["largest_fitting_active_layers"] = {label: (c.active_layers if c else None) for label, c in largest.items()}
+            out["largest_fitting_active_layers"] = {
+                label: (c.active_layers if c else None) for label, c in largest.items()
+            }
         print(json.dumps(out))
         return 0 if any_fits else EXIT_DOES_NOT_FIT
     console = _console()
@@ -286,9 +336,14 @@ def _run_table(args, spec, cfg, prof, profile_line, vram) -> int:
         console.print(f"smallest plan: {cheapest.name} at {_size(cheapest.peak_bytes)}")
         return 0
     for label, best in largest.items():
-        console.print(f"largest γ that fits ({label}): " + (f"{best.active_layers} (peak {_size(best.peak_bytes)})" if best else "none"))
+        console.print(
+            f"largest γ that fits ({label}): "
+            + (f"{best.active_layers} (peak {_size(best.peak_bytes)})" if best else "none")
+        )
     if not any_fits:
-        console.print(f"no plan fits {_size(vram)}: the smallest budget that fits is {cheapest.peak_bytes:,} bytes "
-                      f"({_size(cheapest.peak_bytes)}) with {cheapest.name}")
+        console.print(
+            f"no plan fits {_size(vram)}: the smallest budget that fits is {cheapest.peak_bytes:,} bytes "
+            f"({_size(cheapest.peak_bytes)}) with {cheapest.name}"
+        )
         return EXIT_DOES_NOT_FIT
     return 0

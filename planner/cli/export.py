@@ -16,8 +16,8 @@ def add_parser(sub) -> None:
         "export",
         help="write a plan as ready config files for a trainer (hf, axolotl, lmflow, llamafactory, peft)",
         description="Write PLAN (a plan YAML from `planner tune`) as the files TARGET reads. Where the target "
-                    "cannot express part of the plan, the nearest equivalent is written and each loss is "
-                    "printed; with --strict nothing is written and the command exits 2 naming the losses.",
+        "cannot express part of the plan, the nearest equivalent is written and each loss is "
+        "printed; with --strict nothing is written and the command exits 2 naming the losses.",
     )
     p.add_argument("plan", metavar="PLAN.yaml", help="plan file")
     p.add_argument("--to", required=True, metavar="TARGET", help=f"one of {', '.join(sorted(EXPORTERS))}")

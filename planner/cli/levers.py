@@ -15,8 +15,9 @@ def add_lever_flags(parser: argparse.ArgumentParser, *, shape_only: bool = False
         if flag is None or (shape_only and not lever.in_shape):
             continue
         if flag.kind == "bool":
-            parser.add_argument(flag.name, dest=flag.field, action=argparse.BooleanOptionalAction, default=None,
-                                help=flag.help)
+            parser.add_argument(
+                flag.name, dest=flag.field, action=argparse.BooleanOptionalAction, default=None, help=flag.help
+            )
         else:
             parser.add_argument(flag.name, dest=flag.field, metavar=flag.metavar, help=flag.help)
 

@@ -24,7 +24,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="planner", description="Memory-budget planner and autotuner for layer-wise sparse fine-tuning.")
+    parser = _Parser(
+        prog="planner", description="Memory-budget planner and autotuner for layer-wise sparse fine-tuning."
+    )
     parser.add_argument("--version", action="version", version=f"planner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     for name in COMMANDS:

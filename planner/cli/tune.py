@@ -15,12 +15,13 @@ from planner.tune.summary import confirmation_lines, exit_code, measured_lines, 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "tune", help="search the best layer-wise plan that fits --vram (Optuna)",
+        "tune",
+        help="search the best layer-wise plan that fits --vram (Optuna)",
         description="Plan layer-wise fine-tuning of a target model (--model) on a card of --vram: active-layer count, "
-                    "lowest drawn layer, gradient checkpointing, switching period, scorer, embeddings/head and learning "
-                    "rate. Every trial's peak is predicted for the target in its training shape before anything trains; "
-                    "trials over the budget are never trained; the rest train briefly on a proxy (--proxy). "
-                    "Writes the best plan for the target as YAML.",
+        "lowest drawn layer, gradient checkpointing, switching period, scorer, embeddings/head and learning "
+        "rate. Every trial's peak is predicted for the target in its training shape before anything trains; "
+        "trials over the budget are never trained; the rest train briefly on a proxy (--proxy). "
+        "Writes the best plan for the target as YAML.",
     )
     # one option per TuneOptions field (planner.tune.options): its flag, help and metavar; values are read as text
     # and validated by TuneOptions, and a flag left out is absent, so that the field's default applies
@@ -28,11 +29,22 @@ def add_parser(sub) -> None:
         if opt.kind == "levers":  # --optimizer, --optimizer-in-backward, --loss-chunks: every trial's shape
             add_lever_flags(p, shape_only=True)
         elif opt.kind == "switch":
-            p.add_argument(opt.flag, dest=opt.field, action="store_false" if opt.default else "store_true",
-                           default=argparse.SUPPRESS, help=opt.help.replace("%", "%%"))
+            p.add_argument(
+                opt.flag,
+                dest=opt.field,
+                action="store_false" if opt.default else "store_true",
+                default=argparse.SUPPRESS,
+                help=opt.help.replace("%", "%%"),
+            )
         else:
-            p.add_argument(opt.flag, dest=opt.field, metavar=opt.metavar, required=opt.required,
-                           default=argparse.SUPPRESS, help=opt.help.replace("%", "%%"))
+            p.add_argument(
+                opt.flag,
+                dest=opt.field,
+                metavar=opt.metavar,
+                required=opt.required,
+                default=argparse.SUPPRESS,
+                help=opt.help.replace("%", "%%"),
+            )
     p.set_defaults(func=run)
 
 
@@ -67,28 +79,40 @@ def run(args) -> int:
         console.width = columns
     counts = result.counts
     reused = f", {counts['reused']} reused a proxy run" if counts.get("reused") else ""
-    console.print(f"trials: {counts.get('complete', 0)} trained{reused}, {counts.get('gated', 0)} gated (over budget for "
-                  f"{plan.model}, never trained), {counts.get('pruned', 0) - counts.get('gated', 0)} pruned early, "
-                  f"{counts.get('fail', 0)} failed"
-                  + (f", {counts['interrupted']} interrupted (not counted)" if counts.get("interrupted") else "")
-                  + (f"; {counts['confirmation']} confirmation runs" if counts.get("confirmation") else ""))
+    console.print(
+        f"trials: {counts.get('complete', 0)} trained{reused}, {counts.get('gated', 0)} gated (over budget for "
+        f"{plan.model}, never trained), {counts.get('pruned', 0) - counts.get('gated', 0)} pruned early, "
+        f"{counts.get('fail', 0)} failed"
+        + (f", {counts['interrupted']} interrupted (not counted)" if counts.get("interrupted") else "")
+        + (f"; {counts['confirmation']} confirmation runs" if counts.get("confirmation") else "")
+    )
     for line in confirmation_lines(plan):
         console.print(line)
     for line in measured_lines(result):
         console.print(line)
     console.print(plan_line(plan))
     if plan.proxy is not None and plan.proxy.kind != "target":
-        console.print(f"measured on {plan.proxy.name}: γ={plan.proxy.active_layers} of {plan.proxy.num_layers} from layer "
-                      f"{plan.proxy.min_depth} up, lr={plan.proxy.learning_rate:.3g}, batch {plan.proxy.batch_size} "
-                      f"(depth and learning-rate rules: planner.tune.mapping)")
+        console.print(
+            f"measured on {plan.proxy.name}: γ={plan.proxy.active_layers} of {plan.proxy.num_layers} from layer "
+            f"{plan.proxy.min_depth} up, lr={plan.proxy.learning_rate:.3g}, batch {plan.proxy.batch_size} "
+            f"(depth and learning-rate rules: planner.tune.mapping)"
+        )
     best_kind = result.rows[0].kind
     if isinstance(best_kind, Baseline):
-        console.print(f"the best plan is the {best_kind.name} baseline itself: no searched trial beat it"
-                      f"{' on the confirmed mean' if plan.confirmation else ''} "
-                      f"(resume with --study {plan.study_name} and a larger --n-trials to search on)")
+        console.print(
+            f"the best plan is the {best_kind.name} baseline itself: no searched trial beat it"
+            f"{' on the confirmed mean' if plan.confirmation else ''} "
+            f"(resume with --study {plan.study_name} and a larger --n-trials to search on)"
+        )
     if result.pareto:
-        console.print("Pareto front (metric vs predicted peak): " + ", ".join(
-            f"#{p['trial']} {p['metric']:.4f} @ {human_bytes(p['predicted_peak_bytes'])}" for p in result.pareto))
-    console.print(f"plan written to {result.plan_path}; study {plan.study_name!r} in {plan.storage} "
-                  f"(browse: optuna-dashboard {plan.storage})")
+        console.print(
+            "Pareto front (metric vs predicted peak): "
+            + ", ".join(
+                f"#{p['trial']} {p['metric']:.4f} @ {human_bytes(p['predicted_peak_bytes'])}" for p in result.pareto
+            )
+        )
+    console.print(
+        f"plan written to {result.plan_path}; study {plan.study_name!r} in {plan.storage} "
+        f"(browse: optuna-dashboard {plan.storage})"
+    )
     return exit_code(plan)  # 1 when confirmation found no signal: the plan is written, its verdict says so

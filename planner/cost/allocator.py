@@ -53,8 +53,17 @@ class CachingAllocator:
     """The readable reference model. Blocks by address: ``[size, allocated, prev address or -1,
     next address or -1, small]``; free blocks also sit in their pool as ``(size, address)``."""
 
-    __slots__ = ("blocks", "free_small", "free_large", "next_segment", "allocated", "reserved",
-                 "peak_allocated", "peak_reserved", "segments")
+    __slots__ = (
+        "blocks",
+        "free_small",
+        "free_large",
+        "next_segment",
+        "allocated",
+        "reserved",
+        "peak_allocated",
+        "peak_reserved",
+        "segments",
+    )
 
     def __init__(self):
         self.blocks: dict[int, list] = {}
@@ -146,7 +155,7 @@ def _freeze(mem: list) -> tuple:
 
 def _thaw(frozen: tuple) -> list:
     keys, flat, small_pool, large_pool, *counters = frozen
-    blocks = {a: flat[5 * i:5 * i + 5] for i, a in enumerate(keys)}
+    blocks = {a: flat[5 * i : 5 * i + 5] for i, a in enumerate(keys)}
     return [blocks, small_pool[:], large_pool[:], *counters]
 
 
@@ -245,9 +254,18 @@ def _run(ops: list[int], addrs: list[int], k: int, mem: list) -> int:
     return k
 
 
-def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int], state: list[int],
-               temporaries: list[int], *, start: tuple | None = None, save_at: tuple[int, ...] = (),
-               saved: list | None = None) -> tuple[int, int]:
+def replay_run(
+    setup: list[int],
+    step: list[int],
+    n_step: int,
+    grads: list[int],
+    state: list[int],
+    temporaries: list[int],
+    *,
+    start: tuple | None = None,
+    save_at: tuple[int, ...] = (),
+    saved: list | None = None,
+) -> tuple[int, int]:
     """A training run through a fresh allocator: ``setup`` operations (weights, batch, workspaces; as
     ``step``, ``-(k + 1)`` frees the k-th setup allocation), then two steps of ``step`` operations
     (``n >= 0`` allocates, ``-(id + 1)`` frees a block of that step), each followed by the optimizer's
@@ -270,7 +288,8 @@ def replay_run(setup: list[int], step: list[int], n_step: int, grads: list[int],
     n_addrs = n_step + len(state) + len(temporaries)
     if start is None:
         pos, k, addrs = 0, 0, [0] * n_addrs
-        mem: list = [{}, [], [], 0, 0, 0, 0]  # blocks, small pool, large pool, next segment, allocated, reserved, peak allocated
+        # blocks, small pool, large pool, next segment, allocated, reserved, peak allocated
+        mem: list = [{}, [], [], 0, 0, 0, 0]
         _run(_rounded(setup), [0] * len(setup), 0, mem)
     else:
         pos, k, frozen, known = start

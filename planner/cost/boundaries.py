@@ -54,6 +54,7 @@ class Boundaries(StepHooks):
             self.input_ids[i] = self.t.alloc_id(x) if x is not None else None
             if i == 0 and x is not None and x.requires_grad:
                 x.register_hook(self._grad_mark("bwd:embed"))
+
         return hook
 
     def _post(self, i):
@@ -67,6 +68,7 @@ class Boundaries(StepHooks):
                 y.register_hook(self._grad_mark(f"bwd:{i}"))
             if i == self.n - 1:
                 self.after_layers = True
+
         return hook
 
     def _outside(self, module, args):
@@ -77,6 +79,7 @@ class Boundaries(StepHooks):
     def _grad_mark(self, label):
         def hook(grad):
             self.t.mark(label)
+
         return hook
 
     def step_start(self):

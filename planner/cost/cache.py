@@ -16,7 +16,8 @@ import os
 import warnings
 from pathlib import Path
 
-CACHE_SCHEMA = 3  # bump when an entry's layout or meaning changes (2: in-place gradient accumulation, reduction scratch, tied-head build; 3: models built in the dtype asked for, not their config's)
+# bump when an entry's layout or meaning changes (2: in-place gradient accumulation, reduction scratch, tied-head build; 3: models built in the dtype asked for, not their config's)
+CACHE_SCHEMA = 3
 
 
 class CacheWarning(UserWarning):
@@ -72,7 +73,9 @@ def store(kind: str, key: str, data) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"schema": CACHE_SCHEMA, "kind": kind, "key": key, "sha256": _digest(data), "data": data}))
+        tmp.write_text(
+            json.dumps({"schema": CACHE_SCHEMA, "kind": kind, "key": key, "sha256": _digest(data), "data": data})
+        )
         tmp.replace(path)
     except OSError:
         pass

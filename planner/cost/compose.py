@@ -54,8 +54,17 @@ class Family:
                         events[k] = tr.events[k]
             frees.update(tr.frees_input)
             deferred.update(tr.deferred)
-        return cls(dict(first.segments), layers, frees, first.input_bytes, first.x0_held, first.x0_kept, deferred, first.params,
-                   events)
+        return cls(
+            dict(first.segments),
+            layers,
+            frees,
+            first.input_bytes,
+            first.x0_held,
+            first.x0_kept,
+            deferred,
+            first.params,
+            events,
+        )
 
     def layer(self, phase: str, role: int, index: int = 1) -> Segment:
         """Segment of a layer in ``role``; layer 0 uses its own figures when traced at position 0."""
@@ -117,7 +126,9 @@ def _then(first: Segment, second: Segment) -> Segment:
         at = first.at_peak
     else:
         at = _add(first.delta, second.at_peak)
-    return Segment(d, at, first.delta_cuda + second.delta_cuda, max(first.peak_cuda, first.delta_cuda + second.peak_cuda))
+    return Segment(
+        d, at, first.delta_cuda + second.delta_cuda, max(first.peak_cuda, first.delta_cuda + second.peak_cuda)
+    )
 
 
 @dataclass
@@ -169,13 +180,17 @@ def peak_many(fam: Family, role_matrix: np.ndarray, opt_peaks: np.ndarray, *, cu
 
     fd, fd0, bd, bd0 = table("fwd", 1), table("fwd", 0), table("bwd", 1), table("bwd", 0)
     fixed_head = [stat(fam.segments[name]) for name in ("embed_fwd",)]
-    tail = [fam.segments["shared_release"]] + ([fam.segments["embed_bwd"]] if "embed_bwd" in fam.segments else []) + [fam.segments["tail"]]
+    tail = (
+        [fam.segments["shared_release"]]
+        + ([fam.segments["embed_bwd"]] if "embed_bwd" in fam.segments else [])
+        + [fam.segments["tail"]]
+    )
     k = 1 + n + 1 + 1 + 1 + 1 + n + len(tail) + 1
     d = np.zeros((c, k), dtype=np.int64)
     p = np.zeros((c, k), dtype=np.int64)
     d[:, 0], p[:, 0] = fixed_head[0]
-    d[:, 1:1 + n] = fd[role_matrix, 0]
-    p[:, 1:1 + n] = fd[role_matrix, 1]
+    d[:, 1 : 1 + n] = fd[role_matrix, 0]
+    p[:, 1 : 1 + n] = fd[role_matrix, 1]
     r0 = role_matrix[:, 0]
     d[:, 1], p[:, 1] = fd0[r0, 0], fd0[r0, 1]
     col = 1 + n
@@ -192,8 +207,8 @@ def peak_many(fam: Family, role_matrix: np.ndarray, opt_peaks: np.ndarray, *, cu
     d[:, col], p[:, col] = stat(fam.segments["head_bwd"])
     col += 1
     rev = role_matrix[:, ::-1]
-    d[:, col:col + n] = bd[rev, 0]
-    p[:, col:col + n] = bd[rev, 1]
+    d[:, col : col + n] = bd[rev, 0]
+    p[:, col : col + n] = bd[rev, 1]
     d[:, col + n - 1], p[:, col + n - 1] = bd0[r0, 0], bd0[r0, 1]
     col += n
     for seg in tail:

@@ -75,6 +75,12 @@ class DeviceProfile(BaseModel):
 def default_profile(device: str = "cuda") -> DeviceProfile:
     """Documented defaults; for ``cpu`` there is no device overhead."""
     if device == "cpu":
-        return DeviceProfile(device="cpu", device_name="cpu", torch_version=torch.__version__,
-                             context_bytes=0, workspace_bytes=0, fragmentation=0.0)
+        return DeviceProfile(
+            device="cpu",
+            device_name="cpu",
+            torch_version=torch.__version__,
+            context_bytes=0,
+            workspace_bytes=0,
+            fragmentation=0.0,
+        )
     return DeviceProfile(device="cuda", device_name="default", torch_version=torch.__version__)

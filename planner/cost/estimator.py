@@ -56,10 +56,16 @@ class MemoryEstimate:
     paged_bytes: int = 0  # CUDA: optimizer state in unified memory, outside the allocator (paged optimizers)
 
     def to_dict(self) -> dict:
-        return {"peak_bytes": self.peak_bytes, "breakdown": self.breakdown.model_dump(),
-                "trainable_layers": list(self.trainable_layers), "phase": self.phase, "device": self.device,
-                "allocated_bytes": self.allocated_bytes, "reserved_bytes": self.reserved_bytes,
-                "paged_bytes": self.paged_bytes}
+        return {
+            "peak_bytes": self.peak_bytes,
+            "breakdown": self.breakdown.model_dump(),
+            "trainable_layers": list(self.trainable_layers),
+            "phase": self.phase,
+            "device": self.device,
+            "allocated_bytes": self.allocated_bytes,
+            "reserved_bytes": self.reserved_bytes,
+            "paged_bytes": self.paged_bytes,
+        }
 
     def paged_split(self, vram_bytes: int) -> tuple[int, int]:
         """(bytes of paged optimizer state that stay on the device, bytes paged out to host memory) at a budget:
@@ -121,7 +127,9 @@ def trace_key(spec, cfg: TrainConfig, roles: list[str], kernels: str = "cpu") ->
     return hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def get_trace(spec, cfg: TrainConfig, roles: list[str], *, fake: bool | None = None, kernels: str = "cpu") -> TraceResult:
+def get_trace(
+    spec, cfg: TrainConfig, roles: list[str], *, fake: bool | None = None, kernels: str = "cpu"
+) -> TraceResult:
     """The trace of ``spec`` at ``len(roles)`` layers with these roles, from cache when possible.
     ``kernels``: whose attention and dropout kernels the trace counts (``cpu`` or ``cuda``)."""
     fake = _use_fake(spec, cfg, len(roles)) if fake is None else fake
@@ -139,8 +147,9 @@ def get_trace(spec, cfg: TrainConfig, roles: list[str], *, fake: bool | None = N
     return tr
 
 
-def trace_patterns(embeddings_grad: bool, roles: set[str], roles0: set[str],
-                   max_layers: int = MAX_TRACE_LAYERS) -> list[list[str]]:
+def trace_patterns(
+    embeddings_grad: bool, roles: set[str], roles0: set[str], max_layers: int = MAX_TRACE_LAYERS
+) -> list[list[str]]:
     """Reduced-depth role sequences (at most ``max_layers`` layers) that together cover every role
     in ``roles`` above position 0 and every role in ``roles0`` at position 0 (layer 0's input is
     the embeddings output, which the model may hold until its forward returns)."""
@@ -165,12 +174,23 @@ def embeddings_grad(spec, cfg: TrainConfig) -> bool:
     the embedding, see planner.cost.trainable), or a lever that makes it require grad (gradient
     checkpointing: transformers calls ``enable_input_require_grads``, so every layer backpropagates
     and is recomputed)."""
-    return (cfg.train_embeddings or (spec.tied_embeddings and cfg.train_head)
-            or any(lever.input_requires_grad(cfg) for lever in active_levers(cfg)))
+    return (
+        cfg.train_embeddings
+        or (spec.tied_embeddings and cfg.train_head)
+        or any(lever.input_requires_grad(cfg) for lever in active_levers(cfg))
+    )
 
 
-def get_family(spec, cfg: TrainConfig, roles: set[str], roles0: set[str], *,
-               fake: bool | None = None, max_trace_layers: int = MAX_TRACE_LAYERS, kernels: str = "cpu") -> Family:
+def get_family(
+    spec,
+    cfg: TrainConfig,
+    roles: set[str],
+    roles0: set[str],
+    *,
+    fake: bool | None = None,
+    max_trace_layers: int = MAX_TRACE_LAYERS,
+    kernels: str = "cpu",
+) -> Family:
     """Segments for every role in ``roles`` (and ``roles0`` at layer 0) of this config's family."""
     patterns = trace_patterns(embeddings_grad(spec, cfg), roles, roles0, max_trace_layers)
     traces = [get_trace(spec, cfg, patterns[0], fake=fake, kernels=kernels)]
@@ -248,9 +268,16 @@ def _role_matrix(masks: np.ndarray, e_grad: bool) -> np.ndarray:
     return np.where(masks, np.where(j == low, T0, T), np.where(j > low, FA, FB)).astype(np.int64)
 
 
-def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DeviceProfile | None = None,
-             fake: bool | None = None, max_trace_layers: int = MAX_TRACE_LAYERS,
-             built_on_device: bool = False) -> MemoryEstimate:
+def estimate(
+    spec,
+    cfg: TrainConfig,
+    *,
+    device: str = "cuda",
+    profile: DeviceProfile | None = None,
+    fake: bool | None = None,
+    max_trace_layers: int = MAX_TRACE_LAYERS,
+    built_on_device: bool = False,
+) -> MemoryEstimate:
     """Predict the peak memory of one training step of ``spec`` under ``cfg`` on ``device``.
 
     ``device="cpu"`` predicts PyTorch CPU allocator bytes (no overhead); ``"cuda"`` adds the
@@ -288,8 +315,10 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
         raise
     except Exception as exc:  # noqa: BLE001 - a model transformers builds but the trace cannot run
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise PlannerError(f"the cost model must trace {spec.name} ({spec.model_type}) at reduced depth, "
-                           f"but the traced training step failed: {type(exc).__name__}: {first}") from exc
+        raise PlannerError(
+            f"the cost model must trace {spec.name} ({spec.model_type}) at reduced depth, "
+            f"but the traced training step failed: {type(exc).__name__}: {first}"
+        ) from exc
     counts = masks.sum(axis=1)
     opt_raw, opt_cuda = _opt_peaks(fam, cfg, opt, device, np.unique(counts))
     lookup = {int(k): i for i, k in enumerate(np.unique(counts))}
@@ -318,17 +347,32 @@ def estimate(spec, cfg: TrainConfig, *, device: str = "cuda", profile: DevicePro
         # the step's allocations and frees through the caching allocator model (planner.cost.replay):
         # max_memory_reserved, and max_memory_allocated with the blocks handed out whole
         reserved, allocated = reserved_and_allocated(
-            fam, [int(r) for r in roles[best]], num_layers=L, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-            tensors=tensors, opt=replayed_opt, workspace_bytes=profile.workspace_bytes,
-            built_on_device=built_on_device)
+            fam,
+            [int(r) for r in roles[best]],
+            num_layers=L,
+            batch_size=cfg.batch_size,
+            seq_len=cfg.seq_len,
+            tensors=tensors,
+            opt=replayed_opt,
+            workspace_bytes=profile.workspace_bytes,
+            built_on_device=built_on_device,
+        )
         overhead = reserved - raw_peak + profile.context_bytes
-    breakdown = Breakdown(weights=weights, gradients=grads, optimizer=state, activations=acts,
-                          transient=trans + batch, overhead=overhead)
+    breakdown = Breakdown(
+        weights=weights, gradients=grads, optimizer=state, activations=acts, transient=trans + batch, overhead=overhead
+    )
     peak = raw_peak + overhead
-    return MemoryEstimate(peak_bytes=peak, breakdown=breakdown, trainable_layers=chosen,
-                          phase=sim.phase_cuda if cuda else sim.phase, device=device,
-                          allocated_bytes=allocated, reserved_bytes=reserved, paged_bytes=paged,
-                          details=_details(spec, masks, fam))
+    return MemoryEstimate(
+        peak_bytes=peak,
+        breakdown=breakdown,
+        trainable_layers=chosen,
+        phase=sim.phase_cuda if cuda else sim.phase,
+        device=device,
+        allocated_bytes=allocated,
+        reserved_bytes=reserved,
+        paged_bytes=paged,
+        details=_details(spec, masks, fam),
+    )
 
 
 class _StateOffAllocator:
@@ -350,6 +394,8 @@ def _details(spec, masks, fam) -> dict:
     if len(types) > 1:
         # a role's figures come from whichever layer types the reduced model's first layers have:
         # per-type differences (e.g. SDPA with a sliding-window mask) are not composed
-        out["approximate"] = (f"decoder layers of several types {sorted(types)}: per-type differences are not "
-                              "composed (up to 3% off on a tiny qwen2 with sliding and full layers)")
+        out["approximate"] = (
+            f"decoder layers of several types {sorted(types)}: per-type differences are not "
+            "composed (up to 3% off on a tiny qwen2 with sliding and full layers)"
+        )
     return out

@@ -23,8 +23,14 @@ from __future__ import annotations
 
 from planner.cost.roles import FB, ROLES
 
-NAMES = {"fwd:embed": "embed_fwd", "fwd:head": "head_fwd", "bwd:head": "head_bwd", "bwd:embed": "embed_bwd",
-         "bwd:end": "tail", "end": "end"}
+NAMES = {
+    "fwd:embed": "embed_fwd",
+    "fwd:head": "head_fwd",
+    "bwd:head": "head_bwd",
+    "bwd:embed": "embed_bwd",
+    "bwd:end": "tail",
+    "end": "end",
+}
 
 
 def _layer(label: str) -> int | None:
@@ -85,7 +91,8 @@ def templates(events, marks, roles, input_ids, last_output, grad_ids) -> dict:
         if lab is None:
             continue
         if delta > 0:
-            if aid not in seen and aid in where:  # a later positive change is a resize in place (out= ops): not a new block
+            # a later positive change is a resize in place (out= ops): not a new block
+            if aid not in seen and aid in where:
                 seen.add(aid)
                 out[lab]["ev"].append(["a", delta, int(aid in grad_ids)])
             continue
@@ -97,7 +104,12 @@ def templates(events, marks, roles, input_ids, last_output, grad_ids) -> dict:
             ref = ["self", k]
         elif cur_layer is not None and src == f"fwd:{cur_layer}":
             ref = ["fwd", k]
-        elif cur_layer is not None and src_layer == cur_layer - 1 and src.startswith("fwd:") and outputs.get(src_layer) == aid:
+        elif (
+            cur_layer is not None
+            and src_layer == cur_layer - 1
+            and src.startswith("fwd:")
+            and outputs.get(src_layer) == aid
+        ):
             ref = ["out"]
         elif lab in ("fwd:head", "bwd:head") and aid == top_out:
             ref = ["top"]
@@ -123,7 +135,9 @@ def templates(events, marks, roles, input_ids, last_output, grad_ids) -> dict:
         if layer > 0:
             result[f"{phase}:{roles[layer]}"] = tmpl
         elif f"{phase}:{roles[layer]}" not in result:  # until a layer above position 0 has this role
-            result[f"{phase}:{roles[layer]}"] = _above_layer0(tmpl, where.get(x0), x0_freed_in) if phase == "fwd" else tmpl
+            result[f"{phase}:{roles[layer]}"] = (
+                _above_layer0(tmpl, where.get(x0), x0_freed_in) if phase == "fwd" else tmpl
+            )
     return result
 
 

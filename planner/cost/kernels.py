@@ -90,7 +90,9 @@ class _KernelAttention(torch.autograd.Function):
         rng = [query.new_empty((), dtype=torch.int64) for _ in range(RNG_STATE_TENSORS)] if backend == "fused" else []
         ctx.backend = backend
         storage = query.untyped_storage()  # one Python object per storage, for real and fake tensors
-        ctx.fused_qkv = key.shape == query.shape and key.untyped_storage() is storage and value.untyped_storage() is storage
+        ctx.fused_qkv = (
+            key.shape == query.shape and key.untyped_storage() is storage and value.untyped_storage() is storage
+        )
         ctx.has_mask = mask is not None
         ctx.save_for_backward(query, key, value, out, lse, *([mask] if mask is not None else []), *rng)
         return out
@@ -151,7 +153,9 @@ def _math_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
     if is_causal:
         rows, cols = query.size(-2), key.size(-2)
         allowed = torch.ones(rows, cols, dtype=torch.bool).tril()
-        attn_mask = torch.where(allowed, torch.zeros((), dtype=query.dtype), torch.full((), float("-inf"), dtype=query.dtype))
+        attn_mask = torch.where(
+            allowed, torch.zeros((), dtype=query.dtype), torch.full((), float("-inf"), dtype=query.dtype)
+        )
         del allowed
     if enable_gqa and key.size(-3) != query.size(-3):
         repeat = query.size(-3) // key.size(-3)

@@ -34,11 +34,14 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, layers: list[int]) -> nn.M
         model = lever.prepare(model, cfg, layers)
     if cfg.lora_rank:
         model = add_lora(model, cfg.lora_rank, select=lambda names: _lora_targets(levers, cfg, names))
-    apply_trainable(model, layers, train_embeddings=cfg.train_embeddings, train_head=cfg.train_head,
-                    lora=bool(cfg.lora_rank))
+    apply_trainable(
+        model, layers, train_embeddings=cfg.train_embeddings, train_head=cfg.train_head, lora=bool(cfg.lora_rank)
+    )
     if not any(p.requires_grad for p in model.parameters()):
-        raise PlannerError(f"a training config must train something, but layers={layers}, "
-                           f"train_embeddings={cfg.train_embeddings}, train_head={cfg.train_head}")
+        raise PlannerError(
+            f"a training config must train something, but layers={layers}, "
+            f"train_embeddings={cfg.train_embeddings}, train_head={cfg.train_head}"
+        )
     model.train()
     return model
 
@@ -85,8 +88,15 @@ def compute_loss(model: nn.Module, batch: dict, cfg: TrainConfig | None = None):
     return model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
 
 
-def training_step(model: nn.Module, optimizer, batch: dict, cfg: TrainConfig | None = None,
-                  hooks: StepHooks | None = None, *, run_optimizer: bool = True) -> None:
+def training_step(
+    model: nn.Module,
+    optimizer,
+    batch: dict,
+    cfg: TrainConfig | None = None,
+    hooks: StepHooks | None = None,
+    *,
+    run_optimizer: bool = True,
+) -> None:
     """One training step as the HF Trainer runs it, shaped by ``cfg``'s amp and levers (None: plain)."""
     amp = cfg.amp if cfg is not None else "none"
     hooks = hooks or StepHooks()
@@ -129,8 +139,15 @@ def state_tensors(model: nn.Module, optimizer=None, batch: dict | None = None) -
     return out
 
 
-def measure_training_peak(model: nn.Module, cfg: TrainConfig, batch: dict | torch.Tensor, steps: int = 2,
-                          *, layers: list[int] | None = None, foreach: bool | None = None) -> int:
+def measure_training_peak(
+    model: nn.Module,
+    cfg: TrainConfig,
+    batch: dict | torch.Tensor,
+    steps: int = 2,
+    *,
+    layers: list[int] | None = None,
+    foreach: bool | None = None,
+) -> int:
     """Peak live tensor bytes during the last of ``steps`` real training steps on CPU.
 
     ``model`` is built in ``cfg.dtype``; this applies ``cfg`` (trainable set, LoRA, gradient
@@ -146,7 +163,9 @@ def measure_training_peak(model: nn.Module, cfg: TrainConfig, batch: dict | torc
     num_layers = len(find_decoder_layers(model)[1])
     if layers is None:
         if cfg.active_layers is not None:
-            raise PlannerError("measure_training_peak needs `layers` for an active_layers config (which draw to measure)")
+            raise PlannerError(
+                "measure_training_peak needs `layers` for an active_layers config (which draw to measure)"
+            )
         cfg.check_against(num_layers)
         layers = cfg.trainable_layers(num_layers)
     model = prepare_model(model, cfg, layers)

@@ -74,8 +74,13 @@ def variant_label(train_embeddings: bool, train_head: bool) -> str:
     return "frozen E+H"
 
 
-def candidate_configs(base_cfg: TrainConfig, num_layers: int, *, lora_ranks=DEFAULT_LORA_RANKS,
-                      embedding_variants=DEFAULT_EMBEDDING_VARIANTS) -> list[tuple[str, Method, int | None, TrainConfig]]:
+def candidate_configs(
+    base_cfg: TrainConfig,
+    num_layers: int,
+    *,
+    lora_ranks=DEFAULT_LORA_RANKS,
+    embedding_variants=DEFAULT_EMBEDDING_VARIANTS,
+) -> list[tuple[str, Method, int | None, TrainConfig]]:
     """The table's configurations: full, LoRA per rank, then layer-wise γ = 1..L per embedding variant."""
     if num_layers < 1:
         raise PlannerError(f"num_layers must be >= 1, but got {num_layers}")
@@ -85,14 +90,28 @@ def candidate_configs(base_cfg: TrainConfig, num_layers: int, *, lora_ranks=DEFA
     ]
     for rank in lora_ranks:
         # LoRA adapters in every decoder layer, base weights (embeddings and head included) frozen
-        rows.append((f"lora r={rank}", "lora", None,
-                     TrainConfig(**shared, layers="all", lora_rank=rank, train_embeddings=False, train_head=False)))
+        rows.append(
+            (
+                f"lora r={rank}",
+                "lora",
+                None,
+                TrainConfig(**shared, layers="all", lora_rank=rank, train_embeddings=False, train_head=False),
+            )
+        )
     rows += recipe_rows(shared, lora_ranks)
     for emb, head in embedding_variants:
         label = variant_label(emb, head)
         for active_layers in range(1, num_layers + 1):
-            rows.append((f"layer-wise γ={active_layers} {label}", "layerwise", active_layers,
-                         TrainConfig(**shared, active_layers=active_layers, min_depth=0, train_embeddings=emb, train_head=head)))
+            rows.append(
+                (
+                    f"layer-wise γ={active_layers} {label}",
+                    "layerwise",
+                    active_layers,
+                    TrainConfig(
+                        **shared, active_layers=active_layers, min_depth=0, train_embeddings=emb, train_head=head
+                    ),
+                )
+            )
     return rows
 
 
@@ -116,8 +135,15 @@ def recipe_rows(shared: dict, lora_ranks=DEFAULT_LORA_RANKS) -> list[tuple[str, 
     return rows
 
 
-def candidate_plans(spec, base_cfg: TrainConfig, device: str = "cuda", profile=None, *,
-                    lora_ranks=DEFAULT_LORA_RANKS, embedding_variants=DEFAULT_EMBEDDING_VARIANTS) -> list[Candidate]:
+def candidate_plans(
+    spec,
+    base_cfg: TrainConfig,
+    device: str = "cuda",
+    profile=None,
+    *,
+    lora_ranks=DEFAULT_LORA_RANKS,
+    embedding_variants=DEFAULT_EMBEDDING_VARIANTS,
+) -> list[Candidate]:
     """Estimate every candidate plan for ``spec`` with ``base_cfg``'s batch, sequence, precision and optimizer.
 
     Layer-wise rows are samplers over all L layers, so each peak is the sampler's worst case
@@ -133,21 +159,38 @@ def candidate_plans(spec, base_cfg: TrainConfig, device: str = "cuda", profile=N
                 if len(jobs) == asked:  # every replay it needed was known: the estimate is final
                     done[i] = est
         replay.run_pending(jobs)
-    return [Candidate(name=name, method=method, config=cfg, active_layers=active_layers,
-                      estimate=done[i] if i in done else estimate(spec, cfg, device=device, profile=profile))
-            for i, (name, method, active_layers, cfg) in enumerate(rows)]
+    return [
+        Candidate(
+            name=name,
+            method=method,
+            config=cfg,
+            active_layers=active_layers,
+            estimate=done[i] if i in done else estimate(spec, cfg, device=device, profile=profile),
+        )
+        for i, (name, method, active_layers, cfg) in enumerate(rows)
+    ]
 
 
-def largest_fitting_active_layers(candidates: list[Candidate], vram_bytes: int, *, train_embeddings: bool | None = None,
-                          train_head: bool | None = None) -> Candidate | None:
+def largest_fitting_active_layers(
+    candidates: list[Candidate],
+    vram_bytes: int,
+    *,
+    train_embeddings: bool | None = None,
+    train_head: bool | None = None,
+) -> Candidate | None:
     """The layer-wise candidate with the largest γ whose peak fits ``vram_bytes`` (None if none fits).
 
     ``train_embeddings``/``train_head`` restrict to one embedding variant; among equal γ the
     smaller peak wins.
     """
-    fitting = [c for c in candidates if c.method == "layerwise" and c.peak_bytes <= vram_bytes
-               and (train_embeddings is None or c.config.train_embeddings == train_embeddings)
-               and (train_head is None or c.config.train_head == train_head)]
+    fitting = [
+        c
+        for c in candidates
+        if c.method == "layerwise"
+        and c.peak_bytes <= vram_bytes
+        and (train_embeddings is None or c.config.train_embeddings == train_embeddings)
+        and (train_head is None or c.config.train_head == train_head)
+    ]
     if not fitting:
         return None
     return max(fitting, key=lambda c: (c.active_layers, -c.peak_bytes))

@@ -75,8 +75,10 @@ def load_profile(path: str | Path) -> DeviceProfile:
         return DeviceProfile.load(path)
     except (ValidationError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()
-        raise PlannerError(f"--profile must be a device profile JSON (see `planner profile`), but {str(path)!r} is not: "
-                           f"{' '.join(first[:3]) if first else type(exc).__name__}") from None
+        raise PlannerError(
+            f"--profile must be a device profile JSON (see `planner profile`), but {str(path)!r} is not: "
+            f"{' '.join(first[:3]) if first else type(exc).__name__}"
+        ) from None
 
 
 def find_profile(device_name: str, directory: str | Path | None = None) -> tuple[DeviceProfile, Path] | None:
@@ -98,7 +100,9 @@ def find_profile(device_name: str, directory: str | Path | None = None) -> tuple
     return prof, path
 
 
-def resolve_profile(device: str, path: str | Path | None = None, directory: str | Path | None = None) -> tuple[DeviceProfile, str]:
+def resolve_profile(
+    device: str, path: str | Path | None = None, directory: str | Path | None = None
+) -> tuple[DeviceProfile, str]:
     """The profile an estimate on ``device`` uses, and a line saying which it is.
 
     ``path`` (``--profile``) wins; else, for ``cuda``, a profile in ``directory`` (default
@@ -108,7 +112,9 @@ def resolve_profile(device: str, path: str | Path | None = None, directory: str 
     if path is not None:
         prof = load_profile(path)
         if prof.device != device:
-            raise PlannerError(f"--profile must be measured on --device {device}, but {str(path)!r} was measured on {prof.device!r}")
+            raise PlannerError(
+                f"--profile must be measured on --device {device}, but {str(path)!r} was measured on {prof.device!r}"
+            )
         return prof, f"{path} ({prof.device_name})"
     if device == "cpu":
         return default_profile("cpu"), "cpu (no device overhead)"
@@ -118,7 +124,9 @@ def resolve_profile(device: str, path: str | Path | None = None, directory: str 
         return default_profile(device), "documented defaults (no local GPU to match a profile against)"
     hit = find_profile(name, where)
     if hit is None:
-        return default_profile(device), f"documented defaults (no profile for {name!r} in {where}; run `planner profile`)"
+        return default_profile(
+            device
+        ), f"documented defaults (no profile for {name!r} in {where}; run `planner profile`)"
     prof, found = hit
     return prof, f"{found} ({name})"
 
@@ -147,8 +155,9 @@ class _CudaMeter:
         """Bytes tensors requested (``requested_bytes``): exact tensor sizes, without the block rounding and
         unsplit-block slack that make ``memory_allocated`` differences depend on the cache's history."""
         self.sync()
-        return int(self.torch.cuda.memory_stats().get("requested_bytes.all.current", 0)
-                   or self.torch.cuda.memory_allocated())
+        return int(
+            self.torch.cuda.memory_stats().get("requested_bytes.all.current", 0) or self.torch.cuda.memory_allocated()
+        )
 
     def allocated_blocks(self) -> int:
         self.sync()
@@ -162,10 +171,11 @@ class _CudaMeter:
         """Peak allocated, reserved and requested bytes (requested: before the allocator's block rounding)."""
         self.sync()
         stats = self.torch.cuda.memory_stats()
-        return {"allocated": int(self.torch.cuda.max_memory_allocated()),
-                "reserved": int(self.torch.cuda.max_memory_reserved()),
-                "requested": int(stats.get("requested_bytes.all.peak", 0)) or None}
-
+        return {
+            "allocated": int(self.torch.cuda.max_memory_allocated()),
+            "reserved": int(self.torch.cuda.max_memory_reserved()),
+            "requested": int(stats.get("requested_bytes.all.peak", 0)) or None,
+        }
 
 
 class _TrackerMeter:
@@ -207,6 +217,7 @@ class _TrackerMeter:
         peak = int(self.tracker.peak_bytes)
         return {"allocated": peak, "reserved": peak, "requested": peak}
 
+
 class _Points:
     """StepHooks that read allocated bytes after the forward and after the backward pass."""
 
@@ -228,8 +239,9 @@ class _Points:
 def role_config(role: str, depth: int, *, dtype: str, batch_size: int, seq_len: int):
     """The TrainConfig of one measured run: embeddings and head frozen, layers trained as ``role`` says."""
     layers = {"trainable": list(range(depth)), "frozen_above": [0], "frozen_below": [depth - 1]}[role]
-    return TrainConfig(batch_size=batch_size, seq_len=seq_len, dtype=dtype, layers=layers,
-                       train_embeddings=False, train_head=False)
+    return TrainConfig(
+        batch_size=batch_size, seq_len=seq_len, dtype=dtype, layers=layers, train_embeddings=False, train_head=False
+    )
 
 
 def _one_run(spec, depth: int, role: str, *, device: str, dtype: str, batch_size: int, seq_len: int, meter) -> dict:
@@ -252,9 +264,14 @@ def _one_run(spec, depth: int, role: str, *, device: str, dtype: str, batch_size
     meter.reset_peak()
     training_step(model, optimizer, batch, hooks=points.hooks)
     peaks = meter.peaks()
-    out = {"weights": m_built - m_empty, "optimizer": m_state - m_built,
-           "activation": points.values["forward"] - m_state, "gradient": points.values["backward"] - m_state,
-           "peaks": peaks, "step_peak": peaks["allocated"] - m_empty_blocks}
+    out = {
+        "weights": m_built - m_empty,
+        "optimizer": m_state - m_built,
+        "activation": points.values["forward"] - m_state,
+        "gradient": points.values["backward"] - m_state,
+        "peaks": peaks,
+        "step_peak": peaks["allocated"] - m_empty_blocks,
+    }
     del model, optimizer, batch
     return out
 
@@ -267,8 +284,13 @@ def _per_layer(runs: dict, role: str, depths: tuple[int, int]) -> LayerMeasureme
         # exact tensor bytes differ by whole layers; a role that adds no bytes of a kind reads 0
         return max(0, round((hi[key] - lo[key]) / step))
 
-    return LayerMeasurement(role=role, activation_bytes=diff("activation"), gradient_bytes=diff("gradient"),
-                            optimizer_bytes=diff("optimizer"), weight_bytes=diff("weights"))
+    return LayerMeasurement(
+        role=role,
+        activation_bytes=diff("activation"),
+        gradient_bytes=diff("gradient"),
+        optimizer_bytes=diff("optimizer"),
+        weight_bytes=diff("weights"),
+    )
 
 
 def _measure_workspace(torch, meter, dtype) -> int:
@@ -280,8 +302,16 @@ def _measure_workspace(torch, meter, dtype) -> int:
     return max(0, meter.allocated_blocks() - before)
 
 
-def measure_profile(spec, *, device: str = "cuda", dtype: str = "float32", batch_size: int = 1, seq_len: int = 512,
-                    depths: tuple[int, int] = DEFAULT_DEPTHS, on_step=None) -> DeviceProfile:
+def measure_profile(
+    spec,
+    *,
+    device: str = "cuda",
+    dtype: str = "float32",
+    batch_size: int = 1,
+    seq_len: int = 512,
+    depths: tuple[int, int] = DEFAULT_DEPTHS,
+    on_step=None,
+) -> DeviceProfile:
     """Measure per-layer bytes in each role and the device constants by real training steps on ``device``.
 
     ``on_step(done, total, text)`` is called after each measured run and each model check."""
@@ -305,8 +335,10 @@ def measure_profile(spec, *, device: str = "cuda", dtype: str = "float32", batch
     meter: _CudaMeter | _TrackerMeter
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise PlannerError(f"--device cuda needs a CUDA GPU, but torch {torch.__version__} sees none "
-                               "(torch.cuda.is_available() is False); use --device cpu")
+            raise PlannerError(
+                f"--device cuda needs a CUDA GPU, but torch {torch.__version__} sees none "
+                "(torch.cuda.is_available() is False); use --device cpu"
+            )
         meter = _CudaMeter(torch)
         workspace = _measure_workspace(torch, meter, dtype)
         runs = {(role, n): measured(role, n, meter) for role in ROLES for n in depths}
@@ -329,21 +361,44 @@ def measure_profile(spec, *, device: str = "cuda", dtype: str = "float32", batch
         for n in depths:
             t0 = time.perf_counter()
             checks.append(model_check(spec, role, n, runs[(role, n)]["step_peak"], workspace=workspace, **kwargs))
-            report(f"cost model check {role} at {n} layers: error {100 * checks[-1]['error']:+.2f}% "
-                   f"({time.perf_counter() - t0:.1f} s)")
+            report(
+                f"cost model check {role} at {n} layers: error {100 * checks[-1]['error']:+.2f}% "
+                f"({time.perf_counter() - t0:.1f} s)"
+            )
     return DeviceProfile(
-        device=device, device_name=name, total_bytes=total, torch_version=torch.__version__,
-        context_bytes=context, workspace_bytes=workspace, fragmentation=fragmentation, measured_model=spec.name,
+        device=device,
+        device_name=name,
+        total_bytes=total,
+        torch_version=torch.__version__,
+        context_bytes=context,
+        workspace_bytes=workspace,
+        fragmentation=fragmentation,
+        measured_model=spec.name,
         layers=[_per_layer(runs, role, depths) for role in ROLES],
         # measurement conditions and raw peaks, kept so a profile can be checked later
-        measured_batch_size=batch_size, measured_seq_len=seq_len, measured_dtype=dtype, measured_depths=list(depths),
-        peak_allocated_bytes=peaks["allocated"], peak_reserved_bytes=peaks["reserved"],
-        peak_requested_bytes=peaks["requested"], checks=checks,
+        measured_batch_size=batch_size,
+        measured_seq_len=seq_len,
+        measured_dtype=dtype,
+        measured_depths=list(depths),
+        peak_allocated_bytes=peaks["allocated"],
+        peak_reserved_bytes=peaks["reserved"],
+        peak_requested_bytes=peaks["requested"],
+        checks=checks,
     )
 
 
-def model_check(spec, role: str, depth: int, measured: int, *, device: str, dtype: str, batch_size: int,
-                seq_len: int, workspace: int = 0) -> dict:
+def model_check(
+    spec,
+    role: str,
+    depth: int,
+    measured: int,
+    *,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    seq_len: int,
+    workspace: int = 0,
+) -> dict:
     """The cost model's allocated peak for one measured run next to the measured one.
 
     Measured: ``max_memory_allocated`` (CUDA) or the tracker's peak (CPU) during the second step,
@@ -354,8 +409,13 @@ def model_check(spec, role: str, depth: int, measured: int, *, device: str, dtyp
     cfg = role_config(role, depth, dtype=dtype, batch_size=batch_size, seq_len=seq_len)
     prof = default_profile(device).model_copy(update={"workspace_bytes": workspace})
     predicted = int(estimate(spec.with_layers(depth), cfg, device=device, profile=prof).allocated_bytes) - workspace
-    return {"role": role, "layers": depth, "measured_bytes": int(measured), "predicted_bytes": predicted,
-            "error": (predicted - measured) / measured if measured else 0.0}
+    return {
+        "role": role,
+        "layers": depth,
+        "measured_bytes": int(measured),
+        "predicted_bytes": predicted,
+        "error": (predicted - measured) / measured if measured else 0.0,
+    }
 
 
 def _fragmentation(peaks: dict) -> float:

@@ -103,8 +103,12 @@ def reduction_scratch(shape, strides, reduce_dims, acc_bytes: int = 4) -> tuple[
     return size, SEMAPHORE_BYTES * grid
 
 
-_SUM_MEAN = {torch.ops.aten.sum.dim_IntList, torch.ops.aten.sum.default, torch.ops.aten.mean.dim,
-             torch.ops.aten.mean.default}
+_SUM_MEAN = {
+    torch.ops.aten.sum.dim_IntList,
+    torch.ops.aten.sum.default,
+    torch.ops.aten.mean.dim,
+    torch.ops.aten.mean.default,
+}
 
 
 class CudaReductions(TorchDispatchMode):
@@ -114,8 +118,9 @@ class CudaReductions(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         x = args[0] if args else None
         if func in _SUM_MEAN and isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim():
-            dims = args[1] if len(args) > 1 and func in (torch.ops.aten.sum.dim_IntList, torch.ops.aten.mean.dim) \
-                else None
+            dims = (
+                args[1] if len(args) > 1 and func in (torch.ops.aten.sum.dim_IntList, torch.ops.aten.mean.dim) else None
+            )
             dims = range(x.dim()) if not dims else [d % x.dim() for d in dims]
             acc = 8 if x.dtype == torch.float64 else 4
             buffer, semaphores = reduction_scratch(tuple(x.shape), tuple(x.stride()), set(dims), acc)

@@ -28,8 +28,9 @@ INPUT_ID_BYTES = 8  # input_ids and labels are int64
 WORKSPACE_HANDLES = 2  # the forward's thread and autograd's backward thread
 
 
-def setup_blocks(fam, roles: list[int], *, batch_size: int, seq_len: int, workspace_bytes: int,
-                 built_on_device: bool = False) -> list[int]:
+def setup_blocks(
+    fam, roles: list[int], *, batch_size: int, seq_len: int, workspace_bytes: int, built_on_device: bool = False
+) -> list[int]:
     """What a run does before its first step, in order: ``n >= 0`` allocates n bytes, ``-(k + 1)``
     frees the k-th allocation. ``roles``: each decoder layer's role (planner.cost.compose): a trained
     layer's tensors are the traced trained layer's, a frozen one's the traced frozen layer's, which a
@@ -64,19 +65,45 @@ def setup_blocks(fam, roles: list[int], *, batch_size: int, seq_len: int, worksp
 _memo: dict[str, tuple[int, int]] = {}
 
 
-def reserved_and_allocated(fam, roles: list[int], *, num_layers: int, batch_size: int, seq_len: int, tensors, opt,
-                           workspace_bytes: int, built_on_device: bool = False) -> tuple[int, int]:
+def reserved_and_allocated(
+    fam,
+    roles: list[int],
+    *,
+    num_layers: int,
+    batch_size: int,
+    seq_len: int,
+    tensors,
+    opt,
+    workspace_bytes: int,
+    built_on_device: bool = False,
+) -> tuple[int, int]:
     """Peak reserved over the run and peak allocated during the second step, in bytes (cached in-process
     and on disk by everything they depend on: the traces, the roles, the shapes, the optimizer)."""
-    key_data = [getattr(fam, "key", None), list(roles), num_layers, batch_size, seq_len, [list(t) for t in tensors],
-                opt.name, workspace_bytes, built_on_device]
+    key_data = [
+        getattr(fam, "key", None),
+        list(roles),
+        num_layers,
+        batch_size,
+        seq_len,
+        [list(t) for t in tensors],
+        opt.name,
+        workspace_bytes,
+        built_on_device,
+    ]
     key = hashlib.sha256(json.dumps(key_data).encode()).hexdigest()[:32]
     hit = _memo.get(key)
     if hit is None and key_data[0] is not None:
         hit = cache.load("replay", key, lambda data: (int(data[0]), int(data[1])))
     if hit is None:
-        kwargs = dict(num_layers=num_layers, batch_size=batch_size, seq_len=seq_len, tensors=tensors, opt=opt,
-                      workspace_bytes=workspace_bytes, built_on_device=built_on_device)
+        kwargs = dict(
+            num_layers=num_layers,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            tensors=tensors,
+            opt=opt,
+            workspace_bytes=workspace_bytes,
+            built_on_device=built_on_device,
+        )
         if _pending is not None:  # inside collecting(): noted for run_pending, the caller's result is discarded
             _pending.append((key, key_data[0] is not None, fam, roles, kwargs))
             return 0, 0
@@ -133,13 +160,20 @@ def run_pending(jobs: list, workers: int | None = None) -> None:
 
 
 def _run_chunk(bounds: tuple[int, int]) -> list[tuple[int, int]]:
-    return [_replay(fam, roles, **kwargs) for _, _, fam, roles, kwargs in _jobs[bounds[0]:bounds[1]]]
+    return [_replay(fam, roles, **kwargs) for _, _, fam, roles, kwargs in _jobs[bounds[0] : bounds[1]]]
 
 
-def _replay(fam, roles, *, num_layers, batch_size, seq_len, tensors, opt, workspace_bytes,
-            built_on_device) -> tuple[int, int]:
-    setup = setup_blocks(fam, roles, batch_size=batch_size, seq_len=seq_len,
-                         workspace_bytes=workspace_bytes, built_on_device=built_on_device)
+def _replay(
+    fam, roles, *, num_layers, batch_size, seq_len, tensors, opt, workspace_bytes, built_on_device
+) -> tuple[int, int]:
+    setup = setup_blocks(
+        fam,
+        roles,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        workspace_bytes=workspace_bytes,
+        built_on_device=built_on_device,
+    )
     state = [n for n in opt.state_blocks(tensors) if n > 0]
     temps = [n for n in opt.step_blocks(tensors) if n > 0]
     gc_was_on = gc.isenabled()
@@ -151,14 +185,21 @@ def _replay(fam, roles, *, num_layers, batch_size, seq_len, tensors, opt, worksp
         ops, n_step, grads = step_ops(fam, roles, marks)
         with _lock:
             earlier = list(_checkpoints)
-        start = max((cp for cp_setup, prefix, cp in earlier
-                     if cp[0] <= len(ops) and cp_setup == setup and ops[:cp[0]] == prefix),
-                    key=lambda cp: cp[0], default=None)
+        start = max(
+            (
+                cp
+                for cp_setup, prefix, cp in earlier
+                if cp[0] <= len(ops) and cp_setup == setup and ops[: cp[0]] == prefix
+            ),
+            key=lambda cp: cp[0],
+            default=None,
+        )
         saved: list = []
-        result = replay_run(setup, ops, n_step, grads, state, temps, start=start,
-                            save_at=_save_points(roles, marks), saved=saved)
+        result = replay_run(
+            setup, ops, n_step, grads, state, temps, start=start, save_at=_save_points(roles, marks), saved=saved
+        )
         with _lock:
-            _checkpoints[:] = [(setup, ops[:cp[0]], cp) for cp in saved]
+            _checkpoints[:] = [(setup, ops[: cp[0]], cp) for cp in saved]
         return result
     finally:
         if gc_was_on:

@@ -86,7 +86,8 @@ class TraceResult:
     """Segments of one traced step. ``layers[(phase, role)]`` for phase in fwd/bwd."""
 
     roles: list[str]
-    segments: dict[str, Segment] = field(default_factory=dict)  # embed_fwd, head_fwd, head_bwd, embed_bwd, shared_release, tail
+    # embed_fwd, head_fwd, head_bwd, embed_bwd, shared_release, tail
+    segments: dict[str, Segment] = field(default_factory=dict)
     layers: dict[str, Segment] = field(default_factory=dict)  # "fwd:T", "bwd:FA", ...
     layer_by_index: list[dict[str, Segment]] = field(default_factory=list)  # per traced layer, for depth checks
     frees_input: dict[str, bool] = field(default_factory=dict)  # role -> its forward frees its input
@@ -95,7 +96,8 @@ class TraceResult:
     # layer 0's input outlives its forward whatever its role does above layer 0 (a leaf the graph holds,
     # with checkpointing): composition never frees it there
     x0_kept: bool = False
-    deferred: dict[str, tuple[int, int]] = field(default_factory=dict)  # role -> bytes freed at the end of forward (raw, block)
+    # role -> bytes freed at the end of forward (raw, block)
+    deferred: dict[str, tuple[int, int]] = field(default_factory=dict)
     peak_bytes: int = 0  # the traced step's own peak (raw, above nothing: includes base)
     base_bytes: int = 0
     params: dict = field(default_factory=dict)  # see param_info()
@@ -103,26 +105,41 @@ class TraceResult:
     key: str = field(default="", compare=False, repr=False)  # its cache key (set by planner.cost.estimator.get_trace)
 
     def to_json(self):
-        return {"roles": self.roles, "segments": {k: v.to_json() for k, v in self.segments.items()},
-                "layers": {k: v.to_json() for k, v in self.layers.items()},
-                "layer_by_index": [{k: v.to_json() for k, v in d.items()} for d in self.layer_by_index],
-                "frees_input": self.frees_input, "deferred": self.deferred, "input_bytes": self.input_bytes, "x0_held": self.x0_held,
-                "x0_kept": self.x0_kept,
-                "peak_bytes": self.peak_bytes, "base_bytes": self.base_bytes, "params": self.params,
-                "events": self.events}
+        return {
+            "roles": self.roles,
+            "segments": {k: v.to_json() for k, v in self.segments.items()},
+            "layers": {k: v.to_json() for k, v in self.layers.items()},
+            "layer_by_index": [{k: v.to_json() for k, v in d.items()} for d in self.layer_by_index],
+            "frees_input": self.frees_input,
+            "deferred": self.deferred,
+            "input_bytes": self.input_bytes,
+            "x0_held": self.x0_held,
+            "x0_kept": self.x0_kept,
+            "peak_bytes": self.peak_bytes,
+            "base_bytes": self.base_bytes,
+            "params": self.params,
+            "events": self.events,
+        }
 
     @classmethod
     def from_json(cls, data):
         seg = Segment.from_json
         # by name: a field added in the middle must not shift the others
-        return cls(roles=list(data["roles"]), segments={k: seg(v) for k, v in data["segments"].items()},
-                   layers={k: seg(v) for k, v in data["layers"].items()},
-                   layer_by_index=[{k: seg(v) for k, v in d.items()} for d in data["layer_by_index"]],
-                   frees_input=dict(data["frees_input"]), input_bytes=data["input_bytes"], x0_held=data["x0_held"],
-                   x0_kept=data.get("x0_kept", False),
-                   deferred={k: tuple(v) for k, v in data["deferred"].items()},
-                   peak_bytes=data["peak_bytes"], base_bytes=data["base_bytes"], params=data["params"],
-                   events=data["events"])
+        return cls(
+            roles=list(data["roles"]),
+            segments={k: seg(v) for k, v in data["segments"].items()},
+            layers={k: seg(v) for k, v in data["layers"].items()},
+            layer_by_index=[{k: seg(v) for k, v in d.items()} for d in data["layer_by_index"]],
+            frees_input=dict(data["frees_input"]),
+            input_bytes=data["input_bytes"],
+            x0_held=data["x0_held"],
+            x0_kept=data.get("x0_kept", False),
+            deferred={k: tuple(v) for k, v in data["deferred"].items()},
+            peak_bytes=data["peak_bytes"],
+            base_bytes=data["base_bytes"],
+            params=data["params"],
+            events=data["events"],
+        )
 
 
 def trainable_for_roles(roles: list[str]) -> list[int]:
@@ -166,7 +183,11 @@ def run_trace(spec, roles: list[str], cfg, *, fake: bool = False, kernels: str =
         with mode:
             model = build_model(spec, dtype=cfg.dtype, num_layers=len(roles))
             model = prepare_model(model, cfg, layers)
-            batch = make_batch(spec.vocab_size, cfg.batch_size, cfg.seq_len) if not fake else _fake_batch(spec, cfg.batch_size, cfg.seq_len)
+            batch = (
+                make_batch(spec.vocab_size, cfg.batch_size, cfg.seq_len)
+                if not fake
+                else _fake_batch(spec, cfg.batch_size, cfg.seq_len)
+            )
             optimizer = make_optimizer(model, cfg, foreach=kernels == "cuda", shadow=fake) if in_backward else None
             if optimizer is not None:
                 with _unpacked_batch(fake):
@@ -245,8 +266,12 @@ def param_info(model, trained: list[int] | None = None) -> dict:
 
     layer_buffers = sum(b.numel() * b.element_size() for b in parts.layers[0].buffers())
     all_buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    shared_quant = {t.untyped_storage()._cdata: t for layer in parts.layers for t in quant_state_tensors(layer)
-                    if seen[t.untyped_storage()._cdata] > 1}
+    shared_quant = {
+        t.untyped_storage()._cdata: t
+        for layer in parts.layers
+        for t in quant_state_tensors(layer)
+        if seen[t.untyped_storage()._cdata] > 1
+    }
     all_buffers += sum(t.untyped_storage().nbytes() for t in shared_quant.values())
     tied_ids = {id(p) for p in parts.tied}
     out = {
@@ -271,12 +296,19 @@ def _check_roles(result: TraceResult, roles, spec):
     for i, r in enumerate(roles):
         has_bwd = "bwd" in result.layer_by_index[i]
         if has_bwd != (r != "FB"):
-            raise RuntimeError(f"trace of {spec.name}: layer {i} was traced as role {r} but "
-                               f"{'has' if has_bwd else 'has no'} backward segment (roles={roles})")
+            raise RuntimeError(
+                f"trace of {spec.name}: layer {i} was traced as role {r} but "
+                f"{'has' if has_bwd else 'has no'} backward segment (roles={roles})"
+            )
 
 
-def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_ids: dict[int, int | None],
-         last_output: int | None = None) -> TraceResult:
+def _cut(
+    tracker: LiveBytesTracker,
+    roles: list[str],
+    grad_ids: set[int],
+    input_ids: dict[int, int | None],
+    last_output: int | None = None,
+) -> TraceResult:
     events, marks = tracker.events, tracker.marks
     bounds = marks + [("<end>", len(events))]
     ranges = {label: (a, b) for (label, a), (_, b) in zip(bounds[:-1], bounds[1:])}
@@ -339,7 +371,9 @@ def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_
             result.x0_held = True
             result.input_bytes = x_bytes
         elif i > 0:
-            raise RuntimeError(f"trace: the input of layer {i} (role {role}) is freed where composition cannot place it")
+            raise RuntimeError(
+                f"trace: the input of layer {i} (role {role}) is freed where composition cannot place it"
+            )
         # else: layer 0's input is freed by a segment every configuration of the family shares
         # (e.g. with gradient checkpointing it is a leaf that requires grad, freed after backward)
         if i == 0:
@@ -360,8 +394,11 @@ def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_
         result.deferred[role] = (raw, cu)
 
     x0 = input_ids.get(0)
-    shared = {aid for aid, seg in alloc_seg.items()
-              if seg == "fwd:embed" and alive_at_backward(aid) and aid != x0 and aid not in grad_ids}
+    shared = {
+        aid
+        for aid, seg in alloc_seg.items()
+        if seg == "fwd:embed" and alive_at_backward(aid) and aid != x0 and aid not in grad_ids
+    }
     shared_freed = []
     for label, (start, stop) in ranges.items():
         if label == "end":
@@ -381,8 +418,13 @@ def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_
             if i > 0 or f"{phase}:{roles[i]}" not in result.layers:
                 result.layers[f"{phase}:{roles[i]}"] = seg
         else:
-            name = {"fwd:embed": "embed_fwd", "fwd:head": "head_fwd", "bwd:head": "head_bwd",
-                    "bwd:embed": "embed_bwd", "bwd:end": "tail"}[label]
+            name = {
+                "fwd:embed": "embed_fwd",
+                "fwd:head": "head_fwd",
+                "bwd:head": "head_bwd",
+                "bwd:embed": "embed_bwd",
+                "bwd:end": "tail",
+            }[label]
             result.segments[name] = _segment(events, start, stop, cat_of, skip)
     result.segments["shared_release"] = _segment(shared_freed, 0, len(shared_freed), lambda aid: ACT)
     return result
@@ -391,7 +433,16 @@ def _cut(tracker: LiveBytesTracker, roles: list[str], grad_ids: set[int], input_
 def fingerprint(spec) -> str:
     """A key for everything in the model config that changes a trace (depth excluded)."""
     data = spec.config.to_dict()
-    for k in ("num_hidden_layers", "n_layer", "layer_types", "_name_or_path", "transformers_version",
-              "architectures", "torch_dtype", "dtype", "use_cache"):
+    for k in (
+        "num_hidden_layers",
+        "n_layer",
+        "layer_types",
+        "_name_or_path",
+        "transformers_version",
+        "architectures",
+        "torch_dtype",
+        "dtype",
+        "use_cache",
+    ):
         data.pop(k, None)
     return json.dumps(data, sort_keys=True, default=str)

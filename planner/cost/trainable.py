@@ -24,11 +24,13 @@ from planner.spec.parts import model_parts
 
 def lora_targets(model: nn.Module) -> list[str]:
     """Leaf names of the linear modules inside the decoder layers (peft target_modules)."""
-    from transformers.pytorch_utils import Conv1D  # transformers: deferred until a model is adapted (seconds on top of torch)
+    # transformers: deferred until a model is adapted (seconds on top of torch)
+    from transformers.pytorch_utils import Conv1D
 
     _, layers = find_decoder_layers(model)
-    names = sorted({name.rsplit(".", 1)[-1] for name, m in layers[0].named_modules()
-                    if isinstance(m, (nn.Linear, Conv1D))})
+    names = sorted(
+        {name.rsplit(".", 1)[-1] for name, m in layers[0].named_modules() if isinstance(m, (nn.Linear, Conv1D))}
+    )
     return names
 
 
@@ -43,9 +45,14 @@ def add_lora(model: nn.Module, rank: int, select=None) -> nn.Module:
         targets = select(targets)
     # a regex, so a same-named module outside the decoder layers is never adapted
     pattern = r".*" + re.escape(path) + r"\.\d+\..*\b(" + "|".join(map(re.escape, targets)) + ")"
-    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=pattern,
-                     # a transformers model's config, which nn.Module.__getattr__ types as Tensor | Module
-                     fan_in_fan_out=model.config.model_type == "gpt2")  # type: ignore[union-attr]
+    cfg = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.0,
+        target_modules=pattern,
+        # a transformers model's config, which nn.Module.__getattr__ types as Tensor | Module
+        fan_in_fan_out=model.config.model_type == "gpt2",  # type: ignore[union-attr]
+    )
     with _moves_skipped_if_fake(model):
         return get_peft_model(model, cfg)
 
@@ -66,8 +73,9 @@ def _moves_skipped_if_fake(model: nn.Module):
         yield
 
 
-def apply_trainable(model: nn.Module, layers: list[int], *, train_embeddings: bool, train_head: bool,
-                    lora: bool = False) -> None:
+def apply_trainable(
+    model: nn.Module, layers: list[int], *, train_embeddings: bool, train_head: bool, lora: bool = False
+) -> None:
     """Set ``requires_grad`` for a trainable set (see the module docstring for the conventions)."""
     parts = model_parts(model)
     for p in model.parameters():

@@ -35,8 +35,9 @@ def split_sizes(max_examples: int | None, n_train: int = N_TRAIN, n_held_out: in
     return max(1, min(n_train, max_examples - held)), held
 
 
-def task_examples(task: str, *, seed: int, n_train: int = N_TRAIN, n_held_out: int = N_HELD_OUT,
-                  options: dict | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def task_examples(
+    task: str, *, seed: int, n_train: int = N_TRAIN, n_held_out: int = N_HELD_OUT, options: dict | None = None
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(train, held-out) prompt/answer pairs of ``task``; held-out prompts are distinct and never in train."""
     if task not in TASKS:
         raise PlannerError(f"task must be one of {sorted(TASKS)}, but got {task!r}")
@@ -56,15 +57,25 @@ def task_examples(task: str, *, seed: int, n_train: int = N_TRAIN, n_held_out: i
         if prompt not in held:
             train.append((prompt, answer))
     if len(held) < n_held_out or len(train) < n_train:
-        raise PlannerError(f"task {task!r} with options {options} must have enough distinct prompts for "
-                           f"{n_held_out} held-out + {n_train} train examples, but it has too few")
+        raise PlannerError(
+            f"task {task!r} with options {options} must have enough distinct prompts for "
+            f"{n_held_out} held-out + {n_train} train examples, but it has too few"
+        )
     return train, list(held.items())
 
 
-def default_workload(task: str = DEFAULT_TASK, *, seed: int = 0, max_examples: int | None = None,
-                     recipe: PretrainRecipe = DEFAULT_RECIPE, options: dict | None = None,
-                     n_train: int = N_TRAIN, n_held_out: int = N_HELD_OUT, progress: bool = True,
-                     metric: Metric = DEFAULT_METRIC) -> Workload:
+def default_workload(
+    task: str = DEFAULT_TASK,
+    *,
+    seed: int = 0,
+    max_examples: int | None = None,
+    recipe: PretrainRecipe = DEFAULT_RECIPE,
+    options: dict | None = None,
+    n_train: int = N_TRAIN,
+    n_held_out: int = N_HELD_OUT,
+    progress: bool = True,
+    metric: Metric = DEFAULT_METRIC,
+) -> Workload:
     """The default model (pretrained and cached on first use) with ``task`` as the fine-tuning job, scored by ``metric``."""
     # transformers: deferred until the model is loaded (seconds on top of torch); the task generators need none of it
     from transformers import LlamaForCausalLM
@@ -81,8 +92,15 @@ def default_workload(task: str = DEFAULT_TASK, *, seed: int = 0, max_examples: i
 
     train, held = task_examples(task, seed=seed, n_train=n_train, n_held_out=n_held_out, options=options)
     return Workload(
-        name=f"default:{task}", spec=ModelSpec("planner-default", base.config), model_source=str(path),
-        train=encode(train), held_out=encode(held), model_factory=lambda s: copy.deepcopy(base),
-        decode=tok.decode, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, metric_name=metric,
+        name=f"default:{task}",
+        spec=ModelSpec("planner-default", base.config),
+        model_source=str(path),
+        train=encode(train),
+        held_out=encode(held),
+        model_factory=lambda s: copy.deepcopy(base),
+        decode=tok.decode,
+        pad_id=tok.pad_token_id,
+        eos_id=tok.eos_token_id,
+        metric_name=metric,
         batch_size=BATCH_SIZE,
     )

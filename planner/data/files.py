@@ -27,8 +27,15 @@ TEXT_FIELD = "text"
 MESSAGES_FIELD = "messages"
 ROLES = ("system", "user", "assistant")
 FileFormat = Literal["jsonl", "json", "csv", "tsv", "text"]
-FORMATS: dict[str, FileFormat] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
-                                  ".txt": "text", ".md": "text"}
+FORMATS: dict[str, FileFormat] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "text",
+    ".md": "text",
+}
 
 
 def names_a_file(data: str) -> bool:
@@ -43,7 +50,9 @@ def read_records(data: str) -> list[dict]:
     path = Path(data).expanduser()
     suffix = path.suffix.lower()
     if path.is_dir():
-        raise PlannerError(f"--data must be a file (.jsonl, .json, .csv, .tsv, .txt, .md) or a datasets name, but {data!r} is a directory")
+        raise PlannerError(
+            f"--data must be a file (.jsonl, .json, .csv, .tsv, .txt, .md) or a datasets name, but {data!r} is a directory"
+        )
     if not path.exists():
         if names_a_file(data):
             raise PlannerError(f"--data file must exist, but {data!r} does not")
@@ -62,12 +71,16 @@ def read_records(data: str) -> list[dict]:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise PlannerError(f"--data JSONL lines must each be a JSON object, but line {n} of {data!r} is not ({exc.msg})") from None
+                    raise PlannerError(
+                        f"--data JSONL lines must each be a JSON object, but line {n} of {data!r} is not ({exc.msg})"
+                    ) from None
     elif kind == "json":
         try:
             records = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise PlannerError(f"--data .json file must hold a list of objects, but {data!r} is not JSON ({exc.msg})") from None
+            raise PlannerError(
+                f"--data .json file must hold a list of objects, but {data!r} is not JSON ({exc.msg})"
+            ) from None
         if isinstance(records, dict) and isinstance(records.get("data"), list):
             records = records["data"]
     elif kind in ("csv", "tsv"):
@@ -75,7 +88,11 @@ def read_records(data: str) -> list[dict]:
     else:
         blocks = [b.strip() for b in text.replace("\r\n", "\n").split("\n\n")]
         # paragraphs when the file has blank lines between them, else one example per line
-        pieces = [b for b in blocks if b] if len([b for b in blocks if b]) > 1 else [line.strip() for line in text.splitlines()]
+        pieces = (
+            [b for b in blocks if b]
+            if len([b for b in blocks if b]) > 1
+            else [line.strip() for line in text.splitlines()]
+        )
         records = [{TEXT_FIELD: p} for p in pieces if p]
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise PlannerError(f"--data records must be JSON objects (or CSV rows), but {data!r} holds something else")
@@ -90,7 +107,9 @@ def _load_dataset(name: str) -> list[dict]:
         ds = load_dataset(name, split="train")
     except Exception as exc:  # noqa: BLE001 - any failure means the name did not resolve
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PlannerError(f"--data must be an existing local file or a loadable datasets name, but {name!r} failed: {first}") from None
+        raise PlannerError(
+            f"--data must be an existing local file or a loadable datasets name, but {name!r} failed: {first}"
+        ) from None
     return [dict(r) for r in ds]
 
 
@@ -106,14 +125,19 @@ def _chat(record: dict, n: int, data: str) -> tuple[tuple[dict, ...], str] | Non
     turns = record.get(MESSAGES_FIELD)
     if turns is None:
         return None
-    if not isinstance(turns, list) or not all(isinstance(t, dict) and t.get("role") in ROLES and isinstance(t.get("content"), str)
-                                              for t in turns):
-        raise PlannerError(f"--data {MESSAGES_FIELD} must be a list of turns with a role ({', '.join(ROLES)}) and a text "
-                           f"content, but record {n} of {data!r} is not")
+    if not isinstance(turns, list) or not all(
+        isinstance(t, dict) and t.get("role") in ROLES and isinstance(t.get("content"), str) for t in turns
+    ):
+        raise PlannerError(
+            f"--data {MESSAGES_FIELD} must be a list of turns with a role ({', '.join(ROLES)}) and a text "
+            f"content, but record {n} of {data!r} is not"
+        )
     if not turns or turns[-1]["role"] != "assistant" or len(turns) < 2:
         last = turns[-1]["role"] if turns else "nothing"
-        raise PlannerError(f"--data {MESSAGES_FIELD} must end with the assistant's answer after at least one turn, but "
-                           f"record {n} of {data!r} ends with {last!r}")
+        raise PlannerError(
+            f"--data {MESSAGES_FIELD} must end with the assistant's answer after at least one turn, but "
+            f"record {n} of {data!r} ends with {last!r}"
+        )
     answer = _text(turns[-1]["content"])
     return None if answer is None else (tuple({"role": t["role"], "content": t["content"]} for t in turns[:-1]), answer)
 
@@ -138,7 +162,9 @@ def to_pairs(records: list[dict], data: str) -> tuple[str, list[tuple]]:
     """
     fields = set().union(*(r.keys() for r in records)) if records else set()
     if MESSAGES_FIELD in fields:  # records without turns may still hold a field pair: one user turn each
-        return "chat", [pair for n, r in enumerate(records, 1) if (pair := _chat(r, n, data) or _user_turn(r)) is not None]
+        return "chat", [
+            pair for n, r in enumerate(records, 1) if (pair := _chat(r, n, data) or _user_turn(r)) is not None
+        ]
     for p_field, a_field in PAIR_FIELDS:
         if p_field in fields and a_field in fields:
             pairs = []
@@ -152,7 +178,9 @@ def to_pairs(records: list[dict], data: str) -> tuple[str, list[tuple]]:
     if TEXT_FIELD in fields:
         return "text", [("", t) for t in (_text(r.get(TEXT_FIELD)) for r in records) if t is not None]
     wanted = f"{MESSAGES_FIELD}, " + ", ".join(f"{a}/{b}" for a, b in PAIR_FIELDS) + f" or {TEXT_FIELD}"
-    raise PlannerError(f"--data records must have the fields {wanted}, but {data!r} has {sorted(fields) or 'no fields'}")
+    raise PlannerError(
+        f"--data records must have the fields {wanted}, but {data!r} has {sorted(fields) or 'no fields'}"
+    )
 
 
 CHAT_TRAITS = ("history", "irregular", "pairs")

@@ -54,9 +54,16 @@ BUILTIN = "builtin:"  # --data builtin:<task> names a built-in task
 USER_BATCH_SIZE = 8  # suggested proxy batch size for users' data (longer sequences than the built-in task)
 
 
-def load_workload(model: str | None = None, data: str | None = None, *, seed: int = 0,
-                  max_examples: int | None = None, max_seq_len: int = MAX_SEQ_LEN,
-                  layers: int | None = None, flag: str = "--model") -> "Workload":
+def load_workload(
+    model: str | None = None,
+    data: str | None = None,
+    *,
+    seed: int = 0,
+    max_examples: int | None = None,
+    max_seq_len: int = MAX_SEQ_LEN,
+    layers: int | None = None,
+    flag: str = "--model",
+) -> "Workload":
     """The workload of ``model`` and ``data`` (either or both may be None: see the module docstring).
 
     ``flag``: the flag that named ``model``, as its errors name it (``--proxy`` for a proxy).
@@ -75,7 +82,7 @@ def load_workload(model: str | None = None, data: str | None = None, *, seed: in
     data = None if data is None else str(data)
     task = DEFAULT_TASK
     if data is not None and data.startswith(BUILTIN):
-        task, data = data[len(BUILTIN):], None
+        task, data = data[len(BUILTIN) :], None
         if task not in TASKS:
             problems.append(f"--data {BUILTIN}<task> must name one of {sorted(TASKS)}, but got {task!r}")
     collect(problems)
@@ -89,7 +96,9 @@ def load_workload(model: str | None = None, data: str | None = None, *, seed: in
         kind, pairs = to_pairs(read_records(data), data)
         name, sep = data, PROMPT_SEPARATOR
         if len(pairs) < MIN_EXAMPLES:
-            raise PlannerError(f"--data must have at least {MIN_EXAMPLES} usable examples, but {data!r} has {len(pairs)}")
+            raise PlannerError(
+                f"--data must have at least {MIN_EXAMPLES} usable examples, but {data!r} has {len(pairs)}"
+            )
         random.Random(seed).shuffle(pairs)
         pairs, n_held = pairs[:max_examples], None
     source = model if model is not None else str(ensure_default_model(recipe_for(layers)))
@@ -98,18 +107,29 @@ def load_workload(model: str | None = None, data: str | None = None, *, seed: in
         max_seq_len = min(max_seq_len, spec.max_positions[1])
     examples = _tokenize(pairs, kind, tok, sep, max_seq_len)
     if len(examples) < MIN_EXAMPLES:
-        raise PlannerError(f"--data must have at least {MIN_EXAMPLES} examples of at most max_seq_len={max_seq_len} "
-                           f"tokens, but {name!r} has {len(examples)}")
+        raise PlannerError(
+            f"--data must have at least {MIN_EXAMPLES} examples of at most max_seq_len={max_seq_len} "
+            f"tokens, but {name!r} has {len(examples)}"
+        )
     if n_held is None:
         n_held = min(MAX_HELD_OUT, max(2, round(HELD_OUT_FRACTION * len(examples))))
     # the built-in task lists held-out examples last; file data is already shuffled
     train, held_out = examples[:-n_held], examples[-n_held:]
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
-    return Workload(name=name, spec=spec, model_source=source, train=train, held_out=held_out,
-                    model_factory=lambda s: copy.deepcopy(base), decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
-                    pad_id=pad, eos_id=eos, metric_name="eval_loss",
-                    batch_size=BATCH_SIZE if data is None else USER_BATCH_SIZE)
+    return Workload(
+        name=name,
+        spec=spec,
+        model_source=source,
+        train=train,
+        held_out=held_out,
+        model_factory=lambda s: copy.deepcopy(base),
+        decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
+        pad_id=pad,
+        eos_id=eos,
+        metric_name="eval_loss",
+        batch_size=BATCH_SIZE if data is None else USER_BATCH_SIZE,
+    )
 
 
 def _preset_hub_id(model: str) -> str | None:
@@ -131,27 +151,38 @@ def _load_model(model: str, flag: str = "--model"):
     converted = local_weights(model, flag=flag)
     local = Path(converted or model).expanduser()
     if local.is_file():
-        raise PlannerError(f"{flag} for fine-tuning must be a model directory or hub id (weights, not a config file), but got {model!r}")
+        raise PlannerError(
+            f"{flag} for fine-tuning must be a model directory or hub id (weights, not a config file), but got {model!r}"
+        )
     if local.exists() and not local.is_dir():
-        raise PlannerError(f"{flag} must be a model directory or hub id, but {model!r} is neither a file nor a directory")
+        raise PlannerError(
+            f"{flag} must be a model directory or hub id, but {model!r} is neither a file nor a directory"
+        )
     if local.is_dir() and not (local / "config.json").is_file():
-        raise PlannerError(f"{flag} must be a loadable causal-LM directory or hub id with a tokenizer, but {model!r} is a "
-                           f"directory without a config.json")
+        raise PlannerError(
+            f"{flag} must be a loadable causal-LM directory or hub id with a tokenizer, but {model!r} is a "
+            f"directory without a config.json"
+        )
     preset_id = None if local.is_dir() else _preset_hub_id(model)
     source = str(local) if local.is_dir() else preset_id or model
     if local.is_dir():
+
         def fetch(load, **kw):
             return load(source, local_files_only=True, **kw)
     else:
+
         def fetch(load, **kw):
             try:
                 return from_hub(lambda name, **lk: load(name, **lk, **kw), source, flag=flag, network=preset_id is None)
             except PlannerError:
                 if preset_id is None:
                     raise
-                raise PlannerError(f"{flag} preset {model!r} describes a model for planning only (no weights); fine-tuning "
-                                   f"needs its weights, which are not in the local Hugging Face cache as {preset_id!r}: give "
-                                   f"the hub id {preset_id!r} (downloads it) or a local model directory") from None
+                raise PlannerError(
+                    f"{flag} preset {model!r} describes a model for planning only (no weights); fine-tuning "
+                    f"needs its weights, which are not in the local Hugging Face cache as {preset_id!r}: give "
+                    f"the hub id {preset_id!r} (downloads it) or a local model directory"
+                ) from None
+
     try:
         with quiet_transformers() if local.is_dir() else contextlib.nullcontext():  # hub downloads keep their bars
             check_causal_lm(fetch(AutoConfig.from_pretrained), model, flag)
@@ -160,8 +191,10 @@ def _load_model(model: str, flag: str = "--model"):
     except PlannerError:
         raise
     except Exception as exc:  # noqa: BLE001 - missing files, unknown architecture: all one answer
-        raise PlannerError(f"{flag} must be a loadable causal-LM directory or hub id with a tokenizer, but {model!r} failed: "
-                           f"{first_line(exc)}") from None
+        raise PlannerError(
+            f"{flag} must be a loadable causal-LM directory or hub id with a tokenizer, but {model!r} failed: "
+            f"{first_line(exc)}"
+        ) from None
     base.config.use_cache = False
     return base.train(), tok, ModelSpec(model, base.config)  # the name as given (a GGUF file, a preset)
 
@@ -174,11 +207,15 @@ def render_chat(tok, turns, answer: str) -> tuple[str, str]:
         head = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
         full = tok.apply_chat_template(turns + [{"role": "assistant", "content": answer}], tokenize=False)
     except Exception as exc:  # noqa: BLE001 - a template that rejects the turns (roles it does not know, say)
-        raise PlannerError(f"--data turns must be ones the model's chat template renders, but it failed: {exc}") from None
+        raise PlannerError(
+            f"--data turns must be ones the model's chat template renders, but it failed: {exc}"
+        ) from None
     if not full.startswith(head):  # the answer's tokens are the conversation's tail: the template must allow it
-        raise PlannerError("the model's chat template must render a conversation as its prompt followed by the answer, "
-                           f"but {full[:80]!r} does not start with {head[:80]!r}")
-    return head, full[len(head):]
+        raise PlannerError(
+            "the model's chat template must render a conversation as its prompt followed by the answer, "
+            f"but {full[:80]!r} does not start with {head[:80]!r}"
+        )
+    return head, full[len(head) :]
 
 
 def render_plain(turns, answer: str) -> tuple[str, str]:

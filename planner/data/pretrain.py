@@ -72,10 +72,18 @@ class PretrainRecipe:
         from transformers import LlamaConfig  # transformers: deferred until a model is built (seconds on top of torch)
 
         return LlamaConfig(
-            vocab_size=VOCAB_SIZE, hidden_size=self.hidden, intermediate_size=self.intermediate,
-            num_hidden_layers=self.layers, num_attention_heads=self.heads, num_key_value_heads=self.kv_heads,
-            max_position_embeddings=max(256, 2 * self.seq_len), tie_word_embeddings=False, use_cache=False,
-            bos_token_id=SPECIALS.index("<bos>"), eos_token_id=SPECIALS.index("<eos>"), pad_token_id=SPECIALS.index("<pad>"),
+            vocab_size=VOCAB_SIZE,
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads,
+            max_position_embeddings=max(256, 2 * self.seq_len),
+            tie_word_embeddings=False,
+            use_cache=False,
+            bos_token_id=SPECIALS.index("<bos>"),
+            eos_token_id=SPECIALS.index("<eos>"),
+            pad_token_id=SPECIALS.index("<pad>"),
         )
 
 
@@ -99,9 +107,16 @@ def recipe_fingerprint(recipe: PretrainRecipe) -> dict:
     """Everything that decides the pretrained weights (the cache key hashes it)."""
     import transformers  # transformers: deferred until a model is built (seconds on top of torch)
 
-    return {"recipe": dataclasses.asdict(recipe), "version": RECIPE_VERSION, "specials": list(SPECIALS), "chars": CHARS,
-            "corpus": corpus_text(random.Random(0), CORPUS_SAMPLE_CHARS), "torch": torch.__version__,
-            "transformers": transformers.__version__, "cpu_kernels": torch.backends.cpu.get_cpu_capability()}
+    return {
+        "recipe": dataclasses.asdict(recipe),
+        "version": RECIPE_VERSION,
+        "specials": list(SPECIALS),
+        "chars": CHARS,
+        "corpus": corpus_text(random.Random(0), CORPUS_SAMPLE_CHARS),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 ENVIRONMENT = ("torch", "transformers", "cpu_kernels")  # what produced the weights, not what the recipe is
@@ -176,9 +191,11 @@ def _pretrain(recipe: PretrainRecipe, progress: bool):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     rng = random.Random(recipe.seed)
     if progress:
-        say(f"first use: pretraining the built-in default model once (Llama, {recipe.layers} layers, hidden "
-             f"{recipe.hidden}, {n_params / 1e6:.2f}M parameters, {recipe.steps} steps of {recipe.batch_size}x{recipe.seq_len} "
-             f"characters of built-in text on {torch.get_num_threads()} CPU thread(s)); later runs load it from {cache_root()}")
+        say(
+            f"first use: pretraining the built-in default model once (Llama, {recipe.layers} layers, hidden "
+            f"{recipe.hidden}, {n_params / 1e6:.2f}M parameters, {recipe.steps} steps of {recipe.batch_size}x{recipe.seq_len} "
+            f"characters of built-in text on {torch.get_num_threads()} CPU thread(s)); later runs load it from {cache_root()}"
+        )
     t0, cpu0, losses, shown = time.perf_counter(), time.process_time(), [], 0.0
     for step in range(recipe.steps):
         # each row: <bos> + a window of newline-separated corpus lines
@@ -195,12 +212,19 @@ def _pretrain(recipe: PretrainRecipe, progress: bool):
         if progress and (elapsed - shown > 10 or step + 1 == recipe.steps):
             shown = elapsed
             eta = elapsed / (step + 1) * (recipe.steps - step - 1)
-            say(f"  pretraining step {step + 1}/{recipe.steps}, loss {sum(losses[-50:]) / len(losses[-50:]):.3f}, "
-                 f"{elapsed:.0f}s elapsed, ~{eta:.0f}s left")
+            say(
+                f"  pretraining step {step + 1}/{recipe.steps}, loss {sum(losses[-50:]) / len(losses[-50:]):.3f}, "
+                f"{elapsed:.0f}s elapsed, ~{eta:.0f}s left"
+            )
     # CPU seconds as well: on a shared machine the wall time says more about the other jobs
-    stats = {"seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - cpu0, 2),
-             "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
-             "first_loss": round(losses[0], 4), "parameters": n_params, "threads": torch.get_num_threads()}
+    stats = {
+        "seconds": round(time.perf_counter() - t0, 2),
+        "cpu_seconds": round(time.process_time() - cpu0, 2),
+        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+        "first_loss": round(losses[0], 4),
+        "parameters": n_params,
+        "threads": torch.get_num_threads(),
+    }
     model.config.use_cache = False
     return model.eval(), stats
 
@@ -209,8 +233,9 @@ def _complete(path: Path) -> bool:
     return (path / "planner_pretrain.json").is_file() and (path / "config.json").is_file()
 
 
-def ensure_default_model(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: bool = True,
-                         shipped: bool = True) -> Path:
+def ensure_default_model(
+    recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: bool = True, shipped: bool = True
+) -> Path:
     """The default model directory: the packaged weights where they are ``recipe``'s (``shipped``), else the
     cached pretraining, pretraining first when it is not there yet."""
     if shipped and (path := shipped_model(recipe)) is not None:
@@ -226,6 +251,8 @@ def ensure_default_model(recipe: PretrainRecipe = DEFAULT_RECIPE, *, progress: b
         meta = {**fingerprint, "key": cache_key(recipe), "weights_sha256": weights_sha256(model), **stats}
         (tmp / "planner_pretrain.json").write_text(json.dumps(meta, indent=2))
         if progress:
-            say(f"  pretrained in {stats['seconds']:.0f}s (loss {stats['first_loss']:.2f} -> {stats['final_loss']:.2f}); cached at {final}")
+            say(
+                f"  pretrained in {stats['seconds']:.0f}s (loss {stats['first_loss']:.2f} -> {stats['final_loss']:.2f}); cached at {final}"
+            )
 
     return build_once(final, _complete, build)

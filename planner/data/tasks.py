@@ -21,6 +21,7 @@ def _word(rng: random.Random, lo: int, hi: int, alphabet: str = ALNUM) -> str:
 
 # ---- pretraining corpus: one line of text per call --------------------------------------------
 
+
 def _counting(rng):
     start, step = rng.randint(0, 90), rng.choice((1, 1, 1, 2, 3, 5, 10))
     n = rng.randint(4, 8)
@@ -55,7 +56,14 @@ def _pairs(rng):
     return ", ".join(f"{rng.choice(LETTERS)}: {rng.randint(0, 9)}" for _ in range(k))
 
 
-CORPUS_SOURCES: tuple[Callable[[random.Random], str], ...] = (_counting, _number_words, _copying, _neighbours, _compare, _pairs)
+CORPUS_SOURCES: tuple[Callable[[random.Random], str], ...] = (
+    _counting,
+    _number_words,
+    _copying,
+    _neighbours,
+    _compare,
+    _pairs,
+)
 
 
 def corpus_line(rng: random.Random) -> str:
@@ -75,6 +83,7 @@ def corpus_text(rng: random.Random, n_chars: int) -> str:
 
 # ---- fine-tuning tasks: (prompt, answer) --------------------------------------------------------
 
+
 def addition(rng: random.Random, digits: int = 2) -> tuple[str, str]:
     """``"37+48="`` → ``"85"``: operands of 1..``digits`` digits."""
     a, b = (rng.randint(0, 10 ** rng.randint(1, digits) - 1) for _ in range(2))
@@ -83,13 +92,13 @@ def addition(rng: random.Random, digits: int = 2) -> tuple[str, str]:
 
 def increment(rng: random.Random, digits: int = 3, step: int = 9) -> tuple[str, str]:
     """``"664+7="`` → ``"671"``: a number of up to ``digits`` digits plus 1..``step``."""
-    a, b = rng.randint(0, 10 ** digits - 1), rng.randint(1, step)
+    a, b = rng.randint(0, 10**digits - 1), rng.randint(1, step)
     return f"{a}+{b}=", str(a + b)
 
 
 def maximum(rng: random.Random, count: int = 3, digits: int = 2) -> tuple[str, str]:
     """``"max 37 82 15: "`` → ``"82"``: the largest of ``count`` distinct numbers (the prompt ends as corpus lines that list numbers do)."""
-    nums = rng.sample(range(10 ** digits), count)
+    nums = rng.sample(range(10**digits), count)
     return "max " + " ".join(map(str, nums)) + ": ", str(max(nums))
 
 
@@ -108,7 +117,7 @@ def sorting(rng: random.Random, length: int = 5) -> tuple[str, str]:
 def lookup(rng: random.Random, keys: int = 6, digits: int = 2) -> tuple[str, str]:
     """``"a37 k05 c91|k"`` → ``"05"``: the ``digits``-digit value of one of ``keys`` distinct letter keys."""
     names = rng.sample(LETTERS, keys)
-    values = [f"{rng.randint(0, 10 ** digits - 1):0{digits}d}" for _ in names]
+    values = [f"{rng.randint(0, 10**digits - 1):0{digits}d}" for _ in names]
     q = rng.randrange(keys)
     return " ".join(k + v for k, v in zip(names, values)) + f"|{names[q]}", values[q]
 

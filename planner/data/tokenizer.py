@@ -59,6 +59,11 @@ class CharTokenizer:
             single=f"{SPECIALS[BOS]} $A", pair=f"{SPECIALS[BOS]} $A $B", special_tokens=[(SPECIALS[BOS], BOS)]
         )
         return PreTrainedTokenizerFast(
-            tokenizer_object=tok, pad_token=SPECIALS[PAD], bos_token=SPECIALS[BOS], eos_token=SPECIALS[EOS],
-            unk_token=SPECIALS[UNK], padding_side="left", clean_up_tokenization_spaces=False,
+            tokenizer_object=tok,
+            pad_token=SPECIALS[PAD],
+            bos_token=SPECIALS[BOS],
+            eos_token=SPECIALS[EOS],
+            unk_token=SPECIALS[UNK],
+            padding_side="left",
+            clean_up_tokenization_spaces=False,
         )

@@ -40,9 +40,21 @@ class Example:
 class Workload:
     """A fine-tuning job for the tuner: see the module docstring for the metric."""
 
-    def __init__(self, *, name: str, spec, model_source: str, train: list[Example], held_out: list[Example],
-                 model_factory: Callable[[int], torch.nn.Module], decode: Callable[[list[int]], str],
-                 pad_id: int, eos_id: int | None, metric_name: Metric, batch_size: int = 8):
+    def __init__(
+        self,
+        *,
+        name: str,
+        spec,
+        model_source: str,
+        train: list[Example],
+        held_out: list[Example],
+        model_factory: Callable[[int], torch.nn.Module],
+        decode: Callable[[list[int]], str],
+        pad_id: int,
+        eos_id: int | None,
+        metric_name: Metric,
+        batch_size: int = 8,
+    ):
         if metric_name not in METRICS:
             raise PlannerError(f"metric must be one of {list(METRICS)}, but got {metric_name!r}")
         self.name = name
@@ -63,8 +75,10 @@ class Workload:
         self._eval_cache: tuple | None = None  # (key, held-out list, collated batches): see _eval_batches
 
     def __repr__(self) -> str:
-        return (f"Workload({self.name!r}, model={self.model_source!r}, {len(self.train)} train / "
-                f"{len(self.held_out)} held-out, metric={self.metric_name} ({self.direction}), seq_len={self.seq_len})")
+        return (
+            f"Workload({self.name!r}, model={self.model_source!r}, {len(self.train)} train / "
+            f"{len(self.held_out)} held-out, metric={self.metric_name} ({self.direction}), seq_len={self.seq_len})"
+        )
 
     def new_model(self, seed: int = 0) -> torch.nn.Module:
         """A fresh copy of the (pre)trained model: fp32, ``use_cache=False``, train mode."""
@@ -106,7 +120,10 @@ class Workload:
         key = (id(self.held_out), len(self.held_out), len(examples))
         cached = getattr(self, "_eval_cache", None)
         if cached is None or cached[0] != key or cached[1] is not self.held_out:
-            batches = [collate(examples[start: start + EVAL_BATCH], self.pad_id) for start in range(0, len(examples), EVAL_BATCH)]
+            batches = [
+                collate(examples[start : start + EVAL_BATCH], self.pad_id)
+                for start in range(0, len(examples), EVAL_BATCH)
+            ]
             cached = (key, self.held_out, batches)
             self._eval_cache = cached
         return cached[2]
@@ -126,9 +143,16 @@ class Workload:
         try:
             if metric == "accuracy":
                 if not self.has_targets:
-                    raise PlannerError(f"accuracy needs an answer to match in every held-out example, but {self.name!r} has none")
-                answers = greedy_answers(model, [e.prompt for e in examples], max_new_tokens=self.max_answer_len,
-                                         pad_id=self.pad_id, eos_id=self.eos_id)
+                    raise PlannerError(
+                        f"accuracy needs an answer to match in every held-out example, but {self.name!r} has none"
+                    )
+                answers = greedy_answers(
+                    model,
+                    [e.prompt for e in examples],
+                    max_new_tokens=self.max_answer_len,
+                    pad_id=self.pad_id,
+                    eos_id=self.eos_id,
+                )
                 targets = [e.target for e in examples if e.target is not None]  # all of them (has_targets)
                 hits = sum(self._decode(a).strip() == t.strip() for a, t in zip(answers, targets))
                 return hits / len(examples)
@@ -154,7 +178,7 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         seq = list(e.prompt) + list(e.answer)
         ids[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1
-        labels[row, len(e.prompt): len(seq)] = torch.tensor(e.answer)
+        labels[row, len(e.prompt) : len(seq)] = torch.tensor(e.answer)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -171,37 +195,54 @@ class _Collated:
     def batch(self, rows: list[int]) -> dict[str, torch.Tensor]:
         index = torch.tensor(rows, dtype=torch.long)
         width = max(self.lengths[i] for i in rows)
-        return {key: t.index_select(0, index)[:, :width].contiguous()
-                for key, t in (("input_ids", self.ids), ("attention_mask", self.mask), ("labels", self.labels))}
+        return {
+            key: t.index_select(0, index)[:, :width].contiguous()
+            for key, t in (("input_ids", self.ids), ("attention_mask", self.mask), ("labels", self.labels))
+        }
 
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def greedy_answers(model, prompts: list[tuple[int, ...]], *, max_new_tokens: int, pad_id: int,
-                   eos_id: int | None, batch_size: int = EVAL_BATCH) -> list[list[int]]:
+def greedy_answers(
+    model,
+    prompts: list[tuple[int, ...]],
+    *,
+    max_new_tokens: int,
+    pad_id: int,
+    eos_id: int | None,
+    batch_size: int = EVAL_BATCH,
+) -> list[list[int]]:
     """Greedy continuations (cut at ``eos_id``) of each prompt, batched by similar length.
 
     Prompts are sorted by length so most batches need no padding; where lengths differ the
     batch is left-padded and ``generate`` derives positions from the attention mask.
     """
-    from transformers import GenerationConfig  # transformers: deferred until answers are decoded (seconds on top of torch)
+    # transformers: deferred until answers are decoded (seconds on top of torch)
+    from transformers import GenerationConfig
 
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                           pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None)
+    gen = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        bos_token_id=None,
+    )
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
     dev = _device(model)
     for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
+        idx = order[start : start + batch_size]
         width = max(len(prompts[i]) for i in idx)
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         for row, i in enumerate(idx):
             p = prompts[i]
-            ids[row, width - len(p):] = torch.tensor(p)
-            mask[row, width - len(p):] = 1
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
         new = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), generation_config=gen)[:, width:]
         for row, i in enumerate(idx):
             toks = new[row].tolist()
@@ -211,20 +252,31 @@ def greedy_answers(model, prompts: list[tuple[int, ...]], *, max_new_tokens: int
     return out
 
 
-def eval_loss(model, examples: list[Example], pad_id: int, batch_size: int = EVAL_BATCH,
-              batches: list[dict[str, torch.Tensor]] | None = None) -> float:
+def eval_loss(
+    model,
+    examples: list[Example],
+    pad_id: int,
+    batch_size: int = EVAL_BATCH,
+    batches: list[dict[str, torch.Tensor]] | None = None,
+) -> float:
     """Mean cross-entropy per answer token (nats), over all held-out answer tokens.
 
     ``batches``: ``examples`` already collated in batches of ``batch_size`` (the same tensors, built once)."""
     dev = _device(model)
     total, count = 0.0, 0
     if batches is None:
-        batches = [collate(examples[start: start + batch_size], pad_id) for start in range(0, len(examples), batch_size)]
+        batches = [
+            collate(examples[start : start + batch_size], pad_id) for start in range(0, len(examples), batch_size)
+        ]
     for batch in batches:
         logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
         labels = batch["labels"][:, 1:].to(dev)
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                ignore_index=IGNORE_INDEX, reduction="sum")
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
         total += float(nll)
         count += int((labels != IGNORE_INDEX).sum())
     return total / max(count, 1)

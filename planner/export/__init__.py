@@ -28,7 +28,9 @@ class ExportResult:
     lost: list[str]
 
 
-def export_plan(plan_path: str | Path, target: str, out_dir: str | Path | None = None, *, strict: bool = False) -> ExportResult:
+def export_plan(
+    plan_path: str | Path, target: str, out_dir: str | Path | None = None, *, strict: bool = False
+) -> ExportResult:
     """Write ``target``'s files for the plan at ``plan_path`` into ``out_dir`` (default ``export/<target>``).
 
     With ``strict``, a target that cannot express the whole plan writes nothing and raises
@@ -51,7 +53,9 @@ def export_plan(plan_path: str | Path, target: str, out_dir: str | Path | None =
                 path.chmod(path.stat().st_mode | 0o111)
             written.append(path)
     except OSError as exc:
-        raise PlannerError(f"--out must be a writable directory, but {str(out)!r} is not ({exc.strerror or exc})") from None
+        raise PlannerError(
+            f"--out must be a writable directory, but {str(out)!r} is not ({exc.strerror or exc})"
+        ) from None
     return ExportResult(target, out, written, list(result.lost))
 
 
@@ -66,7 +70,9 @@ def _check(plan) -> None:
         fixed = fixed_layers(plan)
     except (TypeError, ValueError):
         fixed = None
-        problems.append(f"fixed scorer options must be `layers: [int, ...]` or `top: int`, but got {plan.scorer_options}")
+        problems.append(
+            f"fixed scorer options must be `layers: [int, ...]` or `top: int`, but got {plan.scorer_options}"
+        )
     if fixed is not None:
         bad = [i for i in fixed if not 0 <= i < plan.num_layers]
         if bad:
@@ -74,5 +80,7 @@ def _check(plan) -> None:
         if not fixed:
             problems.append("plan layers must name at least one layer when set, but got []")
     elif plan.active_layers > plan.num_layers - min_depth(plan):
-        problems.append(f"`active_layers <= num_layers - min_depth` must hold, but got {plan.active_layers} > {plan.num_layers} - {min_depth(plan)}")
+        problems.append(
+            f"`active_layers <= num_layers - min_depth` must hold, but got {plan.active_layers} > {plan.num_layers} - {min_depth(plan)}"
+        )
     collect(list(dict.fromkeys(problems)))

@@ -74,6 +74,7 @@ class Exporter:
 
 # helpers shared by the targets -----------------------------------------------------------------
 
+
 def lever_items(plan: "Plan", target: str) -> "ExportItems":
     """What the plan's memory levers add to ``target``'s config: each lever's keys and lost lines
     (planner.levers; the checkpointing and optimizer keys every exporter writes itself)."""
@@ -104,8 +105,10 @@ def model_loss(plan: "Plan") -> list[str]:
     """A line when the plan's model cannot be found: names and sizes then come from a default config."""
     if arch_names(plan).resolved:
         return []
-    return [f"plan model {plan.model!r} cannot be found (not a preset, an existing config or model directory, or a "
-            f"hub id in the local cache): module names and sizes come from a default {plan.model_type} config"]
+    return [
+        f"plan model {plan.model!r} cannot be found (not a preset, an existing config or model directory, or a "
+        f"hub id in the local cache): module names and sizes come from a default {plan.model_type} config"
+    ]
 
 
 def min_depth(plan: "Plan") -> int:
@@ -168,13 +171,21 @@ def draw_loss(plan: "Plan", target: str, nearest: str) -> list[str]:
     if kind == "static":
         lost.append(f"fixed layer set {fixed_layers(plan)}: {target} redraws layers; nearest: {nearest}")
     elif kind == "static-deferred":
-        lost.append(f"scorer {plan.scorer!r} picks a fixed set once training starts: {target} cannot; nearest: {nearest}")
+        lost.append(
+            f"scorer {plan.scorer!r} picks a fixed set once training starts: {target} cannot; nearest: {nearest}"
+        )
     elif kind == "ordered":
-        lost.append(f"scorer 'cyclic' ({cyclic_order(plan)} blocks of consecutive layers): {target} has no ordered switching; nearest: {nearest}")
+        lost.append(
+            f"scorer 'cyclic' ({cyclic_order(plan)} blocks of consecutive layers): {target} has no ordered switching; nearest: {nearest}"
+        )
     elif kind == "weighted":
-        lost.append(f"scorer {plan.scorer!r} (weighted draws{_options(plan)}): {target} draws uniformly; nearest: {nearest}")
+        lost.append(
+            f"scorer {plan.scorer!r} (weighted draws{_options(plan)}): {target} draws uniformly; nearest: {nearest}"
+        )
     if kind != "static" and min_depth(plan) > 0:
-        lost.append(f"min_depth={min_depth(plan)} (never draw below layer {min_depth(plan)}): {target} draws from all {plan.num_layers} layers")
+        lost.append(
+            f"min_depth={min_depth(plan)} (never draw below layer {min_depth(plan)}): {target} draws from all {plan.num_layers} layers"
+        )
     return lost
 
 
@@ -203,6 +214,7 @@ def precision(plan: "Plan") -> tuple[bool, bool]:
 
 # memory ------------------------------------------------------------------------------------------
 
+
 def state_bytes(plan: "Plan", tensors: list[tuple[int, int]]) -> int:
     """Optimizer state the cost model predicts for trainable ``(numel, bytes per element)`` tensors."""
     return get_optimizer(plan.train.optimizer).state_bytes(tensors, STATE_DEVICE)
@@ -221,9 +233,14 @@ def lora_as_full_loss(plan: "Plan", target: str, how: str, full_layers: int | No
     names, e, r = arch_names(plan), DTYPE_BYTES[plan.train.dtype], plan.lora_rank
     assert r is not None, "only a LoRA plan's export loses its adapters (callers check plan.lora_rank)"
     full = [(n, e) for n in names.layer_numels] * (active_layer_count(plan) if full_layers is None else full_layers)
-    adapters = [(r * n, FP32_BYTES) for shape in names.linear_shapes for n in shape] * active_layer_count(plan)  # peft: float32 adapters
-    extra = (state_bytes(plan, full) + sum(n * b for n, b in full)) - (state_bytes(plan, adapters) + sum(n * b for n, b in adapters))
-    more = f": +{extra:,} bytes of gradients and optimizer state that the plan's peak does not count" if extra > 0 else ""
+    # peft: float32 adapters
+    adapters = [(r * n, FP32_BYTES) for shape in names.linear_shapes for n in shape] * active_layer_count(plan)
+    extra = (state_bytes(plan, full) + sum(n * b for n, b in full)) - (
+        state_bytes(plan, adapters) + sum(n * b for n, b in adapters)
+    )
+    more = (
+        f": +{extra:,} bytes of gradients and optimizer state that the plan's peak does not count" if extra > 0 else ""
+    )
     return f"LoRA r={r} inside the layers: {target}; {how}{more}"
 
 
@@ -233,5 +250,7 @@ def stale_state_loss(plan: "Plan", target: str) -> list[str]:
     extra = layer_state_bytes(plan, plan.num_layers) - layer_state_bytes(plan, n)
     if extra <= 0:  # a stateless optimizer (SGD) loses nothing
         return []
-    return [f"optimizer state: {target} keeps the {plan.train.optimizer} state of layers it freezes; once every layer "
-            f"was drawn it holds all {plan.num_layers} layers' instead of {n}: +{extra:,} bytes (cost model) that the plan's peak does not count"]
+    return [
+        f"optimizer state: {target} keeps the {plan.train.optimizer} state of layers it freezes; once every layer "
+        f"was drawn it holds all {plan.num_layers} layers' instead of {n}: +{extra:,} bytes (cost model) that the plan's peak does not count"
+    ]

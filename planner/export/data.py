@@ -40,7 +40,7 @@ def training_data(workload_name: str) -> TrainingData:
     )
 
     if workload_name.startswith(BUILTIN_PREFIX):
-        return TrainingData(task=workload_name[len(BUILTIN_PREFIX):], format="builtin")
+        return TrainingData(task=workload_name[len(BUILTIN_PREFIX) :], format="builtin")
     path = Path(workload_name).expanduser()
     records = read_records(workload_name)  # the study read it moments ago: a local file or the datasets cache
     fmt = FORMATS[path.suffix.lower()] if path.is_file() else "datasets"  # read_records took only a known suffix
@@ -48,8 +48,9 @@ def training_data(workload_name: str) -> TrainingData:
     fields: dict[str, str] = {}
     where = str(path.resolve()) if fmt != "datasets" else workload_name
     if MESSAGES_FIELD in names:  # the loader's order: chat turns first (other records' field pairs become user turns)
-        return TrainingData.model_validate({"path": where, "format": fmt, "fields": {"messages": MESSAGES_FIELD},
-                                            "chat": chat_traits(records)})  # the traits' names are checked there
+        return TrainingData.model_validate(
+            {"path": where, "format": fmt, "fields": {"messages": MESSAGES_FIELD}, "chat": chat_traits(records)}
+        )  # the traits' names are checked there
     for prompt, answer in PAIR_FIELDS:  # then the first field pair present
         if prompt in names and answer in names:
             fields = {"prompt": prompt, "answer": answer, **({"input": INPUT_FIELD} if INPUT_FIELD in names else {})}
@@ -68,7 +69,8 @@ class DataRef:
     fields: dict[str, str]
     steps: int
     lost: list[str] = field(default_factory=list)
-    chat: list[str] = field(default_factory=list)  # TrainingData.chat: what of a messages file a trainer may read otherwise
+    # TrainingData.chat: what of a messages file a trainer may read otherwise
+    chat: list[str] = field(default_factory=list)
 
     @property
     def is_text(self) -> bool:
@@ -84,21 +86,34 @@ def data_of(plan: Plan, target: str, *, formats: tuple[str, ...] = ("jsonl", "js
     data, lost = plan.data, []
     steps = plan.steps or DEFAULT_STEPS
     if plan.steps is None:
-        lost.append(f"data: the plan records no step count (written before plans did); max steps {steps} is the tuner's default --steps")
+        lost.append(
+            f"data: the plan records no step count (written before plans did); max steps {steps} is the tuner's default --steps"
+        )
     if data is None or data.format == "builtin":
-        why = (f"the study trained on planner's generated built-in task {data.task!r}" if data is not None
-               else "the plan records no training data (written before plans did)")
-        lost.append(f"data: {why}; provide a JSONL file of {{\"instruction\": ..., \"response\": ...}} records at "
-                    f"{PLACEHOLDER} (or edit the path) before running {target}")
+        why = (
+            f"the study trained on planner's generated built-in task {data.task!r}"
+            if data is not None
+            else "the plan records no training data (written before plans did)"
+        )
+        lost.append(
+            f'data: {why}; provide a JSONL file of {{"instruction": ..., "response": ...}} records at '
+            f"{PLACEHOLDER} (or edit the path) before running {target}"
+        )
         return DataRef(PLACEHOLDER, "jsonl", dict(PLACEHOLDER_FIELDS), steps, lost)
     if data.format not in formats + ("datasets",):
-        lost.append(f"data: {target} reads {', '.join(formats)} files, not {data.format} ({data.path}); convert it to JSONL "
-                    f"with the same fields before running {target}")
+        lost.append(
+            f"data: {target} reads {', '.join(formats)} files, not {data.format} ({data.path}); convert it to JSONL "
+            f"with the same fields before running {target}"
+        )
     if data.format == "text":
-        lost.append(f"data: {target} reads a text file one example per line; planner reads paragraphs when blank lines separate them")
+        lost.append(
+            f"data: {target} reads a text file one example per line; planner reads paragraphs when blank lines separate them"
+        )
     if "pairs" in data.chat:
-        lost.append(f"data: some records of {data.path} hold a field pair instead of messages, which planner reads as one user "
-                    f"turn and the answer; {target} reads the messages field only: convert them to messages records first")
+        lost.append(
+            f"data: some records of {data.path} hold a field pair instead of messages, which planner reads as one user "
+            f"turn and the answer; {target} reads the messages field only: convert them to messages records first"
+        )
     return DataRef(str(data.path), data.format, dict(data.fields), steps, lost, list(data.chat))
 
 

@@ -152,8 +152,12 @@ def arch_names(plan: "Plan") -> ArchNames:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for unknown or odd architectures
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PlannerError(f"plan model_type must be a causal LM transformers can build, but {plan.model_type!r} failed: {first}") from None
+        raise PlannerError(
+            f"plan model_type must be a causal LM transformers can build, but {plan.model_type!r} failed: {first}"
+        ) from None
     if names["layers_path"] != plan.layers_attribute:
-        raise PlannerError(f"plan layers_attribute must match the model's decoder layers, but the plan says "
-                           f"{plan.layers_attribute!r} and a {plan.model_type} model holds them at {names['layers_path']!r}")
+        raise PlannerError(
+            f"plan layers_attribute must match the model's decoder layers, but the plan says "
+            f"{plan.layers_attribute!r} and a {plan.model_type} model holds them at {names['layers_path']!r}"
+        )
     return ArchNames(**names, resolved=resolved, checkpoint_dtype=_dtype_name(cfg) if resolved else None)

@@ -59,5 +59,17 @@ def labels(cfg) -> list[str]:
     return [text for lever in active_levers(cfg) if (text := lever.label(cfg))]
 
 
-__all__ = ["LEVERS", "ExportItems", "Flag", "Lever", "register_lever", "all_levers", "active_levers",
-           "lever_fields", "lever_of", "shape_fields", "fit_levers", "labels"]
+__all__ = [
+    "LEVERS",
+    "ExportItems",
+    "Flag",
+    "Lever",
+    "register_lever",
+    "all_levers",
+    "active_levers",
+    "lever_fields",
+    "lever_of",
+    "shape_fields",
+    "fit_levers",
+    "labels",
+]

@@ -139,7 +139,8 @@ def register_lever(cls: type[Lever]) -> type[Lever]:
     if not cls.name:
         raise PlannerError(f"a lever must have a name, but {cls.__name__} has none")
     if cls.name in LEVERS and type(LEVERS[cls.name]) is not cls:
-        raise PlannerError(f"lever names must be unique, but {cls.name!r} is already registered by "
-                           f"{type(LEVERS[cls.name]).__name__}")
+        raise PlannerError(
+            f"lever names must be unique, but {cls.name!r} is already registered by {type(LEVERS[cls.name]).__name__}"
+        )
     LEVERS[cls.name] = cls()
     return cls

@@ -18,8 +18,12 @@ class Checkpointing(Lever):
     order = 10
     native_export = True
     fields = {"gradient_checkpointing": (bool, Field(False, description="recompute layer activations in backward"))}
-    flag = Flag("--gradient-checkpointing", "gradient_checkpointing", "recompute layer activations in backward "
-                "(default: no)", kind="bool")
+    flag = Flag(
+        "--gradient-checkpointing",
+        "gradient_checkpointing",
+        "recompute layer activations in backward (default: no)",
+        kind="bool",
+    )
     searchable = True
 
     def active(self, cfg) -> bool:
@@ -41,7 +45,12 @@ class Checkpointing(Lever):
         if not cfg.gradient_checkpointing:
             # LLaMA-Factory checkpoints unless told not to
             return ExportItems({"disable_gradient_checkpointing": True} if target == "llamafactory" else {})
-        keys = {"hf": {"gradient_checkpointing": True}, "axolotl": {"gradient_checkpointing": True},
-                "lmflow": {"gradient_checkpointing": True}, "swift": {"gradient_checkpointing": True},
-                "llamafactory": {}, "planner": {}}
+        keys = {
+            "hf": {"gradient_checkpointing": True},
+            "axolotl": {"gradient_checkpointing": True},
+            "lmflow": {"gradient_checkpointing": True},
+            "swift": {"gradient_checkpointing": True},
+            "llamafactory": {},
+            "planner": {},
+        }
         return ExportItems(keys.get(target, {}))

@@ -60,11 +60,23 @@ class OptimizerInBackward(Lever):
     name = "optimizer_in_backward"
     order = 80
     in_shape = True
-    fields = {"optimizer_in_backward": (bool, Field(False, description="run each parameter's optimizer step as its "
-                                                    "gradient is accumulated, then free the gradient"))}
-    flag = Flag("--optimizer-in-backward", "optimizer_in_backward", "each parameter's optimizer step runs in backward "
-                "as its gradient is ready; no full set of gradients exists at once (torchtune's optimizer_in_bwd)",
-                kind="bool")
+    fields = {
+        "optimizer_in_backward": (
+            bool,
+            Field(
+                False,
+                description="run each parameter's optimizer step as its "
+                "gradient is accumulated, then free the gradient",
+            ),
+        )
+    }
+    flag = Flag(
+        "--optimizer-in-backward",
+        "optimizer_in_backward",
+        "each parameter's optimizer step runs in backward "
+        "as its gradient is ready; no full set of gradients exists at once (torchtune's optimizer_in_bwd)",
+        kind="bool",
+    )
     optimizer_in_trace = True
     fit_value = True
 
@@ -94,5 +106,9 @@ class OptimizerInBackward(Lever):
             return ExportItems()
         if target == "planner":
             return ExportItems()
-        return ExportItems(lost=[f"the optimizer step in backward (torchtune's optimizer_in_bwd): {target} steps after "
-                                 "the whole backward, so every trainable gradient is held at once"])
+        return ExportItems(
+            lost=[
+                f"the optimizer step in backward (torchtune's optimizer_in_bwd): {target} steps after "
+                "the whole backward, so every trainable gradient is held at once"
+            ]
+        )

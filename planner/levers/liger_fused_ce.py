@@ -41,21 +41,75 @@ from planner.levers.base import ExportItems, Flag, Lever, causal_lm, is_fake, re
 from planner.levers.loss_chunks import IGNORE_INDEX
 
 # Liger-Kernel v0.8.2 monkey_patch.py MODEL_TYPE_TO_APPLY_LIGER_FN: the architectures whose forward Liger replaces
-LIGER_MODEL_TYPES = frozenset({
-    "deepseek_v4", "gemma", "gemma2", "gemma3_text", "gemma3", "gemma4_text", "gemma4", "glm4", "glm4v", "glm4v_moe",
-    "gpt_oss", "internvl", "llama", "llama4_text", "llama4", "llava", "granite", "mllama", "mllama_text_model",
-    "ministral", "mistral", "mixtral", "nemotron", "olmo2", "pixtral", "olmo3", "qwen2", "qwen3", "qwen3_moe",
-    "qwen2_vl", "qwen2_vl_text", "qwen2_5_vl", "qwen2_5_vl_text", "qwen3_next", "qwen3_5", "qwen3_5_text",
-    "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_vl", "qwen3_vl_text", "qwen3_vl_moe", "qwen3_vl_moe_text", "smollm3",
-    "phi3", "paligemma", "falcon_h1", "smolvlm", "hunyuan_v1_dense", "hunyuan_v1_moe", "exaone4",
-})
+LIGER_MODEL_TYPES = frozenset(
+    {
+        "deepseek_v4",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "gemma3",
+        "gemma4_text",
+        "gemma4",
+        "glm4",
+        "glm4v",
+        "glm4v_moe",
+        "gpt_oss",
+        "internvl",
+        "llama",
+        "llama4_text",
+        "llama4",
+        "llava",
+        "granite",
+        "mllama",
+        "mllama_text_model",
+        "ministral",
+        "mistral",
+        "mixtral",
+        "nemotron",
+        "olmo2",
+        "pixtral",
+        "olmo3",
+        "qwen2",
+        "qwen3",
+        "qwen3_moe",
+        "qwen2_vl",
+        "qwen2_vl_text",
+        "qwen2_5_vl",
+        "qwen2_5_vl_text",
+        "qwen3_next",
+        "qwen3_5",
+        "qwen3_5_text",
+        "qwen3_5_moe",
+        "qwen3_5_moe_text",
+        "qwen3_vl",
+        "qwen3_vl_text",
+        "qwen3_vl_moe",
+        "qwen3_vl_moe_text",
+        "smollm3",
+        "phi3",
+        "paligemma",
+        "falcon_h1",
+        "smolvlm",
+        "hunyuan_v1_dense",
+        "hunyuan_v1_moe",
+        "exaone4",
+    }
+)
 SCRATCH_ELEMENTS = 1 << 16  # float32 values per temporary of the CPU stand-in for the kernel (invisible to the trace)
 LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
 OTHER_KERNELS = "RoPE, RMSNorm/LayerNorm and SwiGLU/GeGLU"
 # transformers' TrainingArguments.liger_kernel_config for the fused loss alone: every other kernel switch of Liger's
 # apply_liger_kernel_to_* functions off (_apply_liger_kernel_to_instance drops those a model's function lacks)
-HF_FLCE_ONLY = {"fused_linear_cross_entropy": True, "cross_entropy": False, "rope": False, "rms_norm": False,
-                "layer_norm": False, "swiglu": False, "geglu": False, "relu_squared": False}
+HF_FLCE_ONLY = {
+    "fused_linear_cross_entropy": True,
+    "cross_entropy": False,
+    "rope": False,
+    "rms_norm": False,
+    "layer_norm": False,
+    "swiglu": False,
+    "geglu": False,
+    "relu_squared": False,
+}
 
 
 def next_power_of_2(n: int) -> int:
@@ -82,9 +136,14 @@ def _ce_rows_op():
     # torch: deferred, the config (and so 'planner --help') imports every lever
     import torch
 
-    @torch.library.custom_op("planner::liger_ce_rows", mutates_args=("logits", "loss"), schema=(
-        "(Tensor(a!) logits, Tensor target, Tensor(b!) loss, float n_non_ignore, int ignore_index, float? softcap, "
-        "bool gradients) -> ()"))
+    @torch.library.custom_op(
+        "planner::liger_ce_rows",
+        mutates_args=("logits", "loss"),
+        schema=(
+            "(Tensor(a!) logits, Tensor target, Tensor(b!) loss, float n_non_ignore, int ignore_index, float? softcap, "
+            "bool gradients) -> ()"
+        ),
+    )
     def liger_ce_rows(logits, target, loss, n_non_ignore, ignore_index, softcap, gradients):
         """Per row of ``logits`` (n x V): the loss into ``loss`` and, where ``gradients``, d loss / d logits over the
         logits in place (float32 inside, stored in the logits' dtype); an ignored row's logits become 0, its loss 0."""
@@ -129,8 +188,9 @@ def _count(mask) -> float:
     return 1.0 if is_fake(total) else float(total.item())
 
 
-def fused_linear_cross_entropy_forward(_input, weight, target, ignore_index: int = IGNORE_INDEX,
-                                       softcap: float | None = None):
+def fused_linear_cross_entropy_forward(
+    _input, weight, target, ignore_index: int = IGNORE_INDEX, softcap: float | None = None
+):
     """Liger's ``fused_linear_cross_entropy_forward`` (reduction mean, no bias, class weights, label smoothing,
     z-loss or token scaling; ``accum_dtype`` None), statement for statement: returns (loss, grad_input, grad_weight)."""
     # torch: deferred, the config (and so 'planner --help') imports every lever
@@ -162,8 +222,9 @@ def fused_linear_cross_entropy_forward(_input, weight, target, ignore_index: int
         loss_1d_slice = loss_1d[start_idx:end_idx]
         logits_chunk = logits_chunk.contiguous()
         target_chunk = target_chunk.contiguous()
-        kernel(logits_chunk, target_chunk, loss_1d_slice, total_n_non_ignore, ignore_index, softcap,
-               input_requires_grad)
+        kernel(
+            logits_chunk, target_chunk, loss_1d_slice, total_n_non_ignore, ignore_index, softcap, input_requires_grad
+        )
         loss_1d[start_idx:end_idx] = loss_1d_slice
         grad_logits_chunk = logits_chunk
         if input_requires_grad:
@@ -197,8 +258,9 @@ def _function():
 
         @staticmethod
         def forward(ctx, _input, weight, target, ignore_index=IGNORE_INDEX, softcap=None):
-            loss, grad_input, grad_weight = fused_linear_cross_entropy_forward(_input, weight, target, ignore_index,
-                                                                               softcap)
+            loss, grad_input, grad_weight = fused_linear_cross_entropy_forward(
+                _input, weight, target, ignore_index, softcap
+            )
             ctx.save_for_backward(grad_input.detach(), grad_weight.detach() if grad_weight is not None else None)
             return loss
 
@@ -241,20 +303,35 @@ class LigerFusedCE(Lever):
     # fit_value stays None: the search never pulls it. Liger is a GPU-only Triton kernel the user must install, and
     # the command-line switches of LLaMA-Factory, LMFlow and ms-swift bring Liger's other kernels with it, so a plan
     # must not come to depend on it unless the user asked for it.
-    fields = {"liger_fused_ce": (bool, Field(False, description="Liger-Kernel's fused linear cross-entropy: the head's "
-                                                                "logits are made and differentiated a chunk of tokens "
-                                                                "at a time in forward, never all at once (GPU only)"))}
-    flag = Flag("--liger-fused-ce", "liger_fused_ce", "compute the loss with Liger-Kernel's fused linear "
-                "cross-entropy (LigerFusedLinearCrossEntropyFunction: logits and their gradient a chunk of tokens at "
-                "a time, in forward; GPU only)", kind="bool")
+    fields = {
+        "liger_fused_ce": (
+            bool,
+            Field(
+                False,
+                description="Liger-Kernel's fused linear cross-entropy: the head's "
+                "logits are made and differentiated a chunk of tokens "
+                "at a time in forward, never all at once (GPU only)",
+            ),
+        )
+    }
+    flag = Flag(
+        "--liger-fused-ce",
+        "liger_fused_ce",
+        "compute the loss with Liger-Kernel's fused linear "
+        "cross-entropy (LigerFusedLinearCrossEntropyFunction: logits and their gradient a chunk of tokens at "
+        "a time, in forward; GPU only)",
+        kind="bool",
+    )
 
     def active(self, cfg) -> bool:
         return bool(getattr(cfg, "liger_fused_ce", False))
 
     def problems(self, cfg) -> list[str]:
         if cfg.liger_fused_ce and cfg.loss_chunks > 1:
-            return [f"`liger_fused_ce` computes the whole loss itself, so `loss_chunks == 1` must hold with it, but got "
-                    f"liger_fused_ce=True with loss_chunks={cfg.loss_chunks}"]
+            return [
+                f"`liger_fused_ce` computes the whole loss itself, so `loss_chunks == 1` must hold with it, but got "
+                f"liger_fused_ce=True with loss_chunks={cfg.loss_chunks}"
+            ]
         return []
 
     def label(self, cfg):
@@ -263,12 +340,16 @@ class LigerFusedCE(Lever):
     def prepare(self, model, cfg, layers):
         model_type = getattr(model.config, "model_type", None)
         if model_type not in LIGER_MODEL_TYPES:
-            raise PlannerError(f"`liger_fused_ce` needs an architecture Liger-Kernel patches (llama, mistral, qwen2, "
-                               f"gemma, phi3, ...), but got model_type {model_type!r}")
+            raise PlannerError(
+                f"`liger_fused_ce` needs an architecture Liger-Kernel patches (llama, mistral, qwen2, "
+                f"gemma, phi3, ...), but got model_type {model_type!r}"
+            )
         head = model.get_output_embeddings()
         if getattr(head, "bias", None) is not None:
-            raise PlannerError("`liger_fused_ce` needs an output head without bias (Liger passes only its weight), "
-                               f"but model_type {model_type!r} has one")
+            raise PlannerError(
+                "`liger_fused_ce` needs an output head without bias (Liger passes only its weight), "
+                f"but model_type {model_type!r} has one"
+            )
         return model
 
     def compute_loss(self, model, batch, cfg):
@@ -291,13 +372,23 @@ class LigerFusedCE(Lever):
         if target == "hf":
             # the exporter writes lever keys into the script's plan, not into training_args.json, where transformers'
             # use_liger_kernel and liger_kernel_config belong
-            return ExportItems(lost=["memory: Liger's fused linear cross-entropy: the exported script does not apply it, so the "
-                                     "Trainer makes the whole logits; with liger-kernel installed, TrainingArguments("
-                                     f"use_liger_kernel=True, liger_kernel_config={HF_FLCE_ONLY}) applies it alone"])
-        return ExportItems(lost=[f"memory: Liger's fused linear cross-entropy: {target} does not choose the loss; the trainer "
-                                 "that loads this export makes the whole logits unless it applies Liger"])
+            return ExportItems(
+                lost=[
+                    "memory: Liger's fused linear cross-entropy: the exported script does not apply it, so the "
+                    "Trainer makes the whole logits; with liger-kernel installed, TrainingArguments("
+                    f"use_liger_kernel=True, liger_kernel_config={HF_FLCE_ONLY}) applies it alone"
+                ]
+            )
+        return ExportItems(
+            lost=[
+                f"memory: Liger's fused linear cross-entropy: {target} does not choose the loss; the trainer "
+                "that loads this export makes the whole logits unless it applies Liger"
+            ]
+        )
 
 
 def _others(switch: str) -> str:
-    return (f"memory: Liger's other kernels: {switch} also swaps in Liger's {OTHER_KERNELS} kernels, which change activation "
-            "memory in a way the plan's estimate does not include (it counts the fused linear cross-entropy only)")
+    return (
+        f"memory: Liger's other kernels: {switch} also swaps in Liger's {OTHER_KERNELS} kernels, which change activation "
+        "memory in a way the plan's estimate does not include (it counts the fused linear cross-entropy only)"
+    )

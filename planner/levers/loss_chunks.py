@@ -34,8 +34,9 @@ def chunked_loss(model, batch: dict, chunks: int):
     total = (labels != IGNORE_INDEX).sum()
     loss: torch.Tensor | float = 0.0
     for lg, y in zip(logits, labels.chunk(chunks, dim=1)):
-        loss = loss + F.cross_entropy(lg.reshape(-1, lg.size(-1)).float(), y.reshape(-1), ignore_index=IGNORE_INDEX,
-                                      reduction="sum")
+        loss = loss + F.cross_entropy(
+            lg.reshape(-1, lg.size(-1)).float(), y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
     return loss / total
 
 
@@ -45,17 +46,33 @@ class LossChunks(Lever):
     order = 90
     in_shape = True
     fit_value = TORCHTUNE_CHUNKS  # pulled after the step in backward, where --loss-chunks was not given
-    fields = {"loss_chunks": (int, Field(1, ge=1, description="cross-entropy over this many sequence chunks "
-                                                              "(torchtune's CEWithChunkedOutputLoss); 1: the model's own loss"))}
-    flag = Flag("--loss-chunks", "loss_chunks", "compute the cross-entropy over N chunks of the sequence, as torchtune's "
-                "CEWithChunkedOutputLoss does (default 1: the model's own loss)", metavar="N")
+    fields = {
+        "loss_chunks": (
+            int,
+            Field(
+                1,
+                ge=1,
+                description="cross-entropy over this many sequence chunks "
+                "(torchtune's CEWithChunkedOutputLoss); 1: the model's own loss",
+            ),
+        )
+    }
+    flag = Flag(
+        "--loss-chunks",
+        "loss_chunks",
+        "compute the cross-entropy over N chunks of the sequence, as torchtune's "
+        "CEWithChunkedOutputLoss does (default 1: the model's own loss)",
+        metavar="N",
+    )
 
     def active(self, cfg) -> bool:
         return cfg.loss_chunks > 1
 
     def problems(self, cfg) -> list[str]:
         if cfg.loss_chunks > cfg.seq_len:
-            return [f"`loss_chunks <= seq_len` must hold, but got loss_chunks={cfg.loss_chunks} with seq_len={cfg.seq_len}"]
+            return [
+                f"`loss_chunks <= seq_len` must hold, but got loss_chunks={cfg.loss_chunks} with seq_len={cfg.seq_len}"
+            ]
         return []
 
     def label(self, cfg):
@@ -67,5 +84,9 @@ class LossChunks(Lever):
     def export(self, target, cfg, layers_attribute="model.layers"):
         if cfg.loss_chunks <= 1 or target == "planner":
             return ExportItems()
-        return ExportItems(lost=[f"the chunked cross-entropy ({cfg.loss_chunks} chunks, torchtune's CEWithChunkedOutputLoss): "
-                                 f"{target} computes the float32 logits of the whole sequence at once"])
+        return ExportItems(
+            lost=[
+                f"the chunked cross-entropy ({cfg.loss_chunks} chunks, torchtune's CEWithChunkedOutputLoss): "
+                f"{target} computes the float32 logits of the whole sequence at once"
+            ]
+        )

@@ -79,8 +79,11 @@ class OffloadContext:
         self._enabled = True
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         head = causal_lm(model).get_output_embeddings()
-        self._handles = [head.register_forward_pre_hook(self._off), head.register_forward_hook(self._on)] \
-            if head is not None else []
+        self._handles = (
+            [head.register_forward_pre_hook(self._off), head.register_forward_hook(self._on)]
+            if head is not None
+            else []
+        )
 
     def _off(self, *args):
         self._enabled = False
@@ -89,8 +92,12 @@ class OffloadContext:
         self._enabled = True
 
     def _pack(self, t):
-        if (not self._enabled or t.numel() * t.element_size() < MIN_OFFLOAD_BYTES or id(t) in self._param_ids
-                or (not is_fake(t) and t.untyped_storage()._cdata in self._params)):
+        if (
+            not self._enabled
+            or t.numel() * t.element_size() < MIN_OFFLOAD_BYTES
+            or id(t) in self._param_ids
+            or (not is_fake(t) and t.untyped_storage()._cdata in self._params)
+        ):
             return t
         return _HostCopy(t)
 
@@ -115,21 +122,35 @@ class OffloadActivations(Lever):
     name = "offload_activations"
     order = 85
     in_shape = True
-    fields = {"offload_activations": (bool, Field(False, description="keep what autograd saves outside the "
-                                                  "checkpointed layers (their inputs) in pinned host memory until "
-                                                  "backward needs it (torchtune's OffloadActivations); needs "
-                                                  "gradient checkpointing"))}
-    flag = Flag("--offload-activations", "offload_activations", "move each checkpointed layer's saved input to pinned "
-                "host memory until its backward (torchtune's OffloadActivations; needs --gradient-checkpointing)",
-                kind="bool")
+    fields = {
+        "offload_activations": (
+            bool,
+            Field(
+                False,
+                description="keep what autograd saves outside the "
+                "checkpointed layers (their inputs) in pinned host memory until "
+                "backward needs it (torchtune's OffloadActivations); needs "
+                "gradient checkpointing",
+            ),
+        )
+    }
+    flag = Flag(
+        "--offload-activations",
+        "offload_activations",
+        "move each checkpointed layer's saved input to pinned "
+        "host memory until its backward (torchtune's OffloadActivations; needs --gradient-checkpointing)",
+        kind="bool",
+    )
 
     def active(self, cfg) -> bool:
         return cfg.offload_activations
 
     def problems(self, cfg) -> list[str]:
         if cfg.offload_activations and not cfg.gradient_checkpointing:
-            return ["`offload_activations` needs `gradient_checkpointing` (it offloads the checkpointed layers' "
-                    "inputs), but got offload_activations=True with gradient_checkpointing=False"]
+            return [
+                "`offload_activations` needs `gradient_checkpointing` (it offloads the checkpointed layers' "
+                "inputs), but got offload_activations=True with gradient_checkpointing=False"
+            ]
         return []
 
     def label(self, cfg):
@@ -143,8 +164,16 @@ class OffloadActivations(Lever):
             return ExportItems()
         if target == "axolotl":
             # axolotl wraps the step in TRL's OffloadActivations with streams on
-            return ExportItems({"activation_offloading": True}, lost=[
-                "axolotl offloads on a second CUDA stream: up to 5 offloaded tensors (layer inputs) stay on the device "
-                "in forward and one copied-back input in backward beyond the plan's estimate (the synchronous form)"])
-        return ExportItems(lost=[f"activation offloading (torchtune's OffloadActivations): {target} keeps every "
-                                 "checkpointed layer's input on the device"])
+            return ExportItems(
+                {"activation_offloading": True},
+                lost=[
+                    "axolotl offloads on a second CUDA stream: up to 5 offloaded tensors (layer inputs) stay on the device "
+                    "in forward and one copied-back input in backward beyond the plan's estimate (the synchronous form)"
+                ],
+            )
+        return ExportItems(
+            lost=[
+                f"activation offloading (torchtune's OffloadActivations): {target} keeps every "
+                "checkpointed layer's input on the device"
+            ]
+        )

@@ -16,8 +16,12 @@ class OptimizerLever(Lever):
     in_shape = True
     changes_result = True
     fields = {"optimizer": (str, Field("adamw", description=f"the optimizer: one of {', '.join(OPTIMIZERS)}"))}
-    flag = Flag("--optimizer", "optimizer", f"the optimizer (default adamw; {', '.join(OPTIMIZERS)})",
-                metavar="{" + ",".join(OPTIMIZERS) + "}")
+    flag = Flag(
+        "--optimizer",
+        "optimizer",
+        f"the optimizer (default adamw; {', '.join(OPTIMIZERS)})",
+        metavar="{" + ",".join(OPTIMIZERS) + "}",
+    )
 
     def active(self, cfg) -> bool:
         return True

@@ -40,8 +40,9 @@ def _bnb():
         # bitsandbytes: deferred, the config (and so 'planner --help') imports every lever
         import bitsandbytes
     except ImportError:
-        raise PlannerError("--quantize runs bitsandbytes, which must be installed (pip install bitsandbytes), "
-                           "but it is not") from None
+        raise PlannerError(
+            "--quantize runs bitsandbytes, which must be installed (pip install bitsandbytes), but it is not"
+        ) from None
     return bitsandbytes
 
 
@@ -63,10 +64,21 @@ def _quantized(module: "nn.Linear | Conv1D", kind: str, compute_dtype: "torch.dt
         new = bnb.nn.Linear8bitLt(in_features, out_features, bias=bias, has_fp16_weights=False, threshold=6.0)
         new.weight = bnb.nn.Int8Params(weight.contiguous(), requires_grad=False, has_fp16_weights=False)
     else:
-        new = bnb.nn.Linear4bit(in_features, out_features, bias=bias, compute_dtype=compute_dtype, quant_type="nf4",
-                                compress_statistics=kind == "nf4-dq")
-        new.weight = bnb.nn.Params4bit(weight.contiguous(), requires_grad=False, quant_type="nf4",
-                                       compress_statistics=kind == "nf4-dq", blocksize=NF4_BLOCK)
+        new = bnb.nn.Linear4bit(
+            in_features,
+            out_features,
+            bias=bias,
+            compute_dtype=compute_dtype,
+            quant_type="nf4",
+            compress_statistics=kind == "nf4-dq",
+        )
+        new.weight = bnb.nn.Params4bit(
+            weight.contiguous(),
+            requires_grad=False,
+            quant_type="nf4",
+            compress_statistics=kind == "nf4-dq",
+            blocksize=NF4_BLOCK,
+        )
     if bias:
         new.bias = nn.Parameter(module.bias.data, requires_grad=False)
     return new.to(weight.device)  # bitsandbytes quantizes when the weight moves to its device
@@ -91,11 +103,19 @@ def _fake_quantized(bnb, weight, bias, kind: str, compute_dtype):
     out_features, in_features = weight.shape
     with unset_fake_temporarily():
         if kind == "int8":
-            new = bnb.nn.Linear8bitLt(in_features, out_features, bias=bias is not None, has_fp16_weights=False,
-                                      threshold=6.0, device="meta")
+            new = bnb.nn.Linear8bitLt(
+                in_features, out_features, bias=bias is not None, has_fp16_weights=False, threshold=6.0, device="meta"
+            )
         else:
-            new = bnb.nn.Linear4bit(in_features, out_features, bias=bias is not None, compute_dtype=compute_dtype,
-                                    quant_type="nf4", compress_statistics=kind == "nf4-dq", device="meta")
+            new = bnb.nn.Linear4bit(
+                in_features,
+                out_features,
+                bias=bias is not None,
+                compute_dtype=compute_dtype,
+                quant_type="nf4",
+                compress_statistics=kind == "nf4-dq",
+                device="meta",
+            )
     n = weight.numel()
     if kind == "int8":
         w = nn.Parameter(torch.empty((out_features, in_features), dtype=torch.int8), requires_grad=False)
@@ -105,14 +125,21 @@ def _fake_quantized(bnb, weight, bias, kind: str, compute_dtype):
         new.state.CB, new.state.SCB = w.CB, w.SCB  # type: ignore[attr-defined]
     else:
         blocks = -(-n // NF4_BLOCK)
-        common = dict(shape=weight.shape, code=torch.empty(NF4_CODES), blocksize=NF4_BLOCK, quant_type="nf4",
-                      dtype=weight.dtype)
+        common = dict(
+            shape=weight.shape, code=torch.empty(NF4_CODES), blocksize=NF4_BLOCK, quant_type="nf4", dtype=weight.dtype
+        )
         if kind == "nf4-dq":
             # the nested absmax are coded with bitsandbytes' cached dynamic map, which each weight's state
             # keeps a copy of (quantize_blockwise: ``code.to(A.device, copy=True)``)
-            state2 = QuantState(absmax=torch.empty(-(-blocks // NESTED_BLOCK)), code=torch.empty(DYNAMIC_MAP),
-                                blocksize=NESTED_BLOCK, dtype=torch.float32)
-            qs = QuantState(absmax=torch.empty(blocks, dtype=torch.uint8), offset=torch.empty(()), state2=state2, **common)
+            state2 = QuantState(
+                absmax=torch.empty(-(-blocks // NESTED_BLOCK)),
+                code=torch.empty(DYNAMIC_MAP),
+                blocksize=NESTED_BLOCK,
+                dtype=torch.float32,
+            )
+            qs = QuantState(
+                absmax=torch.empty(blocks, dtype=torch.uint8), offset=torch.empty(()), state2=state2, **common
+            )
         else:
             qs = QuantState(absmax=torch.empty(blocks), **common)
         w = nn.Parameter(torch.empty(((n + 1) // 2, 1), dtype=torch.uint8), requires_grad=False)
@@ -148,8 +175,9 @@ def round_trip(weight: "torch.Tensor", kind: str) -> "torch.Tensor":
         scale = weight.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
         return (torch.round(weight * 127 / scale) * scale / 127).to(weight.dtype)
     F = _bnb().functional
-    packed, state = F.quantize_4bit(weight.contiguous(), blocksize=NF4_BLOCK, quant_type="nf4",
-                                    compress_statistics=kind == "nf4-dq")
+    packed, state = F.quantize_4bit(
+        weight.contiguous(), blocksize=NF4_BLOCK, quant_type="nf4", compress_statistics=kind == "nf4-dq"
+    )
     return F.dequantize_4bit(packed, state).to(weight.dtype).reshape(weight.shape)
 
 
@@ -198,10 +226,22 @@ class Quantize4bit(Lever):
     name = "quantize"
     order = 20
     changes_result = True
-    fields = {"quantize": (Quantize | None, Field(None, description="store frozen linear weights with bitsandbytes: "
-                                                                   "nf4, nf4-dq (double quantization) or int8"))}
-    flag = Flag("--quantize", "quantize", "store frozen decoder-layer linear weights as bitsandbytes does "
-                "(nf4, nf4-dq, int8); LoRA (QLoRA) or a static layer set", metavar="{nf4,nf4-dq,int8}")
+    fields = {
+        "quantize": (
+            Quantize | None,
+            Field(
+                None,
+                description="store frozen linear weights with bitsandbytes: nf4, nf4-dq (double quantization) or int8",
+            ),
+        )
+    }
+    flag = Flag(
+        "--quantize",
+        "quantize",
+        "store frozen decoder-layer linear weights as bitsandbytes does "
+        "(nf4, nf4-dq, int8); LoRA (QLoRA) or a static layer set",
+        metavar="{nf4,nf4-dq,int8}",
+    )
     searchable = True
 
     def active(self, cfg) -> bool:
@@ -211,11 +251,15 @@ class Quantize4bit(Lever):
         if cfg.quantize is None:
             return []
         if cfg.active_layers is not None and not cfg.lora_rank:
-            return [f"`quantize` stores frozen layers quantized, and a sampled plan trains every layer at some time "
-                    f"(LoRA's base weights excepted), but got quantize={cfg.quantize!r} with active_layers={cfg.active_layers}"]
+            return [
+                f"`quantize` stores frozen layers quantized, and a sampled plan trains every layer at some time "
+                f"(LoRA's base weights excepted), but got quantize={cfg.quantize!r} with active_layers={cfg.active_layers}"
+            ]
         if cfg.layers == "all" and not cfg.lora_rank:
-            return [f"`quantize` needs frozen linear weights (LoRA, or a static layer set), but got quantize={cfg.quantize!r} "
-                    "with every layer trained in full"]
+            return [
+                f"`quantize` needs frozen linear weights (LoRA, or a static layer set), but got quantize={cfg.quantize!r} "
+                "with every layer trained in full"
+            ]
         if cfg.amp != "none":
             return [f"`quantize` computes in the model's dtype (bnb_4bit_compute_dtype), but got amp={cfg.amp!r}"]
         return []
@@ -265,12 +309,30 @@ class Quantize4bit(Lever):
         trained = [] if cfg.lora_rank or not isinstance(cfg.layers, list) else cfg.layers
         skip = ["lm_head"] + [f"{layers_attribute}.{i}" for i in trained]
         if target == "hf":
-            return ExportItems({"quantization_config": {f"load_in_{bits}bit": True, "llm_int8_skip_modules": skip, **(
-                {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": cfg.quantize == "nf4-dq",
-                 "bnb_4bit_compute_dtype": cfg.dtype} if bits == 4 else {})}})
+            return ExportItems(
+                {
+                    "quantization_config": {
+                        f"load_in_{bits}bit": True,
+                        "llm_int8_skip_modules": skip,
+                        **(
+                            {
+                                "bnb_4bit_quant_type": "nf4",
+                                "bnb_4bit_use_double_quant": cfg.quantize == "nf4-dq",
+                                "bnb_4bit_compute_dtype": cfg.dtype,
+                            }
+                            if bits == 4
+                            else {}
+                        ),
+                    }
+                }
+            )
         if trained and target != "planner":
-            return ExportItems(lost=[f"quantized frozen layers of a static set ({cfg.quantize}): {target} quantizes every "
-                                     f"layer or none, and layers {trained} train in full: exported unquantized"])
+            return ExportItems(
+                lost=[
+                    f"quantized frozen layers of a static set ({cfg.quantize}): {target} quantizes every "
+                    f"layer or none, and layers {trained} train in full: exported unquantized"
+                ]
+            )
         if target == "axolotl":
             # axolotl quantizes under its own adapters only (loaders/model.py): 4 bits with adapter: qlora and
             # load_in_4bit (nf4, double quantization unless bnb_config_kwargs says otherwise), 8 bits with adapter: lora
@@ -289,9 +351,17 @@ class Quantize4bit(Lever):
                 keys.update(quantization_type="nf4", double_quantization=cfg.quantize == "nf4-dq")
             return ExportItems(keys)
         if target == "swift":
-            return ExportItems({"quant_method": "bnb", "quant_bits": bits,
-                                **({"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": cfg.quantize == "nf4-dq"}
-                                   if bits == 4 else {})})
+            return ExportItems(
+                {
+                    "quant_method": "bnb",
+                    "quant_bits": bits,
+                    **(
+                        {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": cfg.quantize == "nf4-dq"}
+                        if bits == 4
+                        else {}
+                    ),
+                }
+            )
         if target == "planner":
             return ExportItems()
         return ExportItems(lost=[f"quantized frozen weights ({cfg.quantize}): {target} loads them in {cfg.dtype}"])

@@ -31,8 +31,15 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "report"
 
 
-def write_report(*, study: str | None = None, storage: str | None = None, plan: str | Path | None = None,
-                 out: str | Path | None = None, device: str | None = None, dpi: int | None = None) -> ReportFiles:
+def write_report(
+    *,
+    study: str | None = None,
+    storage: str | None = None,
+    plan: str | Path | None = None,
+    out: str | Path | None = None,
+    device: str | None = None,
+    dpi: int | None = None,
+) -> ReportFiles:
     """Write ``report.html`` (self-contained) and ``report.md`` with its PNGs into ``out``
     (default ``reports/<study or plan name>/``) from study ``study`` in ``storage``, or from a plan file."""
     if (study is None) == (plan is None):
@@ -72,8 +79,10 @@ def write_report(*, study: str | None = None, storage: str | None = None, plan: 
         if created:
             shutil.rmtree(out_dir, ignore_errors=True)
         flag = "--out" if out is not None else _DEFAULT_FLAG
-        raise PlannerError(f"{flag} must be a directory with room for the report, but writing into {str(out_dir)!r} failed "
-                           f"({exc.strerror or exc}): no report file was written") from None
+        raise PlannerError(
+            f"{flag} must be a directory with room for the report, but writing into {str(out_dir)!r} failed "
+            f"({exc.strerror or exc}): no report file was written"
+        ) from None
     figures = {section: out_dir / path.name for section, path in figures.items()}
     return ReportFiles(out_dir / "report.html", out_dir / "report.md", figures, data)
 
@@ -84,4 +93,8 @@ _DEFAULT_FLAG = "the report folder (reports/<name>/; set --out)"
 def out_problem(out_dir: str | Path, *, given: bool) -> str | None:
     """Why the report cannot be written into ``out_dir`` (``given``: by --out), found by trying; None when it can."""
     reason = unwritable_reason(out_dir, directory=True)
-    return None if reason is None else f"{'--out' if given else _DEFAULT_FLAG} must be a writable directory, but {str(out_dir)!r} {reason}"
+    return (
+        None
+        if reason is None
+        else f"{'--out' if given else _DEFAULT_FLAG} must be a writable directory, but {str(out_dir)!r} {reason}"
+    )

@@ -24,8 +24,9 @@ from planner.units import GiB
 MAX_SWEEP_POINTS = 16  # cost-model evaluations per curve; a 80-layer model is sampled, not walked
 
 # the bars' order; the baselines themselves are defined once, in planner.tune.baselines
-BASELINES = tuple((kind.name, BASELINE_LABELS[kind]) for kind in (FULL_BASELINE, LORA_BASELINE, QLORA_BASELINE,
-                                                                   LISA_BASELINE))
+BASELINES = tuple(
+    (kind.name, BASELINE_LABELS[kind]) for kind in (FULL_BASELINE, LORA_BASELINE, QLORA_BASELINE, LISA_BASELINE)
+)
 PLAN_KEY, PLAN_LABEL = "plan", "tuned plan"
 
 # report sections, in order; ``ReportData.notes[section]`` says why one is empty
@@ -199,11 +200,13 @@ def _config(base: TrainConfig, **changes) -> TrainConfig:
 def fits_with(estimator: Estimator, spec, vram: int | None):
     """``fits(config)`` for :func:`planner.tune.baselines.baseline_configs`: the estimate within ``vram``; a
     configuration the cost model cannot price does not fit."""
+
     def fits(cfg: TrainConfig) -> bool:
         try:
             return bool(_fits(estimator(spec, cfg)[0], vram))
         except PlannerError:
             return False
+
     return fits
 
 
@@ -222,7 +225,9 @@ def _spread(lo: int, hi: int, n: int = MAX_SWEEP_POINTS) -> list[int]:
     return sorted({round(lo + i * (hi - lo) / (n - 1)) for i in range(n)})
 
 
-def _sweep_curves(spec, base: TrainConfig, estimator: Estimator, knob: str, active_layers: int) -> tuple[list[Curve], str]:
+def _sweep_curves(
+    spec, base: TrainConfig, estimator: Estimator, knob: str, active_layers: int
+) -> tuple[list[Curve], str]:
     """Cost-model peaks against γ (``knob='active_layers'``) or the lowest active layer (``knob='depth'``),
     once with embeddings and head trained and once with them frozen; also the first failure, if any."""
     L = spec.num_layers
@@ -249,8 +254,16 @@ def _sweep_curves(spec, base: TrainConfig, estimator: Estimator, knob: str, acti
     return curves, error
 
 
-def _model_sweeps(active_layers_sweep: "Sweep", depth_sweep: "Sweep", spec, base, estimator, active_layers: int,
-                  active_layers_note: str, depth_note: str) -> tuple[str, str]:
+def _model_sweeps(
+    active_layers_sweep: "Sweep",
+    depth_sweep: "Sweep",
+    spec,
+    base,
+    estimator,
+    active_layers: int,
+    active_layers_note: str,
+    depth_note: str,
+) -> tuple[str, str]:
     """Fill both sweeps with cost-model curves around ``base``; return the errors that cut them short."""
     active_layers_sweep.curves, g_err = _sweep_curves(spec, base, estimator, "active_layers", active_layers)
     depth_sweep.curves, d_err = _sweep_curves(spec, base, estimator, "depth", active_layers)
@@ -301,7 +314,9 @@ def _fits(peak: int, vram: int | None) -> bool | None:
 # ---------------------------------------------------------------- plan
 
 
-def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = None, device: str | None = None) -> ReportData:
+def plan_report_data(
+    plan: Plan, *, name: str, estimator: Estimator | None = None, device: str | None = None
+) -> ReportData:
     """Report data for a plan alone: bars, sweeps and savings from the cost model; the rest says "no study"."""
     from planner.spec import load_spec  # planner.spec (torch): deferred, a report's inputs are read before it
 
@@ -331,8 +346,13 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
         fits = fits_with(estimator, spec, plan.vram_bytes)
         # the plan's training shape; its optimizer may be a recipe's (a baseline that won), so the default
         # optimizer is tried too, and the form whose peak the study recorded is the one drawn
-        shapes = [baseline_configs(base, spec.num_layers, fits=fits) for base in
-                  (plan.train, plan.train.model_copy(update={"optimizer": TrainConfig.model_fields["optimizer"].default}))]
+        shapes = [
+            baseline_configs(base, spec.num_layers, fits=fits)
+            for base in (
+                plan.train,
+                plan.train.model_copy(update={"optimizer": TrainConfig.model_fields["optimizer"].default}),
+            )
+        ]
         for key, label in BASELINES:
             try:
                 priced = [(c, *estimator(spec, c)) for c in (s[Baseline(key)] for s in shapes)]
@@ -340,41 +360,83 @@ def plan_report_data(plan: Plan, *, name: str, estimator: Estimator | None = Non
                 failed.append(f"{label}: {exc}")
                 continue
             cfg, peak, parts = next((p for p in priced if p[1] == recorded.get(key)), priced[0])
-            bars.append(Bar(key, form_label(label, cfg), parts, peak, "cost model", _fits(peak, plan.vram_bytes),
-                            metrics.get(key)))
+            bars.append(
+                Bar(
+                    key,
+                    form_label(label, cfg),
+                    parts,
+                    peak,
+                    "cost model",
+                    _fits(peak, plan.vram_bytes),
+                    metrics.get(key),
+                )
+            )
         try:
             peak, parts = estimator(spec, plan.train)
             source = "cost model"
         except PlannerError as exc:
             failed.append(f"{PLAN_LABEL}: {exc}; drawn from the plan file")
             peak, parts, source = plan.predicted_peak_bytes, _breakdown_dict(plan.breakdown), "plan file"
-        bars.append(Bar(PLAN_KEY, PLAN_LABEL, parts, peak, source, _fits(peak, plan.vram_bytes), plan.metric,
-                        plan.trial_number))
+        bars.append(
+            Bar(PLAN_KEY, PLAN_LABEL, parts, peak, source, _fits(peak, plan.vram_bytes), plan.metric, plan.trial_number)
+        )
         if failed:
             notes["breakdown"] = "; ".join(failed)
         active_layers = plan.train.active_layers or (len(plan.layers) if plan.layers else plan.active_layers)
-        sweep_base = plan.train if plan.train.active_layers else _config(plan.train, layers=None, active_layers=active_layers)
+        sweep_base = (
+            plan.train if plan.train.active_layers else _config(plan.train, layers=None, active_layers=active_layers)
+        )
         active_layers_sweep, depth_sweep = Sweep("active layers γ"), Sweep("lowest active layer")
-        g_err, d_err = _model_sweeps(active_layers_sweep, depth_sweep, spec, sweep_base, estimator, active_layers,
-                                     f"cost model for {plan.model}",
-                                     f"γ = {active_layers}, the sampler never drawing below the layer on the x axis")
+        g_err, d_err = _model_sweeps(
+            active_layers_sweep,
+            depth_sweep,
+            spec,
+            sweep_base,
+            estimator,
+            active_layers,
+            f"cost model for {plan.model}",
+            f"γ = {active_layers}, the sampler never drawing below the layer on the x axis",
+        )
         if not active_layers_sweep.curves and not depth_sweep.curves:
             notes["sweeps"] = f"no cost-model curve ({g_err or d_err})"
     else:
         # without a cost model the plan still carries its own prediction
         parts = _breakdown_dict(plan.breakdown)
-        bars.append(Bar(PLAN_KEY, PLAN_LABEL, parts, plan.predicted_peak_bytes, "plan file",
-                        _fits(plan.predicted_peak_bytes, plan.vram_bytes), plan.metric, plan.trial_number))
+        bars.append(
+            Bar(
+                PLAN_KEY,
+                PLAN_LABEL,
+                parts,
+                plan.predicted_peak_bytes,
+                "plan file",
+                _fits(plan.predicted_peak_bytes, plan.vram_bytes),
+                plan.metric,
+                plan.trial_number,
+            )
+        )
         notes["sweeps"] = f"no cost model ({why})"
         notes["breakdown"] = f"only the plan's own breakdown ({why})"
     return ReportData(
-        name=name, title=f"planner report: plan {name}", source="plan", model=plan.model,
-        num_layers=plan.num_layers, vram_bytes=plan.vram_bytes, metric_name=plan.metric_name, direction="maximize",
-        device=device, bars=bars, best_trial=plan.trial_number, active_layers_sweep=active_layers_sweep, depth_sweep=depth_sweep,
-        savings=savings_table(bars, metrics), notes=notes,
-        details=[f"plan: γ = {plan.active_layers}, K = {plan.period}, scorer {plan.scorer}, embeddings "
-                 f"{'trained' if plan.train_embeddings else 'frozen'}, head {'trained' if plan.train_head else 'frozen'}"
-                 + (f", from study {plan.study_name} trial #{plan.trial_number}" if plan.study_name else "")],
+        name=name,
+        title=f"planner report: plan {name}",
+        source="plan",
+        model=plan.model,
+        num_layers=plan.num_layers,
+        vram_bytes=plan.vram_bytes,
+        metric_name=plan.metric_name,
+        direction="maximize",
+        device=device,
+        bars=bars,
+        best_trial=plan.trial_number,
+        active_layers_sweep=active_layers_sweep,
+        depth_sweep=depth_sweep,
+        savings=savings_table(bars, metrics),
+        notes=notes,
+        details=[
+            f"plan: γ = {plan.active_layers}, K = {plan.period}, scorer {plan.scorer}, embeddings "
+            f"{'trained' if plan.train_embeddings else 'frozen'}, head {'trained' if plan.train_head else 'frozen'}"
+            + (f", from study {plan.study_name} trial #{plan.trial_number}" if plan.study_name else "")
+        ],
     )
 
 

@@ -18,8 +18,12 @@ from planner.tune.record import SEARCH, Confirm, parse_kind
 
 DPI = 100
 PART_COLORS = {
-    "weights": "#4c72b0", "gradients": "#dd8452", "optimizer": "#55a868",
-    "activations": "#c44e52", "transient": "#8172b3", "overhead": "#937860",
+    "weights": "#4c72b0",
+    "gradients": "#dd8452",
+    "optimizer": "#55a868",
+    "activations": "#c44e52",
+    "transient": "#8172b3",
+    "overhead": "#937860",
 }
 CONFIRM_STYLE = "confirm"  # one style for every confirmation run
 KIND_STYLE = {  # marker, color, label
@@ -65,7 +69,14 @@ def _budget(ax, data: ReportData, values: list[float], *, vertical: bool = False
     top = max(values, default=0.0)
     if top > 0 and v > OFF_SCALE * top:
         # an empty line carries the budget into the legend
-        ax.plot([], [], color=BUDGET_COLOR, ls="--", lw=1.2, label=f"{label}\n(off the scale: {v / top:.0f}× the largest value)")
+        ax.plot(
+            [],
+            [],
+            color=BUDGET_COLOR,
+            ls="--",
+            lw=1.2,
+            label=f"{label}\n(off the scale: {v / top:.0f}× the largest value)",
+        )
         return False
     (ax.axvline if vertical else ax.axhline)(v, color=BUDGET_COLOR, ls="--", lw=1.2, label=label)
     return True
@@ -84,9 +95,17 @@ def _stacked(ax, data: ReportData, parts, *, budget: bool, digits: int) -> None:
         ax.bar(labels, vals, bottom=bottoms, color=PART_COLORS[part], label=part, width=0.6)
         bottoms = [x + y for x, y in zip(bottoms, vals)]
     for i, b in enumerate(data.bars):
-        ax.annotate(f"{bottoms[i]:.{digits}f} GiB\n({b.source})", (i, bottoms[i]),
-                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8, zorder=5,
-                    bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
+        ax.annotate(
+            f"{bottoms[i]:.{digits}f} GiB\n({b.source})",
+            (i, bottoms[i]),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            zorder=5,
+            bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85),
+        )
     drawn = _budget(ax, data, bottoms) if budget else False
     top = max(bottoms + ([gib(data.vram_bytes)] if drawn and data.vram_bytes is not None else []) + [0.0])
     ax.set_ylim(0, top * 1.22 if top else 1)
@@ -102,7 +121,9 @@ def breakdown_figure(data: ReportData) -> Figure:
     fig = Figure(figsize=(13 if zoom else 8.5, 4.6), layout="constrained")
     axes = fig.subplots(1, 2 if zoom else 1, squeeze=False)[0]
     _stacked(axes[0], data, BREAKDOWN_KEYS, budget=True, digits=2)
-    axes[0].set_title("predicted peak" if zoom else f"Memory breakdown, {_model_name(data)}", fontsize=10 if zoom else 12)
+    axes[0].set_title(
+        "predicted peak" if zoom else f"Memory breakdown, {_model_name(data)}", fontsize=10 if zoom else 12
+    )
     if zoom:
         _stacked(axes[1], data, [k for k in BREAKDOWN_KEYS if k != "overhead"], budget=False, digits=4)
         axes[1].set_title("without device overhead (CUDA context, workspaces, allocator)", fontsize=10)
@@ -121,16 +142,41 @@ def tradeoff_figure(data: ReportData) -> Figure:
     for kind, (marker, color, label) in KIND_STYLE.items():
         pts = [p for p in done if _kind(p.kind) == kind]
         if pts:
-            ax.scatter([gib(_peak(p)) for p in pts], [p.metric for p in pts], marker=marker, color=color,
-                       s=46 if kind == SEARCH else 70, alpha=0.8, label=label, zorder=3, edgecolor="white", lw=0.5)
+            ax.scatter(
+                [gib(_peak(p)) for p in pts],
+                [p.metric for p in pts],
+                marker=marker,
+                color=color,
+                s=46 if kind == SEARCH else 70,
+                alpha=0.8,
+                label=label,
+                zorder=3,
+                edgecolor="white",
+                lw=0.5,
+            )
     front = sorted((p for p in done if p.pareto), key=_peak)
     if front:
-        ax.plot([gib(_peak(p)) for p in front], [p.metric for p in front], color="black", lw=1.2,
-                drawstyle="steps-post", label="Pareto front", zorder=2)
+        ax.plot(
+            [gib(_peak(p)) for p in front],
+            [p.metric for p in front],
+            color="black",
+            lw=1.2,
+            drawstyle="steps-post",
+            label="Pareto front",
+            zorder=2,
+        )
     best = next((p for p in done if p.number == data.best_trial), None)
     if best is not None:
-        ax.scatter([gib(_peak(best))], [best.metric], marker="*", s=260, color="gold", edgecolor="black",
-                   zorder=4, label=f"tuned plan (#{best.number})")
+        ax.scatter(
+            [gib(_peak(best))],
+            [best.metric],
+            marker="*",
+            s=260,
+            color="gold",
+            edgecolor="black",
+            zorder=4,
+            label=f"tuned plan (#{best.number})",
+        )
     gated = [p for p in data.trials if p.gated and p.peak_bytes is not None]
     xs = [gib(_peak(p)) for p in done + gated]
     drawn = _budget(ax, data, xs, vertical=True)
@@ -147,8 +193,9 @@ def tradeoff_figure(data: ReportData) -> Figure:
     strip.set_ylim(-2, 2)
     strip.set_yticks([])
     strip.set_ylabel("gated", rotation=0, ha="right", va="center")
-    strip.set_title(f"rejected by the budget gate, never trained (metric unknown): {len(gated)} trial(s)",
-                    fontsize=9, loc="left")
+    strip.set_title(
+        f"rejected by the budget gate, never trained (metric unknown): {len(gated)} trial(s)", fontsize=9, loc="left"
+    )
     strip.set_xlabel("predicted peak memory (GiB)")
     handles, labels = ax.get_legend_handles_labels()
     for kind in sorted({_kind(p.kind) for p in gated}, key=list(KIND_STYLE).index):
@@ -177,8 +224,15 @@ def sweeps_figure(data: ReportData) -> Figure:
         for i, c in enumerate(sweep.curves):
             ax.plot(c.x, [gib(y) for y in c.y], ls=styles[i % 3], marker=".", lw=1.6, label=f"cost model: {c.label}")
         if sweep.points:
-            ax.scatter([p[0] for p in sweep.points], [gib(p[1]) for p in sweep.points], s=22, color="black",
-                       alpha=0.55, zorder=3, label="trials' own predicted peaks")
+            ax.scatter(
+                [p[0] for p in sweep.points],
+                [gib(p[1]) for p in sweep.points],
+                s=22,
+                color="black",
+                alpha=0.55,
+                zorder=3,
+                label="trials' own predicted peaks",
+            )
         _budget(ax, data, [gib(y) for c in sweep.curves for y in c.y] + [gib(p[1]) for p in sweep.points])
         ax.set_xlabel(sweep.x_label)
         ax.set_ylabel("predicted peak memory (GiB)")
@@ -193,8 +247,14 @@ def sweeps_figure(data: ReportData) -> Figure:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=2 if len(seen) > 3 else len(seen), fontsize=8,
-                   frameon=False)
+        fig.legend(
+            list(seen.values()),
+            list(seen),
+            loc="outside lower center",
+            ncol=2 if len(seen) > 3 else len(seen),
+            fontsize=8,
+            frameon=False,
+        )
     fig.suptitle(f"Predicted peak memory, {_model_name(data)}")
     return fig
 
@@ -213,8 +273,16 @@ def importance_figure(data: ReportData) -> Figure:
     for ax, m in zip(axes, data.importance):
         # rows of the image are layers (layer 0 at the bottom), columns the recorded steps
         grid = [[m.weights[s][layer] for s in range(len(m.steps))] for layer in range(m.num_layers)]
-        im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,
-                       extent=(-0.5, len(m.steps) - 0.5, -0.5, m.num_layers - 0.5), interpolation="nearest")
+        im = ax.imshow(
+            grid,
+            origin="lower",
+            aspect="auto",
+            cmap="viridis",
+            vmin=vmin,
+            vmax=vmax,
+            extent=(-0.5, len(m.steps) - 0.5, -0.5, m.num_layers - 0.5),
+            interpolation="nearest",
+        )
         xs = [i for i, act in enumerate(m.active) for _ in act]
         ys = [a for act in m.active for a in act]
         if xs:
@@ -238,16 +306,38 @@ def history_figure(data: ReportData) -> Figure:
     for kind, (marker, color, label) in KIND_STYLE.items():
         pts = [h for h in data.history if _kind(h.kind) == kind]
         if pts:
-            ax.scatter([h.number for h in pts], [h.metric for h in pts], marker=marker, color=color, s=36,
-                       label=label, zorder=3)
+            ax.scatter(
+                [h.number for h in pts],
+                [h.metric for h in pts],
+                marker=marker,
+                color=color,
+                s=36,
+                label=label,
+                zorder=3,
+            )
     best = [(h.number, h.best_so_far) for h in data.history if h.best_so_far is not None]
     if best:
-        ax.plot([n for n, _ in best], [b for _, b in best], drawstyle="steps-post", color="black",
-                lw=1.2, label="best search trial so far")
+        ax.plot(
+            [n for n, _ in best],
+            [b for _, b in best],
+            drawstyle="steps-post",
+            color="black",
+            lw=1.2,
+            label="best search trial so far",
+        )
     gated = [p.number for p in data.trials if p.gated]
     if gated:
-        ax.plot(gated, [0] * len(gated), ls="", marker="|", ms=12, color=BUDGET_COLOR,
-                transform=ax.get_xaxis_transform(), label="gated (never trained)", clip_on=False)
+        ax.plot(
+            gated,
+            [0] * len(gated),
+            ls="",
+            marker="|",
+            ms=12,
+            color=BUDGET_COLOR,
+            transform=ax.get_xaxis_transform(),
+            label="gated (never trained)",
+            clip_on=False,
+        )
     ax.set_xlabel("trial number")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(data.metric_name)
@@ -260,7 +350,10 @@ def history_figure(data: ReportData) -> Figure:
 FIGURES = {
     "breakdown": (breakdown_figure, lambda d: bool(d.bars)),
     "tradeoff": (tradeoff_figure, lambda d: any(p.metric is not None or p.gated for p in d.trials)),
-    "sweeps": (sweeps_figure, lambda d: any(s is not None and (s.curves or s.points) for s in (d.active_layers_sweep, d.depth_sweep))),
+    "sweeps": (
+        sweeps_figure,
+        lambda d: any(s is not None and (s.curves or s.points) for s in (d.active_layers_sweep, d.depth_sweep)),
+    ),
     "importance": (importance_figure, lambda d: bool(d.importance)),
     "history": (history_figure, lambda d: bool(d.history)),
 }

@@ -19,16 +19,16 @@ SECTION_TITLES = {
 }
 SECTION_TEXT = {
     "breakdown": "Predicted peak memory of full fine-tuning, LoRA, QLoRA, LISA's defaults and the tuned plan, "
-                 "split into weights, gradients, optimizer state, activations, transient buffers and device overhead.",
+    "split into weights, gradients, optimizer state, activations, transient buffers and device overhead.",
     "tradeoff": "Every trained trial; the line joins the Pareto front (no other trial has both a better metric and "
-                "a lower predicted peak). Trials the budget gate rejected were never trained: hollow markers on the "
-                "lower strip, at their predicted peak.",
+    "a lower predicted peak). Trials the budget gate rejected were never trained: hollow markers on the "
+    "lower strip, at their predicted peak.",
     "sweeps": "How the predicted peak grows with the number of active layers γ, and how it depends on the lowest "
-              "layer a sampler may draw (with embeddings frozen, backpropagation stops there).",
+    "layer a sampler may draw (with embeddings frozen, backpropagation stops there).",
     "importance": "Per-layer sampling weights recorded during training by adaptive scorers (one map per scorer, its "
-                  "best trial).",
+    "best trial).",
     "history": "The metric of each trained trial in the order they ran (confirmation runs marked), and the best "
-               "search trial so far.",
+    "search trial so far.",
     "savings": "Peak memory saved against full fine-tuning, and metric differences against LoRA and LISA's defaults.",
 }
 
@@ -57,13 +57,30 @@ def _fits(v) -> str:
 
 def savings_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
     """The savings table as header and formatted cells (shared by both writers)."""
-    head = ["configuration", "peak (GiB)", "fits", "saved vs full (GiB)", "saved vs full (%)", data.metric_name,
-            "Δ vs LoRA", "Δ vs LISA defaults"]
+    head = [
+        "configuration",
+        "peak (GiB)",
+        "fits",
+        "saved vs full (GiB)",
+        "saved vs full (%)",
+        data.metric_name,
+        "Δ vs LoRA",
+        "Δ vs LISA defaults",
+    ]
     rows, digits = [], _gib_digits(data)
     for r in data.savings:
-        rows.append([r.label, _fmt_gib(r.peak_bytes, digits), _fits(r.fits), _fmt_gib(r.saving_bytes, digits),
-                     "-" if r.saving_pct is None else f"{r.saving_pct:.1f}", _fmt(r.metric),
-                     _fmt_signed(r.delta_vs_lora), _fmt_signed(r.delta_vs_lisa)])
+        rows.append(
+            [
+                r.label,
+                _fmt_gib(r.peak_bytes, digits),
+                _fits(r.fits),
+                _fmt_gib(r.saving_bytes, digits),
+                "-" if r.saving_pct is None else f"{r.saving_pct:.1f}",
+                _fmt(r.metric),
+                _fmt_signed(r.delta_vs_lora),
+                _fmt_signed(r.delta_vs_lisa),
+            ]
+        )
     return head, rows
 
 
@@ -73,9 +90,11 @@ def _summary(data: ReportData) -> list[str]:
     lines.append(f"device: {data.device}; metric: {data.metric_name} ({data.direction})")
     if data.source == "study":
         c = data.counts
-        lines.append(f"trials: {c.get('trials', 0)} ({c.get('complete', 0)} complete, {c.get('gated', 0)} rejected "
-                     f"by the budget gate, {c.get('pruned', 0)} pruned early, {c.get('failed', 0)} failed, "
-                     f"{c.get('running', 0)} unfinished)")
+        lines.append(
+            f"trials: {c.get('trials', 0)} ({c.get('complete', 0)} complete, {c.get('gated', 0)} rejected "
+            f"by the budget gate, {c.get('pruned', 0)} pruned early, {c.get('failed', 0)} failed, "
+            f"{c.get('running', 0)} unfinished)"
+        )
         lines.append("tuned plan: " + (f"trial #{data.best_trial}" if data.best_trial is not None else "none"))
     else:
         lines.append(NO_STUDY)
@@ -98,12 +117,16 @@ def write_html(data: ReportData, figures: dict[str, Path], path: str | Path) -> 
     path = Path(path)
     esc = html.escape
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(data.title)}</title>",
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(data.title)}</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
         "td:first-child,th:first-child{text-align:left}img{max-width:100%}.note{color:#a33}"
         ".meta li{margin:2px 0}</style>",
-        "</head><body>", f"<h1>{esc(data.title)}</h1>", '<ul class="meta">',
+        "</head><body>",
+        f"<h1>{esc(data.title)}</h1>",
+        '<ul class="meta">',
     ]
     parts += [f"<li>{esc(line)}</li>" for line in _summary(data)]
     parts.append("</ul>")
@@ -141,8 +164,11 @@ def write_markdown(data: ReportData, figures: dict[str, Path], path: str | Path)
         if section == "sweeps":
             lines += [f"- {n}" for n in _sweep_notes(data)] + [""]
         if section in figures:
-            rel = Path(figures[section]).resolve().relative_to(path.parent.resolve()).as_posix() \
-                if Path(figures[section]).resolve().is_relative_to(path.parent.resolve()) else str(figures[section])
+            rel = (
+                Path(figures[section]).resolve().relative_to(path.parent.resolve()).as_posix()
+                if Path(figures[section]).resolve().is_relative_to(path.parent.resolve())
+                else str(figures[section])
+            )
             lines += [f"![{title}]({rel})", ""]
         if section == "savings" and data.savings:
             head, rows = savings_rows(data)

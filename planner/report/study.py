@@ -12,9 +12,26 @@ from pathlib import Path
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
-from planner.report.data import (BASELINES, PLAN_KEY, PLAN_LABEL, Bar, Estimator, HistoryPoint,
-                                 ImportanceMap, ReportData, Sweep, TrialPoint, _breakdown_dict, _config, _fits,
-                                 _model_sweeps, cost_model_estimator, fits_with, form_label, savings_table)
+from planner.report.data import (
+    BASELINES,
+    PLAN_KEY,
+    PLAN_LABEL,
+    Bar,
+    Estimator,
+    HistoryPoint,
+    ImportanceMap,
+    ReportData,
+    Sweep,
+    TrialPoint,
+    _breakdown_dict,
+    _config,
+    _fits,
+    _model_sweeps,
+    cost_model_estimator,
+    fits_with,
+    form_label,
+    savings_table,
+)
 from planner.tune import record
 from planner.tune.baselines import LISA_BASELINE, baseline_configs, best_of_kind, trial_form_words
 from planner.tune.space import LISA_ACTIVE_LAYERS as LISA_DEFAULT_ACTIVE_LAYERS
@@ -29,9 +46,11 @@ MAX_IMPORTANCE_MAPS = 4
 def open_existing_storage(url: str):
     """The Optuna storage at ``url``; unlike ``planner tune`` a report never creates one."""
     url = check_storage(url)
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else (url if "://" not in url else None)
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else (url if "://" not in url else None)
     if path is not None and not Path(path).expanduser().is_file():
-        raise PlannerError(f"--storage must name an existing study storage, but {path!r} does not exist (run `planner tune` first)")
+        raise PlannerError(
+            f"--storage must name an existing study storage, but {path!r} does not exist (run `planner tune` first)"
+        )
     return open_storage(url)
 
 
@@ -74,9 +93,17 @@ def _trial_point(t) -> TrialPoint:
     if lowest is None and rec.trainable_layers:
         lowest = min(rec.trainable_layers)
     return TrialPoint(
-        number=t.number, state=state, kind=rec.kind, peak_bytes=rec.predicted_peak_bytes, metric=metric,
-        gated=bool(rec.gated), fits=rec.fits, reason=rec.reason or "",
-        active_layers=_int_or_none(p.get("active_layers")), lowest_layer=lowest, scorer=p.get("scorer"),
+        number=t.number,
+        state=state,
+        kind=rec.kind,
+        peak_bytes=rec.predicted_peak_bytes,
+        metric=metric,
+        gated=bool(rec.gated),
+        fits=rec.fits,
+        reason=rec.reason or "",
+        active_layers=_int_or_none(p.get("active_layers")),
+        lowest_layer=lowest,
+        scorer=p.get("scorer"),
     )
 
 
@@ -84,7 +111,9 @@ def pareto_front(points: list[TrialPoint], direction: str) -> list[int]:
     """Numbers of the trials no other trial beats on both metric and predicted peak (lower peak is better)."""
     sign = 1.0 if direction == "maximize" else -1.0
     # (number, signed metric: higher is better, peak)
-    cand = [(p.number, sign * p.metric, p.peak_bytes) for p in points if p.metric is not None and p.peak_bytes is not None]
+    cand = [
+        (p.number, sign * p.metric, p.peak_bytes) for p in points if p.metric is not None and p.peak_bytes is not None
+    ]
     front = []
     for number, metric, peak in cand:
         dominated = any(
@@ -100,8 +129,11 @@ def _best(points: list[TrialPoint], direction: str, multi_objective: bool) -> Tr
     """The trial ``planner tune`` writes as the plan: the best metric among trained trials that fit (any
     kind; on the Pareto front when multi-objective), the lower predicted peak breaking ties."""
     sign = 1.0 if direction == "maximize" else -1.0
-    cand = [p for p in points if p.state == "COMPLETE" and p.metric is not None and p.fits is True
-            and not isinstance(p.kind, Confirm)]  # a confirmation run is one seed of another trial's point
+    cand = [
+        p
+        for p in points
+        if p.state == "COMPLETE" and p.metric is not None and p.fits is True and not isinstance(p.kind, Confirm)
+    ]  # a confirmation run is one seed of another trial's point
     if multi_objective and any(p.pareto for p in cand):
         cand = [p for p in cand if p.pareto]
     if not cand:
@@ -127,8 +159,9 @@ def _history(points: list[TrialPoint], direction: str) -> list[HistoryPoint]:
     return out
 
 
-def _importance_maps(trials, points: dict[int, TrialPoint], num_layers: int | None, direction: str,
-                     best: int | None) -> list[ImportanceMap]:
+def _importance_maps(
+    trials, points: dict[int, TrialPoint], num_layers: int | None, direction: str, best: int | None
+) -> list[ImportanceMap]:
     """One map per adaptive scorer: the scorer's best trial whose sampling weights change over training."""
     sign = 1.0 if direction == "maximize" else -1.0
     per_scorer: dict[str, ImportanceMap] = {}
@@ -146,8 +179,15 @@ def _importance_maps(trials, points: dict[int, TrialPoint], num_layers: int | No
         weights = [w + [0.0] * (L - len(w)) if len(w) < L else w[:L] for w in weights]
         pt = points[t.number]
         scorer = str(t.params.get("scorer", "?"))
-        m = ImportanceMap(t.number, scorer, [int(r.get("step", i)) for i, r in enumerate(rows)], L, weights,
-                          [sorted(int(a) for a in (r.get("active") or [])) for r in rows], pt.metric)
+        m = ImportanceMap(
+            t.number,
+            scorer,
+            [int(r.get("step", i)) for i, r in enumerate(rows)],
+            L,
+            weights,
+            [sorted(int(a) for a in (r.get("active") or [])) for r in rows],
+            pt.metric,
+        )
         cur = per_scorer.get(scorer)
 
         def rank(x: ImportanceMap):
@@ -181,11 +221,15 @@ def _trial_config(base: TrainConfig, params: dict, num_layers: int | None = None
     depth = int(params.get("min_depth", 0))
     if num_layers is not None:
         depth = min(depth, max(0, num_layers - active_layers))  # as the search lowers it (planner.tune.space)
-    changes = dict(layers=None, active_layers=active_layers, min_depth=depth,
-                   gradient_checkpointing=bool(params.get("gradient_checkpointing", False)),
-                   train_embeddings=bool(params.get("train_embeddings", True)),
-                   train_head=bool(params.get("train_head", True)),
-                   lora_rank=params.get("lora_rank") or None)  # 0 = full layer weights
+    changes = dict(
+        layers=None,
+        active_layers=active_layers,
+        min_depth=depth,
+        gradient_checkpointing=bool(params.get("gradient_checkpointing", False)),
+        train_embeddings=bool(params.get("train_embeddings", True)),
+        train_head=bool(params.get("train_head", True)),
+        lora_rank=params.get("lora_rank") or None,
+    )  # 0 = full layer weights
     if params.get("batch_size"):
         changes["batch_size"] = int(params["batch_size"])
     return _config(base, **changes)
@@ -203,8 +247,9 @@ def _study_spec(model: str | None):
         return None, f"model {model!r} cannot be loaded by name ({exc})"
 
 
-def study_report_data(study, *, estimator: Estimator | None = None, use_cost_model: bool = True,
-                      device: str | None = None) -> ReportData:
+def study_report_data(
+    study, *, estimator: Estimator | None = None, use_cost_model: bool = True, device: str | None = None
+) -> ReportData:
     """Report data for an Optuna study written by ``planner tune``.
 
     Baseline bars use the baselines' own trial breakdowns; a baseline the study lacks is
@@ -240,8 +285,11 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
 
     # ---- breakdown bars
     bars: list[Bar] = []
-    configs = (baseline_configs(base, num_layers or 1, fits=fits_with(estimator, spec, vram))
-               if spec is not None and estimator is not None else {})
+    configs = (
+        baseline_configs(base, num_layers or 1, fits=fits_with(estimator, spec, vram))
+        if spec is not None and estimator is not None
+        else {}
+    )
     for key, label in BASELINES:
         # the best learning rate of its sweep (a trained record first, then the latest)
         t = best_of_kind([t for t in trials if record.read(t).breakdown], Baseline(key), direction)
@@ -250,8 +298,9 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
             parts = _breakdown_dict(record.read(t).breakdown)
             peak = pt.peak_bytes if pt.peak_bytes is not None else sum(parts.values())
             fits = pt.fits if pt.fits is not None else _fits(peak, vram)
-            bars.append(Bar(key, label + trial_form_words(t), parts, peak, f"trial #{t.number}", fits, pt.metric,
-                            t.number))
+            bars.append(
+                Bar(key, label + trial_form_words(t), parts, peak, f"trial #{t.number}", fits, pt.metric, t.number)
+            )
         elif spec is not None and estimator is not None:
             try:
                 cfg = configs[Baseline(key)]
@@ -263,11 +312,22 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         t = next(t for t in trials if t.number == best.number)
         parts = _breakdown_dict(record.read(t).breakdown)
         peak = best.peak_bytes if best.peak_bytes is not None else sum(parts.values())
-        bars.append(Bar(PLAN_KEY, f"{PLAN_LABEL} (#{best.number})", parts, peak, f"trial #{best.number}",
-                        best.fits if best.fits is not None else _fits(peak, vram), best.metric, best.number))
+        bars.append(
+            Bar(
+                PLAN_KEY,
+                f"{PLAN_LABEL} (#{best.number})",
+                parts,
+                peak,
+                f"trial #{best.number}",
+                best.fits if best.fits is not None else _fits(peak, vram),
+                best.metric,
+                best.number,
+            )
+        )
     else:
-        notes["breakdown"] = "; ".join(filter(None, [notes.get("breakdown"),
-                                                     "no trial was trained within the budget: no tuned plan to draw"]))
+        notes["breakdown"] = "; ".join(
+            filter(None, [notes.get("breakdown"), "no trial was trained within the budget: no tuned plan to draw"])
+        )
     if not bars:
         notes["breakdown"] = "no breakdown recorded and no cost model for this model"
 
@@ -280,10 +340,22 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         notes["importance"] = "no trial of an adaptive scorer recorded per-layer weights that change over training"
 
     # ---- sweeps
-    active_layers_sweep = Sweep("active layers γ", points=[(p.active_layers, p.peak_bytes, p.number) for p in points
-                                                   if p.active_layers is not None and p.peak_bytes is not None])
-    depth_sweep = Sweep("lowest active layer", points=[(p.lowest_layer, p.peak_bytes, p.number) for p in points
-                                                       if p.lowest_layer is not None and p.peak_bytes is not None])
+    active_layers_sweep = Sweep(
+        "active layers γ",
+        points=[
+            (p.active_layers, p.peak_bytes, p.number)
+            for p in points
+            if p.active_layers is not None and p.peak_bytes is not None
+        ],
+    )
+    depth_sweep = Sweep(
+        "lowest active layer",
+        points=[
+            (p.lowest_layer, p.peak_bytes, p.number)
+            for p in points
+            if p.lowest_layer is not None and p.peak_bytes is not None
+        ],
+    )
     if spec is not None and estimator is not None:
         try:
             best_params = next(t for t in trials if t.number == best.number).params if best else None
@@ -291,9 +363,16 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         except (PlannerError, KeyError, ValueError, TypeError):
             sweep_base = configs[LISA_BASELINE]
         active_layers = sweep_base.active_layers or LISA_DEFAULT_ACTIVE_LAYERS
-        _model_sweeps(active_layers_sweep, depth_sweep, spec, sweep_base, estimator, active_layers,
-                      f"cost model for {model}; dots: the trials' own predictions",
-                      f"curves: γ = {active_layers}, the sampler never drawing below the layer on the x axis; dots: trials of any γ")
+        _model_sweeps(
+            active_layers_sweep,
+            depth_sweep,
+            spec,
+            sweep_base,
+            estimator,
+            active_layers,
+            f"cost model for {model}; dots: the trials' own predictions",
+            f"curves: γ = {active_layers}, the sampler never drawing below the layer on the x axis; dots: trials of any γ",
+        )
     else:
         active_layers_sweep.note = f"trials' own predictions ({spec_why})"
         depth_sweep.note = active_layers_sweep.note
@@ -310,17 +389,37 @@ def study_report_data(study, *, estimator: Estimator | None = None, use_cost_mod
         "running": states.count("RUNNING") + states.count("WAITING"),
     }
     synthetic = bool(ua.get("synthetic", False))
-    details = _details(ua, base, num_layers, trials) + report_lines(trials, direction, str(ua.get("metric_name") or "metric"))
+    details = _details(ua, base, num_layers, trials) + report_lines(
+        trials, direction, str(ua.get("metric_name") or "metric")
+    )
     target = (ua.get("target") or {}).get("name") or model
-    title = (f"planner report: study {study.study_name} for {target}" + (f" ({num_layers} layers)" if num_layers else "")
-             + (" (SYNTHETIC study, not measured)" if synthetic else ""))
+    title = (
+        f"planner report: study {study.study_name} for {target}"
+        + (f" ({num_layers} layers)" if num_layers else "")
+        + (" (SYNTHETIC study, not measured)" if synthetic else "")
+    )
     return ReportData(
-        name=study.study_name, title=title, source="study", model=model, num_layers=num_layers,
-        vram_bytes=vram, metric_name=str(ua.get("metric_name") or "metric"), direction=direction, device=device,
-        bars=bars, trials=points, best_trial=best.number if best else None,
-        active_layers_sweep=active_layers_sweep, depth_sweep=depth_sweep, importance=importance,
-        history=_history(points, direction), savings=savings_table(bars), notes=notes, counts=counts,
-        synthetic=synthetic, details=details,
+        name=study.study_name,
+        title=title,
+        source="study",
+        model=model,
+        num_layers=num_layers,
+        vram_bytes=vram,
+        metric_name=str(ua.get("metric_name") or "metric"),
+        direction=direction,
+        device=device,
+        bars=bars,
+        trials=points,
+        best_trial=best.number if best else None,
+        active_layers_sweep=active_layers_sweep,
+        depth_sweep=depth_sweep,
+        importance=importance,
+        history=_history(points, direction),
+        savings=savings_table(bars),
+        notes=notes,
+        counts=counts,
+        synthetic=synthetic,
+        details=details,
     )
 
 
@@ -330,14 +429,18 @@ def _details(ua: dict, base: TrainConfig, num_layers: int | None, trials) -> lis
     target = ua.get("target")
     if isinstance(target, dict):
         amp = f" + amp {base.amp}" if base.amp != "none" else ""
-        out.append(f"target: {target.get('name', ua.get('model'))} ({num_layers} layers), batch {base.batch_size} × seq "
-                   f"{base.seq_len}, {base.dtype}{amp}, {base.optimizer}; every peak is predicted for it on "
-                   f"{ua.get('device', 'cuda')}")
+        out.append(
+            f"target: {target.get('name', ua.get('model'))} ({num_layers} layers), batch {base.batch_size} × seq "
+            f"{base.seq_len}, {base.dtype}{amp}, {base.optimizer}; every peak is predicted for it on "
+            f"{ua.get('device', 'cuda')}"
+        )
     proxy = ua.get("proxy")
     if isinstance(proxy, dict):
         name = str(proxy.get("name"))
         depth = "" if "layers" in name else f" ({proxy.get('num_layers')} layers)"
-        out.append(f"proxy (trains the plans that fit, gives the metric): {name}{depth} on {ua.get('proxy_device', '?')}")
+        out.append(
+            f"proxy (trains the plans that fit, gives the metric): {name}{depth} on {ua.get('proxy_device', '?')}"
+        )
     settings = [f"{k.replace('_', ' ')}: {ua[k]}" for k in ("workload", "steps", "seed") if ua.get(k) is not None]
     if settings:
         out.append("study settings: " + ", ".join(settings).replace("steps:", "proxy steps per trial:"))
@@ -348,8 +451,10 @@ def _details(ua: dict, base: TrainConfig, num_layers: int | None, trials) -> lis
             measured.append((t.number, rec.predicted_peak_bytes, rec.measured_memory))
     if measured:
         number, predicted, m = max(measured, key=lambda row: abs(row[2].prediction_error))
-        out.append(f"measured on the GPU in {len(measured)} trial(s): largest prediction error "
-                   f"{100 * m.prediction_error:+.1f}% (trial #{number}: predicted "
-                   f"{format_bytes(predicted) if predicted is not None else '?'}, in use at the peak "
-                   f"{format_bytes(m.device_used_bytes)})")
+        out.append(
+            f"measured on the GPU in {len(measured)} trial(s): largest prediction error "
+            f"{100 * m.prediction_error:+.1f}% (trial #{number}: predicted "
+            f"{format_bytes(predicted) if predicted is not None else '?'}, in use at the peak "
+            f"{format_bytes(m.device_used_bytes)})"
+        )
     return out

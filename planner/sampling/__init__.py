@@ -4,7 +4,16 @@ from planner.sampling.loop import DivergedError, TrainResult, train_layerwise
 from planner.sampling.sampler import LayerSampler
 from planner.sampling.scorers import SCORERS, Scorer, get_scorer, register_scorer
 
-__all__ = ["DivergedError", "LayerSampler", "SCORERS", "Scorer", "TrainResult", "get_scorer", "register_scorer", "train_layerwise"]
+__all__ = [
+    "DivergedError",
+    "LayerSampler",
+    "SCORERS",
+    "Scorer",
+    "TrainResult",
+    "get_scorer",
+    "register_scorer",
+    "train_layerwise",
+]
 
 
 def __getattr__(name):

@@ -60,8 +60,10 @@ def _cycle(batches: Iterable[dict]) -> Iterator[dict]:
     if not count:
         raise PlannerError("batches must hold at least one batch, but the iterator was empty")
     if seen is None:
-        raise PlannerError(f"a one-shot iterator of batches must be endless or hold at most {REPLAY_LIMIT} batches to "
-                           f"replay, but it ended after {count}: pass a list or another re-iterable")
+        raise PlannerError(
+            f"a one-shot iterator of batches must be endless or hold at most {REPLAY_LIMIT} batches to "
+            f"replay, but it ended after {count}: pass a list or another re-iterable"
+        )
     while True:
         yield from seen
 
@@ -74,12 +76,22 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def train_layerwise(model: nn.Module, batches: Iterable[dict], *, sampler: LayerSampler,
-                    optimizer: torch.optim.Optimizer | None = None, steps: int,
-                    eval_fn: Callable[[nn.Module], float] | None = None, eval_every: int | None = None,
-                    on_eval: Callable[[int, float], None] | None = None, calib_batch: dict | None = None,
-                    lr_scheduler=None, max_grad_norm: float | None = None, lr: float = 1e-3,
-                    loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None) -> TrainResult:
+def train_layerwise(
+    model: nn.Module,
+    batches: Iterable[dict],
+    *,
+    sampler: LayerSampler,
+    optimizer: torch.optim.Optimizer | None = None,
+    steps: int,
+    eval_fn: Callable[[nn.Module], float] | None = None,
+    eval_every: int | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
+    calib_batch: dict | None = None,
+    lr_scheduler=None,
+    max_grad_norm: float | None = None,
+    lr: float = 1e-3,
+    loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
+) -> TrainResult:
     """Train ``steps`` optimizer steps on ``batches`` (cycled), switching layers through ``sampler``.
 
     ``optimizer`` defaults to ``sampler.make_optimizer(AdamW, lr=lr)``; one made elsewhere is

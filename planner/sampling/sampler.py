@@ -52,9 +52,18 @@ class LayerSampler:
     frozen for the whole run (``train_embeddings``, ``train_head``).
     """
 
-    def __init__(self, model: nn.Module, active_layers: int = 2, period: int = 20, scorer: str | Scorer = "uniform",
-                 scorer_options: dict[str, Any] | None = None, train_embeddings: bool = True,
-                 train_head: bool = True, min_depth: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        active_layers: int = 2,
+        period: int = 20,
+        scorer: str | Scorer = "uniform",
+        scorer_options: dict[str, Any] | None = None,
+        train_embeddings: bool = True,
+        train_head: bool = True,
+        min_depth: int = 0,
+        seed: int = 0,
+    ) -> None:
         self.model = model
         self.parts = model_parts(model)
         self.num_layers = self.parts.num_layers
@@ -65,12 +74,18 @@ class LayerSampler:
         if not isinstance(period, int) or period < 1:
             problems.append(f"period must be an integer >= 1, but got period={period!r}")
         if not isinstance(min_depth, int) or not 0 <= min_depth < self.num_layers:
-            problems.append(f"`0 <= min_depth < num_layers` must hold, but got min_depth={min_depth!r} with {self.num_layers} layers")
+            problems.append(
+                f"`0 <= min_depth < num_layers` must hold, but got min_depth={min_depth!r} with {self.num_layers} layers"
+            )
         elif isinstance(active_layers, int) and active_layers > self.num_layers - min_depth:
-            problems.append(f"`active_layers <= num_layers - min_depth` must hold, but got active_layers={active_layers} > {self.num_layers} - {min_depth}")
+            problems.append(
+                f"`active_layers <= num_layers - min_depth` must hold, but got active_layers={active_layers} > {self.num_layers} - {min_depth}"
+            )
         empty = [i for i, ps in enumerate(self.parts.layer_params) if not ps]
         if empty:
-            problems.append(f"every decoder layer must hold trainable parameters (adapters on a peft model), but layers {empty} hold none")
+            problems.append(
+                f"every decoder layer must hold trainable parameters (adapters on a peft model), but layers {empty} hold none"
+            )
         collect(problems)
         self.active_layers, self.period, self.min_depth, self.seed = active_layers, period, min_depth, seed
         self.train_embeddings, self.train_head = bool(train_embeddings), bool(train_head)
@@ -132,7 +147,11 @@ class LayerSampler:
                 if id(p) in group_of:
                     by_name.setdefault(name, group_of[id(p)])
         added = []
-        name_of = {id(p): n for params, names in zip(self.parts.layer_params, self.parts.layer_param_names) for p, n in zip(params, names)}
+        name_of = {
+            id(p): n
+            for params, names in zip(self.parts.layer_params, self.parts.layer_param_names)
+            for p, n in zip(params, names)
+        }
         for p in self.managed_parameters():
             if id(p) in group_of:
                 continue
@@ -195,7 +214,9 @@ class LayerSampler:
         layers = sorted(int(i) for i in layers)
         bad = [i for i in layers if i not in self.candidates]
         if bad or len(set(layers)) != len(layers) or not 1 <= len(layers) <= self.active_layers:
-            raise PlannerError(f"an active set must hold 1..{self.active_layers} distinct layers in {self.min_depth}..{self.num_layers - 1}, but got {layers}")
+            raise PlannerError(
+                f"an active set must hold 1..{self.active_layers} distinct layers in {self.min_depth}..{self.num_layers - 1}, but got {layers}"
+            )
         leaving = [i for i in self.active if i not in layers]
         for i in leaving:
             for p in self.parts.layer_params[i]:
@@ -211,8 +232,12 @@ class LayerSampler:
         if self.active and layers != self.active:
             self.switches += 1
         self.active = layers
-        self.history.append({"step": int(step), "active": list(layers), "weights": [float(w) for w in self.scorer.weights()]})
+        self.history.append(
+            {"step": int(step), "active": list(layers), "weights": [float(w) for w in self.scorer.weights()]}
+        )
 
     def __repr__(self) -> str:
-        return (f"LayerSampler(active_layers={self.active_layers}, period={self.period}, scorer={self.scorer.name!r}, "
-                f"min_depth={self.min_depth}, active={self.active})")
+        return (
+            f"LayerSampler(active_layers={self.active_layers}, period={self.period}, scorer={self.scorer.name!r}, "
+            f"min_depth={self.min_depth}, active={self.active})"
+        )

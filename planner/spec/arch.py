@@ -28,10 +28,16 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
         kinds = {type(child) for child in module}
         if len(kinds) != 1:
             continue
-        if best is None or len(module) > len(best[1]) or (len(module) == len(best[1]) and name.count(".") < best[0].count(".")):
+        if (
+            best is None
+            or len(module) > len(best[1])
+            or (len(module) == len(best[1]) and name.count(".") < best[0].count("."))
+        ):
             best = (name, module)
     if best is None:
-        raise PlannerError(f"model {type(model).__name__} must hold its decoder layers in a torch.nn.ModuleList, but none was found")
+        raise PlannerError(
+            f"model {type(model).__name__} must hold its decoder layers in a torch.nn.ModuleList, but none was found"
+        )
     return best
 
 

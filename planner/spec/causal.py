@@ -17,7 +17,10 @@ from planner.errors import PlannerError
 def check_causal_lm(config, name: str, flag: str = "--model") -> None:
     """Refuse anything but a decoder-only causal LM (BERT-like encoders, encoder-decoders); ``flag`` named it."""
     # transformers: deferred until a config is checked (seconds on top of torch)
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
     model_type = getattr(config, "model_type", None)
     if getattr(config, "is_encoder_decoder", False):
@@ -28,8 +31,10 @@ def check_causal_lm(config, name: str, flag: str = "--model") -> None:
         kind = "not a causal LM transformers can build"
     else:
         return
-    raise PlannerError(f"{flag} must be a decoder-only causal LM (Llama, GPT-2, Qwen2, ...), but {name!r} has "
-                       f"model_type {model_type!r}: {kind}")
+    raise PlannerError(
+        f"{flag} must be a decoder-only causal LM (Llama, GPT-2, Qwen2, ...), but {name!r} has "
+        f"model_type {model_type!r}: {kind}"
+    )
 
 
 @contextlib.contextmanager

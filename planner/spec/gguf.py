@@ -52,7 +52,9 @@ def cache_key(path: Path) -> str:
     """Hash of the file's bytes and of what converts them (transformers' version, :data:`CONVERT_VERSION`)."""
     import transformers  # transformers: deferred until a GGUF file is read (seconds on top of torch)
 
-    blob = json.dumps({"sha256": file_sha256(path), "transformers": transformers.__version__, "version": CONVERT_VERSION})
+    blob = json.dumps(
+        {"sha256": file_sha256(path), "transformers": transformers.__version__, "version": CONVERT_VERSION}
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -72,11 +74,15 @@ def check_file(path: Path, flag: str) -> Path:
         raise PlannerError(f"{flag} GGUF file must exist, but {str(path)!r} does not")
     with open(path, "rb") as fh:
         if fh.read(4) != b"GGUF":
-            raise PlannerError(f"{flag} file ending in .gguf must be a GGUF file (it starts with the bytes GGUF), but "
-                               f"{str(path)!r} is not")
+            raise PlannerError(
+                f"{flag} file ending in .gguf must be a GGUF file (it starts with the bytes GGUF), but "
+                f"{str(path)!r} is not"
+            )
     if importlib.util.find_spec("gguf") is None:
-        raise PlannerError(f"{flag} {str(path)!r} is a GGUF file, which needs the gguf package, but it is not installed: "
-                           f"{GGUF_INSTALL}")
+        raise PlannerError(
+            f"{flag} {str(path)!r} is a GGUF file, which needs the gguf package, but it is not installed: "
+            f"{GGUF_INSTALL}"
+        )
     return path
 
 
@@ -92,8 +98,9 @@ def gguf_config(path: Path, flag: str = "--model"):
     try:
         config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - an architecture transformers cannot read from GGUF, a damaged file
-        raise PlannerError(f"{flag} GGUF file must hold a model transformers can read, but {str(path)!r} failed: "
-                           f"{_first_line(exc)}") from None
+        raise PlannerError(
+            f"{flag} GGUF file must hold a model transformers can read, but {str(path)!r} failed: {_first_line(exc)}"
+        ) from None
     _drop_quantization(config)
     return config
 
@@ -116,8 +123,10 @@ def ensure_converted(path: str | Path, *, flag: str = "--model", progress: bool 
 
     def build(tmp: Path) -> None:
         if progress:
-            say(f"first use of {path.name}: converting it once into a model directory (about a minute on 2 "
-                f"cores); later runs load it from {final}")
+            say(
+                f"first use of {path.name}: converting it once into a model directory (about a minute on 2 "
+                f"cores); later runs load it from {final}"
+            )
         stats = _convert(path, tmp, flag)
         if progress:
             say(f"  converted in {stats['seconds']:.0f}s; cached at {final}")
@@ -133,12 +142,15 @@ def _convert(path: Path, out: Path, flag: str) -> dict:
     t0 = time.perf_counter()
     try:
         with quiet_transformers():
-            loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
-                                                          local_files_only=True)
+            loaded = AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, dtype=torch.float32, local_files_only=True
+            )
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - an architecture transformers cannot read from GGUF, a damaged file
-        raise PlannerError(f"{flag} GGUF file must hold a causal LM transformers can read, but {str(path)!r} failed: "
-                           f"{_first_line(exc)}") from None
+        raise PlannerError(
+            f"{flag} GGUF file must hold a causal LM transformers can read, but {str(path)!r} failed: "
+            f"{_first_line(exc)}"
+        ) from None
     config = loaded.config
     check_causal_lm(config, str(path))
     _drop_quantization(config)
@@ -149,8 +161,15 @@ def _convert(path: Path, out: Path, flag: str) -> dict:
     with quiet_transformers():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-    stats = {"source": str(path.resolve()), "sha256": file_sha256(path), "bytes": path.stat().st_size,
-             "transformers": transformers.__version__, "torch": torch.__version__, "version": CONVERT_VERSION,
-             "weights_sha256": weights_sha256(model), "seconds": round(time.perf_counter() - t0, 2)}
+    stats = {
+        "source": str(path.resolve()),
+        "sha256": file_sha256(path),
+        "bytes": path.stat().st_size,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "version": CONVERT_VERSION,
+        "weights_sha256": weights_sha256(model),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
     (out / MARKER).write_text(json.dumps(stats, indent=2))
     return stats

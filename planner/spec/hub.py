@@ -40,7 +40,11 @@ def offline_by_env() -> str | None:
 def _probe_target() -> tuple[str, int]:
     """Host and port a request to the hub connects to first: the proxy when one is set."""
     endpoint = urlparse(hub_endpoint())
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if endpoint.scheme == "https" else ("HTTP_PROXY", "http_proxy"):
+    for var in (
+        ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+        if endpoint.scheme == "https"
+        else ("HTTP_PROXY", "http_proxy")
+    ):
         if os.environ.get(var):
             proxy = urlparse(os.environ[var] if "://" in os.environ[var] else f"http://{os.environ[var]}")
             return proxy.hostname or "", proxy.port or 80
@@ -88,7 +92,9 @@ def from_hub(load: Callable[..., T], model_id: str, *, flag: str = "--model", ne
         raise PlannerError(f"{flag} {model_id!r} must be in the local Hugging Face cache, but it is not ({cache_miss})")
     why = hub_unreachable()
     if why is not None:
-        raise PlannerError(f"{flag} hub id must be in the local Hugging Face cache or the hub must be reachable, but "
-                           f"{model_id!r} is not cached and {hub_endpoint()} cannot be reached ({why}); "
-                           f"give a local model directory, or run once with network")
+        raise PlannerError(
+            f"{flag} hub id must be in the local Hugging Face cache or the hub must be reachable, but "
+            f"{model_id!r} is not cached and {hub_endpoint()} cannot be reached ({why}); "
+            f"give a local model directory, or run once with network"
+        )
     return load(model_id, local_files_only=False)

@@ -62,7 +62,9 @@ class ModelSpec:
         cfg = self.config.__class__.from_dict(self.config.to_dict())
         cfg.num_hidden_layers = num_layers
         if getattr(cfg, "layer_types", None) is not None:
-            cfg.layer_types = list(cfg.layer_types)[:num_layers] + [cfg.layer_types[-1]] * max(0, num_layers - len(cfg.layer_types))
+            cfg.layer_types = list(cfg.layer_types)[:num_layers] + [cfg.layer_types[-1]] * max(
+                0, num_layers - len(cfg.layer_types)
+            )
         return ModelSpec(self.name, cfg)
 
 
@@ -101,8 +103,10 @@ def seq_len_problem(spec: "ModelSpec", seq_len: int, flag: str = "--seq-len") ->
     """The rule a sequence length breaks for ``spec`` (positions beyond the model's), or None."""
     bound = spec.max_positions
     if bound is not None and seq_len > bound[1]:
-        return (f"{flag} must be <= the model's {bound[0]}={bound[1]:,} ({spec.name}), but got {seq_len:,} "
-                f"(to plan a longer context, give a config.json with a larger {bound[0]})")
+        return (
+            f"{flag} must be <= the model's {bound[0]}={bound[1]:,} ({spec.name}), but got {seq_len:,} "
+            f"(to plan a longer context, give a config.json with a larger {bound[0]})"
+        )
     return None
 
 
@@ -119,8 +123,10 @@ def _config_from_dict(data: dict, name: str = "config"):
         return AutoConfig.for_model(model_type, **data)
     except Exception as exc:  # noqa: BLE001 - an unknown type (ValueError) or fields it rejects (TypeError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PlannerError(f"--model config must be one transformers can read, but {name!r} with model_type "
-                           f"{model_type!r} failed: {first}") from None
+        raise PlannerError(
+            f"--model config must be one transformers can read, but {name!r} with model_type "
+            f"{model_type!r} failed: {first}"
+        ) from None
 
 
 def _read_config_json(path: Path) -> dict:
@@ -174,14 +180,19 @@ def _load_hub(model_id: str) -> ModelSpec:
     except PlannerError:
         raise
     except Exception as exc:  # noqa: BLE001 - hub errors are many; all mean "cannot resolve"
-        raise PlannerError(f"--model hub id must resolve to a config (unknown? private?), but {model_id!r} failed: {first_line(exc)}") from None
+        raise PlannerError(
+            f"--model hub id must resolve to a config (unknown? private?), but {model_id!r} failed: {first_line(exc)}"
+        ) from None
     check_causal_lm(cfg, model_id)
     return ModelSpec(model_id, cfg)
 
 
-def build_model(spec: ModelSpec, *, dtype: str | torch.dtype = "float32", num_layers: int | None = None, seed: int | None = 0):
+def build_model(
+    spec: ModelSpec, *, dtype: str | torch.dtype = "float32", num_layers: int | None = None, seed: int | None = 0
+):
     """Instantiate the causal LM from its config with random weights (no download)."""
-    from transformers import AutoModelForCausalLM  # transformers: deferred until a model is built (seconds on top of torch)
+    # transformers: deferred until a model is built (seconds on top of torch)
+    from transformers import AutoModelForCausalLM
 
     if num_layers is not None:
         spec = spec.with_layers(num_layers)

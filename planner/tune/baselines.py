@@ -99,20 +99,35 @@ def trial_form_words(trial) -> str:
     return f" ({', '.join(words)})" if words else ""
 
 
-BASELINE_LABELS = {LISA_BASELINE: "LISA defaults", FULL_BASELINE: "full fine-tuning", LORA_BASELINE: "LoRA",
-                   QLORA_BASELINE: "QLoRA"}
-_FIT_DEFAULTS = {name: _LEVER_DEFAULTS[name] for name in ("gradient_checkpointing", "optimizer_in_backward", "loss_chunks",
-                                                          "quantize")}
+BASELINE_LABELS = {
+    LISA_BASELINE: "LISA defaults",
+    FULL_BASELINE: "full fine-tuning",
+    LORA_BASELINE: "LoRA",
+    QLORA_BASELINE: "QLoRA",
+}
+_FIT_DEFAULTS = {
+    name: _LEVER_DEFAULTS[name]
+    for name in ("gradient_checkpointing", "optimizer_in_backward", "loss_chunks", "quantize")
+}
 
 
 def _methods(num_layers: int) -> dict[Baseline, dict]:
     """What each baseline trains (the same points :func:`_plain_points` gives the search, as config fields)."""
     static = dict(active_layers=None, min_depth=0)
     lora = dict(layers="all", train_embeddings=False, train_head=False, lora_rank=LORA_BASELINE_RANK, **static)
-    return {LISA_BASELINE: dict(layers=None, active_layers=min(LISA_ACTIVE_LAYERS, num_layers), min_depth=0,
-                                train_embeddings=True, train_head=True, lora_rank=None),
-            FULL_BASELINE: dict(layers="all", train_embeddings=True, train_head=True, lora_rank=None, **static),
-            LORA_BASELINE: lora, QLORA_BASELINE: lora}
+    return {
+        LISA_BASELINE: dict(
+            layers=None,
+            active_layers=min(LISA_ACTIVE_LAYERS, num_layers),
+            min_depth=0,
+            train_embeddings=True,
+            train_head=True,
+            lora_rank=None,
+        ),
+        FULL_BASELINE: dict(layers="all", train_embeddings=True, train_head=True, lora_rank=None, **static),
+        LORA_BASELINE: lora,
+        QLORA_BASELINE: lora,
+    }
 
 
 def baseline_configs(base: TrainConfig, num_layers: int, fits=None) -> dict[Baseline, TrainConfig]:
@@ -136,8 +151,10 @@ def baseline_points(space: SearchSpace, gate=None) -> dict[Baseline, TrialParams
 
 def _cheapest(kind: Baseline, point: TrialParams, space: SearchSpace, gate) -> TrialParams:
     # a space without checkpointing among its choices runs every form without it
-    forms = [in_form(point, {k: v for k, v in form.items() if k != "gradient_checkpointing" or v in space.checkpointing})
-             for form in RECIPES[kind]]
+    forms = [
+        in_form(point, {k: v for k, v in form.items() if k != "gradient_checkpointing" or v in space.checkpointing})
+        for form in RECIPES[kind]
+    ]
     if gate is not None:
         for p in forms:
             if gate.predict(space.train_config(p)).fits:
@@ -153,15 +170,33 @@ def _plain_points(space: SearchSpace) -> dict[Baseline, TrialParams]:
     neither = False in space.embedding_choices and False in space.head_choices
     out: dict[Baseline, TrialParams] = {}
     if "uniform" in space.scorers and both:
-        out[LISA_BASELINE] = space.point(active_layers=min(LISA_ACTIVE_LAYERS, L), period=period, scorer="uniform",
-                                           train_embeddings=True, train_head=True, lr=_lr(space, DEFAULT_LR))
+        out[LISA_BASELINE] = space.point(
+            active_layers=min(LISA_ACTIVE_LAYERS, L),
+            period=period,
+            scorer="uniform",
+            train_embeddings=True,
+            train_head=True,
+            lr=_lr(space, DEFAULT_LR),
+        )
     if both:
         # γ = L: every draw is every layer, whatever the scorer and period
-        out[FULL_BASELINE] = space.point(active_layers=L, period=period, scorer=scorer, train_embeddings=True,
-                                           train_head=True, lr=_lr(space, DEFAULT_LR))
+        out[FULL_BASELINE] = space.point(
+            active_layers=L,
+            period=period,
+            scorer=scorer,
+            train_embeddings=True,
+            train_head=True,
+            lr=_lr(space, DEFAULT_LR),
+        )
     if neither:
-        lora_point = space.point(active_layers=L, period=period, scorer=scorer, train_embeddings=False, train_head=False,
-                                 lr=_lr(space, DEFAULT_LR * LORA_LR_FACTOR))
+        lora_point = space.point(
+            active_layers=L,
+            period=period,
+            scorer=scorer,
+            train_embeddings=False,
+            train_head=False,
+            lr=_lr(space, DEFAULT_LR * LORA_LR_FACTOR),
+        )
         out[LORA_BASELINE] = TrialParams(**{**lora_point.__dict__, "lora_rank": LORA_BASELINE_RANK})
         out[QLORA_BASELINE] = out[LORA_BASELINE]
     return out
@@ -214,7 +249,10 @@ def enqueue_sweeps(study, space: SearchSpace) -> int:
             continue
         point = trial_form(point, ran[0])
         have = {float(t.params["lr"]) for t in of_kind if "lr" in t.params} | {
-            float(t.system_attrs.get("fixed_params", {}).get("lr", -1)) for t in of_kind if t.state == TrialState.WAITING}
+            float(t.system_attrs.get("fixed_params", {}).get("lr", -1))
+            for t in of_kind
+            if t.state == TrialState.WAITING
+        }
         for factor, p in lr_sweep(space, point):
             if p.lr not in have:
                 record.enqueue(study, space.enqueue_params(p), _record(kind, p, lr_sweep=factor))
@@ -249,8 +287,10 @@ def offered_points(space: SearchSpace, gate) -> list[TrialParams]:
         if cur is None or (p.active_layers, -p.min_depth) > (cur.active_layers, -cur.min_depth):
             best[key] = p
     scorer = "uniform" if "uniform" in space.scorers else space.scorers[0]
-    return [replace(p, period=_nearest(LISA_PERIOD, space.periods), scorer=scorer, lr=_lr(space, DEFAULT_LR))
-            for _, p in sorted(best.items())]
+    return [
+        replace(p, period=_nearest(LISA_PERIOD, space.periods), scorer=scorer, lr=_lr(space, DEFAULT_LR))
+        for _, p in sorted(best.items())
+    ]
 
 
 def enqueue_offered(study, space: SearchSpace, gate, room: int | None = None) -> int:

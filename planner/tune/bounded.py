@@ -46,7 +46,9 @@ class GateBoundedSampler(BaseSampler):
 
     def _narrow(self, distribution):
         if isinstance(distribution, IntDistribution) and distribution.high > self.max_active_layers >= distribution.low:
-            return IntDistribution(distribution.low, self.max_active_layers, log=distribution.log, step=distribution.step)
+            return IntDistribution(
+                distribution.low, self.max_active_layers, log=distribution.log, step=distribution.step
+            )
         return distribution
 
     def before_trial(self, study, trial) -> None:
@@ -101,7 +103,8 @@ def largest_fitting_active_layers(space, gate) -> int:
     return best
 
 
-MAX_COMPLETIONS = 16  # whole points one draw may stand for (its missing conditional choices), at most, before it is let through
+# whole points one draw may stand for (its missing conditional choices), at most, before it is let through
+MAX_COMPLETIONS = 16
 
 
 class _Missing(KeyError):
@@ -162,8 +165,11 @@ def admissible(space, gate):
     fits = fits_in_a_form(space, gate)
 
     def for_study(study):
-        done = {space.from_params(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-                if "active_layers" in t.params and not record.read(t).gated}
+        done = {
+            space.from_params(t.params)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            if "active_layers" in t.params and not record.read(t).gated
+        }
 
         def accept(params: dict) -> bool:
             points = completions(space, params)

@@ -123,8 +123,9 @@ def waiting_confirmations(study) -> int:
     return sum(t.state == TrialState.WAITING and _extra(t) for t in study.get_trials(deepcopy=False))
 
 
-def confirm_phase(study, objective, space, *, top: int, seeds: int, workload, console=None, progress: bool = True,
-                  callbacks=()) -> int:
+def confirm_phase(
+    study, objective, space, *, top: int, seeds: int, workload, console=None, progress: bool = True, callbacks=()
+) -> int:
     """The baselines' learning-rate sweeps, then the confirmation runs still missing; returns how many ran."""
     trained = {_metric(t) for t in study.get_trials(deepcopy=False) if record.trained(t) and not _extra(t)}
     if len(trained) < 2:  # nothing to confirm: no plan, or a metric that cannot tell plans apart (no plan is named)
@@ -136,8 +137,11 @@ def confirm_phase(study, objective, space, *, top: int, seeds: int, workload, co
     candidates = select_candidates(study.get_trials(deepcopy=False), workload.direction, top)
     waiting = enqueue_confirmation(study, candidates, seeds)
     if waiting and console is not None:
-        console.print(f"confirming {len(candidates)} plans ({', '.join(_name(t) for t in candidates)}) with {seeds} seeds "
-                      f"each: {waiting} proxy runs", highlight=False)
+        console.print(
+            f"confirming {len(candidates)} plans ({', '.join(_name(t) for t in candidates)}) with {seeds} seeds "
+            f"each: {waiting} proxy runs",
+            highlight=False,
+        )
     return ran + _run_queued(study, objective, waiting, workload, console, progress, callbacks)
 
 
@@ -151,8 +155,9 @@ def _run_queued(study, objective, waiting: int, workload, console, progress, cal
     """Train the queued extra runs, this process's share of them (other queued trials keep waiting)."""
     if not waiting:
         return 0
-    bar = TrialProgress(waiting, 0, metric_name=workload.metric_name, direction=workload.direction, console=console,
-                        enabled=progress)
+    bar = TrialProgress(
+        waiting, 0, metric_name=workload.metric_name, direction=workload.direction, console=console, enabled=progress
+    )
     ran = 0
     with bar:
         # not study.optimize: when another worker takes the last queued run, it would start a fresh searched trial
@@ -178,7 +183,9 @@ def _run_one(study, objective, trial_id: int):
         state = TrialState.PRUNED
     except Exception:  # noqa: BLE001 - the objective stored the reason; the study goes on, as with catch=(Exception,)
         state = TrialState.FAIL
-    if state is None and (value is None or any(not math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,)))):
+    if state is None and (
+        value is None or any(not math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,)))
+    ):
         state, value = TrialState.FAIL, None  # diverged: a failed trial
     return study.tell(trial, value, state=state, skip_if_finished=True)
 
@@ -201,6 +208,7 @@ def _pop_extra(study) -> int | None:
 
 
 # ---- from the stored runs to the answer --------------------------------------------------------
+
 
 @dataclass
 class Confirmed:
@@ -263,7 +271,7 @@ def margin(a: Confirmed, b: Confirmed, direction: str) -> tuple[float, float, st
     if a.mean is None or b.mean is None or a.std is None or b.std is None:
         raise ValueError("a margin compares two runs with metrics")
     diff = sign * (a.mean - b.mean)
-    noise = NOISE_SE * math.sqrt(a.std ** 2 / len(a.metrics) + b.std ** 2 / len(b.metrics))
+    noise = NOISE_SE * math.sqrt(a.std**2 / len(a.metrics) + b.std**2 / len(b.metrics))
     verdict = BEYOND if diff > noise else (WORSE if diff < -noise else WITHIN)
     return diff, noise, verdict
 
@@ -280,28 +288,55 @@ def margins(runs: list[Confirmed], best: Confirmed, trials, direction: str) -> l
             continue
         name, peak = kind.name, int(rec.predicted_peak_bytes)
         if rec.fits is not True:
-            out.append(Margin(baseline=name, baseline_peak_bytes=peak, fits=False, verdict="does not fit the budget: never trained"))
+            out.append(
+                Margin(
+                    baseline=name,
+                    baseline_peak_bytes=peak,
+                    fits=False,
+                    verdict="does not fit the budget: never trained",
+                )
+            )
             continue
         base = by_source.get(t.number)
         if base is None:
-            out.append(Margin(baseline=name, baseline_peak_bytes=peak, fits=True, verdict="not confirmed (its runs failed)"))
+            out.append(
+                Margin(baseline=name, baseline_peak_bytes=peak, fits=True, verdict="not confirmed (its runs failed)")
+            )
             continue
         versus = best
         searched = [r for r in by_source.values() if kind_of(r.source) == SEARCH]
         if best.peak > peak:
             versus = best_confirmed([r for r in searched if r.peak <= peak], direction) or best
         if versus is base:  # the baseline is the tuned plan: how far the search got is the margin worth stating
-            other = best_confirmed([r for r in searched if r.peak <= peak], direction) or best_confirmed(searched, direction)
+            other = best_confirmed([r for r in searched if r.peak <= peak], direction) or best_confirmed(
+                searched, direction
+            )
             if other is None:
-                out.append(Margin(baseline=name, baseline_peak_bytes=peak, fits=True,
-                                  verdict="is the tuned plan; no searched plan was confirmed to compare with it"))
+                out.append(
+                    Margin(
+                        baseline=name,
+                        baseline_peak_bytes=peak,
+                        fits=True,
+                        verdict="is the tuned plan; no searched plan was confirmed to compare with it",
+                    )
+                )
                 continue
             versus = other
         diff, noise, verdict = margin(versus, base, direction)
         if versus.peak > peak:
             verdict += f" (at a higher predicted peak: no confirmed searched plan fits in the {name} baseline's memory)"
-        out.append(Margin(baseline=name, baseline_peak_bytes=peak, fits=True, versus=_name(versus.source),
-                          versus_peak_bytes=versus.peak, margin=diff, noise=noise, verdict=verdict))
+        out.append(
+            Margin(
+                baseline=name,
+                baseline_peak_bytes=peak,
+                fits=True,
+                versus=_name(versus.source),
+                versus_peak_bytes=versus.peak,
+                margin=diff,
+                noise=noise,
+                verdict=verdict,
+            )
+        )
     return out
 
 
@@ -323,13 +358,18 @@ def signal_verdict(runs: list[Confirmed], best: Confirmed, direction: str) -> tu
     rows = [(_name(r.source), *margin(best, r, direction)) for r in compared.values()]
     ahead = [(name, diff, noise) for name, diff, noise, verdict in rows if verdict == BEYOND]
     if ahead:
-        return True, (f"signal: the tuned plan ({_name(best.source)}) is ahead beyond the seed noise of " + ", ".join(
-            f"{name} by {diff:.4f} > {noise:.4f}" for name, diff, noise in ahead) + " (margin > 2 standard errors)")
+        return True, (
+            f"signal: the tuned plan ({_name(best.source)}) is ahead beyond the seed noise of "
+            + ", ".join(f"{name} by {diff:.4f} > {noise:.4f}" for name, diff, noise in ahead)
+            + " (margin > 2 standard errors)"
+        )
     name, diff, noise = max(((n, d, e) for n, d, e, _v in rows), key=lambda row: row[1] - row[2])
-    return False, (f"no signal: the tuned plan ({_name(best.source)}) is not ahead of {', '.join(n for n, *_ in rows)} "
-                   f"beyond the seed noise (closest: {name} by {diff:+.4f}, 2 standard errors {noise:.4f}); the "
-                   f"scores cannot tell these plans apart: train longer (--steps), confirm with more seeds "
-                   f"(--confirm-seeds) or use other data (--data)")
+    return False, (
+        f"no signal: the tuned plan ({_name(best.source)}) is not ahead of {', '.join(n for n, *_ in rows)} "
+        f"beyond the seed noise (closest: {name} by {diff:+.4f}, 2 standard errors {noise:.4f}); the "
+        f"scores cannot tell these plans apart: train longer (--steps), confirm with more seeds "
+        f"(--confirm-seeds) or use other data (--data)"
+    )
 
 
 def confirmation_record(trials, best: Confirmed, *, seed: int, steps: int, direction: str) -> Confirmation:
@@ -338,13 +378,30 @@ def confirmation_record(trials, best: Confirmed, *, seed: int, steps: int, direc
     n = max((len(r.metrics) + r.failed for r in runs), default=0)
     sign = 1.0 if direction == "maximize" else -1.0
     runs.sort(key=lambda r: (not r.complete, -sign * (r.mean if r.mean is not None else -sign * math.inf), r.peak))
-    cands = [ConfirmedRun(name=_name(r.source), kind=str(kind_of(r.source)), trial_number=r.source.number,
-                          learning_rate=float(r.source.params["lr"]), predicted_peak_bytes=r.peak, metrics=r.metrics,
-                          failed=r.failed, mean=r.mean, std=r.std) for r in runs]
+    cands = [
+        ConfirmedRun(
+            name=_name(r.source),
+            kind=str(kind_of(r.source)),
+            trial_number=r.source.number,
+            learning_rate=float(r.source.params["lr"]),
+            predicted_peak_bytes=r.peak,
+            metrics=r.metrics,
+            failed=r.failed,
+            mean=r.mean,
+            std=r.std,
+        )
+        for r in runs
+    ]
     top = next((r for r in runs if r.source.number == best.source.number), best)
     separated, verdict = signal_verdict(runs, top, direction)
-    return Confirmation(seeds=[confirm_seed(seed, i) for i in range(n)], steps=steps, candidates=cands,
-                        margins=margins(runs, best, trials, direction), separated=separated, verdict=verdict)
+    return Confirmation(
+        seeds=[confirm_seed(seed, i) for i in range(n)],
+        steps=steps,
+        candidates=cands,
+        margins=margins(runs, best, trials, direction),
+        separated=separated,
+        verdict=verdict,
+    )
 
 
 def report_lines(trials, direction: str, metric_name: str) -> list[str]:
@@ -355,13 +412,25 @@ def report_lines(trials, direction: str, metric_name: str) -> list[str]:
         return []
     sign = 1.0 if direction == "maximize" else -1.0
     runs.sort(key=lambda r: (not r.complete, -sign * (r.mean if r.mean is not None else -sign * math.inf)))
-    out = [f"confirmation ({max(len(r.metrics) + r.failed for r in runs)} seeds per plan, {metric_name} mean ± std, "
-           f"predicted peak): " + "; ".join(
-               f"{_name(r.source)}{' (tuned plan)' if r is top else ''} " + (f"{r.mean:.4f} ± {r.std:.4f}" if r.metrics else "-")
-               + f" at {human_bytes(r.peak)}" + (f", {r.failed} failed" if r.failed else "") for r in runs)]
+    out = [
+        f"confirmation ({max(len(r.metrics) + r.failed for r in runs)} seeds per plan, {metric_name} mean ± std, "
+        f"predicted peak): "
+        + "; ".join(
+            f"{_name(r.source)}{' (tuned plan)' if r is top else ''} "
+            + (f"{r.mean:.4f} ± {r.std:.4f}" if r.metrics else "-")
+            + f" at {human_bytes(r.peak)}"
+            + (f", {r.failed} failed" if r.failed else "")
+            for r in runs
+        )
+    ]
     for m in margins(runs, top, trials, direction):
-        out.append(f"vs {m.baseline} ({human_bytes(m.baseline_peak_bytes)}): " + (
-                   m.verdict if m.margin is None or m.versus_peak_bytes is None else
-                   f"{m.versus} at {human_bytes(m.versus_peak_bytes)} {m.margin:+.4f} (2 standard errors {m.noise:.4f}): {m.verdict}"))
+        out.append(
+            f"vs {m.baseline} ({human_bytes(m.baseline_peak_bytes)}): "
+            + (
+                m.verdict
+                if m.margin is None or m.versus_peak_bytes is None
+                else f"{m.versus} at {human_bytes(m.versus_peak_bytes)} {m.margin:+.4f} (2 standard errors {m.noise:.4f}): {m.verdict}"
+            )
+        )
     out.append(signal_verdict(runs, top, direction)[1])
     return out

@@ -34,8 +34,7 @@ def _breakdown_dict(breakdown) -> dict:
 class BudgetGate:
     """Predicts peaks with ``planner.cost.estimate`` (cached per configuration) against ``vram_bytes``."""
 
-    def __init__(self, spec, vram_bytes: int, *, device: str = "cuda", profile=None,
-                 estimator: Callable | None = None):
+    def __init__(self, spec, vram_bytes: int, *, device: str = "cuda", profile=None, estimator: Callable | None = None):
         self.spec = spec
         self.vram_bytes = int(vram_bytes)
         self.device = device
@@ -62,5 +61,7 @@ class BudgetGate:
 
     def reason(self, prediction: Prediction) -> str:
         """The one-line reason a gated trial was never trained."""
-        return (f"predicted peak {human_bytes(prediction.peak_bytes)} ({prediction.peak_bytes} B) exceeds the budget "
-                f"{human_bytes(self.vram_bytes)} ({self.vram_bytes} B)")
+        return (
+            f"predicted peak {human_bytes(prediction.peak_bytes)} ({prediction.peak_bytes} B) exceeds the budget "
+            f"{human_bytes(self.vram_bytes)} ({self.vram_bytes} B)"
+        )

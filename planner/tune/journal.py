@@ -57,7 +57,7 @@ def _append(path: str, data: bytes) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[f.write(view):]
+                view = view[f.write(view) :]
             os.fsync(f.fileno())
         except OSError:
             f.truncate(end)
@@ -143,8 +143,10 @@ def repair_tail(path: Path) -> int:
             torn = f.read()
         side = _set_aside(path, torn)
         os.truncate(path, cut)
-    _warn(f"journal {str(path)!r} ended in an incomplete record ({len(torn)} bytes from a write cut short); "
-          f"removed before appending and kept in {str(side)!r}")
+    _warn(
+        f"journal {str(path)!r} ended in an incomplete record ({len(torn)} bytes from a write cut short); "
+        f"removed before appending and kept in {str(side)!r}"
+    )
     return len(torn)
 
 
@@ -186,17 +188,19 @@ def _repair_merged(path: Path, number: int, offset: int, line: bytes) -> bool:
     with _Locked(path), deferred():
         with open(path, "rb") as f:
             data = f.read()
-        if data[offset:offset + len(line)] != line:
+        if data[offset : offset + len(line)] != line:
             return True  # changed meanwhile (another process repaired it): read it again
         side = _set_aside(path, torn)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            f.write(data[:offset] + record + b"\n" + data[offset + len(line):])
+            f.write(data[:offset] + record + b"\n" + data[offset + len(line) :])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    _warn(f"journal {str(path)!r} line {number} held an incomplete record ({len(torn)} bytes from a write cut short) "
-          f"followed by a complete one; the incomplete part was removed and kept in {str(side)!r}")
+    _warn(
+        f"journal {str(path)!r} line {number} held an incomplete record ({len(torn)} bytes from a write cut short) "
+        f"followed by a complete one; the incomplete part was removed and kept in {str(side)!r}"
+    )
     return True
 
 
@@ -215,13 +219,17 @@ def open_journal_storage(path: Path):
         except Exception as exc:  # noqa: BLE001 - Optuna's replay raises whatever the bad line provokes
             bad = first_bad_line(path)
             if bad is None:
-                raise PlannerError(f"--storage journal {str(path)!r} must be readable, but reading it failed: "
-                                   f"{type(exc).__name__}: {exc}") from None
+                raise PlannerError(
+                    f"--storage journal {str(path)!r} must be readable, but reading it failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
             number, offset, line = bad
             if not _repair_merged(path, number, offset, line):
                 text = line.decode("utf-8", "replace").rstrip()
                 shown = text if len(text) <= 80 else text[:77] + "..."
-                raise PlannerError(f"--storage journal {str(path)!r} must hold one JSON record per line, but line {number} "
-                                   f"is not one ({shown!r}): the study cannot be read past it; restore the file from "
-                                   f"a copy") from None
+                raise PlannerError(
+                    f"--storage journal {str(path)!r} must hold one JSON record per line, but line {number} "
+                    f"is not one ({shown!r}): the study cannot be read past it; restore the file from "
+                    f"a copy"
+                ) from None
     raise PlannerError(f"--storage journal {str(path)!r} must be readable, but it kept changing while being repaired")

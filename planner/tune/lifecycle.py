@@ -119,7 +119,9 @@ class Worker:
         try:
             with deferred():
                 record.store_in(storage, trial._trial_id, worker=self.identity, heartbeat=time.time())
-            threading.Thread(target=self._beat, args=(trial._trial_id, stop), daemon=True, name="planner-heartbeat").start()
+            threading.Thread(
+                target=self._beat, args=(trial._trial_id, stop), daemon=True, name="planner-heartbeat"
+            ).start()
             yield
         except KeyboardInterrupt:
             with deferred():
@@ -150,7 +152,9 @@ class Worker:
         where = f"process {pid} on {host.split('|')[0]}"
         if host == self.identity["host"]:
             if pid == os.getpid() and who.started == self.identity["started"]:
-                return None if who.run in _ACTIVE_RUNS else f"{WORKER_DIED} (an earlier run of {where} stopped mid-trial)"
+                return (
+                    None if who.run in _ACTIVE_RUNS else f"{WORKER_DIED} (an earlier run of {where} stopped mid-trial)"
+                )
             return None if process_alive(pid, who.started) else f"{WORKER_DIED} ({where} ended mid-trial)"
         silent = now - float(rec.heartbeat or 0.0)
         return f"{WORKER_DIED} ({where}: no heartbeat for {silent:.0f} s)" if silent > STALE_SECONDS else None

@@ -38,11 +38,16 @@ def _round_half_up(x: float) -> int:
 def proxy_params(params: TrialParams, *, target_layers: int, proxy_layers: int, is_target: bool = False) -> TrialParams:
     """The proxy point for target point ``params`` (see the module docstring)."""
     if not 1 <= proxy_layers <= target_layers:
-        raise PlannerError(f"`1 <= proxy layers <= target layers` must hold, but got {proxy_layers} and {target_layers}")
+        raise PlannerError(
+            f"`1 <= proxy layers <= target layers` must hold, but got {proxy_layers} and {target_layers}"
+        )
     if is_target:
         return params
-    params = replace(params, gradient_checkpointing=False,
-                     levers=tuple((k, v) for k, v in params.levers if lever_of(k).changes_result))
+    params = replace(
+        params,
+        gradient_checkpointing=False,
+        levers=tuple((k, v) for k, v in params.levers if lever_of(k).changes_result),
+    )
     if proxy_layers == target_layers:
         return params
     f = proxy_layers / target_layers

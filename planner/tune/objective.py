@@ -43,10 +43,24 @@ class Objective:
     are shaped; ``proxy_batch`` its batch size when the space has one batch size (None: the target's).
     """
 
-    def __init__(self, workload, space: SearchSpace, gate: BudgetGate, *, steps: int, eval_every: int, seed: int = 0,
-                 multi_objective: bool = False, proxy: Callable = run_proxy, proxy_layers: int | None = None,
-                 proxy_hidden: int | None = None, target_hidden: int | None = None, shape: TrainShape | None = None,
-                 proxy_batch: int | None = None, proxy_is_target: bool = False):
+    def __init__(
+        self,
+        workload,
+        space: SearchSpace,
+        gate: BudgetGate,
+        *,
+        steps: int,
+        eval_every: int,
+        seed: int = 0,
+        multi_objective: bool = False,
+        proxy: Callable = run_proxy,
+        proxy_layers: int | None = None,
+        proxy_hidden: int | None = None,
+        target_hidden: int | None = None,
+        shape: TrainShape | None = None,
+        proxy_batch: int | None = None,
+        proxy_is_target: bool = False,
+    ):
         self.workload = workload
         self.space = space
         self.gate = gate
@@ -116,17 +130,30 @@ class Objective:
                 record.store(trial, levers=form)
         else:
             prediction = self.gate.predict(self.space.train_config(params))
-        record.store(trial, predicted_peak_bytes=prediction.peak_bytes, breakdown=prediction.breakdown, fits=prediction.fits,
-                     gated=not prediction.fits, min_depth=params.min_depth, lowest_layer=prediction.lowest_layer,
-                     trainable_layers=prediction.trainable_layers)
-        small = proxy_params(params, target_layers=self.space.num_layers, proxy_layers=self.proxy_layers,
-                             is_target=self.proxy_is_target)
+        record.store(
+            trial,
+            predicted_peak_bytes=prediction.peak_bytes,
+            breakdown=prediction.breakdown,
+            fits=prediction.fits,
+            gated=not prediction.fits,
+            min_depth=params.min_depth,
+            lowest_layer=prediction.lowest_layer,
+            trainable_layers=prediction.trainable_layers,
+        )
+        small = proxy_params(
+            params, target_layers=self.space.num_layers, proxy_layers=self.proxy_layers, is_target=self.proxy_is_target
+        )
         batch = self._proxy_batch(params)
         key = reuse_key(small, batch) + ("" if confirm is None else f"|seed {seed}")
-        record.store(trial, proxy_plan={"active_layers": small.active_layers, "min_depth": small.min_depth, "batch_size": batch},
-                     proxy_key=key)
+        record.store(
+            trial,
+            proxy_plan={"active_layers": small.active_layers, "min_depth": small.min_depth, "batch_size": batch},
+            proxy_key=key,
+        )
         if self.proxy_hidden and self.target_hidden:
-            record.store(trial, target_lr=target_lr(params.lr, proxy_hidden=self.proxy_hidden, target_hidden=self.target_hidden))
+            record.store(
+                trial, target_lr=target_lr(params.lr, proxy_hidden=self.proxy_hidden, target_hidden=self.target_hidden)
+            )
         if not prediction.fits:
             reason = self.gate.reason(prediction)
             record.store(trial, reason=reason)
@@ -135,8 +162,14 @@ class Objective:
         same = self._reused(trial, key)
         if same is not None:  # the proxy run this point maps to was trained already: its result stands
             done = record.read(same)
-            record.store(trial, metric=done.metric, secondary=done.secondary, importance=done.importance,
-                         train_seconds=done.train_seconds, reused_from=same.number)
+            record.store(
+                trial,
+                metric=done.metric,
+                secondary=done.secondary,
+                importance=done.importance,
+                train_seconds=done.train_seconds,
+                reused_from=same.number,
+            )
             if not self.multi_objective and confirm is None:  # the pruner sees the same curve
                 for step, value in sorted(same.intermediate_values.items()):
                     trial.report(value, step)
@@ -151,15 +184,24 @@ class Objective:
             if math.isfinite(value):
                 trial.report(value, step)
             if prune and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step} of {self.steps}: {self.workload.metric_name}={value:.4g}")
+                raise optuna.TrialPruned(
+                    f"pruned at step {step} of {self.steps}: {self.workload.metric_name}={value:.4g}"
+                )
 
         start = perf_counter()
         extra = {"shape": self.shape} if self.shape is not None else {}
         try:
             # a confirmation run is never pruned: only its final evaluation counts, so it makes no other
-            result = self.proxy(self.workload, small, batch_size=batch, steps=self.steps,
-                                eval_every=self.steps if confirm is not None else self.eval_every,
-                                seed=seed, on_eval=on_eval, **extra)
+            result = self.proxy(
+                self.workload,
+                small,
+                batch_size=batch,
+                steps=self.steps,
+                eval_every=self.steps if confirm is not None else self.eval_every,
+                seed=seed,
+                on_eval=on_eval,
+                **extra,
+            )
         except optuna.TrialPruned as exc:
             record.store(trial, reason=str(exc), train_seconds=perf_counter() - start)
             raise
@@ -168,9 +210,13 @@ class Objective:
             record.store(trial, reason=f"diverged: {exc}", train_seconds=perf_counter() - start)
             return (math.nan, math.nan) if self.multi_objective else math.nan
         except ProxyOutOfMemory as exc:
-            record.store(trial, reason=f"{exc}: predicted {prediction.peak_bytes} B ({human_bytes(prediction.peak_bytes)}), "
-                                       f"available {exc.free_bytes} B ({human_bytes(exc.free_bytes)})",
-                         available_bytes=exc.free_bytes, train_seconds=perf_counter() - start)
+            record.store(
+                trial,
+                reason=f"{exc}: predicted {prediction.peak_bytes} B ({human_bytes(prediction.peak_bytes)}), "
+                f"available {exc.free_bytes} B ({human_bytes(exc.free_bytes)})",
+                available_bytes=exc.free_bytes,
+                train_seconds=perf_counter() - start,
+            )
             raise
         except Exception as exc:
             record.store(trial, reason=f"{type(exc).__name__}: {exc}"[:500], train_seconds=perf_counter() - start)
@@ -189,4 +235,3 @@ class Objective:
         if self.multi_objective:
             return result.metric, float(prediction.peak_bytes)
         return result.metric
-

@@ -77,6 +77,7 @@ def _above_zero(flag, value, options):
 def _at_least(bound: int):
     def check(flag, value, options):
         return None if value >= bound else f"`{flag} >= {bound}` must hold, but got {value}"
+
     return check
 
 
@@ -90,8 +91,11 @@ def _seconds(flag, value, options):
 
 
 def _proxy(flag, value, options):
-    return None if value.strip() else \
-        f"{flag} must be auto, target, builtin, a preset, a hub id or a local model directory, but got {value!r}"
+    return (
+        None
+        if value.strip()
+        else f"{flag} must be auto, target, builtin, a preset, a hub id or a local model directory, but got {value!r}"
+    )
 
 
 def _study(flag, value, options):
@@ -99,8 +103,10 @@ def _study(flag, value, options):
         return f"{flag} must be a non-empty name, but got {value!r}"
     size = len(os.fsencode(value))
     if size > MAX_STUDY_NAME:
-        return (f"{flag} must be at most {MAX_STUDY_NAME} bytes (it names the folders studies/<study>/ and "
-                f"reports/<study>/), but got {size} bytes: {value[:40]!r}...")
+        return (
+            f"{flag} must be at most {MAX_STUDY_NAME} bytes (it names the folders studies/<study>/ and "
+            f"reports/<study>/), but got {size} bytes: {value[:40]!r}..."
+        )
     return None
 
 
@@ -153,75 +159,113 @@ class TuneOptions(BaseModel):
 
     # the study's identity first: a resume command starts with what names the study
     vram: Annotated[str | int, Cli(metavar="SIZE", text=_size_text)] = Field(
-        description="memory budget, e.g. 24GB (decimal) or 24GiB/24G (binary); from Python, a number is bytes")
+        description="memory budget, e.g. 24GB (decimal) or 24GiB/24G (binary); from Python, a number is bytes"
+    )
     study: Annotated[str | None, Cli(check=_study, metavar="NAME")] = Field(
-        None, description="study name; an existing name resumes that study (default: tune-<date>-<time>)")
+        None, description="study name; an existing name resumes that study (default: tune-<date>-<time>)"
+    )
     storage: Annotated[str, Cli(check=_storage, metavar="URL")] = Field(
-        DEFAULT_STORAGE, description="Optuna storage URL (sqlite:///..., postgresql://..., mysql://...) or a journal "
-                                     f"file *.log (default {DEFAULT_STORAGE})")
+        DEFAULT_STORAGE,
+        description="Optuna storage URL (sqlite:///..., postgresql://..., mysql://...) or a journal "
+        f"file *.log (default {DEFAULT_STORAGE})",
+    )
     # the target in its training shape: the same flags, defaults aside, as `planner estimate`
     model: str | None = Field(
-        None, description=f"the target: preset, config.json, local model directory or hub id (default {DEFAULT_TARGET})")
+        None, description=f"the target: preset, config.json, local model directory or hub id (default {DEFAULT_TARGET})"
+    )
     seq_len: Annotated[int | str | None, Cli(metavar="N")] = Field(
-        None, description=f"the target's tokens per sequence (default {DEFAULT_SEQ_LEN})")
+        None, description=f"the target's tokens per sequence (default {DEFAULT_SEQ_LEN})"
+    )
     batch_size: Annotated[int | str | None, Cli(metavar="N")] = Field(
-        None, description=f"the target's micro-batch size (default {DEFAULT_BATCH_SIZE})")
+        None, description=f"the target's micro-batch size (default {DEFAULT_BATCH_SIZE})"
+    )
     dtype: Annotated[str | None, Cli(metavar="{float32,bfloat16,float16}")] = Field(
-        None, description=f"the target's weight dtype (default {DEFAULT_DTYPE}; float32 with --amp)")
+        None, description=f"the target's weight dtype (default {DEFAULT_DTYPE}; float32 with --amp)"
+    )
     amp: Annotated[str | None, Cli(metavar="{bf16,fp16}")] = Field(
-        None, description="autocast with float32 weights (HF Trainer's bf16=True)")
+        None, description="autocast with float32 weights (HF Trainer's bf16=True)"
+    )
     levers: dict = Field(
-        default_factory=dict, description="the training shape's lever fields, e.g. {'optimizer': 'adamw8bit', "
-        "'loss_chunks': 8}: every trial's shape (planner.levers: those with in_shape; each lever declares its flag)")
+        default_factory=dict,
+        description="the training shape's lever fields, e.g. {'optimizer': 'adamw8bit', "
+        "'loss_chunks': 8}: every trial's shape (planner.levers: those with in_shape; each lever declares its flag)",
+    )
     device: Literal["cpu", "cuda"] = Field("cuda", description="the device the target's budget is for (default cuda)")
     profile: Annotated[str | None, Cli(metavar="PATH")] = Field(
-        None, description="device profile JSON from `planner profile` (default: documented GPU constants)")
+        None, description="device profile JSON from `planner profile` (default: documented GPU constants)"
+    )
     # the proxy and its training
     proxy: Annotated[str, Cli(check=_proxy)] = Field(
-        "auto", description="what the short trainings run on: target (the target itself), builtin (the built-in "
+        "auto",
+        description="what the short trainings run on: target (the target itself), builtin (the built-in "
         "pretrained proxy, as deep as the target up to 32 layers), a preset, hub id or local model directory, or auto "
         "(default: target when a CUDA device is present and the target's smallest plan fits its free memory; else, "
-        "with --data, smollm2-135m at a short horizon (6 steps of 2) where its weights are installed; else builtin)")
+        "with --data, smollm2-135m at a short horizon (6 steps of 2) where its weights are installed; else builtin)",
+    )
     proxy_device: Literal["auto", "cuda", "cpu"] = Field(
-        "auto", description="where the proxy trains (default auto: cuda when present)")
+        "auto", description="where the proxy trains (default auto: cuda when present)"
+    )
     data: Annotated[str | None, Cli(check=_data, metavar="PATH")] = Field(
-        None, description="training data file for the proxy (default: the built-in task)")
+        None, description="training data file for the proxy (default: the built-in task)"
+    )
     steps: Annotated[int, Cli(check=_above_zero, metavar="N")] = Field(
-        DEFAULT_STEPS, description=f"proxy training steps per trial (default {DEFAULT_STEPS}; 6 for smollm2-135m at a "
-        "short horizon, --proxy auto's choice for --data on the CPU)")
+        DEFAULT_STEPS,
+        description=f"proxy training steps per trial (default {DEFAULT_STEPS}; 6 for smollm2-135m at a "
+        "short horizon, --proxy auto's choice for --data on the CPU)",
+    )
     eval_every: Annotated[int | None, Cli(check=_eval_every, metavar="N")] = Field(
-        None, description=f"steps between intermediate evaluations (default steps/{DEFAULT_EVALS})")
-    seed: Annotated[int, Cli(metavar="N")] = Field(0, description="seed of the sampler, the data order and the model init")
+        None, description=f"steps between intermediate evaluations (default steps/{DEFAULT_EVALS})"
+    )
+    seed: Annotated[int, Cli(metavar="N")] = Field(
+        0, description="seed of the sampler, the data order and the model init"
+    )
     threads: Annotated[int, Cli(check=_threads, metavar="N")] = Field(
-        DEFAULT_THREADS, description=f"PyTorch threads for proxy training (default {DEFAULT_THREADS}: small models, "
-                                     "shared cores; 0 = PyTorch's default)")
+        DEFAULT_THREADS,
+        description=f"PyTorch threads for proxy training (default {DEFAULT_THREADS}: small models, "
+        "shared cores; 0 = PyTorch's default)",
+    )
     # the search
     n_trials: Annotated[int, Cli(check=_above_zero, metavar="N")] = Field(
-        DEFAULT_N_TRIALS, description=f"the study's total trials, baselines included (default {DEFAULT_N_TRIALS}); "
-                                      "a resume runs the rest")
+        DEFAULT_N_TRIALS,
+        description=f"the study's total trials, baselines included (default {DEFAULT_N_TRIALS}); "
+        "a resume runs the rest",
+    )
     timeout: Annotated[float | None, Cli(check=_seconds, metavar="SECONDS")] = Field(
-        None, description="stop starting new trials after this many seconds (of this process)")
+        None, description="stop starting new trials after this many seconds (of this process)"
+    )
     scorers: Annotated[list[str] | None, Cli(check=_scorers, metavar="NAME,...")] = Field(
-        None, description="comma-separated scorers to search (default: every registered one)")
+        None, description="comma-separated scorers to search (default: every registered one)"
+    )
     multi_objective: bool = Field(False, description="search metric vs predicted peak; keep the Pareto front")
     lora: bool = Field(False, description="also search LoRA adapters inside the active layers (rank 0/8/16/32)")
     batch_sizes: Annotated[list[int] | None, Cli(check=_batch_sizes, metavar="N,...")] = Field(
-        None, description="comma-separated target micro-batch sizes to search (default: --batch-size); a proxy other "
-                          "than the target then trains with the same batch")
+        None,
+        description="comma-separated target micro-batch sizes to search (default: --batch-size); a proxy other "
+        "than the target then trains with the same batch",
+    )
     sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler (default tpe)")
     pruner: Literal["median", "hyperband", "none"] = Field(
-        "median", description="early stopping of losing trials (default median)")
-    baselines: bool = Field(True, description="run the baselines (LISA, full, LoRA, QLoRA) as the study's first trials; "
-                                              "--no-baselines leaves them out")
+        "median", description="early stopping of losing trials (default median)"
+    )
+    baselines: bool = Field(
+        True,
+        description="run the baselines (LISA, full, LoRA, QLoRA) as the study's first trials; "
+        "--no-baselines leaves them out",
+    )
     confirm_seeds: Annotated[int, Cli(check=_at_least(0), metavar="N")] = Field(
-        DEFAULT_CONFIRM_SEEDS, description="before the plan is written, re-train the best searched plans and every "
+        DEFAULT_CONFIRM_SEEDS,
+        description="before the plan is written, re-train the best searched plans and every "
         "baseline that fits with this many seeds and pick the best mean "
-        f"(default {DEFAULT_CONFIRM_SEEDS}; 0: no confirmation)")
+        f"(default {DEFAULT_CONFIRM_SEEDS}; 0: no confirmation)",
+    )
     confirm_top: Annotated[int, Cli(check=_at_least(1), metavar="N")] = Field(
-        DEFAULT_CONFIRM_TOP, description=f"how many of the best searched plans are confirmed (default {DEFAULT_CONFIRM_TOP})")
+        DEFAULT_CONFIRM_TOP,
+        description=f"how many of the best searched plans are confirmed (default {DEFAULT_CONFIRM_TOP})",
+    )
     # outputs
     out: Annotated[str | None, Cli(metavar="PATH")] = Field(
-        None, description="plan YAML path (default studies/<study>/plan.yaml)")
+        None, description="plan YAML path (default studies/<study>/plan.yaml)"
+    )
     quiet: bool = Field(False, description="no progress bar")
 
     @field_validator("scorers", "batch_sizes", mode="before")
@@ -257,9 +301,17 @@ class TuneOptions(BaseModel):
 
     def validate_all(self):
         """Check every flag at once; return (target, budget in bytes)."""
-        target, vram, problems = resolve_target(self.model, seq_len=self.seq_len, batch_size=self.batch_size,
-                                                dtype=self.dtype, amp=self.amp, levers=self.levers,
-                                                device=self.device, profile=self.profile, vram=self.vram)
+        target, vram, problems = resolve_target(
+            self.model,
+            seq_len=self.seq_len,
+            batch_size=self.batch_size,
+            dtype=self.dtype,
+            amp=self.amp,
+            levers=self.levers,
+            device=self.device,
+            profile=self.profile,
+            vram=self.vram,
+        )
         for name, info in type(self).model_fields.items():
             cli = _cli(info)
             value = getattr(self, name)
@@ -300,8 +352,18 @@ def cli_options() -> list[Option]:
         if not info.description:
             raise TypeError(f"TuneOptions.{name} needs a description: it is the option's --help text")
         text = cli.text or ((lambda v: ",".join(map(str, v))) if kind == "list" else str)
-        out.append(Option(name, flag_of(name), info.description, kind, info.get_default(call_default_factory=True),
-                          info.is_required(), cli.metavar or _choices(info.annotation), text))
+        out.append(
+            Option(
+                name,
+                flag_of(name),
+                info.description,
+                kind,
+                info.get_default(call_default_factory=True),
+                info.is_required(),
+                cli.metavar or _choices(info.annotation),
+                text,
+            )
+        )
     return out
 
 

@@ -19,7 +19,14 @@ class TrialProgress:
     def __init__(self, total: int, done: int, *, metric_name: str, direction: str, console=None, enabled: bool = True):
         # rich: deferred to the first bar, ~0.1 s that 'planner tune --help' (it loads this module) need not pay
         from rich import get_console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.metric_name = metric_name
         self.direction = direction
@@ -32,9 +39,16 @@ class TrialProgress:
         self.lines = enabled and not self.console.is_terminal
         self.started = time.perf_counter()
         self.progress = Progress(
-            TextColumn("[bold]tune"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=self.console,
-            disable=not enabled or self.lines, transient=False,
+            TextColumn("[bold]tune"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not enabled or self.lines,
+            transient=False,
         )
         self.task = self.progress.add_task("tune", total=total, completed=min(done, total), info="")
 
@@ -68,7 +82,9 @@ class TrialProgress:
 
     def _refresh(self) -> None:
         best = "-" if self.best is None else f"{self.best:.4g}"
-        self.progress.update(self.task, info=f"best {self.metric_name} {best} | gated {self.gated} | failed {self.failed}")
+        self.progress.update(
+            self.task, info=f"best {self.metric_name} {best} | gated {self.gated} | failed {self.failed}"
+        )
 
     def __call__(self, study, trial) -> None:
         self._see(trial)
@@ -94,13 +110,18 @@ class TrialProgress:
             outcome = f"failed: {(rec.reason or '')[:80]}"
         else:
             outcome = trial.state.name.lower()
-        what = (f"γ={p['active_layers']} K={p['period']} {p['scorer']}" + (f" lora r={p['lora_rank']}" if p.get("lora_rank") else "")
-                if "active_layers" in p else "")
+        what = (
+            f"γ={p['active_layers']} K={p['period']} {p['scorer']}"
+            + (f" lora r={p['lora_rank']}" if p.get("lora_rank") else "")
+            if "active_layers" in p
+            else ""
+        )
         peak = rec.predicted_peak_bytes
         if peak is not None:
             what += f", peak {human_bytes(peak)}"
         best = "-" if self.best is None else f"{self.best:.4f}"
-        return (f"tune: trial {min(self.done, self.total)}/{self.total} (#{trial.number}, {rec.kind}) "
-                f"{outcome} | {what} | best {self.metric_name} {best} | gated {self.gated} | failed {self.failed} | "
-                f"{time.perf_counter() - self.started:.0f} s")
-
+        return (
+            f"tune: trial {min(self.done, self.total)}/{self.total} (#{trial.number}, {rec.kind}) "
+            f"{outcome} | {what} | best {self.metric_name} {best} | gated {self.gated} | failed {self.failed} | "
+            f"{time.perf_counter() - self.started:.0f} s"
+        )

@@ -125,9 +125,13 @@ class _CudaMeter:
         self.torch.cuda.reset_peak_memory_stats()
 
     def result(self) -> dict:
-        return {"max_reserved_bytes": self.reserved, "max_allocated_bytes": self.allocated,
-                "device_used_bytes": self.outside + self.reserved, "outside_allocator_bytes": self.outside,
-                "free_before_bytes": self.free_before}
+        return {
+            "max_reserved_bytes": self.reserved,
+            "max_allocated_bytes": self.allocated,
+            "device_used_bytes": self.outside + self.reserved,
+            "outside_allocator_bytes": self.outside,
+            "free_before_bytes": self.free_before,
+        }
 
 
 class _CpuMeter:
@@ -190,8 +194,11 @@ class _CpuMeter:
 
     def result(self) -> dict:
         ranked = sorted(self.draws.items(), key=lambda kv: -kv[1])
-        return {"device": "cpu", "device_used_bytes": ranked[0][1] if ranked else 0,
-                "draws": [{"layers": list(d), "measured_bytes": b} for d, b in ranked]}
+        return {
+            "device": "cpu",
+            "device_used_bytes": ranked[0][1] if ranked else 0,
+            "draws": [{"layers": list(d), "measured_bytes": b} for d, b in ranked],
+        }
 
 
 def thin(history: list, limit: int = MAX_HISTORY) -> list:
@@ -220,7 +227,8 @@ def _jsonable(entry) -> dict:
 
 def add_lora(model, rank: int):
     """Rank-``rank`` LoRA adapters on every linear layer inside the decoder layers (peft)."""
-    from peft import LoraConfig, get_peft_model  # peft (transformers, seconds on top of torch): deferred to an adapter trial
+    # peft (transformers, seconds on top of torch): deferred to an adapter trial
+    from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
     return get_peft_model(model, config)
@@ -257,8 +265,11 @@ UNRUN_HOOKS = ("install", "forward_context", "proxy_model")
 def ran_form(cfg):
     """``cfg`` as a proxy run of the target executes it, and the names of the levers it leaves off (:data:`UNRUN_HOOKS`):
     their fields at their defaults; what is learned is the same (or simulated), the memory is not."""
-    unrun = [lever for lever in all_levers() if lever.active(cfg)
-             and any(getattr(type(lever), hook) is not getattr(Lever, hook) for hook in UNRUN_HOOKS)]
+    unrun = [
+        lever
+        for lever in all_levers()
+        if lever.active(cfg) and any(getattr(type(lever), hook) is not getattr(Lever, hook) for hook in UNRUN_HOOKS)
+    ]
     update = {name: spec[1].default for lever in unrun for name, spec in lever.fields.items()}
     return cfg.model_copy(update=update), [lever.name for lever in unrun]
 
@@ -290,9 +301,18 @@ def lr_scheduler(optimizer, schedule: str, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / steps))
 
 
-def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eval_every: int, seed: int = 0,
-              on_eval: Callable[[int, float], None] | None = None, shape: TrainShape | None = None,
-              schedule: str = DEFAULT_SCHEDULE) -> ProxyResult:
+def run_proxy(
+    workload,
+    params: TrialParams,
+    *,
+    batch_size: int,
+    steps: int,
+    eval_every: int,
+    seed: int = 0,
+    on_eval: Callable[[int, float], None] | None = None,
+    shape: TrainShape | None = None,
+    schedule: str = DEFAULT_SCHEDULE,
+) -> ProxyResult:
     """Train ``params`` for ``steps`` steps with the layer-wise sampler; return the held-out metric.
 
     ``on_eval(step, value)`` sees every intermediate evaluation (a pruner may raise from it).
@@ -328,17 +348,29 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
     batches = _Endless(workload.train_batches(batch_size, seed))
     if shape.seq_len:
         batches = _Endless(shaped_batches(batches, shape.seq_len, workload.pad_id))
-    autocast = (torch.autocast(shape.device, dtype=torch.bfloat16 if shape.amp == "bf16" else torch.float16)
-                if shape.amp != "none" else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(shape.device, dtype=torch.bfloat16 if shape.amp == "bf16" else torch.float16)
+        if shape.amp != "none"
+        else contextlib.nullcontext()
+    )
 
     def _train():
         # everything that holds the model lives in this frame only: gone when it returns
         model = _build(workload, params, shape, seed)
-        sampler = LayerSampler(model, active_layers=params.active_layers, period=params.period, scorer=params.scorer, scorer_options={},
-                               train_embeddings=params.train_embeddings, train_head=params.train_head,
-                               min_depth=params.min_depth, seed=seed)
-        optimizer = sampler.make_optimizer(_optimizer_class(dict(params.levers).get("optimizer", shape.optimizer)),
-                                           lr=params.lr)
+        sampler = LayerSampler(
+            model,
+            active_layers=params.active_layers,
+            period=params.period,
+            scorer=params.scorer,
+            scorer_options={},
+            train_embeddings=params.train_embeddings,
+            train_head=params.train_head,
+            min_depth=params.min_depth,
+            seed=seed,
+        )
+        optimizer = sampler.make_optimizer(
+            _optimizer_class(dict(params.levers).get("optimizer", shape.optimizer)), lr=params.lr
+        )
         observing: contextlib.AbstractContextManager = contextlib.nullcontext()
         stream = batches
         if cpu_meter is not None:
@@ -346,13 +378,23 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
             observing, stream = cpu_meter.observing(), _Endless(cpu_meter.batches(batches))
         with autocast:
             with observing:
-                result = train_layerwise(model, stream, sampler=sampler, optimizer=optimizer, steps=steps,
-                                         eval_fn=_evaluate, eval_every=eval_every, on_eval=_on_eval,
-                                         lr_scheduler=lr_scheduler(optimizer, schedule, steps),
-                                         loss_fn=_lever_loss(params))
+                result = train_layerwise(
+                    model,
+                    stream,
+                    sampler=sampler,
+                    optimizer=optimizer,
+                    steps=steps,
+                    eval_fn=_evaluate,
+                    eval_every=eval_every,
+                    on_eval=_on_eval,
+                    lr_scheduler=lr_scheduler(optimizer, schedule, steps),
+                    loss_fn=_lever_loss(params),
+                )
             if meter is not None:
                 meter.take()
-            metric = evaluations[-1][1] if evaluations and evaluations[-1][0] >= steps else float(workload.evaluate(model))
+            metric = (
+                evaluations[-1][1] if evaluations and evaluations[-1][0] >= steps else float(workload.evaluate(model))
+            )
             secondary = getattr(workload, "secondary", None)
             return metric, result.history, (secondary(model) if secondary is not None else {})
 
@@ -371,5 +413,6 @@ def run_proxy(workload, params: TrialParams, *, batch_size: int, steps: int, eva
     seconds = perf_counter() - start
     history = [_jsonable(h) for h in thin(list(history or []))]
     memory = meter.result() if meter is not None else cpu_meter.result() if cpu_meter is not None else None
-    return ProxyResult(float(metric), history, seconds, evaluations, memory,
-                       {k: float(v) for k, v in secondary.items()})
+    return ProxyResult(
+        float(metric), history, seconds, evaluations, memory, {k: float(v) for k, v in secondary.items()}
+    )

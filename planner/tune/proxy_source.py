@@ -36,8 +36,10 @@ from planner.tune.gate import human_bytes
 AUTO, TARGET, BUILTIN = "auto", "target", "builtin"
 REAL = "smollm2-135m"  # the real model ``auto`` trains for --data on the CPU, at a short horizon
 SHORT_STEPS, SHORT_BATCH = 6, 2  # the horizon the transfer benchmark measured (studies/bench_transfer.py "short")
-TRANSFER = ("on natural text the built-in proxy's ranking of 16 plans disagreed with SmolLM2-135M's (Kendall τ -0.22), "
-            "SmolLM2 after 6 steps agreed (τ 0.61): reports/transfer.txt")
+TRANSFER = (
+    "on natural text the built-in proxy's ranking of 16 plans disagreed with SmolLM2-135M's (Kendall τ -0.22), "
+    "SmolLM2 after 6 steps agreed (τ 0.61): reports/transfer.txt"
+)
 
 
 @dataclass
@@ -59,8 +61,14 @@ class ProxySetup:
         return self.kind == TARGET
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "device": self.device, "num_layers": self.num_layers,
-                "hidden_size": self.hidden_size, "workload": self.workload.name}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "device": self.device,
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "workload": self.workload.name,
+        }
 
 
 def pick_device(proxy_device: str) -> str:
@@ -81,12 +89,16 @@ def target_weights(source: str) -> str:
     path = Path(source).expanduser()
     if path.is_dir():
         if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-            raise PlannerError(f"--proxy target needs the target's weights, but the directory {str(path)!r} holds none "
-                               f"(*.safetensors or *.bin)")
+            raise PlannerError(
+                f"--proxy target needs the target's weights, but the directory {str(path)!r} holds none "
+                f"(*.safetensors or *.bin)"
+            )
         return str(path)
     if path.is_file():
-        raise PlannerError(f"--proxy target needs the target's weights, but --model {source!r} is a config file: give the "
-                           f"model directory, or --proxy builtin")
+        raise PlannerError(
+            f"--proxy target needs the target's weights, but --model {source!r} is a config file: give the "
+            f"model directory, or --proxy builtin"
+        )
     preset = list_presets().get(source.strip().lower().replace("_", "-"))
     hub_id = preset["hub_id"] if preset and preset.get("hub_id") else source
     from huggingface_hub import constants, snapshot_download  # huggingface_hub (~0.4 s): deferred to a cache lookup
@@ -97,9 +109,11 @@ def target_weights(source: str) -> str:
     except Exception:  # noqa: BLE001 - not in the cache, in any of the ways the hub library says it
         pass
     if hub_unreachable() is not None:
-        raise PlannerError(f"--proxy target needs the weights of {hub_id!r} locally when the hub is offline, but they are "
-                           f"not in {constants.HF_HUB_CACHE}: download them first, give a local directory as --model, "
-                           f"or use --proxy builtin")
+        raise PlannerError(
+            f"--proxy target needs the weights of {hub_id!r} locally when the hub is offline, but they are "
+            f"not in {constants.HF_HUB_CACHE}: download them first, give a local directory as --model, "
+            f"or use --proxy builtin"
+        )
     return hub_id
 
 
@@ -115,8 +129,17 @@ def builtin_layers(target_layers: int) -> int:
     return int(recipe_for(target_layers).layers)
 
 
-def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, seed: int, space=None, gate=None,
-                  max_seq_len: int | None = None) -> ProxySetup:
+def resolve_proxy(
+    proxy: str,
+    *,
+    target,
+    data: str | None,
+    proxy_device: str,
+    seed: int,
+    space=None,
+    gate=None,
+    max_seq_len: int | None = None,
+) -> ProxySetup:
     """Load the proxy workload ``--proxy`` names (see the module docstring); one-line errors for bad choices."""
     device = pick_device(proxy_device)
     kind, why, short = proxy, "", False
@@ -150,13 +173,17 @@ def resolve_proxy(proxy: str, *, target, data: str | None, proxy_device: str, se
     except PlannerError as exc:
         raise PlannerError(f"--proxy must be a causal LM with decoder layers, but {name!r} is not: {exc}") from None
     if spec.num_layers > target.num_layers:
-        raise PlannerError(f"--proxy must not be deeper than the target, but {name!r} has {spec.num_layers} decoder layers "
-                           f"and the target {target.name!r} {target.num_layers}")
+        raise PlannerError(
+            f"--proxy must not be deeper than the target, but {name!r} has {spec.num_layers} decoder layers "
+            f"and the target {target.name!r} {target.num_layers}"
+        )
     if kind == BUILTIN:
         name = f"built-in proxy ({spec.num_layers} layers, hidden {spec.hidden_size}; {workload.name})"
     if short:
         name = f"{REAL} at a short horizon ({SHORT_STEPS} steps of {SHORT_BATCH} unless --steps; {workload.name})"
-        return ProxySetup(kind, name, device, workload, spec.num_layers, spec.hidden_size, why, SHORT_STEPS, SHORT_BATCH)
+        return ProxySetup(
+            kind, name, device, workload, spec.num_layers, spec.hidden_size, why, SHORT_STEPS, SHORT_BATCH
+        )
     return ProxySetup(kind, name, device, workload, spec.num_layers, spec.hidden_size, why)
 
 

@@ -48,6 +48,7 @@ class TrialRecordError(ValueError):
 
 # ---- kinds --------------------------------------------------------------------------------------
 
+
 class TrialKind(str):
     """A trial's kind; the instance is the string stored in ``user_attrs['kind']``. Build one with
     :class:`Search`, :class:`Baseline` or :class:`Confirm`, or :func:`parse_kind` from a stored string."""
@@ -56,7 +57,9 @@ class TrialKind(str):
 
     def __new__(cls, *args):
         if cls is TrialKind:
-            raise TypeError("TrialKind is abstract: use Search(), Baseline(name), Confirm(trial, seed) or parse_kind(text)")
+            raise TypeError(
+                "TrialKind is abstract: use Search(), Baseline(name), Confirm(trial, seed) or parse_kind(text)"
+            )
         return super().__new__(cls, *args)
 
     def __repr__(self) -> str:
@@ -90,7 +93,7 @@ class Baseline(TrialKind):
     @property
     def name(self) -> str:
         """The baseline's name, e.g. ``"lora"``."""
-        return str(self)[len(self.PREFIX):]
+        return str(self)[len(self.PREFIX) :]
 
     def __getnewargs__(self) -> tuple:
         return (self.name,)
@@ -155,11 +158,16 @@ def _kind(value) -> TrialKind:
     return parse_kind(value)
 
 
-Kind = Annotated[TrialKind, PlainValidator(_kind), PlainSerializer(str, return_type=str),
-                 WithJsonSchema({"type": "string", "description": f"{KIND_FORMS}"})]
+Kind = Annotated[
+    TrialKind,
+    PlainValidator(_kind),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "description": f"{KIND_FORMS}"}),
+]
 
 
 # ---- the record ---------------------------------------------------------------------------------
+
 
 class ProxyPlan(BaseModel):
     """The plan the proxy trained for a target point (:func:`planner.tune.mapping.proxy_params`)."""
@@ -187,17 +195,26 @@ class MeasuredMemory(BaseModel):
 
     device: str = Field("cuda", description="where it ran")
     draws: list[MeasuredDraw] | None = Field(None, description="CPU runs: the draws, highest measured peak first")
-    levers_not_run: list[str] | None = Field(None, description="CPU runs: levers of the point the proxy loop does not "
-                                                                "run (planner.tune.proxy.ran_form); predicted without")
+    levers_not_run: list[str] | None = Field(
+        None,
+        description="CPU runs: levers of the point the proxy loop does not "
+        "run (planner.tune.proxy.ran_form); predicted without",
+    )
 
     max_reserved_bytes: int | None = Field(None, description="the allocator's peak reserved bytes")
     max_allocated_bytes: int | None = Field(None, description="the allocator's peak allocated bytes")
-    device_used_bytes: int = Field(description="memory in use at the peak: on CUDA reserved plus outside the allocator, "
-                                               "on the CPU live tensor bytes")
-    outside_allocator_bytes: int | None = Field(None, description="device memory outside the allocator (context, others)")
+    device_used_bytes: int = Field(
+        description="memory in use at the peak: on CUDA reserved plus outside the allocator, "
+        "on the CPU live tensor bytes"
+    )
+    outside_allocator_bytes: int | None = Field(
+        None, description="device memory outside the allocator (context, others)"
+    )
     free_before_bytes: int | None = Field(None, description="free device memory before the run")
-    prediction_error: float = Field(description="(predicted - used) / used: > 0 when the cost model over-predicts (CPU: the "
-                                                "checked draw furthest off)")
+    prediction_error: float = Field(
+        description="(predicted - used) / used: > 0 when the cost model over-predicts (CPU: the "
+        "checked draw furthest off)"
+    )
 
 
 class WorkerIdentity(BaseModel):
@@ -205,7 +222,9 @@ class WorkerIdentity(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    host: str = Field(description="machine key: host name, boot id and pid namespace (planner.tune.processes.machine_key)")
+    host: str = Field(
+        description="machine key: host name, boot id and pid namespace (planner.tune.processes.machine_key)"
+    )
     pid: int = Field(description="process id on that machine")
     started: str | None = Field(None, description="the process's start time in clock ticks since boot (None: unknown)")
     run: str | None = Field(None, description="token of the run inside the process (one per attached Worker)")
@@ -226,10 +245,14 @@ class TrialRecord(BaseModel):
     # what the trial is, set when it is queued (or on its first step, for a drawn one)
     kind: Kind = Field(SEARCH, description=f"what the trial is: {KIND_FORMS} (absent: 'search')")
     levers: dict[str, Any] | None = Field(
-        None, description="memory levers it ran with beyond its params (TrainConfig field -> value): a baseline's "
-                          "recipe form, a searched point's fitting form")
+        None,
+        description="memory levers it ran with beyond its params (TrainConfig field -> value): a baseline's "
+        "recipe form, a searched point's fitting form",
+    )
     lr_sweep: float | None = Field(
-        None, description="a baseline's learning-rate sweep run: the factor on its default rate (None or 1: the default)")
+        None,
+        description="a baseline's learning-rate sweep run: the factor on its default rate (None or 1: the default)",
+    )
     confirm_of: int | None = Field(None, description="a confirmation run: the trial whose point it trains again")
     confirm_seed: int | None = Field(None, description="a confirmation run: its seed index")
     retry_of: int | None = Field(None, description="a retry of an interrupted trial: the number of its first attempt")
@@ -238,7 +261,8 @@ class TrialRecord(BaseModel):
     # the gate: the target's predicted memory, before any training
     predicted_peak_bytes: int | None = Field(None, description="the target's predicted peak memory at this point")
     breakdown: dict[str, int] | None = Field(
-        None, description="that peak by part (weights, gradients, optimizer, activations, transient, overhead), bytes")
+        None, description="that peak by part (weights, gradients, optimizer, activations, transient, overhead), bytes"
+    )
     fits: bool | None = Field(None, description="whether the predicted peak fits the budget")
     gated: bool | None = Field(None, description="refused by the gate (over budget, never trained): not fits")
     min_depth: int | None = Field(None, description="the lowest layer the sampler may draw, after lowering to L - γ")
@@ -249,14 +273,16 @@ class TrialRecord(BaseModel):
     target_lr: float | None = Field(None, description="the proxy's learning rate carried to the target's width")
 
     # the outcome
-    reason: str | None = Field(None, description="why it was gated, pruned, failed or interrupted (or why its metric "
-                                                 "is not finite)")
+    reason: str | None = Field(
+        None, description="why it was gated, pruned, failed or interrupted (or why its metric is not finite)"
+    )
     available_bytes: int | None = Field(None, description="free device memory reported by a proxy run out of memory")
     train_seconds: float | None = Field(None, description="wall time of its proxy run")
     metric: float | None = Field(None, description="the proxy's held-out metric (may be NaN: diverged)")
     secondary: dict[str, float] | None = Field(None, description="figures shown next to the metric, e.g. accuracy")
     importance: list[dict[str, Any]] | None = Field(
-        None, description="the layer sampler's history, thinned: per re-draw its step, active layers and weights")
+        None, description="the layer sampler's history, thinned: per re-draw its step, active layers and weights"
+    )
     measured_memory: MeasuredMemory | None = Field(None, description="a CUDA proxy run of the target: what it used")
     reused_from: int | None = Field(None, description="the finished trial whose identical proxy run gave its result")
 
@@ -287,8 +313,9 @@ class TrialRecord(BaseModel):
 
     def retry(self, first: int) -> TrialRecord:
         """The record a retry of this trial is queued with: its kind, what it was queued with, ``retry_of`` ``first``."""
-        return TrialRecord(kind=self.kind, retry_of=first,
-                           **{k: getattr(self, k) for k in QUEUED if k in self.model_fields_set})
+        return TrialRecord(
+            kind=self.kind, retry_of=first, **{k: getattr(self, k) for k in QUEUED if k in self.model_fields_set}
+        )
 
     def attrs(self) -> dict:
         """The fields that were set, as ``user_attrs`` (JSON types; the kind as its string)."""
@@ -303,8 +330,11 @@ def _record(attrs: dict, what: str) -> TrialRecord:
     try:
         return TrialRecord.model_validate(attrs)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: "
-                             + (str(e['ctx']['error']) if e['type'] == 'value_error' else e['msg']) for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'record'}: "
+            + (str(e["ctx"]["error"]) if e["type"] == "value_error" else e["msg"])
+            for e in exc.errors()
+        )
         raise TrialRecordError(f"{what} must be a planner trial record, but {problems}") from None
 
 
@@ -350,6 +380,7 @@ def enqueue(study, params: dict, record: TrialRecord) -> None:
 
 
 # ---- predicates on stored trials (each reads and validates only the fields it needs) --------------
+
 
 def _part(trial, *names: str) -> TrialRecord:
     attrs = trial.user_attrs

@@ -34,9 +34,11 @@ def check_signal(trials, metric_name: str, study_name: str) -> None:
     """Raise :class:`NoSignal` when the trained trials' metrics are all equal (all 0 accuracy, say)."""
     metrics = [metric_of(t) for t in trials]
     if len(set(metrics)) == 1 and (len(metrics) > 1 or metrics[0] == 0):
-        raise NoSignal(f"the trained trials must differ in {metric_name} to name a best plan, but all {len(metrics)} of "
-                       f"study {study_name!r} scored {metrics[0]:.4f}: no plan written; train longer (--steps), check "
-                       f"the data (--data) or the model (--model)")
+        raise NoSignal(
+            f"the trained trials must differ in {metric_name} to name a best plan, but all {len(metrics)} of "
+            f"study {study_name!r} scored {metrics[0]:.4f}: no plan written; train longer (--steps), check "
+            f"the data (--data) or the model (--model)"
+        )
 
 
 @dataclass
@@ -91,8 +93,20 @@ def _better(direction: str):
     return max if direction == "maximize" else min
 
 
-def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, layers_attribute: str, storage: str,
-              multi_objective: bool = False, seed: int = 0, steps: int = 0, data: str | None = None) -> TuneResult:
+def summarize(
+    study,
+    space: SearchSpace,
+    *,
+    target,
+    proxy,
+    vram_bytes: int,
+    layers_attribute: str,
+    storage: str,
+    multi_objective: bool = False,
+    seed: int = 0,
+    steps: int = 0,
+    data: str | None = None,
+) -> TuneResult:
     """The best fitting trained trial as a Plan for ``target``, with every baseline next to it. ``data``: what
     ``--data`` named (None: the study generated its task, or a library caller passed its own workload)."""
     workload = proxy.workload
@@ -102,8 +116,10 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
     ok = [t for t in trials if record.trained(t) and not is_confirm(t)]
     if not ok:
         states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-        raise NoFinishedTrial(f"the study must hold a trained trial that fits, but it has none ({states}); "
-                              f"see the trials' user_attrs 'reason', or raise --n-trials/--vram")
+        raise NoFinishedTrial(
+            f"the study must hold a trained trial that fits, but it has none ({states}); "
+            f"see the trials' user_attrs 'reason', or raise --n-trials/--vram"
+        )
     check_signal(ok, workload.metric_name, study.study_name)
     if multi_objective:
         front = [t for t in study.best_trials if record.trained(t) and not is_confirm(t)]
@@ -114,14 +130,26 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
     best_metric = metric_of(best)
     runs = {r.source.number: r for r in confirmed(trials)}  # the tuned plan is the best confirmed mean
     top = best_confirmed(list(runs.values()), direction)
-    confirmation = None if top is None else confirmation_record(trials, top, seed=seed, steps=steps, direction=direction)
+    confirmation = (
+        None if top is None else confirmation_record(trials, top, seed=seed, steps=steps, direction=direction)
+    )
     if top is not None:
         best, best_metric = top.source, top.mean
     stats = lambda t: {} if t.number not in runs else {"std": runs[t.number].std, "seeds": len(runs[t.number].metrics)}  # noqa: E731
 
     best_record = record.read(best)
-    rows = [SummaryRow("tuned plan", best_record.kind, best_metric, best_record.predicted_peak_bytes,
-                       True, best.number, best.state.name.lower(), **stats(best))]
+    rows = [
+        SummaryRow(
+            "tuned plan",
+            best_record.kind,
+            best_metric,
+            best_record.predicted_peak_bytes,
+            True,
+            best.number,
+            best.state.name.lower(),
+            **stats(best),
+        )
+    ]
     baselines = []
     for kind in KINDS:
         t = best_of_kind(trials, kind, direction)  # a baseline at the best learning rate of its sweep
@@ -134,44 +162,107 @@ def summarize(study, space: SearchSpace, *, target, proxy, vram_bytes: int, laye
         peak, fits = rec.predicted_peak_bytes, rec.fits
         # the tuned plan is this baseline: no margin over itself (the confirmation states the search's)
         delta = None if metric is None or t.number == best.number else sign * (best_metric - metric)
-        rows.append(SummaryRow(kind.name + trial_form_words(t), kind, metric, peak, fits, t.number, t.state.name.lower(), delta,
-                               "the tuned plan" if t.number == best.number else rec.reason,
-                               **(stats(t) if top is not None else {})))
+        rows.append(
+            SummaryRow(
+                kind.name + trial_form_words(t),
+                kind,
+                metric,
+                peak,
+                fits,
+                t.number,
+                t.state.name.lower(),
+                delta,
+                "the tuned plan" if t.number == best.number else rec.reason,
+                **(stats(t) if top is not None else {}),
+            )
+        )
         if peak is not None:
-            baselines.append(BaselineResult(name=kind.name, predicted_peak_bytes=int(peak), fits=bool(fits),
-                                            metric=metric, trial_number=t.number))
+            baselines.append(
+                BaselineResult(
+                    name=kind.name,
+                    predicted_peak_bytes=int(peak),
+                    fits=bool(fits),
+                    metric=metric,
+                    trial_number=t.number,
+                )
+            )
 
     params = params_of(best, space)
     config: TrainConfig = space.train_config(params)
-    small = proxy_params(params, target_layers=space.num_layers, proxy_layers=proxy.num_layers, is_target=proxy.is_target)
-    lr = params.lr if proxy.is_target else target_lr(params.lr, proxy_hidden=proxy.hidden_size, target_hidden=target.hidden_size)
+    small = proxy_params(
+        params, target_layers=space.num_layers, proxy_layers=proxy.num_layers, is_target=proxy.is_target
+    )
+    lr = (
+        params.lr
+        if proxy.is_target
+        else target_lr(params.lr, proxy_hidden=proxy.hidden_size, target_hidden=target.hidden_size)
+    )
     proxy_batch = (best_record.proxy_plan.batch_size if best_record.proxy_plan else None) or space.batch_size_of(params)
     plan = Plan(
-        model=target.source, model_type=target.spec.model_type, num_layers=space.num_layers,
-        layers_attribute=layers_attribute, active_layers=params.active_layers, min_depth=params.min_depth, period=params.period,
-        scorer=params.scorer, scorer_options={}, layers=None, train_embeddings=params.train_embeddings,
-        train_head=params.train_head, learning_rate=lr, lora_rank=params.adapter_rank, train=config,
-        device=target.device, vram_bytes=vram_bytes,
-        predicted_peak_bytes=int(best_record.predicted_peak_bytes), breakdown=Breakdown(**best_record.breakdown),
-        metric_name=workload.metric_name, metric=best_metric, baselines=baselines, study_name=study.study_name,
-        storage=storage, trial_number=best.number,
-        proxy=ProxyInfo(name=proxy.name, kind=proxy.kind, num_layers=proxy.num_layers, hidden_size=proxy.hidden_size,
-                        device=proxy.device, active_layers=small.active_layers, min_depth=small.min_depth, learning_rate=params.lr,
-                        batch_size=int(proxy_batch)),
+        model=target.source,
+        model_type=target.spec.model_type,
+        num_layers=space.num_layers,
+        layers_attribute=layers_attribute,
+        active_layers=params.active_layers,
+        min_depth=params.min_depth,
+        period=params.period,
+        scorer=params.scorer,
+        scorer_options={},
+        layers=None,
+        train_embeddings=params.train_embeddings,
+        train_head=params.train_head,
+        learning_rate=lr,
+        lora_rank=params.adapter_rank,
+        train=config,
+        device=target.device,
+        vram_bytes=vram_bytes,
+        predicted_peak_bytes=int(best_record.predicted_peak_bytes),
+        breakdown=Breakdown(**best_record.breakdown),
+        metric_name=workload.metric_name,
+        metric=best_metric,
+        baselines=baselines,
+        study_name=study.study_name,
+        storage=storage,
+        trial_number=best.number,
+        proxy=ProxyInfo(
+            name=proxy.name,
+            kind=proxy.kind,
+            num_layers=proxy.num_layers,
+            hidden_size=proxy.hidden_size,
+            device=proxy.device,
+            active_layers=small.active_layers,
+            min_depth=small.min_depth,
+            learning_rate=params.lr,
+            batch_size=int(proxy_batch),
+        ),
         confirmation=confirmation,
-        data=training_data(data) if data is not None else generated_data(workload.name), steps=steps or None,
+        data=training_data(data) if data is not None else generated_data(workload.name),
+        steps=steps or None,
     )
-    counts = {s.name.lower(): sum(t.state == s and not is_confirm(t) and not interrupted(t) for t in trials)
-              for s in TrialState}
+    counts = {
+        s.name.lower(): sum(t.state == s and not is_confirm(t) and not interrupted(t) for t in trials)
+        for s in TrialState
+    }
     counts["interrupted"] = sum(interrupted(t) for t in trials)
     counts["confirmation"] = sum(is_confirm(t) and finished(t) for t in trials)
     # gated trials are pruned ones: a trial gated, then stopped before it was stored as pruned, is interrupted only
     records = {t.number: record.read(t) for t in trials}
-    counts["gated"] = sum(t.state == TrialState.PRUNED and bool(records[t.number].gated) and not is_confirm(t)
-                          and not interrupted(t) for t in trials)
+    counts["gated"] = sum(
+        t.state == TrialState.PRUNED and bool(records[t.number].gated) and not is_confirm(t) and not interrupted(t)
+        for t in trials
+    )
     counts["reused"] = sum(rec.reused_from is not None for rec in records.values())
-    pareto = [{"trial": t.number, "metric": metric_of(t), "predicted_peak_bytes": _peak(t),
-               "params": dict(t.params)} for t in sorted(front, key=_peak)]
-    measured = [{"trial": number, "predicted_peak_bytes": rec.predicted_peak_bytes, **rec.measured_memory.model_dump(exclude_unset=True)}
-                for number, rec in records.items() if rec.measured_memory]
+    pareto = [
+        {"trial": t.number, "metric": metric_of(t), "predicted_peak_bytes": _peak(t), "params": dict(t.params)}
+        for t in sorted(front, key=_peak)
+    ]
+    measured = [
+        {
+            "trial": number,
+            "predicted_peak_bytes": rec.predicted_peak_bytes,
+            **rec.measured_memory.model_dump(exclude_unset=True),
+        }
+        for number, rec in records.items()
+        if rec.measured_memory
+    ]
     return TuneResult(plan, best.number, rows, counts, pareto, measured=measured)

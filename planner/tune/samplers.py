@@ -37,13 +37,15 @@ def make_sampler(name: str, seed: int, **tpe):
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():  # Optuna 4.9 deprecated `gamma`, to go in 6.0: pyproject holds optuna < 6
         warnings.filterwarnings("ignore", message="`gamma` has been deprecated", category=FutureWarning)
-        return optuna.samplers.TPESampler(**{"seed": seed, "n_startup_trials": TPE_STARTUP_TRIALS,
-                                              "multivariate": True, "gamma": good_trials, **tpe})
+        return optuna.samplers.TPESampler(
+            **{"seed": seed, "n_startup_trials": TPE_STARTUP_TRIALS, "multivariate": True, "gamma": good_trials, **tpe}
+        )
 
 
 def study_sampler(name: str, seed: int, space, gate, sampler=None):
     """``make_sampler(name, seed)``, or the Optuna ``sampler`` given (benchmarks of other options), wrapped as a study
     uses it (see the module's docstring)."""
     inner = sampler if sampler is not None else make_sampler(name, seed)
-    return GateBoundedSampler(PerTrialSeed(inner, seed), max(1, largest_fitting_active_layers(space, gate)),
-                              admissible(space, gate), seed)
+    return GateBoundedSampler(
+        PerTrialSeed(inner, seed), max(1, largest_fitting_active_layers(space, gate)), admissible(space, gate), seed
+    )

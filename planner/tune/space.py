@@ -112,7 +112,9 @@ class SearchSpace:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             problems.append(f"batch sizes must be >= 1, but got {list(self.batch_sizes)}")
         if not self.min_depths or any(not 0 <= d < self.num_layers for d in self.min_depths):
-            problems.append(f"min_depth choices must satisfy 0 <= d < {self.num_layers}, but got {list(self.min_depths)}")
+            problems.append(
+                f"min_depth choices must satisfy 0 <= d < {self.num_layers}, but got {list(self.min_depths)}"
+            )
         if not self.checkpointing:
             problems.append("gradient checkpointing choices must not be empty, but got none")
         collect(problems)
@@ -136,27 +138,53 @@ class SearchSpace:
             lr = trial.suggest_float("lr", *self.lr_range, log=True)
         rank = trial.suggest_categorical("lora_rank", list(self.lora_ranks)) if self.lora_ranks else None
         # conditional: only adapters, or a static set, keep frozen layers frozen for the whole run
-        quant = (trial.suggest_categorical("quantize", list(self.quantize_choices))
-                 if self.quantize_choices and (rank or (scorer in self.static_scorers and active_layers < self.num_layers)) else None)
+        quant = (
+            trial.suggest_categorical("quantize", list(self.quantize_choices))
+            if self.quantize_choices and (rank or (scorer in self.static_scorers and active_layers < self.num_layers))
+            else None
+        )
         batch = trial.suggest_categorical("batch_size", list(self.batch_sizes)) if len(self.batch_sizes) > 1 else None
-        return self.from_params(dict(active_layers=active_layers, period=period, scorer=scorer, train_embeddings=emb, train_head=head,
-                                     lr=lr, lora_rank=rank, batch_size=batch, min_depth=depth,
-                                     gradient_checkpointing=ckpt, quantize=quant))
+        return self.from_params(
+            dict(
+                active_layers=active_layers,
+                period=period,
+                scorer=scorer,
+                train_embeddings=emb,
+                train_head=head,
+                lr=lr,
+                lora_rank=rank,
+                batch_size=batch,
+                min_depth=depth,
+                gradient_checkpointing=ckpt,
+                quantize=quant,
+            )
+        )
 
     def from_params(self, p: dict) -> TrialParams:
         """The point a trial's ``params`` describe (``min_depth`` lowered to L - γ where γ needs the room)."""
         active_layers = int(p["active_layers"])
         rank, batch, quant = p.get("lora_rank"), p.get("batch_size"), p.get("quantize")
-        return TrialParams(active_layers, int(p["period"]), str(p["scorer"]), bool(p["train_embeddings"]), bool(p["train_head"]),
-                           float(p["lr"]), None if rank is None else int(rank), None if batch is None else int(batch),
-                           min(int(p.get("min_depth", 0)), max(0, self.num_layers - active_layers)),
-                           bool(p.get("gradient_checkpointing", False)), (("quantize", quant),) if quant else ())
+        return TrialParams(
+            active_layers,
+            int(p["period"]),
+            str(p["scorer"]),
+            bool(p["train_embeddings"]),
+            bool(p["train_head"]),
+            float(p["lr"]),
+            None if rank is None else int(rank),
+            None if batch is None else int(batch),
+            min(int(p.get("min_depth", 0)), max(0, self.num_layers - active_layers)),
+            bool(p.get("gradient_checkpointing", False)),
+            (("quantize", quant),) if quant else (),
+        )
 
     def enqueue_params(self, p: TrialParams) -> dict:
         """The ``params`` to enqueue ``p`` with: its searched keys, and its ``quantize`` where the space samples one
         (so that a fixed point's choice is never drawn for it)."""
         out = p.as_params()
-        if self.quantize_choices and (p.adapter_rank or (p.scorer in self.static_scorers and p.active_layers < self.num_layers)):
+        if self.quantize_choices and (
+            p.adapter_rank or (p.scorer in self.static_scorers and p.active_layers < self.num_layers)
+        ):
             out["quantize"] = dict(p.levers).get("quantize")
         return out
 
@@ -173,13 +201,23 @@ class SearchSpace:
 
     def contains(self, p: TrialParams, *, ignore_rank: bool = False) -> bool:
         """Whether ``p`` is a point of this space."""
-        lr_ok = (p.lr in self.lr_choices) if self.lr_choices is not None else self.lr_range[0] <= p.lr <= self.lr_range[1]
+        lr_ok = (
+            (p.lr in self.lr_choices) if self.lr_choices is not None else self.lr_range[0] <= p.lr <= self.lr_range[1]
+        )
         rank_ok = ignore_rank or ((p.lora_rank in self.lora_ranks) if self.lora_ranks else p.lora_rank is None)
         batch_ok = (p.batch_size in self.batch_sizes) if len(self.batch_sizes) > 1 else p.batch_size is None
-        return (1 <= p.active_layers <= self.num_layers and p.period in self.periods
-                and p.gradient_checkpointing in self.checkpointing and 0 <= p.min_depth <= self.num_layers - p.active_layers and p.scorer in self.scorers
-                and p.train_embeddings in self.embedding_choices and p.train_head in self.head_choices
-                and lr_ok and rank_ok and batch_ok)
+        return (
+            1 <= p.active_layers <= self.num_layers
+            and p.period in self.periods
+            and p.gradient_checkpointing in self.checkpointing
+            and 0 <= p.min_depth <= self.num_layers - p.active_layers
+            and p.scorer in self.scorers
+            and p.train_embeddings in self.embedding_choices
+            and p.train_head in self.head_choices
+            and lr_ok
+            and rank_ok
+            and batch_ok
+        )
 
     def batch_size_of(self, p: TrialParams) -> int:
         return p.batch_size if p.batch_size is not None else self.default_batch_size
@@ -206,8 +244,10 @@ class SearchSpace:
 
     def point(self, **overrides) -> TrialParams:
         """A point with this space's optional keys filled in (LoRA off, default batch size)."""
-        values: dict[str, Any] = dict(lora_rank=0 if self.lora_ranks else None,
-                      batch_size=self.default_batch_size if len(self.batch_sizes) > 1 else None)
+        values: dict[str, Any] = dict(
+            lora_rank=0 if self.lora_ranks else None,
+            batch_size=self.default_batch_size if len(self.batch_sizes) > 1 else None,
+        )
         values.update(overrides)
         return TrialParams(**values)
 
@@ -218,8 +258,10 @@ class SearchSpace:
         ranks = sorted(set(self.lora_ranks)) if self.lora_ranks else [None]
         batch = min(self.batch_sizes) if len(self.batch_sizes) > 1 else None
         lr = self.lr_choices[0] if self.lr_choices is not None else self.lr_range[0]
-        return [TrialParams(1, self.periods[0], self.scorers[0], e, h, lr, r, batch, d, c)
-                for e, h, r, d, c in product(emb, head, ranks, self.min_depths, self.checkpointing)]
+        return [
+            TrialParams(1, self.periods[0], self.scorers[0], e, h, lr, r, batch, d, c)
+            for e, h, r, d, c in product(emb, head, ranks, self.min_depths, self.checkpointing)
+        ]
 
     def frontier(self, fits, ends: bool = False) -> list[TrialParams]:
         """Per ``min_depth`` and checkpointing choice, the point with the most active layers that ``fits``
@@ -232,8 +274,16 @@ class SearchSpace:
         lr = self.lr_choices[0] if self.lr_choices is not None else self.lr_range[0]
 
         def at(active_layers, depth, ckpt):
-            return self.point(active_layers=active_layers, period=self.periods[0], scorer=self.scorers[0], train_embeddings=emb,
-                              train_head=head, lr=lr, min_depth=depth, gradient_checkpointing=ckpt)
+            return self.point(
+                active_layers=active_layers,
+                period=self.periods[0],
+                scorer=self.scorers[0],
+                train_embeddings=emb,
+                train_head=head,
+                lr=lr,
+                min_depth=depth,
+                gradient_checkpointing=ckpt,
+            )
 
         for depth, ckpt in product(self.min_depths, self.checkpointing):
             lo, hi = 0, self.num_layers - depth  # the largest γ with fits(γ): peaks grow with γ
@@ -250,22 +300,42 @@ class SearchSpace:
     def grid(self) -> list[TrialParams]:
         """Every point of a discretized space (needs ``lr_choices``): for exhaustive benchmarks."""
         if self.lr_choices is None:
-            raise PlannerError("grid() needs a discretized learning rate (lr_choices), but the space has a continuous range")
+            raise PlannerError(
+                "grid() needs a discretized learning rate (lr_choices), but the space has a continuous range"
+            )
         ranks = list(self.lora_ranks) if self.lora_ranks else [None]
         batches = list(self.batch_sizes) if len(self.batch_sizes) > 1 else [None]
-        return [TrialParams(g, k, s, e, h, lr, r, b, d, c)
-                for g, k, s, e, h, lr, r, b, d, c in product(range(1, self.num_layers + 1), self.periods, self.scorers,
-                                                             self.embedding_choices, self.head_choices, self.lr_choices,
-                                                             ranks, batches, self.min_depths, self.checkpointing)
-                if d <= self.num_layers - g]
+        return [
+            TrialParams(g, k, s, e, h, lr, r, b, d, c)
+            for g, k, s, e, h, lr, r, b, d, c in product(
+                range(1, self.num_layers + 1),
+                self.periods,
+                self.scorers,
+                self.embedding_choices,
+                self.head_choices,
+                self.lr_choices,
+                ranks,
+                batches,
+                self.min_depths,
+                self.checkpointing,
+            )
+            if d <= self.num_layers - g
+        ]
 
     def describe(self) -> dict:
         """JSON-able summary stored with the study (a resume must use the same space)."""
         return {
-            "num_layers": self.num_layers, "scorers": list(self.scorers), "periods": list(self.periods),
-            "lr_range": list(self.lr_range), "lr_choices": None if self.lr_choices is None else list(self.lr_choices),
-            "lora_ranks": list(self.lora_ranks), "batch_sizes": list(self.batch_sizes), "seq_len": self.seq_len,
-            "min_depths": list(self.min_depths), "gradient_checkpointing": list(self.checkpointing),
-            "quantize_choices": list(self.quantize_choices), "static_scorers": list(self.static_scorers),
+            "num_layers": self.num_layers,
+            "scorers": list(self.scorers),
+            "periods": list(self.periods),
+            "lr_range": list(self.lr_range),
+            "lr_choices": None if self.lr_choices is None else list(self.lr_choices),
+            "lora_ranks": list(self.lora_ranks),
+            "batch_sizes": list(self.batch_sizes),
+            "seq_len": self.seq_len,
+            "min_depths": list(self.min_depths),
+            "gradient_checkpointing": list(self.checkpointing),
+            "quantize_choices": list(self.quantize_choices),
+            "static_scorers": list(self.static_scorers),
             "forms": [dict(f) for f in self.forms],
         }

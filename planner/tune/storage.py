@@ -39,7 +39,11 @@ def _driver_url(url: str) -> str:
         if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
             return f"postgresql+psycopg2://{rest}"
         return f"postgresql://{rest}"
-    if scheme == "mysql" and importlib.util.find_spec("MySQLdb") is None and importlib.util.find_spec("pymysql") is not None:
+    if (
+        scheme == "mysql"
+        and importlib.util.find_spec("MySQLdb") is None
+        and importlib.util.find_spec("pymysql") is not None
+    ):
         return f"mysql+pymysql://{rest}"
     return url
 
@@ -63,11 +67,15 @@ def check_storage(url: str) -> str:
         return url
     scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
     if scheme not in _RDB_SCHEMES:
-        raise PlannerError(f"--storage URL scheme must be one of {', '.join(_RDB_SCHEMES)} (or a journal file path), but got {scheme!r} in {url!r}")
+        raise PlannerError(
+            f"--storage URL scheme must be one of {', '.join(_RDB_SCHEMES)} (or a journal file path), but got {scheme!r} in {url!r}"
+        )
     if scheme == "sqlite":
         path = url.split("://", 1)[1]
         if not path.startswith("/") or path in ("/", "/:memory:"):
-            raise PlannerError(f"--storage sqlite URL must name a file (sqlite:///relative.db or sqlite:////abs.db), but got {url!r}")
+            raise PlannerError(
+                f"--storage sqlite URL must name a file (sqlite:///relative.db or sqlite:////abs.db), but got {url!r}"
+            )
     return url
 
 
@@ -85,7 +93,7 @@ def open_storage(url: str):
     # dead workers' trials are found by planner.tune.lifecycle (for every storage), not Optuna's heartbeat
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
         # a generous lock timeout: several processes write one SQLite file
         kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}}
     try:
@@ -105,10 +113,14 @@ def open_storage(url: str):
                     raise
                 time.sleep(0.5 * (attempt + 1))
     except ImportError as exc:
-        raise PlannerError(f"--storage {url!r} needs its database driver installed (pip install 'planner[postgres]' for PostgreSQL): {exc}") from None
+        raise PlannerError(
+            f"--storage {url!r} needs its database driver installed (pip install 'planner[postgres]' for PostgreSQL): {exc}"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's connection errors are many; each means "cannot open"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PlannerError(_local_problem(url, exc) or f"--storage must be reachable, but {url!r} failed: {first}") from None
+        raise PlannerError(
+            _local_problem(url, exc) or f"--storage must be reachable, but {url!r} failed: {first}"
+        ) from None
     assert storage is not None  # each attempt either opens it and breaks, or raises on the last
     if url.startswith("sqlite:///"):
         _sqlite_wal(storage.engine)
@@ -171,7 +183,13 @@ def full_disk_message(exc: BaseException, storage: str) -> str:
     """The first half of one line naming what could not be written for want of space: the storage (``--storage``)
     or the file the error names."""
     full = disk_full(exc)
-    why = (full.strerror or str(full)) if isinstance(full, OSError) else _SQLITE_FULL if full is not None else "no space left"
+    why = (
+        (full.strerror or str(full))
+        if isinstance(full, OSError)
+        else _SQLITE_FULL
+        if full is not None
+        else "no space left"
+    )
     local = local_storage_path(storage)
     filename = getattr(full, "filename", None)
     if filename is None or (local is not None and Path(filename).expanduser().resolve() == local.resolve()):
@@ -224,7 +242,7 @@ def local_storage_path(url: str) -> Path | None:
     if "://" not in url:
         return Path(url).expanduser()
     if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):]).expanduser()
+        return Path(url[len("sqlite:///") :]).expanduser()
     return None
 
 

@@ -26,6 +26,7 @@ from planner.tune.forms import fits as fits_in_a_form
 from planner.tune.forms import form_steps, forms
 from planner.tune.gate import BudgetGate, human_bytes
 from planner.recipes import QLORA
+
 # the options are declared in planner.tune.options; their defaults stay importable from here
 from planner.tune.options import DEFAULT_EVALS, TuneOptions, command_line
 from planner.tune.options import DEFAULT_N_TRIALS, DEFAULT_STEPS  # noqa: F401
@@ -83,8 +84,16 @@ def default_study_name() -> str:
 
 def _workload_target(workload, options: TuneOptions):
 
-    return workload_target(workload, seq_len=options.seq_len, batch_size=options.batch_size, dtype=options.dtype,
-                           amp=options.amp, levers=options.levers, device=options.device, profile=options.profile)
+    return workload_target(
+        workload,
+        seq_len=options.seq_len,
+        batch_size=options.batch_size,
+        dtype=options.dtype,
+        amp=options.amp,
+        levers=options.levers,
+        device=options.device,
+        profile=options.profile,
+    )
 
 
 def build_space(target, options: TuneOptions):
@@ -98,19 +107,29 @@ def build_space(target, options: TuneOptions):
     static = tuple(s for s in scorers if SCORERS[s].static)
     batches = tuple(options.batch_sizes) if options.batch_sizes else (target.shape.batch_size,)
     extra = {k: getattr(target.shape, k) for k in ("dtype", "amp", *shape_fields())}
-    return SearchSpace(num_layers=target.num_layers, scorers=scorers, seq_len=target.shape.seq_len, batch_sizes=batches,
-                       lora_ranks=DEFAULT_LORA_RANKS if options.lora else (), min_depths=depth_choices(target.num_layers),
-                       checkpointing=(False, True), forms=form_steps(options.levers), extra=extra,
-                       # QLoRA's storage for frozen layers that stay frozen (LoRA's, a static set's); the quantize
-                       # lever computes in the model's dtype, never under amp
-                       quantize_choices=(None, QLORA["quantize"]) if (options.lora or static) and target.shape.amp == "none" else (),
-                       static_scorers=static)
+    return SearchSpace(
+        num_layers=target.num_layers,
+        scorers=scorers,
+        seq_len=target.shape.seq_len,
+        batch_sizes=batches,
+        lora_ranks=DEFAULT_LORA_RANKS if options.lora else (),
+        min_depths=depth_choices(target.num_layers),
+        checkpointing=(False, True),
+        forms=form_steps(options.levers),
+        extra=extra,
+        # QLoRA's storage for frozen layers that stay frozen (LoRA's, a static set's); the quantize
+        # lever computes in the model's dtype, never under amp
+        quantize_choices=(None, QLORA["quantize"]) if (options.lora or static) and target.shape.amp == "none" else (),
+        static_scorers=static,
+    )
 
 
 def _describe_point(p, space) -> str:
-    what = (f"γ={p.active_layers} from layer {p.min_depth} up, embeddings {'trainable' if p.train_embeddings else 'frozen'}, "
-            f"head {'trainable' if p.train_head else 'frozen'}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'}, "
-            f"batch {space.batch_size_of(p)}")
+    what = (
+        f"γ={p.active_layers} from layer {p.min_depth} up, embeddings {'trainable' if p.train_embeddings else 'frozen'}, "
+        f"head {'trainable' if p.train_head else 'frozen'}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'}, "
+        f"batch {space.batch_size_of(p)}"
+    )
     levers = [w for w in labels(space.train_config(p)) if w != "checkpointing"]
     return what + (f", LoRA rank {p.adapter_rank}" if p.adapter_rank else "") + "".join(f", {w}" for w in levers)
 
@@ -135,7 +154,9 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
     sampler, pruner = study_sampler(options.sampler, options.seed, space, gate), _make_pruner(options)
 
     try:
-        study = optuna.create_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner, directions=directions)
+        study = optuna.create_study(
+            storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner, directions=directions
+        )
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage_obj, study_name=name, sampler=sampler, pruner=pruner)
         created = wait_for_creation(study)
@@ -146,7 +167,6 @@ def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict,
             for key in study_attrs.keys() - study.user_attrs.keys():
                 study.set_user_attr(key, study_attrs[key])
             if options.baselines:
-
                 enqueue_missing_baselines(study, space, gate)
             study.set_user_attr(READY, True)
         return study, False
@@ -184,8 +204,10 @@ def _stopped(exc: BaseException, options: TuneOptions, name: str, storage_obj, w
     kept = stored_trials(storage_obj, name)
     where = f"{'the' if kept is None else kept} finished trials of study {name!r} are stored in {options.storage}"
     if not interrupted:
-        return PlannerError(f"{full_disk_message(exc, options.storage)}; {where}: free space and resume with: "
-                            f"{resume_command(options, name)}")
+        return PlannerError(
+            f"{full_disk_message(exc, options.storage)}; {where}: free space and resume with: "
+            f"{resume_command(options, name)}"
+        )
     error = Interrupted(f"{settle_message(exc)}: {where}; resume with: {resume_command(options, name)}")
     error.exit_code = exit_code(exc)
     return error
@@ -201,13 +223,29 @@ def _proxy_setup(options: TuneOptions, target, space, gate, workload):
     """The proxy: ``workload`` when given (tests, benchmarks), else what ``--proxy`` names."""
 
     if workload is None:
-        return resolve_proxy(options.proxy, target=target, data=options.data, proxy_device=options.proxy_device,
-                             seed=options.seed, space=space, gate=gate, max_seq_len=target.shape.seq_len)
+        return resolve_proxy(
+            options.proxy,
+            target=target,
+            data=options.data,
+            proxy_device=options.proxy_device,
+            seed=options.seed,
+            space=space,
+            gate=gate,
+            max_seq_len=target.shape.seq_len,
+        )
     if workload.spec.num_layers > target.num_layers:
-        raise PlannerError(f"--proxy must not be deeper than the target, but {workload.name!r} has {workload.spec.num_layers} "
-                           f"decoder layers and the target {target.name!r} {target.num_layers}")
-    return ProxySetup("given", workload.name, pick_device(options.proxy_device), workload, workload.spec.num_layers,
-                      workload.spec.hidden_size)
+        raise PlannerError(
+            f"--proxy must not be deeper than the target, but {workload.name!r} has {workload.spec.num_layers} "
+            f"decoder layers and the target {target.name!r} {target.num_layers}"
+        )
+    return ProxySetup(
+        "given",
+        workload.name,
+        pick_device(options.proxy_device),
+        workload,
+        workload.spec.num_layers,
+        workload.spec.hidden_size,
+    )
 
 
 def _train_shape(target, proxy):
@@ -215,20 +253,29 @@ def _train_shape(target, proxy):
 
     if proxy.is_target:
         s = target.shape
-        return TrainShape(device=proxy.device, seq_len=s.seq_len, dtype=s.dtype, amp=s.amp, optimizer=s.optimizer, measure=True)
+        return TrainShape(
+            device=proxy.device, seq_len=s.seq_len, dtype=s.dtype, amp=s.amp, optimizer=s.optimizer, measure=True
+        )
     return TrainShape(device=proxy.device, optimizer=target.shape.optimizer)  # the optimizer changes what is learned
 
 
 def header_lines(target, proxy, vram: int, space, gate, new_study: str | None = None) -> list[str]:
     """What `planner tune` says first: the target, the proxy and its device (after a generated study's name,
     so that it can be resumed), then what the budget allows."""
-    lines = [(new_study + ": " if new_study else "") + f"target: {target.label()} | proxy: {proxy.name} on {proxy.device}"
-             + (f" ({proxy.why})" if proxy.why else "")]
+    lines = [
+        (new_study + ": " if new_study else "")
+        + f"target: {target.label()} | proxy: {proxy.name} on {proxy.device}"
+        + (f" ({proxy.why})" if proxy.why else "")
+    ]
     front = space.frontier(fits_in_a_form(space, gate))
-    allows = ", ".join(f"γ≤{p.active_layers} from layer {p.min_depth}{' with checkpointing' if p.gradient_checkpointing else ''}"
-                       for p in front)
-    lines.append(f"budget {human_bytes(vram)} on {target.device} ({target.profile_line}): embeddings and head frozen, "
-                 f"it allows {allows or 'no layer-wise plan'}")
+    allows = ", ".join(
+        f"γ≤{p.active_layers} from layer {p.min_depth}{' with checkpointing' if p.gradient_checkpointing else ''}"
+        for p in front
+    )
+    lines.append(
+        f"budget {human_bytes(vram)} on {target.device} ({target.profile_line}): embeddings and head frozen, "
+        f"it allows {allows or 'no layer-wise plan'}"
+    )
     return lines
 
 
@@ -254,22 +301,37 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
         check_feasible(space, gate, target.name)
         setup = _proxy_setup(options, target, space, gate, workload)
         workload = setup.workload
-        if setup.steps and "steps" not in options.model_fields_set:  # the proxy's own horizon (a real model's short one)
+        # the proxy's own horizon (a real model's short one)
+        if setup.steps and "steps" not in options.model_fields_set:
             options = options.model_copy(update={"steps": setup.steps})
         if console is not None:
-            fresh = f"study {name!r} in {options.storage} (resume it with --study {name})" if options.study is None else None
+            fresh = (
+                f"study {name!r} in {options.storage} (resume it with --study {name})"
+                if options.study is None
+                else None
+            )
             for line in header_lines(target, setup, vram, space, gate, fresh):
                 console.print(line, highlight=False)
 
         layers_attr = target_layers_attribute(target.spec)
         study_attrs = {
-            "vram_bytes": vram, "model": target.source, "model_type": target.spec.model_type,
-            "num_layers": space.num_layers, "layers_attribute": layers_attr, "metric_name": workload.metric_name,
-            "direction": workload.direction, "workload": workload.name, "device": options.device,
-            "multi_objective": options.multi_objective, "search_space": space.describe(),
-            "steps": options.steps, "seed": options.seed,
-            "target": target.describe(), "target_shape": target.shape_dict(),
-            "proxy": {k: v for k, v in setup.describe().items() if k != "device"}, "proxy_device": setup.device,
+            "vram_bytes": vram,
+            "model": target.source,
+            "model_type": target.spec.model_type,
+            "num_layers": space.num_layers,
+            "layers_attribute": layers_attr,
+            "metric_name": workload.metric_name,
+            "direction": workload.direction,
+            "workload": workload.name,
+            "device": options.device,
+            "multi_objective": options.multi_objective,
+            "search_space": space.describe(),
+            "steps": options.steps,
+            "seed": options.seed,
+            "target": target.describe(),
+            "target_shape": target.shape_dict(),
+            "proxy": {k: v for k, v in setup.describe().items() if k != "device"},
+            "proxy_device": setup.device,
         }
         # Optuna logs every failed trial with its traceback; failures are counted in the progress bar and
         # their reasons stored in the trial (user_attrs['reason']), so the terminal stays one line per event
@@ -277,13 +339,26 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
         with deferred():  # Ctrl-C waits until the study's settings and baselines are all stored
             study, _created = _open_study(options, storage_obj, name, study_attrs, space, options.multi_objective, gate)
 
-        objective = Objective(workload, space, gate, steps=options.steps, eval_every=_eval_every(options), seed=options.seed,
-                              multi_objective=options.multi_objective, proxy_layers=setup.num_layers,
-                              proxy_hidden=setup.hidden_size, target_hidden=target.hidden_size,
-                              shape=_train_shape(target, setup), proxy_is_target=setup.is_target,
-                              proxy_batch=None if setup.is_target else (setup.batch_size or getattr(workload, "batch_size", None)
-                                                                        or default_batch_size(int(workload.seq_len))),
-                              **({"proxy": proxy} if proxy else {}))
+        objective = Objective(
+            workload,
+            space,
+            gate,
+            steps=options.steps,
+            eval_every=_eval_every(options),
+            seed=options.seed,
+            multi_objective=options.multi_objective,
+            proxy_layers=setup.num_layers,
+            proxy_hidden=setup.hidden_size,
+            target_hidden=target.hidden_size,
+            shape=_train_shape(target, setup),
+            proxy_is_target=setup.is_target,
+            proxy_batch=None
+            if setup.is_target
+            else (
+                setup.batch_size or getattr(workload, "batch_size", None) or default_batch_size(int(workload.seq_len))
+            ),
+            **({"proxy": proxy} if proxy else {}),
+        )
 
         worker = attach(study)  # dead workers' trials are failed and queued again before counting
 
@@ -291,16 +366,35 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
         remaining = owed(study, options.n_trials)
         with torch_threads(options.threads):
             if remaining > 0:
-                bar = TrialProgress(options.n_trials, done, metric_name=workload.metric_name, direction=workload.direction,
-                                    console=console, enabled=progress)
+                bar = TrialProgress(
+                    options.n_trials,
+                    done,
+                    metric_name=workload.metric_name,
+                    direction=workload.direction,
+                    console=console,
+                    enabled=progress,
+                )
                 bar.seed_best(study)
                 with bar:  # queued confirmation runs of an earlier run are popped first: room for them too
-                    study.optimize(GuardedObjective(objective, worker), n_trials=remaining + waiting_confirmations(study),
-                                   timeout=options.timeout, catch=(Exception,),
-                                   callbacks=[bar, worker.reap, StopAfter(options.n_trials)])
+                    study.optimize(
+                        GuardedObjective(objective, worker),
+                        n_trials=remaining + waiting_confirmations(study),
+                        timeout=options.timeout,
+                        catch=(Exception,),
+                        callbacks=[bar, worker.reap, StopAfter(options.n_trials)],
+                    )
             if options.confirm_seeds:
-                confirm_phase(study, GuardedObjective(objective, worker), space, top=options.confirm_top, seeds=options.confirm_seeds,
-                              workload=workload, console=console, progress=progress, callbacks=[worker.reap])
+                confirm_phase(
+                    study,
+                    GuardedObjective(objective, worker),
+                    space,
+                    top=options.confirm_top,
+                    seeds=options.confirm_seeds,
+                    workload=workload,
+                    console=console,
+                    progress=progress,
+                    callbacks=[worker.reap],
+                )
     except BaseException as exc:  # Ctrl-C, SIGTERM or a full disk (study creation included): every finished trial stays
         error = _stopped(exc, options, name, storage_obj, worker)
         if error is None:
@@ -308,14 +402,31 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
         raise error from None
     worker.close()
 
-    result = summarize(study, space, target=target, proxy=setup, vram_bytes=vram, layers_attribute=layers_attr,
-                       storage=options.storage, multi_objective=options.multi_objective, seed=options.seed, steps=options.steps,
-                       data=options.data if options.data and not options.data.startswith(BUILTIN) else None)
+    result = summarize(
+        study,
+        space,
+        target=target,
+        proxy=setup,
+        vram_bytes=vram,
+        layers_attribute=layers_attr,
+        storage=options.storage,
+        multi_objective=options.multi_objective,
+        seed=options.seed,
+        steps=options.steps,
+        data=options.data if options.data and not options.data.startswith(BUILTIN) else None,
+    )
     out = Path(options.out) if options.out else Path("studies") / name / "plan.yaml"
     try:
         result.plan.save(out)
     except OSError as exc:  # a full disk: the plan is written whole or not at all, and the study is stored
-
-        raise PlannerError(unwritten_plan(out, exc, flag="--out" if options.out else None, study=name, storage=options.storage,
-                                          again=resume_command(options, name))) from None
+        raise PlannerError(
+            unwritten_plan(
+                out,
+                exc,
+                flag="--out" if options.out else None,
+                study=name,
+                storage=options.storage,
+                again=resume_command(options, name),
+            )
+        ) from None
     return replace(result, plan_path=str(out))

@@ -41,11 +41,13 @@ def plan_line(plan) -> str:
     lr = f"lr={plan.learning_rate:.3g}"
     if plan.proxy is not None and plan.proxy.learning_rate != plan.learning_rate:
         lr += f" (proxy {plan.proxy.learning_rate:.3g})"
-    return (f"best plan for {plan.model} (trial {plan.trial_number}): γ={plan.active_layers} of {plan.num_layers} from layer "
-            f"{plan.min_depth} up, K={plan.period}, scorer={plan.scorer}, embeddings {'on' if plan.train_embeddings else 'off'}, "
-            f"head {'on' if plan.train_head else 'off'}{ckpt}, {lr}{lora}; batch {plan.train.batch_size} × seq "
-            f"{plan.train.seq_len}, {plan.train.dtype}; predicted peak {human_bytes(plan.predicted_peak_bytes)} of "
-            f"{human_bytes(plan.vram_bytes)}")
+    return (
+        f"best plan for {plan.model} (trial {plan.trial_number}): γ={plan.active_layers} of {plan.num_layers} from layer "
+        f"{plan.min_depth} up, K={plan.period}, scorer={plan.scorer}, embeddings {'on' if plan.train_embeddings else 'off'}, "
+        f"head {'on' if plan.train_head else 'off'}{ckpt}, {lr}{lora}; batch {plan.train.batch_size} × seq "
+        f"{plan.train.seq_len}, {plan.train.dtype}; predicted peak {human_bytes(plan.predicted_peak_bytes)} of "
+        f"{human_bytes(plan.vram_bytes)}"
+    )
 
 
 def measured_lines(result) -> list[str]:
@@ -56,21 +58,32 @@ def measured_lines(result) -> list[str]:
     cpu = [m for m in result.measured if m.get("device") == "cpu"]
     if gpu:
         worst = max(gpu, key=lambda m: abs(m["prediction_error"]))
-        out.append(f"measured on the GPU in {len(gpu)} trial(s): largest prediction error "
-                   f"{100 * worst['prediction_error']:+.1f}% (trial {worst['trial']}: predicted "
-                   f"{human_bytes(worst['predicted_peak_bytes'])}, device memory in use at the peak "
-                   f"{human_bytes(worst['device_used_bytes'])}, max reserved {human_bytes(worst['max_reserved_bytes'])})")
+        out.append(
+            f"measured on the GPU in {len(gpu)} trial(s): largest prediction error "
+            f"{100 * worst['prediction_error']:+.1f}% (trial {worst['trial']}: predicted "
+            f"{human_bytes(worst['predicted_peak_bytes'])}, device memory in use at the peak "
+            f"{human_bytes(worst['device_used_bytes'])}, max reserved {human_bytes(worst['max_reserved_bytes'])})"
+        )
     if cpu:
         draws = [(m["trial"], d) for m in cpu for d in m.get("draws") or [] if d.get("predicted_bytes") is not None]
         exact = sum(d["predicted_bytes"] == d["measured_bytes"] for _, d in draws)
-        trial, d = max(draws, key=lambda td: abs(td[1]["predicted_bytes"] - td[1]["measured_bytes"]), default=(None, None))
-        worst_words = "" if d is None else (
-            f"; furthest off: trial {trial}, layers {_layers(d['layers'])}, predicted {d['predicted_bytes']:,} B, "
-            f"measured {d['measured_bytes']:,} B ({d['predicted_bytes'] - d['measured_bytes']:+,} B)")
+        trial, d = max(
+            draws, key=lambda td: abs(td[1]["predicted_bytes"] - td[1]["measured_bytes"]), default=(None, None)
+        )
+        worst_words = (
+            ""
+            if d is None
+            else (
+                f"; furthest off: trial {trial}, layers {_layers(d['layers'])}, predicted {d['predicted_bytes']:,} B, "
+                f"measured {d['measured_bytes']:,} B ({d['predicted_bytes'] - d['measured_bytes']:+,} B)"
+            )
+        )
         unrun = sorted({name for m in cpu for name in m.get("levers_not_run") or []})
         unrun_words = f"; {', '.join(unrun)} not run by the proxy loop: predicted without" if unrun else ""
-        out.append(f"measured on the CPU in {len(cpu)} trial(s) (live tensor bytes of the training steps, per draw of "
-                   f"layers): {exact} of {len(draws)} draws exactly as predicted{worst_words}{unrun_words}")
+        out.append(
+            f"measured on the CPU in {len(cpu)} trial(s) (live tensor bytes of the training steps, per draw of "
+            f"layers): {exact} of {len(draws)} draws exactly as predicted{worst_words}{unrun_words}"
+        )
     return out
 
 
@@ -85,20 +98,26 @@ def confirmation_lines(plan) -> list[str]:
     conf = plan.confirmation
     if conf is None:
         return []
-    out = [f"confirmed with {len(conf.seeds)} seeds ({conf.steps} proxy steps each; data order and layer draws vary, the "
-           f"data split is fixed): {plan.metric_name} mean ± std"]
+    out = [
+        f"confirmed with {len(conf.seeds)} seeds ({conf.steps} proxy steps each; data order and layer draws vary, the "
+        f"data split is fixed): {plan.metric_name} mean ± std"
+    ]
     for c in conf.candidates:
         failed = f", {c.failed} failed" if c.failed else ""
         mean = "-" if c.mean is None else f"{c.mean:.4f} ± {c.std:.4f}"
-        out.append(f"  {c.name:<10} {mean}  (trial {c.trial_number}, proxy lr {c.learning_rate:.3g}, predicted peak "
-                   f"{human_bytes(c.predicted_peak_bytes)}{failed}): " + " ".join(f"{m:.4f}" for m in c.metrics))
+        out.append(
+            f"  {c.name:<10} {mean}  (trial {c.trial_number}, proxy lr {c.learning_rate:.3g}, predicted peak "
+            f"{human_bytes(c.predicted_peak_bytes)}{failed}): " + " ".join(f"{m:.4f}" for m in c.metrics)
+        )
     for m in conf.margins:
         if m.margin is None:
             out.append(f"vs {m.baseline} ({human_bytes(m.baseline_peak_bytes)}): {m.verdict}")
         else:
-            out.append(f"vs {m.baseline} at its best learning rate ({human_bytes(m.baseline_peak_bytes)}): {m.versus} "
-                       f"({human_bytes(m.versus_peak_bytes)}) {'wins' if m.margin > 0 else 'loses'} by {m.margin:+.4f}, "
-                       f"2 standard errors {m.noise:.4f}: {m.verdict}")
+            out.append(
+                f"vs {m.baseline} at its best learning rate ({human_bytes(m.baseline_peak_bytes)}): {m.versus} "
+                f"({human_bytes(m.versus_peak_bytes)}) {'wins' if m.margin > 0 else 'loses'} by {m.margin:+.4f}, "
+                f"2 standard errors {m.noise:.4f}: {m.verdict}"
+            )
     if conf.verdict:
         out.append(conf.verdict)
     return out

@@ -58,13 +58,22 @@ class Target:
 
     def describe(self) -> dict:
         """What a study stores about its target (a resume must match it)."""
-        return {"model": self.source, "name": self.name, "model_type": self.spec.model_type,
-                "num_layers": self.num_layers, "hidden_size": self.hidden_size, "device": self.device}
+        return {
+            "model": self.source,
+            "name": self.name,
+            "model_type": self.spec.model_type,
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "device": self.device,
+        }
 
     def shape_label(self) -> str:
         s = self.shape
-        return (f"batch {s.batch_size} × seq {s.seq_len}, {s.dtype}" + (f" + amp {s.amp}" if s.amp != "none" else "")
-                + "".join(f", {w}" for w in [s.optimizer, *labels(s.model_copy(update={"optimizer": "adamw"}))]))
+        return (
+            f"batch {s.batch_size} × seq {s.seq_len}, {s.dtype}"
+            + (f" + amp {s.amp}" if s.amp != "none" else "")
+            + "".join(f", {w}" for w in [s.optimizer, *labels(s.model_copy(update={"optimizer": "adamw"}))])
+        )
 
     def label(self) -> str:
         """``llama-3-8b (32 layers; batch 1 × seq 1024, bfloat16, adamw; budget on cuda)``."""
@@ -78,8 +87,18 @@ class _Flags(argparse.Namespace):
         return None
 
 
-def resolve_target(model: str | None = None, *, seq_len=None, batch_size=None, dtype=None, amp=None, levers=None,
-                   device: str = "cuda", profile: str | None = None, vram=None) -> tuple[Target | None, int | None, list[str]]:
+def resolve_target(
+    model: str | None = None,
+    *,
+    seq_len=None,
+    batch_size=None,
+    dtype=None,
+    amp=None,
+    levers=None,
+    device: str = "cuda",
+    profile: str | None = None,
+    vram=None,
+) -> tuple[Target | None, int | None, list[str]]:
     """(target, budget bytes, problems): the target flags validated exactly as `planner estimate` does.
 
     Defaults: the :data:`DEFAULT_TARGET` preset, :data:`DEFAULT_SEQ_LEN` tokens, batch
@@ -87,9 +106,17 @@ def resolve_target(model: str | None = None, *, seq_len=None, batch_size=None, d
     """
     if dtype is None and amp in (None, "none"):
         dtype = DEFAULT_DTYPE
-    flags = _Flags(model=model or DEFAULT_TARGET, seq_len=DEFAULT_SEQ_LEN if seq_len is None else seq_len,
-                   batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size, dtype=dtype, amp=amp,
-                   device=device, profile=profile, vram=vram, **(levers or {}))
+    flags = _Flags(
+        model=model or DEFAULT_TARGET,
+        seq_len=DEFAULT_SEQ_LEN if seq_len is None else seq_len,
+        batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
+        dtype=dtype,
+        amp=amp,
+        device=device,
+        profile=profile,
+        vram=vram,
+        **(levers or {}),
+    )
     try:
         spec, cfg, prof, line, vram_bytes = validate(flags)
     except ValidationProblems as exc:
@@ -113,14 +140,27 @@ def target_layers_attribute(spec) -> str:
     return layers_attribute(model)
 
 
-def workload_target(workload, *, seq_len=None, batch_size=None, dtype=None, amp=None, levers=None,
-                    device: str = "cuda", profile: str | None = None) -> Target:
+def workload_target(
+    workload,
+    *,
+    seq_len=None,
+    batch_size=None,
+    dtype=None,
+    amp=None,
+    levers=None,
+    device: str = "cuda",
+    profile: str | None = None,
+) -> Target:
     """A workload's own model as the target (library callers that pass a workload and no ``--model``):
     its longest example and suggested batch unless told otherwise, float32 weights unless told otherwise."""
     from planner.cost.profile import resolve_profile  # planner.cost (torch): deferred, as in target_layers_attribute
 
-    shape = TrainConfig(batch_size=int(batch_size or getattr(workload, "batch_size", None) or DEFAULT_BATCH_SIZE),
-                        seq_len=int(seq_len or workload.seq_len), dtype=dtype or "float32", amp=amp or "none",
-                        **(levers or {}))
+    shape = TrainConfig(
+        batch_size=int(batch_size or getattr(workload, "batch_size", None) or DEFAULT_BATCH_SIZE),
+        seq_len=int(seq_len or workload.seq_len),
+        dtype=dtype or "float32",
+        amp=amp or "none",
+        **(levers or {}),
+    )
     prof, line = resolve_profile(device, profile)
     return Target(str(workload.model_source), workload.spec, shape, device, prof, line)

@@ -52,8 +52,22 @@ import json
 
 import yaml
 
-from planner.export.base import (hf_optim, Export, Exporter, lever_items, draw_loss, fixed_layers, active_layer_count, lora_as_full_loss, model_id,
-                                 model_loss, outside_params, register_exporter, scorer_kind, stale_state_loss)
+from planner.export.base import (
+    hf_optim,
+    Export,
+    Exporter,
+    lever_items,
+    draw_loss,
+    fixed_layers,
+    active_layer_count,
+    lora_as_full_loss,
+    model_id,
+    model_loss,
+    outside_params,
+    register_exporter,
+    scorer_kind,
+    stale_state_loss,
+)
 from planner.export.data import DataRef, data_of, output_dir
 from planner.export.names import arch_names
 from planner.export.targets.peft import PeftExporter
@@ -82,10 +96,15 @@ def dataset_entry(data: DataRef) -> dict:
     if data.format in DS_TYPES:
         entry["ds_type"] = DS_TYPES[data.format]
     if data.is_chat:  # planner's roles and keys, spelled out rather than left to axolotl's defaults
-        entry.update(type="chat_template", chat_template="tokenizer_default", field_messages=data.fields["messages"],
-                     message_property_mappings={"role": "role", "content": "content"},
-                     roles={role: [role] for role in ("system", "user", "assistant")},
-                     roles_to_train=["assistant"], train_on_eos="turn")
+        entry.update(
+            type="chat_template",
+            chat_template="tokenizer_default",
+            field_messages=data.fields["messages"],
+            message_property_mappings={"role": "role", "content": "content"},
+            roles={role: [role] for role in ("system", "user", "assistant")},
+            roles_to_train=["assistant"],
+            train_on_eos="turn",
+        )
         return entry
     if data.is_text:
         entry.update(type="completion", field=data.fields["text"])
@@ -103,14 +122,18 @@ def dataset_entry(data: DataRef) -> dict:
 def chat_loss(data: DataRef) -> list[str]:
     """What axolotl's chat_template reads otherwise than planner in ``data``'s messages records."""
     if data.is_chat and "history" in data.chat:
-        return ["data: axolotl's chat_template trains every assistant turn (roles_to_train: [assistant]); planner trains the "
-                "last one only, and some records have earlier assistant turns (a false per-turn field named by "
-                "message_field_training on those turns would leave them out)"]
+        return [
+            "data: axolotl's chat_template trains every assistant turn (roles_to_train: [assistant]); planner trains the "
+            "last one only, and some records have earlier assistant turns (a false per-turn field named by "
+            "message_field_training on those turns would leave them out)"
+        ]
     return []
 
 
-KERNELS_NOTE = ("# LoRA: axolotl turns on its fused LoRA kernels (lora_mlp_kernel, lora_qkv_kernel, lora_o_kernel, lora_embedding_kernel)\n"
-                "# where a config leaves them unset; they need CUDA: on a machine without a GPU set all four to false\n")
+KERNELS_NOTE = (
+    "# LoRA: axolotl turns on its fused LoRA kernels (lora_mlp_kernel, lora_qkv_kernel, lora_o_kernel, lora_embedding_kernel)\n"
+    "# where a config leaves them unset; they need CUDA: on a machine without a GPU set all four to false\n"
+)
 
 
 def whole_layer_quantize_loss(plan: Plan, target: str, name: str, keys: dict) -> list[str]:
@@ -118,14 +141,18 @@ def whole_layer_quantize_loss(plan: Plan, target: str, name: str, keys: dict) ->
     leave ``keys`` (the trainer quantizes only under its own LoRA and refuses them otherwise), and a line says so."""
     for key in LEVERS["quantize"].export(target, plan.train, plan.layers_attribute).keys:
         keys.pop(key, None)
-    return [f"quantized frozen weights ({plan.train.quantize}): {name} quantizes only under its own LoRA, and this sampled "
-            f"plan is exported as whole-layer training: exported unquantized ({plan.train.dtype} weights)"]
+    return [
+        f"quantized frozen weights ({plan.train.quantize}): {name} quantizes only under its own LoRA, and this sampled "
+        f"plan is exported as whole-layer training: exported unquantized ({plan.train.dtype} weights)"
+    ]
 
 
 @register_exporter("axolotl")
 class AxolotlExporter(Exporter):
-    description = ("axolotl config: datasets, max_steps, lisa_n_layers / lisa_step_interval / lisa_layers_attribute "
-                   "(+ unfrozen_parameters), or adapter: lora|qlora for a LoRA plan")
+    description = (
+        "axolotl config: datasets, max_steps, lisa_n_layers / lisa_step_interval / lisa_layers_attribute "
+        "(+ unfrozen_parameters), or adapter: lora|qlora for a LoRA plan"
+    )
 
     def render(self, plan: Plan) -> Export:
         dtype, amp = plan.train.dtype, plan.train.amp
@@ -161,26 +188,40 @@ class AxolotlExporter(Exporter):
         else:
             n = active_layer_count(plan)
             cfg.update(lisa_n_layers=n, lisa_step_interval=plan.period, lisa_layers_attribute=path)
-            lost += draw_loss(plan, "axolotl LISA", f"lisa_n_layers={n} drawn uniformly from all {plan.num_layers} layers every {plan.period} steps")
+            lost += draw_loss(
+                plan,
+                "axolotl LISA",
+                f"lisa_n_layers={n} drawn uniformly from all {plan.num_layers} layers every {plan.period} steps",
+            )
             if plan.period > 1:
-                lost.append(f"schedule: axolotl's LISA also re-draws at step 1, so its first draw trains 1 step and the second {plan.period - 1}")
+                lost.append(
+                    f"schedule: axolotl's LISA also re-draws at step 1, so its first draw trains 1 step and the second {plan.period - 1}"
+                )
             lost += stale_state_loss(plan, "axolotl's LISA")
             unfrozen = [layer_pattern(path)]
         if not lora and (kind == "static" or not (plan.train_embeddings and plan.train_head)):
             # without unfrozen_parameters everything outside the layers trains; list what should
             cfg["unfrozen_parameters"] = unfrozen + [name_pattern(p) for p in outside_params(plan)]
         if plan.lora_rank and not lora:
-            lost.append(lora_as_full_loss(plan, "axolotl's LISA unfreezes every parameter of the drawn layers, "
-                                          "base weights included", "exported as LISA full fine-tuning of the drawn layers"))
-        header = (f"# planner export --to axolotl: plan for {plan.model} ({plan.num_layers} layers), {data.steps} steps on {data.path}\n"
-                  "# run: axolotl train axolotl.yaml\n")
+            lost.append(
+                lora_as_full_loss(
+                    plan,
+                    "axolotl's LISA unfreezes every parameter of the drawn layers, base weights included",
+                    "exported as LISA full fine-tuning of the drawn layers",
+                )
+            )
+        header = (
+            f"# planner export --to axolotl: plan for {plan.model} ({plan.num_layers} layers), {data.steps} steps on {data.path}\n"
+            "# run: axolotl train axolotl.yaml\n"
+        )
         levers = lever_items(plan, self.name)
         if lora:
             levers.keys.pop("lora_target_modules", None)  # written above with the module names peft gets
         elif plan.lora_rank and plan.train.quantize:
             lost += whole_layer_quantize_loss(plan, self.name, "axolotl", levers.keys)
         cfg.update(levers.keys)
-        if cfg.get("adapter") in ("lora", "qlora") and not cfg.get("load_in_8bit"):  # validation.py lora_kernels_auto_enable
+        # validation.py lora_kernels_auto_enable
+        if cfg.get("adapter") in ("lora", "qlora") and not cfg.get("load_in_8bit"):
             header += KERNELS_NOTE
         lost += levers.lost
         return Export(self.name, {"axolotl.yaml": header + yaml.safe_dump(cfg, sort_keys=False)}, lost)
@@ -194,7 +235,9 @@ class AxolotlExporter(Exporter):
         levers = set(lever_items(plan, "peft").lost)  # the levers' lines are axolotl's own (render adds them)
         names = arch_names(plan)
         modules, layers = list(config["target_modules"]), sorted(config["layers_to_transform"])
-        cfg.update(adapter="lora", lora_r=config["r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"])
+        cfg.update(
+            adapter="lora", lora_r=config["r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"]
+        )
         if set(modules) == set(names.layer_linear_modules) and not names.conv1d:
             cfg["lora_target_linear"] = True  # find_all_linear_names: every Linear but the output embedding
         else:

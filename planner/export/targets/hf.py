@@ -16,14 +16,25 @@ import dataclasses
 import json
 
 from planner.errors import PlannerError
-from planner.export.base import (hf_optim, Export, Exporter, fixed_layers, lever_items, active_layer_count, min_depth, model_id, model_loss, precision,
-                                 register_exporter)
+from planner.export.base import (
+    hf_optim,
+    Export,
+    Exporter,
+    fixed_layers,
+    lever_items,
+    active_layer_count,
+    min_depth,
+    model_id,
+    model_loss,
+    precision,
+    register_exporter,
+)
 from planner.export.data import output_dir
 
 ARGS_FILE = "training_args.json"
 SCRIPT_FILE = "train_layerwise.py"
 
-SCRIPT = '''\
+SCRIPT = """\
 #!/usr/bin/env python
 \"\"\"Layer-wise fine-tuning of {model} with the Hugging Face Trainer (written by `planner export --to hf`).
 
@@ -143,7 +154,7 @@ if __name__ == "__main__":
     except PlannerError as exc:
         print(exc, file=sys.stderr)
         sys.exit(2)
-'''
+"""
 
 
 def training_args(plan) -> dict:
@@ -201,20 +212,32 @@ class HFExporter(Exporter):
     description = "Hugging Face Trainer script with planner's LayerwiseCallback + training_args.json"
 
     def render(self, plan) -> Export:
-        from planner.sampling.scorers import SCORERS, scorer_options  # planner.sampling (torch): deferred, the exporters load with 'planner --help'
+        # planner.sampling (torch): deferred, the exporters load with 'planner --help'
+        from planner.sampling.scorers import SCORERS, scorer_options
 
         if plan.scorer not in SCORERS:  # the script would fail at its first line of training
-            raise PlannerError(f"plan scorer must be one of {sorted(SCORERS)} for the hf target, but got {plan.scorer!r}")
+            raise PlannerError(
+                f"plan scorer must be one of {sorted(SCORERS)} for the hf target, but got {plan.scorer!r}"
+            )
         unknown = sorted(set(plan.scorer_options) - set(scorer_options(plan.scorer)))
         if unknown and plan.layers is None:
-            raise PlannerError(f"plan scorer {plan.scorer!r} takes options {scorer_options(plan.scorer)}, but got unknown {unknown}")
+            raise PlannerError(
+                f"plan scorer {plan.scorer!r} takes options {scorer_options(plan.scorer)}, but got unknown {unknown}"
+            )
         sp = script_plan(plan)
         what = f"{sp['active_layers']} of {plan.num_layers} layers ({plan.layers_attribute})"
-        what += f", fixed {sp['scorer_options']['layers']}" if sp["scorer"] == "fixed" else f", scorer {plan.scorer!r}, re-drawn every {plan.period} steps"
+        what += (
+            f", fixed {sp['scorer_options']['layers']}"
+            if sp["scorer"] == "fixed"
+            else f", scorer {plan.scorer!r}, re-drawn every {plan.period} steps"
+        )
         script = SCRIPT.format(model=plan.model, summary=what, plan=_pyrepr(sp), args_file=ARGS_FILE, data=sp["data"])
         # the script reads --data as planner does (every format); without a recorded file it requires --data
-        return Export(self.name, {SCRIPT_FILE: script, ARGS_FILE: json.dumps(training_args(plan), indent=2) + "\n"},
-                      model_loss(plan) + lever_items(plan, self.name).lost)
+        return Export(
+            self.name,
+            {SCRIPT_FILE: script, ARGS_FILE: json.dumps(training_args(plan), indent=2) + "\n"},
+            model_loss(plan) + lever_items(plan, self.name).lost,
+        )
 
     def keys(self, filename: str, text: str) -> set[str]:
         if filename == ARGS_FILE:

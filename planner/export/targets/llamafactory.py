@@ -53,9 +53,27 @@ from pathlib import Path
 
 import yaml
 
-from planner.export.base import (DTYPE_BYTES, FP32_BYTES, hf_optim, Export, Exporter, lever_items, candidates, cyclic_order,
-                                 fixed_layers, active_layer_count, layer_state_bytes, lora_as_full_loss, min_depth, model_id, model_loss,
-                                 outside_params, precision, register_exporter, scorer_kind)
+from planner.export.base import (
+    DTYPE_BYTES,
+    FP32_BYTES,
+    hf_optim,
+    Export,
+    Exporter,
+    lever_items,
+    candidates,
+    cyclic_order,
+    fixed_layers,
+    active_layer_count,
+    layer_state_bytes,
+    lora_as_full_loss,
+    min_depth,
+    model_id,
+    model_loss,
+    outside_params,
+    precision,
+    register_exporter,
+    scorer_kind,
+)
 from planner.export.data import PLACEHOLDER, DataRef, data_of, output_dir
 from planner.export.names import arch_names
 from planner.export.targets.peft import PeftExporter
@@ -95,7 +113,7 @@ def badam_start(plan) -> int:
     """BAdam's ``start_block`` (a layer index) for the first block of the plan's cyclic schedule
     (``start_block`` there skips that many blocks of the first round)."""
     cand, n = candidates(plan), active_layer_count(plan)
-    blocks = [cand[i:i + n] for i in range(0, len(cand), n)]
+    blocks = [cand[i : i + n] for i in range(0, len(cand), n)]
     skip = int(plan.scorer_options.get("start_block", 0) or 0)
     if cyclic_order(plan) == "descending":
         return blocks[len(blocks) - 1 - skip][-1]
@@ -125,10 +143,13 @@ class LlamaFactoryExporter(Exporter):
         kind = scorer_kind(plan)
         layers = fixed_layers(plan)
         if kind != "static" and not badam_blocks_found(plan):
-            layers = candidates(plan)[-active_layer_count(plan):]
-            lost.append(f"BAdam finds its blocks with the regex {BADAM_BLOCK!r}, which matches no parameter of "
-                        f"{plan.layers_attribute}.N: LLaMA-Factory would stop at start; nearest: freeze tuning of layers {layers}")
-        lora = bool(plan.lora_rank) and kind == "static"  # a sampled LoRA plan keeps BAdam / freeze tuning (lost lines say so)
+            layers = candidates(plan)[-active_layer_count(plan) :]
+            lost.append(
+                f"BAdam finds its blocks with the regex {BADAM_BLOCK!r}, which matches no parameter of "
+                f"{plan.layers_attribute}.N: LLaMA-Factory would stop at start; nearest: freeze tuning of layers {layers}"
+            )
+        # a sampled LoRA plan keeps BAdam / freeze tuning (lost lines say so)
+        lora = bool(plan.lora_rank) and kind == "static"
         if lora:
             self._lora(plan, cfg, lost)
         elif layers is not None:
@@ -137,9 +158,20 @@ class LlamaFactoryExporter(Exporter):
             self._badam(plan, cfg, lost)
         # the export directory holds dataset_info.json: an absolute dataset_dir runs from anywhere
         where = str(self.out_dir.resolve()) if self.out_dir is not None else "export/llamafactory"
-        cfg.update(dataset=DATASET, dataset_dir=where, template="empty", cutoff_len=plan.train.seq_len, max_steps=data.steps,
-                   output_dir=output_dir("llamafactory"), learning_rate=plan.learning_rate, optim=hf_optim(plan.train.optimizer),
-                   per_device_train_batch_size=plan.train.batch_size, bf16=bf16, fp16=fp16, report_to="none")
+        cfg.update(
+            dataset=DATASET,
+            dataset_dir=where,
+            template="empty",
+            cutoff_len=plan.train.seq_len,
+            max_steps=data.steps,
+            output_dir=output_dir("llamafactory"),
+            learning_rate=plan.learning_rate,
+            optim=hf_optim(plan.train.optimizer),
+            per_device_train_batch_size=plan.train.batch_size,
+            bf16=bf16,
+            fp16=fp16,
+            report_to="none",
+        )
         if data.path == PLACEHOLDER:  # a relative file_name is read from dataset_dir
             lost = [line.replace(f"at {PLACEHOLDER}", f"at {where}/{PLACEHOLDER}") for line in lost]
         if data.is_text:  # one record per example, as planner reads text (pt packs records into blocks by default)
@@ -149,8 +181,10 @@ class LlamaFactoryExporter(Exporter):
             cfg["mask_history"] = True
             lost += chat_loss(data)
         else:
-            lost.append("data: LLaMA-Factory's 'empty' template joins prompt and answer without the newline planner puts between them "
-                        "and ends the answer without EOS")
+            lost.append(
+                "data: LLaMA-Factory's 'empty' template joins prompt and answer without the newline planner puts between them "
+                "and ends the answer without EOS"
+            )
         lost += self._dtype(plan, cfg, badam=layers is None)
         if not plan.train.gradient_checkpointing:
             cfg["disable_gradient_checkpointing"] = True
@@ -161,9 +195,14 @@ class LlamaFactoryExporter(Exporter):
             lost += whole_layer_quantize_loss(plan, self.name, "LLaMA-Factory", levers.keys)
         cfg.update(levers.keys)
         lost += levers.lost
-        header = (f"# planner export --to llamafactory: plan for {plan.model} ({plan.num_layers} layers), {data.steps} steps on {data.path}\n"
-                  f"# run: llamafactory-cli train {CONFIG_FILE} (the dataset is described in {where}/{INFO_FILE})\n")
-        files = {CONFIG_FILE: header + yaml.safe_dump(cfg, sort_keys=False), INFO_FILE: json.dumps(dataset_info(data), indent=2) + "\n"}
+        header = (
+            f"# planner export --to llamafactory: plan for {plan.model} ({plan.num_layers} layers), {data.steps} steps on {data.path}\n"
+            f"# run: llamafactory-cli train {CONFIG_FILE} (the dataset is described in {where}/{INFO_FILE})\n"
+        )
+        files = {
+            CONFIG_FILE: header + yaml.safe_dump(cfg, sort_keys=False),
+            INFO_FILE: json.dumps(dataset_info(data), indent=2) + "\n",
+        }
         return Export(self.name, files, lost)
 
     @staticmethod
@@ -171,25 +210,37 @@ class LlamaFactoryExporter(Exporter):
         n, trained = freeze_block(plan.num_layers, layers)
         cfg.update(finetuning_type="freeze", freeze_trainable_layers=n, freeze_trainable_modules="all")
         if trained != layers:
-            lost.append(f"fixed layers {layers}: freeze_trainable_layers selects only the first or last n layers; nearest: {n} trains {trained}")
+            lost.append(
+                f"fixed layers {layers}: freeze_trainable_layers selects only the first or last n layers; nearest: {n} trains {trained}"
+            )
         names = arch_names(plan)
         wanted = outside_params(plan)
         every_layer = trained == list(range(plan.num_layers))  # then a name inside any layer trains anyway
         extra = []
         for leaf in dict.fromkeys(p.split(".")[-2] for p in wanted):
             matched = [p for p in names.param_names if leaf in p]  # _setup_freeze_tuning matches by substring
-            unwanted = [p for p in matched if p not in wanted and not (every_layer and p.startswith(names.layers_path + "."))]
+            unwanted = [
+                p for p in matched if p not in wanted and not (every_layer and p.startswith(names.layers_path + "."))
+            ]
             if unwanted:
                 mine = [p for p in matched if p in wanted]
-                lost.append(f"{', '.join(mine)} stays frozen: freeze_extra_modules matches {leaf!r} as a substring, "
-                            f"which would also train {', '.join(_any_layer(names, unwanted))}")
+                lost.append(
+                    f"{', '.join(mine)} stays frozen: freeze_extra_modules matches {leaf!r} as a substring, "
+                    f"which would also train {', '.join(_any_layer(names, unwanted))}"
+                )
             else:
                 extra.append(leaf)
         if extra:
             cfg["freeze_extra_modules"] = ",".join(extra)
         if plan.lora_rank:
-            lost.append(lora_as_full_loss(plan, "LLaMA-Factory's LoRA cannot re-draw the layers it adapts", "exported as freeze tuning of the layers",
-                                          full_layers=len(trained)))
+            lost.append(
+                lora_as_full_loss(
+                    plan,
+                    "LLaMA-Factory's LoRA cannot re-draw the layers it adapts",
+                    "exported as freeze tuning of the layers",
+                    full_layers=len(trained),
+                )
+            )
 
     @staticmethod
     def _lora(plan, cfg: dict, lost: list[str]) -> None:
@@ -202,20 +253,29 @@ class LlamaFactoryExporter(Exporter):
         names = arch_names(plan)
         modules, layers = list(config["target_modules"]), sorted(config["layers_to_transform"])
         if layers != list(range(plan.num_layers)):
-            target = ",".join(f"{names.layers_path}.{i}.{m}" for i in layers for m in layer_module_paths(names, modules))
+            target = ",".join(
+                f"{names.layers_path}.{i}.{m}" for i in layers for m in layer_module_paths(names, modules)
+            )
         elif set(modules) == set(names.layer_linear_modules) and not names.conv1d:
             target = "all"  # find_all_linear_modules: every nn.Linear but lm_head, all inside the layers
         else:
             target = ",".join(modules)
-        cfg.update(finetuning_type="lora", lora_rank=config["r"], lora_alpha=config["lora_alpha"],
-                   lora_dropout=config["lora_dropout"], lora_target=target)
+        cfg.update(
+            finetuning_type="lora",
+            lora_rank=config["r"],
+            lora_alpha=config["lora_alpha"],
+            lora_dropout=config["lora_dropout"],
+            lora_target=target,
+        )
         if config.get("modules_to_save"):
             cfg["additional_target"] = ",".join(config["modules_to_save"])
         if config.get("ensure_weight_tying"):  # LLaMA-Factory builds its LoraConfig without it
             saved = [m for m in config["modules_to_save"] if m in (names.input_embedding, names.output_embedding)]
             other = names.output_embedding if saved == [names.input_embedding] else names.input_embedding
-            lost.append(f"tied embeddings: LLaMA-Factory passes no ensure_weight_tying to peft, so the shared weight trains as an "
-                        f"untied copy under {', '.join(saved)} and {other} keeps the original, frozen")
+            lost.append(
+                f"tied embeddings: LLaMA-Factory passes no ensure_weight_tying to peft, so the shared weight trains as an "
+                f"untied copy under {', '.join(saved)} and {other} keeps the original, frozen"
+            )
 
     @staticmethod
     def _badam(plan, cfg: dict, lost: list[str]) -> None:
@@ -225,30 +285,50 @@ class LlamaFactoryExporter(Exporter):
             mode = cyclic_order(plan)
         elif kind == "ordered":
             if plan.scorer_options.get("start_block"):
-                lost.append(f"start_block={plan.scorer_options['start_block']} with a random order: BAdam's random mode starts with a fresh permutation")
+                lost.append(
+                    f"start_block={plan.scorer_options['start_block']} with a random order: BAdam's random mode starts with a fresh permutation"
+                )
         elif kind == "uniform":
             lost.append("uniform draws: BAdam's random mode visits every layer once per round in a random order")
         elif kind == "static-deferred":
-            lost.append(f"scorer {plan.scorer!r} picks a fixed set once training starts: BAdam cannot; nearest: random order")
+            lost.append(
+                f"scorer {plan.scorer!r} picks a fixed set once training starts: BAdam cannot; nearest: random order"
+            )
         else:
-            lost.append(f"scorer {plan.scorer!r} (weighted draws): BAdam has no weighted switching; nearest: random order")
-        cfg.update(finetuning_type="full", use_badam=True, badam_mode="layer", badam_switch_mode=mode, badam_switch_interval=K)
+            lost.append(
+                f"scorer {plan.scorer!r} (weighted draws): BAdam has no weighted switching; nearest: random order"
+            )
+        cfg.update(
+            finetuning_type="full", use_badam=True, badam_mode="layer", badam_switch_mode=mode, badam_switch_interval=K
+        )
         if mode != "random":
             cfg["badam_start_block"] = badam_start(plan)
         if n != 1:
-            lost.append(f"active_layers={n}: BAdam's layer mode trains one layer at a time; nearest: 1 layer per {K} steps")
+            lost.append(
+                f"active_layers={n}: BAdam's layer mode trains one layer at a time; nearest: 1 layer per {K} steps"
+            )
         if min_depth(plan) > 0:
             below = "layer 0" if min_depth(plan) == 1 else f"layers 0..{min_depth(plan) - 1}"
             lost.append(f"min_depth={min_depth(plan)}: BAdam visits all {plan.num_layers} layers, {below} included")
         if K > 1:
-            lost.append(f"schedule: BAdam switches after the optimizer steps where (step + 1) % {K} == 0, so its first block trains {K - 1} steps, not {K}")
+            lost.append(
+                f"schedule: BAdam switches after the optimizer steps where (step + 1) % {K} == 0, so its first block trains {K - 1} steps, not {K}"
+            )
         if plan.train_embeddings or plan.train_head:
             parts = [p for p, on in (("embeddings", plan.train_embeddings), ("head", plan.train_head)) if on]
-            lost.append(f"trainable {' and '.join(parts)}: BAdam's layer mode keeps {'them' if len(parts) > 1 else 'it'} frozen")
+            lost.append(
+                f"trainable {' and '.join(parts)}: BAdam's layer mode keeps {'them' if len(parts) > 1 else 'it'} frozen"
+            )
         if plan.lora_rank:
-            lost.append(lora_as_full_loss(plan, "BAdam cannot be combined with LoRA", "exported as full-parameter BAdam", full_layers=1))
-        lost.append(f"memory: BAdam keeps a float32 copy of the active layer (and float32 moments and gradients for half "
-                    f"weights): +{badam_extra_bytes(plan):,} bytes that the plan's peak does not count")
+            lost.append(
+                lora_as_full_loss(
+                    plan, "BAdam cannot be combined with LoRA", "exported as full-parameter BAdam", full_layers=1
+                )
+            )
+        lost.append(
+            f"memory: BAdam keeps a float32 copy of the active layer (and float32 moments and gradients for half "
+            f"weights): +{badam_extra_bytes(plan):,} bytes that the plan's peak does not count"
+        )
 
     @staticmethod
     def _dtype(plan, cfg: dict, badam: bool) -> list[str]:
@@ -259,10 +339,16 @@ class LlamaFactoryExporter(Exporter):
             cfg["pure_bf16"] = True
         if dtype == "float16":
             cfg["fp16"] = True
-            return ["dtype=float16 weights without autocast: LLaMA-Factory has pure_bf16 only; nearest: fp16 autocast, trainable weights in float32"]
+            return [
+                "dtype=float16 weights without autocast: LLaMA-Factory has pure_bf16 only; nearest: fp16 autocast, trainable weights in float32"
+            ]
         if stored == dtype:
             return []
-        said = f"the checkpoint's dtype ({stored})" if stored else "the checkpoint's dtype, which the model's config does not state"
+        said = (
+            f"the checkpoint's dtype ({stored})"
+            if stored
+            else "the checkpoint's dtype, which the model's config does not state"
+        )
         kept = "" if dtype == "bfloat16" or badam else ", trainable ones upcast to float32"
         what = f"{dtype} weights" + (f" with {amp} autocast" if amp != "none" else "")
         return [f"dtype: LLaMA-Factory loads the weights in {said}{kept}; the plan is for {what}"]
@@ -273,18 +359,27 @@ class LlamaFactoryExporter(Exporter):
         return set(yaml.safe_load(text))
 
 
-SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-                 "system_tag": "system"}  # planner's messages keys and roles in sharegpt's tags
+SHAREGPT_TAGS = {
+    "role_tag": "role",
+    "content_tag": "content",
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "system_tag": "system",
+}  # planner's messages keys and roles in sharegpt's tags
 
 
 def chat_loss(data: DataRef) -> list[str]:
     """What LLaMA-Factory's sharegpt reading and parsed template do otherwise than planner with ``data``'s messages."""
-    lost = ["data: LLaMA-Factory renders the turns with the tokenizer's chat template parsed into one fixed form per role "
-            "(data/template.py parse_template), where planner applies the template itself: a template that writes a turn "
-            "differently by its position (a default system prompt, markers on the last turn) can differ"]
+    lost = [
+        "data: LLaMA-Factory renders the turns with the tokenizer's chat template parsed into one fixed form per role "
+        "(data/template.py parse_template), where planner applies the template itself: a template that writes a turn "
+        "differently by its position (a default system prompt, markers on the last turn) can differ"
+    ]
     if "irregular" in data.chat:
-        lost.append("data: LLaMA-Factory's sharegpt reader skips records whose turns are not user and assistant in "
-                    "alternation after one leading system turn; planner trains on them")
+        lost.append(
+            "data: LLaMA-Factory's sharegpt reader skips records whose turns are not user and assistant in "
+            "alternation after one leading system turn; planner trains on them"
+        )
     return lost
 
 
@@ -292,7 +387,14 @@ def dataset_info(data: DataRef) -> dict:
     """The ``dataset_info.json`` entry for ``data``: alpaca columns from planner's record fields."""
     source = {"hf_hub_url": data.path} if data.format == "datasets" else {"file_name": str(Path(data.path))}
     if data.is_chat:
-        return {DATASET: {**source, "formatting": "sharegpt", "columns": {"messages": data.fields["messages"]}, "tags": dict(SHAREGPT_TAGS)}}
+        return {
+            DATASET: {
+                **source,
+                "formatting": "sharegpt",
+                "columns": {"messages": data.fields["messages"]},
+                "tags": dict(SHAREGPT_TAGS),
+            }
+        }
     if data.is_text:
         columns = {"prompt": data.fields["text"]}
     else:

@@ -26,8 +26,21 @@ from __future__ import annotations
 
 import shlex
 
-from planner.export.base import (hf_optim, Export, Exporter, draw_loss, lever_items, fixed_layers, active_layer_count, lora_as_full_loss, model_id,
-                                 model_loss, precision, register_exporter, stale_state_loss)
+from planner.export.base import (
+    hf_optim,
+    Export,
+    Exporter,
+    draw_loss,
+    lever_items,
+    fixed_layers,
+    active_layer_count,
+    lora_as_full_loss,
+    model_id,
+    model_loss,
+    precision,
+    register_exporter,
+    stale_state_loss,
+)
 from planner.export.data import data_of, output_dir
 
 
@@ -44,12 +57,16 @@ class LMFlowExporter(Exporter):
         bf16, fp16 = precision(plan)
         n = active_layer_count(plan)
         every_layer = fixed_layers(plan) == list(range(plan.num_layers))
-        lisa: list[tuple[str, object]] = [] if every_layer else [
-            ("use_lisa", 1),
-            ("lisa_activated_layers", n),
-            ("lisa_interval_steps", plan.period),
-            ("lisa_layers_attribute", lmflow_layers_attribute(plan.layers_attribute)),
-        ]
+        lisa: list[tuple[str, object]] = (
+            []
+            if every_layer
+            else [
+                ("use_lisa", 1),
+                ("lisa_activated_layers", n),
+                ("lisa_interval_steps", plan.period),
+                ("lisa_layers_attribute", lmflow_layers_attribute(plan.layers_attribute)),
+            ]
+        )
         data = data_of(plan, "LMFlow", formats=())
         args: list[tuple[str, object]] = lisa + [
             ("max_steps", data.steps),
@@ -66,24 +83,39 @@ class LMFlowExporter(Exporter):
         lost = model_loss(plan) + [line for line in data.lost if "convert it" not in line]
         # LMFlow reads a directory of its own JSON: {"type": "text2text", "instances": [{"input": ..., "output": ...}]}
         if data.is_chat:
-            lost.append(f"data: LMFlow reads a directory of its own JSON format, for chat {{\"type\": \"conversation\", \"instances\": "
-                        f"[{{\"system\": the leading system turn's content, \"messages\": the other turns}}]}}, not {data.path}; "
-                        f"convert it and pass the directory as DATASET_DIR")
-            lost.append("data: LMFlow's conversation tokenizer puts the loss on the tokens the chat template marks with "
-                        "{% generation %} (none in most templates) and on every assistant turn; planner's is on the last "
-                        "assistant turn as the template renders it")
+            lost.append(
+                f'data: LMFlow reads a directory of its own JSON format, for chat {{"type": "conversation", "instances": '
+                f'[{{"system": the leading system turn\'s content, "messages": the other turns}}]}}, not {data.path}; '
+                f"convert it and pass the directory as DATASET_DIR"
+            )
+            lost.append(
+                "data: LMFlow's conversation tokenizer puts the loss on the tokens the chat template marks with "
+                "{% generation %} (none in most templates) and on every assistant turn; planner's is on the last "
+                "assistant turn as the template renders it"
+            )
         else:
-            lost.append(f"data: LMFlow reads a directory of its own JSON format ({{\"type\": \"text_only\" or \"text2text\", \"instances\": "
-                        f"[...]}}), not {data.path}; convert it and pass the directory as DATASET_DIR")
+            lost.append(
+                f'data: LMFlow reads a directory of its own JSON format ({{"type": "text_only" or "text2text", "instances": '
+                f"[...]}}), not {data.path}; convert it and pass the directory as DATASET_DIR"
+            )
         if not every_layer:  # every layer at once is plain full fine-tuning, LMFlow's default
-            lost += draw_loss(plan, "LMFlow LISA", f"--lisa_activated_layers {n} drawn uniformly from all {plan.num_layers} layers every {plan.period} steps")
+            lost += draw_loss(
+                plan,
+                "LMFlow LISA",
+                f"--lisa_activated_layers {n} drawn uniformly from all {plan.num_layers} layers every {plan.period} steps",
+            )
             lost += stale_state_loss(plan, "LMFlow's LISA")
         if not plan.train_embeddings or not plan.train_head:
             frozen = [part for part, on in (("embeddings", plan.train_embeddings), ("head", plan.train_head)) if not on]
             lost.append(f"frozen {' and '.join(frozen)}: LMFlow trains every parameter outside the decoder layers")
         if plan.lora_rank:
-            lost.append(lora_as_full_loss(plan, "LMFlow's LISA switches whole layers (--use_lora is a separate mode)",
-                                          "exported as full fine-tuning of the layers"))
+            lost.append(
+                lora_as_full_loss(
+                    plan,
+                    "LMFlow's LISA switches whole layers (--use_lora is a separate mode)",
+                    "exported as full fine-tuning of the layers",
+                )
+            )
         levers = lever_items(plan, self.name)
         args += list(levers.keys.items())
         lost += levers.lost
@@ -108,4 +140,3 @@ class LMFlowExporter(Exporter):
 
     def keys(self, filename: str, text: str) -> set[str]:
         return {tok[2:] for tok in shlex.split(text, comments=True) if tok.startswith("--")}
-

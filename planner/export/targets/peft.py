@@ -22,8 +22,22 @@ import dataclasses
 import json
 from typing import Any
 
-from planner.export.base import (lever_items, DTYPE_BYTES, FP32_BYTES, Export, Exporter, candidates, fixed_layers, active_layer_count, model_id,
-                                 model_loss, outside_params, register_exporter, scorer_kind, state_bytes)
+from planner.export.base import (
+    lever_items,
+    DTYPE_BYTES,
+    FP32_BYTES,
+    Export,
+    Exporter,
+    candidates,
+    fixed_layers,
+    active_layer_count,
+    model_id,
+    model_loss,
+    outside_params,
+    register_exporter,
+    scorer_kind,
+    state_bytes,
+)
 from planner.export.names import arch_names
 
 DEFAULT_RANK = 8  # peft's LoraConfig default r
@@ -50,17 +64,23 @@ class PeftExporter(Exporter):
             layers = fixed
         else:
             layers = candidates(plan)
-            lost.append(f"dynamic plan ({plan.active_layers} of {plan.num_layers} layers re-drawn every {plan.period} steps by {plan.scorer!r}): "
-                        f"peft's layers_to_transform is fixed; nearest: LoRA on every layer the plan may draw, {layers[0]}..{layers[-1]}, all at once")
+            lost.append(
+                f"dynamic plan ({plan.active_layers} of {plan.num_layers} layers re-drawn every {plan.period} steps by {plan.scorer!r}): "
+                f"peft's layers_to_transform is fixed; nearest: LoRA on every layer the plan may draw, {layers[0]}..{layers[-1]}, all at once"
+            )
         rank = plan.lora_rank or DEFAULT_RANK
         if scorer_kind(plan) != "static" and plan.lora_rank:
             more = len(layers) - active_layer_count(plan)
             # peft keeps adapters in float32; each trains with its gradient and optimizer state
             adapters = [(rank * n, FP32_BYTES) for shape in names.linear_shapes for n in shape] * more
             extra = state_bytes(plan, adapters) + sum(n * e for n, e in adapters)
-            lost.append(f"memory: the adapters of {more} more layers train at once: +{extra:,} bytes of gradients and optimizer state that the plan's peak does not count")
+            lost.append(
+                f"memory: the adapters of {more} more layers train at once: +{extra:,} bytes of gradients and optimizer state that the plan's peak does not count"
+            )
         if not plan.lora_rank:
-            lost.append(f"full fine-tuning of the chosen layers: peft trains low-rank adapters; nearest: LoRA r={rank} on every linear map in them")
+            lost.append(
+                f"full fine-tuning of the chosen layers: peft trains low-rank adapters; nearest: LoRA r={rank} on every linear map in them"
+            )
         save, tie = self._modules_to_save(plan, names, lost)
         tying: dict[str, Any] = {"ensure_weight_tying": tie} if tie else {}  # a keyword older peft lacks
         levers = lever_items(plan, self.name)  # target_modules of --lora-targets; lost lines for the rest
@@ -93,8 +113,14 @@ class PeftExporter(Exporter):
             out, inp = names.output_embedding, names.input_embedding
             pick = next((m for m in (inp, out) if m and m.rsplit(".", 1)[-1] in TIE_NAMES), None)
             if pick is None or "ensure_weight_tying" not in _lora_fields():
-                why = f"unless the module is named one of {list(TIE_NAMES)}" if pick is None else "(this peft has no ensure_weight_tying)"
-                lost.append(f"tied embeddings: peft keeps {out} on the original {shared} {why}; the output embedding stays frozen")
+                why = (
+                    f"unless the module is named one of {list(TIE_NAMES)}"
+                    if pick is None
+                    else "(this peft has no ensure_weight_tying)"
+                )
+                lost.append(
+                    f"tied embeddings: peft keeps {out} on the original {shared} {why}; the output embedding stays frozen"
+                )
             else:
                 tie = True
                 modules = [pick if m == inp else m for m in modules]
@@ -102,7 +128,9 @@ class PeftExporter(Exporter):
             e = DTYPE_BYTES[plan.train.dtype]
             owner = lambda m: names.input_embedding if names.tied and m == names.output_embedding else m  # noqa: E731 - a tied head's weight
             copied = sum(names.module_numel(owner(m)) for m in modules) * e
-            lost.append(f"memory: modules_to_save trains a copy of {', '.join(modules)} beside the frozen originals: +{copied:,} bytes of weights that the plan's peak does not count")
+            lost.append(
+                f"memory: modules_to_save trains a copy of {', '.join(modules)} beside the frozen originals: +{copied:,} bytes of weights that the plan's peak does not count"
+            )
         return modules, tie
 
     def keys(self, filename: str, text: str) -> set[str]:

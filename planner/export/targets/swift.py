@@ -53,10 +53,22 @@ from planner.export.names import arch_names
 from planner.export.targets.peft import PeftExporter
 
 SCRIPT_FILE = "swift_sft.sh"
-SWIFT_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral", "gemma": "gemma",
-                     "gemma2": "gemma2", "phi3": "phi3"}  # swift/model/constant.py LLMModelType names of HF model types
-SWIFT_COLUMNS = {"prompt": "query", "input": "input", "answer": "response", "text": "response",
-                 "messages": "messages"}  # swift's standard columns
+SWIFT_MODEL_TYPES = {
+    "llama": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "mistral": "mistral",
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+    "phi3": "phi3",
+}  # swift/model/constant.py LLMModelType names of HF model types
+SWIFT_COLUMNS = {
+    "prompt": "query",
+    "input": "input",
+    "answer": "response",
+    "text": "response",
+    "messages": "messages",
+}  # swift's standard columns
 
 
 def layer_prefix(layers_path: str, i: int) -> str:
@@ -71,7 +83,9 @@ def lora_regex(layers_path: str, layers: list[int], modules: tuple[str, ...]) ->
 
 @register_exporter("swift")
 class SwiftExporter(Exporter):
-    description = "ms-swift `swift sft` script: LISA (--lisa_activated_layers/--lisa_step_interval), a static set, or LoRA"
+    description = (
+        "ms-swift `swift sft` script: LISA (--lisa_activated_layers/--lisa_step_interval), a static set, or LoRA"
+    )
 
     def render(self, plan) -> Export:
         bf16, fp16 = precision(plan)
@@ -96,12 +110,16 @@ class SwiftExporter(Exporter):
         ]
         if data.is_chat:  # the model's chat format, the loss on the last assistant turn only, as planner trains
             args.append(("loss_scale", "last_round"))
-            lost.append("data: ms-swift renders the turns with its own registered template for the model type, not the "
-                        "tokenizer's chat template that planner applies (swift's jinja backend is for inference only): the "
-                        "same text where ms-swift's template reproduces the model's")
+            lost.append(
+                "data: ms-swift renders the turns with its own registered template for the model type, not the "
+                "tokenizer's chat template that planner applies (swift's jinja backend is for inference only): the "
+                "same text where ms-swift's template reproduces the model's"
+            )
         elif not data.is_text:
-            lost.append("data: ms-swift's generation template (--use_chat_template false) joins prompt and answer without "
-                        "the newline planner puts between them")
+            lost.append(
+                "data: ms-swift's generation template (--use_chat_template false) joins prompt and answer without "
+                "the newline planner puts between them"
+            )
         # swift finds a hub model's type itself; a local directory needs it named
         model_type = SWIFT_MODEL_TYPES.get(plan.model_type) if Path(model_id(plan)).is_dir() else None
         columns = {f: SWIFT_COLUMNS[role] for role, f in data.fields.items() if SWIFT_COLUMNS[role] != f}
@@ -139,17 +157,25 @@ class SwiftExporter(Exporter):
         if fixed is not None:  # a static plan (scorer_kind)
             if fixed == list(range(plan.num_layers)) and set(wanted) == set(_outside(names)):
                 return args  # every parameter: plain full fine-tuning
-            args += [("freeze_parameters_ratio", 1),
-                     ("trainable_parameters", [layer_prefix(names.layers_path, i) for i in fixed] + wanted)]
+            args += [
+                ("freeze_parameters_ratio", 1),
+                ("trainable_parameters", [layer_prefix(names.layers_path, i) for i in fixed] + wanted),
+            ]
             return args
         n = active_layer_count(plan)
         args += [("lisa_activated_layers", n), ("lisa_step_interval", plan.period)]
         frozen = [p for p in _outside(names) if p not in wanted]
         if frozen:
             args.append(("freeze_parameters", frozen))
-        lost += draw_loss(plan, "ms-swift's LISA", f"--lisa_activated_layers {n} drawn uniformly from all {plan.num_layers} layers every {plan.period} steps")
+        lost += draw_loss(
+            plan,
+            "ms-swift's LISA",
+            f"--lisa_activated_layers {n} drawn uniformly from all {plan.num_layers} layers every {plan.period} steps",
+        )
         if plan.period > 1:
-            lost.append(f"schedule: ms-swift's LISA also re-draws at step 1, so its first draw trains 1 step and the second {plan.period - 1}")
+            lost.append(
+                f"schedule: ms-swift's LISA also re-draws at step 1, so its first draw trains 1 step and the second {plan.period - 1}"
+            )
         lost += stale_state_loss(plan, "ms-swift's LISA")
         return args
 
@@ -168,13 +194,18 @@ class SwiftExporter(Exporter):
             ("lora_rank", config["r"]),
             ("lora_alpha", config["lora_alpha"]),
             ("lora_dropout", config["lora_dropout"]),
-            ("target_regex", lora_regex(names.layers_path, config["layers_to_transform"], tuple(config["target_modules"]))),
+            (
+                "target_regex",
+                lora_regex(names.layers_path, config["layers_to_transform"], tuple(config["target_modules"])),
+            ),
         ]
         if config.get("modules_to_save"):
             args.append(("modules_to_save", list(config["modules_to_save"])))
         if config.get("ensure_weight_tying"):  # swift builds its LoraConfig without it
-            lost.append(f"tied embeddings: ms-swift passes no ensure_weight_tying to peft, so {names.output_embedding} trains as an "
-                        f"untied copy and the input embedding {names.input_embedding} stays frozen")
+            lost.append(
+                f"tied embeddings: ms-swift passes no ensure_weight_tying to peft, so {names.output_embedding} trains as an "
+                f"untied copy and the input embedding {names.input_embedding} stays frozen"
+            )
         return args
 
     def keys(self, filename: str, text: str) -> set[str]:

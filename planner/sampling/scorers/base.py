@@ -44,7 +44,9 @@ def get_scorer(name: str, **options: Any) -> "Scorer":
     return SCORERS[name](**options)
 
 
-def draw_without_replacement(rng: np.random.Generator, candidates: list[int], weights: list[float], k: int) -> list[int]:
+def draw_without_replacement(
+    rng: np.random.Generator, candidates: list[int], weights: list[float], k: int
+) -> list[int]:
     """Draw ``k`` distinct candidates with probability proportional to ``weights`` (sequentially, as numpy does)."""
     w = np.asarray(weights, dtype=float)
     w = np.where(np.isfinite(w) & (w > 0), w, 0.0)

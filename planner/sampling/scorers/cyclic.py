@@ -33,11 +33,13 @@ class CyclicScorer(Scorer):
     def bind(self, sampler) -> None:
         super().bind(sampler)
         cand = self.candidates
-        self.blocks = [cand[i:i + self.active_layers] for i in range(0, len(cand), self.active_layers)]
+        self.blocks = [cand[i : i + self.active_layers] for i in range(0, len(cand), self.active_layers)]
         if len(self.blocks[-1]) < self.active_layers:
-            self.blocks[-1] = cand[-self.active_layers:]
+            self.blocks[-1] = cand[-self.active_layers :]
         if self.start_block >= len(self.blocks):
-            raise PlannerError(f"cyclic scorer `start_block < {len(self.blocks)}` (the number of blocks) must hold, but got start_block={self.start_block}")
+            raise PlannerError(
+                f"cyclic scorer `start_block < {len(self.blocks)}` (the number of blocks) must hold, but got start_block={self.start_block}"
+            )
         self.current: list[int] | None = None
 
     def _next_round(self) -> list[int]:

@@ -23,7 +23,9 @@ class FixedScorer(Scorer):
         if self.layers is None:
             k = self.active_layers if self.top is None else int(self.top)
             if not 1 <= k <= len(self.candidates):
-                raise PlannerError(f"fixed scorer `top` must satisfy 1 <= top <= {len(self.candidates)}, but got top={k}")
+                raise PlannerError(
+                    f"fixed scorer `top` must satisfy 1 <= top <= {len(self.candidates)}, but got top={k}"
+                )
             self.layers = self.candidates[-k:]
         problems = []
         bad = [i for i in self.layers if i not in self.candidates]
@@ -32,7 +34,9 @@ class FixedScorer(Scorer):
         if len(set(self.layers)) != len(self.layers):
             problems.append(f"fixed layers must not repeat an index, but got {self.layers}")
         if len(self.layers) != self.active_layers:
-            problems.append(f"active_layers must equal the number of fixed layers, but got active_layers={self.active_layers} with layers={self.layers}")
+            problems.append(
+                f"active_layers must equal the number of fixed layers, but got active_layers={self.active_layers} with layers={self.layers}"
+            )
         collect(problems)
         self.layers = sorted(self.layers)
 

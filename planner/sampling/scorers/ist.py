@@ -29,13 +29,22 @@ def _sigmoid(x: float) -> float:
 class ISTScorer(Scorer):
     """Layer scores learned from the loss of suppression rollouts; draws weighted by σ(−s)."""
 
-    def __init__(self, *, update_every: int = 10, rollouts: int = 3, suppress_ratio: float = 0.5,
-                 alpha: float = 0.25, eta: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        update_every: int = 10,
+        rollouts: int = 3,
+        suppress_ratio: float = 0.5,
+        alpha: float = 0.25,
+        eta: float = 10.0,
+    ) -> None:
         problems = []
         if update_every < 1:
             problems.append(f"ist scorer `update_every >= 1` must hold, but got update_every={update_every}")
         if rollouts < 2:
-            problems.append(f"ist scorer `rollouts >= 2` must hold (the reward is relative), but got rollouts={rollouts}")
+            problems.append(
+                f"ist scorer `rollouts >= 2` must hold (the reward is relative), but got rollouts={rollouts}"
+            )
         if not 0 < suppress_ratio < 1:
             problems.append(f"ist scorer `0 < suppress_ratio < 1` must hold, but got suppress_ratio={suppress_ratio}")
         if not 0 <= alpha < 1:

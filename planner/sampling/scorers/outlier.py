@@ -74,7 +74,9 @@ class OutlierScorer(Scorer):
             sq = x.reshape(-1, x.shape[-1]).pow(2).sum(0)
             sums[id(module)] = sums.get(id(module), 0) + sq
 
-        handles = [m.register_forward_pre_hook(hook) for layer in self.sampler.parts.layers for m, _ in layer_linears(layer)]
+        handles = [
+            m.register_forward_pre_hook(hook) for layer in self.sampler.parts.layers for m, _ in layer_linears(layer)
+        ]
         forward_with_hooks(model, batch, handles)
         self.shares = self.outlier_shares({k: v.sqrt() for k, v in sums.items()})
         self.calibrated = True

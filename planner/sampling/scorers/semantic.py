@@ -55,7 +55,9 @@ class SemanticScorer(Scorer):
     def bind(self, sampler) -> None:
         super().bind(sampler)
         if self.sampler.parts.head_module is None or getattr(self.sampler.parts.head_module, "weight", None) is None:
-            raise PlannerError(f"semantic scorer needs an output embedding, but {type(sampler.model).__name__} has none")
+            raise PlannerError(
+                f"semantic scorer needs an output embedding, but {type(sampler.model).__name__} has none"
+            )
 
     def measure(self, model, batch: dict) -> list[float]:
         """δ_l of every layer on ``batch`` (labels, or input_ids when absent, give the targets)."""
@@ -68,6 +70,7 @@ class SemanticScorer(Scorer):
         def output_of(i):
             def hook(module, args, output):
                 states[i] = (output[0] if isinstance(output, tuple) else output).detach()
+
             return hook
 
         handles = [layers[0].register_forward_pre_hook(first_input, with_kwargs=True)]
