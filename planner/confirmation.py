@@ -1,6 +1,6 @@
 """A plan's confirmation record: its candidates re-trained with several seeds, and the margins over the baselines.
 
-Written by ``planner tune`` (see :mod:`planner.tune.confirm` for how it is measured) into the plan file.
+Written by ``planner tune`` (see :mod:`planner.tune.study.confirm` for how it is measured) into the plan file.
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ class Plan(BaseModel):
     train_embeddings: bool = True
     train_head: bool = True
     learning_rate: float = Field(
-        gt=0, description="for the target (from the proxy's by the rule in planner.tune.mapping)"
+        gt=0, description="for the target (from the proxy's by the rule in planner.tune.proxy.mapping)"
     )
     lora_rank: int | None = None
     # the training configuration the memory was predicted for

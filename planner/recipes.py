@@ -1,5 +1,5 @@
 """Memory recipes people run instead of a layer-wise plan: lever settings by name, one definition for the
-estimate table (planner.cost.plans) and the tuner's baselines (planner.tune.baselines).
+estimate table (planner.cost.plans) and the tuner's baselines (planner.tune.study.baselines).
 
 - ``CHECKPOINTING``: transformers' gradient checkpointing, what a 24 GB user turns on first;
 - ``QLORA``: NF4 base weights with double quantization and checkpointing (Dettmers et al. 2023, "QLoRA";

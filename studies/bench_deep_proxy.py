@@ -1,7 +1,7 @@
 """Can a proxy as deep as the target rank the few active layers a 24-48 GB budget allows?
 
 The built-in proxy has 8 layers, so the γ ≤ 6 of Llama-3-8B's 32 that fit 24-48 GB map to γ ≤ 2 of
-8 (planner.tune.mapping) and the search cannot tell them apart (reports/bench_workloads.txt). Here a
+8 (planner.tune.proxy.mapping) and the search cannot tell them apart (reports/bench_workloads.txt). Here a
 proxy with the target's depth and a quarter of the width (32 layers, hidden 64: 1.19M parameters,
 the built-in proxy's size and pretraining recipe otherwise) is pretrained once and trained at the
 γ that fit, LISA's other defaults (K=20, uniform, embeddings and head), the spread benchmark's

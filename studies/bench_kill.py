@@ -73,7 +73,7 @@ def write_workload(root: Path) -> tuple[str, str]:
 def worker_main(log: str, argv: list[str]) -> int:
     """One ``planner tune`` process whose objective appends every trained trial to ``log``."""
     from planner.cli.main import main
-    from planner.tune.lifecycle import GuardedObjective
+    from planner.tune.storage.lifecycle import GuardedObjective
 
     call = GuardedObjective.__call__
 
@@ -157,10 +157,10 @@ def examine(storage, study, n_trials, log, errdir, journal):
     import optuna
     from optuna.trial import TrialState
 
-    from planner.tune import record
-    from planner.tune.baselines import KINDS
-    from planner.tune.record import WORKER_DIED, counted, interrupted
-    from planner.tune.storage import open_storage
+    from planner.tune.study import record
+    from planner.tune.study.baselines import KINDS
+    from planner.tune.study.record import WORKER_DIED, counted, interrupted
+    from planner.tune.storage.backends import open_storage
 
     trials = optuna.load_study(storage=open_storage(storage), study_name=study).trials
     done = [t for t in trials if counted(t)]
@@ -218,7 +218,7 @@ def bench(kind: str, args, out) -> dict:
     argv = tune_argv(model, data, storage, "kill", args.n_trials, args.steps, str(tmp / "plan.yaml"))
     signals, unexpected = Counter(), []
     t0 = time.time()
-    from planner.tune.storage import open_storage
+    from planner.tune.storage.backends import open_storage
 
     watch = open_storage(storage)
     for r in range(args.rounds):
@@ -251,7 +251,7 @@ def go():
         estimate(spec, TrainConfig(batch_size=b, seq_len=256, active_layers=2), device="cpu")
 print("ready", flush=True)
 if sys.argv[1] == "planner":
-    from planner.tune.signals import interrupts_as_keyboard_interrupt
+    from planner.tune.storage.signals import interrupts_as_keyboard_interrupt
     with interrupts_as_keyboard_interrupt():
         go()
 else:

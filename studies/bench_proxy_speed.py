@@ -1,7 +1,7 @@
 """Where a default proxy run's CPU time goes: `planner tune --vram 24GB`'s trials, one at a time.
 
 Builds the default workload (the built-in proxy on ``maximum``) and trains representative points
-with :func:`planner.tune.proxy.run_proxy` exactly as a study does (150 steps at batch 32, an
+with :func:`planner.tune.proxy.train.run_proxy` exactly as a study does (150 steps at batch 32, an
 evaluation every 50 steps, the accuracy decoded after the last one), with one PyTorch thread:
 
 - ``lisa``: LISA's defaults, γ=2 K=20 uniform, embeddings and head trained (the baseline);
@@ -38,12 +38,12 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 import planner.data.workload as workload_mod
-import planner.tune.proxy as proxy_mod
+import planner.tune.proxy.train as proxy_mod
 from planner.data.default import BATCH_SIZE, default_workload
 from planner.data.workload import EVAL_BATCH, Workload
 from planner.sampling import LayerSampler
-from planner.tune.baselines import LORA_BASELINE_RANK, LORA_LR_FACTOR
-from planner.tune.space import DEFAULT_LR, TrialParams
+from planner.tune.study.baselines import LORA_BASELINE_RANK, LORA_LR_FACTOR
+from planner.tune.search.space import DEFAULT_LR, TrialParams
 
 STEPS, EVAL_EVERY = 150, 50  # the default study's (planner tune: --steps 150, 3 evaluations)
 POINTS = {

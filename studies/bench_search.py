@@ -1,7 +1,7 @@
 """How many trials does the search need? TPE vs random search against an exhaustive grid.
 
 1. Train every point of a discretized search space of the default workload with the tuner's
-   own proxy trainer (``planner.tune.proxy.run_proxy``) at `planner tune`'s default proxy run
+   own proxy trainer (``planner.tune.proxy.train.run_proxy``) at `planner tune`'s default proxy run
    (150 steps of the workload's batch), once per grid seed (``GRID_SEEDS``), and cache the measured
    metric (``studies/bench_search_grid.json``; re-measured when the proxy model, its workload, its
    metric or the run changes). Then a race refines the top: seed after seed (up to
@@ -10,13 +10,13 @@
    rather than by two seeds' luck; the rest are settled worse. A point's value is its mean over its
    seeds (every point shares each seed's data order, as the trials of one study do). The grid:
    γ 1..G (G = ``MAX_ACTIVE_LAYERS`` = 8 of the default proxy's 32 layers: as a budget bounds the real
-   search, planner.tune.bounded) x 2 scorers (uniform: LISA's; ist: importance-weighted) x
+   search, planner.tune.search.bounded) x 2 scorers (uniform: LISA's; ist: importance-weighted) x
    embeddings on/off (head trainable) x 2 learning rates (DEFAULT_LR and a third of it), K = LISA's
    20: 64 points.
 2. For each search seed, run Optuna with each sampler variant on the same space, a trial's
    value looked up in the grid, and count the trials each needs to come within ``TOLERANCE``
    (relative) of the grid's best. ``tpe`` and ``random`` are `planner tune`'s own samplers
-   (``planner.tune.samplers.study_sampler``, as the study draws); the others change one of its
+   (``planner.tune.search.samplers.study_sampler``, as the study draws); the others change one of its
    TPE settings (the share of trials modelled as good, start-up trials, multivariate). ``+queued``
    starts, as a study does, with the trials `planner tune` queues before searching (LISA's
    defaults and the point with the most layers that fit, γ = G; full fine-tuning, γ = L, would be
@@ -56,7 +56,7 @@ SEARCH_SEEDS = 100
 TARGET_SHARE = 0.20
 RACE_Z = 3.0  # standard errors of the gap to the leader before a point leaves the race
 RACE_SEEDS = 16
-# G: the most active layers the bounded search draws (planner.tune.bounded.largest_fitting_active_layers): 8 for
+# G: the most active layers the bounded search draws (planner.tune.search.bounded.largest_fitting_active_layers): 8 for
 # `planner tune --vram 32GB` on Llama-3-8B (bfloat16, batch 1 x 1024, AdamW); 3 at 24GB, 12 at 40GB, 17 at 48GB.
 MAX_ACTIVE_LAYERS = 8
 
@@ -65,13 +65,13 @@ GRID_WALL = None  # wall seconds the grid took to measure (from the cache)
 
 
 def lrs() -> tuple[float, ...]:
-    from planner.tune.space import DEFAULT_LR
+    from planner.tune.search.space import DEFAULT_LR
 
     return (DEFAULT_LR / 3, DEFAULT_LR)
 
 
 def space():
-    from planner.tune.space import SearchSpace
+    from planner.tune.search.space import SearchSpace
 
     wl = _workload()
     return SearchSpace(
@@ -105,7 +105,7 @@ def _key(p) -> str:
 def _measure(job):
     import torch
 
-    from planner.tune.proxy import run_proxy
+    from planner.tune.proxy.train import run_proxy
 
     p, seed = job
     torch.set_num_threads(1)
@@ -220,7 +220,7 @@ def _snap(p, s):
 def queued_points(s) -> list:
     """What `planner tune` trains before searching, as grid points: LISA's defaults (embeddings and head,
     DEFAULT_LR), then the most layers that fit (γ = G). Full fine-tuning (γ = L > G) would be gated, not trained."""
-    from planner.tune.baselines import baseline_points, offered_points
+    from planner.tune.study.baselines import baseline_points, offered_points
 
     base = baseline_points(s)
     fixed = [
@@ -254,7 +254,7 @@ VARIANTS = {
 
 
 def make(variant: str, seed: int):
-    from planner.tune.samplers import good_trials, make_sampler, study_sampler
+    from planner.tune.search.samplers import good_trials, make_sampler, study_sampler
 
     base = variant.split("@")[0].split("+")[0]
     if base in ("tpe", "random"):  # exactly what `planner tune --sampler tpe|random` draws with

@@ -5,11 +5,11 @@ layers, tied embeddings), spanning γ (active layers), ``min_depth``, K (steps b
 scorer (uniform, ist, gradnorm, semantic, cyclic), embeddings/head trainable or frozen, LoRA (the
 baseline's rank 16 on every layer) and full fine-tuning. Learning rates are the target's: 3e-4 for
 layer weights, 5x that for LoRA (the baseline's factor); a proxy narrower than the target trains at
-``lr * d_target / d_proxy`` (the inverse of :func:`planner.tune.mapping.target_lr`, the rule
+``lr * d_target / d_proxy`` (the inverse of :func:`planner.tune.proxy.mapping.target_lr`, the rule
 ``planner tune`` uses to carry a proxy's rate to the target), snapped into the search's range.
 
-Every run is :func:`planner.tune.proxy.run_proxy` on a :class:`planner.data.Workload` with the proxy
-point :func:`planner.tune.mapping.proxy_params` maps the plan to: what a trial of ``planner tune`` trains.
+Every run is :func:`planner.tune.proxy.train.run_proxy` on a :class:`planner.data.Workload` with the proxy
+point :func:`planner.tune.proxy.mapping.proxy_params` maps the plan to: what a trial of ``planner tune`` trains.
 Score: the held-out eval loss on answer tokens (nats per token; lower is better).
 
 Tasks (both with SmolLM2's tokenizer and chat template for the SmolLM2-based models):
@@ -66,7 +66,7 @@ TARGET = "smollm2-135m"
 TARGET_LAYERS = 30
 TARGET_HIDDEN = 576
 LR = 3e-4  # the target's rate for layer weights
-LORA_LR = LR * 5  # planner.tune.baselines.LORA_LR_FACTOR
+LORA_LR = LR * 5  # planner.tune.study.baselines.LORA_LR_FACTOR
 TASKS = ("docs", "maximum")
 N_RECORDS = 640
 MAX_SEQ_LEN = 64
@@ -77,11 +77,11 @@ REF_SEEDS = (0, 1)
 SHORT_STEPS = 6
 TRUNC_LAYERS = 8
 TRUNC_STEPS, TRUNC_EVERY, TRUNC_BATCH = REF_STEPS, REF_STEPS, REF_BATCH
-BUILTIN_STEPS, BUILTIN_EVERY = 150, 50  # planner.tune.study.DEFAULT_STEPS, DEFAULT_EVALS = 3
+BUILTIN_STEPS, BUILTIN_EVERY = 150, 50  # planner.tune.run.DEFAULT_STEPS, DEFAULT_EVALS = 3
 
 
 def _plans() -> dict:
-    from planner.tune.space import TrialParams
+    from planner.tune.search.space import TrialParams
 
     def p(active_layers, period, scorer, emb, head, *, depth=0, lora=None):
         return TrialParams(
@@ -361,7 +361,7 @@ def workload(task: str, model: str, data: dict, work: Path):
 
     files = data[task]
     if model == "builtin":
-        from planner.tune.proxy_source import builtin_layers
+        from planner.tune.proxy.source import builtin_layers
 
         wl = load_workload(data=files["builtin"], seed=0, max_examples=N_RECORDS, layers=builtin_layers(TARGET_LAYERS))
     else:
@@ -378,13 +378,13 @@ def workload(task: str, model: str, data: dict, work: Path):
 
 def proxy_point(params, model: str, wl):
     """The point a proxy trains for target plan ``params``: depth by :func:`proxy_params`, the rate by width."""
-    from planner.tune.mapping import proxy_params
-    from planner.tune.space import DEFAULT_LR_RANGE
+    from planner.tune.proxy.mapping import proxy_params
+    from planner.tune.search.space import DEFAULT_LR_RANGE
 
     layers = wl.spec.num_layers
     small = proxy_params(params, target_layers=TARGET_LAYERS, proxy_layers=layers, is_target=model == "reference")
     hidden = wl.spec.hidden_size
-    if hidden != TARGET_HIDDEN:  # the inverse of planner.tune.mapping.target_lr, snapped into the search's range
+    if hidden != TARGET_HIDDEN:  # the inverse of planner.tune.proxy.mapping.target_lr, snapped into the search's range
         lr = min(max(params.lr * TARGET_HIDDEN / hidden, DEFAULT_LR_RANGE[0]), DEFAULT_LR_RANGE[1])
         small = replace(small, lr=lr)
     return small
@@ -424,7 +424,7 @@ class Meter:
 
 def run_cell(task: str, model: str, plan: str, seed: int, data: dict, work: Path, tiny: bool) -> dict:
     from planner.sampling import DivergedError
-    from planner.tune.proxy import run_proxy
+    from planner.tune.proxy.train import run_proxy
 
     params = PLANS_CACHE[plan]
     wl = workload(task, model, data, work)

@@ -31,8 +31,8 @@ def main() -> int:
     import transformers
 
     from planner.plan import Plan
-    from planner.tune import record
-    from planner.tune.storage import open_storage
+    from planner.tune.study import record
+    from planner.tune.storage.backends import open_storage
 
     with tempfile.TemporaryDirectory() as tmp:
         storage = f"sqlite:///{tmp}/studies/planner.db"

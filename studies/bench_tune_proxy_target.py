@@ -64,8 +64,8 @@ def cpu_measured(spec, trial, shape: dict) -> tuple[int, int, list[str]]:
     from planner.config import TrainConfig
     from planner.cost import estimate, measure_training_peak
     from planner.spec import build_model
-    from planner.tune import record
-    from planner.tune.proxy import ran_form
+    from planner.tune.study import record
+    from planner.tune.proxy.train import ran_form
 
     p, a = trial.params, record.read(trial)
     cfg, unrun = ran_form(
@@ -118,8 +118,8 @@ def main() -> int:
 
     from planner.cli.main import main as planner
     from planner.spec import load_spec
-    from planner.tune import record
-    from planner.tune.storage import open_storage
+    from planner.tune.study import record
+    from planner.tune.storage.backends import open_storage
 
     if args.device == "cpu":
         torch.set_num_threads(1)  # a shared CPU machine; on a GPU machine its cores build and copy the model
@@ -228,9 +228,9 @@ def main() -> int:
         + (
             "device memory in use at the training peak (outside the allocator before the run + max_memory_reserved)"
             if args.device == "cuda"
-            else "live tensor bytes of the trial's own training steps (planner.tune.proxy._CpuMeter), per draw "
+            else "live tensor bytes of the trial's own training steps (planner.tune.proxy.train._CpuMeter), per draw "
             "of layers; 'draw pred.' is the CPU cost model for the draw with the highest measured peak, in "
-            "the form the proxy loop ran (planner.tune.proxy.ran_form: levers it does not run left off, "
+            "the form the proxy loop ran (planner.tune.proxy.train.ran_form: levers it does not run left off, "
             "column 'not run'); 'plan pred.' the gate's worst-case prediction of the plan as written"
         ),
         f"{'#':>3} {'kind':<14} {'γ':>3} {'from':>4} {'ckpt':>4} {'E':>1} {'H':>1} {'lora':>4} "

@@ -31,8 +31,8 @@ import torch
 
 from planner.data.default import DEFAULT_TASK, N_HELD_OUT, default_workload
 from planner.data.pretrain import DEFAULT_RECIPE, ensure_default_model
-from planner.tune.proxy import DEFAULT_SCHEDULE, SCHEDULES, run_proxy
-from planner.tune.space import TrialParams
+from planner.tune.proxy.train import DEFAULT_SCHEDULE, SCHEDULES, run_proxy
+from planner.tune.search.space import TrialParams
 
 # 3e-4: on the 8-layer proxy the plans' eval losses spread by 3.4x the seed noise, 2.98x at DEFAULT_LR (1e-3),
 # where each plan scores lower but the scorers' seeds disagree more; on the 32-layer proxy 4.8x at 3e-4
@@ -45,7 +45,7 @@ def plans(num_layers: int) -> list[tuple[str, dict]]:
     """LISA's defaults and one-choice variations of them (label, sampler settings)."""
     half = num_layers // 2
     out = [("LISA defaults: γ=2 K=20 uniform", {})]
-    # γ up to 8: what Llama-3-8B fits at 32 GB (G of planner.tune.bounded), not γ = L that no such budget allows
+    # γ up to 8: what Llama-3-8B fits at 32 GB (G of planner.tune.search.bounded), not γ = L that no such budget allows
     out += [(f"γ={g}", {"active_layers": g}) for g in (1, 4, 8) if g <= num_layers]
     out += [(f"K={k}", {"period": k}) for k in (5, 40)]
     out += [(f"scorer={s}", {"scorer": s}) for s in ("cyclic", "gradnorm", "outlier", "fixed")]

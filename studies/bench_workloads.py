@@ -4,7 +4,7 @@ For each workload: ``planner tune`` (``run_tune``, its defaults: 24 trials of 15
 baselines' learning-rate sweeps, confirmation) plans Llama-3-8B in bfloat16 at ``--vram`` on the
 built-in proxy; then the tuned plan, LISA's defaults and LoRA (each baseline at the best learning
 rate of its sweep) and full fine-tuning (where it fits) are trained again with 5 fresh seeds
-(``planner.tune.confirm.confirm_seed(BENCH_SEED, i)``, none of them the study's own) at the study's
+(``planner.tune.study.confirm.confirm_seed(BENCH_SEED, i)``, none of them the study's own) at the study's
 proxy budget: mean ± std of the held-out metric (and of the other held-out metric, for reference),
 the target's predicted peak, and the verdicts against LISA's defaults and LoRA (margin vs 2 standard
 errors of the difference, and the margin in pooled seed standard deviations).
@@ -172,8 +172,8 @@ def with_eval_loss(wl) -> None:
 
 
 def retrain(wl, trial, space, batch: int, steps: int, seed: int) -> dict:
-    from planner.tune.mapping import proxy_params
-    from planner.tune.proxy import run_proxy
+    from planner.tune.proxy.mapping import proxy_params
+    from planner.tune.proxy.train import run_proxy
 
     small = proxy_params(
         space.from_params(trial.params), target_layers=space.num_layers, proxy_layers=wl.spec.num_layers
@@ -194,10 +194,10 @@ def run_one(name: str, vram: str, n_trials: int, steps: int, work: Path) -> dict
     import torch
 
     from planner.tune import TuneOptions, record, run_tune
-    from planner.tune.baselines import KINDS, best_of_kind
-    from planner.tune.confirm import confirm_seed
-    from planner.tune.storage import open_storage
-    from planner.tune.study import build_space, default_batch_size
+    from planner.tune.study.baselines import KINDS, best_of_kind
+    from planner.tune.study.confirm import confirm_seed
+    from planner.tune.storage.backends import open_storage
+    from planner.tune.run import build_space, default_batch_size
 
     torch.set_num_threads(1)
     work.mkdir(parents=True, exist_ok=True)
@@ -311,7 +311,7 @@ def describe(p: dict) -> str:
 
 
 def render(results: list[dict]) -> tuple[list[str], dict]:
-    from planner.tune.gate import human_bytes
+    from planner.tune.search.gate import human_bytes
 
     r0 = results[0]
     out = [
@@ -420,7 +420,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--table-only", action="store_true", help="print the table from the results there are")
     args = ap.parse_args(argv)
-    from planner.tune.study import DEFAULT_N_TRIALS, DEFAULT_STEPS
+    from planner.tune.run import DEFAULT_N_TRIALS, DEFAULT_STEPS
 
     n_trials, steps = args.n_trials or DEFAULT_N_TRIALS, args.steps or DEFAULT_STEPS
     results_dir = Path(args.results_dir)

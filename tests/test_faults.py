@@ -26,10 +26,10 @@ import planner.tune
 from planner.cli.main import main
 from planner.errors import PlannerError
 from planner.tune import TuneOptions, run_tune
-from planner.tune.lifecycle import WORKER_DIED, counted
-from planner.tune.proxy import run_proxy
-from planner.tune.storage import open_storage
-from planner.tune.study import Interrupted
+from planner.tune.storage.lifecycle import WORKER_DIED, counted
+from planner.tune.proxy.train import run_proxy
+from planner.tune.storage.backends import open_storage
+from planner.tune.run import Interrupted
 from planner.writable import unwritable_reason
 
 # the fastest flags of the tune tests (tests/test_tune_robust.py)
@@ -87,8 +87,8 @@ def summary_counts(out: str) -> dict:
 
 def toward_n(ts) -> int:
     """Trials that count toward --n-trials (learning-rate sweeps and confirmation runs come on top)."""
-    from planner.tune.record import is_sweep
-    from planner.tune.confirm import is_confirm
+    from planner.tune.study.record import is_sweep
+    from planner.tune.study.confirm import is_confirm
 
     return sum(counted(t) and not is_sweep(t) and not is_confirm(t) for t in ts)
 
@@ -250,8 +250,8 @@ def sqlite_full(monkeypatch):
 def _gating_budget(wl, target) -> int:
     """A budget between the tiny target's cheapest plan and its full fine-tuning: some trials are gated."""
     from planner.config import TrainConfig
-    from planner.tune.gate import BudgetGate
-    from planner.tune.study import build_space
+    from planner.tune.search.gate import BudgetGate
+    from planner.tune.run import build_space
 
     opts = TuneOptions(vram=1, model=target, seq_len=wl.seq_len, batch_size=8, dtype="float32", device="cpu")
     t, _ = opts.validate_all()
@@ -478,7 +478,7 @@ def test_a_real_full_disk_at_out(tune, mounts, tmp_path):
 def _make_study(url: str) -> None:
     """A study with one finished trial, written by another process (so that no connection of this one stays open)."""
     code = (
-        "import optuna; from planner.tune.storage import open_storage; "
+        "import optuna; from planner.tune.storage.backends import open_storage; "
         f"optuna.create_study(storage=open_storage({url!r}), study_name='t').optimize(lambda t: 1.0, n_trials=1)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
@@ -506,7 +506,7 @@ def test_a_read_only_study_file_is_named_read_only(tune, mounts, tmp_path, capsy
 
 def test_ctrl_c_while_the_sampler_bounds_active_layers_ends_like_any_interrupt(tune, monkeypatch, tmp_path):
     """A real SIGINT while the gate-bounded sampler computes its γ bound (study creation, before any trial)."""
-    import planner.tune.bounded as bounded
+    import planner.tune.search.samplers as bounded  # where the study's sampler looks the bound up
 
     real = bounded.largest_fitting_active_layers
 
@@ -533,7 +533,7 @@ def test_ctrl_c_while_the_sampler_bounds_active_layers_ends_like_any_interrupt(t
 
 def test_ctrl_c_during_study_creation_through_the_python_api(monkeypatch, tmp_path, wl):
     """No signal handler installed (a script calling run_tune): the KeyboardInterrupt ends as Interrupted too."""
-    import planner.tune.bounded as bounded
+    import planner.tune.search.samplers as bounded  # where the study's sampler looks the bound up
 
     def interrupted(space, gate):
         raise KeyboardInterrupt

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 
-from planner.tune.journal_lock import OwnedSymlinkLock, dead_holder
+from planner.tune.storage.journal_lock import OwnedSymlinkLock, dead_holder
 
 
 def _acquire_in_thread(lock):
@@ -21,7 +21,7 @@ def test_a_lock_left_by_a_killed_writer_is_broken_at_once(tmp_path):
     journal = str(tmp_path / "study.log")
     # a writer that takes the lock and dies without releasing it (as kill -9 mid-append leaves it)
     code = (
-        "import os, sys; from planner.tune.journal_lock import OwnedSymlinkLock; "
+        "import os, sys; from planner.tune.storage.journal_lock import OwnedSymlinkLock; "
         "OwnedSymlinkLock(sys.argv[1]).acquire(); os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code, journal], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})

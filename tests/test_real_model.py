@@ -100,7 +100,7 @@ def test_the_conversion_is_cached_and_complete(smollm2):
 
 
 def test_proxy_target_resolves_to_the_converted_directory(smollm2):
-    from planner.tune.proxy_source import target_weights
+    from planner.tune.proxy.source import target_weights
 
     gguf_path, done = smollm2
     assert target_weights(SMOLLM2) == str(done) == target_weights(str(gguf_path))
@@ -210,7 +210,7 @@ def test_a_gguf_file_as_the_proxy_renders_its_chat_template(smollm2, tmp_path):
 
     from transformers import AutoTokenizer
 
-    from planner.tune.proxy_source import resolve_proxy
+    from planner.tune.proxy.source import resolve_proxy
 
     gguf_path, done = smollm2
     target = SimpleNamespace(num_layers=30, name=SMOLLM2, source=SMOLLM2)

@@ -10,10 +10,10 @@ import optuna
 import pytest
 
 from planner.cli.main import main
-from planner.tune.baselines import KINDS
-from planner.tune.confirm import is_confirm
-from planner.tune.record import is_sweep
-from planner.tune.storage import open_storage
+from planner.tune.study.baselines import KINDS
+from planner.tune.study.confirm import is_confirm
+from planner.tune.study.record import is_sweep
+from planner.tune.storage.backends import open_storage
 from tune_helpers import write_user_workload
 
 TESTS = Path(__file__).resolve().parent

@@ -11,8 +11,8 @@ from optuna.trial import TrialState
 from planner.errors import PlannerError
 from planner.plan import Plan
 from planner.tune import TuneOptions, run_tune
-from planner.tune.baselines import KINDS, LR_SWEEP_FACTORS, best_of_kind
-from planner.tune.confirm import (
+from planner.tune.study.baselines import KINDS, LR_SWEEP_FACTORS, best_of_kind
+from planner.tune.study.confirm import (
     BEYOND,
     WITHIN,
     WORSE,
@@ -23,10 +23,10 @@ from planner.tune.confirm import (
     margins,
     select_candidates,
 )
-from planner.tune.proxy import run_proxy
-from planner.tune.record import SEARCH, BadTrialKind, Confirm, is_sweep, parse_kind
-from planner.tune.space import DEFAULT_LR
-from planner.tune.storage import open_storage
+from planner.tune.proxy.train import run_proxy
+from planner.tune.study.record import SEARCH, BadTrialKind, Confirm, is_sweep, parse_kind
+from planner.tune.search.space import DEFAULT_LR
+from planner.tune.storage.backends import open_storage
 
 STEPS = 6
 
@@ -249,7 +249,7 @@ def test_a_confirmation_seed_is_reproduced_by_an_independent_run(tuned, wl):
     tmp, result, _ = tuned
     study = load(tmp)
     t = next(t for t in study.trials if t.user_attrs.get("kind") == f"confirm:{result.best_trial_number}:1")
-    from planner.tune.space import TrialParams
+    from planner.tune.search.space import TrialParams
 
     p = study.trials[result.best_trial_number].params
     params = TrialParams(

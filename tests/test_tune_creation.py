@@ -1,4 +1,4 @@
-"""A study being created by another worker is waited for, not set up twice (planner.tune.creation)."""
+"""A study being created by another worker is waited for, not set up twice (planner.tune.storage.creation)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import threading
 
 import optuna
 
-from planner.tune.creation import CREATED_BY, READY, wait_for_creation
-from planner.tune.processes import _proc_stat, machine_key, process_identity
+from planner.tune.storage.creation import CREATED_BY, READY, wait_for_creation
+from planner.tune.storage.processes import _proc_stat, machine_key, process_identity
 
 
 def _study():
@@ -43,7 +43,7 @@ def test_a_dead_creator_or_a_bare_study_is_repaired():
         [
             sys.executable,
             "-c",
-            "import json; from planner.tune.processes import process_identity; print(json.dumps(process_identity()))",
+            "import json; from planner.tune.storage.processes import process_identity; print(json.dumps(process_identity()))",
         ],
         capture_output=True,
         text=True,

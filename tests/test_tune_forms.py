@@ -10,11 +10,11 @@ import pytest
 from planner.export import export_plan
 from planner.plan import Plan
 from planner.tune import TuneOptions, run_tune
-from planner.tune.baselines import trial_point
-from planner.tune.forms import fitting, form_steps
-from planner.tune.gate import BudgetGate
-from planner.tune.study import build_space
-from planner.tune.storage import open_storage
+from planner.tune.study.baselines import trial_point
+from planner.tune.search.forms import fitting, form_steps
+from planner.tune.search.gate import BudgetGate
+from planner.tune.run import build_space
+from planner.tune.storage.backends import open_storage
 from tune_helpers import tiny_workload, write_target_config
 
 WALK = ({"optimizer_in_backward": True}, {"optimizer_in_backward": True, "loss_chunks": 8})

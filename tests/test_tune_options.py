@@ -9,7 +9,7 @@ from planner.cli.main import build_parser, main
 from planner.cli.tune import options_from
 from planner.levers import all_levers
 from planner.tune.options import TuneOptions, cli_options
-from planner.tune.study import resume_command
+from planner.tune.run import resume_command
 from tune_helpers import write_user_workload
 
 # values for the levers of the training shape whose flags take one (a bool lever is given in its --no-x form)

@@ -6,7 +6,7 @@ import optuna
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
-from planner.tune.progress import TrialProgress
+from planner.tune.study.progress import TrialProgress
 
 PARAMS = {
     "active_layers": 2,

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from planner.errors import PlannerError
-from planner.tune import proxy as proxy_mod
-from planner.tune.proxy import lr_scheduler, run_proxy
-from planner.tune.space import TrialParams
+from planner.tune.proxy import train as proxy_mod
+from planner.tune.proxy.train import lr_scheduler, run_proxy
+from planner.tune.search.space import TrialParams
 from tune_helpers import tiny_workload
 
 PLAN = TrialParams(active_layers=2, period=2, scorer="uniform", train_embeddings=True, train_head=True, lr=1e-2)

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 from tune_helpers import tiny_workload
 
-import planner.tune.proxy_source as proxy_source
+import planner.tune.proxy.source as proxy_source
 from planner.errors import PlannerError
-from planner.tune.proxy_source import BUILTIN, REAL, SHORT_BATCH, SHORT_STEPS, resolve_proxy
+from planner.tune.proxy.source import BUILTIN, REAL, SHORT_BATCH, SHORT_STEPS, resolve_proxy
 
 TARGET = SimpleNamespace(num_layers=32, source="llama-3-8b", name="llama-3-8b")
 
@@ -66,7 +66,7 @@ def test_the_short_horizon_sets_the_steps_unless_given(monkeypatch, tmp_path):
         seen.setdefault("runs", []).append((batch_size, steps, eval_every))
         raise RuntimeError("enough")
 
-    monkeypatch.setattr("planner.tune.study._proxy_setup", fake_setup)
+    monkeypatch.setattr("planner.tune.run._proxy_setup", fake_setup)
     for given, want in (({}, SHORT_STEPS), ({"steps": 9}, 9)):
         seen.clear()
         opts = TuneOptions(

@@ -12,9 +12,9 @@ import torch
 from tune_helpers import write_user_workload
 
 from planner.cli.main import main
-from planner.tune import record
-from planner.tune.proxy import ran_form, shaped_batches
-from planner.tune.storage import open_storage
+from planner.tune.study import record
+from planner.tune.proxy.train import ran_form, shaped_batches
+from planner.tune.storage.backends import open_storage
 
 
 DTYPE = "bfloat16"  # a saved float32 checkpoint trained in bfloat16: weights cast, RoPE buffers kept

@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 from optuna.samplers import RandomSampler
 
-from planner.tune.baselines import trial_point
-from planner.tune.space import SearchSpace
+from planner.tune.study.baselines import trial_point
+from planner.tune.search.space import SearchSpace
 
 
 def space(**kw) -> SearchSpace:

@@ -1,4 +1,4 @@
-"""The trial record (planner.tune.record): kinds, a typed record written to and read back from Optuna trials."""
+"""The trial record (planner.tune.study.record): kinds, a typed record written to and read back from Optuna trials."""
 
 import ast
 import copy
@@ -11,9 +11,9 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from planner.tune import record
-from planner.tune.baselines import KINDS
-from planner.tune.record import (
+from planner.tune.study import record
+from planner.tune.study.baselines import KINDS
+from planner.tune.study.record import (
     INTERRUPTED,
     SEARCH,
     BadTrialKind,

@@ -19,14 +19,14 @@ from tune_helpers import storage_url
 from planner.cli.main import main
 from planner.errors import PlannerError
 from planner.tune import TuneOptions, run_tune
-from planner.tune.baselines import KINDS
-from planner.tune.lifecycle import INTERRUPTED, WORKER_DIED, Worker, attach, counted, interrupted
-from planner.tune.preflight import check_resume
-from planner.tune.seeding import PerTrialSeed
-from planner.tune.signals import Interrupt, deferred, exit_code, interrupts_as_keyboard_interrupt
-from planner.tune.proxy import run_proxy
-from planner.tune.storage import open_storage
-from planner.tune.study import Interrupted
+from planner.tune.study.baselines import KINDS
+from planner.tune.storage.lifecycle import INTERRUPTED, WORKER_DIED, Worker, attach, counted, interrupted
+from planner.tune.storage.preflight import check_resume
+from planner.tune.search.seeding import PerTrialSeed
+from planner.tune.storage.signals import Interrupt, deferred, exit_code, interrupts_as_keyboard_interrupt
+from planner.tune.proxy.train import run_proxy
+from planner.tune.storage.backends import open_storage
+from planner.tune.run import Interrupted
 
 STEPS = 4
 
@@ -320,7 +320,7 @@ def _draw(trial):
 
 @pytest.mark.parametrize("name", ["random", "tpe"])
 def test_resumes_and_parallel_workers_draw_new_points_one_process_repeats_itself(tmp_path, name):
-    from planner.tune.samplers import make_sampler
+    from planner.tune.search.samplers import make_sampler
 
     def study_on(url, sampler):
         return optuna.create_study(storage=url, study_name="s", sampler=sampler, load_if_exists=True)
@@ -443,7 +443,7 @@ def test_a_retry_killed_before_it_chose_its_point_is_retried_with_that_point(tmp
 def test_an_interrupt_while_a_trial_is_claimed_marks_it_interrupted(tmp_path, monkeypatch):
     import contextlib
 
-    import planner.tune.lifecycle as lifecycle
+    import planner.tune.storage.lifecycle as lifecycle
 
     raised = []
 

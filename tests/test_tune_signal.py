@@ -9,8 +9,8 @@ from tune_helpers import tiny_workload, write_target_config
 
 from planner.cli.main import main
 from planner.tune import TuneOptions, run_tune
-from planner.tune.proxy import run_proxy
-from planner.tune.result import NoSignal, check_signal
+from planner.tune.proxy.train import run_proxy
+from planner.tune.study.result import NoSignal, check_signal
 
 
 def _trial(metric):

@@ -10,10 +10,10 @@ import pytest
 
 from planner.errors import PlannerError
 from planner.sampling import SCORERS
-from planner.tune.baselines import KINDS, LORA_BASELINE_RANK, baseline_points, enqueue_baselines
-from planner.tune.space import LISA_ACTIVE_LAYERS, LISA_PERIOD, SearchSpace
-from planner.tune.storage import _driver_url, check_storage, open_storage
-from planner.tune.study import TuneOptions
+from planner.tune.study.baselines import KINDS, LORA_BASELINE_RANK, baseline_points, enqueue_baselines
+from planner.tune.search.space import LISA_ACTIVE_LAYERS, LISA_PERIOD, SearchSpace
+from planner.tune.storage.backends import _driver_url, check_storage, open_storage
+from planner.tune.run import TuneOptions
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -197,7 +197,7 @@ def test_unreachable_storage_is_one_line(tmp_path):
 
 
 def test_missing_driver_is_one_line(monkeypatch):
-    import planner.tune.storage as storage_mod
+    import planner.tune.storage.backends as storage_mod
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -236,8 +236,8 @@ def test_options_report_all_problems_at_once(tmp_path):
 
 @pytest.mark.parametrize("name", ["tpe", "random"])
 def test_the_gate_bound_keeps_active_layers_within_what_can_fit(name):
-    from planner.tune.bounded import GateBoundedSampler
-    from planner.tune.samplers import make_sampler
+    from planner.tune.search.bounded import GateBoundedSampler
+    from planner.tune.search.samplers import make_sampler
 
     s = space(num_layers=32, scorers=("uniform", "ist"))
     study = optuna.create_study(sampler=GateBoundedSampler(make_sampler(name, 0), 3))
@@ -262,7 +262,7 @@ def test_the_gate_bound_keeps_active_layers_within_what_can_fit(name):
 def test_the_study_sampler_is_built_without_a_deprecation_warning(name):
     import warnings
 
-    from planner.tune.samplers import make_sampler
+    from planner.tune.search.samplers import make_sampler
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # TPE's `active_layers` is deprecated since Optuna 4.9: the user must not see it
@@ -284,8 +284,8 @@ REFUSES_TRAINED_EMBEDDINGS = _Gate(lambda config: not config.train_embeddings)
 
 def _screened_study(s, gate, screen: bool, n_trials: int, seed: int = 0):
     """planner tune's TPE on ``s``; gated points pruned untrained, as the objective does."""
-    from planner.tune.bounded import GateBoundedSampler, admissible
-    from planner.tune.samplers import TPE_STARTUP_TRIALS, make_sampler
+    from planner.tune.search.bounded import GateBoundedSampler, admissible
+    from planner.tune.search.samplers import TPE_STARTUP_TRIALS, make_sampler
 
     sampler = GateBoundedSampler(make_sampler("tpe", seed), s.num_layers, admissible(s, gate) if screen else None)
     study = optuna.create_study(sampler=sampler)
@@ -337,8 +337,8 @@ def test_tpe_draws_of_trained_points_are_drawn_again():
 def test_where_nothing_is_admissible_the_draw_stands():
     """Every TPE draw is refused: each trial takes REDRAWS draws from TPE and REDRAWS uniform ones, then trains
     (gated, as unscreened) TPE's last draw; the study goes on. The draws are recorded as the samplers return them."""
-    from planner.tune.bounded import REDRAWS, GateBoundedSampler, admissible
-    from planner.tune.samplers import TPE_STARTUP_TRIALS, make_sampler
+    from planner.tune.search.bounded import REDRAWS, GateBoundedSampler, admissible
+    from planner.tune.search.samplers import TPE_STARTUP_TRIALS, make_sampler
 
     s, refuse_all = space(num_layers=8), _Gate(lambda config: False)
     tpe, drawn = make_sampler("tpe", 0), {}
@@ -375,7 +375,7 @@ def test_where_nothing_is_admissible_the_draw_stands():
 
 
 def test_a_draw_that_is_not_a_whole_point_is_let_through():
-    from planner.tune.bounded import admissible
+    from planner.tune.search.bounded import admissible
 
     accept = admissible(space(), REFUSES_TRAINED_EMBEDDINGS)(optuna.create_study())
     assert accept({"active_layers": 2})  # the objective gates it as before
@@ -388,7 +388,7 @@ def test_a_draw_without_its_conditional_choice_is_screened_over_every_choice():
     """Whole-point draws cover the parameters every trial shares; ``quantize`` is asked only of static-scorer points,
     so a draw of one lacks it. Such a draw passes where some choice fits (the trial's own draw picks), not blindly:
     at 24 GB the default study trained 10 of 20 searched points gated, all static ones with trained embeddings."""
-    from planner.tune.bounded import admissible
+    from planner.tune.search.bounded import admissible
 
     s = space(scorers=("fixed", "uniform"), static_scorers=("fixed",), quantize_choices=(None, "nf4-dq"))
     params = {

@@ -11,14 +11,14 @@ from planner.errors import PlannerError
 from planner.plan import BREAKDOWN_KEYS, Plan
 from planner.sampling import DivergedError
 from planner.tune import InfeasibleBudget, TuneOptions, run_tune
-from planner.tune.baselines import KINDS, trial_point
-from planner.tune.gate import BudgetGate
-from planner.tune.mapping import proxy_params
-from planner.tune.proxy import run_proxy
-from planner.tune.storage import open_storage
-from planner.tune.objective import INTERRUPTED
-from planner.tune.result import finished
-from planner.tune.study import Interrupted, build_space, check_feasible
+from planner.tune.study.baselines import KINDS, trial_point
+from planner.tune.search.gate import BudgetGate
+from planner.tune.proxy.mapping import proxy_params
+from planner.tune.proxy.train import run_proxy
+from planner.tune.storage.backends import open_storage
+from planner.tune.study.objective import INTERRUPTED
+from planner.tune.study.result import finished
+from planner.tune.run import Interrupted, build_space, check_feasible
 
 STEPS = 6
 
@@ -37,7 +37,7 @@ def peaks(wl, target):
     """Predicted peaks (device cpu) of the cheapest and the dearest configuration of the tiny target."""
     t, space = target_space(wl, target)
     gate = BudgetGate(t.spec, 1, device="cpu")
-    # the search may add the memory-only levers to any point (planner.tune.forms): the smallest is over those too
+    # the search may add the memory-only levers to any point (planner.tune.search.forms): the smallest is over those too
     walk = ({}, {"optimizer_in_backward": True}, {"optimizer_in_backward": True, "loss_chunks": 8})
     low = min(
         gate.predict(space.train_config(replace(p, levers=tuple(sorted(w.items()))))).peak_bytes

@@ -9,11 +9,11 @@ from planner.config import TrainConfig
 from planner.cost import estimate
 from planner.spec import load_spec
 from planner.tune import TuneOptions, run_tune
-from planner.tune.baselines import RECIPES
-from planner.tune.mapping import proxy_params, target_lr
-from planner.tune.proxy import run_proxy
-from planner.tune.space import SearchSpace, TrialParams
-from planner.tune.storage import open_storage
+from planner.tune.study.baselines import RECIPES
+from planner.tune.proxy.mapping import proxy_params, target_lr
+from planner.tune.proxy.train import run_proxy
+from planner.tune.search.space import SearchSpace, TrialParams
+from planner.tune.storage.backends import open_storage
 
 GB = 10**9
 
@@ -86,7 +86,7 @@ def test_frontier_is_the_largest_fitting_active_layers_per_depth():
 def test_offered_points_are_the_most_layers_with_ends_frozen_and_trainable():
     from types import SimpleNamespace
 
-    from planner.tune.baselines import offered_points
+    from planner.tune.study.baselines import offered_points
 
     s = SearchSpace(
         num_layers=8, scorers=("uniform", "ist"), seq_len=16, min_depths=(0, 4), checkpointing=(False, True)
@@ -360,8 +360,8 @@ def test_proxy_target_offline_names_the_cache(tmp_path, capsys, monkeypatch):
 
 def test_target_points_that_map_to_one_proxy_plan_share_its_run():
     from planner.spec.tiny import tiny_spec
-    from planner.tune.gate import BudgetGate
-    from planner.tune.objective import Objective
+    from planner.tune.search.gate import BudgetGate
+    from planner.tune.study.objective import Objective
 
     wl = tiny_workload()  # 3 layers
     space = SearchSpace(
@@ -401,9 +401,9 @@ def test_target_points_that_map_to_one_proxy_plan_share_its_run():
 
 
 def test_out_of_memory_is_a_failed_trial_with_predicted_and_available_bytes():
-    from planner.tune.gate import BudgetGate
-    from planner.tune.objective import Objective
-    from planner.tune.proxy import ProxyOutOfMemory
+    from planner.tune.search.gate import BudgetGate
+    from planner.tune.study.objective import Objective
+    from planner.tune.proxy.train import ProxyOutOfMemory
 
     wl = tiny_workload()
 
@@ -458,7 +458,7 @@ def test_the_builtin_proxy_is_as_deep_as_the_target_up_to_its_cap(tmp_path, monk
 
     import planner.data.pretrain as pretrain
     from planner.data.pretrain import PretrainRecipe
-    from planner.tune.proxy_source import resolve_proxy
+    from planner.tune.proxy.source import resolve_proxy
 
     monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(

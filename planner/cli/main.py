@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         print(f"planner {args.command}: interrupted", file=sys.stderr)
-        return 128 + getattr(exc, "signum", 2)  # 130 for Ctrl-C, 143 for SIGTERM (planner.tune.signals)
+        return 128 + getattr(exc, "signum", 2)  # 130 for Ctrl-C, 143 for SIGTERM (planner.tune.storage.signals)
     return int(code or 0)
 
 

@@ -6,11 +6,11 @@ import argparse
 import warnings
 
 from planner.cli.levers import add_lever_flags, lever_values
-from planner.tune.gate import human_bytes
+from planner.tune.search.gate import human_bytes
 from planner.tune.options import TuneOptions, cli_options  # light: optuna loads inside run_tune
-from planner.tune.record import Baseline
-from planner.tune.signals import interrupts_as_keyboard_interrupt
-from planner.tune.summary import confirmation_lines, exit_code, measured_lines, plan_line, summary_table
+from planner.tune.study.record import Baseline
+from planner.tune.storage.signals import interrupts_as_keyboard_interrupt
+from planner.tune.study.summary import confirmation_lines, exit_code, measured_lines, plan_line, summary_table
 
 
 def add_parser(sub) -> None:
@@ -59,7 +59,7 @@ def options_from(args):
 def run(args) -> int:
     from rich.console import Console  # rich: deferred to output, ~0.1 s that 'planner --help' need not pay
 
-    # planner.tune.study (torch, optuna): deferred, 'planner --help' and 'planner tune --help' must not import them
+    # planner.tune.run (torch, optuna): deferred, 'planner --help' and 'planner tune --help' must not import them
     from planner.tune import run_tune
 
     options = options_from(args)
@@ -95,7 +95,7 @@ def run(args) -> int:
         console.print(
             f"measured on {plan.proxy.name}: γ={plan.proxy.active_layers} of {plan.proxy.num_layers} from layer "
             f"{plan.proxy.min_depth} up, lr={plan.proxy.learning_rate:.3g}, batch {plan.proxy.batch_size} "
-            f"(depth and learning-rate rules: planner.tune.mapping)"
+            f"(depth and learning-rate rules: planner.tune.proxy.mapping)"
         )
     best_kind = result.rows[0].kind
     if isinstance(best_kind, Baseline):

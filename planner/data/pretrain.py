@@ -88,7 +88,7 @@ class PretrainRecipe:
 
 
 DEFAULT_RECIPE = PretrainRecipe()
-MAX_LAYERS = 32  # deeper targets map γ by depth (planner.tune.mapping); pretraining takes ~6.5 CPU-s per layer
+MAX_LAYERS = 32  # deeper targets map γ by depth (planner.tune.proxy.mapping); pretraining takes ~6.5 CPU-s per layer
 
 
 def recipe_for(target_layers: int | None) -> PretrainRecipe:

@@ -8,10 +8,10 @@ A lever owns
   :meth:`Lever.forward_context`, :meth:`Lever.install`): the cost model traces that same step, so its prediction follows;
 - its line in each exporter (:meth:`Lever.export`: keys, or a "lost" line);
 - whether the search may vary it (``searchable``: a result-changing choice the search samples) or pull it
-  where a sampled plan does not fit as it is (``fit_value``: a memory-only lever, ``planner.tune.forms``).
+  where a sampled plan does not fit as it is (``fit_value``: a memory-only lever, ``planner.tune.search.forms``).
 
 Cache and reuse keys are computed from the whole validated config (``planner.cost.estimator``,
-``planner.tune.mapping``), so a new field changes them without a hand-kept list.
+``planner.tune.proxy.mapping``), so a new field changes them without a hand-kept list.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Lever:
     flag: ClassVar[Flag | None] = None
     searchable: ClassVar[bool] = False
     # a memory-only lever's setting that the search may pull for a sampled plan over budget as it is, where the
-    # user left its flag unset (planner.tune.forms); None: the search never pulls it
+    # user left its flag unset (planner.tune.search.forms); None: the search never pulls it
     fit_value: ClassVar[Any] = None
     # part of the target's training shape: set once by the user for every trial of a study (planner tune)
     in_shape: ClassVar[bool] = False

@@ -5,7 +5,7 @@ soon as the parameter's gradient is complete and frees the gradient, so no full 
 exists at once: the peak holds at most the gradients backward is still writing, plus one
 parameter's step temporaries (torchtune ``training/_optimizer_in_bwd`` / ``OptimizerInBackwardWrapper``).
 A step per micro-batch: it cannot accumulate gradients. It only lowers memory, so the search does not
-sample it: a sampled plan over budget as it is takes it first (``fit_value``, ``planner.tune.forms``)
+sample it: a sampled plan over budget as it is takes it first (``fit_value``, ``planner.tune.search.forms``)
 where ``--optimizer-in-backward``/``--no-optimizer-in-backward`` was not given.
 """
 

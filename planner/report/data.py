@@ -16,14 +16,14 @@ from planner.config import TrainConfig
 from planner.errors import PlannerError
 from planner.plan import BREAKDOWN_KEYS, Plan
 from planner.levers import labels
-from planner.tune.baselines import BASELINE_LABELS, FULL_BASELINE, LISA_BASELINE, LORA_BASELINE, QLORA_BASELINE
-from planner.tune.baselines import baseline_configs
-from planner.tune.record import Baseline
+from planner.tune.study.baselines import BASELINE_LABELS, FULL_BASELINE, LISA_BASELINE, LORA_BASELINE, QLORA_BASELINE
+from planner.tune.study.baselines import baseline_configs
+from planner.tune.study.record import Baseline
 from planner.units import GiB
 
 MAX_SWEEP_POINTS = 16  # cost-model evaluations per curve; a 80-layer model is sampled, not walked
 
-# the bars' order; the baselines themselves are defined once, in planner.tune.baselines
+# the bars' order; the baselines themselves are defined once, in planner.tune.study.baselines
 BASELINES = tuple(
     (kind.name, BASELINE_LABELS[kind]) for kind in (FULL_BASELINE, LORA_BASELINE, QLORA_BASELINE, LISA_BASELINE)
 )
@@ -198,7 +198,7 @@ def _config(base: TrainConfig, **changes) -> TrainConfig:
 
 
 def fits_with(estimator: Estimator, spec, vram: int | None):
-    """``fits(config)`` for :func:`planner.tune.baselines.baseline_configs`: the estimate within ``vram``; a
+    """``fits(config)`` for :func:`planner.tune.study.baselines.baseline_configs`: the estimate within ``vram``; a
     configuration the cost model cannot price does not fit."""
 
     def fits(cfg: TrainConfig) -> bool:

@@ -13,8 +13,8 @@ from matplotlib.ticker import MaxNLocator
 
 from planner.plan import BREAKDOWN_KEYS
 from planner.report.data import ReportData, TrialPoint, gib
-from planner.tune.baselines import FULL_BASELINE, LISA_BASELINE, LORA_BASELINE, QLORA_BASELINE
-from planner.tune.record import SEARCH, Confirm, parse_kind
+from planner.tune.study.baselines import FULL_BASELINE, LISA_BASELINE, LORA_BASELINE, QLORA_BASELINE
+from planner.tune.study.record import SEARCH, Confirm, parse_kind
 
 DPI = 100
 PART_COLORS = {
@@ -44,7 +44,7 @@ def _model_name(data: ReportData) -> str:
 
 
 def _kind(kind: str) -> str:
-    """The style of a trial kind (:func:`planner.tune.record.parse_kind`): confirmation runs share one; kinds without
+    """The style of a trial kind (:func:`planner.tune.study.record.parse_kind`): confirmation runs share one; kinds without
     a style of their own are drawn as search trials."""
     kind = parse_kind(kind)
     if isinstance(kind, Confirm):

@@ -1,7 +1,7 @@
 """Report data of a study written by `planner tune`: its trials, baselines, sweeps and history.
 
 The study's target (``user_attrs['target']``, ``['target_shape']``) is what every bar and curve
-is for: the trials' own predictions (their records, :mod:`planner.tune.record`), and cost-model curves for the
+is for: the trials' own predictions (their records, :mod:`planner.tune.study.record`), and cost-model curves for the
 target in its training shape.
 """
 
@@ -32,12 +32,12 @@ from planner.report.data import (
     form_label,
     savings_table,
 )
-from planner.tune import record
-from planner.tune.baselines import LISA_BASELINE, baseline_configs, best_of_kind, trial_form_words
-from planner.tune.space import LISA_ACTIVE_LAYERS as LISA_DEFAULT_ACTIVE_LAYERS
-from planner.tune.confirm import best_confirmed, confirmed, report_lines
-from planner.tune.record import SEARCH, Baseline, Confirm
-from planner.tune.storage import DEFAULT_STORAGE, check_storage, open_storage
+from planner.tune.study import record
+from planner.tune.study.baselines import LISA_BASELINE, baseline_configs, best_of_kind, trial_form_words
+from planner.tune.search.space import LISA_ACTIVE_LAYERS as LISA_DEFAULT_ACTIVE_LAYERS
+from planner.tune.study.confirm import best_confirmed, confirmed, report_lines
+from planner.tune.study.record import SEARCH, Baseline, Confirm
+from planner.tune.storage.backends import DEFAULT_STORAGE, check_storage, open_storage
 from planner.units import format_bytes
 
 MAX_IMPORTANCE_MAPS = 4
@@ -220,7 +220,7 @@ def _trial_config(base: TrainConfig, params: dict, num_layers: int | None = None
     active_layers = int(params["active_layers"])
     depth = int(params.get("min_depth", 0))
     if num_layers is not None:
-        depth = min(depth, max(0, num_layers - active_layers))  # as the search lowers it (planner.tune.space)
+        depth = min(depth, max(0, num_layers - active_layers))  # as the search lowers it (planner.tune.search.space)
     changes = dict(
         layers=None,
         active_layers=active_layers,

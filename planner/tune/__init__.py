@@ -16,8 +16,8 @@ _EXPORTS = {
     "DEFAULT_N_TRIALS": "planner.tune.options",
     "DEFAULT_STEPS": "planner.tune.options",
     "TuneOptions": "planner.tune.options",
-    "InfeasibleBudget": "planner.tune.study",
-    "run_tune": "planner.tune.study",
+    "InfeasibleBudget": "planner.tune.run",
+    "run_tune": "planner.tune.run",
 }
 
 

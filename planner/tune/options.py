@@ -25,9 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from planner.errors import PlannerError, ValidationProblems, collect
 from planner.levers import all_levers
-from planner.tune.confirm import DEFAULT_CONFIRM_SEEDS, DEFAULT_CONFIRM_TOP
-from planner.tune.storage import DEFAULT_STORAGE, check_storage
-from planner.tune.target import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_SEQ_LEN, DEFAULT_TARGET, resolve_target
+from planner.tune.study.confirm import DEFAULT_CONFIRM_SEEDS, DEFAULT_CONFIRM_TOP
+from planner.tune.storage.backends import DEFAULT_STORAGE, check_storage
+from planner.tune.proxy.target import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_SEQ_LEN, DEFAULT_TARGET, resolve_target
 
 DEFAULT_N_TRIALS = 24  # 3 baselines + 21 searched (learning-rate sweeps and confirmation runs come on top)
 DEFAULT_STEPS = 150  # proxy optimizer steps per trial

@@ -9,7 +9,7 @@ point whose γ does not fit above it is moved down to L - γ), ``gradient_checkp
 ``lora_rank`` (0 = full layer weights, r > 0 = rank-r LoRA adapters inside the layers),
 ``quantize`` (LoRA points only: their frozen base weights in NF4 with double quantization, QLoRA) and
 ``batch_size`` (the target's micro-batch). Memory-only levers are not sampled: a point takes them
-where it does not fit as it is (``forms``, :mod:`planner.tune.forms`).
+where it does not fit as it is (``forms``, :mod:`planner.tune.search.forms`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class TrialParams:
     min_depth: int = 0
     gradient_checkpointing: bool = False
     # lever fields set for this point beyond the space's extra: a sampled ``quantize`` (a param), a baseline's
-    # recipe or a fitting form (recorded as the trial record's ``levers``, planner.tune.record)
+    # recipe or a fitting form (recorded as the trial record's ``levers``, planner.tune.study.record)
     levers: tuple = ()
 
     def as_params(self) -> dict:
@@ -90,7 +90,7 @@ class SearchSpace:
     # whose frozen layers stay frozen: LoRA's, and those of a static scorer (``static_scorers``)
     quantize_choices: tuple = ()
     static_scorers: tuple[str, ...] = ()
-    # memory-only lever settings a point over budget as sampled takes, in order (planner.tune.forms)
+    # memory-only lever settings a point over budget as sampled takes, in order (planner.tune.search.forms)
     forms: tuple[dict, ...] = ()
     extra: dict = field(default_factory=dict, compare=False)  # fields every TrainConfig inherits (dtype, amp, ...)
 

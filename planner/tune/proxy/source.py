@@ -30,8 +30,8 @@ from planner.data.workload import Workload
 from planner.errors import PlannerError
 from planner.spec import layers_attribute, list_presets, weights
 from planner.spec.hub import hub_unreachable
-from planner.tune.forms import forms
-from planner.tune.gate import human_bytes
+from planner.tune.search.forms import forms
+from planner.tune.search.gate import human_bytes
 
 AUTO, TARGET, BUILTIN = "auto", "target", "builtin"
 REAL = "smollm2-135m"  # the real model ``auto`` trains for --data on the CPU, at a short horizon

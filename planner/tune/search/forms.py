@@ -4,7 +4,7 @@ The search samples what changes the result (γ, ``min_depth``, K, the scorer, em
 the learning rate, LoRA and its quantized base weights) and checkpointing, which trades time for
 memory. The levers that change memory alone (``Lever.fit_value``: the optimizer step in backward,
 then the loss in 8 chunks, torchtune's single-device order) are not sampled: a plan over budget as
-it is walks :attr:`SearchSpace.forms <planner.tune.space.SearchSpace.forms>` (each form adds the
+it is walks :attr:`SearchSpace.forms <planner.tune.search.space.SearchSpace.forms>` (each form adds the
 next lever to the last) and runs in the first form the gate admits; one over budget in every
 form is gated at its last. A lever whose flag the user gave (``--optimizer-in-backward``,
 ``--no-optimizer-in-backward``, ``--loss-chunks``) is fixed for every trial and never pulled. The
@@ -24,8 +24,8 @@ from dataclasses import replace
 from typing import Callable
 
 from planner.levers import fit_levers
-from planner.tune.gate import BudgetGate, Prediction
-from planner.tune.space import SearchSpace, TrialParams
+from planner.tune.search.gate import BudgetGate, Prediction
+from planner.tune.search.space import SearchSpace, TrialParams
 
 
 def form_steps(fixed: dict) -> tuple[dict, ...]:

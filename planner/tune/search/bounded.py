@@ -26,9 +26,9 @@ from optuna.distributions import IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import TrialState
 
-from planner.tune import record
-from planner.tune.forms import fits as fits_in_a_form
-from planner.tune.seeding import trial_seed
+from planner.tune.study import record
+from planner.tune.search.forms import fits as fits_in_a_form
+from planner.tune.search.seeding import trial_seed
 
 ACTIVE_LAYERS = "active_layers"
 REDRAWS = 32  # draws of one trial's point before the last is kept whatever it is

@@ -1,7 +1,7 @@
 """The target: the model a plan is for, in the shape it will be trained in.
 
 Every trial's peak is predicted for the target; the proxy that trains briefly is a separate
-object (:mod:`planner.tune.proxy_source`). The target's flags mean what they mean for
+object (:mod:`planner.tune.proxy.source`). The target's flags mean what they mean for
 `planner estimate` and are validated by the same function (``planner.cli.estimate.validate``).
 """
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, replace
 
 from planner.errors import PlannerError
 from planner.levers import lever_of
-from planner.tune.space import TrialParams
+from planner.tune.search.space import TrialParams
 
 
 def _round_half_up(x: float) -> int:

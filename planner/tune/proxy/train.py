@@ -28,7 +28,7 @@ from planner.errors import PlannerError
 from planner.levers import Lever, all_levers
 from planner.optimizers import get_optimizer
 from planner.sampling import LayerSampler, train_layerwise
-from planner.tune.space import TrialParams
+from planner.tune.search.space import TrialParams
 
 MAX_HISTORY = 50  # sampler re-draws kept per trial (the report's importance heatmap)
 # The proxy's learning-rate schedule. Constant: on the default proxy a linear decay to 0 gave no

@@ -3,10 +3,10 @@
 The trial record (read by reports):
 params: active_layers, min_depth, gradient_checkpointing, period, scorer, train_embeddings, train_head,
 lr (the proxy's), (lora_rank), (batch_size) -- the target's point, in the target's numbering;
-user_attrs: a :class:`planner.tune.record.TrialRecord` (kind, predicted_peak_bytes, breakdown, fits, gated, reason,
+user_attrs: a :class:`planner.tune.study.record.TrialRecord` (kind, predicted_peak_bytes, breakdown, fits, gated, reason,
 min_depth (after lowering to L - γ), lowest_layer, trainable_layers, proxy_plan, target_lr, reused_from,
 metric, secondary (figures shown next to the metric, e.g. accuracy), importance, train_seconds,
-and on CUDA measured_memory (see planner.tune.proxy)).
+and on CUDA measured_memory (see planner.tune.proxy.train)).
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ import optuna
 from optuna.trial import TrialState
 
 from planner.sampling import DivergedError
-from planner.tune import record
-from planner.tune.baselines import baseline_points
-from planner.tune.confirm import confirm_run
-from planner.tune.forms import fitting
-from planner.tune.gate import BudgetGate
-from planner.tune.mapping import proxy_params, reuse_key, target_lr
-from planner.tune.proxy import ProxyOutOfMemory, TrainShape, ran_form, run_proxy
-from planner.tune.record import INTERRUPTED  # noqa: F401 - set by lifecycle.GuardedObjective on Ctrl-C/SIGTERM
-from planner.tune.record import SEARCH
-from planner.tune.space import SearchSpace
+from planner.tune.study import record
+from planner.tune.study.baselines import baseline_points
+from planner.tune.study.confirm import confirm_run
+from planner.tune.search.forms import fitting
+from planner.tune.search.gate import BudgetGate
+from planner.tune.proxy.mapping import proxy_params, reuse_key, target_lr
+from planner.tune.proxy.train import ProxyOutOfMemory, TrainShape, ran_form, run_proxy
+from planner.tune.study.record import INTERRUPTED  # noqa: F401 - set by lifecycle.GuardedObjective on Ctrl-C/SIGTERM
+from planner.tune.study.record import SEARCH
+from planner.tune.search.space import SearchSpace
 from planner.units import human_bytes
 
 CPU_DRAWS_CHECKED = 8  # a CPU run's draws predicted again, the highest measured peaks first
@@ -86,7 +86,7 @@ class Objective:
     def _cpu_check(self, params, memory: dict) -> dict:
         """A CPU run of the target against the CPU cost model: each draw it measured (the highest peaks first, at
         most :data:`CPU_DRAWS_CHECKED`) predicted again as a fixed set of layers, in the form the run executed
-        (:func:`planner.tune.proxy.ran_form`); the error is the largest."""
+        (:func:`planner.tune.proxy.train.ran_form`); the error is the largest."""
         if self._cpu_gate is None:
             self._cpu_gate = BudgetGate(self.gate.spec, self.gate.vram_bytes, device="cpu")
         cfg, unrun = ran_form(self.space.train_config(params))

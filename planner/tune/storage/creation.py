@@ -1,7 +1,7 @@
 """Who is creating a study: so that a second worker waits for the first instead of repeating its setup.
 
 The worker that creates a study stores its identity (``created_by``: machine, pid, start time, as
-:mod:`planner.tune.lifecycle` names workers) right after ``create_study``, then the settings and the
+:mod:`planner.tune.storage.lifecycle` names workers) right after ``create_study``, then the settings and the
 queued baselines, and ``ready`` last. A worker that opens the study before ``ready`` waits while the
 creator may still be at work, and repairs what is missing only when the creator is gone (killed
 between the two steps) or silent for :data:`CREATION_TIMEOUT`. Studies written before these
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from planner.tune.processes import ended_here, process_identity
+from planner.tune.storage.processes import ended_here, process_identity
 
 CREATED_BY, READY = "created_by", "ready"
 BARE_GRACE = 5.0  # a study with no attribute at all may be a create_study a few milliseconds old

@@ -12,8 +12,8 @@ storage is used:
 - any other unreadable line is one error naming the file and the line number.
 
 Appends defer Ctrl-C until the record is written and the lock released
-(:func:`planner.tune.signals.deferred`), so an interrupt no longer cuts a record; a writer killed
-while it held the lock does not stall the others (:mod:`planner.tune.journal_lock`).
+(:func:`planner.tune.storage.signals.deferred`), so an interrupt no longer cuts a record; a writer killed
+while it held the lock does not stall the others (:mod:`planner.tune.storage.journal_lock`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from planner.errors import PlannerError
-from planner.tune.journal_lock import OwnedSymlinkLock
-from planner.tune.signals import deferred
+from planner.tune.storage.journal_lock import OwnedSymlinkLock
+from planner.tune.storage.signals import deferred
 
 RECORD_START = b'{"op_code":'  # every Optuna journal record begins so
 TORN_SUFFIX = ".torn"

@@ -2,9 +2,9 @@
 with fresh seeds at the full proxy budget, and the plan is the best mean.
 
 Candidates: the ``--confirm-top`` best searched trials (complete, within budget, distinct proxy runs) and
-each baseline at the best learning rate of its sweep (:func:`planner.tune.baselines.best_of_kind`).
+each baseline at the best learning rate of its sweep (:func:`planner.tune.study.baselines.best_of_kind`).
 Each trains ``--confirm-seeds`` times. A confirmation run is a trial of the study whose kind is
-:class:`~planner.tune.record.Confirm` (stored ``"confirm:<trial>:<i>"``: trial ``<trial>``'s point, seed index
+:class:`~planner.tune.study.record.Confirm` (stored ``"confirm:<trial>:<i>"``: trial ``<trial>``'s point, seed index
 ``i``): stored, resumed and reported like any trial, never counted toward ``--n-trials``, never pruned.
 
 Seeds: index ``i`` trains with :func:`confirm_seed` (``--seed``, ``i``) for every candidate, so all
@@ -33,10 +33,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from planner.confirmation import Confirmation, ConfirmedRun, Margin
-from planner.tune import record
-from planner.tune.baselines import KINDS, best_of_kind, enqueue_sweeps, trial_point
-from planner.tune.progress import TrialProgress
-from planner.tune.record import SEARCH, Baseline, Confirm, TrialRecord, counted, interrupted, is_confirm, kind_of
+from planner.tune.study import record
+from planner.tune.study.baselines import KINDS, best_of_kind, enqueue_sweeps, trial_point
+from planner.tune.study.progress import TrialProgress
+from planner.tune.study.record import SEARCH, Baseline, Confirm, TrialRecord, counted, interrupted, is_confirm, kind_of
 from planner.units import human_bytes
 
 if TYPE_CHECKING:

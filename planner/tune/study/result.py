@@ -10,12 +10,12 @@ from planner.config import TrainConfig
 from planner.errors import PlannerError
 from planner.export.data import generated_data, training_data
 from planner.plan import BaselineResult, Breakdown, Plan, ProxyInfo
-from planner.tune import record
-from planner.tune.baselines import KINDS, best_of_kind, trial_form_words, trial_point
-from planner.tune.confirm import best_confirmed, confirmation_record, confirmed
-from planner.tune.mapping import proxy_params, target_lr
-from planner.tune.record import TrialKind, counted, interrupted, is_confirm
-from planner.tune.space import SearchSpace, TrialParams
+from planner.tune.study import record
+from planner.tune.study.baselines import KINDS, best_of_kind, trial_form_words, trial_point
+from planner.tune.study.confirm import best_confirmed, confirmation_record, confirmed
+from planner.tune.proxy.mapping import proxy_params, target_lr
+from planner.tune.study.record import TrialKind, counted, interrupted, is_confirm
+from planner.tune.search.space import SearchSpace, TrialParams
 
 
 class NoFinishedTrial(PlannerError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from planner.tune import record
+from planner.tune.study import record
 from planner.units import human_bytes
 
 

@@ -1,7 +1,7 @@
 """A trial's life across processes: who runs it, whether that process is alive, and what a dead one leaves.
 
 Every trial records its worker (machine, pid, process start time, run token) in its record's ``worker``
-(:class:`planner.tune.record.TrialRecord`) and a ``heartbeat`` time, renewed every :data:`HEARTBEAT_SECONDS`
+(:class:`planner.tune.study.record.TrialRecord`) and a ``heartbeat`` time, renewed every :data:`HEARTBEAT_SECONDS`
 while it runs. A RUNNING trial is dead when its process is gone (same machine: checked at once, so a resume
 right after ``kill -9`` sees it) or its heartbeat is older than :data:`STALE_SECONDS` (another machine).
 :meth:`Worker.reap` fails dead trials with the reason "worker died ..." and queues each again
@@ -27,11 +27,11 @@ from contextlib import contextmanager
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from planner.tune import record
-from planner.tune.record import INTERRUPTED, WORKER_DIED, Baseline, counted, interrupted
-from planner.tune.processes import process_alive, process_identity
-from planner.tune.signals import deferred
-from planner.tune.storage import StorageFull, disk_full
+from planner.tune.study import record
+from planner.tune.study.record import INTERRUPTED, WORKER_DIED, Baseline, counted, interrupted
+from planner.tune.storage.processes import process_alive, process_identity
+from planner.tune.storage.signals import deferred
+from planner.tune.storage.backends import StorageFull, disk_full
 
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 300.0  # ten missed heartbeats: a busy machine's thread may be starved for a while
@@ -213,7 +213,7 @@ class Worker:
 
 class GuardedObjective:
     """``objective`` run inside :meth:`Worker.running`: claimed, heart-beating, marked when interrupted; a full disk
-    stops the study (:class:`~planner.tune.storage.StorageFull`) instead of failing the trial on that disk."""
+    stops the study (:class:`~planner.tune.storage.backends.StorageFull`) instead of failing the trial on that disk."""
 
     def __init__(self, objective, worker: Worker):
         self.objective = objective

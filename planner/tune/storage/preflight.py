@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from planner.errors import PlannerError, collect
-from planner.tune.storage import local_storage_path
+from planner.tune.storage.backends import local_storage_path
 from planner.writable import unwritable_reason
 
 # how the user sets each stored setting (a key not listed is named as itself)

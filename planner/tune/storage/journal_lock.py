@@ -3,7 +3,7 @@
 Optuna's ``JournalFileSymlinkLock`` takes the lock by creating ``<journal>.lock`` as a symbolic link and
 breaks a lock only after it has stood unchanged for its grace period (30 s): after a ``kill -9`` during an
 append, every other process waits that long. Here the link's target names the holder (machine, pid and
-the pid's start time, as :mod:`planner.tune.lifecycle` identifies workers); a waiter on the same machine
+the pid's start time, as :mod:`planner.tune.storage.lifecycle` identifies workers); a waiter on the same machine
 that finds the holder gone breaks the lock at once. Holders on other machines, or still alive, are waited
 for as Optuna does, grace period included.
 """
@@ -14,7 +14,7 @@ import os
 
 from optuna.storages.journal import JournalFileSymlinkLock
 
-from planner.tune.processes import ended_here, process_identity
+from planner.tune.storage.processes import ended_here, process_identity
 
 _SEP = "#"  # path#machine#pid#start: machine keys and pids never hold one
 

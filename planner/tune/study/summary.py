@@ -124,11 +124,11 @@ def confirmation_lines(plan) -> list[str]:
 
 
 def no_signal(plan) -> bool:
-    """Whether confirmation found the tuned plan ahead of nothing beyond the seed noise (planner.tune.confirm)."""
+    """Whether confirmation found the tuned plan ahead of nothing beyond the seed noise (planner.tune.study.confirm)."""
     return plan.confirmation is not None and plan.confirmation.separated is False
 
 
 def exit_code(plan) -> int:
     """`planner tune`'s exit code once the plan is written: 1 when its scores have no signal, as for a study whose
-    trials all scored the same (planner.tune.result.NoSignal), else 0."""
+    trials all scored the same (planner.tune.study.result.NoSignal), else 0."""
     return 1 if no_signal(plan) else 0

@@ -1,7 +1,7 @@
 """The sampler a study draws its points with: ``--sampler`` (TPE or random), one seed per trial, bounded by the gate.
 
-The layers, outermost first: :class:`planner.tune.bounded.GateBoundedSampler` (γ within 1..G, whole-point
-draws the gate refuses or a finished trial trained drawn again), :class:`planner.tune.seeding.PerTrialSeed`
+The layers, outermost first: :class:`planner.tune.search.bounded.GateBoundedSampler` (γ within 1..G, whole-point
+draws the gate refuses or a finished trial trained drawn again), :class:`planner.tune.search.seeding.PerTrialSeed`
 (no two trials share a random state), then Optuna's sampler.
 """
 
@@ -12,8 +12,8 @@ import warnings
 
 import optuna
 
-from planner.tune.bounded import GateBoundedSampler, admissible, largest_fitting_active_layers
-from planner.tune.seeding import PerTrialSeed
+from planner.tune.search.bounded import GateBoundedSampler, admissible, largest_fitting_active_layers
+from planner.tune.search.seeding import PerTrialSeed
 
 TPE_STARTUP_TRIALS = 5  # random points before TPE models the space (studies/bench_search.py: 3 and 5 tie, 10 is worse)
 # The share of finished trials TPE models as the good group l(x) (Optuna's ``gamma`` argument, not the project's γ).

@@ -90,7 +90,7 @@ def open_storage(url: str):
         path = Path(url).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         return open_journal(path)
-    # dead workers' trials are found by planner.tune.lifecycle (for every storage), not Optuna's heartbeat
+    # dead workers' trials are found by planner.tune.storage.lifecycle (for every storage), not Optuna's heartbeat
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +247,9 @@ def local_storage_path(url: str) -> Path | None:
 
 
 def open_journal(path: Path):
-    """A journal file storage, repaired or refused first (see :mod:`planner.tune.journal`)."""
-    from planner.tune.journal import open_journal_storage  # deferred: it imports optuna, which `--help` need not load
+    """A journal file storage, repaired or refused first (see :mod:`planner.tune.storage.journal`)."""
+    from planner.tune.storage.journal import (
+        open_journal_storage,
+    )  # deferred: it imports optuna, which `--help` need not load
 
     return open_journal_storage(path)

@@ -12,10 +12,10 @@ Baselines as users run them: each is tried in the cheapest standard form that fi
 walking its :data:`RECIPES` in order (as it is; with gradient checkpointing; then the memory
 levers its community uses: 8-bit AdamW for LISA, torchtune's single-device full recipe for full
 fine-tuning: paged 8-bit AdamW, the step in backward, checkpointing, the loss in 8 chunks). The
-form it ran in is recorded (its record's ``levers``, :mod:`planner.tune.record`) and named wherever the baseline is shown;
+form it ran in is recorded (its record's ``levers``, :mod:`planner.tune.study.record`) and named wherever the baseline is shown;
 only a baseline that fits in no form is "does not fit" (trained in its last form, gated).
 
-Fair comparison: before confirmation (:mod:`planner.tune.confirm`), each baseline that trained
+Fair comparison: before confirmation (:mod:`planner.tune.study.confirm`), each baseline that trained
 within the budget also runs at the other :data:`LR_SWEEP_FACTORS` times its default learning
 rate (trials of its kind, ``lr_sweep`` = the factor in their record, not counted toward
 ``--n-trials``), and is compared at the best of them (:func:`best_of_kind`): a win over a
@@ -33,10 +33,10 @@ from dataclasses import replace
 from planner.config import TrainConfig
 from planner.levers import labels, lever_fields
 from planner.recipes import CHECKPOINTING, QLORA, TORCHTUNE_FULL
-from planner.tune import record
-from planner.tune.forms import fits as fits_in_a_form
-from planner.tune.record import SEARCH, Baseline, TrialRecord, counted, interrupted
-from planner.tune.space import DEFAULT_LR, LISA_ACTIVE_LAYERS, LISA_PERIOD, SearchSpace, TrialParams
+from planner.tune.study import record
+from planner.tune.search.forms import fits as fits_in_a_form
+from planner.tune.study.record import SEARCH, Baseline, TrialRecord, counted, interrupted
+from planner.tune.search.space import DEFAULT_LR, LISA_ACTIVE_LAYERS, LISA_PERIOD, SearchSpace, TrialParams
 
 _LEVER_DEFAULTS = {name: spec[1].default for name, spec in lever_fields().items()}
 LORA_BASELINE_RANK = 16

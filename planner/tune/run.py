@@ -22,31 +22,31 @@ from planner.data.load import BUILTIN
 from planner.errors import PlannerError
 from planner.threads import torch_threads
 from planner.levers import labels, shape_fields
-from planner.tune.forms import fits as fits_in_a_form
-from planner.tune.forms import form_steps, forms
-from planner.tune.gate import BudgetGate, human_bytes
+from planner.tune.search.forms import fits as fits_in_a_form
+from planner.tune.search.forms import form_steps, forms
+from planner.tune.search.gate import BudgetGate, human_bytes
 from planner.recipes import QLORA
 
 # the options are declared in planner.tune.options; their defaults stay importable from here
 from planner.tune.options import DEFAULT_EVALS, TuneOptions, command_line
 from planner.tune.options import DEFAULT_N_TRIALS, DEFAULT_STEPS  # noqa: F401
-from planner.tune.target import Target, target_layers_attribute, workload_target
+from planner.tune.proxy.target import Target, target_layers_attribute, workload_target
 from planner.sampling import SCORERS
-from planner.tune.space import DEFAULT_LORA_RANKS, SearchSpace, depth_choices
-from planner.tune.preflight import check_outputs, check_resume, check_param_names, unwritten_plan
-from planner.tune.samplers import study_sampler
-from planner.tune.creation import CREATED_BY, READY, wait_for_creation
-from planner.tune.lifecycle import GuardedObjective, StopAfter, attach, owed, settle_message, stored_trials
-from planner.tune.processes import process_identity
-from planner.tune.baselines import enqueue_baselines, enqueue_missing_baselines, enqueue_offered
-from planner.tune.signals import deferred, exit_code
-from planner.tune.storage import disk_full, full_disk_message, open_storage
-from planner.tune.proxy_source import ProxySetup, pick_device, resolve_proxy
-from planner.tune.proxy import TrainShape
-from planner.tune.objective import Objective
-from planner.tune.progress import TrialProgress
-from planner.tune.result import finished, summarize
-from planner.tune.confirm import confirm_phase, is_confirm, waiting_confirmations
+from planner.tune.search.space import DEFAULT_LORA_RANKS, SearchSpace, depth_choices
+from planner.tune.storage.preflight import check_outputs, check_resume, check_param_names, unwritten_plan
+from planner.tune.search.samplers import study_sampler
+from planner.tune.storage.creation import CREATED_BY, READY, wait_for_creation
+from planner.tune.storage.lifecycle import GuardedObjective, StopAfter, attach, owed, settle_message, stored_trials
+from planner.tune.storage.processes import process_identity
+from planner.tune.study.baselines import enqueue_baselines, enqueue_missing_baselines, enqueue_offered
+from planner.tune.storage.signals import deferred, exit_code
+from planner.tune.storage.backends import disk_full, full_disk_message, open_storage
+from planner.tune.proxy.source import ProxySetup, pick_device, resolve_proxy
+from planner.tune.proxy.train import TrainShape
+from planner.tune.study.objective import Objective
+from planner.tune.study.progress import TrialProgress
+from planner.tune.study.result import finished, summarize
+from planner.tune.study.confirm import confirm_phase, is_confirm, waiting_confirmations
 
 # default batch: 32 sequences or 2048 tokens, whichever is fewer (the default task's
 # 36-token examples reach ~20% accuracy in 150 steps of 32; long sequences get small batches)
@@ -97,7 +97,7 @@ def _workload_target(workload, options: TuneOptions):
 
 
 def build_space(target, options: TuneOptions):
-    """The search space for ``target`` under ``options``: a :class:`~planner.tune.target.Target`, or a workload
+    """The search space for ``target`` under ``options``: a :class:`~planner.tune.proxy.target.Target`, or a workload
     whose own model is the target."""
 
     if not isinstance(target, Target):

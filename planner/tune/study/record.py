@@ -10,10 +10,10 @@ The kind of a trial (``user_attrs['kind']``) is one of:
 - :class:`Search` (``"search"``): a point the sampler drew, or one queued as a searched trial (``offered``);
   a trial that never stored a kind is a searched one;
 - :class:`Baseline` (``"baseline:<name>"``, e.g. ``"baseline:lora"``): a reference configuration
-  (:mod:`planner.tune.baselines`); its learning-rate sweep runs are trials of the same kind with ``lr_sweep``
+  (:mod:`planner.tune.study.baselines`); its learning-rate sweep runs are trials of the same kind with ``lr_sweep``
   set to the factor (:attr:`TrialRecord.is_sweep`);
 - :class:`Confirm` (``"confirm:<trial>:<i>"``, e.g. ``"confirm:23:0"``): trial ``<trial>``'s point trained again
-  with confirmation seed index ``<i>`` (:mod:`planner.tune.confirm`).
+  with confirmation seed index ``<i>`` (:mod:`planner.tune.study.confirm`).
 
 A kind is its stored string (``Baseline("lora") == "baseline:lora"``), so kinds compare, hash and serialize as the
 strings they stand for; :func:`parse_kind` turns a string into one, and refuses any other string.
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM) before the trial finished"
 _INTERRUPTED_BEFORE = "interrupted (Ctrl-C) before the trial finished"  # studies written by earlier versions
-WORKER_DIED = "worker died"  # the start of the reason of a trial whose process died (planner.tune.lifecycle)
+WORKER_DIED = "worker died"  # the start of the reason of a trial whose process died (planner.tune.storage.lifecycle)
 KIND_FORMS = "'search', 'baseline:<name>' or 'confirm:<trial number>:<seed index>'"
 
 
@@ -118,7 +118,7 @@ class Confirm(TrialKind):
 
     @property
     def seed(self) -> int:
-        """The confirmation seed index (the seed itself: :func:`planner.tune.confirm.confirm_seed`)."""
+        """The confirmation seed index (the seed itself: :func:`planner.tune.study.confirm.confirm_seed`)."""
         return int(str(self).split(":")[2])
 
     def __getnewargs__(self) -> tuple:
@@ -170,7 +170,7 @@ Kind = Annotated[
 
 
 class ProxyPlan(BaseModel):
-    """The plan the proxy trained for a target point (:func:`planner.tune.mapping.proxy_params`)."""
+    """The plan the proxy trained for a target point (:func:`planner.tune.proxy.mapping.proxy_params`)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -188,7 +188,7 @@ class MeasuredDraw(BaseModel):
 
 
 class MeasuredMemory(BaseModel):
-    """What a proxy run of the target itself used (:mod:`planner.tune.proxy`), next to the prediction: on CUDA the
+    """What a proxy run of the target itself used (:mod:`planner.tune.proxy.train`), next to the prediction: on CUDA the
     allocator's counters; on the CPU live tensor bytes per draw, each checked draw predicted again."""
 
     model_config = ConfigDict(extra="allow")
@@ -198,7 +198,7 @@ class MeasuredMemory(BaseModel):
     levers_not_run: list[str] | None = Field(
         None,
         description="CPU runs: levers of the point the proxy loop does not "
-        "run (planner.tune.proxy.ran_form); predicted without",
+        "run (planner.tune.proxy.train.ran_form); predicted without",
     )
 
     max_reserved_bytes: int | None = Field(None, description="the allocator's peak reserved bytes")
@@ -218,12 +218,12 @@ class MeasuredMemory(BaseModel):
 
 
 class WorkerIdentity(BaseModel):
-    """The process running a trial (:func:`planner.tune.processes.process_identity` plus its run token)."""
+    """The process running a trial (:func:`planner.tune.storage.processes.process_identity` plus its run token)."""
 
     model_config = ConfigDict(extra="allow")
 
     host: str = Field(
-        description="machine key: host name, boot id and pid namespace (planner.tune.processes.machine_key)"
+        description="machine key: host name, boot id and pid namespace (planner.tune.storage.processes.machine_key)"
     )
     pid: int = Field(description="process id on that machine")
     started: str | None = Field(None, description="the process's start time in clock ticks since boot (None: unknown)")
@@ -286,7 +286,7 @@ class TrialRecord(BaseModel):
     measured_memory: MeasuredMemory | None = Field(None, description="a CUDA proxy run of the target: what it used")
     reused_from: int | None = Field(None, description="the finished trial whose identical proxy run gave its result")
 
-    # its life across processes (planner.tune.lifecycle)
+    # its life across processes (planner.tune.storage.lifecycle)
     worker: WorkerIdentity | None = Field(None, description="the process that runs or ran it")
     heartbeat: float | None = Field(None, description="time.time() of its worker's latest heartbeat")
 
