@@ -177,3 +177,14 @@ def test_lora_only_active_adapters_train(tiny):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n and ".layers.0." in n for n in changed)
     assert {id(p) for p in opt.state} <= {id(p) for p in s.parts.layer_params[0]}
+
+
+def test_the_optimizer_steps_the_managed_parameters_in_the_models_order(tiny):
+    """The first optimizer step's peak holds the temporaries of the tensor stepped last, so an optimizer built by the
+    sampler must step in the order the cost model's (the model's trainable parameters) does."""
+    model = build_model(tiny("llama", num_layers=3))
+    s = LayerSampler(model, active_layers=1, period=3, train_embeddings=True, train_head=True)
+    managed = {id(p) for p in s.managed_parameters()}
+    assert [id(p) for p in s.managed_parameters()] == [id(p) for p in model.parameters() if id(p) in managed]
+    opt = s.make_optimizer(torch.optim.AdamW, lr=1e-3)
+    assert [id(p) for g in opt.param_groups for p in g["params"]] == [id(p) for p in s.managed_parameters()]

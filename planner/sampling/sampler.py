@@ -114,10 +114,11 @@ class LayerSampler:
 
     # parameters -------------------------------------------------------------------------------
     def managed_parameters(self) -> list[nn.Parameter]:
-        """Every parameter this sampler may make trainable: all layers' plus trained embeddings/head."""
-        out = {id(p): p for params in self.parts.layer_params for p in params}
-        out.update(self._static)
-        return list(out.values())
+        """Every parameter this sampler may make trainable (all layers' plus trained embeddings/head), in the model's
+        order: an optimizer built from them steps them as one built from the model's trainable parameters does (the
+        first step's peak holds the last-stepped tensor's temporaries, so the order is part of the memory)."""
+        managed = {id(p) for params in self.parts.layer_params for p in params} | set(self._static)
+        return [p for p in self.model.parameters() if id(p) in managed]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What trains now: the active layers' parameters plus trained embeddings/head."""
