@@ -13,7 +13,9 @@ from planner.config import TrainConfig
 from planner.errors import PlannerError
 from plan_factory import consistent_plan
 from planner.plan import BREAKDOWN_KEYS, Breakdown, Plan
+from planner.report import costing
 from planner.report import data as rdata
+from planner.report import plan as rplan
 from planner.report import study as rstudy
 from planner.units import GiB, MiB
 
@@ -313,7 +315,7 @@ def _model_file(tmp_path):
 def test_plan_report_data_uses_the_cost_model(tmp_path):
 
     cfg, _ = _model_file(tmp_path)
-    d = rdata.plan_report_data(_plan(str(cfg)), name="p", estimator=fake_estimator)
+    d = rplan.plan_report_data(_plan(str(cfg)), name="p", estimator=fake_estimator)
     assert [b.key for b in d.bars] == ["full", "lora", "qlora", "lisa", "plan"]
     assert all(b.source == "cost model" for b in d.bars)
     assert d.notes["tradeoff"] == rdata.NO_STUDY and d.notes["history"] == rdata.NO_STUDY
@@ -325,7 +327,7 @@ def test_plan_report_data_uses_the_cost_model(tmp_path):
 
 
 def test_plan_without_loadable_model_keeps_its_own_breakdown():
-    d = rdata.plan_report_data(_plan("no-such-model-preset"), name="p")
+    d = rplan.plan_report_data(_plan("no-such-model-preset"), name="p")
     assert [b.key for b in d.bars] == ["plan"] and d.bars[0].peak_bytes == 3 * GiB
     assert "sweeps" in d.notes and "breakdown" in d.notes
 
@@ -344,10 +346,10 @@ def test_load_study_errors(tmp_path):
 
 
 def test_spread_keeps_ends():
-    assert rdata._spread(1, 4) == [1, 2, 3, 4]
-    s = rdata._spread(1, 80)
-    assert s[0] == 1 and s[-1] == 80 and len(s) <= rdata.MAX_SWEEP_POINTS
-    assert rdata._spread(3, 2) == []
+    assert costing._spread(1, 4) == [1, 2, 3, 4]
+    s = costing._spread(1, 80)
+    assert s[0] == 1 and s[-1] == 80 and len(s) <= costing.MAX_SWEEP_POINTS
+    assert costing._spread(3, 2) == []
 
 
 def test_gib():
@@ -390,7 +392,7 @@ def test_plan_deltas_use_the_plan_baselines_when_a_bar_is_missing(tmp_path):
             raise PlannerError("the cost model failed (RuntimeError: x)")
         return fake_estimator(spec, c)
 
-    d = rdata.plan_report_data(_plan(str(cfg)), name="p", estimator=no_lora)
+    d = rplan.plan_report_data(_plan(str(cfg)), name="p", estimator=no_lora)
     assert [b.key for b in d.bars] == ["full", "lisa", "plan"] and "LoRA: the cost model failed" in d.notes["breakdown"]
     assert "QLoRA: the cost model failed" in d.notes["breakdown"]
     assert {r.key: r for r in d.savings}["plan"].delta_vs_lora == pytest.approx(0.2)
@@ -494,10 +496,10 @@ def test_baselines_the_cost_model_prices_are_in_the_form_that_fits(tmp_path):
     )
     assert ckpt < plain
     between = (plain + ckpt) // 2
-    d = rdata.plan_report_data(_plan(str(cfg), vram_bytes=between), name="p", estimator=ckpt_estimator)
+    d = rplan.plan_report_data(_plan(str(cfg), vram_bytes=between), name="p", estimator=ckpt_estimator)
     bar = next(b for b in d.bars if b.key == "lora")
     assert bar.peak_bytes == ckpt and bar.label == "LoRA (checkpointing)" and bar.fits
-    d = rdata.plan_report_data(_plan(str(cfg), vram_bytes=ckpt - 1), name="p", estimator=ckpt_estimator)
+    d = rplan.plan_report_data(_plan(str(cfg), vram_bytes=ckpt - 1), name="p", estimator=ckpt_estimator)
     bar = next(b for b in d.bars if b.key == "lora")
     assert bar.peak_bytes == ckpt and not bar.fits  # LoRA's last form is checkpointing
 
@@ -530,7 +532,7 @@ def test_plan_report_takes_each_baselines_figures_by_name_and_its_recorded_form(
             {"name": "qlora", "predicted_peak_bytes": GiB, "fits": True, "metric": 0.4},
         ],
     )
-    d = rdata.plan_report_data(plan, name="p", estimator=opt_estimator)
+    d = rplan.plan_report_data(plan, name="p", estimator=opt_estimator)
     bars = {b.key: b for b in d.bars}
     assert bars["lora"].peak_bytes == adamw_peak and "paged" not in bars["lora"].label
     assert bars["lora"].metric == 0.5 and bars["qlora"].metric == 0.4

@@ -10,6 +10,7 @@ import pytest
 
 from planner.cli.main import main
 from planner.report import data as rdata
+from planner.report import plan as rplan
 from planner.report import study as rstudy
 from planner.report.plots import render_figures
 from planner.report.render import SECTION_TITLES, write_html, write_markdown
@@ -76,7 +77,7 @@ def test_plan_report_says_no_study(tmp_path):
 
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps(tiny_spec("llama", num_layers=4).config.to_dict()))
-    d = rdata.plan_report_data(_plan(str(cfg)), name="p", estimator=fake_estimator)
+    d = rplan.plan_report_data(_plan(str(cfg)), name="p", estimator=fake_estimator)
     figs = render_figures(d, tmp_path / "out", dpi=50)
     assert set(figs) == {"breakdown", "sweeps"}
     md = write_markdown(d, figs, tmp_path / "out" / "report.md").read_text()

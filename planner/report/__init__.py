@@ -1,4 +1,5 @@
-"""Cost-benefit reports: ``data`` computes what a report shows, ``plots`` draws it, ``render`` writes HTML/Markdown.
+"""Cost-benefit reports: ``study`` and ``plan`` compute what a report shows (``data``), ``plots`` draws it,
+``render`` writes HTML/Markdown.
 
 ``write_report`` (in ``planner.report.build``) does all three from a study or a plan file.
 """

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from planner.errors import PlannerError
 from planner.plan import Plan
-from planner.report import data as rdata
 from planner.report import study as rstudy
 from planner.report.data import ReportData
+from planner.report.plan import plan_report_data
 from planner.report.render import write_html, write_markdown
 from planner.writable import unwritable_reason
 
@@ -52,7 +52,7 @@ def write_report(
         path = Path(plan)
         # studies/<study>/plan.yaml is how `planner tune` names plans: call it "<study>-plan"
         name = f"{path.resolve().parent.name}-plan" if path.stem == "plan" else path.stem
-        data = rdata.plan_report_data(p, name=name, device=device)
+        data = plan_report_data(p, name=name, device=device)
     out_dir = Path(out) if out is not None else DEFAULT_REPORTS_DIR / _safe_name(data.name)
     problem = out_problem(out_dir, given=out is not None)
     if problem:

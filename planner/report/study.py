@@ -7,40 +7,31 @@ target in its training shape.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from planner.config import TrainConfig
 from planner.errors import PlannerError
+from planner.report.costing import config_with, cost_model_estimator, fits_with, form_label, model_sweeps
 from planner.report.data import (
     BASELINES,
     PLAN_KEY,
     PLAN_LABEL,
     Bar,
     Estimator,
-    HistoryPoint,
-    ImportanceMap,
     ReportData,
     Sweep,
-    TrialPoint,
-    _breakdown_dict,
-    _config,
-    _fits,
-    _model_sweeps,
-    cost_model_estimator,
-    fits_with,
-    form_label,
+    breakdown_dict,
+    fits_budget,
     savings_table,
 )
+from planner.report.trials import best_point, importance_maps, int_or_none, metric_history, pareto_front, trial_point
 from planner.tune.study import record
 from planner.tune.study.baselines import LISA_BASELINE, baseline_configs, best_of_kind, trial_form_words
 from planner.tune.search.space import LISA_ACTIVE_LAYERS as LISA_DEFAULT_ACTIVE_LAYERS
 from planner.tune.study.confirm import best_confirmed, confirmed, report_lines
-from planner.tune.study.record import SEARCH, Baseline, Confirm
+from planner.tune.study.record import Baseline
 from planner.tune.storage.backends import DEFAULT_STORAGE, check_storage, open_storage
 from planner.units import format_bytes
-
-MAX_IMPORTANCE_MAPS = 4
 
 
 def open_existing_storage(url: str):
@@ -65,138 +56,6 @@ def load_study(name: str, storage: str | None = None):
         known = ", ".join(sorted(names)) or "none"
         raise PlannerError(f"--study must name a study in {url}, but got {name!r} (studies there: {known})")
     return optuna.load_study(study_name=name, storage=st)
-
-
-def _int_or_none(v) -> int | None:
-    try:
-        return None if v is None else int(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def _finite(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _trial_point(t) -> TrialPoint:
-    rec, p = record.read(t), t.params
-    state = t.state.name
-    metric = None
-    if state == "COMPLETE":
-        vals = t.values
-        metric = _finite(vals[0]) if vals else _finite(rec.metric)
-    lowest = rec.lowest_layer
-    if lowest is None and rec.trainable_layers:
-        lowest = min(rec.trainable_layers)
-    return TrialPoint(
-        number=t.number,
-        state=state,
-        kind=rec.kind,
-        peak_bytes=rec.predicted_peak_bytes,
-        metric=metric,
-        gated=bool(rec.gated),
-        fits=rec.fits,
-        reason=rec.reason or "",
-        active_layers=_int_or_none(p.get("active_layers")),
-        lowest_layer=lowest,
-        scorer=p.get("scorer"),
-    )
-
-
-def pareto_front(points: list[TrialPoint], direction: str) -> list[int]:
-    """Numbers of the trials no other trial beats on both metric and predicted peak (lower peak is better)."""
-    sign = 1.0 if direction == "maximize" else -1.0
-    # (number, signed metric: higher is better, peak)
-    cand = [
-        (p.number, sign * p.metric, p.peak_bytes) for p in points if p.metric is not None and p.peak_bytes is not None
-    ]
-    front = []
-    for number, metric, peak in cand:
-        dominated = any(
-            (q_metric >= metric and q_peak <= peak) and (q_metric > metric or q_peak < peak)
-            for _, q_metric, q_peak in cand
-        )
-        if not dominated:
-            front.append(number)
-    return sorted(front)
-
-
-def _best(points: list[TrialPoint], direction: str, multi_objective: bool) -> TrialPoint | None:
-    """The trial ``planner tune`` writes as the plan: the best metric among trained trials that fit (any
-    kind; on the Pareto front when multi-objective), the lower predicted peak breaking ties."""
-    sign = 1.0 if direction == "maximize" else -1.0
-    cand = [
-        p
-        for p in points
-        if p.state == "COMPLETE" and p.metric is not None and p.fits is True and not isinstance(p.kind, Confirm)
-    ]  # a confirmation run is one seed of another trial's point
-    if multi_objective and any(p.pareto for p in cand):
-        cand = [p for p in cand if p.pareto]
-    if not cand:
-        return None
-
-    def rank(p: TrialPoint) -> tuple[float, int, int]:
-        assert p.metric is not None  # cand holds trials with a metric only
-        return sign * p.metric, -(p.peak_bytes or 0), -p.number
-
-    return max(cand, key=rank)
-
-
-def _history(points: list[TrialPoint], direction: str) -> list[HistoryPoint]:
-    sign = 1.0 if direction == "maximize" else -1.0
-    best = None
-    out = []
-    for p in sorted(points, key=lambda p: p.number):
-        if p.metric is None:
-            continue
-        if p.kind == SEARCH and (best is None or sign * p.metric > sign * best):
-            best = p.metric
-        out.append(HistoryPoint(p.number, p.kind, p.metric, best))
-    return out
-
-
-def _importance_maps(
-    trials, points: dict[int, TrialPoint], num_layers: int | None, direction: str, best: int | None
-) -> list[ImportanceMap]:
-    """One map per adaptive scorer: the scorer's best trial whose sampling weights change over training."""
-    sign = 1.0 if direction == "maximize" else -1.0
-    per_scorer: dict[str, ImportanceMap] = {}
-    for t in trials:
-        history = record.read(t).importance or []
-        rows = [r for r in history if isinstance(r, dict) and r.get("weights")]
-        # a re-draw at the step of the previous record replaces it: one row per step
-        rows = [r for i, r in enumerate(rows) if i + 1 == len(rows) or rows[i + 1].get("step") != r.get("step")]
-        if len(rows) < 2:
-            continue
-        weights = [[float(w) for w in r["weights"]] for r in rows]
-        if all(w == weights[0] for w in weights[1:]):
-            continue  # a fixed distribution: nothing adapts
-        L = num_layers or max(len(w) for w in weights)
-        weights = [w + [0.0] * (L - len(w)) if len(w) < L else w[:L] for w in weights]
-        pt = points[t.number]
-        scorer = str(t.params.get("scorer", "?"))
-        m = ImportanceMap(
-            t.number,
-            scorer,
-            [int(r.get("step", i)) for i, r in enumerate(rows)],
-            L,
-            weights,
-            [sorted(int(a) for a in (r.get("active") or [])) for r in rows],
-            pt.metric,
-        )
-        cur = per_scorer.get(scorer)
-
-        def rank(x: ImportanceMap):
-            return (x.trial_number == best, x.metric is not None, sign * (x.metric or 0.0))
-
-        if cur is None or rank(m) > rank(cur):
-            per_scorer[scorer] = m
-    maps = sorted(per_scorer.values(), key=lambda m: (m.trial_number != best, m.scorer))
-    return maps[:MAX_IMPORTANCE_MAPS]
 
 
 def _base_config(study_attrs: dict) -> TrainConfig:
@@ -232,7 +91,7 @@ def _trial_config(base: TrainConfig, params: dict, num_layers: int | None = None
     )  # 0 = full layer weights
     if params.get("batch_size"):
         changes["batch_size"] = int(params["batch_size"])
-    return _config(base, **changes)
+    return config_with(base, **changes)
 
 
 def _study_spec(model: str | None):
@@ -260,16 +119,16 @@ def study_report_data(
     ua = study.user_attrs
     direction = str(ua.get("direction") or study.directions[0].name.lower())
     device = device or str(ua.get("device") or "cpu")
-    vram = _int_or_none(ua.get("vram_bytes"))
-    num_layers = _int_or_none(ua.get("num_layers"))
+    vram = int_or_none(ua.get("vram_bytes"))
+    num_layers = int_or_none(ua.get("num_layers"))
     model = str(ua.get("model") or "?")
     trials = study.get_trials(deepcopy=False)
-    points = [_trial_point(t) for t in trials]
+    points = [trial_point(t) for t in trials]
     by_number = {p.number: p for p in points}
     front = set(pareto_front([p for p in points if p.state == "COMPLETE"], direction))
     for p in points:
         p.pareto = p.number in front
-    best = _best(points, direction, len(study.directions) > 1 or bool(ua.get("multi_objective")))
+    best = best_point(points, direction, len(study.directions) > 1 or bool(ua.get("multi_objective")))
     top = best_confirmed(confirmed(trials), direction)  # as `planner tune` writes it: the best confirmed mean
     best = by_number[top.source.number] if top is not None else best
     notes: dict[str, str] = {}
@@ -295,9 +154,9 @@ def study_report_data(
         t = best_of_kind([t for t in trials if record.read(t).breakdown], Baseline(key), direction)
         if t is not None:
             pt = by_number[t.number]
-            parts = _breakdown_dict(record.read(t).breakdown)
+            parts = breakdown_dict(record.read(t).breakdown)
             peak = pt.peak_bytes if pt.peak_bytes is not None else sum(parts.values())
-            fits = pt.fits if pt.fits is not None else _fits(peak, vram)
+            fits = pt.fits if pt.fits is not None else fits_budget(peak, vram)
             bars.append(
                 Bar(key, label + trial_form_words(t), parts, peak, f"trial #{t.number}", fits, pt.metric, t.number)
             )
@@ -305,12 +164,12 @@ def study_report_data(
             try:
                 cfg = configs[Baseline(key)]
                 peak, parts = estimator(spec, cfg)
-                bars.append(Bar(key, form_label(label, cfg), parts, peak, "cost model", _fits(peak, vram)))
+                bars.append(Bar(key, form_label(label, cfg), parts, peak, "cost model", fits_budget(peak, vram)))
             except PlannerError as exc:
                 notes["breakdown"] = "; ".join(filter(None, [notes.get("breakdown"), f"{label}: {exc}"]))
     if best is not None:
         t = next(t for t in trials if t.number == best.number)
-        parts = _breakdown_dict(record.read(t).breakdown)
+        parts = breakdown_dict(record.read(t).breakdown)
         peak = best.peak_bytes if best.peak_bytes is not None else sum(parts.values())
         bars.append(
             Bar(
@@ -319,7 +178,7 @@ def study_report_data(
                 parts,
                 peak,
                 f"trial #{best.number}",
-                best.fits if best.fits is not None else _fits(peak, vram),
+                best.fits if best.fits is not None else fits_budget(peak, vram),
                 best.metric,
                 best.number,
             )
@@ -335,7 +194,7 @@ def study_report_data(
     if not any(p.metric is not None for p in points):
         notes["tradeoff"] = "no trial completed with a metric"
         notes["history"] = notes["tradeoff"]
-    importance = _importance_maps(trials, by_number, num_layers, direction, best.number if best else None)
+    importance = importance_maps(trials, by_number, num_layers, direction, best.number if best else None)
     if not importance:
         notes["importance"] = "no trial of an adaptive scorer recorded per-layer weights that change over training"
 
@@ -363,7 +222,7 @@ def study_report_data(
         except (PlannerError, KeyError, ValueError, TypeError):
             sweep_base = configs[LISA_BASELINE]
         active_layers = sweep_base.active_layers or LISA_DEFAULT_ACTIVE_LAYERS
-        _model_sweeps(
+        model_sweeps(
             active_layers_sweep,
             depth_sweep,
             spec,
@@ -414,7 +273,7 @@ def study_report_data(
         active_layers_sweep=active_layers_sweep,
         depth_sweep=depth_sweep,
         importance=importance,
-        history=_history(points, direction),
+        history=metric_history(points, direction),
         savings=savings_table(bars),
         notes=notes,
         counts=counts,
