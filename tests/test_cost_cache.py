@@ -71,7 +71,7 @@ def test_invalid_entry_is_recomputed_with_one_warning(spec, tmp_path, damage):
 def test_a_trace_read_back_from_the_cache_is_the_trace_written(spec, tmp_path, kw):
     """Every field survives the cache (a field added to TraceResult once shifted the ones after it)."""
     from planner.cost.estimator import get_trace
-    from planner.cost.trace import TraceResult
+    from planner.cost.segments import TraceResult
 
     cfg = CFG.model_copy(update=kw)
     traced = get_trace(spec, cfg, ["FA", "T", "FA"] if kw else ["FB", "T0", "FA"], fake=False)
@@ -86,7 +86,7 @@ def test_a_trace_reads_back_as_it_was_stored():
     shifted the others and no stored trace could be read (each was traced again, with a warning)."""
     from dataclasses import fields
 
-    from planner.cost.trace import Segment, TraceResult
+    from planner.cost.segments import Segment, TraceResult
 
     seg = Segment((1, 2, 3), (4, 5, 6), 7, 8)
     stored = TraceResult(

@@ -10,7 +10,7 @@ How (modules in order of the data flow):
 - ``tracker``: a TorchDispatchMode summing live tensor-storage bytes (works under FakeTensorMode);
 - ``trainable``/``measure``: the training step as the HF Trainer runs it, and its measured peak;
 - ``kernels``: for ``device="cuda"``, attention (SDPA) and dropout as their CUDA kernels allocate;
-- ``trace``: one step of the model at 2-3 layers, cut into segments per layer role;
+- ``trace``/``segments``: one step of the model at 2-3 layers, cut into segments per layer role;
 - ``events``: the same step as allocation/free templates, composed at full depth;
 - ``compose``: the segments replayed at full depth; the peak is the running sum's maximum;
 - ``optimizer``: optimizer state and step temporaries, one strategy per optimizer;

@@ -3,7 +3,7 @@
 Marks, in step order: ``fwd:embed``, ``fwd:<i>`` before each decoder layer (pre-hook), ``fwd:head``
 at the first module after the layers, ``bwd:head`` when the backward starts, ``bwd:<i>`` when the
 gradient of layer i's output arrives, ``bwd:embed`` when the gradient of the first layer's input
-arrives, ``bwd:end`` and ``end``. :mod:`planner.cost.trace` cuts the event stream at them.
+arrives, ``bwd:end`` and ``end``. :mod:`planner.cost.segments` cuts the event stream at them.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ A full-depth configuration is the sequence
     embedding fwd, layer 0..L-1 fwd, head fwd, head bwd, layer L-1..0 bwd (not FB), shared release,
     embedding bwd (when the embeddings train), tail, optimizer step
 
-of segments from :mod:`planner.cost.trace`; each adds its net change to the running total and
+of segments from :mod:`planner.cost.segments`; each adds its net change to the running total and
 may rise above it by its own peak. The step's peak is ``base + max_k(sum_{j<k} net_j + peak_k)``
 (exact for a stack of identical decoder layers: no sum of separate maxima). ``peak_many`` does
 this for many trainable sets at once with numpy (the sampler's worst-case search), ``simulate``
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from planner.cost.roles import FA, FB, ROLES, T, T0
-from planner.cost.trace import ACT, GRAD, TRANS, Segment, TraceResult, cuda_block_bytes
+from planner.cost.segments import ACT, GRAD, TRANS, Segment, TraceResult, cuda_block_bytes
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Family:
     frees_input: dict[str, bool]
     input_bytes: int
     x0_held: bool
-    x0_kept: bool  # layer 0's input is never freed in the forward (planner.cost.trace.TraceResult.x0_kept)
+    x0_kept: bool  # layer 0's input is never freed in the forward (planner.cost.segments.TraceResult.x0_kept)
     deferred: dict[str, tuple[int, int]]
     params: dict
     events: dict  # segment -> allocation/free template (planner.cost.events)
@@ -104,7 +104,7 @@ def _sequence(fam: Family, roles: list[int], opt_peak: tuple[int, int]) -> list[
 
 
 def _free(nbytes: int) -> Segment:
-    """The free of a layer input (a hidden state: an activation, see planner.cost.trace)."""
+    """The free of a layer input (a hidden state: an activation, see planner.cost.segments)."""
     return Segment((0, -nbytes, 0), (0, 0, 0), -cuda_block_bytes(nbytes), 0)
 
 

@@ -27,7 +27,8 @@ from planner.cost.roles import FA, FB, ROLES, T, T0
 from planner.cost.device import DeviceProfile, default_profile
 from planner.optimizers import Optimizer, get_optimizer
 from planner.cost.replay import reserved_and_allocated
-from planner.cost.trace import TraceResult, cuda_block_bytes, fingerprint, run_trace
+from planner.cost.segments import TraceResult, cuda_block_bytes
+from planner.cost.trace import fingerprint, run_trace
 from planner.errors import PlannerError
 from planner.levers import active_levers
 from planner.plan import Breakdown

@@ -40,7 +40,7 @@ def _layer(label: str) -> int | None:
 
 def templates(events, marks, roles, input_ids, last_output, grad_ids) -> dict:
     """Templates of every segment of one traced step, keyed ``fwd:ROLE``/``fwd0:ROLE``/... as the
-    segments of :mod:`planner.cost.trace` are, and by name outside the layers."""
+    segments of :mod:`planner.cost.segments` are, and by name outside the layers."""
     n = len(roles)
     bounds = marks + [("<end>", len(events))]
     label_of: list[str | None] = []
