@@ -28,7 +28,7 @@ from planner.tune.search.gate import BudgetGate
 from planner.tune.proxy.mapping import proxy_params, reuse_key, target_lr
 from planner.tune.proxy.train import ProxyOutOfMemory, TrainShape, ran_form, run_proxy
 from planner.tune.study.record import INTERRUPTED  # noqa: F401 - set by lifecycle.GuardedObjective on Ctrl-C/SIGTERM
-from planner.tune.study.record import SEARCH
+from planner.tune.study.record import SEARCH, Baseline
 from planner.tune.search.space import SearchSpace
 from planner.units import human_bytes
 
@@ -114,7 +114,7 @@ class Objective:
         confirm, seed = confirm_run(trial, self.space, self.seed), self.seed  # a confirmation run: its point and seed
         if confirm is not None:
             params, seed = confirm
-        elif kind in self._baselines:
+        elif isinstance(kind, Baseline) and kind in self._baselines:
             params = self.space.suggest_fixed(trial, self._baselines[kind])
             params = replace(params, levers=tuple(sorted((queued.levers or {}).items())))
         else:
@@ -162,6 +162,7 @@ class Objective:
         same = self._reused(trial, key)
         if same is not None:  # the proxy run this point maps to was trained already: its result stands
             done = record.read(same)
+            assert done.metric is not None  # _reused picks a trial by its metric
             record.store(
                 trial,
                 metric=done.metric,

@@ -148,9 +148,10 @@ def parse_kind(text) -> TrialKind:
         except BadTrialKind:
             pass
     if head + ":" == Confirm.PREFIX:
-        parts = [_count(p) for p in rest.split(":")]
-        if len(parts) == 2 and None not in parts:
-            return Confirm(*parts)
+        trial, sep, seed = rest.partition(":")
+        number, index = _count(trial), _count(seed)  # a second ':' leaves ``seed`` no count
+        if sep and number is not None and index is not None:
+            return Confirm(number, index)
     raise BadTrialKind(f"a trial kind must be {KIND_FORMS}, but got {text!r}")
 
 

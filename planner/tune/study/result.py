@@ -81,8 +81,11 @@ def metric_of(trial) -> float | None:
     return record.read(trial).finite_metric
 
 
-def _peak(trial) -> int | None:
-    return record.read(trial).predicted_peak_bytes
+def _peak(trial) -> int:
+    """The predicted peak of a trained trial."""
+    peak = record.read(trial).predicted_peak_bytes
+    assert peak is not None  # a trial trains only after its peak was predicted (and fit)
+    return peak
 
 
 def params_of(trial, space: SearchSpace) -> TrialParams:
@@ -135,9 +138,15 @@ def summarize(
     )
     if top is not None:
         best, best_metric = top.source, top.mean
-    stats = lambda t: {} if t.number not in runs else {"std": runs[t.number].std, "seeds": len(runs[t.number].metrics)}  # noqa: E731
+    assert best_metric is not None  # a trained trial's metric is finite; a complete confirmation has a mean
+
+    def spread(t) -> tuple[float | None, int | None]:
+        """(std, seeds) of ``t``'s confirmation runs; (None, None) when it was not confirmed."""
+        run = runs.get(t.number)
+        return (None, None) if run is None else (run.std, len(run.metrics))
 
     best_record = record.read(best)
+    std, seeds = spread(best)
     rows = [
         SummaryRow(
             "tuned plan",
@@ -147,7 +156,8 @@ def summarize(
             True,
             best.number,
             best.state.name.lower(),
-            **stats(best),
+            std=std,
+            seeds=seeds,
         )
     ]
     baselines = []
@@ -162,6 +172,7 @@ def summarize(
         peak, fits = rec.predicted_peak_bytes, rec.fits
         # the tuned plan is this baseline: no margin over itself (the confirmation states the search's)
         delta = None if metric is None or t.number == best.number else sign * (best_metric - metric)
+        std, seeds = spread(t) if top is not None else (None, None)
         rows.append(
             SummaryRow(
                 kind.name + trial_form_words(t),
@@ -173,7 +184,8 @@ def summarize(
                 t.state.name.lower(),
                 delta,
                 "the tuned plan" if t.number == best.number else rec.reason,
-                **(stats(t) if top is not None else {}),
+                std,
+                seeds,
             )
         )
         if peak is not None:
@@ -197,6 +209,7 @@ def summarize(
         if proxy.is_target
         else target_lr(params.lr, proxy_hidden=proxy.hidden_size, target_hidden=target.hidden_size)
     )
+    assert best_record.breakdown is not None  # stored with the predicted peak, before the trial trained
     proxy_batch = (best_record.proxy_plan.batch_size if best_record.proxy_plan else None) or space.batch_size_of(params)
     plan = Plan(
         model=target.source,
@@ -216,8 +229,8 @@ def summarize(
         train=config,
         device=target.device,
         vram_bytes=vram_bytes,
-        predicted_peak_bytes=int(best_record.predicted_peak_bytes),
-        breakdown=Breakdown(**best_record.breakdown),
+        predicted_peak_bytes=_peak(best),
+        breakdown=Breakdown.model_validate(best_record.breakdown),
         metric_name=workload.metric_name,
         metric=best_metric,
         baselines=baselines,
