@@ -188,7 +188,7 @@ def plan_table_configs():
 
 
 def speed() -> None:
-    from planner.cost import estimate, estimator
+    from planner.cost import estimate, family
     from planner.spec import load_spec
     from planner.units import GiB
 
@@ -202,11 +202,11 @@ def speed() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PLANNER_COST_CACHE"] = tmp
-        estimator._traces.clear()
+        family._traces.clear()
         cold, out = run()
-        n_traces = len(estimator._traces)
+        n_traces = len(family._traces)
         warm, _ = run()
-        estimator._traces.clear()  # a new process with the disk cache filled
+        family._traces.clear()  # a new process with the disk cache filled
         disk, _ = run()
     print(f"70B plan table (llama-2-70b, bf16, batch 1, seq 2048, cuda): {len(cfgs)} estimates")
     print(f"  cold (includes {n_traces} reduced-depth FakeTensor traces): {cold:.2f} s")
@@ -299,8 +299,11 @@ for _ in range(2):
     t0, c0 = time.perf_counter(), time.process_time()
     plans = candidate_plans(spec, cfg, "cuda", default_profile("cuda"))
     times.append((time.perf_counter() - t0, time.process_time() - c0))
-from planner.cost import estimator
-estimator._traces.clear()
+try:  # the in-process trace cache: planner.cost.family's, or before it planner.cost.estimator's
+    from planner.cost import family as traces_home
+except ImportError:
+    from planner.cost import estimator as traces_home
+traces_home._traces.clear()
 try:
     from planner.cost import replay
     replay._memo.clear()

@@ -9,7 +9,7 @@ import itertools
 import pytest
 
 from planner.config import TrainConfig
-from planner.cost import estimate, estimator, replay
+from planner.cost import estimate, family, replay
 from planner.spec import load_spec
 
 
@@ -21,7 +21,7 @@ def _no_disk_cache(monkeypatch):
 @pytest.fixture
 def fresh(monkeypatch):
     """Traces and replays made anew: the in-process caches do not tell fake traces from real ones."""
-    monkeypatch.setattr(estimator, "_traces", {})
+    monkeypatch.setattr(family, "_traces", {})
     monkeypatch.setattr(replay, "_memo", {})
 
 

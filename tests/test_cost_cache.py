@@ -19,9 +19,9 @@ def spec(tiny, tmp_path, monkeypatch):
 
 
 def _fresh(spec):
-    from planner.cost import estimator, replay
+    from planner.cost import family, replay
 
-    estimator._traces.clear()
+    family._traces.clear()
     replay._memo.clear()
     return estimate(spec, CFG, device="cuda")
 
@@ -33,9 +33,9 @@ def _entries(tmp_path, kind):
 def test_valid_entries_are_reused_without_tracing(spec, tmp_path, monkeypatch):
     first = _fresh(spec)
     assert _entries(tmp_path, "trace") and _entries(tmp_path, "replay")
-    import planner.cost.estimator as est
+    import planner.cost.family as fam
 
-    monkeypatch.setattr(est, "run_trace", lambda *a, **k: pytest.fail("traced again despite a valid cache entry"))
+    monkeypatch.setattr(fam, "run_trace", lambda *a, **k: pytest.fail("traced again despite a valid cache entry"))
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheWarning)
         again = _fresh(spec)
@@ -70,7 +70,7 @@ def test_invalid_entry_is_recomputed_with_one_warning(spec, tmp_path, damage):
 @pytest.mark.parametrize("kw", [dict(), dict(gradient_checkpointing=True, offload_activations=True)])
 def test_a_trace_read_back_from_the_cache_is_the_trace_written(spec, tmp_path, kw):
     """Every field survives the cache (a field added to TraceResult once shifted the ones after it)."""
-    from planner.cost.estimator import get_trace
+    from planner.cost.family import get_trace
     from planner.cost.segments import TraceResult
 
     cfg = CFG.model_copy(update=kw)

@@ -7,7 +7,7 @@ import torch
 
 from planner.config import TrainConfig
 from planner.cost import LiveBytesTracker, estimate, measure_training_peak
-from planner.cost.estimator import get_trace
+from planner.cost.family import get_trace
 from planner.cost.measure import make_batch, make_optimizer, prepare_model, training_step
 from planner.errors import PlannerError
 from planner.plan import BREAKDOWN_KEYS
@@ -37,14 +37,14 @@ def test_segments_do_not_depend_on_depth_or_position(tiny):
 @pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("kernels", ["cpu", "cuda"])
 def test_fake_trace_equals_real_trace(tiny, kernels, checkpointing, monkeypatch):
-    from planner.cost import estimator
+    from planner.cost import family
 
     spec = tiny("qwen2", hidden=64, vocab=256)
     cfg = TrainConfig(layers=[1], train_embeddings=False, train_head=False, gradient_checkpointing=checkpointing, **CFG)
     roles = ["FA", "T", "FA"] if checkpointing else ["FB", "T0", "FA"]  # checkpointing: every layer backpropagates
     traces = {}
     for fake in (False, True):
-        monkeypatch.setattr(estimator, "_traces", {})  # the in-process cache's key does not tell fake from real
+        monkeypatch.setattr(family, "_traces", {})  # the in-process cache's key does not tell fake from real
         traces[fake] = get_trace(spec, cfg, roles, fake=fake, kernels=kernels)
     real, fake = traces[False], traces[True]
     assert real is not fake and real.layers == fake.layers and real.segments == fake.segments

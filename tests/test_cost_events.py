@@ -16,7 +16,8 @@ import pytest
 
 from planner.config import TrainConfig
 from planner.cost.roles import ROLES
-from planner.cost.estimator import _role_matrix, embeddings_grad, get_family, get_trace
+from planner.cost.estimator import _role_matrix
+from planner.cost.family import embeddings_grad, get_family, get_trace
 from planner.cost.events import step_ops
 
 LAYERS = 6

@@ -221,14 +221,14 @@ def test_step_against_the_cpu_allocators_events(tiny, arch, case, monkeypatch):
 
 def test_fake_trace_matches_the_real_one(tiny, monkeypatch):
     """Large models trace under FakeTensorMode, where the label count and the grad_output == 1 test cannot be read."""
-    from planner.cost import estimator
+    from planner.cost import family
 
     spec = tiny("qwen2", hidden=128, vocab=512)
     for kw in (CASES["some-layers-bf16"], CASES["lora-frozen-head"]):
         cfg = TrainConfig(batch_size=2, seq_len=64, liger_fused_ce=True, **kw)
-        monkeypatch.setattr(estimator, "_traces", {})
+        monkeypatch.setattr(family, "_traces", {})
         fake = estimate(spec, cfg, device="cpu", fake=True)
-        monkeypatch.setattr(estimator, "_traces", {})
+        monkeypatch.setattr(family, "_traces", {})
         real = estimate(spec, cfg, device="cpu", fake=False)
         assert fake.peak_bytes == real.peak_bytes and fake.breakdown == real.breakdown
 

@@ -192,12 +192,12 @@ def test_quantized_trace_under_fake_tensors_matches_the_real_one(tiny, kind, mon
     the stand-in layout must give the same bytes as the real quantization (each estimate traces anew: the
     in-process trace cache does not tell fake traces from real ones)."""
     pytest.importorskip("bitsandbytes")
-    from planner.cost import estimator
+    from planner.cost import family
 
     spec = tiny("qwen2", hidden=128, vocab=512)
 
     def traced(cfg, fake):
-        monkeypatch.setattr(estimator, "_traces", {})
+        monkeypatch.setattr(family, "_traces", {})
         return estimate(spec, cfg, device="cpu", fake=fake)
 
     for kw in (dict(lora_rank=8, layers="all", train_embeddings=False, train_head=False), dict(layers=[2, 3])):

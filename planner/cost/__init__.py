@@ -16,7 +16,8 @@ How (modules in order of the data flow):
 - ``optimizer``: optimizer state and step temporaries, one strategy per optimizer;
 - ``allocator``/``replay``: PyTorch's CUDA caching allocator as a model, and a run replayed through it;
 - ``cache``: traces and replays on disk, versioned and checksummed;
-- ``estimator``: ``estimate()``, trace caches, the sampler's worst case, device overhead;
+- ``family``: the traces a configuration needs, cached in process and on disk;
+- ``estimator``: ``estimate()``, the sampler's worst case, device overhead;
 
 What is modelled, and how:
 - peak = largest live total during the second training step (state exists), use_cache=False;

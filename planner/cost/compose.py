@@ -37,7 +37,7 @@ class Family:
     deferred: dict[str, tuple[int, int]]
     params: dict
     events: dict  # segment -> allocation/free template (planner.cost.events)
-    # set by planner.cost.estimator.get_family: the role sequences it traced, and their traces' keys
+    # set by planner.cost.family.get_family: the role sequences it traced, and their traces' keys
     patterns: list[list[str]] = field(default_factory=list, compare=False, repr=False)
     key: str | None = field(default=None, compare=False, repr=False)
 

@@ -81,7 +81,7 @@ class TraceResult:
     base_bytes: int = 0
     params: dict = field(default_factory=dict)  # see param_info()
     events: dict = field(default_factory=dict)  # segment -> allocation/free template (planner.cost.events)
-    key: str = field(default="", compare=False, repr=False)  # its cache key (set by planner.cost.estimator.get_trace)
+    key: str = field(default="", compare=False, repr=False)  # its cache key (set by planner.cost.family.get_trace)
 
     def to_json(self):
         return {

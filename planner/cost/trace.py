@@ -39,7 +39,7 @@ def trainable_for_roles(roles: list[str]) -> list[int]:
 
 def run_trace(spec, roles: list[str], cfg, *, fake: bool = False, kernels: str = "cpu") -> TraceResult:
     """Trace forward and backward of one step of ``spec`` reduced to ``len(roles)`` layers, trained as
-    ``cfg`` says (its trainable set is the roles'; see :func:`planner.cost.estimator.trace_config`).
+    ``cfg`` says (its trainable set is the roles'; see :func:`planner.cost.family.trace_config`).
 
     ``kernels="cuda"``: attention and dropout keep what their CUDA kernels keep
     (planner.cost.kernels); ``"cpu"``: what the CPU kernels keep. Where a lever runs the optimizer

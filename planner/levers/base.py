@@ -10,7 +10,7 @@ A lever owns
 - whether the search may vary it (``searchable``: a result-changing choice the search samples) or pull it
   where a sampled plan does not fit as it is (``fit_value``: a memory-only lever, ``planner.tune.search.forms``).
 
-Cache and reuse keys are computed from the whole validated config (``planner.cost.estimator``,
+Cache and reuse keys are computed from the whole validated config (``planner.cost.family``,
 ``planner.tune.proxy.mapping``), so a new field changes them without a hand-kept list.
 """
 
