@@ -123,12 +123,12 @@ def test_the_probe_does_not_trust_permission_bits(monkeypatch, tmp_path):
 
 
 def test_profile_out_is_refused_before_measuring(monkeypatch, capsys):
-    import planner.cost.profile as profile
+    import planner.cost.profiling as profiling
 
     def measure(*a, **k):
         raise AssertionError("measured before the output was checked")
 
-    monkeypatch.setattr(profile, "measure_profile", measure)
+    monkeypatch.setattr(profiling, "measure_profile", measure)
     assert main(["profile", "--model", "gpt2", "--device", "cpu", "--out", "/proc/forbidden/x.json"]) == 2
     err = one_line(capsys.readouterr().err)
     assert "--out must be a file path this user can write, but '/proc/forbidden/x.json' cannot be created" in err

@@ -14,11 +14,11 @@ from planner.cost.device import DeviceProfile
 from planner.cost.profile import (
     find_profile,
     load_profile,
-    measure_profile,
     profile_dir,
     profile_filename,
     resolve_profile,
 )
+from planner.cost.profiling import measure_profile
 from planner.errors import PlannerError
 from planner.spec import build_model, find_decoder_layers, load_spec
 from planner.units import GiB
@@ -71,7 +71,7 @@ def test_cpu_profile_per_layer_bytes(cpu_profile, model_json):
 
 def test_profile_checks_the_cost_model_against_measured_steps(cpu_profile, model_json):
     from planner.cost import estimate
-    from planner.cost.profile import role_config
+    from planner.cost.profiling import role_config
 
     spec = load_spec(model_json)
     assert [(c["role"], c["layers"]) for c in cpu_profile.checks] == [
@@ -108,7 +108,7 @@ def test_gpu_profile_per_layer_bytes_and_checks():
     """`planner profile --device cuda --model llama-3.2-1b --dtype bfloat16 --seq-len 1024` on an H200: per-layer
     bytes are whole tensors (never negative), and the cost model predicts each measured step's allocator peak."""
     from planner.cost import estimate
-    from planner.cost.profile import role_config
+    from planner.cost.profiling import role_config
 
     prof = load_profile(GPU_PROFILE)
     spec = load_spec("llama-3.2-1b")
@@ -127,7 +127,7 @@ def test_gpu_profile_per_layer_bytes_and_checks():
 
 
 def test_profile_out_is_checked_before_measuring(tmp_path, monkeypatch, capsys, model_json):
-    import planner.cost.profile as mod
+    import planner.cost.profiling as mod
 
     monkeypatch.setattr(mod, "measure_profile", lambda *a, **k: pytest.fail("measured before checking --out"))
     for bad, rule in ((tmp_path, "is a directory"), (tmp_path / "f.json" / "x.json", "cannot be created")):
@@ -169,7 +169,7 @@ def test_profile_cli_writes_to_default_dir_and_out(tmp_path, monkeypatch, capsys
     written = tmp_path / "profiles" / "cpu.json"
     assert out["path"] == str(written) and written.is_file()
     assert load_profile(written).measured_seq_len == 16
-    import planner.cost.profile as mod
+    import planner.cost.profiling as mod
 
     # the measurement itself is checked above; here only where --out writes it
     monkeypatch.setattr(mod, "measure_profile", lambda *a, **k: cpu_profile)

@@ -112,7 +112,8 @@ def run(args) -> int:
     from rich.table import Table
 
     # planner.cost (torch): deferred, 'planner profile --help' must not import it
-    from planner.cost.profile import local_device_name, measure_profile, profile_dir, profile_filename
+    from planner.cost.profile import local_device_name, profile_dir, profile_filename
+    from planner.cost.profiling import measure_profile
 
     spec, cfg = validate(args)
     if not args.out:
