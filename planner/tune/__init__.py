@@ -16,7 +16,7 @@ _EXPORTS = {
     "DEFAULT_N_TRIALS": "planner.tune.options",
     "DEFAULT_STEPS": "planner.tune.options",
     "TuneOptions": "planner.tune.options",
-    "InfeasibleBudget": "planner.tune.run",
+    "InfeasibleBudget": "planner.tune.target_space",
     "run_tune": "planner.tune.run",
 }
 

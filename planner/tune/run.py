@@ -21,18 +21,13 @@ import optuna
 from planner.data.load import BUILTIN
 from planner.errors import PlannerError
 from planner.threads import torch_threads
-from planner.levers import labels, shape_fields
 from planner.tune.search.forms import fits as fits_in_a_form
-from planner.tune.search.forms import form_steps, forms
 from planner.tune.search.gate import BudgetGate, human_bytes
-from planner.recipes import QLORA
 
 # the options are declared in planner.tune.options; their defaults stay importable from here
 from planner.tune.options import DEFAULT_EVALS, TuneOptions, command_line
 from planner.tune.options import DEFAULT_N_TRIALS, DEFAULT_STEPS  # noqa: F401
-from planner.tune.proxy.target import Target, target_layers_attribute, workload_target
-from planner.sampling import SCORERS
-from planner.tune.search.space import DEFAULT_LORA_RANKS, SearchSpace, depth_choices
+from planner.tune.proxy.target import target_layers_attribute
 from planner.tune.storage.preflight import check_outputs, check_resume, check_param_names, unwritten_plan
 from planner.tune.search.samplers import study_sampler
 from planner.tune.storage.creation import CREATED_BY, READY, wait_for_creation
@@ -47,17 +42,12 @@ from planner.tune.study.objective import Objective
 from planner.tune.study.progress import TrialProgress
 from planner.tune.study.result import finished, summarize
 from planner.tune.study.confirm import confirm_phase, is_confirm, waiting_confirmations
+from planner.tune.target_space import build_space, check_feasible, target_of_workload
 
 # default batch: 32 sequences or 2048 tokens, whichever is fewer (the default task's
 # 36-token examples reach ~20% accuracy in 150 steps of 32; long sequences get small batches)
 MAX_DEFAULT_BATCH = 32
 DEFAULT_BATCH_TOKENS = 2048
-
-
-class InfeasibleBudget(PlannerError):
-    """Not even the smallest configuration fits the budget."""
-
-    exit_code = 2
 
 
 def _eval_every(options: TuneOptions) -> int:
@@ -80,70 +70,6 @@ def default_batch_size(seq_len: int) -> int:
 
 def default_study_name() -> str:
     return "tune-" + time.strftime("%Y%m%d-%H%M%S")
-
-
-def _workload_target(workload, options: TuneOptions):
-
-    return workload_target(
-        workload,
-        seq_len=options.seq_len,
-        batch_size=options.batch_size,
-        dtype=options.dtype,
-        amp=options.amp,
-        levers=options.levers,
-        device=options.device,
-        profile=options.profile,
-    )
-
-
-def build_space(target, options: TuneOptions):
-    """The search space for ``target`` under ``options``: a :class:`~planner.tune.proxy.target.Target`, or a workload
-    whose own model is the target."""
-
-    if not isinstance(target, Target):
-        target = _workload_target(target, options)
-
-    scorers = tuple(options.scorers) if options.scorers else tuple(sorted(SCORERS))
-    static = tuple(s for s in scorers if SCORERS[s].static)
-    batches = tuple(options.batch_sizes) if options.batch_sizes else (target.shape.batch_size,)
-    extra = {k: getattr(target.shape, k) for k in ("dtype", "amp", *shape_fields())}
-    return SearchSpace(
-        num_layers=target.num_layers,
-        scorers=scorers,
-        seq_len=target.shape.seq_len,
-        batch_sizes=batches,
-        lora_ranks=DEFAULT_LORA_RANKS if options.lora else (),
-        min_depths=depth_choices(target.num_layers),
-        checkpointing=(False, True),
-        forms=form_steps(options.levers),
-        extra=extra,
-        # QLoRA's storage for frozen layers that stay frozen (LoRA's, a static set's); the quantize
-        # lever computes in the model's dtype, never under amp
-        quantize_choices=(None, QLORA["quantize"]) if (options.lora or static) and target.shape.amp == "none" else (),
-        static_scorers=static,
-    )
-
-
-def _describe_point(p, space) -> str:
-    what = (
-        f"γ={p.active_layers} from layer {p.min_depth} up, embeddings {'trainable' if p.train_embeddings else 'frozen'}, "
-        f"head {'trainable' if p.train_head else 'frozen'}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'}, "
-        f"batch {space.batch_size_of(p)}"
-    )
-    levers = [w for w in labels(space.train_config(p)) if w != "checkpointing"]
-    return what + (f", LoRA rank {p.adapter_rank}" if p.adapter_rank else "") + "".join(f", {w}" for w in levers)
-
-
-def check_feasible(space, gate, target_name: str = "the target") -> None:
-    """Raise :class:`InfeasibleBudget` naming the smallest budget and plan that would fit, when nothing fits."""
-    preds = [(gate.predict(space.train_config(f)), f) for p in space.cheapest_points() for f in forms(space, p)]
-    smallest, point = min(preds, key=lambda x: x[0].peak_bytes)
-    if not smallest.fits:
-        raise InfeasibleBudget(
-            f"--vram {human_bytes(gate.vram_bytes)} must hold at least the smallest plan of {target_name} "
-            f"({_describe_point(point, space)}), which needs {human_bytes(smallest.peak_bytes)}: a budget of at least "
-            f"{smallest.peak_bytes} B ({human_bytes(smallest.peak_bytes)}) would fit"
-        )
 
 
 def _open_study(options: TuneOptions, storage_obj, name: str, study_attrs: dict, space, multi_objective: bool, gate):
@@ -288,7 +214,7 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
     target, vram = options.validate_all()
     progress = progress and not options.quiet
     if workload is not None and options.model is None:
-        target = _workload_target(workload, options)
+        target = target_of_workload(workload, options)
 
     name = options.study or default_study_name()
     check_outputs(options.out, name, options.storage)
