@@ -460,6 +460,7 @@ def test_llamafactory_gpt2_dynamic_plan_is_not_badam():
         ("llama-2-7b", "float32", "does not state"),
         (tiny_config("llama", 4, "float32"), "bfloat16", "checkpoint's dtype (float32); the plan is for bfloat16"),
     ],
+    ids=["bf16-checkpoint", "preset", "fp32-checkpoint"],  # stable across processes: the configs' folders are temporary
 )
 def test_llamafactory_weights_are_the_checkpoint_dtype(model, dtype, needle):
     layers = 32 if model == "llama-2-7b" else 4
