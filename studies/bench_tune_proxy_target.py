@@ -228,7 +228,7 @@ def main() -> int:
         + (
             "device memory in use at the training peak (outside the allocator before the run + max_memory_reserved)"
             if args.device == "cuda"
-            else "live tensor bytes of the trial's own training steps (planner.tune.proxy.train._CpuMeter), per draw "
+            else "live tensor bytes of the trial's own training steps (planner.tune.proxy.meters.CpuMeter), per draw "
             "of layers; 'draw pred.' is the CPU cost model for the draw with the highest measured peak, in "
             "the form the proxy loop ran (planner.tune.proxy.train.ran_form: levers it does not run left off, "
             "column 'not run'); 'plan pred.' the gate's worst-case prediction of the plan as written"

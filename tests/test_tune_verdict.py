@@ -9,7 +9,7 @@ import yaml
 
 from planner.plan import Plan
 from planner.tune import TuneOptions, run_tune
-from planner.tune.study.confirm import Confirmed, signal_verdict
+from planner.tune.study.verdict import Confirmed, signal_verdict
 from planner.tune.proxy.train import ProxyResult
 from planner.tune.study.summary import confirmation_lines, exit_code
 
@@ -143,7 +143,7 @@ def _baseline_trial(metrics, number, kind, peak=100):
 
 
 def test_a_baseline_that_is_the_tuned_plan_is_held_against_the_best_searched_plan():
-    from planner.tune.study.confirm import margins
+    from planner.tune.study.verdict import margins
 
     full = _baseline_trial([0.20, 0.24, 0.28], 1, "baseline:full")
     searched = _baseline_trial([0.45, 0.50, 0.55], 2, "search", peak=90)

@@ -8,7 +8,7 @@ import warnings
 from planner.cli.levers import add_lever_flags, lever_values
 from planner.tune.search.gate import human_bytes
 from planner.tune.options import TuneOptions, cli_options  # light: optuna loads inside run_tune
-from planner.tune.study.record import Baseline
+from planner.tune.study.kinds import Baseline
 from planner.tune.storage.signals import interrupts_as_keyboard_interrupt
 from planner.tune.study.summary import confirmation_lines, exit_code, measured_lines, plan_line, summary_table
 

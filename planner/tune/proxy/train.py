@@ -5,7 +5,7 @@ allocator's ``max_memory_reserved`` and ``max_memory_allocated``, and the device
 that peak = (memory in use outside the allocator before the run: context, other processes) +
 max reserved. An out-of-memory error becomes :class:`ProxyOutOfMemory` with the bytes that were free.
 Where the target itself trains on the CPU (``TrainShape.measure``) every run measures the live tensor
-bytes of its training steps, one peak per draw of the layer sampler (:class:`_CpuMeter`).
+bytes of its training steps, one peak per draw of the layer sampler (:class:`planner.tune.proxy.meters.CpuMeter`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from typing import Callable
 import torch
 
 from planner.config import TrainConfig
-from planner.cost.measure import compute_loss, state_tensors
-from planner.cost.tracker import LiveBytesTracker
+from planner.cost.measure import compute_loss
 from planner.data.workload import IGNORE_INDEX
 from planner.spec.arch import find_decoder_layers
 from planner.spec.model import DTYPES
@@ -28,6 +27,7 @@ from planner.errors import PlannerError
 from planner.levers import Lever, all_levers
 from planner.optimizers import get_optimizer
 from planner.sampling import LayerSampler, train_layerwise
+from planner.tune.proxy.meters import CpuMeter, CudaMeter
 from planner.tune.search.space import TrialParams
 
 MAX_HISTORY = 50  # sampler re-draws kept per trial (the report's importance heatmap)
@@ -65,7 +65,7 @@ class TrainShape:
     dtype: str = "float32"
     amp: str = "none"
     optimizer: str = "adamw"
-    measure: bool = False  # on the CPU: measure the training peak per draw (the target itself trains; see _CpuMeter)
+    measure: bool = False  # on the CPU: measure the training peak per draw (the target itself trains; see CpuMeter)
 
 
 def shaped_batches(batches, seq_len: int, pad_id: int):
@@ -99,106 +99,6 @@ class _Endless:
 
     def __iter__(self):
         return iter(self.batches)
-
-
-class _CudaMeter:
-    """Training peak on CUDA, evaluations excluded (their peaks are read and reset around each one)."""
-
-    def __init__(self):
-        self.torch = torch
-        gc.collect()
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        free, total = torch.cuda.mem_get_info()
-        self.free_before = int(free)
-        self.outside = int(total - free - torch.cuda.memory_reserved())  # context, other processes
-        torch.cuda.reset_peak_memory_stats()
-        self.reserved = self.allocated = 0
-
-    def take(self) -> None:
-        self.torch.cuda.synchronize()
-        self.reserved = max(self.reserved, int(self.torch.cuda.max_memory_reserved()))
-        self.allocated = max(self.allocated, int(self.torch.cuda.max_memory_allocated()))
-
-    def after_eval(self) -> None:
-        self.torch.cuda.empty_cache()
-        self.torch.cuda.reset_peak_memory_stats()
-
-    def result(self) -> dict:
-        return {
-            "max_reserved_bytes": self.reserved,
-            "max_allocated_bytes": self.allocated,
-            "device_used_bytes": self.outside + self.reserved,
-            "outside_allocator_bytes": self.outside,
-            "free_before_bytes": self.free_before,
-        }
-
-
-class _CpuMeter:
-    """Training peak on the CPU: live tensor bytes (:class:`planner.cost.tracker.LiveBytesTracker`, the measure the
-    CPU cost model is held to) of the training steps, one peak per draw of the sampler. Weights and buffers count
-    from the start, optimizer state from its creation, each batch from when the step takes it (assembled
-    unobserved, as a data loader does, then counted as one contiguous tensor per field); evaluations are not
-    observed. Frees follow reference counts (the cyclic collector is paused), as in :func:`planner.cost.measure_training_peak`."""
-
-    def __init__(self):
-        self.tracker = LiveBytesTracker()
-        self.draws: dict[tuple[int, ...], int] = {}
-        self._draw: tuple[int, ...] | None = None
-
-    def attach(self, model, sampler, optimizer) -> None:
-        """Count what lives across steps (weights, buffers, the optimizer's own tensors such as bitsandbytes'
-        quantization maps); cut the peak at every new draw of ``sampler``."""
-        self.tracker.track(state_tensors(model, optimizer))
-        begin_step = sampler.begin_step
-
-        def observed_begin_step(step: int):
-            out = begin_step(step)
-            draw = tuple(sorted(int(i) for i in sampler.active))
-            if draw != self._draw:
-                self._close()
-                self._draw = draw
-                self.tracker.reset_peak()
-            return out
-
-        sampler.begin_step = observed_begin_step  # this run's sampler only, built for it in run_proxy
-
-    def batches(self, batches):
-        """``batches``, each assembled unobserved and counted from when the step takes it."""
-        it = iter(batches)
-        while True:
-            with self.tracker.suspended():
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    return
-                batch = {k: v.clone(memory_format=torch.contiguous_format) for k, v in batch.items()}
-            self.tracker.track(batch.values())
-            yield batch
-
-    @contextlib.contextmanager
-    def observing(self):
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            with self.tracker:
-                yield
-                self._close()
-        finally:
-            if enabled:
-                gc.enable()
-
-    def _close(self) -> None:
-        if self._draw is not None:
-            self.draws[self._draw] = max(self.draws.get(self._draw, 0), self.tracker.peak_bytes)
-
-    def result(self) -> dict:
-        ranked = sorted(self.draws.items(), key=lambda kv: -kv[1])
-        return {
-            "device": "cpu",
-            "device_used_bytes": ranked[0][1] if ranked else 0,
-            "draws": [{"layers": list(d), "measured_bytes": b} for d, b in ranked],
-        }
 
 
 def thin(history: list, limit: int = MAX_HISTORY) -> list:
@@ -323,7 +223,7 @@ def run_proxy(
     """
     shape = shape or TrainShape()
     cuda = shape.device == "cuda"
-    meter = _CudaMeter() if cuda else None
+    meter = CudaMeter() if cuda else None
     evaluations: list[tuple[int, float]] = []
 
     def _on_eval(step: int, value: float) -> None:
@@ -331,7 +231,7 @@ def run_proxy(
         if on_eval is not None:
             on_eval(int(step), float(value))
 
-    cpu_meter = _CpuMeter() if shape.measure and not cuda else None
+    cpu_meter = CpuMeter() if shape.measure and not cuda else None
 
     def _evaluate(model) -> float:
         if meter is not None:

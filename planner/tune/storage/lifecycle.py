@@ -28,7 +28,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from planner.tune.study import record
-from planner.tune.study.record import INTERRUPTED, WORKER_DIED, Baseline, counted, interrupted
+from planner.tune.study.kinds import Baseline
+from planner.tune.study.record import INTERRUPTED, WORKER_DIED, counted, interrupted
 from planner.tune.storage.processes import process_alive, process_identity
 from planner.tune.storage.signals import deferred
 from planner.tune.storage.backends import StorageFull, disk_full

@@ -35,7 +35,8 @@ from planner.levers import labels, lever_fields
 from planner.recipes import CHECKPOINTING, QLORA, TORCHTUNE_FULL
 from planner.tune.study import record
 from planner.tune.search.forms import fits as fits_in_a_form
-from planner.tune.study.record import SEARCH, Baseline, TrialRecord, counted, interrupted
+from planner.tune.study.kinds import SEARCH, Baseline
+from planner.tune.study.record import TrialRecord, counted, interrupted
 from planner.tune.search.space import DEFAULT_LR, LISA_ACTIVE_LAYERS, LISA_PERIOD, SearchSpace, TrialParams
 
 _LEVER_DEFAULTS = {name: spec[1].default for name, spec in lever_fields().items()}

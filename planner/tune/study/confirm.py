@@ -4,39 +4,32 @@ with fresh seeds at the full proxy budget, and the plan is the best mean.
 Candidates: the ``--confirm-top`` best searched trials (complete, within budget, distinct proxy runs) and
 each baseline at the best learning rate of its sweep (:func:`planner.tune.study.baselines.best_of_kind`).
 Each trains ``--confirm-seeds`` times. A confirmation run is a trial of the study whose kind is
-:class:`~planner.tune.study.record.Confirm` (stored ``"confirm:<trial>:<i>"``: trial ``<trial>``'s point, seed index
+:class:`~planner.tune.study.kinds.Confirm` (stored ``"confirm:<trial>:<i>"``: trial ``<trial>``'s point, seed index
 ``i``): stored, resumed and reported like any trial, never counted toward ``--n-trials``, never pruned.
 
 Seeds: index ``i`` trains with :func:`confirm_seed` (``--seed``, ``i``) for every candidate, so all
 candidates see the same data order and layer-draw stream (common random numbers), none the search's
 own seed (the searched winners' lucky draws are not re-used); the data split stays fixed by ``--seed``.
 
-Noise: the margin of plan a over baseline b is ``mean_a - mean_b`` (signed so > 0 means a is better).
-It exceeds the seed noise when ``|margin| > 2·SE``, ``SE = sqrt(s_a²/n_a + s_b²/n_b)`` (Welch's
-standard error of a difference of means; s: the sample std over seeds, n: seeds). Example: means 0.80
-and 0.74, stds 0.03 and 0.05 over 3 seeds: SE = sqrt(0.0009/3 + 0.0025/3) = 0.034, 2·SE = 0.067 >
-0.06: within the seed noise.
-
-Signal: before the plan is named, the tuned plan (the best confirmed mean) is compared, by the same
-rule, with the runner-up (the next best confirmed candidate, searched or baseline) and with every
-confirmed baseline. When none of these margins exceeds 2·SE the scores cannot tell the plans apart:
-the record says so (``separated`` False and a one-line ``verdict``), and `planner tune` prints that
-line and exits with 1. With one seed no noise is measured (``separated`` None).
+Noise and signal: the confirmed means are weighed by :mod:`planner.tune.study.verdict` (a margin counts when it
+exceeds 2 standard errors); with none beyond the seed noise the scores cannot tell the plans apart, and
+`planner tune` says so and exits with 1.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import statistics
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from planner.confirmation import Confirmation, ConfirmedRun, Margin
+from planner.confirmation import Confirmation, ConfirmedRun
 from planner.tune.study import record
 from planner.tune.study.baselines import KINDS, best_of_kind, enqueue_sweeps, trial_point
 from planner.tune.study.progress import TrialProgress
-from planner.tune.study.record import SEARCH, Baseline, Confirm, TrialRecord, counted, interrupted, is_confirm, kind_of
+from planner.tune.study.kinds import SEARCH, Confirm
+from planner.tune.study.record import TrialRecord, interrupted, is_confirm, kind_of
+from planner.tune.study.verdict import Confirmed, best_confirmed, confirmed, margins, plan_name, signal_verdict
 from planner.units import human_bytes
 
 if TYPE_CHECKING:
@@ -44,8 +37,6 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIRM_SEEDS = 3
 DEFAULT_CONFIRM_TOP = 2
-NOISE_SE = 2.0  # a margin beyond this many standard errors of the difference exceeds the seed noise
-BEYOND, WITHIN, WORSE = "beyond the seed noise", "within the seed noise", "worse beyond the seed noise"
 
 
 def confirm_seed(seed: int, index: int) -> int:
@@ -56,11 +47,6 @@ def confirm_seed(seed: int, index: int) -> int:
 
 def _metric(trial) -> float | None:
     return record.read(trial).finite_metric
-
-
-def _name(trial) -> str:
-    kind = kind_of(trial)
-    return kind.name if isinstance(kind, Baseline) else f"trial {trial.number}"
 
 
 def select_candidates(trials, direction: str, top: int) -> list[FrozenTrial]:
@@ -138,7 +124,7 @@ def confirm_phase(
     waiting = enqueue_confirmation(study, candidates, seeds)
     if waiting and console is not None:
         console.print(
-            f"confirming {len(candidates)} plans ({', '.join(_name(t) for t in candidates)}) with {seeds} seeds "
+            f"confirming {len(candidates)} plans ({', '.join(plan_name(t) for t in candidates)}) with {seeds} seeds "
             f"each: {waiting} proxy runs",
             highlight=False,
         )
@@ -207,169 +193,7 @@ def _pop_extra(study) -> int | None:
     return None
 
 
-# ---- from the stored runs to the answer --------------------------------------------------------
-
-
-@dataclass
-class Confirmed:
-    source: FrozenTrial
-    metrics: list[float]
-    failed: int
-
-    @property
-    def complete(self) -> bool:
-        return not self.failed and bool(self.metrics)
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.metrics) if self.metrics else None
-
-    @property
-    def std(self) -> float | None:
-        if not self.metrics:
-            return None
-        return statistics.stdev(self.metrics) if len(self.metrics) > 1 else 0.0
-
-    @property
-    def peak(self) -> int:
-        peak = record.read(self.source).predicted_peak_bytes
-        assert peak is not None  # the source trained within the budget: its peak was predicted
-        return int(peak)
-
-
-def confirmed(trials) -> list[Confirmed]:
-    """Every confirmed source trial with its per-seed metrics (one finished run per seed index)."""
-    from optuna.trial import TrialState  # optuna: deferred, 'planner tune --help' loads this module
-
-    by_number = {t.number: t for t in trials}
-    runs: dict[int, dict[int, float | None]] = {}
-    for t in sorted(trials, key=lambda t: t.number):
-        kind = kind_of(t)
-        if not isinstance(kind, Confirm) or not counted(t) or kind.trial not in by_number:
-            continue
-        seeds = runs.setdefault(kind.trial, {})
-        if kind.seed not in seeds:
-            seeds[kind.seed] = _metric(t) if t.state == TrialState.COMPLETE else None
-    out = []
-    for number, seeds in runs.items():
-        values = [seeds[i] for i in sorted(seeds)]
-        out.append(Confirmed(by_number[number], [v for v in values if v is not None], sum(v is None for v in values)))
-    return out
-
-
-def best_confirmed(runs: list[Confirmed], direction: str) -> Confirmed | None:
-    """The best mean among candidates whose every seed finished (the lower predicted peak breaks ties)."""
-    sign = 1.0 if direction == "maximize" else -1.0
-    ok = [r for r in runs if r.complete]
-    # a complete run has metrics: its mean is theirs
-    return max(ok, key=lambda r: (sign * statistics.fmean(r.metrics), -r.peak, -r.source.number), default=None)
-
-
-def margin(a: Confirmed, b: Confirmed, direction: str) -> tuple[float, float, str]:
-    """(margin of a over b, 2·SE, verdict); see the module docstring."""
-    sign = 1.0 if direction == "maximize" else -1.0
-    if a.mean is None or b.mean is None or a.std is None or b.std is None:
-        raise ValueError("a margin compares two runs with metrics")
-    diff = sign * (a.mean - b.mean)
-    noise = NOISE_SE * math.sqrt(a.std**2 / len(a.metrics) + b.std**2 / len(b.metrics))
-    verdict = BEYOND if diff > noise else (WORSE if diff < -noise else WITHIN)
-    return diff, noise, verdict
-
-
-def margins(runs: list[Confirmed], best: Confirmed, trials, direction: str) -> list[Margin]:
-    """Per baseline: the tuned plan against it, or, when the tuned plan's predicted peak is higher, the best
-    confirmed searched plan at equal or lower peak (so a win is never bought with memory)."""
-    by_source = {r.source.number: r for r in runs if r.complete}
-    out = []
-    for kind in KINDS:
-        t = best_of_kind(trials, kind, direction)
-        rec = None if t is None else record.read(t)
-        if rec is None or rec.predicted_peak_bytes is None:
-            continue
-        name, peak = kind.name, int(rec.predicted_peak_bytes)
-        if rec.fits is not True:
-            out.append(
-                Margin(
-                    baseline=name,
-                    baseline_peak_bytes=peak,
-                    fits=False,
-                    verdict="does not fit the budget: never trained",
-                )
-            )
-            continue
-        base = by_source.get(t.number)
-        if base is None:
-            out.append(
-                Margin(baseline=name, baseline_peak_bytes=peak, fits=True, verdict="not confirmed (its runs failed)")
-            )
-            continue
-        versus = best
-        searched = [r for r in by_source.values() if kind_of(r.source) == SEARCH]
-        if best.peak > peak:
-            versus = best_confirmed([r for r in searched if r.peak <= peak], direction) or best
-        if versus is base:  # the baseline is the tuned plan: how far the search got is the margin worth stating
-            other = best_confirmed([r for r in searched if r.peak <= peak], direction) or best_confirmed(
-                searched, direction
-            )
-            if other is None:
-                out.append(
-                    Margin(
-                        baseline=name,
-                        baseline_peak_bytes=peak,
-                        fits=True,
-                        verdict="is the tuned plan; no searched plan was confirmed to compare with it",
-                    )
-                )
-                continue
-            versus = other
-        diff, noise, verdict = margin(versus, base, direction)
-        if versus.peak > peak:
-            verdict += f" (at a higher predicted peak: no confirmed searched plan fits in the {name} baseline's memory)"
-        out.append(
-            Margin(
-                baseline=name,
-                baseline_peak_bytes=peak,
-                fits=True,
-                versus=_name(versus.source),
-                versus_peak_bytes=versus.peak,
-                margin=diff,
-                noise=noise,
-                verdict=verdict,
-            )
-        )
-    return out
-
-
-def signal_verdict(runs: list[Confirmed], best: Confirmed, direction: str) -> tuple[bool | None, str]:
-    """(separated, one line): whether the tuned plan ``best`` is ahead of the runner-up or of any confirmed baseline
-    by more than the seed noise (see the module docstring); None when there is nothing to compare or no noise."""
-    others = [r for r in runs if r.complete and r.source.number != best.source.number]
-    compared = {}
-    runner = best_confirmed(others, direction)
-    if runner is not None:
-        compared[runner.source.number] = runner
-    for r in others:
-        if kind_of(r.source) != SEARCH:
-            compared[r.source.number] = r
-    if not compared:
-        return None, "signal not measured: no other confirmed plan to compare the tuned plan with"
-    if min(len(r.metrics) for r in (best, *compared.values())) < 2:
-        return None, "signal not measured: one confirmation seed measures no seed noise (--confirm-seeds 2 or more)"
-    rows = [(_name(r.source), *margin(best, r, direction)) for r in compared.values()]
-    ahead = [(name, diff, noise) for name, diff, noise, verdict in rows if verdict == BEYOND]
-    if ahead:
-        return True, (
-            f"signal: the tuned plan ({_name(best.source)}) is ahead beyond the seed noise of "
-            + ", ".join(f"{name} by {diff:.4f} > {noise:.4f}" for name, diff, noise in ahead)
-            + " (margin > 2 standard errors)"
-        )
-    name, diff, noise = max(((n, d, e) for n, d, e, _v in rows), key=lambda row: row[1] - row[2])
-    return False, (
-        f"no signal: the tuned plan ({_name(best.source)}) is not ahead of {', '.join(n for n, *_ in rows)} "
-        f"beyond the seed noise (closest: {name} by {diff:+.4f}, 2 standard errors {noise:.4f}); the "
-        f"scores cannot tell these plans apart: train longer (--steps), confirm with more seeds "
-        f"(--confirm-seeds) or use other data (--data)"
-    )
+# ---- from the stored runs to the answer (weighed by planner.tune.study.verdict) ----------------
 
 
 def confirmation_record(trials, best: Confirmed, *, seed: int, steps: int, direction: str) -> Confirmation:
@@ -380,7 +204,7 @@ def confirmation_record(trials, best: Confirmed, *, seed: int, steps: int, direc
     runs.sort(key=lambda r: (not r.complete, -sign * (r.mean if r.mean is not None else -sign * math.inf), r.peak))
     cands = [
         ConfirmedRun(
-            name=_name(r.source),
+            name=plan_name(r.source),
             kind=str(kind_of(r.source)),
             trial_number=r.source.number,
             learning_rate=float(r.source.params["lr"]),
@@ -416,7 +240,7 @@ def report_lines(trials, direction: str, metric_name: str) -> list[str]:
         f"confirmation ({max(len(r.metrics) + r.failed for r in runs)} seeds per plan, {metric_name} mean ± std, "
         f"predicted peak): "
         + "; ".join(
-            f"{_name(r.source)}{' (tuned plan)' if r is top else ''} "
+            f"{plan_name(r.source)}{' (tuned plan)' if r is top else ''} "
             + (f"{r.mean:.4f} ± {r.std:.4f}" if r.metrics else "-")
             + f" at {human_bytes(r.peak)}"
             + (f", {r.failed} failed" if r.failed else "")

@@ -28,7 +28,7 @@ from planner.tune.search.gate import BudgetGate
 from planner.tune.proxy.mapping import proxy_params, reuse_key, target_lr
 from planner.tune.proxy.train import ProxyOutOfMemory, TrainShape, ran_form, run_proxy
 from planner.tune.study.record import INTERRUPTED  # noqa: F401 - set by lifecycle.GuardedObjective on Ctrl-C/SIGTERM
-from planner.tune.study.record import SEARCH, Baseline
+from planner.tune.study.kinds import SEARCH, Baseline
 from planner.tune.search.space import SearchSpace
 from planner.units import human_bytes
 

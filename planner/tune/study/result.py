@@ -12,9 +12,11 @@ from planner.export.data import generated_data, training_data
 from planner.plan import BaselineResult, Breakdown, Plan, ProxyInfo
 from planner.tune.study import record
 from planner.tune.study.baselines import KINDS, best_of_kind, trial_form_words, trial_point
-from planner.tune.study.confirm import best_confirmed, confirmation_record, confirmed
+from planner.tune.study.confirm import confirmation_record
 from planner.tune.proxy.mapping import proxy_params, target_lr
-from planner.tune.study.record import TrialKind, counted, interrupted, is_confirm
+from planner.tune.study.kinds import TrialKind
+from planner.tune.study.record import counted, interrupted, is_confirm
+from planner.tune.study.verdict import best_confirmed, confirmed
 from planner.tune.search.space import SearchSpace, TrialParams
 
 
