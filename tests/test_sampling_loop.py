@@ -56,6 +56,18 @@ def test_loop_cycles_a_one_shot_iterator_and_makes_its_optimizer(tiny):
         train_layerwise(model, [], sampler=s, steps=1)
 
 
+def test_on_step_sees_every_step_begin_with_its_drawn_layers(tiny):
+    model = build_model(tiny("llama", num_layers=4))
+    s = LayerSampler(model, active_layers=1, period=3, scorer="uniform", seed=0)
+    seen = []
+    result = train_layerwise(
+        model, [batch()], sampler=s, steps=7, on_step=lambda step: seen.append((step, list(s.active)))
+    )
+    draws = {h["step"]: h["active"] for h in result.history}
+    assert [step for step, _ in seen] == list(range(7)) and sorted(draws) == [0, 3, 6]
+    assert all(active == draws[step - step % 3] for step, active in seen)  # a re-draw is seen from its own step on
+
+
 def test_on_eval_exceptions_propagate(tiny):
     class Pruned(Exception):
         pass

@@ -86,6 +86,7 @@ def train_layerwise(
     eval_fn: Callable[[nn.Module], float] | None = None,
     eval_every: int | None = None,
     on_eval: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
     calib_batch: dict | None = None,
     lr_scheduler=None,
     max_grad_norm: float | None = None,
@@ -98,7 +99,8 @@ def train_layerwise(
     completed with every managed parameter. Scorers that need a calibration batch get
     ``calib_batch`` (default: the first training batch). Every ``eval_every`` steps,
     ``eval_fn(model)`` runs under ``torch.no_grad()`` in eval mode and ``on_eval(step, value)``
-    is called; whatever it raises (e.g. ``optuna.TrialPruned``) propagates. ``loss_fn(model, batch)``
+    is called; whatever it raises (e.g. ``optuna.TrialPruned``) propagates. ``on_step(step)`` is called as each
+    step begins: after ``sampler`` drew the step's layers, before its forward. ``loss_fn(model, batch)``
     replaces the model's own loss (a lever's, e.g. the chunked cross-entropy). Raises
     :class:`DivergedError` on a NaN/inf loss.
     """
@@ -126,6 +128,8 @@ def train_layerwise(
         batch = _to(first if first is not None else next(stream), device)
         first = None
         sampler.begin_step(step)
+        if on_step is not None:
+            on_step(step)
         loss = model(**batch).loss if loss_fn is None else loss_fn(model, batch)
         value = float(loss.detach())
         if not math.isfinite(value):

@@ -11,6 +11,7 @@ import torch
 
 from planner.cost.measure import state_tensors
 from planner.cost.tracker import LiveBytesTracker
+from planner.sampling import LayerSampler
 
 
 class CudaMeter:
@@ -57,23 +58,23 @@ class CpuMeter:
         self.tracker = LiveBytesTracker()
         self.draws: dict[tuple[int, ...], int] = {}
         self._draw: tuple[int, ...] | None = None
+        self._sampler: LayerSampler | None = None  # the run's layer sampler, given by attach
 
     def attach(self, model, sampler, optimizer) -> None:
         """Count what lives across steps (weights, buffers, the optimizer's own tensors such as bitsandbytes'
-        quantization maps); cut the peak at every new draw of ``sampler``."""
+        quantization maps); the peak is cut at every new draw of ``sampler`` (:meth:`on_step`)."""
         self.tracker.track(state_tensors(model, optimizer))
-        begin_step = sampler.begin_step
+        self._sampler = sampler
 
-        def observed_begin_step(step: int):
-            out = begin_step(step)
-            draw = tuple(sorted(int(i) for i in sampler.active))
-            if draw != self._draw:
-                self._close()
-                self._draw = draw
-                self.tracker.reset_peak()
-            return out
-
-        sampler.begin_step = observed_begin_step  # this run's sampler only, built for it in run_proxy
+    def on_step(self, step: int) -> None:
+        """The training loop's per-step hook (:func:`planner.sampling.train_layerwise`'s ``on_step``), called once
+        the step's layers are drawn: a new draw closes the peak of the one before and starts its own."""
+        assert self._sampler is not None, "the meter is attached to the run before its first step"
+        draw = tuple(sorted(int(i) for i in self._sampler.active))
+        if draw != self._draw:
+            self._close()
+            self._draw = draw
+            self.tracker.reset_peak()
 
     def batches(self, batches):
         """``batches``, each assembled unobserved and counted from when the step takes it."""

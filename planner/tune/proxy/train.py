@@ -272,10 +272,11 @@ def run_proxy(
             _optimizer_class(dict(params.levers).get("optimizer", shape.optimizer)), lr=params.lr
         )
         observing: contextlib.AbstractContextManager = contextlib.nullcontext()
-        stream = batches
+        stream, on_step = batches, None
         if cpu_meter is not None:
             cpu_meter.attach(model, sampler, optimizer)
             observing, stream = cpu_meter.observing(), _Endless(cpu_meter.batches(batches))
+            on_step = cpu_meter.on_step
         with autocast:
             with observing:
                 result = train_layerwise(
@@ -287,6 +288,7 @@ def run_proxy(
                     eval_fn=_evaluate,
                     eval_every=eval_every,
                     on_eval=_on_eval,
+                    on_step=on_step,
                     lr_scheduler=lr_scheduler(optimizer, schedule, steps),
                     loss_fn=_lever_loss(params),
                 )
