@@ -22,7 +22,9 @@ def test_quick_start_is_two_one_line_commands():
     first, second = _quickstart_commands()
     assert first == "pip install torch==2.13.0 -e . && planner tune --vram 24GB"
     # the tests' own dependencies come with the command that runs them, torch pinned in the same line
-    assert second.startswith('pip install torch==2.13.0 -e ".[test]" && ') and second.endswith("python -m pytest -q")
+    assert second.startswith('pip install torch==2.13.0 -e ".[test]" && ') and second.endswith(
+        "python -m pytest -q -n auto"
+    )
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
@@ -30,14 +32,16 @@ def test_ci_runs_the_readme_test_command_verbatim():
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     commands = [line for line in ci if line and not line.startswith("#")]
     assert second in commands
-    assert not [line for line in commands if "pytest" in line and line != second]  # no other test run
+    slow = "python -m pytest -q -n auto -m slow"  # the tests the README's command leaves out, after it
+    assert commands.index(slow) > commands.index(second)
+    assert not [line for line in commands if "pytest" in line and line not in (second, slow)]  # no other test run
     assert not [line for line in commands if line.startswith("pip install") and "-e" in line and line != second]
 
 
 def test_the_test_extra_installs_what_the_tests_import():
     line = re.search(r"^test = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M).group(1)  # tomllib needs 3.11
     names = {re.split(r"[<>=\[ ]", req.strip().strip('"'), maxsplit=1)[0].lower() for req in line.split(",")}
-    assert {"pytest", "psycopg2-binary"} <= names
+    assert {"pytest", "pytest-xdist", "psycopg2-binary"} <= names
 
 
 def test_estimate_examples_are_the_commands_output():
