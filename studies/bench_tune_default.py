@@ -32,6 +32,7 @@ def main() -> int:
 
     from planner.plan import Plan
     from planner.tune.study import record
+    from planner.tune.study.kinds import SEARCH
     from planner.tune.storage.backends import open_storage
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,7 +64,7 @@ def main() -> int:
         f"{failed} failed",
     ]
     for t, a in records:
-        if a.kind != record.SEARCH:
+        if a.kind != SEARCH:
             what = f"{a.metric:.4f}" if a.metric is not None else "does not fit" if a.gated else t.state.name
             lines.append(f"  {a.kind}: predicted {a.predicted_peak_bytes / 2**30:.2f} GiB -> {what}")
     lines.append(

@@ -193,11 +193,13 @@ def run_one(name: str, vram: str, n_trials: int, steps: int, work: Path) -> dict
     import optuna
     import torch
 
-    from planner.tune import TuneOptions, record, run_tune
+    from planner.tune import TuneOptions, run_tune
+    from planner.tune.study import record
     from planner.tune.study.baselines import KINDS, best_of_kind
     from planner.tune.study.confirm import confirm_seed
     from planner.tune.storage.backends import open_storage
-    from planner.tune.run import build_space, default_batch_size
+    from planner.tune.run import default_batch_size
+    from planner.tune.target_space import build_space
 
     torch.set_num_threads(1)
     work.mkdir(parents=True, exist_ok=True)
@@ -311,7 +313,7 @@ def describe(p: dict) -> str:
 
 
 def render(results: list[dict]) -> tuple[list[str], dict]:
-    from planner.tune.search.gate import human_bytes
+    from planner.units import human_bytes
 
     r0 = results[0]
     out = [
@@ -420,7 +422,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--table-only", action="store_true", help="print the table from the results there are")
     args = ap.parse_args(argv)
-    from planner.tune.run import DEFAULT_N_TRIALS, DEFAULT_STEPS
+    from planner.tune.options import DEFAULT_N_TRIALS, DEFAULT_STEPS
 
     n_trials, steps = args.n_trials or DEFAULT_N_TRIALS, args.steps or DEFAULT_STEPS
     results_dir = Path(args.results_dir)

@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import shutil
 
+from planner.cachedir import quiet_transformers, weights_sha256
 from planner.data.pretrain import (
     DEFAULT_RECIPE,
     SHIPPED,
     ENVIRONMENT,
     ensure_default_model,
     file_sha256,
-    quiet_transformers,
     recipe_identity,
-    weights_sha256,
 )
 
 

@@ -86,7 +86,8 @@ def test_replay_of_composed_steps_equals_the_allocator(tiny, monkeypatch, arch, 
     from the last row's checkpoints), give the same peaks too."""
     from planner.config import TrainConfig
     from planner.cost.roles import ROLES
-    from planner.cost.estimator import _role_matrix, _trainable_tensors, embeddings_grad, get_family
+    from planner.cost.estimator import _role_matrix, _trainable_tensors
+    from planner.cost.family import embeddings_grad, get_family
     from planner.cost.events import step_ops
     from planner.optimizers import get_optimizer
     from planner.cost import replay

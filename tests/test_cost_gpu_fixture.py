@@ -114,7 +114,8 @@ def test_allocator_model_matches_the_real_segment_list():
     from reference_replay import reference_allocator
 
     from planner.cost.roles import ROLES
-    from planner.cost.estimator import _role_matrix, _trainable_tensors, embeddings_grad, get_family
+    from planner.cost.estimator import _role_matrix, _trainable_tensors
+    from planner.cost.family import embeddings_grad, get_family
     from planner.cost.events import step_ops
     from planner.optimizers import get_optimizer
     from planner.cost.replay import setup_blocks

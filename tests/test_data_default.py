@@ -11,7 +11,8 @@ import torch
 from planner.data import pretrain as pretrain_mod
 from planner.data import load_workload
 from planner.data.default import default_workload, task_examples
-from planner.data.pretrain import PretrainRecipe, cache_dir, cache_key, ensure_default_model, recipe_for, weights_sha256
+from planner.cachedir import weights_sha256
+from planner.data.pretrain import PretrainRecipe, cache_dir, cache_key, ensure_default_model, recipe_for
 from planner.data.tasks import TASKS, corpus_text
 from planner.data.tokenizer import CHARS, EOS, CharTokenizer
 from planner.data.workload import IGNORE_INDEX, greedy_answers

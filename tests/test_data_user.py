@@ -266,7 +266,7 @@ def test_examples_longer_than_the_models_positions_are_skipped(tmp_path):
 def test_a_name_that_is_no_file_goes_to_the_datasets_loader(tmp_path, monkeypatch):
     """`planner tune --data org/name` is validated as a datasets name, not refused as a missing file."""
     import planner.data.files as files
-    from planner.tune.run import TuneOptions
+    from planner.tune.options import TuneOptions
 
     seen = []
     monkeypatch.setattr(files, "_load_dataset", lambda name: seen.append(name) or [])

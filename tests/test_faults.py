@@ -26,7 +26,7 @@ import planner.tune
 from planner.cli.main import main
 from planner.errors import PlannerError
 from planner.tune import TuneOptions, run_tune
-from planner.tune.storage.lifecycle import WORKER_DIED, counted
+from planner.tune.study.record import WORKER_DIED, counted
 from planner.tune.proxy.train import run_proxy
 from planner.tune.storage.backends import open_storage
 from planner.tune.run import Interrupted
@@ -88,7 +88,7 @@ def summary_counts(out: str) -> dict:
 def toward_n(ts) -> int:
     """Trials that count toward --n-trials (learning-rate sweeps and confirmation runs come on top)."""
     from planner.tune.study.record import is_sweep
-    from planner.tune.study.confirm import is_confirm
+    from planner.tune.study.record import is_confirm
 
     return sum(counted(t) and not is_sweep(t) and not is_confirm(t) for t in ts)
 
@@ -251,7 +251,7 @@ def _gating_budget(wl, target) -> int:
     """A budget between the tiny target's cheapest plan and its full fine-tuning: some trials are gated."""
     from planner.config import TrainConfig
     from planner.tune.search.gate import BudgetGate
-    from planner.tune.run import build_space
+    from planner.tune.target_space import build_space
 
     opts = TuneOptions(vram=1, model=target, seq_len=wl.seq_len, batch_size=8, dtype="float32", device="cpu")
     t, _ = opts.validate_all()

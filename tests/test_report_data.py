@@ -17,6 +17,7 @@ from planner.report import costing
 from planner.report import data as rdata
 from planner.report import plan as rplan
 from planner.report import study as rstudy
+from planner.report.trials import pareto_front
 from planner.units import GiB, MiB
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -176,7 +177,7 @@ def test_pareto_front(study):
     d = rstudy.study_report_data(study, estimator=fake_estimator)
     # peak GiB / metric: #3 4.0 / 0.60, #4 6.0 / 0.70, #2 5.0 / 0.50, #1 6.5 / 0.55, #6 6.5 / 0.58, #9 7.0 / 0.65
     assert sorted(p.number for p in d.trials if p.pareto) == [3, 4]
-    assert rstudy.pareto_front([], "maximize") == []
+    assert pareto_front([], "maximize") == []
 
 
 def test_bars_use_baseline_trials_and_tuned_plan(study):

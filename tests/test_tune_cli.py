@@ -11,8 +11,7 @@ import pytest
 
 from planner.cli.main import main
 from planner.tune.study.baselines import KINDS
-from planner.tune.study.confirm import is_confirm
-from planner.tune.study.record import is_sweep
+from planner.tune.study.record import is_confirm, is_sweep
 from planner.tune.storage.backends import open_storage
 from tune_helpers import write_user_workload
 

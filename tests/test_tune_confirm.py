@@ -12,11 +12,11 @@ from planner.errors import PlannerError
 from planner.plan import Plan
 from planner.tune import TuneOptions, run_tune
 from planner.tune.study.baselines import KINDS, LR_SWEEP_FACTORS, best_of_kind
-from planner.tune.study.confirm import confirm_seed, is_confirm, select_candidates
+from planner.tune.study.confirm import confirm_seed, select_candidates
 from planner.tune.study.verdict import BEYOND, WITHIN, WORSE, Confirmed, margin, margins
 from planner.tune.proxy.train import run_proxy
 from planner.tune.study.kinds import SEARCH, BadTrialKind, Confirm, parse_kind
-from planner.tune.study.record import is_sweep
+from planner.tune.study.record import is_confirm, is_sweep
 from planner.tune.search.space import DEFAULT_LR
 from planner.tune.storage.backends import open_storage
 

@@ -13,7 +13,7 @@ from planner.tune import TuneOptions, run_tune
 from planner.tune.study.baselines import trial_point
 from planner.tune.search.forms import fitting, form_steps
 from planner.tune.search.gate import BudgetGate
-from planner.tune.run import build_space
+from planner.tune.target_space import build_space
 from planner.tune.storage.backends import open_storage
 from tune_helpers import tiny_workload, write_target_config
 

@@ -20,7 +20,8 @@ from planner.cli.main import main
 from planner.errors import PlannerError
 from planner.tune import TuneOptions, run_tune
 from planner.tune.study.baselines import KINDS
-from planner.tune.storage.lifecycle import INTERRUPTED, WORKER_DIED, Worker, attach, counted, interrupted
+from planner.tune.storage.lifecycle import Worker, attach
+from planner.tune.study.record import INTERRUPTED, WORKER_DIED, counted, interrupted
 from planner.tune.storage.preflight import check_resume
 from planner.tune.search.seeding import PerTrialSeed
 from planner.tune.storage.signals import Interrupt, deferred, exit_code, interrupts_as_keyboard_interrupt

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from planner.cli.main import main
 from planner.tune.study.baselines import KINDS
-from planner.tune.storage.lifecycle import INTERRUPTED, WORKER_DIED, counted
+from planner.tune.study.record import INTERRUPTED, WORKER_DIED, counted
 from planner.tune.storage.backends import open_storage
 from tune_helpers import storage_url, write_user_workload
 

@@ -13,7 +13,7 @@ from planner.sampling import SCORERS
 from planner.tune.study.baselines import KINDS, LORA_BASELINE_RANK, baseline_points, enqueue_baselines
 from planner.tune.search.space import LISA_ACTIVE_LAYERS, LISA_PERIOD, SearchSpace
 from planner.tune.storage.backends import _driver_url, check_storage, open_storage
-from planner.tune.run import TuneOptions
+from planner.tune.options import TuneOptions
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -16,9 +16,10 @@ from planner.tune.search.gate import BudgetGate
 from planner.tune.proxy.mapping import proxy_params
 from planner.tune.proxy.train import run_proxy
 from planner.tune.storage.backends import open_storage
-from planner.tune.study.objective import INTERRUPTED
+from planner.tune.study.record import INTERRUPTED
 from planner.tune.study.result import finished
-from planner.tune.run import Interrupted, build_space, check_feasible
+from planner.tune.run import Interrupted
+from planner.tune.target_space import build_space, check_feasible
 
 STEPS = 6
 

@@ -6,7 +6,7 @@ import argparse
 import warnings
 
 from planner.cli.levers import add_lever_flags, lever_values
-from planner.tune.search.gate import human_bytes
+from planner.units import human_bytes
 from planner.tune.options import TuneOptions, cli_options  # light: optuna loads inside run_tune
 from planner.tune.study.kinds import Baseline
 from planner.tune.storage.signals import interrupts_as_keyboard_interrupt

@@ -13,7 +13,8 @@ from __future__ import annotations
 import copy
 import random
 
-from planner.data.pretrain import DEFAULT_RECIPE, PretrainRecipe, ensure_default_model, quiet_transformers
+from planner.cachedir import quiet_transformers
+from planner.data.pretrain import DEFAULT_RECIPE, PretrainRecipe, ensure_default_model
 from planner.data.tasks import TASKS
 from planner.data.tokenizer import CharTokenizer
 from planner.data.workload import Example, Metric, Workload

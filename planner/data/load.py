@@ -35,7 +35,8 @@ import torch
 
 from planner.data.default import BATCH_SIZE, DEFAULT_TASK, default_workload, split_sizes, task_examples
 from planner.data.files import read_records, to_pairs
-from planner.data.pretrain import ensure_default_model, quiet_transformers, recipe_for
+from planner.cachedir import quiet_transformers
+from planner.data.pretrain import ensure_default_model, recipe_for
 from planner.data.tasks import TASKS
 from planner.data.workload import Example, Workload
 from planner.errors import PlannerError, collect

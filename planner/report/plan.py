@@ -20,7 +20,7 @@ from planner.report.data import (
     savings_table,
 )
 from planner.tune.study.baselines import baseline_configs
-from planner.tune.study.record import Baseline
+from planner.tune.study.kinds import Baseline
 
 
 def plan_report_data(

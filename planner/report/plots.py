@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 from planner.plan import BREAKDOWN_KEYS
 from planner.report.data import ReportData, TrialPoint, gib
 from planner.tune.study.baselines import FULL_BASELINE, LISA_BASELINE, LORA_BASELINE, QLORA_BASELINE
-from planner.tune.study.record import SEARCH, Confirm, parse_kind
+from planner.tune.study.kinds import SEARCH, Confirm, parse_kind
 
 DPI = 100
 PART_COLORS = {

@@ -28,8 +28,9 @@ from planner.report.trials import best_point, importance_maps, int_or_none, metr
 from planner.tune.study import record
 from planner.tune.study.baselines import LISA_BASELINE, baseline_configs, best_of_kind, trial_form_words
 from planner.tune.search.space import LISA_ACTIVE_LAYERS as LISA_DEFAULT_ACTIVE_LAYERS
-from planner.tune.study.confirm import best_confirmed, confirmed, report_lines
-from planner.tune.study.record import Baseline
+from planner.tune.study.confirm import report_lines
+from planner.tune.study.kinds import Baseline
+from planner.tune.study.verdict import best_confirmed, confirmed
 from planner.tune.storage.backends import DEFAULT_STORAGE, check_storage, open_storage
 from planner.units import format_bytes
 

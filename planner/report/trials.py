@@ -7,7 +7,7 @@ import math
 
 from planner.report.data import HistoryPoint, ImportanceMap, TrialPoint
 from planner.tune.study import record
-from planner.tune.study.record import SEARCH, Confirm
+from planner.tune.study.kinds import SEARCH, Confirm
 
 MAX_IMPORTANCE_MAPS = 4
 

@@ -22,7 +22,8 @@ from planner.data.load import BUILTIN
 from planner.errors import PlannerError
 from planner.threads import torch_threads
 from planner.tune.search.forms import fits as fits_in_a_form
-from planner.tune.search.gate import BudgetGate, human_bytes
+from planner.tune.search.gate import BudgetGate
+from planner.units import human_bytes
 
 # the options are declared in planner.tune.options; their defaults stay importable from here
 from planner.tune.options import DEFAULT_EVALS, TuneOptions, command_line
@@ -41,7 +42,8 @@ from planner.tune.proxy.train import TrainShape
 from planner.tune.study.objective import Objective
 from planner.tune.study.progress import TrialProgress
 from planner.tune.study.result import finished, summarize
-from planner.tune.study.confirm import confirm_phase, is_confirm, waiting_confirmations
+from planner.tune.study.confirm import confirm_phase, waiting_confirmations
+from planner.tune.study.record import is_confirm
 from planner.tune.target_space import build_space, check_feasible, target_of_workload
 
 # default batch: 32 sequences or 2048 tokens, whichever is fewer (the default task's

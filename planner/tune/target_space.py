@@ -10,7 +10,7 @@ from planner.sampling import SCORERS
 from planner.tune.options import TuneOptions
 from planner.tune.proxy.target import Target, workload_target
 from planner.tune.search.forms import form_steps, forms
-from planner.tune.search.gate import human_bytes
+from planner.units import human_bytes
 from planner.tune.search.space import DEFAULT_LORA_RANKS, SearchSpace, depth_choices
 
 

@@ -31,7 +31,7 @@ from planner.errors import PlannerError
 from planner.spec import layers_attribute, list_presets, weights
 from planner.spec.hub import hub_unreachable
 from planner.tune.search.forms import forms
-from planner.tune.search.gate import human_bytes
+from planner.units import human_bytes
 
 AUTO, TARGET, BUILTIN = "auto", "target", "builtin"
 REAL = "smollm2-135m"  # the real model ``auto`` trains for --data on the CPU, at a short horizon

@@ -28,7 +28,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from planner.tune.study import record
-from planner.tune.study.kinds import Baseline
+from planner.tune.study.kinds import SEARCH, Baseline
 from planner.tune.study.record import INTERRUPTED, WORKER_DIED, counted, interrupted
 from planner.tune.storage.processes import process_alive, process_identity
 from planner.tune.storage.signals import deferred
@@ -205,7 +205,7 @@ class Worker:
         rec = record.read(trial)
         # a queued trial (a baseline, a retry) stopped before it suggested anything still knows its point
         params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
-        if rec.kind == record.SEARCH and not params:
+        if rec.kind == SEARCH and not params:
             return
         first = rec.retry_of if rec.retry_of is not None else trial.number
         # what a queued trial was queued with (its sweep factor, the confirmed trial and seed) is asked again
