@@ -7,17 +7,23 @@
 Measured truth (tests, the sampler's checks): ``LiveBytesTracker`` and ``measure_training_peak``.
 
 How (modules in order of the data flow):
-- ``tracker``: a TorchDispatchMode summing live tensor-storage bytes (works under FakeTensorMode);
+- ``roles``: a decoder layer's role in a step (frozen below or above the lowest trainable layer, trainable);
 - ``trainable``/``measure``: the training step as the HF Trainer runs it, and its measured peak;
-- ``kernels``: for ``device="cuda"``, attention (SDPA) and dropout as their CUDA kernels allocate;
+- ``tracker``: a TorchDispatchMode summing live tensor-storage bytes (works under FakeTensorMode);
+- ``kernels``/``reductions``: for ``device="cuda"``, attention (SDPA), dropout and split reductions as their
+  CUDA kernels allocate;
+- ``boundaries``: the hooks that mark where a traced step's segments begin;
 - ``trace``/``segments``: one step of the model at 2-3 layers, cut into segments per layer role;
+- ``family``: the traces a configuration needs, cached in process and on disk;
+- ``cache``: traces and replays on disk, versioned and checksummed;
 - ``events``: the same step as allocation/free templates, composed at full depth;
 - ``compose``: the segments replayed at full depth; the peak is the running sum's maximum;
-- ``optimizer``: optimizer state and step temporaries, one strategy per optimizer;
 - ``allocator``/``replay``: PyTorch's CUDA caching allocator as a model, and a run replayed through it;
-- ``cache``: traces and replays on disk, versioned and checksummed;
-- ``family``: the traces a configuration needs, cached in process and on disk;
+- ``device``/``profile``/``profiling``: device profiles, where they are stored, and how ``planner profile``
+  measures one;
 - ``estimator``: ``estimate()``, the sampler's worst case, device overhead;
+- ``plans``: the candidate plans under one budget (``planner estimate --vram``);
+- optimizer state and step temporaries, one strategy per optimizer: ``planner.optimizers``.
 
 What is modelled, and how:
 - peak = largest live total during the second training step (state exists), use_cache=False;
