@@ -1,6 +1,9 @@
 """`planner tune`'s options, each declared once (planner.tune.options): --help, the parser, the resume command."""
 
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +93,28 @@ def test_every_option_is_in_help_with_its_description(capsys):
             described = [(opt.flag, opt.help)]
         for flag, text in described:
             assert flag in flat and "".join(text.split()) in flat, flag
+
+
+HEAVY = ("torch", "optuna", "transformers")
+HELP_IMPORTS = f"""
+import sys
+from planner.cli.main import main
+try:
+    main(["tune", "--help"])
+except SystemExit:
+    pass
+print("loaded:", *(name for name in {HEAVY!r} if name in sys.modules))
+"""
+
+
+def test_help_loads_neither_torch_nor_optuna_nor_transformers():
+    """`planner tune --help` answers in a fraction of a second: it reads the options without the study modules'
+    heavy dependencies (a fresh interpreter, so that nothing this test process loaded counts)."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", HELP_IMPORTS], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--n-trials" in done.stdout, done.stderr
+    last = done.stdout.splitlines()[-1]
+    assert last == "loaded:", f"`planner tune --help` {last}"
 
 
 def test_the_resume_command_gives_back_every_flag_without_running(tmp_path):
