@@ -298,6 +298,5 @@ def enqueue_offered(study, space: SearchSpace, gate, room: int | None = None) ->
     """Queue :func:`offered_points` as searched trials, at most ``room`` of them; returns how many."""
     points = offered_points(space, gate)[: room if room is not None else None]
     for p in points:
-        # pydantic's Field(None, ...) defaults are not seen by mypy without pydantic's plugin
-        record.enqueue(study, space.enqueue_params(p), TrialRecord(kind=SEARCH, offered=True))  # type: ignore[call-arg]
+        record.enqueue(study, space.enqueue_params(p), TrialRecord(kind=SEARCH, offered=True))
     return len(points)

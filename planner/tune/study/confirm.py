@@ -83,8 +83,7 @@ def enqueue_confirmation(study, candidates, seeds: int) -> int:
         for i in range(seeds):
             kind = Confirm(t.number, i)
             if kind not in have:
-                # pydantic's Field(None, ...) defaults are not seen by mypy without pydantic's plugin
-                rec = TrialRecord(kind=kind, confirm_of=t.number, confirm_seed=i)  # type: ignore[call-arg]
+                rec = TrialRecord(kind=kind, confirm_of=t.number, confirm_seed=i)
                 record.enqueue(study, dict(t.params), rec)
     from optuna.trial import TrialState  # optuna: deferred, 'planner tune --help' loads this module
 
