@@ -25,9 +25,7 @@ from planner.tune.search.forms import fits as fits_in_a_form
 from planner.tune.search.gate import BudgetGate
 from planner.units import human_bytes
 
-# the options are declared in planner.tune.options; their defaults stay importable from here
 from planner.tune.options import DEFAULT_EVALS, TuneOptions, command_line
-from planner.tune.options import DEFAULT_N_TRIALS, DEFAULT_STEPS  # noqa: F401
 from planner.tune.proxy.target import target_layers_attribute
 from planner.tune.storage.preflight import check_outputs, check_resume, check_param_names, unwritten_plan
 from planner.tune.search.samplers import study_sampler
