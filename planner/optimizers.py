@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
+from planner.bnb import load_bitsandbytes
 from planner.errors import PlannerError
 from planner.registry import registrar
 
@@ -151,13 +152,7 @@ class SGD(Optimizer):
 
 
 def _bitsandbytes():
-    try:
-        import bitsandbytes  # deferred, as torch above: bitsandbytes imports it, and only 8-bit optimizers run it
-    except ImportError:
-        raise PlannerError(
-            "8-bit optimizers run bitsandbytes, which must be installed (pip install bitsandbytes), but it is not"
-        ) from None
-    return bitsandbytes
+    return load_bitsandbytes("8-bit optimizers")
 
 
 @register_optimizer("adamw8bit")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from planner.errors import PlannerError
+from planner.bnb import load_bitsandbytes
 from planner.levers.base import ExportItems, Flag, Lever, is_fake, register_lever
 
 if TYPE_CHECKING:
@@ -36,14 +36,7 @@ Quantize = Literal["nf4", "nf4-dq", "int8"]
 
 
 def _bnb():
-    try:
-        # bitsandbytes: deferred, the config (and so 'planner --help') imports every lever
-        import bitsandbytes
-    except ImportError:
-        raise PlannerError(
-            "--quantize runs bitsandbytes, which must be installed (pip install bitsandbytes), but it is not"
-        ) from None
-    return bitsandbytes
+    return load_bitsandbytes("--quantize")
 
 
 # torch, transformers and bitsandbytes are imported where a model is changed: the config imports every lever
