@@ -136,6 +136,10 @@ CASES = {
         ["export", "{root}/plan.yaml", "--to", "hf", "--out", "/proc/forbidden/hf"],
         ["--out must be a writable directory", "'/proc/forbidden/hf' cannot be created", "plan file must be YAML"],
     ),
+    "export --steps 0": (
+        ["export", "{root}/plan.yaml", "--to", "hf", "--steps", "0"],
+        ["--steps must be >= 1, but got 0", "plan file must be YAML"],
+    ),
     "report --out under /proc": (
         ["report", "{root}/plan.yaml", "--out", "/proc/forbidden/r"],
         ["--out must be a writable directory", "'/proc/forbidden/r' cannot be created"],

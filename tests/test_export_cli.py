@@ -1,6 +1,7 @@
 """`planner export`: files written, losses printed, --strict, and one-line errors with exit code 2."""
 
 import os
+import re
 
 import pytest
 
@@ -121,3 +122,30 @@ def test_plan_with_too_many_active_layers(tmp_path, capsys):
         capsys, "export", str(plan.save(tmp_path / "p.yaml")), "--to", "axolotl", "--out", str(tmp_path / "o")
     )
     assert code == 2 and "active_layers <= num_layers - min_depth" in err and not (tmp_path / "o").exists()
+
+
+def _proxy(kind: str):
+    from planner.plan import ProxyInfo
+
+    name = "built-in proxy (4 layers, hidden 64; default:maximum)" if kind == "builtin" else "the target"
+    return ProxyInfo(name=name, kind=kind, num_layers=4, active_layers=2, learning_rate=1e-3, batch_size=32)
+
+
+@pytest.mark.parametrize("to", ["axolotl", "hf", "llamafactory", "lmflow", "swift"])
+def test_steps_sets_the_training_length_of_every_trainer(to, tmp_path, capsys):
+    """The plan's steps are its trials' (a proxy's horizon); --steps N is the run's max steps in every trainer."""
+    plan = make_plan(steps=50, proxy=_proxy("builtin")).save(tmp_path / "plan.yaml")
+    for given, want in ((["--steps", "777"], "777"), ([], "50")):
+        out_dir = tmp_path / f"{to}-{want}"
+        code, out, _ = run(capsys, "export", str(plan), "--to", to, "--out", str(out_dir), *given)
+        written = "\n".join(p.read_text() for p in out_dir.iterdir() if p.is_file())
+        assert code == 0 and re.search(rf"max_steps\W+{want}\b", written), written[:2000]
+        assert ("horizon of the proxy" in out) == (not given)
+
+
+def test_a_plan_ranked_on_the_target_itself_exports_its_steps_without_a_note(tmp_path, capsys):
+    plan = make_plan(steps=50, proxy=_proxy("target")).save(tmp_path / "plan.yaml")
+    code, out, _ = run(capsys, "export", str(plan), "--to", "hf", "--out", str(tmp_path / "hf"))
+    assert (
+        code == 0 and "note:" not in out and '"max_steps": 50' in (tmp_path / "hf" / "training_args.json").read_text()
+    )

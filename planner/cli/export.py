@@ -23,6 +23,13 @@ def add_parser(sub) -> None:
     p.add_argument("--to", required=True, metavar="TARGET", help=f"one of {', '.join(sorted(EXPORTERS))}")
     p.add_argument("--out", metavar="DIR", help="output directory (default export/TARGET)")
     p.add_argument("--strict", action="store_true", help="refuse (exit 2) instead of writing a lossy export")
+    p.add_argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        help="the training run's optimizer steps (default: the plan's, what each trial trained; where the trials "
+        "trained a proxy, its horizon)",
+    )
     p.set_defaults(func=run)
 
 
@@ -30,6 +37,8 @@ def check_inputs(args) -> None:
     """--to, the plan file and the output folder (proven writable by trying), every problem at once, before anything
     is rendered or written."""
     problems = []
+    if args.steps is not None and args.steps < 1:
+        problems.append(f"--steps must be >= 1, but got {args.steps}")
     for check in (lambda: get_exporter(args.to), lambda: Plan.load(args.plan)):
         try:
             check()
@@ -44,9 +53,11 @@ def check_inputs(args) -> None:
 
 def run(args) -> int:
     check_inputs(args)
-    result = export_plan(args.plan, args.to, args.out, strict=args.strict)
+    result = export_plan(args.plan, args.to, args.out, strict=args.strict, steps=args.steps)
     for path in result.written:
         print(f"wrote {path}")
+    for line in result.notes:
+        print(f"note: {line}")
     if result.lost:
         print(f"{result.target} cannot express all of the plan; the nearest equivalent was written. Lost:")
         for line in result.lost:

@@ -26,19 +26,36 @@ class ExportResult:
     out_dir: Path
     written: list[Path]
     lost: list[str]
+    notes: list[str]  # what the user should know that the plan does not lose, e.g. whose horizon max_steps is
 
 
 def export_plan(
-    plan_path: str | Path, target: str, out_dir: str | Path | None = None, *, strict: bool = False
+    plan_path: str | Path,
+    target: str,
+    out_dir: str | Path | None = None,
+    *,
+    strict: bool = False,
+    steps: int | None = None,
 ) -> ExportResult:
     """Write ``target``'s files for the plan at ``plan_path`` into ``out_dir`` (default ``export/<target>``).
 
+    ``steps`` is the training run's length in optimizer steps (default: the plan's, what each trial trained).
     With ``strict``, a target that cannot express the whole plan writes nothing and raises
     :class:`PlannerError` naming every loss.
     """
     exporter = get_exporter(target)  # validate --to before reading the plan, so a typo is named first
+    if steps is not None and steps < 1:
+        raise PlannerError(f"--steps must be >= 1, but got {steps}")
     plan = Plan.load(plan_path)
     _check(plan)
+    notes = []
+    if steps is not None:
+        plan = plan.model_copy(update={"steps": steps})
+    elif plan.steps is not None and plan.proxy is not None and plan.proxy.kind != "target":
+        notes.append(
+            f"max steps {plan.steps} is the horizon of the proxy the plan was ranked on ({plan.proxy.name}), not a "
+            f"training length for {plan.model}: give yours with --steps N"
+        )
     out = Path(out_dir) if out_dir is not None else Path("export") / target
     exporter.out_dir = out
     result = exporter.render(plan)
@@ -56,7 +73,7 @@ def export_plan(
         raise PlannerError(
             f"--out must be a writable directory, but {str(out)!r} is not ({exc.strerror or exc})"
         ) from None
-    return ExportResult(target, out, written, list(result.lost))
+    return ExportResult(target, out, written, list(result.lost), notes)
 
 
 def _check(plan) -> None:
