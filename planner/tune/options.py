@@ -304,10 +304,9 @@ class TuneOptions(BaseModel):
             collect(problems)
         return options
 
-    def validate_all(self):
-        """Check every flag at once; return (target, budget in bytes)."""
-        target, vram, problems = resolve_target(
-            self.model,
+    def training_shape(self) -> dict:
+        """The target's training shape as these options give it (the keywords of resolve_target and workload_target)."""
+        return dict(
             seq_len=self.seq_len,
             batch_size=self.batch_size,
             dtype=self.dtype,
@@ -315,8 +314,11 @@ class TuneOptions(BaseModel):
             levers=self.levers,
             device=self.device,
             profile=self.profile,
-            vram=self.vram,
         )
+
+    def validate_all(self):
+        """Check every flag at once; return (target, budget in bytes)."""
+        target, vram, problems = resolve_target(self.model, **self.training_shape(), vram=self.vram)
         for name, info in type(self).model_fields.items():
             cli = _cli(info)
             value = getattr(self, name)

@@ -22,16 +22,7 @@ class InfeasibleBudget(PlannerError):
 
 def target_of_workload(workload, options: TuneOptions) -> Target:
     """The target a workload's own model makes, in the training shape ``options`` give."""
-    return workload_target(
-        workload,
-        seq_len=options.seq_len,
-        batch_size=options.batch_size,
-        dtype=options.dtype,
-        amp=options.amp,
-        levers=options.levers,
-        device=options.device,
-        profile=options.profile,
-    )
+    return workload_target(workload, **options.training_shape())
 
 
 def build_space(target, options: TuneOptions):
