@@ -41,6 +41,14 @@ Results go to a JSON file cell by cell (``--out``; a rerun skips finished cells)
     nice -n 19 python studies/bench_transfer.py --threads 2            # the full run (resumes)
     python studies/bench_transfer.py --tiny --out /tmp/t.json --report /tmp/t.txt   # 2 plans, 5 steps
     python studies/bench_transfer.py --report-only                     # the report from the JSON
+
+The demo task's reference, longer and wider (reports/transfer_long.txt, reports/transfer_b8.txt; each JSON starts
+from the maximum task's built-in and trunc8 cells of reports/transfer.json, which do not depend on the reference):
+
+    nice -n 19 python studies/bench_transfer.py --ref-steps 48 --ref-held-out 32 --out reports/transfer_long.json \
+        --report reports/transfer_long.txt --work-dir /tmp/bench_transfer_long --only maximum:reference:0,maximum:reference:1
+    nice -n 19 python studies/bench_transfer.py --ref-batch 8 --ref-held-out 32 --out reports/transfer_b8.json \
+        --report reports/transfer_b8.txt --work-dir /tmp/bench_transfer_b8 --only maximum:reference:0,maximum:reference:1
 """
 
 from __future__ import annotations
@@ -73,11 +81,21 @@ MAX_SEQ_LEN = 64
 SYSTEM = "Be brief."
 REF_STEPS, REF_EVERY, REF_BATCH, REF_HELD_OUT = 24, 6, 2, 16
 REF_SKIP = (18,)  # checkpoints not evaluated (cost): 6, 12 and 24 are
+
+
+def _ref_skip(steps: int) -> tuple[int, ...]:
+    """Reference checkpoints left out (evaluation costs): 6, 12, 24, then every 24 steps are kept."""
+    keep = {6, 12} | set(range(24, steps + 1, 24)) | {steps}
+    return tuple(s for s in range(REF_EVERY, steps + 1, REF_EVERY) if s not in keep)
+
+
 REF_SEEDS = (0, 1)
 SHORT_STEPS = 6
+SHORT_BATCH = 2  # planner tune's short horizon: 6 steps of 2
+SHORT_SOURCE = "short_b2"  # cells of a batch-2 reference run copied in where the reference here is wider
 TRUNC_LAYERS = 8
 TRUNC_STEPS, TRUNC_EVERY, TRUNC_BATCH = REF_STEPS, REF_STEPS, REF_BATCH
-BUILTIN_STEPS, BUILTIN_EVERY = 150, 50  # planner.tune.run.DEFAULT_STEPS, DEFAULT_EVALS = 3
+BUILTIN_STEPS, BUILTIN_EVERY = 150, 50  # planner.tune.options.DEFAULT_STEPS, DEFAULT_EVALS = 3
 
 
 def _plans() -> dict:
@@ -596,9 +614,9 @@ def table_scores(cells: dict, task: str, model: str, seeds, step=None) -> dict:
     return out
 
 
-def short_cost(cells: dict, task: str, plan: str, seed: int, step: int) -> float | None:
+def short_cost(cells: dict, task: str, plan: str, seed: int, step: int, source: str = "reference") -> float | None:
     """CPU seconds of a ``step``-step run on the target: the reference run's training time to that step and one evaluation."""
-    c = cells.get(cell_key(task, "reference", plan, seed))
+    c = cells.get(cell_key(task, source, plan, seed))
     if c is None:
         return None
     pts = [p for p in c["curve"] if p["step"] == step]
@@ -666,8 +684,13 @@ def report(results: dict, path: Path) -> str:
         prox = {
             "builtin": table_scores(cells, task, "builtin", (0,)),
             "trunc8": table_scores(cells, task, "trunc8", (0,)),
-            "short": table_scores(cells, task, "reference", (0,), step=SHORT_STEPS),
+            "short": table_scores(cells, task, SHORT_SOURCE, (0,), step=SHORT_STEPS),
         }
+        # a short run of its own (the 48 x 2 reference's first steps, copied in) is independent of every seed here
+        own = not any(c["task"] == task and c["model"] == SHORT_SOURCE for c in cells.values())
+        if own:
+            prox["short"] = table_scores(cells, task, "reference", (0,), step=SHORT_STEPS)
+        short_batch = REF_BATCH if own else SHORT_BATCH
         lines.append(f"## task {task}: reference seed 0 on {len(ref0)} plans, seed 1 on {len(ref1)}")
         lines.append("")
         lines.append(
@@ -701,6 +724,12 @@ def report(results: dict, path: Path) -> str:
             rows.append(
                 (f"builtin (150 steps) vs ref {label}", compare(r, prox["builtin"]), _cost(cells, task, "builtin"))
             )
+            for at in (50, 100):  # the 150-step runs' own checkpoints: the rate is constant, so an N-step run
+                early = table_scores(cells, task, "builtin", (0,), step=at)
+                if early and label != "seed 1":
+                    rows.append(
+                        (f"builtin ({at} steps) vs ref {label}", compare(r, early), _early_cost(cells, task, at))
+                    )
             rows.append(
                 (
                     f"trunc8 ({TRUNC_STEPS} x {TRUNC_BATCH}) vs ref {label}",
@@ -708,12 +737,12 @@ def report(results: dict, path: Path) -> str:
                     _cost(cells, task, "trunc8"),
                 )
             )
-            if label != "seed 0":  # seed 0's own first steps: not an independent check
+            if label != "seed 0" or not own:  # seed 0's own first steps: not an independent check
                 rows.append(
                     (
-                        f"short ({SHORT_STEPS} x {REF_BATCH}) vs ref {label}",
+                        f"short ({SHORT_STEPS} x {short_batch}) vs ref {label}",
                         compare(r, prox["short"]),
-                        _short_cost(cells, task),
+                        _short_cost(cells, task, "reference" if own else SHORT_SOURCE),
                     )
                 )
         rows.append(("ref seed 0 vs ref seed 1 (the noise)", compare(ref0, ref1), None))
@@ -721,9 +750,14 @@ def report(results: dict, path: Path) -> str:
         if b1:
             rows.append(("builtin seed 1 vs ref seed 0", compare(ref0, b1), _cost(cells, task, "builtin", seed=1)))
             rows.append(("builtin seed 0 vs builtin seed 1", compare(prox["builtin"], b1), None))
-        rows.append(
-            ("short vs ref seed 0 (its own run; biased)", compare(ref0, prox["short"]), _short_cost(cells, task))
-        )
+            for at in (50, 100):  # a shorter run against the other seed's full one: does the horizon lose ranking?
+                for seed, full in ((0, b1), (1, prox["builtin"])):
+                    early = table_scores(cells, task, "builtin", (seed,), step=at)
+                    rows.append((f"builtin seed {seed} at {at} vs seed {1 - seed} at 150", compare(full, early), None))
+        if own:
+            rows.append(
+                ("short vs ref seed 0 (its own run; biased)", compare(ref0, prox["short"]), _short_cost(cells, task))
+            )
         lines += [_compare_line(*r) for r in rows]
         lines.append(
             f"  reference best: {ranking(ref)[0] if ref else '-'} (mean of seeds), {ranking(ref0)[0]} (seed 0)"
@@ -762,8 +796,17 @@ def _cost(cells, task, model, seed=0):
     return statistics.mean(v) if v else None
 
 
-def _short_cost(cells, task):
-    v = [short_cost(cells, task, p, 0, SHORT_STEPS) for p in PLANS_CACHE]
+def _early_cost(cells, task, step):
+    """CPU seconds of the built-in proxy's run to ``step``: its training to that step and one evaluation."""
+    v = []
+    for c in cells.values():
+        if c["task"] == task and c["model"] == "builtin" and c["seed"] == 0:
+            v += [p["train_cpu"] + p["eval_cpu"] / len(c["curve"]) for p in c["curve"] if p["step"] == step]
+    return statistics.mean(v) if v else None
+
+
+def _short_cost(cells, task, source="reference"):
+    v = [short_cost(cells, task, p, 0, SHORT_STEPS, source) for p in PLANS_CACHE]
     v = [x for x in v if x is not None]
     return statistics.mean(v) if v else None
 
@@ -772,6 +815,7 @@ PLANS_CACHE: dict = {}
 
 
 def main(argv=None) -> int:
+    global REF_STEPS, REF_HELD_OUT, REF_SKIP, REF_BATCH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "reports" / "transfer.json"))
     ap.add_argument("--report", default=str(ROOT / "reports" / "transfer.txt"))
@@ -785,12 +829,22 @@ def main(argv=None) -> int:
         help="comma-separated task:model:seed groups to run (default: every group, in order); "
         "processes sharing --out and --work-dir split the cells between them",
     )
+    ap.add_argument("--ref-steps", type=int, default=REF_STEPS, help=f"reference horizon (default {REF_STEPS})")
+    ap.add_argument(
+        "--ref-held-out",
+        type=int,
+        default=REF_HELD_OUT,
+        help=f"held-out examples the reference scores (default {REF_HELD_OUT})",
+    )
+    ap.add_argument("--ref-batch", type=int, default=REF_BATCH, help=f"reference batch size (default {REF_BATCH})")
     args = ap.parse_args(argv)
+    REF_BATCH = args.ref_batch
+    REF_STEPS, REF_HELD_OUT, REF_SKIP = args.ref_steps, args.ref_held_out, _ref_skip(args.ref_steps)
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from planner.data.pretrain import quiet_transformers  # noqa: F401 - transformers' warnings stay quiet below
+    from planner.cachedir import quiet_transformers  # noqa: F401 - transformers' warnings stay quiet below
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -819,7 +873,10 @@ def main(argv=None) -> int:
         else [5],
         "builtin": f"built-in pretrained proxy (30 layers, hidden 64), {BUILTIN_STEPS} steps, batch = the workload's (8 for a file, 32 for the built-in task)",
         "trunc8": f"SmolLM2's first {TRUNC_LAYERS} layers, {TRUNC_STEPS} steps x batch {TRUNC_BATCH}, all its held-out examples",
-        "short": f"SmolLM2 after {SHORT_STEPS} steps x batch {REF_BATCH} (the reference runs' seed-0 checkpoint; CPU = training to that step + one evaluation)",
+        "short": f"SmolLM2 after {SHORT_STEPS} steps x batch {REF_BATCH} (the reference runs' seed-0 checkpoint; CPU = training to that step + one evaluation)"
+        if not any(c["model"] == SHORT_SOURCE for c in results["cells"].values())
+        else f"SmolLM2 after {SHORT_STEPS} steps x batch {SHORT_BATCH} (cells {SHORT_SOURCE!r}: the seed-0 runs of the 48 x 2 reference, "
+        "reports/transfer_long.json, copied in; CPU = training to that step + one evaluation)",
     }
     if args.report_only:
         print(report(results, rep))
