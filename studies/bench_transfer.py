@@ -300,12 +300,12 @@ def doc_records(n: int = N_RECORDS, seed: int = 0) -> list[tuple[str, str]]:
     return random.Random(seed).sample(out, n)
 
 
-def max_records(n: int = N_RECORDS) -> list[tuple[str, str]]:
-    """The built-in task's examples (train then held-out, as ``builtin:maximum`` splits ``n``)."""
+def builtin_records(task: str = "maximum", n: int = N_RECORDS) -> list[tuple[str, str]]:
+    """A built-in task's examples (train then held-out, as ``builtin:<task>`` splits ``n``)."""
     from planner.data.default import split_sizes, task_examples
 
     n_train, n_held = split_sizes(n)
-    train, held = task_examples("maximum", seed=0, n_train=n_train, n_held_out=n_held)
+    train, held = task_examples(task, seed=0, n_train=n_train, n_held_out=n_held)
     return train + held
 
 
@@ -313,7 +313,8 @@ def write_data(work: Path) -> dict:
     """Per task: the ``messages`` file (SmolLM2-based models) and what the built-in proxy reads."""
     work.mkdir(parents=True, exist_ok=True)
     out = {}
-    for task, pairs in (("docs", doc_records()), ("maximum", max_records())):
+    for task in TASKS:
+        pairs = doc_records() if task == "docs" else builtin_records(task)
         chat = work / f"{task}-chat.jsonl"
         chat.write_text(
             "".join(
@@ -335,7 +336,7 @@ def write_data(work: Path) -> dict:
             pc.write_text("".join(json.dumps({"prompt": q, "completion": a}) + "\n" for q, a in pairs))
             builtin = str(pc)
         else:
-            builtin = "builtin:maximum"
+            builtin = f"builtin:{task}"
         out[task] = {"chat": str(chat), "builtin": builtin}
     return out
 
@@ -815,7 +816,7 @@ PLANS_CACHE: dict = {}
 
 
 def main(argv=None) -> int:
-    global REF_STEPS, REF_HELD_OUT, REF_SKIP, REF_BATCH
+    global REF_STEPS, REF_HELD_OUT, REF_SKIP, REF_BATCH, TASKS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "reports" / "transfer.json"))
     ap.add_argument("--report", default=str(ROOT / "reports" / "transfer.txt"))
@@ -837,7 +838,13 @@ def main(argv=None) -> int:
         help=f"held-out examples the reference scores (default {REF_HELD_OUT})",
     )
     ap.add_argument("--ref-batch", type=int, default=REF_BATCH, help=f"reference batch size (default {REF_BATCH})")
+    ap.add_argument(
+        "--tasks",
+        default=",".join(TASKS),
+        help=f"comma-separated tasks: docs or built-in tasks (default {','.join(TASKS)})",
+    )
     args = ap.parse_args(argv)
+    TASKS = tuple(args.tasks.split(","))
     REF_BATCH = args.ref_batch
     REF_STEPS, REF_HELD_OUT, REF_SKIP = args.ref_steps, args.ref_held_out, _ref_skip(args.ref_steps)
 
