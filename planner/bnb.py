@@ -13,17 +13,18 @@ from planner.errors import PlannerError
 _HUB_KERNEL_LOGGER = "bitsandbytes.backends.cpu.ops"
 
 
+def quiet_hub_kernel_warning() -> None:
+    """Keep bitsandbytes' hub-kernel line off the terminal, whoever imports it (peft and transformers do too)."""
+    logging.getLogger(_HUB_KERNEL_LOGGER).setLevel(logging.ERROR)
+
+
 def load_bitsandbytes(needed_for: str) -> ModuleType:
     """bitsandbytes, or a :class:`PlannerError` naming ``needed_for`` and the install command when it is absent."""
-    log = logging.getLogger(_HUB_KERNEL_LOGGER)
-    level = log.level
-    log.setLevel(logging.ERROR)
+    quiet_hub_kernel_warning()
     try:
         import bitsandbytes  # deferred: it imports torch, and only the levers that run it need it
     except ImportError:
         raise PlannerError(
             f"{needed_for} runs bitsandbytes, which must be installed (pip install bitsandbytes), but it is not"
         ) from None
-    finally:
-        log.setLevel(level)
     return bitsandbytes

@@ -103,3 +103,5 @@ def test_bitsandbytes_loads_without_its_hub_kernel_warning():
     if line not in stderr("import bitsandbytes"):
         pytest.skip("bitsandbytes asks the hub for no kernel on this CPU")
     assert line not in stderr("from planner.bnb import load_bitsandbytes; load_bitsandbytes('8-bit optimizers')")
+    # the command quiets it for every importer (peft's and transformers' quantization paths import bitsandbytes too)
+    assert line not in stderr("import planner.cli.main as m; m.quiet_hub_kernel_warning(); import bitsandbytes")

@@ -101,6 +101,30 @@ def test_an_interrupt_in_a_finalizer_is_raised_after_it(swallowed):
     assert err.traceback[-1].name in ("_interrupt_inside_finalizer", "_handler")
 
 
+@pytest.mark.parametrize("container", [weakref.WeakKeyDictionary, weakref.WeakSet])
+def test_a_weak_containers_callback_is_a_frame_no_interrupt_is_raised_in(container):
+    """The garbage collector runs these callbacks anywhere; a signal landing in one is re-sent, not swallowed."""
+    from planner.tune.storage.signals import _unsafe
+
+    class Key:
+        pass
+
+    seen = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_name in ("remove", "_remove"):
+            seen.append(_unsafe(frame))
+
+    key, box = Key(), container()
+    box.add(key) if isinstance(box, weakref.WeakSet) else box.__setitem__(key, 1)
+    sys.setprofile(profile)
+    try:
+        del key  # frees the key: the container's callback runs here
+    finally:
+        sys.setprofile(None)
+    assert seen == [True] and len(box) == 0
+
+
 def test_sigterm_is_an_interrupt_and_a_deferred_section_raises_at_its_end():
     done = []
     with interrupts_as_keyboard_interrupt():

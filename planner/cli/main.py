@@ -10,6 +10,7 @@ import sys
 from pydantic import ValidationError
 
 from planner import __version__
+from planner.bnb import quiet_hub_kernel_warning
 from planner.errors import PlannerError, from_pydantic
 
 # one module per subcommand, each with add_parser(subparsers) that sets `func`
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # transformers' config notices (e.g. gpt2's loss_type) are not the user's concern; errors still show
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    quiet_hub_kernel_warning()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -31,10 +31,8 @@ from planner.tune.proxy.target import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT
 
 DEFAULT_N_TRIALS = 24  # 3 baselines + 21 searched (learning-rate sweeps and confirmation runs come on top)
 DEFAULT_STEPS = 150  # proxy optimizer steps per trial
-# The built-in proxy's horizon on its own demo task. Its 16-plan ranking after 50 steps (of 150 at a constant rate)
-# predicts an independent seed's 150-step ranking at Kendall τ 0.63-0.67, where two 150-step seeds agree at 0.53;
-# it agrees with SmolLM2-135M's as little after 50 steps as after 150 (reports/transfer_b8_48.txt). A third of the
-# CPU: the default study took 9 min instead of ~31 CPU-min (reports/bench_tune_default.txt).
+# The built-in proxy's steps on its own task: after 50 its 16-plan ranking predicts another seed's 150-step ranking
+# (τ 0.63, 0.67) better than 150 do (0.53), at a third of the CPU (reports/transfer_long.txt, bench_tune_default.txt).
 DEMO_STEPS = 50
 DEFAULT_EVALS = 3  # intermediate evaluations per trial (what the pruner sees)
 # PyTorch intra-op threads for proxy training (0 = PyTorch's default). Proxy models are small,
@@ -306,15 +304,7 @@ class TuneOptions(BaseModel):
 
     def training_shape(self) -> dict:
         """The target's training shape as these options give it (the keywords of resolve_target and workload_target)."""
-        return dict(
-            seq_len=self.seq_len,
-            batch_size=self.batch_size,
-            dtype=self.dtype,
-            amp=self.amp,
-            levers=self.levers,
-            device=self.device,
-            profile=self.profile,
-        )
+        return {k: getattr(self, k) for k in ("seq_len", "batch_size", "dtype", "amp", "levers", "device", "profile")}
 
     def validate_all(self):
         """Check every flag at once; return (target, budget in bytes)."""

@@ -1,7 +1,8 @@
 """Ctrl-C and SIGTERM as one interrupt, delivered where it cannot be lost.
 
 Python runs a signal handler between any two bytecodes, including inside a ``weakref.finalize``
-callback (the cost model's live-bytes tracker frees through one) or a ``__del__``. A
+callback (the cost model's live-bytes tracker frees through one), a weak container's callback
+(a ``WeakKeyDictionary`` dropping a freed key) or a ``__del__``. A
 ``KeyboardInterrupt`` raised there is printed as "Exception ignored in: <finalize object>" and
 swallowed: the run goes on. Inside SQLAlchemy it can leave a pooled connection half-reset.
 
@@ -24,6 +25,9 @@ FORCE_AFTER = 3  # signals received during one deferred section before it is cut
 # frames a KeyboardInterrupt must not be raised in: their callers swallow it or cannot clean up
 _UNSAFE_MODULES = ("sqlalchemy.", "optuna.storages._rdb.", "optuna.storages._cached_storage")
 _FINALIZE_CODE = weakref.finalize.__call__.__code__
+# the weak containers' own callbacks (WeakKeyDictionary's and WeakValueDictionary's `remove`, WeakSet's `_remove`) run
+# when the garbage collector frees a key, anywhere: an interrupt raised in them is printed as "Exception ignored"
+_WEAKREF_MODULES = ("weakref", "_weakrefset")
 
 
 class Interrupt(KeyboardInterrupt):
@@ -48,7 +52,7 @@ def _unsafe(frame) -> bool:
         if code is _FINALIZE_CODE or code.co_name == "__del__":
             return True
         module = frame.f_globals.get("__name__", "")
-        if module.startswith(_UNSAFE_MODULES):
+        if module.startswith(_UNSAFE_MODULES) or module in _WEAKREF_MODULES:
             return True
         frame = frame.f_back
     return False
