@@ -80,7 +80,6 @@ N_RECORDS = 640
 MAX_SEQ_LEN = 64
 SYSTEM = "Be brief."
 REF_STEPS, REF_EVERY, REF_BATCH, REF_HELD_OUT = 24, 6, 2, 16
-REF_SKIP = (18,)  # checkpoints not evaluated (cost): 6, 12 and 24 are
 
 
 def _ref_skip(steps: int) -> tuple[int, ...]:
@@ -89,6 +88,7 @@ def _ref_skip(steps: int) -> tuple[int, ...]:
     return tuple(s for s in range(REF_EVERY, steps + 1, REF_EVERY) if s not in keep)
 
 
+REF_SKIP = _ref_skip(REF_STEPS)  # (18,) at 24 steps
 REF_SEEDS = (0, 1)
 SHORT_STEPS = 6
 SHORT_BATCH = 2  # planner tune's short horizon: 6 steps of 2

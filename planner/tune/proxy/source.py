@@ -144,6 +144,7 @@ def resolve_proxy(
     """Load the proxy workload ``--proxy`` names (see the module docstring); one-line errors for bad choices."""
     device = pick_device(proxy_device)
     kind, why, short = proxy, "", False
+    builtin_task = data is None or data.startswith(BUILTIN + ":")  # the built-in proxy's own task, not a user's data
     if proxy == AUTO:
         kind, why = BUILTIN, "no CUDA device" if device != "cuda" else ""
         if device == "cuda" and space is not None and gate is not None:
@@ -153,7 +154,7 @@ def resolve_proxy(
             except PlannerError:
                 fits, why = False, f"the weights of {target.source!r} are not local"
             kind = TARGET if fits else BUILTIN
-        if kind == BUILTIN and data is not None and not data.startswith(BUILTIN + ":"):
+        if kind == BUILTIN and not builtin_task:
             kind, short, why = _short_real_proxy(why)
     kwargs: dict[str, Any] = {"seed": seed, "data": data}
     if kind == TARGET:
@@ -180,8 +181,8 @@ def resolve_proxy(
         )
     if kind == BUILTIN:
         name = f"built-in proxy ({spec.num_layers} layers, hidden {spec.hidden_size}; {workload.name})"
-    if kind == BUILTIN and (data is None or data.startswith(BUILTIN + ":")):
-        return ProxySetup(kind, name, device, workload, spec.num_layers, spec.hidden_size, why, DEMO_STEPS)
+        if builtin_task:
+            return ProxySetup(kind, name, device, workload, spec.num_layers, spec.hidden_size, why, DEMO_STEPS)
     if short:
         name = f"{REAL} at a short horizon ({SHORT_STEPS} steps of {SHORT_BATCH} unless --steps; {workload.name})"
         return ProxySetup(

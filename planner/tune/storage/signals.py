@@ -17,16 +17,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import weakref
 from contextlib import contextmanager
 
 REDELIVER_SECONDS = 0.005  # a finalizer or a storage call returns within milliseconds
 FORCE_AFTER = 3  # signals received during one deferred section before it is cut short anyway
 # frames a KeyboardInterrupt must not be raised in: their callers swallow it or cannot clean up
 _UNSAFE_MODULES = ("sqlalchemy.", "optuna.storages._rdb.", "optuna.storages._cached_storage")
-_FINALIZE_CODE = weakref.finalize.__call__.__code__
-# the weak containers' own callbacks (WeakKeyDictionary's and WeakValueDictionary's `remove`, WeakSet's `_remove`) run
-# when the garbage collector frees a key, anywhere: an interrupt raised in them is printed as "Exception ignored"
+# weakref.finalize.__call__ (and the callback it runs) and the weak containers' own callbacks (WeakKeyDictionary's
+# and WeakValueDictionary's `remove`, WeakSet's `_remove`) run when the garbage collector frees an object, anywhere:
+# an interrupt raised in them is printed as "Exception ignored"
 _WEAKREF_MODULES = ("weakref", "_weakrefset")
 
 
@@ -49,7 +48,7 @@ def _depth() -> int:
 def _unsafe(frame) -> bool:
     while frame is not None:
         code = frame.f_code
-        if code is _FINALIZE_CODE or code.co_name == "__del__":
+        if code.co_name == "__del__":
             return True
         module = frame.f_globals.get("__name__", "")
         if module.startswith(_UNSAFE_MODULES) or module in _WEAKREF_MODULES:
