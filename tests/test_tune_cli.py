@@ -81,6 +81,8 @@ def run_two_workers(storage: str, study: str, tmp_path, n: int):
                 "1",
                 "--confirm-top",
                 "1",
+                "--jobs",
+                "1",  # one run at a time in each: the bound below; --jobs within one process: tests/test_tune_pool.py
                 "--storage",
                 storage,
                 "--study",

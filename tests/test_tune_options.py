@@ -53,6 +53,7 @@ def every_flag(tmp_path) -> list[str]:
         "--eval-every": "1",
         "--seed": "3",
         "--threads": "2",
+        "--jobs": "1",
         "--n-trials": "1",
         "--timeout": "900.0",
         "--scorers": "uniform",

@@ -18,7 +18,7 @@ from planner.tune.proxy.train import run_proxy
 from planner.tune.storage.backends import open_storage
 from planner.tune.study.record import INTERRUPTED
 from planner.tune.study.result import finished
-from planner.tune.run import Interrupted
+from planner.tune.run import Interrupted, _eval_every, _make_pruner
 from planner.tune.target_space import build_space, check_feasible
 
 STEPS = 6
@@ -301,3 +301,20 @@ def test_lora_batch_sizes_hyperband_random_on_a_journal_file(tmp_path, wl, targe
     assert result.plan.train.batch_size == trials[result.plan.trial_number].params["batch_size"]
     rank = trials[result.plan.trial_number].params["lora_rank"]
     assert result.plan.lora_rank == (rank or None) and result.plan.train.lora_rank == (rank or None)
+
+
+@pytest.mark.parametrize("steps, first, second", [(50, 17, 34), (150, 50, 100), (6, 2, 4)])
+def test_the_median_pruner_waits_for_the_second_evaluation(steps, first, second):
+    options = TuneOptions(vram="24GB", steps=steps)
+    assert _eval_every(options) == first  # three evaluations, the last on the last step (the metric)
+    study = optuna.create_study(pruner=_make_pruner(options))
+    for _ in range(5):  # five finished trials that learned
+        trial = study.ask()
+        trial.report(0.1, first)
+        trial.report(0.05, second)
+        study.tell(trial, 0.05)
+    behind = study.ask()
+    behind.report(9.0, first)
+    assert not behind.should_prune()  # far behind at the first evaluation: never pruned there
+    behind.report(9.0, second)
+    assert behind.should_prune()  # at the second it is

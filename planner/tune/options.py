@@ -39,6 +39,7 @@ DEFAULT_EVALS = 3  # intermediate evaluations per trial (what the pruner sees)
 # and threads spin-wait when the cores are shared: on this project's busy 2-core machine 60
 # steps of the default workload took 7.9 s with 1 thread and 173 s with 2.
 DEFAULT_THREADS = 1
+MAX_AUTO_JOBS = 4  # proxy runs at once by default: TPE learns less from each of many runs started together
 MAX_STUDY_NAME = 255  # bytes: the longest file name of common file systems (ext4, xfs, btrfs, tmpfs, APFS)
 
 
@@ -226,6 +227,11 @@ class TuneOptions(BaseModel):
         DEFAULT_THREADS,
         description=f"PyTorch threads for proxy training (default {DEFAULT_THREADS}: small models, "
         "shared cores; 0 = PyTorch's default)",
+    )
+    jobs: Annotated[int | None, Cli(check=_at_least(1), metavar="N")] = Field(
+        None,
+        description=f"proxy runs at once, a process each (default: usable cores / --threads, at most {MAX_AUTO_JOBS}; "
+        "1 on a CUDA proxy); with 1 the search repeats run to run, with more its order follows which run ends first",
     )
     # the search
     n_trials: Annotated[int, Cli(check=_above_zero, metavar="N")] = Field(

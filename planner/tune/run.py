@@ -25,7 +25,7 @@ from planner.tune.search.forms import fits as fits_in_a_form
 from planner.tune.search.gate import BudgetGate
 from planner.units import human_bytes
 
-from planner.tune.options import DEFAULT_EVALS, TuneOptions, command_line
+from planner.tune.options import DEFAULT_EVALS, MAX_AUTO_JOBS, TuneOptions, command_line
 from planner.tune.proxy.target import target_layers_attribute
 from planner.tune.storage.preflight import check_outputs, check_resume, check_param_names, unwritten_plan
 from planner.tune.search.samplers import study_sampler
@@ -36,7 +36,9 @@ from planner.tune.study.baselines import enqueue_baselines, enqueue_missing_base
 from planner.tune.storage.signals import deferred, exit_code
 from planner.tune.storage.backends import disk_full, full_disk_message, open_storage
 from planner.tune.proxy.source import ProxySetup, pick_device, resolve_proxy
+from planner.tune.proxy.pool import ProxyPool, auto_jobs, fork_available
 from planner.tune.proxy.train import TrainShape
+from planner.tune.study.slots import optimize_in_slots
 from planner.tune.study.objective import Objective
 from planner.tune.study.progress import TrialProgress
 from planner.tune.study.result import finished, summarize
@@ -51,7 +53,9 @@ DEFAULT_BATCH_TOKENS = 2048
 
 
 def _eval_every(options: TuneOptions) -> int:
-    return options.eval_every or max(1, options.steps // DEFAULT_EVALS)
+    # rounded up: the last of DEFAULT_EVALS evaluations falls on the last step and is the metric (50 steps:
+    # 17, 34, 50; rounded down it was 16, 32, 48 and one more at 50)
+    return options.eval_every or -(-options.steps // DEFAULT_EVALS)
 
 
 def _make_pruner(options: TuneOptions):
@@ -60,8 +64,25 @@ def _make_pruner(options: TuneOptions):
     if options.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=_eval_every(options), max_resource=options.steps)
     # never on the first evaluation (early accuracy says little about the end: the default
-    # run pruned 13 of 21 trials there), from the second on once 5 trials have finished
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=_eval_every(options))
+    # run pruned 13 of 21 trials there), from the second on once 5 trials have finished; Optuna prunes
+    # from step n_warmup_steps on, so the first evaluation's step is one short of it
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=_eval_every(options) + 1)
+
+
+def _jobs(options: TuneOptions, proxy: ProxySetup, trainer) -> int:
+    """Proxy runs at once: ``--jobs``, else the usable cores' share (1 for a proxy trainer given in Python: it may
+    keep its state in this process). One on a CUDA proxy: runs on one GPU would share its memory."""
+    if proxy.device == "cuda":
+        if (options.jobs or 1) > 1:
+            raise PlannerError(
+                f"--jobs must be 1 with a proxy on cuda (runs on one GPU share its memory), but got {options.jobs}"
+            )
+        return 1
+    if not fork_available():
+        return 1
+    if options.jobs is not None:
+        return options.jobs
+    return 1 if trainer is not None else auto_jobs(options.threads, MAX_AUTO_JOBS)
 
 
 def default_batch_size(seq_len: int) -> int:
@@ -221,6 +242,7 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
 
     storage_obj = open_storage(options.storage)  # before any work: an unreadable storage fails at once
     worker = None  # once attached: its unfinished trials are settled when the study stops
+    pool: ProxyPool | None = None  # with --jobs > 1: the worker processes that train the proxy runs
     try:
         space = build_space(target, options)
         gate = BudgetGate(target.spec, vram, device=target.device, profile=target.profile, estimator=estimator)
@@ -287,9 +309,14 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
         )
 
         worker = attach(study)  # dead workers' trials are failed and queued again before counting
+        jobs = _jobs(options, setup, proxy)
+        if jobs > 1:  # forked now: no thread runs yet, the workers hold the workload and the trainer as they are
+            pool = ProxyPool(objective.proxy, workload, jobs=jobs, threads=options.threads)
+            objective.proxy = pool
 
         done = sum(finished(t) and not is_confirm(t) for t in study.get_trials(deepcopy=False))
         remaining = owed(study, options.n_trials)
+        guarded = GuardedObjective(objective, worker)
         with torch_threads(options.threads):
             if remaining > 0:
                 bar = TrialProgress(
@@ -302,17 +329,27 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
                 )
                 bar.seed_best(study)
                 with bar:  # queued confirmation runs of an earlier run are popped first: room for them too
-                    study.optimize(
-                        GuardedObjective(objective, worker),
-                        n_trials=remaining + waiting_confirmations(study),
-                        timeout=options.timeout,
-                        catch=(Exception,),
-                        callbacks=[bar, worker.reap, StopAfter(options.n_trials)],
-                    )
+                    if pool is not None:
+                        optimize_in_slots(
+                            study,
+                            guarded,
+                            pool,
+                            total=options.n_trials,
+                            timeout=options.timeout,
+                            callbacks=[bar, worker.reap],
+                        )
+                    else:
+                        study.optimize(
+                            guarded,
+                            n_trials=remaining + waiting_confirmations(study),
+                            timeout=options.timeout,
+                            catch=(Exception,),
+                            callbacks=[bar, worker.reap, StopAfter(options.n_trials)],
+                        )
             if options.confirm_seeds:
                 confirm_phase(
                     study,
-                    GuardedObjective(objective, worker),
+                    guarded,
                     space,
                     top=options.confirm_top,
                     seeds=options.confirm_seeds,
@@ -320,13 +357,18 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
                     console=console,
                     progress=progress,
                     callbacks=[worker.reap],
+                    pool=pool,
                 )
     except BaseException as exc:  # Ctrl-C, SIGTERM or a full disk (study creation included): every finished trial stays
+        if pool is not None:
+            pool.close()  # the runs in flight ended with their threads (in_slots), or end now
         error = _stopped(exc, options, name, storage_obj, worker)
         if error is None:
             raise
         raise error from None
     worker.close()
+    if pool is not None:
+        pool.close()
 
     result = summarize(
         study,

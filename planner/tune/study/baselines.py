@@ -242,7 +242,7 @@ def enqueue_sweeps(study, space: SearchSpace) -> int:
     from optuna.trial import TrialState  # optuna: deferred, 'planner tune --help' loads this module
 
     trials = study.get_trials(deepcopy=False)
-    n = 0
+    queue = []
     for kind, point in baseline_points(space).items():
         of_kind = [t for t in trials if record.kind_of(t) == kind and not interrupted(t)]
         ran = [t for t in of_kind if t.state == TrialState.COMPLETE and record.read(t).fits is True]
@@ -254,11 +254,12 @@ def enqueue_sweeps(study, space: SearchSpace) -> int:
             for t in of_kind
             if t.state == TrialState.WAITING
         }
-        for factor, p in lr_sweep(space, point):
-            if p.lr not in have:
-                record.enqueue(study, space.enqueue_params(p), _record(kind, p, lr_sweep=factor))
-                n += 1
-    return n
+        seconds = record.read(ran[0]).train_seconds or 0.0
+        queue += [(seconds, kind, p, factor) for factor, p in lr_sweep(space, point) if p.lr not in have]
+    # the longest runs first (as the baseline's own trial took): runs trained at once then end together
+    for _, kind, p, factor in sorted(queue, key=lambda run: -run[0]):
+        record.enqueue(study, space.enqueue_params(p), _record(kind, p, lr_sweep=factor))
+    return len(queue)
 
 
 def best_of_kind(trials, kind: Baseline, direction: str):

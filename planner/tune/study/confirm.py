@@ -35,6 +35,8 @@ from planner.units import human_bytes
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
+    from planner.tune.proxy.pool import ProxyPool
+
 DEFAULT_CONFIRM_SEEDS = 3
 DEFAULT_CONFIRM_TOP = 2
 
@@ -79,7 +81,8 @@ def enqueue_confirmation(study, candidates, seeds: int) -> int:
     """Queue each candidate's missing seeds (a resume queues none twice); returns how many confirmation runs wait."""
     trials = study.get_trials(deepcopy=False)
     have = {kind_of(t) for t in trials if is_confirm(t) and not interrupted(t)}
-    for t in candidates:
+    # the longest runs first (as the candidate's own trial took): runs trained at once then end together
+    for t in sorted(candidates, key=lambda t: -(record.read(t).train_seconds or 0.0)):
         for i in range(seeds):
             kind = Confirm(t.number, i)
             if kind not in have:
@@ -109,16 +112,27 @@ def waiting_confirmations(study) -> int:
 
 
 def confirm_phase(
-    study, objective, space, *, top: int, seeds: int, workload, console=None, progress: bool = True, callbacks=()
+    study,
+    objective,
+    space,
+    *,
+    top: int,
+    seeds: int,
+    workload,
+    console=None,
+    progress: bool = True,
+    callbacks=(),
+    pool: ProxyPool | None = None,
 ) -> int:
-    """The baselines' learning-rate sweeps, then the confirmation runs still missing; returns how many ran."""
+    """The baselines' learning-rate sweeps, then the confirmation runs still missing; returns how many ran
+    (``pool``: trained ``pool.jobs`` at once)."""
     trained = {_metric(t) for t in study.get_trials(deepcopy=False) if record.trained(t) and not _extra(t)}
     if len(trained) < 2:  # nothing to confirm: no plan, or a metric that cannot tell plans apart (no plan is named)
         return 0
     sweeps = enqueue_sweeps(study, space)
     if sweeps and console is not None:
         console.print(f"learning-rate sweeps of the baselines that fit: {sweeps} proxy runs", highlight=False)
-    ran = _run_queued(study, objective, sweeps, workload, console, progress, callbacks)
+    ran = _run_queued(study, objective, sweeps, workload, console, progress, callbacks, pool)
     candidates = select_candidates(study.get_trials(deepcopy=False), workload.direction, top)
     waiting = enqueue_confirmation(study, candidates, seeds)
     if waiting and console is not None:
@@ -127,7 +141,7 @@ def confirm_phase(
             f"each: {waiting} proxy runs",
             highlight=False,
         )
-    return ran + _run_queued(study, objective, waiting, workload, console, progress, callbacks)
+    return ran + _run_queued(study, objective, waiting, workload, console, progress, callbacks, pool)
 
 
 def _extra(trial) -> bool:
@@ -136,22 +150,31 @@ def _extra(trial) -> bool:
     return rec.is_confirm or rec.is_sweep
 
 
-def _run_queued(study, objective, waiting: int, workload, console, progress, callbacks) -> int:
+def _run_queued(study, objective, waiting: int, workload, console, progress, callbacks, pool=None) -> int:
     """Train the queued extra runs, this process's share of them (other queued trials keep waiting)."""
     if not waiting:
         return 0
     bar = TrialProgress(
         waiting, 0, metric_name=workload.metric_name, direction=workload.direction, console=console, enabled=progress
     )
-    ran = 0
-    with bar:
+    ran = [0]
+
+    def body() -> None:
         # not study.optimize: when another worker takes the last queued run, it would start a fresh searched trial
         while (trial_id := _pop_extra(study)) is not None:
             frozen = _run_one(study, objective, trial_id)
-            ran += 1
+            ran[0] += 1
             for callback in (bar, *callbacks):
                 callback(study, frozen)
-    return ran
+
+    with bar:
+        if pool is None:
+            body()
+        else:
+            from planner.tune.study.slots import in_slots  # deferred: it loads optuna, 'planner tune --help' this
+
+            in_slots(pool, body)
+    return ran[0]
 
 
 def _run_one(study, objective, trial_id: int):

@@ -192,13 +192,14 @@ class Objective:
         start = perf_counter()
         extra = {"shape": self.shape} if self.shape is not None else {}
         try:
-            # a confirmation run is never pruned: only its final evaluation counts, so it makes no other
+            # a confirmation run or a learning-rate sweep is never pruned: only its final evaluation counts, so it
+            # makes no other
             result = self.proxy(
                 self.workload,
                 small,
                 batch_size=batch,
                 steps=self.steps,
-                eval_every=self.steps if confirm is not None else self.eval_every,
+                eval_every=self.steps if confirm is not None or queued.is_sweep else self.eval_every,
                 seed=seed,
                 on_eval=on_eval,
                 **extra,

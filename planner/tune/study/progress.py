@@ -6,6 +6,7 @@ finished trial, flushed as it happens, since a bar is only drawn once at the end
 
 from __future__ import annotations
 
+import threading
 import time
 
 from planner.tune.study import record
@@ -38,6 +39,7 @@ class TrialProgress:
         self.console = console if console is not None else get_console()
         self.lines = enabled and not self.console.is_terminal
         self.started = time.perf_counter()
+        self._lock = threading.Lock()  # trials of several slots end at once
         self.progress = Progress(
             TextColumn("[bold]tune"),
             BarColumn(),
@@ -87,12 +89,13 @@ class TrialProgress:
         )
 
     def __call__(self, study, trial) -> None:
-        self._see(trial)
-        self.progress.advance(self.task)
-        self._refresh()
-        self.done += 1
-        if self.lines:
-            print(self.line(trial), file=self.console.file, flush=True)
+        with self._lock:
+            self._see(trial)
+            self.progress.advance(self.task)
+            self._refresh()
+            self.done += 1
+            if self.lines:
+                print(self.line(trial), file=self.console.file, flush=True)
 
     def line(self, trial) -> str:
         """``tune: trial 5/24 (#4, search) complete: accuracy 0.8125 | γ=2 K=20 uniform ... | best ... | 41 s``."""

@@ -1,0 +1,87 @@
+"""Several trials of one study at once in one process: ``--jobs`` threads, each running its trials as the
+sequential study does, each trial's proxy run trained by a worker process (:mod:`planner.tune.proxy.pool`).
+
+The threads only wait on their workers and keep the study's books (ask, report, prune, tell), so the study
+process stays the only writer of its storage. Ctrl-C and SIGTERM reach the main thread, which stops the
+pool: every run in flight ends at once and its trial is settled as interrupted, as in a sequential study.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from planner.tune.proxy.pool import PoolStopped, ProxyPool
+from planner.tune.storage.lifecycle import owed
+
+
+class Tickets:
+    """Whether a slot may start another trial: the study still owes one beyond those in flight
+    (:func:`~planner.tune.storage.lifecycle.owed`, counted across processes), and the deadline has not passed."""
+
+    def __init__(self, study, total: int, timeout: float | None):
+        self.study = study
+        self.total = total
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                return False
+            if owed(self.study, self.total) - self.in_flight <= 0:
+                return False
+            self.in_flight += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+
+def in_slots(pool: ProxyPool, body: Callable[[], None]) -> None:
+    """Run ``body`` in one thread per worker of ``pool`` and wait for them all. Ctrl-C (raised in this, the main
+    thread) stops the pool and is raised once the threads have ended; so is a thread's own error (a full disk),
+    after the pool stopped the others' runs."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            body()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the main thread below
+            errors.append(exc)
+            if not isinstance(exc, PoolStopped):
+                pool.stop()
+
+    threads = [threading.Thread(target=run, name=f"planner-slot-{i}", daemon=True) for i in range(pool.jobs)]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.1)  # a short wait: a signal is handled between two of them
+    except BaseException:
+        pool.stop()
+        for thread in threads:
+            thread.join(30.0)
+        raise
+    first = next((e for e in errors if not isinstance(e, PoolStopped)), errors[0] if errors else None)
+    if first is not None:
+        raise first
+
+
+def optimize_in_slots(study, objective, pool: ProxyPool, *, total: int, timeout: float | None, callbacks) -> None:
+    """``study.optimize`` with ``pool.jobs`` trials at once: each slot starts trials while the study owes them
+    (queued ones first, as ``optimize`` pops them), runs each to its end, and calls ``callbacks`` after it."""
+    tickets = Tickets(study, total, timeout)
+
+    def body() -> None:
+        while tickets.take():
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            finally:
+                tickets.give_back()
+
+    in_slots(pool, body)

@@ -1,0 +1,152 @@
+"""Proxy runs in worker processes (``--jobs``): the figures of an in-process run, the pruner's verdict raised inside
+the run, a killed worker, a stopped pool; a study with two jobs against the same study with one."""
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from planner.tune import TuneOptions, run_tune
+from planner.tune.proxy.pool import PoolStopped, ProxyPool, WorkerDied, fork_available
+from planner.tune.proxy.train import run_proxy
+from planner.tune.search.space import TrialParams
+from planner.tune.storage.backends import open_storage
+from planner.tune.study.kinds import Confirm
+from planner.tune.study import record
+from planner.tune.study.record import counted, kind_of
+
+pytestmark = pytest.mark.skipif(not fork_available(), reason="worker processes are forked (Linux)")
+
+POINT = TrialParams(active_layers=2, period=2, scorer="uniform", train_embeddings=False, train_head=True, lr=3e-3)
+RUN = dict(batch_size=4, steps=6, eval_every=2)
+
+
+@pytest.fixture
+def pool(wl):
+    pool = ProxyPool(run_proxy, wl, jobs=2, threads=1)
+    yield pool
+    pool.close()
+
+
+def test_runs_in_workers_give_the_in_process_figures(wl, pool):
+    here = [run_proxy(wl, POINT, seed=s, **RUN) for s in (0, 1)]
+    assert here[0].metric != here[1].metric  # the seeds differ: a swapped result would show
+    seen: dict[int, list] = {0: [], 1: []}
+    with ThreadPoolExecutor(2) as threads:  # both workers at once
+        there = list(
+            threads.map(lambda s: pool(wl, POINT, seed=s, on_eval=lambda *e: seen[s].append(e), **RUN), (0, 1))
+        )
+    for s, (a, b) in enumerate(zip(here, there)):
+        assert (a.metric, a.evaluations, a.secondary, a.history) == (b.metric, b.evaluations, b.secondary, b.history)
+        assert seen[s] == a.evaluations  # every evaluation reached this process as it happened
+
+
+def test_the_pruners_verdict_is_raised_inside_the_run_and_the_worker_goes_on(wl, pool):
+    steps: list[int] = []
+
+    def prune(step, value):
+        steps.append(step)
+        if step == 4:
+            raise optuna.TrialPruned("pruned at 4")
+
+    with pytest.raises(optuna.TrialPruned, match="pruned at 4"):
+        pool(wl, POINT, seed=0, on_eval=prune, **RUN)
+    assert steps == [2, 4]  # the run stopped at the verdict: no evaluation at 6
+    for _ in range(pool.jobs):  # each worker, the one that was stopped included, trains the next run
+        assert pool(wl, POINT, seed=0, **RUN).metric == run_proxy(wl, POINT, seed=0, **RUN).metric
+
+
+def test_a_killed_worker_fails_its_run_naming_it_and_the_rest_go_on(wl):
+    pool = ProxyPool(run_proxy, wl, jobs=1, threads=1)
+    try:
+        victim = pool.pids[0]
+        with pytest.raises(WorkerDied, match=f"proxy worker process {victim} ended mid-run"):
+            pool(wl, POINT, seed=0, on_eval=lambda *e: os.kill(victim, signal.SIGKILL), **RUN)
+        with pytest.raises(WorkerDied, match="every proxy worker process has ended"):
+            pool(wl, POINT, seed=0, **RUN)
+    finally:
+        pool.close()
+
+
+def test_stop_ends_a_run_in_flight_at_once(wl, pool):
+    started, outcome = threading.Event(), []
+
+    def long_run():
+        try:
+            pool(wl, POINT, seed=0, batch_size=4, steps=100_000, eval_every=1, on_eval=lambda *e: started.set())
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    thread = threading.Thread(target=long_run)
+    thread.start()
+    assert started.wait(60)
+    begin = time.monotonic()
+    pool.stop()
+    thread.join(10)
+    assert not thread.is_alive() and isinstance(outcome[0], PoolStopped) and time.monotonic() - begin < 10
+    assert all(not os.path.exists(f"/proc/{pid}") or _zombie(pid) for pid in pool.pids)
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ")[1].startswith("Z")
+
+
+def _options(tmp_path, target, wl, jobs, **kw):
+    return TuneOptions(
+        **{
+            **dict(
+                vram="1GB",
+                n_trials=8,
+                steps=6,
+                eval_every=2,
+                storage=f"sqlite:///{tmp_path}/s.db",
+                study="t",
+                out=str(tmp_path / "plan.yaml"),
+                proxy_device="cpu",
+                model=target,
+                seq_len=wl.seq_len,
+                batch_size=8,
+                dtype="float32",
+                device="cpu",
+                confirm_seeds=2,
+                confirm_top=1,
+                jobs=jobs,
+            ),
+            **kw,
+        }
+    )
+
+
+def _confirmed_baselines(tmp_path):
+    """Each baseline's confirmation runs: (baseline, proxy lr, seed index) -> metric."""
+    study = optuna.load_study(study_name="t", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
+    trials = {t.number: t for t in study.trials}
+    out = {}
+    for t in study.trials:
+        kind = kind_of(t)
+        if isinstance(kind, Confirm) and str(kind_of(trials[kind.trial])).startswith("baseline"):
+            out[(str(kind_of(trials[kind.trial])), t.params["lr"], kind.seed)] = t.value
+    return study, out
+
+
+def test_a_study_with_two_jobs_confirms_the_baselines_as_one_job_does(tmp_path, target, wl):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    run_tune(_options(one, target, wl, 1), workload=wl, progress=False)
+    run_tune(_options(two, target, wl, 2), workload=wl, progress=False)
+    study_one, first = _confirmed_baselines(one)
+    study_two, second = _confirmed_baselines(two)
+    # the baselines, their sweeps and their confirmations do not depend on the search: the same figures
+    assert first and first == second
+    for study in (study_one, study_two):
+        assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        # the study's trials, sweeps and confirmations aside: exactly --n-trials (two slots do not overrun it)
+        assert (
+            sum(counted(t) and not record.read(t).is_confirm and not record.read(t).is_sweep for t in study.trials) == 8
+        )
