@@ -218,7 +218,7 @@ class TuneOptions(BaseModel):
         "its built-in task; 6 for smollm2-135m at a short horizon, --proxy auto's choice for --data on the CPU)",
     )
     eval_every: Annotated[int | None, Cli(check=_eval_every, metavar="N")] = Field(
-        None, description=f"steps between intermediate evaluations (default steps/{DEFAULT_EVALS})"
+        None, description=f"steps between intermediate evaluations (default steps/{DEFAULT_EVALS}, rounded up)"
     )
     seed: Annotated[int, Cli(metavar="N")] = Field(
         0, description="seed of the sampler, the data order and the model init"
