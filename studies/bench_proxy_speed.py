@@ -45,7 +45,7 @@ from planner.sampling import LayerSampler
 from planner.tune.study.baselines import LORA_BASELINE_RANK, LORA_LR_FACTOR
 from planner.tune.search.space import DEFAULT_LR, TrialParams
 
-STEPS, EVAL_EVERY = 150, 50  # the default study's (planner tune: --steps 150, 3 evaluations)
+STEPS, EVAL_EVERY = 150, 50  # a study's default (--steps 150, 3 evaluations; the built-in task's: --steps 50)
 POINTS = {
     "lisa": TrialParams(
         active_layers=2, period=20, scorer="uniform", train_embeddings=True, train_head=True, lr=DEFAULT_LR
@@ -231,6 +231,7 @@ def fixed_cost(workload, repeats: int = 5) -> None:
 
 
 def main() -> None:
+    global STEPS, EVAL_EVERY  # the runs' shape, as the module's functions read it
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--points", default=",".join(POINTS), help=f"comma-separated, of {list(POINTS)}")
     parser.add_argument("--seed", type=int, default=0)
@@ -239,7 +240,10 @@ def main() -> None:
     )
     parser.add_argument("--compare", default="", help="comma-separated points to run as first batched as well")
     parser.add_argument("--top", type=int, default=25, help="cProfile functions shown per point")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"steps per run (default {STEPS})")
+    parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default steps/3)")
     args = parser.parse_args()
+    STEPS, EVAL_EVERY = args.steps, args.eval_every or -(-args.steps // 3)
     torch.set_num_threads(1)
     t0 = time.process_time()
     workload = default_workload(progress=False)

@@ -209,3 +209,13 @@ def build_model(
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype)
     model.config.use_cache = False
     return model
+
+
+def parameter_count(spec: ModelSpec) -> int:
+    """The model's weights, counted on the meta device (nothing allocated, nothing downloaded)."""
+    # transformers: deferred until a model is built (seconds on top of torch)
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(spec.config)
+    return sum(p.numel() for p in model.parameters())

@@ -27,6 +27,7 @@ from planner.errors import PlannerError, ValidationProblems, collect
 from planner.levers import all_levers
 from planner.tune.study.confirm import DEFAULT_CONFIRM_SEEDS, DEFAULT_CONFIRM_TOP
 from planner.tune.storage.backends import DEFAULT_STORAGE, check_storage
+from planner.tune.proxy.pool import MAX_AUTO_JOBS
 from planner.tune.proxy.target import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_SEQ_LEN, DEFAULT_TARGET, resolve_target
 
 DEFAULT_N_TRIALS = 24  # 3 baselines + 21 searched (learning-rate sweeps and confirmation runs come on top)
@@ -35,11 +36,9 @@ DEFAULT_STEPS = 150  # proxy optimizer steps per trial
 # (τ 0.63, 0.67) better than 150 do (0.53), at a third of the CPU (reports/transfer_long.txt, bench_tune_default.txt).
 DEMO_STEPS = 50
 DEFAULT_EVALS = 3  # intermediate evaluations per trial (what the pruner sees)
-# PyTorch intra-op threads for proxy training (0 = PyTorch's default). Proxy models are small,
-# and threads spin-wait when the cores are shared: on this project's busy 2-core machine 60
-# steps of the default workload took 7.9 s with 1 thread and 173 s with 2.
+# PyTorch intra-op threads for proxy training (0 = PyTorch's default). Proxy models are small, and threads spin-wait
+# when cores are shared: on a busy 2-core machine 60 default-workload steps took 7.9 s with 1 thread, 173 s with 2.
 DEFAULT_THREADS = 1
-MAX_AUTO_JOBS = 4  # proxy runs at once by default: TPE learns less from each of many runs started together
 MAX_STUDY_NAME = 255  # bytes: the longest file name of common file systems (ext4, xfs, btrfs, tmpfs, APFS)
 
 
@@ -230,8 +229,9 @@ class TuneOptions(BaseModel):
     )
     jobs: Annotated[int | None, Cli(check=_at_least(1), metavar="N")] = Field(
         None,
-        description=f"proxy runs at once, a process each (default: usable cores / --threads, at most {MAX_AUTO_JOBS}; "
-        "1 on a CUDA proxy); with 1 the search repeats run to run, with more its order follows which run ends first",
+        description=f"proxy runs at once, a process each (default: usable cores / --threads, at most {MAX_AUTO_JOBS} "
+        "and what free memory holds; 1 on a CUDA proxy); with 1 the search repeats run to run, with more its order "
+        "follows which run ends first",
     )
     # the search
     n_trials: Annotated[int, Cli(check=_above_zero, metavar="N")] = Field(

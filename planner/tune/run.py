@@ -25,7 +25,7 @@ from planner.tune.search.forms import fits as fits_in_a_form
 from planner.tune.search.gate import BudgetGate
 from planner.units import human_bytes
 
-from planner.tune.options import DEFAULT_EVALS, MAX_AUTO_JOBS, TuneOptions, command_line
+from planner.tune.options import DEFAULT_EVALS, TuneOptions, command_line
 from planner.tune.proxy.target import target_layers_attribute
 from planner.tune.storage.preflight import check_outputs, check_resume, check_param_names, unwritten_plan
 from planner.tune.search.samplers import study_sampler
@@ -36,9 +36,9 @@ from planner.tune.study.baselines import enqueue_baselines, enqueue_missing_base
 from planner.tune.storage.signals import deferred, exit_code
 from planner.tune.storage.backends import disk_full, full_disk_message, open_storage
 from planner.tune.proxy.source import ProxySetup, pick_device, resolve_proxy
-from planner.tune.proxy.pool import ProxyPool, auto_jobs, fork_available
+from planner.tune.proxy.pool import ProxyPool
 from planner.tune.proxy.train import TrainShape
-from planner.tune.study.slots import optimize_in_slots
+from planner.tune.study.slots import optimize_in_slots, study_jobs
 from planner.tune.study.objective import Objective
 from planner.tune.study.progress import TrialProgress
 from planner.tune.study.result import finished, summarize
@@ -67,22 +67,6 @@ def _make_pruner(options: TuneOptions):
     # run pruned 13 of 21 trials there), from the second on once 5 trials have finished; Optuna prunes
     # from step n_warmup_steps on, so the first evaluation's step is one short of it
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=_eval_every(options) + 1)
-
-
-def _jobs(options: TuneOptions, proxy: ProxySetup, trainer) -> int:
-    """Proxy runs at once: ``--jobs``, else the usable cores' share (1 for a proxy trainer given in Python: it may
-    keep its state in this process). One on a CUDA proxy: runs on one GPU would share its memory."""
-    if proxy.device == "cuda":
-        if (options.jobs or 1) > 1:
-            raise PlannerError(
-                f"--jobs must be 1 with a proxy on cuda (runs on one GPU share its memory), but got {options.jobs}"
-            )
-        return 1
-    if not fork_available():
-        return 1
-    if options.jobs is not None:
-        return options.jobs
-    return 1 if trainer is not None else auto_jobs(options.threads, MAX_AUTO_JOBS)
 
 
 def default_batch_size(seq_len: int) -> int:
@@ -309,7 +293,7 @@ def run_tune(options: TuneOptions, *, workload=None, estimator=None, console=Non
         )
 
         worker = attach(study)  # dead workers' trials are failed and queued again before counting
-        jobs = _jobs(options, setup, proxy)
+        jobs = study_jobs(options, setup, proxy)
         if jobs > 1:  # forked now: no thread runs yet, the workers hold the workload and the trainer as they are
             pool = ProxyPool(objective.proxy, workload, jobs=jobs, threads=options.threads)
             objective.proxy = pool

@@ -27,6 +27,7 @@ import threading
 from typing import Any, Callable
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
+MAX_AUTO_JOBS = 4  # runs at once by default: TPE learns less from each of many trials started together
 
 
 class PoolStopped(KeyboardInterrupt):
@@ -50,10 +51,29 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def auto_jobs(threads: int, cap: int) -> int:
-    """Runs at once by default: as many as the usable cores hold at ``threads`` each, at most ``cap``; one where
-    ``threads`` is 0 (PyTorch's default already takes every core)."""
-    return max(1, min(cap, usable_cores() // threads)) if threads > 0 else 1
+def available_bytes() -> int | None:
+    """Memory the system can give without swapping (Linux ``MemAvailable``); None where it does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def auto_jobs(threads: int, cap: int, run_bytes: int = 0) -> int:
+    """Runs at once by default: as many as the usable cores hold at ``threads`` each and the available memory
+    holds at ``run_bytes`` each, at most ``cap``; one where ``threads`` is 0 (PyTorch's default already takes
+    every core)."""
+    if threads <= 0:
+        return 1
+    jobs = min(cap, usable_cores() // threads)
+    free = available_bytes()
+    if run_bytes > 0 and free is not None:
+        jobs = min(jobs, free // run_bytes)
+    return max(1, jobs)
 
 
 class ProxyPool:

@@ -10,10 +10,38 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from planner.tune.proxy.pool import PoolStopped, ProxyPool
+from planner.errors import PlannerError
+from planner.spec.model import parameter_count
+from planner.tune.proxy.pool import MAX_AUTO_JOBS, PoolStopped, ProxyPool, auto_jobs, fork_available
 from planner.tune.storage.lifecycle import owed
+
+if TYPE_CHECKING:
+    from planner.tune.options import TuneOptions
+    from planner.tune.proxy.source import ProxySetup
+
+TRAINING_BYTES_PER_PARAMETER = 16  # a full fine-tune's float32 state: weight 4 + gradient 4 + AdamW's two moments 8
+
+
+def study_jobs(options: TuneOptions, proxy: ProxySetup, trainer) -> int:
+    """Proxy runs at once: ``--jobs``, else what the usable cores and the available memory hold (a run at most a full
+    fine-tune of the proxy); 1 for a proxy trainer given in Python (it may keep its state in this process) and where
+    workers cannot be forked. One on a CUDA proxy: runs on one GPU would share its memory."""
+    if proxy.device == "cuda":
+        if (options.jobs or 1) > 1:
+            raise PlannerError(
+                f"--jobs must be 1 with a proxy on cuda (runs on one GPU share its memory), but got {options.jobs}"
+            )
+        return 1
+    if not fork_available():
+        return 1
+    if options.jobs is not None:
+        return options.jobs
+    if trainer is not None:
+        return 1
+    run_bytes = TRAINING_BYTES_PER_PARAMETER * parameter_count(proxy.workload.spec)
+    return auto_jobs(options.threads, MAX_AUTO_JOBS, run_bytes)
 
 
 class Tickets:
