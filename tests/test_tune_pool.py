@@ -186,3 +186,29 @@ def test_ctrl_c_in_a_study_with_two_jobs_loses_nothing(tmp_path, target, wl):
     after = optuna.load_study(study_name="t", storage=storage).trials
     assert not [t for t in after if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert sum(counted(t) for t in after) == 40
+
+
+def test_the_default_job_count_holds_to_the_cores_and_the_memory(monkeypatch):
+    import planner.tune.proxy.pool as pool_mod
+
+    monkeypatch.setattr(pool_mod, "usable_cores", lambda: 8)
+    monkeypatch.setattr(pool_mod, "available_bytes", lambda: 10 * 2**30)
+    assert pool_mod.auto_jobs(1, 4) == 4  # the cap
+    assert pool_mod.auto_jobs(4, 4) == 2  # 8 cores at 4 threads each
+    assert pool_mod.auto_jobs(0, 4) == 1  # PyTorch's default threads take every core
+    assert pool_mod.auto_jobs(1, 4, run_bytes=4 * 2**30) == 2  # 10 GiB free hold two 4 GiB runs
+    assert pool_mod.auto_jobs(1, 4, run_bytes=16 * 2**30) == 1  # never none
+
+
+def test_more_than_one_job_on_a_cuda_proxy_is_refused_naming_the_flag(wl):
+    from planner.errors import PlannerError
+    from planner.tune.proxy.source import ProxySetup
+    from planner.tune.study.slots import study_jobs
+
+    cuda = ProxySetup("given", wl.name, "cuda", wl, wl.spec.num_layers, wl.spec.hidden_size)
+    with pytest.raises(PlannerError, match="--jobs must be 1 with a proxy on cuda .* but got 2"):
+        study_jobs(TuneOptions(vram="24GB", jobs=2), cuda, None)
+    assert study_jobs(TuneOptions(vram="24GB"), cuda, None) == 1
+    cpu = ProxySetup("given", wl.name, "cpu", wl, wl.spec.num_layers, wl.spec.hidden_size)
+    assert study_jobs(TuneOptions(vram="24GB", jobs=3), cpu, None) == 3
+    assert study_jobs(TuneOptions(vram="24GB"), cpu, trainer=run_proxy) == 1  # a trainer given in Python
