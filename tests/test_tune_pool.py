@@ -212,3 +212,23 @@ def test_more_than_one_job_on_a_cuda_proxy_is_refused_naming_the_flag(wl):
     cpu = ProxySetup("given", wl.name, "cpu", wl, wl.spec.num_layers, wl.spec.hidden_size)
     assert study_jobs(TuneOptions(vram="24GB", jobs=3), cpu, None) == 3
     assert study_jobs(TuneOptions(vram="24GB"), cpu, trainer=run_proxy) == 1  # a trainer given in Python
+
+
+class _StorageError(Exception):
+    """An error that does not travel between processes (it holds a lock), as a storage driver's may not."""
+
+    def __init__(self):
+        super().__init__("the storage refused")
+        self.lock = threading.Lock()
+
+
+def test_an_error_of_the_evaluation_callback_is_raised_as_itself_and_the_worker_goes_on(wl, pool):
+    error = _StorageError()
+
+    def fail(step, value):
+        raise error
+
+    with pytest.raises(_StorageError) as raised:
+        pool(wl, POINT, seed=0, on_eval=fail, **RUN)
+    assert raised.value is error  # not a copy: the caller's handling (a full disk) sees what it raised
+    assert pool(wl, POINT, seed=1, **RUN).metric == run_proxy(wl, POINT, seed=1, **RUN).metric

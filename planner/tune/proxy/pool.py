@@ -115,6 +115,7 @@ class ProxyPool:
         in-process trainer. ``workload`` must be the pool's own (the workers hold it)."""
         slot = self._take()
         conn, healthy = self._conns[slot], False
+        verdict: BaseException | None = None  # raised here by on_eval: the run ends with it, raised again here
         try:
             conn.send((params, kwargs))
             while True:
@@ -125,13 +126,13 @@ class ProxyPool:
                         if on_eval is not None:
                             on_eval(*payload)
                     except BaseException as exc:  # noqa: BLE001 - the pruner's verdict is raised inside the run
-                        answer = exc
+                        verdict, answer = exc, _picklable(exc)
                     conn.send(answer)
                     continue
                 healthy = True
                 if kind == "done":
                     return payload
-                raise payload
+                raise verdict if verdict is not None else payload
         except (EOFError, OSError) as exc:
             if self._stopping:
                 raise PoolStopped("stopped") from None
