@@ -489,3 +489,32 @@ def test_an_interrupt_while_a_trial_is_claimed_marks_it_interrupted(tmp_path, mo
         raised and trial.state == TrialState.FAIL and trial.user_attrs["reason"] == INTERRUPTED and not counted(trial)
     )
     worker.close()
+
+
+def test_settle_retries_a_trial_its_own_thread_failed_as_interrupted_after_settle_read_it(tmp_path):
+    """With --jobs, a slot's thread may fail its trial as interrupted between settle's read (still running) and
+    settle's own write: the trial is queued again all the same, once."""
+    import copy
+
+    from planner.tune.study import record
+    from planner.tune.study.kinds import Baseline
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="race")
+    record.enqueue(study, {"x": 1.0}, record.TrialRecord(kind=Baseline("lisa")))
+    worker = attach(study)
+    trial = study.ask()
+    worker.own(trial._trial_id)
+    record.store(trial, reason=INTERRUPTED)
+    stale = copy.deepcopy(study._storage.get_trial(trial._trial_id))  # what settle reads: still running
+    study.tell(trial, state=TrialState.FAIL)  # the slot's thread, meanwhile
+    real, reads = study._storage.get_trial, []
+
+    def get_trial(trial_id):
+        reads.append(trial_id)
+        return stale if len(reads) == 1 else real(trial_id)
+
+    study._storage.get_trial = get_trial
+    worker.settle()
+    retries = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == trial.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.WAITING
+    assert retries[0].user_attrs["kind"] == "baseline:lisa"

@@ -179,9 +179,11 @@ class Worker:
                 if trial_id in self._settled:
                     continue
                 trial = self.study._storage.get_trial(trial_id)
-                if trial.state == TrialState.RUNNING:
-                    self._fail(trial, INTERRUPTED)
-                elif trial.state == TrialState.FAIL and interrupted(trial):
+                if trial.state == TrialState.RUNNING and self._fail(trial, INTERRUPTED):
+                    continue
+                # failed as interrupted by its own thread (a --jobs slot), here or between the read and the write
+                trial = self.study._storage.get_trial(trial_id)
+                if trial.state == TrialState.FAIL and interrupted(trial):
                     self._settled.add(trial_id)
                     self._retry(trial)
             self.close()
