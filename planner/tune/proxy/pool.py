@@ -106,6 +106,11 @@ class ProxyPool:
         return len(self._procs)
 
     @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called: no run may start."""
+        return self._stopping
+
+    @property
     def pids(self) -> list[int | None]:
         """The worker processes' ids, by slot."""
         return [process.pid for process in self._procs]

@@ -106,7 +106,7 @@ def optimize_in_slots(study, objective, pool: ProxyPool, *, total: int, timeout:
     tickets = Tickets(study, total, timeout)
 
     def body() -> None:
-        while tickets.take():
+        while not pool.stopping and tickets.take():  # a stopped pool (another slot's error) starts no trial
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
             finally:
