@@ -177,7 +177,8 @@ def test_ctrl_c_in_a_study_with_two_jobs_loses_nothing(tmp_path, target, wl):
     before = optuna.load_study(study_name="t", storage=storage).trials
     assert not [t for t in before if t.state == TrialState.RUNNING]
     stopped = [t for t in before if t.user_attrs.get("reason") == INTERRUPTED]
-    assert 1 <= len(stopped) <= 2 and all(t.state == TrialState.FAIL and not counted(t) for t in stopped)
+    # the trials training when it came (none where both slots were between two trials)
+    assert len(stopped) <= 2 and all(t.state == TrialState.FAIL and not counted(t) for t in stopped)
     assert 4 <= sum(counted(t) for t in before) < 40  # it stopped mid-study
     retried = sorted(t.user_attrs["retry_of"] for t in before if "retry_of" in t.user_attrs)
     # each once; a searched trial stopped before it drew its point is not (a queued one knows its point)
