@@ -43,6 +43,7 @@ from planner.data.default import BATCH_SIZE, default_workload
 from planner.data.workload import EVAL_BATCH, Workload
 from planner.sampling import LayerSampler
 from planner.tune.study.baselines import LORA_BASELINE_RANK, LORA_LR_FACTOR
+from planner.tune.options import DEFAULT_EVALS
 from planner.tune.search.space import DEFAULT_LR, TrialParams
 
 STEPS, EVAL_EVERY = 150, 50  # a study's default (--steps 150, 3 evaluations; the built-in task's: --steps 50)
@@ -241,9 +242,11 @@ def main() -> None:
     parser.add_argument("--compare", default="", help="comma-separated points to run as first batched as well")
     parser.add_argument("--top", type=int, default=25, help="cProfile functions shown per point")
     parser.add_argument("--steps", type=int, default=STEPS, help=f"steps per run (default {STEPS})")
-    parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default steps/3)")
+    parser.add_argument(
+        "--eval-every", type=int, default=None, help="steps between evaluations (default steps/3, rounded up)"
+    )
     args = parser.parse_args()
-    STEPS, EVAL_EVERY = args.steps, args.eval_every or -(-args.steps // 3)
+    STEPS, EVAL_EVERY = args.steps, args.eval_every or -(-args.steps // DEFAULT_EVALS)  # as planner tune does
     torch.set_num_threads(1)
     t0 = time.process_time()
     workload = default_workload(progress=False)

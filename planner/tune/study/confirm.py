@@ -157,13 +157,11 @@ def _run_queued(study, objective, waiting: int, workload, console, progress, cal
     bar = TrialProgress(
         waiting, 0, metric_name=workload.metric_name, direction=workload.direction, console=console, enabled=progress
     )
-    ran = [0]
 
     def body() -> None:
         # not study.optimize: when another worker takes the last queued run, it would start a fresh searched trial
         while (trial_id := _pop_extra(study)) is not None:
             frozen = _run_one(study, objective, trial_id)
-            ran[0] += 1
             for callback in (bar, *callbacks):
                 callback(study, frozen)
 
@@ -174,7 +172,7 @@ def _run_queued(study, objective, waiting: int, workload, console, progress, cal
             from planner.tune.study.slots import in_slots  # deferred: it loads optuna, 'planner tune --help' this
 
             in_slots(pool, body)
-    return ran[0]
+    return bar.done  # the bar counts every run that ended, under its lock when slots end runs at once
 
 
 def _run_one(study, objective, trial_id: int):
