@@ -8,9 +8,11 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from tune_helpers import tune_options
+
 from planner.errors import PlannerError
 from planner.plan import Plan
-from planner.tune import TuneOptions, run_tune
+from planner.tune import run_tune
 from planner.tune.study.baselines import KINDS, LR_SWEEP_FACTORS, best_of_kind
 from planner.tune.study.confirm import confirm_seed, select_candidates
 from planner.tune.study.verdict import BEYOND, WITHIN, WORSE, Confirmed, margin, margins
@@ -24,24 +26,8 @@ STEPS = 6
 
 
 def options(tmp_path, target, wl, **kw):
-    base = dict(
-        vram="1GB",
-        n_trials=12,
-        steps=STEPS,
-        eval_every=2,
-        storage=f"sqlite:///{tmp_path}/s.db",
-        study="t",
-        out=str(tmp_path / "plan.yaml"),
-        proxy_device="cpu",
-        model=target,
-        seq_len=wl.seq_len,
-        batch_size=8,
-        dtype="float32",
-        device="cpu",
-        confirm_seeds=2,
-        confirm_top=2,
-    )
-    return TuneOptions(**{**base, **kw})
+    base = dict(n_trials=12, steps=STEPS, eval_every=2, study="t", confirm_seeds=2, confirm_top=2)
+    return tune_options(tmp_path, target, wl, **{**base, **kw})
 
 
 def load(tmp_path):

@@ -10,6 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tune_helpers import tune_options
+
 from planner.tune import TuneOptions, run_tune
 from planner.tune.proxy.pool import PoolStopped, ProxyPool, WorkerDied, fork_available
 from planner.tune.proxy.train import run_proxy
@@ -98,29 +100,8 @@ def _zombie(pid: int) -> bool:
 
 
 def _options(tmp_path, target, wl, jobs, **kw):
-    return TuneOptions(
-        **{
-            **dict(
-                vram="1GB",
-                n_trials=8,
-                steps=6,
-                eval_every=2,
-                storage=f"sqlite:///{tmp_path}/s.db",
-                study="t",
-                out=str(tmp_path / "plan.yaml"),
-                proxy_device="cpu",
-                model=target,
-                seq_len=wl.seq_len,
-                batch_size=8,
-                dtype="float32",
-                device="cpu",
-                confirm_seeds=2,
-                confirm_top=1,
-                jobs=jobs,
-            ),
-            **kw,
-        }
-    )
+    base = dict(n_trials=8, steps=6, eval_every=2, study="t", confirm_seeds=2, confirm_top=1, jobs=jobs)
+    return tune_options(tmp_path, target, wl, **{**base, **kw})
 
 
 def _confirmed_baselines(tmp_path):

@@ -7,8 +7,10 @@ import optuna
 import pytest
 import yaml
 
+from tune_helpers import tune_options
+
 from planner.plan import Plan
-from planner.tune import TuneOptions, run_tune
+from planner.tune import run_tune
 from planner.tune.study.verdict import Confirmed, signal_verdict
 from planner.tune.proxy.train import ProxyResult
 from planner.tune.study.summary import confirmation_lines, exit_code
@@ -41,24 +43,8 @@ def test_the_verdict_by_hand():
 
 
 def _options(tmp_path, target, wl, **kw):
-    base = dict(
-        vram="1GB",
-        n_trials=8,
-        steps=4,
-        eval_every=2,
-        storage=f"sqlite:///{tmp_path}/s.db",
-        study="v",
-        out=str(tmp_path / "plan.yaml"),
-        proxy_device="cpu",
-        model=target,
-        seq_len=wl.seq_len,
-        batch_size=8,
-        dtype="float32",
-        device="cpu",
-        confirm_seeds=3,
-        confirm_top=2,
-    )
-    return TuneOptions(**{**base, **kw})
+    base = dict(n_trials=8, steps=4, eval_every=2, study="v", confirm_seeds=3, confirm_top=2)
+    return tune_options(tmp_path, target, wl, **{**base, **kw})
 
 
 def _noise(seed: int) -> float:

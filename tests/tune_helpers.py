@@ -93,3 +93,21 @@ def storage_url(kind: str, tmp_path) -> str:
     if not url:
         pytest.skip("PLANNER_TEST_POSTGRES_URL is not set (.ci/run starts a server and sets it)")
     return url
+
+
+def tune_options(tmp_path, target: str, wl: Workload, **kw):
+    """TuneOptions for a study of ``wl`` on the tiny ``target`` in float32 on the CPU, stored under ``tmp_path``."""
+    from planner.tune import TuneOptions
+
+    base = dict(
+        vram="1GB",
+        storage=f"sqlite:///{tmp_path}/s.db",
+        out=str(tmp_path / "plan.yaml"),
+        proxy_device="cpu",
+        model=target,
+        seq_len=wl.seq_len,
+        batch_size=8,
+        dtype="float32",
+        device="cpu",
+    )
+    return TuneOptions(**{**base, **kw})
