@@ -17,7 +17,7 @@ from planner.tune.proxy.mapping import proxy_params
 from planner.tune.proxy.train import run_proxy
 from planner.tune.storage.backends import open_storage
 from planner.tune.study.record import INTERRUPTED
-from planner.tune.study.result import finished
+from planner.tune.study.result import NoFinishedTrial, finished
 from planner.tune.run import Interrupted, _eval_every, _make_pruner
 from planner.tune.target_space import build_space, check_feasible
 
@@ -232,6 +232,24 @@ def test_diverged_and_crashed_trials_fail_and_the_study_goes_on(tmp_path, wl, ta
         failed[0].user_attrs["reason"].startswith("diverged") and "RuntimeError: boom" in failed[1].user_attrs["reason"]
     )
     assert result.counts["fail"] == 2 and result.counts["complete"] == 5
+
+
+def test_a_study_whose_every_trial_crashed_says_why(tmp_path, wl, target):
+    """No trained trial: the error names the trials' distinct reasons, not just their count."""
+    _, high = peaks(wl, target)
+
+    def fail(params, n):
+        raise RuntimeError(f"boom {n % 2}")
+
+    rec = Recorder(fail)
+    with pytest.raises(NoFinishedTrial) as err:
+        run_tune(options(tmp_path, high * 2, target, wl, n_trials=3), workload=wl, progress=False, proxy=rec)
+    message = str(err.value)
+    assert (
+        f"'fail': {len(rec.trained)}" in message
+        and message.count("RuntimeError: boom 1") == 1
+        and "RuntimeError: boom 0" in message
+    )
 
 
 def test_ctrl_c_stops_cleanly_and_resume_loses_nothing(tmp_path, wl, target):

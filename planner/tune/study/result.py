@@ -26,6 +26,19 @@ class NoFinishedTrial(PlannerError):
     exit_code = 1
 
 
+def _reasons(trials, most: int = 3) -> str:
+    """The distinct reasons the trials stored for not training (first ``most``), so the error explains itself."""
+    seen: list[str] = []
+    for t in trials:
+        reason = t.user_attrs.get("reason")
+        if reason and reason not in seen:
+            seen.append(reason)
+    if not seen:
+        return ""
+    more = f" and {len(seen) - most} more" if len(seen) > most else ""
+    return "; the trials' reasons: " + " | ".join(seen[:most]) + more
+
+
 class NoSignal(PlannerError):
     """Every trained trial scored the same: the metric cannot tell plans apart, so none is named."""
 
@@ -122,8 +135,8 @@ def summarize(
     if not ok:
         states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
         raise NoFinishedTrial(
-            f"the study must hold a trained trial that fits, but it has none ({states}); "
-            f"see the trials' user_attrs 'reason', or raise --n-trials/--vram"
+            f"the study must hold a trained trial that fits, but it has none ({states}){_reasons(trials)}; "
+            f"raise --n-trials/--vram"
         )
     check_signal(ok, workload.metric_name, study.study_name)
     if multi_objective:
