@@ -452,13 +452,13 @@ def fill(folder, leave: int) -> None:
         f.write(b"\0" * max(0, free - leave))
 
 
-def test_a_real_full_disk_under_sqlite_storage(tune, mounts, tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_real_full_disk_under_sqlite_storage(tune, mounts, tmp_path, jobs):
     fs = mounts("fs", "size=2m")
     storage = f"sqlite:///{fs}/s.db"
-    # one job: with two, the second slot's trial may be created just before the disk fills and left running with no
-    # worker recorded, which a resume reaps only once it is stale (lifecycle.STALE_SECONDS); the simulated full disk
-    # above runs both
-    flags = ["--jobs", "1", "--vram", "1GB", "--storage", storage, "--out", str(tmp_path / "plan.yaml")]
+    # with two jobs the second slot's trial may be created just before the disk fills, with no worker recorded: the
+    # resume reaps it as its run has ended (lifecycle.Worker.announce)
+    flags = ["--jobs", jobs, "--vram", "1GB", "--storage", storage, "--out", str(tmp_path / "plan.yaml")]
     assert tune(*flags, n=4)[0] == 0
     fill(fs, 100 * 1024)  # less than the next trials' records need
     code, _, err = tune(*flags, n=12)

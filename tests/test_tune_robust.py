@@ -20,7 +20,8 @@ from planner.cli.main import main
 from planner.errors import PlannerError
 from planner.tune import TuneOptions, run_tune
 from planner.tune.study.baselines import KINDS
-from planner.tune.storage.lifecycle import Worker, attach
+from planner.tune.storage.lifecycle import RUN_KEY, Worker, attach
+from planner.tune.storage.processes import process_identity
 from planner.tune.study.record import INTERRUPTED, WORKER_DIED, counted, interrupted
 from planner.tune.storage.preflight import check_resume
 from planner.tune.search.seeding import PerTrialSeed
@@ -251,6 +252,41 @@ def test_a_dead_workers_trial_is_failed_and_retried(tmp_path, kind, study_name):
     worker.close()
     first_run.close()  # the run that owned `mine` is over: a later run in this process reaps it
     assert Worker(study).reap() == 1 and study.trials[mine].state == TrialState.FAIL
+
+
+@pytest.mark.parametrize("kind", STORAGES)
+def test_a_trial_left_with_no_worker_is_reaped_once_every_earlier_run_has_ended(tmp_path, kind, study_name):
+    """A trial created just before the disk filled has no worker recorded: dead at once when every run announced on
+    the study before it has ended; left alone while one may live (here, or on another machine), or when it is new."""
+    storage = open_storage(storage_url(kind, tmp_path))
+    me = process_identity()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    study = optuna.create_study(storage=storage, study_name=study_name)
+    still_running = Worker(study)  # a run of this process that has not ended
+    runs = {
+        "dead": {**me, "pid": _dead_pid(), "started": None, "run": "dead"},
+        "alive": {**me, "pid": sleeper.pid, "started": None, "run": "alive"},
+        "far": {**me, "host": "elsewhere", "run": "far"},
+        "ended": {**me, "run": "ended"},  # an earlier run of this process (a resume from Python)
+        "open": still_running.identity,
+    }
+    try:
+        for earlier in (["dead", "alive"], ["dead", "far"], ["ended", "open"], ["dead", "ended"]):
+            study = optuna.create_study(storage=storage, study_name=f"{study_name}-{'-'.join(earlier)}")
+            study.ask()  # created, then the disk filled: no worker record
+            for name in earlier:
+                storage.set_study_system_attr(study._study_id, RUN_KEY + name, runs[name])
+            worker = attach(study)
+            new = study.ask().number  # this run's own trial before its worker is written: never reaped
+            trials = study.trials
+            worker.close()
+            assert trials[new].state == TrialState.RUNNING
+            assert (trials[0].state == TrialState.FAIL) == (earlier == ["dead", "ended"]), earlier
+        assert "every earlier run on the study has ended" in trials[0].user_attrs["reason"] and interrupted(trials[0])
+    finally:
+        still_running.close()
+        sleeper.kill()
+        sleeper.wait()
 
 
 def _reap_in_child(url, name, barrier, out):

@@ -4,6 +4,8 @@ Every trial records its worker (machine, pid, process start time, run token) in 
 (:class:`planner.tune.study.record.TrialRecord`) and a ``heartbeat`` time, renewed every :data:`HEARTBEAT_SECONDS`
 while it runs. A RUNNING trial is dead when its process is gone (same machine: checked at once, so a resume
 right after ``kill -9`` sees it) or its heartbeat is older than :data:`STALE_SECONDS` (another machine).
+Each run also records its identity on the study before its first trial (:meth:`Worker.announce`), so a trial
+left with no worker recorded (created, then the disk filled) is dead once every run recorded before it has ended.
 :meth:`Worker.reap` fails dead trials with the reason "worker died ..." and queues each again
 (same parameters, same kind, ``retry_of`` its first attempt); :meth:`Worker.settle` does the same
 for this process's own trials after Ctrl-C or SIGTERM, with :data:`INTERRUPTED`. Neither counts
@@ -38,6 +40,7 @@ HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 300.0  # ten missed heartbeats: a busy machine's thread may be starved for a while
 
 _ACTIVE_RUNS: set[str] = set()  # run tokens of this process's Worker objects still running
+RUN_KEY = "planner:run:"  # a study system attribute per run (its worker identity), written before its first trial
 
 
 def owed(study, total: int) -> int:
@@ -83,10 +86,11 @@ def signal_name(signum: int) -> str:
 
 
 def attach(study) -> "Worker":
-    """This process's :class:`Worker` on ``study``: told of every new trial, dead workers' trials reaped."""
+    """This process's :class:`Worker` on ``study``: told of every new trial, announced, dead workers' trials reaped."""
     worker = Worker(study)
     if hasattr(study.sampler, "on_trial"):
         study.sampler.on_trial = worker.own
+    worker.announce()
     worker.reap()
     return worker
 
@@ -100,7 +104,14 @@ class Worker:
         self.identity = {**process_identity(), "run": self.run}
         self.owned: list[int] = []  # trial ids this run started, oldest first
         self._settled: set[int] = set()
+        self.since = datetime.datetime.now()  # trials created before this are another run's (naive, as Optuna's)
         _ACTIVE_RUNS.add(self.run)
+
+    def announce(self) -> None:
+        """Record this run on the study before it creates a trial: a trial left with no worker recorded (created,
+        then the disk filled) is then known dead as soon as every run recorded before it has ended."""
+        self.since = datetime.datetime.now()
+        self.study._storage.set_study_system_attr(self.study._study_id, RUN_KEY + self.run, self.identity)
 
     def close(self) -> None:
         _ACTIVE_RUNS.discard(self.run)
@@ -145,10 +156,14 @@ class Worker:
         who = rec.worker
         now = time.time()
         if who is None:
-            # created, then stopped before its worker was written (milliseconds): only age tells
+            # created, then stopped before its worker was written (milliseconds, or a disk that filled in between)
             start = trial.datetime_start
             age = (datetime.datetime.now() - start).total_seconds() if start else 0.0
-            return f"{WORKER_DIED} (no worker recorded; started {age:.0f} s ago)" if age > STALE_SECONDS else None
+            if age > STALE_SECONDS:
+                return f"{WORKER_DIED} (no worker recorded; started {age:.0f} s ago)"
+            if start is not None and start < self.since and self._earlier_runs_ended():
+                return f"{WORKER_DIED} (no worker recorded; every earlier run on the study has ended)"
+            return None
         host, pid = who.host, who.pid
         where = f"process {pid} on {host.split('|')[0]}"
         if host == self.identity["host"]:
@@ -159,6 +174,22 @@ class Worker:
             return None if process_alive(pid, who.started) else f"{WORKER_DIED} ({where} ended mid-trial)"
         silent = now - float(rec.heartbeat or 0.0)
         return f"{WORKER_DIED} ({where}: no heartbeat for {silent:.0f} s)" if silent > STALE_SECONDS else None
+
+    def _earlier_runs_ended(self) -> bool:
+        """Whether every other run recorded on the study (:meth:`announce`) has ended; runs on another machine are
+        never known to have ended here (their heartbeats tell, per trial)."""
+        runs = self.study._storage.get_study_system_attrs(self.study._study_id)
+        for key, who in runs.items():
+            if not key.startswith(RUN_KEY) or key == RUN_KEY + self.run:
+                continue
+            if who.get("host") != self.identity["host"]:
+                return False
+            if who.get("pid") == os.getpid() and who.get("started") == self.identity["started"]:
+                if who.get("run") in _ACTIVE_RUNS:
+                    return False
+            elif process_alive(int(who["pid"]), who.get("started")):
+                return False
+        return True
 
     def reap(self, study=None, _trial=None) -> int:
         """Fail every dead RUNNING trial and queue it again; returns how many this process failed.
