@@ -156,13 +156,12 @@ def test_replay_of_composed_steps_equals_the_allocator(tiny, monkeypatch, arch, 
 def test_a_plan_table_replayed_in_worker_processes_equals_one_replayed_here(tiny, monkeypatch, tmp_path):
     """candidate_plans runs a CUDA table's replays in forked workers (planner.cost.replay.run_pending):
     every row's reserved and allocated bytes must be what the same replays give in this process."""
-    import multiprocessing
-
     import planner.cost.replay as replay
     from planner.config import TrainConfig
     from planner.cost.plans import candidate_plans
+    from planner.machine import fork_available
 
-    if "fork" not in multiprocessing.get_all_start_methods():
+    if not fork_available():
         pytest.skip("no fork on this platform: the table is replayed in this process anyway")
     monkeypatch.setenv("PLANNER_COST_CACHE", "0")
     spec = tiny("llama", num_layers=4)
@@ -172,7 +171,7 @@ def test_a_plan_table_replayed_in_worker_processes_equals_one_replayed_here(tiny
         replay._memo.clear()
         replay._checkpoints.clear()
         monkeypatch.setattr(replay, "PARALLEL_MIN_JOBS", min_jobs)
-        monkeypatch.setattr(replay.os, "cpu_count", lambda: workers)
+        monkeypatch.setattr(replay, "usable_cores", lambda: workers)
         return [
             (c.name, c.estimate.reserved_bytes, c.estimate.allocated_bytes, c.peak_bytes)
             for c in candidate_plans(spec, cfg, device="cuda")

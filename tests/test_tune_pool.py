@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 from tune_helpers import tune_options
 
 from planner.tune import TuneOptions, run_tune
-from planner.tune.proxy.pool import PoolStopped, ProxyPool, WorkerDied, fork_available
+from planner.machine import fork_available
+from planner.tune.proxy.pool import PoolStopped, ProxyPool, WorkerDied
 from planner.tune.proxy.train import run_proxy
 from planner.tune.search.space import TrialParams
 from planner.tune.run import Interrupted

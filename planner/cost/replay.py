@@ -16,12 +16,12 @@ import gc
 import hashlib
 import json
 import multiprocessing
-import os
 import threading
 
 from planner.cost.roles import T, T0
 from planner.cost import cache
 from planner.cost.allocator import replay_run
+from planner.machine import fork_available, usable_cores
 from planner.cost.events import step_ops
 
 INPUT_ID_BYTES = 8  # input_ids and labels are int64
@@ -133,7 +133,7 @@ def collecting():
 
 
 def run_pending(jobs: list, workers: int | None = None) -> None:
-    """Run the noted replays, in ``workers`` forked processes where the platform forks (default: one per CPU,
+    """Run the noted replays, in ``workers`` forked processes where the platform forks (default: one per usable core,
     each a contiguous run of the table's rows, so rows still resume from their neighbours' states)."""
     global _jobs
     seen, todo = set(), []
@@ -141,8 +141,8 @@ def run_pending(jobs: list, workers: int | None = None) -> None:
         if job[0] not in seen and job[0] not in _memo:
             seen.add(job[0])
             todo.append(job)
-    workers = min(workers or os.cpu_count() or 1, len(todo))
-    if workers < 2 or len(todo) < PARALLEL_MIN_JOBS or "fork" not in multiprocessing.get_all_start_methods():
+    workers = min(workers or usable_cores(), len(todo))
+    if workers < 2 or len(todo) < PARALLEL_MIN_JOBS or not fork_available():
         results = [_replay(fam, roles, **kwargs) for _, _, fam, roles, kwargs in todo]
     else:
         _jobs = todo

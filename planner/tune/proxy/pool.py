@@ -26,6 +26,8 @@ import sys
 import threading
 from typing import Any, Callable
 
+from planner.machine import available_bytes, usable_cores
+
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
 MAX_AUTO_JOBS = 4  # runs at once by default: TPE learns less from each of many trials started together
 
@@ -36,31 +38,6 @@ class PoolStopped(KeyboardInterrupt):
 
 class WorkerDied(RuntimeError):
     """The worker process training a run ended without an answer (killed, out of memory)."""
-
-
-def fork_available() -> bool:
-    """Whether worker processes can be forked here (not on Windows; macOS forks, but its system libraries may not)."""
-    return "fork" in multiprocessing.get_all_start_methods() and sys.platform.startswith("linux")
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity where the system says, else every core)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def available_bytes() -> int | None:
-    """Memory the system can give without swapping (Linux ``MemAvailable``); None where it does not say."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def auto_jobs(threads: int, cap: int, run_bytes: int = 0) -> int:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Callable
 
 from planner.errors import PlannerError
 from planner.spec.model import parameter_count
-from planner.tune.proxy.pool import MAX_AUTO_JOBS, PoolStopped, ProxyPool, auto_jobs, fork_available
+from planner.machine import fork_available
+from planner.tune.proxy.pool import MAX_AUTO_JOBS, PoolStopped, ProxyPool, auto_jobs
 from planner.tune.storage.lifecycle import owed
 
 if TYPE_CHECKING:
