@@ -107,3 +107,36 @@ def test_a_trace_reads_back_as_it_was_stored():
     blank = TraceResult(roles=[])
     assert all(getattr(stored, f.name) != getattr(blank, f.name) for f in fields(TraceResult) if f.compare)
     assert TraceResult.from_json(json.loads(json.dumps(stored.to_json()))) == stored
+
+
+def test_estimates_in_several_threads_equal_those_made_one_at_a_time(spec, monkeypatch):
+    """`planner tune --jobs` gates trials in several threads: traces set the process's default dtype (and, for CUDA,
+    the attention functions), so two at once must not see each other's, nor leave theirs behind."""
+    import threading
+
+    import torch
+
+    from planner.cost import family
+
+    monkeypatch.setenv("PLANNER_COST_CACHE", "0")
+    cfgs = [CFG.model_copy(update={"dtype": dt, "seq_len": 16 + i}) for i, dt in enumerate(["bfloat16", "float16"] * 2)]
+    alone = [estimate(spec, cfg, device=device).peak_bytes for cfg in cfgs for device in ("cpu", "cuda")]
+    for _ in range(5):
+        family._traces.clear()
+        got: dict[int, int | BaseException] = {}
+
+        def run(i, cfg, device):
+            try:
+                got[i] = estimate(spec, cfg, device=device).peak_bytes
+            except BaseException as exc:  # noqa: BLE001 - compared below
+                got[i] = exc
+
+        jobs = [(cfg, device) for cfg in cfgs for device in ("cpu", "cuda")]
+        threads = [threading.Thread(target=run, args=(i, *job)) for i, job in enumerate(jobs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        leaked = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)  # a failure here must not leak into the next test
+        assert [got[i] for i in range(len(jobs))] == alone and leaked == torch.float32

@@ -26,6 +26,9 @@ FAKE_TRACE_ABOVE = 512 * 2**20  # trace under FakeTensorMode when a real trace w
 
 _traces: dict[str, TraceResult] = {}
 _lock = threading.Lock()
+# a trace sets process-wide torch state (the default dtype, the attention and dropout functions it counts, the
+# RNG): two at once in one process (the study's --jobs threads, each gating its trial) corrupt each other
+_tracing = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,13 +93,17 @@ def get_trace(
     with _lock:
         if key in _traces:
             return _traces[key]
-    tr = cache.load("trace", key, TraceResult.from_json)
-    if tr is None:
-        tr = run_trace(spec, roles, trace_config(cfg), fake=fake, kernels=kernels)
-        cache.store("trace", key, tr.to_json())
-    tr.key = key
-    with _lock:
-        _traces[key] = tr
+    with _tracing:
+        with _lock:
+            if key in _traces:  # traced by another thread while this one waited
+                return _traces[key]
+        tr = cache.load("trace", key, TraceResult.from_json)
+        if tr is None:
+            tr = run_trace(spec, roles, trace_config(cfg), fake=fake, kernels=kernels)
+            cache.store("trace", key, tr.to_json())
+        tr.key = key
+        with _lock:
+            _traces[key] = tr
     return tr
 
 
