@@ -165,9 +165,10 @@ def test_exported_script_trains_and_switches_layers(tiny_dir, tmp_path):
 
     root, data = tiny_dir
     # cyclic ascending with K=2 over 4 layers: 6 steps visit layers 0, 1, 2 (a deterministic schedule);
-    # embeddings and head frozen, with gradient checkpointing (gradients must still reach the layers)
+    # embeddings and head frozen, with gradient checkpointing (gradients must still reach the layers); costed with
+    # padded batches, as the script's collator gives them: nothing is lost
     plan = hf_plan(
-        train=TrainConfig(active_layers=1, batch_size=2, seq_len=16, gradient_checkpointing=True),
+        train=TrainConfig(active_layers=1, batch_size=2, seq_len=16, gradient_checkpointing=True, padded_batches=True),
         train_embeddings=False,
         train_head=False,
     )

@@ -32,6 +32,10 @@ CASES = {
     "offload-ckpt-chunks-bf16": dict(
         offload_activations=True, gradient_checkpointing=True, loss_chunks=4, layers="all", dtype="bfloat16"
     ),
+    "padded": dict(padded_batches=True, layers=[1, 2]),
+    "padded-ckpt-chunks-bf16": dict(
+        padded_batches=True, gradient_checkpointing=True, loss_chunks=4, layers="all", dtype="bfloat16"
+    ),
 }
 
 
@@ -53,7 +57,7 @@ def test_lever_prediction_is_exact_on_cpu(tiny, arch, case):
     assert predicted == measured
 
 
-@pytest.mark.parametrize("case", ["step-in-backward", "loss-chunks", "offload-ckpt-chunks-bf16"])
+@pytest.mark.parametrize("case", ["step-in-backward", "loss-chunks", "offload-ckpt-chunks-bf16", "padded"])
 def test_lever_step_against_the_profilers_allocator_events(tiny, case):
     """A truth that does not go through the tracker: the CPU allocator's memory events of the second step."""
     from allocator_events import profiled_step_peak
@@ -173,12 +177,17 @@ def test_every_registered_lever_keeps_the_contract(lever):
         "quantize": dict(quantize="nf4", lora_rank=8),
         "offload_activations": dict(offload_activations=True, gradient_checkpointing=True),
         "liger_fused_ce": dict(liger_fused_ce=True),
+        "padded_batches": dict(padded_batches=True),
+    }
+    # what every trainer does by default: nothing to set when on (padded batches: tests/test_lever_padded.py)
+    trainers_default = {("checkpointing", "llamafactory")} | {
+        ("padded_batches", t) for t in ("hf", "axolotl", "llamafactory", "lmflow", "swift")
     }
     cfg = TrainConfig(layers="all", **on[lever])
     assert obj.active(cfg) and obj.label(cfg)
     for target in ("hf", "axolotl", "llamafactory", "lmflow", "swift"):
         items = obj.export(target, cfg)
-        assert items.keys or items.lost or lever == "checkpointing" and target == "llamafactory"
+        assert bool(items.keys or items.lost) != ((lever, target) in trainers_default), (lever, target)
 
 
 def test_levers_are_ordered_model_changes_first():

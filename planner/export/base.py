@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from planner.errors import PlannerError
 from planner.export.names import arch_names
-from planner.levers import ExportItems, active_levers
+from planner.levers import ExportItems, all_levers
 from planner.optimizers import get_optimizer
 from planner.registry import registrar
 
@@ -77,9 +77,10 @@ class Exporter:
 
 def lever_items(plan: "Plan", target: str) -> "ExportItems":
     """What the plan's memory levers add to ``target``'s config: each lever's keys and lost lines
-    (planner.levers; the checkpointing and optimizer keys every exporter writes itself)."""
+    (planner.levers; the checkpointing and optimizer keys every exporter writes itself). Levers left off are asked
+    too: a trainer may do by default what the plan was not costed with (padded batches)."""
     out = ExportItems()
-    for lever in active_levers(plan.train):
+    for lever in all_levers():
         if lever.native_export:
             continue
         items = lever.export(target, plan.train, plan.layers_attribute)
