@@ -20,7 +20,8 @@ from planner.cost.segments import TraceResult
 from planner.cost.trace import fingerprint, run_trace
 from planner.levers import active_levers
 
-COST_MODEL_VERSION = 13  # bump when traces change meaning (invalidates the disk cache)
+# bump when traces change meaning (invalidates the disk cache); 14: a trace run beside another (--jobs) could be corrupt
+COST_MODEL_VERSION = 14
 MAX_TRACE_LAYERS = 3  # decoder layers in one reduced-depth trace
 FAKE_TRACE_ABOVE = 512 * 2**20  # trace under FakeTensorMode when a real trace would hold more than this
 
