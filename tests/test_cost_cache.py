@@ -111,13 +111,16 @@ def test_a_trace_reads_back_as_it_was_stored():
 
 def test_estimates_in_several_threads_equal_those_made_one_at_a_time(spec, monkeypatch):
     """`planner tune --jobs` gates trials in several threads: traces set the process's default dtype (and, for CUDA,
-    the attention functions), so two at once must not see each other's, nor leave theirs behind."""
+    the attention and dropout functions), so two at once must not see each other's, nor leave theirs behind."""
     import threading
 
     import torch
 
+    import torch.nn.functional as F
+
     from planner.cost import family
 
+    sdpa, dropout = F.scaled_dot_product_attention, F.dropout  # what a CUDA trace swaps for its kernels' stand-ins
     monkeypatch.setenv("PLANNER_COST_CACHE", "0")
     cfgs = [CFG.model_copy(update={"dtype": dt, "seq_len": 16 + i}) for i, dt in enumerate(["bfloat16", "float16"] * 2)]
     alone = [estimate(spec, cfg, device=device).peak_bytes for cfg in cfgs for device in ("cpu", "cuda")]
@@ -137,6 +140,7 @@ def test_estimates_in_several_threads_equal_those_made_one_at_a_time(spec, monke
             t.start()
         for t in threads:
             t.join()
-        leaked = torch.get_default_dtype()
+        leaked = torch.get_default_dtype(), F.scaled_dot_product_attention, F.dropout
         torch.set_default_dtype(torch.float32)  # a failure here must not leak into the next test
-        assert [got[i] for i in range(len(jobs))] == alone and leaked == torch.float32
+        F.scaled_dot_product_attention, F.dropout = sdpa, dropout
+        assert [got[i] for i in range(len(jobs))] == alone and leaked == (torch.float32, sdpa, dropout)
