@@ -126,6 +126,37 @@ def test_trainable_set_flags_change_the_estimate(capsys, model_json):
     assert lora["peak_bytes"] == expected.peak_bytes
 
 
+def test_padded_batches_from_the_command_line_are_what_a_padded_training_step_measures(capsys, model_json, monkeypatch):
+    """`--padded-batches` on a grouped-query model: the masked step's peak, measured by training it with a real
+    padded batch (a shorter second row, its own attention mask), not with the lever's mask."""
+    import torch
+
+    from planner.cost import measure_training_peak
+    from planner.cost import measure as measure_mod
+    from planner.cost.measure import make_batch
+    from planner.spec import build_model
+
+    base = ["--model", model_json, "--layers", "1,2", "--batch-size", "2", "--seq-len", "64", "--device", "cpu"]
+    _, plain = run_json(capsys, *base)
+    _, padded = run_json(capsys, *base, "--padded-batches")
+    assert padded["config"]["padded_batches"] is True
+    spec = load_spec(model_json)
+    batch = make_batch(spec.vocab_size, 2, 64)
+    batch["attention_mask"] = torch.ones(2, 64, dtype=torch.long)
+    batch["attention_mask"][1, 40:] = 0  # the second row is 40 tokens long
+    batch["labels"] = batch["labels"].masked_fill(batch["attention_mask"] == 0, -100)
+
+    def loss_with_mask(model, b, cfg=None):
+        return model(
+            input_ids=b["input_ids"], labels=b["labels"], attention_mask=b["attention_mask"], use_cache=False
+        ).loss
+
+    monkeypatch.setattr(measure_mod, "compute_loss", loss_with_mask)  # the step as a trainer runs a padded batch
+    truth = measure_training_peak(build_model(spec), TrainConfig(layers=[1, 2], batch_size=2, seq_len=64), batch)
+    # the real batch's mask (64 bytes a row, int64) is part of its state: the lever's is made inside the step
+    assert padded["peak_bytes"] + batch["attention_mask"].nbytes == truth > plain["peak_bytes"]
+
+
 # ----------------------------------------------------------------------------------- the table
 
 
