@@ -57,6 +57,27 @@ CASES = [
     ("l1b-amp-b2s1024-L01", "llama-3.2-1b", "float32", "bf16", 2, 1024, [0, 1], True, True, None, False, 25),
     ("q05b-frozen-fp32-b2s2048-L23", "qwen2.5-0.5b", "float32", None, 2, 2048, [2, 3], False, False, None, False, 22),
 ]
+# padded batches (--padded-batches): the same step with a batch whose first row ends one token early, its mask passed
+# as a trainer's collator passes it (planner/levers/padded_batches.py); each beside its unpadded case above
+PADDED = [
+    (
+        "l1b-lisa-bf16-b2s1024-L01-padded",
+        "llama-3.2-1b",
+        "bfloat16",
+        None,
+        2,
+        1024,
+        [0, 1],
+        True,
+        True,
+        None,
+        False,
+        11,
+    ),
+    ("l1b-lora16-gc-bf16-b4s2048-padded", "llama-3.2-1b", "bfloat16", None, 4, 2048, "all", False, False, 16, True, 12),
+    ("q05b-full-fp32-b4s512-padded", "qwen2.5-0.5b", "float32", None, 4, 512, "all", True, True, None, False, 19),
+]
+CASES += [(*row, True) for row in PADDED]
 FIELDS = (
     "name",
     "preset",
@@ -70,6 +91,7 @@ FIELDS = (
     "lora_rank",
     "gradient_checkpointing",
     "gb",
+    "padded",
 )
 SNAPSHOT_CASE = "l8b-frozen-bf16-b1s2048-L01"
 
@@ -77,7 +99,7 @@ SNAPSHOT_CASE = "l8b-frozen-bf16-b1s2048-L01"
 def _case(name):
     for row in CASES:
         if row[0] == name:
-            return dict(zip(FIELDS, row))
+            return {"padded": False, **dict(zip(FIELDS, row))}
     raise SystemExit(f"unknown case {name!r}")
 
 
@@ -172,11 +194,15 @@ def run_case(name: str, outdir: Path, snapshot: bool, history: bool = False) -> 
     opt = torch.optim.AdamW(trainable, lr=1e-5)
     g = torch.Generator(device="cpu").manual_seed(0)
     ids = torch.randint(0, cfg.vocab_size, (case["batch_size"], case["seq_len"]), generator=g).to(dev)
+    mask = None
+    if case["padded"]:
+        mask = torch.ones_like(ids)
+        mask[0, -1] = 0
 
     def step():
         ctx = torch.autocast(dev, torch.bfloat16) if case["amp"] == "bf16" else torch.autocast(dev, enabled=False)
         with ctx:
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss = model(input_ids=ids, labels=ids, attention_mask=mask, use_cache=False).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -51,6 +51,7 @@ def _predict(line):
         train_head=line["train_head"],
         lora_rank=line["lora_rank"],
         gradient_checkpointing=line["gradient_checkpointing"],
+        padded_batches=line.get("padded", False),  # measured with a padded batch (studies/gpu_measure.py PADDED)
     )
     return estimate(spec, cfg, device="cuda", built_on_device=True)  # as the fixture's README says it was built
 
