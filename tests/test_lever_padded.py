@@ -7,7 +7,7 @@ from plan_factory import make_plan
 
 from planner.config import TrainConfig
 from planner.cost import measure_training_peak
-from planner.cost.measure import compute_loss, make_batch
+from planner.cost.measure import compute_loss, lever_batch, make_batch
 from planner.export import EXPORTERS, export_plan
 from planner.levers import LEVERS
 from planner.spec import build_model
@@ -19,8 +19,7 @@ def _loss_and_grads(model, batch, padded: bool):
     cfg = TrainConfig(batch_size=2, seq_len=64, padded_batches=padded, layers="all")
     model.zero_grad()
     torch.manual_seed(1)  # gpt2's dropout draws the same masks in both runs
-    with PADDED.forward_context(model, cfg):
-        loss = compute_loss(model, batch, cfg)
+    loss = compute_loss(model, lever_batch(batch, cfg), cfg)
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -41,25 +40,23 @@ def test_the_padding_changes_no_loss_and_no_gradient(tiny, arch):
 
 
 def test_the_mask_reaches_the_model_and_a_batch_of_its_own_is_kept(tiny):
-    """On a model with fewer key-value heads than heads the masked path costs memory; a real batch's own mask is
-    left as it is (all ones: transformers drops it and the step is the unpadded one)."""
+    """On a model with fewer key-value heads than heads the masked path costs memory; a batch that brings its own
+    mask keeps it (all ones: transformers drops it, and the step is the unpadded one)."""
     spec = tiny("llama", hidden=128, vocab=512)
     batch = make_batch(spec.vocab_size, 2, 64)
-    peaks = {}
-    for padded in (False, True):
-        cfg = TrainConfig(batch_size=2, seq_len=64, padded_batches=padded, layers=[1, 2])
-        peaks[padded] = measure_training_peak(build_model(spec, dtype=cfg.dtype), cfg, batch)
-    assert peaks[True] > peaks[False]
     cfg = TrainConfig(batch_size=2, seq_len=64, padded_batches=True, layers=[1, 2])
+    padded = lever_batch(batch, cfg)
+    mask = padded["attention_mask"]
+    assert mask.dtype == batch["input_ids"].dtype and mask.sum().item() == 2 * 64 - 1 and mask[0, -1] == 0
     own = {**batch, "attention_mask": torch.ones(2, 64, dtype=torch.long)}
-    seen = []
-    model = build_model(spec, dtype=cfg.dtype)
-    with PADDED.forward_context(model, cfg):
-        # after the lever's own hook: what the decoder stack receives
-        model.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["attention_mask"]), with_kwargs=True)
-        model(**own, use_cache=False)
-        model(input_ids=batch["input_ids"], use_cache=False)
-    assert seen[0] is own["attention_mask"] and seen[1].sum().item() == 2 * 64 - 1 and seen[1][0, -1] == 0
+    assert lever_batch(own, cfg)["attention_mask"] is own["attention_mask"]
+    unpadded = TrainConfig(batch_size=2, seq_len=64, layers=[1, 2])
+    peak = {
+        name: measure_training_peak(build_model(spec), c, b)
+        for name, c, b in (("plain", unpadded, batch), ("padded", cfg, batch), ("all ones", cfg, own))
+    }
+    assert peak["padded"] > peak["plain"] + mask.nbytes  # the masked attention path, not only the mask
+    assert peak["all ones"] == peak["plain"] + mask.nbytes  # the unpadded step, with the batch's mask beside it
 
 
 def _plan(tmp_path, **train):

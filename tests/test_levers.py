@@ -6,7 +6,7 @@ import torch
 
 from planner.config import TrainConfig
 from planner.cost import estimate, measure_training_peak
-from planner.cost.measure import make_batch, make_optimizer, prepare_model
+from planner.cost.measure import lever_batch, make_batch, make_optimizer, prepare_model
 from planner.errors import PlannerError
 from planner.levers import LEVERS, all_levers
 from planner.spec import build_model, find_decoder_layers
@@ -64,7 +64,7 @@ def test_lever_step_against_the_profilers_allocator_events(tiny, case):
 
     spec = tiny("llama", hidden=128, vocab=512)
     cfg = TrainConfig(batch_size=2, seq_len=64, **CASES[case])
-    batch = make_batch(spec.vocab_size, 2, 64)
+    batch = lever_batch(make_batch(spec.vocab_size, 2, 64), cfg)  # as a trainer hands it (a padded one's mask)
     truth = measure_training_peak(build_model(spec, dtype=cfg.dtype), cfg, batch)
     model = prepare_model(build_model(spec, dtype=cfg.dtype), cfg, cfg.trainable_layers(spec.num_layers))
     peak, state = profiled_step_peak(model, make_optimizer(model, cfg), batch, cfg)

@@ -19,6 +19,7 @@ from planner.cost.compose import Family, peak_many, simulate
 from planner.cost.family import MAX_TRACE_LAYERS, embeddings_grad, get_family
 from planner.cost.roles import FA, FB, ROLES, T, T0
 from planner.cost.device import DeviceProfile, default_profile
+from planner.cost.measure import batch_tensors
 from planner.optimizers import Optimizer, get_optimizer
 from planner.cost.replay import reserved_and_allocated
 from planner.cost.segments import cuda_block_bytes
@@ -26,7 +27,7 @@ from planner.errors import PlannerError
 from planner.levers import active_levers
 from planner.plan import Breakdown
 
-INPUT_ID_BYTES = 8  # input_ids and labels are int64
+INPUT_ID_BYTES = 8  # input_ids, labels (and a padded batch's attention mask) are int64
 
 
 @dataclass
@@ -189,7 +190,7 @@ def estimate(
     replayed_opt: Optimizer | _StateOffAllocator = opt
     if cuda and opt.paged:  # cudaMallocManaged state: outside the caching allocator and its counters
         paged, state, replayed_opt = state, 0, _StateOffAllocator(opt)
-    batch = 2 * cfg.batch_size * cfg.seq_len * INPUT_ID_BYTES
+    batch = batch_tensors(cfg) * cfg.batch_size * cfg.seq_len * INPUT_ID_BYTES
     grads, acts, trans = sim.at_peak
     raw_peak = weights + state + batch + sim.peak
     overhead, allocated, reserved = 0, raw_peak, raw_peak
@@ -206,6 +207,7 @@ def estimate(
             opt=replayed_opt,
             workspace_bytes=profile.workspace_bytes,
             built_on_device=built_on_device,
+            batch_tensors=batch_tensors(cfg),
         )
         overhead = reserved - raw_peak + profile.context_bytes
     breakdown = Breakdown(

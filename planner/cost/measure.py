@@ -85,7 +85,12 @@ def compute_loss(model: nn.Module, batch: dict, cfg: TrainConfig | None = None):
     for lever in active_levers(cfg) if cfg is not None else ():
         if (loss := lever.compute_loss(model, batch, cfg)) is not None:
             return loss
-    return model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
+    return model(
+        input_ids=batch["input_ids"],
+        labels=batch["labels"],
+        attention_mask=batch.get("attention_mask"),
+        use_cache=False,
+    ).loss
 
 
 def training_step(
@@ -125,6 +130,18 @@ def make_batch(vocab_size: int, batch_size: int, seq_len: int, *, seed: int = 0)
     return {"input_ids": ids, "labels": ids.clone()}
 
 
+def lever_batch(batch: dict, cfg: TrainConfig) -> dict:
+    """``batch`` as a trainer hands it to the step under ``cfg``'s levers (a padded batch carries its mask)."""
+    for lever in active_levers(cfg):
+        batch = lever.batch(batch, cfg)
+    return batch
+
+
+def batch_tensors(cfg: TrainConfig) -> int:
+    """How many (batch, seq_len) int64 tensors a batch holds under ``cfg``: token ids, labels, and the levers'."""
+    return 2 + sum(len(lever.batch_keys) for lever in active_levers(cfg))
+
+
 def state_tensors(model: nn.Module, optimizer=None, batch: dict | None = None) -> list[torch.Tensor]:
     """Every tensor that lives across steps: parameters, buffers, optimizer state, the batch."""
     out = list(model.parameters()) + list(model.buffers()) + quant_state_tensors(model)
@@ -158,6 +175,7 @@ def measure_training_peak(
     """
     if isinstance(batch, torch.Tensor):
         batch = {"input_ids": batch, "labels": batch}
+    batch = lever_batch(batch, cfg)
     if steps < 1:
         raise PlannerError(f"`steps >= 1` must hold, but got steps={steps}")
     num_layers = len(find_decoder_layers(model)[1])

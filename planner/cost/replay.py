@@ -24,12 +24,19 @@ from planner.cost.allocator import replay_run
 from planner.machine import fork_available, usable_cores
 from planner.cost.events import step_ops
 
-INPUT_ID_BYTES = 8  # input_ids and labels are int64
+INPUT_ID_BYTES = 8  # input_ids, labels (and a padded batch's attention mask) are int64
 WORKSPACE_HANDLES = 2  # the forward's thread and autograd's backward thread
 
 
 def setup_blocks(
-    fam, roles: list[int], *, batch_size: int, seq_len: int, workspace_bytes: int, built_on_device: bool = False
+    fam,
+    roles: list[int],
+    *,
+    batch_size: int,
+    seq_len: int,
+    workspace_bytes: int,
+    built_on_device: bool = False,
+    batch_tensors: int = 2,
 ) -> list[int]:
     """What a run does before its first step, in order: ``n >= 0`` allocates n bytes, ``-(k + 1)``
     frees the k-th allocation. ``roles``: each decoder layer's role (planner.cost.compose): a trained
@@ -41,7 +48,8 @@ def setup_blocks(
     ``built_on_device``: built there from its config (``from_config`` under ``torch.device("cuda")``):
     a head tied to the input embedding first gets a weight of its own, which tying releases once
     the model is built, and that cached block shapes every later segment (measured: without it,
-    the reserved bytes of a tied Qwen2.5-0.5B run built so come out 7% low, tests/fixtures/gpu-truth)."""
+    the reserved bytes of a tied Qwen2.5-0.5B run built so come out 7% low, tests/fixtures/gpu-truth).
+    ``batch_tensors``: the batch's (batch_size, seq_len) int64 tensors (token ids, labels, a padded batch's mask)."""
 
     p = fam.params
     out = [n * b for n, b, _ in p["embeddings"]]
@@ -56,7 +64,7 @@ def setup_blocks(
     for n, b, tied in p["embeddings"]:
         if built_on_device and tied and n * b:
             out += [n * b, -(sum(1 for x in out if x >= 0) + 1)]
-    out += [batch_size * seq_len * INPUT_ID_BYTES] * 2
+    out += [batch_size * seq_len * INPUT_ID_BYTES] * batch_tensors
     if workspace_bytes:
         out += [workspace_bytes // WORKSPACE_HANDLES] * WORKSPACE_HANDLES
     return out
@@ -76,6 +84,7 @@ def reserved_and_allocated(
     opt,
     workspace_bytes: int,
     built_on_device: bool = False,
+    batch_tensors: int = 2,
 ) -> tuple[int, int]:
     """Peak reserved over the run and peak allocated during the second step, in bytes (cached in-process
     and on disk by everything they depend on: the traces, the roles, the shapes, the optimizer)."""
@@ -89,6 +98,7 @@ def reserved_and_allocated(
         opt.name,
         workspace_bytes,
         built_on_device,
+        batch_tensors,
     ]
     key = hashlib.sha256(json.dumps(key_data).encode()).hexdigest()[:32]
     hit = _memo.get(key)
@@ -103,6 +113,7 @@ def reserved_and_allocated(
             opt=opt,
             workspace_bytes=workspace_bytes,
             built_on_device=built_on_device,
+            batch_tensors=batch_tensors,
         )
         if _pending is not None:  # inside collecting(): noted for run_pending, the caller's result is discarded
             _pending.append((key, key_data[0] is not None, fam, roles, kwargs))
@@ -164,7 +175,7 @@ def _run_chunk(bounds: tuple[int, int]) -> list[tuple[int, int]]:
 
 
 def _replay(
-    fam, roles, *, num_layers, batch_size, seq_len, tensors, opt, workspace_bytes, built_on_device
+    fam, roles, *, num_layers, batch_size, seq_len, tensors, opt, workspace_bytes, built_on_device, batch_tensors=2
 ) -> tuple[int, int]:
     setup = setup_blocks(
         fam,
@@ -173,6 +184,7 @@ def _replay(
         seq_len=seq_len,
         workspace_bytes=workspace_bytes,
         built_on_device=built_on_device,
+        batch_tensors=batch_tensors,
     )
     state = [n for n in opt.state_blocks(tensors) if n > 0]
     temps = [n for n in opt.step_blocks(tensors) if n > 0]

@@ -24,7 +24,15 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from planner.cost.events import templates
 from planner.cost.kernels import cuda_kernels
 from planner.cost.boundaries import Boundaries
-from planner.cost.measure import compute_loss, make_batch, make_optimizer, prepare_model, state_tensors, training_step
+from planner.cost.measure import (
+    compute_loss,
+    lever_batch,
+    make_batch,
+    make_optimizer,
+    prepare_model,
+    state_tensors,
+    training_step,
+)
 from planner.cost.segments import TraceResult, cut_segments
 from planner.cost.tracker import LiveBytesTracker
 from planner.spec import build_model
@@ -59,6 +67,7 @@ def run_trace(spec, roles: list[str], cfg, *, fake: bool = False, kernels: str =
                 if not fake
                 else _fake_batch(spec, cfg.batch_size, cfg.seq_len)
             )
+            batch = lever_batch(batch, cfg)
             optimizer = make_optimizer(model, cfg, foreach=kernels == "cuda", shadow=fake) if in_backward else None
             if optimizer is not None:
                 with _unpacked_batch(fake):

@@ -4,7 +4,7 @@ A lever owns
 - its :class:`TrainConfig <planner.config.TrainConfig>` fields (``fields``) and CLI flag (``flag``),
   which ``planner estimate``, ``planner tune`` and the plan file share;
 - its validation (:meth:`Lever.problems`): which methods and other levers it combines with;
-- what the training step does under it (:meth:`Lever.prepare`, :meth:`Lever.compute_loss`,
+- what the training step does under it (:meth:`Lever.prepare`, :meth:`Lever.batch`, :meth:`Lever.compute_loss`,
   :meth:`Lever.forward_context`, :meth:`Lever.install`): the cost model traces that same step, so its prediction follows;
 - its line in each exporter (:meth:`Lever.export`: keys, or a "lost" line);
 - whether the search may vary it (``searchable``: a result-changing choice the search samples) or pull it
@@ -65,6 +65,8 @@ class Lever:
     native_export: ClassVar[bool] = False
     # the trace runs the optimizer inside backward, so the optimizer is part of what a trace depends on
     optimizer_in_trace: ClassVar[bool] = False
+    # (batch, seq_len) int64 tensors a batch carries under this lever beside its token ids and labels (batch())
+    batch_keys: ClassVar[tuple[str, ...]] = ()
 
     def active(self, cfg) -> bool:
         """Whether ``cfg`` pulls this lever."""
@@ -97,6 +99,10 @@ class Lever:
     def lora_targets(self, cfg, names: list[str]) -> list[str]:
         """The leaf names of the linear modules LoRA adapts (default: all of ``names``)."""
         return names
+
+    def batch(self, batch: dict, cfg) -> dict:
+        """The batch a trainer hands the step under this lever (its :attr:`batch_keys` added); default unchanged."""
+        return batch
 
     def compute_loss(self, model, batch: dict, cfg):
         """The training loss, where the lever changes how it is computed; None leaves it to the model."""

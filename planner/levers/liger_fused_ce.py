@@ -286,7 +286,9 @@ def liger_loss(model, batch: dict):
     import torch.nn.functional as F
 
     lm = causal_lm(model)
-    hidden = lm.base_model(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
+    hidden = lm.base_model(
+        input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False
+    ).last_hidden_state
     head = lm.get_output_embeddings()
     labels = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)
     shift_labels = labels[..., 1:].contiguous()

@@ -27,7 +27,9 @@ def chunked_loss(model, batch: dict, chunks: int):
     import torch.nn.functional as F  # deferred: the config imports every lever, and torch is heavy
 
     lm = causal_lm(model)
-    hidden = lm.base_model(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
+    hidden = lm.base_model(
+        input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False
+    ).last_hidden_state
     head = lm.get_output_embeddings()
     logits = [head(h) for h in hidden.chunk(chunks, dim=1)]  # torchtune's decoder returns this list
     labels = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[..., 1:]  # the next token's id

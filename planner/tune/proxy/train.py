@@ -157,9 +157,9 @@ def _build(workload, params: TrialParams, shape: TrainShape, seed: int):
 
 
 # lever hooks a proxy run does not execute as the costed step does: the layer-wise loop calls no step hook (the step
-# in backward, offloading), and a lever's proxy_model stands in for its effect on learning in float (quantized
-# weights as their round trip)
-UNRUN_HOOKS = ("install", "forward_context", "proxy_model")
+# in backward, offloading), trains on its own batches (right-padded, without a mask: shaped_batches), and a lever's
+# proxy_model stands in for its effect on learning in float (quantized weights as their round trip)
+UNRUN_HOOKS = ("install", "forward_context", "batch", "proxy_model")
 
 
 def ran_form(cfg):
