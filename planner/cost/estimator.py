@@ -21,13 +21,11 @@ from planner.cost.roles import FA, FB, ROLES, T, T0
 from planner.cost.device import DeviceProfile, default_profile
 from planner.cost.measure import batch_tensors
 from planner.optimizers import Optimizer, get_optimizer
-from planner.cost.replay import reserved_and_allocated
+from planner.cost.replay import INPUT_ID_BYTES, reserved_and_allocated
 from planner.cost.segments import cuda_block_bytes
 from planner.errors import PlannerError
 from planner.levers import active_levers
 from planner.plan import Breakdown
-
-INPUT_ID_BYTES = 8  # input_ids, labels (and a padded batch's attention mask) are int64
 
 
 @dataclass
@@ -190,7 +188,8 @@ def estimate(
     replayed_opt: Optimizer | _StateOffAllocator = opt
     if cuda and opt.paged:  # cudaMallocManaged state: outside the caching allocator and its counters
         paged, state, replayed_opt = state, 0, _StateOffAllocator(opt)
-    batch = batch_tensors(cfg) * cfg.batch_size * cfg.seq_len * INPUT_ID_BYTES
+    n_batch = batch_tensors(cfg)
+    batch = n_batch * cfg.batch_size * cfg.seq_len * INPUT_ID_BYTES
     grads, acts, trans = sim.at_peak
     raw_peak = weights + state + batch + sim.peak
     overhead, allocated, reserved = 0, raw_peak, raw_peak
@@ -207,7 +206,7 @@ def estimate(
             opt=replayed_opt,
             workspace_bytes=profile.workspace_bytes,
             built_on_device=built_on_device,
-            batch_tensors=batch_tensors(cfg),
+            batch_tensors=n_batch,
         )
         overhead = reserved - raw_peak + profile.context_bytes
     breakdown = Breakdown(

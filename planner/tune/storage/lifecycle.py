@@ -110,7 +110,6 @@ class Worker:
     def announce(self) -> None:
         """Record this run on the study before it creates a trial: a trial left with no worker recorded (created,
         then the disk filled) is then known dead as soon as every run recorded before it has ended."""
-        self.since = datetime.datetime.now()
         self.study._storage.set_study_system_attr(self.study._study_id, RUN_KEY + self.run, self.identity)
 
     def close(self) -> None:
